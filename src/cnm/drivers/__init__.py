@@ -1,0 +1,1 @@
+"""cnm.drivers"""

@@ -1,0 +1,61 @@
+"""The Firewall protocol: rules rendered from data, applied in one transaction.
+
+A backend (``cnm.firewall.nftables``; iptables comes with port publishing) owns its own
+table / chains entirely, never changes global policies, tags every rule with the id of the
+network (or endpoint) that owns it, and provides a user chain evaluated before its own
+(like Docker's DOCKER-USER), which it creates once and never flushes.
+
+Semantics of one bridge network (Docker's, see shared/research/libnetwork.md §1):
+- masquerade: traffic from ``subnet`` leaving through another interface is masqueraded;
+- isolation: traffic entering the bridge from any other interface is dropped, except
+  replies (ct established,related) -- so networks cannot reach each other and the world
+  cannot route to containers; traffic from the host itself is not forwarded and is allowed;
+- icc=false: traffic between two ports of the same bridge is dropped.  Bridged traffic
+  never reaches the IP forward hook (no br_netfilter), so the bridge driver enforces this
+  with bridge-port isolation (``ip link set vethX type bridge_slave isolated on``); the
+  firewall backend only carries ``icc`` for display and may ignore it;
+- internal: nothing leaves the bridge for another interface and nothing enters it from one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeRules:
+    """Everything a backend needs to render one bridge network's rules."""
+
+    owner: str  # network id
+    bridge: str  # Linux bridge name
+    subnet: IPv4Network
+    gateway: IPv4Address | None = None
+    internal: bool = False
+    icc: bool = True
+    masquerade: bool = True
+
+
+class Firewall(Protocol):
+    async def setup(self) -> None:
+        """Create cnm's table and base chains (and the user chain) if missing; idempotent.
+        Turns on IPv4 forwarding in the namespace cnmd runs in."""
+
+    async def sync(self, networks: Sequence[BridgeRules]) -> None:
+        """Make the kernel hold exactly these networks' rules (start-up reconcile,
+        recovery after an outside flush) in one transaction."""
+
+    async def add_network(self, rules: BridgeRules) -> None:
+        """Install (or replace) one network's rules in one transaction; idempotent."""
+
+    async def remove_network(self, owner: str) -> None:
+        """Remove everything owned by network ``owner``; idempotent."""
+
+    async def teardown(self) -> None:
+        """Remove everything this backend owns (the user chain included)."""
+
+    async def healthy(self) -> bool:
+        """Whether cnm's table and base chains are still present (someone may have
+        flushed the ruleset)."""

@@ -1,0 +1,81 @@
+"""The IPAM protocol: address pools for networks and addresses for endpoints.
+
+The default implementation (``cnm.ipam.default.DefaultIpam``) keeps its state in the store
+(kinds ``ipam.pool`` and ``ipam.address``), so allocations survive restarts and are never
+handed out twice.  Every address has an owner (an endpoint id, or ``gateway``/``aux:<name>``),
+which lets the engine release orphans after a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from typing import Protocol
+
+from cnm.model.network import IpamConfig
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    """A default address pool: ``base`` split into subnets of prefix length ``size``."""
+
+    base: IPv4Network
+    size: int
+
+
+# Docker's local-scope defaults (libnetwork/ipamutils): 172.17-19/16, 172.20/14, 172.24/14,
+# 172.28/14 in /16s, then 192.168.0.0/16 in /20s -- 31 networks.
+DEFAULT_POOLS: tuple[PoolSpec, ...] = (
+    PoolSpec(IPv4Network("172.17.0.0/16"), 16),
+    PoolSpec(IPv4Network("172.18.0.0/16"), 16),
+    PoolSpec(IPv4Network("172.19.0.0/16"), 16),
+    PoolSpec(IPv4Network("172.20.0.0/14"), 16),
+    PoolSpec(IPv4Network("172.24.0.0/14"), 16),
+    PoolSpec(IPv4Network("172.28.0.0/14"), 16),
+    PoolSpec(IPv4Network("192.168.0.0/16"), 20),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    network_id: str
+    subnet: IPv4Network
+    gateway: IPv4Address | None
+    ip_range: IPv4Network | None = None
+
+
+class Ipam(Protocol):
+    def allocate_pool(
+        self,
+        network_id: str,
+        config: IpamConfig | None,
+        *,
+        reserved: Sequence[IPv4Network] = (),
+        with_gateway: bool = True,
+    ) -> Pool:
+        """Give ``network_id`` a subnet.  With ``config.subnet``: that subnet, refused
+        (Conflict) if it overlaps another network's pool; gateway = ``config.gateway`` or
+        the first address.  Without: the first default-pool subnet that overlaps neither
+        an existing pool nor ``reserved`` (host routes/addresses), lowest first.
+        Validates gateway/ip_range/aux addresses are inside the subnet (InvalidArgument),
+        and reserves the gateway and aux addresses.  Raises Unavailable when the default
+        pools are exhausted."""
+
+    def release_pool(self, network_id: str) -> None:
+        """Forget the pool and every address in it; idempotent."""
+
+    def pool(self, network_id: str) -> Pool | None: ...
+
+    def allocate_address(
+        self, network_id: str, owner: str, preferred: IPv4Address | None = None
+    ) -> IPv4Address:
+        """The lowest free address of the pool's ip_range (or subnet), never the network,
+        broadcast, gateway or aux addresses; or exactly ``preferred`` (InvalidArgument if
+        outside the subnet, Conflict "Address already in use" if taken)."""
+
+    def release_address(self, network_id: str, address: IPv4Address) -> None:
+        """Idempotent."""
+
+    def owners(self, network_id: str) -> dict[IPv4Address, str]:
+        """Every allocated address of the pool and its owner."""

@@ -1,0 +1,62 @@
+"""Endpoints and sandboxes: the E and S of CNM.
+
+An ``Endpoint`` is a container's attachment to one network (a veth pair on a bridge
+network).  A ``Sandbox`` is a container's network namespace.  Records hold ids, never
+live handles and never back-pointers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface
+from types import MappingProxyType
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointRequest:
+    """What the user asked for on one network (Docker's ``EndpointSettings`` input)."""
+
+    ipv4_address: IPv4Address | None = None
+    mac_address: str | None = None
+    aliases: tuple[str, ...] = ()
+    links: tuple[str, ...] = ()
+    driver_opts: Mapping[str, str] | None = None
+    # Docker echoes some of these as null vs [] depending on the client; keep what was sent.
+    aliases_given: bool = False
+    links_given: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A live attachment of sandbox ``sandbox_id`` (container ``container_id``) to network
+    ``network_id``.  ``host_ifname`` is empty for drivers without a host-side link."""
+
+    id: str
+    network_id: str
+    container_id: str
+    sandbox_id: str
+    name: str  # the container's name, unique per network
+    ifname: str = ""  # inside the sandbox: eth0, eth1, ... in connect order
+    host_ifname: str = ""  # the veth peer on the host (bridge driver)
+    mac: str = ""
+    address: IPv4Interface | None = None
+    gateway: IPv4Address | None = None
+    aliases: tuple[str, ...] = ()
+    request: EndpointRequest = field(default_factory=EndpointRequest)
+    created_seq: int = 0  # connect order within the sandbox: decides eth0, eth1, ...
+
+
+@dataclass(frozen=True, slots=True)
+class Sandbox:
+    """A network namespace owned by one container, bind-mounted at ``key``.
+
+    ``key`` is empty for ``host`` mode (the host's own namespace) and for
+    ``container:NAME`` mode (the other container's sandbox is used)."""
+
+    id: str
+    container_id: str
+    key: str
+    hostname: str = ""

@@ -1,0 +1,141 @@
+"""Networks: what a user asks for (``NetworkSpec``) and what cnm stores (``Network``).
+
+Docker's option keys are kept as the keys of ``Network.options`` (they are the user's
+vocabulary), but every option the bridge driver acts on is parsed once, here, into a typed
+property so no layer above re-parses strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from types import MappingProxyType
+
+from cnm.errors import InvalidArgument
+
+PREDEFINED = ("bridge", "host", "none")
+RESERVED_NAMES = ("bridge", "host", "none", "default")
+
+OPT_BRIDGE_NAME = "com.docker.network.bridge.name"
+OPT_ICC = "com.docker.network.bridge.enable_icc"
+OPT_MASQ = "com.docker.network.bridge.enable_ip_masquerade"
+OPT_HOST_BINDING = "com.docker.network.bridge.host_binding_ipv4"
+OPT_DEFAULT_BRIDGE = "com.docker.network.bridge.default_bridge"
+OPT_MTU = "com.docker.network.driver.mtu"
+OPT_IFACE_PREFIX = "com.docker.network.container_iface_prefix"
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+def _bool_option(options: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = options.get(key)
+    if raw is None or raw == "":
+        return default
+    low = str(raw).strip().lower()
+    if low in ("1", "t", "true", "yes", "on"):
+        return True
+    if low in ("0", "f", "false", "no", "off"):
+        return False
+    raise InvalidArgument(f"invalid value {raw!r} for option {key}: expected true or false")
+
+
+@dataclass(frozen=True, slots=True)
+class IpamConfig:
+    """One subnet of a network, as given by the user (any field may be absent)."""
+
+    subnet: IPv4Network | None = None
+    ip_range: IPv4Network | None = None
+    gateway: IPv4Address | None = None
+    aux_addresses: Mapping[str, IPv4Address] = field(default_factory=lambda: _EMPTY)
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkSpec:
+    """A validated ``network create`` request."""
+
+    name: str
+    driver: str = "bridge"
+    internal: bool = False
+    attachable: bool = False
+    enable_ipv6: bool = False
+    ipam_driver: str = "default"
+    ipam_options: Mapping[str, str] | None = None
+    ipam: tuple[IpamConfig, ...] = ()
+    options: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    """A network as stored.  ``subnet``/``gateway`` are what IPAM settled on; ``ipam``
+    echoes the user's request (Docker's inspect shows it verbatim)."""
+
+    id: str
+    name: str
+    driver: str
+    created: str  # RFC 3339 with nanoseconds, UTC
+    scope: str = "local"
+    internal: bool = False
+    attachable: bool = False
+    enable_ipv6: bool = False
+    ipam_driver: str = "default"
+    ipam_options: Mapping[str, str] | None = None
+    ipam: tuple[IpamConfig, ...] = ()
+    subnet: IPv4Network | None = None
+    gateway: IPv4Address | None = None
+    ip_range: IPv4Network | None = None
+    options: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+
+    # -- typed views of the driver options ------------------------------------------------
+
+    @property
+    def predefined(self) -> bool:
+        return self.name in PREDEFINED
+
+    @property
+    def is_default_bridge(self) -> bool:
+        return _bool_option(self.options, OPT_DEFAULT_BRIDGE, False)
+
+    @property
+    def bridge_name(self) -> str:
+        return self.options.get(OPT_BRIDGE_NAME) or f"br-{self.id[:12]}"
+
+    @property
+    def icc(self) -> bool:
+        return _bool_option(self.options, OPT_ICC, True)
+
+    @property
+    def masquerade(self) -> bool:
+        return _bool_option(self.options, OPT_MASQ, True)
+
+    @property
+    def mtu(self) -> int:
+        return parse_mtu(self.options.get(OPT_MTU))
+
+    @property
+    def iface_prefix(self) -> str:
+        return self.options.get(OPT_IFACE_PREFIX) or "eth"
+
+
+def parse_mtu(raw: str | int | None) -> int:
+    if raw is None or raw == "" or raw == 0:
+        return 1500
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"invalid MTU {raw!r}: not a number") from None
+    if not 68 <= value <= 65535:
+        raise InvalidArgument(f"invalid MTU {value}: must be between 68 and 65535")
+    return value
+
+
+def validate_options(options: Mapping[str, str]) -> None:
+    """Parse every typed option once so a bad value is refused at create time."""
+    _bool_option(options, OPT_ICC, True)
+    _bool_option(options, OPT_MASQ, True)
+    parse_mtu(options.get(OPT_MTU))
+    name = options.get(OPT_BRIDGE_NAME)
+    if name is not None and (not name or len(name) > 15 or "/" in name or " " in name):
+        raise InvalidArgument(f"invalid bridge name {name!r}: 1 to 15 characters, no '/' or space")

@@ -1,0 +1,112 @@
+"""Validated value types: ids, names, MAC addresses, IPv4 networks and addresses.
+
+Every parser here either returns a value that is valid by construction or raises
+``InvalidArgument`` with a message naming what is wrong.  No I/O.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import secrets
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+from cnm.errors import InvalidArgument
+
+__all__ = [
+    "IPv4Address",
+    "IPv4Interface",
+    "IPv4Network",
+    "new_id",
+    "short_id",
+    "is_full_id",
+    "parse_container_name",
+    "parse_network_name",
+    "parse_mac",
+    "mac_from_ip",
+    "parse_ipv4",
+    "parse_ipv4_network",
+    "parse_ifname",
+]
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_CONTAINER_NAME = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+_MAC = re.compile(r"^([0-9a-fA-F]{2})([:-][0-9a-fA-F]{2}){5}$")
+_IFNAME = re.compile(r"^[^/\s:]{1,15}$")
+
+
+def new_id() -> str:
+    """A Docker-style id: 64 lowercase hex from 32 random bytes, never all digits in its
+    first 12 characters (the short id is the default hostname)."""
+    while True:
+        value = secrets.token_hex(32)
+        if not value[:12].isdigit():
+            return value
+
+
+def short_id(value: str) -> str:
+    return value[:12]
+
+
+def is_full_id(value: str) -> bool:
+    return bool(_HEX64.match(value))
+
+
+def parse_container_name(name: str) -> str:
+    """Docker's container-name rule; returns the name without the leading slash."""
+    if not _CONTAINER_NAME.match(name):
+        raise InvalidArgument(
+            f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+        )
+    return name.lstrip("/")
+
+
+def parse_network_name(name: str) -> str:
+    if name is None or not name.strip():
+        raise InvalidArgument("invalid name: name is empty")
+    if "/" in name or any(c.isspace() and c != " " for c in name):
+        raise InvalidArgument(f"invalid network name {name!r}")
+    return name
+
+
+def parse_mac(value: str) -> str:
+    """A unicast MAC in canonical lower-case colon form."""
+    if not value or not _MAC.match(value):
+        raise InvalidArgument(f"invalid MAC address {value}")
+    mac = value.replace("-", ":").lower()
+    if int(mac[:2], 16) & 1:
+        raise InvalidArgument(f"invalid MAC address {value}: multicast address")
+    return mac
+
+
+def mac_from_ip(address: IPv4Address) -> str:
+    """``02:42:`` followed by the four IPv4 bytes (Docker <= 27 for bridges)."""
+    return "02:42:" + ":".join(f"{b:02x}" for b in address.packed)
+
+
+def parse_ipv4(value: str, what: str = "IP address") -> IPv4Address:
+    try:
+        return IPv4Address(value.strip())
+    except (ipaddress.AddressValueError, ValueError, AttributeError):
+        raise InvalidArgument(f"invalid {what}: {value!r}") from None
+
+
+def parse_ipv4_network(value: str, what: str = "subnet") -> IPv4Network:
+    """A CIDR whose host bits are zero; ``10.0.0.1/24`` is refused like Docker refuses it."""
+    try:
+        iface = IPv4Interface(value.strip())
+    except (ipaddress.AddressValueError, ipaddress.NetmaskValueError, ValueError, AttributeError):
+        raise InvalidArgument(f"invalid {what} {value!r}: invalid CIDR block notation") from None
+    if "/" not in value:
+        raise InvalidArgument(f"invalid {what} {value!r}: invalid CIDR block notation")
+    if iface.ip != iface.network.network_address:
+        raise InvalidArgument(
+            f"invalid {what} {value}: it should be {iface.network} (host bits are set)"
+        )
+    return iface.network
+
+
+def parse_ifname(value: str) -> str:
+    if not _IFNAME.match(value or ""):
+        raise InvalidArgument(f"invalid interface name {value!r}")
+    return value

@@ -1,0 +1,107 @@
+"""The container runtime protocol: images, root filesystems and processes, through runc.
+
+``cnm.runtime.runc.RuncRuntime`` implements it.  Layout on disk (everything under the two
+daemon roots, so tests can run many daemons side by side):
+
+    <data-root>/images/<hex>/rootfs/          an imported image, read-only lower layer
+    <data-root>/containers/<id>/upper, work/  the container's overlay layers
+    <data-root>/containers/<id>/hostname, hosts, resolv.conf   (written by the engine)
+    <data-root>/containers/<id>/stdout.log, stderr.log        the container's output
+    <exec-root>/runc/                         runc --root (state)
+    <exec-root>/containers/<id>/bundle/       config.json and the rootfs mount point
+
+The container process writes its output straight into the log files, so it keeps running
+(and logging) while cnmd restarts.  cnmd is a child subreaper, so containers it started are
+reparented to it and their exit codes are known; after a restart, an exit is still noticed
+(pidfd) but its code is not (reported as 255 unless runc knows better).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from cnm.model.container import Container, ExecSpec, Image
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerFiles:
+    """Host paths bind-mounted over the container's /etc files."""
+
+    hostname: str
+    hosts: str
+    resolv_conf: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartRequest:
+    container: Container
+    image: Image
+    netns_path: str | None  # None: share the host's network namespace (--net host)
+    hostname: str
+    files: ContainerFiles
+
+
+class Process(Protocol):
+    """A process started by exec (or an attach session): pipes the API pumps to the client.
+    With a tty, ``stdout`` carries both streams and ``stderr`` is None."""
+
+    pid: int
+    stdin: asyncio.StreamWriter | None
+    stdout: asyncio.StreamReader
+    stderr: asyncio.StreamReader | None
+
+    async def wait(self) -> int: ...
+
+    def resize(self, height: int, width: int) -> None: ...
+
+
+class Runtime(Protocol):
+    # -- images ---------------------------------------------------------------------------
+    async def import_image(self, reference: str, tar_path: str) -> Image:
+        """Unpack a root-filesystem tar (optionally gzip/xz) as image ``reference``
+        (``name[:tag]``, tag ``latest`` by default)."""
+
+    def images(self) -> list[Image]: ...
+
+    def find_image(self, reference: str) -> Image:
+        """By ``name[:tag]``, full ``sha256:`` id, or unique id prefix; NotFound otherwise."""
+
+    async def remove_image(self, reference: str) -> Image: ...
+
+    # -- containers -----------------------------------------------------------------------
+    def container_dir(self, container_id: str) -> str:
+        """``<data-root>/containers/<id>``: where the engine writes hostname/hosts/resolv.conf."""
+
+    async def start(self, request: StartRequest) -> int:
+        """Mount the rootfs, write the OCI bundle, ``runc run -d``; return the pid."""
+
+    async def wait_exit(self, container_id: str, pid: int) -> int:
+        """Wait until ``pid`` (the container's init) exits; its exit code (128+signal when
+        killed by one; 255 when it is not our child and runc does not know)."""
+
+    async def kill(self, container_id: str, signal: int) -> None:
+        """Signal the container's init; NotModified-free: a stopped container is fine."""
+
+    async def cleanup(self, container_id: str) -> None:
+        """After exit: ``runc delete``, unmount the rootfs.  Idempotent."""
+
+    async def remove(self, container_id: str) -> None:
+        """Delete the container's directories (layers, logs, files).  Idempotent."""
+
+    async def is_running(self, container_id: str) -> int:
+        """The pid of the container's init if runc says it is running, else 0."""
+
+    async def exec(self, spec: ExecSpec) -> Process:
+        """Run a process inside a running container (``runc exec``)."""
+
+    def logs(
+        self, container_id: str, *, stdout: bool, stderr: bool, follow: bool, tail: int | None
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        """(stream, chunk) pairs, stream 1 = stdout, 2 = stderr.  With ``follow`` it ends
+        when the container has exited and everything was read."""
+
+    async def open_stdin(self, container_id: str) -> asyncio.StreamWriter | None:
+        """A writer to the container's stdin (containers created with OpenStdin), or None."""
