@@ -1,1 +1,2 @@
-"""cnm.daemon"""
+"""cnmd: the composition root.  The only package that picks concrete implementations (store,
+firewall backend, drivers, runtime) and wires them together."""

@@ -4,19 +4,33 @@ Every mutation follows DESIGN.md: validate and plan before the first syscall; ap
 step with each undo pushed on an AsyncExitStack; record in the store in one transaction
 after the kernel agrees; teardown idempotent.
 
-This file is the contract the API layer codes against.  (Signatures are final; bodies are
-being written -- see engine/*.py.)
+This facade is the contract the API layer codes against; the work is done by
+``engine.networks.Networks`` and ``engine.containers.Containers``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from cnm.drivers.api import NetworkDriver
+from cnm.engine.containers import Containers
+from cnm.engine.locks import KeyedLocks
+from cnm.engine.networks import Networks
+from cnm.engine.state import State
+from cnm.errors import CnmError, Conflict, NotFound
+from cnm.firewall.api import BridgeRules, Firewall
+from cnm.ipam.api import Ipam, PoolSpec
+from cnm.kernel.api import Kernel
 from cnm.model.container import Container, ContainerConfig, ExecSpec, Image
 from cnm.model.endpoint import Endpoint, EndpointRequest, Sandbox
 from cnm.model.network import Network, NetworkSpec
-from cnm.runtime.api import Process
+from cnm.runtime.api import Process, Runtime
+from cnm.store.api import Store
+
+log = logging.getLogger("cnm.engine")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,89 +66,261 @@ class ContainerPaths:
 
 
 class Controller:
+    """Owns the engine's state and its collaborators; the daemon builds it and calls
+    ``start`` once before serving and ``close`` at shutdown."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        ipam: Ipam,
+        kernel: Kernel,
+        firewall: Firewall,
+        drivers: Mapping[str, NetworkDriver],
+        runtime: Runtime,
+        data_root: str,
+        exec_root: str,
+        bridge_name: str = "cnm0",
+        firewall_backend: str = "nftables",
+        default_pools: Sequence[PoolSpec] = (),
+        debug: bool = False,
+    ) -> None:
+        self._store = store
+        self._ipam = ipam
+        self._kernel = kernel
+        self._firewall = firewall
+        self._drivers = drivers
+        self._runtime = runtime
+        self._data_root = data_root
+        self._exec_root = exec_root
+        self._bridge_name = bridge_name
+        self._firewall_backend = firewall_backend
+        self._default_pools = tuple(default_pools)
+        self._debug = debug
+        self._locks = KeyedLocks()
+        self._state = State(store)
+        self._networks = Networks(self._state, ipam, kernel, drivers, bridge_name=bridge_name)
+        self._containers = Containers(
+            self._state, self._networks, runtime, kernel, exec_root=exec_root, locks=self._locks
+        )
+        self._network_lock = asyncio.Lock()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the records, then reconcile them with the kernel (DESIGN.md, Restart):
+        firewall base, predefined networks, running containers, orphans."""
+        self._state.load()
+        await self._firewall.setup()
+        await self._containers.restore()
+        self._release_orphan_addresses()
+        networks = list(self._state.networks.values())
+        for driver in {net.driver for net in networks} | set(self._drivers):
+            mine = [n for n in networks if n.driver == driver]
+            eps = [e for e in self._state.endpoints.values() if e.network_id in {n.id for n in mine}]
+            await self._drivers[driver].restore(mine, eps)
+        await self._networks.ensure_predefined()
+        await self._firewall.sync(self.bridge_rules())
+
+    def _release_orphan_addresses(self) -> None:
+        """Pools whose network record is missing and addresses whose owner endpoint no
+        longer exists (a crash between IPAM and the record) go back."""
+        for network_id in list(self._ipam.pools()):
+            if network_id not in self._state.networks:
+                log.info("releasing orphan pool of network %s", network_id[:12])
+                self._ipam.release_pool(network_id)
+        live = set(self._state.endpoints)
+        for network_id in self._state.networks:
+            for address, owner in self._ipam.owners(network_id).items():
+                if owner in live or owner == "gateway" or owner.startswith("aux:"):
+                    continue
+                log.info("releasing orphan address %s of network %s", address, network_id[:12])
+                self._ipam.release_address(network_id, address)
+
+    def bridge_rules(self) -> list[BridgeRules]:
+        """The firewall's view of every bridge network (for sync and self-healing)."""
+        return [
+            BridgeRules(
+                owner=n.id,
+                bridge=n.bridge_name,
+                subnet=n.subnet,
+                gateway=n.gateway,
+                internal=n.internal,
+                icc=n.icc,
+                masquerade=n.masquerade,
+            )
+            for n in self._state.networks.values()
+            if n.driver == "bridge" and n.subnet is not None
+        ]
+
+    async def heal_firewall(self) -> bool:
+        """Re-install cnm's rules if someone flushed them; True when it had to."""
+        if await self._firewall.healthy():
+            return False
+        log.warning("cnm's firewall rules were removed from outside; putting them back")
+        await self._firewall.setup()
+        await self._firewall.sync(self.bridge_rules())
+        return True
+
+    async def close(self) -> None:
+        await self._containers.close()
+
     # -- system ---------------------------------------------------------------------------
-    def info(self) -> EngineInfo: ...
+
+    def info(self) -> EngineInfo:
+        containers = list(self._state.containers.values())
+        running = sum(1 for c in containers if c.running)
+        return EngineInfo(
+            data_root=self._data_root,
+            exec_root=self._exec_root,
+            bridge_name=self._bridge_name,
+            firewall_backend=self._firewall_backend,
+            default_pools=tuple((str(p.base), p.size) for p in self._default_pools),
+            containers=len(containers),
+            running=running,
+            stopped=len(containers) - running,
+            images=len(self._runtime.images()),
+            debug=self._debug,
+        )
 
     # -- networks -------------------------------------------------------------------------
-    async def create_network(self, spec: NetworkSpec) -> Network:
-        """403 Forbidden for predefined names / host & null drivers, 409 Conflict for a
-        duplicate name or overlapping subnet, 400 for bad IPAM, 404 for unknown driver."""
 
-    def networks(self) -> list[Network]: ...
+    async def create_network(self, spec: NetworkSpec) -> Network:
+        async with self._network_lock:
+            return await self._networks.create(spec)
+
+    def networks(self) -> list[Network]:
+        return sorted(self._state.networks.values(), key=lambda n: n.name)
 
     def find_network(self, ref: str) -> Network:
-        """Docker's lookup order: full id, exact name, unique id prefix.  NotFound
-        ``network X not found``; InvalidArgument when ambiguous."""
+        return self._networks.find(ref)
 
     def network_endpoints(self, network_id: str) -> list[Endpoint]:
-        """The live endpoints (running containers) of a network."""
+        return self._state.endpoints_of_network(network_id)
 
     async def remove_network(self, ref: str) -> None:
-        """403 for predefined networks and networks with active endpoints."""
+        async with self._network_lock:
+            await self._networks.remove(self._networks.find(ref))
 
     async def prune_networks(self, labels: dict[str, str | None] | None = None) -> list[str]:
-        """Remove every non-predefined network without endpoints (optionally only those
-        carrying the given labels: key -> value, or key -> None for 'any value').
-        Returns the names removed."""
+        removed: list[str] = []
+        async with self._network_lock:
+            for network in self.networks():
+                if network.predefined or self._state.endpoints_of_network(network.id):
+                    continue
+                if labels and not all(
+                    k in network.labels and (v is None or network.labels[k] == v) for k, v in labels.items()
+                ):
+                    continue
+                try:
+                    await self._networks.remove(network)
+                except CnmError as exc:
+                    log.warning("prune of %s: %s", network.name, exc)
+                    continue
+                removed.append(network.name)
+        return removed
 
     async def connect(self, network_ref: str, container_ref: str, request: EndpointRequest) -> None:
-        """Running container: resolve the network, create and join an endpoint now.
-        Stopped container: record the request; it takes effect at start."""
+        await self._containers.connect(network_ref, container_ref, request)
 
-    async def disconnect(self, network_ref: str, container_ref: str, force: bool = False) -> None: ...
+    async def disconnect(self, network_ref: str, container_ref: str, force: bool = False) -> None:
+        await self._containers.disconnect(network_ref, container_ref, force)
 
     # -- containers -----------------------------------------------------------------------
-    async def create_container(self, name: str | None, config: ContainerConfig) -> tuple[Container, list[str]]:
-        """Returns the container and Docker's warnings."""
 
-    def containers(self) -> list[Container]: ...
+    async def create_container(self, name: str | None, config: ContainerConfig) -> tuple[Container, list[str]]:
+        image = self._runtime.find_image(config.image)
+        return self._containers.create(name, config, image)
+
+    def containers(self) -> list[Container]:
+        return sorted(self._state.containers.values(), key=lambda c: c.created, reverse=True)
 
     def find_container(self, ref: str) -> Container:
-        """By name (with or without '/'), full id, or unique id prefix.
-        NotFound ``No such container: X``."""
+        return self._containers.find(ref)
 
     def container_endpoints(self, container_id: str) -> list[tuple[Network, Endpoint]]:
-        """Live endpoints of a container with their networks, in connect order."""
+        return [
+            (self._state.networks[ep.network_id], ep)
+            for ep in self._state.endpoints_of_container(container_id)
+            if ep.network_id in self._state.networks
+        ]
 
-    def container_sandbox(self, container_id: str) -> Sandbox | None: ...
+    def container_sandbox(self, container_id: str) -> Sandbox | None:
+        return self._state.sandbox_of(container_id)
 
-    def container_paths(self, container_id: str) -> ContainerPaths: ...
+    def container_paths(self, container_id: str) -> ContainerPaths:
+        root = self._runtime.container_dir(container_id)
+        return ContainerPaths(
+            hostname=f"{root}/hostname",
+            hosts=f"{root}/hosts",
+            resolv_conf=f"{root}/resolv.conf",
+            log=f"{root}/stdout.log",
+        )
 
     async def start_container(self, ref: str) -> None:
-        """NotModified when already running."""
+        await self._containers.start(ref)
 
     async def stop_container(self, ref: str, timeout: int | None = None, signal: str | None = None) -> None:
-        """NotModified when not running."""
+        await self._containers.stop(ref, timeout, signal)
 
     async def kill_container(self, ref: str, signal: str = "SIGKILL") -> None:
-        """Conflict ``container <id> is not running`` when not running."""
+        await self._containers.kill(ref, signal)
 
     async def remove_container(self, ref: str, force: bool = False) -> None:
-        """Conflict when running and not ``force``."""
+        await self._containers.remove(ref, force)
 
     async def wait_container(self, ref: str, condition: str = "not-running") -> int:
-        """``not-running`` | ``next-exit`` | ``removed``; returns the exit code."""
+        return await self._containers.wait(ref, condition)
 
     def container_logs(
         self, ref: str, *, stdout: bool, stderr: bool, follow: bool, tail: int | None
-    ) -> AsyncIterator[tuple[int, bytes]]: ...
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        container = self._containers.find(ref)
+        return self._runtime.logs(container.id, stdout=stdout, stderr=stderr, follow=follow, tail=tail)
 
-    async def attach_stdin(self, ref: str):
-        """A StreamWriter to the container's stdin, or None."""
+    async def attach_stdin(self, ref: str) -> asyncio.StreamWriter | None:
+        container = self._containers.find(ref)
+        return await self._runtime.open_stdin(container.id)
 
     # -- exec -----------------------------------------------------------------------------
+
     def create_exec(self, ref: str, spec: ExecSpec) -> str:
-        """Conflict ``container <id> is not running``."""
+        return self._containers.create_exec(ref, spec)
 
-    async def start_exec(self, exec_id: str) -> Process: ...
+    async def start_exec(self, exec_id: str) -> Process:
+        return await self._containers.start_exec(exec_id)
 
-    def exec_info(self, exec_id: str) -> ExecInfo: ...
+    def exec_info(self, exec_id: str) -> ExecInfo:
+        record = self._containers.exec_record(exec_id)
+        return ExecInfo(
+            id=record.id,
+            container_id=record.spec.container_id,
+            spec=record.spec,
+            running=record.running,
+            exit_code=record.exit_code,
+            pid=record.pid,
+        )
 
     # -- images ---------------------------------------------------------------------------
-    async def import_image(self, reference: str, tar_path: str) -> Image: ...
 
-    def images(self) -> list[Image]: ...
+    async def import_image(self, reference: str, tar_path: str) -> Image:
+        return await self._runtime.import_image(reference, tar_path)
 
-    def find_image(self, ref: str) -> Image: ...
+    def images(self) -> list[Image]:
+        return self._runtime.images()
 
-    async def remove_image(self, ref: str, force: bool = False) -> Image: ...
+    def find_image(self, ref: str) -> Image:
+        return self._runtime.find_image(ref)
+
+    async def remove_image(self, ref: str, force: bool = False) -> Image:
+        image = self._runtime.find_image(ref)
+        users = [c for c in self._state.containers.values() if c.config.image_id == image.id]
+        if users and not force:
+            raise Conflict(
+                f"conflict: unable to remove repository reference \"{ref}\" (must force) - "
+                f"container {users[0].short_id} is using its referenced image {image.id[7:19]}"
+            )
+        return await self._runtime.remove_image(ref)
+
+
+__all__ = ["Controller", "EngineInfo", "ExecInfo", "ContainerPaths", "NotFound"]

@@ -59,8 +59,9 @@ class Ipam(Protocol):
         the first address.  Without: the first default-pool subnet that overlaps neither
         an existing pool nor ``reserved`` (host routes/addresses), lowest first.
         Validates gateway/ip_range/aux addresses are inside the subnet (InvalidArgument),
-        and reserves the gateway and aux addresses.  Raises Unavailable when the default
-        pools are exhausted."""
+        and reserves the gateway and aux addresses.  Errors use Docker's statuses: an
+        overlapping subnet is Forbidden ("Pool overlaps with other one on this address
+        space"); exhausted default pools are InvalidArgument."""
 
     def release_pool(self, network_id: str) -> None:
         """Forget the pool and every address in it; idempotent."""
@@ -72,10 +73,14 @@ class Ipam(Protocol):
     ) -> IPv4Address:
         """The lowest free address of the pool's ip_range (or subnet), never the network,
         broadcast, gateway or aux addresses; or exactly ``preferred`` (InvalidArgument if
-        outside the subnet, Conflict "Address already in use" if taken)."""
+        outside the subnet, Forbidden "Address already in use" if taken, as Docker).
+        Unavailable when the pool is full."""
 
     def release_address(self, network_id: str, address: IPv4Address) -> None:
         """Idempotent."""
 
     def owners(self, network_id: str) -> dict[IPv4Address, str]:
         """Every allocated address of the pool and its owner."""
+
+    def pools(self) -> dict[str, Pool]:
+        """Every pool, by network id (for releasing orphans after a crash)."""

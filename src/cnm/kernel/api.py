@@ -80,6 +80,9 @@ class Kernel(Protocol):
         namespace (name, MAC, MTU, address, up, default route).  Undoes its own partial
         work on failure.  Returns the host end's ifindex (= the container side's iflink)."""
 
+    async def set_port_isolated(self, name: str, isolated: bool) -> None:
+        """Bridge-port isolation of host link ``name`` (how icc=false is enforced)."""
+
     async def delete_link(self, name: str, netns_path: str | None = None) -> None:
         """Delete a link by name (in the host namespace unless ``netns_path``); idempotent."""
 

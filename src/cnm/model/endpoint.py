@@ -43,7 +43,8 @@ class Endpoint:
     host_ifname: str = ""  # the veth peer on the host (bridge driver)
     mac: str = ""
     address: IPv4Interface | None = None
-    gateway: IPv4Address | None = None
+    gateway: IPv4Address | None = None  # the network's gateway (shown by inspect)
+    default_route: bool = False  # whether the sandbox's default route goes via ``gateway``
     aliases: tuple[str, ...] = ()
     request: EndpointRequest = field(default_factory=EndpointRequest)
     created_seq: int = 0  # connect order within the sandbox: decides eth0, eth1, ...

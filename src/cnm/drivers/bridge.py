@@ -1,0 +1,199 @@
+"""The bridge driver: one Linux bridge per network, one veth pair per endpoint.
+
+What it owns in the kernel: the bridge (tagged ``cnm:<network id>`` unless it existed
+before the network and is the user's), the host ends of the veth pairs (tagged
+``cnm:<endpoint id>``), and through the firewall backend the network's rules.  A bridge
+named by ``com.docker.network.bridge.name`` that existed without cnm's tag is used but
+never deleted, as Docker does with "user-created" bridges.
+
+icc=false is enforced here, not in the firewall: frames between two ports of one bridge
+never reach the IP forward hook (no br_netfilter), so each endpoint's host end is made an
+isolated bridge port; isolated ports cannot talk to each other but still reach the bridge
+itself (the gateway, the host).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from ipaddress import IPv4Interface
+from typing import Protocol
+
+from cnm.errors import Conflict, InvalidArgument, KernelError, TeardownErrors
+from cnm.firewall.api import BridgeRules, Firewall
+from cnm.kernel.api import Kernel, LinkInfo, VethSpec
+from cnm.model.endpoint import Endpoint, Sandbox
+from cnm.model.network import Network, NetworkSpec, validate_options
+
+log = logging.getLogger("cnm.drivers.bridge")
+
+
+class BridgeKernel(Kernel, Protocol):
+    """What the bridge driver needs beyond the Kernel protocol (LinuxKernel and FakeKernel
+    both provide it)."""
+
+    async def set_port_isolated(self, name: str, isolated: bool) -> None: ...
+
+
+def bridge_rules(network: Network) -> BridgeRules:
+    """The firewall's view of ``network``."""
+    if network.subnet is None:
+        raise InvalidArgument(f"network {network.name} has no IPv4 subnet")
+    return BridgeRules(
+        owner=network.id,
+        bridge=network.bridge_name,
+        subnet=network.subnet,
+        gateway=network.gateway,
+        internal=network.internal,
+        icc=network.icc,
+        masquerade=network.masquerade,
+    )
+
+
+def gateway_address(network: Network) -> IPv4Interface | None:
+    """The bridge's own address: the gateway, with the subnet's prefix length.  Internal
+    networks get it too (Docker gives it; the host can still reach their containers)."""
+    if network.gateway is None or network.subnet is None:
+        return None
+    return IPv4Interface(f"{network.gateway}/{network.subnet.prefixlen}")
+
+
+class BridgeDriver:
+    """The CNM ``bridge`` driver over a kernel and a firewall backend."""
+
+    name = "bridge"
+    needs_ipam = True
+
+    def __init__(self, kernel: BridgeKernel, firewall: Firewall) -> None:
+        self._kernel = kernel
+        self._firewall = firewall
+
+    # -- networks -------------------------------------------------------------------------
+
+    def validate(self, spec: NetworkSpec) -> None:
+        validate_options(spec.options)
+        if spec.enable_ipv6:
+            raise InvalidArgument("IPv6 networks are not supported yet: cnm's bridge driver is IPv4-only")
+        if len(spec.ipam) > 1:
+            raise InvalidArgument("the bridge driver takes one IPv4 subnet per network")
+
+    async def _bridge_link(self, name: str) -> LinkInfo | None:
+        return next((link for link in await self._kernel.links() if link.name == name), None)
+
+    async def create_network(self, network: Network) -> None:
+        """Bridge up with the gateway address, then the firewall rules; on failure, undo the
+        bridge if this call created it."""
+        await self._create(network, await self._bridge_link(network.bridge_name))
+
+    async def _create(self, network: Network, existing: LinkInfo | None) -> None:
+        """``create_network`` given the link that already has the bridge's name, if any."""
+        rules = bridge_rules(network)
+        name = network.bridge_name
+        if existing is not None and existing.owner and existing.owner != network.id:
+            raise Conflict(f"bridge {name} is already in use by network {existing.owner[:12]}")
+        async with AsyncExitStack() as undo:
+            await self._kernel.ensure_bridge(
+                name, owner=network.id, mtu=network.mtu, address=gateway_address(network)
+            )
+            if existing is None:
+                undo.push_async_callback(self._kernel.delete_link, name)
+            await self._quiet_bridge(name)
+            await self._firewall.add_network(rules)
+            undo.pop_all()
+
+    async def _quiet_bridge(self, name: str) -> None:
+        """Docker's ``accept_ra=0`` on the bridge; skipped when the host has no IPv6."""
+        try:
+            await self._kernel.set_sysctl(f"net.ipv6.conf.{name}.accept_ra", "0")
+        except KernelError as exc:
+            log.debug("not setting accept_ra on %s: %s", name, exc)
+
+    async def delete_network(self, network: Network) -> None:
+        """Rules, then the bridge if cnm created it; keeps going past errors."""
+        errors: list[BaseException] = []
+        try:
+            await self._firewall.remove_network(network.id)
+        except Exception as exc:  # noqa: BLE001 -- reported together at the end
+            errors.append(exc)
+        try:
+            link = await self._bridge_link(network.bridge_name)
+            if link is not None and link.owner == network.id:
+                await self._kernel.delete_link(network.bridge_name)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+        if errors:
+            raise TeardownErrors(f"removing network {network.name}", errors)
+
+    # -- endpoints ------------------------------------------------------------------------
+
+    async def join(self, network: Network, endpoint: Endpoint, sandbox: Sandbox) -> None:
+        """The veth pair: host end on the bridge, container end named ``endpoint.ifname``
+        in the sandbox with its MAC, address and (unless internal) default route."""
+        if not sandbox.key:
+            raise InvalidArgument(f"sandbox of container {sandbox.container_id[:12]} has no network namespace")
+        if not endpoint.host_ifname or not endpoint.ifname:
+            raise InvalidArgument(f"endpoint {endpoint.id[:12]} has no interface names")
+        spec = VethSpec(
+            owner=endpoint.id,
+            host_ifname=endpoint.host_ifname,
+            bridge=network.bridge_name,
+            netns_path=sandbox.key,
+            ifname=endpoint.ifname,
+            mtu=network.mtu,
+            mac=endpoint.mac,
+            address=endpoint.address,
+            gateway=None if network.internal else endpoint.gateway,
+        )
+        async with AsyncExitStack() as undo:
+            await self._kernel.add_veth(spec)
+            undo.push_async_callback(self._kernel.delete_link, endpoint.host_ifname)
+            if not network.icc:
+                await self._kernel.set_port_isolated(endpoint.host_ifname, True)
+            undo.pop_all()
+
+    async def leave(self, network: Network, endpoint: Endpoint, sandbox: Sandbox | None) -> None:
+        """Delete the host end (its peer goes with it); "already gone" is success."""
+        if endpoint.host_ifname:
+            await self._kernel.delete_link(endpoint.host_ifname)
+
+    # -- restart --------------------------------------------------------------------------
+
+    async def restore(self, networks: Sequence[Network], endpoints: Sequence[Endpoint]) -> None:
+        """Bridges and rules for ``networks`` back in place; cnm-owned bridges whose network
+        is not listed, and cnm-owned veths on cnm's bridges whose endpoint is not listed,
+        removed.  Keeps going past errors and reports them all."""
+        mine = [n for n in networks if n.driver == self.name]
+        errors: list[BaseException] = []
+        try:
+            links = await self._kernel.links()  # one dump: it is the costly call with many links
+        except Exception as exc:  # noqa: BLE001
+            raise TeardownErrors("restoring bridge networks", [exc]) from exc
+        by_name = {link.name: link for link in links}
+        for network in mine:
+            try:
+                await self._create(network, by_name.get(network.bridge_name))
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+        network_ids = {n.id for n in mine}
+        endpoint_ids = {e.id for e in endpoints}
+        bridge_names = {n.bridge_name for n in mine}
+        bridges = {link.index for link in links if link.kind == "bridge" and (link.owner or link.name in bridge_names)}
+        orphans = [
+            link for link in links
+            if (link.kind == "veth" and link.owner and link.owner not in endpoint_ids
+                and (link.master in bridges or link.master == 0))
+        ] + [
+            link for link in links
+            if link.kind == "bridge" and link.owner and link.owner not in network_ids
+        ]
+        for link in orphans:
+            log.info("removing stale %s %s (owner %s)", link.kind, link.name, link.owner[:12])
+            try:
+                if link.kind == "bridge":
+                    await self._firewall.remove_network(link.owner)
+                await self._kernel.delete_link(link.name)
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+        if errors:
+            raise TeardownErrors("restoring bridge networks", errors)

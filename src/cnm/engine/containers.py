@@ -1,0 +1,634 @@
+"""Container lifecycle: create, start (sandbox + endpoints + runc), exit handling, stop,
+kill, remove, connect/disconnect of running containers, exec, and restart reconcile.
+
+Locking: a container's lock is held for its critical sections only (never while waiting for
+its process to exit), so exit handling can always take it.  A start records the sandbox,
+its endpoints and the running state in one transaction after runc agreed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal as signals
+import socket
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field, replace
+
+from cnm.dns import files
+from cnm.engine.locks import KeyedLocks
+from cnm.engine.lookup import find
+from cnm.engine.names import random_name
+from cnm.engine.networks import Networks, now_rfc3339
+from cnm.engine.state import State
+from cnm.errors import (
+    CnmError,
+    Conflict,
+    Forbidden,
+    InvalidArgument,
+    NotFound,
+    NotModified,
+    SystemFailure,
+    TeardownErrors,
+)
+from cnm.kernel.api import Kernel
+from cnm.model.container import (
+    CREATED,
+    EXITED,
+    RUNNING,
+    Container,
+    ContainerConfig,
+    ExecSpec,
+    Image,
+)
+from cnm.model.endpoint import Endpoint, EndpointRequest, Sandbox
+from cnm.model.network import Network
+from cnm.model.values import new_id, parse_container_name, short_id
+from cnm.runtime.api import ContainerFiles, Process, Runtime, StartRequest
+
+log = logging.getLogger("cnm.engine")
+
+UNKNOWN_EXIT = 255
+
+
+def parse_signal(value: str | int | None, default: int = signals.SIGKILL) -> int:
+    """``SIGTERM``, ``TERM``, ``15`` -> 15; InvalidArgument otherwise."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, int) or str(value).isdigit():
+        number = int(value)
+        if 0 < number < signals.NSIG:
+            return number
+        raise InvalidArgument(f"invalid signal: {value}")
+    name = str(value).upper()
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        return int(getattr(signals.Signals, name))
+    except AttributeError:
+        raise InvalidArgument(f"invalid signal: {value}") from None
+
+
+@dataclass
+class _Run:
+    """A running container's live handles (never stored)."""
+
+    pid: int
+    exited: asyncio.Future[int]
+    watcher: asyncio.Task[None] | None = None
+
+
+@dataclass
+class ExecRecord:
+    id: str
+    spec: ExecSpec
+    running: bool = False
+    started: bool = False
+    exit_code: int | None = None
+    pid: int = 0
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class Containers:
+    def __init__(
+        self,
+        state: State,
+        networks: Networks,
+        runtime: Runtime,
+        kernel: Kernel,
+        *,
+        exec_root: str,
+        locks: KeyedLocks,
+        host_resolv_conf: str = "/etc/resolv.conf",
+    ) -> None:
+        self._state = state
+        self._networks = networks
+        self._runtime = runtime
+        self._kernel = kernel
+        self._netns_dir = os.path.join(exec_root, "netns")
+        self._locks = locks
+        self._host_resolv_conf = host_resolv_conf
+        self._runs: dict[str, _Run] = {}
+        self._removed: dict[str, list[asyncio.Future[int]]] = {}
+        self._execs: dict[str, ExecRecord] = {}
+        os.makedirs(self._netns_dir, exist_ok=True)
+
+    # -- lookup ---------------------------------------------------------------------------
+
+    def find(self, ref: str) -> Container:
+        name = ref[1:] if ref.startswith("/") else ref
+        return find(
+            self._state.containers.values(),
+            name,
+            name_of=lambda c: c.name,
+            id_of=lambda c: c.id,
+            not_found=f"No such container: {ref}",
+            kind="container",
+        )
+
+    # -- create ---------------------------------------------------------------------------
+
+    def create(self, name: str | None, config: ContainerConfig, image: Image) -> tuple[Container, list[str]]:
+        warnings: list[str] = []
+        taken = {c.name for c in self._state.containers.values()}
+        if name:
+            name = parse_container_name(name)
+            if name in taken:
+                other = next(c for c in self._state.containers.values() if c.name == name)
+                raise Conflict(
+                    f'Conflict. The container name "/{name}" is already in use by container "{other.id}". '
+                    "You have to remove (or rename) that container to be able to reuse that name."
+                )
+        else:
+            name = random_name(taken)
+        mode = config.network_mode
+        if mode.startswith("container:") and not mode[len("container:"):]:
+            raise InvalidArgument("invalid network mode: invalid container format container:<name|id>")
+        if mode == "host" and config.port_bindings:
+            warnings.append("Published ports are discarded when using host network mode")
+        container = Container(
+            id=new_id(),
+            name=name,
+            created=now_rfc3339(),
+            config=replace(config, image_id=image.id),
+        )
+        self._state.commit(put=[container])
+        return container, warnings
+
+    # -- start ----------------------------------------------------------------------------
+
+    async def start(self, ref: str) -> None:
+        container = self.find(ref)
+        async with self._locks.hold(container.id):
+            container = self._state.containers[container.id]
+            if container.running:
+                raise NotModified(f"container {container.id} is already running")
+            image = self._find_image(container)
+            run = await self._start_locked(container, image)
+        run.watcher = asyncio.get_running_loop().create_task(self._watch(container.id, run))
+
+    def _find_image(self, container: Container) -> Image:
+        try:
+            return self._runtime.find_image(container.config.image_id or container.config.image)
+        except NotFound:
+            return self._runtime.find_image(container.config.image)
+
+    def _network_plan(self, container: Container) -> list[tuple[Network, EndpointRequest, bool]]:
+        """The networks a start joins, primary first: (network, request, is_primary)."""
+        config = container.config
+        requests = dict(config.networks)
+        mode = config.network_mode
+        plan: list[tuple[Network, EndpointRequest, bool]] = []
+        keys = [mode] + [k for k in requests if k != mode]
+        seen: set[str] = set()
+        for key in keys:
+            try:
+                network = self._networks.find(key)
+            except NotFound:
+                raise NotFound(f"failed to set up container networking: network {key} not found") from None
+            if network.id in seen:
+                continue
+            seen.add(network.id)
+            request = requests.get(key) or requests.get(network.name) or requests.get(network.id) or EndpointRequest()
+            if network.name in ("host", "none") and len(keys) > 1 and key != mode:
+                raise InvalidArgument(
+                    "container cannot be connected to multiple networks with one of the networks in "
+                    f"{'host' if network.name == 'host' else 'private (none)'} mode"
+                )
+            self._networks.check_request(network, request)
+            plan.append((network, request, key == mode))
+        return plan
+
+    async def _start_locked(self, container: Container, image: Image) -> _Run:
+        config = container.config
+        mode = config.network_mode
+        async with AsyncExitStack() as stack:
+            endpoints: list[Endpoint] = []
+            sandbox: Sandbox | None = None
+            if mode.startswith("container:"):
+                target = self.find(mode[len("container:"):])
+                target_sb = self._state.sandbox_of(target.id)
+                if not target.running or target_sb is None:
+                    raise Conflict(f"cannot join network of a non running container: {target.id}")
+                netns: str | None = target_sb.key or None
+                hostname = target_sb.hostname
+                paths = self._files(target.id)
+            else:
+                plan = self._network_plan(container)
+                host_mode = mode == "host"
+                hostname = config.hostname or (socket.gethostname() if host_mode else container.short_id)
+                key = "" if host_mode else os.path.join(self._netns_dir, new_id()[:12])
+                sandbox = Sandbox(id=new_id(), container_id=container.id, key=key, hostname=hostname)
+                if key:
+                    await self._kernel.create_netns(key)
+                    stack.push_async_callback(self._kernel.delete_netns, key)
+                # Endpoints are recorded as they join so the next one sees its siblings
+                # (interface names, default route); the records are rolled back on failure.
+                for network, request, primary in plan:
+                    ep = await self._networks.attach(
+                        stack, network, container, sandbox, request, mac=config.mac_address if primary else ""
+                    )
+                    endpoints.append(ep)
+                    self._state.endpoints[ep.id] = ep
+                    stack.callback(self._state.endpoints.pop, ep.id, None)
+                netns = key or None
+                paths = self._files(container.id)
+                self._write_files(container, sandbox, endpoints, paths, host_mode=host_mode)
+            pid = await self._runtime.start(
+                StartRequest(container=container, image=image, netns_path=netns, hostname=hostname, files=paths)
+            )
+            stack.push_async_callback(self._kill_and_cleanup, container.id)
+            running = replace(
+                container,
+                sandbox_id=sandbox.id if sandbox else "",
+                state=replace(
+                    container.state, status=RUNNING, pid=pid, exit_code=0, error="", started_at=now_rfc3339()
+                ),
+            )
+            self._state.commit(put=[running, *([sandbox] if sandbox else []), *endpoints])
+            stack.pop_all()
+        log.info("container %s (%s) started, pid %d", container.name, container.short_id, pid)
+        run = _Run(pid=pid, exited=asyncio.get_running_loop().create_future())
+        self._runs[container.id] = run
+        return run
+
+    async def _kill_and_cleanup(self, container_id: str) -> None:
+        try:
+            await self._runtime.kill(container_id, signals.SIGKILL)
+        except CnmError:
+            pass
+        await self._runtime.cleanup(container_id)
+
+    # -- files ----------------------------------------------------------------------------
+
+    def _files(self, container_id: str) -> ContainerFiles:
+        root = self._runtime.container_dir(container_id)
+        return ContainerFiles(
+            hostname=os.path.join(root, "hostname"),
+            hosts=os.path.join(root, "hosts"),
+            resolv_conf=os.path.join(root, "resolv.conf"),
+        )
+
+    def _write_files(
+        self,
+        container: Container,
+        sandbox: Sandbox,
+        endpoints: list[Endpoint],
+        paths: ContainerFiles,
+        *,
+        host_mode: bool,
+    ) -> None:
+        config = container.config
+        files.write_in_place(paths.hostname, files.render_hostname(sandbox.hostname))
+        if host_mode:
+            try:
+                with open("/etc/hosts") as f:
+                    hosts = f.read()
+            except OSError:
+                hosts = files.render_hosts(sandbox.hostname, [])
+        else:
+            hosts = files.render_hosts(
+                sandbox.hostname,
+                [str(ep.address.ip) for ep in endpoints if ep.address is not None],
+                domainname=config.domainname,
+            )
+        files.write_in_place(paths.hosts, hosts)
+        try:
+            with open(self._host_resolv_conf) as f:
+                host_conf = files.parse_resolv_conf(f.read())
+        except OSError:
+            host_conf = files.ResolvConf()
+        conf, fallback = files.container_resolv_conf(
+            host_conf,
+            dns=config.dns,
+            dns_search=config.dns_search,
+            dns_options=config.dns_options,
+            host_mode=host_mode,
+        )
+        comment = "No non-localhost nameservers were left; using default external servers." if fallback else ""
+        files.write_in_place(paths.resolv_conf, files.render_resolv_conf(conf, comment=comment))
+
+    def _refresh_hosts(self, container: Container) -> None:
+        """Rewrite /etc/hosts after connect/disconnect (the file keeps its inode)."""
+        sandbox = self._state.sandbox_of(container.id)
+        if sandbox is None or not sandbox.key:
+            return
+        endpoints = self._state.endpoints_of_container(container.id)
+        self._write_files(container, sandbox, endpoints, self._files(container.id), host_mode=False)
+
+    # -- exit -----------------------------------------------------------------------------
+
+    async def _watch(self, container_id: str, run: _Run) -> None:
+        try:
+            code = await self._runtime.wait_exit(container_id, run.pid)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the watcher must always finish the container
+            log.error("waiting for container %s: %s", container_id[:12], exc)
+            code = UNKNOWN_EXIT
+        await self._finish(container_id, run.pid, code)
+
+    async def _finish(self, container_id: str, pid: int, code: int) -> None:
+        """The container's init exited: release its network, clean up runc, record it."""
+        async with self._locks.hold(container_id):
+            container = self._state.containers.get(container_id)
+            if container is None or container.state.pid != pid:
+                return
+            errors = await self._teardown_network(container)
+            try:
+                await self._runtime.cleanup(container_id)
+            except CnmError as exc:
+                errors.append(exc)
+            exited = replace(
+                container,
+                sandbox_id="",
+                state=replace(container.state, status=EXITED, pid=0, exit_code=code, finished_at=now_rfc3339()),
+            )
+            self._state.commit(put=[exited])
+            run = self._runs.pop(container_id, None)
+        for err in errors:
+            log.warning("container %s teardown: %s", container.name, err)
+        log.info("container %s (%s) exited with %d", container.name, container.short_id, code)
+        if run is not None and not run.exited.done():
+            run.exited.set_result(code)
+        if container.config.auto_remove:
+            try:
+                await self.remove(container_id, force=True)
+            except NotFound:
+                pass
+
+    async def _teardown_network(self, container: Container) -> list[BaseException]:
+        """Idempotent: endpoints, then the sandbox's netns and record."""
+        errors: list[BaseException] = []
+        sandbox = self._state.sandbox_of(container.id)
+        for ep in self._state.endpoints_of_container(container.id):
+            errors.extend(await self._networks.detach(ep, sandbox))
+        if sandbox is not None:
+            if sandbox.key:
+                try:
+                    await self._kernel.delete_netns(sandbox.key)
+                except CnmError as exc:
+                    errors.append(exc)
+            self._state.commit(delete=[sandbox])
+        return errors
+
+    # -- stop / kill / remove / wait ------------------------------------------------------
+
+    async def stop(self, ref: str, timeout: int | None = None, signal: str | None = None) -> None:
+        container = self.find(ref)
+        run = self._runs.get(container.id)
+        if not container.running or run is None:
+            raise NotModified(f"container {container.id} is not running")
+        sig = parse_signal(signal or container.config.stop_signal, signals.SIGTERM)
+        grace = container.config.stop_timeout if timeout is None else timeout
+        await self._runtime.kill(container.id, sig)
+        try:
+            await asyncio.wait_for(asyncio.shield(run.exited), timeout=max(grace, 0))
+        except TimeoutError:
+            await self._runtime.kill(container.id, signals.SIGKILL)
+            await run.exited
+
+    async def kill(self, ref: str, signal: str = "SIGKILL") -> None:
+        container = self.find(ref)
+        sig = parse_signal(signal)
+        if not container.running:
+            raise Conflict(f"container {container.id} is not running")
+        await self._runtime.kill(container.id, sig)
+
+    async def remove(self, ref: str, force: bool = False) -> None:
+        container = self.find(ref)
+        if container.running:
+            if not force:
+                raise Conflict(
+                    f'cannot remove container "/{container.name}": container is running: '
+                    "stop the container before removing or force remove"
+                )
+            run = self._runs.get(container.id)
+            await self._runtime.kill(container.id, signals.SIGKILL)
+            if run is not None:
+                await run.exited
+        async with self._locks.hold(container.id):
+            container = self._state.containers.get(container.id)
+            if container is None:
+                return
+            if container.running:
+                raise Conflict(f"container {container.id} was restarted while being removed")
+            errors = await self._teardown_network(container)  # nothing left normally
+            try:
+                await self._runtime.remove(container.id)
+            except CnmError as exc:
+                errors.append(exc)
+            self._state.commit(delete=[container])
+            for exec_id in [e.id for e in self._execs.values() if e.spec.container_id == container.id]:
+                del self._execs[exec_id]
+        for fut in self._removed.pop(container.id, []):
+            if not fut.done():
+                fut.set_result(container.state.exit_code)
+        if errors:
+            raise TeardownErrors(f"container {container.name}", errors)
+
+    async def wait(self, ref: str, condition: str = "not-running") -> int:
+        container = self.find(ref)
+        if condition not in ("not-running", "next-exit", "removed"):
+            raise InvalidArgument(f"invalid condition: {condition!r}")
+        if condition == "removed":
+            fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            self._removed.setdefault(container.id, []).append(fut)
+            return await fut
+        run = self._runs.get(container.id)
+        if run is None:
+            if condition == "not-running":
+                return container.state.exit_code
+            # next-exit of a container not started yet: wait for its next run's exit.
+            while run is None:
+                await asyncio.sleep(0.02)
+                if container.id not in self._state.containers:
+                    raise NotFound(f"No such container: {ref}")
+                run = self._runs.get(container.id)
+        return await asyncio.shield(run.exited)
+
+    # -- connect / disconnect -------------------------------------------------------------
+
+    async def connect(self, network_ref: str, ref: str, request: EndpointRequest) -> None:
+        container = self.find(ref)
+        async with self._locks.hold(container.id):
+            container = self._state.containers[container.id]
+            mode = container.config.network_mode
+            if mode == "host" or mode.startswith("container:"):
+                raise InvalidArgument(
+                    "container sharing network namespace with another container or host cannot be "
+                    "connected to any other network"
+                )
+            if not container.running:
+                self._record_request(container, network_ref, request)
+                return
+            network = self._networks.find(network_ref)
+            if network.name == "host":
+                raise InvalidArgument(
+                    "cannot connect container to host network - container must be created in host network mode"
+                )
+            if mode == "none" or network.name == "none":
+                raise InvalidArgument(
+                    "container cannot be connected to multiple networks with one of the networks in private (none) mode"
+                )
+            if any(ep.network_id == network.id for ep in self._state.endpoints_of_container(container.id)):
+                raise Forbidden(f"endpoint with name {container.name} already exists in network {network.name}")
+            self._networks.check_request(network, request)
+            sandbox = self._state.sandbox_of(container.id)
+            if sandbox is None:
+                raise SystemFailure(f"container {container.id} has no sandbox")
+            async with AsyncExitStack() as stack:
+                ep = await self._networks.attach(stack, network, container, sandbox, request)
+                networks = {k: v for k, v in container.config.networks.items() if k not in (network.name, network.id)}
+                networks[network.name] = request
+                updated = replace(container, config=replace(container.config, networks=networks))
+                self._state.commit(put=[ep, updated])
+                stack.pop_all()
+            self._refresh_hosts(updated)
+
+    def _record_request(self, container: Container, network_ref: str, request: EndpointRequest) -> None:
+        try:
+            key = self._networks.find(network_ref).name
+        except NotFound:
+            key = network_ref  # Docker checks at start
+        networks = dict(container.config.networks)
+        if key in networks or key == container.config.network_mode:
+            raise Forbidden(f"endpoint with name {container.name} already exists in network {key}")
+        networks[key] = request
+        self._state.commit(put=[replace(container, config=replace(container.config, networks=networks))])
+
+    async def disconnect(self, network_ref: str, ref: str, force: bool = False) -> None:
+        container = self.find(ref)
+        async with self._locks.hold(container.id):
+            container = self._state.containers[container.id]
+            if not container.running:
+                try:
+                    network = self._networks.find(network_ref)
+                    names = {network.name, network.id, network_ref}
+                except NotFound:
+                    if not force:
+                        raise
+                    names = {network_ref}
+                if container.config.network_mode == "host" and "host" in names:
+                    raise InvalidArgument(
+                        "cannot disconnect container from host network - container was created in host network mode"
+                    )
+                kept = {k: v for k, v in container.config.networks.items() if k not in names}
+                if len(kept) == len(container.config.networks) and container.config.network_mode not in names:
+                    raise SystemFailure(f"container {container.id} is not connected to the network {network_ref}")
+                config = replace(container.config, networks=kept)
+                if config.network_mode in names:
+                    config = replace(config, network_mode="none")
+                self._state.commit(put=[replace(container, config=config)])
+                return
+            network = self._networks.find(network_ref)
+            if container.config.network_mode == "host" and network.name == "host":
+                raise InvalidArgument(
+                    "cannot disconnect container from host network - container was created in host network mode"
+                )
+            ep = next(
+                (e for e in self._state.endpoints_of_container(container.id) if e.network_id == network.id), None
+            )
+            if ep is None:
+                raise SystemFailure(f"container {container.id} is not connected to network {network.name}")
+            errors = await self._networks.detach(ep, self._state.sandbox_of(container.id))
+            kept = {k: v for k, v in container.config.networks.items() if k not in (network.name, network.id)}
+            updated = replace(container, config=replace(container.config, networks=kept))
+            self._state.commit(put=[updated])
+            self._refresh_hosts(updated)
+            if errors:
+                raise TeardownErrors(f"disconnect of {container.name} from {network.name}", errors)
+
+    # -- exec -----------------------------------------------------------------------------
+
+    def create_exec(self, ref: str, spec: ExecSpec) -> str:
+        container = self.find(ref)
+        if not container.running:
+            raise Conflict(f"container {container.id} is not running")
+        if not spec.cmd:
+            raise InvalidArgument("No exec command specified")
+        exec_id = new_id()
+        self._execs[exec_id] = ExecRecord(id=exec_id, spec=replace(spec, container_id=container.id))
+        return exec_id
+
+    def exec_record(self, exec_id: str) -> ExecRecord:
+        record = self._execs.get(exec_id)
+        if record is None:
+            raise NotFound(f"No such exec instance: {exec_id}")
+        return record
+
+    async def start_exec(self, exec_id: str) -> Process:
+        record = self.exec_record(exec_id)
+        if record.started:
+            raise Conflict(f"exec {exec_id} has already started")
+        container = self._state.containers.get(record.spec.container_id)
+        if container is None or not container.running:
+            raise Conflict(f"container {record.spec.container_id} is not running")
+        record.started = True
+        process = await self._runtime.exec(record.spec)
+        record.running, record.pid = True, process.pid
+
+        async def reap() -> None:
+            try:
+                record.exit_code = await process.wait()
+            finally:
+                record.running = False
+
+        record.task = asyncio.get_running_loop().create_task(reap())
+        return process
+
+    # -- restart reconcile ----------------------------------------------------------------
+
+    async def restore(self) -> None:
+        """After a daemon (re)start: re-arm watchers of containers still running, finish
+        those that died while cnmd was away, and remove every sandbox, endpoint and netns
+        that no running container owns."""
+        for container in list(self._state.containers.values()):
+            if not container.running:
+                continue
+            pid = await self._runtime.is_running(container.id)
+            if pid and pid == container.state.pid:
+                run = _Run(pid=pid, exited=asyncio.get_running_loop().create_future())
+                self._runs[container.id] = run
+                run.watcher = asyncio.get_running_loop().create_task(self._watch(container.id, run))
+                continue
+            log.info("container %s died while cnmd was down", container.name)
+            errors = await self._teardown_network(container)
+            try:
+                await self._runtime.cleanup(container.id)
+            except CnmError as exc:
+                errors.append(exc)
+            state = replace(
+                container.state, status=EXITED, pid=0, exit_code=UNKNOWN_EXIT, finished_at=now_rfc3339()
+            )
+            self._state.commit(put=[replace(container, state=state, sandbox_id="")])
+            for err in errors:
+                log.warning("reconcile of %s: %s", container.name, err)
+        live = {c.id for c in self._state.containers.values() if c.running}
+        for sandbox in [s for s in self._state.sandboxes.values() if s.container_id not in live]:
+            for ep in self._state.endpoints_of_container(sandbox.container_id):
+                await self._networks.detach(ep, sandbox)
+            if sandbox.key:
+                await self._kernel.delete_netns(sandbox.key)
+            self._state.commit(delete=[sandbox])
+        for ep in [e for e in self._state.endpoints.values() if e.container_id not in live]:
+            await self._networks.detach(ep, None)
+        keys = {s.key for s in self._state.sandboxes.values()}
+        for entry in os.listdir(self._netns_dir):
+            path = os.path.join(self._netns_dir, entry)
+            if path not in keys:
+                log.info("removing stale netns %s", path)
+                await self._kernel.delete_netns(path)
+
+    async def close(self) -> None:
+        """Daemon shutdown: stop watching (containers keep running: live restore)."""
+        for run in self._runs.values():
+            if run.watcher is not None:
+                run.watcher.cancel()
+        for record in self._execs.values():
+            if record.task is not None:
+                record.task.cancel()
+
+
+__all__ = ["Containers", "ExecRecord", "parse_signal", "short_id", "CREATED"]

@@ -1,0 +1,242 @@
+"""``FakeKernel``: the Kernel protocol in memory, for driver and engine unit tests.
+
+It keeps the rules the real kernel enforces that callers depend on: names are unique per
+namespace (Conflict), a veth needs its bridge and namespace (KernelError), deleting either
+end of a pair deletes both, deleting a namespace destroys the pairs inside it, removal is
+idempotent.  ``commands`` records, in order, the command a person would have typed for
+every change.  ``fail(method)`` makes the next call(s) of a method raise, to test undo.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+from cnm.errors import Conflict, KernelError
+from cnm.kernel.api import LinkInfo, VethSpec, owner_alias
+
+HOST = None  # key of the host namespace in FakeKernel.namespaces
+
+
+@dataclass
+class FakeLink:
+    index: int
+    name: str
+    kind: str
+    owner: str = ""
+    master: int = 0
+    mac: str = ""
+    mtu: int = 1500
+    up: bool = False
+    addresses: list[IPv4Interface] = field(default_factory=list)
+    peer: tuple[str | None, int] | None = None  # (namespace, index) of a veth's other end
+    gateway: IPv4Address | None = None  # default route via this link (container side)
+    isolated: bool = False
+    hairpin: bool = False
+
+    def info(self) -> LinkInfo:
+        return LinkInfo(
+            index=self.index, name=self.name, kind=self.kind, owner=self.owner,
+            master=self.master, mac=self.mac, mtu=self.mtu, up=self.up,
+            addresses=tuple(self.addresses),
+        )
+
+
+class FakeKernel:
+    """In-memory kernel.  ``namespaces`` maps a netns path (``None`` = host) to its links by
+    name; ``sysctls`` maps (netns path or None, key) to a value."""
+
+    def __init__(self, *, host_networks: Iterable[IPv4Network] = ()) -> None:
+        self.namespaces: dict[str | None, dict[str, FakeLink]] = {HOST: {}}
+        self.sysctls: dict[tuple[str | None, str], str] = {}
+        self.commands: list[str] = []
+        self.extra_host_networks = list(host_networks)
+        self.closed = False
+        self.sysctl_default = "1"  # what an unset key reads as
+        self._next_index = 1
+        self._failures: dict[str, list[BaseException]] = {}
+        self._add_link(HOST, "lo", "", up=True, addresses=[IPv4Interface("127.0.0.1/8")])
+
+    # -- test helpers ---------------------------------------------------------------------
+
+    def fail(self, method: str, error: BaseException | None = None, times: int = 1) -> None:
+        """Make the next ``times`` calls of ``method`` raise ``error`` (a KernelError by
+        default) before changing anything."""
+        exc = error or KernelError(f"injected failure in {method}")
+        self._failures.setdefault(method, []).extend([exc] * times)
+
+    def add_foreign_link(self, name: str, kind: str = "bridge", owner: str = "") -> int:
+        """A link cnm did not create (no owner tag unless ``owner``)."""
+        return self._add_link(HOST, name, kind, owner=owner).index
+
+    @property
+    def netns(self) -> set[str]:
+        """Paths of the namespaces that exist (the host's not included)."""
+        return {path for path in self.namespaces if path is not None}
+
+    def link(self, name: str, netns_path: str | None = None) -> FakeLink | None:
+        return self.namespaces.get(netns_path, {}).get(name)
+
+    def link_names(self, netns_path: str | None = None) -> list[str]:
+        return sorted(self.namespaces.get(netns_path, {}))
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _maybe_fail(self, method: str) -> None:
+        pending = self._failures.get(method)
+        if pending:
+            raise pending.pop(0)
+
+    def _record(self, command: str, netns: str | None = None) -> None:
+        self.commands.append(f"nsenter --net={netns} {command}" if netns else command)
+
+    def _add_link(self, netns: str | None, name: str, kind: str, **values) -> FakeLink:
+        link = FakeLink(index=self._next_index, name=name, kind=kind, **values)
+        self._next_index += 1
+        self.namespaces[netns][name] = link
+        return link
+
+    def _by_index(self, netns: str | None, index: int) -> FakeLink | None:
+        return next((x for x in self.namespaces.get(netns, {}).values() if x.index == index), None)
+
+    def _remove(self, netns: str | None, link: FakeLink) -> None:
+        """Remove ``link`` and, for a veth, its peer; ports of a removed bridge detach."""
+        self.namespaces[netns].pop(link.name, None)
+        if link.peer is not None:
+            peer_ns, peer_index = link.peer
+            peer = self._by_index(peer_ns, peer_index)
+            if peer is not None:
+                self.namespaces[peer_ns].pop(peer.name, None)
+        if link.kind == "bridge":
+            for port in self.namespaces[netns].values():
+                if port.master == link.index:
+                    port.master = 0
+
+    # -- namespaces -----------------------------------------------------------------------
+
+    async def create_netns(self, path: str) -> None:
+        self._maybe_fail("create_netns")
+        if path in self.namespaces:
+            raise Conflict(f"network namespace {path} already exists")
+        self._record(f"ip netns add {path}")
+        self.namespaces[path] = {}
+        self._add_link(path, "lo", "", up=True, addresses=[IPv4Interface("127.0.0.1/8")])
+
+    async def delete_netns(self, path: str) -> None:
+        self._maybe_fail("delete_netns")
+        links = self.namespaces.get(path)
+        if links is None:
+            return
+        self._record(f"ip netns delete {path}")
+        for link in list(links.values()):
+            self._remove(path, link)  # the kernel destroys the pairs with the namespace
+        del self.namespaces[path]
+
+    def netns_exists(self, path: str) -> bool:
+        return path in self.namespaces
+
+    # -- links ----------------------------------------------------------------------------
+
+    async def ensure_bridge(
+        self, name: str, *, owner: str, mtu: int, address: IPv4Interface | None
+    ) -> int:
+        self._maybe_fail("ensure_bridge")
+        link = self.link(name)
+        if link is None:
+            self._record(f"ip link add {name} mtu {mtu} type bridge")
+            self._record(f"ip link set {name} alias {owner_alias(owner)}")
+            link = self._add_link(HOST, name, "bridge", owner=owner, mtu=mtu)
+        elif link.kind != "bridge":
+            raise Conflict(f"cannot use {name} as a bridge: a {link.kind or 'non-bridge'} link has that name")
+        if address is not None and address not in link.addresses:
+            self._record(f"ip addr add {address} dev {name}")
+            link.addresses.append(address)
+        if not link.up:
+            self._record(f"ip link set {name} up")
+            link.up = True
+        return link.index
+
+    async def add_veth(self, spec: VethSpec) -> int:
+        self._maybe_fail("add_veth")
+        bridge = self.link(spec.bridge)
+        if bridge is None or bridge.kind != "bridge":
+            raise KernelError(f"cannot attach {spec.host_ifname}: bridge {spec.bridge} does not exist")
+        if spec.netns_path not in self.namespaces:
+            raise KernelError(f"network namespace {spec.netns_path} does not exist")
+        if spec.host_ifname in self.namespaces[HOST] or spec.ifname in self.namespaces[spec.netns_path]:
+            raise Conflict(
+                f"cannot create veth {spec.host_ifname}: the name is taken on the host "
+                f"or {spec.ifname} exists in {spec.netns_path}"
+            )
+        if spec.gateway is not None and (
+            spec.address is None or spec.gateway not in spec.address.network
+        ):
+            raise KernelError(f"cannot configure {spec.ifname} in {spec.netns_path}: Network is unreachable")
+        self._record(
+            f"ip link add {spec.host_ifname} mtu {spec.mtu} master {spec.bridge} type veth "
+            f"peer name {spec.ifname}{f' address {spec.mac}' if spec.mac else ''} mtu {spec.mtu} "
+            f"netns {spec.netns_path}"
+        )
+        host = self._add_link(
+            HOST, spec.host_ifname, "veth", owner=spec.owner, master=bridge.index, mtu=spec.mtu,
+            up=True, hairpin=spec.hairpin, mac=f"02:00:00:00:00:{self._next_index & 0xFF:02x}",
+        )
+        inner = self._add_link(
+            spec.netns_path, spec.ifname, "veth", mtu=spec.mtu, up=True, mac=spec.mac,
+            addresses=[spec.address] if spec.address is not None else [], gateway=spec.gateway,
+            peer=(HOST, host.index),
+        )
+        host.peer = (spec.netns_path, inner.index)
+        self._record(f"ip link set {spec.host_ifname} alias {owner_alias(spec.owner)} up")
+        self._record(f"ip link set {spec.ifname} up", spec.netns_path)
+        if spec.address is not None:
+            self._record(f"ip addr add {spec.address} dev {spec.ifname}", spec.netns_path)
+        if spec.gateway is not None:
+            self._record(f"ip route add default via {spec.gateway} dev {spec.ifname}", spec.netns_path)
+        return host.index
+
+    async def set_port_isolated(self, name: str, isolated: bool) -> None:
+        """Bridge-port isolation on a host link (see LinuxKernel.set_port_isolated)."""
+        self._maybe_fail("set_port_isolated")
+        link = self.link(name)
+        if link is None or not link.master:
+            raise KernelError(f"cannot set isolation on bridge port {name}: No such device")
+        self._record(f"ip link set dev {name} type bridge_slave isolated {'on' if isolated else 'off'}")
+        link.isolated = isolated
+
+    async def delete_link(self, name: str, netns_path: str | None = None) -> None:
+        self._maybe_fail("delete_link")
+        link = self.link(name, netns_path)
+        if link is None:
+            return
+        self._record(f"ip link del {name}", netns_path)
+        self._remove(netns_path, link)
+
+    async def links(self, netns_path: str | None = None) -> list[LinkInfo]:
+        self._maybe_fail("links")
+        if netns_path not in self.namespaces:
+            raise KernelError(f"network namespace {netns_path} does not exist")
+        return [link.info() for link in sorted(self.namespaces[netns_path].values(), key=lambda x: x.index)]
+
+    async def host_networks(self) -> list[IPv4Network]:
+        self._maybe_fail("host_networks")
+        found = set(self.extra_host_networks)
+        for link in self.namespaces[HOST].values():
+            found.update(a.network for a in link.addresses)
+        return sorted(found)
+
+    # -- sysctl ---------------------------------------------------------------------------
+
+    async def set_sysctl(self, key: str, value: str, netns_path: str | None = None) -> str:
+        self._maybe_fail("set_sysctl")
+        if netns_path is not None and netns_path not in self.namespaces:
+            raise KernelError(f"network namespace {netns_path} does not exist")
+        previous = self.sysctls.get((netns_path, key), self.sysctl_default)
+        if previous != value:
+            self._record(f"sysctl -w {key}={value}", netns_path)
+        self.sysctls[(netns_path, key)] = value
+        return previous
+
+    def close(self) -> None:
+        self.closed = True

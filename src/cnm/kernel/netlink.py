@@ -1,0 +1,372 @@
+"""``LinuxKernel``: the Kernel protocol over rtnetlink (pyroute2), for cnmd's event loop.
+
+One long-lived ``AsyncIPRoute`` serves the host namespace (the namespace the kernel object
+was first used in).  A container namespace gets a netlink socket opened on a short-lived
+thread (see ``cnm.kernel.netns``), used for the few requests that configure it, and closed.
+
+Every change is logged as the iproute2 command a person would type.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from ipaddress import IPv4Interface, IPv4Network
+from socket import AF_INET
+from typing import Any
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from cnm.errors import Conflict, KernelError
+from cnm.kernel import netns as ns
+from cnm.kernel import sysctl
+from cnm.kernel.api import OWNER_PREFIX, LinkInfo, VethSpec, owner_alias
+from cnm.kernel.cmdlog import log_command
+
+IFF_UP = 0x1
+RT_SCOPE_LINK = 253
+RTN_UNICAST = 1
+RT_TABLE_MAIN = 254
+
+# Written inside a container namespace before its interface arrives: a device moved into
+# a namespace takes that namespace's "default" devconf, so eth0 comes up with IPv6 off --
+# no link-local address, no DAD delay.  (IPv4-only networks for now.)
+_IPV6_DEFAULT_OFF = "net.ipv6.conf.default.disable_ipv6"
+
+
+def _random_mac() -> str:
+    """A unicast, locally administered MAC (as Docker gives its bridges, so the bridge's
+    MAC does not change as ports come and go)."""
+    first = (secrets.randbits(8) & 0xFC) | 0x02
+    return ":".join(f"{b:02x}" for b in bytes([first]) + secrets.token_bytes(5))
+
+
+def _failure(what: str, exc: BaseException) -> KernelError:
+    if isinstance(exc, NetlinkError):
+        detail = os.strerror(exc.code) if exc.code else str(exc)
+    elif isinstance(exc, OSError):
+        detail = exc.strerror or str(exc)
+    else:
+        detail = str(exc)
+    return KernelError(f"{what}: {detail}")
+
+
+def _prepare_container_ns(path: str) -> None:
+    """Runs inside the container namespace at ``path`` (fresh thread): IPv6 off for the
+    interfaces to come."""
+    if ns.read_proc_sys(_IPV6_DEFAULT_OFF) not in (None, "1"):
+        ns.write_proc_sys(_IPV6_DEFAULT_OFF, "1", netns=path)
+
+
+def _link_info(msg: Any, addresses: dict[int, list[IPv4Interface]]) -> LinkInfo:
+    alias = msg.get("ifalias") or ""
+    linkinfo = msg.get("linkinfo")
+    kind = (linkinfo.get("kind") if linkinfo is not None else None) or ""
+    index = msg["index"]
+    return LinkInfo(
+        index=index,
+        name=msg.get("ifname") or "",
+        kind=kind,
+        owner=alias[len(OWNER_PREFIX):] if alias.startswith(OWNER_PREFIX) else "",
+        master=msg.get("master") or 0,
+        mac=msg.get("address") or "",
+        mtu=msg.get("mtu") or 0,
+        up=bool(msg["flags"] & IFF_UP),
+        addresses=tuple(addresses.get(index, ())),
+    )
+
+
+class LinuxKernel:
+    """The real kernel.  Create it anywhere; it binds to the running event loop on first use
+    and must then be used from that loop only.  ``close()`` releases the host socket."""
+
+    def __init__(self) -> None:
+        self._host: AsyncIPRoute | None = None
+        self._host_sock = None
+
+    # -- sockets --------------------------------------------------------------------------
+
+    @property
+    def host(self) -> AsyncIPRoute:
+        if self._host is None:
+            self._host_sock = ns.open_netlink_socket()
+            self._host = AsyncIPRoute(use_socket=self._host_sock)
+        return self._host
+
+    @asynccontextmanager
+    async def _in_netns(
+        self, path: str, prepare: Callable[[], None] | None = None
+    ) -> AsyncIterator[AsyncIPRoute]:
+        """A short-lived netlink client inside the namespace at ``path``."""
+        async with self._client(await ns.socket_in_netns(path, prepare)) as ipr:
+            yield ipr
+
+    @asynccontextmanager
+    async def _client(self, sock: socket.socket) -> AsyncIterator[AsyncIPRoute]:
+        """A netlink client over ``sock``; closes both on exit."""
+        ipr = AsyncIPRoute(use_socket=sock)
+        try:
+            yield ipr
+        finally:
+            ipr.close()
+            sock.close()
+
+    def close(self) -> None:
+        if self._host is not None:
+            self._host.close()
+            self._host = None
+        if self._host_sock is not None:
+            self._host_sock.close()
+            self._host_sock = None
+
+    # -- namespaces -----------------------------------------------------------------------
+
+    async def create_netns(self, path: str) -> None:
+        sock = await ns.create_netns(path, ns.open_netlink_socket)
+        ipr = AsyncIPRoute(use_socket=sock)
+        try:
+            log_command(["ip", "link", "set", "lo", "up"], netns=path)
+            await ipr.link("set", index=1, state="up")
+        except (NetlinkError, OSError) as exc:
+            ns.delete_netns(path)
+            raise _failure(f"cannot bring up lo in {path}", exc) from exc
+        finally:
+            ipr.close()
+            sock.close()
+
+    async def delete_netns(self, path: str) -> None:
+        ns.delete_netns(path)
+
+    def netns_exists(self, path: str) -> bool:
+        return ns.netns_exists(path)
+
+    # -- queries --------------------------------------------------------------------------
+
+    async def _get_link(self, ipr: AsyncIPRoute, name: str) -> Any | None:
+        """The link named ``name`` or None."""
+        try:
+            return (await ipr.link("get", ifname=name))[0]
+        except NetlinkError as exc:
+            if exc.code in (errno.ENODEV, errno.ENOENT):
+                return None
+            raise _failure(f"cannot look up link {name}", exc) from exc
+
+    async def _dump(self, ipr: AsyncIPRoute) -> list[LinkInfo]:
+        addresses: dict[int, list[IPv4Interface]] = {}
+        async for msg in await ipr.addr("dump", family=AF_INET):
+            iface = IPv4Interface(f"{msg.get('address')}/{msg['prefixlen']}")
+            addresses.setdefault(msg["index"], []).append(iface)
+        return [_link_info(msg, addresses) async for msg in await ipr.link("dump")]
+
+    async def links(self, netns_path: str | None = None) -> list[LinkInfo]:
+        try:
+            if netns_path is None:
+                return await self._dump(self.host)
+            async with self._in_netns(netns_path) as ipr:
+                return await self._dump(ipr)
+        except (NetlinkError, OSError) as exc:
+            raise _failure(f"cannot list links of {netns_path or 'the host'}", exc) from exc
+
+    async def host_networks(self) -> list[IPv4Network]:
+        found: set[IPv4Network] = set()
+        try:
+            async for msg in await self.host.addr("dump", family=AF_INET):
+                found.add(IPv4Interface(f"{msg.get('address')}/{msg['prefixlen']}").network)
+            async for msg in await self.host.route("dump", family=AF_INET):
+                if (
+                    msg["scope"] == RT_SCOPE_LINK
+                    and msg["type"] == RTN_UNICAST
+                    and msg["dst_len"] > 0
+                    and msg.get("table") == RT_TABLE_MAIN
+                ):
+                    found.add(IPv4Network(f"{msg.get('dst')}/{msg['dst_len']}", strict=False))
+        except (NetlinkError, OSError) as exc:
+            raise _failure("cannot list host addresses and routes", exc) from exc
+        return sorted(found)
+
+    # -- bridges --------------------------------------------------------------------------
+
+    async def ensure_bridge(
+        self, name: str, *, owner: str, mtu: int, address: IPv4Interface | None
+    ) -> int:
+        ipr = self.host
+        link = await self._get_link(ipr, name)
+        if link is None:
+            link = await self._add_bridge(ipr, name, owner, mtu)
+        linkinfo = link.get("linkinfo")
+        kind = linkinfo.get("kind") if linkinfo is not None else None
+        if kind != "bridge":
+            raise Conflict(f"cannot use {name} as a bridge: a {kind or 'non-bridge'} link has that name")
+        index = link["index"]
+        try:
+            if address is not None:
+                present = {
+                    IPv4Interface(f"{m.get('address')}/{m['prefixlen']}")
+                    async for m in await ipr.addr("dump", family=AF_INET, index=index)
+                }
+                if address not in present:
+                    log_command(["ip", "addr", "add", str(address), "dev", name])
+                    await ipr.addr("add", index=index, address=str(address.ip),
+                                   prefixlen=address.network.prefixlen)
+            if not link["flags"] & IFF_UP:
+                log_command(["ip", "link", "set", name, "up"])
+                await ipr.link("set", index=index, state="up")
+        except NetlinkError as exc:
+            if exc.code == errno.EEXIST and address is not None:
+                raise Conflict(f"cannot add {address} to bridge {name}: address in use") from exc
+            raise _failure(f"cannot configure bridge {name}", exc) from exc
+        return index
+
+    async def _add_bridge(self, ipr: AsyncIPRoute, name: str, owner: str, mtu: int) -> Any:
+        """Create bridge ``name`` tagged with ``owner``; return its link message."""
+        mac = _random_mac()
+        log_command(["ip", "link", "add", name, "address", mac, "mtu", str(mtu), "type", "bridge"])
+        try:
+            await ipr.link("add", ifname=name, kind="bridge", address=mac, mtu=mtu)
+        except NetlinkError as exc:
+            if exc.code == errno.EEXIST:  # raced with another creator: the caller re-checks it
+                return await self._get_link(ipr, name)
+            raise _failure(f"cannot create bridge {name}", exc) from exc
+        link = await self._get_link(ipr, name)
+        if link is None:
+            raise KernelError(f"bridge {name} vanished right after it was created")
+        # The kernel ignores IFLA_IFALIAS on RTM_NEWLINK: tag the new link right after.
+        try:
+            await self._set_alias(ipr, link["index"], name, owner)
+        except BaseException:
+            await self._delete(ipr, name, None)
+            raise
+        return link
+
+    async def _set_alias(self, ipr: AsyncIPRoute, index: int, name: str, owner: str) -> None:
+        log_command(["ip", "link", "set", name, "alias", owner_alias(owner)])
+        try:
+            await ipr.link("set", index=index, IFLA_IFALIAS=owner_alias(owner))
+        except NetlinkError as exc:
+            raise _failure(f"cannot tag link {name} with its owner", exc) from exc
+
+    # -- veth pairs -----------------------------------------------------------------------
+
+    async def add_veth(self, spec: VethSpec) -> int:
+        host = self.host
+        # Enter the namespace (a thread) while the bridge is looked up (a netlink round trip).
+        sock, bridge = await asyncio.gather(
+            ns.socket_in_netns(spec.netns_path, functools.partial(_prepare_container_ns, spec.netns_path)),
+            self._get_link(host, spec.bridge),
+            return_exceptions=True,
+        )
+        for result in (sock, bridge):
+            if isinstance(result, BaseException):
+                if isinstance(sock, socket.socket):
+                    sock.close()
+                raise result
+        if bridge is None:
+            sock.close()
+            raise KernelError(f"cannot attach {spec.host_ifname}: bridge {spec.bridge} does not exist")
+        async with self._client(sock) as inner:
+            peer: dict[str, Any] = {"ifname": spec.ifname, "mtu": spec.mtu}
+            if spec.mac:
+                peer["address"] = spec.mac
+            log_command(
+                ["ip", "link", "add", spec.host_ifname, "mtu", str(spec.mtu), "master", spec.bridge,
+                 "type", "veth", "peer", "name", spec.ifname,
+                 *(["address", spec.mac] if spec.mac else []), "mtu", str(spec.mtu),
+                 "netns", spec.netns_path]
+            )
+            fd = os.open(spec.netns_path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                peer["net_ns_fd"] = fd
+                await host.link(
+                    "add", ifname=spec.host_ifname, kind="veth", mtu=spec.mtu, master=bridge["index"],
+                    peer=peer,
+                )
+            except NetlinkError as exc:
+                if exc.code == errno.EEXIST:
+                    raise Conflict(
+                        f"cannot create veth {spec.host_ifname}: the name is taken on the host "
+                        f"or {spec.ifname} exists in {spec.netns_path}"
+                    ) from exc
+                raise _failure(f"cannot create veth {spec.host_ifname}", exc) from exc
+            finally:
+                os.close(fd)
+            try:
+                return await self._configure_peer(inner, spec)
+            except BaseException:
+                await self.delete_link(spec.host_ifname)  # takes the peer with it
+                raise
+
+    async def _configure_peer(self, inner: AsyncIPRoute, spec: VethSpec) -> int:
+        """Tag and raise the host end; raise, address and route the container end; return
+        the host end's ifindex (the container end's iflink)."""
+        path = spec.netns_path
+        try:
+            peer = (await inner.link("get", ifname=spec.ifname))[0]
+            index = peer["index"]
+            host_index = peer.get("link")
+            # The kernel ignores IFLA_IFALIAS on RTM_NEWLINK, so the tag comes with "up".
+            log_command(["ip", "link", "set", spec.host_ifname, "alias", owner_alias(spec.owner), "up"])
+            await self.host.link("set", index=host_index, IFLA_IFALIAS=owner_alias(spec.owner), state="up")
+            log_command(["ip", "link", "set", spec.ifname, "up"], netns=path)
+            await inner.link("set", index=index, state="up")
+            if spec.address is not None:
+                log_command(["ip", "addr", "add", str(spec.address), "dev", spec.ifname], netns=path)
+                await inner.addr("add", index=index, address=str(spec.address.ip),
+                                 prefixlen=spec.address.network.prefixlen)
+            if spec.gateway is not None:
+                log_command(["ip", "route", "add", "default", "via", str(spec.gateway),
+                             "dev", spec.ifname], netns=path)
+                await inner.route("add", dst="0.0.0.0/0", gateway=str(spec.gateway), oif=index)
+            if spec.hairpin:
+                log_command(["ip", "link", "set", "dev", spec.host_ifname, "type", "bridge_slave",
+                             "hairpin", "on"])
+                await self.host.link("set", index=host_index, kind="bridge_slave", mode=1)
+        except NetlinkError as exc:
+            raise _failure(f"cannot configure {spec.ifname} in {path}", exc) from exc
+        return host_index
+
+    async def set_port_isolated(self, name: str, isolated: bool) -> None:
+        """Bridge-port isolation on host link ``name`` (``ip link set dev X type bridge_slave
+        isolated on``): isolated ports cannot exchange frames with each other, only with
+        non-isolated ports and the bridge itself.  (Not in the Kernel protocol yet.)"""
+        log_command(["ip", "link", "set", "dev", name, "type", "bridge_slave",
+                     "isolated", "on" if isolated else "off"])
+        try:
+            await self.host.link("set", ifname=name, kind="bridge_slave", isolated=int(isolated))
+        except NetlinkError as exc:
+            raise _failure(f"cannot set isolation on bridge port {name}", exc) from exc
+
+    async def delete_link(self, name: str, netns_path: str | None = None) -> None:
+        try:
+            if netns_path is None:
+                await self._delete(self.host, name, None)
+            elif ns.netns_exists(netns_path):
+                async with self._in_netns(netns_path) as ipr:
+                    await self._delete(ipr, name, netns_path)
+        except (NetlinkError, OSError) as exc:
+            raise _failure(f"cannot delete link {name}", exc) from exc
+
+    async def _delete(self, ipr: AsyncIPRoute, name: str, netns_path: str | None) -> None:
+        link = await self._get_link(ipr, name)
+        if link is None:
+            return
+        log_command(["ip", "link", "del", name], netns=netns_path)
+        try:
+            await ipr.link("del", index=link["index"])
+        except NetlinkError as exc:
+            if exc.code not in (errno.ENODEV, errno.ENOENT):  # raced: gone is success
+                raise
+
+    # -- sysctl ---------------------------------------------------------------------------
+
+    async def set_sysctl(self, key: str, value: str, netns_path: str | None = None) -> str:
+        if netns_path is None:
+            return sysctl.set_sysctl(key, value)
+        return await ns.call_in_netns(netns_path, lambda: ns.write_proc_sys(key, value, netns_path))
+

@@ -1,0 +1,122 @@
+"""FakeRuntime: the Runtime protocol in memory, for engine unit tests.
+
+Containers "run" until killed; ``exit(id, code)`` makes one exit on its own.  Exec
+processes answer with canned output.  No process, mount or file outside ``root``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal as signals
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from cnm.errors import Conflict, NotFound, RuntimeFailure
+from cnm.model.container import ExecSpec, Image
+from cnm.runtime.api import StartRequest
+
+
+@dataclass
+class _FakeProcess:
+    pid: int
+    stdout: asyncio.StreamReader
+    stdin: asyncio.StreamWriter | None = None
+    stderr: asyncio.StreamReader | None = None
+    code: int = 0
+
+    async def wait(self) -> int:
+        return self.code
+
+    def resize(self, height: int, width: int) -> None:
+        pass
+
+
+@dataclass
+class FakeRuntime:
+    root: str
+    images_by_ref: dict[str, Image] = field(default_factory=dict)
+    started: dict[str, StartRequest] = field(default_factory=dict)
+    exits: dict[str, asyncio.Future[int]] = field(default_factory=dict)
+    fail_start: bool = False
+    _pids: itertools.count = field(default_factory=lambda: itertools.count(1000))
+
+    def add_image(self, reference: str, image_id: str = "sha256:" + "ab" * 32) -> Image:
+        name = reference if ":" in reference else reference + ":latest"
+        image = Image(id=image_id, repo_tags=(name,), created="2026-01-01T00:00:00Z")
+        self.images_by_ref[name] = image
+        return image
+
+    async def import_image(self, reference: str, tar_path: str) -> Image:
+        return self.add_image(reference)
+
+    def images(self) -> list[Image]:
+        return list({i.id: i for i in self.images_by_ref.values()}.values())
+
+    def find_image(self, reference: str) -> Image:
+        name = reference if ":" in reference or reference.startswith("sha256:") else reference + ":latest"
+        if name in self.images_by_ref:
+            return self.images_by_ref[name]
+        for image in self.images_by_ref.values():
+            if image.id == reference:
+                return image
+        raise NotFound(f"No such image: {reference}")
+
+    async def remove_image(self, reference: str) -> Image:
+        image = self.find_image(reference)
+        for key in [k for k, v in self.images_by_ref.items() if v.id == image.id]:
+            del self.images_by_ref[key]
+        return image
+
+    def container_dir(self, container_id: str) -> str:
+        path = os.path.join(self.root, container_id)
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    async def start(self, request: StartRequest) -> int:
+        if self.fail_start:
+            raise RuntimeFailure("runc run failed: fake failure")
+        cid = request.container.id
+        if cid in self.exits and not self.exits[cid].done():
+            raise Conflict(f"container {cid} already running")
+        self.started[cid] = request
+        self.exits[cid] = asyncio.get_running_loop().create_future()
+        return next(self._pids)
+
+    def exit(self, container_id: str, code: int) -> None:
+        fut = self.exits.get(container_id)
+        if fut is not None and not fut.done():
+            fut.set_result(code)
+
+    async def wait_exit(self, container_id: str, pid: int) -> int:
+        return await asyncio.shield(self.exits[container_id])
+
+    async def kill(self, container_id: str, signal: int) -> None:
+        if signal in (signals.SIGKILL, signals.SIGTERM, signals.SIGINT):
+            self.exit(container_id, 128 + signal)
+
+    async def cleanup(self, container_id: str) -> None:
+        pass
+
+    async def remove(self, container_id: str) -> None:
+        self.started.pop(container_id, None)
+
+    async def is_running(self, container_id: str) -> int:
+        fut = self.exits.get(container_id)
+        return 1000 if fut is not None and not fut.done() else 0
+
+    async def exec(self, spec: ExecSpec) -> _FakeProcess:
+        reader = asyncio.StreamReader()
+        reader.feed_data((" ".join(spec.cmd) + "\n").encode())
+        reader.feed_eof()
+        return _FakeProcess(pid=next(self._pids), stdout=reader)
+
+    async def logs(
+        self, container_id: str, *, stdout: bool, stderr: bool, follow: bool, tail: int | None
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        if stdout:
+            yield 1, b"fake output\n"
+
+    async def open_stdin(self, container_id: str) -> asyncio.StreamWriter | None:
+        return None

@@ -1,0 +1,195 @@
+"""cnm.store.codec: model records -> JSON documents -> the same records."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from types import MappingProxyType
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cnm.errors import SystemFailure
+from cnm.ipam.api import Pool
+from cnm.model.container import Container, ContainerConfig, Image, PortBindingRequest
+from cnm.model.endpoint import Endpoint, EndpointRequest, Sandbox
+from cnm.model.network import IpamConfig, Network
+from cnm.store import codec
+from cnm.store.memory import MemoryStore
+
+
+def through_json(obj):
+    """encode -> JSON text -> decode, as a store does."""
+    cls = type(obj)
+    return codec.decode(cls, json.loads(json.dumps(codec.encode(obj))))
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.from_type(Network))
+def test_network_roundtrip(net):
+    assert through_json(net) == net
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.from_type(Endpoint))
+def test_endpoint_roundtrip(ep):
+    assert through_json(ep) == ep
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.from_type(Container))
+def test_container_roundtrip(container):
+    assert through_json(container) == container
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.from_type(Sandbox), st.from_type(Image), st.from_type(Pool))
+def test_other_records_roundtrip(sandbox, image, pool):
+    assert through_json(sandbox) == sandbox
+    assert through_json(image) == image
+    assert through_json(pool) == pool
+
+
+def sample_network() -> Network:
+    return Network(
+        id="a" * 64,
+        name="backend",
+        driver="bridge",
+        created="2024-01-01T00:00:00.000000000Z",
+        ipam=(
+            IpamConfig(
+                subnet=IPv4Network("10.10.0.0/24"),
+                ip_range=IPv4Network("10.10.0.128/25"),
+                gateway=IPv4Address("10.10.0.1"),
+                aux_addresses={"router": IPv4Address("10.10.0.2")},
+            ),
+        ),
+        subnet=IPv4Network("10.10.0.0/24"),
+        gateway=IPv4Address("10.10.0.1"),
+        options={"com.docker.network.bridge.enable_icc": "false"},
+        labels={"team": "a"},
+    )
+
+
+def test_document_shape_is_plain_json():
+    doc = codec.encode(sample_network())
+    assert doc["subnet"] == "10.10.0.0/24"
+    assert doc["ipam"] == [
+        {
+            "subnet": "10.10.0.0/24",
+            "ip_range": "10.10.0.128/25",
+            "gateway": "10.10.0.1",
+            "aux_addresses": {"router": "10.10.0.2"},
+        }
+    ]
+    assert doc["ipam_options"] is None and doc["labels"] == {"team": "a"}
+    json.dumps(doc)  # nothing exotic left
+
+
+def test_decoded_types_are_the_declared_ones():
+    net = through_json(sample_network())
+    assert isinstance(net.ipam, tuple) and isinstance(net.ipam[0], IpamConfig)
+    assert isinstance(net.subnet, IPv4Network) and isinstance(net.gateway, IPv4Address)
+    assert isinstance(net.options, MappingProxyType)
+    with pytest.raises(TypeError):
+        net.options["x"] = "y"  # read-only, like the frozen record
+    assert net.icc is False
+    ep = Endpoint(
+        id="e",
+        network_id="n",
+        container_id="c",
+        sandbox_id="s",
+        name="web",
+        address=IPv4Interface("10.10.0.5/24"),
+        request=EndpointRequest(ipv4_address=IPv4Address("10.10.0.5"), driver_opts={"k": "v"}),
+    )
+    back = through_json(ep)
+    assert back == ep and isinstance(back.address, IPv4Interface)
+
+
+def test_nested_mapping_of_tuples_of_dataclasses():
+    cfg = ContainerConfig(
+        image="busybox",
+        port_bindings={"80/tcp": (PortBindingRequest("0.0.0.0", "8080"), PortBindingRequest("", "8081"))},
+        networks={"backend": EndpointRequest(aliases=("api",), aliases_given=True)},
+        entrypoint=None,
+    )
+    back = through_json(Container(id="c", name="web", created="t", config=cfg))
+    assert back.config.port_bindings["80/tcp"][1] == PortBindingRequest("", "8081")
+    assert back.config.networks["backend"].aliases == ("api",)
+    assert back.config.entrypoint is None
+
+
+def test_unknown_keys_ignored_missing_keys_defaulted():
+    doc = codec.encode(sample_network())
+    doc["added_in_a_later_version"] = {"whatever": 1}
+    del doc["labels"], doc["internal"], doc["ipam"][0]["aux_addresses"]
+    doc["ipam"][0]["future"] = 3
+    net = codec.decode(Network, doc)
+    assert net.labels == {} and net.internal is False
+    assert net.ipam[0].aux_addresses == {}
+
+
+def test_null_for_non_optional_field_takes_default():
+    doc = codec.encode(sample_network())
+    doc["options"] = None
+    doc["scope"] = None
+    net = codec.decode(Network, doc)
+    assert net.options == {} and net.scope == "local"
+
+
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        ({"subnet": "10.0.0.1/24"}, "Network.subnet"),
+        ({"subnet": 5}, "Network.subnet"),
+        ({"internal": "yes"}, "Network.internal: expected bool"),
+        ({"ipam": "x"}, "Network.ipam: expected a list"),
+        ({"ipam": [{"gateway": "300.1.1.1"}]}, "IpamConfig.gateway"),
+        ({"options": {"k": 1}}, "Network.options: expected str"),
+        ({"id": None}, "Network.id"),
+    ],
+)
+def test_bad_documents_raise_system_failure(change, needle):
+    doc = codec.encode(sample_network())
+    doc.update(change)
+    with pytest.raises(SystemFailure, match="cannot decode stored Network") as info:
+        codec.decode(Network, doc)
+    assert needle in str(info.value)
+
+
+def test_missing_required_field_is_named():
+    doc = codec.encode(sample_network())
+    del doc["name"]
+    with pytest.raises(SystemFailure, match="Network.name is missing"):
+        codec.decode(Network, doc)
+
+
+def test_int_field_refuses_bool_and_encode_refuses_non_dataclass():
+    doc = codec.encode(Container(id="c", name="n", created="t", config=ContainerConfig(image="i")))
+    doc["config"]["stop_timeout"] = True
+    with pytest.raises(SystemFailure, match="stop_timeout"):
+        codec.decode(Container, doc)
+    with pytest.raises(TypeError):
+        codec.encode({"not": "a dataclass"})
+
+
+@dataclass(frozen=True)
+class _Plain:
+    counts: dict[str, int] = field(default_factory=dict)
+    ratio: float = 0.5
+
+
+def test_dict_field_stays_a_dict_and_float_accepts_int():
+    back = codec.decode(_Plain, {"counts": {"a": 1}, "ratio": 2})
+    assert type(back.counts) is dict and back.ratio == 2.0
+
+
+def test_through_a_store():
+    store = MemoryStore()
+    net = sample_network()
+    with store.transaction() as tx:
+        tx.put("network", net.id, codec.encode(net))
+    assert codec.decode(Network, store.get("network", net.id)) == net

@@ -1,0 +1,323 @@
+"""The engine over fakes: FakeKernel, FakeFirewall, MemoryStore, FakeRuntime, real IPAM and
+real drivers.  No root, no kernel."""
+
+from __future__ import annotations
+
+import asyncio
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from cnm.drivers.bridge import BridgeDriver
+from cnm.drivers.host import HostDriver
+from cnm.drivers.null import NullDriver
+from cnm.engine.controller import Controller
+from cnm.errors import Conflict, Forbidden, InvalidArgument, NotFound, NotModified, RuntimeFailure
+from cnm.firewall.fake import FakeFirewall
+from cnm.ipam.api import DEFAULT_POOLS
+from cnm.ipam.default import DefaultIpam
+from cnm.kernel.fake import FakeKernel
+from cnm.model.container import ContainerConfig
+from cnm.model.endpoint import EndpointRequest
+from cnm.model.network import IpamConfig, NetworkSpec
+from cnm.runtime.fake import FakeRuntime
+from cnm.store.memory import MemoryStore
+
+
+class World:
+    """One daemon's collaborators, reusable across a simulated restart."""
+
+    def __init__(self, tmp_path) -> None:
+        self.store = MemoryStore()
+        self.kernel = FakeKernel()
+        self.firewall = FakeFirewall()
+        self.runtime = FakeRuntime(str(tmp_path / "containers"))
+        self.runtime.add_image("busybox")
+        self.tmp = tmp_path
+
+    async def controller(self) -> Controller:
+        ipam = DefaultIpam(self.store, DEFAULT_POOLS)
+        ctl = Controller(
+            store=self.store,
+            ipam=ipam,
+            kernel=self.kernel,
+            firewall=self.firewall,
+            drivers={
+                "bridge": BridgeDriver(self.kernel, self.firewall),
+                "host": HostDriver(),
+                "null": NullDriver(),
+            },
+            runtime=self.runtime,
+            data_root=str(self.tmp / "data"),
+            exec_root=str(self.tmp / "exec"),
+        )
+        await ctl.start()
+        return ctl
+
+
+@pytest.fixture
+def world(tmp_path):
+    return World(tmp_path)
+
+
+async def run(ctl: Controller, name: str, **config) -> str:
+    container, _ = await ctl.create_container(name, ContainerConfig(image="busybox", **config))
+    await ctl.start_container(container.id)
+    return container.id
+
+
+def netns_paths(kernel: FakeKernel) -> set[str]:
+    return {p for p in kernel.netns if kernel.netns_exists(p)}
+
+
+async def test_predefined_networks(world):
+    ctl = await world.controller()
+    names = {n.name: n for n in ctl.networks()}
+    assert set(names) == {"bridge", "host", "none"}
+    bridge = names["bridge"]
+    assert bridge.subnet == IPv4Network("172.17.0.0/16")
+    assert bridge.gateway == IPv4Address("172.17.0.1")
+    assert bridge.bridge_name == "cnm0"
+    for predefined in ("bridge", "host", "none"):
+        with pytest.raises(Forbidden):
+            await ctl.remove_network(predefined)
+        with pytest.raises(Forbidden):
+            await ctl.create_network(NetworkSpec(name=predefined))
+
+
+async def test_create_network_errors_change_nothing(world):
+    ctl = await world.controller()
+    net = await ctl.create_network(NetworkSpec(name="backend", ipam=(IpamConfig(subnet=IPv4Network("10.10.0.0/24")),)))
+    assert net.gateway == IPv4Address("10.10.0.1")
+    before = (len(ctl.networks()), sorted(world.kernel.commands))
+    with pytest.raises(Conflict):
+        await ctl.create_network(NetworkSpec(name="backend"))
+    with pytest.raises(NotFound):
+        await ctl.create_network(NetworkSpec(name="x", driver="nope"))
+    with pytest.raises(Forbidden):
+        await ctl.create_network(NetworkSpec(name="x", driver="host"))
+    with pytest.raises((Conflict, Forbidden)):
+        await ctl.create_network(NetworkSpec(name="y", ipam=(IpamConfig(subnet=IPv4Network("10.10.0.0/16")),)))
+    with pytest.raises(InvalidArgument):
+        await ctl.create_network(
+            NetworkSpec(
+                name="z",
+                ipam=(IpamConfig(subnet=IPv4Network("10.20.0.0/24"), gateway=IPv4Address("10.21.0.1")),),
+            )
+        )
+    assert (len(ctl.networks()), sorted(world.kernel.commands)) == before
+
+
+async def test_default_network_gets_next_pool(world):
+    ctl = await world.controller()
+    net = await ctl.create_network(NetworkSpec(name="n1"))
+    assert net.subnet == IPv4Network("172.18.0.0/16")
+    assert net.bridge_name == f"br-{net.id[:12]}"
+
+
+async def test_run_on_default_bridge(world):
+    ctl = await world.controller()
+    cid = await run(ctl, "web")
+    [(net, ep)] = ctl.container_endpoints(cid)
+    assert net.name == "bridge"
+    assert ep.ifname == "eth0"
+    assert str(ep.address) == "172.17.0.2/16"
+    assert ep.mac == "02:42:ac:11:00:02"
+    assert ep.default_route
+    sandbox = ctl.container_sandbox(cid)
+    assert sandbox is not None and sandbox.key in netns_paths(world.kernel)
+    paths = ctl.container_paths(cid)
+    assert open(paths.hostname).read() == cid[:12] + "\n"
+    assert f"172.17.0.2\t{cid[:12]}" in open(paths.hosts).read()
+    assert "nameserver" in open(paths.resolv_conf).read()
+    with pytest.raises(NotModified):
+        await ctl.start_container("web")
+
+
+async def test_static_ip_mac_hostname(world):
+    ctl = await world.controller()
+    await ctl.create_network(NetworkSpec(name="backend", ipam=(IpamConfig(subnet=IPv4Network("10.10.0.0/24")),)))
+    cid = await run(
+        ctl,
+        "api",
+        network_mode="backend",
+        hostname="api.local",
+        networks={"backend": EndpointRequest(ipv4_address=IPv4Address("10.10.0.10"), mac_address="92:d0:c6:0a:29:33")},
+    )
+    [(_, ep)] = ctl.container_endpoints(cid)
+    assert str(ep.address) == "10.10.0.10/24"
+    assert ep.mac == "92:d0:c6:0a:29:33"
+    assert "10.10.0.10\tapi.local api" in open(ctl.container_paths(cid).hosts).read()
+    # the same address again is refused and leaves nothing behind
+    netns_before = netns_paths(world.kernel)
+    other, _ = await ctl.create_container(
+        "bb",
+        ContainerConfig(
+            image="busybox",
+            network_mode="backend",
+            networks={"backend": EndpointRequest(ipv4_address=IPv4Address("10.10.0.10"))},
+        ),
+    )
+    with pytest.raises((Conflict, Forbidden)):
+        await ctl.start_container(other.id)
+    assert netns_paths(world.kernel) == netns_before
+    assert not ctl.container_endpoints(other.id)
+
+
+async def test_static_ip_refused_on_default_bridge(world):
+    ctl = await world.controller()
+    c, _ = await ctl.create_container(
+        "aa", ContainerConfig(image="busybox", networks={"bridge": EndpointRequest(ipv4_address=IPv4Address("172.17.0.9"))})
+    )
+    with pytest.raises(InvalidArgument, match="user defined networks only"):
+        await ctl.start_container(c.id)
+
+
+async def test_connect_disconnect_running(world):
+    ctl = await world.controller()
+    net = await ctl.create_network(NetworkSpec(name="backend"))
+    cid = await run(ctl, "web")
+    await ctl.connect("backend", "web", EndpointRequest())
+    eps = ctl.container_endpoints(cid)
+    assert [ep.ifname for _, ep in eps] == ["eth0", "eth1"]
+    assert not eps[1][1].default_route
+    with pytest.raises(Forbidden, match="already exists in network backend"):
+        await ctl.connect("backend", "web", EndpointRequest())
+    with pytest.raises(Forbidden, match="active endpoints"):
+        await ctl.remove_network("backend")
+    await ctl.disconnect("backend", "web")
+    assert [n.name for n, _ in ctl.container_endpoints(cid)] == ["bridge"]
+    assert not ctl.network_endpoints(net.id)
+    await ctl.remove_network("backend")
+    with pytest.raises(NotFound):
+        ctl.find_network("backend")
+
+
+async def test_exit_releases_everything(world):
+    ctl = await world.controller()
+    cid = await run(ctl, "web")
+    key = ctl.container_sandbox(cid).key
+    world.runtime.exit(cid, 3)
+    assert await ctl.wait_container(cid) == 3
+    for _ in range(50):
+        if not ctl.find_container(cid).running:
+            break
+        await asyncio.sleep(0.01)
+    c = ctl.find_container(cid)
+    assert c.state.status == "exited" and c.state.exit_code == 3
+    assert not ctl.container_endpoints(cid)
+    assert key not in netns_paths(world.kernel)
+    # the address is free again
+    cid2 = await run(ctl, "web2")
+    assert str(ctl.container_endpoints(cid2)[0][1].address) == "172.17.0.2/16"
+
+
+async def test_stop_and_remove(world):
+    ctl = await world.controller()
+    cid = await run(ctl, "web")
+    with pytest.raises(Conflict, match="container is running"):
+        await ctl.remove_container("web")
+    await ctl.stop_container("web", timeout=1)
+    assert not ctl.find_container(cid).running
+    with pytest.raises(NotModified):
+        await ctl.stop_container("web")
+    with pytest.raises(Conflict, match="is not running"):
+        await ctl.kill_container("web")
+    await ctl.remove_container("web")
+    with pytest.raises(NotFound, match="No such container: web"):
+        ctl.find_container("web")
+    cid = await run(ctl, "again")
+    await ctl.remove_container(cid[:6], force=True)
+    assert not netns_paths(world.kernel)
+
+
+async def test_failed_start_leaves_nothing(world):
+    ctl = await world.controller()
+    world.runtime.fail_start = True
+    c, _ = await ctl.create_container("web", ContainerConfig(image="busybox"))
+    with pytest.raises(RuntimeFailure):
+        await ctl.start_container("web")
+    assert not ctl.container_endpoints(c.id)
+    assert ctl.container_sandbox(c.id) is None
+    assert not netns_paths(world.kernel)
+    world.runtime.fail_start = False
+    await ctl.start_container("web")
+    assert str(ctl.container_endpoints(c.id)[0][1].address) == "172.17.0.2/16"
+
+
+async def test_parallel_starts_get_distinct_addresses(world):
+    ctl = await world.controller()
+    await ctl.create_network(NetworkSpec(name="many"))
+    ids = [
+        (await ctl.create_container(f"c{i}", ContainerConfig(image="busybox", network_mode="many")))[0].id
+        for i in range(50)
+    ]
+    await asyncio.gather(*(ctl.start_container(i) for i in ids))
+    addresses = {ctl.container_endpoints(i)[0][1].address for i in ids}
+    assert len(addresses) == 50
+
+
+async def test_none_host_and_container_modes(world):
+    ctl = await world.controller()
+    none_id = await run(ctl, "nn", network_mode="none")
+    [(net, ep)] = ctl.container_endpoints(none_id)
+    assert net.name == "none" and ep.address is None and ep.host_ifname == ""
+    assert ctl.container_sandbox(none_id).key
+    host_id = await run(ctl, "hh", network_mode="host")
+    assert ctl.container_sandbox(host_id).key == ""
+    assert world.runtime.started[host_id].netns_path is None
+    web = await run(ctl, "web")
+    shared = await run(ctl, "side", network_mode="container:web")
+    assert world.runtime.started[shared].netns_path == ctl.container_sandbox(web).key
+    with pytest.raises(InvalidArgument):
+        await ctl.connect("bridge", "side", EndpointRequest())
+
+
+async def test_restart_reconciles(world):
+    ctl = await world.controller()
+    keep = await run(ctl, "keep")
+    gone = await run(ctl, "gone")
+    gone_key = ctl.container_sandbox(gone).key
+    await ctl.close()
+    world.runtime.exit(gone, 0)  # dies while the daemon is down
+    ctl2 = await world.controller()
+    assert ctl2.find_container(keep).running
+    assert not ctl2.find_container(gone).running
+    assert gone_key not in netns_paths(world.kernel)
+    # the dead container's address is free, the live one's is not handed out twice
+    live = ctl2.container_endpoints(keep)[0][1].address
+    new = await run(ctl2, "new")
+    assert ctl2.container_endpoints(new)[0][1].address != live
+    assert ctl2.find_network("bridge").id == ctl.find_network("bridge").id
+
+
+async def test_stopped_container_connect_records_request(world):
+    ctl = await world.controller()
+    await ctl.create_network(NetworkSpec(name="backend"))
+    c, _ = await ctl.create_container("web", ContainerConfig(image="busybox"))
+    await ctl.connect("backend", "web", EndpointRequest(aliases=("w",)))
+    await ctl.start_container("web")
+    assert [n.name for n, _ in ctl.container_endpoints(c.id)] == ["bridge", "backend"]
+
+
+async def test_unknown_network_fails_at_start(world):
+    ctl = await world.controller()
+    c, _ = await ctl.create_container("web", ContainerConfig(image="busybox", network_mode="nosuch"))
+    with pytest.raises(NotFound, match="network nosuch not found"):
+        await ctl.start_container("web")
+    assert not netns_paths(world.kernel)
+
+
+async def test_exec(world):
+    ctl = await world.controller()
+    from cnm.model.container import ExecSpec
+
+    await run(ctl, "web")
+    exec_id = ctl.create_exec("web", ExecSpec(container_id="", cmd=("echo", "hi")))
+    proc = await ctl.start_exec(exec_id)
+    assert await proc.stdout.read() == b"echo hi\n"
+    for _ in range(20):
+        if ctl.exec_info(exec_id).exit_code is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert ctl.exec_info(exec_id).exit_code == 0
