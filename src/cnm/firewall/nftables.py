@@ -1,0 +1,197 @@
+"""The nftables firewall backend: scripts from ``render_nft`` applied through libnftables.
+
+libnftables runs in-process (~25 µs per small transaction here, against milliseconds for
+an ``nft`` exec), so calls run inline on the event loop.  Its netlink socket is opened
+when the context is created: an ``NftablesFirewall`` acts on the network namespace of the
+thread that constructed it (cnmd's own), whichever thread calls it later.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from cnm.errors import FirewallError, Unavailable
+from cnm.firewall import render_nft
+from cnm.firewall.api import BridgeRules
+from cnm.kernel.cmdlog import log_script
+from cnm.kernel.sysctl import set_sysctl
+
+
+def _nft_context(json_output: bool) -> Any:
+    try:
+        import nftables  # pip-nftables, binds Debian's libnftables1
+    except ImportError as exc:  # pragma: no cover - depends on the host
+        raise Unavailable(f"python nftables bindings are not installed: {exc}") from exc
+    try:
+        nft = nftables.Nftables()
+    except OSError as exc:
+        raise Unavailable(f"libnftables is not available: {exc}") from exc
+    nft.set_json_output(json_output)
+    return nft
+
+
+class NftablesFirewall:
+    """cnm's rules in the nftables table ``ip <table>`` (see ``render_nft`` for the layout).
+
+    Keeps, in memory, which bridge each installed network's map elements are keyed by,
+    so that ``remove_network(owner)`` is one small transaction; after a restart the
+    daemon calls ``sync`` (which refills that memory) before anything else.  A removal
+    the memory cannot explain falls back to reading cnm's maps."""
+
+    def __init__(self, table: str = render_nft.TABLE) -> None:
+        self.table = table
+        self._nft = _nft_context(json_output=False)  # applies scripts
+        self._list = _nft_context(json_output=True)  # reads cnm's table back
+        self._bridges: dict[str, str] = {}  # owner -> bridge its elements are keyed by
+        self._bridge_owner: dict[str, str] = {}  # bridge -> owner (O(1) clash checks)
+        self._chain_owner: dict[str, str] = {}  # n-<id12>-in -> owner
+
+    def _remember(self, owner: str, bridge: str) -> None:
+        self._forget(owner)
+        self._bridges[owner] = bridge
+        self._bridge_owner[bridge] = owner
+        self._chain_owner[render_nft.chains_for(owner).inbound] = owner
+
+    def _forget(self, owner: str | None = None) -> None:
+        """Forget ``owner`` (everything when None)."""
+        if owner is None:
+            self._bridges.clear()
+            self._bridge_owner.clear()
+            self._chain_owner.clear()
+            return
+        bridge = self._bridges.pop(owner, None)
+        if bridge is not None:
+            self._bridge_owner.pop(bridge, None)
+            self._chain_owner.pop(render_nft.chains_for(owner).inbound, None)
+
+    # -- libnftables boundary -----------------------------------------------------------
+
+    def _apply(self, script: str) -> None:
+        """Run ``script`` as one nft transaction (all or nothing)."""
+        log_script("nft -f -", script)
+        rc, _out, err = self._nft.cmd(script)
+        if rc != 0:
+            raise FirewallError(f"nft: {_first_error(err)}")
+
+    def _list_json(self, what: str, terse: bool) -> list[dict[str, Any]] | None:
+        """``nft -j [-t] list <what>`` restricted to cnm's table; None when it is absent."""
+        self._list.set_terse_output(terse)
+        rc, out, err = self._list.cmd(f"list {what}")
+        if rc != 0:
+            if "No such file or directory" in err:
+                return None
+            raise FirewallError(f"nft: {_first_error(err)}")
+        return json.loads(out).get("nftables", [])
+
+    def _table_objects(self) -> list[dict[str, Any]] | None:
+        return self._list_json(f"table {render_nft.FAMILY} {self.table}", terse=True)
+
+    # -- Firewall protocol --------------------------------------------------------------
+
+    async def setup(self) -> None:
+        """Create the table, maps, base chains and user chain if missing and rewrite the
+        base chains' dispatch rules; turn on IPv4 forwarding.  Policies stay accept."""
+        self._apply(render_nft.render_setup(self.table))
+        set_sysctl("net.ipv4.ip_forward", "1")
+
+    async def sync(self, networks: Sequence[BridgeRules]) -> None:
+        """Make the table hold exactly ``networks`` (skeleton re-made, stale per-network
+        chains deleted, listed networks re-installed), in one transaction."""
+        objects = self._table_objects() or []
+        existing = [o["chain"]["name"] for o in objects if "chain" in o]
+        self._apply(render_nft.render_sync(networks, existing, self.table))
+        self._forget()
+        for n in networks:
+            self._remember(n.owner, n.bridge)
+
+    async def add_network(self, rules: BridgeRules) -> None:
+        """Install or replace one network's chains and map elements in one transaction
+        whose size does not depend on the number of other networks.  (Its time still
+        grows slowly with them: libnftables reads every chain on the host before a
+        transaction that adds chains or rules, about 1 µs per chain here.)"""
+        chain = render_nft.chains_for(rules.owner).inbound
+        if self._chain_owner.get(chain, rules.owner) != rules.owner:
+            raise FirewallError(f"networks {self._chain_owner[chain]} and {rules.owner} share an id prefix")
+        if self._bridge_owner.get(rules.bridge, rules.owner) != rules.owner:
+            raise FirewallError(
+                f"bridge {rules.bridge} already carries the rules of network {self._bridge_owner[rules.bridge]}"
+            )
+        previous = self._bridges.get(rules.owner)
+        self._apply(render_nft.render_add_network(rules, previous, self.table))
+        self._remember(rules.owner, rules.bridge)
+
+    async def remove_network(self, owner: str) -> None:
+        """Remove network ``owner``'s elements and chains; idempotent (absent table,
+        chains or elements are success)."""
+        bridge = self._bridges.get(owner)
+        try:
+            self._apply(render_nft.render_remove_network(owner, [bridge] if bridge else [], self.table))
+        except FirewallError:
+            if self._table_objects() is None:
+                self._forget(owner)
+                return  # no table, nothing of ours left
+            # Elements keyed by a bridge we do not remember (e.g. cnmd restarted without
+            # a sync) still point at the chains: find them by their target and retry.
+            self._apply(render_nft.render_remove_network(owner, self._bridges_pointing_at(owner), self.table))
+        self._forget(owner)
+
+    async def teardown(self) -> None:
+        """Delete cnm's table (the user chain with it); idempotent."""
+        self._apply(render_nft.render_teardown(self.table))
+        self._forget()
+
+    async def healthy(self) -> bool:
+        """True when the table, its maps, the user chain and the base chains with their
+        dispatch rules are all present (reads only cnm's table, tersely)."""
+        objects = self._table_objects()
+        if objects is None:
+            return False
+        chains = {o["chain"]["name"] for o in objects if "chain" in o}
+        maps = {o["map"]["name"] for o in objects if "map" in o}
+        rules: dict[str, int] = {}
+        for o in objects:
+            if "rule" in o:
+                rules[o["rule"]["chain"]] = rules.get(o["rule"]["chain"], 0) + 1
+        if not render_nft.FIXED_CHAINS <= chains or not set(render_nft.MAPS) <= maps:
+            return False
+        return all(rules.get(c, 0) == n for c, n in render_nft.base_rule_counts().items())
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def installed(self) -> dict[str, str]:
+        """owner -> bridge of the networks this instance installed (for reconcile/debug)."""
+        return dict(self._bridges)
+
+    def _bridges_pointing_at(self, owner: str) -> list[str]:
+        targets = set(render_nft.chains_for(owner).all())
+        found: list[str] = []
+        for map_name in render_nft.MAPS:
+            objects = self._list_json(f"map {render_nft.FAMILY} {self.table} {map_name}", terse=False)
+            found += _elements_jumping_to(objects or [], targets)
+        return found
+
+
+def _elements_jumping_to(objects: Iterable[dict[str, Any]], targets: set[str]) -> list[str]:
+    """Keys of verdict-map elements (nft JSON) whose verdict jumps to one of ``targets``."""
+    keys: list[str] = []
+    for obj in objects:
+        for elem in obj.get("map", {}).get("elem", []):
+            key, verdict = elem
+            if isinstance(key, dict):  # {"elem": {"val": "br-x", "comment": ...}}
+                key = key.get("elem", {}).get("val", key)
+            target = (verdict.get("jump") or verdict.get("goto") or {}).get("target")
+            if target in targets and isinstance(key, str):
+                keys.append(key)
+    return keys
+
+
+def _first_error(err: str) -> str:
+    """nft's message without the echoed script and caret lines (libnftables echoes the
+    wrong line of a multi-line buffer, so the echo is not worth keeping)."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    for line in lines:
+        if "Error:" in line:
+            return line.split("Error:", 1)[1].strip()
+    return lines[0] if lines else "unknown error"

@@ -1,0 +1,185 @@
+"""NftablesFirewall's logic over a scripted libnftables context (no root, no kernel)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from ipaddress import IPv4Network
+
+import pytest
+
+from cnm.errors import FirewallError
+from cnm.firewall import nftables as backend
+from cnm.firewall import render_nft as r
+from cnm.firewall.api import BridgeRules
+
+A = "a1" * 32
+B = "b2" * 32
+
+
+def net(owner: str = A, bridge: str = "br-a", **kw) -> BridgeRules:
+    return BridgeRules(owner=owner, bridge=bridge, subnet=IPv4Network("10.10.0.0/24"), **kw)
+
+
+class ScriptedNft:
+    """Stands in for ``nftables.Nftables``: records commands, answers from ``replies``
+    (a list of (rc, out, err) consumed in order; success when empty)."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+        self.replies: list[tuple[int, str, str]] = []
+        self.json = False
+        self.terse = False
+
+    def set_json_output(self, on: bool) -> None:
+        self.json = on
+
+    def set_terse_output(self, on: bool) -> None:
+        self.terse = on
+
+    def cmd(self, text: str) -> tuple[int, str, str]:
+        self.log.append(text)
+        return self.replies.pop(0) if self.replies else (0, "", "")
+
+
+@pytest.fixture
+def fw(monkeypatch):
+    log: list[str] = []
+    contexts: dict[bool, ScriptedNft] = {}
+
+    def make(json_output: bool) -> ScriptedNft:
+        contexts[json_output] = ScriptedNft(log)
+        return contexts[json_output]
+
+    monkeypatch.setattr(backend, "_nft_context", make)
+    monkeypatch.setattr(backend, "set_sysctl", lambda key, value: log.append(f"sysctl {key}={value}") or "0")
+    firewall = backend.NftablesFirewall()
+    firewall.applied = contexts[False]  # type: ignore[attr-defined]
+    firewall.lister = contexts[True]  # type: ignore[attr-defined]
+    firewall.log = log  # type: ignore[attr-defined]
+    return firewall
+
+
+def table_json(chains: list[str], maps=r.MAPS, rules: dict[str, int] | None = None) -> str:
+    objs: list[dict] = [{"metainfo": {"version": "1.0.6"}}, {"table": {"family": "ip", "name": "cnm"}}]
+    objs += [
+        {"map": {"family": "ip", "table": "cnm", "name": m, "type": "ifname", "map": "verdict"}} for m in maps
+    ]
+    objs += [{"chain": {"family": "ip", "table": "cnm", "name": c}} for c in chains]
+    for chain, n in (rules if rules is not None else r.base_rule_counts()).items():
+        objs += [{"rule": {"family": "ip", "table": "cnm", "chain": chain, "expr": []}}] * n
+    return json.dumps({"nftables": objs})
+
+
+NO_TABLE = (1, "", "Error: No such file or directory\nlist table ip cnm\n           ^^^\n")
+
+
+async def test_setup_applies_the_skeleton_and_turns_on_forwarding(fw):
+    await fw.setup()
+    assert fw.log == [r.render_setup(), "sysctl net.ipv4.ip_forward=1"]
+
+
+async def test_every_applied_script_is_logged_as_nft_f(fw, caplog):
+    caplog.set_level(logging.DEBUG, logger="cnm.kernel")
+    await fw.add_network(net())
+    assert caplog.records[-1].getMessage().startswith("nft -f - <<'EOF'\nadd chain ip cnm n-a1a1a1a1a1a1-in")
+
+
+async def test_nft_failure_becomes_firewall_error_with_nfts_message(fw):
+    fw.applied.replies = [(1, "", "Error: Could not process rule: File exists\nadd element ...\n   ^^^\n")]
+    with pytest.raises(FirewallError, match="^nft: Could not process rule: File exists$"):
+        await fw.add_network(net())
+    assert fw.installed() == {}
+
+
+async def test_add_remembers_the_bridge_and_remove_uses_it(fw):
+    await fw.add_network(net())
+    assert fw.installed() == {A: "br-a"}
+    await fw.remove_network(A)
+    assert fw.log[-1] == r.render_remove_network(A, ["br-a"])
+    assert fw.installed() == {}
+
+
+async def test_replacing_a_network_on_a_new_bridge_drops_the_old_elements(fw):
+    await fw.add_network(net())
+    await fw.add_network(net(bridge="br-new"))
+    assert fw.log[-1] == r.render_add_network(net(bridge="br-new"), previous_bridge="br-a")
+    assert fw.installed() == {A: "br-new"}
+
+
+async def test_two_networks_on_one_bridge_are_refused_before_touching_nft(fw):
+    await fw.add_network(net())
+    n = len(fw.log)
+    with pytest.raises(FirewallError, match="already carries the rules of network"):
+        await fw.add_network(net(owner=B))
+    with pytest.raises(FirewallError, match="share an id prefix"):
+        await fw.add_network(net(owner=A[:12] + "0" * 52, bridge="br-other"))
+    assert len(fw.log) == n
+
+
+async def test_remove_of_unknown_network_falls_back_to_reading_cnms_maps(fw):
+    chain = r.chains_for(A)
+    elements = {
+        r.MAP_INTO_BRIDGE: [[{"elem": {"val": "br-old", "comment": f"cnm:{A}"}}, {"jump": {"target": chain.inbound}}],
+                            [{"elem": {"val": "br-b", "comment": f"cnm:{B}"}}, {"jump": {"target": "n-b2b2b2b2b2b2-in"}}]],
+        r.MAP_FROM_BRIDGE: [["br-old", {"jump": {"target": chain.outbound}}]],
+        r.MAP_NAT_FROM_BRIDGE: [],
+    }  # fmt: skip
+    fw.applied.replies = [(1, "", "Error: Could not process rule: Device or resource busy\n")]
+    fw.lister.replies = [(0, table_json(list(r.FIXED_CHAINS)), "")] + [
+        (0, json.dumps({"nftables": [{"map": {"name": m, "elem": e}}]}), "") for m, e in elements.items()
+    ]
+    await fw.remove_network(A)
+    assert fw.log[-1] == r.render_remove_network(A, ["br-old", "br-old"])
+    assert "br-b" not in fw.log[-1]
+
+
+async def test_remove_when_the_table_is_gone_is_success(fw):
+    fw.applied.replies = [(1, "", "Error: No such file or directory\n")]
+    fw.lister.replies = [NO_TABLE]
+    await fw.remove_network(A)
+
+
+async def test_remove_keeps_a_real_failure(fw):
+    fw.applied.replies = [(1, "", "Error: boom\n"), (1, "", "Error: still boom\n")]
+    empty_map = (0, json.dumps({"nftables": [{"map": {"name": "m"}}]}), "")
+    fw.lister.replies = [(0, table_json(list(r.FIXED_CHAINS)), "")] + [empty_map] * 3
+    with pytest.raises(FirewallError, match="still boom"):
+        await fw.remove_network(A)
+
+
+async def test_sync_reads_the_table_tersely_and_replaces_memory(fw):
+    await fw.add_network(net(owner=B, bridge="br-b"))
+    stale = list(r.chains_for(B).all())
+    fw.lister.replies = [(0, table_json([*r.FIXED_CHAINS, *stale]), "")]
+    await fw.sync([net()])
+    assert fw.lister.terse is True
+    assert fw.log[-2] == "list table ip cnm"
+    assert fw.log[-1] == r.render_sync([net()], [*r.FIXED_CHAINS, *stale])
+    assert fw.installed() == {A: "br-a"}
+
+
+async def test_sync_on_an_empty_ruleset_builds_everything(fw):
+    fw.lister.replies = [NO_TABLE]
+    await fw.sync([net()])
+    assert fw.log[-1] == r.render_sync([net()], [])
+
+
+async def test_healthy(fw):
+    fw.lister.replies = [NO_TABLE]
+    assert await fw.healthy() is False
+    fw.lister.replies = [(0, table_json(list(r.FIXED_CHAINS)), "")]
+    assert await fw.healthy() is True
+    fw.lister.replies = [(0, table_json([c for c in r.FIXED_CHAINS if c != "user"]), "")]
+    assert await fw.healthy() is False
+    fw.lister.replies = [(0, table_json(list(r.FIXED_CHAINS), maps=r.MAPS[:2]), "")]
+    assert await fw.healthy() is False
+    fw.lister.replies = [(0, table_json(list(r.FIXED_CHAINS), rules={"forward": 0}), "")]
+    assert await fw.healthy() is False  # someone flushed the dispatch rules
+
+
+async def test_teardown_forgets_everything(fw):
+    await fw.add_network(net())
+    await fw.teardown()
+    assert fw.log[-1] == r.render_teardown()
+    assert fw.installed() == {}
