@@ -88,6 +88,7 @@ async def _watch_firewall(controller) -> None:
 
 async def serve(config: DaemonConfig) -> None:
     from cnm.api.app import make_app, serve_unix
+    from cnm.api.schemas_system import VersionInfo
     from cnm.runtime.process import become_subreaper
 
     for path in (config.data_root, config.exec_root, os.path.dirname(config.socket_path)):
@@ -98,7 +99,7 @@ async def serve(config: DaemonConfig) -> None:
     await controller.start()
     tmp_dir = os.path.join(config.exec_root, "tmp")
     os.makedirs(tmp_dir, exist_ok=True)
-    app = make_app(controller, version_info={"Version": __version__}, tmp_dir=tmp_dir)
+    app = make_app(controller, version_info=VersionInfo(version=__version__), tmp_dir=tmp_dir)
     runner = await serve_unix(app, config.socket_path)
     log.info("cnmd %s serving on unix://%s", __version__, config.socket_path)
 

@@ -1,0 +1,315 @@
+"""Container routes: create, list, inspect, start/stop/kill/restart, remove, wait, logs,
+attach (hijacked), resize.  Handlers parse, call the controller, render."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from cnm.api.context import Api
+from cnm.api.filters import Filters
+from cnm.api.hijack import (
+    SYSERR,
+    frame,
+    hijack,
+    media_type,
+    pump_chunks,
+    pump_input,
+    stream_response,
+    until_disconnected,
+    wants_upgrade,
+)
+from cnm.api.http import dumps, json_response, query_bool, query_int, read_json
+from cnm.api.schemas_container import (
+    NetworkView,
+    container_inspect_json,
+    container_summary_json,
+    network_keys,
+    parse_container_create,
+)
+from cnm.engine.controller import ContainerPaths
+from cnm.errors import CnmError, InvalidArgument, NotFound, NotModified
+from cnm.model.container import CREATED, Container
+from cnm.model.network import Network
+from cnm.model.values import parse_container_name
+
+log = logging.getLogger("cnm.api")
+
+_PS_FILTERS = ("name", "id", "status", "network", "label", "exited", "ancestor")
+_STATUSES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
+_WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
+
+
+def network_view(api: Api, c: Container) -> NetworkView:
+    ctrl = api.controller
+
+    def find(ref: str) -> Network | None:
+        try:
+            return ctrl.find_network(ref)
+        except (NotFound, InvalidArgument):
+            return None
+
+    endpoints = ctrl.container_endpoints(c.id) if c.running else []
+    sandbox = ctrl.container_sandbox(c.id) if c.running else None
+    return NetworkView(endpoints=endpoints, sandbox=sandbox, find_network=find)
+
+
+def _paths(api: Api, c: Container) -> ContainerPaths | None:
+    try:
+        return api.controller.container_paths(c.id)
+    except NotFound:
+        return None
+
+
+# -- create / list / inspect ------------------------------------------------------------------
+
+
+async def create(request: web.Request) -> web.Response:
+    api = Api.of(request)
+    config, warnings = parse_container_create(await read_json(request))
+    raw_name = request.query.get("name", "")
+    name = parse_container_name(raw_name) if raw_name else None
+    container, more = await api.controller.create_container(name, config)
+    return json_response({"Id": container.id, "Warnings": [*warnings, *more]}, status=201)
+
+
+def _ps_match(c: Container, view: NetworkView, f: Filters) -> bool:
+    if not (f.match("name", "/" + c.name) and f.match("id", c.id) and f.match_kv("label", c.config.labels)):
+        return False
+    statuses = f.values("status")
+    for s in statuses:
+        if s not in _STATUSES:
+            raise InvalidArgument(f"invalid filter 'status={s}'")
+    if statuses and c.state.status not in statuses:
+        return False
+    exited = f.values("exited")
+    if exited:
+        try:
+            codes = {int(v) for v in exited}
+        except ValueError:
+            raise InvalidArgument(f"invalid filter 'exited={exited[0]}'") from None
+        if c.state.status != "exited" or c.state.exit_code not in codes:
+            return False
+    ancestors = f.values("ancestor")
+    if ancestors and not any(
+        a in (c.config.image, c.config.image_id)
+        or c.config.image_id.startswith(a if a.startswith("sha256:") else "sha256:" + a)
+        for a in ancestors
+    ):
+        return False
+    nets = f.values("network")
+    if nets:
+        keys = network_keys(c, view)
+        if not any(v == name or (nid and nid.startswith(v)) for v in nets for name, nid in keys):
+            return False
+    return True
+
+
+async def list_containers(request: web.Request) -> web.Response:
+    api = Api.of(request)
+    f = Filters.parse(request.query.get("filters"), _PS_FILTERS)
+    show_all = query_bool(request, "all")
+    limit = query_int(request, "limit", -1) or -1
+    items: list[tuple[str, dict[str, Any]]] = []
+    for c in api.controller.containers():
+        if not show_all and not c.running and not f.values("status") and not f.values("exited"):
+            continue
+        view = network_view(api, c)
+        if _ps_match(c, view, f):
+            items.append((c.created, container_summary_json(c, view)))
+    items.sort(key=lambda item: item[0], reverse=True)  # newest first, as docker ps
+    out = [item for _, item in items]
+    return json_response(out[:limit] if limit > 0 else out)
+
+
+async def inspect(request: web.Request) -> web.Response:
+    api = Api.of(request)
+    c = api.controller.find_container(request.match_info["id"])
+    return json_response(container_inspect_json(c, network_view(api, c), _paths(api, c)))
+
+
+# -- lifecycle --------------------------------------------------------------------------------
+
+
+async def start(request: web.Request) -> web.Response:
+    await Api.of(request).controller.start_container(request.match_info["id"])
+    return web.Response(status=204)
+
+
+async def stop(request: web.Request) -> web.Response:
+    timeout = query_int(request, "t")
+    signal = request.query.get("signal") or None
+    await Api.of(request).controller.stop_container(request.match_info["id"], timeout, signal)
+    return web.Response(status=204)
+
+
+async def kill(request: web.Request) -> web.Response:
+    signal = request.query.get("signal") or "SIGKILL"
+    await Api.of(request).controller.kill_container(request.match_info["id"], signal)
+    return web.Response(status=204)
+
+
+async def restart(request: web.Request) -> web.Response:
+    ctrl = Api.of(request).controller
+    ref = request.match_info["id"]
+    with contextlib.suppress(NotModified):
+        await ctrl.stop_container(ref, query_int(request, "t"), request.query.get("signal") or None)
+    await ctrl.start_container(ref)
+    return web.Response(status=204)
+
+
+async def remove(request: web.Request) -> web.Response:
+    ref = request.match_info["name"]
+    if query_bool(request, "link"):
+        raise InvalidArgument("removing legacy links (link=1) is not supported by cnm")
+    await Api.of(request).controller.remove_container(ref, force=query_bool(request, "force"))
+    return web.Response(status=204)
+
+
+async def resize(request: web.Request) -> web.Response:
+    Api.of(request).controller.find_container(request.match_info["id"])
+    query_int(request, "h")
+    query_int(request, "w")
+    return web.Response(status=200)
+
+
+async def wait(request: web.Request) -> web.StreamResponse:
+    """Headers are flushed at once (``docker run`` blocks on them before it sends
+    ``start``); the status follows when the condition is met."""
+    api = Api.of(request)
+    c = api.controller.find_container(request.match_info["id"])
+    condition = request.query.get("condition") or "not-running"
+    if condition not in _WAIT_CONDITIONS:
+        raise InvalidArgument(f'invalid condition: "{condition}"')
+    response = web.StreamResponse(status=200)
+    response.headers["Content-Type"] = "application/json"
+    await response.prepare(request)
+    waiter = asyncio.ensure_future(api.controller.wait_container(c.id, condition))
+    gone = asyncio.ensure_future(until_disconnected(request))
+    try:
+        await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not waiter.done():  # the client left (docker run -d does): stop waiting
+        waiter.cancel()
+        return response
+    error: dict[str, str] | None = None
+    try:
+        code = waiter.result()
+    except CnmError as exc:
+        code, error = 255, {"Message": exc.message}
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await response.write(dumps({"StatusCode": code, "Error": error}))
+    return response
+
+
+# -- logs / attach ----------------------------------------------------------------------------
+
+
+def _tail(request: web.Request) -> int | None:
+    raw = request.query.get("tail", "all")
+    if raw in ("", "all"):
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidArgument(f"invalid value for tail: {raw!r}") from None
+    return None if value < 0 else value
+
+
+async def logs(request: web.Request) -> web.StreamResponse:
+    api = Api.of(request)
+    stdout, stderr = query_bool(request, "stdout"), query_bool(request, "stderr")
+    if not (stdout or stderr):
+        raise InvalidArgument("Bad parameters: you must choose at least one stream")
+    if query_bool(request, "timestamps"):
+        raise InvalidArgument("timestamps in logs are not supported by cnm")
+    for key in ("since", "until"):
+        if request.query.get(key, "0") not in ("", "0"):
+            raise InvalidArgument(f"{key} in logs is not supported by cnm")
+    c = api.controller.find_container(request.match_info["id"])
+    follow, tail = query_bool(request, "follow"), _tail(request)
+    chunks = api.controller.container_logs(c.id, stdout=stdout, stderr=stderr, follow=follow, tail=tail)
+    response, sink = await stream_response(request, media_type(c.config.tty))
+    pump = asyncio.ensure_future(pump_chunks(sink, chunks, multiplexed=not c.config.tty))
+    gone = asyncio.ensure_future(until_disconnected(request))
+    try:
+        await asyncio.wait({pump, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not pump.done():
+            pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await pump
+        if pump.done() and not pump.cancelled() and pump.exception() is not None:
+            log.error("logs of %s: %s", c.name, pump.exception())
+    return response
+
+
+async def attach(request: web.Request) -> web.StreamResponse:
+    """``docker run`` attaches before it starts the container: answer 101 at once, then
+    stream output as it is produced (from the start of the log for a container not yet
+    started or when ``logs=1``) and pump the client's bytes to the container's stdin."""
+    api = Api.of(request)
+    c = api.controller.find_container(request.match_info["id"])
+    want_out, want_err = query_bool(request, "stdout"), query_bool(request, "stderr")
+    want_in, follow = query_bool(request, "stdin"), query_bool(request, "stream")
+    tail = None if query_bool(request, "logs") or c.state.status == CREATED else 0
+    multiplexed = not c.config.tty
+    if not wants_upgrade(request):
+        response, sink = await stream_response(request, media_type(c.config.tty))
+        if want_out or want_err:
+            chunks = api.controller.container_logs(
+                c.id, stdout=want_out, stderr=want_err, follow=follow, tail=tail
+            )
+            await pump_chunks(sink, chunks, multiplexed)
+        return response
+    response, stream = await hijack(request, media_type(c.config.tty))
+    stdin = await api.controller.attach_stdin(c.id) if want_in else None
+    feeder = asyncio.ensure_future(pump_input(stream.reader, stdin))
+    try:
+        if want_out or want_err:
+            chunks = api.controller.container_logs(
+                c.id, stdout=want_out, stderr=want_err, follow=follow, tail=tail
+            )
+            out = asyncio.ensure_future(pump_chunks(stream, chunks, multiplexed))
+            lost = asyncio.ensure_future(stream.wait_lost())
+            await asyncio.wait({out, lost}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (out, lost):
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await out
+        else:  # stdin only: until the client is done sending or gone
+            lost = asyncio.ensure_future(stream.wait_lost())
+            await asyncio.wait({feeder, lost}, return_when=asyncio.FIRST_COMPLETED)
+            lost.cancel()
+    except CnmError as exc:
+        await stream.write((f"{exc.message}\r\n").encode() if not multiplexed else _sys_err(exc.message))
+    finally:
+        feeder.cancel()
+    return response
+
+
+def _sys_err(message: str) -> bytes:
+    return frame(SYSERR, (message + "\r\n").encode())
+
+
+def routes() -> list[tuple[str, str, object]]:
+    return [
+        ("POST", "/containers/create", create),
+        ("GET", "/containers/json", list_containers),
+        ("GET", "/containers/{id}/json", inspect),
+        ("POST", "/containers/{id}/start", start),
+        ("POST", "/containers/{id}/stop", stop),
+        ("POST", "/containers/{id}/kill", kill),
+        ("POST", "/containers/{id}/restart", restart),
+        ("POST", "/containers/{id}/wait", wait),
+        ("GET", "/containers/{id}/logs", logs),
+        ("POST", "/containers/{id}/attach", attach),
+        ("POST", "/containers/{id}/resize", resize),
+        ("DELETE", "/containers/{name:.+}", remove),
+    ]

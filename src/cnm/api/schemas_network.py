@@ -1,0 +1,212 @@
+"""Docker's network JSON <-> cnm's model: ``Network`` and ``EndpointResource`` out,
+``CreateRequest`` and ``EndpointSettings`` in.
+
+Field order is Go's marshal order (moby ``api/types/network``), because ``docker network
+inspect`` prints the server's bytes verbatim.  ``IPAM.Options`` and ``IPAM.Config`` echo
+what the user sent (null vs ``{}``; a subnet without a gateway has no ``Gateway`` key).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from cnm.api.http import get_bool, get_dict, get_list, get_str, get_str_list, get_str_map
+from cnm.errors import InvalidArgument
+from cnm.model.endpoint import Endpoint, EndpointRequest
+from cnm.model.network import IpamConfig, Network, NetworkSpec, validate_options
+from cnm.model.values import parse_ipv4, parse_ipv4_network, parse_mac, parse_network_name
+
+# -- out ------------------------------------------------------------------------------------
+
+
+def ipam_config_json(cfg: IpamConfig) -> dict[str, Any]:
+    """One ``IPAMConfig``: only the keys the user gave (all are omitempty)."""
+    out: dict[str, Any] = {}
+    if cfg.subnet is not None:
+        out["Subnet"] = str(cfg.subnet)
+    if cfg.ip_range is not None:
+        out["IPRange"] = str(cfg.ip_range)
+    if cfg.gateway is not None:
+        out["Gateway"] = str(cfg.gateway)
+    if cfg.aux_addresses:
+        out["AuxiliaryAddresses"] = {k: str(v) for k, v in cfg.aux_addresses.items()}
+    return out
+
+
+def _ipam_config_list(net: Network) -> list[dict[str, Any]] | None:
+    if net.ipam:
+        return [ipam_config_json(c) for c in net.ipam]
+    if net.subnet is None:
+        return None  # host / null: no IPAM at all
+    entry: dict[str, Any] = {"Subnet": str(net.subnet)}
+    if net.ip_range is not None:
+        entry["IPRange"] = str(net.ip_range)
+    if net.gateway is not None:
+        entry["Gateway"] = str(net.gateway)
+    return [entry]
+
+
+def endpoint_resource_json(ep: Endpoint) -> dict[str, Any]:
+    """The value of ``Containers[<container id>]`` in network inspect."""
+    return {
+        "Name": ep.name,
+        "EndpointID": ep.id,
+        "MacAddress": ep.mac,
+        "IPv4Address": str(ep.address) if ep.address is not None else "",
+        "IPv6Address": "",
+    }
+
+
+def endpoint_resource_key(ep: Endpoint) -> str:
+    """Docker keys by container id; an endpoint without a sandbox is ``ep-<id>``."""
+    return ep.container_id if ep.sandbox_id else f"ep-{ep.id}"
+
+
+def network_json(net: Network, endpoints: list[Endpoint] | None = None) -> dict[str, Any]:
+    """Docker's ``network.Inspect`` (which is also the list ``Summary``).  ``endpoints``
+    None renders ``Containers: {}`` as the list does."""
+    return {
+        "Name": net.name,
+        "Id": net.id,
+        "Created": net.created,
+        "Scope": net.scope,
+        "Driver": net.driver,
+        "EnableIPv4": True,
+        "EnableIPv6": net.enable_ipv6,
+        "IPAM": {
+            "Driver": net.ipam_driver,
+            "Options": dict(net.ipam_options) if net.ipam_options is not None else None,
+            "Config": _ipam_config_list(net),
+        },
+        "Internal": net.internal,
+        "Attachable": net.attachable,
+        "Ingress": False,
+        "ConfigFrom": {"Network": ""},
+        "ConfigOnly": False,
+        "Containers": {endpoint_resource_key(ep): endpoint_resource_json(ep) for ep in endpoints or ()},
+        "Options": dict(net.options),
+        "Labels": dict(net.labels),
+    }
+
+
+def endpoint_settings_json(
+    request: EndpointRequest,
+    *,
+    network_id: str = "",
+    endpoint: Endpoint | None = None,
+    dns_names: list[str] | None = None,
+) -> dict[str, Any]:
+    """Docker's ``EndpointSettings`` (container inspect / list).  Without a live
+    ``endpoint`` the operational fields are blank, as Docker shows a stopped container;
+    the requested MAC is still echoed (moby keeps it until the endpoint exists)."""
+    ipam = {"IPv4Address": str(request.ipv4_address)} if request.ipv4_address is not None else None
+    if endpoint is not None:
+        mac = endpoint.mac
+        gateway = str(endpoint.gateway) if endpoint.gateway is not None else ""
+        address = str(endpoint.address.ip) if endpoint.address is not None else ""
+        prefix = endpoint.address.network.prefixlen if endpoint.address is not None else 0
+        endpoint_id = endpoint.id
+        network_id = endpoint.network_id
+    else:
+        mac, gateway, address, prefix, endpoint_id = request.mac_address or "", "", "", 0, ""
+    return {
+        "IPAMConfig": ipam,
+        "Links": list(request.links) if request.links_given or request.links else None,
+        "Aliases": list(request.aliases) if request.aliases_given or request.aliases else None,
+        "MacAddress": mac,
+        "DriverOpts": dict(request.driver_opts) if request.driver_opts is not None else None,
+        "GwPriority": 0,
+        "NetworkID": network_id,
+        "EndpointID": endpoint_id,
+        "Gateway": gateway,
+        "IPAddress": address,
+        "IPPrefixLen": prefix,
+        "IPv6Gateway": "",
+        "GlobalIPv6Address": "",
+        "GlobalIPv6PrefixLen": 0,
+        "DNSNames": dns_names,
+    }
+
+
+# -- in -------------------------------------------------------------------------------------
+
+
+def _parse_ipam_entry(entry: Any) -> IpamConfig:
+    if not isinstance(entry, dict):
+        raise InvalidArgument("invalid IPAM config: expected an object")
+    subnet_s, range_s = get_str(entry, "Subnet"), get_str(entry, "IPRange")
+    gateway_s = get_str(entry, "Gateway")
+    for value in (subnet_s, range_s, gateway_s):
+        if ":" in value:
+            raise InvalidArgument(f"IPv6 subnets are not supported by cnm: {value}")
+    aux_raw = get_str_map(entry, "AuxiliaryAddresses") or {}
+    subnet = parse_ipv4_network(subnet_s, "subnet") if subnet_s else None
+    if subnet is None and (range_s or gateway_s or aux_raw):
+        raise InvalidArgument(
+            "invalid pool request: an ip-range, gateway or auxiliary address needs a subnet"
+        )
+    return IpamConfig(
+        subnet=subnet,
+        ip_range=parse_ipv4_network(range_s, "ip-range") if range_s else None,
+        gateway=parse_ipv4(gateway_s, "gateway") if gateway_s else None,
+        aux_addresses={k: parse_ipv4(v, f"auxiliary address {k}") for k, v in aux_raw.items()},
+    )
+
+
+def parse_network_create(body: dict[str, Any]) -> NetworkSpec:
+    """Validate a ``POST /networks/create`` body into a ``NetworkSpec``.  The rules that
+    need state (predefined names, duplicates, overlaps, drivers) are the controller's."""
+    name = parse_network_name(get_str(body, "Name"))
+    if body.get("EnableIPv4") is False:
+        raise InvalidArgument("networks without IPv4 are not supported by cnm")
+    for unsupported in ("Ingress", "ConfigOnly"):
+        if get_bool(body, unsupported):
+            raise InvalidArgument(f"{unsupported} networks are not supported by cnm")
+    if get_str(get_dict(body, "ConfigFrom"), "Network"):
+        raise InvalidArgument("ConfigFrom networks are not supported by cnm")
+    scope = get_str(body, "Scope")
+    if scope not in ("", "local"):
+        raise InvalidArgument(f"scope {scope!r} is not supported by cnm: only local networks exist")
+    ipam = get_dict(body, "IPAM")
+    entries = get_list(ipam, "Config") or []
+    options = get_str_map(body, "Options") or {}
+    validate_options(options)
+    return NetworkSpec(
+        name=name,
+        driver=get_str(body, "Driver") or "bridge",
+        internal=get_bool(body, "Internal"),
+        attachable=get_bool(body, "Attachable"),
+        enable_ipv6=get_bool(body, "EnableIPv6"),
+        ipam_driver=get_str(ipam, "Driver") or "default",
+        ipam_options=get_str_map(ipam, "Options"),
+        ipam=tuple(_parse_ipam_entry(e) for e in entries),
+        options=options,
+        labels=get_str_map(body, "Labels") or {},
+    )
+
+
+def parse_endpoint_settings(settings: Mapping[str, Any] | None) -> EndpointRequest:
+    """Docker's ``EndpointSettings`` input (connect body, ``EndpointsConfig`` values)."""
+    if settings is None:
+        return EndpointRequest()
+    if not isinstance(settings, dict):
+        raise InvalidArgument("invalid endpoint settings: expected an object")
+    ipam = get_dict(settings, "IPAMConfig")
+    ip4 = get_str(ipam, "IPv4Address")
+    if get_str(ipam, "IPv6Address"):
+        raise InvalidArgument("IPv6 addresses are not supported by cnm")
+    if get_str_list(ipam, "LinkLocalIPs"):
+        raise InvalidArgument("link-local IPs are not supported by cnm")
+    mac = get_str(settings, "MacAddress")
+    aliases = get_str_list(settings, "Aliases")
+    links = get_str_list(settings, "Links")
+    return EndpointRequest(
+        ipv4_address=parse_ipv4(ip4, "IPv4 address") if ip4 else None,
+        mac_address=parse_mac(mac) if mac else None,
+        aliases=tuple(aliases or ()),
+        links=tuple(links or ()),
+        driver_opts=get_str_map(settings, "DriverOpts"),
+        aliases_given=aliases is not None,
+        links_given=links is not None,
+    )

@@ -1,0 +1,385 @@
+"""A fake ``Controller`` for the API tests: model dataclasses in dicts, real subprocesses
+for exec (so the hijacked-stream tests pump real pipes).  No kernel, no store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+from cnm.engine.controller import ContainerPaths, EngineInfo, ExecInfo
+from cnm.errors import Conflict, Forbidden, NotFound, NotModified
+from cnm.model.container import RUNNING, Container, ContainerConfig, ContainerState, ExecSpec, Image
+from cnm.model.endpoint import Endpoint, EndpointRequest, Sandbox
+from cnm.model.network import PREDEFINED, Network, NetworkSpec
+from cnm.model.values import new_id
+
+NOW = "2025-11-05T10:00:00.123456789Z"
+
+
+def test_fake_controller_is_importable() -> None:
+    assert FakeController().networks()
+
+
+class FakeProcess:
+    def __init__(self, proc: asyncio.subprocess.Process, tty: bool) -> None:
+        self._proc = proc
+        self.pid = proc.pid
+        self.stdin = proc.stdin
+        self.stdout = proc.stdout
+        self.stderr = None if tty else proc.stderr
+        self.resized: list[tuple[int, int]] = []
+
+    async def wait(self) -> int:
+        return await self._proc.wait()
+
+    def resize(self, height: int, width: int) -> None:
+        self.resized.append((height, width))
+
+
+@dataclass
+class _Exec:
+    spec: ExecSpec
+    process: FakeProcess | None = None
+    exit_code: int | None = None
+
+
+@dataclass
+class FakeController:
+    nets: dict[str, Network] = field(default_factory=dict)
+    ctrs: dict[str, Container] = field(default_factory=dict)
+    endpoints: dict[str, list[Endpoint]] = field(default_factory=dict)  # network id -> endpoints
+    logs: dict[str, list[tuple[int, bytes]]] = field(default_factory=dict)
+    execs: dict[str, _Exec] = field(default_factory=dict)
+    imgs: dict[str, Image] = field(default_factory=dict)
+    imported: list[tuple[str, bytes]] = field(default_factory=list)
+    stdin_data: dict[str, bytearray] = field(default_factory=dict)
+    pruned_with: list[object] = field(default_factory=list)
+    exited: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, driver in (("bridge", "bridge"), ("host", "host"), ("none", "null")):
+            net = Network(
+                id=new_id(),
+                name=name,
+                driver=driver,
+                created=NOW,
+                ipam_options={} if name == "bridge" else None,
+                subnet=IPv4Network("172.17.0.0/16") if name == "bridge" else None,
+                gateway=IPv4Address("172.17.0.1") if name == "bridge" else None,
+                options={
+                    "com.docker.network.bridge.default_bridge": "true",
+                    "com.docker.network.bridge.name": "cnm0",
+                }
+                if name == "bridge"
+                else {},
+            )
+            self.nets[net.id] = net
+
+    # -- system
+    def info(self) -> EngineInfo:
+        running = sum(c.running for c in self.ctrs.values())
+        return EngineInfo(
+            "/var/lib/cnm",
+            "/run/cnm",
+            "cnm0",
+            "nftables",
+            (("172.17.0.0/16", 16),),
+            len(self.ctrs),
+            running,
+            len(self.ctrs) - running,
+            len(self.imgs),
+            False,
+        )
+
+    # -- networks
+    async def create_network(self, spec: NetworkSpec) -> Network:
+        if spec.name in ("bridge", "host", "none", "default"):
+            raise Forbidden(f"operation is not permitted on predefined {spec.name} network ")
+        if any(n.name == spec.name for n in self.nets.values()):
+            raise Conflict(f"network with name {spec.name} already exists")
+        sub = spec.ipam[0].subnet if spec.ipam else IPv4Network("172.18.0.0/16")
+        gw = (spec.ipam[0].gateway if spec.ipam else None) or IPv4Address(int(sub.network_address) + 1)
+        net = Network(
+            id=new_id(),
+            name=spec.name,
+            driver=spec.driver,
+            created=NOW,
+            internal=spec.internal,
+            ipam_options=spec.ipam_options,
+            ipam=spec.ipam,
+            subnet=sub,
+            gateway=gw,
+            options=spec.options,
+            labels=spec.labels,
+        )
+        self.nets[net.id] = net
+        return net
+
+    def networks(self) -> list[Network]:
+        return list(self.nets.values())
+
+    def find_network(self, ref: str) -> Network:
+        for n in self.nets.values():
+            if ref in (n.id, n.name):
+                return n
+        hits = [n for n in self.nets.values() if n.id.startswith(ref)]
+        if len(hits) == 1:
+            return hits[0]
+        raise NotFound(f"network {ref} not found")
+
+    def network_endpoints(self, network_id: str) -> list[Endpoint]:
+        return list(self.endpoints.get(network_id, []))
+
+    async def remove_network(self, ref: str) -> None:
+        net = self.find_network(ref)
+        if net.name in PREDEFINED:
+            raise Forbidden(f"{net.name} is a pre-defined network and cannot be removed")
+        if self.endpoints.get(net.id):
+            ep = self.endpoints[net.id][0]
+            raise Forbidden(
+                f"error while removing network: network {net.name} has active endpoints "
+                f'(name:"{ep.name}" id:"{ep.id[:12]}")'
+            )
+        del self.nets[net.id]
+
+    async def prune_networks(self, labels=None) -> list[str]:
+        self.pruned_with.append(labels)
+        out = []
+        for net in list(self.nets.values()):
+            if net.name in PREDEFINED or self.endpoints.get(net.id):
+                continue
+            if labels and not all(
+                k in net.labels and (v is None or net.labels[k] == v) for k, v in labels.items()
+            ):
+                continue
+            del self.nets[net.id]
+            out.append(net.name)
+        return out
+
+    async def connect(self, network_ref: str, container_ref: str, request: EndpointRequest) -> None:
+        c = self.find_container(container_ref)
+        net = self.find_network(network_ref)
+        if any(e.container_id == c.id for e in self.endpoints.get(net.id, [])):
+            raise Forbidden(f"endpoint with name {c.name} already exists in network {net.name}")
+        if not c.running:
+            nets = dict(c.config.networks)
+            nets[net.name] = request
+            self.ctrs[c.id] = replace(c, config=replace(c.config, networks=nets))
+            return
+        self._attach(c, net, request)
+
+    def _attach(self, c: Container, net: Network, request: EndpointRequest) -> Endpoint:
+        eps = self.endpoints.setdefault(net.id, [])
+        addr = request.ipv4_address or IPv4Address(int(net.subnet.network_address) + 2 + len(eps))
+        ep = Endpoint(
+            id=new_id(),
+            network_id=net.id,
+            container_id=c.id,
+            sandbox_id=c.sandbox_id or "sb" + c.id[:10],
+            name=c.name,
+            ifname=f"eth{len(self.container_endpoints(c.id))}",
+            mac=request.mac_address or "02:42:ac:11:00:02",
+            address=IPv4Interface(f"{addr}/{net.subnet.prefixlen}"),
+            gateway=net.gateway,
+            aliases=request.aliases,
+            request=request,
+        )
+        eps.append(ep)
+        return ep
+
+    async def disconnect(self, network_ref: str, container_ref: str, force: bool = False) -> None:
+        c = self.find_container(container_ref)
+        net = self.find_network(network_ref)
+        eps = self.endpoints.get(net.id, [])
+        kept = [e for e in eps if e.container_id != c.id]
+        if len(kept) == len(eps):
+            raise Exception(f"container {c.id} is not connected to network {net.name}")
+        self.endpoints[net.id] = kept
+
+    # -- containers
+    async def create_container(self, name, config: ContainerConfig):
+        if name and any(c.name == name for c in self.ctrs.values()):
+            raise Conflict(f'Conflict. The container name "/{name}" is already in use')
+        c = Container(
+            id=new_id(),
+            name=name or "brave_turing",
+            created=NOW,
+            config=replace(config, image_id="sha256:" + "ab" * 32),
+        )
+        self.ctrs[c.id] = c
+        self.exited[c.id] = asyncio.Event()
+        return c, []
+
+    def containers(self) -> list[Container]:
+        return list(self.ctrs.values())
+
+    def find_container(self, ref: str) -> Container:
+        ref = ref.lstrip("/")
+        for c in self.ctrs.values():
+            if ref in (c.id, c.name):
+                return c
+        hits = [c for c in self.ctrs.values() if c.id.startswith(ref)]
+        if len(hits) == 1:
+            return hits[0]
+        raise NotFound(f"No such container: {ref}")
+
+    def container_endpoints(self, container_id: str):
+        out = []
+        for nid, eps in self.endpoints.items():
+            out += [(self.nets[nid], e) for e in eps if e.container_id == container_id]
+        return out
+
+    def container_sandbox(self, container_id: str):
+        c = self.ctrs.get(container_id)
+        if c is None or not c.running:
+            return None
+        return Sandbox(id=c.sandbox_id, container_id=c.id, key=f"/run/cnm/netns/{c.sandbox_id[:12]}")
+
+    def container_paths(self, container_id: str) -> ContainerPaths:
+        d = f"/var/lib/cnm/containers/{container_id}"
+        return ContainerPaths(f"{d}/hostname", f"{d}/hosts", f"{d}/resolv.conf", f"{d}/stdout.log")
+
+    async def start_container(self, ref: str) -> None:
+        c = self.find_container(ref)
+        if c.running:
+            raise NotModified("already started")
+        c = replace(c, state=ContainerState(status=RUNNING, pid=4242, started_at=NOW), sandbox_id=new_id())
+        self.ctrs[c.id] = c
+        mode = c.config.network_mode
+        keys = [mode] + [k for k in c.config.networks if k != mode]
+        for key in keys:
+            net = self.find_network(key)
+            if net.driver == "bridge":
+                self._attach(c, net, c.config.networks.get(key) or EndpointRequest())
+
+    async def stop_container(self, ref, timeout=None, signal=None) -> None:
+        c = self.find_container(ref)
+        if not c.running:
+            raise NotModified("not running")
+        self._exit(c, 0)
+
+    def _exit(self, c: Container, code: int) -> None:
+        self.ctrs[c.id] = replace(
+            c,
+            state=ContainerState(
+                status="exited", exit_code=code, started_at=NOW, finished_at="2025-11-05T10:00:05Z"
+            ),
+        )
+        for nid in self.endpoints:
+            self.endpoints[nid] = [e for e in self.endpoints[nid] if e.container_id != c.id]
+        self.exited[c.id].set()
+
+    async def kill_container(self, ref, signal="SIGKILL") -> None:
+        c = self.find_container(ref)
+        if not c.running:
+            raise Conflict(f"container {c.id} is not running")
+        self._exit(c, 137)
+
+    async def remove_container(self, ref, force=False) -> None:
+        c = self.find_container(ref)
+        if c.running and not force:
+            raise Conflict(f'cannot remove container "/{c.name}": container is running')
+        del self.ctrs[c.id]
+
+    async def wait_container(self, ref, condition="not-running") -> int:
+        c = self.find_container(ref)
+        if condition == "not-running" and not c.running:
+            return c.state.exit_code
+        await self.exited[c.id].wait()
+        return self.ctrs[c.id].state.exit_code
+
+    async def container_logs(self, ref, *, stdout, stderr, follow, tail) -> AsyncIterator[tuple[int, bytes]]:
+        c = self.find_container(ref)
+        sent = 0
+        while True:
+            chunks = self.logs.get(c.id, [])
+            for stream, data in chunks[sent:]:
+                if (stream == 1 and stdout) or (stream == 2 and stderr):
+                    yield stream, data
+            sent = len(chunks)
+            if not follow or self.exited[c.id].is_set():
+                return
+            await asyncio.sleep(0.01)
+
+    async def attach_stdin(self, ref):
+        """The container's stdin is a real ``cat``: what it echoes is what arrived."""
+        c = self.find_container(ref)
+        buf = self.stdin_data.setdefault(c.id, bytearray())
+        proc = await asyncio.create_subprocess_exec(
+            "cat", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+
+        async def collect() -> None:
+            while chunk := await proc.stdout.read(4096):
+                buf.extend(chunk)
+            await proc.wait()
+
+        self.stdin_closed = asyncio.get_running_loop().create_task(collect())
+        return proc.stdin
+
+    # -- exec
+    def create_exec(self, ref: str, spec: ExecSpec) -> str:
+        c = self.find_container(ref)
+        if not c.running:
+            raise Conflict(f"container {c.id} is not running")
+        exec_id = new_id()
+        self.execs[exec_id] = _Exec(spec=replace(spec, container_id=c.id))
+        return exec_id
+
+    async def start_exec(self, exec_id: str):
+        record = self.execs[exec_id]
+        if record.process is not None:
+            raise Conflict("exec already started")
+        proc = await asyncio.create_subprocess_exec(
+            *record.spec.cmd,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT if record.spec.tty else asyncio.subprocess.PIPE,
+        )
+        record.process = FakeProcess(proc, record.spec.tty)
+
+        async def reap() -> None:
+            record.exit_code = await proc.wait()
+
+        self._reaper = asyncio.get_running_loop().create_task(reap())
+        return record.process
+
+    def exec_info(self, exec_id: str) -> ExecInfo:
+        record = self.execs.get(exec_id)
+        if record is None:
+            raise NotFound(f"No such exec instance: {exec_id}")
+        running = record.process is not None and record.exit_code is None
+        return ExecInfo(
+            exec_id,
+            record.spec.container_id,
+            record.spec,
+            running,
+            record.exit_code,
+            record.process.pid if record.process else 0,
+        )
+
+    # -- images
+    async def import_image(self, reference: str, tar_path: str) -> Image:
+        with open(tar_path, "rb") as f:
+            self.imported.append((reference, f.read()))
+        if ":" not in reference.rsplit("/", 1)[-1]:
+            reference += ":latest"
+        img = Image(id="sha256:" + "cd" * 32, repo_tags=(reference,), created=NOW, size=3)
+        self.imgs[img.id] = img
+        return img
+
+    def images(self) -> list[Image]:
+        return list(self.imgs.values())
+
+    def find_image(self, ref: str) -> Image:
+        for img in self.imgs.values():
+            if ref == img.id or ref in img.repo_tags or f"{ref}:latest" in img.repo_tags:
+                return img
+        raise NotFound(f"No such image: {ref}")
+
+    async def remove_image(self, ref: str, force: bool = False) -> Image:
+        img = self.find_image(ref)
+        del self.imgs[img.id]
+        return img
