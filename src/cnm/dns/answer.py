@@ -1,0 +1,271 @@
+"""From one DNS query (bytes) to its answer: local for container names, else a forward.
+
+Owns the wire-level rules of the embedded server (Docker's ``resolver.go``):
+
+* A / AAAA / MX / PTR for container names are answered here, TTL 600, RA set, AA clear
+  (Docker's ``createRespMsg``), several addresses shuffled by the ``NameTable``;
+  a name with no address of the asked family gets an empty NOERROR, and MX for a
+  container name an empty NOERROR (RFC 5321 implicit MX);
+* everything else (other names, other types, other classes) is forwarded, except:
+  a single-label A/AAAA when the user set ``ndots`` (empty answer, so the stub tries its
+  search list) and a sandbox with no usable upstream (SERVFAIL, as Docker);
+* UDP answers are cut to the client's EDNS size (512 without EDNS) with TC set;
+* a local answer with at most one record is kept in ``AnswerCache`` keyed by the exact
+  query bytes after the id, valid while the ``NameTable`` generation is unchanged (any
+  change invalidates everything at once, so the next query sees it); answers with
+  several records are built per query, to shuffle them;
+* hostile input never raises: fewer than 12 bytes, or a *response* sent to us, is
+  dropped (no reflection); anything else that does not parse gets FORMERR with the
+  salvaged id; QDCOUNT != 1 gets FORMERR; opcodes other than QUERY get NOTIMP.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.opcode
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rdtypes.ANY.PTR
+import dns.rdtypes.IN.A
+import dns.rdtypes.IN.AAAA
+import dns.renderer
+import dns.reversename
+import dns.rrset
+
+from cnm.dns.records import NameTable
+
+log = logging.getLogger("cnm.dns")
+
+TTL = 600
+UDP_MIN = 512
+TCP_MAX = 65535
+_HEADER = 12
+_QR = 0x8000
+_OUR_EDNS_PAYLOAD = 4096
+_A, _AAAA, _MX, _PTR = dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.MX, dns.rdatatype.PTR
+_IN = dns.rdataclass.IN
+_REVERSE = (dns.reversename.ipv4_reverse_domain, dns.reversename.ipv6_reverse_domain)
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """A query the sandbox's upstreams must answer."""
+
+    query: dns.message.Message
+    wire: bytes
+    max_size: int
+
+
+class AnswerCache:
+    """Rendered local answers (see module doc); bounded, emptied when full or stale."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._generation = -1
+        self._answers: dict[tuple[str, bool, bytes], bytes] = {}
+
+    def get(self, names: NameTable, sandbox_id: str, data: bytes, tcp: bool) -> bytes | None:
+        if self._generation != names.generation:
+            self._answers.clear()
+            self._generation = names.generation
+            return None
+        cached = self._answers.get((sandbox_id, tcp, data[2:]))
+        return None if cached is None else data[:2] + cached
+
+    def put(self, names: NameTable, sandbox_id: str, data: bytes, tcp: bool, reply: bytes) -> None:
+        if self._generation != names.generation or len(self._answers) >= self.size:
+            self._answers.clear()
+            self._generation = names.generation
+        self._answers[(sandbox_id, tcp, data[2:])] = reply[2:]
+
+
+def respond(
+    names: NameTable, sandbox_id: str, data: bytes, *, tcp: bool, cache: AnswerCache | None = None
+) -> bytes | Forward | None:
+    """The answer to ``data`` asked by ``sandbox_id``: bytes to send back, a ``Forward``,
+    or None to drop it.  Never raises."""
+    if cache is not None:
+        cached = cache.get(names, sandbox_id, data, tcp)
+        if cached is not None:
+            return cached
+    try:
+        return _respond(names, sandbox_id, data, tcp, cache)
+    except Exception:  # a bug must cost one answer, never the listener
+        log.exception("dns: failed to answer a query from sandbox %s", sandbox_id[:12])
+        return _error_from_header(data, dns.rcode.SERVFAIL)
+
+
+def servfail(query: dns.message.Message) -> bytes:
+    return _reply(query, dns.rcode.SERVFAIL).to_wire()
+
+
+def fit(query: dns.message.Message, wire: bytes, max_size: int) -> bytes:
+    """A forwarded answer as it may go to a UDP client: as is when it fits, else an
+    empty answer with TC set (the client then asks again over TCP)."""
+    if len(wire) <= max_size:
+        return wire
+    reply = _reply(query, dns.rcode.from_flags(int.from_bytes(wire[2:4], "big"), 0))
+    reply.flags |= dns.flags.TC
+    return reply.to_wire()
+
+
+def _respond(
+    names: NameTable, sandbox_id: str, data: bytes, tcp: bool, cache: AnswerCache | None
+) -> bytes | Forward | None:
+    if len(data) < _HEADER or int.from_bytes(data[2:4], "big") & _QR:
+        return None
+    try:
+        query = dns.message.from_wire(data)
+    except Exception:  # dnspython raises many kinds on hostile input
+        return _error_from_header(data, dns.rcode.FORMERR)
+    if query.opcode() != dns.opcode.QUERY:
+        return _reply(query, dns.rcode.NOTIMP, question=False).to_wire()
+    if len(query.question) != 1:
+        return _reply(query, dns.rcode.FORMERR, question=False).to_wire()
+    max_size = TCP_MAX if tcp else max(UDP_MIN, min(query.payload, TCP_MAX)) if query.edns >= 0 else UDP_MIN
+    question = query.question[0]
+    if question.rdclass == _IN:
+        local = _local(names, sandbox_id, query, question)
+        if local is not None:
+            wire = _render(local, max_size, tcp)
+            if (
+                cache is not None
+                and (not local.answer or len(local.answer[0]) == 1)
+                and not local.flags & dns.flags.TC
+            ):
+                cache.put(names, sandbox_id, data, tcp, wire)
+            return wire
+    config = names.config(sandbox_id)
+    if (
+        config.ndots_set
+        and question.rdtype in (_A, _AAAA)
+        and len(question.name.labels) <= 2  # one label and the root
+    ):
+        return _render(_reply(query), max_size, tcp)
+    if not config.usable_upstreams():
+        return _reply(query, dns.rcode.SERVFAIL).to_wire()
+    return Forward(query, data, max_size)
+
+
+def _local(
+    names: NameTable, sandbox_id: str, query: dns.message.Message, question: dns.rrset.RRset
+) -> dns.message.Message | None:
+    """The local answer for a container name, or None to forward."""
+    qtype = question.rdtype
+    if qtype == _PTR:
+        return _ptr(names, sandbox_id, query, question.name)
+    if qtype not in (_A, _AAAA, _MX):
+        return None
+    text = question.name.to_text(omit_final_dot=True)
+    if qtype == _MX:
+        if names.lookup_a(sandbox_id, text) is None and names.lookup_aaaa(sandbox_id, text) is None:
+            return None
+        return _reply(query)
+    if qtype == _A:
+        found = names.lookup_a(sandbox_id, text)
+        rdata_type = dns.rdtypes.IN.A.A
+    else:
+        found = names.lookup_aaaa(sandbox_id, text)  # type: ignore[assignment]
+        rdata_type = dns.rdtypes.IN.AAAA.AAAA
+    if found is None:
+        return None
+    reply = _reply(query)
+    if found:
+        rrset = dns.rrset.RRset(question.name, _IN, qtype)
+        rrset.update_ttl(TTL)
+        for address in found:
+            rrset.add(rdata_type(_IN, qtype, str(address)))
+        reply.answer.append(rrset)
+    return reply
+
+
+def _ptr(
+    names: NameTable, sandbox_id: str, query: dns.message.Message, qname: dns.name.Name
+) -> dns.message.Message | None:
+    if not any(qname.is_subdomain(domain) for domain in _REVERSE):
+        return None
+    try:
+        address = dns.reversename.to_address(qname)
+    except (dns.exception.DNSException, ValueError):  # a partial name such as 10.in-addr.arpa
+        return None
+    target = names.lookup_ptr(sandbox_id, address)
+    if target is None:
+        return None
+    try:
+        target_name = dns.name.from_text(target)
+    except dns.exception.DNSException:
+        log.warning("dns: %r is not a valid DNS name; PTR %s not answered", target, address)
+        return None
+    reply = _reply(query)
+    rrset = dns.rrset.RRset(qname, _IN, _PTR)
+    rrset.update_ttl(TTL)
+    rrset.add(dns.rdtypes.ANY.PTR.PTR(_IN, _PTR, target_name))
+    reply.answer.append(rrset)
+    return reply
+
+
+def _reply(
+    query: dns.message.Message, rcode: int = dns.rcode.NOERROR, *, question: bool = True
+) -> dns.message.Message:
+    """Docker's reply skeleton: id, opcode, RD and CD copied; QR and RA set; AA clear;
+    EDNS answered with EDNS."""
+    reply = dns.message.Message(id=query.id)
+    reply.flags = (
+        dns.flags.QR
+        | dns.flags.RA
+        | (query.flags & (dns.flags.RD | dns.flags.CD))
+        | dns.opcode.to_flags(query.opcode())
+    )
+    if question:
+        reply.question = list(query.question)
+    if query.edns >= 0:
+        reply.use_edns(0, 0, _OUR_EDNS_PAYLOAD)
+    reply.set_rcode(rcode)
+    return reply
+
+
+def _render(reply: dns.message.Message, max_size: int, tcp: bool) -> bytes:
+    """``reply`` in wire form within ``max_size``: answers dropped from the end until it
+    fits, with TC set over UDP (Docker's ``truncateResp``)."""
+    try:
+        return reply.to_wire(max_size=max_size)
+    except dns.exception.TooBig:
+        pass
+    rrset = reply.answer[0]
+    items = list(rrset)
+    low, high = 0, len(items)  # the largest prefix that fits, by bisection
+    while low < high:
+        mid = (low + high + 1) // 2
+        rrset.clear()
+        for rdata in items[:mid]:
+            rrset.add(rdata)
+        try:
+            reply.to_wire(max_size=max_size)
+            low = mid
+        except dns.exception.TooBig:
+            high = mid - 1
+    rrset.clear()
+    for rdata in items[:low]:
+        rrset.add(rdata)
+    if not tcp:
+        reply.flags |= dns.flags.TC
+    return reply.to_wire(max_size=max_size)
+
+
+def _error_from_header(data: bytes, rcode: int) -> bytes | None:
+    """An empty answer carrying ``rcode`` for a query that cannot be parsed, built from
+    what the header still tells (id, opcode, RD); None when not even that survives."""
+    if len(data) < _HEADER:
+        return None
+    flags = int.from_bytes(data[2:4], "big")
+    reply = dns.message.Message(id=int.from_bytes(data[:2], "big"))
+    reply.flags = dns.flags.QR | dns.flags.RA | (flags & (dns.flags.RD | 0x7800))  # 0x7800: opcode
+    reply.set_rcode(rcode)
+    return reply.to_wire()

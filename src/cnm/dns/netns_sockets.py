@@ -1,0 +1,226 @@
+"""Sockets inside a container's network namespace, and the NAT that puts them on port 53.
+
+A socket belongs to the namespace it was *created* in, whichever thread uses it later.
+So cnm enters a container's namespace on a fresh, short-lived thread
+(``cnm.kernel.netns.call_in_netns``), creates what it needs there, and serves or uses the
+sockets from cnmd's event loop; no pooled thread ever sits in another namespace.
+
+Per sandbox, inside its namespace (Docker's ``resolver_unix.go:setupIptablesNAT``, as an
+nftables table like Docker 29's ``ip docker-dns``)::
+
+    table ip cnm-dns {
+      chain output      { type nat hook output priority -100;   # dstnat
+        ip daddr 127.0.0.11 udp dport 53 dnat to 127.0.0.11:<udp port>
+        ip daddr 127.0.0.11 tcp dport 53 dnat to 127.0.0.11:<tcp port> }
+      chain postrouting { type nat hook postrouting priority srcnat;
+        ip saddr 127.0.0.11 udp sport <udp port> snat to 127.0.0.11:53
+        ip saddr 127.0.0.11 tcp sport <tcp port> snat to 127.0.0.11:53 }
+    }
+
+(nft 1.0.6 refuses the ``dstnat`` keyword on the output hook, hence ``-100``.)  The table
+is replaced atomically (``add``, ``delete``, ``add`` in one transaction), so re-adding a
+sandbox after a cnmd restart swaps the old ports for the new ones without a gap.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cnm.errors import FirewallError, KernelError, Unavailable
+from cnm.kernel.cmdlog import log_script
+from cnm.kernel.netns import call_in_netns, netns_exists
+
+RESOLVER_ADDRESS = "127.0.0.11"
+DNS_TABLE = "cnm-dns"
+_TCP_BACKLOG = 128
+_SOCKET_BATCH = 8  # sockets made per trip into a namespace for forwarding
+
+
+def render_dns_nat(udp_port: int, tcp_port: int, address: str = RESOLVER_ADDRESS) -> str:
+    """The nft script that (re)installs the table mapping ``address:53`` to the ports."""
+    return (
+        f"table ip {DNS_TABLE} {{}}\n"
+        f"delete table ip {DNS_TABLE}\n"
+        f"table ip {DNS_TABLE} {{\n"
+        "\tchain output {\n"
+        "\t\ttype nat hook output priority -100; policy accept;\n"
+        f"\t\tip daddr {address} udp dport 53 dnat to {address}:{udp_port}\n"
+        f"\t\tip daddr {address} tcp dport 53 dnat to {address}:{tcp_port}\n"
+        "\t}\n"
+        "\tchain postrouting {\n"
+        "\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
+        f"\t\tip saddr {address} udp sport {udp_port} snat to {address}:53\n"
+        f"\t\tip saddr {address} tcp sport {tcp_port} snat to {address}:53\n"
+        "\t}\n"
+        "}\n"
+    )
+
+
+REMOVE_DNS_NAT = f"table ip {DNS_TABLE} {{}}\ndelete table ip {DNS_TABLE}\n"
+
+
+def _apply_nft(script: str, netns_path: str) -> None:
+    """Run ``script`` with libnftables in the *calling thread's* namespace (its netlink
+    socket is opened when the context is created, so create it here)."""
+    log_script(f"nsenter --net={netns_path} nft -f -", script)
+    try:
+        import nftables  # pip-nftables, binds Debian's libnftables1
+    except ImportError as exc:  # pragma: no cover - depends on the host
+        raise Unavailable(f"python nftables bindings are not installed: {exc}") from exc
+    try:
+        nft: Any = nftables.Nftables()
+    except OSError as exc:
+        raise Unavailable(f"libnftables is not available: {exc}") from exc
+    rc, _out, err = nft.cmd(script)
+    if rc != 0:
+        first = next((line for line in err.splitlines() if line.strip()), "unknown error")
+        raise FirewallError(f"nft in {netns_path}: {first}")
+
+
+@dataclass(slots=True)
+class ResolverSockets:
+    """The bound UDP socket and listening TCP socket of one sandbox's resolver."""
+
+    udp: socket.socket
+    tcp: socket.socket
+
+    @property
+    def ports(self) -> tuple[int, int]:
+        return self.udp.getsockname()[1], self.tcp.getsockname()[1]
+
+    def close(self) -> None:
+        self.udp.close()
+        self.tcp.close()
+
+
+def bind_resolver_sockets(host: str, port: int = 0) -> ResolverSockets:
+    """A UDP and a TCP socket bound to ``host`` (random ports when ``port`` is 0), in the
+    calling thread's namespace."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    udp = socket.socket(family, socket.SOCK_DGRAM)
+    tcp = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        udp.bind((host, port))
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        tcp.bind((host, port))
+        tcp.listen(_TCP_BACKLOG)
+        udp.setblocking(False)
+        tcp.setblocking(False)
+    except BaseException:
+        udp.close()
+        tcp.close()
+        raise
+    return ResolverSockets(udp, tcp)
+
+
+async def open_resolver_in_netns(netns_path: str, address: str = RESOLVER_ADDRESS) -> ResolverSockets:
+    """Inside the namespace at ``netns_path``: bind the resolver's sockets on ``address``
+    (random ports) and install the NAT from port 53 to them, in one trip on one fresh
+    thread.  Leaves nothing behind on failure (sockets closed; the table is replaced as
+    a whole or not at all)."""
+
+    def work() -> ResolverSockets:  # on a fresh thread inside the namespace
+        sockets = bind_resolver_sockets(address)
+        try:
+            _apply_nft(render_dns_nat(*sockets.ports, address=address), netns_path)
+        except BaseException:
+            sockets.close()
+            raise
+        return sockets
+
+    if not netns_exists(netns_path):
+        raise KernelError(f"network namespace {netns_path} does not exist")
+    return await call_in_netns(netns_path, work)
+
+
+async def remove_resolver_nat(netns_path: str) -> None:
+    """Delete the resolver's NAT table inside ``netns_path``; a namespace or table that
+    is already gone is success."""
+    if not netns_exists(netns_path):
+        return
+
+    await call_in_netns(netns_path, lambda: _apply_nft(REMOVE_DNS_NAT, netns_path))
+
+
+# -- sockets for forwarding ----------------------------------------------------------------
+
+
+class SocketSource(Protocol):
+    """Where the forwarder gets a fresh, unconnected socket for one upstream query."""
+
+    async def socket(self, family: int, kind: int) -> socket.socket: ...
+
+    def close(self) -> None: ...
+
+
+class HostSockets:
+    """Sockets in cnmd's own namespace (the host's upstreams, e.g. 127.0.0.53)."""
+
+    async def socket(self, family: int, kind: int) -> socket.socket:
+        sock = socket.socket(family, kind)
+        sock.setblocking(False)
+        return sock
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(slots=True)
+class _Batch:
+    sockets: list[socket.socket] = field(default_factory=list)
+
+    def close(self) -> None:  # a cancelled trip: nobody will use them
+        for sock in self.sockets:
+            sock.close()
+
+
+class NetnsSockets:
+    """Sockets created inside a container's namespace (for ``--dns`` upstreams, which
+    Docker dials from there, so ``--dns 127.0.0.1`` means the container's own loopback).
+
+    A trip into the namespace costs a thread start, so each trip makes a small batch of
+    unconnected sockets; each query takes one, connects it (the kernel then picks a
+    random source port) and closes it.  The stash keeps the namespace alive: ``close``
+    it when the sandbox goes."""
+
+    def __init__(self, netns_path: str, batch: int = _SOCKET_BATCH) -> None:
+        self.netns_path = netns_path
+        self._batch = batch
+        self._stash: dict[tuple[int, int], list[socket.socket]] = {}
+        self._closed = False
+
+    async def socket(self, family: int, kind: int) -> socket.socket:
+        if self._closed:
+            raise KernelError(f"sockets of network namespace {self.netns_path} are closed")
+        stash = self._stash.setdefault((family, kind), [])
+        if not stash:
+            batch = await self._make(family, kind)
+            if self._closed:
+                batch.close()
+                raise KernelError(f"sockets of network namespace {self.netns_path} are closed")
+            stash.extend(batch.sockets)
+        return stash.pop()
+
+    async def _make(self, family: int, kind: int) -> _Batch:
+        def work() -> _Batch:  # on a fresh thread inside the namespace
+            batch = _Batch()
+            try:
+                for _ in range(self._batch):
+                    sock = socket.socket(family, kind)
+                    sock.setblocking(False)
+                    batch.sockets.append(sock)
+            except BaseException:
+                batch.close()
+                raise
+            return batch
+
+        return await call_in_netns(self.netns_path, work)
+
+    def close(self) -> None:
+        self._closed = True
+        for stash in self._stash.values():
+            for sock in stash:
+                sock.close()
+        self._stash.clear()

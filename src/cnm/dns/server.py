@@ -1,0 +1,301 @@
+"""The embedded DNS server: one for the whole host, serving every sandbox from cnmd's loop.
+
+For each sandbox (container network namespace) it holds a UDP socket and a listening TCP
+socket created *inside* that namespace on ``127.0.0.11`` (random ports, NAT from port 53:
+see ``netns_sockets``), served with asyncio.  The socket a query arrives on tells which
+sandbox asks, so names are scoped without looking at source addresses.
+
+What the answers are is ``answer.respond`` over the engine's ``NameTable``; forwarding is
+``Forwarder``.  This module owns the transports:
+
+* UDP: container names are answered synchronously in ``datagram_received`` (no task);
+  forwards run as tasks, bounded by the forwarder's in-flight limit (SERVFAIL beyond);
+* TCP: RFC 7766 framing (2-byte length); one task per connection; queries on one
+  connection answered in order; an idle connection is closed after ``TCP_IDLE``, a
+  message must arrive whole within ``TCP_READ`` and a reply be taken within
+  ``TCP_WRITE`` (slowloris); at most ``TCP_MAX_CONNECTIONS`` per sandbox, as one
+  sandbox's clients must not exhaust cnmd.
+
+Nothing here raises out of a handler: hostile input costs at most its own answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+
+from cnm.dns import answer
+from cnm.dns.forwarder import Forwarder
+from cnm.dns.netns_sockets import (
+    RESOLVER_ADDRESS,
+    NetnsSockets,
+    ResolverSockets,
+    SocketSource,
+    bind_resolver_sockets,
+    open_resolver_in_netns,
+    remove_resolver_nat,
+)
+from cnm.dns.records import NameTable
+from cnm.errors import Conflict, KernelError, TeardownErrors
+
+log = logging.getLogger("cnm.dns")
+
+TCP_IDLE = 10.0
+TCP_READ = 5.0
+TCP_WRITE = 5.0
+TCP_MAX_CONNECTIONS = 64
+
+
+@dataclass(slots=True)
+class _Listener:
+    sandbox_id: str
+    netns_path: str | None  # None: a listener in cnmd's own namespace (tests)
+    ports: tuple[int, int]  # (udp, tcp)
+    sockets: SocketSource | None  # for --dns upstreams dialed from the sandbox
+    udp: asyncio.DatagramTransport | None = None
+    tcp: asyncio.Server | None = None
+    connections: set[asyncio.StreamWriter] = field(default_factory=set)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+class DnsServer:
+    """The host's embedded DNS server (see module doc).  ``names`` is shared with the
+    engine, which updates it; changes are seen by the next query."""
+
+    def __init__(
+        self, names: NameTable, forwarder: Forwarder | None = None, *, address: str = RESOLVER_ADDRESS
+    ) -> None:
+        self.names = names
+        self.forwarder = forwarder or Forwarder()
+        self.address = address
+        self._listeners: dict[str, _Listener] = {}
+        self._cache = answer.AnswerCache()
+        self._forwarding = 0  # UDP forward tasks spawned and not finished, all sandboxes
+
+    # -- sandboxes ---------------------------------------------------------------------
+
+    async def add_sandbox(self, sandbox_id: str, netns_path: str) -> tuple[int, int]:
+        """Serve ``sandbox_id`` at ``127.0.0.11:53`` (UDP and TCP) inside the namespace at
+        ``netns_path``; returns the (udp, tcp) ports the NAT points at.  Idempotent for the
+        same namespace; Conflict if the sandbox is served elsewhere.  Re-adding after a
+        cnmd restart replaces the old NAT table in one transaction."""
+        current = self._listeners.get(sandbox_id)
+        if current is not None:
+            if current.netns_path == netns_path:
+                return current.ports
+            raise Conflict(f"DNS for sandbox {sandbox_id[:12]} is already served in {current.netns_path}")
+        async with AsyncExitStack() as undo:
+            sockets = await open_resolver_in_netns(netns_path, self.address)
+            undo.callback(sockets.close)
+            undo.push_async_callback(remove_resolver_nat, netns_path)
+            listener = _Listener(sandbox_id, netns_path, sockets.ports, NetnsSockets(netns_path))
+            await self._serve(listener, sockets)
+            undo.pop_all()
+        log.debug(
+            "dns: serving sandbox %s in %s (udp %d, tcp %d)", sandbox_id[:12], netns_path, *listener.ports
+        )
+        return listener.ports
+
+    async def add_listener(self, sandbox_id: str, host: str = "127.0.0.1", port: int = 0) -> tuple[int, int]:
+        """Serve ``sandbox_id`` on ``host`` in cnmd's own namespace (no NAT; tests and
+        tools); returns the (udp, tcp) ports.  Conflict if it is already served."""
+        if sandbox_id in self._listeners:
+            raise Conflict(f"DNS for sandbox {sandbox_id[:12]} is already served")
+        try:
+            sockets = bind_resolver_sockets(host, port)
+        except OSError as exc:
+            raise KernelError(f"cannot bind the DNS listener on {host} port {port}: {exc.strerror}") from exc
+        listener = _Listener(sandbox_id, None, sockets.ports, None)
+        try:
+            await self._serve(listener, sockets)
+        except BaseException:
+            sockets.close()
+            raise
+        return listener.ports
+
+    async def remove_sandbox(self, sandbox_id: str) -> None:
+        """Stop serving ``sandbox_id``: close its sockets and connections and delete its
+        NAT table (if the namespace still exists).  Idempotent; does not touch the
+        names (the engine withdraws them from the ``NameTable``)."""
+        listener = self._listeners.pop(sandbox_id, None)
+        if listener is None:
+            return
+        errors: list[BaseException] = []
+        self._close(listener)
+        if listener.tcp is not None:
+            try:
+                await listener.tcp.wait_closed()
+            except Exception as exc:  # noqa: BLE001 -- reported below
+                errors.append(exc)
+        if listener.netns_path is not None:
+            try:
+                await remove_resolver_nat(listener.netns_path)
+            except Exception as exc:  # noqa: BLE001 -- reported below
+                errors.append(exc)
+        if errors:
+            raise TeardownErrors(f"DNS of sandbox {sandbox_id[:12]}", errors)
+
+    def serving(self, sandbox_id: str) -> tuple[int, int] | None:
+        """The (udp, tcp) ports ``sandbox_id`` is served on, or None."""
+        listener = self._listeners.get(sandbox_id)
+        return listener.ports if listener is not None else None
+
+    async def close(self) -> None:
+        """Close every listener (cnmd shutting down).  The NAT tables stay: containers
+        keep running, and the next cnmd re-adds their sandboxes, replacing them."""
+        listeners = list(self._listeners.values())
+        self._listeners.clear()
+        for listener in listeners:
+            self._close(listener)
+        for listener in listeners:
+            if listener.tcp is not None:
+                await listener.tcp.wait_closed()
+
+    # -- transports --------------------------------------------------------------------
+
+    async def _serve(self, listener: _Listener, sockets: ResolverSockets) -> None:
+        """Attach asyncio to ``sockets`` and register ``listener``.  On failure nothing of
+        what was attached stays (the caller closes the sockets)."""
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _UdpProtocol(self, listener), sock=sockets.udp
+        )
+        try:
+            listener.udp = transport
+            listener.tcp = await asyncio.start_server(
+                lambda r, w: self._serve_tcp(listener, r, w), sock=sockets.tcp, limit=answer.TCP_MAX + 2
+            )
+        except BaseException:
+            transport.close()
+            raise
+        self._listeners[listener.sandbox_id] = listener
+
+    def _close(self, listener: _Listener) -> None:
+        if listener.udp is not None:
+            listener.udp.close()
+        if listener.tcp is not None:
+            listener.tcp.close()
+        for writer in list(listener.connections):
+            writer.close()
+        for task in list(listener.tasks):
+            task.cancel()
+        if listener.sockets is not None:
+            listener.sockets.close()
+
+    def _saturated(self) -> bool:
+        # counted when spawned, not when the task first runs: a burst read in one loop
+        # iteration must not spawn past the bound
+        return self._forwarding >= self.forwarder.max_inflight or self.forwarder.saturated
+
+    def _spawn(self, listener: _Listener, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._forwarding += 1
+        listener.tasks.add(task)
+        task.add_done_callback(lambda t: self._done(listener, t))
+
+    def _done(self, listener: _Listener, task: asyncio.Task[None]) -> None:
+        self._forwarding -= 1
+        listener.tasks.discard(task)
+
+    async def _resolve(self, listener: _Listener, request: answer.Forward, tcp: bool) -> bytes:
+        """The forwarded answer to ``request``, or SERVFAIL."""
+        config = self.names.config(listener.sandbox_id)
+        reply = await self.forwarder.forward(
+            request.query, request.wire, config.usable_upstreams(), listener.sockets
+        )
+        if reply is None:
+            return answer.servfail(request.query)
+        return reply if tcp else answer.fit(request.query, reply, request.max_size)
+
+    async def _forward_udp(
+        self, listener: _Listener, request: answer.Forward, transport: asyncio.DatagramTransport, addr: object
+    ) -> None:
+        try:
+            reply = await self._resolve(listener, request, tcp=False)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug costs this answer (SERVFAIL), never the listener
+            log.exception("dns: forwarding for sandbox %s failed", listener.sandbox_id[:12])
+            reply = answer.servfail(request.query)
+        if not transport.is_closing():
+            transport.sendto(reply, addr)
+
+    async def _serve_tcp(
+        self, listener: _Listener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        if len(listener.connections) >= TCP_MAX_CONNECTIONS:
+            writer.close()
+            return
+        listener.connections.add(writer)
+        try:
+            while True:
+                try:
+                    head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE)
+                    size = int.from_bytes(head, "big")
+                    if size < 12:  # not even a DNS header: the stream cannot be trusted
+                        break
+                    data = await asyncio.wait_for(reader.readexactly(size), TCP_READ)
+                except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+                    break
+                result = answer.respond(self.names, listener.sandbox_id, data, tcp=True, cache=self._cache)
+                if isinstance(result, answer.Forward):
+                    if self.forwarder.saturated:
+                        result = answer.servfail(result.query)
+                    else:
+                        try:
+                            result = await self._resolve(listener, result, tcp=True)
+                        except Exception:  # a bug costs this answer, not the connection
+                            log.exception("dns: forwarding for sandbox %s failed", listener.sandbox_id[:12])
+                            result = answer.servfail(result.query)
+                if result is None:
+                    continue
+                writer.write(len(result).to_bytes(2, "big") + result)
+                try:
+                    await asyncio.wait_for(writer.drain(), TCP_WRITE)
+                except (TimeoutError, ConnectionError):
+                    break
+        except asyncio.CancelledError:
+            pass  # the listener is closing
+        except Exception:
+            log.exception("dns: TCP connection of sandbox %s failed", listener.sandbox_id[:12])
+        finally:
+            listener.connections.discard(writer)
+            writer.close()
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, server: DnsServer, listener: _Listener) -> None:
+        self.server = server
+        self.listener = listener
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        try:
+            server = self.server
+            result = answer.respond(
+                server.names, self.listener.sandbox_id, data, tcp=False, cache=server._cache
+            )
+            if result is None:
+                return
+            if isinstance(result, bytes):
+                transport.sendto(result, addr)
+            elif self.server._saturated():
+                transport.sendto(answer.servfail(result.query), addr)
+            else:
+                self.server._spawn(
+                    self.listener, self.server._forward_udp(self.listener, result, transport, addr)
+                )
+        except Exception:  # never let one datagram stop the listener
+            log.exception("dns: failed to answer a datagram for sandbox %s", self.listener.sandbox_id[:12])
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors for replies to clients that went away: nothing to do
+        log.debug("dns: sandbox %s: %s", self.listener.sandbox_id[:12], exc)
