@@ -19,7 +19,7 @@ reparented to it and their exit codes are known; after a restart, an exit is sti
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -98,10 +98,18 @@ class Runtime(Protocol):
         """Run a process inside a running container (``runc exec``)."""
 
     def logs(
-        self, container_id: str, *, stdout: bool, stderr: bool, follow: bool, tail: int | None
+        self,
+        container_id: str,
+        *,
+        stdout: bool,
+        stderr: bool,
+        follow: bool,
+        tail: int | None,
+        exited: Callable[[], bool] | None = None,
     ) -> AsyncIterator[tuple[int, bytes]]:
         """(stream, chunk) pairs, stream 1 = stdout, 2 = stderr.  With ``follow`` it ends
-        when the container has exited and everything was read."""
+        when ``exited()`` says so (default: this runtime's own exit watch of the container's
+        init) and everything was read."""
 
     async def open_stdin(self, container_id: str) -> asyncio.StreamWriter | None:
         """A writer to the container's stdin (containers created with OpenStdin), or None."""

@@ -1,0 +1,535 @@
+"""``RuncRuntime``: the ``cnm.runtime.api.Runtime`` protocol through the ``runc`` binary.
+
+It owns everything under ``<data-root>/images``, ``<data-root>/containers/<id>``,
+``<exec-root>/containers/<id>`` and ``<exec-root>/runc`` (runc's ``--root``), laid out as
+``cnm.runtime.api`` describes, plus the cgroups ``/<cgroup_parent>/<id>`` that runc creates.
+
+Containers and execs are started detached (``runc run -d`` / ``runc exec -d``): runc exits
+once the process runs, with the process holding its stdio directly (log files, pipes, a pty
+slave).  That is what lets containers outlive a cnmd restart, and lets ``exec`` fail fast
+with runc's own message (``executable file not found``) instead of as process output.
+Because runc's error text would otherwise land in that same stdio, every runc call writes
+its log as JSON to a file (``--log``) or to its stderr (``--log-format json``), which is
+where ``RuntimeFailure`` messages come from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import itertools
+import json
+import logging
+import os
+import shutil
+import stat
+import time
+from collections.abc import AsyncIterator, Callable
+
+from cnm.errors import CnmError, InvalidArgument, NotFound, RuntimeFailure
+from cnm.kernel.cmdlog import log_command
+from cnm.model.container import ExecSpec, Image
+from cnm.runtime import bundle, logs, rootfs
+from cnm.runtime.api import StartRequest
+from cnm.runtime.images import ImageStore
+from cnm.runtime.process import (
+    ExecProcess,
+    console_listener,
+    empty_reader,
+    fd_reader,
+    fd_writer,
+    pid_alive,
+    receive_console,
+    wait_pid,
+)
+
+log = logging.getLogger("cnm.runtime")
+
+_GONE = (
+    "does not exist",
+    "not running",
+)  # runc 1.1.5: `container "x" does not exist`, `container not running`
+
+
+class RuncRuntime:
+    """Containers through runc, images as unpacked root filesystems.
+
+    Holds live state only for containers started by this instance: the exit watch of each
+    init (so ``wait_exit`` can be awaited many times and ``logs(follow=True)`` knows when to
+    stop) and the stdin FIFO keeper.  Everything else is read back from disk and runc, so a
+    restarted daemon finds its containers with ``is_running``.
+    """
+
+    def __init__(
+        self, data_root: str, exec_root: str, cgroup_parent: str = "cnm", runc: str = "runc"
+    ) -> None:
+        self.data_root = os.path.abspath(data_root)
+        self.exec_root = os.path.abspath(exec_root)
+        self.cgroup_parent = cgroup_parent.strip("/")
+        self.runc = runc
+        self.state_root = os.path.join(self.exec_root, "runc")
+        for path in (self.data_root, self.exec_root, os.path.join(self.data_root, "containers")):
+            os.makedirs(path, mode=0o711, exist_ok=True)
+        os.makedirs(self.state_root, mode=0o700, exist_ok=True)
+        self._images = ImageStore(os.path.join(self.data_root, "images"))
+        self._image_lock = asyncio.Lock()
+        self._exits: dict[str, tuple[int, asyncio.Task[int]]] = {}  # id -> (pid, exit watch)
+        self._stdin: dict[str, int] = {}  # id -> O_RDWR fd keeping the stdin FIFO open
+        self._stdin_once: set[str] = set()
+        self._seq = itertools.count()
+        self._nofile = bundle.nofile_limit()
+        self.last_start_seconds = 0.0  # how long the last start took (for reports/benchmarks)
+
+    # -- images ----------------------------------------------------------------------------
+    async def import_image(self, reference: str, tar_path: str) -> Image:
+        async with self._image_lock:
+            return await asyncio.to_thread(self._images.import_tar, reference, tar_path)
+
+    def images(self) -> list[Image]:
+        return self._images.list()
+
+    def find_image(self, reference: str) -> Image:
+        return self._images.find(reference)
+
+    async def remove_image(self, reference: str) -> Image:
+        async with self._image_lock:
+            return await asyncio.to_thread(self._images.remove, reference)
+
+    # -- paths -----------------------------------------------------------------------------
+    def container_dir(self, container_id: str) -> str:
+        path = self._data_dir(container_id)
+        os.makedirs(path, mode=0o711, exist_ok=True)
+        return path
+
+    def _data_dir(self, container_id: str) -> str:
+        _check_id(container_id)
+        return os.path.join(self.data_root, "containers", container_id)
+
+    def _exec_dir(self, container_id: str) -> str:
+        _check_id(container_id)
+        return os.path.join(self.exec_root, "containers", container_id)
+
+    def _rootfs(self, container_id: str) -> str:
+        return os.path.join(self._exec_dir(container_id), "bundle", "rootfs")
+
+    def log_paths(self, container_id: str) -> tuple[str, str]:
+        """The host paths of the container's stdout and stderr logs (``LogPath``)."""
+        data = self._data_dir(container_id)
+        return os.path.join(data, "stdout.log"), os.path.join(data, "stderr.log")
+
+    # -- containers ------------------------------------------------------------------------
+    async def start(self, request: StartRequest) -> int:
+        """Mount the rootfs, write the bundle, ``runc run -d``; the init's pid.  On failure
+        everything done so far is undone and the logs are as they were."""
+        began = time.perf_counter()
+        container = request.container
+        cid = container.id
+        config = container.config
+        data, execdir = self.container_dir(cid), self._exec_dir(cid)
+        bundle_dir = os.path.join(execdir, "bundle")
+        target = os.path.join(bundle_dir, "rootfs")
+        upper, work = os.path.join(data, "upper"), os.path.join(data, "work")
+        for path in (upper, work, target):
+            os.makedirs(path, mode=0o755, exist_ok=True)
+        lower = self._images.rootfs(request.image.id)
+        if not os.path.isdir(lower):
+            raise NotFound(f"No such image: {request.image.id}")
+
+        async with contextlib.AsyncExitStack() as undo:
+            await asyncio.to_thread(rootfs.mount_overlay, lower, upper, work, target)
+            undo.callback(rootfs.unmount, target)
+            user = bundle.resolve_user(target, config.user)
+            files = request.files
+            spec = bundle.oci_config(
+                args=bundle.process_args(config, request.image),
+                env=bundle.process_env(config, request.image, request.hostname),
+                cwd=config.workdir or request.image.workdir or "/",
+                user=user,
+                hostname=request.hostname,
+                netns_path=request.netns_path,
+                cgroups_path=f"/{self.cgroup_parent}/{cid}",
+                binds=[
+                    (files.hostname, "/etc/hostname"),
+                    (files.hosts, "/etc/hosts"),
+                    (files.resolv_conf, "/etc/resolv.conf"),
+                ],
+                nofile=self._nofile,
+            )
+            bundle.write_config(bundle_dir, spec)
+
+            stdout_log, stderr_log = self.log_paths(cid)
+            out_fd = os.open(stdout_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            undo.callback(os.close, out_fd)
+            err_fd = os.open(stderr_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            undo.callback(os.close, err_fd)
+            err_size = os.fstat(err_fd).st_size
+            in_fd = self._stdin_for(cid, config.open_stdin, config.stdin_once, undo)
+            undo.callback(os.close, in_fd)
+
+            pid_file = os.path.join(execdir, "init.pid")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(pid_file)
+            argv = ["run", "--detach", "--pid-file", pid_file, "--bundle", bundle_dir, cid]
+            try:
+                await self._runc_detached(argv, os.path.join(execdir, "run.log"), in_fd, out_fd, err_fd)
+            except RuntimeFailure:
+                # runc printed its error into the container's stderr log as well: drop it.
+                os.truncate(stderr_log, err_size)
+                await self._delete(cid)
+                raise
+            undo.push_async_callback(self._delete, cid)
+            pid = _read_pid(pid_file)
+
+            # Success: keep the mount, the container and the stdin keeper; close the rest.
+            for fd in (out_fd, err_fd, in_fd):
+                os.close(fd)
+            undo.pop_all()
+        self._watch(cid, pid)
+        self.last_start_seconds = time.perf_counter() - began
+        log.debug("container %s started (pid %d) in %.1f ms", cid[:12], pid, self.last_start_seconds * 1e3)
+        return pid
+
+    def _stdin_for(
+        self, cid: str, open_stdin: bool, stdin_once: bool, undo: contextlib.AsyncExitStack
+    ) -> int:
+        """The container's stdin: /dev/null, or the read end of ``<exec-root>/containers/<id>/stdin``
+        (a FIFO).  We keep the FIFO open O_RDWR ourselves so the container never sees EOF
+        while no client is attached, and the open never blocks."""
+        if not open_stdin:
+            return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        fifo = os.path.join(self._exec_dir(cid), "stdin")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(fifo)
+        os.mkfifo(fifo, 0o600)
+        keeper = os.open(fifo, os.O_RDWR | os.O_CLOEXEC)
+        self._stdin[cid] = keeper
+        if stdin_once:
+            self._stdin_once.add(cid)
+        undo.callback(self._close_stdin, cid)
+        return os.open(fifo, os.O_RDONLY | os.O_CLOEXEC)
+
+    def _close_stdin(self, cid: str) -> None:
+        fd = self._stdin.pop(cid, None)
+        self._stdin_once.discard(cid)
+        if fd is not None:
+            os.close(fd)
+
+    def _watch(self, cid: str, pid: int) -> asyncio.Task[int]:
+        """The one exit watch of ``cid``'s init ``pid`` (shared by every waiter)."""
+        current = self._exits.get(cid)
+        if current is not None and current[0] == pid:
+            return current[1]
+        task = asyncio.ensure_future(self._wait_init(cid, pid))
+        self._exits[cid] = (pid, task)
+        return task
+
+    async def _wait_init(self, cid: str, pid: int) -> int:
+        code = await wait_pid(pid)
+        self._close_stdin(cid)
+        return 255 if code is None else code
+
+    async def wait_exit(self, container_id: str, pid: int) -> int:
+        return await asyncio.shield(self._watch(container_id, pid))
+
+    async def kill(self, container_id: str, signal: int) -> None:
+        """``runc kill <id> <signal>``; a container that is stopped or gone is fine."""
+        try:
+            await self._runc(["kill", container_id, str(int(signal))])
+        except RuntimeFailure as exc:
+            if not _is_gone(exc):
+                raise
+
+    async def cleanup(self, container_id: str) -> None:
+        """``runc delete --force``, then unmount the rootfs and drop the stdin FIFO.
+        Idempotent; a container that runc does not know is already deleted."""
+        errors: list[BaseException] = []
+        try:
+            await self._delete(container_id)
+        except CnmError as exc:
+            errors.append(exc)
+        self._close_stdin(container_id)
+        try:
+            await asyncio.to_thread(rootfs.unmount, self._rootfs(container_id))
+        except CnmError as exc:
+            errors.append(exc)
+        if errors:
+            raise RuntimeFailure("; ".join(str(e) for e in errors)) from errors[0]
+
+    async def _delete(self, cid: str) -> None:
+        try:
+            await self._runc(["delete", "--force", cid])
+        except RuntimeFailure as exc:
+            if not _is_gone(exc):
+                raise
+
+    async def remove(self, container_id: str) -> None:
+        """Unmount if still mounted, then delete both container directories.  Idempotent."""
+        await asyncio.to_thread(rootfs.unmount, self._rootfs(container_id))
+        self._close_stdin(container_id)
+        self._exits.pop(container_id, None)
+        for path in (self._exec_dir(container_id), self._data_dir(container_id)):
+            await asyncio.to_thread(shutil.rmtree, path, ignore_errors=True)
+            if os.path.lexists(path):
+                raise RuntimeFailure(f"cannot remove {path}")
+
+    async def is_running(self, container_id: str) -> int:
+        state = await self.state(container_id)
+        if state and state.get("status") in ("running", "paused"):
+            return int(state.get("pid") or 0)
+        return 0
+
+    async def state(self, container_id: str) -> dict | None:
+        """``runc state <id>`` as a dict, or None when runc does not know the container."""
+        try:
+            out = await self._runc(["state", container_id])
+        except RuntimeFailure as exc:
+            if _is_gone(exc):
+                return None
+            raise
+        return json.loads(out)
+
+    async def list_containers(self) -> list[dict]:
+        """``runc list --format json``: what runc has under our ``--root``."""
+        out = await self._runc(["list", "--format", "json"])
+        return json.loads(out or b"null") or []
+
+    # -- exec ------------------------------------------------------------------------------
+    async def exec(self, spec: ExecSpec) -> ExecProcess:
+        """``runc exec -d`` with the process's stdio on pipes (or, with a tty, on a pty that
+        runc allocates in the container): returns once the process runs; RuntimeFailure
+        with runc's message when it cannot be started."""
+        cid = spec.container_id
+        if not spec.cmd:
+            raise InvalidArgument("No exec command specified")
+        execdir = self._exec_dir(cid)
+        n = next(self._seq)
+        pid_file = os.path.join(execdir, f"exec-{n}.pid")
+        argv = ["exec", "--detach", "--pid-file", pid_file]
+        for entry in spec.env:
+            argv += ["--env", entry]
+        if spec.workdir:
+            argv += ["--cwd", spec.workdir]
+        if spec.user:
+            user = bundle.resolve_user(self._rootfs(cid), spec.user)
+            argv += ["--user", user.runc_flag]
+            for gid in user.additional_gids:
+                argv += ["--additional-gids", str(gid)]
+        if spec.privileged:
+            for cap in _ALL_CAPS:
+                argv += ["--cap", cap]
+
+        ours: list[int] = []  # parent ends, kept on success
+        theirs: list[int] = []  # child ends, always closed after the spawn
+        try:
+            if spec.tty:
+                # runc allocates the pty inside the container's /dev/pts (so ``tty`` and job
+                # control work) and hands us the master over the console socket.
+                null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+                theirs.append(null)
+                with console_listener() as (listener, address):
+                    argv += ["--tty", "--console-socket", address, cid, *spec.cmd]
+                    receive = asyncio.ensure_future(receive_console(listener))
+                    try:
+                        await self._runc_detached(
+                            argv, os.path.join(execdir, f"exec-{n}.log"), null, null, null
+                        )
+                        ours.append(await asyncio.wait_for(asyncio.shield(receive), 5))
+                    finally:
+                        if not receive.done():
+                            receive.cancel()
+                        elif not ours and not receive.cancelled() and receive.exception() is None:
+                            os.close(receive.result())
+            else:
+                argv += [cid, *spec.cmd]
+                stdio = self._exec_pipes(spec, ours, theirs)
+                await self._runc_detached(argv, os.path.join(execdir, f"exec-{n}.log"), *stdio)
+            pid = _read_pid(pid_file)
+        except BaseException:
+            for fd in ours:
+                os.close(fd)
+            raise
+        finally:
+            for fd in theirs:
+                os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(pid_file)
+
+        if spec.tty:
+            master = ours[0]
+            control = os.dup(master)
+            writer = await fd_writer(os.dup(master)) if spec.attach_stdin else None
+            return ExecProcess(pid, writer, fd_reader(master), None, pty_master=control)
+        it = iter(ours)
+        writer = await fd_writer(next(it)) if spec.attach_stdin else None
+        stdout = fd_reader(next(it)) if spec.attach_stdout else empty_reader()
+        stderr = fd_reader(next(it)) if spec.attach_stderr else empty_reader()
+        return ExecProcess(pid, writer, stdout, stderr)
+
+    @staticmethod
+    def _exec_pipes(spec: ExecSpec, ours: list[int], theirs: list[int]) -> tuple[int, int, int]:
+        """stdin, stdout, stderr for a non-tty exec: a pipe per attached stream, /dev/null
+        for the others.  Parent ends go to ``ours`` (stdin, stdout, stderr order), child
+        ends to ``theirs``."""
+        null_in = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        theirs.append(null_in)
+        null_out = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        theirs.append(null_out)
+        stdio = [null_in, null_out, null_out]
+        for index, attached in enumerate((spec.attach_stdin, spec.attach_stdout, spec.attach_stderr)):
+            if not attached:
+                continue
+            r, w = os.pipe2(os.O_CLOEXEC)
+            parent, child = (w, r) if index == 0 else (r, w)
+            ours.append(parent)
+            theirs.append(child)
+            stdio[index] = child
+        return stdio[0], stdio[1], stdio[2]
+
+    # -- logs and stdin --------------------------------------------------------------------
+    def logs(
+        self,
+        container_id: str,
+        *,
+        stdout: bool,
+        stderr: bool,
+        follow: bool,
+        tail: int | None,
+        exited: Callable[[], bool] | None = None,
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        """(stream, chunk) pairs from the log files.  With ``follow``, it ends when the
+        container has exited and everything was read; ``exited`` overrides how that is
+        known (default: this runtime's exit watch of the init if it has one, else whether
+        the init pid runc reports is still alive, checked once at the start and then by
+        pidfd)."""
+        out_path, err_path = self.log_paths(container_id)
+        streams = [
+            (s, p)
+            for s, p, want in ((logs.STDOUT, out_path, stdout), (logs.STDERR, err_path, stderr))
+            if want
+        ]
+        return self._logs(container_id, streams, follow, tail, exited)
+
+    async def _logs(self, cid, streams, follow, tail, exited) -> AsyncIterator[tuple[int, bytes]]:
+        if follow and exited is None:
+            exited = await self._exit_probe(cid)
+        async for item in logs.read_logs(streams, follow=follow, tail=tail, exited=exited or (lambda: True)):
+            yield item
+
+    async def _exit_probe(self, cid: str) -> Callable[[], bool]:
+        watch = self._exits.get(cid)
+        if watch is not None:
+            return watch[1].done
+        pid = await self.is_running(cid)
+        if not pid:
+            return lambda: True
+        return lambda: not pid_alive(pid)
+
+    async def open_stdin(self, container_id: str) -> asyncio.StreamWriter | None:
+        """A writer to the stdin FIFO of a container created with OpenStdin, else None.
+        With StdinOnce the runtime lets go of its own keeper, so closing this writer is the
+        container's EOF."""
+        fifo = os.path.join(self._exec_dir(container_id), "stdin")
+        try:
+            if not stat.S_ISFIFO(os.stat(fifo).st_mode):
+                return None
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENXIO):  # none, or nobody reads it any more
+                return None
+            raise RuntimeFailure(f"open stdin of {container_id[:12]}: {exc.strerror}") from exc
+        if container_id in self._stdin_once:
+            self._close_stdin(container_id)
+        return await fd_writer(fd)
+
+    # -- runc ------------------------------------------------------------------------------
+    def _base(self) -> list[str]:
+        return [self.runc, "--root", self.state_root, "--log-format", "json"]
+
+    async def _runc(self, args: list[str]) -> bytes:
+        """Run runc to completion; its stdout; RuntimeFailure with runc's message."""
+        argv = self._base() + args
+        if args[0] in ("kill", "delete", "run", "exec"):
+            log_command(argv)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot run {self.runc}: {exc.strerror}") from exc
+        out, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeFailure(
+                runc_message(err) or f"runc {args[0]} failed with exit code {proc.returncode}"
+            )
+        return out
+
+    async def _runc_detached(
+        self, args: list[str], log_file: str, stdin: int, stdout: int, stderr: int
+    ) -> None:
+        """``runc run -d`` / ``runc exec -d`` with the given stdio, which the started process
+        inherits.  runc's own messages go to ``log_file`` (read on failure, then removed)."""
+        argv = [self.runc, "--root", self.state_root, "--log", log_file, "--log-format", "json", *args]
+        log_command(argv)
+        try:
+            proc = await asyncio.create_subprocess_exec(*argv, stdin=stdin, stdout=stdout, stderr=stderr)
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot run {self.runc}: {exc.strerror}") from exc
+        code = await proc.wait()
+        try:
+            with open(log_file, "rb") as fh:
+                text = fh.read()
+            os.unlink(log_file)
+        except FileNotFoundError:
+            text = b""
+        if code != 0:
+            raise RuntimeFailure(runc_message(text) or f"runc {args[0]} failed with exit code {code}")
+
+
+def runc_message(output: bytes) -> str:
+    """runc's error message from its JSON log lines (the last ``error``), else the text."""
+    last = ""
+    for line in output.decode(errors="replace").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            last = last or line
+            continue
+        if isinstance(entry, dict) and entry.get("level") in ("error", "fatal"):
+            last = str(entry.get("msg", "")).strip()
+    return last
+
+
+def _is_gone(exc: RuntimeFailure) -> bool:
+    text = str(exc).lower()
+    return any(marker in text for marker in _GONE)
+
+
+def _check_id(container_id: str) -> None:
+    if not container_id or "/" in container_id or container_id in (".", ".."):
+        raise InvalidArgument(f"invalid container id {container_id!r}")
+
+
+def _read_pid(path: str) -> int:
+    try:
+        with open(path, encoding="ascii") as fh:
+            return int(fh.read().strip())
+    except (OSError, ValueError) as exc:
+        raise RuntimeFailure(f"runc did not report a pid ({path}): {exc}") from exc
+
+
+# Every capability runc 1.1.5 knows, for privileged execs.
+_ALL_CAPS = (
+    "CAP_CHOWN CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_FOWNER CAP_FSETID CAP_KILL CAP_SETGID CAP_SETUID "
+    "CAP_SETPCAP CAP_LINUX_IMMUTABLE CAP_NET_BIND_SERVICE CAP_NET_BROADCAST CAP_NET_ADMIN CAP_NET_RAW "
+    "CAP_IPC_LOCK CAP_IPC_OWNER CAP_SYS_MODULE CAP_SYS_RAWIO CAP_SYS_CHROOT CAP_SYS_PTRACE CAP_SYS_PACCT "
+    "CAP_SYS_ADMIN CAP_SYS_BOOT CAP_SYS_NICE CAP_SYS_RESOURCE CAP_SYS_TIME CAP_SYS_TTY_CONFIG CAP_MKNOD "
+    "CAP_LEASE CAP_AUDIT_WRITE CAP_AUDIT_CONTROL CAP_SETFCAP CAP_MAC_OVERRIDE CAP_MAC_ADMIN CAP_SYSLOG "
+    "CAP_WAKE_ALARM CAP_BLOCK_SUSPEND CAP_AUDIT_READ CAP_PERFMON CAP_BPF CAP_CHECKPOINT_RESTORE"
+).split()
