@@ -65,7 +65,8 @@ def endpoint(n: int, net: Network, **kw) -> Endpoint:
     address = IPv4Interface(f"{net.subnet.network_address + n}/{net.subnet.prefixlen}")
     values = dict(id=f"{n:02x}" * 32, network_id=net.id, container_id=f"c{n}", sandbox_id=f"s{n}",
                   name=f"ctr{n}", ifname="eth0", host_ifname=f"veth{n:07x}",
-                  mac=f"02:42:0a:0a:00:{n:02x}", address=address, gateway=net.gateway)
+                  mac=f"02:42:0a:0a:00:{n:02x}", address=address, gateway=net.gateway,
+                  default_route=True)
     values.update(kw)
     return Endpoint(**values)
 
@@ -304,3 +305,15 @@ async def test_restore_keeps_going_and_reports(kernel, firewall, driver):
     with pytest.raises(TeardownErrors):
         await driver.restore([bad, good], [])
     assert kernel.link(good.bridge_name).owner == NET_ID
+
+
+async def test_only_the_default_route_endpoint_gets_a_route(kernel, driver):
+    """A second network's endpoint shows its gateway but must not add a second default route."""
+    net = network()
+    await driver.create_network(net)
+    sb = Sandbox(id="s9", container_id="c9", key="/run/test/ns9")
+    await kernel.create_netns(sb.key)
+    ep = endpoint(9, net, default_route=False)
+    await driver.join(net, ep, sb)
+    veth_calls = [c for c in kernel.commands if "route" in c]
+    assert not veth_calls

@@ -76,6 +76,14 @@ def _build(config: DaemonConfig):
     return controller, store, kernel
 
 
+def _quiet_pyroute2() -> None:
+    """pyroute2 logs every netlink message at DEBUG (and sets levels on its own loggers when
+    imported); cnm.kernel already says what changed, as commands."""
+    for name in list(logging.root.manager.loggerDict):
+        if name == "pyroute2" or name.startswith("pyroute2."):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 async def _watch_firewall(controller) -> None:
     """Self-healing: put cnm's rules back if someone flushed the ruleset."""
     while True:
@@ -96,6 +104,7 @@ async def serve(config: DaemonConfig) -> None:
     pid_fd = _lock_pidfile(config.exec_root)
     become_subreaper()
     controller, store, kernel = _build(config)
+    _quiet_pyroute2()
     await controller.start()
     tmp_dir = os.path.join(config.exec_root, "tmp")
     os.makedirs(tmp_dir, exist_ok=True)

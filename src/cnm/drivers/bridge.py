@@ -143,7 +143,8 @@ class BridgeDriver:
             mtu=network.mtu,
             mac=endpoint.mac,
             address=endpoint.address,
-            gateway=None if network.internal else endpoint.gateway,
+            # only the endpoint chosen by the engine carries the sandbox's default route
+            gateway=endpoint.gateway if endpoint.default_route and not network.internal else None,
         )
         async with AsyncExitStack() as undo:
             await self._kernel.add_veth(spec)
