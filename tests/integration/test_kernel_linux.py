@@ -101,8 +101,11 @@ SCRIPT = textwrap.dedent(
         assert inner["eth0"].addresses == (IPv4Interface("10.99.0.2/24"),)
         sh("ip", "route", "add", "10.123.0.0/16", "dev", BR)  # on-link, no address
         sh("ip", "route", "add", "default", "via", "10.99.0.254")
+        sh("ip", "route", "add", "10.124.0.0/16", "via", "10.99.0.254")  # routed, e.g. a VPN's
+        sh("ip", "route", "add", "0.0.0.0/1", "via", "10.99.0.254")  # a VPN's split default
         found = await k.host_networks()
         assert IPv4Network("10.99.0.0/24") in found and IPv4Network("10.123.0.0/16") in found, found
+        assert IPv4Network("10.124.0.0/16") in found and IPv4Network("0.0.0.0/1") not in found, found
         assert IPv4Network("0.0.0.0/0") not in found and IPv4Network("127.0.0.0/8") in found, found
 
         # -- traffic ----------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from cnm.errors import (
     InvalidArgument,
     NotFound,
     NotModified,
+    RuntimeFailure,
     SystemFailure,
     TeardownErrors,
 )
@@ -50,6 +51,12 @@ from cnm.runtime.api import ContainerFiles, Process, Runtime, StartRequest
 log = logging.getLogger("cnm.engine")
 
 UNKNOWN_EXIT = 255
+
+
+def exec_failure_code(message: str) -> int:
+    """Docker's exit codes for a process that could not be started: 127 when the
+    executable is missing, 126 when it cannot be run, 126 otherwise too."""
+    return 127 if "executable file not found" in message or "no such file or directory" in message else 126
 
 
 def parse_signal(value: str | int | None, default: int = signals.SIGKILL) -> int:
@@ -566,7 +573,11 @@ class Containers:
         if container is None or not container.running:
             raise Conflict(f"container {record.spec.container_id} is not running")
         record.started = True
-        process = await self._runtime.exec(record.spec)
+        try:
+            process = await self._runtime.exec(record.spec)
+        except RuntimeFailure as exc:
+            record.exit_code = exec_failure_code(exc.message)
+            raise
         record.running, record.pid = True, process.pid
 
         async def reap() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cnm.drivers.api import NetworkDriver
@@ -31,6 +31,8 @@ from cnm.runtime.api import Process, Runtime
 from cnm.store.api import Store
 
 log = logging.getLogger("cnm.engine")
+
+ATTACH_START_TIMEOUT = 60.0  # seconds an attached stdin waits for the container to start
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,10 +278,46 @@ class Controller:
         self, ref: str, *, stdout: bool, stderr: bool, follow: bool, tail: int | None
     ) -> AsyncIterator[tuple[int, bytes]]:
         container = self._containers.find(ref)
-        return self._runtime.logs(container.id, stdout=stdout, stderr=stderr, follow=follow, tail=tail)
+        return self._runtime.logs(
+            container.id,
+            stdout=stdout,
+            stderr=stderr,
+            follow=follow,
+            tail=tail,
+            exited=self._follow_done(container),
+        )
+
+    def _follow_done(self, container: Container) -> Callable[[], bool]:
+        """When a follow of ``container``'s output ends: when it is gone or not running --
+        and, for one never started yet (``run`` attaches before ``start``), only once it
+        has run."""
+        never_started = container.state.status == "created"
+        started_at = container.state.started_at
+
+        def done() -> bool:
+            current = self._state.containers.get(container.id)
+            if current is None:
+                return True
+            if current.running:
+                return False
+            return not never_started or current.state.started_at != started_at
+
+        return done
 
     async def attach_stdin(self, ref: str) -> asyncio.StreamWriter | None:
+        """The container's stdin, or None.  ``run -i`` attaches before ``start``, when the
+        stdin pipe does not exist yet: wait (bounded) for the container to start."""
         container = self._containers.find(ref)
+        if not container.config.open_stdin:
+            return None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ATTACH_START_TIMEOUT
+        while container.state.status == "created" and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+            current = self._state.containers.get(container.id)
+            if current is None:
+                return None
+            container = current
         return await self._runtime.open_stdin(container.id)
 
     # -- exec -----------------------------------------------------------------------------

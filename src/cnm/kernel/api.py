@@ -90,7 +90,8 @@ class Kernel(Protocol):
         """Every link of the host namespace, or of the namespace at ``netns_path``."""
 
     async def host_networks(self) -> list[IPv4Network]:
-        """Networks of the host's IPv4 addresses and on-link routes (for IPAM to avoid)."""
+        """Networks of the host's IPv4 addresses and main-table routes (on-link or via a
+        gateway), except the default route and routes shorter than /8, for IPAM to avoid."""
 
     # -- sysctl ---------------------------------------------------------------------------
     async def set_sysctl(self, key: str, value: str, netns_path: str | None = None) -> str:

@@ -31,7 +31,6 @@ from cnm.kernel.api import OWNER_PREFIX, LinkInfo, VethSpec, owner_alias
 from cnm.kernel.cmdlog import log_command
 
 IFF_UP = 0x1
-RT_SCOPE_LINK = 253
 RTN_UNICAST = 1
 RT_TABLE_MAIN = 254
 
@@ -81,6 +80,9 @@ def _link_info(msg: Any, addresses: dict[int, list[IPv4Interface]]) -> LinkInfo:
         up=bool(msg["flags"] & IFF_UP),
         addresses=tuple(addresses.get(index, ())),
     )
+
+
+MIN_AVOIDED_PREFIX = 8  # routes shorter than this do not block an address pool
 
 
 class LinuxKernel:
@@ -180,10 +182,12 @@ class LinuxKernel:
             async for msg in await self.host.addr("dump", family=AF_INET):
                 found.add(IPv4Interface(f"{msg.get('address')}/{msg['prefixlen']}").network)
             async for msg in await self.host.route("dump", family=AF_INET):
+                # Every route of the main table, on-link or via a gateway (a VPN's routed
+                # subnets must not be shadowed), but not the default route nor routes
+                # shorter than /8 (VPN split defaults such as 0.0.0.0/1 would block all).
                 if (
-                    msg["scope"] == RT_SCOPE_LINK
-                    and msg["type"] == RTN_UNICAST
-                    and msg["dst_len"] > 0
+                    msg["type"] == RTN_UNICAST
+                    and msg["dst_len"] >= MIN_AVOIDED_PREFIX
                     and msg.get("table") == RT_TABLE_MAIN
                 ):
                     found.add(IPv4Network(f"{msg.get('dst')}/{msg['dst_len']}", strict=False))

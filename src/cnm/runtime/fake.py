@@ -113,7 +113,14 @@ class FakeRuntime:
         return _FakeProcess(pid=next(self._pids), stdout=reader)
 
     async def logs(
-        self, container_id: str, *, stdout: bool, stderr: bool, follow: bool, tail: int | None
+        self,
+        container_id: str,
+        *,
+        stdout: bool,
+        stderr: bool,
+        follow: bool,
+        tail: int | None,
+        exited=None,
     ) -> AsyncIterator[tuple[int, bytes]]:
         if stdout:
             yield 1, b"fake output\n"

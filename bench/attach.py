@@ -1,0 +1,301 @@
+#!/usr/bin/env python3
+"""bench/attach.py — how long attaching a running container to a bridge network takes.
+
+Everything runs in a throwaway host (tests/harness.py: private net + mount + pid namespaces);
+nothing on this machine's network changes.  Figures:
+
+* cnm, inside the daemon: ``POST /networks/bench/connect`` + ``/disconnect`` over the API
+  socket for each of N running containers (p50/p99), then again with M more containers already
+  attached to the same network (the cost must not grow with M);
+* cnm, CLI round trip: ``cnm network connect`` + ``cnm network disconnect``;
+* cnmd's RSS with all those containers running;
+* peers from the same run, each installed with apt when missing (or reported as absent):
+  the CNI bridge plugin (ADD+DEL), netavark 1.4 (setup+teardown), Docker (API and CLI
+  connect+disconnect, dockerd started inside the throwaway host with its own roots).
+
+Goals (issue 2): p50 <= 5 ms inside the daemon; CLI round trip <= 1/3 of Docker's;
+cnmd <= 100 MB RSS with 500 containers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from harness import HarnessError, TestHost, unix_http, venv_bin  # noqa: E402
+
+INNER = REPO / "bench" / "inner.py"
+PEER_PACKAGES = {
+    "cni": ("containernetworking-plugins", "/usr/lib/cni/bridge"),
+    "netavark": ("netavark", "/usr/lib/podman/netavark"),
+    "docker": ("docker.io", "/usr/sbin/dockerd"),
+}
+
+
+# -- figures ------------------------------------------------------------------------------------
+
+
+def pct(values: list[float], q: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(round(q / 100 * len(ordered) + 0.5)) - 1))]
+
+
+class Table:
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, int, float, float]] = []
+        self.notes: list[str] = []
+
+    def add(self, who: str, what: str, values: list[float]) -> None:
+        self.rows.append((who, what, len(values), pct(values, 50), pct(values, 99)))
+        print(f"  {who}: {what}: n={len(values)} p50={pct(values, 50):.2f} ms p99={pct(values, 99):.2f} ms",
+              flush=True)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        print(f"  note: {text}", flush=True)
+
+    def p50(self, who: str, what: str) -> float | None:
+        return next((r[3] for r in self.rows if r[0] == who and r[1] == what), None)
+
+    def render(self) -> str:
+        lines = [f"{'who':<10} {'what':<52} {'n':>5} {'p50 ms':>9} {'p99 ms':>9}"]
+        lines += [f"{w:<10} {what:<52} {n:>5} {p50:>9.2f} {p99:>9.2f}" for w, what, n, p50, p99 in self.rows]
+        return "\n".join(lines)
+
+
+# -- peers: install ---------------------------------------------------------------------------------
+
+
+def ensure_package(peer: str, table: Table, install: bool) -> bool:
+    package, binary = PEER_PACKAGES[peer]
+    if os.path.exists(binary):
+        return True
+    if not install:
+        table.note(f"{peer}: absent ({binary} missing; --no-install given)")
+        return False
+    print(f"installing {package} for the {peer} figures (apt-get)…", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    ok = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
+                        env=env, capture_output=True).returncode == 0
+    if not ok:
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True)
+        ok = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
+                            env=env, capture_output=True).returncode == 0
+    if not ok or not os.path.exists(binary):
+        table.note(f"{peer}: absent (apt-get install {package} failed)")
+        return False
+    return True
+
+
+# -- cnm -------------------------------------------------------------------------------------------
+
+
+def api_ok(host: TestHost, method: str, path: str, body: Any = None) -> Any:
+    resp = host.api(method, path, body, timeout=120)
+    if resp.status >= 300:
+        raise HarnessError(f"{method} {path}: {resp.status} {resp.message}")
+    return resp.json() if resp.body and resp.headers.get("Content-Type", "").startswith("application/json") else None
+
+
+def start_containers(create_start: Any, count: int, workers: int = 4) -> list[str]:
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(create_start, range(count)))
+
+
+def attach_rounds(call: Any, net: str, ids: list[str]) -> list[float]:
+    times = []
+    for cid in ids:
+        t0 = time.perf_counter()
+        call("POST", f"/networks/{net}/connect", {"Container": cid})
+        call("POST", f"/networks/{net}/disconnect", {"Container": cid})
+        times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
+def bench_cnm(host: TestHost, image: str, n: int, preload: int, cli_rounds: int, table: Table) -> None:
+    host.start_daemon()
+    host.import_image(image, "busybox")
+    api_ok(host, "POST", "/networks/create", {"Name": "bench", "IPAM": {"Config": [{"Subnet": "10.200.0.0/16"}]}})
+
+    def create_start(i: int) -> str:
+        cid = api_ok(host, "POST", f"/containers/create?name=b{i}", {"Image": "busybox", "Cmd": ["sleep", "1d"]})["Id"]
+        api_ok(host, "POST", f"/containers/{cid}/start")
+        return cid
+
+    t0 = time.perf_counter()
+    ids = start_containers(create_start, n)
+    print(f"  cnm: started {n} containers in {time.perf_counter() - t0:.1f} s", flush=True)
+    call = lambda m, p, b=None: api_ok(host, m, p, b)  # noqa: E731
+    attach_rounds(call, "bench", ids[:5])  # warm-up
+    table.add("cnm", f"API connect+disconnect ({n} containers)", attach_rounds(call, "bench", ids))
+
+    more = start_containers(lambda i: create_start(n + i), preload)
+    for cid in more:
+        call("POST", "/networks/bench/connect", {"Container": cid})
+    table.add("cnm", f"API connect+disconnect, {preload} already attached", attach_rounds(call, "bench", ids))
+
+    pid = host.daemon_pid()
+    rss = int(next(line.split()[1] for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                   if line.startswith("VmRSS:")))
+    table.note(f"cnm: cnmd RSS with {n + preload} containers running ({preload} attached to 'bench'): "
+               f"{rss / 1024:.1f} MB (goal <= 100 MB)")
+
+    cli = [venv_bin("cnm"), "-H", host.host_uri]
+    out = host.run([sys.executable, str(INNER), "cli", str(cli_rounds), "bench", *cli, "--", *ids],
+                   timeout=1800).stdout
+    table.add("cnm", "CLI network connect + disconnect", json.loads(out)["roundtrip"])
+
+
+# -- peers -----------------------------------------------------------------------------------------
+
+
+def bench_cni(host: TestHost, n: int, table: Table) -> None:
+    out = json.loads(host.run([sys.executable, str(INNER), "cni", str(n), str(host.tmp)], timeout=1800).stdout)
+    table.add("cni", "bridge ADD+DEL", [a + d for a, d in zip(out["add"], out["del"], strict=True)])
+
+
+def bench_netavark(host: TestHost, n: int, table: Table) -> None:
+    out = json.loads(host.run([sys.executable, str(INNER), "netavark", str(n), str(host.tmp)], timeout=1800).stdout)
+    table.add("netavark", "setup+teardown", [a + d for a, d in zip(out["setup"], out["teardown"], strict=True)])
+
+
+def bench_docker(host: TestHost, image: str, n: int, cli_rounds: int, table: Table) -> None:
+    root = host.tmp / "docker"
+    sock = root / "docker.sock"
+    root.mkdir()
+    argv = ["dockerd", "-H", f"unix://{sock}", "--data-root", str(root / "data"), "--exec-root",
+            str(root / "exec"), "--pidfile", str(root / "dockerd.pid"), "--cgroup-parent", host.cgroup_parent,
+            "--userland-proxy=false"]
+    with open(root / "dockerd.log", "wb") as log:
+        dockerd = host.spawn(argv, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if unix_http(str(sock), "GET", "/_ping", timeout=2).status == 200:
+                break
+        except OSError:
+            pass
+        if dockerd.poll() is not None:
+            break
+        time.sleep(0.2)
+    else:
+        dockerd.poll()
+    if dockerd.returncode is not None or not sock.exists():
+        tail = (root / "dockerd.log").read_text(errors="replace").splitlines()[-8:]
+        table.note("docker: dockerd could not run inside the throwaway host: " + " | ".join(tail))
+        return
+    docker = ["docker", "-H", f"unix://{sock}"]
+    host.run([*docker, "import", str(image), "busybox"], timeout=300)
+    host.run([*docker, "network", "create", "--subnet", "10.240.0.0/16", "bench"])
+
+    def call(method: str, path: str, body: Any = None) -> Any:
+        resp = unix_http(str(sock), method, f"/v1.41{path}", body, timeout=120)
+        if resp.status >= 300:
+            raise HarnessError(f"docker {method} {path}: {resp.status} {resp.message}")
+        return resp.json() if resp.body else None
+
+    def create_start(i: int) -> str:
+        cid = call("POST", f"/containers/create?name=d{i}", {"Image": "busybox", "Cmd": ["sleep", "1d"]})["Id"]
+        call("POST", f"/containers/{cid}/start")
+        return cid
+
+    t0 = time.perf_counter()
+    ids = start_containers(create_start, n, workers=2)
+    table.note(f"docker: started {n} containers in {time.perf_counter() - t0:.1f} s "
+               f"({(time.perf_counter() - t0) / n * 1000:.0f} ms each, 2 at a time)")
+    attach_rounds(call, "bench", ids[:3])
+    table.add("docker", f"API connect+disconnect ({n} containers)", attach_rounds(call, "bench", ids))
+    out = host.run([sys.executable, str(INNER), "cli", str(cli_rounds), "bench", *docker, "--", *ids],
+                   timeout=1800).stdout
+    table.add("docker", "CLI network connect + disconnect", json.loads(out)["roundtrip"])
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+
+def run_in_host(what: str, table: Table, fn: Any, *args: Any) -> None:
+    print(f"[{what}]", flush=True)
+    try:
+        with TestHost() as host:
+            try:
+                fn(host, *args, table)
+            except Exception as exc:  # a peer or cnm failing must not hide the others' figures
+                table.note(f"{what}: not measured: {exc}".splitlines()[0][:400])
+                if what == "cnm":
+                    print(host.daemon_log_tail(20), flush=True)
+    except HarnessError as exc:
+        table.note(f"{what}: throwaway host trouble: {exc}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image", default=str(REPO / "images" / "busybox.tar"))
+    parser.add_argument("--containers", type=int, default=200)
+    parser.add_argument("--preload", type=int, default=500)
+    parser.add_argument("--cli-rounds", type=int, default=50)
+    parser.add_argument("--peer-rounds", type=int, default=50, help="CNI / netavark iterations")
+    parser.add_argument("--docker-containers", type=int, default=50)
+    parser.add_argument("--peers", default="cni,netavark,docker")
+    parser.add_argument("--no-cnm", action="store_true", help="peers only")
+    parser.add_argument("--no-install", action="store_true", help="do not apt-get install missing peers")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench/attach.py needs root (it builds network namespaces)", file=sys.stderr)
+        return 1
+    if not os.path.exists(args.image):
+        print(f"no image {args.image}: run `make image`", file=sys.stderr)
+        return 1
+    table = Table()
+    if not args.no_cnm:
+        run_in_host("cnm", table, bench_cnm, args.image, args.containers, args.preload, args.cli_rounds)
+    peers = [p for p in args.peers.split(",") if p]
+    for peer in peers:
+        if not ensure_package(peer, table, not args.no_install):
+            continue
+        if peer == "cni":
+            run_in_host("cni", table, bench_cni, args.peer_rounds)
+        elif peer == "netavark":
+            run_in_host("netavark", table, bench_netavark, args.peer_rounds)
+        elif peer == "docker":
+            if not shutil.which("docker"):
+                table.note("docker: absent (no docker CLI)")
+                continue
+            run_in_host("docker", table, bench_docker, args.image, args.docker_containers, args.cli_rounds)
+
+    print("\n== attach latency ==")
+    print(table.render())
+    cnm_api = table.p50("cnm", f"API connect+disconnect ({args.containers} containers)")
+    cnm_cli = table.p50("cnm", "CLI network connect + disconnect")
+    print("\n== ratios (p50, peer / cnm; > 1 means cnm is faster) ==")
+    for who, what in (("cni", "bridge ADD+DEL"), ("netavark", "setup+teardown"),
+                      ("docker", f"API connect+disconnect ({args.docker_containers} containers)")):
+        peer = table.p50(who, what)
+        if peer is not None and cnm_api:
+            print(f"  {who} {what}: {peer:.2f} ms vs cnm API {cnm_api:.2f} ms -> {peer / cnm_api:.1f}x")
+    docker_cli = table.p50("docker", "CLI network connect + disconnect")
+    if docker_cli is not None and cnm_cli:
+        print(f"  docker CLI round trip: {docker_cli:.2f} ms vs cnm CLI {cnm_cli:.2f} ms -> {docker_cli / cnm_cli:.1f}x"
+              f" (goal >= 3x)")
+    if cnm_api is not None:
+        print(f"  cnm API p50 {cnm_api:.2f} ms (goal <= 5 ms): {'met' if cnm_api <= 5 else 'NOT met'}")
+    if table.notes:
+        print("\n== notes ==")
+        for note in table.notes:
+            print(f"  {note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

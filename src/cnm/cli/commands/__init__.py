@@ -1,0 +1,1 @@
+"""One module per verb family; each exposes ``cmd_<verb>(cli, argv) -> int``."""

@@ -1,0 +1,50 @@
+"""The per-invocation context handed to every command: where to talk and where to print."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from cnm.cli.client import DEFAULT_HOST, Client
+
+
+class Cli:
+    """Holds the daemon address, the environment and the output streams of one ``cnm`` run.
+
+    ``client`` is created on first use, with auto-start enabled when the host is a unix
+    socket and ``CNM_NO_AUTOSTART`` is not set.
+    """
+
+    def __init__(self, host: str | None = None, env: dict[str, str] | None = None,
+                 stdout=None, stderr=None) -> None:
+        self.env = dict(os.environ) if env is None else env
+        self.host = host or self.env.get("CNM_HOST") or DEFAULT_HOST
+        self.stdout = stdout or sys.stdout
+        self.stderr = stderr or sys.stderr
+        self._client: Client | None = None
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            autostart = None
+            unix = self.host.startswith("unix://") or self.host.startswith("/")
+            if unix and not self.env.get("CNM_NO_AUTOSTART"):
+                autostart = _start_daemon
+            self._client = Client(self.host, autostart)
+        return self._client
+
+    def out(self, text: str) -> None:
+        self.stdout.write(text)
+
+    def err(self, text: str) -> None:
+        self.stderr.write(text)
+
+    def flush(self) -> None:
+        self.stdout.flush()
+        self.stderr.flush()
+
+
+def _start_daemon(socket_path: str) -> None:
+    from cnm.cli.autostart import start_daemon  # only paid for when nothing answers
+
+    start_daemon(socket_path)

@@ -1,0 +1,160 @@
+"""Hijacked streams: Docker's multiplexed framing and the copy loop of ``run``/``exec``/``logs``.
+
+Owns: ``Demuxer`` (``pkg/stdcopy``: 8-byte header ``[stream,0,0,0,size_be32]`` then the
+payload; 1 = stdout, 2 = stderr, 0 = stdin echoed to stdout, 3 = a daemon error),
+``pump`` (copy stdin to the socket and the socket to stdout/stderr until the daemon closes
+the stream; half-close the socket when stdin ends) and ``raw_terminal`` (put a tty in raw
+mode and restore it, for ``-t``).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+from cnm.cli.errors import CliError
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing/collections.abc costs start-up time
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+STDIN, STDOUT, STDERR, SYSTEMERR = 0, 1, 2, 3
+
+
+class Demuxer:
+    """Incremental parser of a multiplexed stream: ``feed(bytes)`` → [(stream, payload)…]."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        self.buf += data
+        frames: list[tuple[int, bytes]] = []
+        while len(self.buf) >= 8:
+            size = int.from_bytes(self.buf[4:8], "big")
+            if len(self.buf) < 8 + size:
+                break
+            stream = self.buf[0]
+            if stream > SYSTEMERR:
+                raise CliError(f"Unrecognized input header: {stream}")
+            payload = bytes(self.buf[8:8 + size])
+            del self.buf[:8 + size]
+            if payload:
+                frames.append((stream, payload))
+        return frames
+
+    def pending(self) -> int:
+        """Bytes of an incomplete frame left over (non-zero at EOF means a truncated stream)."""
+        return len(self.buf)
+
+
+def demux(data: bytes) -> list[tuple[int, bytes]]:
+    """Split a complete multiplexed byte string into (stream, payload) frames."""
+    d = Demuxer()
+    frames = d.feed(data)
+    if d.pending():
+        raise CliError("unexpected EOF in a multiplexed stream")
+    return frames
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BrokenPipeError:
+            return
+        view = view[n:]
+
+
+class Output:
+    """Where a stream's bytes go: raw (tty) to ``out_fd``, or demultiplexed to out/err."""
+
+    def __init__(self, tty: bool, out_fd: int = 1, err_fd: int = 2) -> None:
+        self.demuxer = None if tty else Demuxer()
+        self.out_fd, self.err_fd = out_fd, err_fd
+
+    def write(self, data: bytes) -> None:
+        if self.demuxer is None:
+            _write_all(self.out_fd, data)
+            return
+        for stream, payload in self.demuxer.feed(data):
+            if stream == SYSTEMERR:
+                raise CliError(payload.decode(errors="replace").rstrip("\n"))
+            _write_all(self.err_fd if stream == STDERR else self.out_fd, payload)
+
+
+def copy_chunks(chunks: Iterator[bytes], tty: bool, out_fd: int = 1, err_fd: int = 2) -> None:
+    """Copy a streamed HTTP body (``logs``) to stdout/stderr."""
+    out = Output(tty, out_fd, err_fd)
+    for chunk in chunks:
+        out.write(chunk)
+
+
+def pump(sock, initial: bytes, tty: bool, stdin_fd: int | None, out_fd: int = 1, err_fd: int = 2) -> None:
+    """Copy until the daemon closes the stream.
+
+    With ``stdin_fd``, its bytes go to the socket; at its EOF the socket is half-closed
+    (``CloseWrite``) and output keeps flowing until the daemon closes. Without it nothing
+    is sent and the socket is left open for writing (as Docker's CLI does).
+    """
+    import _socket
+    import select
+
+    out = Output(tty, out_fd, err_fd)
+    if initial:
+        out.write(initial)
+    sfd = sock.fileno()
+    poller = select.poll()
+    poller.register(sfd, select.POLLIN)
+    if stdin_fd is not None:
+        poller.register(stdin_fd, select.POLLIN)
+    while True:
+        for fd, _event in poller.poll():
+            if fd == sfd:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                out.write(data)
+            else:
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:
+                    data = b""
+                if data:
+                    try:
+                        sock.sendall(data)
+                    except OSError:
+                        data = b""
+                if not data:
+                    poller.unregister(fd)
+                    try:
+                        sock.shutdown(_socket.SHUT_WR)
+                    except OSError:
+                        pass
+
+
+@contextmanager
+def raw_terminal(fd: int) -> Iterator[bool]:
+    """Put terminal ``fd`` in raw mode for the block (yields False, doing nothing, if not a tty)."""
+    if not os.isatty(fd):
+        yield False
+        return
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(fd)
+    tty.setraw(fd)
+    try:
+        yield True
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def terminal_size(fd: int = 1) -> tuple[int, int] | None:
+    """(height, width) of the terminal on ``fd``, or None."""
+    try:
+        size = os.get_terminal_size(fd)
+    except OSError:
+        return None
+    return size.lines, size.columns

@@ -1,0 +1,16 @@
+"""Integration tier: every test here needs root and builds its own throwaway namespaces, so
+each is marked ``root`` (the suite-wide conftest skips those, with the reason, for non-root)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if HERE in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.root)
