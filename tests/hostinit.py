@@ -4,7 +4,8 @@
 What it owns, inside its private net + mount + pid namespaces:
 
 * a tmpfs on ``/run`` (so ``ip netns``, runc state and cnmd's defaults stay private) and one
-  on ``/var/lib/cnm`` (so a cnmd started with default roots by mistake writes nothing real);
+  on ``/var/lib/cnm`` or, where it does not exist, ``/var/lib`` (so a cnmd started with
+  default roots by mistake writes nothing real);
 * ``lo`` up; the "world" netns joined to the host by a veth: host ``wan0`` 203.0.113.2/24,
   world ``eth0`` 203.0.113.1/24, host default route via 203.0.113.1 (the Internet stand-in);
 * reaping every orphan forever (containers outlive cnmd when it is killed).
@@ -45,9 +46,10 @@ def build_host() -> None:
     for argv in SETUP:
         subprocess.run(argv, check=True)
     # The default data root, hidden behind a tmpfs: an accidental default-rooted cnmd (the
-    # CLI's auto-start) must not touch the real /var/lib/cnm.
-    os.makedirs("/var/lib/cnm", exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0711", "tmpfs", "/var/lib/cnm"], check=True)
+    # CLI's auto-start) must not touch the real /var/lib/cnm.  Where that directory does not
+    # exist, the tmpfs goes over /var/lib itself, so nothing is created on the real host.
+    target = "/var/lib/cnm" if os.path.isdir("/var/lib/cnm") else "/var/lib"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", target], check=True)
 
 
 def reap_forever() -> None:
