@@ -54,7 +54,7 @@ def test_host_is_built_as_designed(testhost: TestHost) -> None:
     assert "hostinit.py" in testhost.run(["cat", "/proc/1/cmdline"]).stdout
     mounts = testhost.run(["cat", "/proc/self/mountinfo"]).stdout
     assert any(line.split()[4] == "/run" and " tmpfs " in line for line in mounts.splitlines())
-    assert any(line.split()[4] == "/var/lib/cnm" for line in mounts.splitlines())
+    assert any(line.split()[4] in ("/var/lib/cnm", "/var/lib") for line in mounts.splitlines())
     # the real host does not see the test host's /run
     assert not os.path.exists("/run/netns/world") or "world" not in os.listdir("/run/netns")
 
