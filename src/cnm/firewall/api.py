@@ -38,20 +38,45 @@ class BridgeRules:
     masquerade: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class PortRule:
+    """One published port (or a run of ports with the same offset) of one endpoint:
+    traffic to ``host_ip`` (None: any local address) ports ``host_port``..``host_port_end``
+    goes to ``container_ip`` ports ``container_port``.. (same offset)."""
+
+    owner: str  # endpoint id
+    network: str  # network id (whose bridge the container is on)
+    bridge: str
+    protocol: str  # tcp | udp | sctp
+    host_ip: IPv4Address | None
+    host_port: int
+    host_port_end: int
+    container_ip: IPv4Address
+    container_port: int
+
+
 class Firewall(Protocol):
     async def setup(self) -> None:
         """Create cnm's table and base chains (and the user chain) if missing; idempotent.
         Turns on IPv4 forwarding in the namespace cnmd runs in."""
 
-    async def sync(self, networks: Sequence[BridgeRules]) -> None:
-        """Make the kernel hold exactly these networks' rules (start-up reconcile,
-        recovery after an outside flush) in one transaction."""
+    async def sync(self, networks: Sequence[BridgeRules], ports: Sequence[PortRule] = ()) -> None:
+        """Make the kernel hold exactly these networks' and ports' rules (start-up
+        reconcile, recovery after an outside flush) in one transaction."""
 
     async def add_network(self, rules: BridgeRules) -> None:
         """Install (or replace) one network's rules in one transaction; idempotent."""
 
     async def remove_network(self, owner: str) -> None:
         """Remove everything owned by network ``owner``; idempotent."""
+
+    async def add_ports(self, owner: str, rules: Sequence[PortRule]) -> None:
+        """Install every published port of endpoint ``owner`` in one transaction (replacing
+        what it had).  Cost must not grow with the number of other mappings: maps/sets
+        (nftables), one batch (iptables)."""
+
+    async def remove_ports(self, owner: str) -> None:
+        """Remove every published port of endpoint ``owner``; idempotent."""
 
     async def teardown(self) -> None:
         """Remove everything this backend owns (the user chain included)."""

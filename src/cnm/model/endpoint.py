@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
 from types import MappingProxyType
 
+from cnm.model.ports import PortMapping
+
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
 
@@ -48,6 +50,7 @@ class Endpoint:
     aliases: tuple[str, ...] = ()
     request: EndpointRequest = field(default_factory=EndpointRequest)
     created_seq: int = 0  # connect order within the sandbox: decides eth0, eth1, ...
+    ports: tuple[PortMapping, ...] = ()  # published ports reached through this endpoint
 
 
 @dataclass(frozen=True, slots=True)
