@@ -254,6 +254,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench/attach.py needs root (it builds network namespaces)", file=sys.stderr)
         return 1
+    args.image = os.path.abspath(args.image)  # commands run inside the throwaway host, elsewhere
     if not os.path.exists(args.image):
         print(f"no image {args.image}: run `make image`", file=sys.stderr)
         return 1

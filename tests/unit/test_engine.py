@@ -35,6 +35,9 @@ class World:
         self.runtime.add_image("busybox")
         self.tmp = tmp_path
 
+    def extra(self) -> dict:
+        return {}
+
     async def controller(self) -> Controller:
         ipam = DefaultIpam(self.store, DEFAULT_POOLS)
         ctl = Controller(
@@ -50,6 +53,7 @@ class World:
             runtime=self.runtime,
             data_root=str(self.tmp / "data"),
             exec_root=str(self.tmp / "exec"),
+            **self.extra(),
         )
         await ctl.start()
         return ctl
@@ -321,3 +325,111 @@ async def test_exec(world):
             break
         await asyncio.sleep(0.01)
     assert ctl.exec_info(exec_id).exit_code == 0
+
+
+# -- names: files and the embedded DNS records -------------------------------------------------
+
+
+class NamedWorld(World):
+    """With a name table (records only: a DNS listener needs namespaces) and a host
+    resolv.conf whose only nameserver is a loopback one (systemd-resolved style)."""
+
+    def __init__(self, tmp_path) -> None:
+        super().__init__(tmp_path)
+        from cnm.dns.records import NameTable
+
+        self.names = NameTable()
+        self.resolv = tmp_path / "host-resolv.conf"
+        self.resolv.write_text("nameserver 127.0.0.53\nsearch corp.example\noptions edns0\n")
+
+    def extra(self) -> dict:
+        return {"names": self.names, "host_resolv_conf": str(self.resolv)}
+
+
+@pytest.fixture
+def named(tmp_path):
+    return NamedWorld(tmp_path)
+
+
+async def test_names_scoped_to_shared_networks(named):
+    ctl = await named.controller()
+    await ctl.create_network(NetworkSpec(name="front"))
+    await ctl.create_network(NetworkSpec(name="back"))
+    web = await run(ctl, "web", network_mode="front", networks={"front": EndpointRequest(aliases=("www",))})
+    api = await run(ctl, "api", network_mode="front")
+    db = await run(ctl, "db", network_mode="back")
+    sb = {c: ctl.container_sandbox(c).id for c in (web, api, db)}
+    web_ip = ctl.container_endpoints(web)[0][1].address.ip
+    assert named.names.lookup_a(sb[api], "web") == [web_ip]
+    assert named.names.lookup_a(sb[api], "www") == [web_ip]
+    assert named.names.lookup_a(sb[api], "web.front") == [web_ip]
+    assert named.names.lookup_a(sb[api], web[:12]) == [web_ip]
+    assert named.names.lookup_a(sb[db], "web") is None  # not on a shared network: forwarded
+    assert named.names.lookup_ptr(sb[api], web_ip) == "web.front"
+    resolv = open(ctl.container_paths(api).resolv_conf).read()
+    assert "nameserver 127.0.0.11" in resolv and "ndots:0" in resolv and "search corp.example" in resolv
+    # connect db to front: now it sees web; disconnect: gone again
+    await ctl.connect("front", "db", EndpointRequest())
+    assert named.names.lookup_a(sb[db], "web") == [web_ip]
+    await ctl.disconnect("front", "db")
+    assert named.names.lookup_a(sb[db], "web") is None
+    # a stopped container's names disappear
+    await ctl.stop_container("web", timeout=1)
+    assert named.names.lookup_a(sb[api], "web") is None
+
+
+async def test_default_bridge_files_links_and_extra_hosts(named):
+    ctl = await named.controller()
+    db = await run(ctl, "db", env=("PASSWORD=x", "PATH=/bin"), exposed_ports=("5432/tcp",))
+    db_ip = str(ctl.container_endpoints(db)[0][1].address.ip)
+    app = await run(
+        ctl,
+        "app",
+        links=("db:database",),
+        extra_hosts=("gw:host-gateway", "other:10.1.2.3"),
+        dns_search=("example.org",),
+    )
+    hosts = open(ctl.container_paths(app).hosts).read()
+    assert "gw\t172.17.0.1" not in hosts  # order is IP<TAB>name
+    assert "172.17.0.1\tgw" in hosts and "10.1.2.3\tother" in hosts
+    assert f"{db_ip}\tdatabase {db[:12]} db" in hosts
+    resolv = open(ctl.container_paths(app).resolv_conf).read()
+    assert "127.0.0.11" not in resolv and "127.0.0.53" not in resolv  # legacy: loopback dropped
+    assert "nameserver 8.8.8.8" in resolv and "search example.org" in resolv
+    env = named.runtime.started[app].container.config.env
+    assert "DATABASE_NAME=/app/database" in env
+    assert f"DATABASE_PORT_5432_TCP=tcp://{db_ip}:5432" in env
+    assert "DATABASE_ENV_PASSWORD=x" in env and not any(e.startswith("DATABASE_ENV_PATH") for e in env)
+    assert sb_lookup_none(named, ctl, app)
+
+
+def sb_lookup_none(named, ctl, cid) -> bool:
+    """The default bridge has no embedded DNS: the sandbox has no records at all."""
+    return not named.names.knows_sandbox(ctl.container_sandbox(cid).id)
+
+
+async def test_bad_names_refused_at_create(named):
+    ctl = await named.controller()
+    for bad in (
+        dict(extra_hosts=("nocolon",)),
+        dict(extra_hosts=("h:not-an-ip",)),
+        dict(dns=("8.8.8",)),
+        dict(links=("ghost:alias",)),
+    ):
+        with pytest.raises(InvalidArgument):
+            await ctl.create_container("bad", ContainerConfig(image="busybox", **bad))
+    assert not ctl.containers()
+
+
+async def test_upstreams_are_addresses(named):
+    """The forwarder compares address families: upstreams must be ip_address objects."""
+    from ipaddress import IPv4Address as A
+
+    from cnm.dns import files
+    from cnm.engine.naming import Naming
+
+    host = files.parse_resolv_conf("nameserver 127.0.0.53\nnameserver bogus\n")
+    ups = Naming._upstreams(ContainerConfig(image="busybox"), host)
+    assert [(u.address, u.via_host_netns) for u in ups] == [(A("127.0.0.53"), True)]
+    ups = Naming._upstreams(ContainerConfig(image="busybox", dns=("192.0.2.53",)), host)
+    assert [(u.address, u.via_host_netns) for u in ups] == [(A("192.0.2.53"), False)]

@@ -30,7 +30,7 @@ from cnm.model.container import (
     ContainerConfig,
     PortBindingRequest,
 )
-from cnm.model.endpoint import Endpoint, EndpointRequest, Sandbox
+from cnm.model.endpoint import Endpoint, EndpointRequest, Sandbox, dns_names
 from cnm.model.network import PREDEFINED, Network
 from cnm.model.values import parse_mac
 
@@ -312,8 +312,7 @@ class NetworkView:
 def _dns_names(c: Container, net: Network, request: EndpointRequest, hostname: str) -> list[str] | None:
     if net.driver != "bridge" or net.name in PREDEFINED:
         return None
-    names = [c.name, *request.aliases, c.short_id, hostname]
-    return list(dict.fromkeys(n for n in names if n))
+    return dns_names(c.name, request.aliases, c.short_id, hostname)
 
 
 def networks_json(c: Container, view: NetworkView, hostname: str) -> dict[str, Any]:

@@ -39,6 +39,8 @@ def _lock_pidfile(exec_root: str) -> int:
 
 def _build(config: DaemonConfig):
     """The composition root: the only place naming concrete implementations."""
+    from cnm.dns.records import NameTable
+    from cnm.dns.server import DnsServer
     from cnm.drivers.bridge import BridgeDriver
     from cnm.drivers.host import HostDriver
     from cnm.drivers.null import NullDriver
@@ -59,6 +61,8 @@ def _build(config: DaemonConfig):
         "null": NullDriver(),
     }
     runtime = RuncRuntime(config.data_root, config.exec_root, cgroup_parent=config.cgroup_parent)
+    names = NameTable()
+    dns = DnsServer(names)  # one server for the host, a listener per sandbox
     controller = Controller(
         store=store,
         ipam=ipam,
@@ -72,8 +76,10 @@ def _build(config: DaemonConfig):
         firewall_backend=config.firewall_backend,
         default_pools=config.default_pools,
         debug=config.log_level == "debug",
+        names=names,
+        dns=dns,
     )
-    return controller, store, kernel
+    return controller, store, kernel, dns
 
 
 def _quiet_pyroute2() -> None:
@@ -103,7 +109,7 @@ async def serve(config: DaemonConfig) -> None:
         os.makedirs(path, mode=0o711, exist_ok=True)
     pid_fd = _lock_pidfile(config.exec_root)
     become_subreaper()
-    controller, store, kernel = _build(config)
+    controller, store, kernel, dns = _build(config)
     _quiet_pyroute2()
     await controller.start()
     tmp_dir = os.path.join(config.exec_root, "tmp")
@@ -126,6 +132,7 @@ async def serve(config: DaemonConfig) -> None:
             await watcher
         await runner.cleanup()
         await controller.close()
+        await dns.close()  # listeners go; the NAT tables in containers stay for the next cnmd
         with contextlib.suppress(FileNotFoundError):
             os.unlink(config.socket_path)
         store.close()

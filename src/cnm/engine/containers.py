@@ -16,10 +16,10 @@ import socket
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 
-from cnm.dns import files
 from cnm.engine.locks import KeyedLocks
 from cnm.engine.lookup import find
 from cnm.engine.names import random_name
+from cnm.engine.naming import Naming, parse_link, validate_names
 from cnm.engine.networks import Networks, now_rfc3339
 from cnm.engine.state import State
 from cnm.errors import (
@@ -46,7 +46,7 @@ from cnm.model.container import (
 from cnm.model.endpoint import Endpoint, EndpointRequest, Sandbox
 from cnm.model.network import Network
 from cnm.model.values import new_id, parse_container_name, short_id
-from cnm.runtime.api import ContainerFiles, Process, Runtime, StartRequest
+from cnm.runtime.api import Process, Runtime, StartRequest
 
 log = logging.getLogger("cnm.engine")
 
@@ -107,7 +107,7 @@ class Containers:
         *,
         exec_root: str,
         locks: KeyedLocks,
-        host_resolv_conf: str = "/etc/resolv.conf",
+        naming: Naming,
     ) -> None:
         self._state = state
         self._networks = networks
@@ -115,7 +115,7 @@ class Containers:
         self._kernel = kernel
         self._netns_dir = os.path.join(exec_root, "netns")
         self._locks = locks
-        self._host_resolv_conf = host_resolv_conf
+        self._naming = naming
         self._runs: dict[str, _Run] = {}
         self._removed: dict[str, list[asyncio.Future[int]]] = {}
         self._execs: dict[str, ExecRecord] = {}
@@ -149,6 +149,11 @@ class Containers:
                 )
         else:
             name = random_name(taken)
+        validate_names(config)
+        for link in config.links:
+            target = parse_link(link)[0]
+            if target not in taken:
+                raise InvalidArgument(f"could not get container for {target}: No such container: {target}")
         mode = config.network_mode
         if mode.startswith("container:") and not mode[len("container:"):]:
             raise InvalidArgument("invalid network mode: invalid container format container:<name|id>")
@@ -220,7 +225,7 @@ class Containers:
                     raise Conflict(f"cannot join network of a non running container: {target.id}")
                 netns: str | None = target_sb.key or None
                 hostname = target_sb.hostname
-                paths = self._files(target.id)
+                paths = self._naming.paths(target.id)
             else:
                 plan = self._network_plan(container)
                 host_mode = mode == "host"
@@ -240,10 +245,21 @@ class Containers:
                     self._state.endpoints[ep.id] = ep
                     stack.callback(self._state.endpoints.pop, ep.id, None)
                 netns = key or None
-                paths = self._files(container.id)
-                self._write_files(container, sandbox, endpoints, paths, host_mode=host_mode)
+                paths = self._naming.paths(container.id)
+                self._naming.write_files(container, sandbox, endpoints, host_mode=host_mode)
+                await self._naming.publish(container, sandbox, endpoints)
+                stack.push_async_callback(self._naming.withdraw, sandbox)
+                link_env = self._naming.link_env(container)
+                if link_env:  # legacy links add variables for this run only, like Docker
+                    config = replace(config, env=(*link_env, *config.env))
             pid = await self._runtime.start(
-                StartRequest(container=container, image=image, netns_path=netns, hostname=hostname, files=paths)
+                StartRequest(
+                    container=replace(container, config=config),
+                    image=image,
+                    netns_path=netns,
+                    hostname=hostname,
+                    files=paths,
+                )
             )
             stack.push_async_callback(self._kill_and_cleanup, container.id)
             running = replace(
@@ -267,62 +283,14 @@ class Containers:
             pass
         await self._runtime.cleanup(container_id)
 
-    # -- files ----------------------------------------------------------------------------
-
-    def _files(self, container_id: str) -> ContainerFiles:
-        root = self._runtime.container_dir(container_id)
-        return ContainerFiles(
-            hostname=os.path.join(root, "hostname"),
-            hosts=os.path.join(root, "hosts"),
-            resolv_conf=os.path.join(root, "resolv.conf"),
-        )
-
-    def _write_files(
-        self,
-        container: Container,
-        sandbox: Sandbox,
-        endpoints: list[Endpoint],
-        paths: ContainerFiles,
-        *,
-        host_mode: bool,
-    ) -> None:
-        config = container.config
-        files.write_in_place(paths.hostname, files.render_hostname(sandbox.hostname))
-        if host_mode:
-            try:
-                with open("/etc/hosts") as f:
-                    hosts = f.read()
-            except OSError:
-                hosts = files.render_hosts(sandbox.hostname, [])
-        else:
-            hosts = files.render_hosts(
-                sandbox.hostname,
-                [str(ep.address.ip) for ep in endpoints if ep.address is not None],
-                domainname=config.domainname,
-            )
-        files.write_in_place(paths.hosts, hosts)
-        try:
-            with open(self._host_resolv_conf) as f:
-                host_conf = files.parse_resolv_conf(f.read())
-        except OSError:
-            host_conf = files.ResolvConf()
-        conf, fallback = files.container_resolv_conf(
-            host_conf,
-            dns=config.dns,
-            dns_search=config.dns_search,
-            dns_options=config.dns_options,
-            host_mode=host_mode,
-        )
-        comment = "No non-localhost nameservers were left; using default external servers." if fallback else ""
-        files.write_in_place(paths.resolv_conf, files.render_resolv_conf(conf, comment=comment))
-
-    def _refresh_hosts(self, container: Container) -> None:
-        """Rewrite /etc/hosts after connect/disconnect (the file keeps its inode)."""
+    async def _refresh_names(self, container: Container) -> None:
+        """After connect/disconnect: files rewritten in place, DNS records and listener."""
         sandbox = self._state.sandbox_of(container.id)
         if sandbox is None or not sandbox.key:
             return
         endpoints = self._state.endpoints_of_container(container.id)
-        self._write_files(container, sandbox, endpoints, self._files(container.id), host_mode=False)
+        self._naming.write_files(container, sandbox, endpoints, host_mode=False)
+        await self._naming.publish(container, sandbox, endpoints)
 
     # -- exit -----------------------------------------------------------------------------
 
@@ -372,6 +340,7 @@ class Containers:
         for ep in self._state.endpoints_of_container(container.id):
             errors.extend(await self._networks.detach(ep, sandbox))
         if sandbox is not None:
+            errors.extend(await self._naming.withdraw(sandbox))
             if sandbox.key:
                 try:
                     await self._kernel.delete_netns(sandbox.key)
@@ -492,7 +461,7 @@ class Containers:
                 updated = replace(container, config=replace(container.config, networks=networks))
                 self._state.commit(put=[ep, updated])
                 stack.pop_all()
-            self._refresh_hosts(updated)
+            await self._refresh_names(updated)
 
     def _record_request(self, container: Container, network_ref: str, request: EndpointRequest) -> None:
         try:
@@ -543,7 +512,7 @@ class Containers:
             kept = {k: v for k, v in container.config.networks.items() if k not in (network.name, network.id)}
             updated = replace(container, config=replace(container.config, networks=kept))
             self._state.commit(put=[updated])
-            self._refresh_hosts(updated)
+            await self._refresh_names(updated)
             if errors:
                 raise TeardownErrors(f"disconnect of {container.name} from {network.name}", errors)
 
@@ -603,6 +572,14 @@ class Containers:
                 run = _Run(pid=pid, exited=asyncio.get_running_loop().create_future())
                 self._runs[container.id] = run
                 run.watcher = asyncio.get_running_loop().create_task(self._watch(container.id, run))
+                sandbox = self._state.sandbox_of(container.id)
+                if sandbox is not None:
+                    try:
+                        await self._naming.publish(
+                            container, sandbox, self._state.endpoints_of_container(container.id)
+                        )
+                    except CnmError as exc:
+                        log.warning("restoring names of %s: %s", container.name, exc)
                 continue
             log.info("container %s died while cnmd was down", container.name)
             errors = await self._teardown_network(container)

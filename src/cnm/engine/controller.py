@@ -15,9 +15,12 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from cnm.dns.records import NameTable
+from cnm.dns.server import DnsServer
 from cnm.drivers.api import NetworkDriver
 from cnm.engine.containers import Containers
 from cnm.engine.locks import KeyedLocks
+from cnm.engine.naming import Naming
 from cnm.engine.networks import Networks
 from cnm.engine.state import State
 from cnm.errors import CnmError, Conflict, NotFound
@@ -86,6 +89,9 @@ class Controller:
         firewall_backend: str = "nftables",
         default_pools: Sequence[PoolSpec] = (),
         debug: bool = False,
+        names: NameTable | None = None,
+        dns: DnsServer | None = None,
+        host_resolv_conf: str = "/etc/resolv.conf",
     ) -> None:
         self._store = store
         self._ipam = ipam
@@ -102,8 +108,9 @@ class Controller:
         self._locks = KeyedLocks()
         self._state = State(store)
         self._networks = Networks(self._state, ipam, kernel, drivers, bridge_name=bridge_name)
+        self._naming = Naming(self._state, runtime, names=names, dns=dns, host_resolv_conf=host_resolv_conf)
         self._containers = Containers(
-            self._state, self._networks, runtime, kernel, exec_root=exec_root, locks=self._locks
+            self._state, self._networks, runtime, kernel, exec_root=exec_root, locks=self._locks, naming=self._naming
         )
         self._network_lock = asyncio.Lock()
 

@@ -64,3 +64,9 @@ class Sandbox:
     container_id: str
     key: str
     hostname: str = ""
+
+
+def dns_names(container_name: str, aliases: tuple[str, ...], short_id: str, hostname: str) -> list[str]:
+    """The names an endpoint answers to on a user-defined network, Docker's order and
+    without repeats: container name, aliases, short id, hostname."""
+    return list(dict.fromkeys(n for n in (container_name, *aliases, short_id, hostname) if n))

@@ -110,3 +110,32 @@ def parse_ifname(value: str) -> str:
     if not _IFNAME.match(value or ""):
         raise InvalidArgument(f"invalid interface name {value!r}")
     return value
+
+
+HOST_GATEWAY = "host-gateway"
+_HOSTNAME = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252})$")
+
+
+def parse_extra_host(value: str) -> tuple[str, str]:
+    """``--add-host NAME:IP`` (IPv4, IPv6 or ``host-gateway``) -> (name, ip).  The CLI has
+    already turned ``NAME=IP`` and ``NAME:[v6]`` into this form."""
+    name, sep, ip = (value or "").partition(":")
+    ip = ip.strip("[]")
+    if not sep or not name or not ip:
+        raise InvalidArgument(f"invalid --add-host {value!r}: expected NAME:IP")
+    if not _HOSTNAME.match(name):
+        raise InvalidArgument(f"invalid --add-host {value!r}: {name!r} is not a valid host name")
+    if ip != HOST_GATEWAY:
+        try:
+            ip = str(ipaddress.ip_address(ip))
+        except ValueError:
+            raise InvalidArgument(f"invalid --add-host {value!r}: {ip!r} is not an IP address") from None
+    return name, ip
+
+
+def parse_nameserver(value: str) -> str:
+    """A ``--dns`` server: an IPv4 or IPv6 address."""
+    try:
+        return str(ipaddress.ip_address((value or "").strip()))
+    except ValueError:
+        raise InvalidArgument(f"invalid --dns {value!r}: not an IP address") from None

@@ -1,0 +1,278 @@
+"""Names for a sandbox: /etc/hostname, /etc/hosts, /etc/resolv.conf, legacy ``--link``
+environment, and the embedded DNS server's records and listener.
+
+Docker's split (shared/research/libnetwork.md §5, §7): containers with an endpoint on a
+user-defined network resolve names through the embedded server at 127.0.0.11 (names are
+scoped to the networks they share); on the default bridge they get the host's resolvers
+and only ``--link`` entries in /etc/hosts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Sequence
+from ipaddress import ip_address
+
+from cnm.dns import files
+from cnm.dns.records import NameTable, Upstream
+from cnm.dns.server import DnsServer
+from cnm.engine.state import State
+from cnm.errors import CnmError, InvalidArgument
+from cnm.model.container import Container, ContainerConfig
+from cnm.model.endpoint import Endpoint, Sandbox, dns_names
+from cnm.model.network import Network
+from cnm.model.values import HOST_GATEWAY, parse_extra_host, parse_nameserver
+from cnm.runtime.api import ContainerFiles, Runtime
+
+log = logging.getLogger("cnm.engine")
+
+MAX_UPSTREAMS = 3  # Docker's maxExtDNS
+_ENV_NAME = re.compile(r"[^A-Za-z0-9]")
+_LINK_ENV_SKIP = ("HOME", "PATH")
+
+
+def parse_link(value: str) -> tuple[str, str]:
+    """``NAME[:ALIAS]`` -> (name, alias); Docker's ``/parent/alias`` form is accepted too."""
+    name, _, alias = value.partition(":")
+    name = name.lstrip("/")
+    alias = alias.rsplit("/", 1)[-1] if alias else name
+    if not name or not alias:
+        raise InvalidArgument(f"invalid link {value!r}: expected NAME[:ALIAS]")
+    return name, alias
+
+
+def validate_names(config: ContainerConfig) -> None:
+    """What ``create`` refuses up front: malformed ``--add-host``, ``--dns``, ``--link``."""
+    for entry in config.extra_hosts:
+        parse_extra_host(entry)
+    for server in config.dns:
+        parse_nameserver(server)
+    for link in config.links:
+        parse_link(link)
+
+
+def user_defined(network: Network) -> bool:
+    return not network.predefined
+
+
+class Naming:
+    def __init__(
+        self,
+        state: State,
+        runtime: Runtime,
+        *,
+        names: NameTable | None = None,
+        dns: DnsServer | None = None,
+        host_resolv_conf: str = "/etc/resolv.conf",
+    ) -> None:
+        self._state = state
+        self._runtime = runtime
+        self._names = names
+        self._dns = dns
+        self._host_resolv_conf = host_resolv_conf
+
+    # -- files ----------------------------------------------------------------------------
+
+    def paths(self, container_id: str) -> ContainerFiles:
+        root = self._runtime.container_dir(container_id)
+        return ContainerFiles(
+            hostname=os.path.join(root, "hostname"),
+            hosts=os.path.join(root, "hosts"),
+            resolv_conf=os.path.join(root, "resolv.conf"),
+        )
+
+    def _host_resolv(self) -> files.ResolvConf:
+        try:
+            with open(self._host_resolv_conf) as f:
+                return files.parse_resolv_conf(f.read())
+        except OSError:
+            return files.ResolvConf()
+
+    def _networked(self, endpoints: Sequence[Endpoint]) -> list[tuple[Network, Endpoint]]:
+        return [
+            (self._state.networks[ep.network_id], ep) for ep in endpoints if ep.network_id in self._state.networks
+        ]
+
+    def _host_gateway(self, pairs: Sequence[tuple[Network, Endpoint]]) -> str:
+        """``host-gateway``: the host's address on the container's network (the gateway of
+        its default-route endpoint), else the default bridge's gateway."""
+        for _net, ep in pairs:
+            if ep.default_route and ep.gateway is not None:
+                return str(ep.gateway)
+        bridge = next((n for n in self._state.networks.values() if n.name == "bridge"), None)
+        return str(bridge.gateway) if bridge is not None and bridge.gateway else "127.0.0.1"
+
+    def _legacy_links(self, container: Container, strict: bool = False) -> list[tuple[Container, str, Endpoint]]:
+        """(target, alias, target's bridge endpoint) for ``--link`` on the default bridge.
+        ``strict`` (at start): a target that is not running or not on the default bridge is
+        an error, as in Docker; otherwise such links are skipped."""
+        if container.config.network_mode != "bridge":
+            return []
+        found = []
+        for link in container.config.links:
+            name, alias = parse_link(link)
+            target = next((c for c in self._state.containers.values() if c.name == name), None)
+            if (target is None or not target.running) and not strict:
+                continue
+            if target is None or not target.running:
+                raise InvalidArgument(f"Cannot link to a non running container: /{name} AS /{container.name}/{alias}")
+            ep = next(
+                (
+                    e
+                    for e in self._state.endpoints_of_container(target.id)
+                    if self._state.networks.get(e.network_id) is not None
+                    and self._state.networks[e.network_id].name == "bridge"
+                ),
+                None,
+            )
+            if (ep is None or ep.address is None) and not strict:
+                continue
+            if ep is None or ep.address is None:
+                raise InvalidArgument(f"Cannot link to /{name}, as it does not belong to the default network")
+            found.append((target, alias, ep))
+        return found
+
+    def write_files(
+        self, container: Container, sandbox: Sandbox, endpoints: Sequence[Endpoint], *, host_mode: bool
+    ) -> None:
+        """(Re)write the three files, in place (they are bind-mounted)."""
+        config = container.config
+        paths = self.paths(container.id)
+        pairs = self._networked(endpoints)
+        gateway = self._host_gateway(pairs)
+        extra = [(name, gateway if ip == HOST_GATEWAY else ip) for name, ip in map(parse_extra_host, config.extra_hosts)]
+        files.write_in_place(paths.hostname, files.render_hostname(sandbox.hostname))
+        if host_mode and not extra:
+            try:
+                with open("/etc/hosts") as f:
+                    hosts = f.read()
+            except OSError:
+                hosts = files.render_hosts(sandbox.hostname, [])
+        else:
+            links = [
+                (str(ep.address.ip), f"{alias} {self._hostname_of(target)} {target.name}")
+                for target, alias, ep in self._legacy_links(container)
+            ]
+            hosts = files.render_hosts(
+                sandbox.hostname,
+                [] if host_mode else [str(ep.address.ip) for _, ep in pairs if ep.address is not None],
+                domainname=config.domainname,
+                extra_hosts=extra,
+                links=links,
+            )
+        files.write_in_place(paths.hosts, hosts)
+        host_conf = self._host_resolv()
+        comment = ""
+        if not host_mode and any(user_defined(net) for net, _ in pairs):
+            conf = files.embedded_resolv_conf(host_conf, dns_search=config.dns_search, dns_options=config.dns_options)
+            comment = "Names are served by cnmd's embedded DNS server; other names go to: " + ", ".join(
+                str(u.address) for u in self._upstreams(config, host_conf)
+            )
+        else:
+            conf, fallback = files.container_resolv_conf(
+                host_conf,
+                dns=config.dns,
+                dns_search=config.dns_search,
+                dns_options=config.dns_options,
+                host_mode=host_mode,
+            )
+            if fallback:
+                comment = "No non-localhost nameservers were left; using default external servers."
+        files.write_in_place(paths.resolv_conf, files.render_resolv_conf(conf, comment=comment))
+
+    def _hostname_of(self, container: Container) -> str:
+        sandbox = self._state.sandbox_of(container.id)
+        return sandbox.hostname if sandbox is not None else (container.config.hostname or container.short_id)
+
+    def link_env(self, container: Container) -> tuple[str, ...]:
+        """Docker's ``ALIAS_PORT_80_TCP…``, ``ALIAS_NAME``, ``ALIAS_ENV_…`` variables for
+        legacy links on the default bridge."""
+        env: list[str] = []
+        for target, alias, ep in self._legacy_links(container, strict=True):
+            prefix = _ENV_NAME.sub("_", alias).upper()
+            ip = str(ep.address.ip)
+            env.append(f"{prefix}_NAME=/{container.name}/{alias}")
+            ports = sorted(
+                {_port_key(p) for p in (*target.config.exposed_ports, *target.config.port_bindings)},
+            )
+            for i, (port, proto) in enumerate(ports):
+                base = f"{prefix}_PORT_{port}_{proto.upper()}"
+                if i == 0:
+                    env.append(f"{prefix}_PORT={proto}://{ip}:{port}")
+                env += [f"{base}={proto}://{ip}:{port}", f"{base}_ADDR={ip}", f"{base}_PORT={port}", f"{base}_PROTO={proto}"]
+            for item in target.config.env:
+                key, sep, value = item.partition("=")
+                if sep and key not in _LINK_ENV_SKIP:
+                    env.append(f"{prefix}_ENV_{key}={value}")
+        return tuple(env)
+
+    # -- embedded DNS ---------------------------------------------------------------------
+
+    @staticmethod
+    def _upstreams(config: ContainerConfig, host_conf: files.ResolvConf) -> list[Upstream]:
+        """``--dns`` servers are asked from the container's namespace; otherwise the host's
+        resolvers, asked from cnmd's own (so a 127.0.0.53 resolver works)."""
+        if config.dns:
+            servers = [(ip_address(parse_nameserver(d)), False) for d in config.dns]
+        else:
+            servers = []
+            for n in host_conf.nameservers:
+                try:
+                    servers.append((ip_address(n.split("%", 1)[0]), True))
+                except ValueError:
+                    log.warning("ignoring malformed nameserver %r in %s", n, "the host's resolv.conf")
+        return [Upstream(ip, 53, via_host) for ip, via_host in servers][:MAX_UPSTREAMS]
+
+    async def publish(self, container: Container, sandbox: Sandbox, endpoints: Sequence[Endpoint]) -> None:
+        """Make the DNS records and listener of ``sandbox`` match its endpoints: a record per
+        user-network endpoint, a listener while there is at least one."""
+        if self._names is None or not sandbox.key:
+            return
+        pairs = [(n, e) for n, e in self._networked(endpoints) if user_defined(n)]
+        self._names.remove_sandbox(sandbox.id)
+        config = container.config
+        for net, ep in pairs:
+            links = dict(parse_link(link)[::-1] for link in ep.request.links)
+            if net.name == config.network_mode or net.id == config.network_mode:
+                links.update(parse_link(link)[::-1] for link in config.links)
+            self._names.set_endpoint(
+                sandbox.id,
+                net.id,
+                net.name,
+                container.name,
+                dns_names(container.name, ep.aliases, container.short_id, sandbox.hostname),
+                ep.address.ip if ep.address is not None else None,
+                links=links or None,
+            )
+        if self._dns is None:
+            return
+        if pairs:
+            host_conf = self._host_resolv()
+            self._names.configure(
+                sandbox.id,
+                self._upstreams(config, host_conf),
+                internal_only=all(net.internal for net, _ in pairs),
+                ndots_set=files.ndots_set(config.dns_options or host_conf.options),
+            )
+            await self._dns.add_sandbox(sandbox.id, sandbox.key)
+        elif self._dns.serving(sandbox.id):
+            await self._dns.remove_sandbox(sandbox.id)
+
+    async def withdraw(self, sandbox: Sandbox) -> list[BaseException]:
+        """The sandbox is going away: drop its records and listener (idempotent)."""
+        if self._names is not None:
+            self._names.remove_sandbox(sandbox.id)
+        if self._dns is None:
+            return []
+        try:
+            await self._dns.remove_sandbox(sandbox.id)
+        except CnmError as exc:
+            return [exc]
+        return []
+
+
+def _port_key(key: str) -> tuple[int, str]:
+    port, _, proto = key.partition("/")
+    return int(port.split("-", 1)[0]), (proto or "tcp")

@@ -1,0 +1,140 @@
+"""From a container's config to the host ports it asks for.
+
+Owns the daemon side of ``-p``/``-P``: ``HostConfig.PortBindings`` (keys ``80/tcp``, values
+host IP + host port text as Docker's CLI sends them) and ``PublishAllPorts`` over the
+container's and the image's ``ExposedPorts``, validated with moby's messages
+(``daemon/container.go:validatePortBindings``) and turned into ``PortRequest`` values.
+Pure: no sockets, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from ipaddress import IPv4Address, ip_address
+
+from cnm.errors import InvalidArgument
+from cnm.model.container import ContainerConfig, Image, PortBindingRequest
+from cnm.model.ports import ANY, PROTOCOLS, PortRequest
+
+MAX_PORT = 65535
+
+
+def _spec_error(text: str) -> InvalidArgument:
+    # moby: errors.Errorf("invalid port specification: %q", ...) -- Go's %q quotes with "
+    return InvalidArgument(f'invalid port specification: "{text}"')
+
+
+def _parse_number(text: str, whole: str, *, allow_zero: bool) -> int:
+    if not text.isdigit():
+        raise _spec_error(whole)
+    value = int(text)
+    if value > MAX_PORT or (value == 0 and not allow_zero):
+        raise _spec_error(whole)
+    return value
+
+
+def parse_port_range(text: str, whole: str | None = None, *, allow_zero: bool = False) -> tuple[int, int]:
+    """``80`` -> (80, 80); ``8000-8010`` -> (8000, 8010).  ``whole`` is what an error quotes."""
+    whole = text if whole is None else whole
+    lo_text, dash, hi_text = text.partition("-")
+    lo = _parse_number(lo_text, whole, allow_zero=allow_zero)
+    hi = _parse_number(hi_text, whole, allow_zero=allow_zero) if dash else lo
+    if hi < lo:
+        raise _spec_error(whole)
+    return lo, hi
+
+
+def parse_port_key(key: str) -> tuple[str, int, int]:
+    """A PortMap / ExposedPorts key (``80``, ``80/udp``, ``1000-1002/udp``) ->
+    (protocol, first port, last port).  Port 0, ports above 65535 and protocols other
+    than tcp/udp/sctp are Docker's ``invalid port specification``."""
+    port, _, proto = key.partition("/")
+    proto = (proto or "tcp").lower()
+    if proto not in PROTOCOLS:
+        raise _spec_error(key)
+    lo, hi = parse_port_range(port, key)
+    return proto, lo, hi
+
+
+def expand_port_key(key: str) -> list[str]:
+    """``1000-1002/udp`` -> ``["1000/udp", "1001/udp", "1002/udp"]``; ``80`` -> ``["80/tcp"]``."""
+    proto, lo, hi = parse_port_key(key)
+    return [f"{p}/{proto}" for p in range(lo, hi + 1)]
+
+
+def parse_host_ip(text: str) -> IPv4Address:
+    """A binding's ``HostIp``: empty means every IPv4 address (0.0.0.0)."""
+    if not text:
+        return ANY
+    try:
+        address = ip_address(text.strip("[]") if text.startswith("[") else text)
+    except ValueError:
+        raise InvalidArgument(f"invalid host IP address {text!r} in port binding") from None
+    if not isinstance(address, IPv4Address):
+        raise InvalidArgument(
+            f"invalid host IP address {text!r} in port binding: IPv6 host addresses are not supported"
+        )
+    return address
+
+
+def _binding_requests(key: str, bindings: Iterable[PortBindingRequest]) -> list[PortRequest]:
+    proto, lo, hi = parse_port_key(key)
+    out: list[PortRequest] = []
+    for binding in bindings:
+        host_ip = parse_host_ip(binding.host_ip)
+        if binding.host_port:
+            hlo, hhi = parse_port_range(binding.host_port, allow_zero=True)
+        else:
+            hlo = hhi = 0
+        if lo == hi:
+            # One container port: a host range means "any free port of that range".
+            out.append(PortRequest(proto, lo, host_ip, hlo, hhi if hhi != hlo else hlo))
+            continue
+        # A container range maps 1:1 onto a host range of the same length (or each to
+        # an ephemeral port), as go-connections' ParsePortSpec expands it client-side.
+        if hlo == 0 and hhi == 0:
+            out.extend(PortRequest(proto, p, host_ip) for p in range(lo, hi + 1))
+        elif hhi - hlo == hi - lo:
+            out.extend(
+                PortRequest(proto, p, host_ip, hlo + i, hlo + i) for i, p in enumerate(range(lo, hi + 1))
+            )
+        else:
+            raise InvalidArgument(
+                f"invalid ranges specified for container and host Ports: {lo}-{hi} and {binding.host_port}"
+            )
+    return out
+
+
+def port_requests(config: ContainerConfig, image: Image | None = None) -> list[PortRequest]:
+    """Every host port ``config`` asks for, validated, duplicates dropped, in a stable
+    order (container port, protocol, host IP, host port).
+
+    - ``PortBindings``: each binding is one request; an empty ``HostPort`` (or ``0``) is an
+      ephemeral port, ``8000-8010`` on one container port is any free port of that range.
+      A key with no bindings publishes nothing (it is only exposed).
+    - ``PublishAllPorts``: every port exposed by the container or its image that has no
+      explicit binding gets an ephemeral port on 0.0.0.0.  Exposed ranges are expanded.
+    - Host IPs are IPv4 only for now: an IPv6 host IP is ``InvalidArgument``.
+    The caller decides whether the network mode publishes at all (host, none and
+    ``container:`` modes do not).
+    """
+    requests: list[PortRequest] = []
+    bound: set[tuple[str, int]] = set()
+    for key, bindings in _items(config.port_bindings):
+        got = _binding_requests(key, bindings)
+        requests.extend(got)
+        bound.update((r.protocol, r.container_port) for r in got)
+    if config.publish_all:
+        exposed = [*config.exposed_ports, *(image.exposed_ports if image is not None else ())]
+        for key in exposed:
+            proto, lo, hi = parse_port_key(key)
+            for port in range(lo, hi + 1):
+                if (proto, port) not in bound:
+                    bound.add((proto, port))
+                    requests.append(PortRequest(proto, port))
+    unique = dict.fromkeys(requests)
+    return sorted(unique, key=lambda r: (r.container_port, r.protocol, int(r.host_ip), r.host_port))
+
+
+def _items(bindings: Mapping[str, tuple[PortBindingRequest, ...]]) -> list[tuple[str, tuple[PortBindingRequest, ...]]]:
+    return list(bindings.items())
