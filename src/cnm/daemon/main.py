@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import resource
 import signal
 import sys
 
@@ -82,6 +83,15 @@ def _build(config: DaemonConfig):
     return controller, store, kernel, dns
 
 
+def _raise_fd_limit() -> None:
+    """cnmd holds a few descriptors per container (exit pidfd, DNS sockets, stdin pipes):
+    lift the soft limit to the hard one, as dockerd does, or a few hundred containers
+    would exhaust the default 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def _quiet_pyroute2() -> None:
     """pyroute2 logs every netlink message at DEBUG (and sets levels on its own loggers when
     imported); cnm.kernel already says what changed, as commands."""
@@ -109,6 +119,7 @@ async def serve(config: DaemonConfig) -> None:
         os.makedirs(path, mode=0o711, exist_ok=True)
     pid_fd = _lock_pidfile(config.exec_root)
     become_subreaper()
+    _raise_fd_limit()
     controller, store, kernel, dns = _build(config)
     _quiet_pyroute2()
     await controller.start()

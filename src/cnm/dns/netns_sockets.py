@@ -25,8 +25,9 @@ sandbox after a cnmd restart swaps the old ports for the new ones without a gap.
 from __future__ import annotations
 
 import socket
+import subprocess
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from cnm.errors import FirewallError, KernelError, Unavailable
 from cnm.kernel.cmdlog import log_script
@@ -58,23 +59,29 @@ def render_dns_nat(udp_port: int, tcp_port: int, address: str = RESOLVER_ADDRESS
     )
 
 
+NFT_TIMEOUT = 10  # seconds
 REMOVE_DNS_NAT = f"table ip {DNS_TABLE} {{}}\ndelete table ip {DNS_TABLE}\n"
 
 
 def _apply_nft(script: str, netns_path: str) -> None:
-    """Run ``script`` with libnftables in the *calling thread's* namespace (its netlink
-    socket is opened when the context is created, so create it here)."""
+    """Run ``script`` with ``nft -f -`` in the *calling thread's* namespace (a child forked
+    from this thread starts in it).
+
+    Not libnftables in-process: its netlink code waits with select(), which aborts the
+    whole daemon once its socket's descriptor is >= FD_SETSIZE (1024) -- and cnmd holds a
+    few descriptors per container.  A fresh ``nft`` process has low descriptors; it costs
+    a few milliseconds, once per sandbox."""
     log_script(f"nsenter --net={netns_path} nft -f -", script)
     try:
-        import nftables  # pip-nftables, binds Debian's libnftables1
-    except ImportError as exc:  # pragma: no cover - depends on the host
-        raise Unavailable(f"python nftables bindings are not installed: {exc}") from exc
-    try:
-        nft: Any = nftables.Nftables()
-    except OSError as exc:
-        raise Unavailable(f"libnftables is not available: {exc}") from exc
-    rc, _out, err = nft.cmd(script)
-    if rc != 0:
+        done = subprocess.run(
+            ["nft", "-f", "-"], input=script.encode(), capture_output=True, timeout=NFT_TIMEOUT, check=False
+        )
+    except FileNotFoundError as exc:  # pragma: no cover - depends on the host
+        raise Unavailable("nft is not installed (Debian package nftables)") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise FirewallError(f"nft in {netns_path}: no answer within {NFT_TIMEOUT} s") from exc
+    if done.returncode != 0:
+        err = done.stderr.decode(errors="replace")
         first = next((line for line in err.splitlines() if line.strip()), "unknown error")
         raise FirewallError(f"nft in {netns_path}: {first}")
 

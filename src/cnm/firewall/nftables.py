@@ -9,14 +9,18 @@ thread that constructed it (cnmd's own), whichever thread calls it later.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from cnm.errors import FirewallError, Unavailable
+from cnm.errors import FirewallError, KernelError, Unavailable
 from cnm.firewall import render_nft
-from cnm.firewall.api import BridgeRules
+from cnm.firewall.api import BridgeRules, PortRule
+from cnm.firewall.render_nft import PortElement
 from cnm.kernel.cmdlog import log_script
 from cnm.kernel.sysctl import set_sysctl
+
+log = logging.getLogger(__name__)
 
 
 def _nft_context(json_output: bool) -> Any:
@@ -35,18 +39,29 @@ def _nft_context(json_output: bool) -> Any:
 class NftablesFirewall:
     """cnm's rules in the nftables table ``ip <table>`` (see ``render_nft`` for the layout).
 
-    Keeps, in memory, which bridge each installed network's map elements are keyed by,
-    so that ``remove_network(owner)`` is one small transaction; after a restart the
-    daemon calls ``sync`` (which refills that memory) before anything else.  A removal
-    the memory cannot explain falls back to reading cnm's maps."""
+    Keeps, in memory, which bridge each installed network's map elements are keyed by
+    and which port-map elements each endpoint owns, so that removals are one small
+    transaction; after a restart the daemon calls ``sync`` (which refills that memory)
+    before anything else.  A removal the memory cannot explain falls back to reading
+    cnm's maps.
 
-    def __init__(self, table: str = render_nft.TABLE) -> None:
+    ``userland_proxy=False`` (cnm's default): the kernel DNATs every path to a published
+    port, 127.0.0.1 included (``route_localnet`` is turned on for the bridges that carry
+    published ports).  ``True`` (Docker's default): the host's traffic to 127.0.0.0/8 and
+    traffic from cnm bridges are left to the proxy listening on the reserved sockets."""
+
+    def __init__(self, table: str = render_nft.TABLE, userland_proxy: bool = False) -> None:
         self.table = table
+        self.userland_proxy = userland_proxy
         self._nft = _nft_context(json_output=False)  # applies scripts
         self._list = _nft_context(json_output=True)  # reads cnm's table back
         self._bridges: dict[str, str] = {}  # owner -> bridge its elements are keyed by
         self._bridge_owner: dict[str, str] = {}  # bridge -> owner (O(1) clash checks)
         self._chain_owner: dict[str, str] = {}  # n-<id12>-in -> owner
+        self._ports: dict[str, list[PortElement]] = {}  # endpoint id -> its port-map elements
+        # True once sync/teardown made the memory of ports match the kernel: an endpoint
+        # absent from it then has no elements (no need to read the maps)
+        self._ports_known = False
 
     def _remember(self, owner: str, bridge: str) -> None:
         self._forget(owner)
@@ -92,19 +107,24 @@ class NftablesFirewall:
 
     async def setup(self) -> None:
         """Create the table, maps, base chains and user chain if missing and rewrite the
-        base chains' dispatch rules; turn on IPv4 forwarding.  Policies stay accept."""
-        self._apply(render_nft.render_setup(self.table))
+        base chains' dispatch rules (for this instance's proxy mode); turn on IPv4
+        forwarding.  Policies stay accept; map elements are kept."""
+        self._apply(render_nft.render_setup(self.table, self.userland_proxy))
         set_sysctl("net.ipv4.ip_forward", "1")
 
-    async def sync(self, networks: Sequence[BridgeRules]) -> None:
-        """Make the table hold exactly ``networks`` (skeleton re-made, stale per-network
-        chains deleted, listed networks re-installed), in one transaction."""
+    async def sync(self, networks: Sequence[BridgeRules], ports: Sequence[PortRule] = ()) -> None:
+        """Make the table hold exactly ``networks`` and ``ports`` (skeleton re-made, every
+        map refilled, stale per-network chains deleted), in one transaction."""
+        elements = render_nft.port_elements_by_owner(ports)  # validates before anything
+        self._localnet({p.bridge for p in ports}, strict=False)
         objects = self._table_objects() or []
         existing = [o["chain"]["name"] for o in objects if "chain" in o]
-        self._apply(render_nft.render_sync(networks, existing, self.table))
+        self._apply(render_nft.render_sync(networks, existing, self.table, ports, self.userland_proxy))
         self._forget()
         for n in networks:
             self._remember(n.owner, n.bridge)
+        self._ports = elements
+        self._ports_known = True
 
     async def add_network(self, rules: BridgeRules) -> None:
         """Install or replace one network's chains and map elements in one transaction
@@ -137,13 +157,51 @@ class NftablesFirewall:
             self._apply(render_nft.render_remove_network(owner, self._bridges_pointing_at(owner), self.table))
         self._forget(owner)
 
+    async def add_ports(self, owner: str, rules: Sequence[PortRule]) -> None:
+        """Install every published port of endpoint ``owner`` (replacing what it had) as
+        map elements, in one transaction that deletes its old elements and adds the new
+        ones: its size depends only on this endpoint's ports.  A port (or part of a
+        range) already published by another endpoint fails the whole transaction."""
+        new = render_nft.port_elements_by_owner(rules).get(owner, [])
+        if any(r.owner != owner for r in rules):
+            raise FirewallError(f"add_ports({owner}) was given ports of another endpoint")
+        if not self.userland_proxy:
+            self._localnet({r.bridge for r in rules}, strict=True)
+        old = self._ports_of(owner)
+        try:
+            self._apply(render_nft.render_ports(owner, old, new, self.table))
+        except FirewallError as exc:
+            # our memory may be wrong (elements deleted from outside, or left by a previous
+            # daemon): retry once with what the kernel really holds
+            actual = self._read_ports(owner)
+            if actual is None or actual == old:
+                raise FirewallError(f"{exc} (publishing the ports of endpoint {owner})") from exc
+            self._apply(render_nft.render_ports(owner, actual, new, self.table))
+        self._set_ports(owner, new)
+
+    async def remove_ports(self, owner: str) -> None:
+        """Delete endpoint ``owner``'s port elements; idempotent."""
+        old = self._ports_of(owner)
+        if not old:
+            self._ports.pop(owner, None)
+            return
+        try:
+            self._apply(render_nft.render_ports(owner, old, (), self.table))
+        except FirewallError:
+            actual = self._read_ports(owner)
+            if actual:  # None: no table; []: already gone
+                self._apply(render_nft.render_ports(owner, actual, (), self.table))
+        self._ports.pop(owner, None)
+
     async def teardown(self) -> None:
         """Delete cnm's table (the user chain with it); idempotent."""
         self._apply(render_nft.render_teardown(self.table))
         self._forget()
+        self._ports.clear()
+        self._ports_known = True
 
     async def healthy(self) -> bool:
-        """True when the table, its maps, the user chain and the base chains with their
+        """True when the table, its maps, the user chain and the fixed chains with their
         dispatch rules are all present (reads only cnm's table, tersely)."""
         objects = self._table_objects()
         if objects is None:
@@ -154,15 +212,69 @@ class NftablesFirewall:
         for o in objects:
             if "rule" in o:
                 rules[o["rule"]["chain"]] = rules.get(o["rule"]["chain"], 0) + 1
-        if not render_nft.FIXED_CHAINS <= chains or not set(render_nft.MAPS) <= maps:
+        if not render_nft.FIXED_CHAINS <= chains or not {*render_nft.MAPS, *render_nft.PORT_MAPS} <= maps:
             return False
-        return all(rules.get(c, 0) == n for c, n in render_nft.base_rule_counts().items())
+        expected = render_nft.base_rule_counts(self.userland_proxy)
+        return all(rules.get(c, 0) == n for c, n in expected.items())
 
     # -- helpers ------------------------------------------------------------------------
 
     def installed(self) -> dict[str, str]:
         """owner -> bridge of the networks this instance installed (for reconcile/debug)."""
         return dict(self._bridges)
+
+    def installed_ports(self) -> dict[str, list[PortElement]]:
+        """endpoint id -> the port-map elements this instance installed (for debug)."""
+        return {k: list(v) for k, v in self._ports.items()}
+
+    def _set_ports(self, owner: str, elements: list[PortElement]) -> None:
+        if elements:
+            self._ports[owner] = elements
+        else:
+            self._ports.pop(owner, None)
+
+    def _ports_of(self, owner: str) -> list[PortElement]:
+        """What ``owner`` holds: from memory, or (before the first sync) from the kernel."""
+        if owner in self._ports or self._ports_known:
+            return list(self._ports.get(owner, []))
+        return self._read_ports(owner) or []
+
+    def _read_ports(self, owner: str) -> list[PortElement] | None:
+        """Endpoint ``owner``'s elements as the kernel holds them (by their comment);
+        None when cnm's table is absent."""
+        tag = render_nft.owner_comment(owner)
+        found: list[PortElement] = []
+        for map_name in render_nft.PORT_MAPS:
+            objects = self._list_json(f"map {render_nft.FAMILY} {self.table} {map_name}", terse=False)
+            if objects is None:
+                return None
+            for obj in objects:
+                for key, data in obj.get("map", {}).get("elem", []):
+                    elem = key.get("elem", {}) if isinstance(key, dict) else {}
+                    if elem.get("comment") == tag:
+                        found.append(
+                            PortElement(
+                                map_name,
+                                render_nft.port_key_from_json(elem["val"]),
+                                render_nft.port_data_from_json(data),
+                            )
+                        )
+        return found
+
+    def _localnet(self, bridges: Iterable[str], strict: bool) -> None:
+        """Let the bridges route packets from 127.0.0.1 (DNATed by the output chain) so the
+        host reaches published ports through localhost (kernel mode only; the raw chain
+        drops 127.0.0.0/8 arriving from outside, which route_localnet would let in).
+        ``strict=False`` (sync) skips a bridge that is gone."""
+        if self.userland_proxy:
+            return
+        for bridge in sorted(bridges):
+            try:
+                set_sysctl(f"net.ipv4.conf.{bridge}.route_localnet", "1")
+            except KernelError:
+                if strict:
+                    raise
+                log.warning("bridge %s is gone: route_localnet not set", bridge)
 
     def _bridges_pointing_at(self, owner: str) -> list[str]:
         targets = set(render_nft.chains_for(owner).all())

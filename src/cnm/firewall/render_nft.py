@@ -1,14 +1,22 @@
-"""Render cnm's nftables rules from data: ``BridgeRules`` in, ``nft -f`` script text out.
+"""Render cnm's nftables rules from data: ``BridgeRules`` / ``PortRule`` in, ``nft -f`` script
+text out.
 
 Pure functions, no I/O.  The layout follows Docker 29's nftables backend (one table of
 its own, verdict maps keyed by interface name dispatching to per-network chains), so the
 cost of adding or removing one network never depends on how many others exist, and
-traffic that does not touch a cnm bridge never walks a per-network rule::
+traffic that does not touch a cnm bridge never walks a per-network rule.  Published ports
+are elements of four maps read by four fixed rules, so neither the rule count nor the
+per-packet cost grows with the number of mappings, and a range published on the same
+container ports (``-p 8000-8010:8000-8010``) is one interval element::
 
     table ip cnm {
       map forward-into-bridge { type ifname : verdict }   # oifname <br> -> jump n-<id12>-in
       map forward-from-bridge { type ifname : verdict }   # iifname <br> -> jump n-<id12>-out
       map nat-from-bridge     { type ifname : verdict }   # iifname <br> -> jump n-<id12>-nat
+      map ports-ip       { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service ; flags interval }
+      map ports-ip-same  { type ipv4_addr . inet_proto . inet_service : ipv4_addr ; flags interval }
+      map ports-any      { type inet_proto . inet_service : ipv4_addr . inet_service ; flags interval }
+      map ports-any-same { type inet_proto . inet_service : ipv4_addr ; flags interval }
       chain user        { }   # the user's chain (like DOCKER-USER): created once, never flushed
       chain forward     { type filter hook forward priority filter; policy accept;
                           jump user
@@ -16,15 +24,24 @@ traffic that does not touch a cnm bridge never walks a per-network rule::
                           oifname vmap @forward-into-bridge
                           iifname vmap @forward-from-bridge }
       chain postrouting { type nat hook postrouting priority srcnat; policy accept;
-                          iifname vmap @nat-from-bridge }
-      chain prerouting  { type nat hook prerouting priority dstnat; policy accept; }  # issue 3: DNAT
-      chain output      { type nat hook output priority -100; policy accept; }           # issue 3: DNAT
-      chain n-<id12>-in  { ... }   # traffic forwarded into bridge <br>
+                          iifname vmap @nat-from-bridge
+                          ip saddr 127.0.0.0/8 ct status dnat masquerade }   # host via 127.0.0.1
+      chain prerouting  { type nat hook prerouting priority dstnat; policy accept;
+                          [proxy: iifname @forward-from-bridge return]      # hairpin -> proxy
+                          fib daddr type local jump ports }
+      chain output      { type nat hook output priority -100; policy accept;
+                          [proxy: ip daddr 127.0.0.0/8 return]              # localhost -> proxy
+                          fib daddr type local jump ports }
+      chain ports       { meta l4proto { tcp, udp, sctp } dnat ip to <key> map @<each port map> }
+      chain raw-prerouting { type filter hook prerouting priority raw; policy accept;
+                          iifname != "lo" ip daddr 127.0.0.0/8 drop }       # no 127.x from outside
+      chain n-<id12>-in  { ct status dnat accept ; icc ; drop }   # traffic forwarded into <br>
       chain n-<id12>-out { ... }   # traffic forwarded out of bridge <br>
-      chain n-<id12>-nat { ... }   # source NAT of traffic leaving bridge <br>
+      chain n-<id12>-nat { masquerade to elsewhere ; oifname <br> ct status dnat masquerade (hairpin) }
     }
 
-Every per-network chain, rule and map element carries ``comment "cnm:<network id>"``.
+Every per-network chain, rule and map element carries ``comment "cnm:<network id>"``;
+every port element carries ``comment "cnm:<endpoint id>"``.
 Idempotence without nft's ``destroy`` (nft >= 1.0.8; Debian 12 has 1.0.6) uses nft's
 own idempotent verbs: ``add X; delete X`` deletes X whether or not it existed.
 """
@@ -34,9 +51,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from cnm.errors import InvalidArgument
-from cnm.firewall.api import BridgeRules
+from cnm.errors import FirewallError, InvalidArgument
+from cnm.firewall.api import BridgeRules, PortRule
 
 TABLE = "cnm"
 FAMILY = "ip"  # IPv6 ("ip6" table of the same layout) comes later
@@ -44,16 +62,37 @@ FAMILY = "ip"  # IPv6 ("ip6" table of the same layout) comes later
 USER_CHAIN = "user"
 FORWARD_CHAIN = "forward"
 POSTROUTING_CHAIN = "postrouting"
-# Port publishing (issue 3) hangs its DNAT dispatch (e.g. a ``fib daddr type local`` jump
-# or a ``th dport . ip daddr`` map) on these two; they are created empty now so the hook
-# order and names are settled.
-PREROUTING_CHAIN = "prerouting"
-OUTPUT_CHAIN = "output"
+PREROUTING_CHAIN = "prerouting"  # DNAT of traffic arriving for a local address
+OUTPUT_CHAIN = "output"  # DNAT of the host's own traffic to a local address
+PORTS_CHAIN = "ports"  # the four map lookups, jumped to from both
+RAW_CHAIN = "raw-prerouting"  # drops 127.0.0.0/8 arriving from outside
 
 MAP_INTO_BRIDGE = "forward-into-bridge"  # oifname -> n-<id12>-in
 MAP_FROM_BRIDGE = "forward-from-bridge"  # iifname -> n-<id12>-out
 MAP_NAT_FROM_BRIDGE = "nat-from-bridge"  # iifname -> n-<id12>-nat
 MAPS = (MAP_INTO_BRIDGE, MAP_FROM_BRIDGE, MAP_NAT_FROM_BRIDGE)
+
+# Published ports.  "-same" maps keep the destination port (data: address only), so a range
+# published on the same container ports is one interval element; the others map each host
+# port to an address and port.  Maps keyed by a host address are looked up first.
+MAP_PORTS_IP = "ports-ip"
+MAP_PORTS_IP_SAME = "ports-ip-same"
+MAP_PORTS_ANY = "ports-any"
+MAP_PORTS_ANY_SAME = "ports-any-same"
+PORT_MAPS: dict[str, tuple[str, str]] = {  # name -> (key type, data type)
+    MAP_PORTS_IP: ("ipv4_addr . inet_proto . inet_service", "ipv4_addr . inet_service"),
+    MAP_PORTS_IP_SAME: ("ipv4_addr . inet_proto . inet_service", "ipv4_addr"),
+    MAP_PORTS_ANY: ("inet_proto . inet_service", "ipv4_addr . inet_service"),
+    MAP_PORTS_ANY_SAME: ("inet_proto . inet_service", "ipv4_addr"),
+}
+_PORT_MAP_KEYS = {  # the packet fields each map is looked up with
+    MAP_PORTS_IP: "ip daddr . meta l4proto . th dport",
+    MAP_PORTS_IP_SAME: "ip daddr . meta l4proto . th dport",
+    MAP_PORTS_ANY: "meta l4proto . th dport",
+    MAP_PORTS_ANY_SAME: "meta l4proto . th dport",
+}
+PROTOCOLS = ("tcp", "udp", "sctp")
+LOOPBACK = "127.0.0.0/8"
 
 BASE_CHAINS: dict[str, str] = {
     FORWARD_CHAIN: "type filter hook forward priority filter ; policy accept ;",
@@ -61,9 +100,10 @@ BASE_CHAINS: dict[str, str] = {
     PREROUTING_CHAIN: "type nat hook prerouting priority dstnat ; policy accept ;",
     # nft accepts the name "dstnat" only on prerouting; -100 is its value
     OUTPUT_CHAIN: "type nat hook output priority -100 ; policy accept ;",
+    RAW_CHAIN: "type filter hook prerouting priority raw ; policy accept ;",
 }
-# Chains that belong to the table's skeleton rather than to one network.
-FIXED_CHAINS = frozenset({USER_CHAIN, *BASE_CHAINS})
+# Chains that belong to the table's skeleton rather than to one network or endpoint.
+FIXED_CHAINS = frozenset({USER_CHAIN, PORTS_CHAIN, *BASE_CHAINS})
 
 OWNER_TAG = "cnm:"
 _OWNER_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,99}$")
@@ -132,19 +172,24 @@ def _script(lines: Iterable[str]) -> str:
 # -- skeleton ---------------------------------------------------------------------------
 
 
-def setup_lines(table: str = TABLE) -> list[str]:
+def setup_lines(table: str = TABLE, userland_proxy: bool = False) -> list[str]:
     """Create the table, maps, user chain and base chains if missing, and (re)write the
-    base chains' dispatch rules.  Never flushes the user chain."""
+    base chains' dispatch rules.  Never flushes the user chain or any map.
+
+    ``userland_proxy``: the host's own traffic to 127.0.0.0/8 and traffic arriving from a
+    cnm bridge are left to the proxy (not DNATed); otherwise the kernel DNATs them too."""
     t = f"{FAMILY} {table}"
     lines = [
         f"add table {t}",
         f'add chain {t} {USER_CHAIN} {{ comment "yours: evaluated first, never flushed by cnm" ; }}',
     ]
     lines += [f"add map {t} {m} {{ type ifname : verdict ; }}" for m in MAPS]
+    lines += [f"add map {t} {m} {{ type {k} : {d} ; flags interval ; }}" for m, (k, d) in PORT_MAPS.items()]
     for chain, spec in BASE_CHAINS.items():
         lines.append(f"add chain {t} {chain} {{ {spec} }}")
         # flush + re-add keeps setup idempotent (no duplicated dispatch rules)
         lines.append(f"flush chain {t} {chain}")
+    lines += [f"add chain {t} {PORTS_CHAIN}", f"flush chain {t} {PORTS_CHAIN}"]
     lines += [
         # the user's verdict comes first; an accept there ends this chain (a drop is final)
         f"add rule {t} {FORWARD_CHAIN} jump {USER_CHAIN}",
@@ -153,22 +198,44 @@ def setup_lines(table: str = TABLE) -> list[str]:
         f"add rule {t} {FORWARD_CHAIN} oifname vmap @{MAP_INTO_BRIDGE}",
         f"add rule {t} {FORWARD_CHAIN} iifname vmap @{MAP_FROM_BRIDGE}",
         f"add rule {t} {POSTROUTING_CHAIN} iifname vmap @{MAP_NAT_FROM_BRIDGE}",
+        # the host reaching a published port through 127.0.0.1 (kernel mode; route_localnet
+        # lets the packet out of the bridge): the container must answer a real address
+        f"add rule {t} {POSTROUTING_CHAIN} ip saddr {LOOPBACK} ct status dnat masquerade",
     ]
+    if userland_proxy:
+        # a container reaching a published port through the host's address, and the host
+        # through 127.0.0.1, are answered by the proxy on the reserved socket
+        lines.append(f"add rule {t} {PREROUTING_CHAIN} iifname @{MAP_FROM_BRIDGE} return")
+        lines.append(f"add rule {t} {OUTPUT_CHAIN} ip daddr {LOOPBACK} return")
+    lines += [
+        f"add rule {t} {PREROUTING_CHAIN} fib daddr type local jump {PORTS_CHAIN}",
+        f"add rule {t} {OUTPUT_CHAIN} fib daddr type local jump {PORTS_CHAIN}",
+    ]
+    lines += [
+        f"add rule {t} {PORTS_CHAIN} meta l4proto {{ {', '.join(PROTOCOLS)} }} dnat ip to {_PORT_MAP_KEYS[m]} map @{m}"
+        for m in PORT_MAPS
+    ]
+    # A packet for 127.0.0.0/8 from any other interface than lo is forged or misrouted;
+    # without this, "fib daddr type local" would DNAT it to a port bound to 127.0.0.1
+    # (moby#41872), and route_localnet on the bridges would let containers reach the
+    # host's loopback services (CVE-2020-8558).
+    lines.append(f'add rule {t} {RAW_CHAIN} iifname != "lo" ip daddr {LOOPBACK} drop')
     return lines
 
 
-def base_rule_counts() -> dict[str, int]:
-    """How many rules each base chain holds after setup (for health checks)."""
-    counts = dict.fromkeys(BASE_CHAINS, 0)
-    for line in setup_lines():
+def base_rule_counts(userland_proxy: bool = False) -> dict[str, int]:
+    """How many rules each fixed chain (the user chain aside) holds after setup (for
+    health checks)."""
+    counts = dict.fromkeys([*BASE_CHAINS, PORTS_CHAIN], 0)
+    for line in setup_lines(userland_proxy=userland_proxy):
         parts = line.split()
         if parts[:2] == ["add", "rule"]:
             counts[parts[4]] += 1
     return counts
 
 
-def render_setup(table: str = TABLE) -> str:
-    return _script(setup_lines(table))
+def render_setup(table: str = TABLE, userland_proxy: bool = False) -> str:
+    return _script(setup_lines(table, userland_proxy))
 
 
 def render_teardown(table: str = TABLE) -> str:
@@ -188,8 +255,10 @@ def network_rules(rules: BridgeRules) -> dict[str, list[str]]:
     # Dispatched on oifname == br: forwarded into the bridge (replies were accepted
     # before the dispatch).  Routed bridge->same bridge traffic follows icc.
     inbound = [
+        # published ports (DNATed by cnm's prerouting/output chains), before the
+        # icc verdict: a published port is public, for neighbours too
+        *([] if rules.internal else [f"ct status dnat accept {tag}"]),
         f"iifname {br} {'accept' if rules.icc else 'drop'} {tag}",
-        # issue 3 inserts published-port accepts here, before the default drop
         f"drop {tag}",
     ]
     # Dispatched on iifname == br: forwarded out of the bridge (to another interface:
@@ -201,6 +270,10 @@ def network_rules(rules: BridgeRules) -> dict[str, list[str]]:
     nat: list[str] = []
     if rules.masquerade and not rules.internal:
         nat.append(f"oifname != {br} ip saddr {rules.subnet} masquerade {tag}")
+    if not rules.internal:
+        # hairpin: a container reaching a published port of its own bridge (its own,
+        # too) through a host address; without it the reply would bypass the NAT
+        nat.append(f"oifname {br} ct status dnat masquerade {tag}")
     return {ch.inbound: inbound, ch.outbound: outbound, ch.nat: nat}
 
 
@@ -266,13 +339,19 @@ def render_remove_network(owner: str, bridges: Iterable[str] = (), table: str = 
 
 
 def render_sync(
-    networks: Sequence[BridgeRules], existing_chains: Iterable[str] = (), table: str = TABLE
+    networks: Sequence[BridgeRules],
+    existing_chains: Iterable[str] = (),
+    table: str = TABLE,
+    ports: Sequence[PortRule] = (),
+    userland_proxy: bool = False,
 ) -> str:
-    """One transaction that leaves the table holding exactly ``networks``: the skeleton
-    (re)made, all map elements replaced, every non-skeleton chain in ``existing_chains``
-    that is a per-network chain of cnm's and that no listed network owns deleted, the listed networks (re)installed.  The user
-    chain is created if missing and otherwise left alone."""
+    """One transaction that leaves the table holding exactly ``networks`` and ``ports``:
+    the skeleton (re)made, all map elements replaced, every non-skeleton chain in
+    ``existing_chains`` that is a per-network chain of cnm's and that no listed network
+    owns deleted, the listed networks (re)installed.  The user chain is created if
+    missing and otherwise left alone."""
     t = f"{FAMILY} {table}"
+    elements = port_elements_by_owner(ports)
     seen_bridges: dict[str, str] = {}
     seen_chains: dict[str, str] = {}
     for rules in networks:
@@ -283,11 +362,101 @@ def render_sync(
         if other != rules.owner:
             raise InvalidArgument(f"networks {other} and {rules.owner} share an id prefix")
     wanted = {c for rules in networks for c in chains_for(rules.owner).all()}
-    lines = setup_lines(table)
-    lines += [f"flush map {t} {m}" for m in MAPS]
+    lines = setup_lines(table, userland_proxy)
+    lines += [f"flush map {t} {m}" for m in (*MAPS, *PORT_MAPS)]
     stale = {c for c in existing_chains if is_network_chain(c)} - wanted
     for chain in sorted(stale):
         lines += [f"flush chain {t} {chain}", f"delete chain {t} {chain}"]
     for rules in networks:
         lines += network_lines(rules, None, table)
+    for owner, elems in elements.items():
+        lines += ports_lines(owner, (), elems, table)
     return _script(lines)
+
+
+# -- published ports --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PortElement:
+    """One element of a port map: ``key`` and ``data`` in nft's syntax."""
+
+    map: str
+    key: str  # e.g. "tcp . 8000-8010" or "127.0.0.1 . udp . 53"
+    data: str  # e.g. "10.0.0.2" (same port) or "10.0.0.2 . 80"
+
+
+def _check_port(port: int, what: str) -> int:
+    if not 1 <= port <= 65535:
+        raise InvalidArgument(f"invalid {what} {port}: must be 1-65535")
+    return port
+
+
+def port_elements(rule: PortRule) -> list[PortElement]:
+    """The map elements of one ``PortRule``: one interval element when the container
+    ports equal the host ports (a whole range), else one element per port."""
+    if rule.protocol not in PROTOCOLS:
+        raise InvalidArgument(f"invalid protocol {rule.protocol!r}: must be one of {', '.join(PROTOCOLS)}")
+    first = _check_port(rule.host_port, "host port")
+    last = _check_port(rule.host_port_end, "host port")
+    if last < first:
+        raise InvalidArgument(f"invalid host port range {first}-{last}")
+    _check_port(rule.container_port, "container port")
+    _check_port(rule.container_port + last - first, "container port")
+    prefix = f"{rule.host_ip} . " if rule.host_ip is not None else ""
+    if rule.container_port == first:
+        name = MAP_PORTS_IP_SAME if rule.host_ip is not None else MAP_PORTS_ANY_SAME
+        span = str(first) if first == last else f"{first}-{last}"
+        return [PortElement(name, f"{prefix}{rule.protocol} . {span}", str(rule.container_ip))]
+    name = MAP_PORTS_IP if rule.host_ip is not None else MAP_PORTS_ANY
+    shift = rule.container_port - first
+    return [
+        PortElement(name, f"{prefix}{rule.protocol} . {p}", f"{rule.container_ip} . {p + shift}")
+        for p in range(first, last + 1)
+    ]
+
+
+def port_elements_by_owner(rules: Iterable[PortRule]) -> dict[str, list[PortElement]]:
+    """Group the elements of ``rules`` by owner (endpoint id), checking each id."""
+    out: dict[str, list[PortElement]] = {}
+    for rule in rules:
+        out.setdefault(_check_owner(rule.owner), []).extend(port_elements(rule))
+    return out
+
+
+def ports_lines(
+    owner: str, old: Iterable[PortElement], new: Iterable[PortElement], table: str = TABLE
+) -> list[str]:
+    """Replace endpoint ``owner``'s elements ``old`` (which must be present) with ``new``,
+    in one transaction whose size depends only on this endpoint's ports."""
+    t = f"{FAMILY} {table}"
+    tag = owner_comment(_check_owner(owner))
+    lines = [f"delete element {t} {e.map} {{ {e.key} }}" for e in old]
+    lines += [f'add element {t} {e.map} {{ {e.key} comment "{tag}" : {e.data} }}' for e in new]
+    return lines
+
+
+def render_ports(
+    owner: str, old: Iterable[PortElement], new: Iterable[PortElement], table: str = TABLE
+) -> str:
+    return _script(ports_lines(owner, old, new, table))
+
+
+def port_key_from_json(value: Any) -> str:
+    """nft's JSON form of a port-map key (``{"concat": ["tcp", {"range": [1, 2]}]}``)
+    back to the text it was written as (``tcp . 1-2``)."""
+    if isinstance(value, dict) and "concat" in value:
+        return " . ".join(port_key_from_json(v) for v in value["concat"])
+    if isinstance(value, dict) and "range" in value:
+        low, high = value["range"]
+        return f"{low}-{high}"
+    if isinstance(value, dict) and "prefix" in value:
+        return f"{value['prefix']['addr']}/{value['prefix']['len']}"
+    if isinstance(value, (str, int)):
+        return str(value)
+    raise FirewallError(f"nft: unexpected key in a port map: {value!r}")
+
+
+def port_data_from_json(value: Any) -> str:
+    """nft's JSON form of a port-map value back to text (``10.0.0.2 . 80``)."""
+    return port_key_from_json(value)

@@ -9,7 +9,7 @@ Pure: no sockets, no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from ipaddress import IPv4Address, ip_address
 
 from cnm.errors import InvalidArgument
@@ -88,7 +88,7 @@ def _binding_requests(key: str, bindings: Iterable[PortBindingRequest]) -> list[
             hlo = hhi = 0
         if lo == hi:
             # One container port: a host range means "any free port of that range".
-            out.append(PortRequest(proto, lo, host_ip, hlo, hhi if hhi != hlo else hlo))
+            out.append(PortRequest(proto, lo, host_ip, hlo, hhi))
             continue
         # A container range maps 1:1 onto a host range of the same length (or each to
         # an ephemeral port), as go-connections' ParsePortSpec expands it client-side.
@@ -120,7 +120,7 @@ def port_requests(config: ContainerConfig, image: Image | None = None) -> list[P
     """
     requests: list[PortRequest] = []
     bound: set[tuple[str, int]] = set()
-    for key, bindings in _items(config.port_bindings):
+    for key, bindings in config.port_bindings.items():
         got = _binding_requests(key, bindings)
         requests.extend(got)
         bound.update((r.protocol, r.container_port) for r in got)
@@ -135,6 +135,3 @@ def port_requests(config: ContainerConfig, image: Image | None = None) -> list[P
     unique = dict.fromkeys(requests)
     return sorted(unique, key=lambda r: (r.container_port, r.protocol, int(r.host_ip), r.host_port))
 
-
-def _items(bindings: Mapping[str, tuple[PortBindingRequest, ...]]) -> list[tuple[str, tuple[PortBindingRequest, ...]]]:
-    return list(bindings.items())

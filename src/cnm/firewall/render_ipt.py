@@ -1,0 +1,466 @@
+"""Render cnm's iptables rules from data: ``BridgeRules`` / ``PortRule`` (and, where a change
+must know what is installed, a parsed ``iptables-save``) in, ``iptables-restore --noflush``
+batch text out.
+
+Pure functions, no I/O.  Docker's structure (shared/research/libnetwork.md §1.2-1.3) with
+cnm's names; every rule carries ``-m comment --comment cnm:<owner>`` (``cnm:base`` for the
+skeleton)::
+
+    *raw     PREROUTING  -> CNM-PREROUTING   -d 127.0.0.0/8 ! -i lo -j DROP
+    *filter  FORWARD     -> CNM-USER         (yours: created once, never flushed)
+                         -> CNM-FORWARD      conntrack RELATED,ESTABLISHED ACCEPT
+                                             -j CNM-INTO-BRIDGE   (-o <br> -j CNM-N-<id12>-IN, per network)
+                                             -j CNM-FROM-BRIDGE   (-i <br> -j CNM-N-<id12>-OUT, per network)
+             CNM-N-<id12>-IN   ctstate DNAT ACCEPT ; -i <br> ACCEPT|DROP (icc) ; DROP
+             CNM-N-<id12>-OUT  [internal: ! -o <br> DROP] ; ACCEPT
+    *nat     PREROUTING  -m addrtype --dst-type LOCAL -> CNM
+             OUTPUT      [proxy: ! -d 127.0.0.0/8] -m addrtype --dst-type LOCAL -> CNM
+             CNM         [proxy: -i <br> RETURN, per network] ; DNAT per port (a same-port range: one rule)
+             POSTROUTING -> CNM-POSTROUTING  -s 127.0.0.0/8 ! -o lo ctstate DNAT MASQUERADE ; -j CNM-MASQUERADE
+             CNM-MASQUERADE   -s <subnet> ! -o <br> MASQUERADE ; -s <subnet> -o <br> ctstate DNAT MASQUERADE (hairpin)
+
+Chains whose content is cnm's skeleton only (``FIXED``) and per-network chains are
+declared in a batch (``:CHAIN -``), which under ``--noflush`` flushes them: that is how
+they are rewritten.  Chains holding rules of many owners (``SHARED``) are declared only
+when missing, and their rules are added and deleted one by one (``-A``/``-D``), so one
+change costs a batch the size of that owner's rules.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from cnm.errors import InvalidArgument
+from cnm.firewall.api import BridgeRules, PortRule
+
+OWNER_TAG = "cnm:"
+BASE_OWNER = "base"  # the skeleton's rules
+
+USER_CHAIN = "CNM-USER"
+FORWARD_CHAIN = "CNM-FORWARD"
+INTO_CHAIN = "CNM-INTO-BRIDGE"
+FROM_CHAIN = "CNM-FROM-BRIDGE"
+DNAT_CHAIN = "CNM"
+POSTROUTING_CHAIN = "CNM-POSTROUTING"
+MASQ_CHAIN = "CNM-MASQUERADE"
+RAW_CHAIN = "CNM-PREROUTING"
+
+TABLES = ("raw", "filter", "nat")  # the order batches are written in
+# Rewritten whole (flushed by declaration) by setup and sync.
+FIXED: dict[str, tuple[str, ...]] = {"filter": (FORWARD_CHAIN,), "nat": (POSTROUTING_CHAIN,), "raw": (RAW_CHAIN,)}
+# Created when missing, never flushed by setup: they hold rules of many owners (or the user's).
+SHARED: dict[str, tuple[str, ...]] = {
+    "filter": (USER_CHAIN, INTO_CHAIN, FROM_CHAIN),
+    "nat": (DNAT_CHAIN, MASQ_CHAIN),
+    "raw": (),
+}
+BUILTIN = frozenset({"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"})
+LOOPBACK = "127.0.0.0/8"
+PROTOCOLS = ("tcp", "udp", "sctp")
+
+_OWNER_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,99}$")
+_IFNAME_RE = re.compile(r'^[^\s/:"\\\'!]{1,15}$')
+_NETWORK_CHAIN_RE = re.compile(r"^CNM-N-[0-9A-Za-z_-]{1,12}-(IN|OUT)$")
+
+
+def owner_comment(owner: str) -> str:
+    return OWNER_TAG + owner
+
+
+def _check_owner(owner: str) -> str:
+    if not _OWNER_RE.match(owner):
+        raise InvalidArgument(f"invalid firewall owner id {owner!r}")
+    return owner
+
+
+def _check_ifname(name: str) -> str:
+    if not _IFNAME_RE.match(name):
+        raise InvalidArgument(f"invalid bridge name {name!r} for the firewall")
+    return name
+
+
+def is_network_chain(name: str) -> bool:
+    return bool(_NETWORK_CHAIN_RE.match(name))
+
+
+def is_cnm_chain(name: str) -> bool:
+    """Whether ``name`` is one of the chains cnm creates (by name: iptables chains carry
+    no comment)."""
+    return is_network_chain(name) or any(name in c for c in (*FIXED.values(), *SHARED.values()))
+
+
+def network_chains(owner: str) -> tuple[str, str]:
+    """(in, out): one network's filter chains, named from its id."""
+    prefix = f"CNM-N-{_check_owner(owner)[:12]}"
+    return f"{prefix}-IN", f"{prefix}-OUT"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One rule: ``spec`` is everything after ``-A <chain>`` (comment included)."""
+
+    table: str
+    chain: str
+    spec: str
+    first: bool = False  # inserted at the top of the chain instead of appended
+
+    def add(self) -> str:
+        return f"-I {self.chain} 1 {self.spec}" if self.first else f"-A {self.chain} {self.spec}"
+
+    def delete(self) -> str:
+        return f"-D {self.chain} {self.spec}"
+
+
+def _rule(table: str, chain: str, match: str, target: str, owner: str, first: bool = False) -> Rule:
+    tag = f"-m comment --comment {owner_comment(owner)}"
+    return Rule(table, chain, " ".join(p for p in (match, tag, target) if p), first)
+
+
+# -- parsed iptables-save --------------------------------------------------------------
+
+
+@dataclass
+class TableState:
+    chains: set[str] = field(default_factory=set)
+    rules: list[tuple[str, str]] = field(default_factory=list)  # (chain, spec) in order
+
+
+def parse_save(text: str) -> dict[str, TableState]:
+    """``iptables-save`` output -> table -> chains and rules (specs as saved)."""
+    tables: dict[str, TableState] = {}
+    current: TableState | None = None
+    for line in text.splitlines():
+        if line.startswith("*"):
+            current = tables.setdefault(line[1:].strip(), TableState())
+        elif current is None or not line or line.startswith("#") or line == "COMMIT":
+            continue
+        elif line.startswith(":"):
+            current.chains.add(line[1:].split()[0])
+        elif line.startswith("-A "):
+            chain, _, spec = line[3:].partition(" ")
+            current.rules.append((chain, spec))
+    return tables
+
+
+def comment_of(spec: str) -> str | None:
+    """The ``--comment`` of a saved rule spec, if any."""
+    try:
+        words = shlex.split(spec)
+    except ValueError:
+        return None
+    for i, word in enumerate(words[:-1]):
+        if word == "--comment":
+            return words[i + 1]
+    return None
+
+
+def target_of(spec: str) -> str | None:
+    words = spec.split()
+    for i, word in enumerate(words[:-1]):
+        if word in ("-j", "-g"):
+            return words[i + 1]
+    return None
+
+
+def owned_rules(state: dict[str, TableState], owner: str, chains: Iterable[str] | None = None) -> list[Rule]:
+    """Rules tagged ``cnm:<owner>`` (in ``chains`` when given), as they are installed."""
+    tag = owner_comment(owner)
+    wanted = set(chains) if chains is not None else None
+    return [
+        Rule(table, chain, spec)
+        for table, st in state.items()
+        for chain, spec in st.rules
+        if (wanted is None or chain in wanted) and comment_of(spec) == tag
+    ]
+
+
+def cnm_jumps(state: dict[str, TableState]) -> list[Rule]:
+    """cnm's rules in the built-in chains (jumps to cnm chains tagged ``cnm:``)."""
+    out = []
+    for table, st in state.items():
+        for chain, spec in st.rules:
+            comment = comment_of(spec) or ""
+            target = target_of(spec) or ""
+            if chain in BUILTIN and comment.startswith(OWNER_TAG) and is_cnm_chain(target):
+                out.append(Rule(table, chain, spec))
+    return out
+
+
+# -- batches ----------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """One ``iptables-restore --noflush`` input, assembled per table in a safe order:
+    declarations (create / flush), deletions, chain removals, additions."""
+
+    declare: dict[str, list[str]] = field(default_factory=dict)
+    deletes: dict[str, list[str]] = field(default_factory=dict)
+    removes: dict[str, list[str]] = field(default_factory=dict)
+    adds: dict[str, list[str]] = field(default_factory=dict)
+
+    def chain(self, table: str, name: str) -> None:
+        self.declare.setdefault(table, []).append(f":{name} - [0:0]")
+
+    def remove_chain(self, table: str, name: str) -> None:
+        self.removes.setdefault(table, []).append(f"-X {name}")
+
+    def delete(self, rules: Iterable[Rule]) -> None:
+        for r in rules:
+            self.deletes.setdefault(r.table, []).append(r.delete())
+
+    def add(self, rules: Iterable[Rule]) -> None:
+        for r in rules:
+            self.adds.setdefault(r.table, []).append(r.add())
+
+    def empty(self) -> bool:
+        return not any(v for part in (self.declare, self.deletes, self.removes, self.adds) for v in part.values())
+
+    def render(self) -> str:
+        out: list[str] = []
+        for table in TABLES:
+            body = [
+                *dict.fromkeys(self.declare.get(table, [])),
+                *self.deletes.get(table, []),
+                *dict.fromkeys(self.removes.get(table, [])),
+                *self.adds.get(table, []),
+            ]
+            if body:
+                out += [f"*{table}", *body, "COMMIT"]
+        return "\n".join(out) + "\n" if out else ""
+
+
+def fixed_rules(userland_proxy: bool) -> list[Rule]:
+    """The content of the FIXED chains."""
+    b = BASE_OWNER
+    return [
+        _rule("filter", FORWARD_CHAIN, "-m conntrack --ctstate RELATED,ESTABLISHED", "-j ACCEPT", b),
+        _rule("filter", FORWARD_CHAIN, "", f"-j {INTO_CHAIN}", b),  # into a bridge first: isolation
+        _rule("filter", FORWARD_CHAIN, "", f"-j {FROM_CHAIN}", b),
+        # the host reaching a published port through 127.0.0.1 (route_localnet on the bridge)
+        _rule("nat", POSTROUTING_CHAIN, f"-s {LOOPBACK} ! -o lo -m conntrack --ctstate DNAT", "-j MASQUERADE", b),
+        _rule("nat", POSTROUTING_CHAIN, "", f"-j {MASQ_CHAIN}", b),
+        # 127.0.0.0/8 from outside is forged: it must not reach a port bound to 127.0.0.1
+        _rule("raw", RAW_CHAIN, f"-d {LOOPBACK} ! -i lo", "-j DROP", b),
+    ]
+
+
+def jump_rules(userland_proxy: bool) -> list[Rule]:
+    """The jumps from the built-in chains, each inserted at the top, in this order (so
+    the last one listed ends up first: CNM-USER before CNM-FORWARD)."""
+    b = BASE_OWNER
+    local = "-m addrtype --dst-type LOCAL"
+    output = f"! -d {LOOPBACK} {local}" if userland_proxy else local
+    return [
+        _rule("filter", "FORWARD", "", f"-j {FORWARD_CHAIN}", b, first=True),
+        _rule("filter", "FORWARD", "", f"-j {USER_CHAIN}", b, first=True),
+        _rule("nat", "PREROUTING", local, f"-j {DNAT_CHAIN}", b, first=True),
+        _rule("nat", "OUTPUT", output, f"-j {DNAT_CHAIN}", b, first=True),
+        _rule("nat", "POSTROUTING", "", f"-j {POSTROUTING_CHAIN}", b, first=True),
+        _rule("raw", "PREROUTING", "", f"-j {RAW_CHAIN}", b, first=True),
+    ]
+
+
+def _skeleton(batch: Batch, state: dict[str, TableState], userland_proxy: bool, flush_shared: bool) -> None:
+    for table in TABLES:
+        existing = state.get(table, TableState()).chains
+        for name in FIXED[table]:
+            batch.chain(table, name)
+        for name in SHARED[table]:
+            # CNM-USER is the user's: never flushed (only created)
+            if name not in existing or (flush_shared and name != USER_CHAIN):
+                batch.chain(table, name)
+    batch.delete(cnm_jumps(state))  # re-inserted below, in the right order
+    batch.add(fixed_rules(userland_proxy))
+    batch.add(jump_rules(userland_proxy))
+
+
+def render_setup(state: dict[str, TableState], userland_proxy: bool = False) -> str:
+    """Create what is missing and rewrite the skeleton; per-network and per-port rules
+    (in SHARED chains and per-network chains) are kept."""
+    batch = Batch()
+    _skeleton(batch, state, userland_proxy, flush_shared=False)
+    return batch.render()
+
+
+def render_teardown(state: dict[str, TableState]) -> str:
+    """Remove cnm's jumps from the built-in chains and every cnm chain (CNM-USER too)."""
+    batch = Batch()
+    batch.delete(cnm_jumps(state))
+    for table, st in state.items():
+        for name in sorted(c for c in st.chains if is_cnm_chain(c)):
+            batch.chain(table, name)  # flushed first: chains may reference each other
+            batch.remove_chain(table, name)
+    return batch.render()
+
+
+# -- networks ---------------------------------------------------------------------------
+
+
+def network_chain_rules(rules: BridgeRules) -> list[Rule]:
+    """The content of one network's own chains."""
+    owner = _check_owner(rules.owner)
+    br = _check_ifname(rules.bridge)
+    inbound, outbound = network_chains(owner)
+    out = []
+    if not rules.internal:
+        # published ports (DNATed by the nat CNM chain), before icc: they are public
+        out.append(_rule("filter", inbound, "-m conntrack --ctstate DNAT", "-j ACCEPT", owner))
+    out.append(_rule("filter", inbound, f"-i {br}", "-j ACCEPT" if rules.icc else "-j DROP", owner))
+    out.append(_rule("filter", inbound, "", "-j DROP", owner))
+    if rules.internal:
+        out.append(_rule("filter", outbound, f"! -o {br}", "-j DROP", owner))
+    out.append(_rule("filter", outbound, "", "-j ACCEPT", owner))
+    return out
+
+
+def network_shared_rules(rules: BridgeRules, userland_proxy: bool) -> list[Rule]:
+    """One network's rules in SHARED chains (dispatch, masquerade, proxy exemption)."""
+    owner = _check_owner(rules.owner)
+    br = _check_ifname(rules.bridge)
+    inbound, outbound = network_chains(owner)
+    out = [
+        _rule("filter", INTO_CHAIN, f"-o {br}", f"-j {inbound}", owner),
+        _rule("filter", FROM_CHAIN, f"-i {br}", f"-j {outbound}", owner),
+    ]
+    if rules.masquerade and not rules.internal:
+        out.append(_rule("nat", MASQ_CHAIN, f"-s {rules.subnet} ! -o {br}", "-j MASQUERADE", owner))
+    if not rules.internal:
+        # hairpin: a container reaching a published port of its own bridge via the host
+        out.append(_rule("nat", MASQ_CHAIN, f"-s {rules.subnet} -o {br} -m conntrack --ctstate DNAT", "-j MASQUERADE", owner))
+        if userland_proxy:
+            # containers reach published ports through the proxy (as in Docker)
+            out.append(_rule("nat", DNAT_CHAIN, f"-i {br}", "-j RETURN", owner, first=True))
+    return out
+
+
+def render_add_network(rules: BridgeRules, old_shared: Sequence[Rule], userland_proxy: bool = False) -> str:
+    """Install or replace one network: its chains declared (flushed) and refilled, its
+    ``old_shared`` rules (as installed) deleted and the new ones added."""
+    batch = Batch()
+    for name in network_chains(rules.owner):
+        batch.chain("filter", name)
+    batch.delete(old_shared)
+    batch.add(network_chain_rules(rules))
+    batch.add(network_shared_rules(rules, userland_proxy))
+    return batch.render()
+
+
+def render_remove_network(owner: str, old_shared: Sequence[Rule]) -> str:
+    """Remove one network: its shared rules (as installed) and its chains (whether or
+    not they exist)."""
+    batch = Batch()
+    batch.delete(old_shared)
+    for name in network_chains(owner):
+        batch.chain("filter", name)
+        batch.remove_chain("filter", name)
+    return batch.render()
+
+
+# -- ports ------------------------------------------------------------------------------
+
+
+def _check_port(port: int, what: str) -> int:
+    if not 1 <= port <= 65535:
+        raise InvalidArgument(f"invalid {what} {port}: must be 1-65535")
+    return port
+
+
+def port_rules(rule: PortRule) -> list[Rule]:
+    """The DNAT rules of one ``PortRule``: one rule for a range published on the same
+    container ports (``--dport 8000:8010 -j DNAT --to-destination ip``), else one per port."""
+    owner = _check_owner(rule.owner)
+    if rule.protocol not in PROTOCOLS:
+        raise InvalidArgument(f"invalid protocol {rule.protocol!r}: must be one of {', '.join(PROTOCOLS)}")
+    first = _check_port(rule.host_port, "host port")
+    last = _check_port(rule.host_port_end, "host port")
+    if last < first:
+        raise InvalidArgument(f"invalid host port range {first}-{last}")
+    _check_port(rule.container_port, "container port")
+    _check_port(rule.container_port + last - first, "container port")
+    dest = f"-d {rule.host_ip}/32 " if rule.host_ip is not None else ""
+    proto = f"{dest}-p {rule.protocol} -m {rule.protocol}"
+    if rule.container_port == first:
+        span = str(first) if first == last else f"{first}:{last}"
+        return [_rule("nat", DNAT_CHAIN, f"{proto} --dport {span}", f"-j DNAT --to-destination {rule.container_ip}", owner)]
+    shift = rule.container_port - first
+    return [
+        _rule("nat", DNAT_CHAIN, f"{proto} --dport {p}", f"-j DNAT --to-destination {rule.container_ip}:{p + shift}", owner)
+        for p in range(first, last + 1)
+    ]
+
+
+def port_rules_by_owner(rules: Iterable[PortRule]) -> dict[str, list[Rule]]:
+    out: dict[str, list[Rule]] = {}
+    for rule in rules:
+        out.setdefault(rule.owner, []).extend(port_rules(rule))
+    return out
+
+
+def render_ports(old: Sequence[Rule], new: Sequence[Rule]) -> str:
+    """Replace one endpoint's DNAT rules ``old`` (as installed) with ``new``."""
+    batch = Batch()
+    batch.delete(old)
+    batch.add(new)
+    return batch.render()
+
+
+# -- whole state ------------------------------------------------------------------------
+
+
+def render_sync(
+    state: dict[str, TableState],
+    networks: Sequence[BridgeRules],
+    ports: Sequence[PortRule] = (),
+    userland_proxy: bool = False,
+) -> str:
+    """One batch leaving exactly ``networks`` and ``ports``: every cnm chain but CNM-USER
+    flushed and refilled, stale per-network chains removed, jumps re-made."""
+    seen: dict[str, str] = {}
+    for rules in networks:
+        for key in (f"bridge {rules.bridge}", f"id prefix {network_chains(rules.owner)[0]}"):
+            other = seen.setdefault(key, rules.owner)
+            if other != rules.owner:
+                raise InvalidArgument(f"networks {other} and {rules.owner} share the {key}")
+    by_owner = port_rules_by_owner(ports)
+    batch = Batch()
+    _skeleton(batch, state, userland_proxy, flush_shared=True)
+    wanted = {c for rules in networks for c in network_chains(rules.owner)}
+    stale = sorted(c for c in state.get("filter", TableState()).chains if is_network_chain(c) and c not in wanted)
+    for name in stale:
+        batch.chain("filter", name)
+        batch.remove_chain("filter", name)
+    for rules in networks:
+        for name in network_chains(rules.owner):
+            batch.chain("filter", name)
+        batch.add(network_chain_rules(rules))
+        batch.add(network_shared_rules(rules, userland_proxy))
+    for owned in by_owner.values():
+        batch.add(owned)
+    return batch.render()
+
+
+def health_problems(state: dict[str, TableState], userland_proxy: bool = False) -> list[str]:
+    """What is missing from cnm's skeleton (empty: healthy): a chain, a jump from a
+    built-in chain, or a rule of a FIXED chain (someone ran ``iptables -F``)."""
+    problems = []
+    for table in TABLES:
+        chains = state.get(table, TableState()).chains
+        for name in (*FIXED[table], *SHARED[table]):
+            if name not in chains:
+                problems.append(f"chain {table}/{name} missing")
+    jumps = {(r.table, r.chain, target_of(r.spec)) for r in cnm_jumps(state)}
+    for rule in jump_rules(userland_proxy):
+        if (rule.table, rule.chain, target_of(rule.spec)) not in jumps:
+            problems.append(f"jump {rule.table}/{rule.chain} -> {target_of(rule.spec)} missing")
+    expected: dict[tuple[str, str], int] = {}
+    for rule in fixed_rules(userland_proxy):
+        expected[(rule.table, rule.chain)] = expected.get((rule.table, rule.chain), 0) + 1
+    for (table, chain), n in expected.items():
+        have = sum(1 for c, _ in state.get(table, TableState()).rules if c == chain)
+        if have != n:
+            problems.append(f"chain {table}/{chain} holds {have} rules, not {n}")
+    return problems
