@@ -226,8 +226,13 @@ class Naming:
         return [Upstream(ip, 53, via_host) for ip, via_host in servers][:MAX_UPSTREAMS]
 
     async def publish(self, container: Container, sandbox: Sandbox, endpoints: Sequence[Endpoint]) -> None:
-        """Make the DNS records and listener of ``sandbox`` match its endpoints: a record per
-        user-network endpoint, a listener while there is at least one."""
+        """Make the DNS records of ``sandbox`` match its endpoints (a record per
+        user-network endpoint) and make sure it has a listener.
+
+        The listener lives as long as the sandbox, whatever its networks (Docker starts its
+        resolver once per sandbox too): setting it up costs a thread trip and an nft
+        transaction in the container's namespace, which belongs at start, not on every
+        ``network connect``.  resolv.conf decides whether the container uses it."""
         if self._names is None or not sandbox.key:
             return
         pairs = [(n, e) for n, e in self._networked(endpoints) if user_defined(n)]
@@ -248,17 +253,15 @@ class Naming:
             )
         if self._dns is None:
             return
-        if pairs:
-            host_conf = self._host_resolv()
-            self._names.configure(
-                sandbox.id,
-                self._upstreams(config, host_conf),
-                internal_only=all(net.internal for net, _ in pairs),
-                ndots_set=files.ndots_set(config.dns_options or host_conf.options),
-            )
+        host_conf = self._host_resolv()
+        self._names.configure(
+            sandbox.id,
+            self._upstreams(config, host_conf),
+            internal_only=bool(pairs) and all(net.internal for net, _ in pairs),
+            ndots_set=files.ndots_set(config.dns_options or host_conf.options),
+        )
+        if not self._dns.serving(sandbox.id):
             await self._dns.add_sandbox(sandbox.id, sandbox.key)
-        elif self._dns.serving(sandbox.id):
-            await self._dns.remove_sandbox(sandbox.id)
 
     async def withdraw(self, sandbox: Sandbox) -> list[BaseException]:
         """The sandbox is going away: drop its records and listener (idempotent)."""
