@@ -32,7 +32,9 @@ from cnm.model.container import (
 )
 from cnm.model.endpoint import Endpoint, EndpointRequest, Sandbox, dns_names
 from cnm.model.network import PREDEFINED, Network
+from cnm.model.ports import PortMapping
 from cnm.model.values import parse_mac
+from cnm.portmap.requests import expand_port_key, parse_port_key, port_requests
 
 MAC_DEPRECATED_WARNING = "The container-wide MacAddress field is now deprecated. It should be specified in EndpointsConfig instead."
 
@@ -46,8 +48,6 @@ ERR_NET_HOSTS = "conflicting options: custom host-to-IP mapping and the network 
 ERR_NET_PUBLISH = "conflicting options: port publishing and the container type network mode"
 ERR_NET_EXPOSE = "conflicting options: port exposing and the container type network mode"
 ERR_CONTAINER_FORMAT = "invalid network mode: invalid container format container:<name|id>"
-
-_PROTOCOLS = ("tcp", "udp", "sctp")
 
 
 # -- in -------------------------------------------------------------------------------------
@@ -66,15 +66,10 @@ def _str_slice(body: dict[str, Any], key: str) -> tuple[str, ...] | None:
 
 
 def normalise_port(key: str) -> str:
-    """``80`` -> ``80/tcp``; ``1000-1002/udp`` kept; anything else is a 400."""
-    port, _, proto = key.partition("/")
-    proto = (proto or "tcp").lower()
-    lo, _, hi = port.partition("-")
-    if proto not in _PROTOCOLS or not lo.isdigit() or (hi and not hi.isdigit()):
-        raise InvalidArgument(f"invalid port specification: {key!r}")
-    if not 0 < int(lo) <= 65535 or (hi and not int(lo) <= int(hi) <= 65535):
-        raise InvalidArgument(f"invalid port specification: {key!r}")
-    return f"{port}/{proto}"
+    """``80`` -> ``80/tcp``; ``1000-1002/udp`` kept; anything else is a 400 with moby's
+    ``invalid port specification: "<key>"``."""
+    proto, lo, hi = parse_port_key(key)
+    return f"{lo}/{proto}" if lo == hi else f"{lo}-{hi}/{proto}"
 
 
 def _parse_port_bindings(raw: Any) -> dict[str, tuple[PortBindingRequest, ...]]:
@@ -89,7 +84,9 @@ def _parse_port_bindings(raw: Any) -> dict[str, tuple[PortBindingRequest, ...]]:
             if not isinstance(b, dict):
                 raise InvalidArgument(f"invalid port binding for {key}: expected an object")
             items.append(PortBindingRequest(host_ip=get_str(b, "HostIp"), host_port=get_str(b, "HostPort")))
-        out[normalise_port(key)] = tuple(items)
+        key = normalise_port(key)
+        out[key] = tuple(items)
+        port_requests(ContainerConfig(image="", port_bindings={key: out[key]}))  # moby validates at create
     return out
 
 
@@ -355,12 +352,28 @@ _DEPRECATED_KEYS = (
 )
 
 
-def ports_json(c: Container) -> dict[str, Any]:
-    """``NetworkSettings.Ports``: every exposed port of a running container (null: not
-    published; publishing comes with portmap); ``{}`` when stopped or in host mode."""
+def published(view: NetworkView) -> list[PortMapping]:
+    """The mappings the engine installed, over all of the container's endpoints."""
+    return sorted(
+        {m for _, ep in view.endpoints for m in ep.ports},
+        key=lambda m: (m.protocol, m.container_port, int(m.host_ip), m.host_port),
+    )
+
+
+def ports_json(c: Container, view: NetworkView) -> dict[str, Any]:
+    """``NetworkSettings.Ports`` (moby ``getPortMapInfo``): for a running container every
+    exposed port (ranges expanded) and every published one, ``null`` when not published,
+    else one ``{"HostIp","HostPort"}`` per binding (IPv4 only: no ``::`` twin).  ``{}``
+    when not running or in host mode.  Keys sorted as Go's JSON encoder sorts map keys."""
     if not c.running or c.config.network_mode == "host":
         return {}
-    return {port: None for port in c.config.exposed_ports}
+    out: dict[str, list[dict[str, str]] | None] = {}
+    for key in c.config.exposed_ports:
+        for port in expand_port_key(key):
+            out[port] = None
+    for m in published(view):
+        out[m.key] = [*(out.get(m.key) or ()), {"HostIp": str(m.host_ip), "HostPort": str(m.host_port)}]
+    return dict(sorted(out.items()))
 
 
 def network_settings_json(c: Container, view: NetworkView, hostname: str) -> dict[str, Any]:
@@ -371,7 +384,7 @@ def network_settings_json(c: Container, view: NetworkView, hostname: str) -> dic
         "Bridge": "",
         "SandboxID": view.sandbox.id if running else "",
         "SandboxKey": view.sandbox.key if running else "",
-        "Ports": ports_json(c),
+        "Ports": ports_json(c, view),
         "HairpinMode": False,
         "LinkLocalIPv6Address": "",
         "LinkLocalIPv6PrefixLen": 0,
@@ -439,7 +452,9 @@ def host_config_json(c: Container) -> dict[str, Any]:
     }
 
 
-def config_json(c: Container, hostname: str) -> dict[str, Any]:
+def config_json(c: Container, hostname: str, mappings: list[PortMapping] | None = None) -> dict[str, Any]:
+    """``Config``; ``ExposedPorts`` also holds the keys of ``mappings`` (a ``-P`` of an
+    image's exposed port is exposed too)."""
     cfg = c.config
     out: dict[str, Any] = {
         "Hostname": hostname,
@@ -449,8 +464,9 @@ def config_json(c: Container, hostname: str) -> dict[str, Any]:
         "AttachStdout": cfg.attach_stdout,
         "AttachStderr": cfg.attach_stderr,
     }
-    if cfg.exposed_ports:
-        out["ExposedPorts"] = {p: {} for p in cfg.exposed_ports}
+    exposed = dict.fromkeys([*cfg.exposed_ports, *(m.key for m in mappings or ())])
+    if exposed:
+        out["ExposedPorts"] = {p: {} for p in sorted(exposed)}
     out.update(
         {
             "Tty": cfg.tty,
@@ -524,20 +540,24 @@ def container_inspect_json(c: Container, view: NetworkView, paths: ContainerPath
         "HostConfig": host_config_json(c),
         "GraphDriver": {"Data": {}, "Name": "overlay"},
         "Mounts": [],
-        "Config": config_json(c, hostname),
+        "Config": config_json(c, hostname, published(view)),
         "NetworkSettings": network_settings_json(c, view, hostname),
     }
 
 
-def _port_items(c: Container) -> list[dict[str, Any]]:
-    items = []
-    for port in c.config.exposed_ports:
-        number, _, proto = port.partition("/")
-        if "-" in number:
-            lo, hi = (int(p) for p in number.split("-", 1))
-            items.extend({"PrivatePort": p, "Type": proto} for p in range(lo, hi + 1))
-        else:
+def port_items(c: Container, view: NetworkView) -> list[dict[str, Any]]:
+    """``Ports`` of a ``docker ps`` item (moby ``container/view.go``), from the same map as
+    inspect: ``{"IP","PrivatePort","PublicPort","Type"}`` per binding, ``{"PrivatePort",
+    "Type"}`` per exposed-only port; none when not running."""
+    items: list[dict[str, Any]] = []
+    for key, bindings in ports_json(c, view).items():
+        number, _, proto = key.partition("/")
+        if not bindings:
             items.append({"PrivatePort": int(number), "Type": proto})
+            continue
+        for b in bindings:
+            items.append({"IP": b["HostIp"], "PrivatePort": int(number), "PublicPort": int(b["HostPort"]),
+                          "Type": proto})
     return items
 
 
@@ -552,7 +572,7 @@ def container_summary_json(c: Container, view: NetworkView, now: datetime | None
         "ImageID": c.config.image_id,
         "Command": command_text(c),
         "Created": unix_time(c.created),
-        "Ports": _port_items(c),
+        "Ports": port_items(c, view),
         "Labels": dict(c.config.labels),
         "State": c.state.status,
         "Status": status_text(c, now),

@@ -12,7 +12,7 @@ from cnm.ipam.default import parse_pool_spec
 from cnm.model.values import parse_ifname
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-FIREWALL_BACKENDS = ("nftables",)
+FIREWALL_BACKENDS = ("nftables", "iptables")
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +25,7 @@ class DaemonConfig:
     log_level: str
     cgroup_parent: str
     firewall_backend: str
+    userland_proxy: bool = False
 
 
 def socket_path_of(host: str) -> str:
@@ -55,8 +56,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=LOG_LEVELS,
                    help="debug prints every kernel change as the command a person would type")
     p.add_argument("--cgroup-parent", default="cnm", help="parent cgroup of the containers (default cnm)")
-    p.add_argument("--firewall-backend", default="nftables", choices=FIREWALL_BACKENDS)
+    p.add_argument("--firewall-backend", default="nftables", choices=FIREWALL_BACKENDS,
+                   help="nftables (default; maps, flat cost per port) or iptables (Docker's layout)")
+    p.add_argument("--userland-proxy", nargs="?", const="true", default="false", metavar="BOOL",
+                   help="serve published ports to the host's loopback and hairpin traffic with one "
+                        "in-daemon proxy (default false: kernel NAT serves them, keeping client addresses)")
     return p
+
+
+def parse_bool(flag: str, value: str) -> bool:
+    low = value.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise InvalidArgument(f"invalid value {value!r} for {flag}: expected true or false")
 
 
 def parse_args(argv: list[str] | None = None) -> DaemonConfig:
@@ -76,4 +90,5 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
         log_level=args.log_level,
         cgroup_parent=cgroup_parent,
         firewall_backend=args.firewall_backend,
+        userland_proxy=parse_bool("--userland-proxy", args.userland_proxy),
     )

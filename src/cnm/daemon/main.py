@@ -46,18 +46,28 @@ def _build(config: DaemonConfig):
     from cnm.drivers.host import HostDriver
     from cnm.drivers.null import NullDriver
     from cnm.engine.controller import Controller
+    from cnm.engine.ports import Publisher
+    from cnm.firewall.iptables import IptablesFirewall
     from cnm.firewall.nftables import NftablesFirewall
     from cnm.ipam.default import DefaultIpam
     from cnm.kernel.netlink import LinuxKernel
+    from cnm.portmap.allocator import PortAllocator
+    from cnm.portmap.proxy import UserlandProxy
     from cnm.runtime.runc import RuncRuntime
     from cnm.store.sqlite import SqliteStore
 
     store = SqliteStore(os.path.join(config.data_root, "cnm.db"))
     ipam = DefaultIpam(store, config.default_pools)
     kernel = LinuxKernel()
-    firewall = NftablesFirewall()
+    backends = {
+        "nftables": lambda: NftablesFirewall(userland_proxy=config.userland_proxy),
+        "iptables": lambda: IptablesFirewall(userland_proxy=config.userland_proxy),
+    }
+    firewall = backends[config.firewall_backend]()
+    # What the other backend left (a daemon run with the other choice) is removed at start.
+    leftovers = [make() for name, make in backends.items() if name != config.firewall_backend]
     drivers = {
-        "bridge": BridgeDriver(kernel, firewall),
+        "bridge": BridgeDriver(kernel, firewall, hairpin=not config.userland_proxy),
         "host": HostDriver(),
         "null": NullDriver(),
     }
@@ -79,8 +89,11 @@ def _build(config: DaemonConfig):
         debug=config.log_level == "debug",
         names=names,
         dns=dns,
+        publisher=Publisher(
+            PortAllocator(), firewall, UserlandProxy() if config.userland_proxy else None
+        ),
     )
-    return controller, store, kernel, dns
+    return controller, store, kernel, dns, leftovers
 
 
 def _raise_fd_limit() -> None:
@@ -120,7 +133,9 @@ async def serve(config: DaemonConfig) -> None:
     pid_fd = _lock_pidfile(config.exec_root)
     become_subreaper()
     _raise_fd_limit()
-    controller, store, kernel, dns = _build(config)
+    controller, store, kernel, dns, leftovers = _build(config)
+    for other in leftovers:
+        await other.teardown()
     _quiet_pyroute2()
     await controller.start()
     tmp_dir = os.path.join(config.exec_root, "tmp")

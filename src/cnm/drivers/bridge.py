@@ -65,9 +65,13 @@ class BridgeDriver:
     name = "bridge"
     needs_ipam = True
 
-    def __init__(self, kernel: BridgeKernel, firewall: Firewall) -> None:
+    def __init__(self, kernel: BridgeKernel, firewall: Firewall, *, hairpin: bool = False) -> None:
+        """``hairpin``: bridge ports reflect frames back to their sender, so a container
+        reaches its own published port through the host's address by kernel NAT alone
+        (the daemon turns it on when the userland proxy is off, as Docker does)."""
         self._kernel = kernel
         self._firewall = firewall
+        self._hairpin = hairpin
 
     # -- networks -------------------------------------------------------------------------
 
@@ -145,6 +149,7 @@ class BridgeDriver:
             address=endpoint.address,
             # only the endpoint chosen by the engine carries the sandbox's default route
             gateway=endpoint.gateway if endpoint.default_route and not network.internal else None,
+            hairpin=self._hairpin,
         )
         async with AsyncExitStack() as undo:
             await self._kernel.add_veth(spec)

@@ -21,6 +21,7 @@ from cnm.engine.lookup import find
 from cnm.engine.names import random_name
 from cnm.engine.naming import Naming, parse_link, validate_names
 from cnm.engine.networks import Networks, now_rfc3339
+from cnm.engine.ports import Publisher
 from cnm.engine.state import State
 from cnm.errors import (
     CnmError,
@@ -46,6 +47,7 @@ from cnm.model.container import (
 from cnm.model.endpoint import Endpoint, EndpointRequest, Sandbox
 from cnm.model.network import Network
 from cnm.model.values import new_id, parse_container_name, short_id
+from cnm.portmap.requests import port_requests
 from cnm.runtime.api import Process, Runtime, StartRequest
 
 log = logging.getLogger("cnm.engine")
@@ -108,6 +110,7 @@ class Containers:
         exec_root: str,
         locks: KeyedLocks,
         naming: Naming,
+        publisher: Publisher | None = None,
     ) -> None:
         self._state = state
         self._networks = networks
@@ -116,6 +119,7 @@ class Containers:
         self._netns_dir = os.path.join(exec_root, "netns")
         self._locks = locks
         self._naming = naming
+        self._publisher = publisher
         self._runs: dict[str, _Run] = {}
         self._removed: dict[str, list[asyncio.Future[int]]] = {}
         self._execs: dict[str, ExecRecord] = {}
@@ -241,6 +245,8 @@ class Containers:
                     ep = await self._networks.attach(
                         stack, network, container, sandbox, request, mac=config.mac_address if primary else ""
                     )
+                    if ep.default_route and not network.internal and not host_mode:
+                        ep = await self._publish(stack, network, ep, container, image)
                     endpoints.append(ep)
                     self._state.endpoints[ep.id] = ep
                     stack.callback(self._state.endpoints.pop, ep.id, None)
@@ -275,6 +281,22 @@ class Containers:
         run = _Run(pid=pid, exited=asyncio.get_running_loop().create_future())
         self._runs[container.id] = run
         return run
+
+    async def _publish(
+        self, stack: AsyncExitStack, network: Network, ep: Endpoint, container: Container, image: Image
+    ) -> Endpoint:
+        """Published ports go through the endpoint carrying the default route (Docker's
+        gateway endpoint)."""
+        if self._publisher is None:
+            return ep
+        requests = port_requests(container.config, image)
+        return await self._publisher.publish(stack, network, ep, requests)
+
+    async def _detach(self, ep: Endpoint, sandbox: Sandbox | None) -> list[BaseException]:
+        """Unpublish the endpoint's ports, then leave its network."""
+        errors = await self._publisher.unpublish(ep) if self._publisher is not None else []
+        errors.extend(await self._networks.detach(ep, sandbox))
+        return errors
 
     async def _kill_and_cleanup(self, container_id: str) -> None:
         try:
@@ -338,7 +360,7 @@ class Containers:
         errors: list[BaseException] = []
         sandbox = self._state.sandbox_of(container.id)
         for ep in self._state.endpoints_of_container(container.id):
-            errors.extend(await self._networks.detach(ep, sandbox))
+            errors.extend(await self._detach(ep, sandbox))
         if sandbox is not None:
             errors.extend(await self._naming.withdraw(sandbox))
             if sandbox.key:
@@ -508,7 +530,7 @@ class Containers:
             )
             if ep is None:
                 raise SystemFailure(f"container {container.id} is not connected to network {network.name}")
-            errors = await self._networks.detach(ep, self._state.sandbox_of(container.id))
+            errors = await self._detach(ep, self._state.sandbox_of(container.id))
             kept = {k: v for k, v in container.config.networks.items() if k not in (network.name, network.id)}
             updated = replace(container, config=replace(container.config, networks=kept))
             self._state.commit(put=[updated])
@@ -573,6 +595,9 @@ class Containers:
                 self._runs[container.id] = run
                 run.watcher = asyncio.get_running_loop().create_task(self._watch(container.id, run))
                 sandbox = self._state.sandbox_of(container.id)
+                if self._publisher is not None:
+                    for ep in self._state.endpoints_of_container(container.id):
+                        await self._publisher.restore(ep)
                 if sandbox is not None:
                     try:
                         await self._naming.publish(
@@ -596,12 +621,12 @@ class Containers:
         live = {c.id for c in self._state.containers.values() if c.running}
         for sandbox in [s for s in self._state.sandboxes.values() if s.container_id not in live]:
             for ep in self._state.endpoints_of_container(sandbox.container_id):
-                await self._networks.detach(ep, sandbox)
+                await self._detach(ep, sandbox)
             if sandbox.key:
                 await self._kernel.delete_netns(sandbox.key)
             self._state.commit(delete=[sandbox])
         for ep in [e for e in self._state.endpoints.values() if e.container_id not in live]:
-            await self._networks.detach(ep, None)
+            await self._detach(ep, None)
         keys = {s.key for s in self._state.sandboxes.values()}
         for entry in os.listdir(self._netns_dir):
             path = os.path.join(self._netns_dir, entry)

@@ -22,9 +22,10 @@ from cnm.engine.containers import Containers
 from cnm.engine.locks import KeyedLocks
 from cnm.engine.naming import Naming
 from cnm.engine.networks import Networks
+from cnm.engine.ports import Publisher
 from cnm.engine.state import State
 from cnm.errors import CnmError, Conflict, NotFound
-from cnm.firewall.api import BridgeRules, Firewall
+from cnm.firewall.api import BridgeRules, Firewall, PortRule
 from cnm.ipam.api import Ipam, PoolSpec
 from cnm.kernel.api import Kernel
 from cnm.model.container import Container, ContainerConfig, ExecSpec, Image
@@ -92,6 +93,7 @@ class Controller:
         names: NameTable | None = None,
         dns: DnsServer | None = None,
         host_resolv_conf: str = "/etc/resolv.conf",
+        publisher: Publisher | None = None,
     ) -> None:
         self._store = store
         self._ipam = ipam
@@ -110,8 +112,16 @@ class Controller:
         self._networks = Networks(self._state, ipam, kernel, drivers, bridge_name=bridge_name)
         self._naming = Naming(self._state, runtime, names=names, dns=dns, host_resolv_conf=host_resolv_conf)
         self._containers = Containers(
-            self._state, self._networks, runtime, kernel, exec_root=exec_root, locks=self._locks, naming=self._naming
+            self._state,
+            self._networks,
+            runtime,
+            kernel,
+            exec_root=exec_root,
+            locks=self._locks,
+            naming=self._naming,
+            publisher=publisher,
         )
+        self._publisher = publisher
         self._network_lock = asyncio.Lock()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -129,7 +139,7 @@ class Controller:
             eps = [e for e in self._state.endpoints.values() if e.network_id in {n.id for n in mine}]
             await self._drivers[driver].restore(mine, eps)
         await self._networks.ensure_predefined()
-        await self._firewall.sync(self.bridge_rules())
+        await self._firewall.sync(self.bridge_rules(), self.port_rules())
 
     def _release_orphan_addresses(self) -> None:
         """Pools whose network record is missing and addresses whose owner endpoint no
@@ -162,17 +172,28 @@ class Controller:
             if n.driver == "bridge" and n.subnet is not None
         ]
 
+    def port_rules(self) -> list[PortRule]:
+        """The firewall's view of every published port."""
+        pairs = [
+            (self._state.networks[ep.network_id], ep)
+            for ep in self._state.endpoints.values()
+            if ep.ports and ep.network_id in self._state.networks
+        ]
+        return Publisher.rules(pairs)
+
     async def heal_firewall(self) -> bool:
         """Re-install cnm's rules if someone flushed them; True when it had to."""
         if await self._firewall.healthy():
             return False
         log.warning("cnm's firewall rules were removed from outside; putting them back")
         await self._firewall.setup()
-        await self._firewall.sync(self.bridge_rules())
+        await self._firewall.sync(self.bridge_rules(), self.port_rules())
         return True
 
     async def close(self) -> None:
         await self._containers.close()
+        if self._publisher is not None:
+            await self._publisher.close()
 
     # -- system ---------------------------------------------------------------------------
 

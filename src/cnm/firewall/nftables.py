@@ -59,6 +59,10 @@ class NftablesFirewall:
         self._bridge_owner: dict[str, str] = {}  # bridge -> owner (O(1) clash checks)
         self._chain_owner: dict[str, str] = {}  # n-<id12>-in -> owner
         self._ports: dict[str, list[PortElement]] = {}  # endpoint id -> its port-map elements
+        # (host ip or None, protocol, host port) -> endpoint.  A single port and a range are
+        # in different maps, which the kernel does not compare: overlaps are refused here.
+        self._port_owner: dict[tuple[str | None, str, int], str] = {}
+        self._port_keys: dict[str, list[tuple[str | None, str, int]]] = {}
         # True once sync/teardown made the memory of ports match the kernel: an endpoint
         # absent from it then has no elements (no need to read the maps)
         self._ports_known = False
@@ -125,6 +129,11 @@ class NftablesFirewall:
             self._remember(n.owner, n.bridge)
         self._ports = elements
         self._ports_known = True
+        self._port_owner.clear()
+        self._port_keys.clear()
+        for rule in ports:
+            self._port_keys.setdefault(rule.owner, []).extend(_port_keys([rule]))
+        self._port_owner = {key: o for o, keys in self._port_keys.items() for key in keys}
 
     async def add_network(self, rules: BridgeRules) -> None:
         """Install or replace one network's chains and map elements in one transaction
@@ -165,6 +174,13 @@ class NftablesFirewall:
         new = render_nft.port_elements_by_owner(rules).get(owner, [])
         if any(r.owner != owner for r in rules):
             raise FirewallError(f"add_ports({owner}) was given ports of another endpoint")
+        keys = _port_keys(rules)
+        for key in keys:
+            other = self._port_owner.get(key, owner)
+            if other != owner:
+                raise FirewallError(
+                    f"port {key[2]}/{key[1]} on {key[0] or '0.0.0.0'} is already published by endpoint {other}"
+                )
         if not self.userland_proxy:
             self._localnet({r.bridge for r in rules}, strict=True)
         old = self._ports_of(owner)
@@ -178,12 +194,14 @@ class NftablesFirewall:
                 raise FirewallError(f"{exc} (publishing the ports of endpoint {owner})") from exc
             self._apply(render_nft.render_ports(owner, actual, new, self.table))
         self._set_ports(owner, new)
+        self._index_ports(owner, keys)
 
     async def remove_ports(self, owner: str) -> None:
         """Delete endpoint ``owner``'s port elements; idempotent."""
         old = self._ports_of(owner)
         if not old:
             self._ports.pop(owner, None)
+            self._index_ports(owner, [])
             return
         try:
             self._apply(render_nft.render_ports(owner, old, (), self.table))
@@ -192,12 +210,15 @@ class NftablesFirewall:
             if actual:  # None: no table; []: already gone
                 self._apply(render_nft.render_ports(owner, actual, (), self.table))
         self._ports.pop(owner, None)
+        self._index_ports(owner, [])
 
     async def teardown(self) -> None:
         """Delete cnm's table (the user chain with it); idempotent."""
         self._apply(render_nft.render_teardown(self.table))
         self._forget()
         self._ports.clear()
+        self._port_owner.clear()
+        self._port_keys.clear()
         self._ports_known = True
 
     async def healthy(self) -> bool:
@@ -226,6 +247,13 @@ class NftablesFirewall:
     def installed_ports(self) -> dict[str, list[PortElement]]:
         """endpoint id -> the port-map elements this instance installed (for debug)."""
         return {k: list(v) for k, v in self._ports.items()}
+
+    def _index_ports(self, owner: str, keys: list[tuple[str | None, str, int]]) -> None:
+        for key in self._port_keys.pop(owner, []):
+            self._port_owner.pop(key, None)
+        if keys:
+            self._port_keys[owner] = keys
+            self._port_owner.update(dict.fromkeys(keys, owner))
 
     def _set_ports(self, owner: str, elements: list[PortElement]) -> None:
         if elements:
@@ -283,6 +311,15 @@ class NftablesFirewall:
             objects = self._list_json(f"map {render_nft.FAMILY} {self.table} {map_name}", terse=False)
             found += _elements_jumping_to(objects or [], targets)
         return found
+
+
+def _port_keys(rules: Iterable[PortRule]) -> list[tuple[str | None, str, int]]:
+    """Every (host ip, protocol, host port) ``rules`` claim."""
+    return [
+        (str(r.host_ip) if r.host_ip is not None else None, r.protocol, p)
+        for r in rules
+        for p in range(r.host_port, r.host_port_end + 1)
+    ]
 
 
 def _elements_jumping_to(objects: Iterable[dict[str, Any]], targets: set[str]) -> list[str]:

@@ -15,7 +15,8 @@ skeleton)::
              CNM-N-<id12>-OUT  [internal: ! -o <br> DROP] ; ACCEPT
     *nat     PREROUTING  -m addrtype --dst-type LOCAL -> CNM
              OUTPUT      [proxy: ! -d 127.0.0.0/8] -m addrtype --dst-type LOCAL -> CNM
-             CNM         [proxy: -i <br> RETURN, per network] ; DNAT per port (a same-port range: one rule)
+             CNM         [proxy: -i <br> RETURN, per network] ; -j CNM-P-<id12> per endpoint
+             CNM-P-<id12>  one endpoint's DNAT rules (a range on the same ports: one rule)
              POSTROUTING -> CNM-POSTROUTING  -s 127.0.0.0/8 ! -o lo ctstate DNAT MASQUERADE ; -j CNM-MASQUERADE
              CNM-MASQUERADE   -s <subnet> ! -o <br> MASQUERADE ; -s <subnet> -o <br> ctstate DNAT MASQUERADE (hairpin)
 
@@ -23,7 +24,10 @@ Chains whose content is cnm's skeleton only (``FIXED``) and per-network chains a
 declared in a batch (``:CHAIN -``), which under ``--noflush`` flushes them: that is how
 they are rewritten.  Chains holding rules of many owners (``SHARED``) are declared only
 when missing, and their rules are added and deleted one by one (``-A``/``-D``), so one
-change costs a batch the size of that owner's rules.
+change costs a batch the size of that owner's rules.  Each endpoint's DNAT rules live in a
+chain of its own, so removing them is one ``-D`` of its jump and a chain flush: iptables
+looks a ``-D`` rule up by comparing it with every rule of the chain (with 5,000 DNAT rules
+in one chain, deleting 500 took 3.3 s through iptables-nft).
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ PROTOCOLS = ("tcp", "udp", "sctp")
 _OWNER_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,99}$")
 _IFNAME_RE = re.compile(r'^[^\s/:"\\\'!]{1,15}$')
 _NETWORK_CHAIN_RE = re.compile(r"^CNM-N-[0-9A-Za-z_-]{1,12}-(IN|OUT)$")
+_PORT_CHAIN_RE = re.compile(r"^CNM-P-[0-9A-Za-z_-]{1,12}$")
 
 
 def owner_comment(owner: str) -> str:
@@ -86,10 +91,28 @@ def is_network_chain(name: str) -> bool:
     return bool(_NETWORK_CHAIN_RE.match(name))
 
 
+def is_port_chain(name: str) -> bool:
+    return bool(_PORT_CHAIN_RE.match(name))
+
+
 def is_cnm_chain(name: str) -> bool:
     """Whether ``name`` is one of the chains cnm creates (by name: iptables chains carry
     no comment)."""
-    return is_network_chain(name) or any(name in c for c in (*FIXED.values(), *SHARED.values()))
+    return (
+        is_network_chain(name)
+        or is_port_chain(name)
+        or any(name in c for c in (*FIXED.values(), *SHARED.values()))
+    )
+
+
+def port_chain(owner: str) -> str:
+    """One endpoint's nat chain, named from its id."""
+    return f"CNM-P-{_check_owner(owner)[:12]}"
+
+
+def port_jump(owner: str) -> Rule:
+    """The jump from CNM to endpoint ``owner``'s chain (its only rule in a shared chain)."""
+    return _rule("nat", DNAT_CHAIN, "", f"-j {port_chain(owner)}", owner)
 
 
 def network_chains(owner: str) -> tuple[str, str]:
@@ -383,12 +406,13 @@ def port_rules(rule: PortRule) -> list[Rule]:
     _check_port(rule.container_port + last - first, "container port")
     dest = f"-d {rule.host_ip}/32 " if rule.host_ip is not None else ""
     proto = f"{dest}-p {rule.protocol} -m {rule.protocol}"
+    chain = port_chain(owner)
     if rule.container_port == first:
         span = str(first) if first == last else f"{first}:{last}"
-        return [_rule("nat", DNAT_CHAIN, f"{proto} --dport {span}", f"-j DNAT --to-destination {rule.container_ip}", owner)]
+        return [_rule("nat", chain, f"{proto} --dport {span}", f"-j DNAT --to-destination {rule.container_ip}", owner)]
     shift = rule.container_port - first
     return [
-        _rule("nat", DNAT_CHAIN, f"{proto} --dport {p}", f"-j DNAT --to-destination {rule.container_ip}:{p + shift}", owner)
+        _rule("nat", chain, f"{proto} --dport {p}", f"-j DNAT --to-destination {rule.container_ip}:{p + shift}", owner)
         for p in range(first, last + 1)
     ]
 
@@ -400,11 +424,19 @@ def port_rules_by_owner(rules: Iterable[PortRule]) -> dict[str, list[Rule]]:
     return out
 
 
-def render_ports(old: Sequence[Rule], new: Sequence[Rule]) -> str:
-    """Replace one endpoint's DNAT rules ``old`` (as installed) with ``new``."""
+def render_ports(owner: str, old_jumps: Sequence[Rule], new: Sequence[Rule]) -> str:
+    """Replace endpoint ``owner``'s DNAT rules with ``new``: its chain declared (flushed)
+    and refilled, its jump (``old_jumps``, as installed) re-made; with no ``new`` rules,
+    the chain is removed whether or not it exists."""
     batch = Batch()
-    batch.delete(old)
-    batch.add(new)
+    chain = port_chain(owner)
+    batch.chain("nat", chain)
+    batch.delete(old_jumps)
+    if new:
+        batch.add(new)
+        batch.add([port_jump(owner)])
+    else:
+        batch.remove_chain("nat", chain)
     return batch.render()
 
 
@@ -429,17 +461,21 @@ def render_sync(
     batch = Batch()
     _skeleton(batch, state, userland_proxy, flush_shared=True)
     wanted = {c for rules in networks for c in network_chains(rules.owner)}
-    stale = sorted(c for c in state.get("filter", TableState()).chains if is_network_chain(c) and c not in wanted)
-    for name in stale:
-        batch.chain("filter", name)
-        batch.remove_chain("filter", name)
+    wanted |= {port_chain(owner) for owner in by_owner}
+    for table in ("filter", "nat"):
+        for name in sorted(state.get(table, TableState()).chains):
+            if (is_network_chain(name) or is_port_chain(name)) and name not in wanted:
+                batch.chain(table, name)
+                batch.remove_chain(table, name)
     for rules in networks:
         for name in network_chains(rules.owner):
             batch.chain("filter", name)
         batch.add(network_chain_rules(rules))
         batch.add(network_shared_rules(rules, userland_proxy))
-    for owned in by_owner.values():
+    for owner, owned in by_owner.items():
+        batch.chain("nat", port_chain(owner))
         batch.add(owned)
+        batch.add([port_jump(owner)])
     return batch.render()
 
 

@@ -23,7 +23,7 @@ log = logging.getLogger("cnm.portmap")
 
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 PIPE_SIZE = 1 << 20  # bytes per splice round trip; capped by /proc/sys/fs/pipe-max-size
-COPY_SIZE = 256 * 1024
+COPY_SIZE = 64 * 1024
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _HAVE_SPLICE = hasattr(os, "splice")
 # splice cannot be used between these (e.g. a socket type without splice_read support).

@@ -1,0 +1,120 @@
+"""Published ports of an endpoint: host ports held, firewall rules, and the userland proxy.
+
+One ``Publisher`` per daemon.  Which endpoint publishes is the engine's rule (Docker's):
+the one carrying the container's default route; containers only on internal networks, in
+``host`` or ``none`` mode publish nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import replace
+from ipaddress import IPv4Address
+
+from cnm.errors import CnmError
+from cnm.firewall.api import Firewall, PortRule
+from cnm.model.endpoint import Endpoint
+from cnm.model.network import Network
+from cnm.model.ports import ANY, PortMapping, PortRequest
+from cnm.portmap.allocator import PortAllocator
+from cnm.portmap.proxy import UserlandProxy
+
+log = logging.getLogger("cnm.engine")
+
+
+def port_rules(network: Network, endpoint: Endpoint, mappings: Iterable[PortMapping]) -> list[PortRule]:
+    """Firewall rules for ``mappings``, consecutive ports with the same offset merged into
+    one rule (``-p 8000-8010:8000-8010`` arrives as eleven bindings, is one rule)."""
+    if endpoint.address is None:
+        return []
+    rules: list[PortRule] = []
+    ordered = sorted(mappings, key=lambda m: (m.protocol, m.host_ip, m.host_port))
+    for m in ordered:
+        host_ip: IPv4Address | None = None if m.host_ip == ANY else m.host_ip
+        last = rules[-1] if rules else None
+        if (
+            last is not None
+            and last.protocol == m.protocol
+            and last.host_ip == host_ip
+            and m.host_port == last.host_port_end + 1
+            and m.container_port - m.host_port == last.container_port - last.host_port
+        ):
+            rules[-1] = replace(last, host_port_end=m.host_port)
+            continue
+        rules.append(
+            PortRule(
+                owner=endpoint.id,
+                network=network.id,
+                bridge=network.bridge_name,
+                protocol=m.protocol,
+                host_ip=host_ip,
+                host_port=m.host_port,
+                host_port_end=m.host_port,
+                container_ip=endpoint.address.ip,
+                container_port=m.container_port,
+            )
+        )
+    return rules
+
+
+class Publisher:
+    def __init__(self, allocator: PortAllocator, firewall: Firewall, proxy: UserlandProxy | None = None) -> None:
+        self._allocator = allocator
+        self._firewall = firewall
+        self._proxy = proxy
+
+    async def publish(
+        self, stack: AsyncExitStack, network: Network, endpoint: Endpoint, requests: Sequence[PortRequest]
+    ) -> Endpoint:
+        """Hold the host ports, install the rules (and proxy listeners); undo on ``stack``.
+        Returns the endpoint with its ``ports``."""
+        if not requests or endpoint.address is None:
+            return endpoint
+        held = self._allocator.reserve(endpoint.id, requests, endpoint.address.ip)
+        stack.callback(self._allocator.release, endpoint.id)
+        mappings = tuple(r.mapping for r in held)
+        await self._firewall.add_ports(endpoint.id, port_rules(network, endpoint, mappings))
+        stack.push_async_callback(self._firewall.remove_ports, endpoint.id)
+        if self._proxy is not None:
+            await self._proxy.add(endpoint.id, held, endpoint.address.ip)
+            stack.push_async_callback(self._proxy.remove, endpoint.id)
+        return replace(endpoint, ports=mappings)
+
+    async def unpublish(self, endpoint: Endpoint) -> list[BaseException]:
+        """Idempotent; returns errors instead of stopping at the first."""
+        if not endpoint.ports:
+            return []
+        errors: list[BaseException] = []
+        try:
+            await self._firewall.remove_ports(endpoint.id)
+        except CnmError as exc:
+            errors.append(exc)
+        if self._proxy is not None:
+            try:
+                await self._proxy.remove(endpoint.id)
+            except CnmError as exc:
+                errors.append(exc)
+        self._allocator.release(endpoint.id)
+        return errors
+
+    async def restore(self, endpoint: Endpoint) -> None:
+        """After a daemon restart: hold the recorded ports again and restart their proxy
+        listeners (the rules come back with the firewall's sync)."""
+        if not endpoint.ports or endpoint.address is None:
+            return
+        held, failed = self._allocator.restore(endpoint.id, endpoint.ports)
+        for mapping, exc in failed:
+            log.error("cannot hold %s/%s again for %s: %s", mapping.host_port, mapping.protocol, endpoint.name, exc)
+        if self._proxy is not None and held:
+            await self._proxy.add(endpoint.id, held, endpoint.address.ip)
+
+    @staticmethod
+    def rules(pairs: Iterable[tuple[Network, Endpoint]]) -> list[PortRule]:
+        return [rule for net, ep in pairs for rule in port_rules(net, ep, ep.ports)]
+
+    async def close(self) -> None:
+        if self._proxy is not None:
+            await self._proxy.close()
+        self._allocator.close()

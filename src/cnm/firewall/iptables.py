@@ -1,0 +1,247 @@
+"""The iptables firewall backend: batches from ``render_ipt`` applied with one
+``iptables-restore --noflush`` per change.
+
+Works with either variant of iptables (Debian ships ``iptables-nft`` and
+``iptables-legacy``): the variant of the ``iptables`` command given is detected once and
+its own ``-save``/``-restore`` pair is used from then on, so cnm never writes half its
+rules through one kernel API and half through the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import shutil
+from collections.abc import Iterable, Sequence
+
+from cnm.errors import FirewallError, KernelError, Unavailable
+from cnm.firewall import render_ipt
+from cnm.firewall.api import BridgeRules, PortRule
+from cnm.firewall.render_ipt import Rule, TableState
+from cnm.kernel.cmdlog import log_script
+from cnm.kernel.sysctl import set_sysctl
+
+log = logging.getLogger(__name__)
+
+_SHARED_CHAINS = frozenset(c for chains in render_ipt.SHARED.values() for c in chains)
+_VARIANT_RE = re.compile(r"\((nf_tables|legacy)\)")
+
+
+class IptablesFirewall:
+    """cnm's rules in iptables chains named ``CNM*`` (see ``render_ipt`` for the layout).
+
+    Keeps, in memory, each owner's rules in the chains it shares with other owners, so a
+    change is one batch the size of that owner's rules; after a restart the daemon calls
+    ``sync`` first.  A change the memory cannot explain (rules deleted from outside, or
+    left by a previous daemon) is retried once with the rules read from ``iptables-save``.
+    ``teardown`` reads everything it removes from the kernel (no memory needed)."""
+
+    def __init__(self, userland_proxy: bool = False, iptables: str = "iptables") -> None:
+        self.userland_proxy = userland_proxy
+        self.iptables = iptables
+        self.variant: str | None = None  # "nf_tables" | "legacy", once detected
+        self._save_cmd: list[str] = []
+        self._restore_cmd: list[str] = []
+        self._rules: dict[str, list[Rule]] = {}  # owner -> its rules in SHARED chains
+        self._bridges: dict[str, str] = {}  # network id -> bridge
+        # (host ip or None, protocol, host port) -> endpoint: iptables would happily hold
+        # two DNAT rules for one port, so a port of another endpoint is refused here (the
+        # nftables backend's maps refuse it in the kernel)
+        self._port_owner: dict[tuple[str | None, str, int], str] = {}
+        self._port_keys: dict[str, list[tuple[str | None, str, int]]] = {}  # endpoint -> its keys
+        self._known = False  # memory matches the kernel (after sync / teardown)
+
+    # -- exec boundary ------------------------------------------------------------------
+
+    async def _tools(self) -> None:
+        if self._restore_cmd:
+            return
+        out = await self._exec([self.iptables, "--version"])
+        match = _VARIANT_RE.search(out)
+        if not match:
+            raise Unavailable(f"cannot tell which iptables {self.iptables!r} is: {out.strip()!r}")
+        self.variant = match.group(1)
+        short = "nft" if self.variant == "nf_tables" else "legacy"
+        base = f"iptables-{short}" if shutil.which(f"iptables-{short}-restore") else self.iptables
+        self._save_cmd = [f"{base}-save"]
+        self._restore_cmd = [f"{base}-restore", "-w", "--noflush"]
+
+    async def _exec(self, argv: list[str], stdin: str | None = None) -> str:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except FileNotFoundError as exc:
+            raise Unavailable(f"{argv[0]} is not installed") from exc
+        out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
+        if proc.returncode:
+            raise FirewallError(_error_message(argv[0], err.decode(errors="replace"), stdin))
+        return out.decode(errors="replace")
+
+    async def _state(self) -> dict[str, TableState]:
+        """What the kernel holds now (all tables, as ``iptables-save`` prints them)."""
+        await self._tools()
+        return render_ipt.parse_save(await self._exec(self._save_cmd))
+
+    async def _restore(self, batch: str) -> None:
+        """Apply ``batch`` with one ``iptables-restore --noflush``."""
+        if not batch:
+            return
+        await self._tools()
+        log_script(" ".join(self._restore_cmd), batch)
+        await self._exec(self._restore_cmd, batch)
+
+    async def _installed(self, owner: str) -> list[Rule]:
+        """``owner``'s rules in shared chains: from memory, or read from the kernel."""
+        if owner in self._rules or self._known:
+            return list(self._rules.get(owner, []))
+        return render_ipt.owned_rules(await self._state(), owner, _SHARED_CHAINS)
+
+    async def _apply_owner(self, owner: str, render, new: list[Rule]) -> None:  # type: ignore[no-untyped-def]
+        """Apply ``render(old)`` for ``owner``, retrying once with the rules the kernel
+        really holds when memory was wrong; then remember ``new``."""
+        old = await self._installed(owner)
+        try:
+            await self._restore(render(old))
+        except FirewallError as first:
+            actual = render_ipt.owned_rules(await self._state(), owner, _SHARED_CHAINS)
+            try:
+                await self._restore(render(actual))
+            except FirewallError:
+                raise first from None
+        if new:
+            self._rules[owner] = new
+        else:
+            self._rules.pop(owner, None)
+
+    # -- Firewall protocol --------------------------------------------------------------
+
+    async def setup(self) -> None:
+        """Create cnm's chains if missing, rewrite the skeleton (fixed chains and the
+        jumps from the built-in chains, CNM-USER first in FORWARD); turn on IPv4
+        forwarding.  Built-in policies are never changed; CNM-USER is never flushed."""
+        await self._restore(render_ipt.render_setup(await self._state(), self.userland_proxy))
+        set_sysctl("net.ipv4.ip_forward", "1")
+
+    async def sync(self, networks: Sequence[BridgeRules], ports: Sequence[PortRule] = ()) -> None:
+        """Make cnm's chains hold exactly ``networks`` and ``ports``, in one batch."""
+        by_owner = render_ipt.port_rules_by_owner(ports)  # validates before anything
+        self._localnet({p.bridge for p in ports}, strict=False)
+        await self._restore(render_ipt.render_sync(await self._state(), networks, ports, self.userland_proxy))
+        self._rules = {n.owner: render_ipt.network_shared_rules(n, self.userland_proxy) for n in networks}
+        self._rules.update({owner: [render_ipt.port_jump(owner)] for owner in by_owner})
+        self._bridges = {n.owner: n.bridge for n in networks}
+        self._port_keys = {}
+        for r in ports:
+            self._port_keys.setdefault(r.owner, []).extend(_port_keys([r]))
+        self._port_owner = {key: o for o, keys in self._port_keys.items() for key in keys}
+        self._known = True
+
+    async def add_network(self, rules: BridgeRules) -> None:
+        """Install or replace one network's chains and rules in one batch."""
+        for other, bridge in self._bridges.items():
+            if other != rules.owner and bridge == rules.bridge:
+                raise FirewallError(f"bridge {rules.bridge} already carries the rules of network {other}")
+            if other != rules.owner and other[:12] == rules.owner[:12]:
+                raise FirewallError(f"networks {other} and {rules.owner} share an id prefix")
+        new = render_ipt.network_shared_rules(rules, self.userland_proxy)
+        await self._apply_owner(
+            rules.owner, lambda old: render_ipt.render_add_network(rules, old, self.userland_proxy), new
+        )
+        self._bridges[rules.owner] = rules.bridge
+
+    async def remove_network(self, owner: str) -> None:
+        """Remove network ``owner``'s rules and chains; idempotent."""
+        await self._apply_owner(owner, lambda old: render_ipt.render_remove_network(owner, old), [])
+        self._bridges.pop(owner, None)
+
+    async def add_ports(self, owner: str, rules: Sequence[PortRule]) -> None:
+        """Replace endpoint ``owner``'s DNAT rules with ``rules`` in one batch (its size
+        depends only on this endpoint's ports)."""
+        if any(r.owner != owner for r in rules):
+            raise FirewallError(f"add_ports({owner}) was given ports of another endpoint")
+        new = render_ipt.port_rules_by_owner(rules).get(owner, [])
+        keys = _port_keys(rules)
+        for key in keys:
+            other = self._port_owner.get(key, owner)
+            if other != owner:
+                raise FirewallError(
+                    f"port {key[2]}/{key[1]} on {key[0] or '0.0.0.0'} is already published by endpoint {other}"
+                )
+        self._localnet({r.bridge for r in rules}, strict=True)
+        jump = [render_ipt.port_jump(owner)] if new else []
+        await self._apply_owner(owner, lambda old: render_ipt.render_ports(owner, old, new), jump)
+        self._forget_ports(owner)
+        self._port_owner.update(dict.fromkeys(keys, owner))
+        if keys:
+            self._port_keys[owner] = keys
+
+    async def remove_ports(self, owner: str) -> None:
+        """Delete endpoint ``owner``'s DNAT rules; idempotent."""
+        await self._apply_owner(owner, lambda old: render_ipt.render_ports(owner, old, []), [])
+        self._forget_ports(owner)
+
+    def _forget_ports(self, owner: str) -> None:
+        for key in self._port_keys.pop(owner, []):
+            self._port_owner.pop(key, None)
+
+    async def teardown(self) -> None:
+        """Remove every cnm jump and chain (CNM-USER included), found by reading the
+        kernel, so rules left by a previous daemon go too; idempotent."""
+        await self._restore(render_ipt.render_teardown(await self._state()))
+        self._rules.clear()
+        self._bridges.clear()
+        self._port_owner.clear()
+        self._port_keys.clear()
+        self._known = True
+
+    async def healthy(self) -> bool:
+        """True when cnm's chains, the jumps to them and the skeleton's rules are present."""
+        problems = render_ipt.health_problems(await self._state(), self.userland_proxy)
+        if problems:
+            log.info("iptables: %s", "; ".join(problems))
+        return not problems
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def installed(self) -> dict[str, str]:
+        """network id -> bridge of the networks this instance installed."""
+        return dict(self._bridges)
+
+    def _localnet(self, bridges: Iterable[str], strict: bool) -> None:
+        """route_localnet on bridges carrying published ports, so the host reaches them via
+        127.0.0.1 (kernel mode only; raw CNM-PREROUTING drops 127.0.0.0/8 from outside)."""
+        if self.userland_proxy:
+            return
+        for bridge in sorted(bridges):
+            try:
+                set_sysctl(f"net.ipv4.conf.{bridge}.route_localnet", "1")
+            except KernelError:
+                if strict:
+                    raise
+                log.warning("bridge %s is gone: route_localnet not set", bridge)
+
+
+def _port_keys(rules: Iterable[PortRule]) -> list[tuple[str | None, str, int]]:
+    return [
+        (str(r.host_ip) if r.host_ip is not None else None, r.protocol, p)
+        for r in rules
+        for p in range(r.host_port, r.host_port_end + 1)
+    ]
+
+
+def _error_message(tool: str, err: str, batch: str | None) -> str:
+    """The tool's first message, and the batch line it names (``Error occurred at line: N``)."""
+    lines = [line.strip() for line in err.splitlines() if line.strip() and not line.startswith("Try `")]
+    text = "; ".join(lines[:2]) or "failed"
+    match = re.search(r"line:? (\d+)", err)
+    if match and batch:
+        numbered = batch.splitlines()
+        n = int(match.group(1))
+        if 0 < n <= len(numbered):
+            text += f" (at {numbered[n - 1]!r})"
+    return f"{tool}: {text}"
