@@ -167,7 +167,12 @@ class Containers:
             id=new_id(),
             name=name,
             created=now_rfc3339(),
-            config=replace(config, image_id=image.id),
+            # the image's exposed ports are the container's too (inspect shows them)
+            config=replace(
+                config,
+                image_id=image.id,
+                exposed_ports=tuple(dict.fromkeys((*image.exposed_ports, *config.exposed_ports))),
+            ),
         )
         self._state.commit(put=[container])
         return container, warnings

@@ -18,7 +18,7 @@ from cnm.firewall.api import Firewall, PortRule
 from cnm.model.endpoint import Endpoint
 from cnm.model.network import Network
 from cnm.model.ports import ANY, PortMapping, PortRequest
-from cnm.portmap.allocator import PortAllocator
+from cnm.portmap.allocator import PortAllocator, PortConflict
 from cnm.portmap.proxy import UserlandProxy
 
 log = logging.getLogger("cnm.engine")
@@ -72,7 +72,13 @@ class Publisher:
         Returns the endpoint with its ``ports``."""
         if not requests or endpoint.address is None:
             return endpoint
-        held = self._allocator.reserve(endpoint.id, requests, endpoint.address.ip)
+        try:
+            held = self._allocator.reserve(endpoint.id, requests, endpoint.address.ip)
+        except PortConflict as exc:  # Docker's wording around the allocator's message
+            raise PortConflict(
+                f"driver failed programming external connectivity on endpoint {endpoint.name} "
+                f"({endpoint.id[:12]}): {exc.message}"
+            ) from exc
         stack.callback(self._allocator.release, endpoint.id)
         mappings = tuple(r.mapping for r in held)
         await self._firewall.add_ports(endpoint.id, port_rules(network, endpoint, mappings))
@@ -87,15 +93,15 @@ class Publisher:
         if not endpoint.ports:
             return []
         errors: list[BaseException] = []
-        try:
-            await self._firewall.remove_ports(endpoint.id)
-        except CnmError as exc:
-            errors.append(exc)
-        if self._proxy is not None:
+        if self._proxy is not None:  # stop serving first, then the rules, then the ports
             try:
                 await self._proxy.remove(endpoint.id)
             except CnmError as exc:
                 errors.append(exc)
+        try:
+            await self._firewall.remove_ports(endpoint.id)
+        except CnmError as exc:
+            errors.append(exc)
         self._allocator.release(endpoint.id)
         return errors
 
