@@ -433,3 +433,89 @@ async def test_upstreams_are_addresses(named):
     assert [(u.address, u.via_host_netns) for u in ups] == [(A("127.0.0.53"), True)]
     ups = Naming._upstreams(ContainerConfig(image="busybox", dns=("192.0.2.53",)), host)
     assert [(u.address, u.via_host_netns) for u in ups] == [(A("192.0.2.53"), False)]
+
+
+# -- published ports ------------------------------------------------------------------------------
+
+
+class PortWorld(World):
+    """A publisher whose allocator holds no real sockets (unit tests bind nothing)."""
+
+    def extra(self) -> dict:
+        from cnm.engine.ports import Publisher
+        from cnm.portmap.allocator import PortAllocator
+
+        class _Sock:
+            def close(self) -> None:
+                pass
+
+        allocator = PortAllocator((40000, 40010), reserved=(), opener=lambda proto, ip, port: _Sock())
+        return {"publisher": Publisher(allocator, self.firewall)}
+
+
+@pytest.fixture
+def ports(tmp_path):
+    return PortWorld(tmp_path)
+
+
+async def test_ports_published_on_the_default_route_endpoint(ports):
+    from cnm.model.container import PortBindingRequest
+
+    ctl = await ports.controller()
+    bindings = {
+        "80/tcp": (PortBindingRequest(host_port="8080"),),
+        "53/udp": (PortBindingRequest(host_ip="127.0.0.1", host_port=""),),
+    }
+    cid = await run(ctl, "web", port_bindings=bindings)
+    [(_, ep)] = ctl.container_endpoints(cid)
+    assert {(m.protocol, m.container_port, str(m.host_ip), m.host_port) for m in ep.ports} == {
+        ("tcp", 80, "0.0.0.0", 8080),
+        ("udp", 53, "127.0.0.1", 40000),
+    }
+    rules = ports.firewall.ports[ep.id]
+    assert {(r.protocol, r.host_port, str(r.container_ip), r.container_port) for r in rules} == {
+        ("tcp", 8080, "172.17.0.2", 80),
+        ("udp", 40000, "172.17.0.2", 53),
+    }
+    # the same host port again: Docker's message, and nothing of the second container stays
+    c2, _ = await ctl.create_container("web2", ContainerConfig(image="busybox", port_bindings=bindings))
+    with pytest.raises(Exception, match="port is already allocated"):
+        await ctl.start_container(c2.id)
+    assert not ctl.container_endpoints(c2.id) and set(ports.firewall.ports) == {ep.id}
+    # stop: rules and reservations go; a restart of the daemon brings running ones back
+    await ctl.stop_container("web", timeout=1)
+    assert not ports.firewall.ports
+    await ctl.start_container("web")
+    await ctl.close()
+    ctl2 = await ports.controller()
+    [(_, ep2)] = ctl2.container_endpoints(cid)
+    assert ep2.id in ports.firewall.ports and ep2.ports
+
+
+async def test_internal_and_host_mode_publish_nothing(ports):
+    from cnm.model.container import PortBindingRequest
+
+    ctl = await ports.controller()
+    await ctl.create_network(NetworkSpec(name="sealed", internal=True))
+    bindings = {"80/tcp": (PortBindingRequest(host_port="8080"),)}
+    sealed = await run(ctl, "sealed1", network_mode="sealed", port_bindings=bindings)
+    host = await run(ctl, "host1", network_mode="host", port_bindings=bindings)
+    assert not ports.firewall.ports
+    assert not any(ep.ports for _, ep in ctl.container_endpoints(sealed))
+    assert not any(ep.ports for _, ep in ctl.container_endpoints(host))
+
+
+def test_port_rules_merge_runs_with_the_same_offset():
+    from ipaddress import IPv4Interface
+
+    from cnm.engine.ports import port_rules
+    from cnm.model.endpoint import Endpoint
+    from cnm.model.network import Network
+    from cnm.model.ports import ANY, PortMapping
+
+    net = Network(id="n" * 64, name="x", driver="bridge", created="t", options={"com.docker.network.bridge.name": "brx"})
+    ep = Endpoint(id="e" * 64, network_id=net.id, container_id="c", sandbox_id="s", name="c",
+                  address=IPv4Interface("10.0.0.2/24"))
+    maps = [PortMapping("tcp", p, ANY, p) for p in range(8000, 8011)] + [PortMapping("tcp", 80, ANY, 9090)]
+    rules = port_rules(net, ep, maps)
+    assert [(r.host_port, r.host_port_end, r.container_port) for r in rules] == [(8000, 8010, 8000), (9090, 9090, 80)]

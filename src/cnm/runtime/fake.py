@@ -40,6 +40,7 @@ class FakeRuntime:
     started: dict[str, StartRequest] = field(default_factory=dict)
     exits: dict[str, asyncio.Future[int]] = field(default_factory=dict)
     fail_start: bool = False
+    pids: dict[str, int] = field(default_factory=dict)
     _pids: itertools.count = field(default_factory=lambda: itertools.count(1000))
 
     def add_image(self, reference: str, image_id: str = "sha256:" + "ab" * 32) -> Image:
@@ -82,7 +83,8 @@ class FakeRuntime:
             raise Conflict(f"container {cid} already running")
         self.started[cid] = request
         self.exits[cid] = asyncio.get_running_loop().create_future()
-        return next(self._pids)
+        self.pids[cid] = next(self._pids)
+        return self.pids[cid]
 
     def exit(self, container_id: str, code: int) -> None:
         fut = self.exits.get(container_id)
@@ -104,7 +106,7 @@ class FakeRuntime:
 
     async def is_running(self, container_id: str) -> int:
         fut = self.exits.get(container_id)
-        return 1000 if fut is not None and not fut.done() else 0
+        return self.pids.get(container_id, 0) if fut is not None and not fut.done() else 0
 
     async def exec(self, spec: ExecSpec) -> _FakeProcess:
         reader = asyncio.StreamReader()
