@@ -343,7 +343,7 @@ finally:
         p.kill()
 '''
 
-TIMING = r'''
+TIMING = r"""
 def rules(owner, n, first, bridge="br-x", net=1, ip="10.50.0.2"):
     return [PortRule(owner=owner, network=oid(net), bridge=bridge, protocol="tcp", host_ip=None,
                      host_port=first + i, host_port_end=first + i, container_ip=IPv4Address(ip),
@@ -380,9 +380,9 @@ async def main():
     print(json.dumps(out))
 
 asyncio.run(main())
-'''
+"""
 
-CROSS_TEARDOWN = r'''
+CROSS_TEARDOWN = r"""
 async def main():
     sh("ip", "link", "add", "br-x", "type", "bridge")
     net = BridgeRules(owner=oid(1), bridge="br-x", subnet=IPv4Network("10.50.0.0/16"))
@@ -407,13 +407,14 @@ async def main():
     for backend in ("iptables-legacy", "nftables", "iptables-nft"):
         await make(backend).teardown()
         await make(backend).teardown()
+    for backend in ("iptables-legacy", "nftables", "iptables-nft"):
         out[f"{backend} left"] = [line for line in dump(backend).splitlines() if "cnm" in line.lower()]
     out["foreign kept"] = ("-A FORWARD -s 192.0.2.1/32 -j ACCEPT" in dump("iptables-nft")
                            and "-A POSTROUTING -s 192.0.2.1/32 -j MASQUERADE" in dump("iptables-legacy"))
     print(json.dumps(out))
 
 asyncio.run(main())
-'''
+"""
 
 
 def _available() -> bool:
@@ -433,7 +434,9 @@ def _run(tmp_path, body: str, backend: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-needs_root = pytest.mark.skipif(not _available(), reason="needs root, unshare, nft and both iptables variants")
+needs_root = pytest.mark.skipif(
+    not _available(), reason="needs root, unshare, nft and both iptables variants"
+)
 
 
 def _addr(answer: str) -> str:
@@ -475,7 +478,9 @@ def test_published_ports_masquerade_and_isolation(tmp_path, backend):
     # a forged packet to 127.0.0.1:8082 from the world: dropped; without the drop rule the
     # DNAT would have forwarded it to the container (moby#41872), so the check can fail
     assert r["crafted_loopback"] == "NOT SEEN"
-    print(f"\n{backend}: forged 127.0.0.1 packet without cnm's raw drop: {r['crafted_loopback_without_drop']}")
+    print(
+        f"\n{backend}: forged 127.0.0.1 packet without cnm's raw drop: {r['crafted_loopback_without_drop']}"
+    )
     assert r["healthy_without_drop"] is False and r["healthy_after_setup"] is True
     # a port of another endpoint is refused without changing anything
     assert r["overlap"] in ("FirewallError",) and r["overlap_left_nothing"]
@@ -489,7 +494,13 @@ def test_published_ports_masquerade_and_isolation(tmp_path, backend):
     assert r["flushed"]["healthy"] is False
     s = r["after_sync"]
     assert s["healthy"] is True
-    for key in ("world->8080", "world->8000", "host->127.0.0.1:8080", "ca->own:8080", "world->198.51.100.1:9001"):
+    for key in (
+        "world->8080",
+        "world->8000",
+        "host->127.0.0.1:8080",
+        "ca->own:8080",
+        "world->198.51.100.1:9001",
+    ):
         assert s[key] == k[key], key
     assert s["ca->10.201.2.2"] == "FAIL" and s["world->8082"] == "FAIL"
     # proxy mode: localhost and containers reach the proxy; the rest is DNATed in the kernel

@@ -72,7 +72,7 @@ def elements(objs, map_name):
 """
 
 STRUCTURE = r"""
-FIXED = {"user", "forward", "postrouting", "prerouting", "output"}
+FIXED = {"user", "forward", "postrouting", "prerouting", "output", "ports", "raw-prerouting"}
 
 
 def own_chains(objs):
@@ -99,7 +99,8 @@ async def main():
     assert ch["prerouting"]["type"] == "nat" and ch["prerouting"]["prio"] == -100
     assert ch["output"]["hook"] == "output" and ch["output"]["prio"] == -100
     assert all(c.get("policy", "accept") == "accept" for c in ch.values())
-    assert len(rules(objs, "forward")) == 4 and len(rules(objs, "postrouting")) == 1
+    assert len(rules(objs, "forward")) == 4 and len(rules(objs, "postrouting")) == 3
+    assert ch["raw-prerouting"]["hook"] == "prerouting" and ch["raw-prerouting"]["prio"] == -300
     assert "jump" in rules(objs, "forward")[0]["expr"][0] and rules(objs, "forward")[0]["expr"][0]["jump"]["target"] == "user"
 
     # the user's rule in the user chain survives setup and sync
@@ -113,13 +114,14 @@ async def main():
     objs = table()
     for i in (1, 2, 3):
         prefix = f"n-{oid(i)[:12]}"
-        for role, m in (("in", "forward-into-bridge"), ("out", "forward-from-bridge"), ("nat", "nat-from-bridge")):
+        for role, m in (("in", "forward-into-bridge"), ("out", "forward-from-bridge"), ("nat", "nat-from-bridge"),
+                        ("nat", "nat-into-bridge")):
             assert elements(objs, m)[f"br-t{i}"] == (f"{prefix}-{role}", f"cnm:{oid(i)}"), (i, m)
             for rule in rules(objs, f"{prefix}-{role}"):
                 assert rule["comment"] == f"cnm:{oid(i)}", rule
-    assert len(rules(objs, f"n-{oid(1)[:12]}-in")) == 2  # icc accept + drop (not duplicated)
-    assert len(rules(objs, f"n-{oid(1)[:12]}-nat")) == 1
-    assert rules(objs, f"n-{oid(2)[:12]}-nat") == [] and rules(objs, f"n-{oid(3)[:12]}-nat") == []
+    assert len(rules(objs, f"n-{oid(1)[:12]}-in")) == 3  # published ports + icc accept + drop (not duplicated)
+    assert len(rules(objs, f"n-{oid(1)[:12]}-nat")) == 2  # masquerade + hairpin
+    assert rules(objs, f"n-{oid(2)[:12]}-nat") == [] and len(rules(objs, f"n-{oid(3)[:12]}-nat")) == 1
     # same bridge claimed by another network: refused, nothing changed
     try:
         await fw.add_network(BridgeRules(owner=oid(9), bridge="br-t1", subnet=IPv4Network("10.250.0.0/24")))

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
 from cnm.errors import FirewallError
 from cnm.firewall import nftables as backend
 from cnm.firewall import render_nft as r
-from cnm.firewall.api import BridgeRules
+from cnm.firewall.api import BridgeRules, PortRule
 
 A = "a1" * 32
 B = "b2" * 32
@@ -60,7 +60,7 @@ def fw(monkeypatch):
     return firewall
 
 
-def table_json(chains: list[str], maps=r.MAPS, rules: dict[str, int] | None = None) -> str:
+def table_json(chains: list[str], maps=(*r.MAPS, *r.PORT_MAPS), rules: dict[str, int] | None = None) -> str:
     objs: list[dict] = [{"metainfo": {"version": "1.0.6"}}, {"table": {"family": "ip", "name": "cnm"}}]
     objs += [
         {"map": {"family": "ip", "table": "cnm", "name": m, "type": "ifname", "map": "verdict"}} for m in maps
@@ -124,13 +124,14 @@ async def test_remove_of_unknown_network_falls_back_to_reading_cnms_maps(fw):
                             [{"elem": {"val": "br-b", "comment": f"cnm:{B}"}}, {"jump": {"target": "n-b2b2b2b2b2b2-in"}}]],
         r.MAP_FROM_BRIDGE: [["br-old", {"jump": {"target": chain.outbound}}]],
         r.MAP_NAT_FROM_BRIDGE: [],
+        r.MAP_NAT_INTO_BRIDGE: [],
     }  # fmt: skip
     fw.applied.replies = [(1, "", "Error: Could not process rule: Device or resource busy\n")]
     fw.lister.replies = [(0, table_json(list(r.FIXED_CHAINS)), "")] + [
         (0, json.dumps({"nftables": [{"map": {"name": m, "elem": e}}]}), "") for m, e in elements.items()
     ]
     await fw.remove_network(A)
-    assert fw.log[-1] == r.render_remove_network(A, ["br-old", "br-old"])
+    assert fw.log[-1] == r.render_remove_network(A, ["br-old", "br-old"])  # deduplicated inside
     assert "br-b" not in fw.log[-1]
 
 
@@ -143,7 +144,7 @@ async def test_remove_when_the_table_is_gone_is_success(fw):
 async def test_remove_keeps_a_real_failure(fw):
     fw.applied.replies = [(1, "", "Error: boom\n"), (1, "", "Error: still boom\n")]
     empty_map = (0, json.dumps({"nftables": [{"map": {"name": "m"}}]}), "")
-    fw.lister.replies = [(0, table_json(list(r.FIXED_CHAINS)), "")] + [empty_map] * 3
+    fw.lister.replies = [(0, table_json(list(r.FIXED_CHAINS)), "")] + [empty_map] * len(r.MAPS)
     with pytest.raises(FirewallError, match="still boom"):
         await fw.remove_network(A)
 
@@ -183,3 +184,126 @@ async def test_teardown_forgets_everything(fw):
     await fw.teardown()
     assert fw.log[-1] == r.render_teardown()
     assert fw.installed() == {}
+
+
+# -- published ports --------------------------------------------------------------------
+
+E1 = "e1" * 32
+E2 = "e2" * 32
+
+
+def prule(owner=E1, host_port=8080, end=None, container_port=80, bridge="br-a", host_ip=None) -> PortRule:
+    return PortRule(owner=owner, network=A, bridge=bridge, protocol="tcp",
+                    host_ip=IPv4Address(host_ip) if host_ip else None, host_port=host_port,
+                    host_port_end=end or host_port, container_ip=IPv4Address("10.10.0.2"),
+                    container_port=container_port)  # fmt: skip
+
+
+async def synced(fw, ports=()):
+    fw.lister.replies = [NO_TABLE]
+    await fw.sync([net()], list(ports))
+    fw.log.clear()
+
+
+async def test_add_ports_is_one_transaction_of_this_endpoints_elements_and_sets_route_localnet(fw):
+    await synced(fw, [prule(E2, 9999)])
+    await fw.add_ports(E1, [prule(), prule(host_port=8000, end=8010, container_port=8000)])
+    new = r.port_elements(prule()) + r.port_elements(prule(host_port=8000, end=8010, container_port=8000))
+    assert fw.log == ["sysctl net.ipv4.conf.br-a.route_localnet=1", r.render_ports(E1, [], new)]
+    assert E2 not in fw.log[-1] and "9999" not in fw.log[-1]  # other endpoints are not rewritten
+    # replacing: the old elements go in the same transaction
+    await fw.add_ports(E1, [prule(host_port=8081)])
+    assert fw.log[-1] == r.render_ports(E1, new, r.port_elements(prule(host_port=8081)))
+
+
+async def test_proxy_mode_does_not_touch_route_localnet(monkeypatch):
+    log: list[str] = []
+    contexts: dict[bool, ScriptedNft] = {}
+
+    def make(json_output: bool) -> ScriptedNft:
+        contexts[json_output] = ScriptedNft(log)
+        return contexts[json_output]
+
+    monkeypatch.setattr(backend, "_nft_context", make)
+    monkeypatch.setattr(backend, "set_sysctl", lambda key, value: log.append(f"sysctl {key}={value}") or "0")
+    fw = backend.NftablesFirewall(userland_proxy=True)
+    await fw.setup()
+    assert log[0] == r.render_setup(userland_proxy=True)
+    contexts[True].replies = [NO_TABLE]
+    await fw.sync([net()])
+    assert log[-1] == r.render_sync([net()], [], userland_proxy=True)
+    await fw.add_ports(E1, [prule()])
+    assert not [line for line in log if "route_localnet" in line]
+
+
+async def test_a_port_of_another_endpoint_is_refused_before_touching_nft(fw):
+    await synced(fw)
+    await fw.add_ports(E1, [prule(host_port=8000, end=8010, container_port=8000)])
+    n = len(fw.log)
+    with pytest.raises(FirewallError, match="already published by endpoint"):
+        await fw.add_ports(E2, [prule(E2, host_port=8005)])
+    assert len(fw.log) == n
+    await fw.add_ports(E2, [prule(E2, host_port=8005, host_ip="192.0.2.1")])  # another address: fine
+    await fw.remove_ports(E1)
+    await fw.add_ports(E2, [prule(E2, host_port=8005)])  # free again
+
+
+async def test_remove_ports_deletes_only_this_endpoints_elements_and_is_idempotent(fw):
+    await synced(fw)
+    await fw.add_ports(E1, [prule()])
+    await fw.remove_ports(E1)
+    assert fw.log[-1] == r.render_ports(E1, r.port_elements(prule()), [])
+    n = len(fw.log)
+    await fw.remove_ports(E1)  # known to have nothing: no transaction at all
+    await fw.remove_ports(E2)
+    assert len(fw.log) == n
+
+
+def port_map_json(map_name: str, elems: list) -> tuple[int, str, str]:
+    return (0, json.dumps({"nftables": [{"map": {"name": map_name, "elem": elems}}]}), "")
+
+
+async def test_a_fresh_instance_removes_ports_by_reading_their_comments(fw):
+    # no sync yet (cnmd restarted): the maps are read, only E1's elements are deleted
+    fw.lister.replies = [
+        port_map_json("ports-ip", []),
+        port_map_json("ports-ip-range", []),
+        port_map_json("ports-any", [
+            [{"elem": {"val": {"concat": ["tcp", 8080]}, "comment": f"cnm:{E1}"}}, {"concat": ["10.10.0.2", 80]}],
+            [{"elem": {"val": {"concat": ["tcp", 9999]}, "comment": f"cnm:{E2}"}}, {"concat": ["10.10.0.3", 80]}],
+        ]),
+        port_map_json("ports-any-range", [
+            [{"elem": {"val": {"concat": ["udp", {"range": [5000, 5010]}]}, "comment": f"cnm:{E1}"}}, "10.10.0.2"],
+        ]),
+    ]  # fmt: skip
+    await fw.remove_ports(E1)
+    assert (
+        fw.log[-1]
+        == "delete element ip cnm ports-any { tcp . 8080 }\ndelete element ip cnm ports-any-range { udp . 5000-5010 }\n"
+    )
+
+
+async def test_add_ports_retries_with_what_the_kernel_holds_when_memory_is_stale(fw):
+    await synced(fw)
+    await fw.add_ports(E1, [prule()])
+    # someone deleted the element from outside: deleting it fails; the kernel says E1 has nothing
+    fw.applied.replies = [(1, "", "Error: Could not process rule: No such file or directory\n")]
+    fw.lister.replies = [port_map_json(m, []) for m in r.PORT_MAPS]
+    await fw.add_ports(E1, [prule(host_port=8081)])
+    assert fw.log[-1] == r.render_ports(E1, [], r.port_elements(prule(host_port=8081)))
+
+
+async def test_a_kernel_refusal_is_a_firewall_error_naming_the_endpoint(fw):
+    await synced(fw)
+    fw.applied.replies = [(1, "", "Error: Could not process rule: File exists\n")]
+    fw.lister.replies = [port_map_json(m, []) for m in r.PORT_MAPS]
+    with pytest.raises(FirewallError, match=f"File exists.*endpoint {E1}"):
+        await fw.add_ports(E1, [prule()])
+    assert fw.installed_ports() == {}
+
+
+async def test_sync_with_ports_remembers_them(fw):
+    await synced(fw, [prule(), prule(E2, 9999)])
+    assert set(fw.installed_ports()) == {E1, E2}
+    with pytest.raises(FirewallError, match="already published"):
+        await fw.add_ports(E2, [prule(E2, 8080)])

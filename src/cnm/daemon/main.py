@@ -64,8 +64,13 @@ def _build(config: DaemonConfig):
         "iptables": lambda: IptablesFirewall(userland_proxy=config.userland_proxy),
     }
     firewall = backends[config.firewall_backend]()
-    # What the other backend left (a daemon run with the other choice) is removed at start.
-    leftovers = [make() for name, make in backends.items() if name != config.firewall_backend]
+    # What another backend left (a daemon run with the other choice, or iptables' other
+    # variant) is removed at start.
+    leftovers = []
+    if config.firewall_backend != "nftables":
+        leftovers.append(backends["nftables"]())
+    else:
+        leftovers += [IptablesFirewall(iptables=variant) for variant in ("iptables-nft", "iptables-legacy")]
     drivers = {
         "bridge": BridgeDriver(kernel, firewall, hairpin=not config.userland_proxy),
         "host": HostDriver(),
@@ -135,7 +140,10 @@ async def serve(config: DaemonConfig) -> None:
     _raise_fd_limit()
     controller, store, kernel, dns, leftovers = _build(config)
     for other in leftovers:
-        await other.teardown()
+        try:
+            await other.teardown()
+        except CnmError as exc:  # e.g. that variant is not installed: nothing to remove
+            log.debug("no leftovers removed by %s: %s", type(other).__name__, exc)
     _quiet_pyroute2()
     await controller.start()
     tmp_dir = os.path.join(config.exec_root, "tmp")

@@ -72,6 +72,8 @@ class Naming:
         self._names = names
         self._dns = dns
         self._host_resolv_conf = host_resolv_conf
+        self._host_conf: tuple[tuple[int, int, int], files.ResolvConf] | None = None  # (stat key, parsed)
+        self._written: dict[str, tuple[str, tuple[int, int, int]]] = {}  # path -> (content, stat key)
 
     # -- files ----------------------------------------------------------------------------
 
@@ -84,11 +86,47 @@ class Naming:
         )
 
     def _host_resolv(self) -> files.ResolvConf:
+        """The host's resolv.conf, parsed again only when the file changed (every connect
+        and disconnect asks for it)."""
         try:
+            key = _stat_key(os.stat(self._host_resolv_conf))
+            if self._host_conf is not None and self._host_conf[0] == key:
+                return self._host_conf[1]
             with open(self._host_resolv_conf) as f:
-                return files.parse_resolv_conf(f.read())
+                conf = files.parse_resolv_conf(f.read())
         except OSError:
+            self._host_conf = None
             return files.ResolvConf()
+        self._host_conf = (key, conf)
+        return conf
+
+    def _write(self, path: str, content: str) -> None:
+        """Rewrite ``path`` in place (it is bind-mounted) unless it still holds what cnm
+        wrote last.  New bytes first, then the truncation to their length: ext4 flushes a
+        file at close when it was truncated to zero and rewritten (``auto_da_alloc``),
+        which cost ~0.2 ms per file and per connect."""
+        cached = self._written.get(path)
+        if cached is not None and cached[0] == content:
+            try:
+                if _stat_key(os.stat(path)) == cached[1]:
+                    return
+            except OSError:
+                pass
+        data = content.encode()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+            key = _stat_key(os.fstat(fd))
+        finally:
+            os.close(fd)
+        self._written[path] = (content, key)
+
+    def forget(self, container_id: str) -> None:
+        """Drop what is remembered of ``container_id``'s files (its sandbox is gone)."""
+        paths = self.paths(container_id)
+        for path in (paths.hostname, paths.hosts, paths.resolv_conf):
+            self._written.pop(path, None)
 
     def _networked(self, endpoints: Sequence[Endpoint]) -> list[tuple[Network, Endpoint]]:
         return [
@@ -143,7 +181,7 @@ class Naming:
         pairs = self._networked(endpoints)
         gateway = self._host_gateway(pairs)
         extra = [(name, gateway if ip == HOST_GATEWAY else ip) for name, ip in map(parse_extra_host, config.extra_hosts)]
-        files.write_in_place(paths.hostname, files.render_hostname(sandbox.hostname))
+        self._write(paths.hostname, files.render_hostname(sandbox.hostname))
         if host_mode and not extra:
             try:
                 with open("/etc/hosts") as f:
@@ -162,7 +200,7 @@ class Naming:
                 extra_hosts=extra,
                 links=links,
             )
-        files.write_in_place(paths.hosts, hosts)
+        self._write(paths.hosts, hosts)
         host_conf = self._host_resolv()
         comment = ""
         if not host_mode and any(user_defined(net) for net, _ in pairs):
@@ -180,7 +218,7 @@ class Naming:
             )
             if fallback:
                 comment = "No non-localhost nameservers were left; using default external servers."
-        files.write_in_place(paths.resolv_conf, files.render_resolv_conf(conf, comment=comment))
+        self._write(paths.resolv_conf, files.render_resolv_conf(conf, comment=comment))
 
     def _hostname_of(self, container: Container) -> str:
         sandbox = self._state.sandbox_of(container.id)
@@ -265,6 +303,7 @@ class Naming:
 
     async def withdraw(self, sandbox: Sandbox) -> list[BaseException]:
         """The sandbox is going away: drop its records and listener (idempotent)."""
+        self.forget(sandbox.container_id)
         if self._names is not None:
             self._names.remove_sandbox(sandbox.id)
         if self._dns is None:
@@ -274,6 +313,11 @@ class Naming:
         except CnmError as exc:
             return [exc]
         return []
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, int, int]:
+    """What tells that a file changed: inode, size, modification time."""
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _port_key(key: str) -> tuple[int, str]:

@@ -27,12 +27,88 @@ _KINDS: dict[type, str] = {
 }
 
 
+_MISSING = object()
+
+
+class IndexedTable(dict[str, R]):
+    """Records by id, also indexed by some of their fields, so the hot-path queries
+    ("endpoints of this container") cost the same with 5 or 5000 records.  Every way of
+    changing the dict keeps the indexes right (the engine also writes it directly, e.g.
+    an endpoint being joined during a start)."""
+
+    def __init__(self, *fields: str) -> None:
+        super().__init__()
+        self._index: dict[str, dict[object, dict[str, R]]] = {f: {} for f in fields}
+
+    def by(self, field: str, value: object) -> list[R]:
+        """The records whose ``field`` is ``value``, in insertion order."""
+        return list(self._index[field].get(value, {}).values())
+
+    def _drop(self, key: str, record: R) -> None:
+        for field, index in self._index.items():
+            value = getattr(record, field)
+            bucket = index.get(value)
+            if bucket is not None:
+                bucket.pop(key, None)
+                if not bucket:
+                    del index[value]
+
+    def __setitem__(self, key: str, record: R) -> None:
+        old = super().get(key, _MISSING)
+        super().__setitem__(key, record)
+        for field, index in self._index.items():
+            value = getattr(record, field)
+            if old is not _MISSING:
+                previous = getattr(old, field)
+                if previous == value:
+                    index[value][key] = record  # keeps its place, as the dict does
+                    continue
+                bucket = index.get(previous)
+                if bucket is not None:
+                    bucket.pop(key, None)
+                    if not bucket:
+                        del index[previous]
+            index.setdefault(value, {})[key] = record
+
+    def __delitem__(self, key: str) -> None:
+        record = super().pop(key)
+        self._drop(key, record)
+
+    def pop(self, key: str, default: object = _MISSING):  # type: ignore[override]
+        if key not in self:
+            if default is _MISSING:
+                raise KeyError(key)
+            return default
+        record = super().pop(key)
+        self._drop(key, record)
+        return record
+
+    def popitem(self) -> tuple[str, R]:
+        key, record = super().popitem()
+        self._drop(key, record)
+        return key, record
+
+    def setdefault(self, key: str, default: R) -> R:  # type: ignore[override]
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def update(self, *args, **kwargs) -> None:  # type: ignore[override]
+        for key, record in dict(*args, **kwargs).items():
+            self[key] = record
+
+    def clear(self) -> None:
+        super().clear()
+        for index in self._index.values():
+            index.clear()
+
+
 class State:
     def __init__(self, store: Store) -> None:
         self._store = store
         self.networks: dict[str, Network] = {}
-        self.endpoints: dict[str, Endpoint] = {}
-        self.sandboxes: dict[str, Sandbox] = {}
+        self.endpoints: IndexedTable[Endpoint] = IndexedTable("container_id", "network_id")
+        self.sandboxes: IndexedTable[Sandbox] = IndexedTable("container_id")
         self.containers: dict[str, Container] = {}
         self._tables: dict[type, dict] = {
             Network: self.networks,
@@ -64,14 +140,11 @@ class State:
     # -- queries used on hot paths --------------------------------------------------------
 
     def endpoints_of_network(self, network_id: str) -> list[Endpoint]:
-        return [ep for ep in self.endpoints.values() if ep.network_id == network_id]
+        return self.endpoints.by("network_id", network_id)
 
     def endpoints_of_container(self, container_id: str) -> list[Endpoint]:
-        eps = [ep for ep in self.endpoints.values() if ep.container_id == container_id]
-        return sorted(eps, key=lambda ep: ep.created_seq)
+        return sorted(self.endpoints.by("container_id", container_id), key=lambda ep: ep.created_seq)
 
     def sandbox_of(self, container_id: str) -> Sandbox | None:
-        for sb in self.sandboxes.values():
-            if sb.container_id == container_id:
-                return sb
-        return None
+        found = self.sandboxes.by("container_id", container_id)
+        return found[0] if found else None

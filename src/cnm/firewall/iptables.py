@@ -181,7 +181,10 @@ class IptablesFirewall:
             self._port_keys[owner] = keys
 
     async def remove_ports(self, owner: str) -> None:
-        """Delete endpoint ``owner``'s DNAT rules; idempotent."""
+        """Delete endpoint ``owner``'s DNAT rules; idempotent (no exec at all when memory
+        says it has none)."""
+        if self._known and owner not in self._rules:
+            return
         await self._apply_owner(owner, lambda old: render_ipt.render_ports(owner, old, []), [])
         self._forget_ports(owner)
 

@@ -54,7 +54,11 @@ RAW_CHAIN = "CNM-PREROUTING"
 
 TABLES = ("raw", "filter", "nat")  # the order batches are written in
 # Rewritten whole (flushed by declaration) by setup and sync.
-FIXED: dict[str, tuple[str, ...]] = {"filter": (FORWARD_CHAIN,), "nat": (POSTROUTING_CHAIN,), "raw": (RAW_CHAIN,)}
+FIXED: dict[str, tuple[str, ...]] = {
+    "filter": (FORWARD_CHAIN,),
+    "nat": (POSTROUTING_CHAIN,),
+    "raw": (RAW_CHAIN,),
+}
 # Created when missing, never flushed by setup: they hold rules of many owners (or the user's).
 SHARED: dict[str, tuple[str, ...]] = {
     "filter": (USER_CHAIN, INTO_CHAIN, FROM_CHAIN),
@@ -240,7 +244,9 @@ class Batch:
             self.adds.setdefault(r.table, []).append(r.add())
 
     def empty(self) -> bool:
-        return not any(v for part in (self.declare, self.deletes, self.removes, self.adds) for v in part.values())
+        return not any(
+            v for part in (self.declare, self.deletes, self.removes, self.adds) for v in part.values()
+        )
 
     def render(self) -> str:
         out: list[str] = []
@@ -264,7 +270,9 @@ def fixed_rules(userland_proxy: bool) -> list[Rule]:
         _rule("filter", FORWARD_CHAIN, "", f"-j {INTO_CHAIN}", b),  # into a bridge first: isolation
         _rule("filter", FORWARD_CHAIN, "", f"-j {FROM_CHAIN}", b),
         # the host reaching a published port through 127.0.0.1 (route_localnet on the bridge)
-        _rule("nat", POSTROUTING_CHAIN, f"-s {LOOPBACK} ! -o lo -m conntrack --ctstate DNAT", "-j MASQUERADE", b),
+        _rule(
+            "nat", POSTROUTING_CHAIN, f"-s {LOOPBACK} ! -o lo -m conntrack --ctstate DNAT", "-j MASQUERADE", b
+        ),
         _rule("nat", POSTROUTING_CHAIN, "", f"-j {MASQ_CHAIN}", b),
         # 127.0.0.0/8 from outside is forged: it must not reach a port bound to 127.0.0.1
         _rule("raw", RAW_CHAIN, f"-d {LOOPBACK} ! -i lo", "-j DROP", b),
@@ -353,7 +361,15 @@ def network_shared_rules(rules: BridgeRules, userland_proxy: bool) -> list[Rule]
         out.append(_rule("nat", MASQ_CHAIN, f"-s {rules.subnet} ! -o {br}", "-j MASQUERADE", owner))
     if not rules.internal:
         # hairpin: a container reaching a published port of its own bridge via the host
-        out.append(_rule("nat", MASQ_CHAIN, f"-s {rules.subnet} -o {br} -m conntrack --ctstate DNAT", "-j MASQUERADE", owner))
+        out.append(
+            _rule(
+                "nat",
+                MASQ_CHAIN,
+                f"-s {rules.subnet} -o {br} -m conntrack --ctstate DNAT",
+                "-j MASQUERADE",
+                owner,
+            )
+        )
         if userland_proxy:
             # containers reach published ports through the proxy (as in Docker)
             out.append(_rule("nat", DNAT_CHAIN, f"-i {br}", "-j RETURN", owner, first=True))
@@ -409,10 +425,24 @@ def port_rules(rule: PortRule) -> list[Rule]:
     chain = port_chain(owner)
     if rule.container_port == first:
         span = str(first) if first == last else f"{first}:{last}"
-        return [_rule("nat", chain, f"{proto} --dport {span}", f"-j DNAT --to-destination {rule.container_ip}", owner)]
+        return [
+            _rule(
+                "nat",
+                chain,
+                f"{proto} --dport {span}",
+                f"-j DNAT --to-destination {rule.container_ip}",
+                owner,
+            )
+        ]
     shift = rule.container_port - first
     return [
-        _rule("nat", chain, f"{proto} --dport {p}", f"-j DNAT --to-destination {rule.container_ip}:{p + shift}", owner)
+        _rule(
+            "nat",
+            chain,
+            f"{proto} --dport {p}",
+            f"-j DNAT --to-destination {rule.container_ip}:{p + shift}",
+            owner,
+        )
         for p in range(first, last + 1)
     ]
 

@@ -15,6 +15,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from cnm.errors import Conflict, KernelError
 from cnm.kernel.api import LinkInfo, VethSpec, owner_alias
+from cnm.kernel.reaper import RETIRED_GROUP
 
 HOST = None  # key of the host namespace in FakeKernel.namespaces
 
@@ -212,6 +213,21 @@ class FakeKernel:
             return
         self._record(f"ip link del {name}", netns_path)
         self._remove(netns_path, link)
+
+    async def retire_link(self, name: str, netns_path: str | None = None, peer: str = "") -> None:
+        """LinuxKernel retires a pair and deletes it in the background; here both happen at
+        once (nothing observable waits in between)."""
+        self._maybe_fail("retire_link")
+        link = self.link(name)
+        if link is None:
+            return
+        if netns_path and peer and self.link(peer, netns_path) is not None:
+            self._record(f"ip link set {peer} down", netns_path)
+        else:
+            self._record(f"ip link set {name} down")
+        self._record(f"ip link set {name} group {RETIRED_GROUP}")
+        self._record(f"ip link del group {RETIRED_GROUP}")
+        self._remove(HOST, link)
 
     async def links(self, netns_path: str | None = None) -> list[LinkInfo]:
         self._maybe_fail("links")

@@ -26,9 +26,10 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from cnm.errors import Conflict, KernelError
 from cnm.kernel import netns as ns
-from cnm.kernel import sysctl
+from cnm.kernel import rtnl, sysctl
 from cnm.kernel.api import OWNER_PREFIX, LinkInfo, VethSpec, owner_alias
 from cnm.kernel.cmdlog import log_command
+from cnm.kernel.reaper import LinkReaper
 
 IFF_UP = 0x1
 RTN_UNICAST = 1
@@ -92,6 +93,11 @@ class LinuxKernel:
     def __init__(self) -> None:
         self._host: AsyncIPRoute | None = None
         self._host_sock = None
+        self._fast: socket.socket | None = None  # host socket for rtnl.transact (not shared with pyroute2)
+        self._ns_socks: dict[str, socket.socket] = {}  # netns path -> its socket, for the sandbox's life
+        self._bridges: dict[str, int] = {}  # bridge name -> ifindex
+        self._retiring: dict[str, tuple[str | None, asyncio.Future[None]]] = {}  # host end -> (netns, done)
+        self._reaper = LinkReaper()
 
     # -- sockets --------------------------------------------------------------------------
 
@@ -101,6 +107,29 @@ class LinuxKernel:
             self._host_sock = ns.open_netlink_socket()
             self._host = AsyncIPRoute(use_socket=self._host_sock)
         return self._host
+
+    def _fast_host(self) -> socket.socket:
+        if self._fast is None:
+            self._fast = rtnl.open_route_socket()
+        return self._fast
+
+    async def _ns_socket(self, path: str) -> socket.socket:
+        """The netlink socket kept for the namespace at ``path`` (opened on a fresh thread
+        the first time, which also turns IPv6 off there); closed by ``delete_netns``."""
+        sock = self._ns_socks.get(path)
+        if sock is not None:
+            return sock
+        sock = await ns.socket_in_netns(path, functools.partial(_prepare_container_ns, path))
+        if path in self._ns_socks:  # raced with another opener: keep one
+            sock.close()
+        else:
+            self._ns_socks[path] = sock
+        return self._ns_socks[path]
+
+    def _forget_ns_socket(self, path: str) -> None:
+        sock = self._ns_socks.pop(path, None)
+        if sock is not None:
+            sock.close()
 
     @asynccontextmanager
     async def _in_netns(
@@ -121,29 +150,85 @@ class LinuxKernel:
             sock.close()
 
     def close(self) -> None:
+        """Finish the pending deletions (blocking, bounded), then release every socket."""
+        self._reaper.close()
+        for path in list(self._ns_socks):
+            self._forget_ns_socket(path)
         if self._host is not None:
             self._host.close()
             self._host = None
         if self._host_sock is not None:
             self._host_sock.close()
             self._host_sock = None
+        if self._fast is not None:
+            self._fast.close()
+            self._fast = None
+
+    # -- retired links ----------------------------------------------------------------------
+
+    async def retire_link(self, name: str, netns_path: str | None = None, peer: str = "") -> None:
+        """Take the veth pair whose host end is ``name`` out of service now and delete it in
+        the background (see ``cnm.kernel.reaper``).  Out of service: its container end
+        ``peer`` goes down inside ``netns_path`` (routes through it go; frames sent to it
+        are dropped), or, without a namespace, the host end goes down.  Downing the
+        container side is the cheap one: the bridge's port bookkeeping, which grows with
+        its number of ports, then happens off this request.  Idempotent.  Until the
+        deletion is done, ``add_veth`` into ``netns_path``, ``delete_netns`` of it,
+        ``delete_link``, ``links`` and ``close`` wait for it."""
+        if name in self._retiring:
+            return
+        try:
+            if netns_path and peer and ns.netns_exists(netns_path):
+                log_command(["ip", "link", "set", peer, "down"], netns=netns_path)
+                sock = await self._ns_socket(netns_path)
+            else:
+                log_command(["ip", "link", "set", name, "down"])
+                sock, peer = self._fast_host(), name
+            (answer,) = rtnl.transact(sock, [rtnl.set_link(name=peer, up=False)])
+        except OSError as exc:
+            raise _failure(f"cannot take link {name} out of service", exc) from exc
+        if answer.error and answer.error not in (errno.ENODEV, errno.ENOENT):  # gone: the reaper finds it gone
+            raise KernelError(f"cannot take link {name} out of service: {os.strerror(answer.error)}")
+        done = self._reaper.submit(name)
+        self._retiring[name] = (netns_path, done)
+        done.add_done_callback(lambda _f: self._retiring.pop(name, None))
+
+    async def _settle(self, *, netns: str | None = None, everything: bool = False) -> None:
+        """Wait until the retired links of ``netns`` (or all of them) are deleted; a
+        failed deletion is raised."""
+        waits = [done for path, done in self._retiring.values() if everything or (netns is not None and path == netns)]
+        if not waits:
+            return
+        results = await asyncio.gather(*waits, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise _failure("cannot delete a retired link", result)
 
     # -- namespaces -----------------------------------------------------------------------
 
     async def create_netns(self, path: str) -> None:
-        sock = await ns.create_netns(path, ns.open_netlink_socket)
-        ipr = AsyncIPRoute(use_socket=sock)
+        """The namespace, ``lo`` up, IPv6 off for interfaces to come; its netlink socket is
+        kept for the endpoints that join it."""
+
+        def setup() -> socket.socket:
+            _prepare_container_ns(path)
+            return ns.open_netlink_socket()
+
+        sock = await ns.create_netns(path, setup)
         try:
             log_command(["ip", "link", "set", "lo", "up"], netns=path)
-            await ipr.link("set", index=1, state="up")
-        except (NetlinkError, OSError) as exc:
+            request = rtnl.set_link(index=1, up=True)
+            rtnl.check(rtnl.transact(sock, [request]), [request])
+        except OSError as exc:
+            sock.close()
             ns.delete_netns(path)
             raise _failure(f"cannot bring up lo in {path}", exc) from exc
-        finally:
-            ipr.close()
-            sock.close()
+        self._forget_ns_socket(path)
+        self._ns_socks[path] = sock
 
     async def delete_netns(self, path: str) -> None:
+        await self._settle(netns=path)
+        self._forget_ns_socket(path)
         ns.delete_netns(path)
 
     def netns_exists(self, path: str) -> bool:
@@ -168,6 +253,7 @@ class LinuxKernel:
         return [_link_info(msg, addresses) async for msg in await ipr.link("dump")]
 
     async def links(self, netns_path: str | None = None) -> list[LinkInfo]:
+        await self._settle(netns=netns_path, everything=netns_path is None)
         try:
             if netns_path is None:
                 return await self._dump(self.host)
@@ -226,6 +312,7 @@ class LinuxKernel:
             if exc.code == errno.EEXIST and address is not None:
                 raise Conflict(f"cannot add {address} to bridge {name}: address in use") from exc
             raise _failure(f"cannot configure bridge {name}", exc) from exc
+        self._bridges[name] = index
         return index
 
     async def _add_bridge(self, ipr: AsyncIPRoute, name: str, owner: str, mtu: int) -> Any:
@@ -258,82 +345,102 @@ class LinuxKernel:
 
     # -- veth pairs -----------------------------------------------------------------------
 
-    async def add_veth(self, spec: VethSpec) -> int:
-        host = self.host
-        # Enter the namespace (a thread) while the bridge is looked up (a netlink round trip).
-        sock, bridge = await asyncio.gather(
-            ns.socket_in_netns(spec.netns_path, functools.partial(_prepare_container_ns, spec.netns_path)),
-            self._get_link(host, spec.bridge),
-            return_exceptions=True,
-        )
-        for result in (sock, bridge):
-            if isinstance(result, BaseException):
-                if isinstance(sock, socket.socket):
-                    sock.close()
-                raise result
-        if bridge is None:
-            sock.close()
-            raise KernelError(f"cannot attach {spec.host_ifname}: bridge {spec.bridge} does not exist")
-        async with self._client(sock) as inner:
-            peer: dict[str, Any] = {"ifname": spec.ifname, "mtu": spec.mtu}
-            if spec.mac:
-                peer["address"] = spec.mac
-            log_command(
-                ["ip", "link", "add", spec.host_ifname, "mtu", str(spec.mtu), "master", spec.bridge,
-                 "type", "veth", "peer", "name", spec.ifname,
-                 *(["address", spec.mac] if spec.mac else []), "mtu", str(spec.mtu),
-                 "netns", spec.netns_path]
-            )
-            fd = os.open(spec.netns_path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                peer["net_ns_fd"] = fd
-                await host.link(
-                    "add", ifname=spec.host_ifname, kind="veth", mtu=spec.mtu, master=bridge["index"],
-                    peer=peer,
-                )
-            except NetlinkError as exc:
-                if exc.code == errno.EEXIST:
-                    raise Conflict(
-                        f"cannot create veth {spec.host_ifname}: the name is taken on the host "
-                        f"or {spec.ifname} exists in {spec.netns_path}"
-                    ) from exc
-                raise _failure(f"cannot create veth {spec.host_ifname}", exc) from exc
-            finally:
-                os.close(fd)
-            try:
-                return await self._configure_peer(inner, spec)
-            except BaseException:
-                await self.delete_link(spec.host_ifname)  # takes the peer with it
-                raise
+    async def _bridge_index(self, name: str, *, fresh: bool = False) -> int:
+        """The ifindex of bridge ``name``, cached (bridges live as long as their network;
+        a stale entry is caught by the kernel refusing the master and looked up again)."""
+        index = None if fresh else self._bridges.get(name)
+        if index is None:
+            link = await self._get_link(self.host, name)
+            if link is None:
+                self._bridges.pop(name, None)
+                raise KernelError(f"bridge {name} does not exist")
+            index = self._bridges[name] = link["index"]
+        return index
 
-    async def _configure_peer(self, inner: AsyncIPRoute, spec: VethSpec) -> int:
-        """Tag and raise the host end; raise, address and route the container end; return
-        the host end's ifindex (the container end's iflink)."""
-        path = spec.netns_path
+    async def add_veth(self, spec: VethSpec) -> int:
+        """Two datagrams on the hot path: on the host, create the pair (host end up, on
+        the bridge; echoed, for both indices) and tag the host end; in the namespace, raise
+        the peer, address it and route it.  The namespace's socket is kept per sandbox."""
+        await self._settle(netns=spec.netns_path)  # a retired eth1 there must be gone first
+        inner = await self._ns_socket(spec.netns_path)
         try:
-            peer = (await inner.link("get", ifname=spec.ifname))[0]
-            index = peer["index"]
-            host_index = peer.get("link")
-            # The kernel ignores IFLA_IFALIAS on RTM_NEWLINK, so the tag comes with "up".
-            log_command(["ip", "link", "set", spec.host_ifname, "alias", owner_alias(spec.owner), "up"])
-            await self.host.link("set", index=host_index, IFLA_IFALIAS=owner_alias(spec.owner), state="up")
-            log_command(["ip", "link", "set", spec.ifname, "up"], netns=path)
-            await inner.link("set", index=index, state="up")
-            if spec.address is not None:
-                log_command(["ip", "addr", "add", str(spec.address), "dev", spec.ifname], netns=path)
-                await inner.addr("add", index=index, address=str(spec.address.ip),
-                                 prefixlen=spec.address.network.prefixlen)
-            if spec.gateway is not None:
-                log_command(["ip", "route", "add", "default", "via", str(spec.gateway),
-                             "dev", spec.ifname], netns=path)
-                await inner.route("add", dst="0.0.0.0/0", gateway=str(spec.gateway), oif=index)
-            if spec.hairpin:
-                log_command(["ip", "link", "set", "dev", spec.host_ifname, "type", "bridge_slave",
-                             "hairpin", "on"])
-                await self.host.link("set", index=host_index, kind="bridge_slave", mode=1)
-        except NetlinkError as exc:
-            raise _failure(f"cannot configure {spec.ifname} in {path}", exc) from exc
+            bridge = await self._bridge_index(spec.bridge)
+        except KernelError:
+            raise KernelError(f"cannot attach {spec.host_ifname}: bridge {spec.bridge} does not exist") from None
+        log_command(
+            ["ip", "link", "add", spec.host_ifname, "mtu", str(spec.mtu), "master", spec.bridge, "up",
+             "type", "veth", "peer", "name", spec.ifname,
+             *(["address", spec.mac] if spec.mac else []), "mtu", str(spec.mtu),
+             "netns", spec.netns_path]
+        )
+        log_command(["ip", "link", "set", spec.host_ifname, "alias", owner_alias(spec.owner),
+                     *(["type", "bridge_slave", "hairpin", "on"] if spec.hairpin else [])])
+        host_index, peer_index = await self._create_pair(spec, bridge)
+        try:
+            await self._configure_peer(inner, spec, peer_index)
+        except BaseException:
+            await self._delete(self.host, spec.host_ifname, None)  # takes the peer with it
+            raise
         return host_index
+
+    async def _create_pair(self, spec: VethSpec, bridge: int) -> tuple[int, int]:
+        """Create and tag the pair; return (host end index, peer index).  Retries once
+        with a fresh bridge index when the cached one was stale."""
+        fd = os.open(spec.netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            for attempt in (0, 1):
+                requests = [
+                    rtnl.new_veth(spec.host_ifname, mtu=spec.mtu, master=bridge, up=True, peer_name=spec.ifname,
+                                  peer_netns_fd=fd, peer_mac=spec.mac),
+                    # by name: fails harmlessly (ENODEV) when the creation failed
+                    rtnl.set_link(name=spec.host_ifname, alias=owner_alias(spec.owner),
+                                  hairpin=True if spec.hairpin else None),
+                ]
+                created, tagged = rtnl.transact(self._fast_host(), requests)
+                if created.error and attempt == 0 and created.error != errno.EEXIST:
+                    fresh = await self._bridge_index(spec.bridge, fresh=True)
+                    if fresh != bridge:
+                        bridge = fresh
+                        continue
+                break
+        except OSError as exc:
+            raise _failure(f"cannot create veth {spec.host_ifname}", exc) from exc
+        finally:
+            os.close(fd)
+        if created.error == errno.EEXIST:
+            raise Conflict(
+                f"cannot create veth {spec.host_ifname}: the name is taken on the host "
+                f"or {spec.ifname} exists in {spec.netns_path}"
+            )
+        if created.error:
+            raise KernelError(f"cannot create veth {spec.host_ifname}: {os.strerror(created.error)}")
+        if tagged.error:
+            await self._delete(self.host, spec.host_ifname, None)
+            raise KernelError(f"cannot tag link {spec.host_ifname} with its owner: {os.strerror(tagged.error)}")
+        if created.echo is not None:
+            echo = rtnl.parse_link(created.echo)
+            return echo.index, echo.link
+        link = await self._get_link(self.host, spec.host_ifname)  # kernels before 6.3 do not echo
+        if link is None:
+            raise KernelError(f"veth {spec.host_ifname} vanished right after it was created")
+        return link["index"], link.get("link")
+
+    async def _configure_peer(self, inner: socket.socket, spec: VethSpec, index: int) -> None:
+        """Raise, address and route the container end (one datagram)."""
+        path = spec.netns_path
+        requests = [rtnl.set_link(index=index, up=True)]
+        log_command(["ip", "link", "set", spec.ifname, "up"], netns=path)
+        if spec.address is not None:
+            log_command(["ip", "addr", "add", str(spec.address), "dev", spec.ifname], netns=path)
+            requests.append(rtnl.add_address(index, spec.address.ip, spec.address.network.prefixlen))
+        if spec.gateway is not None:
+            log_command(["ip", "route", "add", "default", "via", str(spec.gateway), "dev", spec.ifname], netns=path)
+            requests.append(rtnl.add_default_route(spec.gateway, index))
+        try:
+            answers = rtnl.transact(inner, requests)
+            rtnl.check(answers, requests)
+        except OSError as exc:
+            raise _failure(f"cannot configure {spec.ifname} in {path}", exc) from exc
 
     async def set_port_isolated(self, name: str, isolated: bool) -> None:
         """Bridge-port isolation on host link ``name`` (``ip link set dev X type bridge_slave
@@ -347,6 +454,11 @@ class LinuxKernel:
             raise _failure(f"cannot set isolation on bridge port {name}", exc) from exc
 
     async def delete_link(self, name: str, netns_path: str | None = None) -> None:
+        """Synchronous delete; waits for retired links first, so that after removing a
+        bridge (``network rm``) nothing of the network is left."""
+        await self._settle(netns=netns_path, everything=netns_path is None)
+        if netns_path is None:
+            self._bridges.pop(name, None)
         try:
             if netns_path is None:
                 await self._delete(self.host, name, None)

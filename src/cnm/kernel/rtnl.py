@@ -234,8 +234,11 @@ class NetlinkError(OSError):
     """A request the kernel refused: ``errno`` is the kernel's, ``what`` the request."""
 
     def __init__(self, code: int, what: str) -> None:
-        super().__init__(code, f"{what}: {os.strerror(code)}")
+        super().__init__(code, os.strerror(code))
         self.what = what
+
+    def __str__(self) -> str:
+        return f"{self.what}: {self.strerror}"
 
 
 @dataclass(frozen=True, slots=True)

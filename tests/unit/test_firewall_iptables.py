@@ -1,0 +1,148 @@
+"""IptablesFirewall's logic over a scripted exec (no root, no kernel)."""
+
+from __future__ import annotations
+
+import logging
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from cnm.errors import FirewallError, Unavailable
+from cnm.firewall import iptables as backend
+from cnm.firewall import render_ipt as r
+from cnm.firewall.api import BridgeRules, PortRule
+
+A = "a1" * 32
+E1 = "e1" * 32
+E2 = "e2" * 32
+
+
+def net(owner: str = A, bridge: str = "br-a") -> BridgeRules:
+    return BridgeRules(owner=owner, bridge=bridge, subnet=IPv4Network("10.10.0.0/24"))
+
+
+def prule(owner=E1, host_port=8080, end=None, container_port=80, bridge="br-a") -> PortRule:
+    return PortRule(owner=owner, network=A, bridge=bridge, protocol="tcp", host_ip=None, host_port=host_port,
+                    host_port_end=end or host_port, container_ip=IPv4Address("10.10.0.2"),
+                    container_port=container_port)  # fmt: skip
+
+
+class Exec:
+    """Stands in for processes: records (argv, stdin); answers from ``replies`` keyed by
+    the tool (a list of stdout strings or exceptions, consumed in order)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], str | None]] = []
+        self.saves: list[str] = []
+        self.fail_restores: list[Exception] = []
+
+    async def __call__(self, argv, stdin=None):  # noqa: ANN001
+        self.calls.append((argv, stdin))
+        if argv[-1] == "--version":
+            return "iptables v1.8.9 (legacy)\n"
+        if argv[0].endswith("-save"):
+            return self.saves.pop(0) if self.saves else ""
+        if self.fail_restores:
+            raise self.fail_restores.pop(0)
+        return ""
+
+    def restores(self) -> list[str]:
+        return [stdin for argv, stdin in self.calls if "--noflush" in argv]
+
+
+@pytest.fixture
+def fw(monkeypatch):
+    ex = Exec()
+    sysctl: list[str] = []
+    monkeypatch.setattr(backend, "set_sysctl", lambda key, value: sysctl.append(f"{key}={value}") or "0")
+    monkeypatch.setattr(backend.shutil, "which", lambda name: f"/usr/sbin/{name}")
+    firewall = backend.IptablesFirewall()
+    monkeypatch.setattr(firewall, "_exec", ex)
+    firewall.ex = ex  # type: ignore[attr-defined]
+    firewall.sysctl = sysctl  # type: ignore[attr-defined]
+    return firewall
+
+
+async def test_the_variant_is_detected_once_and_its_own_tools_are_used(fw):
+    await fw.setup()
+    await fw.healthy()
+    argvs = [argv for argv, _ in fw.ex.calls]
+    assert argvs[0] == ["iptables", "--version"]
+    assert fw.variant == "legacy"
+    assert ["iptables-legacy-save"] in argvs and ["iptables-legacy-restore", "-w", "--noflush"] in argvs
+    assert sum(1 for a in argvs if a[-1] == "--version") == 1
+    assert fw.sysctl == ["net.ipv4.ip_forward=1"]
+
+
+async def test_every_change_is_one_logged_restore_batch(fw, caplog):
+    caplog.set_level(logging.DEBUG, logger="cnm.kernel")
+    await fw.sync([net()])
+    n = len(fw.ex.restores())
+    await fw.add_network(net())
+    await fw.add_ports(E1, [prule(), prule(host_port=9000, end=9009, container_port=80)])
+    assert len(fw.ex.restores()) == n + 2
+    assert caplog.records[-1].getMessage().startswith("iptables-legacy-restore -w --noflush <<'EOF'\n*nat")
+    assert fw.sysctl[-1] == "net.ipv4.conf.br-a.route_localnet=1"
+
+
+async def test_add_ports_batch_depends_only_on_this_endpoint(fw):
+    others = [prule(f"{i:064x}", 20000 + i) for i in range(100)]
+    await fw.sync([net()], others)
+    await fw.add_ports(E1, [prule()])
+    batch = fw.ex.restores()[-1]
+    assert batch == r.render_ports(E1, [], r.port_rules(prule()))
+    await fw.remove_ports(E1)
+    assert fw.ex.restores()[-1] == r.render_ports(E1, [r.port_jump(E1)], [])
+    n = len(fw.ex.calls)
+    await fw.remove_ports(E1)  # nothing left and memory is authoritative: no exec
+    assert len(fw.ex.calls) == n
+
+
+async def test_a_port_of_another_endpoint_is_refused_before_any_exec(fw):
+    await fw.sync([net()], [prule(host_port=8000, end=8010, container_port=8000)])
+    n = len(fw.ex.calls)
+    with pytest.raises(FirewallError, match="already published by endpoint"):
+        await fw.add_ports(E2, [prule(E2, host_port=8010)])
+    assert len(fw.ex.calls) == n
+
+
+async def test_stale_memory_is_retried_with_the_rules_read_back(fw):
+    await fw.sync([net()])
+    await fw.add_ports(E1, [prule()])
+    fw.ex.fail_restores = [FirewallError("iptables-legacy-restore: Bad rule")]
+    fw.ex.saves = ["*nat\n:CNM - [0:0]\nCOMMIT\n"]  # the jump is gone already
+    await fw.add_ports(E1, [prule(host_port=8081)])
+    assert fw.ex.restores()[-1] == r.render_ports(E1, [], r.port_rules(prule(host_port=8081)))
+
+
+async def test_a_fresh_instance_reads_the_kernel_to_remove_a_network(fw):
+    fw.ex.saves = [
+        f'*filter\n:CNM-INTO-BRIDGE - [0:0]\n-A CNM-INTO-BRIDGE -o br-old -m comment --comment "cnm:{A}" -j X\nCOMMIT\n'
+    ]
+    await fw.remove_network(A)
+    assert '-D CNM-INTO-BRIDGE -o br-old -m comment --comment "cnm:' + A + '" -j X' in fw.ex.restores()[-1]
+
+
+async def test_teardown_reads_everything_it_removes(fw):
+    fw.ex.saves = [
+        '*filter\n:FORWARD ACCEPT [0:0]\n:CNM-USER - [0:0]\n-A FORWARD -m comment --comment "cnm:base" -j CNM-USER\nCOMMIT\n'
+    ]
+    await fw.teardown()
+    assert fw.ex.restores()[-1] == (
+        '*filter\n:CNM-USER - [0:0]\n-D FORWARD -m comment --comment "cnm:base" -j CNM-USER\n-X CNM-USER\nCOMMIT\n'
+    )
+
+
+async def test_restore_errors_name_the_failing_line(monkeypatch):
+    firewall = backend.IptablesFirewall(iptables="/nonexistent/iptables")
+    with pytest.raises(Unavailable):
+        await firewall.setup()
+    msg = backend._error_message(
+        "iptables-restore",
+        "iptables-restore: line 2 failed\nError occurred at line: 2\n",
+        "*nat\n-A CNM -j X\nCOMMIT\n",
+    )
+    assert (
+        msg
+        == "iptables-restore: iptables-restore: line 2 failed; Error occurred at line: 2 (at '-A CNM -j X')"
+    )
