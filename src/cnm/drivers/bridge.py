@@ -21,7 +21,7 @@ from ipaddress import IPv4Interface
 from typing import Protocol
 
 from cnm.errors import Conflict, InvalidArgument, KernelError, TeardownErrors
-from cnm.firewall.api import BridgeRules, Firewall
+from cnm.firewall.api import Firewall, bridge_rules
 from cnm.kernel.api import Kernel, LinkInfo, VethSpec
 from cnm.model.endpoint import Endpoint, Sandbox
 from cnm.model.network import Network, NetworkSpec, validate_options
@@ -40,21 +40,6 @@ class BridgeKernel(Kernel, Protocol):
         ``netns_path``) out of service now, delete it in the background (the kernel waits
         for the deletion wherever it matters: same namespace, netns or bridge removal,
         shutdown)."""
-
-
-def bridge_rules(network: Network) -> BridgeRules:
-    """The firewall's view of ``network``."""
-    if network.subnet is None:
-        raise InvalidArgument(f"network {network.name} has no IPv4 subnet")
-    return BridgeRules(
-        owner=network.id,
-        bridge=network.bridge_name,
-        subnet=network.subnet,
-        gateway=network.gateway,
-        internal=network.internal,
-        icc=network.icc,
-        masquerade=network.masquerade,
-    )
 
 
 def gateway_address(network: Network) -> IPv4Interface | None:

@@ -25,7 +25,7 @@ from cnm.engine.networks import Networks
 from cnm.engine.ports import Publisher
 from cnm.engine.state import State
 from cnm.errors import CnmError, Conflict, NotFound
-from cnm.firewall.api import BridgeRules, Firewall, PortRule
+from cnm.firewall.api import BridgeRules, Firewall, PortRule, bridge_rules
 from cnm.ipam.api import Ipam, PoolSpec
 from cnm.kernel.api import Kernel
 from cnm.model.container import Container, ContainerConfig, ExecSpec, Image
@@ -159,15 +159,7 @@ class Controller:
     def bridge_rules(self) -> list[BridgeRules]:
         """The firewall's view of every bridge network (for sync and self-healing)."""
         return [
-            BridgeRules(
-                owner=n.id,
-                bridge=n.bridge_name,
-                subnet=n.subnet,
-                gateway=n.gateway,
-                internal=n.internal,
-                icc=n.icc,
-                masquerade=n.masquerade,
-            )
+            bridge_rules(n)
             for n in self._state.networks.values()
             if n.driver == "bridge" and n.subnet is not None
         ]

@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Protocol
 
+from cnm.errors import InvalidArgument
+from cnm.model.network import Network
+
 
 @dataclass(frozen=True, slots=True)
 class BridgeRules:
@@ -36,6 +39,21 @@ class BridgeRules:
     internal: bool = False
     icc: bool = True
     masquerade: bool = True
+
+
+def bridge_rules(network: Network) -> BridgeRules:
+    """The firewall's view of bridge network ``network`` (InvalidArgument without a subnet)."""
+    if network.subnet is None:
+        raise InvalidArgument(f"network {network.name} has no IPv4 subnet")
+    return BridgeRules(
+        owner=network.id,
+        bridge=network.bridge_name,
+        subnet=network.subnet,
+        gateway=network.gateway,
+        internal=network.internal,
+        icc=network.icc,
+        masquerade=network.masquerade,
+    )
 
 
 @dataclass(frozen=True, slots=True)
