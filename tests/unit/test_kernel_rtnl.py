@@ -52,12 +52,15 @@ def test_set_link_carries_only_what_was_asked():
     assert tag["change"] == 0 and tag.get("ifalias") == "cnm:ep1"
 
 
-def test_hairpin_is_a_bridge_port_attribute():
+def test_hairpin_is_a_bridge_port_attribute_sent_as_newlink():
     req = rtnl.set_link(name="v", hairpin=True)
-    # IFLA_LINKINFO { IFLA_INFO_SLAVE_DATA { IFLA_BRPORT_MODE = 1 } }
+    # RTM_SETLINK would ignore IFLA_LINKINFO; RTM_NEWLINK without NLM_F_CREATE changes the link
+    assert req.type == rtnl.RTM_NEWLINK and not req.flags & rtnl.NLM_F_CREATE
+    info = decode(ifinfmsg, req).get("linkinfo")
+    assert info.get("slave_kind") == "bridge"
+    # IFLA_INFO_SLAVE_DATA { IFLA_BRPORT_MODE = 1 }
     mode = struct.pack("=HH", 5, rtnl.IFLA_BRPORT_MODE) + b"\x01\0\0\0"
-    slave = struct.pack("=HH", 4 + len(mode), rtnl.IFLA_INFO_SLAVE_DATA) + mode
-    assert struct.pack("=HH", 4 + len(slave), rtnl.IFLA_LINKINFO) + slave in req.body
+    assert struct.pack("=HH", 4 + len(mode), rtnl.IFLA_INFO_SLAVE_DATA) + mode in req.body
 
 
 def test_address_and_route():

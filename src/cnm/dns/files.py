@@ -150,12 +150,16 @@ def render_resolv_conf(conf: ResolvConf, *, comment: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_in_place(path: str, content: str) -> None:
-    """Write ``content`` to ``path`` keeping the inode (the file may be bind-mounted)."""
+def write_in_place(path: str, content: str) -> os.stat_result:
+    """Write ``content`` to ``path`` keeping the inode (the file may be bind-mounted); return
+    the file's stat.  New bytes first, then the truncation to their length: ext4 flushes a
+    file at close when it was truncated to zero and rewritten (``auto_da_alloc``), which
+    cost ~0.2 ms per file."""
+    data = content.encode()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
     try:
-        data = content.encode()
-        os.ftruncate(fd, 0)
         os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+        return os.fstat(fd)
     finally:
         os.close(fd)

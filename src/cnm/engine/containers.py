@@ -128,6 +128,9 @@ class Containers:
     # -- lookup ---------------------------------------------------------------------------
 
     def find(self, ref: str) -> Container:
+        exact = self._state.containers.get(ref)  # a full id: the API's usual case, O(1)
+        if exact is not None:
+            return exact
         name = ref[1:] if ref.startswith("/") else ref
         return find(
             self._state.containers.values(),

@@ -102,9 +102,7 @@ class Naming:
 
     def _write(self, path: str, content: str) -> None:
         """Rewrite ``path`` in place (it is bind-mounted) unless it still holds what cnm
-        wrote last.  New bytes first, then the truncation to their length: ext4 flushes a
-        file at close when it was truncated to zero and rewritten (``auto_da_alloc``),
-        which cost ~0.2 ms per file and per connect."""
+        wrote last (connect/disconnect rewrite them often)."""
         cached = self._written.get(path)
         if cached is not None and cached[0] == content:
             try:
@@ -112,15 +110,7 @@ class Naming:
                     return
             except OSError:
                 pass
-        data = content.encode()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-        try:
-            os.pwrite(fd, data, 0)
-            os.ftruncate(fd, len(data))
-            key = _stat_key(os.fstat(fd))
-        finally:
-            os.close(fd)
-        self._written[path] = (content, key)
+        self._written[path] = (content, _stat_key(files.write_in_place(path, content)))
 
     def forget(self, container_id: str) -> None:
         """Drop what is remembered of ``container_id``'s files (its sandbox is gone)."""

@@ -86,6 +86,12 @@ class Kernel(Protocol):
     async def delete_link(self, name: str, netns_path: str | None = None) -> None:
         """Delete a link by name (in the host namespace unless ``netns_path``); idempotent."""
 
+    async def retire_link(self, name: str, netns_path: str | None = None, peer: str = "") -> None:
+        """Take link ``name`` out of service now (down, so nothing routes through it or
+        reaches its peer) and delete it in the background: the kernel's unregister waits
+        ~20 ms for RCU.  Anything that needs the name or the namespace gone (add_veth into
+        the same namespace, delete_netns, delete_link, links, close) waits for it."""
+
     async def links(self, netns_path: str | None = None) -> list[LinkInfo]:
         """Every link of the host namespace, or of the namespace at ``netns_path``."""
 

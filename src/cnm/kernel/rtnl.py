@@ -51,6 +51,7 @@ IFLA_NET_NS_FD = 28
 
 IFLA_INFO_KIND = 1
 IFLA_INFO_DATA = 2
+IFLA_INFO_SLAVE_KIND = 4
 IFLA_INFO_SLAVE_DATA = 5
 VETH_INFO_PEER = 1
 IFLA_BRPORT_MODE = 4  # hairpin
@@ -161,7 +162,10 @@ def set_link(
     hairpin: bool | None = None,
 ) -> Request:
     """``ip link set`` on the link ``index`` (or ``name`` when index is 0): any of up/down,
-    alias, master (0 = nomaster), group, bridge-port hairpin -- in one request."""
+    alias, master (0 = nomaster), group, bridge-port hairpin -- in one request.
+
+    Sent as RTM_NEWLINK without NLM_F_CREATE, as iproute2 does: RTM_SETLINK ignores
+    IFLA_LINKINFO, so bridge-port options would be dropped without an error."""
     change = IFF_UP if up is not None else 0
     body = ifinfomsg(index=index, flags=IFF_UP if up else 0, change=change)
     if name and not index:
@@ -173,8 +177,12 @@ def set_link(
     if group is not None:
         body += attr_u32(IFLA_GROUP, group)
     if hairpin is not None:
-        body += attr_nest(IFLA_LINKINFO, attr_nest(IFLA_INFO_SLAVE_DATA, attr(IFLA_BRPORT_MODE, bytes([hairpin]))))
-    return Request(RTM_SETLINK, 0, body, f"configure link {name or index}")
+        body += attr_nest(
+            IFLA_LINKINFO,
+            attr_str(IFLA_INFO_SLAVE_KIND, "bridge"),
+            attr_nest(IFLA_INFO_SLAVE_DATA, attr(IFLA_BRPORT_MODE, bytes([hairpin]))),
+        )
+    return Request(RTM_NEWLINK, 0, body, f"configure link {name or index}")
 
 
 def del_link(*, index: int = 0, name: str = "", group: int | None = None) -> Request:
