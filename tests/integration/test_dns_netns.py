@@ -180,6 +180,12 @@ SCRIPT = textwrap.dedent(
         names.configure("sb-ctr", [Upstream(IPv4Address("127.0.0.1"), 53, False)])
         assert (await client("ask", "example.org", "A", "udp"))["answers"] == ["198.51.100.99"]
         assert (await client("ask", "example.org", "A", "tcp"))["answers"] == ["198.51.100.99"]
+        # those sockets were opened in the container's namespace once and are kept: many
+        # queries, a handful of sockets (at most the pool's size), gone with the sandbox
+        ctr_sockets = server._listeners["sb-ctr"].sockets
+        many = await client("bench", "example.org", "200")
+        assert many["p50_us"] > 0
+        assert 0 < server.forwarder.open_sockets(ctr_sockets) <= server.forwarder.pool_size
         # a dead first upstream (nothing on 127.0.0.1:5399 in the host ns)
         names.configure("sb-ctr", [Upstream(IPv4Address("127.0.0.1"), 5399, True),
                                    Upstream(IPv4Address("203.0.113.1"), 53, True)])
@@ -201,6 +207,7 @@ SCRIPT = textwrap.dedent(
         # -- teardown: rules gone, nothing answers, idempotent ------------------------------
         await server.remove_sandbox("sb-ctr")
         await server.remove_sandbox("sb-ctr")
+        assert server.forwarder.open_sockets(ctr_sockets) == 0
         assert "cnm-dns" not in sh("ip", "netns", "exec", "ctr", "nft", "list", "tables")
         rc, out, err = await in_ctr("busybox", "nslookup", "-timeout=1", "web", "127.0.0.11")
         assert rc != 0, out

@@ -17,11 +17,19 @@ Owns the wire-level rules of the embedded server (Docker's ``resolver.go``):
 * hostile input never raises: fewer than 12 bytes, or a *response* sent to us, is
   dropped (no reflection); anything else that does not parse gets FORMERR with the
   salvaged id; QDCOUNT != 1 gets FORMERR; opcodes other than QUERY get NOTIMP.
+
+Forwarded names take a fast path: a plain query (one question whose labels are letters,
+digits, ``-`` and ``_``; no records but at most one OPT; nothing after them) is read
+straight from the wire -- name, type, class, EDNS payload -- and, when it is not a
+container name, handed on as a ``Forward`` without building a dnspython message.  Every
+other query, and every container name, goes through dnspython as before.  SERVFAIL and
+the truncated form of a forwarded answer are built from the wire too.
 """
 
 from __future__ import annotations
 
 import logging
+import struct
 from dataclasses import dataclass
 
 import dns.exception
@@ -49,6 +57,11 @@ TCP_MAX = 65535
 _HEADER = 12
 _QR = 0x8000
 _OUR_EDNS_PAYLOAD = 4096
+_OPCODE = 0x7800
+_OPT_TYPE = 41
+# bytes a label may hold on the fast path: those dnspython's to_text does not escape
+_PLAIN = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
+_OPT = b"\x00" + struct.pack("!HHIH", _OPT_TYPE, _OUR_EDNS_PAYLOAD, 0, 0)  # owner ".", no options
 _A, _AAAA, _MX, _PTR = dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.MX, dns.rdatatype.PTR
 _IN = dns.rdataclass.IN
 _REVERSE = (dns.reversename.ipv4_reverse_domain, dns.reversename.ipv6_reverse_domain)
@@ -56,11 +69,20 @@ _REVERSE = (dns.reversename.ipv4_reverse_domain, dns.reversename.ipv6_reverse_do
 
 @dataclass(frozen=True, slots=True)
 class Forward:
-    """A query the sandbox's upstreams must answer."""
+    """A query the sandbox's upstreams must answer: ``wire`` as the client sent it;
+    ``question`` its question section (name, type, class) in wire form, lower-cased,
+    which the upstream's answer must repeat; ``max_size`` what a UDP answer may take;
+    ``edns`` whether the client sent an OPT record (answered with one)."""
 
-    query: dns.message.Message
     wire: bytes
+    question: bytes
     max_size: int
+    edns: bool
+
+    @property
+    def query(self) -> dns.message.Message:
+        """The query parsed by dnspython (not needed to forward it; for tools and tests)."""
+        return dns.message.from_wire(self.wire)
 
 
 class AnswerCache:
@@ -102,18 +124,36 @@ def respond(
         return _error_from_header(data, dns.rcode.SERVFAIL)
 
 
-def servfail(query: dns.message.Message) -> bytes:
-    return _reply(query, dns.rcode.SERVFAIL).to_wire()
+def servfail(request: Forward) -> bytes:
+    """SERVFAIL for a query that could not be forwarded (Docker's reply skeleton)."""
+    return _wire_reply(request, dns.rcode.SERVFAIL)
 
 
-def fit(query: dns.message.Message, wire: bytes, max_size: int) -> bytes:
+def fit(request: Forward, wire: bytes) -> bytes:
     """A forwarded answer as it may go to a UDP client: as is when it fits, else an
-    empty answer with TC set (the client then asks again over TCP)."""
-    if len(wire) <= max_size:
+    empty answer with the upstream's rcode and TC set (the client then asks again over
+    TCP)."""
+    if len(wire) <= request.max_size:
         return wire
-    reply = _reply(query, dns.rcode.from_flags(int.from_bytes(wire[2:4], "big"), 0))
-    reply.flags |= dns.flags.TC
-    return reply.to_wire()
+    return _wire_reply(request, wire[3] & 0x0F, truncated=True)
+
+
+def _wire_reply(request: Forward, rcode: int, *, truncated: bool = False) -> bytes:
+    """``_reply`` built from the wire: the client's id, opcode, RD and CD; QR and RA;
+    the question as asked; an OPT record (payload 4096) when the client sent one."""
+    data = request.wire
+    flags = (
+        dns.flags.QR
+        | dns.flags.RA
+        | (int.from_bytes(data[2:4], "big") & (dns.flags.RD | dns.flags.CD | _OPCODE))
+        | (dns.flags.TC if truncated else 0)
+        | rcode
+    )
+    question = data[_HEADER : _HEADER + len(request.question)]
+    if len(question) != len(request.question) or question.lower() != request.question:
+        question = request.question  # the client's name was compressed: send it plain
+    head = data[:2] + struct.pack("!HHHHH", flags, 1, 0, 0, 1 if request.edns else 0)
+    return head + question + (_OPT if request.edns else b"")
 
 
 def _respond(
@@ -121,6 +161,16 @@ def _respond(
 ) -> bytes | Forward | None:
     if len(data) < _HEADER or int.from_bytes(data[2:4], "big") & _QR:
         return None
+    forward = _fast_forward(names, sandbox_id, data, tcp)
+    if forward is not None:
+        return forward
+    return _respond_parsed(names, sandbox_id, data, tcp, cache)
+
+
+def _respond_parsed(
+    names: NameTable, sandbox_id: str, data: bytes, tcp: bool, cache: AnswerCache | None
+) -> bytes | Forward | None:
+    """The answer to a query (at least a header, not a response) read by dnspython."""
     try:
         query = dns.message.from_wire(data)
     except Exception:  # dnspython raises many kinds on hostile input
@@ -151,7 +201,59 @@ def _respond(
         return _render(_reply(query), max_size, tcp)
     if not config.usable_upstreams():
         return _reply(query, dns.rcode.SERVFAIL).to_wire()
-    return Forward(query, data, max_size)
+    # the question as dnspython read it, written out plain (the client's may be compressed)
+    section = question.name.to_wire() + struct.pack("!HH", question.rdtype, question.rdclass)
+    return Forward(data, section.lower(), max_size, query.edns >= 0)
+
+
+def _fast_forward(names: NameTable, sandbox_id: str, data: bytes, tcp: bool) -> Forward | None:
+    """The ``Forward`` for a plain query that is not a container name, read from the
+    wire (see module doc); None when dnspython must look at it."""
+    flags, qdcount, ancount, nscount, arcount = struct.unpack_from("!HHHHH", data, 2)
+    if flags & _OPCODE or qdcount != 1 or ancount or nscount or arcount > 1:
+        return None
+    size = len(data)
+    pos = _HEADER
+    labels: list[bytes] = []
+    while True:
+        if pos >= size:
+            return None
+        length = data[pos]
+        if length == 0:
+            break
+        if length > 63:  # compression or an extended label type
+            return None
+        label = data[pos + 1 : pos + 1 + length]
+        if len(label) != length or label.translate(None, _PLAIN):  # cut short, or escapes
+            return None
+        labels.append(label)
+        pos += 1 + length
+    end = pos + 5
+    if not labels or end - _HEADER > 255 + 4 or end > size:
+        return None
+    qtype, qclass = struct.unpack_from("!HH", data, pos + 1)
+    max_size = TCP_MAX if tcp else UDP_MIN
+    if arcount:  # it must be an OPT record, version 0, framed exactly
+        if end + 11 > size or data[end] != 0:
+            return None
+        rtype, payload, _, version, _, rdlen = struct.unpack_from("!HHBBHH", data, end + 1)
+        if rtype != _OPT_TYPE or version != 0 or end + 11 + rdlen != size:
+            return None
+        if not tcp:
+            max_size = max(UDP_MIN, payload)
+    elif end != size:  # trailing junk: dnspython's FORMERR
+        return None
+    if qclass == _IN and qtype in (_A, _AAAA, _MX, _PTR):
+        if qtype == _PTR:  # maybe a container address: dnspython reads the reverse name
+            return None
+        if names.lookup_a(sandbox_id, b".".join(labels).decode("ascii")) is not None:
+            return None  # a container name: answered locally
+    config = names.config(sandbox_id)
+    if config.ndots_set and qtype in (_A, _AAAA) and len(labels) == 1:
+        return None  # an empty local answer
+    if not config.usable_upstreams():
+        return None  # SERVFAIL
+    return Forward(data, data[_HEADER:end].lower(), max_size, bool(arcount))
 
 
 def _local(

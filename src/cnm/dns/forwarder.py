@@ -3,11 +3,11 @@
 Docker tries up to three servers one after the other with a 4 s timeout each, so a dead
 first server costs every lookup 4 s (moby/moby#20029, #22185).  Here:
 
-* each upstream query goes out on a fresh *connected* UDP socket, so an ICMP
-  port-unreachable from a dead server surfaces at once (ConnectionRefusedError) and the
-  next server is asked immediately;
-* a server that stays silent gets ``stagger`` (150 ms) before the next one is started
-  too; the earlier queries stay in flight and the first good answer wins;
+* the first upstream is asked at once; a server that stays silent gets ``stagger``
+  (150 ms) before the next one is started too; the earlier queries stay in flight and
+  the first good answer wins;
+* a refused or unreachable server (an ICMP error on its connected socket) moves on to
+  the next one immediately;
 * SERVFAIL and REFUSED move on to the next server (as Docker does); if every server says
   so, the last such answer is passed through; NXDOMAIN and every other answer are passed
   through as they came;
@@ -16,9 +16,27 @@ first server costs every lookup 4 s (moby/moby#20029, #22185).  Here:
 * at most ``max_inflight`` (1024, Docker's figure) forwards run at once.
 
 The query goes out as the client wrote it (EDNS, DO bit and all) except for its id,
-which is replaced by a random one so a spoofed answer must guess it as well as the
-random source port; the answer is checked (id, QR, question) and handed back with the
-client's id.
+which is replaced by a random one; the answer must carry that id, the QR bit and our
+question (compared byte-wise, case-insensitively, without parsing the rest), and is
+handed back with the client's id.  Anything else arriving on the socket is ignored.
+
+**Sockets.**  A forward costs no socket set-up: per (source namespace, upstream) a
+``_Pool`` keeps up to ``pool_size`` (4) *connected* UDP sockets open and takes them in
+turn; each carries many queries at once, told apart by their random ids.  A socket is
+retired after ``socket_uses`` (128) queries or ``socket_age`` (30 s), closed once its
+last query is settled, and replaced by a new one (a new random source port); a pool
+unused for ``idle`` (60 s) is closed.  So a spoofed answer must guess a 16-bit id and
+one of 4 ports that change every few hundred queries: weaker than a port per query
+(Docker's and the old cnm's), but cnm caches nothing it forwards (a forged answer
+reaches one client once), and the ports still change all the time under load.
+Sockets for ``--dns`` upstreams come from the sandbox's ``NetnsSockets`` (opened inside
+the container's namespace, in the background) and are released with the sandbox
+(``release``).
+
+**No task, no future per query.**  A forward (``submit``) is driven by callbacks -- the
+socket's reader, one timer for the stagger/deadline -- and hands its answer to a
+callback; ``forward`` wraps that in a future for callers who await.  Only a TCP retry and
+the first socket of a container-namespace pool run as tasks.
 """
 
 from __future__ import annotations
@@ -27,13 +45,7 @@ import asyncio
 import logging
 import random
 import socket
-from collections.abc import Sequence
-from dataclasses import dataclass
-
-import dns.exception
-import dns.flags
-import dns.message
-import dns.rcode
+from collections.abc import Callable, Sequence
 
 from cnm.dns.netns_sockets import HostSockets, SocketSource
 from cnm.dns.records import Upstream
@@ -44,22 +56,395 @@ log = logging.getLogger("cnm.dns")
 STAGGER = 0.150
 DEADLINE = 2.0
 MAX_INFLIGHT = 1024
-_RETRY_NEXT = (dns.rcode.SERVFAIL, dns.rcode.REFUSED)
-_sysrand = random.SystemRandom()
+POOL_SIZE = 4
+SOCKET_USES = 128
+SOCKET_AGE = 30.0
+POOL_IDLE = 60.0
+_HEADER = 12
+_SERVFAIL, _REFUSED = 2, 5
+_RETRY_NEXT = (_SERVFAIL, _REFUSED)
+_QR = 0x80  # in the third header byte
+_TC = 0x02  # in the third header byte
+_randbits = random.SystemRandom().getrandbits
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """An upstream's answer: its wire form (still with the id we sent) and rcode."""
+def question_section(wire: bytes) -> bytes | None:
+    """The question (name, type, class) of a one-question message as it stands on the
+    wire, lower-cased; None when its name is compressed or malformed."""
+    pos = _HEADER
+    size = len(wire)
+    while True:
+        if pos >= size:
+            return None
+        length = wire[pos]
+        if length == 0:
+            break
+        if length > 63:  # a compression pointer (or garbage)
+            return None
+        pos += 1 + length
+    end = pos + 5
+    if end > size or end - _HEADER > 255 + 4:
+        return None
+    return wire[_HEADER:end].lower()
 
-    wire: bytes
-    rcode: int
-    upstream: Upstream
+
+class _Attempt:
+    """One question to one upstream within a ``Forwarding``."""
+
+    __slots__ = ("race", "upstream", "qid", "channel", "task", "settled")
+
+    def __init__(self, race: Forwarding, upstream: Upstream) -> None:
+        self.race = race
+        self.upstream = upstream
+        self.qid = 0
+        self.channel: _Channel | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.settled = False
+
+    def matches(self, data: bytes) -> bool:
+        """``data`` (with our id and QR already checked) answers our question."""
+        question = self.race.question
+        return data[4] == 0 and data[5] == 1 and data[_HEADER : _HEADER + len(question)].lower() == question
+
+
+class _Channel:
+    """One connected UDP socket to one upstream, shared by many queries (see module doc)."""
+
+    __slots__ = ("loop", "sock", "fd", "pending", "uses", "born", "retired")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.pending: dict[int, _Attempt] = {}
+        self.uses = 0
+        self.born = loop.time()
+        self.retired = False
+        loop.add_reader(self.fd, self._readable)
+
+    def send(self, attempt: _Attempt, tail: bytes) -> None:
+        """Send the query (``tail``: all of it after the id) under a fresh random id and
+        wait for its answer; raises OSError when it cannot be sent."""
+        pending = self.pending
+        qid = _randbits(16)
+        while qid in pending:
+            qid = _randbits(16)
+        try:
+            self.sock.send(qid.to_bytes(2, "big") + tail)
+        except (BlockingIOError, InterruptedError):
+            raise
+        except OSError as exc:
+            # an ICMP error reported for an earlier datagram (and now consumed): it tells
+            # the queries waiting here too that the upstream is unreachable
+            self._unreachable(exc)
+            raise
+        pending[qid] = attempt
+        attempt.qid = qid
+        attempt.channel = self
+        self.uses += 1
+
+    def forget(self, attempt: _Attempt) -> None:
+        if self.pending.get(attempt.qid) is attempt:
+            del self.pending[attempt.qid]
+        if self.retired and not self.pending:
+            self.close()
+
+    def _readable(self) -> None:
+        try:
+            data = self.sock.recv(65535)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # an ICMP error: the upstream is unreachable for everyone here
+            self._unreachable(exc)
+        else:
+            if len(data) < _HEADER or not data[2] & _QR:
+                return
+            attempt = self.pending.get(int.from_bytes(data[:2], "big"))
+            if attempt is None or not attempt.matches(data):
+                return  # a late answer, a stray or a spoof: ignored
+            del self.pending[attempt.qid]
+            attempt.race.answered(attempt, data)
+        if self.retired and not self.pending:
+            self.close()
+
+    def _unreachable(self, exc: OSError) -> None:
+        pending, self.pending = self.pending, {}
+        for attempt in pending.values():
+            attempt.race.failed(attempt, exc)
+        if self.retired:
+            self.close()
+
+    def close(self) -> None:
+        """Stop listening and close the socket; idempotent.  Pending queries fail."""
+        if self.fd < 0:
+            return
+        self.loop.remove_reader(self.fd)
+        self.sock.close()
+        self.fd = -1
+        pending, self.pending = self.pending, {}
+        for attempt in pending.values():
+            attempt.race.failed(attempt, ConnectionAbortedError("the upstream socket was closed"))
+
+
+class _Pool:
+    """The connected UDP sockets to one upstream from one source namespace."""
+
+    def __init__(self, forwarder: Forwarder, source: SocketSource, upstream: Upstream) -> None:
+        self.forwarder = forwarder
+        self.source = source
+        self.upstream = upstream
+        self.family = socket.AF_INET6 if upstream.address.version == 6 else socket.AF_INET
+        self.address = (str(upstream.address), upstream.port)
+        self.channels: list[_Channel] = []
+        self.retired: list[_Channel] = []
+        self.turn = 0
+        self.last_used = 0.0
+        self._opening: asyncio.Task[None] | None = None
+
+    def channel(self, loop: asyncio.AbstractEventLoop) -> _Channel | None:
+        """The socket for the next query, or None when there is none yet (``open``).
+        Never waits; may raise OSError (connect)."""
+        now = self.last_used = loop.time()
+        channels = self.channels
+        if len(channels) < self.forwarder.pool_size:
+            sock = self.source.take(self.family, socket.SOCK_DGRAM)
+            if sock is not None:
+                channel = self._connect(loop, sock)
+                channels.append(channel)
+                return channel
+            if not channels:
+                return None
+        self.turn = turn = (self.turn + 1) % len(channels)
+        channel = channels[turn]
+        if channel.uses >= self.forwarder.socket_uses or now - channel.born >= self.forwarder.socket_age:
+            sock = self.source.take(self.family, socket.SOCK_DGRAM)
+            if sock is not None:  # else keep the old one until the source has a new one
+                fresh = channels[turn] = self._connect(loop, sock)
+                self._retire(channel)
+                return fresh
+        return channel
+
+    async def open(self, loop: asyncio.AbstractEventLoop) -> _Channel:
+        """The first socket of the pool, waiting for the source (one trip for all the
+        queries that arrive meanwhile)."""
+        task = self._opening
+        if task is None:
+            task = self._opening = asyncio.ensure_future(self._open_first(loop))
+            task.add_done_callback(self._opened)
+        await asyncio.wait((task,))  # not shielded: one query giving up must not stop it
+        if task.cancelled():
+            raise ConnectionAbortedError("the upstream's sockets were closed")
+        task.result()  # its error, if any
+        channel = self.channel(loop)
+        if channel is None:
+            raise ConnectionAbortedError("the upstream's sockets were closed")
+        return channel
+
+    def _opened(self, task: asyncio.Task[None]) -> None:
+        if self._opening is task and (task.cancelled() or task.exception() is not None):
+            self._opening = None  # the next query tries again
+
+    async def _open_first(self, loop: asyncio.AbstractEventLoop) -> None:
+        sock = await self.source.socket(self.family, socket.SOCK_DGRAM)
+        if self.channels:  # filled meanwhile (the source had one at hand after all)
+            sock.close()
+            return
+        self.channels.append(self._connect(loop, sock))
+
+    def _connect(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> _Channel:
+        try:
+            # connected: the kernel filters other sources, picks a random source port
+            # and reports ICMP errors to us
+            sock.setblocking(False)
+            sock.connect(self.address)
+            return _Channel(loop, sock)
+        except BaseException:
+            sock.close()
+            raise
+
+    def _retire(self, channel: _Channel) -> None:
+        channel.retired = True
+        if channel.pending:
+            self.retired = [c for c in self.retired if c.fd >= 0]
+            self.retired.append(channel)
+        else:
+            channel.close()
+
+    @property
+    def busy(self) -> bool:
+        return any(c.pending for c in self.channels) or any(c.pending for c in self.retired)
+
+    def close(self) -> None:
+        if self._opening is not None:
+            self._opening.cancel()
+            self._opening = None
+        for channel in (*self.channels, *self.retired):
+            channel.close()
+        self.channels.clear()
+        self.retired.clear()
+
+
+class Forwarding:
+    """One forwarded query across a sandbox's upstreams (see module doc): ``on_answer``
+    gets the answer with the client's id, or None, once; ``cancel`` abandons it."""
+
+    __slots__ = (
+        "forwarder", "loop", "tail", "question", "client_id", "upstreams", "container",
+        "started", "attempts", "fallback", "deadline", "timer", "on_answer", "over",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        wire: bytes,
+        question: bytes,
+        upstreams: Sequence[Upstream],
+        container: SocketSource | None,
+        on_answer: Callable[[bytes | None], None],
+    ) -> None:
+        loop = self.loop = asyncio.get_running_loop()
+        self.forwarder = forwarder
+        self.client_id = wire[:2]
+        self.tail = wire[2:]
+        self.question = question
+        self.upstreams = upstreams
+        self.container = container
+        self.started = 0
+        self.attempts: list[_Attempt] = []  # unsettled ones
+        self.fallback: bytes | None = None
+        self.deadline = loop.time() + forwarder.deadline
+        self.timer: asyncio.TimerHandle | None = None
+        self.on_answer = on_answer
+        self.over = False
+
+    def start_next(self) -> None:
+        upstream = self.upstreams[self.started]
+        self.started += 1
+        attempt = _Attempt(self, upstream)
+        self.attempts.append(attempt)
+        self._arm_timer()
+        source = (
+            self.forwarder.host_sockets
+            if upstream.via_host_netns or self.container is None
+            else self.container
+        )
+        pool = self.forwarder.pool(source, upstream)
+        try:
+            channel = pool.channel(self.loop)
+            if channel is None:  # the first query from a container namespace: open a socket
+                attempt.task = asyncio.ensure_future(self._send_later(attempt, pool))
+                return
+            channel.send(attempt, self.tail)
+        except OSError as exc:
+            self.failed(attempt, exc)
+
+    async def _send_later(self, attempt: _Attempt, pool: _Pool) -> None:
+        try:
+            channel = await pool.open(self.loop)
+            if not attempt.settled:
+                channel.send(attempt, self.tail)
+        except (OSError, CnmError) as exc:
+            self.failed(attempt, exc)
+
+    def _arm_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        when = self.deadline
+        if self.started < len(self.upstreams):
+            when = min(when, self.loop.time() + self.forwarder.stagger)
+        self.timer = self.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        if self.over:
+            return
+        if self.started < len(self.upstreams) and self.loop.time() < self.deadline:
+            self.start_next()  # the servers in flight are slow: start the next one beside them
+        else:
+            self._finish(self.fallback)
+
+    def _settle(self, attempt: _Attempt) -> bool:
+        if attempt.settled or self.over:
+            return False
+        attempt.settled = True
+        self.attempts.remove(attempt)
+        return True
+
+    def answered(self, attempt: _Attempt, data: bytes, *, tcp: bool = False) -> None:
+        if not self._settle(attempt):
+            return
+        if not tcp and data[2] & _TC:  # truncated: the same server again, over TCP
+            retry = _Attempt(self, attempt.upstream)
+            self.attempts.append(retry)
+            retry.task = asyncio.ensure_future(self._ask_tcp(retry))
+            return
+        if data[3] & 0x0F in _RETRY_NEXT:
+            self.fallback = data
+            self._next_or_end()
+        else:
+            self._finish(data)
+
+    def failed(self, attempt: _Attempt, exc: BaseException) -> None:
+        if not self._settle(attempt):
+            return
+        log.debug("dns: upstream %s port %s failed: %r", attempt.upstream.address, attempt.upstream.port, exc)
+        self._next_or_end()
+
+    def _next_or_end(self) -> None:
+        if self.started < len(self.upstreams):
+            self.start_next()
+        elif not self.attempts:
+            self._finish(self.fallback)
+
+    def _finish(self, wire: bytes | None) -> None:
+        if self.over:
+            return
+        self._end()
+        self.on_answer(None if wire is None else self.client_id + wire[2:])
+
+    def cancel(self) -> None:
+        """Abandon the query: no answer is handed on.  Idempotent."""
+        if not self.over:
+            self._end()
+
+    def _end(self) -> None:
+        """The race is over (answered, given up or cancelled): forget what is in flight."""
+        self.over = True
+        self.forwarder._live.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        for attempt in self.attempts:
+            attempt.settled = True
+            if attempt.channel is not None:
+                attempt.channel.forget(attempt)
+            if attempt.task is not None:
+                attempt.task.cancel()
+        self.attempts.clear()
+
+    async def _ask_tcp(self, attempt: _Attempt) -> None:
+        upstream = attempt.upstream
+        source = (
+            self.forwarder.host_sockets
+            if upstream.via_host_netns or self.container is None
+            else self.container
+        )
+        qid = _randbits(16)
+        try:
+            data = await _tcp_exchange(qid.to_bytes(2, "big") + self.tail, upstream, source)
+        except (OSError, EOFError, CnmError) as exc:
+            self.failed(attempt, exc)
+            return
+        attempt.qid = qid
+        if int.from_bytes(data[:2], "big") != qid or not data[2] & _QR or not attempt.matches(data):
+            self.failed(attempt, ValueError("the TCP answer does not match the query"))
+            return
+        self.answered(attempt, data, tcp=True)
 
 
 class Forwarder:
-    """Sends queries to a sandbox's upstreams (see module doc).  Stateless between
-    queries apart from the in-flight count; safe to share by every sandbox."""
+    """Sends queries to a sandbox's upstreams (see module doc).  Holds the upstream
+    sockets of every sandbox; shared by all of them, on cnmd's event loop."""
 
     def __init__(
         self,
@@ -68,144 +453,139 @@ class Forwarder:
         deadline: float = DEADLINE,
         max_inflight: int = MAX_INFLIGHT,
         host_sockets: SocketSource | None = None,
+        pool_size: int = POOL_SIZE,
+        socket_uses: int = SOCKET_USES,
+        socket_age: float = SOCKET_AGE,
+        idle: float = POOL_IDLE,
     ) -> None:
         self.stagger = stagger
         self.deadline = deadline
         self.max_inflight = max_inflight
-        self._host = host_sockets or HostSockets()
-        self._inflight = 0
+        self.host_sockets: SocketSource = host_sockets or HostSockets()
+        self.pool_size = max(1, pool_size)
+        self.socket_uses = socket_uses
+        self.socket_age = socket_age
+        self.idle = idle
+        self._live: set[Forwarding] = set()
+        self._pools: dict[tuple[SocketSource, Upstream], _Pool] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    @property
+    def inflight(self) -> int:
+        """How many forwards are under way."""
+        return len(self._live)
 
     @property
     def saturated(self) -> bool:
-        return self._inflight >= self.max_inflight
+        return len(self._live) >= self.max_inflight
 
-    async def forward(
+    def submit(
         self,
-        query: dns.message.Message,
         wire: bytes,
         upstreams: Sequence[Upstream],
         container_sockets: SocketSource | None = None,
-    ) -> bytes | None:
-        """The first good answer to ``query`` (whose wire form is ``wire``) from
-        ``upstreams``, in wire form with the client's id; None when no server answered
-        in time or too many forwards are in flight (the caller answers SERVFAIL).
-        ``container_sockets`` opens sockets for upstreams not ``via_host_netns``
-        (cnmd's own namespace when None)."""
-        if not upstreams or self.saturated:
-            return None
-        self._inflight += 1
-        try:
-            answer = await self._race(query, wire, upstreams, container_sockets)
-        finally:
-            self._inflight -= 1
-        if answer is None:
-            return None
-        return wire[:2] + answer.wire[2:]
+        *,
+        question: bytes | None = None,
+        on_answer: Callable[[bytes | None], None],
+    ) -> Forwarding:
+        """Start forwarding the query ``wire`` (one question; ``question`` is its question
+        section lower-cased, found from ``wire`` when not given) to ``upstreams``.
+        ``on_answer`` is called once -- possibly before ``submit`` returns -- with the first
+        good answer in wire form with the client's id, or with None when no server
+        answered in time, none is configured or too many forwards are in flight (the
+        caller answers SERVFAIL); never after ``cancel``.  ``container_sockets`` opens
+        sockets for upstreams not ``via_host_netns`` (cnmd's own namespace when None).
+        Must be called on the event loop."""
+        if question is None:
+            question = question_section(wire)
+        race = Forwarding(self, wire, question or b"", upstreams, container_sockets, on_answer)
+        if not upstreams or self.saturated or question is None or len(wire) < _HEADER:
+            race.over = True
+            on_answer(None)
+            return race
+        self._live.add(race)
+        race.start_next()
+        return race
 
-    async def _race(
+    async def forward(
         self,
-        query: dns.message.Message,
         wire: bytes,
         upstreams: Sequence[Upstream],
-        container_sockets: SocketSource | None,
-    ) -> Answer | None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.deadline
-        pending: set[asyncio.Task[Answer | None]] = set()
-        fallback: Answer | None = None
-        started = 0
+        container_sockets: SocketSource | None = None,
+        *,
+        question: bytes | None = None,
+    ) -> bytes | None:
+        """``submit``, awaited: the answer with the client's id, or None.  Cancelling the
+        awaiting task abandons the forward."""
+        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
 
-        def start_next() -> None:
-            nonlocal started
-            upstream = upstreams[started]
-            started += 1
-            source = self._host if upstream.via_host_netns or container_sockets is None else container_sockets
-            pending.add(asyncio.ensure_future(self._ask(query, wire, upstream, source)))
+        def on_answer(reply: bytes | None) -> None:
+            if not future.done():
+                future.set_result(reply)
 
-        start_next()
+        race = self.submit(wire, upstreams, container_sockets, question=question, on_answer=on_answer)
         try:
-            while pending:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                wait = min(remaining, self.stagger) if started < len(upstreams) else remaining
-                done, _ = await asyncio.wait(pending, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-                if not done:  # the servers in flight are slow: start the next one beside them
-                    if started < len(upstreams):
-                        start_next()
-                    continue
-                for task in done:
-                    pending.discard(task)
-                    answer = task.result()
-                    if answer is not None and answer.rcode not in _RETRY_NEXT:
-                        return answer
-                    if answer is not None:
-                        fallback = answer
-                    if started < len(upstreams):
-                        start_next()
+            return await future
         finally:
-            for task in pending:
-                task.cancel()
-        return fallback
+            race.cancel()
 
-    async def _ask(
-        self, query: dns.message.Message, wire: bytes, upstream: Upstream, source: SocketSource
-    ) -> Answer | None:
-        """One upstream over UDP, and over TCP if the UDP answer was truncated; None when
-        the server failed (refused, unreachable, garbage, closed)."""
-        qid = _sysrand.randrange(0x10000)
-        out = qid.to_bytes(2, "big") + wire[2:]
-        try:
-            data, header = await _udp_exchange(out, qid, query, upstream, source)
-            if header.flags & dns.flags.TC:
-                data, header = await _tcp_exchange(out, qid, query, upstream, source)
-        except (OSError, EOFError, dns.exception.DNSException) as exc:
-            log.debug("dns: upstream %s port %s failed: %r", upstream.address, upstream.port, exc)
-            return None
-        except CnmError as exc:
-            log.debug("dns: no socket for upstream %s: %s", upstream.address, exc)
-            return None
-        return Answer(data, dns.rcode.from_flags(header.flags, 0), upstream)
+    # -- sockets -----------------------------------------------------------------------
+
+    def pool(self, source: SocketSource, upstream: Upstream) -> _Pool:
+        """The sockets to ``upstream`` from ``source``'s namespace, made on first use."""
+        key = (source, upstream)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = _Pool(self, source, upstream)
+            if self._sweeper is None:
+                self._sweeper = asyncio.get_running_loop().call_later(self.idle, self._sweep)
+        return pool
+
+    def _sweep(self) -> None:
+        """Close the pools nobody asked through for ``idle`` seconds (old upstreams)."""
+        self._sweeper = None
+        now = asyncio.get_running_loop().time()
+        for key, pool in list(self._pools.items()):
+            if now - pool.last_used >= self.idle and not pool.busy:
+                del self._pools[key]
+                pool.close()
+        if self._pools:
+            self._sweeper = asyncio.get_running_loop().call_later(self.idle, self._sweep)
+
+    def open_sockets(self, source: SocketSource | None = None) -> int:
+        """How many upstream sockets are open (from ``source`` only, when given; for
+        tests and debugging)."""
+        return sum(
+            sum(1 for c in (*pool.channels, *pool.retired) if c.fd >= 0)
+            for (owner, _), pool in self._pools.items()
+            if source is None or owner is source
+        )
+
+    def release(self, source: SocketSource) -> None:
+        """Close the sockets opened from ``source`` (its sandbox is going); forwards still
+        using them fail over to their next upstream or end.  Idempotent."""
+        for key in [k for k in self._pools if k[0] is source]:
+            self._pools.pop(key).close()
+
+    def close(self) -> None:
+        """Abandon every forward and close every upstream socket (cnmd shutting down).
+        Idempotent."""
+        for race in list(self._live):
+            race.cancel()
+        pools = list(self._pools.values())
+        self._pools.clear()
+        for pool in pools:
+            pool.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
 
 
-def _family(upstream: Upstream) -> int:
-    return socket.AF_INET6 if upstream.address.version == 6 else socket.AF_INET
-
-
-def _check(data: bytes, qid: int, query: dns.message.Message) -> dns.message.Message | None:
-    """The header and question of ``data`` when it answers the query we sent."""
-    try:
-        header = dns.message.from_wire(data, question_only=True)
-    except dns.exception.DNSException:
-        return None
-    if header.id != qid or not header.flags & dns.flags.QR or header.question != query.question:
-        return None
-    return header
-
-
-async def _udp_exchange(
-    out: bytes, qid: int, query: dns.message.Message, upstream: Upstream, source: SocketSource
-) -> tuple[bytes, dns.message.Message]:
+async def _tcp_exchange(out: bytes, upstream: Upstream, source: SocketSource) -> bytes:
+    """Send ``out`` to ``upstream`` over a fresh TCP connection from ``source``; the answer."""
     loop = asyncio.get_running_loop()
-    sock = await source.socket(_family(upstream), socket.SOCK_DGRAM)
-    try:
-        # connected: the kernel filters other sources and reports ICMP errors to us
-        await loop.sock_connect(sock, (str(upstream.address), upstream.port))
-        await loop.sock_sendall(sock, out)
-        while True:  # skip stray datagrams until ours arrives (or the caller gives up)
-            data = await loop.sock_recv(sock, 65535)
-            header = _check(data, qid, query)
-            if header is not None:
-                return data, header
-    finally:
-        sock.close()
-
-
-async def _tcp_exchange(
-    out: bytes, qid: int, query: dns.message.Message, upstream: Upstream, source: SocketSource
-) -> tuple[bytes, dns.message.Message]:
-    loop = asyncio.get_running_loop()
-    sock = await source.socket(_family(upstream), socket.SOCK_STREAM)
+    family = socket.AF_INET6 if upstream.address.version == 6 else socket.AF_INET
+    sock = await source.socket(family, socket.SOCK_STREAM)
     try:
         await loop.sock_connect(sock, (str(upstream.address), upstream.port))
         await loop.sock_sendall(sock, len(out).to_bytes(2, "big") + out)
@@ -213,10 +593,9 @@ async def _tcp_exchange(
         data = await _recv_exactly(loop, sock, size)
     finally:
         sock.close()
-    header = _check(data, qid, query)
-    if header is None:
-        raise dns.exception.FormError("the TCP answer does not match the query")
-    return data, header
+    if len(data) < _HEADER:
+        raise EOFError("the upstream's TCP answer is shorter than a DNS header")
+    return data
 
 
 async def _recv_exactly(loop: asyncio.AbstractEventLoop, sock: socket.socket, size: int) -> bytes:

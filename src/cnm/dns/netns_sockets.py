@@ -24,6 +24,7 @@ sandbox after a cnmd restart swaps the old ports for the new ones without a gap.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from cnm.kernel.netns import call_in_netns, netns_exists
 RESOLVER_ADDRESS = "127.0.0.11"
 DNS_TABLE = "cnm-dns"
 _TCP_BACKLOG = 128
-_SOCKET_BATCH = 8  # sockets made per trip into a namespace for forwarding
+_SOCKET_BATCH = 4  # sockets made per trip into a namespace for forwarding
 
 
 def render_dns_nat(udp_port: int, tcp_port: int, address: str = RESOLVER_ADDRESS) -> str:
@@ -155,9 +156,16 @@ async def remove_resolver_nat(netns_path: str) -> None:
 
 
 class SocketSource(Protocol):
-    """Where the forwarder gets a fresh, unconnected socket for one upstream query."""
+    """Where the forwarder gets fresh, unconnected sockets for talking to upstreams, in
+    the namespace the source stands for."""
 
-    async def socket(self, family: int, kind: int) -> socket.socket: ...
+    async def socket(self, family: int, kind: int) -> socket.socket:
+        """A socket, waiting for a trip into the namespace when none is at hand."""
+        ...
+
+    def take(self, family: int, kind: int) -> socket.socket | None:
+        """A socket at once, or None when one is not at hand yet (never waits)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -166,6 +174,13 @@ class HostSockets:
     """Sockets in cnmd's own namespace (the host's upstreams, e.g. 127.0.0.53)."""
 
     async def socket(self, family: int, kind: int) -> socket.socket:
+        return self._new(family, kind)
+
+    def take(self, family: int, kind: int) -> socket.socket | None:
+        return self._new(family, kind)
+
+    @staticmethod
+    def _new(family: int, kind: int) -> socket.socket:
         sock = socket.socket(family, kind)
         sock.setblocking(False)
         return sock
@@ -188,29 +203,61 @@ class NetnsSockets:
     Docker dials from there, so ``--dns 127.0.0.1`` means the container's own loopback).
 
     A trip into the namespace costs a thread start, so each trip makes a small batch of
-    unconnected sockets; each query takes one, connects it (the kernel then picks a
-    random source port) and closes it.  The stash keeps the namespace alive: ``close``
-    it when the sandbox goes."""
+    unconnected sockets kept in a stash.  The forwarder keeps the sockets it takes open
+    for many queries (see ``forwarder``), so trips are rare; ``take`` never waits: when
+    it empties the stash it starts a trip in the background for the next caller.  The
+    stash keeps the namespace alive: ``close`` it when the sandbox goes."""
 
     def __init__(self, netns_path: str, batch: int = _SOCKET_BATCH) -> None:
         self.netns_path = netns_path
         self._batch = batch
         self._stash: dict[tuple[int, int], list[socket.socket]] = {}
+        self._trips: dict[tuple[int, int], asyncio.Task[None]] = {}
         self._closed = False
 
     async def socket(self, family: int, kind: int) -> socket.socket:
+        key = (family, kind)
+        while True:
+            self._check_open()
+            stash = self._stash.get(key)
+            if stash:
+                return stash.pop()
+            trip = self._refill(key)
+            await asyncio.wait((trip,))  # not shielded: our cancellation must not cancel the trip
+            if not trip.cancelled() and trip.exception() is not None:
+                raise trip.exception()  # type: ignore[misc]
+
+    def take(self, family: int, kind: int) -> socket.socket | None:
+        if self._closed:
+            return None
+        key = (family, kind)
+        stash = self._stash.get(key)
+        sock = stash.pop() if stash else None
+        if not stash:
+            self._refill(key)
+        return sock
+
+    def _check_open(self) -> None:
         if self._closed:
             raise KernelError(f"sockets of network namespace {self.netns_path} are closed")
-        stash = self._stash.setdefault((family, kind), [])
-        if not stash:
-            batch = await self._make(family, kind)
-            if self._closed:
-                batch.close()
-                raise KernelError(f"sockets of network namespace {self.netns_path} are closed")
-            stash.extend(batch.sockets)
-        return stash.pop()
 
-    async def _make(self, family: int, kind: int) -> _Batch:
+    def _refill(self, key: tuple[int, int]) -> asyncio.Task[None]:
+        """The trip filling the stash for ``key``: the one under way, or a new one."""
+        trip = self._trips.get(key)
+        if trip is None:
+            trip = self._trips[key] = asyncio.ensure_future(self._trip(key))
+            trip.add_done_callback(lambda t: self._trip_done(key, t))
+        return trip
+
+    def _trip_done(self, key: tuple[int, int], trip: asyncio.Task[None]) -> None:
+        if self._trips.get(key) is trip:
+            del self._trips[key]
+        if not trip.cancelled():
+            trip.exception()  # retrieved: a waiting ``socket`` re-raises it, ``take`` retries later
+
+    async def _trip(self, key: tuple[int, int]) -> None:
+        family, kind = key
+
         def work() -> _Batch:  # on a fresh thread inside the namespace
             batch = _Batch()
             try:
@@ -223,10 +270,17 @@ class NetnsSockets:
                 raise
             return batch
 
-        return await call_in_netns(self.netns_path, work)
+        batch = await call_in_netns(self.netns_path, work)
+        if self._closed:
+            batch.close()
+            return
+        self._stash.setdefault(key, []).extend(batch.sockets)
 
     def close(self) -> None:
         self._closed = True
+        for trip in self._trips.values():
+            trip.cancel()
+        self._trips.clear()
         for stash in self._stash.values():
             for sock in stash:
                 sock.close()

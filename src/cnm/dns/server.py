@@ -9,7 +9,9 @@ What the answers are is ``answer.respond`` over the engine's ``NameTable``; forw
 ``Forwarder``.  This module owns the transports:
 
 * UDP: container names are answered synchronously in ``datagram_received`` (no task);
-  forwards run as tasks, bounded by the forwarder's in-flight limit (SERVFAIL beyond);
+  a forward is started there too (``Forwarder.submit``: callbacks, no task) and its
+  answer sent from the forwarder's callback; bounded by the forwarder's in-flight limit
+  (SERVFAIL beyond);
 * TCP: RFC 7766 framing (2-byte length); one task per connection; queries on one
   connection answered in order; an idle connection is closed after ``TCP_IDLE``, a
   message must arrive whole within ``TCP_READ`` and a reply be taken within
@@ -57,7 +59,6 @@ class _Listener:
     udp: asyncio.DatagramTransport | None = None
     tcp: asyncio.Server | None = None
     connections: set[asyncio.StreamWriter] = field(default_factory=set)
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 class DnsServer:
@@ -72,7 +73,6 @@ class DnsServer:
         self.address = address
         self._listeners: dict[str, _Listener] = {}
         self._cache = answer.AnswerCache()
-        self._forwarding = 0  # UDP forward tasks spawned and not finished, all sandboxes
 
     # -- sandboxes ---------------------------------------------------------------------
 
@@ -149,6 +149,7 @@ class DnsServer:
         self._listeners.clear()
         for listener in listeners:
             self._close(listener)
+        self.forwarder.close()
         for listener in listeners:
             if listener.tcp is not None:
                 await listener.tcp.wait_closed()
@@ -179,48 +180,40 @@ class DnsServer:
             listener.tcp.close()
         for writer in list(listener.connections):
             writer.close()
-        for task in list(listener.tasks):
-            task.cancel()
         if listener.sockets is not None:
+            # its forwards in flight end by themselves (a UDP answer is not sent on a closed
+            # transport); those using its namespace's sockets fail over at once
             listener.sockets.close()
+            self.forwarder.release(listener.sockets)
 
-    def _saturated(self) -> bool:
-        # counted when spawned, not when the task first runs: a burst read in one loop
-        # iteration must not spawn past the bound
-        return self._forwarding >= self.forwarder.max_inflight or self.forwarder.saturated
-
-    def _spawn(self, listener: _Listener, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
-        self._forwarding += 1
-        listener.tasks.add(task)
-        task.add_done_callback(lambda t: self._done(listener, t))
-
-    def _done(self, listener: _Listener, task: asyncio.Task[None]) -> None:
-        self._forwarding -= 1
-        listener.tasks.discard(task)
-
-    async def _resolve(self, listener: _Listener, request: answer.Forward, tcp: bool) -> bytes:
-        """The forwarded answer to ``request``, or SERVFAIL."""
-        config = self.names.config(listener.sandbox_id)
-        reply = await self.forwarder.forward(
-            request.query, request.wire, config.usable_upstreams(), listener.sockets
-        )
-        if reply is None:
-            return answer.servfail(request.query)
-        return reply if tcp else answer.fit(request.query, reply, request.max_size)
-
-    async def _forward_udp(
+    def _forward_udp(
         self, listener: _Listener, request: answer.Forward, transport: asyncio.DatagramTransport, addr: object
     ) -> None:
-        try:
-            reply = await self._resolve(listener, request, tcp=False)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # a bug costs this answer (SERVFAIL), never the listener
-            log.exception("dns: forwarding for sandbox %s failed", listener.sandbox_id[:12])
-            reply = answer.servfail(request.query)
-        if not transport.is_closing():
-            transport.sendto(reply, addr)
+        """Start forwarding ``request``; its answer (or SERVFAIL) goes to ``addr`` from the
+        forwarder's callback.  Counted in flight at once, so a burst read in one loop
+        iteration cannot go past the bound."""
+
+        def reply(wire: bytes | None) -> None:
+            if transport.is_closing():
+                return
+            try:
+                out = answer.servfail(request) if wire is None else answer.fit(request, wire)
+            except Exception:  # a bug costs this answer (SERVFAIL), never the listener
+                log.exception("dns: forwarding for sandbox %s failed", listener.sandbox_id[:12])
+                out = answer.servfail(request)
+            try:
+                transport.sendto(out, addr)
+            except Exception:  # runs inside the forwarder's socket reader: never raise there
+                log.exception("dns: cannot answer a client of sandbox %s", listener.sandbox_id[:12])
+
+        config = self.names.config(listener.sandbox_id)
+        self.forwarder.submit(
+            request.wire,
+            config.usable_upstreams(),
+            listener.sockets,
+            question=request.question,
+            on_answer=reply,
+        )
 
     async def _serve_tcp(
         self, listener: _Listener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -241,14 +234,18 @@ class DnsServer:
                     break
                 result = answer.respond(self.names, listener.sandbox_id, data, tcp=True, cache=self._cache)
                 if isinstance(result, answer.Forward):
-                    if self.forwarder.saturated:
-                        result = answer.servfail(result.query)
-                    else:
-                        try:
-                            result = await self._resolve(listener, result, tcp=True)
-                        except Exception:  # a bug costs this answer, not the connection
-                            log.exception("dns: forwarding for sandbox %s failed", listener.sandbox_id[:12])
-                            result = answer.servfail(result.query)
+                    request = result
+                    config = self.names.config(listener.sandbox_id)
+                    try:
+                        result = await self.forwarder.forward(
+                            request.wire,
+                            config.usable_upstreams(),
+                            listener.sockets,
+                            question=request.question,
+                        ) or answer.servfail(request)
+                    except Exception:  # a bug costs this answer, not the connection
+                        log.exception("dns: forwarding for sandbox %s failed", listener.sandbox_id[:12])
+                        result = answer.servfail(request)
                 if result is None:
                     continue
                 writer.write(len(result).to_bytes(2, "big") + result)
@@ -287,12 +284,10 @@ class _UdpProtocol(asyncio.DatagramProtocol):
                 return
             if isinstance(result, bytes):
                 transport.sendto(result, addr)
-            elif self.server._saturated():
-                transport.sendto(answer.servfail(result.query), addr)
+            elif server.forwarder.saturated:
+                transport.sendto(answer.servfail(result), addr)
             else:
-                self.server._spawn(
-                    self.listener, self.server._forward_udp(self.listener, result, transport, addr)
-                )
+                server._forward_udp(self.listener, result, transport, addr)
         except Exception:  # never let one datagram stop the listener
             log.exception("dns: failed to answer a datagram for sandbox %s", self.listener.sandbox_id[:12])
 
