@@ -183,3 +183,27 @@ def test_malformed_name_options_are_refused(dnshost: TestHost, flags: tuple[str,
     r = dnshost.cnm("run", "-d", *flags, "busybox", "true", check=False)
     assert r.returncode != 0 and r.stderr.strip()
     assert dnshost.cnm("ps", "-a", "-q").stdout == before
+
+
+def test_rename_changes_answers_at_once(dnshost: TestHost) -> None:
+    run_sleeper(dnshost, "before", "--network", "front")
+    try:
+        assert lookup(dnshost, "api", "before").returncode == 0
+        dnshost.cnm("rename", "before", "after")
+        assert lookup(dnshost, "api", "after").returncode == 0
+        assert lookup(dnshost, "api", "before").returncode != 0
+        r = dnshost.cnm("rename", "after", "api", check=False)
+        assert r.returncode != 0 and "already in use" in r.stderr
+    finally:
+        dnshost.cnm("rm", "-f", "after", check=False)
+
+
+def test_link_on_a_user_network_is_a_private_alias(dnshost: TestHost) -> None:
+    web = ip_on(dnshost, "web", "front")
+    run_sleeper(dnshost, "linker", "--network", "front", "--link", "web:backend")
+    try:
+        r = lookup(dnshost, "linker", "backend")
+        assert r.returncode == 0 and web in addresses(r.stdout)
+        assert lookup(dnshost, "api", "backend").returncode != 0, "the alias is the linking container's only"
+    finally:
+        dnshost.cnm("rm", "-f", "linker")

@@ -519,3 +519,18 @@ def test_port_rules_merge_runs_with_the_same_offset():
     maps = [PortMapping("tcp", p, ANY, p) for p in range(8000, 8011)] + [PortMapping("tcp", 80, ANY, 9090)]
     rules = port_rules(net, ep, maps)
     assert [(r.host_port, r.host_port_end, r.container_port) for r in rules] == [(8000, 8010, 8000), (9090, 9090, 80)]
+
+
+async def test_rename_moves_names_and_refuses_taken_ones(named):
+    ctl = await named.controller()
+    await ctl.create_network(NetworkSpec(name="front"))
+    old = await run(ctl, "old", network_mode="front")
+    peer = await run(ctl, "peer", network_mode="front")
+    sb = ctl.container_sandbox(peer).id
+    await ctl.rename_container("old", "new")
+    assert named.names.lookup_a(sb, "new") and named.names.lookup_a(sb, "old") is None
+    assert ctl.find_container("new").id == old and ctl.container_endpoints(old)[0][1].name == "new"
+    with pytest.raises(Conflict, match="already in use"):
+        await ctl.rename_container("new", "peer")
+    with pytest.raises(InvalidArgument):
+        await ctl.rename_container("new", "bad name")

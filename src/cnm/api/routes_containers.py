@@ -153,6 +153,14 @@ async def kill(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def rename(request: web.Request) -> web.Response:
+    new_name = request.query.get("name", "")
+    if not new_name:
+        raise InvalidArgument("Neither old nor new names may be empty")
+    await Api.of(request).controller.rename_container(request.match_info["id"], new_name)
+    return web.Response(status=204)
+
+
 async def restart(request: web.Request) -> web.Response:
     ctrl = Api.of(request).controller
     ref = request.match_info["id"]
@@ -306,6 +314,7 @@ def routes() -> list[tuple[str, str, object]]:
         ("POST", "/containers/{id}/start", start),
         ("POST", "/containers/{id}/stop", stop),
         ("POST", "/containers/{id}/kill", kill),
+        ("POST", "/containers/{id}/rename", rename),
         ("POST", "/containers/{id}/restart", restart),
         ("POST", "/containers/{id}/wait", wait),
         ("GET", "/containers/{id}/logs", logs),

@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "logs": ("container", "cmd_logs"),
     "port": ("container", "cmd_port"),
     "wait": ("container", "cmd_wait"),
+    "rename": ("container", "cmd_rename"),
+    "container rename": ("container", "cmd_rename"),
     "exec": ("exec", "cmd_exec"),
     "inspect": ("inspect", "cmd_inspect"),
     "images": ("image", "cmd_ls"),

@@ -454,6 +454,30 @@ class Containers:
                 run = self._runs.get(container.id)
         return await asyncio.shield(run.exited)
 
+    # -- rename ---------------------------------------------------------------------------
+
+    async def rename(self, ref: str, new_name: str) -> None:
+        """Docker's ``rename``: a new unique name; the endpoints' names and the DNS records
+        follow at once (the next query answers to the new name only)."""
+        container = self.find(ref)
+        name = parse_container_name(new_name)
+        async with self._locks.hold(container.id):
+            container = self._state.containers[container.id]
+            if name == container.name:
+                raise InvalidArgument("Renaming a container with the same name as its current name")
+            other = next((c for c in self._state.containers.values() if c.name == name), None)
+            if other is not None:
+                raise Conflict(
+                    f'Conflict. The container name "/{name}" is already in use by container "{other.id}". '
+                    "You have to remove (or rename) that container to be able to reuse that name."
+                )
+            renamed = replace(container, name=name)
+            endpoints = [replace(ep, name=name) for ep in self._state.endpoints_of_container(container.id)]
+            self._state.commit(put=[renamed, *endpoints])
+            sandbox = self._state.sandbox_of(container.id)
+            if renamed.running and sandbox is not None and sandbox.key:
+                await self._naming.publish(renamed, sandbox, endpoints)
+
     # -- connect / disconnect -------------------------------------------------------------
 
     async def connect(self, network_ref: str, ref: str, request: EndpointRequest) -> None:

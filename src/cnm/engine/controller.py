@@ -279,6 +279,10 @@ class Controller:
             log=f"{root}/stdout.log",
         )
 
+    async def rename_container(self, ref: str, new_name: str) -> None:
+        """409 when the name is taken, 400 when it is malformed or unchanged."""
+        await self._containers.rename(ref, new_name)
+
     async def start_container(self, ref: str) -> None:
         await self._containers.start(ref)
 

@@ -146,6 +146,15 @@ def cmd_wait(cli: Cli, argv: list[str]) -> int:
     return status
 
 
+RENAME = F.Command("cnm rename", "CONTAINER NEW_NAME", "Rename a container", min_args=2, max_args=2)
+
+
+def cmd_rename(cli: Cli, argv: list[str]) -> int:
+    _, (old, new), _ = F.parse(RENAME, argv)
+    cli.client.call("POST", _path(old) + "/rename?name=" + quote(new, safe=""))
+    return 0
+
+
 PORT = F.Command("cnm port", "CONTAINER [PRIVATE_PORT[/PROTO]]",
                  "List port mappings or a specific mapping for the container", min_args=1, max_args=2)
 
