@@ -11,10 +11,10 @@ IMAGE_TAR   := images/busybox.tar
 PYTEST_ARGS ?=
 APT_PKGS    := iproute2 nftables iptables runc busybox-static libnftables1 iperf3
 
-.PHONY: help deps venv image test unit integration e2e demo demo-sandbox bench lint clean
+.PHONY: help deps venv image test unit integration e2e demo demo-sandbox bench bench-attach bench-ports lint clean
 
 help:
-	@echo "make demo | demo-sandbox | test | unit | integration | e2e | bench | lint | deps | venv | image | clean"
+	@echo "make demo | demo-sandbox | test | unit | integration | e2e | bench | bench-attach | bench-ports | lint | deps | venv | image | clean"
 
 # Only what is missing, so a second run is instant.
 deps:
@@ -66,8 +66,21 @@ demo: deps venv image
 demo-sandbox: deps venv image
 	scripts/in-sandbox --daemon --image $(IMAGE_TAR) -- scripts/tour.sh
 
-bench: deps venv image
+# Benchmarks run in throwaway hosts too.  PORTS_ARGS: flags for bench/ports.py (e.g. PORTS_ARGS=--quick).
+PORTS_ARGS  ?=
+
+bench: bench-attach bench-ports
+
+bench-attach: deps venv image
 	$(VPY) bench/attach.py --image $(IMAGE_TAR)
+
+bench-ports: deps venv image
+	$(VPY) bench/ports.py --image $(IMAGE_TAR) $(PORTS_ARGS)
+
+# Issue 4: embedded DNS latency and queries/s from inside a container, cnm beside Docker.
+.PHONY: bench-dns
+bench-dns: deps venv image
+	$(VPY) bench/dns.py --image $(IMAGE_TAR)
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench scripts/make-busybox-tar scripts/in-sandbox

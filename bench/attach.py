@@ -23,33 +23,21 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import HarnessError, TestHost, unix_http, venv_bin  # noqa: E402
+from common import REPO, api_ok, ensure_package, pct, run_in_host, start_dockerd  # noqa: E402
+from harness import HarnessError, TestHost, venv_bin  # noqa: E402
 
 INNER = REPO / "bench" / "inner.py"
-PEER_PACKAGES = {
-    "cni": ("containernetworking-plugins", "/usr/lib/cni/bridge"),
-    "netavark": ("netavark", "/usr/lib/podman/netavark"),
-    "docker": ("docker.io", "/usr/sbin/dockerd"),
-}
 
 
 # -- figures ------------------------------------------------------------------------------------
-
-
-def pct(values: list[float], q: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, int(round(q / 100 * len(ordered) + 0.5)) - 1))]
 
 
 class Table:
@@ -75,38 +63,7 @@ class Table:
         return "\n".join(lines)
 
 
-# -- peers: install ---------------------------------------------------------------------------------
-
-
-def ensure_package(peer: str, table: Table, install: bool) -> bool:
-    package, binary = PEER_PACKAGES[peer]
-    if os.path.exists(binary):
-        return True
-    if not install:
-        table.note(f"{peer}: absent ({binary} missing; --no-install given)")
-        return False
-    print(f"installing {package} for the {peer} figures (apt-get)…", flush=True)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    ok = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
-                        env=env, capture_output=True).returncode == 0
-    if not ok:
-        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True)
-        ok = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
-                            env=env, capture_output=True).returncode == 0
-    if not ok or not os.path.exists(binary):
-        table.note(f"{peer}: absent (apt-get install {package} failed)")
-        return False
-    return True
-
-
 # -- cnm -------------------------------------------------------------------------------------------
-
-
-def api_ok(host: TestHost, method: str, path: str, body: Any = None) -> Any:
-    resp = host.api(method, path, body, timeout=120)
-    if resp.status >= 300:
-        raise HarnessError(f"{method} {path}: {resp.status} {resp.message}")
-    return resp.json() if resp.body and resp.headers.get("Content-Type", "").startswith("application/json") else None
 
 
 def start_containers(create_start: Any, count: int, workers: int = 4) -> list[str]:
@@ -172,39 +129,16 @@ def bench_netavark(host: TestHost, n: int, table: Table) -> None:
 
 
 def bench_docker(host: TestHost, image: str, n: int, cli_rounds: int, table: Table) -> None:
-    root = host.tmp / "docker"
-    sock = root / "docker.sock"
-    root.mkdir()
-    argv = ["dockerd", "-H", f"unix://{sock}", "--data-root", str(root / "data"), "--exec-root",
-            str(root / "exec"), "--pidfile", str(root / "dockerd.pid"), "--cgroup-parent", host.cgroup_parent,
-            "--userland-proxy=false"]
-    with open(root / "dockerd.log", "wb") as log:
-        dockerd = host.spawn(argv, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if unix_http(str(sock), "GET", "/_ping", timeout=2).status == 200:
-                break
-        except OSError:
-            pass
-        if dockerd.poll() is not None:
-            break
-        time.sleep(0.2)
-    else:
-        dockerd.poll()
-    if dockerd.returncode is not None or not sock.exists():
-        tail = (root / "dockerd.log").read_text(errors="replace").splitlines()[-8:]
-        table.note("docker: dockerd could not run inside the throwaway host: " + " | ".join(tail))
+    try:
+        dockerd = start_dockerd(host, "--userland-proxy=false")
+    except HarnessError as exc:
+        table.note(f"docker: {exc}")
         return
-    docker = ["docker", "-H", f"unix://{sock}"]
+    docker = dockerd.cli
     host.run([*docker, "import", str(image), "busybox"], timeout=300)
     host.run([*docker, "network", "create", "--subnet", "10.240.0.0/16", "bench"])
 
-    def call(method: str, path: str, body: Any = None) -> Any:
-        resp = unix_http(str(sock), method, f"/v1.41{path}", body, timeout=120)
-        if resp.status >= 300:
-            raise HarnessError(f"docker {method} {path}: {resp.status} {resp.message}")
-        return resp.json() if resp.body else None
+    call = dockerd.call
 
     def create_start(i: int) -> str:
         cid = call("POST", f"/containers/create?name=d{i}", {"Image": "busybox", "Cmd": ["sleep", "1d"]})["Id"]
@@ -223,20 +157,6 @@ def bench_docker(host: TestHost, image: str, n: int, cli_rounds: int, table: Tab
 
 
 # -- main ------------------------------------------------------------------------------------------
-
-
-def run_in_host(what: str, table: Table, fn: Any, *args: Any) -> None:
-    print(f"[{what}]", flush=True)
-    try:
-        with TestHost() as host:
-            try:
-                fn(host, *args, table)
-            except Exception as exc:  # a peer or cnm failing must not hide the others' figures
-                table.note(f"{what}: not measured: {exc}".splitlines()[0][:400])
-                if what == "cnm":
-                    print(host.daemon_log_tail(20), flush=True)
-    except HarnessError as exc:
-        table.note(f"{what}: throwaway host trouble: {exc}")
 
 
 def main() -> int:
