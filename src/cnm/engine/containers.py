@@ -14,8 +14,9 @@ import os
 import signal as signals
 import socket
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
+from cnm.engine.execs import Execs
 from cnm.engine.locks import KeyedLocks
 from cnm.engine.lookup import find
 from cnm.engine.names import random_name
@@ -30,35 +31,26 @@ from cnm.errors import (
     InvalidArgument,
     NotFound,
     NotModified,
-    RuntimeFailure,
     SystemFailure,
     TeardownErrors,
 )
 from cnm.kernel.api import Kernel
 from cnm.model.container import (
-    CREATED,
     EXITED,
     RUNNING,
     Container,
     ContainerConfig,
-    ExecSpec,
     Image,
 )
 from cnm.model.endpoint import Endpoint, EndpointRequest, Sandbox
 from cnm.model.network import Network
-from cnm.model.values import new_id, parse_container_name, short_id
+from cnm.model.values import new_id, parse_container_name
 from cnm.portmap.requests import port_requests
-from cnm.runtime.api import Process, Runtime, StartRequest
+from cnm.runtime.api import Runtime, StartRequest
 
 log = logging.getLogger("cnm.engine")
 
 UNKNOWN_EXIT = 255
-
-
-def exec_failure_code(message: str) -> int:
-    """Docker's exit codes for a process that could not be started: 127 when the
-    executable is missing, 126 when it cannot be run, 126 otherwise too."""
-    return 127 if "executable file not found" in message or "no such file or directory" in message else 126
 
 
 def parse_signal(value: str | int | None, default: int = signals.SIGKILL) -> int:
@@ -88,17 +80,6 @@ class _Run:
     watcher: asyncio.Task[None] | None = None
 
 
-@dataclass
-class ExecRecord:
-    id: str
-    spec: ExecSpec
-    running: bool = False
-    started: bool = False
-    exit_code: int | None = None
-    pid: int = 0
-    task: asyncio.Task[None] | None = field(default=None, repr=False)
-
-
 class Containers:
     def __init__(
         self,
@@ -122,7 +103,7 @@ class Containers:
         self._publisher = publisher
         self._runs: dict[str, _Run] = {}
         self._removed: dict[str, list[asyncio.Future[int]]] = {}
-        self._execs: dict[str, ExecRecord] = {}
+        self.execs = Execs(runtime, self._running_container)
         os.makedirs(self._netns_dir, exist_ok=True)
 
     # -- lookup ---------------------------------------------------------------------------
@@ -426,8 +407,7 @@ class Containers:
             except CnmError as exc:
                 errors.append(exc)
             self._state.commit(delete=[container])
-            for exec_id in [e.id for e in self._execs.values() if e.spec.container_id == container.id]:
-                del self._execs[exec_id]
+            self.execs.forget(container.id)
         for fut in self._removed.pop(container.id, []):
             if not fut.done():
                 fut.set_result(container.state.exit_code)
@@ -570,47 +550,9 @@ class Containers:
             if errors:
                 raise TeardownErrors(f"disconnect of {container.name} from {network.name}", errors)
 
-    # -- exec -----------------------------------------------------------------------------
-
-    def create_exec(self, ref: str, spec: ExecSpec) -> str:
-        container = self.find(ref)
-        if not container.running:
-            raise Conflict(f"container {container.id} is not running")
-        if not spec.cmd:
-            raise InvalidArgument("No exec command specified")
-        exec_id = new_id()
-        self._execs[exec_id] = ExecRecord(id=exec_id, spec=replace(spec, container_id=container.id))
-        return exec_id
-
-    def exec_record(self, exec_id: str) -> ExecRecord:
-        record = self._execs.get(exec_id)
-        if record is None:
-            raise NotFound(f"No such exec instance: {exec_id}")
-        return record
-
-    async def start_exec(self, exec_id: str) -> Process:
-        record = self.exec_record(exec_id)
-        if record.started:
-            raise Conflict(f"exec {exec_id} has already started")
-        container = self._state.containers.get(record.spec.container_id)
-        if container is None or not container.running:
-            raise Conflict(f"container {record.spec.container_id} is not running")
-        record.started = True
-        try:
-            process = await self._runtime.exec(record.spec)
-        except RuntimeFailure as exc:
-            record.exit_code = exec_failure_code(exc.message)
-            raise
-        record.running, record.pid = True, process.pid
-
-        async def reap() -> None:
-            try:
-                record.exit_code = await process.wait()
-            finally:
-                record.running = False
-
-        record.task = asyncio.get_running_loop().create_task(reap())
-        return process
+    def _running_container(self, container_id: str) -> Container | None:
+        container = self._state.containers.get(container_id)
+        return container if container is not None and container.running else None
 
     # -- restart reconcile ----------------------------------------------------------------
 
@@ -671,9 +613,7 @@ class Containers:
         for run in self._runs.values():
             if run.watcher is not None:
                 run.watcher.cancel()
-        for record in self._execs.values():
-            if record.task is not None:
-                record.task.cancel()
+        self.execs.close()
 
 
-__all__ = ["Containers", "ExecRecord", "parse_signal", "short_id", "CREATED"]
+__all__ = ["Containers", "parse_signal"]

@@ -347,13 +347,13 @@ class Controller:
     # -- exec -----------------------------------------------------------------------------
 
     def create_exec(self, ref: str, spec: ExecSpec) -> str:
-        return self._containers.create_exec(ref, spec)
+        return self._containers.execs.create(self._containers.find(ref), spec)
 
     async def start_exec(self, exec_id: str) -> Process:
-        return await self._containers.start_exec(exec_id)
+        return await self._containers.execs.start(exec_id)
 
     def exec_info(self, exec_id: str) -> ExecInfo:
-        record = self._containers.exec_record(exec_id)
+        record = self._containers.execs.record(exec_id)
         return ExecInfo(
             id=record.id,
             container_id=record.spec.container_id,
