@@ -184,6 +184,16 @@ def host_processes(host: TestHost) -> dict[int, Proc]:
     return found
 
 
+def steady_processes(host: TestHost, gap: float = 0.3) -> dict[int, Proc]:
+    """The processes of ``host`` alive in two snapshots ``gap`` seconds apart (the second's
+    figures): a short-lived helper caught by chance (cnmd's periodic ``iptables-save``, a
+    ``runc`` call) is not a process the mappings keep running."""
+    first = host_processes(host)
+    time.sleep(gap)
+    second = host_processes(host)
+    return {pid: proc for pid, proc in second.items() if pid in first and first[pid].comm == proc.comm}
+
+
 @dataclass(frozen=True)
 class ProcDelta:
     """What appeared outside the containers between two snapshots, and the RSS it cost."""

@@ -53,10 +53,10 @@ from common import (  # noqa: E402
     HarnessError,
     TestHost,
     ensure_package,
-    host_processes,
     proc_delta,
     run_in_host,
     start_dockerd,
+    steady_processes,
 )
 from harness import HOST_ADDR, venv_bin  # noqa: E402
 
@@ -213,13 +213,12 @@ def start_remove(engine: Engine, count: int, reps: int, cap: float, table: Table
     starts, removes, extra, memory = [], [], [], []
     for rep in range(reps):
         name = f"pub{count}x{rep}"
-        before = host_processes(engine.host)
+        before = steady_processes(engine.host)
         r = engine.inner("start", HOST_ADDR, str(last), str(cap), "--", *engine.cli, "run", "-d", "--name", name,
                          "-p", publish_flag(FIRST_PORT, count), "busybox", "httpd", "-f", "-p", str(last), "-h", "/",
                          timeout=cap)
         starts.append(r["answer"])
-        time.sleep(0.3)  # let what the start spawned settle before counting it
-        delta = proc_delta(before, host_processes(engine.host))
+        delta = proc_delta(before, steady_processes(engine.host))
         extra.append(delta)
         memory.append(delta.rss_kb / 1024)
         removes.append(engine.inner("time", "--", *engine.cli, "rm", "-f", name, timeout=cap)["s"])
@@ -357,13 +356,12 @@ class Others:
 
     def install(self, table: Table, account: bool) -> None:
         """Run it; with ``account``, record the processes and memory it adds."""
-        before = host_processes(self.engine.host)
+        before = steady_processes(self.engine.host)
         r = self.engine.inner("time", "--", *self.engine.cli, "run", "-d", "--name", "others", "-p",
                               publish_flag(OTHERS_FIRST, self.count), "busybox", "sleep", "1d", timeout=self.cap)
         self.starts.append(r["s"])
         if account:
-            time.sleep(0.3)
-            delta = proc_delta(before, host_processes(self.engine.host))
+            delta = proc_delta(before, steady_processes(self.engine.host))
             who = self.engine.who
             table.add(who, f"extra processes, {self.count} other ports", delta.count, "processes", delta.describe())
             table.add(who, f"extra memory, {self.count} other ports", delta.rss_kb / 1024, "MB")
