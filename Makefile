@@ -35,6 +35,7 @@ $(VENV)/.installed: pyproject.toml | $(VPY)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[test]'
 	$(VPY) -m compileall -q src  # the CLI starts faster from bytecode (PYTHONDONTWRITEBYTECODE may be set)
+	$(VPY) scripts/fast-cli-launcher $(VENV) src  # the CLI without site: ~3.5 ms less per call
 	touch $@
 
 venv: $(VENV)/.installed
@@ -83,7 +84,7 @@ bench-dns: deps venv image
 	$(VPY) bench/dns.py --image $(IMAGE_TAR)
 
 lint: venv
-	$(VENV)/bin/ruff check src tests bench scripts/make-busybox-tar scripts/in-sandbox
+	$(VENV)/bin/ruff check src tests bench scripts/make-busybox-tar scripts/in-sandbox scripts/fast-cli-launcher
 
 clean:
 	rm -rf images build .pytest_cache .ruff_cache
