@@ -534,3 +534,28 @@ async def test_rename_moves_names_and_refuses_taken_ones(named):
         await ctl.rename_container("new", "peer")
     with pytest.raises(InvalidArgument):
         await ctl.rename_container("new", "bad name")
+
+
+async def test_default_route_and_ports_move_when_the_gateway_endpoint_leaves(ports):
+    from cnm.model.container import PortBindingRequest
+
+    ctl = await ports.controller()
+    await ctl.create_network(NetworkSpec(name="backend"))
+    bindings = {"80/tcp": (PortBindingRequest(host_port="8080"),)}
+    cid = await run(ctl, "web", port_bindings=bindings)
+    await ctl.connect("backend", "web", EndpointRequest())
+    (_, first), (_, second) = ctl.container_endpoints(cid)
+    assert first.default_route and first.ports and not second.default_route and not second.ports
+    await ctl.disconnect("bridge", "web")
+    [(net, ep)] = ctl.container_endpoints(cid)
+    assert net.name == "backend" and ep.default_route
+    assert [m.host_port for m in ep.ports] == [8080]
+    assert set(ports.firewall.ports) == {ep.id}
+    sandbox = ctl.container_sandbox(cid)
+    assert f"nsenter --net={sandbox.key} ip route replace default via {net.gateway} dev eth1" in ports.kernel.commands
+    # and a container that had no gateway endpoint gets one (and its ports) on connect
+    await ctl.disconnect("backend", "web")
+    assert not ports.firewall.ports
+    await ctl.connect("backend", "web", EndpointRequest())
+    [(_, again)] = ctl.container_endpoints(cid)
+    assert again.default_route and [m.host_port for m in again.ports] == [8080]

@@ -490,6 +490,8 @@ class Containers:
                 raise SystemFailure(f"container {container.id} has no sandbox")
             async with AsyncExitStack() as stack:
                 ep = await self._networks.attach(stack, network, container, sandbox, request)
+                if ep.default_route and not network.internal:  # it is the gateway endpoint now
+                    ep = await self._publish(stack, network, ep, container, self._find_image(container))
                 networks = {k: v for k, v in container.config.networks.items() if k not in (network.name, network.id)}
                 networks[network.name] = request
                 updated = replace(container, config=replace(container.config, networks=networks))
@@ -542,13 +544,36 @@ class Containers:
             )
             if ep is None:
                 raise SystemFailure(f"container {container.id} is not connected to network {network.name}")
-            errors = await self._detach(ep, self._state.sandbox_of(container.id))
+            sandbox = self._state.sandbox_of(container.id)
+            errors = await self._detach(ep, sandbox)
             kept = {k: v for k, v in container.config.networks.items() if k not in (network.name, network.id)}
             updated = replace(container, config=replace(container.config, networks=kept))
             self._state.commit(put=[updated])
+            if ep.default_route and sandbox is not None and sandbox.key:
+                errors.extend(await self._promote_gateway(updated, sandbox))
             await self._refresh_names(updated)
             if errors:
                 raise TeardownErrors(f"disconnect of {container.name} from {network.name}", errors)
+
+    async def _promote_gateway(self, container: Container, sandbox: Sandbox) -> list[BaseException]:
+        """The endpoint carrying the default route left: the next one (in connect order)
+        with a gateway takes over the route and the published ports, as Docker's
+        gateway endpoint does.  Returns errors instead of failing the disconnect."""
+        for ep in self._state.endpoints_of_container(container.id):
+            network = self._state.networks.get(ep.network_id)
+            if network is None or network.internal or ep.gateway is None:
+                continue
+            try:
+                await self._kernel.set_default_route(sandbox.key, ep.gateway, ep.ifname)
+                promoted = replace(ep, default_route=True)
+                async with AsyncExitStack() as stack:
+                    promoted = await self._publish(stack, network, promoted, container, self._find_image(container))
+                    self._state.commit(put=[promoted])
+                    stack.pop_all()
+            except CnmError as exc:
+                return [exc]
+            return []
+        return []
 
     def _running_container(self, container_id: str) -> Container | None:
         container = self._state.containers.get(container_id)

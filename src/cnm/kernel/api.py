@@ -80,6 +80,10 @@ class Kernel(Protocol):
         namespace (name, MAC, MTU, address, up, default route).  Undoes its own partial
         work on failure.  Returns the host end's ifindex (= the container side's iflink)."""
 
+    async def set_default_route(self, netns_path: str, gateway: IPv4Address, ifname: str) -> None:
+        """Make the namespace's default route go via ``gateway`` on ``ifname`` (replacing
+        any other): the gateway endpoint changed."""
+
     async def set_port_isolated(self, name: str, isolated: bool) -> None:
         """Bridge-port isolation of host link ``name`` (how icc=false is enforced)."""
 

@@ -197,6 +197,15 @@ class FakeKernel:
             self._record(f"ip route add default via {spec.gateway} dev {spec.ifname}", spec.netns_path)
         return host.index
 
+    async def set_default_route(self, netns_path: str, gateway, ifname: str) -> None:
+        link = self.namespaces.get(netns_path, {}).get(ifname)
+        if link is None:
+            raise KernelError(f"no interface {ifname} in {netns_path}")
+        for other in self.namespaces[netns_path].values():
+            other.gateway = None
+        link.gateway = gateway
+        self._record(f"ip route replace default via {gateway} dev {ifname}", netns_path)
+
     async def set_port_isolated(self, name: str, isolated: bool) -> None:
         """Bridge-port isolation on a host link (see LinuxKernel.set_port_isolated)."""
         self._maybe_fail("set_port_isolated")

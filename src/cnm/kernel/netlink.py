@@ -17,7 +17,7 @@ import secrets
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from socket import AF_INET
 from typing import Any
 
@@ -441,6 +441,17 @@ class LinuxKernel:
             rtnl.check(answers, requests)
         except OSError as exc:
             raise _failure(f"cannot configure {spec.ifname} in {path}", exc) from exc
+
+    async def set_default_route(self, netns_path: str, gateway: IPv4Address, ifname: str) -> None:
+        log_command(["ip", "route", "replace", "default", "via", str(gateway), "dev", ifname], netns=netns_path)
+        try:
+            async with self._in_netns(netns_path) as ipr:
+                index = (await ipr.link_lookup(ifname=ifname) or [0])[0]
+                if not index:
+                    raise KernelError(f"no interface {ifname} in {netns_path}")
+                await ipr.route("replace", dst="0.0.0.0/0", gateway=str(gateway), oif=index)
+        except (NetlinkError, OSError) as exc:
+            raise _failure(f"cannot route {netns_path} via {gateway}", exc) from exc
 
     async def set_port_isolated(self, name: str, isolated: bool) -> None:
         """Bridge-port isolation on host link ``name`` (``ip link set dev X type bridge_slave
