@@ -24,7 +24,7 @@ from cnm.engine.naming import Naming
 from cnm.engine.networks import Networks
 from cnm.engine.ports import Publisher
 from cnm.engine.state import State
-from cnm.errors import CnmError, Conflict, NotFound
+from cnm.errors import CnmError, Conflict
 from cnm.firewall.api import BridgeRules, Firewall, PortRule, bridge_rules
 from cnm.ipam.api import Ipam, PoolSpec
 from cnm.kernel.api import Kernel
@@ -385,4 +385,4 @@ class Controller:
         return await self._runtime.remove_image(ref)
 
 
-__all__ = ["Controller", "EngineInfo", "ExecInfo", "ContainerPaths", "NotFound"]
+__all__ = ["Controller", "EngineInfo", "ExecInfo", "ContainerPaths"]
