@@ -8,6 +8,7 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from cnm.errors import FirewallError, Unavailable
+from cnm.firewall import common
 from cnm.firewall import iptables as backend
 from cnm.firewall import render_ipt as r
 from cnm.firewall.api import BridgeRules, PortRule
@@ -55,6 +56,7 @@ def fw(monkeypatch):
     ex = Exec()
     sysctl: list[str] = []
     monkeypatch.setattr(backend, "set_sysctl", lambda key, value: sysctl.append(f"{key}={value}") or "0")
+    monkeypatch.setattr(common, "set_sysctl", lambda key, value: sysctl.append(f"{key}={value}") or "0")
     monkeypatch.setattr(backend.shutil, "which", lambda name: f"/usr/sbin/{name}")
     firewall = backend.IptablesFirewall()
     monkeypatch.setattr(firewall, "_exec", ex)

@@ -9,6 +9,7 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from cnm.errors import FirewallError
+from cnm.firewall import common
 from cnm.firewall import nftables as backend
 from cnm.firewall import render_nft as r
 from cnm.firewall.api import BridgeRules, PortRule
@@ -53,6 +54,7 @@ def fw(monkeypatch):
 
     monkeypatch.setattr(backend, "_nft_context", make)
     monkeypatch.setattr(backend, "set_sysctl", lambda key, value: log.append(f"sysctl {key}={value}") or "0")
+    monkeypatch.setattr(common, "set_sysctl", lambda key, value: log.append(f"sysctl {key}={value}") or "0")
     firewall = backend.NftablesFirewall()
     firewall.applied = contexts[False]  # type: ignore[attr-defined]
     firewall.lister = contexts[True]  # type: ignore[attr-defined]
@@ -226,6 +228,7 @@ async def test_proxy_mode_does_not_touch_route_localnet(monkeypatch):
 
     monkeypatch.setattr(backend, "_nft_context", make)
     monkeypatch.setattr(backend, "set_sysctl", lambda key, value: log.append(f"sysctl {key}={value}") or "0")
+    monkeypatch.setattr(common, "set_sysctl", lambda key, value: log.append(f"sysctl {key}={value}") or "0")
     fw = backend.NftablesFirewall(userland_proxy=True)
     await fw.setup()
     assert log[0] == r.render_setup(userland_proxy=True)

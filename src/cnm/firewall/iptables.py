@@ -15,9 +15,10 @@ import re
 import shutil
 from collections.abc import Iterable, Sequence
 
-from cnm.errors import FirewallError, KernelError, Unavailable
+from cnm.errors import FirewallError, Unavailable
 from cnm.firewall import render_ipt
 from cnm.firewall.api import BridgeRules, PortRule
+from cnm.firewall.common import enable_route_localnet
 from cnm.firewall.render_ipt import Rule, TableState
 from cnm.kernel.cmdlog import log_script
 from cnm.kernel.sysctl import set_sysctl
@@ -216,18 +217,8 @@ class IptablesFirewall:
         return dict(self._bridges)
 
     def _localnet(self, bridges: Iterable[str], strict: bool) -> None:
-        """route_localnet on bridges carrying published ports, so the host reaches them via
-        127.0.0.1 (kernel mode only; raw CNM-PREROUTING drops 127.0.0.0/8 from outside)."""
-        if self.userland_proxy:
-            return
-        for bridge in sorted(bridges):
-            try:
-                set_sysctl(f"net.ipv4.conf.{bridge}.route_localnet", "1")
-            except KernelError:
-                if strict:
-                    raise
-                log.warning("bridge %s is gone: route_localnet not set", bridge)
-
+        if not self.userland_proxy:  # the proxy serves 127.0.0.1 itself
+            enable_route_localnet(bridges, strict=strict)
 
 def _port_keys(rules: Iterable[PortRule]) -> list[tuple[str | None, str, int]]:
     return [

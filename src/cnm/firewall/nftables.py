@@ -13,9 +13,10 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from cnm.errors import FirewallError, KernelError, Unavailable
+from cnm.errors import FirewallError, Unavailable
 from cnm.firewall import render_nft
 from cnm.firewall.api import BridgeRules, PortRule
+from cnm.firewall.common import enable_route_localnet, owner_comment
 from cnm.firewall.render_nft import PortElement
 from cnm.kernel.cmdlog import log_script
 from cnm.kernel.sysctl import set_sysctl
@@ -270,7 +271,7 @@ class NftablesFirewall:
     def _read_ports(self, owner: str) -> list[PortElement] | None:
         """Endpoint ``owner``'s elements as the kernel holds them (by their comment);
         None when cnm's table is absent."""
-        tag = render_nft.owner_comment(owner)
+        tag = owner_comment(owner)
         found: list[PortElement] = []
         for map_name in render_nft.PORT_MAPS:
             objects = self._list_json(f"map {render_nft.FAMILY} {self.table} {map_name}", terse=False)
@@ -290,19 +291,8 @@ class NftablesFirewall:
         return found
 
     def _localnet(self, bridges: Iterable[str], strict: bool) -> None:
-        """Let the bridges route packets from 127.0.0.1 (DNATed by the output chain) so the
-        host reaches published ports through localhost (kernel mode only; the raw chain
-        drops 127.0.0.0/8 arriving from outside, which route_localnet would let in).
-        ``strict=False`` (sync) skips a bridge that is gone."""
-        if self.userland_proxy:
-            return
-        for bridge in sorted(bridges):
-            try:
-                set_sysctl(f"net.ipv4.conf.{bridge}.route_localnet", "1")
-            except KernelError:
-                if strict:
-                    raise
-                log.warning("bridge %s is gone: route_localnet not set", bridge)
+        if not self.userland_proxy:  # the proxy serves 127.0.0.1 itself
+            enable_route_localnet(bridges, strict=strict)
 
     def _bridges_pointing_at(self, owner: str) -> list[str]:
         targets = set(render_nft.chains_for(owner).all())

@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 
 from cnm.errors import InvalidArgument
 from cnm.firewall.api import BridgeRules, PortRule
+from cnm.firewall.common import OWNER_TAG, check_ifname, check_owner, owner_comment
 
-OWNER_TAG = "cnm:"
 BASE_OWNER = "base"  # the skeleton's rules
 
 USER_CHAIN = "CNM-USER"
@@ -69,26 +69,8 @@ BUILTIN = frozenset({"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"})
 LOOPBACK = "127.0.0.0/8"
 PROTOCOLS = ("tcp", "udp", "sctp")
 
-_OWNER_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,99}$")
-_IFNAME_RE = re.compile(r'^[^\s/:"\\\'!]{1,15}$')
 _NETWORK_CHAIN_RE = re.compile(r"^CNM-N-[0-9A-Za-z_-]{1,12}-(IN|OUT)$")
 _PORT_CHAIN_RE = re.compile(r"^CNM-P-[0-9A-Za-z_-]{1,12}$")
-
-
-def owner_comment(owner: str) -> str:
-    return OWNER_TAG + owner
-
-
-def _check_owner(owner: str) -> str:
-    if not _OWNER_RE.match(owner):
-        raise InvalidArgument(f"invalid firewall owner id {owner!r}")
-    return owner
-
-
-def _check_ifname(name: str) -> str:
-    if not _IFNAME_RE.match(name):
-        raise InvalidArgument(f"invalid bridge name {name!r} for the firewall")
-    return name
 
 
 def is_network_chain(name: str) -> bool:
@@ -111,7 +93,7 @@ def is_cnm_chain(name: str) -> bool:
 
 def port_chain(owner: str) -> str:
     """One endpoint's nat chain, named from its id."""
-    return f"CNM-P-{_check_owner(owner)[:12]}"
+    return f"CNM-P-{check_owner(owner)[:12]}"
 
 
 def port_jump(owner: str) -> Rule:
@@ -121,7 +103,7 @@ def port_jump(owner: str) -> Rule:
 
 def network_chains(owner: str) -> tuple[str, str]:
     """(in, out): one network's filter chains, named from its id."""
-    prefix = f"CNM-N-{_check_owner(owner)[:12]}"
+    prefix = f"CNM-N-{check_owner(owner)[:12]}"
     return f"{prefix}-IN", f"{prefix}-OUT"
 
 
@@ -333,8 +315,8 @@ def render_teardown(state: dict[str, TableState]) -> str:
 
 def network_chain_rules(rules: BridgeRules) -> list[Rule]:
     """The content of one network's own chains."""
-    owner = _check_owner(rules.owner)
-    br = _check_ifname(rules.bridge)
+    owner = check_owner(rules.owner)
+    br = check_ifname(rules.bridge)
     inbound, outbound = network_chains(owner)
     out = []
     if not rules.internal:
@@ -350,8 +332,8 @@ def network_chain_rules(rules: BridgeRules) -> list[Rule]:
 
 def network_shared_rules(rules: BridgeRules, userland_proxy: bool) -> list[Rule]:
     """One network's rules in SHARED chains (dispatch, masquerade, proxy exemption)."""
-    owner = _check_owner(rules.owner)
-    br = _check_ifname(rules.bridge)
+    owner = check_owner(rules.owner)
+    br = check_ifname(rules.bridge)
     inbound, outbound = network_chains(owner)
     out = [
         _rule("filter", INTO_CHAIN, f"-o {br}", f"-j {inbound}", owner),
@@ -411,7 +393,7 @@ def _check_port(port: int, what: str) -> int:
 def port_rules(rule: PortRule) -> list[Rule]:
     """The DNAT rules of one ``PortRule``: one rule for a range published on the same
     container ports (``--dport 8000:8010 -j DNAT --to-destination ip``), else one per port."""
-    owner = _check_owner(rule.owner)
+    owner = check_owner(rule.owner)
     if rule.protocol not in PROTOCOLS:
         raise InvalidArgument(f"invalid protocol {rule.protocol!r}: must be one of {', '.join(PROTOCOLS)}")
     first = _check_port(rule.host_port, "host port")

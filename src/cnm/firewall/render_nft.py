@@ -58,6 +58,7 @@ from typing import Any
 
 from cnm.errors import FirewallError, InvalidArgument
 from cnm.firewall.api import BridgeRules, PortRule
+from cnm.firewall.common import check_ifname, check_owner, owner_comment
 
 TABLE = "cnm"
 FAMILY = "ip"  # IPv6 ("ip6" table of the same layout) comes later
@@ -116,28 +117,6 @@ BASE_CHAINS: dict[str, str] = {
 # Chains that belong to the table's skeleton rather than to one network or endpoint.
 FIXED_CHAINS = frozenset({USER_CHAIN, PORTS_CHAIN, *BASE_CHAINS})
 
-OWNER_TAG = "cnm:"
-_OWNER_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,99}$")
-# Linux interface names: 1-15 bytes, no '/', ':' or whitespace; we also refuse quotes
-# and backslashes so a name can never break out of an nft string.
-_IFNAME_RE = re.compile(r'^[^\s/:"\\]{1,15}$')
-
-
-def owner_comment(owner: str) -> str:
-    """The tag every object owned by network ``owner`` carries."""
-    return OWNER_TAG + owner
-
-
-def _check_owner(owner: str) -> str:
-    if not _OWNER_RE.match(owner):
-        raise InvalidArgument(f"invalid firewall owner id {owner!r}")
-    return owner
-
-
-def _check_ifname(name: str) -> str:
-    if not _IFNAME_RE.match(name):
-        raise InvalidArgument(f"invalid bridge name {name!r} for the firewall")
-    return name
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +152,7 @@ def is_network_chain(name: str) -> bool:
 
 
 def chains_for(owner: str) -> NetworkChains:
-    prefix = f"n-{_check_owner(owner)[:12]}"
+    prefix = f"n-{check_owner(owner)[:12]}"
     return NetworkChains(f"{prefix}-in", f"{prefix}-out", f"{prefix}-nat")
 
 
@@ -261,8 +240,8 @@ def render_teardown(table: str = TABLE) -> str:
 
 def network_rules(rules: BridgeRules) -> dict[str, list[str]]:
     """The rule bodies of each of one network's chains (without ``add rule …``)."""
-    owner = _check_owner(rules.owner)
-    br = f'"{_check_ifname(rules.bridge)}"'
+    owner = check_owner(rules.owner)
+    br = f'"{check_ifname(rules.bridge)}"'
     tag = f'comment "{owner_comment(owner)}"'
     ch = chains_for(owner)
     # Dispatched on oifname == br: forwarded into the bridge (replies were accepted
@@ -311,8 +290,8 @@ def network_lines(rules: BridgeRules, previous_bridge: str | None = None, table:
     its three map elements.  ``previous_bridge``, when the network was last installed on
     another bridge name, has its elements removed in the same transaction."""
     t = f"{FAMILY} {table}"
-    owner = _check_owner(rules.owner)
-    bridge = _check_ifname(rules.bridge)
+    owner = check_owner(rules.owner)
+    bridge = check_ifname(rules.bridge)
     tag = owner_comment(owner)
     lines = []
     for chain, body in network_rules(rules).items():
@@ -320,7 +299,7 @@ def network_lines(rules: BridgeRules, previous_bridge: str | None = None, table:
         lines.append(f"flush chain {t} {chain}")
         lines += [f"add rule {t} {chain} {rule}" for rule in body]
     if previous_bridge and previous_bridge != bridge:
-        lines += _drop_elements(table, owner, _check_ifname(previous_bridge))
+        lines += _drop_elements(table, owner, check_ifname(previous_bridge))
     for map_name, chain in chains_for(owner).for_map():
         lines.append(f"add element {t} {map_name} {_element(bridge, owner, chain)}")
     return lines
@@ -338,7 +317,7 @@ def remove_lines(owner: str, bridges: Iterable[str] = (), table: str = TABLE) ->
     # the chains must exist for the element lines to parse, and be empty to be deleted
     lines = [f'add chain {t} {c} {{ comment "{owner_comment(owner)}" ; }}' for c in chains]
     for bridge in dict.fromkeys(bridges):
-        lines += _drop_elements(table, owner, _check_ifname(bridge))
+        lines += _drop_elements(table, owner, check_ifname(bridge))
     for c in chains:
         lines += [f"flush chain {t} {c}", f"delete chain {t} {c}"]
     return lines
@@ -432,7 +411,7 @@ def port_elements_by_owner(rules: Iterable[PortRule]) -> dict[str, list[PortElem
     """Group the elements of ``rules`` by owner (endpoint id), checking each id."""
     out: dict[str, list[PortElement]] = {}
     for rule in rules:
-        out.setdefault(_check_owner(rule.owner), []).extend(port_elements(rule))
+        out.setdefault(check_owner(rule.owner), []).extend(port_elements(rule))
     return out
 
 
@@ -442,7 +421,7 @@ def ports_lines(
     """Replace endpoint ``owner``'s elements ``old`` (which must be present) with ``new``,
     in one transaction whose size depends only on this endpoint's ports."""
     t = f"{FAMILY} {table}"
-    tag = owner_comment(_check_owner(owner))
+    tag = owner_comment(check_owner(owner))
     lines = [f"delete element {t} {e.map} {{ {e.key} }}" for e in old]
     lines += [f'add element {t} {e.map} {{ {e.key} comment "{tag}" : {e.data} }}' for e in new]
     return lines
