@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -292,7 +292,7 @@ class TestHost:
         if self._daemon is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._daemon.wait(timeout=10)
-        if self._pidns is not None and not _wait_until(lambda: not pids_in_pidns(self._pidns), 20):
+        if self._pidns is not None and not wait_for(lambda: not pids_in_pidns(self._pidns), 20, interval=0.05):
             problems.append(f"processes left in the test pid namespace: {pids_in_pidns(self._pidns)}")
         problems += remove_cgroups(self.cgroup_parent)
         if self.tmp.exists():
@@ -475,7 +475,8 @@ def _readline_with_timeout(stream: Any, timeout: float) -> bytes:
         sel.close()
 
 
-def _wait_until(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
+def wait_for(predicate: Callable[[], bool], timeout: float = 15, interval: float = 0.2) -> bool:
+    """Poll ``predicate`` until true (True) or ``timeout`` seconds pass (False)."""
     deadline = time.monotonic() + timeout
     while True:
         if predicate():
@@ -508,7 +509,7 @@ def remove_cgroups(parent: str, timeout: float = 10.0) -> list[str]:
                     os.rmdir(dirpath)
         return not cgroup_dirs(parent)
 
-    if _wait_until(sweep, timeout, interval=0.2):
+    if wait_for(sweep, timeout, interval=0.2):
         return []
     return [f"cgroups left: {[str(p) for p in cgroup_dirs(parent)]}"]
 

@@ -11,8 +11,7 @@ import os
 import re
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,16 +85,6 @@ def bridge_of(host: TestHost, network: str) -> str:
     if name:
         return name
     return "cnm0" if net["Name"] == "bridge" else f"br-{net['Id'][:12]}"
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 15, interval: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 # -- a server in the world namespace -------------------------------------------------------------

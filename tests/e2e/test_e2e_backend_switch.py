@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import signal
 
-from e2e_util import wait_for
-from harness import TestHost
+from harness import TestHost, wait_for
 
 HTTPD = "mkdir -p /www && echo switched > /www/index.html && exec httpd -f -p 80 -h /www"
 

@@ -4,8 +4,8 @@ behaviour); egress and the port keep working."""
 
 from __future__ import annotations
 
-from e2e_util import wait_for, world_server
-from harness import TestHost
+from e2e_util import world_server
+from harness import TestHost, wait_for
 
 HTTPD = "mkdir -p /www && echo gw > /www/index.html && exec httpd -f -p 80 -h /www"
 

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_util import inspect, wait_for
-from harness import TestHost
+from e2e_util import inspect
+from harness import TestHost, wait_for
 
 HOST_IP = "203.0.113.2"
 

@@ -16,9 +16,8 @@ from e2e_util import (
     pings,
     run_sleeper,
     sandbox_key,
-    wait_for,
 )
-from harness import TestHost
+from harness import TestHost, wait_for
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])

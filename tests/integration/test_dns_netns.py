@@ -13,13 +13,10 @@ asserts).  Everything vanishes with the namespaces.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from throwaway import check_ok, have, run_script
 
 pytestmark = pytest.mark.root
 
@@ -224,34 +221,8 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _available() -> bool:
-    return os.geteuid() == 0 and all(shutil.which(t) for t in ("unshare", "busybox", "nft", "ip"))
-
-
-@pytest.mark.skipif(not _available(), reason="needs root, unshare, ip, nft and busybox")
+@pytest.mark.skipif(not have("busybox", "nft", "ip"), reason="needs root, unshare, ip, nft and busybox")
 def test_dns_server_in_a_container_namespace(tmp_path):
-    script, client = tmp_path / "dns_script.py", tmp_path / "dns_client.py"
-    script.write_text(SCRIPT)
+    client = tmp_path / "dns_client.py"
     client.write_text(CLIENT)
-    shell = f"set -e; mount -t tmpfs tmpfs /run; ip link set lo up; exec {sys.executable} {script} {client}"
-    proc = subprocess.run(
-        [
-            "unshare",
-            "--pid",
-            "--fork",
-            "--mount-proc",
-            "--net",
-            "--mount",
-            "--propagation",
-            "private",
-            "bash",
-            "-c",
-            shell,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    print(proc.stdout)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.rstrip().endswith("OK")
+    check_ok(run_script(tmp_path, SCRIPT, str(client), name="dns_script.py"))

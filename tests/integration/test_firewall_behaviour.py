@@ -13,13 +13,10 @@ namespace.  Latencies are printed, never asserted.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from throwaway import have, run_script
 
 pytestmark = pytest.mark.root
 
@@ -417,25 +414,16 @@ asyncio.run(main())
 """
 
 
-def _available() -> bool:
-    tools = ("unshare", "nft", "iptables-nft-restore", "iptables-legacy-restore")
-    return os.geteuid() == 0 and all(shutil.which(t) for t in tools)
-
-
 def _run(tmp_path, body: str, backend: str) -> dict:
-    script = tmp_path / "fw_script.py"
-    script.write_text(textwrap.dedent(COMMON) + textwrap.dedent(body))
-    proc = subprocess.run(
-        ["unshare", "--pid", "--fork", "--mount-proc", "--net", "--mount", "--propagation", "private",
-         "bash", "-c", f"mount -t tmpfs tmpfs /run && ip link set lo up && exec {sys.executable} {script} {backend}"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    proc = run_script(tmp_path, textwrap.dedent(COMMON) + textwrap.dedent(body), backend, name="fw_script.py",
+                      timeout=300)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 needs_root = pytest.mark.skipif(
-    not _available(), reason="needs root, unshare, nft and both iptables variants"
+    not have("nft", "iptables-nft-restore", "iptables-legacy-restore"),
+    reason="needs root, unshare, nft and both iptables variants",
 )
 
 

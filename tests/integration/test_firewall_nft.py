@@ -12,13 +12,10 @@ Two scripts run as root under ``unshare`` (everything they make vanishes with th
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from throwaway import have, run_script
 
 pytestmark = pytest.mark.root
 
@@ -321,23 +318,13 @@ finally:
 '''
 
 
-def _unshare_available() -> bool:
-    return os.geteuid() == 0 and shutil.which("unshare") is not None and shutil.which("nft") is not None
-
-
 def _run(tmp_path, body: str) -> dict:
-    script = tmp_path / "fw_script.py"
-    script.write_text(textwrap.dedent(COMMON) + textwrap.dedent(body))
-    proc = subprocess.run(
-        ["unshare", "--pid", "--fork", "--mount-proc", "--net", "--mount", "--propagation", "private",
-         "bash", "-c", f"mount -t tmpfs tmpfs /run && ip link set lo up && exec {sys.executable} {script}"],
-        capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
+    proc = run_script(tmp_path, textwrap.dedent(COMMON) + textwrap.dedent(body), name="fw_script.py")
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not _unshare_available(), reason="needs root, unshare and nft")
+@pytest.mark.skipif(not have("nft"), reason="needs root, unshare and nft")
 def test_nftables_firewall_structure_in_throwaway_namespace(tmp_path):
     result = _run(tmp_path, STRUCTURE)
     assert result["ok"]
@@ -349,7 +336,7 @@ def test_nftables_firewall_structure_in_throwaway_namespace(tmp_path):
     )
 
 
-@pytest.mark.skipif(not _unshare_available(), reason="needs root, unshare and nft")
+@pytest.mark.skipif(not have("nft"), reason="needs root, unshare and nft")
 def test_nftables_firewall_behaviour_in_throwaway_namespace(tmp_path):
     r = _run(tmp_path, BEHAVIOUR)
     before, after = r["before"], r["after"]

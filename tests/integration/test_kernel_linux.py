@@ -6,13 +6,10 @@ checks the kernel with iproute2's JSON output (``ip -j``), not with LinuxKernel 
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from throwaway import check_ok, have, run_script
 
 pytestmark = pytest.mark.root
 
@@ -202,23 +199,6 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _unshare_available() -> bool:
-    return os.geteuid() == 0 and shutil.which("unshare") is not None and shutil.which("busybox") is not None
-
-
-@pytest.mark.skipif(not _unshare_available(), reason="needs root, unshare and busybox")
+@pytest.mark.skipif(not have("busybox"), reason="needs root, unshare and busybox")
 def test_linux_kernel_in_throwaway_namespace(tmp_path):
-    script = tmp_path / "kernel_script.py"
-    script.write_text(SCRIPT)
-    shell = (
-        "set -e; mount -t tmpfs tmpfs /run; ip link set lo up; "
-        f"exec {sys.executable} {script}"
-    )
-    proc = subprocess.run(
-        ["unshare", "--pid", "--fork", "--mount-proc", "--net", "--mount",
-         "--propagation", "private", "bash", "-c", shell],
-        capture_output=True, text=True, timeout=240,
-    )
-    print(proc.stdout)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.rstrip().endswith("OK")
+    check_ok(run_script(tmp_path, SCRIPT, name="kernel_script.py"))

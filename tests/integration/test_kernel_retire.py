@@ -5,13 +5,10 @@ removal, close) has waited; batches leave the reaper's group empty."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from throwaway import check_ok, have, run_script
 
 pytestmark = pytest.mark.root
 
@@ -114,20 +111,6 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _unshare_available() -> bool:
-    return os.geteuid() == 0 and shutil.which("unshare") is not None and shutil.which("busybox") is not None
-
-
-@pytest.mark.skipif(not _unshare_available(), reason="needs root, unshare and busybox")
+@pytest.mark.skipif(not have("busybox"), reason="needs root, unshare and busybox")
 def test_retired_links_in_throwaway_namespace(tmp_path):
-    script = tmp_path / "retire_script.py"
-    script.write_text(SCRIPT)
-    shell = "set -e; mount -t tmpfs tmpfs /run; ip link set lo up; " f"exec {sys.executable} {script}"
-    proc = subprocess.run(
-        ["unshare", "--pid", "--fork", "--mount-proc", "--net", "--mount", "--propagation", "private",
-         "bash", "-c", shell],
-        capture_output=True, text=True, timeout=120,
-    )
-    print(proc.stdout)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.rstrip().endswith("OK")
+    check_ok(run_script(tmp_path, SCRIPT, name="retire_script.py", timeout=120))

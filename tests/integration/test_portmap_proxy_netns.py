@@ -16,13 +16,10 @@ Everything vanishes with the namespaces.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from throwaway import check_ok, have, run_script
 
 pytestmark = pytest.mark.root
 
@@ -114,22 +111,6 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _available() -> bool:
-    return os.geteuid() == 0 and all(shutil.which(t) for t in ("unshare", "ip", "iperf3"))
-
-
-@pytest.mark.skipif(not _available(), reason="needs root, unshare, ip and iperf3")
+@pytest.mark.skipif(not have("ip", "iperf3"), reason="needs root, unshare, ip and iperf3")
 def test_proxy_between_namespaces_and_its_throughput(tmp_path):
-    script = tmp_path / "proxy_script.py"
-    script.write_text(SCRIPT)
-    shell = f"set -e; mount -t tmpfs tmpfs /run; ip link set lo up; exec {sys.executable} {script}"
-    proc = subprocess.run(
-        ["unshare", "--pid", "--fork", "--mount-proc", "--net", "--mount", "--propagation", "private",
-         "bash", "-c", shell],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    print(proc.stdout)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.rstrip().endswith("OK")
+    check_ok(run_script(tmp_path, SCRIPT, name="proxy_script.py"))

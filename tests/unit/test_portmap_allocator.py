@@ -10,6 +10,7 @@ import time
 from ipaddress import IPv4Address
 
 import pytest
+from portfree import free_block
 
 from cnm.errors import KernelError
 from cnm.model.ports import ANY, PortMapping, PortRequest
@@ -20,25 +21,6 @@ from cnm.portmap.ranges import parse_reserved
 LO = IPv4Address("127.0.0.1")
 LO2 = IPv4Address("127.0.0.2")
 CIP = IPv4Address("172.17.0.2")
-
-
-def free_block(size: int) -> int:
-    """A first port of ``size`` consecutive loopback ports no one holds right now (TCP+UDP)."""
-    for base in range(41000, 60000, size + 7):
-        socks = []
-        try:
-            for p in range(base, base + size):
-                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-                    s = socket.socket(socket.AF_INET, kind)
-                    socks.append(s)
-                    s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port block on 127.0.0.1")
 
 
 @pytest.fixture

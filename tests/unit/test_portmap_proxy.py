@@ -11,6 +11,7 @@ import socket
 from ipaddress import IPv4Address
 
 import pytest
+from portfree import free_block
 
 from cnm.model.ports import PortRequest
 from cnm.portmap.allocator import PortAllocator
@@ -19,28 +20,10 @@ from cnm.portmap.proxy import UserlandProxy
 LO = IPv4Address("127.0.0.1")
 
 
-def free_block(size: int) -> int:
-    """A first port of ``size`` consecutive loopback ports no one holds right now."""
-    for base in range(42000, 60000, size + 3):
-        socks = []
-        try:
-            for p in range(base, base + size):
-                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-                    socks.append(s := socket.socket(socket.AF_INET, kind))
-                    s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port block on 127.0.0.1")
-
-
 @pytest.fixture(params=[(1, True), (0, True), (1, False)], ids=["thread-splice", "loop-splice", "thread-copy"])
 async def setup(request):
     workers, splice = request.param
-    base = free_block(10)
+    base = free_block(10, start=42000)
     alloc = PortAllocator((base, base + 9), reserved=())
     proxy = UserlandProxy(workers=workers, splice=splice, udp_timeout=0.3)
     yield alloc, proxy

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
-from cnm.errors import InvalidArgument, KernelError
+from cnm.errors import FirewallError, InvalidArgument, KernelError
+from cnm.firewall.api import PortRule
 from cnm.kernel.sysctl import set_sysctl
 
 log = logging.getLogger("cnm.firewall")
@@ -49,3 +50,52 @@ def enable_route_localnet(bridges: Iterable[str], *, strict: bool) -> None:
             if strict:
                 raise
             log.warning("bridge %s is gone: route_localnet not set", bridge)
+
+
+PORT_PROTOCOLS = ("tcp", "udp", "sctp")
+
+PortKey = tuple[str | None, str, int]  # (host ip or None for any, protocol, host port)
+
+
+def check_port_rule(rule: PortRule) -> tuple[int, int]:
+    """Validate a published-port rule before rendering it; its (first, last) host port."""
+    if rule.protocol not in PORT_PROTOCOLS:
+        raise InvalidArgument(f"invalid protocol {rule.protocol!r}: must be one of {', '.join(PORT_PROTOCOLS)}")
+    first = _check_port(rule.host_port, "host port")
+    last = _check_port(rule.host_port_end, "host port")
+    if last < first:
+        raise InvalidArgument(f"invalid host port range {first}-{last}")
+    _check_port(rule.container_port, "container port")
+    _check_port(rule.container_port + last - first, "container port")
+    return first, last
+
+
+def _check_port(port: int, what: str) -> int:
+    if not 1 <= port <= 65535:
+        raise InvalidArgument(f"invalid {what} {port}: must be 1-65535")
+    return port
+
+
+def port_keys(rules: Iterable[PortRule]) -> list[PortKey]:
+    """Every (host ip, protocol, host port) ``rules`` claim."""
+    return [
+        (str(r.host_ip) if r.host_ip is not None else None, r.protocol, p)
+        for r in rules
+        for p in range(r.host_port, r.host_port_end + 1)
+    ]
+
+
+def claim_ports(owner: str, rules: Sequence[PortRule], held: Mapping[PortKey, str]) -> list[PortKey]:
+    """The keys endpoint ``owner``'s ``rules`` claim, refused (FirewallError) when a rule
+    belongs to another endpoint or a port is already published by one (``held``: key ->
+    owner).  Both backends check this before touching the kernel."""
+    if any(r.owner != owner for r in rules):
+        raise FirewallError(f"add_ports({owner}) was given ports of another endpoint")
+    keys = port_keys(rules)
+    for key in keys:
+        other = held.get(key, owner)
+        if other != owner:
+            raise FirewallError(
+                f"port {key[2]}/{key[1]} on {key[0] or '0.0.0.0'} is already published by endpoint {other}"
+            )
+    return keys

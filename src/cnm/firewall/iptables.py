@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from cnm.errors import FirewallError, Unavailable
 from cnm.firewall import render_ipt
 from cnm.firewall.api import BridgeRules, PortRule
-from cnm.firewall.common import enable_route_localnet
+from cnm.firewall.common import PortKey, claim_ports, enable_route_localnet, port_keys
 from cnm.firewall.render_ipt import Rule, TableState
 from cnm.kernel.cmdlog import log_script
 from cnm.kernel.sysctl import set_sysctl
@@ -49,8 +49,8 @@ class IptablesFirewall:
         # (host ip or None, protocol, host port) -> endpoint: iptables would happily hold
         # two DNAT rules for one port, so a port of another endpoint is refused here (the
         # nftables backend's maps refuse it in the kernel)
-        self._port_owner: dict[tuple[str | None, str, int], str] = {}
-        self._port_keys: dict[str, list[tuple[str | None, str, int]]] = {}  # endpoint -> its keys
+        self._port_owner: dict[PortKey, str] = {}
+        self._port_keys: dict[str, list[PortKey]] = {}  # endpoint -> its keys
         self._known = False  # memory matches the kernel (after sync / teardown)
 
     # -- exec boundary ------------------------------------------------------------------
@@ -138,7 +138,7 @@ class IptablesFirewall:
         self._bridges = {n.owner: n.bridge for n in networks}
         self._port_keys = {}
         for r in ports:
-            self._port_keys.setdefault(r.owner, []).extend(_port_keys([r]))
+            self._port_keys.setdefault(r.owner, []).extend(port_keys([r]))
         self._port_owner = {key: o for o, keys in self._port_keys.items() for key in keys}
         self._known = True
 
@@ -163,16 +163,8 @@ class IptablesFirewall:
     async def add_ports(self, owner: str, rules: Sequence[PortRule]) -> None:
         """Replace endpoint ``owner``'s DNAT rules with ``rules`` in one batch (its size
         depends only on this endpoint's ports)."""
-        if any(r.owner != owner for r in rules):
-            raise FirewallError(f"add_ports({owner}) was given ports of another endpoint")
         new = render_ipt.port_rules_by_owner(rules).get(owner, [])
-        keys = _port_keys(rules)
-        for key in keys:
-            other = self._port_owner.get(key, owner)
-            if other != owner:
-                raise FirewallError(
-                    f"port {key[2]}/{key[1]} on {key[0] or '0.0.0.0'} is already published by endpoint {other}"
-                )
+        keys = claim_ports(owner, rules, self._port_owner)
         self._localnet({r.bridge for r in rules}, strict=True)
         jump = [render_ipt.port_jump(owner)] if new else []
         await self._apply_owner(owner, lambda old: render_ipt.render_ports(owner, old, new), jump)
@@ -219,14 +211,6 @@ class IptablesFirewall:
     def _localnet(self, bridges: Iterable[str], strict: bool) -> None:
         if not self.userland_proxy:  # the proxy serves 127.0.0.1 itself
             enable_route_localnet(bridges, strict=strict)
-
-def _port_keys(rules: Iterable[PortRule]) -> list[tuple[str | None, str, int]]:
-    return [
-        (str(r.host_ip) if r.host_ip is not None else None, r.protocol, p)
-        for r in rules
-        for p in range(r.host_port, r.host_port_end + 1)
-    ]
-
 
 def _error_message(tool: str, err: str, batch: str | None) -> str:
     """The tool's first message, and the batch line it names (``Error occurred at line: N``)."""

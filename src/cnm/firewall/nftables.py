@@ -16,7 +16,7 @@ from typing import Any
 from cnm.errors import FirewallError, Unavailable
 from cnm.firewall import render_nft
 from cnm.firewall.api import BridgeRules, PortRule
-from cnm.firewall.common import enable_route_localnet, owner_comment
+from cnm.firewall.common import PortKey, claim_ports, enable_route_localnet, owner_comment, port_keys
 from cnm.firewall.render_nft import PortElement
 from cnm.kernel.cmdlog import log_script
 from cnm.kernel.sysctl import set_sysctl
@@ -62,8 +62,8 @@ class NftablesFirewall:
         self._ports: dict[str, list[PortElement]] = {}  # endpoint id -> its port-map elements
         # (host ip or None, protocol, host port) -> endpoint.  A single port and a range are
         # in different maps, which the kernel does not compare: overlaps are refused here.
-        self._port_owner: dict[tuple[str | None, str, int], str] = {}
-        self._port_keys: dict[str, list[tuple[str | None, str, int]]] = {}
+        self._port_owner: dict[PortKey, str] = {}
+        self._port_keys: dict[str, list[PortKey]] = {}
         # True once sync/teardown made the memory of ports match the kernel: an endpoint
         # absent from it then has no elements (no need to read the maps)
         self._ports_known = False
@@ -133,7 +133,7 @@ class NftablesFirewall:
         self._port_owner.clear()
         self._port_keys.clear()
         for rule in ports:
-            self._port_keys.setdefault(rule.owner, []).extend(_port_keys([rule]))
+            self._port_keys.setdefault(rule.owner, []).extend(port_keys([rule]))
         self._port_owner = {key: o for o, keys in self._port_keys.items() for key in keys}
 
     async def add_network(self, rules: BridgeRules) -> None:
@@ -173,15 +173,7 @@ class NftablesFirewall:
         ones: its size depends only on this endpoint's ports.  A port (or part of a
         range) already published by another endpoint fails the whole transaction."""
         new = render_nft.port_elements_by_owner(rules).get(owner, [])
-        if any(r.owner != owner for r in rules):
-            raise FirewallError(f"add_ports({owner}) was given ports of another endpoint")
-        keys = _port_keys(rules)
-        for key in keys:
-            other = self._port_owner.get(key, owner)
-            if other != owner:
-                raise FirewallError(
-                    f"port {key[2]}/{key[1]} on {key[0] or '0.0.0.0'} is already published by endpoint {other}"
-                )
+        keys = claim_ports(owner, rules, self._port_owner)
         if not self.userland_proxy:
             self._localnet({r.bridge for r in rules}, strict=True)
         old = self._ports_of(owner)
@@ -301,15 +293,6 @@ class NftablesFirewall:
             objects = self._list_json(f"map {render_nft.FAMILY} {self.table} {map_name}", terse=False)
             found += _elements_jumping_to(objects or [], targets)
         return found
-
-
-def _port_keys(rules: Iterable[PortRule]) -> list[tuple[str | None, str, int]]:
-    """Every (host ip, protocol, host port) ``rules`` claim."""
-    return [
-        (str(r.host_ip) if r.host_ip is not None else None, r.protocol, p)
-        for r in rules
-        for p in range(r.host_port, r.host_port_end + 1)
-    ]
 
 
 def _elements_jumping_to(objects: Iterable[dict[str, Any]], targets: set[str]) -> list[str]:

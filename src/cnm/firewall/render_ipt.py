@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 from cnm.errors import InvalidArgument
 from cnm.firewall.api import BridgeRules, PortRule
-from cnm.firewall.common import OWNER_TAG, check_ifname, check_owner, owner_comment
+from cnm.firewall.common import OWNER_TAG, check_ifname, check_owner, check_port_rule, owner_comment
 
 BASE_OWNER = "base"  # the skeleton's rules
 
@@ -67,7 +67,7 @@ SHARED: dict[str, tuple[str, ...]] = {
 }
 BUILTIN = frozenset({"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"})
 LOOPBACK = "127.0.0.0/8"
-PROTOCOLS = ("tcp", "udp", "sctp")
+
 
 _NETWORK_CHAIN_RE = re.compile(r"^CNM-N-[0-9A-Za-z_-]{1,12}-(IN|OUT)$")
 _PORT_CHAIN_RE = re.compile(r"^CNM-P-[0-9A-Za-z_-]{1,12}$")
@@ -384,24 +384,11 @@ def render_remove_network(owner: str, old_shared: Sequence[Rule]) -> str:
 # -- ports ------------------------------------------------------------------------------
 
 
-def _check_port(port: int, what: str) -> int:
-    if not 1 <= port <= 65535:
-        raise InvalidArgument(f"invalid {what} {port}: must be 1-65535")
-    return port
-
-
 def port_rules(rule: PortRule) -> list[Rule]:
     """The DNAT rules of one ``PortRule``: one rule for a range published on the same
     container ports (``--dport 8000:8010 -j DNAT --to-destination ip``), else one per port."""
     owner = check_owner(rule.owner)
-    if rule.protocol not in PROTOCOLS:
-        raise InvalidArgument(f"invalid protocol {rule.protocol!r}: must be one of {', '.join(PROTOCOLS)}")
-    first = _check_port(rule.host_port, "host port")
-    last = _check_port(rule.host_port_end, "host port")
-    if last < first:
-        raise InvalidArgument(f"invalid host port range {first}-{last}")
-    _check_port(rule.container_port, "container port")
-    _check_port(rule.container_port + last - first, "container port")
+    first, last = check_port_rule(rule)
     dest = f"-d {rule.host_ip}/32 " if rule.host_ip is not None else ""
     proto = f"{dest}-p {rule.protocol} -m {rule.protocol}"
     chain = port_chain(owner)

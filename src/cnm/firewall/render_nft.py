@@ -58,7 +58,7 @@ from typing import Any
 
 from cnm.errors import FirewallError, InvalidArgument
 from cnm.firewall.api import BridgeRules, PortRule
-from cnm.firewall.common import check_ifname, check_owner, owner_comment
+from cnm.firewall.common import PORT_PROTOCOLS, check_ifname, check_owner, check_port_rule, owner_comment
 
 TABLE = "cnm"
 FAMILY = "ip"  # IPv6 ("ip6" table of the same layout) comes later
@@ -103,7 +103,7 @@ _PORT_MAP_KEYS = {  # the packet fields each map is looked up with
     MAP_PORTS_ANY: "meta l4proto . th dport",
     MAP_PORTS_ANY_RANGE: "meta l4proto . th dport",
 }
-PROTOCOLS = ("tcp", "udp", "sctp")
+
 LOOPBACK = "127.0.0.0/8"
 
 BASE_CHAINS: dict[str, str] = {
@@ -204,7 +204,7 @@ def setup_lines(table: str = TABLE, userland_proxy: bool = False) -> list[str]:
         f"add rule {t} {OUTPUT_CHAIN} fib daddr type local jump {PORTS_CHAIN}",
     ]
     lines += [
-        f"add rule {t} {PORTS_CHAIN} meta l4proto {{ {', '.join(PROTOCOLS)} }} dnat ip to {_PORT_MAP_KEYS[m]} map @{m}"
+        f"add rule {t} {PORTS_CHAIN} meta l4proto {{ {', '.join(PORT_PROTOCOLS)} }} dnat ip to {_PORT_MAP_KEYS[m]} map @{m}"
         for m in PORT_MAPS
     ]
     # A packet for 127.0.0.0/8 from any other interface than lo is forged or misrouted;
@@ -378,23 +378,10 @@ class PortElement:
     data: str  # e.g. "10.0.0.2" (same port) or "10.0.0.2 . 80"
 
 
-def _check_port(port: int, what: str) -> int:
-    if not 1 <= port <= 65535:
-        raise InvalidArgument(f"invalid {what} {port}: must be 1-65535")
-    return port
-
-
 def port_elements(rule: PortRule) -> list[PortElement]:
     """The map elements of one ``PortRule``: one interval element for a range published
     on the same container ports, else one hash element per port."""
-    if rule.protocol not in PROTOCOLS:
-        raise InvalidArgument(f"invalid protocol {rule.protocol!r}: must be one of {', '.join(PROTOCOLS)}")
-    first = _check_port(rule.host_port, "host port")
-    last = _check_port(rule.host_port_end, "host port")
-    if last < first:
-        raise InvalidArgument(f"invalid host port range {first}-{last}")
-    _check_port(rule.container_port, "container port")
-    _check_port(rule.container_port + last - first, "container port")
+    first, last = check_port_rule(rule)
     prefix = f"{rule.host_ip} . " if rule.host_ip is not None else ""
     if rule.container_port == first and first != last:
         name = MAP_PORTS_IP_RANGE if rule.host_ip is not None else MAP_PORTS_ANY_RANGE
