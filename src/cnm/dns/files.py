@@ -2,7 +2,7 @@
 
 Pure functions (no I/O) plus ``write_in_place``: the files are bind-mounted into the
 container, so updates must keep the inode (truncate and rewrite, never rename).
-Contents follow Docker's (shared/research/libnetwork.md §7.2, §7.3).
+Contents follow Docker's (libnetwork's etchosts and resolvconf packages).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The names the embedded DNS server answers for: an in-memory index the engine updates.
 
-Docker's rules (shared/research/libnetwork.md §5), kept here so the server stays a thin
+Docker's rules (libnetwork's resolver), kept here so the server stays a thin
 wire-format layer:
 
 * every endpoint on a user-defined network publishes its names (container name,

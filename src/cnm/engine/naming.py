@@ -1,7 +1,7 @@
 """Names for a sandbox: /etc/hostname, /etc/hosts, /etc/resolv.conf, legacy ``--link``
 environment, and the embedded DNS server's records and listener.
 
-Docker's split (shared/research/libnetwork.md §5, §7): containers with an endpoint on a
+Docker's split (libnetwork's sandbox and resolver code): containers with an endpoint on a
 user-defined network resolve names through the embedded server at 127.0.0.11 (names are
 scoped to the networks they share); on the default bridge they get the host's resolvers
 and only ``--link`` entries in /etc/hosts.

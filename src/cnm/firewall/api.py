@@ -5,7 +5,7 @@ table / chains entirely, never changes global policies, tags every rule with the
 network (or endpoint) that owns it, and provides a user chain evaluated before its own
 (like Docker's DOCKER-USER), which it creates once and never flushes.
 
-Semantics of one bridge network (Docker's, see shared/research/libnetwork.md §1):
+Semantics of one bridge network (Docker's bridge driver):
 - masquerade: traffic from ``subnet`` leaving through another interface is masqueraded;
 - isolation: traffic entering the bridge from any other interface is dropped, except
   replies (ct established,related) -- so networks cannot reach each other and the world

@@ -2,7 +2,7 @@
 must know what is installed, a parsed ``iptables-save``) in, ``iptables-restore --noflush``
 batch text out.
 
-Pure functions, no I/O.  Docker's structure (shared/research/libnetwork.md §1.2-1.3) with
+Pure functions, no I/O.  Docker's structure (its bridge driver's iptables chains) with
 cnm's names; every rule carries ``-m comment --comment cnm:<owner>`` (``cnm:base`` for the
 skeleton)::
 
