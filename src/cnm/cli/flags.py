@@ -16,6 +16,7 @@ from cnm.cli.errors import UsageError
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing/collections.abc costs start-up time
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from typing import Any
 
 BOOL, STR, LIST, INT, MAP = "bool", "str", "list", "int", "map"
 _TRUE = {"1", "t", "T", "TRUE", "true", "True"}
@@ -100,22 +101,23 @@ def _find(flags: Sequence[Flag], name: str) -> Flag | None:
     return None
 
 
-def parse(cmd: Command, argv: Sequence[str]) -> tuple[dict[str, object], list[str], set[str]]:
+def parse(cmd: Command, argv: Sequence[str]) -> tuple[dict[str, Any], list[str], set[str]]:
     """Parse ``argv`` for ``cmd``; return (values by key, positionals, keys given explicitly).
 
     Every flag has a value in the result (its default, ``False``, ``[]`` or ``{}``).
     Argument counts are checked against ``cmd.min_args``/``max_args`` (exit 1, cobra's text).
     """
-    values: dict[str, object] = {}
-    for f in cmd.flags:
-        if f.kind == BOOL:
-            values[f.key] = bool(f.default)
-        elif f.kind == LIST:
-            values[f.key] = list(f.default or [])
-        elif f.kind == MAP:
-            values[f.key] = dict(f.default or {})
+    values: dict[str, Any] = {}  # each flag's kind says what its value is
+    for declared in cmd.flags:
+        default: Any = declared.default
+        if declared.kind == BOOL:
+            values[declared.key] = bool(default)
+        elif declared.kind == LIST:
+            values[declared.key] = list(default or [])
+        elif declared.kind == MAP:
+            values[declared.key] = dict(default or {})
         else:
-            values[f.key] = f.default
+            values[declared.key] = default
     changed: set[str] = set()
     positionals: list[str] = []
     args = list(argv)
@@ -145,10 +147,10 @@ def parse(cmd: Command, argv: Sequence[str]) -> tuple[dict[str, object], list[st
             reason = str(exc) if f.kind != INT or f.validate else f'strconv.ParseInt: parsing "{raw}": invalid syntax'
             raise fail(f'invalid argument "{raw}" for "{f.label()}" flag: {reason}') from None
         if f.kind == LIST:
-            values[f.key].append(value)  # type: ignore[union-attr]
+            values[f.key].append(value)
         elif f.kind == MAP:
             k, _, v = str(value).partition("=")
-            values[f.key][k] = v  # type: ignore[index]
+            values[f.key][k] = v
         else:
             values[f.key] = value
 

@@ -17,7 +17,7 @@ from cnm.store import codec
 from cnm.store.api import Store
 
 Record = Network | Endpoint | Sandbox | Container
-R = TypeVar("R", Network, Endpoint, Sandbox, Container)
+R = TypeVar("R", bound=Record)
 
 _KINDS: dict[type, str] = {
     Network: "network",
