@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
 
@@ -51,7 +51,7 @@ async def version_middleware(request: web.Request, handler: Handler) -> web.Stre
     return await handler(request)
 
 
-def _header_hook(version_info: VersionInfo) -> Callable[[web.Request, web.StreamResponse], object]:
+def _header_hook(version_info: VersionInfo) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
     server = f"cnm/{version_info.version} (linux)"
     experimental = "true" if version_info.experimental else "false"
 

@@ -435,8 +435,13 @@ def _join(items: object, sep: str) -> str:
     return sep.join(go_str(x) for x in items)
 
 
+def _short_circuit(*_args: object) -> object:
+    """Stands for ``and``/``or``, which the executor evaluates itself (lazily)."""
+    raise AssertionError("and/or are evaluated by the executor")
+
+
 FUNCS: dict[str, Callable] = {
-    "and": None, "or": None,  # short-circuit, evaluated specially
+    "and": _short_circuit, "or": _short_circuit,
     "not": lambda v: not truth(v),
     "len": _len,
     "index": _index,
@@ -651,7 +656,7 @@ def header_funcs(headers: set[str]) -> dict[str, Callable]:
         return args[0] if args else ""
 
     funcs: dict[str, Callable] = {name: passthrough for name in FUNCS}
-    funcs["and"] = funcs["or"] = None  # type: ignore[assignment]
+    funcs["and"] = funcs["or"] = _short_circuit
     funcs["println"] = FUNCS["println"]
     return funcs
 

@@ -38,6 +38,7 @@ import dns.message
 import dns.name
 import dns.opcode
 import dns.rcode
+import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rdtypes.ANY.PTR
@@ -202,7 +203,9 @@ def _respond_parsed(
     if not config.usable_upstreams():
         return _reply(query, dns.rcode.SERVFAIL).to_wire()
     # the question as dnspython read it, written out plain (the client's may be compressed)
-    section = question.name.to_wire() + struct.pack("!HH", question.rdtype, question.rdclass)
+    name = question.name.to_wire()
+    assert name is not None  # no file given: the wire form is returned
+    section = name + struct.pack("!HH", question.rdtype, question.rdclass)
     return Forward(data, section.lower(), max_size, query.edns >= 0)
 
 
@@ -270,6 +273,7 @@ def _local(
         if names.lookup_a(sandbox_id, text) is None and names.lookup_aaaa(sandbox_id, text) is None:
             return None
         return _reply(query)
+    rdata_type: type[dns.rdata.Rdata]
     if qtype == _A:
         found = names.lookup_a(sandbox_id, text)
         rdata_type = dns.rdtypes.IN.A.A
@@ -314,7 +318,7 @@ def _ptr(
 
 
 def _reply(
-    query: dns.message.Message, rcode: int = dns.rcode.NOERROR, *, question: bool = True
+    query: dns.message.Message, rcode: dns.rcode.Rcode = dns.rcode.NOERROR, *, question: bool = True
 ) -> dns.message.Message:
     """Docker's reply skeleton: id, opcode, RD and CD copied; QR and RA set; AA clear;
     EDNS answered with EDNS."""
@@ -361,7 +365,7 @@ def _render(reply: dns.message.Message, max_size: int, tcp: bool) -> bytes:
     return reply.to_wire(max_size=max_size)
 
 
-def _error_from_header(data: bytes, rcode: int) -> bytes | None:
+def _error_from_header(data: bytes, rcode: dns.rcode.Rcode) -> bytes | None:
     """An empty answer carrying ``rcode`` for a query that cannot be parsed, built from
     what the header still tells (id, opcode, RD); None when not even that survives."""
     if len(data) < _HEADER:

@@ -34,6 +34,8 @@ from cnm.errors import FirewallError, KernelError, Unavailable
 from cnm.kernel.cmdlog import log_script
 from cnm.kernel.netns import call_in_netns, netns_exists
 
+Socket = socket.socket  # in annotations: inside the classes below, `socket` is a method
+
 RESOLVER_ADDRESS = "127.0.0.11"
 DNS_TABLE = "cnm-dns"
 _TCP_BACKLOG = 128
@@ -159,11 +161,11 @@ class SocketSource(Protocol):
     """Where the forwarder gets fresh, unconnected sockets for talking to upstreams, in
     the namespace the source stands for."""
 
-    async def socket(self, family: int, kind: int) -> socket.socket:
+    async def socket(self, family: int, kind: int) -> Socket:
         """A socket, waiting for a trip into the namespace when none is at hand."""
         ...
 
-    def take(self, family: int, kind: int) -> socket.socket | None:
+    def take(self, family: int, kind: int) -> Socket | None:
         """A socket at once, or None when one is not at hand yet (never waits)."""
         ...
 
@@ -173,14 +175,14 @@ class SocketSource(Protocol):
 class HostSockets:
     """Sockets in cnmd's own namespace (the host's upstreams, e.g. 127.0.0.53)."""
 
-    async def socket(self, family: int, kind: int) -> socket.socket:
+    async def socket(self, family: int, kind: int) -> Socket:
         return self._new(family, kind)
 
-    def take(self, family: int, kind: int) -> socket.socket | None:
+    def take(self, family: int, kind: int) -> Socket | None:
         return self._new(family, kind)
 
     @staticmethod
-    def _new(family: int, kind: int) -> socket.socket:
+    def _new(family: int, kind: int) -> Socket:
         sock = socket.socket(family, kind)
         sock.setblocking(False)
         return sock
@@ -215,7 +217,7 @@ class NetnsSockets:
         self._trips: dict[tuple[int, int], asyncio.Task[None]] = {}
         self._closed = False
 
-    async def socket(self, family: int, kind: int) -> socket.socket:
+    async def socket(self, family: int, kind: int) -> Socket:
         key = (family, kind)
         while True:
             self._check_open()
@@ -227,7 +229,7 @@ class NetnsSockets:
             if not trip.cancelled() and trip.exception() is not None:
                 raise trip.exception()  # type: ignore[misc]
 
-    def take(self, family: int, kind: int) -> socket.socket | None:
+    def take(self, family: int, kind: int) -> Socket | None:
         if self._closed:
             return None
         key = (family, kind)

@@ -187,7 +187,7 @@ class DnsServer:
             self.forwarder.release(listener.sockets)
 
     def _forward_udp(
-        self, listener: _Listener, request: answer.Forward, transport: asyncio.DatagramTransport, addr: object
+        self, listener: _Listener, request: answer.Forward, transport: asyncio.DatagramTransport, addr: tuple[str, int]
     ) -> None:
         """Start forwarding ``request``; its answer (or SERVFAIL) goes to ``addr`` from the
         forwarder's callback.  Counted in flight at once, so a burst read in one loop
@@ -271,7 +271,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def datagram_received(self, data: bytes, addr: object) -> None:
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
         transport = self.transport
         if transport is None:
             return

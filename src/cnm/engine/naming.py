@@ -13,7 +13,7 @@ import logging
 import os
 import re
 from collections.abc import Sequence
-from ipaddress import ip_address
+from ipaddress import IPv4Interface, ip_address
 
 from cnm.dns import files
 from cnm.dns.records import NameTable, Upstream
@@ -132,8 +132,10 @@ class Naming:
         bridge = next((n for n in self._state.networks.values() if n.name == "bridge"), None)
         return str(bridge.gateway) if bridge is not None and bridge.gateway else "127.0.0.1"
 
-    def _legacy_links(self, container: Container, strict: bool = False) -> list[tuple[Container, str, Endpoint]]:
-        """(target, alias, target's bridge endpoint) for ``--link`` on the default bridge.
+    def _legacy_links(
+        self, container: Container, strict: bool = False
+    ) -> list[tuple[Container, str, IPv4Interface]]:
+        """(target, alias, the address of the target's bridge endpoint) for ``--link`` on the default bridge.
         ``strict`` (at start): a target that is not running or not on the default bridge is
         an error, as in Docker; otherwise such links are skipped."""
         if container.config.network_mode != "bridge":
@@ -159,7 +161,7 @@ class Naming:
                 continue
             if ep is None or ep.address is None:
                 raise InvalidArgument(f"Cannot link to /{name}, as it does not belong to the default network")
-            found.append((target, alias, ep))
+            found.append((target, alias, ep.address))
         return found
 
     def write_files(
@@ -180,8 +182,8 @@ class Naming:
                 hosts = files.render_hosts(sandbox.hostname, [])
         else:
             links = [
-                (str(ep.address.ip), f"{alias} {self._hostname_of(target)} {target.name}")
-                for target, alias, ep in self._legacy_links(container)
+                (str(address.ip), f"{alias} {self._hostname_of(target)} {target.name}")
+                for target, alias, address in self._legacy_links(container)
             ]
             hosts = files.render_hosts(
                 sandbox.hostname,
@@ -218,9 +220,9 @@ class Naming:
         """Docker's ``ALIAS_PORT_80_TCP…``, ``ALIAS_NAME``, ``ALIAS_ENV_…`` variables for
         legacy links on the default bridge."""
         env: list[str] = []
-        for target, alias, ep in self._legacy_links(container, strict=True):
+        for target, alias, address in self._legacy_links(container, strict=True):
             prefix = _ENV_NAME.sub("_", alias).upper()
-            ip = str(ep.address.ip)
+            ip = str(address.ip)
             env.append(f"{prefix}_NAME=/{container.name}/{alias}")
             ports = sorted(
                 {_port_key(p) for p in (*target.config.exposed_ports, *target.config.port_bindings)},

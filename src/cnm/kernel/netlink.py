@@ -92,7 +92,7 @@ class LinuxKernel:
 
     def __init__(self) -> None:
         self._host: AsyncIPRoute | None = None
-        self._host_sock = None
+        self._host_sock: socket.socket | None = None
         self._fast: socket.socket | None = None  # host socket for rtnl.transact (not shared with pyroute2)
         self._ns_socks: dict[str, socket.socket] = {}  # netns path -> its socket, for the sandbox's life
         self._bridges: dict[str, int] = {}  # bridge name -> ifindex

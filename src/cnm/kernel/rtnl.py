@@ -295,14 +295,14 @@ def transact(sock: socket.socket, requests: Sequence[Request]) -> list[Answer]:
                     break
                 body = data[offset + _NLMSGHDR.size : offset + length]
                 offset += (length + 3) & ~3
-                i = seqs.get(seq)
-                if i is None:
+                index = seqs.get(seq)
+                if index is None:
                     continue  # an answer to an earlier request that timed out
                 if kind == NLMSG_ERROR:
                     (code,) = _NLMSGERR.unpack_from(body)
-                    errors[i] = -code
+                    errors[index] = -code
                 elif kind != NLMSG_DONE:
-                    echoes[i] = body  # NLM_F_ECHO: the kernel's notification, before the ack
+                    echoes[index] = body  # NLM_F_ECHO: the kernel's notification, before the ack
     except TimeoutError as exc:
         raise OSError(errno.ETIMEDOUT, "no answer from the kernel over netlink") from exc
     finally:

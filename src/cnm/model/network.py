@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from types import MappingProxyType
+from typing import Any
 
 from cnm.errors import InvalidArgument
 
@@ -25,7 +26,7 @@ OPT_DEFAULT_BRIDGE = "com.docker.network.bridge.default_bridge"
 OPT_MTU = "com.docker.network.driver.mtu"
 OPT_IFACE_PREFIX = "com.docker.network.container_iface_prefix"
 
-_EMPTY: Mapping[str, str] = MappingProxyType({})
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
 def _bool_option(options: Mapping[str, str], key: str, default: bool) -> bool:

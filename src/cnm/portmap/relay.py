@@ -61,7 +61,7 @@ class _Pump:
         self.pipe = pipe  # (read end, write end) for splice; None: copy through a buffer
         self.pending = 0  # bytes read from src and not yet written to dst
         self.buf = bytearray(COPY_SIZE) if pipe is None else None
-        self.view = memoryview(self.buf) if self.buf is not None else None
+        self.view = memoryview(self.buf if self.buf is not None else b"")  # empty while splicing
         self.reading = False  # a reader is registered on src
         self.writing = False  # a writer is registered on dst (dst was full)
         self.eof = False
@@ -107,8 +107,9 @@ class _Pump:
 
     def _fall_back(self) -> None:
         log.debug("splice not possible between fds %d and %d: copying", self.src.fileno(), self.dst.fileno())
-        os.close(self.pipe[0])
-        os.close(self.pipe[1])
+        if self.pipe is not None:
+            os.close(self.pipe[0])
+            os.close(self.pipe[1])
         self.pipe = None
         self.buf = bytearray(COPY_SIZE)
         self.view = memoryview(self.buf)

@@ -143,7 +143,7 @@ def _decode_value(tp: Any, raw: Any) -> Any:
             except _DecodeError as exc:
                 errors.append(str(exc))
         raise _DecodeError("; ".join(errors))
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _decode_dataclass(tp, raw)
     if tp in _IP_TYPES:
         if not isinstance(raw, str):
