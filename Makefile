@@ -88,3 +88,24 @@ lint: venv
 
 clean:
 	rm -rf images build .pytest_cache .ruff_cache
+
+# Install cnm as a service: a venv under CNM_HOME, cnm/cnmd linked into PREFIX/bin, the
+# systemd unit in SYSTEMD_DIR.  Then: systemctl enable --now cnmd
+PREFIX      ?= /usr/local
+CNM_HOME    ?= /opt/cnm
+SYSTEMD_DIR ?= /etc/systemd/system
+UNIT_OUT    ?= $(SYSTEMD_DIR)/cnmd.service
+
+.PHONY: install systemd-unit
+systemd-unit:
+	install -d $(dir $(UNIT_OUT))
+	sed -e 's|@BINDIR@|$(PREFIX)/bin|g' -e 's|@DOCDIR@|$(CNM_HOME)|g' contrib/systemd/cnmd.service.in > $(UNIT_OUT)
+
+install: deps systemd-unit
+	$(PYTHON) -m venv $(CNM_HOME)
+	$(CNM_HOME)/bin/pip install -q .
+	install -d $(PREFIX)/bin
+	ln -sf $(CNM_HOME)/bin/cnm $(PREFIX)/bin/cnm
+	ln -sf $(CNM_HOME)/bin/cnmd $(PREFIX)/bin/cnmd
+	install -m 644 README.md $(CNM_HOME)/README.md
+	if [ "$(SYSTEMD_DIR)" = /etc/systemd/system ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
