@@ -62,56 +62,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "container wait": ("container", "cmd_wait"),
     "container exec": ("exec", "cmd_exec"),
     "container inspect": ("inspect", "cmd_container_inspect"),
+    "completion": ("completion", "cmd_completion"),
 }
-GROUPS = {"network": "Manage networks", "container": "Manage containers", "image": "Manage images"}
-
-USAGE = """
-Usage:  cnm [OPTIONS] COMMAND
-
-Docker's container networking, rebuilt in Python: cnmd serves Docker's Engine API and
-cnm speaks Docker's verbs to it.
-
-Common Commands:
-  run         Create and run a new container from an image
-  exec        Execute a command in a running container
-  ps          List containers
-  images      List images
-  import      Import the contents from a tarball to create a filesystem image
-  version     Show the cnm version information
-  info        Display system-wide information
-
-Management Commands:
-  container   Manage containers
-  image       Manage images
-  network     Manage networks
-
-Commands:
-  create      Create a new container
-  inspect     Return low-level information on cnm objects
-  kill        Kill one or more running containers
-  logs        Fetch the logs of a container
-  port        List port mappings or a specific mapping for the container
-  restart     Restart one or more containers
-  rm          Remove one or more containers
-  rmi         Remove one or more images
-  start       Start one or more stopped containers
-  stop        Stop one or more running containers
-  wait        Block until one or more containers stop, then print their exit codes
-
-Global Options:
-  -H, --host string   Daemon socket to connect to (default unix:///run/cnm/cnm.sock; env CNM_HOST)
-  -D, --debug         Enable debug mode
-  -v, --version       Print version information and quit
-
-Run 'cnm COMMAND --help' for more information on a command.
-"""
-
-
-def _group_usage(group: str) -> str:
-    verbs = sorted({k.split(" ", 1)[1] for k in COMMANDS if k.startswith(group + " ")})
-    return (f"\nUsage:  cnm {group} COMMAND\n\n{GROUPS[group]}\n\nCommands:\n"
-            + "".join(f"  {v}\n" for v in verbs)
-            + f"\nRun 'cnm {group} COMMAND --help' for more information on a command.\n")
+GROUPS = ("container", "image", "network")  # management commands: `cnm GROUP VERB`
 
 
 def _global_options(argv: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -178,22 +131,17 @@ def _dispatch(args: list[str]) -> int:
 
         sys.stdout.write(f"cnm version {__version__}\n")
         return 0
-    if not rest or opts.get("help") and not rest:
-        sys.stdout.write(USAGE)
-        return 0
+    if not rest or rest[0] == "help":
+        return _help(rest[1:])
     key = rest[0]
     consumed = 1
     if key in GROUPS:
         if len(rest) < 2 or rest[1] in ("--help", "-h"):
-            sys.stdout.write(_group_usage(key))
-            return 0
+            return _help([key])
         key = f"{rest[0]} {rest[1]}"
         consumed = 2
         if key not in COMMANDS:
             raise CliError(f"cnm: unknown command: cnm {key}\n\nRun 'cnm {rest[0]} --help' for more information")
-    if key == "help":
-        sys.stdout.write(USAGE)
-        return 0
     if key not in COMMANDS:
         raise CliError(f"cnm: unknown command: cnm {key}\n\nRun 'cnm --help' for more information")
     module_name, func_name = COMMANDS[key]
@@ -209,6 +157,24 @@ def _dispatch(args: list[str]) -> int:
         return 0
     _flush_quietly()
     return code
+
+
+def _help(topic: list[str]) -> int:
+    """``cnm help [GROUP] [VERB]``: the page ``cnm [GROUP] [VERB] --help`` prints."""
+    from cnm.cli import usage
+    from cnm.cli.errors import CliError
+
+    if not topic:
+        sys.stdout.write(usage.main_usage(COMMANDS))
+        return 0
+    if topic[0] in GROUPS and len(topic) == 1:
+        sys.stdout.write(usage.group_usage(COMMANDS, topic[0]))
+        return 0
+    key = " ".join(topic)
+    if key not in COMMANDS:
+        raise CliError(f"cnm: unknown help topic: {key}\n\nRun 'cnm --help' for more information")
+    sys.stdout.write(usage.declaration(COMMANDS, key).help_text())
+    return 0
 
 
 if __name__ == "__main__":
