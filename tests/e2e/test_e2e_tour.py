@@ -83,6 +83,12 @@ def check_run(out: str) -> None:
     assert fetched(section(out, "Back to kernel mode"), f"http://127.0.0.1:{PORT + 1}/hostname") == web2
 
 
+def documented_steps() -> list[str]:
+    """The step titles of docs/tour.md's numbered list, in order."""
+    doc = (REPO / "docs" / "tour.md").read_text()
+    return re.findall(r"^\d+\. \*\*(.+?)\*\*", doc, re.M)
+
+
 def test_tour_runs_and_is_idempotent(fresh_cnmhost: TestHost) -> None:
     env = {"CNM": venv_bin("cnm"), "TOUR_PAUSE": "0", "TOUR_RESTART_CNMD": "1", "TOUR_PORT": str(PORT)}
     before = cnmd_cmdline(fresh_cnmhost)
@@ -90,6 +96,8 @@ def test_tour_runs_and_is_idempotent(fresh_cnmhost: TestHost) -> None:
         proc = fresh_cnmhost.run(["bash", str(TOUR)], env=env, timeout=300, check=False)
         assert proc.returncode == 0, f"{run} tour run failed:\n{proc.stdout}\n{proc.stderr}"
         check_run(proc.stdout)
+        printed = re.findall(r"== \d+\. (.+?) ==", proc.stdout)
+        assert printed == documented_steps(), "docs/tour.md describes the steps the tour prints"
     after = cnmd_cmdline(fresh_cnmhost)
     assert "--userland-proxy" not in " ".join(after), "the tour put cnmd back in kernel mode"
     assert after[-len(before) + 1:] == before[1:], "cnmd runs with the flags it had before the tour"
