@@ -54,10 +54,11 @@ def test_only_guarded_ports_are_checked_and_anything_unlisted_is_dropped():
     script = r.render_setup()
     assert rules_of(script, "prerouting") == ["iifname @ports jump port-guard"]
     guard_rules = rules_of(script, "port-guard")
-    assert guard_rules[0] == "iifname . ether saddr . ip saddr @addrs return"
+    # the link-layer type, not nft's implicit "meta protocol" (which a VLAN tag hides)
+    assert guard_rules[0] == "ether type ip iifname . ether saddr . ip saddr @addrs return"
     arp = guard_rules[1]
     # Ethernet/IPv4 ARP only; the frame's source and the ARP sender are both checked
-    assert arp.startswith("arp htype 1 arp ptype ip arp hlen 6 arp plen 4 ")
+    assert arp.startswith("ether type arp arp htype 1 arp ptype ip arp hlen 6 arp plen 4 ")
     assert "iifname . ether saddr . arp saddr ip @addrs" in arp
     assert "iifname . arp saddr ether . arp saddr ip @addrs" in arp and arp.endswith(" return")
     assert guard_rules[2:] == ["drop"]  # other MACs, addresses, ethertypes, VLAN tags

@@ -12,8 +12,8 @@ most three hash lookups however many containers there are::
       set addrs { type ifname . ether_addr . ipv4_addr ; }     # port . its MAC . each address
       chain prerouting { type filter hook prerouting priority filter ; policy accept ;
                          iifname @ports jump port-guard }
-      chain port-guard { iifname . ether saddr . ip saddr @addrs return
-                         arp htype 1 arp ptype ip arp hlen 6 arp plen 4
+      chain port-guard { ether type ip iifname . ether saddr . ip saddr @addrs return
+                         ether type arp arp htype 1 arp ptype ip arp hlen 6 arp plen 4
                            iifname . ether saddr . arp saddr ip @addrs
                            iifname . arp saddr ether . arp saddr ip @addrs return
                          drop }
@@ -120,10 +120,13 @@ def setup_lines(table: str = TABLE) -> list[str]:
     lines += [f"flush chain {t} {c}" for c in CHAINS]
     lines += [
         f"add rule {t} {PREROUTING_CHAIN} iifname @{SET_PORTS} jump {GUARD_CHAIN}",
-        f"add rule {t} {GUARD_CHAIN} iifname . ether saddr . ip saddr @{SET_ADDRS} return",
+        # "ether type" explicitly: the dependency nft would add by itself for "ip saddr" is
+        # "meta protocol ip", which an 802.1Q-tagged frame matches too (the kernel moves
+        # the tag out of the frame); the link-layer field still reads 8021q then
+        f"add rule {t} {GUARD_CHAIN} ether type ip iifname . ether saddr . ip saddr @{SET_ADDRS} return",
         # the sender fields sit where nft reads them only for Ethernet/IPv4 ARP: the kernel
         # reads them at offsets given by hlen/plen
-        f"add rule {t} {GUARD_CHAIN} arp htype 1 arp ptype ip arp hlen 6 arp plen 4"
+        f"add rule {t} {GUARD_CHAIN} ether type arp arp htype 1 arp ptype ip arp hlen 6 arp plen 4"
         f" iifname . ether saddr . arp saddr ip @{SET_ADDRS}"
         f" iifname . arp saddr ether . arp saddr ip @{SET_ADDRS} return",
         f"add rule {t} {GUARD_CHAIN} drop",
