@@ -256,6 +256,10 @@ def test_the_guard_follows_endpoints_and_comes_back_after_a_flush(fresh_cnmhost:
     assert guard_elements(host) == (set(), set())
     host.cnm("network", "rm", NET, "other")
     assert guard_elements(host) == (set(), set())
+    # every change was logged as the command a person would type
+    log = host.daemon_log.read_text(errors="replace")
+    assert f'add element bridge cnm ports {{ "{port_a}" comment "cnm:' in log
+    assert f'delete element bridge cnm ports {{ "{port_b}" }}' in log
 
 
 @pytest.mark.daemon_flags("--firewall-backend", "iptables")

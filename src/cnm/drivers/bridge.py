@@ -170,25 +170,15 @@ class BridgeDriver:
         """Retire the pair: the container side down at once (no route through it, no
         frame reaches it), the pair deleted in the background -- unregistering a device
         costs ~20 ms of RCU grace periods that ``network disconnect`` need not wait for.
-        "Already gone" is success.  The port stays guarded until the pair is out of
-        service."""
-        errors: list[BaseException] = []
+        "Already gone" is success.  The port is unguarded only once the pair is out of
+        service: if retiring fails, its guard stays (a stale element is harmless and goes
+        with the next leave or restart; an unguarded live port is not)."""
         if endpoint.host_ifname:
-            try:
-                await self._kernel.retire_link(
-                    endpoint.host_ifname, sandbox.key if sandbox is not None else None, endpoint.ifname
-                )
-            except Exception as exc:  # noqa: BLE001 -- reported together at the end
-                errors.append(exc)
+            await self._kernel.retire_link(
+                endpoint.host_ifname, sandbox.key if sandbox is not None else None, endpoint.ifname
+            )
         if self._guard is not None:
-            try:
-                await self._guard.remove_port(endpoint.id)
-            except Exception as exc:  # noqa: BLE001
-                errors.append(exc)
-        if len(errors) == 1:
-            raise errors[0]
-        if errors:
-            raise TeardownErrors(f"removing endpoint {endpoint.id[:12]}", errors)
+            await self._guard.remove_port(endpoint.id)
 
     # -- restart --------------------------------------------------------------------------
 
