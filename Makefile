@@ -83,6 +83,11 @@ bench-ports: deps venv image
 bench-dns: deps venv image
 	$(VPY) bench/dns.py --image $(IMAGE_TAR)
 
+# Issue 7: container-to-container throughput with and without the anti-spoofing guard.
+.PHONY: bench-antispoof
+bench-antispoof: deps venv image
+	$(VPY) bench/antispoof.py --image $(IMAGE_TAR) $(ANTISPOOF_ARGS)
+
 lint: venv
 	$(VENV)/bin/ruff check src tests bench scripts/make-busybox-tar scripts/in-sandbox scripts/fast-cli-launcher
 

@@ -26,6 +26,7 @@ class DaemonConfig:
     cgroup_parent: str
     firewall_backend: str
     userland_proxy: bool = False
+    anti_spoofing: bool = True
 
 
 def socket_path_of(host: str) -> str:
@@ -61,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--userland-proxy", nargs="?", const="true", default="false", metavar="BOOL",
                    help="serve published ports to the host's loopback and hairpin traffic with one "
                         "in-daemon proxy (default false: kernel NAT serves them, keeping client addresses)")
+    p.add_argument("--anti-spoofing", nargs="?", const="true", default="true", metavar="BOOL",
+                   help="drop what a container sends into its bridge port from another MAC or IPv4 "
+                        "address, and ARP claiming one (default true; nftables bridge family, "
+                        "whichever --firewall-backend)")
     return p
 
 
@@ -91,4 +96,5 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
         cgroup_parent=cgroup_parent,
         firewall_backend=args.firewall_backend,
         userland_proxy=parse_bool("--userland-proxy", args.userland_proxy),
+        anti_spoofing=parse_bool("--anti-spoofing", args.anti_spoofing),
     )

@@ -47,6 +47,7 @@ def _build(config: DaemonConfig):
     from cnm.drivers.null import NullDriver
     from cnm.engine.controller import Controller
     from cnm.engine.ports import Publisher
+    from cnm.firewall.bridge_guard import NftBridgeGuard
     from cnm.firewall.iptables import IptablesFirewall
     from cnm.firewall.nftables import NftablesFirewall
     from cnm.ipam.default import DefaultIpam
@@ -71,8 +72,14 @@ def _build(config: DaemonConfig):
         leftovers.append(backends["nftables"]())
     else:
         leftovers += [IptablesFirewall(iptables=variant) for variant in ("iptables-nft", "iptables-legacy")]
+    # Anti-spoofing on the bridge ports, whichever backend does the L3 rules; turned off,
+    # what a previous daemon installed goes with the leftovers.
+    guard = NftBridgeGuard()
+    if not config.anti_spoofing:
+        leftovers.append(guard)
+        guard = None
     drivers = {
-        "bridge": BridgeDriver(kernel, firewall, hairpin=not config.userland_proxy),
+        "bridge": BridgeDriver(kernel, firewall, hairpin=not config.userland_proxy, guard=guard),
         "host": HostDriver(),
         "null": NullDriver(),
     }
@@ -98,7 +105,7 @@ def _build(config: DaemonConfig):
             PortAllocator(), firewall, UserlandProxy() if config.userland_proxy else None
         ),
     )
-    return controller, store, kernel, dns, leftovers
+    return controller, store, kernel, dns, leftovers, guard
 
 
 def _raise_fd_limit() -> None:
@@ -118,7 +125,7 @@ def _quiet_pyroute2() -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-async def _watch_firewall(controller) -> None:
+async def _watch_firewall(controller, guard) -> None:
     """Self-healing: put cnm's rules back if someone flushed the ruleset."""
     while True:
         await asyncio.sleep(FIREWALL_CHECK_INTERVAL)
@@ -126,6 +133,11 @@ async def _watch_firewall(controller) -> None:
             await controller.heal_firewall()
         except CnmError as exc:
             log.error("firewall repair failed: %s", exc)
+        try:
+            if guard is not None:
+                await guard.heal()
+        except CnmError as exc:
+            log.error("anti-spoofing repair failed: %s", exc)
 
 
 async def serve(config: DaemonConfig) -> None:
@@ -138,7 +150,7 @@ async def serve(config: DaemonConfig) -> None:
     pid_fd = _lock_pidfile(config.exec_root)
     become_subreaper()
     _raise_fd_limit()
-    controller, store, kernel, dns, leftovers = _build(config)
+    controller, store, kernel, dns, leftovers, guard = _build(config)
     for other in leftovers:
         try:
             await other.teardown()
@@ -156,7 +168,7 @@ async def serve(config: DaemonConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    watcher = loop.create_task(_watch_firewall(controller))
+    watcher = loop.create_task(_watch_firewall(controller, guard))
     try:
         await stop.wait()
     finally:

@@ -10,6 +10,10 @@ icc=false is enforced here, not in the firewall: frames between two ports of one
 never reach the IP forward hook (no br_netfilter), so each endpoint's host end is made an
 isolated bridge port; isolated ports cannot talk to each other but still reach the bridge
 itself (the gateway, the host).
+
+Anti-spoofing (when a ``SpoofGuard`` is given): each endpoint's port is guarded before its
+veth is created and until after it is retired, so a container can never send with another
+MAC or address, nor answer ARP for one.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from ipaddress import IPv4Interface
 from typing import Protocol
 
 from cnm.errors import Conflict, InvalidArgument, KernelError, TeardownErrors
-from cnm.firewall.api import Firewall, bridge_rules
+from cnm.firewall.api import Firewall, SpoofGuard, bridge_rules, port_guard
 from cnm.kernel.api import Kernel, LinkInfo, VethSpec
 from cnm.model.endpoint import Endpoint, Sandbox
 from cnm.model.network import Network, NetworkSpec, validate_options
@@ -56,13 +60,17 @@ class BridgeDriver:
     name = "bridge"
     needs_ipam = True
 
-    def __init__(self, kernel: BridgeKernel, firewall: Firewall, *, hairpin: bool = False) -> None:
+    def __init__(
+        self, kernel: BridgeKernel, firewall: Firewall, *, hairpin: bool = False, guard: SpoofGuard | None = None
+    ) -> None:
         """``hairpin``: bridge ports reflect frames back to their sender, so a container
         reaches its own published port through the host's address by kernel NAT alone
-        (the daemon turns it on when the userland proxy is off, as Docker does)."""
+        (the daemon turns it on when the userland proxy is off, as Docker does).
+        ``guard``: filters what each container sends into its port (None: nothing)."""
         self._kernel = kernel
         self._firewall = firewall
         self._hairpin = hairpin
+        self._guard = guard
 
     # -- networks -------------------------------------------------------------------------
 
@@ -111,6 +119,11 @@ class BridgeDriver:
             await self._firewall.remove_network(network.id)
         except Exception as exc:  # noqa: BLE001 -- reported together at the end
             errors.append(exc)
+        if self._guard is not None:
+            try:
+                await self._guard.remove_network(network.id)
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
         try:
             link = await self._bridge_link(network.bridge_name)
             if link is not None and link.owner == network.id:
@@ -143,6 +156,10 @@ class BridgeDriver:
             hairpin=self._hairpin,
         )
         async with AsyncExitStack() as undo:
+            if self._guard is not None:
+                # before the veth exists: its very first frame is checked
+                await self._guard.add_port(port_guard(network, endpoint))
+                undo.push_async_callback(self._guard.remove_port, endpoint.id)
             await self._kernel.add_veth(spec)
             undo.push_async_callback(self._kernel.delete_link, endpoint.host_ifname)
             if not network.icc:
@@ -153,11 +170,15 @@ class BridgeDriver:
         """Retire the pair: the container side down at once (no route through it, no
         frame reaches it), the pair deleted in the background -- unregistering a device
         costs ~20 ms of RCU grace periods that ``network disconnect`` need not wait for.
-        "Already gone" is success."""
+        "Already gone" is success.  The port is unguarded only once the pair is out of
+        service: if retiring fails, its guard stays (a stale element is harmless and goes
+        with the next leave or restart; an unguarded live port is not)."""
         if endpoint.host_ifname:
             await self._kernel.retire_link(
                 endpoint.host_ifname, sandbox.key if sandbox is not None else None, endpoint.ifname
             )
+        if self._guard is not None:
+            await self._guard.remove_port(endpoint.id)
 
     # -- restart --------------------------------------------------------------------------
 
@@ -177,6 +198,8 @@ class BridgeDriver:
                 await self._create(network, by_name.get(network.bridge_name))
             except Exception as exc:  # noqa: BLE001
                 errors.append(exc)
+        if self._guard is not None:
+            await self._restore_guard(self._guard, mine, endpoints, errors)
         network_ids = {n.id for n in mine}
         endpoint_ids = {e.id for e in endpoints}
         bridge_names = {n.bridge_name for n in mine}
@@ -199,3 +222,24 @@ class BridgeDriver:
                 errors.append(exc)
         if errors:
             raise TeardownErrors("restoring bridge networks", errors)
+
+    @staticmethod
+    async def _restore_guard(
+        guard: SpoofGuard, networks: Sequence[Network], endpoints: Sequence[Endpoint], errors: list[BaseException]
+    ) -> None:
+        """Guard exactly the ports of ``endpoints`` (those of ``networks``); an endpoint
+        whose guard cannot be built is reported, the others are still guarded."""
+        by_id = {n.id: n for n in networks}
+        guards = []
+        for endpoint in endpoints:
+            network = by_id.get(endpoint.network_id)
+            if network is None or not endpoint.host_ifname:
+                continue
+            try:
+                guards.append(port_guard(network, endpoint))
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+        try:
+            await guard.sync(guards)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)

@@ -15,6 +15,10 @@ Semantics of one bridge network (Docker's bridge driver):
   with bridge-port isolation (``ip link set vethX type bridge_slave isolated on``); the
   firewall backend only carries ``icc`` for display and may ignore it;
 - internal: nothing leaves the bridge for another interface and nothing enters it from one.
+
+Beside the backend, a ``SpoofGuard`` filters what each container sends into its bridge
+port (its own MAC, its own IPv4 addresses, ARP for those only), whichever backend filters
+at L3.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Protocol
 
 from cnm.errors import InvalidArgument
+from cnm.model.endpoint import Endpoint
 from cnm.model.network import Network
 
 
@@ -102,3 +107,65 @@ class Firewall(Protocol):
     async def healthy(self) -> bool:
         """Whether cnm's table and base chains are still present (someone may have
         flushed the ruleset)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PortGuard:
+    """What the container of one endpoint may send into its bridge port (the host end of
+    its veth, ``port``): frames from ``mac`` only; of those, IPv4 from ``addresses`` only
+    and ARP whose sender is ``mac`` and one of ``addresses``; nothing else (no other
+    ethertype: IPv6 is off in containers until networks carry it, VLAN tags are refused)."""
+
+    owner: str  # endpoint id
+    network: str  # network id
+    port: str  # host-side interface name
+    mac: str
+    addresses: tuple[IPv4Address, ...]
+
+
+def port_guard(network: Network, endpoint: Endpoint) -> PortGuard:
+    """The guard of ``endpoint``'s port on ``network`` (InvalidArgument without a host
+    interface or a MAC: a port whose MAC cnm does not know cannot be guarded)."""
+    if not endpoint.host_ifname:
+        raise InvalidArgument(f"endpoint {endpoint.id[:12]} has no host interface to guard")
+    if not endpoint.mac:
+        raise InvalidArgument(f"endpoint {endpoint.id[:12]} has no MAC address to guard its port with")
+    addresses = (endpoint.address.ip,) if endpoint.address is not None else ()
+    return PortGuard(
+        owner=endpoint.id, network=network.id, port=endpoint.host_ifname, mac=endpoint.mac, addresses=addresses
+    )
+
+
+class SpoofGuard(Protocol):
+    """Anti-spoofing on the ports of cnm's bridges.  Fixed rules read sets; each guarded
+    port is a few set elements tagged with its endpoint id, so neither a change nor a
+    packet costs more with more containers.  A port is guarded from before its veth
+    exists until after it is retired, so no frame of it ever goes unchecked."""
+
+    async def setup(self) -> None:
+        """Create cnm's table, sets and chains if missing and rewrite the fixed rules;
+        elements are kept.  Idempotent."""
+
+    async def sync(self, guards: Sequence[PortGuard]) -> None:
+        """Make the kernel guard exactly these ports (start-up reconcile), in one
+        transaction."""
+
+    async def add_port(self, guard: PortGuard) -> None:
+        """Guard one port (replacing what its endpoint had), in one transaction whose size
+        depends only on this port; Conflict when another endpoint holds the port name."""
+
+    async def remove_port(self, owner: str) -> None:
+        """Stop guarding endpoint ``owner``'s port; idempotent.  Call it only once the
+        veth is out of service."""
+
+    async def remove_network(self, network: str) -> None:
+        """Stop guarding every port of network ``network``; idempotent."""
+
+    async def teardown(self) -> None:
+        """Remove everything this guard owns."""
+
+    async def healthy(self) -> bool:
+        """Whether cnm's table, sets, chains and fixed rules are all present."""
+
+    async def heal(self) -> bool:
+        """Re-install everything if someone removed part of it; True when it had to."""

@@ -1,13 +1,13 @@
-"""An in-memory ``Firewall`` for engine and driver unit tests: records every call and
-holds the networks and published ports a real backend would have installed."""
+"""An in-memory ``Firewall`` and ``SpoofGuard`` for engine and driver unit tests: record
+every call and hold what a real backend / guard would have installed."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from cnm.errors import FirewallError
-from cnm.firewall.api import BridgeRules, PortRule
+from cnm.errors import Conflict, FirewallError
+from cnm.firewall.api import BridgeRules, PortGuard, PortRule
 
 
 def _overlap(a: PortRule, b: PortRule) -> bool:
@@ -109,5 +109,87 @@ class FakeFirewall:
     def flush_outside(self) -> None:
         """Simulate someone running ``nft flush ruleset``."""
         self.networks.clear()
+        self.ports.clear()
+        self.is_setup = False
+
+
+@dataclass
+class FakeSpoofGuard:
+    """Behaves like the bridge-port guard: ``ports`` (endpoint id -> its guard) is what
+    the kernel would hold.  ``calls`` and ``fail_on`` work as in ``FakeFirewall``;
+    ``observe``, when set, is called with each call's name before it does anything (to
+    check what the kernel looked like at that moment)."""
+
+    ports: dict[str, PortGuard] = field(default_factory=dict)
+    calls: list[tuple[str, object]] = field(default_factory=list)
+    is_setup: bool = False
+    fail_on: str | None = None
+    observe: Callable[[str], None] | None = None
+    _remembered: dict[str, PortGuard] = field(default_factory=dict)
+
+    def _enter(self, method: str, arg: object = None) -> None:
+        self.calls.append((method, arg))
+        if self.observe is not None:
+            self.observe(method)
+        if self.fail_on == method:
+            self.fail_on = None
+            raise FirewallError(f"nft: injected failure in {method}")
+
+    async def setup(self) -> None:
+        self._enter("setup")
+        self.is_setup = True
+
+    async def sync(self, guards: Sequence[PortGuard]) -> None:
+        self._enter("sync", tuple(guards))
+        owners: dict[str, str] = {}
+        for guard in guards:
+            if owners.setdefault(guard.port, guard.owner) != guard.owner:
+                raise FirewallError(f"port {guard.port} claimed by two endpoints")
+        self.ports = {g.owner: g for g in guards}
+        self._remembered = dict(self.ports)
+        self.is_setup = True
+
+    async def add_port(self, guard: PortGuard) -> None:
+        self._enter("add_port", guard)
+        for other in self._remembered.values():
+            if other.port == guard.port and other.owner != guard.owner:
+                raise Conflict(f"port {guard.port} is already guarded for endpoint {other.owner[:12]}")
+        self._remembered[guard.owner] = guard
+        if not self.is_setup:  # the real guard re-installs what it remembers
+            self.ports = dict(self._remembered)
+            self.is_setup = True
+        self.ports[guard.owner] = guard
+
+    async def remove_port(self, owner: str) -> None:
+        self._enter("remove_port", owner)
+        self.ports.pop(owner, None)
+        self._remembered.pop(owner, None)
+
+    async def remove_network(self, network: str) -> None:
+        self._enter("remove_network", network)
+        for owner in [o for o, g in self._remembered.items() if g.network == network]:
+            self.ports.pop(owner, None)
+            self._remembered.pop(owner, None)
+
+    async def teardown(self) -> None:
+        self._enter("teardown")
+        self.ports.clear()
+        self._remembered.clear()
+        self.is_setup = False
+
+    async def healthy(self) -> bool:
+        self._enter("healthy")
+        return self.is_setup
+
+    async def heal(self) -> bool:
+        self._enter("heal")
+        if self.is_setup:
+            return False
+        self.ports = dict(self._remembered)
+        self.is_setup = True
+        return True
+
+    def flush_outside(self) -> None:
+        """Simulate someone running ``nft flush ruleset``."""
         self.ports.clear()
         self.is_setup = False

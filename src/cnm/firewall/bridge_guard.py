@@ -1,0 +1,193 @@
+"""The anti-spoofing guard of cnm's bridge ports: scripts from ``render_bridge`` applied
+through libnftables, in the table ``bridge cnm``.
+
+It runs beside whichever backend does the L3 rules (nftables or iptables): it is what
+ebtables would do, and the ``bridge`` family is there whenever nftables is.  Like the
+nftables backend it runs inline on the event loop (~25 µs per small transaction) and acts
+on the network namespace of the thread that constructed it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from cnm.errors import Conflict, FirewallError
+from cnm.firewall import render_bridge
+from cnm.firewall.api import PortGuard
+from cnm.firewall.common import owner_comment
+from cnm.firewall.libnft import first_error, nft_context
+from cnm.firewall.render_bridge import GuardElement
+from cnm.kernel.cmdlog import log_script
+
+log = logging.getLogger(__name__)
+
+
+class NftBridgeGuard:
+    """cnm's anti-spoofing rules (see ``render_bridge`` for the layout).
+
+    Keeps, in memory, the guard of every port it installed: removals are one small
+    transaction, and ``heal`` re-installs everything after an outside flush without asking
+    anyone.  After a restart the bridge driver calls ``sync`` (which refills that memory);
+    a removal before it reads the endpoint's elements back from the kernel by their tag."""
+
+    def __init__(self, table: str = render_bridge.TABLE) -> None:
+        self.table = table
+        self._nft = nft_context(json_output=False)  # applies scripts
+        self._list = nft_context(json_output=True)  # reads cnm's table back
+        self._guards: dict[str, PortGuard] = {}  # endpoint id -> its guard
+        self._elements: dict[str, list[GuardElement]] = {}  # endpoint id -> its elements
+        self._port_owner: dict[str, str] = {}  # port -> endpoint id (O(1) clash checks)
+        # True once sync/teardown made the memory match the kernel: an endpoint absent
+        # from it then has no elements (no need to read the sets)
+        self._known = False
+
+    # -- libnftables boundary -----------------------------------------------------------
+
+    def _apply(self, script: str) -> None:
+        """Run ``script`` as one nft transaction (all or nothing)."""
+        log_script("nft -f -", script)
+        rc, _out, err = self._nft.cmd(script)
+        if rc != 0:
+            raise FirewallError(f"nft: {first_error(err)}")
+
+    def _list_json(self, what: str, terse: bool) -> list[dict[str, Any]] | None:
+        """``nft -j [-t] list <what>``; None when cnm's table (or the object) is absent."""
+        self._list.set_terse_output(terse)
+        rc, out, err = self._list.cmd(f"list {what}")
+        if rc != 0:
+            if "No such file or directory" in err:
+                return None
+            raise FirewallError(f"nft: {first_error(err)}")
+        return json.loads(out).get("nftables", [])
+
+    # -- SpoofGuard protocol ------------------------------------------------------------
+
+    async def setup(self) -> None:
+        """Create the table, sets and chains if missing and rewrite the fixed rules;
+        elements are kept."""
+        self._apply(render_bridge.render_setup(self.table))
+
+    async def sync(self, guards: Sequence[PortGuard]) -> None:
+        """Make the table guard exactly ``guards`` (skeleton re-made, both sets refilled),
+        in one transaction."""
+        elements = render_bridge.elements_by_owner(guards)  # validates before anything
+        self._apply(render_bridge.render_sync(guards, self.table))
+        self._remember_all(guards, elements)
+
+    async def add_port(self, guard: PortGuard) -> None:
+        """Guard ``guard.port`` (replacing what its endpoint had) in one transaction whose
+        size depends only on this port.  When the table is gone (flushed from outside, and
+        not yet healed) everything remembered is re-installed with it."""
+        new = render_bridge.guard_elements(guard)
+        other = self._port_owner.get(guard.port, guard.owner)
+        if other != guard.owner:
+            raise Conflict(f"port {guard.port} is already guarded for endpoint {other[:12]}")
+        old = self._elements.get(guard.owner, [])
+        try:
+            self._apply(render_bridge.render_port(guard.owner, old, new, self.table))
+        except FirewallError as exc:
+            if self._list_json(f"table {render_bridge.FAMILY} {self.table}", terse=True) is not None:
+                raise FirewallError(f"{exc} (guarding port {guard.port} of endpoint {guard.owner[:12]})") from exc
+            log.warning("cnm's anti-spoofing table was removed from outside; putting it back")
+            others = [g for owner, g in self._guards.items() if owner != guard.owner]
+            await self.sync([*others, guard])
+            return
+        self._remember(guard, new)
+
+    async def remove_port(self, owner: str) -> None:
+        """Delete endpoint ``owner``'s elements; idempotent (absent table or elements are
+        success)."""
+        elements = self._elements.get(owner)
+        if elements is None and not self._known:
+            elements = self._read_elements(owner)
+        if elements:
+            try:
+                self._apply(render_bridge.render_drop(elements, self.table))
+            except FirewallError:
+                if self._list_json(f"table {render_bridge.FAMILY} {self.table}", terse=True) is not None:
+                    raise
+        self._forget(owner)
+
+    async def remove_network(self, network: str) -> None:
+        """Delete the elements of every port of network ``network`` this instance knows."""
+        owners = [owner for owner, g in self._guards.items() if g.network == network]
+        elements = [e for owner in owners for e in self._elements.get(owner, [])]
+        if elements:
+            try:
+                self._apply(render_bridge.render_drop(elements, self.table))
+            except FirewallError:
+                if self._list_json(f"table {render_bridge.FAMILY} {self.table}", terse=True) is not None:
+                    raise
+        for owner in owners:
+            self._forget(owner)
+
+    async def teardown(self) -> None:
+        """Delete cnm's table; idempotent."""
+        self._apply(render_bridge.render_teardown(self.table))
+        self._remember_all((), {})
+
+    async def healthy(self) -> bool:
+        """True when the table, both sets, both chains and the fixed rules are present
+        (reads only cnm's table, tersely)."""
+        objects = self._list_json(f"table {render_bridge.FAMILY} {self.table}", terse=True)
+        if objects is None:
+            return False
+        chains = {o["chain"]["name"] for o in objects if "chain" in o}
+        sets = {o["set"]["name"] for o in objects if "set" in o}
+        rules: dict[str, int] = {}
+        for o in objects:
+            if "rule" in o:
+                rules[o["rule"]["chain"]] = rules.get(o["rule"]["chain"], 0) + 1
+        if not set(render_bridge.CHAINS) <= chains or not set(render_bridge.SETS) <= sets:
+            return False
+        return all(rules.get(c, 0) == n for c, n in render_bridge.base_rule_counts().items())
+
+    async def heal(self) -> bool:
+        """Re-install every remembered guard if the skeleton was damaged; True when it
+        had to."""
+        if await self.healthy():
+            return False
+        log.warning("cnm's anti-spoofing rules were removed from outside; putting them back")
+        await self.sync(list(self._guards.values()))
+        return True
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def installed(self) -> dict[str, PortGuard]:
+        """endpoint id -> the guard this instance installed (for reconcile/debug)."""
+        return dict(self._guards)
+
+    def _remember(self, guard: PortGuard, elements: list[GuardElement]) -> None:
+        self._forget(guard.owner)
+        self._guards[guard.owner] = guard
+        self._elements[guard.owner] = elements
+        self._port_owner[guard.port] = guard.owner
+
+    def _remember_all(self, guards: Sequence[PortGuard], elements: dict[str, list[GuardElement]]) -> None:
+        self._guards = {g.owner: g for g in guards}
+        self._elements = dict(elements)
+        self._port_owner = {g.port: g.owner for g in guards}
+        self._known = True
+
+    def _forget(self, owner: str) -> None:
+        guard = self._guards.pop(owner, None)
+        self._elements.pop(owner, None)
+        if guard is not None and self._port_owner.get(guard.port) == owner:
+            del self._port_owner[guard.port]
+
+    def _read_elements(self, owner: str) -> list[GuardElement]:
+        """Endpoint ``owner``'s elements as the kernel holds them (by their tag); none
+        when cnm's table is absent."""
+        tag = owner_comment(owner)
+        found: list[GuardElement] = []
+        for name in render_bridge.SETS:
+            objects = self._list_json(f"set {render_bridge.FAMILY} {self.table} {name}", terse=False)
+            for obj in objects or []:
+                for item in obj.get("set", {}).get("elem", []):
+                    elem = item.get("elem", {}) if isinstance(item, dict) else {}
+                    if elem.get("comment") == tag:
+                        found.append(GuardElement(name, render_bridge.key_from_json(elem["val"])))
+        return found
