@@ -792,3 +792,43 @@ async def test_image_import_list_inspect_remove(server):
     assert pull.status == 404 and "cnm image import" in pull.json()["message"]
     deleted = await client.request("DELETE", "/images/busybox:1.36")
     assert deleted.json() == [{"Untagged": "busybox:1.36"}, {"Deleted": "sha256:" + "cd" * 32}]
+
+
+async def test_image_tag(server):
+    ctrl, client, _ = server
+    await client.request("POST", "/images/create?fromSrc=-&repo=busybox", b"T", {"Content-Type": "application/x-tar"})
+    tagged = await client.request("POST", "/v1.51/images/busybox/tag?repo=localhost:5000/team/box&tag=v1")
+    assert tagged.status == 201 and tagged.body == b""
+    assert "localhost:5000/team/box:v1" in ctrl.find_image("busybox").repo_tags
+    missing = await client.request("POST", "/images/nope/tag?repo=x&tag=1")
+    assert missing.status == 404 and missing.json()["message"] == "No such image: nope"
+    for query in ("repo=Bad%20Name", "repo=", "tag=1"):
+        bad = await client.request("POST", f"/images/busybox/tag?{query}")
+        assert bad.status == 400 and "invalid reference format" in bad.json()["message"], query
+    clash = await client.request("POST", "/images/busybox/tag?repo=x:1&tag=2")
+    assert clash.status == 400
+
+
+async def test_image_load_and_save_refused(server):
+    ctrl, client, _ = server
+    reply = await client.request("POST", "/v1.51/images/load?quiet=0", b"ARCHIVE", {"Content-Type": "application/x-tar"})
+    assert reply.status == 200 and reply.headers["content-type"].startswith("application/json")
+    assert [json.loads(line) for line in reply.body.splitlines()] == [
+        {"stream": "Loaded image: app:1\n"},
+        {"stream": "Loaded image ID: sha256:" + "12" * 32 + "\n"},
+    ]
+    assert ctrl.loaded == [b"ARCHIVE"]
+    for url in ("/images/get?names=app:1", "/v1.51/images/app:1/get"):
+        refused = await client.request("GET", url)
+        assert refused.status == 403 and "cnm export -o FILE CONTAINER" in refused.json()["message"]
+
+
+async def test_container_export(server):
+    ctrl, client, _ = server
+    created = await client.request("POST", "/containers/create?name=web", {"Image": "busybox"})
+    cid = created.json()["Id"]
+    reply = await client.request("GET", "/v1.51/containers/web/export")
+    assert reply.status == 200 and reply.headers["content-type"] == "application/x-tar"
+    assert reply.body == "".join(f"{cid[:12]}-{i};" for i in range(3)).encode()
+    missing = await client.request("GET", "/containers/nope/export")
+    assert missing.status == 404 and "nope" in missing.json()["message"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cnm.dns.records import NameTable
@@ -391,7 +391,7 @@ class Controller:
     async def load_images(self, archive_path: str) -> list[Loaded]:
         return await self._runtime.load_images(archive_path)
 
-    def export_container(self, ref: str) -> AsyncIterator[bytes]:
+    def export_container(self, ref: str) -> AsyncGenerator[bytes, None]:
         """The container's filesystem as tar chunks; NotFound at once for an unknown ref."""
         container = self.find_container(ref)
         image_id = container.config.image_id or self._runtime.find_image(container.config.image).id

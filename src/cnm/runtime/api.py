@@ -19,7 +19,7 @@ reparented to it and their exit codes are known; after a restart, an exit is sti
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -80,7 +80,7 @@ class Runtime(Protocol):
         """Load the images of a ``docker save`` archive (layers applied in order, whiteouts
         honoured, config kept); InvalidArgument naming what is wrong with the archive."""
 
-    def export(self, container_id: str, image_id: str) -> AsyncIterator[bytes]:
+    def export(self, container_id: str, image_id: str) -> AsyncGenerator[bytes, None]:
         """The container's root filesystem as it sees it, as tar chunks (``docker export``)."""
 
     # -- containers -----------------------------------------------------------------------

@@ -216,7 +216,7 @@ class SaveArchive:
         self.path = path
         self._tar = open_tar(path)
         try:
-            self._members = {}
+            self._members: dict[str, tarfile.TarInfo] = {}
             for member in self._tar.getmembers():
                 name = posixpath.normpath(member.name.lstrip("/")) if member.name else ""
                 self._members.setdefault(name, member)

@@ -10,7 +10,7 @@ import asyncio
 import itertools
 import os
 import signal as signals
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 
 from cnm.errors import Conflict, NotFound, RuntimeFailure
@@ -80,7 +80,7 @@ class FakeRuntime:
     async def load_images(self, archive_path: str) -> list[Loaded]:
         return [Loaded(self.add_image("loaded"), ("loaded:latest",))]
 
-    async def export(self, container_id: str, image_id: str) -> AsyncIterator[bytes]:
+    async def export(self, container_id: str, image_id: str) -> AsyncGenerator[bytes, None]:
         yield f"tar of {container_id} over {image_id}".encode()
 
     def container_dir(self, container_id: str) -> str:

@@ -19,7 +19,9 @@ Records written before a field existed load with that field's default.
 
 from __future__ import annotations
 
+import builtins
 import datetime as _dt
+import functools
 import hashlib
 import json
 import logging
@@ -171,7 +173,7 @@ class ImageStore:
         self._write_index()
         return self._with_tags(self._images[image_id])
 
-    def load_archive(self, path: str) -> list[Loaded]:
+    def load_archive(self, path: str) -> builtins.list[Loaded]:
         """Load every image of the ``docker save`` archive at ``path``.  The archive's
         structure (manifest, configs, tags, every layer present) is checked before anything
         is written; a layer refused midway leaves no trace of its image.  An image already
@@ -187,7 +189,7 @@ class ImageStore:
             for item, image, tags in planned:
                 if image.id not in self._images:
                     self._images[image.id] = self._install(
-                        image.id, lambda rootfs, s=item, i=image: _apply_layers(archive, s, rootfs, i)
+                        image.id, functools.partial(_apply_layers, archive, item, image)
                     )
                 for tag in tags:
                     self._tags[tag] = image.id
@@ -295,7 +297,7 @@ def unpack_rootfs(tar_path: str, dest: str) -> int:
     return writer.size
 
 
-def _apply_layers(archive: SaveArchive, saved: SavedImage, rootfs: str, image: Image) -> Image:
+def _apply_layers(archive: SaveArchive, saved: SavedImage, image: Image, rootfs: str) -> Image:
     """Apply ``saved``'s layers, bottom first, into ``rootfs``; ``image`` with its size."""
     writer = RootfsWriter(rootfs)
     for name in saved.layers:

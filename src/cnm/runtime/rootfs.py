@@ -14,7 +14,7 @@ import ctypes.util
 import errno
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from cnm.errors import RuntimeFailure
 from cnm.kernel.cmdlog import log_command
@@ -68,7 +68,7 @@ def unmount(target: str) -> None:
     raise RuntimeFailure(f"umount {target}: {os.strerror(err)}")
 
 
-async def export_tar(layers: list[str]) -> AsyncIterator[bytes]:
+async def export_tar(layers: list[str]) -> AsyncGenerator[bytes, None]:
     """The union of ``layers`` (uppermost first) as tar chunks.
 
     A thread of its own writes the tar into a pipe (a long export must not hold one of the

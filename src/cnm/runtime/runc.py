@@ -25,7 +25,7 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 from cnm.errors import CnmError, InvalidArgument, NotFound, RuntimeFailure
 from cnm.kernel.cmdlog import log_command
@@ -104,7 +104,7 @@ class RuncRuntime:
         async with self._image_lock:
             return await asyncio.to_thread(self._images.load_archive, archive_path)
 
-    def export(self, container_id: str, image_id: str) -> AsyncIterator[bytes]:
+    def export(self, container_id: str, image_id: str) -> AsyncGenerator[bytes, None]:
         """The container's filesystem as a tar: the overlay's merged view while it is
         mounted, else its upper layer over the image's root filesystem."""
         _check_id(container_id)
