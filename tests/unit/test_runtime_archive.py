@@ -4,10 +4,12 @@ archive is built here with tarfile: no network, no docker."""
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import hashlib
 import io
 import json
+import lzma
 import os
 import stat
 import tarfile
@@ -219,9 +221,10 @@ class TestLoad:
         [loaded] = store.load_archive(str(packed))
         assert store.find("app:1").id == loaded.image.id
 
-    def test_gzip_layer(self, store, tmp_path):
-        cfg = config([BASE])
-        [loaded] = store.load_archive(legacy_archive(tmp_path / "a.tar", [gzip.compress(BASE)], cfg))
+    @pytest.mark.parametrize("compress", [gzip.compress, bz2.compress, lzma.compress])
+    def test_compressed_layer(self, store, tmp_path, compress):
+        cfg = config([BASE])  # diff_ids are the digests of the uncompressed layers
+        [loaded] = store.load_archive(legacy_archive(tmp_path / "a.tar", [compress(BASE)], cfg))
         assert tree(store.rootfs(loaded.image.id))["etc/old.conf"] == "old"
 
     def test_untagged_and_two_images(self, store, tmp_path):
@@ -349,6 +352,19 @@ class TestBadArchives:
                 [{"Config": "c.json", "RepoTags": ["x:1"], "Layers": ["a/layer.tar", "b/layer.tar"]}]).encode())
         with pytest.raises(InvalidArgument, match="b/layer.tar"):
             store.load_archive(str(path))
+        self.assert_unchanged(store)
+
+    def test_layer_not_matching_its_diff_id(self, store, tmp_path):
+        altered = BASE.replace(b"hello", b"HELLO")
+        path = legacy_archive(tmp_path / "bad.tar", [altered], config([BASE]))
+        with pytest.raises(InvalidArgument, match=r"layer 0+/layer.tar does not match the image config"):
+            store.load_archive(path)
+        self.assert_unchanged(store)
+
+    def test_zstd_layer_named(self, store, tmp_path):
+        zstd = b"\x28\xb5\x2f\xfd" + b"\0" * 64
+        with pytest.raises(InvalidArgument, match="zstd-compressed, which cnm cannot read"):
+            store.load_archive(legacy_archive(tmp_path / "z.tar", [zstd], config([zstd])))
         self.assert_unchanged(store)
 
     def test_layer_count_disagreeing_with_the_config(self, store, tmp_path):

@@ -22,8 +22,11 @@ whiteouts and opaque directories honoured) as one tar, what ``docker export`` st
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
 import json
+import lzma
 import os
 import platform
 import posixpath
@@ -32,7 +35,7 @@ import stat
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from cnm.errors import CnmError, InvalidArgument
 
@@ -402,9 +405,52 @@ def open_tar(path: str) -> tarfile.TarFile:
         raise InvalidArgument(f"{path} is not a tar archive (plain, gzip, bzip2 or xz)") from exc
 
 
-def open_layer(stream: IO[bytes]) -> tarfile.TarFile:
-    """A layer's tar, read as a stream (gzip, bzip2 or xz are recognised)."""
-    return tarfile.open(fileobj=stream, mode="r|*")
+class _Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class _Digesting:
+    """A read-only stream that hashes what passes through it."""
+
+    def __init__(self, raw: _Readable) -> None:
+        self.raw = raw
+        self.hash = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.hash.update(data)
+        return data
+
+    def digest_to_end(self) -> str:
+        """``sha256:<hex>`` of everything, reading what the tar reader left (its padding)."""
+        while self.read(1 << 20):
+            pass
+        return f"sha256:{self.hash.hexdigest()}"
+
+
+def _decompressed(stream: IO[bytes], name: str) -> _Readable:
+    head = stream.peek(6)[:6] if hasattr(stream, "peek") else b""
+    if head.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=stream, mode="rb")
+    if head.startswith(b"BZh"):
+        return bz2.BZ2File(stream)
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMAFile(stream)
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        raise InvalidArgument(f"layer {name} is zstd-compressed, which cnm cannot read")
+    return stream
+
+
+def apply_saved_layer(writer: RootfsWriter, stream: IO[bytes], name: str, diff_id: str | None) -> None:
+    """Apply the layer ``name`` (plain, gzip, bzip2 or xz) with ``writer``, then check that
+    its uncompressed bytes are the ``diff_id`` the image config promises (a truncated or
+    altered layer is refused; the caller discards what was written)."""
+    digesting = _Digesting(_decompressed(stream, name))
+    with tarfile.open(fileobj=digesting, mode="r|") as tar:  # type: ignore[call-overload]
+        writer.apply_layer(tar)
+    digest = digesting.digest_to_end()
+    if diff_id and diff_id.startswith("sha256:") and digest != diff_id:
+        raise InvalidArgument(f"layer {name} does not match the image config: {digest}, expected {diff_id}")
 
 
 # -- the other direction: layers -> one tar ------------------------------------------------------

@@ -40,8 +40,8 @@ from cnm.runtime.archive import (
     RootfsWriter,
     SaveArchive,
     SavedImage,
+    apply_saved_layer,
     familiar_name,
-    open_layer,
     open_tar,
     tree_size,
 )
@@ -300,10 +300,10 @@ def unpack_rootfs(tar_path: str, dest: str) -> int:
 def _apply_layers(archive: SaveArchive, saved: SavedImage, image: Image, rootfs: str) -> Image:
     """Apply ``saved``'s layers, bottom first, into ``rootfs``; ``image`` with its size."""
     writer = RootfsWriter(rootfs)
-    for name in saved.layers:
+    diff_ids: list[str | None] = list(image.layers) if len(image.layers) == len(saved.layers) else []
+    for name, diff_id in zip(saved.layers, diff_ids or [None] * len(saved.layers), strict=True):
         try:
-            with open_layer(archive.layer(name)) as layer:
-                writer.apply_layer(layer)
+            apply_saved_layer(writer, archive.layer(name), name, diff_id)
         except CnmError:
             raise
         except (tarfile.TarError, OSError, EOFError) as exc:
