@@ -182,6 +182,15 @@ def tree(root) -> dict[str, str]:
     return out
 
 
+def tree_of_base() -> dict[str, str]:
+    return {
+        "bin": "/", "bin/sh": "#!shell", "bin/ls": "#!shell",
+        "etc": "/", "etc/motd": "hello", "etc/old.conf": "old",
+        "var": "/", "var/cache": "/", "var/cache/a": "a", "var/cache/sub": "/", "var/cache/sub/deep": "deep",
+        "srv": "/", "srv/data": "/", "srv/data/f": "f",
+    }  # fmt: skip
+
+
 EXPECTED = {
     "bin": "/", "bin/sh": "#!shell", "bin/ls": "#!shell",
     "etc": "/", "etc/motd": "hello", "etc/new.conf": "new",
@@ -220,6 +229,11 @@ class TestLoad:
         packed.write_bytes(gzip.compress(open(plain, "rb").read()))
         [loaded] = store.load_archive(str(packed))
         assert store.find("app:1").id == loaded.image.id
+
+    def test_aufs_metadata_skipped(self, store, tmp_path):
+        aufs = layer([(".wh..wh.plnk", "dir", None), (".wh..wh.plnk/1.2", "file", "x"), ("kept", "file", "k")])
+        [loaded] = store.load_archive(legacy_archive(tmp_path / "a.tar", [BASE, aufs], config([BASE, aufs])))
+        assert tree(store.rootfs(loaded.image.id)) == {**tree_of_base(), "kept": "k"}
 
     @pytest.mark.parametrize("compress", [gzip.compress, bz2.compress, lzma.compress])
     def test_compressed_layer(self, store, tmp_path, compress):

@@ -41,6 +41,7 @@ from cnm.errors import CnmError, InvalidArgument
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
+_AUFS_META = ".wh..wh."
 _OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 _MAX_LINK_HOPS = 16
 _MAX_JSON = 16 << 20  # a manifest or config larger than this is not one
@@ -133,6 +134,8 @@ class RootfsWriter:
         for member in tar:
             rel = self._relative(member.name)
             head, base = posixpath.split(rel)
+            if rel.startswith(_AUFS_META) and rel != OPAQUE:
+                continue  # AUFS bookkeeping of old layers (.wh..wh.plnk …): not files
             if base == OPAQUE:
                 self._opaque(head, member.name, written, touched)
             elif base.startswith(WHITEOUT):
