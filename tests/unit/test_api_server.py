@@ -832,3 +832,23 @@ async def test_container_export(server):
     assert reply.body == "".join(f"{cid[:12]}-{i};" for i in range(3)).encode()
     missing = await client.request("GET", "/containers/nope/export")
     assert missing.status == 404 and "nope" in missing.json()["message"]
+
+
+async def test_image_labels_listed_and_filtered(server):
+    from dataclasses import replace
+    from urllib.parse import quote
+
+    ctrl, client, _ = server
+
+    await client.request("POST", "/images/create?fromSrc=-&repo=plain", b"T", {"Content-Type": "application/x-tar"})
+    plain = ctrl.find_image("plain")
+    ctrl.imgs["sha256:" + "ef" * 32] = replace(plain, id="sha256:" + "ef" * 32, repo_tags=("app:1",),
+                                               labels={"tier": "web", "team": "a"})
+    query = quote(json.dumps({"label": ["tier=web"]}))
+    listed = (await client.request("GET", f"/images/json?filters={query}")).json()
+    assert [i["RepoTags"] for i in listed] == [["app:1"]] and listed[0]["Labels"] == {"tier": "web", "team": "a"}
+    query = quote(json.dumps({"label": ["tier=db"]}))
+    assert (await client.request("GET", f"/images/json?filters={query}")).json() == []
+    inspect = (await client.request("GET", "/images/app:1/json")).json()
+    assert inspect["Config"]["Labels"] == {"tier": "web", "team": "a"}
+    assert (await client.request("GET", "/images/plain/json")).json()["Config"]["Labels"] is None

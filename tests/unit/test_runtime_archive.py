@@ -158,6 +158,7 @@ RUN = {
     "ExposedPorts": {"80/tcp": {}, "53/udp": {}},
     "WorkingDir": "/srv",
     "User": "1000:1000",
+    "Labels": {"org.opencontainers.image.title": "app"},
 }
 
 
@@ -213,6 +214,7 @@ class TestLoad:
         assert image.env == ("PATH=/bin", "MODE=prod") and image.workdir == "/srv"
         assert image.user == "1000:1000" and set(image.exposed_ports) == {"80/tcp", "53/udp"}
         assert image.created == "2024-05-01T12:00:00.123456789Z"
+        assert image.labels == {"org.opencontainers.image.title": "app"}
         assert image.layers == tuple(f"sha256:{sha(b)}" for b in (BASE, TOP))
         assert image.size == len("#!shell") + len("hello") + len("new") + len("n")
         assert ImageStore(store.root).find("app:1") == image  # the record survives a restart
@@ -277,7 +279,7 @@ class TestLoad:
             json.dump({"id": "sha256:" + "ab" * 32, "created": "2026-01-01T00:00:00Z", "size": 3,
                        "cmd": [], "env": ["PATH=/bin"], "workdir": "", "exposed_ports": []}, fh)
         image = ImageStore(store.root).find("ab" * 32)
-        assert image.entrypoint is None and image.user == "" and image.layers == ()
+        assert image.entrypoint is None and image.user == "" and image.layers == () and image.labels == {}
 
 
 class TestBadArchives:

@@ -93,7 +93,7 @@ async def list_images(request: web.Request) -> web.Response:
             continue
         if dangling is not None and dangling != (not img.repo_tags):
             continue
-        if f.values("label"):  # imported images carry no labels
+        if f.values("label") and not f.match_kv("label", img.labels):
             continue
         out.append(image_summary_json(img))
     return json_response(out)

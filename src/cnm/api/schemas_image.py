@@ -17,7 +17,7 @@ def image_summary_json(img: Image) -> dict[str, Any]:
         "Containers": -1,
         "Created": unix_time(img.created),
         "Id": img.id,
-        "Labels": {},
+        "Labels": dict(img.labels),
         "ParentId": "",
         "RepoDigests": [],
         "RepoTags": list(img.repo_tags),
@@ -34,7 +34,7 @@ def image_inspect_json(img: Image) -> dict[str, Any]:
         "WorkingDir": img.workdir,
         "Entrypoint": list(img.entrypoint) if img.entrypoint else None,
         "Volumes": None,
-        "Labels": None,
+        "Labels": dict(img.labels) or None,
     }
     if img.exposed_ports:
         config["ExposedPorts"] = {p: {} for p in img.exposed_ports}

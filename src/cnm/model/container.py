@@ -115,6 +115,7 @@ class Image:
     entrypoint: tuple[str, ...] | None = None
     user: str = ""
     layers: tuple[str, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)  # a dict: asdict() copies it
 
 
 @dataclass(frozen=True, slots=True)

@@ -337,6 +337,9 @@ def image_from_config(image_id: str, config: dict[str, Any]) -> Image:
     ports = run.get("ExposedPorts") or {}
     if not isinstance(ports, dict):
         raise InvalidArgument("image config: ExposedPorts must be an object")
+    labels = run.get("Labels") or {}
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        raise InvalidArgument("image config: Labels must map names to strings")
     diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
     if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
         raise InvalidArgument("image config: rootfs.diff_ids must be a list of strings")
@@ -351,6 +354,7 @@ def image_from_config(image_id: str, config: dict[str, Any]) -> Image:
         user=text("User", run),
         exposed_ports=tuple(p if "/" in p else f"{p}/tcp" for p in ports),
         layers=tuple(diff_ids),
+        labels=dict(labels),
     )
 
 
