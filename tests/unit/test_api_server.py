@@ -852,3 +852,25 @@ async def test_image_labels_listed_and_filtered(server):
     inspect = (await client.request("GET", "/images/app:1/json")).json()
     assert inspect["Config"]["Labels"] == {"tier": "web", "team": "a"}
     assert (await client.request("GET", "/images/plain/json")).json()["Config"]["Labels"] is None
+
+
+async def test_container_export_failing_midway_cuts_the_stream(server):
+    """A failure after the 200 went out cannot become an error status: the chunked stream
+    ends without its last chunk, which every client reports as a broken transfer."""
+    from cnm.errors import RuntimeFailure
+
+    ctrl, client, _ = server
+
+    async def failing():
+        yield b"first;"
+        raise RuntimeFailure("export failed: disk on fire")
+
+    ctrl.export_container = lambda ref: failing()  # type: ignore[method-assign]
+    reader, writer = await client.open("GET", "/containers/any/export")
+    try:
+        raw = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"first;" in body
+    assert not body.endswith(b"0\r\n\r\n") and b"HTTP/1.1" not in body
