@@ -11,10 +11,11 @@ its own /dev.
 Layers follow the image-spec's whiteouts: ``DIR/.wh.NAME`` deletes ``DIR/NAME`` of the layers
 below, ``DIR/.wh..wh..opq`` hides everything the layers below put in ``DIR``.
 
-``read_save_archive`` reads what ``docker save`` writes: ``manifest.json`` with each image's
-config and layers, as ``<id>/layer.tar`` (Docker before 25) or ``blobs/sha256/<hex>`` (Docker
-25+, beside an OCI ``index.json``); an archive with only the OCI ``index.json`` is read too.
+``SaveArchive`` reads what ``docker save`` writes: ``manifest.json`` with each image's config
+and layers, as ``<id>/layer.tar`` (Docker before 25) or ``blobs/sha256/<hex>`` (Docker 25+,
+beside an OCI ``index.json``); an archive with only the OCI ``index.json`` is read too.
 References inside the archive (manifest entries, symlinked layers) must stay inside it.
+``apply_saved_layer`` applies one layer and checks it against its ``diff_id``.
 
 ``write_layered_tar`` is the other direction: the union of overlay layers (upper first, its
 whiteouts and opaque directories honoured) as one tar, what ``docker export`` streams.
