@@ -502,3 +502,34 @@ class TestLayeredExport:
         buf.seek(0)
         with tarfile.open(fileobj=buf) as tar:
             assert tar.getnames() == ["bin", "bin/sh"]
+
+
+class TestExportStream:
+    """``rootfs.export_tar``: the tar as chunks from a writer thread through a pipe."""
+
+    def tree(self, tmp_path):
+        lower = tmp_path / "lower"
+        (lower / "data").mkdir(parents=True)
+        (lower / "data/big").write_bytes(os.urandom(1 << 20))  # more than a pipe holds
+        return [str(tmp_path / "upper"), str(lower)]
+
+    async def test_whole_stream(self, tmp_path):
+        from cnm.runtime.rootfs import export_tar
+
+        data = b"".join([chunk async for chunk in export_tar(self.tree(tmp_path))])
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            assert tar.getnames() == ["data", "data/big"]
+            assert tar.extractfile("data/big").read() == (tmp_path / "lower/data/big").read_bytes()
+
+    async def test_reader_leaving_early_ends_the_writer(self, tmp_path):
+        import threading
+
+        from cnm.runtime.rootfs import export_tar
+
+        layers = self.tree(tmp_path)
+        fds = set(os.listdir("/proc/self/fd"))
+        chunks = export_tar(layers)
+        assert await anext(chunks)
+        await chunks.aclose()  # the client went away
+        assert not [t for t in threading.enumerate() if t.name == "cnm-export"]
+        assert set(os.listdir("/proc/self/fd")) <= fds  # both ends of the pipe closed
