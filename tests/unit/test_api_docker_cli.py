@@ -79,3 +79,27 @@ async def test_docker_cli_networks_run_exec(docker):
     rc, _, err = await docker("inspect", "nothere")
     assert rc == 1 and "No such object: nothere" in err
     assert (await docker("rm", "-f", "web"))[0] == 0
+
+
+async def test_docker_cli_tag_load_export_save(docker, tmp_path):
+    """docker tag / load / export / save: the requests the CLI 28 sends, and its rendering of
+    the answers (fake controller: the daemon's side is tested in tests/e2e)."""
+    assert (await docker("import", "-", "busybox", stdin=b"TAR"))[0] == 0
+    assert (await docker("tag", "busybox", "localhost:5000/team/box:v1"))[0] == 0
+    rc, out, _ = await docker("images", "--format", "{{.Repository}}:{{.Tag}}")
+    assert rc == 0 and "localhost:5000/team/box:v1" in out.split()
+    rc, _, err = await docker("tag", "nope", "x:1")
+    assert rc == 1 and err.strip() == "Error response from daemon: No such image: nope"
+    archive = tmp_path / "saved.tar"
+    archive.write_bytes(b"ARCHIVE")
+    rc, out, err = await docker("load", "-i", str(archive))
+    assert rc == 0, err
+    assert out.splitlines() == ["Loaded image: app:1", "Loaded image ID: sha256:" + "12" * 32]
+    rc, cid, _ = await docker("create", "--name", "web", "busybox")
+    assert rc == 0
+    target = tmp_path / "web.tar"
+    rc, _, err = await docker("export", "-o", str(target), "web")
+    assert rc == 0, err
+    assert target.read_bytes() == "".join(f"{cid[:12]}-{i};" for i in range(3)).encode()
+    rc, _, err = await docker("save", "-o", str(tmp_path / "x.tar"), "busybox")
+    assert rc == 1 and "cnm does not save images" in err and "cnm export" in err

@@ -14,6 +14,7 @@ from cnm.model.container import RUNNING, Container, ContainerConfig, ContainerSt
 from cnm.model.endpoint import Endpoint, EndpointRequest, Sandbox
 from cnm.model.network import PREDEFINED, Network, NetworkSpec
 from cnm.model.values import new_id
+from cnm.runtime.images import Loaded, normalize_reference
 
 NOW = "2025-11-05T10:00:00.123456789Z"
 
@@ -54,6 +55,7 @@ class FakeController:
     execs: dict[str, _Exec] = field(default_factory=dict)
     imgs: dict[str, Image] = field(default_factory=dict)
     imported: list[tuple[str, bytes]] = field(default_factory=list)
+    loaded: list[bytes] = field(default_factory=list)
     stdin_data: dict[str, bytearray] = field(default_factory=dict)
     pruned_with: list[object] = field(default_factory=list)
     exited: dict[str, asyncio.Event] = field(default_factory=dict)
@@ -383,3 +385,26 @@ class FakeController:
         img = self.find_image(ref)
         del self.imgs[img.id]
         return img
+
+    async def tag_image(self, source: str, target: str) -> Image:
+        tag = normalize_reference(target)
+        img = self.find_image(source)
+        self.imgs[img.id] = replace(img, repo_tags=(*img.repo_tags, tag))
+        return self.imgs[img.id]
+
+    async def load_images(self, archive_path: str) -> list[Loaded]:
+        with open(archive_path, "rb") as f:
+            self.loaded.append(f.read())
+        img = Image(id="sha256:" + "ef" * 32, repo_tags=("app:1",), created=NOW, size=5)
+        self.imgs[img.id] = img
+        dangling = Image(id="sha256:" + "12" * 32, repo_tags=(), created=NOW)
+        return [Loaded(img, ("app:1",)), Loaded(dangling, ())]
+
+    def export_container(self, ref: str) -> AsyncIterator[bytes]:
+        container = self.find_container(ref)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for i in range(3):
+                yield f"{container.id[:12]}-{i};".encode()
+
+        return chunks()

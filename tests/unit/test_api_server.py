@@ -792,3 +792,85 @@ async def test_image_import_list_inspect_remove(server):
     assert pull.status == 404 and "cnm image import" in pull.json()["message"]
     deleted = await client.request("DELETE", "/images/busybox:1.36")
     assert deleted.json() == [{"Untagged": "busybox:1.36"}, {"Deleted": "sha256:" + "cd" * 32}]
+
+
+async def test_image_tag(server):
+    ctrl, client, _ = server
+    await client.request("POST", "/images/create?fromSrc=-&repo=busybox", b"T", {"Content-Type": "application/x-tar"})
+    tagged = await client.request("POST", "/v1.51/images/busybox/tag?repo=localhost:5000/team/box&tag=v1")
+    assert tagged.status == 201 and tagged.body == b""
+    assert "localhost:5000/team/box:v1" in ctrl.find_image("busybox").repo_tags
+    missing = await client.request("POST", "/images/nope/tag?repo=x&tag=1")
+    assert missing.status == 404 and missing.json()["message"] == "No such image: nope"
+    for query in ("repo=Bad%20Name", "repo=", "tag=1"):
+        bad = await client.request("POST", f"/images/busybox/tag?{query}")
+        assert bad.status == 400 and "invalid reference format" in bad.json()["message"], query
+    clash = await client.request("POST", "/images/busybox/tag?repo=x:1&tag=2")
+    assert clash.status == 400
+
+
+async def test_image_load_and_save_refused(server):
+    ctrl, client, _ = server
+    reply = await client.request("POST", "/v1.51/images/load?quiet=0", b"ARCHIVE", {"Content-Type": "application/x-tar"})
+    assert reply.status == 200 and reply.headers["content-type"].startswith("application/json")
+    assert [json.loads(line) for line in reply.body.splitlines()] == [
+        {"stream": "Loaded image: app:1\n"},
+        {"stream": "Loaded image ID: sha256:" + "12" * 32 + "\n"},
+    ]
+    assert ctrl.loaded == [b"ARCHIVE"]
+    for url in ("/images/get?names=app:1", "/v1.51/images/app:1/get"):
+        refused = await client.request("GET", url)
+        assert refused.status == 403 and "cnm export -o FILE CONTAINER" in refused.json()["message"]
+
+
+async def test_container_export(server):
+    ctrl, client, _ = server
+    created = await client.request("POST", "/containers/create?name=web", {"Image": "busybox"})
+    cid = created.json()["Id"]
+    reply = await client.request("GET", "/v1.51/containers/web/export")
+    assert reply.status == 200 and reply.headers["content-type"] == "application/x-tar"
+    assert reply.body == "".join(f"{cid[:12]}-{i};" for i in range(3)).encode()
+    missing = await client.request("GET", "/containers/nope/export")
+    assert missing.status == 404 and "nope" in missing.json()["message"]
+
+
+async def test_image_labels_listed_and_filtered(server):
+    from dataclasses import replace
+    from urllib.parse import quote
+
+    ctrl, client, _ = server
+
+    await client.request("POST", "/images/create?fromSrc=-&repo=plain", b"T", {"Content-Type": "application/x-tar"})
+    plain = ctrl.find_image("plain")
+    ctrl.imgs["sha256:" + "ef" * 32] = replace(plain, id="sha256:" + "ef" * 32, repo_tags=("app:1",),
+                                               labels={"tier": "web", "team": "a"})
+    query = quote(json.dumps({"label": ["tier=web"]}))
+    listed = (await client.request("GET", f"/images/json?filters={query}")).json()
+    assert [i["RepoTags"] for i in listed] == [["app:1"]] and listed[0]["Labels"] == {"tier": "web", "team": "a"}
+    query = quote(json.dumps({"label": ["tier=db"]}))
+    assert (await client.request("GET", f"/images/json?filters={query}")).json() == []
+    inspect = (await client.request("GET", "/images/app:1/json")).json()
+    assert inspect["Config"]["Labels"] == {"tier": "web", "team": "a"}
+    assert (await client.request("GET", "/images/plain/json")).json()["Config"]["Labels"] is None
+
+
+async def test_container_export_failing_midway_cuts_the_stream(server):
+    """A failure after the 200 went out cannot become an error status: the chunked stream
+    ends without its last chunk, which every client reports as a broken transfer."""
+    from cnm.errors import RuntimeFailure
+
+    ctrl, client, _ = server
+
+    async def failing():
+        yield b"first;"
+        raise RuntimeFailure("export failed: disk on fire")
+
+    ctrl.export_container = lambda ref: failing()  # type: ignore[method-assign]
+    reader, writer = await client.open("GET", "/containers/any/export")
+    try:
+        raw = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"first;" in body
+    assert not body.endswith(b"0\r\n\r\n") and b"HTTP/1.1" not in body

@@ -10,7 +10,7 @@ import tarfile
 
 import pytest
 
-from cnm.errors import InvalidArgument, NotFound, RuntimeFailure
+from cnm.errors import InvalidArgument, NotFound
 from cnm.runtime.images import ImageStore, normalize_reference, split_reference, unpack_rootfs
 
 
@@ -138,7 +138,7 @@ class TestImport:
     def test_not_a_tar(self, store, tmp_path):
         path = tmp_path / "junk.tar"
         path.write_bytes(b"this is not a tar file at all" * 40)
-        with pytest.raises(RuntimeFailure, match="cannot import"):
+        with pytest.raises(InvalidArgument, match="junk.tar is not a tar archive"):
             store.import_tar("x", str(path))
         assert store.list() == []
         assert [e for e in os.listdir(store.root) if e.startswith(".import-")] == []
@@ -170,7 +170,7 @@ class TestUnsafeTars:
         dest.mkdir(parents=True)
         path = make_tar(tmp_path / "bad.tar", entries)
         before = set(os.listdir(tmp_path))
-        with pytest.raises(RuntimeFailure, match="escapes"):
+        with pytest.raises(InvalidArgument, match="escapes"):
             unpack_rootfs(path, str(dest))
         assert set(os.listdir(tmp_path)) == before
         assert os.listdir(outside) == []
@@ -188,7 +188,7 @@ class TestUnsafeTars:
 
     def test_failed_import_leaves_no_image(self, store, tmp_path):
         path = make_tar(tmp_path / "bad.tar", [("./ok", "file", "1"), ("../escape", "file", "x")])
-        with pytest.raises(RuntimeFailure):
+        with pytest.raises(InvalidArgument, match="escapes"):
             store.import_tar("bad", path)
         assert store.list() == []
         assert [e for e in os.listdir(store.root) if e != "repositories.json"] == []

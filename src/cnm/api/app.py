@@ -15,7 +15,14 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
 
-from cnm.api import routes_containers, routes_exec, routes_images, routes_networks, routes_system
+from cnm.api import (
+    routes_containers,
+    routes_exec,
+    routes_export,
+    routes_images,
+    routes_networks,
+    routes_system,
+)
 from cnm.api.context import API_KEY, Api
 from cnm.api.errors import Handler, error_middleware
 from cnm.api.schemas_system import API_VERSION, MIN_API_VERSION, VersionInfo
@@ -89,7 +96,7 @@ def make_app(
     for prefix in (_VERSION_PREFIX, ""):
         app.router.add_route("GET", prefix + "/_ping", routes_system.ping)
         app.router.add_route("HEAD", prefix + "/_ping", routes_system.ping)
-    for module in (routes_system, routes_networks, routes_containers, routes_exec, routes_images):
+    for module in (routes_system, routes_networks, routes_containers, routes_exec, routes_images, routes_export):
         _add_routes(app, module.routes())
     return app
 

@@ -1,5 +1,6 @@
-"""Image routes: ``docker import`` (``POST /images/create?fromSrc=-``), list, inspect,
-remove.  Pulling from a registry is not something cnm does."""
+"""Image routes: ``docker import`` (``POST /images/create?fromSrc=-``), ``docker load``
+(``POST /images/load``), ``docker tag``, list, inspect, remove.  Pulling from a registry and
+``docker save`` are not something cnm does: both are refused with what to do instead."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from aiohttp import web
 from cnm.api.context import Api
 from cnm.api.filters import Filters
 from cnm.api.http import dumps, json_response, query_bool
-from cnm.api.schemas_image import image_delete_json, image_inspect_json, image_summary_json
-from cnm.errors import InvalidArgument, NotFound
+from cnm.api.schemas_image import image_delete_json, image_inspect_json, image_summary_json, load_stream_json
+from cnm.errors import Forbidden, InvalidArgument, NotFound
 from cnm.model.container import Image
 
 _LIST_FILTERS = ("reference", "dangling", "label")
@@ -92,7 +93,7 @@ async def list_images(request: web.Request) -> web.Response:
             continue
         if dangling is not None and dangling != (not img.repo_tags):
             continue
-        if f.values("label"):  # imported images carry no labels
+        if f.values("label") and not f.match_kv("label", img.labels):
             continue
         out.append(image_summary_json(img))
     return json_response(out)
@@ -110,9 +111,42 @@ async def remove_image(request: web.Request) -> web.Response:
     return json_response(image_delete_json(img))
 
 
+async def load_images(request: web.Request) -> web.Response:
+    """``docker load``: the body is a ``docker save`` archive (optionally compressed)."""
+    api = Api.of(request)
+    path = await _save_body(request, api.tmp_dir)
+    try:
+        loaded = await api.controller.load_images(path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    body = b"".join(dumps(m) for m in load_stream_json(loaded))  # one JSON message a line
+    return web.Response(body=body, headers={"Content-Type": "application/json"})
+
+
+async def tag_image(request: web.Request) -> web.Response:
+    """``docker tag SOURCE TARGET``: the target arrives as ``repo`` and ``tag``."""
+    repo, tag = request.query.get("repo", ""), request.query.get("tag", "")
+    if not repo:
+        raise InvalidArgument("invalid reference format: repository name must have at least one component")
+    await Api.of(request).controller.tag_image(request.match_info["name"], _reference(repo, tag))
+    return web.Response(status=201)
+
+
+async def save_images(request: web.Request) -> web.Response:
+    raise Forbidden(
+        "cnm does not save images to archives; to carry a container's filesystem elsewhere, "
+        "export it: cnm export -o FILE CONTAINER (then cnm image import FILE NAME)"
+    )
+
+
 def routes() -> list[tuple[str, str, object]]:
     return [
         ("POST", "/images/create", create_image),
+        ("POST", "/images/load", load_images),
+        ("GET", "/images/get", save_images),
+        ("GET", "/images/{name:.+}/get", save_images),
+        ("POST", "/images/{name:.+}/tag", tag_image),
         ("GET", "/images/json", list_images),
         ("GET", "/images/{name:.+}/json", inspect_image),
         ("DELETE", "/images/{name:.+}", remove_image),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cnm.dns.records import NameTable
@@ -32,6 +32,7 @@ from cnm.model.container import Container, ContainerConfig, ExecSpec, Image
 from cnm.model.endpoint import Endpoint, EndpointRequest, Sandbox
 from cnm.model.network import Network, NetworkSpec
 from cnm.runtime.api import Process, Runtime
+from cnm.runtime.images import Loaded
 from cnm.store.api import Store
 
 log = logging.getLogger("cnm.engine")
@@ -383,6 +384,18 @@ class Controller:
                 f"container {users[0].short_id} is using its referenced image {image.id[7:19]}"
             )
         return await self._runtime.remove_image(ref)
+
+    async def tag_image(self, source: str, target: str) -> Image:
+        return await self._runtime.tag_image(source, target)
+
+    async def load_images(self, archive_path: str) -> list[Loaded]:
+        return await self._runtime.load_images(archive_path)
+
+    def export_container(self, ref: str) -> AsyncGenerator[bytes, None]:
+        """The container's filesystem as tar chunks; NotFound at once for an unknown ref."""
+        container = self.find_container(ref)
+        image_id = container.config.image_id or self._runtime.find_image(container.config.image).id
+        return self._runtime.export(container.id, image_id)
 
 
 __all__ = ["Controller", "EngineInfo", "ExecInfo", "ContainerPaths"]

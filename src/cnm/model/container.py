@@ -100,7 +100,9 @@ class Container:
 
 @dataclass(frozen=True, slots=True)
 class Image:
-    """An imported root filesystem.  ``id`` is ``sha256:<hex of the imported tar>``."""
+    """A root filesystem and the config to run it.  ``id`` is ``sha256:<hex>`` of the
+    imported tar (``import``) or of the image config (``load``, as in Docker); ``layers``
+    are the loaded image's layer digests (``rootfs.diff_ids``), empty for an import."""
 
     id: str
     repo_tags: tuple[str, ...]
@@ -110,6 +112,10 @@ class Image:
     env: tuple[str, ...] = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",)
     workdir: str = ""
     exposed_ports: tuple[str, ...] = ()
+    entrypoint: tuple[str, ...] | None = None
+    user: str = ""
+    layers: tuple[str, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)  # a dict: asdict() copies it
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,11 +19,12 @@ reparented to it and their exit codes are known; after a restart, an exit is sti
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from cnm.model.container import Container, ExecSpec, Image
+from cnm.runtime.images import Loaded
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,17 @@ class Runtime(Protocol):
         """By ``name[:tag]``, full ``sha256:`` id, or unique id prefix; NotFound otherwise."""
 
     async def remove_image(self, reference: str) -> Image: ...
+
+    async def tag_image(self, source: str, target: str) -> Image:
+        """Point ``target`` (``name[:tag]``) at the image ``source`` names; NotFound when
+        there is none, InvalidArgument when ``target`` is not a reference."""
+
+    async def load_images(self, archive_path: str) -> list[Loaded]:
+        """Load the images of a ``docker save`` archive (layers applied in order, whiteouts
+        honoured, config kept); InvalidArgument naming what is wrong with the archive."""
+
+    def export(self, container_id: str, image_id: str) -> AsyncGenerator[bytes, None]:
+        """The container's root filesystem as it sees it, as tar chunks (``docker export``)."""
 
     # -- containers -----------------------------------------------------------------------
     def container_dir(self, container_id: str) -> str:

@@ -78,13 +78,18 @@ class User:
 
 
 def process_args(config: ContainerConfig, image: Image) -> list[str]:
-    """Docker's rule: entrypoint + cmd; the image's cmd only when the caller set neither an
-    entrypoint nor a cmd; ``/bin/sh`` when nothing at all is given (imports carry no cmd)."""
-    entrypoint = list(config.entrypoint or ())
+    """Docker's rule: entrypoint + cmd.  Without an entrypoint of its own, the container
+    takes the image's cmd when it gives none, and the image's entrypoint unless it asked
+    for none (``--entrypoint ""``, an empty list); ``/bin/sh`` when nothing at all is given
+    (imports carry no cmd)."""
+    entrypoint = None if config.entrypoint is None else [a for a in config.entrypoint if config.entrypoint != ("",)]
     cmd = list(config.cmd)
-    if not cmd and not entrypoint:
-        cmd = list(image.cmd)
-    return entrypoint + cmd or ["/bin/sh"]
+    if not entrypoint:
+        if not cmd:
+            cmd = list(image.cmd)
+        if entrypoint is None:
+            entrypoint = list(image.entrypoint or ())
+    return (entrypoint or []) + cmd or ["/bin/sh"]
 
 
 def process_env(config: ContainerConfig, image: Image, hostname: str) -> list[str]:

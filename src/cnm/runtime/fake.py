@@ -10,12 +10,13 @@ import asyncio
 import itertools
 import os
 import signal as signals
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 
 from cnm.errors import Conflict, NotFound, RuntimeFailure
 from cnm.model.container import ExecSpec, Image
 from cnm.runtime.api import StartRequest
+from cnm.runtime.images import Loaded
 
 
 @dataclass
@@ -69,6 +70,18 @@ class FakeRuntime:
         for key in [k for k, v in self.images_by_ref.items() if v.id == image.id]:
             del self.images_by_ref[key]
         return image
+
+    async def tag_image(self, source: str, target: str) -> Image:
+        image = self.find_image(source)
+        name = target if ":" in target.rsplit("/", 1)[-1] else target + ":latest"
+        self.images_by_ref[name] = image
+        return image
+
+    async def load_images(self, archive_path: str) -> list[Loaded]:
+        return [Loaded(self.add_image("loaded"), ("loaded:latest",))]
+
+    async def export(self, container_id: str, image_id: str) -> AsyncGenerator[bytes, None]:
+        yield f"tar of {container_id} over {image_id}".encode()
 
     def container_dir(self, container_id: str) -> str:
         path = os.path.join(self.root, container_id)

@@ -7,14 +7,21 @@ Layout (self-contained on disk; the daemon's SQLite store does not know about im
     <data-root>/images/repositories.json  {"name:tag": "sha256:<hex>", ...}
 
 ``ImageStore`` loads both into memory at construction, so ``find`` and ``list`` never touch
-the disk.  Mutations (``import_tar``, ``remove``) write the files atomically (temp + rename).
-They are synchronous: the runtime runs ``import_tar`` on a worker thread and serialises
-mutations with its own lock.
+the disk.  Mutations (``import_tar``, ``load_archive``, ``tag``, ``remove``) write the files
+atomically (temp + rename).  They are synchronous: the runtime runs the slow ones on a
+worker thread and serialises mutations with its own lock.
+
+An imported image is one root filesystem tar (``docker import``); a loaded one is a
+``docker save`` archive whose layers are applied in order into one directory
+(``cnm.runtime.archive`` reads the archive and applies whiteouts), its config kept.
+Records written before a field existed load with that field's default.
 """
 
 from __future__ import annotations
 
+import builtins
 import datetime as _dt
+import functools
 import hashlib
 import json
 import logging
@@ -23,11 +30,21 @@ import re
 import shutil
 import tarfile
 import tempfile
-from dataclasses import asdict, fields, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from cnm.errors import CnmError, InvalidArgument, NotFound, RuntimeFailure
+from cnm.errors import CnmError, InvalidArgument, NotFound
 from cnm.model.container import Image
+from cnm.runtime.archive import (
+    RootfsWriter,
+    SaveArchive,
+    SavedImage,
+    apply_saved_layer,
+    familiar_name,
+    open_tar,
+    tree_size,
+)
 
 log = logging.getLogger("cnm.runtime")
 
@@ -44,6 +61,14 @@ _TAG = re.compile(r"^[\w][\w.-]{0,127}$")
 def now_rfc3339() -> str:
     """The current UTC time as Docker prints it (``2024-05-01T12:00:00.123456Z``)."""
     return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """One image of a loaded archive, and the tags the archive gave it."""
+
+    image: Image
+    tags: tuple[str, ...]
 
 
 def normalize_reference(reference: str) -> str:
@@ -104,8 +129,8 @@ class ImageStore:
         return self._with_tags(self._images[image_id])
 
     def _resolve(self, reference: str) -> str | None:
-        try:
-            tagged = self._tags.get(normalize_reference(reference))
+        try:  # clients may send the qualified name (docker.io/library/busybox)
+            tagged = self._tags.get(normalize_reference(familiar_name(reference)))
         except InvalidArgument:
             tagged = None
         if tagged is not None:
@@ -136,6 +161,41 @@ class ImageStore:
         self._tags[tag] = image_id
         self._write_index()
         return self._with_tags(self._images[image_id])
+
+    def tag(self, source: str, target: str) -> Image:
+        """Point tag ``target`` (``name[:tag]``) at the image ``source`` names; a tag that
+        named another image moves, as in Docker."""
+        tag = normalize_reference(familiar_name(target))  # a bad target is reported first, as in Docker
+        image_id = self._resolve(source)
+        if image_id is None:
+            raise NotFound(f"No such image: {source}")
+        self._tags[tag] = image_id
+        self._write_index()
+        return self._with_tags(self._images[image_id])
+
+    def load_archive(self, path: str) -> builtins.list[Loaded]:
+        """Load every image of the ``docker save`` archive at ``path``.  The archive's
+        structure (manifest, configs, tags, every layer present) is checked before anything
+        is written; a layer refused midway leaves no trace of its image.  An image already
+        here (same config digest) is not unpacked again; the archive's tags move to the
+        loaded images."""
+        with SaveArchive(path) as archive:
+            saved = archive.images()
+            planned = [
+                (s, image_from_config(s.id, s.config), tuple(normalize_reference(t) for t in s.repo_tags))
+                for s in saved
+            ]
+            out = []
+            for item, image, tags in planned:
+                if image.id not in self._images:
+                    self._images[image.id] = self._install(
+                        image.id, functools.partial(_apply_layers, archive, item, image)
+                    )
+                for tag in tags:
+                    self._tags[tag] = image.id
+                self._write_index()
+                out.append(Loaded(self._with_tags(self._images[image.id]), tags))
+        return out
 
     def remove(self, reference: str) -> Image:
         """By tag: untag, and delete the image once no tag is left.  By id: delete the image
@@ -190,13 +250,22 @@ class ImageStore:
         _write_json(os.path.join(self.root, _INDEX), dict(sorted(self._tags.items())))
 
     def _unpack(self, image_id: str, tar_path: str) -> Image:
+        return self._install(
+            image_id,
+            lambda rootfs: Image(
+                id=image_id, repo_tags=(), created=now_rfc3339(), size=unpack_rootfs(tar_path, rootfs)
+            ),
+        )
+
+    def _install(self, image_id: str, fill: Callable[[str], Image]) -> Image:
+        """Run ``fill(rootfs)`` in a staging directory and rename it into place: the image's
+        directory appears complete or not at all."""
         final = os.path.join(self.root, _hex(image_id))
         staging = tempfile.mkdtemp(prefix=".import-", dir=self.root)
         try:
             rootfs = os.path.join(staging, "rootfs")
             os.mkdir(rootfs, 0o755)
-            size = unpack_rootfs(tar_path, rootfs)
-            image = Image(id=image_id, repo_tags=(), created=now_rfc3339(), size=size)
+            image = fill(rootfs)
             record = asdict(image)
             del record["repo_tags"]
             _write_json(os.path.join(staging, "image.json"), record)
@@ -211,62 +280,82 @@ class ImageStore:
 def unpack_rootfs(tar_path: str, dest: str) -> int:
     """Extract the tar at ``tar_path`` into ``dest`` safely; return the bytes of regular files.
 
-    Refuses (RuntimeFailure, nothing partial is kept by the caller) members with absolute
-    names, names escaping ``dest`` through ``..`` or through a symlink extracted earlier, and
-    hard links pointing outside.  Skips device nodes and FIFOs (the runtime gives each
-    container its own /dev).  Keeps owners, modes (setuid, sticky) and symlinks as they are:
-    it is a root filesystem, and symlink targets are resolved inside the container.
+    Refuses (InvalidArgument; nothing partial is kept by the caller) members that would
+    land outside ``dest``: see ``archive.RootfsWriter``.  Skips device nodes and FIFOs (the
+    runtime gives each container its own /dev).  Keeps owners, modes (setuid, sticky) and
+    symlinks as they are: it is a root filesystem, and symlink targets are resolved inside
+    the container.
     """
-    dest = os.path.realpath(dest)
-    size = 0
+    writer = RootfsWriter(dest)
     try:
-        with tarfile.open(tar_path, mode="r:*") as tar:
-            for member in tar:
-                if member.isdev() or member.isfifo():
-                    continue
-                name = os.path.normpath(member.name)
-                if name in (".", ""):
-                    continue
-                if os.path.isabs(member.name) or name == ".." or name.startswith("../"):
-                    raise RuntimeFailure(
-                        f"invalid tar member {member.name!r}: path escapes the root filesystem"
-                    )
-                target = os.path.join(dest, name)
-                parent = os.path.realpath(os.path.dirname(target))
-                if parent != dest and not parent.startswith(dest + os.sep):
-                    raise RuntimeFailure(
-                        f"invalid tar member {member.name!r}: path escapes the root filesystem"
-                    )
-                if member.islnk():
-                    link = os.path.normpath(member.linkname)
-                    if os.path.isabs(member.linkname) or link == ".." or link.startswith("../"):
-                        raise RuntimeFailure(
-                            f"invalid tar member {member.name!r}: hard link escapes the root filesystem"
-                        )
-                    source_dir = os.path.realpath(os.path.dirname(os.path.join(dest, link)))
-                    if source_dir != dest and not source_dir.startswith(dest + os.sep):
-                        raise RuntimeFailure(
-                            f"invalid tar member {member.name!r}: hard link escapes the root filesystem"
-                        )
-                    member.linkname = link
-                # Never write through something already there (a symlink planted by an
-                # earlier member would redirect the write outside ``dest``).
-                if os.path.lexists(target) and not (
-                    member.isdir() and os.path.isdir(target) and not os.path.islink(target)
-                ):
-                    if os.path.isdir(target) and not os.path.islink(target):
-                        shutil.rmtree(target)
-                    else:
-                        os.unlink(target)
-                member.name = name
-                tar.extract(member, dest, set_attrs=True, numeric_owner=True, filter="fully_trusted")
-                if member.isreg():
-                    size += member.size
+        with open_tar(tar_path) as tar:
+            writer.extract_all(tar)
     except CnmError:
         raise
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise RuntimeFailure(f"cannot import {tar_path}: {exc}") from exc
-    return size
+        raise InvalidArgument(f"cannot import {tar_path}: {exc}") from exc
+    return writer.size
+
+
+def _apply_layers(archive: SaveArchive, saved: SavedImage, image: Image, rootfs: str) -> Image:
+    """Apply ``saved``'s layers, bottom first, into ``rootfs``; ``image`` with its size."""
+    writer = RootfsWriter(rootfs)
+    diff_ids: list[str | None] = list(image.layers) if len(image.layers) == len(saved.layers) else []
+    for name, diff_id in zip(saved.layers, diff_ids or [None] * len(saved.layers), strict=True):
+        try:
+            apply_saved_layer(writer, archive.layer(name), name, diff_id)
+        except CnmError:
+            raise
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise InvalidArgument(f"cannot apply layer {name}: {exc}") from exc
+    return replace(image, size=tree_size(rootfs))
+
+
+def image_from_config(image_id: str, config: dict[str, Any]) -> Image:
+    """The ``Image`` an image config (image-spec JSON) describes; InvalidArgument naming the
+    field when one has the wrong type."""
+    run = config.get("config") or config.get("container_config") or {}
+    if not isinstance(run, dict):
+        raise InvalidArgument("image config: config must be an object")
+
+    def strings(key: str) -> tuple[str, ...] | None:
+        value = run.get(key)
+        if value is None:
+            return None
+        if isinstance(value, str) and key in ("Cmd", "Entrypoint"):  # Docker's StrSlice
+            return (value,)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise InvalidArgument(f"image config: {key} must be a list of strings")
+        return tuple(value)
+
+    def text(key: str, where: dict[str, Any]) -> str:
+        value = where.get(key) or ""
+        if not isinstance(value, str):
+            raise InvalidArgument(f"image config: {key} must be a string")
+        return value
+
+    ports = run.get("ExposedPorts") or {}
+    if not isinstance(ports, dict):
+        raise InvalidArgument("image config: ExposedPorts must be an object")
+    labels = run.get("Labels") or {}
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        raise InvalidArgument("image config: Labels must map names to strings")
+    diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
+    if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
+        raise InvalidArgument("image config: rootfs.diff_ids must be a list of strings")
+    return Image(
+        id=image_id,
+        repo_tags=(),
+        created=text("created", config) or now_rfc3339(),
+        cmd=strings("Cmd") or (),
+        entrypoint=strings("Entrypoint") or None,
+        env=strings("Env") or (),
+        workdir=text("WorkingDir", run),
+        user=text("User", run),
+        exposed_ports=tuple(p if "/" in p else f"{p}/tcp" for p in ports),
+        layers=tuple(diff_ids),
+        labels=dict(labels),
+    )
 
 
 def _hex(image_id: str) -> str:

@@ -25,14 +25,14 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 from cnm.errors import CnmError, InvalidArgument, NotFound, RuntimeFailure
 from cnm.kernel.cmdlog import log_command
 from cnm.model.container import ExecSpec, Image
 from cnm.runtime import bundle, logs, rootfs
 from cnm.runtime.api import StartRequest
-from cnm.runtime.images import ImageStore
+from cnm.runtime.images import ImageStore, Loaded
 from cnm.runtime.process import (
     ExecProcess,
     console_listener,
@@ -96,6 +96,25 @@ class RuncRuntime:
         async with self._image_lock:
             return await asyncio.to_thread(self._images.remove, reference)
 
+    async def tag_image(self, source: str, target: str) -> Image:
+        async with self._image_lock:
+            return await asyncio.to_thread(self._images.tag, source, target)
+
+    async def load_images(self, archive_path: str) -> list[Loaded]:
+        async with self._image_lock:
+            return await asyncio.to_thread(self._images.load_archive, archive_path)
+
+    def export(self, container_id: str, image_id: str) -> AsyncGenerator[bytes, None]:
+        """The container's filesystem as a tar: the overlay's merged view while it is
+        mounted, else its upper layer over the image's root filesystem."""
+        _check_id(container_id)
+        merged = self._rootfs(container_id)
+        if os.path.ismount(merged):
+            layers = [merged]
+        else:
+            layers = [os.path.join(self.container_dir(container_id), "upper"), self._images.rootfs(image_id)]
+        return rootfs.export_tar(layers)
+
     # -- paths -----------------------------------------------------------------------------
     def container_dir(self, container_id: str) -> str:
         path = self._data_dir(container_id)
@@ -139,7 +158,7 @@ class RuncRuntime:
         async with contextlib.AsyncExitStack() as undo:
             await asyncio.to_thread(rootfs.mount_overlay, lower, upper, work, target)
             undo.callback(rootfs.unmount, target)
-            user = bundle.resolve_user(target, config.user)
+            user = bundle.resolve_user(target, config.user or request.image.user)
             files = request.files
             spec = bundle.oci_config(
                 args=bundle.process_args(config, request.image),

@@ -1,4 +1,5 @@
-"""``cnm image import|ls|rm`` (and the shortcuts ``images``, ``rmi``, ``import``)."""
+"""``cnm image import|load|tag|ls|rm`` (and the shortcuts ``images``, ``rmi``, ``import``,
+``load``, ``tag``), and ``cnm export``, which makes the file ``import`` takes."""
 
 from __future__ import annotations
 
@@ -39,8 +40,6 @@ def _file_chunks(path: str):
 
 
 def cmd_import(cli: Cli, argv: list[str]) -> int:
-    import json
-
     v, args, _ = F.parse(IMPORT, argv)
     source = args[0]
     if source != "-":
@@ -55,6 +54,14 @@ def cmd_import(cli: Cli, argv: list[str]) -> int:
              "platform": v["platform"] or None}
     resp = cli.client.request("POST", "/images/create", query, _file_chunks(source),
                               {"Content-Type": "application/x-tar"})
+    _print_messages(cli, resp)
+    return 0
+
+
+def _print_messages(cli: Cli, resp) -> None:
+    """Print a JSON message stream's ``status``/``stream`` texts; raise its error, if any."""
+    import json
+
     try:
         text = resp.read().decode(errors="replace")
     finally:
@@ -71,6 +78,84 @@ def cmd_import(cli: Cli, argv: list[str]) -> int:
             raise CliError((msg.get("errorDetail") or {}).get("message") or msg.get("error"))
         if msg.get("status"):
             cli.out(msg["status"] + "\n")
+        if msg.get("stream"):
+            cli.out(msg["stream"])
+
+
+LOAD = F.Command(
+    "cnm image load", "", "Load an image from a tar archive or STDIN (what docker save writes)",
+    [F.flag("-i", "--input", default="", help='Read from tar archive file, instead of STDIN'),
+     F.flag("-q", "--quiet", kind=F.BOOL, help="Suppress the load output"),
+     F.flag("--platform", default="", help="Load only the given platform (cnm loads the one of this machine)")],
+    max_args=0, aliases=("cnm image load", "cnm load"))
+
+
+def cmd_load(cli: Cli, argv: list[str]) -> int:
+    import os
+
+    v, _, _ = F.parse(LOAD, argv)
+    source = v["input"] or "-"
+    if source == "-" and sys.stdin.isatty():
+        raise CliError("requested load from stdin, but stdin is empty")
+    if source != "-" and not os.path.isfile(source):
+        raise CliError(f"open {source}: no such file or directory")
+    query = {"quiet": "1" if v["quiet"] else "0", "platform": v["platform"] or None}
+    resp = cli.client.request("POST", "/images/load", query, _file_chunks(source),
+                              {"Content-Type": "application/x-tar"})
+    _print_messages(cli, resp)
+    return 0
+
+
+TAG = F.Command(
+    "cnm image tag", "SOURCE_IMAGE[:TAG] TARGET_IMAGE[:TAG]",
+    "Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE",
+    [], min_args=2, max_args=2, aliases=("cnm image tag", "cnm tag"))
+
+
+def cmd_tag(cli: Cli, argv: list[str]) -> int:
+    _, (source, target), _ = F.parse(TAG, argv)
+    repo, tag = split_ref(target)
+    resp = cli.client.request("POST", f"/images/{quote(source, '/:@')}/tag", {"repo": repo, "tag": tag or None})
+    resp.close()
+    return 0
+
+
+EXPORT = F.Command(
+    "cnm container export", "CONTAINER", "Export a container's filesystem as a tar archive",
+    [F.flag("-o", "--output", default="", help="Write to a file, instead of STDOUT")],
+    min_args=1, max_args=1, aliases=("cnm container export", "cnm export"))
+
+
+def cmd_export(cli: Cli, argv: list[str]) -> int:
+    """Streams the tar to the file (or stdout); a file left half-written by a failure is
+    removed, so a FILE that exists afterwards is a whole export."""
+    import contextlib
+    import os
+
+    v, (container,), _ = F.parse(EXPORT, argv)
+    if not v["output"] and sys.stdout.isatty():
+        raise CliError("cowardly refusing to save to a terminal. Use the -o flag or redirect")
+    resp = cli.client.request("GET", f"/containers/{quote(container)}/export")
+    try:
+        if not v["output"]:
+            sys.stdout.flush()
+            out = sys.stdout.buffer
+            for chunk in resp.chunks():
+                out.write(chunk)
+            out.flush()
+            return 0
+        try:
+            with open(v["output"], "wb") as fh:
+                for chunk in resp.chunks():
+                    fh.write(chunk)
+        except OSError as exc:
+            raise CliError(f"failed to export container: {exc}") from exc
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(v["output"])
+            raise
+    finally:
+        resp.close()
     return 0
 
 
@@ -153,3 +238,18 @@ def cmd_rm(cli: Cli, argv: list[str]) -> int:
                 if item.get(key):
                     cli.out(f"{key}: {item[key]}\n")
     return status
+
+
+SAVE = F.Command(
+    "cnm image save", "IMAGE [IMAGE...]",
+    "Not in cnm (it keeps no layers to save): export a container instead",
+    [F.flag("-o", "--output", default="", help="Write to a file, instead of STDOUT")],
+    min_args=1, aliases=("cnm image save", "cnm save"))
+
+
+def cmd_save(cli: Cli, argv: list[str]) -> int:
+    F.parse(SAVE, argv)
+    raise CliError(
+        "cnm does not save images to archives; to carry a container's filesystem elsewhere, "
+        "export it: cnm export -o FILE CONTAINER (then cnm image import FILE NAME)"
+    )
