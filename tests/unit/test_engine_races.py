@@ -1,0 +1,172 @@
+"""Races between the engine's mutations, over fakes with controlled awaits.
+
+A ``GatedKernel`` parks chosen kernel calls on an event after they did their work, so a test
+can run another mutation at exactly that await and then let the first one finish.  The
+invariant every test checks: no endpoint record names a network that is gone, every
+recorded endpoint has its veth, and no veth exists that no record owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+
+import pytest
+
+from cnm.drivers.bridge import BridgeDriver
+from cnm.drivers.host import HostDriver
+from cnm.drivers.null import NullDriver
+from cnm.engine.controller import Controller
+from cnm.errors import CnmError, Forbidden, NotFound
+from cnm.firewall.fake import FakeFirewall
+from cnm.ipam.api import DEFAULT_POOLS
+from cnm.ipam.default import DefaultIpam
+from cnm.kernel.api import VethSpec
+from cnm.kernel.fake import HOST, FakeKernel
+from cnm.model.container import ContainerConfig
+from cnm.model.endpoint import EndpointRequest
+from cnm.model.network import NetworkSpec
+from cnm.runtime.fake import FakeRuntime
+from cnm.store.memory import MemoryStore
+
+
+class GatedKernel(FakeKernel):
+    """A FakeKernel whose ``add_veth`` (once armed) does its work, then waits on ``gate``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate: asyncio.Event | None = None
+        self.parked = asyncio.Event()
+
+    async def add_veth(self, spec: VethSpec) -> int:
+        index = await super().add_veth(spec)
+        gate = self.gate
+        if gate is not None:
+            self.parked.set()
+            await gate.wait()
+        return index
+
+
+@pytest.fixture
+async def world(tmp_path):
+    store = MemoryStore()
+    kernel = GatedKernel()
+    firewall = FakeFirewall()
+    runtime = FakeRuntime(str(tmp_path / "containers"))
+    runtime.add_image("busybox")
+    ctl = Controller(
+        store=store,
+        ipam=DefaultIpam(store, DEFAULT_POOLS),
+        kernel=kernel,
+        firewall=firewall,
+        drivers={"bridge": BridgeDriver(kernel, firewall), "host": HostDriver(), "null": NullDriver()},
+        runtime=runtime,
+        data_root=str(tmp_path / "data"),
+        exec_root=str(tmp_path / "exec"),
+    )
+    await ctl.start()
+    return ctl, kernel
+
+
+def assert_consistent(ctl: Controller, kernel: FakeKernel) -> None:
+    """Records and the fake kernel agree (the unit-tier version of tests/consistency.py)."""
+    networks = {n.id: n for n in ctl.networks()}
+    endpoints = [ep for c in ctl.containers() for ep in ctl._state.endpoints_of_container(c.id)]
+    assert len(endpoints) == len(ctl._state.endpoints), "endpoints of no container"
+    for ep in endpoints:
+        assert ep.network_id in networks, f"endpoint {ep.id[:12]} on a network that is gone"
+        link = kernel.link(ep.host_ifname)
+        assert link is not None and link.owner == ep.id, f"endpoint {ep.id[:12]} has no veth"
+        bridge = kernel.link(networks[ep.network_id].bridge_name)
+        assert bridge is not None and link.master == bridge.index
+    owned = {ep.id for ep in endpoints}
+    veths = {link.owner for link in kernel.namespaces[HOST].values() if link.kind == "veth" and link.up}
+    assert veths <= owned, f"veths nobody owns: {veths - owned}"
+    bridges = {link.owner for link in kernel.namespaces[HOST].values() if link.kind == "bridge"}
+    assert bridges == {n.id for n in networks.values() if n.driver == "bridge"}
+
+
+async def race(kernel: GatedKernel, first: Awaitable, second: Awaitable) -> tuple[object, object]:
+    """Run ``first`` until it parks in add_veth, run ``second`` for as long as it can make
+    progress, then open the gate; the outcome (result or CnmError) of each."""
+    kernel.gate = asyncio.Event()
+    kernel.parked.clear()
+    task = asyncio.ensure_future(first)
+    await asyncio.wait_for(kernel.parked.wait(), 5)
+    other = asyncio.ensure_future(second)
+    for _ in range(50):  # let the second change run as far as it can
+        await asyncio.sleep(0)
+    kernel.gate.set()
+    kernel.gate = None
+    results = await asyncio.gather(task, other, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException) and not isinstance(r, CnmError):
+            raise r
+    return results[0], results[1]
+
+
+async def test_network_rm_during_connect_leaves_no_orphan_endpoint(world):
+    ctl, kernel = world
+    await ctl.create_network(NetworkSpec(name="a"))
+    await ctl.create_network(NetworkSpec(name="b"))
+    container, _ = await ctl.create_container("web", ContainerConfig(image="busybox", network_mode="a"))
+    await ctl.start_container(container.id)
+    connected, removed = await race(
+        kernel, ctl.connect("b", "web", EndpointRequest()), ctl.remove_network("b")
+    )
+    # one of the two wins; the other is refused
+    assert (connected is None) != (removed is None), (connected, removed)
+    if connected is None:
+        assert isinstance(removed, Forbidden)
+        assert {n.name for n, _ in ctl.container_endpoints(container.id)} == {"a", "b"}
+    else:
+        assert isinstance(connected, NotFound)
+    assert_consistent(ctl, kernel)
+
+
+async def test_network_rm_during_run_leaves_no_orphan_endpoint(world):
+    ctl, kernel = world
+    await ctl.create_network(NetworkSpec(name="a"))
+    container, _ = await ctl.create_container("web", ContainerConfig(image="busybox", network_mode="a"))
+    started, removed = await race(kernel, ctl.start_container(container.id), ctl.remove_network("a"))
+    assert (started is None) != (removed is None), (started, removed)
+    if started is None:
+        assert isinstance(removed, Forbidden)
+        assert ctl.find_container("web").running
+    else:
+        assert not ctl.find_container("web").running
+    assert_consistent(ctl, kernel)
+
+
+async def test_network_prune_during_connect_leaves_no_orphan_endpoint(world):
+    ctl, kernel = world
+    await ctl.create_network(NetworkSpec(name="a"))
+    await ctl.create_network(NetworkSpec(name="b"))
+    container, _ = await ctl.create_container("web", ContainerConfig(image="busybox", network_mode="a"))
+    await ctl.start_container(container.id)
+    connected, pruned = await race(kernel, ctl.connect("b", "web", EndpointRequest()), ctl.prune_networks())
+    assert connected is None or isinstance(connected, NotFound)
+    assert ("b" in pruned) == isinstance(connected, NotFound), (connected, pruned)
+    assert_consistent(ctl, kernel)
+
+
+async def test_exit_during_connect_leaves_no_orphan_endpoint(world):
+    """The container's init exits while a connect is half done: the exit handling waits
+    for the connect and then tears the new endpoint down too."""
+    ctl, kernel = world
+    await ctl.create_network(NetworkSpec(name="a"))
+    await ctl.create_network(NetworkSpec(name="b"))
+    container, _ = await ctl.create_container("web", ContainerConfig(image="busybox", network_mode="a"))
+    await ctl.start_container(container.id)
+
+    async def exit_now() -> None:
+        ctl._runtime.exit(container.id, 3)
+        await ctl.wait_container(container.id)
+
+    await race(kernel, ctl.connect("b", "web", EndpointRequest()), exit_now())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not ctl.find_container("web").running
+    assert ctl.container_endpoints(container.id) == []
+    assert_consistent(ctl, kernel)
+
