@@ -170,3 +170,28 @@ async def test_exit_during_connect_leaves_no_orphan_endpoint(world):
     assert ctl.container_endpoints(container.id) == []
     assert_consistent(ctl, kernel)
 
+
+
+async def test_change_waiting_for_a_container_removed_meanwhile_is_not_found(world):
+    """A connect queued behind a failing start and a ``rm`` finds the container gone:
+    404, not a KeyError (a 500)."""
+    ctl, kernel = world
+    await ctl.create_network(NetworkSpec(name="a"))
+    await ctl.create_network(NetworkSpec(name="b"))
+    container, _ = await ctl.create_container("web", ContainerConfig(image="busybox", network_mode="a"))
+    ctl._runtime.fail_start = True
+    kernel.gate = asyncio.Event()
+    kernel.parked.clear()
+    start = asyncio.ensure_future(ctl.start_container(container.id))
+    await asyncio.wait_for(kernel.parked.wait(), 5)
+    removal = asyncio.ensure_future(ctl.remove_container(container.id))
+    await asyncio.sleep(0)
+    connect = asyncio.ensure_future(ctl.connect("b", container.id, EndpointRequest()))
+    rename = asyncio.ensure_future(ctl.rename_container(container.id, "other"))
+    await asyncio.sleep(0)
+    kernel.gate.set()
+    kernel.gate = None
+    results = await asyncio.gather(start, removal, connect, rename, return_exceptions=True)
+    assert isinstance(results[0], CnmError) and results[1] is None, results
+    assert isinstance(results[2], NotFound) and isinstance(results[3], NotFound), results
+    assert_consistent(ctl, kernel)

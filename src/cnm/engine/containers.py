@@ -172,7 +172,7 @@ class Containers:
         container = self.find(ref)
         cid = container.id
         async with self._hold(cid, joins=lambda: self._plan_networks(cid), others=lambda: self._netns_owner(cid)):
-            container = self._state.containers[container.id]
+            container = self._current(container.id, ref)
             if container.running:
                 raise NotModified(f"container {container.id} is already running")
             image = self._find_image(container)
@@ -341,6 +341,14 @@ class Containers:
                     yield
                     return
 
+    def _current(self, container_id: str, ref: str) -> Container:
+        """The container's record once its lock is held: it may have been removed while
+        the change waited for the lock."""
+        container = self._state.containers.get(container_id)
+        if container is None:
+            raise NotFound(f"No such container: {ref}")
+        return container
+
     def _network_ids(self, *refs: str) -> set[str]:
         """The ids of the networks ``refs`` name now (those that exist)."""
         ids = set()
@@ -508,7 +516,7 @@ class Containers:
         container = self.find(ref)
         name = parse_container_name(new_name)
         async with self._hold(container.id):
-            container = self._state.containers[container.id]
+            container = self._current(container.id, ref)
             if name == container.name:
                 raise InvalidArgument("Renaming a container with the same name as its current name")
             other = next((c for c in self._state.containers.values() if c.name == name), None)
@@ -529,7 +537,7 @@ class Containers:
     async def connect(self, network_ref: str, ref: str, request: EndpointRequest) -> None:
         container = self.find(ref)
         async with self._hold(container.id, joins=lambda: self._network_ids(network_ref)):
-            container = self._state.containers[container.id]
+            container = self._current(container.id, ref)
             mode = container.config.network_mode
             if mode == "host" or mode.startswith("container:"):
                 raise InvalidArgument(
@@ -579,7 +587,7 @@ class Containers:
     async def disconnect(self, network_ref: str, ref: str, force: bool = False) -> None:
         container = self.find(ref)
         async with self._hold(container.id, joins=lambda: self._network_ids(network_ref)):
-            container = self._state.containers[container.id]
+            container = self._current(container.id, ref)
             if not container.running:
                 try:
                     network = self._networks.find(network_ref)
