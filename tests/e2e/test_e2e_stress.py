@@ -41,6 +41,7 @@ EXPECTED_500 = ("port is already allocated", "address already in use", "is not c
 class Tally:
     ops: Counter[tuple[str, int]] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
+    samples: dict[tuple[str, int], str] = field(default_factory=dict)  # a message per refusal kind
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, op: str, resp: ApiResponse | None, detail: str = "") -> None:
@@ -50,6 +51,8 @@ class Tally:
                 self.failures.append(f"{op}: {detail}")
                 return
             self.ops[(op, resp.status)] += 1
+            if resp.status >= 300:
+                self.samples.setdefault((op, resp.status), resp.message[:120])
             if resp.status >= 500 and not any(m in resp.message for m in EXPECTED_500):
                 self.failures.append(f"{op} -> {resp.status}: {resp.message}")
 
@@ -60,7 +63,9 @@ class Tally:
         by_op: dict[str, list[str]] = {}
         for (op, status), n in sorted(self.ops.items()):
             by_op.setdefault(op, []).append(f"{status}x{n}")
-        return "\n".join(f"  {op:<12} {' '.join(v)}" for op, v in by_op.items())
+        lines = [f"  {op:<12} {' '.join(v)}" for op, v in by_op.items()]
+        lines += [f"  e.g. {op} {status}: {msg}" for (op, status), msg in sorted(self.samples.items())]
+        return "\n".join(lines)
 
 
 def call(host: TestHost, tally: Tally, op: str, method: str, path: str, body: Any = None) -> ApiResponse | None:

@@ -17,7 +17,7 @@ from cnm.drivers.bridge import BridgeDriver
 from cnm.drivers.host import HostDriver
 from cnm.drivers.null import NullDriver
 from cnm.engine.controller import Controller
-from cnm.errors import CnmError, Forbidden, NotFound
+from cnm.errors import CnmError, Conflict, Forbidden, NotFound
 from cnm.firewall.fake import FakeFirewall
 from cnm.ipam.api import DEFAULT_POOLS
 from cnm.ipam.default import DefaultIpam
@@ -194,4 +194,29 @@ async def test_change_waiting_for_a_container_removed_meanwhile_is_not_found(wor
     results = await asyncio.gather(start, removal, connect, rename, return_exceptions=True)
     assert isinstance(results[0], CnmError) and results[1] is None, results
     assert isinstance(results[2], NotFound) and isinstance(results[3], NotFound), results
+    assert_consistent(ctl, kernel)
+
+
+async def test_rm_force_during_start_removes_the_container(world):
+    """``rm -f`` while a start is under way: the start finishes, then the removal kills
+    and removes the container; a start asked for meanwhile is refused (marked for
+    removal), as in Docker."""
+    ctl, kernel = world
+    await ctl.create_network(NetworkSpec(name="a"))
+    container, _ = await ctl.create_container("web", ContainerConfig(image="busybox", network_mode="a"))
+    kernel.gate = asyncio.Event()
+    kernel.parked.clear()
+    start = asyncio.ensure_future(ctl.start_container(container.id))
+    await asyncio.wait_for(kernel.parked.wait(), 5)
+    removal = asyncio.ensure_future(ctl.remove_container(container.id, force=True))
+    await asyncio.sleep(0)
+    again = asyncio.ensure_future(ctl.start_container(container.id))
+    with pytest.raises(Conflict, match="already in progress"):
+        await ctl.remove_container(container.id, force=True)
+    kernel.gate.set()
+    kernel.gate = None
+    assert await asyncio.gather(start, removal, return_exceptions=True) == [None, None]
+    with pytest.raises(Conflict, match="marked for removal"):
+        await again
+    assert ctl.containers() == []
     assert_consistent(ctl, kernel)

@@ -108,6 +108,7 @@ class Containers:
         self._publisher = publisher
         self._runs: dict[str, _Run] = {}
         self._removed: dict[str, list[asyncio.Future[int]]] = {}
+        self._removing: set[str] = set()  # ids of containers an ``rm`` is removing
         self.execs = Execs(runtime, self._running_container)
         os.makedirs(self._netns_dir, exist_ok=True)
 
@@ -173,6 +174,8 @@ class Containers:
         cid = container.id
         async with self._hold(cid, joins=lambda: self._plan_networks(cid), others=lambda: self._netns_owner(cid)):
             container = self._current(container.id, ref)
+            if container.id in self._removing:
+                raise Conflict(f"container {container.id} is marked for removal and cannot be started")
             if container.running:
                 raise NotModified(f"container {container.id} is already running")
             image = self._find_image(container)
@@ -415,7 +418,7 @@ class Containers:
         if container.config.auto_remove:
             try:
                 await self.remove(container_id, force=True)
-            except NotFound:
+            except (NotFound, Conflict):  # gone, or a removal is already under way
                 pass
 
     async def _teardown_network(self, container: Container) -> list[BaseException]:
@@ -458,30 +461,46 @@ class Containers:
         await self._runtime.kill(container.id, sig)
 
     async def remove(self, ref: str, force: bool = False) -> None:
+        """Docker's ``rm [-f]``.  While it runs the container is marked for removal: a
+        start is refused (Docker's 409), so ``rm -f`` always ends with the container gone."""
         container = self.find(ref)
-        if container.running:
-            if not force:
-                raise Conflict(
-                    f'cannot remove container "/{container.name}": container is running: '
-                    "stop the container before removing or force remove"
-                )
-            run = self._runs.get(container.id)
-            await self._runtime.kill(container.id, signals.SIGKILL)
-            if run is not None:
-                await run.exited
-        async with self._hold(container.id):
-            container = self._state.containers.get(container.id)
+        if container.id in self._removing:
+            raise Conflict(f"removal of container {container.id} is already in progress")
+        self._removing.add(container.id)
+        try:
+            await self._remove(container.id, force)
+        finally:
+            self._removing.discard(container.id)
+
+    async def _remove(self, container_id: str, force: bool) -> None:
+        while True:
+            container = self._state.containers.get(container_id)
             if container is None:
                 return
             if container.running:
-                raise Conflict(f"container {container.id} was restarted while being removed")
-            errors = await self._teardown_network(container)  # nothing left normally
-            try:
-                await self._runtime.remove(container.id)
-            except CnmError as exc:
-                errors.append(exc)
-            self._state.commit(delete=[container])
-            self.execs.forget(container.id)
+                if not force:
+                    raise Conflict(
+                        f'cannot remove container "/{container.name}": container is running: '
+                        "stop the container before removing or force remove"
+                    )
+                run = self._runs.get(container.id)
+                await self._runtime.kill(container.id, signals.SIGKILL)
+                if run is not None:
+                    await run.exited
+            async with self._hold(container.id):
+                container = self._state.containers.get(container.id)
+                if container is None:
+                    return
+                if container.running:  # a start that was under way when the removal began
+                    continue
+                errors = await self._teardown_network(container)  # nothing left normally
+                try:
+                    await self._runtime.remove(container.id)
+                except CnmError as exc:
+                    errors.append(exc)
+                self._state.commit(delete=[container])
+                self.execs.forget(container.id)
+                break
         for fut in self._removed.pop(container.id, []):
             if not fut.done():
                 fut.set_result(container.state.exit_code)
