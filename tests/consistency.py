@@ -394,7 +394,7 @@ def _check_links(host: Any, store: Store) -> list[str]:
                 continue
             if peer.peer_index != host_end.index:
                 out.append(f"{what}: {ep['ifname']} is not the peer of {host_end.name}")
-            if ep.get("address") and ep["address"] not in peer.addresses:
+            if ep.get("address") and peer.addresses != [ep["address"]]:
                 out.append(f"{what}: {ep['ifname']} has {peer.addresses}, recorded {ep['address']}")
             if ep.get("mac") and peer.mac != ep["mac"]:
                 out.append(f"{what}: {ep['ifname']} has MAC {peer.mac}, recorded {ep['mac']}")

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from consistency import assert_consistent
+from consistency import assert_consistent, problems
 from harness import ApiResponse, TestHost
 
 WORKERS = 8
@@ -198,3 +198,37 @@ def test_stress(fresh_cnmhost: TestHost) -> None:
     assert_consistent(host)
     clean_up(host)
     assert_consistent(host)
+
+
+def test_checker_sees_planted_faults(fresh_cnmhost: TestHost) -> None:
+    """tests/consistency.py finds nothing on a quiet host and each fault planted behind
+    cnmd's back: a deleted veth, a stray netns, an untracked tagged veth, a lost port
+    element, a foreign address in a sandbox, a sandbox whose 127.0.0.11 does not answer."""
+    host = fresh_cnmhost
+    host.cnm("network", "create", "--subnet", "10.77.0.0/24", "chk")
+    host.cnm("run", "-d", "--name", "web", "--network", "chk", "-p", "18090:80", "busybox", "sleep", "1d")
+    host.cnm("run", "-d", "--name", "db", "--network", "chk", "busybox", "sleep", "1d")
+    assert problems(host) == []
+
+    db = host.api("GET", "/containers/db/json").json()
+    endpoint = db["NetworkSettings"]["Networks"]["chk"]["EndpointID"]
+    host.run(["ip", "link", "del", f"veth{endpoint[:7]}"])
+    netns_dir = host.exec_root / "netns"
+    host.run(["touch", str(netns_dir / "stray")])
+    host.run(["ip", "link", "add", "vethstray", "type", "veth", "peer", "name", "vethstray1"])
+    host.run(["ip", "link", "set", "vethstray", "alias", "cnm:" + "f" * 64])
+    host.run(["nft", "flush", "map", "ip", "cnm", "ports-any"])
+    web_key = host.api("GET", "/containers/web/json").json()["NetworkSettings"]["SandboxKey"]
+    host.netns_exec(web_key, ["ip", "addr", "add", "10.77.0.200/24", "dev", "eth0"])
+    host.netns_exec(web_key, ["nft", "delete", "table", "ip", "cnm-dns"])  # 127.0.0.11 no longer answers
+
+    found = "\n".join(problems(host))
+    for expected in (
+        f"no host veth veth{endpoint[:7]}",
+        f"netns {netns_dir / 'stray'} that no sandbox owns",
+        "veth vethstray of endpoint ffffffffffff, which is gone",
+        "port tcp . 18090 of endpoint",
+        "eth0 has ['10.77.0.2/24', '10.77.0.200/24'], recorded 10.77.0.2/24",
+        "DNS from web (",
+    ):
+        assert expected in found, f"{expected!r} not in:\n{found}"
