@@ -142,43 +142,60 @@ def clean_up(host: TestHost) -> None:
         host.api("DELETE", f"/networks/{n}", timeout=REQUEST_TIMEOUT)
 
 
-def race_round(host: TestHost, tally: Tally, name: str) -> None:
-    """``network rm racy`` at the same moment as ``network connect racy stay`` and
-    ``run --network racy --name NAME``."""
+STAYING = ("stay0", "stay1", "stay2", "stay3")
+
+
+def race_round(host: TestHost, tally: Tally, round_: int) -> None:
+    """``network rm racy`` sent over and over while ``network connect racy`` of each
+    container of STAYING and two ``run --network racy`` are under way."""
     body = {"Image": "busybox", "Cmd": ["sleep", "1d"], "HostConfig": {"NetworkMode": "racy"}}
-    barrier = threading.Barrier(3)
+    barrier = threading.Barrier(len(STAYING) + 3)
 
-    def connect() -> None:
+    def connect(name: str) -> None:
         barrier.wait()
-        call(host, tally, "connect", "POST", "/networks/racy/connect", {"Container": "stay"})
+        call(host, tally, "connect", "POST", "/networks/racy/connect", {"Container": name})
 
-    def run() -> None:
+    def run(name: str) -> None:
         barrier.wait()
         resp = call(host, tally, "create", "POST", f"/containers/create?name={name}", body)
         if resp is not None and resp.status == 201:
             call(host, tally, "start", "POST", f"/containers/{name}/start")
 
     def remove() -> None:
+        # again and again until it is not refused for active endpoints: one of the tries
+        # lands while the connects and runs are between their checks and their records
         barrier.wait()
-        time.sleep(random.uniform(0, 0.05))
-        call(host, tally, "net-rm", "DELETE", "/networks/racy")
+        while not others_done.is_set():
+            resp = call(host, tally, "net-rm", "DELETE", "/networks/racy")
+            if resp is None or resp.status != 403:
+                return
+            time.sleep(0.002)
 
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        for f in [pool.submit(fn) for fn in (connect, run, remove)]:
+    others_done = threading.Event()
+    with ThreadPoolExecutor(max_workers=len(STAYING) + 3) as pool:
+        removal = pool.submit(remove)
+        others = [pool.submit(connect, name) for name in STAYING]
+        others += [pool.submit(run, f"r{round_}a"), pool.submit(run, f"r{round_}b")]
+        for f in others:
             f.result()
+        others_done.set()
+        removal.result()
 
 
 def test_network_rm_races_connect_and_run(fresh_cnmhost: TestHost) -> None:
     host = fresh_cnmhost
-    assert host.api("POST", "/containers/create?name=stay", {"Image": "busybox", "Cmd": ["sleep", "1d"]}).status == 201
-    assert host.api("POST", "/containers/stay/start").status == 204
+    for name in STAYING:
+        assert host.api("POST", f"/containers/create?name={name}", {"Image": "busybox", "Cmd": ["sleep", "1d"]}).status == 201
+        assert host.api("POST", f"/containers/{name}/start").status == 204
     tally = Tally()
     for round_ in range(12):
         assert host.api("POST", "/networks/create", {"Name": "racy"}).status == 201
-        race_round(host, tally, f"r{round_}")
+        race_round(host, tally, round_)
         assert_consistent(host)
-        host.api("DELETE", f"/containers/r{round_}?force=1")
-        host.api("POST", "/networks/racy/disconnect", {"Container": "stay", "Force": True})
+        for name in (f"r{round_}a", f"r{round_}b"):
+            host.api("DELETE", f"/containers/{name}?force=1")
+        for name in STAYING:
+            host.api("POST", "/networks/racy/disconnect", {"Container": name, "Force": True})
         host.api("DELETE", "/networks/racy")
     print(f"\nnetwork rm against connect and run, {tally.total()} requests:\n{tally.report()}")
     assert tally.failures == []
