@@ -5,7 +5,7 @@
 endpoint may be left on a network that is gone.
 
 ``test_stress``: 8 workers for ``CNM_STRESS_SECONDS`` (default 15; ``make stress`` runs 60)
-doing random create / run / start / stop / kill / connect / disconnect / rm -f /
+doing random create / run / start / stop / kill / restart / rename / connect / disconnect / rm -f /
 network create / network rm / prune on a few shared names.  Refusals (404, 409, 403 …) are
 expected; what must hold is that at the end ``tests/consistency.py`` finds nothing, that
 no request got a 500 other than Docker's own (a port already allocated) and none hung.
@@ -92,8 +92,9 @@ def container_body(rng: random.Random) -> dict[str, Any]:
 def one_op(host: TestHost, tally: Tally, rng: random.Random) -> None:
     c, n = rng.choice(CONTAINERS), rng.choice(NETWORKS)
     kind = rng.choices(
-        ("run", "create", "start", "stop", "kill", "connect", "disconnect", "rm", "net-create", "net-rm", "prune"),
-        weights=(14, 4, 6, 3, 3, 14, 10, 10, 8, 8, 1),
+        ("run", "create", "start", "stop", "kill", "restart", "rename", "connect", "disconnect", "rm",
+         "net-create", "net-rm", "prune"),
+        weights=(14, 4, 6, 3, 3, 2, 3, 14, 10, 10, 8, 8, 1),
     )[0]
     if kind in ("run", "create"):
         resp = call(host, tally, "create", "POST", f"/containers/create?name={c}", container_body(rng))
@@ -103,6 +104,10 @@ def one_op(host: TestHost, tally: Tally, rng: random.Random) -> None:
         call(host, tally, "start", "POST", f"/containers/{c}/start")
     elif kind == "stop":
         call(host, tally, "stop", "POST", f"/containers/{c}/stop?t=1")
+    elif kind == "restart":
+        call(host, tally, "restart", "POST", f"/containers/{c}/restart?t=1")
+    elif kind == "rename":
+        call(host, tally, "rename", "POST", f"/containers/{c}/rename?name={rng.choice(CONTAINERS)}")
     elif kind == "kill":
         call(host, tally, "kill", "POST", f"/containers/{c}/kill")
     elif kind == "connect":

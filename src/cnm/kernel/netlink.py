@@ -64,6 +64,14 @@ async def _retried(dump: Callable[[], Any]) -> Any:
     raise AssertionError("unreachable")
 
 
+async def _addresses(ipr: AsyncIPRoute, index: int) -> set[IPv4Interface]:
+    """The IPv4 addresses of link ``index`` (one dump)."""
+    return {
+        IPv4Interface(f"{m.get('address')}/{m['prefixlen']}")
+        async for m in await ipr.addr("dump", family=AF_INET, index=index)
+    }
+
+
 def _failure(what: str, exc: BaseException) -> KernelError:
     if isinstance(exc, NetlinkError):
         detail = os.strerror(exc.code) if exc.code else str(exc)
@@ -319,10 +327,7 @@ class LinuxKernel:
         index = link["index"]
         try:
             if address is not None:
-                present = {
-                    IPv4Interface(f"{m.get('address')}/{m['prefixlen']}")
-                    async for m in await ipr.addr("dump", family=AF_INET, index=index)
-                }
+                present = await _retried(functools.partial(_addresses, ipr, index))
                 if address not in present:
                     log_command(["ip", "addr", "add", str(address), "dev", name])
                     await ipr.addr("add", index=index, address=str(address.ip),
