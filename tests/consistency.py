@@ -15,8 +15,9 @@ What it proves, for every record in the store:
   its address in IPAM owned by it, its DNS record (asked from the netns of every container
   that shares a user-defined network with it, through 127.0.0.11), and for each published
   port its nft map element and the socket that holds the host port;
-* containers: running ones have a live process and a sandbox, stopped ones neither
-  sandbox nor endpoints; the API lists what the store holds.
+* containers: running ones have a live process, runc's state and a sandbox, stopped ones
+  neither sandbox nor endpoints; the API lists what the store holds; runc runs nothing
+  the store does not know as running.
 
 And the other way round: no cnm-tagged link, netns, IPAM address, nft chain or element
 exists that no record owns; no address (per network, in the kernel too) and no host port is
@@ -235,6 +236,7 @@ def problems(host: Any) -> list[str]:
     out += _check_nft(host, store)
     out += _check_ports(host, store)
     out += _check_dns(host, store)
+    out += _check_runc(host, store)
     return out
 
 
@@ -522,6 +524,28 @@ def _check_dns(host: Any, store: Store) -> list[str]:
         for name, ip in expected.items():
             if answers.get(name) != [ip]:
                 out.append(f"DNS from {_name(store, asker)}: {name} -> {answers.get(name)}, want [{ip}]")
+    return out
+
+
+def _check_runc(host: Any, store: Store) -> list[str]:
+    """runc's own list (under cnmd's ``--root``) and the store agree on what runs."""
+    proc = host.run(["runc", "--root", str(Path(host.exec_root) / "runc"), "list", "--format", "json"], check=False)
+    if proc.returncode != 0:
+        return [f"runc list: {proc.stderr.strip()}"]
+    listed = {c["id"]: c for c in json.loads(proc.stdout or "null") or []}
+    out = []
+    for cid, c in listed.items():
+        if c["status"] not in ("running", "paused", "created"):
+            continue
+        stored = store.containers.get(cid)
+        if stored is None or not running(stored):
+            out.append(f"runc has {cid[:12]} {c['status']} (pid {c['pid']}), the store "
+                       f"{'has no such container' if stored is None else stored['state']['status']}")
+        elif stored["state"].get("pid") != c["pid"]:
+            out.append(f"{_name(store, cid)}: runc says pid {c['pid']}, the store {stored['state'].get('pid')}")
+    for cid, c in store.containers.items():
+        if running(c) and listed.get(cid, {}).get("status") not in ("running", "paused"):
+            out.append(f"running {_name(store, cid)}: runc has it {listed.get(cid, {}).get('status', 'not at all')}")
     return out
 
 
