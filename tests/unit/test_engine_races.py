@@ -9,6 +9,9 @@ recorded endpoint has its veth, and no veth exists that no record owns.
 from __future__ import annotations
 
 import asyncio
+import os
+import random
+from collections import Counter
 from collections.abc import Awaitable
 
 import pytest
@@ -219,4 +222,125 @@ async def test_rm_force_during_start_removes_the_container(world):
     with pytest.raises(Conflict, match="marked for removal"):
         await again
     assert ctl.containers() == []
+    assert_consistent(ctl, kernel)
+
+
+class JitterKernel(GatedKernel):
+    """Every kernel call yields to the event loop a random number of times before and
+    after its work, so concurrent changes interleave at every await."""
+
+    def __init__(self, rng: random.Random) -> None:
+        super().__init__()
+        self.rng = rng
+
+    async def _jitter(self) -> None:
+        for _ in range(self.rng.randrange(4)):
+            await asyncio.sleep(0)
+
+    async def create_netns(self, path: str) -> None:
+        await self._jitter()
+        await super().create_netns(path)
+        await self._jitter()
+
+    async def delete_netns(self, path: str) -> None:
+        await self._jitter()
+        await super().delete_netns(path)
+        await self._jitter()
+
+    async def ensure_bridge(self, name: str, **kw) -> int:
+        await self._jitter()
+        index = await super().ensure_bridge(name, **kw)
+        await self._jitter()
+        return index
+
+    async def add_veth(self, spec: VethSpec) -> int:
+        await self._jitter()
+        index = await super().add_veth(spec)
+        await self._jitter()
+        return index
+
+    async def retire_link(self, name: str, netns_path: str | None = None, peer: str = "") -> None:
+        await self._jitter()
+        await super().retire_link(name, netns_path, peer)
+        await self._jitter()
+
+    async def delete_link(self, name: str, netns_path: str | None = None) -> None:
+        await self._jitter()
+        await super().delete_link(name, netns_path)
+        await self._jitter()
+
+
+@pytest.mark.parametrize("seed", [int(x) for x in os.environ.get("CNM_RACE_SEEDS", "7,11,23").split(",")])
+async def test_random_concurrent_changes_keep_records_and_kernel_in_step(tmp_path, seed):
+    """The unit-tier stress: 8 workers, random changes on shared names over a kernel that
+    yields at every call.  Refusals are fine; a non-CnmError (a KeyError, a lock taken
+    out of order) or a hang is not, and at the end records and kernel agree."""
+    rng = random.Random(seed)
+    store = MemoryStore()
+    kernel = JitterKernel(rng)
+    firewall = FakeFirewall()
+    runtime = FakeRuntime(str(tmp_path / "containers"))
+    runtime.add_image("busybox")
+    ctl = Controller(
+        store=store,
+        ipam=DefaultIpam(store, DEFAULT_POOLS),
+        kernel=kernel,
+        firewall=firewall,
+        drivers={"bridge": BridgeDriver(kernel, firewall), "host": HostDriver(), "null": NullDriver()},
+        runtime=runtime,
+        data_root=str(tmp_path / "data"),
+        exec_root=str(tmp_path / "exec"),
+    )
+    await ctl.start()
+    networks, containers = ("n0", "n1", "n2"), tuple(f"c{i}" for i in range(6))
+    done: Counter[str] = Counter()
+
+    async def one(r: random.Random) -> None:
+        c, n = r.choice(containers), r.choice(networks)
+        kind = r.choices(
+            ("run", "start", "kill", "exit", "rm", "connect", "disconnect", "rename", "net-create", "net-rm", "prune"),
+            weights=(5, 1, 1, 1, 2, 5, 2, 1, 3, 3, 1),
+        )[0]
+        if kind == "run":
+            config = ContainerConfig(image="busybox", network_mode=r.choice((*networks, "bridge")),
+                                     auto_remove=r.random() < 0.2)
+            container, _ = await ctl.create_container(c, config)
+            await ctl.start_container(container.id)
+        elif kind == "start":
+            await ctl.start_container(c)
+        elif kind == "kill":
+            await ctl.kill_container(c)
+        elif kind == "exit":
+            runtime.exit(ctl.find_container(c).id, 1)
+        elif kind == "rm":
+            await ctl.remove_container(c, force=True)
+        elif kind == "connect":
+            await ctl.connect(n, c, EndpointRequest())
+        elif kind == "disconnect":
+            await ctl.disconnect(n, c, force=r.random() < 0.3)
+        elif kind == "rename":
+            await ctl.rename_container(c, r.choice(containers))
+        elif kind == "net-create":
+            await ctl.create_network(NetworkSpec(name=n))
+        elif kind == "net-rm":
+            await ctl.remove_network(n)
+        else:
+            await ctl.prune_networks()
+        done[kind] += 1
+
+    async def worker(index: int) -> None:
+        r = random.Random(seed * 100 + index)
+        for _ in range(100):
+            try:
+                await one(r)
+            except CnmError:
+                pass
+
+    await asyncio.wait_for(asyncio.gather(*(worker(i) for i in range(8))), timeout=60)
+    for _ in range(50):  # exits in flight finish
+        await asyncio.sleep(0)
+    assert sum(done.values()) > 100, done
+    assert_consistent(ctl, kernel)
+    for c in ctl.containers():
+        await ctl.remove_container(c.id, force=True)
     assert_consistent(ctl, kernel)

@@ -6,7 +6,9 @@ record, the shared locks of the networks it has or will have endpoints on, then 
 container's own lock (``_hold``); ``network rm`` takes its network's lock exclusively, so
 it never runs between a connect's or start's checks and its record.  A container's lock is
 held for its critical sections only (never while waiting for its process to exit), so
-exit handling can always take it.  A start records the sandbox, its endpoints and the
+exit handling can always take it.  ``create`` takes no lock: it has no await between its
+checks and its record.  ``stop`` and ``kill`` only send signals; the exit handling that
+follows changes the records, under the locks.  A start records the sandbox, its endpoints and the
 running state in one transaction after runc agreed.
 """
 
