@@ -8,8 +8,8 @@ it never runs between a connect's or start's checks and its record.  A container
 held for its critical sections only (never while waiting for its process to exit), so
 exit handling can always take it.  ``create`` takes no lock: it has no await between its
 checks and its record.  ``stop`` and ``kill`` only send signals; the exit handling that
-follows changes the records, under the locks.  A start records the sandbox, its endpoints and the
-running state in one transaction after runc agreed.
+follows changes the records, under the locks.  A start records the sandbox, its
+endpoints and the running state in one transaction after runc agreed.
 """
 
 from __future__ import annotations
@@ -493,8 +493,10 @@ class Containers:
                 container = self._state.containers.get(container.id)
                 if container is None:
                     return
-                if container.running:  # a start that was under way when the removal began
-                    continue
+                if container.running:
+                    if container.id in self._runs:  # a start under way when the removal began
+                        continue
+                    raise Conflict(f"container {container.id} is running and cannot be stopped")
                 errors = await self._teardown_network(container)  # nothing left normally
                 try:
                     await self._runtime.remove(container.id)
