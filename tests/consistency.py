@@ -14,8 +14,8 @@ What it proves, for every record in the store:
   the sandbox's netns with the MAC and address recorded, the default route where recorded),
   its address in IPAM owned by it, its DNS record (asked from the netns of every container
   that shares a user-defined network with it, through 127.0.0.11), and for each published
-  port its nft map element (nftables backend; iptables rules are not checked) and the
-  socket that holds the host port;
+  port its nft map element (nftables backend; with iptables, its DNAT rule in the
+  endpoint's own chain) and the socket that holds the host port;
 * containers: running ones have a live process, runc's state and a sandbox, stopped ones
   neither sandbox nor endpoints; the API lists what the store holds; runc runs nothing
   the store does not know as running.
@@ -235,8 +235,10 @@ def problems(host: Any) -> list[str]:
     out += _check_api(host, store)
     out += _check_links(host, store)
     backend = (host.api("GET", "/info").json().get("FirewallBackend") or {}).get("Driver", "nftables")
-    if backend == "nftables":  # the iptables backend's rules are not checked (yet)
+    if backend == "nftables":
         out += _check_nft(host, store)
+    else:
+        out += _check_iptables(host, store)
     out += _check_ports(host, store)
     out += _check_dns(host, store)
     out += _check_runc(host, store)
@@ -478,6 +480,42 @@ def _check_nft(host: Any, store: Store) -> list[str]:
             out.append(f"nft {k[0]} element {k[1]} -> {data} of endpoint {owner[:12]}, which publishes no such port")
         if k[0].endswith("-range") and owner not in store.endpoints:
             out.append(f"nft {k[0]} element {k[1]} of endpoint {owner[:12]}, which is gone")
+    return out
+
+
+def _check_iptables(host: Any, store: Store) -> list[str]:
+    """The iptables backend's nat table: a CNM-P-<endpoint> chain with one DNAT rule per
+    published port, reached from CNM, for each endpoint that publishes; no such chain and
+    no per-network chain of anything gone."""
+    saved = ""
+    for tool in ("iptables-nft-save", "iptables-legacy-save"):
+        proc = host.run([tool, "-t", "nat"], check=False)
+        if proc.returncode == 0 and ":CNM " in proc.stdout:
+            saved += proc.stdout
+    if not saved:
+        return ["iptables: no nat chain CNM in either variant"]
+    chains = {line[1:].split()[0] for line in saved.splitlines() if line.startswith(":")}
+    rules = [line.split() for line in saved.splitlines() if line.startswith("-A ")]
+    out = []
+    publishing = {ep["id"][:12]: ep for ep in store.endpoints.values() if ep.get("ports")}
+    networks = {n[:12] for n in store.networks}
+    for chain in chains:
+        if chain.startswith("CNM-P-") and chain[len("CNM-P-"):] not in publishing:
+            out.append(f"iptables chain {chain} of an endpoint that publishes nothing (or is gone)")
+        if chain.startswith("CNM-N-") and chain.split("-")[2] not in networks:
+            out.append(f"iptables chain {chain} of a network that is gone")
+    for prefix, ep in publishing.items():
+        chain = f"CNM-P-{prefix}"
+        if chain not in chains or not any(r[1] == "CNM" and r[-1] == chain for r in rules if "-j" in r):
+            out.append(f"endpoint {ep['id'][:12]}: no iptables chain {chain} reached from CNM")
+            continue
+        mine = [r for r in rules if r[1] == chain]
+        ip = str(IPv4Interface(ep["address"]).ip)
+        for m in ep["ports"]:
+            dest = {f"{ip}:{m['container_port']}"} | ({ip} if m["host_port"] == m["container_port"] else set())
+            if not any(str(m["host_port"]) in r and r[r.index("--to-destination") + 1] in dest
+                       for r in mine if "--dport" in r and "--to-destination" in r):
+                out.append(f"port {m['protocol']}/{m['host_port']} of endpoint {ep['id'][:12]}: no DNAT rule in {chain}")
     return out
 
 

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from consistency import assert_consistent, problems
 from harness import ApiResponse, TestHost
 
@@ -254,3 +255,13 @@ def test_checker_sees_planted_faults(fresh_cnmhost: TestHost) -> None:
         "DNS from web (",
     ):
         assert expected in found, f"{expected!r} not in:\n{found}"
+
+
+@pytest.mark.daemon_flags("--firewall-backend", "iptables")
+def test_checker_sees_lost_dnat_rule_with_iptables(fresh_cnmhost: TestHost) -> None:
+    host = fresh_cnmhost
+    cid = host.cnm("run", "-d", "--name", "web", "-p", "18090:80", "busybox", "sleep", "1d").stdout.split()[-1]
+    assert problems(host) == []
+    endpoint = host.api("GET", f"/containers/{cid}/json").json()["NetworkSettings"]["Networks"]["bridge"]["EndpointID"]
+    host.run(["iptables", "-t", "nat", "-F", f"CNM-P-{endpoint[:12]}"])
+    assert f"port tcp/18090 of endpoint {endpoint[:12]}: no DNAT rule" in "\n".join(problems(host))
