@@ -1,8 +1,8 @@
 """Concurrent changes through the Engine API, then proof that store and kernel agree.
 
-``test_network_rm_races_connect_and_run``: ``network rm`` fired at the same moment as a
-``network connect`` and a ``run`` on that network, many times over; whatever wins, no
-endpoint may be left on a network that is gone.
+``test_network_rm_races_connect_and_run``: ``network rm`` sent over and over while
+``network connect`` of four containers and two ``run`` on that network are under way,
+twelve rounds; whatever wins, no endpoint may be left on a network that is gone.
 
 ``test_stress``: 8 workers for ``CNM_STRESS_SECONDS`` (default 15; ``make stress`` runs 60)
 doing random create / run / start / stop / kill / restart / rename / connect / disconnect / rm -f /
@@ -10,6 +10,9 @@ network create / network rm / prune on a few shared names.  Refusals (404, 409, 
 expected; what must hold is that at the end ``tests/consistency.py`` finds nothing, that
 no request got a 500 other than Docker's own (a port already allocated) and none hung.
 It prints the operations run, by kind and status.
+
+``test_checker_sees_*``: the checker reports each fault planted behind cnmd's back, so a
+clean result means something.
 """
 
 from __future__ import annotations
