@@ -114,3 +114,11 @@ install: deps systemd-unit
 	ln -sf $(CNM_HOME)/bin/cnmd $(PREFIX)/bin/cnmd
 	install -m 644 README.md $(CNM_HOME)/README.md
 	if [ "$(SYSTEMD_DIR)" = /etc/systemd/system ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+
+# Issue 7: 8 workers for STRESS_SECONDS through the API against one cnmd (a throwaway host),
+# then tests/consistency.py proves store and kernel agree.  The e2e tier runs it for 15 s.
+STRESS_SECONDS ?= 60
+.PHONY: stress
+stress: deps venv image
+	CNM_STRESS_SECONDS=$(STRESS_SECONDS) $(VPY) -m pytest -rfEs -s -p no:cacheprovider $(PYTEST_ARGS) \
+	    tests/e2e/test_e2e_stress.py -k test_stress

@@ -1,9 +1,15 @@
 """Container lifecycle: create, start (sandbox + endpoints + runc), exit handling, stop,
 kill, remove, connect/disconnect of running containers, exec, and restart reconcile.
 
-Locking: a container's lock is held for its critical sections only (never while waiting for
-its process to exit), so exit handling can always take it.  A start records the sandbox,
-its endpoints and the running state in one transaction after runc agreed.
+Locking (engine/locks.py): every change to a container holds, from its checks to its
+record, the shared locks of the networks it has or will have endpoints on, then the
+container's own lock (``_hold``); ``network rm`` takes its network's lock exclusively, so
+it never runs between a connect's or start's checks and its record.  A container's lock is
+held for its critical sections only (never while waiting for its process to exit), so
+exit handling can always take it.  ``create`` takes no lock: it has no await between its
+checks and its record.  ``stop`` and ``kill`` only send signals; the exit handling that
+follows changes the records, under the locks.  A start records the sandbox, its
+endpoints and the running state in one transaction after runc agreed.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ import logging
 import os
 import signal as signals
 import socket
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 
 from cnm.engine.execs import Execs
@@ -103,6 +110,7 @@ class Containers:
         self._publisher = publisher
         self._runs: dict[str, _Run] = {}
         self._removed: dict[str, list[asyncio.Future[int]]] = {}
+        self._removing: set[str] = set()  # ids of containers an ``rm`` is removing
         self.execs = Execs(runtime, self._running_container)
         os.makedirs(self._netns_dir, exist_ok=True)
 
@@ -165,8 +173,11 @@ class Containers:
 
     async def start(self, ref: str) -> None:
         container = self.find(ref)
-        async with self._locks.hold(container.id):
-            container = self._state.containers[container.id]
+        cid = container.id
+        async with self._hold(cid, joins=lambda: self._plan_networks(cid), others=lambda: self._netns_owner(cid)):
+            container = self._current(container.id, ref)
+            if container.id in self._removing:
+                raise Conflict(f"container {container.id} is marked for removal and cannot be started")
             if container.running:
                 raise NotModified(f"container {container.id} is already running")
             image = self._find_image(container)
@@ -303,6 +314,74 @@ class Containers:
         self._naming.write_files(container, sandbox, endpoints, host_mode=False)
         await self._naming.publish(container, sandbox, endpoints)
 
+    # -- locking --------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _hold(
+        self,
+        container_id: str,
+        *,
+        joins: Callable[[], Iterable[str]] = tuple,
+        others: Callable[[], Iterable[str]] = tuple,
+    ) -> AsyncIterator[None]:
+        """Hold, in locks.py's order, the shared locks of the networks the container has
+        endpoints on and of those ``joins()`` names, then the locks of the container and of
+        the containers ``others()`` names.  Both are asked again once all are held: when a
+        concurrent change grew a set meanwhile, start over with the larger one.  The
+        caller re-reads its records inside."""
+        networks: set[str] = set()
+        containers = {container_id}
+
+        def wanted() -> tuple[set[str], set[str]]:
+            eps = {ep.network_id for ep in self._state.endpoints_of_container(container_id)}
+            return eps | set(joins()), containers | set(others())
+
+        while True:
+            more_networks, more_containers = wanted()
+            networks |= more_networks
+            containers |= more_containers
+            async with self._locks.hold(networks=networks, containers=containers):
+                now_networks, now_containers = wanted()
+                if now_networks <= networks and now_containers <= containers:
+                    yield
+                    return
+
+    def _current(self, container_id: str, ref: str) -> Container:
+        """The container's record once its lock is held: it may have been removed while
+        the change waited for the lock."""
+        container = self._state.containers.get(container_id)
+        if container is None:
+            raise NotFound(f"No such container: {ref}")
+        return container
+
+    def _network_ids(self, *refs: str) -> set[str]:
+        """The ids of the networks ``refs`` name now (those that exist)."""
+        ids = set()
+        for ref in refs:
+            try:
+                ids.add(self._networks.find(ref).id)
+            except CnmError:
+                pass
+        return ids
+
+    def _plan_networks(self, container_id: str) -> set[str]:
+        """The networks a start of the container would join."""
+        container = self._state.containers.get(container_id)
+        if container is None or container.config.network_mode.startswith("container:"):
+            return set()
+        return self._network_ids(container.config.network_mode, *container.config.networks)
+
+    def _netns_owner(self, container_id: str) -> set[str]:
+        """The container whose namespace a ``container:`` mode start joins."""
+        container = self._state.containers.get(container_id)
+        mode = container.config.network_mode if container is not None else ""
+        if not mode.startswith("container:"):
+            return set()
+        try:
+            return {self.find(mode[len("container:"):]).id}
+        except CnmError:
+            return set()
+
     # -- exit -----------------------------------------------------------------------------
 
     async def _watch(self, container_id: str, run: _Run) -> None:
@@ -317,7 +396,7 @@ class Containers:
 
     async def _finish(self, container_id: str, pid: int, code: int) -> None:
         """The container's init exited: release its network, clean up runc, record it."""
-        async with self._locks.hold(container_id):
+        async with self._hold(container_id):
             container = self._state.containers.get(container_id)
             if container is None or container.state.pid != pid:
                 return
@@ -341,7 +420,7 @@ class Containers:
         if container.config.auto_remove:
             try:
                 await self.remove(container_id, force=True)
-            except NotFound:
+            except (NotFound, Conflict):  # gone, or a removal is already under way
                 pass
 
     async def _teardown_network(self, container: Container) -> list[BaseException]:
@@ -384,30 +463,48 @@ class Containers:
         await self._runtime.kill(container.id, sig)
 
     async def remove(self, ref: str, force: bool = False) -> None:
+        """Docker's ``rm [-f]``.  While it runs the container is marked for removal: a
+        start is refused (Docker's 409), so ``rm -f`` always ends with the container gone."""
         container = self.find(ref)
-        if container.running:
-            if not force:
-                raise Conflict(
-                    f'cannot remove container "/{container.name}": container is running: '
-                    "stop the container before removing or force remove"
-                )
-            run = self._runs.get(container.id)
-            await self._runtime.kill(container.id, signals.SIGKILL)
-            if run is not None:
-                await run.exited
-        async with self._locks.hold(container.id):
-            container = self._state.containers.get(container.id)
+        if container.id in self._removing:
+            raise Conflict(f"removal of container {container.id} is already in progress")
+        self._removing.add(container.id)
+        try:
+            await self._remove(container.id, force)
+        finally:
+            self._removing.discard(container.id)
+
+    async def _remove(self, container_id: str, force: bool) -> None:
+        while True:
+            container = self._state.containers.get(container_id)
             if container is None:
                 return
             if container.running:
-                raise Conflict(f"container {container.id} was restarted while being removed")
-            errors = await self._teardown_network(container)  # nothing left normally
-            try:
-                await self._runtime.remove(container.id)
-            except CnmError as exc:
-                errors.append(exc)
-            self._state.commit(delete=[container])
-            self.execs.forget(container.id)
+                if not force:
+                    raise Conflict(
+                        f'cannot remove container "/{container.name}": container is running: '
+                        "stop the container before removing or force remove"
+                    )
+                run = self._runs.get(container.id)
+                await self._runtime.kill(container.id, signals.SIGKILL)
+                if run is not None:
+                    await run.exited
+            async with self._hold(container.id):
+                container = self._state.containers.get(container.id)
+                if container is None:
+                    return
+                if container.running:
+                    if container.id in self._runs:  # a start under way when the removal began
+                        continue
+                    raise Conflict(f"container {container.id} is running and cannot be stopped")
+                errors = await self._teardown_network(container)  # nothing left normally
+                try:
+                    await self._runtime.remove(container.id)
+                except CnmError as exc:
+                    errors.append(exc)
+                self._state.commit(delete=[container])
+                self.execs.forget(container.id)
+                break
         for fut in self._removed.pop(container.id, []):
             if not fut.done():
                 fut.set_result(container.state.exit_code)
@@ -441,8 +538,8 @@ class Containers:
         follow at once (the next query answers to the new name only)."""
         container = self.find(ref)
         name = parse_container_name(new_name)
-        async with self._locks.hold(container.id):
-            container = self._state.containers[container.id]
+        async with self._hold(container.id):
+            container = self._current(container.id, ref)
             if name == container.name:
                 raise InvalidArgument("Renaming a container with the same name as its current name")
             other = next((c for c in self._state.containers.values() if c.name == name), None)
@@ -462,8 +559,8 @@ class Containers:
 
     async def connect(self, network_ref: str, ref: str, request: EndpointRequest) -> None:
         container = self.find(ref)
-        async with self._locks.hold(container.id):
-            container = self._state.containers[container.id]
+        async with self._hold(container.id, joins=lambda: self._network_ids(network_ref)):
+            container = self._current(container.id, ref)
             mode = container.config.network_mode
             if mode == "host" or mode.startswith("container:"):
                 raise InvalidArgument(
@@ -512,8 +609,8 @@ class Containers:
 
     async def disconnect(self, network_ref: str, ref: str, force: bool = False) -> None:
         container = self.find(ref)
-        async with self._locks.hold(container.id):
-            container = self._state.containers[container.id]
+        async with self._hold(container.id, joins=lambda: self._network_ids(network_ref)):
+            container = self._current(container.id, ref)
             if not container.running:
                 try:
                     network = self._networks.find(network_ref)

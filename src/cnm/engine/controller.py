@@ -24,7 +24,7 @@ from cnm.engine.naming import Naming
 from cnm.engine.networks import Networks
 from cnm.engine.ports import Publisher
 from cnm.engine.state import State
-from cnm.errors import CnmError, Conflict
+from cnm.errors import CnmError, Conflict, NotFound
 from cnm.firewall.api import BridgeRules, Firewall, PortRule, bridge_rules
 from cnm.ipam.api import Ipam, PoolSpec
 from cnm.kernel.api import Kernel
@@ -123,7 +123,6 @@ class Controller:
             publisher=publisher,
         )
         self._publisher = publisher
-        self._network_lock = asyncio.Lock()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -209,7 +208,8 @@ class Controller:
     # -- networks -------------------------------------------------------------------------
 
     async def create_network(self, spec: NetworkSpec) -> Network:
-        async with self._network_lock:
+        # the catalogue lock: names and bridge names are checked and taken in one piece
+        async with self._locks.hold(catalogue=True):
             return await self._networks.create(spec)
 
     def networks(self) -> list[Network]:
@@ -222,14 +222,23 @@ class Controller:
         return self._state.endpoints_of_network(network_id)
 
     async def remove_network(self, ref: str) -> None:
-        async with self._network_lock:
-            await self._networks.remove(self._networks.find(ref))
+        network = self._networks.find(ref)
+        # exclusive: no endpoint joins or leaves it between the check for endpoints and
+        # the removal (engine/locks.py)
+        async with self._locks.hold(networks=[network.id], networks_exclusive=True):
+            current = self._state.networks.get(network.id)
+            if current is None:
+                raise NotFound(f"network {ref} not found")
+            await self._networks.remove(current)
 
     async def prune_networks(self, labels: dict[str, str | None] | None = None) -> list[str]:
         removed: list[str] = []
-        async with self._network_lock:
-            for network in self.networks():
-                if network.predefined or self._state.endpoints_of_network(network.id):
+        for candidate in self.networks():
+            if candidate.predefined or self._state.endpoints_of_network(candidate.id):
+                continue  # not a candidate: no need to wait for its lock
+            async with self._locks.hold(networks=[candidate.id], networks_exclusive=True):
+                network = self._state.networks.get(candidate.id)
+                if network is None or network.predefined or self._state.endpoints_of_network(network.id):
                     continue
                 if labels and not all(
                     k in network.labels and (v is None or network.labels[k] == v) for k, v in labels.items()

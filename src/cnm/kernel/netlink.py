@@ -22,7 +22,7 @@ from socket import AF_INET
 from typing import Any
 
 from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.exceptions import NetlinkDumpInterrupted, NetlinkError
 
 from cnm.errors import Conflict, KernelError
 from cnm.kernel import netns as ns
@@ -32,6 +32,7 @@ from cnm.kernel.cmdlog import log_command
 from cnm.kernel.reaper import LinkReaper
 
 IFF_UP = 0x1
+DUMP_ATTEMPTS = 5  # a dump the kernel interrupted (links changed meanwhile) is run again
 RTN_UNICAST = 1
 RT_TABLE_MAIN = 254
 
@@ -46,6 +47,29 @@ def _random_mac() -> str:
     MAC does not change as ports come and go)."""
     first = (secrets.randbits(8) & 0xFC) | 0x02
     return ":".join(f"{b:02x}" for b in bytes([first]) + secrets.token_bytes(5))
+
+
+async def _retried(dump: Callable[[], Any]) -> Any:
+    """Run ``dump`` again when the kernel interrupted it: a dump that races a change of
+    the links or addresses it lists ends with EBUSY / NLM_F_DUMP_INTR (seen under
+    concurrent ``network create`` and container starts)."""
+    for attempt in range(DUMP_ATTEMPTS):
+        try:
+            return await dump()
+        except NetlinkError as exc:
+            interrupted = isinstance(exc, NetlinkDumpInterrupted) or exc.code == errno.EBUSY
+            if not interrupted or attempt == DUMP_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(0.01 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+async def _addresses(ipr: AsyncIPRoute, index: int) -> set[IPv4Interface]:
+    """The IPv4 addresses of link ``index`` (one dump)."""
+    return {
+        IPv4Interface(f"{m.get('address')}/{m['prefixlen']}")
+        async for m in await ipr.addr("dump", family=AF_INET, index=index)
+    }
 
 
 def _failure(what: str, exc: BaseException) -> KernelError:
@@ -246,6 +270,9 @@ class LinuxKernel:
             raise _failure(f"cannot look up link {name}", exc) from exc
 
     async def _dump(self, ipr: AsyncIPRoute) -> list[LinkInfo]:
+        return await _retried(functools.partial(self._dump_once, ipr))
+
+    async def _dump_once(self, ipr: AsyncIPRoute) -> list[LinkInfo]:
         addresses: dict[int, list[IPv4Interface]] = {}
         async for msg in await ipr.addr("dump", family=AF_INET):
             iface = IPv4Interface(f"{msg.get('address')}/{msg['prefixlen']}")
@@ -263,22 +290,25 @@ class LinuxKernel:
             raise _failure(f"cannot list links of {netns_path or 'the host'}", exc) from exc
 
     async def host_networks(self) -> list[IPv4Network]:
-        found: set[IPv4Network] = set()
         try:
-            async for msg in await self.host.addr("dump", family=AF_INET):
-                found.add(IPv4Interface(f"{msg.get('address')}/{msg['prefixlen']}").network)
-            async for msg in await self.host.route("dump", family=AF_INET):
-                # Every route of the main table, on-link or via a gateway (a VPN's routed
-                # subnets must not be shadowed), but not the default route nor routes
-                # shorter than /8 (VPN split defaults such as 0.0.0.0/1 would block all).
-                if (
-                    msg["type"] == RTN_UNICAST
-                    and msg["dst_len"] >= MIN_AVOIDED_PREFIX
-                    and msg.get("table") == RT_TABLE_MAIN
-                ):
-                    found.add(IPv4Network(f"{msg.get('dst')}/{msg['dst_len']}", strict=False))
+            return await _retried(self._host_networks_once)
         except (NetlinkError, OSError) as exc:
             raise _failure("cannot list host addresses and routes", exc) from exc
+
+    async def _host_networks_once(self) -> list[IPv4Network]:
+        found: set[IPv4Network] = set()
+        async for msg in await self.host.addr("dump", family=AF_INET):
+            found.add(IPv4Interface(f"{msg.get('address')}/{msg['prefixlen']}").network)
+        async for msg in await self.host.route("dump", family=AF_INET):
+            # Every route of the main table, on-link or via a gateway (a VPN's routed
+            # subnets must not be shadowed), but not the default route nor routes
+            # shorter than /8 (VPN split defaults such as 0.0.0.0/1 would block all).
+            if (
+                msg["type"] == RTN_UNICAST
+                and msg["dst_len"] >= MIN_AVOIDED_PREFIX
+                and msg.get("table") == RT_TABLE_MAIN
+            ):
+                found.add(IPv4Network(f"{msg.get('dst')}/{msg['dst_len']}", strict=False))
         return sorted(found)
 
     # -- bridges --------------------------------------------------------------------------
@@ -297,10 +327,7 @@ class LinuxKernel:
         index = link["index"]
         try:
             if address is not None:
-                present = {
-                    IPv4Interface(f"{m.get('address')}/{m['prefixlen']}")
-                    async for m in await ipr.addr("dump", family=AF_INET, index=index)
-                }
+                present = await _retried(functools.partial(_addresses, ipr, index))
                 if address not in present:
                     log_command(["ip", "addr", "add", str(address), "dev", name])
                     await ipr.addr("add", index=index, address=str(address.ip),
