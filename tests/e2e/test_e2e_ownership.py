@@ -157,3 +157,24 @@ def test_cli_never_starts_a_daemon_for_a_named_socket(testhost: TestHost, how: s
     procs = testhost.run(["ps", "-eo", "args"]).stdout
     assert "cnmd" not in procs, procs
     assert testhost.run(["test", "-e", "/run/cnm"], check=False).returncode != 0
+
+
+def test_autostart_only_on_free_default_roots(testhost: TestHost) -> None:
+    """Inside a throwaway host (private /run and /var/lib): the default socket with nothing
+    answering starts cnmd with its defaults; once that daemon holds the roots, a CLI that
+    cannot reach it (its socket removed) does not start a second one."""
+    assert private_default_roots(testhost)
+    env = {"CNM_NO_AUTOSTART": "", "CNM_HOST": ""}
+    first = testhost.run([venv_bin("cnm"), "version", "--format", "{{.Server.Version}}"], env=env, timeout=90)
+    assert first.stdout.strip(), first
+    pid = testhost.run(["cat", "/var/lib/cnm/cnmd.pid"]).stdout.strip()
+    assert testhost.run(["cat", "/run/cnm/cnmd.pid"]).stdout.strip() == pid
+
+    testhost.run(["rm", "/run/cnm/cnm.sock"])
+    second = testhost.run([venv_bin("cnm"), "ps"], check=False, env=env, timeout=60)
+    assert second.returncode == 1
+    assert second.stderr == ("Cannot connect to the cnm daemon at unix:///run/cnm/cnm.sock: a cnmd "
+                             f"(pid {pid}) holds /var/lib/cnm but does not answer on /run/cnm/cnm.sock; "
+                             "it may be starting or stuck\n")
+    procs = [line for line in testhost.run(["ps", "-eo", "pid,args"]).stdout.splitlines() if "cnmd" in line]
+    assert len(procs) == 1 and procs[0].split()[0] == pid, procs
