@@ -135,6 +135,19 @@ def test_iptables_backend_refuses_to_share_a_namespace(fresh_cnmhost: TestHost) 
     assert "the iptables backend's chains (CNM, CNM-FORWARD ...) cannot be shared" in result.stderr
 
 
+def test_a_second_daemon_on_the_same_bridge_name_is_refused_and_changes_nothing(fresh_cnmhost: TestHost) -> None:
+    a = fresh_cnmhost
+    a.cnm("network", "create", "--subnet", "10.84.0.0/24", "neta")
+    before = (links(a), nft_tables(a), chains(a, "cnm"))
+    argv = SecondDaemon(a, "same").argv()
+    argv[argv.index("--bridge-name") + 1] = "cnm0"
+    result = a.run(argv, check=False, timeout=60)
+    assert result.returncode == 1
+    assert "bridge cnm0 belongs to another cnmd" in result.stderr and "own --bridge-name" in result.stderr
+    assert (links(a), nft_tables(a), chains(a, "cnm")) == before
+    a.cnm("network", "rm", "neta")
+
+
 def private_default_roots(host: TestHost) -> bool:
     """/run and /var/lib/cnm (or /var/lib) inside the test host are its own tmpfs."""
     mounts = host.run(["cat", "/proc/self/mountinfo"]).stdout.splitlines()

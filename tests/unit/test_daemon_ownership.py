@@ -113,3 +113,20 @@ def test_live_daemons_parses_proc_net_unix(tmp_path):
         "0000000000000000: 00000002 00000000 00010000 0001 01 1004\n"
     )
     assert live_daemons(str(table)) == {ME: 77}
+
+
+async def test_a_bridge_name_tagged_by_another_daemon_is_refused():
+    from cnm.daemon.main import check_bridge_name
+    from cnm.kernel.fake import FakeKernel
+
+    kernel = FakeKernel(daemon_id=ME)
+    await check_bridge_name(kernel, "cnm0", {})  # no such link
+    kernel.add_foreign_link("cnm0", owner="n" * 64, daemon=ME)
+    await check_bridge_name(kernel, "cnm0", {})  # ours, from before a restart
+    kernel.add_foreign_link("cnm1", owner="n" * 64, daemon=OTHER)
+    with pytest.raises(Unavailable, match=f"bridge cnm1 belongs to another cnmd \\(daemon {OTHER}, running, pid 9\\)"):
+        await check_bridge_name(kernel, "cnm1", {OTHER: 9})
+    with pytest.raises(Unavailable, match="not running"):
+        await check_bridge_name(kernel, "cnm1", {})
+    kernel.add_foreign_link("user0")  # the user's own bridge: used, as Docker does
+    await check_bridge_name(kernel, "user0", {OTHER: 9})

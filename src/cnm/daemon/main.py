@@ -175,6 +175,20 @@ def _build(config: DaemonConfig, daemon: str, others: dict[str, int]):
     return controller, store, kernel, dns, leftovers
 
 
+async def check_bridge_name(kernel, bridge_name: str, others: dict[str, int]) -> None:
+    """Refuse to start on a default bridge another cnmd tagged: daemons sharing a network
+    namespace must differ in bridge name (it also names the nftables table, which the
+    firewall's start would otherwise rewrite under the other daemon)."""
+    link = next((link for link in await kernel.links() if link.name == bridge_name), None)
+    if link is None or not link.daemon or link.daemon == kernel.daemon_id:
+        return
+    state = f"running, pid {others[link.daemon]}" if link.daemon in others else "not running"
+    raise Unavailable(
+        f"bridge {bridge_name} belongs to another cnmd (daemon {link.daemon}, {state}): "
+        "give each daemon in a network namespace its own --bridge-name"
+    )
+
+
 def _raise_fd_limit() -> None:
     """cnmd holds a few descriptors per container (exit pidfd, DNS sockets, stdin pipes):
     lift the soft limit to the hard one, as dockerd does, or a few hundred containers
@@ -220,6 +234,7 @@ async def serve(config: DaemonConfig) -> None:
     become_subreaper()
     _raise_fd_limit()
     controller, store, kernel, dns, leftovers = _build(config, daemon, others)
+    await check_bridge_name(kernel, config.bridge_name, others)
     for other in leftovers:
         try:
             await other.teardown()
