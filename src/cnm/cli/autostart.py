@@ -20,6 +20,10 @@ import time
 
 from cnm.cli.errors import ConnectError
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs start-up time
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
 DEFAULT_SOCKET = "/run/cnm/cnm.sock"
 DEFAULT_DATA_ROOT = "/var/lib/cnm"
 DEFAULT_EXEC_ROOT = "/run/cnm"
@@ -59,10 +63,10 @@ def refusal(socket_path: str, roots: tuple[str, ...] = (DEFAULT_DATA_ROOT, DEFAU
     return ""
 
 
-def find_cnmd(env: dict[str, str] | None = None) -> str:
-    env = os.environ if env is None else env
-    if env.get("CNM_CNMD"):
-        return env["CNM_CNMD"]
+def find_cnmd(env: Mapping[str, str] | None = None) -> str:
+    environ = os.environ if env is None else env
+    if environ.get("CNM_CNMD"):
+        return environ["CNM_CNMD"]
     beside = os.path.join(os.path.dirname(sys.executable), "cnmd")
     if os.access(beside, os.X_OK):
         return beside

@@ -21,7 +21,7 @@ from cnm.cli.errors import ConnectError, DaemonError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing/collections.abc costs start-up time
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Iterable, Iterator, Mapping
 
 DEFAULT_HOST = "unix:///run/cnm/cnm.sock"
 API_VERSION = "1.51"
@@ -44,7 +44,7 @@ def encode_query(query: dict[str, object] | None) -> str:
     return "?" + "&".join(parts) if parts else ""
 
 
-def parse_host(host: str) -> tuple[str, object]:
+def parse_host(host: str) -> tuple[str, str | tuple[str, int]]:
     """``unix:///path`` → ("unix", "/path"); ``tcp://h:p`` → ("tcp", (h, p))."""
     if host.startswith("unix://"):
         path = host[len("unix://"):]
@@ -401,6 +401,6 @@ class Client:
         return resp.conn.sock, resp.conn.take_buffered()
 
 
-def default_host(env: dict[str, str] | None = None) -> str:
-    env = os.environ if env is None else env
-    return env.get("CNM_HOST") or DEFAULT_HOST
+def default_host(env: Mapping[str, str] | None = None) -> str:
+    environ = os.environ if env is None else env
+    return environ.get("CNM_HOST") or DEFAULT_HOST

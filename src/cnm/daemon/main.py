@@ -22,6 +22,7 @@ import resource
 import secrets
 import signal
 import sys
+from collections.abc import Callable
 
 from cnm import __version__
 from cnm.daemon.config import DaemonConfig, parse_args
@@ -108,11 +109,13 @@ def _build(config: DaemonConfig, daemon: str, others: dict[str, int]):
     the other cnmd alive in this network namespace ({daemon id: pid})."""
     from cnm.dns.records import NameTable
     from cnm.dns.server import DnsServer
+    from cnm.drivers.api import NetworkDriver
     from cnm.drivers.bridge import BridgeDriver
     from cnm.drivers.host import HostDriver
     from cnm.drivers.null import NullDriver
     from cnm.engine.controller import Controller
     from cnm.engine.ports import Publisher
+    from cnm.firewall.api import Firewall
     from cnm.firewall.iptables import IptablesFirewall
     from cnm.firewall.nftables import NftablesFirewall
     from cnm.ipam.default import DefaultIpam
@@ -132,7 +135,7 @@ def _build(config: DaemonConfig, daemon: str, others: dict[str, int]):
             f"({', '.join(f'pid {pid}' for pid in others.values())}): the iptables backend's chains "
             "(CNM, CNM-FORWARD ...) cannot be shared; use --firewall-backend nftables"
         )
-    backends = {
+    backends: dict[str, Callable[[], Firewall]] = {
         "nftables": lambda: NftablesFirewall(table=table, userland_proxy=config.userland_proxy),
         "iptables": lambda: IptablesFirewall(userland_proxy=config.userland_proxy),
     }
@@ -140,12 +143,12 @@ def _build(config: DaemonConfig, daemon: str, others: dict[str, int]):
     # What another backend left (a daemon run with the other choice, or iptables' other
     # variant) is removed at start -- unless another cnmd is alive here: then it may be
     # that daemon's.
-    leftovers = []
+    leftovers: list[Firewall] = []
     if not others and config.firewall_backend != "nftables":
         leftovers.append(backends["nftables"]())
     elif not others:
         leftovers += [IptablesFirewall(iptables=variant) for variant in ("iptables-nft", "iptables-legacy")]
-    drivers = {
+    drivers: dict[str, NetworkDriver] = {
         "bridge": BridgeDriver(kernel, firewall, hairpin=not config.userland_proxy),
         "host": HostDriver(),
         "null": NullDriver(),
