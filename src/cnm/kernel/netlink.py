@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
+import logging
 import os
 import secrets
 import socket
@@ -32,6 +33,8 @@ from cnm.kernel.cmdlog import log_command
 from cnm.kernel.faults import crash_point
 from cnm.kernel.owner import check_daemon_id, live_daemons
 from cnm.kernel.reaper import LinkReaper
+
+log = logging.getLogger("cnm.kernel")
 
 IFF_UP = 0x1
 RTN_UNICAST = 1
@@ -345,7 +348,11 @@ class LinuxKernel:
             created, tagged = rtnl.transact(self._fast_host(), requests)
         except OSError as exc:
             raise _failure(f"cannot create bridge {name}", exc) from exc
-        if created.error == errno.EEXIST:  # raced with another creator: the caller re-checks it
+        if created.error == errno.EEXIST:
+            # Raced with another creator in the microseconds since the caller's lookup: the
+            # caller re-checks the link.  (The tag message then hit that link: netlink has no
+            # "only if the first succeeded"; the same holds for veths.)
+            log.warning("link %s appeared while cnm created it", name)
             return await self._get_link(ipr, name)
         if created.error:
             raise KernelError(f"cannot create bridge {name}: {os.strerror(created.error)}")
