@@ -123,7 +123,7 @@ def world_server(host: TestHost, proto: str, port: int, timeout: float = 10) -> 
 
 _VOLATILE = {"handle", "packets", "bytes"}
 _ID_LIKE = re.compile(r"[0-9a-f]{12}")
-_IGNORED_FILES = re.compile(r"(\.sock|\.log|\.db|\.db-wal|\.db-shm|\.db-journal|\.sqlite\S*|\.lock|\.pid)$")
+_IGNORED_FILES = re.compile(r"(daemon-id|\.sock|\.log|\.db|\.db-wal|\.db-shm|\.db-journal|\.sqlite\S*|\.lock|\.pid)$")
 
 
 def _strip(obj: Any) -> Any:

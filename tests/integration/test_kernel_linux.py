@@ -46,13 +46,13 @@ SCRIPT = textwrap.dedent(
         return VethSpec(**values)
 
     async def main():
-        k = LinuxKernel()
+        k = LinuxKernel("0123456789abcdef")  # the daemon id in every owner tag
 
         # -- bridge: created, tagged, addressed, up; idempotent --------------------------------
         idx = await k.ensure_bridge(BR, owner="net1", mtu=1450, address=GW)
         assert await k.ensure_bridge(BR, owner="net1", mtu=1450, address=GW) == idx
         (br,) = ipj("-d", "addr", "show", "dev", BR)
-        assert br["ifindex"] == idx and br["ifalias"] == "cnm:net1", br
+        assert br["ifindex"] == idx and br["ifalias"] == "cnm:0123456789abcdef:net1", br
         assert br["mtu"] == 1450 and "UP" in br["flags"], br
         assert [a["local"] for a in br["addr_info"] if a["family"] == "inet"] == ["10.99.0.1"], br
         assert br["linkinfo"]["info_kind"] == "bridge"
@@ -77,7 +77,7 @@ SCRIPT = textwrap.dedent(
             (veth,) = ipj("-d", "link", "show", f"vethtest{i:03d}")
             assert veth["ifindex"] == host_index, veth
             assert veth["master"] == BR and veth["mtu"] == 1450 and "UP" in veth["flags"], veth
-            assert veth["ifalias"] == f"cnm:ep{i}", veth
+            assert veth["ifalias"] == f"cnm:0123456789abcdef:ep{i}", veth
             links = [l for l in ipj("-d", "addr", "show", netns=netns) if l["ifname"] != "lo"]
             assert len(links) == 1, links
             (eth0,) = links

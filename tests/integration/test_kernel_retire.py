@@ -38,7 +38,7 @@ SCRIPT = textwrap.dedent(
                         ifname=ifname, address=IPv4Interface(f"10.98.0.{i}/24"), gateway=GW.ip, hairpin=hairpin)
 
     async def main():
-        k = LinuxKernel()
+        k = LinuxKernel("0123456789abcdef")  # the daemon id in every owner tag
         await k.ensure_bridge(BR, owner="net1", mtu=1500, address=GW)
         a, b = f"{ROOT}/a", f"{ROOT}/b"
         await k.create_netns(a)
@@ -47,7 +47,7 @@ SCRIPT = textwrap.dedent(
         await k.add_veth(spec(3, b, hairpin=True))
         (port,) = ipj("-d", "link", "show", "vethret003")
         assert port["linkinfo"]["info_slave_data"]["hairpin"] is True, port
-        assert port["ifalias"] == "cnm:ep3" and "UP" in port["flags"], port
+        assert port["ifalias"] == "cnm:0123456789abcdef:ep3" and "UP" in port["flags"], port
         (plain,) = ipj("-d", "link", "show", "vethret002")
         assert plain["linkinfo"]["info_slave_data"]["hairpin"] is False, plain
         subprocess.run(["nsenter", f"--net={a}", "busybox", "ping", "-c1", "-W2", "10.98.0.3"], check=True,
@@ -98,7 +98,7 @@ SCRIPT = textwrap.dedent(
         # -- close finishes pending deletions ----------------------------------------------------
         k.close()
         assert "vethret002" not in names(), names()
-        k2 = LinuxKernel()
+        k2 = LinuxKernel("0123456789abcdef")
         await k2.delete_netns(a)
         await k2.delete_link(BR)
         assert names() == {"lo"}, names()

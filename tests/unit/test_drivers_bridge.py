@@ -317,3 +317,50 @@ async def test_only_the_default_route_endpoint_gets_a_route(kernel, driver):
     await driver.join(net, ep, sb)
     veth_calls = [c for c in kernel.commands if "route" in c]
     assert not veth_calls
+
+
+# -- restore next to another cnmd ----------------------------------------------------------------
+
+OTHER_DAEMON = "0123456789abcdef"
+
+
+async def test_restore_never_removes_another_daemons_links(kernel, firewall, driver):
+    """Another cnmd in the same namespace: its bridge and veths are not this daemon's
+    orphans, whether it is alive or down (its own restart reconciles them)."""
+    for alive in (True, False):
+        kernel.others = {OTHER_DAEMON: 42} if alive else {}
+        br = kernel.add_foreign_link("br-theirs", owner=OTHER_ID, daemon=OTHER_DAEMON)
+        kernel.add_foreign_link("veththeirs", kind="veth", owner="cd" * 32, daemon=OTHER_DAEMON, master=br)
+        await driver.restore([], [])
+        assert {"br-theirs", "veththeirs"} <= set(kernel.link_names()), f"alive={alive}"
+        assert ("remove", OTHER_ID) not in firewall.calls
+        await kernel.delete_link("br-theirs")
+        await kernel.delete_link("veththeirs")
+
+
+async def test_restore_removes_its_own_orphans_next_to_a_live_daemon(kernel, firewall, driver):
+    kernel.others = {OTHER_DAEMON: 42}
+    gone = network(OTHER_ID, name="old", subnet="10.20.0.0/24")
+    await driver.create_network(gone)
+    await driver.restore([], [])
+    assert gone.bridge_name not in kernel.link_names()
+
+
+async def test_restore_removes_old_untagged_daemon_links_only_when_alone(kernel, firewall, driver):
+    """A link with the old tag (no daemon id) may be any cnmd's: removed only when no
+    other cnmd is alive here."""
+    kernel.add_foreign_link("br-old", owner=OTHER_ID)
+    kernel.others = {OTHER_DAEMON: 42}
+    await driver.restore([], [])
+    assert "br-old" in kernel.link_names()
+    kernel.others = {}
+    await driver.restore([], [])
+    assert "br-old" not in kernel.link_names()
+
+
+async def test_bridge_of_another_daemon_is_a_conflict(kernel, firewall, driver):
+    net = network(options={OPT_BRIDGE_NAME: "shared0"})
+    kernel.add_foreign_link("shared0", owner=OTHER_ID, daemon=OTHER_DAEMON)
+    with pytest.raises(Conflict, match=f"another cnmd \\(daemon {OTHER_DAEMON}"):
+        await driver.create_network(net)
+    assert kernel.link("shared0").owner == OTHER_ID

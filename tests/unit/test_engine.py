@@ -559,3 +559,29 @@ async def test_default_route_and_ports_move_when_the_gateway_endpoint_leaves(por
     await ctl.connect("backend", "web", EndpointRequest())
     [(_, again)] = ctl.container_endpoints(cid)
     assert again.default_route and [m.host_port for m in again.ports] == [8080]
+
+
+async def test_restart_kills_what_runc_runs_and_the_store_does_not(world):
+    """cnmd died while ``runc run`` was in flight: runc runs the container, the store says
+    "created".  The next start reconciles with runc's own list: such a container, and one
+    the store does not know at all, are killed and deleted; the recorded ones stay."""
+    from cnm.model.container import Container
+    from cnm.runtime.api import ContainerFiles, StartRequest
+
+    ctl = await world.controller()
+    keep = await run(ctl, "keep")
+    half, _ = await ctl.create_container("half", ContainerConfig(image="busybox"))
+    files = ContainerFiles("/h", "/hosts", "/resolv")
+    image = world.runtime.find_image("busybox")
+    await world.runtime.start(StartRequest(half, image, None, "half", files))
+    stranger = Container(id="e" * 64, name="stranger", created="x", config=ContainerConfig(image="busybox"))
+    await world.runtime.start(StartRequest(stranger, image, None, "s", files))
+    await ctl.close()
+
+    ctl2 = await world.controller()
+    listed = {c["id"]: c["status"] for c in await world.runtime.list_containers()}
+    assert listed == {keep: "running"}
+    assert ctl2.find_container(keep).running
+    assert ctl2.find_container("half").state.status == "created"
+    await ctl2.start_container("half")
+    assert ctl2.find_container("half").running

@@ -4,6 +4,9 @@ Owns: the connection to the daemon, request framing (JSON, raw and streamed bodi
 response framing (Content-Length, chunked, close-delimited), the upgrade to a raw stream
 (hijack, status 101), and turning error statuses into ``DaemonError`` with Docker's text.
 
+A daemon that dies mid-reply (EOF, a reset, a truncated or garbled body) is a
+``ConnectError`` with one line of text, never an ``OSError`` or ``ValueError`` escaping.
+
 Start-up time is a goal, so this module is deliberately small and imports almost nothing:
 ``_socket`` instead of ``socket`` (``socket`` pulls in ``enum``; ~4 ms), no ``http.client``
 (~20 ms of ``email`` parsing), ``json`` only when a body is to be encoded or decoded.
@@ -18,7 +21,7 @@ from cnm.cli.errors import ConnectError, DaemonError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing/collections.abc costs start-up time
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Iterable, Iterator, Mapping
 
 DEFAULT_HOST = "unix:///run/cnm/cnm.sock"
 API_VERSION = "1.51"
@@ -41,7 +44,7 @@ def encode_query(query: dict[str, object] | None) -> str:
     return "?" + "&".join(parts) if parts else ""
 
 
-def parse_host(host: str) -> tuple[str, object]:
+def parse_host(host: str) -> tuple[str, str | tuple[str, int]]:
     """``unix:///path`` → ("unix", "/path"); ``tcp://h:p`` → ("tcp", (h, p))."""
     if host.startswith("unix://"):
         path = host[len("unix://"):]
@@ -78,7 +81,10 @@ class Response:
         if "chunked" in self.headers.get("transfer-encoding", "").lower():
             while True:
                 line = conn.read_line()
-                size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+                try:
+                    size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+                except ValueError:
+                    raise ConnectError(f"malformed chunked reply from the daemon: {line[:40]!r}") from None
                 if size == 0:
                     while conn.read_line():  # trailers, then the blank line
                         pass
@@ -106,29 +112,45 @@ class Response:
             return None
         import json
 
-        return json.loads(data)
+        try:
+            return json.loads(data)
+        except ValueError as exc:  # a reply cut short by a daemon that died mid-write
+            raise ConnectError(f"malformed JSON reply from the daemon ({len(data)} bytes): {exc}") from None
 
     def close(self) -> None:
         self.conn.close()
 
 
+def _lost(exc: OSError) -> ConnectError:
+    """The connection failed mid-request or mid-reply (the daemon died, or closed it)."""
+    reason = (exc.strerror or str(exc) or type(exc).__name__).lower()
+    return ConnectError(f"error during connect: the connection to the cnm daemon was lost: {reason}")
+
+
 class Connection:
-    """One socket to the daemon with a read buffer (line, exact and partial reads)."""
+    """One socket to the daemon with a read buffer (line, exact and partial reads).  Every
+    socket failure is raised as ConnectError."""
 
     def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
         self.buf = bytearray()
+
+    def _recv(self, n: int) -> bytes:
+        try:
+            return self.sock.recv(n)
+        except OSError as exc:
+            raise _lost(exc) from exc
 
     def read_some(self, n: int) -> bytes:
         if self.buf:
             data = bytes(self.buf[:n])
             del self.buf[:n]
             return data
-        return self.sock.recv(n)
+        return self._recv(n)
 
     def read_exact(self, n: int) -> bytes:
         while len(self.buf) < n:
-            data = self.sock.recv(max(65536, n - len(self.buf)))
+            data = self._recv(max(65536, n - len(self.buf)))
             if not data:
                 raise ConnectError("unexpected EOF from the daemon")
             self.buf += data
@@ -138,7 +160,7 @@ class Connection:
 
     def read_line(self) -> bytes:
         while (idx := self.buf.find(b"\n")) < 0:
-            data = self.sock.recv(65536)
+            data = self._recv(65536)
             if not data:
                 raise ConnectError("unexpected EOF from the daemon")
             self.buf += data
@@ -147,7 +169,10 @@ class Connection:
         return line.rstrip(b"\r\n")
 
     def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            raise _lost(exc) from exc
 
     def take_buffered(self) -> bytes:
         """Bytes already read past the response head (the start of a hijacked stream)."""
@@ -313,6 +338,8 @@ class Client:
         while line := conn.read_line():
             k, _, v = line.decode("latin-1").partition(":")
             headers[k.strip().lower()] = v.strip()
+        if not headers.get("content-length", "0").isdigit():
+            raise ConnectError(f"malformed HTTP response from the daemon: Content-Length {headers['content-length']!r}")
         return Response(conn, int(parts[1]), parts[2] if len(parts) > 2 else "", headers, method)
 
     def request(self, method: str, path: str, query: dict[str, object] | None = None,
@@ -374,6 +401,6 @@ class Client:
         return resp.conn.sock, resp.conn.take_buffered()
 
 
-def default_host(env: dict[str, str] | None = None) -> str:
-    env = os.environ if env is None else env
-    return env.get("CNM_HOST") or DEFAULT_HOST
+def default_host(env: Mapping[str, str] | None = None) -> str:
+    environ = os.environ if env is None else env
+    return environ.get("CNM_HOST") or DEFAULT_HOST

@@ -11,14 +11,16 @@ from cnm.cli.client import DEFAULT_HOST, Client
 class Cli:
     """Holds the daemon address, the environment and the output streams of one ``cnm`` run.
 
-    ``client`` is created on first use, with auto-start enabled when the host is a unix
-    socket and ``CNM_NO_AUTOSTART`` is not set.
+    ``client`` is created on first use.  Auto-start (``cnm.cli.autostart``) is only ever
+    offered for the default socket: never when the user named one (``-H``, ``CNM_HOST``;
+    then nothing answering is an error, as with Docker) nor when ``CNM_NO_AUTOSTART`` is set.
     """
 
     def __init__(self, host: str | None = None, env: dict[str, str] | None = None,
                  stdout=None, stderr=None) -> None:
         self.env = dict(os.environ) if env is None else env
         self.host = host or self.env.get("CNM_HOST") or DEFAULT_HOST
+        self.host_named = bool(host or self.env.get("CNM_HOST"))
         self.stdout = stdout or sys.stdout
         self.stderr = stderr or sys.stderr
         self._client: Client | None = None
@@ -27,8 +29,7 @@ class Cli:
     def client(self) -> Client:
         if self._client is None:
             autostart = None
-            unix = self.host.startswith("unix://") or self.host.startswith("/")
-            if unix and not self.env.get("CNM_NO_AUTOSTART"):
+            if not self.host_named and not self.env.get("CNM_NO_AUTOSTART"):
                 autostart = _start_daemon
             self._client = Client(self.host, autostart)
         return self._client

@@ -3,6 +3,9 @@
 Owns: global options (``-H/--host``, ``CNM_HOST``), finding the verb (management commands
 such as ``network ls`` and Docker's shortcuts such as ``ps``), importing only that verb's
 module, and turning errors into Docker's stderr text and exit codes.
+
+Error boundary: whatever goes wrong -- a daemon dying mid-reply included -- ends as one
+line on stderr and a non-zero exit; a traceback only with ``-D``.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "container inspect": ("inspect", "cmd_container_inspect"),
     "completion": ("completion", "cmd_completion"),
 }
+_DEBUG = False  # -D: unexpected errors print their traceback
 GROUPS = ("container", "image", "network")  # management commands: `cnm GROUP VERB`
 
 
@@ -119,8 +123,20 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
+    except BrokenPipeError:  # our stdout went away (``| head``); the daemon's socket is a ConnectError
         return 0
+    except OSError as exc:  # a socket outside the client's framing (a hijacked stream)
+        _flush_quietly()
+        sys.stderr.write(f"error during connect: {(exc.strerror or str(exc)).lower()}\n")
+        return 1
+    except Exception as exc:  # noqa: BLE001 -- the last boundary: one line, not a traceback
+        _flush_quietly()
+        if _DEBUG:
+            import traceback
+
+            traceback.print_exc()
+        sys.stderr.write(f"cnm: unexpected error: {type(exc).__name__}: {exc}\n")
+        return 1
 
 
 def _flush_quietly() -> None:
@@ -133,7 +149,9 @@ def _flush_quietly() -> None:
 def _dispatch(args: list[str]) -> int:
     from cnm.cli.errors import CliError
 
+    global _DEBUG
     opts, rest = _global_options(args)
+    _DEBUG = bool(opts.get("debug"))
     if opts.get("version"):
         from cnm import __version__
 

@@ -1,8 +1,13 @@
 """cnmd's entry point: build the engine from concrete parts, reconcile, serve, shut down.
 
 Shutdown (SIGTERM/SIGINT) leaves containers running (Docker's live-restore): the next
-cnmd reconciles the store with the kernel.  A pid file under the exec root, held with
-``flock``, keeps two daemons off the same roots.
+cnmd reconciles the store with the kernel.
+
+One daemon, its own state: a pid file in *each* root (``cnmd.pid``), held with ``flock``
+for the daemon's life, keeps a second daemon off either root.  The data root names the
+daemon (``daemon-id``, made on first start): that id is in the owner tag of every link it
+creates, and a beacon (``cnm.kernel.owner``) tells other daemons in the same network
+namespace that it is alive, so none of them removes what it owns.
 """
 
 from __future__ import annotations
@@ -12,9 +17,12 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import resource
+import secrets
 import signal
 import sys
+from collections.abc import Callable
 
 from cnm import __version__
 from cnm.daemon.config import DaemonConfig, parse_args
@@ -25,28 +33,89 @@ log = logging.getLogger("cnm.daemon")
 FIREWALL_CHECK_INTERVAL = 2.0  # seconds; the issue asks for repair within 5 s
 
 
-def _lock_pidfile(exec_root: str) -> int:
-    path = os.path.join(exec_root, "cnmd.pid")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+PID_FILE = "cnmd.pid"
+DAEMON_ID_FILE = "daemon-id"
+_DAEMON_ID = re.compile(r"^[0-9a-f]{16}$")
+
+
+def lock_root(root: str, what: str) -> int:
+    """Hold ``<root>/cnmd.pid`` locked (``flock``) for this process's life and write our pid
+    into it; the fd (closing it releases the lock).  Unavailable, naming the root and the
+    holder's pid, when another daemon holds it."""
+    path = os.path.join(root, PID_FILE)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise Unavailable(f"cannot open {path}: {exc.strerror}") from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
-        raise Unavailable(f"another cnmd is running with exec root {exec_root}") from None
+        raise Unavailable(f"another cnmd (pid {holder}) is running with {what} {root}") from None
     os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
 
 
-def _build(config: DaemonConfig):
-    """The composition root: the only place naming concrete implementations."""
+def lock_roots(data_root: str, exec_root: str) -> list[int]:
+    """Both roots locked, the data root first; nothing held on failure."""
+    fds = [lock_root(data_root, "data root")]
+    try:
+        fds.append(lock_root(exec_root, "exec root"))
+    except BaseException:
+        os.close(fds[0])
+        raise
+    return fds
+
+
+def daemon_id(data_root: str) -> str:
+    """The id of the daemon owning ``data_root`` (16 hex digits), made on first use.  Call
+    with the data root locked."""
+    path = os.path.join(data_root, DAEMON_ID_FILE)
+    try:
+        with open(path, encoding="ascii") as fh:
+            value = fh.read().strip()
+        if _DAEMON_ID.match(value):
+            return value
+        log.warning("replacing malformed %s", path)
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as exc:
+        raise Unavailable(f"cannot read {path}: {exc}") from exc
+    value = secrets.token_hex(8)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="ascii") as fh:
+        fh.write(value + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return value
+
+
+def firewall_table(bridge_name: str) -> str:
+    """cnm's nftables table: ``cnm`` for the daemon of the default bridge ``cnm0``, else
+    ``cnm-<bridge name>``: daemons sharing a network namespace must differ in bridge name,
+    so each gets a table of its own and never rewrites another's."""
+    if bridge_name == "cnm0":
+        return "cnm"
+    if re.fullmatch(r"[A-Za-z0-9_.-]+", bridge_name):
+        return f"cnm-{bridge_name}"
+    return "cnm-x" + bridge_name.encode().hex()
+
+
+def _build(config: DaemonConfig, daemon: str, others: dict[str, int]):
+    """The composition root: the only place naming concrete implementations.  ``others``:
+    the other cnmd alive in this network namespace ({daemon id: pid})."""
     from cnm.dns.records import NameTable
     from cnm.dns.server import DnsServer
+    from cnm.drivers.api import NetworkDriver
     from cnm.drivers.bridge import BridgeDriver
     from cnm.drivers.host import HostDriver
     from cnm.drivers.null import NullDriver
     from cnm.engine.controller import Controller
     from cnm.engine.ports import Publisher
+    from cnm.firewall.api import Firewall, SpoofGuard
     from cnm.firewall.bridge_guard import NftBridgeGuard
     from cnm.firewall.iptables import IptablesFirewall
     from cnm.firewall.nftables import NftablesFirewall
@@ -59,26 +128,35 @@ def _build(config: DaemonConfig):
 
     store = SqliteStore(os.path.join(config.data_root, "cnm.db"))
     ipam = DefaultIpam(store, config.default_pools)
-    kernel = LinuxKernel()
-    backends = {
-        "nftables": lambda: NftablesFirewall(userland_proxy=config.userland_proxy),
+    kernel = LinuxKernel(daemon)
+    table = firewall_table(config.bridge_name)
+    if others and config.firewall_backend == "iptables":
+        raise Unavailable(
+            "another cnmd is running in this network namespace "
+            f"({', '.join(f'pid {pid}' for pid in others.values())}): the iptables backend's chains "
+            "(CNM, CNM-FORWARD ...) cannot be shared; use --firewall-backend nftables"
+        )
+    backends: dict[str, Callable[[], Firewall]] = {
+        "nftables": lambda: NftablesFirewall(table=table, userland_proxy=config.userland_proxy),
         "iptables": lambda: IptablesFirewall(userland_proxy=config.userland_proxy),
     }
     firewall = backends[config.firewall_backend]()
     # What another backend left (a daemon run with the other choice, or iptables' other
-    # variant) is removed at start.
-    leftovers = []
-    if config.firewall_backend != "nftables":
+    # variant) is removed at start -- unless another cnmd is alive here: then it may be
+    # that daemon's.
+    leftovers: list[Firewall | SpoofGuard] = []
+    if not others and config.firewall_backend != "nftables":
         leftovers.append(backends["nftables"]())
-    else:
+    elif not others:
         leftovers += [IptablesFirewall(iptables=variant) for variant in ("iptables-nft", "iptables-legacy")]
-    # Anti-spoofing on the bridge ports, whichever backend does the L3 rules; turned off,
-    # what a previous daemon installed goes with the leftovers.
-    guard = NftBridgeGuard()
+    # Anti-spoofing on the bridge ports, whichever backend does the L3 rules, in a bridge
+    # table of this daemon's own (named as its ip table); turned off, what a previous run
+    # of this daemon installed goes with the leftovers.
+    guard: SpoofGuard | None = NftBridgeGuard(table=table)
     if not config.anti_spoofing:
-        leftovers.append(guard)
+        leftovers.append(NftBridgeGuard(table=table))
         guard = None
-    drivers = {
+    drivers: dict[str, NetworkDriver] = {
         "bridge": BridgeDriver(kernel, firewall, hairpin=not config.userland_proxy, guard=guard),
         "host": HostDriver(),
         "null": NullDriver(),
@@ -106,6 +184,20 @@ def _build(config: DaemonConfig):
         ),
     )
     return controller, store, kernel, dns, leftovers, guard
+
+
+async def check_bridge_name(kernel, bridge_name: str, others: dict[str, int]) -> None:
+    """Refuse to start on a default bridge another cnmd tagged: daemons sharing a network
+    namespace must differ in bridge name (it also names the nftables table, which the
+    firewall's start would otherwise rewrite under the other daemon)."""
+    link = next((link for link in await kernel.links() if link.name == bridge_name), None)
+    if link is None or not link.daemon or link.daemon == kernel.daemon_id:
+        return
+    state = f"running, pid {others[link.daemon]}" if link.daemon in others else "not running"
+    raise Unavailable(
+        f"bridge {bridge_name} belongs to another cnmd (daemon {link.daemon}, {state}): "
+        "give each daemon in a network namespace its own --bridge-name"
+    )
 
 
 def _raise_fd_limit() -> None:
@@ -143,14 +235,22 @@ async def _watch_firewall(controller, guard) -> None:
 async def serve(config: DaemonConfig) -> None:
     from cnm.api.app import make_app, serve_unix
     from cnm.api.schemas_system import VersionInfo
+    from cnm.kernel.owner import DaemonBeacon, live_daemons
     from cnm.runtime.process import become_subreaper
 
     for path in (config.data_root, config.exec_root, os.path.dirname(config.socket_path)):
         os.makedirs(path, mode=0o711, exist_ok=True)
-    pid_fd = _lock_pidfile(config.exec_root)
+    lock_fds = lock_roots(config.data_root, config.exec_root)
+    daemon = daemon_id(config.data_root)
+    beacon = DaemonBeacon(daemon, os.getpid())  # before any kernel work: others see us alive
+    others = {d: pid for d, pid in live_daemons().items() if d != daemon}
+    if others:
+        log.info("other cnmd running in this network namespace: %s (their links and rules are left alone)",
+                 ", ".join(f"{d} (pid {pid})" for d, pid in others.items()))
     become_subreaper()
     _raise_fd_limit()
-    controller, store, kernel, dns, leftovers, guard = _build(config)
+    controller, store, kernel, dns, leftovers, guard = _build(config, daemon, others)
+    await check_bridge_name(kernel, config.bridge_name, others)
     for other in leftovers:
         try:
             await other.teardown()
@@ -183,7 +283,9 @@ async def serve(config: DaemonConfig) -> None:
             os.unlink(config.socket_path)
         store.close()
         kernel.close()
-        os.close(pid_fd)
+        beacon.close()
+        for fd in lock_fds:
+            os.close(fd)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,7 @@ from typing import Protocol
 
 from cnm.errors import Conflict, InvalidArgument, KernelError, TeardownErrors
 from cnm.firewall.api import Firewall, SpoofGuard, bridge_rules, port_guard
-from cnm.kernel.api import Kernel, LinkInfo, VethSpec
+from cnm.kernel.api import Kernel, LinkInfo, VethSpec, may_remove
 from cnm.model.endpoint import Endpoint, Sandbox
 from cnm.model.network import Network, NetworkSpec, validate_options
 
@@ -94,6 +94,9 @@ class BridgeDriver:
         rules = bridge_rules(network)
         name = network.bridge_name
         if existing is not None and existing.owner and existing.owner != network.id:
+            if existing.daemon and existing.daemon != self._kernel.daemon_id:
+                raise Conflict(f"bridge {name} is already in use by another cnmd (daemon {existing.daemon}, "
+                               f"network {existing.owner[:12]})")
             raise Conflict(f"bridge {name} is already in use by network {existing.owner[:12]}")
         async with AsyncExitStack() as undo:
             await self._kernel.ensure_bridge(
@@ -183,9 +186,10 @@ class BridgeDriver:
     # -- restart --------------------------------------------------------------------------
 
     async def restore(self, networks: Sequence[Network], endpoints: Sequence[Endpoint]) -> None:
-        """Bridges and rules for ``networks`` back in place; cnm-owned bridges whose network
-        is not listed, and cnm-owned veths on cnm's bridges whose endpoint is not listed,
-        removed.  Keeps going past errors and reports them all."""
+        """Bridges and rules for ``networks`` back in place; bridges this daemon tagged whose
+        network is not listed, and veths it tagged whose endpoint is not listed, removed
+        (``may_remove``: never another live cnmd's).  Keeps going past errors and reports
+        them all."""
         mine = [n for n in networks if n.driver == self.name]
         errors: list[BaseException] = []
         try:
@@ -203,15 +207,24 @@ class BridgeDriver:
         network_ids = {n.id for n in mine}
         endpoint_ids = {e.id for e in endpoints}
         bridge_names = {n.bridge_name for n in mine}
-        bridges = {link.index for link in links if link.kind == "bridge" and (link.owner or link.name in bridge_names)}
+        others = self._kernel.other_daemons()
+
+        def stale(link: LinkInfo) -> bool:
+            return may_remove(link, self._kernel.daemon_id, bool(others))
+
+        bridges = {link.index for link in links if link.kind == "bridge" and (stale(link) or link.name in bridge_names)}
         orphans = [
             link for link in links
-            if (link.kind == "veth" and link.owner and link.owner not in endpoint_ids
+            if (link.kind == "veth" and link.owner not in endpoint_ids and stale(link)
                 and (link.master in bridges or link.master == 0))
         ] + [
             link for link in links
-            if link.kind == "bridge" and link.owner and link.owner not in network_ids
+            if link.kind == "bridge" and link.owner not in network_ids and stale(link)
         ]
+        for link in links:
+            if link.owner and link.owner not in endpoint_ids | network_ids and link not in orphans:
+                log.debug("leaving %s %s alone: tagged by cnmd %s (alive: %s)", link.kind, link.name,
+                          link.daemon or "(untagged)", ", ".join(f"{d} pid {p}" for d, p in others.items()) or "none")
         for link in orphans:
             log.info("removing stale %s %s (owner %s)", link.kind, link.name, link.owner[:12])
             try:

@@ -679,9 +679,11 @@ class Containers:
     # -- restart reconcile ----------------------------------------------------------------
 
     async def restore(self) -> None:
-        """After a daemon (re)start: re-arm watchers of containers still running, finish
-        those that died while cnmd was away, and remove every sandbox, endpoint and netns
-        that no running container owns."""
+        """After a daemon (re)start: remove what runc runs that the store does not consider
+        running, re-arm watchers of containers still running, finish those that died while
+        cnmd was away, and remove every sandbox, endpoint and netns that no running
+        container owns."""
+        await self._reap_unrecorded()
         for container in list(self._state.containers.values()):
             if not container.running:
                 continue
@@ -729,6 +731,37 @@ class Containers:
             if path not in keys:
                 log.info("removing stale netns %s", path)
                 await self._kernel.delete_netns(path)
+
+    async def _reap_unrecorded(self) -> None:
+        """Reconcile with runc's own list (every container under cnmd's runc root): one the
+        store does not mark running -- a start that cnmd died in the middle of, after
+        ``runc run`` went ahead -- is killed and deleted (its cgroup and rootfs mount go
+        too), and its directories as well when the store does not know it at all.
+
+        Killed, not adopted: the start never reported success and the network it was given
+        (sandbox, endpoints) was never recorded, so it is removed as an orphan in this same
+        restore; the store's view decides what runs, as in Docker's live-restore, where a
+        task the daemon does not consider running is not brought back."""
+        try:
+            known = await self._runtime.list_containers()
+        except CnmError as exc:
+            log.error("cannot list runc's containers: %s", exc)
+            return
+        for entry in known:
+            cid = str(entry.get("id") or "")
+            container = self._state.containers.get(cid)
+            if not cid or container is not None and container.running:
+                continue  # running per the store: checked against runc below
+            log.warning(
+                "runc has container %s (%s, pid %s) that cnm does not consider running: killing and deleting it",
+                cid[:12], entry.get("status", "?"), entry.get("pid", "?"),
+            )
+            try:
+                await self._runtime.cleanup(cid)  # runc delete --force: SIGKILL, state, cgroup
+                if container is None:
+                    await self._runtime.remove(cid)
+            except CnmError as exc:
+                log.error("removing container %s left by a crash: %s", cid[:12], exc)
 
     async def close(self) -> None:
         """Daemon shutdown: stop watching (containers keep running: live restore)."""

@@ -8,7 +8,11 @@ Rules every implementation keeps:
 - Every change is logged at DEBUG on logger ``cnm.kernel`` as the command a person would
   type (``ip link add br-1a2b type bridge``), via ``cnm.kernel.cmdlog``.
 - Every link cnm creates carries its owner in the link alias (IFLA_IFALIAS):
-  ``cnm:<owner id>``; cleanup selects by that tag, never by name pattern.
+  ``cnm:<daemon id>:<owner id>`` -- which cnmd (the id of its data root) and which network
+  or endpoint.  It is set in the same netlink datagram that creates the link: the kernel
+  runs a datagram's messages inside one ``sendmsg`` and a SIGKILL only lands on its
+  return, so no crash can leave a link without its tag.  Cleanup selects by that tag,
+  never by name pattern, and removes only what this daemon owns (see ``may_remove``).
 - Removal is idempotent: "already gone" is success.
 - Failures are raised as ``cnm.errors.KernelError`` (or ``Conflict`` when a name is taken).
 """
@@ -23,8 +27,19 @@ from typing import Protocol
 OWNER_PREFIX = "cnm:"
 
 
-def owner_alias(owner_id: str) -> str:
-    return OWNER_PREFIX + owner_id
+def owner_alias(owner_id: str, daemon_id: str = "") -> str:
+    """The link alias tagging ``owner_id``'s link, created by daemon ``daemon_id`` (the
+    untagged-daemon form ``cnm:<owner>`` is what cnm wrote before daemons were told apart)."""
+    return f"{OWNER_PREFIX}{daemon_id}:{owner_id}" if daemon_id else OWNER_PREFIX + owner_id
+
+
+def parse_alias(alias: str) -> tuple[str, str]:
+    """(daemon id, owner id) of a link alias; ("", "") when it is not cnm's tag and
+    ("", owner) for the old tag without a daemon."""
+    if not alias.startswith(OWNER_PREFIX):
+        return "", ""
+    daemon, sep, owner = alias[len(OWNER_PREFIX):].rpartition(":")
+    return (daemon, owner) if sep else ("", owner)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +53,7 @@ class LinkInfo:
     mtu: int = 0
     up: bool = False
     addresses: tuple[IPv4Interface, ...] = ()
+    daemon: str = ""  # id of the cnmd that created it, from the alias ("" for the old tag)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +74,13 @@ class VethSpec:
 
 
 class Kernel(Protocol):
+    #: the id of the daemon this kernel works for: part of every owner tag it writes
+    daemon_id: str
+
+    def other_daemons(self) -> dict[str, int]:
+        """{daemon id: pid} of the *other* cnmd alive in the host namespace (their
+        beacons, ``cnm.kernel.owner``)."""
+
     # -- namespaces -----------------------------------------------------------------------
     async def create_netns(self, path: str) -> None:
         """A new network namespace bind-mounted at ``path``, with ``lo`` up."""
@@ -112,3 +135,17 @@ class Kernel(Protocol):
 
 def owned(links: Sequence[LinkInfo]) -> list[LinkInfo]:
     return [link for link in links if link.owner]
+
+
+def may_remove(link: LinkInfo, daemon_id: str, others_alive: bool) -> bool:
+    """May daemon ``daemon_id`` remove ``link`` when its records do not name the owner?
+
+    Its own links, yes (it holds its data root: no other live process is this daemon).
+    Another daemon's, never: that daemon reconciles its own on its next start (its
+    containers may live on while it is down).  An old tag without a daemon id, only when
+    no other cnmd is alive here to own it."""
+    if not link.owner:
+        return False
+    if link.daemon:
+        return link.daemon == daemon_id
+    return not others_alive

@@ -26,6 +26,7 @@ class FakeLink:
     name: str
     kind: str
     owner: str = ""
+    daemon: str = ""  # the cnmd that tagged it ("" for the old tag)
     master: int = 0
     mac: str = ""
     mtu: int = 1500
@@ -40,15 +41,20 @@ class FakeLink:
         return LinkInfo(
             index=self.index, name=self.name, kind=self.kind, owner=self.owner,
             master=self.master, mac=self.mac, mtu=self.mtu, up=self.up,
-            addresses=tuple(self.addresses),
+            addresses=tuple(self.addresses), daemon=self.daemon,
         )
 
 
 class FakeKernel:
     """In-memory kernel.  ``namespaces`` maps a netns path (``None`` = host) to its links by
-    name; ``sysctls`` maps (netns path or None, key) to a value."""
+    name; ``sysctls`` maps (netns path or None, key) to a value.  ``daemon_id`` tags every
+    link it makes; ``others`` plays the other live cnmd ({daemon id: pid})."""
 
-    def __init__(self, *, host_networks: Iterable[IPv4Network] = ()) -> None:
+    DAEMON = "fa4ed0000000"
+
+    def __init__(self, *, host_networks: Iterable[IPv4Network] = (), daemon_id: str = DAEMON) -> None:
+        self.daemon_id = daemon_id
+        self.others: dict[str, int] = {}
         self.namespaces: dict[str | None, dict[str, FakeLink]] = {HOST: {}}
         self.sysctls: dict[tuple[str | None, str], str] = {}
         self.commands: list[str] = []
@@ -67,9 +73,11 @@ class FakeKernel:
         exc = error or KernelError(f"injected failure in {method}")
         self._failures.setdefault(method, []).extend([exc] * times)
 
-    def add_foreign_link(self, name: str, kind: str = "bridge", owner: str = "") -> int:
-        """A link cnm did not create (no owner tag unless ``owner``)."""
-        return self._add_link(HOST, name, kind, owner=owner).index
+    def add_foreign_link(self, name: str, kind: str = "bridge", owner: str = "", daemon: str = "",
+                         master: int = 0) -> int:
+        """A link this kernel's daemon did not create: the user's (no owner), or another
+        cnmd's (``daemon``), or an old cnm's (``owner`` without ``daemon``)."""
+        return self._add_link(HOST, name, kind, owner=owner, daemon=daemon, master=master).index
 
     @property
     def netns(self) -> set[str]:
@@ -137,6 +145,9 @@ class FakeKernel:
     def netns_exists(self, path: str) -> bool:
         return path in self.namespaces
 
+    def other_daemons(self) -> dict[str, int]:
+        return dict(self.others)
+
     # -- links ----------------------------------------------------------------------------
 
     async def ensure_bridge(
@@ -146,8 +157,8 @@ class FakeKernel:
         link = self.link(name)
         if link is None:
             self._record(f"ip link add {name} mtu {mtu} type bridge")
-            self._record(f"ip link set {name} alias {owner_alias(owner)}")
-            link = self._add_link(HOST, name, "bridge", owner=owner, mtu=mtu)
+            self._record(f"ip link set {name} alias {owner_alias(owner, self.daemon_id)}")
+            link = self._add_link(HOST, name, "bridge", owner=owner, daemon=self.daemon_id, mtu=mtu)
         elif link.kind != "bridge":
             raise Conflict(f"cannot use {name} as a bridge: a {link.kind or 'non-bridge'} link has that name")
         if address is not None and address not in link.addresses:
@@ -180,7 +191,7 @@ class FakeKernel:
             f"netns {spec.netns_path}"
         )
         host = self._add_link(
-            HOST, spec.host_ifname, "veth", owner=spec.owner, master=bridge.index, mtu=spec.mtu,
+            HOST, spec.host_ifname, "veth", owner=spec.owner, daemon=self.daemon_id, master=bridge.index, mtu=spec.mtu,
             up=True, hairpin=spec.hairpin, mac=f"02:00:00:00:00:{self._next_index & 0xFF:02x}",
         )
         inner = self._add_link(
@@ -189,7 +200,7 @@ class FakeKernel:
             peer=(HOST, host.index),
         )
         host.peer = (spec.netns_path, inner.index)
-        self._record(f"ip link set {spec.host_ifname} alias {owner_alias(spec.owner)} up")
+        self._record(f"ip link set {spec.host_ifname} alias {owner_alias(spec.owner, self.daemon_id)} up")
         self._record(f"ip link set {spec.ifname} up", spec.netns_path)
         if spec.address is not None:
             self._record(f"ip addr add {spec.address} dev {spec.ifname}", spec.netns_path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
+import logging
 import os
 import secrets
 import socket
@@ -27,9 +28,13 @@ from pyroute2.netlink.exceptions import NetlinkDumpInterrupted, NetlinkError
 from cnm.errors import Conflict, KernelError
 from cnm.kernel import netns as ns
 from cnm.kernel import rtnl, sysctl
-from cnm.kernel.api import OWNER_PREFIX, LinkInfo, VethSpec, owner_alias
+from cnm.kernel.api import LinkInfo, VethSpec, owner_alias, parse_alias
 from cnm.kernel.cmdlog import log_command
+from cnm.kernel.faults import crash_point
+from cnm.kernel.owner import check_daemon_id, live_daemons
 from cnm.kernel.reaper import LinkReaper
+
+log = logging.getLogger("cnm.kernel")
 
 IFF_UP = 0x1
 DUMP_ATTEMPTS = 5  # a dump the kernel interrupted (links changed meanwhile) is run again
@@ -90,7 +95,7 @@ def _prepare_container_ns(path: str) -> None:
 
 
 def _link_info(msg: Any, addresses: dict[int, list[IPv4Interface]]) -> LinkInfo:
-    alias = msg.get("ifalias") or ""
+    daemon, owner = parse_alias(msg.get("ifalias") or "")
     linkinfo = msg.get("linkinfo")
     kind = (linkinfo.get("kind") if linkinfo is not None else None) or ""
     index = msg["index"]
@@ -98,7 +103,8 @@ def _link_info(msg: Any, addresses: dict[int, list[IPv4Interface]]) -> LinkInfo:
         index=index,
         name=msg.get("ifname") or "",
         kind=kind,
-        owner=alias[len(OWNER_PREFIX):] if alias.startswith(OWNER_PREFIX) else "",
+        owner=owner,
+        daemon=daemon,
         master=msg.get("master") or 0,
         mac=msg.get("address") or "",
         mtu=msg.get("mtu") or 0,
@@ -112,9 +118,13 @@ MIN_AVOIDED_PREFIX = 8  # routes shorter than this do not block an address pool
 
 class LinuxKernel:
     """The real kernel.  Create it anywhere; it binds to the running event loop on first use
-    and must then be used from that loop only.  ``close()`` releases the host socket."""
+    and must then be used from that loop only.  ``close()`` releases the host socket.
 
-    def __init__(self) -> None:
+    ``daemon_id`` goes into every owner tag (default: a fresh id, for tools and tests that
+    run no daemon)."""
+
+    def __init__(self, daemon_id: str = "") -> None:
+        self.daemon_id = check_daemon_id(daemon_id) if daemon_id else secrets.token_hex(8)
         self._host: AsyncIPRoute | None = None
         self._host_sock: socket.socket | None = None
         self._fast: socket.socket | None = None  # host socket for rtnl.transact (not shared with pyroute2)
@@ -239,6 +249,7 @@ class LinuxKernel:
             return ns.open_netlink_socket()
 
         sock = await ns.create_netns(path, setup)
+        crash_point("netns-created")
         try:
             log_command(["ip", "link", "set", "lo", "up"], netns=path)
             request = rtnl.set_link(index=1, up=True)
@@ -257,6 +268,9 @@ class LinuxKernel:
 
     def netns_exists(self, path: str) -> bool:
         return ns.netns_exists(path)
+
+    def other_daemons(self) -> dict[str, int]:
+        return {d: pid for d, pid in live_daemons().items() if d != self.daemon_id}
 
     # -- queries --------------------------------------------------------------------------
 
@@ -343,32 +357,40 @@ class LinuxKernel:
         return index
 
     async def _add_bridge(self, ipr: AsyncIPRoute, name: str, owner: str, mtu: int) -> Any:
-        """Create bridge ``name`` tagged with ``owner``; return its link message."""
+        """Create bridge ``name`` tagged with ``owner``; return its link message.
+
+        The kernel ignores IFLA_IFALIAS in the RTM_NEWLINK that creates a link, so the tag
+        is a second message -- in the *same* datagram: the kernel runs both inside one
+        ``sendmsg`` and a SIGKILL only takes effect when it returns, so no crash can leave
+        the bridge untagged (a restart would then never attribute it)."""
         mac = _random_mac()
+        alias = owner_alias(owner, self.daemon_id)
         log_command(["ip", "link", "add", name, "address", mac, "mtu", str(mtu), "type", "bridge"])
+        log_command(["ip", "link", "set", name, "alias", alias])
+        requests = [
+            rtnl.new_bridge(name, mtu=mtu, mac=mac),
+            rtnl.set_link(name=name, alias=alias),  # by name: ENODEV when the creation failed
+        ]
         try:
-            await ipr.link("add", ifname=name, kind="bridge", address=mac, mtu=mtu)
-        except NetlinkError as exc:
-            if exc.code == errno.EEXIST:  # raced with another creator: the caller re-checks it
-                return await self._get_link(ipr, name)
+            created, tagged = rtnl.transact(self._fast_host(), requests)
+        except OSError as exc:
             raise _failure(f"cannot create bridge {name}", exc) from exc
+        if created.error == errno.EEXIST:
+            # Raced with another creator in the microseconds since the caller's lookup: the
+            # caller re-checks the link.  (The tag message then hit that link: netlink has no
+            # "only if the first succeeded"; the same holds for veths.)
+            log.warning("link %s appeared while cnm created it", name)
+            return await self._get_link(ipr, name)
+        if created.error:
+            raise KernelError(f"cannot create bridge {name}: {os.strerror(created.error)}")
+        crash_point("bridge-created")
+        if tagged.error:
+            await self._delete(ipr, name, None)
+            raise KernelError(f"cannot tag link {name} with its owner: {os.strerror(tagged.error)}")
         link = await self._get_link(ipr, name)
         if link is None:
             raise KernelError(f"bridge {name} vanished right after it was created")
-        # The kernel ignores IFLA_IFALIAS on RTM_NEWLINK: tag the new link right after.
-        try:
-            await self._set_alias(ipr, link["index"], name, owner)
-        except BaseException:
-            await self._delete(ipr, name, None)
-            raise
         return link
-
-    async def _set_alias(self, ipr: AsyncIPRoute, index: int, name: str, owner: str) -> None:
-        log_command(["ip", "link", "set", name, "alias", owner_alias(owner)])
-        try:
-            await ipr.link("set", index=index, IFLA_IFALIAS=owner_alias(owner))
-        except NetlinkError as exc:
-            raise _failure(f"cannot tag link {name} with its owner", exc) from exc
 
     # -- veth pairs -----------------------------------------------------------------------
 
@@ -400,9 +422,10 @@ class LinuxKernel:
              *(["address", spec.mac] if spec.mac else []), "mtu", str(spec.mtu),
              "netns", spec.netns_path]
         )
-        log_command(["ip", "link", "set", spec.host_ifname, "alias", owner_alias(spec.owner),
+        log_command(["ip", "link", "set", spec.host_ifname, "alias", owner_alias(spec.owner, self.daemon_id),
                      *(["type", "bridge_slave", "hairpin", "on"] if spec.hairpin else [])])
         host_index, peer_index = await self._create_pair(spec, bridge)
+        crash_point("veth-created")
         try:
             await self._configure_peer(inner, spec, peer_index)
         except BaseException:
@@ -420,7 +443,7 @@ class LinuxKernel:
                     rtnl.new_veth(spec.host_ifname, mtu=spec.mtu, master=bridge, up=True, peer_name=spec.ifname,
                                   peer_netns_fd=fd, peer_mac=spec.mac),
                     # by name: fails harmlessly (ENODEV) when the creation failed
-                    rtnl.set_link(name=spec.host_ifname, alias=owner_alias(spec.owner),
+                    rtnl.set_link(name=spec.host_ifname, alias=owner_alias(spec.owner, self.daemon_id),
                                   hairpin=True if spec.hairpin else None),
                 ]
                 created, tagged = rtnl.transact(self._fast_host(), requests)

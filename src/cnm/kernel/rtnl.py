@@ -151,6 +151,19 @@ def new_veth(
     return Request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO, body, f"create veth {name}")
 
 
+def new_bridge(name: str, *, mtu: int, mac: str) -> Request:
+    """``ip link add NAME address MAC mtu MTU type bridge``, echoed back (the answer carries
+    the new link's index)."""
+    body = (
+        ifinfomsg()
+        + attr_str(IFLA_IFNAME, name)
+        + attr_u32(IFLA_MTU, mtu)
+        + attr_mac(IFLA_ADDRESS, mac)
+        + attr_nest(IFLA_LINKINFO, attr_str(IFLA_INFO_KIND, "bridge"))
+    )
+    return Request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO, body, f"create bridge {name}")
+
+
 def set_link(
     *,
     index: int = 0,

@@ -106,6 +106,10 @@ class Runtime(Protocol):
     async def is_running(self, container_id: str) -> int:
         """The pid of the container's init if runc says it is running, else 0."""
 
+    async def list_containers(self) -> list[dict]:
+        """Every container runc knows under this runtime's root, in any state, as runc
+        lists them (``id``, ``pid``, ``status`` ...): what a restart reconciles with."""
+
     async def exec(self, spec: ExecSpec) -> Process:
         """Run a process inside a running container (``runc exec``)."""
 

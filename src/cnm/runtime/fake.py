@@ -42,6 +42,7 @@ class FakeRuntime:
     exits: dict[str, asyncio.Future[int]] = field(default_factory=dict)
     fail_start: bool = False
     pids: dict[str, int] = field(default_factory=dict)
+    deleted: set[str] = field(default_factory=set)  # runc deleted (cleanup) since their last start
     _pids: itertools.count = field(default_factory=lambda: itertools.count(1000))
 
     def add_image(self, reference: str, image_id: str = "sha256:" + "ab" * 32) -> Image:
@@ -95,6 +96,7 @@ class FakeRuntime:
         if cid in self.exits and not self.exits[cid].done():
             raise Conflict(f"container {cid} already running")
         self.started[cid] = request
+        self.deleted.discard(cid)
         self.exits[cid] = asyncio.get_running_loop().create_future()
         self.pids[cid] = next(self._pids)
         return self.pids[cid]
@@ -112,7 +114,14 @@ class FakeRuntime:
             self.exit(container_id, 128 + signal)
 
     async def cleanup(self, container_id: str) -> None:
-        pass
+        self.exit(container_id, 128 + signals.SIGKILL)  # runc delete --force
+        self.deleted.add(container_id)
+
+    async def list_containers(self) -> list[dict]:
+        return [
+            {"id": cid, "pid": self.pids.get(cid, 0), "status": "stopped" if fut.done() else "running"}
+            for cid, fut in self.exits.items() if cid not in self.deleted
+        ]
 
     async def remove(self, container_id: str) -> None:
         self.started.pop(container_id, None)

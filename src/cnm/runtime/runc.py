@@ -29,6 +29,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 from cnm.errors import CnmError, InvalidArgument, NotFound, RuntimeFailure
 from cnm.kernel.cmdlog import log_command
+from cnm.kernel.faults import crash_point
 from cnm.model.container import ExecSpec, Image
 from cnm.runtime import bundle, logs, rootfs
 from cnm.runtime.api import StartRequest
@@ -309,9 +310,14 @@ class RuncRuntime:
         return json.loads(out)
 
     async def list_containers(self) -> list[dict]:
-        """``runc list --format json``: what runc has under our ``--root``."""
+        """``runc list --format json``: every container runc has under our ``--root``, in
+        any state."""
         out = await self._runc(["list", "--format", "json"])
-        return json.loads(out or b"null") or []
+        try:
+            listed = json.loads(out or b"null") or []
+        except ValueError as exc:
+            raise RuntimeFailure(f"runc list printed no JSON: {out[:200]!r}") from exc
+        return [entry for entry in listed if isinstance(entry, dict)]
 
     # -- exec ------------------------------------------------------------------------------
     async def exec(self, spec: ExecSpec) -> ExecProcess:
@@ -497,6 +503,7 @@ class RuncRuntime:
             proc = await asyncio.create_subprocess_exec(*argv, stdin=stdin, stdout=stdout, stderr=stderr)
         except OSError as exc:
             raise RuntimeFailure(f"cannot run {self.runc}: {exc.strerror}") from exc
+        crash_point(f"runc-{args[0]}")  # runc in flight
         code = await proc.wait()
         try:
             with open(log_file, "rb") as fh:
