@@ -7,10 +7,10 @@ veths are deleted by a reaper) and fails with the list.
 
 What it proves, for every record in the store:
 
-* networks: a bridge network has its bridge (tagged ``cnm:<network id>``, the gateway
+* networks: a bridge network has its bridge (tagged ``cnm:<daemon id>:<network id>``, the gateway
   address), its IPAM pool, its nft chains and its four dispatch-map elements;
 * endpoints: a running container's sandbox holds them; each has its veth (host end tagged
-  ``cnm:<endpoint id>``, a port of the network's bridge, up; the peer named ``ifname`` in
+  ``cnm:<daemon id>:<endpoint id>``, a port of the network's bridge, up; the peer named ``ifname`` in
   the sandbox's netns with the MAC and address recorded, the default route where recorded),
   its address in IPAM owned by it, its DNS record (asked from the netns of every container
   that shares a user-defined network with it, through 127.0.0.11), and for each published
@@ -158,7 +158,8 @@ class Link:
 
     @property
     def owner(self) -> str:
-        return self.alias[len("cnm:"):] if self.alias.startswith("cnm:") else ""
+        # cnm:<daemon id>:<owner id> (older links: cnm:<owner id>)
+        return self.alias.rpartition(":")[2] if self.alias.startswith("cnm:") else ""
 
     @classmethod
     def parse(cls, raw: dict[str, Any]) -> Link:
