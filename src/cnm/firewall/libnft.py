@@ -1,7 +1,6 @@
 """libnftables in-process: one context, and nft's error text made short.
 
-The anti-spoofing guard uses this; the nftables backend keeps its own copy for now (one
-helper for both is a one-line change there)."""
+Shared by the nftables backend and the anti-spoofing guard (neither imports the other)."""
 
 from __future__ import annotations
 

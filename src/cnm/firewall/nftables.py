@@ -13,28 +13,16 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from cnm.errors import FirewallError, Unavailable
+from cnm.errors import FirewallError
 from cnm.firewall import render_nft
 from cnm.firewall.api import BridgeRules, PortRule
 from cnm.firewall.common import PortKey, claim_ports, enable_route_localnet, owner_comment, port_keys
+from cnm.firewall.libnft import first_error, nft_context
 from cnm.firewall.render_nft import PortElement
 from cnm.kernel.cmdlog import log_script
 from cnm.kernel.sysctl import set_sysctl
 
 log = logging.getLogger(__name__)
-
-
-def _nft_context(json_output: bool) -> Any:
-    try:
-        import nftables  # pip-nftables, binds Debian's libnftables1
-    except ImportError as exc:  # pragma: no cover - depends on the host
-        raise Unavailable(f"python nftables bindings are not installed: {exc}") from exc
-    try:
-        nft = nftables.Nftables()
-    except OSError as exc:
-        raise Unavailable(f"libnftables is not available: {exc}") from exc
-    nft.set_json_output(json_output)
-    return nft
 
 
 class NftablesFirewall:
@@ -54,8 +42,8 @@ class NftablesFirewall:
     def __init__(self, table: str = render_nft.TABLE, userland_proxy: bool = False) -> None:
         self.table = table
         self.userland_proxy = userland_proxy
-        self._nft = _nft_context(json_output=False)  # applies scripts
-        self._list = _nft_context(json_output=True)  # reads cnm's table back
+        self._nft = nft_context(json_output=False)  # applies scripts
+        self._list = nft_context(json_output=True)  # reads cnm's table back
         self._bridges: dict[str, str] = {}  # owner -> bridge its elements are keyed by
         self._bridge_owner: dict[str, str] = {}  # bridge -> owner (O(1) clash checks)
         self._chain_owner: dict[str, str] = {}  # n-<id12>-in -> owner
@@ -93,7 +81,7 @@ class NftablesFirewall:
         log_script("nft -f -", script)
         rc, _out, err = self._nft.cmd(script)
         if rc != 0:
-            raise FirewallError(f"nft: {_first_error(err)}")
+            raise FirewallError(f"nft: {first_error(err)}")
 
     def _list_json(self, what: str, terse: bool) -> list[dict[str, Any]] | None:
         """``nft -j [-t] list <what>`` restricted to cnm's table; None when it is absent."""
@@ -102,7 +90,7 @@ class NftablesFirewall:
         if rc != 0:
             if "No such file or directory" in err:
                 return None
-            raise FirewallError(f"nft: {_first_error(err)}")
+            raise FirewallError(f"nft: {first_error(err)}")
         return json.loads(out).get("nftables", [])
 
     def _table_objects(self) -> list[dict[str, Any]] | None:
@@ -307,13 +295,3 @@ def _elements_jumping_to(objects: Iterable[dict[str, Any]], targets: set[str]) -
             if target in targets and isinstance(key, str):
                 keys.append(key)
     return keys
-
-
-def _first_error(err: str) -> str:
-    """nft's message without the echoed script and caret lines (libnftables echoes the
-    wrong line of a multi-line buffer, so the echo is not worth keeping)."""
-    lines = [line for line in err.splitlines() if line.strip()]
-    for line in lines:
-        if "Error:" in line:
-            return line.split("Error:", 1)[1].strip()
-    return lines[0] if lines else "unknown error"
