@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from cnm.errors import RuntimeFailure
+from cnm.errors import InvalidArgument, RuntimeFailure
 from cnm.model.container import ContainerConfig, Image
 from cnm.runtime import bundle
 from cnm.runtime.bundle import User
@@ -48,9 +48,15 @@ class TestProcessArgs:
         image = Image(id=IMAGE.id, repo_tags=(), created="", cmd=("httpd", "-f"))
         assert bundle.process_args(config(), image) == ["httpd", "-f"]
 
-    def test_sh_when_nothing(self):
-        image = Image(id=IMAGE.id, repo_tags=(), created="")
-        assert bundle.process_args(config(), image) == ["/bin/sh"]
+    def test_no_command_is_refused_as_docker_does(self):
+        image = Image(id=IMAGE.id, repo_tags=(), created="")  # an import carries no cmd
+        with pytest.raises(InvalidArgument, match="No command specified"):
+            bundle.process_args(config(), image)
+
+    def test_empty_entrypoint_takes_the_image_cmd(self):
+        assert bundle.process_args(config(entrypoint=("",)), IMAGE) == ["/bin/sh"]
+        with pytest.raises(InvalidArgument, match="No command specified"):
+            bundle.process_args(config(entrypoint=("",)), Image(id=IMAGE.id, repo_tags=(), created=""))
 
 
 class TestProcessEnv:

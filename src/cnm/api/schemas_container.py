@@ -314,7 +314,8 @@ def _dns_names(c: Container, net: Network, request: EndpointRequest, hostname: s
 
 def networks_json(c: Container, view: NetworkView, hostname: str) -> dict[str, Any]:
     """``NetworkSettings.Networks``: live endpoints when running, the stored requests
-    (operational fields blank) when not.  ``container:X`` mode has none."""
+    (operational fields blank) when not: the networks the next start joins, which after a
+    ``network disconnect`` may not include ``NetworkMode``'s.  ``container:X`` mode has none."""
     mode = c.config.network_mode
     if mode.startswith("container:"):
         return {}
@@ -325,12 +326,7 @@ def networks_json(c: Container, view: NetworkView, hostname: str) -> dict[str, A
                 ep.request, endpoint=ep, dns_names=_dns_names(c, net, ep.request, hostname)
             )
         return out
-    requests = dict(c.config.networks)
-    if mode not in requests and not any(
-        (n := view.find_network(k)) is not None and n.name == mode for k in requests
-    ):
-        requests = {mode: EndpointRequest(), **requests}
-    for key, request in requests.items():
+    for key, request in c.config.networks.items():
         net = view.find_network(key)
         out[key] = endpoint_settings_json(
             request,
@@ -587,7 +583,7 @@ def network_keys(c: Container, view: NetworkView) -> list[tuple[str, str]]:
     if c.running and view.endpoints:
         return [(n.name, n.id) for n, _ in view.endpoints]
     out = []
-    for key in [c.config.network_mode, *c.config.networks]:
+    for key in c.config.networks:
         net = view.find_network(key)
         out.append((net.name, net.id) if net else (key, ""))
     return out

@@ -41,6 +41,7 @@ from cnm.model.container import (
     Container,
     ContainerConfig,
     Image,
+    command_of,
 )
 from cnm.model.endpoint import Endpoint, EndpointRequest, Sandbox
 from cnm.model.network import Network
@@ -147,6 +148,9 @@ class Containers:
             raise InvalidArgument("invalid network mode: invalid container format container:<name|id>")
         if mode == "host" and config.port_bindings:
             warnings.append("Published ports are discarded when using host network mode")
+        if not command_of(config, image):
+            raise InvalidArgument("No command specified")
+        config = replace(config, networks=self._create_networks(config))
         container = Container(
             id=new_id(),
             name=name,
@@ -161,17 +165,72 @@ class Containers:
         self._state.commit(put=[container])
         return container, warnings
 
+    def _create_networks(self, config: ContainerConfig) -> dict[str, EndpointRequest]:
+        """Docker's create-time network checks (unknown network, ``--ip`` on a predefined
+        network or outside the subnet, ``host``/``none`` with others) and the requests as
+        Docker keeps them in ``NetworkSettings.Networks``: keyed by network name, the
+        primary network (``network_mode``) included."""
+        mode = config.network_mode
+        if mode.startswith("container:"):
+            return {}
+        out: dict[str, EndpointRequest] = {}
+        primary = self._networks.find(mode)
+        for key, request in config.networks.items():
+            network = self._networks.find(key)
+            if network.name in out:
+                raise InvalidArgument(f'network "{network.name}" is specified multiple times')
+            out[network.name] = request
+        out = {primary.name: out.pop(primary.name, EndpointRequest()), **out}
+        for name, request in out.items():
+            network = self._networks.find(name)
+            if network.name in ("host", "none") and len(out) > 1:
+                raise InvalidArgument(
+                    "container cannot be connected to multiple networks with one of the networks in "
+                    f"{'host' if network.name == 'host' else 'private (none)'} mode"
+                )
+            self._networks.check_request(network, request)
+        return out
+
     # -- start ----------------------------------------------------------------------------
 
     async def start(self, ref: str) -> None:
+        """Start a created or stopped container.  A failed start leaves no endpoint, address,
+        netns or rule (the plan unwinds); the record keeps the error, as Docker's does, and
+        an ``--rm`` container is removed."""
         container = self.find(ref)
         async with self._locks.hold(container.id):
             container = self._state.containers[container.id]
             if container.running:
                 raise NotModified(f"container {container.id} is already running")
-            image = self._find_image(container)
-            run = await self._start_locked(container, image)
+            try:
+                image = self._find_image(container)
+                run = await self._start_locked(container, image)
+            except Exception as exc:
+                self._record_start_error(container, exc)
+                failed: Exception | None = exc
+            else:
+                failed = None
+        if failed is not None:
+            if container.config.auto_remove:
+                try:
+                    await self.remove(container.id, force=True)
+                except CnmError as exc:
+                    log.warning("removing %s after its failed start: %s", container.name, exc)
+            raise failed
         run.watcher = asyncio.get_running_loop().create_task(self._watch(container.id, run))
+
+    def _record_start_error(self, container: Container, exc: Exception) -> None:
+        """Docker keeps a failed start's error and exit code (127: command not found, 126:
+        not executable, else 128) on the record; its status does not change."""
+        text = str(exc)
+        code = 128
+        if "executable file not found" in text or "no such file or directory" in text:
+            code = 127
+        elif "permission denied" in text or "is a directory" in text:
+            code = 126
+        state = replace(container.state, error=text, exit_code=code)
+        if container.id in self._state.containers:
+            self._state.commit(put=[replace(self._state.containers[container.id], state=state)])
 
     def _find_image(self, container: Container) -> Image:
         try:
@@ -180,29 +239,32 @@ class Containers:
             return self._runtime.find_image(container.config.image)
 
     def _network_plan(self, container: Container) -> list[tuple[Network, EndpointRequest, bool]]:
-        """The networks a start joins, primary first: (network, request, is_primary)."""
+        """The networks a start joins, primary first: (network, request, is_primary).  They
+        are ``config.networks`` (Docker's ``NetworkSettings.Networks``): a primary network
+        disconnected before start is not joined, and the container keeps its mode."""
         config = container.config
-        requests = dict(config.networks)
-        mode = config.network_mode
+        if config.network_mode.startswith("container:"):
+            return []
+        try:
+            primary_id = self._networks.find(config.network_mode).id
+        except NotFound:
+            primary_id = ""
         plan: list[tuple[Network, EndpointRequest, bool]] = []
-        keys = [mode] + [k for k in requests if k != mode]
-        seen: set[str] = set()
-        for key in keys:
+        for key, request in config.networks.items():
             try:
                 network = self._networks.find(key)
             except NotFound:
                 raise NotFound(f"failed to set up container networking: network {key} not found") from None
-            if network.id in seen:
+            if any(network.id == n.id for n, _, _ in plan):
                 continue
-            seen.add(network.id)
-            request = requests.get(key) or requests.get(network.name) or requests.get(network.id) or EndpointRequest()
-            if network.name in ("host", "none") and len(keys) > 1 and key != mode:
+            if network.name in ("host", "none") and len(config.networks) > 1:
                 raise InvalidArgument(
                     "container cannot be connected to multiple networks with one of the networks in "
                     f"{'host' if network.name == 'host' else 'private (none)'} mode"
                 )
             self._networks.check_request(network, request)
-            plan.append((network, request, key == mode))
+            plan.append((network, request, network.id == primary_id))
+        plan.sort(key=lambda item: not item[2])
         return plan
 
     async def _start_locked(self, container: Container, image: Image) -> _Run:
@@ -500,39 +562,40 @@ class Containers:
             await self._refresh_names(updated)
 
     def _record_request(self, container: Container, network_ref: str, request: EndpointRequest) -> None:
-        try:
-            key = self._networks.find(network_ref).name
-        except NotFound:
-            key = network_ref  # Docker checks at start
+        """``network connect`` of a container that is not running: the request joins
+        ``config.networks`` (keyed by network name) and is acted on at start."""
+        network = self._networks.find(network_ref)
+        if network.name == "host":
+            raise InvalidArgument(
+                "cannot connect container to host network - container must be created in host network mode"
+            )
         networks = dict(container.config.networks)
-        if key in networks or key == container.config.network_mode:
-            raise Forbidden(f"endpoint with name {container.name} already exists in network {key}")
-        networks[key] = request
+        if any(self._same_network(key, network) for key in networks):
+            raise Forbidden(f"endpoint with name {container.name} already exists in network {network.name}")
+        if network.name == "none" or any(k in ("host", "none") for k in networks):
+            raise InvalidArgument(
+                "container cannot be connected to multiple networks with one of the networks in private (none) mode"
+            )
+        self._networks.check_request(network, request)
+        networks[network.name] = request
         self._state.commit(put=[replace(container, config=replace(container.config, networks=networks))])
+
+    def _same_network(self, key: str, network: Network) -> bool:
+        """Is the ``config.networks`` key ``key`` (a name, or an id kept from an older
+        record) the network ``network``?"""
+        if key in (network.name, network.id):
+            return True
+        try:
+            return self._networks.find(key).id == network.id
+        except NotFound:
+            return False
 
     async def disconnect(self, network_ref: str, ref: str, force: bool = False) -> None:
         container = self.find(ref)
         async with self._locks.hold(container.id):
             container = self._state.containers[container.id]
             if not container.running:
-                try:
-                    network = self._networks.find(network_ref)
-                    names = {network.name, network.id, network_ref}
-                except NotFound:
-                    if not force:
-                        raise
-                    names = {network_ref}
-                if container.config.network_mode == "host" and "host" in names:
-                    raise InvalidArgument(
-                        "cannot disconnect container from host network - container was created in host network mode"
-                    )
-                kept = {k: v for k, v in container.config.networks.items() if k not in names}
-                if len(kept) == len(container.config.networks) and container.config.network_mode not in names:
-                    raise SystemFailure(f"container {container.id} is not connected to the network {network_ref}")
-                config = replace(container.config, networks=kept)
-                if config.network_mode in names:
-                    config = replace(config, network_mode="none")
-                self._state.commit(put=[replace(container, config=config)])
+                self._forget_request(container, network_ref, force)
                 return
             network = self._networks.find(network_ref)
             if container.config.network_mode == "host" and network.name == "host":
@@ -543,10 +606,10 @@ class Containers:
                 (e for e in self._state.endpoints_of_container(container.id) if e.network_id == network.id), None
             )
             if ep is None:
-                raise SystemFailure(f"container {container.id} is not connected to network {network.name}")
+                raise InvalidArgument(f"container {container.id} is not connected to network {network.name}")
             sandbox = self._state.sandbox_of(container.id)
             errors = await self._detach(ep, sandbox)
-            kept = {k: v for k, v in container.config.networks.items() if k not in (network.name, network.id)}
+            kept = {k: v for k, v in container.config.networks.items() if not self._same_network(k, network)}
             updated = replace(container, config=replace(container.config, networks=kept))
             self._state.commit(put=[updated])
             if ep.default_route and sandbox is not None and sandbox.key:
@@ -554,6 +617,30 @@ class Containers:
             await self._refresh_names(updated)
             if errors:
                 raise TeardownErrors(f"disconnect of {container.name} from {network.name}", errors)
+
+    def _forget_request(self, container: Container, network_ref: str, force: bool) -> None:
+        """``network disconnect`` of a container that is not running: its entry leaves
+        ``config.networks``; ``network_mode`` never changes (Docker keeps HostConfig's
+        NetworkMode: a start joins the networks left, or none but ``lo``)."""
+        try:
+            network: Network | None = self._networks.find(network_ref)
+        except NotFound:
+            if not force:
+                raise
+            network = None
+        if network is not None and network.name == "host" and container.config.network_mode == "host":
+            raise InvalidArgument(
+                "cannot disconnect container from host network - container was created in host network mode"
+            )
+        networks = container.config.networks
+        kept = {
+            k: v
+            for k, v in networks.items()
+            if not (self._same_network(k, network) if network is not None else k == network_ref)
+        }
+        if len(kept) == len(networks):
+            raise InvalidArgument(f"container {container.id} is not connected to the network {network_ref}")
+        self._state.commit(put=[replace(container, config=replace(container.config, networks=kept))])
 
     async def _promote_gateway(self, container: Container, sandbox: Sandbox) -> list[BaseException]:
         """The endpoint carrying the default route left: the next one (in connect order)

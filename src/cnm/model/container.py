@@ -28,11 +28,44 @@ class PortBindingRequest:
     host_port: str = ""
 
 
+# Restart policies (Docker's ``HostConfig.RestartPolicy.Name``).
+RESTART_NO = "no"
+RESTART_ALWAYS = "always"
+RESTART_ON_FAILURE = "on-failure"
+RESTART_UNLESS_STOPPED = "unless-stopped"
+RESTART_POLICIES = (RESTART_NO, RESTART_ALWAYS, RESTART_ON_FAILURE, RESTART_UNLESS_STOPPED)
+
+# Where a mount was asked for: HostConfig.Binds (``-v``), Mounts (``--mount``), Tmpfs.
+FROM_BINDS = "binds"
+FROM_MOUNTS = "mounts"
+FROM_TMPFS = "tmpfs"
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """One validated mount: ``bind`` (an absolute host path) or ``tmpfs``.  ``options``
+    are tmpfs mount options (``size=64m``, ``mode=1777``); ``origin`` says which request
+    field asked for it (inspect echoes each field as it was given)."""
+
+    type: str  # "bind" | "tmpfs"
+    target: str
+    source: str = ""
+    read_only: bool = False
+    options: tuple[str, ...] = ()
+    origin: str = FROM_MOUNTS
+    mode: str = ""  # the ``-v`` mode text as given (``ro``, ``rw``, ``z`` …): inspect's Mode
+
+
 @dataclass(frozen=True, slots=True)
 class ContainerConfig:
     """A validated ``containers/create`` request: Docker's Config and HostConfig, the parts
     cnm acts on.  ``network_mode`` is normalised: ``bridge``, ``host``, ``none``,
-    ``container:<ref>`` or a user network's name or id."""
+    ``container:<ref>`` or a user network's name or id.
+
+    ``networks`` is Docker's ``NetworkSettings.Networks`` before start: every network the
+    container joins when it starts, keyed by network name, the primary one (``network_mode``)
+    included; ``network disconnect`` of a stopped container removes its entry and never
+    changes ``network_mode``."""
 
     image: str
     image_id: str = ""
@@ -64,6 +97,11 @@ class ContainerConfig:
     auto_remove: bool = False
     stop_signal: str = "SIGTERM"
     stop_timeout: int = 10
+    mounts: tuple[Mount, ...] = ()
+    binds: tuple[str, ...] = ()  # HostConfig.Binds as given
+    tmpfs: Mapping[str, str] = field(default_factory=lambda: _EMPTY)  # HostConfig.Tmpfs as given
+    restart_policy: str = RESTART_NO
+    restart_max: int = 0  # on-failure's MaximumRetryCount; 0: no limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +113,8 @@ class ContainerState:
     started_at: str = ZERO_TIME
     finished_at: str = ZERO_TIME
     oom_killed: bool = False
+    restart_count: int = 0  # restarts by policy since the last start by a user
+    stopped_by_user: bool = False  # ``stop``/``kill``: no restart by policy (unless-stopped remembers it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +150,17 @@ class Image:
     env: tuple[str, ...] = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",)
     workdir: str = ""
     exposed_ports: tuple[str, ...] = ()
+
+
+def command_of(config: ContainerConfig, image: Image) -> tuple[str, ...]:
+    """Docker's rule: entrypoint + cmd; the image's cmd only when the caller set neither an
+    entrypoint nor a cmd.  An entrypoint of ``[""]`` (``--entrypoint ""``) is none.  Empty
+    means Docker's "No command specified"."""
+    entrypoint = tuple(a for a in config.entrypoint or () if config.entrypoint != ("",))
+    cmd = config.cmd
+    if not cmd and not entrypoint:
+        cmd = image.cmd
+    return entrypoint + cmd
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,8 +14,8 @@ import resource
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from cnm.errors import RuntimeFailure
-from cnm.model.container import ContainerConfig, Image
+from cnm.errors import InvalidArgument, RuntimeFailure
+from cnm.model.container import ContainerConfig, Image, command_of
 
 OCI_VERSION = "1.0.2"
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -78,13 +78,12 @@ class User:
 
 
 def process_args(config: ContainerConfig, image: Image) -> list[str]:
-    """Docker's rule: entrypoint + cmd; the image's cmd only when the caller set neither an
-    entrypoint nor a cmd; ``/bin/sh`` when nothing at all is given (imports carry no cmd)."""
-    entrypoint = list(config.entrypoint or ())
-    cmd = list(config.cmd)
-    if not cmd and not entrypoint:
-        cmd = list(image.cmd)
-    return entrypoint + cmd or ["/bin/sh"]
+    """Docker's rule (``model.container.command_of``); InvalidArgument with Docker's "No
+    command specified" when there is none (an imported image carries no cmd)."""
+    args = list(command_of(config, image))
+    if not args:
+        raise InvalidArgument("No command specified")
+    return args
 
 
 def process_env(config: ContainerConfig, image: Image, hostname: str) -> list[str]:

@@ -1,0 +1,191 @@
+"""Container lifecycle over fakes: network state kept as Docker keeps it (``network_mode``
+and ``NetworkSettings.Networks``), create-time checks, failed starts that leave nothing,
+and restart policies."""
+
+from __future__ import annotations
+
+import asyncio
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+from test_engine import World, netns_paths, run
+
+from cnm.engine.controller import Controller
+from cnm.errors import InvalidArgument, NotFound, RuntimeFailure
+from cnm.model.container import ContainerConfig
+from cnm.model.endpoint import EndpointRequest
+from cnm.model.network import IpamConfig, NetworkSpec
+
+
+@pytest.fixture
+def world(tmp_path):
+    return World(tmp_path)
+
+
+async def subnet_net(ctl: Controller, name: str, subnet: str) -> None:
+    await ctl.create_network(NetworkSpec(name=name, ipam=(IpamConfig(subnet=IPv4Network(subnet)),)))
+
+
+def addresses(world: World, ctl: Controller, network: str) -> dict:
+    return dict(ctl._ipam.owners(ctl.find_network(network).id))
+
+
+# -- network state ---------------------------------------------------------------------------
+
+
+async def test_create_records_the_primary_network_by_name(world):
+    ctl = await world.controller()
+    net = await ctl.create_network(NetworkSpec(name="front"))
+    c, _ = await ctl.create_container("web", ContainerConfig(image="busybox", network_mode=net.id[:12]))
+    assert c.config.network_mode == net.id[:12]
+    assert list(c.config.networks) == ["front"]
+    plain, _ = await ctl.create_container("plain", ContainerConfig(image="busybox"))
+    assert list(plain.config.networks) == ["bridge"]
+
+
+async def test_disconnect_of_created_container_keeps_its_mode(world):
+    ctl = await world.controller()
+    await ctl.create_network(NetworkSpec(name="a"))
+    c, _ = await ctl.create_container("web", ContainerConfig(image="busybox", network_mode="a"))
+    await ctl.disconnect("a", "web")
+    c = ctl.find_container("web")
+    assert c.config.network_mode == "a"
+    assert dict(c.config.networks) == {}
+    # started now, it is on no network at all (only lo), as in Docker, and never on "none"
+    await ctl.start_container("web")
+    assert ctl.container_endpoints(c.id) == []
+    assert ctl.find_container("web").config.network_mode == "a"
+
+
+async def test_compose_sequence_leaves_a_and_b_only(world):
+    """Compose: create on A, disconnect A, connect A with aliases, start, connect B."""
+    ctl = await world.controller()
+    await ctl.create_network(NetworkSpec(name="a"))
+    await ctl.create_network(NetworkSpec(name="b"))
+    c, _ = await ctl.create_container("web", ContainerConfig(image="busybox", network_mode="a"))
+    await ctl.disconnect("a", "web")
+    await ctl.connect("a", "web", EndpointRequest(aliases=("api", "www")))
+    await ctl.start_container("web")
+    await ctl.connect("b", "web", EndpointRequest())
+    eps = ctl.container_endpoints(c.id)
+    assert [(n.name, ep.ifname) for n, ep in eps] == [("a", "eth0"), ("b", "eth1")]
+    assert eps[0][1].aliases == ("api", "www")
+    assert eps[0][1].default_route
+    c = ctl.find_container("web")
+    assert c.config.network_mode == "a"
+    assert list(c.config.networks) == ["a", "b"]
+    # a stop and a start join the same two networks
+    await ctl.stop_container("web", timeout=0)
+    await ctl.start_container("web")
+    assert [n.name for n, _ in ctl.container_endpoints(c.id)] == ["a", "b"]
+
+
+async def test_disconnect_of_stopped_container_from_a_second_network(world):
+    ctl = await world.controller()
+    await ctl.create_network(NetworkSpec(name="b"))
+    cid = await run(ctl, "web")
+    await ctl.connect("b", "web", EndpointRequest())
+    await ctl.stop_container("web", timeout=0)
+    await ctl.disconnect("bridge", "web")
+    c = ctl.find_container("web")
+    assert c.config.network_mode == "bridge" and list(c.config.networks) == ["b"]
+    await ctl.start_container("web")
+    assert [n.name for n, _ in ctl.container_endpoints(cid)] == ["b"]
+    with pytest.raises(InvalidArgument, match="not connected"):
+        await ctl.disconnect("bridge", "web")
+
+
+async def test_disconnect_not_connected_is_a_client_error(world):
+    ctl = await world.controller()
+    await ctl.create_network(NetworkSpec(name="b"))
+    await ctl.create_container("web", ContainerConfig(image="busybox"))
+    with pytest.raises(InvalidArgument, match="is not connected to the network b"):
+        await ctl.disconnect("b", "web")
+    await run(ctl, "up")
+    with pytest.raises(InvalidArgument, match="is not connected to network b"):
+        await ctl.disconnect("b", "up")
+
+
+async def test_connect_stopped_twice_is_refused(world):
+    ctl = await world.controller()
+    await ctl.create_container("web", ContainerConfig(image="busybox"))
+    with pytest.raises(Exception, match="already exists in network bridge"):
+        await ctl.connect("bridge", "web", EndpointRequest())
+
+
+# -- create-time checks ------------------------------------------------------------------------
+
+
+async def test_ip_outside_subnet_refused_at_create(world):
+    ctl = await world.controller()
+    await subnet_net(ctl, "n", "10.30.0.0/24")
+    with pytest.raises(InvalidArgument, match="10.99.0.5"):
+        await ctl.create_container(
+            "web",
+            ContainerConfig(
+                image="busybox", network_mode="n", networks={"n": EndpointRequest(ipv4_address=IPv4Address("10.99.0.5"))}
+            ),
+        )
+    assert ctl.containers() == []
+
+
+async def test_unknown_secondary_network_refused_at_create(world):
+    ctl = await world.controller()
+    with pytest.raises(NotFound, match="network nosuch not found"):
+        await ctl.create_container(
+            "web", ContainerConfig(image="busybox", networks={"bridge": EndpointRequest(), "nosuch": EndpointRequest()})
+        )
+    assert ctl.containers() == []
+
+
+async def test_no_command_refused_at_create(world):
+    ctl = await world.controller()
+    world.runtime.add_image("scratchy", image_id="sha256:" + "cd" * 32, cmd=())
+    with pytest.raises(InvalidArgument, match="No command specified"):
+        await ctl.create_container("web", ContainerConfig(image="scratchy"))
+    c, _ = await ctl.create_container("web", ContainerConfig(image="scratchy", cmd=("true",)))
+    assert c.config.cmd == ("true",)
+
+
+# -- failed starts leave nothing -----------------------------------------------------------------
+
+
+async def test_failed_start_with_auto_remove_leaves_no_container(world):
+    ctl = await world.controller()
+    await subnet_net(ctl, "n", "10.31.0.0/24")
+    world.runtime.fail_start = True
+    c, _ = await ctl.create_container(
+        "web",
+        ContainerConfig(
+            image="busybox",
+            network_mode="n",
+            auto_remove=True,
+            networks={"n": EndpointRequest(ipv4_address=IPv4Address("10.31.0.9"))},
+        ),
+    )
+    with pytest.raises(RuntimeFailure):
+        await ctl.start_container("web")
+    with pytest.raises(NotFound):
+        ctl.find_container(c.id)
+    assert not netns_paths(world.kernel)
+    assert "10.31.0.9" not in {str(a) for a in addresses(world, ctl, "n")}
+    world.runtime.fail_start = False
+    # the same address can be taken again
+    await run(ctl, "again", network_mode="n", networks={"n": EndpointRequest(ipv4_address=IPv4Address("10.31.0.9"))})
+
+
+async def test_failed_start_without_auto_remove_keeps_a_created_container(world):
+    ctl = await world.controller()
+    world.runtime.fail_start = True
+    c, _ = await ctl.create_container("web", ContainerConfig(image="busybox"))
+    with pytest.raises(RuntimeFailure):
+        await ctl.start_container("web")
+    c = ctl.find_container(c.id)
+    assert c.state.status == "created"
+    assert c.state.error  # Docker records the start error
+    assert ctl.container_endpoints(c.id) == []
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
