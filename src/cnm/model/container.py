@@ -17,6 +17,7 @@ CREATED = "created"
 RUNNING = "running"
 EXITED = "exited"
 REMOVING = "removing"
+RESTARTING = "restarting"  # exited; its restart policy starts it again after a delay
 DEAD = "dead"
 
 
