@@ -186,6 +186,96 @@ async def test_failed_start_without_auto_remove_keeps_a_created_container(world)
     assert ctl.container_endpoints(c.id) == []
 
 
-async def _settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
+# -- restart policies ----------------------------------------------------------------------------
+
+
+async def until(predicate, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+def state(ctl: Controller, name: str):
+    return ctl.find_container(name).state
+
+
+async def test_on_failure_restarts_up_to_its_limit(world):
+    ctl = await world.controller()
+    cid = await run(ctl, "web", restart_policy="on-failure", restart_max=2)
+    for count in (1, 2):
+        pid = state(ctl, "web").pid
+        world.runtime.exit(cid, 1)
+        await until(lambda old=pid: state(ctl, "web").status == "running" and state(ctl, "web").pid != old)
+        assert state(ctl, "web").restart_count == count
+    world.runtime.exit(cid, 1)
+    await until(lambda: state(ctl, "web").status == "exited")
+    await asyncio.sleep(0.3)  # past the next backoff step: still exited
+    assert state(ctl, "web").status == "exited" and state(ctl, "web").restart_count == 2
+    assert ctl.container_endpoints(cid) == []
+
+
+async def test_on_failure_does_not_restart_a_clean_exit(world):
+    ctl = await world.controller()
+    cid = await run(ctl, "web", restart_policy="on-failure")
+    world.runtime.exit(cid, 0)
+    await until(lambda: state(ctl, "web").status == "exited")
+    await asyncio.sleep(0.2)
+    assert state(ctl, "web").status == "exited"
+
+
+async def test_always_restarts_until_stopped(world):
+    ctl = await world.controller()
+    cid = await run(ctl, "web", restart_policy="always")
+    pid = state(ctl, "web").pid
+    world.runtime.exit(cid, 0)
+    await until(lambda: (state(ctl, "web").status == "running") and state(ctl, "web").pid != pid)
+    assert ctl.container_endpoints(cid)  # on its network again
+    await ctl.stop_container("web", timeout=0)
+    await asyncio.sleep(0.3)
+    assert state(ctl, "web").status == "exited" and state(ctl, "web").stopped_by_user
+    # a start by the user starts a new life
+    await ctl.start_container("web")
+    assert state(ctl, "web").restart_count == 0 and not state(ctl, "web").stopped_by_user
+
+
+async def test_stop_during_backoff_cancels_the_restart(world):
+    ctl = await world.controller()
+    cid = await run(ctl, "web", restart_policy="always")
+    ctl._containers._delays[cid] = 30.0  # the next delay is a minute: it sits in "restarting"
+    world.runtime.exit(cid, 0)
+    await until(lambda: state(ctl, "web").status == "restarting")
+    with pytest.raises(Exception, match="restarting"):
+        await ctl.remove_container("web")
+    await ctl.stop_container("web")
+    assert state(ctl, "web").status == "exited"
+    assert not ctl._containers._restarts
+
+
+async def test_no_policy_never_restarts(world):
+    ctl = await world.controller()
+    cid = await run(ctl, "web")
+    world.runtime.exit(cid, 1)
+    await until(lambda: state(ctl, "web").status == "exited")
+    await asyncio.sleep(0.2)
+    assert state(ctl, "web").status == "exited"
+
+
+async def test_policies_kept_across_a_daemon_restart(world):
+    ctl = await world.controller()
+    always = await run(ctl, "always", restart_policy="always")
+    unless = await run(ctl, "unless", restart_policy="unless-stopped")
+    stopped = await run(ctl, "stopped", restart_policy="unless-stopped")
+    plain = await run(ctl, "plain")
+    await ctl.stop_container("stopped", timeout=0)
+    await ctl.close()
+    for cid in (always, unless, plain):
+        world.runtime.exit(cid, 137)  # they die while the daemon is down
+    ctl2 = await world.controller()
+    await until(lambda: state(ctl2, "always").status == "running" and state(ctl2, "unless").status == "running")
+    assert [n.name for n, _ in ctl2.container_endpoints(always)] == ["bridge"]
+    await asyncio.sleep(0.2)
+    assert state(ctl2, "stopped").status == "exited"
+    assert state(ctl2, "plain").status == "exited"
+    assert stopped and plain

@@ -13,8 +13,9 @@ import logging
 import os
 import signal as signals
 import socket
+import time
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from cnm.engine.execs import Execs
 from cnm.engine.locks import KeyedLocks
@@ -37,9 +38,17 @@ from cnm.errors import (
 from cnm.kernel.api import Kernel
 from cnm.model.container import (
     EXITED,
+    FROM_BINDS,
+    FROM_MOUNTS,
+    RESTART_ALWAYS,
+    RESTART_NO,
+    RESTART_ON_FAILURE,
+    RESTART_UNLESS_STOPPED,
+    RESTARTING,
     RUNNING,
     Container,
     ContainerConfig,
+    ContainerState,
     Image,
     command_of,
 )
@@ -52,6 +61,36 @@ from cnm.runtime.api import Runtime, StartRequest
 log = logging.getLogger("cnm.engine")
 
 UNKNOWN_EXIT = 255
+
+# Docker's restart manager: the first restart after 100 ms, each next one twice as late, at
+# most a minute apart; a run of 10 s or more starts the series over.
+RESTART_FIRST_DELAY = 0.1
+RESTART_MAX_DELAY = 60.0
+RESTART_RESET_AFTER = 10.0
+
+
+def should_restart(config: ContainerConfig, state: ContainerState, exit_code: int, *, daemon_start: bool) -> bool:
+    """Docker's ``RestartManager.ShouldRestart``.  While cnmd runs, a container stopped
+    or killed by its user is never restarted.  At daemon start, ``always`` comes back even
+    then (Docker's rule), ``unless-stopped`` only if the user did not stop it, and
+    ``on-failure`` on a non-zero exit below its retry limit."""
+    policy = config.restart_policy
+    if policy == RESTART_NO or (state.stopped_by_user and not daemon_start):
+        return False
+    if policy == RESTART_ALWAYS:
+        return True
+    if policy == RESTART_UNLESS_STOPPED:
+        return not state.stopped_by_user
+    if policy == RESTART_ON_FAILURE:
+        return exit_code != 0 and (config.restart_max == 0 or state.restart_count < config.restart_max)
+    return False
+
+
+def next_delay(previous: float, ran_for: float) -> float:
+    """The backoff after a run of ``ran_for`` seconds that followed a delay of ``previous``."""
+    if ran_for >= RESTART_RESET_AFTER or previous <= 0:
+        return RESTART_FIRST_DELAY
+    return min(previous * 2, RESTART_MAX_DELAY)
 
 
 def parse_signal(value: str | int | None, default: int = signals.SIGKILL) -> int:
@@ -72,6 +111,19 @@ def parse_signal(value: str | int | None, default: int = signals.SIGKILL) -> int
         raise InvalidArgument(f"invalid signal: {value}") from None
 
 
+def make_bind_sources(config: ContainerConfig) -> None:
+    """``-v /host/path:/path``: a missing host path is created as a directory, as Docker
+    does at start (``--mount type=bind`` refuses it at create instead)."""
+    for m in config.mounts:
+        if m.type == "bind" and m.origin == FROM_BINDS and not os.path.exists(m.source):
+            try:
+                os.makedirs(m.source, mode=0o755, exist_ok=True)
+            except OSError as exc:
+                raise InvalidArgument(
+                    f"error while creating mount source path '{m.source}': {exc.strerror or exc}"
+                ) from None
+
+
 @dataclass
 class _Run:
     """A running container's live handles (never stored)."""
@@ -79,6 +131,7 @@ class _Run:
     pid: int
     exited: asyncio.Future[int]
     watcher: asyncio.Task[None] | None = None
+    started: float = field(default_factory=time.monotonic)
 
 
 class Containers:
@@ -103,6 +156,8 @@ class Containers:
         self._naming = naming
         self._publisher = publisher
         self._runs: dict[str, _Run] = {}
+        self._restarts: dict[str, asyncio.Task[None]] = {}  # pending restarts by policy
+        self._delays: dict[str, float] = {}  # each container's last restart delay
         self._removed: dict[str, list[asyncio.Future[int]]] = {}
         self.execs = Execs(runtime, self._running_container)
         os.makedirs(self._netns_dir, exist_ok=True)
@@ -151,6 +206,11 @@ class Containers:
         if not command_of(config, image):
             raise InvalidArgument("No command specified")
         config = replace(config, networks=self._create_networks(config))
+        for m in config.mounts:
+            if m.type == "bind" and m.origin == FROM_MOUNTS and not os.path.exists(m.source):
+                raise InvalidArgument(
+                    f'invalid mount config for type "bind": bind source path does not exist: {m.source}'
+                )
         container = Container(
             id=new_id(),
             name=name,
@@ -202,6 +262,9 @@ class Containers:
             container = self._state.containers[container.id]
             if container.running:
                 raise NotModified(f"container {container.id} is already running")
+            self._cancel_restart(container.id)
+            # a start by the user begins a new life: no count, no "stopped by the user"
+            container = replace(container, state=replace(container.state, restart_count=0, stopped_by_user=False))
             try:
                 image = self._find_image(container)
                 run = await self._start_locked(container, image)
@@ -309,6 +372,7 @@ class Containers:
                 link_env = self._naming.link_env(container)
                 if link_env:  # legacy links add variables for this run only, like Docker
                     config = replace(config, env=(*link_env, *config.env))
+            make_bind_sources(config)
             pid = await self._runtime.start(
                 StartRequest(
                     container=replace(container, config=config),
@@ -388,13 +452,24 @@ class Containers:
                 await self._runtime.cleanup(container_id)
             except CnmError as exc:
                 errors.append(exc)
+            restart = should_restart(container.config, container.state, code, daemon_start=False)
             exited = replace(
                 container,
                 sandbox_id="",
-                state=replace(container.state, status=EXITED, pid=0, exit_code=code, finished_at=now_rfc3339()),
+                state=replace(
+                    container.state,
+                    status=RESTARTING if restart else EXITED,
+                    pid=0,
+                    exit_code=code,
+                    finished_at=now_rfc3339(),
+                ),
             )
             self._state.commit(put=[exited])
             run = self._runs.pop(container_id, None)
+            if restart:
+                ran_for = time.monotonic() - run.started if run is not None else 0.0
+                delay = next_delay(self._delays.get(container_id, 0.0), ran_for)
+                self._schedule_restart(container_id, delay)
         for err in errors:
             log.warning("container %s teardown: %s", container.name, err)
         log.info("container %s (%s) exited with %d", container.name, container.short_id, code)
@@ -422,13 +497,91 @@ class Containers:
             self._state.commit(delete=[sandbox])
         return errors
 
+    # -- restart policies -----------------------------------------------------------------
+
+    def _schedule_restart(self, container_id: str, delay: float) -> None:
+        self._delays[container_id] = delay
+        self._cancel_restart(container_id)
+        task = asyncio.get_running_loop().create_task(self._restart_later(container_id, delay))
+        self._restarts[container_id] = task
+
+    def _cancel_restart(self, container_id: str) -> bool:
+        """Drop a pending restart; True if there was one."""
+        task = self._restarts.pop(container_id, None)
+        if task is None or task is asyncio.current_task():
+            return False
+        task.cancel()
+        return True
+
+    async def _restart_later(self, container_id: str, delay: float) -> None:
+        """Start the container again after ``delay``, as its policy says, unless the user
+        stopped, started or removed it meanwhile.  A failed start counts as an exit (code
+        128) and follows the policy again, later."""
+        await asyncio.sleep(delay)
+        async with self._locks.hold(container_id):
+            if self._restarts.get(container_id) is not asyncio.current_task():
+                return
+            self._restarts.pop(container_id, None)
+            container = self._state.containers.get(container_id)
+            if container is None or container.running:
+                return
+            count = container.state.restart_count + 1
+            container = replace(container, state=replace(container.state, restart_count=count))
+            try:
+                run = await self._start_locked(container, self._find_image(container))
+            except Exception as exc:
+                log.warning("restart of %s by its policy failed: %s", container.name, exc)
+                again = should_restart(container.config, container.state, 128, daemon_start=False)
+                state = replace(container.state, status=RESTARTING if again else EXITED, error=str(exc),
+                                exit_code=128, finished_at=now_rfc3339())
+                self._state.commit(put=[replace(container, state=state)])
+                if again:
+                    self._schedule_restart(container_id, next_delay(self._delays.get(container_id, 0.0), 0.0))
+                return
+        log.info("container %s restarted by its policy (%s)", container.name, container.config.restart_policy)
+        run.watcher = asyncio.get_running_loop().create_task(self._watch(container_id, run))
+
+    async def resume_restarts(self) -> None:
+        """At daemon start, once networks are in place: containers found dead (or waiting
+        for a restart) whose policy says so start again, as Docker's daemon does."""
+        for container in list(self._state.containers.values()):
+            if container.state.status not in (EXITED, RESTARTING):
+                continue
+            if not should_restart(container.config, container.state, container.state.exit_code, daemon_start=True):
+                if container.state.status == RESTARTING:
+                    self._state.commit(put=[replace(container, state=replace(container.state, status=EXITED))])
+                continue
+            if container.state.status != RESTARTING:
+                self._state.commit(put=[replace(container, state=replace(container.state, status=RESTARTING))])
+            self._schedule_restart(container.id, 0.0)
+
     # -- stop / kill / remove / wait ------------------------------------------------------
+
+    async def _mark_stopped_by_user(self, container: Container) -> Container:
+        """``stop``/``kill``: no restart by policy (``unless-stopped`` remembers it across
+        a daemon restart); a pending restart is dropped and the container is exited."""
+        async with self._locks.hold(container.id):
+            current = self._state.containers.get(container.id)
+            if current is None:
+                raise NotFound(f"No such container: {container.id}")
+            state = replace(current.state, stopped_by_user=True)
+            if self._cancel_restart(container.id) or state.status == RESTARTING:
+                state = replace(state, status=EXITED)
+            if state != current.state:
+                current = replace(current, state=state)
+                self._state.commit(put=[current])
+            return current
 
     async def stop(self, ref: str, timeout: int | None = None, signal: str | None = None) -> None:
         container = self.find(ref)
+        if container.state.status == RESTARTING:
+            await self._mark_stopped_by_user(container)
+            return
         run = self._runs.get(container.id)
         if not container.running or run is None:
             raise NotModified(f"container {container.id} is not running")
+        if container.config.restart_policy != RESTART_NO:
+            await self._mark_stopped_by_user(container)
         sig = parse_signal(signal or container.config.stop_signal, signals.SIGTERM)
         grace = container.config.stop_timeout if timeout is None else timeout
         await self._runtime.kill(container.id, sig)
@@ -441,18 +594,31 @@ class Containers:
     async def kill(self, ref: str, signal: str = "SIGKILL") -> None:
         container = self.find(ref)
         sig = parse_signal(signal)
+        if container.state.status == RESTARTING:
+            raise Conflict(f"Container {container.id} is restarting, wait until the container is running")
         if not container.running:
             raise Conflict(f"container {container.id} is not running")
+        if container.config.restart_policy != RESTART_NO:
+            await self._mark_stopped_by_user(container)
         await self._runtime.kill(container.id, sig)
 
     async def remove(self, ref: str, force: bool = False) -> None:
         container = self.find(ref)
+        if container.state.status == RESTARTING:
+            if not force:
+                raise Conflict(
+                    f'cannot remove container "/{container.name}": container is restarting: '
+                    "stop the container before removing or force remove"
+                )
+            container = await self._mark_stopped_by_user(container)
         if container.running:
             if not force:
                 raise Conflict(
                     f'cannot remove container "/{container.name}": container is running: '
                     "stop the container before removing or force remove"
                 )
+            if container.config.restart_policy != RESTART_NO:
+                container = await self._mark_stopped_by_user(container)
             run = self._runs.get(container.id)
             await self._runtime.kill(container.id, signals.SIGKILL)
             if run is not None:
@@ -470,6 +636,8 @@ class Containers:
                 errors.append(exc)
             self._state.commit(delete=[container])
             self.execs.forget(container.id)
+            self._cancel_restart(container.id)
+            self._delays.pop(container.id, None)
         for fut in self._removed.pop(container.id, []):
             if not fut.done():
                 fut.set_result(container.state.exit_code)
@@ -725,6 +893,9 @@ class Containers:
         for run in self._runs.values():
             if run.watcher is not None:
                 run.watcher.cancel()
+        for task in self._restarts.values():  # pending restarts resume at the next start
+            task.cancel()
+        self._restarts.clear()
         self.execs.close()
 
 

@@ -140,6 +140,7 @@ class Controller:
             await self._drivers[driver].restore(mine, eps)
         await self._networks.ensure_predefined()
         await self._firewall.sync(self.bridge_rules(), self.port_rules())
+        await self._containers.resume_restarts()  # restart policies, once networks are in place
 
     def _release_orphan_addresses(self) -> None:
         """Pools whose network record is missing and addresses whose owner endpoint no
