@@ -138,6 +138,15 @@ async def test_unknown_secondary_network_refused_at_create(world):
     assert ctl.containers() == []
 
 
+async def test_unknown_container_mode_target_refused_at_create(world):
+    ctl = await world.controller()
+    with pytest.raises(NotFound, match="No such container: ghost"):
+        await ctl.create_container("web", ContainerConfig(image="busybox", network_mode="container:ghost"))
+    await run(ctl, "main")
+    c, _ = await ctl.create_container("side", ContainerConfig(image="busybox", network_mode="container:main"))
+    assert dict(c.config.networks) == {}
+
+
 async def test_no_command_refused_at_create(world):
     ctl = await world.controller()
     world.runtime.add_image("scratchy", image_id="sha256:" + "cd" * 32, cmd=())

@@ -232,6 +232,7 @@ class Containers:
         primary network (``network_mode``) included."""
         mode = config.network_mode
         if mode.startswith("container:"):
+            self.find(mode[len("container:"):])  # Docker: "No such container: X" at create
             return {}
         out: dict[str, EndpointRequest] = {}
         primary = self._networks.find(mode)
