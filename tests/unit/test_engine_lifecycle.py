@@ -288,3 +288,15 @@ async def test_policies_kept_across_a_daemon_restart(world):
     assert state(ctl2, "stopped").status == "exited"
     assert state(ctl2, "plain").status == "exited"
     assert stopped and plain
+
+
+async def test_a_failed_restart_leaves_the_container_exited(world):
+    ctl = await world.controller()
+    cid = await run(ctl, "web", restart_policy="always")
+    world.runtime.fail_start = True
+    world.runtime.exit(cid, 0)
+    await until(lambda: state(ctl, "web").status == "exited")
+    assert "fake failure" in state(ctl, "web").error
+    await asyncio.sleep(0.3)
+    assert state(ctl, "web").status == "exited" and not ctl._containers._restarts
+    assert ctl.container_endpoints(cid) == [] and not netns_paths(world.kernel)

@@ -516,8 +516,8 @@ class Containers:
 
     async def _restart_later(self, container_id: str, delay: float) -> None:
         """Start the container again after ``delay``, as its policy says, unless the user
-        stopped, started or removed it meanwhile.  A failed start counts as an exit (code
-        128) and follows the policy again, later."""
+        stopped, started or removed it meanwhile.  A restart that fails leaves the container
+        exited with the error (Docker's daemon gives up there too: no loop of failures)."""
         await asyncio.sleep(delay)
         async with self._locks.hold(container_id):
             if self._restarts.get(container_id) is not asyncio.current_task():
@@ -532,12 +532,9 @@ class Containers:
                 run = await self._start_locked(container, self._find_image(container))
             except Exception as exc:
                 log.warning("restart of %s by its policy failed: %s", container.name, exc)
-                again = should_restart(container.config, container.state, 128, daemon_start=False)
-                state = replace(container.state, status=RESTARTING if again else EXITED, error=str(exc),
-                                exit_code=128, finished_at=now_rfc3339())
+                state = replace(container.state, status=EXITED, error=str(exc), exit_code=128,
+                                finished_at=now_rfc3339())
                 self._state.commit(put=[replace(container, state=state)])
-                if again:
-                    self._schedule_restart(container_id, next_delay(self._delays.get(container_id, 0.0), 0.0))
                 return
         log.info("container %s restarted by its policy (%s)", container.name, container.config.restart_policy)
         run.watcher = asyncio.get_running_loop().create_task(self._watch(container_id, run))
