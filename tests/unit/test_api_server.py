@@ -792,3 +792,21 @@ async def test_image_import_list_inspect_remove(server):
     assert pull.status == 404 and "cnm image import" in pull.json()["message"]
     deleted = await client.request("DELETE", "/images/busybox:1.36")
     assert deleted.json() == [{"Untagged": "busybox:1.36"}, {"Deleted": "sha256:" + "cd" * 32}]
+
+
+async def test_restarting_container_is_listed_without_all(server):
+    """docker ps shows a container waiting for its restart policy: "Restarting (1) …"."""
+    from dataclasses import replace
+
+    ctrl, client, _ = server
+    cid = await _create(client, {"Image": "busybox", "Cmd": ["false"],
+                                 "HostConfig": {"RestartPolicy": {"Name": "always"}}}, "flaky")
+    c = ctrl.ctrs[cid]
+    ctrl.ctrs[cid] = replace(c, state=replace(c.state, status="restarting", exit_code=1,
+                                              finished_at="2026-01-01T00:00:00Z"))
+    items = (await client.request("GET", "/containers/json")).json()
+    assert [i["Names"] for i in items] == [["/flaky"]]
+    assert items[0]["Status"].startswith("Restarting (1) ")
+    data = (await client.request("GET", f"/containers/{cid}/json")).json()
+    assert data["State"]["Restarting"] is True and data["State"]["Status"] == "restarting"
+    assert data["HostConfig"]["RestartPolicy"] == {"Name": "always", "MaximumRetryCount": 0}
