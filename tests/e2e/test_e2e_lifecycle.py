@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import signal
 
 import pytest
@@ -97,6 +99,54 @@ def test_created_container_disconnected_from_its_network_starts_on_none_of_them(
         assert network_members(host, "lca")["lca"] == []
     finally:
         host.cnm("rm", "-f", "bare", check=False)
+
+
+COMPOSE_FILE = """\
+version: "3.7"
+services:
+  web:
+    image: busybox
+    command: ["sleep", "1d"]
+    networks:
+      front:
+        aliases: [api]
+      back: {}
+  client:
+    image: busybox
+    command: ["sleep", "1d"]
+    networks: [front]
+networks:
+  front: {}
+  back: {}
+"""
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
+def test_docker_compose_up_leaves_web_on_its_two_networks(world: TestHost) -> None:
+    """The real Compose (v1, docker-py) creates each container on one network, then
+    disconnects and reconnects it with its aliases before start."""
+    host = world
+    project = host.tmp / "compose"
+    project.mkdir(exist_ok=True)
+    (project / "docker-compose.yml").write_text(COMPOSE_FILE)
+    env = {"DOCKER_HOST": f"unix://{host.socket_path}", "DOCKER_CONFIG": str(project / "cfg")}
+    compose = [shutil.which("docker-compose") or "docker-compose", "-f", str(project / "docker-compose.yml"),
+               "-p", "lc"]
+    host.run([*compose, "up", "-d"], env=env, timeout=120)
+    try:
+        data = inspect(host, "lc_web_1")[0]
+        nets = data["NetworkSettings"]["Networks"]
+        assert sorted(nets) == ["lc_back", "lc_front"], json.dumps(nets)
+        assert data["HostConfig"]["NetworkMode"] in ("lc_back", "lc_front")
+        assert "api" in nets["lc_front"]["Aliases"]
+        ifaces = interfaces(host, "lc_web_1")
+        assert sorted(ifaces) == ["eth0", "eth1", "lo"], ifaces
+        assert sorted(a for v in ifaces.values() for a in v if not a.startswith("127.")) == sorted(
+            f"{n['IPAddress']}/{n['IPPrefixLen']}" for n in nets.values())
+        answer = cexec(host, "lc_client_1", "nslookup", "api", "127.0.0.11").stdout
+        assert nets["lc_front"]["IPAddress"] in answer, answer
+    finally:
+        host.run([*compose, "down"], env=env, timeout=120, check=False)
 
 
 # -- failed runs leave nothing -------------------------------------------------------------------
