@@ -361,3 +361,11 @@ def test_policies_kept_across_a_daemon_restart(fresh_cnmhost: TestHost, sig: int
     assert ip.startswith("10.43.0.")
     answer = cexec(host, "unless", "nslookup", "always", "127.0.0.11").stdout
     assert ip in answer, answer
+
+
+def test_unknown_network_at_create_is_not_a_404(world: TestHost) -> None:
+    """A 404 from create makes the docker CLI try to pull the image (and print the pull's
+    error instead of this one)."""
+    body = {"Image": "busybox", "Cmd": ["true"], "HostConfig": {"NetworkMode": "nosuchnet"}}
+    resp = world.api("POST", "/containers/create", body)
+    assert resp.status == 400 and "network nosuchnet not found" in resp.message, (resp.status, resp.message)

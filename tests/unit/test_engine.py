@@ -307,7 +307,7 @@ async def test_stopped_container_connect_records_request(world):
 
 async def test_unknown_network_fails_at_create(world):
     ctl = await world.controller()
-    with pytest.raises(NotFound, match="network nosuch not found"):
+    with pytest.raises(InvalidArgument, match="network nosuch not found"):
         await ctl.create_container("web", ContainerConfig(image="busybox", network_mode="nosuch"))
     assert ctl.containers() == []
 

@@ -131,7 +131,7 @@ async def test_ip_outside_subnet_refused_at_create(world):
 
 async def test_unknown_secondary_network_refused_at_create(world):
     ctl = await world.controller()
-    with pytest.raises(NotFound, match="network nosuch not found"):
+    with pytest.raises(InvalidArgument, match="network nosuch not found"):
         await ctl.create_container(
             "web", ContainerConfig(image="busybox", networks={"bridge": EndpointRequest(), "nosuch": EndpointRequest()})
         )

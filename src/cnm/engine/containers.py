@@ -235,9 +235,9 @@ class Containers:
             self.find(mode[len("container:"):])  # Docker: "No such container: X" at create
             return {}
         out: dict[str, EndpointRequest] = {}
-        primary = self._networks.find(mode)
+        primary = self._create_network(mode)
         for key, request in config.networks.items():
-            network = self._networks.find(key)
+            network = self._create_network(key)
             if network.name in out:
                 raise InvalidArgument(f'network "{network.name}" is specified multiple times')
             out[network.name] = request
@@ -251,6 +251,15 @@ class Containers:
                 )
             self._networks.check_request(network, request)
         return out
+
+    def _create_network(self, ref: str) -> Network:
+        """A network named by a create request.  Unknown is a 400, not a 404: a 404 from
+        create makes Docker's CLI believe the image is missing and try to pull it, which
+        would hide this message behind a pull error."""
+        try:
+            return self._networks.find(ref)
+        except NotFound as exc:
+            raise InvalidArgument(str(exc)) from None
 
     # -- start ----------------------------------------------------------------------------
 
