@@ -300,3 +300,21 @@ async def test_a_failed_restart_leaves_the_container_exited(world):
     await asyncio.sleep(0.3)
     assert state(ctl, "web").status == "exited" and not ctl._containers._restarts
     assert ctl.container_endpoints(cid) == [] and not netns_paths(world.kernel)
+
+
+async def test_records_from_before_networks_held_the_primary_are_upgraded(world):
+    """An older cnm kept the primary network implied by network_mode: such a record still
+    starts on it after an upgrade."""
+    from dataclasses import replace
+
+    ctl = await world.controller()
+    await ctl.create_network(NetworkSpec(name="front"))
+    c, _ = await ctl.create_container("web", ContainerConfig(image="busybox", network_mode="front"))
+    old_style = replace(c.config, networks={}, networks_complete=False)
+    ctl._state.commit(put=[replace(c, config=old_style)])
+    await ctl.close()
+    ctl2 = await world.controller()
+    upgraded = ctl2.find_container("web").config
+    assert list(upgraded.networks) == ["front"] and upgraded.networks_complete
+    await ctl2.start_container("web")
+    assert [n.name for n, _ in ctl2.container_endpoints(c.id)] == ["front"]

@@ -205,7 +205,7 @@ class Containers:
             warnings.append("Published ports are discarded when using host network mode")
         if not command_of(config, image):
             raise InvalidArgument("No command specified")
-        config = replace(config, networks=self._create_networks(config))
+        config = replace(config, networks=self._create_networks(config), networks_complete=True)
         for m in config.mounts:
             if m.type == "bind" and m.origin == FROM_MOUNTS and not os.path.exists(m.source):
                 raise InvalidArgument(
@@ -840,6 +840,27 @@ class Containers:
     def _running_container(self, container_id: str) -> Container | None:
         container = self._state.containers.get(container_id)
         return container if container is not None and container.running else None
+
+    def upgrade_records(self) -> None:
+        """Records written before ``config.networks`` held the primary network imply it by
+        ``network_mode``: write it in, once, so that they start where they did."""
+        for container in list(self._state.containers.values()):
+            config = container.config
+            if config.networks_complete:
+                continue
+            networks = dict(config.networks)
+            if not config.network_mode.startswith("container:"):
+                try:
+                    primary = self._networks.find(config.network_mode).name
+                except NotFound:
+                    primary = config.network_mode
+                if not any(k == primary or k == config.network_mode for k in networks):
+                    networks = {primary: EndpointRequest(), **networks}
+                networks = {
+                    (primary if k == config.network_mode else k): v for k, v in networks.items()
+                }
+            upgraded = replace(config, networks=networks, networks_complete=True)
+            self._state.commit(put=[replace(container, config=upgraded)])
 
     # -- restart reconcile ----------------------------------------------------------------
 

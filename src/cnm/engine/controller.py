@@ -130,6 +130,7 @@ class Controller:
         """Load the records, then reconcile them with the kernel (DESIGN.md, Restart):
         firewall base, predefined networks, running containers, orphans."""
         self._state.load()
+        self._containers.upgrade_records()
         await self._firewall.setup()
         await self._containers.restore()
         self._release_orphan_addresses()

@@ -103,6 +103,9 @@ class ContainerConfig:
     tmpfs: Mapping[str, str] = field(default_factory=lambda: _EMPTY)  # HostConfig.Tmpfs as given
     restart_policy: str = RESTART_NO
     restart_max: int = 0  # on-failure's MaximumRetryCount; 0: no limit
+    # False on records written before ``networks`` held the primary network too (it was
+    # implied by ``network_mode``); ``Containers.upgrade_records`` completes them at start.
+    networks_complete: bool = False
 
 
 @dataclass(frozen=True, slots=True)
