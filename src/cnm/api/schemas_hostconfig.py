@@ -299,8 +299,8 @@ _LIST_IS_A_REQUEST = ("MaskedPaths", "ReadonlyPaths")
 
 _UNSUPPORTED_CONFIG = (
     ("Healthcheck", "--health-cmd", ()),
-    ("NetworkDisabled", "--network none", ()),
-    ("Volumes", "-v CONTAINER-PATH (an anonymous volume)", ()),
+    ("NetworkDisabled", "use --network none instead", ()),
+    ("Volumes", "-v /path, an anonymous volume", ()),
 )
 
 
