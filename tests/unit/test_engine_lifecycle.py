@@ -318,3 +318,38 @@ async def test_records_from_before_networks_held_the_primary_are_upgraded(world)
     assert list(upgraded.networks) == ["front"] and upgraded.networks_complete
     await ctl2.start_container("web")
     assert [n.name for n, _ in ctl2.container_endpoints(c.id)] == ["front"]
+
+
+@pytest.mark.parametrize(
+    ("policy", "max_", "stopped", "count", "code", "running_daemon", "daemon_start"),
+    [
+        ("no", 0, False, 0, 1, False, False),
+        ("always", 0, False, 0, 0, True, True),
+        ("always", 0, True, 0, 0, False, True),  # Docker: back at daemon start even if stopped
+        ("unless-stopped", 0, False, 0, 0, True, True),
+        ("unless-stopped", 0, True, 0, 0, False, False),
+        ("on-failure", 0, False, 7, 1, True, True),
+        ("on-failure", 0, False, 0, 0, False, False),
+        ("on-failure", 3, False, 2, 1, True, True),
+        ("on-failure", 3, False, 3, 1, False, False),
+    ],
+)
+def test_should_restart_table(policy, max_, stopped, count, code, running_daemon, daemon_start):
+    from cnm.engine.containers import should_restart
+    from cnm.model.container import ContainerState
+
+    config = ContainerConfig(image="busybox", restart_policy=policy, restart_max=max_)
+    st = ContainerState(status="exited", restart_count=count, stopped_by_user=stopped)
+    assert should_restart(config, st, code, daemon_start=False) is running_daemon
+    assert should_restart(config, st, code, daemon_start=True) is daemon_start
+
+
+def test_backoff_doubles_up_to_a_minute_and_resets_after_a_long_run():
+    from cnm.engine.containers import next_delay
+
+    delays = [0.0]
+    for _ in range(12):
+        delays.append(next_delay(delays[-1], ran_for=0.5))
+    assert delays[1:5] == [0.1, 0.2, 0.4, 0.8]
+    assert max(delays) == 60.0 and delays[-1] == 60.0
+    assert next_delay(60.0, ran_for=10.0) == 0.1
