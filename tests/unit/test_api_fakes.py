@@ -201,6 +201,15 @@ class FakeController:
         self.endpoints[net.id] = kept
 
     # -- containers
+    def _create_networks(self, config: ContainerConfig) -> dict[str, EndpointRequest]:
+        """As the engine: the requests keyed by network name, the primary one included."""
+        mode = config.network_mode
+        if mode.startswith("container:"):
+            return {}
+        nets = {self.find_network(k).name: v for k, v in config.networks.items()}
+        primary = self.find_network(mode).name
+        return {primary: nets.pop(primary, EndpointRequest()), **nets}
+
     async def create_container(self, name, config: ContainerConfig):
         if name and any(c.name == name for c in self.ctrs.values()):
             raise Conflict(f'Conflict. The container name "/{name}" is already in use')
@@ -208,7 +217,7 @@ class FakeController:
             id=new_id(),
             name=name or "brave_turing",
             created=NOW,
-            config=replace(config, image_id="sha256:" + "ab" * 32),
+            config=replace(config, image_id="sha256:" + "ab" * 32, networks=self._create_networks(config)),
         )
         self.ctrs[c.id] = c
         self.exited[c.id] = asyncio.Event()

@@ -874,3 +874,21 @@ async def test_container_export_failing_midway_cuts_the_stream(server):
     head, _, body = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200") and b"first;" in body
     assert not body.endswith(b"0\r\n\r\n") and b"HTTP/1.1" not in body
+
+
+async def test_restarting_container_is_listed_without_all(server):
+    """docker ps shows a container waiting for its restart policy: "Restarting (1) …"."""
+    from dataclasses import replace
+
+    ctrl, client, _ = server
+    cid = await _create(client, {"Image": "busybox", "Cmd": ["false"],
+                                 "HostConfig": {"RestartPolicy": {"Name": "always"}}}, "flaky")
+    c = ctrl.ctrs[cid]
+    ctrl.ctrs[cid] = replace(c, state=replace(c.state, status="restarting", exit_code=1,
+                                              finished_at="2026-01-01T00:00:00Z"))
+    items = (await client.request("GET", "/containers/json")).json()
+    assert [i["Names"] for i in items] == [["/flaky"]]
+    assert items[0]["Status"].startswith("Restarting (1) ")
+    data = (await client.request("GET", f"/containers/{cid}/json")).json()
+    assert data["State"]["Restarting"] is True and data["State"]["Status"] == "restarting"
+    assert data["HostConfig"]["RestartPolicy"] == {"Name": "always", "MaximumRetryCount": 0}

@@ -169,3 +169,43 @@ def test_exec_body_matches_docker():
     assert exec_body(v, args[1:], {}, None) == {
         "User": "", "Privileged": False, "Tty": False, "AttachStdin": False, "AttachStderr": True,
         "AttachStdout": True, "Detach": False, "DetachKeys": "", "Env": [], "WorkingDir": "", "Cmd": ["ip", "addr"]}
+
+
+def test_volumes_mounts_tmpfs_and_restart():
+    body = run_body("-v", "/tmp:/host:ro", "-v", "/data", "--mount", "type=bind,src=/etc,dst=/e,readonly",
+                    "--mount", "type=tmpfs,target=/t,tmpfs-size=64m,tmpfs-mode=1770",
+                    "--tmpfs", "/run:rw,size=1m", "--restart", "on-failure:3", "busybox")
+    host = body["HostConfig"]
+    assert host["Binds"] == ["/tmp:/host:ro"]
+    assert body["Volumes"] == {"/data": {}}  # an anonymous volume: the daemon says no
+    assert host["Mounts"] == [
+        {"Type": "bind", "Source": "/etc", "Target": "/e", "ReadOnly": True},
+        {"Type": "tmpfs", "Target": "/t", "TmpfsOptions": {"SizeBytes": 64 << 20, "Mode": 0o1770}},
+    ]
+    assert host["Tmpfs"] == {"/run": "rw,size=1m"}
+    assert host["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 3}
+    plain = run_body("busybox")["HostConfig"]
+    assert plain["RestartPolicy"] == {"Name": "no", "MaximumRetryCount": 0} and plain["Binds"] is None
+    assert "Mounts" not in plain and "Tmpfs" not in plain
+
+
+def test_relative_volume_source_is_made_absolute():
+    import os
+
+    assert run_body("-v", "./sub:/x", "busybox")["HostConfig"]["Binds"] == [os.path.abspath("./sub") + ":/x"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--restart", ":3"], "no policy provided before colon"),
+        (["--restart", "on-failure:x"], "maximum retry count must be an integer"),
+        (["--rm", "--restart", "always"], "cannot specify both --restart and --rm"),
+        (["--mount", "type=bind,src=/a"], "target is required"),
+        (["--mount", "type=bind,src=/a,dst=/b,nonsense=1"], "unexpected key 'nonsense'"),
+        (["--mount", "type=tmpfs,dst=/b,tmpfs-size=lots"], "invalid size"),
+    ],
+)
+def test_bad_mount_and_restart_flags(argv, message):
+    with pytest.raises(ValueError, match=message):
+        run_body(*argv, "busybox")

@@ -168,13 +168,14 @@ async def test_static_ip_mac_hostname(world):
     assert not ctl.container_endpoints(other.id)
 
 
-async def test_static_ip_refused_on_default_bridge(world):
+async def test_static_ip_refused_on_default_bridge_at_create(world):
     ctl = await world.controller()
-    c, _ = await ctl.create_container(
-        "aa", ContainerConfig(image="busybox", networks={"bridge": EndpointRequest(ipv4_address=IPv4Address("172.17.0.9"))})
-    )
     with pytest.raises(InvalidArgument, match="user defined networks only"):
-        await ctl.start_container(c.id)
+        await ctl.create_container(
+            "aa",
+            ContainerConfig(image="busybox", networks={"bridge": EndpointRequest(ipv4_address=IPv4Address("172.17.0.9"))}),
+        )
+    assert ctl.containers() == []
 
 
 async def test_connect_disconnect_running(world):
@@ -304,10 +305,19 @@ async def test_stopped_container_connect_records_request(world):
     assert [n.name for n, _ in ctl.container_endpoints(c.id)] == ["bridge", "backend"]
 
 
-async def test_unknown_network_fails_at_start(world):
+async def test_unknown_network_fails_at_create(world):
     ctl = await world.controller()
-    c, _ = await ctl.create_container("web", ContainerConfig(image="busybox", network_mode="nosuch"))
-    with pytest.raises(NotFound, match="network nosuch not found"):
+    with pytest.raises(InvalidArgument, match="network nosuch not found"):
+        await ctl.create_container("web", ContainerConfig(image="busybox", network_mode="nosuch"))
+    assert ctl.containers() == []
+
+
+async def test_network_removed_after_create_fails_at_start(world):
+    ctl = await world.controller()
+    await ctl.create_network(NetworkSpec(name="gone"))
+    await ctl.create_container("web", ContainerConfig(image="busybox", network_mode="gone"))
+    await ctl.remove_network("gone")
+    with pytest.raises(NotFound, match="network gone not found"):
         await ctl.start_container("web")
     assert not netns_paths(world.kernel)
 

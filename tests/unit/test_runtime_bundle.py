@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from cnm.errors import RuntimeFailure
-from cnm.model.container import ContainerConfig, Image
+from cnm.errors import InvalidArgument, RuntimeFailure
+from cnm.model.container import ContainerConfig, Image, Mount
 from cnm.runtime import bundle
 from cnm.runtime.bundle import User
 
@@ -48,9 +48,15 @@ class TestProcessArgs:
         image = Image(id=IMAGE.id, repo_tags=(), created="", cmd=("httpd", "-f"))
         assert bundle.process_args(config(), image) == ["httpd", "-f"]
 
-    def test_sh_when_nothing(self):
-        image = Image(id=IMAGE.id, repo_tags=(), created="")
-        assert bundle.process_args(config(), image) == ["/bin/sh"]
+    def test_no_command_is_refused_as_docker_does(self):
+        image = Image(id=IMAGE.id, repo_tags=(), created="")  # an import carries no cmd
+        with pytest.raises(InvalidArgument, match="No command specified"):
+            bundle.process_args(config(), image)
+
+    def test_empty_entrypoint_takes_the_image_cmd(self):
+        assert bundle.process_args(config(entrypoint=("",)), IMAGE) == ["/bin/sh"]
+        with pytest.raises(InvalidArgument, match="No command specified"):
+            bundle.process_args(config(entrypoint=("",)), Image(id=IMAGE.id, repo_tags=(), created=""))
 
 
 class TestProcessEnv:
@@ -203,3 +209,29 @@ class TestResolveUser:
         os.symlink(str(outside), root / "etc" / "passwd")
         with pytest.raises(RuntimeFailure):
             bundle.resolve_user(str(root), "evil")
+
+
+class TestUserMounts:
+    def test_binds_and_tmpfs(self):
+        mounts = [
+            Mount(type="bind", source="/srv/a", target="/data/sub", read_only=True),
+            Mount(type="bind", source="/srv", target="/data", options=("rshared",)),
+            Mount(type="tmpfs", target="/run", options=("size=1m", "exec")),
+        ]
+        spec = make_spec(mounts=mounts)
+        user = [m for m in spec["mounts"] if m["destination"] in ("/data", "/data/sub", "/run")]
+        assert user == [  # parents first
+            {"destination": "/data", "type": "bind", "source": "/srv", "options": ["rbind", "rshared"]},
+            {"destination": "/run", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "nodev", "size=1m", "exec"]},
+            {"destination": "/data/sub", "type": "bind", "source": "/srv/a", "options": ["rbind", "rprivate", "ro"]},
+        ]
+
+    def test_a_user_mount_replaces_the_hosts_file_bind(self):
+        spec = make_spec(mounts=[Mount(type="bind", source="/my/hosts", target="/etc/hosts")])
+        hosts = [m for m in spec["mounts"] if m["destination"] == "/etc/hosts"]
+        assert [m["source"] for m in hosts] == ["/my/hosts"]
+
+    def test_merge_options(self):
+        assert bundle.merge_options(["noexec", "nosuid", "size=1m", "exec", "size=2m"]) == [
+            "nosuid", "exec", "size=2m"]

@@ -116,7 +116,8 @@ async def list_containers(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", -1) or -1
     items: list[tuple[str, dict[str, Any]]] = []
     for c in api.controller.containers():
-        if not show_all and not c.running and not f.values("status") and not f.values("exited"):
+        live = c.running or c.state.status == "restarting"  # docker ps lists restarting ones too
+        if not show_all and not live and not f.values("status") and not f.values("exited"):
             continue
         view = network_view(api, c)
         if _ps_match(c, view, f):

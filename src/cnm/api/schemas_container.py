@@ -16,6 +16,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cnm.api.http import get_bool, get_dict, get_str, get_str_list, get_str_map
+from cnm.api.schemas_hostconfig import (
+    mount_json,
+    mount_point_json,
+    parse_mounts,
+    parse_restart_policy,
+    refuse_unsupported,
+)
 from cnm.api.schemas_network import endpoint_settings_json, parse_endpoint_settings
 from cnm.engine.controller import ContainerPaths
 from cnm.errors import InvalidArgument
@@ -23,7 +30,10 @@ from cnm.model.container import (
     CREATED,
     DEAD,
     EXITED,
+    FROM_MOUNTS,
+    FROM_TMPFS,
     REMOVING,
+    RESTARTING,
     RUNNING,
     ZERO_TIME,
     Container,
@@ -163,8 +173,11 @@ def parse_container_create(body: dict[str, Any]) -> tuple[ContainerConfig, list[
     image = get_str(body, "Image")
     if not image:
         raise InvalidArgument("config cannot be empty in order to create a container")
+    refuse_unsupported(body, host)
     mode = normalise_network_mode(get_str(host, "NetworkMode"))
     _validate_net_mode(body, host, mode)
+    mounts, binds, tmpfs = parse_mounts(host)
+    restart_policy, restart_max = parse_restart_policy(host)
     networks = _endpoints_config(body)
     warnings: list[str] = []
     _move_container_mac(get_str(body, "MacAddress"), mode, networks, warnings)
@@ -205,6 +218,11 @@ def parse_container_create(body: dict[str, Any]) -> tuple[ContainerConfig, list[
         auto_remove=get_bool(host, "AutoRemove"),
         stop_signal=get_str(body, "StopSignal") or "SIGTERM",
         stop_timeout=10 if stop_timeout is None else stop_timeout,
+        mounts=mounts,
+        binds=binds,
+        tmpfs=tmpfs,
+        restart_policy=restart_policy,
+        restart_max=restart_max,
     )
     return config, warnings
 
@@ -273,6 +291,10 @@ def status_text(c: Container, now: datetime | None = None) -> str:
         return "Up " + human_duration((now - started).total_seconds() if started else 0)
     if status == REMOVING:
         return "Removal In Progress"
+    if status == RESTARTING:
+        finished = parse_time(c.state.finished_at)
+        ago = human_duration((now - finished).total_seconds()) if finished else "Less than a second"
+        return f"Restarting ({c.state.exit_code}) {ago} ago"
     if status == DEAD:
         return "Dead"
     if status == CREATED:
@@ -314,7 +336,8 @@ def _dns_names(c: Container, net: Network, request: EndpointRequest, hostname: s
 
 def networks_json(c: Container, view: NetworkView, hostname: str) -> dict[str, Any]:
     """``NetworkSettings.Networks``: live endpoints when running, the stored requests
-    (operational fields blank) when not.  ``container:X`` mode has none."""
+    (operational fields blank) when not: the networks the next start joins, which after a
+    ``network disconnect`` may not include ``NetworkMode``'s.  ``container:X`` mode has none."""
     mode = c.config.network_mode
     if mode.startswith("container:"):
         return {}
@@ -325,12 +348,7 @@ def networks_json(c: Container, view: NetworkView, hostname: str) -> dict[str, A
                 ep.request, endpoint=ep, dns_names=_dns_names(c, net, ep.request, hostname)
             )
         return out
-    requests = dict(c.config.networks)
-    if mode not in requests and not any(
-        (n := view.find_network(k)) is not None and n.name == mode for k in requests
-    ):
-        requests = {mode: EndpointRequest(), **requests}
-    for key, request in requests.items():
+    for key, request in c.config.networks.items():
         net = view.find_network(key)
         out[key] = endpoint_settings_json(
             request,
@@ -416,13 +434,13 @@ def _links_json(c: Container) -> list[str] | None:
 
 def host_config_json(c: Container) -> dict[str, Any]:
     cfg = c.config
-    return {
-        "Binds": None,
+    out = {
+        "Binds": list(cfg.binds) if cfg.binds else None,
         "ContainerIDFile": "",
         "LogConfig": {"Type": "json-file", "Config": {}},
         "NetworkMode": cfg.network_mode,
         "PortBindings": _port_bindings_json(c),
-        "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
+        "RestartPolicy": {"Name": cfg.restart_policy, "MaximumRetryCount": cfg.restart_max},
         "AutoRemove": cfg.auto_remove,
         "VolumeDriver": "",
         "VolumesFrom": None,
@@ -450,6 +468,12 @@ def host_config_json(c: Container) -> dict[str, Any]:
         "Runtime": "runc",
         "Isolation": "",
     }
+    given = [mount_json(m) for m in cfg.mounts if m.origin == FROM_MOUNTS]
+    if given:  # omitempty in moby
+        out["Mounts"] = given
+    if cfg.tmpfs:
+        out["Tmpfs"] = dict(cfg.tmpfs)
+    return out
 
 
 def config_json(c: Container, hostname: str, mappings: list[PortMapping] | None = None) -> dict[str, Any]:
@@ -493,13 +517,19 @@ def config_json(c: Container, hostname: str, mappings: list[PortMapping] | None 
     return out
 
 
+def mount_points_json(c: Container) -> list[dict[str, Any]]:
+    """Inspect's and ``ps``'s ``Mounts``: binds and ``--mount type=tmpfs`` (moby lists no
+    ``HostConfig.Tmpfs`` entry there)."""
+    return [mount_point_json(m) for m in c.config.mounts if m.origin != FROM_TMPFS]
+
+
 def state_json(c: Container) -> dict[str, Any]:
     s = c.state
     return {
         "Status": s.status,
         "Running": s.status == RUNNING,
         "Paused": False,
-        "Restarting": False,
+        "Restarting": s.status == RESTARTING,
         "OOMKilled": s.oom_killed,
         "Dead": s.status == DEAD,
         "Pid": s.pid,
@@ -530,7 +560,7 @@ def container_inspect_json(c: Container, view: NetworkView, paths: ContainerPath
         "HostsPath": paths.hosts if paths else "",
         "LogPath": paths.log if paths else "",
         "Name": "/" + c.name,
-        "RestartCount": 0,
+        "RestartCount": c.state.restart_count,
         "Driver": "overlay",
         "Platform": "linux",
         "MountLabel": "",
@@ -539,7 +569,7 @@ def container_inspect_json(c: Container, view: NetworkView, paths: ContainerPath
         "ExecIDs": None,
         "HostConfig": host_config_json(c),
         "GraphDriver": {"Data": {}, "Name": "overlay"},
-        "Mounts": [],
+        "Mounts": mount_points_json(c),
         "Config": config_json(c, hostname, published(view)),
         "NetworkSettings": network_settings_json(c, view, hostname),
     }
@@ -578,7 +608,7 @@ def container_summary_json(c: Container, view: NetworkView, now: datetime | None
         "Status": status_text(c, now),
         "HostConfig": {"NetworkMode": mode},
         "NetworkSettings": {"Networks": networks_json(c, view, hostname)},
-        "Mounts": [],
+        "Mounts": mount_points_json(c),
     }
 
 
@@ -587,7 +617,7 @@ def network_keys(c: Container, view: NetworkView) -> list[tuple[str, str]]:
     if c.running and view.endpoints:
         return [(n.name, n.id) for n, _ in view.endpoints]
     out = []
-    for key in [c.config.network_mode, *c.config.networks]:
+    for key in c.config.networks:
         net = view.find_network(key)
         out.append((net.name, net.id) if net else (key, ""))
     return out

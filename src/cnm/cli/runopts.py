@@ -94,6 +94,7 @@ CREATE_FLAGS = [
     F.flag("--link", kind=F.LIST, validate=_validate_link, help="Add link to another container"),
     F.flag("--link-local-ip", kind=F.LIST, help="Container IPv4/IPv6 link-local addresses"),
     F.flag("--mac-address", help="Container MAC address (e.g., 92:d0:c6:0a:29:33)"),
+    F.flag("--mount", kind=F.LIST, help="Attach a filesystem mount to the container"),
     F.flag("--name", help="Assign a name to the container"),
     F.flag("--network", "--net", kind=F.LIST, dest="network", metavar="network",
            help="Connect a container to a network"),
@@ -107,8 +108,10 @@ CREATE_FLAGS = [
     F.flag("--restart", default="no", help="Restart policy to apply when a container exits"),
     F.flag("--stop-signal", help="Signal to stop the container"),
     F.flag("--stop-timeout", kind=F.INT, help="Timeout (in seconds) to stop a container"),
+    F.flag("--tmpfs", kind=F.LIST, help="Mount a tmpfs directory"),
     F.flag("-t", "--tty", kind=F.BOOL, help="Allocate a pseudo-TTY"),
     F.flag("-u", "--user", help="Username or UID (format: <name|uid>[:<group|gid>])"),
+    F.flag("-v", "--volume", kind=F.LIST, help="Bind mount a volume"),
     F.flag("-w", "--workdir", help="Working directory inside the container"),
 ]
 
@@ -285,6 +288,114 @@ def read_env_files(paths: list[str], env: dict[str, str]) -> list[str]:
     return out
 
 
+def parse_restart(value: str) -> dict:
+    """``opts.ParseRestartPolicy``: ``no``, ``always``, ``unless-stopped``,
+    ``on-failure[:N]`` -> ``RestartPolicy`` (the daemon checks the name)."""
+    name, colon, count = (value or "no").partition(":")
+    if colon and not name:
+        raise ValueError("invalid restart policy format: no policy provided before colon")
+    retries = 0
+    if colon:
+        try:
+            retries = int(count)
+        except ValueError:
+            raise ValueError("invalid restart policy format: maximum retry count must be an integer") from None
+    return {"Name": name, "MaximumRetryCount": retries}
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def ram_in_bytes(text: str) -> int:
+    """go-units ``RAMInBytes``: ``64m``, ``1g``, ``512kb``, ``1024``."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgtb]?)b?\s*", text.lower())
+    if m is None:
+        raise ValueError(f"invalid size: '{text}'")
+    return int(float(m[1]) * _SIZE_UNITS[m[2]])
+
+
+def _bool_value(key: str, value: str) -> bool:
+    if value.lower() in ("", "1", "true"):
+        return True
+    if value.lower() in ("0", "false"):
+        return False
+    raise ValueError(f"invalid value for {key}: {value}")
+
+
+def parse_mount_flag(value: str) -> dict:
+    """``opts.MountOpt.Set``: ``type=bind,source=/a,target=/b,readonly`` -> a ``Mount``
+    (the daemon refuses the types and options cnm does not implement)."""
+    mount: dict = {"Type": "volume"}
+    bind: dict = {}
+    tmpfs: dict = {}
+    for field in value.split(","):
+        key, eq, val = field.partition("=")
+        key = key.strip().lower()
+        if not eq and key not in ("readonly", "ro", "bind-nonrecursive", "volume-nocopy"):
+            raise ValueError(f"invalid field '{field}' must be a key=value pair")
+        if key == "type":
+            mount["Type"] = val
+        elif key in ("source", "src"):
+            mount["Source"] = val
+        elif key in ("target", "dst", "destination"):
+            mount["Target"] = val
+        elif key in ("readonly", "ro"):
+            mount["ReadOnly"] = _bool_value(key, val)
+        elif key == "consistency":
+            mount["Consistency"] = val
+        elif key == "bind-propagation":
+            bind["Propagation"] = val
+        elif key == "bind-nonrecursive":
+            bind["NonRecursive"] = _bool_value(key, val)
+        elif key == "bind-create-mountpoint":
+            bind["CreateMountpoint"] = _bool_value(key, val)
+        elif key == "tmpfs-size":
+            tmpfs["SizeBytes"] = ram_in_bytes(val)
+        elif key == "tmpfs-mode":
+            try:
+                tmpfs["Mode"] = int(val, 8)
+            except ValueError:
+                raise ValueError(f"invalid value for {key}: {val}") from None
+        elif key.startswith("volume-"):
+            mount.setdefault("VolumeOptions", {})[key[len("volume-"):]] = val or True
+        else:
+            raise ValueError(f"unexpected key '{key}' in '{field}'")
+    if not mount.get("Target"):
+        raise ValueError("target is required")
+    if bind:
+        mount["BindOptions"] = bind
+    if tmpfs:
+        mount["TmpfsOptions"] = tmpfs
+    return mount
+
+
+def parse_volumes(values: list[str]) -> tuple[list[str], dict[str, dict]]:
+    """``-v``: ``SRC:DST[:MODE]`` -> Binds (a ``./relative`` source made absolute, as
+    Docker's CLI does); a lone ``/path`` -> Config.Volumes (an anonymous volume)."""
+    binds: list[str] = []
+    volumes: dict[str, dict] = {}
+    for value in values:
+        if ":" not in value:
+            volumes[value] = {}
+            continue
+        source, _, rest = value.partition(":")
+        if source.startswith("."):
+            source = os.path.abspath(source)
+        binds.append(f"{source}:{rest}")
+    return binds, volumes
+
+
+def parse_tmpfs_flags(values: list[str]) -> dict[str, str]:
+    """``--tmpfs /run:rw,size=64m`` -> ``HostConfig.Tmpfs``."""
+    out: dict[str, str] = {}
+    for value in values:
+        path, _, options = value.partition(":")
+        out[path] = options
+    return out
+
+
 def _kv_map(items: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items:
@@ -346,14 +457,19 @@ def create_body(v: dict, changed: set[str], image: str, cmd: list[str], detach: 
         config["StopSignal"] = v["stop_signal"]
     if v["stop_timeout"] is not None:
         config["StopTimeout"] = v["stop_timeout"]
-    restart_name, _, retries = (v["restart"] or "no").partition(":")
+    restart = parse_restart(v["restart"])
+    if v.get("rm") and restart["Name"] not in ("", "no"):
+        raise ValueError("conflicting options: cannot specify both --restart and --rm")
+    binds, volumes = parse_volumes(v["volume"])
+    if volumes:
+        config["Volumes"] = volumes
     host_config = {
-        "Binds": None,
+        "Binds": binds or None,
         "ContainerIDFile": "",
         "LogConfig": {"Type": "", "Config": {}},
         "NetworkMode": mode,
         "PortBindings": bindings,
-        "RestartPolicy": {"Name": restart_name, "MaximumRetryCount": int(retries or 0)},
+        "RestartPolicy": restart,
         "AutoRemove": bool(v.get("rm")),
         "VolumeDriver": "",
         "VolumesFrom": None,
@@ -380,6 +496,10 @@ def create_body(v: dict, changed: set[str], image: str, cmd: list[str], detach: 
         "ShmSize": 0,
         "Isolation": "",
     }
+    if v["mount"]:
+        host_config["Mounts"] = [parse_mount_flag(m) for m in v["mount"]]
+    if v["tmpfs"]:
+        host_config["Tmpfs"] = parse_tmpfs_flags(v["tmpfs"])
     body = dict(config)
     body["HostConfig"] = host_config
     body["NetworkingConfig"] = {"EndpointsConfig": endpoints}

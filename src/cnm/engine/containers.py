@@ -19,9 +19,10 @@ import logging
 import os
 import signal as signals
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from cnm.engine.execs import Execs
 from cnm.engine.locks import KeyedLocks
@@ -44,10 +45,19 @@ from cnm.errors import (
 from cnm.kernel.api import Kernel
 from cnm.model.container import (
     EXITED,
+    FROM_BINDS,
+    FROM_MOUNTS,
+    RESTART_ALWAYS,
+    RESTART_NO,
+    RESTART_ON_FAILURE,
+    RESTART_UNLESS_STOPPED,
+    RESTARTING,
     RUNNING,
     Container,
     ContainerConfig,
+    ContainerState,
     Image,
+    command_of,
 )
 from cnm.model.endpoint import Endpoint, EndpointRequest, Sandbox
 from cnm.model.network import Network
@@ -58,6 +68,36 @@ from cnm.runtime.api import Runtime, StartRequest
 log = logging.getLogger("cnm.engine")
 
 UNKNOWN_EXIT = 255
+
+# Docker's restart manager: the first restart after 100 ms, each next one twice as late, at
+# most a minute apart; a run of 10 s or more starts the series over.
+RESTART_FIRST_DELAY = 0.1
+RESTART_MAX_DELAY = 60.0
+RESTART_RESET_AFTER = 10.0
+
+
+def should_restart(config: ContainerConfig, state: ContainerState, exit_code: int, *, daemon_start: bool) -> bool:
+    """Docker's ``RestartManager.ShouldRestart``.  While cnmd runs, a container stopped
+    or killed by its user is never restarted.  At daemon start, ``always`` comes back even
+    then (Docker's rule), ``unless-stopped`` only if the user did not stop it, and
+    ``on-failure`` on a non-zero exit below its retry limit."""
+    policy = config.restart_policy
+    if policy == RESTART_NO or (state.stopped_by_user and not daemon_start):
+        return False
+    if policy == RESTART_ALWAYS:
+        return True
+    if policy == RESTART_UNLESS_STOPPED:
+        return not state.stopped_by_user
+    if policy == RESTART_ON_FAILURE:
+        return exit_code != 0 and (config.restart_max == 0 or state.restart_count < config.restart_max)
+    return False
+
+
+def next_delay(previous: float, ran_for: float) -> float:
+    """The backoff after a run of ``ran_for`` seconds that followed a delay of ``previous``."""
+    if ran_for >= RESTART_RESET_AFTER or previous <= 0:
+        return RESTART_FIRST_DELAY
+    return min(previous * 2, RESTART_MAX_DELAY)
 
 
 def parse_signal(value: str | int | None, default: int = signals.SIGKILL) -> int:
@@ -78,6 +118,19 @@ def parse_signal(value: str | int | None, default: int = signals.SIGKILL) -> int
         raise InvalidArgument(f"invalid signal: {value}") from None
 
 
+def make_bind_sources(config: ContainerConfig) -> None:
+    """``-v /host/path:/path``: a missing host path is created as a directory, as Docker
+    does at start (``--mount type=bind`` refuses it at create instead)."""
+    for m in config.mounts:
+        if m.type == "bind" and m.origin == FROM_BINDS and not os.path.exists(m.source):
+            try:
+                os.makedirs(m.source, mode=0o755, exist_ok=True)
+            except OSError as exc:
+                raise InvalidArgument(
+                    f"error while creating mount source path '{m.source}': {exc.strerror or exc}"
+                ) from None
+
+
 @dataclass
 class _Run:
     """A running container's live handles (never stored)."""
@@ -85,6 +138,7 @@ class _Run:
     pid: int
     exited: asyncio.Future[int]
     watcher: asyncio.Task[None] | None = None
+    started: float = field(default_factory=time.monotonic)
 
 
 class Containers:
@@ -109,6 +163,8 @@ class Containers:
         self._naming = naming
         self._publisher = publisher
         self._runs: dict[str, _Run] = {}
+        self._restarts: dict[str, asyncio.Task[None]] = {}  # pending restarts by policy
+        self._delays: dict[str, float] = {}  # each container's last restart delay
         self._removed: dict[str, list[asyncio.Future[int]]] = {}
         self._removing: set[str] = set()  # ids of containers an ``rm`` is removing
         self.execs = Execs(runtime, self._running_container)
@@ -155,6 +211,14 @@ class Containers:
             raise InvalidArgument("invalid network mode: invalid container format container:<name|id>")
         if mode == "host" and config.port_bindings:
             warnings.append("Published ports are discarded when using host network mode")
+        if not command_of(config, image):
+            raise InvalidArgument("No command specified")
+        config = replace(config, networks=self._create_networks(config), networks_complete=True)
+        for m in config.mounts:
+            if m.type == "bind" and m.origin == FROM_MOUNTS and not os.path.exists(m.source):
+                raise InvalidArgument(
+                    f'invalid mount config for type "bind": bind source path does not exist: {m.source}'
+                )
         container = Container(
             id=new_id(),
             name=name,
@@ -169,9 +233,48 @@ class Containers:
         self._state.commit(put=[container])
         return container, warnings
 
+    def _create_networks(self, config: ContainerConfig) -> dict[str, EndpointRequest]:
+        """Docker's create-time network checks (unknown network, ``--ip`` on a predefined
+        network or outside the subnet, ``host``/``none`` with others) and the requests as
+        Docker keeps them in ``NetworkSettings.Networks``: keyed by network name, the
+        primary network (``network_mode``) included."""
+        mode = config.network_mode
+        if mode.startswith("container:"):
+            self.find(mode[len("container:"):])  # Docker: "No such container: X" at create
+            return {}
+        out: dict[str, EndpointRequest] = {}
+        primary = self._create_network(mode)
+        for key, request in config.networks.items():
+            network = self._create_network(key)
+            if network.name in out:
+                raise InvalidArgument(f'network "{network.name}" is specified multiple times')
+            out[network.name] = request
+        out = {primary.name: out.pop(primary.name, EndpointRequest()), **out}
+        for name, request in out.items():
+            network = self._networks.find(name)
+            if network.name in ("host", "none") and len(out) > 1:
+                raise InvalidArgument(
+                    "container cannot be connected to multiple networks with one of the networks in "
+                    f"{'host' if network.name == 'host' else 'private (none)'} mode"
+                )
+            self._networks.check_request(network, request)
+        return out
+
+    def _create_network(self, ref: str) -> Network:
+        """A network named by a create request.  Unknown is a 400, not a 404: a 404 from
+        create makes Docker's CLI believe the image is missing and try to pull it, which
+        would hide this message behind a pull error."""
+        try:
+            return self._networks.find(ref)
+        except NotFound as exc:
+            raise InvalidArgument(str(exc)) from None
+
     # -- start ----------------------------------------------------------------------------
 
     async def start(self, ref: str) -> None:
+        """Start a created or stopped container.  A failed start leaves no endpoint, address,
+        netns or rule (the plan unwinds); the record keeps the error, as Docker's does, and
+        an ``--rm`` container is removed."""
         container = self.find(ref)
         cid = container.id
         async with self._hold(cid, joins=lambda: self._plan_networks(cid), others=lambda: self._netns_owner(cid)):
@@ -180,9 +283,38 @@ class Containers:
                 raise Conflict(f"container {container.id} is marked for removal and cannot be started")
             if container.running:
                 raise NotModified(f"container {container.id} is already running")
-            image = self._find_image(container)
-            run = await self._start_locked(container, image)
+            self._cancel_restart(container.id)
+            # a start by the user begins a new life: no count, no "stopped by the user"
+            container = replace(container, state=replace(container.state, restart_count=0, stopped_by_user=False))
+            try:
+                image = self._find_image(container)
+                run = await self._start_locked(container, image)
+            except Exception as exc:
+                self._record_start_error(container, exc)
+                failed: Exception | None = exc
+            else:
+                failed = None
+        if failed is not None:
+            if container.config.auto_remove:
+                try:
+                    await self.remove(container.id, force=True)
+                except CnmError as exc:
+                    log.warning("removing %s after its failed start: %s", container.name, exc)
+            raise failed
         run.watcher = asyncio.get_running_loop().create_task(self._watch(container.id, run))
+
+    def _record_start_error(self, container: Container, exc: Exception) -> None:
+        """Docker keeps a failed start's error and exit code (127: command not found, 126:
+        not executable, else 128) on the record; its status does not change."""
+        text = str(exc)
+        code = 128
+        if "executable file not found" in text or "no such file or directory" in text:
+            code = 127
+        elif "permission denied" in text or "is a directory" in text:
+            code = 126
+        state = replace(container.state, error=text, exit_code=code)
+        if container.id in self._state.containers:
+            self._state.commit(put=[replace(self._state.containers[container.id], state=state)])
 
     def _find_image(self, container: Container) -> Image:
         try:
@@ -191,29 +323,32 @@ class Containers:
             return self._runtime.find_image(container.config.image)
 
     def _network_plan(self, container: Container) -> list[tuple[Network, EndpointRequest, bool]]:
-        """The networks a start joins, primary first: (network, request, is_primary)."""
+        """The networks a start joins, primary first: (network, request, is_primary).  They
+        are ``config.networks`` (Docker's ``NetworkSettings.Networks``): a primary network
+        disconnected before start is not joined, and the container keeps its mode."""
         config = container.config
-        requests = dict(config.networks)
-        mode = config.network_mode
+        if config.network_mode.startswith("container:"):
+            return []
+        try:
+            primary_id = self._networks.find(config.network_mode).id
+        except NotFound:
+            primary_id = ""
         plan: list[tuple[Network, EndpointRequest, bool]] = []
-        keys = [mode] + [k for k in requests if k != mode]
-        seen: set[str] = set()
-        for key in keys:
+        for key, request in config.networks.items():
             try:
                 network = self._networks.find(key)
             except NotFound:
                 raise NotFound(f"failed to set up container networking: network {key} not found") from None
-            if network.id in seen:
+            if any(network.id == n.id for n, _, _ in plan):
                 continue
-            seen.add(network.id)
-            request = requests.get(key) or requests.get(network.name) or requests.get(network.id) or EndpointRequest()
-            if network.name in ("host", "none") and len(keys) > 1 and key != mode:
+            if network.name in ("host", "none") and len(config.networks) > 1:
                 raise InvalidArgument(
                     "container cannot be connected to multiple networks with one of the networks in "
                     f"{'host' if network.name == 'host' else 'private (none)'} mode"
                 )
             self._networks.check_request(network, request)
-            plan.append((network, request, key == mode))
+            plan.append((network, request, network.id == primary_id))
+        plan.sort(key=lambda item: not item[2])
         return plan
 
     async def _start_locked(self, container: Container, image: Image) -> _Run:
@@ -258,6 +393,7 @@ class Containers:
                 link_env = self._naming.link_env(container)
                 if link_env:  # legacy links add variables for this run only, like Docker
                     config = replace(config, env=(*link_env, *config.env))
+            make_bind_sources(config)
             pid = await self._runtime.start(
                 StartRequest(
                     container=replace(container, config=config),
@@ -405,13 +541,24 @@ class Containers:
                 await self._runtime.cleanup(container_id)
             except CnmError as exc:
                 errors.append(exc)
+            restart = should_restart(container.config, container.state, code, daemon_start=False)
             exited = replace(
                 container,
                 sandbox_id="",
-                state=replace(container.state, status=EXITED, pid=0, exit_code=code, finished_at=now_rfc3339()),
+                state=replace(
+                    container.state,
+                    status=RESTARTING if restart else EXITED,
+                    pid=0,
+                    exit_code=code,
+                    finished_at=now_rfc3339(),
+                ),
             )
             self._state.commit(put=[exited])
             run = self._runs.pop(container_id, None)
+            if restart:
+                ran_for = time.monotonic() - run.started if run is not None else 0.0
+                delay = next_delay(self._delays.get(container_id, 0.0), ran_for)
+                self._schedule_restart(container_id, delay)
         for err in errors:
             log.warning("container %s teardown: %s", container.name, err)
         log.info("container %s (%s) exited with %d", container.name, container.short_id, code)
@@ -439,13 +586,90 @@ class Containers:
             self._state.commit(delete=[sandbox])
         return errors
 
+    # -- restart policies -----------------------------------------------------------------
+
+    def _schedule_restart(self, container_id: str, delay: float) -> None:
+        self._delays[container_id] = delay
+        self._cancel_restart(container_id)
+        task = asyncio.get_running_loop().create_task(self._restart_later(container_id, delay))
+        self._restarts[container_id] = task
+
+    def _cancel_restart(self, container_id: str) -> bool:
+        """Drop a pending restart; True if there was one."""
+        task = self._restarts.pop(container_id, None)
+        if task is None or task is asyncio.current_task():
+            return False
+        task.cancel()
+        return True
+
+    async def _restart_later(self, container_id: str, delay: float) -> None:
+        """Start the container again after ``delay``, as its policy says, unless the user
+        stopped, started or removed it meanwhile.  A restart that fails leaves the container
+        exited with the error (Docker's daemon gives up there too: no loop of failures)."""
+        await asyncio.sleep(delay)
+        async with self._hold(
+            container_id, joins=lambda: self._plan_networks(container_id), others=lambda: self._netns_owner(container_id)
+        ):
+            if self._restarts.get(container_id) is not asyncio.current_task():
+                return
+            self._restarts.pop(container_id, None)
+            container = self._state.containers.get(container_id)
+            if container is None or container.running or container_id in self._removing:
+                return
+            count = container.state.restart_count + 1
+            container = replace(container, state=replace(container.state, restart_count=count))
+            try:
+                run = await self._start_locked(container, self._find_image(container))
+            except Exception as exc:
+                log.warning("restart of %s by its policy failed: %s", container.name, exc)
+                state = replace(container.state, status=EXITED, error=str(exc), exit_code=128,
+                                finished_at=now_rfc3339())
+                self._state.commit(put=[replace(container, state=state)])
+                return
+        log.info("container %s restarted by its policy (%s)", container.name, container.config.restart_policy)
+        run.watcher = asyncio.get_running_loop().create_task(self._watch(container_id, run))
+
+    async def resume_restarts(self) -> None:
+        """At daemon start, once networks are in place: containers found dead (or waiting
+        for a restart) whose policy says so start again, as Docker's daemon does."""
+        for container in list(self._state.containers.values()):
+            if container.state.status not in (EXITED, RESTARTING):
+                continue
+            if not should_restart(container.config, container.state, container.state.exit_code, daemon_start=True):
+                if container.state.status == RESTARTING:
+                    self._state.commit(put=[replace(container, state=replace(container.state, status=EXITED))])
+                continue
+            if container.state.status != RESTARTING:
+                self._state.commit(put=[replace(container, state=replace(container.state, status=RESTARTING))])
+            self._schedule_restart(container.id, 0.0)
+
     # -- stop / kill / remove / wait ------------------------------------------------------
+
+    async def _mark_stopped_by_user(self, container: Container) -> Container:
+        """``stop``/``kill``: no restart by policy (``unless-stopped`` remembers it across
+        a daemon restart); a pending restart is dropped and the container is exited."""
+        async with self._locks.hold(containers=[container.id]):
+            current = self._state.containers.get(container.id)
+            if current is None:
+                raise NotFound(f"No such container: {container.id}")
+            state = replace(current.state, stopped_by_user=True)
+            if self._cancel_restart(container.id) or state.status == RESTARTING:
+                state = replace(state, status=EXITED)
+            if state != current.state:
+                current = replace(current, state=state)
+                self._state.commit(put=[current])
+            return current
 
     async def stop(self, ref: str, timeout: int | None = None, signal: str | None = None) -> None:
         container = self.find(ref)
+        if container.state.status == RESTARTING:
+            await self._mark_stopped_by_user(container)
+            return
         run = self._runs.get(container.id)
         if not container.running or run is None:
             raise NotModified(f"container {container.id} is not running")
+        if container.config.restart_policy != RESTART_NO:
+            await self._mark_stopped_by_user(container)
         sig = parse_signal(signal or container.config.stop_signal, signals.SIGTERM)
         grace = container.config.stop_timeout if timeout is None else timeout
         await self._runtime.kill(container.id, sig)
@@ -458,8 +682,12 @@ class Containers:
     async def kill(self, ref: str, signal: str = "SIGKILL") -> None:
         container = self.find(ref)
         sig = parse_signal(signal)
+        if container.state.status == RESTARTING:
+            raise Conflict(f"Container {container.id} is restarting, wait until the container is running")
         if not container.running:
             raise Conflict(f"container {container.id} is not running")
+        if container.config.restart_policy != RESTART_NO:
+            await self._mark_stopped_by_user(container)
         await self._runtime.kill(container.id, sig)
 
     async def remove(self, ref: str, force: bool = False) -> None:
@@ -479,12 +707,21 @@ class Containers:
             container = self._state.containers.get(container_id)
             if container is None:
                 return
+            if container.state.status == RESTARTING:
+                if not force:
+                    raise Conflict(
+                        f'cannot remove container "/{container.name}": container is restarting: '
+                        "stop the container before removing or force remove"
+                    )
+                container = await self._mark_stopped_by_user(container)
             if container.running:
                 if not force:
                     raise Conflict(
                         f'cannot remove container "/{container.name}": container is running: '
                         "stop the container before removing or force remove"
                     )
+                if container.config.restart_policy != RESTART_NO:
+                    container = await self._mark_stopped_by_user(container)
                 run = self._runs.get(container.id)
                 await self._runtime.kill(container.id, signals.SIGKILL)
                 if run is not None:
@@ -494,7 +731,7 @@ class Containers:
                 if container is None:
                     return
                 if container.running:
-                    if container.id in self._runs:  # a start under way when the removal began
+                    if container.id in self._runs:  # a start (or a restart) under way when the removal began
                         continue
                     raise Conflict(f"container {container.id} is running and cannot be stopped")
                 errors = await self._teardown_network(container)  # nothing left normally
@@ -504,6 +741,8 @@ class Containers:
                     errors.append(exc)
                 self._state.commit(delete=[container])
                 self.execs.forget(container.id)
+                self._cancel_restart(container.id)
+                self._delays.pop(container.id, None)
                 break
         for fut in self._removed.pop(container.id, []):
             if not fut.done():
@@ -597,39 +836,40 @@ class Containers:
             await self._refresh_names(updated)
 
     def _record_request(self, container: Container, network_ref: str, request: EndpointRequest) -> None:
-        try:
-            key = self._networks.find(network_ref).name
-        except NotFound:
-            key = network_ref  # Docker checks at start
+        """``network connect`` of a container that is not running: the request joins
+        ``config.networks`` (keyed by network name) and is acted on at start."""
+        network = self._networks.find(network_ref)
+        if network.name == "host":
+            raise InvalidArgument(
+                "cannot connect container to host network - container must be created in host network mode"
+            )
         networks = dict(container.config.networks)
-        if key in networks or key == container.config.network_mode:
-            raise Forbidden(f"endpoint with name {container.name} already exists in network {key}")
-        networks[key] = request
+        if any(self._same_network(key, network) for key in networks):
+            raise Forbidden(f"endpoint with name {container.name} already exists in network {network.name}")
+        if network.name == "none" or any(k in ("host", "none") for k in networks):
+            raise InvalidArgument(
+                "container cannot be connected to multiple networks with one of the networks in private (none) mode"
+            )
+        self._networks.check_request(network, request)
+        networks[network.name] = request
         self._state.commit(put=[replace(container, config=replace(container.config, networks=networks))])
+
+    def _same_network(self, key: str, network: Network) -> bool:
+        """Is the ``config.networks`` key ``key`` (a name, or an id kept from an older
+        record) the network ``network``?"""
+        if key in (network.name, network.id):
+            return True
+        try:
+            return self._networks.find(key).id == network.id
+        except NotFound:
+            return False
 
     async def disconnect(self, network_ref: str, ref: str, force: bool = False) -> None:
         container = self.find(ref)
         async with self._hold(container.id, joins=lambda: self._network_ids(network_ref)):
             container = self._current(container.id, ref)
             if not container.running:
-                try:
-                    network = self._networks.find(network_ref)
-                    names = {network.name, network.id, network_ref}
-                except NotFound:
-                    if not force:
-                        raise
-                    names = {network_ref}
-                if container.config.network_mode == "host" and "host" in names:
-                    raise InvalidArgument(
-                        "cannot disconnect container from host network - container was created in host network mode"
-                    )
-                kept = {k: v for k, v in container.config.networks.items() if k not in names}
-                if len(kept) == len(container.config.networks) and container.config.network_mode not in names:
-                    raise SystemFailure(f"container {container.id} is not connected to the network {network_ref}")
-                config = replace(container.config, networks=kept)
-                if config.network_mode in names:
-                    config = replace(config, network_mode="none")
-                self._state.commit(put=[replace(container, config=config)])
+                self._forget_request(container, network_ref, force)
                 return
             network = self._networks.find(network_ref)
             if container.config.network_mode == "host" and network.name == "host":
@@ -640,10 +880,10 @@ class Containers:
                 (e for e in self._state.endpoints_of_container(container.id) if e.network_id == network.id), None
             )
             if ep is None:
-                raise SystemFailure(f"container {container.id} is not connected to network {network.name}")
+                raise InvalidArgument(f"container {container.id} is not connected to network {network.name}")
             sandbox = self._state.sandbox_of(container.id)
             errors = await self._detach(ep, sandbox)
-            kept = {k: v for k, v in container.config.networks.items() if k not in (network.name, network.id)}
+            kept = {k: v for k, v in container.config.networks.items() if not self._same_network(k, network)}
             updated = replace(container, config=replace(container.config, networks=kept))
             self._state.commit(put=[updated])
             if ep.default_route and sandbox is not None and sandbox.key:
@@ -651,6 +891,30 @@ class Containers:
             await self._refresh_names(updated)
             if errors:
                 raise TeardownErrors(f"disconnect of {container.name} from {network.name}", errors)
+
+    def _forget_request(self, container: Container, network_ref: str, force: bool) -> None:
+        """``network disconnect`` of a container that is not running: its entry leaves
+        ``config.networks``; ``network_mode`` never changes (Docker keeps HostConfig's
+        NetworkMode: a start joins the networks left, or none but ``lo``)."""
+        try:
+            network: Network | None = self._networks.find(network_ref)
+        except NotFound:
+            if not force:
+                raise
+            network = None
+        if network is not None and network.name == "host" and container.config.network_mode == "host":
+            raise InvalidArgument(
+                "cannot disconnect container from host network - container was created in host network mode"
+            )
+        networks = container.config.networks
+        kept = {
+            k: v
+            for k, v in networks.items()
+            if not (self._same_network(k, network) if network is not None else k == network_ref)
+        }
+        if len(kept) == len(networks):
+            raise InvalidArgument(f"container {container.id} is not connected to the network {network_ref}")
+        self._state.commit(put=[replace(container, config=replace(container.config, networks=kept))])
 
     async def _promote_gateway(self, container: Container, sandbox: Sandbox) -> list[BaseException]:
         """The endpoint carrying the default route left: the next one (in connect order)
@@ -675,6 +939,27 @@ class Containers:
     def _running_container(self, container_id: str) -> Container | None:
         container = self._state.containers.get(container_id)
         return container if container is not None and container.running else None
+
+    def upgrade_records(self) -> None:
+        """Records written before ``config.networks`` held the primary network imply it by
+        ``network_mode``: write it in, once, so that they start where they did."""
+        for container in list(self._state.containers.values()):
+            config = container.config
+            if config.networks_complete:
+                continue
+            networks = dict(config.networks)
+            if not config.network_mode.startswith("container:"):
+                try:
+                    primary = self._networks.find(config.network_mode).name
+                except NotFound:
+                    primary = config.network_mode
+                if not any(k == primary or k == config.network_mode for k in networks):
+                    networks = {primary: EndpointRequest(), **networks}
+                networks = {
+                    (primary if k == config.network_mode else k): v for k, v in networks.items()
+                }
+            upgraded = replace(config, networks=networks, networks_complete=True)
+            self._state.commit(put=[replace(container, config=upgraded)])
 
     # -- restart reconcile ----------------------------------------------------------------
 
@@ -768,6 +1053,9 @@ class Containers:
         for run in self._runs.values():
             if run.watcher is not None:
                 run.watcher.cancel()
+        for task in self._restarts.values():  # pending restarts resume at the next start
+            task.cancel()
+        self._restarts.clear()
         self.execs.close()
 
 

@@ -130,6 +130,7 @@ class Controller:
         """Load the records, then reconcile them with the kernel (DESIGN.md, Restart):
         firewall base, predefined networks, running containers, orphans."""
         self._state.load()
+        self._containers.upgrade_records()
         await self._firewall.setup()
         await self._containers.restore()
         self._release_orphan_addresses()
@@ -140,6 +141,7 @@ class Controller:
             await self._drivers[driver].restore(mine, eps)
         await self._networks.ensure_predefined()
         await self._firewall.sync(self.bridge_rules(), self.port_rules())
+        await self._containers.resume_restarts()  # restart policies, once networks are in place
 
     def _release_orphan_addresses(self) -> None:
         """Pools whose network record is missing and addresses whose owner endpoint no

@@ -17,6 +17,7 @@ CREATED = "created"
 RUNNING = "running"
 EXITED = "exited"
 REMOVING = "removing"
+RESTARTING = "restarting"  # exited; its restart policy starts it again after a delay
 DEAD = "dead"
 
 
@@ -28,11 +29,44 @@ class PortBindingRequest:
     host_port: str = ""
 
 
+# Restart policies (Docker's ``HostConfig.RestartPolicy.Name``).
+RESTART_NO = "no"
+RESTART_ALWAYS = "always"
+RESTART_ON_FAILURE = "on-failure"
+RESTART_UNLESS_STOPPED = "unless-stopped"
+RESTART_POLICIES = (RESTART_NO, RESTART_ALWAYS, RESTART_ON_FAILURE, RESTART_UNLESS_STOPPED)
+
+# Where a mount was asked for: HostConfig.Binds (``-v``), Mounts (``--mount``), Tmpfs.
+FROM_BINDS = "binds"
+FROM_MOUNTS = "mounts"
+FROM_TMPFS = "tmpfs"
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """One validated mount: ``bind`` (an absolute host path) or ``tmpfs``.  ``options``
+    are tmpfs mount options (``size=64m``, ``mode=1777``); ``origin`` says which request
+    field asked for it (inspect echoes each field as it was given)."""
+
+    type: str  # "bind" | "tmpfs"
+    target: str
+    source: str = ""
+    read_only: bool = False
+    options: tuple[str, ...] = ()
+    origin: str = FROM_MOUNTS
+    mode: str = ""  # the ``-v`` mode text as given (``ro``, ``rw``, ``z`` …): inspect's Mode
+
+
 @dataclass(frozen=True, slots=True)
 class ContainerConfig:
     """A validated ``containers/create`` request: Docker's Config and HostConfig, the parts
     cnm acts on.  ``network_mode`` is normalised: ``bridge``, ``host``, ``none``,
-    ``container:<ref>`` or a user network's name or id."""
+    ``container:<ref>`` or a user network's name or id.
+
+    ``networks`` is Docker's ``NetworkSettings.Networks`` before start: every network the
+    container joins when it starts, keyed by network name, the primary one (``network_mode``)
+    included; ``network disconnect`` of a stopped container removes its entry and never
+    changes ``network_mode``."""
 
     image: str
     image_id: str = ""
@@ -64,6 +98,14 @@ class ContainerConfig:
     auto_remove: bool = False
     stop_signal: str = "SIGTERM"
     stop_timeout: int = 10
+    mounts: tuple[Mount, ...] = ()
+    binds: tuple[str, ...] = ()  # HostConfig.Binds as given
+    tmpfs: Mapping[str, str] = field(default_factory=lambda: _EMPTY)  # HostConfig.Tmpfs as given
+    restart_policy: str = RESTART_NO
+    restart_max: int = 0  # on-failure's MaximumRetryCount; 0: no limit
+    # False on records written before ``networks`` held the primary network too (it was
+    # implied by ``network_mode``); ``Containers.upgrade_records`` completes them at start.
+    networks_complete: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +117,8 @@ class ContainerState:
     started_at: str = ZERO_TIME
     finished_at: str = ZERO_TIME
     oom_killed: bool = False
+    restart_count: int = 0  # restarts by policy since the last start by a user
+    stopped_by_user: bool = False  # ``stop``/``kill``: no restart by policy (unless-stopped remembers it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +160,23 @@ class Image:
     user: str = ""
     layers: tuple[str, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)  # a dict: asdict() copies it
+
+
+def command_of(config: ContainerConfig, image: Image) -> tuple[str, ...]:
+    """Docker's rule: entrypoint + cmd.  Without an entrypoint of its own, the container
+    takes the image's cmd when it gives none, and the image's entrypoint unless it asked for
+    none (``--entrypoint ""``: ``[""]`` or an empty list).  Empty means Docker's "No command
+    specified" (an imported image carries no cmd)."""
+    entrypoint = config.entrypoint
+    if entrypoint == ("",):
+        entrypoint = ()
+    cmd = config.cmd
+    if not entrypoint:
+        if not cmd:
+            cmd = image.cmd
+        if entrypoint is None:
+            entrypoint = tuple(image.entrypoint or ())
+    return (entrypoint or ()) + tuple(cmd)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,8 +14,8 @@ import resource
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from cnm.errors import RuntimeFailure
-from cnm.model.container import ContainerConfig, Image
+from cnm.errors import InvalidArgument, RuntimeFailure
+from cnm.model.container import ContainerConfig, Image, Mount, command_of
 
 OCI_VERSION = "1.0.2"
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -78,18 +78,12 @@ class User:
 
 
 def process_args(config: ContainerConfig, image: Image) -> list[str]:
-    """Docker's rule: entrypoint + cmd.  Without an entrypoint of its own, the container
-    takes the image's cmd when it gives none, and the image's entrypoint unless it asked
-    for none (``--entrypoint ""``, an empty list); ``/bin/sh`` when nothing at all is given
-    (imports carry no cmd)."""
-    entrypoint = None if config.entrypoint is None else [a for a in config.entrypoint if config.entrypoint != ("",)]
-    cmd = list(config.cmd)
-    if not entrypoint:
-        if not cmd:
-            cmd = list(image.cmd)
-        if entrypoint is None:
-            entrypoint = list(image.entrypoint or ())
-    return (entrypoint or []) + cmd or ["/bin/sh"]
+    """Docker's rule (``model.container.command_of``); InvalidArgument with Docker's "No
+    command specified" when there is none (an imported image carries no cmd)."""
+    args = list(command_of(config, image))
+    if not args:
+        raise InvalidArgument("No command specified")
+    return args
 
 
 def process_env(config: ContainerConfig, image: Image, hostname: str) -> list[str]:
@@ -115,11 +109,16 @@ def oci_config(
     netns_path: str | None,
     cgroups_path: str,
     binds: Iterable[tuple[str, str]] = (),
+    mounts: Iterable[Mount] = (),
     nofile: int = NOFILE_LIMIT,
 ) -> dict:
     """The ``config.json`` document.  ``netns_path`` None means no network namespace entry
     (the container shares cnmd's, i.e. ``--net host``); ``binds`` are (host path,
-    container path) pairs bind-mounted read-write, as Docker does /etc/hostname etc."""
+    container path) pairs bind-mounted read-write, as Docker does /etc/hostname etc.;
+    ``mounts`` are the user's (``-v``, ``--mount``, ``--tmpfs``), parents before children,
+    and one on a path of ``binds`` replaces that bind (Docker's rule too)."""
+    user_mounts = user_mount_specs(mounts)
+    taken = {m["destination"] for m in user_mounts}
     namespaces: list[dict] = [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]
     if netns_path is not None:
         namespaces.append({"type": "network", "path": netns_path})
@@ -185,9 +184,11 @@ def oci_config(
                 "source": "shm",
                 "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
             },
+            *user_mounts,
             *(
                 {"destination": dest, "type": "bind", "source": src, "options": ["rbind", "rprivate"]}
                 for src, dest in binds
+                if dest not in taken
             ),
         ],
         "linux": {
@@ -200,6 +201,37 @@ def oci_config(
             "readonlyPaths": list(READONLY_PATHS),
         },
     }
+
+
+# Options that come in pairs: the later one wins (moby ``MergeTmpfsOptions``).
+_OPPOSITES = {"exec": "noexec", "suid": "nosuid", "dev": "nodev", "rw": "ro"}
+_OPPOSITES.update({v: k for k, v in _OPPOSITES.items()})
+TMPFS_DEFAULTS = ("noexec", "nosuid", "nodev")
+
+
+def merge_options(options: Iterable[str]) -> list[str]:
+    """``noexec,exec`` -> ``exec``; ``size=1m,size=2m`` -> ``size=2m``; order kept."""
+    out: list[str] = []
+    for option in options:
+        key = option.partition("=")[0]
+        out = [o for o in out if o.partition("=")[0] != key and o != _OPPOSITES.get(option)]
+        out.append(option)
+    return out
+
+
+def user_mount_specs(mounts: Iterable[Mount]) -> list[dict]:
+    """OCI mount entries for the user's binds and tmpfs, sorted so that a parent is
+    mounted before what lies under it (moby sorts by destination depth too)."""
+    out = []
+    for m in sorted(mounts, key=lambda m: (m.target.rstrip("/").count("/"), m.target)):
+        if m.type == "bind":
+            propagation = m.options[0] if m.options else "rprivate"
+            options = ["rbind", propagation, *(["ro"] if m.read_only else [])]
+            out.append({"destination": m.target, "type": "bind", "source": m.source, "options": options})
+        else:
+            options = merge_options([*TMPFS_DEFAULTS, *m.options, *(["ro"] if m.read_only else [])])
+            out.append({"destination": m.target, "type": "tmpfs", "source": "tmpfs", "options": options})
+    return out
 
 
 def write_config(bundle: str, config: dict) -> None:

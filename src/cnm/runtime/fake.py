@@ -45,9 +45,12 @@ class FakeRuntime:
     deleted: set[str] = field(default_factory=set)  # runc deleted (cleanup) since their last start
     _pids: itertools.count = field(default_factory=lambda: itertools.count(1000))
 
-    def add_image(self, reference: str, image_id: str = "sha256:" + "ab" * 32) -> Image:
+    def add_image(
+        self, reference: str, image_id: str = "sha256:" + "ab" * 32, cmd: tuple[str, ...] = ("sh",)
+    ) -> Image:
+        """An image with a CMD (``cmd=()``: like ``cnm image import``, none)."""
         name = reference if ":" in reference else reference + ":latest"
-        image = Image(id=image_id, repo_tags=(name,), created="2026-01-01T00:00:00Z")
+        image = Image(id=image_id, repo_tags=(name,), created="2026-01-01T00:00:00Z", cmd=cmd)
         self.images_by_ref[name] = image
         return image
 

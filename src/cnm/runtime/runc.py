@@ -174,6 +174,7 @@ class RuncRuntime:
                     (files.hosts, "/etc/hosts"),
                     (files.resolv_conf, "/etc/resolv.conf"),
                 ],
+                mounts=config.mounts,
                 nofile=self._nofile,
             )
             bundle.write_config(bundle_dir, spec)
