@@ -528,7 +528,7 @@ class Containers:
                     )
                 kept = {k: v for k, v in container.config.networks.items() if k not in names}
                 if len(kept) == len(container.config.networks) and container.config.network_mode not in names:
-                    raise SystemFailure(f"container {container.id} is not connected to the network {network_ref}")
+                    raise NotFound(f"container {container.id} is not connected to the network {network_ref}")
                 config = replace(container.config, networks=kept)
                 if config.network_mode in names:
                     config = replace(config, network_mode="none")
@@ -543,7 +543,7 @@ class Containers:
                 (e for e in self._state.endpoints_of_container(container.id) if e.network_id == network.id), None
             )
             if ep is None:
-                raise SystemFailure(f"container {container.id} is not connected to network {network.name}")
+                raise NotFound(f"container {container.id} is not connected to network {network.name}")
             sandbox = self._state.sandbox_of(container.id)
             errors = await self._detach(ep, sandbox)
             kept = {k: v for k, v in container.config.networks.items() if k not in (network.name, network.id)}
