@@ -281,6 +281,7 @@ class TestHost:
             )
         finally:
             log.close()
+        self._tell_reaper(f"unshare {self._unshare.pid} {_start_time(self._unshare.pid)}")
         assert self._unshare.stdout is not None
         line = _readline_with_timeout(self._unshare.stdout, timeout)
         self._unshare.stdout.close()
@@ -495,20 +496,36 @@ class TestHost:
         self.cnm("image", "import", str(tar), name, timeout=120)
 
 
+def _start_time(pid: int) -> int:
+    """Field 22 of /proc/PID/stat (start time in clock ticks): with the pid, an identity
+    that pid reuse cannot fake.  0 when the process is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def reap(tmp: Path, lines: Any) -> list[str]:
     """The reaper's teardown of the host whose directory is ``tmp``, once ``lines`` (the
-    pipe from the test process) ends: SIGKILL its init (only if that pid is still the
-    init of the recorded pid namespace: pids get reused), wait for the namespace to empty,
-    remove its cgroups and its directory.  Returns what could not be removed."""
-    init_pid = pidns = 0
+    pipe from the test process) ends: SIGKILL its init and its ``unshare`` (each only if
+    that pid still is the process recorded: pids get reused; killing ``unshare`` covers a
+    host killed before its init was known), wait for the pid namespace to empty, remove
+    its cgroups and its directory.  Returns what could not be removed."""
+    init_pid = pidns = unshare_pid = unshare_start = 0
     for line in lines:
         words = line.split()
         if len(words) == 3 and words[0] == b"init":
             init_pid, pidns = int(words[1]), int(words[2])
+        elif len(words) == 3 and words[0] == b"unshare":
+            unshare_pid, unshare_start = int(words[1]), int(words[2])
     problems: list[str] = []
     if init_pid and _ns_inode(init_pid, "pid") == pidns:
         with contextlib.suppress(ProcessLookupError):
             os.kill(init_pid, signal.SIGKILL)
+    if unshare_pid and unshare_start and _start_time(unshare_pid) == unshare_start:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(unshare_pid, signal.SIGKILL)  # --kill-child: its init goes too
+        wait_for(lambda: _start_time(unshare_pid) != unshare_start, 20, interval=0.05)
     if pidns and not wait_for(lambda: not pids_in_pidns(pidns), 20, interval=0.05):
         problems.append(f"processes left in pid namespace {pidns}")
     problems += remove_cgroups(tmp.name)

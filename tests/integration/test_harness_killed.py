@@ -16,7 +16,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from harness import REPO, cgroup_dirs, pids_in_pidns, wait_for
+from harness import REPO, TestHost, _children, _ns_inode, _start_time, cgroup_dirs, pids_in_pidns, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -132,3 +132,24 @@ def test_pytest_killed_inside_a_host_leaves_nothing(tmp_path: Path, how: str) ->
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_reaper_takes_a_host_whose_init_was_never_reported() -> None:
+    """Killed between starting ``unshare`` and learning its init's pid: the reaper kills
+    ``unshare`` (the one it was told of), and ``--kill-child`` takes the namespace down."""
+    host = TestHost()  # its tmp dir and its reaper, no namespaces yet
+    proc = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "sleep", "600"],
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        assert wait_for(lambda: len(_children(proc.pid)) == 1, 20, interval=0.05)
+        pidns = _ns_inode(_children(proc.pid)[0], "pid")
+        assert pidns and pids_in_pidns(pidns)
+        host._tell_reaper(f"unshare {proc.pid} {_start_time(proc.pid)}")
+        host._tell_reaper(None)  # as if the test process had died here
+        assert host._reaper is not None and host._reaper.wait(timeout=60) == 0
+        assert proc.wait(timeout=20) != 0
+        assert_nothing_left(host.tmp, pidns)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
