@@ -102,10 +102,8 @@ QUERY_KEYS = [
     "verbose", "fromImage", "fromSrc", "repo", "tag", "condition", "follow", "tail", "since", "until",
 ]
 QUERY_VALUES = [
-    "", "x", "-1", "99999999999999999999999", "9" * 5000, "1.5", "%00", "%ff", "{", "[]", "null",
-    '{"name":["a"]}', '{"name":"a"}', '{"name":{"a":true}}', '{"name":{"a":1}}', '{"until":["x"]}',
-    '{"label":["a=b"]}', '{"dangling":["maybe"]}', '{"status":["nope"]}', '{"exited":["x"]}',
-    '{"nosuchfilter":["x"]}', '{"":[""]}', "SIGNOPE", "999", "0x10", " 5",
+    "", "x", "-1", "99999999999999999999999", "9" * 5000, "%00", "%ff", "{", "null", '{"name":"a"}',
+    '{"name":{"a":true}}', '{"until":["x"]}', '{"dangling":["maybe"]}', '{"nosuchfilter":["x"]}', "SIGNOPE", " 5",
 ]
 
 
