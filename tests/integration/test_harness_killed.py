@@ -153,3 +153,11 @@ def test_reaper_takes_a_host_whose_init_was_never_reported() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_in_sandbox_keep_log_copies_cnmds_log(tmp_path: Path) -> None:
+    kept = tmp_path / "cnmd.log"
+    proc = subprocess.run([sys.executable, str(IN_SANDBOX), "--daemon", "--keep-log", str(kept), "--", "true"],
+                          capture_output=True, text=True, timeout=180, env={**os.environ, "CNM_NO_AUTOSTART": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "start cnmd" in kept.read_text()
