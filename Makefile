@@ -9,16 +9,17 @@ VPY         := $(VENV)/bin/python
 CNM         := $(VENV)/bin/cnm
 IMAGE_TAR   := images/busybox.tar
 PYTEST_ARGS ?=
-APT_PKGS    := iproute2 nftables iptables runc busybox-static libnftables1 iperf3
+# What the suite and the demo run (procps: ps/sysctl in the tests; python3-venv: make venv).
+APT_PKGS    := iproute2 nftables iptables runc busybox-static libnftables1 iperf3 procps python3-venv
 
 .PHONY: help deps venv image test unit integration e2e demo demo-sandbox bench bench-attach bench-ports lint clean
 
 help:
 	@echo "make demo | demo-sandbox | test | unit | integration | e2e | bench | bench-attach | bench-ports | lint | deps | venv | image | clean"
 
-# Only what is missing, so a second run is instant.
-deps:
-	@missing=""; for p in $(APT_PKGS); do \
+# $(call apt_ensure,PKGS): install those of PKGS that are missing, so a second run is instant.
+define apt_ensure
+	@missing=""; for p in $(1); do \
 	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -26,9 +27,19 @@ deps:
 	    export DEBIAN_FRONTEND=noninteractive; \
 	    apt-get install -y --no-install-recommends $$missing || { apt-get update && apt-get install -y --no-install-recommends $$missing; }; \
 	fi
+endef
 
+deps:
+	$(call apt_ensure,$(APT_PKGS))
+
+# Debian's python3 makes no venv without python3-venv: fetched here only when it is missing.
 $(VPY):
+	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || $(MAKE) --no-print-directory venv-deps
 	$(PYTHON) -m venv $(VENV)
+
+.PHONY: venv-deps
+venv-deps:
+	$(call apt_ensure,python3-venv)
 
 # pyproject.toml changes re-install; a plain re-run is a no-op.
 $(VENV)/.installed: pyproject.toml | $(VPY)
@@ -45,16 +56,17 @@ $(IMAGE_TAR): scripts/make-busybox-tar
 
 image: $(IMAGE_TAR)
 
-test: venv
+# The root tiers run runc, nft, busybox ... : a fresh machine gets them first (deps).
+test: deps venv image
 	$(VPY) -m pytest -rfEs $(PYTEST_ARGS) tests/unit tests/integration tests/e2e
 
 unit: venv
 	$(VPY) -m pytest -q $(PYTEST_ARGS) tests/unit
 
-integration: venv
+integration: deps venv image
 	$(VPY) -m pytest -rfEs $(PYTEST_ARGS) tests/integration
 
-e2e: venv
+e2e: deps venv image
 	$(VPY) -m pytest -rfEs $(PYTEST_ARGS) tests/e2e
 
 # On THIS host: cnmd with its default roots (/var/lib/cnm, /run/cnm), bridge cnm0.

@@ -16,6 +16,13 @@ pid namespace takes every process with it; the net and mount namespaces vanish),
 cgroup directories under the parent in every ``/sys/fs/cgroup`` hierarchy, then the tmp dir.
 The harness only *reads* the real host (``/proc``, ``/sys/fs/cgroup`` listing); all writes
 happen inside the namespaces, except the tmp dir and the cgroup clean-up.
+
+**Nothing is left when the test process is killed** (SIGTERM, SIGKILL, a pytest timeout in
+the middle of a teardown): each host has a *reaper*, ``python3 tests/harness.py --reap``, in a
+session of its own, holding the read end of a pipe only the test process writes to.  When that pipe closes -- ``close()`` done, or the
+test process gone however it went -- the reaper runs the same teardown (a no-op after a
+clean ``close()``): init, cgroups, tmp dir.  (``unshare --kill-child`` also takes the init
+along if ``unshare`` alone is killed.)
 """
 
 from __future__ import annotations
@@ -227,6 +234,7 @@ class TestHost:
     _unshare: subprocess.Popen | None = None
     _daemon: subprocess.Popen | None = None
     _pidns: int | None = None
+    _reaper: subprocess.Popen | None = None
 
     def __post_init__(self) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="cnm-test-", dir="/tmp"))
@@ -237,6 +245,14 @@ class TestHost:
         self.socket_path = self.exec_root / "cnm.sock"
         self.cgroup_parent = self.tmp.name  # cnm-test-XXXX: unique per host
         self.daemon_log = self.tmp / "cnmd.log"
+        try:
+            self._reaper = subprocess.Popen(
+                [sys.executable, "-I", str(Path(__file__).resolve()), "--reap", str(self.tmp)],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True,
+            )
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -258,13 +274,14 @@ class TestHost:
         log = open(self.tmp / "hostinit.log", "wb")
         try:
             self._unshare = subprocess.Popen(
-                ["unshare", "--pid", "--fork", "--mount-proc", "--net", "--mount",
+                ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--net", "--mount",
                  "--propagation", "private", sys.executable, str(HOSTINIT)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
                 env=self.environ(), start_new_session=True,
             )
         finally:
             log.close()
+        self._tell_reaper(f"unshare {self._unshare.pid} {_start_time(self._unshare.pid)}")
         assert self._unshare.stdout is not None
         line = _readline_with_timeout(self._unshare.stdout, timeout)
         self._unshare.stdout.close()
@@ -276,6 +293,7 @@ class TestHost:
             raise HarnessError(f"expected one child of unshare {self._unshare.pid}, found {children}")
         self.init_pid = children[0]
         self._pidns = _ns_inode(self.init_pid, "pid")
+        self._tell_reaper(f"init {self.init_pid} {self._pidns}")
 
     def close(self) -> None:
         """Tear everything down; idempotent; raises HarnessError listing what could not be
@@ -306,8 +324,24 @@ class TestHost:
         self.init_pid = 0
         self._unshare = None
         self._daemon = None
+        if self._reaper is not None:  # its turn: a no-op now, unless something was left
+            self._tell_reaper(None)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._reaper.wait(timeout=30)
+            self._reaper = None
         if problems:
             raise HarnessError("test host teardown: " + "; ".join(problems))
+
+    def _tell_reaper(self, line: str | None) -> None:
+        """Send the reaper a line (``init PID PIDNS``), or close its pipe (None): go."""
+        if self._reaper is None or self._reaper.stdin is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            if line is None:
+                self._reaper.stdin.close()
+            else:
+                self._reaper.stdin.write(line.encode() + b"\n")
+                self._reaper.stdin.flush()
 
     # -- running things inside -------------------------------------------------------------------
 
@@ -462,6 +496,60 @@ class TestHost:
         self.cnm("image", "import", str(tar), name, timeout=120)
 
 
+def _start_time(pid: int) -> int:
+    """Field 22 of /proc/PID/stat (start time in clock ticks): with the pid, an identity
+    that pid reuse cannot fake.  0 when the process is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def reap(tmp: Path, lines: Any) -> list[str]:
+    """The reaper's teardown of the host whose directory is ``tmp``, once ``lines`` (the
+    pipe from the test process) ends: SIGKILL its init and its ``unshare`` (each only if
+    that pid still is the process recorded: pids get reused; killing ``unshare`` covers a
+    host killed before its init was known), wait for the pid namespace to empty, remove
+    its cgroups and its directory.  Returns what could not be removed."""
+    init_pid = pidns = unshare_pid = unshare_start = 0
+    for line in lines:
+        words = line.split()
+        if len(words) == 3 and words[0] == b"init":
+            init_pid, pidns = int(words[1]), int(words[2])
+        elif len(words) == 3 and words[0] == b"unshare":
+            unshare_pid, unshare_start = int(words[1]), int(words[2])
+    problems: list[str] = []
+    if init_pid and _ns_inode(init_pid, "pid") == pidns:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(init_pid, signal.SIGKILL)
+    if unshare_pid and unshare_start and _start_time(unshare_pid) == unshare_start:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(unshare_pid, signal.SIGKILL)  # --kill-child: its init goes too
+        wait_for(lambda: _start_time(unshare_pid) != unshare_start, 20, interval=0.05)
+    if pidns and not wait_for(lambda: not pids_in_pidns(pidns), 20, interval=0.05):
+        problems.append(f"processes left in pid namespace {pidns}")
+    problems += remove_cgroups(tmp.name)
+    if tmp.exists():
+        if mounts_under(str(tmp)):  # never rm -rf through a mount
+            problems.append(f"mounts left under {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return problems
+
+
+def _reaper_main(argv: list[str]) -> int:
+    tmp = Path(argv[0])
+    if not tmp.name.startswith("cnm-test-") or tmp.parent != Path("/tmp"):
+        print(f"harness --reap: refusing {tmp}", file=sys.stderr)
+        return 2
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)  # only the pipe closing ends its wait
+    problems = reap(tmp, sys.stdin.buffer)
+    if problems:
+        print(f"harness --reap {tmp}: " + "; ".join(problems), file=sys.stderr)
+    return 1 if problems else 0
+
+
 def _readline_with_timeout(stream: Any, timeout: float) -> bytes:
     import selectors
 
@@ -540,3 +628,7 @@ def test_host() -> Iterator[TestHost]:
 
 
 test_host.__test__ = False  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--reap"]:
+    sys.exit(_reaper_main(sys.argv[2:]))

@@ -13,7 +13,7 @@ from cnm.errors import Conflict, Forbidden, NotFound, NotModified
 from cnm.model.container import RUNNING, Container, ContainerConfig, ContainerState, ExecSpec, Image
 from cnm.model.endpoint import Endpoint, EndpointRequest, Sandbox
 from cnm.model.network import PREDEFINED, Network, NetworkSpec
-from cnm.model.values import new_id
+from cnm.model.values import new_id, parse_container_name
 from cnm.runtime.images import Loaded, normalize_reference
 
 NOW = "2025-11-05T10:00:00.123456789Z"
@@ -197,7 +197,7 @@ class FakeController:
         eps = self.endpoints.get(net.id, [])
         kept = [e for e in eps if e.container_id != c.id]
         if len(kept) == len(eps):
-            raise Exception(f"container {c.id} is not connected to network {net.name}")
+            raise NotFound(f"container {c.id} is not connected to network {net.name}")
         self.endpoints[net.id] = kept
 
     # -- containers
@@ -225,6 +225,13 @@ class FakeController:
 
     def containers(self) -> list[Container]:
         return list(self.ctrs.values())
+
+    async def rename_container(self, ref: str, new_name: str) -> None:
+        c = self.find_container(ref)
+        new_name = parse_container_name(new_name)
+        if any(o.name == new_name for o in self.ctrs.values() if o.id != c.id):
+            raise Conflict(f'Conflict. The container name "/{new_name}" is already in use')
+        self.ctrs[c.id] = replace(c, name=new_name)
 
     def find_container(self, ref: str) -> Container:
         ref = ref.lstrip("/")

@@ -281,3 +281,72 @@ async def test_no_upstream_or_no_question_is_none(forwarder):
         assert proto.seen == []
     finally:
         proto.close()
+
+
+# -- silent upstreams (issue 7: a dead upstream, a client that retries on SERVFAIL) ----------
+
+
+async def test_a_silent_upstream_gets_servfail_at_once_and_is_still_probed():
+    forwarder = Forwarder(deadline=0.3)
+    proto, upstream = await RawUpstream.start(lambda d: [])  # alive socket, never answers
+    try:
+        assert await forwarder.forward(query(qid=1), [upstream]) is None  # after the deadline
+        forwarder.deadline = 120.0  # from now on only the silence shortcut can answer in time
+        for qid in (2, 3):
+            assert await asyncio.wait_for(forwarder.forward(query(qid=qid), [upstream]), 10) is None
+        assert len(proto.seen) == 3  # each query still went out, as a probe
+    finally:
+        proto.close()
+        forwarder.close()
+
+
+async def test_a_silent_upstream_that_answers_again_is_used_again():
+    forwarder = Forwarder(deadline=0.3)
+    answering = False
+    proto, upstream = await RawUpstream.start(lambda d: [good(d)] if answering else [])
+    try:
+        assert await forwarder.forward(query(), [upstream]) is None
+        answering = True
+        results: list[bytes | None] = []
+        forwarder.submit(query(qid=7), [upstream], on_answer=results.append)
+        assert results == [None]  # still silent when asked: SERVFAIL at once, probe sent
+        for _ in range(200):  # the probe's answer ends the silence
+            if await forwarder.forward(query(qid=8), [upstream]) is not None:
+                break
+            await asyncio.sleep(0.01)
+        reply = await forwarder.forward(query(qid=9), [upstream])
+        assert reply is not None and reply[:2] == (9).to_bytes(2, "big")
+        assert results == [None]  # the probe's own answer was dropped, not handed on twice
+    finally:
+        proto.close()
+        forwarder.close()
+
+
+async def test_an_upstream_slow_on_one_name_but_answering_others_is_not_silent():
+    forwarder = Forwarder(deadline=0.5)
+    proto, upstream = await RawUpstream.start(
+        lambda d: [] if dns.message.from_wire(d).question[0].name.labels[0] == b"slow" else [good(d)]
+    )
+    try:
+        slow = asyncio.ensure_future(forwarder.forward(query("slow.example"), [upstream]))
+        await asyncio.sleep(0.05)
+        assert await forwarder.forward(query("fast.example"), [upstream]) is not None
+        assert await slow is None  # that one name timed out ...
+        assert await forwarder.forward(query("other.example"), [upstream]) is not None  # ... the server is not silent
+    finally:
+        proto.close()
+        forwarder.close()
+
+
+async def test_one_silent_upstream_among_others_changes_nothing():
+    forwarder = Forwarder(deadline=0.3, stagger=0.05)
+    quiet, up_quiet = await RawUpstream.start(lambda d: [])
+    proto, upstream = await RawUpstream.start(lambda d: [good(d)])
+    try:
+        assert await forwarder.forward(query(), [up_quiet]) is None  # up_quiet is now silent
+        reply = await forwarder.forward(query(qid=5), [up_quiet, upstream])
+        assert reply is not None and reply[:2] == (5).to_bytes(2, "big")
+    finally:
+        quiet.close()
+        proto.close()
+        forwarder.close()

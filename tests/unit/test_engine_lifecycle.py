@@ -91,18 +91,19 @@ async def test_disconnect_of_stopped_container_from_a_second_network(world):
     assert c.config.network_mode == "bridge" and list(c.config.networks) == ["b"]
     await ctl.start_container("web")
     assert [n.name for n, _ in ctl.container_endpoints(cid)] == ["b"]
-    with pytest.raises(InvalidArgument, match="not connected"):
+    with pytest.raises(NotFound, match="not connected"):
         await ctl.disconnect("bridge", "web")
 
 
 async def test_disconnect_not_connected_is_a_client_error(world):
+    """404 naming both, as for an endpoint that does not exist (Docker itself answers 500)."""
     ctl = await world.controller()
     await ctl.create_network(NetworkSpec(name="b"))
     await ctl.create_container("web", ContainerConfig(image="busybox"))
-    with pytest.raises(InvalidArgument, match="is not connected to the network b"):
+    with pytest.raises(NotFound, match="is not connected to the network b"):
         await ctl.disconnect("b", "web")
     await run(ctl, "up")
-    with pytest.raises(InvalidArgument, match="is not connected to network b"):
+    with pytest.raises(NotFound, match="is not connected to network b"):
         await ctl.disconnect("b", "up")
 
 

@@ -12,7 +12,7 @@ from ipaddress import IPv4Address
 import pytest
 from portfree import free_block
 
-from cnm.errors import KernelError
+from cnm.errors import InvalidArgument
 from cnm.model.ports import ANY, PortMapping, PortRequest
 from cnm.portmap import hostsock
 from cnm.portmap.allocator import PortAllocator, PortConflict
@@ -114,9 +114,11 @@ def test_another_programs_socket_is_address_already_in_use(alloc, base):
         s.close()
 
 
-def test_an_address_the_host_does_not_have_is_a_kernel_error(alloc, base):
-    with pytest.raises(KernelError, match="cannot assign requested address"):
+def test_an_address_the_host_does_not_have_is_bad_input_naming_it(alloc, base):
+    # issue 7: HostIp 8.8.8.8 was a 500; it is the user's mistake, a 400 naming the address
+    with pytest.raises(InvalidArgument, match="cannot assign requested address: 192.0.2.77 is not an address"):
         alloc.reserve("ep", [req(base, ip=IPv4Address("192.0.2.77"))])
+    assert alloc.reservations("ep") == []
 
 
 def test_ephemeral_round_robin_does_not_reuse_a_just_released_port(alloc, base):

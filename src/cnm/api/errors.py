@@ -69,6 +69,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if status >= 500:
             log.error("%s %s: %s", request.method, request.path, exc)
         return error_response(status, exc.message)
+    except RecursionError:  # only input nested past what a parser can follow gets here
+        log.warning("%s %s: input nested too deeply", request.method, request.path)
+        return error_response(400, "invalid request: nested too deeply")
     except Exception as exc:  # the contract: unknown failures are a logged 500
+        # A bug, never the client's fault: said so, with the details in cnmd's log rather
+        # than a bare Python message the user cannot act on.
         log.exception("%s %s failed", request.method, request.path)
-        return error_response(500, str(exc) or type(exc).__name__)
+        return error_response(
+            500, f"internal error in cnmd ({type(exc).__name__}: {exc}); the daemon's log has the details"
+        )

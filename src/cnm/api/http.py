@@ -58,20 +58,35 @@ def query_int(request: web.Request, name: str, default: int | None = None) -> in
         raise InvalidArgument(f"invalid value for {name}: {raw!r} is not an integer") from None
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 async def read_json(request: web.Request) -> dict[str, Any]:
     """The request body as a JSON object; an empty body is ``{}`` (moby's CheckForJSON
-    allows it), ``null`` too.  Anything else that is not an object is a 400."""
+    allows it), ``null`` too.  Anything else that is not an object is a 400, and so is
+    what Go's decoder would not hand on either: invalid UTF-8, ``NaN``/``Infinity``,
+    nesting deeper than Python can follow, and strings holding a lone surrogate (they
+    cannot be written back out as UTF-8)."""
     raw = await request.read()
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise InvalidArgument("invalid JSON body: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"invalid JSON body: {exc}") from None
     if body is None:
         return {}
     if not isinstance(body, dict):
         raise InvalidArgument("invalid JSON body: expected an object")
+    try:
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise InvalidArgument("invalid JSON body: a string holds a lone UTF-16 surrogate") from None
+    except RecursionError:
+        raise InvalidArgument("invalid JSON body: nested too deeply") from None
     return body
 
 

@@ -89,6 +89,8 @@ def _parse_port_bindings(raw: Any) -> dict[str, tuple[PortBindingRequest, ...]]:
         raise InvalidArgument("invalid PortBindings: expected an object")
     out: dict[str, tuple[PortBindingRequest, ...]] = {}
     for key, bindings in raw.items():
+        if bindings is not None and not isinstance(bindings, list):
+            raise InvalidArgument(f"invalid port bindings for {key}: expected an array")
         items = []
         for b in bindings or ():
             if not isinstance(b, dict):
@@ -97,6 +99,7 @@ def _parse_port_bindings(raw: Any) -> dict[str, tuple[PortBindingRequest, ...]]:
         key = normalise_port(key)
         out[key] = tuple(items)
         port_requests(ContainerConfig(image="", port_bindings={key: out[key]}))  # moby validates at create
+    port_requests(ContainerConfig(image="", port_bindings=out))  # one host port asked for twice
     return out
 
 

@@ -13,9 +13,16 @@ from typing import Any
 
 from cnm.api.http import get_bool, get_dict, get_list, get_str, get_str_list, get_str_map
 from cnm.errors import InvalidArgument
+from cnm.ipam.api import check_ipam_driver
 from cnm.model.endpoint import Endpoint, EndpointRequest
 from cnm.model.network import IpamConfig, Network, NetworkSpec, validate_options
-from cnm.model.values import parse_ipv4, parse_ipv4_network, parse_mac, parse_network_name
+from cnm.model.values import (
+    check_usable_subnet,
+    parse_ipv4,
+    parse_ipv4_network,
+    parse_mac,
+    parse_network_name,
+)
 
 # -- out ------------------------------------------------------------------------------------
 
@@ -141,7 +148,7 @@ def _parse_ipam_entry(entry: Any) -> IpamConfig:
         if ":" in value:
             raise InvalidArgument(f"IPv6 subnets are not supported by cnm: {value}")
     aux_raw = get_str_map(entry, "AuxiliaryAddresses") or {}
-    subnet = parse_ipv4_network(subnet_s, "subnet") if subnet_s else None
+    subnet = check_usable_subnet(parse_ipv4_network(subnet_s, "subnet")) if subnet_s else None
     if subnet is None and (range_s or gateway_s or aux_raw):
         raise InvalidArgument(
             "invalid pool request: an ip-range, gateway or auxiliary address needs a subnet"
@@ -169,6 +176,7 @@ def parse_network_create(body: dict[str, Any]) -> NetworkSpec:
     if scope not in ("", "local"):
         raise InvalidArgument(f"scope {scope!r} is not supported by cnm: only local networks exist")
     ipam = get_dict(body, "IPAM")
+    ipam_driver = check_ipam_driver(get_str(ipam, "Driver") or "default")
     entries = get_list(ipam, "Config") or []
     options = get_str_map(body, "Options") or {}
     validate_options(options)
@@ -178,7 +186,7 @@ def parse_network_create(body: dict[str, Any]) -> NetworkSpec:
         internal=get_bool(body, "Internal"),
         attachable=get_bool(body, "Attachable"),
         enable_ipv6=get_bool(body, "EnableIPv6"),
-        ipam_driver=get_str(ipam, "Driver") or "default",
+        ipam_driver=ipam_driver,
         ipam_options=get_str_map(ipam, "Options"),
         ipam=tuple(_parse_ipam_entry(e) for e in entries),
         options=options,

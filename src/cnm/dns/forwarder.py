@@ -13,6 +13,12 @@ first server costs every lookup 4 s (moby/moby#20029, #22185).  Here:
   through as they came;
 * a truncated (TC) UDP answer is asked again of the same server over TCP;
 * after ``deadline`` (2 s) without an answer the caller answers SERVFAIL;
+* an upstream that let a query reach the deadline without a word (no answer to anything
+  since that query went out) is *silent* for ``dead_hold`` (10 s): while every upstream of a
+  query is silent, the caller answers SERVFAIL at once, and the query still goes out, as
+  a probe whose answer is dropped; any answer, late ones too, ends the silence.  So a
+  client that retries on SERVFAIL (busybox's nslookup does, twice per query) gets its
+  answer within the deadline instead of running out of time;
 * at most ``max_inflight`` (1024, Docker's figure) forwards run at once.
 
 The query goes out as the client wrote it (EDNS, DO bit and all) except for its id,
@@ -60,6 +66,7 @@ POOL_SIZE = 4
 SOCKET_USES = 128
 SOCKET_AGE = 30.0
 POOL_IDLE = 60.0
+DEAD_HOLD = 10.0
 _HEADER = 12
 _SERVFAIL, _REFUSED = 2, 5
 _RETRY_NEXT = (_SERVFAIL, _REFUSED)
@@ -91,7 +98,7 @@ def question_section(wire: bytes) -> bytes | None:
 class _Attempt:
     """One question to one upstream within a ``Forwarding``."""
 
-    __slots__ = ("race", "upstream", "qid", "channel", "task", "settled")
+    __slots__ = ("race", "upstream", "qid", "channel", "task", "settled", "pool", "sent_at")
 
     def __init__(self, race: Forwarding, upstream: Upstream) -> None:
         self.race = race
@@ -100,6 +107,8 @@ class _Attempt:
         self.channel: _Channel | None = None
         self.task: asyncio.Task[None] | None = None
         self.settled = False
+        self.pool: _Pool | None = None
+        self.sent_at = 0.0
 
     def matches(self, data: bytes) -> bool:
         """``data`` (with our id and QR already checked) answers our question."""
@@ -110,10 +119,11 @@ class _Attempt:
 class _Channel:
     """One connected UDP socket to one upstream, shared by many queries (see module doc)."""
 
-    __slots__ = ("loop", "sock", "fd", "pending", "uses", "born", "retired")
+    __slots__ = ("loop", "sock", "fd", "pending", "uses", "born", "retired", "pool")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, pool: _Pool) -> None:
         self.loop = loop
+        self.pool = pool
         self.sock = sock
         self.fd = sock.fileno()
         self.pending: dict[int, _Attempt] = {}
@@ -159,6 +169,9 @@ class _Channel:
         else:
             if len(data) < _HEADER or not data[2] & _QR:
                 return
+            pool = self.pool  # connected: only the upstream gets here, so it is alive
+            pool.last_heard = self.loop.time()
+            pool.silent_until = 0.0
             attempt = self.pending.get(int.from_bytes(data[:2], "big"))
             if attempt is None or not attempt.matches(data):
                 return  # a late answer, a stray or a spoof: ignored
@@ -199,6 +212,8 @@ class _Pool:
         self.retired: list[_Channel] = []
         self.turn = 0
         self.last_used = 0.0
+        self.last_heard = float("-inf")  # when the upstream last answered anything
+        self.silent_until = 0.0  # see the module doc
         self._opening: asyncio.Task[None] | None = None
 
     def channel(self, loop: asyncio.AbstractEventLoop) -> _Channel | None:
@@ -257,7 +272,7 @@ class _Pool:
             # and reports ICMP errors to us
             sock.setblocking(False)
             sock.connect(self.address)
-            return _Channel(loop, sock)
+            return _Channel(loop, sock, self)
         except BaseException:
             sock.close()
             raise
@@ -328,7 +343,8 @@ class Forwarding:
             if upstream.via_host_netns or self.container is None
             else self.container
         )
-        pool = self.forwarder.pool(source, upstream)
+        pool = attempt.pool = self.forwarder.pool(source, upstream)
+        attempt.sent_at = self.loop.time()
         try:
             channel = pool.channel(self.loop)
             if channel is None:  # the first query from a container namespace: open a socket
@@ -358,10 +374,15 @@ class Forwarding:
         self.timer = None
         if self.over:
             return
-        if self.started < len(self.upstreams) and self.loop.time() < self.deadline:
+        now = self.loop.time()
+        if self.started < len(self.upstreams) and now < self.deadline:
             self.start_next()  # the servers in flight are slow: start the next one beside them
-        else:
-            self._finish(self.fallback)
+            return
+        for attempt in self.attempts:
+            pool = attempt.pool
+            if pool is not None and attempt.channel is not None and pool.last_heard < attempt.sent_at:
+                pool.silent_until = now + self.forwarder.dead_hold  # not a word since we asked
+        self._finish(self.fallback)
 
     def _settle(self, attempt: _Attempt) -> bool:
         if attempt.settled or self.over:
@@ -457,6 +478,7 @@ class Forwarder:
         socket_uses: int = SOCKET_USES,
         socket_age: float = SOCKET_AGE,
         idle: float = POOL_IDLE,
+        dead_hold: float = DEAD_HOLD,
     ) -> None:
         self.stagger = stagger
         self.deadline = deadline
@@ -466,6 +488,7 @@ class Forwarder:
         self.socket_uses = socket_uses
         self.socket_age = socket_age
         self.idle = idle
+        self.dead_hold = dead_hold
         self._live: set[Forwarding] = set()
         self._pools: dict[tuple[SocketSource, Upstream], _Pool] = {}
         self._sweeper: asyncio.TimerHandle | None = None
@@ -492,8 +515,9 @@ class Forwarder:
         section lower-cased, found from ``wire`` when not given) to ``upstreams``.
         ``on_answer`` is called once -- possibly before ``submit`` returns -- with the first
         good answer in wire form with the client's id, or with None when no server
-        answered in time, none is configured or too many forwards are in flight (the
-        caller answers SERVFAIL); never after ``cancel``.  ``container_sockets`` opens
+        answered in time, none is configured, every one is silent (then the query still
+        goes out as a probe) or too many forwards are in flight (the caller answers
+        SERVFAIL); never after ``cancel``.  ``container_sockets`` opens
         sockets for upstreams not ``via_host_netns`` (cnmd's own namespace when None).
         Must be called on the event loop."""
         if question is None:
@@ -503,9 +527,20 @@ class Forwarder:
             race.over = True
             on_answer(None)
             return race
+        if self._all_silent(upstreams, container_sockets, race.loop.time()):
+            on_answer(None)  # SERVFAIL now rather than after the deadline (module doc)
+            race.on_answer = _drop
         self._live.add(race)
         race.start_next()
         return race
+
+    def _all_silent(self, upstreams: Sequence[Upstream], container: SocketSource | None, now: float) -> bool:
+        for upstream in upstreams:
+            source = self.host_sockets if upstream.via_host_netns or container is None else container
+            pool = self._pools.get((source, upstream))
+            if pool is None or pool.silent_until <= now:
+                return False
+        return True
 
     async def forward(
         self,
@@ -579,6 +614,10 @@ class Forwarder:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+
+
+def _drop(reply: bytes | None) -> None:
+    """The answer of a probe whose client already got its SERVFAIL."""
 
 
 async def _tcp_exchange(out: bytes, upstream: Upstream, source: SocketSource) -> bytes:

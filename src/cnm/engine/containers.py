@@ -880,7 +880,7 @@ class Containers:
                 (e for e in self._state.endpoints_of_container(container.id) if e.network_id == network.id), None
             )
             if ep is None:
-                raise InvalidArgument(f"container {container.id} is not connected to network {network.name}")
+                raise NotFound(f"container {container.id} is not connected to network {network.name}")
             sandbox = self._state.sandbox_of(container.id)
             errors = await self._detach(ep, sandbox)
             kept = {k: v for k, v in container.config.networks.items() if not self._same_network(k, network)}
@@ -913,7 +913,7 @@ class Containers:
             if not (self._same_network(k, network) if network is not None else k == network_ref)
         }
         if len(kept) == len(networks):
-            raise InvalidArgument(f"container {container.id} is not connected to the network {network_ref}")
+            raise NotFound(f"container {container.id} is not connected to the network {network_ref}")
         self._state.commit(put=[replace(container, config=replace(container.config, networks=kept))])
 
     async def _promote_gateway(self, container: Container, sandbox: Sandbox) -> list[BaseException]:

@@ -13,7 +13,23 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Protocol
 
+from cnm.errors import InvalidArgument, NotFound
 from cnm.model.network import IpamConfig
+
+# The IPAM drivers cnm has: Docker's built-in "default" only (no plugins, no "null").
+IPAM_DRIVERS = ("default",)
+_DOCKER_BUILTIN = ("null", "windows")
+
+
+def check_ipam_driver(name: str) -> str:
+    """``name`` if cnm has that IPAM driver.  Docker's other built-ins are
+    InvalidArgument (cnm does not have them); any other name is Docker's 404 for a
+    plugin that is not installed."""
+    if name in IPAM_DRIVERS:
+        return name
+    if name in _DOCKER_BUILTIN:
+        raise InvalidArgument(f"IPAM driver {name!r} is not supported by cnm: only 'default' is")
+    raise NotFound(f"could not find plugin {name} in v1 plugin registry: plugin not found")
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,7 @@ from ipaddress import IPv4Address, IPv4Network
 from cnm.errors import Conflict, Forbidden, InvalidArgument, NotFound, Unavailable
 from cnm.ipam.api import DEFAULT_POOLS, Pool, PoolSpec
 from cnm.model.network import IpamConfig
-from cnm.model.values import parse_ipv4_network
+from cnm.model.values import check_usable_subnet, parse_ipv4_network
 from cnm.store import codec
 from cnm.store.api import Store
 
@@ -68,8 +68,8 @@ def address_key(network_id: str, address: IPv4Address) -> str:
 
 def validate_pool_spec(spec: PoolSpec) -> None:
     """InvalidArgument unless ``spec.base`` can be split into ``/spec.size`` subnets that
-    each hold a network (``base`` prefix <= size <= 30)."""
-    base = spec.base
+    each hold a network (``base`` prefix <= size <= 30), outside the reserved ranges."""
+    base = check_usable_subnet(spec.base, "default address pool base")
     if not base.prefixlen <= spec.size <= MAX_PREFIX:
         raise InvalidArgument(
             f"invalid default address pool base={base},size={spec.size}: size must be between "
@@ -298,7 +298,9 @@ def _first_free_subnet(
 
 def _validate_config(subnet: IPv4Network, config: IpamConfig | None) -> None:
     """Docker's ValidateIPAM checks (api/types/network/ipam.go), plus cnm's own: room for
-    a network, and no gateway/aux on the network or broadcast address or on each other."""
+    a network, none of the reserved ranges (loopback, multicast ...), and no gateway/aux on
+    the network or broadcast address or on each other."""
+    check_usable_subnet(subnet)
     if subnet.prefixlen > MAX_PREFIX:
         raise InvalidArgument(
             f"invalid subnet {subnet}: too small for a network, use a /{MAX_PREFIX} or larger"

@@ -26,6 +26,7 @@ __all__ = [
     "mac_from_ip",
     "parse_ipv4",
     "parse_ipv4_network",
+    "check_usable_subnet",
     "parse_ifname",
 ]
 
@@ -62,20 +63,31 @@ def parse_container_name(name: str) -> str:
 
 
 def parse_network_name(name: str) -> str:
+    """A network name as Docker takes it (anything that is not blank), minus what cnm
+    cannot keep or show safely: ``/`` (API paths), control characters (NUL, escapes,
+    newlines: they break the store, logs and ``network ls``) and other whitespace than
+    the plain space."""
     if name is None or not name.strip():
         raise InvalidArgument("invalid name: name is empty")
-    if "/" in name or any(c.isspace() and c != " " for c in name):
-        raise InvalidArgument(f"invalid network name {name!r}")
+    for c in name:
+        if c == "/" or (c != " " and (c.isspace() or not c.isprintable())):
+            raise InvalidArgument(
+                f"invalid network name {name!r}: it contains {c!r}; "
+                "'/', control characters and whitespace other than ' ' are not allowed"
+            )
     return name
 
 
 def parse_mac(value: str) -> str:
-    """A unicast MAC in canonical lower-case colon form."""
+    """A unicast MAC other than 00:00:00:00:00:00, in canonical lower-case colon form (the
+    kernel refuses the zero address on an interface, and a group address is no host's)."""
     if not value or not _MAC.match(value):
         raise InvalidArgument(f"invalid MAC address {value}")
     mac = value.replace("-", ":").lower()
     if int(mac[:2], 16) & 1:
         raise InvalidArgument(f"invalid MAC address {value}: multicast address")
+    if mac == "00:00:00:00:00:00":
+        raise InvalidArgument(f"invalid MAC address {value}: the all-zero address")
     return mac
 
 
@@ -104,6 +116,26 @@ def parse_ipv4_network(value: str, what: str = "subnet") -> IPv4Network:
             f"invalid {what} {value}: it should be {iface.network} (host bits are set)"
         )
     return iface.network
+
+
+# Ranges no bridge network can use: not host addresses, or not routable to a host on a link.
+RESERVED_RANGES: tuple[tuple[IPv4Network, str], ...] = (
+    (IPv4Network("0.0.0.0/8"), "'this network' addresses"),
+    (IPv4Network("127.0.0.0/8"), "loopback addresses"),
+    (IPv4Network("224.0.0.0/4"), "multicast addresses"),
+    (IPv4Network("240.0.0.0/4"), "reserved addresses (and the broadcast address)"),
+)
+
+
+def check_usable_subnet(subnet: IPv4Network, what: str = "subnet") -> IPv4Network:
+    """``subnet`` unless it overlaps 0.0.0.0/8, 127.0.0.0/8, 224.0.0.0/4 or 240.0.0.0/4
+    (InvalidArgument naming the range)."""
+    for reserved, kind in RESERVED_RANGES:
+        if subnet.overlaps(reserved):
+            raise InvalidArgument(
+                f"invalid {what} {subnet}: it overlaps {reserved} ({kind}), which a network cannot use"
+            )
+    return subnet
 
 
 def parse_ifname(value: str) -> str:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
-from cnm.errors import KernelError, SystemFailure
+from cnm.errors import InvalidArgument, KernelError, SystemFailure
 from cnm.model.ports import ANY, PortMapping, PortRequest
 from cnm.portmap import hostsock, ranges
 
@@ -201,6 +201,11 @@ class PortAllocator:
             reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
             if exc.errno == errno.EADDRINUSE:
                 raise PortConflict(f"failed to bind host port for {where}: {reason}") from exc
+            if exc.errno == errno.EADDRNOTAVAIL:  # the user's HostIp: bad input, not a failure
+                raise InvalidArgument(
+                    f"failed to bind host port for {where}: {reason}: "
+                    f"{req.host_ip} is not an address of this host"
+                ) from exc
             raise KernelError(f"failed to bind host port for {where}: {reason}") from exc
         mapping = PortMapping(req.protocol, req.container_port, req.host_ip, port)
         r = Reservation(owner, mapping, sock)

@@ -132,6 +132,26 @@ def port_requests(config: ContainerConfig, image: Image | None = None) -> list[P
                 if (proto, port) not in bound:
                     bound.add((proto, port))
                     requests.append(PortRequest(proto, port))
-    unique = dict.fromkeys(requests)
-    return sorted(unique, key=lambda r: (r.container_port, r.protocol, int(r.host_ip), r.host_port))
+    unique = sorted(
+        dict.fromkeys(requests), key=lambda r: (r.container_port, r.protocol, int(r.host_ip), r.host_port)
+    )
+    _check_host_ports_once(unique)
+    return unique
+
+
+def _check_host_ports_once(requests: Iterable[PortRequest]) -> None:
+    """InvalidArgument when two requests ask for the same fixed host port and protocol on
+    the same host address (0.0.0.0 overlaps every address): only one can ever have it."""
+    held: dict[tuple[str, int], list[PortRequest]] = {}
+    for r in requests:
+        if r.host_port == 0 or r.host_port != r.host_port_end:
+            continue  # ephemeral or "any free port of a range": each gets its own
+        for other in held.get((r.protocol, r.host_port), ()):
+            if other.host_ip == r.host_ip or ANY in (other.host_ip, r.host_ip):
+                where = f"{r.host_ip if other.host_ip == ANY else other.host_ip}:{r.host_port}/{r.protocol}"
+                raise InvalidArgument(
+                    f"host port {where} is published twice: for container ports "
+                    f"{other.container_port}/{r.protocol} and {r.container_port}/{r.protocol}"
+                )
+        held.setdefault((r.protocol, r.host_port), []).append(r)
 
