@@ -14,7 +14,7 @@ from ipaddress import IPv4Address, ip_address
 
 from cnm.errors import InvalidArgument
 from cnm.model.container import ContainerConfig, Image, PortBindingRequest
-from cnm.model.ports import ANY, PROTOCOLS, PortRequest
+from cnm.model.ports import PROTOCOLS, PortRequest
 
 MAX_PORT = 65535
 
@@ -62,10 +62,11 @@ def expand_port_key(key: str) -> list[str]:
     return [f"{p}/{proto}" for p in range(lo, hi + 1)]
 
 
-def parse_host_ip(text: str) -> IPv4Address:
-    """A binding's ``HostIp``: empty means every IPv4 address (0.0.0.0)."""
+def parse_host_ip(text: str) -> IPv4Address | None:
+    """A binding's ``HostIp``; empty is None: not given, the network's default binding
+    address applies (0.0.0.0 unless the network says otherwise)."""
     if not text:
-        return ANY
+        return None
     try:
         address = ip_address(text.strip("[]") if text.startswith("[") else text)
     except ValueError:
@@ -113,7 +114,10 @@ def port_requests(config: ContainerConfig, image: Image | None = None) -> list[P
       ephemeral port, ``8000-8010`` on one container port is any free port of that range.
       A key with no bindings publishes nothing (it is only exposed).
     - ``PublishAllPorts``: every port exposed by the container or its image that has no
-      explicit binding gets an ephemeral port on 0.0.0.0.  Exposed ranges are expanded.
+      explicit binding gets an ephemeral port on the network's default binding address.
+      Exposed ranges are expanded.
+    - A binding without a host IP keeps None: the network that publishes decides
+      (``com.docker.network.bridge.host_binding_ipv4``, else 0.0.0.0).
     - Host IPs are IPv4 only for now: an IPv6 host IP is ``InvalidArgument``.
     The caller decides whether the network mode publishes at all (host, none and
     ``container:`` modes do not).
@@ -133,5 +137,5 @@ def port_requests(config: ContainerConfig, image: Image | None = None) -> list[P
                     bound.add((proto, port))
                     requests.append(PortRequest(proto, port))
     unique = dict.fromkeys(requests)
-    return sorted(unique, key=lambda r: (r.container_port, r.protocol, int(r.host_ip), r.host_port))
+    return sorted(unique, key=lambda r: (r.container_port, r.protocol, -1 if r.host_ip is None else int(r.host_ip), r.host_port))
 
