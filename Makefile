@@ -15,7 +15,7 @@ APT_PKGS    := iproute2 nftables iptables runc busybox-static libnftables1 iperf
 .PHONY: help deps venv image test unit integration e2e demo demo-sandbox bench bench-attach bench-ports lint clean
 
 help:
-	@echo "make demo | demo-sandbox | test | unit | integration | e2e | bench | bench-attach | bench-ports | lint | deps | venv | image | clean"
+	@echo "make demo | demo-sandbox | test | unit | integration | e2e | bench | bench-attach | bench-ports | soak-iptables | lint | deps | venv | image | clean"
 
 # $(call apt_ensure,PKGS): install those of PKGS that are missing, so a second run is instant.
 define apt_ensure
@@ -100,8 +100,16 @@ bench-dns: deps venv image
 bench-antispoof: deps venv image
 	$(VPY) bench/antispoof.py --image $(IMAGE_TAR) $(ANTISPOOF_ARGS)
 
+# Issue 7: 50 fresh starts of cnmd on the iptables backend per variant (nft, legacy), each in
+# its own throwaway host; prints how many passed.  SOAK_ARGS: e.g. --runs 10 --variant nft.
+SOAK_ARGS ?=
+
+.PHONY: soak-iptables
+soak-iptables: deps venv image
+	$(VPY) scripts/soak-iptables --image $(IMAGE_TAR) $(SOAK_ARGS)
+
 lint: venv
-	$(VENV)/bin/ruff check src tests bench scripts/make-busybox-tar scripts/in-sandbox scripts/fast-cli-launcher
+	$(VENV)/bin/ruff check src tests bench scripts/make-busybox-tar scripts/in-sandbox scripts/fast-cli-launcher scripts/soak-iptables
 
 clean:
 	rm -rf images build .pytest_cache .ruff_cache

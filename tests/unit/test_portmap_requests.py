@@ -14,6 +14,7 @@ from cnm.model.ports import ANY, PortRequest
 from cnm.portmap.requests import expand_port_key, parse_port_key, port_requests
 
 LO = IPv4Address("127.0.0.1")
+UNSET = None  # no host IP given: the publishing network's default binding address applies
 IMAGE = Image(id="sha256:x", repo_tags=("busybox:latest",), created="")
 
 
@@ -31,17 +32,18 @@ def config_for(publish: list[str], expose: list[str] = (), publish_all: bool = F
     "spec, expected",
     [
         ("80", [PortRequest("tcp", 80)]),
-        ("8080:80", [PortRequest("tcp", 80, ANY, 8080, 8080)]),
+        ("8080:80", [PortRequest("tcp", 80, UNSET, 8080, 8080)]),
         ("127.0.0.1:8080:80/udp", [PortRequest("udp", 80, LO, 8080, 8080)]),
         ("127.0.0.1::80", [PortRequest("tcp", 80, LO)]),
-        ("8080:80/sctp", [PortRequest("sctp", 80, ANY, 8080, 8080)]),
-        ("8000-8001:80-81", [PortRequest("tcp", 80, ANY, 8000, 8000), PortRequest("tcp", 81, ANY, 8001, 8001)]),
-        ("8000-9000:80", [PortRequest("tcp", 80, ANY, 8000, 9000)]),
+        ("8080:80/sctp", [PortRequest("sctp", 80, UNSET, 8080, 8080)]),
+        ("8000-8001:80-81", [PortRequest("tcp", 80, UNSET, 8000, 8000), PortRequest("tcp", 81, UNSET, 8001, 8001)]),
+        ("8000-9000:80", [PortRequest("tcp", 80, UNSET, 8000, 9000)]),
         ("80-82", [PortRequest("tcp", p) for p in (80, 81, 82)]),
-        ("published=5000,target=80", [PortRequest("tcp", 80, ANY, 5000, 5000)]),
-        ("published=5000,target=80,protocol=udp", [PortRequest("udp", 80, ANY, 5000, 5000)]),
+        ("published=5000,target=80", [PortRequest("tcp", 80, UNSET, 5000, 5000)]),
+        ("published=5000,target=80,protocol=udp", [PortRequest("udp", 80, UNSET, 5000, 5000)]),
         ("published=5000,target=80,host_ip=127.0.0.1", [PortRequest("tcp", 80, LO, 5000, 5000)]),
         ("target=80", [PortRequest("tcp", 80)]),
+        ("0.0.0.0:8080:80", [PortRequest("tcp", 80, ANY, 8080, 8080)]),  # given: never replaced
     ],
 )
 def test_every_cli_syntax(spec, expected):
@@ -51,9 +53,9 @@ def test_every_cli_syntax(spec, expected):
 def test_several_bindings_of_one_port_and_duplicates():
     config = config_for(["8080:80", "127.0.0.1:9090:80", "8080:80", "53:53/udp", "53:53"])
     assert port_requests(config, IMAGE) == [
-        PortRequest("tcp", 53, ANY, 53, 53),
-        PortRequest("udp", 53, ANY, 53, 53),
-        PortRequest("tcp", 80, ANY, 8080, 8080),
+        PortRequest("tcp", 53, UNSET, 53, 53),
+        PortRequest("udp", 53, UNSET, 53, 53),
+        PortRequest("tcp", 80, UNSET, 8080, 8080),
         PortRequest("tcp", 80, LO, 9090, 9090),
     ]
 
@@ -66,7 +68,7 @@ def test_publish_all_covers_exposed_ports_ranges_and_the_image_without_an_explic
     image = Image(id="sha256:x", repo_tags=(), created="", exposed_ports=("443/tcp", "80/tcp"))
     config = config_for(["8080:80"], ["1000-1001/udp"], publish_all=True)
     assert port_requests(config, image) == [
-        PortRequest("tcp", 80, ANY, 8080, 8080),  # the explicit binding wins over -P
+        PortRequest("tcp", 80, UNSET, 8080, 8080),  # the explicit binding wins over -P
         PortRequest("tcp", 443),
         PortRequest("udp", 1000),
         PortRequest("udp", 1001),

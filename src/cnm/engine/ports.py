@@ -59,6 +59,14 @@ def port_rules(network: Network, endpoint: Endpoint, mappings: Iterable[PortMapp
     return rules
 
 
+def default_host_ip(network: Network, requests: Sequence[PortRequest]) -> list[PortRequest]:
+    """``requests`` with every missing host IP replaced by ``network``'s default binding
+    address (``com.docker.network.bridge.host_binding_ipv4``, else 0.0.0.0), as Docker's
+    bridge driver does: the option keeps ``-p 80`` local when it names 127.0.0.1."""
+    default = network.host_binding_ipv4 or ANY
+    return [r if r.host_ip is not None else replace(r, host_ip=default) for r in requests]
+
+
 class Publisher:
     def __init__(self, allocator: PortAllocator, firewall: Firewall, proxy: UserlandProxy | None = None) -> None:
         self._allocator = allocator
@@ -69,9 +77,11 @@ class Publisher:
         self, stack: AsyncExitStack, network: Network, endpoint: Endpoint, requests: Sequence[PortRequest]
     ) -> Endpoint:
         """Hold the host ports, install the rules (and proxy listeners); undo on ``stack``.
+        A request without a host IP binds to ``network``'s default binding address.
         Returns the endpoint with its ``ports``."""
         if not requests or endpoint.address is None:
             return endpoint
+        requests = default_host_ip(network, requests)
         try:
             held = self._allocator.reserve(endpoint.id, requests, endpoint.address.ip)
         except PortConflict as exc:  # Docker's wording around the allocator's message

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import re
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from cnm.errors import FirewallError, Unavailable
 from cnm.firewall import render_ipt
@@ -36,7 +36,14 @@ class IptablesFirewall:
     change is one batch the size of that owner's rules; after a restart the daemon calls
     ``sync`` first.  A change the memory cannot explain (rules deleted from outside, or
     left by a previous daemon) is retried once with the rules read from ``iptables-save``.
-    ``teardown`` reads everything it removes from the kernel (no memory needed)."""
+    ``teardown`` reads everything it removes from the kernel (no memory needed).
+
+    One operation at a time (reads included): a batch is rendered from what was read or
+    remembered, so no other batch of this daemon may land in between, and iptables-nft
+    never has to replay a transaction another cnm batch overtook.  A batch rendered from
+    a read that the kernel no longer matches when it is applied (another program changed
+    the chains in between) is rendered again from a fresh read, once; when cnm's own
+    chains are what vanished, they are put back first, so the change still lands."""
 
     def __init__(self, userland_proxy: bool = False, iptables: str = "iptables") -> None:
         self.userland_proxy = userland_proxy
@@ -52,6 +59,7 @@ class IptablesFirewall:
         self._port_owner: dict[PortKey, str] = {}
         self._port_keys: dict[str, list[PortKey]] = {}  # endpoint -> its keys
         self._known = False  # memory matches the kernel (after sync / teardown)
+        self._lock = asyncio.Lock()  # held by every operation, from its first read to its last batch
 
     # -- exec boundary ------------------------------------------------------------------
 
@@ -102,16 +110,33 @@ class IptablesFirewall:
             return list(self._rules.get(owner, []))
         return render_ipt.owned_rules(await self._state(), owner, _SHARED_CHAINS)
 
-    async def _apply_owner(self, owner: str, render, new: list[Rule]) -> None:  # type: ignore[no-untyped-def]
+    async def _apply_read(self, render: Callable[[dict[str, TableState]], str]) -> None:
+        """Apply ``render(state)`` for the state read now; when the kernel changed before
+        the batch landed, once more from a fresh read (the first error is the one raised)."""
+        try:
+            await self._restore(render(await self._state()))
+        except FirewallError as first:
+            try:
+                await self._restore(render(await self._state()))
+            except FirewallError:
+                raise first from None
+
+    async def _apply_owner(self, owner: str, render: Callable[[list[Rule]], str], new: list[Rule]) -> None:
         """Apply ``render(old)`` for ``owner``, retrying once with the rules the kernel
-        really holds when memory was wrong; then remember ``new``."""
+        really holds when memory was wrong -- after putting cnm's skeleton back if that is
+        what is missing (someone removed cnm's chains) -- then remember ``new``."""
         old = await self._installed(owner)
         try:
             await self._restore(render(old))
         except FirewallError as first:
-            actual = render_ipt.owned_rules(await self._state(), owner, _SHARED_CHAINS)
+            state = await self._state()
             try:
-                await self._restore(render(actual))
+                problems = render_ipt.health_problems(state, self.userland_proxy)
+                if problems:
+                    log.warning("iptables: cnm's chains were changed from outside (%s); putting them back",
+                                "; ".join(problems))
+                    await self._restore(render_ipt.render_setup(state, self.userland_proxy))
+                await self._restore(render(render_ipt.owned_rules(state, owner, _SHARED_CHAINS)))
             except FirewallError:
                 raise first from None
         if new:
@@ -125,14 +150,23 @@ class IptablesFirewall:
         """Create cnm's chains if missing, rewrite the skeleton (fixed chains and the
         jumps from the built-in chains, CNM-USER first in FORWARD); turn on IPv4
         forwarding.  Built-in policies are never changed; CNM-USER is never flushed."""
-        await self._restore(render_ipt.render_setup(await self._state(), self.userland_proxy))
+        async with self._lock:
+            await self._apply_read(lambda state: render_ipt.render_setup(state, self.userland_proxy))
         set_sysctl("net.ipv4.ip_forward", "1")
 
     async def sync(self, networks: Sequence[BridgeRules], ports: Sequence[PortRule] = ()) -> None:
         """Make cnm's chains hold exactly ``networks`` and ``ports``, in one batch."""
         by_owner = render_ipt.port_rules_by_owner(ports)  # validates before anything
         self._localnet({p.bridge for p in ports}, strict=False)
-        await self._restore(render_ipt.render_sync(await self._state(), networks, ports, self.userland_proxy))
+        async with self._lock:
+            await self._apply_read(
+                lambda state: render_ipt.render_sync(state, networks, ports, self.userland_proxy)
+            )
+            self._remember(networks, ports, by_owner)
+
+    def _remember(self, networks: Sequence[BridgeRules], ports: Sequence[PortRule],
+                  by_owner: dict[str, list[Rule]]) -> None:
+        """Memory after a sync: exactly ``networks`` and ``ports``."""
         self._rules = {n.owner: render_ipt.network_shared_rules(n, self.userland_proxy) for n in networks}
         self._rules.update({owner: [render_ipt.port_jump(owner)] for owner in by_owner})
         self._bridges = {n.owner: n.bridge for n in networks}
@@ -144,42 +178,46 @@ class IptablesFirewall:
 
     async def add_network(self, rules: BridgeRules) -> None:
         """Install or replace one network's chains and rules in one batch."""
-        for other, bridge in self._bridges.items():
-            if other != rules.owner and bridge == rules.bridge:
-                raise FirewallError(f"bridge {rules.bridge} already carries the rules of network {other}")
-            if other != rules.owner and other[:12] == rules.owner[:12]:
-                raise FirewallError(f"networks {other} and {rules.owner} share an id prefix")
         new = render_ipt.network_shared_rules(rules, self.userland_proxy)
-        await self._apply_owner(
-            rules.owner, lambda old: render_ipt.render_add_network(rules, old, self.userland_proxy), new
-        )
-        self._bridges[rules.owner] = rules.bridge
+        async with self._lock:
+            for other, bridge in self._bridges.items():
+                if other != rules.owner and bridge == rules.bridge:
+                    raise FirewallError(f"bridge {rules.bridge} already carries the rules of network {other}")
+                if other != rules.owner and other[:12] == rules.owner[:12]:
+                    raise FirewallError(f"networks {other} and {rules.owner} share an id prefix")
+            await self._apply_owner(
+                rules.owner, lambda old: render_ipt.render_add_network(rules, old, self.userland_proxy), new
+            )
+            self._bridges[rules.owner] = rules.bridge
 
     async def remove_network(self, owner: str) -> None:
         """Remove network ``owner``'s rules and chains; idempotent."""
-        await self._apply_owner(owner, lambda old: render_ipt.render_remove_network(owner, old), [])
-        self._bridges.pop(owner, None)
+        async with self._lock:
+            await self._apply_owner(owner, lambda old: render_ipt.render_remove_network(owner, old), [])
+            self._bridges.pop(owner, None)
 
     async def add_ports(self, owner: str, rules: Sequence[PortRule]) -> None:
         """Replace endpoint ``owner``'s DNAT rules with ``rules`` in one batch (its size
         depends only on this endpoint's ports)."""
         new = render_ipt.port_rules_by_owner(rules).get(owner, [])
-        keys = claim_ports(owner, rules, self._port_owner)
-        self._localnet({r.bridge for r in rules}, strict=True)
-        jump = [render_ipt.port_jump(owner)] if new else []
-        await self._apply_owner(owner, lambda old: render_ipt.render_ports(owner, old, new), jump)
-        self._forget_ports(owner)
-        self._port_owner.update(dict.fromkeys(keys, owner))
-        if keys:
-            self._port_keys[owner] = keys
+        async with self._lock:
+            keys = claim_ports(owner, rules, self._port_owner)
+            self._localnet({r.bridge for r in rules}, strict=True)
+            jump = [render_ipt.port_jump(owner)] if new else []
+            await self._apply_owner(owner, lambda old: render_ipt.render_ports(owner, old, new), jump)
+            self._forget_ports(owner)
+            self._port_owner.update(dict.fromkeys(keys, owner))
+            if keys:
+                self._port_keys[owner] = keys
 
     async def remove_ports(self, owner: str) -> None:
         """Delete endpoint ``owner``'s DNAT rules; idempotent (no exec at all when memory
         says it has none)."""
-        if self._known and owner not in self._rules:
-            return
-        await self._apply_owner(owner, lambda old: render_ipt.render_ports(owner, old, []), [])
-        self._forget_ports(owner)
+        async with self._lock:
+            if self._known and owner not in self._rules:
+                return
+            await self._apply_owner(owner, lambda old: render_ipt.render_ports(owner, old, []), [])
+            self._forget_ports(owner)
 
     def _forget_ports(self, owner: str) -> None:
         for key in self._port_keys.pop(owner, []):
@@ -188,16 +226,18 @@ class IptablesFirewall:
     async def teardown(self) -> None:
         """Remove every cnm jump and chain (CNM-USER included), found by reading the
         kernel, so rules left by a previous daemon go too; idempotent."""
-        await self._restore(render_ipt.render_teardown(await self._state()))
-        self._rules.clear()
-        self._bridges.clear()
-        self._port_owner.clear()
-        self._port_keys.clear()
-        self._known = True
+        async with self._lock:
+            await self._apply_read(render_ipt.render_teardown)
+            self._rules.clear()
+            self._bridges.clear()
+            self._port_owner.clear()
+            self._port_keys.clear()
+            self._known = True
 
     async def healthy(self) -> bool:
         """True when cnm's chains, the jumps to them and the skeleton's rules are present."""
-        problems = render_ipt.health_problems(await self._state(), self.userland_proxy)
+        async with self._lock:
+            problems = render_ipt.health_problems(await self._state(), self.userland_proxy)
         if problems:
             log.info("iptables: %s", "; ".join(problems))
         return not problems

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, ip_address
 from types import MappingProxyType
 from typing import Any
 
@@ -119,6 +119,12 @@ class Network:
     def iface_prefix(self) -> str:
         return self.options.get(OPT_IFACE_PREFIX) or "eth"
 
+    @property
+    def host_binding_ipv4(self) -> IPv4Address | None:
+        """The host address a port published without one binds to (Docker's default
+        binding IP); None: every address (0.0.0.0)."""
+        return parse_host_binding(self.options.get(OPT_HOST_BINDING))
+
 
 def parse_mtu(raw: str | int | None) -> int:
     if raw is None or raw == "" or raw == 0:
@@ -132,9 +138,32 @@ def parse_mtu(raw: str | int | None) -> int:
     return value
 
 
+def parse_host_binding(raw: str | None) -> IPv4Address | None:
+    """``com.docker.network.bridge.host_binding_ipv4``: an IPv4 address; unset, empty
+    and 0.0.0.0 mean every address (None)."""
+    if raw is None or raw == "":
+        return None
+    try:
+        address = ip_address(str(raw).strip())
+    except ValueError:
+        raise InvalidArgument(
+            f"invalid host binding IP {raw!r} for option {OPT_HOST_BINDING}: not an IP address"
+        ) from None
+    if not isinstance(address, IPv4Address):
+        raise InvalidArgument(
+            f"invalid host binding IP {raw!r} for option {OPT_HOST_BINDING}: not an IPv4 address"
+        )
+    if address.is_multicast or address == IPv4Address("255.255.255.255"):
+        raise InvalidArgument(
+            f"invalid host binding IP {raw!r} for option {OPT_HOST_BINDING}: not a unicast address"
+        )
+    return None if address.is_unspecified else address
+
+
 def validate_options(options: Mapping[str, str]) -> None:
     """Parse every typed option once so a bad value is refused at create time."""
     _bool_option(options, OPT_ICC, True)
+    parse_host_binding(options.get(OPT_HOST_BINDING))
     _bool_option(options, OPT_MASQ, True)
     parse_mtu(options.get(OPT_MTU))
     name = options.get(OPT_BRIDGE_NAME)

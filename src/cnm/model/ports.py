@@ -17,11 +17,13 @@ ANY = IPv4Address("0.0.0.0")
 @dataclass(frozen=True, slots=True)
 class PortRequest:
     """Publish ``container_port``/``protocol`` on ``host_ip`` (0.0.0.0 = every address) at
-    a host port in ``host_port``..``host_port_end`` (0..0 = any ephemeral port)."""
+    a host port in ``host_port``..``host_port_end`` (0..0 = any ephemeral port).
+    ``host_ip`` None: none was given, so the publishing network's default binding address
+    applies (0.0.0.0 unless its ``host_binding_ipv4`` option names one, as in Docker)."""
 
     protocol: str
     container_port: int
-    host_ip: IPv4Address = ANY
+    host_ip: IPv4Address | None = None
     host_port: int = 0
     host_port_end: int = 0
 

@@ -62,10 +62,11 @@ def expand_port_key(key: str) -> list[str]:
     return [f"{p}/{proto}" for p in range(lo, hi + 1)]
 
 
-def parse_host_ip(text: str) -> IPv4Address:
-    """A binding's ``HostIp``: empty means every IPv4 address (0.0.0.0)."""
+def parse_host_ip(text: str) -> IPv4Address | None:
+    """A binding's ``HostIp``; empty is None: not given, the network's default binding
+    address applies (0.0.0.0 unless the network says otherwise)."""
     if not text:
-        return ANY
+        return None
     try:
         address = ip_address(text.strip("[]") if text.startswith("[") else text)
     except ValueError:
@@ -113,7 +114,10 @@ def port_requests(config: ContainerConfig, image: Image | None = None) -> list[P
       ephemeral port, ``8000-8010`` on one container port is any free port of that range.
       A key with no bindings publishes nothing (it is only exposed).
     - ``PublishAllPorts``: every port exposed by the container or its image that has no
-      explicit binding gets an ephemeral port on 0.0.0.0.  Exposed ranges are expanded.
+      explicit binding gets an ephemeral port on the network's default binding address.
+      Exposed ranges are expanded.
+    - A binding without a host IP keeps None: the network that publishes decides
+      (``com.docker.network.bridge.host_binding_ipv4``, else 0.0.0.0).
     - Host IPs are IPv4 only for now: an IPv6 host IP is ``InvalidArgument``.
     The caller decides whether the network mode publishes at all (host, none and
     ``container:`` modes do not).
@@ -133,7 +137,8 @@ def port_requests(config: ContainerConfig, image: Image | None = None) -> list[P
                     bound.add((proto, port))
                     requests.append(PortRequest(proto, port))
     unique = sorted(
-        dict.fromkeys(requests), key=lambda r: (r.container_port, r.protocol, int(r.host_ip), r.host_port)
+        dict.fromkeys(requests),
+        key=lambda r: (r.container_port, r.protocol, -1 if r.host_ip is None else int(r.host_ip), r.host_port),
     )
     _check_host_ports_once(unique)
     return unique
@@ -141,14 +146,17 @@ def port_requests(config: ContainerConfig, image: Image | None = None) -> list[P
 
 def _check_host_ports_once(requests: Iterable[PortRequest]) -> None:
     """InvalidArgument when two requests ask for the same fixed host port and protocol on
-    the same host address (0.0.0.0 overlaps every address): only one can ever have it."""
+    the same host address (0.0.0.0, and an address not given yet, overlap every address):
+    only one can ever have it."""
     held: dict[tuple[str, int], list[PortRequest]] = {}
     for r in requests:
         if r.host_port == 0 or r.host_port != r.host_port_end:
             continue  # ephemeral or "any free port of a range": each gets its own
         for other in held.get((r.protocol, r.host_port), ()):
-            if other.host_ip == r.host_ip or ANY in (other.host_ip, r.host_ip):
-                where = f"{r.host_ip if other.host_ip == ANY else other.host_ip}:{r.host_port}/{r.protocol}"
+            wide = (ANY, None)
+            if other.host_ip == r.host_ip or other.host_ip in wide or r.host_ip in wide:
+                ip = other.host_ip if other.host_ip not in wide else r.host_ip
+                where = f"{ip if ip is not None else ANY}:{r.host_port}/{r.protocol}"
                 raise InvalidArgument(
                     f"host port {where} is published twice: for container ports "
                     f"{other.container_port}/{r.protocol} and {r.container_port}/{r.protocol}"
