@@ -352,11 +352,11 @@ def networks_json(c: Container, view: NetworkView, hostname: str) -> dict[str, A
             )
         return out
     for key, request in c.config.networks.items():
-        net = view.find_network(key)
+        found = view.find_network(key)
         out[key] = endpoint_settings_json(
             request,
-            network_id=net.id if net else "",
-            dns_names=_dns_names(c, net, request, hostname) if net else None,
+            network_id=found.id if found else "",
+            dns_names=_dns_names(c, found, request, hostname) if found else None,
         )
     return out
 
@@ -400,11 +400,11 @@ def ports_json(c: Container, view: NetworkView) -> dict[str, Any]:
 def network_settings_json(c: Container, view: NetworkView, hostname: str) -> dict[str, Any]:
     networks = networks_json(c, view, hostname)
     bridge = networks.get("bridge") or {}
-    running = c.running and view.sandbox is not None
+    sandbox = view.sandbox if c.running else None
     out: dict[str, Any] = {
         "Bridge": "",
-        "SandboxID": view.sandbox.id if running else "",
-        "SandboxKey": view.sandbox.key if running else "",
+        "SandboxID": sandbox.id if sandbox is not None else "",
+        "SandboxKey": sandbox.key if sandbox is not None else "",
         "Ports": ports_json(c, view),
         "HairpinMode": False,
         "LinkLocalIPv6Address": "",
@@ -437,7 +437,7 @@ def _links_json(c: Container) -> list[str] | None:
 
 def host_config_json(c: Container) -> dict[str, Any]:
     cfg = c.config
-    out = {
+    out: dict[str, Any] = {
         "Binds": list(cfg.binds) if cfg.binds else None,
         "ContainerIDFile": "",
         "LogConfig": {"Type": "json-file", "Config": {}},

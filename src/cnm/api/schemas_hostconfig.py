@@ -122,11 +122,11 @@ def parse_mount(raw: Any) -> Mount:
             raise InvalidArgument(
                 f"invalid mount config for type \"bind\": invalid mount path: '{source}' mount path must be absolute"
             )
-        options = get_dict(raw, "BindOptions")
-        unsupported = sorted(k for k, v in options.items() if k != "Propagation" and v not in (None, False, ""))
+        bind_options = get_dict(raw, "BindOptions")
+        unsupported = sorted(k for k, v in bind_options.items() if k != "Propagation" and v not in (None, False, ""))
         if unsupported:
             raise InvalidArgument(f"BindOptions.{unsupported[0]} is not supported by cnm")
-        propagation = get_str(options, "Propagation")
+        propagation = get_str(bind_options, "Propagation")
         if propagation and propagation not in PROPAGATIONS:
             raise InvalidArgument(f"invalid propagation mode: {propagation}")
         return Mount(type="bind", source=posixpath.normpath(source), target=target, read_only=read_only,

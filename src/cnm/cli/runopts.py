@@ -14,6 +14,10 @@ import os
 from cnm.cli import flags as F
 from cnm.cli.portspec import parse_expose, parse_publish
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs start-up time
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
 
 def _valid_ip(text: str) -> bool:
     import ipaddress
@@ -59,7 +63,7 @@ def validate_env(val: str) -> str:
     return val
 
 
-def resolve_env(values: list[str], env: dict[str, str]) -> list[str]:
+def resolve_env(values: list[str], env: Mapping[str, str]) -> list[str]:
     """``KEY`` alone takes the CLI's own value when it has one (``opts.ValidateEnv``)."""
     out = []
     for val in values:
@@ -263,7 +267,7 @@ def endpoints_config(v: dict) -> tuple[str, dict[str, dict]]:
     return nets[0]["Target"], endpoints
 
 
-def read_env_files(paths: list[str], env: dict[str, str]) -> list[str]:
+def read_env_files(paths: list[str], env: Mapping[str, str]) -> list[str]:
     """``opts.ParseEnvFile``: KEY=VALUE lines, ``#`` comments, ``KEY`` alone from the CLI's env."""
     out: list[str] = []
     for path in paths:
@@ -407,7 +411,7 @@ def _kv_map(items: list[str]) -> dict[str, str]:
 def create_body(v: dict, changed: set[str], image: str, cmd: list[str], detach: bool,
                 env: dict[str, str] | None = None, console_size: tuple[int, int] | None = None) -> dict:
     """The ``POST /containers/create`` body for parsed flags ``v`` (ValueError on bad input)."""
-    env = os.environ if env is None else env
+    environ: Mapping[str, str] = os.environ if env is None else env
     if v["mac_address"] and not valid_mac(v["mac_address"]):
         raise ValueError(f"{v['mac_address']} is not a valid mac address")
     attach = [a.lower() for a in v["attach"]]
@@ -424,7 +428,7 @@ def create_body(v: dict, changed: set[str], image: str, cmd: list[str], detach: 
     exposed, bindings = parse_publish(v["publish"])
     exposed = parse_expose(v["expose"], exposed)
     mode, endpoints = endpoints_config(v)
-    env_list = read_env_files(v["env_file"], env) + resolve_env(v["env"], env)
+    env_list = read_env_files(v["env_file"], environ) + resolve_env(v["env"], environ)
     entrypoint = None
     if v["entrypoint"]:
         entrypoint = [v["entrypoint"]]

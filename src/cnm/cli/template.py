@@ -457,7 +457,7 @@ FUNCS: dict[str, Callable] = {
     "title": lambda s: go_str(s).title(),
     "pad": lambda s, before, after: " " * int(before) + go_str(s) + " " * int(after),
     "truncate": lambda s, n: go_str(s)[: int(n)],
-}  # type: ignore[dict-item]
+}
 
 
 # -- execution --------------------------------------------------------------------------

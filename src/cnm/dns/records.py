@@ -24,11 +24,12 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from cnm.errors import InvalidArgument
 
 IPAddress = IPv4Address | IPv6Address
+A = TypeVar("A", IPv4Address, IPv6Address)
 
 
 class Upstream(NamedTuple):
@@ -269,7 +270,7 @@ class NameTable:
                 return list(holders.values())
         return None
 
-    def _shuffled(self, addresses: list[IPAddress]) -> list:  # type: ignore[type-arg]
+    def _shuffled(self, addresses: list[A]) -> list[A]:
         if len(addresses) > 1:
             self._rng.shuffle(addresses)  # Docker's only load spreading for shared aliases
         return addresses

@@ -74,7 +74,7 @@ class IndexedTable(dict[str, R]):
         record = super().pop(key)
         self._drop(key, record)
 
-    def pop(self, key: str, default: object = _MISSING):  # type: ignore[override]
+    def pop(self, key: str, default: object = _MISSING):
         if key not in self:
             if default is _MISSING:
                 raise KeyError(key)
@@ -88,12 +88,12 @@ class IndexedTable(dict[str, R]):
         self._drop(key, record)
         return key, record
 
-    def setdefault(self, key: str, default: R) -> R:  # type: ignore[override]
+    def setdefault(self, key: str, default: R) -> R:
         if key not in self:
             self[key] = default
         return self[key]
 
-    def update(self, *args, **kwargs) -> None:  # type: ignore[override]
+    def update(self, *args, **kwargs) -> None:
         for key, record in dict(*args, **kwargs).items():
             self[key] = record
 

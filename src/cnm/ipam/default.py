@@ -488,13 +488,14 @@ class DefaultIpam:
                 raise InvalidArgument(
                     f"requested address is out of range: {preferred} is not in {state.pool.subnet}"
                 )
-            value: int | None = int(preferred)
+            value = int(preferred)
             if value not in state.free:
                 raise Forbidden(ERR_IN_USE)
         else:
-            value = state.free.lowest(*state.dynamic_bounds)
-            if value is None:
+            lowest = state.free.lowest(*state.dynamic_bounds)
+            if lowest is None:
                 raise Unavailable(ERR_NO_ADDRESSES)
+            value = lowest
         address = IPv4Address(value)
         with self._store.transaction() as tx:
             tx.put(KIND_ADDRESS, address_key(network_id, address), {"owner": owner})

@@ -154,20 +154,24 @@ class PortAllocator:
         r.close()
 
     def _reserve_one(self, owner: str, req: PortRequest, container_ip: IPv4Address | None) -> Reservation:
+        host_ip = req.host_ip
+        if host_ip is None:  # the engine resolves it from the publishing network first
+            raise InvalidArgument(f"no host address for port {req.container_port}/{req.protocol}")
         if req.host_port and req.host_port_end in (0, req.host_port):
-            return self._take(owner, req, req.host_port, container_ip)
+            return self._take(owner, req, host_ip, req.host_port, container_ip)
         if req.host_port == 0 and req.host_port_end == 0:
             first, last = self.ephemeral
             skip = self._reserved
         else:
             first, last = req.host_port, req.host_port_end
             skip = frozenset()
-        return self._take_in_range(owner, req, first, last, skip, container_ip)
+        return self._take_in_range(owner, req, host_ip, first, last, skip, container_ip)
 
     def _take_in_range(
         self,
         owner: str,
         req: PortRequest,
+        host_ip: IPv4Address,
         first: int,
         last: int,
         skip: frozenset[int],
@@ -178,38 +182,40 @@ class PortAllocator:
         start = self._last.get(key, last) + 1  # round robin: after the last one handed out
         for i in range(size):
             port = first + (start - first + i) % size
-            if port in skip or self.holder(req.protocol, req.host_ip, port) is not None:
+            if port in skip or self.holder(req.protocol, host_ip, port) is not None:
                 continue
             try:
-                r = self._take(owner, req, port, container_ip)
+                r = self._take(owner, req, host_ip, port, container_ip)
             except PortConflict:
                 continue  # another program holds it: try the next one
             self._last[key] = port
             return r
         raise PortConflict(
-            f"Bind for {_addr(req.host_ip, f'{first}-{last}')} failed: all ports are allocated"
+            f"Bind for {_addr(host_ip, f'{first}-{last}')} failed: all ports are allocated"
         )
 
-    def _take(self, owner: str, req: PortRequest, port: int, container_ip: IPv4Address | None) -> Reservation:
-        if self.holder(req.protocol, req.host_ip, port) is not None:
-            raise PortConflict(f"Bind for {_addr(req.host_ip, port)} failed: port is already allocated")
+    def _take(
+        self, owner: str, req: PortRequest, host_ip: IPv4Address, port: int, container_ip: IPv4Address | None
+    ) -> Reservation:
+        if self.holder(req.protocol, host_ip, port) is not None:
+            raise PortConflict(f"Bind for {_addr(host_ip, port)} failed: port is already allocated")
         try:
-            sock = self._open(req.protocol, req.host_ip, port)
+            sock = self._open(req.protocol, host_ip, port)
         except OSError as exc:
             target = f"{container_ip}:{req.container_port}" if container_ip else str(req.container_port)
-            where = f"{_addr(req.host_ip, port)}:{target}/{req.protocol}"
+            where = f"{_addr(host_ip, port)}:{target}/{req.protocol}"
             reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
             if exc.errno == errno.EADDRINUSE:
                 raise PortConflict(f"failed to bind host port for {where}: {reason}") from exc
             if exc.errno == errno.EADDRNOTAVAIL:  # the user's HostIp: bad input, not a failure
                 raise InvalidArgument(
                     f"failed to bind host port for {where}: {reason}: "
-                    f"{req.host_ip} is not an address of this host"
+                    f"{host_ip} is not an address of this host"
                 ) from exc
             raise KernelError(f"failed to bind host port for {where}: {reason}") from exc
-        mapping = PortMapping(req.protocol, req.container_port, req.host_ip, port)
+        mapping = PortMapping(req.protocol, req.container_port, host_ip, port)
         r = Reservation(owner, mapping, sock)
-        self._ports.setdefault((req.protocol, port), {})[req.host_ip] = r
+        self._ports.setdefault((req.protocol, port), {})[host_ip] = r
         return r
 
 
