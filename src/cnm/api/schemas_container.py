@@ -35,6 +35,7 @@ from cnm.model.network import PREDEFINED, Network
 from cnm.model.ports import PortMapping
 from cnm.model.values import parse_mac
 from cnm.portmap.requests import expand_port_key, parse_port_key, port_requests
+from cnm.runtime.logs import parse_log_config
 
 MAC_DEPRECATED_WARNING = "The container-wide MacAddress field is now deprecated. It should be specified in EndpointsConfig instead."
 
@@ -205,8 +206,22 @@ def parse_container_create(body: dict[str, Any]) -> tuple[ContainerConfig, list[
         auto_remove=get_bool(host, "AutoRemove"),
         stop_signal=get_str(body, "StopSignal") or "SIGTERM",
         stop_timeout=10 if stop_timeout is None else stop_timeout,
+        **_log_and_console(host),
     )
     return config, warnings
+
+
+def _log_and_console(host: dict[str, Any]) -> dict[str, Any]:
+    """``HostConfig.LogConfig`` (json-file with max-size/max-file, or none; anything else
+    is refused) and ``HostConfig.ConsoleSize``, as ContainerConfig fields."""
+    log_config = get_dict(host, "LogConfig")
+    driver = get_str(log_config, "Type") or "json-file"
+    opts = get_str_map(log_config, "Config") or {}
+    parse_log_config(driver, opts)
+    size = host.get("ConsoleSize") or [0, 0]
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and 0 <= v < 65536 for v in size)):
+        raise InvalidArgument("invalid ConsoleSize: expected [height, width]")
+    return {"log_driver": driver, "log_opts": opts, "console_size": (size[0], size[1])}
 
 
 # -- time and status ------------------------------------------------------------------------
@@ -419,14 +434,14 @@ def host_config_json(c: Container) -> dict[str, Any]:
     return {
         "Binds": None,
         "ContainerIDFile": "",
-        "LogConfig": {"Type": "json-file", "Config": {}},
+        "LogConfig": {"Type": cfg.log_driver, "Config": dict(cfg.log_opts)},
         "NetworkMode": cfg.network_mode,
         "PortBindings": _port_bindings_json(c),
         "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
         "AutoRemove": cfg.auto_remove,
         "VolumeDriver": "",
         "VolumesFrom": None,
-        "ConsoleSize": [0, 0],
+        "ConsoleSize": list(cfg.console_size),
         "CapAdd": None,
         "CapDrop": None,
         "CgroupnsMode": "private",

@@ -64,6 +64,9 @@ class ContainerConfig:
     auto_remove: bool = False
     stop_signal: str = "SIGTERM"
     stop_timeout: int = 10
+    log_driver: str = "json-file"  # HostConfig.LogConfig: "json-file" or "none"
+    log_opts: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    console_size: tuple[int, int] = (0, 0)  # HostConfig.ConsoleSize (rows, columns) for a tty
 
 
 @dataclass(frozen=True, slots=True)

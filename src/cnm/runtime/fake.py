@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from cnm.errors import Conflict, NotFound, RuntimeFailure
 from cnm.model.container import ExecSpec, Image
 from cnm.runtime.api import StartRequest
+from cnm.runtime.logs import Record
+from cnm.runtime.output import OutputHub, Subscription
 
 
 @dataclass
@@ -41,6 +43,8 @@ class FakeRuntime:
     exits: dict[str, asyncio.Future[int]] = field(default_factory=dict)
     fail_start: bool = False
     pids: dict[str, int] = field(default_factory=dict)
+    hubs: dict[str, OutputHub] = field(default_factory=dict)
+    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
     _pids: itertools.count = field(default_factory=lambda: itertools.count(1000))
 
     def add_image(self, reference: str, image_id: str = "sha256:" + "ab" * 32) -> Image:
@@ -99,10 +103,15 @@ class FakeRuntime:
             self.exit(container_id, 128 + signal)
 
     async def cleanup(self, container_id: str) -> None:
-        pass
+        hub = self.hubs.get(container_id)
+        if hub is not None:
+            hub.end_all()
 
     async def remove(self, container_id: str) -> None:
         self.started.pop(container_id, None)
+        hub = self.hubs.pop(container_id, None)
+        if hub is not None:
+            hub.end_all()
 
     async def is_running(self, container_id: str) -> int:
         fut = self.exits.get(container_id)
@@ -114,6 +123,9 @@ class FakeRuntime:
         reader.feed_eof()
         return _FakeProcess(pid=next(self._pids), stdout=reader)
 
+    def log_path(self, container_id: str) -> str:
+        return os.path.join(self.root, container_id, f"{container_id}-json.log")
+
     async def logs(
         self,
         container_id: str,
@@ -122,10 +134,25 @@ class FakeRuntime:
         stderr: bool,
         follow: bool,
         tail: int | None,
-        exited=None,
-    ) -> AsyncIterator[tuple[int, bytes]]:
+        since: int | None = None,
+        until: int | None = None,
+    ) -> AsyncIterator[Record]:
         if stdout:
-            yield 1, b"fake output\n"
+            yield Record(1, 1_700_000_000_000_000_000, b"fake output\n")
+
+    def attach_output(self, container_id: str) -> Subscription:
+        """Fed by ``emit``; ends when the container exits or is removed."""
+        hub = self.hubs.setdefault(container_id, OutputHub())
+        sub = hub.subscribe()
+        assert sub is not None
+        return sub
+
+    def emit(self, container_id: str, stream: int, data: bytes) -> None:
+        """The container writes ``data`` (attached clients get it)."""
+        self.hubs.setdefault(container_id, OutputHub()).publish(stream, data)
+
+    def resize(self, container_id: str, height: int, width: int) -> None:
+        self.sizes[container_id] = (height, width)
 
     async def open_stdin(self, container_id: str) -> asyncio.StreamWriter | None:
         return None
