@@ -151,7 +151,7 @@ class Pty:
     """``cnm run -it …`` on a pseudo-terminal of our own (its controlling terminal, so the
     kernel sends SIGWINCH when we resize it)."""
 
-    def __init__(self, host: TestHost, *args: str, rows: int = 24, cols: int = 80) -> None:
+    def __init__(self, host: TestHost, *args: str, rows: int = 24, cols: int = 80, client: str = "cnm") -> None:
         self.master, slave = os.openpty()
         self.resize(rows, cols)
 
@@ -159,8 +159,9 @@ class Pty:
             os.setsid()
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
-        self.proc = subprocess.Popen(host.inside([venv_bin("cnm"), "-H", host.host_uri, *args]),
-                                     stdin=slave, stdout=slave, stderr=slave, env=host.environ(),
+        env = host.environ({"DOCKER_CONFIG": str(host.tmp / "docker-config")})
+        self.proc = subprocess.Popen(host.inside([*_client(host, client), *args]),
+                                     stdin=slave, stdout=slave, stderr=slave, env=env,
                                      preexec_fn=child_setup, close_fds=True)
         os.close(slave)
         self.seen = b""
@@ -195,8 +196,12 @@ class Pty:
             os.close(self.master)
 
 
-def test_run_it_is_a_real_terminal(cnmhost: TestHost) -> None:
-    term = Pty(cnmhost, "run", "-it", "--name", "it1", "busybox", "sh", rows=24, cols=80)
+@pytest.mark.parametrize("client", ["cnm", "docker"])
+def test_run_it_is_a_real_terminal(cnmhost: TestHost, client: str) -> None:
+    if client == "docker" and not shutil.which(DOCKER):
+        pytest.skip(f"{DOCKER} not installed")
+    name = f"it-{client}"
+    term = Pty(cnmhost, "run", "-it", "--name", name, "busybox", "sh", rows=24, cols=80, client=client)
     try:
         term.send(b"echo early-$((40+2))\r")  # typed before the shell is ready
         term.expect(b"early-42")
@@ -222,9 +227,9 @@ def test_run_it_is_a_real_terminal(cnmhost: TestHost) -> None:
         if term.proc.poll() is None:
             term.proc.kill()
             term.close()
-    state = inspect(cnmhost, "it1")[0]["State"]
+    state = inspect(cnmhost, name)[0]["State"]
     assert state["Status"] == "running"
-    cnmhost.cnm("rm", "-f", "it1")
+    cnmhost.cnm("rm", "-f", name)
 
 
 def test_run_it_exit_code_and_ctrl_d(cnmhost: TestHost) -> None:
@@ -237,3 +242,22 @@ def test_run_it_exit_code_and_ctrl_d(cnmhost: TestHost) -> None:
         if term.proc.poll() is None:
             term.proc.kill()
             term.close()
+
+
+def test_tty_container_keeps_its_terminal_across_a_cnmd_restart(fresh_cnmhost: TestHost) -> None:
+    """The pty master is held by a keeper process too: a SIGKILLed cnmd does not hang up
+    the container's terminal, and the restarted cnmd copies on from it."""
+    host = fresh_cnmhost
+    host.cnm("run", "-d", "-t", "--name", "tt1", "busybox", "sh", "-c",
+             "i=0; while [ $i -lt 30 ]; do echo t $i; i=$((i+1)); sleep 0.1; done")
+    time.sleep(0.5)
+    host.kill_daemon(signal.SIGKILL)
+    time.sleep(1)
+    host.start_daemon()
+    assert wait_for(lambda: inspect(host, "tt1")[0]["State"]["Status"] == "exited", 30)
+    assert inspect(host, "tt1")[0]["State"]["ExitCode"] in (0, 255)  # 255: no longer our child
+    lines = host.cnm("logs", "tt1").stdout.replace("\r", "").splitlines()
+    assert lines == [f"t {i}" for i in range(30)]
+    host.cnm("rm", "tt1")
+    keepers = host.run(["sh", "-c", "ps -o args= -e | grep -c '^sleep infinity' || true"]).stdout.strip()
+    assert keepers == "0"

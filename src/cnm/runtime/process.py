@@ -221,3 +221,68 @@ async def receive_console(listener: socket.socket) -> int:
         os.close(extra)
     os.set_inheritable(fds[0], False)
     return fds[0]
+
+
+# -- keeping a descriptor alive across a daemon restart ------------------------------------------
+
+_SYS_PIDFD_GETFD = 438  # the same number on every architecture (Linux >= 5.6)
+_KEEPER_ARGV = ("sleep", "infinity")
+
+
+def start_fd_keeper(fds: list[int]) -> int:
+    """A tiny process (``sleep infinity``) that holds copies of ``fds`` under the same
+    numbers, so the open files outlive cnmd: a container's output pipes (what it writes
+    while no cnmd reads stays in them, even after it exits) or its pty master (without
+    it a cnmd restart would hang up the container's terminal).  Returns its pid."""
+    import subprocess
+
+    try:
+        proc = subprocess.Popen(
+            _KEEPER_ARGV, pass_fds=tuple(fds), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+    except OSError as exc:
+        raise RuntimeFailure(f"cannot start the fd keeper: {exc.strerror}") from exc
+    return proc.pid
+
+
+def fetch_kept_fd(pid: int, fd: int, target_suffix: str) -> int | None:
+    """A copy of descriptor ``fd`` of keeper ``pid`` (``pidfd_getfd``), after checking
+    that ``pid`` is still a keeper and its ``fd`` points at a path ending in
+    ``target_suffix``; None when it is gone or is not."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            if fh.read().split(b"\0")[:2] != [a.encode() for a in _KEEPER_ARGV]:
+                return None
+        if not os.readlink(f"/proc/{pid}/fd/{fd}").endswith(target_suffix):
+            return None
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    try:
+        got = _libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0)  # the copy is close-on-exec
+        if got < 0:
+            return None
+        return got
+    finally:
+        os.close(pidfd)
+
+
+async def stop_fd_keeper(pid: int) -> None:
+    """Kill keeper ``pid`` (checked to be one) and reap it if it is ours.  Idempotent."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            if fh.read().split(b"\0")[:2] != [a.encode() for a in _KEEPER_ARGV]:
+                return
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        import signal
+
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except OSError:
+        pass
+    finally:
+        os.close(pidfd)
+    await wait_pid(pid)

@@ -43,7 +43,10 @@ from cnm.runtime.process import (
     empty_reader,
     fd_reader,
     fd_writer,
+    fetch_kept_fd,
     receive_console,
+    start_fd_keeper,
+    stop_fd_keeper,
     wait_pid,
 )
 
@@ -218,6 +221,7 @@ class RuncRuntime:
             undo.pop_all()
         if config.tty:
             self._ptys[cid] = ours[0]
+        self._keep_output(cid, [fd for _, fd in sources])
         self._copy_output(cid, sources, config.log_driver, log_options)
         self._watch(cid, pid)
         self.last_start_seconds = time.perf_counter() - began
@@ -289,7 +293,7 @@ class RuncRuntime:
         except CnmError as exc:
             errors.append(exc)
         self._close_stdin(container_id)
-        self._close_pty(container_id)
+        await self._release_output(container_id)
         try:
             await asyncio.to_thread(rootfs.unmount, self._rootfs(container_id))
         except CnmError as exc:
@@ -309,7 +313,7 @@ class RuncRuntime:
         await asyncio.to_thread(rootfs.unmount, self._rootfs(container_id))
         await self._drain_output(container_id)
         self._close_stdin(container_id)
-        self._close_pty(container_id)
+        await self._release_output(container_id)
         self._exits.pop(container_id, None)
         hub = self._outputs.pop(container_id, None)
         if hub is not None:
@@ -435,12 +439,21 @@ class RuncRuntime:
 
     def _reattach_output(self, cid: str) -> Copier | None:
         """After a daemon restart: open the FIFOs of a container started by an earlier
-        cnmd and copy on from where it left (the output waited in the pipes).  A tty
-        container's pty master died with that cnmd: nothing to reopen."""
+        cnmd and copy on from where it left (the output waited in the pipes); for a tty,
+        take the pty master back from its keeper.  The keeper also holds the FIFOs' read
+        ends, so what a container wrote before it exited is still there."""
         execdir = self._exec_dir(cid)
         info = _read_output_info(execdir)
-        if info is None or info["tty"]:
+        if info is None:
             return None
+        options = logs.LogOptions(max_size=info["max_size"], max_file=info["max_file"])
+        if info["tty"]:
+            master = self._kept_pty(cid)
+            if master is None:
+                log.warning("container %s: its terminal was not kept; its output is lost", cid[:12])
+                return None
+            self._ptys[cid] = master
+            return self._copy_output(cid, [(logs.STDOUT, os.dup(master))], info["driver"], options)
         sources: list[tuple[int, int]] = []
         try:
             for stream, name in ((logs.STDOUT, "stdout"), (logs.STDERR, "stderr")):
@@ -451,7 +464,6 @@ class RuncRuntime:
                 os.close(fd)
             log.warning("container %s: cannot reopen its output: %s", cid[:12], exc)
             return None
-        options = logs.LogOptions(max_size=info["max_size"], max_file=info["max_file"])
         return self._copy_output(cid, sources, info["driver"], options)
 
     async def _drain_output(self, cid: str, timeout: float = OUTPUT_DRAIN_TIMEOUT) -> None:
@@ -529,10 +541,40 @@ class RuncRuntime:
         except OSError as exc:
             raise RuntimeFailure(f"resize tty of {container_id[:12]}: {exc.strerror}") from exc
 
-    def _close_pty(self, cid: str) -> None:
+    def _keep_output(self, cid: str, fds: list[int]) -> None:
+        """Hand copies of our ends of the container's output (FIFO read ends, or the pty
+        master) to a keeper process, so that they outlive a cnmd restart; its pid and the
+        fd numbers go to ``keeper``."""
+        try:
+            pid = start_fd_keeper(fds)
+        except RuntimeFailure as exc:
+            log.warning("container %s: %s (its output is not kept across a cnmd restart)", cid[:12], exc)
+            return
+        with open(os.path.join(self._exec_dir(cid), "keeper"), "w", encoding="ascii") as fh:
+            fh.write(" ".join(str(n) for n in (pid, *fds)) + "\n")
+
+    def _keeper(self, cid: str) -> tuple[int, list[int]] | None:
+        try:
+            with open(os.path.join(self._exec_dir(cid), "keeper"), encoding="ascii") as fh:
+                pid, *fds = (int(x) for x in fh.read().split())
+            return pid, fds
+        except (OSError, ValueError):
+            return None
+
+    def _kept_pty(self, cid: str) -> int | None:
+        kept = self._keeper(cid)
+        return None if kept is None or not kept[1] else fetch_kept_fd(kept[0], kept[1][0], "ptmx")
+
+    async def _release_output(self, cid: str) -> None:
+        """The run's output is complete: close the pty and stop the keeper."""
         fd = self._ptys.pop(cid, None)
         if fd is not None:
             os.close(fd)
+        kept = self._keeper(cid)
+        if kept is not None:
+            await stop_fd_keeper(kept[0])
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self._exec_dir(cid), "keeper"))
 
     async def open_stdin(self, container_id: str) -> asyncio.StreamWriter | None:
         """A writer to the stdin FIFO of a container created with OpenStdin, else None.
