@@ -123,17 +123,18 @@ async def test_fd_keeper_holds_a_pipe_and_gives_it_back():
     from cnm.runtime.process import fetch_kept_fd, start_fd_keeper, stop_fd_keeper
 
     r, w = os.pipe()
-    pid = start_fd_keeper([r])
+    pid, started = start_fd_keeper([r])
     try:
         os.close(r)  # only the keeper holds the read end now
         os.write(w, b"kept")
         os.close(w)
-        assert fetch_kept_fd(pid, r + 1000, "pipe:") is None  # not one of its fds
-        back = fetch_kept_fd(pid, r, "]")  # "pipe:[inode]"
+        assert fetch_kept_fd(pid, started, r + 1000, "]") is None  # not one of its fds
+        assert fetch_kept_fd(pid, started + 1, r, "]") is None  # not that process
+        back = fetch_kept_fd(pid, started, r, "]")  # "pipe:[inode]"
         assert back is not None
         assert os.read(back, 10) == b"kept"  # what was written survived its writer
         os.close(back)
     finally:
-        await stop_fd_keeper(pid)
-    assert fetch_kept_fd(pid, r, "]") is None
-    await stop_fd_keeper(pid)  # idempotent
+        await stop_fd_keeper(pid, started)
+    assert fetch_kept_fd(pid, started, r, "]") is None
+    await stop_fd_keeper(pid, started)  # idempotent

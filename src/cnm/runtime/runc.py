@@ -546,24 +546,25 @@ class RuncRuntime:
         master) to a keeper process, so that they outlive a cnmd restart; its pid and the
         fd numbers go to ``keeper``."""
         try:
-            pid = start_fd_keeper(fds)
+            pid, started = start_fd_keeper(fds)
         except RuntimeFailure as exc:
             log.warning("container %s: %s (its output is not kept across a cnmd restart)", cid[:12], exc)
             return
         with open(os.path.join(self._exec_dir(cid), "keeper"), "w", encoding="ascii") as fh:
-            fh.write(" ".join(str(n) for n in (pid, *fds)) + "\n")
+            fh.write(" ".join(str(n) for n in (pid, started, *fds)) + "\n")
 
-    def _keeper(self, cid: str) -> tuple[int, list[int]] | None:
+    def _keeper(self, cid: str) -> tuple[int, int, list[int]] | None:
+        """(pid, start time, fds) of ``cid``'s keeper, from its ``keeper`` file."""
         try:
             with open(os.path.join(self._exec_dir(cid), "keeper"), encoding="ascii") as fh:
-                pid, *fds = (int(x) for x in fh.read().split())
-            return pid, fds
+                pid, started, *fds = (int(x) for x in fh.read().split())
+            return pid, started, fds
         except (OSError, ValueError):
             return None
 
     def _kept_pty(self, cid: str) -> int | None:
         kept = self._keeper(cid)
-        return None if kept is None or not kept[1] else fetch_kept_fd(kept[0], kept[1][0], "ptmx")
+        return None if kept is None or not kept[2] else fetch_kept_fd(kept[0], kept[1], kept[2][0], "ptmx")
 
     async def _release_output(self, cid: str) -> None:
         """The run's output is complete: close the pty and stop the keeper."""
@@ -572,7 +573,7 @@ class RuncRuntime:
             os.close(fd)
         kept = self._keeper(cid)
         if kept is not None:
-            await stop_fd_keeper(kept[0])
+            await stop_fd_keeper(kept[0], kept[1])
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self._exec_dir(cid), "keeper"))
 
