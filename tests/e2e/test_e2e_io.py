@@ -261,3 +261,9 @@ def test_tty_container_keeps_its_terminal_across_a_cnmd_restart(fresh_cnmhost: T
     host.cnm("rm", "tt1")
     keepers = host.run(["sh", "-c", "ps -o args= -e | grep -c '^sleep infinity' || true"]).stdout.strip()
     assert keepers == "0"
+
+
+def test_run_i_pipes_stdin_until_eof(cnmhost: TestHost) -> None:
+    proc = cnmhost.run([venv_bin("cnm"), "-H", cnmhost.host_uri, "run", "-i", "--rm", "busybox",
+                        "sh", "-c", "cat; echo done >&2"], input="line 1\nline 2\n")
+    assert (proc.stdout, proc.stderr) == ("line 1\nline 2\n", "done\n")
