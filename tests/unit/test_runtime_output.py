@@ -138,3 +138,22 @@ async def test_fd_keeper_holds_a_pipe_and_gives_it_back():
         await stop_fd_keeper(pid, started)
     assert fetch_kept_fd(pid, started, r, "]") is None
     await stop_fd_keeper(pid, started)  # idempotent
+
+
+def test_cli_pump_detaches_on_the_keys_and_sends_the_rest():
+    import socket
+
+    from cnm.cli.hijack import pump
+
+    ours, daemon = socket.socketpair()
+    r, w = os.pipe()
+    os.write(w, b"ls\r\x10x\x10\x11ignored")
+    out_r, out_w = os.pipe()
+    try:
+        assert pump(ours, b"", True, r, out_fd=out_w, err_fd=out_w, detach_keys=b"\x10\x11") is True
+        assert daemon.recv(100) == b"ls\r\x10x"  # a broken sequence is sent on; the keys are not
+    finally:
+        for fd in (r, w, out_r, out_w):
+            os.close(fd)
+        ours.close()
+        daemon.close()
