@@ -124,11 +124,20 @@ def test_other_log_drivers_are_refused(cnmhost: TestHost) -> None:
     assert logs.returncode != 0 and "does not support reading" in logs.stderr
 
 
-def test_start_attach_on_an_exited_container(cnmhost: TestHost) -> None:
-    cnmhost.cnm("run", "--name", "sa1", "busybox", "sh", "-c", "echo run; echo oops >&2; exit 3", check=False)
-    proc = cnmhost.cnm("start", "-a", "sa1", check=False)
+@pytest.mark.parametrize("client", ["cnm", "docker"])
+def test_start_attach_on_an_exited_container(cnmhost: TestHost, client: str) -> None:
+    if client == "docker" and not shutil.which(DOCKER):
+        pytest.skip(f"{DOCKER} not installed")
+    name = f"sa-{client}"
+    cnmhost.cnm("run", "--name", name, "busybox", "sh", "-c", "echo run; echo oops >&2; exit 3", check=False)
+    env = {"DOCKER_CONFIG": str(cnmhost.tmp / "docker-config")}
+    proc = cnmhost.run([*_client(cnmhost, client), "start", "-a", name], check=False, env=env)
     assert (proc.returncode, proc.stdout, proc.stderr) == (3, "run\n", "oops\n")
-    assert cnmhost.cnm("logs", "sa1").stdout == "run\nrun\n"
+    logs = cnmhost.run([*_client(cnmhost, client), "logs", name], env=env)
+    assert (logs.stdout, logs.stderr) == ("run\nrun\n", "oops\noops\n")
+    stamped = cnmhost.run([*_client(cnmhost, client), "logs", "-t", "--tail", "2", name], env=env).stdout
+    assert stamped.endswith("Z run\n") and len(stamped.split(" ")[0]) == len("2006-01-02T15:04:05.000000000Z")
+    assert stamped.count("\n") == 1  # the last two records: this run's two lines
 
 
 def test_output_waits_in_the_pipe_while_cnmd_restarts(fresh_cnmhost: TestHost) -> None:
