@@ -17,6 +17,7 @@ files back, oldest first, with ``since``/``until``/``tail``).
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
 import re
@@ -100,8 +101,6 @@ def parse_time(text: str) -> int:
     m = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$", text)
     if not m:
         raise ValueError(f"bad time {text!r}")
-    import calendar
-
     base = calendar.timegm(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S"))
     frac = int((m.group(2) or "0").ljust(9, "0"))
     zone = m.group(3)
