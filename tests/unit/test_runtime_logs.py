@@ -151,3 +151,14 @@ def test_log_config_accepted():
     assert parse_log_config("json-file", {"max-size": "10k", "max-file": "3"}) == LogOptions(10240, 3)
     assert parse_log_config("json-file", {"max-size": "1m"}) == LogOptions(1 << 20, 1)
     assert parse_log_config("none", {}) == LogOptions()
+
+
+def test_read_batch_returns_every_record_of_what_it_read(tmp_path):
+    path = str(tmp_path / "log")
+    _fill(path, 500, LogOptions())
+    reader = LogReader(path, None)
+    got = []
+    while batch := reader.read_batch(limit=1000):  # many small batches, none loses a line
+        got += batch
+    reader.close()
+    assert [r.data for r in got] == [f"line {i:03d}\n".encode() for i in range(500)]

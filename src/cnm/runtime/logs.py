@@ -284,6 +284,15 @@ class LogReader:
 
     def read_new(self) -> Iterator[Record]:
         """Every whole record available now."""
+        while batch := self.read_batch():
+            yield from batch
+
+    def read_batch(self, limit: int = 1 << 20) -> list[Record]:
+        """The next records, about ``limit`` bytes of the files' worth (every record of a
+        chunk read is returned, none is held back); [] when none is available now.  Safe
+        to call from a worker thread while no other call runs."""
+        out: list[Record] = []
+        taken = 0
         while True:
             if self._fh is None:
                 if self._pending:
@@ -291,7 +300,7 @@ class LogReader:
                 elif os.path.exists(self.path):
                     path, offset = self.path, 0
                 else:
-                    return
+                    return out
                 try:
                     self._fh = open(path, "rb")
                 except FileNotFoundError:
@@ -302,19 +311,19 @@ class LogReader:
             while chunk := self._fh.read(_CHUNK):
                 lines = (self._partial + chunk).split(b"\n")
                 self._partial = lines.pop()
-                for line in lines:
-                    record = decode_record(line)
-                    if record is not None:
-                        yield record
+                out.extend(r for r in map(decode_record, lines) if r is not None)
+                taken += len(chunk)
+                if taken >= limit:
+                    return out
             if self._pending:
                 self._close_file()
                 continue
             try:
                 rotated = os.stat(self.path).st_ino != self._ino
             except FileNotFoundError:
-                return
+                return out
             if not rotated:
-                return
+                return out
             self._close_file()  # the file we read was rotated away: go on with the new one
             self._pending = [(self.path, 0)]
 

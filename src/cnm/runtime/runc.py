@@ -504,32 +504,41 @@ class RuncRuntime:
         With ``follow``, then the records of the current run as they come, until its
         output ends (or ``until`` passes)."""
         wanted = {s for s, on in ((logs.STDOUT, stdout), (logs.STDERR, stderr)) if on}
-        reader = logs.LogReader(self.log_path(container_id), tail)
+
+        def keep(record: logs.Record) -> bool:
+            return record.stream in wanted and (since is None or record.ns >= since)
+
+        reader = await asyncio.to_thread(logs.LogReader, self.log_path(container_id), tail)
+        sub: Subscription | None = None
         try:
-            for record in reader.read_new():  # no await between the end of this and subscribing
-                if since is not None and record.ns < since:
-                    continue
-                if until is not None and record.ns > until:
+            while True:
+                # Big logs are read in a worker thread.  The last pass (what came meanwhile)
+                # runs here and the subscription is taken right after it, with no await in
+                # between: the copier writes the file and feeds subscribers in one step.
+                batch = await asyncio.to_thread(reader.read_batch)
+                last = not batch
+                if last:
+                    batch = list(reader.read_new())
+                    hub = self._outputs.get(container_id)
+                    if follow and hub is not None:
+                        sub = hub.subscribe(running_only=True, lines=True)
+                    reader.close()
+                for record in batch:
+                    if until is not None and record.ns > until:
+                        return
+                    if keep(record):
+                        yield record
+                if last:
+                    break
+            while sub is not None and (item := await sub.get()) is not None:
+                if until is not None and item.ns > until:
                     return
-                if record.stream in wanted:
-                    yield record
+                if keep(item):
+                    yield item
         finally:
             reader.close()
-        if not follow:
-            return
-        hub = self._outputs.get(container_id)
-        sub = hub.subscribe(running_only=True, lines=True) if hub is not None else None
-        if sub is None:
-            return
-        try:
-            while (item := await sub.get()) is not None:
-                record = item
-                if until is not None and record.ns > until:
-                    return
-                if record.stream in wanted and (since is None or record.ns >= since):
-                    yield record
-        finally:
-            sub.close()
+            if sub is not None:
+                sub.close()
 
     def resize(self, container_id: str, height: int, width: int) -> None:
         """Set the window size of a tty container's terminal (nothing without a tty)."""
