@@ -13,6 +13,10 @@ transport over: ``set_parser`` hands us any bytes aiohttp buffered after the req
 half-close).  A full close shows up as ``connection_lost`` (or a failed write), which is
 forwarded to aiohttp's protocol so it tidies its own state.
 
+With a tty, ``pump_input`` watches the client's bytes for the detach keys (Docker's
+``detachKeys``, default Ctrl-P Ctrl-Q; ``EscapeDetector``): the attach then ends and the
+container keeps running.
+
 Limit: bytes a client sends *before* it has read the 101 may be lost -- aiohttp's C
 parser (3.14) only switches protocols for ``websocket`` and drops what follows an
 ``Upgrade: tcp`` request in the same read.  Docker's clients (Go CLI, docker-py) wait for

@@ -5,6 +5,10 @@ reparented to the nearest child subreaper.  cnmd makes itself one (``become_subr
 daemon start), so it can reap them and learn their exit codes.  ``wait_pid`` watches a pid
 with a pidfd (works for any process, child or not) and then reaps it if it is ours.
 
+A keeper (``start_fd_keeper``) is a ``sleep infinity`` holding copies of descriptors that
+must outlive cnmd (a container's output pipes, its pty master); a restarted cnmd takes
+them back with ``pidfd_getfd`` (``fetch_kept_fd``).
+
 ``ExecProcess`` is the ``cnm.runtime.api.Process`` of an exec: the stdio the API pumps to
 the client (pipes, or a pty master when the exec has a tty) and the wait for its exit.
 """
