@@ -53,6 +53,13 @@ def test_run_rm_prints_every_time(cnmhost: TestHost, client: str, mode: str) -> 
         if proc.returncode != 0 or proc.stdout.replace("\r\n", "\n") != "hi\n":
             bad.append((proc.returncode, proc.stdout, proc.stderr[-300:]))
     assert bad == [], f"{len(bad)} of {RUNS} runs lost output: {bad[:3]}"
+    # one output keeper per running container, none left by the removed ones
+    assert wait_for(lambda: _keepers(cnmhost) == len(cnmhost.cnm("ps", "-q").stdout.split()), 10)
+
+
+def _keepers(host: TestHost) -> int:
+    out = host.run(["ps", "-e", "-o", "args="]).stdout
+    return sum(1 for line in out.splitlines() if line.strip() == "sleep infinity")
 
 
 def test_tty_run_has_a_terminal(cnmhost: TestHost) -> None:
@@ -268,8 +275,7 @@ def test_tty_container_keeps_its_terminal_across_a_cnmd_restart(fresh_cnmhost: T
     lines = host.cnm("logs", "tt1").stdout.replace("\r", "").splitlines()
     assert lines == [f"t {i}" for i in range(30)]
     host.cnm("rm", "tt1")
-    keepers = host.run(["sh", "-c", "ps -o args= -e | grep -c '^sleep infinity' || true"]).stdout.strip()
-    assert keepers == "0"
+    assert _keepers(host) == 0
 
 
 def test_run_i_pipes_stdin_until_eof(cnmhost: TestHost) -> None:
