@@ -108,6 +108,13 @@ SOAK_ARGS ?=
 soak-iptables: deps venv image
 	$(VPY) scripts/soak-iptables --image $(IMAGE_TAR) $(SOAK_ARGS)
 
+# Issue 7: `run --rm busybox echo hi` prints hi every time -- 200 runs per mode (plain,
+# --net host, --net none, -t, sleep first), through cnm and the docker CLI, in a throwaway host.
+SOAK_RUNS ?= 200
+.PHONY: soak-run
+soak-run: deps venv image
+	$(VPY) bench/run_output.py --image $(IMAGE_TAR) -n $(SOAK_RUNS)
+
 lint: venv
 	$(VENV)/bin/ruff check src tests bench scripts/make-busybox-tar scripts/in-sandbox scripts/fast-cli-launcher scripts/soak-iptables
 

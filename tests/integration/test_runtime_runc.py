@@ -198,7 +198,7 @@ def _overlays(exec_root: str) -> list[str]:
 
 
 async def _logs(runtime, cid, **kw) -> list[list]:
-    return [[s, b.decode()] async for s, b in runtime.logs(cid, **kw)]
+    return [[r.stream, r.data.decode()] async for r in runtime.logs(cid, **kw)]
 
 
 async def scenario_netns(runtime, image, seen: dict) -> None:
@@ -316,8 +316,9 @@ async def scenario_failure(runtime, image, seen: dict) -> None:
         seen["error"] = str(exc)
     seen["mounts"] = _overlays(runtime.exec_root)
     seen["runc_list"] = await runtime.list_containers()
-    with open(runtime.log_paths(cid)[1]) as fh:
-        seen["stderr_log"] = fh.read()
+    seen["stderr_log"] = "".join(
+        t for _, t in await _logs(runtime, cid, stdout=True, stderr=True, follow=False, tail=None)
+    )
     pid = await runtime.start(_request(runtime, image, cid, ("true",), "/run/netns/c1"))
     seen["retry_exit"] = await asyncio.wait_for(runtime.wait_exit(cid, pid), 10)
     await runtime.cleanup(cid)
@@ -341,11 +342,15 @@ async def scenario_restart(runtime, image, seen: dict) -> None:
     seen["pid"] = int(out.decode().strip().splitlines()[-1])
     runtime = RuncRuntime(runtime.data_root, runtime.exec_root, runtime.cgroup_parent)
     seen["is_running"] = await runtime.is_running(cid)
-    seen["logs"] = "".join(
-        t for _, t in await _logs(runtime, cid, stdout=True, stderr=False, follow=False, tail=None)
-    )
+    waiter = asyncio.ensure_future(runtime.wait_exit(cid, seen["pid"]))  # reopens the output
+    for _ in range(100):  # what the container wrote while no runtime read it waited in the pipe
+        seen["logs"] = "".join(
+            t for _, t in await _logs(runtime, cid, stdout=True, stderr=False, follow=False, tail=None)
+        )
+        if seen["logs"]:
+            break
+        await asyncio.sleep(0.05)
     follow = asyncio.ensure_future(_logs(runtime, cid, stdout=True, stderr=True, follow=True, tail=0))
-    waiter = asyncio.ensure_future(runtime.wait_exit(cid, seen["pid"]))
     await asyncio.sleep(0.2)
     await runtime.kill(cid, 9)
     seen["exit_code"] = await asyncio.wait_for(waiter, 10)

@@ -15,6 +15,7 @@ from cnm.model.endpoint import Endpoint, EndpointRequest, Sandbox
 from cnm.model.network import PREDEFINED, Network, NetworkSpec
 from cnm.model.values import new_id, parse_container_name
 from cnm.runtime.images import Loaded, normalize_reference
+from cnm.runtime.logs import Record
 
 NOW = "2025-11-05T10:00:00.123456789Z"
 
@@ -57,6 +58,7 @@ class FakeController:
     imported: list[tuple[str, bytes]] = field(default_factory=list)
     loaded: list[bytes] = field(default_factory=list)
     stdin_data: dict[str, bytearray] = field(default_factory=dict)
+    tty_sizes: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     pruned_with: list[object] = field(default_factory=list)
     exited: dict[str, asyncio.Event] = field(default_factory=dict)
 
@@ -308,18 +310,32 @@ class FakeController:
         await self.exited[c.id].wait()
         return self.ctrs[c.id].state.exit_code
 
-    async def container_logs(self, ref, *, stdout, stderr, follow, tail) -> AsyncIterator[tuple[int, bytes]]:
+    async def container_logs(
+        self, ref, *, stdout, stderr, follow, tail, since=None, until=None
+    ) -> AsyncIterator[Record]:
         c = self.find_container(ref)
         sent = 0
         while True:
             chunks = self.logs.get(c.id, [])
-            for stream, data in chunks[sent:]:
+            for i, (stream, data) in enumerate(chunks[sent:], start=sent):
+                ns = (i + 1) * 1_000_000_000
+                if since is not None and ns < since or until is not None and ns > until:
+                    continue
                 if (stream == 1 and stdout) or (stream == 2 and stderr):
-                    yield stream, data
+                    yield Record(stream, ns, data)
             sent = len(chunks)
             if not follow or self.exited[c.id].is_set():
                 return
             await asyncio.sleep(0.01)
+
+    def attach_output(self, ref) -> _PollSubscription:
+        """``ctrl.logs[id]`` as it grows, until the container exits."""
+        c = self.find_container(ref)
+        return _PollSubscription(self, c.id)
+
+    def resize_container_tty(self, ref, height, width) -> None:
+        c = self.find_container(ref)
+        self.tty_sizes.setdefault(c.id, []).append((height, width))
 
     async def attach_stdin(self, ref):
         """The container's stdin is a real ``cat``: what it echoes is what arrived."""
@@ -424,3 +440,26 @@ class FakeController:
                 yield f"{container.id[:12]}-{i};".encode()
 
         return chunks()
+
+class _PollSubscription:
+    """The fake's ``attach_output``: polls the controller's canned output."""
+
+    def __init__(self, ctrl: FakeController, cid: str) -> None:
+        self._ctrl, self._cid, self._sent = ctrl, cid, 0
+        self.closed = False
+
+    def __aiter__(self) -> _PollSubscription:
+        return self
+
+    async def __anext__(self) -> tuple[int, bytes]:
+        while True:
+            chunks = self._ctrl.logs.get(self._cid, [])
+            if self._sent < len(chunks):
+                self._sent += 1
+                return chunks[self._sent - 1]
+            if self._ctrl.exited[self._cid].is_set() and self._ctrl.ctrs[self._cid].state.status == "exited":
+                raise StopAsyncIteration
+            await asyncio.sleep(0.01)
+
+    def close(self) -> None:
+        self.closed = True

@@ -892,3 +892,47 @@ async def test_restarting_container_is_listed_without_all(server):
     data = (await client.request("GET", f"/containers/{cid}/json")).json()
     assert data["State"]["Restarting"] is True and data["State"]["Status"] == "restarting"
     assert data["HostConfig"]["RestartPolicy"] == {"Name": "always", "MaximumRetryCount": 0}
+
+
+# -- issue 7: logs options, resize, detach ------------------------------------------------------
+
+
+async def test_logs_timestamps_since_until(server):
+    ctrl, client, _ = server
+    cid = await _create(client, {"Image": "busybox"}, "logs2")
+    ctrl.logs[cid] = [(1, b"a\n"), (2, b"b\n"), (1, b"c\n")]  # the fake stamps them 1 s, 2 s, 3 s
+    ctrl.exited[cid].set()
+    reply = await client.request("GET", f"/containers/{cid}/logs?stdout=1&stderr=1&timestamps=1&since=2")
+    assert _frames(reply.body) == [(2, b"1970-01-01T00:00:02.000000000Z b\n"),
+                                   (1, b"1970-01-01T00:00:03.000000000Z c\n")]
+    reply = await client.request("GET", f"/containers/{cid}/logs?stdout=1&stderr=1&until=1.5")
+    assert _frames(reply.body) == [(1, b"a\n")]
+    bad = await client.request("GET", f"/containers/{cid}/logs?stdout=1&since=yesterday")
+    assert bad.status == 400 and "since" in bad.json()["message"]
+
+
+async def test_resize_reaches_the_container_tty(server):
+    ctrl, client, _ = server
+    cid = await _create(client, {"Image": "busybox", "Tty": True}, "rz")
+    assert (await client.request("POST", f"/containers/{cid}/resize?h=40&w=120")).status == 200
+    assert ctrl.tty_sizes[cid] == [(40, 120)]
+    assert (await client.request("POST", f"/containers/{cid}/resize?h=-1&w=5")).status == 400
+    assert (await client.request("POST", "/containers/nope/resize?h=1&w=1")).status == 404
+
+
+async def test_attach_detach_keys_end_the_attach_only(server):
+    ctrl, client, _ = server
+    cid = await _create(client, {"Image": "busybox", "Tty": True, "OpenStdin": True}, "dk")
+    await client.request("POST", f"/containers/{cid}/start")
+    reader, writer = await client.open(
+        "POST", f"/containers/{cid}/attach?stdin=1&stdout=1&stderr=1&stream=1&detachKeys=ctrl-a,x",
+        headers={**_UPGRADE, "Content-Type": "text/plain"},
+    )
+    assert (await asyncio.wait_for(_read_head(reader), 2))[0] == 101
+    writer.write(b"ls\n\x01x")
+    await writer.drain()
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # the daemon closed the stream
+    assert ctrl.find_container(cid).running  # the container goes on
+    await asyncio.sleep(0.1)
+    assert bytes(ctrl.stdin_data[cid]) == b"ls\n"  # the keys themselves were not sent
+    writer.close()

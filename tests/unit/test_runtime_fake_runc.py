@@ -89,7 +89,7 @@ def test_layout(fake, tmp_path):
     path = runtime.container_dir(CID)
     assert path == str(tmp_path / "data" / "containers" / CID)
     assert os.path.isdir(path)
-    assert runtime.log_paths(CID) == (os.path.join(path, "stdout.log"), os.path.join(path, "stderr.log"))
+    assert runtime.log_path(CID) == os.path.join(path, f"{CID}-json.log")
     assert os.path.isdir(tmp_path / "run" / "runc")
     with pytest.raises(InvalidArgument):
         runtime.container_dir("../escape")
@@ -171,27 +171,24 @@ async def test_missing_runc_binary(tmp_path):
 
 
 async def test_logs_through_runtime(fake):
+    from cnm.runtime.logs import JsonLogWriter, LogOptions
+
     runtime, _, _ = fake
-    out, err = runtime.log_paths(CID)
     runtime.container_dir(CID)
-    with open(out, "wb") as fh:
-        fh.write(b"a\nb\n")
-    with open(err, "wb") as fh:
-        fh.write(b"e\n")
-    got = [x async for x in runtime.logs(CID, stdout=True, stderr=False, follow=False, tail=1)]
+    w = JsonLogWriter(runtime.log_path(CID), LogOptions())
+    w.write(1, [b"a\n"], 1)
+    w.write(2, [b"e\n"], 2)
+    w.write(1, [b"b\n"], 3)
+    w.close()
+    got = [(r.stream, r.data) async for r in runtime.logs(CID, stdout=True, stderr=False, follow=False, tail=1)]
     assert got == [(1, b"b\n")]
-    got = [x async for x in runtime.logs(CID, stdout=True, stderr=True, follow=False, tail=None)]
-    assert got == [(1, b"a\nb\n"), (2, b"e\n")]
-    # follow on a container runc does not know (never started): ends after reading
+    got = [(r.stream, r.data) async for r in runtime.logs(CID, stdout=True, stderr=True, follow=False, tail=None)]
+    assert got == [(1, b"a\n"), (2, b"e\n"), (1, b"b\n")]
+    # follow on a container that is not running: ends after reading
     got = await asyncio.wait_for(
-        _collect(runtime.logs(CID, stdout=True, stderr=True, follow=True, tail=None)), 5
+        _collect(runtime.logs(CID, stdout=False, stderr=True, follow=True, tail=None)), 5
     )
-    assert got == [(1, b"a\nb\n"), (2, b"e\n")]
-    # an explicit hook decides
-    got = await asyncio.wait_for(
-        _collect(runtime.logs(CID, stdout=False, stderr=True, follow=True, tail=None, exited=lambda: True)), 5
-    )
-    assert got == [(2, b"e\n")]
+    assert [(r.stream, r.data) for r in got] == [(2, b"e\n")]
 
 
 async def _collect(gen):

@@ -1,91 +1,164 @@
-"""Reading container logs back (cnm.runtime.logs): tail, stream selection, follow."""
+"""The json-file log: records, line splitting, rotation, reading back with tail/since/until."""
 
 from __future__ import annotations
 
-import asyncio
+import json
+import os
 
 import pytest
 
-from cnm.runtime.logs import STDERR, STDOUT, read_logs, tail_offset
+from cnm.errors import InvalidArgument
+from cnm.runtime.logs import (
+    MAX_RECORD,
+    STDERR,
+    STDOUT,
+    JsonLogWriter,
+    LineSplitter,
+    LogOptions,
+    LogReader,
+    log_files,
+    parse_log_config,
+    parse_time,
+    read_records,
+    rfc3339_nano,
+)
+
+
+def test_record_is_dockers_json_file_line(tmp_path):
+    path = str(tmp_path / "c-json.log")
+    w = JsonLogWriter(path, LogOptions())
+    w.write(STDOUT, [b"hi\n"], 1_700_000_000_123_456_789)
+    w.close()
+    line = open(path, "rb").read()
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert json.loads(line) == {"log": "hi\n", "stream": "stdout", "time": "2023-11-14T22:13:20.123456789Z"}
+
+
+def test_time_round_trip():
+    ns = 1_700_000_000_000_000_001
+    assert parse_time(rfc3339_nano(ns)) == ns
+    assert parse_time("2023-11-14T23:13:20.5+01:00") == 1_700_000_000_500_000_000
+
+
+def test_splitter_whole_lines_partial_and_long():
+    s = LineSplitter()
+    assert s.feed(b"a\nb") == [b"a\n"]
+    assert s.feed(b"c\n\n") == [b"bc\n", b"\n"]
+    long = b"x" * (MAX_RECORD + 10)
+    assert s.feed(long) == [b"x" * MAX_RECORD]
+    assert s.feed(b"\n") == [b"x" * 10 + b"\n"]
+    assert s.feed(b"prompt $ ") == []
+    assert s.flush() == [b"prompt $ "]
+    assert s.flush() == []
+
+
+def test_streams_keep_their_order(tmp_path):
+    path = str(tmp_path / "log")
+    w = JsonLogWriter(path, LogOptions())
+    w.write(STDOUT, [b"1\n"], 1)
+    w.write(STDERR, [b"2\n"], 2)
+    w.write(STDOUT, [b"3\n"], 3)
+    w.close()
+    assert [(r.stream, r.data) for r in read_records(path)] == [(1, b"1\n"), (2, b"2\n"), (1, b"3\n")]
+
+
+def _fill(path: str, n: int, options: LogOptions) -> None:
+    w = JsonLogWriter(path, options)
+    for i in range(n):
+        w.write(STDOUT, [f"line {i:03d}\n".encode()], 1_000_000_000 * (i + 1))
+    w.close()
+
+
+def test_rotation_keeps_max_file_files_of_max_size(tmp_path):
+    path = str(tmp_path / "log")
+    _fill(path, 100, LogOptions(max_size=300, max_file=3))
+    files = log_files(path)
+    assert files == [path + ".2", path + ".1", path]
+    assert all(os.path.getsize(f) <= 300 for f in files)
+    got = [r.data for r in read_records(path)]
+    assert got[-1] == b"line 099\n"
+    # contiguous and ordered: what is kept is the newest part of the output
+    numbers = [int(d.split()[1]) for d in got]
+    assert numbers == list(range(numbers[0], 100))
+
+
+def test_max_file_one_truncates(tmp_path):
+    path = str(tmp_path / "log")
+    _fill(path, 50, LogOptions(max_size=200, max_file=1))
+    assert log_files(path) == [path]
+    assert os.path.getsize(path) <= 200
+
+
+def test_tail_counts_records_across_rotated_files(tmp_path):
+    path = str(tmp_path / "log")
+    _fill(path, 100, LogOptions(max_size=300, max_file=5))
+    last = [r.data for r in read_records(path, tail=12)]
+    assert last == [f"line {i:03d}\n".encode() for i in range(88, 100)]
+    assert list(read_records(path, tail=0)) == []
+    assert len(list(read_records(path, tail=10_000))) == len(list(read_records(path)))
+
+
+def test_since_until_filter_by_time(tmp_path):
+    path = str(tmp_path / "log")
+    _fill(path, 10, LogOptions())
+    got = [r.data for r in read_records(path, since=3_000_000_000, until=5_000_000_000)]
+    assert got == [b"line 002\n", b"line 003\n", b"line 004\n"]
+
+
+def test_reader_follows_new_records_and_rotation(tmp_path):
+    path = str(tmp_path / "log")
+    w = JsonLogWriter(path, LogOptions(max_size=200, max_file=3))
+    w.write(STDOUT, [b"a\n"], 1)
+    reader = LogReader(path, None)
+    assert [r.data for r in reader.read_new()] == [b"a\n"]
+    assert list(reader.read_new()) == []
+    w.write(STDOUT, [b"b\n", b"c\n", b"d\n"], 2)  # rotates on the way
+    assert [r.data for r in reader.read_new()] == [b"b\n", b"c\n", b"d\n"]
+    reader.close()
+    w.close()
+
+
+def test_missing_log_reads_empty(tmp_path):
+    assert list(read_records(str(tmp_path / "none"), tail=5)) == []
+
+
+def test_torn_last_line_is_skipped(tmp_path):
+    path = tmp_path / "log"
+    path.write_bytes(b'{"log":"ok\\n","stream":"stdout","time":"2023-11-14T22:13:20Z"}\n{"log":"tor')
+    assert [r.data for r in read_records(str(path))] == [b"ok\n"]
 
 
 @pytest.mark.parametrize(
-    "content,lines,expected",
+    "driver, opts, message",
     [
-        (b"a\nb\nc\n", 2, b"b\nc\n"),
-        (b"a\nb\nc", 2, b"b\nc"),
-        (b"a\nb\nc\n", 3, b"a\nb\nc\n"),
-        (b"a\nb\nc\n", 10, b"a\nb\nc\n"),
-        (b"a\nb\nc\n", 0, b""),
-        (b"", 5, b""),
-        (b"\n\n\n", 2, b"\n\n"),
-        (b"only", 1, b"only"),
+        ("syslog", {}, 'logging driver "syslog" is not supported'),
+        ("journald", {}, "not supported"),
+        ("json-file", {"max-size": "ten"}, "invalid size"),
+        ("json-file", {"max-file": "0"}, "max-file cannot be less than 1"),
+        ("json-file", {"max-file": "3"}, "only be used together with max-size"),
+        ("json-file", {"labels": "a"}, "unknown log opt 'labels'"),
+        ("json-file", {"compress": "true"}, "unknown log opt 'compress'"),
+        ("none", {"max-size": "1m"}, "unknown log opt"),
     ],
 )
-def test_tail_offset(tmp_path, content, lines, expected):
-    path = tmp_path / "log"
-    path.write_bytes(content)
-    assert content[tail_offset(str(path), lines) :] == expected
+def test_log_config_refused(driver, opts, message):
+    with pytest.raises(InvalidArgument, match=message):
+        parse_log_config(driver, opts)
 
 
-def test_tail_offset_across_blocks(tmp_path):
-    path = tmp_path / "log"
-    body = b"".join(b"line %06d %s\n" % (i, b"x" * 100) for i in range(3000))
-    path.write_bytes(body)
-    got = body[tail_offset(str(path), 1234) :]
-    assert got.count(b"\n") == 1234 and got.startswith(b"line 001766")
+def test_log_config_accepted():
+    assert parse_log_config("json-file", {}) == LogOptions()
+    assert parse_log_config("json-file", {"max-size": "10k", "max-file": "3"}) == LogOptions(10240, 3)
+    assert parse_log_config("json-file", {"max-size": "1m"}) == LogOptions(1 << 20, 1)
+    assert parse_log_config("none", {}) == LogOptions()
 
 
-def test_tail_offset_missing(tmp_path):
-    assert tail_offset(str(tmp_path / "none"), 3) == 0
-
-
-async def collect(gen) -> list[tuple[int, bytes]]:
-    return [item async for item in gen]
-
-
-async def test_reads_both_streams(tmp_path):
-    out, err = tmp_path / "out", tmp_path / "err"
-    out.write_bytes(b"o1\no2\n")
-    err.write_bytes(b"e1\n")
-    items = await collect(
-        read_logs([(STDOUT, str(out)), (STDERR, str(err))], follow=False, tail=None, exited=lambda: True)
-    )
-    assert items == [(1, b"o1\no2\n"), (2, b"e1\n")]
-
-
-async def test_tail_per_file_and_missing_file(tmp_path):
-    out = tmp_path / "out"
-    out.write_bytes(b"1\n2\n3\n")
-    streams = [(STDOUT, str(out)), (STDERR, str(tmp_path / "none"))]
-    assert await collect(read_logs(streams, follow=False, tail=1, exited=lambda: False)) == [(1, b"3\n")]
-
-
-async def test_follow_until_exited(tmp_path):
-    out = tmp_path / "out"
-    out.write_bytes(b"first\n")
-    done = asyncio.Event()
-
-    async def writer():
-        await asyncio.sleep(0.05)
-        with open(out, "ab") as fh:
-            fh.write(b"second\n")
-        await asyncio.sleep(0.05)
-        with open(out, "ab") as fh:
-            fh.write(b"last\n")
-        done.set()
-
-    task = asyncio.create_task(writer())
-    items = await asyncio.wait_for(
-        collect(read_logs([(STDOUT, str(out))], follow=True, tail=None, exited=done.is_set, interval=0.01)), 5
-    )
-    await task
-    assert b"".join(chunk for _, chunk in items) == b"first\nsecond\nlast\n"
-
-
-async def test_follow_keeps_going_while_running(tmp_path):
-    out = tmp_path / "out"
-    out.write_bytes(b"x\n")
-    gen = read_logs([(STDOUT, str(out))], follow=True, tail=0, exited=lambda: False, interval=0.01)
-    with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(gen.__anext__(), 0.1)
+def test_read_batch_returns_every_record_of_what_it_read(tmp_path):
+    path = str(tmp_path / "log")
+    _fill(path, 500, LogOptions())
+    reader = LogReader(path, None)
+    got = []
+    while batch := reader.read_batch(limit=1000):  # many small batches, none loses a line
+        got += batch
+    reader.close()
+    assert [r.data for r in got] == [f"line {i:03d}\n".encode() for i in range(500)]

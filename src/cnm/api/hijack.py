@@ -13,6 +13,10 @@ transport over: ``set_parser`` hands us any bytes aiohttp buffered after the req
 half-close).  A full close shows up as ``connection_lost`` (or a failed write), which is
 forwarded to aiohttp's protocol so it tidies its own state.
 
+With a tty, ``pump_input`` watches the client's bytes for the detach keys (Docker's
+``detachKeys``, default Ctrl-P Ctrl-Q; ``EscapeDetector``): the attach then ends and the
+container keeps running.
+
 Limit: bytes a client sends *before* it has read the 101 may be lost -- aiohttp's C
 parser (3.14) only switches protocols for ``websocket`` and drops what follows an
 ``Upgrade: tcp`` request in the same read.  Docker's clients (Go CLI, docker-py) wait for
@@ -26,12 +30,13 @@ import asyncio
 import contextlib
 import logging
 import struct
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from typing import Protocol
 
 from aiohttp import web
 
 from cnm.api.http import MULTIPLEXED_STREAM, RAW_STREAM
+from cnm.errors import InvalidArgument
 
 log = logging.getLogger("cnm.api")
 
@@ -191,31 +196,89 @@ async def pump_output(
                 tg.create_task(one(stream_id, reader))
 
 
-async def pump_chunks(sink: Sink, chunks: AsyncIterator[tuple[int, bytes]], multiplexed: bool) -> None:
-    """Copy (stream id, bytes) pairs (``container_logs``) to ``sink`` until the iterator
-    ends or the client goes away."""
-    async for stream_id, data in chunks:
-        if data and not await sink.write(frame(stream_id, data) if multiplexed else data):
-            return
+DEFAULT_DETACH_KEYS = b"\x10\x11"  # ctrl-p, ctrl-q
 
 
-async def pump_input(reader: asyncio.StreamReader, dest: asyncio.StreamWriter | None) -> None:
+def parse_detach_keys(spec: str | None) -> bytes:
+    """Docker's ``detachKeys``: comma-separated ``ctrl-<a-z @ [ \\ ] ^ _>`` or single
+    characters; empty or absent: Ctrl-P Ctrl-Q."""
+    if not spec:
+        return DEFAULT_DETACH_KEYS
+    out = bytearray()
+    for key in spec.split(","):
+        key = key.strip()
+        low = key.lower()
+        if len(key) == 1:
+            out.append(ord(key))
+        elif low.startswith("ctrl-") and len(low) == 6 and (low[5].isalpha() or low[5] in "@[\\]^_"):
+            ch = low[5]
+            out.append(ord(ch) - ord("a") + 1 if ch.isalpha() else ord(ch) - 64)
+        else:
+            raise InvalidArgument(f"Unknown character: '{key}'")
+    return bytes(out)
+
+
+class EscapeDetector:
+    """Finds the detach sequence in a byte stream (moby's ``copyEscapable``): bytes that
+    may begin it are held back until it is complete (detach) or broken (sent on)."""
+
+    def __init__(self, keys: bytes) -> None:
+        self.keys = keys
+        self._held = b""
+
+    def feed(self, data: bytes) -> tuple[bytes, bool]:
+        """(bytes to pass on, whether the sequence is complete)."""
+        if not self.keys:
+            return data, False
+        out = bytearray()
+        for b in data:
+            candidate = self._held + bytes([b])
+            if self.keys.startswith(candidate):
+                if candidate == self.keys:
+                    self._held = b""
+                    return bytes(out), True
+                self._held = candidate
+                continue
+            out += self._held  # a broken sequence is passed on; ``b`` may start a new one
+            self._held = b""
+            if self.keys[:1] == bytes([b]):
+                if len(self.keys) == 1:
+                    return bytes(out), True
+                self._held = bytes([b])
+            else:
+                out.append(b)
+        return bytes(out), False
+
+
+async def pump_input(
+    reader: asyncio.StreamReader,
+    dest: asyncio.StreamWriter | None,
+    *,
+    detach_keys: bytes = b"",
+    close_dest: bool = True,
+) -> bool:
     """Copy the client's bytes to ``dest`` until the client half-closes, then close
-    ``dest`` so the process sees EOF.  Without ``dest`` the bytes are discarded."""
+    ``dest`` (when ``close_dest``) so the process sees EOF.  Without ``dest`` the bytes
+    are discarded.  With ``detach_keys``, returns True as soon as they were typed."""
+    escape = EscapeDetector(detach_keys)
     try:
         while chunk := await reader.read(_READ_CHUNK):
-            if dest is not None:
+            chunk, detached = escape.feed(chunk)
+            if dest is not None and chunk:
                 dest.write(chunk)
                 await dest.drain()
+            if detached:
+                return True
     except (ConnectionError, OSError) as exc:
         log.debug("stdin pump stopped: %s", exc)
     finally:
         if dest is not None:
             with contextlib.suppress(Exception):
-                if dest.can_write_eof():
+                if close_dest and dest.can_write_eof():
                     dest.write_eof()
                 else:
                     dest.close()
+    return False
 
 
 async def until_disconnected(request: web.Request, interval: float = 0.5) -> None:

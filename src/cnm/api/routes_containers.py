@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
+from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
@@ -13,11 +15,14 @@ from aiohttp import web
 from cnm.api.context import Api
 from cnm.api.filters import Filters
 from cnm.api.hijack import (
+    STDERR,
+    STDOUT,
     SYSERR,
+    Sink,
     frame,
     hijack,
     media_type,
-    pump_chunks,
+    parse_detach_keys,
     pump_input,
     stream_response,
     until_disconnected,
@@ -33,9 +38,11 @@ from cnm.api.schemas_container import (
 )
 from cnm.engine.controller import ContainerPaths
 from cnm.errors import CnmError, InvalidArgument, NotFound, NotModified
-from cnm.model.container import CREATED, Container
+from cnm.model.container import Container
 from cnm.model.network import Network
 from cnm.model.values import parse_container_name
+from cnm.runtime.logs import Record, rfc3339_nano
+from cnm.runtime.output import Subscription
 
 log = logging.getLogger("cnm.api")
 
@@ -179,13 +186,6 @@ async def remove(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-async def resize(request: web.Request) -> web.Response:
-    Api.of(request).controller.find_container(request.match_info["id"])
-    query_int(request, "h")
-    query_int(request, "w")
-    return web.Response(status=200)
-
-
 async def wait(request: web.Request) -> web.StreamResponse:
     """Headers are flushed at once (``docker run`` blocks on them before it sends
     ``start``); the status follows when the condition is met."""
@@ -230,77 +230,150 @@ def _tail(request: web.Request) -> int | None:
     return None if value < 0 else value
 
 
+def _timestamp(request: web.Request, key: str) -> int | None:
+    """``since``/``until`` as the CLI sends them (``timetypes.GetTimestamp``: seconds,
+    optionally ``.nanoseconds``) -> ns since the epoch; None for 0 or absent."""
+    raw = request.query.get(key, "")
+    if raw in ("", "0"):
+        return None
+    m = re.fullmatch(r"(-?\d+)(?:\.(\d{1,9}))?", raw)
+    if m is None:
+        raise InvalidArgument(f"invalid value for {key}: {raw!r} (expected a unix timestamp)")
+    ns = int(m[1]) * 1_000_000_000 + int((m[2] or "0").ljust(9, "0"))
+    return ns if ns > 0 else None
+
+
+def _log_line(record: Record, timestamps: bool) -> bytes:
+    if timestamps:
+        return rfc3339_nano(record.ns).encode() + b" " + record.data
+    return record.data
+
+
 async def logs(request: web.Request) -> web.StreamResponse:
+    """Docker's ``GET /containers/{id}/logs``: the json-file records (stdout and stderr in
+    the order they were written), framed unless the container has a tty; ``follow`` goes
+    on with the current run until its output ends or the client leaves."""
     api = Api.of(request)
     stdout, stderr = query_bool(request, "stdout"), query_bool(request, "stderr")
     if not (stdout or stderr):
         raise InvalidArgument("Bad parameters: you must choose at least one stream")
-    if query_bool(request, "timestamps"):
-        raise InvalidArgument("timestamps in logs are not supported by cnm")
-    for key in ("since", "until"):
-        if request.query.get(key, "0") not in ("", "0"):
-            raise InvalidArgument(f"{key} in logs is not supported by cnm")
+    since, until = _timestamp(request, "since"), _timestamp(request, "until")
+    timestamps = query_bool(request, "timestamps")
     c = api.controller.find_container(request.match_info["id"])
     follow, tail = query_bool(request, "follow"), _tail(request)
-    chunks = api.controller.container_logs(c.id, stdout=stdout, stderr=stderr, follow=follow, tail=tail)
+    records = api.controller.container_logs(
+        c.id, stdout=stdout, stderr=stderr, follow=follow, tail=tail, since=since, until=until
+    )
+    multiplexed = not c.config.tty
     response, sink = await stream_response(request, media_type(c.config.tty))
-    pump = asyncio.ensure_future(pump_chunks(sink, chunks, multiplexed=not c.config.tty))
+
+    async def pump() -> None:
+        async for record in records:
+            line = _log_line(record, timestamps)
+            if not await sink.write(frame(record.stream, line) if multiplexed else line):
+                return
+
+    task = asyncio.ensure_future(pump())
     gone = asyncio.ensure_future(until_disconnected(request))
     try:
-        await asyncio.wait({pump, gone}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         gone.cancel()
-        if not pump.done():
-            pump.cancel()
+        if not task.done():
+            task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
-            await pump
-        if pump.done() and not pump.cancelled() and pump.exception() is not None:
-            log.error("logs of %s: %s", c.name, pump.exception())
+            await task
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.error("logs of %s: %s", c.name, task.exception())
     return response
 
 
 async def attach(request: web.Request) -> web.StreamResponse:
-    """``docker run`` attaches before it starts the container: answer 101 at once, then
-    stream output as it is produced (from the start of the log for a container not yet
-    started or when ``logs=1``) and pump the client's bytes to the container's stdin."""
+    """``docker run``/``start -a`` attach before they start: the subscription is taken
+    before the 101 goes out, so it is served by the run that follows and ends when that
+    run's output ends -- never earlier (the container may be removed at once after,
+    ``--rm``).  A running container's output is served from now on.  ``logs=1`` first
+    replays the log.  The client's bytes go to the container's stdin; with a tty, the
+    detach keys (default Ctrl-P Ctrl-Q) end the attach and leave the container running."""
     api = Api.of(request)
     c = api.controller.find_container(request.match_info["id"])
     want_out, want_err = query_bool(request, "stdout"), query_bool(request, "stderr")
-    want_in, follow = query_bool(request, "stdin"), query_bool(request, "stream")
-    tail = None if query_bool(request, "logs") or c.state.status == CREATED else 0
+    want_in, stream_on = query_bool(request, "stdin"), query_bool(request, "stream")
+    detach_keys = parse_detach_keys(request.query.get("detachKeys")) if c.config.tty else b""
+    replay = query_bool(request, "logs") and c.config.log_driver == "json-file"
     multiplexed = not c.config.tty
-    if not wants_upgrade(request):
-        response, sink = await stream_response(request, media_type(c.config.tty))
-        if want_out or want_err:
-            chunks = api.controller.container_logs(
-                c.id, stdout=want_out, stderr=want_err, follow=follow, tail=tail
-            )
-            await pump_chunks(sink, chunks, multiplexed)
-        return response
-    response, stream = await hijack(request, media_type(c.config.tty))
-    stdin = await api.controller.attach_stdin(c.id) if want_in else None
-    feeder = asyncio.ensure_future(pump_input(stream.reader, stdin))
+    wanted = {s for s, on in ((STDOUT, want_out), (STDERR, want_err)) if on}
+    sub = api.controller.attach_output(c.id) if stream_on and wanted else None
     try:
-        if want_out or want_err:
-            chunks = api.controller.container_logs(
-                c.id, stdout=want_out, stderr=want_err, follow=follow, tail=tail
-            )
-            out = asyncio.ensure_future(pump_chunks(stream, chunks, multiplexed))
-            lost = asyncio.ensure_future(stream.wait_lost())
-            await asyncio.wait({out, lost}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (out, lost):
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await out
-        else:  # stdin only: until the client is done sending or gone
-            lost = asyncio.ensure_future(stream.wait_lost())
-            await asyncio.wait({feeder, lost}, return_when=asyncio.FIRST_COMPLETED)
-            lost.cancel()
-    except CnmError as exc:
-        await stream.write((f"{exc.message}\r\n").encode() if not multiplexed else _sys_err(exc.message))
+        if not wants_upgrade(request):
+            response, sink = await stream_response(request, media_type(c.config.tty))
+            await _attach_output(api, c, sink, sub, wanted, replay, multiplexed)
+            return response
+        response, stream = await hijack(request, media_type(c.config.tty))
+        detached = asyncio.Event()
+        feeder: asyncio.Future[None] | None = None
+        if want_in:
+            stdin = api.controller.attach_stdin(c.id)
+            feeder = asyncio.ensure_future(_feed_stdin(stream.reader, stdin, detach_keys, detached))
+        try:
+            ends = {asyncio.ensure_future(stream.wait_lost()), asyncio.ensure_future(detached.wait())}
+            if sub is not None or replay:
+                ends.add(asyncio.ensure_future(_attach_output(api, c, stream, sub, wanted, replay, multiplexed)))
+            elif feeder is not None:
+                ends.add(feeder)
+            try:
+                await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in ends:
+                    task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.gather(*ends, return_exceptions=True)
+        except CnmError as exc:
+            await stream.write((f"{exc.message}\r\n").encode() if not multiplexed else _sys_err(exc.message))
+        finally:
+            if feeder is not None:
+                feeder.cancel()
+        return response
     finally:
-        feeder.cancel()
-    return response
+        if sub is not None:
+            sub.close()
+
+
+async def _attach_output(api: Api, c: Container, sink: Sink, sub: Subscription | None,
+                         wanted: set[int], replay: bool, multiplexed: bool) -> None:
+    """The log so far (``replay``), then the subscription's chunks, to ``sink``."""
+    if replay:
+        async for record in api.controller.container_logs(
+            c.id, stdout=STDOUT in wanted, stderr=STDERR in wanted, follow=False, tail=None
+        ):
+            if not await sink.write(frame(record.stream, record.data) if multiplexed else record.data):
+                return
+    if sub is None:
+        return
+    async for stream_id, data in sub:
+        if stream_id in wanted and not await sink.write(frame(stream_id, data) if multiplexed else data):
+            return
+
+
+async def _feed_stdin(reader: asyncio.StreamReader, stdin: Awaitable[asyncio.StreamWriter | None],
+                      detach_keys: bytes, detached: asyncio.Event) -> None:
+    """The client's bytes to the container's stdin (opened once it has started); the
+    detach keys set ``detached`` instead of being sent."""
+    dest = await stdin
+    if await pump_input(reader, dest, detach_keys=detach_keys, close_dest=not detach_keys):
+        detached.set()
+
+
+async def resize(request: web.Request) -> web.Response:
+    """The window size of a tty container's terminal (``h`` rows, ``w`` columns)."""
+    api = Api.of(request)
+    height, width = query_int(request, "h", 0), query_int(request, "w", 0)
+    if height < 0 or width < 0 or height > 65535 or width > 65535:
+        raise InvalidArgument(f"invalid size: h={height} w={width}")
+    c = api.controller.find_container(request.match_info["id"])
+    if height and width:
+        api.controller.resize_container_tty(c.id, height, width)
+    return web.Response(status=200)
 
 
 def _sys_err(message: str) -> bytes:

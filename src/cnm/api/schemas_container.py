@@ -45,6 +45,7 @@ from cnm.model.network import PREDEFINED, Network
 from cnm.model.ports import PortMapping
 from cnm.model.values import parse_mac
 from cnm.portmap.requests import expand_port_key, parse_port_key, port_requests
+from cnm.runtime.logs import parse_log_config
 
 MAC_DEPRECATED_WARNING = "The container-wide MacAddress field is now deprecated. It should be specified in EndpointsConfig instead."
 
@@ -226,8 +227,22 @@ def parse_container_create(body: dict[str, Any]) -> tuple[ContainerConfig, list[
         tmpfs=tmpfs,
         restart_policy=restart_policy,
         restart_max=restart_max,
+        **_log_and_console(host),
     )
     return config, warnings
+
+
+def _log_and_console(host: dict[str, Any]) -> dict[str, Any]:
+    """``HostConfig.LogConfig`` (json-file with max-size/max-file, or none; anything else
+    is refused) and ``HostConfig.ConsoleSize``, as ContainerConfig fields."""
+    log_config = get_dict(host, "LogConfig")
+    driver = get_str(log_config, "Type") or "json-file"
+    opts = get_str_map(log_config, "Config") or {}
+    parse_log_config(driver, opts)
+    size = host.get("ConsoleSize") or [0, 0]
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and 0 <= v < 65536 for v in size)):
+        raise InvalidArgument("invalid ConsoleSize: expected [height, width]")
+    return {"log_driver": driver, "log_opts": opts, "console_size": (size[0], size[1])}
 
 
 # -- time and status ------------------------------------------------------------------------
@@ -440,14 +455,14 @@ def host_config_json(c: Container) -> dict[str, Any]:
     out: dict[str, Any] = {
         "Binds": list(cfg.binds) if cfg.binds else None,
         "ContainerIDFile": "",
-        "LogConfig": {"Type": "json-file", "Config": {}},
+        "LogConfig": {"Type": cfg.log_driver, "Config": dict(cfg.log_opts)},
         "NetworkMode": cfg.network_mode,
         "PortBindings": _port_bindings_json(c),
         "RestartPolicy": {"Name": cfg.restart_policy, "MaximumRetryCount": cfg.restart_max},
         "AutoRemove": cfg.auto_remove,
         "VolumeDriver": "",
         "VolumesFrom": None,
-        "ConsoleSize": [0, 0],
+        "ConsoleSize": list(cfg.console_size),
         "CapAdd": None,
         "CapDrop": None,
         "CgroupnsMode": "private",

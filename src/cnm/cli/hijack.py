@@ -91,8 +91,59 @@ def copy_chunks(chunks: Iterator[bytes], tty: bool, out_fd: int = 1, err_fd: int
         out.write(chunk)
 
 
-def pump(sock, initial: bytes, tty: bool, stdin_fd: int | None, out_fd: int = 1, err_fd: int = 2) -> None:
-    """Copy until the daemon closes the stream.
+DEFAULT_DETACH_KEYS = b"\x10\x11"  # ctrl-p, ctrl-q
+
+
+def detach_key_bytes(spec: str) -> bytes:
+    """Docker's ``--detach-keys`` (``ctrl-p,ctrl-q``, ``ctrl-@``, ``a``): the bytes; empty
+    spec: the default, Ctrl-P Ctrl-Q."""
+    if not spec:
+        return DEFAULT_DETACH_KEYS
+    out = bytearray()
+    for key in spec.split(","):
+        key = key.strip()
+        low = key.lower()
+        if len(key) == 1:
+            out.append(ord(key))
+        elif low.startswith("ctrl-") and len(low) == 6 and (low[5].isalpha() or low[5] in "@[\\]^_"):
+            out.append(ord(low[5]) - 96 if low[5].isalpha() else ord(low[5]) - 64)
+        else:
+            raise CliError(f"Unknown character: '{key}'")
+    return bytes(out)
+
+
+class Escape:
+    """Watches typed bytes for the detach sequence; bytes that may begin it are held back
+    until it is complete or broken (then sent on), as Docker's escape proxy does."""
+
+    def __init__(self, keys: bytes) -> None:
+        self.keys, self.held = keys, b""
+
+    def feed(self, data: bytes) -> tuple[bytes, bool]:
+        out = bytearray()
+        for b in data:
+            candidate = self.held + bytes([b])
+            if self.keys.startswith(candidate):
+                if candidate == self.keys:
+                    self.held = b""
+                    return bytes(out), True
+                self.held = candidate
+                continue
+            out += self.held
+            self.held = b""
+            if self.keys[:1] == bytes([b]):
+                if len(self.keys) == 1:
+                    return bytes(out), True
+                self.held = bytes([b])
+            else:
+                out.append(b)
+        return bytes(out), False
+
+
+def pump(sock, initial: bytes, tty: bool, stdin_fd: int | None, out_fd: int = 1, err_fd: int = 2,
+         detach_keys: bytes = b"") -> bool:
+    """Copy until the daemon closes the stream; True when the user typed ``detach_keys``
+    instead (the stream is left at once; the container keeps running).
 
     With ``stdin_fd``, its bytes go to the socket; at its EOF the socket is half-closed
     (``CloseWrite``) and output keeps flowing until the daemon closes. Without it nothing
@@ -102,6 +153,7 @@ def pump(sock, initial: bytes, tty: bool, stdin_fd: int | None, out_fd: int = 1,
     import select
 
     out = Output(tty, out_fd, err_fd)
+    escape = Escape(detach_keys) if detach_keys else None
     if initial:
         out.write(initial)
     sfd = sock.fileno()
@@ -114,18 +166,25 @@ def pump(sock, initial: bytes, tty: bool, stdin_fd: int | None, out_fd: int = 1,
             if fd == sfd:
                 data = sock.recv(65536)
                 if not data:
-                    return
+                    return False
                 out.write(data)
             else:
                 try:
                     data = os.read(fd, 65536)
                 except OSError:
                     data = b""
-                if data:
+                detached = False
+                if data and escape is not None:
+                    send, detached = escape.feed(data)
+                else:
+                    send = data
+                if send:
                     try:
-                        sock.sendall(data)
+                        sock.sendall(send)
                     except OSError:
                         data = b""
+                if detached:
+                    return True
                 if not data:
                     poller.unregister(fd)
                     try:
@@ -144,7 +203,9 @@ def raw_terminal(fd: int) -> Iterator[bool]:
     import tty
 
     saved = termios.tcgetattr(fd)
-    tty.setraw(fd)
+    # TCSANOW, not setraw's default TCSAFLUSH: what was typed before (run -it attaching)
+    # must reach the container, not be discarded.
+    tty.setraw(fd, termios.TCSANOW)
     try:
         yield True
     finally:

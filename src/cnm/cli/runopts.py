@@ -97,6 +97,8 @@ CREATE_FLAGS = [
     F.flag("-l", "--label", kind=F.LIST, help="Set meta data on a container"),
     F.flag("--link", kind=F.LIST, validate=_validate_link, help="Add link to another container"),
     F.flag("--link-local-ip", kind=F.LIST, help="Container IPv4/IPv6 link-local addresses"),
+    F.flag("--log-driver", help="Logging driver for the container"),
+    F.flag("--log-opt", kind=F.LIST, help="Log driver options"),
     F.flag("--mac-address", help="Container MAC address (e.g., 92:d0:c6:0a:29:33)"),
     F.flag("--mount", kind=F.LIST, help="Attach a filesystem mount to the container"),
     F.flag("--name", help="Assign a name to the container"),
@@ -408,6 +410,17 @@ def _kv_map(items: list[str]) -> dict[str, str]:
     return out
 
 
+def log_config(driver: str, opts: list[str]) -> dict:
+    """``HostConfig.LogConfig`` from ``--log-driver`` and ``--log-opt k=v`` (ValueError)."""
+    config: dict[str, str] = {}
+    for opt in opts:
+        key, eq, value = opt.partition("=")
+        if not eq or not key:
+            raise ValueError(f"invalid log opt: {opt!r} (expected key=value)")
+        config[key] = value
+    return {"Type": driver, "Config": config}
+
+
 def create_body(v: dict, changed: set[str], image: str, cmd: list[str], detach: bool,
                 env: dict[str, str] | None = None, console_size: tuple[int, int] | None = None) -> dict:
     """The ``POST /containers/create`` body for parsed flags ``v`` (ValueError on bad input)."""
@@ -470,7 +483,7 @@ def create_body(v: dict, changed: set[str], image: str, cmd: list[str], detach: 
     host_config = {
         "Binds": binds or None,
         "ContainerIDFile": "",
-        "LogConfig": {"Type": "", "Config": {}},
+        "LogConfig": log_config(v.get("log_driver") or "", v.get("log_opt") or []),
         "NetworkMode": mode,
         "PortBindings": bindings,
         "RestartPolicy": restart,

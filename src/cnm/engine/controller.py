@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from cnm.dns.records import NameTable
@@ -24,7 +24,7 @@ from cnm.engine.naming import Naming
 from cnm.engine.networks import Networks
 from cnm.engine.ports import Publisher
 from cnm.engine.state import State
-from cnm.errors import CnmError, Conflict, NotFound
+from cnm.errors import CnmError, Conflict, InvalidArgument, NotFound
 from cnm.firewall.api import BridgeRules, Firewall, PortRule, bridge_rules
 from cnm.ipam.api import Ipam, PoolSpec
 from cnm.kernel.api import Kernel
@@ -33,6 +33,8 @@ from cnm.model.endpoint import Endpoint, EndpointRequest, Sandbox
 from cnm.model.network import Network, NetworkSpec
 from cnm.runtime.api import Process, Runtime
 from cnm.runtime.images import Loaded
+from cnm.runtime.logs import Record
+from cnm.runtime.output import Subscription
 from cnm.store.api import Store
 
 log = logging.getLogger("cnm.engine")
@@ -283,12 +285,13 @@ class Controller:
         return self._state.sandbox_of(container_id)
 
     def container_paths(self, container_id: str) -> ContainerPaths:
+        container = self._containers.find(container_id)
         root = self._runtime.container_dir(container_id)
         return ContainerPaths(
             hostname=f"{root}/hostname",
             hosts=f"{root}/hosts",
             resolv_conf=f"{root}/resolv.conf",
-            log=f"{root}/stdout.log",
+            log=self._runtime.log_path(container_id) if container.config.log_driver == "json-file" else "",
         )
 
     async def rename_container(self, ref: str, new_name: str) -> None:
@@ -311,34 +314,35 @@ class Controller:
         return await self._containers.wait(ref, condition)
 
     def container_logs(
-        self, ref: str, *, stdout: bool, stderr: bool, follow: bool, tail: int | None
-    ) -> AsyncIterator[tuple[int, bytes]]:
+        self,
+        ref: str,
+        *,
+        stdout: bool,
+        stderr: bool,
+        follow: bool,
+        tail: int | None,
+        since: int | None = None,
+        until: int | None = None,
+    ) -> AsyncIterator[Record]:
+        """The container's log records; InvalidArgument when its log driver keeps none."""
         container = self._containers.find(ref)
+        if container.config.log_driver != "json-file":
+            raise InvalidArgument(
+                f'configured logging driver does not support reading (driver "{container.config.log_driver}")'
+            )
         return self._runtime.logs(
-            container.id,
-            stdout=stdout,
-            stderr=stderr,
-            follow=follow,
-            tail=tail,
-            exited=self._follow_done(container),
+            container.id, stdout=stdout, stderr=stderr, follow=follow, tail=tail, since=since, until=until
         )
 
-    def _follow_done(self, container: Container) -> Callable[[], bool]:
-        """When a follow of ``container``'s output ends: when it is gone or not running --
-        and, for one never started yet (``run`` attaches before ``start``), only once it
-        has run."""
-        never_started = container.state.status == "created"
-        started_at = container.state.started_at
+    def attach_output(self, ref: str) -> Subscription:
+        """The output of the container's current run, or of its next one (attach before
+        start); it ends with that run's output."""
+        return self._runtime.attach_output(self._containers.find(ref).id)
 
-        def done() -> bool:
-            current = self._state.containers.get(container.id)
-            if current is None:
-                return True
-            if current.running:
-                return False
-            return not never_started or current.state.started_at != started_at
-
-        return done
+    def resize_container_tty(self, ref: str, height: int, width: int) -> None:
+        container = self._containers.find(ref)
+        if container.running:
+            self._runtime.resize(container.id, height, width)
 
     async def attach_stdin(self, ref: str) -> asyncio.StreamWriter | None:
         """The container's stdin, or None.  ``run -i`` attaches before ``start``, when the

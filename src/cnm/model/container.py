@@ -106,6 +106,9 @@ class ContainerConfig:
     # False on records written before ``networks`` held the primary network too (it was
     # implied by ``network_mode``); ``Containers.upgrade_records`` completes them at start.
     networks_complete: bool = False
+    log_driver: str = "json-file"  # HostConfig.LogConfig: "json-file" or "none"
+    log_opts: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    console_size: tuple[int, int] = (0, 0)  # HostConfig.ConsoleSize (rows, columns) for a tty
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,12 +6,15 @@ daemon roots, so tests can run many daemons side by side):
     <data-root>/images/<hex>/rootfs/          an imported image, read-only lower layer
     <data-root>/containers/<id>/upper, work/  the container's overlay layers
     <data-root>/containers/<id>/hostname, hosts, resolv.conf   (written by the engine)
-    <data-root>/containers/<id>/stdout.log, stderr.log        the container's output
+    <data-root>/containers/<id>/<id>-json.log[.N]  the container's log (json-file, rotated)
+    <exec-root>/containers/<id>/stdout, stderr, stdin  FIFOs: the container's stdio (no tty)
     <exec-root>/runc/                         runc --root (state)
     <exec-root>/containers/<id>/bundle/       config.json and the rootfs mount point
 
-The container process writes its output straight into the log files, so it keeps running
-(and logging) while cnmd restarts.  cnmd is a child subreaper, so containers it started are
+The container writes its output into FIFOs that it holds open itself, so it keeps running
+while cnmd restarts (its output waits in the pipes); cnmd copies them into the json-file
+log and to attached clients (``cnm.runtime.output``).  A tty container's pty master is
+held by cnmd only: it does not survive a cnmd restart.  cnmd is a child subreaper, so containers it started are
 reparented to it and their exit codes are known; after a restart, an exit is still noticed
 (pidfd) but its code is not (reported as 255 unless runc knows better).
 """
@@ -19,12 +22,14 @@ reparented to it and their exit codes are known; after a restart, an exit is sti
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
 from cnm.model.container import Container, ExecSpec, Image
 from cnm.runtime.images import Loaded
+from cnm.runtime.logs import Record
+from cnm.runtime.output import Subscription
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +118,9 @@ class Runtime(Protocol):
     async def exec(self, spec: ExecSpec) -> Process:
         """Run a process inside a running container (``runc exec``)."""
 
+    def log_path(self, container_id: str) -> str:
+        """The json-file log's host path (inspect's ``LogPath``)."""
+
     def logs(
         self,
         container_id: str,
@@ -121,11 +129,19 @@ class Runtime(Protocol):
         stderr: bool,
         follow: bool,
         tail: int | None,
-        exited: Callable[[], bool] | None = None,
-    ) -> AsyncIterator[tuple[int, bytes]]:
-        """(stream, chunk) pairs, stream 1 = stdout, 2 = stderr.  With ``follow`` it ends
-        when ``exited()`` says so (default: this runtime's own exit watch of the container's
-        init) and everything was read."""
+        since: int | None = None,
+        until: int | None = None,
+    ) -> AsyncIterator[Record]:
+        """The log's records (stream 1 = stdout, 2 = stderr; time in ns), oldest first.
+        With ``follow``, then those of the current run as they come, until its output
+        ends."""
+
+    def attach_output(self, container_id: str) -> Subscription:
+        """Raw output of the current run, or of the next one when the container is not
+        running (attach before start); it ends when that run's output ends."""
+
+    def resize(self, container_id: str, height: int, width: int) -> None:
+        """The window size of a tty container's terminal (nothing without a tty)."""
 
     async def open_stdin(self, container_id: str) -> asyncio.StreamWriter | None:
         """A writer to the container's stdin (containers created with OpenStdin), or None."""

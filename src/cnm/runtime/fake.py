@@ -17,6 +17,8 @@ from cnm.errors import Conflict, NotFound, RuntimeFailure
 from cnm.model.container import ExecSpec, Image
 from cnm.runtime.api import StartRequest
 from cnm.runtime.images import Loaded
+from cnm.runtime.logs import Record
+from cnm.runtime.output import OutputHub, Subscription
 
 
 @dataclass
@@ -43,6 +45,8 @@ class FakeRuntime:
     fail_start: bool = False
     pids: dict[str, int] = field(default_factory=dict)
     deleted: set[str] = field(default_factory=set)  # runc deleted (cleanup) since their last start
+    hubs: dict[str, OutputHub] = field(default_factory=dict)
+    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
     _pids: itertools.count = field(default_factory=lambda: itertools.count(1000))
 
     def add_image(
@@ -119,6 +123,9 @@ class FakeRuntime:
     async def cleanup(self, container_id: str) -> None:
         self.exit(container_id, 128 + signals.SIGKILL)  # runc delete --force
         self.deleted.add(container_id)
+        hub = self.hubs.get(container_id)
+        if hub is not None:
+            hub.end_all()
 
     async def list_containers(self) -> list[dict]:
         return [
@@ -128,6 +135,9 @@ class FakeRuntime:
 
     async def remove(self, container_id: str) -> None:
         self.started.pop(container_id, None)
+        hub = self.hubs.pop(container_id, None)
+        if hub is not None:
+            hub.end_all()
 
     async def is_running(self, container_id: str) -> int:
         fut = self.exits.get(container_id)
@@ -139,6 +149,9 @@ class FakeRuntime:
         reader.feed_eof()
         return _FakeProcess(pid=next(self._pids), stdout=reader)
 
+    def log_path(self, container_id: str) -> str:
+        return os.path.join(self.root, container_id, f"{container_id}-json.log")
+
     async def logs(
         self,
         container_id: str,
@@ -147,10 +160,25 @@ class FakeRuntime:
         stderr: bool,
         follow: bool,
         tail: int | None,
-        exited=None,
-    ) -> AsyncIterator[tuple[int, bytes]]:
+        since: int | None = None,
+        until: int | None = None,
+    ) -> AsyncIterator[Record]:
         if stdout:
-            yield 1, b"fake output\n"
+            yield Record(1, 1_700_000_000_000_000_000, b"fake output\n")
+
+    def attach_output(self, container_id: str) -> Subscription:
+        """Fed by ``emit``; ends when the container exits or is removed."""
+        hub = self.hubs.setdefault(container_id, OutputHub())
+        sub = hub.subscribe()
+        assert sub is not None
+        return sub
+
+    def emit(self, container_id: str, stream: int, data: bytes) -> None:
+        """The container writes ``data`` (attached clients get it)."""
+        self.hubs.setdefault(container_id, OutputHub()).publish(stream, data)
+
+    def resize(self, container_id: str, height: int, width: int) -> None:
+        self.sizes[container_id] = (height, width)
 
     async def open_stdin(self, container_id: str) -> asyncio.StreamWriter | None:
         return None

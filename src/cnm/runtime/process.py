@@ -5,6 +5,10 @@ reparented to the nearest child subreaper.  cnmd makes itself one (``become_subr
 daemon start), so it can reap them and learn their exit codes.  ``wait_pid`` watches a pid
 with a pidfd (works for any process, child or not) and then reaps it if it is ours.
 
+A keeper (``start_fd_keeper``) is a ``sleep infinity`` holding copies of descriptors that
+must outlive cnmd (a container's output pipes, its pty master); a restarted cnmd takes
+them back with ``pidfd_getfd`` (``fetch_kept_fd``).
+
 ``ExecProcess`` is the ``cnm.runtime.api.Process`` of an exec: the stdio the API pumps to
 the client (pipes, or a pty master when the exec has a tty) and the wait for its exit.
 """
@@ -221,3 +225,79 @@ async def receive_console(listener: socket.socket) -> int:
         os.close(extra)
     os.set_inheritable(fds[0], False)
     return fds[0]
+
+
+# -- keeping a descriptor alive across a daemon restart ------------------------------------------
+
+_SYS_PIDFD_GETFD = 438  # the same number on every architecture (Linux >= 5.6)
+_KEEPER_ARGV = ("sleep", "infinity")
+
+
+def start_time(pid: int) -> int | None:
+    """The start time of ``pid`` (clock ticks since boot, ``/proc/<pid>/stat`` field 22):
+    with the pid, it names one process for good (pids are reused, this pair is not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(b")") + 2:].split()[19])
+
+
+def start_fd_keeper(fds: list[int]) -> tuple[int, int]:
+    """A tiny process (``sleep infinity``) that holds copies of ``fds`` under the same
+    numbers, so the open files outlive cnmd: a container's output pipes (what it writes
+    while no cnmd reads stays in them, even after it exits) or its pty master (without
+    it a cnmd restart would hang up the container's terminal).  Returns its pid and
+    ``start_time``, which name it for ``fetch_kept_fd`` and ``stop_fd_keeper``."""
+    import subprocess
+
+    try:
+        proc = subprocess.Popen(
+            _KEEPER_ARGV, pass_fds=tuple(fds), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+    except OSError as exc:
+        raise RuntimeFailure(f"cannot start the fd keeper: {exc.strerror}") from exc
+    started = start_time(proc.pid)
+    if started is None:
+        raise RuntimeFailure("the fd keeper died at once")
+    return proc.pid, started
+
+
+def fetch_kept_fd(pid: int, started: int, fd: int, target_suffix: str) -> int | None:
+    """A copy of descriptor ``fd`` of keeper (``pid``, ``started``) (``pidfd_getfd``),
+    after checking that it is still that process and its ``fd`` points at a path ending
+    in ``target_suffix``; None when it is gone or is not."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    try:
+        if start_time(pid) != started or not os.readlink(f"/proc/{pid}/fd/{fd}").endswith(target_suffix):
+            return None
+        got = _libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0)  # the copy is close-on-exec
+        return got if got >= 0 else None
+    except OSError:
+        return None
+    finally:
+        os.close(pidfd)
+
+
+async def stop_fd_keeper(pid: int, started: int) -> None:
+    """Kill keeper (``pid``, ``started``) and reap it if it is ours.  Idempotent."""
+    import signal
+
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        if start_time(pid) != started:  # the pidfd pins the pid: no reuse after this check
+            return
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except OSError:
+        return
+    finally:
+        os.close(pidfd)
+    await wait_pid(pid)

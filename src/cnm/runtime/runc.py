@@ -18,12 +18,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import itertools
 import json
 import logging
 import os
 import shutil
 import stat
+import struct
+import termios
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
@@ -34,18 +37,25 @@ from cnm.model.container import ExecSpec, Image
 from cnm.runtime import bundle, logs, rootfs
 from cnm.runtime.api import StartRequest
 from cnm.runtime.images import ImageStore, Loaded
+from cnm.runtime.output import Copier, OutputHub, Subscription
 from cnm.runtime.process import (
     ExecProcess,
     console_listener,
     empty_reader,
     fd_reader,
     fd_writer,
-    pid_alive,
+    fetch_kept_fd,
     receive_console,
+    start_fd_keeper,
+    stop_fd_keeper,
     wait_pid,
 )
 
 log = logging.getLogger("cnm.runtime")
+
+F_SETPIPE_SZ = 1031
+PIPE_SIZE = 1 << 20  # output a container may write while no cnmd reads (a restart)
+OUTPUT_DRAIN_TIMEOUT = 10.0  # seconds after the init's exit for the rest of its output
 
 _GONE = (
     "does not exist",
@@ -78,6 +88,8 @@ class RuncRuntime:
         self._exits: dict[str, tuple[int, asyncio.Task[int]]] = {}  # id -> (pid, exit watch)
         self._stdin: dict[str, int] = {}  # id -> O_RDWR fd keeping the stdin FIFO open
         self._stdin_once: set[str] = set()
+        self._outputs: dict[str, OutputHub] = {}  # id -> attached clients and output copier
+        self._ptys: dict[str, int] = {}  # id -> pty master of a tty container (resize, stdin)
         self._seq = itertools.count()
         self._nofile = bundle.nofile_limit()
         self.last_start_seconds = 0.0  # how long the last start took (for reports/benchmarks)
@@ -133,10 +145,9 @@ class RuncRuntime:
     def _rootfs(self, container_id: str) -> str:
         return os.path.join(self._exec_dir(container_id), "bundle", "rootfs")
 
-    def log_paths(self, container_id: str) -> tuple[str, str]:
-        """The host paths of the container's stdout and stderr logs (``LogPath``)."""
-        data = self._data_dir(container_id)
-        return os.path.join(data, "stdout.log"), os.path.join(data, "stderr.log")
+    def log_path(self, container_id: str) -> str:
+        """The host path of the container's json-file log (``LogPath``, as Docker names it)."""
+        return os.path.join(self._data_dir(container_id), f"{container_id}-json.log")
 
     # -- containers ------------------------------------------------------------------------
     async def start(self, request: StartRequest) -> int:
@@ -177,35 +188,62 @@ class RuncRuntime:
                 mounts=config.mounts,
                 nofile=self._nofile,
             )
-            bundle.write_config(bundle_dir, spec)
 
-            stdout_log, stderr_log = self.log_paths(cid)
-            out_fd = os.open(stdout_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-            undo.callback(os.close, out_fd)
-            err_fd = os.open(stderr_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-            undo.callback(os.close, err_fd)
-            err_size = os.fstat(err_fd).st_size
-            in_fd = self._stdin_for(cid, config.open_stdin, config.stdin_once, undo)
-            undo.callback(os.close, in_fd)
+            if config.tty:
+                spec["process"]["terminal"] = True
+                rows, cols = config.console_size
+                if rows and cols:
+                    spec["process"]["consoleSize"] = {"height": rows, "width": cols}
+                if not any(e.startswith("TERM=") for e in spec["process"]["env"]):
+                    spec["process"]["env"].append("TERM=xterm")  # as Docker does for -t
+            bundle.write_config(bundle_dir, spec)
+            log_options = logs.parse_log_config(config.log_driver, config.log_opts)
+            _write_output_info(execdir, config.tty, config.log_driver, log_options)
 
             pid_file = os.path.join(execdir, "init.pid")
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(pid_file)
             argv = ["run", "--detach", "--pid-file", pid_file, "--bundle", bundle_dir, cid]
+            run_log = os.path.join(execdir, "run.log")
+            ours: list[int] = []  # our ends of the container's output (and its pty master)
             try:
-                await self._runc_detached(argv, os.path.join(execdir, "run.log"), in_fd, out_fd, err_fd)
-            except RuntimeFailure:
-                # runc printed its error into the container's stderr log as well: drop it.
-                os.truncate(stderr_log, err_size)
+                if config.tty:
+                    master = await self._run_with_console(
+                        lambda address: [*argv[:-3], "--console-socket", address, *argv[-3:]], run_log
+                    )
+                    ours.append(master)
+                    sources = [(logs.STDOUT, os.dup(master))]
+                    ours.append(sources[0][1])
+                else:
+                    sources, theirs = _output_fifos(execdir)
+                    ours.extend(fd for _, fd in sources)
+                    try:
+                        in_fd = self._stdin_for(cid, config.open_stdin, config.stdin_once, undo)
+                        try:
+                            await self._runc_detached(argv, run_log, in_fd, *theirs)
+                        finally:
+                            os.close(in_fd)
+                    finally:
+                        for fd in theirs:
+                            os.close(fd)
+            except BaseException:
+                for fd in ours:
+                    os.close(fd)
                 await self._delete(cid)
                 raise
             undo.push_async_callback(self._delete, cid)
-            pid = _read_pid(pid_file)
-
-            # Success: keep the mount, the container and the stdin keeper; close the rest.
-            for fd in (out_fd, err_fd, in_fd):
-                os.close(fd)
+            try:
+                pid = _read_pid(pid_file)
+            except RuntimeFailure:
+                for fd in ours:
+                    os.close(fd)
+                raise
+            # Success: keep the mount, the container, the stdin keeper and our stdio ends.
             undo.pop_all()
+        if config.tty:
+            self._ptys[cid] = ours[0]
+        self._keep_output(cid, [fd for _, fd in sources])
+        self._copy_output(cid, sources, config.log_driver, log_options)
         self._watch(cid, pid)
         self.last_start_seconds = time.perf_counter() - began
         log.debug("container %s started (pid %d) in %.1f ms", cid[:12], pid, self.last_start_seconds * 1e3)
@@ -243,6 +281,9 @@ class RuncRuntime:
             return current[1]
         task = asyncio.ensure_future(self._wait_init(cid, pid))
         self._exits[cid] = (pid, task)
+        hub = self._outputs.get(cid)
+        if hub is None or hub.copier is None:
+            self._reattach_output(cid)  # a container found running after a daemon restart
         return task
 
     async def _wait_init(self, cid: str, pid: int) -> int:
@@ -262,14 +303,18 @@ class RuncRuntime:
                 raise
 
     async def cleanup(self, container_id: str) -> None:
-        """``runc delete --force``, then unmount the rootfs and drop the stdin FIFO.
-        Idempotent; a container that runc does not know is already deleted."""
+        """Wait until the container's output is all copied (its stdio reached EOF: the log
+        and attached clients have everything), then ``runc delete --force``, unmount the
+        rootfs and drop the stdin FIFO and pty.  Idempotent; a container that runc does
+        not know is already deleted."""
         errors: list[BaseException] = []
+        await self._drain_output(container_id)
         try:
             await self._delete(container_id)
         except CnmError as exc:
             errors.append(exc)
         self._close_stdin(container_id)
+        await self._release_output(container_id)
         try:
             await asyncio.to_thread(rootfs.unmount, self._rootfs(container_id))
         except CnmError as exc:
@@ -287,8 +332,13 @@ class RuncRuntime:
     async def remove(self, container_id: str) -> None:
         """Unmount if still mounted, then delete both container directories.  Idempotent."""
         await asyncio.to_thread(rootfs.unmount, self._rootfs(container_id))
+        await self._drain_output(container_id)
         self._close_stdin(container_id)
+        await self._release_output(container_id)
         self._exits.pop(container_id, None)
+        hub = self._outputs.pop(container_id, None)
+        if hub is not None:
+            hub.end_all()  # clients waiting for a run that will never come
         for path in (self._exec_dir(container_id), self._data_dir(container_id)):
             await asyncio.to_thread(shutil.rmtree, path, ignore_errors=True)
             if os.path.lexists(path):
@@ -351,21 +401,10 @@ class RuncRuntime:
             if spec.tty:
                 # runc allocates the pty inside the container's /dev/pts (so ``tty`` and job
                 # control work) and hands us the master over the console socket.
-                null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-                theirs.append(null)
-                with console_listener() as (listener, address):
-                    argv += ["--tty", "--console-socket", address, cid, *spec.cmd]
-                    receive = asyncio.ensure_future(receive_console(listener))
-                    try:
-                        await self._runc_detached(
-                            argv, os.path.join(execdir, f"exec-{n}.log"), null, null, null
-                        )
-                        ours.append(await asyncio.wait_for(asyncio.shield(receive), 5))
-                    finally:
-                        if not receive.done():
-                            receive.cancel()
-                        elif not ours and not receive.cancelled() and receive.exception() is None:
-                            os.close(receive.result())
+                ours.append(await self._run_with_console(
+                    lambda address: [*argv, "--tty", "--console-socket", address, cid, *spec.cmd],
+                    os.path.join(execdir, f"exec-{n}.log"),
+                ))
             else:
                 argv += [cid, *spec.cmd]
                 stdio = self._exec_pipes(spec, ours, theirs)
@@ -412,8 +451,71 @@ class RuncRuntime:
             stdio[index] = child
         return stdio[0], stdio[1], stdio[2]
 
-    # -- logs and stdin --------------------------------------------------------------------
-    def logs(
+    # -- output, logs, stdin, tty ----------------------------------------------------------
+    def _hub(self, cid: str) -> OutputHub:
+        hub = self._outputs.get(cid)
+        if hub is None:
+            _check_id(cid)
+            hub = self._outputs[cid] = OutputHub()
+        return hub
+
+    def _copy_output(self, cid: str, sources: list[tuple[int, int]], driver: str, options: logs.LogOptions) -> Copier:
+        writer = logs.JsonLogWriter(self.log_path(cid), options) if driver == logs.JSON_FILE else None
+        return Copier(self._hub(cid), sources, writer)
+
+    def _reattach_output(self, cid: str) -> Copier | None:
+        """After a daemon restart: open the FIFOs of a container started by an earlier
+        cnmd and copy on from where it left (the output waited in the pipes); for a tty,
+        take the pty master back from its keeper.  The keeper also holds the FIFOs' read
+        ends, so what a container wrote before it exited is still there."""
+        execdir = self._exec_dir(cid)
+        info = _read_output_info(execdir)
+        if info is None:
+            return None
+        options = logs.LogOptions(max_size=info["max_size"], max_file=info["max_file"])
+        if info["tty"]:
+            master = self._kept_pty(cid)
+            if master is None:
+                log.warning("container %s: its terminal was not kept; its output is lost", cid[:12])
+                return None
+            self._ptys[cid] = master
+            return self._copy_output(cid, [(logs.STDOUT, os.dup(master))], info["driver"], options)
+        sources: list[tuple[int, int]] = []
+        try:
+            for stream, name in ((logs.STDOUT, "stdout"), (logs.STDERR, "stderr")):
+                fd = os.open(os.path.join(execdir, name), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                sources.append((stream, fd))
+        except OSError as exc:
+            for _, fd in sources:
+                os.close(fd)
+            log.warning("container %s: cannot reopen its output: %s", cid[:12], exc)
+            return None
+        return self._copy_output(cid, sources, info["driver"], options)
+
+    async def _drain_output(self, cid: str, timeout: float = OUTPUT_DRAIN_TIMEOUT) -> None:
+        """Wait (bounded) until the copy of ``cid``'s output has reached EOF; after a
+        restart, copy what the container left in its FIFOs first."""
+        hub = self._outputs.get(cid)
+        if hub is not None:
+            copier = hub.copier  # None: this run's copy is complete (or there was no run)
+        elif os.path.isdir(self._exec_dir(cid)):
+            copier = self._reattach_output(cid)  # started by an earlier cnmd
+        else:
+            copier = None
+        if copier is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(copier.done), timeout)
+        except TimeoutError:
+            log.warning("container %s: its output did not end %.0f s after it exited", cid[:12], timeout)
+            copier.abort()
+
+    def attach_output(self, container_id: str) -> Subscription:
+        """The output of the container's current run, or of its next one when it is not
+        running (``run`` and ``start -a`` attach before they start): raw chunks as read."""
+        return self._hub(container_id).subscribe()
+
+    async def logs(
         self,
         container_id: str,
         *,
@@ -421,40 +523,102 @@ class RuncRuntime:
         stderr: bool,
         follow: bool,
         tail: int | None,
-        exited: Callable[[], bool] | None = None,
-    ) -> AsyncIterator[tuple[int, bytes]]:
-        """(stream, chunk) pairs from the log files.  With ``follow``, it ends when the
-        container has exited and everything was read; ``exited`` overrides how that is
-        known (default: this runtime's exit watch of the init if it has one, else whether
-        the init pid runc reports is still alive, checked once at the start and then by
-        pidfd)."""
-        out_path, err_path = self.log_paths(container_id)
-        streams = [
-            (s, p)
-            for s, p, want in ((logs.STDOUT, out_path, stdout), (logs.STDERR, err_path, stderr))
-            if want
-        ]
-        return self._logs(container_id, streams, follow, tail, exited)
+        since: int | None = None,
+        until: int | None = None,
+    ) -> AsyncIterator[logs.Record]:
+        """The log's records, oldest first (``since``/``until`` in ns, ``tail`` records).
+        With ``follow``, then the records of the current run as they come, until its
+        output ends (or ``until`` passes)."""
+        wanted = {s for s, on in ((logs.STDOUT, stdout), (logs.STDERR, stderr)) if on}
 
-    async def _logs(self, cid, streams, follow, tail, exited) -> AsyncIterator[tuple[int, bytes]]:
-        if follow and exited is None:
-            exited = await self._exit_probe(cid)
-        async for item in logs.read_logs(streams, follow=follow, tail=tail, exited=exited or (lambda: True)):
-            yield item
+        def keep(record: logs.Record) -> bool:
+            return record.stream in wanted and (since is None or record.ns >= since)
 
-    async def _exit_probe(self, cid: str) -> Callable[[], bool]:
-        watch = self._exits.get(cid)
-        if watch is not None:
-            return watch[1].done
-        pid = await self.is_running(cid)
-        if not pid:
-            return lambda: True
-        return lambda: not pid_alive(pid)
+        reader = await asyncio.to_thread(logs.LogReader, self.log_path(container_id), tail)
+        sub: Subscription | None = None
+        try:
+            while True:
+                # Big logs are read in a worker thread.  The last pass (what came meanwhile)
+                # runs here and the subscription is taken right after it, with no await in
+                # between: the copier writes the file and feeds subscribers in one step.
+                batch = await asyncio.to_thread(reader.read_batch)
+                last = not batch
+                if last:
+                    batch = list(reader.read_new())
+                    hub = self._outputs.get(container_id)
+                    if follow and hub is not None:
+                        sub = hub.subscribe(running_only=True, lines=True)
+                    reader.close()
+                for record in batch:
+                    if until is not None and record.ns > until:
+                        return
+                    if keep(record):
+                        yield record
+                if last:
+                    break
+            while sub is not None and (item := await sub.get()) is not None:
+                if until is not None and item.ns > until:
+                    return
+                if keep(item):
+                    yield item
+        finally:
+            reader.close()
+            if sub is not None:
+                sub.close()
+
+    def resize(self, container_id: str, height: int, width: int) -> None:
+        """Set the window size of a tty container's terminal (nothing without a tty)."""
+        fd = self._ptys.get(container_id)
+        if fd is None:
+            return
+        try:
+            fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+        except OSError as exc:
+            raise RuntimeFailure(f"resize tty of {container_id[:12]}: {exc.strerror}") from exc
+
+    def _keep_output(self, cid: str, fds: list[int]) -> None:
+        """Hand copies of our ends of the container's output (FIFO read ends, or the pty
+        master) to a keeper process, so that they outlive a cnmd restart; its pid and the
+        fd numbers go to ``keeper``."""
+        try:
+            pid, started = start_fd_keeper(fds)
+        except RuntimeFailure as exc:
+            log.warning("container %s: %s (its output is not kept across a cnmd restart)", cid[:12], exc)
+            return
+        with open(os.path.join(self._exec_dir(cid), "keeper"), "w", encoding="ascii") as fh:
+            fh.write(" ".join(str(n) for n in (pid, started, *fds)) + "\n")
+
+    def _keeper(self, cid: str) -> tuple[int, int, list[int]] | None:
+        """(pid, start time, fds) of ``cid``'s keeper, from its ``keeper`` file."""
+        try:
+            with open(os.path.join(self._exec_dir(cid), "keeper"), encoding="ascii") as fh:
+                pid, started, *fds = (int(x) for x in fh.read().split())
+            return pid, started, fds
+        except (OSError, ValueError):
+            return None
+
+    def _kept_pty(self, cid: str) -> int | None:
+        kept = self._keeper(cid)
+        return None if kept is None or not kept[2] else fetch_kept_fd(kept[0], kept[1], kept[2][0], "ptmx")
+
+    async def _release_output(self, cid: str) -> None:
+        """The run's output is complete: close the pty and stop the keeper."""
+        fd = self._ptys.pop(cid, None)
+        if fd is not None:
+            os.close(fd)
+        kept = self._keeper(cid)
+        if kept is not None:
+            await stop_fd_keeper(kept[0], kept[1])
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self._exec_dir(cid), "keeper"))
 
     async def open_stdin(self, container_id: str) -> asyncio.StreamWriter | None:
         """A writer to the stdin FIFO of a container created with OpenStdin, else None.
         With StdinOnce the runtime lets go of its own keeper, so closing this writer is the
         container's EOF."""
+        pty = self._ptys.get(container_id)
+        if pty is not None:  # a tty: input goes to the terminal
+            return await fd_writer(os.dup(pty))
         fifo = os.path.join(self._exec_dir(container_id), "stdin")
         try:
             if not stat.S_ISFIFO(os.stat(fifo).st_mode):
@@ -515,6 +679,73 @@ class RuncRuntime:
         if code != 0:
             raise RuntimeFailure(runc_message(text) or f"runc {args[0]} failed with exit code {code}")
 
+
+    async def _run_with_console(self, make_argv: Callable[[str], list[str]], log_file: str) -> int:
+        """``runc run|exec -d`` with a tty: runc makes the pty inside the container and
+        sends its master over a console socket; returns the master (ours now).
+        ``make_argv(address)`` is runc's command line for that socket address."""
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            with console_listener() as (listener, address):
+                argv = make_argv(address)
+                receive = asyncio.ensure_future(receive_console(listener))
+                master = -1
+                try:
+                    await self._runc_detached(argv, log_file, null, null, null)
+                    master = await asyncio.wait_for(asyncio.shield(receive), 5)
+                finally:
+                    if not receive.done():
+                        receive.cancel()
+                    elif master < 0 and not receive.cancelled() and receive.exception() is None:
+                        os.close(receive.result())
+                return master
+        finally:
+            os.close(null)
+
+
+def _output_fifos(execdir: str) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+    """The container's stdout and stderr FIFOs: our read ends ((stream, fd) pairs) and
+    the container's ends.  The container's are opened read-write, so that its writes
+    never meet a pipe without readers (EPIPE/SIGPIPE) while cnmd restarts: output then
+    waits in the pipe, which is made large."""
+    ours: list[tuple[int, int]] = []
+    theirs: list[int] = []
+    try:
+        for stream, name in ((logs.STDOUT, "stdout"), (logs.STDERR, "stderr")):
+            path = os.path.join(execdir, name)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            os.mkfifo(path, 0o600)
+            ours.append((stream, os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)))
+            theirs.append(os.open(path, os.O_RDWR | os.O_CLOEXEC))
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(theirs[-1], F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError as exc:
+        for fd in [fd for _, fd in ours] + theirs:
+            os.close(fd)
+        raise RuntimeFailure(f"container output pipes: {exc.strerror}") from exc
+    return ours, (theirs[0], theirs[1])
+
+
+def _write_output_info(execdir: str, tty: bool, driver: str, options: logs.LogOptions) -> None:
+    """What a restarted cnmd needs to copy on the output of a running container."""
+    info = {"tty": tty, "driver": driver, "max_size": options.max_size, "max_file": options.max_file}
+    with open(os.path.join(execdir, "output.json"), "w", encoding="utf-8") as fh:
+        json.dump(info, fh)
+
+
+def _read_output_info(execdir: str) -> dict | None:
+    try:
+        with open(os.path.join(execdir, "output.json"), encoding="utf-8") as fh:
+            info = json.load(fh)
+        return {
+            "tty": bool(info["tty"]),
+            "driver": str(info["driver"]),
+            "max_size": None if info["max_size"] is None else int(info["max_size"]),
+            "max_file": int(info["max_file"]),
+        }
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 def runc_message(output: bytes) -> str:
     """runc's error message from its JSON log lines (the last ``error``), else the text."""

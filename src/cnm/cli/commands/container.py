@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from cnm.cli import flags as F
 from cnm.cli.client import quote
 from cnm.cli.context import Cli
@@ -50,7 +52,7 @@ def cmd_start(cli: Cli, argv: list[str]) -> int:
         return attach_and_start(cli, info.get("Id", names[0]), tty=bool(config.get("Tty")),
                                 stdin=bool(v["interactive"] and config.get("OpenStdin")),
                                 auto_remove=bool((info.get("HostConfig") or {}).get("AutoRemove")),
-                                start_error_code=1)
+                                start_error_code=1, detach_keys=v["detach_keys"] or "")
     failed: list[str] = []
     for name in names:
         try:
@@ -201,12 +203,49 @@ LOGS = F.Command(
     min_args=1, max_args=1)
 
 
+def api_timestamp(value: str, now: float) -> str:
+    """Docker's ``timetypes.GetTimestamp``: a duration (``10m``, ``1h30m``, ``42s``) means
+    that long before ``now``; an RFC 3339 date/time (``2026-12-01``, ``…T10:00:00Z``, with
+    or without a zone: UTC) or a unix timestamp (``1700000000.5``) is that moment.  The API's
+    ``seconds.nanoseconds`` text; ValueError for anything else."""
+    import re
+
+    text = value.strip()
+    if re.fullmatch(r"\d+(\.\d{1,9})?", text):
+        return text
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", text)
+    if parts and "".join(n + u for n, u in parts) == text:
+        scale = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+        seconds = sum(float(n) * scale[u] for n, u in parts)
+        return f"{now - seconds:.9f}"
+    from datetime import UTC, datetime
+
+    m = re.fullmatch(r"([^.]+?)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)?", text)  # keep the nanoseconds
+    try:
+        if m is None:
+            raise ValueError(text)
+        moment = datetime.fromisoformat(m[1] + (m[3] or "").replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"cannot parse {value!r} as a timestamp or duration") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return f"{int(moment.timestamp())}.{(m[2] or '0').ljust(9, '0')}"
+
+
 def cmd_logs(cli: Cli, argv: list[str]) -> int:
     from cnm.cli.hijack import copy_chunks
 
     v, (name,), _ = F.parse(LOGS, argv)
+    now = time.time()
+    stamps: dict[str, str | None] = {}
+    for key in ("since", "until"):
+        try:
+            stamps[key] = api_timestamp(v[key], now) if v[key] else None
+        except ValueError as exc:
+            raise CliError(f"invalid value for --{key}: {exc}") from None
+    since, until = stamps["since"], stamps["until"]
     info = cli.client.call("GET", _path(name) + "/json") or {}
-    query = {"stdout": "1", "stderr": "1", "since": v["since"], "until": v["until"],
+    query = {"stdout": "1", "stderr": "1", "since": since, "until": until,
              "timestamps": "1" if v["timestamps"] else None, "follow": "1" if v["follow"] else None,
              "tail": v["tail"], "details": "1" if v["details"] else None}
     resp = cli.client.request("GET", _path(info.get("Id") or name) + "/logs", query)

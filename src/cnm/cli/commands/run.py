@@ -114,20 +114,27 @@ def cmd_run(cli: Cli, argv: list[str]) -> int:
         cli.out(cid + "\n")
         return 0
     return attach_and_start(cli, cid, tty=v["tty"], stdin=v["interactive"], auto_remove=v["rm"],
-                            sig_proxy=v["sig_proxy"] and not v["tty"], start_error_code=125)
+                            sig_proxy=v["sig_proxy"] and not v["tty"], start_error_code=125,
+                            detach_keys=v["detach_keys"] or "")
 
 
 def attach_and_start(cli: Cli, cid: str, *, tty: bool, stdin: bool, auto_remove: bool,
-                     sig_proxy: bool = True, start_error_code: int = 125) -> int:
+                     sig_proxy: bool = True, start_error_code: int = 125, detach_keys: str = "") -> int:
     """Attach (hijack), open the wait, start, stream until the container closes the stream.
 
     Returns the container's exit code from the wait. With ``tty`` and a terminal on stdin,
-    the terminal is raw for the duration; without a tty SIGINT/SIGTERM are forwarded.
+    the terminal is raw for the duration, its size follows the window (SIGWINCH ->
+    resize), and the detach keys (default Ctrl-P Ctrl-Q) leave the container running:
+    then 0 is returned without waiting.  Without a tty SIGINT/SIGTERM are forwarded.
     """
-    from cnm.cli.hijack import pump, raw_terminal, terminal_size
+    from cnm.cli.hijack import detach_key_bytes, pump, raw_terminal
 
-    query = {"stream": "1", "stdin": "1" if stdin else None, "stdout": "1", "stderr": "1"}
+    interactive_tty = tty and stdin and os.isatty(sys.stdin.fileno())
+    keys = detach_key_bytes(detach_keys) if interactive_tty else b""
+    query = {"stream": "1", "stdin": "1" if stdin else None, "stdout": "1", "stderr": "1",
+             "detachKeys": detach_keys or None}
     sock, initial = cli.client.hijack(f"/containers/{quote(cid)}/attach", query)
+    detached = False
     try:
         wait = _wait_head(cli, cid, auto_remove)
         try:
@@ -137,29 +144,47 @@ def attach_and_start(cli: Cli, cid: str, *, tty: bool, stdin: bool, auto_remove:
             if start_error_code == 125:
                 raise status_error("run", str(exc)) from None
             raise
-        if tty:
-            size = terminal_size(1)
-            if size:
-                try:
-                    cli.client.request("POST", f"/containers/{quote(cid)}/resize",
-                                       {"h": size[0], "w": size[1]}).close()
-                except (DaemonError, CliError):
-                    pass  # resizing is best effort, as in Docker's CLI
         restore = _proxy_signals(cli, cid) if sig_proxy else None
+        restore_winch = _follow_window(cli, cid) if tty else None
         cli.flush()
         stdin_fd = sys.stdin.fileno() if stdin else None
         try:
             if tty and stdin_fd is not None:
                 with raw_terminal(stdin_fd):
-                    pump(sock, initial, True, stdin_fd)
+                    detached = pump(sock, initial, True, stdin_fd, detach_keys=keys)
             else:
                 pump(sock, initial, tty, stdin_fd)
         finally:
             if restore:
                 restore()
+            if restore_winch:
+                restore_winch()
     finally:
         sock.close()
+    if detached:
+        wait.close()
+        return 0
     return _wait_status(cli, wait)
+
+
+def _follow_window(cli: Cli, cid: str):
+    """Send the terminal's size now and at every SIGWINCH (``POST /resize``); a restorer."""
+    import signal
+
+    from cnm.cli.hijack import terminal_size
+
+    def send(*_args: object) -> None:
+        size = terminal_size(1)
+        if not size:
+            return
+        try:
+            cli.client.request("POST", f"/containers/{quote(cid)}/resize", {"h": size[0], "w": size[1]}).close()
+        except (DaemonError, CliError):
+            pass  # resizing is best effort, as in Docker's CLI
+
+    send()
+    saved = signal.signal(signal.SIGWINCH, send)
+    return lambda: signal.signal(signal.SIGWINCH, saved)
 
 
 def _proxy_signals(cli: Cli, cid: str):
