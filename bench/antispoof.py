@@ -70,8 +70,10 @@ def add_others(host: TestHost, count: int) -> None:
         port = f"vbench{i:05d}"
         mac = f"02:42:fe:00:{i >> 8 & 255:02x}:{i & 255:02x}"
         lines.append(f'add element bridge cnm ports {{ "{port}" comment "cnm:bench" }}')
-        lines.append(f'add element bridge cnm addrs {{ "{port}" . {mac} . 10.250.{i >> 8 & 255}.{i & 255 or 1} '
-                     f'comment "cnm:bench" }}')
+        lines.append(
+            f'add element bridge cnm addrs {{ "{port}" . {mac} . 10.250.{i >> 8 & 255}.{i & 255 or 1} '
+            f'comment "cnm:bench" }}'
+        )
     host.run(["nft", "-f", "-"], input="\n".join(lines) + "\n", timeout=120)
 
 
@@ -79,8 +81,20 @@ def iperf(host: TestHost, client_key: str, address: str, seconds: float) -> tupl
     """One TCP run from the client's netns to ``address``: (Gbit/s received, Gbit per
     CPU-second of both iperf3 processes -- what a frame costs, less sensitive than the
     rate to other work on the machine)."""
-    argv = ["nsenter", f"--net={client_key}", "iperf3", "-c", address, "-p", str(IPERF_PORT), "-t", str(seconds),
-            "-J", "--connect-timeout", "3000"]
+    argv = [
+        "nsenter",
+        f"--net={client_key}",
+        "iperf3",
+        "-c",
+        address,
+        "-p",
+        str(IPERF_PORT),
+        "-t",
+        str(seconds),
+        "-J",
+        "--connect-timeout",
+        "3000",
+    ]
     proc = host.run(argv, check=False, timeout=seconds + 30)
     try:
         doc = json.loads(proc.stdout)
@@ -102,7 +116,9 @@ def bench(host: TestHost, opts: argparse.Namespace) -> dict[str, list[tuple[floa
     server_key, server_ip = netns_of(host, "server")
     client_key, _ = netns_of(host, "client")
     pidfile = host.tmp / "iperf3.pid"
-    host.run(["nsenter", f"--net={server_key}", "iperf3", "-s", "-p", str(IPERF_PORT), "-D", "-I", str(pidfile)])
+    host.run(
+        ["nsenter", f"--net={server_key}", "iperf3", "-s", "-p", str(IPERF_PORT), "-D", "-I", str(pidfile)]
+    )
     loaded = LOADED.format(n=opts.others)
     figures: dict[str, list[tuple[float, float]]] = {OFF: [], ON: [], loaded: []}
     if guard_ports(host) != 2:
@@ -125,17 +141,26 @@ def bench(host: TestHost, opts: argparse.Namespace) -> dict[str, list[tuple[floa
             if mode == loaded:
                 add_others(host, opts.others)
             figures[mode].append(iperf(host, client_key, server_ip, opts.seconds))
-        print(f"round {r + 1}/{opts.runs}: " + ", ".join(
-            f"{k} {v[-1][0]:.2f} Gbit/s {v[-1][1]:.2f} Gbit/cpu-s" for k, v in figures.items() if v), flush=True)
+        print(
+            f"round {r + 1}/{opts.runs}: "
+            + ", ".join(
+                f"{k} {v[-1][0]:.2f} Gbit/s {v[-1][1]:.2f} Gbit/cpu-s" for k, v in figures.items() if v
+            ),
+            flush=True,
+        )
     return {k: v for k, v in figures.items() if v}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--image", default=str(Path(__file__).resolve().parent.parent / "images" / "busybox.tar"))
+    parser.add_argument(
+        "--image", default=str(Path(__file__).resolve().parent.parent / "images" / "busybox.tar")
+    )
     parser.add_argument("--seconds", type=float, default=2, help="iperf3 -t")
     parser.add_argument("--runs", type=int, default=15, help="rounds (each mode once per round; median)")
-    parser.add_argument("--others", type=int, default=1000, help="other guarded ports in the loaded mode (0: skip)")
+    parser.add_argument(
+        "--others", type=int, default=1000, help="other guarded ports in the loaded mode (0: skip)"
+    )
     parser.add_argument("--quick", action="store_true", help="3 rounds of 1 s")
     opts = parser.parse_args()
     if opts.quick:
@@ -165,14 +190,20 @@ def main() -> int:
     ratios: dict[str, tuple[float, float]] = {}
     for mode, values in figures.items():
         pairs = list(zip(values, figures[OFF], strict=True))
-        ratios[mode] = (statistics.median(v[0] / o[0] for v, o in pairs),
-                        statistics.median(v[1] / o[1] for v, o in pairs))
-        print(f"  {mode:<28} {statistics.median(v[0] for v in values):7.2f} Gbit/s  {ratios[mode][0] * 100:6.1f}%"
-              f"  {statistics.median(v[1] for v in values):14.2f}  {ratios[mode][1] * 100:6.1f}%")
+        ratios[mode] = (
+            statistics.median(v[0] / o[0] for v, o in pairs),
+            statistics.median(v[1] / o[1] for v, o in pairs),
+        )
+        print(
+            f"  {mode:<28} {statistics.median(v[0] for v in values):7.2f} Gbit/s  {ratios[mode][0] * 100:6.1f}%"
+            f"  {statistics.median(v[1] for v in values):14.2f}  {ratios[mode][1] * 100:6.1f}%"
+        )
     print("  * median of the per-round ratios (each round measures every mode back to back)")
     rate, cost = ratios[ON]
     verdict = "met" if rate >= 0.97 else "NOT met"
-    print(f"goal: guard on >= 97 % of guard off: {verdict} (rate {rate * 100:.1f} %, per CPU-second {cost * 100:.1f} %)")
+    print(
+        f"goal: guard on >= 97 % of guard off: {verdict} (rate {rate * 100:.1f} %, per CPU-second {cost * 100:.1f} %)"
+    )
     return 0
 
 

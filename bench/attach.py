@@ -47,8 +47,10 @@ class Table:
 
     def add(self, who: str, what: str, values: list[float]) -> None:
         self.rows.append((who, what, len(values), pct(values, 50), pct(values, 99)))
-        print(f"  {who}: {what}: n={len(values)} p50={pct(values, 50):.2f} ms p99={pct(values, 99):.2f} ms",
-              flush=True)
+        print(
+            f"  {who}: {what}: n={len(values)} p50={pct(values, 50):.2f} ms p99={pct(values, 99):.2f} ms",
+            flush=True,
+        )
 
     def note(self, text: str) -> None:
         self.notes.append(text)
@@ -84,10 +86,14 @@ def attach_rounds(call: Any, net: str, ids: list[str]) -> list[float]:
 def bench_cnm(host: TestHost, image: str, n: int, preload: int, cli_rounds: int, table: Table) -> None:
     host.start_daemon()
     host.import_image(image, "busybox")
-    api_ok(host, "POST", "/networks/create", {"Name": "bench", "IPAM": {"Config": [{"Subnet": "10.200.0.0/16"}]}})
+    api_ok(
+        host, "POST", "/networks/create", {"Name": "bench", "IPAM": {"Config": [{"Subnet": "10.200.0.0/16"}]}}
+    )
 
     def create_start(i: int) -> str:
-        cid = api_ok(host, "POST", f"/containers/create?name=b{i}", {"Image": "busybox", "Cmd": ["sleep", "1d"]})["Id"]
+        cid = api_ok(
+            host, "POST", f"/containers/create?name=b{i}", {"Image": "busybox", "Cmd": ["sleep", "1d"]}
+        )["Id"]
         api_ok(host, "POST", f"/containers/{cid}/start")
         return cid
 
@@ -104,14 +110,22 @@ def bench_cnm(host: TestHost, image: str, n: int, preload: int, cli_rounds: int,
     table.add("cnm", f"API connect+disconnect, {preload} already attached", attach_rounds(call, "bench", ids))
 
     pid = host.daemon_pid()
-    rss = int(next(line.split()[1] for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                   if line.startswith("VmRSS:")))
-    table.note(f"cnm: cnmd RSS with {n + preload} containers running ({preload} attached to 'bench'): "
-               f"{rss / 1024:.1f} MB (goal <= 100 MB)")
+    rss = int(
+        next(
+            line.split()[1]
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+            if line.startswith("VmRSS:")
+        )
+    )
+    table.note(
+        f"cnm: cnmd RSS with {n + preload} containers running ({preload} attached to 'bench'): "
+        f"{rss / 1024:.1f} MB (goal <= 100 MB)"
+    )
 
     cli = [venv_bin("cnm"), "-H", host.host_uri]
-    out = host.run([sys.executable, str(INNER), "cli", str(cli_rounds), "bench", *cli, "--", *ids],
-                   timeout=1800).stdout
+    out = host.run(
+        [sys.executable, str(INNER), "cli", str(cli_rounds), "bench", *cli, "--", *ids], timeout=1800
+    ).stdout
     table.add("cnm", "CLI network connect + disconnect", json.loads(out)["roundtrip"])
 
 
@@ -119,13 +133,19 @@ def bench_cnm(host: TestHost, image: str, n: int, preload: int, cli_rounds: int,
 
 
 def bench_cni(host: TestHost, n: int, table: Table) -> None:
-    out = json.loads(host.run([sys.executable, str(INNER), "cni", str(n), str(host.tmp)], timeout=1800).stdout)
+    out = json.loads(
+        host.run([sys.executable, str(INNER), "cni", str(n), str(host.tmp)], timeout=1800).stdout
+    )
     table.add("cni", "bridge ADD+DEL", [a + d for a, d in zip(out["add"], out["del"], strict=True)])
 
 
 def bench_netavark(host: TestHost, n: int, table: Table) -> None:
-    out = json.loads(host.run([sys.executable, str(INNER), "netavark", str(n), str(host.tmp)], timeout=1800).stdout)
-    table.add("netavark", "setup+teardown", [a + d for a, d in zip(out["setup"], out["teardown"], strict=True)])
+    out = json.loads(
+        host.run([sys.executable, str(INNER), "netavark", str(n), str(host.tmp)], timeout=1800).stdout
+    )
+    table.add(
+        "netavark", "setup+teardown", [a + d for a, d in zip(out["setup"], out["teardown"], strict=True)]
+    )
 
 
 def bench_docker(host: TestHost, image: str, n: int, cli_rounds: int, table: Table) -> None:
@@ -141,18 +161,23 @@ def bench_docker(host: TestHost, image: str, n: int, cli_rounds: int, table: Tab
     call = dockerd.call
 
     def create_start(i: int) -> str:
-        cid = call("POST", f"/containers/create?name=d{i}", {"Image": "busybox", "Cmd": ["sleep", "1d"]})["Id"]
+        cid = call("POST", f"/containers/create?name=d{i}", {"Image": "busybox", "Cmd": ["sleep", "1d"]})[
+            "Id"
+        ]
         call("POST", f"/containers/{cid}/start")
         return cid
 
     t0 = time.perf_counter()
     ids = start_containers(create_start, n, workers=2)
-    table.note(f"docker: started {n} containers in {time.perf_counter() - t0:.1f} s "
-               f"({(time.perf_counter() - t0) / n * 1000:.0f} ms each, 2 at a time)")
+    table.note(
+        f"docker: started {n} containers in {time.perf_counter() - t0:.1f} s "
+        f"({(time.perf_counter() - t0) / n * 1000:.0f} ms each, 2 at a time)"
+    )
     attach_rounds(call, "bench", ids[:3])
     table.add("docker", f"API connect+disconnect ({n} containers)", attach_rounds(call, "bench", ids))
-    out = host.run([sys.executable, str(INNER), "cli", str(cli_rounds), "bench", *docker, "--", *ids],
-                   timeout=1800).stdout
+    out = host.run(
+        [sys.executable, str(INNER), "cli", str(cli_rounds), "bench", *docker, "--", *ids], timeout=1800
+    ).stdout
     table.add("docker", "CLI network connect + disconnect", json.loads(out)["roundtrip"])
 
 
@@ -200,15 +225,20 @@ def main() -> int:
     cnm_api = table.p50("cnm", f"API connect+disconnect ({args.containers} containers)")
     cnm_cli = table.p50("cnm", "CLI network connect + disconnect")
     print("\n== ratios (p50, peer / cnm; > 1 means cnm is faster) ==")
-    for who, what in (("cni", "bridge ADD+DEL"), ("netavark", "setup+teardown"),
-                      ("docker", f"API connect+disconnect ({args.docker_containers} containers)")):
+    for who, what in (
+        ("cni", "bridge ADD+DEL"),
+        ("netavark", "setup+teardown"),
+        ("docker", f"API connect+disconnect ({args.docker_containers} containers)"),
+    ):
         peer = table.p50(who, what)
         if peer is not None and cnm_api:
             print(f"  {who} {what}: {peer:.2f} ms vs cnm API {cnm_api:.2f} ms -> {peer / cnm_api:.1f}x")
     docker_cli = table.p50("docker", "CLI network connect + disconnect")
     if docker_cli is not None and cnm_cli:
-        print(f"  docker CLI round trip: {docker_cli:.2f} ms vs cnm CLI {cnm_cli:.2f} ms -> {docker_cli / cnm_cli:.1f}x"
-              f" (goal >= 3x)")
+        print(
+            f"  docker CLI round trip: {docker_cli:.2f} ms vs cnm CLI {cnm_cli:.2f} ms -> {docker_cli / cnm_cli:.1f}x"
+            f" (goal >= 3x)"
+        )
     if cnm_api is not None:
         print(f"  cnm API p50 {cnm_api:.2f} ms (goal <= 5 ms): {'met' if cnm_api <= 5 else 'NOT met'}")
     if table.notes:

@@ -58,12 +58,24 @@ def ensure_package(peer: str, table: Notes, install: bool) -> bool:
         return False
     print(f"installing {package} for the {peer} figures (apt-get)…", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    ok = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
-                        env=env, capture_output=True).returncode == 0
+    ok = (
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
+            env=env,
+            capture_output=True,
+        ).returncode
+        == 0
+    )
     if not ok:
         subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True)
-        ok = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
-                            env=env, capture_output=True).returncode == 0
+        ok = (
+            subprocess.run(
+                ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
+                env=env,
+                capture_output=True,
+            ).returncode
+            == 0
+        )
     if not ok or not os.path.exists(binary):
         table.note(f"{peer}: absent (apt-get install {package} failed)")
         return False
@@ -78,7 +90,11 @@ def api_ok(host: TestHost, method: str, path: str, body: Any = None) -> Any:
     resp = host.api(method, path, body, timeout=120)
     if resp.status >= 300:
         raise HarnessError(f"{method} {path}: {resp.status} {resp.message}")
-    return resp.json() if resp.body and resp.headers.get("Content-Type", "").startswith("application/json") else None
+    return (
+        resp.json()
+        if resp.body and resp.headers.get("Content-Type", "").startswith("application/json")
+        else None
+    )
 
 
 def run_in_host(what: str, table: Notes, fn: Callable[..., Any], *args: Any) -> None:
@@ -139,9 +155,20 @@ def start_dockerd(host: TestHost, *flags: str, name: str = "docker", timeout: fl
     root = host.tmp / name
     sock = root / "docker.sock"
     root.mkdir(exist_ok=True)
-    argv = ["dockerd", "-H", f"unix://{sock}", "--data-root", str(root / "data"), "--exec-root",
-            str(root / "exec"), "--pidfile", str(root / "dockerd.pid"), "--cgroup-parent", host.cgroup_parent,
-            *flags]
+    argv = [
+        "dockerd",
+        "-H",
+        f"unix://{sock}",
+        "--data-root",
+        str(root / "data"),
+        "--exec-root",
+        str(root / "exec"),
+        "--pidfile",
+        str(root / "dockerd.pid"),
+        "--cgroup-parent",
+        host.cgroup_parent,
+        *flags,
+    ]
     with open(root / "dockerd.log", "ab") as log:
         proc = host.spawn(argv, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout

@@ -85,8 +85,10 @@ def client(server: str, name: str, expect: str, count: int, warmup: int, timeout
     first = dns.message.from_wire(sock.recv(4096))
     got = {rd.to_text() for rrset in first.answer for rd in rrset}
     if first.rcode() != dns.rcode.NOERROR or expect not in got:
-        raise SystemExit(f"{name} via {server}: {dns.rcode.to_text(first.rcode())}, answers {sorted(got)}, "
-                         f"expected {expect}")
+        raise SystemExit(
+            f"{name} via {server}: {dns.rcode.to_text(first.rcode())}, answers {sorted(got)}, "
+            f"expected {expect}"
+        )
 
     def one(qid: int) -> int | None:
         wire[0], wire[1] = qid >> 8, qid & 0xFF
@@ -159,8 +161,11 @@ class Results:
         series = self.series.setdefault((who, what), Series(who, what))
         series.add(run)
         qps = (len(run["us"]) + run["lost"]) / run["seconds"]
-        print(f"  {who}: {what}: n={len(run['us'])} p50={pct(run['us'], 50):.1f} µs "
-              f"p99={pct(run['us'], 99):.1f} µs {qps:,.0f} q/s lost={run['lost']}", flush=True)
+        print(
+            f"  {who}: {what}: n={len(run['us'])} p50={pct(run['us'], 50):.1f} µs "
+            f"p99={pct(run['us'], 99):.1f} µs {qps:,.0f} q/s lost={run['lost']}",
+            flush=True,
+        )
 
     def note(self, text: str) -> None:
         self.notes.append(text)
@@ -173,8 +178,10 @@ class Results:
         lines = [f"{'who':<7} {'query':<58} {'n':>6} {'p50 µs':>8} {'p99 µs':>8} {'q/s':>8} {'lost':>5}"]
         for s in self.series.values():
             if s.latencies:
-                lines.append(f"{s.who:<7} {s.what:<58} {len(s.latencies):>6} {s.p50:>8.1f} {s.p99:>8.1f} "
-                             f"{s.median_qps:>8,.0f} {s.lost:>5}")
+                lines.append(
+                    f"{s.who:<7} {s.what:<58} {len(s.latencies):>6} {s.p50:>8.1f} {s.p99:>8.1f} "
+                    f"{s.median_qps:>8,.0f} {s.lost:>5}"
+                )
         return "\n".join(lines)
 
 
@@ -220,7 +227,9 @@ def setup_cnm(host: TestHost, image: str) -> list[Probe]:
     host.cnm("network", "create", "--subnet", SUBNET["cnm"], NETWORK)
     containers = {"peer": [], "client": [], "client-dns": ["--dns", WORLD_UPSTREAM]}
     for name, opts in containers.items():
-        host.cnm("run", "-d", "--name", name, "--network", NETWORK, *opts, "busybox", "sleep", "1d", timeout=90)
+        host.cnm(
+            "run", "-d", "--name", name, "--network", NETWORK, *opts, "busybox", "sleep", "1d", timeout=90
+        )
     info = {c["Name"].lstrip("/"): c for c in json.loads(host.cnm("inspect", *containers).stdout)}
     peer = info["peer"]["NetworkSettings"]["Networks"][NETWORK]["IPAddress"]
     key = info["client"]["NetworkSettings"]["SandboxKey"]
@@ -228,7 +237,9 @@ def setup_cnm(host: TestHost, image: str) -> list[Probe]:
     return [
         Probe("container name", key, "peer", peer),
         Probe(f"forwarded, host's {HOST_UPSTREAM} asked from host netns", key, FORWARDED, FORWARDED_ADDRESS),
-        Probe(f"forwarded, {WORLD_UPSTREAM} asked from container netns", key_dns, FORWARDED, FORWARDED_ADDRESS),
+        Probe(
+            f"forwarded, {WORLD_UPSTREAM} asked from container netns", key_dns, FORWARDED, FORWARDED_ADDRESS
+        ),
         Probe(DIRECT, key, FORWARDED, FORWARDED_ADDRESS, server=WORLD_UPSTREAM),
     ]
 
@@ -242,8 +253,11 @@ def setup_docker(host: TestHost, image: str) -> list[Probe]:
     host.run([*docker, "import", image, "busybox"], timeout=300)
     host.run([*docker, "network", "create", "--subnet", SUBNET["docker"], NETWORK])
     for name in ("peer", "client"):
-        host.run([*docker, "run", "-d", "--name", name, "--network", NETWORK, "busybox", "sleep", "1d"], timeout=120)
-    fmt = "{{.NetworkSettings.SandboxKey}} {{(index .NetworkSettings.Networks \"" + NETWORK + "\").IPAddress}}"
+        host.run(
+            [*docker, "run", "-d", "--name", name, "--network", NETWORK, "busybox", "sleep", "1d"],
+            timeout=120,
+        )
+    fmt = '{{.NetworkSettings.SandboxKey}} {{(index .NetworkSettings.Networks "' + NETWORK + '").IPAddress}}'
     key, _ = host.run([*docker, "inspect", "-f", fmt, "client"]).stdout.split()
     _, peer = host.run([*docker, "inspect", "-f", fmt, "peer"]).stdout.split()
     return [
@@ -254,11 +268,21 @@ def setup_docker(host: TestHost, image: str) -> list[Probe]:
 
 
 def measure(host: TestHost, probe: Probe, count: int, warmup: int) -> dict:
-    argv = [sys.executable, str(Path(__file__).resolve()), "client", probe.server, probe.name, probe.expect,
-            str(count), str(warmup)]
+    argv = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "client",
+        probe.server,
+        probe.name,
+        probe.expect,
+        str(count),
+        str(warmup),
+    ]
     proc = host.netns_exec(probe.netns, argv, timeout=max(120, count * 0.01), check=False)
     if proc.returncode != 0:
-        raise HarnessError(f"client exited {proc.returncode}: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+        raise HarnessError(
+            f"client exited {proc.returncode}: {(proc.stderr.strip().splitlines() or ['?'])[-1]}"
+        )
     return json.loads(proc.stdout)
 
 
@@ -271,9 +295,11 @@ def ratio_line(results: Results, what_cnm: str, what_docker: str, label: str) ->
         return
     p50_ok = cnm.p50 <= docker.p50
     qps_ok = cnm.median_qps >= docker.median_qps
-    print(f"  {label}: p50 docker {docker.p50:.1f} µs / cnm {cnm.p50:.1f} µs = {docker.p50 / cnm.p50:.2f}x "
-          f"({'met' if p50_ok else 'NOT met'}); q/s cnm {cnm.median_qps:,.0f} / docker {docker.median_qps:,.0f} "
-          f"= {cnm.median_qps / docker.median_qps:.2f}x ({'met' if qps_ok else 'NOT met'})")
+    print(
+        f"  {label}: p50 docker {docker.p50:.1f} µs / cnm {cnm.p50:.1f} µs = {docker.p50 / cnm.p50:.2f}x "
+        f"({'met' if p50_ok else 'NOT met'}); q/s cnm {cnm.median_qps:,.0f} / docker {docker.median_qps:,.0f} "
+        f"= {cnm.median_qps / docker.median_qps:.2f}x ({'met' if qps_ok else 'NOT met'})"
+    )
 
 
 def main() -> int:
@@ -329,15 +355,21 @@ def main() -> int:
                 rss = next(int(ln.split()[1]) for ln in status if ln.startswith("VmRSS:"))
                 results.note(f"cnm: cnmd RSS after the run: {rss / 1024:.1f} MB")
 
-    print(f"\n== DNS: {args.queries} sequential UDP queries x {args.rounds} rounds per row, "
-          f"from inside a container to {RESOLVER} (p50/p99 over all rounds, q/s median of rounds) ==")
+    print(
+        f"\n== DNS: {args.queries} sequential UDP queries x {args.rounds} rounds per row, "
+        f"from inside a container to {RESOLVER} (p50/p99 over all rounds, q/s median of rounds) =="
+    )
     print(results.render())
     print("\n== cnm against Docker (goals: p50 <= Docker's, q/s >= Docker's) ==")
     ratio_line(results, "container name", "container name", "container name")
     same_path = f"forwarded, {WORLD_UPSTREAM} asked from container netns"
     ratio_line(results, same_path, same_path, "forwarded, same path")
-    ratio_line(results, f"forwarded, host's {HOST_UPSTREAM} asked from host netns", same_path,
-               f"forwarded, each engine's host upstream ({HOST_UPSTREAM} / {WORLD_UPSTREAM})")
+    ratio_line(
+        results,
+        f"forwarded, host's {HOST_UPSTREAM} asked from host netns",
+        same_path,
+        f"forwarded, each engine's host upstream ({HOST_UPSTREAM} / {WORLD_UPSTREAM})",
+    )
     if results.notes:
         print("\n== notes ==")
         for note in results.notes:

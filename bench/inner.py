@@ -34,25 +34,50 @@ def _check(proc: subprocess.CompletedProcess, what: str) -> None:
 
 
 def cni(n: int, workdir: str) -> dict:
-    config = json.dumps({
-        "cniVersion": "1.0.0", "name": "benchnet", "type": "bridge", "bridge": "cni0",
-        "isGateway": True, "ipMasq": True,
-        "ipam": {"type": "host-local", "subnet": "10.210.0.0/16", "dataDir": os.path.join(workdir, "cni-ipam")},
-    })
+    config = json.dumps(
+        {
+            "cniVersion": "1.0.0",
+            "name": "benchnet",
+            "type": "bridge",
+            "bridge": "cni0",
+            "isGateway": True,
+            "ipMasq": True,
+            "ipam": {
+                "type": "host-local",
+                "subnet": "10.210.0.0/16",
+                "dataDir": os.path.join(workdir, "cni-ipam"),
+            },
+        }
+    )
     adds, dels = [], []
     for i in range(n):
         ns = f"cni{i}"
         _netns(ns, True)
-        env = {"PATH": os.environ["PATH"], "CNI_CONTAINERID": f"bench{i:04d}", "CNI_NETNS": f"/run/netns/{ns}",
-               "CNI_IFNAME": "eth0", "CNI_PATH": CNI_DIR}
+        env = {
+            "PATH": os.environ["PATH"],
+            "CNI_CONTAINERID": f"bench{i:04d}",
+            "CNI_NETNS": f"/run/netns/{ns}",
+            "CNI_IFNAME": "eth0",
+            "CNI_PATH": CNI_DIR,
+        }
         t0 = time.perf_counter()
-        proc = subprocess.run([f"{CNI_DIR}/bridge"], input=config, text=True, capture_output=True,
-                              env={**env, "CNI_COMMAND": "ADD"})
+        proc = subprocess.run(
+            [f"{CNI_DIR}/bridge"],
+            input=config,
+            text=True,
+            capture_output=True,
+            env={**env, "CNI_COMMAND": "ADD"},
+        )
         adds.append(_ms(t0))
         _check(proc, "CNI ADD")
         t0 = time.perf_counter()
-        proc = subprocess.run([f"{CNI_DIR}/bridge"], input=config, text=True, capture_output=True,
-                              env={**env, "CNI_COMMAND": "DEL"})
+        proc = subprocess.run(
+            [f"{CNI_DIR}/bridge"],
+            input=config,
+            text=True,
+            capture_output=True,
+            env={**env, "CNI_COMMAND": "DEL"},
+        )
         dels.append(_ms(t0))
         _check(proc, "CNI DEL")
         _netns(ns, False)
@@ -67,22 +92,37 @@ def netavark(n: int, workdir: str) -> dict:
     for i in range(n):
         ns = f"nv{i}"
         _netns(ns, True)
-        doc = json.dumps({
-            "container_id": f"{i:064x}", "container_name": f"bench{i}",
-            "networks": {"benchnet": {"interface_name": "eth0", "static_ips": [f"10.220.{i // 250}.{i % 250 + 2}"]}},
-            "network_info": {"benchnet": {
-                "name": "benchnet", "id": net_id, "driver": "bridge", "network_interface": "nv0",
-                "subnets": [{"subnet": "10.220.0.0/16", "gateway": "10.220.0.1"}],
-                "ipv6_enabled": False, "internal": False, "dns_enabled": False,
-                "ipam_options": {"driver": "host-local"}}},
-        })
+        doc = json.dumps(
+            {
+                "container_id": f"{i:064x}",
+                "container_name": f"bench{i}",
+                "networks": {
+                    "benchnet": {"interface_name": "eth0", "static_ips": [f"10.220.{i // 250}.{i % 250 + 2}"]}
+                },
+                "network_info": {
+                    "benchnet": {
+                        "name": "benchnet",
+                        "id": net_id,
+                        "driver": "bridge",
+                        "network_interface": "nv0",
+                        "subnets": [{"subnet": "10.220.0.0/16", "gateway": "10.220.0.1"}],
+                        "ipv6_enabled": False,
+                        "internal": False,
+                        "dns_enabled": False,
+                        "ipam_options": {"driver": "host-local"},
+                    }
+                },
+            }
+        )
         argv = [NETAVARK, "--config", confdir]
         t0 = time.perf_counter()
         proc = subprocess.run([*argv, "setup", f"/run/netns/{ns}"], input=doc, text=True, capture_output=True)
         setups.append(_ms(t0))
         _check(proc, "netavark setup")
         t0 = time.perf_counter()
-        proc = subprocess.run([*argv, "teardown", f"/run/netns/{ns}"], input=doc, text=True, capture_output=True)
+        proc = subprocess.run(
+            [*argv, "teardown", f"/run/netns/{ns}"], input=doc, text=True, capture_output=True
+        )
         teardowns.append(_ms(t0))
         _check(proc, "netavark teardown")
         _netns(ns, False)
@@ -93,8 +133,13 @@ def cli(n: int, net: str, argv: list[str], containers: list[str]) -> dict:
     rounds = []
     for c in containers[:n]:
         t0 = time.perf_counter()
-        _check(subprocess.run([*argv, "network", "connect", net, c], capture_output=True, text=True), "connect")
-        _check(subprocess.run([*argv, "network", "disconnect", net, c], capture_output=True, text=True), "disconnect")
+        _check(
+            subprocess.run([*argv, "network", "connect", net, c], capture_output=True, text=True), "connect"
+        )
+        _check(
+            subprocess.run([*argv, "network", "disconnect", net, c], capture_output=True, text=True),
+            "disconnect",
+        )
         rounds.append(_ms(t0))
     return {"roundtrip": rounds}
 
@@ -107,7 +152,7 @@ def main(args: list[str]) -> int:
         result = netavark(int(args[1]), args[2])
     elif kind == "cli":
         sep = args.index("--")
-        result = cli(int(args[1]), args[2], args[3:sep], args[sep + 1:])
+        result = cli(int(args[1]), args[2], args[3:sep], args[sep + 1 :])
     else:
         print(__doc__, file=sys.stderr)
         return 2

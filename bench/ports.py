@@ -97,12 +97,16 @@ def inner(args: list[str]) -> int:
     until it answers; prints {"cli": s, "answer": s, "out": stdout}.
     ``inner time -- ARGV…``: run ARGV; prints {"s": seconds}."""
     sep = args.index("--")
-    argv = args[sep + 1:]
+    argv = args[sep + 1 :]
     t0 = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True)
     cli = time.perf_counter() - t0
     if proc.returncode != 0:
-        print(json.dumps({"error": f"{' '.join(argv[:6])}… exited {proc.returncode}: {proc.stderr.strip()[-400:]}"}))
+        print(
+            json.dumps(
+                {"error": f"{' '.join(argv[:6])}… exited {proc.returncode}: {proc.stderr.strip()[-400:]}"}
+            )
+        )
         return 0
     if args[0] == "time":
         print(json.dumps({"s": cli}))
@@ -137,8 +141,9 @@ class Table:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def add(self, who: str, what: str, value: float, unit: str, detail: str = "",
-            runs: Sequence[float] = ()) -> None:
+    def add(
+        self, who: str, what: str, value: float, unit: str, detail: str = "", runs: Sequence[float] = ()
+    ) -> None:
         self.rows.append(Row(who, what, value, unit, detail, list(runs)))
         shown = f"{value:.0f}" if unit == "processes" else f"{value:.3f}" if unit == "s" else f"{value:.2f}"
         print(f"  {who}: {what}: {shown} {unit}{f'  ({detail})' if detail else ''}", flush=True)
@@ -151,7 +156,9 @@ class Table:
         return next((r.value for r in self.rows if r.who == who and r.what == what), None)
 
     def save(self, path: str) -> None:
-        Path(path).write_text(json.dumps({"rows": [vars(r) for r in self.rows], "notes": self.notes}, indent=1))
+        Path(path).write_text(
+            json.dumps({"rows": [vars(r) for r in self.rows], "notes": self.notes}, indent=1)
+        )
 
     @classmethod
     def load(cls, path: str) -> Table:
@@ -170,7 +177,9 @@ class Table:
             cells = [self.get(w, what) for w in whos]
             if all(c is None for c in cells):
                 continue
-            lines.append(f"{what:<34}" + "".join(f" {'-' if c is None else format(c, fmt):>{width}}" for c in cells))
+            lines.append(
+                f"{what:<34}" + "".join(f" {'-' if c is None else format(c, fmt):>{width}}" for c in cells)
+            )
         return "\n".join(lines)
 
 
@@ -214,22 +223,56 @@ def start_remove(engine: Engine, count: int, reps: int, cap: float, table: Table
     for rep in range(reps):
         name = f"pub{count}x{rep}"
         before = steady_processes(engine.host)
-        r = engine.inner("start", HOST_ADDR, str(last), str(cap), "--", *engine.cli, "run", "-d", "--name", name,
-                         "-p", publish_flag(FIRST_PORT, count), "busybox", "httpd", "-f", "-p", str(last), "-h", "/",
-                         timeout=cap)
+        r = engine.inner(
+            "start",
+            HOST_ADDR,
+            str(last),
+            str(cap),
+            "--",
+            *engine.cli,
+            "run",
+            "-d",
+            "--name",
+            name,
+            "-p",
+            publish_flag(FIRST_PORT, count),
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            str(last),
+            "-h",
+            "/",
+            timeout=cap,
+        )
         starts.append(r["answer"])
         delta = proc_delta(before, steady_processes(engine.host))
         extra.append(delta)
         memory.append(delta.rss_kb / 1024)
         removes.append(engine.inner("time", "--", *engine.cli, "rm", "-f", name, timeout=cap)["s"])
-    table.add(engine.who, f"start, {count} ports", statistics.median(starts), "s",
-              f"run -d until it answers; {', '.join(f'{s:.3f}' for s in starts)}")
-    table.add(engine.who, f"rm -f, {count} ports", statistics.median(removes), "s",
-              ", ".join(f"{s:.3f}" for s in removes))
+    table.add(
+        engine.who,
+        f"start, {count} ports",
+        statistics.median(starts),
+        "s",
+        f"run -d until it answers; {', '.join(f'{s:.3f}' for s in starts)}",
+    )
+    table.add(
+        engine.who,
+        f"rm -f, {count} ports",
+        statistics.median(removes),
+        "s",
+        ", ".join(f"{s:.3f}" for s in removes),
+    )
     worst = max(extra, key=lambda d: d.count)
     table.add(engine.who, f"extra processes, {count} ports", worst.count, "processes", worst.describe())
-    table.add(engine.who, f"extra memory, {count} ports", statistics.median(memory), "MB",
-              "RSS of every process outside the containers, after minus before")
+    table.add(
+        engine.who,
+        f"extra memory, {count} ports",
+        statistics.median(memory),
+        "MB",
+        "RSS of every process outside the containers, after minus before",
+    )
 
 
 def iperf(engine: Engine, path: str, address: str, port: int, seconds: float) -> float:
@@ -241,7 +284,9 @@ def iperf(engine: Engine, path: str, address: str, port: int, seconds: float) ->
     try:
         proc = engine.host.run(argv, check=False, timeout=seconds + 30)
     except subprocess.TimeoutExpired:
-        raise HarnessError(f"iperf3 {path} ({address}:{port}) did not finish within {seconds + 30:.0f} s") from None
+        raise HarnessError(
+            f"iperf3 {path} ({address}:{port}) did not finish within {seconds + 30:.0f} s"
+        ) from None
     try:
         doc = json.loads(proc.stdout)
     except ValueError:
@@ -267,7 +312,9 @@ def start_perf_target(engine: Engine, name: str) -> PerfTarget:
     pidfile = engine.host.tmp / f"iperf3-{name}.pid"
     engine.host.world(["ip", "route", "replace", f"{address}/32", "via", HOST_ADDR])
     engine.host.run([arg.format(address=address) for arg in engine.user_chain])
-    engine.host.run(["nsenter", f"--net={key}", "iperf3", "-s", "-p", str(IPERF_PORT), "-D", "-I", str(pidfile)])
+    engine.host.run(
+        ["nsenter", f"--net={key}", "iperf3", "-s", "-p", str(IPERF_PORT), "-D", "-I", str(pidfile)]
+    )
     deadline = time.monotonic() + 10
     while not pidfile.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -294,9 +341,13 @@ class Rounds:
     failed: set[str] = field(default_factory=set)
 
     def measure(self, suffix: str = "") -> dict[str, float]:
-        where = {"direct": (self.target.address, IPERF_PORT), "127.0.0.1": ("127.0.0.1", PERF_HOST_PORT),
-                 "host address": (HOST_ADDR, PERF_HOST_PORT), "world direct": (self.target.address, IPERF_PORT),
-                 "world": (HOST_ADDR, PERF_HOST_PORT)}
+        where = {
+            "direct": (self.target.address, IPERF_PORT),
+            "127.0.0.1": ("127.0.0.1", PERF_HOST_PORT),
+            "host address": (HOST_ADDR, PERF_HOST_PORT),
+            "world direct": (self.target.address, IPERF_PORT),
+            "world": (HOST_ADDR, PERF_HOST_PORT),
+        }
         found = {}
         for path in PATHS:
             if path + suffix in self.failed:
@@ -309,36 +360,73 @@ class Rounds:
         return found
 
 
-def record_throughput(table: Table, who: str, plain: list[dict[str, float]], loaded: list[dict[str, float]],
-                      others: int, paired: bool) -> None:
+def record_throughput(
+    table: Table,
+    who: str,
+    plain: list[dict[str, float]],
+    loaded: list[dict[str, float]],
+    others: int,
+    paired: bool,
+) -> None:
     """Median Gbit/s per path; each published path as a share of direct (median of the
     per-round ratios); with ``loaded`` rounds, what each path keeps with ``others`` other
     mappings present (per-round ratios when ``paired``, else the ratio of the medians)."""
+
     def values(rounds: list[dict[str, float]], path: str) -> list[float]:
         return [r[path] for r in rounds if path in r]
 
     for path in PATHS:
         if values(plain, path):
-            table.add(who, f"tcp {path}", statistics.median(values(plain, path)), "Gbit/s",
-                      "runs " + ", ".join(f"{v:.2f}" for v in values(plain, path)), values(plain, path))
+            table.add(
+                who,
+                f"tcp {path}",
+                statistics.median(values(plain, path)),
+                "Gbit/s",
+                "runs " + ", ".join(f"{v:.2f}" for v in values(plain, path)),
+                values(plain, path),
+            )
     for path in PATHS[1:]:
         ratios = [r[path] / r["direct"] for r in plain if path in r and r.get("direct")]
         if ratios:
-            table.add(who, f"tcp {path} / direct", 100 * statistics.median(ratios), "%",
-                      "per round " + ", ".join(f"{100 * v:.0f}" for v in ratios))
+            table.add(
+                who,
+                f"tcp {path} / direct",
+                100 * statistics.median(ratios),
+                "%",
+                "per round " + ", ".join(f"{100 * v:.0f}" for v in ratios),
+            )
     ratios = [r["world"] / r["world direct"] for r in plain if "world" in r and r.get("world direct")]
     if ratios:
-        table.add(who, "tcp world / world direct", 100 * statistics.median(ratios), "%",
-                  "per round " + ", ".join(f"{100 * v:.0f}" for v in ratios))
+        table.add(
+            who,
+            "tcp world / world direct",
+            100 * statistics.median(ratios),
+            "%",
+            "per round " + ", ".join(f"{100 * v:.0f}" for v in ratios),
+        )
     for path in PATHS:
         if not values(loaded, path):
             continue
-        table.add(who, f"tcp {path}, {others} others", statistics.median(values(loaded, path)), "Gbit/s",
-                  "runs " + ", ".join(f"{v:.2f}" for v in values(loaded, path)))
+        table.add(
+            who,
+            f"tcp {path}, {others} others",
+            statistics.median(values(loaded, path)),
+            "Gbit/s",
+            "runs " + ", ".join(f"{v:.2f}" for v in values(loaded, path)),
+        )
         if paired:
-            kept = [lo[path] / pl[path] for pl, lo in zip(plain, loaded, strict=False) if path in pl and path in lo]
-            table.add(who, f"tcp {path} kept, {others} others", 100 * statistics.median(kept), "%",
-                      "per round " + ", ".join(f"{100 * v:.0f}" for v in kept))
+            kept = [
+                lo[path] / pl[path]
+                for pl, lo in zip(plain, loaded, strict=False)
+                if path in pl and path in lo
+            ]
+            table.add(
+                who,
+                f"tcp {path} kept, {others} others",
+                100 * statistics.median(kept),
+                "%",
+                "per round " + ", ".join(f"{100 * v:.0f}" for v in kept),
+            )
         elif values(plain, path):
             ratio = statistics.median(values(loaded, path)) / statistics.median(values(plain, path))
             table.add(who, f"tcp {path} kept, {others} others", 100 * ratio, "%", "ratio of the medians")
@@ -357,13 +445,28 @@ class Others:
     def install(self, table: Table, account: bool) -> None:
         """Run it; with ``account``, record the processes and memory it adds."""
         before = steady_processes(self.engine.host)
-        r = self.engine.inner("time", "--", *self.engine.cli, "run", "-d", "--name", "others", "-p",
-                              publish_flag(OTHERS_FIRST, self.count), "busybox", "sleep", "1d", timeout=self.cap)
+        r = self.engine.inner(
+            "time",
+            "--",
+            *self.engine.cli,
+            "run",
+            "-d",
+            "--name",
+            "others",
+            "-p",
+            publish_flag(OTHERS_FIRST, self.count),
+            "busybox",
+            "sleep",
+            "1d",
+            timeout=self.cap,
+        )
         self.starts.append(r["s"])
         if account:
             delta = proc_delta(before, steady_processes(self.engine.host))
             who = self.engine.who
-            table.add(who, f"extra processes, {self.count} other ports", delta.count, "processes", delta.describe())
+            table.add(
+                who, f"extra processes, {self.count} other ports", delta.count, "processes", delta.describe()
+            )
             table.add(who, f"extra memory, {self.count} other ports", delta.rss_kb / 1024, "MB")
 
     def remove(self) -> None:
@@ -372,30 +475,95 @@ class Others:
 
     def record(self, table: Table) -> None:
         if self.starts:
-            table.add(self.engine.who, f"run -d, {self.count} other ports", statistics.median(self.starts), "s",
-                      ", ".join(f"{v:.3f}" for v in self.starts))
+            table.add(
+                self.engine.who,
+                f"run -d, {self.count} other ports",
+                statistics.median(self.starts),
+                "s",
+                ", ".join(f"{v:.3f}" for v in self.starts),
+            )
         if self.removes:
-            table.add(self.engine.who, f"rm -f, {self.count} other ports", statistics.median(self.removes), "s",
-                      ", ".join(f"{v:.3f}" for v in self.removes))
+            table.add(
+                self.engine.who,
+                f"rm -f, {self.count} other ports",
+                statistics.median(self.removes),
+                "s",
+                ", ".join(f"{v:.3f}" for v in self.removes),
+            )
 
 
 # -- cnm ---------------------------------------------------------------------------------------------
 
 
-def bench_cnm(host: TestHost, image: str, backend: str, proxy: bool, opts: argparse.Namespace,
-              table: Table) -> None:
-    host.start_daemon("--firewall-backend", backend, f"--userland-proxy={'true' if proxy else 'false'}",
-                      "--log-level", "info")
+def bench_cnm(
+    host: TestHost, image: str, backend: str, proxy: bool, opts: argparse.Namespace, table: Table
+) -> None:
+    host.start_daemon(
+        "--firewall-backend",
+        backend,
+        f"--userland-proxy={'true' if proxy else 'false'}",
+        "--log-level",
+        "info",
+    )
     host.import_image(image, "busybox")
-    user_chain = {"nftables": ["nft", "insert", "rule", "ip", "cnm", "user", "ip", "daddr", "{address}", "tcp", "dport",
-                               str(IPERF_PORT), "accept"],
-                  "iptables": ["iptables", "-I", "CNM-USER", "-d", "{address}", "-p", "tcp", "--dport", str(IPERF_PORT),
-                               "-j", "ACCEPT"]}[backend]
-    engine = Engine(f"cnm {backend} {'proxy' if proxy else 'kernel'}", host, [venv_bin("cnm"), "-H", host.host_uri],
-                    user_chain)
-    engine.inner("start", HOST_ADDR, str(FIRST_PORT), "30", "--", *engine.cli, "run", "-d", "--name", "warm",
-                 "-p", f"{FIRST_PORT}:{FIRST_PORT}", "busybox", "httpd", "-f", "-p", str(FIRST_PORT), "-h", "/",
-                 timeout=30)  # warm-up: the first run imports and caches what every later one uses
+    user_chain = {
+        "nftables": [
+            "nft",
+            "insert",
+            "rule",
+            "ip",
+            "cnm",
+            "user",
+            "ip",
+            "daddr",
+            "{address}",
+            "tcp",
+            "dport",
+            str(IPERF_PORT),
+            "accept",
+        ],
+        "iptables": [
+            "iptables",
+            "-I",
+            "CNM-USER",
+            "-d",
+            "{address}",
+            "-p",
+            "tcp",
+            "--dport",
+            str(IPERF_PORT),
+            "-j",
+            "ACCEPT",
+        ],
+    }[backend]
+    engine = Engine(
+        f"cnm {backend} {'proxy' if proxy else 'kernel'}",
+        host,
+        [venv_bin("cnm"), "-H", host.host_uri],
+        user_chain,
+    )
+    engine.inner(
+        "start",
+        HOST_ADDR,
+        str(FIRST_PORT),
+        "30",
+        "--",
+        *engine.cli,
+        "run",
+        "-d",
+        "--name",
+        "warm",
+        "-p",
+        f"{FIRST_PORT}:{FIRST_PORT}",
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        str(FIRST_PORT),
+        "-h",
+        "/",
+        timeout=30,
+    )  # warm-up: the first run imports and caches what every later one uses
     engine.run("rm", "-f", "warm")
     for count in opts.sizes:
         start_remove(engine, count, opts.reps, 120, table)
@@ -418,7 +586,7 @@ def bench_cnm(host: TestHost, image: str, backend: str, proxy: bool, opts: argpa
             others.remove()
     if others:
         others.record(table)
-    record_throughput(table, engine.who, plain, loaded[:len(plain)], opts.others, paired=True)
+    record_throughput(table, engine.who, plain, loaded[: len(plain)], opts.others, paired=True)
     stop_perf_target(engine, target, "perf")
 
 
@@ -429,9 +597,24 @@ def bench_docker(host: TestHost, image: str, opts: argparse.Namespace, table: Ta
     """Docker with its default userland proxy, then with --userland-proxy=false."""
     for who, flags in ((DOCKER_PROXY, ()), (DOCKER_DNAT, ("--userland-proxy=false",))):
         dockerd = start_dockerd(host, *flags)
-        engine = Engine(who, host, dockerd.cli,
-                        ["iptables", "-I", "DOCKER-USER", "-d", "{address}", "-p", "tcp", "--dport", str(IPERF_PORT),
-                         "-j", "ACCEPT"])
+        engine = Engine(
+            who,
+            host,
+            dockerd.cli,
+            [
+                "iptables",
+                "-I",
+                "DOCKER-USER",
+                "-d",
+                "{address}",
+                "-p",
+                "tcp",
+                "--dport",
+                str(IPERF_PORT),
+                "-j",
+                "ACCEPT",
+            ],
+        )
         if who == DOCKER_PROXY:
             host.run([*dockerd.cli, "import", image, "busybox"], timeout=300)
         try:
@@ -449,8 +632,10 @@ def docker_round(engine: Engine, dockerd: Dockerd, opts: argparse.Namespace, tab
         try:
             start_remove(engine, count, 1, opts.docker_cap, table)
         except (HarnessError, subprocess.TimeoutExpired) as exc:
-            table.note(f"{engine.who}: {count} ports: not measured within the {opts.docker_cap:.0f} s cap: "
-                       f"{str(exc).splitlines()[0][:200]}")
+            table.note(
+                f"{engine.who}: {count} ports: not measured within the {opts.docker_cap:.0f} s cap: "
+                f"{str(exc).splitlines()[0][:200]}"
+            )
             return  # dockerd may still be busy with it; later figures would be skewed
     target = start_perf_target(engine, "perf")
     rounds = Rounds(engine, target, opts.seconds, table)
@@ -465,8 +650,10 @@ def docker_round(engine: Engine, dockerd: Dockerd, opts: argparse.Namespace, tab
             loaded = [rounds.measure(f", {opts.others} others") for _ in range(opts.runs)]
             others.remove()
         except (HarnessError, subprocess.TimeoutExpired) as exc:
-            table.note(f"{engine.who}: {opts.others} other ports: not measured within the "
-                       f"{opts.docker_cap:.0f} s cap: {str(exc).splitlines()[0][:200]}")
+            table.note(
+                f"{engine.who}: {opts.others} other ports: not measured within the "
+                f"{opts.docker_cap:.0f} s cap: {str(exc).splitlines()[0][:200]}"
+            )
         others.record(table)
     record_throughput(table, engine.who, plain, loaded, opts.others, paired=False)
     if not loaded and opts.others and engine.who == DOCKER_DNAT and opts.docker_others:
@@ -494,31 +681,52 @@ def goal_lines(table: Table, opts: argparse.Namespace) -> list[str]:
         spread = (max(runs) - min(runs)) / 2 / statistics.median(runs) if len(runs) > 1 else 0.0
         control = table.get(who, f"tcp direct kept, {others} others") if kept else None
         if control is not None and abs(control - 100) / 100 > spread:
-            return (f"  (inconclusive: direct, untouched by mappings, kept {control:.0f} %)"
-                    if abs(control - 100) > 5 else "")
-        return f"  (inconclusive: direct varied ±{100 * spread:.0f} % between rounds)" if spread > 0.05 else ""
+            return (
+                f"  (inconclusive: direct, untouched by mappings, kept {control:.0f} %)"
+                if abs(control - 100) > 5
+                else ""
+            )
+        return (
+            f"  (inconclusive: direct varied ±{100 * spread:.0f} % between rounds)" if spread > 0.05 else ""
+        )
 
     docker_abs = table.get(DOCKER_PROXY, "tcp 127.0.0.1")
     docker_pct = table.get(DOCKER_PROXY, "tcp 127.0.0.1 / direct")
     for who in [w for w in table.whos() if w.startswith("cnm")]:
+
         def get(what: str, who: str = who) -> float | None:
             return table.get(who, what)
 
         s_small, s_big = get(f"start, {small} ports"), get(f"start, {big} ports")
         if s_small is not None and s_big is not None and big != small:
-            judge(who, f"start {big} ports <= start {small} port + 0.3 s",
-                  f"{s_big:.3f} - {s_small:.3f} = {s_big - s_small:+.3f} s", s_big - s_small <= 0.3)
+            judge(
+                who,
+                f"start {big} ports <= start {small} port + 0.3 s",
+                f"{s_big:.3f} - {s_small:.3f} = {s_big - s_small:+.3f} s",
+                s_big - s_small <= 0.3,
+            )
         rm = get(f"rm -f, {big} ports")
         if rm is not None:
             judge(who, f"rm -f {big} ports <= 0.3 s", f"{rm:.3f} s", rm <= 0.3)
         procs, mem = get(f"extra processes, {big} ports"), get(f"extra memory, {big} ports")
         if procs is not None and mem is not None:
-            judge(who, f"<= 1 extra process, <= 50 MB ({big} ports)", f"{procs:.0f}, {mem:.1f} MB",
-                  procs <= 1 and mem <= 50)
-        oprocs, omem = get(f"extra processes, {others} other ports"), get(f"extra memory, {others} other ports")
+            judge(
+                who,
+                f"<= 1 extra process, <= 50 MB ({big} ports)",
+                f"{procs:.0f}, {mem:.1f} MB",
+                procs <= 1 and mem <= 50,
+            )
+        oprocs, omem = (
+            get(f"extra processes, {others} other ports"),
+            get(f"extra memory, {others} other ports"),
+        )
         if oprocs is not None and omem is not None:
-            judge(who, f"<= 1 extra process, <= 50 MB ({others} ports)", f"{oprocs:.0f}, {omem:.1f} MB",
-                  oprocs <= 1 and omem <= 50)
+            judge(
+                who,
+                f"<= 1 extra process, <= 50 MB ({others} ports)",
+                f"{oprocs:.0f}, {omem:.1f} MB",
+                oprocs <= 1 and omem <= 50,
+            )
         for path in PUBLISHED:
             share = get(f"tcp {path} / direct")
             if share is None:
@@ -527,41 +735,87 @@ def goal_lines(table: Table, opts: argparse.Namespace) -> list[str]:
                 judge(who, f"tcp {path} >= 95 % of direct", f"{share:.1f} %", share >= 95, noise(who))
                 routed = get("tcp world / world direct")
                 if path == "world" and routed is not None:
-                    judge(who, "tcp world >= 95 % of world direct (same hops)", f"{routed:.1f} %", routed >= 95,
-                          noise(who))
+                    judge(
+                        who,
+                        "tcp world >= 95 % of world direct (same hops)",
+                        f"{routed:.1f} %",
+                        routed >= 95,
+                        noise(who),
+                    )
             elif path == "127.0.0.1":
                 mine = get("tcp 127.0.0.1")
                 if docker_pct is None or docker_abs is None or mine is None:
-                    judge(who, "tcp 127.0.0.1 (proxy) >= docker-proxy", f"{share:.1f} % of direct (no docker)", None)
+                    judge(
+                        who,
+                        "tcp 127.0.0.1 (proxy) >= docker-proxy",
+                        f"{share:.1f} % of direct (no docker)",
+                        None,
+                    )
                 else:
-                    judge(who, "tcp 127.0.0.1 (proxy) >= docker-proxy (% of direct)",
-                          f"{share:.1f} % vs {docker_pct:.1f} % ({mine:.2f} vs {docker_abs:.2f} Gbit/s)",
-                          share >= docker_pct, noise(who))
+                    judge(
+                        who,
+                        "tcp 127.0.0.1 (proxy) >= docker-proxy (% of direct)",
+                        f"{share:.1f} % vs {docker_pct:.1f} % ({mine:.2f} vs {docker_abs:.2f} Gbit/s)",
+                        share >= docker_pct,
+                        noise(who),
+                    )
         for path in PUBLISHED:
             kept = get(f"tcp {path} kept, {others} others")
             if kept is not None:
-                judge(who, f"tcp {path} >= 95 % kept with {others} others", f"{kept:.1f} %", kept >= 95,
-                      noise(who, kept=True))
+                judge(
+                    who,
+                    f"tcp {path} >= 95 % kept with {others} others",
+                    f"{kept:.1f} %",
+                    kept >= 95,
+                    noise(who, kept=True),
+                )
     return lines
 
 
 def report(table: Table, opts: argparse.Namespace) -> None:
     sizes, others = opts.sizes, opts.others
     print("\n== publishing: start (run -d until the last port answers) and remove (rm -f) ==")
-    print(table.render([f"start, {n} ports" for n in sizes] + [f"rm -f, {n} ports" for n in sizes]
-                       + [f"run -d, {others} other ports", f"rm -f, {others} other ports"], "s", ".3f"))
+    print(
+        table.render(
+            [f"start, {n} ports" for n in sizes]
+            + [f"rm -f, {n} ports" for n in sizes]
+            + [f"run -d, {others} other ports", f"rm -f, {others} other ports"],
+            "s",
+            ".3f",
+        )
+    )
     print("\n== publishing: extra processes and memory while the container runs ==")
-    print(table.render([f"extra processes, {n} ports" for n in sizes]
-                       + [f"extra processes, {others} other ports"], "processes", ".0f"))
-    print(table.render([f"extra memory, {n} ports" for n in sizes]
-                       + [f"extra memory, {others} other ports"], "MB", ".1f"))
+    print(
+        table.render(
+            [f"extra processes, {n} ports" for n in sizes] + [f"extra processes, {others} other ports"],
+            "processes",
+            ".0f",
+        )
+    )
+    print(
+        table.render(
+            [f"extra memory, {n} ports" for n in sizes] + [f"extra memory, {others} other ports"], "MB", ".1f"
+        )
+    )
     print(f"\n== iperf3 TCP throughput (median of {opts.runs} rounds of {opts.seconds:g} s per path) ==")
-    print(table.render([f"tcp {p}" for p in PATHS] + [f"tcp {p}, {others} others" for p in PATHS],
-                       "Gbit/s", ".2f"))
-    print(table.render([f"tcp {p} / direct" for p in PATHS[1:]] + ["tcp world / world direct"]
-                       + [f"tcp {p} kept, {others} others" for p in PATHS], "%", ".1f"))
-    print("  issue 3, measured earlier on this kind of machine: direct 15.9, docker-proxy via 127.0.0.1 11.4, "
-          "DNAT 15.9 Gbit/s")
+    print(
+        table.render(
+            [f"tcp {p}" for p in PATHS] + [f"tcp {p}, {others} others" for p in PATHS], "Gbit/s", ".2f"
+        )
+    )
+    print(
+        table.render(
+            [f"tcp {p} / direct" for p in PATHS[1:]]
+            + ["tcp world / world direct"]
+            + [f"tcp {p} kept, {others} others" for p in PATHS],
+            "%",
+            ".1f",
+        )
+    )
+    print(
+        "  issue 3, measured earlier on this kind of machine: direct 15.9, docker-proxy via 127.0.0.1 11.4, "
+        "DNAT 15.9 Gbit/s"
+    )
     print("\n== goals (issue 3) ==")
     print("\n".join(goal_lines(table, opts)) or "  (no cnm figures)")
     if table.notes:
@@ -577,27 +831,48 @@ def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "inner":
         return inner(sys.argv[2:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--image", default=str(Path(__file__).resolve().parent.parent / "images" / "busybox.tar"))
-    parser.add_argument("--quick", action="store_true",
-                        help="one repetition, 1 s iperf3 runs, Docker without 500 ports nor 5,000 others")
+    parser.add_argument(
+        "--image", default=str(Path(__file__).resolve().parent.parent / "images" / "busybox.tar")
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="one repetition, 1 s iperf3 runs, Docker without 500 ports nor 5,000 others",
+    )
     parser.add_argument("--no-docker", action="store_true", help="cnm only")
     parser.add_argument("--no-cnm", action="store_true", help="Docker only")
-    parser.add_argument("--no-install", action="store_true", help="do not apt-get install docker.io when missing")
+    parser.add_argument(
+        "--no-install", action="store_true", help="do not apt-get install docker.io when missing"
+    )
     parser.add_argument("--backends", default="nftables,iptables")
     parser.add_argument("--modes", default="kernel,proxy")
     parser.add_argument("--sizes", default="1,50,500", help="published ports on the measured container")
     parser.add_argument("--reps", type=int, default=3, help="start/remove repetitions per size (median)")
     parser.add_argument("--seconds", type=float, default=3, help="iperf3 -t")
-    parser.add_argument("--runs", type=int, default=5, help="iperf3 rounds (every path once per round; median)")
+    parser.add_argument(
+        "--runs", type=int, default=5, help="iperf3 rounds (every path once per round; median)"
+    )
     parser.add_argument("--others", type=int, default=5000, help="other mappings installed (0: skip)")
-    parser.add_argument("--docker-cap", type=float, default=240,
-                        help="seconds Docker gets for one start or remove before it is given up")
+    parser.add_argument(
+        "--docker-cap",
+        type=float,
+        default=240,
+        help="seconds Docker gets for one start or remove before it is given up",
+    )
     parser.add_argument("--docker-max-ports", type=int, default=500)
-    parser.add_argument("--no-docker-others", dest="docker_others", action="store_false",
-                        help="skip Docker's (DNAT mode) run with 5,000 other mappings")
+    parser.add_argument(
+        "--no-docker-others",
+        dest="docker_others",
+        action="store_false",
+        help="skip Docker's (DNAT mode) run with 5,000 other mappings",
+    )
     parser.add_argument("--save", metavar="FILE", help="also write every figure to FILE (JSON)")
-    parser.add_argument("--report", metavar="FILE", help="measure nothing: print the report of a --save FILE "
-                        "(give the same --sizes/--others/--runs/--seconds as that run)")
+    parser.add_argument(
+        "--report",
+        metavar="FILE",
+        help="measure nothing: print the report of a --save FILE "
+        "(give the same --sizes/--others/--runs/--seconds as that run)",
+    )
     opts = parser.parse_args()
     opts.sizes = sorted({int(n) for n in opts.sizes.split(",") if n})
     if opts.quick:
@@ -617,8 +892,10 @@ def main() -> int:
         print("no iperf3: run `make deps`", file=sys.stderr)
         return 1
     table = Table()
-    table.note(f"load average at the start: {' '.join(Path('/proc/loadavg').read_text().split()[:3])} "
-               f"on {os.cpu_count()} CPUs (other work on this machine makes throughput noisy)")
+    table.note(
+        f"load average at the start: {' '.join(Path('/proc/loadavg').read_text().split()[:3])} "
+        f"on {os.cpu_count()} CPUs (other work on this machine makes throughput noisy)"
+    )
     for backend in [b for b in opts.backends.split(",") if b and not opts.no_cnm]:
         for mode in [m for m in opts.modes.split(",") if m]:
             run_in_host(f"cnm {backend} {mode}", table, bench_cnm, image, backend, mode == "proxy", opts)

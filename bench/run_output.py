@@ -89,7 +89,10 @@ def main() -> int:
                 began = time.monotonic()
                 good, failures = loop(host, client, mode, args.runs, args.verbose)
                 total_bad += args.runs - good
-                print(f"{client:8} {mode:9} {good:>5} of {args.runs:<4} {time.monotonic() - began:7.1f}", flush=True)
+                print(
+                    f"{client:8} {mode:9} {good:>5} of {args.runs:<4} {time.monotonic() - began:7.1f}",
+                    flush=True,
+                )
                 for detail in failures:
                     print("    e.g.", detail)
     return 1 if total_bad else 0

@@ -47,6 +47,9 @@ def testhost(request: pytest.FixtureRequest) -> Iterator[TestHost]:
 @pytest.fixture(scope="session")
 def busybox_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("image") / "busybox.tar"
-    subprocess.run([sys.executable, str(REPO / "scripts" / "make-busybox-tar"), str(out)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "make-busybox-tar"), str(out)],
+        check=True,
+        capture_output=True,
+    )
     return out

@@ -73,10 +73,10 @@ def _dns_query(name: str, timeout: float = 2.0) -> list[str] | str:
     found = []
     for _ in range(an):
         pos = _skip_name(reply, pos)
-        rtype, _, _, length = struct.unpack("!HHIH", reply[pos:pos + 10])
+        rtype, _, _, length = struct.unpack("!HHIH", reply[pos : pos + 10])
         pos += 10
         if rtype == 1 and length == 4:
-            found.append(str(IPv4Address(reply[pos:pos + 4])))
+            found.append(str(IPv4Address(reply[pos : pos + 4])))
         pos += length
     return found
 
@@ -113,8 +113,13 @@ class Store:
         finally:
             conn.close()
         store = cls()
-        tables = {"network": store.networks, "endpoint": store.endpoints, "sandbox": store.sandboxes,
-                  "container": store.containers, "ipam.pool": store.pools}
+        tables = {
+            "network": store.networks,
+            "endpoint": store.endpoints,
+            "sandbox": store.sandboxes,
+            "container": store.containers,
+            "ipam.pool": store.pools,
+        }
         for kind, key, doc in rows:
             if kind in tables:
                 tables[kind][key] = json.loads(doc)
@@ -176,7 +181,11 @@ class Link:
             up="UP" in raw.get("flags", []),
             group=group,
             peer_index=raw.get("link_index", 0),
-            addresses=[f"{a['local']}/{a['prefixlen']}" for a in raw.get("addr_info", []) if a.get("family") == "inet"],
+            addresses=[
+                f"{a['local']}/{a['prefixlen']}"
+                for a in raw.get("addr_info", [])
+                if a.get("family") == "inet"
+            ],
         )
 
 
@@ -218,8 +227,9 @@ def listening(host: Any) -> set[tuple[str, str, int]]:
 
 
 def dns_answers(host: Any, netns: str, names: list[str]) -> dict[str, list[str] | str]:
-    proc = host.run(["nsenter", f"--net={netns}", "--", sys.executable, str(HERE), "dns", *names],
-                    check=False, timeout=60)
+    proc = host.run(
+        ["nsenter", f"--net={netns}", "--", sys.executable, str(HERE), "dns", *names], check=False, timeout=60
+    )
     if proc.returncode != 0:
         return dict.fromkeys(names, f"probe failed: {proc.stderr.strip()[-200:]}")
     return json.loads(proc.stdout)
@@ -269,7 +279,9 @@ def _check_records(store: Store) -> list[str]:
     for sb in store.sandboxes.values():
         c = store.containers.get(sb["container_id"])
         if c is None or not running(c):
-            out.append(f"sandbox {sb['id'][:12]} of {_name(store, sb['container_id'])}: container not running")
+            out.append(
+                f"sandbox {sb['id'][:12]} of {_name(store, sb['container_id'])}: container not running"
+            )
         if sb["container_id"] in sandbox_of:
             out.append(f"{_name(store, sb['container_id'])} has two sandboxes")
         sandbox_of[sb["container_id"]] = sb
@@ -295,7 +307,9 @@ def _check_records(store: Store) -> list[str]:
             owner = store.addresses.get(f"{ep['network_id']}/{ip}")
             if owner != ep["id"]:
                 out.append(f"{who}: its address {ip} is held in IPAM by {owner!r}")
-    out += [f"address {ip} on network {net[:12]} held by {n} endpoints" for (net, ip), n in seen.items() if n > 1]
+    out += [
+        f"address {ip} on network {net[:12]} held by {n} endpoints" for (net, ip), n in seen.items() if n > 1
+    ]
     for key, owner in store.addresses.items():
         net, _, ip = key.partition("/")
         if net not in store.networks:
@@ -304,7 +318,9 @@ def _check_records(store: Store) -> list[str]:
             continue
         ep = store.endpoints.get(owner)
         if ep is None or ep["network_id"] != net or str(IPv4Interface(ep["address"]).ip) != ip:
-            out.append(f"IPAM address {ip} of network {net[:12]} held by {owner[:12]}, which is no endpoint with it")
+            out.append(
+                f"IPAM address {ip} of network {net[:12]} held by {owner[:12]}, which is no endpoint with it"
+            )
     for net_id, net in store.networks.items():
         if net["driver"] == "bridge" and net_id not in store.pools:
             out.append(f"network {net['name']} has no IPAM pool")
@@ -318,14 +334,20 @@ def _check_api(host: Any, store: Store) -> list[str]:
     listed = host.api("GET", "/containers/json?all=1").json()
     api_running = {c["Id"] for c in listed if c["State"] == "running"}
     if {c["Id"] for c in listed} != set(store.containers):
-        out.append(f"API lists containers {sorted(c['Id'][:12] for c in listed)}, "
-                   f"the store {sorted(k[:12] for k in store.containers)}")
+        out.append(
+            f"API lists containers {sorted(c['Id'][:12] for c in listed)}, "
+            f"the store {sorted(k[:12] for k in store.containers)}"
+        )
     stored_running = {k for k, c in store.containers.items() if running(c)}
     if api_running != stored_running:
-        out.append(f"API running {sorted(k[:12] for k in api_running)}, store {sorted(k[:12] for k in stored_running)}")
+        out.append(
+            f"API running {sorted(k[:12] for k in api_running)}, store {sorted(k[:12] for k in stored_running)}"
+        )
     networks = {n["Id"] for n in host.api("GET", "/networks").json()}
     if networks != set(store.networks):
-        out.append(f"API lists networks {sorted(n[:12] for n in networks)}, the store {sorted(store.networks)}")
+        out.append(
+            f"API lists networks {sorted(n[:12] for n in networks)}, the store {sorted(store.networks)}"
+        )
     return out
 
 
@@ -372,7 +394,9 @@ def _check_links(host: Any, store: Store) -> list[str]:
             continue
         mine = [ep for ep in store.endpoints.values() if ep["sandbox_id"] == sb["id"]]
         wanted = {ep["ifname"] for ep in mine if ep.get("ifname")} | {"lo"}
-        out += [f"sandbox of {who}: interface {n} that no endpoint owns" for n in sorted(set(inside) - wanted)]
+        out += [
+            f"sandbox of {who}: interface {n} that no endpoint owns" for n in sorted(set(inside) - wanted)
+        ]
         for link in inside.values():
             kernel_addrs.update(a for a in link.addresses if not a.startswith("127."))
         route = default_route(host, sb["key"])
@@ -380,7 +404,9 @@ def _check_links(host: Any, store: Store) -> list[str]:
         if gateway_eps:
             ep = gateway_eps[0]
             if route != (ep["gateway"], ep["ifname"]):
-                out.append(f"sandbox of {who}: default route {route}, recorded via {ep['gateway']} dev {ep['ifname']}")
+                out.append(
+                    f"sandbox of {who}: default route {route}, recorded via {ep['gateway']} dev {ep['ifname']}"
+                )
         elif route is not None:
             out.append(f"sandbox of {who}: default route {route} that no endpoint carries")
         for ep in mine:
@@ -395,7 +421,9 @@ def _check_links(host: Any, store: Store) -> list[str]:
             if host_end.owner != ep["id"] or not host_end.up or host_end.group == RETIRED_GROUP:
                 out.append(f"{what}: host veth {host_end.name} tagged {host_end.alias!r}, up={host_end.up}")
             if net is not None and host_end.master != bridge_name(net):
-                out.append(f"{what}: host veth {host_end.name} on {host_end.master!r}, not {bridge_name(net)}")
+                out.append(
+                    f"{what}: host veth {host_end.name} on {host_end.master!r}, not {bridge_name(net)}"
+                )
             peer = inside.get(ep["ifname"])
             if peer is None:
                 out.append(f"{what}: no {ep['ifname']} in its sandbox")
@@ -430,8 +458,11 @@ def _elements(objects: list[dict[str, Any]], map_name: str) -> list[tuple[str, s
             if isinstance(key, dict) and "elem" in key:
                 comment = key["elem"].get("comment", "")
                 key = key["elem"]["val"]
-            data_text = json.dumps(data, sort_keys=True) if isinstance(data, dict) and (
-                "jump" in data or "goto" in data) else port_key_from_json(data)
+            data_text = (
+                json.dumps(data, sort_keys=True)
+                if isinstance(data, dict) and ("jump" in data or "goto" in data)
+                else port_key_from_json(data)
+            )
             found.append((port_key_from_json(key), comment, data_text))
     return found
 
@@ -458,27 +489,33 @@ def _check_nft(host: Any, store: Store) -> list[str]:
             if keyed.get(bridge_name(net)) != f"cnm:{net_id}":
                 out.append(f"network {net['name']}: nft map {map_name} lacks {bridge_name(net)}")
         for key, comment in keyed.items():
-            if comment[len("cnm:"):] not in bridge_nets:
+            if comment[len("cnm:") :] not in bridge_nets:
                 out.append(f"nft map {map_name}: element {key} of {comment!r}, which is gone")
     wanted: dict[tuple[str, str], tuple[str, str]] = {}  # (map, key) -> (owner, data)
     for ep in store.endpoints.values():
         for m in ep.get("ports") or []:
             ip = str(IPv4Interface(ep["address"]).ip)
             any_ip = m["host_ip"] == "0.0.0.0"
-            key = f"{m['protocol']} . {m['host_port']}" if any_ip else f"{m['host_ip']} . {m['protocol']} . {m['host_port']}"
+            key = (
+                f"{m['protocol']} . {m['host_port']}"
+                if any_ip
+                else f"{m['host_ip']} . {m['protocol']} . {m['host_port']}"
+            )
             map_name = "ports-any" if any_ip else "ports-ip"
             wanted[(map_name, key)] = (ep["id"], f"{ip} . {m['container_port']}")
     have = {}
     for map_name in PORT_MAPS:
         for key, comment, data in _elements(objects, map_name):
-            have[(map_name, key)] = (comment[len("cnm:"):], data)
+            have[(map_name, key)] = (comment[len("cnm:") :], data)
     for k, (owner, data) in wanted.items():
         got = have.get(k)
         if got != (owner, data):
             out.append(f"port {k[1]} of endpoint {owner[:12]}: nft {k[0]} holds {got}, want {data}")
     for k, (owner, data) in have.items():
         if k not in wanted and k[0] in ("ports-any", "ports-ip"):
-            out.append(f"nft {k[0]} element {k[1]} -> {data} of endpoint {owner[:12]}, which publishes no such port")
+            out.append(
+                f"nft {k[0]} element {k[1]} -> {data} of endpoint {owner[:12]}, which publishes no such port"
+            )
         if k[0].endswith("-range") and owner not in store.endpoints:
             out.append(f"nft {k[0]} element {k[1]} of endpoint {owner[:12]}, which is gone")
     return out
@@ -501,7 +538,7 @@ def _check_iptables(host: Any, store: Store) -> list[str]:
     publishing = {ep["id"][:12]: ep for ep in store.endpoints.values() if ep.get("ports")}
     networks = {n[:12] for n in store.networks}
     for chain in chains:
-        if chain.startswith("CNM-P-") and chain[len("CNM-P-"):] not in publishing:
+        if chain.startswith("CNM-P-") and chain[len("CNM-P-") :] not in publishing:
             out.append(f"iptables chain {chain} of an endpoint that publishes nothing (or is gone)")
         if chain.startswith("CNM-N-") and chain.split("-")[2] not in networks:
             out.append(f"iptables chain {chain} of a network that is gone")
@@ -513,10 +550,17 @@ def _check_iptables(host: Any, store: Store) -> list[str]:
         mine = [r for r in rules if r[1] == chain]
         ip = str(IPv4Interface(ep["address"]).ip)
         for m in ep["ports"]:
-            dest = {f"{ip}:{m['container_port']}"} | ({ip} if m["host_port"] == m["container_port"] else set())
-            if not any(str(m["host_port"]) in r and r[r.index("--to-destination") + 1] in dest
-                       for r in mine if "--dport" in r and "--to-destination" in r):
-                out.append(f"port {m['protocol']}/{m['host_port']} of endpoint {ep['id'][:12]}: no DNAT rule in {chain}")
+            dest = {f"{ip}:{m['container_port']}"} | (
+                {ip} if m["host_port"] == m["container_port"] else set()
+            )
+            if not any(
+                str(m["host_port"]) in r and r[r.index("--to-destination") + 1] in dest
+                for r in mine
+                if "--dport" in r and "--to-destination" in r
+            ):
+                out.append(
+                    f"port {m['protocol']}/{m['host_port']} of endpoint {ep['id'][:12]}: no DNAT rule in {chain}"
+                )
     return out
 
 
@@ -529,9 +573,11 @@ def _check_ports(host: Any, store: Store) -> list[str]:
             held.setdefault((m["protocol"], m["host_port"]), []).append((m["host_ip"], ep["id"]))
     for (proto, port), holders in held.items():
         for i, (ip_a, ep_a) in enumerate(holders):
-            for ip_b, ep_b in holders[i + 1:]:
+            for ip_b, ep_b in holders[i + 1 :]:
                 if ip_a == ip_b or "0.0.0.0" in (ip_a, ip_b):
-                    out.append(f"host port {proto}/{port} held by endpoints {ep_a[:12]} ({ip_a}) and {ep_b[:12]} ({ip_b})")
+                    out.append(
+                        f"host port {proto}/{port} held by endpoints {ep_a[:12]} ({ip_a}) and {ep_b[:12]} ({ip_b})"
+                    )
     if held:
         sockets = listening(host)
         for (proto, port), holders in held.items():
@@ -571,7 +617,9 @@ def _check_dns(host: Any, store: Store) -> list[str]:
 
 def _check_runc(host: Any, store: Store) -> list[str]:
     """runc's own list (under cnmd's ``--root``) and the store agree on what runs."""
-    proc = host.run(["runc", "--root", str(Path(host.exec_root) / "runc"), "list", "--format", "json"], check=False)
+    proc = host.run(
+        ["runc", "--root", str(Path(host.exec_root) / "runc"), "list", "--format", "json"], check=False
+    )
     if proc.returncode != 0:
         return [f"runc list: {proc.stderr.strip()}"]
     listed = {c["id"]: c for c in json.loads(proc.stdout or "null") or []}
@@ -581,13 +629,19 @@ def _check_runc(host: Any, store: Store) -> list[str]:
             continue
         stored = store.containers.get(cid)
         if stored is None or not running(stored):
-            out.append(f"runc has {cid[:12]} {c['status']} (pid {c['pid']}), the store "
-                       f"{'has no such container' if stored is None else stored['state']['status']}")
+            out.append(
+                f"runc has {cid[:12]} {c['status']} (pid {c['pid']}), the store "
+                f"{'has no such container' if stored is None else stored['state']['status']}"
+            )
         elif stored["state"].get("pid") != c["pid"]:
-            out.append(f"{_name(store, cid)}: runc says pid {c['pid']}, the store {stored['state'].get('pid')}")
+            out.append(
+                f"{_name(store, cid)}: runc says pid {c['pid']}, the store {stored['state'].get('pid')}"
+            )
     for cid, c in store.containers.items():
         if running(c) and listed.get(cid, {}).get("status") not in ("running", "paused"):
-            out.append(f"running {_name(store, cid)}: runc has it {listed.get(cid, {}).get('status', 'not at all')}")
+            out.append(
+                f"running {_name(store, cid)}: runc has it {listed.get(cid, {}).get('status', 'not at all')}"
+            )
     return out
 
 

@@ -189,7 +189,10 @@ class HostSnapshot:
 
     @classmethod
     def take(cls) -> HostSnapshot:
-        links = {f"{link['ifindex']}:{link['ifname']}" for link in json.loads(_read(["ip", "-j", "link", "show"]) or "[]")}
+        links = {
+            f"{link['ifindex']}:{link['ifname']}"
+            for link in json.loads(_read(["ip", "-j", "link", "show"]) or "[]")
+        }
         netns = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
         tables = set()
         nft = _read(["nft", "-j", "list", "tables"])
@@ -248,7 +251,9 @@ class TestHost:
         try:
             self._reaper = subprocess.Popen(
                 [sys.executable, "-I", str(Path(__file__).resolve()), "--reap", str(self.tmp)],
-                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,
             )
         except BaseException:
             shutil.rmtree(self.tmp, ignore_errors=True)
@@ -274,10 +279,24 @@ class TestHost:
         log = open(self.tmp / "hostinit.log", "wb")
         try:
             self._unshare = subprocess.Popen(
-                ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--net", "--mount",
-                 "--propagation", "private", sys.executable, str(HOSTINIT)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
-                env=self.environ(), start_new_session=True,
+                [
+                    "unshare",
+                    "--pid",
+                    "--fork",
+                    "--kill-child",
+                    "--mount-proc",
+                    "--net",
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    sys.executable,
+                    str(HOSTINIT),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=self.environ(),
+                start_new_session=True,
             )
         finally:
             log.close()
@@ -310,7 +329,9 @@ class TestHost:
         if self._daemon is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._daemon.wait(timeout=10)
-        if self._pidns is not None and not wait_for(lambda: not pids_in_pidns(self._pidns), 20, interval=0.05):
+        if self._pidns is not None and not wait_for(
+            lambda: not pids_in_pidns(self._pidns), 20, interval=0.05
+        ):
             problems.append(f"processes left in the test pid namespace: {pids_in_pidns(self._pidns)}")
         problems += remove_cgroups(self.cgroup_parent)
         if self.tmp.exists():
@@ -361,15 +382,24 @@ class TestHost:
         return ["nsenter", "-t", str(self.init_pid), "-n", "-m", "-p", "--", *map(str, argv)]
 
     def run(
-        self, argv: Sequence[str], check: bool = True, timeout: float = 60,
-        input: str | bytes | None = None, env: Mapping[str, str] | None = None,
+        self,
+        argv: Sequence[str],
+        check: bool = True,
+        timeout: float = 60,
+        input: str | bytes | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess:
         """Run ``argv`` inside and wait.  Output is captured as text (bytes if ``input`` is
         bytes).  ``check``: a non-zero exit raises HarnessError with both streams."""
         text = not isinstance(input, bytes)
         proc = subprocess.run(
-            self.inside(argv), input=input, capture_output=True, text=text, timeout=timeout,
-            env=self.environ(env), stdin=None if input is not None else subprocess.DEVNULL,
+            self.inside(argv),
+            input=input,
+            capture_output=True,
+            text=text,
+            timeout=timeout,
+            env=self.environ(env),
+            stdin=None if input is not None else subprocess.DEVNULL,
         )
         if check and proc.returncode != 0:
             raise HarnessError(
@@ -391,15 +421,22 @@ class TestHost:
         self, *args: str, check: bool = True, timeout: float = 60, input: str | bytes | None = None
     ) -> subprocess.CompletedProcess:
         """``cnm -H unix://<exec>/cnm.sock ARGS…`` inside."""
-        return self.run([venv_bin("cnm"), "-H", f"unix://{self.socket_path}", *args],
-                        check=check, timeout=timeout, input=input)
+        return self.run(
+            [venv_bin("cnm"), "-H", f"unix://{self.socket_path}", *args],
+            check=check,
+            timeout=timeout,
+            input=input,
+        )
 
-    def world(self, argv: Sequence[str], check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    def world(
+        self, argv: Sequence[str], check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess:
         """``ip netns exec world ARGV`` inside."""
         return self.run(["ip", "netns", "exec", "world", *argv], check=check, timeout=timeout)
 
-    def netns_exec(self, path: str, argv: Sequence[str], check: bool = True,
-                   timeout: float = 60) -> subprocess.CompletedProcess:
+    def netns_exec(
+        self, path: str, argv: Sequence[str], check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess:
         """Run ``argv`` in the network namespace bind-mounted at ``path`` (inside the host)."""
         return self.run(["nsenter", f"--net={path}", "--", *argv], check=check, timeout=timeout)
 
@@ -425,10 +462,20 @@ class TestHost:
 
     def daemon_argv(self, *extra: str) -> list[str]:
         return [
-            venv_bin("cnmd"), "-H", self.host_uri,
-            "--data-root", str(self.data_root), "--exec-root", str(self.exec_root),
-            "--bridge-name", "cnm0", "--log-level", "debug",
-            "--cgroup-parent", self.cgroup_parent, *extra,
+            venv_bin("cnmd"),
+            "-H",
+            self.host_uri,
+            "--data-root",
+            str(self.data_root),
+            "--exec-root",
+            str(self.exec_root),
+            "--bridge-name",
+            "cnm0",
+            "--log-level",
+            "debug",
+            "--cgroup-parent",
+            self.cgroup_parent,
+            *extra,
         ]
 
     def start_daemon(self, *extra: str, timeout: float = 30.0, argv: Sequence[str] | None = None) -> None:
@@ -441,8 +488,7 @@ class TestHost:
             log.write(f"==== {time.strftime('%H:%M:%S')} start cnmd {' '.join(extra)}\n".encode())
             log.flush()
             command = list(argv) if argv is not None else self.daemon_argv(*extra)
-            self._daemon = self.spawn(command, stdout=log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+            self._daemon = self.spawn(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._daemon.poll() is not None:
@@ -590,6 +636,7 @@ def cgroup_dirs(parent: str) -> list[Path]:
 def remove_cgroups(parent: str, timeout: float = 10.0) -> list[str]:
     """rmdir every cgroup under ``parent`` bottom-up (cgroupfs only allows rmdir of empty
     groups; their tasks are dead once the pid namespace is).  Returns what is left."""
+
     def sweep() -> bool:
         for top in cgroup_dirs(parent):
             for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda w: -w[0].count("/")):

@@ -32,7 +32,9 @@ def answer(wire: bytes, tcp: bool) -> bytes:
     elif name == "who.example":
         reply.answer.append(dns.rrset.from_text(q.name, 60, "IN", "A", ADDRESS))
     elif name == "big.example":
-        reply.answer.append(dns.rrset.from_text_list(q.name, 60, "IN", "A", [f"198.51.100.{i}" for i in range(1, 61)]))
+        reply.answer.append(
+            dns.rrset.from_text_list(q.name, 60, "IN", "A", [f"198.51.100.{i}" for i in range(1, 61)])
+        )
     elif name == "broken.example":
         reply.set_rcode(dns.rcode.SERVFAIL)
     else:

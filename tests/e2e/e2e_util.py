@@ -58,13 +58,18 @@ def sandbox_key(host: TestHost, name: str) -> str:
     return key
 
 
-def cexec(host: TestHost, name: str, *argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+def cexec(
+    host: TestHost, name: str, *argv: str, check: bool = True, timeout: float = 60
+) -> subprocess.CompletedProcess:
     return host.cnm("exec", name, *argv, check=check, timeout=timeout)
 
 
 def pings(host: TestHost, name: str, address: str, wait: int = 2) -> bool:
     """Does ``ping`` from inside container ``name`` get an answer from ``address``?"""
-    return cexec(host, name, "ping", "-c", "1", "-W", str(wait), address, check=False, timeout=30).returncode == 0
+    return (
+        cexec(host, name, "ping", "-c", "1", "-W", str(wait), address, check=False, timeout=30).returncode
+        == 0
+    )
 
 
 def host_pings(host: TestHost, address: str, wait: int = 2) -> bool:
@@ -111,7 +116,9 @@ class WorldServer:
 def world_server(host: TestHost, proto: str, port: int, timeout: float = 10) -> WorldServer:
     proc = host.spawn(
         ["ip", "netns", "exec", "world", sys.executable, str(WORLD_SERVER), proto, str(port), str(timeout)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     assert proc.stdout is not None
     first = proc.stdout.readline().strip()
@@ -123,7 +130,9 @@ def world_server(host: TestHost, proto: str, port: int, timeout: float = 10) -> 
 
 _VOLATILE = {"handle", "packets", "bytes"}
 _ID_LIKE = re.compile(r"[0-9a-f]{12}")
-_IGNORED_FILES = re.compile(r"(daemon-id|\.sock|\.log|\.db|\.db-wal|\.db-shm|\.db-journal|\.sqlite\S*|\.lock|\.pid)$")
+_IGNORED_FILES = re.compile(
+    r"(daemon-id|\.sock|\.log|\.db|\.db-wal|\.db-shm|\.db-journal|\.sqlite\S*|\.lock|\.pid)$"
+)
 
 
 def _strip(obj: Any) -> Any:
@@ -158,10 +167,13 @@ def _tree(root: Path) -> set[str]:
 def kernel_state(host: TestHost) -> dict[str, Any]:
     """Links, addresses, routes, nft ruleset, netns, mounts and per-object files of the test
     host, normalised so that two snapshots are equal iff nothing was added or left behind."""
-    links = sorted(f"{link['ifname']} master={link.get('master', '')}" for link in host.ip_json("link", "show"))
+    links = sorted(
+        f"{link['ifname']} master={link.get('master', '')}" for link in host.ip_json("link", "show")
+    )
     addrs = sorted(
         f"{a['ifname']} {ai['local']}/{ai['prefixlen']}"
-        for a in host.ip_json("addr", "show") for ai in a.get("addr_info", [])
+        for a in host.ip_json("addr", "show")
+        for ai in a.get("addr_info", [])
         if ai.get("scope") != "link"
     )
     routes = sorted(
@@ -170,9 +182,18 @@ def kernel_state(host: TestHost) -> dict[str, Any]:
     )
     netns = sorted(host.run(["ls", "-A", "/run/netns"], check=False).stdout.split())
     mounts = sorted(line.split()[4] for line in host.run(["cat", "/proc/self/mountinfo"]).stdout.splitlines())
-    files = sorted({f"exec/{p}" for p in _tree(host.exec_root)} | {f"data/{p}" for p in _tree(host.data_root)})
-    return {"links": links, "addrs": addrs, "routes": routes, "nft": nft_rules(host),
-            "netns": netns, "mounts": mounts, "files": files}
+    files = sorted(
+        {f"exec/{p}" for p in _tree(host.exec_root)} | {f"data/{p}" for p in _tree(host.data_root)}
+    )
+    return {
+        "links": links,
+        "addrs": addrs,
+        "routes": routes,
+        "nft": nft_rules(host),
+        "netns": netns,
+        "mounts": mounts,
+        "files": files,
+    }
 
 
 def daemon_state(host: TestHost) -> dict[str, Any]:

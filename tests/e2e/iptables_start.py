@@ -31,7 +31,8 @@ def use_variant(host: TestHost, variant: str) -> None:
         raise ValueError(f"unknown iptables variant {variant!r}")
     alt = host.tmp / "alternatives"
     links = " && ".join(
-        f"ln -sfn /usr/sbin/iptables-{variant}{tail} {alt}/iptables{tail}" for tail in ("", "-save", "-restore")
+        f"ln -sfn /usr/sbin/iptables-{variant}{tail} {alt}/iptables{tail}"
+        for tail in ("", "-save", "-restore")
     )
     host.sh(f"cp -a /etc/alternatives {alt} && {links} && mount --bind {alt} /etc/alternatives")
     version = host.run(["iptables", "--version"]).stdout
@@ -48,8 +49,10 @@ def dnat_problems(saved: str) -> list[str]:
             proto = spec.partition("/")[2] or "tcp"
             parts = spec.partition("/")[0].split(":")
             host_ip = f"-d {parts[0]}/32 " if len(parts) == 3 else ""
-            pattern = re.compile(rf"^-A CNM-P-\S+ {re.escape(host_ip)}-p {proto} -m {proto} --dport {parts[-2]} .*-j DNAT",
-                                 re.M)
+            pattern = re.compile(
+                rf"^-A CNM-P-\S+ {re.escape(host_ip)}-p {proto} -m {proto} --dport {parts[-2]} .*-j DNAT",
+                re.M,
+            )
             if not pattern.search(saved):
                 problems.append(f"no DNAT rule for {name} -p {spec}")
     return problems
@@ -68,15 +71,29 @@ def start_once(busybox_tar: Path, variant: str, *flags: str, keep_log: Path | No
             host.cnm("network", "create", "apinet")
             for name, (network, ports) in PUBLISHED.items():
                 publish = [arg for port in ports for arg in ("-p", port)]
-                host.cnm("run", "-d", "--name", name, "--network", network, *publish, "busybox", "sleep", "1d",
-                         timeout=90)
+                host.cnm(
+                    "run",
+                    "-d",
+                    "--name",
+                    name,
+                    "--network",
+                    network,
+                    *publish,
+                    "busybox",
+                    "sleep",
+                    "1d",
+                    timeout=90,
+                )
             time.sleep(0.5)  # let a self-heal pass (if any) run before the rules are read
             problems += dnat_problems(host.run([f"iptables-{variant}-save"]).stdout)
         except HarnessError as exc:
             problems.append(_short(str(exc)))
         finally:
-            problems += [f"cnmd log: {line}" for line in host.daemon_log_tail(2000).splitlines()
-                         if BAD_LOG.search(line)]
+            problems += [
+                f"cnmd log: {line}"
+                for line in host.daemon_log_tail(2000).splitlines()
+                if BAD_LOG.search(line)
+            ]
             if problems and keep_log is not None:
                 shutil.copyfile(host.daemon_log, keep_log)
     return problems
@@ -88,5 +105,5 @@ def _short(error: str) -> str:
     lines = error.splitlines()
     head = lines[0].replace(str(Path(venv_bin("cnm")).parent) + "/", "") if lines else "?"
     head = re.sub(r"-H unix://\S+ ", "", head)
-    err = next((ln[len("stderr: "):] for ln in lines if ln.startswith("stderr: ")), "")
+    err = next((ln[len("stderr: ") :] for ln in lines if ln.startswith("stderr: ")), "")
     return f"{head}: {err}" if err else head

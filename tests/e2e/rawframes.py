@@ -46,15 +46,21 @@ def checksum(data: bytes) -> int:
 
 def arp_payload(op: int, sender_mac: str, sender_ip: str, target_mac: str, target_ip: str) -> bytes:
     """Ethernet/IPv4 ARP (op 1 request, 2 reply)."""
-    return struct.pack("!HHBBH", 1, ETH_P_IP, 6, 4, op) + mac_bytes(sender_mac) + ip_bytes(sender_ip) + \
-        mac_bytes(target_mac) + ip_bytes(target_ip)
+    return (
+        struct.pack("!HHBBH", 1, ETH_P_IP, 6, 4, op)
+        + mac_bytes(sender_mac)
+        + ip_bytes(sender_ip)
+        + mac_bytes(target_mac)
+        + ip_bytes(target_ip)
+    )
 
 
 def udp_payload(src_ip: str, dst_ip: str, dport: int, data: bytes) -> bytes:
     """An IPv4/UDP packet (UDP checksum 0: allowed for IPv4)."""
     udp = struct.pack("!HHHH", 40000, dport, 8 + len(data), 0) + data
-    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0x1234, 0, 64, 17, 0,
-                         ip_bytes(src_ip), ip_bytes(dst_ip))
+    header = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0x1234, 0, 64, 17, 0, ip_bytes(src_ip), ip_bytes(dst_ip)
+    )
     header = header[:10] + struct.pack("!H", checksum(header)) + header[12:]
     return header + udp
 
@@ -65,8 +71,9 @@ def build(spec: dict[str, Any]) -> bytes:
     "data"}``; either with ``"vlan": id`` for an 802.1Q tag."""
     if spec["kind"] == "arp":
         ethertype = ETH_P_ARP
-        payload = arp_payload(spec["op"], spec["sender_mac"], spec["sender_ip"], spec["target_mac"],
-                              spec["target_ip"])
+        payload = arp_payload(
+            spec["op"], spec["sender_mac"], spec["sender_ip"], spec["target_mac"], spec["target_ip"]
+        )
     elif spec["kind"] == "udp":
         ethertype = ETH_P_IP
         payload = udp_payload(spec["src_ip"], spec["dst_ip"], spec["dport"], spec["data"].encode())

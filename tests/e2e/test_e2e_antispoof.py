@@ -43,7 +43,9 @@ def container(host: TestHost, name: str) -> Ctr:
 
 
 def send(host: TestHost, who: Ctr, frames: list[dict]) -> None:
-    host.netns_exec(who.key, [sys.executable, str(RAW), "send", "--iface", "eth0", "--frames", json.dumps(frames)])
+    host.netns_exec(
+        who.key, [sys.executable, str(RAW), "send", "--iface", "eth0", "--frames", json.dumps(frames)]
+    )
 
 
 class Sniffer:
@@ -112,20 +114,54 @@ def poison_arp(host: TestHost, attacker: Ctr, victim: Ctr, observer: Ctr, gatewa
     observer, a gratuitous request to all, the same from the victim's MAC, and a reply to
     the host (the gateway)."""
     claim = dict(kind="arp", sender_ip=victim.ip, repeat=3)
-    send(host, attacker, [
-        {**claim, "src": attacker.mac, "dst": observer.mac, "op": 2, "sender_mac": attacker.mac,
-         "target_mac": observer.mac, "target_ip": observer.ip},
-        {**claim, "src": attacker.mac, "dst": "ff:ff:ff:ff:ff:ff", "op": 1, "sender_mac": attacker.mac,
-         "target_mac": "00:00:00:00:00:00", "target_ip": victim.ip},
-        # frame from the victim's MAC, ARP sender the attacker's: caches would take the latter
-        {**claim, "src": victim.mac, "dst": observer.mac, "op": 2, "sender_mac": attacker.mac,
-         "target_mac": observer.mac, "target_ip": observer.ip},
-        {**claim, "src": attacker.mac, "dst": gateway_mac, "op": 2, "sender_mac": attacker.mac,
-         "target_mac": gateway_mac, "target_ip": observer.ip},
-    ])
+    send(
+        host,
+        attacker,
+        [
+            {
+                **claim,
+                "src": attacker.mac,
+                "dst": observer.mac,
+                "op": 2,
+                "sender_mac": attacker.mac,
+                "target_mac": observer.mac,
+                "target_ip": observer.ip,
+            },
+            {
+                **claim,
+                "src": attacker.mac,
+                "dst": "ff:ff:ff:ff:ff:ff",
+                "op": 1,
+                "sender_mac": attacker.mac,
+                "target_mac": "00:00:00:00:00:00",
+                "target_ip": victim.ip,
+            },
+            # frame from the victim's MAC, ARP sender the attacker's: caches would take the latter
+            {
+                **claim,
+                "src": victim.mac,
+                "dst": observer.mac,
+                "op": 2,
+                "sender_mac": attacker.mac,
+                "target_mac": observer.mac,
+                "target_ip": observer.ip,
+            },
+            {
+                **claim,
+                "src": attacker.mac,
+                "dst": gateway_mac,
+                "op": 2,
+                "sender_mac": attacker.mac,
+                "target_mac": gateway_mac,
+                "target_ip": observer.ip,
+            },
+        ],
+    )
 
 
-def spoof_udp(host: TestHost, attacker: Ctr, victim: Ctr, to: Ctr | None, to_ip: str, to_mac: str) -> dict[str, str]:
+def spoof_udp(
+    host: TestHost, attacker: Ctr, victim: Ctr, to: Ctr | None, to_ip: str, to_mac: str
+) -> dict[str, str]:
     """UDP to ``to_ip`` that claims to come from ``victim`` (with the attacker's MAC, with the
     victim's MAC, 802.1Q-tagged from the attacker's own address), plus the attacker's own
     honest packet; returns marker -> what it was."""
@@ -135,10 +171,22 @@ def spoof_udp(host: TestHost, attacker: Ctr, victim: Ctr, to: Ctr | None, to_ip:
         "spoof-vlan": dict(src=attacker.mac, src_ip=attacker.ip, vlan=5),
         "honest": dict(src=attacker.mac, src_ip=attacker.ip),
     }
-    send(host, attacker, [
-        {"kind": "udp", "dst": to_mac, "dst_ip": to_ip, "dport": UDP_PORT, "data": marker, "repeat": 3, **f}
-        for marker, f in frames.items()
-    ])
+    send(
+        host,
+        attacker,
+        [
+            {
+                "kind": "udp",
+                "dst": to_mac,
+                "dst_ip": to_ip,
+                "dport": UDP_PORT,
+                "data": marker,
+                "repeat": 3,
+                **f,
+            }
+            for marker, f in frames.items()
+        ],
+    )
     return {m: m for m in frames}
 
 
@@ -201,8 +249,15 @@ def test_a_container_cannot_impersonate_a_neighbour(fresh_cnmhost: TestHost) -> 
     # normal traffic: ping and TCP, both ways
     assert pings(host, "alice", b.ip) and pings(host, "bob", a.ip) and pings(host, "alice", gateway_ip)
     host.cnm("exec", "-d", "bob", "httpd", "-p", "8080", "-h", "/etc")
-    assert wait_for(lambda: host.cnm("exec", "alice", "wget", "-q", "-O", "-", f"http://{b.ip}:8080/hostname",
-                                     check=False).returncode == 0, timeout=10)
+    assert wait_for(
+        lambda: (
+            host.cnm(
+                "exec", "alice", "wget", "-q", "-O", "-", f"http://{b.ip}:8080/hostname", check=False
+            ).returncode
+            == 0
+        ),
+        timeout=10,
+    )
 
     # A changes its MAC (as root in its netns: what NET_ADMIN would allow): cut off
     host.netns_exec(a.key, ["ip", "link", "set", "eth0", "address", "02:00:00:00:00:99"])
@@ -241,8 +296,10 @@ def test_the_guard_follows_endpoints_and_comes_back_after_a_flush(fresh_cnmhost:
 
     # someone flushes the whole ruleset: the guard is back within a few seconds
     host.run(["nft", "flush", "ruleset"])
-    assert wait_for(lambda: guard_elements(host) == ({port_a, port_b}, {(port_a, a.mac, a.ip),
-                                                                          (port_b, b.mac, b.ip)}), timeout=10)
+    assert wait_for(
+        lambda: guard_elements(host) == ({port_a, port_b}, {(port_a, a.mac, a.ip), (port_b, b.mac, b.ip)}),
+        timeout=10,
+    )
 
     # connect adds a port, disconnect and rm take theirs away
     host.cnm("network", "connect", "other", "alice")

@@ -27,9 +27,13 @@ CLI_CASES = {
     "malformed-subnet-text": (["network", "create", "--subnet", "nonsense", "bad2"], ["invalid"]),
     "malformed-prefix": (["network", "create", "--subnet", "10.22.0.0/33", "bad3"], ["invalid"]),
     "gateway-outside-subnet": (
-        ["network", "create", "--subnet", "10.23.0.0/24", "--gateway", "10.24.0.1", "gw"], ["gateway", "10.24.0.1"]),
+        ["network", "create", "--subnet", "10.23.0.0/24", "--gateway", "10.24.0.1", "gw"],
+        ["gateway", "10.24.0.1"],
+    ),
     "ip-range-outside-subnet": (
-        ["network", "create", "--subnet", "10.25.0.0/24", "--ip-range", "10.26.0.0/25", "rng"], ["range", "10.26.0.0"]),
+        ["network", "create", "--subnet", "10.25.0.0/24", "--ip-range", "10.26.0.0/25", "rng"],
+        ["range", "10.26.0.0"],
+    ),
     "connect-ip-outside-subnet": (["network", "connect", "--ip", "10.99.0.5", "dup", "c3"], ["10.99.0.5"]),
     "connect-ip-in-use": (["network", "connect", "--ip", "10.20.0.5", "dup", "c3"], ["in use", "already"]),
     "connect-already-connected": (["network", "connect", "dup", "c1"], ["already exists"]),
@@ -51,10 +55,14 @@ CLI_CASES = {
 # leaves it "Created"; so for these only the kernel, the networks and the running list must
 # not change.
 RUN_CASES = {
-    "run-ip-outside-subnet": (["run", "-d", "--network", "dup", "--ip", "10.99.0.6", "busybox", "sleep", "1d"],
-                              ["10.99.0.6"]),
-    "run-ip-in-use": (["run", "-d", "--network", "dup", "--ip", "10.20.0.5", "busybox", "sleep", "1d"],
-                      ["in use", "already"]),
+    "run-ip-outside-subnet": (
+        ["run", "-d", "--network", "dup", "--ip", "10.99.0.6", "busybox", "sleep", "1d"],
+        ["10.99.0.6"],
+    ),
+    "run-ip-in-use": (
+        ["run", "-d", "--network", "dup", "--ip", "10.20.0.5", "busybox", "sleep", "1d"],
+        ["in use", "already"],
+    ),
     "run-unknown-network": (["run", "-d", "--network", "nosuchnet", "busybox", "sleep", "1d"], ["not found"]),
     "run-bad-mac": (["run", "-d", "--mac-address", "zz:zz", "busybox", "sleep", "1d"], ["mac"]),
 }
@@ -91,11 +99,18 @@ API_CASES = {
     "duplicate-name-409": ("POST", "/networks/create", {"Name": "dup"}, 409),
     "predefined-create-403": ("POST", "/networks/create", {"Name": "host"}, 403),
     "host-driver-403": ("POST", "/networks/create", {"Name": "h2", "Driver": "host"}, 403),
-    "bad-subnet-400": ("POST", "/networks/create",
-                       {"Name": "b", "IPAM": {"Config": [{"Subnet": "10.300.0.0/24"}]}}, 400),
-    "gateway-outside-400": ("POST", "/networks/create",
-                            {"Name": "g", "IPAM": {"Config": [{"Subnet": "10.27.0.0/24", "Gateway": "10.28.0.1"}]}},
-                            400),
+    "bad-subnet-400": (
+        "POST",
+        "/networks/create",
+        {"Name": "b", "IPAM": {"Config": [{"Subnet": "10.300.0.0/24"}]}},
+        400,
+    ),
+    "gateway-outside-400": (
+        "POST",
+        "/networks/create",
+        {"Name": "g", "IPAM": {"Config": [{"Subnet": "10.27.0.0/24", "Gateway": "10.28.0.1"}]}},
+        400,
+    ),
     "empty-name-400": ("POST", "/networks/create", {"Name": " "}, 400),
     "unknown-network-404": ("GET", "/networks/nosuchnet", None, 404),
     "rm-predefined-403": ("DELETE", "/networks/bridge", None, 403),

@@ -16,8 +16,15 @@ def test_rm_and_network_rm_leave_nothing(fresh_cnmhost: TestHost) -> None:
 
     host.cnm("network", "create", "--subnet", "10.80.0.0/24", "gone")
     host.cnm("network", "create", "--internal", "--subnet", "10.81.0.0/24", "gone-int")
-    host.cnm("network", "create", "--subnet", "10.82.0.0/24",
-             "-o", "com.docker.network.bridge.enable_icc=false", "gone-noicc")
+    host.cnm(
+        "network",
+        "create",
+        "--subnet",
+        "10.82.0.0/24",
+        "-o",
+        "com.docker.network.bridge.enable_icc=false",
+        "gone-noicc",
+    )
     run_sleeper(host, "x1", "--network", "gone")
     run_sleeper(host, "x2", "--network", "gone", "--ip", "10.80.0.50")
     run_sleeper(host, "x3", "--network", "gone-int")

@@ -88,8 +88,18 @@ def test_iflink_pairs_with_the_veth_on_the_bridge(nets: TestHost) -> None:
 
 def test_static_ip_mac_and_hostname(nets: TestHost) -> None:
     nets.cnm("network", "create", "--subnet", "10.10.0.0/24", "backend")
-    run_sleeper(nets, "api", "--network", "backend", "--ip", "10.10.0.10", "-h", "api.local",
-                "--mac-address", "92:d0:c6:0a:29:33")
+    run_sleeper(
+        nets,
+        "api",
+        "--network",
+        "backend",
+        "--ip",
+        "10.10.0.10",
+        "-h",
+        "api.local",
+        "--mac-address",
+        "92:d0:c6:0a:29:33",
+    )
     assert ip_on(nets, "api", "backend") == "10.10.0.10"
     assert "10.10.0.10/24" in cexec(nets, "api", "ip", "-o", "-4", "addr", "show", "eth0").stdout
     assert cexec(nets, "api", "cat", "/sys/class/net/eth0/address").stdout.strip() == "92:d0:c6:0a:29:33"
@@ -114,8 +124,10 @@ def test_connect_adds_eth1_and_reaches(nets: TestHost) -> None:
 def test_none_has_only_loopback(nets: TestHost) -> None:
     ports_before = {p["ifname"] for p in nets.ip_json("link", "show")}
     run_sleeper(nets, "lonely", "--network", "none")
-    links = [line.split()[1].rstrip(":").split("@")[0]
-             for line in cexec(nets, "lonely", "ip", "-o", "link").stdout.splitlines()]
+    links = [
+        line.split()[1].rstrip(":").split("@")[0]
+        for line in cexec(nets, "lonely", "ip", "-o", "link").stdout.splitlines()
+    ]
     assert links == ["lo"]
     assert {p["ifname"] for p in nets.ip_json("link", "show")} == ports_before
 

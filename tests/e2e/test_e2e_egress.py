@@ -12,8 +12,15 @@ from harness import HOST_ADDR, WORLD_ADDR, TestHost
 def egress(cnmhost: TestHost) -> TestHost:
     cnmhost.cnm("network", "create", "--subnet", "10.60.0.0/24", "outnet")
     cnmhost.cnm("network", "create", "--internal", "--subnet", "10.61.0.0/24", "inner")
-    cnmhost.cnm("network", "create", "--subnet", "10.62.0.0/24",
-                "-o", "com.docker.network.bridge.enable_ip_masquerade=false", "nomasq")
+    cnmhost.cnm(
+        "network",
+        "create",
+        "--subnet",
+        "10.62.0.0/24",
+        "-o",
+        "com.docker.network.bridge.enable_ip_masquerade=false",
+        "nomasq",
+    )
     run_sleeper(cnmhost, "out1", "--network", "outnet")
     run_sleeper(cnmhost, "def1")
     run_sleeper(cnmhost, "in1", "--network", "inner")

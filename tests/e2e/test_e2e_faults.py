@@ -72,7 +72,9 @@ def test_crash_while_a_container_joins_leaves_no_netns_nor_veth(
     host.cnm("network", "create", "--subnet", "10.72.0.0/24", "joinnet")
     before = link_names(host)
     restart_aimed(host, point, monkeypatch)
-    result = host.cnm("run", "-d", "--name", "c1", "--network", "joinnet", "busybox", "sleep", "1d", check=False)
+    result = host.cnm(
+        "run", "-d", "--name", "c1", "--network", "joinnet", "busybox", "sleep", "1d", check=False
+    )
     crashed(host, result)
     assert netns_files(host), "the crash left no netns: the point was not reached"
 
@@ -93,7 +95,9 @@ def test_crash_while_runc_runs_leaks_no_container(fresh_cnmhost: TestHost, monke
     result = host.cnm("run", "-d", "--name", "c1", "busybox", "sleep", "1d", check=False)
     crashed(host, result)
     # runc carried on without its parent: the container runs, unknown to the store
-    assert wait_for(lambda: any(c["status"] == "running" for c in runc_list(host)), timeout=20), runc_list(host)
+    assert wait_for(lambda: any(c["status"] == "running" for c in runc_list(host)), timeout=20), runc_list(
+        host
+    )
     (leaked,) = runc_list(host)
     cgroup = f"/sys/fs/cgroup/{host.cgroup_parent}/{leaked['id']}"
 

@@ -11,7 +11,9 @@ HTTPD = "mkdir -p /www && echo gw > /www/index.html && exec httpd -f -p 80 -h /w
 
 
 def fetch(host: TestHost) -> str | None:
-    r = host.world(["busybox", "timeout", "3", "busybox", "wget", "-qO-", "http://203.0.113.2:8095/"], check=False)
+    r = host.world(
+        ["busybox", "timeout", "3", "busybox", "wget", "-qO-", "http://203.0.113.2:8095/"], check=False
+    )
     return r.stdout.strip() if r.returncode == 0 else None
 
 

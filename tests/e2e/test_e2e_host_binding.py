@@ -40,11 +40,29 @@ def test_ports_of_a_local_network_are_not_reachable_from_the_world(bindhost: Tes
     host = bindhost
     host.cnm("network", "create", "-o", f"{OPTION}=127.0.0.1", "local")
     script = "mkdir -p /www && echo local > /www/index.html && exec httpd -f -p 80 -h /www"
-    host.cnm("run", "-d", "--name", "web", "--network", "local", "-p", "8090:80", "-p", "80",
-             "-p", "0.0.0.0:8091:80", "busybox", "sh", "-c", script)
+    host.cnm(
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "local",
+        "-p",
+        "8090:80",
+        "-p",
+        "80",
+        "-p",
+        "0.0.0.0:8091:80",
+        "busybox",
+        "sh",
+        "-c",
+        script,
+    )
     lines = host.cnm("port", "web", "80").stdout.split()
     local = [line for line in lines if line.startswith("127.0.0.1:")]
-    assert len(lines) == 3 and "0.0.0.0:8091" in lines and "127.0.0.1:8090" in local and len(local) == 2, lines
+    assert len(lines) == 3 and "0.0.0.0:8091" in lines and "127.0.0.1:8090" in local and len(local) == 2, (
+        lines
+    )
     ephemeral = next(line for line in local if line != "127.0.0.1:8090")
     # the explicit 0.0.0.0 binding shows the server is up and the world could reach it
     assert wait_for(lambda: fetch(host, f"http://{HOST_ADDR}:8091/", world=True) == "local", timeout=15)

@@ -49,7 +49,10 @@ def test_docker_tag_and_cnm_tag(cnmhost: TestHost):
     ids = {line.split()[0]: line.split()[1] for line in out}
     assert ids["localhost:5000/team/box:v1"] == ids["busybox:latest"] == ids["box2:latest"]
     missing = docker(cnmhost, "tag", "nope", "x:1", check=False)
-    assert missing.returncode == 1 and missing.stderr.strip() == "Error response from daemon: No such image: nope"
+    assert (
+        missing.returncode == 1
+        and missing.stderr.strip() == "Error response from daemon: No such image: nope"
+    )
     bad = cnmhost.cnm("tag", "busybox", "Bad:Name", check=False)
     assert bad.returncode == 1 and "invalid reference format" in bad.stderr
     cnmhost.cnm("rmi", "localhost:5000/team/box:v1", "box2")
@@ -67,7 +70,9 @@ CHANGES = (
 def test_export_running_and_stopped_then_import(cnmhost: TestHost):
     cnmhost.cnm("run", "-d", "--name", "exp", "busybox", "sh", "-c", CHANGES)
     try:
-        assert wait_for(lambda: cnmhost.cnm("exec", "exp", "test", "-e", "/ready", check=False).returncode == 0)
+        assert wait_for(
+            lambda: cnmhost.cnm("exec", "exp", "test", "-e", "/ready", check=False).returncode == 0
+        )
         running = cnmhost.tmp / "running.tar"
         docker(cnmhost, "export", "-o", str(running), "exp")
         piped = cnmhost.tmp / "piped.tar"
@@ -86,7 +91,14 @@ def test_export_running_and_stopped_then_import(cnmhost: TestHost):
             link = tar.getmember("marker2") if tar.getmember("marker2").islnk() else tar.getmember("marker")
             assert link.islnk()  # the hard link survives as one
         cnmhost.cnm("image", "import", str(stopped), "exported:1")
-        out = cnmhost.cnm("run", "--rm", "exported:1", "sh", "-c", "cat /marker /usr/only; ls /usr; test -e /etc/shells || echo no-shells")
+        out = cnmhost.cnm(
+            "run",
+            "--rm",
+            "exported:1",
+            "sh",
+            "-c",
+            "cat /marker /usr/only; ls /usr; test -e /etc/shells || echo no-shells",
+        )
         assert out.stdout.split() == ["hi", "only", "only", "no-shells"]
     finally:
         cnmhost.cnm("rm", "-f", "exp", check=False)
@@ -153,12 +165,18 @@ def save_archive(path: Path, layers: list[bytes], tag: str, oci: bool) -> Path:
                 _add(tar, f"{_sha(data)}/layer.tar", link=f"../blobs/sha256/{_sha(data)}")
             _add(tar, "index.json", json.dumps({"schemaVersion": 2, "manifests": []}).encode())
             _add(tar, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
-            entry = {"Config": f"blobs/sha256/{_sha(cfg)}", "Layers": [f"blobs/sha256/{_sha(b)}" for b in layers]}
+            entry = {
+                "Config": f"blobs/sha256/{_sha(cfg)}",
+                "Layers": [f"blobs/sha256/{_sha(b)}" for b in layers],
+            }
         else:
             for i, data in enumerate(layers):
                 _add(tar, f"{i:064x}/layer.tar", data)
             _add(tar, f"{_sha(cfg)}.json", cfg)
-            entry = {"Config": f"{_sha(cfg)}.json", "Layers": [f"{i:064x}/layer.tar" for i in range(len(layers))]}
+            entry = {
+                "Config": f"{_sha(cfg)}.json",
+                "Layers": [f"{i:064x}/layer.tar" for i in range(len(layers))],
+            }
         _add(tar, "manifest.json", json.dumps([{**entry, "RepoTags": [tag]}]).encode())
     return path
 

@@ -48,8 +48,12 @@ def test_run_rm_prints_every_time(cnmhost: TestHost, client: str, mode: str) -> 
     env = {"CNM_NO_AUTOSTART": "1", "DOCKER_CONFIG": str(cnmhost.tmp / "docker-config")}
     bad = []
     for _ in range(RUNS):
-        proc = cnmhost.run([*_client(cnmhost, client), "run", "--rm", *opts, "busybox", *cmd],
-                           check=False, timeout=60, env=env)
+        proc = cnmhost.run(
+            [*_client(cnmhost, client), "run", "--rm", *opts, "busybox", *cmd],
+            check=False,
+            timeout=60,
+            env=env,
+        )
         if proc.returncode != 0 or proc.stdout.replace("\r\n", "\n") != "hi\n":
             bad.append((proc.returncode, proc.stdout, proc.stderr[-300:]))
     assert bad == [], f"{len(bad)} of {RUNS} runs lost output: {bad[:3]}"
@@ -63,8 +67,21 @@ def _keepers(host: TestHost) -> int:
 
 
 def test_tty_run_has_a_terminal(cnmhost: TestHost) -> None:
-    proc = cnmhost.run([venv_bin("cnm"), "-H", cnmhost.host_uri, "run", "--rm", "-t", "busybox",
-                        "sh", "-c", "tty; echo out; echo err >&2"], input=b"")
+    proc = cnmhost.run(
+        [
+            venv_bin("cnm"),
+            "-H",
+            cnmhost.host_uri,
+            "run",
+            "--rm",
+            "-t",
+            "busybox",
+            "sh",
+            "-c",
+            "tty; echo out; echo err >&2",
+        ],
+        input=b"",
+    )
     assert proc.stdout == b"/dev/pts/0\r\nout\r\nerr\r\n"  # one stream, a terminal's newlines
 
 
@@ -82,7 +99,11 @@ def test_logs_are_one_ordered_json_file_stream(cnmhost: TestHost) -> None:
     assert path.endswith("-json.log")
     records = [json.loads(line) for line in Path(path).read_text().splitlines()]
     assert [(r["log"], r["stream"]) for r in records] == [
-        ("o1\n", "stdout"), ("e1\n", "stderr"), ("o2\n", "stdout"), ("e2\n", "stderr")]
+        ("o1\n", "stdout"),
+        ("e1\n", "stderr"),
+        ("o2\n", "stdout"),
+        ("e2\n", "stderr"),
+    ]
     assert all(r["time"].endswith("Z") for r in records)
     stamped = cnmhost.cnm("logs", "-t", "--tail", "2", "lg1")
     assert [line.split(" ", 1)[1] for line in stamped.stdout.splitlines()] == ["o2"]
@@ -96,15 +117,28 @@ def test_logs_are_one_ordered_json_file_stream(cnmhost: TestHost) -> None:
 
 
 def test_logs_follow_ends_with_the_container(cnmhost: TestHost) -> None:
-    cnmhost.cnm("run", "-d", "--name", "lg2", "busybox", "sh", "-c", "echo a; sleep 1; echo b; sleep 1; echo c")
+    cnmhost.cnm(
+        "run", "-d", "--name", "lg2", "busybox", "sh", "-c", "echo a; sleep 1; echo b; sleep 1; echo c"
+    )
     assert cnmhost.cnm("logs", "-f", "lg2", timeout=30).stdout == "a\nb\nc\n"
     assert cnmhost.cnm("logs", "-f", "--tail", "1", "lg2", timeout=30).stdout == "c\n"
 
 
 def test_log_rotation_as_json_file(cnmhost: TestHost) -> None:
     script = "i=0; while [ $i -lt 300 ]; do echo line $i; i=$((i+1)); done"
-    cnmhost.cnm("run", "--name", "lg3", "--log-opt", "max-size=2k", "--log-opt", "max-file=3",
-                "busybox", "sh", "-c", script)
+    cnmhost.cnm(
+        "run",
+        "--name",
+        "lg3",
+        "--log-opt",
+        "max-size=2k",
+        "--log-opt",
+        "max-file=3",
+        "busybox",
+        "sh",
+        "-c",
+        script,
+    )
     config = inspect(cnmhost, "lg3")[0]["HostConfig"]["LogConfig"]
     assert config == {"Type": "json-file", "Config": {"max-size": "2k", "max-file": "3"}}
     path = Path(inspect(cnmhost, "lg3")[0]["LogPath"])
@@ -119,9 +153,11 @@ def test_log_rotation_as_json_file(cnmhost: TestHost) -> None:
 
 def test_other_log_drivers_are_refused(cnmhost: TestHost) -> None:
     before = cnmhost.cnm("ps", "-aq").stdout
-    for opts, message in ((["--log-driver", "syslog"], 'logging driver "syslog" is not supported'),
-                          (["--log-opt", "max-size=lots"], "invalid size"),
-                          (["--log-opt", "tag=x"], "unknown log opt 'tag'")):
+    for opts, message in (
+        (["--log-driver", "syslog"], 'logging driver "syslog" is not supported'),
+        (["--log-opt", "max-size=lots"], "invalid size"),
+        (["--log-opt", "tag=x"], "unknown log opt 'tag'"),
+    ):
         proc = cnmhost.cnm("run", "--rm", *opts, "busybox", "true", check=False)
         assert proc.returncode == 125 and message in proc.stderr, proc.stderr
     assert cnmhost.cnm("ps", "-aq").stdout == before
@@ -149,8 +185,16 @@ def test_start_attach_on_an_exited_container(cnmhost: TestHost, client: str) -> 
 
 def test_output_waits_in_the_pipe_while_cnmd_restarts(fresh_cnmhost: TestHost) -> None:
     host = fresh_cnmhost
-    host.cnm("run", "-d", "--name", "rs1", "busybox", "sh", "-c",
-             "i=0; while [ $i -lt 40 ]; do echo n $i; i=$((i+1)); sleep 0.1; done")
+    host.cnm(
+        "run",
+        "-d",
+        "--name",
+        "rs1",
+        "busybox",
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 40 ]; do echo n $i; i=$((i+1)); sleep 0.1; done",
+    )
     time.sleep(0.5)
     host.kill_daemon(signal.SIGKILL)
     time.sleep(1.5)  # the container writes on while no cnmd reads
@@ -167,7 +211,9 @@ class Pty:
     """``cnm run -it …`` on a pseudo-terminal of our own (its controlling terminal, so the
     kernel sends SIGWINCH when we resize it)."""
 
-    def __init__(self, host: TestHost, *args: str, rows: int = 24, cols: int = 80, client: str = "cnm") -> None:
+    def __init__(
+        self, host: TestHost, *args: str, rows: int = 24, cols: int = 80, client: str = "cnm"
+    ) -> None:
         self.master, slave = os.openpty()
         self.resize(rows, cols)
 
@@ -176,9 +222,15 @@ class Pty:
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
         env = host.environ({"DOCKER_CONFIG": str(host.tmp / "docker-config")})
-        self.proc = subprocess.Popen(host.inside([*_client(host, client), *args]),
-                                     stdin=slave, stdout=slave, stderr=slave, env=env,
-                                     preexec_fn=child_setup, close_fds=True)
+        self.proc = subprocess.Popen(
+            host.inside([*_client(host, client), *args]),
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=env,
+            preexec_fn=child_setup,
+            close_fds=True,
+        )
         os.close(slave)
         self.seen = b""
 
@@ -264,8 +316,17 @@ def test_tty_container_keeps_its_terminal_across_a_cnmd_restart(fresh_cnmhost: T
     """The pty master is held by a keeper process too: a SIGKILLed cnmd does not hang up
     the container's terminal, and the restarted cnmd copies on from it."""
     host = fresh_cnmhost
-    host.cnm("run", "-d", "-t", "--name", "tt1", "busybox", "sh", "-c",
-             "i=0; while [ $i -lt 30 ]; do echo t $i; i=$((i+1)); sleep 0.1; done")
+    host.cnm(
+        "run",
+        "-d",
+        "-t",
+        "--name",
+        "tt1",
+        "busybox",
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 30 ]; do echo t $i; i=$((i+1)); sleep 0.1; done",
+    )
     time.sleep(0.5)
     host.kill_daemon(signal.SIGKILL)
     time.sleep(1)
@@ -279,6 +340,19 @@ def test_tty_container_keeps_its_terminal_across_a_cnmd_restart(fresh_cnmhost: T
 
 
 def test_run_i_pipes_stdin_until_eof(cnmhost: TestHost) -> None:
-    proc = cnmhost.run([venv_bin("cnm"), "-H", cnmhost.host_uri, "run", "-i", "--rm", "busybox",
-                        "sh", "-c", "cat; echo done >&2"], input="line 1\nline 2\n")
+    proc = cnmhost.run(
+        [
+            venv_bin("cnm"),
+            "-H",
+            cnmhost.host_uri,
+            "run",
+            "-i",
+            "--rm",
+            "busybox",
+            "sh",
+            "-c",
+            "cat; echo done >&2",
+        ],
+        input="line 1\nline 2\n",
+    )
     assert (proc.stdout, proc.stderr) == ("line 1\nline 2\n", "done\n")

@@ -37,8 +37,9 @@ def test_fresh_starts_publish_every_port(busybox_tar: Path, variant: str) -> Non
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_a_run_after_the_chains_were_removed_from_outside(testhost: TestHost, busybox_tar: Path,
-                                                           variant: str) -> None:
+def test_a_run_after_the_chains_were_removed_from_outside(
+    testhost: TestHost, busybox_tar: Path, variant: str
+) -> None:
     host = testhost
     use_variant(host, variant)
     host.start_daemon("--firewall-backend", "iptables")
@@ -48,4 +49,6 @@ def test_a_run_after_the_chains_were_removed_from_outside(testhost: TestHost, bu
     host.cnm("run", "-d", "--name", "web", "-p", "8081:80", "-p", "8082:81/udp", "busybox", "sleep", "1d")
     saved = host.run([f"iptables-{variant}-save"]).stdout
     assert [p for p in dnat_problems(saved) if "web" in p] == []
-    assert not [line for line in host.daemon_log.read_text().splitlines() if "ERROR" in line and BAD_LOG.search(line)]
+    assert not [
+        line for line in host.daemon_log.read_text().splitlines() if "ERROR" in line and BAD_LOG.search(line)
+    ]

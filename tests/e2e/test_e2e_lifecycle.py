@@ -130,8 +130,13 @@ def test_docker_compose_up_leaves_web_on_its_two_networks(world: TestHost) -> No
     project.mkdir(exist_ok=True)
     (project / "docker-compose.yml").write_text(COMPOSE_FILE)
     env = {"DOCKER_HOST": f"unix://{host.socket_path}", "DOCKER_CONFIG": str(project / "cfg")}
-    compose = [shutil.which("docker-compose") or "docker-compose", "-f", str(project / "docker-compose.yml"),
-               "-p", "lc"]
+    compose = [
+        shutil.which("docker-compose") or "docker-compose",
+        "-f",
+        str(project / "docker-compose.yml"),
+        "-p",
+        "lc",
+    ]
     host.run([*compose, "up", "-d"], env=env, timeout=120)
     try:
         data = inspect(host, "lc_web_1")[0]
@@ -142,7 +147,8 @@ def test_docker_compose_up_leaves_web_on_its_two_networks(world: TestHost) -> No
         ifaces = interfaces(host, "lc_web_1")
         assert sorted(ifaces) == ["eth0", "eth1", "lo"], ifaces
         assert sorted(a for v in ifaces.values() for a in v if not a.startswith("127.")) == sorted(
-            f"{n['IPAddress']}/{n['IPPrefixLen']}" for n in nets.values())
+            f"{n['IPAddress']}/{n['IPPrefixLen']}" for n in nets.values()
+        )
         answer = cexec(host, "lc_client_1", "nslookup", "api", "127.0.0.11").stdout
         assert nets["lc_front"]["IPAddress"] in answer, answer
     finally:
@@ -153,14 +159,40 @@ def test_docker_compose_up_leaves_web_on_its_two_networks(world: TestHost) -> No
 
 # (argv, words of which one must be in the error, exit status); every one leaves nothing.
 FAILED_RUNS = {
-    "unknown-network": (["run", "-d", "--network", "nosuchnet", "busybox", "sleep", "1d"], ["not found"], 125),
+    "unknown-network": (
+        ["run", "-d", "--network", "nosuchnet", "busybox", "sleep", "1d"],
+        ["not found"],
+        125,
+    ),
     "missing-executable": (["run", "--rm", "busybox", "/nope"], ["no such file", "not found"], 127),
-    "port-conflict": (["run", "--rm", "-d", "--network", "lca", "--ip", "10.41.0.77", "-p", "18080:80",
-                       "busybox", "sleep", "1d"], ["18080"], 125),
-    "ip-outside-subnet": (["run", "-d", "--network", "lca", "--ip", "10.99.0.5", "busybox", "sleep", "1d"],
-                          ["10.99.0.5"], 125),
-    "ip-on-default-bridge": (["run", "-d", "--ip", "172.17.0.77", "busybox", "sleep", "1d"],
-                             ["user defined networks only"], 125),
+    "port-conflict": (
+        [
+            "run",
+            "--rm",
+            "-d",
+            "--network",
+            "lca",
+            "--ip",
+            "10.41.0.77",
+            "-p",
+            "18080:80",
+            "busybox",
+            "sleep",
+            "1d",
+        ],
+        ["18080"],
+        125,
+    ),
+    "ip-outside-subnet": (
+        ["run", "-d", "--network", "lca", "--ip", "10.99.0.5", "busybox", "sleep", "1d"],
+        ["10.99.0.5"],
+        125,
+    ),
+    "ip-on-default-bridge": (
+        ["run", "-d", "--ip", "172.17.0.77", "busybox", "sleep", "1d"],
+        ["user defined networks only"],
+        125,
+    ),
     "no-command": (["run", "--rm", "busybox"], ["no command specified"], 125),
 }
 
@@ -175,14 +207,29 @@ def test_failed_run_leaves_nothing(world: TestHost, case: str) -> None:
     assert proc.returncode == status, (proc.returncode, proc.stderr)
     assert any(w in message for w in words), proc.stderr
     assert "traceback" not in message
-    assert wait_for(lambda: diff_states(before, state(world)) == {}, timeout=10), diff_states(before, state(world))
+    assert wait_for(lambda: diff_states(before, state(world)) == {}, timeout=10), diff_states(
+        before, state(world)
+    )
     assert network_members(world, "lca", "bridge") == members
 
 
 def test_address_of_a_failed_run_is_free_again(world: TestHost) -> None:
     host = world
-    failed = host.cnm("run", "--rm", "-d", "--network", "lca", "--ip", "10.41.0.88", "-p", "18080:80",
-                      "busybox", "sleep", "1d", check=False)
+    failed = host.cnm(
+        "run",
+        "--rm",
+        "-d",
+        "--network",
+        "lca",
+        "--ip",
+        "10.41.0.88",
+        "-p",
+        "18080:80",
+        "busybox",
+        "sleep",
+        "1d",
+        check=False,
+    )
     assert failed.returncode != 0
     run_sleeper(host, "takes-ip", "--network", "lca", "--ip", "10.41.0.88")
     try:
@@ -195,7 +242,9 @@ def test_failed_start_without_rm_keeps_a_created_container_and_no_network_state(
     """Docker leaves such a container "Created", with the error; nothing of its network."""
     host = world
     before = kernel_state(host)
-    proc = host.cnm("run", "-d", "--name", "conflict", "-p", "18080:80", "busybox", "sleep", "1d", check=False)
+    proc = host.cnm(
+        "run", "-d", "--name", "conflict", "-p", "18080:80", "busybox", "sleep", "1d", check=False
+    )
     try:
         assert proc.returncode == 125
         data = inspect(host, "conflict")[0]
@@ -203,8 +252,10 @@ def test_failed_start_without_rm_keeps_a_created_container_and_no_network_state(
         assert "18080" in data["State"]["Error"]
         after = kernel_state(host)
         assert diff_states(before, after).keys() <= {"files"}  # the record's own directory only
-        assert all(p.startswith(f"data/containers/{data['Id']}") for p in diff_states(before, after).get(
-            "files", {}).get("+", []))
+        assert all(
+            p.startswith(f"data/containers/{data['Id']}")
+            for p in diff_states(before, after).get("files", {}).get("+", [])
+        )
     finally:
         host.cnm("rm", "-f", "conflict", check=False)
 
@@ -240,8 +291,15 @@ def test_create_time_checks(world: TestHost, argv: list[str], words: list[str]) 
         (["--restart", "sometimes"], ["unknown policy"]),
         (["--rm", "--restart", "always"], ["cannot specify both --restart and --rm"]),
     ],
-    ids=["privileged", "named-volume", "anonymous-volume", "mount-volume", "mount-missing-source",
-         "unknown-restart-policy", "rm-and-restart"],
+    ids=[
+        "privileged",
+        "named-volume",
+        "anonymous-volume",
+        "mount-volume",
+        "mount-missing-source",
+        "unknown-restart-policy",
+        "rm-and-restart",
+    ],
 )
 def test_unsupported_options_are_refused(world: TestHost, argv: list[str], words: list[str]) -> None:
     before = daemon_state(world)
@@ -253,7 +311,8 @@ def test_unsupported_options_are_refused(world: TestHost, argv: list[str], words
 
 
 @pytest.mark.parametrize(
-    ("field", "value"), [("Memory", 1 << 20), ("CapAdd", ["NET_ADMIN"]), ("Sysctls", {"net.ipv4.ip_forward": "1"})]
+    ("field", "value"),
+    [("Memory", 1 << 20), ("CapAdd", ["NET_ADMIN"]), ("Sysctls", {"net.ipv4.ip_forward": "1"})],
 )
 def test_api_refuses_unsupported_host_config(world: TestHost, field: str, value: object) -> None:
     before = daemon_state(world)
@@ -275,29 +334,51 @@ def test_bind_mounts_and_tmpfs(world: TestHost) -> None:
     assert out == "from the host\n"
     denied = host.cnm("run", "--rm", "-v", f"{src}:/host:ro", "busybox", "touch", "/host/x", check=False)
     assert denied.returncode != 0 and "read-only" in denied.stderr.lower() + denied.stdout.lower()
-    host.cnm("run", "--rm", "--mount", f"type=bind,source={src},target=/rw", "busybox",
-             "sh", "-c", "echo written > /rw/out")
+    host.cnm(
+        "run",
+        "--rm",
+        "--mount",
+        f"type=bind,source={src},target=/rw",
+        "busybox",
+        "sh",
+        "-c",
+        "echo written > /rw/out",
+    )
     assert (src / "out").read_text() == "written\n"
     created = host.tmp / "made-by-v" / "deep"
     assert not created.exists()
     host.cnm("run", "--rm", "-v", f"{created}:/made", "busybox", "true")
     assert created.is_dir()  # -v creates a missing host path, as Docker does
-    mounts = host.cnm("run", "--rm", "--tmpfs", "/scratch:size=1m", "busybox", "grep", " /scratch ",
-                      "/proc/mounts").stdout
+    mounts = host.cnm(
+        "run", "--rm", "--tmpfs", "/scratch:size=1m", "busybox", "grep", " /scratch ", "/proc/mounts"
+    ).stdout
     assert mounts.startswith("tmpfs /scratch tmpfs") and "size=1024k" in mounts, mounts
 
-    run_sleeper(host, "mnt", "-v", f"{src}:/host:ro", "--mount", f"type=bind,src={src},dst=/rw",
-                "--tmpfs", "/scratch")
+    run_sleeper(
+        host, "mnt", "-v", f"{src}:/host:ro", "--mount", f"type=bind,src={src},dst=/rw", "--tmpfs", "/scratch"
+    )
     try:
         data = inspect(host, "mnt")[0]
         assert data["HostConfig"]["Binds"] == [f"{src}:/host:ro"]
         assert data["HostConfig"]["Mounts"] == [{"Type": "bind", "Source": str(src), "Target": "/rw"}]
         assert data["HostConfig"]["Tmpfs"] == {"/scratch": ""}
         assert data["Mounts"] == [
-            {"Type": "bind", "Source": str(src), "Destination": "/host", "Mode": "ro", "RW": False,
-             "Propagation": "rprivate"},
-            {"Type": "bind", "Source": str(src), "Destination": "/rw", "Mode": "", "RW": True,
-             "Propagation": "rprivate"},
+            {
+                "Type": "bind",
+                "Source": str(src),
+                "Destination": "/host",
+                "Mode": "ro",
+                "RW": False,
+                "Propagation": "rprivate",
+            },
+            {
+                "Type": "bind",
+                "Source": str(src),
+                "Destination": "/rw",
+                "Mode": "",
+                "RW": True,
+                "Propagation": "rprivate",
+            },
         ]
     finally:
         host.cnm("rm", "-f", "mnt")
@@ -316,7 +397,8 @@ def test_on_failure_restarts_up_to_its_limit(world: TestHost) -> None:
     host.cnm("run", "-d", "--name", "flaky", "--restart", "on-failure:2", "busybox", "sh", "-c", "exit 3")
     try:
         assert wait_for(lambda: restart_state(host, "flaky") == ("exited", 2), timeout=30), restart_state(
-            host, "flaky")
+            host, "flaky"
+        )
         data = inspect(host, "flaky")[0]
         assert data["State"]["ExitCode"] == 3
         assert data["HostConfig"]["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 2}
@@ -326,10 +408,13 @@ def test_on_failure_restarts_up_to_its_limit(world: TestHost) -> None:
 
 def test_always_restarts_until_stopped(world: TestHost) -> None:
     host = world
-    host.cnm("run", "-d", "--name", "phoenix", "--network", "lca", "--restart", "always",
-             "busybox", "sleep", "0.3")
+    host.cnm(
+        "run", "-d", "--name", "phoenix", "--network", "lca", "--restart", "always", "busybox", "sleep", "0.3"
+    )
     try:
-        assert wait_for(lambda: restart_state(host, "phoenix")[1] >= 2, timeout=30), restart_state(host, "phoenix")
+        assert wait_for(lambda: restart_state(host, "phoenix")[1] >= 2, timeout=30), restart_state(
+            host, "phoenix"
+        )
         host.cnm("stop", "-t", "0", "phoenix")
         count = restart_state(host, "phoenix")[1]
         assert not wait_for(lambda: restart_state(host, "phoenix")[0] != "exited", timeout=2)
@@ -343,8 +428,12 @@ def test_always_restarts_until_stopped(world: TestHost) -> None:
 def test_policies_kept_across_a_daemon_restart(fresh_cnmhost: TestHost, sig: int) -> None:
     host = fresh_cnmhost
     host.cnm("network", "create", "--subnet", "10.43.0.0/24", "lcr")
-    for name, policy in (("always", "always"), ("unless", "unless-stopped"), ("stopped", "unless-stopped"),
-                         ("plain", "no")):
+    for name, policy in (
+        ("always", "always"),
+        ("unless", "unless-stopped"),
+        ("stopped", "unless-stopped"),
+        ("plain", "no"),
+    ):
         run_sleeper(host, name, "--network", "lcr", "--restart", policy)
     host.cnm("stop", "-t", "0", "stopped")
     pids = {n: inspect(host, n)[0]["State"]["Pid"] for n in ("always", "unless", "plain")}
@@ -352,8 +441,12 @@ def test_policies_kept_across_a_daemon_restart(fresh_cnmhost: TestHost, sig: int
     for pid in pids.values():  # they die while nobody watches
         host.run(["kill", "-9", str(pid)])
     host.start_daemon()
-    assert wait_for(lambda: restart_state(host, "always")[0] == "running"
-                    and restart_state(host, "unless")[0] == "running", timeout=30)
+    assert wait_for(
+        lambda: (
+            restart_state(host, "always")[0] == "running" and restart_state(host, "unless")[0] == "running"
+        ),
+        timeout=30,
+    )
     assert not wait_for(lambda: restart_state(host, "stopped")[0] != "exited", timeout=2)
     assert restart_state(host, "plain")[0] == "exited"
     # back on their network, reachable by name

@@ -78,7 +78,9 @@ def test_alias_answers_every_member(dnshost: TestHost) -> None:
     seen_first = set()
     for _ in range(8):
         r = lookup(dnshost, "api", "svc", check=True)
-        got = [ln.split()[-1] for ln in r.stdout.split("answer:", 1)[1].splitlines() if ln.startswith("Address")]
+        got = [
+            ln.split()[-1] for ln in r.stdout.split("answer:", 1)[1].splitlines() if ln.startswith("Address")
+        ]
         assert set(got) == members
         seen_first.add(got[0])
     assert len(seen_first) == 2, "several answers are rotated"
@@ -151,9 +153,22 @@ def test_internal_network_does_not_forward(dnshost: TestHost) -> None:
 def test_files_and_link_environment(dnshost: TestHost) -> None:
     run_sleeper(dnshost, "pg", "-e", "SECRET=x", "--expose", "5432")
     run_sleeper(
-        dnshost, "client", "--link", "pg:database", "--add-host", "gw:host-gateway",
-        "--add-host", "other:10.1.2.3", "-h", "client.local", "--dns", "192.0.2.53",
-        "--dns-search", "example.org", "--dns-option", "timeout:1",
+        dnshost,
+        "client",
+        "--link",
+        "pg:database",
+        "--add-host",
+        "gw:host-gateway",
+        "--add-host",
+        "other:10.1.2.3",
+        "-h",
+        "client.local",
+        "--dns",
+        "192.0.2.53",
+        "--dns-search",
+        "example.org",
+        "--dns-option",
+        "timeout:1",
     )
     try:
         pg_ip = inspect(dnshost, "pg")[0]["NetworkSettings"]["Networks"]["bridge"]["IPAddress"]

@@ -31,13 +31,28 @@ class SecondDaemon:
         self.proc: subprocess.Popen | None = None
 
     def argv(self, *extra: str) -> list[str]:
-        return [venv_bin("cnmd"), "-H", f"unix://{self.socket}", "--data-root", str(self.data_root),
-                "--exec-root", str(self.exec_root), "--bridge-name", "cnm1", "--log-level", "debug",
-                "--cgroup-parent", self.cgroup_parent, *extra]
+        return [
+            venv_bin("cnmd"),
+            "-H",
+            f"unix://{self.socket}",
+            "--data-root",
+            str(self.data_root),
+            "--exec-root",
+            str(self.exec_root),
+            "--bridge-name",
+            "cnm1",
+            "--log-level",
+            "debug",
+            "--cgroup-parent",
+            self.cgroup_parent,
+            *extra,
+        ]
 
     def start(self) -> None:
         with open(self.log, "ab") as log:
-            self.proc = self.host.spawn(self.argv(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = self.host.spawn(
+                self.argv(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         ok = wait_for(self.ping, timeout=30, interval=0.1)
         assert ok, f"second cnmd did not answer: {self.log.read_text()[-3000:]}"
 
@@ -59,8 +74,12 @@ class SecondDaemon:
         self.proc.wait(timeout=30)
 
     def cnm(self, *args: str, check: bool = True, timeout: float = 90) -> subprocess.CompletedProcess:
-        return self.host.run([venv_bin("cnm"), "-H", f"unix://{self.socket}", *args], check=check,
-                             timeout=timeout, env=NO_AUTOSTART)
+        return self.host.run(
+            [venv_bin("cnm"), "-H", f"unix://{self.socket}", *args],
+            check=check,
+            timeout=timeout,
+            env=NO_AUTOSTART,
+        )
 
 
 def links(host: TestHost) -> set[str]:
@@ -135,7 +154,9 @@ def test_iptables_backend_refuses_to_share_a_namespace(fresh_cnmhost: TestHost) 
     assert "the iptables backend's chains (CNM, CNM-FORWARD ...) cannot be shared" in result.stderr
 
 
-def test_a_second_daemon_on_the_same_bridge_name_is_refused_and_changes_nothing(fresh_cnmhost: TestHost) -> None:
+def test_a_second_daemon_on_the_same_bridge_name_is_refused_and_changes_nothing(
+    fresh_cnmhost: TestHost,
+) -> None:
     a = fresh_cnmhost
     a.cnm("network", "create", "--subnet", "10.84.0.0/24", "neta")
     before = (links(a), nft_tables(a), chains(a, "cnm"))
@@ -161,11 +182,14 @@ def test_cli_never_starts_a_daemon_for_a_named_socket(testhost: TestHost, how: s
     named socket nobody serves is an error, and no cnmd starts anywhere."""
     assert private_default_roots(testhost)
     env = {"CNM_NO_AUTOSTART": "", "CNM_HOST": "unix:///nonexistent"}
-    argv = [venv_bin("cnm"), "ps"] if how == "CNM_HOST" else [venv_bin("cnm"), "-H", "unix:///nonexistent", "ps"]
+    argv = (
+        [venv_bin("cnm"), "ps"] if how == "CNM_HOST" else [venv_bin("cnm"), "-H", "unix:///nonexistent", "ps"]
+    )
     result = testhost.run(argv, check=False, env=env, timeout=60)
     assert result.returncode == 1
-    assert result.stderr == ("Cannot connect to the cnm daemon at unix:///nonexistent. "
-                             "Is the cnm daemon running?\n")
+    assert result.stderr == (
+        "Cannot connect to the cnm daemon at unix:///nonexistent. Is the cnm daemon running?\n"
+    )
     time.sleep(0.5)  # a detached cnmd would be starting now
     procs = testhost.run(["ps", "-eo", "args"]).stdout
     assert "cnmd" not in procs, procs
@@ -186,8 +210,10 @@ def test_autostart_only_on_free_default_roots(testhost: TestHost) -> None:
     testhost.run(["rm", "/run/cnm/cnm.sock"])
     second = testhost.run([venv_bin("cnm"), "ps"], check=False, env=env, timeout=60)
     assert second.returncode == 1
-    assert second.stderr == ("Cannot connect to the cnm daemon at unix:///run/cnm/cnm.sock: a cnmd "
-                             f"(pid {pid}) holds /var/lib/cnm but does not answer on /run/cnm/cnm.sock; "
-                             "it may be starting or stuck\n")
+    assert second.stderr == (
+        "Cannot connect to the cnm daemon at unix:///run/cnm/cnm.sock: a cnmd "
+        f"(pid {pid}) holds /var/lib/cnm but does not answer on /run/cnm/cnm.sock; "
+        "it may be starting or stuck\n"
+    )
     procs = [line for line in testhost.run(["ps", "-eo", "pid,args"]).stdout.splitlines() if "cnmd" in line]
     assert len(procs) == 1 and procs[0].split()[0] == pid, procs

@@ -17,8 +17,19 @@ def test_fifty_parallel_containers(fresh_cnmhost: TestHost) -> None:
     names = [f"p{i:02d}" for i in range(COUNT)]
 
     def start(name: str) -> int:
-        proc = host.cnm("run", "-d", "--name", name, "--network", "par", "busybox", "sleep", "1d",
-                        check=False, timeout=240)
+        proc = host.cnm(
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "par",
+            "busybox",
+            "sleep",
+            "1d",
+            check=False,
+            timeout=240,
+        )
         return proc.returncode if proc.returncode == 0 else (proc.returncode, proc.stderr)
 
     with ThreadPoolExecutor(max_workers=COUNT) as pool:
@@ -34,5 +45,7 @@ def test_fifty_parallel_containers(fresh_cnmhost: TestHost) -> None:
     assert len(bridge_ports(host, bridge_of(host, "par"))) == COUNT
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        reached = dict(zip(names, pool.map(lambda n: pings(host, n, "10.50.0.1", wait=3), names), strict=True))
+        reached = dict(
+            zip(names, pool.map(lambda n: pings(host, n, "10.50.0.1", wait=3), names), strict=True)
+        )
     assert [n for n, ok in reached.items() if not ok] == []

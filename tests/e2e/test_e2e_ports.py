@@ -46,8 +46,15 @@ def web(host: TestHost, name: str, *flags: str, port: int = 80) -> str:
     script = f"mkdir -p /www && echo hello-{name} > /www/index.html && exec httpd -f -p {port} -h /www"
     cid = host.cnm("run", "-d", "--name", name, *flags, "busybox", "sh", "-c", script).stdout.strip()
     # wait until httpd listens inside
-    assert wait_for(lambda: host.cnm("exec", name, "timeout", "2", "wget", "-qO-", f"http://127.0.0.1:{port}/",
-                                     check=False).returncode == 0, timeout=10)
+    assert wait_for(
+        lambda: (
+            host.cnm(
+                "exec", name, "timeout", "2", "wget", "-qO-", f"http://127.0.0.1:{port}/", check=False
+            ).returncode
+            == 0
+        ),
+        timeout=10,
+    )
     return cid
 
 
@@ -103,8 +110,9 @@ def test_loopback_binding_is_not_reachable_from_the_world(porthost: TestHost) ->
         assert fetch_host(porthost, f"http://{HOST_IP}:8081/") is None, "bound to 127.0.0.1 only"
         # even a packet addressed to 127.0.0.1 arriving from the world must not get in
         porthost.world(["ip", "route", "add", "127.0.0.1/32", "via", HOST_IP], check=False)
-        r = porthost.world(["busybox", "timeout", "2", "busybox", "wget", "-qO-", "http://127.0.0.1:8081/"],
-                           check=False)
+        r = porthost.world(
+            ["busybox", "timeout", "2", "busybox", "wget", "-qO-", "http://127.0.0.1:8081/"], check=False
+        )
         assert "hello-lo8081" not in r.stdout
     finally:
         porthost.world(["ip", "route", "del", "127.0.0.1/32"], check=False)
@@ -141,20 +149,31 @@ def test_publish_all_and_ranges(porthost: TestHost) -> None:
 def test_port_conflicts_are_clear_and_leave_nothing(porthost: TestHost) -> None:
     web(porthost, "first", "-p", "8083:80")
     holder = porthost.spawn(
-        ["python3", "-c", "import socket,time;s=socket.socket();s.bind(('0.0.0.0',8084));s.listen();"
-         "print('up',flush=True);time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            "python3",
+            "-c",
+            "import socket,time;s=socket.socket();s.bind(('0.0.0.0',8084));s.listen();"
+            "print('up',flush=True);time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "up"
-        r = porthost.cnm("run", "-d", "--name", "second", "-p", "8083:80", "busybox", "sleep", "1d", check=False)
+        r = porthost.cnm(
+            "run", "-d", "--name", "second", "-p", "8083:80", "busybox", "sleep", "1d", check=False
+        )
         assert r.returncode != 0 and "already allocated" in r.stderr
-        r = porthost.cnm("run", "-d", "--name", "third", "-p", "8084:80", "busybox", "sleep", "1d", check=False)
+        r = porthost.cnm(
+            "run", "-d", "--name", "third", "-p", "8084:80", "busybox", "sleep", "1d", check=False
+        )
         assert r.returncode != 0 and "address already in use" in r.stderr
         for name in ("second", "third"):
             state = inspect(porthost, name)[0]["State"]
             assert not state["Running"]
-        assert fetch_world(porthost, f"http://{HOST_IP}:8083/") == "hello-first", "the first mapping is intact"
+        assert fetch_world(porthost, f"http://{HOST_IP}:8083/") == "hello-first", (
+            "the first mapping is intact"
+        )
     finally:
         holder.kill()
         porthost.cnm("rm", "-f", "first", "second", "third", check=False)
@@ -163,8 +182,20 @@ def test_port_conflicts_are_clear_and_leave_nothing(porthost: TestHost) -> None:
 def test_internal_network_is_not_published(porthost: TestHost) -> None:
     porthost.cnm("network", "create", "--internal", "sealed")
     try:
-        porthost.cnm("run", "-d", "--name", "hidden", "--network", "sealed", "-p", "8085:80", "busybox",
-                     "sh", "-c", "mkdir /www; echo x > /www/index.html; exec httpd -f -p 80 -h /www")
+        porthost.cnm(
+            "run",
+            "-d",
+            "--name",
+            "hidden",
+            "--network",
+            "sealed",
+            "-p",
+            "8085:80",
+            "busybox",
+            "sh",
+            "-c",
+            "mkdir /www; echo x > /www/index.html; exec httpd -f -p 80 -h /www",
+        )
         time.sleep(0.5)
         assert fetch_world(porthost, f"http://{HOST_IP}:8085/") is None
         assert fetch_host(porthost, "http://127.0.0.1:8085/") is None
@@ -193,8 +224,9 @@ def test_rules_come_back_after_an_outside_flush_and_a_restart(porthost: TestHost
             porthost.run(["nft", "flush", "ruleset"])
         else:
             porthost.sh("iptables -t nat -F; iptables -F; iptables -t raw -F")
-        assert wait_for(lambda: fetch_world(porthost, f"http://{HOST_IP}:8087/") == "hello-heal", timeout=6), \
-            "cnmd puts its rules back within 5 s"
+        assert wait_for(
+            lambda: fetch_world(porthost, f"http://{HOST_IP}:8087/") == "hello-heal", timeout=6
+        ), "cnmd puts its rules back within 5 s"
         porthost.kill_daemon(signal.SIGKILL)
         porthost.start_daemon("--firewall-backend", backend, f"--userland-proxy={str(_proxy).lower()}")
         assert fetch_world(porthost, f"http://{HOST_IP}:8087/") == "hello-heal"
@@ -219,8 +251,9 @@ def test_udp_port(porthost: TestHost) -> None:
     namespace (its network stack is what is tested)."""
     porthost.cnm("run", "-d", "--name", "udp", "-p", "5300:53/udp", "busybox", "sleep", "1d")
     key = inspect(porthost, "udp")[0]["NetworkSettings"]["SandboxKey"]
-    server = porthost.spawn(["nsenter", f"--net={key}", "python3", "-c", UDP_ECHO],
-                            stdout=subprocess.PIPE, text=True)
+    server = porthost.spawn(
+        ["nsenter", f"--net={key}", "python3", "-c", UDP_ECHO], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert server.stdout is not None and server.stdout.readline().strip() == "up"
         r = porthost.world(["python3", "-c", UDP_ASK.format(ip=HOST_IP, port=5300)], check=False)
@@ -242,4 +275,3 @@ def test_nothing_left_after_removal(porthost: TestHost) -> None:
         ruleset = porthost.run(["iptables-save"]).stdout
     assert "8088" not in ruleset and "8089" not in ruleset
     assert can_bind(porthost, 8088) and can_bind(porthost, 8089, "127.0.0.1")
-

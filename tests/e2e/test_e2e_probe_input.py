@@ -38,19 +38,40 @@ CASES = {
     "subnet-class-e-400": ("POST", "/networks/create", _net("e4", "240.0.0.0/4"), 400, ["240.0.0.0/4"]),
     "name-nul-400": ("POST", "/networks/create", _net("a\x00b"), 400, ["invalid network name"]),
     "disconnect-running-not-connected-404": (
-        "POST", "/networks/pnet/disconnect", {"Container": "p2"}, 404, ["not connected"]),
+        "POST",
+        "/networks/pnet/disconnect",
+        {"Container": "p2"},
+        404,
+        ["not connected"],
+    ),
     "disconnect-created-not-connected-404": (
-        "POST", "/networks/bridge/disconnect", {"Container": "p3"}, 404, ["not connected"]),
+        "POST",
+        "/networks/bridge/disconnect",
+        {"Container": "p3"},
+        404,
+        ["not connected"],
+    ),
     "connect-zero-mac-400": (
-        "POST", "/networks/pnet/connect", {"Container": "p2", "EndpointConfig": {"MacAddress": "00:00:00:00:00:00"}},
-        400, ["00:00:00:00:00:00"]),
+        "POST",
+        "/networks/pnet/connect",
+        {"Container": "p2", "EndpointConfig": {"MacAddress": "00:00:00:00:00:00"}},
+        400,
+        ["00:00:00:00:00:00"],
+    ),
     "create-zero-mac-400": (
-        "POST", "/containers/create?name=zmac", {**_ctr(NetworkMode="pnet"), "MacAddress": "00:00:00:00:00:00"},
-        400, ["00:00:00:00:00:00"]),
+        "POST",
+        "/containers/create?name=zmac",
+        {**_ctr(NetworkMode="pnet"), "MacAddress": "00:00:00:00:00:00"},
+        400,
+        ["00:00:00:00:00:00"],
+    ),
     "create-host-port-twice-400": (
-        "POST", "/containers/create?name=twice",
+        "POST",
+        "/containers/create?name=twice",
         _ctr(PortBindings={"80/tcp": [{"HostPort": "8080"}], "81/tcp": [{"HostPort": "8080"}]}),
-        400, ["8080", "twice"]),
+        400,
+        ["8080", "twice"],
+    ),
 }
 
 
@@ -74,8 +95,12 @@ def test_deeply_nested_json_is_400(world: TestHost) -> None:
     before = _state(world)
     conn = _UnixHTTPConnection(str(world.socket_path), 30)
     try:
-        conn.request("POST", "/networks/create", body=b'{"Name":"deep","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
-                     headers={"Content-Type": "application/json"})
+        conn.request(
+            "POST",
+            "/networks/create",
+            body=b'{"Name":"deep","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+            headers={"Content-Type": "application/json"},
+        )
         reply = conn.getresponse()
         assert reply.status == 400 and b"nested too deeply" in reply.read()
     finally:
@@ -86,8 +111,11 @@ def test_deeply_nested_json_is_400(world: TestHost) -> None:
 def test_host_ip_not_on_this_host_is_400_at_start(world: TestHost) -> None:
     """Docker fails the start with a 500 ("cannot assign requested address"); cnm says 400
     and names the address.  The container stays Created, as with Docker."""
-    resp = world.api("POST", "/containers/create?name=farip",
-                     _ctr(PortBindings={"80/tcp": [{"HostIp": "8.8.8.8", "HostPort": "8082"}]}))
+    resp = world.api(
+        "POST",
+        "/containers/create?name=farip",
+        _ctr(PortBindings={"80/tcp": [{"HostIp": "8.8.8.8", "HostPort": "8082"}]}),
+    )
     assert resp.status == 201, resp.body
     try:
         before = kernel_state(world)

@@ -71,7 +71,9 @@ class Tally:
         return "\n".join(lines)
 
 
-def call(host: TestHost, tally: Tally, op: str, method: str, path: str, body: Any = None) -> ApiResponse | None:
+def call(
+    host: TestHost, tally: Tally, op: str, method: str, path: str, body: Any = None
+) -> ApiResponse | None:
     try:
         resp = host.api(method, path, body, timeout=REQUEST_TIMEOUT)
     except OSError as exc:  # a hung or dropped request is a failure too
@@ -95,8 +97,21 @@ def container_body(rng: random.Random) -> dict[str, Any]:
 def one_op(host: TestHost, tally: Tally, rng: random.Random) -> None:
     c, n = rng.choice(CONTAINERS), rng.choice(NETWORKS)
     kind = rng.choices(
-        ("run", "create", "start", "stop", "kill", "restart", "rename", "connect", "disconnect", "rm",
-         "net-create", "net-rm", "prune"),
+        (
+            "run",
+            "create",
+            "start",
+            "stop",
+            "kill",
+            "restart",
+            "rename",
+            "connect",
+            "disconnect",
+            "rm",
+            "net-create",
+            "net-rm",
+            "prune",
+        ),
         weights=(14, 4, 6, 3, 3, 2, 3, 14, 10, 10, 8, 8, 1),
     )[0]
     if kind in ("run", "create"):
@@ -116,11 +131,20 @@ def one_op(host: TestHost, tally: Tally, rng: random.Random) -> None:
     elif kind == "connect":
         call(host, tally, "connect", "POST", f"/networks/{n}/connect", {"Container": c})
     elif kind == "disconnect":
-        call(host, tally, "disconnect", "POST", f"/networks/{n}/disconnect", {"Container": c, "Force": rng.random() < 0.3})
+        call(
+            host,
+            tally,
+            "disconnect",
+            "POST",
+            f"/networks/{n}/disconnect",
+            {"Container": c, "Force": rng.random() < 0.3},
+        )
     elif kind == "rm":
         call(host, tally, "rm", "DELETE", f"/containers/{c}?force=1")
     elif kind == "net-create":
-        call(host, tally, "net-create", "POST", "/networks/create", {"Name": n, "Internal": rng.random() < 0.2})
+        call(
+            host, tally, "net-create", "POST", "/networks/create", {"Name": n, "Internal": rng.random() < 0.2}
+        )
     elif kind == "net-rm":
         call(host, tally, "net-rm", "DELETE", f"/networks/{n}")
     else:
@@ -193,7 +217,12 @@ def race_round(host: TestHost, tally: Tally, round_: int) -> None:
 def test_network_rm_races_connect_and_run(fresh_cnmhost: TestHost) -> None:
     host = fresh_cnmhost
     for name in STAYING:
-        assert host.api("POST", f"/containers/create?name={name}", {"Image": "busybox", "Cmd": ["sleep", "1d"]}).status == 201
+        assert (
+            host.api(
+                "POST", f"/containers/create?name={name}", {"Image": "busybox", "Cmd": ["sleep", "1d"]}
+            ).status
+            == 201
+        )
         assert host.api("POST", f"/containers/{name}/start").status == 204
     tally = Tally()
     for round_ in range(12):
@@ -217,8 +246,10 @@ def test_stress(fresh_cnmhost: TestHost) -> None:
     started = time.monotonic()
     tally = stress(host, seconds, seed)
     elapsed = time.monotonic() - started
-    print(f"\nstress: seed {seed}, {WORKERS} workers, {elapsed:.1f} s, {tally.total()} requests "
-          f"({tally.total() / elapsed:.1f}/s):\n{tally.report()}")
+    print(
+        f"\nstress: seed {seed}, {WORKERS} workers, {elapsed:.1f} s, {tally.total()} requests "
+        f"({tally.total() / elapsed:.1f}/s):\n{tally.report()}"
+    )
     assert tally.failures == [], "\n".join(tally.failures[:30])
     assert_consistent(host)
     clean_up(host)
@@ -262,8 +293,12 @@ def test_checker_sees_planted_faults(fresh_cnmhost: TestHost) -> None:
 @pytest.mark.daemon_flags("--firewall-backend", "iptables")
 def test_checker_sees_lost_dnat_rule_with_iptables(fresh_cnmhost: TestHost) -> None:
     host = fresh_cnmhost
-    cid = host.cnm("run", "-d", "--name", "web", "-p", "18090:80", "busybox", "sleep", "1d").stdout.split()[-1]
+    cid = host.cnm("run", "-d", "--name", "web", "-p", "18090:80", "busybox", "sleep", "1d").stdout.split()[
+        -1
+    ]
     assert problems(host) == []
-    endpoint = host.api("GET", f"/containers/{cid}/json").json()["NetworkSettings"]["Networks"]["bridge"]["EndpointID"]
+    endpoint = host.api("GET", f"/containers/{cid}/json").json()["NetworkSettings"]["Networks"]["bridge"][
+        "EndpointID"
+    ]
     host.run(["iptables", "-t", "nat", "-F", f"CNM-P-{endpoint[:12]}"])
     assert f"port tcp/18090 of endpoint {endpoint[:12]}: no DNAT rule" in "\n".join(problems(host))

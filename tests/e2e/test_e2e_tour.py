@@ -49,8 +49,16 @@ def cnmd_cmdline(host: TestHost) -> list[str]:
 
 
 def check_run(out: str) -> None:
-    for expected in ("$ cnm network ls", "$ cnm network inspect bridge", "iflink", "master cnm0",
-                     "$ cnm exec tour-a ping", "isolated", "nft list table ip cnm", "Tour complete."):
+    for expected in (
+        "$ cnm network ls",
+        "$ cnm network inspect bridge",
+        "iflink",
+        "master cnm0",
+        "$ cnm exec tour-a ping",
+        "isolated",
+        "nft list table ip cnm",
+        "Tour complete.",
+    ):
         assert expected in out, f"tour output lacks {expected!r}"
 
     names = section(out, "Names on a user-defined network")
@@ -67,8 +75,9 @@ def check_run(out: str) -> None:
     assert f"0.0.0.0:{PORT}->80/tcp" in ports, "cnm ps shows the PORTS column"
 
     nat = section(out, "The NAT rules")
-    assert re.search(rf"tcp \. {PORT} comment \"cnm:[0-9a-f]+\" : 172\.17\.0\.\d+ \. 80", nat), \
+    assert re.search(rf"tcp \. {PORT} comment \"cnm:[0-9a-f]+\" : 172\.17\.0\.\d+ \. 80", nat), (
         "the DNAT map holds tour-web's port (its owner in the comment)"
+    )
     assert '"cnmd"' in listeners(nat)[PORT], "kernel mode: cnmd holds the port"
 
     proxy = section(out, "The userland proxy")
@@ -100,7 +109,7 @@ def test_tour_runs_and_is_idempotent(fresh_cnmhost: TestHost) -> None:
         assert printed == documented_steps(), "docs/tour.md describes the steps the tour prints"
     after = cnmd_cmdline(fresh_cnmhost)
     assert "--userland-proxy" not in " ".join(after), "the tour put cnmd back in kernel mode"
-    assert after[-len(before) + 1:] == before[1:], "cnmd runs with the flags it had before the tour"
+    assert after[-len(before) + 1 :] == before[1:], "cnmd runs with the flags it had before the tour"
     assert fresh_cnmhost.cnm("ps", "-a", "-q").stdout.split() == []
     networks = fresh_cnmhost.cnm("network", "ls").stdout
     assert "tour-net" not in networks and "tour-other" not in networks

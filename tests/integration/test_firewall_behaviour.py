@@ -415,8 +415,9 @@ asyncio.run(main())
 
 
 def _run(tmp_path, body: str, backend: str) -> dict:
-    proc = run_script(tmp_path, textwrap.dedent(COMMON) + textwrap.dedent(body), backend, name="fw_script.py",
-                      timeout=300)
+    proc = run_script(
+        tmp_path, textwrap.dedent(COMMON) + textwrap.dedent(body), backend, name="fw_script.py", timeout=300
+    )
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

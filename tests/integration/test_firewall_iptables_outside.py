@@ -14,7 +14,7 @@ from throwaway import have, run_script
 
 pytestmark = pytest.mark.root
 
-SCRIPT = r'''
+SCRIPT = r"""
 import asyncio, json, subprocess, sys
 from ipaddress import IPv4Address, IPv4Network
 
@@ -85,11 +85,13 @@ async def main():
 
 
 asyncio.run(main())
-'''
+"""
 
 
-@pytest.mark.skipif(not have("iptables-nft-restore", "iptables-legacy-restore"),
-                    reason="needs root, unshare and both iptables variants")
+@pytest.mark.skipif(
+    not have("iptables-nft-restore", "iptables-legacy-restore"),
+    reason="needs root, unshare and both iptables variants",
+)
 @pytest.mark.parametrize("variant", ["iptables-nft", "iptables-legacy"])
 def test_changes_land_when_cnms_chains_change_behind_its_back(tmp_path, variant):
     proc = run_script(tmp_path, textwrap.dedent(SCRIPT), variant, name="ipt_outside.py", timeout=120)

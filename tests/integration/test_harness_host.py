@@ -41,7 +41,9 @@ socketserver.UnixStreamServer(path, Handler).serve_forever()
 def test_host_is_built_as_designed(testhost: TestHost) -> None:
     addrs = {
         (a["ifname"], f"{i['local']}/{i['prefixlen']}")
-        for a in testhost.ip_json("addr", "show") for i in a["addr_info"] if i["family"] == "inet"
+        for a in testhost.ip_json("addr", "show")
+        for i in a["addr_info"]
+        if i["family"] == "inet"
     }
     assert ("wan0", f"{HOST_ADDR}/24") in addrs
     assert ("lo", "127.0.0.1/8") in addrs

@@ -83,7 +83,9 @@ def assert_nothing_left(tmp: Path, pidns: int) -> None:
 def test_in_sandbox_killed_leaves_nothing(sig: signal.Signals) -> None:
     proc = subprocess.Popen(
         [sys.executable, str(IN_SANDBOX), "--daemon", "--", "sh", "-c", REPORT],
-        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True,
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
         env={**os.environ, "CNM_NO_AUTOSTART": "1"},
     )
     try:
@@ -120,8 +122,14 @@ def test_pytest_killed_inside_a_host_leaves_nothing(tmp_path: Path, how: str) ->
     if how.startswith("timeout"):
         # long enough to build the host and start cnmd on a busy machine, then it fires
         argv += ["--timeout", "60", "--timeout-method", how.removeprefix("timeout-")]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=tmp_path,
-                            start_new_session=True, env={**os.environ, "CNM_NO_AUTOSTART": "1"})
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        cwd=tmp_path,
+        start_new_session=True,
+        env={**os.environ, "CNM_NO_AUTOSTART": "1"},
+    )
     try:
         tmp, pidns = read_report(proc)
         if how == "sigterm":
@@ -138,8 +146,11 @@ def test_reaper_takes_a_host_whose_init_was_never_reported() -> None:
     """Killed between starting ``unshare`` and learning its init's pid: the reaper kills
     ``unshare`` (the one it was told of), and ``--kill-child`` takes the namespace down."""
     host = TestHost()  # its tmp dir and its reaper, no namespaces yet
-    proc = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "sleep", "600"],
-                            stdin=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "sleep", "600"],
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         assert wait_for(lambda: len(_children(proc.pid)) == 1, 20, interval=0.05)
         pidns = _ns_inode(_children(proc.pid)[0], "pid")
@@ -157,7 +168,12 @@ def test_reaper_takes_a_host_whose_init_was_never_reported() -> None:
 
 def test_in_sandbox_keep_log_copies_cnmds_log(tmp_path: Path) -> None:
     kept = tmp_path / "cnmd.log"
-    proc = subprocess.run([sys.executable, str(IN_SANDBOX), "--daemon", "--keep-log", str(kept), "--", "true"],
-                          capture_output=True, text=True, timeout=180, env={**os.environ, "CNM_NO_AUTOSTART": "1"})
+    proc = subprocess.run(
+        [sys.executable, str(IN_SANDBOX), "--daemon", "--keep-log", str(kept), "--", "true"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "CNM_NO_AUTOSTART": "1"},
+    )
     assert proc.returncode == 0, proc.stderr
     assert "start cnmd" in kept.read_text()

@@ -14,7 +14,7 @@ from throwaway import check_ok, have, run_script
 pytestmark = pytest.mark.root
 
 SCRIPT = textwrap.dedent(
-    r'''
+    r"""
     import asyncio, json, os, statistics, subprocess, time
     from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
@@ -195,7 +195,7 @@ SCRIPT = textwrap.dedent(
         print("OK")
 
     asyncio.run(main())
-    '''
+    """
 )
 
 

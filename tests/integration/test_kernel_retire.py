@@ -13,7 +13,7 @@ from throwaway import check_ok, have, run_script
 pytestmark = pytest.mark.root
 
 SCRIPT = textwrap.dedent(
-    r'''
+    r"""
     import asyncio, json, os, subprocess, time
     from ipaddress import IPv4Address, IPv4Interface
 
@@ -107,7 +107,7 @@ SCRIPT = textwrap.dedent(
         print("OK")
 
     asyncio.run(main())
-    '''
+    """
 )
 
 

@@ -441,6 +441,7 @@ class FakeController:
 
         return chunks()
 
+
 class _PollSubscription:
     """The fake's ``attach_output``: polls the controller's canned output."""
 

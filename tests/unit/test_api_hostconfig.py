@@ -24,19 +24,68 @@ def inspect(host: dict | None = None, **config) -> dict:
 
 # What the docker CLI sends for `docker run busybox true` (zero values everywhere).
 DOCKER_CLI_HOST = {
-    "Binds": None, "ContainerIDFile": "", "LogConfig": {"Type": "", "Config": {}}, "NetworkMode": "default",
-    "PortBindings": {}, "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0}, "AutoRemove": False,
-    "VolumeDriver": "", "VolumesFrom": None, "ConsoleSize": [0, 0], "CapAdd": None, "CapDrop": None,
-    "CgroupnsMode": "", "Dns": [], "DnsOptions": [], "DnsSearch": [], "ExtraHosts": None, "GroupAdd": None,
-    "IpcMode": "", "Cgroup": "", "Links": None, "OomScoreAdj": 0, "PidMode": "", "Privileged": False,
-    "PublishAllPorts": False, "ReadonlyRootfs": False, "SecurityOpt": None, "UTSMode": "", "UsernsMode": "",
-    "ShmSize": 0, "Isolation": "", "CpuShares": 0, "Memory": 0, "NanoCpus": 0, "CgroupParent": "",
-    "BlkioWeight": 0, "BlkioWeightDevice": [], "BlkioDeviceReadBps": [], "BlkioDeviceWriteBps": [],
-    "BlkioDeviceReadIOps": [], "BlkioDeviceWriteIOps": [], "CpuPeriod": 0, "CpuQuota": 0,
-    "CpuRealtimePeriod": 0, "CpuRealtimeRuntime": 0, "CpusetCpus": "", "CpusetMems": "", "Devices": [],
-    "DeviceCgroupRules": None, "DeviceRequests": None, "MemoryReservation": 0, "MemorySwap": 0,
-    "MemorySwappiness": None, "OomKillDisable": False, "PidsLimit": None, "Ulimits": None, "CpuCount": 0,
-    "CpuPercent": 0, "IOMaximumIOps": 0, "IOMaximumBandwidth": 0, "MaskedPaths": None, "ReadonlyPaths": None,
+    "Binds": None,
+    "ContainerIDFile": "",
+    "LogConfig": {"Type": "", "Config": {}},
+    "NetworkMode": "default",
+    "PortBindings": {},
+    "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
+    "AutoRemove": False,
+    "VolumeDriver": "",
+    "VolumesFrom": None,
+    "ConsoleSize": [0, 0],
+    "CapAdd": None,
+    "CapDrop": None,
+    "CgroupnsMode": "",
+    "Dns": [],
+    "DnsOptions": [],
+    "DnsSearch": [],
+    "ExtraHosts": None,
+    "GroupAdd": None,
+    "IpcMode": "",
+    "Cgroup": "",
+    "Links": None,
+    "OomScoreAdj": 0,
+    "PidMode": "",
+    "Privileged": False,
+    "PublishAllPorts": False,
+    "ReadonlyRootfs": False,
+    "SecurityOpt": None,
+    "UTSMode": "",
+    "UsernsMode": "",
+    "ShmSize": 0,
+    "Isolation": "",
+    "CpuShares": 0,
+    "Memory": 0,
+    "NanoCpus": 0,
+    "CgroupParent": "",
+    "BlkioWeight": 0,
+    "BlkioWeightDevice": [],
+    "BlkioDeviceReadBps": [],
+    "BlkioDeviceWriteBps": [],
+    "BlkioDeviceReadIOps": [],
+    "BlkioDeviceWriteIOps": [],
+    "CpuPeriod": 0,
+    "CpuQuota": 0,
+    "CpuRealtimePeriod": 0,
+    "CpuRealtimeRuntime": 0,
+    "CpusetCpus": "",
+    "CpusetMems": "",
+    "Devices": [],
+    "DeviceCgroupRules": None,
+    "DeviceRequests": None,
+    "MemoryReservation": 0,
+    "MemorySwap": 0,
+    "MemorySwappiness": None,
+    "OomKillDisable": False,
+    "PidsLimit": None,
+    "Ulimits": None,
+    "CpuCount": 0,
+    "CpuPercent": 0,
+    "IOMaximumIOps": 0,
+    "IOMaximumBandwidth": 0,
+    "MaskedPaths": None,
+    "ReadonlyPaths": None,
 }
 
 
@@ -92,7 +141,9 @@ def test_restart_policy(policy, expected):
     cfg, _ = create({"RestartPolicy": policy})
     assert (cfg.restart_policy, cfg.restart_max) == expected
     assert inspect({"RestartPolicy": policy})["HostConfig"]["RestartPolicy"] == {
-        "Name": expected[0], "MaximumRetryCount": expected[1]}
+        "Name": expected[0],
+        "MaximumRetryCount": expected[1],
+    }
 
 
 @pytest.mark.parametrize(
@@ -115,8 +166,10 @@ def test_bad_restart_policy(host, message):
 def test_binds_mounts_and_tmpfs_are_parsed_and_echoed():
     host = {
         "Binds": ["/tmp:/host:ro", "/srv/data:/data"],
-        "Mounts": [{"Type": "bind", "Source": "/etc", "Target": "/hostetc", "ReadOnly": True},
-                   {"Type": "tmpfs", "Target": "/scratch", "TmpfsOptions": {"SizeBytes": 1048576, "Mode": 0o700}}],
+        "Mounts": [
+            {"Type": "bind", "Source": "/etc", "Target": "/hostetc", "ReadOnly": True},
+            {"Type": "tmpfs", "Target": "/scratch", "TmpfsOptions": {"SizeBytes": 1048576, "Mode": 0o700}},
+        ],
         "Tmpfs": {"/run": "rw,size=64m"},
     }
     cfg, _ = create(host)
@@ -132,12 +185,30 @@ def test_binds_mounts_and_tmpfs_are_parsed_and_echoed():
     assert out["HostConfig"]["Mounts"] == host["Mounts"]
     assert out["HostConfig"]["Tmpfs"] == {"/run": "rw,size=64m"}
     assert out["Mounts"] == [
-        {"Type": "bind", "Source": "/tmp", "Destination": "/host", "Mode": "ro", "RW": False,
-         "Propagation": "rprivate"},
-        {"Type": "bind", "Source": "/srv/data", "Destination": "/data", "Mode": "", "RW": True,
-         "Propagation": "rprivate"},
-        {"Type": "bind", "Source": "/etc", "Destination": "/hostetc", "Mode": "", "RW": False,
-         "Propagation": "rprivate"},
+        {
+            "Type": "bind",
+            "Source": "/tmp",
+            "Destination": "/host",
+            "Mode": "ro",
+            "RW": False,
+            "Propagation": "rprivate",
+        },
+        {
+            "Type": "bind",
+            "Source": "/srv/data",
+            "Destination": "/data",
+            "Mode": "",
+            "RW": True,
+            "Propagation": "rprivate",
+        },
+        {
+            "Type": "bind",
+            "Source": "/etc",
+            "Destination": "/hostetc",
+            "Mode": "",
+            "RW": False,
+            "Propagation": "rprivate",
+        },
         {"Type": "tmpfs", "Source": "", "Destination": "/scratch", "Mode": "", "RW": True, "Propagation": ""},
     ]
 

@@ -796,7 +796,9 @@ async def test_image_import_list_inspect_remove(server):
 
 async def test_image_tag(server):
     ctrl, client, _ = server
-    await client.request("POST", "/images/create?fromSrc=-&repo=busybox", b"T", {"Content-Type": "application/x-tar"})
+    await client.request(
+        "POST", "/images/create?fromSrc=-&repo=busybox", b"T", {"Content-Type": "application/x-tar"}
+    )
     tagged = await client.request("POST", "/v1.51/images/busybox/tag?repo=localhost:5000/team/box&tag=v1")
     assert tagged.status == 201 and tagged.body == b""
     assert "localhost:5000/team/box:v1" in ctrl.find_image("busybox").repo_tags
@@ -811,7 +813,9 @@ async def test_image_tag(server):
 
 async def test_image_load_and_save_refused(server):
     ctrl, client, _ = server
-    reply = await client.request("POST", "/v1.51/images/load?quiet=0", b"ARCHIVE", {"Content-Type": "application/x-tar"})
+    reply = await client.request(
+        "POST", "/v1.51/images/load?quiet=0", b"ARCHIVE", {"Content-Type": "application/x-tar"}
+    )
     assert reply.status == 200 and reply.headers["content-type"].startswith("application/json")
     assert [json.loads(line) for line in reply.body.splitlines()] == [
         {"stream": "Loaded image: app:1\n"},
@@ -840,13 +844,19 @@ async def test_image_labels_listed_and_filtered(server):
 
     ctrl, client, _ = server
 
-    await client.request("POST", "/images/create?fromSrc=-&repo=plain", b"T", {"Content-Type": "application/x-tar"})
+    await client.request(
+        "POST", "/images/create?fromSrc=-&repo=plain", b"T", {"Content-Type": "application/x-tar"}
+    )
     plain = ctrl.find_image("plain")
-    ctrl.imgs["sha256:" + "ef" * 32] = replace(plain, id="sha256:" + "ef" * 32, repo_tags=("app:1",),
-                                               labels={"tier": "web", "team": "a"})
+    ctrl.imgs["sha256:" + "ef" * 32] = replace(
+        plain, id="sha256:" + "ef" * 32, repo_tags=("app:1",), labels={"tier": "web", "team": "a"}
+    )
     query = quote(json.dumps({"label": ["tier=web"]}))
     listed = (await client.request("GET", f"/images/json?filters={query}")).json()
-    assert [i["RepoTags"] for i in listed] == [["app:1"]] and listed[0]["Labels"] == {"tier": "web", "team": "a"}
+    assert [i["RepoTags"] for i in listed] == [["app:1"]] and listed[0]["Labels"] == {
+        "tier": "web",
+        "team": "a",
+    }
     query = quote(json.dumps({"label": ["tier=db"]}))
     assert (await client.request("GET", f"/images/json?filters={query}")).json() == []
     inspect = (await client.request("GET", "/images/app:1/json")).json()
@@ -881,11 +891,15 @@ async def test_restarting_container_is_listed_without_all(server):
     from dataclasses import replace
 
     ctrl, client, _ = server
-    cid = await _create(client, {"Image": "busybox", "Cmd": ["false"],
-                                 "HostConfig": {"RestartPolicy": {"Name": "always"}}}, "flaky")
+    cid = await _create(
+        client,
+        {"Image": "busybox", "Cmd": ["false"], "HostConfig": {"RestartPolicy": {"Name": "always"}}},
+        "flaky",
+    )
     c = ctrl.ctrs[cid]
-    ctrl.ctrs[cid] = replace(c, state=replace(c.state, status="restarting", exit_code=1,
-                                              finished_at="2026-01-01T00:00:00Z"))
+    ctrl.ctrs[cid] = replace(
+        c, state=replace(c.state, status="restarting", exit_code=1, finished_at="2026-01-01T00:00:00Z")
+    )
     items = (await client.request("GET", "/containers/json")).json()
     assert [i["Names"] for i in items] == [["/flaky"]]
     assert items[0]["Status"].startswith("Restarting (1) ")
@@ -903,8 +917,10 @@ async def test_logs_timestamps_since_until(server):
     ctrl.logs[cid] = [(1, b"a\n"), (2, b"b\n"), (1, b"c\n")]  # the fake stamps them 1 s, 2 s, 3 s
     ctrl.exited[cid].set()
     reply = await client.request("GET", f"/containers/{cid}/logs?stdout=1&stderr=1&timestamps=1&since=2")
-    assert _frames(reply.body) == [(2, b"1970-01-01T00:00:02.000000000Z b\n"),
-                                   (1, b"1970-01-01T00:00:03.000000000Z c\n")]
+    assert _frames(reply.body) == [
+        (2, b"1970-01-01T00:00:02.000000000Z b\n"),
+        (1, b"1970-01-01T00:00:03.000000000Z c\n"),
+    ]
     reply = await client.request("GET", f"/containers/{cid}/logs?stdout=1&stderr=1&until=1.5")
     assert _frames(reply.body) == [(1, b"a\n")]
     bad = await client.request("GET", f"/containers/{cid}/logs?stdout=1&since=yesterday")
@@ -925,7 +941,8 @@ async def test_attach_detach_keys_end_the_attach_only(server):
     cid = await _create(client, {"Image": "busybox", "Tty": True, "OpenStdin": True}, "dk")
     await client.request("POST", f"/containers/{cid}/start")
     reader, writer = await client.open(
-        "POST", f"/containers/{cid}/attach?stdin=1&stdout=1&stderr=1&stream=1&detachKeys=ctrl-a,x",
+        "POST",
+        f"/containers/{cid}/attach?stdin=1&stdout=1&stderr=1&stream=1&detachKeys=ctrl-a,x",
         headers={**_UPGRADE, "Content-Type": "text/plain"},
     )
     assert (await asyncio.wait_for(_read_head(reader), 2))[0] == 101

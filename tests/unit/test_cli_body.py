@@ -11,9 +11,23 @@ from cnm.cli.commands.run import CREATE, RUN
 from cnm.cli.errors import CliError
 from cnm.cli.runopts import create_body, validate_extra_host
 
-ZERO_EP = {"IPAMConfig": None, "Links": None, "Aliases": None, "MacAddress": "", "DriverOpts": None,
-           "GwPriority": 0, "NetworkID": "", "EndpointID": "", "Gateway": "", "IPAddress": "", "IPPrefixLen": 0,
-           "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "DNSNames": None}
+ZERO_EP = {
+    "IPAMConfig": None,
+    "Links": None,
+    "Aliases": None,
+    "MacAddress": "",
+    "DriverOpts": None,
+    "GwPriority": 0,
+    "NetworkID": "",
+    "EndpointID": "",
+    "Gateway": "",
+    "IPAddress": "",
+    "IPPrefixLen": 0,
+    "IPv6Gateway": "",
+    "GlobalIPv6Address": "",
+    "GlobalIPv6PrefixLen": 0,
+    "DNSNames": None,
+}
 
 
 def run_body(*argv: str, env: dict | None = None) -> dict:
@@ -37,8 +51,19 @@ def test_single_plain_network_sends_no_endpoint():
 
 
 def test_ip_mac_alias_go_to_the_first_network():
-    body = run_body("--net", "backend", "--ip", "10.10.0.10", "--mac-address", "92:d0:c6:0a:29:33",
-                    "--alias", "api", "--link", "db:d", "busybox")
+    body = run_body(
+        "--net",
+        "backend",
+        "--ip",
+        "10.10.0.10",
+        "--mac-address",
+        "92:d0:c6:0a:29:33",
+        "--alias",
+        "api",
+        "--link",
+        "db:d",
+        "busybox",
+    )
     ep = body["NetworkingConfig"]["EndpointsConfig"]["backend"]
     assert ep["IPAMConfig"] == {"IPv4Address": "10.10.0.10"}
     assert ep["MacAddress"] == "92:d0:c6:0a:29:33"
@@ -55,7 +80,9 @@ def test_default_network_keeps_mac_and_legacy_links():
 
 
 def test_long_network_syntax_and_multiple_networks():
-    body = run_body("--network", "name=front,alias=w,ip=10.0.0.5,driver-opt=k=V", "--network", "back", "busybox")
+    body = run_body(
+        "--network", "name=front,alias=w,ip=10.0.0.5,driver-opt=k=V", "--network", "back", "busybox"
+    )
     eps = body["NetworkingConfig"]["EndpointsConfig"]
     assert eps["front"]["Aliases"] == ["w"] and eps["front"]["DriverOpts"] == {"k": "v"}
     assert eps["front"]["IPAMConfig"] == {"IPv4Address": "10.0.0.5"}
@@ -63,15 +90,22 @@ def test_long_network_syntax_and_multiple_networks():
     assert body["HostConfig"]["NetworkMode"] == "front"
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--network", "bridge", "--alias", "x", "busybox"],
-     "network-scoped aliases are only supported for user-defined networks"),
-    (["--network", "host", "--network", "backend", "busybox"],
-     "conflicting options: cannot attach both user-defined and non-user-defined network-modes"),
-    (["--mac-address", "zz", "busybox"], "zz is not a valid mac address"),
-    (["--network", "a", "--network", "a", "busybox"], 'network "a" is specified multiple times'),
-    (["-p", "1-2:3-5", "busybox"], "invalid ranges specified for container and host Ports: 3-5 and 1-2"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["--network", "bridge", "--alias", "x", "busybox"],
+            "network-scoped aliases are only supported for user-defined networks",
+        ),
+        (
+            ["--network", "host", "--network", "backend", "busybox"],
+            "conflicting options: cannot attach both user-defined and non-user-defined network-modes",
+        ),
+        (["--mac-address", "zz", "busybox"], "zz is not a valid mac address"),
+        (["--network", "a", "--network", "a", "busybox"], 'network "a" is specified multiple times'),
+        (["-p", "1-2:3-5", "busybox"], "invalid ranges specified for container and host Ports: 3-5 and 1-2"),
+    ],
+)
 def test_client_side_validation(argv, message):
     with pytest.raises(ValueError) as err:
         run_body(*argv)
@@ -79,8 +113,23 @@ def test_client_side_validation(argv, message):
 
 
 def test_everything_after_image_is_the_command():
-    body = run_body("-it", "--rm", "-e", "A=1", "-eB", "-w", "/tmp", "-u", "1000", "busybox", "sh", "-c",
-                    "ls -l", "-d", env={"B": "from-cli"})
+    body = run_body(
+        "-it",
+        "--rm",
+        "-e",
+        "A=1",
+        "-eB",
+        "-w",
+        "/tmp",
+        "-u",
+        "1000",
+        "busybox",
+        "sh",
+        "-c",
+        "ls -l",
+        "-d",
+        env={"B": "from-cli"},
+    )
     assert body["Cmd"] == ["sh", "-c", "ls -l", "-d"]
     assert body["Env"] == ["A=1", "B=from-cli"]
     assert body["Tty"] and body["OpenStdin"] and body["StdinOnce"] and body["AttachStdin"]
@@ -89,9 +138,30 @@ def test_everything_after_image_is_the_command():
 
 
 def test_ports_dns_hosts_labels_entrypoint():
-    body = run_body("-p", "8080:80", "-P", "--expose", "443", "--dns", "1.1.1.1", "--dns-search", "x.local",
-                    "--dns-opt", "ndots:2", "--add-host", "db=10.0.0.2", "--add-host", "v6:[::1]",
-                    "-l", "a=b", "-l", "flag", "--entrypoint", "", "busybox")
+    body = run_body(
+        "-p",
+        "8080:80",
+        "-P",
+        "--expose",
+        "443",
+        "--dns",
+        "1.1.1.1",
+        "--dns-search",
+        "x.local",
+        "--dns-opt",
+        "ndots:2",
+        "--add-host",
+        "db=10.0.0.2",
+        "--add-host",
+        "v6:[::1]",
+        "-l",
+        "a=b",
+        "-l",
+        "flag",
+        "--entrypoint",
+        "",
+        "busybox",
+    )
     assert body["ExposedPorts"] == {"443/tcp": {}, "80/tcp": {}}
     hc = body["HostConfig"]
     assert hc["PortBindings"] == {"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}
@@ -106,7 +176,9 @@ def test_flag_validation_errors_exit_125():
     with pytest.raises(CliError) as err:
         F.parse(CREATE, ["--dns", "nope", "busybox"])
     assert err.value.exit_code == 125
-    assert str(err.value).startswith('invalid argument "nope" for "--dns" flag: IP address is not correctly formatted')
+    assert str(err.value).startswith(
+        'invalid argument "nope" for "--dns" flag: IP address is not correctly formatted'
+    )
     with pytest.raises(ValueError, match='bad format for add-host: "x"'):
         validate_extra_host("x")
 
@@ -125,32 +197,72 @@ def network_body(*argv: str) -> dict:
 
 def test_network_create_defaults():
     assert network_body("mynet") == {
-        "Name": "mynet", "Driver": "bridge", "Scope": "",
+        "Name": "mynet",
+        "Driver": "bridge",
+        "Scope": "",
         "IPAM": {"Driver": "default", "Config": [], "Options": {}},
-        "Internal": False, "Attachable": False, "Ingress": False, "ConfigOnly": False, "Options": {}, "Labels": {}}
+        "Internal": False,
+        "Attachable": False,
+        "Ingress": False,
+        "ConfigOnly": False,
+        "Options": {},
+        "Labels": {},
+    }
 
 
 def test_network_create_groups_ipam_by_subnet():
-    body = network_body("--subnet", "172.28.0.0/16", "--ip-range", "172.28.5.0/24", "--gateway", "172.28.5.254",
-                        "--subnet", "10.9.0.0/24", "--aux-address", "a=172.28.1.5", "--aux-address", "b=10.9.0.7",
-                        "--internal", "--ipv6", "-o", "com.docker.network.bridge.enable_icc=false", "n")
+    body = network_body(
+        "--subnet",
+        "172.28.0.0/16",
+        "--ip-range",
+        "172.28.5.0/24",
+        "--gateway",
+        "172.28.5.254",
+        "--subnet",
+        "10.9.0.0/24",
+        "--aux-address",
+        "a=172.28.1.5",
+        "--aux-address",
+        "b=10.9.0.7",
+        "--internal",
+        "--ipv6",
+        "-o",
+        "com.docker.network.bridge.enable_icc=false",
+        "n",
+    )
     assert body["IPAM"]["Config"] == [
-        {"Subnet": "172.28.0.0/16", "IPRange": "172.28.5.0/24", "Gateway": "172.28.5.254",
-         "AuxiliaryAddresses": {"a": "172.28.1.5"}},
-        {"Subnet": "10.9.0.0/24", "AuxiliaryAddresses": {"b": "10.9.0.7"}}]
+        {
+            "Subnet": "172.28.0.0/16",
+            "IPRange": "172.28.5.0/24",
+            "Gateway": "172.28.5.254",
+            "AuxiliaryAddresses": {"a": "172.28.1.5"},
+        },
+        {"Subnet": "10.9.0.0/24", "AuxiliaryAddresses": {"b": "10.9.0.7"}},
+    ]
     assert body["EnableIPv6"] is True and "EnableIPv4" not in body
     assert body["Internal"] is True
     assert body["Options"] == {"com.docker.network.bridge.enable_icc": "false"}
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--gateway", "10.0.0.1", "n"], "every ip-range or gateway must have a corresponding subnet"),
-    (["--subnet", "10.0.0.0/8", "--subnet", "10.1.0.0/16", "n"],
-     "multiple overlapping subnet configuration is not supported"),
-    (["--subnet", "10.0.0.0/24", "--ip-range", "10.1.0.0/25", "n"], "no matching subnet for range 10.1.0.0/25"),
-    (["--subnet", "10.0.0.0/24", "--aux-address", "x=10.2.0.1", "n"], "no matching subnet for aux-address 10.2.0.1"),
-    (["--subnet", "bogus", "n"], "invalid subnet: invalid CIDR address: bogus"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--gateway", "10.0.0.1", "n"], "every ip-range or gateway must have a corresponding subnet"),
+        (
+            ["--subnet", "10.0.0.0/8", "--subnet", "10.1.0.0/16", "n"],
+            "multiple overlapping subnet configuration is not supported",
+        ),
+        (
+            ["--subnet", "10.0.0.0/24", "--ip-range", "10.1.0.0/25", "n"],
+            "no matching subnet for range 10.1.0.0/25",
+        ),
+        (
+            ["--subnet", "10.0.0.0/24", "--aux-address", "x=10.2.0.1", "n"],
+            "no matching subnet for aux-address 10.2.0.1",
+        ),
+        (["--subnet", "bogus", "n"], "invalid subnet: invalid CIDR address: bogus"),
+    ],
+)
 def test_network_create_client_errors(argv, message):
     with pytest.raises(CliError) as err:
         network_body(*argv)
@@ -167,14 +279,36 @@ def test_connect_body_is_a_full_endpoint_settings():
 def test_exec_body_matches_docker():
     v, args, _ = F.parse(EXEC, ["web", "ip", "addr"])
     assert exec_body(v, args[1:], {}, None) == {
-        "User": "", "Privileged": False, "Tty": False, "AttachStdin": False, "AttachStderr": True,
-        "AttachStdout": True, "Detach": False, "DetachKeys": "", "Env": [], "WorkingDir": "", "Cmd": ["ip", "addr"]}
+        "User": "",
+        "Privileged": False,
+        "Tty": False,
+        "AttachStdin": False,
+        "AttachStderr": True,
+        "AttachStdout": True,
+        "Detach": False,
+        "DetachKeys": "",
+        "Env": [],
+        "WorkingDir": "",
+        "Cmd": ["ip", "addr"],
+    }
 
 
 def test_volumes_mounts_tmpfs_and_restart():
-    body = run_body("-v", "/tmp:/host:ro", "-v", "/data", "--mount", "type=bind,src=/etc,dst=/e,readonly",
-                    "--mount", "type=tmpfs,target=/t,tmpfs-size=64m,tmpfs-mode=1770",
-                    "--tmpfs", "/run:rw,size=1m", "--restart", "on-failure:3", "busybox")
+    body = run_body(
+        "-v",
+        "/tmp:/host:ro",
+        "-v",
+        "/data",
+        "--mount",
+        "type=bind,src=/etc,dst=/e,readonly",
+        "--mount",
+        "type=tmpfs,target=/t,tmpfs-size=64m,tmpfs-mode=1770",
+        "--tmpfs",
+        "/run:rw,size=1m",
+        "--restart",
+        "on-failure:3",
+        "busybox",
+    )
     host = body["HostConfig"]
     assert host["Binds"] == ["/tmp:/host:ro"]
     assert body["Volumes"] == {"/data": {}}  # an anonymous volume: the daemon says no

@@ -13,7 +13,9 @@ from cnm.cli.errors import ConnectError
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
-    lambda children: st.lists(children) | st.dictionaries(st.text(), children), max_leaves=20)
+    lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+    max_leaves=20,
+)
 
 
 @given(json_values)
@@ -28,8 +30,10 @@ def test_dumps_is_compact_and_keeps_order():
 def test_quote_and_query():
     assert quote("test 01") == "test%2001"
     assert quote("busybox:1.36", "/:") == "busybox:1.36"
-    assert encode_query({"filters": '{"name":{"x":true}}', "all": None}) == \
-        "?filters=%7B%22name%22%3A%7B%22x%22%3Atrue%7D%7D"
+    assert (
+        encode_query({"filters": '{"name":{"x":true}}', "all": None})
+        == "?filters=%7B%22name%22%3A%7B%22x%22%3Atrue%7D%7D"
+    )
     assert encode_query({}) == ""
 
 

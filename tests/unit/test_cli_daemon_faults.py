@@ -25,10 +25,10 @@ REPLIES = {
     "nothing": b"",
     "status-line": b"HTTP/1.1 200 OK\r\n",
     "half-headers": HEAD_JSON[:30],
-    "short-body": HEAD_JSON + b"Content-Length: 200\r\n\r\n[{\"Id\": \"abc",
-    "short-chunked": HEAD_JSON + b"Transfer-Encoding: chunked\r\n\r\na\r\n[{\"Id\": \"a",
+    "short-body": HEAD_JSON + b'Content-Length: 200\r\n\r\n[{"Id": "abc',
+    "short-chunked": HEAD_JSON + b'Transfer-Encoding: chunked\r\n\r\na\r\n[{"Id": "a',
     "bad-chunk-size": HEAD_JSON + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",
-    "truncated-json": HEAD_JSON + b"Connection: close\r\n\r\n[{\"Id\": \"abc",
+    "truncated-json": HEAD_JSON + b'Connection: close\r\n\r\n[{"Id": "abc',
     "bad-length": HEAD_JSON + b"Content-Length: lots\r\n\r\n[]",
     "reset": None,  # close without reading the request: the client sees ECONNRESET or EPIPE
 }
@@ -74,8 +74,13 @@ def test_daemon_dying_mid_reply_is_a_one_line_error(tmp_path, point, command):
     server = DyingDaemon(path, REPLIES[point])
     try:
         env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": SRC, "CNM_NO_AUTOSTART": "1"}
-        r = subprocess.run([sys.executable, "-m", "cnm.cli", "-H", f"unix://{path}", *command],
-                           capture_output=True, text=True, env=env, timeout=30)
+        r = subprocess.run(
+            [sys.executable, "-m", "cnm.cli", "-H", f"unix://{path}", *command],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+        )
     finally:
         server.close()
     assert r.returncode != 0, (r.stdout, r.stderr)
@@ -113,7 +118,8 @@ def test_refusal_while_a_root_is_held(tmp_path):
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert lock_holder(str(data / LOCK_FILE)) == os.getpid()
         assert refusal(sock, roots, sock) == (
-            f"a cnmd (pid {os.getpid()}) holds {data} but does not answer on {sock}; it may be starting or stuck")
+            f"a cnmd (pid {os.getpid()}) holds {data} but does not answer on {sock}; it may be starting or stuck"
+        )
     finally:
         os.close(fd)
     assert refusal(sock, roots, sock) == ""

@@ -62,16 +62,32 @@ class Handler(socketserver.StreamRequestHandler):
         path, _, qs = target.partition("?")
         from urllib.parse import parse_qsl, unquote
 
-        req = {"method": method, "path": unquote(path), "query": dict(parse_qsl(qs)), "headers": headers,
-               "body": body}
+        req = {
+            "method": method,
+            "path": unquote(path),
+            "query": dict(parse_qsl(qs)),
+            "headers": headers,
+            "body": body,
+        }
         with self.server.fake.lock:
             self.server.fake.requests.append(req)
         return req
 
-    def send(self, status: int, body: object = None, ctype: str = "application/json", extra: str = "") -> None:
-        data = b"" if body is None else (body if isinstance(body, bytes) else (json.dumps(body) + "\n").encode())
-        reason = {200: "OK", 201: "Created", 204: "No Content", 404: "Not Found", 409: "Conflict",
-                  403: "Forbidden", 500: "Internal Server Error"}.get(status, "X")
+    def send(
+        self, status: int, body: object = None, ctype: str = "application/json", extra: str = ""
+    ) -> None:
+        data = (
+            b"" if body is None else (body if isinstance(body, bytes) else (json.dumps(body) + "\n").encode())
+        )
+        reason = {
+            200: "OK",
+            201: "Created",
+            204: "No Content",
+            404: "Not Found",
+            409: "Conflict",
+            403: "Forbidden",
+            500: "Internal Server Error",
+        }.get(status, "X")
         head = f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(data)}\r\n{extra}\r\n"
         self.wfile.write(head.encode() + (b"" if status in (204, 304) else data))
         self.wfile.flush()
@@ -80,8 +96,10 @@ class Handler(socketserver.StreamRequestHandler):
         self.send(status, {"message": message})
 
     def upgrade(self, ctype: str) -> None:
-        self.wfile.write(f"HTTP/1.1 101 UPGRADED\r\nContent-Type: {ctype}\r\nConnection: Upgrade\r\n"
-                         "Upgrade: tcp\r\n\r\n".encode())
+        self.wfile.write(
+            f"HTTP/1.1 101 UPGRADED\r\nContent-Type: {ctype}\r\nConnection: Upgrade\r\n"
+            "Upgrade: tcp\r\n\r\n".encode()
+        )
         self.wfile.flush()
 
     def handle(self) -> None:
@@ -100,18 +118,49 @@ class Handler(socketserver.StreamRequestHandler):
         if m == "GET" and p == "/_ping":
             self.send(200, b"OK", "text/plain")
         elif m == "GET" and p == "/version":
-            self.send(200, {"Platform": {"Name": "cnm"}, "Version": "0.1.0", "ApiVersion": "1.51",
-                            "MinAPIVersion": "1.24", "Os": "linux", "Arch": "amd64",
-                            "Components": [{"Name": "Engine", "Version": "0.1.0", "Details": {
-                                "ApiVersion": "1.51", "MinAPIVersion": "1.24", "Os": "linux", "Arch": "amd64",
-                                "GoVersion": "python3.11", "GitCommit": "abc", "BuildTime": "now",
-                                "Experimental": "false"}}]})
+            self.send(
+                200,
+                {
+                    "Platform": {"Name": "cnm"},
+                    "Version": "0.1.0",
+                    "ApiVersion": "1.51",
+                    "MinAPIVersion": "1.24",
+                    "Os": "linux",
+                    "Arch": "amd64",
+                    "Components": [
+                        {
+                            "Name": "Engine",
+                            "Version": "0.1.0",
+                            "Details": {
+                                "ApiVersion": "1.51",
+                                "MinAPIVersion": "1.24",
+                                "Os": "linux",
+                                "Arch": "amd64",
+                                "GoVersion": "python3.11",
+                                "GitCommit": "abc",
+                                "BuildTime": "now",
+                                "Experimental": "false",
+                            },
+                        }
+                    ],
+                },
+            )
         elif m == "GET" and p == "/networks":
-            self.send(200, [
-                {"Name": "none", "Id": "3" * 64, "Driver": "null", "Scope": "local", "Labels": {}},
-                {"Name": "bridge", "Id": "1" * 64, "Driver": "bridge", "Scope": "local", "Labels": {}},
-                {"Name": "host", "Id": "2" * 64, "Driver": "host", "Scope": "local", "Labels": {}},
-                {"Name": "backend", "Id": NID, "Driver": "bridge", "Scope": "local", "Labels": {"a": "b"}}])
+            self.send(
+                200,
+                [
+                    {"Name": "none", "Id": "3" * 64, "Driver": "null", "Scope": "local", "Labels": {}},
+                    {"Name": "bridge", "Id": "1" * 64, "Driver": "bridge", "Scope": "local", "Labels": {}},
+                    {"Name": "host", "Id": "2" * 64, "Driver": "host", "Scope": "local", "Labels": {}},
+                    {
+                        "Name": "backend",
+                        "Id": NID,
+                        "Driver": "bridge",
+                        "Scope": "local",
+                        "Labels": {"a": "b"},
+                    },
+                ],
+            )
         elif m == "POST" and p == "/networks/create":
             body = json.loads(req["body"])
             if body["Name"] == "backend":
@@ -121,8 +170,16 @@ class Handler(socketserver.StreamRequestHandler):
         elif m == "GET" and p.startswith("/networks/"):
             name = p.split("/")[2]
             if name in ("backend", NID[:6]):
-                self.send(200, {"Name": "backend", "Id": NID, "Driver": "bridge",
-                                "IPAM": {"Config": [{"Subnet": "10.10.0.0/24"}]}, "Containers": {}})
+                self.send(
+                    200,
+                    {
+                        "Name": "backend",
+                        "Id": NID,
+                        "Driver": "bridge",
+                        "IPAM": {"Config": [{"Subnet": "10.10.0.0/24"}]},
+                        "Containers": {},
+                    },
+                )
             else:
                 self.error(404, f"network {name} not found")
         elif m == "DELETE" and p.startswith("/networks/"):
@@ -147,7 +204,9 @@ class Handler(socketserver.StreamRequestHandler):
                 self.send(201, {"Id": CID, "Warnings": ["something to note"]})
         elif m == "POST" and p.endswith("/wait"):
             # the head at once (docker run waits for it before starting), the body at exit
-            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+            self.wfile.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
             self.wfile.flush()
             if not fake.started.wait(10):
                 return False
@@ -174,27 +233,55 @@ class Handler(socketserver.StreamRequestHandler):
             name = p.split("/")[2]
             self.send(204) if name == "web" else self.error(404, f"No such container: {name}")
         elif m == "GET" and p == "/containers/json":
-            self.send(200, [{"Id": CID, "Names": ["/web"], "Image": "busybox", "ImageID": IMG,
-                             "Command": "httpd -f -p 80", "Created": 1, "State": "running",
-                             "Status": "Up 5 seconds",
-                             "Ports": [{"IP": "0.0.0.0", "PrivatePort": 80, "PublicPort": 8080, "Type": "tcp"},
-                                       {"PrivatePort": 443, "Type": "tcp"}],
-                             "Labels": {}, "NetworkSettings": {"Networks": {"bridge": {}}}}])
+            self.send(
+                200,
+                [
+                    {
+                        "Id": CID,
+                        "Names": ["/web"],
+                        "Image": "busybox",
+                        "ImageID": IMG,
+                        "Command": "httpd -f -p 80",
+                        "Created": 1,
+                        "State": "running",
+                        "Status": "Up 5 seconds",
+                        "Ports": [
+                            {"IP": "0.0.0.0", "PrivatePort": 80, "PublicPort": 8080, "Type": "tcp"},
+                            {"PrivatePort": 443, "Type": "tcp"},
+                        ],
+                        "Labels": {},
+                        "NetworkSettings": {"Networks": {"bridge": {}}},
+                    }
+                ],
+            )
         elif m == "GET" and p.startswith("/containers/") and p.endswith("/json"):
             name = p.split("/")[2]
             if name not in ("web", CID):
                 self.error(404, f"No such container: {name}")
             else:
-                self.send(200, {"Id": CID, "Name": "/web", "Config": {"MacAddress": "92:d0:c6:0a:29:33",
-                                                                       "Tty": False},
-                                "NetworkSettings": {"Ports": {
-                                    "80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"},
-                                               {"HostIp": "::", "HostPort": "8080"}],
-                                    "53/udp": None}}})
+                self.send(
+                    200,
+                    {
+                        "Id": CID,
+                        "Name": "/web",
+                        "Config": {"MacAddress": "92:d0:c6:0a:29:33", "Tty": False},
+                        "NetworkSettings": {
+                            "Ports": {
+                                "80/tcp": [
+                                    {"HostIp": "0.0.0.0", "HostPort": "8080"},
+                                    {"HostIp": "::", "HostPort": "8080"},
+                                ],
+                                "53/udp": None,
+                            }
+                        },
+                    },
+                )
         elif m == "GET" and p.endswith("/logs"):
             data = frame(1, b"line one\n") + frame(2, b"line two\n")
-            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.docker.multiplexed-stream\r\n"
-                             b"Transfer-Encoding: chunked\r\n\r\n")
+            self.wfile.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.docker.multiplexed-stream\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n"
+            )
             for piece in (data[:5], data[5:]):  # a frame split across chunks
                 self.wfile.write(b"%x\r\n%b\r\n" % (len(piece), piece))
             self.wfile.write(b"0\r\n\r\n")
@@ -210,8 +297,9 @@ class Handler(socketserver.StreamRequestHandler):
                 self.send(200, b"", "text/plain")
                 return True
             self.upgrade("application/vnd.docker.multiplexed-stream")
-            attach_stdin = any(json.loads(r["body"]).get("AttachStdin") for r in fake.requests
-                               if r["path"].endswith("/exec"))
+            attach_stdin = any(
+                json.loads(r["body"]).get("AttachStdin") for r in fake.requests if r["path"].endswith("/exec")
+            )
             if attach_stdin:  # echo stdin until the client half-closes
                 while chunk := self.connection.recv(65536):
                     self.wfile.write(frame(1, b"got:" + chunk))
@@ -252,8 +340,13 @@ SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 def cnm(sock: str, *args: str, stdin: bytes = b"", env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": SRC, "CNM_NO_AUTOSTART": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "cnm.cli", "-H", f"unix://{sock}", *args], input=stdin,
-                          capture_output=True, env=full_env, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "cnm.cli", "-H", f"unix://{sock}", *args],
+        input=stdin,
+        capture_output=True,
+        env=full_env,
+        timeout=30,
+    )
 
 
 def bodies(fake: FakeDaemon, path_end: str) -> list[dict]:
@@ -276,18 +369,33 @@ def test_network_ls_sorted_truncated_and_quiet(daemon):
     assert out[1].startswith("abcdef222222   backend   bridge    local")
     quiet = cnm(sock, "network", "ls", "-q", "--no-trunc").stdout.decode().split()
     assert quiet[0] == NID
-    fmt = cnm(sock, "network", "ls", "--format", "{{.Name}}={{.Label \"a\"}}").stdout.decode()
+    fmt = cnm(sock, "network", "ls", "--format", '{{.Name}}={{.Label "a"}}').stdout.decode()
     assert fmt.splitlines()[0] == "backend=b"
 
 
 def test_network_create_body_and_conflict(daemon):
     fake, sock = daemon
-    r = cnm(sock, "network", "create", "--subnet", "10.10.0.0/24", "--gateway", "10.10.0.1", "-o",
-            "com.docker.network.driver.mtu=1400", "--label", "x=y", "front")
+    r = cnm(
+        sock,
+        "network",
+        "create",
+        "--subnet",
+        "10.10.0.0/24",
+        "--gateway",
+        "10.10.0.1",
+        "-o",
+        "com.docker.network.driver.mtu=1400",
+        "--label",
+        "x=y",
+        "front",
+    )
     assert r.returncode == 0 and r.stdout.decode().strip() == NID
     body = bodies(fake, "/networks/create")[0]
-    assert body["IPAM"] == {"Driver": "default", "Config": [{"Subnet": "10.10.0.0/24", "Gateway": "10.10.0.1"}],
-                            "Options": {}}
+    assert body["IPAM"] == {
+        "Driver": "default",
+        "Config": [{"Subnet": "10.10.0.0/24", "Gateway": "10.10.0.1"}],
+        "Options": {},
+    }
     assert body["Options"] == {"com.docker.network.driver.mtu": "1400"} and body["Labels"] == {"x": "y"}
     r = cnm(sock, "network", "create", "backend")
     assert r.returncode == 1
@@ -298,7 +406,9 @@ def test_network_create_body_and_conflict(daemon):
 
 def test_network_connect_disconnect(daemon):
     fake, sock = daemon
-    assert cnm(sock, "network", "connect", "--ip", "10.10.0.9", "--alias", "w", "backend", "web").returncode == 0
+    assert (
+        cnm(sock, "network", "connect", "--ip", "10.10.0.9", "--alias", "w", "backend", "web").returncode == 0
+    )
     body = bodies(fake, "/connect")[0]
     assert body["Container"] == "web"
     assert body["EndpointConfig"]["IPAMConfig"] == {"IPv4Address": "10.10.0.9"}
@@ -326,8 +436,22 @@ def test_network_inspect_and_rm(daemon):
 
 def test_run_detached_waits_before_start(daemon):
     fake, sock = daemon
-    r = cnm(sock, "run", "-d", "--name", "api", "--network", "backend", "--ip", "10.10.0.10", "-h", "api.local",
-            "busybox", "sleep", "1d")
+    r = cnm(
+        sock,
+        "run",
+        "-d",
+        "--name",
+        "api",
+        "--network",
+        "backend",
+        "--ip",
+        "10.10.0.10",
+        "-h",
+        "api.local",
+        "busybox",
+        "sleep",
+        "1d",
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.decode() == CID + "\n"
     assert r.stderr.decode() == "WARNING: something to note\n"
@@ -340,7 +464,9 @@ def test_run_detached_waits_before_start(daemon):
     body = json.loads(create["body"])
     assert body["Cmd"] == ["sleep", "1d"] and body["Hostname"] == "api.local"
     assert body["HostConfig"]["NetworkMode"] == "backend"
-    assert body["NetworkingConfig"]["EndpointsConfig"]["backend"]["IPAMConfig"] == {"IPv4Address": "10.10.0.10"}
+    assert body["NetworkingConfig"]["EndpointsConfig"]["backend"]["IPAMConfig"] == {
+        "IPv4Address": "10.10.0.10"
+    }
 
 
 def test_run_foreground_streams_and_exits_with_status(daemon):
@@ -361,9 +487,11 @@ def test_run_errors_exit_125(daemon):
     _, sock = daemon
     r = cnm(sock, "run", "nosuch")
     assert r.returncode == 125
-    assert r.stderr.decode() == ("Unable to find image 'nosuch:latest' locally\n"
-                                 "cnm: Error response from daemon: No such image: nosuch:latest\n\n"
-                                 "Run 'cnm run --help' for more information\n")
+    assert r.stderr.decode() == (
+        "Unable to find image 'nosuch:latest' locally\n"
+        "cnm: Error response from daemon: No such image: nosuch:latest\n\n"
+        "Run 'cnm run --help' for more information\n"
+    )
 
 
 def test_exec_hijacked_with_stdin_and_exit_code(daemon):
@@ -377,14 +505,17 @@ def test_exec_hijacked_with_stdin_and_exit_code(daemon):
     start = next(q for q in fake.requests if q["path"].endswith("/start"))
     assert json.loads(start["body"]) == {"Detach": False, "Tty": False}
     r = cnm(sock, "exec", "stopped", "true")
-    assert r.returncode == 1 and r.stderr.decode() == "Error response from daemon: container stopped is not running\n"
+    assert (
+        r.returncode == 1
+        and r.stderr.decode() == "Error response from daemon: container stopped is not running\n"
+    )
 
 
 def test_ps_inspect_port_logs(daemon):
     _, sock = daemon
     lines = cnm(sock, "ps").stdout.decode().splitlines()
     assert lines[0].startswith("CONTAINER ID   IMAGE     COMMAND            CREATED")
-    assert lines[1].startswith("c0ffee111111   busybox   \"httpd -f -p 80\"   ")
+    assert lines[1].startswith('c0ffee111111   busybox   "httpd -f -p 80"   ')
     assert lines[1].endswith("Up 5 seconds   443/tcp, 0.0.0.0:8080->80/tcp   web")
     r = cnm(sock, "inspect", "-f", "{{ .Config.MacAddress }}", "web")
     assert r.stdout.decode() == "92:d0:c6:0a:29:33\n"
@@ -427,8 +558,9 @@ def test_image_import_streams_body_and_images(daemon, tmp_path):
 def test_no_daemon_message(tmp_path):
     r = cnm(str(tmp_path / "none.sock"), "network", "ls")
     assert r.returncode == 1
-    assert r.stderr.decode() == (f"Cannot connect to the cnm daemon at unix://{tmp_path}/none.sock. "
-                                 "Is the cnm daemon running?\n")
+    assert r.stderr.decode() == (
+        f"Cannot connect to the cnm daemon at unix://{tmp_path}/none.sock. Is the cnm daemon running?\n"
+    )
 
 
 def test_no_autostart_for_a_named_socket(tmp_path):
@@ -442,5 +574,8 @@ def test_no_autostart_for_a_named_socket(tmp_path):
     env = {"CNM_NO_AUTOSTART": "", "CNM_CNMD": str(fake_cnmd)}
     r = cnm(str(sock), "network", "ls", "-q", env=env)
     assert r.returncode == 1
-    assert r.stderr.decode() == f"Cannot connect to the cnm daemon at unix://{sock}. Is the cnm daemon running?\n"
+    assert (
+        r.stderr.decode()
+        == f"Cannot connect to the cnm daemon at unix://{sock}. Is the cnm daemon running?\n"
+    )
     assert not marker.exists() and not sock.parent.exists()

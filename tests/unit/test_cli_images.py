@@ -42,7 +42,9 @@ async def run_cnm(sock: str | None, *args: str, stdin: bytes | None = None, stdo
 async def api(tmp_path):
     ctrl = FakeController()
     sock = str(tmp_path / "cnm.sock")
-    runner = await serve_unix(make_app(ctrl, version_info=VersionInfo("0.1.0"), tmp_dir=str(tmp_path / "up")), sock)
+    runner = await serve_unix(
+        make_app(ctrl, version_info=VersionInfo("0.1.0"), tmp_dir=str(tmp_path / "up")), sock
+    )
     yield ctrl, sock
     await runner.cleanup()
 

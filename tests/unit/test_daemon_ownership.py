@@ -29,11 +29,14 @@ def test_a_locked_root_is_refused_naming_the_root_and_the_holder(tmp_path):
 
 
 def test_a_root_held_by_another_process_is_refused(tmp_path):
-    code = ("import fcntl, os, sys; fd = os.open(sys.argv[1] + '/cnmd.pid', os.O_RDWR | os.O_CREAT); "
-            "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'%d\\n' % os.getpid()); print('held', flush=True); "
-            "sys.stdin.read()")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    code = (
+        "import fcntl, os, sys; fd = os.open(sys.argv[1] + '/cnmd.pid', os.O_RDWR | os.O_CREAT); "
+        "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'%d\\n' % os.getpid()); print('held', flush=True); "
+        "sys.stdin.read()"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(Unavailable, match=f"pid {holder.pid}\\) is running with exec root {tmp_path}"):
@@ -81,8 +84,14 @@ def test_owner_alias_round_trip():
 
 @pytest.mark.parametrize(
     "daemon,others_alive,removable",
-    [(ME, True, True), (ME, False, True), (OTHER, True, False), (OTHER, False, False),
-     ("", True, False), ("", False, True)],
+    [
+        (ME, True, True),
+        (ME, False, True),
+        (OTHER, True, False),
+        (OTHER, False, False),
+        ("", True, False),
+        ("", False, True),
+    ],
 )
 def test_may_remove(daemon, others_alive, removable):
     link = LinkInfo(index=3, name="br-x", kind="bridge", owner="n" * 64, daemon=daemon)
@@ -124,7 +133,9 @@ async def test_a_bridge_name_tagged_by_another_daemon_is_refused():
     kernel.add_foreign_link("cnm0", owner="n" * 64, daemon=ME)
     await check_bridge_name(kernel, "cnm0", {})  # ours, from before a restart
     kernel.add_foreign_link("cnm1", owner="n" * 64, daemon=OTHER)
-    with pytest.raises(Unavailable, match=f"bridge cnm1 belongs to another cnmd \\(daemon {OTHER}, running, pid 9\\)"):
+    with pytest.raises(
+        Unavailable, match=f"bridge cnm1 belongs to another cnmd \\(daemon {OTHER}, running, pid 9\\)"
+    ):
         await check_bridge_name(kernel, "cnm1", {OTHER: 9})
     with pytest.raises(Unavailable, match="not running"):
         await check_bridge_name(kernel, "cnm1", {})

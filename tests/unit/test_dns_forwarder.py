@@ -332,7 +332,9 @@ async def test_an_upstream_slow_on_one_name_but_answering_others_is_not_silent()
         await asyncio.sleep(0.05)
         assert await forwarder.forward(query("fast.example"), [upstream]) is not None
         assert await slow is None  # that one name timed out ...
-        assert await forwarder.forward(query("other.example"), [upstream]) is not None  # ... the server is not silent
+        assert (
+            await forwarder.forward(query("other.example"), [upstream]) is not None
+        )  # ... the server is not silent
     finally:
         proto.close()
         forwarder.close()

@@ -55,18 +55,33 @@ class RecordingFirewall:
 
 def network(net_id: str = NET_ID, name: str = "backend", subnet: str = "10.10.0.0/24", **kw) -> Network:
     net = IPv4Network(subnet)
-    values = dict(id=net_id, name=name, driver="bridge", created="2024-01-01T00:00:00.000000000Z",
-                  subnet=net, gateway=net.network_address + 1)
+    values = dict(
+        id=net_id,
+        name=name,
+        driver="bridge",
+        created="2024-01-01T00:00:00.000000000Z",
+        subnet=net,
+        gateway=net.network_address + 1,
+    )
     values.update(kw)
     return Network(**values)
 
 
 def endpoint(n: int, net: Network, **kw) -> Endpoint:
     address = IPv4Interface(f"{net.subnet.network_address + n}/{net.subnet.prefixlen}")
-    values = dict(id=f"{n:02x}" * 32, network_id=net.id, container_id=f"c{n}", sandbox_id=f"s{n}",
-                  name=f"ctr{n}", ifname="eth0", host_ifname=f"veth{n:07x}",
-                  mac=f"02:42:0a:0a:00:{n:02x}", address=address, gateway=net.gateway,
-                  default_route=True)
+    values = dict(
+        id=f"{n:02x}" * 32,
+        network_id=net.id,
+        container_id=f"c{n}",
+        sandbox_id=f"s{n}",
+        name=f"ctr{n}",
+        ifname="eth0",
+        host_ifname=f"veth{n:07x}",
+        mac=f"02:42:0a:0a:00:{n:02x}",
+        address=address,
+        gateway=net.gateway,
+        default_route=True,
+    )
     values.update(kw)
     return Endpoint(**values)
 
@@ -108,8 +123,13 @@ async def test_create_network_makes_tagged_bridge_with_gateway_and_rules(kernel,
     assert br is not None and br.kind == "bridge" and br.owner == NET_ID and br.up
     assert br.addresses == [IPv4Interface("10.10.0.1/24")] and br.mtu == 1400
     assert firewall.rules[NET_ID] == BridgeRules(
-        owner=NET_ID, bridge="br-" + NET_ID[:12], subnet=IPv4Network("10.10.0.0/24"),
-        gateway=IPv4Address("10.10.0.1"), internal=False, icc=True, masquerade=True,
+        owner=NET_ID,
+        bridge="br-" + NET_ID[:12],
+        subnet=IPv4Network("10.10.0.0/24"),
+        gateway=IPv4Address("10.10.0.1"),
+        internal=False,
+        icc=True,
+        masquerade=True,
     )
     assert kernel.sysctls[(None, f"net.ipv6.conf.br-{NET_ID[:12]}.accept_ra")] == "0"
 

@@ -91,7 +91,9 @@ async def test_predefined_networks(world):
 
 async def test_create_network_errors_change_nothing(world):
     ctl = await world.controller()
-    net = await ctl.create_network(NetworkSpec(name="backend", ipam=(IpamConfig(subnet=IPv4Network("10.10.0.0/24")),)))
+    net = await ctl.create_network(
+        NetworkSpec(name="backend", ipam=(IpamConfig(subnet=IPv4Network("10.10.0.0/24")),))
+    )
     assert net.gateway == IPv4Address("10.10.0.1")
     before = (len(ctl.networks()), sorted(world.kernel.commands))
     with pytest.raises(Conflict):
@@ -101,7 +103,9 @@ async def test_create_network_errors_change_nothing(world):
     with pytest.raises(Forbidden):
         await ctl.create_network(NetworkSpec(name="x", driver="host"))
     with pytest.raises((Conflict, Forbidden)):
-        await ctl.create_network(NetworkSpec(name="y", ipam=(IpamConfig(subnet=IPv4Network("10.10.0.0/16")),)))
+        await ctl.create_network(
+            NetworkSpec(name="y", ipam=(IpamConfig(subnet=IPv4Network("10.10.0.0/16")),))
+        )
     with pytest.raises(InvalidArgument):
         await ctl.create_network(
             NetworkSpec(
@@ -140,13 +144,19 @@ async def test_run_on_default_bridge(world):
 
 async def test_static_ip_mac_hostname(world):
     ctl = await world.controller()
-    await ctl.create_network(NetworkSpec(name="backend", ipam=(IpamConfig(subnet=IPv4Network("10.10.0.0/24")),)))
+    await ctl.create_network(
+        NetworkSpec(name="backend", ipam=(IpamConfig(subnet=IPv4Network("10.10.0.0/24")),))
+    )
     cid = await run(
         ctl,
         "api",
         network_mode="backend",
         hostname="api.local",
-        networks={"backend": EndpointRequest(ipv4_address=IPv4Address("10.10.0.10"), mac_address="92:d0:c6:0a:29:33")},
+        networks={
+            "backend": EndpointRequest(
+                ipv4_address=IPv4Address("10.10.0.10"), mac_address="92:d0:c6:0a:29:33"
+            )
+        },
     )
     [(_, ep)] = ctl.container_endpoints(cid)
     assert str(ep.address) == "10.10.0.10/24"
@@ -173,7 +183,9 @@ async def test_static_ip_refused_on_default_bridge_at_create(world):
     with pytest.raises(InvalidArgument, match="user defined networks only"):
         await ctl.create_container(
             "aa",
-            ContainerConfig(image="busybox", networks={"bridge": EndpointRequest(ipv4_address=IPv4Address("172.17.0.9"))}),
+            ContainerConfig(
+                image="busybox", networks={"bridge": EndpointRequest(ipv4_address=IPv4Address("172.17.0.9"))}
+            ),
         )
     assert ctl.containers() == []
 
@@ -523,12 +535,23 @@ def test_port_rules_merge_runs_with_the_same_offset():
     from cnm.model.network import Network
     from cnm.model.ports import ANY, PortMapping
 
-    net = Network(id="n" * 64, name="x", driver="bridge", created="t", options={"com.docker.network.bridge.name": "brx"})
-    ep = Endpoint(id="e" * 64, network_id=net.id, container_id="c", sandbox_id="s", name="c",
-                  address=IPv4Interface("10.0.0.2/24"))
+    net = Network(
+        id="n" * 64, name="x", driver="bridge", created="t", options={"com.docker.network.bridge.name": "brx"}
+    )
+    ep = Endpoint(
+        id="e" * 64,
+        network_id=net.id,
+        container_id="c",
+        sandbox_id="s",
+        name="c",
+        address=IPv4Interface("10.0.0.2/24"),
+    )
     maps = [PortMapping("tcp", p, ANY, p) for p in range(8000, 8011)] + [PortMapping("tcp", 80, ANY, 9090)]
     rules = port_rules(net, ep, maps)
-    assert [(r.host_port, r.host_port_end, r.container_port) for r in rules] == [(8000, 8010, 8000), (9090, 9090, 80)]
+    assert [(r.host_port, r.host_port_end, r.container_port) for r in rules] == [
+        (8000, 8010, 8000),
+        (9090, 9090, 80),
+    ]
 
 
 async def test_rename_moves_names_and_refuses_taken_ones(named):
@@ -562,7 +585,10 @@ async def test_default_route_and_ports_move_when_the_gateway_endpoint_leaves(por
     assert [m.host_port for m in ep.ports] == [8080]
     assert set(ports.firewall.ports) == {ep.id}
     sandbox = ctl.container_sandbox(cid)
-    assert f"nsenter --net={sandbox.key} ip route replace default via {net.gateway} dev eth1" in ports.kernel.commands
+    assert (
+        f"nsenter --net={sandbox.key} ip route replace default via {net.gateway} dev eth1"
+        in ports.kernel.commands
+    )
     # and a container that had no gateway endpoint gets one (and its ports) on connect
     await ctl.disconnect("backend", "web")
     assert not ports.firewall.ports

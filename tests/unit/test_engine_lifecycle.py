@@ -124,7 +124,9 @@ async def test_ip_outside_subnet_refused_at_create(world):
         await ctl.create_container(
             "web",
             ContainerConfig(
-                image="busybox", network_mode="n", networks={"n": EndpointRequest(ipv4_address=IPv4Address("10.99.0.5"))}
+                image="busybox",
+                network_mode="n",
+                networks={"n": EndpointRequest(ipv4_address=IPv4Address("10.99.0.5"))},
             ),
         )
     assert ctl.containers() == []
@@ -134,7 +136,10 @@ async def test_unknown_secondary_network_refused_at_create(world):
     ctl = await world.controller()
     with pytest.raises(InvalidArgument, match="network nosuch not found"):
         await ctl.create_container(
-            "web", ContainerConfig(image="busybox", networks={"bridge": EndpointRequest(), "nosuch": EndpointRequest()})
+            "web",
+            ContainerConfig(
+                image="busybox", networks={"bridge": EndpointRequest(), "nosuch": EndpointRequest()}
+            ),
         )
     assert ctl.containers() == []
 
@@ -181,7 +186,9 @@ async def test_failed_start_with_auto_remove_leaves_no_container(world):
     assert "10.31.0.9" not in {str(a) for a in addresses(world, ctl, "n")}
     world.runtime.fail_start = False
     # the same address can be taken again
-    await run(ctl, "again", network_mode="n", networks={"n": EndpointRequest(ipv4_address=IPv4Address("10.31.0.9"))})
+    await run(
+        ctl, "again", network_mode="n", networks={"n": EndpointRequest(ipv4_address=IPv4Address("10.31.0.9"))}
+    )
 
 
 async def test_failed_start_without_auto_remove_keeps_a_created_container(world):
@@ -283,7 +290,9 @@ async def test_policies_kept_across_a_daemon_restart(world):
     for cid in (always, unless, plain):
         world.runtime.exit(cid, 137)  # they die while the daemon is down
     ctl2 = await world.controller()
-    await until(lambda: state(ctl2, "always").status == "running" and state(ctl2, "unless").status == "running")
+    await until(
+        lambda: state(ctl2, "always").status == "running" and state(ctl2, "unless").status == "running"
+    )
     assert [n.name for n, _ in ctl2.container_endpoints(always)] == ["bridge"]
     await asyncio.sleep(0.2)
     assert state(ctl2, "stopped").status == "exited"

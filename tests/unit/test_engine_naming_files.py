@@ -58,8 +58,12 @@ def test_unchanged_files_are_not_rewritten_but_outside_edits_are_repaired(tmp_pa
     assert Path(paths.hostname).read_text() == "web\n" and writes[3:] == [paths.hostname]
     assert {p: os.stat(p).st_ino for p in inodes} == inodes
     # A shorter content than before leaves no stale tail.
-    naming.write_files(container, Sandbox(id="sb1", container_id=container.id, key="/run/x", hostname="w"), [],
-                       host_mode=False)
+    naming.write_files(
+        container,
+        Sandbox(id="sb1", container_id=container.id, key="/run/x", hostname="w"),
+        [],
+        host_mode=False,
+    )
     assert Path(paths.hostname).read_text() == "w\n"
     naming.forget(container.id)
     assert not any(p.startswith(str(tmp_path / container.id)) for p in naming._written)

@@ -174,7 +174,6 @@ async def test_exit_during_connect_leaves_no_orphan_endpoint(world):
     assert_consistent(ctl, kernel)
 
 
-
 async def test_change_waiting_for_a_container_removed_meanwhile_is_not_found(world):
     """A connect queued behind a failing start and a ``rm`` finds the container gone:
     404, not a KeyError (a 500)."""
@@ -298,12 +297,25 @@ async def test_random_concurrent_changes_keep_records_and_kernel_in_step(tmp_pat
     async def one(r: random.Random) -> None:
         c, n = r.choice(containers), r.choice(networks)
         kind = r.choices(
-            ("run", "start", "kill", "exit", "rm", "connect", "disconnect", "rename", "net-create", "net-rm", "prune"),
+            (
+                "run",
+                "start",
+                "kill",
+                "exit",
+                "rm",
+                "connect",
+                "disconnect",
+                "rename",
+                "net-create",
+                "net-rm",
+                "prune",
+            ),
             weights=(5, 1, 1, 1, 2, 5, 2, 1, 3, 3, 1),
         )[0]
         if kind == "run":
-            config = ContainerConfig(image="busybox", network_mode=r.choice((*networks, "bridge")),
-                                     auto_remove=r.random() < 0.2)
+            config = ContainerConfig(
+                image="busybox", network_mode=r.choice((*networks, "bridge")), auto_remove=r.random() < 0.2
+            )
             container, _ = await ctl.create_container(c, config)
             await ctl.start_container(container.id)
         elif kind == "start":

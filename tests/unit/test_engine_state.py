@@ -12,8 +12,14 @@ from cnm.store.memory import MemoryStore
 
 
 def ep(i: int, container: str, network: str, seq: int = 0) -> Endpoint:
-    return Endpoint(id=f"ep{i}", network_id=network, container_id=container, sandbox_id="sb", name=container,
-                    created_seq=seq)
+    return Endpoint(
+        id=f"ep{i}",
+        network_id=network,
+        container_id=container,
+        sandbox_id="sb",
+        name=container,
+        created_seq=seq,
+    )
 
 
 def test_index_follows_every_kind_of_change():

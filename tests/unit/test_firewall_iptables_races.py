@@ -62,7 +62,9 @@ async def test_sync_renders_again_when_the_chains_changed_after_the_read(fw):  #
 
 async def test_teardown_renders_again_when_the_chains_changed_after_the_read(fw):  # noqa: F811
     fw.ex.saves = [USER_ONLY, ""]
-    fw.ex.fail_restores = [FirewallError("iptables-nft-restore: line 3 failed: No chain/target/match by that name.")]
+    fw.ex.fail_restores = [
+        FirewallError("iptables-nft-restore: line 3 failed: No chain/target/match by that name.")
+    ]
     await fw.teardown()  # read again: nothing of cnm's is left, so nothing more to run
     [first] = fw.ex.restores()
     assert "-X CNM-USER" in first
@@ -73,7 +75,9 @@ async def test_a_change_puts_back_the_chains_someone_removed(fw):  # noqa: F811
     """Another program (or a second daemon's clean-up) removed every cnm chain: the next
     change puts the skeleton back and lands, instead of failing the user's ``run``."""
     await fw.sync([net()])
-    fw.ex.fail_restores = [FirewallError("iptables-nft-restore: line 5 failed: No chain/target/match by that name.")]
+    fw.ex.fail_restores = [
+        FirewallError("iptables-nft-restore: line 5 failed: No chain/target/match by that name.")
+    ]
     fw.ex.saves = [""]  # what the kernel holds now: nothing of cnm's
     await fw.add_ports(E1, [prule()])
     *_, skeleton, ports = fw.ex.restores()

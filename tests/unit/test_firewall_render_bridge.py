@@ -19,10 +19,16 @@ B = "b2" * 32
 NET = "ee" * 32
 
 
-def guard(owner: str = A, port: str = "vetha1a1a1a", mac: str = "02:42:0a:0a:00:02",
-          addresses: tuple[str, ...] = ("10.10.0.2",), network: str = NET) -> PortGuard:
-    return PortGuard(owner=owner, network=network, port=port, mac=mac,
-                     addresses=tuple(IPv4Address(a) for a in addresses))
+def guard(
+    owner: str = A,
+    port: str = "vetha1a1a1a",
+    mac: str = "02:42:0a:0a:00:02",
+    addresses: tuple[str, ...] = ("10.10.0.2",),
+    network: str = NET,
+) -> PortGuard:
+    return PortGuard(
+        owner=owner, network=network, port=port, mac=mac, addresses=tuple(IPv4Address(a) for a in addresses)
+    )
 
 
 def lines(script: str) -> list[str]:
@@ -31,7 +37,7 @@ def lines(script: str) -> list[str]:
 
 def rules_of(script: str, chain: str) -> list[str]:
     prefix = f"add rule bridge cnm {chain} "
-    return [line[len(prefix):] for line in lines(script) if line.startswith(prefix)]
+    return [line[len(prefix) :] for line in lines(script) if line.startswith(prefix)]
 
 
 # -- skeleton ---------------------------------------------------------------------------
@@ -43,8 +49,10 @@ def test_setup_makes_a_tagged_bridge_table_with_sets_and_an_accepting_prerouting
     assert first.startswith("add table bridge cnm {") and 'comment "cnm:' in first
     assert 'add set bridge cnm ports { type ifname ; comment "cnm:' in script
     assert 'add set bridge cnm addrs { type ifname . ether_addr . ipv4_addr ; comment "cnm:' in script
-    assert ("add chain bridge cnm prerouting { type filter hook prerouting priority filter ; policy accept ; }"
-            in script)
+    assert (
+        "add chain bridge cnm prerouting { type filter hook prerouting priority filter ; policy accept ; }"
+        in script
+    )
     # the fixed rules are rewritten, never the sets
     assert "flush chain bridge cnm prerouting" in script and "flush chain bridge cnm port-guard" in script
     assert "flush set" not in script and "add element" not in script
@@ -118,12 +126,23 @@ def test_a_port_without_an_address_sends_nothing_but_is_still_guarded():
     assert r.guard_elements(guard(addresses=())) == [r.GuardElement("ports", '"vetha1a1a1a"')]
 
 
-@pytest.mark.parametrize("field,value", [
-    ("mac", "02:42:0a:0a:00"), ("mac", "not a mac"), ("mac", "01:00:5e:00:00:01"),  # multicast
-    ("mac", "ff:ff:ff:ff:ff:ff"), ("mac", "00:00:00:00:00:00"), ("mac", '02:42:0a:0a:00:02" ; flush ruleset'),
-    ("port", ""), ("port", "veth with space"), ("port", 'a"b'), ("port", "x" * 16),
-    ("owner", "bad owner"), ("network", "../x"),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("mac", "02:42:0a:0a:00"),
+        ("mac", "not a mac"),
+        ("mac", "01:00:5e:00:00:01"),  # multicast
+        ("mac", "ff:ff:ff:ff:ff:ff"),
+        ("mac", "00:00:00:00:00:00"),
+        ("mac", '02:42:0a:0a:00:02" ; flush ruleset'),
+        ("port", ""),
+        ("port", "veth with space"),
+        ("port", 'a"b'),
+        ("port", "x" * 16),
+        ("owner", "bad owner"),
+        ("network", "../x"),
+    ],
+)
 def test_bad_fields_are_refused_with_a_clear_error(field, value):
     with pytest.raises(InvalidArgument):
         r.guard_elements(guard(**{field: value}))
@@ -153,9 +172,11 @@ def test_sync_remakes_the_skeleton_empties_both_sets_and_refills_them():
     a, b = guard(), guard(B, port="vethb2b2b2b", mac="02:42:0a:0a:00:03", addresses=("10.10.0.3",))
     out = lines(r.render_sync([a, b]))
     assert out[: len(r.setup_lines())] == r.setup_lines()
-    rest = out[len(r.setup_lines()):]
+    rest = out[len(r.setup_lines()) :]
     assert rest[:2] == ["flush set bridge cnm ports", "flush set bridge cnm addrs"]
-    assert rest[2:] == lines(r.render_port(A, (), r.guard_elements(a))) + lines(r.render_port(B, (), r.guard_elements(b)))
+    assert rest[2:] == lines(r.render_port(A, (), r.guard_elements(a))) + lines(
+        r.render_port(B, (), r.guard_elements(b))
+    )
 
 
 def test_sync_of_nothing_empties_the_sets():
@@ -185,8 +206,17 @@ def test_keys_read_back_from_nft_json_are_the_keys_written():
 
 def test_port_guard_of_an_endpoint():
     net = Network(id=NET, name="n", driver="bridge", created="x", subnet=IPv4Network("10.10.0.0/24"))
-    ep = Endpoint(id=A, network_id=NET, container_id="c", sandbox_id="s", name="c", ifname="eth0",
-                  host_ifname="vetha1a1a1a", mac="02:42:0a:0a:00:02", address=IPv4Interface("10.10.0.2/24"))
+    ep = Endpoint(
+        id=A,
+        network_id=NET,
+        container_id="c",
+        sandbox_id="s",
+        name="c",
+        ifname="eth0",
+        host_ifname="vetha1a1a1a",
+        mac="02:42:0a:0a:00:02",
+        address=IPv4Interface("10.10.0.2/24"),
+    )
     assert port_guard(net, ep) == guard()
     with pytest.raises(InvalidArgument, match="MAC"):
         port_guard(net, replace(ep, mac=""))

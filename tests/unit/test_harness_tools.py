@@ -37,7 +37,9 @@ def test_make_busybox_tar_usage() -> None:
 
 def test_snapshot_diff_names_only_what_is_new() -> None:
     before = HostSnapshot(frozenset({"1:lo"}), frozenset(), frozenset({"ip filter"}), frozenset({"/"}))
-    after = HostSnapshot(frozenset({"1:lo", "7:veth0"}), frozenset({"x"}), frozenset({"ip filter"}), frozenset({"/"}))
+    after = HostSnapshot(
+        frozenset({"1:lo", "7:veth0"}), frozenset({"x"}), frozenset({"ip filter"}), frozenset({"/"})
+    )
     assert after.new_since(before) == {"links": {"7:veth0"}, "netns": {"x"}}
     assert before.new_since(before) == {}
 

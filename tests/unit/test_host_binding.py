@@ -38,12 +38,16 @@ def test_the_option_parses_to_an_address_or_every_address(raw, expected):
     ],
 )
 def test_a_bad_value_is_refused_at_create_naming_the_option(raw, why):
-    with pytest.raises(InvalidArgument, match=rf"invalid host binding IP '{raw}' .*{OPT_HOST_BINDING}: {why}"):
+    with pytest.raises(
+        InvalidArgument, match=rf"invalid host binding IP '{raw}' .*{OPT_HOST_BINDING}: {why}"
+    ):
         parse_network_create({"Name": "n", "Options": {OPT_HOST_BINDING: raw}})
 
 
 def test_a_request_without_a_host_ip_takes_the_networks_default_and_an_explicit_one_stays():
-    local = Network(id="n" * 64, name="local", driver="bridge", created="t", options={OPT_HOST_BINDING: "127.0.0.1"})
+    local = Network(
+        id="n" * 64, name="local", driver="bridge", created="t", options={OPT_HOST_BINDING: "127.0.0.1"}
+    )
     plain = Network(id="m" * 64, name="plain", driver="bridge", created="t")
     requests = [PortRequest("tcp", 80), PortRequest("tcp", 81, ANY, 8081, 8081), PortRequest("udp", 53, LO)]
     assert [r.host_ip for r in default_host_ip(local, requests)] == [LO, ANY, LO]
@@ -65,13 +69,17 @@ async def test_ports_published_on_a_local_network_bind_to_its_address(tmp_path):
     await ctl.start_container(container.id)
     [(_, ep)] = ctl.container_endpoints(container.id)
     assert {(m.container_port, str(m.host_ip)) for m in ep.ports} == {
-        (80, "127.0.0.1"), (81, "127.0.0.1"), (82, "0.0.0.0")
+        (80, "127.0.0.1"),
+        (81, "127.0.0.1"),
+        (82, "0.0.0.0"),
     }
     rules = {r.container_port: r.host_ip for r in world.firewall.ports[ep.id]}
     assert rules == {80: LO, 81: LO, 82: None}  # None: any local address
     # the default bridge is left alone (cnmd has no --ip flag)
-    other, _ = await ctl.create_container("other", ContainerConfig(image="busybox", port_bindings={
-        "80/tcp": (PortBindingRequest(host_port="9090"),)}))
+    other, _ = await ctl.create_container(
+        "other",
+        ContainerConfig(image="busybox", port_bindings={"80/tcp": (PortBindingRequest(host_port="9090"),)}),
+    )
     await ctl.start_container(other.id)
     [(_, ep2)] = ctl.container_endpoints(other.id)
     assert [str(m.host_ip) for m in ep2.ports] == ["0.0.0.0"]

@@ -14,9 +14,17 @@ NS = "/run/cnm/netns/abc"
 
 
 def veth(**kw) -> VethSpec:
-    values = dict(owner="ep1", host_ifname="veth1234567", bridge="br0", netns_path=NS, ifname="eth0",
-                  mtu=1400, mac="02:42:0a:00:00:02", address=IPv4Interface("10.0.0.2/24"),
-                  gateway=IPv4Address("10.0.0.1"))
+    values = dict(
+        owner="ep1",
+        host_ifname="veth1234567",
+        bridge="br0",
+        netns_path=NS,
+        ifname="eth0",
+        mtu=1400,
+        mac="02:42:0a:00:00:02",
+        address=IPv4Interface("10.0.0.2/24"),
+        gateway=IPv4Address("10.0.0.1"),
+    )
     values.update(kw)
     return VethSpec(**values)
 
@@ -36,8 +44,10 @@ def test_is_a_kernel():
 
 async def test_bridge_is_idempotent_and_tagged(kernel):
     index = kernel.link("br0").index
-    assert await kernel.ensure_bridge("br0", owner="net1", mtu=1400,
-                                      address=IPv4Interface("10.0.0.1/24")) == index
+    assert (
+        await kernel.ensure_bridge("br0", owner="net1", mtu=1400, address=IPv4Interface("10.0.0.1/24"))
+        == index
+    )
     assert kernel.link("br0").addresses == [IPv4Interface("10.0.0.1/24")]
     assert [link.name for link in owned(await kernel.links())] == ["br0"]
     assert "ip link add br0 mtu 1400 type bridge" in kernel.commands
@@ -96,7 +106,10 @@ async def test_injected_failures_change_nothing(kernel):
 async def test_host_networks_and_sysctl(kernel):
     kernel.extra_host_networks.append(IPv4Network("192.168.1.0/24"))
     assert await kernel.host_networks() == [
-        IPv4Network("10.0.0.0/24"), IPv4Network("127.0.0.0/8"), IPv4Network("192.168.1.0/24")]
+        IPv4Network("10.0.0.0/24"),
+        IPv4Network("127.0.0.0/8"),
+        IPv4Network("192.168.1.0/24"),
+    ]
     assert await kernel.set_sysctl("net.ipv4.ip_forward", "1") == "1"
     assert await kernel.set_sysctl("net.ipv4.ip_forward", "0") == "1"
     assert await kernel.set_sysctl("net.ipv4.ip_forward", "0", NS) == "1"

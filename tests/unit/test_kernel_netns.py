@@ -83,11 +83,26 @@ class Msg(dict):
 
 
 def test_link_info_parses_owner_kind_and_addresses():
-    msg = Msg(index=7, ifname="veth1234567", ifalias="cnm:ep1", master=3, address="02:00:00:00:00:01",
-              mtu=1400, flags=0x1, linkinfo=Msg(kind="veth"))
+    msg = Msg(
+        index=7,
+        ifname="veth1234567",
+        ifalias="cnm:ep1",
+        master=3,
+        address="02:00:00:00:00:01",
+        mtu=1400,
+        flags=0x1,
+        linkinfo=Msg(kind="veth"),
+    )
     info = _link_info(msg, {7: [IPv4Interface("10.0.0.2/24")]})
     assert (info.index, info.name, info.kind, info.owner, info.master, info.mtu, info.up) == (
-        7, "veth1234567", "veth", "ep1", 3, 1400, True)
+        7,
+        "veth1234567",
+        "veth",
+        "ep1",
+        3,
+        1400,
+        True,
+    )
     assert info.addresses == (IPv4Interface("10.0.0.2/24"),)
     foreign = _link_info(Msg(index=1, ifname="lo", flags=0, ifalias="uplink"), {})
     assert foreign.owner == "" and foreign.kind == "" and not foreign.up

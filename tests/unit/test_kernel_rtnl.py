@@ -25,8 +25,15 @@ def decode(cls, req: rtnl.Request):
 
 
 def test_new_veth_decodes_as_iproute2_would_send_it():
-    req = rtnl.new_veth("vethabc", mtu=1450, master=7, up=True, peer_name="eth1", peer_netns_fd=9,
-                        peer_mac="02:42:0a:00:00:05")
+    req = rtnl.new_veth(
+        "vethabc",
+        mtu=1450,
+        master=7,
+        up=True,
+        peer_name="eth1",
+        peer_netns_fd=9,
+        peer_mac="02:42:0a:00:00:05",
+    )
     assert req.type == rtnl.RTM_NEWLINK
     assert req.flags & rtnl.NLM_F_CREATE and req.flags & rtnl.NLM_F_EXCL and req.flags & rtnl.NLM_F_ECHO
     msg = decode(ifinfmsg, req)
@@ -108,7 +115,7 @@ class FakeSocket:
             if flags & rtnl.NLM_F_ECHO:
                 echo = rtnl.ifinfomsg(index=40 + i) + rtnl.attr_u32(rtnl.IFLA_LINK, 2)
                 self.queue.append(struct.pack("=IHHII", 16 + len(echo), kind, 0, seq, 0) + echo)
-            err = struct.pack("=i", -self.errors.get(i, 0)) + data[offset:offset + 16]
+            err = struct.pack("=i", -self.errors.get(i, 0)) + data[offset : offset + 16]
             self.queue.append(struct.pack("=IHHII", 16 + len(err), rtnl.NLMSG_ERROR, 0, seq, 0) + err)
             offset += (length + 3) & ~3
             i += 1
@@ -122,8 +129,11 @@ class FakeSocket:
 
 def test_transact_batches_in_one_datagram_and_matches_answers():
     sock = FakeSocket(errors={1: errno.ENODEV})
-    reqs = [rtnl.new_veth("v", mtu=1500, master=1, up=True, peer_name="eth0", peer_netns_fd=3),
-            rtnl.set_link(name="v", alias="cnm:x"), rtnl.set_link(index=2, up=True)]
+    reqs = [
+        rtnl.new_veth("v", mtu=1500, master=1, up=True, peer_name="eth0", peer_netns_fd=3),
+        rtnl.set_link(name="v", alias="cnm:x"),
+        rtnl.set_link(index=2, up=True),
+    ]
     answers = rtnl.transact(sock, reqs)
     assert len(sock.sent) == 1
     assert [a.error for a in answers] == [0, errno.ENODEV, 0]

@@ -30,8 +30,14 @@ def fresh(tmp_path: Path) -> Path:
 
 
 def make(where: Path, *args: str, env: dict[str, str] | None = None) -> str:
-    proc = subprocess.run(["make", "--no-print-directory", *args], cwd=where, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=60)
+    proc = subprocess.run(
+        ["make", "--no-print-directory", *args],
+        cwd=where,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -51,8 +57,10 @@ def first_line(out: str, needle: str) -> int:
 @pytest.mark.parametrize("target", ["test", "integration", "e2e"])
 def test_root_tiers_get_packages_venv_and_image_before_pytest(fresh: Path, target: str) -> None:
     out = make(fresh, "-n", target)
-    order = [first_line(out, needle) for needle in ("dpkg-query", "-m venv", "pip install", "make-busybox-tar",
-                                                    "-m pytest")]
+    order = [
+        first_line(out, needle)
+        for needle in ("dpkg-query", "-m venv", "pip install", "make-busybox-tar", "-m pytest")
+    ]
     assert order == sorted(order), out
 
 

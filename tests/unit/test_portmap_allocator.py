@@ -80,7 +80,9 @@ def test_the_drop_filter_keeps_the_listener_from_accepting(alloc, base):
 
 def test_cnm_conflict_has_dockers_message_and_leaves_nothing(alloc, base):
     alloc.reserve("ep1", [req(base)])
-    with pytest.raises(PortConflict, match=rf"^Bind for 127\.0\.0\.1:{base} failed: port is already allocated$"):
+    with pytest.raises(
+        PortConflict, match=rf"^Bind for 127\.0\.0\.1:{base} failed: port is already allocated$"
+    ):
         alloc.reserve("ep2", [req(base + 1), req(base)])
     assert alloc.reservations("ep2") == []
     assert alloc.holder("tcp", LO, base + 1) is None
@@ -116,7 +118,9 @@ def test_another_programs_socket_is_address_already_in_use(alloc, base):
 
 def test_an_address_the_host_does_not_have_is_bad_input_naming_it(alloc, base):
     # issue 7: HostIp 8.8.8.8 was a 500; it is the user's mistake, a 400 naming the address
-    with pytest.raises(InvalidArgument, match="cannot assign requested address: 192.0.2.77 is not an address"):
+    with pytest.raises(
+        InvalidArgument, match="cannot assign requested address: 192.0.2.77 is not an address"
+    ):
         alloc.reserve("ep", [req(base, ip=IPv4Address("192.0.2.77"))])
     assert alloc.reservations("ep") == []
 
@@ -140,7 +144,9 @@ def test_range_request_skips_other_programs_and_fails_when_full(alloc, base):
     try:
         got = alloc.reserve("a", [PortRequest("tcp", 80, LO, base + 10, base + 11)])
         assert got[0].mapping.host_port == base + 11
-        with pytest.raises(PortConflict, match=rf"127\.0\.0\.1:{base + 10}-{base + 11} failed: all ports are allocated"):
+        with pytest.raises(
+            PortConflict, match=rf"127\.0\.0\.1:{base + 10}-{base + 11} failed: all ports are allocated"
+        ):
             alloc.reserve("b", [PortRequest("tcp", 80, LO, base + 10, base + 11)])
     finally:
         s.close()
@@ -159,8 +165,11 @@ def test_ephemeral_picks_skip_reserved_ports(base):
 def test_restore_reholds_exactly_the_mappings_and_reports_failures(alloc, base):
     blocker = other_program_binds(base + 5)
     try:
-        mappings = [PortMapping("tcp", 80, LO, base + 4), PortMapping("tcp", 81, LO, base + 5),
-                    PortMapping("udp", 53, LO, base + 4)]
+        mappings = [
+            PortMapping("tcp", 80, LO, base + 4),
+            PortMapping("tcp", 81, LO, base + 5),
+            PortMapping("udp", 53, LO, base + 4),
+        ]
         held, failed = alloc.restore("ep", mappings)
         assert [r.mapping for r in held] == [mappings[0], mappings[2]]
         assert [m for m, _ in failed] == [mappings[1]]
@@ -219,7 +228,9 @@ def test_five_hundred_ports_reserve_fast():
         eph = a.reserve("eph", [PortRequest("udp", 1000 + i, LO) for i in range(500)])
         t3 = time.perf_counter()
         assert len(got) == 500 and len({r.mapping.host_port for r in eph}) == 500
-        print(f"\n500 TCP ports reserved in {1000 * (t1 - t0):.1f} ms, released in {1000 * (t2 - t1):.1f} ms; "
-              f"500 ephemeral UDP ports in {1000 * (t3 - t2):.1f} ms")
+        print(
+            f"\n500 TCP ports reserved in {1000 * (t1 - t0):.1f} ms, released in {1000 * (t2 - t1):.1f} ms; "
+            f"500 ephemeral UDP ports in {1000 * (t3 - t2):.1f} ms"
+        )
     finally:
         a.close()

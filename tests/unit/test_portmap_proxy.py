@@ -20,7 +20,9 @@ from cnm.portmap.proxy import UserlandProxy
 LO = IPv4Address("127.0.0.1")
 
 
-@pytest.fixture(params=[(1, True), (0, True), (1, False)], ids=["thread-splice", "loop-splice", "thread-copy"])
+@pytest.fixture(
+    params=[(1, True), (0, True), (1, False)], ids=["thread-splice", "loop-splice", "thread-copy"]
+)
 async def setup(request):
     workers, splice = request.param
     base = free_block(10, start=42000)

@@ -22,8 +22,11 @@ def config_for(publish: list[str], expose: list[str] = (), publish_all: bool = F
     """The config cnmd builds from what ``cnm run -p ... --expose ... [-P]`` sends."""
     exposed, bindings = parse_publish(list(publish))
     exposed = parse_expose(list(expose), exposed)
-    body = {"Image": "busybox", "ExposedPorts": exposed,
-            "HostConfig": {"PortBindings": bindings, "PublishAllPorts": publish_all}}
+    body = {
+        "Image": "busybox",
+        "ExposedPorts": exposed,
+        "HostConfig": {"PortBindings": bindings, "PublishAllPorts": publish_all},
+    }
     config, _ = parse_container_create(body)
     return config
 
@@ -36,7 +39,10 @@ def config_for(publish: list[str], expose: list[str] = (), publish_all: bool = F
         ("127.0.0.1:8080:80/udp", [PortRequest("udp", 80, LO, 8080, 8080)]),
         ("127.0.0.1::80", [PortRequest("tcp", 80, LO)]),
         ("8080:80/sctp", [PortRequest("sctp", 80, UNSET, 8080, 8080)]),
-        ("8000-8001:80-81", [PortRequest("tcp", 80, UNSET, 8000, 8000), PortRequest("tcp", 81, UNSET, 8001, 8001)]),
+        (
+            "8000-8001:80-81",
+            [PortRequest("tcp", 80, UNSET, 8000, 8000), PortRequest("tcp", 81, UNSET, 8001, 8001)],
+        ),
         ("8000-9000:80", [PortRequest("tcp", 80, UNSET, 8000, 9000)]),
         ("80-82", [PortRequest("tcp", p) for p in (80, 81, 82)]),
         ("published=5000,target=80", [PortRequest("tcp", 80, UNSET, 5000, 5000)]),
@@ -83,8 +89,9 @@ def test_publish_all_expands_a_range_key_from_another_client():
 def test_a_key_with_no_bindings_is_only_exposed_unless_publish_all():
     config = ContainerConfig(image="b", port_bindings={"80/tcp": ()})
     assert port_requests(config) == []
-    assert port_requests(ContainerConfig(image="b", port_bindings={"80/tcp": ()}, publish_all=True,
-                                         exposed_ports=("80/tcp",))) == [PortRequest("tcp", 80)]
+    assert port_requests(
+        ContainerConfig(image="b", port_bindings={"80/tcp": ()}, publish_all=True, exposed_ports=("80/tcp",))
+    ) == [PortRequest("tcp", 80)]
 
 
 def test_host_port_zero_is_ephemeral():
@@ -102,7 +109,11 @@ def test_host_port_zero_is_ephemeral():
         ("80/tcp", [PortBindingRequest("", "8o8o")], 'invalid port specification: "8o8o"'),
         ("80/tcp", [PortBindingRequest("", "70000")], 'invalid port specification: "70000"'),
         ("80/tcp", [PortBindingRequest("", "9000-8000")], 'invalid port specification: "9000-8000"'),
-        ("80-81/tcp", [PortBindingRequest("", "8000")], "invalid ranges specified for container and host Ports"),
+        (
+            "80-81/tcp",
+            [PortBindingRequest("", "8000")],
+            "invalid ranges specified for container and host Ports",
+        ),
         ("80/tcp", [PortBindingRequest("::1", "8080")], "IPv6 host addresses are not supported"),
         ("80/tcp", [PortBindingRequest("localhost", "8080")], "invalid host IP address 'localhost'"),
     ],
@@ -115,7 +126,9 @@ def test_invalid_requests_are_refused_with_dockers_words(key, bindings, message)
 
 def test_the_api_refuses_bad_bindings_at_create():
     with pytest.raises(InvalidArgument, match='invalid port specification: "x"'):
-        parse_container_create({"Image": "b", "HostConfig": {"PortBindings": {"80/tcp": [{"HostPort": "x"}]}}})
+        parse_container_create(
+            {"Image": "b", "HostConfig": {"PortBindings": {"80/tcp": [{"HostPort": "x"}]}}}
+        )
     with pytest.raises(InvalidArgument, match='invalid port specification: "80/foo"'):
         parse_container_create({"Image": "b", "ExposedPorts": {"80/foo": {}}})
 

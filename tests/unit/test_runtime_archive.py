@@ -119,8 +119,11 @@ def oci_archive(path, layers: list[bytes], cfg: bytes, tags=("app:1",), with_man
         add(tar, "index.json", index)
         add(tar, "oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
         if with_manifest:
-            entry = {"Config": f"blobs/sha256/{sha(cfg)}", "RepoTags": list(tags),
-                     "Layers": [f"blobs/sha256/{sha(b)}" for b in layers]}
+            entry = {
+                "Config": f"blobs/sha256/{sha(cfg)}",
+                "RepoTags": list(tags),
+                "Layers": [f"blobs/sha256/{sha(b)}" for b in layers],
+            }
             add(tar, "manifest.json", json.dumps([entry]).encode())
     return str(path)
 
@@ -233,7 +236,9 @@ class TestLoad:
         assert store.find("app:1").id == loaded.image.id
 
     def test_aufs_metadata_skipped(self, store, tmp_path):
-        aufs = layer([(".wh..wh.plnk", "dir", None), (".wh..wh.plnk/1.2", "file", "x"), ("kept", "file", "k")])
+        aufs = layer(
+            [(".wh..wh.plnk", "dir", None), (".wh..wh.plnk/1.2", "file", "x"), ("kept", "file", "k")]
+        )
         [loaded] = store.load_archive(legacy_archive(tmp_path / "a.tar", [BASE, aufs], config([BASE, aufs])))
         assert tree(store.rootfs(loaded.image.id)) == {**tree_of_base(), "kept": "k"}
 
@@ -276,8 +281,18 @@ class TestLoad:
         image_dir = os.path.join(store.root, "ab" * 32)
         os.makedirs(os.path.join(image_dir, "rootfs"))
         with open(os.path.join(image_dir, "image.json"), "w") as fh:
-            json.dump({"id": "sha256:" + "ab" * 32, "created": "2026-01-01T00:00:00Z", "size": 3,
-                       "cmd": [], "env": ["PATH=/bin"], "workdir": "", "exposed_ports": []}, fh)
+            json.dump(
+                {
+                    "id": "sha256:" + "ab" * 32,
+                    "created": "2026-01-01T00:00:00Z",
+                    "size": 3,
+                    "cmd": [],
+                    "env": ["PATH=/bin"],
+                    "workdir": "",
+                    "exposed_ports": [],
+                },
+                fh,
+            )
         image = ImageStore(store.root).find("ab" * 32)
         assert image.entrypoint is None and image.user == "" and image.layers == () and image.labels == {}
 
@@ -322,8 +337,11 @@ class TestBadArchives:
         outside.mkdir()
         (outside / "victim").write_text("keep")
         planted = layer([("link", "symlink", str(outside))])
-        for top in (layer([("link/new", "file", "x")]), layer([("link/.wh.victim", "file", "")]),
-                    layer([("link/.wh..wh..opq", "file", "")])):
+        for top in (
+            layer([("link/new", "file", "x")]),
+            layer([("link/.wh.victim", "file", "")]),
+            layer([("link/.wh..wh..opq", "file", "")]),
+        ):
             path = legacy_archive(tmp_path / "bad.tar", [planted, top], config([planted, top]))
             with pytest.raises(InvalidArgument, match="escapes"):
                 store.load_archive(path)
@@ -364,8 +382,13 @@ class TestBadArchives:
         with tarfile.open(path, "w") as tar:
             add(tar, "a/layer.tar", BASE)
             add(tar, "c.json", cfg)
-            add(tar, "manifest.json", json.dumps(
-                [{"Config": "c.json", "RepoTags": ["x:1"], "Layers": ["a/layer.tar", "b/layer.tar"]}]).encode())
+            add(
+                tar,
+                "manifest.json",
+                json.dumps(
+                    [{"Config": "c.json", "RepoTags": ["x:1"], "Layers": ["a/layer.tar", "b/layer.tar"]}]
+                ).encode(),
+            )
         with pytest.raises(InvalidArgument, match="b/layer.tar"):
             store.load_archive(str(path))
         self.assert_unchanged(store)
@@ -415,7 +438,10 @@ class TestTag:
         assert store.find("short:latest").id == loaded.image.id
         assert store.find("docker.io/library/app:1").id == loaded.image.id
         assert ImageStore(store.root).find("localhost:5000/team/app:v2").repo_tags == (
-            "app:1", "localhost:5000/team/app:v2", "short:latest")
+            "app:1",
+            "localhost:5000/team/app:v2",
+            "short:latest",
+        )
 
     def test_errors_change_nothing(self, store, tmp_path):
         store.load_archive(legacy_archive(tmp_path / "a.tar", [BASE], config([BASE])))

@@ -222,9 +222,18 @@ class TestUserMounts:
         user = [m for m in spec["mounts"] if m["destination"] in ("/data", "/data/sub", "/run")]
         assert user == [  # parents first
             {"destination": "/data", "type": "bind", "source": "/srv", "options": ["rbind", "rshared"]},
-            {"destination": "/run", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "nodev", "size=1m", "exec"]},
-            {"destination": "/data/sub", "type": "bind", "source": "/srv/a", "options": ["rbind", "rprivate", "ro"]},
+            {
+                "destination": "/run",
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": ["nosuid", "nodev", "size=1m", "exec"],
+            },
+            {
+                "destination": "/data/sub",
+                "type": "bind",
+                "source": "/srv/a",
+                "options": ["rbind", "rprivate", "ro"],
+            },
         ]
 
     def test_a_user_mount_replaces_the_hosts_file_bind(self):
@@ -234,4 +243,7 @@ class TestUserMounts:
 
     def test_merge_options(self):
         assert bundle.merge_options(["noexec", "nosuid", "size=1m", "exec", "size=2m"]) == [
-            "nosuid", "exec", "size=2m"]
+            "nosuid",
+            "exec",
+            "size=2m",
+        ]

@@ -180,9 +180,13 @@ async def test_logs_through_runtime(fake):
     w.write(2, [b"e\n"], 2)
     w.write(1, [b"b\n"], 3)
     w.close()
-    got = [(r.stream, r.data) async for r in runtime.logs(CID, stdout=True, stderr=False, follow=False, tail=1)]
+    got = [
+        (r.stream, r.data) async for r in runtime.logs(CID, stdout=True, stderr=False, follow=False, tail=1)
+    ]
     assert got == [(1, b"b\n")]
-    got = [(r.stream, r.data) async for r in runtime.logs(CID, stdout=True, stderr=True, follow=False, tail=None)]
+    got = [
+        (r.stream, r.data) async for r in runtime.logs(CID, stdout=True, stderr=True, follow=False, tail=None)
+    ]
     assert got == [(1, b"a\n"), (2, b"e\n"), (1, b"b\n")]
     # follow on a container that is not running: ends after reading
     got = await asyncio.wait_for(

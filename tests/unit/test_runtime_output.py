@@ -43,7 +43,11 @@ async def test_copier_feeds_clients_and_log_and_ends_at_eof(tmp_path):
     got = await asyncio.wait_for(_drain(early), 5)
     assert got == [(STDOUT, b"one\ntw"), (STDERR, b"bad\n"), (STDOUT, b"o\n")]  # raw, as read
     records = await asyncio.wait_for(_drain(lines), 5)
-    assert [(r.stream, r.data) for r in records] == [(STDOUT, b"one\n"), (STDERR, b"bad\n"), (STDOUT, b"two\n")]
+    assert [(r.stream, r.data) for r in records] == [
+        (STDOUT, b"one\n"),
+        (STDERR, b"bad\n"),
+        (STDOUT, b"two\n"),
+    ]
     assert [(r.stream, r.data) for r in read_records(path)] == [(r.stream, r.data) for r in records]
     assert hub.copier is None and hub.subscribers == set()
 
@@ -105,14 +109,23 @@ def test_cli_timestamps_as_docker_sends_them():
 
 def test_log_config_flags_and_create_body():
     assert log_config("", ["max-size=10m", "max-file=3"]) == {
-        "Type": "", "Config": {"max-size": "10m", "max-file": "3"}}
+        "Type": "",
+        "Config": {"max-size": "10m", "max-file": "3"},
+    }
     with pytest.raises(ValueError, match="expected key=value"):
         log_config("json-file", ["max-size"])
-    config, _ = parse_container_create({
-        "Image": "busybox", "Tty": True,
-        "HostConfig": {"LogConfig": {"Type": "", "Config": {"max-size": "1k"}}, "ConsoleSize": [30, 100]},
-    })
-    assert (config.log_driver, dict(config.log_opts), config.console_size) == ("json-file", {"max-size": "1k"}, (30, 100))
+    config, _ = parse_container_create(
+        {
+            "Image": "busybox",
+            "Tty": True,
+            "HostConfig": {"LogConfig": {"Type": "", "Config": {"max-size": "1k"}}, "ConsoleSize": [30, 100]},
+        }
+    )
+    assert (config.log_driver, dict(config.log_opts), config.console_size) == (
+        "json-file",
+        {"max-size": "1k"},
+        (30, 100),
+    )
     with pytest.raises(InvalidArgument, match='logging driver "fluentd" is not supported'):
         parse_container_create({"Image": "busybox", "HostConfig": {"LogConfig": {"Type": "fluentd"}}})
     with pytest.raises(InvalidArgument, match="ConsoleSize"):

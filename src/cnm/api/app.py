@@ -96,7 +96,14 @@ def make_app(
     for prefix in (_VERSION_PREFIX, ""):
         app.router.add_route("GET", prefix + "/_ping", routes_system.ping)
         app.router.add_route("HEAD", prefix + "/_ping", routes_system.ping)
-    for module in (routes_system, routes_networks, routes_containers, routes_exec, routes_images, routes_export):
+    for module in (
+        routes_system,
+        routes_networks,
+        routes_containers,
+        routes_exec,
+        routes_images,
+        routes_export,
+    ):
         _add_routes(app, module.routes())
     return app
 

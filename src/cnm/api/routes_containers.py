@@ -318,7 +318,9 @@ async def attach(request: web.Request) -> web.StreamResponse:
         try:
             ends = {asyncio.ensure_future(stream.wait_lost()), asyncio.ensure_future(detached.wait())}
             if sub is not None or replay:
-                ends.add(asyncio.ensure_future(_attach_output(api, c, stream, sub, wanted, replay, multiplexed)))
+                ends.add(
+                    asyncio.ensure_future(_attach_output(api, c, stream, sub, wanted, replay, multiplexed))
+                )
             elif feeder is not None:
                 ends.add(feeder)
             try:
@@ -339,8 +341,15 @@ async def attach(request: web.Request) -> web.StreamResponse:
             sub.close()
 
 
-async def _attach_output(api: Api, c: Container, sink: Sink, sub: Subscription | None,
-                         wanted: set[int], replay: bool, multiplexed: bool) -> None:
+async def _attach_output(
+    api: Api,
+    c: Container,
+    sink: Sink,
+    sub: Subscription | None,
+    wanted: set[int],
+    replay: bool,
+    multiplexed: bool,
+) -> None:
     """The log so far (``replay``), then the subscription's chunks, to ``sink``."""
     if replay:
         async for record in api.controller.container_logs(
@@ -355,8 +364,12 @@ async def _attach_output(api: Api, c: Container, sink: Sink, sub: Subscription |
             return
 
 
-async def _feed_stdin(reader: asyncio.StreamReader, stdin: Awaitable[asyncio.StreamWriter | None],
-                      detach_keys: bytes, detached: asyncio.Event) -> None:
+async def _feed_stdin(
+    reader: asyncio.StreamReader,
+    stdin: Awaitable[asyncio.StreamWriter | None],
+    detach_keys: bytes,
+    detached: asyncio.Event,
+) -> None:
     """The client's bytes to the container's stdin (opened once it has started); the
     detach keys set ``detached`` instead of being sent."""
     dest = await stdin

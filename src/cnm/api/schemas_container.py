@@ -240,7 +240,9 @@ def _log_and_console(host: dict[str, Any]) -> dict[str, Any]:
     opts = get_str_map(log_config, "Config") or {}
     parse_log_config(driver, opts)
     size = host.get("ConsoleSize") or [0, 0]
-    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and 0 <= v < 65536 for v in size)):
+    if not (
+        isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and 0 <= v < 65536 for v in size)
+    ):
         raise InvalidArgument("invalid ConsoleSize: expected [height, width]")
     return {"log_driver": driver, "log_opts": opts, "console_size": (size[0], size[1])}
 
@@ -604,8 +606,14 @@ def port_items(c: Container, view: NetworkView) -> list[dict[str, Any]]:
             items.append({"PrivatePort": int(number), "Type": proto})
             continue
         for b in bindings:
-            items.append({"IP": b["HostIp"], "PrivatePort": int(number), "PublicPort": int(b["HostPort"]),
-                          "Type": proto})
+            items.append(
+                {
+                    "IP": b["HostIp"],
+                    "PrivatePort": int(number),
+                    "PublicPort": int(b["HostPort"]),
+                    "Type": proto,
+                }
+            )
     return items
 
 

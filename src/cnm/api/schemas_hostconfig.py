@@ -87,11 +87,11 @@ def _tmpfs_options(size: Any, mode: Any) -> tuple[str, ...]:
     out = []
     if size not in (None, 0):
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise InvalidArgument("invalid mount config for type \"tmpfs\": invalid TmpfsOptions.SizeBytes")
+            raise InvalidArgument('invalid mount config for type "tmpfs": invalid TmpfsOptions.SizeBytes')
         out.append(f"size={size}")
     if mode not in (None, 0):
         if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o7777:
-            raise InvalidArgument("invalid mount config for type \"tmpfs\": invalid TmpfsOptions.Mode")
+            raise InvalidArgument('invalid mount config for type "tmpfs": invalid TmpfsOptions.Mode')
         out.append(f"mode={mode:o}")
     return tuple(out)
 
@@ -106,16 +106,23 @@ def parse_mount(raw: Any) -> Mount:
             'invalid mount config for type "volume": volumes are not supported by cnm; use type=bind'
         )
     if kind not in ("bind", "tmpfs"):
-        raise InvalidArgument(f'invalid mount config: mount type unknown: "{kind}"' if kind
-                              else "invalid mount config: mount type unknown")
+        raise InvalidArgument(
+            f'invalid mount config: mount type unknown: "{kind}"'
+            if kind
+            else "invalid mount config: mount type unknown"
+        )
     target = _check_target(kind, get_str(raw, "Target"))
     read_only = get_bool(raw, "ReadOnly")
     source = get_str(raw, "Source")
     if get_dict(raw, "VolumeOptions"):
-        raise InvalidArgument(f'invalid mount config for type "{kind}": field VolumeOptions must not be specified')
+        raise InvalidArgument(
+            f'invalid mount config for type "{kind}": field VolumeOptions must not be specified'
+        )
     if kind == "bind":
         if get_dict(raw, "TmpfsOptions"):
-            raise InvalidArgument('invalid mount config for type "bind": field TmpfsOptions must not be specified')
+            raise InvalidArgument(
+                'invalid mount config for type "bind": field TmpfsOptions must not be specified'
+            )
         if not source:
             raise InvalidArgument('invalid mount config for type "bind": field Source must not be empty')
         if not source.startswith("/"):
@@ -123,18 +130,28 @@ def parse_mount(raw: Any) -> Mount:
                 f"invalid mount config for type \"bind\": invalid mount path: '{source}' mount path must be absolute"
             )
         bind_options = get_dict(raw, "BindOptions")
-        unsupported = sorted(k for k, v in bind_options.items() if k != "Propagation" and v not in (None, False, ""))
+        unsupported = sorted(
+            k for k, v in bind_options.items() if k != "Propagation" and v not in (None, False, "")
+        )
         if unsupported:
             raise InvalidArgument(f"BindOptions.{unsupported[0]} is not supported by cnm")
         propagation = get_str(bind_options, "Propagation")
         if propagation and propagation not in PROPAGATIONS:
             raise InvalidArgument(f"invalid propagation mode: {propagation}")
-        return Mount(type="bind", source=posixpath.normpath(source), target=target, read_only=read_only,
-                     options=(propagation,) if propagation else (), origin=FROM_MOUNTS)
+        return Mount(
+            type="bind",
+            source=posixpath.normpath(source),
+            target=target,
+            read_only=read_only,
+            options=(propagation,) if propagation else (),
+            origin=FROM_MOUNTS,
+        )
     if source:
         raise InvalidArgument('invalid mount config for type "tmpfs": field Source must not be specified')
     if get_dict(raw, "BindOptions"):
-        raise InvalidArgument('invalid mount config for type "tmpfs": field BindOptions must not be specified')
+        raise InvalidArgument(
+            'invalid mount config for type "tmpfs": field BindOptions must not be specified'
+        )
     tmpfs = get_dict(raw, "TmpfsOptions")
     options = _tmpfs_options(tmpfs.get("SizeBytes"), tmpfs.get("Mode"))
     return Mount(type="tmpfs", target=target, read_only=read_only, options=options, origin=FROM_MOUNTS)
@@ -149,9 +166,29 @@ def parse_tmpfs(target: str, options: Any) -> Mount:
     read_only = "ro" in opts
     for option in opts:
         key = option.partition("=")[0]
-        if key not in ("ro", "rw", "size", "mode", "uid", "gid", "nr_inodes", "nr_blocks", "exec", "noexec",
-                       "suid", "nosuid", "dev", "nodev", "atime", "noatime", "relatime", "strictatime",
-                       "nodiratime", "tmpcopyup", "notmpcopyup"):
+        if key not in (
+            "ro",
+            "rw",
+            "size",
+            "mode",
+            "uid",
+            "gid",
+            "nr_inodes",
+            "nr_blocks",
+            "exec",
+            "noexec",
+            "suid",
+            "nosuid",
+            "dev",
+            "nodev",
+            "atime",
+            "noatime",
+            "relatime",
+            "strictatime",
+            "nodiratime",
+            "tmpcopyup",
+            "notmpcopyup",
+        ):
             raise InvalidArgument(f"invalid tmpfs option {option!r} for {target}")
     kept = tuple(o for o in opts if o not in ("ro", "rw", "tmpcopyup", "notmpcopyup"))
     return Mount(type="tmpfs", target=target, read_only=read_only, options=kept, origin=FROM_TMPFS)
@@ -199,10 +236,22 @@ def mount_json(m: Mount) -> dict[str, Any]:
 def mount_point_json(m: Mount) -> dict[str, Any]:
     """One item of inspect's top-level ``Mounts`` (moby ``MountPoint``)."""
     if m.type == "bind":
-        return {"Type": "bind", "Source": m.source, "Destination": m.target, "Mode": m.mode,
-                "RW": not m.read_only, "Propagation": m.options[0] if m.options else "rprivate"}
-    return {"Type": "tmpfs", "Source": "", "Destination": m.target, "Mode": "", "RW": not m.read_only,
-            "Propagation": ""}
+        return {
+            "Type": "bind",
+            "Source": m.source,
+            "Destination": m.target,
+            "Mode": m.mode,
+            "RW": not m.read_only,
+            "Propagation": m.options[0] if m.options else "rprivate",
+        }
+    return {
+        "Type": "tmpfs",
+        "Source": "",
+        "Destination": m.target,
+        "Mode": "",
+        "RW": not m.read_only,
+        "Propagation": "",
+    }
 
 
 # -- restart policy -------------------------------------------------------------------------

@@ -49,8 +49,12 @@ def lock_holder(path: str, proc_locks: str = "/proc/locks") -> int:
     return 0
 
 
-def refusal(socket_path: str, roots: tuple[str, ...] = (DEFAULT_DATA_ROOT, DEFAULT_EXEC_ROOT),
-            default_socket: str = DEFAULT_SOCKET, proc_locks: str = "/proc/locks") -> str:
+def refusal(
+    socket_path: str,
+    roots: tuple[str, ...] = (DEFAULT_DATA_ROOT, DEFAULT_EXEC_ROOT),
+    default_socket: str = DEFAULT_SOCKET,
+    proc_locks: str = "/proc/locks",
+) -> str:
     """Why no daemon may be started for ``socket_path`` ("" when one may)."""
     if os.path.abspath(socket_path) != default_socket:
         return f"{socket_path} is not the default socket {default_socket}"
@@ -58,8 +62,10 @@ def refusal(socket_path: str, roots: tuple[str, ...] = (DEFAULT_DATA_ROOT, DEFAU
         holder = lock_holder(os.path.join(root, LOCK_FILE), proc_locks)
         if holder:
             who = f"pid {holder}" if holder > 0 else "pid unknown"
-            return (f"a cnmd ({who}) holds {root} but does not answer on {socket_path}; "
-                    "it may be starting or stuck")
+            return (
+                f"a cnmd ({who}) holds {root} but does not answer on {socket_path}; "
+                "it may be starting or stuck"
+            )
     return ""
 
 
@@ -74,8 +80,10 @@ def find_cnmd(env: Mapping[str, str] | None = None) -> str:
 
     found = shutil.which("cnmd")
     if not found:
-        raise ConnectError("Cannot connect to the cnm daemon and cnmd was not found "
-                           f"(looked in {os.path.dirname(sys.executable)} and PATH)")
+        raise ConnectError(
+            "Cannot connect to the cnm daemon and cnmd was not found "
+            f"(looked in {os.path.dirname(sys.executable)} and PATH)"
+        )
     return found
 
 
@@ -109,8 +117,9 @@ def start_daemon(socket_path: str, timeout: float = 10.0) -> None:
     argv = [find_cnmd()]  # its defaults: this socket, /var/lib/cnm, /run/cnm
     with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
         try:
-            proc = subprocess.Popen(argv, stdin=devnull, stdout=log, stderr=log,
-                                    start_new_session=True, close_fds=True)
+            proc = subprocess.Popen(
+                argv, stdin=devnull, stdout=log, stderr=log, start_new_session=True, close_fds=True
+            )
         except OSError as exc:
             raise ConnectError(f"Cannot start the cnm daemon ({argv[0]}): {exc.strerror}") from exc
     deadline = time.monotonic() + timeout
@@ -118,8 +127,12 @@ def start_daemon(socket_path: str, timeout: float = 10.0) -> None:
         if _ping(socket_path):
             return
         if proc.poll() is not None:
-            raise ConnectError(f"Cannot connect to the cnm daemon at unix://{socket_path}: cnmd exited "
-                               f"with status {proc.returncode}; see {log_path}")
+            raise ConnectError(
+                f"Cannot connect to the cnm daemon at unix://{socket_path}: cnmd exited "
+                f"with status {proc.returncode}; see {log_path}"
+            )
         time.sleep(0.02)
-    raise ConnectError(f"Cannot connect to the cnm daemon at unix://{socket_path}: cnmd did not answer "
-                       f"within {timeout:g}s; see {log_path}")
+    raise ConnectError(
+        f"Cannot connect to the cnm daemon at unix://{socket_path}: cnmd did not answer "
+        f"within {timeout:g}s; see {log_path}"
+    )

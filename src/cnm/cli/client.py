@@ -26,9 +26,19 @@ if TYPE_CHECKING:
 DEFAULT_HOST = "unix:///run/cnm/cnm.sock"
 API_VERSION = "1.51"
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-_REASONS = {200: "OK", 201: "Created", 204: "No Content", 304: "Not Modified", 400: "Bad Request",
-            403: "Forbidden", 404: "Not Found", 409: "Conflict", 500: "Internal Server Error",
-            501: "Not Implemented", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    201: "Created",
+    204: "No Content",
+    304: "Not Modified",
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    409: "Conflict",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+}
 
 
 def quote(text: str, safe: str = "") -> str:
@@ -47,7 +57,7 @@ def encode_query(query: dict[str, object] | None) -> str:
 def parse_host(host: str) -> tuple[str, str | tuple[str, int]]:
     """``unix:///path`` → ("unix", "/path"); ``tcp://h:p`` → ("tcp", (h, p))."""
     if host.startswith("unix://"):
-        path = host[len("unix://"):]
+        path = host[len("unix://") :]
         if not path:
             raise ConnectError(f"invalid host: {host}: unix socket path is empty")
         return "unix", path
@@ -69,8 +79,9 @@ class Response:
     ``logs -f`` and ``wait``). Closing the response closes its connection.
     """
 
-    def __init__(self, conn: Connection, status: int, reason: str, headers: dict[str, str],
-                 method: str) -> None:
+    def __init__(
+        self, conn: Connection, status: int, reason: str, headers: dict[str, str], method: str
+    ) -> None:
         self.conn, self.status, self.reason, self.headers = conn, status, reason, headers
         self._no_body = method == "HEAD" or status in (101, 204, 304) or 100 <= status < 200
 
@@ -164,8 +175,8 @@ class Connection:
             if not data:
                 raise ConnectError("unexpected EOF from the daemon")
             self.buf += data
-        line = bytes(self.buf[:idx + 1])
-        del self.buf[:idx + 1]
+        line = bytes(self.buf[: idx + 1])
+        del self.buf[: idx + 1]
         return line.rstrip(b"\r\n")
 
     def send(self, data: bytes) -> None:
@@ -257,8 +268,9 @@ class Client:
         if self.kind == "unix":
             sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         else:
-            sock = _socket.socket(_socket.AF_INET6 if ":" in self.addr[0] else _socket.AF_INET,
-                                  _socket.SOCK_STREAM)
+            sock = _socket.socket(
+                _socket.AF_INET6 if ":" in self.addr[0] else _socket.AF_INET, _socket.SOCK_STREAM
+            )
         try:
             sock.connect(self.addr)
         except BaseException:
@@ -281,7 +293,8 @@ class Client:
         except PermissionError as exc:
             raise ConnectError(
                 f"permission denied while trying to connect to the cnm daemon socket at {self.host}: "
-                f"dial unix {self.addr}: connect: permission denied") from exc
+                f"dial unix {self.addr}: connect: permission denied"
+            ) from exc
         except OSError as exc:
             raise self._cannot_connect(exc) from exc
 
@@ -289,8 +302,14 @@ class Client:
         return ConnectError(f"Cannot connect to the cnm daemon at {self.host}. Is the cnm daemon running?")
 
     # -- requests ---------------------------------------------------------------------
-    def open(self, method: str, path: str, query: dict[str, object] | None = None,
-             body: object = None, headers: dict[str, str] | None = None) -> Response:
+    def open(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, object] | None = None,
+        body: object = None,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
         """Send a request and read the response head; the caller reads (or streams) the body.
 
         ``body`` may be a dict/list (sent as JSON), bytes, or an iterable of bytes (sent
@@ -313,8 +332,11 @@ class Client:
             hdrs["Content-Length"] = "0"
         if headers:
             hdrs.update(headers)
-        head = f"{method} {path}{encode_query(query)} HTTP/1.1\r\n" + "".join(
-            f"{k}: {v}\r\n" for k, v in hdrs.items()) + "\r\n"
+        head = (
+            f"{method} {path}{encode_query(query)} HTTP/1.1\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items())
+            + "\r\n"
+        )
         conn = self.connect()
         try:
             conn.send(head.encode() + (payload or b""))
@@ -339,11 +361,19 @@ class Client:
             k, _, v = line.decode("latin-1").partition(":")
             headers[k.strip().lower()] = v.strip()
         if not headers.get("content-length", "0").isdigit():
-            raise ConnectError(f"malformed HTTP response from the daemon: Content-Length {headers['content-length']!r}")
+            raise ConnectError(
+                f"malformed HTTP response from the daemon: Content-Length {headers['content-length']!r}"
+            )
         return Response(conn, int(parts[1]), parts[2] if len(parts) > 2 else "", headers, method)
 
-    def request(self, method: str, path: str, query: dict[str, object] | None = None,
-                body: object = None, headers: dict[str, str] | None = None) -> Response:
+    def request(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, object] | None = None,
+        body: object = None,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
         """Like ``open`` but raise ``DaemonError`` for a status of 400 or more."""
         resp = self.open(method, path, query, body, headers)
         if resp.status >= 400:
@@ -353,8 +383,9 @@ class Client:
                 resp.close()
         return resp
 
-    def call(self, method: str, path: str, query: dict[str, object] | None = None,
-             body: object = None) -> object:
+    def call(
+        self, method: str, path: str, query: dict[str, object] | None = None, body: object = None
+    ) -> object:
         """A request whose whole JSON (or empty) answer is returned decoded."""
         resp = self.request(method, path, query, body)
         try:
@@ -369,8 +400,11 @@ class Client:
         ctype = resp.headers.get("content-type", "").split(";")[0].strip()
         if not data:
             text = f"{resp.status} {resp.reason or _REASONS.get(resp.status, '')}".strip()
-            return DaemonError(resp.status, f"request returned {text} for API route and version "
-                                            f"{path}, check if the server supports the requested API version")
+            return DaemonError(
+                resp.status,
+                f"request returned {text} for API route and version "
+                f"{path}, check if the server supports the requested API version",
+            )
         if ctype == "application/json":
             import json
 
@@ -381,15 +415,26 @@ class Client:
             return DaemonError(resp.status, message)
         return DaemonError(resp.status, data.decode(errors="replace"))
 
-    def hijack(self, path: str, query: dict[str, object] | None = None, body: object = None,
-               content_type: str = "text/plain") -> tuple[_socket.socket, bytes]:
+    def hijack(
+        self,
+        path: str,
+        query: dict[str, object] | None = None,
+        body: object = None,
+        content_type: str = "text/plain",
+    ) -> tuple[_socket.socket, bytes]:
         """POST with ``Upgrade: tcp``; on 101 return the raw socket and any bytes already read.
 
         Any other success status is refused as Docker's client does; errors raise DaemonError.
         """
-        resp = self.open("POST", path, query, body,
-                         {"Connection": "Upgrade", "Upgrade": "tcp", "Content-Type": content_type}
-                         if body is None else {"Connection": "Upgrade", "Upgrade": "tcp"})
+        resp = self.open(
+            "POST",
+            path,
+            query,
+            body,
+            {"Connection": "Upgrade", "Upgrade": "tcp", "Content-Type": content_type}
+            if body is None
+            else {"Connection": "Upgrade", "Upgrade": "tcp"},
+        )
         if resp.status >= 400:
             try:
                 raise self.error_from(resp, path)

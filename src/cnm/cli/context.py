@@ -16,8 +16,9 @@ class Cli:
     then nothing answering is an error, as with Docker) nor when ``CNM_NO_AUTOSTART`` is set.
     """
 
-    def __init__(self, host: str | None = None, env: dict[str, str] | None = None,
-                 stdout=None, stderr=None) -> None:
+    def __init__(
+        self, host: str | None = None, env: dict[str, str] | None = None, stdout=None, stderr=None
+    ) -> None:
         self.env = dict(os.environ) if env is None else env
         self.host = host or self.env.get("CNM_HOST") or DEFAULT_HOST
         self.host_named = bool(host or self.env.get("CNM_HOST"))

@@ -33,9 +33,16 @@ class Flag:
 
     __slots__ = ("names", "kind", "key", "help", "default", "validate", "metavar")
 
-    def __init__(self, names: tuple[str, ...], kind: str = STR, dest: str = "", help: str = "",
-                 default: object = None, validate: Callable[[str], object] | None = None,
-                 metavar: str = "") -> None:
+    def __init__(
+        self,
+        names: tuple[str, ...],
+        kind: str = STR,
+        dest: str = "",
+        help: str = "",
+        default: object = None,
+        validate: Callable[[str], object] | None = None,
+        metavar: str = "",
+    ) -> None:
         self.names, self.kind, self.help, self.default = names, kind, help, default
         self.validate, self.metavar = validate, metavar
         longs = [n for n in names if n.startswith("--")]
@@ -47,8 +54,15 @@ class Flag:
         return ", ".join(shorts[:1] + longs[:1])
 
 
-def flag(*names: str, kind: str = STR, dest: str = "", help: str = "", default: object = None,
-         validate: Callable[[str], object] | None = None, metavar: str = "") -> Flag:
+def flag(
+    *names: str,
+    kind: str = STR,
+    dest: str = "",
+    help: str = "",
+    default: object = None,
+    validate: Callable[[str], object] | None = None,
+    metavar: str = "",
+) -> Flag:
     return Flag(tuple(names), kind, dest, help, default, validate, metavar)
 
 
@@ -58,11 +72,24 @@ class Command:
     ``interspersed=False`` stops flag parsing at the first positional (``run IMAGE CMD…``).
     """
 
-    def __init__(self, path: str, usage: str, description: str, flags: Sequence[Flag] = (),
-                 min_args: int = 0, max_args: int | None = None, interspersed: bool = True,
-                 aliases: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        path: str,
+        usage: str,
+        description: str,
+        flags: Sequence[Flag] = (),
+        min_args: int = 0,
+        max_args: int | None = None,
+        interspersed: bool = True,
+        aliases: Sequence[str] = (),
+    ) -> None:
         self.path, self.usage, self.description, self.flags = path, usage, description, flags
-        self.min_args, self.max_args, self.interspersed, self.aliases = min_args, max_args, interspersed, aliases
+        self.min_args, self.max_args, self.interspersed, self.aliases = (
+            min_args,
+            max_args,
+            interspersed,
+            aliases,
+        )
 
     def help_text(self) -> str:
         """The ``--help`` page: usage, description, options."""
@@ -134,8 +161,10 @@ def parse(cmd: Command, argv: Sequence[str]) -> tuple[dict[str, Any], list[str],
             elif raw in _FALSE:
                 values[f.key] = False
             else:
-                raise fail(f'invalid argument "{raw}" for "{f.label()}" flag: strconv.ParseBool: '
-                           f'parsing "{raw}": invalid syntax')
+                raise fail(
+                    f'invalid argument "{raw}" for "{f.label()}" flag: strconv.ParseBool: '
+                    f'parsing "{raw}": invalid syntax'
+                )
             return
         value: object = raw
         try:
@@ -144,7 +173,11 @@ def parse(cmd: Command, argv: Sequence[str]) -> tuple[dict[str, Any], list[str],
             if f.kind == INT:
                 value = int(raw, 10)
         except ValueError as exc:
-            reason = str(exc) if f.kind != INT or f.validate else f'strconv.ParseInt: parsing "{raw}": invalid syntax'
+            reason = (
+                str(exc)
+                if f.kind != INT or f.validate
+                else f'strconv.ParseInt: parsing "{raw}": invalid syntax'
+            )
             raise fail(f'invalid argument "{raw}" for "{f.label()}" flag: {reason}') from None
         if f.kind == LIST:
             values[f.key].append(value)
@@ -186,7 +219,7 @@ def parse(cmd: Command, argv: Sequence[str]) -> tuple[dict[str, Any], list[str],
                     if c == "h":
                         raise HelpRequested(cmd)
                     raise fail(f"unknown shorthand flag: '{c}' in {arg}")
-                rest = arg[j + 1:]
+                rest = arg[j + 1 :]
                 if f.kind == BOOL:
                     if rest.startswith("="):
                         store(f, rest[1:])
@@ -225,5 +258,4 @@ def _count_message(cmd: Command, n: int) -> str:
         what = f'"{cmd.path}" requires at least {lo} {plural(lo)}.'
     else:
         what = f'"{cmd.path}" requires at most {hi} {plural(hi or 0)}.'
-    return (f"{what}\n{cmd.see_help()}\n\nUsage:  {cmd.path} [OPTIONS] {cmd.usage}\n\n"
-            f"{cmd.description}")
+    return f"{what}\n{cmd.see_help()}\n\nUsage:  {cmd.path} [OPTIONS] {cmd.usage}\n\n{cmd.description}"

@@ -27,7 +27,7 @@ def ellipsis(text: str, width: int) -> str:
         return text
     if width <= 1:
         return text[:width]
-    return text[:width - 1] + "…"
+    return text[: width - 1] + "…"
 
 
 def tabwrite(lines: Iterable[str], minwidth: int = 10, padding: int = 3) -> str:
@@ -125,9 +125,14 @@ def displayable_ports(ports: Sequence[dict]) -> str:
     published to another number print as ``ip:pub->priv/proto`` after the groups; exposed
     only ports print as ``priv/proto``.
     """
+
     def key(p: dict) -> tuple:
-        return (p.get("PrivatePort", 0), p.get("IP", "") or "", p.get("PublicPort", 0) or 0,
-                p.get("Type", ""))
+        return (
+            p.get("PrivatePort", 0),
+            p.get("IP", "") or "",
+            p.get("PublicPort", 0) or 0,
+            p.get("Type", ""),
+        )
 
     groups: dict[str, list[int]] = {}
     order: list[str] = []

@@ -37,8 +37,8 @@ class Demuxer:
             stream = self.buf[0]
             if stream > SYSTEMERR:
                 raise CliError(f"Unrecognized input header: {stream}")
-            payload = bytes(self.buf[8:8 + size])
-            del self.buf[:8 + size]
+            payload = bytes(self.buf[8 : 8 + size])
+            del self.buf[: 8 + size]
             if payload:
                 frames.append((stream, payload))
         return frames
@@ -140,8 +140,15 @@ class Escape:
         return bytes(out), False
 
 
-def pump(sock, initial: bytes, tty: bool, stdin_fd: int | None, out_fd: int = 1, err_fd: int = 2,
-         detach_keys: bytes = b"") -> bool:
+def pump(
+    sock,
+    initial: bytes,
+    tty: bool,
+    stdin_fd: int | None,
+    out_fd: int = 1,
+    err_fd: int = 2,
+    detach_keys: bytes = b"",
+) -> bool:
     """Copy until the daemon closes the stream; True when the user typed ``detach_keys``
     instead (the stream is left at once; the container keeps running).
 

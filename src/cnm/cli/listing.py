@@ -21,7 +21,7 @@ def normalise(fmt: str, default_table: str) -> tuple[bool, str]:
         fmt = "{{json .}}"
     table = fmt.startswith("table")
     if table:
-        fmt = fmt[len("table"):]
+        fmt = fmt[len("table") :]
     fmt = fmt.strip(" ").replace("\\t", "\t").replace("\\n", "\n")
     return table, fmt
 

@@ -167,7 +167,9 @@ def _dispatch(args: list[str]) -> int:
         key = f"{rest[0]} {rest[1]}"
         consumed = 2
         if key not in COMMANDS:
-            raise CliError(f"cnm: unknown command: cnm {key}\n\nRun 'cnm {rest[0]} --help' for more information")
+            raise CliError(
+                f"cnm: unknown command: cnm {key}\n\nRun 'cnm {rest[0]} --help' for more information"
+            )
     if key not in COMMANDS:
         raise CliError(f"cnm: unknown command: cnm {key}\n\nRun 'cnm --help' for more information")
     module_name, func_name = COMMANDS[key]

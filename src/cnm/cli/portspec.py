@@ -108,7 +108,9 @@ def parse_port_spec(raw: str) -> list[tuple[str, dict[str, str]]]:
         except ValueError:
             raise ValueError("invalid hostPort: " + host_port) from None
     if host_port and (end - start) != (hend - hstart) and end != start:
-        raise ValueError(f"invalid ranges specified for container and host Ports: {container_port} and {host_port}")
+        raise ValueError(
+            f"invalid ranges specified for container and host Ports: {container_port} and {host_port}"
+        )
     if proto.lower() not in _PROTOS:
         raise ValueError("invalid proto: " + proto)
     out = []

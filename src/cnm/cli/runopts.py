@@ -52,8 +52,9 @@ def validate_ip(val: str) -> str:
 
 def valid_mac(val: str) -> bool:
     parts = val.strip().replace("-", ":").split(":")
-    return len(parts) in (6, 8, 20) and all(len(p) == 2 and all(c in "0123456789abcdefABCDEF" for c in p)
-                                            for p in parts)
+    return len(parts) in (6, 8, 20) and all(
+        len(p) == 2 and all(c in "0123456789abcdefABCDEF" for c in p) for p in parts
+    )
 
 
 def validate_env(val: str) -> str:
@@ -81,7 +82,12 @@ def _validate_link(val: str) -> str:
 
 CREATE_FLAGS = [
     F.flag("-a", "--attach", kind=F.LIST, help="Attach to STDIN, STDOUT or STDERR"),
-    F.flag("--add-host", kind=F.LIST, validate=validate_extra_host, help="Add a custom host-to-IP mapping (host:ip)"),
+    F.flag(
+        "--add-host",
+        kind=F.LIST,
+        validate=validate_extra_host,
+        help="Add a custom host-to-IP mapping (host:ip)",
+    ),
     F.flag("--dns", kind=F.LIST, validate=validate_ip, help="Set custom DNS servers"),
     F.flag("--dns-option", "--dns-opt", kind=F.LIST, dest="dns_option", help="Set DNS options"),
     F.flag("--dns-search", kind=F.LIST, help="Set custom DNS search domains"),
@@ -102,9 +108,21 @@ CREATE_FLAGS = [
     F.flag("--mac-address", help="Container MAC address (e.g., 92:d0:c6:0a:29:33)"),
     F.flag("--mount", kind=F.LIST, help="Attach a filesystem mount to the container"),
     F.flag("--name", help="Assign a name to the container"),
-    F.flag("--network", "--net", kind=F.LIST, dest="network", metavar="network",
-           help="Connect a container to a network"),
-    F.flag("--network-alias", "--alias", kind=F.LIST, dest="network_alias", help="Add network-scoped alias for the container"),
+    F.flag(
+        "--network",
+        "--net",
+        kind=F.LIST,
+        dest="network",
+        metavar="network",
+        help="Connect a container to a network",
+    ),
+    F.flag(
+        "--network-alias",
+        "--alias",
+        kind=F.LIST,
+        dest="network_alias",
+        help="Add network-scoped alias for the container",
+    ),
     F.flag("--platform", help="Set platform if server is multi-platform capable"),
     F.flag("--privileged", kind=F.BOOL, help="Give extended privileges to this container"),
     F.flag("-p", "--publish", kind=F.LIST, help="Publish a container's port(s) to the host"),
@@ -124,7 +142,11 @@ CREATE_FLAGS = [
 RUN_FLAGS = CREATE_FLAGS + [
     F.flag("-d", "--detach", kind=F.BOOL, help="Run container in background and print container ID"),
     F.flag("--detach-keys", help="Override the key sequence for detaching a container"),
-    F.flag("--rm", kind=F.BOOL, help="Automatically remove the container and its associated anonymous volumes when it exits"),
+    F.flag(
+        "--rm",
+        kind=F.BOOL,
+        help="Automatically remove the container and its associated anonymous volumes when it exits",
+    ),
     F.flag("--sig-proxy", kind=F.BOOL, default=True, help="Proxy received signals to the process"),
 ]
 RUN_FLAGS.sort(key=lambda f: f.names[-1].lstrip("-"))
@@ -139,18 +161,40 @@ def is_user_defined(mode: str) -> bool:
 
 def _endpoint_settings() -> dict:
     """A zero ``EndpointSettings`` as Go marshals it (no field is omitempty)."""
-    return {"IPAMConfig": None, "Links": None, "Aliases": None, "MacAddress": "", "DriverOpts": None,
-            "GwPriority": 0, "NetworkID": "", "EndpointID": "", "Gateway": "", "IPAddress": "",
-            "IPPrefixLen": 0, "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
-            "DNSNames": None}
+    return {
+        "IPAMConfig": None,
+        "Links": None,
+        "Aliases": None,
+        "MacAddress": "",
+        "DriverOpts": None,
+        "GwPriority": 0,
+        "NetworkID": "",
+        "EndpointID": "",
+        "Gateway": "",
+        "IPAddress": "",
+        "IPPrefixLen": 0,
+        "IPv6Gateway": "",
+        "GlobalIPv6Address": "",
+        "GlobalIPv6PrefixLen": 0,
+        "DNSNames": None,
+    }
 
 
 def parse_network_opt(value: str) -> dict:
     """``opts.NetworkOpt.Set``: a name, or ``name=n,alias=a,ip=…,driver-opt=k=v,…``."""
     import re
 
-    att: dict = {"Target": value, "Aliases": [], "Links": [], "IPv4Address": "", "IPv6Address": "",
-                 "MacAddress": "", "LinkLocalIPs": [], "DriverOpts": {}, "GwPriority": 0}
+    att: dict = {
+        "Target": value,
+        "Aliases": [],
+        "Links": [],
+        "IPv4Address": "",
+        "IPv6Address": "",
+        "MacAddress": "",
+        "LinkLocalIPs": [],
+        "DriverOpts": {},
+        "GwPriority": 0,
+    }
     if not re.search(r"\w+=\w+(,\w+=\w+)*", value):
         return att
     att["Target"] = ""
@@ -196,8 +240,9 @@ def _apply_container_options(att: dict, v: dict) -> None:
     if att["MacAddress"] and v["mac_address"]:
         raise ValueError("conflicting options: cannot specify both --mac-address and per-network MAC address")
     if att["LinkLocalIPs"] and v["link_local_ip"]:
-        raise ValueError("conflicting options: cannot specify both --link-local-ip and per-network "
-                         "link-local IP addresses")
+        raise ValueError(
+            "conflicting options: cannot specify both --link-local-ip and per-network link-local IP addresses"
+        )
     if v["network_alias"]:
         att["Aliases"] = list(v["network_alias"])
     if is_user_defined(att["Target"]) and v["link"]:
@@ -265,7 +310,9 @@ def endpoints_config(v: dict) -> tuple[str, dict[str, dict]]:
             continue  # a single plain network: the daemon creates the endpoint itself
         endpoints[att["Target"]] = ep
     if user and non_user:
-        raise ValueError("conflicting options: cannot attach both user-defined and non-user-defined network-modes")
+        raise ValueError(
+            "conflicting options: cannot attach both user-defined and non-user-defined network-modes"
+        )
     return nets[0]["Target"], endpoints
 
 
@@ -305,7 +352,9 @@ def parse_restart(value: str) -> dict:
         try:
             retries = int(count)
         except ValueError:
-            raise ValueError("invalid restart policy format: maximum retry count must be an integer") from None
+            raise ValueError(
+                "invalid restart policy format: maximum retry count must be an integer"
+            ) from None
     return {"Name": name, "MaximumRetryCount": retries}
 
 
@@ -365,7 +414,7 @@ def parse_mount_flag(value: str) -> dict:
             except ValueError:
                 raise ValueError(f"invalid value for {key}: {val}") from None
         elif key.startswith("volume-"):
-            mount.setdefault("VolumeOptions", {})[key[len("volume-"):]] = val or True
+            mount.setdefault("VolumeOptions", {})[key[len("volume-") :]] = val or True
         else:
             raise ValueError(f"unexpected key '{key}' in '{field}'")
     if not mount.get("Target"):
@@ -421,8 +470,15 @@ def log_config(driver: str, opts: list[str]) -> dict:
     return {"Type": driver, "Config": config}
 
 
-def create_body(v: dict, changed: set[str], image: str, cmd: list[str], detach: bool,
-                env: dict[str, str] | None = None, console_size: tuple[int, int] | None = None) -> dict:
+def create_body(
+    v: dict,
+    changed: set[str],
+    image: str,
+    cmd: list[str],
+    detach: bool,
+    env: dict[str, str] | None = None,
+    console_size: tuple[int, int] | None = None,
+) -> dict:
     """The ``POST /containers/create`` body for parsed flags ``v`` (ValueError on bad input)."""
     environ: Mapping[str, str] = os.environ if env is None else env
     if v["mac_address"] and not valid_mac(v["mac_address"]):
@@ -457,19 +513,21 @@ def create_body(v: dict, changed: set[str], image: str, cmd: list[str], detach: 
     }
     if exposed:
         config["ExposedPorts"] = exposed
-    config.update({
-        "Tty": v["tty"],
-        "OpenStdin": v["interactive"],
-        "StdinOnce": bool(v["interactive"] and attach_stdin),
-        "Env": env_list,
-        "Cmd": list(cmd) or None,
-        "Image": image,
-        "Volumes": None,
-        "WorkingDir": v["workdir"] or "",
-        "Entrypoint": entrypoint,
-        "OnBuild": None,
-        "Labels": _kv_map(v["label"]),
-    })
+    config.update(
+        {
+            "Tty": v["tty"],
+            "OpenStdin": v["interactive"],
+            "StdinOnce": bool(v["interactive"] and attach_stdin),
+            "Env": env_list,
+            "Cmd": list(cmd) or None,
+            "Image": image,
+            "Volumes": None,
+            "WorkingDir": v["workdir"] or "",
+            "Entrypoint": entrypoint,
+            "OnBuild": None,
+            "Labels": _kv_map(v["label"]),
+        }
+    )
     if v["stop_signal"]:
         config["StopSignal"] = v["stop_signal"]
     if v["stop_timeout"] is not None:

@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 
-
 class TemplateError(Exception):
     """A parse or execution error, worded like Go's (``template: :1: …``)."""
 
@@ -54,7 +53,11 @@ def _split(src: str) -> list[tuple[str, str, int]]:
             break
         text = src[i:j]
         body_start = j + 2
-        if src.startswith("- ", body_start) or src.startswith("-\t", body_start) or src.startswith("-\n", body_start):
+        if (
+            src.startswith("- ", body_start)
+            or src.startswith("-\t", body_start)
+            or src.startswith("-\n", body_start)
+        ):
             text = text.rstrip(" \t\r\n")
             body_start += 1
         items.append(("text", text, i))
@@ -108,16 +111,19 @@ def _tokens(body: str, base: int, src: str) -> list[tuple[str, object, int]]:
             import json
 
             try:
-                toks.append(("str", json.loads(body[i:j + 1]), off))
+                toks.append(("str", json.loads(body[i : j + 1]), off))
             except ValueError:
-                raise TemplateError(f"template: :{_pos(src, off).split(':')[0]}: "
-                                    f"invalid syntax: {body[i:j + 1]}") from None
+                raise TemplateError(
+                    f"template: :{_pos(src, off).split(':')[0]}: invalid syntax: {body[i : j + 1]}"
+                ) from None
             i = j + 1
         elif c == "`":
             j = body.find("`", i + 1)
             if j < 0:
-                raise TemplateError(f"template: :{_pos(src, off).split(':')[0]}: unterminated raw quoted string")
-            toks.append(("str", body[i + 1:j], off))
+                raise TemplateError(
+                    f"template: :{_pos(src, off).split(':')[0]}: unterminated raw quoted string"
+                )
+            toks.append(("str", body[i + 1 : j], off))
             i = j + 1
         elif c == "." or c == "$":
             j = i + 1
@@ -127,7 +133,9 @@ def _tokens(body: str, base: int, src: str) -> list[tuple[str, object, int]]:
             if c == ".":
                 names = [p for p in word.split(".") if p]
                 if word != "." and (word.endswith(".") or "" in word[1:].split(".")):
-                    raise TemplateError(f"template: :{_pos(src, off).split(':')[0]}: bad character in field {word!r}")
+                    raise TemplateError(
+                        f"template: :{_pos(src, off).split(':')[0]}: bad character in field {word!r}"
+                    )
                 toks.append(("field", names, off))
             else:
                 name, *fields = word.split(".")
@@ -144,8 +152,9 @@ def _tokens(body: str, base: int, src: str) -> list[tuple[str, object, int]]:
                 try:
                     value = float(word)
                 except ValueError:
-                    raise TemplateError(f"template: :{_pos(src, off).split(':')[0]}: "
-                                        f"bad number syntax: {word!r}") from None
+                    raise TemplateError(
+                        f"template: :{_pos(src, off).split(':')[0]}: bad number syntax: {word!r}"
+                    ) from None
             toks.append(("num", value, off))
             i = j
         elif c.isalpha() or c == "_":
@@ -237,8 +246,14 @@ class _Parser:
         if allow_decl and toks and toks[0][0] == "var":
             if len(toks) > 1 and toks[1][0] == "punct" and toks[1][1] in (":=", "="):
                 decl, assign, toks = [toks[0][1][0]], toks[1][1] == "=", toks[2:]
-            elif (range_decl and len(toks) > 3 and toks[1][:2] == ("punct", ",") and toks[2][0] == "var"
-                  and toks[3][0] == "punct" and toks[3][1] == ":="):
+            elif (
+                range_decl
+                and len(toks) > 3
+                and toks[1][:2] == ("punct", ",")
+                and toks[2][0] == "var"
+                and toks[3][0] == "punct"
+                and toks[3][1] == ":="
+            ):
                 decl, toks = [toks[0][1][0], toks[2][1][0]], toks[4:]
         cmds: list[list] = []
         pos = 0
@@ -255,8 +270,13 @@ class _Parser:
                     pos += 1
                 if depth:
                     raise self.err(tok[2], "unclosed left paren")
-                node: object = ("pipe", self.parse_pipe(toks[start:pos - 1], tok[2]), tok[2])
-                if pos < len(toks) and toks[pos][0] == "field" and toks[pos][1] and self.src[toks[pos][2] - 1] == ")":
+                node: object = ("pipe", self.parse_pipe(toks[start : pos - 1], tok[2]), tok[2])
+                if (
+                    pos < len(toks)
+                    and toks[pos][0] == "field"
+                    and toks[pos][1]
+                    and self.src[toks[pos][2] - 1] == ")"
+                ):
                     node = ("chain", node, toks[pos][1], toks[pos][2])
                     pos += 1
                 return node
@@ -307,7 +327,9 @@ def go_str(value: object) -> str:
     if isinstance(value, list):
         return "[" + " ".join(go_str(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "map[" + " ".join(f"{k}:{go_str(v)}" for k, v in sorted(value.items()) if not callable(v)) + "]"
+        return (
+            "map[" + " ".join(f"{k}:{go_str(v)}" for k, v in sorted(value.items()) if not callable(v)) + "]"
+        )
     return str(value)
 
 
@@ -381,7 +403,7 @@ def _printf(fmt: str, *args: object) -> str:
         if j >= len(fmt):
             out.append("%!(NOVERB)")
             break
-        spec, verb = fmt[i + 1:j], fmt[j]
+        spec, verb = fmt[i + 1 : j], fmt[j]
         i = j + 1
         if verb == "%":
             out.append("%")
@@ -419,6 +441,7 @@ def _cmp(op: str) -> Callable:
             return {"ne": a != b, "lt": a < b, "le": a <= b, "gt": a > b, "ge": a >= b}[op]  # type: ignore[operator]
         except TypeError:
             raise TemplateError(f"error calling {op}: incompatible types for comparison") from None
+
     return compare
 
 
@@ -441,11 +464,17 @@ def _short_circuit(*_args: object) -> object:
 
 
 FUNCS: dict[str, Callable] = {
-    "and": _short_circuit, "or": _short_circuit,
+    "and": _short_circuit,
+    "or": _short_circuit,
     "not": lambda v: not truth(v),
     "len": _len,
     "index": _index,
-    "eq": _cmp("eq"), "ne": _cmp("ne"), "lt": _cmp("lt"), "le": _cmp("le"), "gt": _cmp("gt"), "ge": _cmp("ge"),
+    "eq": _cmp("eq"),
+    "ne": _cmp("ne"),
+    "lt": _cmp("lt"),
+    "le": _cmp("le"),
+    "gt": _cmp("gt"),
+    "ge": _cmp("ge"),
     "print": _sprint,
     "printf": _printf,
     "println": lambda *a: " ".join(go_str(x) for x in a) + "\n",
@@ -470,7 +499,9 @@ class Template:
     the default prints ``<no value>`` as Go does.
     """
 
-    def __init__(self, src: str, missingkey: str = "default", funcs: dict[str, Callable] | None = None) -> None:
+    def __init__(
+        self, src: str, missingkey: str = "default", funcs: dict[str, Callable] | None = None
+    ) -> None:
         self.src = src
         self.missingkey = missingkey
         self.funcs = FUNCS if funcs is None else funcs
@@ -521,8 +552,9 @@ class Template:
         elif value is None or value is MISSING:
             pairs = []
         else:
-            raise TemplateError(f"template: :{_pos(self.src, 0).split(':')[0]}: "
-                                f"range can't iterate over {go_str(value)}")
+            raise TemplateError(
+                f"template: :{_pos(self.src, 0).split(':')[0]}: range can't iterate over {go_str(value)}"
+            )
         if not pairs:
             self._run(node[3], dot, scope, out)
             return
@@ -587,8 +619,9 @@ class Template:
             if head[0] in ("field", "var", "chain"):
                 args = [self._arg(a, dot, scope) for a in cmd[1:]] + ([piped] if has_piped else [])
                 return self._arg(head, dot, scope, args)
-            raise self._err(head[2] if len(head) > 2 else 0, "can't give argument to non-function "
-                            + _describe(head))
+            raise self._err(
+                head[2] if len(head) > 2 else 0, "can't give argument to non-function " + _describe(head)
+            )
         return self._arg(head, dot, scope)
 
     def _arg(self, node: tuple, dot: object, scope: list, call_args: list | None = None) -> object:
@@ -649,6 +682,7 @@ def _describe(node: tuple) -> str:
 
 def header_funcs(headers: set[str]) -> dict[str, Callable]:
     """Docker's ``HeaderFunctions``: when rendering a table header, functions pass the header through."""
+
     def passthrough(*args: object) -> object:
         for a in args:
             if a in headers:

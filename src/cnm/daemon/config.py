@@ -31,7 +31,7 @@ class DaemonConfig:
 
 def socket_path_of(host: str) -> str:
     if host.startswith("unix://"):
-        path = host[len("unix://"):]
+        path = host[len("unix://") :]
     elif host.startswith("/"):
         path = host
     else:
@@ -42,10 +42,14 @@ def socket_path_of(host: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cnmd", description="cnm daemon: Docker's container networking in Python")
+    p = argparse.ArgumentParser(
+        prog="cnmd", description="cnm daemon: Docker's container networking in Python"
+    )
     p.add_argument("-H", "--host", help="socket to serve the API on (default unix://<exec-root>/cnm.sock)")
     p.add_argument("--data-root", default="/var/lib/cnm", help="persistent state (default /var/lib/cnm)")
-    p.add_argument("--exec-root", default="/run/cnm", help="runtime state: netns, runc, sockets (default /run/cnm)")
+    p.add_argument(
+        "--exec-root", default="/run/cnm", help="runtime state: netns, runc, sockets (default /run/cnm)"
+    )
     p.add_argument("--bridge-name", default="cnm0", help="Linux bridge of the default network (default cnm0)")
     p.add_argument(
         "--default-address-pool",
@@ -54,18 +58,38 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="base=CIDR,size=N",
         help="address pool for new networks (repeatable; replaces Docker's defaults)",
     )
-    p.add_argument("--log-level", default="info", choices=LOG_LEVELS,
-                   help="debug prints every kernel change as the command a person would type")
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=LOG_LEVELS,
+        help="debug prints every kernel change as the command a person would type",
+    )
     p.add_argument("--cgroup-parent", default="cnm", help="parent cgroup of the containers (default cnm)")
-    p.add_argument("--firewall-backend", default="nftables", choices=FIREWALL_BACKENDS,
-                   help="nftables (default; maps, flat cost per port) or iptables (Docker's layout)")
-    p.add_argument("--userland-proxy", nargs="?", const="true", default="false", metavar="BOOL",
-                   help="serve published ports to the host's loopback and hairpin traffic with one "
-                        "in-daemon proxy (default false: kernel NAT serves them, keeping client addresses)")
-    p.add_argument("--anti-spoofing", nargs="?", const="true", default="true", metavar="BOOL",
-                   help="drop what a container sends into its bridge port from another MAC or IPv4 "
-                        "address, and ARP claiming one (default true; nftables bridge family, "
-                        "whichever --firewall-backend)")
+    p.add_argument(
+        "--firewall-backend",
+        default="nftables",
+        choices=FIREWALL_BACKENDS,
+        help="nftables (default; maps, flat cost per port) or iptables (Docker's layout)",
+    )
+    p.add_argument(
+        "--userland-proxy",
+        nargs="?",
+        const="true",
+        default="false",
+        metavar="BOOL",
+        help="serve published ports to the host's loopback and hairpin traffic with one "
+        "in-daemon proxy (default false: kernel NAT serves them, keeping client addresses)",
+    )
+    p.add_argument(
+        "--anti-spoofing",
+        nargs="?",
+        const="true",
+        default="true",
+        metavar="BOOL",
+        help="drop what a container sends into its bridge port from another MAC or IPv4 "
+        "address, and ARP claiming one (default true; nftables bridge family, "
+        "whichever --firewall-backend)",
+    )
     return p
 
 

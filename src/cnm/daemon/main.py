@@ -179,9 +179,7 @@ def _build(config: DaemonConfig, daemon: str, others: dict[str, int]):
         debug=config.log_level == "debug",
         names=names,
         dns=dns,
-        publisher=Publisher(
-            PortAllocator(), firewall, UserlandProxy() if config.userland_proxy else None
-        ),
+        publisher=Publisher(PortAllocator(), firewall, UserlandProxy() if config.userland_proxy else None),
     )
     return controller, store, kernel, dns, leftovers, guard
 
@@ -245,8 +243,10 @@ async def serve(config: DaemonConfig) -> None:
     beacon = DaemonBeacon(daemon, os.getpid())  # before any kernel work: others see us alive
     others = {d: pid for d, pid in live_daemons().items() if d != daemon}
     if others:
-        log.info("other cnmd running in this network namespace: %s (their links and rules are left alone)",
-                 ", ".join(f"{d} (pid {pid})" for d, pid in others.items()))
+        log.info(
+            "other cnmd running in this network namespace: %s (their links and rules are left alone)",
+            ", ".join(f"{d} (pid {pid})" for d, pid in others.items()),
+        )
     become_subreaper()
     _raise_fd_limit()
     controller, store, kernel, dns, leftovers, guard = _build(config, daemon, others)

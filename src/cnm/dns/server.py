@@ -187,7 +187,11 @@ class DnsServer:
             self.forwarder.release(listener.sockets)
 
     def _forward_udp(
-        self, listener: _Listener, request: answer.Forward, transport: asyncio.DatagramTransport, addr: tuple[str, int]
+        self,
+        listener: _Listener,
+        request: answer.Forward,
+        transport: asyncio.DatagramTransport,
+        addr: tuple[str, int],
     ) -> None:
         """Start forwarding ``request``; its answer (or SERVFAIL) goes to ``addr`` from the
         forwarder's callback.  Counted in flight at once, so a burst read in one loop

@@ -61,7 +61,12 @@ class BridgeDriver:
     needs_ipam = True
 
     def __init__(
-        self, kernel: BridgeKernel, firewall: Firewall, *, hairpin: bool = False, guard: SpoofGuard | None = None
+        self,
+        kernel: BridgeKernel,
+        firewall: Firewall,
+        *,
+        hairpin: bool = False,
+        guard: SpoofGuard | None = None,
     ) -> None:
         """``hairpin``: bridge ports reflect frames back to their sender, so a container
         reaches its own published port through the host's address by kernel NAT alone
@@ -95,8 +100,10 @@ class BridgeDriver:
         name = network.bridge_name
         if existing is not None and existing.owner and existing.owner != network.id:
             if existing.daemon and existing.daemon != self._kernel.daemon_id:
-                raise Conflict(f"bridge {name} is already in use by another cnmd (daemon {existing.daemon}, "
-                               f"network {existing.owner[:12]})")
+                raise Conflict(
+                    f"bridge {name} is already in use by another cnmd (daemon {existing.daemon}, "
+                    f"network {existing.owner[:12]})"
+                )
             raise Conflict(f"bridge {name} is already in use by network {existing.owner[:12]}")
         async with AsyncExitStack() as undo:
             await self._kernel.ensure_bridge(
@@ -142,7 +149,9 @@ class BridgeDriver:
         """The veth pair: host end on the bridge, container end named ``endpoint.ifname``
         in the sandbox with its MAC, address and (unless internal) default route."""
         if not sandbox.key:
-            raise InvalidArgument(f"sandbox of container {sandbox.container_id[:12]} has no network namespace")
+            raise InvalidArgument(
+                f"sandbox of container {sandbox.container_id[:12]} has no network namespace"
+            )
         if not endpoint.host_ifname or not endpoint.ifname:
             raise InvalidArgument(f"endpoint {endpoint.id[:12]} has no interface names")
         spec = VethSpec(
@@ -212,19 +221,32 @@ class BridgeDriver:
         def stale(link: LinkInfo) -> bool:
             return may_remove(link, self._kernel.daemon_id, bool(others))
 
-        bridges = {link.index for link in links if link.kind == "bridge" and (stale(link) or link.name in bridge_names)}
+        bridges = {
+            link.index
+            for link in links
+            if link.kind == "bridge" and (stale(link) or link.name in bridge_names)
+        }
         orphans = [
-            link for link in links
-            if (link.kind == "veth" and link.owner not in endpoint_ids and stale(link)
-                and (link.master in bridges or link.master == 0))
+            link
+            for link in links
+            if (
+                link.kind == "veth"
+                and link.owner not in endpoint_ids
+                and stale(link)
+                and (link.master in bridges or link.master == 0)
+            )
         ] + [
-            link for link in links
-            if link.kind == "bridge" and link.owner not in network_ids and stale(link)
+            link for link in links if link.kind == "bridge" and link.owner not in network_ids and stale(link)
         ]
         for link in links:
             if link.owner and link.owner not in endpoint_ids | network_ids and link not in orphans:
-                log.debug("leaving %s %s alone: tagged by cnmd %s (alive: %s)", link.kind, link.name,
-                          link.daemon or "(untagged)", ", ".join(f"{d} pid {p}" for d, p in others.items()) or "none")
+                log.debug(
+                    "leaving %s %s alone: tagged by cnmd %s (alive: %s)",
+                    link.kind,
+                    link.name,
+                    link.daemon or "(untagged)",
+                    ", ".join(f"{d} pid {p}" for d, p in others.items()) or "none",
+                )
         for link in orphans:
             log.info("removing stale %s %s (owner %s)", link.kind, link.name, link.owner[:12])
             try:
@@ -238,7 +260,10 @@ class BridgeDriver:
 
     @staticmethod
     async def _restore_guard(
-        guard: SpoofGuard, networks: Sequence[Network], endpoints: Sequence[Endpoint], errors: list[BaseException]
+        guard: SpoofGuard,
+        networks: Sequence[Network],
+        endpoints: Sequence[Endpoint],
+        errors: list[BaseException],
     ) -> None:
         """Guard exactly the ports of ``endpoints`` (those of ``networks``); an endpoint
         whose guard cannot be built is reported, the others are still guarded."""

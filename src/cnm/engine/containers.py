@@ -76,7 +76,9 @@ RESTART_MAX_DELAY = 60.0
 RESTART_RESET_AFTER = 10.0
 
 
-def should_restart(config: ContainerConfig, state: ContainerState, exit_code: int, *, daemon_start: bool) -> bool:
+def should_restart(
+    config: ContainerConfig, state: ContainerState, exit_code: int, *, daemon_start: bool
+) -> bool:
     """Docker's ``RestartManager.ShouldRestart``.  While cnmd runs, a container stopped
     or killed by its user is never restarted.  At daemon start, ``always`` comes back even
     then (Docker's rule), ``unless-stopped`` only if the user did not stop it, and
@@ -207,7 +209,7 @@ class Containers:
             if target not in taken:
                 raise InvalidArgument(f"could not get container for {target}: No such container: {target}")
         mode = config.network_mode
-        if mode.startswith("container:") and not mode[len("container:"):]:
+        if mode.startswith("container:") and not mode[len("container:") :]:
             raise InvalidArgument("invalid network mode: invalid container format container:<name|id>")
         if mode == "host" and config.port_bindings:
             warnings.append("Published ports are discarded when using host network mode")
@@ -240,7 +242,7 @@ class Containers:
         primary network (``network_mode``) included."""
         mode = config.network_mode
         if mode.startswith("container:"):
-            self.find(mode[len("container:"):])  # Docker: "No such container: X" at create
+            self.find(mode[len("container:") :])  # Docker: "No such container: X" at create
             return {}
         out: dict[str, EndpointRequest] = {}
         primary = self._create_network(mode)
@@ -277,7 +279,9 @@ class Containers:
         an ``--rm`` container is removed."""
         container = self.find(ref)
         cid = container.id
-        async with self._hold(cid, joins=lambda: self._plan_networks(cid), others=lambda: self._netns_owner(cid)):
+        async with self._hold(
+            cid, joins=lambda: self._plan_networks(cid), others=lambda: self._netns_owner(cid)
+        ):
             container = self._current(container.id, ref)
             if container.id in self._removing:
                 raise Conflict(f"container {container.id} is marked for removal and cannot be started")
@@ -285,7 +289,9 @@ class Containers:
                 raise NotModified(f"container {container.id} is already running")
             self._cancel_restart(container.id)
             # a start by the user begins a new life: no count, no "stopped by the user"
-            container = replace(container, state=replace(container.state, restart_count=0, stopped_by_user=False))
+            container = replace(
+                container, state=replace(container.state, restart_count=0, stopped_by_user=False)
+            )
             try:
                 image = self._find_image(container)
                 run = await self._start_locked(container, image)
@@ -358,7 +364,7 @@ class Containers:
             endpoints: list[Endpoint] = []
             sandbox: Sandbox | None = None
             if mode.startswith("container:"):
-                target = self.find(mode[len("container:"):])
+                target = self.find(mode[len("container:") :])
                 target_sb = self._state.sandbox_of(target.id)
                 if not target.running or target_sb is None:
                     raise Conflict(f"cannot join network of a non running container: {target.id}")
@@ -514,7 +520,7 @@ class Containers:
         if not mode.startswith("container:"):
             return set()
         try:
-            return {self.find(mode[len("container:"):]).id}
+            return {self.find(mode[len("container:") :]).id}
         except CnmError:
             return set()
 
@@ -608,7 +614,9 @@ class Containers:
         exited with the error (Docker's daemon gives up there too: no loop of failures)."""
         await asyncio.sleep(delay)
         async with self._hold(
-            container_id, joins=lambda: self._plan_networks(container_id), others=lambda: self._netns_owner(container_id)
+            container_id,
+            joins=lambda: self._plan_networks(container_id),
+            others=lambda: self._netns_owner(container_id),
         ):
             if self._restarts.get(container_id) is not asyncio.current_task():
                 return
@@ -622,8 +630,9 @@ class Containers:
                 run = await self._start_locked(container, self._find_image(container))
             except Exception as exc:
                 log.warning("restart of %s by its policy failed: %s", container.name, exc)
-                state = replace(container.state, status=EXITED, error=str(exc), exit_code=128,
-                                finished_at=now_rfc3339())
+                state = replace(
+                    container.state, status=EXITED, error=str(exc), exit_code=128, finished_at=now_rfc3339()
+                )
                 self._state.commit(put=[replace(container, state=state)])
                 return
         log.info("container %s restarted by its policy (%s)", container.name, container.config.restart_policy)
@@ -635,12 +644,18 @@ class Containers:
         for container in list(self._state.containers.values()):
             if container.state.status not in (EXITED, RESTARTING):
                 continue
-            if not should_restart(container.config, container.state, container.state.exit_code, daemon_start=True):
+            if not should_restart(
+                container.config, container.state, container.state.exit_code, daemon_start=True
+            ):
                 if container.state.status == RESTARTING:
-                    self._state.commit(put=[replace(container, state=replace(container.state, status=EXITED))])
+                    self._state.commit(
+                        put=[replace(container, state=replace(container.state, status=EXITED))]
+                    )
                 continue
             if container.state.status != RESTARTING:
-                self._state.commit(put=[replace(container, state=replace(container.state, status=RESTARTING))])
+                self._state.commit(
+                    put=[replace(container, state=replace(container.state, status=RESTARTING))]
+                )
             self._schedule_restart(container.id, 0.0)
 
     # -- stop / kill / remove / wait ------------------------------------------------------
@@ -819,7 +834,9 @@ class Containers:
                     "container cannot be connected to multiple networks with one of the networks in private (none) mode"
                 )
             if any(ep.network_id == network.id for ep in self._state.endpoints_of_container(container.id)):
-                raise Forbidden(f"endpoint with name {container.name} already exists in network {network.name}")
+                raise Forbidden(
+                    f"endpoint with name {container.name} already exists in network {network.name}"
+                )
             self._networks.check_request(network, request)
             sandbox = self._state.sandbox_of(container.id)
             if sandbox is None:
@@ -828,7 +845,9 @@ class Containers:
                 ep = await self._networks.attach(stack, network, container, sandbox, request)
                 if ep.default_route and not network.internal:  # it is the gateway endpoint now
                     ep = await self._publish(stack, network, ep, container, self._find_image(container))
-                networks = {k: v for k, v in container.config.networks.items() if k not in (network.name, network.id)}
+                networks = {
+                    k: v for k, v in container.config.networks.items() if k not in (network.name, network.id)
+                }
                 networks[network.name] = request
                 updated = replace(container, config=replace(container.config, networks=networks))
                 self._state.commit(put=[ep, updated])
@@ -877,7 +896,8 @@ class Containers:
                     "cannot disconnect container from host network - container was created in host network mode"
                 )
             ep = next(
-                (e for e in self._state.endpoints_of_container(container.id) if e.network_id == network.id), None
+                (e for e in self._state.endpoints_of_container(container.id) if e.network_id == network.id),
+                None,
             )
             if ep is None:
                 raise NotFound(f"container {container.id} is not connected to network {network.name}")
@@ -928,7 +948,9 @@ class Containers:
                 await self._kernel.set_default_route(sandbox.key, ep.gateway, ep.ifname)
                 promoted = replace(ep, default_route=True)
                 async with AsyncExitStack() as stack:
-                    promoted = await self._publish(stack, network, promoted, container, self._find_image(container))
+                    promoted = await self._publish(
+                        stack, network, promoted, container, self._find_image(container)
+                    )
                     self._state.commit(put=[promoted])
                     stack.pop_all()
             except CnmError as exc:
@@ -955,9 +977,7 @@ class Containers:
                     primary = config.network_mode
                 if not any(k == primary or k == config.network_mode for k in networks):
                     networks = {primary: EndpointRequest(), **networks}
-                networks = {
-                    (primary if k == config.network_mode else k): v for k, v in networks.items()
-                }
+                networks = {(primary if k == config.network_mode else k): v for k, v in networks.items()}
             upgraded = replace(config, networks=networks, networks_complete=True)
             self._state.commit(put=[replace(container, config=upgraded)])
 
@@ -1039,7 +1059,9 @@ class Containers:
                 continue  # running per the store: checked against runc below
             log.warning(
                 "runc has container %s (%s, pid %s) that cnm does not consider running: killing and deleting it",
-                cid[:12], entry.get("status", "?"), entry.get("pid", "?"),
+                cid[:12],
+                entry.get("status", "?"),
+                entry.get("pid", "?"),
             )
             try:
                 await self._runtime.cleanup(cid)  # runc delete --force: SIGKILL, state, cgroup

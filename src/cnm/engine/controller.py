@@ -264,7 +264,9 @@ class Controller:
 
     # -- containers -----------------------------------------------------------------------
 
-    async def create_container(self, name: str | None, config: ContainerConfig) -> tuple[Container, list[str]]:
+    async def create_container(
+        self, name: str | None, config: ContainerConfig
+    ) -> tuple[Container, list[str]]:
         image = self._runtime.find_image(config.image)
         return self._containers.create(name, config, image)
 
@@ -395,7 +397,7 @@ class Controller:
         users = [c for c in self._state.containers.values() if c.config.image_id == image.id]
         if users and not force:
             raise Conflict(
-                f"conflict: unable to remove repository reference \"{ref}\" (must force) - "
+                f'conflict: unable to remove repository reference "{ref}" (must force) - '
                 f"container {users[0].short_id} is using its referenced image {image.id[7:19]}"
             )
         return await self._runtime.remove_image(ref)

@@ -37,5 +37,7 @@ def find(
     if len(by_prefix) == 1:
         return by_prefix[0]
     if len(by_prefix) > 1:
-        raise InvalidArgument(f"{kind} {ref} is ambiguous ({len(by_prefix)} matches found based on ID prefix)")
+        raise InvalidArgument(
+            f"{kind} {ref} is ambiguous ({len(by_prefix)} matches found based on ID prefix)"
+        )
     raise NotFound(not_found)

@@ -120,7 +120,9 @@ class Naming:
 
     def _networked(self, endpoints: Sequence[Endpoint]) -> list[tuple[Network, Endpoint]]:
         return [
-            (self._state.networks[ep.network_id], ep) for ep in endpoints if ep.network_id in self._state.networks
+            (self._state.networks[ep.network_id], ep)
+            for ep in endpoints
+            if ep.network_id in self._state.networks
         ]
 
     def _host_gateway(self, pairs: Sequence[tuple[Network, Endpoint]]) -> str:
@@ -147,7 +149,9 @@ class Naming:
             if (target is None or not target.running) and not strict:
                 continue
             if target is None or not target.running:
-                raise InvalidArgument(f"Cannot link to a non running container: /{name} AS /{container.name}/{alias}")
+                raise InvalidArgument(
+                    f"Cannot link to a non running container: /{name} AS /{container.name}/{alias}"
+                )
             ep = next(
                 (
                     e
@@ -172,7 +176,10 @@ class Naming:
         paths = self.paths(container.id)
         pairs = self._networked(endpoints)
         gateway = self._host_gateway(pairs)
-        extra = [(name, gateway if ip == HOST_GATEWAY else ip) for name, ip in map(parse_extra_host, config.extra_hosts)]
+        extra = [
+            (name, gateway if ip == HOST_GATEWAY else ip)
+            for name, ip in map(parse_extra_host, config.extra_hosts)
+        ]
         self._write(paths.hostname, files.render_hostname(sandbox.hostname))
         if host_mode and not extra:
             try:
@@ -196,7 +203,9 @@ class Naming:
         host_conf = self._host_resolv()
         comment = ""
         if not host_mode and any(user_defined(net) for net, _ in pairs):
-            conf = files.embedded_resolv_conf(host_conf, dns_search=config.dns_search, dns_options=config.dns_options)
+            conf = files.embedded_resolv_conf(
+                host_conf, dns_search=config.dns_search, dns_options=config.dns_options
+            )
             comment = "Names are served by cnmd's embedded DNS server; other names go to: " + ", ".join(
                 str(u.address) for u in self._upstreams(config, host_conf)
             )
@@ -231,7 +240,12 @@ class Naming:
                 base = f"{prefix}_PORT_{port}_{proto.upper()}"
                 if i == 0:
                     env.append(f"{prefix}_PORT={proto}://{ip}:{port}")
-                env += [f"{base}={proto}://{ip}:{port}", f"{base}_ADDR={ip}", f"{base}_PORT={port}", f"{base}_PROTO={proto}"]
+                env += [
+                    f"{base}={proto}://{ip}:{port}",
+                    f"{base}_ADDR={ip}",
+                    f"{base}_PORT={port}",
+                    f"{base}_PROTO={proto}",
+                ]
             for item in target.config.env:
                 key, sep, value = item.partition("=")
                 if sep and key not in _LINK_ENV_SKIP:

@@ -99,9 +99,7 @@ class Networks:
         current = self.by_name("bridge")
         if current is not None and current.bridge_name != self._bridge_name:
             if self._state.endpoints_of_network(current.id):
-                log.warning(
-                    "default bridge stays on %s: containers are attached to it", current.bridge_name
-                )
+                log.warning("default bridge stays on %s: containers are attached to it", current.bridge_name)
                 return
             await self._delete(current)
             current = None
@@ -155,7 +153,9 @@ class Networks:
         async with AsyncExitStack() as stack:
             subnet = gateway = ip_range = None
             if driver.needs_ipam:
-                reserved = await self._kernel.host_networks() if config is None or config.subnet is None else ()
+                reserved = (
+                    await self._kernel.host_networks() if config is None or config.subnet is None else ()
+                )
                 pool = self._ipam.allocate_pool(network_id, config, reserved=reserved)
                 stack.callback(self._ipam.release_pool, network_id)
                 subnet, gateway, ip_range = pool.subnet, pool.gateway, pool.ip_range

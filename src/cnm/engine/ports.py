@@ -68,7 +68,9 @@ def default_host_ip(network: Network, requests: Sequence[PortRequest]) -> list[P
 
 
 class Publisher:
-    def __init__(self, allocator: PortAllocator, firewall: Firewall, proxy: UserlandProxy | None = None) -> None:
+    def __init__(
+        self, allocator: PortAllocator, firewall: Firewall, proxy: UserlandProxy | None = None
+    ) -> None:
         self._allocator = allocator
         self._firewall = firewall
         self._proxy = proxy
@@ -122,7 +124,9 @@ class Publisher:
             return
         held, failed = self._allocator.restore(endpoint.id, endpoint.ports)
         for mapping, exc in failed:
-            log.error("cannot hold %s/%s again for %s: %s", mapping.host_port, mapping.protocol, endpoint.name, exc)
+            log.error(
+                "cannot hold %s/%s again for %s: %s", mapping.host_port, mapping.protocol, endpoint.name, exc
+            )
         if self._proxy is not None and held:
             await self._proxy.add(endpoint.id, held, endpoint.address.ip)
 

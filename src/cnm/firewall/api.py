@@ -132,7 +132,11 @@ def port_guard(network: Network, endpoint: Endpoint) -> PortGuard:
         raise InvalidArgument(f"endpoint {endpoint.id[:12]} has no MAC address to guard its port with")
     addresses = (endpoint.address.ip,) if endpoint.address is not None else ()
     return PortGuard(
-        owner=endpoint.id, network=network.id, port=endpoint.host_ifname, mac=endpoint.mac, addresses=addresses
+        owner=endpoint.id,
+        network=network.id,
+        port=endpoint.host_ifname,
+        mac=endpoint.mac,
+        addresses=addresses,
     )
 
 

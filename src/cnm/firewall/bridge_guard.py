@@ -90,7 +90,9 @@ class NftBridgeGuard:
             self._apply(render_bridge.render_port(guard.owner, old, new, self.table))
         except FirewallError as exc:
             if self._list_json(f"table {render_bridge.FAMILY} {self.table}", terse=True) is not None:
-                raise FirewallError(f"{exc} (guarding port {guard.port} of endpoint {guard.owner[:12]})") from exc
+                raise FirewallError(
+                    f"{exc} (guarding port {guard.port} of endpoint {guard.owner[:12]})"
+                ) from exc
             log.warning("cnm's anti-spoofing table was removed from outside; putting it back")
             others = [g for owner, g in self._guards.items() if owner != guard.owner]
             await self.sync([*others, guard])

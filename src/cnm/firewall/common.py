@@ -60,7 +60,9 @@ PortKey = tuple[str | None, str, int]  # (host ip or None for any, protocol, hos
 def check_port_rule(rule: PortRule) -> tuple[int, int]:
     """Validate a published-port rule before rendering it; its (first, last) host port."""
     if rule.protocol not in PORT_PROTOCOLS:
-        raise InvalidArgument(f"invalid protocol {rule.protocol!r}: must be one of {', '.join(PORT_PROTOCOLS)}")
+        raise InvalidArgument(
+            f"invalid protocol {rule.protocol!r}: must be one of {', '.join(PORT_PROTOCOLS)}"
+        )
     first = _check_port(rule.host_port, "host port")
     last = _check_port(rule.host_port_end, "host port")
     if last < first:

@@ -133,8 +133,10 @@ class IptablesFirewall:
             try:
                 problems = render_ipt.health_problems(state, self.userland_proxy)
                 if problems:
-                    log.warning("iptables: cnm's chains were changed from outside (%s); putting them back",
-                                "; ".join(problems))
+                    log.warning(
+                        "iptables: cnm's chains were changed from outside (%s); putting them back",
+                        "; ".join(problems),
+                    )
                     await self._restore(render_ipt.render_setup(state, self.userland_proxy))
                 await self._restore(render(render_ipt.owned_rules(state, owner, _SHARED_CHAINS)))
             except FirewallError:
@@ -164,8 +166,9 @@ class IptablesFirewall:
             )
             self._remember(networks, ports, by_owner)
 
-    def _remember(self, networks: Sequence[BridgeRules], ports: Sequence[PortRule],
-                  by_owner: dict[str, list[Rule]]) -> None:
+    def _remember(
+        self, networks: Sequence[BridgeRules], ports: Sequence[PortRule], by_owner: dict[str, list[Rule]]
+    ) -> None:
         """Memory after a sync: exactly ``networks`` and ``ports``."""
         self._rules = {n.owner: render_ipt.network_shared_rules(n, self.userland_proxy) for n in networks}
         self._rules.update({owner: [render_ipt.port_jump(owner)] for owner in by_owner})
@@ -251,6 +254,7 @@ class IptablesFirewall:
     def _localnet(self, bridges: Iterable[str], strict: bool) -> None:
         if not self.userland_proxy:  # the proxy serves 127.0.0.1 itself
             enable_route_localnet(bridges, strict=strict)
+
 
 def _error_message(tool: str, err: str, batch: str | None) -> str:
     """The tool's first message, and the batch line it names (``Error occurred at line: N``)."""

@@ -95,8 +95,11 @@ def check_port(name: str) -> str:
 def check_address(address: object) -> IPv4Address:
     if not isinstance(address, IPv4Address):
         raise InvalidArgument(f"invalid IPv4 address {address!r} for a guarded port")
-    if address.is_unspecified or address.is_multicast or address.is_loopback or address == IPv4Address(
-        "255.255.255.255"
+    if (
+        address.is_unspecified
+        or address.is_multicast
+        or address.is_loopback
+        or address == IPv4Address("255.255.255.255")
     ):
         raise InvalidArgument(f"{address} cannot be the address of a guarded port")
     return address
@@ -203,7 +206,9 @@ def port_lines(
     return lines
 
 
-def render_port(owner: str, old: Iterable[GuardElement], new: Iterable[GuardElement], table: str = TABLE) -> str:
+def render_port(
+    owner: str, old: Iterable[GuardElement], new: Iterable[GuardElement], table: str = TABLE
+) -> str:
     return _script(port_lines(owner, old, new, table))
 
 

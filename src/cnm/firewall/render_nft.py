@@ -118,7 +118,6 @@ BASE_CHAINS: dict[str, str] = {
 FIXED_CHAINS = frozenset({USER_CHAIN, PORTS_CHAIN, *BASE_CHAINS})
 
 
-
 @dataclass(frozen=True, slots=True)
 class NetworkChains:
     """The names of one network's chains (derived from its id, so a removal needs only

@@ -38,7 +38,7 @@ def parse_alias(alias: str) -> tuple[str, str]:
     ("", owner) for the old tag without a daemon."""
     if not alias.startswith(OWNER_PREFIX):
         return "", ""
-    daemon, sep, owner = alias[len(OWNER_PREFIX):].rpartition(":")
+    daemon, sep, owner = alias[len(OWNER_PREFIX) :].rpartition(":")
     return (daemon, owner) if sep else ("", owner)
 
 
@@ -91,9 +91,7 @@ class Kernel(Protocol):
     def netns_exists(self, path: str) -> bool: ...
 
     # -- links ----------------------------------------------------------------------------
-    async def ensure_bridge(
-        self, name: str, *, owner: str, mtu: int, address: IPv4Interface | None
-    ) -> int:
+    async def ensure_bridge(self, name: str, *, owner: str, mtu: int, address: IPv4Interface | None) -> int:
         """Create the bridge if missing (tagged with ``owner``), make sure it carries
         ``address`` and is up; return its ifindex.  Raises Conflict if a link of that
         name exists that is not a bridge."""

@@ -39,9 +39,16 @@ class FakeLink:
 
     def info(self) -> LinkInfo:
         return LinkInfo(
-            index=self.index, name=self.name, kind=self.kind, owner=self.owner,
-            master=self.master, mac=self.mac, mtu=self.mtu, up=self.up,
-            addresses=tuple(self.addresses), daemon=self.daemon,
+            index=self.index,
+            name=self.name,
+            kind=self.kind,
+            owner=self.owner,
+            master=self.master,
+            mac=self.mac,
+            mtu=self.mtu,
+            up=self.up,
+            addresses=tuple(self.addresses),
+            daemon=self.daemon,
         )
 
 
@@ -73,8 +80,9 @@ class FakeKernel:
         exc = error or KernelError(f"injected failure in {method}")
         self._failures.setdefault(method, []).extend([exc] * times)
 
-    def add_foreign_link(self, name: str, kind: str = "bridge", owner: str = "", daemon: str = "",
-                         master: int = 0) -> int:
+    def add_foreign_link(
+        self, name: str, kind: str = "bridge", owner: str = "", daemon: str = "", master: int = 0
+    ) -> int:
         """A link this kernel's daemon did not create: the user's (no owner), or another
         cnmd's (``daemon``), or an old cnm's (``owner`` without ``daemon``)."""
         return self._add_link(HOST, name, kind, owner=owner, daemon=daemon, master=master).index
@@ -150,9 +158,7 @@ class FakeKernel:
 
     # -- links ----------------------------------------------------------------------------
 
-    async def ensure_bridge(
-        self, name: str, *, owner: str, mtu: int, address: IPv4Interface | None
-    ) -> int:
+    async def ensure_bridge(self, name: str, *, owner: str, mtu: int, address: IPv4Interface | None) -> int:
         self._maybe_fail("ensure_bridge")
         link = self.link(name)
         if link is None:
@@ -181,9 +187,7 @@ class FakeKernel:
                 f"cannot create veth {spec.host_ifname}: the name is taken on the host "
                 f"or {spec.ifname} exists in {spec.netns_path}"
             )
-        if spec.gateway is not None and (
-            spec.address is None or spec.gateway not in spec.address.network
-        ):
+        if spec.gateway is not None and (spec.address is None or spec.gateway not in spec.address.network):
             raise KernelError(f"cannot configure {spec.ifname} in {spec.netns_path}: Network is unreachable")
         self._record(
             f"ip link add {spec.host_ifname} mtu {spec.mtu} master {spec.bridge} type veth "
@@ -191,12 +195,26 @@ class FakeKernel:
             f"netns {spec.netns_path}"
         )
         host = self._add_link(
-            HOST, spec.host_ifname, "veth", owner=spec.owner, daemon=self.daemon_id, master=bridge.index, mtu=spec.mtu,
-            up=True, hairpin=spec.hairpin, mac=f"02:00:00:00:00:{self._next_index & 0xFF:02x}",
+            HOST,
+            spec.host_ifname,
+            "veth",
+            owner=spec.owner,
+            daemon=self.daemon_id,
+            master=bridge.index,
+            mtu=spec.mtu,
+            up=True,
+            hairpin=spec.hairpin,
+            mac=f"02:00:00:00:00:{self._next_index & 0xFF:02x}",
         )
         inner = self._add_link(
-            spec.netns_path, spec.ifname, "veth", mtu=spec.mtu, up=True, mac=spec.mac,
-            addresses=[spec.address] if spec.address is not None else [], gateway=spec.gateway,
+            spec.netns_path,
+            spec.ifname,
+            "veth",
+            mtu=spec.mtu,
+            up=True,
+            mac=spec.mac,
+            addresses=[spec.address] if spec.address is not None else [],
+            gateway=spec.gateway,
             peer=(HOST, host.index),
         )
         host.peer = (spec.netns_path, inner.index)

@@ -221,7 +221,10 @@ class LinuxKernel:
             (answer,) = rtnl.transact(sock, [rtnl.set_link(name=peer, up=False)])
         except OSError as exc:
             raise _failure(f"cannot take link {name} out of service", exc) from exc
-        if answer.error and answer.error not in (errno.ENODEV, errno.ENOENT):  # gone: the reaper finds it gone
+        if answer.error and answer.error not in (
+            errno.ENODEV,
+            errno.ENOENT,
+        ):  # gone: the reaper finds it gone
             raise KernelError(f"cannot take link {name} out of service: {os.strerror(answer.error)}")
         done = self._reaper.submit(name)
         self._retiring[name] = (netns_path, done)
@@ -230,7 +233,11 @@ class LinuxKernel:
     async def _settle(self, *, netns: str | None = None, everything: bool = False) -> None:
         """Wait until the retired links of ``netns`` (or all of them) are deleted; a
         failed deletion is raised."""
-        waits = [done for path, done in self._retiring.values() if everything or (netns is not None and path == netns)]
+        waits = [
+            done
+            for path, done in self._retiring.values()
+            if everything or (netns is not None and path == netns)
+        ]
         if not waits:
             return
         results = await asyncio.gather(*waits, return_exceptions=True)
@@ -327,9 +334,7 @@ class LinuxKernel:
 
     # -- bridges --------------------------------------------------------------------------
 
-    async def ensure_bridge(
-        self, name: str, *, owner: str, mtu: int, address: IPv4Interface | None
-    ) -> int:
+    async def ensure_bridge(self, name: str, *, owner: str, mtu: int, address: IPv4Interface | None) -> int:
         ipr = self.host
         link = await self._get_link(ipr, name)
         if link is None:
@@ -344,8 +349,9 @@ class LinuxKernel:
                 present = await _retried(functools.partial(_addresses, ipr, index))
                 if address not in present:
                     log_command(["ip", "addr", "add", str(address), "dev", name])
-                    await ipr.addr("add", index=index, address=str(address.ip),
-                                   prefixlen=address.network.prefixlen)
+                    await ipr.addr(
+                        "add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen
+                    )
             if not link["flags"] & IFF_UP:
                 log_command(["ip", "link", "set", name, "up"])
                 await ipr.link("set", index=index, state="up")
@@ -415,15 +421,43 @@ class LinuxKernel:
         try:
             bridge = await self._bridge_index(spec.bridge)
         except KernelError:
-            raise KernelError(f"cannot attach {spec.host_ifname}: bridge {spec.bridge} does not exist") from None
+            raise KernelError(
+                f"cannot attach {spec.host_ifname}: bridge {spec.bridge} does not exist"
+            ) from None
         log_command(
-            ["ip", "link", "add", spec.host_ifname, "mtu", str(spec.mtu), "master", spec.bridge, "up",
-             "type", "veth", "peer", "name", spec.ifname,
-             *(["address", spec.mac] if spec.mac else []), "mtu", str(spec.mtu),
-             "netns", spec.netns_path]
+            [
+                "ip",
+                "link",
+                "add",
+                spec.host_ifname,
+                "mtu",
+                str(spec.mtu),
+                "master",
+                spec.bridge,
+                "up",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                spec.ifname,
+                *(["address", spec.mac] if spec.mac else []),
+                "mtu",
+                str(spec.mtu),
+                "netns",
+                spec.netns_path,
+            ]
         )
-        log_command(["ip", "link", "set", spec.host_ifname, "alias", owner_alias(spec.owner, self.daemon_id),
-                     *(["type", "bridge_slave", "hairpin", "on"] if spec.hairpin else [])])
+        log_command(
+            [
+                "ip",
+                "link",
+                "set",
+                spec.host_ifname,
+                "alias",
+                owner_alias(spec.owner, self.daemon_id),
+                *(["type", "bridge_slave", "hairpin", "on"] if spec.hairpin else []),
+            ]
+        )
         host_index, peer_index = await self._create_pair(spec, bridge)
         crash_point("veth-created")
         try:
@@ -440,11 +474,21 @@ class LinuxKernel:
         try:
             for attempt in (0, 1):
                 requests = [
-                    rtnl.new_veth(spec.host_ifname, mtu=spec.mtu, master=bridge, up=True, peer_name=spec.ifname,
-                                  peer_netns_fd=fd, peer_mac=spec.mac),
+                    rtnl.new_veth(
+                        spec.host_ifname,
+                        mtu=spec.mtu,
+                        master=bridge,
+                        up=True,
+                        peer_name=spec.ifname,
+                        peer_netns_fd=fd,
+                        peer_mac=spec.mac,
+                    ),
                     # by name: fails harmlessly (ENODEV) when the creation failed
-                    rtnl.set_link(name=spec.host_ifname, alias=owner_alias(spec.owner, self.daemon_id),
-                                  hairpin=True if spec.hairpin else None),
+                    rtnl.set_link(
+                        name=spec.host_ifname,
+                        alias=owner_alias(spec.owner, self.daemon_id),
+                        hairpin=True if spec.hairpin else None,
+                    ),
                 ]
                 created, tagged = rtnl.transact(self._fast_host(), requests)
                 if created.error and attempt == 0 and created.error != errno.EEXIST:
@@ -466,7 +510,9 @@ class LinuxKernel:
             raise KernelError(f"cannot create veth {spec.host_ifname}: {os.strerror(created.error)}")
         if tagged.error:
             await self._delete(self.host, spec.host_ifname, None)
-            raise KernelError(f"cannot tag link {spec.host_ifname} with its owner: {os.strerror(tagged.error)}")
+            raise KernelError(
+                f"cannot tag link {spec.host_ifname} with its owner: {os.strerror(tagged.error)}"
+            )
         if created.echo is not None:
             echo = rtnl.parse_link(created.echo)
             return echo.index, echo.link
@@ -484,7 +530,9 @@ class LinuxKernel:
             log_command(["ip", "addr", "add", str(spec.address), "dev", spec.ifname], netns=path)
             requests.append(rtnl.add_address(index, spec.address.ip, spec.address.network.prefixlen))
         if spec.gateway is not None:
-            log_command(["ip", "route", "add", "default", "via", str(spec.gateway), "dev", spec.ifname], netns=path)
+            log_command(
+                ["ip", "route", "add", "default", "via", str(spec.gateway), "dev", spec.ifname], netns=path
+            )
             requests.append(rtnl.add_default_route(spec.gateway, index))
         try:
             answers = rtnl.transact(inner, requests)
@@ -493,7 +541,9 @@ class LinuxKernel:
             raise _failure(f"cannot configure {spec.ifname} in {path}", exc) from exc
 
     async def set_default_route(self, netns_path: str, gateway: IPv4Address, ifname: str) -> None:
-        log_command(["ip", "route", "replace", "default", "via", str(gateway), "dev", ifname], netns=netns_path)
+        log_command(
+            ["ip", "route", "replace", "default", "via", str(gateway), "dev", ifname], netns=netns_path
+        )
         try:
             async with self._in_netns(netns_path) as ipr:
                 index = (await ipr.link_lookup(ifname=ifname) or [0])[0]
@@ -507,8 +557,19 @@ class LinuxKernel:
         """Bridge-port isolation on host link ``name`` (``ip link set dev X type bridge_slave
         isolated on``): isolated ports cannot exchange frames with each other, only with
         non-isolated ports and the bridge itself.  (Not in the Kernel protocol yet.)"""
-        log_command(["ip", "link", "set", "dev", name, "type", "bridge_slave",
-                     "isolated", "on" if isolated else "off"])
+        log_command(
+            [
+                "ip",
+                "link",
+                "set",
+                "dev",
+                name,
+                "type",
+                "bridge_slave",
+                "isolated",
+                "on" if isolated else "off",
+            ]
+        )
         try:
             await self.host.link("set", ifname=name, kind="bridge_slave", isolated=int(isolated))
         except NetlinkError as exc:
@@ -546,4 +607,3 @@ class LinuxKernel:
         if netns_path is None:
             return sysctl.set_sysctl(key, value)
         return await ns.call_in_netns(netns_path, lambda: ns.write_proc_sys(key, value, netns_path))
-

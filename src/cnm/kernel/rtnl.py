@@ -212,7 +212,11 @@ def del_link(*, index: int = 0, name: str = "", group: int | None = None) -> Req
 def add_address(index: int, address: IPv4Address, prefixlen: int) -> Request:
     """``ip addr add ADDRESS/PREFIXLEN dev INDEX`` (no broadcast, as iproute2 and pyroute2)."""
     packed = address.packed
-    body = _IFADDRMSG.pack(socket.AF_INET, prefixlen, 0, 0, index) + attr(IFA_LOCAL, packed) + attr(IFA_ADDRESS, packed)
+    body = (
+        _IFADDRMSG.pack(socket.AF_INET, prefixlen, 0, 0, index)
+        + attr(IFA_LOCAL, packed)
+        + attr(IFA_ADDRESS, packed)
+    )
     return Request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body, f"add address {address}/{prefixlen}")
 
 
@@ -288,7 +292,9 @@ def transact(sock: socket.socket, requests: Sequence[Request]) -> list[Answer]:
     for i, req in enumerate(requests):
         seq = first + i
         seqs[seq] = i
-        header = _NLMSGHDR.pack(_NLMSGHDR.size + len(req.body), req.type, NLM_F_REQUEST | NLM_F_ACK | req.flags, seq, 0)
+        header = _NLMSGHDR.pack(
+            _NLMSGHDR.size + len(req.body), req.type, NLM_F_REQUEST | NLM_F_ACK | req.flags, seq, 0
+        )
         chunks.append(_pad(header + req.body))
     # Keep the process-wide counter ahead of the numbers just used.
     for _ in range(len(requests) - 1):

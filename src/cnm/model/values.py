@@ -56,9 +56,7 @@ def is_full_id(value: str) -> bool:
 def parse_container_name(name: str) -> str:
     """Docker's container-name rule; returns the name without the leading slash."""
     if not _CONTAINER_NAME.match(name):
-        raise InvalidArgument(
-            f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
-        )
+        raise InvalidArgument(f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
     return name.lstrip("/")
 
 
@@ -112,9 +110,7 @@ def parse_ipv4_network(value: str, what: str = "subnet") -> IPv4Network:
     if "/" not in value:
         raise InvalidArgument(f"invalid {what} {value!r}: invalid CIDR block notation")
     if iface.ip != iface.network.network_address:
-        raise InvalidArgument(
-            f"invalid {what} {value}: it should be {iface.network} (host bits are set)"
-        )
+        raise InvalidArgument(f"invalid {what} {value}: it should be {iface.network} (host bits are set)")
     return iface.network
 
 

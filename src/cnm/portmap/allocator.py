@@ -190,9 +190,7 @@ class PortAllocator:
                 continue  # another program holds it: try the next one
             self._last[key] = port
             return r
-        raise PortConflict(
-            f"Bind for {_addr(host_ip, f'{first}-{last}')} failed: all ports are allocated"
-        )
+        raise PortConflict(f"Bind for {_addr(host_ip, f'{first}-{last}')} failed: all ports are allocated")
 
     def _take(
         self, owner: str, req: PortRequest, host_ip: IPv4Address, port: int, container_ip: IPv4Address | None

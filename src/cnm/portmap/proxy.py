@@ -39,9 +39,20 @@ BACKOFF = 0.1  # seconds a listener pauses when the process is out of fds or mem
 _RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS)
 # accept() errors that concern the one connection being accepted (Linux passes pending
 # network errors of the new socket to accept).
-_ONE_CONNECTION = (errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN, errno.ENOPROTOOPT,
-                   errno.EHOSTDOWN, errno.ENONET, errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH,
-                   errno.ETIMEDOUT, errno.EINTR)
+_ONE_CONNECTION = (
+    errno.ECONNABORTED,
+    errno.EPROTO,
+    errno.EPERM,
+    errno.ENETDOWN,
+    errno.ENOPROTOOPT,
+    errno.EHOSTDOWN,
+    errno.ENONET,
+    errno.EHOSTUNREACH,
+    errno.EOPNOTSUPP,
+    errno.ENETUNREACH,
+    errno.ETIMEDOUT,
+    errno.EINTR,
+)
 
 
 @dataclass(eq=False)
@@ -106,7 +117,9 @@ class _TcpListener:
         client.setblocking(False)
         try:
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            up = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+            up = socket.socket(
+                socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+            )
         except OSError as exc:
             log.warning("proxy %s: cannot open a connection to the container: %s", self.target, exc)
             _reset(client)
@@ -223,8 +236,9 @@ class UserlandProxy:
         for r in reservations:
             m = r.mapping
             if r.sock is None or m.protocol == "sctp":
-                log.warning("userland proxy: %s/%s not proxied (SCTP); kernel NAT serves it", m.host_port,
-                            m.protocol)
+                log.warning(
+                    "userland proxy: %s/%s not proxied (SCTP); kernel NAT serves it", m.host_port, m.protocol
+                )
                 continue
             target = (str(container_ip), m.container_port)
             worker = self._pick()

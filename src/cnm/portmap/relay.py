@@ -43,8 +43,20 @@ class _Pump:
     """One direction, ``src`` -> ``dst``.  ``done`` is called once, with None at a clean
     end of stream or with the error that broke it."""
 
-    __slots__ = ("loop", "src", "dst", "done", "pipe", "pending", "buf", "view", "reading", "writing",
-                 "eof", "closed")
+    __slots__ = (
+        "loop",
+        "src",
+        "dst",
+        "done",
+        "pipe",
+        "pending",
+        "buf",
+        "view",
+        "reading",
+        "writing",
+        "eof",
+        "closed",
+    )
 
     def __init__(
         self,

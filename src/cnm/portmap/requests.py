@@ -138,7 +138,12 @@ def port_requests(config: ContainerConfig, image: Image | None = None) -> list[P
                     requests.append(PortRequest(proto, port))
     unique = sorted(
         dict.fromkeys(requests),
-        key=lambda r: (r.container_port, r.protocol, -1 if r.host_ip is None else int(r.host_ip), r.host_port),
+        key=lambda r: (
+            r.container_port,
+            r.protocol,
+            -1 if r.host_ip is None else int(r.host_ip),
+            r.host_port,
+        ),
     )
     _check_host_ports_once(unique)
     return unique
@@ -162,4 +167,3 @@ def _check_host_ports_once(requests: Iterable[PortRequest]) -> None:
                     f"{other.container_port}/{r.protocol} and {r.container_port}/{r.protocol}"
                 )
         held.setdefault((r.protocol, r.host_port), []).append(r)
-

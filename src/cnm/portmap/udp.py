@@ -27,8 +27,16 @@ BATCH = 64  # datagrams handled per readiness event before yielding to the loop
 _PKTINFO = struct.Struct("=I4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
 _CMSG_SPACE = socket.CMSG_SPACE(_PKTINFO.size)
 # Errors that concern one datagram or one flow, never the published socket.
-_TRANSIENT = (errno.EAGAIN, errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENOBUFS,
-              errno.EMSGSIZE, errno.EPERM, errno.EINVAL)
+_TRANSIENT = (
+    errno.EAGAIN,
+    errno.ECONNREFUSED,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    errno.ENOBUFS,
+    errno.EMSGSIZE,
+    errno.EPERM,
+    errno.EINVAL,
+)
 _RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS)
 
 
@@ -107,7 +115,9 @@ class UdpForwarder:
             up = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         except OSError as exc:
             level = logging.WARNING if exc.errno in _RESOURCES else logging.ERROR
-            log.log(level, "udp proxy %s: no socket for a new client (%s); datagram dropped", self.target, exc)
+            log.log(
+                level, "udp proxy %s: no socket for a new client (%s); datagram dropped", self.target, exc
+            )
             return None
         try:
             up.connect(self.target)

@@ -337,7 +337,9 @@ class SaveArchive:
             descriptor = ours[0]
         raise InvalidArgument("image indexes nested too deeply")
 
-    def _image(self, config_name: str, where: str, layers: tuple[str, ...], tags: tuple[str, ...]) -> SavedImage:
+    def _image(
+        self, config_name: str, where: str, layers: tuple[str, ...], tags: tuple[str, ...]
+    ) -> SavedImage:
         raw = self._read(config_name, where)
         try:
             config = json.loads(raw)

@@ -130,7 +130,8 @@ class FakeRuntime:
     async def list_containers(self) -> list[dict]:
         return [
             {"id": cid, "pid": self.pids.get(cid, 0), "status": "stopped" if fut.done() else "running"}
-            for cid, fut in self.exits.items() if cid not in self.deleted
+            for cid, fut in self.exits.items()
+            if cid not in self.deleted
         ]
 
     async def remove(self, container_id: str) -> None:

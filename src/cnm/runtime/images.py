@@ -235,7 +235,9 @@ class ImageStore:
                 with open(record, encoding="utf-8") as fh:
                     data = json.load(fh)
                 known = {f.name for f in fields(Image)} - {"repo_tags"}
-                values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
+                values: dict[str, Any] = {
+                    k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known
+                }
                 image = Image(repo_tags=(), **values)
             except (OSError, ValueError, TypeError) as exc:
                 log.warning("ignoring image %s: unreadable record: %s", entry.name, exc)

@@ -84,7 +84,9 @@ def parse_log_config(driver: str, opts: Mapping[str, str]) -> LogOptions:
         elif key == "compress" and value.lower() in ("false", "0", ""):
             pass
         else:
-            raise InvalidArgument(f"unknown log opt '{key}' for json-file log driver (cnm supports max-size, max-file)")
+            raise InvalidArgument(
+                f"unknown log opt '{key}' for json-file log driver (cnm supports max-size, max-file)"
+            )
     if max_file > 1 and max_size is None:
         raise InvalidArgument("max-file can only be used together with max-size")
     return LogOptions(max_size=max_size, max_file=max_file)
@@ -104,14 +106,20 @@ def parse_time(text: str) -> int:
     base = calendar.timegm(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S"))
     frac = int((m.group(2) or "0").ljust(9, "0"))
     zone = m.group(3)
-    offset = 0 if zone == "Z" else (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60) * (1 if zone[0] == "+" else -1)
+    offset = (
+        0 if zone == "Z" else (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60) * (1 if zone[0] == "+" else -1)
+    )
     return (base - offset) * 1_000_000_000 + frac
 
 
 def encode_record(stream: int, data: bytes, ns: int) -> bytes:
     """One json-file line (with its newline)."""
     text = json.dumps(
-        {"log": data.decode("utf-8", errors="replace"), "stream": STREAM_NAMES[stream], "time": rfc3339_nano(ns)},
+        {
+            "log": data.decode("utf-8", errors="replace"),
+            "stream": STREAM_NAMES[stream],
+            "time": rfc3339_nano(ns),
+        },
         separators=(",", ":"),
     )
     return text.encode() + b"\n"
@@ -131,10 +139,10 @@ class LineSplitter:
         while True:
             nl = self._buf.find(b"\n", start, start + MAX_RECORD)
             if nl >= 0:
-                out.append(bytes(self._buf[start:nl + 1]))
+                out.append(bytes(self._buf[start : nl + 1]))
                 start = nl + 1
             elif len(self._buf) - start >= MAX_RECORD:
-                out.append(bytes(self._buf[start:start + MAX_RECORD]))
+                out.append(bytes(self._buf[start : start + MAX_RECORD]))
                 start += MAX_RECORD
             else:
                 break
@@ -184,7 +192,7 @@ class JsonLogWriter:
         view = memoryview(data)
         try:
             while view:
-                view = view[os.write(self._fd, view):]
+                view = view[os.write(self._fd, view) :]
         except OSError as exc:
             raise SystemFailure(f"writing log {self.path}: {exc.strerror}") from exc
 

@@ -241,7 +241,7 @@ def start_time(pid: int) -> int | None:
             stat = fh.read()
     except OSError:
         return None
-    return int(stat[stat.rindex(b")") + 2:].split()[19])
+    return int(stat[stat.rindex(b")") + 2 :].split()[19])
 
 
 def start_fd_keeper(fds: list[int]) -> tuple[int, int]:
@@ -254,8 +254,12 @@ def start_fd_keeper(fds: list[int]) -> tuple[int, int]:
 
     try:
         proc = subprocess.Popen(
-            _KEEPER_ARGV, pass_fds=tuple(fds), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True,
+            _KEEPER_ARGV,
+            pass_fds=tuple(fds),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
     except OSError as exc:
         raise RuntimeFailure(f"cannot start the fd keeper: {exc.strerror}") from exc

@@ -401,10 +401,12 @@ class RuncRuntime:
             if spec.tty:
                 # runc allocates the pty inside the container's /dev/pts (so ``tty`` and job
                 # control work) and hands us the master over the console socket.
-                ours.append(await self._run_with_console(
-                    lambda address: [*argv, "--tty", "--console-socket", address, cid, *spec.cmd],
-                    os.path.join(execdir, f"exec-{n}.log"),
-                ))
+                ours.append(
+                    await self._run_with_console(
+                        lambda address: [*argv, "--tty", "--console-socket", address, cid, *spec.cmd],
+                        os.path.join(execdir, f"exec-{n}.log"),
+                    )
+                )
             else:
                 argv += [cid, *spec.cmd]
                 stdio = self._exec_pipes(spec, ours, theirs)
@@ -459,7 +461,9 @@ class RuncRuntime:
             hub = self._outputs[cid] = OutputHub()
         return hub
 
-    def _copy_output(self, cid: str, sources: list[tuple[int, int]], driver: str, options: logs.LogOptions) -> Copier:
+    def _copy_output(
+        self, cid: str, sources: list[tuple[int, int]], driver: str, options: logs.LogOptions
+    ) -> Copier:
         writer = logs.JsonLogWriter(self.log_path(cid), options) if driver == logs.JSON_FILE else None
         return Copier(self._hub(cid), sources, writer)
 
@@ -679,7 +683,6 @@ class RuncRuntime:
         if code != 0:
             raise RuntimeFailure(runc_message(text) or f"runc {args[0]} failed with exit code {code}")
 
-
     async def _run_with_console(self, make_argv: Callable[[str], list[str]], log_file: str) -> int:
         """``runc run|exec -d`` with a tty: runc makes the pty inside the container and
         sends its master over a console socket; returns the master (ours now).
@@ -746,6 +749,7 @@ def _read_output_info(execdir: str) -> dict | None:
         }
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
 
 def runc_message(output: bytes) -> str:
     """runc's error message from its JSON log lines (the last ``error``), else the text."""

@@ -33,11 +33,16 @@ def _path(name: str) -> str:
 
 
 START = F.Command(
-    "cnm start", "CONTAINER [CONTAINER...]", "Start one or more stopped containers",
-    [F.flag("-a", "--attach", kind=F.BOOL, help="Attach STDOUT/STDERR and forward signals"),
-     F.flag("--detach-keys", help="Override the key sequence for detaching a container"),
-     F.flag("-i", "--interactive", kind=F.BOOL, help="Attach container's STDIN")],
-    min_args=1)
+    "cnm start",
+    "CONTAINER [CONTAINER...]",
+    "Start one or more stopped containers",
+    [
+        F.flag("-a", "--attach", kind=F.BOOL, help="Attach STDOUT/STDERR and forward signals"),
+        F.flag("--detach-keys", help="Override the key sequence for detaching a container"),
+        F.flag("-i", "--interactive", kind=F.BOOL, help="Attach container's STDIN"),
+    ],
+    min_args=1,
+)
 
 
 def cmd_start(cli: Cli, argv: list[str]) -> int:
@@ -49,10 +54,15 @@ def cmd_start(cli: Cli, argv: list[str]) -> int:
 
         info = cli.client.call("GET", _path(names[0]) + "/json") or {}
         config = info.get("Config") or {}
-        return attach_and_start(cli, info.get("Id", names[0]), tty=bool(config.get("Tty")),
-                                stdin=bool(v["interactive"] and config.get("OpenStdin")),
-                                auto_remove=bool((info.get("HostConfig") or {}).get("AutoRemove")),
-                                start_error_code=1, detach_keys=v["detach_keys"] or "")
+        return attach_and_start(
+            cli,
+            info.get("Id", names[0]),
+            tty=bool(config.get("Tty")),
+            stdin=bool(v["interactive"] and config.get("OpenStdin")),
+            auto_remove=bool((info.get("HostConfig") or {}).get("AutoRemove")),
+            start_error_code=1,
+            detach_keys=v["detach_keys"] or "",
+        )
     failed: list[str] = []
     for name in names:
         try:
@@ -68,11 +78,22 @@ def cmd_start(cli: Cli, argv: list[str]) -> int:
 
 
 STOP = F.Command(
-    "cnm stop", "CONTAINER [CONTAINER...]", "Stop one or more running containers",
-    [F.flag("-s", "--signal", help="Signal to send to the container"),
-     F.flag("-t", "--timeout", "--time", kind=F.INT, dest="timeout",
-            help="Seconds to wait before killing the container")],
-    min_args=1)
+    "cnm stop",
+    "CONTAINER [CONTAINER...]",
+    "Stop one or more running containers",
+    [
+        F.flag("-s", "--signal", help="Signal to send to the container"),
+        F.flag(
+            "-t",
+            "--timeout",
+            "--time",
+            kind=F.INT,
+            dest="timeout",
+            help="Seconds to wait before killing the container",
+        ),
+    ],
+    min_args=1,
+)
 
 
 def _stop_query(v: dict) -> dict:
@@ -85,8 +106,9 @@ def cmd_stop(cli: Cli, argv: list[str]) -> int:
     return _each(cli, names, lambda n: cli.client.request("POST", _path(n) + "/stop", query).close())
 
 
-RESTART = F.Command("cnm restart", "CONTAINER [CONTAINER...]", "Restart one or more containers",
-                    STOP.flags, min_args=1)
+RESTART = F.Command(
+    "cnm restart", "CONTAINER [CONTAINER...]", "Restart one or more containers", STOP.flags, min_args=1
+)
 
 
 def cmd_restart(cli: Cli, argv: list[str]) -> int:
@@ -96,8 +118,12 @@ def cmd_restart(cli: Cli, argv: list[str]) -> int:
 
 
 KILL = F.Command(
-    "cnm kill", "CONTAINER [CONTAINER...]", "Kill one or more running containers",
-    [F.flag("-s", "--signal", help="Signal to send to the container")], min_args=1)
+    "cnm kill",
+    "CONTAINER [CONTAINER...]",
+    "Kill one or more running containers",
+    [F.flag("-s", "--signal", help="Signal to send to the container")],
+    min_args=1,
+)
 
 
 def cmd_kill(cli: Cli, argv: list[str]) -> int:
@@ -107,26 +133,42 @@ def cmd_kill(cli: Cli, argv: list[str]) -> int:
 
 
 RM = F.Command(
-    "cnm rm", "CONTAINER [CONTAINER...]", "Remove one or more containers",
-    [F.flag("-f", "--force", kind=F.BOOL, help="Force the removal of a running container (uses SIGKILL)"),
-     F.flag("-l", "--link", kind=F.BOOL, help="Remove the specified link"),
-     F.flag("-v", "--volumes", kind=F.BOOL, help="Remove anonymous volumes associated with the container")],
-    min_args=1)
+    "cnm rm",
+    "CONTAINER [CONTAINER...]",
+    "Remove one or more containers",
+    [
+        F.flag("-f", "--force", kind=F.BOOL, help="Force the removal of a running container (uses SIGKILL)"),
+        F.flag("-l", "--link", kind=F.BOOL, help="Remove the specified link"),
+        F.flag("-v", "--volumes", kind=F.BOOL, help="Remove anonymous volumes associated with the container"),
+    ],
+    min_args=1,
+)
 
 
 def cmd_rm(cli: Cli, argv: list[str]) -> int:
     v, names, _ = F.parse(RM, argv)
-    query = {"force": "1" if v["force"] else None, "v": "1" if v["volumes"] else None,
-             "link": "1" if v["link"] else None}
+    query = {
+        "force": "1" if v["force"] else None,
+        "v": "1" if v["volumes"] else None,
+        "link": "1" if v["link"] else None,
+    }
     for name in names:
         if not name.strip("/"):
             raise CliError("Container name cannot be empty")
-    return _each(cli, names, lambda n: cli.client.request("DELETE", _path(n.lstrip("/") or n), query).close(),
-                 ignore_404=v["force"])
+    return _each(
+        cli,
+        names,
+        lambda n: cli.client.request("DELETE", _path(n.lstrip("/") or n), query).close(),
+        ignore_404=v["force"],
+    )
 
 
-WAIT = F.Command("cnm wait", "CONTAINER [CONTAINER...]",
-                 "Block until one or more containers stop, then print their exit codes", min_args=1)
+WAIT = F.Command(
+    "cnm wait",
+    "CONTAINER [CONTAINER...]",
+    "Block until one or more containers stop, then print their exit codes",
+    min_args=1,
+)
 
 
 def cmd_wait(cli: Cli, argv: list[str]) -> int:
@@ -157,8 +199,13 @@ def cmd_rename(cli: Cli, argv: list[str]) -> int:
     return 0
 
 
-PORT = F.Command("cnm port", "CONTAINER [PRIVATE_PORT[/PROTO]]",
-                 "List port mappings or a specific mapping for the container", min_args=1, max_args=2)
+PORT = F.Command(
+    "cnm port",
+    "CONTAINER [PRIVATE_PORT[/PROTO]]",
+    "List port mappings or a specific mapping for the container",
+    min_args=1,
+    max_args=2,
+)
 
 
 def port_lines(ports: dict | None, want: str | None, container: str) -> list[str]:
@@ -170,7 +217,9 @@ def port_lines(ports: dict | None, want: str | None, container: str) -> list[str
     if want is not None:
         port, _, proto = want.partition("/")
         if not port.isdigit() or int(port) > 65535:
-            raise CliError(f'Error: invalid port ({port}): strconv.ParseUint: parsing "{port}": invalid syntax')
+            raise CliError(
+                f'Error: invalid port ({port}): strconv.ParseUint: parsing "{port}": invalid syntax'
+            )
         frontends = ports.get(f"{port}/{proto or 'tcp'}") or []
         if not frontends:
             raise CliError(f"Error: No public port '{want}' published for {container}")
@@ -185,22 +234,29 @@ def port_lines(ports: dict | None, want: str | None, container: str) -> list[str
 def cmd_port(cli: Cli, argv: list[str]) -> int:
     _, args, _ = F.parse(PORT, argv)
     info = cli.client.call("GET", _path(args[0]) + "/json") or {}
-    lines = port_lines((info.get("NetworkSettings") or {}).get("Ports"), args[1] if len(args) > 1 else None,
-                       args[0])
+    lines = port_lines(
+        (info.get("NetworkSettings") or {}).get("Ports"), args[1] if len(args) > 1 else None, args[0]
+    )
     if lines:
         cli.out("\n".join(lines) + "\n")
     return 0
 
 
 LOGS = F.Command(
-    "cnm logs", "CONTAINER", "Fetch the logs of a container",
-    [F.flag("--details", kind=F.BOOL, help="Show extra details provided to logs"),
-     F.flag("-f", "--follow", kind=F.BOOL, help="Follow log output"),
-     F.flag("--since", help="Show logs since timestamp or relative"),
-     F.flag("-n", "--tail", default="all", help="Number of lines to show from the end of the logs"),
-     F.flag("-t", "--timestamps", kind=F.BOOL, help="Show timestamps"),
-     F.flag("--until", help="Show logs before a timestamp or relative")],
-    min_args=1, max_args=1)
+    "cnm logs",
+    "CONTAINER",
+    "Fetch the logs of a container",
+    [
+        F.flag("--details", kind=F.BOOL, help="Show extra details provided to logs"),
+        F.flag("-f", "--follow", kind=F.BOOL, help="Follow log output"),
+        F.flag("--since", help="Show logs since timestamp or relative"),
+        F.flag("-n", "--tail", default="all", help="Number of lines to show from the end of the logs"),
+        F.flag("-t", "--timestamps", kind=F.BOOL, help="Show timestamps"),
+        F.flag("--until", help="Show logs before a timestamp or relative"),
+    ],
+    min_args=1,
+    max_args=1,
+)
 
 
 def api_timestamp(value: str, now: float) -> str:
@@ -245,9 +301,16 @@ def cmd_logs(cli: Cli, argv: list[str]) -> int:
             raise CliError(f"invalid value for --{key}: {exc}") from None
     since, until = stamps["since"], stamps["until"]
     info = cli.client.call("GET", _path(name) + "/json") or {}
-    query = {"stdout": "1", "stderr": "1", "since": since, "until": until,
-             "timestamps": "1" if v["timestamps"] else None, "follow": "1" if v["follow"] else None,
-             "tail": v["tail"], "details": "1" if v["details"] else None}
+    query = {
+        "stdout": "1",
+        "stderr": "1",
+        "since": since,
+        "until": until,
+        "timestamps": "1" if v["timestamps"] else None,
+        "follow": "1" if v["follow"] else None,
+        "tail": v["tail"],
+        "details": "1" if v["details"] else None,
+    }
     resp = cli.client.request("GET", _path(info.get("Id") or name) + "/logs", query)
     cli.flush()
     try:
@@ -258,22 +321,46 @@ def cmd_logs(cli: Cli, argv: list[str]) -> int:
 
 
 PS = F.Command(
-    "cnm ps", "", "List containers",
-    [F.flag("-a", "--all", kind=F.BOOL, help="Show all containers (default shows just running)"),
-     F.flag("-f", "--filter", kind=F.LIST, help="Filter output based on conditions provided"),
-     F.flag("--format", default="", help="Format output using a custom template"),
-     F.flag("-n", "--last", kind=F.INT, default=-1, help="Show n last created containers (includes all states)"),
-     F.flag("-l", "--latest", kind=F.BOOL, help="Show the latest created container (includes all states)"),
-     F.flag("--no-trunc", kind=F.BOOL, help="Don't truncate output"),
-     F.flag("-q", "--quiet", kind=F.BOOL, help="Only display container IDs"),
-     F.flag("-s", "--size", kind=F.BOOL, help="Display total file sizes")],
-    max_args=0, aliases=("cnm container ls", "cnm container list", "cnm container ps", "cnm ps"))
+    "cnm ps",
+    "",
+    "List containers",
+    [
+        F.flag("-a", "--all", kind=F.BOOL, help="Show all containers (default shows just running)"),
+        F.flag("-f", "--filter", kind=F.LIST, help="Filter output based on conditions provided"),
+        F.flag("--format", default="", help="Format output using a custom template"),
+        F.flag(
+            "-n",
+            "--last",
+            kind=F.INT,
+            default=-1,
+            help="Show n last created containers (includes all states)",
+        ),
+        F.flag("-l", "--latest", kind=F.BOOL, help="Show the latest created container (includes all states)"),
+        F.flag("--no-trunc", kind=F.BOOL, help="Don't truncate output"),
+        F.flag("-q", "--quiet", kind=F.BOOL, help="Only display container IDs"),
+        F.flag("-s", "--size", kind=F.BOOL, help="Display total file sizes"),
+    ],
+    max_args=0,
+    aliases=("cnm container ls", "cnm container list", "cnm container ps", "cnm ps"),
+)
 
 PS_TABLE = "table {{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Names}}"
-PS_HEADERS = {"ID": "CONTAINER ID", "Image": "IMAGE", "Command": "COMMAND", "CreatedAt": "CREATED AT",
-              "RunningFor": "CREATED", "Ports": "PORTS", "State": "STATE", "Status": "STATUS", "Size": "SIZE",
-              "Names": "NAMES", "Labels": "LABELS", "Mounts": "MOUNTS", "Networks": "NETWORKS",
-              "LocalVolumes": "LOCAL VOLUMES"}
+PS_HEADERS = {
+    "ID": "CONTAINER ID",
+    "Image": "IMAGE",
+    "Command": "COMMAND",
+    "CreatedAt": "CREATED AT",
+    "RunningFor": "CREATED",
+    "Ports": "PORTS",
+    "State": "STATE",
+    "Status": "STATUS",
+    "Size": "SIZE",
+    "Names": "NAMES",
+    "Labels": "LABELS",
+    "Mounts": "MOUNTS",
+    "Networks": "NETWORKS",
+    "LocalVolumes": "LOCAL VOLUMES",
+}
 
 
 def container_row(c: dict, trunc: bool, now: float | None = None) -> dict:
@@ -326,10 +413,12 @@ def cmd_ps(cli: Cli, argv: list[str]) -> int:
     from cnm.cli.listing import filters_param, render
 
     v, _, _ = F.parse(PS, argv)
-    query: dict[str, object] = {"all": "1" if v["all"] or v["latest"] or v["last"] > 0 else None,
-                                "limit": 1 if v["latest"] else (v["last"] if v["last"] > 0 else None),
-                                "size": "1" if v["size"] else None,
-                                "filters": filters_param(v["filter"])}
+    query: dict[str, object] = {
+        "all": "1" if v["all"] or v["latest"] or v["last"] > 0 else None,
+        "limit": 1 if v["latest"] else (v["last"] if v["last"] > 0 else None),
+        "size": "1" if v["size"] else None,
+        "filters": filters_param(v["filter"]),
+    }
     items = cli.client.call("GET", "/containers/json", query) or []
     rows = [container_row(c, not v["no_trunc"]) for c in items]
     fmt = "{{.ID}}" if v["quiet"] else v["format"]

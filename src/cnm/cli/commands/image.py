@@ -11,11 +11,17 @@ from cnm.cli.context import Cli
 from cnm.cli.errors import CliError, DaemonError
 
 IMPORT = F.Command(
-    "cnm image import", "file|- [REPOSITORY[:TAG]]",
+    "cnm image import",
+    "file|- [REPOSITORY[:TAG]]",
     "Import the contents from a tarball to create a filesystem image",
-    [F.flag("-m", "--message", default="", help="Set commit message for imported image"),
-     F.flag("--platform", default="", help="Set platform if server is multi-platform capable")],
-    min_args=1, max_args=2, aliases=("cnm image import", "cnm import"))
+    [
+        F.flag("-m", "--message", default="", help="Set commit message for imported image"),
+        F.flag("--platform", default="", help="Set platform if server is multi-platform capable"),
+    ],
+    min_args=1,
+    max_args=2,
+    aliases=("cnm image import", "cnm import"),
+)
 
 
 def split_ref(ref: str) -> tuple[str, str]:
@@ -50,10 +56,16 @@ def cmd_import(cli: Cli, argv: list[str]) -> int:
         if not os.path.isfile(source):
             raise CliError(f"open {source}: no such file or directory")
     name, tag = split_ref(args[1]) if len(args) > 1 else ("", "")
-    query = {"fromSrc": "-", "repo": name or None, "tag": tag or None, "message": v["message"] or None,
-             "platform": v["platform"] or None}
-    resp = cli.client.request("POST", "/images/create", query, _file_chunks(source),
-                              {"Content-Type": "application/x-tar"})
+    query = {
+        "fromSrc": "-",
+        "repo": name or None,
+        "tag": tag or None,
+        "message": v["message"] or None,
+        "platform": v["platform"] or None,
+    }
+    resp = cli.client.request(
+        "POST", "/images/create", query, _file_chunks(source), {"Content-Type": "application/x-tar"}
+    )
     _print_messages(cli, resp)
     return 0
 
@@ -83,11 +95,19 @@ def _print_messages(cli: Cli, resp) -> None:
 
 
 LOAD = F.Command(
-    "cnm image load", "", "Load an image from a tar archive or STDIN (what docker save writes)",
-    [F.flag("-i", "--input", default="", help='Read from tar archive file, instead of STDIN'),
-     F.flag("-q", "--quiet", kind=F.BOOL, help="Suppress the load output"),
-     F.flag("--platform", default="", help="Load only the given platform (cnm loads the one of this machine)")],
-    max_args=0, aliases=("cnm image load", "cnm load"))
+    "cnm image load",
+    "",
+    "Load an image from a tar archive or STDIN (what docker save writes)",
+    [
+        F.flag("-i", "--input", default="", help="Read from tar archive file, instead of STDIN"),
+        F.flag("-q", "--quiet", kind=F.BOOL, help="Suppress the load output"),
+        F.flag(
+            "--platform", default="", help="Load only the given platform (cnm loads the one of this machine)"
+        ),
+    ],
+    max_args=0,
+    aliases=("cnm image load", "cnm load"),
+)
 
 
 def cmd_load(cli: Cli, argv: list[str]) -> int:
@@ -100,30 +120,43 @@ def cmd_load(cli: Cli, argv: list[str]) -> int:
     if source != "-" and not os.path.isfile(source):
         raise CliError(f"open {source}: no such file or directory")
     query = {"quiet": "1" if v["quiet"] else "0", "platform": v["platform"] or None}
-    resp = cli.client.request("POST", "/images/load", query, _file_chunks(source),
-                              {"Content-Type": "application/x-tar"})
+    resp = cli.client.request(
+        "POST", "/images/load", query, _file_chunks(source), {"Content-Type": "application/x-tar"}
+    )
     _print_messages(cli, resp)
     return 0
 
 
 TAG = F.Command(
-    "cnm image tag", "SOURCE_IMAGE[:TAG] TARGET_IMAGE[:TAG]",
+    "cnm image tag",
+    "SOURCE_IMAGE[:TAG] TARGET_IMAGE[:TAG]",
     "Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE",
-    [], min_args=2, max_args=2, aliases=("cnm image tag", "cnm tag"))
+    [],
+    min_args=2,
+    max_args=2,
+    aliases=("cnm image tag", "cnm tag"),
+)
 
 
 def cmd_tag(cli: Cli, argv: list[str]) -> int:
     _, (source, target), _ = F.parse(TAG, argv)
     repo, tag = split_ref(target)
-    resp = cli.client.request("POST", f"/images/{quote(source, '/:@')}/tag", {"repo": repo, "tag": tag or None})
+    resp = cli.client.request(
+        "POST", f"/images/{quote(source, '/:@')}/tag", {"repo": repo, "tag": tag or None}
+    )
     resp.close()
     return 0
 
 
 EXPORT = F.Command(
-    "cnm container export", "CONTAINER", "Export a container's filesystem as a tar archive",
+    "cnm container export",
+    "CONTAINER",
+    "Export a container's filesystem as a tar archive",
     [F.flag("-o", "--output", default="", help="Write to a file, instead of STDOUT")],
-    min_args=1, max_args=1, aliases=("cnm container export", "cnm export"))
+    min_args=1,
+    max_args=1,
+    aliases=("cnm container export", "cnm export"),
+)
 
 
 def cmd_export(cli: Cli, argv: list[str]) -> int:
@@ -160,18 +193,32 @@ def cmd_export(cli: Cli, argv: list[str]) -> int:
 
 
 LS = F.Command(
-    "cnm images", "[REPOSITORY[:TAG]]", "List images",
-    [F.flag("-a", "--all", kind=F.BOOL, help="Show all images (default hides intermediate images)"),
-     F.flag("--digests", kind=F.BOOL, help="Show digests"),
-     F.flag("-f", "--filter", kind=F.LIST, help="Filter output based on conditions provided"),
-     F.flag("--format", default="", help="Format output using a custom template"),
-     F.flag("--no-trunc", kind=F.BOOL, help="Don't truncate output"),
-     F.flag("-q", "--quiet", kind=F.BOOL, help="Only show image IDs")],
-    max_args=1, aliases=("cnm image ls", "cnm image list", "cnm images"))
+    "cnm images",
+    "[REPOSITORY[:TAG]]",
+    "List images",
+    [
+        F.flag("-a", "--all", kind=F.BOOL, help="Show all images (default hides intermediate images)"),
+        F.flag("--digests", kind=F.BOOL, help="Show digests"),
+        F.flag("-f", "--filter", kind=F.LIST, help="Filter output based on conditions provided"),
+        F.flag("--format", default="", help="Format output using a custom template"),
+        F.flag("--no-trunc", kind=F.BOOL, help="Don't truncate output"),
+        F.flag("-q", "--quiet", kind=F.BOOL, help="Only show image IDs"),
+    ],
+    max_args=1,
+    aliases=("cnm image ls", "cnm image list", "cnm images"),
+)
 
 LS_TABLE = "table {{.Repository}}\t{{.Tag}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}"
-LS_HEADERS = {"Repository": "REPOSITORY", "Tag": "TAG", "ID": "IMAGE ID", "CreatedSince": "CREATED",
-              "CreatedAt": "CREATED AT", "Size": "SIZE", "Digest": "DIGEST", "Containers": "CONTAINERS"}
+LS_HEADERS = {
+    "Repository": "REPOSITORY",
+    "Tag": "TAG",
+    "ID": "IMAGE ID",
+    "CreatedSince": "CREATED",
+    "CreatedAt": "CREATED AT",
+    "Size": "SIZE",
+    "Digest": "DIGEST",
+    "Containers": "CONTAINERS",
+}
 
 
 def image_rows(images: list[dict], trunc: bool, now: float | None = None) -> list[dict]:
@@ -184,15 +231,18 @@ def image_rows(images: list[dict], trunc: bool, now: float | None = None) -> lis
         created = img.get("Created", 0) or 0
         for ref in tags:
             repo, tag = split_ref(ref) if ref != "<none>:<none>" else ("<none>", "<none>")
-            rows.append({
-                "Repository": repo, "Tag": tag or "<none>",
-                "ID": truncate_id(img.get("Id", "")) if trunc else img.get("Id", ""),
-                "CreatedSince": since(created, now) if created else "N/A",
-                "CreatedAt": go_time(created),
-                "Size": human_size(img.get("Size", 0) or 0, 3),
-                "Digest": "<none>",
-                "Containers": "N/A" if img.get("Containers", -1) == -1 else str(img["Containers"]),
-            })
+            rows.append(
+                {
+                    "Repository": repo,
+                    "Tag": tag or "<none>",
+                    "ID": truncate_id(img.get("Id", "")) if trunc else img.get("Id", ""),
+                    "CreatedSince": since(created, now) if created else "N/A",
+                    "CreatedAt": go_time(created),
+                    "Size": human_size(img.get("Size", 0) or 0, 3),
+                    "Digest": "<none>",
+                    "Containers": "N/A" if img.get("Containers", -1) == -1 else str(img["Containers"]),
+                }
+            )
     return rows
 
 
@@ -201,8 +251,12 @@ def cmd_ls(cli: Cli, argv: list[str]) -> int:
 
     v, args, _ = F.parse(LS, argv)
     filters = list(v["filter"]) + ([f"reference={args[0]}"] if args else [])
-    images = cli.client.call("GET", "/images/json", {"all": "1" if v["all"] else None,
-                                                     "filters": filters_param(filters)}) or []
+    images = (
+        cli.client.call(
+            "GET", "/images/json", {"all": "1" if v["all"] else None, "filters": filters_param(filters)}
+        )
+        or []
+    )
     rows = image_rows(images, not v["no_trunc"])
     if v["quiet"]:
         seen: list[str] = []
@@ -216,10 +270,16 @@ def cmd_ls(cli: Cli, argv: list[str]) -> int:
 
 
 RM = F.Command(
-    "cnm rmi", "IMAGE [IMAGE...]", "Remove one or more images",
-    [F.flag("-f", "--force", kind=F.BOOL, help="Force removal of the image"),
-     F.flag("--no-prune", kind=F.BOOL, help="Do not delete untagged parents")],
-    min_args=1, aliases=("cnm image rm", "cnm image remove", "cnm rmi"))
+    "cnm rmi",
+    "IMAGE [IMAGE...]",
+    "Remove one or more images",
+    [
+        F.flag("-f", "--force", kind=F.BOOL, help="Force removal of the image"),
+        F.flag("--no-prune", kind=F.BOOL, help="Do not delete untagged parents"),
+    ],
+    min_args=1,
+    aliases=("cnm image rm", "cnm image remove", "cnm rmi"),
+)
 
 
 def cmd_rm(cli: Cli, argv: list[str]) -> int:
@@ -241,10 +301,13 @@ def cmd_rm(cli: Cli, argv: list[str]) -> int:
 
 
 SAVE = F.Command(
-    "cnm image save", "IMAGE [IMAGE...]",
+    "cnm image save",
+    "IMAGE [IMAGE...]",
     "Not in cnm (it keeps no layers to save): export a container instead",
     [F.flag("-o", "--output", default="", help="Write to a file, instead of STDOUT")],
-    min_args=1, aliases=("cnm image save", "cnm save"))
+    min_args=1,
+    aliases=("cnm image save", "cnm save"),
+)
 
 
 def cmd_save(cli: Cli, argv: list[str]) -> int:

@@ -45,19 +45,26 @@ def print_inspect(cli: Cli, names: list[str], fetch: Callable[[str], object], fm
 
 
 INSPECT = F.Command(
-    "cnm inspect", "NAME|ID [NAME|ID...]", "Return low-level information on cnm objects",
-    [F.flag("-f", "--format", default="", help="Format output using a custom template"),
-     F.flag("-s", "--size", kind=F.BOOL, help="Display total file sizes if the type is container"),
-     F.flag("--type", default="", help="Only inspect objects of the given type")],
-    min_args=1)
+    "cnm inspect",
+    "NAME|ID [NAME|ID...]",
+    "Return low-level information on cnm objects",
+    [
+        F.flag("-f", "--format", default="", help="Format output using a custom template"),
+        F.flag("-s", "--size", kind=F.BOOL, help="Display total file sizes if the type is container"),
+        F.flag("--type", default="", help="Only inspect objects of the given type"),
+    ],
+    min_args=1,
+)
 
 _KINDS = ("container", "image", "network")
 
 
 def _paths(size: bool) -> dict[str, tuple[str, dict | None]]:
-    return {"container": ("/containers/{}/json", {"size": "1"} if size else None),
-            "image": ("/images/{}/json", None),
-            "network": ("/networks/{}", None)}
+    return {
+        "container": ("/containers/{}/json", {"size": "1"} if size else None),
+        "image": ("/images/{}/json", None),
+        "network": ("/networks/{}", None),
+    }
 
 
 def cmd_inspect(cli: Cli, argv: list[str]) -> int:
@@ -83,24 +90,36 @@ def cmd_inspect(cli: Cli, argv: list[str]) -> int:
 
 
 CONTAINER_INSPECT = F.Command(
-    "cnm container inspect", "CONTAINER [CONTAINER...]", "Display detailed information on one or more containers",
-    [F.flag("-f", "--format", default="", help="Format output using a custom template"),
-     F.flag("-s", "--size", kind=F.BOOL, help="Display total file sizes")],
-    min_args=1)
+    "cnm container inspect",
+    "CONTAINER [CONTAINER...]",
+    "Display detailed information on one or more containers",
+    [
+        F.flag("-f", "--format", default="", help="Format output using a custom template"),
+        F.flag("-s", "--size", kind=F.BOOL, help="Display total file sizes"),
+    ],
+    min_args=1,
+)
 
 
 def cmd_container_inspect(cli: Cli, argv: list[str]) -> int:
     v, names, _ = F.parse(CONTAINER_INSPECT, argv)
     query = {"size": "1"} if v["size"] else None
-    return print_inspect(cli, names, lambda n: cli.client.call("GET", f"/containers/{quote(n)}/json", query),
-                         v["format"])
+    return print_inspect(
+        cli, names, lambda n: cli.client.call("GET", f"/containers/{quote(n)}/json", query), v["format"]
+    )
 
 
 IMAGE_INSPECT = F.Command(
-    "cnm image inspect", "IMAGE [IMAGE...]", "Display detailed information on one or more images",
-    [F.flag("-f", "--format", default="", help="Format output using a custom template")], min_args=1)
+    "cnm image inspect",
+    "IMAGE [IMAGE...]",
+    "Display detailed information on one or more images",
+    [F.flag("-f", "--format", default="", help="Format output using a custom template")],
+    min_args=1,
+)
 
 
 def cmd_image_inspect(cli: Cli, argv: list[str]) -> int:
     v, names, _ = F.parse(IMAGE_INSPECT, argv)
-    return print_inspect(cli, names, lambda n: cli.client.call("GET", f"/images/{quote(n, '/:')}/json"), v["format"])
+    return print_inspect(
+        cli, names, lambda n: cli.client.call("GET", f"/images/{quote(n, '/:')}/json"), v["format"]
+    )

@@ -12,20 +12,32 @@ from cnm.cli.context import Cli
 from cnm.cli.errors import CliError, DaemonError
 
 CONNECT = F.Command(
-    "cnm network connect", "NETWORK CONTAINER", "Connect a container to a network",
-    [F.flag("--alias", kind=F.LIST, help="Add network-scoped alias for the container"),
-     F.flag("--driver-opt", kind=F.LIST, help="driver options for the network"),
-     F.flag("--gw-priority", kind=F.INT, default=0, help="Highest gw-priority provides the default gateway"),
-     F.flag("--ip", help="IPv4 address (e.g., 172.30.100.104)"),
-     F.flag("--ip6", help="IPv6 address (e.g., 2001:db8::33)"),
-     F.flag("--link", kind=F.LIST, help="Add link to another container"),
-     F.flag("--link-local-ip", kind=F.LIST, help="Add a link-local address for the container")],
-    min_args=2, max_args=2)
+    "cnm network connect",
+    "NETWORK CONTAINER",
+    "Connect a container to a network",
+    [
+        F.flag("--alias", kind=F.LIST, help="Add network-scoped alias for the container"),
+        F.flag("--driver-opt", kind=F.LIST, help="driver options for the network"),
+        F.flag(
+            "--gw-priority", kind=F.INT, default=0, help="Highest gw-priority provides the default gateway"
+        ),
+        F.flag("--ip", help="IPv4 address (e.g., 172.30.100.104)"),
+        F.flag("--ip6", help="IPv6 address (e.g., 2001:db8::33)"),
+        F.flag("--link", kind=F.LIST, help="Add link to another container"),
+        F.flag("--link-local-ip", kind=F.LIST, help="Add a link-local address for the container"),
+    ],
+    min_args=2,
+    max_args=2,
+)
 
 DISCONNECT = F.Command(
-    "cnm network disconnect", "NETWORK CONTAINER", "Disconnect a container from a network",
+    "cnm network disconnect",
+    "NETWORK CONTAINER",
+    "Disconnect a container from a network",
     [F.flag("-f", "--force", kind=F.BOOL, help="Force the container to disconnect from a network")],
-    min_args=2, max_args=2)
+    min_args=2,
+    max_args=2,
+)
 
 
 def connect_body(container: str, v: dict) -> dict:
@@ -43,11 +55,26 @@ def connect_body(container: str, v: dict) -> dict:
         if not eq:
             raise CliError("invalid key value pair format in driver options")
         driver_opts[k.strip().lower()] = val.strip().lower()
-    return {"Container": container, "EndpointConfig": {
-        "IPAMConfig": ipam, "Links": list(v["link"]) or None, "Aliases": list(v["alias"]) or None,
-        "MacAddress": "", "DriverOpts": driver_opts, "GwPriority": v["gw_priority"], "NetworkID": "",
-        "EndpointID": "", "Gateway": "", "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "",
-        "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "DNSNames": None}}
+    return {
+        "Container": container,
+        "EndpointConfig": {
+            "IPAMConfig": ipam,
+            "Links": list(v["link"]) or None,
+            "Aliases": list(v["alias"]) or None,
+            "MacAddress": "",
+            "DriverOpts": driver_opts,
+            "GwPriority": v["gw_priority"],
+            "NetworkID": "",
+            "EndpointID": "",
+            "Gateway": "",
+            "IPAddress": "",
+            "IPPrefixLen": 0,
+            "IPv6Gateway": "",
+            "GlobalIPv6Address": "",
+            "GlobalIPv6PrefixLen": 0,
+            "DNSNames": None,
+        },
+    }
 
 
 def cmd_connect(cli: Cli, argv: list[str]) -> int:
@@ -58,22 +85,38 @@ def cmd_connect(cli: Cli, argv: list[str]) -> int:
 
 def cmd_disconnect(cli: Cli, argv: list[str]) -> int:
     v, (net, container), _ = F.parse(DISCONNECT, argv)
-    cli.client.request("POST", f"/networks/{quote(net)}/disconnect",
-                       body={"Container": container, "Force": v["force"]}).close()
+    cli.client.request(
+        "POST", f"/networks/{quote(net)}/disconnect", body={"Container": container, "Force": v["force"]}
+    ).close()
     return 0
 
 
 LS = F.Command(
-    "cnm network ls", "", "List networks",
-    [F.flag("-f", "--filter", kind=F.LIST, help="Provide filter values (e.g. \"driver=bridge\")"),
-     F.flag("--format", default="", help="Format output using a custom template"),
-     F.flag("--no-trunc", kind=F.BOOL, help="Do not truncate the output"),
-     F.flag("-q", "--quiet", kind=F.BOOL, help="Only display network IDs")],
-    max_args=0, aliases=("cnm network ls", "cnm network list"))
+    "cnm network ls",
+    "",
+    "List networks",
+    [
+        F.flag("-f", "--filter", kind=F.LIST, help='Provide filter values (e.g. "driver=bridge")'),
+        F.flag("--format", default="", help="Format output using a custom template"),
+        F.flag("--no-trunc", kind=F.BOOL, help="Do not truncate the output"),
+        F.flag("-q", "--quiet", kind=F.BOOL, help="Only display network IDs"),
+    ],
+    max_args=0,
+    aliases=("cnm network ls", "cnm network list"),
+)
 
 LS_TABLE = "table {{.ID}}\t{{.Name}}\t{{.Driver}}\t{{.Scope}}"
-LS_HEADERS = {"ID": "NETWORK ID", "Name": "NAME", "Driver": "DRIVER", "Scope": "SCOPE", "IPv4": "IPV4",
-              "IPv6": "IPV6", "Internal": "INTERNAL", "Labels": "LABELS", "CreatedAt": "CREATED AT"}
+LS_HEADERS = {
+    "ID": "NETWORK ID",
+    "Name": "NAME",
+    "Driver": "DRIVER",
+    "Scope": "SCOPE",
+    "IPv4": "IPV4",
+    "IPv6": "IPV6",
+    "Internal": "INTERNAL",
+    "Labels": "LABELS",
+    "CreatedAt": "CREATED AT",
+}
 
 
 def network_row(n: dict, trunc: bool) -> dict:
@@ -118,23 +161,33 @@ def _parse_aux(item: str) -> str:
 
 
 CREATE = F.Command(
-    "cnm network create", "NETWORK", "Create a network",
-    [F.flag("--attachable", kind=F.BOOL, help="Enable manual container attachment"),
-     F.flag("--aux-address", kind=F.MAP, validate=_parse_aux,
-            help="Auxiliary IPv4 or IPv6 addresses used by Network driver"),
-     F.flag("-d", "--driver", default="bridge", help="Driver to manage the Network"),
-     F.flag("--gateway", kind=F.LIST, help="IPv4 or IPv6 Gateway for the master subnet"),
-     F.flag("--internal", kind=F.BOOL, help="Restrict external access to the network"),
-     F.flag("--ip-range", kind=F.LIST, help="Allocate container ip from a sub-range"),
-     F.flag("--ipam-driver", default="default", help="IP Address Management Driver"),
-     F.flag("--ipam-opt", kind=F.MAP, help="Set IPAM driver specific options"),
-     F.flag("--ipv4", kind=F.BOOL, default=True, help="Enable or disable IPv4 address assignment"),
-     F.flag("--ipv6", kind=F.BOOL, help="Enable or disable IPv6 address assignment"),
-     F.flag("--label", kind=F.LIST, help="Set metadata on a network"),
-     F.flag("-o", "--opt", kind=F.MAP, help="Set driver specific options"),
-     F.flag("--scope", default="", help="Control the network's scope"),
-     F.flag("--subnet", kind=F.LIST, help="Subnet in CIDR format that represents a network segment")],
-    min_args=1, max_args=1)
+    "cnm network create",
+    "NETWORK",
+    "Create a network",
+    [
+        F.flag("--attachable", kind=F.BOOL, help="Enable manual container attachment"),
+        F.flag(
+            "--aux-address",
+            kind=F.MAP,
+            validate=_parse_aux,
+            help="Auxiliary IPv4 or IPv6 addresses used by Network driver",
+        ),
+        F.flag("-d", "--driver", default="bridge", help="Driver to manage the Network"),
+        F.flag("--gateway", kind=F.LIST, help="IPv4 or IPv6 Gateway for the master subnet"),
+        F.flag("--internal", kind=F.BOOL, help="Restrict external access to the network"),
+        F.flag("--ip-range", kind=F.LIST, help="Allocate container ip from a sub-range"),
+        F.flag("--ipam-driver", default="default", help="IP Address Management Driver"),
+        F.flag("--ipam-opt", kind=F.MAP, help="Set IPAM driver specific options"),
+        F.flag("--ipv4", kind=F.BOOL, default=True, help="Enable or disable IPv4 address assignment"),
+        F.flag("--ipv6", kind=F.BOOL, help="Enable or disable IPv6 address assignment"),
+        F.flag("--label", kind=F.LIST, help="Set metadata on a network"),
+        F.flag("-o", "--opt", kind=F.MAP, help="Set driver specific options"),
+        F.flag("--scope", default="", help="Control the network's scope"),
+        F.flag("--subnet", kind=F.LIST, help="Subnet in CIDR format that represents a network segment"),
+    ],
+    min_args=1,
+    max_args=1,
+)
 
 
 def _subnet_contains(subnet: str, data: str) -> bool:
@@ -157,8 +210,9 @@ def _subnet_contains(subnet: str, data: str) -> bool:
     return ip.version == net.version and ip in net
 
 
-def ipam_config(subnets: list[str], ranges: list[str], gateways: list[str],
-                aux: dict[str, str]) -> list[dict]:
+def ipam_config(
+    subnets: list[str], ranges: list[str], gateways: list[str], aux: dict[str, str]
+) -> list[dict]:
     """``createIPAMConfig``: group --ip-range/--gateway/--aux-address under their --subnet."""
     if len(subnets) < len(ranges) or len(subnets) < len(gateways):
         raise CliError("every ip-range or gateway must have a corresponding subnet")
@@ -179,7 +233,9 @@ def ipam_config(subnets: list[str], ranges: list[str], gateways: list[str],
                 if data[s].get(key):
                     many = "ranges" if what == "range" else "gateways"
                     prep = "on" if what == "range" else "for"
-                    raise CliError(f"cannot configure multiple {many} ({r}, {data[s][key]}) {prep} the same subnet ({s})")
+                    raise CliError(
+                        f"cannot configure multiple {many} ({r}, {data[s][key]}) {prep} the same subnet ({s})"
+                    )
                 data[s][key] = r
                 match = True
             if not match:
@@ -204,12 +260,21 @@ def create_body(name: str, v: dict, changed: set[str]) -> dict:
         body["EnableIPv4"] = v["ipv4"]
     if "ipv6" in changed:
         body["EnableIPv6"] = v["ipv6"]
-    body["IPAM"] = {"Driver": v["ipam_driver"],
-                    "Config": ipam_config(v["subnet"], v["ip_range"], v["gateway"], v["aux_address"]),
-                    "Options": dict(v["ipam_opt"])}
-    body.update({"Internal": v["internal"], "Attachable": v["attachable"], "Ingress": False,
-                 "ConfigOnly": False, "Options": dict(v["opt"]),
-                 "Labels": {k: val for k, _, val in (lab.partition("=") for lab in v["label"])}})
+    body["IPAM"] = {
+        "Driver": v["ipam_driver"],
+        "Config": ipam_config(v["subnet"], v["ip_range"], v["gateway"], v["aux_address"]),
+        "Options": dict(v["ipam_opt"]),
+    }
+    body.update(
+        {
+            "Internal": v["internal"],
+            "Attachable": v["attachable"],
+            "Ingress": False,
+            "ConfigOnly": False,
+            "Options": dict(v["opt"]),
+            "Labels": {k: val for k, _, val in (lab.partition("=") for lab in v["label"])},
+        }
+    )
     return body
 
 
@@ -223,10 +288,15 @@ def cmd_create(cli: Cli, argv: list[str]) -> int:
 
 
 INSPECT = F.Command(
-    "cnm network inspect", "NETWORK [NETWORK...]", "Display detailed information on one or more networks",
-    [F.flag("-f", "--format", default="", help="Format output using a custom template"),
-     F.flag("-v", "--verbose", kind=F.BOOL, help="Verbose output for diagnostics")],
-    min_args=1)
+    "cnm network inspect",
+    "NETWORK [NETWORK...]",
+    "Display detailed information on one or more networks",
+    [
+        F.flag("-f", "--format", default="", help="Format output using a custom template"),
+        F.flag("-v", "--verbose", kind=F.BOOL, help="Verbose output for diagnostics"),
+    ],
+    min_args=1,
+)
 
 
 def cmd_inspect(cli: Cli, argv: list[str]) -> int:
@@ -242,9 +312,13 @@ def cmd_inspect(cli: Cli, argv: list[str]) -> int:
 
 
 RM = F.Command(
-    "cnm network rm", "NETWORK [NETWORK...]", "Remove one or more networks",
+    "cnm network rm",
+    "NETWORK [NETWORK...]",
+    "Remove one or more networks",
     [F.flag("-f", "--force", kind=F.BOOL, help="Do not error if the network does not exist")],
-    min_args=1, aliases=("cnm network rm", "cnm network remove"))
+    min_args=1,
+    aliases=("cnm network rm", "cnm network remove"),
+)
 
 
 def cmd_rm(cli: Cli, argv: list[str]) -> int:
@@ -264,10 +338,15 @@ def cmd_rm(cli: Cli, argv: list[str]) -> int:
 
 
 PRUNE = F.Command(
-    "cnm network prune", "", "Remove all unused networks",
-    [F.flag("--filter", kind=F.LIST, help='Provide filter values (e.g. "until=<timestamp>")'),
-     F.flag("-f", "--force", kind=F.BOOL, help="Do not prompt for confirmation")],
-    max_args=0)
+    "cnm network prune",
+    "",
+    "Remove all unused networks",
+    [
+        F.flag("--filter", kind=F.LIST, help='Provide filter values (e.g. "until=<timestamp>")'),
+        F.flag("-f", "--force", kind=F.BOOL, help="Do not prompt for confirmation"),
+    ],
+    max_args=0,
+)
 
 
 def cmd_prune(cli: Cli, argv: list[str]) -> int:
@@ -277,8 +356,10 @@ def cmd_prune(cli: Cli, argv: list[str]) -> int:
 
     v, _, _ = F.parse(PRUNE, argv)
     if not v["force"]:
-        cli.out("WARNING! This will remove all custom networks not used by at least one container.\n"
-                "Are you sure you want to continue? [y/N] ")
+        cli.out(
+            "WARNING! This will remove all custom networks not used by at least one container.\n"
+            "Are you sure you want to continue? [y/N] "
+        )
         cli.flush()
         answer = sys.stdin.readline().strip().lower()
         if answer not in ("y", "yes"):

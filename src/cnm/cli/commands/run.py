@@ -16,11 +16,24 @@ from cnm.cli.client import Response, quote
 from cnm.cli.context import Cli
 from cnm.cli.errors import CliError, DaemonError
 
-CREATE = F.Command("cnm create", "IMAGE [COMMAND] [ARG...]", "Create a new container",
-                   runopts.CREATE_FLAGS, min_args=1, interspersed=False,
-                   aliases=("cnm container create", "cnm create"))
-RUN = F.Command("cnm run", "IMAGE [COMMAND] [ARG...]", "Create and run a new container from an image",
-                runopts.RUN_FLAGS, min_args=1, interspersed=False, aliases=("cnm container run", "cnm run"))
+CREATE = F.Command(
+    "cnm create",
+    "IMAGE [COMMAND] [ARG...]",
+    "Create a new container",
+    runopts.CREATE_FLAGS,
+    min_args=1,
+    interspersed=False,
+    aliases=("cnm container create", "cnm create"),
+)
+RUN = F.Command(
+    "cnm run",
+    "IMAGE [COMMAND] [ARG...]",
+    "Create and run a new container from an image",
+    runopts.RUN_FLAGS,
+    min_args=1,
+    interspersed=False,
+    aliases=("cnm container run", "cnm run"),
+)
 
 
 def status_error(verb: str, message: str) -> CliError:
@@ -33,7 +46,9 @@ def status_error(verb: str, message: str) -> CliError:
     return CliError(f"cnm: {message}\n\nRun 'cnm {verb} --help' for more information", code)
 
 
-def _build(cli: Cli, v: dict, changed: set[str], args: list[str], detach: bool, verb: str) -> tuple[dict, str]:
+def _build(
+    cli: Cli, v: dict, changed: set[str], args: list[str], detach: bool, verb: str
+) -> tuple[dict, str]:
     image, cmd = args[0], args[1:]
     console = None
     if v["tty"]:
@@ -70,8 +85,9 @@ def cmd_create(cli: Cli, argv: list[str]) -> int:
 
 def _wait_head(cli: Cli, cid: str, auto_remove: bool) -> Response:
     """Open ``POST /wait`` and read only its head: the daemon must be watching before we start."""
-    resp = cli.client.open("POST", f"/containers/{quote(cid)}/wait",
-                           {"condition": "removed" if auto_remove else "next-exit"})
+    resp = cli.client.open(
+        "POST", f"/containers/{quote(cid)}/wait", {"condition": "removed" if auto_remove else "next-exit"}
+    )
     if resp.status >= 400:
         try:
             raise cli.client.error_from(resp, "/containers/wait")
@@ -113,13 +129,29 @@ def cmd_run(cli: Cli, argv: list[str]) -> int:
             wait.close()
         cli.out(cid + "\n")
         return 0
-    return attach_and_start(cli, cid, tty=v["tty"], stdin=v["interactive"], auto_remove=v["rm"],
-                            sig_proxy=v["sig_proxy"] and not v["tty"], start_error_code=125,
-                            detach_keys=v["detach_keys"] or "")
+    return attach_and_start(
+        cli,
+        cid,
+        tty=v["tty"],
+        stdin=v["interactive"],
+        auto_remove=v["rm"],
+        sig_proxy=v["sig_proxy"] and not v["tty"],
+        start_error_code=125,
+        detach_keys=v["detach_keys"] or "",
+    )
 
 
-def attach_and_start(cli: Cli, cid: str, *, tty: bool, stdin: bool, auto_remove: bool,
-                     sig_proxy: bool = True, start_error_code: int = 125, detach_keys: str = "") -> int:
+def attach_and_start(
+    cli: Cli,
+    cid: str,
+    *,
+    tty: bool,
+    stdin: bool,
+    auto_remove: bool,
+    sig_proxy: bool = True,
+    start_error_code: int = 125,
+    detach_keys: str = "",
+) -> int:
     """Attach (hijack), open the wait, start, stream until the container closes the stream.
 
     Returns the container's exit code from the wait. With ``tty`` and a terminal on stdin,
@@ -131,8 +163,13 @@ def attach_and_start(cli: Cli, cid: str, *, tty: bool, stdin: bool, auto_remove:
 
     interactive_tty = tty and stdin and os.isatty(sys.stdin.fileno())
     keys = detach_key_bytes(detach_keys) if interactive_tty else b""
-    query = {"stream": "1", "stdin": "1" if stdin else None, "stdout": "1", "stderr": "1",
-             "detachKeys": detach_keys or None}
+    query = {
+        "stream": "1",
+        "stdin": "1" if stdin else None,
+        "stdout": "1",
+        "stderr": "1",
+        "detachKeys": detach_keys or None,
+    }
     sock, initial = cli.client.hijack(f"/containers/{quote(cid)}/attach", query)
     detached = False
     try:
@@ -178,7 +215,9 @@ def _follow_window(cli: Cli, cid: str):
         if not size:
             return
         try:
-            cli.client.request("POST", f"/containers/{quote(cid)}/resize", {"h": size[0], "w": size[1]}).close()
+            cli.client.request(
+                "POST", f"/containers/{quote(cid)}/resize", {"h": size[0], "w": size[1]}
+            ).close()
         except (DaemonError, CliError):
             pass  # resizing is best effort, as in Docker's CLI
 
@@ -193,8 +232,9 @@ def _proxy_signals(cli: Cli, cid: str):
 
     def forward(signum: int, _frame: object) -> None:
         try:
-            cli.client.request("POST", f"/containers/{quote(cid)}/kill",
-                               {"signal": signal.Signals(signum).name}).close()
+            cli.client.request(
+                "POST", f"/containers/{quote(cid)}/kill", {"signal": signal.Signals(signum).name}
+            ).close()
         except CliError:
             pass
 

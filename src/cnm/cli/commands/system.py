@@ -10,9 +10,13 @@ from cnm.cli.client import API_VERSION
 from cnm.cli.context import Cli
 from cnm.cli.errors import CliError
 
-VERSION = F.Command("cnm version", "", "Show the cnm version information",
-                    [F.flag("-f", "--format", default="", help="Format output using a custom template")],
-                    max_args=0)
+VERSION = F.Command(
+    "cnm version",
+    "",
+    "Show the cnm version information",
+    [F.flag("-f", "--format", default="", help="Format output using a custom template")],
+    max_args=0,
+)
 
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}
 
@@ -24,32 +28,69 @@ def _rows(pairs: list[tuple[str, object]], indent: str, width: int) -> str:
 def client_info() -> dict:
     from cnm import __version__
 
-    return {"Version": __version__, "ApiVersion": API_VERSION,
-            "PythonVersion": sys.version.split()[0],
-            "Os": sys.platform, "Arch": _ARCH.get(os.uname().machine, os.uname().machine)}
+    return {
+        "Version": __version__,
+        "ApiVersion": API_VERSION,
+        "PythonVersion": sys.version.split()[0],
+        "Os": sys.platform,
+        "Arch": _ARCH.get(os.uname().machine, os.uname().machine),
+    }
 
 
 def render_version(client: dict, server: dict | None) -> str:
     """Docker's ``version`` layout: a Client section, then Server with its components."""
-    out = "Client:\n" + _rows([("Version", client["Version"]), ("API version", client["ApiVersion"]),
-                                ("Python version", client["PythonVersion"]),
-                                ("OS/Arch", f"{client['Os']}/{client['Arch']}")], " ", 19)
+    out = "Client:\n" + _rows(
+        [
+            ("Version", client["Version"]),
+            ("API version", client["ApiVersion"]),
+            ("Python version", client["PythonVersion"]),
+            ("OS/Arch", f"{client['Os']}/{client['Arch']}"),
+        ],
+        " ",
+        19,
+    )
     if server is None:
         return out
     out += f"\nServer: {(server.get('Platform') or {}).get('Name', '')}".rstrip() + "\n"
-    components = server.get("Components") or [{
-        "Name": "Engine", "Version": server.get("Version", ""),
-        "Details": {k: server.get(k, "") for k in ("ApiVersion", "MinAPIVersion", "GitCommit", "GoVersion",
-                                                    "Os", "Arch", "Experimental", "BuildTime")}}]
+    components = server.get("Components") or [
+        {
+            "Name": "Engine",
+            "Version": server.get("Version", ""),
+            "Details": {
+                k: server.get(k, "")
+                for k in (
+                    "ApiVersion",
+                    "MinAPIVersion",
+                    "GitCommit",
+                    "GoVersion",
+                    "Os",
+                    "Arch",
+                    "Experimental",
+                    "BuildTime",
+                )
+            },
+        }
+    ]
     for comp in components:
         d = comp.get("Details") or {}
         out += f" {comp.get('Name', '')}:\n"
         if comp.get("Name") == "Engine":
-            out += _rows([("Version", comp.get("Version", "")),
-                          ("API version", f"{d.get('ApiVersion', '')} (minimum version {d.get('MinAPIVersion', '')})"),
-                          ("Go version", d.get("GoVersion", "")), ("Git commit", d.get("GitCommit", "")),
-                          ("Built", d.get("BuildTime", "")), ("OS/Arch", f"{d.get('Os', '')}/{d.get('Arch', '')}"),
-                          ("Experimental", d.get("Experimental", "false"))], "  ", 18)
+            out += _rows(
+                [
+                    ("Version", comp.get("Version", "")),
+                    (
+                        "API version",
+                        f"{d.get('ApiVersion', '')} (minimum version {d.get('MinAPIVersion', '')})",
+                    ),
+                    ("Go version", d.get("GoVersion", "")),
+                    ("Git commit", d.get("GitCommit", "")),
+                    ("Built", d.get("BuildTime", "")),
+                    ("OS/Arch", f"{d.get('Os', '')}/{d.get('Arch', '')}"),
+                    ("Experimental", d.get("Experimental", "false")),
+                ],
+                "  ",
+                18,
+            )
         else:
             out += _rows([("Version", comp.get("Version", ""))] + sorted(d.items()), "  ", 18)
     return out
@@ -77,24 +118,34 @@ def cmd_version(cli: Cli, argv: list[str]) -> int:
     return 0
 
 
-INFO = F.Command("cnm info", "", "Display system-wide information",
-                 [F.flag("-f", "--format", default="", help="Format output using a custom template")],
-                 max_args=0)
+INFO = F.Command(
+    "cnm info",
+    "",
+    "Display system-wide information",
+    [F.flag("-f", "--format", default="", help="Format output using a custom template")],
+    max_args=0,
+)
 
 
 def render_info(info: dict) -> str:
     """The server part of Docker's ``info`` (the fields cnmd reports)."""
     from cnm.cli.format import bytes_size
 
-    lines = ["Server:",
-             f" Containers: {info.get('Containers', 0)}",
-             f"  Running: {info.get('ContainersRunning', 0)}",
-             f"  Paused: {info.get('ContainersPaused', 0)}",
-             f"  Stopped: {info.get('ContainersStopped', 0)}",
-             f" Images: {info.get('Images', 0)}"]
-    simple = [("Server Version", "ServerVersion"), ("Storage Driver", "Driver"),
-              ("Logging Driver", "LoggingDriver"), ("Cgroup Driver", "CgroupDriver"),
-              ("Cgroup Version", "CgroupVersion")]
+    lines = [
+        "Server:",
+        f" Containers: {info.get('Containers', 0)}",
+        f"  Running: {info.get('ContainersRunning', 0)}",
+        f"  Paused: {info.get('ContainersPaused', 0)}",
+        f"  Stopped: {info.get('ContainersStopped', 0)}",
+        f" Images: {info.get('Images', 0)}",
+    ]
+    simple = [
+        ("Server Version", "ServerVersion"),
+        ("Storage Driver", "Driver"),
+        ("Logging Driver", "LoggingDriver"),
+        ("Cgroup Driver", "CgroupDriver"),
+        ("Cgroup Version", "CgroupVersion"),
+    ]
     lines += [f" {label}: {info[key]}" for label, key in simple if info.get(key) not in (None, "")]
     plugins = info.get("Plugins") or {}
     if plugins.get("Network"):
@@ -102,8 +153,13 @@ def render_info(info: dict) -> str:
     fw = (info.get("FirewallBackend") or {}).get("Driver")
     if fw:
         lines.append(f" Firewall Backend: {fw}")
-    more = [("Kernel Version", "KernelVersion"), ("Operating System", "OperatingSystem"), ("OSType", "OSType"),
-            ("Architecture", "Architecture"), ("CPUs", "NCPU")]
+    more = [
+        ("Kernel Version", "KernelVersion"),
+        ("Operating System", "OperatingSystem"),
+        ("OSType", "OSType"),
+        ("Architecture", "Architecture"),
+        ("CPUs", "NCPU"),
+    ]
     lines += [f" {label}: {info[key]}" for label, key in more if info.get(key) not in (None, "")]
     if info.get("MemTotal"):
         lines.append(f" Total Memory: {bytes_size(info['MemTotal'])}")
