@@ -115,8 +115,14 @@ SOAK_RUNS ?= 200
 soak-run: deps venv image
 	$(VPY) bench/run_output.py --image $(IMAGE_TAR) -n $(SOAK_RUNS)
 
+# Tools hold the design: the layer contracts are a unit test (tests/unit/test_layers.py);
+# style, lint and types are checked here, and .ci/run runs this before the suite.
+LINT_PATHS := src tests bench scripts/make-busybox-tar scripts/in-sandbox scripts/fast-cli-launcher scripts/soak-iptables
+
 lint: venv
-	$(VENV)/bin/ruff check src tests bench scripts/make-busybox-tar scripts/in-sandbox scripts/fast-cli-launcher scripts/soak-iptables
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf images build .pytest_cache .ruff_cache

@@ -316,7 +316,10 @@ async def attach(request: web.Request) -> web.StreamResponse:
             stdin = api.controller.attach_stdin(c.id)
             feeder = asyncio.ensure_future(_feed_stdin(stream.reader, stdin, detach_keys, detached))
         try:
-            ends = {asyncio.ensure_future(stream.wait_lost()), asyncio.ensure_future(detached.wait())}
+            ends: set[asyncio.Future[Any]] = {
+                asyncio.ensure_future(stream.wait_lost()),
+                asyncio.ensure_future(detached.wait()),
+            }
             if sub is not None or replay:
                 ends.add(
                     asyncio.ensure_future(_attach_output(api, c, stream, sub, wanted, replay, multiplexed))
@@ -380,7 +383,7 @@ async def _feed_stdin(
 async def resize(request: web.Request) -> web.Response:
     """The window size of a tty container's terminal (``h`` rows, ``w`` columns)."""
     api = Api.of(request)
-    height, width = query_int(request, "h", 0), query_int(request, "w", 0)
+    height, width = query_int(request, "h", 0) or 0, query_int(request, "w", 0) or 0
     if height < 0 or width < 0 or height > 65535 or width > 65535:
         raise InvalidArgument(f"invalid size: h={height} w={width}")
     c = api.controller.find_container(request.match_info["id"])

@@ -22,6 +22,7 @@ from cnm.cli.errors import ConnectError, DaemonError
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing/collections.abc costs start-up time
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping
+    from typing import Any
 
 DEFAULT_HOST = "unix:///run/cnm/cnm.sock"
 API_VERSION = "1.51"
@@ -47,7 +48,7 @@ def quote(text: str, safe: str = "") -> str:
     return "".join(chr(b) if b in keep else f"%{b:02X}" for b in text.encode())
 
 
-def encode_query(query: dict[str, object] | None) -> str:
+def encode_query(query: Mapping[str, object] | None) -> str:
     if not query:
         return ""
     parts = [f"{quote(k)}={quote(str(v))}" for k, v in query.items() if v is not None]
@@ -117,7 +118,7 @@ class Response:
     def read(self) -> bytes:
         return b"".join(self.chunks())
 
-    def json(self) -> object:
+    def json(self) -> Any:
         data = self.read()
         if not data.strip():
             return None
@@ -306,7 +307,7 @@ class Client:
         self,
         method: str,
         path: str,
-        query: dict[str, object] | None = None,
+        query: Mapping[str, object] | None = None,
         body: object = None,
         headers: dict[str, str] | None = None,
     ) -> Response:
@@ -370,7 +371,7 @@ class Client:
         self,
         method: str,
         path: str,
-        query: dict[str, object] | None = None,
+        query: Mapping[str, object] | None = None,
         body: object = None,
         headers: dict[str, str] | None = None,
     ) -> Response:
@@ -384,9 +385,10 @@ class Client:
         return resp
 
     def call(
-        self, method: str, path: str, query: dict[str, object] | None = None, body: object = None
-    ) -> object:
-        """A request whose whole JSON (or empty) answer is returned decoded."""
+        self, method: str, path: str, query: Mapping[str, object] | None = None, body: object = None
+    ) -> Any:
+        """A request whose whole JSON (or empty) answer is returned decoded (any JSON value:
+        each caller knows the shape its endpoint answers with)."""
         resp = self.request(method, path, query, body)
         try:
             return resp.json()
@@ -418,7 +420,7 @@ class Client:
     def hijack(
         self,
         path: str,
-        query: dict[str, object] | None = None,
+        query: Mapping[str, object] | None = None,
         body: object = None,
         content_type: str = "text/plain",
     ) -> tuple[_socket.socket, bytes]:

@@ -157,7 +157,7 @@ class LineSplitter:
 def log_files(path: str) -> list[str]:
     """The files of a log, oldest first: the rotated ones (``path.N`` … ``path.1``, which
     rotation keeps contiguous), then ``path``."""
-    older = []
+    older: list[str] = []
     while os.path.exists(f"{path}.{len(older) + 1}"):
         older.append(f"{path}.{len(older) + 1}")
     return [*reversed(older), path]

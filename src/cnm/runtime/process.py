@@ -57,8 +57,8 @@ async def wait_pid(pid: int) -> int | None:
     except ProcessLookupError:
         return _reap(pid)
     loop = asyncio.get_running_loop()
-    ready = loop.create_future()
-    loop.add_reader(pidfd, lambda: ready.done() or ready.set_result(None))
+    ready: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(pidfd, _set_once, ready)
     try:
         await ready
     finally:
@@ -207,13 +207,19 @@ def console_listener() -> Iterator[tuple[socket.socket, str]]:
         listener.close()
 
 
+def _set_once(future: asyncio.Future[None]) -> None:
+    """A reader callback: the fd is ready (it may fire again before the waiter runs)."""
+    if not future.done():
+        future.set_result(None)
+
+
 async def receive_console(listener: socket.socket) -> int:
     """Accept runc's connection and receive the pty master it sends (SCM_RIGHTS)."""
     loop = asyncio.get_running_loop()
     conn, _ = await loop.sock_accept(listener)
     with conn:
-        readable = loop.create_future()
-        loop.add_reader(conn.fileno(), lambda: readable.done() or readable.set_result(None))
+        readable: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(conn.fileno(), _set_once, readable)
         try:
             await readable
         finally:

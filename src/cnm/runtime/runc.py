@@ -517,7 +517,9 @@ class RuncRuntime:
     def attach_output(self, container_id: str) -> Subscription:
         """The output of the container's current run, or of its next one when it is not
         running (``run`` and ``start -a`` attach before they start): raw chunks as read."""
-        return self._hub(container_id).subscribe()
+        sub = self._hub(container_id).subscribe()
+        assert sub is not None  # only running_only subscriptions are ever refused
+        return sub
 
     async def logs(
         self,

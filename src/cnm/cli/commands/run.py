@@ -114,7 +114,7 @@ def _wait_status(cli: Cli, resp: Response) -> int:
 def cmd_run(cli: Cli, argv: list[str]) -> int:
     v, args, changed = F.parse(RUN, argv)
     stdin_fd = sys.stdin.fileno() if v["interactive"] else None
-    if not v["detach"] and v["tty"] and v["interactive"] and not os.isatty(stdin_fd):
+    if not v["detach"] and v["tty"] and stdin_fd is not None and not os.isatty(stdin_fd):
         raise CliError("the input device is not a TTY")
     body, image = _build(cli, v, changed, args, v["detach"], "run")
     cid = create_container(cli, body, v["name"], image, "run")
