@@ -83,8 +83,10 @@ def attach_rounds(call: Any, net: str, ids: list[str]) -> list[float]:
     return times
 
 
-def bench_cnm(host: TestHost, image: str, n: int, preload: int, cli_rounds: int, table: Table) -> None:
-    host.start_daemon()
+def bench_cnm(
+    host: TestHost, image: str, n: int, preload: int, cli_rounds: int, flags: list[str], table: Table
+) -> None:
+    host.start_daemon(*flags)
     host.import_image(image, "busybox")
     api_ok(
         host, "POST", "/networks/create", {"Name": "bench", "IPAM": {"Config": [{"Subnet": "10.200.0.0/16"}]}}
@@ -194,6 +196,12 @@ def main() -> int:
     parser.add_argument("--docker-containers", type=int, default=50)
     parser.add_argument("--peers", default="cni,netavark,docker")
     parser.add_argument("--no-cnm", action="store_true", help="peers only")
+    parser.add_argument(
+        "--cnmd-flag",
+        action="append",
+        default=[],
+        help="extra cnmd flag, e.g. --cnmd-flag=--anti-spoofing=false",
+    )
     parser.add_argument("--no-install", action="store_true", help="do not apt-get install missing peers")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -205,7 +213,16 @@ def main() -> int:
         return 1
     table = Table()
     if not args.no_cnm:
-        run_in_host("cnm", table, bench_cnm, args.image, args.containers, args.preload, args.cli_rounds)
+        run_in_host(
+            "cnm",
+            table,
+            bench_cnm,
+            args.image,
+            args.containers,
+            args.preload,
+            args.cli_rounds,
+            args.cnmd_flag,
+        )
     peers = [p for p in args.peers.split(",") if p]
     for peer in peers:
         if not ensure_package(peer, table, not args.no_install):
