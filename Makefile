@@ -11,11 +11,14 @@ IMAGE_TAR   := images/busybox.tar
 PYTEST_ARGS ?=
 # What the suite and the demo run (procps: ps/sysctl in the tests; python3-venv: make venv).
 APT_PKGS    := iproute2 nftables iptables runc busybox-static libnftables1 iperf3 procps python3-venv
+# The client tier drives cnmd with Docker's own tools: Compose v1 (Debian's; Compose v2 is on
+# neither Debian 12 nor PyPI).  The Docker SDK for Python comes with the test extras.
+CLIENT_PKGS := docker-compose
 
-.PHONY: help deps venv image test unit integration e2e demo demo-sandbox bench bench-attach bench-ports lint clean
+.PHONY: help deps clients-deps venv image test unit integration e2e clients demo demo-sandbox bench bench-attach bench-ports lint clean
 
 help:
-	@echo "make demo | demo-sandbox | test | unit | integration | e2e | bench | bench-attach | bench-ports | soak-iptables | lint | deps | venv | image | clean"
+	@echo "make demo | demo-sandbox | test | unit | integration | e2e | clients | bench | bench-attach | bench-ports | soak-iptables | lint | deps | venv | image | clean"
 
 # $(call apt_ensure,PKGS): install those of PKGS that are missing, so a second run is instant.
 define apt_ensure
@@ -31,6 +34,9 @@ endef
 
 deps:
 	$(call apt_ensure,$(APT_PKGS))
+
+clients-deps:
+	$(call apt_ensure,$(CLIENT_PKGS))
 
 # Debian's python3 makes no venv without python3-venv: fetched here only when it is missing.
 $(VPY):
@@ -57,8 +63,8 @@ $(IMAGE_TAR): scripts/make-busybox-tar
 image: $(IMAGE_TAR)
 
 # The root tiers run runc, nft, busybox ... : a fresh machine gets them first (deps).
-test: deps venv image
-	$(VPY) -m pytest -rfEs $(PYTEST_ARGS) tests/unit tests/integration tests/e2e
+test: deps clients-deps venv image
+	$(VPY) -m pytest -rfEs $(PYTEST_ARGS) tests/unit tests/integration tests/e2e tests/clients
 
 unit: venv
 	$(VPY) -m pytest -q $(PYTEST_ARGS) tests/unit
@@ -68,6 +74,10 @@ integration: deps venv image
 
 e2e: deps venv image
 	$(VPY) -m pytest -rfEs $(PYTEST_ARGS) tests/e2e
+
+# Docker's own tools (docker-compose, the docker CLI, the Docker SDK) against cnmd.
+clients: deps clients-deps venv image
+	$(VPY) -m pytest -rfEs $(PYTEST_ARGS) tests/clients
 
 # On THIS host: cnmd with its default roots (/var/lib/cnm, /run/cnm), bridge cnm0.
 demo: deps venv image

@@ -953,3 +953,55 @@ async def test_attach_detach_keys_end_the_attach_only(server):
     await asyncio.sleep(0.1)
     assert bytes(ctrl.stdin_data[cid]) == b"ls\n"  # the keys themselves were not sent
     writer.close()
+
+
+# -- swarm: Docker's answers on a node that is not in a swarm --------------------------------------
+
+NOT_MANAGER = (
+    'This node is not a swarm manager. Use "docker swarm init" or "docker swarm join" to '
+    "connect this node to swarm and try again."
+)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1.51/swarm"),
+        ("POST", "/v1.51/swarm/init"),
+        ("POST", "/swarm/join"),
+        ("POST", "/v1.45/swarm/update?version=1"),
+        ("GET", "/swarm/unlockkey"),
+        ("GET", "/v1.51/services"),
+        ("POST", "/v1.51/services/create"),
+        ("GET", "/services/web"),
+        ("DELETE", "/v1.51/services/web"),
+        ("GET", "/services/web/logs"),
+        ("GET", "/v1.51/nodes"),
+        ("GET", "/nodes/abc"),
+        ("DELETE", "/nodes/abc?force=1"),
+        ("GET", "/v1.51/tasks"),
+        ("GET", "/tasks/abc"),
+        ("GET", "/v1.51/secrets"),
+        ("POST", "/secrets/create"),
+        ("DELETE", "/secrets/s1"),
+        ("GET", "/v1.51/configs"),
+        ("POST", "/configs/c1/update"),
+    ],
+)
+async def test_swarm_only_paths_say_not_a_swarm_manager(server, method, path):
+    _, client, _ = server
+    reply = await client.request(method, path)
+    assert reply.status == 503, (method, path, reply.status)
+    assert reply.json() == {"message": NOT_MANAGER}
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"Scope": "swarm"}, {"Ingress": True}, {"Driver": "overlay"}, {"Driver": "overlay", "Attachable": True}],
+)
+async def test_swarm_networks_say_not_a_swarm_manager_and_create_nothing(server, extra):
+    ctrl, client, _ = server
+    reply = await client.request("POST", "/v1.51/networks/create", {"Name": "ov", **extra})
+    assert reply.status == 503 and reply.json() == {"message": NOT_MANAGER}, (extra, reply.json())
+    names = [n["Name"] for n in (await client.request("GET", "/networks")).json()]
+    assert "ov" not in names

@@ -59,7 +59,9 @@ async def create_image(request: web.Request) -> web.Response:
             ref = ref.removeprefix(prefix)
         raise NotFound(
             f"pull access denied for {ref}: cnm does not pull images from registries; "
-            f"import a root filesystem instead: cnm image import FILE {ref}"
+            f"bring the image from a machine that has it: docker save {ref} > image.tar, "
+            f"then cnm load -i image.tar (or docker export CONTAINER > rootfs.tar, then "
+            f"cnm image import rootfs.tar {ref})"
         )
     source = request.query.get("fromSrc", "")
     if source != "-":

@@ -1,5 +1,6 @@
-"""System routes: ``/_ping``, ``/version``, ``/info``, ``/swarm/leave`` and the 404s for
-object types cnm does not have (``docker inspect`` falls through them)."""
+"""System routes: ``/_ping``, ``/version``, ``/info``, the 404s for object types cnm does
+not have (``docker inspect`` falls through them), and Docker's 503s for every swarm-only
+path: cnm is a node outside any swarm, and says so the way Docker does."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from aiohttp import web
 from cnm.api.context import Api
 from cnm.api.errors import error_response
 from cnm.api.http import json_response
-from cnm.api.schemas_system import info_json, version_json
+from cnm.api.schemas_system import NOT_IN_SWARM, NOT_SWARM_MANAGER, info_json, version_json
 
 _PING_HEADERS = {
     "Cache-Control": "no-cache, no-store, must-revalidate",
@@ -36,7 +37,15 @@ async def info(request: web.Request) -> web.Response:
 
 
 async def swarm_leave(request: web.Request) -> web.Response:
-    return error_response(503, "This node is not part of a swarm")
+    return error_response(503, NOT_IN_SWARM)
+
+
+async def not_swarm_manager(request: web.Request) -> web.Response:
+    return error_response(503, NOT_SWARM_MANAGER)
+
+
+# The swarm-only object types of the Engine API: each path and all under it, any method.
+_SWARM_ONLY = ("/swarm", "/services", "/nodes", "/tasks", "/secrets", "/configs")
 
 
 async def no_volume(request: web.Request) -> web.Response:
@@ -52,6 +61,8 @@ def routes() -> list[tuple[str, str, object]]:
         ("GET", "/version", version),
         ("GET", "/info", info),
         ("POST", "/swarm/leave", swarm_leave),
+        *[("*", path, not_swarm_manager) for path in _SWARM_ONLY],
+        *[("*", path + "/{tail:.*}", not_swarm_manager) for path in _SWARM_ONLY],
         ("GET", "/volumes/{name}", no_volume),
         ("GET", "/plugins/{name:.+}/json", no_plugin),
     ]

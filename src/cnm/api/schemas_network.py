@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from cnm.api.http import get_bool, get_dict, get_list, get_str, get_str_list, get_str_map
-from cnm.errors import InvalidArgument
+from cnm.api.schemas_system import NOT_SWARM_MANAGER
+from cnm.errors import InvalidArgument, Unavailable
 from cnm.ipam.api import check_ipam_driver
 from cnm.model.endpoint import Endpoint, EndpointRequest
 from cnm.model.network import IpamConfig, Network, NetworkSpec, validate_options
@@ -167,12 +168,15 @@ def parse_network_create(body: dict[str, Any]) -> NetworkSpec:
     name = parse_network_name(get_str(body, "Name"))
     if body.get("EnableIPv4") is False:
         raise InvalidArgument("networks without IPv4 are not supported by cnm")
-    for unsupported in ("Ingress", "ConfigOnly"):
-        if get_bool(body, unsupported):
-            raise InvalidArgument(f"{unsupported} networks are not supported by cnm")
+    # Docker hands swarm networks to the cluster, which refuses them on a node outside a
+    # swarm (overlay included, until cnm gives it a meaning of its own).
+    scope = get_str(body, "Scope")
+    if scope == "swarm" or get_bool(body, "Ingress") or get_str(body, "Driver") == "overlay":
+        raise Unavailable(NOT_SWARM_MANAGER)
+    if get_bool(body, "ConfigOnly"):
+        raise InvalidArgument("ConfigOnly networks are not supported by cnm")
     if get_str(get_dict(body, "ConfigFrom"), "Network"):
         raise InvalidArgument("ConfigFrom networks are not supported by cnm")
-    scope = get_str(body, "Scope")
     if scope not in ("", "local"):
         raise InvalidArgument(f"scope {scope!r} is not supported by cnm: only local networks exist")
     ipam = get_dict(body, "IPAM")

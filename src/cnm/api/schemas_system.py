@@ -10,6 +10,14 @@ from typing import Any
 
 from cnm.engine.controller import EngineInfo
 
+# Docker's answers on a node outside a swarm (cnm never joins one), word for word: SDK and
+# Compose teardowns recognise them.
+NOT_SWARM_MANAGER = (
+    'This node is not a swarm manager. Use "docker swarm init" or "docker swarm join" to '
+    "connect this node to swarm and try again."
+)
+NOT_IN_SWARM = "This node is not part of a swarm"
+
 API_VERSION = "1.51"
 MIN_API_VERSION = "1.24"
 
