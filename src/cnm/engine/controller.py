@@ -19,6 +19,7 @@ from cnm.dns.records import NameTable
 from cnm.dns.server import DnsServer
 from cnm.drivers.api import NetworkDriver
 from cnm.engine.containers import Containers
+from cnm.engine.events import Events
 from cnm.engine.locks import KeyedLocks
 from cnm.engine.naming import Naming
 from cnm.engine.networks import Networks
@@ -112,7 +113,10 @@ class Controller:
         self._debug = debug
         self._locks = KeyedLocks()
         self._state = State(store)
-        self._networks = Networks(self._state, ipam, kernel, drivers, bridge_name=bridge_name)
+        self.events = Events()  # GET /events reads it; the engine alone writes it
+        self._networks = Networks(
+            self._state, ipam, kernel, drivers, bridge_name=bridge_name, events=self.events
+        )
         self._naming = Naming(self._state, runtime, names=names, dns=dns, host_resolv_conf=host_resolv_conf)
         self._containers = Containers(
             self._state,
@@ -123,6 +127,7 @@ class Controller:
             locks=self._locks,
             naming=self._naming,
             publisher=publisher,
+            events=self.events,
         )
         self._publisher = publisher
 
@@ -384,7 +389,9 @@ class Controller:
     # -- images ---------------------------------------------------------------------------
 
     async def import_image(self, reference: str, tar_path: str) -> Image:
-        return await self._runtime.import_image(reference, tar_path)
+        image = await self._runtime.import_image(reference, tar_path)
+        self.events.image("import", image.id, reference or image.id)
+        return image
 
     def images(self) -> list[Image]:
         return self._runtime.images()
@@ -400,13 +407,20 @@ class Controller:
                 f'conflict: unable to remove repository reference "{ref}" (must force) - '
                 f"container {users[0].short_id} is using its referenced image {image.id[7:19]}"
             )
-        return await self._runtime.remove_image(ref)
+        removed = await self._runtime.remove_image(ref)
+        self.events.image("delete", removed.id, ref)
+        return removed
 
     async def tag_image(self, source: str, target: str) -> Image:
-        return await self._runtime.tag_image(source, target)
+        image = await self._runtime.tag_image(source, target)
+        self.events.image("tag", image.id, target)
+        return image
 
     async def load_images(self, archive_path: str) -> list[Loaded]:
-        return await self._runtime.load_images(archive_path)
+        loaded = await self._runtime.load_images(archive_path)
+        for item in loaded:
+            self.events.image("load", item.image.id, item.tags[0] if item.tags else item.image.id)
+        return loaded
 
     def export_container(self, ref: str) -> AsyncGenerator[bytes, None]:
         """The container's filesystem as tar chunks; NotFound at once for an unknown ref."""
