@@ -137,9 +137,11 @@ class Events:
     def subscribe(
         self, since: int | None = None, until: int | None = None, match: Match = _everything
     ) -> Subscription:
-        """The ring's matching events as ``past``, and every later matching event live.
-        Taken in one step (no await), so nothing falls between the two."""
-        sub = Subscription(self, self.recent(since, until, match), match, until, self._capacity)
+        """The ring's matching events as ``past`` (none when neither ``since`` nor ``until``
+        is given: moby's ``SubscribeTopic``), and every later matching event live.  Taken
+        in one step (no await), so nothing falls between the two."""
+        past = self.recent(since, until, match) if since is not None or until is not None else []
+        sub = Subscription(self, past, match, until, self._capacity)
         self._subscribers.add(sub)
         return sub
 
