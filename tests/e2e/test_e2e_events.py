@@ -136,3 +136,17 @@ def test_cnm_events_matches_docker_and_streams_live(cnmhost: TestHost, window: t
 def test_events_bad_time_is_a_clear_error(cnmhost: TestHost) -> None:
     res = cnmhost.cnm("events", "--since", "yesterday", check=False)
     assert res.returncode != 0 and "--since" in res.stderr and "yesterday" in res.stderr
+
+
+@pytest.mark.skipif(not os.path.exists(DOCKER), reason=f"{DOCKER} (docker CLI 28) not installed")
+def test_docker_restart_emits_restart_after_start(cnmhost: TestHost) -> None:
+    cnmhost.cnm("run", "-d", "--name", "evr", IMAGE, "sleep", "1d")
+    try:
+        since = f"{time.time():.3f}"
+        docker(cnmhost, "restart", "-t", "0", "evr")
+        until = f"{time.time() + 0.001:.3f}"
+        time.sleep(0.1)
+        actions = [e["Action"] for e in _json_events(cnmhost, since, until, "container=evr")]
+        assert list(dict.fromkeys(actions)) == ["kill", "die", "stop", "start", "restart"], actions
+    finally:
+        cnmhost.cnm("rm", "-f", "evr", check=False)

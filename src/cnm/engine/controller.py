@@ -25,7 +25,7 @@ from cnm.engine.naming import Naming
 from cnm.engine.networks import Networks
 from cnm.engine.ports import Publisher
 from cnm.engine.state import State
-from cnm.errors import CnmError, Conflict, InvalidArgument, NotFound
+from cnm.errors import CnmError, Conflict, InvalidArgument, NotFound, NotModified
 from cnm.firewall.api import BridgeRules, Firewall, PortRule, bridge_rules
 from cnm.ipam.api import Ipam, PoolSpec
 from cnm.kernel.api import Kernel
@@ -310,6 +310,16 @@ class Controller:
 
     async def stop_container(self, ref: str, timeout: int | None = None, signal: str | None = None) -> None:
         await self._containers.stop(ref, timeout, signal)
+
+    async def restart_container(self, ref: str, timeout: int | None = None, signal: str | None = None) -> None:
+        """Docker's ``restart``: stop (a stopped container is fine), start, then the
+        ``restart`` event after the stop and start events."""
+        try:
+            await self._containers.stop(ref, timeout, signal)
+        except NotModified:
+            pass
+        await self._containers.start(ref)
+        self.events.container("restart", self._containers.find(ref))
 
     async def kill_container(self, ref: str, signal: str = "SIGKILL") -> None:
         await self._containers.kill(ref, signal)
