@@ -150,3 +150,26 @@ def test_docker_restart_emits_restart_after_start(cnmhost: TestHost) -> None:
         assert list(dict.fromkeys(actions)) == ["kill", "die", "stop", "start", "restart"], actions
     finally:
         cnmhost.cnm("rm", "-f", "evr", check=False)
+
+
+@pytest.mark.skipif(not os.path.exists(DOCKER), reason=f"{DOCKER} (docker CLI 28) not installed")
+def test_docker_image_events_tag_untag_delete(cnmhost: TestHost) -> None:
+    since = f"{time.time():.3f}"
+    image_id = json.loads(cnmhost.cnm("image", "inspect", IMAGE).stdout)[0]["Id"]
+    docker(cnmhost, "tag", IMAGE, "evtag:1")
+    docker(cnmhost, "rmi", "evtag:1")
+    until = f"{time.time() + 0.001:.3f}"
+    time.sleep(0.1)
+    events = _json_events(cnmhost, since, until, "type=image")
+    assert [(e["Action"], e["Actor"]["Attributes"]["name"]) for e in events][0] == ("tag", "evtag:1")
+    assert [e["Action"] for e in events] == ["tag", "untag"]  # busybox keeps its own tag
+    assert {e["Actor"]["ID"] for e in events} == {e["id"] for e in events} == {image_id}
+    assert cnmhost.cnm("image", "inspect", IMAGE).returncode == 0  # untagged, not deleted
+    docker(cnmhost, "tag", IMAGE, "evtag:2")
+    since = f"{time.time():.3f}"
+    cnmhost.cnm("rmi", "evtag:2")
+    cnmhost.cnm("tag", IMAGE, "evtag:3")
+    until = f"{time.time() + 0.001:.3f}"
+    time.sleep(0.1)
+    events = _json_events(cnmhost, since, until, "type=image", "image=evtag")
+    assert [(e["Action"], e["Actor"]["Attributes"]["name"]) for e in events] == [("tag", "evtag:3")]

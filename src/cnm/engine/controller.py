@@ -33,7 +33,7 @@ from cnm.model.container import Container, ContainerConfig, ExecSpec, Image
 from cnm.model.endpoint import Endpoint, EndpointRequest, Sandbox
 from cnm.model.network import Network, NetworkSpec
 from cnm.runtime.api import Process, Runtime
-from cnm.runtime.images import Loaded
+from cnm.runtime.images import Loaded, normalize_reference
 from cnm.runtime.logs import Record
 from cnm.runtime.output import Subscription
 from cnm.store.api import Store
@@ -41,6 +41,15 @@ from cnm.store.api import Store
 log = logging.getLogger("cnm.engine")
 
 ATTACH_START_TIMEOUT = 60.0  # seconds an attached stdin waits for the container to start
+
+
+def familiar(reference: str) -> str:
+    """Docker's ``FamiliarString`` of a tagged reference: ``docker.io/library/x:1`` -> ``x:1``."""
+    name = normalize_reference(reference)
+    for prefix in ("docker.io/library/", "docker.io/"):
+        if name.startswith(prefix):
+            return name[len(prefix) :]
+    return name
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,7 +320,9 @@ class Controller:
     async def stop_container(self, ref: str, timeout: int | None = None, signal: str | None = None) -> None:
         await self._containers.stop(ref, timeout, signal)
 
-    async def restart_container(self, ref: str, timeout: int | None = None, signal: str | None = None) -> None:
+    async def restart_container(
+        self, ref: str, timeout: int | None = None, signal: str | None = None
+    ) -> None:
         """Docker's ``restart``: stop (a stopped container is fine), start, then the
         ``restart`` event after the stop and start events."""
         try:
@@ -400,7 +411,7 @@ class Controller:
 
     async def import_image(self, reference: str, tar_path: str) -> Image:
         image = await self._runtime.import_image(reference, tar_path)
-        self.events.image("import", image.id, reference or image.id)
+        self.events.image("import", image.id, image.id)  # moby names the id here, and below
         return image
 
     def images(self) -> list[Image]:
@@ -418,18 +429,20 @@ class Controller:
                 f"container {users[0].short_id} is using its referenced image {image.id[7:19]}"
             )
         removed = await self._runtime.remove_image(ref)
-        self.events.image("delete", removed.id, ref)
+        self.events.image("untag", removed.id, removed.id)
+        if all(i.id != removed.id for i in self._runtime.images()):  # its last tag went
+            self.events.image("delete", removed.id, removed.id)
         return removed
 
     async def tag_image(self, source: str, target: str) -> Image:
         image = await self._runtime.tag_image(source, target)
-        self.events.image("tag", image.id, target)
+        self.events.image("tag", image.id, familiar(target))
         return image
 
     async def load_images(self, archive_path: str) -> list[Loaded]:
         loaded = await self._runtime.load_images(archive_path)
         for item in loaded:
-            self.events.image("load", item.image.id, item.tags[0] if item.tags else item.image.id)
+            self.events.image("load", item.image.id, item.image.id)
         return loaded
 
     def export_container(self, ref: str) -> AsyncGenerator[bytes, None]:
