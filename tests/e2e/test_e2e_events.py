@@ -105,6 +105,15 @@ def test_docker_events_default_line(cnmhost: TestHost, window: tuple[str, str]) 
         r"\(image=busybox, name=ev2, oldName=/ev1, tier=web\)",
         out[0],
     ), out
+    relative = docker(cnmhost, "events", "--since", "10m", "--until", "0s", "--filter", "event=rename").stdout
+    assert relative.splitlines() == out  # durations are relative to now (the CLI converts them)
+    rfc3339 = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(window[0]) - 1))
+    assert (
+        cnmhost.cnm(
+            "events", "--since", rfc3339, "--until", "0s", "--filter", "event=rename"
+        ).stdout.splitlines()
+        == out
+    )
 
 
 def test_cnm_events_matches_docker_and_streams_live(cnmhost: TestHost, window: tuple[str, str]) -> None:
