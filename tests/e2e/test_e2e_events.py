@@ -17,9 +17,9 @@ from harness import TestHost, venv_bin
 DOCKER = "/usr/local/bin/docker"
 
 
-def docker(host: TestHost, *args: str) -> subprocess.CompletedProcess:
+def docker(host: TestHost, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = {"DOCKER_HOST": host.host_uri, "DOCKER_CONFIG": str(host.tmp / "docker-config")}
-    return host.run([DOCKER, *args], timeout=60, env=env)
+    return host.run([DOCKER, *args], timeout=60, env=env, check=check)
 
 
 def _window(host: TestHost) -> tuple[str, str]:
@@ -157,6 +157,13 @@ def test_docker_restart_emits_restart_after_start(cnmhost: TestHost) -> None:
         time.sleep(0.1)
         actions = [e["Action"] for e in _json_events(cnmhost, since, until, "container=evr")]
         assert list(dict.fromkeys(actions)) == ["kill", "die", "stop", "start", "restart"], actions
+        since = f"{time.time():.3f}"
+        assert docker(cnmhost, "exec", "evr", "sh", "-c", "exit 3", check=False).returncode == 3
+        until = f"{time.time() + 0.001:.3f}"
+        time.sleep(0.1)
+        execs = _json_events(cnmhost, since, until, "container=evr", "event=exec_start", "event=exec_die")
+        assert [e["Action"] for e in execs] == ["exec_start: sh -c exit 3", "exec_die"], execs
+        assert execs[1]["Actor"]["Attributes"]["exitCode"] == "3"
     finally:
         cnmhost.cnm("rm", "-f", "evr", check=False)
 

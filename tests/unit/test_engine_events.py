@@ -9,6 +9,7 @@ import pytest
 from test_engine import World, run
 
 from cnm.engine.controller import familiar
+from cnm.model.container import ExecSpec
 from cnm.model.endpoint import EndpointRequest
 from cnm.model.network import NetworkSpec
 
@@ -93,3 +94,15 @@ def test_familiar_reference() -> None:
     assert familiar("docker.io/library/x") == "x:latest"
     assert familiar("docker.io/me/x:2") == "me/x:2"
     assert familiar("registry:5000/x:1") == "registry:5000/x:1"
+
+
+async def test_exec_create_start_die(world) -> None:
+    ctl = await world.controller()
+    await run(ctl, "sh1")
+    exec_id = ctl.create_exec("sh1", ExecSpec(container_id="", cmd=("echo", "hi")))
+    await ctl.start_exec(exec_id)
+    await _wait_for(lambda: any(e.action == "exec_die" for e in ctl.events.recent()))
+    execs = [e for e in ctl.events.recent() if e.action.startswith("exec_")]
+    assert [e.action for e in execs] == ["exec_create: echo hi", "exec_start: echo hi", "exec_die"]
+    assert {e.attributes["execID"] for e in execs} == {exec_id}
+    assert execs[-1].attributes["exitCode"] == "0" and execs[-1].attributes["name"] == "sh1"

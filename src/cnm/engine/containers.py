@@ -172,7 +172,7 @@ class Containers:
         self._delays: dict[str, float] = {}  # each container's last restart delay
         self._removed: dict[str, list[asyncio.Future[int]]] = {}
         self._removing: set[str] = set()  # ids of containers an ``rm`` is removing
-        self.execs = Execs(runtime, self._running_container)
+        self.execs = Execs(runtime, self._running_container, self._events)
         os.makedirs(self._netns_dir, exist_ok=True)
 
     # -- lookup ---------------------------------------------------------------------------
