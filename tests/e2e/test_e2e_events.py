@@ -189,3 +189,38 @@ def test_docker_image_events_tag_untag_delete(cnmhost: TestHost) -> None:
     time.sleep(0.1)
     events = _json_events(cnmhost, since, until, "type=image", "image=evtag")
     assert [(e["Action"], e["Actor"]["Attributes"]["name"]) for e in events] == [("tag", "evtag:3")]
+
+
+COMPOSE = "/usr/bin/docker-compose"
+
+
+@pytest.mark.skipif(not os.path.exists(COMPOSE), reason=f"{COMPOSE} (docker-compose 1.29) not installed")
+def test_compose_events_streams_its_project(cnmhost: TestHost) -> None:
+    project = cnmhost.tmp / "evproj"
+    project.mkdir()
+    (project / "docker-compose.yml").write_text(
+        f"version: '3'\nservices:\n  app:\n    image: {IMAGE}\n    command: sleep 1d\n    stop_grace_period: 1s\n"
+    )
+    env = {"DOCKER_HOST": cnmhost.host_uri, "COMPOSE_PROJECT_NAME": "evproj"}
+    compose = [COMPOSE, "--project-directory", str(project), "-f", str(project / "docker-compose.yml")]
+    cnmhost.run([*compose, "up", "-d"], timeout=120, env=env)
+    proc = cnmhost.spawn(
+        [*compose, "events", "--json"], stdout=subprocess.PIPE, text=True, env=cnmhost.environ() | env
+    )
+    try:
+        time.sleep(2)  # compose subscribes (filtered by the project's label) before the stop
+        cnmhost.run([*compose, "stop"], timeout=120, env=env)
+        assert proc.stdout is not None
+        seen = []
+        while "stop" not in seen:
+            line = proc.stdout.readline()
+            assert line, f"compose events ended early after {seen}"
+            event = json.loads(line)
+            assert event["type"] == "container" and event["service"] == "app", event
+            seen.append(event["action"])
+        assert "kill" in seen and "die" in seen, seen
+        assert seen.index("kill") < seen.index("die") < seen.index("stop"), seen
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        cnmhost.run([*compose, "down"], timeout=120, env=env, check=False)
