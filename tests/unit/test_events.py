@@ -327,3 +327,19 @@ async def test_get_events_bad_input_is_400(api) -> None:
         reader, writer, status = await _get(sock, target)
         writer.close()
         assert status == 400, target
+
+
+async def test_get_events_future_until_streams_then_ends(api) -> None:
+    import time
+
+    events, sock = api
+    until = f"{time.time() + 0.5:.9f}"
+    reader, writer, status = await _get(sock, f"/events?until={until}")
+    assert status == 200
+    await asyncio.sleep(0.05)
+    events.container("start", _container())
+    first = json.loads(await asyncio.wait_for(_chunk(reader), 5))
+    assert first["Action"] == "start"
+    assert await asyncio.wait_for(_chunk(reader), 5) == b""  # the last chunk: until has passed
+    writer.close()
+    assert not events._subscribers
