@@ -343,3 +343,29 @@ async def test_get_events_future_until_streams_then_ends(api) -> None:
     assert await asyncio.wait_for(_chunk(reader), 5) == b""  # the last chunk: until has passed
     writer.close()
     assert not events._subscribers
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--since", "yesterday"], "--since"),
+        (["--until", "soon"], "--until"),
+        (["--filter", "typecontainer"], "filter"),
+        (["--format", "{{.Type"], "template"),
+    ],
+)
+def test_cnm_events_bad_input_is_refused_before_any_request(tmp_path, args: list[str], named: str) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    res = subprocess.run(
+        [sys.executable, "-m", "cnm.cli", "-H", f"unix://{tmp_path}/absent.sock", "events", *args],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": src, "CNM_NO_AUTOSTART": "1"},
+        timeout=30,
+    )
+    assert res.returncode != 0 and named in res.stderr, res.stderr
+    assert "absent.sock" not in res.stderr  # refused before connecting
