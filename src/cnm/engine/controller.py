@@ -325,12 +325,15 @@ class Controller:
     ) -> None:
         """Docker's ``restart``: stop (a stopped container is fine), start, then the
         ``restart`` event after the stop and start events."""
+        container_id = self._containers.find(ref).id
         try:
-            await self._containers.stop(ref, timeout, signal)
+            await self._containers.stop(container_id, timeout, signal)
         except NotModified:
             pass
-        await self._containers.start(ref)
-        self.events.container("restart", self._containers.find(ref))
+        await self._containers.start(container_id)
+        current = self._state.containers.get(container_id)
+        if current is not None:  # an rm may have raced in after the start: nothing to report then
+            self.events.container("restart", current)
 
     async def kill_container(self, ref: str, signal: str = "SIGKILL") -> None:
         await self._containers.kill(ref, signal)
