@@ -280,6 +280,11 @@ class FakeController:
             raise NotModified("not running")
         self._exit(c, 0)
 
+    async def restart_container(self, ref, timeout=None, signal=None) -> None:
+        if self.find_container(ref).running:
+            await self.stop_container(ref, timeout, signal)
+        await self.start_container(ref)
+
     def _exit(self, c: Container, code: int) -> None:
         self.ctrs[c.id] = replace(
             c,

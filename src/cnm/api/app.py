@@ -17,6 +17,7 @@ from aiohttp import web
 
 from cnm.api import (
     routes_containers,
+    routes_events,
     routes_exec,
     routes_export,
     routes_images,
@@ -103,6 +104,7 @@ def make_app(
         routes_exec,
         routes_images,
         routes_export,
+        routes_events,
     ):
         _add_routes(app, module.routes())
     return app

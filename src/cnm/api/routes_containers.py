@@ -37,7 +37,7 @@ from cnm.api.schemas_container import (
     parse_container_create,
 )
 from cnm.engine.controller import ContainerPaths
-from cnm.errors import CnmError, InvalidArgument, NotFound, NotModified
+from cnm.errors import CnmError, InvalidArgument, NotFound
 from cnm.model.container import Container
 from cnm.model.network import Network
 from cnm.model.values import parse_container_name
@@ -172,9 +172,7 @@ async def rename(request: web.Request) -> web.Response:
 async def restart(request: web.Request) -> web.Response:
     ctrl = Api.of(request).controller
     ref = request.match_info["id"]
-    with contextlib.suppress(NotModified):
-        await ctrl.stop_container(ref, query_int(request, "t"), request.query.get("signal") or None)
-    await ctrl.start_container(ref)
+    await ctrl.restart_container(ref, query_int(request, "t"), request.query.get("signal") or None)
     return web.Response(status=204)
 
 

@@ -74,6 +74,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "container exec": ("exec", "cmd_exec"),
     "container inspect": ("inspect", "cmd_container_inspect"),
     "completion": ("completion", "cmd_completion"),
+    "events": ("events", "cmd_events"),
 }
 _DEBUG = False  # -D: unexpected errors print their traceback
 GROUPS = ("container", "image", "network")  # management commands: `cnm GROUP VERB`

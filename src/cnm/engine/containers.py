@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 
+from cnm.engine.events import Events
 from cnm.engine.execs import Execs
 from cnm.engine.locks import KeyedLocks
 from cnm.engine.lookup import find
@@ -155,6 +156,7 @@ class Containers:
         locks: KeyedLocks,
         naming: Naming,
         publisher: Publisher | None = None,
+        events: Events | None = None,
     ) -> None:
         self._state = state
         self._networks = networks
@@ -164,12 +166,13 @@ class Containers:
         self._locks = locks
         self._naming = naming
         self._publisher = publisher
+        self._events = events if events is not None else Events()
         self._runs: dict[str, _Run] = {}
         self._restarts: dict[str, asyncio.Task[None]] = {}  # pending restarts by policy
         self._delays: dict[str, float] = {}  # each container's last restart delay
         self._removed: dict[str, list[asyncio.Future[int]]] = {}
         self._removing: set[str] = set()  # ids of containers an ``rm`` is removing
-        self.execs = Execs(runtime, self._running_container)
+        self.execs = Execs(runtime, self._running_container, self._events)
         os.makedirs(self._netns_dir, exist_ok=True)
 
     # -- lookup ---------------------------------------------------------------------------
@@ -233,6 +236,7 @@ class Containers:
             ),
         )
         self._state.commit(put=[container])
+        self._events.container("create", container)
         return container, warnings
 
     def _create_networks(self, config: ContainerConfig) -> dict[str, EndpointRequest]:
@@ -419,6 +423,9 @@ class Containers:
             )
             self._state.commit(put=[running, *([sandbox] if sandbox else []), *endpoints])
             stack.pop_all()
+        for ep in endpoints:
+            self._events.network("connect", self._state.networks[ep.network_id], container.id)
+        self._events.container("start", running)
         log.info("container %s (%s) started, pid %d", container.name, container.short_id, pid)
         run = _Run(pid=pid, exited=asyncio.get_running_loop().create_future())
         self._runs[container.id] = run
@@ -560,6 +567,7 @@ class Containers:
                 ),
             )
             self._state.commit(put=[exited])
+            self._events.container("die", exited, exitCode=str(code))
             run = self._runs.pop(container_id, None)
             if restart:
                 ran_for = time.monotonic() - run.started if run is not None else 0.0
@@ -688,11 +696,14 @@ class Containers:
         sig = parse_signal(signal or container.config.stop_signal, signals.SIGTERM)
         grace = container.config.stop_timeout if timeout is None else timeout
         await self._runtime.kill(container.id, sig)
+        self._events.container("kill", container, signal=str(int(sig)))
         try:
             await asyncio.wait_for(asyncio.shield(run.exited), timeout=max(grace, 0))
         except TimeoutError:
             await self._runtime.kill(container.id, signals.SIGKILL)
+            self._events.container("kill", container, signal=str(int(signals.SIGKILL)))
             await run.exited
+        self._events.container("stop", self._state.containers.get(container.id, container))
 
     async def kill(self, ref: str, signal: str = "SIGKILL") -> None:
         container = self.find(ref)
@@ -704,6 +715,7 @@ class Containers:
         if container.config.restart_policy != RESTART_NO:
             await self._mark_stopped_by_user(container)
         await self._runtime.kill(container.id, sig)
+        self._events.container("kill", container, signal=str(int(sig)))
 
     async def remove(self, ref: str, force: bool = False) -> None:
         """Docker's ``rm [-f]``.  While it runs the container is marked for removal: a
@@ -739,6 +751,7 @@ class Containers:
                     container = await self._mark_stopped_by_user(container)
                 run = self._runs.get(container.id)
                 await self._runtime.kill(container.id, signals.SIGKILL)
+                self._events.container("kill", container, signal=str(int(signals.SIGKILL)))
                 if run is not None:
                     await run.exited
             async with self._hold(container.id):
@@ -755,6 +768,7 @@ class Containers:
                 except CnmError as exc:
                     errors.append(exc)
                 self._state.commit(delete=[container])
+                self._events.container("destroy", container)
                 self.execs.forget(container.id)
                 self._cancel_restart(container.id)
                 self._delays.pop(container.id, None)
@@ -805,6 +819,7 @@ class Containers:
             renamed = replace(container, name=name)
             endpoints = [replace(ep, name=name) for ep in self._state.endpoints_of_container(container.id)]
             self._state.commit(put=[renamed, *endpoints])
+            self._events.container("rename", renamed, oldName="/" + container.name)
             sandbox = self._state.sandbox_of(container.id)
             if renamed.running and sandbox is not None and sandbox.key:
                 await self._naming.publish(renamed, sandbox, endpoints)
@@ -852,6 +867,7 @@ class Containers:
                 updated = replace(container, config=replace(container.config, networks=networks))
                 self._state.commit(put=[ep, updated])
                 stack.pop_all()
+            self._events.network("connect", network, container.id)
             await self._refresh_names(updated)
 
     def _record_request(self, container: Container, network_ref: str, request: EndpointRequest) -> None:

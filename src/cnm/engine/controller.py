@@ -19,12 +19,13 @@ from cnm.dns.records import NameTable
 from cnm.dns.server import DnsServer
 from cnm.drivers.api import NetworkDriver
 from cnm.engine.containers import Containers
+from cnm.engine.events import Events
 from cnm.engine.locks import KeyedLocks
 from cnm.engine.naming import Naming
 from cnm.engine.networks import Networks
 from cnm.engine.ports import Publisher
 from cnm.engine.state import State
-from cnm.errors import CnmError, Conflict, InvalidArgument, NotFound
+from cnm.errors import CnmError, Conflict, InvalidArgument, NotFound, NotModified
 from cnm.firewall.api import BridgeRules, Firewall, PortRule, bridge_rules
 from cnm.ipam.api import Ipam, PoolSpec
 from cnm.kernel.api import Kernel
@@ -32,7 +33,7 @@ from cnm.model.container import Container, ContainerConfig, ExecSpec, Image
 from cnm.model.endpoint import Endpoint, EndpointRequest, Sandbox
 from cnm.model.network import Network, NetworkSpec
 from cnm.runtime.api import Process, Runtime
-from cnm.runtime.images import Loaded
+from cnm.runtime.images import Loaded, normalize_reference
 from cnm.runtime.logs import Record
 from cnm.runtime.output import Subscription
 from cnm.store.api import Store
@@ -40,6 +41,15 @@ from cnm.store.api import Store
 log = logging.getLogger("cnm.engine")
 
 ATTACH_START_TIMEOUT = 60.0  # seconds an attached stdin waits for the container to start
+
+
+def familiar(reference: str) -> str:
+    """Docker's ``FamiliarString`` of a tagged reference: ``docker.io/library/x:1`` -> ``x:1``."""
+    name = normalize_reference(reference)
+    for prefix in ("docker.io/library/", "docker.io/"):
+        if name.startswith(prefix):
+            return name[len(prefix) :]
+    return name
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +122,10 @@ class Controller:
         self._debug = debug
         self._locks = KeyedLocks()
         self._state = State(store)
-        self._networks = Networks(self._state, ipam, kernel, drivers, bridge_name=bridge_name)
+        self.events = Events()  # GET /events reads it; the engine alone writes it
+        self._networks = Networks(
+            self._state, ipam, kernel, drivers, bridge_name=bridge_name, events=self.events
+        )
         self._naming = Naming(self._state, runtime, names=names, dns=dns, host_resolv_conf=host_resolv_conf)
         self._containers = Containers(
             self._state,
@@ -123,6 +136,7 @@ class Controller:
             locks=self._locks,
             naming=self._naming,
             publisher=publisher,
+            events=self.events,
         )
         self._publisher = publisher
 
@@ -306,6 +320,21 @@ class Controller:
     async def stop_container(self, ref: str, timeout: int | None = None, signal: str | None = None) -> None:
         await self._containers.stop(ref, timeout, signal)
 
+    async def restart_container(
+        self, ref: str, timeout: int | None = None, signal: str | None = None
+    ) -> None:
+        """Docker's ``restart``: stop (a stopped container is fine), start, then the
+        ``restart`` event after the stop and start events."""
+        container_id = self._containers.find(ref).id
+        try:
+            await self._containers.stop(container_id, timeout, signal)
+        except NotModified:
+            pass
+        await self._containers.start(container_id)
+        current = self._state.containers.get(container_id)
+        if current is not None:  # an rm may have raced in after the start: nothing to report then
+            self.events.container("restart", current)
+
     async def kill_container(self, ref: str, signal: str = "SIGKILL") -> None:
         await self._containers.kill(ref, signal)
 
@@ -384,7 +413,9 @@ class Controller:
     # -- images ---------------------------------------------------------------------------
 
     async def import_image(self, reference: str, tar_path: str) -> Image:
-        return await self._runtime.import_image(reference, tar_path)
+        image = await self._runtime.import_image(reference, tar_path)
+        self.events.image("import", image.id, image.id)  # moby names the id here, and below
+        return image
 
     def images(self) -> list[Image]:
         return self._runtime.images()
@@ -400,13 +431,22 @@ class Controller:
                 f'conflict: unable to remove repository reference "{ref}" (must force) - '
                 f"container {users[0].short_id} is using its referenced image {image.id[7:19]}"
             )
-        return await self._runtime.remove_image(ref)
+        removed = await self._runtime.remove_image(ref)
+        self.events.image("untag", removed.id, removed.id)
+        if all(i.id != removed.id for i in self._runtime.images()):  # its last tag went
+            self.events.image("delete", removed.id, removed.id)
+        return removed
 
     async def tag_image(self, source: str, target: str) -> Image:
-        return await self._runtime.tag_image(source, target)
+        image = await self._runtime.tag_image(source, target)
+        self.events.image("tag", image.id, familiar(target))
+        return image
 
     async def load_images(self, archive_path: str) -> list[Loaded]:
-        return await self._runtime.load_images(archive_path)
+        loaded = await self._runtime.load_images(archive_path)
+        for item in loaded:
+            self.events.image("load", item.image.id, item.image.id)
+        return loaded
 
     def export_container(self, ref: str) -> AsyncGenerator[bytes, None]:
         """The container's filesystem as tar chunks; NotFound at once for an unknown ref."""

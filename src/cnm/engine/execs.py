@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from cnm.engine.events import Events
 from cnm.errors import Conflict, InvalidArgument, NotFound, RuntimeFailure
 from cnm.model.container import Container, ExecSpec
 from cnm.model.values import new_id
@@ -34,10 +35,13 @@ class ExecRecord:
 
 
 class Execs:
-    def __init__(self, runtime: Runtime, running: Callable[[str], Container | None]) -> None:
+    def __init__(
+        self, runtime: Runtime, running: Callable[[str], Container | None], events: Events | None = None
+    ) -> None:
         """``running(container_id)``: the container if it is running, else None."""
         self._runtime = runtime
         self._running = running
+        self._events = events if events is not None else Events()
         self._records: dict[str, ExecRecord] = {}
 
     def create(self, container: Container, spec: ExecSpec) -> str:
@@ -47,6 +51,7 @@ class Execs:
             raise InvalidArgument("No exec command specified")
         exec_id = new_id()
         self._records[exec_id] = ExecRecord(id=exec_id, spec=replace(spec, container_id=container.id))
+        self._events.container(f"exec_create: {' '.join(spec.cmd)}", container, execID=exec_id)
         return exec_id
 
     def record(self, exec_id: str) -> ExecRecord:
@@ -60,7 +65,8 @@ class Execs:
         record = self.record(exec_id)
         if record.started:
             raise Conflict(f"exec {exec_id} has already started")
-        if self._running(record.spec.container_id) is None:
+        container = self._running(record.spec.container_id)
+        if container is None:
             raise Conflict(f"container {record.spec.container_id} is not running")
         record.started = True
         try:
@@ -69,10 +75,12 @@ class Execs:
             record.exit_code = exec_failure_code(exc.message)
             raise
         record.running, record.pid = True, process.pid
+        self._events.container(f"exec_start: {' '.join(record.spec.cmd)}", container, execID=exec_id)
 
         async def reap() -> None:
             try:
                 record.exit_code = await process.wait()
+                self._events.container("exec_die", container, execID=exec_id, exitCode=str(record.exit_code))
             finally:
                 record.running = False
 

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from ipaddress import IPv4Interface
 
 from cnm.drivers.api import NetworkDriver
+from cnm.engine.events import Events
 from cnm.engine.lookup import find
 from cnm.engine.state import State
 from cnm.errors import CnmError, Conflict, Forbidden, InvalidArgument, NotFound, TeardownErrors
@@ -55,6 +56,7 @@ class Networks:
         *,
         bridge_name: str = "cnm0",
         default_bridge_mtu: int = 1500,
+        events: Events | None = None,
     ) -> None:
         self._state = state
         self._ipam = ipam
@@ -62,6 +64,7 @@ class Networks:
         self._drivers = drivers
         self._bridge_name = bridge_name
         self._mtu = default_bridge_mtu
+        self._events = events if events is not None else Events()
 
     # -- lookup ---------------------------------------------------------------------------
 
@@ -180,6 +183,7 @@ class Networks:
             stack.push_async_callback(driver.delete_network, network)
             self._state.commit(put=[network])
             stack.pop_all()
+        self._events.network("create", network)
         log.info("network %s (%s) created on %s", network.name, network.id[:12], subnet)
         return network
 
@@ -204,6 +208,7 @@ class Networks:
             errors.append(exc)
         self._ipam.release_pool(network.id)
         self._state.commit(delete=[network])
+        self._events.network("destroy", network)  # Docker's action for network rm
         if errors:
             raise TeardownErrors(f"network {network.name}", errors)
 
@@ -295,4 +300,6 @@ class Networks:
             if endpoint.address is not None:
                 self._ipam.release_address(network.id, endpoint.address.ip)
         self._state.commit(delete=[endpoint])
+        if network is not None:
+            self._events.network("disconnect", network, endpoint.container_id)
         return errors
