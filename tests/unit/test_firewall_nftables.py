@@ -9,7 +9,7 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from cnm.errors import FirewallError
-from cnm.firewall import common
+from cnm.firewall import common, libnft
 from cnm.firewall import nftables as backend
 from cnm.firewall import render_nft as r
 from cnm.firewall.api import BridgeRules, PortRule
@@ -52,7 +52,7 @@ def fw(monkeypatch):
         contexts[json_output] = ScriptedNft(log)
         return contexts[json_output]
 
-    monkeypatch.setattr(backend, "nft_context", make)
+    monkeypatch.setattr(libnft, "nft_context", make)
     monkeypatch.setattr(backend, "set_sysctl", lambda key, value: log.append(f"sysctl {key}={value}") or "0")
     monkeypatch.setattr(common, "set_sysctl", lambda key, value: log.append(f"sysctl {key}={value}") or "0")
     firewall = backend.NftablesFirewall()
@@ -226,7 +226,7 @@ async def test_proxy_mode_does_not_touch_route_localnet(monkeypatch):
         contexts[json_output] = ScriptedNft(log)
         return contexts[json_output]
 
-    monkeypatch.setattr(backend, "nft_context", make)
+    monkeypatch.setattr(libnft, "nft_context", make)
     monkeypatch.setattr(backend, "set_sysctl", lambda key, value: log.append(f"sysctl {key}={value}") or "0")
     monkeypatch.setattr(common, "set_sysctl", lambda key, value: log.append(f"sysctl {key}={value}") or "0")
     fw = backend.NftablesFirewall(userland_proxy=True)

@@ -9,18 +9,15 @@ on the network namespace of the thread that constructed it.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 from cnm.errors import Conflict, FirewallError
 from cnm.firewall import render_bridge
 from cnm.firewall.api import PortGuard
 from cnm.firewall.common import owner_comment
-from cnm.firewall.libnft import first_error, nft_context
+from cnm.firewall.libnft import Session
 from cnm.firewall.render_bridge import GuardElement
-from cnm.kernel.cmdlog import log_script
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +32,7 @@ class NftBridgeGuard:
 
     def __init__(self, table: str = render_bridge.TABLE) -> None:
         self.table = table
-        self._nft = nft_context(json_output=False)  # applies scripts
-        self._list = nft_context(json_output=True)  # reads cnm's table back
+        self._nft = Session()  # applies scripts, reads cnm's table back
         self._guards: dict[str, PortGuard] = {}  # endpoint id -> its guard
         self._elements: dict[str, list[GuardElement]] = {}  # endpoint id -> its elements
         self._port_owner: dict[str, str] = {}  # port -> endpoint id (O(1) clash checks)
@@ -44,37 +40,18 @@ class NftBridgeGuard:
         # from it then has no elements (no need to read the sets)
         self._known = False
 
-    # -- libnftables boundary -----------------------------------------------------------
-
-    def _apply(self, script: str) -> None:
-        """Run ``script`` as one nft transaction (all or nothing)."""
-        log_script("nft -f -", script)
-        rc, _out, err = self._nft.cmd(script)
-        if rc != 0:
-            raise FirewallError(f"nft: {first_error(err)}")
-
-    def _list_json(self, what: str, terse: bool) -> list[dict[str, Any]] | None:
-        """``nft -j [-t] list <what>``; None when cnm's table (or the object) is absent."""
-        self._list.set_terse_output(terse)
-        rc, out, err = self._list.cmd(f"list {what}")
-        if rc != 0:
-            if "No such file or directory" in err:
-                return None
-            raise FirewallError(f"nft: {first_error(err)}")
-        return json.loads(out).get("nftables", [])
-
     # -- SpoofGuard protocol ------------------------------------------------------------
 
     async def setup(self) -> None:
         """Create the table, sets and chains if missing and rewrite the fixed rules;
         elements are kept."""
-        self._apply(render_bridge.render_setup(self.table))
+        self._nft.apply(render_bridge.render_setup(self.table))
 
     async def sync(self, guards: Sequence[PortGuard]) -> None:
         """Make the table guard exactly ``guards`` (skeleton re-made, both sets refilled),
         in one transaction."""
         elements = render_bridge.elements_by_owner(guards)  # validates before anything
-        self._apply(render_bridge.render_sync(guards, self.table))
+        self._nft.apply(render_bridge.render_sync(guards, self.table))
         self._remember_all(guards, elements)
 
     async def add_port(self, guard: PortGuard) -> None:
@@ -87,9 +64,9 @@ class NftBridgeGuard:
             raise Conflict(f"port {guard.port} is already guarded for endpoint {other[:12]}")
         old = self._elements.get(guard.owner, [])
         try:
-            self._apply(render_bridge.render_port(guard.owner, old, new, self.table))
+            self._nft.apply(render_bridge.render_port(guard.owner, old, new, self.table))
         except FirewallError as exc:
-            if self._list_json(f"table {render_bridge.FAMILY} {self.table}", terse=True) is not None:
+            if self._nft.list_json(f"table {render_bridge.FAMILY} {self.table}", terse=True) is not None:
                 raise FirewallError(
                     f"{exc} (guarding port {guard.port} of endpoint {guard.owner[:12]})"
                 ) from exc
@@ -107,9 +84,9 @@ class NftBridgeGuard:
             elements = self._read_elements(owner)
         if elements:
             try:
-                self._apply(render_bridge.render_drop(elements, self.table))
+                self._nft.apply(render_bridge.render_drop(elements, self.table))
             except FirewallError:
-                if self._list_json(f"table {render_bridge.FAMILY} {self.table}", terse=True) is not None:
+                if self._nft.list_json(f"table {render_bridge.FAMILY} {self.table}", terse=True) is not None:
                     raise
         self._forget(owner)
 
@@ -119,22 +96,22 @@ class NftBridgeGuard:
         elements = [e for owner in owners for e in self._elements.get(owner, [])]
         if elements:
             try:
-                self._apply(render_bridge.render_drop(elements, self.table))
+                self._nft.apply(render_bridge.render_drop(elements, self.table))
             except FirewallError:
-                if self._list_json(f"table {render_bridge.FAMILY} {self.table}", terse=True) is not None:
+                if self._nft.list_json(f"table {render_bridge.FAMILY} {self.table}", terse=True) is not None:
                     raise
         for owner in owners:
             self._forget(owner)
 
     async def teardown(self) -> None:
         """Delete cnm's table; idempotent."""
-        self._apply(render_bridge.render_teardown(self.table))
+        self._nft.apply(render_bridge.render_teardown(self.table))
         self._remember_all((), {})
 
     async def healthy(self) -> bool:
         """True when the table, both sets, both chains and the fixed rules are present
         (reads only cnm's table, tersely)."""
-        objects = self._list_json(f"table {render_bridge.FAMILY} {self.table}", terse=True)
+        objects = self._nft.list_json(f"table {render_bridge.FAMILY} {self.table}", terse=True)
         if objects is None:
             return False
         chains = {o["chain"]["name"] for o in objects if "chain" in o}
@@ -186,7 +163,7 @@ class NftBridgeGuard:
         tag = owner_comment(owner)
         found: list[GuardElement] = []
         for name in render_bridge.SETS:
-            objects = self._list_json(f"set {render_bridge.FAMILY} {self.table} {name}", terse=False)
+            objects = self._nft.list_json(f"set {render_bridge.FAMILY} {self.table} {name}", terse=False)
             for obj in objects or []:
                 for item in obj.get("set", {}).get("elem", []):
                     elem = item.get("elem", {}) if isinstance(item, dict) else {}

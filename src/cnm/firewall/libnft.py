@@ -4,9 +4,11 @@ Shared by the nftables backend and the anti-spoofing guard (neither imports the 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from cnm.errors import Unavailable
+from cnm.errors import FirewallError, Unavailable
+from cnm.kernel.cmdlog import log_script
 
 
 def nft_context(json_output: bool) -> Any:
@@ -32,3 +34,29 @@ def first_error(err: str) -> str:
         if "Error:" in line:
             return line.split("Error:", 1)[1].strip()
     return lines[0] if lines else "unknown error"
+
+
+class Session:
+    """Two libnftables contexts of the calling thread's namespace: one applies scripts (each
+    one transaction, logged as the command a person would type), one reads JSON back."""
+
+    def __init__(self) -> None:
+        self._apply = nft_context(json_output=False)
+        self._list = nft_context(json_output=True)
+
+    def apply(self, script: str) -> None:
+        """Run ``script`` as one nft transaction (all or nothing); FirewallError otherwise."""
+        log_script("nft -f -", script)
+        rc, _out, err = self._apply.cmd(script)
+        if rc != 0:
+            raise FirewallError(f"nft: {first_error(err)}")
+
+    def list_json(self, what: str, terse: bool) -> list[dict[str, Any]] | None:
+        """``nft -j [-t] list <what>``; None when the table (or the object) is absent."""
+        self._list.set_terse_output(terse)
+        rc, out, err = self._list.cmd(f"list {what}")
+        if rc != 0:
+            if "No such file or directory" in err:
+                return None
+            raise FirewallError(f"nft: {first_error(err)}")
+        return json.loads(out).get("nftables", [])

@@ -8,7 +8,6 @@ thread that constructed it (cnmd's own), whichever thread calls it later.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -17,9 +16,8 @@ from cnm.errors import FirewallError
 from cnm.firewall import render_nft
 from cnm.firewall.api import BridgeRules, PortRule
 from cnm.firewall.common import PortKey, claim_ports, enable_route_localnet, owner_comment, port_keys
-from cnm.firewall.libnft import first_error, nft_context
+from cnm.firewall.libnft import Session
 from cnm.firewall.render_nft import PortElement
-from cnm.kernel.cmdlog import log_script
 from cnm.kernel.sysctl import set_sysctl
 
 log = logging.getLogger(__name__)
@@ -42,8 +40,7 @@ class NftablesFirewall:
     def __init__(self, table: str = render_nft.TABLE, userland_proxy: bool = False) -> None:
         self.table = table
         self.userland_proxy = userland_proxy
-        self._nft = nft_context(json_output=False)  # applies scripts
-        self._list = nft_context(json_output=True)  # reads cnm's table back
+        self._nft = Session()  # applies scripts, reads cnm's table back
         self._bridges: dict[str, str] = {}  # owner -> bridge its elements are keyed by
         self._bridge_owner: dict[str, str] = {}  # bridge -> owner (O(1) clash checks)
         self._chain_owner: dict[str, str] = {}  # n-<id12>-in -> owner
@@ -76,25 +73,8 @@ class NftablesFirewall:
 
     # -- libnftables boundary -----------------------------------------------------------
 
-    def _apply(self, script: str) -> None:
-        """Run ``script`` as one nft transaction (all or nothing)."""
-        log_script("nft -f -", script)
-        rc, _out, err = self._nft.cmd(script)
-        if rc != 0:
-            raise FirewallError(f"nft: {first_error(err)}")
-
-    def _list_json(self, what: str, terse: bool) -> list[dict[str, Any]] | None:
-        """``nft -j [-t] list <what>`` restricted to cnm's table; None when it is absent."""
-        self._list.set_terse_output(terse)
-        rc, out, err = self._list.cmd(f"list {what}")
-        if rc != 0:
-            if "No such file or directory" in err:
-                return None
-            raise FirewallError(f"nft: {first_error(err)}")
-        return json.loads(out).get("nftables", [])
-
     def _table_objects(self) -> list[dict[str, Any]] | None:
-        return self._list_json(f"table {render_nft.FAMILY} {self.table}", terse=True)
+        return self._nft.list_json(f"table {render_nft.FAMILY} {self.table}", terse=True)
 
     # -- Firewall protocol --------------------------------------------------------------
 
@@ -102,7 +82,7 @@ class NftablesFirewall:
         """Create the table, maps, base chains and user chain if missing and rewrite the
         base chains' dispatch rules (for this instance's proxy mode); turn on IPv4
         forwarding.  Policies stay accept; map elements are kept."""
-        self._apply(render_nft.render_setup(self.table, self.userland_proxy))
+        self._nft.apply(render_nft.render_setup(self.table, self.userland_proxy))
         set_sysctl("net.ipv4.ip_forward", "1")
 
     async def sync(self, networks: Sequence[BridgeRules], ports: Sequence[PortRule] = ()) -> None:
@@ -112,7 +92,7 @@ class NftablesFirewall:
         self._localnet({p.bridge for p in ports}, strict=False)
         objects = self._table_objects() or []
         existing = [o["chain"]["name"] for o in objects if "chain" in o]
-        self._apply(render_nft.render_sync(networks, existing, self.table, ports, self.userland_proxy))
+        self._nft.apply(render_nft.render_sync(networks, existing, self.table, ports, self.userland_proxy))
         self._forget()
         for n in networks:
             self._remember(n.owner, n.bridge)
@@ -137,7 +117,7 @@ class NftablesFirewall:
                 f"bridge {rules.bridge} already carries the rules of network {self._bridge_owner[rules.bridge]}"
             )
         previous = self._bridges.get(rules.owner)
-        self._apply(render_nft.render_add_network(rules, previous, self.table))
+        self._nft.apply(render_nft.render_add_network(rules, previous, self.table))
         self._remember(rules.owner, rules.bridge)
 
     async def remove_network(self, owner: str) -> None:
@@ -145,14 +125,16 @@ class NftablesFirewall:
         chains or elements are success)."""
         bridge = self._bridges.get(owner)
         try:
-            self._apply(render_nft.render_remove_network(owner, [bridge] if bridge else [], self.table))
+            self._nft.apply(render_nft.render_remove_network(owner, [bridge] if bridge else [], self.table))
         except FirewallError:
             if self._table_objects() is None:
                 self._forget(owner)
                 return  # no table, nothing of ours left
             # Elements keyed by a bridge we do not remember (e.g. cnmd restarted without
             # a sync) still point at the chains: find them by their target and retry.
-            self._apply(render_nft.render_remove_network(owner, self._bridges_pointing_at(owner), self.table))
+            self._nft.apply(
+                render_nft.render_remove_network(owner, self._bridges_pointing_at(owner), self.table)
+            )
         self._forget(owner)
 
     async def add_ports(self, owner: str, rules: Sequence[PortRule]) -> None:
@@ -166,14 +148,14 @@ class NftablesFirewall:
             self._localnet({r.bridge for r in rules}, strict=True)
         old = self._ports_of(owner)
         try:
-            self._apply(render_nft.render_ports(owner, old, new, self.table))
+            self._nft.apply(render_nft.render_ports(owner, old, new, self.table))
         except FirewallError as exc:
             # our memory may be wrong (elements deleted from outside, or left by a previous
             # daemon): retry once with what the kernel really holds
             actual = self._read_ports(owner)
             if actual is None or actual == old:
                 raise FirewallError(f"{exc} (publishing the ports of endpoint {owner})") from exc
-            self._apply(render_nft.render_ports(owner, actual, new, self.table))
+            self._nft.apply(render_nft.render_ports(owner, actual, new, self.table))
         self._set_ports(owner, new)
         self._index_ports(owner, keys)
 
@@ -185,17 +167,17 @@ class NftablesFirewall:
             self._index_ports(owner, [])
             return
         try:
-            self._apply(render_nft.render_ports(owner, old, (), self.table))
+            self._nft.apply(render_nft.render_ports(owner, old, (), self.table))
         except FirewallError:
             actual = self._read_ports(owner)
             if actual:  # None: no table; []: already gone
-                self._apply(render_nft.render_ports(owner, actual, (), self.table))
+                self._nft.apply(render_nft.render_ports(owner, actual, (), self.table))
         self._ports.pop(owner, None)
         self._index_ports(owner, [])
 
     async def teardown(self) -> None:
         """Delete cnm's table (the user chain with it); idempotent."""
-        self._apply(render_nft.render_teardown(self.table))
+        self._nft.apply(render_nft.render_teardown(self.table))
         self._forget()
         self._ports.clear()
         self._port_owner.clear()
@@ -254,7 +236,7 @@ class NftablesFirewall:
         tag = owner_comment(owner)
         found: list[PortElement] = []
         for map_name in render_nft.PORT_MAPS:
-            objects = self._list_json(f"map {render_nft.FAMILY} {self.table} {map_name}", terse=False)
+            objects = self._nft.list_json(f"map {render_nft.FAMILY} {self.table} {map_name}", terse=False)
             if objects is None:
                 return None
             for obj in objects:
@@ -278,7 +260,7 @@ class NftablesFirewall:
         targets = set(render_nft.chains_for(owner).all())
         found: list[str] = []
         for map_name in render_nft.MAPS:
-            objects = self._list_json(f"map {render_nft.FAMILY} {self.table} {map_name}", terse=False)
+            objects = self._nft.list_json(f"map {render_nft.FAMILY} {self.table} {map_name}", terse=False)
             found += _elements_jumping_to(objects or [], targets)
         return found
 
