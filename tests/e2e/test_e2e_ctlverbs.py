@@ -124,3 +124,32 @@ def test_container_prune_and_rm_link(cnmhost: TestHost):
     names = set(cnmhost.cnm("ps", "-a", "--format", "{{.Names}}").stdout.split())
     assert names == {"lk-web", "lk-db"}  # running ones stay
     cnmhost.cnm("rm", "-f", "lk-web", "lk-db")
+
+
+@needs_docker
+def test_link_local_ips_on_the_interface_and_in_inspect(cnmhost: TestHost):
+    cnmhost.cnm("network", "create", "llnet")
+    out = docker(
+        cnmhost, "run", "--rm", "--network", "llnet", "--link-local-ip", "169.254.10.10",
+        "busybox", "ip", "-4", "-o", "addr", "show", "eth0",
+    ).stdout  # fmt: skip
+    assert "inet 169.254.10.10/16" in out and "inet 172." in out
+    run_sleeper(cnmhost, "llc", "--network", "llnet", "--link-local-ip", "169.254.10.11")
+    settings = inspect(cnmhost, "llc")[0]["NetworkSettings"]["Networks"]["llnet"]
+    assert settings["IPAMConfig"]["LinkLocalIPs"] == ["169.254.10.11"]
+    assert "169.254.10.11/16" in cnmhost.cnm("exec", "llc", "ip", "-4", "-o", "addr", "show", "eth0").stdout
+    bad = docker(
+        cnmhost,
+        "run",
+        "--rm",
+        "--network",
+        "llnet",
+        "--link-local-ip",
+        "nope",
+        "busybox",
+        "true",
+        check=False,
+    )
+    assert bad.returncode != 0 and "invalid link-local IP address" in bad.stderr
+    cnmhost.cnm("rm", "-f", "llc")
+    cnmhost.cnm("network", "rm", "llnet")

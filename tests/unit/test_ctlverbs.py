@@ -321,3 +321,38 @@ async def test_api_prune_and_link_removal(server):
     assert (await client.request("DELETE", "/containers/web/db?link=1")).status == 204
     assert ctrl.ctrs[web].config.links == ()
     assert (await client.request("DELETE", "/containers/web/db?link=1")).status == 404
+
+
+# -- IPAMConfig.LinkLocalIPs ------------------------------------------------------------------
+
+
+def test_link_local_ips_parsed_echoed_and_refused_when_bad():
+    from cnm.api.schemas_network import endpoint_settings_json, parse_endpoint_settings
+    from cnm.errors import InvalidArgument
+
+    request = parse_endpoint_settings({"IPAMConfig": {"LinkLocalIPs": ["169.254.1.2", "169.254.9.9"]}})
+    assert [str(ip) for ip in request.link_local_ips] == ["169.254.1.2", "169.254.9.9"]
+    assert endpoint_settings_json(request)["IPAMConfig"] == {"LinkLocalIPs": ["169.254.1.2", "169.254.9.9"]}
+    assert parse_endpoint_settings({"IPAMConfig": {"LinkLocalIPs": []}}).link_local_ips == ()
+    with pytest.raises(InvalidArgument, match="invalid link-local IP address: nope"):
+        parse_endpoint_settings({"IPAMConfig": {"LinkLocalIPs": ["nope"]}})
+    with pytest.raises(InvalidArgument, match="IPv6 is not supported"):
+        parse_endpoint_settings({"IPAMConfig": {"LinkLocalIPs": ["fe80::1"]}})
+
+
+async def test_link_local_ips_are_assigned_on_the_interface(world):
+    from ipaddress import IPv4Address, IPv4Interface
+
+    from cnm.model.endpoint import EndpointRequest
+    from cnm.model.network import NetworkSpec
+
+    ctl = await world.controller()
+    await ctl.create_network(NetworkSpec(name="ll", driver="bridge"))
+    request = EndpointRequest(link_local_ips=(IPv4Address("169.254.7.7"),))
+    created, _ = await ctl.create_container(
+        "llc", ContainerConfig(image="busybox", network_mode="ll", networks={"ll": request})
+    )
+    await ctl.start_container(created.id)
+    sandbox = ctl.container_sandbox(created.id)
+    eth0 = world.kernel.namespaces[sandbox.key]["eth0"]
+    assert IPv4Interface("169.254.7.7/16") in eth0.addresses and len(eth0.addresses) == 2

@@ -86,6 +86,7 @@ class VethSpec:
     address: IPv4Interface | None = None
     gateway: IPv4Address | None = None  # default route via this gateway when set
     hairpin: bool = False
+    link_local: tuple[IPv4Interface, ...] = ()  # more addresses on the container end
 
 
 class Kernel(Protocol):

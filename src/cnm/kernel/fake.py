@@ -215,7 +215,7 @@ class FakeKernel:
             mtu=spec.mtu,
             up=True,
             mac=spec.mac,
-            addresses=[spec.address] if spec.address is not None else [],
+            addresses=([spec.address] if spec.address is not None else []) + list(spec.link_local),
             gateway=spec.gateway,
             peer=(HOST, host.index),
         )

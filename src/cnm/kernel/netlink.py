@@ -536,6 +536,9 @@ class LinuxKernel:
         if spec.address is not None:
             log_command(["ip", "addr", "add", str(spec.address), "dev", spec.ifname], netns=path)
             requests.append(rtnl.add_address(index, spec.address.ip, spec.address.network.prefixlen))
+        for extra in spec.link_local:
+            log_command(["ip", "addr", "add", str(extra), "dev", spec.ifname], netns=path)
+            requests.append(rtnl.add_address(index, extra.ip, extra.network.prefixlen))
         if spec.gateway is not None:
             log_command(
                 ["ip", "route", "add", "default", "via", str(spec.gateway), "dev", spec.ifname], netns=path
