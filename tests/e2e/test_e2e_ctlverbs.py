@@ -57,6 +57,13 @@ def test_docker_stats_shows_traffic_between_two_containers(cnmhost: TestHost):
     assert set(raw["networks"]) == {"eth0"} and raw["networks"]["eth0"]["rx_packets"] >= 1000
     assert raw["cpu_stats"]["cpu_usage"]["total_usage"] > 0 and raw["memory_stats"]["usage"] > 0
     assert raw["precpu_stats"]["system_cpu_usage"] > 0
+    env = {"DOCKER_HOST": cnmhost.host_uri, "DOCKER_CONFIG": str(cnmhost.tmp / "docker-config")}
+    streamed = cnmhost.run(
+        ["timeout", "-s", "KILL", "5", DOCKER, "stats", "--format", "{{.Name}} {{.PIDs}}", "st-b"],
+        check=False,
+        env=env,
+    ).stdout
+    assert streamed.count("st-b 1") >= 2, streamed  # a stream: a reading a second until the client leaves
     cnm_table = cnmhost.cnm("stats", "--no-stream", "st-a").stdout.splitlines()
     assert cnm_table[0].startswith("CONTAINER ID") and "st-a" in cnm_table[1]
     cnmhost.cnm("rm", "-f", "st-a", "st-b")

@@ -55,12 +55,14 @@ def test_read_stats_cgroup_v2(tmp_path):
             "pids.current": "3\n",
             "pids.max": "max\n",
             "cgroup.procs": "12\n7\n",
+            "io.stat": "8:0 rbytes=100 wbytes=20 rios=1 wios=1\n8:16 rbytes=1 wbytes=2\n",
         },
     )
     cg = Cgroup(2, {"": str(tmp_path)})
     s = read_stats(cg)
     assert (s.cpu_ns, s.memory_usage, s.memory_limit, s.pids, s.pids_limit) == (1_500_000, 4096, 0, 3, 0)
     assert s.memory_stat == {"anon": 100, "inactive_file": 30}
+    assert (s.io_read, s.io_write) == (101, 22)
     assert procs(cg) == [7, 12]
 
 
@@ -74,6 +76,9 @@ def test_read_stats_cgroup_v1(tmp_path):
             "memory.stat": "total_inactive_file 4096\n",
         },
         "pids": {"pids.current": "2\n", "pids.max": "64\n", "cgroup.procs": "41\n"},
+        "blkio": {
+            "blkio.throttle.io_service_bytes_recursive": "8:0 Read 4096\n8:0 Write 512\n8:0 Total 4608\n"
+        },
     }.items():
         d = tmp_path / controller
         d.mkdir()
@@ -83,6 +88,7 @@ def test_read_stats_cgroup_v1(tmp_path):
     s = read_stats(cg)
     assert (s.cpu_ns, s.memory_usage, s.memory_limit, s.pids, s.pids_limit) == (123456789, 8192, 0, 2, 64)
     assert procs(cg) == [41]
+    assert (s.io_read, s.io_write) == (4096, 512)
 
 
 def test_read_stats_of_a_missing_cgroup_is_zero(tmp_path):
@@ -91,7 +97,7 @@ def test_read_stats_of_a_missing_cgroup_is_zero(tmp_path):
 
 def test_locate_picks_the_hierarchy(tmp_path):
     assert cgstats.locate("/cnm-x/", "abc", str(tmp_path)).dirs == {
-        c: str(tmp_path / c / "cnm-x" / "abc") for c in ("cpuacct", "memory", "pids")
+        c: str(tmp_path / c / "cnm-x" / "abc") for c in ("cpuacct", "memory", "pids", "blkio")
     }
     (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
     assert cgstats.locate("cnm-x", "abc", str(tmp_path)) == Cgroup(2, {"": str(tmp_path / "cnm-x" / "abc")})

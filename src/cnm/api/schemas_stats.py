@@ -64,6 +64,10 @@ def stats_json(
             "stats": dict(cg.memory_stat),
             "limit": cg.memory_limit or host_memory(),
         }
+        out["blkio_stats"]["io_service_bytes_recursive"] = [
+            {"major": 0, "minor": 0, "op": "read", "value": cg.io_read},
+            {"major": 0, "minor": 0, "op": "write", "value": cg.io_write},
+        ]
         out["networks"] = {
             name: {
                 "rx_bytes": s.rx_bytes,

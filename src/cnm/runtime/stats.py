@@ -16,7 +16,7 @@ from cnm.errors import InvalidArgument, RuntimeFailure
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 UNLIMITED = 1 << 63  # v1's "no limit" is a huge page-rounded number; v2 says "max"
-_V1_CONTROLLERS = ("cpuacct", "memory", "pids")
+_V1_CONTROLLERS = ("cpuacct", "memory", "pids", "blkio")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +40,8 @@ class CgroupStats:
     memory_stat: dict[str, int] = field(default_factory=dict)
     pids: int = 0
     pids_limit: int = 0
+    io_read: int = 0  # bytes read from and written to block devices
+    io_write: int = 0
 
 
 def locate(parent: str, container_id: str, root: str = CGROUP_ROOT) -> Cgroup:
@@ -79,6 +81,26 @@ def _limit(text: str | None) -> int:
     return 0 if value == 0 or value >= UNLIMITED // 2 else value
 
 
+def _io(cg: Cgroup) -> tuple[int, int]:
+    """Bytes read and written: v2's ``io.stat`` (``rbytes=``/``wbytes=`` per device), v1's
+    ``blkio.throttle.io_service_bytes_recursive`` (``MAJ:MIN Read|Write N``)."""
+    read = write = 0
+    if cg.version == 2:
+        for line in (_read(cg.path("io", "io.stat")) or "").splitlines():
+            for field_ in line.split()[1:]:
+                key, _, value = field_.partition("=")
+                if value.isdigit():
+                    read += int(value) if key == "rbytes" else 0
+                    write += int(value) if key == "wbytes" else 0
+        return read, write
+    for line in (_read(cg.path("blkio", "blkio.throttle.io_service_bytes_recursive")) or "").splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[2].isdigit():
+            read += int(parts[2]) if parts[1] == "Read" else 0
+            write += int(parts[2]) if parts[1] == "Write" else 0
+    return read, write
+
+
 def read_stats(cg: Cgroup) -> CgroupStats:
     """CPU, memory and pids counters; a file that is missing (a controller not enabled, a
     container that just exited) reads as 0."""
@@ -90,7 +112,10 @@ def read_stats(cg: Cgroup) -> CgroupStats:
         cpu_ns = _int(_read(cg.path("cpuacct", "cpuacct.usage")))
         usage = _int(_read(cg.path("memory", "memory.usage_in_bytes")))
         limit = _limit(_read(cg.path("memory", "memory.limit_in_bytes")))
+    io_read, io_write = _io(cg)
     return CgroupStats(
+        io_read=io_read,
+        io_write=io_write,
         cpu_ns=cpu_ns,
         memory_usage=usage,
         memory_limit=limit,
