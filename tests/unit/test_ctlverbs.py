@@ -177,6 +177,8 @@ async def test_pause_unpause_and_their_refusals(world):
     assert ctl.find_container(cid).state.paused and cid in world.runtime.paused
     with pytest.raises(Conflict, match="already paused"):
         await ctl.pause_container("p1")
+    with pytest.raises(Conflict, match="cannot start a paused container, try unpause instead"):
+        await ctl.start_container("p1")
     with pytest.raises(Conflict, match="is paused, unpause the container before exec"):
         ctl.create_exec("p1", ExecSpec(container_id="", cmd=("ls",)))
     await ctl.unpause_container("p1")

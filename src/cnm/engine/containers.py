@@ -290,6 +290,8 @@ class Containers:
             container = self._current(container.id, ref)
             if container.id in self._removing:
                 raise Conflict(f"container {container.id} is marked for removal and cannot be started")
+            if container.state.paused:
+                raise Conflict("cannot start a paused container, try unpause instead")
             if container.running:
                 raise NotModified(f"container {container.id} is already running")
             self._cancel_restart(container.id)
