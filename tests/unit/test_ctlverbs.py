@@ -183,6 +183,7 @@ async def test_pause_unpause_and_their_refusals(world):
         ctl.create_exec("p1", ExecSpec(container_id="", cmd=("ls",)))
     await ctl.unpause_container("p1")
     assert not ctl.find_container(cid).state.paused and cid not in world.runtime.paused
+    assert [e.action for e in ctl.events.recent() if e.actor_id == cid][-2:] == ["pause", "unpause"]
     with pytest.raises(Conflict, match="is not paused"):
         await ctl.unpause_container("p1")
     created, _ = await ctl.create_container("p2", ContainerConfig(image="busybox"))

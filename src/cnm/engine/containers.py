@@ -829,6 +829,7 @@ class Containers:
                 raise Conflict(f"Container {container.id} is already paused")
             await self._runtime.pause(container.id)
             self._state.commit(put=[replace(container, state=replace(container.state, paused=True))])
+            self._events.container("pause", container)
 
     async def unpause(self, ref: str) -> None:
         container = self.find(ref)
@@ -838,6 +839,7 @@ class Containers:
                 raise Conflict(f"Container {container.id} is not paused")
             await self._runtime.resume(container.id)
             self._state.commit(put=[replace(container, state=replace(container.state, paused=False))])
+            self._events.container("unpause", container)
 
     async def _thaw(self, container: Container) -> None:
         """Before a stop or a kill: a frozen process cannot act on a signal, so the
