@@ -3,15 +3,16 @@ throwaway host, one project through its whole life, each step checked in the con
 
 ``up -d`` of two networks, aliases, ``depends_on``, a published port and a service on both
 networks; ``ps``; ``port``; ``exec -T`` by service name, reaching other services by alias only
-over a shared network; ``logs``; ``restart``; ``kill``/``start``; ``images``; ``pull`` (refused, with
-how to bring an image); ``run --rm``; ``up -d --force-recreate``;
+over a shared network; ``logs``; ``top``; ``pause``/``unpause``; ``restart``;
+``kill``/``start``; ``images``; ``pull`` (refused, with how to bring an image); ``run --rm``;
+``up -d --force-recreate``;
 ``up -d --scale api=3`` (DNS round robin over the replicas); ``docker network connect`` of a
 service container to a third network; ``stop``; ``down`` (nothing left: containers,
 networks, veths, nft elements); ``up`` again.
 
 The tests run in file order over one project (each step starts from the previous one).
-``top``, ``pause`` and ``unpause`` are not here yet: cnm serves no ``/containers/{id}/top``,
-``/pause`` or ``/unpause`` on this branch (they come with another change).
+``top`` (each service's processes) and ``pause``/``unpause`` (State, ``ps``, exec refused
+while paused) run after ``logs``.
 """
 
 from __future__ import annotations
@@ -191,6 +192,27 @@ def test_exec_by_service_reaches_others_by_alias_on_shared_networks_only(project
 def test_logs_show_the_service_output(project: Project) -> None:
     out = project("logs", "--no-color", "db").stdout
     assert re.search(r"db_1\s+\| db-ready", out), out
+
+
+def test_top_lists_each_services_processes(project: Project) -> None:
+    out = project("top").stdout
+    for service in ("db", "api", "web"):
+        assert f"{PROJECT}_{service}_1" in out, out
+    assert "sleep 1d" in out and "httpd -f -p 80 -h /www" in out, out
+    assert re.search(r"UID\s+PID\s+PPID", out), out
+
+
+def test_pause_freezes_and_unpause_thaws_a_service(project: Project) -> None:
+    host = project.host
+    project("pause", "api")
+    state = container(host, f"{PROJECT}_api_1")["State"]
+    assert (state["Status"], state["Paused"]) == ("paused", True)
+    assert re.search(r"shop_api_1 .*Paused", project("ps").stdout)
+    refused = project.exec("api", "true", check=False)
+    assert refused.returncode != 0 and "is paused" in refused.stderr + refused.stdout
+    project("unpause", "api")
+    assert container(host, f"{PROJECT}_api_1")["State"]["Status"] == "running"
+    project.exec("api", "true")
 
 
 def test_restart_starts_the_containers_again(project: Project) -> None:

@@ -8,14 +8,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
-from cnm.engine.controller import ContainerPaths, EngineInfo, ExecInfo
+from cnm.engine.controller import ContainerPaths, ContainerSample, EngineInfo, ExecInfo
 from cnm.errors import Conflict, Forbidden, NotFound, NotModified
+from cnm.kernel.api import LinkStats
 from cnm.model.container import RUNNING, Container, ContainerConfig, ContainerState, ExecSpec, Image
 from cnm.model.endpoint import Endpoint, EndpointRequest, Sandbox
 from cnm.model.network import PREDEFINED, Network, NetworkSpec
 from cnm.model.values import new_id, parse_container_name
 from cnm.runtime.images import Loaded, normalize_reference
 from cnm.runtime.logs import Record
+from cnm.runtime.stats import CgroupStats
 
 NOW = "2025-11-05T10:00:00.123456789Z"
 
@@ -61,6 +63,8 @@ class FakeController:
     tty_sizes: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     pruned_with: list[object] = field(default_factory=list)
     exited: dict[str, asyncio.Event] = field(default_factory=dict)
+    top_args: list[str] = field(default_factory=list)
+    stats_reads: int = 0
 
     def __post_init__(self) -> None:
         for name, driver in (("bridge", "bridge"), ("host", "host"), ("none", "null")):
@@ -301,6 +305,49 @@ class FakeController:
         if not c.running:
             raise Conflict(f"container {c.id} is not running")
         self._exit(c, 137)
+
+    async def pause_container(self, ref: str) -> None:
+        c = self.find_container(ref)
+        if not c.running or c.state.paused:
+            raise Conflict(f"Container {c.id} is not running or already paused")
+        self.ctrs[c.id] = replace(c, state=replace(c.state, paused=True))
+
+    async def unpause_container(self, ref: str) -> None:
+        c = self.find_container(ref)
+        if not c.state.paused:
+            raise Conflict(f"Container {c.id} is not paused")
+        self.ctrs[c.id] = replace(c, state=replace(c.state, paused=False))
+
+    async def remove_container_link(self, name: str) -> None:
+        parent_name, _, alias = name.lstrip("/").rpartition("/")
+        if not parent_name:
+            raise Conflict("Conflict, cannot remove the default link name of the container")
+        parent = self.find_container(parent_name)
+        kept = tuple(link for link in parent.config.links if link.rpartition(":")[2] != alias)
+        if kept == parent.config.links:
+            raise NotFound(f"No such container: /{name.lstrip('/')}")
+        self.ctrs[parent.id] = replace(parent, config=replace(parent.config, links=kept))
+
+    def container_size(self, ref: str) -> int:
+        return 100
+
+    async def container_top(self, ref: str, ps_args: str) -> tuple[list[str], list[list[str]]]:
+        c = self.find_container(ref)
+        if not c.running:
+            raise Conflict(f"Container {c.id} is not running")
+        self.top_args.append(ps_args)
+        return ["UID", "PID", "CMD"], [["root", str(c.state.pid), "sleep 60"]]
+
+    async def container_stats(self, ref: str) -> ContainerSample:
+        c = self.find_container(ref)
+        self.stats_reads += 1
+        if not c.running:
+            return ContainerSample(c, CgroupStats(), 0, {})
+        n = self.stats_reads
+        cg = CgroupStats(
+            cpu_ns=n * 1_000_000, memory_usage=2 << 20, memory_limit=0, memory_stat={"file": 1}, pids=3
+        )
+        return ContainerSample(c, cg, n * 10_000_000, {"eth0": LinkStats(rx_bytes=100 * n, tx_bytes=7)})
 
     async def remove_container(self, ref, force=False) -> None:
         c = self.find_container(ref)

@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections.abc import Awaitable
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -29,15 +31,19 @@ from cnm.api.hijack import (
     wants_upgrade,
 )
 from cnm.api.http import dumps, json_response, query_bool, query_int, read_json
+from cnm.api.routes_networks import label_matches, parse_until
 from cnm.api.schemas_container import (
     NetworkView,
     container_inspect_json,
     container_summary_json,
     network_keys,
     parse_container_create,
+    parse_time,
+    status_name,
 )
-from cnm.engine.controller import ContainerPaths
-from cnm.errors import CnmError, InvalidArgument, NotFound
+from cnm.api.schemas_stats import stats_json, top_json
+from cnm.engine.controller import ContainerPaths, ContainerSample
+from cnm.errors import CnmError, Conflict, InvalidArgument, NotFound
 from cnm.model.container import Container
 from cnm.model.network import Network
 from cnm.model.values import parse_container_name
@@ -49,6 +55,7 @@ log = logging.getLogger("cnm.api")
 _PS_FILTERS = ("name", "id", "status", "network", "label", "exited", "ancestor")
 _STATUSES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
 _WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
+_PRUNE_FILTERS = ("label", "label!", "until")
 
 
 def network_view(api: Api, c: Container) -> NetworkView:
@@ -91,7 +98,7 @@ def _ps_match(c: Container, view: NetworkView, f: Filters) -> bool:
     for s in statuses:
         if s not in _STATUSES:
             raise InvalidArgument(f"invalid filter 'status={s}'")
-    if statuses and c.state.status not in statuses:
+    if statuses and status_name(c) not in statuses:
         return False
     exited = f.values("exited")
     if exited:
@@ -179,7 +186,8 @@ async def restart(request: web.Request) -> web.Response:
 async def remove(request: web.Request) -> web.Response:
     ref = request.match_info["name"]
     if query_bool(request, "link"):
-        raise InvalidArgument("removing legacy links (link=1) is not supported by cnm")
+        await Api.of(request).controller.remove_container_link(ref)
+        return web.Response(status=204)
     await Api.of(request).controller.remove_container(ref, force=query_bool(request, "force"))
     return web.Response(status=204)
 
@@ -212,6 +220,94 @@ async def wait(request: web.Request) -> web.StreamResponse:
     with contextlib.suppress(ConnectionError, RuntimeError):
         await response.write(dumps({"StatusCode": code, "Error": error}))
     return response
+
+
+async def pause(request: web.Request) -> web.Response:
+    await Api.of(request).controller.pause_container(request.match_info["id"])
+    return web.Response(status=204)
+
+
+async def unpause(request: web.Request) -> web.Response:
+    await Api.of(request).controller.unpause_container(request.match_info["id"])
+    return web.Response(status=204)
+
+
+async def prune(request: web.Request) -> web.Response:
+    """Docker's ``container prune``: every container that is not running (nor restarting,
+    which Docker counts as running), narrowed by ``until``/``label``/``label!``.  One that
+    started meanwhile is skipped."""
+    api = Api.of(request)
+    f = Filters.parse(request.query.get("filters"), _PRUNE_FILTERS)
+    now = datetime.now(UTC)
+    until = [parse_until(v, now) for v in f.values("until")]
+    deleted: list[str] = []
+    reclaimed = 0
+    for c in api.controller.containers():
+        if c.running or c.state.status == "restarting" or not f.match_kv("label", c.config.labels):
+            continue
+        if any(label_matches(v, c.config.labels) for v in f.values("label!")):
+            continue
+        created = parse_time(c.created)
+        if until and (created is None or not all(created < u for u in until)):
+            continue
+        size = api.controller.container_size(c.id)
+        try:
+            await api.controller.remove_container(c.id)
+        except (Conflict, NotFound):
+            continue
+        deleted.append(c.id)
+        reclaimed += size
+    return json_response({"ContainersDeleted": deleted or None, "SpaceReclaimed": reclaimed})
+
+
+async def top(request: web.Request) -> web.Response:
+    ps_args = request.query.get("ps_args", "") or "-ef"
+    titles, processes = await Api.of(request).controller.container_top(request.match_info["id"], ps_args)
+    return json_response(top_json(titles, processes))
+
+
+STATS_INTERVAL = 1.0  # seconds between two readings of a stream (moby's collector's)
+
+
+async def stats(request: web.Request) -> web.StreamResponse:
+    """Docker's ``GET /containers/{id}/stats``: a reading a second while ``stream`` (the
+    default); with ``stream=false`` one reading, taken a second after a first one so
+    that ``precpu_stats`` is filled (CPU % needs two), or at once with ``one-shot``."""
+    api = Api.of(request)
+    ref = request.match_info["id"]
+    api.controller.find_container(ref)
+    stream = query_bool(request, "stream", default=True)
+    one_shot = query_bool(request, "one-shot")
+    if one_shot and stream:
+        raise InvalidArgument("cannot have stream=true and one-shot=true")
+    previous: ContainerSample | None = None
+    preread = ""
+    if not stream:
+        if not one_shot:
+            previous, preread = await api.controller.container_stats(ref), _now()
+            await asyncio.sleep(STATS_INTERVAL)
+        sample = await api.controller.container_stats(ref)
+        return json_response(stats_json(sample, _now(), previous, preread))
+    response = web.StreamResponse(status=200)
+    response.headers["Content-Type"] = "application/json"
+    await response.prepare(request)
+    while request.transport is not None and not request.transport.is_closing():
+        try:
+            sample = await api.controller.container_stats(ref)
+        except NotFound:  # removed while streamed
+            break
+        read = _now()
+        try:
+            await response.write(dumps(stats_json(sample, read, previous, preread)))
+        except (ConnectionError, RuntimeError):
+            break
+        previous, preread = sample, read
+        await asyncio.sleep(STATS_INTERVAL)
+    return response
+
+
+def _now() -> str:
+    return rfc3339_nano(time.time_ns())
 
 
 # -- logs / attach ----------------------------------------------------------------------------
@@ -408,5 +504,10 @@ def routes() -> list[tuple[str, str, object]]:
         ("GET", "/containers/{id}/logs", logs),
         ("POST", "/containers/{id}/attach", attach),
         ("POST", "/containers/{id}/resize", resize),
+        ("POST", "/containers/{id}/pause", pause),
+        ("POST", "/containers/{id}/unpause", unpause),
+        ("POST", "/containers/prune", prune),
+        ("GET", "/containers/{id}/top", top),
+        ("GET", "/containers/{id}/stats", stats),
         ("DELETE", "/containers/{name:.+}", remove),
     ]

@@ -90,7 +90,7 @@ async def disconnect(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
-def _parse_until(value: str, now: datetime) -> datetime:
+def parse_until(value: str, now: datetime) -> datetime:
     """``until``: a unix timestamp, an RFC 3339 time, or a Go duration (``24h``, ``30m``)."""
     units = {"s": 1, "m": 60, "h": 3600}
     if value and value[-1] in units and value[:-1].replace(".", "", 1).isdigit():
@@ -115,14 +115,14 @@ async def prune_networks(request: web.Request) -> web.Response:
         removed = await api.controller.prune_networks(f.labels() or None)
         return json_response({"NetworksDeleted": removed or None})
     now = datetime.now(UTC)
-    until = [_parse_until(v, now) for v in f.values("until")]
+    until = [parse_until(v, now) for v in f.values("until")]
     removed = []
     for net in api.controller.networks():
         if net.predefined or api.controller.network_endpoints(net.id):
             continue
         if not f.match_kv("label", net.labels):
             continue
-        if any(_label_matches(v, net.labels) for v in f.values("label!")):
+        if any(label_matches(v, net.labels) for v in f.values("label!")):
             continue
         created = parse_time(net.created)
         if until and (created is None or not all(created < u for u in until)):
@@ -135,7 +135,7 @@ async def prune_networks(request: web.Request) -> web.Response:
     return json_response({"NetworksDeleted": removed or None})
 
 
-def _label_matches(value: str, labels: dict[str, str] | object) -> bool:
+def label_matches(value: str, labels: dict[str, str] | object) -> bool:
     name, sep, want = value.partition("=")
     if name not in labels:  # type: ignore[operator]
         return False

@@ -302,13 +302,19 @@ def human_duration(seconds: float) -> str:
     return f"{int(seconds / 3600) // 24 // 365} years"
 
 
+def status_name(c: Container) -> str:
+    """Docker's ``State.Status``: a paused container is "paused" (and still Running)."""
+    return "paused" if c.state.status == RUNNING and c.state.paused else c.state.status
+
+
 def status_text(c: Container, now: datetime | None = None) -> str:
     """moby ``State.String``: ``Up 3 seconds``, ``Exited (0) 2 minutes ago``, ``Created``."""
     now = now or datetime.now(UTC)
     status = c.state.status
     if status == RUNNING:
         started = parse_time(c.state.started_at)
-        return "Up " + human_duration((now - started).total_seconds() if started else 0)
+        up = "Up " + human_duration((now - started).total_seconds() if started else 0)
+        return up + " (Paused)" if c.state.paused else up
     if status == REMOVING:
         return "Removal In Progress"
     if status == RESTARTING:
@@ -546,9 +552,9 @@ def mount_points_json(c: Container) -> list[dict[str, Any]]:
 def state_json(c: Container) -> dict[str, Any]:
     s = c.state
     return {
-        "Status": s.status,
+        "Status": status_name(c),
         "Running": s.status == RUNNING,
-        "Paused": False,
+        "Paused": s.paused,
         "Restarting": s.status == RESTARTING,
         "OOMKilled": s.oom_killed,
         "Dead": s.status == DEAD,
@@ -630,7 +636,7 @@ def container_summary_json(c: Container, view: NetworkView, now: datetime | None
         "Created": unix_time(c.created),
         "Ports": port_items(c, view),
         "Labels": dict(c.config.labels),
-        "State": c.state.status,
+        "State": status_name(c),
         "Status": status_text(c, now),
         "HostConfig": {"NetworkMode": mode},
         "NetworkSettings": {"Networks": networks_json(c, view, hostname)},

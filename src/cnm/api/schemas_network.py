@@ -9,6 +9,7 @@ what the user sent (null vs ``{}``; a subnet without a gateway has no ``Gateway`
 from __future__ import annotations
 
 from collections.abc import Mapping
+from ipaddress import IPv4Address
 from typing import Any
 
 from cnm.api.http import get_bool, get_dict, get_list, get_str, get_str_list, get_str_map
@@ -108,7 +109,11 @@ def endpoint_settings_json(
     """Docker's ``EndpointSettings`` (container inspect / list).  Without a live
     ``endpoint`` the operational fields are blank, as Docker shows a stopped container;
     the requested MAC is still echoed (moby keeps it until the endpoint exists)."""
-    ipam = {"IPv4Address": str(request.ipv4_address)} if request.ipv4_address is not None else None
+    ipam: dict[str, Any] | None = None
+    if request.ipv4_address is not None or request.link_local_ips:
+        ipam = {"IPv4Address": str(request.ipv4_address)} if request.ipv4_address is not None else {}
+        if request.link_local_ips:
+            ipam["LinkLocalIPs"] = [str(ip) for ip in request.link_local_ips]
     if endpoint is not None:
         mac = endpoint.mac
         gateway = str(endpoint.gateway) if endpoint.gateway is not None else ""
@@ -208,8 +213,16 @@ def parse_endpoint_settings(settings: Mapping[str, Any] | None) -> EndpointReque
     ip4 = get_str(ipam, "IPv4Address")
     if get_str(ipam, "IPv6Address"):
         raise InvalidArgument("IPv6 addresses are not supported by cnm")
-    if get_str_list(ipam, "LinkLocalIPs"):
-        raise InvalidArgument("link-local IPs are not supported by cnm")
+    link_local = []
+    for text in get_str_list(ipam, "LinkLocalIPs") or ():
+        try:
+            link_local.append(IPv4Address(text))
+        except ValueError:
+            if ":" in text:
+                raise InvalidArgument(
+                    f"invalid link-local IP address {text}: IPv6 is not supported by cnm"
+                ) from None
+            raise InvalidArgument(f"invalid link-local IP address: {text}") from None
     mac = get_str(settings, "MacAddress")
     aliases = get_str_list(settings, "Aliases")
     links = get_str_list(settings, "Links")
@@ -219,6 +232,7 @@ def parse_endpoint_settings(settings: Mapping[str, Any] | None) -> EndpointReque
         aliases=tuple(aliases or ()),
         links=tuple(links or ()),
         driver_opts=get_str_map(settings, "DriverOpts"),
+        link_local_ips=tuple(link_local),
         aliases_given=aliases is not None,
         links_given=links is not None,
     )

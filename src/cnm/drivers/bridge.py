@@ -32,6 +32,8 @@ from cnm.model.network import Network, NetworkSpec, validate_options
 
 log = logging.getLogger("cnm.drivers.bridge")
 
+LINK_LOCAL_PREFIX = 16  # libnetwork's linkLocalMask for IPAMConfig.LinkLocalIPs
+
 
 class BridgeKernel(Kernel, Protocol):
     """What the bridge driver needs beyond the Kernel protocol (LinuxKernel and FakeKernel
@@ -166,6 +168,9 @@ class BridgeDriver:
             # only the endpoint chosen by the engine carries the sandbox's default route
             gateway=endpoint.gateway if endpoint.default_route and not network.internal else None,
             hairpin=self._hairpin,
+            link_local=tuple(
+                IPv4Interface(f"{ip}/{LINK_LOCAL_PREFIX}") for ip in endpoint.request.link_local_ips
+            ),
         )
         async with AsyncExitStack() as undo:
             if self._guard is not None:

@@ -15,6 +15,7 @@ endpoints and the running state in one transaction after runc agreed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal as signals
@@ -289,6 +290,8 @@ class Containers:
             container = self._current(container.id, ref)
             if container.id in self._removing:
                 raise Conflict(f"container {container.id} is marked for removal and cannot be started")
+            if container.state.paused:
+                raise Conflict("cannot start a paused container, try unpause instead")
             if container.running:
                 raise NotModified(f"container {container.id} is already running")
             self._cancel_restart(container.id)
@@ -418,7 +421,13 @@ class Containers:
                 container,
                 sandbox_id=sandbox.id if sandbox else "",
                 state=replace(
-                    container.state, status=RUNNING, pid=pid, exit_code=0, error="", started_at=now_rfc3339()
+                    container.state,
+                    status=RUNNING,
+                    paused=False,
+                    pid=pid,
+                    exit_code=0,
+                    error="",
+                    started_at=now_rfc3339(),
                 ),
             )
             self._state.commit(put=[running, *([sandbox] if sandbox else []), *endpoints])
@@ -561,6 +570,7 @@ class Containers:
                 state=replace(
                     container.state,
                     status=RESTARTING if restart else EXITED,
+                    paused=False,
                     pid=0,
                     exit_code=code,
                     finished_at=now_rfc3339(),
@@ -694,6 +704,7 @@ class Containers:
         if container.config.restart_policy != RESTART_NO:
             await self._mark_stopped_by_user(container)
         sig = parse_signal(signal or container.config.stop_signal, signals.SIGTERM)
+        await self._thaw(container)
         grace = container.config.stop_timeout if timeout is None else timeout
         await self._runtime.kill(container.id, sig)
         self._events.container("kill", container, signal=str(int(sig)))
@@ -714,6 +725,8 @@ class Containers:
             raise Conflict(f"container {container.id} is not running")
         if container.config.restart_policy != RESTART_NO:
             await self._mark_stopped_by_user(container)
+        if sig == signals.SIGKILL:  # a frozen process dies only once thawed (cgroup v1)
+            await self._thaw(container)
         await self._runtime.kill(container.id, sig)
         self._events.container("kill", container, signal=str(int(sig)))
 
@@ -750,6 +763,7 @@ class Containers:
                 if container.config.restart_policy != RESTART_NO:
                     container = await self._mark_stopped_by_user(container)
                 run = self._runs.get(container.id)
+                await self._thaw(container)
                 await self._runtime.kill(container.id, signals.SIGKILL)
                 self._events.container("kill", container, signal=str(int(signals.SIGKILL)))
                 if run is not None:
@@ -798,6 +812,63 @@ class Containers:
                     raise NotFound(f"No such container: {ref}")
                 run = self._runs.get(container.id)
         return await asyncio.shield(run.exited)
+
+    # -- pause / unpause / legacy links ---------------------------------------------------
+
+    async def pause(self, ref: str) -> None:
+        """Docker's ``pause``: the cgroup freezer stops every process of the container; it
+        stays running (``Paused``), its network untouched."""
+        container = self.find(ref)
+        async with self._hold(container.id):
+            container = self._current(container.id, ref)
+            if container.state.status == RESTARTING:
+                raise Conflict(f"Container {container.id} is restarting, wait until the container is running")
+            if not container.running:
+                raise Conflict(f"Container {container.id} is not running")
+            if container.state.paused:
+                raise Conflict(f"Container {container.id} is already paused")
+            await self._runtime.pause(container.id)
+            self._state.commit(put=[replace(container, state=replace(container.state, paused=True))])
+            self._events.container("pause", container)
+
+    async def unpause(self, ref: str) -> None:
+        container = self.find(ref)
+        async with self._hold(container.id):
+            container = self._current(container.id, ref)
+            if not container.running or not container.state.paused:
+                raise Conflict(f"Container {container.id} is not paused")
+            await self._runtime.resume(container.id)
+            self._state.commit(put=[replace(container, state=replace(container.state, paused=False))])
+            self._events.container("unpause", container)
+
+    async def _thaw(self, container: Container) -> None:
+        """Before a stop or a kill: a frozen process cannot act on a signal, so the
+        container is unpaused first, as Docker does."""
+        if container.state.paused:
+            with contextlib.suppress(Conflict):
+                await self.unpause(container.id)
+
+    async def remove_link(self, name: str) -> None:
+        """Docker's ``rm --link /web/db``: container ``web`` loses its legacy link alias
+        ``db`` (its hosts entry at once; the link's variables from its next start on).
+        Neither container is removed."""
+        full = name if name.startswith("/") else "/" + name
+        parent_name, _, alias = full.rpartition("/")
+        if not parent_name:
+            raise Conflict("Conflict, cannot remove the default link name of the container")
+        try:
+            parent = self.find(parent_name)
+        except NotFound:
+            raise NotFound(f"No such container: {full}") from None
+        async with self._hold(parent.id):
+            parent = self._current(parent.id, parent_name)
+            kept = tuple(link for link in parent.config.links if parse_link(link)[1] != alias)
+            if len(kept) == len(parent.config.links):
+                raise NotFound(f"No such container: {full}")
+            updated = replace(parent, config=replace(parent.config, links=kept))
+            self._state.commit(put=[updated])
+            if updated.running:
+                await self._refresh_names(updated)
 
     # -- rename ---------------------------------------------------------------------------
 
@@ -1032,7 +1103,12 @@ class Containers:
             except CnmError as exc:
                 errors.append(exc)
             state = replace(
-                container.state, status=EXITED, pid=0, exit_code=UNKNOWN_EXIT, finished_at=now_rfc3339()
+                container.state,
+                status=EXITED,
+                paused=False,
+                pid=0,
+                exit_code=UNKNOWN_EXIT,
+                finished_at=now_rfc3339(),
             )
             self._state.commit(put=[replace(container, state=state, sandbox_id="")])
             for err in errors:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -28,10 +29,11 @@ from cnm.engine.state import State
 from cnm.errors import CnmError, Conflict, InvalidArgument, NotFound, NotModified
 from cnm.firewall.api import BridgeRules, Firewall, PortRule, bridge_rules
 from cnm.ipam.api import Ipam, PoolSpec
-from cnm.kernel.api import Kernel
-from cnm.model.container import Container, ContainerConfig, ExecSpec, Image
+from cnm.kernel.api import Kernel, LinkStats
+from cnm.model.container import RESTARTING, Container, ContainerConfig, ExecSpec, Image
 from cnm.model.endpoint import Endpoint, EndpointRequest, Sandbox
 from cnm.model.network import Network, NetworkSpec
+from cnm.runtime import stats
 from cnm.runtime.api import Process, Runtime
 from cnm.runtime.images import Loaded, normalize_reference
 from cnm.runtime.logs import Record
@@ -82,6 +84,16 @@ class ContainerPaths:
     hosts: str
     resolv_conf: str
     log: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSample:
+    """What ``docker stats`` shows of a container at one moment."""
+
+    container: Container
+    cgroup: stats.CgroupStats
+    system_cpu_ns: int
+    networks: dict[str, LinkStats]
 
 
 class Controller:
@@ -340,6 +352,58 @@ class Controller:
 
     async def remove_container(self, ref: str, force: bool = False) -> None:
         await self._containers.remove(ref, force)
+
+    async def pause_container(self, ref: str) -> None:
+        await self._containers.pause(ref)
+
+    async def unpause_container(self, ref: str) -> None:
+        await self._containers.unpause(ref)
+
+    async def remove_container_link(self, name: str) -> None:
+        """``DELETE /containers/<parent>/<alias>?link=1``: the parent loses the link."""
+        await self._containers.remove_link(name)
+
+    def container_size(self, ref: str) -> int:
+        """Bytes the container wrote to its own layer (Docker's ``SizeRw``)."""
+        container = self._containers.find(ref)
+        return stats.tree_size(os.path.join(self._runtime.container_dir(container.id), "upper"))
+
+    def _live(self, ref: str) -> Container:
+        container = self._containers.find(ref)
+        if container.state.status == RESTARTING:
+            raise Conflict(f"Container {container.id} is restarting, wait until the container is running")
+        if not container.running:
+            raise Conflict(f"Container {container.id} is not running")
+        return container
+
+    async def container_top(self, ref: str, ps_args: str) -> tuple[list[str], list[list[str]]]:
+        """Docker's ``top``: the host's ``ps`` with ``ps_args``, its lines kept for the pids
+        of the container's cgroup."""
+        container = self._live(ref)
+        pids = stats.procs(self._runtime.cgroup(container.id))
+        return await stats.top(pids, ps_args)
+
+    async def container_stats(self, ref: str) -> ContainerSample:
+        """One reading of a container's counters: its cgroup's and its interfaces' (read in
+        its network namespace, so eth0... as the container names them and rx/tx as it
+        sees them).  A container that is not running reads as zeros, as in Docker."""
+        container = self._containers.find(ref)
+        host_cpu = stats.system_cpu_ns()
+        if not container.running:
+            return ContainerSample(container, stats.CgroupStats(), host_cpu, {})
+        reading = await asyncio.to_thread(stats.read_stats, self._runtime.cgroup(container.id))
+        sandbox = self._state.sandbox_of(container.id)
+        networks: dict[str, LinkStats] = {}
+        if sandbox is not None and sandbox.key:
+            try:
+                links = await self._kernel.links(sandbox.key)
+            except CnmError as exc:  # the container is exiting: its namespace is going away
+                log.debug("interfaces of %s: %s", container.name, exc)
+                links = []
+            networks = {
+                link.name: link.stats for link in links if link.stats is not None and link.name != "lo"
+            }
+        return ContainerSample(container, reading, host_cpu, networks)
 
     async def wait_container(self, ref: str, condition: str = "not-running") -> int:
         return await self._containers.wait(ref, condition)

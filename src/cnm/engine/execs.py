@@ -47,6 +47,8 @@ class Execs:
     def create(self, container: Container, spec: ExecSpec) -> str:
         if not container.running:
             raise Conflict(f"container {container.id} is not running")
+        if container.state.paused:
+            raise Conflict(f"Container {container.id} is paused, unpause the container before exec")
         if not spec.cmd:
             raise InvalidArgument("No exec command specified")
         exec_id = new_id()
@@ -68,6 +70,8 @@ class Execs:
         container = self._running(record.spec.container_id)
         if container is None:
             raise Conflict(f"container {record.spec.container_id} is not running")
+        if container.state.paused:
+            raise Conflict(f"Container {container.id} is paused, unpause the container before exec")
         record.started = True
         try:
             process = await self._runtime.exec(record.spec)

@@ -43,6 +43,20 @@ def parse_alias(alias: str) -> tuple[str, str]:
 
 
 @dataclass(frozen=True, slots=True)
+class LinkStats:
+    """An interface's counters (IFLA_STATS64), from its own namespace's point of view."""
+
+    rx_bytes: int = 0
+    rx_packets: int = 0
+    rx_errors: int = 0
+    rx_dropped: int = 0
+    tx_bytes: int = 0
+    tx_packets: int = 0
+    tx_errors: int = 0
+    tx_dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class LinkInfo:
     index: int
     name: str
@@ -54,6 +68,7 @@ class LinkInfo:
     up: bool = False
     addresses: tuple[IPv4Interface, ...] = ()
     daemon: str = ""  # id of the cnmd that created it, from the alias ("" for the old tag)
+    stats: LinkStats | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +86,7 @@ class VethSpec:
     address: IPv4Interface | None = None
     gateway: IPv4Address | None = None  # default route via this gateway when set
     hairpin: bool = False
+    link_local: tuple[IPv4Interface, ...] = ()  # more addresses on the container end
 
 
 class Kernel(Protocol):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from cnm.errors import Conflict, KernelError
-from cnm.kernel.api import LinkInfo, VethSpec, owner_alias
+from cnm.kernel.api import LinkInfo, LinkStats, VethSpec, owner_alias
 from cnm.kernel.reaper import RETIRED_GROUP
 
 HOST = None  # key of the host namespace in FakeKernel.namespaces
@@ -36,6 +36,7 @@ class FakeLink:
     gateway: IPv4Address | None = None  # default route via this link (container side)
     isolated: bool = False
     hairpin: bool = False
+    stats: LinkStats | None = None  # tests set counters here
 
     def info(self) -> LinkInfo:
         return LinkInfo(
@@ -49,6 +50,7 @@ class FakeLink:
             up=self.up,
             addresses=tuple(self.addresses),
             daemon=self.daemon,
+            stats=self.stats,
         )
 
 
@@ -213,7 +215,7 @@ class FakeKernel:
             mtu=spec.mtu,
             up=True,
             mac=spec.mac,
-            addresses=[spec.address] if spec.address is not None else [],
+            addresses=([spec.address] if spec.address is not None else []) + list(spec.link_local),
             gateway=spec.gateway,
             peer=(HOST, host.index),
         )

@@ -28,7 +28,7 @@ from pyroute2.netlink.exceptions import NetlinkDumpInterrupted, NetlinkError
 from cnm.errors import Conflict, KernelError
 from cnm.kernel import netns as ns
 from cnm.kernel import rtnl, sysctl
-from cnm.kernel.api import LinkInfo, VethSpec, owner_alias, parse_alias
+from cnm.kernel.api import LinkInfo, LinkStats, VethSpec, owner_alias, parse_alias
 from cnm.kernel.cmdlog import log_command
 from cnm.kernel.faults import crash_point
 from cnm.kernel.owner import check_daemon_id, live_daemons
@@ -110,7 +110,14 @@ def _link_info(msg: Any, addresses: dict[int, list[IPv4Interface]]) -> LinkInfo:
         mtu=msg.get("mtu") or 0,
         up=bool(msg["flags"] & IFF_UP),
         addresses=tuple(addresses.get(index, ())),
+        stats=_link_stats(msg.get("stats64")),
     )
+
+
+def _link_stats(nla: Any) -> LinkStats | None:
+    if nla is None:
+        return None
+    return LinkStats(**{f: int(nla.get(f) or 0) for f in LinkStats.__dataclass_fields__})
 
 
 MIN_AVOIDED_PREFIX = 8  # routes shorter than this do not block an address pool
@@ -529,6 +536,9 @@ class LinuxKernel:
         if spec.address is not None:
             log_command(["ip", "addr", "add", str(spec.address), "dev", spec.ifname], netns=path)
             requests.append(rtnl.add_address(index, spec.address.ip, spec.address.network.prefixlen))
+        for extra in spec.link_local:
+            log_command(["ip", "addr", "add", str(extra), "dev", spec.ifname], netns=path)
+            requests.append(rtnl.add_address(index, extra.ip, extra.network.prefixlen))
         if spec.gateway is not None:
             log_command(
                 ["ip", "route", "add", "default", "via", str(spec.gateway), "dev", spec.ifname], netns=path

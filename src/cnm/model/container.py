@@ -122,6 +122,7 @@ class ContainerState:
     oom_killed: bool = False
     restart_count: int = 0  # restarts by policy since the last start by a user
     stopped_by_user: bool = False  # ``stop``/``kill``: no restart by policy (unless-stopped remembers it)
+    paused: bool = False  # frozen by ``pause`` (status stays "running", as Docker's Running does)
 
 
 @dataclass(frozen=True, slots=True)

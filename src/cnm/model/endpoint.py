@@ -26,6 +26,8 @@ class EndpointRequest:
     aliases: tuple[str, ...] = ()
     links: tuple[str, ...] = ()
     driver_opts: Mapping[str, str] | None = None
+    # IPAMConfig.LinkLocalIPs: extra addresses put on the interface (as /16, as Docker does)
+    link_local_ips: tuple[IPv4Address, ...] = ()
     # Docker echoes some of these as null vs [] depending on the client; keep what was sent.
     aliases_given: bool = False
     links_given: bool = False

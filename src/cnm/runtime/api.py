@@ -30,6 +30,7 @@ from cnm.model.container import Container, ExecSpec, Image
 from cnm.runtime.images import Loaded
 from cnm.runtime.logs import Record
 from cnm.runtime.output import Subscription
+from cnm.runtime.stats import Cgroup
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +111,16 @@ class Runtime(Protocol):
 
     async def is_running(self, container_id: str) -> int:
         """The pid of the container's init if runc says it is running, else 0."""
+
+    async def pause(self, container_id: str) -> None:
+        """Freeze every process of the container (``runc pause``: the cgroup freezer)."""
+
+    async def resume(self, container_id: str) -> None:
+        """Thaw a paused container (``runc resume``)."""
+
+    def cgroup(self, container_id: str) -> Cgroup:
+        """Where the container's cgroup is (v2, or v1's hierarchies): its CPU, memory and
+        pids counters and ``cgroup.procs`` are read there."""
 
     async def list_containers(self) -> list[dict]:
         """Every container runc knows under this runtime's root, in any state, as runc

@@ -19,6 +19,7 @@ from cnm.runtime.api import StartRequest
 from cnm.runtime.images import Loaded
 from cnm.runtime.logs import Record
 from cnm.runtime.output import OutputHub, Subscription
+from cnm.runtime.stats import Cgroup
 
 
 @dataclass
@@ -47,6 +48,7 @@ class FakeRuntime:
     deleted: set[str] = field(default_factory=set)  # runc deleted (cleanup) since their last start
     hubs: dict[str, OutputHub] = field(default_factory=dict)
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    paused: set[str] = field(default_factory=set)
     _pids: itertools.count = field(default_factory=lambda: itertools.count(1000))
 
     def add_image(
@@ -139,6 +141,22 @@ class FakeRuntime:
         hub = self.hubs.pop(container_id, None)
         if hub is not None:
             hub.end_all()
+
+    async def pause(self, container_id: str) -> None:
+        if container_id not in self.exits or self.exits[container_id].done():
+            raise RuntimeFailure(f"container {container_id} is not running")
+        self.paused.add(container_id)
+
+    async def resume(self, container_id: str) -> None:
+        if container_id not in self.paused:
+            raise RuntimeFailure(f"container {container_id} is not paused")
+        self.paused.discard(container_id)
+
+    def cgroup(self, container_id: str) -> Cgroup:
+        """A v2-shaped cgroup directory under ``root`` that tests fill with counters."""
+        path = os.path.join(self.root, "cgroup", container_id)
+        os.makedirs(path, exist_ok=True)
+        return Cgroup(2, {"": path})
 
     async def is_running(self, container_id: str) -> int:
         fut = self.exits.get(container_id)

@@ -34,7 +34,7 @@ from cnm.errors import CnmError, InvalidArgument, NotFound, RuntimeFailure
 from cnm.kernel.cmdlog import log_command
 from cnm.kernel.faults import crash_point
 from cnm.model.container import ExecSpec, Image
-from cnm.runtime import bundle, logs, rootfs
+from cnm.runtime import bundle, logs, rootfs, stats
 from cnm.runtime.api import StartRequest
 from cnm.runtime.images import ImageStore, Loaded
 from cnm.runtime.output import Copier, OutputHub, Subscription
@@ -50,6 +50,7 @@ from cnm.runtime.process import (
     stop_fd_keeper,
     wait_pid,
 )
+from cnm.runtime.stats import Cgroup
 
 log = logging.getLogger("cnm.runtime")
 
@@ -349,6 +350,16 @@ class RuncRuntime:
         if state and state.get("status") in ("running", "paused"):
             return int(state.get("pid") or 0)
         return 0
+
+    async def pause(self, container_id: str) -> None:
+        await self._runc(["pause", container_id])
+
+    async def resume(self, container_id: str) -> None:
+        await self._runc(["resume", container_id])
+
+    def cgroup(self, container_id: str) -> Cgroup:
+        _check_id(container_id)
+        return stats.locate(self.cgroup_parent, container_id)
 
     async def state(self, container_id: str) -> dict | None:
         """``runc state <id>`` as a dict, or None when runc does not know the container."""
