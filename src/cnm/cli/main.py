@@ -83,6 +83,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "container unpause": ("control", "cmd_unpause"),
     "container prune": ("control", "cmd_prune"),
     "completion": ("completion", "cmd_completion"),
+    "attach": ("container", "cmd_attach"),
+    "container attach": ("container", "cmd_attach"),
     "events": ("events", "cmd_events"),
 }
 _DEBUG = False  # -D: unexpected errors print their traceback

@@ -77,6 +77,46 @@ def cmd_start(cli: Cli, argv: list[str]) -> int:
     return 0
 
 
+ATTACH = F.Command(
+    "cnm attach",
+    "CONTAINER",
+    "Attach local standard input, output, and error streams to a running container",
+    [
+        F.flag("--detach-keys", help="Override the key sequence for detaching a container"),
+        F.flag("--no-stdin", kind=F.BOOL, help="Do not attach STDIN"),
+        F.flag("--sig-proxy", kind=F.BOOL, default=True, help="Proxy all received signals to the process"),
+    ],
+    min_args=1,
+    max_args=1,
+)
+
+
+def cmd_attach(cli: Cli, argv: list[str]) -> int:
+    """Docker's ``attach``: stream a running container's output (and feed its stdin) until
+    it exits (its exit code) or the detach keys are typed (0, the container runs on)."""
+    from cnm.cli.commands.run import attach_and_start
+
+    v, (name,), _ = F.parse(ATTACH, argv)
+    info = cli.client.call("GET", _path(name) + "/json") or {}
+    state = info.get("State") or {}
+    if state.get("Paused"):
+        raise CliError("You cannot attach to a paused container, unpause it first")
+    if not state.get("Running"):
+        raise CliError("You cannot attach to a stopped container, start it first")
+    config = info.get("Config") or {}
+    return attach_and_start(
+        cli,
+        info.get("Id", name),
+        tty=bool(config.get("Tty")),
+        stdin=bool(config.get("OpenStdin")) and not v["no_stdin"],
+        auto_remove=False,
+        sig_proxy=bool(v["sig_proxy"]) and not config.get("Tty"),
+        start_error_code=1,
+        detach_keys=v["detach_keys"] or "",
+        start=False,
+    )
+
+
 STOP = F.Command(
     "cnm stop",
     "CONTAINER [CONTAINER...]",

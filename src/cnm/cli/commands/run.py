@@ -83,10 +83,10 @@ def cmd_create(cli: Cli, argv: list[str]) -> int:
     return 0
 
 
-def _wait_head(cli: Cli, cid: str, auto_remove: bool) -> Response:
+def _wait_head(cli: Cli, cid: str, auto_remove: bool, condition: str = "next-exit") -> Response:
     """Open ``POST /wait`` and read only its head: the daemon must be watching before we start."""
     resp = cli.client.open(
-        "POST", f"/containers/{quote(cid)}/wait", {"condition": "removed" if auto_remove else "next-exit"}
+        "POST", f"/containers/{quote(cid)}/wait", {"condition": "removed" if auto_remove else condition}
     )
     if resp.status >= 400:
         try:
@@ -151,8 +151,10 @@ def attach_and_start(
     sig_proxy: bool = True,
     start_error_code: int = 125,
     detach_keys: str = "",
+    start: bool = True,
 ) -> int:
     """Attach (hijack), open the wait, start, stream until the container closes the stream.
+    ``start=False`` (``cnm attach``): the container already runs; only attach and wait.
 
     Returns the container's exit code from the wait. With ``tty`` and a terminal on stdin,
     the terminal is raw for the duration, its size follows the window (SIGWINCH ->
@@ -173,9 +175,10 @@ def attach_and_start(
     sock, initial = cli.client.hijack(f"/containers/{quote(cid)}/attach", query)
     detached = False
     try:
-        wait = _wait_head(cli, cid, auto_remove)
+        wait = _wait_head(cli, cid, auto_remove, "next-exit" if start else "not-running")
         try:
-            cli.client.request("POST", f"/containers/{quote(cid)}/start").close()
+            if start:
+                cli.client.request("POST", f"/containers/{quote(cid)}/start").close()
         except DaemonError as exc:
             wait.close()
             if start_error_code == 125:
