@@ -45,6 +45,13 @@ class Cli:
         self.stdout.flush()
         self.stderr.flush()
 
+    def confirm(self, warning: str) -> bool:
+        """Docker's prompt before a destructive verb: ``WARNING! <warning>`` and ``[y/N]``;
+        True only for y/yes on stdin."""
+        self.out(f"WARNING! {warning}\nAre you sure you want to continue? [y/N] ")
+        self.flush()
+        return sys.stdin.readline().strip().lower() in ("y", "yes")
+
 
 def _start_daemon(socket_path: str) -> None:
     from cnm.cli.autostart import start_daemon  # only paid for when nothing answers

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 from cnm.cli import flags as F
 from cnm.cli.client import quote
 from cnm.cli.commands.container import _each
@@ -66,13 +64,8 @@ def cmd_prune(cli: Cli, argv: list[str]) -> int:
     from cnm.cli.listing import filters_param
 
     v, _, _ = F.parse(PRUNE, argv)
-    if not v["force"]:
-        cli.out(
-            "WARNING! This will remove all stopped containers.\nAre you sure you want to continue? [y/N] "
-        )
-        cli.flush()
-        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
-            return 0
+    if not v["force"] and not cli.confirm("This will remove all stopped containers."):
+        return 0
     resp = cli.client.call("POST", "/containers/prune", {"filters": filters_param(v["filter"])}) or {}
     deleted = resp.get("ContainersDeleted") or []
     if deleted:

@@ -350,20 +350,12 @@ PRUNE = F.Command(
 
 
 def cmd_prune(cli: Cli, argv: list[str]) -> int:
-    import sys
-
     from cnm.cli.listing import filters_param
 
     v, _, _ = F.parse(PRUNE, argv)
-    if not v["force"]:
-        cli.out(
-            "WARNING! This will remove all custom networks not used by at least one container.\n"
-            "Are you sure you want to continue? [y/N] "
-        )
-        cli.flush()
-        answer = sys.stdin.readline().strip().lower()
-        if answer not in ("y", "yes"):
-            return 0
+    warning = "This will remove all custom networks not used by at least one container."
+    if not v["force"] and not cli.confirm(warning):
+        return 0
     resp = cli.client.call("POST", "/networks/prune", {"filters": filters_param(v["filter"])}) or {}
     deleted = resp.get("NetworksDeleted") or []
     if deleted:
