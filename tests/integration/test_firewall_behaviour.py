@@ -49,11 +49,14 @@ def make(backend=None, proxy=False):
 
 
 def dump(backend=None):
-    """Everything the backend's kernel API shows (to look for cnm's tags)."""
+    """Everything the backend's kernel API shows (to look for cnm's tags), comparable over
+    time: iptables-save's "# Generated ... on <time>" lines and chain counters are dropped."""
     backend = backend or BACKEND
     if backend == "nftables":
         return sh("nft", "list", "ruleset").stdout
-    return sh(f"{backend}-save").stdout
+    text = sh(f"{backend}-save").stdout
+    lines = (line.split(" [")[0] if line.startswith(":") else line for line in text.splitlines())
+    return "\n".join(line for line in lines if not line.startswith("#"))
 
 
 def oid(i):
