@@ -17,7 +17,7 @@ from cnm.model.container import Container, ContainerConfig, Image, PortBindingRe
 from cnm.model.endpoint import Endpoint, EndpointRequest, Sandbox
 from cnm.model.network import IpamConfig, Network
 from cnm.store import codec
-from cnm.store.memory import MemoryStore
+from cnm.store.docs_memory import MemoryStore
 
 
 def through_json(obj):

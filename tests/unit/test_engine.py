@@ -21,7 +21,7 @@ from cnm.model.container import ContainerConfig
 from cnm.model.endpoint import EndpointRequest
 from cnm.model.network import IpamConfig, NetworkSpec
 from cnm.runtime.fake import FakeRuntime
-from cnm.store.memory import MemoryStore
+from cnm.store.docs_memory import MemoryStore
 
 
 class World:

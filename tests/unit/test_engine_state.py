@@ -8,7 +8,7 @@ import pytest
 
 from cnm.engine.state import IndexedTable, State
 from cnm.model.endpoint import Endpoint, Sandbox
-from cnm.store.memory import MemoryStore
+from cnm.store.docs_memory import MemoryStore
 
 
 def ep(i: int, container: str, network: str, seq: int = 0) -> Endpoint:

@@ -13,8 +13,8 @@ from cnm.errors import Conflict, Forbidden, InvalidArgument, NotFound, SystemFai
 from cnm.ipam.api import DEFAULT_POOLS, PoolSpec
 from cnm.ipam.default import KIND_ADDRESS, KIND_POOL, OWNER_GATEWAY, DefaultIpam
 from cnm.model.network import IpamConfig
-from cnm.store.memory import MemoryStore
-from cnm.store.sqlite import SqliteStore
+from cnm.store.docs_memory import MemoryStore
+from cnm.store.docs_sqlite import SqliteStore
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 from cnm.errors import InvalidArgument
 from cnm.ipam.api import PoolSpec
 from cnm.ipam.default import DefaultIpam, parse_pool_spec
-from cnm.store.memory import MemoryStore
+from cnm.store.docs_memory import MemoryStore
 
 
 @pytest.mark.parametrize(

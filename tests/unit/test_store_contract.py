@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from cnm.errors import SystemFailure
-from cnm.store.memory import MemoryStore
-from cnm.store.sqlite import SqliteStore
+from cnm.store.docs_memory import MemoryStore
+from cnm.store.docs_sqlite import SqliteStore
 
 
 @pytest.fixture(params=["memory", "sqlite"])

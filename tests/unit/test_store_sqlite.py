@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-import cnm.store.sqlite as sqlite_mod
+import cnm.store.docs_sqlite as sqlite_mod
 from cnm.errors import SystemFailure, Unavailable
-from cnm.store.sqlite import SCHEMA_VERSION, SqliteStore, prefix_successor
+from cnm.store.docs_sqlite import SCHEMA_VERSION, SqliteStore, prefix_successor
 
 
 def test_data_survives_reopen(tmp_path):

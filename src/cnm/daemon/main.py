@@ -124,7 +124,7 @@ def _build(config: DaemonConfig, daemon: str, others: dict[str, int]):
     from cnm.portmap.allocator import PortAllocator
     from cnm.portmap.proxy import UserlandProxy
     from cnm.runtime.runc import RuncRuntime
-    from cnm.store.sqlite import SqliteStore
+    from cnm.store.docs_sqlite import SqliteStore
 
     store = SqliteStore(os.path.join(config.data_root, "cnm.db"))
     ipam = DefaultIpam(store, config.default_pools)

@@ -38,7 +38,7 @@ from cnm.runtime.api import Process, Runtime
 from cnm.runtime.images import Loaded, normalize_reference
 from cnm.runtime.logs import Record
 from cnm.runtime.output import Subscription
-from cnm.store.api import Store
+from cnm.store.docs import Store
 
 log = logging.getLogger("cnm.engine")
 

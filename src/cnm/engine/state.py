@@ -14,7 +14,7 @@ from cnm.model.container import Container
 from cnm.model.endpoint import Endpoint, Sandbox
 from cnm.model.network import Network
 from cnm.store import codec
-from cnm.store.api import Store
+from cnm.store.docs import Store
 
 Record = Network | Endpoint | Sandbox | Container
 R = TypeVar("R", bound=Record)

@@ -36,7 +36,7 @@ from cnm.ipam.api import DEFAULT_POOLS, Pool, PoolSpec
 from cnm.model.network import IpamConfig
 from cnm.model.values import check_usable_subnet, parse_ipv4_network
 from cnm.store import codec
-from cnm.store.api import Store
+from cnm.store.docs import Store
 
 log = logging.getLogger("cnm.ipam")
 

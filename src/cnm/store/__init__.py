@@ -1,1 +1,3 @@
-"""Persistence: the Store protocol (api.py), its SQLite backend and an in-memory one for tests."""
+"""Persistence: the Store protocol (api.py), its backends and the Mirror that caches a prefix.
+
+The document store of the first releases (docs*.py) stays until every caller has moved."""

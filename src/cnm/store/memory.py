@@ -1,123 +1,235 @@
-"""An in-memory Store for unit tests: the protocol of ``cnm.store.api`` without a file.
+"""An in-memory Store: the whole contract of ``cnm.store.api`` in one process, for unit
+tests and as the reference the other backends are held to (the conformance suite runs
+against it too).
 
-Documents are kept as JSON text, exactly as the SQLite backend keeps them, so a test sees
-the same copy semantics (a caller mutating a document it put or got changes nothing
-stored) and the same refusal of documents that are not JSON.  Transactions nest; a
-transaction that ends with an exception undoes its writes.
+Documents are kept as JSON text, as the other backends keep them, so a caller mutating a
+document it put or got changes nothing stored, and what is not JSON is refused.  The
+history of changes is kept from revision 1 until ``compact`` drops a prefix of it, so a
+test can provoke ``Compacted``.  Leases expire on the event loop's clock.
 """
 
 from __future__ import annotations
 
+import asyncio
+import bisect
+import itertools
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 
-from cnm.errors import SystemFailure
-from cnm.store.api import Document
+from cnm.errors import NotFound, SystemFailure
+from cnm.store.api import (
+    Change,
+    Check,
+    Compacted,
+    Delete,
+    Document,
+    Entry,
+    Listing,
+    Op,
+    Put,
+    Scope,
+    StaleRevision,
+)
 
 
-def dump_doc(kind: str, key: str, doc: Document) -> str:
-    """JSON text of ``doc``; ASCII-only so any str (even a lone surrogate) round-trips."""
+def dump_doc(key: str, doc: Document) -> str:
+    """JSON text of ``doc``, or SystemFailure naming the key."""
     try:
         return json.dumps(doc, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise SystemFailure(f"cannot store {kind}/{key}: document is not JSON: {exc}") from exc
+        raise SystemFailure(f"cannot store {key}: document is not JSON: {exc}") from exc
 
 
-def load_doc(kind: str, key: str, text: str) -> Document:
+def load_doc(key: str, text: str) -> Document:
+    """The document stored as ``text``; SystemFailure if it is not a JSON object."""
     try:
         doc = json.loads(text)
     except ValueError as exc:
-        raise SystemFailure(f"stored document {kind}/{key} is not valid JSON: {exc}") from exc
+        raise SystemFailure(f"stored document {key} is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict):
-        raise SystemFailure(f"stored document {kind}/{key} is not a JSON object")
+        raise SystemFailure(f"stored document {key} is not a JSON object")
     return doc
 
 
-class _MemoryTxn:
-    """The Txn of a MemoryStore; valid only inside its ``with`` block.  Keeps an undo log
-    (the text each write replaced) so a rollback costs what the transaction wrote, not
-    the size of the store."""
+@dataclass(slots=True)
+class _Value:
+    text: str
+    revision: int
+    created: int
+    lease: int
 
-    def __init__(self, store: MemoryStore) -> None:
-        self._store: MemoryStore | None = store
-        self.undo: list[tuple[str, str, str | None]] = []
 
-    def _live(self) -> MemoryStore:
-        if self._store is None:
-            raise SystemFailure("store transaction used after it ended")
-        return self._store
-
-    def get(self, kind: str, key: str) -> Document | None:
-        return self._live().get(kind, key)
-
-    def put(self, kind: str, key: str, doc: Document) -> None:
-        table = self._live()._data.setdefault(kind, {})
-        text = dump_doc(kind, key, doc)
-        self.undo.append((kind, key, table.get(key)))
-        table[key] = text
-
-    def delete(self, kind: str, key: str) -> None:
-        table = self._live()._data.get(kind, {})
-        if key in table:
-            self.undo.append((kind, key, table.pop(key)))
-
-    def list(self, kind: str, prefix: str = "") -> list[tuple[str, Document]]:
-        return self._live().list(kind, prefix)
-
-    def _rollback(self) -> None:
-        data = self._live()._data
-        for kind, key, old in reversed(self.undo):
-            if old is None:
-                data.get(kind, {}).pop(key, None)
-            else:
-                data.setdefault(kind, {})[key] = old
-
-    def _end(self) -> None:
-        self._store = None
+@dataclass(slots=True)
+class _Lease:
+    ttl: float
+    deadline: float
+    keys: set[str]
+    timer: asyncio.TimerHandle | None = None
 
 
 class MemoryStore:
-    """Store protocol in a dict: ``{kind: {key: json text}}``.  Not thread-safe (cnmd
-    uses its store from one asyncio thread)."""
+    """The Store protocol over dicts; one instance is one store (not shared between
+    processes).  ``scope`` is whatever the test wants the engine to see."""
 
-    def __init__(self) -> None:
-        self._data: dict[str, dict[str, str]] = {}
-        self._open: list[_MemoryTxn] = []  # transactions in progress, innermost last
+    def __init__(self, scope: Scope = "local") -> None:
+        self.scope: Scope = scope
+        self._data: dict[str, _Value] = {}
+        self._keys: list[str] = []  # sorted, for prefix listing
+        self._revision = 0
+        self._history: list[tuple[int, str, str | None]] = []  # (revision, key, text|None)
+        self._oldest = 1  # the oldest revision the history still holds
+        self._leases: dict[int, _Lease] = {}
+        self._lease_ids = itertools.count(0x1000)
+        self._changed = asyncio.Event()
         self._closed = False
 
-    def _check_open(self) -> None:
+    # -- reads -----------------------------------------------------------------------------
+
+    def _entry(self, key: str, value: _Value) -> Entry:
+        return Entry(key, load_doc(key, value.text), value.revision, value.created, value.lease)
+
+    async def get(self, key: str) -> Entry | None:
+        value = self._data.get(key)
+        return None if value is None else self._entry(key, value)
+
+    async def list(self, prefix: str) -> Listing:
+        start = bisect.bisect_left(self._keys, prefix)
+        entries = []
+        for key in itertools.islice(self._keys, start, None):
+            if not key.startswith(prefix):
+                break
+            entries.append(self._entry(key, self._data[key]))
+        return Listing(entries, self._revision)
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def _current(self, key: str) -> int:
+        value = self._data.get(key)
+        return 0 if value is None else value.revision
+
+    def _check(self, key: str, revision: int) -> None:
+        actual = self._current(key)
+        if actual != revision:
+            raise StaleRevision(key, revision, actual)
+
+    def _apply(self, ops: Sequence[Op]) -> int:
+        """Apply already-validated ops at one new revision (no new revision when nothing
+        changes, e.g. deleting only missing keys)."""
+        revision = self._revision + 1
+        changed = False
+        for op in ops:
+            if isinstance(op, Put):
+                text = dump_doc(op.key, op.doc)
+                old = self._data.get(op.key)
+                if old is None:
+                    bisect.insort(self._keys, op.key)
+                elif old.lease:
+                    self._leases[old.lease].keys.discard(op.key)
+                created = revision if old is None else old.created
+                self._data[op.key] = _Value(text, revision, created, op.lease)
+                if op.lease:
+                    self._leases[op.lease].keys.add(op.key)
+                self._history.append((revision, op.key, text))
+                changed = True
+            elif op.key in self._data:
+                old = self._data.pop(op.key)
+                del self._keys[bisect.bisect_left(self._keys, op.key)]
+                if old.lease and old.lease in self._leases:
+                    self._leases[old.lease].keys.discard(op.key)
+                self._history.append((revision, op.key, None))
+                changed = True
+        if changed:
+            self._revision = revision
+            self._changed.set()
+            self._changed = asyncio.Event()
+        return self._revision
+
+    def _validate(self, ops: Sequence[Op]) -> None:
+        for op in ops:
+            if isinstance(op, Put):
+                dump_doc(op.key, op.doc)
+                if op.lease and op.lease not in self._leases:
+                    raise NotFound(f"store: lease {op.lease:x} not found (expired or revoked)")
+
+    async def put(self, key: str, doc: Document, *, revision: int | None = None, lease: int = 0) -> int:
+        checks = () if revision is None else (Check(key, revision),)
+        return await self.commit([Put(key, doc, lease)], checks)
+
+    async def delete(self, key: str, *, revision: int | None = None) -> int:
+        checks = () if revision is None else (Check(key, revision),)
+        return await self.commit([Delete(key)], checks)
+
+    async def commit(self, ops: Sequence[Op], checks: Sequence[Check] = ()) -> int:
+        self._live()
+        for check in checks:
+            self._check(check.key, check.revision)
+        self._validate(ops)
+        return self._apply(ops)
+
+    # -- leases ----------------------------------------------------------------------------
+
+    async def grant(self, ttl: float) -> int:
+        self._live()
+        lease_id = next(self._lease_ids)
+        lease = _Lease(ttl, time.monotonic() + ttl, set())
+        self._leases[lease_id] = lease
+        self._arm(lease_id, lease)
+        return lease_id
+
+    def _arm(self, lease_id: int, lease: _Lease) -> None:
+        if lease.timer is not None:
+            lease.timer.cancel()
+        lease.timer = asyncio.get_running_loop().call_later(lease.ttl, self._expire, lease_id)
+
+    def _expire(self, lease_id: int) -> None:
+        lease = self._leases.pop(lease_id, None)
+        if lease is None:
+            return
+        if lease.timer is not None:
+            lease.timer.cancel()
+        self._apply([Delete(key) for key in sorted(lease.keys)])
+
+    async def refresh(self, lease: int) -> None:
+        found = self._leases.get(lease)
+        if found is None:
+            raise NotFound(f"store: lease {lease:x} not found (expired or revoked)")
+        found.deadline = time.monotonic() + found.ttl
+        self._arm(lease, found)
+
+    async def revoke(self, lease: int) -> None:
+        self._expire(lease)
+
+    # -- watches ---------------------------------------------------------------------------
+
+    def compact(self, revision: int) -> None:
+        """Forget the history before ``revision`` (a test's way to provoke Compacted)."""
+        self._history = [h for h in self._history if h[0] >= revision]
+        self._oldest = max(self._oldest, revision)
+
+    async def watch(self, prefix: str, from_revision: int) -> AsyncIterator[Change]:
+        if from_revision < self._oldest and from_revision <= self._revision:
+            raise Compacted(from_revision, self._oldest)
+        next_revision = max(from_revision, 1)
+        while not self._closed:
+            changed = self._changed
+            start = bisect.bisect_left(self._history, next_revision, key=lambda h: h[0])
+            for revision, key, text in self._history[start:]:
+                if key.startswith(prefix):
+                    yield Change(key, None if text is None else load_doc(key, text), revision)
+                next_revision = revision + 1
+            if self._history and self._history[-1][0] >= next_revision:
+                continue
+            await changed.wait()
+
+    async def close(self) -> None:
+        self._closed = True
+        for lease in self._leases.values():
+            if lease.timer is not None:
+                lease.timer.cancel()
+        self._changed.set()
+
+    def _live(self) -> None:
         if self._closed:
             raise SystemFailure("store is closed")
-
-    def get(self, kind: str, key: str) -> Document | None:
-        self._check_open()
-        text = self._data.get(kind, {}).get(key)
-        return None if text is None else load_doc(kind, key, text)
-
-    def list(self, kind: str, prefix: str = "") -> list[tuple[str, Document]]:
-        self._check_open()
-        table = self._data.get(kind, {})
-        keys = sorted(k for k in table if k.startswith(prefix))
-        return [(k, load_doc(kind, k, table[k])) for k in keys]
-
-    @contextmanager
-    def transaction(self) -> Iterator[_MemoryTxn]:
-        """Commit on normal exit; on exception undo this transaction's writes (a nested
-        transaction undoes only its own part, like an SQLite savepoint)."""
-        self._check_open()
-        txn = _MemoryTxn(self)
-        self._open.append(txn)
-        try:
-            yield txn
-        except BaseException:
-            txn._rollback()
-            raise
-        finally:
-            self._open.pop()
-            txn._end()
-        if self._open:  # committed into the enclosing transaction, which may still undo it
-            self._open[-1].undo.extend(txn.undo)
-
-    def close(self) -> None:
-        self._closed = True

@@ -24,8 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cnm.errors import SystemFailure, Unavailable
-from cnm.store.api import Document
-from cnm.store.memory import dump_doc, load_doc
+from cnm.store.docs import Document
+from cnm.store.docs_memory import dump_doc, load_doc
 
 SCHEMA_VERSION = 1
 _SCHEMA_KIND = "_schema"
