@@ -5,8 +5,8 @@ client of the store (``open_store`` is called once per daemon: a backend with a 
 gives each daemon a connection of its own; the in-process MemoryStore hands out the same
 store every time).  The unit tier runs these on a MemoryStore
 (tests/unit/test_ipam_shared.py); the etcd tier runs the same functions with an etcd
-client per daemon, and when the daemons are processes, each runs ``allocate_many`` and
-the parent checks what they hold with ``assert_disjoint`` and ``assert_store_holds``.
+client per daemon, and when the daemons are processes, each runs ``run_daemon`` and the
+parent checks what they hold with ``assert_disjoint`` and ``assert_store_holds``.
 
 The properties: concurrent allocations from one pool never hand out an address twice, and
 every daemon's cache comes to show the others' allocations and releases (through the
@@ -24,7 +24,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
-from cnm.errors import Forbidden
+from cnm.errors import Conflict, Forbidden
 from cnm.ipam.default import ADDRESS_PREFIX, OWNER_GATEWAY, DefaultIpam
 from cnm.model.network import IpamConfig
 from cnm.store.api import Change, Check, Document, Entry, Listing, Op, Scope, Store
@@ -89,6 +89,33 @@ async def assert_store_holds(store: Store, network_id: str, expected: Mapping[IP
     stored = {IPv4Address(e.key.rsplit("/", 1)[1]): e.doc["owner"] for e in listing.entries}
     stored = {a: o for a, o in stored.items() if o != OWNER_GATEWAY}
     assert stored == dict(expected)
+
+
+async def ensure_shared_pool(ipam: DefaultIpam) -> None:
+    """Create the shared pool unless another daemon has (or is creating it right now)."""
+    if ipam.pool(SHARED_NETWORK) is None:
+        with contextlib.suppress(Conflict):
+            await ipam.allocate_pool(SHARED_NETWORK, IpamConfig(subnet=SHARED_SUBNET))
+
+
+async def run_daemon(
+    open_store: StoreOpener, count: int, owner_prefix: str, *, seed: int = 0
+) -> dict[str, str]:
+    """What one daemon process runs: open the store, make sure the shared pool is there,
+    allocate ``count`` addresses (releasing some on the way) and return what it holds, as
+    text (JSON for the parent, which checks all of them with ``assert_disjoint`` and
+    ``assert_store_holds``)."""
+    async with open_store() as store:
+        ipam = DefaultIpam(store)
+        await ipam.start()
+        try:
+            await ensure_shared_pool(ipam)
+            held = await allocate_many(
+                ipam, SHARED_NETWORK, count, owner_prefix, release_ratio=0.1, seed=seed
+            )
+        finally:
+            await ipam.close()
+    return {str(a): o for a, o in held.items()}
 
 
 @dataclass

@@ -380,10 +380,18 @@ async def test_store_failure_changes_nothing_in_memory():
     await ipam.close()
 
 
-async def test_not_started_refuses_changes():
+async def test_not_started_refuses_changes_and_start_is_once():
     ipam = DefaultIpam(MemoryStore())
     with pytest.raises(SystemFailure, match="not started"):
         await ipam.allocate_pool("n", cfg("10.0.0.0/24"))
+    await ipam.start()
+    task = ipam._mirror._task
+    await ipam.start()  # the daemon and the controller may both call it
+    assert ipam._mirror._task is task
+    await ipam.allocate_pool("n", cfg("10.0.0.0/24"))
+    await ipam.close()
+    with pytest.raises(SystemFailure, match="not started"):
+        await ipam.allocate_address("n", "e")
 
 
 async def test_orphan_addresses_are_ignored_on_load():

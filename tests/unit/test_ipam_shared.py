@@ -13,7 +13,16 @@ from ipaddress import IPv4Address as A
 from ipaddress import IPv4Network as N
 
 import pytest
-from ipam_sharing import LatencyStore, check_overlapping_pools, check_parallel_allocation
+from ipam_sharing import (
+    SHARED_NETWORK,
+    SHARED_SUBNET,
+    LatencyStore,
+    assert_disjoint,
+    assert_store_holds,
+    check_overlapping_pools,
+    check_parallel_allocation,
+    run_daemon,
+)
 
 from cnm.errors import Forbidden, NotFound, Unavailable
 from cnm.ipam import default
@@ -230,4 +239,23 @@ async def test_endless_contention_gives_up_with_unavailable():
     assert b.conflicts == default.MAX_ATTEMPTS
     await a.close()
     await b.close()
+    await inner.close()
+
+
+async def test_run_daemon_twice_on_one_store():
+    """The per-process entry point, run as two tasks: both find (or make) the one pool."""
+    inner = MemoryStore()
+    stores = iter([LatencyStore(inner, seed=5), LatencyStore(inner, seed=6)])
+
+    @contextlib.asynccontextmanager
+    async def open_store() -> AsyncIterator[Store]:
+        yield next(stores)
+
+    held = await asyncio.gather(
+        run_daemon(open_store, 200, "p0", seed=0), run_daemon(open_store, 200, "p1", seed=1)
+    )
+    holdings = [{A(a): o for a, o in h.items()} for h in held]
+    assert_disjoint(holdings, SHARED_SUBNET)
+    await assert_store_holds(inner, SHARED_NETWORK, {**holdings[0], **holdings[1]})
+    assert len((await inner.list("ipam/pool/")).entries) == 1
     await inner.close()

@@ -453,7 +453,10 @@ class DefaultIpam:
         self._space = FreeRanges(0, 2**32 - 1)
 
     async def start(self) -> None:
-        """Load the cache from the store and start following its changes."""
+        """Load the cache from the store and start following its changes; once (a second
+        call changes nothing)."""
+        if self._started:
+            return
         await self._mirror.start()
         self._started = True
 
