@@ -47,3 +47,19 @@ async def test_delete_of_a_key_the_watch_has_not_brought_yet():
     await mirror.seen(rev)
     assert mirror.items == {} and seen == []  # the stale put never showed
     await mirror.close()
+
+
+async def test_remembered_deletes_are_forgotten_once_the_watch_passes_them():
+    """A delete recorded at a revision the watch never reports for that key (the
+    store's revision when the caller read the key absent) is not kept forever."""
+    store = MemoryStore()
+    mirror: Mirror[str] = Mirror(store, "p/", _decode)
+    await mirror.start()
+    await store.put("p/c", {"v": "1"})
+    await store.delete("p/c")
+    rev = await store.put("p/d", {"v": "2"})
+    mirror.apply("c", None, rev)  # "absent as of rev" (its delete was earlier)
+    assert mirror._gone == {"c": rev}
+    await mirror.seen(rev)
+    assert mirror._gone == {} and mirror.items == {"d": "2"}
+    await mirror.close()

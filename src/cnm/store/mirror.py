@@ -39,6 +39,7 @@ class Mirror(Generic[T]):
         # Deletes applied ahead of the watch (name -> revision): a change older than that,
         # still on its way through the watch, must not resurrect the name.
         self._gone: dict[str, int] = {}
+        self._gone_upto = 0  # the newest of them: once the watch is there, all can go
         self._listeners: list[Callable[[str, T | None, T | None], None]] = []
         self._task: asyncio.Task[None] | None = None
         self._progress = asyncio.Event()
@@ -100,6 +101,8 @@ class Mirror(Generic[T]):
     def _advance(self, revision: int) -> None:
         if revision > self.revision:
             self.revision = revision
+            if self._gone and revision >= self._gone_upto:
+                self._gone.clear()
             self._progress.set()
             self._progress = asyncio.Event()
 
@@ -109,6 +112,7 @@ class Mirror(Generic[T]):
             return
         if value is None and revision > self.revision:
             self._gone[name] = revision
+            self._gone_upto = max(self._gone_upto, revision)
         elif value is not None:
             self._gone.pop(name, None)
         self._set(name, value, revision)
