@@ -22,8 +22,13 @@ compare-and-swap against the store, so several daemons never hand out one thing 
 
 A claim that loses (``StaleRevision``) brings the cache up to the change that beat it and
 tries again with the next candidate; after ``MAX_ATTEMPTS`` it gives up with Unavailable.
-Writes are put in the cache as soon as they are committed (``Mirror.apply``), so a caller
-reads its own writes at once.
+Under contention the lowest free address is what every daemon wants, so from the second
+loss in a row an address is drawn among the lowest few free ones (``SPREAD``); a daemon
+alone always gets the lowest.  Writes are put in the cache as soon as they are committed
+(``Mirror.apply``), so a caller reads its own writes at once.
+
+The store is the daemon's, and so is the address space: a local-scope IPAM sits on the
+local store; networks that span hosts want an IPAM of their own on the cluster store.
 
 Per pool, the free addresses are a sorted list of disjoint intervals, so "lowest free"
 is a binary search (O(log n)) however many addresses are taken, and a release merges
