@@ -108,7 +108,7 @@ class HeldWatchStore(LatencyStore):
         self.held = False
         self._released.set()
 
-    async def watch(self, prefix: str, from_revision: int) -> AsyncIterator[Change]:  # type: ignore[override]
+    async def watch(self, prefix: str, from_revision: int) -> AsyncIterator[Change]:
         async for change in super().watch(prefix, from_revision):
             while self.held:
                 await self._released.wait()
@@ -192,19 +192,20 @@ async def test_default_pool_taken_elsewhere_moves_to_the_next(pair):
 
 
 async def test_addresses_claimed_during_a_pool_release_are_swept(pair):
-    """b claims an address a's cache has not seen, then a releases the pool: no address
-    key of the network is left behind."""
+    """b claims an address c's cache has not seen, then c releases the pool: no address
+    key of the network is left behind (c's transaction deletes what it knows, the
+    sweep after it the rest)."""
     a, b, held, inner = pair
     await asyncio.sleep(0.01)
-    a_store_watch_lag = HeldWatchStore(inner)  # a fresh daemon that sees nothing new
-    c = await started(a_store_watch_lag)
-    a_store_watch_lag.hold()
+    deaf = HeldWatchStore(inner)  # daemon c: loaded, then sees nothing new
+    c = await started(deaf)
+    deaf.hold()
     await b.allocate_address("n", "eb")
     await c.release_pool("n")
     assert (await inner.list("ipam/address/n/")).entries == []
     await asyncio.sleep(0.01)
     assert a.pool("n") is None and b.pool("n") is None
-    a_store_watch_lag.release()
+    deaf.release()
     await c.close()
 
 
