@@ -107,7 +107,9 @@ class Mirror(Generic[T]):
             self._set(name, value, revision)
 
     async def seen(self, revision: int) -> None:
-        """Return once every change up to ``revision`` has been applied."""
+        """Return once a change at ``revision`` or later under this prefix has been applied
+        (a watch reports only its own prefix, so ``revision`` must be one of a change here,
+        e.g. of the caller's own write)."""
         while self.revision < revision:
             await self._progress.wait()
 
