@@ -313,6 +313,12 @@ class SqliteStore:
     def _meta(db: sqlite3.Connection, name: str) -> int:
         return int(db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()[0])
 
+    @staticmethod
+    def _revisions(db: sqlite3.Connection) -> tuple[int, int]:
+        """The store revision and the oldest revision the history holds."""
+        found = dict(db.execute("SELECT name, value FROM meta WHERE name IN ('revision', 'oldest')"))
+        return int(found["revision"]), int(found["oldest"])
+
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
@@ -389,7 +395,7 @@ class SqliteStore:
     ) -> tuple[int, bool]:
         """Apply validated ops at one new revision inside the caller's transaction; no new
         revision when nothing changes (e.g. deleting only missing keys)."""
-        current = self._meta(db, "revision")
+        current, oldest = self._revisions(db)
         revision = current + 1
         history: list[tuple[int, int, str, str | None]] = []
         for op, text in zip(ops, texts, strict=True):
@@ -407,7 +413,7 @@ class SqliteStore:
             return current, False
         db.executemany("INSERT INTO history(revision, seq, key, doc) VALUES (?, ?, ?, ?)", history)
         db.execute("UPDATE meta SET value = ? WHERE name = 'revision'", (revision,))
-        if revision - self._meta(db, "oldest") >= 2 * HISTORY_KEEP:
+        if revision - oldest >= 2 * HISTORY_KEEP:
             self._compact(db, revision - HISTORY_KEEP + 1)
         return revision, True
 
@@ -420,8 +426,9 @@ class SqliteStore:
             self._compact(db, revision)
 
     def _compact(self, db: sqlite3.Connection, revision: int) -> None:
-        revision = min(revision, self._meta(db, "revision") + 1)
-        if revision > self._meta(db, "oldest"):
+        current, oldest = self._revisions(db)
+        revision = min(revision, current + 1)
+        if revision > oldest:
             db.execute("DELETE FROM history WHERE revision < ?", (revision,))
             db.execute("UPDATE meta SET value = ? WHERE name = 'oldest'", (revision,))
 
@@ -438,7 +445,7 @@ class SqliteStore:
             try:
                 db.execute("BEGIN")
                 try:
-                    oldest, revision = self._meta(db, "oldest"), self._meta(db, "revision")
+                    revision, oldest = self._revisions(db)
                     params = (*position, prefix) + (() if upper is None else (upper,))
                     rows = db.execute(sql, (*params, WATCH_BATCH)).fetchall()
                 finally:
