@@ -13,5 +13,6 @@ HERE = Path(__file__).resolve().parent
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if HERE in Path(str(item.path)).parents and getattr(getattr(item, "module", None), "NEEDS_ROOT", True):
+        module = getattr(item, "module", None)
+        if HERE in Path(str(item.path)).parents and getattr(module, "NEEDS_ROOT", True):
             item.add_marker(pytest.mark.root)
