@@ -38,8 +38,8 @@ async def sqlite_store(tmp_path: Path) -> AsyncIterator[Store]:
 
 
 BACKENDS: dict[str, Callable[[Path], Any]] = {
+    "sqlite": sqlite_store,  # first: the entries others add after "memory" then merge cleanly
     "memory": memory_store,
-    "sqlite": sqlite_store,
 }
 
 
