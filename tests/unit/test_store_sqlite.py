@@ -20,7 +20,7 @@ import cnm.store.sqlite as sqlite_mod
 from cnm.errors import InvalidArgument, NotFound, SystemFailure, Unavailable
 from cnm.store import docs_sqlite
 from cnm.store.api import Change, Check, Compacted, Delete, Put, Store
-from cnm.store.sqlite import SCHEMA_VERSION, SqliteStore, prefix_successor
+from cnm.store.sqlite import SCHEMA_VERSION, SqliteStore
 
 TIMEOUT = 10.0
 
@@ -476,21 +476,6 @@ async def test_a_compaction_that_overtakes_a_slow_watcher_raises_compacted(
     # one it saw part of: a Compacted too many is safe, a change skipped is not).
     assert revs[1] <= err.value.requested <= revs[2] and err.value.oldest == revs[4]
     await s.close()
-
-
-@pytest.mark.parametrize(
-    "prefix,expected",
-    [
-        ("", None),
-        ("a", "b"),
-        ("n1/", "n10"),
-        ("a\U0010ffff", "b"),
-        ("\U0010ffff", None),
-        ("\ud7ff", "\ue000"),
-    ],
-)
-def test_prefix_successor(prefix: str, expected: str | None) -> None:
-    assert prefix_successor(prefix) == expected
 
 
 async def test_latency_is_printed(tmp_path: Path, capsys) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from cnm.errors import SystemFailure, Unavailable
 from cnm.store.docs import Document
 from cnm.store.docs_memory import dump_doc, load_doc
-from cnm.store.sqlite import prefix_successor
+from cnm.store.encoding import prefix_successor
 
 SCHEMA_VERSION = 1
 _SCHEMA_KIND = "_schema"

@@ -64,7 +64,7 @@ from cnm.store.api import (
     Scope,
     StaleRevision,
 )
-from cnm.store.memory import dump_doc, load_doc
+from cnm.store.encoding import dump_doc, load_doc, prefix_successor
 
 log = logging.getLogger("cnm.store")
 
@@ -84,20 +84,6 @@ _EXPIRY_RETRY_S = 1.0
 
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
-
-
-def prefix_successor(prefix: str) -> str | None:
-    """The smallest string greater than every string starting with ``prefix`` (in
-    code-point order), or None when there is none (empty prefix, or only U+10FFFF)."""
-    chars = list(prefix)
-    while chars:
-        last = ord(chars.pop())
-        if last < 0x10FFFF:
-            nxt = last + 1
-            if 0xD800 <= nxt <= 0xDFFF:  # surrogates are not encodable in UTF-8: skip them
-                nxt = 0xE000
-            return "".join(chars) + chr(nxt)
-    return None
 
 
 def _translate(exc: sqlite3.Error, what: str) -> Exception:
