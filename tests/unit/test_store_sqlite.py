@@ -437,6 +437,8 @@ async def test_a_watch_reads_the_history_in_batches_without_loss_or_repeat(
         expected.append((f"k/{i}", await s.delete(f"k/{i}")))
     changes = await take(s, "k/", 1, len(expected))
     assert [(c.key, c.revision) for c in changes] == expected
+    from_zero = await take(s, "k/", 0, len(expected))  # revision 0 holds no change: as from 1
+    assert [(c.key, c.revision) for c in from_zero] == expected
     live = s.watch("k/", expected[-1][1] + 1)  # and new changes after a caught-up batch
     rev = await s.put("k/9", {})
     assert (await asyncio.wait_for(anext(live), TIMEOUT)).revision == rev
