@@ -193,10 +193,11 @@ class MemoryStore:
         self._oldest = max(self._oldest, revision)
 
     async def watch(self, prefix: str, from_revision: int) -> AsyncIterator[Change]:
-        if from_revision < self._oldest and from_revision <= self._revision:
-            raise Compacted(from_revision, self._oldest)
         next_revision = max(from_revision, 1)
         while not self._closed:
+            # checked on every pass: a compaction may overtake a watch that is running
+            if next_revision < self._oldest and next_revision <= self._revision:
+                raise Compacted(next_revision, self._oldest)
             changed = self._changed
             start = bisect.bisect_left(self._history, next_revision, key=lambda h: h[0])
             for revision, key, text in self._history[start:]:
