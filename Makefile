@@ -125,13 +125,15 @@ SOAK_RUNS ?= 200
 soak-run: deps venv image
 	$(VPY) bench/run_output.py --image $(IMAGE_TAR) -n $(SOAK_RUNS)
 
-# Tools hold the design: the layer contracts are a unit test (tests/unit/test_layers.py);
-# style, lint and types are checked here, and .ci/run runs this before the suite.
+# Tools hold the design, and .ci/run runs this before the suite: style and lint (ruff), the
+# layer contracts ([tool.importlinter] in pyproject.toml; tests/unit/test_layers.py adds the
+# dynamic imports and proves each contract can fail), types (mypy, [tool.mypy]).
 LINT_PATHS := src tests bench scripts/make-busybox-tar scripts/in-sandbox scripts/fast-cli-launcher scripts/soak-iptables
 
 lint: venv
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/mypy
 
 clean:
