@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from cnm.model.container import Container, ExecSpec, Image
 from cnm.runtime.images import Loaded
@@ -122,7 +122,7 @@ class Runtime(Protocol):
         """Where the container's cgroup is (v2, or v1's hierarchies): its CPU, memory and
         pids counters and ``cgroup.procs`` are read there."""
 
-    async def list_containers(self) -> list[dict[str, Any]]:
+    async def list_containers(self) -> list[dict]:
         """Every container runc knows under this runtime's root, in any state, as runc
         lists them (``id``, ``pid``, ``status`` ...): what a restart reconciles with."""
 

@@ -12,7 +12,6 @@ import os
 import signal as signals
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from cnm.errors import Conflict, NotFound, RuntimeFailure
 from cnm.model.container import ExecSpec, Image
@@ -50,7 +49,7 @@ class FakeRuntime:
     hubs: dict[str, OutputHub] = field(default_factory=dict)
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
     paused: set[str] = field(default_factory=set)
-    _pids: itertools.count[int] = field(default_factory=lambda: itertools.count(1000))
+    _pids: itertools.count = field(default_factory=lambda: itertools.count(1000))
 
     def add_image(
         self, reference: str, image_id: str = "sha256:" + "ab" * 32, cmd: tuple[str, ...] = ("sh",)
@@ -130,7 +129,7 @@ class FakeRuntime:
         if hub is not None:
             hub.end_all()
 
-    async def list_containers(self) -> list[dict[str, Any]]:
+    async def list_containers(self) -> list[dict]:
         return [
             {"id": cid, "pid": self.pids.get(cid, 0), "status": "stopped" if fut.done() else "running"}
             for cid, fut in self.exits.items()

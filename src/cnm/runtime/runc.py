@@ -373,7 +373,7 @@ class RuncRuntime:
         state: dict[str, Any] = json.loads(out)
         return state
 
-    async def list_containers(self) -> list[dict[str, Any]]:
+    async def list_containers(self) -> list[dict]:
         """``runc list --format json``: every container runc has under our ``--root``, in
         any state."""
         out = await self._runc(["list", "--format", "json"])
