@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from etcd_cluster import etcd_store  # tests/ is on sys.path (tests/conftest.py)
+
 from cnm.store.api import Store
 from cnm.store.memory import MemoryStore
 
@@ -26,4 +28,5 @@ async def memory_store(tmp_path: Path) -> AsyncIterator[Store]:
 
 BACKENDS: dict[str, Callable[[Path], Any]] = {
     "memory": memory_store,
+    "etcd": etcd_store,
 }
