@@ -128,6 +128,7 @@ class EtcdCluster:
             parent = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
             self.root = Path(tempfile.mkdtemp(prefix="cnm-etcd-", dir=parent))
             self._own_root = True
+        self.root.mkdir(parents=True, exist_ok=True)
         self._layout()
 
     def _layout(self) -> None:
