@@ -56,7 +56,7 @@ from aetcd import rpc
 
 from cnm.errors import InvalidArgument, NotFound, SystemFailure, Unavailable
 from cnm.store.api import Change, Check, Compacted, Delete, Document, Entry, Listing, Op, Put, StaleRevision
-from cnm.store.memory import dump_doc, load_doc
+from cnm.store.encoding import dump_doc, load_doc
 
 log = logging.getLogger("cnm.store.etcd")
 
