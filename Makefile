@@ -10,7 +10,9 @@ CNM         := $(VENV)/bin/cnm
 IMAGE_TAR   := images/busybox.tar
 PYTEST_ARGS ?=
 # What the suite and the demo run (procps: ps/sysctl in the tests; python3-venv: make venv).
-APT_PKGS    := iproute2 nftables iptables runc busybox-static libnftables1 iperf3 procps python3-venv
+# etcd-server, etcd-client (etcdctl): the etcd backend of the Store is tested against real
+# members (tests/etcd_cluster.py).
+APT_PKGS    := iproute2 nftables iptables runc busybox-static libnftables1 iperf3 procps python3-venv etcd-server etcd-client
 # The client tier drives cnmd with Docker's own tools: Compose v1 (Debian's; Compose v2 is on
 # neither Debian 12 nor PyPI).  The Docker SDK for Python comes with the test extras.
 CLIENT_PKGS := docker-compose
@@ -104,6 +106,12 @@ bench-ports: deps venv image
 .PHONY: bench-dns
 bench-dns: deps venv image
 	$(VPY) bench/dns.py --image $(IMAGE_TAR)
+
+# Issue 9: the Store backends and the etcd clients (put, get, CAS, list, watch latency).
+.PHONY: bench-store
+bench-store: deps venv
+	$(VPY) -m pip install -q -e '.[bench]'
+	$(VPY) bench/store.py
 
 # Issue 7: container-to-container throughput with and without the anti-spoofing guard.
 .PHONY: bench-antispoof
