@@ -1,5 +1,5 @@
 """The fakes the unit tier runs on stand in for the real thing only while they offer what it
-offers: every method and attribute of the protocol (or, for the API's ``FakeController``,
+offers (and so do the real backends): every method and attribute of the protocol (or, for the API's ``FakeController``,
 of the engine facade the API calls), with the same parameters (names, kinds, which have
 defaults) and the same async-ness (coroutine, async iterator, plain).
 
@@ -161,6 +161,34 @@ def test_fake_offers_what_its_protocol_promises(protocol: type, fake: type) -> N
     assert issubclass(protocol, Protocol)  # type: ignore[arg-type]
     assert methods(protocol), f"{protocol.__name__} has no methods: nothing was compared"
     assert mismatches(protocol, fake) == []
+
+
+def _backends() -> list[tuple[type, type]]:
+    """The concrete backends the daemon wires (imported here only: a unit test)."""
+    from cnm.firewall.bridge_guard import NftBridgeGuard
+    from cnm.firewall.iptables import IptablesFirewall
+    from cnm.firewall.nftables import NftablesFirewall
+    from cnm.kernel.netlink import LinuxKernel
+    from cnm.runtime.runc import ExecProcess, RuncRuntime
+    from cnm.store.etcd import EtcdStore
+    from cnm.store.sqlite import SqliteStore
+
+    return [
+        (Kernel, LinuxKernel),
+        (Firewall, NftablesFirewall),
+        (Firewall, IptablesFirewall),
+        (SpoofGuard, NftBridgeGuard),
+        (Runtime, RuncRuntime),
+        (Process, ExecProcess),
+        (Store, SqliteStore),
+        (Store, EtcdStore),
+    ]
+
+
+@pytest.mark.parametrize("protocol,backend", _backends(), ids=lambda c: c.__name__)
+def test_backend_offers_what_its_protocol_promises(protocol: type, backend: type) -> None:
+    """The same check on the real implementations: the fakes and the backends agree."""
+    assert mismatches(protocol, backend) == []
 
 
 # -- the engine facade the API calls, and FakeController ------------------------------------------
