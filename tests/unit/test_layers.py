@@ -143,7 +143,7 @@ def lint_imports(where: Path) -> tuple[int, dict[str, str]]:
     contract name, the report of what broke it."""
     assert LINT_IMPORTS.exists(), "import-linter is missing: pip install -e '.[test]'"
     proc = subprocess.run(
-        [str(LINT_IMPORTS), "--config", str(where / "pyproject.toml"), "--no-cache"],
+        [str(LINT_IMPORTS), "--no-cache", str(where / "pyproject.toml")],
         cwd=where,
         capture_output=True,
         text=True,
@@ -226,10 +226,13 @@ def test_every_contract_can_fail(tmp_path: Path) -> None:
     for rel, code, _ in PLANTED:
         path = root / rel
         path.write_text((path.read_text() + "\n" if path.exists() else "") + code)
+    (root / "overlay").mkdir()  # a new package that no floor was given
+    (root / "overlay" / "__init__.py").write_text("")
     add_stand_ins(root)
     status, broken = lint_imports(tmp_path)
     names = contracts()
     assert status != 0
+    assert re.search(r"not listed as layers:\s+- cnm\.overlay$", broken[names["layers"]], re.M)
     assert {contract for _, _, contract in PLANTED} == set(names), "a contract without a planted violation"
     for rel, _, contract in PLANTED:
         module = "cnm." + rel.removesuffix(".py").replace("/", ".")
