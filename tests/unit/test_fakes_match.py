@@ -15,7 +15,7 @@ import ast
 import functools
 import inspect
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,7 +27,7 @@ from cnm.firewall.fake import FakeFirewall, FakeSpoofGuard
 from cnm.kernel.api import Kernel
 from cnm.kernel.fake import FakeKernel
 from cnm.runtime.api import Process, Runtime
-from cnm.runtime.fake import FakeRuntime
+from cnm.runtime.fake import FakeRuntime, _FakeProcess
 from cnm.store.api import Store
 from cnm.store.memory import MemoryStore
 
@@ -126,7 +126,7 @@ def _show(shape: list[tuple[str, str, bool]]) -> str:
     return ", ".join(f"{n} [{k}{', default' if d else ''}]" for n, k, d in shape)
 
 
-def mismatches(real: type, fake: type, names: set[str] | None = None) -> list[str]:
+def mismatches(real: type, fake: type, names: Collection[str] | None = None) -> list[str]:
     """What ``fake`` lacks or does differently among ``real``'s public members (only
     ``names`` when given); methods both have are compared even when not in ``names``."""
     real_methods, fake_methods = methods(real), methods(fake)
@@ -152,6 +152,7 @@ PAIRS: list[tuple[type, type]] = [
     (SpoofGuard, FakeSpoofGuard),
     (Runtime, FakeRuntime),
     (Process, FakeProcess),
+    (Process, _FakeProcess),
     (Store, MemoryStore),
 ]
 
@@ -165,9 +166,15 @@ def test_fake_offers_what_its_protocol_promises(protocol: type, fake: type) -> N
 
 def _backends() -> list[tuple[type, type]]:
     """The concrete backends the daemon wires (imported here only: a unit test)."""
+    from cnm.drivers.api import NetworkDriver
+    from cnm.drivers.bridge import BridgeDriver
+    from cnm.drivers.host import HostDriver
+    from cnm.drivers.null import NullDriver
     from cnm.firewall.bridge_guard import NftBridgeGuard
     from cnm.firewall.iptables import IptablesFirewall
     from cnm.firewall.nftables import NftablesFirewall
+    from cnm.ipam.api import Ipam
+    from cnm.ipam.default import DefaultIpam
     from cnm.kernel.netlink import LinuxKernel
     from cnm.runtime.runc import ExecProcess, RuncRuntime
     from cnm.store.etcd import EtcdStore
@@ -182,6 +189,10 @@ def _backends() -> list[tuple[type, type]]:
         (Process, ExecProcess),
         (Store, SqliteStore),
         (Store, EtcdStore),
+        (Ipam, DefaultIpam),
+        (NetworkDriver, BridgeDriver),
+        (NetworkDriver, HostDriver),
+        (NetworkDriver, NullDriver),
     ]
 
 
