@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from etcd_cluster import etcd_store  # tests/ is on sys.path (tests/conftest.py)
+
 from cnm.store.api import Store
 from cnm.store.memory import MemoryStore
 from cnm.store.sqlite import SqliteStore
@@ -40,6 +42,7 @@ async def sqlite_store(tmp_path: Path) -> AsyncIterator[Store]:
 BACKENDS: dict[str, Callable[[Path], Any]] = {
     "sqlite": sqlite_store,  # first: the entries others add after "memory" then merge cleanly
     "memory": memory_store,
+    "etcd": etcd_store,
 }
 
 
