@@ -19,6 +19,10 @@ from cnm.model.network import IpamConfig
 from cnm.store.api import Store
 from cnm.store.memory import MemoryStore
 
+# The backends that run in this process (the unit tier starts no server; bench/ipam.py and
+# the integration tier cover etcd).
+IN_PROCESS = [name for name in ("memory", "sqlite") if name in BACKENDS]
+
 
 async def started(store: Store | None = None, pools=DEFAULT_POOLS) -> DefaultIpam:
     ipam = DefaultIpam(store if store is not None else MemoryStore(), pools)
@@ -324,7 +328,7 @@ async def test_store_layout():
 # -- persistence and failure ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", sorted(BACKENDS))
+@pytest.mark.parametrize("backend", IN_PROCESS)
 async def test_state_survives_a_new_ipam_on_the_same_store(tmp_path, backend):
     """A restart: a new DefaultIpam on the same store loads what the first one left."""
     async with BACKENDS[backend](tmp_path) as store:
@@ -452,7 +456,7 @@ async def test_allocation_reads_memory_not_the_store():
     await ipam.close()
 
 
-@pytest.mark.parametrize("backend", sorted(BACKENDS))
+@pytest.mark.parametrize("backend", IN_PROCESS)
 async def test_allocate_latency_is_printed(tmp_path, capsys, backend):
     """Not a timing assertion: allocate+release p50/p99 with 4000 addresses already taken
     in the pool (cost must not grow with their number), and the load of a new cache."""
