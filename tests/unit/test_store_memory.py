@@ -51,3 +51,27 @@ async def test_a_mirror_relists_after_compaction_and_reports_the_difference():
     assert mirror.items == {"b": 2, "c": 3}
     assert sorted(seen, key=str) == sorted([("a", 1, None), ("c", None, 3)], key=str)
     await mirror.close()
+
+
+async def test_a_mirror_whose_watch_fails_follows_the_store_again(monkeypatch):
+    from cnm.errors import Unavailable
+    from cnm.store import mirror as mirror_mod
+
+    monkeypatch.setattr(mirror_mod, "RETRY_S", 0.01)
+    store = MemoryStore()
+    real_watch = store.watch
+    failures = [Unavailable("store: connection lost")]
+
+    async def flaky_watch(prefix, from_revision):
+        if failures:
+            raise failures.pop()
+        async for change in real_watch(prefix, from_revision):
+            yield change
+
+    store.watch = flaky_watch  # type: ignore[method-assign]
+    mirror: Mirror[int] = Mirror(store, "k/", lambda _name, doc: doc["n"])
+    await mirror.start()
+    revision = await store.put("k/a", {"n": 1})
+    await asyncio.wait_for(mirror.seen(revision), 2)
+    assert mirror.items == {"a": 1} and not failures
+    await mirror.close()

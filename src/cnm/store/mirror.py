@@ -17,12 +17,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, MutableMapping
 from typing import Generic, TypeVar
 
+from cnm.errors import CnmError
 from cnm.store.api import Change, Compacted, Document, Store
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+# How long a mirror waits before following a store again after its watch failed.
+RETRY_S = 1.0
 
 
 class Mirror(Generic[T]):
@@ -75,13 +82,33 @@ class Mirror(Generic[T]):
         self._advance(listing.revision)
 
     async def _follow(self) -> None:
+        """Apply the watch's changes until closed.  A backend reconnects on its own; if its
+        watch still fails (or a re-list does), log it and start over after a pause, so
+        reads never go stale in silence."""
         while True:
             try:
                 async for change in self._store.watch(self._prefix, self.revision + 1):
                     self._on_change(change)
                 return
             except Compacted:
+                await self._load_or_wait()
+            except CnmError as exc:
+                log.warning(
+                    "store watch of %s failed (%s); following it again in %.0f s", self._prefix, exc, RETRY_S
+                )
+                await asyncio.sleep(RETRY_S)
+                await self._load_or_wait()
+
+    async def _load_or_wait(self) -> None:
+        while True:
+            try:
                 await self._load()
+                return
+            except CnmError as exc:
+                log.warning(
+                    "store listing of %s failed (%s); trying again in %.0f s", self._prefix, exc, RETRY_S
+                )
+                await asyncio.sleep(RETRY_S)
 
     def _on_change(self, change: Change) -> None:
         name = change.key[len(self._prefix) :]
