@@ -129,7 +129,7 @@ class Store:
 
 
 def bridge_name(network: dict[str, Any]) -> str:
-    """cnm.model.network.Network.bridge_name, from the document."""
+    """cnm.model.network.NetworkRecord.bridge_name, from the document."""
     options = network.get("options") or {}
     name = options.get("com.docker.network.bridge.name")
     if name:

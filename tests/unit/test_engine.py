@@ -531,14 +531,14 @@ def test_port_rules_merge_runs_with_the_same_offset():
     from ipaddress import IPv4Interface
 
     from cnm.engine.ports import port_rules
-    from cnm.model.endpoint import Endpoint
-    from cnm.model.network import Network
+    from cnm.model.endpoint import EndpointRecord
+    from cnm.model.network import NetworkRecord
     from cnm.model.ports import ANY, PortMapping
 
-    net = Network(
+    net = NetworkRecord(
         id="n" * 64, name="x", driver="bridge", created="t", options={"com.docker.network.bridge.name": "brx"}
     )
-    ep = Endpoint(
+    ep = EndpointRecord(
         id="e" * 64,
         network_id=net.id,
         container_id="c",

@@ -40,8 +40,8 @@ from cnm.model.container import (
     ContainerConfig,
     PortBindingRequest,
 )
-from cnm.model.endpoint import Endpoint, EndpointRequest, Sandbox, dns_names
-from cnm.model.network import PREDEFINED, Network
+from cnm.model.endpoint import EndpointRecord, EndpointRequest, SandboxRecord, dns_names
+from cnm.model.network import PREDEFINED, NetworkRecord
 from cnm.model.ports import PortMapping
 from cnm.model.values import parse_mac
 from cnm.portmap.requests import expand_port_key, parse_port_key, port_requests
@@ -349,12 +349,12 @@ def command_text(c: Container) -> str:
 class NetworkView:
     """What the container schemas need from the engine, gathered by the route."""
 
-    endpoints: list[tuple[Network, Endpoint]]
-    sandbox: Sandbox | None
-    find_network: Callable[[str], Network | None]
+    endpoints: list[tuple[NetworkRecord, EndpointRecord]]
+    sandbox: SandboxRecord | None
+    find_network: Callable[[str], NetworkRecord | None]
 
 
-def _dns_names(c: Container, net: Network, request: EndpointRequest, hostname: str) -> list[str] | None:
+def _dns_names(c: Container, net: NetworkRecord, request: EndpointRequest, hostname: str) -> list[str] | None:
     if net.driver != "bridge" or net.name in PREDEFINED:
         return None
     return dns_names(c.name, request.aliases, c.short_id, hostname)
@@ -566,7 +566,7 @@ def state_json(c: Container) -> dict[str, Any]:
     }
 
 
-def hostname_of(c: Container, sandbox: Sandbox | None) -> str:
+def hostname_of(c: Container, sandbox: SandboxRecord | None) -> str:
     return c.config.hostname or (sandbox.hostname if sandbox else "") or c.short_id
 
 

@@ -61,8 +61,8 @@ from cnm.model.container import (
     Image,
     command_of,
 )
-from cnm.model.endpoint import Endpoint, EndpointRequest, Sandbox
-from cnm.model.network import Network
+from cnm.model.endpoint import EndpointRecord, EndpointRequest, SandboxRecord
+from cnm.model.network import NetworkRecord
 from cnm.model.values import new_id, parse_container_name
 from cnm.portmap.requests import port_requests
 from cnm.runtime.api import Runtime, StartRequest
@@ -267,7 +267,7 @@ class Containers:
             self._networks.check_request(network, request)
         return out
 
-    def _create_network(self, ref: str) -> Network:
+    def _create_network(self, ref: str) -> NetworkRecord:
         """A network named by a create request.  Unknown is a 400, not a 404: a 404 from
         create makes Docker's CLI believe the image is missing and try to pull it, which
         would hide this message behind a pull error."""
@@ -335,7 +335,7 @@ class Containers:
         except NotFound:
             return self._runtime.find_image(container.config.image)
 
-    def _network_plan(self, container: Container) -> list[tuple[Network, EndpointRequest, bool]]:
+    def _network_plan(self, container: Container) -> list[tuple[NetworkRecord, EndpointRequest, bool]]:
         """The networks a start joins, primary first: (network, request, is_primary).  They
         are ``config.networks`` (Docker's ``NetworkSettings.Networks``): a primary network
         disconnected before start is not joined, and the container keeps its mode."""
@@ -346,7 +346,7 @@ class Containers:
             primary_id = self._networks.find(config.network_mode).id
         except NotFound:
             primary_id = ""
-        plan: list[tuple[Network, EndpointRequest, bool]] = []
+        plan: list[tuple[NetworkRecord, EndpointRequest, bool]] = []
         for key, request in config.networks.items():
             try:
                 network = self._networks.find(key)
@@ -368,8 +368,8 @@ class Containers:
         config = container.config
         mode = config.network_mode
         async with AsyncExitStack() as stack:
-            endpoints: list[Endpoint] = []
-            sandbox: Sandbox | None = None
+            endpoints: list[EndpointRecord] = []
+            sandbox: SandboxRecord | None = None
             if mode.startswith("container:"):
                 target = self.find(mode[len("container:") :])
                 target_sb = self._state.sandbox_of(target.id)
@@ -383,7 +383,7 @@ class Containers:
                 host_mode = mode == "host"
                 hostname = config.hostname or (socket.gethostname() if host_mode else container.short_id)
                 key = "" if host_mode else os.path.join(self._netns_dir, new_id()[:12])
-                sandbox = Sandbox(id=new_id(), container_id=container.id, key=key, hostname=hostname)
+                sandbox = SandboxRecord(id=new_id(), container_id=container.id, key=key, hostname=hostname)
                 if key:
                     await self._kernel.create_netns(key)
                     stack.push_async_callback(self._kernel.delete_netns, key)
@@ -441,8 +441,13 @@ class Containers:
         return run
 
     async def _publish(
-        self, stack: AsyncExitStack, network: Network, ep: Endpoint, container: Container, image: Image
-    ) -> Endpoint:
+        self,
+        stack: AsyncExitStack,
+        network: NetworkRecord,
+        ep: EndpointRecord,
+        container: Container,
+        image: Image,
+    ) -> EndpointRecord:
         """Published ports go through the endpoint carrying the default route (Docker's
         gateway endpoint)."""
         if self._publisher is None:
@@ -450,7 +455,7 @@ class Containers:
         requests = port_requests(container.config, image)
         return await self._publisher.publish(stack, network, ep, requests)
 
-    async def _detach(self, ep: Endpoint, sandbox: Sandbox | None) -> list[BaseException]:
+    async def _detach(self, ep: EndpointRecord, sandbox: SandboxRecord | None) -> list[BaseException]:
         """Unpublish the endpoint's ports, then leave its network."""
         errors = await self._publisher.unpublish(ep) if self._publisher is not None else []
         errors.extend(await self._networks.detach(ep, sandbox))
@@ -960,7 +965,7 @@ class Containers:
         networks[network.name] = request
         self._state.commit(put=[replace(container, config=replace(container.config, networks=networks))])
 
-    def _same_network(self, key: str, network: Network) -> bool:
+    def _same_network(self, key: str, network: NetworkRecord) -> bool:
         """Is the ``config.networks`` key ``key`` (a name, or an id kept from an older
         record) the network ``network``?"""
         if key in (network.name, network.id):
@@ -1004,7 +1009,7 @@ class Containers:
         ``config.networks``; ``network_mode`` never changes (Docker keeps HostConfig's
         NetworkMode: a start joins the networks left, or none but ``lo``)."""
         try:
-            network: Network | None = self._networks.find(network_ref)
+            network: NetworkRecord | None = self._networks.find(network_ref)
         except NotFound:
             if not force:
                 raise
@@ -1023,7 +1028,7 @@ class Containers:
             raise NotFound(f"container {container.id} is not connected to the network {network_ref}")
         self._state.commit(put=[replace(container, config=replace(container.config, networks=kept))])
 
-    async def _promote_gateway(self, container: Container, sandbox: Sandbox) -> list[BaseException]:
+    async def _promote_gateway(self, container: Container, sandbox: SandboxRecord) -> list[BaseException]:
         """The endpoint carrying the default route left: the next one (in connect order)
         with a gateway takes over the route and the published ports, as Docker's
         gateway endpoint does.  Returns errors instead of failing the disconnect."""

@@ -31,8 +31,8 @@ from cnm.firewall.api import BridgeRules, Firewall, PortRule, bridge_rules
 from cnm.ipam.api import Ipam, PoolSpec
 from cnm.kernel.api import Kernel, LinkStats
 from cnm.model.container import RESTARTING, Container, ContainerConfig, ExecSpec, Image
-from cnm.model.endpoint import Endpoint, EndpointRequest, Sandbox
-from cnm.model.network import Network, NetworkSpec
+from cnm.model.endpoint import EndpointRecord, EndpointRequest, SandboxRecord
+from cnm.model.network import NetworkRecord, NetworkSpec
 from cnm.runtime import stats
 from cnm.runtime.api import Process, Runtime
 from cnm.runtime.images import Loaded, normalize_reference
@@ -237,18 +237,18 @@ class Controller:
 
     # -- networks -------------------------------------------------------------------------
 
-    async def create_network(self, spec: NetworkSpec) -> Network:
+    async def create_network(self, spec: NetworkSpec) -> NetworkRecord:
         # the catalogue lock: names and bridge names are checked and taken in one piece
         async with self._locks.hold(catalogue=True):
             return await self._networks.create(spec)
 
-    def networks(self) -> list[Network]:
+    def networks(self) -> list[NetworkRecord]:
         return sorted(self._state.networks.values(), key=lambda n: n.name)
 
-    def find_network(self, ref: str) -> Network:
+    def find_network(self, ref: str) -> NetworkRecord:
         return self._networks.find(ref)
 
-    def network_endpoints(self, network_id: str) -> list[Endpoint]:
+    def network_endpoints(self, network_id: str) -> list[EndpointRecord]:
         return self._state.endpoints_of_network(network_id)
 
     async def remove_network(self, ref: str) -> None:
@@ -302,14 +302,14 @@ class Controller:
     def find_container(self, ref: str) -> Container:
         return self._containers.find(ref)
 
-    def container_endpoints(self, container_id: str) -> list[tuple[Network, Endpoint]]:
+    def container_endpoints(self, container_id: str) -> list[tuple[NetworkRecord, EndpointRecord]]:
         return [
             (self._state.networks[ep.network_id], ep)
             for ep in self._state.endpoints_of_container(container_id)
             if ep.network_id in self._state.networks
         ]
 
-    def container_sandbox(self, container_id: str) -> Sandbox | None:
+    def container_sandbox(self, container_id: str) -> SandboxRecord | None:
         return self._state.sandbox_of(container_id)
 
     def container_paths(self, container_id: str) -> ContainerPaths:

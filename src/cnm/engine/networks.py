@@ -21,7 +21,7 @@ from cnm.errors import CnmError, Conflict, Forbidden, InvalidArgument, NotFound,
 from cnm.ipam.api import Ipam
 from cnm.kernel.api import Kernel
 from cnm.model.container import Container
-from cnm.model.endpoint import Endpoint, EndpointRequest, Sandbox
+from cnm.model.endpoint import EndpointRecord, EndpointRequest, SandboxRecord
 from cnm.model.network import (
     OPT_BRIDGE_NAME,
     OPT_DEFAULT_BRIDGE,
@@ -31,7 +31,7 @@ from cnm.model.network import (
     OPT_MTU,
     RESERVED_NAMES,
     IpamConfig,
-    Network,
+    NetworkRecord,
     NetworkSpec,
     validate_options,
 )
@@ -68,7 +68,7 @@ class Networks:
 
     # -- lookup ---------------------------------------------------------------------------
 
-    def find(self, ref: str) -> Network:
+    def find(self, ref: str) -> NetworkRecord:
         if ref == "default":
             ref = "bridge"
         return find(
@@ -80,13 +80,13 @@ class Networks:
             kind="network",
         )
 
-    def by_name(self, name: str) -> Network | None:
+    def by_name(self, name: str) -> NetworkRecord | None:
         for net in self._state.networks.values():
             if net.name == name:
                 return net
         return None
 
-    def driver(self, network: Network) -> NetworkDriver:
+    def driver(self, network: NetworkRecord) -> NetworkDriver:
         return self._drivers[network.driver]
 
     # -- predefined networks --------------------------------------------------------------
@@ -97,7 +97,7 @@ class Networks:
         endpoint uses it)."""
         for name, driver in (("none", "null"), ("host", "host")):
             if self.by_name(name) is None:
-                net = Network(id=new_id(), name=name, driver=driver, created=now_rfc3339())
+                net = NetworkRecord(id=new_id(), name=name, driver=driver, created=now_rfc3339())
                 self._state.commit(put=[net])
         current = self.by_name("bridge")
         if current is not None and current.bridge_name != self._bridge_name:
@@ -145,11 +145,11 @@ class Networks:
                     raise InvalidArgument(f"bridge name {bridge} is already used by network {net.name}")
         self._drivers[spec.driver].validate(spec)
 
-    async def create(self, spec: NetworkSpec) -> Network:
+    async def create(self, spec: NetworkSpec) -> NetworkRecord:
         self.validate(spec)
         return await self._create(spec)
 
-    async def _create(self, spec: NetworkSpec) -> Network:
+    async def _create(self, spec: NetworkSpec) -> NetworkRecord:
         driver = self._drivers[spec.driver]
         network_id = new_id()
         config: IpamConfig | None = spec.ipam[0] if spec.ipam else None
@@ -162,7 +162,7 @@ class Networks:
                 pool = self._ipam.allocate_pool(network_id, config, reserved=reserved)
                 stack.callback(self._ipam.release_pool, network_id)
                 subnet, gateway, ip_range = pool.subnet, pool.gateway, pool.ip_range
-            network = Network(
+            network = NetworkRecord(
                 id=network_id,
                 name=spec.name,
                 driver=spec.driver,
@@ -187,7 +187,7 @@ class Networks:
         log.info("network %s (%s) created on %s", network.name, network.id[:12], subnet)
         return network
 
-    async def remove(self, network: Network) -> None:
+    async def remove(self, network: NetworkRecord) -> None:
         if network.predefined:
             raise Forbidden(f"{network.name} is a pre-defined network and cannot be removed")
         endpoints = self._state.endpoints_of_network(network.id)
@@ -199,7 +199,7 @@ class Networks:
             )
         await self._delete(network)
 
-    async def _delete(self, network: Network) -> None:
+    async def _delete(self, network: NetworkRecord) -> None:
         """Idempotent teardown: driver objects, pool, record; reports errors at the end."""
         errors: list[BaseException] = []
         try:
@@ -214,7 +214,7 @@ class Networks:
 
     # -- endpoints ------------------------------------------------------------------------
 
-    def check_request(self, network: Network, request: EndpointRequest) -> None:
+    def check_request(self, network: NetworkRecord, request: EndpointRequest) -> None:
         """Docker's endpoint-settings rules that depend on the network."""
         user_defined = not network.predefined
         if request.ipv4_address is not None:
@@ -239,13 +239,13 @@ class Networks:
     async def attach(
         self,
         stack: AsyncExitStack,
-        network: Network,
+        network: NetworkRecord,
         container: Container,
-        sandbox: Sandbox,
+        sandbox: SandboxRecord,
         request: EndpointRequest,
         *,
         mac: str = "",
-    ) -> Endpoint:
+    ) -> EndpointRecord:
         """Allocate, plan and join one endpoint; its undo goes on ``stack``.  The caller
         records it (alone or with the rest of a start) once everything succeeded."""
         driver = self._drivers[network.driver]
@@ -261,7 +261,7 @@ class Networks:
         prefix = network.iface_prefix
         ifname = next(f"{prefix}{n}" for n in range(len(used) + 1) if f"{prefix}{n}" not in used)
         chosen_mac = request.mac_address or mac or (mac_from_ip(address.ip) if address else "")
-        endpoint = Endpoint(
+        endpoint = EndpointRecord(
             id=ep_id,
             network_id=network.id,
             container_id=container.id,
@@ -281,13 +281,15 @@ class Networks:
         stack.push_async_callback(self._leave_quietly, network, endpoint, sandbox)
         return endpoint
 
-    async def _leave_quietly(self, network: Network, endpoint: Endpoint, sandbox: Sandbox) -> None:
+    async def _leave_quietly(
+        self, network: NetworkRecord, endpoint: EndpointRecord, sandbox: SandboxRecord
+    ) -> None:
         try:
             await self._drivers[network.driver].leave(network, endpoint, sandbox)
         except CnmError as exc:
             log.warning("undo of endpoint %s on %s: %s", endpoint.id[:12], network.name, exc)
 
-    async def detach(self, endpoint: Endpoint, sandbox: Sandbox | None) -> list[BaseException]:
+    async def detach(self, endpoint: EndpointRecord, sandbox: SandboxRecord | None) -> list[BaseException]:
         """Leave, release the address and forget the endpoint; idempotent, returns errors
         instead of stopping at the first."""
         errors: list[BaseException] = []

@@ -34,7 +34,7 @@ class EndpointRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class Endpoint:
+class EndpointRecord:
     """A live attachment of sandbox ``sandbox_id`` (container ``container_id``) to network
     ``network_id``.  ``host_ifname`` is empty for drivers without a host-side link."""
 
@@ -56,7 +56,7 @@ class Endpoint:
 
 
 @dataclass(frozen=True, slots=True)
-class Sandbox:
+class SandboxRecord:
     """A network namespace owned by one container, bind-mounted at ``key``.
 
     ``key`` is empty for ``host`` mode (the host's own namespace) and for

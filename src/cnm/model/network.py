@@ -68,7 +68,7 @@ class NetworkSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class Network:
+class NetworkRecord:
     """A network as stored.  ``subnet``/``gateway`` are what IPAM settled on; ``ipam``
     echoes the user's request (Docker's inspect shows it verbatim)."""
 
