@@ -210,10 +210,10 @@ class FakeController:
     def _create_networks(self, config: ContainerConfig) -> dict[str, EndpointRequest]:
         """As the engine: the requests keyed by network name, the primary one included."""
         mode = config.network_mode
-        if mode.startswith("container:"):
+        if mode.container:
             return {}
         nets = {self.find_network(k).name: v for k, v in config.networks.items()}
-        primary = self.find_network(mode).name
+        primary = self.find_network(mode.network).name
         return {primary: nets.pop(primary, EndpointRequest()), **nets}
 
     async def create_container(self, name, config: ContainerConfig):
@@ -271,7 +271,7 @@ class FakeController:
             raise NotModified("already started")
         c = replace(c, state=ContainerState(status=RUNNING, pid=4242, started_at=NOW), sandbox_id=new_id())
         self.ctrs[c.id] = c
-        mode = c.config.network_mode
+        mode = c.config.network_mode.network
         keys = [mode] + [k for k in c.config.networks if k != mode]
         for key in keys:
             net = self.find_network(key)

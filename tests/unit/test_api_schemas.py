@@ -174,7 +174,7 @@ def test_container_create_normalisation() -> None:
             "NetworkingConfig": {"EndpointsConfig": {"default": {"Aliases": ["x"]}}},
         }
     )
-    assert config.network_mode == "bridge" and list(config.networks) == ["bridge"]
+    assert str(config.network_mode) == "bridge" and list(config.networks) == ["bridge"]
     assert config.cmd == ("sh",) and config.exposed_ports == ("80/tcp", "443/tcp")
     assert warnings == []
     config, _ = parse_container_create({"Image": "b", "NetworkingConfig": {"mynet": None}})  # docker-py quirk

@@ -16,8 +16,12 @@ from cnm.ipam.api import Pool
 from cnm.model.container import Container, ContainerConfig, Image, PortBindingRequest
 from cnm.model.endpoint import EndpointRecord, EndpointRequest, SandboxRecord
 from cnm.model.network import IpamConfig, NetworkRecord
+from cnm.model.network_mode import NetworkMode
 from cnm.store import codec
 from cnm.store.docs_memory import MemoryStore
+
+# a NetworkMode checks its own fields: generate only valid ones (any text parses to one)
+st.register_type_strategy(NetworkMode, st.text().filter(lambda s: s != "container:").map(NetworkMode.parse))
 
 
 def through_json(obj):

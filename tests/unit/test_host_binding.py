@@ -13,6 +13,7 @@ from cnm.engine.ports import default_host_ip
 from cnm.errors import InvalidArgument
 from cnm.model.container import ContainerConfig, PortBindingRequest
 from cnm.model.network import OPT_HOST_BINDING, NetworkRecord, NetworkSpec, parse_host_binding
+from cnm.model.network_mode import NetworkMode
 from cnm.model.ports import ANY, PortRequest
 
 LO = IPv4Address("127.0.0.1")
@@ -64,7 +65,8 @@ async def test_ports_published_on_a_local_network_bind_to_its_address(tmp_path):
         "82/tcp": (PortBindingRequest(host_ip="0.0.0.0", host_port="8082"),),  # given: kept
     }
     container, _ = await ctl.create_container(
-        "web", ContainerConfig(image="busybox", network_mode="local", port_bindings=bindings)
+        "web",
+        ContainerConfig(image="busybox", network_mode=NetworkMode.parse("local"), port_bindings=bindings),
     )
     await ctl.start_container(container.id)
     [(_, ep)] = ctl.container_endpoints(container.id)

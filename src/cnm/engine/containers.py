@@ -212,10 +212,7 @@ class Containers:
             target = parse_link(link)[0]
             if target not in taken:
                 raise InvalidArgument(f"could not get container for {target}: No such container: {target}")
-        mode = config.network_mode
-        if mode.startswith("container:") and not mode[len("container:") :]:
-            raise InvalidArgument("invalid network mode: invalid container format container:<name|id>")
-        if mode == "host" and config.port_bindings:
+        if config.network_mode.is_host and config.port_bindings:
             warnings.append("Published ports are discarded when using host network mode")
         if not command_of(config, image):
             raise InvalidArgument("No command specified")
@@ -246,11 +243,11 @@ class Containers:
         Docker keeps them in ``NetworkSettings.Networks``: keyed by network name, the
         primary network (``network_mode``) included."""
         mode = config.network_mode
-        if mode.startswith("container:"):
-            self.find(mode[len("container:") :])  # Docker: "No such container: X" at create
+        if mode.container:
+            self.find(mode.container)  # Docker: "No such container: X" at create
             return {}
         out: dict[str, EndpointRequest] = {}
-        primary = self._create_network(mode)
+        primary = self._create_network(mode.network)
         for key, request in config.networks.items():
             network = self._create_network(key)
             if network.name in out:
@@ -340,10 +337,10 @@ class Containers:
         are ``config.networks`` (Docker's ``NetworkSettings.Networks``): a primary network
         disconnected before start is not joined, and the container keeps its mode."""
         config = container.config
-        if config.network_mode.startswith("container:"):
+        if config.network_mode.container:
             return []
         try:
-            primary_id = self._networks.find(config.network_mode).id
+            primary_id = self._networks.find(config.network_mode.network).id
         except NotFound:
             primary_id = ""
         plan: list[tuple[NetworkRecord, EndpointRequest, bool]] = []
@@ -370,8 +367,8 @@ class Containers:
         async with AsyncExitStack() as stack:
             endpoints: list[EndpointRecord] = []
             sandbox: SandboxRecord | None = None
-            if mode.startswith("container:"):
-                target = self.find(mode[len("container:") :])
+            if mode.container:
+                target = self.find(mode.container)
                 target_sb = self._state.sandbox_of(target.id)
                 if not target.running or target_sb is None:
                     raise Conflict(f"cannot join network of a non running container: {target.id}")
@@ -380,7 +377,7 @@ class Containers:
                 paths = self._naming.paths(target.id)
             else:
                 plan = self._network_plan(container)
-                host_mode = mode == "host"
+                host_mode = mode.is_host
                 hostname = config.hostname or (socket.gethostname() if host_mode else container.short_id)
                 key = "" if host_mode else os.path.join(self._netns_dir, new_id()[:12])
                 sandbox = SandboxRecord(id=new_id(), container_id=container.id, key=key, hostname=hostname)
@@ -530,18 +527,18 @@ class Containers:
     def _plan_networks(self, container_id: str) -> set[str]:
         """The networks a start of the container would join."""
         container = self._state.containers.get(container_id)
-        if container is None or container.config.network_mode.startswith("container:"):
+        if container is None or container.config.network_mode.container:
             return set()
-        return self._network_ids(container.config.network_mode, *container.config.networks)
+        return self._network_ids(container.config.network_mode.network, *container.config.networks)
 
     def _netns_owner(self, container_id: str) -> set[str]:
         """The container whose namespace a ``container:`` mode start joins."""
         container = self._state.containers.get(container_id)
-        mode = container.config.network_mode if container is not None else ""
-        if not mode.startswith("container:"):
+        other = container.config.network_mode.container if container is not None else ""
+        if not other:
             return set()
         try:
-            return {self.find(mode[len("container:") :]).id}
+            return {self.find(other).id}
         except CnmError:
             return set()
 
@@ -907,7 +904,7 @@ class Containers:
         async with self._hold(container.id, joins=lambda: self._network_ids(network_ref)):
             container = self._current(container.id, ref)
             mode = container.config.network_mode
-            if mode == "host" or mode.startswith("container:"):
+            if mode.is_host or mode.container:
                 raise InvalidArgument(
                     "container sharing network namespace with another container or host cannot be "
                     "connected to any other network"
@@ -920,7 +917,7 @@ class Containers:
                 raise InvalidArgument(
                     "cannot connect container to host network - container must be created in host network mode"
                 )
-            if mode == "none" or network.name == "none":
+            if mode.is_none or network.name == "none":
                 raise InvalidArgument(
                     "container cannot be connected to multiple networks with one of the networks in private (none) mode"
                 )
@@ -983,7 +980,7 @@ class Containers:
                 self._forget_request(container, network_ref, force)
                 return
             network = self._networks.find(network_ref)
-            if container.config.network_mode == "host" and network.name == "host":
+            if container.config.network_mode.is_host and network.name == "host":
                 raise InvalidArgument(
                     "cannot disconnect container from host network - container was created in host network mode"
                 )
@@ -1014,7 +1011,7 @@ class Containers:
             if not force:
                 raise
             network = None
-        if network is not None and network.name == "host" and container.config.network_mode == "host":
+        if network is not None and network.name == "host" and container.config.network_mode.is_host:
             raise InvalidArgument(
                 "cannot disconnect container from host network - container was created in host network mode"
             )
@@ -1062,14 +1059,15 @@ class Containers:
             if config.networks_complete:
                 continue
             networks = dict(config.networks)
-            if not config.network_mode.startswith("container:"):
+            mode = config.network_mode.network
+            if mode:
                 try:
-                    primary = self._networks.find(config.network_mode).name
+                    primary = self._networks.find(mode).name
                 except NotFound:
-                    primary = config.network_mode
-                if not any(k == primary or k == config.network_mode for k in networks):
+                    primary = mode
+                if not any(k == primary or k == mode for k in networks):
                     networks = {primary: EndpointRequest(), **networks}
-                networks = {(primary if k == config.network_mode else k): v for k, v in networks.items()}
+                networks = {(primary if k == mode else k): v for k, v in networks.items()}
             upgraded = replace(config, networks=networks, networks_complete=True)
             self._state.commit(put=[replace(container, config=upgraded)])
 

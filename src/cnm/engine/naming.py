@@ -140,7 +140,7 @@ class Naming:
         """(target, alias, the address of the target's bridge endpoint) for ``--link`` on the default bridge.
         ``strict`` (at start): a target that is not running or not on the default bridge is
         an error, as in Docker; otherwise such links are skipped."""
-        if container.config.network_mode != "bridge":
+        if not container.config.network_mode.is_default_bridge:
             return []
         found = []
         for link in container.config.links:
@@ -291,7 +291,7 @@ class Naming:
         config = container.config
         for net, ep in pairs:
             links = dict(parse_link(link)[::-1] for link in ep.request.links)
-            if net.name == config.network_mode or net.id == config.network_mode:
+            if config.network_mode.network in (net.name, net.id):
                 links.update(parse_link(link)[::-1] for link in config.links)
             self._names.set_endpoint(
                 sandbox.id,

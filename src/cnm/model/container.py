@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from cnm.model.endpoint import EndpointRequest
+from cnm.model.network_mode import DEFAULT, NetworkMode
 
 _EMPTY: Mapping = MappingProxyType({})
 
@@ -60,8 +61,8 @@ class Mount:
 @dataclass(frozen=True, slots=True)
 class ContainerConfig:
     """A validated ``containers/create`` request: Docker's Config and HostConfig, the parts
-    cnm acts on.  ``network_mode`` is normalised: ``bridge``, ``host``, ``none``,
-    ``container:<ref>`` or a user network's name or id.
+    cnm acts on.  ``network_mode`` is typed (``model/network_mode.py``), parsed once by
+    the API.
 
     ``networks`` is Docker's ``NetworkSettings.Networks`` before start: every network the
     container joins when it starts, keyed by network name, the primary one (``network_mode``)
@@ -85,7 +86,7 @@ class ContainerConfig:
     domainname: str = ""
     labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     exposed_ports: tuple[str, ...] = ()  # "80/tcp", ...
-    network_mode: str = "bridge"
+    network_mode: NetworkMode = DEFAULT
     networks: Mapping[str, EndpointRequest] = field(default_factory=lambda: _EMPTY)
     mac_address: str = ""  # requested MAC of the primary network (Config.MacAddress)
     port_bindings: Mapping[str, tuple[PortBindingRequest, ...]] = field(default_factory=lambda: _EMPTY)
