@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from test_engine import World, run
 
-from cnm.engine.controller import familiar
+from cnm.engine.images import familiar
 from cnm.model.container import ExecSpec
 from cnm.model.endpoint import EndpointRequest
 from cnm.model.network import NetworkSpec

@@ -274,14 +274,14 @@ async def test_always_restarts_until_stopped(world):
 async def test_stop_during_backoff_cancels_the_restart(world):
     ctl = await world.controller()
     cid = await run(ctl, "web", restart_policy="always")
-    ctl._containers._delays[cid] = 30.0  # the next delay is a minute: it sits in "restarting"
+    ctl._exits._delays[cid] = 30.0  # the next delay is a minute: it sits in "restarting"
     world.runtime.exit(cid, 0)
     await until(lambda: state(ctl, "web").status == "restarting")
     with pytest.raises(Exception, match="restarting"):
         await ctl.remove_container("web")
     await ctl.stop_container("web")
     assert state(ctl, "web").status == "exited"
-    assert not ctl._containers._restarts
+    assert not ctl._exits._restarts
 
 
 async def test_no_policy_never_restarts(world):
@@ -322,7 +322,7 @@ async def test_a_failed_restart_leaves_the_container_exited(world):
     await until(lambda: state(ctl, "web").status == "exited")
     assert "fake failure" in state(ctl, "web").error
     await asyncio.sleep(0.3)
-    assert state(ctl, "web").status == "exited" and not ctl._containers._restarts
+    assert state(ctl, "web").status == "exited" and not ctl._exits._restarts
     assert ctl.container_endpoints(cid) == [] and not netns_paths(world.kernel)
 
 
@@ -361,7 +361,7 @@ async def test_records_from_before_networks_held_the_primary_are_upgraded(world)
     ],
 )
 def test_should_restart_table(policy, max_, stopped, count, code, running_daemon, daemon_start):
-    from cnm.engine.containers import should_restart
+    from cnm.engine.exits import should_restart
     from cnm.model.container import ContainerState
 
     config = ContainerConfig(image="busybox", restart_policy=policy, restart_max=max_)
@@ -371,7 +371,7 @@ def test_should_restart_table(policy, max_, stopped, count, code, running_daemon
 
 
 def test_backoff_doubles_up_to_a_minute_and_resets_after_a_long_run():
-    from cnm.engine.containers import next_delay
+    from cnm.engine.exits import next_delay
 
     delays = [0.0]
     for _ in range(12):
