@@ -105,7 +105,7 @@ class ContainerConfig:
     restart_policy: str = RESTART_NO
     restart_max: int = 0  # on-failure's MaximumRetryCount; 0: no limit
     # False on records written before ``networks`` held the primary network too (it was
-    # implied by ``network_mode``); ``Containers.upgrade_records`` completes them at start.
+    # implied by ``network_mode``); ``Restore.upgrade_records`` (engine) completes them at start.
     networks_complete: bool = False
     log_driver: str = "json-file"  # HostConfig.LogConfig: "json-file" or "none"
     log_opts: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
@@ -128,8 +128,9 @@ class ContainerState:
 
 @dataclass(frozen=True, slots=True)
 class Container:
-    """A container record.  ``networks`` holds the per-network requests made after create
-    (``network connect`` on a stopped container), keyed by the name or id given."""
+    """A container record.  ``sandbox_id`` names its sandbox while it runs; it is empty
+    when the container is not running, and in ``container:`` mode, whose sandbox is the
+    other container's."""
 
     id: str
     name: str  # without the leading slash

@@ -1,8 +1,9 @@
-"""Endpoints and sandboxes: the E and S of CNM.
+"""The stored records of endpoints and sandboxes, the E and S of CNM.
 
-An ``Endpoint`` is a container's attachment to one network (a veth pair on a bridge
-network).  A ``Sandbox`` is a container's network namespace.  Records hold ids, never
-live handles and never back-pointers.
+An ``EndpointRecord`` is a container's attachment to one network (a veth pair on a bridge
+network); a ``SandboxRecord`` is a container's network namespace.  The objects that change
+them are ``cnm.engine.endpoint.Endpoint`` and ``cnm.engine.sandbox.Sandbox``.  Records hold
+ids, never live handles and never back-pointers.
 """
 
 from __future__ import annotations
