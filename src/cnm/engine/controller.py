@@ -7,7 +7,8 @@ piece whose job it is --
     networks.py   the catalogue (create, rm, prune, predefined)   network.py   one Network
     containers.py records (create, rename, links)                 sandbox.py   one Sandbox
     starts.py     start                                           endpoint.py  one Endpoint
-    stopping.py   stop, kill, pause, rm, wait                     exits.py     exits, restart policies
+    stopping.py   stop, kill, rm, wait                            exits.py     exits, restart policies
+    freezer.py    pause, unpause
     connect.py    network connect/disconnect                      restore.py   daemon restart
     observe.py    stats, top, logs, attach                        images.py    images
     execs.py      exec                                            events.py    the event log
@@ -35,6 +36,7 @@ from cnm.engine.containers import Containers
 from cnm.engine.events import Events
 from cnm.engine.execs import Execs
 from cnm.engine.exits import Exits
+from cnm.engine.freezer import Freezer
 from cnm.engine.images import Images
 from cnm.engine.locks import KeyedLocks
 from cnm.engine.naming import Naming
@@ -143,7 +145,8 @@ class Controller:
         runs = Runs()
         self._runs = runs
         self._exits = Exits(svc, runs)
-        self._stopping = Stopping(svc, runs, self._exits, self._execs)
+        self._freezer = Freezer(svc)
+        self._stopping = Stopping(svc, runs, self._exits, self._execs, self._freezer)
         self._starts = Starts(svc, runs, self._exits, self._stopping.remove)
         self._exits.bind(self._starts, self._stopping.remove)
         self._connections = Connections(svc)
@@ -300,10 +303,10 @@ class Controller:
         await self._stopping.remove(ref, force)
 
     async def pause_container(self, ref: str) -> None:
-        await self._stopping.pause(ref)
+        await self._freezer.pause(ref)
 
     async def unpause_container(self, ref: str) -> None:
-        await self._stopping.unpause(ref)
+        await self._freezer.unpause(ref)
 
     async def remove_container_link(self, name: str) -> None:
         """``DELETE /containers/<parent>/<alias>?link=1``: the parent loses the link."""

@@ -1,4 +1,4 @@
-"""Signals to a running container and its end: stop, kill, pause/unpause, remove, wait.
+"""The end of a run and of a container: stop, kill, remove, wait.
 
 ``Stopping`` only sends signals for ``stop`` and ``kill``; the exit handling that follows
 (``engine/exits.py``) changes the records, under the locks.  A container's lock is never
@@ -10,13 +10,13 @@ held while waiting for its process to exit, so exit handling can always take it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal as signals
 from dataclasses import replace
 
 from cnm.engine.execs import Execs
 from cnm.engine.exits import Exits
-from cnm.engine.guard import current, hold_container
+from cnm.engine.freezer import Freezer
+from cnm.engine.guard import hold_container
 from cnm.engine.lookup import find_container
 from cnm.engine.runs import Runs
 from cnm.engine.sandbox import release_network
@@ -44,7 +44,7 @@ def parse_signal(value: str | int | None, default: int = signals.SIGKILL) -> int
 
 
 class Stopping:
-    def __init__(self, svc: Services, runs: Runs, exits: Exits, execs: Execs) -> None:
+    def __init__(self, svc: Services, runs: Runs, exits: Exits, execs: Execs, freezer: Freezer) -> None:
         self._svc = svc
         self._state = svc.state
         self._runtime = svc.runtime
@@ -52,6 +52,7 @@ class Stopping:
         self._runs = runs
         self._exits = exits
         self._execs = execs
+        self._freezer = freezer
 
     async def _mark_stopped_by_user(self, container: Container) -> Container:
         """``stop``/``kill``: no restart by policy (``unless-stopped`` remembers it across
@@ -79,7 +80,7 @@ class Stopping:
         if container.config.restart_policy != RESTART_NO:
             await self._mark_stopped_by_user(container)
         sig = parse_signal(signal or container.config.stop_signal, signals.SIGTERM)
-        await self._thaw(container)
+        await self._freezer.thaw(container)
         grace = container.config.stop_timeout if timeout is None else timeout
         await self._runtime.kill(container.id, sig)
         self._events.container("kill", container, signal=str(int(sig)))
@@ -101,44 +102,9 @@ class Stopping:
         if container.config.restart_policy != RESTART_NO:
             await self._mark_stopped_by_user(container)
         if sig == signals.SIGKILL:  # a frozen process dies only once thawed (cgroup v1)
-            await self._thaw(container)
+            await self._freezer.thaw(container)
         await self._runtime.kill(container.id, sig)
         self._events.container("kill", container, signal=str(int(sig)))
-
-    # -- pause / unpause ------------------------------------------------------------------
-
-    async def pause(self, ref: str) -> None:
-        """Docker's ``pause``: the cgroup freezer stops every process of the container; it
-        stays running (``Paused``), its network untouched."""
-        container = find_container(self._state, ref)
-        async with hold_container(self._svc, container.id):
-            container = current(self._svc, container.id, ref)
-            if container.state.status == RESTARTING:
-                raise Conflict(f"Container {container.id} is restarting, wait until the container is running")
-            if not container.running:
-                raise Conflict(f"Container {container.id} is not running")
-            if container.state.paused:
-                raise Conflict(f"Container {container.id} is already paused")
-            await self._runtime.pause(container.id)
-            self._state.commit(put=[replace(container, state=replace(container.state, paused=True))])
-            self._events.container("pause", container)
-
-    async def unpause(self, ref: str) -> None:
-        container = find_container(self._state, ref)
-        async with hold_container(self._svc, container.id):
-            container = current(self._svc, container.id, ref)
-            if not container.running or not container.state.paused:
-                raise Conflict(f"Container {container.id} is not paused")
-            await self._runtime.resume(container.id)
-            self._state.commit(put=[replace(container, state=replace(container.state, paused=False))])
-            self._events.container("unpause", container)
-
-    async def _thaw(self, container: Container) -> None:
-        """Before a stop or a kill: a frozen process cannot act on a signal, so the
-        container is unpaused first, as Docker does."""
-        if container.state.paused:
-            with contextlib.suppress(Conflict):
-                await self.unpause(container.id)
 
     # -- remove / wait --------------------------------------------------------------------
 
@@ -174,7 +140,7 @@ class Stopping:
                 if container.config.restart_policy != RESTART_NO:
                     container = await self._mark_stopped_by_user(container)
                 run = self._runs.get(container.id)
-                await self._thaw(container)
+                await self._freezer.thaw(container)
                 await self._runtime.kill(container.id, signals.SIGKILL)
                 self._events.container("kill", container, signal=str(int(signals.SIGKILL)))
                 if run is not None:
