@@ -16,9 +16,11 @@ from cnm.engine.endpoint import Endpoint
 from cnm.engine.network import Network
 from cnm.engine.sandbox import Sandbox
 from cnm.errors import Forbidden
+from cnm.model.container import ContainerConfig
 from cnm.model.endpoint import EndpointRequest
 from cnm.model.network import IpamConfig, NetworkSpec
 from cnm.model.network_mode import NetworkMode
+from cnm.store import codec
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "cnm"
 MAX_LINES = 400
@@ -204,3 +206,34 @@ async def test_sandbox_destroy_leaves_nothing(world) -> None:
         owner in ("gateway",) or owner.startswith("aux:") for owner in svc.ipam.owners(network.id).values()
     )
     assert await sandbox.destroy() == []  # idempotent
+
+
+# -- records of v0.1.0 --------------------------------------------------------------------
+
+
+async def test_a_v010_container_record_loads_and_starts(world) -> None:
+    """v0.1.0 stored ``network_mode`` as Docker's text: such a record loads with a typed
+    mode and starts on the network the text names."""
+    ctl = await world.controller()
+    await ctl.create_network(NetworkSpec(name="old", ipam=(IpamConfig(subnet=IPv4Network("10.85.0.0/24")),)))
+    created, _ = await ctl.create_container(
+        "web", ContainerConfig(image="busybox", network_mode=NetworkMode.parse("old"))
+    )
+    await ctl.create_container(
+        "side", ContainerConfig(image="busybox", network_mode=NetworkMode.parse("container:web"))
+    )
+    for container in ctl.containers():
+        doc = codec.encode(container)
+        doc["config"]["network_mode"] = str(container.config.network_mode)  # as v0.1.0 wrote it
+        with world.store.transaction() as tx:
+            tx.put("container", container.id, doc)
+    ctl = await world.controller()  # a restart reads the records again
+    web, side = ctl.find_container("web"), ctl.find_container("side")
+    assert web.config.network_mode == NetworkMode("network", "old")
+    assert side.config.network_mode == NetworkMode("container", "web")
+    await ctl.start_container("web")
+    await ctl.start_container("side")
+    assert [net.name for net, _ in ctl.container_endpoints(created.id)] == ["old"]
+    assert ctl.find_container("side").running and not ctl.container_endpoints(ctl.find_container("side").id)
+    stored = world.store.get("container", web.id)
+    assert stored["config"]["network_mode"] == {"kind": "network", "ref": "old"}  # written back typed
