@@ -1,23 +1,16 @@
 """The engine's coordinator: it wires the engine's pieces and is the one facade the API
 layer calls.
 
-Each entry point checks nothing and decides nothing itself: it hands the request to the
-piece whose job it is --
-
-    networks.py   the catalogue (create, rm, prune, predefined)   network.py   one Network
-    containers.py records (create, rename, links)                 sandbox.py   one Sandbox
-    starts.py     start                                           endpoint.py  one Endpoint
-    stopping.py   stop, kill, rm, wait                            exits.py     exits, restart policies
-    freezer.py    pause, unpause
-    connect.py    network connect/disconnect                      restore.py   daemon restart
-    observe.py    stats, top, logs, attach                        images.py    images
-    execs.py      exec                                            events.py    the event log
-
--- and does the few things that span them: the start-up sequence (``start``), the
-firewall's view of everything (``bridge_rules``, ``port_rules``), shutdown.  Every
-mutation below follows one protocol: validate and plan before the first syscall, apply
-step by step with each undo on an ``AsyncExitStack``, record in one transaction after the
-kernel agreed, tear down idempotently.  Locks: ``engine/locks.py``.
+Each entry point hands its request to the piece whose job it is: the catalogue
+(``networks.py``), the three CNM objects (``network.py``, ``endpoint.py``, ``sandbox.py``),
+the container lifecycle by job (``containers.py``, ``starts.py``, ``stopping.py``,
+``freezer.py``, ``exits.py``, ``connect.py``, ``restore.py``), ``observe.py``,
+``images.py``, ``execs.py``; docs/architecture.md has the map.  The controller itself only
+does what spans them: the start-up sequence (``start``), the firewall's view of
+everything (``bridge_rules``, ``port_rules``), shutdown.  Every mutation follows one
+protocol: validate and plan before the first syscall, apply step by step with each undo on
+an ``AsyncExitStack``, record in one transaction after the kernel agreed, tear down
+idempotently.  Locks: ``engine/locks.py``.
 """
 
 from __future__ import annotations

@@ -156,6 +156,6 @@ class Endpoint:
         if self._svc.publisher is not None:
             await self._svc.publisher.restore(self.record)
 
-    def promoted(self) -> None:
+    def take_default_route(self) -> None:
         """It carries the sandbox's default route from now on."""
         self.record = replace(self.record, default_route=True)

@@ -208,7 +208,7 @@ class Sandbox:
             ep = Endpoint(self._svc, network, record)
             try:
                 await self._svc.kernel.set_default_route(self.record.key, record.gateway, record.ifname)
-                ep.promoted()
+                ep.take_default_route()
                 async with AsyncExitStack() as stack:
                     await ep.publish(stack, container, self._svc.image_of(container))
                     self._svc.state.commit(put=[ep.record])
