@@ -124,7 +124,7 @@ async def test_endpoint_lifecycle(world) -> None:
     assert sandbox is not None
     network = ctl.find_network("epnet")
     async with AsyncExitStack() as stack:
-        ep = Endpoint.create(
+        ep = await Endpoint.create(
             svc, stack, network, container, sandbox.record, EndpointRequest(), siblings=[], gateway_free=True
         )
         assert ep.record.address is not None and svc.ipam.owners(network.id)[ep.record.address.ip] == ep.id
@@ -148,7 +148,7 @@ async def test_endpoint_create_is_undone_with_its_stack(world) -> None:
     network = ctl.find_network("undo")
     before = dict(svc.ipam.owners(network.id))
     async with AsyncExitStack() as stack:
-        ep = Endpoint.create(
+        ep = await Endpoint.create(
             svc, stack, network, container, sandbox.record, EndpointRequest(), siblings=[], gateway_free=True
         )
         await ep.join(stack, sandbox.record)

@@ -157,7 +157,7 @@ class Controller:
         self._restore.upgrade_records()
         await self._firewall.setup()
         await self._restore.containers()
-        self._restore.orphan_addresses()
+        await self._restore.orphan_addresses()
         await self._restore.drivers()
         await self._networks.ensure_predefined()
         await self._firewall.sync(self.bridge_rules(), self.port_rules())

@@ -57,7 +57,7 @@ class Endpoint:
     # -- lifecycle ------------------------------------------------------------------------
 
     @classmethod
-    def create(
+    async def create(
         cls,
         svc: Services,
         stack: AsyncExitStack,
@@ -136,7 +136,7 @@ class Endpoint:
                 errors.append(exc)
         return errors
 
-    def delete(self) -> None:
+    async def delete(self) -> None:
         """The address goes back, the record goes; a ``disconnect`` event is reported."""
         if self.network is not None and self.record.address is not None:
             self._svc.ipam.release_address(self.network.id, self.record.address.ip)
@@ -147,7 +147,7 @@ class Endpoint:
     async def remove(self, sandbox: SandboxRecord | None) -> list[BaseException]:
         """``leave`` then ``delete``: idempotent, errors returned."""
         errors = await self.leave(sandbox)
-        self.delete()
+        await self.delete()
         return errors
 
     async def restore(self) -> None:

@@ -140,7 +140,7 @@ class Restore:
             except CnmError as exc:
                 log.error("removing container %s left by a crash: %s", cid[:12], exc)
 
-    def orphan_addresses(self) -> None:
+    async def orphan_addresses(self) -> None:
         """Pools whose network record is missing and addresses whose owner endpoint no
         longer exists (a crash between IPAM and the record) go back."""
         ipam = self._svc.ipam

@@ -164,7 +164,7 @@ class Sandbox:
         """One endpoint: created, joined, and publishing if it became the gateway
         (``image`` None: looked up only then)."""
         siblings = self.endpoints()
-        ep = Endpoint.create(
+        ep = await Endpoint.create(
             self._svc,
             stack,
             network,
