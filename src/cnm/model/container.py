@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from cnm.model.endpoint import EndpointRequest
 from cnm.model.network_mode import DEFAULT, NetworkMode
 
-_EMPTY: Mapping = MappingProxyType({})
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Generic, TypeVar
 
 from cnm.store.api import Change, Compacted, Document, Store
@@ -27,11 +27,19 @@ class Mirror(Generic[T]):
     """The decoded entries under ``prefix`` (keys without the prefix), with the revision
     of each and the last store revision applied."""
 
-    def __init__(self, store: Store, prefix: str, decode: Callable[[str, Document], T]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        prefix: str,
+        decode: Callable[[str, Document], T],
+        items: MutableMapping[str, T] | None = None,
+    ) -> None:
+        """``items``: the mapping to keep current (an indexed table of the caller's, say);
+        a new dict when not given."""
         self._store = store
         self._prefix = prefix
         self._decode = decode
-        self.items: dict[str, T] = {}
+        self.items: MutableMapping[str, T] = {} if items is None else items
         self.revisions: dict[str, int] = {}
         self.revision = 0
         self._listeners: list[Callable[[str, T | None, T | None], None]] = []
@@ -99,7 +107,9 @@ class Mirror(Generic[T]):
             self._set(name, value, revision)
 
     async def seen(self, revision: int) -> None:
-        """Return once every change up to ``revision`` has been applied."""
+        """Return once a change at ``revision`` or later under this prefix has been applied
+        (a watch reports only its own prefix, so ``revision`` must be one of a change here,
+        e.g. of the caller's own write)."""
         while self.revision < revision:
             await self._progress.wait()
 
