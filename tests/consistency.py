@@ -129,7 +129,7 @@ class Store:
 
 
 def bridge_name(network: dict[str, Any]) -> str:
-    """cnm.model.network.Network.bridge_name, from the document."""
+    """cnm.model.network.NetworkRecord.bridge_name, from the document."""
     options = network.get("options") or {}
     name = options.get("com.docker.network.bridge.name")
     if name:
@@ -267,6 +267,17 @@ def assert_consistent(host: Any, settle: float = 10.0) -> None:
     assert not found, "store and kernel disagree:\n  " + "\n  ".join(found)
 
 
+def _own_sandbox(mode: Any) -> bool:
+    """Whether a running container with this stored network mode has a sandbox of its own:
+    not ``host`` nor ``container:X`` (stored as text before NetworkMode, an object since)."""
+    kind = (
+        mode.get("kind")
+        if isinstance(mode, dict)
+        else ("container" if mode.startswith("container:") else mode)
+    )
+    return kind not in ("host", "container")
+
+
 def _name(store: Store, container_id: str) -> str:
     c = store.containers.get(container_id)
     return f"{c['name']} ({container_id[:12]})" if c else container_id[:12]
@@ -286,8 +297,7 @@ def _check_records(store: Store) -> list[str]:
             out.append(f"{_name(store, sb['container_id'])} has two sandboxes")
         sandbox_of[sb["container_id"]] = sb
     for c in store.containers.values():
-        mode = c["config"]["network_mode"]
-        if running(c) and mode != "host" and not mode.startswith("container:") and c["id"] not in sandbox_of:
+        if running(c) and _own_sandbox(c["config"]["network_mode"]) and c["id"] not in sandbox_of:
             out.append(f"running {_name(store, c['id'])} has no sandbox")
     seen: Counter[tuple[str, str]] = Counter()
     for ep in store.endpoints.values():

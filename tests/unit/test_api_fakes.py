@@ -13,8 +13,8 @@ from cnm.engine.events import Events
 from cnm.errors import Conflict, Forbidden, NotFound, NotModified
 from cnm.kernel.api import LinkStats
 from cnm.model.container import RUNNING, Container, ContainerConfig, ContainerState, ExecSpec, Image
-from cnm.model.endpoint import Endpoint, EndpointRequest, Sandbox
-from cnm.model.network import PREDEFINED, Network, NetworkSpec
+from cnm.model.endpoint import EndpointRecord, EndpointRequest, SandboxRecord
+from cnm.model.network import PREDEFINED, NetworkRecord, NetworkSpec
 from cnm.model.values import new_id, parse_container_name
 from cnm.runtime.images import Loaded, normalize_reference
 from cnm.runtime.logs import Record
@@ -52,9 +52,9 @@ class _Exec:
 
 @dataclass
 class FakeController:
-    nets: dict[str, Network] = field(default_factory=dict)
+    nets: dict[str, NetworkRecord] = field(default_factory=dict)
     ctrs: dict[str, Container] = field(default_factory=dict)
-    endpoints: dict[str, list[Endpoint]] = field(default_factory=dict)  # network id -> endpoints
+    endpoints: dict[str, list[EndpointRecord]] = field(default_factory=dict)  # network id -> endpoints
     logs: dict[str, list[tuple[int, bytes]]] = field(default_factory=dict)
     execs: dict[str, _Exec] = field(default_factory=dict)
     imgs: dict[str, Image] = field(default_factory=dict)
@@ -70,7 +70,7 @@ class FakeController:
 
     def __post_init__(self) -> None:
         for name, driver in (("bridge", "bridge"), ("host", "host"), ("none", "null")):
-            net = Network(
+            net = NetworkRecord(
                 id=new_id(),
                 name=name,
                 driver=driver,
@@ -104,14 +104,14 @@ class FakeController:
         )
 
     # -- networks
-    async def create_network(self, spec: NetworkSpec) -> Network:
+    async def create_network(self, spec: NetworkSpec) -> NetworkRecord:
         if spec.name in ("bridge", "host", "none", "default"):
             raise Forbidden(f"operation is not permitted on predefined {spec.name} network ")
         if any(n.name == spec.name for n in self.nets.values()):
             raise Conflict(f"network with name {spec.name} already exists")
         sub = spec.ipam[0].subnet if spec.ipam else IPv4Network("172.18.0.0/16")
         gw = (spec.ipam[0].gateway if spec.ipam else None) or IPv4Address(int(sub.network_address) + 1)
-        net = Network(
+        net = NetworkRecord(
             id=new_id(),
             name=spec.name,
             driver=spec.driver,
@@ -127,10 +127,10 @@ class FakeController:
         self.nets[net.id] = net
         return net
 
-    def networks(self) -> list[Network]:
+    def networks(self) -> list[NetworkRecord]:
         return list(self.nets.values())
 
-    def find_network(self, ref: str) -> Network:
+    def find_network(self, ref: str) -> NetworkRecord:
         for n in self.nets.values():
             if ref in (n.id, n.name):
                 return n
@@ -139,7 +139,7 @@ class FakeController:
             return hits[0]
         raise NotFound(f"network {ref} not found")
 
-    def network_endpoints(self, network_id: str) -> list[Endpoint]:
+    def network_endpoints(self, network_id: str) -> list[EndpointRecord]:
         return list(self.endpoints.get(network_id, []))
 
     async def remove_network(self, ref: str) -> None:
@@ -180,10 +180,10 @@ class FakeController:
             return
         self._attach(c, net, request)
 
-    def _attach(self, c: Container, net: Network, request: EndpointRequest) -> Endpoint:
+    def _attach(self, c: Container, net: NetworkRecord, request: EndpointRequest) -> EndpointRecord:
         eps = self.endpoints.setdefault(net.id, [])
         addr = request.ipv4_address or IPv4Address(int(net.subnet.network_address) + 2 + len(eps))
-        ep = Endpoint(
+        ep = EndpointRecord(
             id=new_id(),
             network_id=net.id,
             container_id=c.id,
@@ -212,10 +212,10 @@ class FakeController:
     def _create_networks(self, config: ContainerConfig) -> dict[str, EndpointRequest]:
         """As the engine: the requests keyed by network name, the primary one included."""
         mode = config.network_mode
-        if mode.startswith("container:"):
+        if mode.container:
             return {}
         nets = {self.find_network(k).name: v for k, v in config.networks.items()}
-        primary = self.find_network(mode).name
+        primary = self.find_network(mode.network).name
         return {primary: nets.pop(primary, EndpointRequest()), **nets}
 
     async def create_container(self, name, config: ContainerConfig):
@@ -261,7 +261,7 @@ class FakeController:
         c = self.ctrs.get(container_id)
         if c is None or not c.running:
             return None
-        return Sandbox(id=c.sandbox_id, container_id=c.id, key=f"/run/cnm/netns/{c.sandbox_id[:12]}")
+        return SandboxRecord(id=c.sandbox_id, container_id=c.id, key=f"/run/cnm/netns/{c.sandbox_id[:12]}")
 
     def container_paths(self, container_id: str) -> ContainerPaths:
         d = f"/var/lib/cnm/containers/{container_id}"
@@ -273,7 +273,7 @@ class FakeController:
             raise NotModified("already started")
         c = replace(c, state=ContainerState(status=RUNNING, pid=4242, started_at=NOW), sandbox_id=new_id())
         self.ctrs[c.id] = c
-        mode = c.config.network_mode
+        mode = c.config.network_mode.network
         keys = [mode] + [k for k in c.config.networks if k != mode]
         for key in keys:
             net = self.find_network(key)

@@ -16,13 +16,13 @@ from cnm.cli.commands.container import port_lines
 from cnm.cli.format import displayable_ports
 from cnm.cli.portspec import parse_expose, parse_publish
 from cnm.model.container import Container, ContainerState
-from cnm.model.endpoint import Endpoint, Sandbox
-from cnm.model.network import Network
+from cnm.model.endpoint import EndpointRecord, SandboxRecord
+from cnm.model.network import NetworkRecord
 from cnm.model.ports import ANY, PortMapping
 
 NOW = "2024-05-01T10:00:00.000000000Z"
 LO = IPv4Address("127.0.0.1")
-NET = Network(
+NET = NetworkRecord(
     id="n" * 64,
     name="bridge",
     driver="bridge",
@@ -53,7 +53,7 @@ def container(publish=(), expose=(), publish_all=False, mode="default", status="
 
 
 def view(c: Container, *mappings: PortMapping) -> NetworkView:
-    ep = Endpoint(
+    ep = EndpointRecord(
         id="e" * 64,
         network_id=NET.id,
         container_id=c.id,
@@ -64,7 +64,7 @@ def view(c: Container, *mappings: PortMapping) -> NetworkView:
         ports=tuple(mappings),
     )
     return NetworkView(
-        [(NET, ep)], Sandbox(id="s" * 64, container_id=c.id, key="/run/cnm/netns/s"), lambda r: NET
+        [(NET, ep)], SandboxRecord(id="s" * 64, container_id=c.id, key="/run/cnm/netns/s"), lambda r: NET
     )
 
 

@@ -34,8 +34,8 @@ from cnm.errors import (
     Unavailable,
 )
 from cnm.model.container import Container, ContainerState
-from cnm.model.endpoint import Endpoint, EndpointRequest, Sandbox
-from cnm.model.network import IpamConfig, Network
+from cnm.model.endpoint import EndpointRecord, EndpointRequest, SandboxRecord
+from cnm.model.network import IpamConfig, NetworkRecord
 
 
 def test_status_map() -> None:
@@ -75,7 +75,7 @@ def test_filters_both_forms_and_matching() -> None:
 NOW = "2025-11-05T10:00:00.123456789Z"
 
 
-def _net(**kw) -> Network:
+def _net(**kw) -> NetworkRecord:
     base = dict(
         id="a" * 64,
         name="mynet",
@@ -85,7 +85,7 @@ def _net(**kw) -> Network:
         subnet=IPv4Network("172.18.0.0/16"),
         gateway=IPv4Address("172.18.0.1"),
     )
-    return Network(**{**base, **kw})
+    return NetworkRecord(**{**base, **kw})
 
 
 def test_network_json_echo_rules() -> None:
@@ -100,7 +100,7 @@ def test_network_json_echo_rules() -> None:
     assert verbatim["IPAM"]["Options"] is None
     host = network_json(_net(name="host", driver="host", subnet=None, gateway=None))
     assert host["IPAM"]["Config"] is None and host["Containers"] == {} and host["Labels"] == {}
-    ep = Endpoint(
+    ep = EndpointRecord(
         id="e" * 64,
         network_id="a" * 64,
         container_id="c" * 64,
@@ -174,7 +174,7 @@ def test_container_create_normalisation() -> None:
             "NetworkingConfig": {"EndpointsConfig": {"default": {"Aliases": ["x"]}}},
         }
     )
-    assert config.network_mode == "bridge" and list(config.networks) == ["bridge"]
+    assert str(config.network_mode) == "bridge" and list(config.networks) == ["bridge"]
     assert config.cmd == ("sh",) and config.exposed_ports == ("80/tcp", "443/tcp")
     assert warnings == []
     config, _ = parse_container_create({"Image": "b", "NetworkingConfig": {"mynet": None}})  # docker-py quirk
@@ -249,7 +249,7 @@ def test_inspect_deprecated_fields_only_from_bridge_and_container_mode() -> None
         sandbox_id="s" * 64,
     )
     net = _net()
-    ep = Endpoint(
+    ep = EndpointRecord(
         id="e" * 64,
         network_id=net.id,
         container_id=c.id,
@@ -261,7 +261,7 @@ def test_inspect_deprecated_fields_only_from_bridge_and_container_mode() -> None
         request=EndpointRequest(),
     )
     view = NetworkView(
-        [(net, ep)], Sandbox(id="s" * 64, container_id=c.id, key="/run/cnm/netns/ssss"), lambda r: net
+        [(net, ep)], SandboxRecord(id="s" * 64, container_id=c.id, key="/run/cnm/netns/ssss"), lambda r: net
     )
     ns = container_inspect_json(c, view, None)["NetworkSettings"]
     assert ns["IPAddress"] == "" and ns["MacAddress"] == ""  # not the network named "bridge"

@@ -14,10 +14,14 @@ from hypothesis import strategies as st
 from cnm.errors import SystemFailure
 from cnm.ipam.api import Pool
 from cnm.model.container import Container, ContainerConfig, Image, PortBindingRequest
-from cnm.model.endpoint import Endpoint, EndpointRequest, Sandbox
-from cnm.model.network import IpamConfig, Network
+from cnm.model.endpoint import EndpointRecord, EndpointRequest, SandboxRecord
+from cnm.model.network import IpamConfig, NetworkRecord
+from cnm.model.network_mode import NetworkMode
 from cnm.store import codec
 from cnm.store.docs_memory import MemoryStore
+
+# a NetworkMode checks its own fields: generate only valid ones (any text parses to one)
+st.register_type_strategy(NetworkMode, st.text().filter(lambda s: s != "container:").map(NetworkMode.parse))
 
 
 def through_json(obj):
@@ -27,13 +31,13 @@ def through_json(obj):
 
 
 @settings(max_examples=120, deadline=None)
-@given(st.from_type(Network))
+@given(st.from_type(NetworkRecord))
 def test_network_roundtrip(net):
     assert through_json(net) == net
 
 
 @settings(max_examples=120, deadline=None)
-@given(st.from_type(Endpoint))
+@given(st.from_type(EndpointRecord))
 def test_endpoint_roundtrip(ep):
     assert through_json(ep) == ep
 
@@ -45,15 +49,15 @@ def test_container_roundtrip(container):
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.from_type(Sandbox), st.from_type(Image), st.from_type(Pool))
+@given(st.from_type(SandboxRecord), st.from_type(Image), st.from_type(Pool))
 def test_other_records_roundtrip(sandbox, image, pool):
     assert through_json(sandbox) == sandbox
     assert through_json(image) == image
     assert through_json(pool) == pool
 
 
-def sample_network() -> Network:
-    return Network(
+def sample_network() -> NetworkRecord:
+    return NetworkRecord(
         id="a" * 64,
         name="backend",
         driver="bridge",
@@ -96,7 +100,7 @@ def test_decoded_types_are_the_declared_ones():
     with pytest.raises(TypeError):
         net.options["x"] = "y"  # read-only, like the frozen record
     assert net.icc is False
-    ep = Endpoint(
+    ep = EndpointRecord(
         id="e",
         network_id="n",
         container_id="c",
@@ -127,7 +131,7 @@ def test_unknown_keys_ignored_missing_keys_defaulted():
     doc["added_in_a_later_version"] = {"whatever": 1}
     del doc["labels"], doc["internal"], doc["ipam"][0]["aux_addresses"]
     doc["ipam"][0]["future"] = 3
-    net = codec.decode(Network, doc)
+    net = codec.decode(NetworkRecord, doc)
     assert net.labels == {} and net.internal is False
     assert net.ipam[0].aux_addresses == {}
 
@@ -136,35 +140,35 @@ def test_null_for_non_optional_field_takes_default():
     doc = codec.encode(sample_network())
     doc["options"] = None
     doc["scope"] = None
-    net = codec.decode(Network, doc)
+    net = codec.decode(NetworkRecord, doc)
     assert net.options == {} and net.scope == "local"
 
 
 @pytest.mark.parametrize(
     "change,needle",
     [
-        ({"subnet": "10.0.0.1/24"}, "Network.subnet"),
-        ({"subnet": 5}, "Network.subnet"),
-        ({"internal": "yes"}, "Network.internal: expected bool"),
-        ({"ipam": "x"}, "Network.ipam: expected a list"),
+        ({"subnet": "10.0.0.1/24"}, "NetworkRecord.subnet"),
+        ({"subnet": 5}, "NetworkRecord.subnet"),
+        ({"internal": "yes"}, "NetworkRecord.internal: expected bool"),
+        ({"ipam": "x"}, "NetworkRecord.ipam: expected a list"),
         ({"ipam": [{"gateway": "300.1.1.1"}]}, "IpamConfig.gateway"),
-        ({"options": {"k": 1}}, "Network.options: expected str"),
-        ({"id": None}, "Network.id"),
+        ({"options": {"k": 1}}, "NetworkRecord.options: expected str"),
+        ({"id": None}, "NetworkRecord.id"),
     ],
 )
 def test_bad_documents_raise_system_failure(change, needle):
     doc = codec.encode(sample_network())
     doc.update(change)
     with pytest.raises(SystemFailure, match="cannot decode stored Network") as info:
-        codec.decode(Network, doc)
+        codec.decode(NetworkRecord, doc)
     assert needle in str(info.value)
 
 
 def test_missing_required_field_is_named():
     doc = codec.encode(sample_network())
     del doc["name"]
-    with pytest.raises(SystemFailure, match="Network.name is missing"):
-        codec.decode(Network, doc)
+    with pytest.raises(SystemFailure, match="NetworkRecord.name is missing"):
+        codec.decode(NetworkRecord, doc)
 
 
 def test_int_field_refuses_bool_and_encode_refuses_non_dataclass():
@@ -192,4 +196,4 @@ def test_through_a_store():
     net = sample_network()
     with store.transaction() as tx:
         tx.put("network", net.id, codec.encode(net))
-    assert codec.decode(Network, store.get("network", net.id)) == net
+    assert codec.decode(NetworkRecord, store.get("network", net.id)) == net

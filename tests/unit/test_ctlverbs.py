@@ -17,6 +17,7 @@ from cnm.cli.commands.stats import cpu_percent, memory_usage, row
 from cnm.errors import Conflict, NotFound, RuntimeFailure
 from cnm.kernel.api import LinkStats
 from cnm.model.container import ContainerConfig, ExecSpec
+from cnm.model.network_mode import NetworkMode
 from cnm.runtime import stats as cgstats
 from cnm.runtime.stats import Cgroup, parse_ps, procs, read_stats
 
@@ -359,7 +360,8 @@ async def test_link_local_ips_are_assigned_on_the_interface(world):
     await ctl.create_network(NetworkSpec(name="ll", driver="bridge"))
     request = EndpointRequest(link_local_ips=(IPv4Address("169.254.7.7"),))
     created, _ = await ctl.create_container(
-        "llc", ContainerConfig(image="busybox", network_mode="ll", networks={"ll": request})
+        "llc",
+        ContainerConfig(image="busybox", network_mode=NetworkMode.parse("ll"), networks={"ll": request}),
     )
     await ctl.start_container(created.id)
     sandbox = ctl.container_sandbox(created.id)

@@ -12,8 +12,8 @@ from cnm.drivers.bridge import BridgeDriver
 from cnm.errors import Conflict, FirewallError, InvalidArgument, KernelError, TeardownErrors
 from cnm.firewall.api import BridgeRules
 from cnm.kernel.fake import FakeKernel
-from cnm.model.endpoint import Endpoint, Sandbox
-from cnm.model.network import OPT_BRIDGE_NAME, OPT_ICC, OPT_MTU, Network, NetworkSpec
+from cnm.model.endpoint import EndpointRecord, SandboxRecord
+from cnm.model.network import OPT_BRIDGE_NAME, OPT_ICC, OPT_MTU, NetworkRecord, NetworkSpec
 
 NET_ID = "a1" * 32
 OTHER_ID = "b2" * 32
@@ -53,7 +53,7 @@ class RecordingFirewall:
         return True
 
 
-def network(net_id: str = NET_ID, name: str = "backend", subnet: str = "10.10.0.0/24", **kw) -> Network:
+def network(net_id: str = NET_ID, name: str = "backend", subnet: str = "10.10.0.0/24", **kw) -> NetworkRecord:
     net = IPv4Network(subnet)
     values = dict(
         id=net_id,
@@ -64,10 +64,10 @@ def network(net_id: str = NET_ID, name: str = "backend", subnet: str = "10.10.0.
         gateway=net.network_address + 1,
     )
     values.update(kw)
-    return Network(**values)
+    return NetworkRecord(**values)
 
 
-def endpoint(n: int, net: Network, **kw) -> Endpoint:
+def endpoint(n: int, net: NetworkRecord, **kw) -> EndpointRecord:
     address = IPv4Interface(f"{net.subnet.network_address + n}/{net.subnet.prefixlen}")
     values = dict(
         id=f"{n:02x}" * 32,
@@ -83,11 +83,11 @@ def endpoint(n: int, net: Network, **kw) -> Endpoint:
         default_route=True,
     )
     values.update(kw)
-    return Endpoint(**values)
+    return EndpointRecord(**values)
 
 
-def sandbox(n: int) -> Sandbox:
-    return Sandbox(id=f"s{n}", container_id=f"c{n}", key=f"/run/cnm/netns/s{n}")
+def sandbox(n: int) -> SandboxRecord:
+    return SandboxRecord(id=f"s{n}", container_id=f"c{n}", key=f"/run/cnm/netns/s{n}")
 
 
 @pytest.fixture
@@ -105,7 +105,7 @@ def driver(kernel: FakeKernel, firewall: RecordingFirewall) -> BridgeDriver:
     return BridgeDriver(kernel, firewall)
 
 
-async def joined(kernel: FakeKernel, driver: BridgeDriver, net: Network, n: int) -> Endpoint:
+async def joined(kernel: FakeKernel, driver: BridgeDriver, net: NetworkRecord, n: int) -> EndpointRecord:
     sb = sandbox(n)
     await kernel.create_netns(sb.key)
     ep = endpoint(n, net)
@@ -258,7 +258,7 @@ async def test_join_without_a_namespace_is_refused(kernel, driver):
     net = network()
     await driver.create_network(net)
     with pytest.raises(InvalidArgument):
-        await driver.join(net, endpoint(2, net), Sandbox(id="s", container_id="c", key=""))
+        await driver.join(net, endpoint(2, net), SandboxRecord(id="s", container_id="c", key=""))
     with pytest.raises(KernelError):
         await driver.join(net, endpoint(2, net), sandbox(2))  # key names no namespace
 
@@ -314,7 +314,7 @@ async def test_restore_removes_orphans_and_keeps_what_records_name(kernel, firew
 
 
 async def test_restore_ignores_other_drivers_networks(kernel, firewall, driver):
-    host_net = Network(id=OTHER_ID, name="host", driver="host", created="x")
+    host_net = NetworkRecord(id=OTHER_ID, name="host", driver="host", created="x")
     await driver.restore([host_net], [])
     assert kernel.link_names() == ["lo"] and not firewall.rules
 
@@ -331,7 +331,7 @@ async def test_only_the_default_route_endpoint_gets_a_route(kernel, driver):
     """A second network's endpoint shows its gateway but must not add a second default route."""
     net = network()
     await driver.create_network(net)
-    sb = Sandbox(id="s9", container_id="c9", key="/run/test/ns9")
+    sb = SandboxRecord(id="s9", container_id="c9", key="/run/test/ns9")
     await kernel.create_netns(sb.key)
     ep = endpoint(9, net, default_route=False)
     await driver.join(net, ep, sb)

@@ -14,8 +14,8 @@ from cnm.errors import Conflict, FirewallError, KernelError, TeardownErrors
 from cnm.firewall.api import port_guard
 from cnm.firewall.fake import FakeSpoofGuard
 from cnm.kernel.fake import FakeKernel
-from cnm.model.endpoint import Endpoint
-from cnm.model.network import Network
+from cnm.model.endpoint import EndpointRecord
+from cnm.model.network import NetworkRecord
 
 
 @pytest.fixture
@@ -33,7 +33,9 @@ def driver(kernel: FakeKernel, guard: FakeSpoofGuard) -> BridgeDriver:
     return BridgeDriver(kernel, RecordingFirewall(), guard=guard)
 
 
-async def joined(kernel: FakeKernel, driver: BridgeDriver, net: Network, n: int, **kw) -> Endpoint:
+async def joined(
+    kernel: FakeKernel, driver: BridgeDriver, net: NetworkRecord, n: int, **kw
+) -> EndpointRecord:
     await kernel.create_netns(sandbox(n).key)
     ep = endpoint(n, net, **kw)
     await driver.join(net, ep, sandbox(n))

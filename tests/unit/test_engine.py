@@ -20,6 +20,7 @@ from cnm.kernel.fake import FakeKernel
 from cnm.model.container import ContainerConfig
 from cnm.model.endpoint import EndpointRequest
 from cnm.model.network import IpamConfig, NetworkSpec
+from cnm.model.network_mode import NetworkMode
 from cnm.runtime.fake import FakeRuntime
 from cnm.store.docs_memory import MemoryStore
 from cnm.store.memory import MemoryStore as AsyncMemoryStore
@@ -152,7 +153,7 @@ async def test_static_ip_mac_hostname(world):
     cid = await run(
         ctl,
         "api",
-        network_mode="backend",
+        network_mode=NetworkMode.parse("backend"),
         hostname="api.local",
         networks={
             "backend": EndpointRequest(
@@ -170,7 +171,7 @@ async def test_static_ip_mac_hostname(world):
         "bb",
         ContainerConfig(
             image="busybox",
-            network_mode="backend",
+            network_mode=NetworkMode.parse("backend"),
             networks={"backend": EndpointRequest(ipv4_address=IPv4Address("10.10.0.10"))},
         ),
     )
@@ -268,7 +269,11 @@ async def test_parallel_starts_get_distinct_addresses(world):
     ctl = await world.controller()
     await ctl.create_network(NetworkSpec(name="many"))
     ids = [
-        (await ctl.create_container(f"c{i}", ContainerConfig(image="busybox", network_mode="many")))[0].id
+        (
+            await ctl.create_container(
+                f"c{i}", ContainerConfig(image="busybox", network_mode=NetworkMode.parse("many"))
+            )
+        )[0].id
         for i in range(50)
     ]
     await asyncio.gather(*(ctl.start_container(i) for i in ids))
@@ -278,15 +283,15 @@ async def test_parallel_starts_get_distinct_addresses(world):
 
 async def test_none_host_and_container_modes(world):
     ctl = await world.controller()
-    none_id = await run(ctl, "nn", network_mode="none")
+    none_id = await run(ctl, "nn", network_mode=NetworkMode.parse("none"))
     [(net, ep)] = ctl.container_endpoints(none_id)
     assert net.name == "none" and ep.address is None and ep.host_ifname == ""
     assert ctl.container_sandbox(none_id).key
-    host_id = await run(ctl, "hh", network_mode="host")
+    host_id = await run(ctl, "hh", network_mode=NetworkMode.parse("host"))
     assert ctl.container_sandbox(host_id).key == ""
     assert world.runtime.started[host_id].netns_path is None
     web = await run(ctl, "web")
-    shared = await run(ctl, "side", network_mode="container:web")
+    shared = await run(ctl, "side", network_mode=NetworkMode.parse("container:web"))
     assert world.runtime.started[shared].netns_path == ctl.container_sandbox(web).key
     with pytest.raises(InvalidArgument):
         await ctl.connect("bridge", "side", EndpointRequest())
@@ -322,14 +327,18 @@ async def test_stopped_container_connect_records_request(world):
 async def test_unknown_network_fails_at_create(world):
     ctl = await world.controller()
     with pytest.raises(InvalidArgument, match="network nosuch not found"):
-        await ctl.create_container("web", ContainerConfig(image="busybox", network_mode="nosuch"))
+        await ctl.create_container(
+            "web", ContainerConfig(image="busybox", network_mode=NetworkMode.parse("nosuch"))
+        )
     assert ctl.containers() == []
 
 
 async def test_network_removed_after_create_fails_at_start(world):
     ctl = await world.controller()
     await ctl.create_network(NetworkSpec(name="gone"))
-    await ctl.create_container("web", ContainerConfig(image="busybox", network_mode="gone"))
+    await ctl.create_container(
+        "web", ContainerConfig(image="busybox", network_mode=NetworkMode.parse("gone"))
+    )
     await ctl.remove_network("gone")
     with pytest.raises(NotFound, match="network gone not found"):
         await ctl.start_container("web")
@@ -379,9 +388,14 @@ async def test_names_scoped_to_shared_networks(named):
     ctl = await named.controller()
     await ctl.create_network(NetworkSpec(name="front"))
     await ctl.create_network(NetworkSpec(name="back"))
-    web = await run(ctl, "web", network_mode="front", networks={"front": EndpointRequest(aliases=("www",))})
-    api = await run(ctl, "api", network_mode="front")
-    db = await run(ctl, "db", network_mode="back")
+    web = await run(
+        ctl,
+        "web",
+        network_mode=NetworkMode.parse("front"),
+        networks={"front": EndpointRequest(aliases=("www",))},
+    )
+    api = await run(ctl, "api", network_mode=NetworkMode.parse("front"))
+    db = await run(ctl, "db", network_mode=NetworkMode.parse("back"))
     sb = {c: ctl.container_sandbox(c).id for c in (web, api, db)}
     web_ip = ctl.container_endpoints(web)[0][1].address.ip
     assert named.names.lookup_a(sb[api], "web") == [web_ip]
@@ -522,8 +536,8 @@ async def test_internal_and_host_mode_publish_nothing(ports):
     ctl = await ports.controller()
     await ctl.create_network(NetworkSpec(name="sealed", internal=True))
     bindings = {"80/tcp": (PortBindingRequest(host_port="8080"),)}
-    sealed = await run(ctl, "sealed1", network_mode="sealed", port_bindings=bindings)
-    host = await run(ctl, "host1", network_mode="host", port_bindings=bindings)
+    sealed = await run(ctl, "sealed1", network_mode=NetworkMode.parse("sealed"), port_bindings=bindings)
+    host = await run(ctl, "host1", network_mode=NetworkMode.parse("host"), port_bindings=bindings)
     assert not ports.firewall.ports
     assert not any(ep.ports for _, ep in ctl.container_endpoints(sealed))
     assert not any(ep.ports for _, ep in ctl.container_endpoints(host))
@@ -533,14 +547,14 @@ def test_port_rules_merge_runs_with_the_same_offset():
     from ipaddress import IPv4Interface
 
     from cnm.engine.ports import port_rules
-    from cnm.model.endpoint import Endpoint
-    from cnm.model.network import Network
+    from cnm.model.endpoint import EndpointRecord
+    from cnm.model.network import NetworkRecord
     from cnm.model.ports import ANY, PortMapping
 
-    net = Network(
+    net = NetworkRecord(
         id="n" * 64, name="x", driver="bridge", created="t", options={"com.docker.network.bridge.name": "brx"}
     )
-    ep = Endpoint(
+    ep = EndpointRecord(
         id="e" * 64,
         network_id=net.id,
         container_id="c",
@@ -559,8 +573,8 @@ def test_port_rules_merge_runs_with_the_same_offset():
 async def test_rename_moves_names_and_refuses_taken_ones(named):
     ctl = await named.controller()
     await ctl.create_network(NetworkSpec(name="front"))
-    old = await run(ctl, "old", network_mode="front")
-    peer = await run(ctl, "peer", network_mode="front")
+    old = await run(ctl, "old", network_mode=NetworkMode.parse("front"))
+    peer = await run(ctl, "peer", network_mode=NetworkMode.parse("front"))
     sb = ctl.container_sandbox(peer).id
     await ctl.rename_container("old", "new")
     assert named.names.lookup_a(sb, "new") and named.names.lookup_a(sb, "old") is None

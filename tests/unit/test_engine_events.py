@@ -8,10 +8,11 @@ import asyncio
 import pytest
 from test_engine import World, run
 
-from cnm.engine.controller import familiar
+from cnm.engine.images import familiar
 from cnm.model.container import ExecSpec
 from cnm.model.endpoint import EndpointRequest
 from cnm.model.network import NetworkSpec
+from cnm.model.network_mode import NetworkMode
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ async def _wait_for(predicate) -> None:
 async def test_a_container_life_on_a_user_network(world) -> None:
     ctl = await world.controller()
     net = await ctl.create_network(NetworkSpec(name="front"))
-    cid = await run(ctl, "web", network_mode="front", labels={"tier": "web"})
+    cid = await run(ctl, "web", network_mode=NetworkMode.parse("front"), labels={"tier": "web"})
     await ctl.rename_container("web", "web2")
     await ctl.kill_container("web2", "SIGTERM")
     await _wait_for(lambda: not ctl.find_container(cid).running)

@@ -15,6 +15,7 @@ from cnm.errors import InvalidArgument, NotFound, RuntimeFailure
 from cnm.model.container import ContainerConfig
 from cnm.model.endpoint import EndpointRequest
 from cnm.model.network import IpamConfig, NetworkSpec
+from cnm.model.network_mode import NetworkMode
 
 
 @pytest.fixture
@@ -36,8 +37,10 @@ def addresses(world: World, ctl: Controller, network: str) -> dict:
 async def test_create_records_the_primary_network_by_name(world):
     ctl = await world.controller()
     net = await ctl.create_network(NetworkSpec(name="front"))
-    c, _ = await ctl.create_container("web", ContainerConfig(image="busybox", network_mode=net.id[:12]))
-    assert c.config.network_mode == net.id[:12]
+    c, _ = await ctl.create_container(
+        "web", ContainerConfig(image="busybox", network_mode=NetworkMode.parse(net.id[:12]))
+    )
+    assert str(c.config.network_mode) == net.id[:12]
     assert list(c.config.networks) == ["front"]
     plain, _ = await ctl.create_container("plain", ContainerConfig(image="busybox"))
     assert list(plain.config.networks) == ["bridge"]
@@ -46,15 +49,17 @@ async def test_create_records_the_primary_network_by_name(world):
 async def test_disconnect_of_created_container_keeps_its_mode(world):
     ctl = await world.controller()
     await ctl.create_network(NetworkSpec(name="a"))
-    c, _ = await ctl.create_container("web", ContainerConfig(image="busybox", network_mode="a"))
+    c, _ = await ctl.create_container(
+        "web", ContainerConfig(image="busybox", network_mode=NetworkMode.parse("a"))
+    )
     await ctl.disconnect("a", "web")
     c = ctl.find_container("web")
-    assert c.config.network_mode == "a"
+    assert str(c.config.network_mode) == "a"
     assert dict(c.config.networks) == {}
     # started now, it is on no network at all (only lo), as in Docker, and never on "none"
     await ctl.start_container("web")
     assert ctl.container_endpoints(c.id) == []
-    assert ctl.find_container("web").config.network_mode == "a"
+    assert str(ctl.find_container("web").config.network_mode) == "a"
 
 
 async def test_compose_sequence_leaves_a_and_b_only(world):
@@ -62,7 +67,9 @@ async def test_compose_sequence_leaves_a_and_b_only(world):
     ctl = await world.controller()
     await ctl.create_network(NetworkSpec(name="a"))
     await ctl.create_network(NetworkSpec(name="b"))
-    c, _ = await ctl.create_container("web", ContainerConfig(image="busybox", network_mode="a"))
+    c, _ = await ctl.create_container(
+        "web", ContainerConfig(image="busybox", network_mode=NetworkMode.parse("a"))
+    )
     await ctl.disconnect("a", "web")
     await ctl.connect("a", "web", EndpointRequest(aliases=("api", "www")))
     await ctl.start_container("web")
@@ -72,7 +79,7 @@ async def test_compose_sequence_leaves_a_and_b_only(world):
     assert eps[0][1].aliases == ("api", "www")
     assert eps[0][1].default_route
     c = ctl.find_container("web")
-    assert c.config.network_mode == "a"
+    assert str(c.config.network_mode) == "a"
     assert list(c.config.networks) == ["a", "b"]
     # a stop and a start join the same two networks
     await ctl.stop_container("web", timeout=0)
@@ -88,7 +95,7 @@ async def test_disconnect_of_stopped_container_from_a_second_network(world):
     await ctl.stop_container("web", timeout=0)
     await ctl.disconnect("bridge", "web")
     c = ctl.find_container("web")
-    assert c.config.network_mode == "bridge" and list(c.config.networks) == ["b"]
+    assert str(c.config.network_mode) == "bridge" and list(c.config.networks) == ["b"]
     await ctl.start_container("web")
     assert [n.name for n, _ in ctl.container_endpoints(cid)] == ["b"]
     with pytest.raises(NotFound, match="not connected"):
@@ -125,7 +132,7 @@ async def test_ip_outside_subnet_refused_at_create(world):
             "web",
             ContainerConfig(
                 image="busybox",
-                network_mode="n",
+                network_mode=NetworkMode.parse("n"),
                 networks={"n": EndpointRequest(ipv4_address=IPv4Address("10.99.0.5"))},
             ),
         )
@@ -147,9 +154,13 @@ async def test_unknown_secondary_network_refused_at_create(world):
 async def test_unknown_container_mode_target_refused_at_create(world):
     ctl = await world.controller()
     with pytest.raises(NotFound, match="No such container: ghost"):
-        await ctl.create_container("web", ContainerConfig(image="busybox", network_mode="container:ghost"))
+        await ctl.create_container(
+            "web", ContainerConfig(image="busybox", network_mode=NetworkMode.parse("container:ghost"))
+        )
     await run(ctl, "main")
-    c, _ = await ctl.create_container("side", ContainerConfig(image="busybox", network_mode="container:main"))
+    c, _ = await ctl.create_container(
+        "side", ContainerConfig(image="busybox", network_mode=NetworkMode.parse("container:main"))
+    )
     assert dict(c.config.networks) == {}
 
 
@@ -173,7 +184,7 @@ async def test_failed_start_with_auto_remove_leaves_no_container(world):
         "web",
         ContainerConfig(
             image="busybox",
-            network_mode="n",
+            network_mode=NetworkMode.parse("n"),
             auto_remove=True,
             networks={"n": EndpointRequest(ipv4_address=IPv4Address("10.31.0.9"))},
         ),
@@ -187,7 +198,10 @@ async def test_failed_start_with_auto_remove_leaves_no_container(world):
     world.runtime.fail_start = False
     # the same address can be taken again
     await run(
-        ctl, "again", network_mode="n", networks={"n": EndpointRequest(ipv4_address=IPv4Address("10.31.0.9"))}
+        ctl,
+        "again",
+        network_mode=NetworkMode.parse("n"),
+        networks={"n": EndpointRequest(ipv4_address=IPv4Address("10.31.0.9"))},
     )
 
 
@@ -260,14 +274,14 @@ async def test_always_restarts_until_stopped(world):
 async def test_stop_during_backoff_cancels_the_restart(world):
     ctl = await world.controller()
     cid = await run(ctl, "web", restart_policy="always")
-    ctl._containers._delays[cid] = 30.0  # the next delay is a minute: it sits in "restarting"
+    ctl._exits._delays[cid] = 30.0  # the next delay is a minute: it sits in "restarting"
     world.runtime.exit(cid, 0)
     await until(lambda: state(ctl, "web").status == "restarting")
     with pytest.raises(Exception, match="restarting"):
         await ctl.remove_container("web")
     await ctl.stop_container("web")
     assert state(ctl, "web").status == "exited"
-    assert not ctl._containers._restarts
+    assert not ctl._exits._restarts
 
 
 async def test_no_policy_never_restarts(world):
@@ -308,7 +322,7 @@ async def test_a_failed_restart_leaves_the_container_exited(world):
     await until(lambda: state(ctl, "web").status == "exited")
     assert "fake failure" in state(ctl, "web").error
     await asyncio.sleep(0.3)
-    assert state(ctl, "web").status == "exited" and not ctl._containers._restarts
+    assert state(ctl, "web").status == "exited" and not ctl._exits._restarts
     assert ctl.container_endpoints(cid) == [] and not netns_paths(world.kernel)
 
 
@@ -319,7 +333,9 @@ async def test_records_from_before_networks_held_the_primary_are_upgraded(world)
 
     ctl = await world.controller()
     await ctl.create_network(NetworkSpec(name="front"))
-    c, _ = await ctl.create_container("web", ContainerConfig(image="busybox", network_mode="front"))
+    c, _ = await ctl.create_container(
+        "web", ContainerConfig(image="busybox", network_mode=NetworkMode.parse("front"))
+    )
     old_style = replace(c.config, networks={}, networks_complete=False)
     ctl._state.commit(put=[replace(c, config=old_style)])
     await ctl.close()
@@ -345,7 +361,7 @@ async def test_records_from_before_networks_held_the_primary_are_upgraded(world)
     ],
 )
 def test_should_restart_table(policy, max_, stopped, count, code, running_daemon, daemon_start):
-    from cnm.engine.containers import should_restart
+    from cnm.engine.exits import should_restart
     from cnm.model.container import ContainerState
 
     config = ContainerConfig(image="busybox", restart_policy=policy, restart_max=max_)
@@ -355,7 +371,7 @@ def test_should_restart_table(policy, max_, stopped, count, code, running_daemon
 
 
 def test_backoff_doubles_up_to_a_minute_and_resets_after_a_long_run():
-    from cnm.engine.containers import next_delay
+    from cnm.engine.exits import next_delay
 
     delays = [0.0]
     for _ in range(12):

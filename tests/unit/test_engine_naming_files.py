@@ -9,7 +9,7 @@ from pathlib import Path
 from cnm.engine.naming import Naming
 from cnm.engine.state import State
 from cnm.model.container import Container, ContainerConfig
-from cnm.model.endpoint import Sandbox
+from cnm.model.endpoint import SandboxRecord
 from cnm.store.docs_memory import MemoryStore
 
 
@@ -28,7 +28,7 @@ def setup(tmp_path: Path):
     resolv.write_text("nameserver 192.0.2.53\n")
     naming = Naming(State(MemoryStore()), Runtime(tmp_path), host_resolv_conf=str(resolv))
     container = Container(id="c1" * 32, name="web", created="", config=ContainerConfig(image="busybox"))
-    sandbox = Sandbox(id="sb1", container_id=container.id, key="/run/x", hostname="web")
+    sandbox = SandboxRecord(id="sb1", container_id=container.id, key="/run/x", hostname="web")
     return naming, container, sandbox, resolv
 
 
@@ -60,7 +60,7 @@ def test_unchanged_files_are_not_rewritten_but_outside_edits_are_repaired(tmp_pa
     # A shorter content than before leaves no stale tail.
     naming.write_files(
         container,
-        Sandbox(id="sb1", container_id=container.id, key="/run/x", hostname="w"),
+        SandboxRecord(id="sb1", container_id=container.id, key="/run/x", hostname="w"),
         [],
         host_mode=False,
     )

@@ -29,6 +29,7 @@ from cnm.kernel.fake import HOST, FakeKernel
 from cnm.model.container import ContainerConfig
 from cnm.model.endpoint import EndpointRequest
 from cnm.model.network import NetworkSpec
+from cnm.model.network_mode import NetworkMode
 from cnm.runtime.fake import FakeRuntime
 from cnm.store.docs_memory import MemoryStore
 from cnm.store.memory import MemoryStore as AsyncMemoryStore
@@ -113,7 +114,9 @@ async def test_network_rm_during_connect_leaves_no_orphan_endpoint(world):
     ctl, kernel = world
     await ctl.create_network(NetworkSpec(name="a"))
     await ctl.create_network(NetworkSpec(name="b"))
-    container, _ = await ctl.create_container("web", ContainerConfig(image="busybox", network_mode="a"))
+    container, _ = await ctl.create_container(
+        "web", ContainerConfig(image="busybox", network_mode=NetworkMode.parse("a"))
+    )
     await ctl.start_container(container.id)
     connected, removed = await race(
         kernel, ctl.connect("b", "web", EndpointRequest()), ctl.remove_network("b")
@@ -131,7 +134,9 @@ async def test_network_rm_during_connect_leaves_no_orphan_endpoint(world):
 async def test_network_rm_during_run_leaves_no_orphan_endpoint(world):
     ctl, kernel = world
     await ctl.create_network(NetworkSpec(name="a"))
-    container, _ = await ctl.create_container("web", ContainerConfig(image="busybox", network_mode="a"))
+    container, _ = await ctl.create_container(
+        "web", ContainerConfig(image="busybox", network_mode=NetworkMode.parse("a"))
+    )
     started, removed = await race(kernel, ctl.start_container(container.id), ctl.remove_network("a"))
     assert (started is None) != (removed is None), (started, removed)
     if started is None:
@@ -146,7 +151,9 @@ async def test_network_prune_during_connect_leaves_no_orphan_endpoint(world):
     ctl, kernel = world
     await ctl.create_network(NetworkSpec(name="a"))
     await ctl.create_network(NetworkSpec(name="b"))
-    container, _ = await ctl.create_container("web", ContainerConfig(image="busybox", network_mode="a"))
+    container, _ = await ctl.create_container(
+        "web", ContainerConfig(image="busybox", network_mode=NetworkMode.parse("a"))
+    )
     await ctl.start_container(container.id)
     connected, pruned = await race(kernel, ctl.connect("b", "web", EndpointRequest()), ctl.prune_networks())
     assert connected is None or isinstance(connected, NotFound)
@@ -160,7 +167,9 @@ async def test_exit_during_connect_leaves_no_orphan_endpoint(world):
     ctl, kernel = world
     await ctl.create_network(NetworkSpec(name="a"))
     await ctl.create_network(NetworkSpec(name="b"))
-    container, _ = await ctl.create_container("web", ContainerConfig(image="busybox", network_mode="a"))
+    container, _ = await ctl.create_container(
+        "web", ContainerConfig(image="busybox", network_mode=NetworkMode.parse("a"))
+    )
     await ctl.start_container(container.id)
 
     async def exit_now() -> None:
@@ -181,7 +190,9 @@ async def test_change_waiting_for_a_container_removed_meanwhile_is_not_found(wor
     ctl, kernel = world
     await ctl.create_network(NetworkSpec(name="a"))
     await ctl.create_network(NetworkSpec(name="b"))
-    container, _ = await ctl.create_container("web", ContainerConfig(image="busybox", network_mode="a"))
+    container, _ = await ctl.create_container(
+        "web", ContainerConfig(image="busybox", network_mode=NetworkMode.parse("a"))
+    )
     ctl._runtime.fail_start = True
     kernel.gate = asyncio.Event()
     kernel.parked.clear()
@@ -206,7 +217,9 @@ async def test_rm_force_during_start_removes_the_container(world):
     removal), as in Docker."""
     ctl, kernel = world
     await ctl.create_network(NetworkSpec(name="a"))
-    container, _ = await ctl.create_container("web", ContainerConfig(image="busybox", network_mode="a"))
+    container, _ = await ctl.create_container(
+        "web", ContainerConfig(image="busybox", network_mode=NetworkMode.parse("a"))
+    )
     kernel.gate = asyncio.Event()
     kernel.parked.clear()
     start = asyncio.ensure_future(ctl.start_container(container.id))
@@ -315,7 +328,9 @@ async def test_random_concurrent_changes_keep_records_and_kernel_in_step(tmp_pat
         )[0]
         if kind == "run":
             config = ContainerConfig(
-                image="busybox", network_mode=r.choice((*networks, "bridge")), auto_remove=r.random() < 0.2
+                image="busybox",
+                network_mode=NetworkMode.parse(r.choice((*networks, "bridge"))),
+                auto_remove=r.random() < 0.2,
             )
             container, _ = await ctl.create_container(c, config)
             await ctl.start_container(container.id)

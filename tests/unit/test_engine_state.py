@@ -7,12 +7,12 @@ from dataclasses import replace
 import pytest
 
 from cnm.engine.state import IndexedTable, State
-from cnm.model.endpoint import Endpoint, Sandbox
+from cnm.model.endpoint import EndpointRecord, SandboxRecord
 from cnm.store.docs_memory import MemoryStore
 
 
-def ep(i: int, container: str, network: str, seq: int = 0) -> Endpoint:
-    return Endpoint(
+def ep(i: int, container: str, network: str, seq: int = 0) -> EndpointRecord:
+    return EndpointRecord(
         id=f"ep{i}",
         network_id=network,
         container_id=container,
@@ -23,7 +23,7 @@ def ep(i: int, container: str, network: str, seq: int = 0) -> Endpoint:
 
 
 def test_index_follows_every_kind_of_change():
-    table: IndexedTable[Endpoint] = IndexedTable("container_id", "network_id")
+    table: IndexedTable[EndpointRecord] = IndexedTable("container_id", "network_id")
     table["ep1"] = ep(1, "c1", "n1")
     table["ep2"] = ep(2, "c1", "n2")
     table.setdefault("ep3", ep(3, "c2", "n1"))
@@ -52,7 +52,7 @@ def test_index_follows_every_kind_of_change():
 def test_state_queries_use_the_indexes_and_survive_commit_and_direct_writes():
     state = State(MemoryStore())
     state.commit(put=[ep(1, "c1", "n1", seq=1), ep(2, "c1", "n2", seq=0), ep(3, "c2", "n1")])
-    state.commit(put=[Sandbox(id="sb1", container_id="c1", key="/run/x", hostname="h")])
+    state.commit(put=[SandboxRecord(id="sb1", container_id="c1", key="/run/x", hostname="h")])
     assert [e.id for e in state.endpoints_of_container("c1")] == ["ep2", "ep1"]  # by created_seq
     assert {e.id for e in state.endpoints_of_network("n1")} == {"ep1", "ep3"}
     assert state.sandbox_of("c1").id == "sb1" and state.sandbox_of("c2") is None

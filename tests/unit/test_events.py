@@ -18,7 +18,7 @@ from cnm.cli.commands.events import pretty
 from cnm.engine.events import Event, Events
 from cnm.errors import InvalidArgument
 from cnm.model.container import Container, ContainerConfig
-from cnm.model.network import Network
+from cnm.model.network import NetworkRecord
 
 S = 1_000_000_000
 
@@ -41,8 +41,8 @@ def _container(name: str = "web", labels: dict[str, str] | None = None) -> Conta
     )
 
 
-def _network(name: str = "front") -> Network:
-    return Network(id="n" * 64, name=name, driver="bridge", created="2026-12-01T00:00:00Z")
+def _network(name: str = "front") -> NetworkRecord:
+    return NetworkRecord(id="n" * 64, name=name, driver="bridge", created="2026-12-01T00:00:00Z")
 
 
 def _filters(**fields: list[str]) -> Filters:

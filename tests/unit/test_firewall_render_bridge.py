@@ -11,8 +11,8 @@ import pytest
 from cnm.errors import FirewallError, InvalidArgument
 from cnm.firewall import render_bridge as r
 from cnm.firewall.api import PortGuard, port_guard
-from cnm.model.endpoint import Endpoint
-from cnm.model.network import Network
+from cnm.model.endpoint import EndpointRecord
+from cnm.model.network import NetworkRecord
 
 A = "a1" * 32
 B = "b2" * 32
@@ -205,8 +205,8 @@ def test_keys_read_back_from_nft_json_are_the_keys_written():
 
 
 def test_port_guard_of_an_endpoint():
-    net = Network(id=NET, name="n", driver="bridge", created="x", subnet=IPv4Network("10.10.0.0/24"))
-    ep = Endpoint(
+    net = NetworkRecord(id=NET, name="n", driver="bridge", created="x", subnet=IPv4Network("10.10.0.0/24"))
+    ep = EndpointRecord(
         id=A,
         network_id=NET,
         container_id="c",

@@ -12,7 +12,8 @@ from cnm.api.schemas_network import parse_network_create
 from cnm.engine.ports import default_host_ip
 from cnm.errors import InvalidArgument
 from cnm.model.container import ContainerConfig, PortBindingRequest
-from cnm.model.network import OPT_HOST_BINDING, Network, NetworkSpec, parse_host_binding
+from cnm.model.network import OPT_HOST_BINDING, NetworkRecord, NetworkSpec, parse_host_binding
+from cnm.model.network_mode import NetworkMode
 from cnm.model.ports import ANY, PortRequest
 
 LO = IPv4Address("127.0.0.1")
@@ -45,10 +46,10 @@ def test_a_bad_value_is_refused_at_create_naming_the_option(raw, why):
 
 
 def test_a_request_without_a_host_ip_takes_the_networks_default_and_an_explicit_one_stays():
-    local = Network(
+    local = NetworkRecord(
         id="n" * 64, name="local", driver="bridge", created="t", options={OPT_HOST_BINDING: "127.0.0.1"}
     )
-    plain = Network(id="m" * 64, name="plain", driver="bridge", created="t")
+    plain = NetworkRecord(id="m" * 64, name="plain", driver="bridge", created="t")
     requests = [PortRequest("tcp", 80), PortRequest("tcp", 81, ANY, 8081, 8081), PortRequest("udp", 53, LO)]
     assert [r.host_ip for r in default_host_ip(local, requests)] == [LO, ANY, LO]
     assert [r.host_ip for r in default_host_ip(plain, requests)] == [ANY, ANY, LO]
@@ -64,7 +65,8 @@ async def test_ports_published_on_a_local_network_bind_to_its_address(tmp_path):
         "82/tcp": (PortBindingRequest(host_ip="0.0.0.0", host_port="8082"),),  # given: kept
     }
     container, _ = await ctl.create_container(
-        "web", ContainerConfig(image="busybox", network_mode="local", port_bindings=bindings)
+        "web",
+        ContainerConfig(image="busybox", network_mode=NetworkMode.parse("local"), port_bindings=bindings),
     )
     await ctl.start_container(container.id)
     [(_, ep)] = ctl.container_endpoints(container.id)

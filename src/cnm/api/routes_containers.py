@@ -45,7 +45,7 @@ from cnm.api.schemas_stats import stats_json, top_json
 from cnm.engine.controller import ContainerPaths, ContainerSample
 from cnm.errors import CnmError, Conflict, InvalidArgument, NotFound
 from cnm.model.container import Container
-from cnm.model.network import Network
+from cnm.model.network import NetworkRecord
 from cnm.model.values import parse_container_name
 from cnm.runtime.logs import Record, rfc3339_nano
 from cnm.runtime.output import Subscription
@@ -61,7 +61,7 @@ _PRUNE_FILTERS = ("label", "label!", "until")
 def network_view(api: Api, c: Container) -> NetworkView:
     ctrl = api.controller
 
-    def find(ref: str) -> Network | None:
+    def find(ref: str) -> NetworkRecord | None:
         try:
             return ctrl.find_network(ref)
         except (NotFound, InvalidArgument):

@@ -12,14 +12,14 @@ from cnm.api.http import get_bool, get_str, json_response, query_bool_strict, re
 from cnm.api.schemas_container import parse_time
 from cnm.api.schemas_network import network_json, parse_endpoint_settings, parse_network_create
 from cnm.errors import Forbidden, InvalidArgument, NotFound
-from cnm.model.network import Network
+from cnm.model.network import NetworkRecord
 
 _LIST_FILTERS = ("driver", "scope", "name", "id", "label", "type", "dangling")
 _PRUNE_FILTERS = ("label", "label!", "until")
 _BUILTIN = ("bridge", "host", "none", "default")
 
 
-def _list_match(api: Api, net: Network, f: Filters) -> bool:
+def _list_match(api: Api, net: NetworkRecord, f: Filters) -> bool:
     if not (f.exact("driver", net.driver) and f.exact("scope", net.scope)):
         return False
     if not (f.match("name", net.name) and f.match("id", net.id) and f.match_kv("label", net.labels)):

@@ -40,8 +40,9 @@ from cnm.model.container import (
     ContainerConfig,
     PortBindingRequest,
 )
-from cnm.model.endpoint import Endpoint, EndpointRequest, Sandbox, dns_names
-from cnm.model.network import PREDEFINED, Network
+from cnm.model.endpoint import EndpointRecord, EndpointRequest, SandboxRecord, dns_names
+from cnm.model.network import PREDEFINED, NetworkRecord
+from cnm.model.network_mode import NetworkMode
 from cnm.model.ports import PortMapping
 from cnm.model.values import parse_mac
 from cnm.portmap.requests import expand_port_key, parse_port_key, port_requests
@@ -58,7 +59,6 @@ ERR_NET_MAC = "conflicting options: mac-address and the network mode"
 ERR_NET_HOSTS = "conflicting options: custom host-to-IP mapping and the network mode"
 ERR_NET_PUBLISH = "conflicting options: port publishing and the container type network mode"
 ERR_NET_EXPOSE = "conflicting options: port exposing and the container type network mode"
-ERR_CONTAINER_FORMAT = "invalid network mode: invalid container format container:<name|id>"
 
 
 # -- in -------------------------------------------------------------------------------------
@@ -104,15 +104,9 @@ def _parse_port_bindings(raw: Any) -> dict[str, tuple[PortBindingRequest, ...]]:
     return out
 
 
-def normalise_network_mode(mode: str) -> str:
-    return "bridge" if mode in ("", "default") else mode
-
-
-def _validate_net_mode(config: dict[str, Any], host: dict[str, Any], mode: str) -> None:
+def _validate_net_mode(config: dict[str, Any], host: dict[str, Any], mode: NetworkMode) -> None:
     """moby ``validateNetContainerMode`` / ``validateNetMode``."""
-    is_container = mode.startswith("container:")
-    if is_container and not mode[len("container:") :]:
-        raise InvalidArgument(ERR_CONTAINER_FORMAT)
+    is_container = bool(mode.container)
     if is_container:
         if get_str(config, "Hostname"):
             raise InvalidArgument(ERR_NET_HOSTNAME)
@@ -122,13 +116,13 @@ def _validate_net_mode(config: dict[str, Any], host: dict[str, Any], mode: str) 
             raise InvalidArgument(ERR_NET_DNS)
         if get_str_list(host, "ExtraHosts"):
             raise InvalidArgument(ERR_NET_HOSTS)
-    if (is_container or mode == "host") and get_str(config, "MacAddress"):
+    if (is_container or mode.is_host) and get_str(config, "MacAddress"):
         raise InvalidArgument(ERR_NET_MAC)
     if is_container and (get_dict(host, "PortBindings") or get_bool(host, "PublishAllPorts")):
         raise InvalidArgument(ERR_NET_PUBLISH)
     if is_container and get_dict(config, "ExposedPorts"):
         raise InvalidArgument(ERR_NET_EXPOSE)
-    if mode == "host" and get_str_list(host, "Links"):
+    if mode.is_host and get_str_list(host, "Links"):
         raise InvalidArgument(ERR_HOST_LINKS)
 
 
@@ -143,25 +137,26 @@ def _endpoints_config(body: dict[str, Any]) -> dict[str, EndpointRequest]:
 
 
 def _move_container_mac(
-    mac: str, mode: str, networks: dict[str, EndpointRequest], warnings: list[str]
+    mac: str, mode: NetworkMode, networks: dict[str, EndpointRequest], warnings: list[str]
 ) -> None:
     """moby ``handleMACAddressBC`` (API >= 1.44): the container-wide MAC goes into the
     endpoint of the primary network; a mismatch or an unmatched network is a 400."""
     if not mac:
         return
-    if mode not in ("host", "none") and not mode.startswith("container:"):
+    if mode.own_sandbox and not mode.is_none:
+        primary = mode.network
         parsed = parse_mac(mac)
         if not networks:
-            networks[mode] = EndpointRequest(mac_address=parsed)
+            networks[primary] = EndpointRequest(mac_address=parsed)
         else:
-            ep = networks.get(mode)
+            ep = networks.get(primary)
             if ep is None:
                 raise InvalidArgument(
                     "if a container-wide MAC address is supplied, HostConfig.NetworkMode must match "
                     "the identity of a network in NetworkSettings.Networks"
                 )
             if ep.mac_address is None:
-                networks[mode] = replace(ep, mac_address=parsed)
+                networks[primary] = replace(ep, mac_address=parsed)
             elif ep.mac_address != parsed:
                 raise InvalidArgument(
                     "the container-wide MAC address must match the endpoint-specific MAC address for "
@@ -178,14 +173,14 @@ def parse_container_create(body: dict[str, Any]) -> tuple[ContainerConfig, list[
     if not image:
         raise InvalidArgument("config cannot be empty in order to create a container")
     refuse_unsupported(body, host)
-    mode = normalise_network_mode(get_str(host, "NetworkMode"))
+    mode = NetworkMode.parse(get_str(host, "NetworkMode"))  # the one place the text is read
     _validate_net_mode(body, host, mode)
     mounts, binds, tmpfs = parse_mounts(host)
     restart_policy, restart_max = parse_restart_policy(host)
     networks = _endpoints_config(body)
     warnings: list[str] = []
     _move_container_mac(get_str(body, "MacAddress"), mode, networks, warnings)
-    primary = networks.get(mode)
+    primary = networks.get(mode.network)
     exposed = get_dict(body, "ExposedPorts")
     bindings = _parse_port_bindings(host.get("PortBindings"))
     exposed_ports = tuple(dict.fromkeys([*(normalise_port(k) for k in exposed), *bindings]))
@@ -349,12 +344,12 @@ def command_text(c: Container) -> str:
 class NetworkView:
     """What the container schemas need from the engine, gathered by the route."""
 
-    endpoints: list[tuple[Network, Endpoint]]
-    sandbox: Sandbox | None
-    find_network: Callable[[str], Network | None]
+    endpoints: list[tuple[NetworkRecord, EndpointRecord]]
+    sandbox: SandboxRecord | None
+    find_network: Callable[[str], NetworkRecord | None]
 
 
-def _dns_names(c: Container, net: Network, request: EndpointRequest, hostname: str) -> list[str] | None:
+def _dns_names(c: Container, net: NetworkRecord, request: EndpointRequest, hostname: str) -> list[str] | None:
     if net.driver != "bridge" or net.name in PREDEFINED:
         return None
     return dns_names(c.name, request.aliases, c.short_id, hostname)
@@ -364,8 +359,7 @@ def networks_json(c: Container, view: NetworkView, hostname: str) -> dict[str, A
     """``NetworkSettings.Networks``: live endpoints when running, the stored requests
     (operational fields blank) when not: the networks the next start joins, which after a
     ``network disconnect`` may not include ``NetworkMode``'s.  ``container:X`` mode has none."""
-    mode = c.config.network_mode
-    if mode.startswith("container:"):
+    if c.config.network_mode.container:
         return {}
     out: dict[str, Any] = {}
     if c.running and view.endpoints:
@@ -409,7 +403,7 @@ def ports_json(c: Container, view: NetworkView) -> dict[str, Any]:
     exposed port (ranges expanded) and every published one, ``null`` when not published,
     else one ``{"HostIp","HostPort"}`` per binding (IPv4 only: no ``::`` twin).  ``{}``
     when not running or in host mode.  Keys sorted as Go's JSON encoder sorts map keys."""
-    if not c.running or c.config.network_mode == "host":
+    if not c.running or c.config.network_mode.is_host:
         return {}
     out: dict[str, list[dict[str, str]] | None] = {}
     for key in c.config.exposed_ports:
@@ -449,7 +443,7 @@ def _port_bindings_json(c: Container) -> dict[str, Any]:
 
 
 def _links_json(c: Container) -> list[str] | None:
-    if not c.config.links or c.config.network_mode != "bridge":
+    if not c.config.links or not c.config.network_mode.is_default_bridge:
         return None
     out = []
     for link in c.config.links:
@@ -464,7 +458,7 @@ def host_config_json(c: Container) -> dict[str, Any]:
         "Binds": list(cfg.binds) if cfg.binds else None,
         "ContainerIDFile": "",
         "LogConfig": {"Type": cfg.log_driver, "Config": dict(cfg.log_opts)},
-        "NetworkMode": cfg.network_mode,
+        "NetworkMode": str(cfg.network_mode),
         "PortBindings": _port_bindings_json(c),
         "RestartPolicy": {"Name": cfg.restart_policy, "MaximumRetryCount": cfg.restart_max},
         "AutoRemove": cfg.auto_remove,
@@ -530,11 +524,7 @@ def config_json(c: Container, hostname: str, mappings: list[PortMapping] | None 
             "Entrypoint": list(cfg.entrypoint) if cfg.entrypoint is not None else None,
         }
     )
-    if (
-        cfg.mac_address
-        and cfg.network_mode not in ("host", "none")
-        and not cfg.network_mode.startswith("container:")
-    ):
+    if cfg.mac_address and cfg.network_mode.own_sandbox and not cfg.network_mode.is_none:
         out["MacAddress"] = cfg.mac_address
     out["OnBuild"] = None
     out["Labels"] = dict(cfg.labels)
@@ -566,7 +556,7 @@ def state_json(c: Container) -> dict[str, Any]:
     }
 
 
-def hostname_of(c: Container, sandbox: Sandbox | None) -> str:
+def hostname_of(c: Container, sandbox: SandboxRecord | None) -> str:
     return c.config.hostname or (sandbox.hostname if sandbox else "") or c.short_id
 
 
@@ -626,7 +616,7 @@ def port_items(c: Container, view: NetworkView) -> list[dict[str, Any]]:
 def container_summary_json(c: Container, view: NetworkView, now: datetime | None = None) -> dict[str, Any]:
     """One ``GET /containers/json`` item (``docker ps``)."""
     hostname = hostname_of(c, view.sandbox)
-    mode = c.config.network_mode
+    mode = str(c.config.network_mode)
     return {
         "Id": c.id,
         "Names": ["/" + c.name],

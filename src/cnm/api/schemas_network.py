@@ -16,8 +16,8 @@ from cnm.api.http import get_bool, get_dict, get_list, get_str, get_str_list, ge
 from cnm.api.schemas_system import NOT_SWARM_MANAGER
 from cnm.errors import InvalidArgument, Unavailable
 from cnm.ipam.api import check_ipam_driver
-from cnm.model.endpoint import Endpoint, EndpointRequest
-from cnm.model.network import IpamConfig, Network, NetworkSpec, validate_options
+from cnm.model.endpoint import EndpointRecord, EndpointRequest
+from cnm.model.network import IpamConfig, NetworkRecord, NetworkSpec, validate_options
 from cnm.model.values import (
     check_usable_subnet,
     parse_ipv4,
@@ -43,7 +43,7 @@ def ipam_config_json(cfg: IpamConfig) -> dict[str, Any]:
     return out
 
 
-def _ipam_config_list(net: Network) -> list[dict[str, Any]] | None:
+def _ipam_config_list(net: NetworkRecord) -> list[dict[str, Any]] | None:
     if net.ipam:
         return [ipam_config_json(c) for c in net.ipam]
     if net.subnet is None:
@@ -56,7 +56,7 @@ def _ipam_config_list(net: Network) -> list[dict[str, Any]] | None:
     return [entry]
 
 
-def endpoint_resource_json(ep: Endpoint) -> dict[str, Any]:
+def endpoint_resource_json(ep: EndpointRecord) -> dict[str, Any]:
     """The value of ``Containers[<container id>]`` in network inspect."""
     return {
         "Name": ep.name,
@@ -67,12 +67,12 @@ def endpoint_resource_json(ep: Endpoint) -> dict[str, Any]:
     }
 
 
-def endpoint_resource_key(ep: Endpoint) -> str:
+def endpoint_resource_key(ep: EndpointRecord) -> str:
     """Docker keys by container id; an endpoint without a sandbox is ``ep-<id>``."""
     return ep.container_id if ep.sandbox_id else f"ep-{ep.id}"
 
 
-def network_json(net: Network, endpoints: list[Endpoint] | None = None) -> dict[str, Any]:
+def network_json(net: NetworkRecord, endpoints: list[EndpointRecord] | None = None) -> dict[str, Any]:
     """Docker's ``network.Inspect`` (which is also the list ``Summary``).  ``endpoints``
     None renders ``Containers: {}`` as the list does."""
     return {
@@ -103,7 +103,7 @@ def endpoint_settings_json(
     request: EndpointRequest,
     *,
     network_id: str = "",
-    endpoint: Endpoint | None = None,
+    endpoint: EndpointRecord | None = None,
     dns_names: list[str] | None = None,
 ) -> dict[str, Any]:
     """Docker's ``EndpointSettings`` (container inspect / list).  Without a live

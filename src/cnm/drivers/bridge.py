@@ -27,8 +27,8 @@ from typing import Protocol
 from cnm.errors import Conflict, InvalidArgument, KernelError, TeardownErrors
 from cnm.firewall.api import Firewall, SpoofGuard, bridge_rules, port_guard
 from cnm.kernel.api import Kernel, LinkInfo, VethSpec, may_remove
-from cnm.model.endpoint import Endpoint, Sandbox
-from cnm.model.network import Network, NetworkSpec, validate_options
+from cnm.model.endpoint import EndpointRecord, SandboxRecord
+from cnm.model.network import NetworkRecord, NetworkSpec, validate_options
 
 log = logging.getLogger("cnm.drivers.bridge")
 
@@ -48,7 +48,7 @@ class BridgeKernel(Kernel, Protocol):
         shutdown)."""
 
 
-def gateway_address(network: Network) -> IPv4Interface | None:
+def gateway_address(network: NetworkRecord) -> IPv4Interface | None:
     """The bridge's own address: the gateway, with the subnet's prefix length.  Internal
     networks get it too (Docker gives it; the host can still reach their containers)."""
     if network.gateway is None or network.subnet is None:
@@ -91,12 +91,12 @@ class BridgeDriver:
     async def _bridge_link(self, name: str) -> LinkInfo | None:
         return next((link for link in await self._kernel.links() if link.name == name), None)
 
-    async def create_network(self, network: Network) -> None:
+    async def create_network(self, network: NetworkRecord) -> None:
         """Bridge up with the gateway address, then the firewall rules; on failure, undo the
         bridge if this call created it."""
         await self._create(network, await self._bridge_link(network.bridge_name))
 
-    async def _create(self, network: Network, existing: LinkInfo | None) -> None:
+    async def _create(self, network: NetworkRecord, existing: LinkInfo | None) -> None:
         """``create_network`` given the link that already has the bridge's name, if any."""
         rules = bridge_rules(network)
         name = network.bridge_name
@@ -124,7 +124,7 @@ class BridgeDriver:
         except KernelError as exc:
             log.debug("not setting accept_ra on %s: %s", name, exc)
 
-    async def delete_network(self, network: Network) -> None:
+    async def delete_network(self, network: NetworkRecord) -> None:
         """Rules, then the bridge if cnm created it; keeps going past errors."""
         errors: list[BaseException] = []
         try:
@@ -147,7 +147,7 @@ class BridgeDriver:
 
     # -- endpoints ------------------------------------------------------------------------
 
-    async def join(self, network: Network, endpoint: Endpoint, sandbox: Sandbox) -> None:
+    async def join(self, network: NetworkRecord, endpoint: EndpointRecord, sandbox: SandboxRecord) -> None:
         """The veth pair: host end on the bridge, container end named ``endpoint.ifname``
         in the sandbox with its MAC, address and (unless internal) default route."""
         if not sandbox.key:
@@ -183,7 +183,9 @@ class BridgeDriver:
                 await self._kernel.set_port_isolated(endpoint.host_ifname, True)
             undo.pop_all()
 
-    async def leave(self, network: Network, endpoint: Endpoint, sandbox: Sandbox | None) -> None:
+    async def leave(
+        self, network: NetworkRecord, endpoint: EndpointRecord, sandbox: SandboxRecord | None
+    ) -> None:
         """Retire the pair: the container side down at once (no route through it, no
         frame reaches it), the pair deleted in the background -- unregistering a device
         costs ~20 ms of RCU grace periods that ``network disconnect`` need not wait for.
@@ -199,7 +201,7 @@ class BridgeDriver:
 
     # -- restart --------------------------------------------------------------------------
 
-    async def restore(self, networks: Sequence[Network], endpoints: Sequence[Endpoint]) -> None:
+    async def restore(self, networks: Sequence[NetworkRecord], endpoints: Sequence[EndpointRecord]) -> None:
         """Bridges and rules for ``networks`` back in place; bridges this daemon tagged whose
         network is not listed, and veths it tagged whose endpoint is not listed, removed
         (``may_remove``: never another live cnmd's).  Keeps going past errors and reports
@@ -266,8 +268,8 @@ class BridgeDriver:
     @staticmethod
     async def _restore_guard(
         guard: SpoofGuard,
-        networks: Sequence[Network],
-        endpoints: Sequence[Endpoint],
+        networks: Sequence[NetworkRecord],
+        endpoints: Sequence[EndpointRecord],
         errors: list[BaseException],
     ) -> None:
         """Guard exactly the ports of ``endpoints`` (those of ``networks``); an endpoint

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cnm.model.endpoint import Endpoint, Sandbox
-from cnm.model.network import Network, NetworkSpec
+from cnm.model.endpoint import EndpointRecord, SandboxRecord
+from cnm.model.network import NetworkRecord, NetworkSpec
 
 
 class NullDriver:
@@ -19,17 +19,19 @@ class NullDriver:
     def validate(self, spec: NetworkSpec) -> None:
         """Nothing to honour: the null driver has no options."""
 
-    async def create_network(self, network: Network) -> None:
+    async def create_network(self, network: NetworkRecord) -> None:
         """No kernel object."""
 
-    async def delete_network(self, network: Network) -> None:
+    async def delete_network(self, network: NetworkRecord) -> None:
         """Nothing was created."""
 
-    async def join(self, network: Network, endpoint: Endpoint, sandbox: Sandbox) -> None:
+    async def join(self, network: NetworkRecord, endpoint: EndpointRecord, sandbox: SandboxRecord) -> None:
         """The sandbox keeps only its loopback."""
 
-    async def leave(self, network: Network, endpoint: Endpoint, sandbox: Sandbox | None) -> None:
+    async def leave(
+        self, network: NetworkRecord, endpoint: EndpointRecord, sandbox: SandboxRecord | None
+    ) -> None:
         """Nothing to undo."""
 
-    async def restore(self, networks: Sequence[Network], endpoints: Sequence[Endpoint]) -> None:
+    async def restore(self, networks: Sequence[NetworkRecord], endpoints: Sequence[EndpointRecord]) -> None:
         """Nothing in the kernel belongs to this driver."""

@@ -1,11 +1,16 @@
-"""The CNM controller: the one place that combines store, IPAM, drivers, firewall and runtime.
+"""The engine's coordinator: it wires the engine's pieces and is the one facade the API
+layer calls.
 
-Every mutation follows DESIGN.md: validate and plan before the first syscall; apply step by
-step with each undo pushed on an AsyncExitStack; record in the store in one transaction
-after the kernel agrees; teardown idempotent.
-
-This facade is the contract the API layer codes against; the work is done by
-``engine.networks.Networks`` and ``engine.containers.Containers``.
+Each entry point hands its request to the piece whose job it is: the catalogue
+(``networks.py``), the three CNM objects (``network.py``, ``endpoint.py``, ``sandbox.py``),
+the container lifecycle by job (``containers.py``, ``starts.py``, ``stopping.py``,
+``freezer.py``, ``exits.py``, ``connect.py``, ``restore.py``), ``observe.py``,
+``images.py``, ``execs.py``; docs/architecture.md has the map.  The controller itself only
+does what spans them: the start-up sequence (``start``), the firewall's view of
+everything (``bridge_rules``, ``port_rules``), shutdown.  Every mutation follows one
+protocol: validate and plan before the first syscall, apply step by step with each undo on
+an ``AsyncExitStack``, record in one transaction after the kernel agreed, tear down
+idempotently.  Locks: ``engine/locks.py``.
 """
 
 from __future__ import annotations
@@ -19,39 +24,38 @@ from dataclasses import dataclass
 from cnm.dns.records import NameTable
 from cnm.dns.server import DnsServer
 from cnm.drivers.api import NetworkDriver
+from cnm.engine.connect import Connections
 from cnm.engine.containers import Containers
 from cnm.engine.events import Events
+from cnm.engine.execs import Execs
+from cnm.engine.exits import Exits
+from cnm.engine.freezer import Freezer
+from cnm.engine.images import Images
 from cnm.engine.locks import KeyedLocks
 from cnm.engine.naming import Naming
 from cnm.engine.networks import Networks
+from cnm.engine.observe import ContainerPaths, ContainerSample, Observe
 from cnm.engine.ports import Publisher
+from cnm.engine.restore import Restore
+from cnm.engine.runs import Runs
+from cnm.engine.services import Services
+from cnm.engine.starts import Starts
 from cnm.engine.state import State
-from cnm.errors import CnmError, Conflict, InvalidArgument, NotFound, NotModified
+from cnm.engine.stopping import Stopping
+from cnm.errors import NotModified
 from cnm.firewall.api import BridgeRules, Firewall, PortRule, bridge_rules
 from cnm.ipam.api import Ipam, PoolSpec
-from cnm.kernel.api import Kernel, LinkStats
-from cnm.model.container import RESTARTING, Container, ContainerConfig, ExecSpec, Image
-from cnm.model.endpoint import Endpoint, EndpointRequest, Sandbox
-from cnm.model.network import Network, NetworkSpec
-from cnm.runtime import stats
+from cnm.kernel.api import Kernel
+from cnm.model.container import Container, ContainerConfig, ExecSpec, Image
+from cnm.model.endpoint import EndpointRecord, EndpointRequest, SandboxRecord
+from cnm.model.network import NetworkRecord, NetworkSpec
 from cnm.runtime.api import Process, Runtime
-from cnm.runtime.images import Loaded, normalize_reference
+from cnm.runtime.images import Loaded
 from cnm.runtime.logs import Record
 from cnm.runtime.output import Subscription
 from cnm.store.docs import Store
 
 log = logging.getLogger("cnm.engine")
-
-ATTACH_START_TIMEOUT = 60.0  # seconds an attached stdin waits for the container to start
-
-
-def familiar(reference: str) -> str:
-    """Docker's ``FamiliarString`` of a tagged reference: ``docker.io/library/x:1`` -> ``x:1``."""
-    name = normalize_reference(reference)
-    for prefix in ("docker.io/library/", "docker.io/"):
-        if name.startswith(prefix):
-            return name[len(prefix) :]
-    return name
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,27 +82,8 @@ class ExecInfo:
     pid: int
 
 
-@dataclass(frozen=True, slots=True)
-class ContainerPaths:
-    hostname: str
-    hosts: str
-    resolv_conf: str
-    log: str
-
-
-@dataclass(frozen=True, slots=True)
-class ContainerSample:
-    """What ``docker stats`` shows of a container at one moment."""
-
-    container: Container
-    cgroup: stats.CgroupStats
-    system_cpu_ns: int
-    networks: dict[str, LinkStats]
-
-
 class Controller:
-    """Owns the engine's state and its collaborators; the daemon builds it and calls
-    ``start`` once before serving and ``close`` at shutdown."""
+    """The daemon builds it, calls ``start`` once before serving and ``close`` at shutdown."""
 
     def __init__(
         self,
@@ -120,11 +105,8 @@ class Controller:
         host_resolv_conf: str = "/etc/resolv.conf",
         publisher: Publisher | None = None,
     ) -> None:
-        self._store = store
         self._ipam = ipam
-        self._kernel = kernel
         self._firewall = firewall
-        self._drivers = drivers
         self._runtime = runtime
         self._data_root = data_root
         self._exec_root = exec_root
@@ -132,60 +114,55 @@ class Controller:
         self._firewall_backend = firewall_backend
         self._default_pools = tuple(default_pools)
         self._debug = debug
-        self._locks = KeyedLocks()
+        self._publisher = publisher
         self._state = State(store)
         self.events = Events()  # GET /events reads it; the engine alone writes it
-        self._networks = Networks(
-            self._state, ipam, kernel, drivers, bridge_name=bridge_name, events=self.events
-        )
-        self._naming = Naming(self._state, runtime, names=names, dns=dns, host_resolv_conf=host_resolv_conf)
-        self._containers = Containers(
-            self._state,
-            self._networks,
-            runtime,
-            kernel,
-            exec_root=exec_root,
-            locks=self._locks,
-            naming=self._naming,
-            publisher=publisher,
+        netns_dir = os.path.join(exec_root, "netns")
+        os.makedirs(netns_dir, exist_ok=True)
+        svc = Services(
+            state=self._state,
+            locks=KeyedLocks(),
             events=self.events,
+            ipam=ipam,
+            kernel=kernel,
+            drivers=drivers,
+            runtime=runtime,
+            naming=Naming(self._state, runtime, names=names, dns=dns, host_resolv_conf=host_resolv_conf),
+            publisher=publisher,
+            netns_dir=netns_dir,
         )
-        self._publisher = publisher
+        self._svc = svc
+        self._networks = Networks(svc, bridge_name=bridge_name)
+        self._containers = Containers(svc)
+        self._execs = Execs(runtime, self._containers.running, self.events)
+        runs = Runs()
+        self._runs = runs
+        self._exits = Exits(svc, runs)
+        self._freezer = Freezer(svc)
+        self._stopping = Stopping(svc, runs, self._exits, self._execs, self._freezer)
+        self._starts = Starts(svc, runs, self._exits, self._stopping.remove)
+        self._exits.bind(self._starts, self._stopping.remove)
+        self._connections = Connections(svc)
+        self._restore = Restore(svc, runs, self._exits)
+        self._observe = Observe(svc)
+        self._images = Images(svc)
 
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the records, then reconcile them with the kernel (DESIGN.md, Restart):
-        firewall base, predefined networks, running containers, orphans."""
+        """Load the records, then reconcile them with the kernel (``engine/restore.py``):
+        firewall base, running containers, orphans, drivers, predefined networks, rules,
+        and last the restart policies, once networks are in place."""
         self._state.load()
         await self._ipam.start()
-        self._containers.upgrade_records()
+        self._restore.upgrade_records()
         await self._firewall.setup()
-        await self._containers.restore()
-        await self._release_orphan_addresses()
-        networks = list(self._state.networks.values())
-        for driver in {net.driver for net in networks} | set(self._drivers):
-            mine = [n for n in networks if n.driver == driver]
-            eps = [e for e in self._state.endpoints.values() if e.network_id in {n.id for n in mine}]
-            await self._drivers[driver].restore(mine, eps)
+        await self._restore.containers()
+        await self._restore.orphan_addresses()
+        await self._restore.drivers()
         await self._networks.ensure_predefined()
         await self._firewall.sync(self.bridge_rules(), self.port_rules())
-        await self._containers.resume_restarts()  # restart policies, once networks are in place
-
-    async def _release_orphan_addresses(self) -> None:
-        """Pools whose network record is missing and addresses whose owner endpoint no
-        longer exists (a crash between IPAM and the record) go back."""
-        for network_id in list(self._ipam.pools()):
-            if network_id not in self._state.networks:
-                log.info("releasing orphan pool of network %s", network_id[:12])
-                await self._ipam.release_pool(network_id)
-        live = set(self._state.endpoints)
-        for network_id in self._state.networks:
-            for address, owner in self._ipam.owners(network_id).items():
-                if owner in live or owner == "gateway" or owner.startswith("aux:"):
-                    continue
-                log.info("releasing orphan address %s of network %s", address, network_id[:12])
-                await self._ipam.release_address(network_id, address)
+        await self._exits.resume_restarts()
 
     def bridge_rules(self) -> list[BridgeRules]:
         """The firewall's view of every bridge network (for sync and self-healing)."""
@@ -214,12 +191,12 @@ class Controller:
         return True
 
     async def close(self) -> None:
-        await self._containers.close()
+        self._runs.close()
+        self._exits.close()
+        self._execs.close()
         if self._publisher is not None:
             await self._publisher.close()
         await self._ipam.close()
-
-    # -- system ---------------------------------------------------------------------------
 
     def info(self) -> EngineInfo:
         containers = list(self._state.containers.values())
@@ -239,56 +216,29 @@ class Controller:
 
     # -- networks -------------------------------------------------------------------------
 
-    async def create_network(self, spec: NetworkSpec) -> Network:
-        # the catalogue lock: names and bridge names are checked and taken in one piece
-        async with self._locks.hold(catalogue=True):
-            return await self._networks.create(spec)
+    async def create_network(self, spec: NetworkSpec) -> NetworkRecord:
+        return await self._networks.create(spec)
 
-    def networks(self) -> list[Network]:
-        return sorted(self._state.networks.values(), key=lambda n: n.name)
+    def networks(self) -> list[NetworkRecord]:
+        return self._networks.all()
 
-    def find_network(self, ref: str) -> Network:
+    def find_network(self, ref: str) -> NetworkRecord:
         return self._networks.find(ref)
 
-    def network_endpoints(self, network_id: str) -> list[Endpoint]:
+    def network_endpoints(self, network_id: str) -> list[EndpointRecord]:
         return self._state.endpoints_of_network(network_id)
 
     async def remove_network(self, ref: str) -> None:
-        network = self._networks.find(ref)
-        # exclusive: no endpoint joins or leaves it between the check for endpoints and
-        # the removal (engine/locks.py)
-        async with self._locks.hold(networks=[network.id], networks_exclusive=True):
-            current = self._state.networks.get(network.id)
-            if current is None:
-                raise NotFound(f"network {ref} not found")
-            await self._networks.remove(current)
+        await self._networks.remove(ref)
 
     async def prune_networks(self, labels: dict[str, str | None] | None = None) -> list[str]:
-        removed: list[str] = []
-        for candidate in self.networks():
-            if candidate.predefined or self._state.endpoints_of_network(candidate.id):
-                continue  # not a candidate: no need to wait for its lock
-            async with self._locks.hold(networks=[candidate.id], networks_exclusive=True):
-                network = self._state.networks.get(candidate.id)
-                if network is None or network.predefined or self._state.endpoints_of_network(network.id):
-                    continue
-                if labels and not all(
-                    k in network.labels and (v is None or network.labels[k] == v) for k, v in labels.items()
-                ):
-                    continue
-                try:
-                    await self._networks.remove(network)
-                except CnmError as exc:
-                    log.warning("prune of %s: %s", network.name, exc)
-                    continue
-                removed.append(network.name)
-        return removed
+        return await self._networks.prune(labels)
 
     async def connect(self, network_ref: str, container_ref: str, request: EndpointRequest) -> None:
-        await self._containers.connect(network_ref, container_ref, request)
+        await self._connections.connect(network_ref, container_ref, request)
 
     async def disconnect(self, network_ref: str, container_ref: str, force: bool = False) -> None:
-        await self._containers.disconnect(network_ref, container_ref, force)
+        await self._connections.disconnect(network_ref, container_ref, force)
 
     # -- containers -----------------------------------------------------------------------
 
@@ -304,35 +254,27 @@ class Controller:
     def find_container(self, ref: str) -> Container:
         return self._containers.find(ref)
 
-    def container_endpoints(self, container_id: str) -> list[tuple[Network, Endpoint]]:
+    def container_endpoints(self, container_id: str) -> list[tuple[NetworkRecord, EndpointRecord]]:
         return [
             (self._state.networks[ep.network_id], ep)
             for ep in self._state.endpoints_of_container(container_id)
             if ep.network_id in self._state.networks
         ]
 
-    def container_sandbox(self, container_id: str) -> Sandbox | None:
+    def container_sandbox(self, container_id: str) -> SandboxRecord | None:
         return self._state.sandbox_of(container_id)
 
     def container_paths(self, container_id: str) -> ContainerPaths:
-        container = self._containers.find(container_id)
-        root = self._runtime.container_dir(container_id)
-        return ContainerPaths(
-            hostname=f"{root}/hostname",
-            hosts=f"{root}/hosts",
-            resolv_conf=f"{root}/resolv.conf",
-            log=self._runtime.log_path(container_id) if container.config.log_driver == "json-file" else "",
-        )
+        return self._observe.paths(container_id)
 
     async def rename_container(self, ref: str, new_name: str) -> None:
-        """409 when the name is taken, 400 when it is malformed or unchanged."""
         await self._containers.rename(ref, new_name)
 
     async def start_container(self, ref: str) -> None:
-        await self._containers.start(ref)
+        await self._starts.start(ref)
 
     async def stop_container(self, ref: str, timeout: int | None = None, signal: str | None = None) -> None:
-        await self._containers.stop(ref, timeout, signal)
+        await self._stopping.stop(ref, timeout, signal)
 
     async def restart_container(
         self, ref: str, timeout: int | None = None, signal: str | None = None
@@ -341,74 +283,41 @@ class Controller:
         ``restart`` event after the stop and start events."""
         container_id = self._containers.find(ref).id
         try:
-            await self._containers.stop(container_id, timeout, signal)
+            await self._stopping.stop(container_id, timeout, signal)
         except NotModified:
             pass
-        await self._containers.start(container_id)
+        await self._starts.start(container_id)
         current = self._state.containers.get(container_id)
         if current is not None:  # an rm may have raced in after the start: nothing to report then
             self.events.container("restart", current)
 
     async def kill_container(self, ref: str, signal: str = "SIGKILL") -> None:
-        await self._containers.kill(ref, signal)
+        await self._stopping.kill(ref, signal)
 
     async def remove_container(self, ref: str, force: bool = False) -> None:
-        await self._containers.remove(ref, force)
+        await self._stopping.remove(ref, force)
 
     async def pause_container(self, ref: str) -> None:
-        await self._containers.pause(ref)
+        await self._freezer.pause(ref)
 
     async def unpause_container(self, ref: str) -> None:
-        await self._containers.unpause(ref)
+        await self._freezer.unpause(ref)
 
     async def remove_container_link(self, name: str) -> None:
         """``DELETE /containers/<parent>/<alias>?link=1``: the parent loses the link."""
         await self._containers.remove_link(name)
 
-    def container_size(self, ref: str) -> int:
-        """Bytes the container wrote to its own layer (Docker's ``SizeRw``)."""
-        container = self._containers.find(ref)
-        return stats.tree_size(os.path.join(self._runtime.container_dir(container.id), "upper"))
+    async def wait_container(self, ref: str, condition: str = "not-running") -> int:
+        return await self._stopping.wait(ref, condition)
 
-    def _live(self, ref: str) -> Container:
-        container = self._containers.find(ref)
-        if container.state.status == RESTARTING:
-            raise Conflict(f"Container {container.id} is restarting, wait until the container is running")
-        if not container.running:
-            raise Conflict(f"Container {container.id} is not running")
-        return container
+    def container_size(self, ref: str) -> int:
+        return self._observe.size(ref)
 
     async def container_top(self, ref: str, ps_args: str) -> tuple[list[str], list[list[str]]]:
-        """Docker's ``top``: the host's ``ps`` with ``ps_args``, its lines kept for the pids
-        of the container's cgroup."""
-        container = self._live(ref)
-        pids = stats.procs(self._runtime.cgroup(container.id))
-        return await stats.top(pids, ps_args)
+        return await self._observe.top(ref, ps_args)
 
     async def container_stats(self, ref: str) -> ContainerSample:
-        """One reading of a container's counters: its cgroup's and its interfaces' (read in
-        its network namespace, so eth0... as the container names them and rx/tx as it
-        sees them).  A container that is not running reads as zeros, as in Docker."""
-        container = self._containers.find(ref)
-        host_cpu = stats.system_cpu_ns()
-        if not container.running:
-            return ContainerSample(container, stats.CgroupStats(), host_cpu, {})
-        reading = await asyncio.to_thread(stats.read_stats, self._runtime.cgroup(container.id))
-        sandbox = self._state.sandbox_of(container.id)
-        networks: dict[str, LinkStats] = {}
-        if sandbox is not None and sandbox.key:
-            try:
-                links = await self._kernel.links(sandbox.key)
-            except CnmError as exc:  # the container is exiting: its namespace is going away
-                log.debug("interfaces of %s: %s", container.name, exc)
-                links = []
-            networks = {
-                link.name: link.stats for link in links if link.stats is not None and link.name != "lo"
-            }
-        return ContainerSample(container, reading, host_cpu, networks)
-
-    async def wait_container(self, ref: str, condition: str = "not-running") -> int:
-        return await self._containers.wait(ref, condition)
+        return await self._observe.stats(ref)
 
     def container_logs(
         self,
@@ -421,52 +330,32 @@ class Controller:
         since: int | None = None,
         until: int | None = None,
     ) -> AsyncIterator[Record]:
-        """The container's log records; InvalidArgument when its log driver keeps none."""
-        container = self._containers.find(ref)
-        if container.config.log_driver != "json-file":
-            raise InvalidArgument(
-                f'configured logging driver does not support reading (driver "{container.config.log_driver}")'
-            )
-        return self._runtime.logs(
-            container.id, stdout=stdout, stderr=stderr, follow=follow, tail=tail, since=since, until=until
+        return self._observe.logs(
+            ref, stdout=stdout, stderr=stderr, follow=follow, tail=tail, since=since, until=until
         )
 
     def attach_output(self, ref: str) -> Subscription:
-        """The output of the container's current run, or of its next one (attach before
-        start); it ends with that run's output."""
-        return self._runtime.attach_output(self._containers.find(ref).id)
+        return self._observe.attach_output(ref)
 
     def resize_container_tty(self, ref: str, height: int, width: int) -> None:
-        container = self._containers.find(ref)
-        if container.running:
-            self._runtime.resize(container.id, height, width)
+        self._observe.resize_tty(ref, height, width)
 
     async def attach_stdin(self, ref: str) -> asyncio.StreamWriter | None:
-        """The container's stdin, or None.  ``run -i`` attaches before ``start``, when the
-        stdin pipe does not exist yet: wait (bounded) for the container to start."""
-        container = self._containers.find(ref)
-        if not container.config.open_stdin:
-            return None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + ATTACH_START_TIMEOUT
-        while container.state.status == "created" and loop.time() < deadline:
-            await asyncio.sleep(0.02)
-            current = self._state.containers.get(container.id)
-            if current is None:
-                return None
-            container = current
-        return await self._runtime.open_stdin(container.id)
+        return await self._observe.attach_stdin(ref)
+
+    def export_container(self, ref: str) -> AsyncGenerator[bytes, None]:
+        return self._observe.export(ref)
 
     # -- exec -----------------------------------------------------------------------------
 
     def create_exec(self, ref: str, spec: ExecSpec) -> str:
-        return self._containers.execs.create(self._containers.find(ref), spec)
+        return self._execs.create(self._containers.find(ref), spec)
 
     async def start_exec(self, exec_id: str) -> Process:
-        return await self._containers.execs.start(exec_id)
+        return await self._execs.start(exec_id)
 
     def exec_info(self, exec_id: str) -> ExecInfo:
-        record = self._containers.execs.record(exec_id)
+        record = self._execs.record(exec_id)
         return ExecInfo(
             id=record.id,
             container_id=record.spec.container_id,
@@ -479,9 +368,7 @@ class Controller:
     # -- images ---------------------------------------------------------------------------
 
     async def import_image(self, reference: str, tar_path: str) -> Image:
-        image = await self._runtime.import_image(reference, tar_path)
-        self.events.image("import", image.id, image.id)  # moby names the id here, and below
-        return image
+        return await self._images.import_(reference, tar_path)
 
     def images(self) -> list[Image]:
         return self._runtime.images()
@@ -490,35 +377,13 @@ class Controller:
         return self._runtime.find_image(ref)
 
     async def remove_image(self, ref: str, force: bool = False) -> Image:
-        image = self._runtime.find_image(ref)
-        users = [c for c in self._state.containers.values() if c.config.image_id == image.id]
-        if users and not force:
-            raise Conflict(
-                f'conflict: unable to remove repository reference "{ref}" (must force) - '
-                f"container {users[0].short_id} is using its referenced image {image.id[7:19]}"
-            )
-        removed = await self._runtime.remove_image(ref)
-        self.events.image("untag", removed.id, removed.id)
-        if all(i.id != removed.id for i in self._runtime.images()):  # its last tag went
-            self.events.image("delete", removed.id, removed.id)
-        return removed
+        return await self._images.remove(ref, force)
 
     async def tag_image(self, source: str, target: str) -> Image:
-        image = await self._runtime.tag_image(source, target)
-        self.events.image("tag", image.id, familiar(target))
-        return image
+        return await self._images.tag(source, target)
 
     async def load_images(self, archive_path: str) -> list[Loaded]:
-        loaded = await self._runtime.load_images(archive_path)
-        for item in loaded:
-            self.events.image("load", item.image.id, item.image.id)
-        return loaded
-
-    def export_container(self, ref: str) -> AsyncGenerator[bytes, None]:
-        """The container's filesystem as tar chunks; NotFound at once for an unknown ref."""
-        container = self.find_container(ref)
-        image_id = container.config.image_id or self._runtime.find_image(container.config.image).id
-        return self._runtime.export(container.id, image_id)
+        return await self._images.load(archive_path)
 
 
-__all__ = ["Controller", "EngineInfo", "ExecInfo", "ContainerPaths"]
+__all__ = ["Controller", "ContainerPaths", "ContainerSample", "EngineInfo", "ExecInfo"]

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from cnm.model.container import Container
-from cnm.model.network import Network
+from cnm.model.network import NetworkRecord
 
 CAPACITY = 1024  # moby's eventsLimit
 
@@ -112,7 +112,7 @@ class Events:
         attributes["name"] = container.name
         return self.emit(CONTAINER, action, container.id, attributes)
 
-    def network(self, action: str, network: Network, container_id: str = "") -> Event:
+    def network(self, action: str, network: NetworkRecord, container_id: str = "") -> Event:
         """A network event; ``connect``/``disconnect`` name the container."""
         attributes = {"name": network.name, "type": network.driver}
         if container_id:

@@ -21,8 +21,8 @@ from cnm.dns.server import DnsServer
 from cnm.engine.state import State
 from cnm.errors import CnmError, InvalidArgument
 from cnm.model.container import Container, ContainerConfig
-from cnm.model.endpoint import Endpoint, Sandbox, dns_names
-from cnm.model.network import Network
+from cnm.model.endpoint import EndpointRecord, SandboxRecord, dns_names
+from cnm.model.network import NetworkRecord
 from cnm.model.values import HOST_GATEWAY, parse_extra_host, parse_nameserver
 from cnm.runtime.api import ContainerFiles, Runtime
 
@@ -53,7 +53,7 @@ def validate_names(config: ContainerConfig) -> None:
         parse_link(link)
 
 
-def user_defined(network: Network) -> bool:
+def user_defined(network: NetworkRecord) -> bool:
     return not network.predefined
 
 
@@ -118,14 +118,14 @@ class Naming:
         for path in (paths.hostname, paths.hosts, paths.resolv_conf):
             self._written.pop(path, None)
 
-    def _networked(self, endpoints: Sequence[Endpoint]) -> list[tuple[Network, Endpoint]]:
+    def _networked(self, endpoints: Sequence[EndpointRecord]) -> list[tuple[NetworkRecord, EndpointRecord]]:
         return [
             (self._state.networks[ep.network_id], ep)
             for ep in endpoints
             if ep.network_id in self._state.networks
         ]
 
-    def _host_gateway(self, pairs: Sequence[tuple[Network, Endpoint]]) -> str:
+    def _host_gateway(self, pairs: Sequence[tuple[NetworkRecord, EndpointRecord]]) -> str:
         """``host-gateway``: the host's address on the container's network (the gateway of
         its default-route endpoint), else the default bridge's gateway."""
         for _net, ep in pairs:
@@ -140,7 +140,7 @@ class Naming:
         """(target, alias, the address of the target's bridge endpoint) for ``--link`` on the default bridge.
         ``strict`` (at start): a target that is not running or not on the default bridge is
         an error, as in Docker; otherwise such links are skipped."""
-        if container.config.network_mode != "bridge":
+        if not container.config.network_mode.is_default_bridge:
             return []
         found = []
         for link in container.config.links:
@@ -169,7 +169,12 @@ class Naming:
         return found
 
     def write_files(
-        self, container: Container, sandbox: Sandbox, endpoints: Sequence[Endpoint], *, host_mode: bool
+        self,
+        container: Container,
+        sandbox: SandboxRecord,
+        endpoints: Sequence[EndpointRecord],
+        *,
+        host_mode: bool,
     ) -> None:
         """(Re)write the three files, in place (they are bind-mounted)."""
         config = container.config
@@ -269,7 +274,9 @@ class Naming:
                     log.warning("ignoring malformed nameserver %r in %s", n, "the host's resolv.conf")
         return [Upstream(ip, 53, via_host) for ip, via_host in servers][:MAX_UPSTREAMS]
 
-    async def publish(self, container: Container, sandbox: Sandbox, endpoints: Sequence[Endpoint]) -> None:
+    async def publish(
+        self, container: Container, sandbox: SandboxRecord, endpoints: Sequence[EndpointRecord]
+    ) -> None:
         """Make the DNS records of ``sandbox`` match its endpoints (a record per
         user-network endpoint) and make sure it has a listener.
 
@@ -284,7 +291,7 @@ class Naming:
         config = container.config
         for net, ep in pairs:
             links = dict(parse_link(link)[::-1] for link in ep.request.links)
-            if net.name == config.network_mode or net.id == config.network_mode:
+            if config.network_mode.network in (net.name, net.id):
                 links.update(parse_link(link)[::-1] for link in config.links)
             self._names.set_endpoint(
                 sandbox.id,
@@ -307,7 +314,7 @@ class Naming:
         if not self._dns.serving(sandbox.id):
             await self._dns.add_sandbox(sandbox.id, sandbox.key)
 
-    async def withdraw(self, sandbox: Sandbox) -> list[BaseException]:
+    async def withdraw(self, sandbox: SandboxRecord) -> list[BaseException]:
         """The sandbox is going away: drop its records and listener (idempotent)."""
         self.forget(sandbox.container_id)
         if self._names is not None:

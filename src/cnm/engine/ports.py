@@ -15,8 +15,8 @@ from ipaddress import IPv4Address
 
 from cnm.errors import CnmError
 from cnm.firewall.api import Firewall, PortRule
-from cnm.model.endpoint import Endpoint
-from cnm.model.network import Network
+from cnm.model.endpoint import EndpointRecord
+from cnm.model.network import NetworkRecord
 from cnm.model.ports import ANY, PortMapping, PortRequest
 from cnm.portmap.allocator import PortAllocator, PortConflict
 from cnm.portmap.proxy import UserlandProxy
@@ -24,7 +24,9 @@ from cnm.portmap.proxy import UserlandProxy
 log = logging.getLogger("cnm.engine")
 
 
-def port_rules(network: Network, endpoint: Endpoint, mappings: Iterable[PortMapping]) -> list[PortRule]:
+def port_rules(
+    network: NetworkRecord, endpoint: EndpointRecord, mappings: Iterable[PortMapping]
+) -> list[PortRule]:
     """Firewall rules for ``mappings``, consecutive ports with the same offset merged into
     one rule (``-p 8000-8010:8000-8010`` arrives as eleven bindings, is one rule)."""
     if endpoint.address is None:
@@ -59,7 +61,7 @@ def port_rules(network: Network, endpoint: Endpoint, mappings: Iterable[PortMapp
     return rules
 
 
-def default_host_ip(network: Network, requests: Sequence[PortRequest]) -> list[PortRequest]:
+def default_host_ip(network: NetworkRecord, requests: Sequence[PortRequest]) -> list[PortRequest]:
     """``requests`` with every missing host IP replaced by ``network``'s default binding
     address (``com.docker.network.bridge.host_binding_ipv4``, else 0.0.0.0), as Docker's
     bridge driver does: the option keeps ``-p 80`` local when it names 127.0.0.1."""
@@ -76,8 +78,12 @@ class Publisher:
         self._proxy = proxy
 
     async def publish(
-        self, stack: AsyncExitStack, network: Network, endpoint: Endpoint, requests: Sequence[PortRequest]
-    ) -> Endpoint:
+        self,
+        stack: AsyncExitStack,
+        network: NetworkRecord,
+        endpoint: EndpointRecord,
+        requests: Sequence[PortRequest],
+    ) -> EndpointRecord:
         """Hold the host ports, install the rules (and proxy listeners); undo on ``stack``.
         A request without a host IP binds to ``network``'s default binding address.
         Returns the endpoint with its ``ports``."""
@@ -100,7 +106,7 @@ class Publisher:
             stack.push_async_callback(self._proxy.remove, endpoint.id)
         return replace(endpoint, ports=mappings)
 
-    async def unpublish(self, endpoint: Endpoint) -> list[BaseException]:
+    async def unpublish(self, endpoint: EndpointRecord) -> list[BaseException]:
         """Idempotent; returns errors instead of stopping at the first."""
         if not endpoint.ports:
             return []
@@ -117,7 +123,7 @@ class Publisher:
         self._allocator.release(endpoint.id)
         return errors
 
-    async def restore(self, endpoint: Endpoint) -> None:
+    async def restore(self, endpoint: EndpointRecord) -> None:
         """After a daemon restart: hold the recorded ports again and restart their proxy
         listeners (the rules come back with the firewall's sync)."""
         if not endpoint.ports or endpoint.address is None:
@@ -131,7 +137,7 @@ class Publisher:
             await self._proxy.add(endpoint.id, held, endpoint.address.ip)
 
     @staticmethod
-    def rules(pairs: Iterable[tuple[Network, Endpoint]]) -> list[PortRule]:
+    def rules(pairs: Iterable[tuple[NetworkRecord, EndpointRecord]]) -> list[PortRule]:
         return [rule for net, ep in pairs for rule in port_rules(net, ep, ep.ports)]
 
     async def close(self) -> None:

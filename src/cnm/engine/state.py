@@ -11,18 +11,18 @@ from collections.abc import Iterable
 from typing import TypeVar
 
 from cnm.model.container import Container
-from cnm.model.endpoint import Endpoint, Sandbox
-from cnm.model.network import Network
+from cnm.model.endpoint import EndpointRecord, SandboxRecord
+from cnm.model.network import NetworkRecord
 from cnm.store import codec
 from cnm.store.docs import Store
 
-Record = Network | Endpoint | Sandbox | Container
+Record = NetworkRecord | EndpointRecord | SandboxRecord | Container
 R = TypeVar("R", bound=Record)
 
 _KINDS: dict[type, str] = {
-    Network: "network",
-    Endpoint: "endpoint",
-    Sandbox: "sandbox",
+    NetworkRecord: "network",
+    EndpointRecord: "endpoint",
+    SandboxRecord: "sandbox",
     Container: "container",
 }
 
@@ -106,14 +106,14 @@ class IndexedTable(dict[str, R]):
 class State:
     def __init__(self, store: Store) -> None:
         self._store = store
-        self.networks: dict[str, Network] = {}
-        self.endpoints: IndexedTable[Endpoint] = IndexedTable("container_id", "network_id")
-        self.sandboxes: IndexedTable[Sandbox] = IndexedTable("container_id")
+        self.networks: dict[str, NetworkRecord] = {}
+        self.endpoints: IndexedTable[EndpointRecord] = IndexedTable("container_id", "network_id")
+        self.sandboxes: IndexedTable[SandboxRecord] = IndexedTable("container_id")
         self.containers: dict[str, Container] = {}
         self._tables: dict[type, dict] = {
-            Network: self.networks,
-            Endpoint: self.endpoints,
-            Sandbox: self.sandboxes,
+            NetworkRecord: self.networks,
+            EndpointRecord: self.endpoints,
+            SandboxRecord: self.sandboxes,
             Container: self.containers,
         }
 
@@ -139,12 +139,12 @@ class State:
 
     # -- queries used on hot paths --------------------------------------------------------
 
-    def endpoints_of_network(self, network_id: str) -> list[Endpoint]:
+    def endpoints_of_network(self, network_id: str) -> list[EndpointRecord]:
         return self.endpoints.by("network_id", network_id)
 
-    def endpoints_of_container(self, container_id: str) -> list[Endpoint]:
+    def endpoints_of_container(self, container_id: str) -> list[EndpointRecord]:
         return sorted(self.endpoints.by("container_id", container_id), key=lambda ep: ep.created_seq)
 
-    def sandbox_of(self, container_id: str) -> Sandbox | None:
+    def sandbox_of(self, container_id: str) -> SandboxRecord | None:
         found = self.sandboxes.by("container_id", container_id)
         return found[0] if found else None

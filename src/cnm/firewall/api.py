@@ -29,8 +29,8 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Protocol
 
 from cnm.errors import InvalidArgument
-from cnm.model.endpoint import Endpoint
-from cnm.model.network import Network
+from cnm.model.endpoint import EndpointRecord
+from cnm.model.network import NetworkRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +46,7 @@ class BridgeRules:
     masquerade: bool = True
 
 
-def bridge_rules(network: Network) -> BridgeRules:
+def bridge_rules(network: NetworkRecord) -> BridgeRules:
     """The firewall's view of bridge network ``network`` (InvalidArgument without a subnet)."""
     if network.subnet is None:
         raise InvalidArgument(f"network {network.name} has no IPv4 subnet")
@@ -123,7 +123,7 @@ class PortGuard:
     addresses: tuple[IPv4Address, ...]
 
 
-def port_guard(network: Network, endpoint: Endpoint) -> PortGuard:
+def port_guard(network: NetworkRecord, endpoint: EndpointRecord) -> PortGuard:
     """The guard of ``endpoint``'s port on ``network`` (InvalidArgument without a host
     interface or a MAC: a port whose MAC cnm does not know cannot be guarded)."""
     if not endpoint.host_ifname:

@@ -8,6 +8,7 @@ from types import MappingProxyType
 from typing import Any
 
 from cnm.model.endpoint import EndpointRequest
+from cnm.model.network_mode import DEFAULT, NetworkMode
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -61,8 +62,8 @@ class Mount:
 @dataclass(frozen=True, slots=True)
 class ContainerConfig:
     """A validated ``containers/create`` request: Docker's Config and HostConfig, the parts
-    cnm acts on.  ``network_mode`` is normalised: ``bridge``, ``host``, ``none``,
-    ``container:<ref>`` or a user network's name or id.
+    cnm acts on.  ``network_mode`` is typed (``model/network_mode.py``), parsed once by
+    the API.
 
     ``networks`` is Docker's ``NetworkSettings.Networks`` before start: every network the
     container joins when it starts, keyed by network name, the primary one (``network_mode``)
@@ -86,7 +87,7 @@ class ContainerConfig:
     domainname: str = ""
     labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     exposed_ports: tuple[str, ...] = ()  # "80/tcp", ...
-    network_mode: str = "bridge"
+    network_mode: NetworkMode = DEFAULT
     networks: Mapping[str, EndpointRequest] = field(default_factory=lambda: _EMPTY)
     mac_address: str = ""  # requested MAC of the primary network (Config.MacAddress)
     port_bindings: Mapping[str, tuple[PortBindingRequest, ...]] = field(default_factory=lambda: _EMPTY)
@@ -105,7 +106,7 @@ class ContainerConfig:
     restart_policy: str = RESTART_NO
     restart_max: int = 0  # on-failure's MaximumRetryCount; 0: no limit
     # False on records written before ``networks`` held the primary network too (it was
-    # implied by ``network_mode``); ``Containers.upgrade_records`` completes them at start.
+    # implied by ``network_mode``); ``Restore.upgrade_records`` (engine) completes them at start.
     networks_complete: bool = False
     log_driver: str = "json-file"  # HostConfig.LogConfig: "json-file" or "none"
     log_opts: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
@@ -128,8 +129,9 @@ class ContainerState:
 
 @dataclass(frozen=True, slots=True)
 class Container:
-    """A container record.  ``networks`` holds the per-network requests made after create
-    (``network connect`` on a stopped container), keyed by the name or id given."""
+    """A container record.  ``sandbox_id`` names its sandbox while it runs; it is empty
+    when the container is not running, and in ``container:`` mode, whose sandbox is the
+    other container's."""
 
     id: str
     name: str  # without the leading slash

@@ -1,8 +1,9 @@
-"""Endpoints and sandboxes: the E and S of CNM.
+"""The stored records of endpoints and sandboxes, the E and S of CNM.
 
-An ``Endpoint`` is a container's attachment to one network (a veth pair on a bridge
-network).  A ``Sandbox`` is a container's network namespace.  Records hold ids, never
-live handles and never back-pointers.
+An ``EndpointRecord`` is a container's attachment to one network (a veth pair on a bridge
+network); a ``SandboxRecord`` is a container's network namespace.  The objects that change
+them are ``cnm.engine.endpoint.Endpoint`` and ``cnm.engine.sandbox.Sandbox``.  Records hold
+ids, never live handles and never back-pointers.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class EndpointRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class Endpoint:
+class EndpointRecord:
     """A live attachment of sandbox ``sandbox_id`` (container ``container_id``) to network
     ``network_id``.  ``host_ifname`` is empty for drivers without a host-side link."""
 
@@ -56,7 +57,7 @@ class Endpoint:
 
 
 @dataclass(frozen=True, slots=True)
-class Sandbox:
+class SandboxRecord:
     """A network namespace owned by one container, bind-mounted at ``key``.
 
     ``key`` is empty for ``host`` mode (the host's own namespace) and for

@@ -1,4 +1,5 @@
-"""Networks: what a user asks for (``NetworkSpec``) and what cnm stores (``Network``).
+"""Networks: what a user asks for (``NetworkSpec``) and what cnm stores (``NetworkRecord``;
+the object that changes it is ``cnm.engine.network.Network``).
 
 Docker's option keys are kept as the keys of ``Network.options`` (they are the user's
 vocabulary), but every option the bridge driver acts on is parsed once, here, into a typed
@@ -68,7 +69,7 @@ class NetworkSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class Network:
+class NetworkRecord:
     """A network as stored.  ``subnet``/``gateway`` are what IPAM settled on; ``ipam``
     echoes the user's request (Docker's inspect shows it verbatim)."""
 

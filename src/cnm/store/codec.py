@@ -8,7 +8,8 @@ mappings as read-only ``MappingProxyType``s.
 
 Compatibility rules, so records written by one cnm version load in another:
 unknown keys in a document are ignored, missing keys (and ``null`` for a field that
-cannot be None) take the field's default.  A document that cannot be decoded raises
+cannot be None) take the field's default; a dataclass with a ``from_text`` classmethod
+also reads the text an earlier version stored in its place (``NetworkMode``).  A document that cannot be decoded raises
 ``SystemFailure`` naming the class, the field and the value.
 """
 
@@ -22,7 +23,7 @@ from collections.abc import Mapping
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any, TypeVar
 
-from cnm.errors import SystemFailure
+from cnm.errors import CnmError, SystemFailure
 
 T = TypeVar("T")
 
@@ -89,6 +90,12 @@ def _has_default(f: dataclasses.Field) -> bool:
 
 
 def _decode_dataclass(cls: type, doc: Any) -> Any:
+    from_text = getattr(cls, "from_text", None)
+    if isinstance(doc, str) and from_text is not None:  # an earlier version stored its text
+        try:
+            return from_text(doc)
+        except (ValueError, CnmError) as exc:
+            raise _DecodeError(f"invalid {cls.__name__} {doc!r}: {exc}") from None
     if not isinstance(doc, Mapping):
         raise _DecodeError(f"{cls.__name__} wants an object, got {doc!r}")
     hints = _hints(cls)
@@ -108,7 +115,10 @@ def _decode_dataclass(cls: type, doc: Any) -> Any:
             kwargs[f.name] = _decode_value(tp, raw)
         except _DecodeError as exc:
             raise _DecodeError(f"{cls.__name__}.{f.name}: {exc}") from None
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except (ValueError, CnmError) as exc:  # the class's own checks refused the values
+        raise _DecodeError(f"{cls.__name__}: {exc}") from None
 
 
 def _allows_none(tp: Any) -> bool:

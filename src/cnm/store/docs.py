@@ -2,9 +2,9 @@
 
 Kinds used by cnm (the key is the record's id unless said otherwise):
 
-    network         cnm.model.network.Network
-    endpoint        cnm.model.endpoint.Endpoint
-    sandbox         cnm.model.endpoint.Sandbox
+    network         cnm.model.network.NetworkRecord
+    endpoint        cnm.model.endpoint.EndpointRecord
+    sandbox         cnm.model.endpoint.SandboxRecord
     container       cnm.model.container.Container
     image           cnm.model.container.Image
     ipam.pool       IPAM pools, keyed by network id

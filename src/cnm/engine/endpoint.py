@@ -1,0 +1,161 @@
+"""libnetwork's Endpoint: one sandbox's attachment to one network, and its lifecycle.
+
+An ``Endpoint`` is its ``EndpointRecord`` plus the network it is on and the means to
+change it.  Its lifecycle, each step undoable on the caller's ``AsyncExitStack``:
+
+- **create**: an address from IPAM and every field the driver needs, resolved before
+  the driver is called (interface name in connect order, MAC, gateway);
+- **join**: the driver puts it into the sandbox (veth, address, routes);
+- **publish**: the published ports, when it is the sandbox's gateway endpoint;
+- **leave**: ports withdrawn, then the driver takes it out of the sandbox;
+- **delete**: the address goes back to IPAM, the record is removed.
+
+``leave`` and ``delete`` are idempotent and return errors instead of stopping at the first.
+IPAM is called here only for the address (``allocate_address`` in ``create``,
+``release_address`` in ``delete``).  Which endpoint carries the default route is the
+sandbox's choice (``engine/sandbox.py``), passed in at ``create``.
+
+Lock: an endpoint changes under its network's lock (shared) and its sandbox's, which is
+its container's lock (``engine/locks.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from dataclasses import replace
+from ipaddress import IPv4Interface
+
+from cnm.engine.services import Services
+from cnm.errors import CnmError
+from cnm.model.container import Container, Image
+from cnm.model.endpoint import EndpointRecord, EndpointRequest, SandboxRecord
+from cnm.model.network import NetworkRecord
+from cnm.model.values import mac_from_ip, new_id
+from cnm.portmap.requests import port_requests
+
+log = logging.getLogger("cnm.engine")
+
+
+class Endpoint:
+    def __init__(self, svc: Services, network: NetworkRecord | None, record: EndpointRecord) -> None:
+        """``network`` is None when its record is gone (a crash between records): the
+        endpoint can then only be deleted."""
+        self._svc = svc
+        self.network = network
+        self.record = record
+
+    @classmethod
+    def of(cls, svc: Services, record: EndpointRecord) -> Endpoint:
+        return cls(svc, svc.state.networks.get(record.network_id), record)
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @classmethod
+    async def create(
+        cls,
+        svc: Services,
+        stack: AsyncExitStack,
+        network: NetworkRecord,
+        container: Container,
+        sandbox: SandboxRecord,
+        request: EndpointRequest,
+        *,
+        siblings: Sequence[EndpointRecord],
+        gateway_free: bool,
+        mac: str = "",
+    ) -> Endpoint:
+        """Allocate the address and resolve the record; nothing reaches the kernel yet.
+        ``siblings`` are the sandbox's endpoints so far (interface names and connect order
+        follow them); ``gateway_free``: the sandbox wants this one to carry its default
+        route if the network has a gateway."""
+        driver = svc.drivers[network.driver]
+        ep_id = new_id()
+        address = gateway = None
+        if driver.needs_ipam and network.subnet is not None:
+            ip = await svc.ipam.allocate_address(network.id, ep_id, request.ipv4_address)
+            stack.push_async_callback(svc.ipam.release_address, network.id, ip)
+            address = IPv4Interface(f"{ip}/{network.subnet.prefixlen}")
+            gateway = None if network.internal else network.gateway
+        used = {ep.ifname for ep in siblings}
+        prefix = network.iface_prefix
+        ifname = next(f"{prefix}{n}" for n in range(len(used) + 1) if f"{prefix}{n}" not in used)
+        chosen_mac = request.mac_address or mac or (mac_from_ip(address.ip) if address else "")
+        record = EndpointRecord(
+            id=ep_id,
+            network_id=network.id,
+            container_id=container.id,
+            sandbox_id=sandbox.id,
+            name=container.name,
+            ifname=ifname if driver.needs_ipam else "",
+            host_ifname=f"veth{ep_id[:7]}" if driver.needs_ipam else "",
+            mac=chosen_mac if driver.needs_ipam else "",
+            address=address,
+            gateway=gateway,
+            default_route=gateway is not None and gateway_free,
+            aliases=request.aliases,
+            request=request,
+            created_seq=max((ep.created_seq for ep in siblings), default=-1) + 1,
+        )
+        return cls(svc, network, record)
+
+    async def join(self, stack: AsyncExitStack, sandbox: SandboxRecord) -> None:
+        """The driver puts the endpoint into ``sandbox``; leaving it goes on ``stack``."""
+        assert self.network is not None
+        await self._svc.drivers[self.network.driver].join(self.network, self.record, sandbox)
+        stack.push_async_callback(self._leave_quietly, self.network, sandbox)
+
+    async def _leave_quietly(self, network: NetworkRecord, sandbox: SandboxRecord) -> None:
+        try:
+            await self._svc.drivers[network.driver].leave(network, self.record, sandbox)
+        except CnmError as exc:
+            log.warning("undo of endpoint %s on %s: %s", self.id[:12], network.name, exc)
+
+    async def publish(self, stack: AsyncExitStack, container: Container, image: Image) -> None:
+        """Published ports go through the endpoint carrying the default route (Docker's
+        gateway endpoint); their undo goes on ``stack``."""
+        publisher = self._svc.publisher
+        if publisher is None or self.network is None:
+            return
+        requests = port_requests(container.config, image)
+        self.record = await publisher.publish(stack, self.network, self.record, requests)
+
+    async def leave(self, sandbox: SandboxRecord | None) -> list[BaseException]:
+        """Withdraw the published ports, then take the endpoint out of the sandbox."""
+        publisher = self._svc.publisher
+        errors = await publisher.unpublish(self.record) if publisher is not None else []
+        if self.network is not None:
+            try:
+                await self._svc.drivers[self.network.driver].leave(self.network, self.record, sandbox)
+            except CnmError as exc:
+                errors.append(exc)
+        return errors
+
+    async def delete(self) -> None:
+        """The address goes back, the record goes; a ``disconnect`` event is reported."""
+        if self.network is not None and self.record.address is not None:
+            await self._svc.ipam.release_address(self.network.id, self.record.address.ip)
+        self._svc.state.commit(delete=[self.record])
+        if self.network is not None:
+            self._svc.events.network("disconnect", self.network, self.record.container_id)
+
+    async def remove(self, sandbox: SandboxRecord | None) -> list[BaseException]:
+        """``leave`` then ``delete``: idempotent, errors returned."""
+        errors = await self.leave(sandbox)
+        await self.delete()
+        return errors
+
+    async def restore(self) -> None:
+        """After a daemon restart: hold the recorded host ports again (the rules come back
+        with the firewall's sync)."""
+        if self._svc.publisher is not None:
+            await self._svc.publisher.restore(self.record)
+
+    def take_default_route(self) -> None:
+        """It carries the sandbox's default route from now on."""
+        self.record = replace(self.record, default_route=True)

@@ -1,0 +1,167 @@
+"""Restore after a daemon (re)start (live-restore): the store says what should exist, the
+kernel and runc say what does, and this module makes them agree.
+
+- ``upgrade_records``: records of an older cnm completed once (the primary network in
+  ``config.networks``);
+- ``containers``: what runc runs that the store does not consider running is killed and
+  deleted; containers still running are adopted (watcher, ports, names); those that died
+  while cnmd was away are finished; every sandbox, endpoint and namespace that no running
+  container owns is removed;
+- ``orphan_addresses``: pools and addresses IPAM holds for records that do not exist;
+- ``drivers``: each driver makes the kernel match its networks and endpoints.
+
+Restart policies resume afterwards (``Exits.resume_restarts``), once networks are in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import replace
+
+from cnm.engine.endpoint import Endpoint
+from cnm.engine.exits import UNKNOWN_EXIT, Exits
+from cnm.engine.lookup import find_network
+from cnm.engine.runs import Runs
+from cnm.engine.sandbox import Sandbox
+from cnm.engine.services import Services, now_rfc3339
+from cnm.errors import CnmError, NotFound
+from cnm.model.container import EXITED
+from cnm.model.endpoint import EndpointRequest
+
+log = logging.getLogger("cnm.engine")
+
+
+class Restore:
+    def __init__(self, svc: Services, runs: Runs, exits: Exits) -> None:
+        self._svc = svc
+        self._state = svc.state
+        self._runs = runs
+        self._exits = exits
+
+    def upgrade_records(self) -> None:
+        """Records written before ``config.networks`` held the primary network imply it by
+        ``network_mode``: write it in, once, so that they start where they did."""
+        for container in list(self._state.containers.values()):
+            config = container.config
+            if config.networks_complete:
+                continue
+            networks = dict(config.networks)
+            mode = config.network_mode.network
+            if mode:
+                try:
+                    primary = find_network(self._state, mode).name
+                except NotFound:
+                    primary = mode
+                if not any(k == primary or k == mode for k in networks):
+                    networks = {primary: EndpointRequest(), **networks}
+                networks = {(primary if k == mode else k): v for k, v in networks.items()}
+            upgraded = replace(config, networks=networks, networks_complete=True)
+            self._state.commit(put=[replace(container, config=upgraded)])
+
+    async def containers(self) -> None:
+        """Adopt the containers still running, finish those that died, remove what no
+        running container owns (see the module's docstring)."""
+        svc = self._svc
+        await self._reap_unrecorded()
+        for container in list(self._state.containers.values()):
+            if not container.running:
+                continue
+            pid = await svc.runtime.is_running(container.id)
+            if pid and pid == container.state.pid:
+                self._exits.watch(container.id, self._runs.new(container.id, pid))
+                sandbox = Sandbox.of(svc, container)
+                if sandbox is not None:
+                    await sandbox.restore()
+                else:
+                    for ep in self._state.endpoints_of_container(container.id):
+                        await Endpoint.of(svc, ep).restore()
+                continue
+            log.info("container %s died while cnmd was down", container.name)
+            errors = await self._exits.teardown(container)
+            state = replace(
+                container.state,
+                status=EXITED,
+                paused=False,
+                pid=0,
+                exit_code=UNKNOWN_EXIT,
+                finished_at=now_rfc3339(),
+            )
+            self._state.commit(put=[replace(container, state=state, sandbox_id="")])
+            for err in errors:
+                log.warning("reconcile of %s: %s", container.name, err)
+        live = {c.id for c in self._state.containers.values() if c.running}
+        for orphan in [s for s in self._state.sandboxes.values() if s.container_id not in live]:
+            for ep in self._state.endpoints_of_container(orphan.container_id):
+                await Endpoint.of(svc, ep).remove(orphan)
+            if orphan.key:
+                await svc.kernel.delete_netns(orphan.key)
+            self._state.commit(delete=[orphan])
+        for ep in [e for e in self._state.endpoints.values() if e.container_id not in live]:
+            await Endpoint.of(svc, ep).remove(None)
+        keys = {s.key for s in self._state.sandboxes.values()}
+        for entry in os.listdir(svc.netns_dir):
+            path = os.path.join(svc.netns_dir, entry)
+            if path not in keys:
+                log.info("removing stale netns %s", path)
+                await svc.kernel.delete_netns(path)
+
+    async def _reap_unrecorded(self) -> None:
+        """Reconcile with runc's own list (every container under cnmd's runc root): one the
+        store does not mark running -- a start that cnmd died in the middle of, after
+        ``runc run`` went ahead -- is killed and deleted (its cgroup and rootfs mount go
+        too), and its directories as well when the store does not know it at all.
+
+        Killed, not adopted: the start never reported success and the network it was given
+        (sandbox, endpoints) was never recorded, so it is removed as an orphan in this same
+        restore; the store's view decides what runs, as in Docker's live-restore, where a
+        task the daemon does not consider running is not brought back."""
+        runtime = self._svc.runtime
+        try:
+            known = await runtime.list_containers()
+        except CnmError as exc:
+            log.error("cannot list runc's containers: %s", exc)
+            return
+        for entry in known:
+            cid = str(entry.get("id") or "")
+            container = self._state.containers.get(cid)
+            if not cid or container is not None and container.running:
+                continue  # running per the store: checked against runc by ``containers``
+            log.warning(
+                "runc has container %s (%s, pid %s) that cnm does not consider running: killing and deleting it",
+                cid[:12],
+                entry.get("status", "?"),
+                entry.get("pid", "?"),
+            )
+            try:
+                await runtime.cleanup(cid)  # runc delete --force: SIGKILL, state, cgroup
+                if container is None:
+                    await runtime.remove(cid)
+            except CnmError as exc:
+                log.error("removing container %s left by a crash: %s", cid[:12], exc)
+
+    async def orphan_addresses(self) -> None:
+        """Pools whose network record is missing and addresses whose owner endpoint no
+        longer exists (a crash between IPAM and the record) go back."""
+        ipam = self._svc.ipam
+        for network_id in list(ipam.pools()):
+            if network_id not in self._state.networks:
+                log.info("releasing orphan pool of network %s", network_id[:12])
+                await ipam.release_pool(network_id)
+        live = set(self._state.endpoints)
+        for network_id in self._state.networks:
+            for address, owner in ipam.owners(network_id).items():
+                if owner in live or owner == "gateway" or owner.startswith("aux:"):
+                    continue
+                log.info("releasing orphan address %s of network %s", address, network_id[:12])
+                await ipam.release_address(network_id, address)
+
+    async def drivers(self) -> None:
+        """Each driver makes the kernel match the records of its networks and endpoints."""
+        networks = list(self._state.networks.values())
+        drivers = self._svc.drivers
+        for driver in {net.driver for net in networks} | set(drivers):
+            mine = [n for n in networks if n.driver == driver]
+            ids = {n.id for n in mine}
+            eps = [e for e in self._state.endpoints.values() if e.network_id in ids]
+            await drivers[driver].restore(mine, eps)
