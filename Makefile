@@ -10,7 +10,9 @@ CNM         := $(VENV)/bin/cnm
 IMAGE_TAR   := images/busybox.tar
 PYTEST_ARGS ?=
 # What the suite and the demo run (procps: ps/sysctl in the tests; python3-venv: make venv).
-APT_PKGS    := iproute2 nftables iptables runc busybox-static libnftables1 iperf3 procps python3-venv
+# etcd-server, etcd-client (etcdctl): the etcd backend of the Store is tested against real
+# members (tests/etcd_cluster.py).
+APT_PKGS    := iproute2 nftables iptables runc busybox-static libnftables1 iperf3 procps python3-venv etcd-server etcd-client
 # The client tier drives cnmd with Docker's own tools: Compose v1 (Debian's; Compose v2 is on
 # neither Debian 12 nor PyPI).  The Docker SDK for Python comes with the test extras.
 CLIENT_PKGS := docker-compose
@@ -105,6 +107,12 @@ bench-ports: deps venv image
 bench-dns: deps venv image
 	$(VPY) bench/dns.py --image $(IMAGE_TAR)
 
+# Issue 9: the Store backends and the etcd clients (put, get, CAS, list, watch latency).
+.PHONY: bench-store
+bench-store: deps venv
+	$(VPY) -m pip install -q -e '.[bench]'
+	$(VPY) bench/store.py
+
 # Issue 7: container-to-container throughput with and without the anti-spoofing guard.
 .PHONY: bench-antispoof
 bench-antispoof: deps venv image
@@ -125,13 +133,15 @@ SOAK_RUNS ?= 200
 soak-run: deps venv image
 	$(VPY) bench/run_output.py --image $(IMAGE_TAR) -n $(SOAK_RUNS)
 
-# Tools hold the design: the layer contracts are a unit test (tests/unit/test_layers.py);
-# style, lint and types are checked here, and .ci/run runs this before the suite.
+# Tools hold the design, and .ci/run runs this before the suite: style and lint (ruff), the
+# layer contracts ([tool.importlinter] in pyproject.toml; tests/unit/test_layers.py adds the
+# dynamic imports and proves each contract can fail), types (mypy, [tool.mypy]).
 LINT_PATHS := src tests bench scripts/make-busybox-tar scripts/in-sandbox scripts/fast-cli-launcher scripts/soak-iptables
 
 lint: venv
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/mypy
 
 clean:

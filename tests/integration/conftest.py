@@ -1,5 +1,6 @@
 """Integration tier: every test here needs root and builds its own throwaway namespaces, so
-each is marked ``root`` (the suite-wide conftest skips those, with the reason, for non-root)."""
+each is marked ``root`` (the suite-wide conftest skips those, with the reason, for non-root)
+-- except in a module that sets ``NEEDS_ROOT = False`` (the Store conformance suite)."""
 
 from __future__ import annotations
 
@@ -12,5 +13,6 @@ HERE = Path(__file__).resolve().parent
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if HERE in Path(str(item.path)).parents:
+        module = getattr(item, "module", None)
+        if HERE in Path(str(item.path)).parents and getattr(module, "NEEDS_ROOT", True):
             item.add_marker(pytest.mark.root)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from cnm.engine.controller import ContainerPaths, ContainerSample, EngineInfo, ExecInfo
+from cnm.engine.events import Events
 from cnm.errors import Conflict, Forbidden, NotFound, NotModified
 from cnm.kernel.api import LinkStats
 from cnm.model.container import RUNNING, Container, ContainerConfig, ContainerState, ExecSpec, Image
@@ -65,6 +66,7 @@ class FakeController:
     exited: dict[str, asyncio.Event] = field(default_factory=dict)
     top_args: list[str] = field(default_factory=list)
     stats_reads: int = 0
+    events: Events = field(default_factory=Events)  # GET /events reads it; the fake emits nothing
 
     def __post_init__(self) -> None:
         for name, driver in (("bridge", "bridge"), ("host", "host"), ("none", "null")):

@@ -22,6 +22,7 @@ from cnm.model.endpoint import EndpointRequest
 from cnm.model.network import IpamConfig, NetworkSpec
 from cnm.runtime.fake import FakeRuntime
 from cnm.store.docs_memory import MemoryStore
+from cnm.store.memory import MemoryStore as AsyncMemoryStore
 
 
 class World:
@@ -29,6 +30,7 @@ class World:
 
     def __init__(self, tmp_path) -> None:
         self.store = MemoryStore()
+        self.ipam_store = AsyncMemoryStore()  # IPAM is on the new Store; State not yet
         self.kernel = FakeKernel()
         self.firewall = FakeFirewall()
         self.runtime = FakeRuntime(str(tmp_path / "containers"))
@@ -39,7 +41,7 @@ class World:
         return {}
 
     async def controller(self) -> Controller:
-        ipam = DefaultIpam(self.store, DEFAULT_POOLS)
+        ipam = DefaultIpam(self.ipam_store, DEFAULT_POOLS)
         ctl = Controller(
             store=self.store,
             ipam=ipam,

@@ -16,6 +16,7 @@ ops = st.lists(
         st.tuples(st.just("take_range"), st.integers(0, 100), st.integers(0, 30)),
         st.tuples(st.just("give_range"), st.integers(FIRST, LAST), st.integers(0, 30)),
         st.tuples(st.just("lowest"), st.integers(0, 100), st.integers(0, 100)),
+        st.tuples(st.just("nth"), st.integers(0, 100), st.integers(0, 100), st.integers(0, 20)),
     ),
     max_size=80,
 )
@@ -41,10 +42,14 @@ def test_matches_a_set(used, operations):
             lo, hi = op[1], min(LAST, op[1] + op[2])
             fr.give_range(lo, hi)
             model |= set(range(lo, hi + 1))
-        else:
+        elif op[0] == "lowest":
             lo, hi = op[1], op[2]
             expected = min((v for v in model if lo <= v <= hi), default=None)
             assert fr.lowest(lo, hi) == expected
+        else:
+            lo, hi, n = op[1:]
+            inside = sorted(v for v in model if lo <= v <= hi)
+            assert fr.nth(lo, hi, n) == (inside[n] if n < len(inside) else None)
         # invariants: sorted, disjoint, not touching (fully merged), and the same members
         starts, ends = fr._starts, fr._ends
         assert all(s <= e for s, e in zip(starts, ends, strict=True))

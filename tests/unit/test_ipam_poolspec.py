@@ -9,7 +9,7 @@ import pytest
 from cnm.errors import InvalidArgument
 from cnm.ipam.api import PoolSpec
 from cnm.ipam.default import DefaultIpam, parse_pool_spec
-from cnm.store.docs_memory import MemoryStore
+from cnm.store.memory import MemoryStore
 
 
 @pytest.mark.parametrize(
@@ -46,11 +46,13 @@ def test_invalid(text, needle):
     assert needle in str(info.value)
 
 
-def test_configured_pool_is_used():
+async def test_configured_pool_is_used():
     ipam = DefaultIpam(MemoryStore(), [parse_pool_spec("base=10.10.0.0/16,size=24")])
-    assert [ipam.allocate_pool(f"n{i}", None).subnet for i in range(3)] == [
+    await ipam.start()
+    assert [(await ipam.allocate_pool(f"n{i}", None)).subnet for i in range(3)] == [
         N("10.10.0.0/24"),
         N("10.10.1.0/24"),
         N("10.10.2.0/24"),
     ]
     assert ipam.pool("n1").gateway.exploded == "10.10.1.1"
+    await ipam.close()

@@ -100,3 +100,16 @@ def test_ci_script_drives_the_same_targets() -> None:
     assert subprocess.run(["bash", "-n", str(REPO / ".ci" / "run")]).returncode == 0
     for target in ("deps", "venv", "test"):
         assert f"make {target}" in ci
+
+
+def test_lint_runs_every_check_and_ci_runs_lint_before_the_suite(fresh: Path) -> None:
+    """``make lint``: ruff (lint and format) on src/ and tests/, the import contracts, mypy;
+    .ci/run calls it before ``make test``."""
+    out = make(fresh, "-n", "lint")
+    for needle in ("ruff check", "ruff format --check"):
+        line = out.splitlines()[first_line(out, needle)]
+        assert {"src", "tests"} <= set(line.split()), line
+    first_line(out, "lint-imports")
+    first_line(out, "mypy")
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "make lint" in ci and ci.index("make lint") < ci.index("make test")

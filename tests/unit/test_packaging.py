@@ -62,4 +62,4 @@ def test_runtime_dependencies_are_ranges_and_tools_are_pinned() -> None:
     for requirement in PYPROJECT["project"]["dependencies"]:
         assert "==" not in requirement and "<" in requirement, requirement
     tools = {r.split("==")[0]: r for r in PYPROJECT["project"]["optional-dependencies"]["test"] if "==" in r}
-    assert {"ruff", "mypy"} <= set(tools)
+    assert {"ruff", "mypy", "import-linter"} <= set(tools)

@@ -38,6 +38,7 @@ class VersionInfo:
     kernel_version: str = platform.release()
     hostname: str = socket.gethostname()
     experimental: bool = False
+    cluster_store: str = ""  # --cluster-store (etcd://…), shown by /info as Docker did
 
 
 def version_json(v: VersionInfo) -> dict[str, Any]:
@@ -130,6 +131,8 @@ def info_json(e: EngineInfo, v: VersionInfo) -> dict[str, Any]:
             "Error": "",
             "RemoteManagers": None,
         },
+        "ClusterStore": v.cluster_store,
+        "ClusterAdvertise": "",
         "LiveRestoreEnabled": True,
         "Isolation": "",
         "InitBinary": "",

@@ -21,7 +21,7 @@ from cnm.cli.errors import ConnectError, DaemonError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing/collections.abc costs start-up time
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Mapping
+    from collections.abc import Callable, Iterable, Iterator, Mapping
     from typing import Any
 
 DEFAULT_HOST = "unix:///run/cnm/cnm.sock"
@@ -259,7 +259,7 @@ class Client:
     a unix socket (ENOENT/ECONNREFUSED); it starts cnmd and waits until it answers.
     """
 
-    def __init__(self, host: str = DEFAULT_HOST, autostart=None) -> None:
+    def __init__(self, host: str = DEFAULT_HOST, autostart: Callable[[str], None] | None = None) -> None:
         self.host = host
         self.kind, self.addr = parse_host(host)
         self.autostart = autostart
@@ -285,7 +285,7 @@ class Client:
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             if self.kind == "unix" and self.autostart is not None:
                 starter, self.autostart = self.autostart, None
-                starter(self.addr)
+                starter(str(self.addr))  # a unix host: the socket path
                 try:
                     return Connection(self._dial())
                 except OSError as exc2:

@@ -7,6 +7,10 @@ import sys
 
 from cnm.cli.client import DEFAULT_HOST, Client
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing/collections.abc costs start-up time
+if TYPE_CHECKING:
+    from typing import TextIO
+
 
 class Cli:
     """Holds the daemon address, the environment and the output streams of one ``cnm`` run.
@@ -17,7 +21,11 @@ class Cli:
     """
 
     def __init__(
-        self, host: str | None = None, env: dict[str, str] | None = None, stdout=None, stderr=None
+        self,
+        host: str | None = None,
+        env: dict[str, str] | None = None,
+        stdout: TextIO | None = None,
+        stderr: TextIO | None = None,
     ) -> None:
         self.env = dict(os.environ) if env is None else env
         self.host = host or self.env.get("CNM_HOST") or DEFAULT_HOST

@@ -249,7 +249,10 @@ def parse(cmd: Command, argv: Sequence[str]) -> tuple[dict[str, Any], list[str],
 
 def _count_message(cmd: Command, n: int) -> str:
     lo, hi = cmd.min_args, cmd.max_args
-    plural = lambda k: "argument" if k == 1 else "arguments"  # noqa: E731
+
+    def plural(k: int) -> str:
+        return "argument" if k == 1 else "arguments"
+
     if hi == 0:
         what = f'"{cmd.path}" accepts no arguments.'
     elif hi == lo:

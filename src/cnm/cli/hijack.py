@@ -16,6 +16,7 @@ from cnm.cli.errors import CliError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing/collections.abc costs start-up time
 if TYPE_CHECKING:
+    import _socket
     from collections.abc import Iterator
 
 STDIN, STDOUT, STDERR, SYSTEMERR = 0, 1, 2, 3
@@ -141,7 +142,7 @@ class Escape:
 
 
 def pump(
-    sock,
+    sock: _socket.socket,
     initial: bytes,
     tty: bool,
     stdin_fd: int | None,

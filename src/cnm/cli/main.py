@@ -191,7 +191,7 @@ def _dispatch(args: list[str]) -> int:
 
     cli = Cli(host=opts.get("H"))
     try:
-        code = getattr(module, func_name)(cli, rest[consumed:])
+        code: int = getattr(module, func_name)(cli, rest[consumed:])
     except HelpRequested as req:
         sys.stdout.write(req.command.help_text())
         return 0

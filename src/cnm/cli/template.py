@@ -438,7 +438,7 @@ def _cmp(op: str) -> Callable:
             raise TemplateError(f"wrong number of args for {op}: want 2 got {len(bs) + 1}")
         b = bs[0]
         try:
-            return {"ne": a != b, "lt": a < b, "le": a <= b, "gt": a > b, "ge": a >= b}[op]  # type: ignore[operator]
+            return bool({"ne": a != b, "lt": a < b, "le": a <= b, "gt": a > b, "ge": a >= b}[op])  # type: ignore[operator]
         except TypeError:
             raise TemplateError(f"error calling {op}: incompatible types for comparison") from None
 

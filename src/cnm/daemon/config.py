@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cnm.errors import InvalidArgument
 from cnm.ipam.api import DEFAULT_POOLS, PoolSpec
 from cnm.ipam.default import parse_pool_spec
 from cnm.model.values import parse_ifname
+
+if TYPE_CHECKING:
+    from cnm.store.etcd import TlsFiles
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 FIREWALL_BACKENDS = ("nftables", "iptables")
@@ -27,6 +31,9 @@ class DaemonConfig:
     firewall_backend: str
     userland_proxy: bool = False
     anti_spoofing: bool = True
+    # --cluster-store: etcd endpoints shared with other cnmd (global scope); () = none.
+    cluster_store: tuple[str, ...] = ()
+    cluster_store_tls: TlsFiles | None = None
 
 
 def socket_path_of(host: str) -> str:
@@ -90,7 +97,59 @@ def build_parser() -> argparse.ArgumentParser:
         "address, and ARP claiming one (default true; nftables bridge family, "
         "whichever --firewall-backend)",
     )
+    p.add_argument(
+        "--cluster-store",
+        metavar="etcd://HOST:PORT[,HOST:PORT...]",
+        help="etcd cluster shared with other cnmd (global scope): cnmd joins it at start",
+    )
+    p.add_argument(
+        "--cluster-store-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="TLS to the cluster store: kv.cacertfile=, kv.certfile=, kv.keyfile= (repeatable)",
+    )
     return p
+
+
+CLUSTER_STORE_OPTS = ("kv.cacertfile", "kv.certfile", "kv.keyfile")
+
+
+def parse_cluster_store(url: str | None, opts: list[str]) -> tuple[tuple[str, ...], TlsFiles | None]:
+    """``--cluster-store`` and ``--cluster-store-opt`` as endpoints and TLS files (None:
+    plain TCP); InvalidArgument naming the flag and what is wrong."""
+    if url is None:
+        if opts:
+            raise InvalidArgument("--cluster-store-opt given without --cluster-store")
+        return (), None
+    from cnm.store.etcd import TlsFiles, parse_cluster_url  # grpc: imported only when used
+
+    try:
+        endpoints = parse_cluster_url(url)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"invalid --cluster-store: {exc}") from exc
+    files: dict[str, str] = {}
+    for opt in opts:
+        key, sep, value = opt.partition("=")
+        if not sep or not value:
+            raise InvalidArgument(f"invalid --cluster-store-opt {opt!r}: expected KEY=VALUE")
+        if key not in CLUSTER_STORE_OPTS:
+            raise InvalidArgument(
+                f"invalid --cluster-store-opt {opt!r}: unknown option {key!r} "
+                f"(known: {', '.join(CLUSTER_STORE_OPTS)})"
+            )
+        if key in files:
+            raise InvalidArgument(f"invalid --cluster-store-opt {opt!r}: {key} given twice")
+        if not os.path.isfile(value) or not os.access(value, os.R_OK):
+            raise InvalidArgument(f"invalid --cluster-store-opt {opt!r}: {value} is not a readable file")
+        files[key.removeprefix("kv.")] = os.path.abspath(value)
+    if not files:
+        return endpoints, None
+    try:
+        tls = TlsFiles(**files)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"invalid --cluster-store-opt: {exc}") from exc
+    return endpoints, tls
 
 
 def parse_bool(flag: str, value: str) -> bool:
@@ -110,6 +169,7 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
     cgroup_parent = args.cgroup_parent.strip("/")
     if not cgroup_parent or ".." in cgroup_parent.split("/"):
         raise InvalidArgument(f"invalid cgroup parent {args.cgroup_parent!r}")
+    cluster_store, cluster_store_tls = parse_cluster_store(args.cluster_store, args.cluster_store_opt)
     return DaemonConfig(
         socket_path=socket_path,
         data_root=os.path.abspath(args.data_root),
@@ -121,4 +181,6 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
         firewall_backend=args.firewall_backend,
         userland_proxy=parse_bool("--userland-proxy", args.userland_proxy),
         anti_spoofing=parse_bool("--anti-spoofing", args.anti_spoofing),
+        cluster_store=cluster_store,
+        cluster_store_tls=cluster_store_tls,
     )

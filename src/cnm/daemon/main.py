@@ -247,6 +247,14 @@ async def serve(config: DaemonConfig) -> None:
             "other cnmd running in this network namespace: %s (their links and rules are left alone)",
             ", ".join(f"{d} (pid {pid})" for d, pid in others.items()),
         )
+    cluster = None
+    if config.cluster_store:  # before any kernel work: an unreachable cluster stops the start
+        from cnm.daemon.cluster import ClusterMembership
+
+        cluster = ClusterMembership(
+            config.cluster_store, daemon, tls=config.cluster_store_tls, version=__version__
+        )
+        await cluster.start()
     become_subreaper()
     _raise_fd_limit()
     controller, store, kernel, dns, leftovers, guard = _build(config, daemon, others)
@@ -260,7 +268,8 @@ async def serve(config: DaemonConfig) -> None:
     await controller.start()
     tmp_dir = os.path.join(config.exec_root, "tmp")
     os.makedirs(tmp_dir, exist_ok=True)
-    app = make_app(controller, version_info=VersionInfo(version=__version__), tmp_dir=tmp_dir)
+    version_info = VersionInfo(version=__version__, cluster_store=cluster.describe() if cluster else "")
+    app = make_app(controller, version_info=version_info, tmp_dir=tmp_dir)
     runner = await serve_unix(app, config.socket_path)
     log.info("cnmd %s serving on unix://%s", __version__, config.socket_path)
 
@@ -282,6 +291,8 @@ async def serve(config: DaemonConfig) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(config.socket_path)
         store.close()
+        if cluster is not None:
+            await cluster.close()
         kernel.close()
         beacon.close()
         for fd in lock_fds:

@@ -158,10 +158,11 @@ class Controller:
         """Load the records, then reconcile them with the kernel (DESIGN.md, Restart):
         firewall base, predefined networks, running containers, orphans."""
         self._state.load()
+        await self._ipam.start()
         self._containers.upgrade_records()
         await self._firewall.setup()
         await self._containers.restore()
-        self._release_orphan_addresses()
+        await self._release_orphan_addresses()
         networks = list(self._state.networks.values())
         for driver in {net.driver for net in networks} | set(self._drivers):
             mine = [n for n in networks if n.driver == driver]
@@ -171,20 +172,20 @@ class Controller:
         await self._firewall.sync(self.bridge_rules(), self.port_rules())
         await self._containers.resume_restarts()  # restart policies, once networks are in place
 
-    def _release_orphan_addresses(self) -> None:
+    async def _release_orphan_addresses(self) -> None:
         """Pools whose network record is missing and addresses whose owner endpoint no
         longer exists (a crash between IPAM and the record) go back."""
         for network_id in list(self._ipam.pools()):
             if network_id not in self._state.networks:
                 log.info("releasing orphan pool of network %s", network_id[:12])
-                self._ipam.release_pool(network_id)
+                await self._ipam.release_pool(network_id)
         live = set(self._state.endpoints)
         for network_id in self._state.networks:
             for address, owner in self._ipam.owners(network_id).items():
                 if owner in live or owner == "gateway" or owner.startswith("aux:"):
                     continue
                 log.info("releasing orphan address %s of network %s", address, network_id[:12])
-                self._ipam.release_address(network_id, address)
+                await self._ipam.release_address(network_id, address)
 
     def bridge_rules(self) -> list[BridgeRules]:
         """The firewall's view of every bridge network (for sync and self-healing)."""
@@ -216,6 +217,7 @@ class Controller:
         await self._containers.close()
         if self._publisher is not None:
             await self._publisher.close()
+        await self._ipam.close()
 
     # -- system ---------------------------------------------------------------------------
 

@@ -159,8 +159,8 @@ class Networks:
                 reserved = (
                     await self._kernel.host_networks() if config is None or config.subnet is None else ()
                 )
-                pool = self._ipam.allocate_pool(network_id, config, reserved=reserved)
-                stack.callback(self._ipam.release_pool, network_id)
+                pool = await self._ipam.allocate_pool(network_id, config, reserved=reserved)
+                stack.push_async_callback(self._ipam.release_pool, network_id)
                 subnet, gateway, ip_range = pool.subnet, pool.gateway, pool.ip_range
             network = Network(
                 id=network_id,
@@ -206,7 +206,7 @@ class Networks:
             await self._drivers[network.driver].delete_network(network)
         except CnmError as exc:
             errors.append(exc)
-        self._ipam.release_pool(network.id)
+        await self._ipam.release_pool(network.id)
         self._state.commit(delete=[network])
         self._events.network("destroy", network)  # Docker's action for network rm
         if errors:
@@ -253,8 +253,8 @@ class Networks:
         existing = self._state.endpoints_of_container(container.id)
         address = gateway = None
         if driver.needs_ipam and network.subnet is not None:
-            ip = self._ipam.allocate_address(network.id, ep_id, request.ipv4_address)
-            stack.callback(self._ipam.release_address, network.id, ip)
+            ip = await self._ipam.allocate_address(network.id, ep_id, request.ipv4_address)
+            stack.push_async_callback(self._ipam.release_address, network.id, ip)
             address = IPv4Interface(f"{ip}/{network.subnet.prefixlen}")
             gateway = None if network.internal else network.gateway
         used = {ep.ifname for ep in existing}
@@ -298,7 +298,7 @@ class Networks:
             except CnmError as exc:
                 errors.append(exc)
             if endpoint.address is not None:
-                self._ipam.release_address(network.id, endpoint.address.ip)
+                await self._ipam.release_address(network.id, endpoint.address.ip)
         self._state.commit(delete=[endpoint])
         if network is not None:
             self._events.network("disconnect", network, endpoint.container_id)

@@ -59,4 +59,5 @@ class Session:
             if "No such file or directory" in err:
                 return None
             raise FirewallError(f"nft: {first_error(err)}")
-        return json.loads(out).get("nftables", [])
+        listed: list[dict[str, Any]] = json.loads(out).get("nftables", [])
+        return listed

@@ -1,9 +1,15 @@
 """The IPAM protocol: address pools for networks and addresses for endpoints.
 
-The default implementation (``cnm.ipam.default.DefaultIpam``) keeps its state in the store
-(kinds ``ipam.pool`` and ``ipam.address``), so allocations survive restarts and are never
-handed out twice.  Every address has an owner (an endpoint id, or ``gateway``/``aux:<name>``),
-which lets the engine release orphans after a crash.
+The default implementation (``cnm.ipam.default.DefaultIpam``) keeps its state in the
+Store (``ipam/pool/<network id>``, ``ipam/address/<network id>/<address>``), so
+allocations survive restarts and are never handed out twice, also by several daemons
+sharing one store: every change is a compare-and-swap, and what is in memory is a cache
+the store's watch keeps current.  Hence the shape of the protocol: changes are async
+(they go to the store), reads are synchronous (they answer from the cache, and may lag
+another daemon's change by the watch's latency, never one of the caller's own).
+
+Every address has an owner (an endpoint id, or ``gateway``/``aux:<name>``), which lets
+the engine release orphans after a crash.
 """
 
 from __future__ import annotations
@@ -62,7 +68,17 @@ class Pool:
 
 
 class Ipam(Protocol):
-    def allocate_pool(
+    """Pools and addresses.  ``start`` before any other call, ``close`` at shutdown.
+    A change that loses to another daemon's tries the next candidate, and gives up with
+    Unavailable if it keeps losing; Unavailable too when the store cannot be reached."""
+
+    async def start(self) -> None:
+        """Load the cache from the store and follow the store's changes from then on."""
+
+    async def close(self) -> None:
+        """Stop following the store."""
+
+    async def allocate_pool(
         self,
         network_id: str,
         config: IpamConfig | None,
@@ -70,30 +86,33 @@ class Ipam(Protocol):
         reserved: Sequence[IPv4Network] = (),
         with_gateway: bool = True,
     ) -> Pool:
-        """Give ``network_id`` a subnet.  With ``config.subnet``: that subnet, refused
-        (Conflict) if it overlaps another network's pool; gateway = ``config.gateway`` or
-        the first address.  Without: the first default-pool subnet that overlaps neither
-        an existing pool nor ``reserved`` (host routes/addresses), lowest first.
-        Validates gateway/ip_range/aux addresses are inside the subnet (InvalidArgument),
-        and reserves the gateway and aux addresses.  Errors use Docker's statuses: an
+        """Give ``network_id`` a subnet.  With ``config.subnet``: that subnet, refused if
+        it overlaps another network's pool; gateway = ``config.gateway`` or the first
+        address.  Without: the first default-pool subnet that overlaps neither an
+        existing pool nor ``reserved`` (host routes/addresses), lowest first.  Validates
+        gateway/ip_range/aux addresses are inside the subnet (InvalidArgument), and
+        reserves the gateway and aux addresses.  Errors use Docker's statuses: an
         overlapping subnet is Forbidden ("Pool overlaps with other one on this address
-        space"); exhausted default pools are InvalidArgument."""
+        space"), also when another daemon took it a moment before; exhausted default
+        pools are InvalidArgument; a network that has a pool already is Conflict."""
 
-    def release_pool(self, network_id: str) -> None:
+    async def release_pool(self, network_id: str) -> None:
         """Forget the pool and every address in it; idempotent."""
 
-    def pool(self, network_id: str) -> Pool | None: ...
+    def pool(self, network_id: str) -> Pool | None:
+        """The network's pool, or None."""
 
-    def allocate_address(
+    async def allocate_address(
         self, network_id: str, owner: str, preferred: IPv4Address | None = None
     ) -> IPv4Address:
         """The lowest free address of the pool's ip_range (or subnet), never the network,
         broadcast, gateway or aux addresses; or exactly ``preferred`` (InvalidArgument if
         outside the subnet, Forbidden "Address already in use" if taken, as Docker).
-        Unavailable when the pool is full."""
+        NotFound without a pool; Unavailable when the pool is full."""
 
-    def release_address(self, network_id: str, address: IPv4Address) -> None:
-        """Idempotent."""
+    async def release_address(self, network_id: str, address: IPv4Address) -> None:
+        """Free ``address`` as the caller knows it; idempotent, and never frees what
+        another daemon claimed after a release the caller has not seen yet."""
 
     def owners(self, network_id: str) -> dict[IPv4Address, str]:
         """Every allocated address of the pool and its owner."""

@@ -1,15 +1,38 @@
-"""cnm's default IPAM: subnets for networks, addresses for endpoints, kept in the store.
+"""cnm's default IPAM: subnets for networks, addresses for endpoints, kept in the Store.
 
-State lives in the store -- kind ``ipam.pool`` (key: network id, document: the ``Pool``)
-and kind ``ipam.address`` (key ``<network id>/<address>``, document ``{"owner": ...}``) --
-and is mirrored in memory, rebuilt from the store when a ``DefaultIpam`` is made.  Every
-change is written to the store in its own transaction first and mirrored only after the
-commit, so memory never holds what the store refused.
+State lives in the store (``cnm.store.api``), under ``ipam/``:
+
+    ipam/pool/<network id>               the ``Pool``
+    ipam/address/<network id>/<address>  ``{"owner": ...}``, one key per allocated address
+    ipam/space/default                   the address space's change marker (see below)
+
+What is in memory is a cache of those keys, fed by a watch (``cnm.store.mirror.Mirror``):
+an allocation made by another daemon sharing the store shows up without a restart.  Reads
+(``pool``, ``owners``, ``pools``) answer from the cache; every change is a
+compare-and-swap against the store, so several daemons never hand out one thing twice:
+
+- an address is claimed by creating its key (``Check(key, 0)``), with the pool key at the
+  revision the cache holds (a pool another daemon released cannot get new addresses); a
+  release deletes the key at the revision the cache holds, so it never frees an address
+  someone else has taken since;
+- "no two pools overlap" is one key: every pool creation and release rewrites
+  ``ipam/space/default`` in its transaction and checks it is still at the revision the
+  cache holds.  A pool change the cache has not seen fails that check; nothing can
+  overlap a pool the cache does not know.
+
+A claim that loses (``StaleRevision``) brings the cache up to the change that beat it and
+tries again with the next candidate; after ``MAX_ATTEMPTS`` it gives up with Unavailable.
+Under contention the lowest free address is what every daemon wants, so from the second
+loss in a row an address is drawn among the lowest few free ones (``SPREAD``); a daemon
+alone always gets the lowest.  Writes are put in the cache as soon as they are committed
+(``Mirror.apply``), so a caller reads its own writes at once.
+
+The store is the daemon's, and so is the address space: a local-scope IPAM sits on the
+local store; networks that span hosts want an IPAM of their own on the cluster store.
 
 Per pool, the free addresses are a sorted list of disjoint intervals, so "lowest free"
 is a binary search (O(log n)) however many addresses are taken, and a release merges
-with its neighbours.  cnmd calls IPAM from its one asyncio thread and every method is
-synchronous, so two tasks can never be handed the same address.
+with its neighbours.
 
 Docker's behaviour kept here (moby ``libnetwork/ipams/defaultipam``, ``ipamapi``):
 the network and broadcast addresses are never handed out, the gateway defaults to the
@@ -25,23 +48,28 @@ Docker before 25 answered 404, which sends the CLI into its image-pull path).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
+import socket
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
-from cnm.errors import Conflict, Forbidden, InvalidArgument, NotFound, Unavailable
+from cnm.errors import Conflict, Forbidden, InvalidArgument, NotFound, SystemFailure, Unavailable
 from cnm.ipam.api import DEFAULT_POOLS, Pool, PoolSpec
 from cnm.model.network import IpamConfig
 from cnm.model.values import check_usable_subnet, parse_ipv4_network
 from cnm.store import codec
-from cnm.store.docs import Store
+from cnm.store.api import Check, Delete, Document, Op, Put, StaleRevision, Store
+from cnm.store.mirror import Mirror
 
 log = logging.getLogger("cnm.ipam")
 
-KIND_POOL = "ipam.pool"
-KIND_ADDRESS = "ipam.address"
+PREFIX = "ipam/"
+POOL_PREFIX = "ipam/pool/"
+ADDRESS_PREFIX = "ipam/address/"
+SPACE_KEY = "ipam/space/default"
 OWNER_GATEWAY = "gateway"
 MAX_PREFIX = 30  # a /30 holds a gateway and one container; /31 and /32 hold no network
 
@@ -53,14 +81,28 @@ ERR_NO_MORE_SUBNETS = (
 ERR_IN_USE = "Address already in use"
 ERR_NO_ADDRESSES = "no available addresses on this pool"
 
+# A claim that loses a compare-and-swap is retried with the next candidate this many times
+# (each loss means another daemon won a claim); a cache that waits longer than
+# WATCH_TIMEOUT for the watch to bring a change is Unavailable.  After the first loss in
+# a row, a dynamic address is drawn among the lowest 2, 4 ... SPREAD free ones: daemons
+# allocating at full speed from one pool all want the lowest, and the one whose cache
+# lags would otherwise lose every time.
+MAX_ATTEMPTS = 64
+WATCH_TIMEOUT = 5.0
+SPREAD = 64
+
 
 def aux_owner(name: str) -> str:
     """The owner recorded for the aux address ``name``."""
     return f"aux:{name}"
 
 
+def pool_key(network_id: str) -> str:
+    return f"{POOL_PREFIX}{network_id}"
+
+
 def address_key(network_id: str, address: IPv4Address) -> str:
-    return f"{network_id}/{address}"
+    return f"{ADDRESS_PREFIX}{network_id}/{address}"
 
 
 # -- the default-address-pool option ---------------------------------------------------------
@@ -209,6 +251,18 @@ class FreeRanges:
             self._starts.insert(i, value)
             self._ends.insert(i, value)
 
+    def nth(self, lo: int, hi: int, n: int) -> int | None:
+        """The ``n``-th (from 0) lowest free value in ``[lo, hi]``, or None; walks at
+        most ``n + 1`` intervals."""
+        for i in range(bisect_left(self._ends, lo), len(self._ends)):
+            start, end = max(self._starts[i], lo), min(self._ends[i], hi)
+            if start > end:
+                return None
+            if n <= end - start:
+                return start + n
+            n -= end - start + 1
+        return None
+
     def count(self, lo: int, hi: int) -> int:
         """How many free values lie in ``[lo, hi]``."""
         total = 0
@@ -228,21 +282,22 @@ def _host_bounds(subnet: IPv4Network) -> tuple[int, int]:
     return int(subnet.network_address) + 1, int(subnet.broadcast_address) - 1
 
 
-@dataclass
 class _PoolState:
-    """The in-memory mirror of one network's pool and its allocations."""
+    """The cache of one network's pool and its allocations (``owners`` is shared with
+    ``DefaultIpam._owners``).  ``host_bounds``: first and last assignable address;
+    ``dynamic_bounds``: the same within ``ip_range``."""
 
-    pool: Pool
-    free: FreeRanges
-    owners: dict[int, str] = field(default_factory=dict)
+    __slots__ = ("dynamic_bounds", "free", "host_bounds", "owners", "pool")
 
-    @property
-    def dynamic_bounds(self) -> tuple[int, int]:
-        lo, hi = _host_bounds(self.pool.subnet)
-        if self.pool.ip_range is not None:
-            lo = max(lo, int(self.pool.ip_range.network_address))
-            hi = min(hi, int(self.pool.ip_range.broadcast_address))
-        return lo, hi
+    def __init__(self, pool: Pool, owners: dict[int, str]) -> None:
+        self.pool = pool
+        self.owners = owners
+        self.host_bounds = lo, hi = _host_bounds(pool.subnet)
+        self.free = FreeRanges(lo, hi, owners)
+        if pool.ip_range is not None:
+            lo = max(lo, int(pool.ip_range.network_address))
+            hi = min(hi, int(pool.ip_range.broadcast_address))
+        self.dynamic_bounds = lo, hi
 
 
 def _merge(prefixes: Iterable[IPv4Network]) -> tuple[list[int], list[int]]:
@@ -341,39 +396,117 @@ def _validate_config(subnet: IPv4Network, config: IpamConfig | None) -> None:
         raise InvalidArgument("invalid network config:\n" + "\n".join(errors))
 
 
-class DefaultIpam:
-    """The Ipam protocol (``cnm.ipam.api``) over a Store."""
+def _parse_ipv4(text: str) -> int | None:
+    """The dotted quad ``text`` as an integer, or None.  The cache parses one per address
+    key; ``inet_aton`` is several times faster than ``IPv4Address``, and the round trip
+    through ``inet_ntoa`` refuses its lenient forms (``1.2.3``, ``0x1.2.3.4``, ``01.2.3.4``)."""
+    try:
+        packed = socket.inet_aton(text)
+    except (OSError, ValueError):  # ValueError: an embedded NUL
+        return None
+    if socket.inet_ntoa(packed) != text:
+        return None
+    return int.from_bytes(packed, "big")
 
-    def __init__(self, store: Store, pools: Sequence[PoolSpec] = DEFAULT_POOLS) -> None:
+
+# What the cache holds per key under ``ipam/``: a Pool, an address's owner, or (the space
+# marker, or a document that does not decode) the document itself.
+_Cached = Pool | str | Document
+
+
+def _decode(name: str, doc: Document) -> _Cached:
+    """A key's document as the cache keeps it; a pool that does not decode is kept as its
+    document (and so ignored), with a warning, rather than stopping the watch."""
+    if name.startswith("pool/"):
+        try:
+            return codec.decode(Pool, doc)
+        except SystemFailure as exc:
+            log.warning("ipam: ignoring stored pool %s: %s", name[5:], exc)
+            return doc
+    if name.startswith("address/"):
+        return str(doc.get("owner", ""))
+    return doc
+
+
+class DefaultIpam:
+    """The Ipam protocol (``cnm.ipam.api``) over a Store; see the module docstring for how
+    the cache and the compare-and-swaps keep daemons sharing a store apart."""
+
+    def __init__(
+        self,
+        store: Store,
+        pools: Sequence[PoolSpec] = DEFAULT_POOLS,
+        *,
+        watch_timeout: float = WATCH_TIMEOUT,
+    ) -> None:
         for spec in pools:
             validate_pool_spec(spec)
         self._store = store
         self._specs: tuple[PoolSpec, ...] = tuple(pools)
+        self._watch_timeout = watch_timeout
+        self._mirror: Mirror[_Cached] = Mirror(store, PREFIX, _decode)
+        self._mirror.listen(self._cached)
+        self._started = False
+        self.conflicts = 0  # compare-and-swaps lost to another writer (a figure for benches)
+        self._rng = random.Random()
         self._pools: dict[str, _PoolState] = {}
+        # The owners of every network's addresses, pool known or not yet (the watch may
+        # bring an address before its pool); a pool's state shares its network's dict.
+        self._owners: dict[str, dict[int, str]] = {}
         # The IPv4 space not covered by any pool: overlap checks and the default-subnet
         # walk are binary searches in it.
         self._space = FreeRanges(0, 2**32 - 1)
-        self._load()
 
-    def _load(self) -> None:
-        """Rebuild the memory index from the store: pools, then every allocation."""
-        pools = {key: codec.decode(Pool, doc) for key, doc in self._store.list(KIND_POOL)}
-        owners: dict[str, dict[int, str]] = {nid: {} for nid in pools}
-        for key, doc in self._store.list(KIND_ADDRESS):
-            nid, _, text = key.rpartition("/")
-            pool = pools.get(nid)
-            try:
-                value = IPv4Address(text)
-            except ValueError:
-                value = None
-            if pool is None or value is None or value not in pool.subnet:
-                log.warning("ipam: ignoring stored address %s: no pool holds it", key)
-                continue
-            owners[nid][int(value)] = str(doc.get("owner", ""))
-        for nid, pool in pools.items():
-            first, last = _host_bounds(pool.subnet)
-            self._pools[nid] = _PoolState(pool, FreeRanges(first, last, owners[nid]), owners[nid])
-            self._index_add(pool.subnet)
+    async def start(self) -> None:
+        """Load the cache from the store and start following its changes; once (a second
+        call changes nothing)."""
+        if self._started:
+            return
+        await self._mirror.start()
+        self._started = True
+
+    async def close(self) -> None:
+        """Stop following the store (the store itself stays open)."""
+        self._started = False
+        await self._mirror.close()
+
+    # -- the cache ------------------------------------------------------------------------
+
+    def _cached(self, name: str, old: _Cached | None, new: _Cached | None) -> None:
+        """Keep pools, owners, free ranges and the space index in step with one key's
+        change (the Mirror's listener: a write of ours or one the watch brought)."""
+        if name.startswith("address/"):
+            self._address_changed(name[8:], new if isinstance(new, str) else None)
+        elif name.startswith("pool/"):
+            nid = name[5:]
+            if isinstance(old, Pool) and (state := self._pools.pop(nid, None)) is not None:
+                self._index_remove(state.pool.subnet)
+            if isinstance(new, Pool):
+                self._pools[nid] = _PoolState(new, self._owners.setdefault(nid, {}))
+                self._index_add(new.subnet)
+            elif not self._owners.get(nid, True):
+                del self._owners[nid]
+
+    def _address_changed(self, rest: str, owner: str | None) -> None:
+        nid, _, text = rest.rpartition("/")
+        value = _parse_ipv4(text)
+        if value is None:
+            log.warning("ipam: ignoring stored address %s of network %s: not an IPv4 address", text, nid)
+            return
+        state = self._pools.get(nid)
+        if owner is not None:
+            self._owners.setdefault(nid, {})[value] = owner
+            if state is not None and state.host_bounds[0] <= value <= state.host_bounds[1]:
+                state.free.take(value)
+            return
+        owners = self._owners.get(nid)
+        if owners is None or owners.pop(value, None) is None:
+            return
+        if state is not None:
+            if state.host_bounds[0] <= value <= state.host_bounds[1]:
+                state.free.give(value)
+        elif not owners:
+            del self._owners[nid]
 
     def _index_add(self, subnet: IPv4Network) -> None:
         lo, hi = int(subnet.network_address), int(subnet.broadcast_address)
@@ -388,9 +521,56 @@ class DefaultIpam:
         run_end = self._space.run_end(int(subnet.network_address))
         return run_end is None or run_end < int(subnet.broadcast_address)
 
+    def _revision(self, key: str) -> int:
+        """The revision of ``key`` as the cache knows it (0: absent)."""
+        return self._mirror.revisions.get(key[len(PREFIX) :], 0)
+
+    def _applied(self, ops: Sequence[Op], revision: int) -> None:
+        """Put our own committed ``ops`` in the cache, in order, at once."""
+        for op in ops:
+            name = op.key[len(PREFIX) :]
+            self._mirror.apply(name, _decode(name, op.doc) if isinstance(op, Put) else None, revision)
+
+    async def _commit(self, ops: Sequence[Op], checks: Sequence[Check]) -> int:
+        if not self._started:
+            raise SystemFailure("ipam: not started (start() loads the cache)")
+        revision = await self._store.commit(ops, checks)
+        self._applied(ops, revision)
+        return revision
+
+    async def _refresh(self, exc: StaleRevision) -> None:
+        """After a lost compare-and-swap: bring the cache up to the change that beat it.
+        A key changed at a known revision: wait for the watch to deliver it (and every
+        change before it, which for the space marker means every pool change).  A key that
+        is gone (a pool another daemon released): read it, and record its absence at the
+        store revision of that read."""
+        self.conflicts += 1
+        if exc.actual > 0:
+            try:
+                await asyncio.wait_for(self._mirror.seen(exc.actual), self._watch_timeout)
+            except TimeoutError:
+                raise Unavailable(
+                    f"ipam: the store's changes are not arriving (waited {self._watch_timeout:g}s "
+                    f"for revision {exc.actual} of {exc.key})"
+                ) from None
+            return
+        listing = await self._store.list(exc.key)
+        entry = next((e for e in listing.entries if e.key == exc.key), None)
+        name = exc.key[len(PREFIX) :]
+        if entry is None:
+            self._mirror.apply(name, None, listing.revision)
+        else:
+            self._mirror.apply(name, _decode(name, entry.doc), entry.revision)
+
+    def _gave_up(self, what: str) -> Unavailable:
+        return Unavailable(
+            f"ipam: gave up {what} after {MAX_ATTEMPTS} attempts: other daemons sharing the "
+            "store changed it first every time"
+        )
+
     # -- pools --------------------------------------------------------------------------
 
-    def allocate_pool(
+    async def allocate_pool(
         self,
         network_id: str,
         config: IpamConfig | None,
@@ -400,48 +580,36 @@ class DefaultIpam:
     ) -> Pool:
         """See ``cnm.ipam.api.Ipam.allocate_pool``.  A given subnet is checked against
         other networks' pools only, not ``reserved`` (as Docker does); a default-route
-        ``0.0.0.0/0`` in ``reserved`` is ignored (it would block every pool)."""
-        if network_id in self._pools:
-            raise Conflict(f"network {network_id[:12]} already has an address pool")
+        ``0.0.0.0/0`` in ``reserved`` is ignored (it would block every pool).  The pool,
+        its gateway and aux reservations and the space marker are one transaction."""
         if config is not None and config.subnet is not None:
-            subnet = config.subnet
-            _validate_config(subnet, config)
-            if self._overlaps_pool(subnet):
-                raise Forbidden(ERR_POOL_OVERLAP)
-        else:
-            if config is not None and (config.gateway or config.ip_range or config.aux_addresses):
-                raise InvalidArgument(
-                    "invalid network config:\na gateway, ip-range or aux-address needs a subnet"
-                )
-            subnet = self._choose_subnet(reserved)
-        aux = dict(config.aux_addresses) if config is not None else {}
-        gateway = config.gateway if config is not None else None
-        if gateway is None and with_gateway:
-            first, last = _host_bounds(subnet)
-            aux_values = {int(a) for a in aux.values()}
-            gw = next((v for v in range(first, last + 1) if v not in aux_values), None)
-            if gw is None:
-                raise InvalidArgument(
-                    f"invalid network config:\nno address of {subnet} is left for the gateway"
-                )
-            gateway = IPv4Address(gw)
-        pool = Pool(
-            network_id=network_id,
-            subnet=subnet,
-            gateway=gateway,
-            ip_range=config.ip_range if config is not None else None,
-        )
-        reservations: dict[int, str] = {int(a): aux_owner(name) for name, a in aux.items()}
-        if gateway is not None:
-            reservations[int(gateway)] = OWNER_GATEWAY
-        with self._store.transaction() as tx:
-            tx.put(KIND_POOL, network_id, codec.encode(pool))
-            for value, owner in reservations.items():
-                tx.put(KIND_ADDRESS, address_key(network_id, IPv4Address(value)), {"owner": owner})
-        first, last = _host_bounds(subnet)
-        self._pools[network_id] = _PoolState(pool, FreeRanges(first, last, reservations), reservations)
-        self._index_add(subnet)
-        return pool
+            _validate_config(config.subnet, config)
+        elif config is not None and (config.gateway or config.ip_range or config.aux_addresses):
+            raise InvalidArgument(
+                "invalid network config:\na gateway, ip-range or aux-address needs a subnet"
+            )
+        for _attempt in range(MAX_ATTEMPTS):
+            if network_id in self._pools:
+                raise Conflict(f"network {network_id[:12]} already has an address pool")
+            if config is not None and config.subnet is not None:
+                subnet = config.subnet
+                if self._overlaps_pool(subnet):
+                    raise Forbidden(ERR_POOL_OVERLAP)
+            else:
+                subnet = self._choose_subnet(reserved)
+            pool, reservations = _plan_pool(network_id, subnet, config, with_gateway)
+            ops: list[Op] = [Put(pool_key(network_id), codec.encode(pool))]
+            ops += [Put(address_key(network_id, a), {"owner": o}) for a, o in reservations.items()]
+            # The marker goes last: a cache that sees its new revision has seen the pool.
+            ops.append(Put(SPACE_KEY, {"network": network_id, "change": "allocate"}))
+            checks = [Check(pool_key(network_id), 0), Check(SPACE_KEY, self._revision(SPACE_KEY))]
+            try:
+                await self._commit(ops, checks)
+            except StaleRevision as exc:
+                await self._refresh(exc)
+                continue
+            return pool
+        raise self._gave_up(f"allocating a pool for network {network_id[:12]}")
 
     def _choose_subnet(self, reserved: Sequence[IPv4Network]) -> IPv4Network:
         blocked = _merge(p for p in reserved if p.prefixlen > 0)
@@ -451,17 +619,35 @@ class DefaultIpam:
                 return subnet
         raise InvalidArgument(ERR_NO_MORE_SUBNETS)
 
-    def release_pool(self, network_id: str) -> None:
-        """Forget the pool and every address in it (in one transaction); idempotent."""
-        with self._store.transaction() as tx:
-            if network_id not in self._pools and tx.get(KIND_POOL, network_id) is None:
-                return
-            for key, _doc in tx.list(KIND_ADDRESS, f"{network_id}/"):
-                tx.delete(KIND_ADDRESS, key)
-            tx.delete(KIND_POOL, network_id)
-        state = self._pools.pop(network_id, None)
-        if state is not None:
-            self._index_remove(state.pool.subnet)
+    async def release_pool(self, network_id: str) -> None:
+        """Forget the pool and every address in it; idempotent.  The pool, the addresses
+        the cache knows and the space marker go in one transaction; addresses another
+        daemon claimed just before (not yet in the cache) are swept after it -- once the
+        pool key is gone no new claim on the pool can succeed."""
+        key = pool_key(network_id)
+        for _attempt in range(MAX_ATTEMPTS):
+            state = self._pools.get(network_id)
+            if state is None:
+                entry = await self._store.get(key)
+                if entry is None:
+                    break  # released already (by us or by another daemon)
+                await self._refresh(StaleRevision(key, 0, entry.revision))
+                continue
+            ops: list[Op] = [Delete(key)]
+            ops += [Delete(address_key(network_id, IPv4Address(v))) for v in state.owners]
+            ops.append(Put(SPACE_KEY, {"network": network_id, "change": "release"}))
+            checks = [Check(key, self._revision(key)), Check(SPACE_KEY, self._revision(SPACE_KEY))]
+            try:
+                await self._commit(ops, checks)
+            except StaleRevision as exc:
+                await self._refresh(exc)
+                continue
+            break
+        else:
+            raise self._gave_up(f"releasing the pool of network {network_id[:12]}")
+        leftover = await self._store.list(f"{ADDRESS_PREFIX}{network_id}/")
+        if leftover.entries:
+            await self._commit([Delete(e.key) for e in leftover.entries], ())
 
     def pool(self, network_id: str) -> Pool | None:
         state = self._pools.get(network_id)
@@ -473,46 +659,63 @@ class DefaultIpam:
 
     # -- addresses ----------------------------------------------------------------------
 
-    def allocate_address(
+    async def allocate_address(
         self, network_id: str, owner: str, preferred: IPv4Address | None = None
     ) -> IPv4Address:
         """See ``cnm.ipam.api.Ipam.allocate_address``.  NotFound if the network has no
         pool, InvalidArgument for a preferred address outside the subnet, Forbidden
         "Address already in use" (Docker's 403) if it is taken or is the network or
-        broadcast address, Unavailable when the pool (or ip_range) is full."""
-        state = self._pools.get(network_id)
-        if state is None:
-            raise NotFound(f"cannot find address pool for network {network_id}")
-        if preferred is not None:
-            if preferred not in state.pool.subnet:
-                raise InvalidArgument(
-                    f"requested address is out of range: {preferred} is not in {state.pool.subnet}"
+        broadcast address, Unavailable when the pool (or ip_range) is full.  Under
+        contention (a claim lost twice in a row) the address is a random one among the
+        lowest free, not the lowest (see SPREAD)."""
+        lost = 0
+        for _attempt in range(MAX_ATTEMPTS):
+            state = self._pools.get(network_id)
+            if state is None:
+                raise NotFound(f"cannot find address pool for network {network_id}")
+            if preferred is not None:
+                if preferred not in state.pool.subnet:
+                    raise InvalidArgument(
+                        f"requested address is out of range: {preferred} is not in {state.pool.subnet}"
+                    )
+                value = int(preferred)
+                if value not in state.free:
+                    raise Forbidden(ERR_IN_USE)
+            else:
+                lo, hi = state.dynamic_bounds
+                lowest = state.free.lowest(lo, hi)
+                if lowest is None:
+                    raise Unavailable(ERR_NO_ADDRESSES)
+                value = lowest
+                if lost > 1:
+                    pick = state.free.nth(lo, hi, self._rng.randrange(min(1 << (lost - 1), SPREAD)))
+                    value = lowest if pick is None else pick
+            address = IPv4Address(value)
+            key = address_key(network_id, address)
+            pkey = pool_key(network_id)
+            try:
+                await self._commit(
+                    [Put(key, {"owner": owner})], [Check(key, 0), Check(pkey, self._revision(pkey))]
                 )
-            value = int(preferred)
-            if value not in state.free:
-                raise Forbidden(ERR_IN_USE)
-        else:
-            lowest = state.free.lowest(*state.dynamic_bounds)
-            if lowest is None:
-                raise Unavailable(ERR_NO_ADDRESSES)
-            value = lowest
-        address = IPv4Address(value)
-        with self._store.transaction() as tx:
-            tx.put(KIND_ADDRESS, address_key(network_id, address), {"owner": owner})
-        state.free.take(value)
-        state.owners[value] = owner
-        return address
+            except StaleRevision as exc:
+                lost += 1
+                await self._refresh(exc)
+                continue
+            return address
+        raise self._gave_up(f"allocating an address on network {network_id[:12]}")
 
-    def release_address(self, network_id: str, address: IPv4Address) -> None:
-        """Idempotent: an unknown network or a free address is not an error."""
+    async def release_address(self, network_id: str, address: IPv4Address) -> None:
+        """Idempotent: an unknown network or a free address is not an error.  The key is
+        deleted only at the revision the cache holds: if it changed, the address was
+        released and claimed again (by another daemon) since, and is not ours to free."""
         state = self._pools.get(network_id)
-        value = int(address)
-        if state is None or value not in state.owners:
+        if state is None or int(address) not in state.owners:
             return
-        with self._store.transaction() as tx:
-            tx.delete(KIND_ADDRESS, address_key(network_id, address))
-        del state.owners[value]
-        state.free.give(value)
+        key = address_key(network_id, address)
+        try:
+            await self._commit([Delete(key)], [Check(key, self._revision(key))])
+        except StaleRevision:
+            return
 
     def owners(self, network_id: str) -> dict[IPv4Address, str]:
         state = self._pools.get(network_id)
@@ -527,3 +730,28 @@ class DefaultIpam:
         if state is None:
             return 0
         return state.free.count(*state.dynamic_bounds)
+
+
+def _plan_pool(
+    network_id: str, subnet: IPv4Network, config: IpamConfig | None, with_gateway: bool
+) -> tuple[Pool, dict[IPv4Address, str]]:
+    """The pool for ``subnet`` and its reserved addresses (gateway, aux) with their owners."""
+    aux = dict(config.aux_addresses) if config is not None else {}
+    gateway = config.gateway if config is not None else None
+    if gateway is None and with_gateway:
+        first, last = _host_bounds(subnet)
+        aux_values = {int(a) for a in aux.values()}
+        gw = next((v for v in range(first, last + 1) if v not in aux_values), None)
+        if gw is None:
+            raise InvalidArgument(f"invalid network config:\nno address of {subnet} is left for the gateway")
+        gateway = IPv4Address(gw)
+    pool = Pool(
+        network_id=network_id,
+        subnet=subnet,
+        gateway=gateway,
+        ip_range=config.ip_range if config is not None else None,
+    )
+    reservations: dict[IPv4Address, str] = {a: aux_owner(name) for name, a in aux.items()}
+    if gateway is not None:
+        reservations[gateway] = OWNER_GATEWAY
+    return pool, reservations

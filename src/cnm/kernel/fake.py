@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Any
 
 from cnm.errors import Conflict, KernelError
 from cnm.kernel.api import LinkInfo, LinkStats, VethSpec, owner_alias
@@ -110,7 +111,7 @@ class FakeKernel:
     def _record(self, command: str, netns: str | None = None) -> None:
         self.commands.append(f"nsenter --net={netns} {command}" if netns else command)
 
-    def _add_link(self, netns: str | None, name: str, kind: str, **values) -> FakeLink:
+    def _add_link(self, netns: str | None, name: str, kind: str, **values: Any) -> FakeLink:
         link = FakeLink(index=self._next_index, name=name, kind=kind, **values)
         self._next_index += 1
         self.namespaces[netns][name] = link
@@ -228,7 +229,7 @@ class FakeKernel:
             self._record(f"ip route add default via {spec.gateway} dev {spec.ifname}", spec.netns_path)
         return host.index
 
-    async def set_default_route(self, netns_path: str, gateway, ifname: str) -> None:
+    async def set_default_route(self, netns_path: str, gateway: IPv4Address, ifname: str) -> None:
         link = self.namespaces.get(netns_path, {}).get(ifname)
         if link is None:
             raise KernelError(f"no interface {ifname} in {netns_path}")

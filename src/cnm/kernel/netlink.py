@@ -16,11 +16,11 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from socket import AF_INET
-from typing import Any
+from typing import Any, TypeVar
 
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkDumpInterrupted, NetlinkError
@@ -33,6 +33,8 @@ from cnm.kernel.cmdlog import log_command
 from cnm.kernel.faults import crash_point
 from cnm.kernel.owner import check_daemon_id, live_daemons
 from cnm.kernel.reaper import LinkReaper
+
+T = TypeVar("T")
 
 log = logging.getLogger("cnm.kernel")
 
@@ -54,7 +56,7 @@ def _random_mac() -> str:
     return ":".join(f"{b:02x}" for b in bytes([first]) + secrets.token_bytes(5))
 
 
-async def _retried(dump: Callable[[], Any]) -> Any:
+async def _retried(dump: Callable[[], Awaitable[T]]) -> T:
     """Run ``dump`` again when the kernel interrupted it: a dump that races a change of
     the links or addresses it lists ends with EBUSY / NLM_F_DUMP_INTR (seen under
     concurrent ``network create`` and container starts)."""
@@ -350,7 +352,7 @@ class LinuxKernel:
         kind = linkinfo.get("kind") if linkinfo is not None else None
         if kind != "bridge":
             raise Conflict(f"cannot use {name} as a bridge: a {kind or 'non-bridge'} link has that name")
-        index = link["index"]
+        index: int = link["index"]
         try:
             if address is not None:
                 present = await _retried(functools.partial(_addresses, ipr, index))

@@ -20,6 +20,7 @@ import asyncio
 import errno
 import logging
 import os
+import socket
 import threading
 from dataclasses import dataclass
 
@@ -125,7 +126,7 @@ class LinkReaper:
         except RuntimeError:  # the loop is closed: nobody waits any more
             pass
 
-    def _delete(self, sock, batch: list[_Item]) -> dict[str, BaseException]:
+    def _delete(self, sock: socket.socket, batch: list[_Item]) -> dict[str, BaseException]:
         """Move the batch into the group and delete the group, in one datagram (links
         already gone answer ENODEV, which is success); one by one if the group delete is
         refused.  Returns the errors by link name."""

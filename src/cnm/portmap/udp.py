@@ -180,5 +180,6 @@ def _destination(ancdata: list[tuple[int, int, bytes]]) -> bytes:
     """The header destination address of a received datagram, from its IP_PKTINFO."""
     for level, kind, data in ancdata:
         if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= _PKTINFO.size:
-            return _PKTINFO.unpack_from(data)[2]
+            destination: bytes = _PKTINFO.unpack_from(data)[2]
+            return destination
     return b""

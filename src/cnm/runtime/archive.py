@@ -380,7 +380,7 @@ def _descriptors(doc: object, where: str) -> list[dict[str, Any]]:
 def _platform_matches(value: object) -> bool:
     if not isinstance(value, dict):
         return True
-    return value.get("os", "linux") == "linux" and value.get("architecture", _ARCH) == _ARCH
+    return bool(value.get("os", "linux") == "linux" and value.get("architecture", _ARCH) == _ARCH)
 
 
 def _oci_tags(annotations: dict[str, Any]) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ import os
 import resource
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cnm.errors import InvalidArgument, RuntimeFailure
 from cnm.model.container import ContainerConfig, Image, Mount, command_of
@@ -111,7 +112,7 @@ def oci_config(
     binds: Iterable[tuple[str, str]] = (),
     mounts: Iterable[Mount] = (),
     nofile: int = NOFILE_LIMIT,
-) -> dict:
+) -> dict[str, Any]:
     """The ``config.json`` document.  ``netns_path`` None means no network namespace entry
     (the container shares cnmd's, i.e. ``--net host``); ``binds`` are (host path,
     container path) pairs bind-mounted read-write, as Docker does /etc/hostname etc.;
@@ -119,7 +120,7 @@ def oci_config(
     and one on a path of ``binds`` replaces that bind (Docker's rule too)."""
     user_mounts = user_mount_specs(mounts)
     taken = {m["destination"] for m in user_mounts}
-    namespaces: list[dict] = [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]
+    namespaces: list[dict[str, Any]] = [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]
     if netns_path is not None:
         namespaces.append({"type": "network", "path": netns_path})
     caps = list(DEFAULT_CAPABILITIES)
@@ -219,7 +220,7 @@ def merge_options(options: Iterable[str]) -> list[str]:
     return out
 
 
-def user_mount_specs(mounts: Iterable[Mount]) -> list[dict]:
+def user_mount_specs(mounts: Iterable[Mount]) -> list[dict[str, Any]]:
     """OCI mount entries for the user's binds and tmpfs, sorted so that a parent is
     mounted before what lies under it (moby sorts by destination depth too)."""
     out = []
@@ -234,7 +235,7 @@ def user_mount_specs(mounts: Iterable[Mount]) -> list[dict]:
     return out
 
 
-def write_config(bundle: str, config: dict) -> None:
+def write_config(bundle: str, config: dict[str, Any]) -> None:
     """Write ``<bundle>/config.json`` atomically."""
     path = os.path.join(bundle, "config.json")
     tmp = f"{path}.tmp"

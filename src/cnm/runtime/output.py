@@ -22,6 +22,7 @@ import errno
 import logging
 import os
 import time
+from typing import cast
 
 from cnm.runtime.logs import JsonLogWriter, LineSplitter, Record
 
@@ -45,7 +46,7 @@ class Subscription:
     def __init__(self, hub: OutputHub, lines: bool = False) -> None:
         self._hub = hub
         self.lines = lines
-        self._queue: asyncio.Queue = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[int, bytes] | Record | None] = asyncio.Queue()
         self._queued = 0
         self.overflowed = False
 
@@ -62,7 +63,8 @@ class Subscription:
     def end(self) -> None:
         self._queue.put_nowait(_END)
 
-    async def get(self):  # -> tuple[int, bytes] | Record | None
+    async def get(self) -> tuple[int, bytes] | Record | None:
+        """The next item (a ``Record`` with ``lines``, else a pair), None at the end."""
         item = await self._queue.get()
         if item is not None:
             self._queued -= _size(item)
@@ -76,7 +78,7 @@ class Subscription:
         if item is None:
             self.close()
             raise StopAsyncIteration
-        return item
+        return cast(tuple[int, bytes], item)  # iterated without ``lines`` only
 
     def close(self) -> None:
         self._hub.subscribers.discard(self)

@@ -29,6 +29,7 @@ import struct
 import termios
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Any, cast
 
 from cnm.errors import CnmError, InvalidArgument, NotFound, RuntimeFailure
 from cnm.kernel.cmdlog import log_command
@@ -361,7 +362,7 @@ class RuncRuntime:
         _check_id(container_id)
         return stats.locate(self.cgroup_parent, container_id)
 
-    async def state(self, container_id: str) -> dict | None:
+    async def state(self, container_id: str) -> dict[str, Any] | None:
         """``runc state <id>`` as a dict, or None when runc does not know the container."""
         try:
             out = await self._runc(["state", container_id])
@@ -369,7 +370,8 @@ class RuncRuntime:
             if _is_gone(exc):
                 return None
             raise
-        return json.loads(out)
+        state: dict[str, Any] = json.loads(out)
+        return state
 
     async def list_containers(self) -> list[dict]:
         """``runc list --format json``: every container runc has under our ``--root``, in
@@ -574,6 +576,7 @@ class RuncRuntime:
                 if last:
                     break
             while sub is not None and (item := await sub.get()) is not None:
+                item = cast(logs.Record, item)  # subscribed with lines=True
                 if until is not None and item.ns > until:
                     return
                 if keep(item):
@@ -750,7 +753,7 @@ def _write_output_info(execdir: str, tty: bool, driver: str, options: logs.LogOp
         json.dump(info, fh)
 
 
-def _read_output_info(execdir: str) -> dict | None:
+def _read_output_info(execdir: str) -> dict[str, Any] | None:
     try:
         with open(os.path.join(execdir, "output.json"), encoding="utf-8") as fh:
             info = json.load(fh)

@@ -26,6 +26,7 @@ from pathlib import Path
 from cnm.errors import SystemFailure, Unavailable
 from cnm.store.docs import Document
 from cnm.store.docs_memory import dump_doc, load_doc
+from cnm.store.encoding import prefix_successor
 
 SCHEMA_VERSION = 1
 _SCHEMA_KIND = "_schema"
@@ -40,20 +41,6 @@ _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
 
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
-
-
-def prefix_successor(prefix: str) -> str | None:
-    """The smallest string greater than every string starting with ``prefix`` (in
-    code-point order), or None when there is none (empty prefix, or only U+10FFFF)."""
-    chars = list(prefix)
-    while chars:
-        last = ord(chars.pop())
-        if last < 0x10FFFF:
-            nxt = last + 1
-            if 0xD800 <= nxt <= 0xDFFF:  # surrogates are not encodable in UTF-8: skip them
-                nxt = 0xE000
-            return "".join(chars) + chr(nxt)
-    return None
 
 
 def _translate(exc: sqlite3.Error, what: str) -> Exception:

@@ -9,8 +9,12 @@ from cnm.cli.client import quote
 from cnm.cli.context import Cli
 from cnm.cli.errors import CliError, DaemonError
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing/collections.abc costs start-up time
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
-def _each(cli: Cli, names: list[str], action, *, ignore_404: bool = False) -> int:
+
+def _each(cli: Cli, names: list[str], action: Callable[[str], object], *, ignore_404: bool = False) -> int:
     """Run ``action(name)`` for every name; print the name on success, the error otherwise.
 
     Exit 1 if any failed. With ``ignore_404`` a 404 is printed but does not fail (``rm -f``).

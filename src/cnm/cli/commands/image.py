@@ -10,6 +10,12 @@ from cnm.cli.client import quote
 from cnm.cli.context import Cli
 from cnm.cli.errors import CliError, DaemonError
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing/collections.abc costs start-up time
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from cnm.cli.client import Response
+
 IMPORT = F.Command(
     "cnm image import",
     "file|- [REPOSITORY[:TAG]]",
@@ -33,7 +39,7 @@ def split_ref(ref: str) -> tuple[str, str]:
     return ref, ""
 
 
-def _file_chunks(path: str):
+def _file_chunks(path: str) -> Iterator[bytes]:
     """The tarball as 64 KiB pieces (``-`` is stdin), so large images stream without buffering."""
     if path == "-":
         stream = sys.stdin.buffer
@@ -70,7 +76,7 @@ def cmd_import(cli: Cli, argv: list[str]) -> int:
     return 0
 
 
-def _print_messages(cli: Cli, resp) -> None:
+def _print_messages(cli: Cli, resp: Response) -> None:
     """Print a JSON message stream's ``status``/``stream`` texts; raise its error, if any."""
     import json
 

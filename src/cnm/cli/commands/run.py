@@ -16,6 +16,10 @@ from cnm.cli.client import Response, quote
 from cnm.cli.context import Cli
 from cnm.cli.errors import CliError, DaemonError
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing/collections.abc costs start-up time
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 CREATE = F.Command(
     "cnm create",
     "IMAGE [COMMAND] [ARG...]",
@@ -73,7 +77,7 @@ def create_container(cli: Cli, body: dict, name: str | None, image: str, verb: s
         raise status_error(verb, str(exc)) from None
     for warning in resp.get("Warnings") or []:
         cli.err(f"WARNING: {warning}\n")
-    return resp.get("Id", "")
+    return str(resp.get("Id", ""))
 
 
 def cmd_create(cli: Cli, argv: list[str]) -> int:
@@ -207,7 +211,7 @@ def attach_and_start(
     return _wait_status(cli, wait)
 
 
-def _follow_window(cli: Cli, cid: str):
+def _follow_window(cli: Cli, cid: str) -> Callable[[], object]:
     """Send the terminal's size now and at every SIGWINCH (``POST /resize``); a restorer."""
     import signal
 
@@ -229,7 +233,7 @@ def _follow_window(cli: Cli, cid: str):
     return lambda: signal.signal(signal.SIGWINCH, saved)
 
 
-def _proxy_signals(cli: Cli, cid: str):
+def _proxy_signals(cli: Cli, cid: str) -> Callable[[], object]:
     """Forward SIGINT/SIGTERM to the container (``POST /kill?signal=``); return a restorer."""
     import signal
 

@@ -48,7 +48,7 @@ def cpu_percent(cpu: dict, pre: dict) -> float:
     system_delta = cpu.get("system_cpu_usage", 0) - pre.get("system_cpu_usage", 0)
     cpus = cpu.get("online_cpus") or len((cpu.get("cpu_usage") or {}).get("percpu_usage") or ()) or 1
     if system_delta > 0 and cpu_delta > 0:
-        return cpu_delta / system_delta * cpus * 100.0
+        return float(cpu_delta / system_delta * cpus * 100.0)
     return 0.0
 
 
@@ -58,7 +58,7 @@ def memory_usage(mem: dict) -> float:
     usage = mem.get("usage", 0)
     stats = mem.get("stats") or {}
     inactive = stats.get("total_inactive_file", stats.get("inactive_file", 0))
-    return usage - inactive if inactive < usage else usage
+    return float(usage - inactive if inactive < usage else usage)
 
 
 def row(stats: dict, pre_cpu: dict | None, no_trunc: bool) -> dict[str, str]:

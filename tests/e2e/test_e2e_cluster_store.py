@@ -1,0 +1,88 @@
+"""cnmd --cluster-store on a real etcd (Debian's etcd-server) running in the test host's own
+network namespace, where cnmd runs: the daemon joins at start, keeps its presence key
+``node/<daemon id>`` on a lease, shows the store in /info, and removes the key at
+shutdown; a cnmd whose etcd is down refuses to start, saying so, having changed nothing."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+from collections.abc import Iterator
+
+import pytest
+from etcd_cluster import EtcdCluster
+from harness import ROOT_SKIP_REASON, HarnessError, TestHost, dump_host, is_root, test_failed
+
+NODE_PREFIX = "/cnm/v2/node/"
+
+
+@pytest.fixture
+def host_with_etcd(request: pytest.FixtureRequest) -> Iterator[tuple[TestHost, EtcdCluster]]:
+    """A test host (no cnmd yet) with one etcd member on its 127.0.0.1:2379."""
+    if not is_root():
+        pytest.skip(ROOT_SKIP_REASON)
+    with TestHost() as host:
+        cluster = EtcdCluster(1, inside=host.inside, root=host.tmp / "etcd")
+        try:
+            cluster.start()
+            yield host, cluster
+            if test_failed(request):
+                dump_host(host)
+                print(cluster.logs())
+        finally:
+            if host.daemon_running():
+                host.kill_daemon(signal.SIGTERM)
+            cluster.close()
+
+
+def presence(cluster: EtcdCluster) -> dict[str, dict]:
+    """The node/ keys in etcd (key -> {"doc": …, "lease": …}), read with etcdctl."""
+    out = json.loads(cluster.etcdctl("get", "--prefix", NODE_PREFIX, "-w", "json").stdout)
+    found = {}
+    for kv in out.get("kvs", []):
+        key = base64.b64decode(kv["key"]).decode()
+        found[key] = {"doc": json.loads(base64.b64decode(kv["value"])), "lease": kv.get("lease", 0)}
+    return found
+
+
+def test_cnmd_joins_the_cluster_store_and_leaves_it(host_with_etcd) -> None:
+    host, cluster = host_with_etcd
+    assert cluster.url == "etcd://127.0.0.1:2379"
+    host.start_daemon("--cluster-store", cluster.url)
+    daemon_id = (host.data_root / "daemon-id").read_text().strip()
+
+    nodes = presence(cluster)
+    assert list(nodes) == [NODE_PREFIX + daemon_id]
+    node = nodes[NODE_PREFIX + daemon_id]
+    assert node["doc"]["ID"] == daemon_id and node["doc"]["Pid"] > 0
+    assert node["lease"] != 0  # it goes when the daemon stops refreshing
+    ttl = cluster.etcdctl("lease", "timetolive", format(node["lease"], "x")).stdout
+    assert "remaining" in ttl and "granted with TTL(15s)" in ttl
+
+    info = host.api("GET", "/info").json()
+    assert info["ClusterStore"] == "etcd://127.0.0.1:2379"
+
+    assert host.kill_daemon(signal.SIGTERM) == 0
+    assert presence(cluster) == {}  # revoked at shutdown, not left to expire
+
+
+def test_cnmd_without_the_flag_shows_no_cluster_store(host_with_etcd) -> None:
+    host, cluster = host_with_etcd
+    host.start_daemon()
+    assert host.api("GET", "/info").json()["ClusterStore"] == ""
+    assert presence(cluster) == {}
+
+
+def test_cnmd_whose_etcd_is_down_refuses_to_start_clearly(host_with_etcd) -> None:
+    host, cluster = host_with_etcd
+    cluster.stop_member(0)
+    with pytest.raises(HarnessError) as err:
+        host.start_daemon("--cluster-store", cluster.url)
+    message = str(err.value)
+    assert "cnmd exited 1" in message
+    assert "cannot join --cluster-store etcd://127.0.0.1:2379" in message
+    assert "did not answer" in message and "Traceback" not in message
+    # Nothing was started: no bridge, no API socket.
+    assert "cnm0" not in {link["ifname"] for link in host.ip_json("link", "show")}
+    assert not host.socket_path.exists()

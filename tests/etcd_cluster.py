@@ -1,0 +1,377 @@
+"""A real etcd cluster for tests and benchmarks: Debian's ``etcd`` (package ``etcd-server``)
+run as child processes, 1 or 3 members, on 127.0.0.1 only, with their data in a temporary
+directory (on tmpfs when there is one: fsync there is free, which keeps a test suite fast).
+
+    with EtcdCluster(3) as cluster:
+        store = EtcdStore(cluster.endpoints)
+        cluster.kill(0); cluster.start_member(0)
+
+Cleanup is guaranteed: ``close`` (the context's exit) kills every member and removes the
+data, and each member is started with ``PR_SET_PDEATHSIG`` so that it dies with the test
+process even when that process is killed and no ``finally`` runs.
+
+``inside``: a function wrapping an argv to run it elsewhere (``TestHost.inside``: the
+members then run in the test host's network namespace, and die with it); the ports are
+then fixed (the namespace is fresh) and the health check runs ``etcdctl`` there too.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from cnm.store.etcd import EtcdStore
+
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
+HOST = "127.0.0.1"
+_PR_SET_PDEATHSIG = 1
+
+
+class EtcdError(RuntimeError):
+    """The cluster could not be started or did not become healthy."""
+
+
+def available() -> bool:
+    """Whether Debian's etcd is installed."""
+    return os.access(ETCD, os.X_OK) and os.access(ETCDCTL, os.X_OK)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the process that started us dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct ports free on 127.0.0.1 now (a member failing to bind one is
+    retried on fresh ports by ``start``)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind((HOST, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@dataclass
+class Member:
+    """One etcd process: its name, ports, data directory and (while running) process."""
+
+    name: str
+    client_port: int
+    peer_port: int
+    data_dir: Path
+    log_path: Path
+    proc: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"{HOST}:{self.client_port}"
+
+    @property
+    def client_url(self) -> str:
+        return f"http://{HOST}:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://{HOST}:{self.peer_port}"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def pid(self) -> int:
+        """The etcd process's pid (through a wrapper such as nsenter: its child's); 0 if none."""
+        if not self.running or self.proc is None:
+            return 0
+        try:
+            kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        except OSError:
+            kids = []
+        return int(kids[0]) if kids else self.proc.pid
+
+
+@dataclass
+class EtcdCluster:
+    """``size`` members (1 or 3) sharing one initial cluster token; see the module docstring."""
+
+    size: int = 1
+    inside: Callable[[Sequence[str]], list[str]] | None = None
+    base_port: int = 0  # with ``inside``: client ports base, base+2 ...; peers base+1 ...
+    root: Path | None = None
+    members: list[Member] = field(init=False, default_factory=list)
+    _own_root: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        if self.size not in (1, 3):
+            raise ValueError(f"an etcd test cluster has 1 or 3 members, not {self.size}")
+        if self.root is None:
+            parent = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+            self.root = Path(tempfile.mkdtemp(prefix="cnm-etcd-", dir=parent))
+            self._own_root = True
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._layout()
+
+    def _layout(self) -> None:
+        assert self.root is not None
+        if self.inside is not None:
+            base = self.base_port or 2379
+            ports = [base + i for i in range(2 * self.size)]
+        else:
+            ports = _free_ports(2 * self.size)
+        self.members = [
+            Member(
+                name=f"m{i}",
+                client_port=ports[2 * i],
+                peer_port=ports[2 * i + 1],
+                data_dir=self.root / f"m{i}.etcd",
+                log_path=self.root / f"m{i}.log",
+            )
+            for i in range(self.size)
+        ]
+
+    # -- addresses -------------------------------------------------------------------------
+
+    @property
+    def endpoints(self) -> list[str]:
+        """``HOST:PORT`` of every member, in member order."""
+        return [m.endpoint for m in self.members]
+
+    @property
+    def url(self) -> str:
+        """The cluster as ``cnmd --cluster-store`` takes it: ``etcd://h:p,h:p``."""
+        return "etcd://" + ",".join(self.endpoints)
+
+    def _initial_cluster(self) -> str:
+        return ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def __enter__(self) -> EtcdCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start every member and wait until the cluster answers.  On a fresh directory
+        whose ports were taken meanwhile (another test grabbed one), retry on new ports."""
+        for attempt in range(3):
+            for i in range(self.size):
+                self._spawn(i)
+            try:
+                self.wait_healthy(timeout)
+                return
+            except EtcdError:
+                logs = self.logs()
+                self._kill_all()
+                if attempt == 2 or self.inside is not None or "address already in use" not in logs:
+                    raise
+                for m in self.members:
+                    shutil.rmtree(m.data_dir, ignore_errors=True)
+                self._layout()
+
+    def _argv(self, m: Member) -> list[str]:
+        argv = [
+            ETCD,
+            "--name",
+            m.name,
+            "--data-dir",
+            str(m.data_dir),
+            "--listen-client-urls",
+            m.client_url,
+            "--advertise-client-urls",
+            m.client_url,
+            "--listen-peer-urls",
+            m.peer_url,
+            "--initial-advertise-peer-urls",
+            m.peer_url,
+            "--initial-cluster",
+            self._initial_cluster(),
+            "--initial-cluster-token",
+            f"cnm-test-{os.getpid()}-{id(self):x}",
+            "--initial-cluster-state",
+            "new",
+            "--logger",
+            "zap",
+            "--log-outputs",
+            "stderr",
+            "--log-level",
+            "warn",
+        ]
+        return argv
+
+    def _spawn(self, index: int) -> None:
+        m = self.members[index]
+        if m.running:
+            return
+        argv = self._argv(m)
+        if self.inside is not None:
+            argv = self.inside(argv)
+        with open(m.log_path, "ab") as log:
+            m.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+                start_new_session=True,
+            )
+
+    def wait_healthy(self, timeout: float = 30.0, members: Sequence[int] | None = None) -> None:
+        """Wait until each of ``members`` (default: the running ones) answers a quorum read."""
+        which = [i for i in (members if members is not None else range(self.size)) if self.members[i].running]
+        deadline = time.monotonic() + timeout
+        pending = list(which)
+        while pending:
+            for i in list(pending):
+                m = self.members[i]
+                if m.proc is not None and m.proc.poll() is not None:
+                    raise EtcdError(f"etcd {m.name} exited {m.proc.returncode}:\n{self.logs()}")
+                if self._healthy(m):
+                    pending.remove(i)
+            if pending and time.monotonic() > deadline:
+                raise EtcdError(f"etcd members {pending} not healthy after {timeout}s:\n{self.logs()}")
+            if pending:
+                time.sleep(0.1)
+
+    def _healthy(self, m: Member) -> bool:
+        argv = [ETCDCTL, "--endpoints", m.client_url, "--command-timeout", "2s", "endpoint", "health"]
+        if self.inside is not None:
+            argv = self.inside(argv)
+        proc = subprocess.run(
+            argv, capture_output=True, env={**os.environ, "ETCDCTL_API": "3"}, timeout=10, check=False
+        )
+        return proc.returncode == 0
+
+    # -- faults ----------------------------------------------------------------------------
+
+    def stop_member(self, index: int, timeout: float = 15.0) -> None:
+        """SIGTERM member ``index`` and wait for it to exit (a clean shutdown)."""
+        self._signal(index, signal.SIGTERM, timeout)
+
+    def kill_member(self, index: int, timeout: float = 15.0) -> None:
+        """SIGKILL member ``index`` (a crash) and wait for it."""
+        self._signal(index, signal.SIGKILL, timeout)
+
+    def start_member(self, index: int, timeout: float = 30.0) -> None:
+        """Start a stopped member again on its data directory and wait until it answers."""
+        self._spawn(index)
+        self.wait_healthy(timeout, [index])
+
+    def restart_member(self, index: int, timeout: float = 30.0) -> None:
+        self.stop_member(index)
+        self.start_member(index, timeout)
+
+    def _signal(self, index: int, sig: int, timeout: float) -> None:
+        m = self.members[index]
+        if not m.running or m.proc is None:
+            return
+        pid = m.pid()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        try:
+            m.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            m.proc.wait(timeout=timeout)
+        m.proc = None
+
+    def etcdctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """``etcdctl --endpoints <all> ARGS`` (where the members run)."""
+        argv = [ETCDCTL, "--endpoints", ",".join(m.client_url for m in self.members), *args]
+        if self.inside is not None:
+            argv = self.inside(argv)
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"}, timeout=30
+        )
+        if check and proc.returncode != 0:
+            raise EtcdError(f"etcdctl {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
+        return proc
+
+    def logs(self) -> str:
+        out = []
+        for m in self.members:
+            with contextlib.suppress(OSError):
+                tail = m.log_path.read_text(errors="replace").splitlines()[-15:]
+                out.append(f"--- {m.name} ---\n" + "\n".join(tail))
+        return "\n".join(out)
+
+    def _kill_all(self) -> None:
+        for i in range(len(self.members)):
+            self._signal(i, signal.SIGKILL, 15.0)
+
+    def close(self) -> None:
+        """Kill every member and remove the data; idempotent."""
+        self._kill_all()
+        if self._own_root and self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+# -- the conformance suite's etcd backend (tests/store_backends.py) ----------------------------
+
+_SHARED: EtcdCluster | None = None
+
+
+def shared_cluster() -> EtcdCluster:
+    """One single-member cluster for the whole test process, started on first use and
+    killed when the process exits (atexit; PR_SET_PDEATHSIG if it is killed)."""
+    global _SHARED
+    if _SHARED is None:
+        if not available():
+            raise EtcdError(f"{ETCD} is missing: install Debian's etcd-server (make deps)")
+        cluster = EtcdCluster(1)
+        cluster.start()
+        atexit.register(cluster.close)
+        _SHARED = cluster
+    return _SHARED
+
+
+async def revoke_all_leases(endpoint: str) -> None:
+    """Revoke every lease of the cluster: a lease a case left must not expire (a new
+    revision) in the middle of the next case."""
+    from aetcd import rpc
+
+    async with grpc.aio.insecure_channel(endpoint) as channel:
+        stub = rpc.LeaseStub(channel)
+        leases = await stub.LeaseLeases(rpc.LeaseLeasesRequest(), timeout=10)
+        for lease in leases.leases:
+            with contextlib.suppress(grpc.aio.AioRpcError):  # expired meanwhile
+                await stub.LeaseRevoke(rpc.LeaseRevokeRequest(ID=lease.ID), timeout=10)
+
+
+@contextlib.asynccontextmanager
+async def etcd_store(tmp_path: Path) -> AsyncIterator[EtcdStore]:
+    """A fresh EtcdStore: a namespace of its own on the shared cluster."""
+    cluster = shared_cluster()
+    store = EtcdStore(cluster.endpoints, namespace=f"/cnm-test/{uuid.uuid4().hex}/")
+    try:
+        yield store
+    finally:
+        await store.close()
+        await revoke_all_leases(cluster.endpoints[0])
