@@ -109,22 +109,23 @@ class Store:
     def read(cls, data_root: Path) -> Store:
         conn = sqlite3.connect(f"file:{data_root / 'cnm.db'}?mode=ro", uri=True, timeout=10)
         try:
-            rows = conn.execute("SELECT kind, key, doc FROM docs").fetchall()
+            rows = conn.execute("SELECT key, doc FROM kv").fetchall()
         finally:
             conn.close()
         store = cls()
         tables = {
-            "network": store.networks,
-            "endpoint": store.endpoints,
-            "sandbox": store.sandboxes,
-            "container": store.containers,
-            "ipam.pool": store.pools,
+            "network/": store.networks,
+            "endpoint/": store.endpoints,
+            "sandbox/": store.sandboxes,
+            "container/": store.containers,
+            "ipam/pool/": store.pools,
         }
-        for kind, key, doc in rows:
-            if kind in tables:
-                tables[kind][key] = json.loads(doc)
-            elif kind == "ipam.address":
-                store.addresses[key] = json.loads(doc).get("owner", "")
+        for key, doc in rows:
+            for prefix, table in tables.items():
+                if key.startswith(prefix):
+                    table[key[len(prefix) :]] = json.loads(doc)
+            if key.startswith("ipam/address/"):
+                store.addresses[key[len("ipam/address/") :]] = json.loads(doc).get("owner", "")
         return store
 
 

@@ -18,7 +18,7 @@ from cnm.model.endpoint import EndpointRecord, EndpointRequest, SandboxRecord
 from cnm.model.network import IpamConfig, NetworkRecord
 from cnm.model.network_mode import NetworkMode
 from cnm.store import codec
-from cnm.store.docs_memory import MemoryStore
+from cnm.store.memory import MemoryStore
 
 # a NetworkMode checks its own fields: generate only valid ones (any text parses to one)
 st.register_type_strategy(NetworkMode, st.text().filter(lambda s: s != "container:").map(NetworkMode.parse))
@@ -191,9 +191,9 @@ def test_dict_field_stays_a_dict_and_float_accepts_int():
     assert type(back.counts) is dict and back.ratio == 2.0
 
 
-def test_through_a_store():
+async def test_through_a_store():
     store = MemoryStore()
     net = sample_network()
-    with store.transaction() as tx:
-        tx.put("network", net.id, codec.encode(net))
-    assert codec.decode(NetworkRecord, store.get("network", net.id)) == net
+    await store.put(f"network/{net.id}", codec.encode(net))
+    entry = await store.get(f"network/{net.id}")
+    assert entry is not None and codec.decode(NetworkRecord, entry.doc) == net

@@ -22,16 +22,14 @@ from cnm.model.endpoint import EndpointRequest
 from cnm.model.network import IpamConfig, NetworkSpec
 from cnm.model.network_mode import NetworkMode
 from cnm.runtime.fake import FakeRuntime
-from cnm.store.docs_memory import MemoryStore
-from cnm.store.memory import MemoryStore as AsyncMemoryStore
+from cnm.store.memory import MemoryStore
 
 
 class World:
     """One daemon's collaborators, reusable across a simulated restart."""
 
     def __init__(self, tmp_path) -> None:
-        self.store = MemoryStore()
-        self.ipam_store = AsyncMemoryStore()  # IPAM is on the new Store; State not yet
+        self.store = MemoryStore()  # records and IPAM share it, as in cnmd
         self.kernel = FakeKernel()
         self.firewall = FakeFirewall()
         self.runtime = FakeRuntime(str(tmp_path / "containers"))
@@ -42,7 +40,7 @@ class World:
         return {}
 
     async def controller(self) -> Controller:
-        ipam = DefaultIpam(self.ipam_store, DEFAULT_POOLS)
+        ipam = DefaultIpam(self.store, DEFAULT_POOLS)
         ctl = Controller(
             store=self.store,
             ipam=ipam,

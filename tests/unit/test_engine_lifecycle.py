@@ -337,7 +337,7 @@ async def test_records_from_before_networks_held_the_primary_are_upgraded(world)
         "web", ContainerConfig(image="busybox", network_mode=NetworkMode.parse("front"))
     )
     old_style = replace(c.config, networks={}, networks_complete=False)
-    ctl._state.commit(put=[replace(c, config=old_style)])
+    await ctl._state.commit(put=[replace(c, config=old_style)])
     await ctl.close()
     ctl2 = await world.controller()
     upgraded = ctl2.find_container("web").config

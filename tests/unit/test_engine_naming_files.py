@@ -10,7 +10,7 @@ from cnm.engine.naming import Naming
 from cnm.engine.state import State
 from cnm.model.container import Container, ContainerConfig
 from cnm.model.endpoint import SandboxRecord
-from cnm.store.docs_memory import MemoryStore
+from cnm.store.memory import MemoryStore
 
 
 class Runtime:

@@ -132,7 +132,7 @@ async def test_endpoint_lifecycle(world) -> None:
         await ep.join(stack, sandbox.record)
         assert world.kernel.link("eth0", sandbox.record.key) is not None
         stack.pop_all()
-    svc.state.commit(put=[ep.record])
+    await svc.state.commit(put=[ep.record])
     assert await ep.remove(sandbox.record) == []
     assert world.kernel.link("eth0", sandbox.record.key) is None
     assert ep.record.address.ip not in svc.ipam.owners(network.id)
@@ -225,8 +225,7 @@ async def test_a_v010_container_record_loads_and_starts(world) -> None:
     for container in ctl.containers():
         doc = codec.encode(container)
         doc["config"]["network_mode"] = str(container.config.network_mode)  # as v0.1.0 wrote it
-        with world.store.transaction() as tx:
-            tx.put("container", container.id, doc)
+        await world.store.put(f"container/{container.id}", doc)
     ctl = await world.controller()  # a restart reads the records again
     web, side = ctl.find_container("web"), ctl.find_container("side")
     assert web.config.network_mode == NetworkMode("network", "old")
@@ -235,5 +234,5 @@ async def test_a_v010_container_record_loads_and_starts(world) -> None:
     await ctl.start_container("side")
     assert [net.name for net, _ in ctl.container_endpoints(created.id)] == ["old"]
     assert ctl.find_container("side").running and not ctl.container_endpoints(ctl.find_container("side").id)
-    stored = world.store.get("container", web.id)
+    stored = (await world.store.get(f"container/{web.id}")).doc
     assert stored["config"]["network_mode"] == {"kind": "network", "ref": "old"}  # written back typed

@@ -31,8 +31,7 @@ from cnm.model.endpoint import EndpointRequest
 from cnm.model.network import NetworkSpec
 from cnm.model.network_mode import NetworkMode
 from cnm.runtime.fake import FakeRuntime
-from cnm.store.docs_memory import MemoryStore
-from cnm.store.memory import MemoryStore as AsyncMemoryStore
+from cnm.store.memory import MemoryStore
 
 
 class GatedKernel(FakeKernel):
@@ -61,7 +60,7 @@ async def world(tmp_path):
     runtime.add_image("busybox")
     ctl = Controller(
         store=store,
-        ipam=DefaultIpam(AsyncMemoryStore(), DEFAULT_POOLS),
+        ipam=DefaultIpam(store, DEFAULT_POOLS),
         kernel=kernel,
         firewall=firewall,
         drivers={"bridge": BridgeDriver(kernel, firewall), "host": HostDriver(), "null": NullDriver()},
@@ -296,7 +295,7 @@ async def test_random_concurrent_changes_keep_records_and_kernel_in_step(tmp_pat
     runtime.add_image("busybox")
     ctl = Controller(
         store=store,
-        ipam=DefaultIpam(AsyncMemoryStore(), DEFAULT_POOLS),
+        ipam=DefaultIpam(store, DEFAULT_POOLS),
         kernel=kernel,
         firewall=firewall,
         drivers={"bridge": BridgeDriver(kernel, firewall), "host": HostDriver(), "null": NullDriver()},

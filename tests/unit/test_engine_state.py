@@ -1,14 +1,18 @@
-"""engine.state: the indexed record tables behind the hot-path queries."""
+"""engine.state: the indexed record tables behind the hot-path queries, kept current by
+the store's watch and written with compare-and-swap."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 import pytest
 
 from cnm.engine.state import IndexedTable, State
 from cnm.model.endpoint import EndpointRecord, SandboxRecord
-from cnm.store.docs_memory import MemoryStore
+from cnm.model.network import NetworkRecord
+from cnm.store.api import StaleRevision
+from cnm.store.memory import MemoryStore
 
 
 def ep(i: int, container: str, network: str, seq: int = 0) -> EndpointRecord:
@@ -49,10 +53,12 @@ def test_index_follows_every_kind_of_change():
     assert table.by("container_id", "c2") == [] and not table
 
 
-def test_state_queries_use_the_indexes_and_survive_commit_and_direct_writes():
-    state = State(MemoryStore())
-    state.commit(put=[ep(1, "c1", "n1", seq=1), ep(2, "c1", "n2", seq=0), ep(3, "c2", "n1")])
-    state.commit(put=[SandboxRecord(id="sb1", container_id="c1", key="/run/x", hostname="h")])
+async def test_state_queries_use_the_indexes_and_survive_commit_and_direct_writes():
+    store = MemoryStore()
+    state = State(store)
+    await state.load()
+    await state.commit(put=[ep(1, "c1", "n1", seq=1), ep(2, "c1", "n2", seq=0), ep(3, "c2", "n1")])
+    await state.commit(put=[SandboxRecord(id="sb1", container_id="c1", key="/run/x", hostname="h")])
     assert [e.id for e in state.endpoints_of_container("c1")] == ["ep2", "ep1"]  # by created_seq
     assert {e.id for e in state.endpoints_of_network("n1")} == {"ep1", "ep3"}
     assert state.sandbox_of("c1").id == "sb1" and state.sandbox_of("c2") is None
@@ -60,8 +66,57 @@ def test_state_queries_use_the_indexes_and_survive_commit_and_direct_writes():
     state.endpoints["ep9"] = ep(9, "c2", "n2")
     assert [e.id for e in state.endpoints_of_container("c2")] == ["ep3", "ep9"]
     state.endpoints.pop("ep9", None)
-    state.commit(delete=[state.endpoints["ep3"]])
+    await state.commit(delete=[state.endpoints["ep3"]])
     assert state.endpoints_of_container("c2") == [] and state.endpoints_of_network("n2")[0].id == "ep2"
-    state.load()  # reload from the store rebuilds the indexes
-    assert [e.id for e in state.endpoints_of_container("c1")] == ["ep2", "ep1"]
-    assert state.sandbox_of("c1").id == "sb1"
+    await state.close()
+    again = State(store)
+    await again.load()  # a reload from the store rebuilds the indexes
+    assert [e.id for e in again.endpoints_of_container("c1")] == ["ep2", "ep1"]
+    assert again.sandbox_of("c1").id == "sb1" and "ep3" not in again.endpoints
+    await again.close()
+
+
+async def eventually(condition) -> None:
+    """Until ``condition()`` holds (a watch delivers asynchronously), at most 2 s."""
+    for _ in range(200):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition never held")
+
+
+async def test_a_second_daemon_sees_changes_without_a_restart():
+    store = MemoryStore(scope="global")
+    one, two = State(store), State(store)
+    await one.load()
+    await two.load()
+    await one.commit(
+        put=[NetworkRecord(id="n1", name="shared", driver="overlay", created=""), ep(1, "c1", "n1")]
+    )
+    await eventually(lambda: "ep1" in two.endpoints)
+    assert two.networks["n1"].name == "shared"
+    assert [e.id for e in two.endpoints_of_network("n1")] == ["ep1"]  # the indexes follow too
+    await two.commit(delete=[two.endpoints["ep1"]])
+    await eventually(lambda: "ep1" not in one.endpoints)
+    assert one.endpoints_of_network("n1") == [] and "ep1" not in one.endpoints
+    await one.close()
+    await two.close()
+
+
+async def test_a_commit_over_a_record_changed_elsewhere_is_refused_and_writes_nothing():
+    store = MemoryStore(scope="global")
+    one, two = State(store), State(store)
+    await one.load()
+    await two.load()
+    await one.commit(put=[NetworkRecord(id="n1", name="a", driver="overlay", created="")])
+    await eventually(lambda: "n1" in two.networks)
+    stale = two.networks["n1"]
+    # one renames it; two, whose watch has not run since (no await in between), writes
+    # its own version over it
+    await one.commit(put=[replace(one.networks["n1"], name="b")])
+    with pytest.raises(StaleRevision):
+        await two.commit(put=[replace(stale, name="c"), ep(5, "c5", "n1")])
+    assert (await store.get("network/n1")).doc["name"] == "b"
+    assert await store.get("endpoint/ep5") is None
+    await one.close()
+    await two.close()

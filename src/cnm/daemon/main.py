@@ -124,7 +124,7 @@ def _build(config: DaemonConfig, daemon: str, others: dict[str, int]):
     from cnm.portmap.allocator import PortAllocator
     from cnm.portmap.proxy import UserlandProxy
     from cnm.runtime.runc import RuncRuntime
-    from cnm.store.docs_sqlite import SqliteStore
+    from cnm.store.sqlite import SqliteStore
 
     store = SqliteStore(os.path.join(config.data_root, "cnm.db"))
     ipam = DefaultIpam(store, config.default_pools)
@@ -290,7 +290,7 @@ async def serve(config: DaemonConfig) -> None:
         await dns.close()  # listeners go; the NAT tables in containers stay for the next cnmd
         with contextlib.suppress(FileNotFoundError):
             os.unlink(config.socket_path)
-        store.close()
+        await store.close()
         if cluster is not None:
             await cluster.close()
         kernel.close()

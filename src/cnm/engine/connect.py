@@ -45,7 +45,7 @@ class Connections:
             if mode.is_host or mode.container:
                 raise InvalidArgument(ERR_SHARED)
             if not container.running:
-                self._record_request(container, network_ref, request)
+                await self._record_request(container, network_ref, request)
                 return
             network = find_network(self._state, network_ref)
             if network.name == "host":
@@ -67,12 +67,12 @@ class Connections:
                 }
                 networks[network.name] = request
                 updated = replace(container, config=replace(container.config, networks=networks))
-                self._state.commit(put=[ep, updated])
+                await self._state.commit(put=[ep, updated])
                 stack.pop_all()
             svc.events.network("connect", network, container.id)
             await sandbox.refresh_names(updated)
 
-    def _record_request(self, container: Container, network_ref: str, request: EndpointRequest) -> None:
+    async def _record_request(self, container: Container, network_ref: str, request: EndpointRequest) -> None:
         """``network connect`` of a container that is not running: the request joins
         ``config.networks`` (keyed by network name) and is acted on at start."""
         network = find_network(self._state, network_ref)
@@ -85,7 +85,9 @@ class Connections:
             raise InvalidArgument(ERR_NONE)
         Network(self._svc, network).check_request(request)
         networks[network.name] = request
-        self._state.commit(put=[replace(container, config=replace(container.config, networks=networks))])
+        await self._state.commit(
+            put=[replace(container, config=replace(container.config, networks=networks))]
+        )
 
     def _same_network(self, key: str, network: NetworkRecord) -> bool:
         """Is the ``config.networks`` key ``key`` (a name, or an id kept from an older
@@ -103,7 +105,7 @@ class Connections:
         async with hold_container(svc, container.id, joins=lambda: network_ids(svc, network_ref)):
             container = current(svc, container.id, ref)
             if not container.running:
-                self._forget_request(container, network_ref, force)
+                await self._forget_request(container, network_ref, force)
                 return
             network = find_network(self._state, network_ref)
             if container.config.network_mode.is_host and network.name == "host":
@@ -121,7 +123,7 @@ class Connections:
                 errors = await Endpoint.of(svc, ep).remove(None)
             kept = {k: v for k, v in container.config.networks.items() if not self._same_network(k, network)}
             updated = replace(container, config=replace(container.config, networks=kept))
-            self._state.commit(put=[updated])
+            await self._state.commit(put=[updated])
             if sandbox is not None:
                 if ep.default_route:
                     errors.extend(await sandbox.fail_over(updated))
@@ -129,7 +131,7 @@ class Connections:
             if errors:
                 raise TeardownErrors(f"disconnect of {container.name} from {network.name}", errors)
 
-    def _forget_request(self, container: Container, network_ref: str, force: bool) -> None:
+    async def _forget_request(self, container: Container, network_ref: str, force: bool) -> None:
         """``network disconnect`` of a container that is not running: its entry leaves
         ``config.networks``; ``network_mode`` never changes (Docker keeps HostConfig's
         NetworkMode: a start joins the networks left, or none but ``lo``)."""
@@ -149,4 +151,4 @@ class Connections:
         }
         if len(kept) == len(networks):
             raise NotFound(f"container {container.id} is not connected to the network {network_ref}")
-        self._state.commit(put=[replace(container, config=replace(container.config, networks=kept))])
+        await self._state.commit(put=[replace(container, config=replace(container.config, networks=kept))])

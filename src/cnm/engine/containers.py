@@ -2,14 +2,16 @@
 
 ``Containers`` owns what changes a container's record without touching a running
 process: ``create`` (Docker's create-time checks, the network requests as Docker keeps
-them), ``rename`` (endpoints and DNS names follow at once) and ``rm --link``.  ``create``
-takes no lock: it has no await between its checks and its record.  The rest of the
+them), ``rename`` (endpoints and DNS names follow at once) and ``rm --link``.  Names are
+checked and recorded under one names lock (innermost: ``rename`` takes it inside its
+container lock), since the store's commit may yield between the two.  The rest of the
 lifecycle lives by job: ``starts.py``, ``stopping.py``, ``exits.py`` (exit watching and
 restart policies), ``connect.py``, ``restore.py``; the sandbox is ``sandbox.py``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import replace
 
@@ -31,6 +33,7 @@ class Containers:
     def __init__(self, svc: Services) -> None:
         self._svc = svc
         self._state = svc.state
+        self._names = asyncio.Lock()  # a name is checked and taken in one piece
 
     def find(self, ref: str) -> Container:
         return find_container(self._state, ref)
@@ -42,7 +45,15 @@ class Containers:
 
     # -- create ---------------------------------------------------------------------------
 
-    def create(self, name: str | None, config: ContainerConfig, image: Image) -> tuple[Container, list[str]]:
+    async def create(
+        self, name: str | None, config: ContainerConfig, image: Image
+    ) -> tuple[Container, list[str]]:
+        async with self._names:
+            return await self._create(name, config, image)
+
+    async def _create(
+        self, name: str | None, config: ContainerConfig, image: Image
+    ) -> tuple[Container, list[str]]:
         warnings: list[str] = []
         taken = {c.name for c in self._state.containers.values()}
         if name:
@@ -81,7 +92,7 @@ class Containers:
                 exposed_ports=tuple(dict.fromkeys((*image.exposed_ports, *config.exposed_ports))),
             ),
         )
-        self._state.commit(put=[container])
+        await self._state.commit(put=[container])
         self._svc.events.container("create", container)
         return container, warnings
 
@@ -133,15 +144,18 @@ class Containers:
             container = current(self._svc, container.id, ref)
             if name == container.name:
                 raise InvalidArgument("Renaming a container with the same name as its current name")
-            other = next((c for c in self._state.containers.values() if c.name == name), None)
-            if other is not None:
-                raise Conflict(
-                    f'Conflict. The container name "/{name}" is already in use by container "{other.id}". '
-                    "You have to remove (or rename) that container to be able to reuse that name."
-                )
-            renamed = replace(container, name=name)
-            endpoints = [replace(ep, name=name) for ep in self._state.endpoints_of_container(container.id)]
-            self._state.commit(put=[renamed, *endpoints])
+            async with self._names:
+                other = next((c for c in self._state.containers.values() if c.name == name), None)
+                if other is not None:
+                    raise Conflict(
+                        f'Conflict. The container name "/{name}" is already in use by container "{other.id}". '
+                        "You have to remove (or rename) that container to be able to reuse that name."
+                    )
+                renamed = replace(container, name=name)
+                endpoints = [
+                    replace(ep, name=name) for ep in self._state.endpoints_of_container(container.id)
+                ]
+                await self._state.commit(put=[renamed, *endpoints])
             self._svc.events.container("rename", renamed, oldName="/" + container.name)
             sandbox = Sandbox.of(self._svc, renamed)
             if renamed.running and sandbox is not None and sandbox.record.key:
@@ -165,7 +179,7 @@ class Containers:
             if len(kept) == len(parent.config.links):
                 raise NotFound(f"No such container: {full}")
             updated = replace(parent, config=replace(parent.config, links=kept))
-            self._state.commit(put=[updated])
+            await self._state.commit(put=[updated])
             sandbox = Sandbox.of(self._svc, updated)
             if updated.running and sandbox is not None:
                 await sandbox.refresh_names(updated)

@@ -53,7 +53,7 @@ from cnm.runtime.api import Process, Runtime
 from cnm.runtime.images import Loaded
 from cnm.runtime.logs import Record
 from cnm.runtime.output import Subscription
-from cnm.store.docs import Store
+from cnm.store.api import Store
 
 log = logging.getLogger("cnm.engine")
 
@@ -153,9 +153,9 @@ class Controller:
         """Load the records, then reconcile them with the kernel (``engine/restore.py``):
         firewall base, running containers, orphans, drivers, predefined networks, rules,
         and last the restart policies, once networks are in place."""
-        self._state.load()
+        await self._state.load()
         await self._ipam.start()
-        self._restore.upgrade_records()
+        await self._restore.upgrade_records()
         await self._firewall.setup()
         await self._restore.containers()
         await self._restore.orphan_addresses()
@@ -246,7 +246,7 @@ class Controller:
         self, name: str | None, config: ContainerConfig
     ) -> tuple[Container, list[str]]:
         image = self._runtime.find_image(config.image)
-        return self._containers.create(name, config, image)
+        return await self._containers.create(name, config, image)
 
     def containers(self) -> list[Container]:
         return sorted(self._state.containers.values(), key=lambda c: c.created, reverse=True)

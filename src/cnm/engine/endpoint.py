@@ -140,7 +140,7 @@ class Endpoint:
         """The address goes back, the record goes; a ``disconnect`` event is reported."""
         if self.network is not None and self.record.address is not None:
             await self._svc.ipam.release_address(self.network.id, self.record.address.ip)
-        self._svc.state.commit(delete=[self.record])
+        await self._svc.state.commit(delete=[self.record])
         if self.network is not None:
             self._svc.events.network("disconnect", self.network, self.record.container_id)
 

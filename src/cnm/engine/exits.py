@@ -125,7 +125,7 @@ class Exits:
                     finished_at=now_rfc3339(),
                 ),
             )
-            self._state.commit(put=[exited])
+            await self._state.commit(put=[exited])
             self._svc.events.container("die", exited, exitCode=str(code))
             run = self._runs.active.pop(container_id, None)
             if restart:
@@ -195,7 +195,7 @@ class Exits:
                 state = replace(
                     container.state, status=EXITED, error=str(exc), exit_code=128, finished_at=now_rfc3339()
                 )
-                self._state.commit(put=[replace(container, state=state)])
+                await self._state.commit(put=[replace(container, state=state)])
                 return
         log.info("container %s restarted by its policy (%s)", container.name, container.config.restart_policy)
         self.watch(container_id, run)
@@ -210,12 +210,12 @@ class Exits:
                 container.config, container.state, container.state.exit_code, daemon_start=True
             ):
                 if container.state.status == RESTARTING:
-                    self._state.commit(
+                    await self._state.commit(
                         put=[replace(container, state=replace(container.state, status=EXITED))]
                     )
                 continue
             if container.state.status != RESTARTING:
-                self._state.commit(
+                await self._state.commit(
                     put=[replace(container, state=replace(container.state, status=RESTARTING))]
                 )
             self.schedule_restart(container.id, 0.0)

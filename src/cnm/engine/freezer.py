@@ -37,7 +37,7 @@ class Freezer:
             if container.state.paused:
                 raise Conflict(f"Container {container.id} is already paused")
             await self._runtime.pause(container.id)
-            self._state.commit(put=[replace(container, state=replace(container.state, paused=True))])
+            await self._state.commit(put=[replace(container, state=replace(container.state, paused=True))])
             self._events.container("pause", container)
 
     async def unpause(self, ref: str) -> None:
@@ -47,7 +47,7 @@ class Freezer:
             if not container.running or not container.state.paused:
                 raise Conflict(f"Container {container.id} is not paused")
             await self._runtime.resume(container.id)
-            self._state.commit(put=[replace(container, state=replace(container.state, paused=False))])
+            await self._state.commit(put=[replace(container, state=replace(container.state, paused=False))])
             self._events.container("unpause", container)
 
     async def thaw(self, container: Container) -> None:

@@ -90,7 +90,7 @@ class Network:
             )
             await driver.create_network(record)
             stack.push_async_callback(driver.delete_network, record)
-            svc.state.commit(put=[record])
+            await svc.state.commit(put=[record])
             stack.pop_all()
         svc.events.network("create", record)
         log.info("network %s (%s) created on %s", record.name, record.id[:12], subnet)
@@ -118,7 +118,7 @@ class Network:
         except CnmError as exc:
             errors.append(exc)
         await self._svc.ipam.release_pool(self.id)
-        self._svc.state.commit(delete=[self.record])
+        await self._svc.state.commit(delete=[self.record])
         self._svc.events.network("destroy", self.record)  # Docker's action for network rm
         if errors:
             raise TeardownErrors(f"network {self.name}", errors)

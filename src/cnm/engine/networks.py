@@ -62,7 +62,7 @@ class Networks:
         for name, driver in (("none", "null"), ("host", "host")):
             if self.by_name(name) is None:
                 net = NetworkRecord(id=new_id(), name=name, driver=driver, created=now_rfc3339())
-                self._state.commit(put=[net])
+                await self._state.commit(put=[net])
         current = self.by_name("bridge")
         if current is not None and current.bridge_name != self._bridge_name:
             if self._state.endpoints_of_network(current.id):

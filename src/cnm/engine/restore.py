@@ -39,7 +39,7 @@ class Restore:
         self._runs = runs
         self._exits = exits
 
-    def upgrade_records(self) -> None:
+    async def upgrade_records(self) -> None:
         """Records written before ``config.networks`` held the primary network imply it by
         ``network_mode``: write it in, once, so that they start where they did."""
         for container in list(self._state.containers.values()):
@@ -57,7 +57,7 @@ class Restore:
                     networks = {primary: EndpointRequest(), **networks}
                 networks = {(primary if k == mode else k): v for k, v in networks.items()}
             upgraded = replace(config, networks=networks, networks_complete=True)
-            self._state.commit(put=[replace(container, config=upgraded)])
+            await self._state.commit(put=[replace(container, config=upgraded)])
 
     async def containers(self) -> None:
         """Adopt the containers still running, finish those that died, remove what no
@@ -87,7 +87,7 @@ class Restore:
                 exit_code=UNKNOWN_EXIT,
                 finished_at=now_rfc3339(),
             )
-            self._state.commit(put=[replace(container, state=state, sandbox_id="")])
+            await self._state.commit(put=[replace(container, state=state, sandbox_id="")])
             for err in errors:
                 log.warning("reconcile of %s: %s", container.name, err)
         live = {c.id for c in self._state.containers.values() if c.running}
@@ -96,7 +96,7 @@ class Restore:
                 await Endpoint.of(svc, ep).remove(orphan)
             if orphan.key:
                 await svc.kernel.delete_netns(orphan.key)
-            self._state.commit(delete=[orphan])
+            await self._state.commit(delete=[orphan])
         for ep in [e for e in self._state.endpoints.values() if e.container_id not in live]:
             await Endpoint.of(svc, ep).remove(None)
         keys = {s.key for s in self._state.sandboxes.values()}

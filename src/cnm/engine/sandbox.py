@@ -211,7 +211,7 @@ class Sandbox:
                 ep.take_default_route()
                 async with AsyncExitStack() as stack:
                     await ep.publish(stack, container, self._svc.image_of(container))
-                    self._svc.state.commit(put=[ep.record])
+                    await self._svc.state.commit(put=[ep.record])
                     stack.pop_all()
             except CnmError as exc:
                 return [exc]
@@ -241,7 +241,7 @@ class Sandbox:
                 await self._svc.kernel.delete_netns(self.record.key)
             except CnmError as exc:
                 errors.append(exc)
-        self._svc.state.commit(delete=[self.record])
+        await self._svc.state.commit(delete=[self.record])
         return errors
 
     async def restore(self) -> None:

@@ -76,7 +76,7 @@ class Starts:
             try:
                 run = await self.start_locked(container, self._svc.image_of(container))
             except Exception as exc:
-                self._record_start_error(container, exc)
+                await self._record_start_error(container, exc)
                 failed: Exception | None = exc
             else:
                 failed = None
@@ -89,7 +89,7 @@ class Starts:
             raise failed
         self._exits.watch(container.id, run)
 
-    def _record_start_error(self, container: Container, exc: Exception) -> None:
+    async def _record_start_error(self, container: Container, exc: Exception) -> None:
         """Docker keeps a failed start's error and exit code (127: command not found, 126:
         not executable, else 128) on the record; its status does not change."""
         text = str(exc)
@@ -100,7 +100,7 @@ class Starts:
             code = 126
         state = replace(container.state, error=text, exit_code=code)
         if container.id in self._state.containers:
-            self._state.commit(put=[replace(self._state.containers[container.id], state=state)])
+            await self._state.commit(put=[replace(self._state.containers[container.id], state=state)])
 
     async def start_locked(self, container: Container, image: Image) -> Run:
         """The start itself, under ``hold_start``'s locks; the caller arms the watcher."""
@@ -140,7 +140,7 @@ class Starts:
                 ),
             )
             endpoints = own.endpoints() if own else []
-            self._state.commit(put=[running, *([own.record] if own else []), *endpoints])
+            await self._state.commit(put=[running, *([own.record] if own else []), *endpoints])
             stack.pop_all()
         for ep in endpoints:
             svc.events.network("connect", self._state.networks[ep.network_id], container.id)

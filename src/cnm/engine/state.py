@@ -1,20 +1,26 @@
-"""The engine's records: an in-memory view of the store, written through in transactions.
+"""The engine's records: a cache of the store, fed by its watch, written through with
+compare-and-swap.
 
-The store is the truth that survives restarts; this view makes reads free on the hot path
-(attach, inspect, DNS later).  ``commit`` writes a set of changes in one transaction and
-only then updates memory, so memory never holds what the store refused.
+The store is the truth that survives restarts and that other daemons may share; this view
+makes reads free on the hot path (attach, inspect, DNS).  ``load`` lists each kind and
+follows it with a ``Mirror``, so a change another daemon writes shows up here without a
+restart.  ``commit`` writes a set of changes in one store transaction, each checked
+against the revision this view last saw (a record changed elsewhere meanwhile is a
+``StaleRevision``, nothing written), and only then updates memory, so memory never holds
+what the store refused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TypeVar
+from collections.abc import Iterable, MutableMapping
+from typing import Any, TypeVar
 
 from cnm.model.container import Container
 from cnm.model.endpoint import EndpointRecord, SandboxRecord
 from cnm.model.network import NetworkRecord
 from cnm.store import codec
-from cnm.store.docs import Store
+from cnm.store.api import Check, Delete, Document, Op, Put, Store
+from cnm.store.mirror import Mirror
 
 Record = NetworkRecord | EndpointRecord | SandboxRecord | Container
 R = TypeVar("R", bound=Record)
@@ -104,38 +110,58 @@ class IndexedTable(dict[str, R]):
 
 
 class State:
+    """The four kinds of engine record, each a table kept current by a Mirror."""
+
     def __init__(self, store: Store) -> None:
         self._store = store
         self.networks: dict[str, NetworkRecord] = {}
         self.endpoints: IndexedTable[EndpointRecord] = IndexedTable("container_id", "network_id")
         self.sandboxes: IndexedTable[SandboxRecord] = IndexedTable("container_id")
         self.containers: dict[str, Container] = {}
-        self._tables: dict[type, dict] = {
+        self._tables: dict[type, MutableMapping[str, Any]] = {
             NetworkRecord: self.networks,
             EndpointRecord: self.endpoints,
             SandboxRecord: self.sandboxes,
             Container: self.containers,
         }
+        self._mirrors: dict[type, Mirror[Any]] = {}
 
-    def load(self) -> None:
-        """Read every record from the store (daemon start)."""
+    async def load(self) -> None:
+        """Read every record from the store and follow each kind from then on (daemon start)."""
         for cls, table in self._tables.items():
             table.clear()
-            for key, doc in self._store.list(_KINDS[cls]):
-                table[key] = codec.decode(cls, doc)
+            mirror = Mirror(self._store, _KINDS[cls] + "/", _decoder(cls), items=table)
+            await mirror.start()
+            self._mirrors[cls] = mirror
 
-    def commit(self, put: Iterable[Record] = (), delete: Iterable[Record] = ()) -> None:
-        """Persist ``put`` and remove ``delete`` in one transaction, then mirror in memory."""
+    async def commit(self, put: Iterable[Record] = (), delete: Iterable[Record] = ()) -> None:
+        """Persist ``put`` and remove ``delete`` in one transaction, then mirror in memory.
+        Each key is checked against the revision last seen here, so a record another
+        daemon changed meanwhile fails the whole commit (StaleRevision)."""
         put, delete = list(put), list(delete)
-        with self._store.transaction() as tx:
-            for record in put:
-                tx.put(_KINDS[type(record)], record.id, codec.encode(record))
-            for record in delete:
-                tx.delete(_KINDS[type(record)], record.id)
+        ops: list[Op] = [Put(_key(r), codec.encode(r)) for r in put]
+        ops += [Delete(_key(r)) for r in delete]
+        checks = [Check(_key(r), self._revision(r)) for r in [*put, *delete]]
+        revision = await self._store.commit(ops, checks)
         for record in put:
-            self._tables[type(record)][record.id] = record
+            self._mirror(record).apply(record.id, record, revision)
         for record in delete:
-            self._tables[type(record)].pop(record.id, None)
+            self._mirror(record).apply(record.id, None, revision)
+
+    def _mirror(self, record: Record) -> Mirror[Any]:
+        mirror = self._mirrors.get(type(record))
+        if mirror is None:
+            raise RuntimeError("State.commit before State.load")
+        return mirror
+
+    def _revision(self, record: Record) -> int:
+        return self._mirror(record).revisions.get(record.id, 0)
+
+    async def close(self) -> None:
+        """Stop following the store."""
+        for mirror in self._mirrors.values():
+            await mirror.close()
+        self._mirrors.clear()
 
     # -- queries used on hot paths --------------------------------------------------------
 
@@ -148,3 +174,14 @@ class State:
     def sandbox_of(self, container_id: str) -> SandboxRecord | None:
         found = self.sandboxes.by("container_id", container_id)
         return found[0] if found else None
+
+
+def _key(record: Record) -> str:
+    return f"{_KINDS[type(record)]}/{record.id}"
+
+
+def _decoder(cls: type[R]) -> Any:
+    def decode(_name: str, doc: Document) -> R:
+        return codec.decode(cls, doc)
+
+    return decode

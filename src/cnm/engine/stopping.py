@@ -66,7 +66,7 @@ class Stopping:
                 state = replace(state, status=EXITED)
             if state != now.state:
                 now = replace(now, state=state)
-                self._state.commit(put=[now])
+                await self._state.commit(put=[now])
             return now
 
     async def stop(self, ref: str, timeout: int | None = None, signal: str | None = None) -> None:
@@ -160,7 +160,7 @@ class Stopping:
                     await self._runtime.remove(container.id)
                 except CnmError as exc:
                     errors.append(exc)
-                self._state.commit(delete=[container])
+                await self._state.commit(delete=[container])
                 self._events.container("destroy", container)
                 self._execs.forget(container.id)
                 self._exits.forget(container.id)
