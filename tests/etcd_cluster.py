@@ -31,10 +31,12 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
-from cnm.store.etcd import EtcdStore
+if TYPE_CHECKING:  # imported where used: bench/store.py measures clients with clashing protobufs
+    from cnm.store.etcd import EtcdStore
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
@@ -72,6 +74,46 @@ def _free_ports(count: int) -> list[int]:
             s.close()
 
 
+@dataclass(frozen=True)
+class Certs:
+    """PEM files of a throwaway CA, a server certificate for 127.0.0.1 and a client one."""
+
+    ca: str
+    server_cert: str
+    server_key: str
+    client_cert: str
+    client_key: str
+
+
+def make_certs(directory: Path) -> Certs:
+    """A CA valid for a day and two certificates it signs (openssl), in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    d = str(directory)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d, timeout=30)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl(
+        "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=cnm-test-ca"
+    )
+    for name, usage in (("server", "serverAuth,clientAuth"), ("client", "clientAuth")):
+        ext = directory / f"{name}.ext"
+        ext.write_text(f"subjectAltName=IP:{HOST}\nextendedKeyUsage={usage}\n")
+        openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN=cnm-test-{name}")
+        openssl(
+            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "1", "-extfile", ext.name,
+        )  # fmt: skip
+    return Certs(
+        ca=f"{d}/ca.pem",
+        server_cert=f"{d}/server.pem",
+        server_key=f"{d}/server.key",
+        client_cert=f"{d}/client.pem",
+        client_key=f"{d}/client.key",
+    )
+
+
 @dataclass
 class Member:
     """One etcd process: its name, ports, data directory and (while running) process."""
@@ -82,6 +124,7 @@ class Member:
     data_dir: Path
     log_path: Path
     proc: subprocess.Popen | None = None
+    scheme: str = "http"
 
     @property
     def endpoint(self) -> str:
@@ -89,7 +132,7 @@ class Member:
 
     @property
     def client_url(self) -> str:
-        return f"http://{HOST}:{self.client_port}"
+        return f"{self.scheme}://{HOST}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -118,7 +161,9 @@ class EtcdCluster:
     inside: Callable[[Sequence[str]], list[str]] | None = None
     base_port: int = 0  # with ``inside``: client ports base, base+2 ...; peers base+1 ...
     root: Path | None = None
+    tls: bool = False  # clients speak TLS with client certificates (``certs``); peers plain
     members: list[Member] = field(init=False, default_factory=list)
+    certs: Certs | None = field(init=False, default=None)
     _own_root: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
@@ -129,6 +174,8 @@ class EtcdCluster:
             self.root = Path(tempfile.mkdtemp(prefix="cnm-etcd-", dir=parent))
             self._own_root = True
         self.root.mkdir(parents=True, exist_ok=True)
+        if self.tls:
+            self.certs = make_certs(self.root / "pki")
         self._layout()
 
     def _layout(self) -> None:
@@ -145,6 +192,7 @@ class EtcdCluster:
                 peer_port=ports[2 * i + 1],
                 data_dir=self.root / f"m{i}.etcd",
                 log_path=self.root / f"m{i}.log",
+                scheme="https" if self.tls else "http",
             )
             for i in range(self.size)
         ]
@@ -223,7 +271,16 @@ class EtcdCluster:
             "--log-level",
             "warn",
         ]
+        if self.certs is not None:
+            c = self.certs
+            argv += ["--cert-file", c.server_cert, "--key-file", c.server_key]
+            argv += ["--trusted-ca-file", c.ca, "--client-cert-auth"]
         return argv
+
+    def _ctl_tls(self) -> list[str]:
+        if self.certs is None:
+            return []
+        return ["--cacert", self.certs.ca, "--cert", self.certs.client_cert, "--key", self.certs.client_key]
 
     def _spawn(self, index: int) -> None:
         m = self.members[index]
@@ -260,7 +317,8 @@ class EtcdCluster:
                 time.sleep(0.1)
 
     def _healthy(self, m: Member) -> bool:
-        argv = [ETCDCTL, "--endpoints", m.client_url, "--command-timeout", "2s", "endpoint", "health"]
+        argv = [ETCDCTL, *self._ctl_tls(), "--endpoints", m.client_url, "--command-timeout", "2s"]
+        argv += ["endpoint", "health"]
         if self.inside is not None:
             argv = self.inside(argv)
         proc = subprocess.run(
@@ -304,7 +362,7 @@ class EtcdCluster:
 
     def etcdctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         """``etcdctl --endpoints <all> ARGS`` (where the members run)."""
-        argv = [ETCDCTL, "--endpoints", ",".join(m.client_url for m in self.members), *args]
+        argv = [ETCDCTL, *self._ctl_tls(), "--endpoints", ",".join(m.client_url for m in self.members), *args]
         if self.inside is not None:
             argv = self.inside(argv)
         proc = subprocess.run(
@@ -368,6 +426,8 @@ async def revoke_all_leases(endpoint: str) -> None:
 @contextlib.asynccontextmanager
 async def etcd_store(tmp_path: Path) -> AsyncIterator[EtcdStore]:
     """A fresh EtcdStore: a namespace of its own on the shared cluster."""
+    from cnm.store.etcd import EtcdStore
+
     cluster = shared_cluster()
     store = EtcdStore(cluster.endpoints, namespace=f"/cnm-test/{uuid.uuid4().hex}/")
     try:

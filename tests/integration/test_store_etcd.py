@@ -18,7 +18,7 @@ from etcd_cluster import EtcdCluster
 
 from cnm.errors import InvalidArgument, NotFound, Unavailable
 from cnm.store.api import Change
-from cnm.store.etcd import EtcdStore
+from cnm.store.etcd import EtcdStore, TlsFiles
 
 NEEDS_ROOT = False
 BOUND = 30.0  # a failing case must end; a passing one is far quicker
@@ -237,3 +237,29 @@ def test_bad_namespace_and_empty_endpoints_are_refused() -> None:
         EtcdStore([])
     with pytest.raises(InvalidArgument, match="namespace"):
         EtcdStore(["127.0.0.1:2379"], namespace="cnm")
+
+
+async def test_tls_with_client_certificates(tmp_path) -> None:
+    """``--cluster-store-opt kv.*file=``: the store speaks TLS and presents its certificate;
+    without the certificate, or without TLS, the member refuses, and the error says so."""
+    with EtcdCluster(1, tls=True) as cluster:
+        certs = cluster.certs
+        assert certs is not None
+        store = new_store(cluster, tls=TlsFiles(certs.ca, certs.client_cert, certs.client_key))
+        try:
+            rev = await store.put("a", {"tls": True})
+            entry = await store.get("a")
+            assert entry is not None and entry.revision == rev and entry.doc == {"tls": True}
+        finally:
+            await store.close()
+        for refused in (new_store(cluster, timeout=2), new_store(cluster, timeout=2, tls=TlsFiles(certs.ca))):
+            try:
+                with pytest.raises(Unavailable, match=cluster.endpoints[0]):
+                    await asyncio.wait_for(refused.get("a"), BOUND)
+            finally:
+                await refused.close()
+
+
+def test_unreadable_tls_files_are_refused_naming_the_option(tmp_path) -> None:
+    with pytest.raises(InvalidArgument, match=r"cannot read kv.cacertfile .*/missing.pem"):
+        EtcdStore(["127.0.0.1:2379"], tls=TlsFiles(cacertfile=str(tmp_path / "missing.pem")))

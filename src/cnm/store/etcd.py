@@ -198,6 +198,10 @@ class _Endpoint:
             self.watch = rpc.WatchStub(self._channel)
         return self._channel
 
+    def failed(self) -> bool:
+        """Whether the last connection attempt failed (gRPC is backing off)."""
+        return self.channel.get_state() == grpc.ChannelConnectivity.TRANSIENT_FAILURE
+
     async def close(self) -> None:
         if self._channel is not None:
             await self._channel.close()
@@ -301,20 +305,24 @@ class EtcdStore:
             if left <= 0:
                 raise self._unavailable(what, error)
             per_try = left if count == 1 else min(left, max(self.timeout / count, 0.5))
-            if await endpoint.connected(min(per_try, 1.0)):
+            ready = await endpoint.connected(min(per_try, 1.0))
+            if ready or endpoint.failed():
+                # A failed channel fails the call at once, without sending it, and the
+                # call's error says why (refused, TLS handshake ...): worth the words.
+                timeout = per_try if ready and idempotent else deadline - time.monotonic()
                 try:
-                    result = await fn(endpoint, max(deadline - time.monotonic(), 0.001))
+                    result = await fn(endpoint, max(timeout if ready else min(timeout, 0.25), 0.001))
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() not in _RETRY_CODES:
                         raise _translate(exc, what) from exc
                     error = f"{endpoint.address}: {exc.details() or exc.code().name}"
-                    if not idempotent and _maybe_applied(exc):
+                    if ready and not idempotent and _maybe_applied(exc):
                         raise Unavailable(f"etcd: {what} may or may not have been applied: {error}") from exc
                 else:
                     self._current = (self._current + attempt) % count
                     return result
             else:
-                error = f"{endpoint.address}: cannot connect"
+                error = f"{endpoint.address}: no answer to a connection attempt"
             attempt += 1
             if attempt % count == 0:  # every member tried: wait a little for one to come back
                 await asyncio.sleep(min(0.1, max(deadline - time.monotonic(), 0)))
