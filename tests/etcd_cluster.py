@@ -4,11 +4,13 @@ directory (on tmpfs when there is one: fsync there is free, which keeps a test s
 
     with EtcdCluster(3) as cluster:
         store = EtcdStore(cluster.endpoints)
-        cluster.kill(0); cluster.start_member(0)
+        cluster.kill_member(0); cluster.start_member(0)
 
 Cleanup is guaranteed: ``close`` (the context's exit) kills every member and removes the
-data, and each member is started with ``PR_SET_PDEATHSIG`` so that it dies with the test
-process even when that process is killed and no ``finally`` runs.
+data, and each member runs under ``setpriv --pdeathsig KILL`` so that it dies with the
+test process even when that process is killed and no ``finally`` runs.  (The signal
+follows the *thread* that started the member: a member started from a worker thread dies
+when that thread ends -- ``asyncio.to_thread``'s threads last until the loop closes.)
 
 ``inside``: a function wrapping an argv to run it elsewhere (``TestHost.inside``: the
 members then run in the test host's network namespace, and die with it); the ports are
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
@@ -41,7 +42,7 @@ if TYPE_CHECKING:  # imported where used: bench/store.py measures clients with c
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
 HOST = "127.0.0.1"
-_PR_SET_PDEATHSIG = 1
+SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
 
 
 class EtcdError(RuntimeError):
@@ -51,12 +52,6 @@ class EtcdError(RuntimeError):
 def available() -> bool:
     """Whether Debian's etcd is installed."""
     return os.access(ETCD, os.X_OK) and os.access(ETCDCTL, os.X_OK)
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL when the process that started us dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _free_ports(count: int) -> list[int]:
@@ -286,7 +281,9 @@ class EtcdCluster:
         m = self.members[index]
         if m.running:
             return
-        argv = self._argv(m)
+        # SIGKILL when the thread that started it dies (setpriv, not a preexec_fn: no Python
+        # may run between fork and exec in a process with gRPC's threads).
+        argv = [SETPRIV, "--pdeathsig", "KILL", "--", *self._argv(m)]
         if self.inside is not None:
             argv = self.inside(argv)
         with open(m.log_path, "ab") as log:
@@ -295,7 +292,6 @@ class EtcdCluster:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
                 start_new_session=True,
             )
 
@@ -398,7 +394,7 @@ _SHARED: EtcdCluster | None = None
 
 def shared_cluster() -> EtcdCluster:
     """One single-member cluster for the whole test process, started on first use and
-    killed when the process exits (atexit; PR_SET_PDEATHSIG if it is killed)."""
+    killed when the process exits (atexit; its parent-death signal if it is killed)."""
     global _SHARED
     if _SHARED is None:
         if not available():

@@ -263,3 +263,30 @@ async def test_tls_with_client_certificates(tmp_path) -> None:
 def test_unreadable_tls_files_are_refused_naming_the_option(tmp_path) -> None:
     with pytest.raises(InvalidArgument, match=r"cannot read kv.cacertfile .*/missing.pem"):
         EtcdStore(["127.0.0.1:2379"], tls=TlsFiles(cacertfile=str(tmp_path / "missing.pem")))
+
+
+async def test_a_watch_outlives_the_loss_of_quorum(
+    cluster3: EtcdCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two members of three die: the watch's own member is up but without a leader (it
+    cancels watches that asked for one); when the two come back, the watch resumes and
+    sees what was written before and after, once."""
+    store = EtcdStore(list(reversed(cluster3.endpoints)), namespace=f"/cnm-test/{uuid.uuid4().hex}/")
+    try:
+        start = await store.connect() + 1
+        follower = Follower(store, "w/", start)  # on member 2
+        before = await writes_during(store, "w/x", None, 5)
+        await follower.until("w/x004")
+        cluster3.kill_member(0)
+        cluster3.kill_member(1)
+        await asyncio.sleep(3)  # member 2 notices it has no leader
+        await asyncio.to_thread(cluster3.start_member, 0)
+        await asyncio.to_thread(cluster3.start_member, 1)
+        after = await writes_during(store, "w/y", None, 5)
+        await follower.until("w/y004")
+        await follower.stop()
+        assert_exactly(follower.changes, "w/x", before)
+        assert_exactly(follower.changes, "w/y", after)
+        assert len(follower.changes) == 10
+    finally:
+        await store.close()
