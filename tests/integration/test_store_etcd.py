@@ -288,5 +288,6 @@ async def test_a_watch_outlives_the_loss_of_quorum(
         assert_exactly(follower.changes, "w/x", before)
         assert_exactly(follower.changes, "w/y", after)
         assert len(follower.changes) == 10
+        assert f"at {cluster3.endpoints[2]} lost (etcdserver: no leader)" in caplog.text  # it was cut
     finally:
         await store.close()
