@@ -17,7 +17,7 @@ import pytest
 from etcd_cluster import EtcdCluster
 
 from cnm.errors import InvalidArgument, NotFound, Unavailable
-from cnm.store.api import Change
+from cnm.store.api import Change, StaleRevision
 from cnm.store.etcd import EtcdStore, TlsFiles
 
 NEEDS_ROOT = False
@@ -296,3 +296,38 @@ async def test_a_watch_outlives_the_loss_of_quorum(
         assert len(follower.changes) == 10
     finally:
         await store.close()
+
+
+async def test_two_clients_on_different_members_never_both_win_a_cas(cluster3: EtcdCluster) -> None:
+    """Two daemons' stores, each talking to another member, take "free" keys (create-only
+    puts, as IPAM takes addresses) from one pool in parallel: every key goes to one of
+    them, and each sees the other's takes through a watch."""
+    namespace = f"/cnm-test/{uuid.uuid4().hex}/"
+    stores = [
+        EtcdStore(cluster3.endpoints, namespace=namespace),
+        EtcdStore(list(reversed(cluster3.endpoints)), namespace=namespace),
+    ]
+    try:
+        start = await stores[0].connect() + 1
+        follower = Follower(stores[1], "pool/", start)
+        won: list[list[str]] = [[], []]
+
+        async def take(i: int) -> None:
+            for n in range(60):
+                key = f"pool/{n:03d}"
+                try:
+                    await stores[i].put(key, {"owner": i}, revision=0)
+                    won[i].append(key)
+                except StaleRevision:
+                    pass
+                await asyncio.sleep(0)
+
+        await asyncio.wait_for(asyncio.gather(take(0), take(1)), BOUND)
+        assert sorted(won[0] + won[1]) == [f"pool/{n:03d}" for n in range(60)]  # each key once
+        await follower.until("pool/059")
+        await follower.stop()
+        seen = {c.key: c.doc for c in follower.changes}
+        assert seen == {key: {"owner": i} for i in (0, 1) for key in won[i]}
+    finally:
+        for store in stores:
+            await store.close()
