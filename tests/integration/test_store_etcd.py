@@ -69,15 +69,20 @@ async def writes_during(
 ) -> list[int]:
     """Puts of keys ``prefix<i>``, each retried until it lands: ``count`` of them, and
     while ``fault`` runs, until it is done and ``count`` more landed after it; the
-    revision of each."""
+    revision of each.  A put that failed with Unavailable may have been applied: the
+    retry is a create-only put, which then says so (StaleRevision, with its revision)."""
     revisions: list[int] = []
     after = 0
     while after < count:
-        try:
-            revisions.append(await store.put(f"{prefix}{len(revisions):03d}", {"i": len(revisions)}))
+        try:  # create-only: a retry after "may or may not have been applied" cannot write twice
+            revisions.append(
+                await store.put(f"{prefix}{len(revisions):03d}", {"i": len(revisions)}, revision=0)
+            )
         except Unavailable:
-            await asyncio.sleep(0.05)  # a leader election: try again
+            await asyncio.sleep(0.05)  # a leader election, or a member going away: try again
             continue
+        except StaleRevision as exc:  # it had been applied after all
+            revisions.append(exc.actual)
         if fault is None or fault.done():
             after += 1
         await asyncio.sleep(0.01)

@@ -79,8 +79,16 @@ _CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
 ]
-# Transport failures after which another member may answer.
-_RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# Transport failures after which another member may answer (INTERNAL: gRPC's own "error
+# from Core" when a connection breaks under a call being sent).
+_RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL)
+# What no other member or later try can mend: a watch raises these instead of retrying.
+_FATAL_WATCH_CODES = (
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+)
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 )
@@ -461,7 +469,7 @@ class EtcdStore:
             except grpc.aio.AioRpcError as exc:
                 if self._closed:
                     return
-                if exc.code() not in (*_RETRY_CODES, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN):
+                if exc.code() in _FATAL_WATCH_CODES:
                     raise _translate(exc, f"watch of {prefix or '(all)'}") from exc
                 error = exc.details() or exc.code().name
             except _Reconnect as exc:
