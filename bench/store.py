@@ -329,8 +329,7 @@ def run(n: int) -> None:
     endpoint = ""
     names = list(BACKENDS)
     if available():
-        cluster = EtcdCluster(1)
-        cluster.start()
+        cluster = EtcdCluster(1).__enter__()  # closed below; on a failed start, by __enter__
         endpoint = cluster.endpoints[0]
     else:
         print("etcd: /usr/bin/etcd missing (apt-get install etcd-server) -- etcd not measured")

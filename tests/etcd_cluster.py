@@ -4,11 +4,13 @@ directory (on tmpfs when there is one: fsync there is free, which keeps a test s
 
     with EtcdCluster(3) as cluster:
         store = EtcdStore(cluster.endpoints)
-        cluster.kill(0); cluster.start_member(0)
+        cluster.kill_member(0); cluster.start_member(0)
 
 Cleanup is guaranteed: ``close`` (the context's exit) kills every member and removes the
-data, and each member is started with ``PR_SET_PDEATHSIG`` so that it dies with the test
-process even when that process is killed and no ``finally`` runs.
+data, and each member runs under ``setpriv --pdeathsig KILL`` so that it dies with the
+test process even when that process is killed and no ``finally`` runs.  (The signal
+follows the *thread* that started the member: a member started from a worker thread dies
+when that thread ends -- ``asyncio.to_thread``'s threads last until the loop closes.)
 
 ``inside``: a function wrapping an argv to run it elsewhere (``TestHost.inside``: the
 members then run in the test host's network namespace, and die with it); the ports are
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
@@ -31,15 +32,17 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
-from cnm.store.etcd import EtcdStore
+if TYPE_CHECKING:  # imported where used: bench/store.py measures clients with clashing protobufs
+    from cnm.store.etcd import EtcdStore
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
 HOST = "127.0.0.1"
-_PR_SET_PDEATHSIG = 1
+SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
 
 
 class EtcdError(RuntimeError):
@@ -49,12 +52,6 @@ class EtcdError(RuntimeError):
 def available() -> bool:
     """Whether Debian's etcd is installed."""
     return os.access(ETCD, os.X_OK) and os.access(ETCDCTL, os.X_OK)
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL when the process that started us dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _free_ports(count: int) -> list[int]:
@@ -72,6 +69,46 @@ def _free_ports(count: int) -> list[int]:
             s.close()
 
 
+@dataclass(frozen=True)
+class Certs:
+    """PEM files of a throwaway CA, a server certificate for 127.0.0.1 and a client one."""
+
+    ca: str
+    server_cert: str
+    server_key: str
+    client_cert: str
+    client_key: str
+
+
+def make_certs(directory: Path) -> Certs:
+    """A CA valid for a day and two certificates it signs (openssl), in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    d = str(directory)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d, timeout=30)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl(
+        "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=cnm-test-ca"
+    )
+    for name, usage in (("server", "serverAuth,clientAuth"), ("client", "clientAuth")):
+        ext = directory / f"{name}.ext"
+        ext.write_text(f"subjectAltName=IP:{HOST}\nextendedKeyUsage={usage}\n")
+        openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN=cnm-test-{name}")
+        openssl(
+            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "1", "-extfile", ext.name,
+        )  # fmt: skip
+    return Certs(
+        ca=f"{d}/ca.pem",
+        server_cert=f"{d}/server.pem",
+        server_key=f"{d}/server.key",
+        client_cert=f"{d}/client.pem",
+        client_key=f"{d}/client.key",
+    )
+
+
 @dataclass
 class Member:
     """One etcd process: its name, ports, data directory and (while running) process."""
@@ -82,6 +119,7 @@ class Member:
     data_dir: Path
     log_path: Path
     proc: subprocess.Popen | None = None
+    scheme: str = "http"
 
     @property
     def endpoint(self) -> str:
@@ -89,7 +127,7 @@ class Member:
 
     @property
     def client_url(self) -> str:
-        return f"http://{HOST}:{self.client_port}"
+        return f"{self.scheme}://{HOST}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -118,7 +156,9 @@ class EtcdCluster:
     inside: Callable[[Sequence[str]], list[str]] | None = None
     base_port: int = 0  # with ``inside``: client ports base, base+2 ...; peers base+1 ...
     root: Path | None = None
+    tls: bool = False  # clients speak TLS with client certificates (``certs``); peers plain
     members: list[Member] = field(init=False, default_factory=list)
+    certs: Certs | None = field(init=False, default=None)
     _own_root: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
@@ -129,6 +169,8 @@ class EtcdCluster:
             self.root = Path(tempfile.mkdtemp(prefix="cnm-etcd-", dir=parent))
             self._own_root = True
         self.root.mkdir(parents=True, exist_ok=True)
+        if self.tls:
+            self.certs = make_certs(self.root / "pki")
         self._layout()
 
     def _layout(self) -> None:
@@ -145,6 +187,7 @@ class EtcdCluster:
                 peer_port=ports[2 * i + 1],
                 data_dir=self.root / f"m{i}.etcd",
                 log_path=self.root / f"m{i}.log",
+                scheme="https" if self.tls else "http",
             )
             for i in range(self.size)
         ]
@@ -223,13 +266,24 @@ class EtcdCluster:
             "--log-level",
             "warn",
         ]
+        if self.certs is not None:
+            c = self.certs
+            argv += ["--cert-file", c.server_cert, "--key-file", c.server_key]
+            argv += ["--trusted-ca-file", c.ca, "--client-cert-auth"]
         return argv
+
+    def _ctl_tls(self) -> list[str]:
+        if self.certs is None:
+            return []
+        return ["--cacert", self.certs.ca, "--cert", self.certs.client_cert, "--key", self.certs.client_key]
 
     def _spawn(self, index: int) -> None:
         m = self.members[index]
         if m.running:
             return
-        argv = self._argv(m)
+        # SIGKILL when the thread that started it dies (setpriv, not a preexec_fn: no Python
+        # may run between fork and exec in a process with gRPC's threads).
+        argv = [SETPRIV, "--pdeathsig", "KILL", "--", *self._argv(m)]
         if self.inside is not None:
             argv = self.inside(argv)
         with open(m.log_path, "ab") as log:
@@ -238,7 +292,6 @@ class EtcdCluster:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
                 start_new_session=True,
             )
 
@@ -260,7 +313,8 @@ class EtcdCluster:
                 time.sleep(0.1)
 
     def _healthy(self, m: Member) -> bool:
-        argv = [ETCDCTL, "--endpoints", m.client_url, "--command-timeout", "2s", "endpoint", "health"]
+        argv = [ETCDCTL, *self._ctl_tls(), "--endpoints", m.client_url, "--command-timeout", "2s"]
+        argv += ["endpoint", "health"]
         if self.inside is not None:
             argv = self.inside(argv)
         proc = subprocess.run(
@@ -304,7 +358,7 @@ class EtcdCluster:
 
     def etcdctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         """``etcdctl --endpoints <all> ARGS`` (where the members run)."""
-        argv = [ETCDCTL, "--endpoints", ",".join(m.client_url for m in self.members), *args]
+        argv = [ETCDCTL, *self._ctl_tls(), "--endpoints", ",".join(m.client_url for m in self.members), *args]
         if self.inside is not None:
             argv = self.inside(argv)
         proc = subprocess.run(
@@ -340,7 +394,7 @@ _SHARED: EtcdCluster | None = None
 
 def shared_cluster() -> EtcdCluster:
     """One single-member cluster for the whole test process, started on first use and
-    killed when the process exits (atexit; PR_SET_PDEATHSIG if it is killed)."""
+    killed when the process exits (atexit; its parent-death signal if it is killed)."""
     global _SHARED
     if _SHARED is None:
         if not available():
@@ -368,6 +422,8 @@ async def revoke_all_leases(endpoint: str) -> None:
 @contextlib.asynccontextmanager
 async def etcd_store(tmp_path: Path) -> AsyncIterator[EtcdStore]:
     """A fresh EtcdStore: a namespace of its own on the shared cluster."""
+    from cnm.store.etcd import EtcdStore
+
     cluster = shared_cluster()
     store = EtcdStore(cluster.endpoints, namespace=f"/cnm-test/{uuid.uuid4().hex}/")
     try:

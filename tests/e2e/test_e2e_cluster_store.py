@@ -19,11 +19,13 @@ NODE_PREFIX = "/cnm/v2/node/"
 
 @pytest.fixture
 def host_with_etcd(request: pytest.FixtureRequest) -> Iterator[tuple[TestHost, EtcdCluster]]:
-    """A test host (no cnmd yet) with one etcd member on its 127.0.0.1:2379."""
+    """A test host (no cnmd yet) with one etcd member on its 127.0.0.1:2379 (speaking TLS
+    to clients when parametrized indirectly with True)."""
     if not is_root():
         pytest.skip(ROOT_SKIP_REASON)
+    tls = bool(getattr(request, "param", False))
     with TestHost() as host:
-        cluster = EtcdCluster(1, inside=host.inside, root=host.tmp / "etcd")
+        cluster = EtcdCluster(1, inside=host.inside, root=host.tmp / "etcd", tls=tls)
         try:
             cluster.start()
             yield host, cluster
@@ -65,6 +67,21 @@ def test_cnmd_joins_the_cluster_store_and_leaves_it(host_with_etcd) -> None:
 
     assert host.kill_daemon(signal.SIGTERM) == 0
     assert presence(cluster) == {}  # revoked at shutdown, not left to expire
+
+
+@pytest.mark.parametrize("host_with_etcd", [True], indirect=True, ids=["tls"])
+def test_cnmd_joins_over_tls_with_the_cluster_store_opts(host_with_etcd) -> None:
+    host, cluster = host_with_etcd
+    certs = cluster.certs
+    assert certs is not None
+    opts = [f"kv.cacertfile={certs.ca}", f"kv.certfile={certs.client_cert}", f"kv.keyfile={certs.client_key}"]
+    host.start_daemon(
+        "--cluster-store", cluster.url, *[x for opt in opts for x in ("--cluster-store-opt", opt)]
+    )
+    daemon_id = (host.data_root / "daemon-id").read_text().strip()
+    assert list(presence(cluster)) == [NODE_PREFIX + daemon_id]
+    assert host.kill_daemon(signal.SIGTERM) == 0
+    assert presence(cluster) == {}
 
 
 def test_cnmd_without_the_flag_shows_no_cluster_store(host_with_etcd) -> None:

@@ -17,8 +17,8 @@ import pytest
 from etcd_cluster import EtcdCluster
 
 from cnm.errors import InvalidArgument, NotFound, Unavailable
-from cnm.store.api import Change
-from cnm.store.etcd import EtcdStore
+from cnm.store.api import Change, StaleRevision
+from cnm.store.etcd import EtcdStore, TlsFiles
 
 NEEDS_ROOT = False
 BOUND = 30.0  # a failing case must end; a passing one is far quicker
@@ -69,15 +69,20 @@ async def writes_during(
 ) -> list[int]:
     """Puts of keys ``prefix<i>``, each retried until it lands: ``count`` of them, and
     while ``fault`` runs, until it is done and ``count`` more landed after it; the
-    revision of each."""
+    revision of each.  A put that failed with Unavailable may have been applied: the
+    retry is a create-only put, which then says so (StaleRevision, with its revision)."""
     revisions: list[int] = []
     after = 0
     while after < count:
-        try:
-            revisions.append(await store.put(f"{prefix}{len(revisions):03d}", {"i": len(revisions)}))
+        try:  # create-only: a retry after "may or may not have been applied" cannot write twice
+            revisions.append(
+                await store.put(f"{prefix}{len(revisions):03d}", {"i": len(revisions)}, revision=0)
+            )
         except Unavailable:
-            await asyncio.sleep(0.05)  # a leader election: try again
+            await asyncio.sleep(0.05)  # a leader election, or a member going away: try again
             continue
+        except StaleRevision as exc:  # it had been applied after all
+            revisions.append(exc.actual)
         if fault is None or fault.done():
             after += 1
         await asyncio.sleep(0.01)
@@ -237,3 +242,97 @@ def test_bad_namespace_and_empty_endpoints_are_refused() -> None:
         EtcdStore([])
     with pytest.raises(InvalidArgument, match="namespace"):
         EtcdStore(["127.0.0.1:2379"], namespace="cnm")
+
+
+async def test_tls_with_client_certificates(tmp_path) -> None:
+    """``--cluster-store-opt kv.*file=``: the store speaks TLS and presents its certificate;
+    without the certificate, or without TLS, the member refuses, and the error says so."""
+    with EtcdCluster(1, tls=True) as cluster:
+        certs = cluster.certs
+        assert certs is not None
+        store = new_store(cluster, tls=TlsFiles(certs.ca, certs.client_cert, certs.client_key))
+        try:
+            rev = await store.put("a", {"tls": True})
+            entry = await store.get("a")
+            assert entry is not None and entry.revision == rev and entry.doc == {"tls": True}
+        finally:
+            await store.close()
+        for refused in (new_store(cluster, timeout=2), new_store(cluster, timeout=2, tls=TlsFiles(certs.ca))):
+            try:
+                with pytest.raises(Unavailable, match=cluster.endpoints[0]):
+                    await asyncio.wait_for(refused.get("a"), BOUND)
+            finally:
+                await refused.close()
+
+
+def test_unreadable_tls_files_are_refused_naming_the_option(tmp_path) -> None:
+    with pytest.raises(InvalidArgument, match=r"cannot read kv.cacertfile .*/missing.pem"):
+        EtcdStore(["127.0.0.1:2379"], tls=TlsFiles(cacertfile=str(tmp_path / "missing.pem")))
+
+
+async def test_a_watch_outlives_the_loss_of_quorum(
+    cluster3: EtcdCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two members of three die: the watch's own member is up but without a leader (it
+    cancels watches that asked for one); when the two come back, the watch resumes and
+    sees what was written before and after, once."""
+    store = EtcdStore(list(reversed(cluster3.endpoints)), namespace=f"/cnm-test/{uuid.uuid4().hex}/")
+    try:
+        start = await store.connect() + 1
+        follower = Follower(store, "w/", start)  # on member 2
+        before = await writes_during(store, "w/x", None, 5)
+        await follower.until("w/x004")
+        cluster3.kill_member(0)
+        cluster3.kill_member(1)
+        lost = f"at {cluster3.endpoints[2]} lost (etcdserver: no leader)"
+
+        async def cut() -> None:  # member 2 notices it has no leader and cancels the watch
+            while lost not in caplog.text:
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(cut(), BOUND)
+        await asyncio.to_thread(cluster3.start_member, 0)
+        await asyncio.to_thread(cluster3.start_member, 1)
+        after = await writes_during(store, "w/y", None, 5)
+        await follower.until("w/y004")
+        await follower.stop()
+        assert_exactly(follower.changes, "w/x", before)
+        assert_exactly(follower.changes, "w/y", after)
+        assert len(follower.changes) == 10
+    finally:
+        await store.close()
+
+
+async def test_two_clients_on_different_members_never_both_win_a_cas(cluster3: EtcdCluster) -> None:
+    """Two daemons' stores, each talking to another member, take "free" keys (create-only
+    puts, as IPAM takes addresses) from one pool in parallel: every key goes to one of
+    them, and each sees the other's takes through a watch."""
+    namespace = f"/cnm-test/{uuid.uuid4().hex}/"
+    stores = [
+        EtcdStore(cluster3.endpoints, namespace=namespace),
+        EtcdStore(list(reversed(cluster3.endpoints)), namespace=namespace),
+    ]
+    try:
+        start = await stores[0].connect() + 1
+        follower = Follower(stores[1], "pool/", start)
+        won: list[list[str]] = [[], []]
+
+        async def take(i: int) -> None:
+            for n in range(60):
+                key = f"pool/{n:03d}"
+                try:
+                    await stores[i].put(key, {"owner": i}, revision=0)
+                    won[i].append(key)
+                except StaleRevision:
+                    pass
+                await asyncio.sleep(0)
+
+        await asyncio.wait_for(asyncio.gather(take(0), take(1)), BOUND)
+        assert sorted(won[0] + won[1]) == [f"pool/{n:03d}" for n in range(60)]  # each key once
+        await follower.until("pool/059")
+        await follower.stop()
+        seen = {c.key: c.doc for c in follower.changes}
+        assert seen == {key: {"owner": i} for i in (0, 1) for key in won[i]}
+    finally:
+        for store in stores:
+            await store.close()

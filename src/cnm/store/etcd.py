@@ -10,26 +10,32 @@ transaction each (``mod_revision == N``; 0 matches an absent key), leases are et
 The client.  The etcd API is spoken through ``grpc.aio`` with the generated etcd v3 stubs
 of ``aetcd`` (``aetcd.rpc``), not through ``aetcd.Client`` itself: that client takes one
 endpoint and has no TLS, and cnmd needs several endpoints with failover and TLS
-(``--cluster-store-opt kv.cacertfile=…``).  Measured on this machine kind with
-``bench/store.py`` (one etcd 3.4.23 member on loopback, tmpfs, p50 per call)::
+(``--cluster-store-opt kv.cacertfile=…``).  ``bench/store.py`` measured the candidates on
+this machine kind (one etcd 3.4.23 member on loopback, data on tmpfs, the machine shared
+and loaded, so the figures move by tens of percent between runs; p50 per call)::
 
-    client                     put     get    CAS commit  list 1,000  watch event
-    aetcd (asyncio gRPC)       0.85 ms 0.41 ms 0.93 ms    5.6 ms      0.93 ms
-    etcd3aio (asyncio gRPC)    0.87 ms 0.41 ms 0.95 ms    5.8 ms      0.95 ms
-    etcd3gw in a thread (HTTP) 2.4 ms  1.9 ms  2.6 ms     19 ms       2.7 ms
-    EtcdStore (this module)    0.90 ms 0.45 ms 0.98 ms    8.9 ms      0.97 ms
+    client                     put      get      CAS      list 1,000  watch event
+    aetcd.Client (asyncio)     0.75 ms  0.82 ms  1.56 ms  21.8 ms     1.8 ms
+    etcd3aio (asyncio)         0.52 ms  0.57 ms  0.63 ms  21.8 ms     1.8 ms
+    etcd3gw in a thread        3.5 ms   4.0 ms   8.5 ms   57 ms       4.5 ms
+    EtcdStore (this module)    1.0 ms   0.82 ms  0.91 ms  24.4 ms     0.92 ms
 
-(``bench/store.py`` prints the current figures; these are one run.)  The gRPC clients are
-two to three times faster than the JSON gateway called from a thread, and an asyncio
-watch needs no thread per stream; ``aetcd`` is the maintained one of the two asyncio
-clients with a release this year and a stable 1.0, so its stubs are what cnm pins.
+(aetcd.Client's CAS is two calls: its transaction returns no revision.)  The asyncio gRPC
+clients are 3-9x faster than etcd's JSON gateway called from a thread (etcd3gw, the
+maintained synchronous one), and a watch costs no thread.  Of the two asyncio clients,
+``aetcd`` is at a stable 1.0 and keeps its generated code in its own package;
+``etcd3aio`` (0.3) puts its proto directory on ``sys.path`` (top-level ``etcd`` and
+``google.api`` packages) and registers the same protobuf names, so the two cannot even be
+loaded in one process.  Their figures are within each other's run-to-run noise, so cnm
+pins ``aetcd`` for its stubs.
 
 Failover.  Each endpoint has its own channel.  A call goes to the endpoint that answered
 last; when that one cannot be connected to (refused, reset, or no leader) the next is
 tried, until the store's ``timeout`` runs out: then ``Unavailable`` names every endpoint
 and the last error.  A read is retried on another member after any transport error; a
-write only when it never left this process (the channel was not connected), as etcd's
-own client does, since a write that reached a member may have been applied.
+write only when it never left this process (the channel was not connected) or the member
+refused it for want of a leader, as etcd's own client does: a write that reached a member
+otherwise may have been applied, and the caller is told so.
 
 Watches reconnect on their own: after a broken stream (member killed or restarted,
 connection lost) the watch is created again, on whichever member answers, from the last
@@ -73,8 +79,16 @@ _CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
 ]
-# Transport failures after which another member may answer.
-_RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# Transport failures after which another member may answer (INTERNAL: gRPC's own "error
+# from Core" when a connection breaks under a call being sent).
+_RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL)
+# What no other member or later try can mend: a watch raises these instead of retrying.
+_FATAL_WATCH_CODES = (
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+)
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 )
@@ -198,6 +212,10 @@ class _Endpoint:
             self.watch = rpc.WatchStub(self._channel)
         return self._channel
 
+    def failed(self) -> bool:
+        """Whether the last connection attempt failed (gRPC is backing off)."""
+        return self.channel.get_state() == grpc.ChannelConnectivity.TRANSIENT_FAILURE
+
     async def close(self) -> None:
         if self._channel is not None:
             await self._channel.close()
@@ -301,20 +319,24 @@ class EtcdStore:
             if left <= 0:
                 raise self._unavailable(what, error)
             per_try = left if count == 1 else min(left, max(self.timeout / count, 0.5))
-            if await endpoint.connected(min(per_try, 1.0)):
+            ready = await endpoint.connected(min(per_try, 1.0))
+            if ready or endpoint.failed():
+                # A failed channel fails the call at once, without sending it, and the
+                # call's error says why (refused, TLS handshake ...): worth the words.
+                timeout = per_try if ready and idempotent else deadline - time.monotonic()
                 try:
-                    result = await fn(endpoint, max(deadline - time.monotonic(), 0.001))
+                    result = await fn(endpoint, max(timeout if ready else min(timeout, 0.25), 0.001))
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() not in _RETRY_CODES:
                         raise _translate(exc, what) from exc
                     error = f"{endpoint.address}: {exc.details() or exc.code().name}"
-                    if not idempotent and _maybe_applied(exc):
+                    if ready and not idempotent and _maybe_applied(exc):
                         raise Unavailable(f"etcd: {what} may or may not have been applied: {error}") from exc
                 else:
                     self._current = (self._current + attempt) % count
                     return result
             else:
-                error = f"{endpoint.address}: cannot connect"
+                error = f"{endpoint.address}: no answer to a connection attempt"
             attempt += 1
             if attempt % count == 0:  # every member tried: wait a little for one to come back
                 await asyncio.sleep(min(0.1, max(deadline - time.monotonic(), 0)))
@@ -447,7 +469,7 @@ class EtcdStore:
             except grpc.aio.AioRpcError as exc:
                 if self._closed:
                     return
-                if exc.code() not in (*_RETRY_CODES, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN):
+                if exc.code() in _FATAL_WATCH_CODES:
                     raise _translate(exc, f"watch of {prefix or '(all)'}") from exc
                 error = exc.details() or exc.code().name
             except _Reconnect as exc:
