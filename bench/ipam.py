@@ -38,10 +38,11 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from ipam_sharing import LatencyStore, check_parallel_allocation  # noqa: E402
 from store_backends import BACKENDS  # noqa: E402
+from store_v1 import memory as docs_memory  # noqa: E402
+from store_v1 import sqlite as docs_sqlite  # noqa: E402
 
 from cnm.ipam.default import DefaultIpam  # noqa: E402
 from cnm.model.network import IpamConfig  # noqa: E402
-from cnm.store import docs_memory, docs_sqlite  # noqa: E402
 from cnm.store.api import Store  # noqa: E402
 from cnm.store.memory import MemoryStore  # noqa: E402
 

@@ -213,7 +213,7 @@ PLANTED = [
     ("firewall/render_nft.py", "from . import render_ipt\n", "firewall-nft"),
     ("firewall/render_ipt.py", "from cnm.firewall import nftables\n", "firewall-ipt"),
     ("engine/_bad_kernel.py", "from cnm.kernel.netlink import LinuxKernel\n", "backends"),
-    ("ipam/_bad_store.py", "import cnm.store.docs_sqlite\n", "backends"),
+    ("ipam/_bad_store.py", "import cnm.store.sqlite\n", "backends"),
     ("engine/_bad_store.py", "from cnm.store import sqlite\n", "backends"),
     ("api/_bad_store.py", "from ..store.etcd import EtcdStore\n", "backends"),
     ("engine/_bad_fake.py", "from cnm.kernel import fake\n", "fakes"),

@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
+from store_v1 import sqlite as docs_sqlite
 
 import cnm.store.sqlite as sqlite_mod
 from cnm.errors import InvalidArgument, NotFound, SystemFailure, Unavailable
-from cnm.store import docs_sqlite
 from cnm.store.api import Change, Check, Compacted, Delete, Put, Store
 from cnm.store.sqlite import SCHEMA_VERSION, SqliteStore
 

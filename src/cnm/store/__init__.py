@@ -1,3 +1,2 @@
-"""Persistence: the Store protocol (api.py), its backends and the Mirror that caches a prefix.
-
-The document store of the first releases (docs*.py) stays until every caller has moved."""
+"""Persistence: the Store protocol (api.py), its backends (sqlite.py local, etcd.py global,
+memory.py the reference), the Mirror that caches a prefix, and the record codec."""

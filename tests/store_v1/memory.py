@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from cnm.errors import SystemFailure
-from cnm.store.docs import Document
+from store_v1.api import Document
 
 
 def dump_doc(kind: str, key: str, doc: Document) -> str:

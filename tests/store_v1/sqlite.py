@@ -24,9 +24,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cnm.errors import SystemFailure, Unavailable
-from cnm.store.docs import Document
-from cnm.store.docs_memory import dump_doc, load_doc
 from cnm.store.encoding import prefix_successor
+from store_v1.api import Document
+from store_v1.memory import dump_doc, load_doc
 
 SCHEMA_VERSION = 1
 _SCHEMA_KIND = "_schema"
