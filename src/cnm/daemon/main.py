@@ -23,10 +23,18 @@ import secrets
 import signal
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from cnm import __version__
 from cnm.daemon.config import DaemonConfig, parse_args
 from cnm.errors import CnmError, Unavailable
+
+if TYPE_CHECKING:  # the concrete classes are imported where they are built (startup cost)
+    from cnm.dns.server import DnsServer
+    from cnm.engine.controller import Controller
+    from cnm.firewall.api import Firewall, SpoofGuard
+    from cnm.kernel.api import Kernel
+    from cnm.store.api import Store
 
 log = logging.getLogger("cnm.daemon")
 
@@ -104,7 +112,9 @@ def firewall_table(bridge_name: str) -> str:
     return "cnm-x" + bridge_name.encode().hex()
 
 
-def _build(config: DaemonConfig, daemon: str, others: dict[str, int]):
+def _build(
+    config: DaemonConfig, daemon: str, others: dict[str, int]
+) -> tuple[Controller, Store, Kernel, DnsServer, list[Firewall | SpoofGuard], SpoofGuard | None]:
     """The composition root: the only place naming concrete implementations.  ``others``:
     the other cnmd alive in this network namespace ({daemon id: pid})."""
     from cnm.dns.records import NameTable
@@ -115,7 +125,6 @@ def _build(config: DaemonConfig, daemon: str, others: dict[str, int]):
     from cnm.drivers.null import NullDriver
     from cnm.engine.controller import Controller
     from cnm.engine.ports import Publisher
-    from cnm.firewall.api import Firewall, SpoofGuard
     from cnm.firewall.bridge_guard import NftBridgeGuard
     from cnm.firewall.iptables import IptablesFirewall
     from cnm.firewall.nftables import NftablesFirewall
@@ -184,7 +193,7 @@ def _build(config: DaemonConfig, daemon: str, others: dict[str, int]):
     return controller, store, kernel, dns, leftovers, guard
 
 
-async def check_bridge_name(kernel, bridge_name: str, others: dict[str, int]) -> None:
+async def check_bridge_name(kernel: Kernel, bridge_name: str, others: dict[str, int]) -> None:
     """Refuse to start on a default bridge another cnmd tagged: daemons sharing a network
     namespace must differ in bridge name (it also names the nftables table, which the
     firewall's start would otherwise rewrite under the other daemon)."""
@@ -215,7 +224,7 @@ def _quiet_pyroute2() -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-async def _watch_firewall(controller, guard) -> None:
+async def _watch_firewall(controller: Controller, guard: SpoofGuard | None) -> None:
     """Self-healing: put cnm's rules back if someone flushed the ruleset."""
     while True:
         await asyncio.sleep(FIREWALL_CHECK_INTERVAL)

@@ -80,7 +80,7 @@ class IndexedTable(dict[str, R]):
         record = super().pop(key)
         self._drop(key, record)
 
-    def pop(self, key: str, default: object = _MISSING):
+    def pop(self, key: str, default: Any = _MISSING) -> Any:
         if key not in self:
             if default is _MISSING:
                 raise KeyError(key)
@@ -99,7 +99,7 @@ class IndexedTable(dict[str, R]):
             self[key] = default
         return self[key]
 
-    def update(self, *args, **kwargs) -> None:
+    def update(self, *args: Any, **kwargs: R) -> None:
         for key, record in dict(*args, **kwargs).items():
             self[key] = record
 

@@ -42,7 +42,8 @@ def encode(obj: Any) -> dict[str, Any]:
     """The document of a model dataclass instance."""
     if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
         raise TypeError(f"encode() wants a dataclass instance, not {type(obj).__name__}")
-    return _encode_value(obj)
+    doc: dict[str, Any] = _encode_value(obj)
+    return doc
 
 
 def _encode_value(value: Any) -> Any:
@@ -73,19 +74,20 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 @functools.cache
-def _fields(cls: type) -> tuple[dataclasses.Field, ...]:
+def _fields(cls: type) -> tuple[dataclasses.Field[Any], ...]:
     return dataclasses.fields(cls)
 
 
 def decode(cls: type[T], doc: Mapping[str, Any]) -> T:
     """Rebuild a ``cls`` instance from its document (see the module's compatibility rules)."""
     try:
-        return _decode_dataclass(cls, doc)
+        value: T = _decode_dataclass(cls, doc)
+        return value
     except _DecodeError as exc:
         raise SystemFailure(f"cannot decode stored {cls.__name__}: {exc}") from None
 
 
-def _has_default(f: dataclasses.Field) -> bool:
+def _has_default(f: dataclasses.Field[Any]) -> bool:
     return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
 
 
