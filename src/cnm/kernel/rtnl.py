@@ -28,12 +28,13 @@ from ipaddress import IPv4Address
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
-RTM_NEWADDR = 20
+RTM_NEWADDR, RTM_GETADDR = 20, 22
 RTM_NEWROUTE = 24
 
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
 NLM_F_ECHO = 0x8
+NLM_F_DUMP = 0x300
 NLM_F_EXCL = 0x200
 NLM_F_CREATE = 0x400
 
@@ -72,6 +73,9 @@ _IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 _RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, proto, scope, type, flags
 _NLATTR = struct.Struct("=HH")
 _NLMSGERR = struct.Struct("=i")
+
+SOL_NETLINK = 270
+NETLINK_GET_STRICT_CHK = 12  # dumps honour the header's filters (ifindex), in the kernel
 
 RECV_TIMEOUT = 5.0  # seconds; answers are queued before sendmsg returns, this is a safety net
 _RECV_BUFFER = 1 << 16
@@ -347,3 +351,76 @@ def open_route_socket() -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def open_strict_socket() -> socket.socket:
+    """A NETLINK_ROUTE socket with strict checking on: the kernel (>= 4.20) filters a dump
+    by the fields of its request header (``addresses``: one link's, not every link's)."""
+    sock = open_route_socket()
+    try:
+        sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def addresses(sock: socket.socket, index: int) -> list[tuple[IPv4Address, int]]:
+    """The IPv4 addresses (address, prefix length) of link ``index``, dumped over the
+    strict socket ``sock`` (``open_strict_socket``): the kernel sends that link's only, so
+    the cost does not grow with the number of links.  Raises NetlinkError / OSError."""
+    seq = next(_seq)
+    body = _IFADDRMSG.pack(socket.AF_INET, 0, 0, 0, index)
+    header = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
+    found: list[tuple[IPv4Address, int]] = []
+    previous_timeout = sock.gettimeout()
+    sock.settimeout(RECV_TIMEOUT)
+    try:
+        sock.send(header + body)
+        while True:
+            data = sock.recv(_RECV_BUFFER)
+            offset = 0
+            while offset + _NLMSGHDR.size <= len(data):
+                length, kind, _flags, got, _pid = _NLMSGHDR.unpack_from(data, offset)
+                if length < _NLMSGHDR.size:
+                    break
+                msg = data[offset + _NLMSGHDR.size : offset + length]
+                offset += (length + 3) & ~3
+                if got != seq:
+                    continue  # an answer to an earlier request that timed out
+                if kind == NLMSG_DONE:
+                    return found
+                if kind == NLMSG_ERROR:
+                    (code,) = _NLMSGERR.unpack_from(msg)
+                    if code:
+                        raise NetlinkError(-code, f"ip -4 addr show (ifindex {index})")
+                    continue
+                if kind == RTM_NEWADDR:
+                    address = _ifaddr(msg, index)
+                    if address is not None:
+                        found.append(address)
+    except TimeoutError as exc:
+        raise OSError(errno.ETIMEDOUT, "no answer from the kernel over netlink") from exc
+    finally:
+        sock.settimeout(previous_timeout)
+
+
+def _ifaddr(body: bytes, index: int) -> tuple[IPv4Address, int] | None:
+    """(IFA_LOCAL, else IFA_ADDRESS; prefix length) of an RTM_NEWADDR of link ``index``."""
+    family, prefixlen, _flags, _scope, got = _IFADDRMSG.unpack_from(body)
+    if family != socket.AF_INET or got != index:  # a kernel without strict dumps: filter here
+        return None
+    local = address = None
+    offset = _IFADDRMSG.size
+    while offset + _NLATTR.size <= len(body):
+        length, kind = _NLATTR.unpack_from(body, offset)
+        if length < _NLATTR.size:
+            break
+        value = body[offset + _NLATTR.size : offset + length]
+        if kind == IFA_LOCAL and len(value) == 4:
+            local = IPv4Address(value)
+        elif kind == IFA_ADDRESS and len(value) == 4:
+            address = IPv4Address(value)
+        offset += (length + 3) & ~3
+    chosen = local or address
+    return (chosen, prefixlen) if chosen is not None else None
