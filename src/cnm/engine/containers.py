@@ -21,7 +21,7 @@ import os
 import signal as signals
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 
@@ -65,7 +65,7 @@ from cnm.model.endpoint import Endpoint, EndpointRequest, Sandbox
 from cnm.model.network import Network
 from cnm.model.values import new_id, parse_container_name
 from cnm.portmap.requests import port_requests
-from cnm.runtime.api import Runtime, StartRequest
+from cnm.runtime.api import RunState, Runtime, StartRequest
 
 log = logging.getLogger("cnm.engine")
 
@@ -1075,11 +1075,15 @@ class Containers:
         running, re-arm watchers of containers still running, finish those that died while
         cnmd was away, and remove every sandbox, endpoint and netns that no running
         container owns."""
-        await self._reap_unrecorded()
+        # ONE listing of runc's state for every container: a runc call per container
+        # would make a restart with 1,000 containers take seconds
+        runc = await self._runtime.states()
+        await self._reap_unrecorded(runc)
         for container in list(self._state.containers.values()):
             if not container.running:
                 continue
-            pid = await self._runtime.is_running(container.id)
+            known = runc.get(container.id)
+            pid = known.pid if known is not None and known.running else 0
             if pid and pid == container.state.pid:
                 run = _Run(pid=pid, exited=asyncio.get_running_loop().create_future())
                 self._runs[container.id] = run
@@ -1129,7 +1133,7 @@ class Containers:
                 log.info("removing stale netns %s", path)
                 await self._kernel.delete_netns(path)
 
-    async def _reap_unrecorded(self) -> None:
+    async def _reap_unrecorded(self, runc: Mapping[str, RunState]) -> None:
         """Reconcile with runc's own list (every container under cnmd's runc root): one the
         store does not mark running -- a start that cnmd died in the middle of, after
         ``runc run`` went ahead -- is killed and deleted (its cgroup and rootfs mount go
@@ -1139,21 +1143,15 @@ class Containers:
         (sandbox, endpoints) was never recorded, so it is removed as an orphan in this same
         restore; the store's view decides what runs, as in Docker's live-restore, where a
         task the daemon does not consider running is not brought back."""
-        try:
-            known = await self._runtime.list_containers()
-        except CnmError as exc:
-            log.error("cannot list runc's containers: %s", exc)
-            return
-        for entry in known:
-            cid = str(entry.get("id") or "")
+        for cid, entry in runc.items():
             container = self._state.containers.get(cid)
-            if not cid or container is not None and container.running:
+            if container is not None and container.running:
                 continue  # running per the store: checked against runc below
             log.warning(
                 "runc has container %s (%s, pid %s) that cnm does not consider running: killing and deleting it",
                 cid[:12],
-                entry.get("status", "?"),
-                entry.get("pid", "?"),
+                entry.status or "?",
+                entry.pid,
             )
             try:
                 await self._runtime.cleanup(cid)  # runc delete --force: SIGKILL, state, cgroup
