@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 import struct
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 
 import pytest
 
@@ -195,3 +196,41 @@ def test_addresses_raises_the_kernels_refusal():
 
     with pytest.raises(rtnl.NetlinkError):
         rtnl.addresses(DumpSocket(refuse), 3)
+
+
+# -- the last release, extracted beside the current code ------------------------------------------------
+
+
+def test_extract_names_a_missing_tag(tmp_path):
+    from oldrelease import OldReleaseError, extract
+
+    with pytest.raises(OldReleaseError, match="v0.0.0-missing.*not in"):
+        extract(tmp_path / "old", tag="v0.0.0-missing")
+    assert not (tmp_path / "old").exists()
+
+
+def test_extract_writes_the_release_and_launchers_that_run_it(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from oldrelease import RELEASE, extract
+
+    release = extract(tmp_path / "old")
+    assert release.tag == RELEASE and (release.src / "cnm" / "daemon" / "main.py").is_file()
+    env = {**os.environ, "CNM_NO_AUTOSTART": "1"}
+    assert subprocess.run([release.client, "--help"], capture_output=True, env=env).returncode == 0
+    text = Path(release.daemon).read_text()
+    assert text.startswith(f"#!{sys.executable}\n") and repr(str(release.src)) in text
+    # the launchers import the release's sources, not the venv's
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import sys; sys.path.insert(0, {str(release.src)!r}); import cnm; print(cnm.__file__)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert probe.stdout.strip().startswith(str(release.src))
