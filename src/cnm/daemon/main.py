@@ -188,7 +188,7 @@ async def check_bridge_name(kernel, bridge_name: str, others: dict[str, int]) ->
     """Refuse to start on a default bridge another cnmd tagged: daemons sharing a network
     namespace must differ in bridge name (it also names the nftables table, which the
     firewall's start would otherwise rewrite under the other daemon)."""
-    link = next((link for link in await kernel.links() if link.name == bridge_name), None)
+    link = await kernel.lookup_link(bridge_name)  # by name: a dump would grow with containers
     if link is None or not link.daemon or link.daemon == kernel.daemon_id:
         return
     state = f"running, pid {others[link.daemon]}" if link.daemon in others else "not running"
