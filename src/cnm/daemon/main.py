@@ -163,7 +163,8 @@ def _build(config: DaemonConfig, daemon: str, others: dict[str, int]):
     }
     runtime = RuncRuntime(config.data_root, config.exec_root, cgroup_parent=config.cgroup_parent)
     names = NameTable()
-    dns = DnsServer(names)  # one server for the host, a listener per sandbox
+    # one server for the host, a listener per sandbox; its NAT ports are kept for the next start
+    dns = DnsServer(names, state_dir=os.path.join(config.exec_root, "dns"))
     controller = Controller(
         store=store,
         ipam=ipam,
