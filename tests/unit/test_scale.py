@@ -234,3 +234,37 @@ def test_extract_writes_the_release_and_launchers_that_run_it(tmp_path):
         check=True,
     )
     assert probe.stdout.strip().startswith(str(release.src))
+
+
+def test_links_decodes_a_link_dump_as_pyroute2_would():
+    stats = struct.pack("=8Q", 1, 2, 3, 4, 5, 6, 7, 8) + b"\0" * 64
+    body = rtnl.ifinfomsg(index=5, flags=1) + b"".join(
+        [
+            rtnl.attr_str(rtnl.IFLA_IFNAME, "br-x"),
+            rtnl.attr_u32(rtnl.IFLA_MTU, 1450),
+            rtnl.attr_u32(rtnl.IFLA_MASTER, 0),
+            rtnl.attr_mac(rtnl.IFLA_ADDRESS, "02:42:ac:11:00:01"),
+            rtnl.attr_str(rtnl.IFLA_IFALIAS, "cnm:abc"),
+            rtnl.attr_nest(rtnl.IFLA_LINKINFO, rtnl.attr_str(rtnl.IFLA_INFO_KIND, "bridge")),
+            rtnl.attr(rtnl.IFLA_STATS64, stats),
+        ]
+    )
+
+    def answers(seq):
+        return [struct.pack("=IHHII", 16 + len(body), rtnl.RTM_NEWLINK, 2, seq, 0) + body]
+
+    (link,) = rtnl.links(DumpSocket(answers))
+    assert link == rtnl.LinkDump(
+        5, "br-x", "bridge", "cnm:abc", 0, "02:42:ac:11:00:01", 1450, 1, (1, 2, 3, 4, 5, 6, 7, 8)
+    )
+
+
+def test_a_dump_the_kernel_flags_as_interrupted_is_raised_for_a_retry():
+    def interrupted(seq):
+        body = rtnl.ifinfomsg(index=1)
+        return [
+            struct.pack("=IHHII", 16 + len(body), rtnl.RTM_NEWLINK, 2 | rtnl.NLM_F_DUMP_INTR, seq, 0) + body
+        ]
+
+    with pytest.raises(rtnl.DumpInterrupted):
+        rtnl.links(DumpSocket(interrupted))
