@@ -20,7 +20,7 @@ CLIENT_PKGS := docker-compose
 .PHONY: help deps clients-deps venv image test unit integration e2e clients demo demo-sandbox bench bench-attach bench-ports lint clean
 
 help:
-	@echo "make demo | demo-sandbox | test | unit | integration | e2e | clients | bench | bench-attach | bench-ports | soak-iptables | lint | deps | venv | image | clean"
+	@echo "make demo | demo-sandbox | test | unit | integration | e2e | clients | bench | bench-attach | bench-ports | bench-scale | soak-iptables | lint | deps | venv | image | clean"
 
 # $(call apt_ensure,PKGS): install those of PKGS that are missing, so a second run is instant.
 define apt_ensure
@@ -112,6 +112,14 @@ bench-dns: deps venv image
 bench-store: deps venv
 	$(VPY) -m pip install -q -e '.[bench]'
 	$(VPY) bench/store.py
+
+# Issue 9: network create with 0..1,000 networks, cnmd restart with 1,000 containers, attach and
+# ports -- the current code beside the last release (git tag v0.1.0), in throwaway hosts.
+# SCALE_ARGS: flags for bench/scale.py (e.g. SCALE_ARGS=--quick).
+SCALE_ARGS ?=
+.PHONY: bench-scale
+bench-scale: deps venv image
+	$(VPY) bench/scale.py --image $(IMAGE_TAR) $(SCALE_ARGS)
 
 # Issue 7: container-to-container throughput with and without the anti-spoofing guard.
 .PHONY: bench-antispoof

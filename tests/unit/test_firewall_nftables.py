@@ -310,3 +310,24 @@ async def test_sync_with_ports_remembers_them(fw):
     assert set(fw.installed_ports()) == {E1, E2}
     with pytest.raises(FirewallError, match="already published"):
         await fw.add_ports(E2, [prule(E2, 8080)])
+
+
+async def test_adding_a_network_lists_nothing_and_names_no_other_network(fw):
+    """Issue 9: network create must not grow with the networks there.  cnm itself reads
+    nothing back (no ``list``) and each transaction names only its own network: its
+    size is the same for the first network and the fortieth."""
+    import hashlib
+
+    await fw.setup()
+    owners = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(40)]
+    sizes = []
+    for i, owner in enumerate(owners):
+        fw.log.clear()
+        await fw.add_network(
+            BridgeRules(owner=owner, bridge=f"br-{owner[:12]}", subnet=IPv4Network(f"10.64.{10 + i}.0/24"))
+        )
+        assert not [c for c in fw.log if c.startswith("list")], fw.log
+        (script,) = fw.log
+        assert all(other[:12] not in script for other in owners if other != owner)
+        sizes.append(len(script))
+    assert len(set(sizes)) == 1, sizes

@@ -172,7 +172,8 @@ def _build(
     }
     runtime = RuncRuntime(config.data_root, config.exec_root, cgroup_parent=config.cgroup_parent)
     names = NameTable()
-    dns = DnsServer(names)  # one server for the host, a listener per sandbox
+    # one server for the host, a listener per sandbox; its NAT ports are kept for the next start
+    dns = DnsServer(names, state_dir=os.path.join(config.exec_root, "dns"))
     controller = Controller(
         store=store,
         ipam=ipam,
@@ -197,7 +198,7 @@ async def check_bridge_name(kernel: Kernel, bridge_name: str, others: dict[str, 
     """Refuse to start on a default bridge another cnmd tagged: daemons sharing a network
     namespace must differ in bridge name (it also names the nftables table, which the
     firewall's start would otherwise rewrite under the other daemon)."""
-    link = next((link for link in await kernel.links() if link.name == bridge_name), None)
+    link = await kernel.lookup_link(bridge_name)  # by name: a dump would grow with containers
     if link is None or not link.daemon or link.daemon == kernel.daemon_id:
         return
     state = f"running, pid {others[link.daemon]}" if link.daemon in others else "not running"

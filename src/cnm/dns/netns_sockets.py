@@ -105,16 +105,16 @@ class ResolverSockets:
         self.tcp.close()
 
 
-def bind_resolver_sockets(host: str, port: int = 0) -> ResolverSockets:
-    """A UDP and a TCP socket bound to ``host`` (random ports when ``port`` is 0), in the
-    calling thread's namespace."""
+def bind_resolver_sockets(host: str, port: int = 0, tcp_port: int | None = None) -> ResolverSockets:
+    """A UDP and a TCP socket bound to ``host`` (random ports when ``port`` is 0; the TCP
+    one on ``tcp_port`` when given), in the calling thread's namespace."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     udp = socket.socket(family, socket.SOCK_DGRAM)
     tcp = socket.socket(family, socket.SOCK_STREAM)
     try:
         udp.bind((host, port))
         tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        tcp.bind((host, port))
+        tcp.bind((host, port if tcp_port is None else tcp_port))
         tcp.listen(_TCP_BACKLOG)
         udp.setblocking(False)
         tcp.setblocking(False)
@@ -125,13 +125,25 @@ def bind_resolver_sockets(host: str, port: int = 0) -> ResolverSockets:
     return ResolverSockets(udp, tcp)
 
 
-async def open_resolver_in_netns(netns_path: str, address: str = RESOLVER_ADDRESS) -> ResolverSockets:
+async def open_resolver_in_netns(
+    netns_path: str, address: str = RESOLVER_ADDRESS, reuse: tuple[int, int] | None = None
+) -> ResolverSockets:
     """Inside the namespace at ``netns_path``: bind the resolver's sockets on ``address``
     (random ports) and install the NAT from port 53 to them, in one trip on one fresh
     thread.  Leaves nothing behind on failure (sockets closed; the table is replaced as
-    a whole or not at all)."""
+    a whole or not at all).
+
+    ``reuse``: the (udp, tcp) ports the namespace's NAT already points at (a previous
+    cnmd's): bound again when they are free, and then the NAT is left as it is -- a
+    restart pays no ``nft`` process per sandbox.  When they are taken, random ports and a
+    new NAT, as without."""
 
     def work() -> ResolverSockets:  # on a fresh thread inside the namespace
+        if reuse is not None:
+            try:
+                return bind_resolver_sockets(address, reuse[0], reuse[1])
+            except OSError:
+                pass  # taken meanwhile (by the container?): new ports, new NAT
         sockets = bind_resolver_sockets(address)
         try:
             _apply_nft(render_dns_nat(*sockets.ports, address=address), netns_path)

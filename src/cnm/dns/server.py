@@ -2,7 +2,8 @@
 
 For each sandbox (container network namespace) it holds a UDP socket and a listening TCP
 socket created *inside* that namespace on ``127.0.0.11`` (random ports, NAT from port 53:
-see ``netns_sockets``), served with asyncio.  The socket a query arrives on tells which
+see ``netns_sockets``; after a cnmd restart the same ports again, so the NAT stays as it
+is), served with asyncio.  The socket a query arrives on tells which
 sandbox asks, so names are scoped without looking at source addresses.
 
 What the answers are is ``answer.respond`` over the engine's ``NameTable``; forwarding is
@@ -24,7 +25,10 @@ Nothing here raises out of a handler: hostile input costs at most its own answer
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import re
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
@@ -48,6 +52,7 @@ TCP_IDLE = 10.0
 TCP_READ = 5.0
 TCP_WRITE = 5.0
 TCP_MAX_CONNECTIONS = 64
+_RECORD_NAME = re.compile(r"[0-9A-Za-z][0-9A-Za-z_.-]{0,127}")  # a sandbox id as a file name
 
 
 @dataclass(slots=True)
@@ -66,13 +71,60 @@ class DnsServer:
     engine, which updates it; changes are seen by the next query."""
 
     def __init__(
-        self, names: NameTable, forwarder: Forwarder | None = None, *, address: str = RESOLVER_ADDRESS
+        self,
+        names: NameTable,
+        forwarder: Forwarder | None = None,
+        *,
+        address: str = RESOLVER_ADDRESS,
+        state_dir: str | None = None,
     ) -> None:
+        """``state_dir`` (cnmd: ``<exec-root>/dns``): where the ports each sandbox's NAT
+        points at are written, so that the next cnmd binds the same ones and leaves the
+        NAT alone (None: nothing written, a restart re-installs every NAT)."""
         self.names = names
         self.forwarder = forwarder or Forwarder()
         self.address = address
+        self.state_dir = state_dir
         self._listeners: dict[str, _Listener] = {}
         self._cache = answer.AnswerCache()
+
+    # -- the ports each sandbox's NAT points at, for the next cnmd -----------------------
+
+    def _record_path(self, sandbox_id: str) -> str | None:
+        if self.state_dir is None or not _RECORD_NAME.fullmatch(sandbox_id):
+            return None
+        return os.path.join(self.state_dir, sandbox_id)
+
+    def _recorded(self, sandbox_id: str, netns_path: str) -> tuple[int, int] | None:
+        """The (udp, tcp) ports a previous cnmd's NAT in ``netns_path`` points at, if it
+        wrote them down (for that same namespace)."""
+        path = self._record_path(sandbox_id)
+        if path is None:
+            return None
+        try:
+            with open(path) as f:
+                udp, tcp, where = f.read().split(maxsplit=2)
+            return (int(udp), int(tcp)) if where.strip() == netns_path else None
+        except (OSError, ValueError):
+            return None
+
+    def _record(self, sandbox_id: str, netns_path: str, ports: tuple[int, int]) -> None:
+        path = self._record_path(sandbox_id)
+        if path is None:
+            return
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            with open(path + ".tmp", "w") as f:
+                f.write(f"{ports[0]} {ports[1]} {netns_path}\n")
+            os.replace(path + ".tmp", path)
+        except OSError as exc:  # the next cnmd re-installs this NAT: slower, not wrong
+            log.warning("dns: cannot record the ports of sandbox %s: %s", sandbox_id[:12], exc)
+
+    def _forget_record(self, sandbox_id: str) -> None:
+        path = self._record_path(sandbox_id)
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
     # -- sandboxes ---------------------------------------------------------------------
 
@@ -86,13 +138,16 @@ class DnsServer:
             if current.netns_path == netns_path:
                 return current.ports
             raise Conflict(f"DNS for sandbox {sandbox_id[:12]} is already served in {current.netns_path}")
+        recorded = self._recorded(sandbox_id, netns_path)
         async with AsyncExitStack() as undo:
-            sockets = await open_resolver_in_netns(netns_path, self.address)
+            sockets = await open_resolver_in_netns(netns_path, self.address, reuse=recorded)
             undo.callback(sockets.close)
             undo.push_async_callback(remove_resolver_nat, netns_path)
             listener = _Listener(sandbox_id, netns_path, sockets.ports, NetnsSockets(netns_path))
             await self._serve(listener, sockets)
             undo.pop_all()
+        if listener.ports != recorded:
+            self._record(sandbox_id, netns_path, listener.ports)
         log.debug(
             "dns: serving sandbox %s in %s (udp %d, tcp %d)", sandbox_id[:12], netns_path, *listener.ports
         )
@@ -119,6 +174,7 @@ class DnsServer:
         """Stop serving ``sandbox_id``: close its sockets and connections and delete its
         NAT table (if the namespace still exists).  Idempotent; does not touch the
         names (the engine withdraws them from the ``NameTable``)."""
+        self._forget_record(sandbox_id)  # before the NAT goes: a record never outlives it
         listener = self._listeners.pop(sandbox_id, None)
         if listener is None:
             return
@@ -144,7 +200,8 @@ class DnsServer:
 
     async def close(self) -> None:
         """Close every listener (cnmd shutting down).  The NAT tables stay: containers
-        keep running, and the next cnmd re-adds their sandboxes, replacing them."""
+        keep running, and the next cnmd re-adds their sandboxes on the same ports (written
+        under ``state_dir``) when they are still free, else replacing the NAT."""
         listeners = list(self._listeners.values())
         self._listeners.clear()
         for listener in listeners:

@@ -89,7 +89,7 @@ class BridgeDriver:
             raise InvalidArgument("the bridge driver takes one IPv4 subnet per network")
 
     async def _bridge_link(self, name: str) -> LinkInfo | None:
-        return next((link for link in await self._kernel.links() if link.name == name), None)
+        return await self._kernel.lookup_link(name)  # by name: a dump of every link grows with networks
 
     async def create_network(self, network: NetworkRecord) -> None:
         """Bridge up with the gateway address, then the firewall rules; on failure, undo the

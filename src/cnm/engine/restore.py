@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import replace
 
 from cnm.engine.endpoint import Endpoint
@@ -28,6 +29,7 @@ from cnm.engine.services import Services, now_rfc3339
 from cnm.errors import CnmError, NotFound
 from cnm.model.container import EXITED
 from cnm.model.endpoint import EndpointRequest
+from cnm.runtime.api import RunState
 
 log = logging.getLogger("cnm.engine")
 
@@ -63,11 +65,15 @@ class Restore:
         """Adopt the containers still running, finish those that died, remove what no
         running container owns (see the module's docstring)."""
         svc = self._svc
-        await self._reap_unrecorded()
+        # ONE listing of runc's state for every container: a runc call per container
+        # would make a restart with 1,000 containers take seconds
+        runc = await svc.runtime.states()
+        await self._reap_unrecorded(runc)
         for container in list(self._state.containers.values()):
             if not container.running:
                 continue
-            pid = await svc.runtime.is_running(container.id)
+            known = runc.get(container.id)
+            pid = known.pid if known is not None and known.running else 0
             if pid and pid == container.state.pid:
                 self._exits.watch(container.id, self._runs.new(container.id, pid))
                 sandbox = Sandbox.of(svc, container)
@@ -106,7 +112,7 @@ class Restore:
                 log.info("removing stale netns %s", path)
                 await svc.kernel.delete_netns(path)
 
-    async def _reap_unrecorded(self) -> None:
+    async def _reap_unrecorded(self, runc: Mapping[str, RunState]) -> None:
         """Reconcile with runc's own list (every container under cnmd's runc root): one the
         store does not mark running -- a start that cnmd died in the middle of, after
         ``runc run`` went ahead -- is killed and deleted (its cgroup and rootfs mount go
@@ -117,21 +123,15 @@ class Restore:
         restore; the store's view decides what runs, as in Docker's live-restore, where a
         task the daemon does not consider running is not brought back."""
         runtime = self._svc.runtime
-        try:
-            known = await runtime.list_containers()
-        except CnmError as exc:
-            log.error("cannot list runc's containers: %s", exc)
-            return
-        for entry in known:
-            cid = str(entry.get("id") or "")
+        for cid, entry in runc.items():
             container = self._state.containers.get(cid)
-            if not cid or container is not None and container.running:
+            if container is not None and container.running:
                 continue  # running per the store: checked against runc by ``containers``
             log.warning(
                 "runc has container %s (%s, pid %s) that cnm does not consider running: killing and deleting it",
                 cid[:12],
-                entry.get("status", "?"),
-                entry.get("pid", "?"),
+                entry.status or "?",
+                entry.pid,
             )
             try:
                 await runtime.cleanup(cid)  # runc delete --force: SIGKILL, state, cgroup

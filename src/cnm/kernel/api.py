@@ -136,6 +136,10 @@ class Kernel(Protocol):
     async def links(self, netns_path: str | None = None) -> list[LinkInfo]:
         """Every link of the host namespace, or of the namespace at ``netns_path``."""
 
+    async def lookup_link(self, name: str) -> LinkInfo | None:
+        """The host namespace's link ``name``, or None: one lookup, whose cost does not
+        grow with the number of links (``links`` dumps them all)."""
+
     async def host_networks(self) -> list[IPv4Network]:
         """Networks of the host's IPv4 addresses and main-table routes (on-link or via a
         gateway), except the default route and routes shorter than /8, for IPAM to avoid."""

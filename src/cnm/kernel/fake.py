@@ -276,6 +276,11 @@ class FakeKernel:
             raise KernelError(f"network namespace {netns_path} does not exist")
         return [link.info() for link in sorted(self.namespaces[netns_path].values(), key=lambda x: x.index)]
 
+    async def lookup_link(self, name: str) -> LinkInfo | None:
+        self._maybe_fail("lookup_link")
+        found = self.namespaces[HOST].get(name)
+        return found.info() if found is not None else None
+
     async def host_networks(self) -> list[IPv4Network]:
         self._maybe_fail("host_networks")
         found = set(self.extra_host_networks)

@@ -51,6 +51,31 @@ class StartRequest:
     files: ContainerFiles
 
 
+@dataclass(frozen=True, slots=True)
+class RunState:
+    """What runc says of one container: its status (``created``, ``running``, ``paused``,
+    ``stopped``) and its init's pid (0 when none)."""
+
+    status: str
+    pid: int
+
+    @property
+    def running(self) -> bool:
+        """Its init runs (a paused container's too)."""
+        return self.status in ("running", "paused") and self.pid > 0
+
+
+def run_states(listed: list[dict]) -> dict[str, RunState]:
+    """``runc list --format json`` entries (``id``, ``status``, ``pid``) by id; entries
+    without an id are dropped."""
+    states = {}
+    for entry in listed:
+        cid = str(entry.get("id") or "")
+        if cid:
+            states[cid] = RunState(str(entry.get("status") or ""), int(entry.get("pid") or 0))
+    return states
+
+
 class Process(Protocol):
     """A process started by exec (or an attach session): pipes the API pumps to the client.
     With a tty, ``stdout`` carries both streams and ``stderr`` is None."""
@@ -124,7 +149,12 @@ class Runtime(Protocol):
 
     async def list_containers(self) -> list[dict]:
         """Every container runc knows under this runtime's root, in any state, as runc
-        lists them (``id``, ``pid``, ``status`` ...): what a restart reconciles with."""
+        lists them (``id``, ``pid``, ``status`` ...)."""
+
+    async def states(self) -> dict[str, RunState]:
+        """Every container runc knows under this runtime's root, by id, from ONE listing
+        (``runc list``): what a restart reconciles with, whatever the number of
+        containers (``is_running`` is a runc call per container)."""
 
     async def exec(self, spec: ExecSpec) -> Process:
         """Run a process inside a running container (``runc exec``)."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from cnm.errors import Conflict, NotFound, RuntimeFailure
 from cnm.model.container import ExecSpec, Image
-from cnm.runtime.api import StartRequest
+from cnm.runtime.api import RunState, StartRequest, run_states
 from cnm.runtime.images import Loaded
 from cnm.runtime.logs import Record
 from cnm.runtime.output import OutputHub, Subscription
@@ -47,6 +47,7 @@ class FakeRuntime:
     pids: dict[str, int] = field(default_factory=dict)
     deleted: set[str] = field(default_factory=set)  # runc deleted (cleanup) since their last start
     hubs: dict[str, OutputHub] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)  # runc-like queries made: "states", "is_running"
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
     paused: set[str] = field(default_factory=set)
     _pids: itertools.count = field(default_factory=lambda: itertools.count(1000))
@@ -129,6 +130,10 @@ class FakeRuntime:
         if hub is not None:
             hub.end_all()
 
+    async def states(self) -> dict[str, RunState]:
+        self.calls["states"] = self.calls.get("states", 0) + 1
+        return run_states(await self.list_containers())
+
     async def list_containers(self) -> list[dict]:
         return [
             {"id": cid, "pid": self.pids.get(cid, 0), "status": "stopped" if fut.done() else "running"}
@@ -159,6 +164,7 @@ class FakeRuntime:
         return Cgroup(2, {"": path})
 
     async def is_running(self, container_id: str) -> int:
+        self.calls["is_running"] = self.calls.get("is_running", 0) + 1
         fut = self.exits.get(container_id)
         return self.pids.get(container_id, 0) if fut is not None and not fut.done() else 0
 

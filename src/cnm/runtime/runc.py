@@ -36,7 +36,7 @@ from cnm.kernel.cmdlog import log_command
 from cnm.kernel.faults import crash_point
 from cnm.model.container import ExecSpec, Image
 from cnm.runtime import bundle, logs, rootfs, stats
-from cnm.runtime.api import StartRequest
+from cnm.runtime.api import RunState, StartRequest, run_states
 from cnm.runtime.images import ImageStore, Loaded
 from cnm.runtime.output import Copier, OutputHub, Subscription
 from cnm.runtime.process import (
@@ -71,7 +71,7 @@ class RuncRuntime:
     Holds live state only for containers started by this instance: the exit watch of each
     init (so ``wait_exit`` can be awaited many times and ``logs(follow=True)`` knows when to
     stop) and the stdin FIFO keeper.  Everything else is read back from disk and runc, so a
-    restarted daemon finds its containers with ``is_running``.
+    restarted daemon finds its containers with ``states`` (one ``runc list``).
     """
 
     def __init__(
@@ -382,6 +382,10 @@ class RuncRuntime:
         except ValueError as exc:
             raise RuntimeFailure(f"runc list printed no JSON: {out[:200]!r}") from exc
         return [entry for entry in listed if isinstance(entry, dict)]
+
+    async def states(self) -> dict[str, RunState]:
+        """One ``runc list``: every container's status and pid, by id."""
+        return run_states(await self.list_containers())
 
     # -- exec ------------------------------------------------------------------------------
     async def exec(self, spec: ExecSpec) -> ExecProcess:
