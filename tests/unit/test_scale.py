@@ -11,7 +11,6 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
-from cnm.store.docs_memory import MemoryStore
 
 from cnm.drivers.bridge import BridgeDriver
 from cnm.drivers.host import HostDriver
@@ -26,6 +25,7 @@ from cnm.model.container import ContainerConfig
 from cnm.model.network import IpamConfig, NetworkSpec
 from cnm.runtime.api import RunState, run_states
 from cnm.runtime.fake import FakeRuntime
+from cnm.store.memory import MemoryStore
 
 
 class World:
