@@ -268,13 +268,13 @@ async def serve(config: DaemonConfig) -> None:
     become_subreaper()
     _raise_fd_limit()
     controller, store, kernel, dns, leftovers, guard = _build(config, daemon, others)
+    _quiet_pyroute2()  # before the first netlink call: a "no such device" answer is not news
     await check_bridge_name(kernel, config.bridge_name, others)
     for other in leftovers:
         try:
             await other.teardown()
         except CnmError as exc:  # e.g. that variant is not installed: nothing to remove
             log.debug("no leftovers removed by %s: %s", type(other).__name__, exc)
-    _quiet_pyroute2()
     await controller.start()
     tmp_dir = os.path.join(config.exec_root, "tmp")
     os.makedirs(tmp_dir, exist_ok=True)
