@@ -11,58 +11,11 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
+from test_engine import World, run
 
-from cnm.drivers.bridge import BridgeDriver
-from cnm.drivers.host import HostDriver
-from cnm.drivers.null import NullDriver
-from cnm.engine.controller import Controller
-from cnm.firewall.fake import FakeFirewall
-from cnm.ipam.api import DEFAULT_POOLS
-from cnm.ipam.default import DefaultIpam
 from cnm.kernel import rtnl
-from cnm.kernel.fake import FakeKernel
-from cnm.model.container import ContainerConfig
 from cnm.model.network import IpamConfig, NetworkSpec
 from cnm.runtime.api import RunState, run_states
-from cnm.runtime.fake import FakeRuntime
-from cnm.store.memory import MemoryStore
-
-
-class World:
-    """One daemon's collaborators, kept across a simulated restart."""
-
-    def __init__(self, tmp_path) -> None:
-        self.store = MemoryStore()
-        self.kernel = FakeKernel()
-        self.firewall = FakeFirewall()
-        self.runtime = FakeRuntime(str(tmp_path / "containers"))
-        self.runtime.add_image("busybox")
-        self.tmp = tmp_path
-
-    async def controller(self) -> Controller:
-        ctl = Controller(
-            store=self.store,
-            ipam=DefaultIpam(self.store, DEFAULT_POOLS),
-            kernel=self.kernel,
-            firewall=self.firewall,
-            drivers={
-                "bridge": BridgeDriver(self.kernel, self.firewall),
-                "host": HostDriver(),
-                "null": NullDriver(),
-            },
-            runtime=self.runtime,
-            data_root=str(self.tmp / "data"),
-            exec_root=str(self.tmp / "exec"),
-        )
-        await ctl.start()
-        return ctl
-
-
-async def run(ctl: Controller, name: str) -> str:
-    container, _ = await ctl.create_container(name, ContainerConfig(image="busybox"))
-    await ctl.start_container(container.id)
-    return container.id
-
 
 # -- restart: one listing of runc's state ------------------------------------------------------------
 

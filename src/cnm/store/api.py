@@ -179,3 +179,19 @@ class Store(Protocol):
     async def close(self) -> None:
         """Release the backend (connections, file); watches end."""
         ...
+
+
+class CommitStore:
+    """``put`` and ``delete`` as the one-op ``commit`` they are; a backend inherits them
+    and implements ``commit`` (which owns the checks, the revision and the errors)."""
+
+    async def commit(self, ops: Sequence[Op], checks: Sequence[Check] = ()) -> int:
+        raise NotImplementedError
+
+    async def put(self, key: str, doc: Document, *, revision: int | None = None, lease: int = 0) -> int:
+        checks = () if revision is None else (Check(key, revision),)
+        return await self.commit([Put(key, doc, lease)], checks)
+
+    async def delete(self, key: str, *, revision: int | None = None) -> int:
+        checks = () if revision is None else (Check(key, revision),)
+        return await self.commit([Delete(key)], checks)

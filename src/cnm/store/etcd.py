@@ -61,7 +61,7 @@ import grpc
 from aetcd import rpc
 
 from cnm.errors import InvalidArgument, NotFound, SystemFailure, Unavailable
-from cnm.store.api import Change, Check, Compacted, Delete, Document, Entry, Listing, Op, Put, StaleRevision
+from cnm.store.api import Change, Check, CommitStore, Compacted, Entry, Listing, Op, Put, StaleRevision
 from cnm.store.encoding import dump_doc, load_doc
 
 log = logging.getLogger("cnm.store.etcd")
@@ -237,7 +237,7 @@ class _Endpoint:
         return True
 
 
-class EtcdStore:
+class EtcdStore(CommitStore):
     """The Store protocol over an etcd v3 cluster; see the module docstring.
 
     ``endpoints``: ``HOST:PORT`` of one or more members.  ``namespace``: the key prefix
@@ -360,14 +360,6 @@ class EtcdStore:
         return Listing([self._entry(kv) for kv in response.kvs], response.header.revision)
 
     # -- writes ----------------------------------------------------------------------------
-
-    async def put(self, key: str, doc: Document, *, revision: int | None = None, lease: int = 0) -> int:
-        checks = () if revision is None else (Check(key, revision),)
-        return await self.commit([Put(key, doc, lease)], checks)
-
-    async def delete(self, key: str, *, revision: int | None = None) -> int:
-        checks = () if revision is None else (Check(key, revision),)
-        return await self.commit([Delete(key)], checks)
 
     def _request_op(self, op: Op) -> Any:
         if isinstance(op, Put):

@@ -21,9 +21,9 @@ from cnm.errors import NotFound, SystemFailure
 from cnm.store.api import (
     Change,
     Check,
+    CommitStore,
     Compacted,
     Delete,
-    Document,
     Entry,
     Listing,
     Op,
@@ -31,10 +31,7 @@ from cnm.store.api import (
     Scope,
     StaleRevision,
 )
-
-# Re-exported: backends written before cnm.store.encoding import the codec from here.
-from cnm.store.encoding import dump_doc as dump_doc
-from cnm.store.encoding import load_doc as load_doc
+from cnm.store.encoding import dump_doc, load_doc
 
 
 @dataclass(slots=True)
@@ -53,7 +50,7 @@ class _Lease:
     timer: asyncio.TimerHandle | None = None
 
 
-class MemoryStore:
+class MemoryStore(CommitStore):
     """The Store protocol over dicts; one instance is one store (not shared between
     processes).  ``scope`` is whatever the test wants the engine to see."""
 
@@ -136,14 +133,6 @@ class MemoryStore:
                 dump_doc(op.key, op.doc)
                 if op.lease and op.lease not in self._leases:
                     raise NotFound(f"store: lease {op.lease:x} not found (expired or revoked)")
-
-    async def put(self, key: str, doc: Document, *, revision: int | None = None, lease: int = 0) -> int:
-        checks = () if revision is None else (Check(key, revision),)
-        return await self.commit([Put(key, doc, lease)], checks)
-
-    async def delete(self, key: str, *, revision: int | None = None) -> int:
-        checks = () if revision is None else (Check(key, revision),)
-        return await self.commit([Delete(key)], checks)
 
     async def commit(self, ops: Sequence[Op], checks: Sequence[Check] = ()) -> int:
         self._live()

@@ -54,9 +54,9 @@ from cnm.errors import InvalidArgument, NotFound, SystemFailure, Unavailable
 from cnm.store.api import (
     Change,
     Check,
+    CommitStore,
     Compacted,
     Delete,
-    Document,
     Entry,
     Listing,
     Op,
@@ -160,7 +160,7 @@ def _migrate_1_to_2(db: sqlite3.Connection) -> None:
         db.execute("UPDATE meta SET value = 1 WHERE name = 'revision'")
 
 
-class SqliteStore:
+class SqliteStore(CommitStore):
     """The Store protocol over one SQLite file, created (with its directory) if missing,
     migrated from release 1's schema if needed.  ``scope`` is "local": the file is this
     host's."""
@@ -344,14 +344,6 @@ class SqliteStore:
         return Listing(entries, revision)
 
     # -- writes ----------------------------------------------------------------------------
-
-    async def put(self, key: str, doc: Document, *, revision: int | None = None, lease: int = 0) -> int:
-        checks = () if revision is None else (Check(key, revision),)
-        return await self.commit([Put(key, doc, lease)], checks)
-
-    async def delete(self, key: str, *, revision: int | None = None) -> int:
-        checks = () if revision is None else (Check(key, revision),)
-        return await self.commit([Delete(key)], checks)
 
     async def commit(self, ops: Sequence[Op], checks: Sequence[Check] = ()) -> int:
         self._live()
