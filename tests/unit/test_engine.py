@@ -635,3 +635,22 @@ async def test_restart_kills_what_runc_runs_and_the_store_does_not(world):
     assert ctl2.find_container("half").state.status == "created"
     await ctl2.start_container("half")
     assert ctl2.find_container("half").running
+
+
+class YieldingStore(MemoryStore):
+    """A store whose commit yields to the loop first, as a store over a network does."""
+
+    async def commit(self, ops, checks=()):
+        await asyncio.sleep(0)
+        return await super().commit(ops, checks)
+
+
+async def test_two_creates_of_one_name_at_once_give_one_container(world):
+    world.store = YieldingStore()
+    ctl = await world.controller()
+    results = await asyncio.gather(
+        *(ctl.create_container("same", ContainerConfig(image="busybox")) for _ in range(2)),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(r, Conflict) for r in results) == 1
+    assert [c.name for c in ctl.containers()] == ["same"]
