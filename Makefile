@@ -121,6 +121,13 @@ SCALE_ARGS ?=
 bench-scale: deps venv image
 	$(VPY) bench/scale.py --image $(IMAGE_TAR) $(SCALE_ARGS)
 
+# The last release's sources as `git archive TAG src` (tests/oldrelease.py runs them): kept in
+# the repository because a clone need not carry the tag.  Needs the tag in this clone.
+TAG ?= v0.1.0
+.PHONY: release-archive
+release-archive:
+	git archive --format=tar $(TAG) src | xz -9e > tests/releases/$(TAG)-src.tar.xz
+
 # Issue 7: container-to-container throughput with and without the anti-spoofing guard.
 .PHONY: bench-antispoof
 bench-antispoof: deps venv image

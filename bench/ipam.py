@@ -36,6 +36,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
+import oldrelease  # noqa: E402
 from ipam_sharing import LatencyStore, check_parallel_allocation  # noqa: E402
 from store_backends import BACKENDS  # noqa: E402
 from store_v1 import memory as docs_memory  # noqa: E402
@@ -50,13 +51,17 @@ SUBNET = IpamConfig(subnet=IPv4Network("10.0.0.0/16"))
 
 
 def old_module(rev: str) -> ModuleType:
-    """``cnm/ipam/default.py`` as it was at ``rev``, imported on its own."""
-    text = subprocess.run(
-        ["git", "-C", str(REPO), "show", f"{rev}:src/cnm/ipam/default.py"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    """``cnm/ipam/default.py`` as it was at ``rev``, imported on its own: from the release's
+    archive when ``rev`` is a release kept in tests/releases, else from git."""
+    try:
+        text = oldrelease.read("src/cnm/ipam/default.py", rev)
+    except oldrelease.OldReleaseError:
+        text = subprocess.run(
+            ["git", "-C", str(REPO), "show", f"{rev}:src/cnm/ipam/default.py"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
     module = ModuleType("ipam_before")
     sys.modules[module.__name__] = module  # dataclasses look their module up
     exec(compile(text, f"{rev}:src/cnm/ipam/default.py", "exec"), module.__dict__)

@@ -1,22 +1,21 @@
 """The last release before the redesign (git tag ``v0.1.0``), runnable beside the current code.
 
-``extract(dest)`` writes that release's ``src/`` (``git archive v0.1.0 src``) under ``dest``
-and two launchers next to it, ``cnmd`` and ``cnm``, that run it with the interpreter (and so
+``extract(dest)`` writes that release's ``src/`` under ``dest`` and two launchers next to it, ``cnmd`` and ``cnm``, that run it with the interpreter (and so
 the venv and its dependencies) running this process: the release's sources go first on the
 path, ahead of the editable install of the current ones.  The upgrade test
 (tests/e2e/test_e2e_upgrade.py) and bench/scale.py use it to run the old and the new code
 on the same machine, the same data root, in the same run.
 
-A clone without that tag (a shallow one, say) cannot do either: ``extract`` fails with
-``OldReleaseError`` saying how to get it, never quietly.
+The sources come from ``tests/releases/<tag>-src.tar.xz``, the output of
+``git archive <tag> src`` kept in the repository (``make release-archive`` writes it again),
+because a clone need not carry the tag: CI's clone of main has no tags, and a shallow clone
+lacks the old commits.  A missing archive fails with ``OldReleaseError``, never quietly.
 """
 
 from __future__ import annotations
 
 import compileall
-import io
 import os
-import subprocess
 import sys
 import tarfile
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+RELEASES = REPO / "tests" / "releases"
 RELEASE = "v0.1.0"
 
 # The same launchers as the venv's (scripts/fast-cli-launcher for the CLI: no site, the
@@ -45,7 +45,7 @@ sys.exit(main())
 
 
 class OldReleaseError(RuntimeError):
-    """The old release cannot be extracted (no git, no such tag in this clone)."""
+    """The old release cannot be extracted (no archive of that tag in this clone)."""
 
 
 @dataclass(frozen=True)
@@ -76,30 +76,38 @@ class Release:
         return host.run([*self.cli(host), *args], check=check, timeout=timeout)
 
 
-def _git(*args: str) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, timeout=60)
-    except FileNotFoundError:
-        raise OldReleaseError(f"git is not installed: cannot extract release {RELEASE}") from None
+def archive(tag: str = RELEASE) -> Path:
+    """The path of release ``tag``'s source archive; OldReleaseError when there is none."""
+    path = RELEASES / f"{tag}-src.tar.xz"
+    if not path.is_file():
+        raise OldReleaseError(
+            f"release {tag} is not in {RELEASES} (no {path.name}): the upgrade test and "
+            f"bench/scale.py run it beside the current code; write it from the git tag with "
+            f"`make release-archive TAG={tag}`"
+        )
+    return path
+
+
+def read(path: str, tag: str = RELEASE) -> str:
+    """The text of ``path`` (``src/…``) as release ``tag`` has it."""
+    with tarfile.open(archive(tag)) as tar:
+        try:
+            member = tar.extractfile(path)
+        except KeyError:
+            member = None
+        if member is None:
+            raise OldReleaseError(f"release {tag} has no file {path}")
+        return member.read().decode()
 
 
 def extract(dest: Path, tag: str = RELEASE) -> Release:
     """Write release ``tag``'s ``src/`` and its launchers under ``dest`` (created; must be
     empty or absent) and byte-compile it (the venv's sources are, by ``make venv``)."""
-    found = _git("rev-parse", "--verify", "--quiet", f"{tag}^{{commit}}")
-    if found.returncode != 0:
-        raise OldReleaseError(
-            f"the git tag {tag} (the last release before the redesign) is not in {REPO}: "
-            f"the upgrade test and bench/scale.py run it beside the current code; "
-            f"fetch it with `git fetch origin tag {tag}` (a shallow clone lacks it)"
-        )
-    archive = _git("archive", "--format=tar", tag, "src")
-    if archive.returncode != 0:
-        raise OldReleaseError(f"git archive {tag} src failed: {archive.stderr.decode(errors='replace')}")
+    source = archive(tag)
     dest.mkdir(parents=True, exist_ok=True)
     if any(dest.iterdir()):
         raise OldReleaseError(f"{dest} is not empty: extract release {tag} into a fresh directory")
-    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+    with tarfile.open(source) as tar:
         tar.extractall(dest, filter="data")
     src = dest / "src"
     if not (src / "cnm" / "daemon" / "main.py").is_file():

@@ -1,5 +1,5 @@
 """Upgrades keep what is there (issue 9): the last release's cnmd (git tag v0.1.0,
-tests/oldrelease.py) writes a data root with live containers, user networks, published
+kept as tests/releases/v0.1.0-src.tar.xz, run by tests/oldrelease.py) writes a data root with live containers, user networks, published
 ports, aliases and a link; it stops (the containers keep running, as on a live-restore);
 the current code's cnmd starts on the same data root and exec root.  Nothing may be lost
 or restarted: the same container ids and init pids, the same addresses and MACs, ports
@@ -26,7 +26,7 @@ def upgrade_host(
     request: pytest.FixtureRequest, busybox_tar: Path, tmp_path: Path
 ) -> Iterator[tuple[TestHost, Release]]:
     """A host whose cnmd is the old release's, with the busybox image imported by it.
-    No tag v0.1.0 in the clone fails the test (OldReleaseError), it never skips."""
+    No archive of v0.1.0 in the clone fails the test (OldReleaseError), it never skips."""
     if not is_root():
         pytest.skip(ROOT_SKIP_REASON)
     release = extract(tmp_path / RELEASE)
