@@ -114,7 +114,7 @@ def devices(proc: str = "/proc") -> list[WgProcess]:
 
 def _configure_link(ifname: str, alias: str, address: IPv4Interface, mtu: int, netns: str | None) -> None:
     """On a fresh thread, inside the device's namespace: alias, MTU, up, and exactly the one
-    tunnel address (``ip link set …``, ``ip addr del/add …``)."""
+    tunnel address (``ip link set …``, ``ip addr del/add …``), changing only what differs."""
     if netns is not None:
         ns.enter_netns(netns)
     index = socket.if_nametoindex(ifname)
@@ -122,13 +122,16 @@ def _configure_link(ifname: str, alias: str, address: IPv4Interface, mtu: int, n
     strict = rtnl.open_strict_socket()
     try:
         have = set(rtnl.addresses(strict, index))
-        body = (
-            rtnl.ifinfomsg(index=index, flags=rtnl.IFF_UP, change=rtnl.IFF_UP)
-            + rtnl.attr_u32(rtnl.IFLA_MTU, mtu)
-            + rtnl.attr_str(rtnl.IFLA_IFALIAS, alias)
-        )
-        requests = [rtnl.Request(rtnl.RTM_NEWLINK, 0, body, f"configure link {ifname}")]
-        log_command(["ip", "link", "set", ifname, "alias", alias, "mtu", str(mtu), "up"], netns)
+        link = next((x for x in rtnl.links(strict) if x.index == index), None)
+        requests = []
+        if link is None or link.alias != alias or link.mtu != mtu or not link.flags & rtnl.IFF_UP:
+            body = (
+                rtnl.ifinfomsg(index=index, flags=rtnl.IFF_UP, change=rtnl.IFF_UP)
+                + rtnl.attr_u32(rtnl.IFLA_MTU, mtu)
+                + rtnl.attr_str(rtnl.IFLA_IFALIAS, alias)
+            )
+            requests.append(rtnl.Request(rtnl.RTM_NEWLINK, 0, body, f"configure link {ifname}"))
+            log_command(["ip", "link", "set", ifname, "alias", alias, "mtu", str(mtu), "up"], netns)
         wanted = (address.ip, address.network.prefixlen)
         for ip, plen in sorted(have - {wanted}):
             log_command(["ip", "addr", "del", f"{ip}/{plen}", "dev", ifname], netns)
@@ -138,7 +141,8 @@ def _configure_link(ifname: str, alias: str, address: IPv4Interface, mtu: int, n
         if wanted not in have:
             log_command(["ip", "addr", "add", str(address), "dev", ifname], netns)
             requests.append(rtnl.add_address(index, address.ip, address.network.prefixlen))
-        rtnl.check(rtnl.transact(sock, requests), requests)
+        if requests:
+            rtnl.check(rtnl.transact(sock, requests), requests)
     finally:
         sock.close()
         strict.close()
