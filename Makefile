@@ -22,7 +22,7 @@ CLIENT_PKGS := docker-compose
 .PHONY: help deps clients-deps venv image test unit integration e2e clients demo demo-sandbox bench bench-attach bench-ports lint clean
 
 help:
-	@echo "make demo | demo-sandbox | test | unit | integration | e2e | clients | bench | bench-attach | bench-ports | bench-scale | soak-iptables | lint | deps | venv | image | clean"
+	@echo "make demo | demo-sandbox | test | unit | integration | e2e | clients | bench | bench-attach | bench-ports | bench-scale | bench-wireguard | soak-iptables | lint | deps | venv | image | clean"
 
 # $(call apt_ensure,PKGS): install those of PKGS that are missing, so a second run is instant.
 define apt_ensure
@@ -129,6 +129,13 @@ TAG ?= v0.1.0
 .PHONY: release-archive
 release-archive:
 	git archive --format=tar $(TAG) src | xz -9e > tests/releases/$(TAG)-src.tar.xz
+
+# Issue 10: TCP between two namespaces over the underlay, kernel VXLAN, wireguard-go, and VXLAN
+# over wireguard-go (the encrypted overlay).  WG_ARGS: flags for bench/wireguard.py (e.g. --quick).
+WG_ARGS ?=
+.PHONY: bench-wireguard
+bench-wireguard: deps venv
+	$(VPY) bench/wireguard.py $(WG_ARGS)
 
 # Issue 7: container-to-container throughput with and without the anti-spoofing guard.
 .PHONY: bench-antispoof
