@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import base64
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
 
 import pytest
 
 from cnm.errors import Conflict, InvalidArgument, KernelError, NotFound
 from cnm.kernel import wireguard as wg
-from cnm.kernel.api import WgPeer, WgSpec
+from cnm.kernel import wireguard_go
+from cnm.kernel.api import WgPeer, WgProcess, WgSpec
 from cnm.kernel.fake import FakeKernel, FakeWireGuard
 
 # RFC 7748, section 6.1: Alice's and Bob's X25519 key pairs.
@@ -379,3 +381,50 @@ async def test_fake_cleanup_is_by_owner() -> None:
     await fake.down("wg-a")  # gone already: fine
     assert set(fake.devices) == {"wg-theirs", "wg-b"} and kernel.link("wg-a") is None
     assert kernel.link("wg-theirs") is not None
+
+
+# -- WireGuardGo: finding devices by their owner tag ---------------------------------------------
+
+
+def fake_proc(
+    root: Path, pid: int, comm: str, env: dict[str, str], argv: list[str], state: str = "S"
+) -> None:
+    entry = root / str(pid)
+    entry.mkdir()
+    (entry / "comm").write_text(comm + "\n")
+    (entry / "stat").write_text(f"{pid} ({comm}) {state} 1 1 1 0 -1\n")
+    (entry / "environ").write_bytes(b"".join(f"{k}={v}".encode() + b"\0" for k, v in env.items()))
+    (entry / "cmdline").write_bytes(b"".join(a.encode() + b"\0" for a in argv))
+
+
+async def test_devices_are_found_by_the_tag_they_were_started_with(tmp_path: Path) -> None:
+    ours, theirs = "0123456789abcdef", "fedcba9876543210"
+    tag = {"WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1", "WG_PROCESS_FOREGROUND": "1"}
+    fake_proc(
+        tmp_path, 10, "wireguard-go", {**tag, "CNM_OWNER": f"cnm:{ours}:net1"}, ["wireguard-go", "wg-a"]
+    )
+    fake_proc(
+        tmp_path, 11, "wireguard-go", {**tag, "CNM_OWNER": f"cnm:{theirs}:net2"}, ["wireguard-go", "wg-b"]
+    )
+    fake_proc(tmp_path, 12, "wireguard-go", tag, ["wireguard-go", "wg-user"])  # not cnm's
+    fake_proc(tmp_path, 13, "wireguard-go", {"CNM_OWNER": f"cnm:{ours}:net3"}, ["wireguard-go", "wg-c"], "Z")
+    fake_proc(tmp_path, 14, "sleep", {"CNM_OWNER": f"cnm:{ours}:net4"}, ["sleep", "wg-d"])  # not a device
+    (tmp_path / "self").mkdir()
+    assert sorted(wireguard_go.devices(str(tmp_path)), key=lambda d: d.pid) == [
+        WgProcess(pid=10, ifname="wg-a", daemon=ours, owner="net1"),
+        WgProcess(pid=11, ifname="wg-b", daemon=theirs, owner="net2"),
+    ]
+    engine = wireguard_go.WireGuardGo(ours, proc=str(tmp_path), socket_dir=str(tmp_path / "run"))
+    assert await engine.running() == [WgProcess(pid=10, ifname="wg-a", daemon=ours, owner="net1")]
+    with pytest.raises(Conflict, match=f"another cnmd \\({theirs}\\)"):
+        await engine.up(WgSpec("wg-b", "net1", IPv4Interface("10.99.0.1/24")))
+    with pytest.raises(NotFound, match="no WireGuard device wg-a"):
+        await engine.status("wg-a")  # nothing answers on its socket
+    await engine.down("wg-zz")  # not running: nothing to do
+
+
+@pytest.mark.parametrize("name", ["", "wg/0", "a" * 16, "..", "wg 0"])
+async def test_bad_interface_names_are_refused(name: str) -> None:
+    engine = wireguard_go.WireGuardGo("0123456789abcdef")
+    with pytest.raises(InvalidArgument, match="interface name"):
+        await engine.up(WgSpec(name, "net1", IPv4Interface("10.99.0.1/24")))
