@@ -330,7 +330,7 @@ async def test_fake_up_is_idempotent_and_logs_what_the_real_one_logs() -> None:
     assert kernel.commands == [
         "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1 wireguard-go wg-cnm",
         "wg set wg-cnm listen-port 51820 private-key /dev/stdin",
-        f"ip link set wg-cnm alias cnm:{kernel.daemon_id}:n1 mtu 1420 up",
+        f"ip link set wg-cnm alias cnm:{kernel.daemon_id}:n1 mtu 1440 up",
         "ip addr add 10.99.0.1/24 dev wg-cnm",
     ]
     assert pair.private not in " ".join(kernel.commands)
@@ -423,8 +423,21 @@ async def test_devices_are_found_by_the_tag_they_were_started_with(tmp_path: Pat
     await engine.down("wg-zz")  # not running: nothing to do
 
 
-@pytest.mark.parametrize("name", ["", "wg/0", "a" * 16, "..", "wg 0"])
-async def test_bad_interface_names_are_refused(name: str) -> None:
-    engine = wireguard_go.WireGuardGo("0123456789abcdef")
-    with pytest.raises(InvalidArgument, match="interface name"):
-        await engine.up(WgSpec(name, "net1", IPv4Interface("10.99.0.1/24")))
+BAD_SPECS = [
+    (WgSpec("", "n", IPv4Interface("10.99.0.1/24")), "interface name ''"),
+    (WgSpec("wg/0", "n", IPv4Interface("10.99.0.1/24")), "interface name 'wg/0'"),
+    (WgSpec("a" * 16, "n", IPv4Interface("10.99.0.1/24")), "interface name 'aaaa"),
+    (WgSpec("..", "n", IPv4Interface("10.99.0.1/24")), "interface name '..'"),
+    (WgSpec("wg0", "n", IPv4Interface("10.99.0.1/24"), listen_port=0), "listen port 0"),
+    (WgSpec("wg0", "n", IPv4Interface("10.99.0.1/24"), mtu=100), "MTU 100"),
+    (WgSpec("wg0", "n", IPv4Interface("10.99.0.1/24"), private_key="secret=="), "private key: 4 bytes"),
+]
+
+
+@pytest.mark.parametrize("spec,match", BAD_SPECS)
+async def test_bad_specs_are_refused_before_anything_starts(spec: WgSpec, match: str, tmp_path: Path) -> None:
+    kernel = FakeKernel()
+    for engine in (FakeWireGuard(kernel), wireguard_go.WireGuardGo(binary=str(tmp_path / "never-run"))):
+        with pytest.raises(InvalidArgument, match=match):
+            await engine.up(spec)
+    assert kernel.commands == [] and kernel.link_names() == ["lo"]

@@ -219,7 +219,7 @@ class WgSpec:
     owner: str
     address: IPv4Interface
     listen_port: int = 51820
-    mtu: int = 1420
+    mtu: int = 1440  # cnm.kernel.wireguard.tunnel_mtu(1500)
     private_key: str = field(default="", repr=False)
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
-from cnm.errors import Conflict, InvalidArgument, KernelError, NotFound
+from cnm.errors import Conflict, KernelError, NotFound
 from cnm.kernel import wireguard as wg
 from cnm.kernel.api import (
     LinkInfo,
@@ -371,11 +371,7 @@ class FakeWireGuard:
 
     async def up(self, spec: WgSpec, netns_path: str | None = None) -> WgStatus:
         self.kernel._maybe_fail("wg.up")
-        ifname = spec.ifname
-        if spec.private_key:
-            wg.check_key(spec.private_key, "private key")
-        if not 0 < spec.listen_port <= 65535:
-            raise InvalidArgument(f"invalid WireGuard listen port {spec.listen_port}")
+        ifname = wg.check_spec(spec).ifname
         device = self.devices.get(ifname)
         if device is not None and device.daemon != self.daemon_id:
             raise Conflict(f"WireGuard interface {ifname} belongs to another cnmd ({device.daemon})")

@@ -38,6 +38,7 @@ import base64
 import binascii
 import enum
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
@@ -45,7 +46,7 @@ from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from cnm.errors import InvalidArgument, KernelError
-from cnm.kernel.api import WgPeer, WgPeerStatus
+from cnm.kernel.api import WgPeer, WgPeerStatus, WgSpec
 
 KEY_BYTES = 32
 WG_OVERHEAD = 60  # outer IPv4 20 + UDP 8 + WireGuard data header 16 + Poly1305 tag 16
@@ -105,6 +106,29 @@ class KeyPair:
     @classmethod
     def from_private(cls, private: str) -> KeyPair:
         return cls(private=private, public=public_key(private))
+
+
+# -- interfaces ---------------------------------------------------------------------------------
+
+_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+
+
+def check_ifname(ifname: str) -> str:
+    if not _IFNAME.match(ifname) or ifname in (".", ".."):
+        raise InvalidArgument(f"invalid WireGuard interface name {ifname!r}: 1-15 of A-Z a-z 0-9 _ . -")
+    return ifname
+
+
+def check_spec(spec: WgSpec) -> WgSpec:
+    """``spec`` validated before anything starts: name, key, port, MTU."""
+    check_ifname(spec.ifname)
+    if spec.private_key:
+        check_key(spec.private_key, "private key")
+    if not 0 < spec.listen_port <= 65535:
+        raise InvalidArgument(f"invalid WireGuard listen port {spec.listen_port}")
+    if not MIN_MTU <= spec.mtu <= 65535:
+        raise InvalidArgument(f"invalid WireGuard MTU {spec.mtu}")
+    return spec
 
 
 # -- the UAPI text protocol ----------------------------------------------------------------------

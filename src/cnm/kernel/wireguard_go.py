@@ -26,14 +26,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import signal
 import socket
 import struct
 from collections.abc import Collection, Sequence
 from ipaddress import IPv4Interface
 
-from cnm.errors import Conflict, InvalidArgument, KernelError, NotFound
+from cnm.errors import Conflict, KernelError, NotFound
 from cnm.kernel import netns as ns
 from cnm.kernel import rtnl
 from cnm.kernel.api import WgPeer, WgProcess, WgSpec, WgStatus, owner_alias, parse_alias
@@ -42,7 +41,9 @@ from cnm.kernel.owner import check_daemon_id
 from cnm.kernel.wireguard import (
     GET,
     DeviceState,
+    check_ifname,
     check_key,
+    check_spec,
     decode_errno,
     decode_get,
     device_command,
@@ -63,15 +64,8 @@ START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 UAPI_TIMEOUT = 5.0
 _UAPI_LIMIT = 1 << 20  # a get answer grows ~300 bytes per peer
-_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 _RTM_DELADDR = 21
 _IFADDRMSG = struct.Struct("=BBBBI")
-
-
-def check_ifname(ifname: str) -> str:
-    if not _IFNAME.match(ifname) or ifname in (".", ".."):
-        raise InvalidArgument(f"invalid WireGuard interface name {ifname!r}: 1-15 of A-Z a-z 0-9 _ . -")
-    return ifname
 
 
 def _read(path: str) -> bytes:
@@ -293,13 +287,7 @@ class WireGuardGo:
     # -- the protocol -----------------------------------------------------------------------
 
     async def up(self, spec: WgSpec, netns_path: str | None = None) -> WgStatus:
-        ifname = check_ifname(spec.ifname)
-        if spec.private_key:
-            check_key(spec.private_key, "private key")
-        if not 0 < spec.listen_port <= 65535:
-            raise InvalidArgument(f"invalid WireGuard listen port {spec.listen_port}")
-        if not 576 <= spec.mtu <= 65535:
-            raise InvalidArgument(f"invalid WireGuard MTU {spec.mtu}")
+        ifname = check_spec(spec).ifname
         device = self._device(ifname)
         if device is not None and device.daemon != self.daemon_id:
             raise Conflict(f"WireGuard interface {ifname} belongs to another cnmd ({device.daemon})")
