@@ -14,7 +14,9 @@ the paths so each round measures all of them close together in time:
 * VXLAN over WireGuard: VXLAN between the tunnel addresses (the encrypted overlay).
 
 Printed: the median of each path and the median of the per-round ratios to the underlay and
-to plain VXLAN.
+to plain VXLAN.  Then the cost of a static-key rotation of host 1 (``--rotations``), under a
+ping over the encrypted VXLAN every 10 ms: the time from host 1's switch until host 2 has moved
+the address to the staged key (seen from its handshake), and the pings lost per rotation.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
 import sys
+import time
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 
@@ -67,9 +71,9 @@ def vxlan(i: int, name: str, vni: int, local: object, remote: object, address: s
     sh("ip", "addr", "add", address, "dev", name, netns=H[i])
 
 
-async def build() -> WireGuardGo:
+async def build() -> tuple[WireGuardGo, wg.KeyPair]:
     """The two hosts, the tunnel (cnm's WireGuardGo) and both VXLAN devices; returns the
-    WireGuardGo, for the teardown."""
+    WireGuardGo, for the rest, and host 1's key pair."""
     sh("ip", "link", "add", "ul", "type", "bridge")
     sh("ip", "link", "set", "ul", "up")
     for i in (1, 2):
@@ -90,7 +94,59 @@ async def build() -> WireGuardGo:
     for i, j in ((1, 2), (2, 1)):
         vxlan(i, "vx-plain", 4201, UNDER[i], UNDER[j], f"10.201.0.{i}/24", 1450)
         vxlan(i, "vx-enc", 4200, TUN[i].ip, TUN[j].ip, f"10.200.0.{i}/24", wg.vxlan_mtu_over_tunnel(1500))
-    return engine
+    return engine, keys[1]
+
+
+async def rotate(engine: WireGuardGo, keys: wg.KeyPair) -> tuple[wg.KeyPair, float]:
+    """One rotation of host 1's key, as the overlay runs it: announce (host 2 stages the
+    next key), switch, host 2 promotes the staged key on its first handshake.  Returns the
+    new pair and the seconds from the switch to the promotion."""
+    policy = wg.RotationPolicy(interval=2, grace=0.2)
+    state = wg.KeyState(current=keys, since=time.time() - 2)
+    step, state, when = wg.rotation_step(state, policy, time.time())
+    public, following = state.published
+    record = wg.NodeTunnel(public, (UNDER[1], PORT), TUN[1].ip, following)
+    await engine.set_peers("wg-h2", wg.desired_peers([record]), H[2])
+    await asyncio.sleep(max(0.0, when - time.time()))
+    step, state, _ = wg.rotation_step(state, policy, time.time())
+    assert step is wg.Step.SWITCH
+    await engine.set_private_key("wg-h1", state.current.private, H[1])
+    switched = time.monotonic()
+    while True:
+        seen = {p.peer.public_key: p.last_handshake for p in (await engine.status("wg-h2", H[2])).peers}
+        if seen.get(following, 0.0) > 0:
+            break
+        if time.monotonic() - switched > 10:
+            raise RuntimeError("host 2 saw no handshake on the staged key within 10 s")
+        await asyncio.sleep(0.005)
+    await engine.set_peers("wg-h2", wg.desired_peers([record], handshakes=seen), H[2])
+    return state.current, time.monotonic() - switched
+
+
+async def rotations(engine: WireGuardGo, keys: wg.KeyPair, count: int) -> tuple[list[float], list[int]]:
+    """``count`` rotations, each under its own 10 ms ping: promotion delays, pings lost."""
+    delays, lost = [], []
+    for _ in range(count):
+        argv = [
+            "nsenter",
+            f"--net={H[1]}",
+            "busybox",
+            "ping",
+            "-c",
+            "150",
+            "-i",
+            "0.01",
+            "-W",
+            "1",
+            "10.200.0.2",
+        ]
+        pinger = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        await asyncio.sleep(0.3)
+        keys, delay = await rotate(engine, keys)
+        out, _ = pinger.communicate(timeout=60)
+        delays.append(delay)
+        lost.append(150 - len(set(re.findall(r"seq=(\d+)", out))))
+    return delays, lost
 
 
 def iperf(address: str, seconds: int) -> float:
@@ -114,7 +170,7 @@ def iperf(address: str, seconds: int) -> float:
 
 def inside(opts: argparse.Namespace) -> int:
     """Runs in the throwaway host: build, measure, print, tear down."""
-    engine = asyncio.run(build())
+    engine, keys = asyncio.run(build())
     sh("iperf3", "-s", "-p", str(IPERF_PORT), "-D", "-I", "/run/iperf3.pid", netns=H[2])
     for address in PATHS.values():
         iperf(address, 1)  # warm-up: neighbours resolved, handshake done
@@ -123,6 +179,7 @@ def inside(opts: argparse.Namespace) -> int:
         order = list(PATHS) if round_ % 2 == 0 else list(reversed(PATHS))
         for name in order:
             figures[name].append(iperf(PATHS[name], opts.seconds))
+    delays, lost = asyncio.run(rotations(engine, keys, opts.rotations)) if opts.rotations else ([], [])
     for i in (1, 2):
         asyncio.run(engine.down(f"wg-h{i}", H[i]))
 
@@ -140,6 +197,15 @@ def inside(opts: argparse.Namespace) -> int:
     print(
         f"  VXLAN over WireGuard / WireGuard alone: {ratio('VXLAN over WireGuard', 'WireGuard') * 100:.1f}%"
     )
+    if delays:
+        print(
+            f"\nkey rotation of host 1 ({len(delays)} rotations, a ping over the encrypted VXLAN every 10 ms)"
+        )
+        print(
+            f"  switch -> host 2 promotes the staged key: median {statistics.median(delays) * 1000:.0f} ms,"
+            f" max {max(delays) * 1000:.0f} ms"
+        )
+        print(f"  pings lost per rotation: median {statistics.median(lost):g}, max {max(lost)} (of 150)")
     return 0
 
 
@@ -147,11 +213,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=3, help="iperf3 -t (whole seconds)")
     parser.add_argument("--runs", type=int, default=5, help="rounds (each path once per round)")
-    parser.add_argument("--quick", action="store_true", help="2 rounds of 1 s")
+    parser.add_argument("--rotations", type=int, default=5, help="key rotations to time (0: none)")
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 1 s, 2 rotations")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.quick:
-        opts.runs, opts.seconds = 2, 1
+        opts.runs, opts.seconds, opts.rotations = 2, 1, 2
     if opts.inside:
         return inside(opts)
     if os.geteuid() != 0:
@@ -161,7 +228,7 @@ def main() -> int:
     if missing:
         print(f"missing: {' '.join(missing)}: run `make deps`", file=sys.stderr)
         return 1
-    argv = [sys.executable, str(Path(__file__).resolve()), "--inside", "--runs", str(opts.runs), "--seconds", str(opts.seconds)]  # fmt: skip
+    argv = [sys.executable, str(Path(__file__).resolve()), "--inside", "--runs", str(opts.runs), "--seconds", str(opts.seconds), "--rotations", str(opts.rotations)]  # fmt: skip
     shell = f"set -e; mount -t tmpfs tmpfs /run; ip link set lo up; exec {' '.join(argv)}"
     return subprocess.run([*UNSHARE, "bash", "-c", shell]).returncode
 
