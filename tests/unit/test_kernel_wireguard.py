@@ -441,3 +441,16 @@ async def test_bad_specs_are_refused_before_anything_starts(spec: WgSpec, match:
         with pytest.raises(InvalidArgument, match=match):
             await engine.up(spec)
     assert kernel.commands == [] and kernel.link_names() == ["lo"]
+
+
+async def test_a_missing_namespace_is_a_kernel_error_and_starts_nothing(tmp_path: Path) -> None:
+    (tmp_path / "proc").mkdir()
+    engine = wireguard_go.WireGuardGo(proc=str(tmp_path / "proc"), binary=str(tmp_path / "never-run"))
+    with pytest.raises(KernelError, match="wg-x in /nonexistent/netns"):
+        await engine.up(WgSpec("wg-x", "n", IPv4Interface("10.99.0.1/24")), "/nonexistent/netns")
+    kernel = FakeKernel()
+    with pytest.raises(KernelError, match="/nonexistent/netns does not exist"):
+        await FakeWireGuard(kernel).up(
+            WgSpec("wg-x", "n", IPv4Interface("10.99.0.1/24")), "/nonexistent/netns"
+        )
+    assert kernel.commands == []

@@ -98,7 +98,11 @@ def _process(pid: int, proc: str = "/proc") -> WgProcess | None:
 def devices(proc: str = "/proc") -> list[WgProcess]:
     """Every tagged wireguard-go device visible in ``proc`` (this pid namespace), any daemon's."""
     found = []
-    for entry in os.scandir(proc):
+    try:
+        entries = list(os.scandir(proc))
+    except OSError as exc:
+        raise KernelError(f"cannot list processes in {proc}: {exc.strerror}") from exc
+    for entry in entries:
         if entry.name.isdigit():
             device = _process(int(entry.name), proc)
             if device is not None:
@@ -227,7 +231,11 @@ class WireGuardGo:
         return [d for d in devices(self._proc) if d.daemon == self.daemon_id]
 
     async def _start(self, ifname: str, owner: str, netns_path: str | None) -> None:
-        if await ns.run_on_fresh_thread(lambda: _link_exists(ifname, netns_path)):
+        try:
+            exists = await ns.run_on_fresh_thread(lambda: _link_exists(ifname, netns_path))
+        except OSError as exc:
+            raise KernelError(f"cannot start WireGuard interface {ifname} in {netns_path}: {exc}") from exc
+        if exists:
             raise Conflict(f"cannot start WireGuard interface {ifname}: a link of that name exists")
         argv = [self._binary, ifname]
         if netns_path is not None:  # nsenter, not `ip netns exec`: that would remount /sys
