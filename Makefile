@@ -11,8 +11,10 @@ IMAGE_TAR   := images/busybox.tar
 PYTEST_ARGS ?=
 # What the suite and the demo run (procps: ps/sysctl in the tests; python3-venv: make venv).
 # etcd-server, etcd-client (etcdctl), openssl (throwaway certificates for TLS to etcd): the etcd
-# backend of the Store is tested against real members (tests/etcd_cluster.py).
-APT_PKGS    := iproute2 nftables iptables runc busybox-static libnftables1 iperf3 procps python3-venv etcd-server etcd-client openssl
+# backend of the Store is tested against real members (tests/etcd_cluster.py).  wireguard-go: the
+# encrypted overlay's WireGuard interfaces (this kernel has no WireGuard module); wireguard-tools:
+# `wg`, to replay the logged `wg set` lines and to cross-check the UAPI decoding in the tests.
+APT_PKGS    := iproute2 nftables iptables runc busybox-static libnftables1 iperf3 procps python3-venv etcd-server etcd-client openssl wireguard-go wireguard-tools
 # The client tier drives cnmd with Docker's own tools: Compose v1 (Debian's; Compose v2 is on
 # neither Debian 12 nor PyPI).  The Docker SDK for Python comes with the test extras.
 CLIENT_PKGS := docker-compose
@@ -20,7 +22,7 @@ CLIENT_PKGS := docker-compose
 .PHONY: help deps clients-deps venv image test unit integration e2e clients demo demo-sandbox bench bench-attach bench-ports lint clean
 
 help:
-	@echo "make demo | demo-sandbox | test | unit | integration | e2e | clients | bench | bench-attach | bench-ports | bench-scale | soak-iptables | lint | deps | venv | image | clean"
+	@echo "make demo | demo-sandbox | test | unit | integration | e2e | clients | bench | bench-attach | bench-ports | bench-scale | bench-wireguard | soak-iptables | lint | deps | venv | image | clean"
 
 # $(call apt_ensure,PKGS): install those of PKGS that are missing, so a second run is instant.
 define apt_ensure
@@ -127,6 +129,13 @@ TAG ?= v0.1.0
 .PHONY: release-archive
 release-archive:
 	git archive --format=tar $(TAG) src | xz -9e > tests/releases/$(TAG)-src.tar.xz
+
+# Issue 10: TCP between two namespaces over the underlay, kernel VXLAN, wireguard-go, and VXLAN
+# over wireguard-go (the encrypted overlay).  WG_ARGS: flags for bench/wireguard.py (e.g. --quick).
+WG_ARGS ?=
+.PHONY: bench-wireguard
+bench-wireguard: deps venv
+	$(VPY) bench/wireguard.py $(WG_ARGS)
 
 # Issue 7: container-to-container throughput with and without the anti-spoofing guard.
 .PHONY: bench-antispoof

@@ -24,8 +24,8 @@ import pytest
 from cnm.api.context import Api
 from cnm.firewall.api import Firewall, SpoofGuard
 from cnm.firewall.fake import FakeFirewall, FakeSpoofGuard
-from cnm.kernel.api import Kernel
-from cnm.kernel.fake import FakeKernel
+from cnm.kernel.api import Kernel, WireGuard
+from cnm.kernel.fake import FakeKernel, FakeWireGuard
 from cnm.runtime.api import Process, Runtime
 from cnm.runtime.fake import FakeRuntime, _FakeProcess
 from cnm.store.api import Store
@@ -148,6 +148,7 @@ def mismatches(real: type, fake: type, names: Collection[str] | None = None) -> 
 
 PAIRS: list[tuple[type, type]] = [
     (Kernel, FakeKernel),
+    (WireGuard, FakeWireGuard),
     (Firewall, FakeFirewall),
     (SpoofGuard, FakeSpoofGuard),
     (Runtime, FakeRuntime),
@@ -176,12 +177,14 @@ def _backends() -> list[tuple[type, type]]:
     from cnm.ipam.api import Ipam
     from cnm.ipam.default import DefaultIpam
     from cnm.kernel.netlink import LinuxKernel
+    from cnm.kernel.wireguard_go import WireGuardGo
     from cnm.runtime.runc import ExecProcess, RuncRuntime
     from cnm.store.etcd import EtcdStore
     from cnm.store.sqlite import SqliteStore
 
     return [
         (Kernel, LinuxKernel),
+        (WireGuard, WireGuardGo),
         (Firewall, NftablesFirewall),
         (Firewall, IptablesFirewall),
         (SpoofGuard, NftBridgeGuard),

@@ -19,8 +19,8 @@ Rules every implementation keeps:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Protocol
 
@@ -167,3 +167,110 @@ def may_remove(link: LinkInfo, daemon_id: str, others_alive: bool) -> bool:
     if link.daemon:
         return link.daemon == daemon_id
     return not others_alive
+
+
+# -- WireGuard (encrypted overlays) ----------------------------------------------------------------
+#
+# Keys are the 32-byte Curve25519 keys of WireGuard, written in base64 as ``wg`` prints them (what
+# a node record carries and a person compares); ``cnm.kernel.wireguard`` makes and checks them.
+
+
+@dataclass(frozen=True, slots=True)
+class WgPeer:
+    """One peer of a WireGuard interface: who it is (``public_key``), where its packets go
+    (``endpoint``: underlay address and UDP port; None = learnt from its first handshake), which
+    inner source/destination addresses belong to it (``allowed_ips``: WireGuard's cryptokey
+    routing) and how often to send a keepalive (seconds; 0 = never)."""
+
+    public_key: str
+    endpoint: tuple[IPv4Address, int] | None = None
+    allowed_ips: tuple[IPv4Network, ...] = ()
+    keepalive: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WgPeerStatus:
+    """A configured peer and what the interface knows of it: the last completed handshake
+    (seconds since the epoch, 0.0 = never) and the bytes through its tunnel."""
+
+    peer: WgPeer
+    last_handshake: float = 0.0
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WgStatus:
+    """A WireGuard interface as its device reports it (never its private key)."""
+
+    ifname: str
+    public_key: str  # "" when no private key is set
+    listen_port: int
+    peers: tuple[WgPeerStatus, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WgSpec:
+    """A host's WireGuard interface: its name, owner (for the owner tag), private key ("" = keep
+    the key of the device already running, or make a fresh one), UDP port on the underlay,
+    tunnel address (its network routes the peers' tunnel addresses to the interface) and MTU."""
+
+    ifname: str
+    owner: str
+    address: IPv4Interface
+    listen_port: int = 51820
+    mtu: int = 1440  # cnm.kernel.wireguard.tunnel_mtu(1500)
+    private_key: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class WgProcess:
+    """A running WireGuard device process and the daemon and owner it was started for."""
+
+    pid: int
+    ifname: str
+    daemon: str
+    owner: str
+
+
+class WireGuard(Protocol):
+    """WireGuard interfaces for encrypted overlays (``cnm.kernel.wireguard_go`` runs them with
+    wireguard-go; ``cnm.kernel.fake.FakeWireGuard`` in memory).  ``netns_path`` None is the
+    daemon's own namespace.  Every change is logged as the ``wg``/``ip`` command a person would
+    type (never a private key); removals are idempotent; a device is tagged with its owner when
+    it is started, and cleanup selects by that tag."""
+
+    daemon_id: str
+
+    async def up(self, spec: WgSpec, netns_path: str | None = None) -> WgStatus:
+        """Make interface ``spec.ifname`` run with ``spec``'s key, port, address and MTU, up:
+        start its device, or adopt the one this daemon started before (a restart keeps its key
+        unless ``spec.private_key`` differs).  Peers are left as they are.  Raises Conflict
+        when the name is taken by a link or device that is not this daemon's."""
+
+    async def set_peers(self, ifname: str, peers: Sequence[WgPeer], netns_path: str | None = None) -> None:
+        """Make the interface's peers exactly ``peers``: add the missing, update the changed,
+        remove the others -- one change, sending nothing when nothing differs."""
+
+    async def update_peer(self, ifname: str, peer: WgPeer, netns_path: str | None = None) -> None:
+        """Add ``peer`` or bring it to this endpoint, allowed IPs and keepalive; others stay."""
+
+    async def remove_peer(self, ifname: str, public_key: str, netns_path: str | None = None) -> None:
+        """Remove the peer with ``public_key``; idempotent."""
+
+    async def set_private_key(self, ifname: str, private_key: str, netns_path: str | None = None) -> None:
+        """Give the interface a new private key (a rotation's switch); peers stay."""
+
+    async def status(self, ifname: str, netns_path: str | None = None) -> WgStatus:
+        """What the device reports.  Raises NotFound when no such device runs."""
+
+    async def down(self, ifname: str, netns_path: str | None = None) -> None:
+        """Stop the device of ``ifname`` that this daemon started; its link goes with it.
+        Idempotent; never touches another daemon's device."""
+
+    async def running(self) -> list[WgProcess]:
+        """The devices this daemon started that still run."""
+
+    async def reap(self, keep: Collection[str]) -> list[str]:
+        """Stop this daemon's devices whose interface is not in ``keep`` (a restart's cleanup);
+        return their names."""

@@ -9,14 +9,28 @@ every change.  ``fail(method)`` makes the next call(s) of a method raise, to tes
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+import shlex
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
-from cnm.errors import Conflict, KernelError
-from cnm.kernel.api import LinkInfo, LinkStats, VethSpec, owner_alias
+from cnm.errors import Conflict, KernelError, NotFound
+from cnm.kernel import wireguard as wg
+from cnm.kernel.api import (
+    LinkInfo,
+    LinkStats,
+    VethSpec,
+    WgPeer,
+    WgPeerStatus,
+    WgProcess,
+    WgSpec,
+    WgStatus,
+    owner_alias,
+)
 from cnm.kernel.reaper import RETIRED_GROUP
+
+ENV_USERSPACE = "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD"
 
 HOST = None  # key of the host namespace in FakeKernel.namespaces
 
@@ -302,3 +316,170 @@ class FakeKernel:
 
     def close(self) -> None:
         self.closed = True
+
+
+@dataclass
+class FakeDevice:
+    """One WireGuard device of ``FakeWireGuard``."""
+
+    ifname: str
+    owner: str
+    daemon: str
+    netns: str | None
+    private_key: str
+    listen_port: int
+    peers: dict[str, WgPeer] = field(default_factory=dict)
+    handshakes: dict[str, float] = field(default_factory=dict)  # tests set these
+    pid: int = 0
+
+
+class FakeWireGuard:
+    """The WireGuard protocol in memory, on a ``FakeKernel``: a device is a ``tun`` link in the
+    kernel's namespace, tagged like the real one; its commands go to ``kernel.commands`` and
+    are the real backend's (``cnm.kernel.wireguard`` renders both).  ``add_foreign_device``
+    plays another cnmd's device; ``fail(method)`` makes a call raise before changing anything."""
+
+    def __init__(self, kernel: FakeKernel | None = None) -> None:
+        self.kernel = kernel if kernel is not None else FakeKernel()
+        self.daemon_id = self.kernel.daemon_id
+        self.devices: dict[str, FakeDevice] = {}
+        self._next_pid = 1000
+
+    # -- test helpers ---------------------------------------------------------------------
+
+    def fail(self, method: str, error: BaseException | None = None, times: int = 1) -> None:
+        self.kernel.fail(f"wg.{method}", error, times)
+
+    def add_foreign_device(self, ifname: str, daemon: str, owner: str = "other") -> None:
+        self.devices[ifname] = FakeDevice(
+            ifname, owner, daemon, None, wg.generate_private_key(), 51820, pid=1
+        )
+        self.kernel.add_foreign_link(ifname, kind="tun", owner=owner, daemon=daemon)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _record(self, argv: list[str], netns: str | None) -> None:
+        self.kernel._record(shlex.join(argv), netns)
+
+    def _device(self, ifname: str) -> FakeDevice:
+        device = self.devices.get(ifname)
+        if device is None:
+            raise NotFound(f"no WireGuard device {ifname}")
+        return device
+
+    # -- the protocol ---------------------------------------------------------------------
+
+    async def up(self, spec: WgSpec, netns_path: str | None = None) -> WgStatus:
+        self.kernel._maybe_fail("wg.up")
+        ifname = wg.check_spec(spec).ifname
+        device = self.devices.get(ifname)
+        if device is not None and device.daemon != self.daemon_id:
+            raise Conflict(f"WireGuard interface {ifname} belongs to another cnmd ({device.daemon})")
+        links = self.kernel.namespaces.get(netns_path)
+        if links is None:
+            raise KernelError(f"network namespace {netns_path} does not exist")
+        if device is None:
+            if ifname in links:
+                raise Conflict(f"cannot start WireGuard interface {ifname}: a link of that name exists")
+            self._record([f"{ENV_USERSPACE}=1", "wireguard-go", ifname], netns_path)
+            device = FakeDevice(ifname, spec.owner, self.daemon_id, netns_path, "", 0, pid=self._next_pid)
+            self._next_pid += 1
+            self.devices[ifname] = device
+            self.kernel._add_link(netns_path, ifname, "tun", owner=spec.owner, daemon=self.daemon_id)
+        private = spec.private_key or device.private_key or wg.generate_private_key()
+        new_key, new_port = private != device.private_key, spec.listen_port != device.listen_port
+        if new_key or new_port:
+            port = spec.listen_port if new_port else None
+            self._record(wg.device_command(ifname, listen_port=port, private_key=new_key), netns_path)
+            device.private_key, device.listen_port = private, spec.listen_port
+        link = links[ifname]
+        alias = owner_alias(spec.owner, self.daemon_id)
+        if (link.owner, link.daemon, link.mtu, link.up) != (spec.owner, self.daemon_id, spec.mtu, True):
+            self._record(
+                ["ip", "link", "set", ifname, "alias", alias, "mtu", str(spec.mtu), "up"], netns_path
+            )
+            link.owner, link.daemon, link.mtu, link.up = spec.owner, self.daemon_id, spec.mtu, True
+        for address in [a for a in link.addresses if a != spec.address]:
+            self._record(["ip", "addr", "del", str(address), "dev", ifname], netns_path)
+            link.addresses.remove(address)
+        if spec.address not in link.addresses:
+            self._record(["ip", "addr", "add", str(spec.address), "dev", ifname], netns_path)
+            link.addresses.append(spec.address)
+        return await self.status(ifname, netns_path)
+
+    async def set_peers(self, ifname: str, peers: Sequence[WgPeer], netns_path: str | None = None) -> None:
+        self._apply(ifname, peers, True, netns_path)
+
+    async def update_peer(self, ifname: str, peer: WgPeer, netns_path: str | None = None) -> None:
+        self._apply(ifname, [peer], False, netns_path)
+
+    def _apply(self, ifname: str, peers: Sequence[WgPeer], exact: bool, netns: str | None) -> None:
+        self.kernel._maybe_fail("wg.set_peers")
+        device = self._device(ifname)
+        plan = wg.plan_peers(device.peers.values(), peers, exact=exact)
+        for argv in wg.plan_commands(ifname, plan):
+            self._record(argv, netns)
+        for peer in plan.upsert:
+            old = device.peers.get(peer.public_key)
+            if peer.endpoint is None and old is not None:
+                peer = replace(peer, endpoint=old.endpoint)
+            for other in device.peers.values():  # an allowed IP has one peer: it moves
+                if other.public_key != peer.public_key and set(other.allowed_ips) & set(peer.allowed_ips):
+                    kept = tuple(n for n in other.allowed_ips if n not in peer.allowed_ips)
+                    device.peers[other.public_key] = replace(other, allowed_ips=kept)
+            device.peers[peer.public_key] = peer
+        for key in plan.remove:
+            device.peers.pop(key, None)
+            device.handshakes.pop(key, None)
+
+    async def remove_peer(self, ifname: str, public_key: str, netns_path: str | None = None) -> None:
+        wg.check_key(public_key)
+        device = self._device(ifname)
+        if public_key in device.peers:
+            self._record(wg.remove_command(ifname, public_key), netns_path)
+            del device.peers[public_key]
+            device.handshakes.pop(public_key, None)
+
+    async def set_private_key(self, ifname: str, private_key: str, netns_path: str | None = None) -> None:
+        wg.check_key(private_key, "private key")
+        device = self._device(ifname)
+        if device.private_key != private_key:
+            self._record(wg.device_command(ifname, private_key=True), netns_path)
+            device.private_key = private_key
+            device.handshakes.clear()  # wireguard-go drops every session with the old key
+
+    async def status(self, ifname: str, netns_path: str | None = None) -> WgStatus:
+        device = self._device(ifname)
+        return WgStatus(
+            ifname=ifname,
+            public_key=wg.public_key(device.private_key) if device.private_key else "",
+            listen_port=device.listen_port,
+            peers=tuple(
+                WgPeerStatus(peer=p, last_handshake=device.handshakes.get(k, 0.0))
+                for k, p in device.peers.items()
+            ),
+        )
+
+    async def down(self, ifname: str, netns_path: str | None = None) -> None:
+        self.kernel._maybe_fail("wg.down")
+        device = self.devices.get(ifname)
+        if device is None or device.daemon != self.daemon_id:
+            return
+        self._record(["kill", "-TERM", str(device.pid)], None)
+        del self.devices[ifname]
+        link = self.kernel.link(ifname, device.netns)
+        if link is not None:
+            self.kernel._remove(device.netns, link)  # the TUN dies with its process
+
+    async def running(self) -> list[WgProcess]:
+        return [
+            WgProcess(pid=d.pid, ifname=d.ifname, daemon=d.daemon, owner=d.owner)
+            for d in self.devices.values()
+            if d.daemon == self.daemon_id
+        ]
+
+    async def reap(self, keep: Collection[str]) -> list[str]:
+        stopped = [d.ifname for d in await self.running() if d.ifname not in keep]
+        for ifname in stopped:
+            await self.down(ifname)
+        return stopped
