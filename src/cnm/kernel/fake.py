@@ -270,7 +270,9 @@ class FakeKernel:
         if link is None:
             raise KernelError(f"cannot {what} of {dev}: no such device")
         if vxlan and link.vxlan is None:
-            raise KernelError(f"cannot {what} of {dev}: Operation not supported")
+            raise KernelError(
+                f"cannot use the fdb of {dev}: a {link.kind or 'plain'} link, not a VXLAN device"
+            )
         return link
 
     async def replace_fdb(self, dev: str, entry: FdbEntry) -> None:
@@ -282,14 +284,17 @@ class FakeKernel:
     async def delete_fdb(self, dev: str, entry: FdbEntry) -> None:
         self._maybe_fail("delete_fdb")
         link = self.link(dev)
-        if link is None or link.fdb.get(entry.mac) != entry.dst:
+        if link is None:
+            return
+        self._device(dev, "change the fdb", vxlan=True)
+        if link.fdb.get(entry.mac) != entry.dst:
             return
         self._record(f"bridge fdb del {entry.mac} dev {dev} dst {entry.dst} self")
         del link.fdb[entry.mac]
 
     async def fdb_entries(self, dev: str) -> list[FdbEntry]:
         self._maybe_fail("fdb_entries")
-        link = self._device(dev, "list the fdb", vxlan=False)
+        link = self._device(dev, "list the fdb", vxlan=True)
         return sorted(FdbEntry(mac, dst) for mac, dst in link.fdb.items())
 
     async def replace_neigh(self, dev: str, entry: NeighEntry) -> None:

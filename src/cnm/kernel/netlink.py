@@ -171,7 +171,9 @@ class LinuxKernel:
         self._strict: socket.socket | None = None  # host socket for dumps the kernel filters
         self._ns_socks: dict[str, socket.socket] = {}  # netns path -> its socket, for the sandbox's life
         self._bridges: dict[str, int] = {}  # bridge name -> ifindex
-        self._devices: dict[str, int] = {}  # VXLAN device name -> ifindex (for FDB/neighbour entries)
+        self._devices: dict[
+            str, tuple[int, str]
+        ] = {}  # link name -> (ifindex, kind), for FDB/neighbour entries
         self._retiring: dict[str, tuple[str | None, asyncio.Future[None]]] = {}  # host end -> (netns, done)
         self._reaper = LinkReaper()
 
@@ -715,26 +717,36 @@ class LinuxKernel:
             if link is None:
                 raise KernelError(f"vxlan {spec.name} vanished right after it was created")
             index = link["index"]
-        self._devices[spec.name] = index
+        self._devices[spec.name] = (index, "vxlan")
         return index
 
-    async def _device_index(self, name: str, *, fresh: bool = False) -> int | None:
+    async def _device_index(self, name: str, *, fresh: bool = False, vxlan: bool = False) -> int | None:
         """The ifindex of host link ``name`` (cached: FDB and neighbour entries of one device
-        come in runs), None when there is no such link."""
-        index = None if fresh else self._devices.get(name)
-        if index is None:
+        come in runs), None when there is no such link.  ``vxlan``: KernelError unless it is
+        a VXLAN device (the kernel would take a remote FDB entry on a bridge as a local one,
+        dropping its VTEP)."""
+        cached = None if fresh else self._devices.get(name)
+        if cached is None:
             link = await self._get_link(self.host, name)
             if link is None:
                 self._devices.pop(name, None)
                 return None
-            index = self._devices[name] = link["index"]
-        return index
+            linkinfo = link.get("linkinfo")
+            kind = (linkinfo.get("kind") if linkinfo is not None else None) or ""
+            cached = self._devices[name] = (link["index"], kind)
+        if vxlan and cached[1] != "vxlan":
+            raise KernelError(
+                f"cannot use the fdb of {name}: a {cached[1] or 'plain'} link, not a VXLAN device"
+            )
+        return cached[0]
 
-    async def _on_device(self, dev: str, build: Callable[[int], rtnl.Request], *, removal: bool) -> None:
+    async def _on_device(
+        self, dev: str, build: Callable[[int], rtnl.Request], *, removal: bool, vxlan: bool
+    ) -> None:
         """Send the request ``build(ifindex of dev)``; a stale cached index (ENODEV) is
         looked up again once.  ``removal``: a missing device or entry is success."""
         for attempt in (0, 1):
-            index = await self._device_index(dev, fresh=attempt == 1)
+            index = await self._device_index(dev, fresh=attempt == 1, vxlan=vxlan)
             if index is None:
                 if removal:
                     return
@@ -754,33 +766,37 @@ class LinuxKernel:
 
     async def replace_fdb(self, dev: str, entry: FdbEntry) -> None:
         log_command(f"bridge fdb replace {entry.mac} dev {dev} dst {entry.dst} self permanent")
-        await self._on_device(dev, lambda i: rtnl.replace_fdb(i, entry.mac, entry.dst), removal=False)
+        await self._on_device(
+            dev, lambda i: rtnl.replace_fdb(i, entry.mac, entry.dst), removal=False, vxlan=True
+        )
 
     async def delete_fdb(self, dev: str, entry: FdbEntry) -> None:
         log_command(f"bridge fdb del {entry.mac} dev {dev} dst {entry.dst} self")
-        await self._on_device(dev, lambda i: rtnl.del_fdb(i, entry.mac, entry.dst), removal=True)
+        await self._on_device(dev, lambda i: rtnl.del_fdb(i, entry.mac, entry.dst), removal=True, vxlan=True)
 
     async def replace_neigh(self, dev: str, entry: NeighEntry) -> None:
         log_command(f"ip neigh replace {entry.ip} lladdr {entry.mac} dev {dev} nud permanent")
-        await self._on_device(dev, lambda i: rtnl.replace_neigh(i, entry.ip, entry.mac), removal=False)
+        await self._on_device(
+            dev, lambda i: rtnl.replace_neigh(i, entry.ip, entry.mac), removal=False, vxlan=False
+        )
 
     async def delete_neigh(self, dev: str, ip: IPv4Address) -> None:
         log_command(f"ip neigh del {ip} dev {dev}")
-        await self._on_device(dev, lambda i: rtnl.del_neigh(i, ip), removal=True)
+        await self._on_device(dev, lambda i: rtnl.del_neigh(i, ip), removal=True, vxlan=False)
 
     async def fdb_entries(self, dev: str) -> list[FdbEntry]:
-        found = await self._dump_device(dev, "fdb", rtnl.fdb)
+        found = await self._dump_device(dev, "fdb", rtnl.fdb, vxlan=True)
         return sorted(FdbEntry(mac, dst) for mac, dst in found)
 
     async def neigh_entries(self, dev: str) -> list[NeighEntry]:
-        found = await self._dump_device(dev, "neighbours", rtnl.neighbours)
+        found = await self._dump_device(dev, "neighbours", rtnl.neighbours, vxlan=False)
         return sorted(NeighEntry(ip, mac) for ip, mac in found)
 
     async def _dump_device(
-        self, dev: str, what: str, dump: Callable[[socket.socket, int], list[T]]
+        self, dev: str, what: str, dump: Callable[[socket.socket, int], list[T]], *, vxlan: bool
     ) -> list[T]:
         """``dump(strict socket, ifindex of dev)``, run again when the kernel interrupted it."""
-        index = await self._device_index(dev, fresh=True)
+        index = await self._device_index(dev, fresh=True, vxlan=vxlan)
         if index is None:
             raise KernelError(f"cannot list the {what} of {dev}: no such device")
         for attempt in range(DUMP_ATTEMPTS):
