@@ -111,6 +111,18 @@ def test_an_etcd_member_killed_and_restarted_rejoins(lab3: Lab) -> None:
     assert got.stdout.strip() == "v2"  # a quorum read needs m0: it rejoined
 
 
+def test_a_tls_lab_gives_cnmd_its_client_certificates() -> None:
+    with Lab(2, tls=True) as lab:
+        assert lab.cluster is not None and lab.cluster.certs is not None
+        assert lab.cluster.url == f"etcd://{ROOT_ADDR}:2379"
+        plain = lab.root.run(["etcdctl", "--endpoints", f"http://{ROOT_ADDR}:2379", "get", "x"], check=False)
+        assert plain.returncode != 0  # no way in without TLS
+        for host in lab.hosts:
+            host.start_cnmd()
+        assert len(presence_keys(lab)) == 2
+        assert all(h.api("GET", "/info").json()["ClusterStore"] == lab.cluster.url for h in lab.hosts)
+
+
 def test_a_lab_needs_one_to_nine_hosts() -> None:
     for size in (0, 10):
         with pytest.raises(ValueError, match="1 to 9 hosts"):
