@@ -259,10 +259,15 @@ async def serve(config: DaemonConfig) -> None:
         )
     cluster = None
     if config.cluster_store:  # before any kernel work: an unreachable cluster stops the start
-        from cnm.daemon.cluster import ClusterMembership
+        from cnm.daemon.cluster import ClusterMembership, resolve_advertise
 
         cluster = ClusterMembership(
-            config.cluster_store, daemon, tls=config.cluster_store_tls, version=__version__
+            config.cluster_store,
+            daemon,
+            node_name=config.node_name,
+            address=resolve_advertise(config.cluster_advertise, config.cluster_store),
+            tls=config.cluster_store_tls,
+            version=__version__,
         )
         await cluster.start()
     become_subreaper()
@@ -278,7 +283,12 @@ async def serve(config: DaemonConfig) -> None:
     await controller.start()
     tmp_dir = os.path.join(config.exec_root, "tmp")
     os.makedirs(tmp_dir, exist_ok=True)
-    version_info = VersionInfo(version=__version__, cluster_store=cluster.describe() if cluster else "")
+    version_info = VersionInfo(
+        version=__version__,
+        cluster_store=cluster.describe() if cluster else "",
+        node_name=cluster.node_name if cluster else "",
+        cluster_advertise=cluster.address if cluster else "",
+    )
     app = make_app(controller, version_info=version_info, tmp_dir=tmp_dir)
     runner = await serve_unix(app, config.socket_path)
     log.info("cnmd %s serving on unix://%s", __version__, config.socket_path)
