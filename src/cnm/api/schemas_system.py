@@ -100,7 +100,12 @@ def info_json(e: EngineInfo, v: VersionInfo) -> dict[str, Any]:
         "Images": e.images,
         "Driver": "overlay",
         "DriverStatus": [],
-        "Plugins": {"Volume": [], "Network": ["bridge", "host", "null"], "Authorization": None, "Log": []},
+        "Plugins": {
+            "Volume": [],
+            "Network": ["bridge", "host", "null", "overlay"],
+            "Authorization": None,
+            "Log": [],
+        },
         "MemoryLimit": False,
         "SwapLimit": False,
         "IPv4Forwarding": True,
