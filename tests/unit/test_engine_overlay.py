@@ -379,3 +379,16 @@ async def test_a_given_subnet_and_mtu_are_kept(hosts):
     # the other host cannot take an overlapping subnet for another global network
     with pytest.raises(Forbidden, match="overlaps"):
         await b.ctl.create_network(overlay("ov2", ipam=(IpamConfig(subnet=IPv4Network("10.9.3.0/24")),)))
+
+
+async def test_a_local_create_that_fails_withdraws_its_name(hosts):
+    _, b = hosts
+    await b.ctl.create_network(
+        NetworkSpec(name="one", ipam=(IpamConfig(subnet=IPv4Network("10.50.0.0/24")),))
+    )
+    with pytest.raises(Forbidden, match="overlaps"):
+        await b.ctl.create_network(
+            NetworkSpec(name="two", ipam=(IpamConfig(subnet=IPv4Network("10.50.0.0/16")),))
+        )
+    assert await b.cluster_store.get("localname/one/h2") is not None
+    assert await b.cluster_store.get("localname/two/h2") is None

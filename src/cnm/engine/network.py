@@ -67,13 +67,14 @@ class Network:
     # -- lifecycle ------------------------------------------------------------------------
 
     @classmethod
-    async def create(cls, svc: Services, spec: NetworkSpec) -> Network:
+    async def create(cls, svc: Services, spec: NetworkSpec, network_id: str = "") -> Network:
         """Pool, driver objects, record; a failure undoes what was done.  ``spec`` is
         validated by the caller (the catalogue: names are its business).  A global
         network (``GLOBAL_DRIVERS``) takes its pool from the cluster's IPAM and is
-        recorded in the cluster store with its name and VNI (``_record_global``)."""
+        recorded in the cluster store with its name and VNI (``_record_global``).
+        ``network_id``: the id to give it (new when empty)."""
         driver = svc.drivers[spec.driver]
-        network_id = new_id()
+        network_id = network_id or new_id()
         config: IpamConfig | None = spec.ipam[0] if spec.ipam else None
         scope = "global" if spec.driver in GLOBAL_DRIVERS else "local"
         async with AsyncExitStack() as stack:

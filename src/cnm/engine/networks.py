@@ -122,20 +122,21 @@ class Networks:
     async def create(self, spec: NetworkSpec) -> NetworkRecord:
         """``network create``: names and bridge names are checked and taken in one piece,
         under the catalogue lock.  In a cluster a local network's name is published for
-        the other hosts (a global network of that name, created anywhere meanwhile, makes
-        this create Conflict and undoes it); a global network's name is taken with its
-        record."""
+        the other hosts first (Conflict, with nothing changed, if a global network has
+        it, also one created a moment ago elsewhere; withdrawn if the create fails); a
+        global network's name is taken with its record."""
         async with self._svc.locks.hold(catalogue=True):
             self.validate(spec)
-            network = await Network.create(self._svc, spec)
             cluster = self._svc.cluster
-            if cluster is not None and network.record.scope == "local":
-                try:
-                    await cluster.publish_local(network.name, network.id)
-                except CnmError:
-                    await network.destroy()
-                    raise
-            return network.record
+            if cluster is None or spec.driver in GLOBAL_DRIVERS:
+                return (await Network.create(self._svc, spec)).record
+            network_id = new_id()
+            await cluster.publish_local(spec.name, network_id)  # first: a Conflict changes nothing
+            try:
+                return (await Network.create(self._svc, spec, network_id)).record
+            except BaseException:
+                await cluster.unpublish_local(spec.name)
+                raise
 
     async def _forget_name(self, network: NetworkRecord) -> None:
         """After a local network's removal: the cluster's record of its name goes too."""
