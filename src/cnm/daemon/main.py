@@ -179,7 +179,9 @@ def _build(
     if cluster is not None:
         # global networks' pools: one address space for the whole cluster, on its store
         global_ipam = DefaultIpam(cluster.store, (GLOBAL_POOL,))
-        engine_cluster = Cluster(cluster.store, cluster.node_name, cluster.address, global_ipam)
+        engine_cluster = Cluster(
+            cluster.store, cluster.node_name, cluster.address, global_ipam, lease=lambda: cluster.lease
+        )
     runtime = RuncRuntime(config.data_root, config.exec_root, cgroup_parent=config.cgroup_parent)
     names = NameTable()
     # one server for the host, a listener per sandbox; its NAT ports are kept for the next start

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from typing import Any
@@ -94,15 +94,25 @@ def name_conflict(name: str) -> Conflict:
 class Cluster:
     """The cluster as this daemon's engine sees it: ``store`` (the cluster store), this
     node's ``node`` name and ``address``, the IPAM of global networks (``ipam``, over
-    ``store``), and mirrors of the nodes, names and VNIs.  ``start`` before use."""
+    ``store``), and mirrors of the nodes, names and VNIs.  ``lease()`` is the lease of the
+    node's record, for what must vanish with the node (its overlay endpoints' records);
+    0 when there is none.  ``start`` before use."""
 
     def __init__(
-        self, store: Store, node: str, address: str, ipam: Ipam, *, watch_timeout: float = WATCH_TIMEOUT
+        self,
+        store: Store,
+        node: str,
+        address: str,
+        ipam: Ipam,
+        *,
+        lease: Callable[[], int] = lambda: 0,
+        watch_timeout: float = WATCH_TIMEOUT,
     ) -> None:
         self.store = store
         self.node = node
         self.address = address
         self.ipam = ipam
+        self.lease = lease
         self._watch_timeout = watch_timeout
         self._nodes: Mirror[Node] = Mirror(store, NODE_PREFIX, _node)
         self._global_names: Mirror[str] = Mirror(store, GLOBAL_NAME_PREFIX, _network_of)
