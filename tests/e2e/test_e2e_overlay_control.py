@@ -102,6 +102,20 @@ def test_rm_is_refused_while_a_host_has_an_endpoint_on_it(lab, hosts) -> None:
     eventually(lambda: "ov" not in listed(h1), "h1 still lists ov")
 
 
+def test_a_restart_never_frees_an_address_another_host_holds_in_a_global_pool(lab, hosts) -> None:
+    h1, h2 = hosts
+    net_id = h1.cnm("network", "create", "-d", "overlay", "ov").stdout.strip()
+    # an address some host's endpoint holds (as IPAM records it: its owner is that
+    # endpoint's id, which no record of h1 or h2 names)
+    key = f"/cnm/v2/ipam/address/{net_id}/10.0.0.5"
+    lab.etcdctl("put", key, json.dumps({"owner": "e" * 64}))
+    for host in (h1, h2):
+        host.stop_cnmd()
+        host.start_cnmd("--cluster-advertise", "ul0")
+    assert json.loads(lab.etcdctl("get", key, "--print-value-only").stdout) == {"owner": "e" * 64}
+    assert inspect(h2, "ov")["Id"] == net_id  # and the network is still everyone's
+
+
 def test_names_are_unique_across_hosts_both_ways(hosts) -> None:
     h1, h2 = hosts
     h2.cnm("network", "create", "web")  # a local network of h2
