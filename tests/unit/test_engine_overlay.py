@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
@@ -20,7 +21,7 @@ from cnm.drivers.null import NullDriver
 from cnm.drivers.overlay import DATA_PLANE_MISSING, OverlayDriver
 from cnm.engine.cluster import FIRST_VNI, GLOBAL_POOL, Cluster, vni_of
 from cnm.engine.controller import Controller
-from cnm.errors import CnmError, Conflict, Forbidden, InvalidArgument, Unavailable
+from cnm.errors import CnmError, Conflict, Forbidden, InvalidArgument, SystemFailure, Unavailable
 from cnm.firewall.fake import FakeFirewall
 from cnm.ipam.api import DEFAULT_POOLS
 from cnm.ipam.default import DefaultIpam
@@ -392,3 +393,24 @@ async def test_a_local_create_that_fails_withdraws_its_name(hosts):
         )
     assert await b.cluster_store.get("localname/one/h2") is not None
     assert await b.cluster_store.get("localname/two/h2") is None
+
+
+async def test_one_commit_never_spans_the_local_and_the_cluster_store(hosts):
+    a, _ = hosts
+    net = await a.ctl.create_network(overlay("ov"))
+    local = a.ctl.find_network("bridge")
+    before = (dict(a.store._data), dict(a.cluster_store._data))
+    with pytest.raises(SystemFailure, match="both the local and the cluster store"):
+        await a.ctl._state.commit(put=[replace(net, labels={"x": "1"}), replace(local, labels={"x": "1"})])
+    assert (dict(a.store._data), dict(a.cluster_store._data)) == before
+
+
+async def test_an_endpoint_record_another_version_wrote_still_counts_on_its_network(hosts):
+    a, b = hosts
+    net = await a.ctl.create_network(overlay("ov"))
+    await until(lambda: "ov" in names(b.ctl))
+    # a record this version cannot decode (a field of another type): it still holds the network
+    await a.cluster_store.put("endpoint/x1", {"network_id": net.id, "name": "odd", "created_seq": "many"})
+    await until(lambda: [ep.name for ep in b.ctl._state.global_endpoints.by("network_id", net.id)] == ["odd"])
+    with pytest.raises(Forbidden, match='name:"odd"'):
+        await b.ctl.remove_network("ov")

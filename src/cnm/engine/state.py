@@ -176,10 +176,12 @@ class State:
         global network's name and VNI); all of it goes to one store: the cluster store
         for global networks, the local one for the rest."""
         put, delete = list(put), list(delete)
-        stores = {id(self._store_of(r)): self._store_of(r) for r in [*put, *delete]}
-        if len(stores) > 1:
-            raise SystemFailure("one commit cannot write both the local and the cluster store")
-        store = next(iter(stores.values()), self._store)
+        store = self._store
+        if self._global_store is not None:
+            stores = {id(s): s for s in map(self._store_of, [*put, *delete])}
+            if len(stores) > 1:
+                raise SystemFailure("one commit cannot write both the local and the cluster store")
+            store = next(iter(stores.values()), store)
         writes: list[Op] = [Put(_key(r), codec.encode(r)) for r in put]
         writes += [Delete(_key(r)) for r in delete]
         writes += ops
