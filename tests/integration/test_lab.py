@@ -74,9 +74,11 @@ def test_lab_hosts_reach_each_other_run_cnmd_on_its_etcd_and_leave_nothing(size:
             assert host.ping()
             info = host.api("GET", "/info").json()
             assert info["ClusterStore"] == "etcd://" + ",".join(expected)
+            # the node name is the host's hostname; the advertise address its underlay one
+            assert (info["Name"], info["ClusterAdvertise"]) == (host.name, host.address)
         ids = {(h.data_root / "daemon-id").read_text().strip() for h in lab.hosts}
         assert len(ids) == size
-        assert sorted(presence_keys(lab)) == sorted(NODE_PREFIX + i for i in ids)
+        assert sorted(presence_keys(lab)) == sorted(NODE_PREFIX + h.name for h in lab.hosts)
         hosts = [lab.root, *lab.hosts]
         pidns = [h._pidns for h in hosts]
         assert all(pidns)
