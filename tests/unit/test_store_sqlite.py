@@ -631,6 +631,34 @@ async def test_watches_woken_by_this_connection_read_nothing_from_the_file(tmp_p
     await s.close()
 
 
+async def test_a_quiet_watch_gets_its_next_change_after_others_outran_tail_and_history(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A commit wakes only the watches whose prefix it changed, and moves the others on:
+    a watch that sees nothing for longer than the tail and the kept history reach still
+    gets its next change (no Compacted, nothing read twice)."""
+    monkeypatch.setattr(sqlite_mod, "HISTORY_KEEP", 5)
+    monkeypatch.setattr(sqlite_mod, "TAIL_KEEP", 3)
+    s = SqliteStore(tmp_path / "cnm.db")
+    r1 = await s.put("a/x", {"v": 1})
+    quiet = s.watch("a/", 1)
+    busy = s.watch("b/", 1)
+    assert await drain_until(quiet, "a/x") == [("a/x", {"v": 1}, r1)]
+    pending = asyncio.ensure_future(anext(quiet))
+    await asyncio.sleep(0)
+    for i in range(40):
+        rev = await s.put("b/y", {"i": i})
+        assert await drain_until(busy, "b/y") == [("b/y", {"i": i}, rev)]
+    assert not pending.done()
+    assert rows(tmp_path / "cnm.db", "SELECT MIN(revision) FROM history")[0][0] > r1 + 1  # compacted
+    last = await s.put("a/x", {"v": 2})
+    change = await asyncio.wait_for(pending, TIMEOUT)
+    assert (change.key, change.doc, change.revision) == ("a/x", {"v": 2}, last)
+    await quiet.aclose()
+    await busy.aclose()
+    await s.close()
+
+
 async def test_latency_is_printed(tmp_path: Path, capsys) -> None:
     """Not a timing assertion: p50/p99 of put (one transaction each), CAS put, get and list
     with 5000 keys stored, so a regression is visible in ``pytest -s`` output."""

@@ -41,8 +41,10 @@ memory is right only while no other connection writes the file (say, a second pr
 pointed at it by mistake): each write transaction reads ``PRAGMA data_version`` holding
 the lock, and when it moved (another connection committed since) or the last write
 failed, the revisions are read from the file again and the tail starts again at this
-write.  Watches are fed in process (each commit wakes them); a watch behind the tail
-reads the history from the file, as it always may.
+write.  Watches are fed in process: a commit wakes the watches whose prefix it changed
+(all of them when another connection wrote meanwhile), and moves an idle watch it did
+not wake past its revision, so a quiet watch never falls behind the tail or the kept
+history.  A watch behind the tail reads the history from the file, as it always may.
 
 Keys are compared with SQLite's BINARY collation (UTF-8 bytes, i.e. code-point order),
 which is what ``list`` returns and what the prefix range ``key >= prefix AND key <
@@ -61,7 +63,7 @@ import time
 from bisect import bisect_left
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +131,17 @@ class _Snapshot:
     data_version: int
     fresh: bool  # the revisions were read from the file (this connection's memory was not right)
     revisions: dict[str, int]  # of the keys asked for that exist
+
+
+@dataclass(slots=True, eq=False)
+class _Watcher:
+    """One running ``watch``: its prefix, the (revision, seq) of the next change it
+    reads, whether it waits for a commit, and the event that wakes it."""
+
+    prefix: str
+    position: tuple[int, int]
+    idle: bool = False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass(slots=True)
@@ -218,7 +231,7 @@ class SqliteStore(CommitStore):
         self.scope: Scope = scope
         self._db: sqlite3.Connection | None = None
         self._closed = False
-        self._changed = asyncio.Event()  # set (and replaced) after every change
+        self._watchers: set[_Watcher] = set()
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._armed = False  # lease timers exist once an event loop runs
         # The tail (module docstring): this connection's changes from revision _tail_from
@@ -368,9 +381,19 @@ class SqliteStore(CommitStore):
         found = dict(db.execute("SELECT name, value FROM meta WHERE name IN ('revision', 'oldest')"))
         return int(found["revision"]), int(found["oldest"])
 
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+    def _notify(self, written: _Written | None = None) -> None:
+        """Wake the watches a write concerns (``None``: all of them, e.g. at close).
+        An idle watch whose prefix the write did not change, and that had read every
+        change before it, moves past its revision without waking."""
+        for watcher in self._watchers:
+            if written is None or written.snapshot.fresh or not watcher.idle:
+                watcher.wake.set()
+            elif any(row[2].startswith(watcher.prefix) for row in written.rows):
+                watcher.wake.set()
+            elif watcher.position == (written.revision, 0):
+                watcher.position = (written.revision + 1, 0)
+            else:
+                watcher.wake.set()
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -430,7 +453,7 @@ class SqliteStore(CommitStore):
             written = self._apply(db, snapshot, ops, texts)
         self._remember(written)
         if written.rows:
-            self._notify()
+            self._notify(written)
         return written.revision
 
     def _snapshot(self, db: sqlite3.Connection, keys: Iterable[str]) -> _Snapshot:
@@ -544,37 +567,46 @@ class SqliteStore(CommitStore):
         if upper is not None:
             sql += " AND key < ?"
         sql += " ORDER BY revision, seq LIMIT ?"
-        position = (max(from_revision, 1), 0)  # (revision, seq) of the next change to read
-        while not self._closed:
-            changed = self._changed
-            db = self._live()
-            rows = self._tail_rows(position, prefix)
-            if rows is not None:
-                revision, full = self._revision, len(rows) == WATCH_BATCH
-            else:
-                try:
-                    db.execute("BEGIN")
+        watcher = _Watcher(prefix, (max(from_revision, 1), 0))
+        self._watchers.add(watcher)
+        try:
+            while not self._closed:
+                watcher.wake.clear()  # a commit from now on wakes it (or moves it on)
+                position = watcher.position
+                db = self._live()
+                rows = self._tail_rows(position, prefix)
+                if rows is not None:
+                    revision, full = self._revision, len(rows) == WATCH_BATCH
+                else:
                     try:
-                        revision, oldest = self._revisions(db)
-                        params = (*position, prefix) + (() if upper is None else (upper,))
-                        rows = db.execute(sql, (*params, WATCH_BATCH)).fetchall()
-                    finally:
-                        db.execute("COMMIT")
-                except sqlite3.Error as exc:
-                    raise _translate(exc, f"watch {prefix}") from exc
-                # Also when a compaction overtook a slow consumer between two batches.
-                if position[0] < oldest and position[0] <= revision:
-                    raise Compacted(position[0], oldest)
-                full = len(rows) == WATCH_BATCH
-            for rev, seq, key, text in rows:
-                yield Change(key, None if text is None else load_doc(key, text), rev)
-                if self._closed:
-                    return
-                position = (rev, seq + 1)
-            if full:
-                continue  # more to read now
-            position = max(position, (revision + 1, 0))
-            await changed.wait()
+                        db.execute("BEGIN")
+                        try:
+                            revision, oldest = self._revisions(db)
+                            params = (*position, prefix) + (() if upper is None else (upper,))
+                            rows = db.execute(sql, (*params, WATCH_BATCH)).fetchall()
+                        finally:
+                            db.execute("COMMIT")
+                    except sqlite3.Error as exc:
+                        raise _translate(exc, f"watch {prefix}") from exc
+                    # Also when a compaction overtook a slow consumer between two batches.
+                    if position[0] < oldest and position[0] <= revision:
+                        raise Compacted(position[0], oldest)
+                    full = len(rows) == WATCH_BATCH
+                for rev, seq, key, text in rows:
+                    yield Change(key, None if text is None else load_doc(key, text), rev)
+                    if self._closed:
+                        return
+                    watcher.position = (rev, seq + 1)
+                if full:
+                    continue  # more to read now
+                watcher.position = max(watcher.position, (revision + 1, 0))
+                watcher.idle = True
+                try:
+                    await watcher.wake.wait()
+                finally:
+                    watcher.idle = False
+        finally:
+            self._watchers.discard(watcher)
 
     # -- leases ----------------------------------------------------------------------------
 
@@ -621,7 +653,7 @@ class SqliteStore(CommitStore):
             written = self._apply(db, snapshot, [Delete(k) for k in keys], [None] * len(keys))
         self._remember(written)
         if written.rows:
-            self._notify()
+            self._notify(written)
 
     def _arm_all(self) -> None:
         self._armed = True
