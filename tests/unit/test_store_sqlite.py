@@ -661,7 +661,8 @@ async def test_a_quiet_watch_gets_its_next_change_after_others_outran_tail_and_h
 
 async def test_latency_is_printed(tmp_path: Path, capsys) -> None:
     """Not a timing assertion: p50/p99 of put (one transaction each), CAS put, get and list
-    with 5000 keys stored, so a regression is visible in ``pytest -s`` output."""
+    with 5000 keys stored, and of an attach's commit with cnmd's five watches following,
+    so a regression is visible in ``pytest -s`` output."""
     s = SqliteStore(tmp_path / "cnm.db")
 
     async def measure(fn, n: int) -> tuple[float, float]:
@@ -681,6 +682,20 @@ async def test_latency_is_printed(tmp_path: Path, capsys) -> None:
         assert entry is not None
         await s.put(key(i), {"owner": "y" * 64}, revision=entry.revision)
 
+    async def drain(prefix: str) -> None:
+        async for _change in s.watch(prefix, 1):
+            pass
+
+    async def records(i: int) -> None:
+        """The engine's commit of an attach (endpoint and container, each checked), with
+        cnmd's five watches following and done with it before the figure stops."""
+        revisions[0] = await s.commit(
+            [Put(f"endpoint/e{i}", {"owner": "x" * 64}), Put("container/c", {"i": i})],
+            [Check(f"endpoint/e{i}", 0), Check("container/c", revisions[0])],
+        )
+        for _ in range(3):
+            await asyncio.sleep(0)
+
     figures = {
         "put": await measure(lambda i: s.put(key(i), {"owner": "x" * 64}), 5000),
         "get+CAS put": await measure(cas, 2000),
@@ -688,6 +703,14 @@ async def test_latency_is_printed(tmp_path: Path, capsys) -> None:
         "list 1/10": await measure(lambda i: s.list(f"ipam/address/net{i % 10}/"), 50),
     }
     assert len((await s.list("ipam/address/net3/")).entries) == 500
+    watches = [
+        asyncio.ensure_future(drain(p)) for p in ("network/", "endpoint/", "sandbox/", "container/", "ipam/")
+    ]
+    revisions = [0]
+    figures["commit+watch"] = await measure(records, 2000)
+    for watch in watches:
+        watch.cancel()
+    await asyncio.gather(*watches, return_exceptions=True)
     with capsys.disabled():
         print()
         for name, (p50, p99) in figures.items():
