@@ -29,6 +29,7 @@ import contextlib
 import logging
 import os
 import re
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
@@ -37,14 +38,15 @@ from cnm.dns.forwarder import Forwarder
 from cnm.dns.netns_sockets import (
     RESOLVER_ADDRESS,
     NetnsSockets,
+    ResolverRequest,
     ResolverSockets,
     SocketSource,
     bind_resolver_sockets,
-    open_resolver_in_netns,
+    open_resolvers_in_netns,
     remove_resolver_nat,
 )
 from cnm.dns.records import NameTable
-from cnm.errors import Conflict, KernelError, TeardownErrors
+from cnm.errors import CnmError, Conflict, KernelError, TeardownErrors
 
 log = logging.getLogger("cnm.dns")
 
@@ -133,14 +135,58 @@ class DnsServer:
         ``netns_path``; returns the (udp, tcp) ports the NAT points at.  Idempotent for the
         same namespace; Conflict if the sandbox is served elsewhere.  Re-adding after a
         cnmd restart replaces the old NAT table in one transaction."""
-        current = self._listeners.get(sandbox_id)
-        if current is not None:
-            if current.netns_path == netns_path:
-                return current.ports
-            raise Conflict(f"DNS for sandbox {sandbox_id[:12]} is already served in {current.netns_path}")
-        recorded = self._recorded(sandbox_id, netns_path)
+        result = (await self.add_sandboxes([(sandbox_id, netns_path)]))[sandbox_id]
+        if isinstance(result, CnmError):
+            raise result
+        return result
+
+    async def add_sandboxes(
+        self, sandboxes: Sequence[tuple[str, str]]
+    ) -> dict[str, tuple[int, int] | CnmError]:
+        """``add_sandbox`` for each (sandbox id, namespace path), the sockets of all of
+        them made in one trip through their namespaces (a daemon restart re-adds every
+        sandbox: one thread, not one per sandbox).  By sandbox id: its ports, or the error
+        that sandbox alone got (the others are served all the same).  A sandbox listed
+        twice is added in the last namespace given."""
+        results: dict[str, tuple[int, int] | CnmError] = {}
+        todo: list[tuple[str, str, tuple[int, int] | None]] = []
+        for sandbox_id, netns_path in dict(sandboxes).items():
+            current = self._listeners.get(sandbox_id)
+            if current is None:
+                todo.append((sandbox_id, netns_path, self._recorded(sandbox_id, netns_path)))
+            elif current.netns_path == netns_path:
+                results[sandbox_id] = current.ports
+            else:
+                results[sandbox_id] = Conflict(
+                    f"DNS for sandbox {sandbox_id[:12]} is already served in {current.netns_path}"
+                )
+        opened = await open_resolvers_in_netns(
+            [ResolverRequest(path, recorded) for _, path, recorded in todo], self.address
+        )
+        pending = list(zip(todo, opened, strict=True))
+        try:
+            while pending:
+                (sandbox_id, netns_path, recorded), sockets = pending[0]
+                del pending[0]
+                if isinstance(sockets, CnmError):
+                    results[sandbox_id] = sockets
+                    continue
+                try:
+                    results[sandbox_id] = await self._serve_sandbox(sandbox_id, netns_path, sockets, recorded)
+                except CnmError as exc:
+                    results[sandbox_id] = exc
+        finally:  # cancelled or failed midway: what is not served yet is closed
+            for _, sockets in pending:
+                if not isinstance(sockets, CnmError):
+                    sockets.close()
+        return results
+
+    async def _serve_sandbox(
+        self, sandbox_id: str, netns_path: str, sockets: ResolverSockets, recorded: tuple[int, int] | None
+    ) -> tuple[int, int]:
+        """Serve the sockets just opened in ``netns_path``; on failure they are closed and
+        the NAT removed."""
         async with AsyncExitStack() as undo:
-            sockets = await open_resolver_in_netns(netns_path, self.address, reuse=recorded)
             undo.callback(sockets.close)
             undo.push_async_callback(remove_resolver_nat, netns_path)
             listener = _Listener(sandbox_id, netns_path, sockets.ports, NetnsSockets(netns_path))

@@ -69,6 +69,7 @@ class Restore:
         # would make a restart with 1,000 containers take seconds
         runc = await svc.runtime.states()
         await self._reap_unrecorded(runc)
+        adopted: list[Sandbox] = []
         for container in list(self._state.containers.values()):
             if not container.running:
                 continue
@@ -78,7 +79,8 @@ class Restore:
                 self._exits.watch(container.id, self._runs.new(container.id, pid))
                 sandbox = Sandbox.of(svc, container)
                 if sandbox is not None:
-                    await sandbox.restore()
+                    await sandbox.restore(listen=False)
+                    adopted.append(sandbox)
                 else:
                     for ep in self._state.endpoints_of_container(container.id):
                         await Endpoint.of(svc, ep).restore()
@@ -96,6 +98,12 @@ class Restore:
             await self._state.commit(put=[replace(container, state=state, sandbox_id="")])
             for err in errors:
                 log.warning("reconcile of %s: %s", container.name, err)
+        # their DNS listeners in one trip through the namespaces, once their names are
+        # published (a thread per sandbox would cost a restart with 1,000 of them seconds)
+        failed = await svc.naming.listen([sandbox.record for sandbox in adopted])
+        for sandbox in adopted:
+            if sandbox.record.id in failed:
+                log.warning("restoring names of %s: %s", sandbox.container.name, failed[sandbox.record.id])
         live = {c.id for c in self._state.containers.values() if c.running}
         for orphan in [s for s in self._state.sandboxes.values() if s.container_id not in live]:
             for ep in self._state.endpoints_of_container(orphan.container_id):
