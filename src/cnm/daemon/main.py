@@ -22,7 +22,7 @@ import resource
 import secrets
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from cnm import __version__
@@ -240,8 +240,29 @@ async def _watch_firewall(controller: Controller, guard: SpoofGuard | None) -> N
             log.error("anti-spoofing repair failed: %s", exc)
 
 
+@contextlib.contextmanager
+def _no_default_ca_store() -> Iterator[None]:
+    """While importing aiohttp: SSL contexts made meanwhile do not read the system's CA
+    store.  aiohttp's connector builds two client contexts at import, each parsing every
+    CA certificate (~0.1 s, a tenth of cnmd's start); cnmd serves its API on a unix socket
+    and never makes an HTTPS request through them (etcd's TLS is grpc's, with its own
+    CA file).  Should anything use them, verification fails: closed, never open."""
+    import ssl
+
+    ssl.SSLContext.set_default_verify_paths = _no_verify_paths  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del ssl.SSLContext.set_default_verify_paths  # the inherited method again
+
+
+def _no_verify_paths(self: object) -> None:
+    """``SSLContext.set_default_verify_paths`` while aiohttp is imported: nothing loaded."""
+
+
 async def serve(config: DaemonConfig) -> None:
-    from cnm.api.app import make_app, serve_unix
+    with _no_default_ca_store():
+        from cnm.api.app import make_app, serve_unix
     from cnm.api.schemas_system import VersionInfo
     from cnm.kernel.owner import DaemonBeacon, live_daemons
     from cnm.runtime.process import become_subreaper
