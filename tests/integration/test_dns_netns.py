@@ -227,6 +227,8 @@ SCRIPT = textwrap.dedent(
         ports = {}
         for run in range(2):
             server = DnsServer(names, Forwarder(), state_dir=state)
+            if run:
+                server.prepare(batch)  # opened ahead in the background, taken below
             results = await server.add_sandboxes(batch)
             assert isinstance(results["sb-missing"], KernelError), results
             assert "/run/netns/missing does not exist" in str(results["sb-missing"]), results
@@ -243,6 +245,15 @@ SCRIPT = textwrap.dedent(
             again = await server.add_sandboxes([("sb-b1", "/run/netns/b1"), ("sb-b2", "/run/netns/b1")])
             assert again["sb-b1"] == ports["sb-b1"] and isinstance(again["sb-b2"], Conflict), again
             await server.close()
+        # what was prepared and not taken is closed: its ports are free for the next one
+        server = DnsServer(names, Forwarder(), state_dir=state)
+        server.prepare(batch)
+        assert (await server.add_sandboxes(batch[:1]))["sb-b1"] == ports["sb-b1"]
+        server.discard_prepared()
+        await asyncio.sleep(0.1)
+        assert server.serving("sb-b2") is None
+        assert await server.add_sandbox("sb-b2", "/run/netns/b2") == ports["sb-b2"]
+        await server.close()
         print("OK")
 
     asyncio.run(main())

@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # the concrete classes are imported where they are built (sta
     from cnm.engine.controller import Controller
     from cnm.firewall.api import Firewall, SpoofGuard
     from cnm.kernel.api import Kernel
+    from cnm.runtime.api import Runtime
     from cnm.store.api import Store
 
 log = logging.getLogger("cnm.daemon")
@@ -113,10 +114,11 @@ def firewall_table(bridge_name: str) -> str:
 
 
 def _build(
-    config: DaemonConfig, daemon: str, others: dict[str, int]
+    config: DaemonConfig, daemon: str, others: dict[str, int], runtime: Runtime
 ) -> tuple[Controller, Store, Kernel, DnsServer, list[Firewall | SpoofGuard], SpoofGuard | None]:
-    """The composition root: the only place naming concrete implementations.  ``others``:
-    the other cnmd alive in this network namespace ({daemon id: pid})."""
+    """The composition root: the only place naming concrete implementations (the runtime
+    is built first, by ``serve``).  ``others``: the other cnmd alive in this network
+    namespace ({daemon id: pid})."""
     from cnm.dns.records import NameTable
     from cnm.dns.server import DnsServer
     from cnm.drivers.api import NetworkDriver
@@ -132,7 +134,6 @@ def _build(
     from cnm.kernel.netlink import LinuxKernel
     from cnm.portmap.allocator import PortAllocator
     from cnm.portmap.proxy import UserlandProxy
-    from cnm.runtime.runc import RuncRuntime
     from cnm.store.sqlite import SqliteStore
 
     store = SqliteStore(os.path.join(config.data_root, "cnm.db"))
@@ -170,7 +171,6 @@ def _build(
         "host": HostDriver(),
         "null": NullDriver(),
     }
-    runtime = RuncRuntime(config.data_root, config.exec_root, cgroup_parent=config.cgroup_parent)
     names = NameTable()
     # one server for the host, a listener per sandbox; its NAT ports are kept for the next start
     dns = DnsServer(names, state_dir=os.path.join(config.exec_root, "dns"))
@@ -261,11 +261,9 @@ def _no_verify_paths(self: object) -> None:
 
 
 async def serve(config: DaemonConfig) -> None:
-    with _no_default_ca_store():
-        from cnm.api.app import make_app, serve_unix
-    from cnm.api.schemas_system import VersionInfo
     from cnm.kernel.owner import DaemonBeacon, live_daemons
     from cnm.runtime.process import become_subreaper
+    from cnm.runtime.runc import RuncRuntime
 
     for path in (config.data_root, config.exec_root, os.path.dirname(config.socket_path)):
         os.makedirs(path, mode=0o711, exist_ok=True)
@@ -288,15 +286,28 @@ async def serve(config: DaemonConfig) -> None:
         await cluster.start()
     become_subreaper()
     _raise_fd_limit()
-    controller, store, kernel, dns, leftovers, guard = _build(config, daemon, others)
-    _quiet_pyroute2()  # before the first netlink call: a "no such device" answer is not news
-    await check_bridge_name(kernel, config.bridge_name, others)
-    for other in leftovers:
-        try:
-            await other.teardown()
-        except CnmError as exc:  # e.g. that variant is not installed: nothing to remove
-            log.debug("no leftovers removed by %s: %s", type(other).__name__, exc)
-    await controller.start()
+    runtime = RuncRuntime(config.data_root, config.exec_root, cgroup_parent=config.cgroup_parent)
+    # runc lists the containers it runs (with 1,000 of them, most of a second of its own)
+    # while this process imports the rest of cnm and the API: its first step starts runc
+    runc_states = asyncio.ensure_future(runtime.states())
+    await asyncio.sleep(0)
+    try:
+        controller, store, kernel, dns, leftovers, guard = _build(config, daemon, others, runtime)
+        with _no_default_ca_store():
+            from cnm.api.app import make_app, serve_unix
+        from cnm.api.schemas_system import VersionInfo
+
+        _quiet_pyroute2()  # before the first netlink call: a "no such device" answer is not news
+        await check_bridge_name(kernel, config.bridge_name, others)
+        for other in leftovers:
+            try:
+                await other.teardown()
+            except CnmError as exc:  # e.g. that variant is not installed: nothing to remove
+                log.debug("no leftovers removed by %s: %s", type(other).__name__, exc)
+    except BaseException:
+        runc_states.cancel()
+        raise
+    await controller.start(runc_states)
     tmp_dir = os.path.join(config.exec_root, "tmp")
     os.makedirs(tmp_dir, exist_ok=True)
     version_info = VersionInfo(version=__version__, cluster_store=cluster.describe() if cluster else "")

@@ -68,6 +68,31 @@ class _Listener:
     connections: set[asyncio.StreamWriter] = field(default_factory=set)
 
 
+@dataclass(slots=True)
+class _Prepared:
+    """A sandbox's sockets being opened ahead: the ``index``-th result of ``trip``."""
+
+    netns_path: str
+    recorded: tuple[int, int] | None
+    trip: asyncio.Future[list[ResolverSockets | CnmError]]
+    index: int
+
+    async def result(self) -> ResolverSockets | CnmError:
+        return (await asyncio.shield(self.trip))[self.index]
+
+    def discard(self) -> None:
+        """Not wanted after all: its sockets are closed once the trip has them."""
+
+        def close(trip: asyncio.Future[list[ResolverSockets | CnmError]]) -> None:
+            if trip.cancelled() or trip.exception() is not None:
+                return
+            sockets = trip.result()[self.index]
+            if isinstance(sockets, ResolverSockets):
+                sockets.close()
+
+        self.trip.add_done_callback(close)
+
+
 class DnsServer:
     """The host's embedded DNS server (see module doc).  ``names`` is shared with the
     engine, which updates it; changes are seen by the next query."""
@@ -89,6 +114,7 @@ class DnsServer:
         self.state_dir = state_dir
         self._listeners: dict[str, _Listener] = {}
         self._cache = answer.AnswerCache()
+        self._prepared: dict[str, _Prepared] = {}  # sockets opened ahead (``prepare``)
 
     # -- the ports each sandbox's NAT points at, for the next cnmd -----------------------
 
@@ -150,9 +176,16 @@ class DnsServer:
         twice is added in the last namespace given."""
         results: dict[str, tuple[int, int] | CnmError] = {}
         todo: list[tuple[str, str, tuple[int, int] | None]] = []
+        ahead: list[tuple[tuple[str, str, tuple[int, int] | None], _Prepared]] = []
         for sandbox_id, netns_path in dict(sandboxes).items():
             current = self._listeners.get(sandbox_id)
-            if current is None:
+            prepared = self._prepared.pop(sandbox_id, None)
+            if prepared is not None and (current is not None or prepared.netns_path != netns_path):
+                prepared.discard()
+                prepared = None
+            if current is None and prepared is not None:
+                ahead.append(((sandbox_id, netns_path, prepared.recorded), prepared))
+            elif current is None:
                 todo.append((sandbox_id, netns_path, self._recorded(sandbox_id, netns_path)))
             elif current.netns_path == netns_path:
                 results[sandbox_id] = current.ports
@@ -160,26 +193,79 @@ class DnsServer:
                 results[sandbox_id] = Conflict(
                     f"DNS for sandbox {sandbox_id[:12]} is already served in {current.netns_path}"
                 )
-        opened = await open_resolvers_in_netns(
-            [ResolverRequest(path, recorded) for _, path, recorded in todo], self.address
-        )
-        pending = list(zip(todo, opened, strict=True))
+        pending: list[tuple[tuple[str, str, tuple[int, int] | None], ResolverSockets | CnmError]] = []
         try:
-            while pending:
-                (sandbox_id, netns_path, recorded), sockets = pending[0]
-                del pending[0]
-                if isinstance(sockets, CnmError):
-                    results[sandbox_id] = sockets
-                    continue
-                try:
-                    results[sandbox_id] = await self._serve_sandbox(sandbox_id, netns_path, sockets, recorded)
-                except CnmError as exc:
-                    results[sandbox_id] = exc
-        finally:  # cancelled or failed midway: what is not served yet is closed
+            for item, prepared in ahead:
+                pending.append((item, await prepared.result()))
+            opened = await open_resolvers_in_netns(
+                [ResolverRequest(path, recorded) for _, path, recorded in todo], self.address
+            )
+        except BaseException:
+            for _, prepared in ahead:
+                prepared.discard()
             for _, sockets in pending:
-                if not isinstance(sockets, CnmError):
+                if isinstance(sockets, ResolverSockets):
                     sockets.close()
+            raise
+        pending += zip(todo, opened, strict=True)
+        # all served at once: attaching a transport waits for the loop, so one after the
+        # other would cost every sandbox a few loop iterations
+        served: list[asyncio.Future[tuple[int, int] | CnmError]] = []
+        for (sandbox_id, netns_path, recorded), sockets in pending:
+            if isinstance(sockets, CnmError):
+                results[sandbox_id] = sockets
+                continue
+            task = asyncio.ensure_future(self._serve_opened(sandbox_id, netns_path, sockets, recorded))
+            # a task cancelled before it ran never saw its sockets: closed here (again is harmless)
+            task.add_done_callback(lambda t, sockets=sockets: sockets.close() if t.cancelled() else None)
+            served.append(task)
+        try:
+            await asyncio.gather(*served)
+        except BaseException:
+            for task in served:
+                task.cancel()
+            raise
+        for ((sandbox_id, _, _), _), outcome in zip(
+            [p for p in pending if not isinstance(p[1], CnmError)], served, strict=True
+        ):
+            results[sandbox_id] = outcome.result()
         return results
+
+    async def _serve_opened(
+        self, sandbox_id: str, netns_path: str, sockets: ResolverSockets, recorded: tuple[int, int] | None
+    ) -> tuple[int, int] | CnmError:
+        try:
+            return await self._serve_sandbox(sandbox_id, netns_path, sockets, recorded)
+        except CnmError as exc:
+            return exc
+
+    def prepare(self, sandboxes: Sequence[tuple[str, str]]) -> None:
+        """Start opening the sockets of these (sandbox id, namespace path) in one trip, in
+        the background: a later ``add_sandbox(es)`` of one of them takes its sockets from
+        there.  A daemon start calls it while it waits for something else (runc's
+        listing), before it knows which sandboxes it keeps; ``discard_prepared`` closes
+        what was not taken."""
+        todo = [
+            (sandbox_id, netns_path, self._recorded(sandbox_id, netns_path))
+            for sandbox_id, netns_path in dict(sandboxes).items()
+            if sandbox_id not in self._listeners and sandbox_id not in self._prepared
+        ]
+        if not todo:
+            return
+        trip = asyncio.ensure_future(
+            open_resolvers_in_netns(
+                [ResolverRequest(path, recorded) for _, path, recorded in todo], self.address
+            )
+        )
+        for index, (sandbox_id, netns_path, recorded) in enumerate(todo):
+            self._prepared[sandbox_id] = _Prepared(netns_path, recorded, trip, index)
+
+    def discard_prepared(self) -> None:
+        """Close the sockets ``prepare`` opened that no ``add_sandbox`` took (now, or
+        when their trip ends)."""
+        prepared, self._prepared = self._prepared, {}
+        for entry in prepared.values():
+            entry.discard()
 
     async def _serve_sandbox(
         self, sandbox_id: str, netns_path: str, sockets: ResolverSockets, recorded: tuple[int, int] | None
@@ -221,6 +307,9 @@ class DnsServer:
         NAT table (if the namespace still exists).  Idempotent; does not touch the
         names (the engine withdraws them from the ``NameTable``)."""
         self._forget_record(sandbox_id)  # before the NAT goes: a record never outlives it
+        prepared = self._prepared.pop(sandbox_id, None)
+        if prepared is not None:
+            prepared.discard()
         listener = self._listeners.pop(sandbox_id, None)
         if listener is None:
             return
@@ -248,6 +337,7 @@ class DnsServer:
         """Close every listener (cnmd shutting down).  The NAT tables stay: containers
         keep running, and the next cnmd re-adds their sandboxes on the same ports (written
         under ``state_dir``) when they are still free, else replacing the NAT."""
+        self.discard_prepared()
         listeners = list(self._listeners.values())
         self._listeners.clear()
         for listener in listeners:

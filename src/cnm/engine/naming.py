@@ -320,6 +320,17 @@ class Naming:
         if listen and not self._dns.serving(sandbox.id):
             await self._dns.add_sandbox(sandbox.id, sandbox.key)
 
+    def prepare(self, sandboxes: Sequence[SandboxRecord]) -> None:
+        """Start opening the listeners' sockets of sandboxes ``listen`` may be asked for
+        (in the background: a daemon start does it while runc lists its containers);
+        ``discard_prepared`` closes those ``listen`` did not take."""
+        if self._names is not None and self._dns is not None:
+            self._dns.prepare([(s.id, s.key) for s in sandboxes if s.key])
+
+    def discard_prepared(self) -> None:
+        if self._dns is not None:
+            self._dns.discard_prepared()
+
     async def listen(self, sandboxes: Sequence[SandboxRecord]) -> dict[str, CnmError]:
         """The listeners of many sandboxes published with ``listen=False`` (a daemon start
         restores every sandbox), their sockets made in one trip through the namespaces;
