@@ -29,9 +29,10 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from typing import Any
 
 from cnm.dns import answer
 from cnm.dns.forwarder import Forwarder
@@ -66,6 +67,17 @@ class _Listener:
     udp: asyncio.DatagramTransport | None = None
     tcp: asyncio.Server | None = None
     connections: set[asyncio.StreamWriter] = field(default_factory=set)
+
+
+def _close_if_cancelled(sockets: ResolverSockets) -> Callable[[asyncio.Future[Any]], None]:
+    """A task cancelled before it ran never saw its sockets: they are closed here (closing
+    them again, after a failure undid them, is harmless)."""
+
+    def done(task: asyncio.Future[Any]) -> None:
+        if task.cancelled():
+            sockets.close()
+
+    return done
 
 
 @dataclass(slots=True)
@@ -215,15 +227,14 @@ class DnsServer:
             if isinstance(sockets, CnmError):
                 results[sandbox_id] = sockets
                 continue
-            task = asyncio.ensure_future(self._serve_opened(sandbox_id, netns_path, sockets, recorded))
-            # a task cancelled before it ran never saw its sockets: closed here (again is harmless)
-            task.add_done_callback(lambda t, sockets=sockets: sockets.close() if t.cancelled() else None)
-            served.append(task)
+            serving = asyncio.ensure_future(self._serve_opened(sandbox_id, netns_path, sockets, recorded))
+            serving.add_done_callback(_close_if_cancelled(sockets))
+            served.append(serving)
         try:
             await asyncio.gather(*served)
         except BaseException:
-            for task in served:
-                task.cancel()
+            for future in served:
+                future.cancel()
             raise
         for ((sandbox_id, _, _), _), outcome in zip(
             [p for p in pending if not isinstance(p[1], CnmError)], served, strict=True

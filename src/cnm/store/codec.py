@@ -58,7 +58,7 @@ def _field_names(cls: type) -> tuple[str, ...]:
 
 def _encode_value(value: Any) -> Any:
     # exact types first (the bulk of any record), then the general rules in their order
-    kind = type(value)
+    kind: type = type(value)
     if kind in _PLAIN:
         return value
     if kind in _IP_TYPES:
@@ -104,7 +104,8 @@ does not fit)."""
 def decode(cls: type[T], doc: Mapping[str, Any]) -> T:
     """Rebuild a ``cls`` instance from its document (see the module's compatibility rules)."""
     try:
-        value: T = _decoder(cls)(doc)
+        tp: type = cls
+        value: T = _decoder(tp)(doc)
         return value
     except _DecodeError as exc:
         raise SystemFailure(f"cannot decode stored {cls.__name__}: {exc}") from None
