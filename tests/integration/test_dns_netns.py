@@ -68,6 +68,7 @@ SCRIPT = textwrap.dedent(
     from cnm.dns.forwarder import Forwarder
     from cnm.dns.records import NameTable, Upstream
     from cnm.dns.server import DnsServer
+    from cnm.errors import Conflict, KernelError
     from cnm.kernel.netns import call_in_netns
 
     CLIENT = sys.argv[1]
@@ -213,6 +214,45 @@ SCRIPT = textwrap.dedent(
         await server.add_sandbox("sb-gone", "/run/netns/gone")
         sh("ip", "netns", "delete", "gone")
         await server.remove_sandbox("sb-gone")
+        await server.close()
+
+        # -- many sandboxes in one trip (a daemon restart): each served, errors per sandbox,
+        # and the next server (same state dir) binds the same ports, leaving the NAT alone
+        for ns in ("b1", "b2"):
+            sh("ip", "netns", "add", ns); sh("ip", "-n", ns, "link", "set", "lo", "up")
+        batch = [("sb-b1", "/run/netns/b1"), ("sb-missing", "/run/netns/missing"), ("sb-b2", "/run/netns/b2")]
+        for sid in ("sb-b1", "sb-b2"):
+            names.set_endpoint(sid, "n1", "backend", sid, (sid,), None)
+        state = os.path.join(os.path.dirname(CLIENT), "dns-state")
+        ports = {}
+        for run in range(2):
+            server = DnsServer(names, Forwarder(), state_dir=state)
+            if run:
+                server.prepare(batch)  # opened ahead in the background, taken below
+            results = await server.add_sandboxes(batch)
+            assert isinstance(results["sb-missing"], KernelError), results
+            assert "/run/netns/missing does not exist" in str(results["sb-missing"]), results
+            for sid, ns in (("sb-b1", "b1"), ("sb-b2", "b2")):
+                assert results[sid] == server.serving(sid), results
+                assert ports.setdefault(sid, results[sid]) == results[sid], (run, ports, results)
+                rules = sh("ip", "netns", "exec", ns, "nft", "list", "table", "ip", "cnm-dns")
+                assert f"udp dport 53 dnat to 127.0.0.11:{results[sid][0]}" in rules, rules
+                proc = await asyncio.create_subprocess_exec(  # not sh(): the loop must answer
+                    "ip", "netns", "exec", ns, "busybox", "nslookup", "api2", "127.0.0.11",
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+                out = (await proc.communicate())[0].decode()
+                assert proc.returncode == 0 and "10.10.0.11" in out, out
+            again = await server.add_sandboxes([("sb-b1", "/run/netns/b1"), ("sb-b2", "/run/netns/b1")])
+            assert again["sb-b1"] == ports["sb-b1"] and isinstance(again["sb-b2"], Conflict), again
+            await server.close()
+        # what was prepared and not taken is closed: its ports are free for the next one
+        server = DnsServer(names, Forwarder(), state_dir=state)
+        server.prepare(batch)
+        assert (await server.add_sandboxes(batch[:1]))["sb-b1"] == ports["sb-b1"]
+        server.discard_prepared()
+        await asyncio.sleep(0.1)
+        assert server.serving("sb-b2") is None
+        assert await server.add_sandbox("sb-b2", "/run/netns/b2") == ports["sb-b2"]
         await server.close()
         print("OK")
 

@@ -39,7 +39,7 @@ class World:
     def extra(self) -> dict:
         return {}
 
-    async def controller(self) -> Controller:
+    async def controller(self, runc_states=None) -> Controller:
         ipam = DefaultIpam(self.store, DEFAULT_POOLS)
         ctl = Controller(
             store=self.store,
@@ -56,7 +56,7 @@ class World:
             exec_root=str(self.tmp / "exec"),
             **self.extra(),
         )
-        await ctl.start()
+        await ctl.start(runc_states)
         return ctl
 
 
@@ -311,6 +311,20 @@ async def test_restart_reconciles(world):
     new = await run(ctl2, "new")
     assert ctl2.container_endpoints(new)[0][1].address != live
     assert ctl2.find_network("bridge").id == ctl.find_network("bridge").id
+
+
+async def test_restart_reads_the_runc_listing_its_caller_started(world):
+    """cnmd starts ``runtime.states()`` before it imports the rest: the restore reads
+    that listing (one ``runc list`` per start), and decides as with its own."""
+    ctl = await world.controller()
+    keep = await run(ctl, "keep")
+    gone = await run(ctl, "gone")
+    await ctl.close()
+    world.runtime.exit(gone, 0)
+    before = world.runtime.calls.get("states", 0)
+    ctl2 = await world.controller(asyncio.ensure_future(world.runtime.states()))
+    assert world.runtime.calls["states"] == before + 1
+    assert ctl2.find_container(keep).running and not ctl2.find_container(gone).running
 
 
 async def test_stopped_container_connect_records_request(world):

@@ -22,7 +22,7 @@ import resource
 import secrets
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from cnm import __version__
@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # the concrete classes are imported where they are built (sta
     from cnm.engine.controller import Controller
     from cnm.firewall.api import Firewall, SpoofGuard
     from cnm.kernel.api import Kernel
+    from cnm.runtime.api import Runtime
     from cnm.store.api import Store
 
 log = logging.getLogger("cnm.daemon")
@@ -114,11 +115,16 @@ def firewall_table(bridge_name: str) -> str:
 
 
 def _build(
-    config: DaemonConfig, daemon: str, others: dict[str, int], cluster: ClusterMembership | None = None
+    config: DaemonConfig,
+    daemon: str,
+    others: dict[str, int],
+    runtime: Runtime,
+    cluster: ClusterMembership | None = None,
 ) -> tuple[Controller, Store, Kernel, DnsServer, list[Firewall | SpoofGuard], SpoofGuard | None]:
-    """The composition root: the only place naming concrete implementations.  ``others``:
-    the other cnmd alive in this network namespace ({daemon id: pid}); ``cluster``: this
-    daemon's membership of the cluster store, joined (global networks live there)."""
+    """The composition root: the only place naming concrete implementations (the runtime
+    is built first, by ``serve``).  ``others``: the other cnmd alive in this network
+    namespace ({daemon id: pid}); ``cluster``: this daemon's membership of the cluster
+    store, joined (global networks live there)."""
     from cnm.dns.records import NameTable
     from cnm.dns.server import DnsServer
     from cnm.drivers.api import NetworkDriver
@@ -136,7 +142,6 @@ def _build(
     from cnm.kernel.netlink import LinuxKernel
     from cnm.portmap.allocator import PortAllocator
     from cnm.portmap.proxy import UserlandProxy
-    from cnm.runtime.runc import RuncRuntime
     from cnm.store.sqlite import SqliteStore
 
     store = SqliteStore(os.path.join(config.data_root, "cnm.db"))
@@ -182,7 +187,6 @@ def _build(
         engine_cluster = Cluster(
             cluster.store, cluster.node_name, cluster.address, global_ipam, lease=lambda: cluster.lease
         )
-    runtime = RuncRuntime(config.data_root, config.exec_root, cgroup_parent=config.cgroup_parent)
     names = NameTable()
     # one server for the host, a listener per sandbox; its NAT ports are kept for the next start
     dns = DnsServer(names, state_dir=os.path.join(config.exec_root, "dns"))
@@ -253,11 +257,30 @@ async def _watch_firewall(controller: Controller, guard: SpoofGuard | None) -> N
             log.error("anti-spoofing repair failed: %s", exc)
 
 
+@contextlib.contextmanager
+def _no_default_ca_store() -> Iterator[None]:
+    """While importing aiohttp: SSL contexts made meanwhile do not read the system's CA
+    store.  aiohttp's connector builds two client contexts at import, each parsing every
+    CA certificate (~0.1 s, a tenth of cnmd's start); cnmd serves its API on a unix socket
+    and never makes an HTTPS request through them (etcd's TLS is grpc's, with its own
+    CA file).  Should anything use them, verification fails: closed, never open."""
+    import ssl
+
+    ssl.SSLContext.set_default_verify_paths = _no_verify_paths  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del ssl.SSLContext.set_default_verify_paths  # the inherited method again
+
+
+def _no_verify_paths(self: object) -> None:
+    """``SSLContext.set_default_verify_paths`` while aiohttp is imported: nothing loaded."""
+
+
 async def serve(config: DaemonConfig) -> None:
-    from cnm.api.app import make_app, serve_unix
-    from cnm.api.schemas_system import VersionInfo
     from cnm.kernel.owner import DaemonBeacon, live_daemons
     from cnm.runtime.process import become_subreaper
+    from cnm.runtime.runc import RuncRuntime
 
     for path in (config.data_root, config.exec_root, os.path.dirname(config.socket_path)):
         os.makedirs(path, mode=0o711, exist_ok=True)
@@ -285,15 +308,28 @@ async def serve(config: DaemonConfig) -> None:
         await cluster.start()
     become_subreaper()
     _raise_fd_limit()
-    controller, store, kernel, dns, leftovers, guard = _build(config, daemon, others, cluster)
-    _quiet_pyroute2()  # before the first netlink call: a "no such device" answer is not news
-    await check_bridge_name(kernel, config.bridge_name, others)
-    for other in leftovers:
-        try:
-            await other.teardown()
-        except CnmError as exc:  # e.g. that variant is not installed: nothing to remove
-            log.debug("no leftovers removed by %s: %s", type(other).__name__, exc)
-    await controller.start()
+    runtime = RuncRuntime(config.data_root, config.exec_root, cgroup_parent=config.cgroup_parent)
+    # runc lists the containers it runs (with 1,000 of them, most of a second of its own)
+    # while this process imports the rest of cnm and the API: its first step starts runc
+    runc_states = asyncio.ensure_future(runtime.states())
+    await asyncio.sleep(0)
+    try:
+        controller, store, kernel, dns, leftovers, guard = _build(config, daemon, others, runtime, cluster)
+        with _no_default_ca_store():
+            from cnm.api.app import make_app, serve_unix
+        from cnm.api.schemas_system import VersionInfo
+
+        _quiet_pyroute2()  # before the first netlink call: a "no such device" answer is not news
+        await check_bridge_name(kernel, config.bridge_name, others)
+        for other in leftovers:
+            try:
+                await other.teardown()
+            except CnmError as exc:  # e.g. that variant is not installed: nothing to remove
+                log.debug("no leftovers removed by %s: %s", type(other).__name__, exc)
+    except BaseException:
+        runc_states.cancel()
+        raise
+    await controller.start(runc_states)
     tmp_dir = os.path.join(config.exec_root, "tmp")
     os.makedirs(tmp_dir, exist_ok=True)
     version_info = VersionInfo(

@@ -27,12 +27,13 @@ from __future__ import annotations
 import asyncio
 import socket
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cnm.errors import FirewallError, KernelError, Unavailable
+from cnm.errors import CnmError, FirewallError, KernelError, Unavailable
 from cnm.kernel.cmdlog import log_script
-from cnm.kernel.netns import call_in_netns, netns_exists
+from cnm.kernel.netns import call_in_netns, enter_netns, netns_exists, run_on_fresh_thread
 
 Socket = socket.socket  # in annotations: inside the classes below, `socket` is a method
 
@@ -125,36 +126,83 @@ def bind_resolver_sockets(host: str, port: int = 0, tcp_port: int | None = None)
     return ResolverSockets(udp, tcp)
 
 
-async def open_resolver_in_netns(
-    netns_path: str, address: str = RESOLVER_ADDRESS, reuse: tuple[int, int] | None = None
-) -> ResolverSockets:
-    """Inside the namespace at ``netns_path``: bind the resolver's sockets on ``address``
-    (random ports) and install the NAT from port 53 to them, in one trip on one fresh
-    thread.  Leaves nothing behind on failure (sockets closed; the table is replaced as
-    a whole or not at all).
+@dataclass(slots=True)
+class ResolverRequest:
+    """One sandbox's resolver to open: its namespace, and the (udp, tcp) ports its NAT
+    already points at (a previous cnmd's), if known."""
 
-    ``reuse``: the (udp, tcp) ports the namespace's NAT already points at (a previous
-    cnmd's): bound again when they are free, and then the NAT is left as it is -- a
-    restart pays no ``nft`` process per sandbox.  When they are taken, random ports and a
-    new NAT, as without."""
+    netns_path: str
+    reuse: tuple[int, int] | None = None
 
-    def work() -> ResolverSockets:  # on a fresh thread inside the namespace
-        if reuse is not None:
+
+@dataclass(slots=True)
+class _Opened:
+    """What a trip opened, in request order: sockets, or the error of that request."""
+
+    results: list[ResolverSockets | CnmError] = field(default_factory=list)
+
+    def close(self) -> None:  # a cancelled trip: nobody will use them
+        for result in self.results:
+            if isinstance(result, ResolverSockets):
+                result.close()
+
+
+async def open_resolvers_in_netns(
+    requests: Sequence[ResolverRequest], address: str = RESOLVER_ADDRESS
+) -> list[ResolverSockets | CnmError]:
+    """For each request, inside its namespace: bind the resolver's sockets on ``address``
+    and install the NAT from port 53 to them -- all in ONE trip: one fresh thread enters
+    the namespaces in turn and ends after the last (a daemon restart with 1,000 sandboxes
+    pays one thread, not 1,000).  The result of each request in order: its sockets, or its
+    error (KernelError: no such namespace; FirewallError: the NAT refused); a failed
+    request leaves nothing behind (sockets closed; the table replaced whole or not at all).
+
+    ``reuse``: the ports the namespace's NAT already points at: bound again when they are
+    free, and then the NAT is left as it is -- a restart pays no ``nft`` process per
+    sandbox.  When they are taken, random ports and a new NAT, as without."""
+
+    def open_one(request: ResolverRequest) -> ResolverSockets:
+        if not netns_exists(request.netns_path):
+            raise FileNotFoundError(request.netns_path)
+        enter_netns(request.netns_path)
+        if request.reuse is not None:
             try:
-                return bind_resolver_sockets(address, reuse[0], reuse[1])
+                return bind_resolver_sockets(address, *request.reuse)
             except OSError:
                 pass  # taken meanwhile (by the container?): new ports, new NAT
         sockets = bind_resolver_sockets(address)
         try:
-            _apply_nft(render_dns_nat(*sockets.ports, address=address), netns_path)
+            _apply_nft(render_dns_nat(*sockets.ports, address=address), request.netns_path)
         except BaseException:
             sockets.close()
             raise
         return sockets
 
-    if not netns_exists(netns_path):
-        raise KernelError(f"network namespace {netns_path} does not exist")
-    return await call_in_netns(netns_path, work)
+    def work() -> _Opened:  # on a fresh thread, which ends in the last namespace
+        opened = _Opened()
+        try:
+            for request in requests:
+                try:
+                    opened.results.append(open_one(request))
+                except CnmError as exc:
+                    opened.results.append(exc)
+                except FileNotFoundError:
+                    opened.results.append(
+                        KernelError(f"network namespace {request.netns_path} does not exist")
+                    )
+                except OSError as exc:
+                    opened.results.append(
+                        KernelError(f"cannot enter network namespace {request.netns_path}: {exc}")
+                    )
+        except BaseException:
+            opened.close()
+            raise
+        return opened
+
+    if not requests:
+        return []
+    opened = await run_on_fresh_thread(work)
+    return opened.results
 
 
 async def remove_resolver_nat(netns_path: str) -> None:

@@ -29,22 +29,25 @@ import contextlib
 import logging
 import os
 import re
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from typing import Any
 
 from cnm.dns import answer
 from cnm.dns.forwarder import Forwarder
 from cnm.dns.netns_sockets import (
     RESOLVER_ADDRESS,
     NetnsSockets,
+    ResolverRequest,
     ResolverSockets,
     SocketSource,
     bind_resolver_sockets,
-    open_resolver_in_netns,
+    open_resolvers_in_netns,
     remove_resolver_nat,
 )
 from cnm.dns.records import NameTable
-from cnm.errors import Conflict, KernelError, TeardownErrors
+from cnm.errors import CnmError, Conflict, KernelError, TeardownErrors
 
 log = logging.getLogger("cnm.dns")
 
@@ -64,6 +67,42 @@ class _Listener:
     udp: asyncio.DatagramTransport | None = None
     tcp: asyncio.Server | None = None
     connections: set[asyncio.StreamWriter] = field(default_factory=set)
+
+
+def _close_if_cancelled(sockets: ResolverSockets) -> Callable[[asyncio.Future[Any]], None]:
+    """A task cancelled before it ran never saw its sockets: they are closed here (closing
+    them again, after a failure undid them, is harmless)."""
+
+    def done(task: asyncio.Future[Any]) -> None:
+        if task.cancelled():
+            sockets.close()
+
+    return done
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """A sandbox's sockets being opened ahead: the ``index``-th result of ``trip``."""
+
+    netns_path: str
+    recorded: tuple[int, int] | None
+    trip: asyncio.Future[list[ResolverSockets | CnmError]]
+    index: int
+
+    async def result(self) -> ResolverSockets | CnmError:
+        return (await asyncio.shield(self.trip))[self.index]
+
+    def discard(self) -> None:
+        """Not wanted after all: its sockets are closed once the trip has them."""
+
+        def close(trip: asyncio.Future[list[ResolverSockets | CnmError]]) -> None:
+            if trip.cancelled() or trip.exception() is not None:
+                return
+            sockets = trip.result()[self.index]
+            if isinstance(sockets, ResolverSockets):
+                sockets.close()
+
+        self.trip.add_done_callback(close)
 
 
 class DnsServer:
@@ -87,6 +126,7 @@ class DnsServer:
         self.state_dir = state_dir
         self._listeners: dict[str, _Listener] = {}
         self._cache = answer.AnswerCache()
+        self._prepared: dict[str, _Prepared] = {}  # sockets opened ahead (``prepare``)
 
     # -- the ports each sandbox's NAT points at, for the next cnmd -----------------------
 
@@ -133,14 +173,117 @@ class DnsServer:
         ``netns_path``; returns the (udp, tcp) ports the NAT points at.  Idempotent for the
         same namespace; Conflict if the sandbox is served elsewhere.  Re-adding after a
         cnmd restart replaces the old NAT table in one transaction."""
-        current = self._listeners.get(sandbox_id)
-        if current is not None:
-            if current.netns_path == netns_path:
-                return current.ports
-            raise Conflict(f"DNS for sandbox {sandbox_id[:12]} is already served in {current.netns_path}")
-        recorded = self._recorded(sandbox_id, netns_path)
+        result = (await self.add_sandboxes([(sandbox_id, netns_path)]))[sandbox_id]
+        if isinstance(result, CnmError):
+            raise result
+        return result
+
+    async def add_sandboxes(
+        self, sandboxes: Sequence[tuple[str, str]]
+    ) -> dict[str, tuple[int, int] | CnmError]:
+        """``add_sandbox`` for each (sandbox id, namespace path), the sockets of all of
+        them made in one trip through their namespaces (a daemon restart re-adds every
+        sandbox: one thread, not one per sandbox).  By sandbox id: its ports, or the error
+        that sandbox alone got (the others are served all the same).  A sandbox listed
+        twice is added in the last namespace given."""
+        results: dict[str, tuple[int, int] | CnmError] = {}
+        todo: list[tuple[str, str, tuple[int, int] | None]] = []
+        ahead: list[tuple[tuple[str, str, tuple[int, int] | None], _Prepared]] = []
+        for sandbox_id, netns_path in dict(sandboxes).items():
+            current = self._listeners.get(sandbox_id)
+            prepared = self._prepared.pop(sandbox_id, None)
+            if prepared is not None and (current is not None or prepared.netns_path != netns_path):
+                prepared.discard()
+                prepared = None
+            if current is None and prepared is not None:
+                ahead.append(((sandbox_id, netns_path, prepared.recorded), prepared))
+            elif current is None:
+                todo.append((sandbox_id, netns_path, self._recorded(sandbox_id, netns_path)))
+            elif current.netns_path == netns_path:
+                results[sandbox_id] = current.ports
+            else:
+                results[sandbox_id] = Conflict(
+                    f"DNS for sandbox {sandbox_id[:12]} is already served in {current.netns_path}"
+                )
+        pending: list[tuple[tuple[str, str, tuple[int, int] | None], ResolverSockets | CnmError]] = []
+        try:
+            for item, prepared in ahead:
+                pending.append((item, await prepared.result()))
+            opened = await open_resolvers_in_netns(
+                [ResolverRequest(path, recorded) for _, path, recorded in todo], self.address
+            )
+        except BaseException:
+            for _, prepared in ahead:
+                prepared.discard()
+            for _, sockets in pending:
+                if isinstance(sockets, ResolverSockets):
+                    sockets.close()
+            raise
+        pending += zip(todo, opened, strict=True)
+        # all served at once: attaching a transport waits for the loop, so one after the
+        # other would cost every sandbox a few loop iterations
+        served: list[asyncio.Future[tuple[int, int] | CnmError]] = []
+        for (sandbox_id, netns_path, recorded), sockets in pending:
+            if isinstance(sockets, CnmError):
+                results[sandbox_id] = sockets
+                continue
+            serving = asyncio.ensure_future(self._serve_opened(sandbox_id, netns_path, sockets, recorded))
+            serving.add_done_callback(_close_if_cancelled(sockets))
+            served.append(serving)
+        try:
+            await asyncio.gather(*served)
+        except BaseException:
+            for future in served:
+                future.cancel()
+            raise
+        for ((sandbox_id, _, _), _), outcome in zip(
+            [p for p in pending if not isinstance(p[1], CnmError)], served, strict=True
+        ):
+            results[sandbox_id] = outcome.result()
+        return results
+
+    async def _serve_opened(
+        self, sandbox_id: str, netns_path: str, sockets: ResolverSockets, recorded: tuple[int, int] | None
+    ) -> tuple[int, int] | CnmError:
+        try:
+            return await self._serve_sandbox(sandbox_id, netns_path, sockets, recorded)
+        except CnmError as exc:
+            return exc
+
+    def prepare(self, sandboxes: Sequence[tuple[str, str]]) -> None:
+        """Start opening the sockets of these (sandbox id, namespace path) in one trip, in
+        the background: a later ``add_sandbox(es)`` of one of them takes its sockets from
+        there.  A daemon start calls it while it waits for something else (runc's
+        listing), before it knows which sandboxes it keeps; ``discard_prepared`` closes
+        what was not taken."""
+        todo = [
+            (sandbox_id, netns_path, self._recorded(sandbox_id, netns_path))
+            for sandbox_id, netns_path in dict(sandboxes).items()
+            if sandbox_id not in self._listeners and sandbox_id not in self._prepared
+        ]
+        if not todo:
+            return
+        trip = asyncio.ensure_future(
+            open_resolvers_in_netns(
+                [ResolverRequest(path, recorded) for _, path, recorded in todo], self.address
+            )
+        )
+        for index, (sandbox_id, netns_path, recorded) in enumerate(todo):
+            self._prepared[sandbox_id] = _Prepared(netns_path, recorded, trip, index)
+
+    def discard_prepared(self) -> None:
+        """Close the sockets ``prepare`` opened that no ``add_sandbox`` took (now, or
+        when their trip ends)."""
+        prepared, self._prepared = self._prepared, {}
+        for entry in prepared.values():
+            entry.discard()
+
+    async def _serve_sandbox(
+        self, sandbox_id: str, netns_path: str, sockets: ResolverSockets, recorded: tuple[int, int] | None
+    ) -> tuple[int, int]:
+        """Serve the sockets just opened in ``netns_path``; on failure they are closed and
+        the NAT removed."""
         async with AsyncExitStack() as undo:
-            sockets = await open_resolver_in_netns(netns_path, self.address, reuse=recorded)
             undo.callback(sockets.close)
             undo.push_async_callback(remove_resolver_nat, netns_path)
             listener = _Listener(sandbox_id, netns_path, sockets.ports, NetnsSockets(netns_path))
@@ -175,6 +318,9 @@ class DnsServer:
         NAT table (if the namespace still exists).  Idempotent; does not touch the
         names (the engine withdraws them from the ``NameTable``)."""
         self._forget_record(sandbox_id)  # before the NAT goes: a record never outlives it
+        prepared = self._prepared.pop(sandbox_id, None)
+        if prepared is not None:
+            prepared.discard()
         listener = self._listeners.pop(sandbox_id, None)
         if listener is None:
             return
@@ -202,6 +348,7 @@ class DnsServer:
         """Close every listener (cnmd shutting down).  The NAT tables stay: containers
         keep running, and the next cnmd re-adds their sandboxes on the same ports (written
         under ``state_dir``) when they are still free, else replacing the NAT."""
+        self.discard_prepared()
         listeners = list(self._listeners.values())
         self._listeners.clear()
         for listener in listeners:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cnm.dns.records import NameTable
@@ -50,7 +50,7 @@ from cnm.kernel.api import Kernel
 from cnm.model.container import Container, ContainerConfig, ExecSpec, Image
 from cnm.model.endpoint import EndpointRecord, EndpointRequest, SandboxRecord
 from cnm.model.network import NetworkRecord, NetworkSpec
-from cnm.runtime.api import Process, Runtime
+from cnm.runtime.api import Process, RunState, Runtime
 from cnm.runtime.images import Loaded
 from cnm.runtime.logs import Record
 from cnm.runtime.output import Subscription
@@ -152,14 +152,20 @@ class Controller:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, runc_states: Awaitable[dict[str, RunState]] | None = None) -> None:
         """Load the records, then reconcile them with the kernel (``engine/restore.py``):
         firewall base, running containers, orphans, drivers, predefined networks, rules,
-        and last the restart policies, once networks are in place."""
-        await self._state.load()
-        await self._ipam.start()
-        await self._restore.upgrade_records()
-        await self._firewall.setup()
+        and last the restart policies, once networks are in place.  ``runc_states``:
+        ``runtime.states()``, when the caller started it earlier."""
+        self._restore.list_runc(runc_states)  # runc lists its containers meanwhile
+        try:
+            await self._state.load()
+            await self._ipam.start()
+            await self._restore.upgrade_records()
+            await self._firewall.setup()
+        except BaseException:
+            self._restore.cancel()
+            raise
         await self._restore.containers()
         await self._restore.orphan_addresses()
         await self._restore.drivers()

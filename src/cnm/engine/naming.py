@@ -275,10 +275,16 @@ class Naming:
         return [Upstream(ip, 53, via_host) for ip, via_host in servers][:MAX_UPSTREAMS]
 
     async def publish(
-        self, container: Container, sandbox: SandboxRecord, endpoints: Sequence[EndpointRecord]
+        self,
+        container: Container,
+        sandbox: SandboxRecord,
+        endpoints: Sequence[EndpointRecord],
+        *,
+        listen: bool = True,
     ) -> None:
         """Make the DNS records of ``sandbox`` match its endpoints (a record per
-        user-network endpoint) and make sure it has a listener.
+        user-network endpoint) and make sure it has a listener (``listen=False``: the
+        caller adds listeners for many sandboxes at once, with ``listen``).
 
         The listener lives as long as the sandbox, whatever its networks (Docker starts its
         resolver once per sandbox too): setting it up costs a thread trip and an nft
@@ -311,8 +317,30 @@ class Naming:
             internal_only=bool(pairs) and all(net.internal for net, _ in pairs),
             ndots_set=files.ndots_set(config.dns_options or host_conf.options),
         )
-        if not self._dns.serving(sandbox.id):
+        if listen and not self._dns.serving(sandbox.id):
             await self._dns.add_sandbox(sandbox.id, sandbox.key)
+
+    def prepare(self, sandboxes: Sequence[SandboxRecord]) -> None:
+        """Start opening the listeners' sockets of sandboxes ``listen`` may be asked for
+        (in the background: a daemon start does it while runc lists its containers);
+        ``discard_prepared`` closes those ``listen`` did not take."""
+        if self._names is not None and self._dns is not None:
+            self._dns.prepare([(s.id, s.key) for s in sandboxes if s.key])
+
+    def discard_prepared(self) -> None:
+        if self._dns is not None:
+            self._dns.discard_prepared()
+
+    async def listen(self, sandboxes: Sequence[SandboxRecord]) -> dict[str, CnmError]:
+        """The listeners of many sandboxes published with ``listen=False`` (a daemon start
+        restores every sandbox), their sockets made in one trip through the namespaces;
+        the errors by sandbox id (the other sandboxes are served all the same)."""
+        if self._names is None or self._dns is None:
+            return {}
+        dns = self._dns
+        wanted = [(s.id, s.key) for s in sandboxes if s.key and not dns.serving(s.id)]
+        results = await dns.add_sandboxes(wanted)
+        return {sandbox_id: r for sandbox_id, r in results.items() if isinstance(r, CnmError)}
 
     async def withdraw(self, sandbox: SandboxRecord) -> list[BaseException]:
         """The sandbox is going away: drop its records and listener (idempotent)."""

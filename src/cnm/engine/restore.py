@@ -15,9 +15,10 @@ Restart policies resume afterwards (``Exits.resume_restarts``), once networks ar
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import replace
 
 from cnm.engine.endpoint import Endpoint
@@ -40,6 +41,21 @@ class Restore:
         self._state = svc.state
         self._runs = runs
         self._exits = exits
+        self._listing: asyncio.Future[dict[str, RunState]] | None = None
+
+    def list_runc(self, listing: Awaitable[dict[str, RunState]] | None = None) -> None:
+        """Start the one listing of runc's state that ``containers`` reads (or take
+        ``listing``, ``runtime.states()`` started by the caller): a ``runc list`` of 1,000
+        containers takes a good part of a second, in a process of its own, so it runs
+        while the records load (call first; ``containers`` awaits it)."""
+        if self._listing is None:
+            self._listing = asyncio.ensure_future(listing or self._svc.runtime.states())
+
+    def cancel(self) -> None:
+        """The start failed before ``containers``: no listing left behind."""
+        listing, self._listing = self._listing, None
+        if listing is not None and not listing.cancel() and not listing.cancelled():
+            listing.exception()  # done already: its failure, if any, is not news now
 
     async def upgrade_records(self) -> None:
         """Records written before ``config.networks`` held the primary network imply it by
@@ -65,10 +81,32 @@ class Restore:
         """Adopt the containers still running, finish those that died, remove what no
         running container owns (see the module's docstring)."""
         svc = self._svc
+        # the DNS sockets of the sandboxes the store says run are opened while runc lists
+        # (those found dead are closed unused)
+        svc.naming.prepare(
+            [
+                s
+                for s in self._state.sandboxes.values()
+                if (c := self._state.containers.get(s.container_id)) and c.running
+            ]
+        )
+        try:
+            await self._adopt()
+        finally:
+            svc.naming.discard_prepared()
+
+    async def _adopt(self) -> None:
+        svc = self._svc
         # ONE listing of runc's state for every container: a runc call per container
         # would make a restart with 1,000 containers take seconds
-        runc = await svc.runtime.states()
+        self.list_runc()
+        assert self._listing is not None
+        try:
+            runc = await self._listing
+        finally:
+            self._listing = None
         await self._reap_unrecorded(runc)
+        adopted: list[Sandbox] = []
         for container in list(self._state.containers.values()):
             if not container.running:
                 continue
@@ -78,7 +116,8 @@ class Restore:
                 self._exits.watch(container.id, self._runs.new(container.id, pid))
                 sandbox = Sandbox.of(svc, container)
                 if sandbox is not None:
-                    await sandbox.restore()
+                    await sandbox.restore(listen=False)
+                    adopted.append(sandbox)
                 else:
                     for ep in self._state.endpoints_of_container(container.id):
                         await Endpoint.of(svc, ep).restore()
@@ -96,6 +135,12 @@ class Restore:
             await self._state.commit(put=[replace(container, state=state, sandbox_id="")])
             for err in errors:
                 log.warning("reconcile of %s: %s", container.name, err)
+        # their DNS listeners in one trip through the namespaces, once their names are
+        # published (a thread per sandbox would cost a restart with 1,000 of them seconds)
+        failed = await svc.naming.listen([sandbox.record for sandbox in adopted])
+        for sandbox in adopted:
+            if sandbox.record.id in failed:
+                log.warning("restoring names of %s: %s", sandbox.container.name, failed[sandbox.record.id])
         live = {c.id for c in self._state.containers.values() if c.running}
         for orphan in [s for s in self._state.sandboxes.values() if s.container_id not in live]:
             for ep in self._state.endpoints_of_container(orphan.container_id):

@@ -244,13 +244,14 @@ class Sandbox:
         await self._svc.state.commit(delete=[self.record])
         return errors
 
-    async def restore(self) -> None:
+    async def restore(self, *, listen: bool = True) -> None:
         """After a daemon restart, the container still running: its ports held again and
-        its names served again."""
+        its names served again (``listen=False``: its DNS listener is left to the caller,
+        ``Naming.listen``)."""
         for record in self.endpoints():
             await Endpoint.of(self._svc, record).restore()
         try:
-            await self._svc.naming.publish(self.container, self.record, self.endpoints())
+            await self._svc.naming.publish(self.container, self.record, self.endpoints(), listen=listen)
         except CnmError as exc:
             log.warning("restoring names of %s: %s", self.container.name, exc)
 

@@ -2,9 +2,14 @@
 
 ``encode`` walks a value: dataclasses become ``{field name: value}``, tuples become lists,
 mappings become objects, IPv4 addresses/networks/interfaces become their text.  ``decode``
-walks the declared types (``typing.get_type_hints``, since the model modules use
+follows the declared types (``typing.get_type_hints``, since the model modules use
 ``from __future__ import annotations``) and rebuilds the frozen objects: tuples as tuples,
 mappings as read-only ``MappingProxyType``s.
+
+Both are compiled once per type: the first use of a class turns its fields and their
+declared types into a chain of small functions (a decoder per field, a field list per
+encoded class), so a daemon start decoding every record pays for the reflection once,
+not once per record.
 
 Compatibility rules, so records written by one cnm version load in another:
 unknown keys in a document are ignored, missing keys (and ``null`` for a field that
@@ -19,7 +24,7 @@ import dataclasses
 import functools
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any, TypeVar
 
@@ -46,7 +51,31 @@ def encode(obj: Any) -> dict[str, Any]:
     return doc
 
 
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
 def _encode_value(value: Any) -> Any:
+    # exact types first (the bulk of any record), then the general rules in their order
+    kind: type = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind in _IP_TYPES:
+        return str(value)
+    if kind is tuple or kind is list:
+        return [_encode_value(v) for v in value]
+    if (kind is types.MappingProxyType or kind is dict) and all(type(k) is str for k in value):
+        return {k: _encode_value(v) for k, v in value.items()}
+    if hasattr(kind, "__dataclass_fields__") and kind is not type:
+        return {name: _encode_value(getattr(value, name)) for name in _field_names(kind)}
+    return _encode_other(value)
+
+
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
+def _encode_other(value: Any) -> Any:
     if value is None or isinstance(value, _SCALARS):
         return value
     if isinstance(value, _IP_TYPES):
@@ -67,21 +96,16 @@ def _encode_value(value: Any) -> Any:
 
 # -- decode ------------------------------------------------------------------------------
 
-
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-@functools.cache
-def _fields(cls: type) -> tuple[dataclasses.Field[Any], ...]:
-    return dataclasses.fields(cls)
+Decoder = Callable[[Any], Any]
+"""Compiled for one declared type: the document's value -> the object (_DecodeError if it
+does not fit)."""
 
 
 def decode(cls: type[T], doc: Mapping[str, Any]) -> T:
     """Rebuild a ``cls`` instance from its document (see the module's compatibility rules)."""
     try:
-        value: T = _decode_dataclass(cls, doc)
+        tp: type = cls
+        value: T = _decoder(tp)(doc)
         return value
     except _DecodeError as exc:
         raise SystemFailure(f"cannot decode stored {cls.__name__}: {exc}") from None
@@ -89,38 +113,6 @@ def decode(cls: type[T], doc: Mapping[str, Any]) -> T:
 
 def _has_default(f: dataclasses.Field[Any]) -> bool:
     return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-
-
-def _decode_dataclass(cls: type, doc: Any) -> Any:
-    from_text = getattr(cls, "from_text", None)
-    if isinstance(doc, str) and from_text is not None:  # an earlier version stored its text
-        try:
-            return from_text(doc)
-        except (ValueError, CnmError) as exc:
-            raise _DecodeError(f"invalid {cls.__name__} {doc!r}: {exc}") from None
-    if not isinstance(doc, Mapping):
-        raise _DecodeError(f"{cls.__name__} wants an object, got {doc!r}")
-    hints = _hints(cls)
-    kwargs: dict[str, Any] = {}
-    for f in _fields(cls):
-        if not f.init:
-            continue
-        if f.name not in doc:
-            if not _has_default(f):
-                raise _DecodeError(f"{cls.__name__}.{f.name} is missing")
-            continue  # the dataclass supplies the default
-        raw = doc[f.name]
-        tp = hints[f.name]
-        if raw is None and not _allows_none(tp) and _has_default(f):
-            continue
-        try:
-            kwargs[f.name] = _decode_value(tp, raw)
-        except _DecodeError as exc:
-            raise _DecodeError(f"{cls.__name__}.{f.name}: {exc}") from None
-    try:
-        return cls(**kwargs)
-    except (ValueError, CnmError) as exc:  # the class's own checks refused the values
-        raise _DecodeError(f"{cls.__name__}: {exc}") from None
 
 
 def _allows_none(tp: Any) -> bool:
@@ -133,78 +125,207 @@ def _is_union(tp: Any) -> bool:
     return typing.get_origin(tp) in (typing.Union, types.UnionType)
 
 
-def _decode_value(tp: Any, raw: Any) -> Any:
+@functools.cache
+def _decoder(tp: Any) -> Decoder:
+    """The decoder of the declared type ``tp``, built once.  The rules, in this order: Any
+    takes anything; None only null; a union the first member that fits; dataclasses,
+    IPv4 values, bool, int (not bool), float (int too), str; tuples, mappings, lists and
+    sets of their declared items.  Any other type fails when a value meets it."""
     if tp is Any:
-        return raw
+        return _any
     if tp is type(None):
-        if raw is not None:
-            raise _DecodeError(f"expected null, got {raw!r}")
-        return None
+        return _none
     if _is_union(tp):
-        args = typing.get_args(tp)
+        return _union_decoder(typing.get_args(tp))
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return _dataclass_decoder(tp)
+    if tp in _IP_TYPES:
+        return _ip_decoder(tp)
+    if tp in _SCALAR_DECODERS:
+        return _SCALAR_DECODERS[tp]
+    origin = typing.get_origin(tp) or tp
+    args = typing.get_args(tp)
+    if origin is tuple:
+        return _tuple_decoder(args)
+    if origin in (Mapping, dict, typing.Mapping) or (
+        isinstance(origin, type) and issubclass(origin, Mapping)
+    ):
+        return _mapping_decoder(args[1] if len(args) == 2 else Any, read_only=origin is not dict)
+    if origin in (list, frozenset, set):
+        return _collection_decoder(origin, args[0] if args else Any)
+    return _unsupported(tp)
+
+
+def _any(raw: Any) -> Any:
+    return raw
+
+
+def _none(raw: Any) -> None:
+    if raw is not None:
+        raise _DecodeError(f"expected null, got {raw!r}")
+
+
+def _bool(raw: Any) -> bool:
+    if not isinstance(raw, bool):
+        raise _DecodeError(f"expected bool, got {raw!r}")
+    return raw
+
+
+def _int(raw: Any) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise _DecodeError(f"expected int, got {raw!r}")
+    return raw
+
+
+def _float(raw: Any) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+        raise _DecodeError(f"expected number, got {raw!r}")
+    return float(raw)
+
+
+def _str(raw: Any) -> str:
+    if not isinstance(raw, str):
+        raise _DecodeError(f"expected str, got {raw!r}")
+    return raw
+
+
+_SCALAR_DECODERS: dict[Any, Decoder] = {bool: _bool, int: _int, float: _float, str: _str}
+
+
+def _unsupported(tp: Any) -> Decoder:
+    def fail(raw: Any) -> Any:
+        raise _DecodeError(f"unsupported type {tp!r}")
+
+    return fail
+
+
+def _union_decoder(args: tuple[Any, ...]) -> Decoder:
+    nullable = type(None) in args
+    members = [_decoder(a) for a in args if a is not type(None)]
+
+    def union(raw: Any) -> Any:
         if raw is None:
-            if type(None) in args:
+            if nullable:
                 return None
             raise _DecodeError("null is not allowed")
         errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        for member in members:
             try:
-                return _decode_value(arg, raw)
+                return member(raw)
             except _DecodeError as exc:
                 errors.append(str(exc))
         raise _DecodeError("; ".join(errors))
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        return _decode_dataclass(tp, raw)
-    if tp in _IP_TYPES:
+
+    return union
+
+
+def _ip_decoder(tp: type) -> Decoder:
+    def ip(raw: Any) -> Any:
         if not isinstance(raw, str):
             raise _DecodeError(f"expected {tp.__name__} text, got {raw!r}")
         try:
             return tp(raw)
         except ValueError as exc:
             raise _DecodeError(f"invalid {tp.__name__} {raw!r}: {exc}") from None
-    if tp is bool:
-        if not isinstance(raw, bool):
-            raise _DecodeError(f"expected bool, got {raw!r}")
-        return raw
-    if tp is int:
-        if isinstance(raw, bool) or not isinstance(raw, int):
-            raise _DecodeError(f"expected int, got {raw!r}")
-        return raw
-    if tp is float:
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)):
-            raise _DecodeError(f"expected number, got {raw!r}")
-        return float(raw)
-    if tp is str:
-        if not isinstance(raw, str):
-            raise _DecodeError(f"expected str, got {raw!r}")
-        return raw
-    origin = typing.get_origin(tp) or tp
-    args = typing.get_args(tp)
-    if origin is tuple:
+
+    return ip
+
+
+def _tuple_decoder(args: tuple[Any, ...]) -> Decoder:
+    if len(args) == 2 and args[1] is Ellipsis:
+        item = _decoder(args[0])
+
+        def variadic(raw: Any) -> tuple[Any, ...]:
+            if not isinstance(raw, list):
+                raise _DecodeError(f"expected a list, got {raw!r}")
+            return tuple([item(v) for v in raw])
+
+        return variadic
+    items = [_decoder(a) for a in args]
+
+    def fixed(raw: Any) -> tuple[Any, ...]:
         if not isinstance(raw, list):
             raise _DecodeError(f"expected a list, got {raw!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_decode_value(args[0], v) for v in raw)
-        if not args:
+        if not items:
             return tuple(raw)
-        if len(args) != len(raw):
-            raise _DecodeError(f"expected {len(args)} items, got {raw!r}")
-        return tuple(_decode_value(a, v) for a, v in zip(args, raw, strict=True))
-    if origin in (Mapping, dict, typing.Mapping) or (
-        isinstance(origin, type) and issubclass(origin, Mapping)
-    ):
+        if len(items) != len(raw):
+            raise _DecodeError(f"expected {len(items)} items, got {raw!r}")
+        return tuple([dec(v) for dec, v in zip(items, raw, strict=True)])
+
+    return fixed
+
+
+def _mapping_decoder(value_type: Any, *, read_only: bool) -> Decoder:
+    value = _decoder(value_type)
+
+    def mapping(raw: Any) -> Any:
         if not isinstance(raw, dict):
             raise _DecodeError(f"expected an object, got {raw!r}")
-        value_type = args[1] if len(args) == 2 else Any
-        decoded = {k: _decode_value(value_type, v) for k, v in raw.items()}
+        decoded = {k: value(v) for k, v in raw.items()}
         # A field declared ``dict`` gets a dict; a ``Mapping`` (the model's choice) a
         # read-only view, as immutable as the frozen record holding it.
-        return decoded if origin is dict else types.MappingProxyType(decoded)
-    if origin in (list, frozenset, set):
+        return types.MappingProxyType(decoded) if read_only else decoded
+
+    return mapping
+
+
+def _collection_decoder(origin: Any, item_type: Any) -> Decoder:
+    item = _decoder(item_type)
+
+    def collection(raw: Any) -> Any:
         if not isinstance(raw, list):
             raise _DecodeError(f"expected a list, got {raw!r}")
-        item = args[0] if args else Any
-        return origin(_decode_value(item, v) for v in raw)
-    raise _DecodeError(f"unsupported type {tp!r}")
+        return origin(item(v) for v in raw)
+
+    return collection
+
+
+_MISSING: Any = object()
+
+
+def _dataclass_decoder(cls: type) -> Decoder:
+    """The decoder of a dataclass: its fields' decoders are looked up at the first document
+    (not here), so classes may refer to each other, or to themselves."""
+    name = cls.__name__
+    from_text = getattr(cls, "from_text", None)
+    # (field name, its decoder, has a default, takes null) for each field __init__ takes
+    plan: list[tuple[str, Decoder, bool, bool]] | None = None
+
+    def compile_fields() -> list[tuple[str, Decoder, bool, bool]]:
+        hints = typing.get_type_hints(cls)
+        return [
+            (f.name, _decoder(hints[f.name]), _has_default(f), _allows_none(hints[f.name]))
+            for f in dataclasses.fields(cls)
+            if f.init
+        ]
+
+    def dataclass(doc: Any) -> Any:
+        nonlocal plan
+        if isinstance(doc, str) and from_text is not None:  # an earlier version stored its text
+            try:
+                return from_text(doc)
+            except (ValueError, CnmError) as exc:
+                raise _DecodeError(f"invalid {name} {doc!r}: {exc}") from None
+        if not isinstance(doc, Mapping):
+            raise _DecodeError(f"{name} wants an object, got {doc!r}")
+        if plan is None:
+            plan = compile_fields()
+        kwargs: dict[str, Any] = {}
+        for field_name, field_decoder, has_default, nullable in plan:
+            raw = doc.get(field_name, _MISSING)
+            if raw is _MISSING:
+                if not has_default:
+                    raise _DecodeError(f"{name}.{field_name} is missing")
+                continue  # the dataclass supplies the default
+            if raw is None and not nullable and has_default:
+                continue
+            try:
+                kwargs[field_name] = field_decoder(raw)
+            except _DecodeError as exc:
+                raise _DecodeError(f"{name}.{field_name}: {exc}") from None
+        try:
+            return cls(**kwargs)
+        except (ValueError, CnmError) as exc:  # the class's own checks refused the values
+            raise _DecodeError(f"{name}: {exc}") from None
+
+    return dataclass
