@@ -15,6 +15,10 @@ when that thread ends -- ``asyncio.to_thread``'s threads last until the loop clo
 ``inside``: a function wrapping an argv to run it elsewhere (``TestHost.inside``: the
 members then run in the test host's network namespace, and die with it); the ports are
 then fixed (the namespace is fresh) and the health check runs ``etcdctl`` there too.
+
+``hosts`` (with ``member_inside``): one address per member, each member running where its
+own wrapper puts it (the multi-host lab, tests/lab.py: member i in host i, listening on its
+underlay address, ports 2379/2380); ``etcdctl`` runs through ``inside``.
 """
 
 from __future__ import annotations
@@ -80,8 +84,9 @@ class Certs:
     client_key: str
 
 
-def make_certs(directory: Path) -> Certs:
-    """A CA valid for a day and two certificates it signs (openssl), in ``directory``."""
+def make_certs(directory: Path, ips: Sequence[str] = (HOST,)) -> Certs:
+    """A CA valid for a day and two certificates it signs (openssl), in ``directory``,
+    valid for the addresses ``ips``."""
     directory.mkdir(parents=True, exist_ok=True)
     d = str(directory)
 
@@ -94,7 +99,8 @@ def make_certs(directory: Path) -> Certs:
     )
     for name, usage in (("server", "serverAuth,clientAuth"), ("client", "clientAuth")):
         ext = directory / f"{name}.ext"
-        ext.write_text(f"subjectAltName=IP:{HOST}\nextendedKeyUsage={usage}\n")
+        san = ",".join(f"IP:{ip}" for ip in ips)
+        ext.write_text(f"subjectAltName={san}\nextendedKeyUsage={usage}\n")
         openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN=cnm-test-{name}")
         openssl(
             "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
@@ -120,18 +126,20 @@ class Member:
     log_path: Path
     proc: subprocess.Popen | None = None
     scheme: str = "http"
+    host: str = HOST
+    inside: Callable[[Sequence[str]], list[str]] | None = None  # where it runs (else the cluster's)
 
     @property
     def endpoint(self) -> str:
-        return f"{HOST}:{self.client_port}"
+        return f"{self.host}:{self.client_port}"
 
     @property
     def client_url(self) -> str:
-        return f"{self.scheme}://{HOST}:{self.client_port}"
+        return f"{self.scheme}://{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://{HOST}:{self.peer_port}"
+        return f"http://{self.host}:{self.peer_port}"
 
     @property
     def running(self) -> bool:
@@ -157,6 +165,8 @@ class EtcdCluster:
     base_port: int = 0  # with ``inside``: client ports base, base+2 ...; peers base+1 ...
     root: Path | None = None
     tls: bool = False  # clients speak TLS with client certificates (``certs``); peers plain
+    hosts: Sequence[str] | None = None  # one address per member (see the module docstring)
+    member_inside: Sequence[Callable[[Sequence[str]], list[str]]] | None = None
     members: list[Member] = field(init=False, default_factory=list)
     certs: Certs | None = field(init=False, default=None)
     _own_root: bool = field(init=False, default=False)
@@ -164,18 +174,24 @@ class EtcdCluster:
     def __post_init__(self) -> None:
         if self.size not in (1, 3):
             raise ValueError(f"an etcd test cluster has 1 or 3 members, not {self.size}")
+        if self.hosts is not None and len(self.hosts) != self.size:
+            raise ValueError(f"{len(self.hosts)} hosts for {self.size} etcd members")
+        if self.member_inside is not None and len(self.member_inside) != self.size:
+            raise ValueError(f"{len(self.member_inside)} member wrappers for {self.size} etcd members")
         if self.root is None:
             parent = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
             self.root = Path(tempfile.mkdtemp(prefix="cnm-etcd-", dir=parent))
             self._own_root = True
         self.root.mkdir(parents=True, exist_ok=True)
         if self.tls:
-            self.certs = make_certs(self.root / "pki")
+            self.certs = make_certs(self.root / "pki", self.hosts or (HOST,))
         self._layout()
 
     def _layout(self) -> None:
         assert self.root is not None
-        if self.inside is not None:
+        if self.hosts is not None:  # one address each: the well-known ports on every member
+            ports = [self.base_port or 2379, (self.base_port or 2379) + 1] * self.size
+        elif self.inside is not None:
             base = self.base_port or 2379
             ports = [base + i for i in range(2 * self.size)]
         else:
@@ -188,6 +204,8 @@ class EtcdCluster:
                 data_dir=self.root / f"m{i}.etcd",
                 log_path=self.root / f"m{i}.log",
                 scheme="https" if self.tls else "http",
+                host=self.hosts[i] if self.hosts is not None else HOST,
+                inside=self.member_inside[i] if self.member_inside is not None else None,
             )
             for i in range(self.size)
         ]
@@ -232,7 +250,12 @@ class EtcdCluster:
             except EtcdError:
                 logs = self.logs()
                 self._kill_all()
-                if attempt == 2 or self.inside is not None or "address already in use" not in logs:
+                if (
+                    attempt == 2
+                    or self.inside is not None
+                    or self.hosts is not None
+                    or "address already in use" not in logs
+                ):
                     raise
                 for m in self.members:
                     shutil.rmtree(m.data_dir, ignore_errors=True)
@@ -284,8 +307,9 @@ class EtcdCluster:
         # SIGKILL when the thread that started it dies (setpriv, not a preexec_fn: no Python
         # may run between fork and exec in a process with gRPC's threads).
         argv = [SETPRIV, "--pdeathsig", "KILL", "--", *self._argv(m)]
-        if self.inside is not None:
-            argv = self.inside(argv)
+        inside = m.inside or self.inside
+        if inside is not None:
+            argv = inside(argv)
         with open(m.log_path, "ab") as log:
             m.proc = subprocess.Popen(
                 argv,
@@ -315,8 +339,9 @@ class EtcdCluster:
     def _healthy(self, m: Member) -> bool:
         argv = [ETCDCTL, *self._ctl_tls(), "--endpoints", m.client_url, "--command-timeout", "2s"]
         argv += ["endpoint", "health"]
-        if self.inside is not None:
-            argv = self.inside(argv)
+        inside = m.inside or self.inside
+        if inside is not None:
+            argv = inside(argv)
         proc = subprocess.run(
             argv, capture_output=True, env={**os.environ, "ETCDCTL_API": "3"}, timeout=10, check=False
         )

@@ -227,6 +227,9 @@ class TestHost:
 
     __test__ = False  # not a pytest test class
 
+    #: a hostname of its own (a private UTS namespace too), e.g. a lab host's ``h1``; "" keeps
+    #: the real host's UTS namespace, as every single-host test does
+    hostname: str = ""
     tmp: Path = field(init=False)
     data_root: Path = field(init=False)
     exec_root: Path = field(init=False)
@@ -289,6 +292,7 @@ class TestHost:
                     "--mount",
                     "--propagation",
                     "private",
+                    *(["--uts"] if self.hostname else []),
                     sys.executable,
                     str(HOSTINIT),
                 ],
@@ -313,6 +317,8 @@ class TestHost:
         self.init_pid = children[0]
         self._pidns = _ns_inode(self.init_pid, "pid")
         self._tell_reaper(f"init {self.init_pid} {self._pidns}")
+        if self.hostname:
+            self.run(["hostname", self.hostname])
 
     def close(self) -> None:
         """Tear everything down; idempotent; raises HarnessError listing what could not be
@@ -379,7 +385,8 @@ class TestHost:
         """``argv`` wrapped to run inside the test host (its net, mount and pid namespaces)."""
         if not self.init_pid:
             raise HarnessError("the test host is not running")
-        return ["nsenter", "-t", str(self.init_pid), "-n", "-m", "-p", "--", *map(str, argv)]
+        uts = ["-u"] if self.hostname else []
+        return ["nsenter", "-t", str(self.init_pid), "-n", "-m", "-p", *uts, "--", *map(str, argv)]
 
     def run(
         self,

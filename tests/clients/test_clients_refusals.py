@@ -2,9 +2,10 @@
 that says what to do instead, and changes nothing.
 
 - swarm: every swarm-only request gets Docker's 503 "This node is not a swarm manager ..."
-  (``docker service ls``, ``docker node ls``, ``docker network create -d overlay``, the SDK's
-  services, nodes, secrets, configs); ``docker swarm leave`` gets Docker's "This node is not
-  part of a swarm", which the SDK's ``swarm.leave(force=True)`` accepts, so teardowns work;
+  (``docker service ls``, ``docker node ls``, ``docker network create --scope swarm``, the
+  SDK's services, nodes, secrets, configs); ``docker swarm leave`` gets Docker's "This node is
+  not part of a swarm", which the SDK's ``swarm.leave(force=True)`` accepts, so teardowns work;
+- overlay networks without a cluster store: a 400 naming ``cnmd --cluster-store``;
 - pulling: ``docker pull`` and the SDK's ``images.pull`` are told how to bring an image
   (``docker save`` + ``cnm load``, or ``docker export`` + ``cnm image import``).
 """
@@ -22,6 +23,9 @@ NOT_MANAGER = (
     "connect this node to swarm and try again."
 )
 NOT_IN_SWARM = "This node is not part of a swarm"
+NO_CLUSTER = (
+    "overlay networks span hosts and need a cluster store: start cnmd with --cluster-store etcd://HOST:PORT"
+)
 PULL_WORDS = ("cnm does not pull images", "docker save", "cnm load", "cnm image import")
 
 
@@ -41,7 +45,7 @@ def networks(host: TestHost) -> list[str]:
         (["node", "ls"], NOT_MANAGER),
         (["secret", "ls"], NOT_MANAGER),
         (["config", "ls"], NOT_MANAGER),
-        (["network", "create", "-d", "overlay", "ov"], NOT_MANAGER),
+        (["network", "create", "-d", "overlay", "ov"], NO_CLUSTER),
         (["network", "create", "--scope", "swarm", "ov"], NOT_MANAGER),
         (["network", "create", "--ingress", "-d", "overlay", "ov"], NOT_MANAGER),
         (["swarm", "leave"], NOT_IN_SWARM),
@@ -77,7 +81,6 @@ def test_docker_sdk_swarm_calls(clienthost: TestHost) -> None:
             client.nodes.list,
             client.secrets.list,
             client.configs.list,
-            lambda: client.networks.create("ov", driver="overlay"),
             lambda: client.networks.create("ov", scope="swarm"),
             lambda: client.networks.create("ov", ingress=True),
         ):
@@ -85,6 +88,9 @@ def test_docker_sdk_swarm_calls(clienthost: TestHost) -> None:
                 call()
             assert err.value.status_code == 503
             assert err.value.explanation == NOT_MANAGER
+        with pytest.raises(docker_sdk.errors.APIError) as err:
+            client.networks.create("ov", driver="overlay")
+        assert err.value.status_code == 400 and err.value.explanation == NO_CLUSTER
         # the SDK's teardown: leave(force=True) takes Docker's "not part of a swarm" as done
         assert client.swarm.leave(force=True) is True
         with pytest.raises(docker_sdk.errors.APIError) as err:

@@ -1,13 +1,15 @@
 """cnmd --cluster-store on a real etcd (Debian's etcd-server) running in the test host's own
-network namespace, where cnmd runs: the daemon joins at start, keeps its presence key
-``node/<daemon id>`` on a lease, shows the store in /info, and removes the key at
-shutdown; a cnmd whose etcd is down refuses to start, saying so, having changed nothing."""
+network namespace, where cnmd runs: the daemon joins at start, keeps its node record
+``node/<node name>`` on a lease, shows the store, its node name and advertise address in
+/info, and removes the key at shutdown; a cnmd whose etcd is down refuses to start, saying
+so, having changed nothing."""
 
 from __future__ import annotations
 
 import base64
 import json
 import signal
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -53,17 +55,21 @@ def test_cnmd_joins_the_cluster_store_and_leaves_it(host_with_etcd) -> None:
     assert cluster.url == "etcd://127.0.0.1:2379"
     host.start_daemon("--cluster-store", cluster.url)
     daemon_id = (host.data_root / "daemon-id").read_text().strip()
+    name = socket.gethostname()  # --node-name's default (the test host shares our UTS namespace)
 
     nodes = presence(cluster)
-    assert list(nodes) == [NODE_PREFIX + daemon_id]
-    node = nodes[NODE_PREFIX + daemon_id]
-    assert node["doc"]["ID"] == daemon_id and node["doc"]["Pid"] > 0
+    assert list(nodes) == [NODE_PREFIX + name]
+    node = nodes[NODE_PREFIX + name]
+    assert node["doc"]["ID"] == daemon_id and node["doc"]["Pid"] > 0 and node["doc"]["Name"] == name
+    # no --cluster-advertise: the address this host reaches etcd from
+    assert node["doc"]["Address"] == "127.0.0.1"
     assert node["lease"] != 0  # it goes when the daemon stops refreshing
     ttl = cluster.etcdctl("lease", "timetolive", format(node["lease"], "x")).stdout
     assert "remaining" in ttl and "granted with TTL(15s)" in ttl
 
     info = host.api("GET", "/info").json()
     assert info["ClusterStore"] == "etcd://127.0.0.1:2379"
+    assert (info["Name"], info["ClusterAdvertise"]) == (name, "127.0.0.1")
 
     assert host.kill_daemon(signal.SIGTERM) == 0
     assert presence(cluster) == {}  # revoked at shutdown, not left to expire
@@ -76,10 +82,13 @@ def test_cnmd_joins_over_tls_with_the_cluster_store_opts(host_with_etcd) -> None
     assert certs is not None
     opts = [f"kv.cacertfile={certs.ca}", f"kv.certfile={certs.client_cert}", f"kv.keyfile={certs.client_key}"]
     host.start_daemon(
-        "--cluster-store", cluster.url, *[x for opt in opts for x in ("--cluster-store-opt", opt)]
+        "--cluster-store",
+        cluster.url,
+        *[x for opt in opts for x in ("--cluster-store-opt", opt)],
+        "--node-name",
+        "tls1",
     )
-    daemon_id = (host.data_root / "daemon-id").read_text().strip()
-    assert list(presence(cluster)) == [NODE_PREFIX + daemon_id]
+    assert list(presence(cluster)) == [NODE_PREFIX + "tls1"]
     assert host.kill_daemon(signal.SIGTERM) == 0
     assert presence(cluster) == {}
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
+from cnm.engine.cluster import Node
 from cnm.engine.controller import ContainerPaths, ContainerSample, EngineInfo, ExecInfo
 from cnm.engine.events import Events
 from cnm.errors import Conflict, Forbidden, NotFound, NotModified
@@ -141,6 +142,9 @@ class FakeController:
 
     def network_endpoints(self, network_id: str) -> list[EndpointRecord]:
         return list(self.endpoints.get(network_id, []))
+
+    def network_peers(self, network: NetworkRecord) -> list[Node] | None:
+        return None  # no cluster: no global networks
 
     async def remove_network(self, ref: str) -> None:
         net = self.find_network(ref)

@@ -185,7 +185,7 @@ async def test_inspect_fallbacks_are_404_json(server):
 async def test_info_and_swarm_leave(server):
     _, client, _ = server
     info = (await client.request("GET", "/info")).json()
-    assert info["Plugins"]["Network"] == ["bridge", "host", "null"]
+    assert info["Plugins"]["Network"] == ["bridge", "host", "null", "overlay"]
     assert info["DefaultAddressPools"] == [{"Base": "172.17.0.0/16", "Size": 16}]
     assert info["FirewallBackend"] == {"Driver": "nftables"}
     assert info["Swarm"]["LocalNodeState"] == "inactive"
@@ -997,11 +997,28 @@ async def test_swarm_only_paths_say_not_a_swarm_manager(server, method, path):
 
 @pytest.mark.parametrize(
     "extra",
-    [{"Scope": "swarm"}, {"Ingress": True}, {"Driver": "overlay"}, {"Driver": "overlay", "Attachable": True}],
+    [{"Scope": "swarm"}, {"Ingress": True}, {"Driver": "overlay", "Scope": "swarm"}],
 )
 async def test_swarm_networks_say_not_a_swarm_manager_and_create_nothing(server, extra):
     ctrl, client, _ = server
     reply = await client.request("POST", "/v1.51/networks/create", {"Name": "ov", **extra})
     assert reply.status == 503 and reply.json() == {"message": NOT_MANAGER}, (extra, reply.json())
+    names = [n["Name"] for n in (await client.request("GET", "/networks")).json()]
+    assert "ov" not in names
+
+
+@pytest.mark.parametrize(
+    ("extra", "why"),
+    [
+        ({"Driver": "overlay", "Scope": "local"}, "scope 'local' is not supported for overlay networks"),
+        ({"Driver": "bridge", "Scope": "global"}, "scope 'global' is not supported for bridge networks"),
+    ],
+)
+async def test_a_scope_other_than_the_drivers_is_refused(server, extra, why):
+    """Overlay networks are global (the cluster store's), bridge networks local: asking
+    for the other scope is a 400 naming both, and creates nothing."""
+    _, client, _ = server
+    reply = await client.request("POST", "/v1.51/networks/create", {"Name": "ov", **extra})
+    assert reply.status == 400 and why in reply.json()["message"], reply.json()
     names = [n["Name"] for n in (await client.request("GET", "/networks")).json()]
     assert "ov" not in names

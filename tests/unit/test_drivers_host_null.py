@@ -33,5 +33,5 @@ async def test_host_and_null_touch_nothing(cls):
 
 def test_registry_names():
     drivers = builtin_drivers(FakeKernel(), firewall=None)  # type: ignore[arg-type]
-    assert sorted(drivers) == ["bridge", "host", "null"]
+    assert sorted(drivers) == ["bridge", "host", "null", "overlay"]
     assert drivers["bridge"].needs_ipam and not drivers["host"].needs_ipam

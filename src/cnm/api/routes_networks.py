@@ -54,7 +54,8 @@ async def inspect_network(request: web.Request) -> web.Response:
     scope = request.query.get("scope", "")
     if scope and scope != net.scope:
         raise NotFound(f"network {ref} not found")
-    return json_response(network_json(net, api.controller.network_endpoints(net.id)))
+    endpoints = api.controller.network_endpoints(net.id)
+    return json_response(network_json(net, endpoints, api.controller.network_peers(net)))
 
 
 async def create_network(request: web.Request) -> web.Response:
@@ -118,8 +119,8 @@ async def prune_networks(request: web.Request) -> web.Response:
     until = [parse_until(v, now) for v in f.values("until")]
     removed = []
     for net in api.controller.networks():
-        if net.predefined or api.controller.network_endpoints(net.id):
-            continue
+        if net.predefined or net.scope == "global" or api.controller.network_endpoints(net.id):
+            continue  # (a global network is the cluster's: another host may be using it)
         if not f.match_kv("label", net.labels):
             continue
         if any(label_matches(v, net.labels) for v in f.values("label!")):

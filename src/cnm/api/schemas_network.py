@@ -14,10 +14,11 @@ from typing import Any
 
 from cnm.api.http import get_bool, get_dict, get_list, get_str, get_str_list, get_str_map
 from cnm.api.schemas_system import NOT_SWARM_MANAGER
+from cnm.engine.cluster import Node
 from cnm.errors import InvalidArgument, Unavailable
 from cnm.ipam.api import check_ipam_driver
 from cnm.model.endpoint import EndpointRecord, EndpointRequest
-from cnm.model.network import IpamConfig, NetworkRecord, NetworkSpec, validate_options
+from cnm.model.network import GLOBAL_DRIVERS, IpamConfig, NetworkRecord, NetworkSpec, validate_options
 from cnm.model.values import (
     check_usable_subnet,
     parse_ipv4,
@@ -72,10 +73,13 @@ def endpoint_resource_key(ep: EndpointRecord) -> str:
     return ep.container_id if ep.sandbox_id else f"ep-{ep.id}"
 
 
-def network_json(net: NetworkRecord, endpoints: list[EndpointRecord] | None = None) -> dict[str, Any]:
+def network_json(
+    net: NetworkRecord, endpoints: list[EndpointRecord] | None = None, peers: list[Node] | None = None
+) -> dict[str, Any]:
     """Docker's ``network.Inspect`` (which is also the list ``Summary``).  ``endpoints``
-    None renders ``Containers: {}`` as the list does."""
-    return {
+    None renders ``Containers: {}`` as the list does; ``peers`` (a global network's
+    hosts) adds Docker's ``Peers`` (omitted when None, as Go's omitempty does)."""
+    out = {
         "Name": net.name,
         "Id": net.id,
         "Created": net.created,
@@ -97,6 +101,9 @@ def network_json(net: NetworkRecord, endpoints: list[EndpointRecord] | None = No
         "Options": dict(net.options),
         "Labels": dict(net.labels),
     }
+    if peers:
+        out["Peers"] = [{"Name": node.name, "IP": node.address} for node in peers]
+    return out
 
 
 def endpoint_settings_json(
@@ -173,17 +180,19 @@ def parse_network_create(body: dict[str, Any]) -> NetworkSpec:
     name = parse_network_name(get_str(body, "Name"))
     if body.get("EnableIPv4") is False:
         raise InvalidArgument("networks without IPv4 are not supported by cnm")
-    # Docker hands swarm networks to the cluster, which refuses them on a node outside a
-    # swarm (overlay included, until cnm gives it a meaning of its own).
+    # Docker hands swarm networks to the swarm, which refuses them on a node outside one
+    # (cnm never joins a swarm); overlay networks are global ones in the cluster store.
     scope = get_str(body, "Scope")
-    if scope == "swarm" or get_bool(body, "Ingress") or get_str(body, "Driver") == "overlay":
+    driver = get_str(body, "Driver") or "bridge"
+    if scope == "swarm" or get_bool(body, "Ingress"):
         raise Unavailable(NOT_SWARM_MANAGER)
     if get_bool(body, "ConfigOnly"):
         raise InvalidArgument("ConfigOnly networks are not supported by cnm")
     if get_str(get_dict(body, "ConfigFrom"), "Network"):
         raise InvalidArgument("ConfigFrom networks are not supported by cnm")
-    if scope not in ("", "local"):
-        raise InvalidArgument(f"scope {scope!r} is not supported by cnm: only local networks exist")
+    own_scope = "global" if driver in GLOBAL_DRIVERS else "local"
+    if scope not in ("", own_scope):
+        raise InvalidArgument(f"scope {scope!r} is not supported for {driver} networks: they are {own_scope}")
     ipam = get_dict(body, "IPAM")
     ipam_driver = check_ipam_driver(get_str(ipam, "Driver") or "default")
     entries = get_list(ipam, "Config") or []
@@ -191,7 +200,7 @@ def parse_network_create(body: dict[str, Any]) -> NetworkSpec:
     validate_options(options)
     return NetworkSpec(
         name=name,
-        driver=get_str(body, "Driver") or "bridge",
+        driver=driver,
         internal=get_bool(body, "Internal"),
         attachable=get_bool(body, "Attachable"),
         enable_ipv6=get_bool(body, "EnableIPv6"),

@@ -39,6 +39,8 @@ class VersionInfo:
     hostname: str = socket.gethostname()
     experimental: bool = False
     cluster_store: str = ""  # --cluster-store (etcd://…), shown by /info as Docker did
+    node_name: str = ""  # in a cluster: this node's name (--node-name) and advertise address
+    cluster_advertise: str = ""
 
 
 def version_json(v: VersionInfo) -> dict[str, Any]:
@@ -98,7 +100,12 @@ def info_json(e: EngineInfo, v: VersionInfo) -> dict[str, Any]:
         "Images": e.images,
         "Driver": "overlay",
         "DriverStatus": [],
-        "Plugins": {"Volume": [], "Network": ["bridge", "host", "null"], "Authorization": None, "Log": []},
+        "Plugins": {
+            "Volume": [],
+            "Network": ["bridge", "host", "null", "overlay"],
+            "Authorization": None,
+            "Log": [],
+        },
         "MemoryLimit": False,
         "SwapLimit": False,
         "IPv4Forwarding": True,
@@ -117,7 +124,8 @@ def info_json(e: EngineInfo, v: VersionInfo) -> dict[str, Any]:
         "NCPU": os.cpu_count() or 1,
         "MemTotal": _mem_total(),
         "DockerRootDir": e.data_root,
-        "Name": v.hostname,
+        # in a cluster, the name the other hosts know this node by (--node-name)
+        "Name": v.node_name or v.hostname,
         "Labels": [],
         "ExperimentalBuild": v.experimental,
         "ServerVersion": v.version,
@@ -132,7 +140,7 @@ def info_json(e: EngineInfo, v: VersionInfo) -> dict[str, Any]:
             "RemoteManagers": None,
         },
         "ClusterStore": v.cluster_store,
-        "ClusterAdvertise": "",
+        "ClusterAdvertise": v.cluster_advertise,  # --cluster-advertise, resolved to an address
         "LiveRestoreEnabled": True,
         "Isolation": "",
         "InitBinary": "",

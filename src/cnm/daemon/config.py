@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
+import re
+import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -34,6 +37,11 @@ class DaemonConfig:
     # --cluster-store: etcd endpoints shared with other cnmd (global scope); () = none.
     cluster_store: tuple[str, ...] = ()
     cluster_store_tls: TlsFiles | None = None
+    # --cluster-advertise: an IPv4 address or an interface name (resolved at start, in
+    # the daemon's network namespace); "" = the address that routes to the cluster store.
+    cluster_advertise: str = ""
+    # --node-name: this daemon's name in the cluster (default: the hostname).
+    node_name: str = ""
 
 
 def socket_path_of(host: str) -> str:
@@ -109,6 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="TLS to the cluster store: kv.cacertfile=, kv.certfile=, kv.keyfile= (repeatable)",
     )
+    p.add_argument(
+        "--cluster-advertise",
+        metavar="IP|IFACE[:PORT]",
+        help="the underlay address other hosts send overlay traffic to: an IPv4 address or an "
+        "interface (its first IPv4 address); a port is accepted, as Docker's syntax, and unused "
+        "(default: the address this host reaches the cluster store from)",
+    )
+    p.add_argument(
+        "--node-name",
+        metavar="NAME",
+        help="this daemon's name in the cluster, unique among live daemons (default: the hostname)",
+    )
     return p
 
 
@@ -152,6 +172,50 @@ def parse_cluster_store(url: str | None, opts: list[str]) -> tuple[tuple[str, ..
     return endpoints, tls
 
 
+_NODE_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,62})$")
+
+
+def parse_node_name(name: str) -> str:
+    """``--node-name``: 1 to 63 letters, digits, ``_``, ``.`` or ``-``, starting with a
+    letter or digit (a hostname's label; it is a key in the cluster store)."""
+    if not _NODE_NAME.match(name):
+        raise InvalidArgument(
+            f"invalid --node-name {name!r}: 1 to 63 characters of [A-Za-z0-9_.-], "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def parse_advertise(value: str) -> str:
+    """``--cluster-advertise IP|IFACE[:PORT]`` without its port: an IPv4 unicast address
+    (as text) or an interface name, which the daemon resolves at start.  A port, when
+    given, must be a number in 1-65535; it is not used (cnm's VXLAN port is 4789)."""
+    what = f"invalid --cluster-advertise {value!r}"
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host = value
+    elif not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise InvalidArgument(f"{what}: port {port!r} is not a number in 1-65535")
+    if not host:
+        raise InvalidArgument(f"{what}: expected IP|IFACE[:PORT]")
+    if ":" in host or host.startswith("["):
+        raise InvalidArgument(f"{what}: IPv6 is not supported, give an IPv4 address or an interface")
+    try:
+        address = ipaddress.IPv4Address(host)
+    except ValueError:
+        if re.fullmatch(r"[0-9.]+", host):
+            raise InvalidArgument(f"{what}: {host!r} is not an IPv4 address") from None
+        try:
+            return parse_ifname(host)
+        except InvalidArgument:
+            raise InvalidArgument(
+                f"{what}: {host!r} is neither an IPv4 address nor an interface name"
+            ) from None
+    if address.is_unspecified or address.is_multicast or address == ipaddress.IPv4Address("255.255.255.255"):
+        raise InvalidArgument(f"{what}: {address} is not a unicast address")
+    return str(address)
+
+
 def parse_bool(flag: str, value: str) -> bool:
     low = value.strip().lower()
     if low in ("1", "true", "yes", "on"):
@@ -170,6 +234,20 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
     if not cgroup_parent or ".." in cgroup_parent.split("/"):
         raise InvalidArgument(f"invalid cgroup parent {args.cgroup_parent!r}")
     cluster_store, cluster_store_tls = parse_cluster_store(args.cluster_store, args.cluster_store_opt)
+    for flag, given in (("--cluster-advertise", args.cluster_advertise), ("--node-name", args.node_name)):
+        if given is not None and not cluster_store:
+            raise InvalidArgument(f"{flag} given without --cluster-store")
+    advertise = parse_advertise(args.cluster_advertise) if args.cluster_advertise is not None else ""
+    node_name = ""
+    if cluster_store and args.node_name is not None:
+        node_name = parse_node_name(args.node_name)
+    elif cluster_store:
+        try:
+            node_name = parse_node_name(socket.gethostname())
+        except InvalidArgument:
+            raise InvalidArgument(
+                f"the hostname {socket.gethostname()!r} is not a valid node name: give --node-name"
+            ) from None
     return DaemonConfig(
         socket_path=socket_path,
         data_root=os.path.abspath(args.data_root),
@@ -183,4 +261,6 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
         anti_spoofing=parse_bool("--anti-spoofing", args.anti_spoofing),
         cluster_store=cluster_store,
         cluster_store_tls=cluster_store_tls,
+        cluster_advertise=advertise,
+        node_name=node_name,
     )

@@ -30,6 +30,7 @@ from cnm.daemon.config import DaemonConfig, parse_args
 from cnm.errors import CnmError, Unavailable
 
 if TYPE_CHECKING:  # the concrete classes are imported where they are built (startup cost)
+    from cnm.daemon.cluster import ClusterMembership
     from cnm.dns.server import DnsServer
     from cnm.engine.controller import Controller
     from cnm.firewall.api import Firewall, SpoofGuard
@@ -113,16 +114,19 @@ def firewall_table(bridge_name: str) -> str:
 
 
 def _build(
-    config: DaemonConfig, daemon: str, others: dict[str, int]
+    config: DaemonConfig, daemon: str, others: dict[str, int], cluster: ClusterMembership | None = None
 ) -> tuple[Controller, Store, Kernel, DnsServer, list[Firewall | SpoofGuard], SpoofGuard | None]:
     """The composition root: the only place naming concrete implementations.  ``others``:
-    the other cnmd alive in this network namespace ({daemon id: pid})."""
+    the other cnmd alive in this network namespace ({daemon id: pid}); ``cluster``: this
+    daemon's membership of the cluster store, joined (global networks live there)."""
     from cnm.dns.records import NameTable
     from cnm.dns.server import DnsServer
     from cnm.drivers.api import NetworkDriver
     from cnm.drivers.bridge import BridgeDriver
     from cnm.drivers.host import HostDriver
     from cnm.drivers.null import NullDriver
+    from cnm.drivers.overlay import OverlayDriver
+    from cnm.engine.cluster import GLOBAL_POOL, Cluster
     from cnm.engine.controller import Controller
     from cnm.engine.ports import Publisher
     from cnm.firewall.bridge_guard import NftBridgeGuard
@@ -169,7 +173,15 @@ def _build(
         "bridge": BridgeDriver(kernel, firewall, hairpin=not config.userland_proxy, guard=guard),
         "host": HostDriver(),
         "null": NullDriver(),
+        "overlay": OverlayDriver(),  # refused without --cluster-store (the engine says why)
     }
+    engine_cluster = None
+    if cluster is not None:
+        # global networks' pools: one address space for the whole cluster, on its store
+        global_ipam = DefaultIpam(cluster.store, (GLOBAL_POOL,))
+        engine_cluster = Cluster(
+            cluster.store, cluster.node_name, cluster.address, global_ipam, lease=lambda: cluster.lease
+        )
     runtime = RuncRuntime(config.data_root, config.exec_root, cgroup_parent=config.cgroup_parent)
     names = NameTable()
     # one server for the host, a listener per sandbox; its NAT ports are kept for the next start
@@ -190,6 +202,7 @@ def _build(
         names=names,
         dns=dns,
         publisher=Publisher(PortAllocator(), firewall, UserlandProxy() if config.userland_proxy else None),
+        cluster=engine_cluster,
     )
     return controller, store, kernel, dns, leftovers, guard
 
@@ -259,15 +272,20 @@ async def serve(config: DaemonConfig) -> None:
         )
     cluster = None
     if config.cluster_store:  # before any kernel work: an unreachable cluster stops the start
-        from cnm.daemon.cluster import ClusterMembership
+        from cnm.daemon.cluster import ClusterMembership, resolve_advertise
 
         cluster = ClusterMembership(
-            config.cluster_store, daemon, tls=config.cluster_store_tls, version=__version__
+            config.cluster_store,
+            daemon,
+            node_name=config.node_name,
+            address=resolve_advertise(config.cluster_advertise, config.cluster_store),
+            tls=config.cluster_store_tls,
+            version=__version__,
         )
         await cluster.start()
     become_subreaper()
     _raise_fd_limit()
-    controller, store, kernel, dns, leftovers, guard = _build(config, daemon, others)
+    controller, store, kernel, dns, leftovers, guard = _build(config, daemon, others, cluster)
     _quiet_pyroute2()  # before the first netlink call: a "no such device" answer is not news
     await check_bridge_name(kernel, config.bridge_name, others)
     for other in leftovers:
@@ -278,7 +296,12 @@ async def serve(config: DaemonConfig) -> None:
     await controller.start()
     tmp_dir = os.path.join(config.exec_root, "tmp")
     os.makedirs(tmp_dir, exist_ok=True)
-    version_info = VersionInfo(version=__version__, cluster_store=cluster.describe() if cluster else "")
+    version_info = VersionInfo(
+        version=__version__,
+        cluster_store=cluster.describe() if cluster else "",
+        node_name=cluster.node_name if cluster else "",
+        cluster_advertise=cluster.address if cluster else "",
+    )
     app = make_app(controller, version_info=version_info, tmp_dir=tmp_dir)
     runner = await serve_unix(app, config.socket_path)
     log.info("cnmd %s serving on unix://%s", __version__, config.socket_path)

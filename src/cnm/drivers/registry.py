@@ -10,10 +10,17 @@ from cnm.drivers.api import NetworkDriver
 from cnm.drivers.bridge import BridgeDriver, BridgeKernel
 from cnm.drivers.host import HostDriver
 from cnm.drivers.null import NullDriver
+from cnm.drivers.overlay import OverlayDriver
 from cnm.firewall.api import Firewall
 
 
 def builtin_drivers(kernel: BridgeKernel, firewall: Firewall) -> dict[str, NetworkDriver]:
-    """``bridge``, ``host`` and ``null``, each built on its explicit dependencies."""
-    drivers: list[NetworkDriver] = [BridgeDriver(kernel, firewall), HostDriver(), NullDriver()]
+    """``bridge``, ``host``, ``null`` and ``overlay``, each built on its explicit
+    dependencies."""
+    drivers: list[NetworkDriver] = [
+        BridgeDriver(kernel, firewall),
+        HostDriver(),
+        NullDriver(),
+        OverlayDriver(),
+    ]
     return {driver.name: driver for driver in drivers}

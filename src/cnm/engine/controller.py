@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from cnm.dns.records import NameTable
 from cnm.dns.server import DnsServer
 from cnm.drivers.api import NetworkDriver
+from cnm.engine.cluster import Cluster, Node
 from cnm.engine.connect import Connections
 from cnm.engine.containers import Containers
 from cnm.engine.events import Events
@@ -104,6 +105,7 @@ class Controller:
         dns: DnsServer | None = None,
         host_resolv_conf: str = "/etc/resolv.conf",
         publisher: Publisher | None = None,
+        cluster: Cluster | None = None,
     ) -> None:
         self._ipam = ipam
         self._firewall = firewall
@@ -115,7 +117,7 @@ class Controller:
         self._default_pools = tuple(default_pools)
         self._debug = debug
         self._publisher = publisher
-        self._state = State(store)
+        self._state = State(store, cluster.store if cluster is not None else None)
         self.events = Events()  # GET /events reads it; the engine alone writes it
         netns_dir = os.path.join(exec_root, "netns")
         os.makedirs(netns_dir, exist_ok=True)
@@ -130,6 +132,7 @@ class Controller:
             naming=Naming(self._state, runtime, names=names, dns=dns, host_resolv_conf=host_resolv_conf),
             publisher=publisher,
             netns_dir=netns_dir,
+            cluster=cluster,
         )
         self._svc = svc
         self._networks = Networks(svc, bridge_name=bridge_name)
@@ -161,6 +164,7 @@ class Controller:
         await self._restore.orphan_addresses()
         await self._restore.drivers()
         await self._networks.ensure_predefined()
+        await self._networks.join_cluster()
         await self._firewall.sync(self.bridge_rules(), self.port_rules())
         await self._exits.resume_restarts()
 
@@ -197,6 +201,8 @@ class Controller:
         if self._publisher is not None:
             await self._publisher.close()
         await self._ipam.close()
+        if self._svc.cluster is not None:
+            await self._svc.cluster.close()
 
     def info(self) -> EngineInfo:
         containers = list(self._state.containers.values())
@@ -227,6 +233,9 @@ class Controller:
 
     def network_endpoints(self, network_id: str) -> list[EndpointRecord]:
         return self._state.endpoints_of_network(network_id)
+
+    def network_peers(self, network: NetworkRecord) -> list[Node] | None:
+        return self._networks.peers(network)
 
     async def remove_network(self, ref: str) -> None:
         await self._networks.remove(ref)

@@ -78,8 +78,9 @@ class Endpoint:
         ep_id = new_id()
         address = gateway = None
         if driver.needs_ipam and network.subnet is not None:
-            ip = await svc.ipam.allocate_address(network.id, ep_id, request.ipv4_address)
-            stack.push_async_callback(svc.ipam.release_address, network.id, ip)
+            ipam = svc.ipam_for(network)
+            ip = await ipam.allocate_address(network.id, ep_id, request.ipv4_address)
+            stack.push_async_callback(ipam.release_address, network.id, ip)
             address = IPv4Interface(f"{ip}/{network.subnet.prefixlen}")
             gateway = None if network.internal else network.gateway
         used = {ep.ifname for ep in siblings}
@@ -139,7 +140,7 @@ class Endpoint:
     async def delete(self) -> None:
         """The address goes back, the record goes; a ``disconnect`` event is reported."""
         if self.network is not None and self.record.address is not None:
-            await self._svc.ipam.release_address(self.network.id, self.record.address.ip)
+            await self._svc.ipam_for(self.network).release_address(self.network.id, self.record.address.ip)
         await self._svc.state.commit(delete=[self.record])
         if self.network is not None:
             self._svc.events.network("disconnect", self.network, self.record.container_id)

@@ -6,27 +6,36 @@ its own.  It owns:
 
 - **create**: a pool from IPAM, the driver's kernel objects, then the record, in that
   order, each undone if a later step fails;
-- **delete**: refused while endpoints remain or for a predefined network; the teardown
-  (``destroy``) is idempotent and reports every error at the end;
+- **delete**: refused while endpoints remain (on any host, for a global network) or for
+  a predefined network; the teardown (``destroy``) is idempotent and reports every error
+  at the end;
 - the endpoint rules that depend on the network (``check_request``).
 
 Its lock is the network's lock in ``engine/locks.py``: taken shared by every change to one
 of its endpoints, exclusive by ``delete`` (so no endpoint joins between the check for
 endpoints and the removal).  IPAM is called here only for the pool (``allocate_pool`` in
 ``create``, ``release_pool`` in ``destroy``).
+
+A global network (driver ``overlay``, with ``--cluster-store``) is the same object with
+its record, pool and addresses in the cluster store, where every host sees it; its name
+and VNI are made unique across hosts in the transaction that writes it
+(``engine/cluster.py``).
 """
 
 from __future__ import annotations
 
 import logging
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from dataclasses import replace
 
 from cnm.drivers.api import NetworkDriver
+from cnm.engine.cluster import MAX_ATTEMPTS
 from cnm.engine.services import Services, now_rfc3339
-from cnm.errors import CnmError, Forbidden, InvalidArgument, TeardownErrors
+from cnm.errors import CnmError, Forbidden, InvalidArgument, TeardownErrors, Unavailable
 from cnm.model.endpoint import EndpointRecord, EndpointRequest
-from cnm.model.network import IpamConfig, NetworkRecord, NetworkSpec
+from cnm.model.network import GLOBAL_DRIVERS, OPT_VXLANID_LIST, IpamConfig, NetworkRecord, NetworkSpec
 from cnm.model.values import new_id
+from cnm.store.api import StaleRevision
 
 log = logging.getLogger("cnm.engine")
 
@@ -58,24 +67,32 @@ class Network:
     # -- lifecycle ------------------------------------------------------------------------
 
     @classmethod
-    async def create(cls, svc: Services, spec: NetworkSpec) -> Network:
+    async def create(cls, svc: Services, spec: NetworkSpec, network_id: str = "") -> Network:
         """Pool, driver objects, record; a failure undoes what was done.  ``spec`` is
-        validated by the caller (the catalogue: names are its business)."""
+        validated by the caller (the catalogue: names are its business).  A global
+        network (``GLOBAL_DRIVERS``) takes its pool from the cluster's IPAM and is
+        recorded in the cluster store with its name and VNI (``_record_global``).
+        ``network_id``: the id to give it (new when empty)."""
         driver = svc.drivers[spec.driver]
-        network_id = new_id()
+        network_id = network_id or new_id()
         config: IpamConfig | None = spec.ipam[0] if spec.ipam else None
+        scope = "global" if spec.driver in GLOBAL_DRIVERS else "local"
         async with AsyncExitStack() as stack:
             subnet = gateway = ip_range = None
             if driver.needs_ipam:
-                reserved = await svc.kernel.host_networks() if config is None or config.subnet is None else ()
-                pool = await svc.ipam.allocate_pool(network_id, config, reserved=reserved)
-                stack.push_async_callback(svc.ipam.release_pool, network_id)
+                ipam = svc.cluster.ipam if scope == "global" and svc.cluster is not None else svc.ipam
+                # a global network's subnet is the cluster's: one host's routes say nothing of it
+                host_routes = scope == "local" and (config is None or config.subnet is None)
+                reserved = await svc.kernel.host_networks() if host_routes else ()
+                pool = await ipam.allocate_pool(network_id, config, reserved=reserved)
+                stack.push_async_callback(ipam.release_pool, network_id)
                 subnet, gateway, ip_range = pool.subnet, pool.gateway, pool.ip_range
             record = NetworkRecord(
                 id=network_id,
                 name=spec.name,
                 driver=spec.driver,
                 created=now_rfc3339(),
+                scope=scope,
                 internal=spec.internal,
                 attachable=spec.attachable,
                 enable_ipv6=spec.enable_ipv6,
@@ -90,18 +107,58 @@ class Network:
             )
             await driver.create_network(record)
             stack.push_async_callback(driver.delete_network, record)
-            await svc.state.commit(put=[record])
+            if scope == "global":
+                record = await cls._record_global(svc, record)
+            else:
+                await svc.state.commit(put=[record])
             stack.pop_all()
         svc.events.network("create", record)
         log.info("network %s (%s) created on %s", record.name, record.id[:12], subnet)
         return cls(svc, record)
 
+    @staticmethod
+    async def _record_global(svc: Services, record: NetworkRecord) -> NetworkRecord:
+        """Write a global network's record, its name and a free VNI (in its
+        ``vxlanid_list`` option) in one transaction of the cluster store, checked against
+        every other host's names (``engine/cluster.py``).  Conflict if the name is taken;
+        a VNI another host took first means the next one."""
+        cluster = svc.cluster
+        if cluster is None:
+            raise Unavailable(f"network {record.name} is global but cnmd has no --cluster-store")
+        lost = 0
+        for _attempt in range(MAX_ATTEMPTS):
+            vni = cluster.free_vni(lost)
+            candidate = replace(record, options={**record.options, OPT_VXLANID_LIST: str(vni)})
+            ops, checks = cluster.create_checks(record.name, record.id, vni)
+            try:
+                revision = await svc.state.commit(put=[candidate], ops=ops, checks=checks)
+            except StaleRevision as exc:
+                lost += 1
+                await cluster.lost(exc, record.name)
+                continue
+            cluster.applied(ops, revision)
+            return candidate
+        raise Unavailable(
+            f"network {record.name}: gave up taking a VXLAN id after {MAX_ATTEMPTS} attempts "
+            "(other hosts took each one first)"
+        )
+
+    def all_endpoints(self) -> list[EndpointRecord]:
+        """This host's endpoints on the network, then (global networks) every host's."""
+        mine = self.endpoints()
+        if self.record.scope != "global":
+            return mine
+        known = {ep.id for ep in mine}
+        return mine + [
+            ep for ep in self._svc.state.global_endpoints.by("network_id", self.id) if ep.id not in known
+        ]
+
     async def delete(self) -> None:
-        """``network rm``: refused for a predefined network or one with endpoints.  The
-        caller holds the network's lock exclusively."""
+        """``network rm``: refused for a predefined network or one with endpoints (on any
+        host, for a global network).  The caller holds the network's lock exclusively."""
         if self.record.predefined:
             raise Forbidden(f"{self.name} is a pre-defined network and cannot be removed")
-        endpoints = self.endpoints()
+        endpoints = self.all_endpoints()
         if endpoints:
             ep = endpoints[0]
             raise Forbidden(
@@ -111,14 +168,23 @@ class Network:
         await self.destroy()
 
     async def destroy(self) -> None:
-        """Idempotent teardown: driver objects, pool, record; reports errors at the end."""
+        """Idempotent teardown: driver objects, pool, record; reports errors at the end.
+        A global network's record goes first, with its name and VNI, then its pool (no
+        host can join it once the record is gone)."""
         errors: list[BaseException] = []
         try:
             await self.driver.delete_network(self.record)
         except CnmError as exc:
             errors.append(exc)
-        await self._svc.ipam.release_pool(self.id)
-        await self._svc.state.commit(delete=[self.record])
+        cluster = self._svc.cluster
+        if self.record.scope == "global" and cluster is not None:
+            ops = cluster.delete_ops(self.record)
+            revision = await self._svc.state.commit(delete=[self.record], ops=ops)
+            cluster.applied(ops, revision)
+            await cluster.ipam.release_pool(self.id)
+        else:
+            await self._svc.ipam.release_pool(self.id)
+            await self._svc.state.commit(delete=[self.record])
         self._svc.events.network("destroy", self.record)  # Docker's action for network rm
         if errors:
             raise TeardownErrors(f"network {self.name}", errors)

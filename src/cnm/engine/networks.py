@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 
+from cnm.engine.cluster import Node
 from cnm.engine.lookup import find_network, network_by_name
 from cnm.engine.network import Network
 from cnm.engine.services import Services, now_rfc3339
 from cnm.errors import CnmError, Conflict, Forbidden, InvalidArgument, NotFound
 from cnm.model.network import (
+    GLOBAL_DRIVERS,
     OPT_BRIDGE_NAME,
     OPT_DEFAULT_BRIDGE,
     OPT_HOST_BINDING,
@@ -95,8 +97,15 @@ class Networks:
             raise Forbidden(f'only one instance of "{spec.driver}" network is allowed')
         if spec.driver not in drivers:
             raise NotFound(f"could not find plugin {spec.driver} in v1 plugin registry: plugin not found")
+        if spec.driver in GLOBAL_DRIVERS and self._svc.cluster is None:
+            raise InvalidArgument(
+                f"{spec.driver} networks span hosts and need a cluster store: "
+                "start cnmd with --cluster-store etcd://HOST:PORT"
+            )
         if self.by_name(spec.name) is not None:
             raise Conflict(f"network with name {spec.name} already exists")
+        if spec.driver in GLOBAL_DRIVERS and self._svc.cluster is not None:
+            self._svc.cluster.check_global_name(spec.name)
         validate_options(spec.options)
         if len([c for c in spec.ipam if c.subnet is not None]) > 1:
             raise InvalidArgument("only one IPv4 subnet per network is supported")
@@ -112,10 +121,52 @@ class Networks:
 
     async def create(self, spec: NetworkSpec) -> NetworkRecord:
         """``network create``: names and bridge names are checked and taken in one piece,
-        under the catalogue lock."""
+        under the catalogue lock.  In a cluster a local network's name is published for
+        the other hosts first (Conflict, with nothing changed, if a global network has
+        it, also one created a moment ago elsewhere; withdrawn if the create fails); a
+        global network's name is taken with its record."""
         async with self._svc.locks.hold(catalogue=True):
             self.validate(spec)
-            return (await Network.create(self._svc, spec)).record
+            cluster = self._svc.cluster
+            if cluster is None or spec.driver in GLOBAL_DRIVERS:
+                return (await Network.create(self._svc, spec)).record
+            network_id = new_id()
+            await cluster.publish_local(spec.name, network_id)  # first: a Conflict changes nothing
+            try:
+                return (await Network.create(self._svc, spec, network_id)).record
+            except BaseException:
+                await cluster.unpublish_local(spec.name)
+                raise
+
+    async def _forget_name(self, network: NetworkRecord) -> None:
+        """After a local network's removal: the cluster's record of its name goes too."""
+        cluster = self._svc.cluster
+        if cluster is None or network.scope != "local":
+            return
+        try:
+            await cluster.unpublish_local(network.name)
+        except CnmError as exc:  # the next start reconciles the names
+            log.warning("the cluster still lists local network %s of this node: %s", network.name, exc)
+
+    async def join_cluster(self) -> None:
+        """In a cluster (start-up): follow its nodes, names and VNIs, and tell it which
+        local networks this node has (``Cluster.reconcile_local``).  Global networks are
+        records, loaded with the rest before this."""
+        cluster = self._svc.cluster
+        if cluster is None:
+            return
+        await cluster.start()
+        local = {
+            n.name: n.id for n in self._state.networks.values() if n.scope == "local" and not n.predefined
+        }
+        await cluster.reconcile_local(local)
+
+    def peers(self, network: NetworkRecord) -> list[Node] | None:
+        """The hosts of a global network (for now every live node of the cluster); None
+        for a local network."""
+        if network.scope != "global" or self._svc.cluster is None:
+            return None
+        return self._svc.cluster.nodes()
 
     async def remove(self, ref: str) -> None:
         """``network rm``, under the network's exclusive lock."""
@@ -125,6 +176,7 @@ class Networks:
             if current is None:
                 raise NotFound(f"network {ref} not found")
             await Network(self._svc, current).delete()
+        await self._forget_name(current)
 
     async def prune(self, labels: dict[str, str | None] | None = None) -> list[str]:
         """``network prune``: every unused user network (matching ``labels``), each under
@@ -133,6 +185,8 @@ class Networks:
         for candidate in self.all():
             if candidate.predefined or self._state.endpoints_of_network(candidate.id):
                 continue  # not a candidate: no need to wait for its lock
+            if candidate.scope == "global":
+                continue  # the cluster's: another host may be about to use it
             async with Network(self._svc, candidate).hold(exclusive=True):
                 network = self._state.networks.get(candidate.id)
                 if network is None or network.predefined or self._state.endpoints_of_network(network.id):
@@ -146,5 +200,6 @@ class Networks:
                 except CnmError as exc:
                     log.warning("prune of %s: %s", network.name, exc)
                     continue
+                await self._forget_name(network)
                 removed.append(network.name)
         return removed

@@ -142,14 +142,21 @@ class Restore:
 
     async def orphan_addresses(self) -> None:
         """Pools whose network record is missing and addresses whose owner endpoint no
-        longer exists (a crash between IPAM and the record) go back."""
+        longer exists (a crash between IPAM and the record) go back.  Only this node's
+        own (local) IPAM is swept: the pools of global networks are shared by every
+        host of the cluster, and one node cannot tell another's allocation from an
+        orphan."""
         ipam = self._svc.ipam
         for network_id in list(ipam.pools()):
             if network_id not in self._state.networks:
                 log.info("releasing orphan pool of network %s", network_id[:12])
                 await ipam.release_pool(network_id)
         live = set(self._state.endpoints)
-        for network_id in self._state.networks:
+        for network_id, network in self._state.networks.items():
+            if network.scope == "global":
+                # the cluster's pool: the other hosts' endpoints own addresses in it that
+                # this node's records never name
+                continue
             for address, owner in ipam.owners(network_id).items():
                 if owner in live or owner == "gateway" or owner.startswith("aux:"):
                     continue

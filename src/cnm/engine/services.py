@@ -1,6 +1,7 @@
 """What every engine object works with: the records, the locks, the event log, and the
 layers below (IPAM, kernel, drivers, runtime, names, published ports).
 
+``ipam`` is the local scope's; a global network's addresses come from ``ipam_for``.
 The controller builds one ``Services`` at start; ``Network``, ``Endpoint``, ``Sandbox`` and
 the container-lifecycle modules hold it and never copy from it, so there is one record
 view, one lock table and one event log per daemon.
@@ -13,15 +14,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cnm.drivers.api import NetworkDriver
+from cnm.engine.cluster import Cluster
 from cnm.engine.events import Events
 from cnm.engine.locks import KeyedLocks
 from cnm.engine.naming import Naming
 from cnm.engine.ports import Publisher
 from cnm.engine.state import State
-from cnm.errors import NotFound
+from cnm.errors import NotFound, Unavailable
 from cnm.ipam.api import Ipam
 from cnm.kernel.api import Kernel
 from cnm.model.container import Container, Image
+from cnm.model.network import NetworkRecord
 from cnm.runtime.api import Runtime
 
 
@@ -43,6 +46,15 @@ class Services:
     naming: Naming
     publisher: Publisher | None
     netns_dir: str  # where sandboxes' namespaces are bind-mounted (under the exec root)
+    cluster: Cluster | None = None  # with --cluster-store: global networks, nodes, names
+
+    def ipam_for(self, network: NetworkRecord) -> Ipam:
+        """The IPAM of ``network``'s scope: the cluster's for a global network."""
+        if network.scope == "global":
+            if self.cluster is None:
+                raise Unavailable(f"network {network.name} is global but cnmd has no --cluster-store")
+            return self.cluster.ipam
+        return self.ipam
 
     def image_of(self, container: Container) -> Image:
         """The image the container was created from (by id, else by its reference)."""

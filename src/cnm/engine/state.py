@@ -8,6 +8,11 @@ restart.  ``commit`` writes a set of changes in one store transaction, each chec
 against the revision this view last saw (a record changed elsewhere meanwhile is a
 ``StaleRevision``, nothing written), and only then updates memory, so memory never holds
 what the store refused.
+
+With a cluster store (``global_store``), global-scope networks live there: their records
+are mirrored into ``networks`` beside the local ones and written there, and every
+endpoint record in the cluster store (any host's, on a global network) is mirrored into
+``global_endpoints``, so "does any host use this network" is a lookup too.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, MutableMapping
 from typing import Any, TypeVar
 
+from cnm.errors import SystemFailure
 from cnm.model.container import Container
 from cnm.model.endpoint import EndpointRecord, SandboxRecord
 from cnm.model.network import NetworkRecord
@@ -112,8 +118,9 @@ class IndexedTable(dict[str, R]):
 class State:
     """The four kinds of engine record, each a table kept current by a Mirror."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, global_store: Store | None = None) -> None:
         self._store = store
+        self._global_store = global_store
         self.networks: dict[str, NetworkRecord] = {}
         self.endpoints: IndexedTable[EndpointRecord] = IndexedTable("container_id", "network_id")
         self.sandboxes: IndexedTable[SandboxRecord] = IndexedTable("container_id")
@@ -125,6 +132,10 @@ class State:
             Container: self.containers,
         }
         self._mirrors: dict[type, Mirror[Any]] = {}
+        # the cluster store's networks (also in ``networks``) and endpoints (any host's)
+        self.global_endpoints: IndexedTable[EndpointRecord] = IndexedTable("network_id")
+        self._global_networks: Mirror[NetworkRecord] | None = None
+        self._global_endpoints: Mirror[EndpointRecord] | None = None
 
     async def load(self) -> None:
         """Read every record from the store and follow each kind from then on (daemon start)."""
@@ -133,23 +144,68 @@ class State:
             mirror = Mirror(self._store, _KINDS[cls] + "/", _decoder(cls), items=table)
             await mirror.start()
             self._mirrors[cls] = mirror
+        if self._global_store is not None:
+            networks: Mirror[NetworkRecord] = Mirror(self._global_store, "network/", _decoder(NetworkRecord))
+            networks.listen(self._global_network_changed)
+            await networks.start()
+            self._global_networks = networks
+            endpoints = Mirror(self._global_store, "endpoint/", _global_endpoint, items=self.global_endpoints)
+            await endpoints.start()
+            self._global_endpoints = endpoints
 
-    async def commit(self, put: Iterable[Record] = (), delete: Iterable[Record] = ()) -> None:
-        """Persist ``put`` and remove ``delete`` in one transaction, then mirror in memory.
-        Each key is checked against the revision last seen here, so a record another
-        daemon changed meanwhile fails the whole commit (StaleRevision)."""
+    def _global_network_changed(
+        self, name: str, _old: NetworkRecord | None, new: NetworkRecord | None
+    ) -> None:
+        if new is None:
+            self.networks.pop(name, None)
+        else:
+            self.networks[name] = new
+
+    async def commit(
+        self,
+        put: Iterable[Record] = (),
+        delete: Iterable[Record] = (),
+        *,
+        ops: Iterable[Op] = (),
+        checks: Iterable[Check] = (),
+    ) -> int:
+        """Persist ``put`` and remove ``delete`` in one transaction, then mirror in memory;
+        the store revision written.  Each key is checked against the revision last seen
+        here, so a record another daemon changed meanwhile fails the whole commit
+        (StaleRevision).  ``ops`` and ``checks`` join the transaction as they are (a
+        global network's name and VNI); all of it goes to one store: the cluster store
+        for global networks, the local one for the rest."""
         put, delete = list(put), list(delete)
-        ops: list[Op] = [Put(_key(r), codec.encode(r)) for r in put]
-        ops += [Delete(_key(r)) for r in delete]
-        checks = [Check(_key(r), self._revision(r)) for r in [*put, *delete]]
-        revision = await self._store.commit(ops, checks)
+        store = self._store
+        if self._global_store is not None:
+            stores = {id(s): s for s in map(self._store_of, [*put, *delete])}
+            if len(stores) > 1:
+                raise SystemFailure("one commit cannot write both the local and the cluster store")
+            store = next(iter(stores.values()), store)
+        writes: list[Op] = [Put(_key(r), codec.encode(r)) for r in put]
+        writes += [Delete(_key(r)) for r in delete]
+        writes += ops
+        tests = [Check(_key(r), self._revision(r)) for r in [*put, *delete]]
+        tests += checks
+        revision = await store.commit(writes, tests)
         for record in put:
             self._mirror(record).apply(record.id, record, revision)
         for record in delete:
             self._mirror(record).apply(record.id, None, revision)
+        return revision
+
+    def _store_of(self, record: Record) -> Store:
+        if isinstance(record, NetworkRecord) and record.scope == "global":
+            if self._global_store is None:
+                raise SystemFailure(f"network {record.name} is global but cnmd has no --cluster-store")
+            return self._global_store
+        return self._store
 
     def _mirror(self, record: Record) -> Mirror[Any]:
-        mirror = self._mirrors.get(type(record))
+        if isinstance(record, NetworkRecord) and record.scope == "global":
+            mirror = self._global_networks
+        else:
+            mirror = self._mirrors.get(type(record))
         if mirror is None:
             raise RuntimeError("State.commit before State.load")
         return mirror
@@ -162,6 +218,10 @@ class State:
         for mirror in self._mirrors.values():
             await mirror.close()
         self._mirrors.clear()
+        for extra in (self._global_networks, self._global_endpoints):
+            if extra is not None:
+                await extra.close()
+        self._global_networks = self._global_endpoints = None
 
     # -- queries used on hot paths --------------------------------------------------------
 
@@ -178,6 +238,18 @@ class State:
 
 def _key(record: Record) -> str:
     return f"{_KINDS[type(record)]}/{record.id}"
+
+
+def _global_endpoint(name: str, doc: Document) -> EndpointRecord:
+    """An endpoint record of the cluster store (another host's may carry fields this one
+    does not know; one that does not decode still counts on its network)."""
+    try:
+        return codec.decode(EndpointRecord, doc)
+    except SystemFailure:
+        network = doc.get("network_id", "")
+        return EndpointRecord(
+            id=name, network_id=str(network), container_id="", sandbox_id="", name=str(doc.get("name", ""))
+        )
 
 
 def _decoder(cls: type[R]) -> Any:

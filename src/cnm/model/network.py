@@ -26,6 +26,12 @@ OPT_HOST_BINDING = "com.docker.network.bridge.host_binding_ipv4"
 OPT_DEFAULT_BRIDGE = "com.docker.network.bridge.default_bridge"
 OPT_MTU = "com.docker.network.driver.mtu"
 OPT_IFACE_PREFIX = "com.docker.network.container_iface_prefix"
+# overlay: the VXLAN id(s) of a global network, as Docker shows them; "encrypted" (-o encrypted)
+OPT_VXLANID_LIST = "com.docker.network.driver.overlay.vxlanid_list"
+OPT_ENCRYPTED = "encrypted"
+
+# Drivers whose networks span hosts (global scope: kept in the cluster store).
+GLOBAL_DRIVERS = ("overlay",)
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 

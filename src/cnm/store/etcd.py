@@ -61,7 +61,7 @@ import grpc
 from aetcd import rpc
 
 from cnm.errors import InvalidArgument, NotFound, SystemFailure, Unavailable
-from cnm.store.api import Change, Check, CommitStore, Compacted, Entry, Listing, Op, Put, StaleRevision
+from cnm.store.api import Change, Check, CommitStore, Compacted, Entry, Listing, Op, Put, Scope, StaleRevision
 from cnm.store.encoding import dump_doc, load_doc
 
 log = logging.getLogger("cnm.store.etcd")
@@ -244,7 +244,7 @@ class EtcdStore(CommitStore):
     all of this store's keys live under.  ``timeout``: how long a call may take before
     ``Unavailable``.  Channels connect lazily; ``connect`` checks the cluster answers."""
 
-    scope = "global"
+    scope: Scope = "global"
 
     def __init__(
         self,
