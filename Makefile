@@ -22,7 +22,7 @@ CLIENT_PKGS := docker-compose
 .PHONY: help deps clients-deps venv image test unit integration e2e clients demo demo-sandbox bench bench-attach bench-ports lint clean
 
 help:
-	@echo "make demo | demo-sandbox | test | unit | integration | e2e | clients | bench | bench-attach | bench-ports | bench-scale | bench-wireguard | soak-iptables | lint | deps | venv | image | clean"
+	@echo "make demo | demo-sandbox | test | unit | integration | e2e | clients | bench | bench-attach | bench-ports | bench-scale | bench-wireguard | bench-overlay | soak-iptables | lint | deps | venv | image | clean"
 
 # $(call apt_ensure,PKGS): install those of PKGS that are missing, so a second run is instant.
 define apt_ensure
@@ -141,6 +141,11 @@ bench-wireguard: deps venv
 .PHONY: bench-antispoof
 bench-antispoof: deps venv image
 	$(VPY) bench/antispoof.py --image $(IMAGE_TAR) $(ANTISPOOF_ARGS)
+
+# Issue 10: TCP over kernel VXLAN between two lab hosts' namespaces, beside their underlay.
+.PHONY: bench-overlay
+bench-overlay: deps venv
+	$(VPY) bench/overlay.py $(OVERLAY_ARGS)
 
 # Issue 7: 50 fresh starts of cnmd on the iptables backend per variant (nft, legacy), each in
 # its own throwaway host; prints how many passed.  SOAK_ARGS: e.g. --runs 10 --variant nft.

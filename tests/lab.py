@@ -21,7 +21,9 @@ namespaces, a tmpfs on /run, a reaper that tears it down if the test process die
 * etcd (Debian's etcd-server): with 3 hosts or more, a 3-member cluster, member ``m<i>`` in
   host ``h<i+1>`` on its underlay address (ports 2379/2380), so a cut host loses its member
   and the others keep a quorum; with fewer hosts, one member in the root on
-  198.51.100.254:2379.  Its data lives under the root's directory.
+  198.51.100.254:2379.  Its data lives under the root's directory.  ``Lab(tls=True)``: clients
+  speak TLS with client certificates (a throwaway CA; ``start_cnmd`` passes the
+  ``--cluster-store-opt kv.*`` files).
 
 Commands run inside a host with ``nsenter -t <its init> -n -m -p -u`` (never ``ip netns
 exec``, which remounts /sys).  ``close`` stops cnmd and etcd, then tears down the hosts and
@@ -58,6 +60,7 @@ class LabHost(TestHost):
     name: str = ""
     address: str = ""  # on ul0, without the prefix length
     cluster_store: str = ""  # etcd://…, set by the lab once etcd runs
+    cluster_store_opts: tuple[str, ...] = ()  # kv.cacertfile=… (a TLS lab)
 
     @property
     def underlay_peer(self) -> str:
@@ -67,7 +70,11 @@ class LabHost(TestHost):
     def start_cnmd(self, *extra: str, cluster_store: bool = True, timeout: float = 60.0) -> None:
         """Start cnmd (``--cluster-store`` the lab's etcd unless ``cluster_store`` is False,
         then ``extra``) and wait until ``/_ping`` answers."""
-        flags = ["--cluster-store", self.cluster_store] if cluster_store and self.cluster_store else []
+        flags = []
+        if cluster_store and self.cluster_store:
+            flags = ["--cluster-store", self.cluster_store]
+            for opt in self.cluster_store_opts:
+                flags += ["--cluster-store-opt", opt]
         self.start_daemon(*flags, *extra, timeout=timeout)
 
     def stop_cnmd(self, timeout: float = 30.0) -> int:
@@ -85,6 +92,7 @@ class Lab:
 
     size: int = 2
     etcd: bool = True  # False: no etcd at all (kernel-only tests)
+    tls: bool = False  # etcd's clients speak TLS with client certificates
     root: TestHost = field(init=False)
     hosts: list[LabHost] = field(init=False, default_factory=list)
     cluster: EtcdCluster | None = field(init=False, default=None)
@@ -148,13 +156,19 @@ class Lab:
                 root=root_dir,
                 hosts=[h.address for h in members],
                 member_inside=[h.inside for h in members],
+                tls=self.tls,
             )
         else:
-            cluster = EtcdCluster(1, inside=self.root.inside, root=root_dir, hosts=[ROOT_ADDR])
+            cluster = EtcdCluster(1, inside=self.root.inside, root=root_dir, hosts=[ROOT_ADDR], tls=self.tls)
         self.cluster = cluster
         cluster.start(timeout=60)
+        opts: tuple[str, ...] = ()
+        if cluster.certs is not None:
+            c = cluster.certs
+            opts = (f"kv.cacertfile={c.ca}", f"kv.certfile={c.client_cert}", f"kv.keyfile={c.client_key}")
         for host in self.hosts:
             host.cluster_store = cluster.url
+            host.cluster_store_opts = opts
 
     def close(self) -> None:
         """Stop every cnmd and etcd member, tear down the hosts, then the root.  Keeps

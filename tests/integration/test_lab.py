@@ -26,6 +26,22 @@ def reaches(src: LabHost, address: str) -> bool:
     return src.run(["busybox", "ping", "-c1", "-W1", address], check=False, timeout=10).returncode == 0
 
 
+def etcdctl_after_election(lab: Lab, *args: str) -> str:
+    """``etcdctl ARGS``'s output, retried while the cluster elects a leader: a request
+    pending when the leader died fails ("request timed out, possibly due to previous leader
+    failure") and etcd leaves the retry to the client."""
+    done: list[str] = []
+
+    def attempt() -> bool:
+        proc = lab.etcdctl(*args, check=False)
+        if proc.returncode == 0:
+            done.append(proc.stdout)
+        return bool(done)
+
+    assert wait_for(attempt, 45, interval=0.5), lab.etcdctl(*args, check=False).stderr
+    return done[0]
+
+
 def presence_keys(lab: Lab) -> list[str]:
     return lab.etcdctl("get", "--prefix", "--keys-only", NODE_PREFIX).stdout.split()
 
@@ -92,7 +108,7 @@ def test_a_cut_host_is_unreachable_until_restored_and_etcd_keeps_a_quorum(lab3: 
     # The cut host keeps its own address and routes: only the cable is gone.
     assert h3.ip_json("-4", "addr", "show", "dev", "ul0")[0]["addr_info"][0]["local"] == h3.address
     # Two members of three still make a quorum: etcd answers writes.
-    lab3.etcdctl("put", "lab/probe", "1")
+    etcdctl_after_election(lab3, "put", "lab/probe", "1")
     assert h1.ping() and h2.ping()
 
     lab3.restore("h3")
@@ -105,12 +121,24 @@ def test_a_cut_host_is_unreachable_until_restored_and_etcd_keeps_a_quorum(lab3: 
 def test_an_etcd_member_killed_and_restarted_rejoins(lab3: Lab) -> None:
     lab3.etcd_kill(0)
     assert lab3.cluster is not None and not lab3.cluster.members[0].running
-    lab3.etcdctl("put", "lab/k", "v1")  # m1 and m2 keep the quorum
+    etcdctl_after_election(lab3, "put", "lab/k", "v1")  # m1 and m2 keep the quorum
     lab3.etcd_start(0)
-    lab3.etcdctl("put", "lab/k", "v2")
+    etcdctl_after_election(lab3, "put", "lab/k", "v2")
     lab3.etcd_kill(1)  # m0 and m2 are the quorum now
-    got = lab3.etcdctl("get", "lab/k", "--print-value-only")
-    assert got.stdout.strip() == "v2"  # a quorum read needs m0: it rejoined
+    got = etcdctl_after_election(lab3, "get", "lab/k", "--print-value-only")
+    assert got.strip() == "v2"  # a quorum read needs m0: it rejoined
+
+
+def test_a_tls_lab_gives_cnmd_its_client_certificates() -> None:
+    with Lab(2, tls=True) as lab:
+        assert lab.cluster is not None and lab.cluster.certs is not None
+        assert lab.cluster.url == f"etcd://{ROOT_ADDR}:2379"
+        plain = lab.root.run(["etcdctl", "--endpoints", f"http://{ROOT_ADDR}:2379", "get", "x"], check=False)
+        assert plain.returncode != 0  # no way in without TLS
+        for host in lab.hosts:
+            host.start_cnmd()
+        assert len(presence_keys(lab)) == 2
+        assert all(h.api("GET", "/info").json()["ClusterStore"] == lab.cluster.url for h in lab.hosts)
 
 
 def test_a_lab_needs_one_to_nine_hosts() -> None:

@@ -19,12 +19,18 @@ Rules every implementation keeps:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Protocol
 
+from cnm.errors import InvalidArgument
+
 OWNER_PREFIX = "cnm:"
+VXLAN_PORT = 4789  # IANA's VXLAN port, Docker's default data path port
+VNI_MAX = (1 << 24) - 1
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
 def owner_alias(owner_id: str, daemon_id: str = "") -> str:
@@ -89,6 +95,63 @@ class VethSpec:
     link_local: tuple[IPv4Interface, ...] = ()  # more addresses on the container end
 
 
+def check_mac(mac: str) -> str:
+    """``mac`` as the kernel prints it (lowercase, colon-separated), or InvalidArgument."""
+    normal = mac.lower()
+    if not _MAC.match(normal):
+        raise InvalidArgument(f"invalid MAC address {mac!r}: expected six hex pairs like 02:42:0a:00:00:02")
+    return normal
+
+
+@dataclass(frozen=True, slots=True)
+class VxlanSpec:
+    """One VXLAN device of an overlay network: VNI ``vni`` on UDP ``port``, sending from
+    the underlay address ``local``, a port of ``bridge``.  Always ``nolearning`` (remote
+    MACs come only from the FDB entries cnm writes) and ``proxy`` (it answers ARP from its
+    neighbour table, so no ARP crosses the underlay); no multicast group, so nothing is
+    flooded.  ``mtu``: the underlay's minus the 50 bytes VXLAN over IPv4 adds."""
+
+    owner: str  # network id
+    name: str
+    vni: int
+    local: IPv4Address
+    bridge: str
+    mtu: int
+    port: int = VXLAN_PORT
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.vni <= VNI_MAX:
+            raise InvalidArgument(f"invalid VNI {self.vni} for {self.name}: expected 1 to {VNI_MAX}")
+        if not 1 <= self.port <= 65535:
+            raise InvalidArgument(f"invalid VXLAN port {self.port} for {self.name}: expected 1 to 65535")
+        if not 68 <= self.mtu <= 65535:
+            raise InvalidArgument(f"invalid MTU {self.mtu} for {self.name}: expected 68 to 65535")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class FdbEntry:
+    """A VXLAN device's forwarding entry: frames to ``mac`` go to the VTEP ``dst``
+    (``bridge fdb replace MAC dev VX dst DST self permanent``)."""
+
+    mac: str
+    dst: IPv4Address
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mac", check_mac(self.mac))
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class NeighEntry:
+    """A permanent neighbour entry: ``ip`` is at ``mac`` (what the VXLAN proxy answers ARP
+    with: ``ip neigh replace IP lladdr MAC dev VX nud permanent``)."""
+
+    ip: IPv4Address
+    mac: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mac", check_mac(self.mac))
+
+
 class Kernel(Protocol):
     #: the id of the daemon this kernel works for: part of every owner tag it writes
     daemon_id: str
@@ -116,6 +179,33 @@ class Kernel(Protocol):
         """Create the pair, attach and raise the host end, configure the peer inside the
         namespace (name, MAC, MTU, address, up, default route).  Undoes its own partial
         work on failure.  Returns the host end's ifindex (= the container side's iflink)."""
+
+    async def add_vxlan(self, spec: VxlanSpec) -> int:
+        """Create the VXLAN device (tagged with ``spec.owner`` in the creating datagram), a
+        port of ``spec.bridge``, up; return its ifindex.  Conflict if the name is taken or
+        another device has that VNI and port; KernelError if the bridge does not exist."""
+
+    async def replace_fdb(self, dev: str, entry: FdbEntry) -> None:
+        """Make VXLAN device ``dev`` send frames for ``entry.mac`` to ``entry.dst`` (a
+        permanent entry of the device itself, replacing the MAC's previous one)."""
+
+    async def delete_fdb(self, dev: str, entry: FdbEntry) -> None:
+        """Remove ``entry`` (that MAC *to that VTEP*: an entry the MAC has since moved
+        elsewhere with stays); idempotent, also when ``dev`` is gone."""
+
+    async def fdb_entries(self, dev: str) -> list[FdbEntry]:
+        """The remote entries of VXLAN device ``dev`` (its own, with a VTEP), sorted."""
+
+    async def replace_neigh(self, dev: str, entry: NeighEntry) -> None:
+        """A permanent neighbour entry ``entry.ip`` -> ``entry.mac`` on ``dev`` (replacing
+        the address's previous one)."""
+
+    async def delete_neigh(self, dev: str, ip: IPv4Address) -> None:
+        """Remove the neighbour entry of ``ip`` on ``dev``; idempotent, also when ``dev``
+        is gone."""
+
+    async def neigh_entries(self, dev: str) -> list[NeighEntry]:
+        """The permanent IPv4 neighbour entries of ``dev``, sorted."""
 
     async def set_default_route(self, netns_path: str, gateway: IPv4Address, ifname: str) -> None:
         """Make the namespace's default route go via ``gateway`` on ``ifname`` (replacing

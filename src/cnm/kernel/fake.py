@@ -3,7 +3,8 @@
 It keeps the rules the real kernel enforces that callers depend on: names are unique per
 namespace (Conflict), a veth needs its bridge and namespace (KernelError), deleting either
 end of a pair deletes both, deleting a namespace destroys the pairs inside it, removal is
-idempotent.  ``commands`` records, in order, the command a person would have typed for
+idempotent, a VXLAN device needs its bridge and a VNI+port no other device has, FDB entries
+exist only on VXLAN devices and vanish with their device (so do neighbour entries).  ``commands`` records, in order, the command a person would have typed for
 every change.  ``fail(method)`` makes the next call(s) of a method raise, to test undo.
 """
 
@@ -18,9 +19,12 @@ from typing import Any
 from cnm.errors import Conflict, KernelError, NotFound
 from cnm.kernel import wireguard as wg
 from cnm.kernel.api import (
+    FdbEntry,
     LinkInfo,
     LinkStats,
+    NeighEntry,
     VethSpec,
+    VxlanSpec,
     WgPeer,
     WgPeerStatus,
     WgProcess,
@@ -52,6 +56,9 @@ class FakeLink:
     isolated: bool = False
     hairpin: bool = False
     stats: LinkStats | None = None  # tests set counters here
+    vxlan: VxlanSpec | None = None  # a VXLAN device's configuration
+    fdb: dict[str, IPv4Address] = field(default_factory=dict)  # MAC -> VTEP (VXLAN devices)
+    neigh: dict[IPv4Address, str] = field(default_factory=dict)  # permanent entries: IP -> MAC
 
     def info(self) -> LinkInfo:
         return LinkInfo(
@@ -242,6 +249,89 @@ class FakeKernel:
         if spec.gateway is not None:
             self._record(f"ip route add default via {spec.gateway} dev {spec.ifname}", spec.netns_path)
         return host.index
+
+    async def add_vxlan(self, spec: VxlanSpec) -> int:
+        self._maybe_fail("add_vxlan")
+        if spec.name in self.namespaces[HOST]:
+            raise Conflict(f"cannot create vxlan {spec.name}: a link has that name")
+        bridge = self.link(spec.bridge)
+        if bridge is None or bridge.kind != "bridge":
+            raise KernelError(f"cannot attach {spec.name}: bridge {spec.bridge} does not exist")
+        for other in self.namespaces[HOST].values():
+            if other.vxlan is not None and (other.vxlan.vni, other.vxlan.port) == (spec.vni, spec.port):
+                raise Conflict(
+                    f"cannot create vxlan {spec.name}: the name is taken or VNI {spec.vni} "
+                    f"on port {spec.port} is in use by another device"
+                )
+        self._record(
+            f"ip link add {spec.name} mtu {spec.mtu} master {spec.bridge} up type vxlan id {spec.vni}"
+            f" local {spec.local} dstport {spec.port} nolearning proxy"
+        )
+        self._record(f"ip link set {spec.name} alias {owner_alias(spec.owner, self.daemon_id)}")
+        link = self._add_link(
+            HOST,
+            spec.name,
+            "vxlan",
+            owner=spec.owner,
+            daemon=self.daemon_id,
+            master=bridge.index,
+            mtu=spec.mtu,
+            up=True,
+            vxlan=spec,
+            mac=f"02:00:00:00:01:{self._next_index & 0xFF:02x}",
+        )
+        return link.index
+
+    def _device(self, dev: str, what: str, *, vxlan: bool) -> FakeLink:
+        link = self.link(dev)
+        if link is None:
+            raise KernelError(f"cannot {what} of {dev}: no such device")
+        if vxlan and link.vxlan is None:
+            raise KernelError(
+                f"cannot use the fdb of {dev}: a {link.kind or 'plain'} link, not a VXLAN device"
+            )
+        return link
+
+    async def replace_fdb(self, dev: str, entry: FdbEntry) -> None:
+        self._maybe_fail("replace_fdb")
+        link = self._device(dev, "change the fdb", vxlan=True)
+        self._record(f"bridge fdb replace {entry.mac} dev {dev} dst {entry.dst} self permanent")
+        link.fdb[entry.mac] = entry.dst
+
+    async def delete_fdb(self, dev: str, entry: FdbEntry) -> None:
+        self._maybe_fail("delete_fdb")
+        link = self.link(dev)
+        if link is None:
+            return
+        self._device(dev, "change the fdb", vxlan=True)
+        if link.fdb.get(entry.mac) != entry.dst:
+            return
+        self._record(f"bridge fdb del {entry.mac} dev {dev} dst {entry.dst} self")
+        del link.fdb[entry.mac]
+
+    async def fdb_entries(self, dev: str) -> list[FdbEntry]:
+        self._maybe_fail("fdb_entries")
+        link = self._device(dev, "list the fdb", vxlan=True)
+        return sorted(FdbEntry(mac, dst) for mac, dst in link.fdb.items())
+
+    async def replace_neigh(self, dev: str, entry: NeighEntry) -> None:
+        self._maybe_fail("replace_neigh")
+        link = self._device(dev, "change the neighbours", vxlan=False)
+        self._record(f"ip neigh replace {entry.ip} lladdr {entry.mac} dev {dev} nud permanent")
+        link.neigh[entry.ip] = entry.mac
+
+    async def delete_neigh(self, dev: str, ip: IPv4Address) -> None:
+        self._maybe_fail("delete_neigh")
+        link = self.link(dev)
+        if link is None or ip not in link.neigh:
+            return
+        self._record(f"ip neigh del {ip} dev {dev}")
+        del link.neigh[ip]
+
+    async def neigh_entries(self, dev: str) -> list[NeighEntry]:
+        self._maybe_fail("neigh_entries")
+        link = self._device(dev, "list the neighbours", vxlan=False)
+        return sorted(NeighEntry(ip, mac) for ip, mac in link.neigh.items())
 
     async def set_default_route(self, netns_path: str, gateway: IPv4Address, ifname: str) -> None:
         link = self.namespaces.get(netns_path, {}).get(ifname)

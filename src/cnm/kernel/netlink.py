@@ -28,7 +28,16 @@ from pyroute2.netlink.exceptions import NetlinkDumpInterrupted, NetlinkError
 from cnm.errors import Conflict, KernelError
 from cnm.kernel import netns as ns
 from cnm.kernel import rtnl, sysctl
-from cnm.kernel.api import LinkInfo, LinkStats, VethSpec, owner_alias, parse_alias
+from cnm.kernel.api import (
+    FdbEntry,
+    LinkInfo,
+    LinkStats,
+    NeighEntry,
+    VethSpec,
+    VxlanSpec,
+    owner_alias,
+    parse_alias,
+)
 from cnm.kernel.cmdlog import log_command
 from cnm.kernel.faults import crash_point
 from cnm.kernel.owner import check_daemon_id, live_daemons
@@ -162,6 +171,9 @@ class LinuxKernel:
         self._strict: socket.socket | None = None  # host socket for dumps the kernel filters
         self._ns_socks: dict[str, socket.socket] = {}  # netns path -> its socket, for the sandbox's life
         self._bridges: dict[str, int] = {}  # bridge name -> ifindex
+        self._devices: dict[
+            str, tuple[int, str]
+        ] = {}  # link name -> (ifindex, kind), for FDB/neighbour entries
         self._retiring: dict[str, tuple[str | None, asyncio.Future[None]]] = {}  # host end -> (netns, done)
         self._reaper = LinkReaper()
 
@@ -653,12 +665,160 @@ class LinuxKernel:
         except NetlinkError as exc:
             raise _failure(f"cannot set isolation on bridge port {name}", exc) from exc
 
+    # -- overlay: VXLAN devices, their FDB and neighbour entries ------------------------------
+
+    async def add_vxlan(self, spec: VxlanSpec) -> int:
+        """One datagram: create the device (a port of the bridge, up) and tag it.  The name
+        is looked up first: the tag message, sent by name, must never retag someone else's
+        link that holds it."""
+        if await self._get_link(self.host, spec.name) is not None:
+            raise Conflict(f"cannot create vxlan {spec.name}: a link has that name")
+        try:
+            bridge = await self._bridge_index(spec.bridge, fresh=True)
+        except KernelError:
+            raise KernelError(f"cannot attach {spec.name}: bridge {spec.bridge} does not exist") from None
+        alias = owner_alias(spec.owner, self.daemon_id)
+        log_command(
+            f"ip link add {spec.name} mtu {spec.mtu} master {spec.bridge} up type vxlan id {spec.vni}"
+            f" local {spec.local} dstport {spec.port} nolearning proxy"
+        )
+        log_command(["ip", "link", "set", spec.name, "alias", alias])
+        requests = [
+            rtnl.new_vxlan(
+                spec.name,
+                vni=spec.vni,
+                local=spec.local,
+                port=spec.port,
+                mtu=spec.mtu,
+                master=bridge,
+                up=True,
+            ),
+            rtnl.set_link(name=spec.name, alias=alias),  # by name: ENODEV when the creation failed
+        ]
+        try:
+            created, tagged = rtnl.transact(self._fast_host(), requests)
+        except OSError as exc:
+            raise _failure(f"cannot create vxlan {spec.name}", exc) from exc
+        if created.error == errno.EEXIST:
+            raise Conflict(
+                f"cannot create vxlan {spec.name}: the name is taken or VNI {spec.vni} "
+                f"on port {spec.port} is in use by another device"
+            )
+        if created.error:
+            raise KernelError(f"cannot create vxlan {spec.name}: {os.strerror(created.error)}")
+        crash_point("vxlan-created")
+        if tagged.error:
+            await self._delete(self.host, spec.name, None)
+            raise KernelError(f"cannot tag link {spec.name} with its owner: {os.strerror(tagged.error)}")
+        if created.echo is not None:
+            index = rtnl.parse_link(created.echo).index
+        else:  # kernels before 6.3 do not echo
+            link = await self._get_link(self.host, spec.name)
+            if link is None:
+                raise KernelError(f"vxlan {spec.name} vanished right after it was created")
+            index = link["index"]
+        self._devices[spec.name] = (index, "vxlan")
+        return index
+
+    async def _device_index(self, name: str, *, fresh: bool = False, vxlan: bool = False) -> int | None:
+        """The ifindex of host link ``name`` (cached: FDB and neighbour entries of one device
+        come in runs), None when there is no such link.  ``vxlan``: KernelError unless it is
+        a VXLAN device (the kernel would take a remote FDB entry on a bridge as a local one,
+        dropping its VTEP)."""
+        cached = None if fresh else self._devices.get(name)
+        if cached is None:
+            link = await self._get_link(self.host, name)
+            if link is None:
+                self._devices.pop(name, None)
+                return None
+            linkinfo = link.get("linkinfo")
+            kind = (linkinfo.get("kind") if linkinfo is not None else None) or ""
+            cached = self._devices[name] = (link["index"], kind)
+        if vxlan and cached[1] != "vxlan":
+            raise KernelError(
+                f"cannot use the fdb of {name}: a {cached[1] or 'plain'} link, not a VXLAN device"
+            )
+        return cached[0]
+
+    async def _on_device(
+        self, dev: str, build: Callable[[int], rtnl.Request], *, removal: bool, vxlan: bool
+    ) -> None:
+        """Send the request ``build(ifindex of dev)``; a stale cached index (ENODEV) is
+        looked up again once.  ``removal``: a missing device or entry is success."""
+        for attempt in (0, 1):
+            index = await self._device_index(dev, fresh=attempt == 1, vxlan=vxlan)
+            if index is None:
+                if removal:
+                    return
+                raise KernelError(f"cannot change the entries of {dev}: no such device")
+            request = build(index)
+            try:
+                (answer,) = rtnl.transact(self._fast_host(), [request])
+            except OSError as exc:
+                raise _failure(f"cannot {request.what} on {dev}", exc) from exc
+            if answer.error == errno.ENODEV and attempt == 0:
+                continue
+            if removal and answer.error in (errno.ENOENT, errno.ENODEV):
+                return
+            if answer.error:
+                raise KernelError(f"cannot {request.what} on {dev}: {os.strerror(answer.error)}")
+            return
+
+    async def replace_fdb(self, dev: str, entry: FdbEntry) -> None:
+        log_command(f"bridge fdb replace {entry.mac} dev {dev} dst {entry.dst} self permanent")
+        await self._on_device(
+            dev, lambda i: rtnl.replace_fdb(i, entry.mac, entry.dst), removal=False, vxlan=True
+        )
+
+    async def delete_fdb(self, dev: str, entry: FdbEntry) -> None:
+        log_command(f"bridge fdb del {entry.mac} dev {dev} dst {entry.dst} self")
+        await self._on_device(dev, lambda i: rtnl.del_fdb(i, entry.mac, entry.dst), removal=True, vxlan=True)
+
+    async def replace_neigh(self, dev: str, entry: NeighEntry) -> None:
+        log_command(f"ip neigh replace {entry.ip} lladdr {entry.mac} dev {dev} nud permanent")
+        await self._on_device(
+            dev, lambda i: rtnl.replace_neigh(i, entry.ip, entry.mac), removal=False, vxlan=False
+        )
+
+    async def delete_neigh(self, dev: str, ip: IPv4Address) -> None:
+        log_command(f"ip neigh del {ip} dev {dev}")
+        await self._on_device(dev, lambda i: rtnl.del_neigh(i, ip), removal=True, vxlan=False)
+
+    async def fdb_entries(self, dev: str) -> list[FdbEntry]:
+        found = await self._dump_device(dev, "fdb", rtnl.fdb, vxlan=True)
+        return sorted(FdbEntry(mac, dst) for mac, dst in found)
+
+    async def neigh_entries(self, dev: str) -> list[NeighEntry]:
+        found = await self._dump_device(dev, "neighbours", rtnl.neighbours, vxlan=False)
+        return sorted(NeighEntry(ip, mac) for ip, mac in found)
+
+    async def _dump_device(
+        self, dev: str, what: str, dump: Callable[[socket.socket, int], list[T]], *, vxlan: bool
+    ) -> list[T]:
+        """``dump(strict socket, ifindex of dev)``, run again when the kernel interrupted it."""
+        index = await self._device_index(dev, fresh=True, vxlan=vxlan)
+        if index is None:
+            raise KernelError(f"cannot list the {what} of {dev}: no such device")
+        for attempt in range(DUMP_ATTEMPTS):
+            try:
+                return dump(self._strict_host(), index)
+            except rtnl.DumpInterrupted:
+                if attempt == DUMP_ATTEMPTS - 1:
+                    raise KernelError(
+                        f"cannot list the {what} of {dev}: the dump kept being interrupted"
+                    ) from None
+                await asyncio.sleep(0.01 * (attempt + 1))
+            except OSError as exc:
+                raise _failure(f"cannot list the {what} of {dev}", exc) from exc
+        raise AssertionError("unreachable")
+
     async def delete_link(self, name: str, netns_path: str | None = None) -> None:
         """Synchronous delete; waits for retired links first, so that after removing a
         bridge (``network rm``) nothing of the network is left."""
         await self._settle(netns=netns_path, everything=netns_path is None)
         if netns_path is None:
             self._bridges.pop(name, None)
+            self._devices.pop(name, None)
         try:
             if netns_path is None:
                 await self._delete(self.host, name, None)

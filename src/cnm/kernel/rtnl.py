@@ -9,7 +9,7 @@ every message of a datagram in order, in the sender's context, and queues one an
 message before ``sendmsg`` returns.  Queries and dumps stay on pyroute2.
 
 The wire format is the kernel's UAPI (``linux/netlink.h``, ``linux/rtnetlink.h``,
-``linux/if_link.h``, ``linux/veth.h``); only what cnm sends is defined.
+``linux/if_link.h``, ``linux/veth.h``, ``linux/neighbour.h``); only what cnm sends is defined.
 """
 
 from __future__ import annotations
@@ -30,12 +30,14 @@ NLMSG_DONE = 3
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_NEWADDR, RTM_GETADDR = 20, 22
 RTM_NEWROUTE = 24
+RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
 NLM_F_ECHO = 0x8
 NLM_F_DUMP = 0x300
 NLM_F_DUMP_INTR = 0x10
+NLM_F_REPLACE = 0x100
 NLM_F_EXCL = 0x200
 NLM_F_CREATE = 0x400
 
@@ -57,10 +59,22 @@ IFLA_INFO_DATA = 2
 IFLA_INFO_SLAVE_KIND = 4
 IFLA_INFO_SLAVE_DATA = 5
 VETH_INFO_PEER = 1
+IFLA_VXLAN_ID = 1
+IFLA_VXLAN_LOCAL = 4
+IFLA_VXLAN_LEARNING = 7
+IFLA_VXLAN_PROXY = 11
+IFLA_VXLAN_PORT = 15  # network byte order
 IFLA_BRPORT_MODE = 4  # hairpin
 
 IFA_ADDRESS = 1
 IFA_LOCAL = 2
+
+NDA_DST = 1
+NDA_LLADDR = 2
+NDA_IFINDEX = 8
+NUD_PERMANENT = 0x80
+NTF_SELF = 0x02
+AF_BRIDGE = 7
 
 RTA_OIF = 4
 RTA_GATEWAY = 5
@@ -72,6 +86,7 @@ RTN_UNICAST = 1
 _NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
 _IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
+_NDMSG = struct.Struct("=BBHiHBB")  # family, pad, pad, ifindex, state, flags, type
 _RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, proto, scope, type, flags
 _NLATTR = struct.Struct("=HH")
 _NLMSGERR = struct.Struct("=i")
@@ -213,6 +228,65 @@ def del_link(*, index: int = 0, name: str = "", group: int | None = None) -> Req
         body += attr_u32(IFLA_GROUP, group)
     what = f"delete link group {group}" if group is not None else f"delete link {name or index}"
     return Request(RTM_DELLINK, 0, body, what)
+
+
+def new_vxlan(
+    name: str, *, vni: int, local: IPv4Address, port: int, mtu: int, master: int, up: bool
+) -> Request:
+    """``ip link add NAME mtu MTU master MASTER [up] type vxlan id VNI local LOCAL dstport
+    PORT nolearning proxy``, echoed back (the answer carries the new link's index)."""
+    body = (
+        ifinfomsg(flags=IFF_UP if up else 0, change=IFF_UP if up else 0)
+        + attr_str(IFLA_IFNAME, name)
+        + attr_u32(IFLA_MTU, mtu)
+        + attr_u32(IFLA_MASTER, master)
+        + attr_nest(
+            IFLA_LINKINFO,
+            attr_str(IFLA_INFO_KIND, "vxlan"),
+            attr_nest(
+                IFLA_INFO_DATA,
+                attr_u32(IFLA_VXLAN_ID, vni),
+                attr(IFLA_VXLAN_LOCAL, local.packed),
+                attr(IFLA_VXLAN_PORT, struct.pack("!H", port)),
+                attr(IFLA_VXLAN_LEARNING, b"\0"),
+                attr(IFLA_VXLAN_PROXY, b"\1"),
+            ),
+        )
+    )
+    return Request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO, body, f"create vxlan {name}")
+
+
+def _ndmsg(family: int, index: int, state: int = 0, flags: int = 0) -> bytes:
+    return _NDMSG.pack(family, 0, 0, index, state, flags, 0)
+
+
+def replace_fdb(index: int, mac: str, dst: IPv4Address) -> Request:
+    """``bridge fdb replace MAC dev INDEX dst DST self permanent`` (a VXLAN device's own
+    entry: the MAC's remote VTEP)."""
+    body = (
+        _ndmsg(AF_BRIDGE, index, NUD_PERMANENT, NTF_SELF)
+        + attr_mac(NDA_LLADDR, mac)
+        + attr(NDA_DST, dst.packed)
+    )
+    return Request(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, body, f"replace fdb entry {mac} dst {dst}")
+
+
+def del_fdb(index: int, mac: str, dst: IPv4Address) -> Request:
+    """``bridge fdb del MAC dev INDEX dst DST self`` (ENOENT when there is no such entry)."""
+    body = _ndmsg(AF_BRIDGE, index, 0, NTF_SELF) + attr_mac(NDA_LLADDR, mac) + attr(NDA_DST, dst.packed)
+    return Request(RTM_DELNEIGH, 0, body, f"delete fdb entry {mac} dst {dst}")
+
+
+def replace_neigh(index: int, ip: IPv4Address, mac: str) -> Request:
+    """``ip neigh replace IP lladdr MAC dev INDEX nud permanent``."""
+    body = _ndmsg(socket.AF_INET, index, NUD_PERMANENT) + attr(NDA_DST, ip.packed) + attr_mac(NDA_LLADDR, mac)
+    return Request(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, body, f"replace neighbour {ip} lladdr {mac}")
+
+
+def del_neigh(index: int, ip: IPv4Address) -> Request:
+    """``ip neigh del IP dev INDEX`` (ENOENT when there is no such entry)."""
+    body = _ndmsg(socket.AF_INET, index) + attr(NDA_DST, ip.packed)
+    return Request(RTM_DELNEIGH, 0, body, f"delete neighbour {ip}")
 
 
 def add_address(index: int, address: IPv4Address, prefixlen: int) -> Request:
@@ -458,6 +532,42 @@ def links(sock: socket.socket) -> list[LinkDump]:
     for kind, msg in dump(sock, RTM_GETLINK, ifinfomsg(), "ip link show"):
         if kind == RTM_NEWLINK:
             found.append(_link(msg))
+    return found
+
+
+def _mac(value: bytes | None) -> str:
+    return ":".join(f"{b:02x}" for b in value or b"")
+
+
+def fdb(sock: socket.socket, index: int) -> list[tuple[str, IPv4Address]]:
+    """(MAC, VTEP) of every remote entry of VXLAN device ``index`` (its own entries with a
+    destination; the bridge's entries learned on that port are left out), dumped over the
+    strict socket ``sock``: the kernel sends that device's only."""
+    found = []
+    for kind, msg in dump(sock, RTM_GETNEIGH, _ndmsg(AF_BRIDGE, index), f"bridge fdb show dev {index}"):
+        if kind != RTM_NEWNEIGH:
+            continue
+        family, _p1, _p2, got, _state, flags, _type = _NDMSG.unpack_from(msg)
+        attrs = _attrs(msg, _NDMSG.size)
+        dst = attrs.get(NDA_DST)
+        if family == AF_BRIDGE and got == index and flags & NTF_SELF and dst and len(dst) == 4:
+            found.append((_mac(attrs.get(NDA_LLADDR)), IPv4Address(dst)))
+    return found
+
+
+def neighbours(sock: socket.socket, index: int) -> list[tuple[IPv4Address, str]]:
+    """(IP, MAC) of every permanent IPv4 neighbour entry of link ``index``, dumped over the
+    strict socket ``sock`` (filtered by the kernel to that link)."""
+    found = []
+    body = _ndmsg(socket.AF_INET, 0) + attr_u32(NDA_IFINDEX, index)
+    for kind, msg in dump(sock, RTM_GETNEIGH, body, f"ip neigh show dev {index}"):
+        if kind != RTM_NEWNEIGH:
+            continue
+        family, _p1, _p2, got, state, _flags, _type = _NDMSG.unpack_from(msg)
+        attrs = _attrs(msg, _NDMSG.size)
+        dst = attrs.get(NDA_DST)
+        if family == socket.AF_INET and got == index and state & NUD_PERMANENT and dst and len(dst) == 4:
+            found.append((IPv4Address(dst), _mac(attrs.get(NDA_LLADDR))))
     return found
 
 
