@@ -61,8 +61,9 @@ def links(host: LabHost) -> set[str]:
     return {link["ifname"] for link in host.ip_json("link", "show")}
 
 
-def run(host: LabHost, name: str, network: str, *cmd: str) -> dict[str, Any]:
-    host.cnm("run", "-d", "--name", name, "--network", network, "busybox", *(cmd or ("sleep", "1d")))
+def run(host: LabHost, name: str, network: str, *cmd: str, alias: str = "") -> dict[str, Any]:
+    flags = ["--network-alias", alias] if alias else []
+    host.cnm("run", "-d", "--name", name, "--network", network, *flags, "busybox", *(cmd or ("sleep", "1d")))
     return endpoint(host, name, network)
 
 
@@ -74,7 +75,7 @@ def test_containers_on_two_hosts_talk_over_the_overlay(lab) -> None:
     eventually(lambda: h2.cnm("network", "inspect", "ov", check=False).returncode == 0, "h2 never saw ov")
     assert br not in links(h1)  # nothing in the kernel before a container joins
 
-    web = run(h1, "web", "ov", "sh", "-c", HTTPD)
+    web = run(h1, "web", "ov", "sh", "-c", HTTPD, alias="www")
     db = run(h2, "db", "ov")
     # the data plane as the design says: bridge without an address, VXLAN device on it
     detail = h1.ip_json("-d", "link", "show", vx)[0]
@@ -103,6 +104,10 @@ def test_containers_on_two_hosts_talk_over_the_overlay(lab) -> None:
         return got.returncode == 0
 
     eventually(fetch, "no HTTP over the overlay")
+    # names across hosts: the embedded DNS of h2 answers h1's container name and alias
+    for name in ("web", "www"):
+        got = h2.cnm("exec", "db", "nslookup", name, "127.0.0.11").stdout
+        assert web["IPAddress"] in got, got
     hostname = h1.cnm("inspect", "-f", "{{.Config.Hostname}}", "web").stdout.strip()
     assert fetched[-1].split(" ", 1)[1].startswith(repr(f"hello from {hostname}\n")), fetched[-1]
 

@@ -14,6 +14,7 @@ from ipaddress import IPv4Address, IPv4Interface
 
 import pytest
 
+from cnm.dns.records import NameTable
 from cnm.drivers.bridge import BridgeDriver
 from cnm.drivers.host import HostDriver
 from cnm.drivers.null import NullDriver
@@ -53,6 +54,7 @@ class Host:
         self.tmp = tmp_path / name
         self.ctl: Controller | None = None
         self.driver: OverlayDriver | None = None
+        self.names = NameTable()
 
     async def start(self) -> Controller:
         await self.cluster_store.put(
@@ -79,6 +81,7 @@ class Host:
             data_root=str(self.tmp / "data"),
             exec_root=str(self.tmp / "exec"),
             cluster=cluster,
+            names=self.names,
         )
         await ctl.start()
         self.ctl = ctl
@@ -272,3 +275,27 @@ async def test_without_a_cluster_store_a_join_is_refused_naming_the_flag(hosts):
     sandbox = next(iter(a.ctl._state.sandboxes.values()))
     with pytest.raises(Unavailable, match="without --cluster-store"):
         await OverlayDriver().join(net, web, sandbox)
+
+
+async def test_names_of_other_hosts_endpoints_resolve_on_the_shared_network(hosts):
+    a, b = hosts
+    await shared_network(a, b)
+    await b.ctl.create_network(NetworkSpec(name="ov2", driver="overlay", attachable=True))
+    web = await a.run("web", "ov")
+    db = await b.run("db", "ov", aliases=("database",))
+    other = await b.run("other", "ov2")
+    sandbox = a.ctl._state.sandbox_of(web.container_id).id
+    await until(lambda: a.names.lookup_a(sandbox, "database") == [db.address.ip])
+    assert a.names.lookup_a(sandbox, "db") == [db.address.ip]
+    assert a.names.lookup_a(sandbox, db.container_id[:12]) == [db.address.ip]
+    assert a.names.lookup_ptr(sandbox, db.address.ip) == "db.ov"
+    assert not a.names.lookup_a(sandbox, "other")  # not on a network web is on
+    assert other.address is not None
+    await b.ctl.remove_container("db", force=True)
+    await until(lambda: not a.names.lookup_a(sandbox, "database"))
+    # after a restart, the names come back with the first listing
+    cache = await b.run("cache", "ov")
+    await a.stop()
+    await a.start()
+    sandbox = a.ctl._state.sandbox_of(web.container_id).id
+    assert a.names.lookup_a(sandbox, "cache") == [cache.address.ip]

@@ -29,6 +29,7 @@ from cnm.runtime.api import ContainerFiles, Runtime
 log = logging.getLogger("cnm.engine")
 
 MAX_UPSTREAMS = 3  # Docker's maxExtDNS
+REMOTE_PREFIX = "remote/"  # DNS records of other hosts' endpoints (global networks)
 _ENV_NAME = re.compile(r"[^A-Za-z0-9]")
 _LINK_ENV_SKIP = ("HOME", "PATH")
 
@@ -74,6 +75,7 @@ class Naming:
         self._host_resolv_conf = host_resolv_conf
         self._host_conf: tuple[tuple[int, int, int], files.ResolvConf] | None = None  # (stat key, parsed)
         self._written: dict[str, tuple[str, tuple[int, int, int]]] = {}  # path -> (content, stat key)
+        state.listen_global_endpoints(self._remote_changed)
 
     # -- files ----------------------------------------------------------------------------
 
@@ -313,6 +315,30 @@ class Naming:
         )
         if not self._dns.serving(sandbox.id):
             await self._dns.add_sandbox(sandbox.id, sandbox.key)
+
+    def _remote_changed(self, _id: str, old: EndpointRecord | None, new: EndpointRecord | None) -> None:
+        """Another host's endpoint on a global network came, changed or went: its names
+        (container name, aliases, short id) answer on that network here too, under a
+        sandbox id of its own (``remote/<endpoint id>``).  This host's own endpoints are
+        published by ``publish`` (their sandbox is one of this host's)."""
+        if self._names is None:
+            return
+        for record in (old, new):
+            if record is not None:
+                self._names.remove_sandbox(REMOTE_PREFIX + record.id)
+        if new is None or new.sandbox_id in self._state.sandboxes or not new.name:
+            return
+        network = self._state.networks.get(new.network_id)
+        if network is None or new.address is None:
+            return
+        self._names.set_endpoint(
+            REMOTE_PREFIX + new.id,
+            network.id,
+            network.name,
+            new.name,
+            dns_names(new.name, new.aliases, new.container_id[:12], ""),
+            new.address.ip,
+        )
 
     async def withdraw(self, sandbox: SandboxRecord) -> list[BaseException]:
         """The sandbox is going away: drop its records and listener (idempotent)."""
