@@ -144,3 +144,26 @@ def test_a_restarted_cnmd_keeps_the_data_plane_and_its_records(lab) -> None:
     # its record went with the old lease; the new one carries it, so h2 has web again
     eventually(lambda: fdb(h2, vx) == {web["MacAddress"]: h1.address}, "h2 lost web", timeout=30)
     h2.cnm("exec", "db", "ping", "-c", "2", "-W", "2", web["IPAddress"])
+
+
+def test_overlay_containers_reach_out_and_are_published_through_cnm_gwbridge(lab) -> None:
+    h1, h2, _ = lab.hosts
+    h1.cnm("network", "create", "-d", "overlay", "--attachable", "ov")
+    eventually(lambda: h2.cnm("network", "inspect", "ov", check=False).returncode == 0, "h2 never saw ov")
+    h1.cnm("run", "-d", "--name", "web", "--network", "ov", "-p", "8081:8080", "busybox", "sh", "-c", HTTPD)
+    info = json.loads(h1.cnm("inspect", "web").stdout)[0]["NetworkSettings"]["Networks"]
+    assert set(info) == {"ov", "cnm_gwbridge"}
+    routes = h1.cnm("exec", "web", "ip", "route").stdout
+    assert f"default via {info['cnm_gwbridge']['Gateway']} dev eth1" in routes, routes
+    # out: the lab's root (outside every host) answers, masqueraded behind h1's address
+    h1.cnm("exec", "web", "ping", "-c", "1", "-W", "2", "198.51.100.254")
+    # in: another host reaches the published port on h1's underlay address
+    got: list[str] = []
+
+    def fetch() -> bool:
+        res = h2.run(["wget", "-q", "-O", "-", f"http://{h1.address}:8081/"], check=False)
+        got.append(res.stdout)
+        return res.returncode == 0
+
+    eventually(fetch, "the published port of an overlay container never answered")
+    assert got[-1].startswith("hello from ")

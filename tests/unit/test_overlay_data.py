@@ -299,3 +299,33 @@ async def test_names_of_other_hosts_endpoints_resolve_on_the_shared_network(host
     await a.start()
     sandbox = a.ctl._state.sandbox_of(web.container_id).id
     assert a.names.lookup_a(sandbox, "cache") == [cache.address.ip]
+
+
+async def test_an_overlay_container_routes_out_through_cnm_gwbridge(hosts):
+    a, b = hosts
+    net = await shared_network(a, b)
+    gw = next(n for n in a.ctl.networks() if n.name == "cnm_gwbridge")
+    assert (gw.scope, gw.bridge_name, gw.icc, gw.masquerade) == ("local", "cnm_gwbridge", False, True)
+    assert await a.cluster_store.get("localname/cnm_gwbridge/h1") is None  # this host's own
+    web = await a.run("web", "ov")
+    eps = {ep.network_id: ep for ep in a.ctl._state.endpoints_of_container(web.container_id)}
+    assert set(eps) == {net.id, gw.id}
+    assert (eps[net.id].ifname, eps[net.id].default_route) == ("eth0", False)
+    assert (eps[gw.id].ifname, eps[gw.id].default_route, eps[gw.id].gateway) == ("eth1", True, gw.gateway)
+    sandbox = a.ctl._state.sandbox_of(web.container_id)
+    routes = [
+        c for c in a.kernel.commands if c.startswith(f"nsenter --net={sandbox.key} ip route add default")
+    ]
+    assert routes == [f"nsenter --net={sandbox.key} ip route add default via {gw.gateway} dev eth1"]
+    # the name answers with the overlay address only (gwbridge endpoints are anonymous)
+    await b.run("db", "ov")
+    dbbox = b.ctl._state.sandbox_of(b.endpoint("db").container_id).id
+    await until(lambda: b.names.lookup_a(dbbox, "web") == [web.address.ip])
+    # leaving the overlay takes the gwbridge endpoint with it; connecting brings it back
+    await a.ctl.disconnect("ov", "web")
+    assert [ep.network_id for ep in a.ctl._state.endpoints_of_container(web.container_id)] == []
+    await a.ctl.connect("ov", "web", EndpointRequest())
+    eps = {ep.network_id: ep for ep in a.ctl._state.endpoints_of_container(web.container_id)}
+    assert set(eps) == {net.id, gw.id} and eps[gw.id].default_route
+    stored = {e.key for e in (await a.store.list("endpoint/")).entries}
+    assert {f"endpoint/{ep.id}" for ep in eps.values()} <= stored  # both recorded

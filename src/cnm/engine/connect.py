@@ -61,13 +61,13 @@ class Connections:
             if sandbox is None:
                 raise SystemFailure(f"container {container.id} has no sandbox")
             async with AsyncExitStack() as stack:
-                ep = await sandbox.connect(stack, network, request)
+                eps = await sandbox.connect(stack, network, request)
                 networks = {
                     k: v for k, v in container.config.networks.items() if k not in (network.name, network.id)
                 }
                 networks[network.name] = request
                 updated = replace(container, config=replace(container.config, networks=networks))
-                await self._state.commit(put=[ep, updated])
+                await self._state.commit(put=[*eps, updated])
                 stack.pop_all()
             svc.events.network("connect", network, container.id)
             await sandbox.refresh_names(updated)
@@ -119,6 +119,7 @@ class Connections:
             sandbox = Sandbox.of(svc, container)
             if sandbox is not None:
                 errors = await sandbox.disconnect(ep)
+                errors += await sandbox.leave_gwbridge()
             else:
                 errors = await Endpoint.of(svc, ep).remove(None)
             kept = {k: v for k, v in container.config.networks.items() if not self._same_network(k, network)}

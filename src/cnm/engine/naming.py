@@ -22,7 +22,7 @@ from cnm.engine.state import State
 from cnm.errors import CnmError, InvalidArgument
 from cnm.model.container import Container, ContainerConfig
 from cnm.model.endpoint import EndpointRecord, SandboxRecord, dns_names
-from cnm.model.network import NetworkRecord
+from cnm.model.network import GWBRIDGE_NAME, NetworkRecord
 from cnm.model.values import HOST_GATEWAY, parse_extra_host, parse_nameserver
 from cnm.runtime.api import ContainerFiles, Runtime
 
@@ -55,7 +55,9 @@ def validate_names(config: ContainerConfig) -> None:
 
 
 def user_defined(network: NetworkRecord) -> bool:
-    return not network.predefined
+    """Does the embedded DNS serve names on ``network``?  Not on the predefined ones, nor
+    on ``cnm_gwbridge`` (its endpoints are anonymous, as on Docker's docker_gwbridge)."""
+    return not network.predefined and network.name != GWBRIDGE_NAME
 
 
 class Naming:
