@@ -8,7 +8,9 @@ veths are deleted by a reaper) and fails with the list.
 What it proves, for every record in the store:
 
 * networks: a bridge network has its bridge (tagged ``cnm:<daemon id>:<network id>``, the gateway
-  address), its IPAM pool, its nft chains and its four dispatch-map elements;
+  address), its IPAM pool, and its nft set elements (tagged with its id: its bridge, its
+  same-bridge pair, internal / icc / masquerading as recorded, its bridge . subnet unless
+  internal);
 * endpoints: a running container's sandbox holds them; each has its veth (host end tagged
   ``cnm:<daemon id>:<endpoint id>``, a port of the network's bridge, up; the peer named ``ifname`` in
   the sandbox's netns with the MAC and address recorded, the default route where recorded),
@@ -20,9 +22,10 @@ What it proves, for every record in the store:
   neither sandbox nor endpoints; the API lists what the store holds; runc runs nothing
   the store does not know as running.
 
-And the other way round: no cnm-tagged link, netns, IPAM address, nft chain or element
-exists that no record owns; no address (per network, in the kernel too) and no host port is
-held twice.
+And the other way round: no cnm-tagged link, netns, IPAM address or nft element exists that
+no record owns, no network holds an element its record does not call for, and nothing of
+the last release's nft layout (dispatch maps, ``n-<id12>-*`` chains) is left; no address
+(per network, in the kernel too) and no host port is held twice.
 
 Run as a script (``python consistency.py dns NAME…`` inside a netns) it is the DNS probe.
 """
@@ -46,7 +49,8 @@ HERE = Path(__file__).resolve()
 RETIRED_GROUP = 0x636E6D  # cnm.kernel.reaper: links retired and waiting for deletion
 DNS_ADDR = ("127.0.0.11", 53)
 PORT_MAPS = ("ports-ip", "ports-ip-range", "ports-any", "ports-any-range")
-DISPATCH_MAPS = ("forward-into-bridge", "forward-from-bridge", "nat-from-bridge", "nat-into-bridge")
+NETWORK_SETS = ("bridges", "same-bridge", "internal", "icc", "masquerading", "subnets")
+LEGACY_MAPS = ("forward-into-bridge", "forward-from-bridge", "nat-from-bridge", "nat-into-bridge")
 
 
 # -- the DNS probe (runs inside a sandbox's netns; stdlib only) ------------------------------
@@ -456,26 +460,45 @@ def _check_links(host: Any, store: Store) -> list[str]:
 
 
 def _elements(objects: list[dict[str, Any]], map_name: str) -> list[tuple[str, str, str]]:
-    """(key, comment, data) of the elements of map ``map_name``, as text."""
+    """(key, comment, data) of the elements of map or set ``map_name``, as text (data is
+    empty for a set; keys unquoted: ``br-x . 10.0.0.0/24``)."""
     from cnm.firewall.render_nft import port_key_from_json
 
     found = []
     for obj in objects:
-        m = obj.get("map")
+        m = obj.get("map") or obj.get("set")
         if not m or m.get("name") != map_name:
             continue
-        for key, data in m.get("elem", []):
+        for item in m.get("elem", []):
+            key, data = item if "map" in obj else (item, None)
             comment = ""
             if isinstance(key, dict) and "elem" in key:
                 comment = key["elem"].get("comment", "")
                 key = key["elem"]["val"]
-            data_text = (
-                json.dumps(data, sort_keys=True)
-                if isinstance(data, dict) and ("jump" in data or "goto" in data)
-                else port_key_from_json(data)
-            )
+            data_text = "" if data is None else port_key_from_json(data)
             found.append((port_key_from_json(key), comment, data_text))
     return found
+
+
+def _network_elements(net: dict[str, Any]) -> set[tuple[str, str]]:
+    """(set, key) of what a bridge network's record calls for (render_nft's layout, written
+    out again from the record: the checker must not trust the renderer)."""
+    br = bridge_name(net)
+    options = net.get("options") or {}
+
+    def on(key: str) -> bool:
+        return str(options.get(key, "true")).strip().lower() not in ("0", "f", "false", "no", "off")
+
+    wanted = {("bridges", br), ("same-bridge", f"{br} . {br}")}
+    if net.get("internal"):
+        wanted.add(("internal", br))
+    if on("com.docker.network.bridge.enable_icc"):
+        wanted.add(("icc", br))
+    if not net.get("internal"):
+        if on("com.docker.network.bridge.enable_ip_masquerade"):
+            wanted.add(("masquerading", br))
+        wanted.add(("subnets", f"{br} . {net['subnet']}"))
+    return wanted
 
 
 def _check_nft(host: Any, store: Store) -> list[str]:
@@ -483,25 +506,33 @@ def _check_nft(host: Any, store: Store) -> list[str]:
     objects = nft_table(host)
     if not objects:
         return ["nft table ip cnm is missing"]
-    chains = {o["chain"]["name"] for o in objects if "chain" in o}
-    bridge_nets = {n["id"]: n for n in store.networks.values() if n["driver"] == "bridge"}
-    by_prefix = {n[:12]: n for n in bridge_nets}
-    for net_id, net in bridge_nets.items():
-        for suffix in ("in", "out", "nat"):
-            if f"n-{net_id[:12]}-{suffix}" not in chains:
-                out.append(f"network {net['name']}: no nft chain n-{net_id[:12]}-{suffix}")
-    for chain in chains:
-        parts = chain.split("-")
-        if len(parts) == 3 and parts[0] == "n" and parts[1] not in by_prefix:
-            out.append(f"nft chain {chain} of a network that is gone")
-    for map_name in DISPATCH_MAPS:
-        keyed = {key: comment for key, comment, _ in _elements(objects, map_name)}
-        for net_id, net in bridge_nets.items():
-            if keyed.get(bridge_name(net)) != f"cnm:{net_id}":
-                out.append(f"network {net['name']}: nft map {map_name} lacks {bridge_name(net)}")
-        for key, comment in keyed.items():
-            if comment[len("cnm:") :] not in bridge_nets:
-                out.append(f"nft map {map_name}: element {key} of {comment!r}, which is gone")
+    for o in objects:
+        name = (o.get("chain") or o.get("map") or {}).get("name", "")
+        parts = name.split("-")
+        if name in LEGACY_MAPS or ("chain" in o and len(parts) == 3 and parts[0] == "n"):
+            out.append(f"nft {'map' if 'map' in o else 'chain'} {name} of the last release's layout is left")
+    bridge_nets = {n["id"]: n for n in store.networks.values() if n["driver"] == "bridge" and n.get("subnet")}
+    held = {
+        (set_name, key): comment[len("cnm:") :]
+        for set_name in NETWORK_SETS
+        for key, comment, _ in _elements(objects, set_name)
+    }
+    called_for = {
+        element: net_id for net_id, net in bridge_nets.items() for element in _network_elements(net)
+    }
+    for (set_name, key), net_id in called_for.items():
+        if held.get((set_name, key)) != net_id:
+            out.append(
+                f"network {bridge_nets[net_id]['name']}: nft set {set_name} lacks {key} "
+                f"(holds it for {held.get((set_name, key))!r})"
+            )
+    for (set_name, key), owner in held.items():
+        if owner not in bridge_nets:
+            out.append(f"nft set {set_name}: element {key} of {owner[:12]!r}, which is gone")
+        elif (set_name, key) not in called_for:
+            out.append(
+                f"nft set {set_name}: element {key} of network {bridge_nets[owner]['name']}, not called for"
+            )
     wanted: dict[tuple[str, str], tuple[str, str]] = {}  # (map, key) -> (owner, data)
     for ep in store.endpoints.values():
         for m in ep.get("ports") or []:

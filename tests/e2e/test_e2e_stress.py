@@ -259,7 +259,8 @@ def test_stress(fresh_cnmhost: TestHost) -> None:
 def test_checker_sees_planted_faults(fresh_cnmhost: TestHost) -> None:
     """tests/consistency.py finds nothing on a quiet host and each fault planted behind
     cnmd's back: a deleted veth, a stray netns, an untracked tagged veth, a lost port
-    element, a foreign address in a sandbox, a sandbox whose 127.0.0.11 does not answer."""
+    element, a lost network element and one of a gone network, a foreign address in a
+    sandbox, a sandbox whose 127.0.0.11 does not answer."""
     host = fresh_cnmhost
     host.cnm("network", "create", "--subnet", "10.77.0.0/24", "chk")
     host.cnm("run", "-d", "--name", "web", "--network", "chk", "-p", "18090:80", "busybox", "sleep", "1d")
@@ -274,6 +275,11 @@ def test_checker_sees_planted_faults(fresh_cnmhost: TestHost) -> None:
     host.run(["ip", "link", "add", "vethstray", "type", "veth", "peer", "name", "vethstray1"])
     host.run(["ip", "link", "set", "vethstray", "alias", "cnm:" + "f" * 64])
     host.run(["nft", "flush", "map", "ip", "cnm", "ports-any"])
+    chk = host.api("GET", "/networks/chk").json()["Id"]
+    host.run(["nft", "delete", "element", "ip", "cnm", "icc", f'{{ "br-{chk[:12]}" }}'])
+    host.run(
+        ["nft", "add", "element", "ip", "cnm", "bridges", '{ "br-gone" comment "cnm:' + "e" * 64 + '" }']
+    )
     web_key = host.api("GET", "/containers/web/json").json()["NetworkSettings"]["SandboxKey"]
     host.netns_exec(web_key, ["ip", "addr", "add", "10.77.0.200/24", "dev", "eth0"])
     host.netns_exec(web_key, ["nft", "delete", "table", "ip", "cnm-dns"])  # 127.0.0.11 no longer answers
@@ -284,6 +290,8 @@ def test_checker_sees_planted_faults(fresh_cnmhost: TestHost) -> None:
         f"netns {netns_dir / 'stray'} that no sandbox owns",
         "veth vethstray of endpoint ffffffffffff, which is gone",
         "port tcp . 18090 of endpoint",
+        f"network chk: nft set icc lacks br-{chk[:12]}",
+        "nft set bridges: element br-gone of 'eeeeeeeeeeee', which is gone",
         "eth0 has ['10.77.0.2/24', '10.77.0.200/24'], recorded 10.77.0.2/24",
         "DNS from web (",
     ):

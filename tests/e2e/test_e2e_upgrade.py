@@ -4,7 +4,8 @@ ports, aliases and a link; it stops (the containers keep running, as on a live-r
 the current code's cnmd starts on the same data root and exec root.  Nothing may be lost
 or restarted: the same container ids and init pids, the same addresses and MACs, ports
 that answer from the world, names that resolve, networks that list the same containers;
-and new work (run, connect, rm) goes on.  This is the guard of the store migration."""
+and new work (run, connect, rm) goes on; the firewall converges to today's nft layout.
+This is the guard of the store migration."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from consistency import problems
 from e2e_util import cexec, inspect, network_inspect
 from harness import HOST_ADDR, ROOT_SKIP_REASON, TestHost, dump_host, is_root, test_failed, wait_for
 from oldrelease import RELEASE, Release, extract
@@ -85,6 +87,12 @@ def facts(host: TestHost, names: list[str]) -> dict[str, Any]:
     return out
 
 
+def cnm_chains(host: TestHost) -> set[str]:
+    """The chains of cnm's nft table ``ip cnm``."""
+    chains = [i["chain"] for i in host.nft_json() if "chain" in i]
+    return {c["name"] for c in chains if (c["family"], c["table"]) == ("ip", "cnm")}
+
+
 def members(host: TestHost, network: str) -> set[str]:
     return {c["Name"] for c in (network_inspect(host, network)["Containers"] or {}).values()}
 
@@ -137,6 +145,9 @@ def test_upgrade_from_the_last_release_keeps_containers_networks_and_ports(
     nets_before = {n: members(host, n) for n in ("front", "back", "bridge")}
     assert nets_before == {"front": {"web", "app"}, "back": {"db", "app"}, "bridge": {"plain"}}
     web_ip = before["web"]["networks"]["front"][2]
+    front, back = before["web"]["networks"]["front"][0], before["db"]["networks"]["back"][0]
+
+    assert cnm_chains(host) >= {f"n-{front[:12]}-in", f"n-{back[:12]}-nat"}, "not the release's layout"
 
     # -- swap the code: the old cnmd stops, its containers keep running ---------------------------
     host.kill_daemon(signal.SIGTERM)
@@ -156,6 +167,19 @@ def test_upgrade_from_the_last_release_keeps_containers_networks_and_ports(
         assert resolves(host, "app", alias) == {web_ip}, alias
     assert resolves(host, "db", "app") == {before["app"]["networks"]["back"][2]}
     assert cexec(host, "app", "ping", "-c", "1", "-W", "2", "webby", check=False).returncode == 0
+
+    # the firewall converged to today's layout (fixed chains, networks as set elements):
+    # nothing of the release's per-network chains and dispatch maps is left
+    assert cnm_chains(host) == {
+        "user",
+        "forward",
+        "postrouting",
+        "prerouting",
+        "output",
+        "ports",
+        "raw-prerouting",
+    }
+    assert problems(host) == []
 
     # -- new work goes on ------------------------------------------------------------------------
     host.cnm(

@@ -1,7 +1,8 @@
 """NftablesFirewall against the real kernel, inside a throwaway net+mount+pid namespace.
 
 Two scripts run as root under ``unshare`` (everything they make vanishes with them):
-- STRUCTURE drives setup/add/remove/sync/teardown and checks ``nft -j list table ip cnm``;
+- STRUCTURE drives setup/add/remove/sync/teardown and checks ``nft -j list table ip cnm``
+  (fixed chains and rules; a network is tagged set elements);
   it also prints the time of one add_network/remove_network with 1 and 200 other networks.
 - BEHAVIOUR builds two bridges with a "container" netns on each, an internal and a
   masquerade-off network, and a "world" netns (203.0.113.1/24 <-> host 203.0.113.2/24,
@@ -15,6 +16,7 @@ import json
 import textwrap
 
 import pytest
+from oldrelease import RELEASE, extract
 from throwaway import have, run_script
 
 pytestmark = pytest.mark.root
@@ -39,8 +41,9 @@ def oid(i):
     return f"{i:012x}" + "e" * 52
 
 
-def net(i, **kw):
-    return BridgeRules(owner=oid(i), bridge=f"br-t{i}", subnet=IPv4Network(f"10.{100 + i // 250}.{i % 250}.0/24"), **kw)
+def net(i, subnet_override=None, **kw):
+    subnet = IPv4Network(subnet_override or f"10.{100 + i // 250}.{i % 250}.0/24")
+    return BridgeRules(owner=oid(i), bridge=f"br-t{i}", subnet=subnet, **kw)
 
 
 def table():
@@ -58,22 +61,30 @@ def rules(objs, chain):
     return [o["rule"] for o in objs if "rule" in o and o["rule"]["chain"] == chain]
 
 
-def elements(objs, map_name):
+def elements(objs, set_name):
+    # {key: owner tag} of a set's elements; a key is its text ("br-a", "br-a . br-a",
+    # "br-a . 10.0.0.0/24")
     out = {}
     for o in objs:
-        if "map" in o and o["map"]["name"] == map_name:
-            for key, verdict in o["map"].get("elem", []):
-                val = key["elem"]["val"] if isinstance(key, dict) else key
-                out[val] = (verdict["jump"]["target"], key["elem"].get("comment") if isinstance(key, dict) else None)
+        if "set" in o and o["set"]["name"] == set_name:
+            for item in o["set"].get("elem", []):
+                elem = item["elem"] if isinstance(item, dict) and "elem" in item else {"val": item}
+                val = elem["val"]
+                parts = val["concat"] if isinstance(val, dict) and "concat" in val else [val]
+                text = " . ".join(
+                    f"{p['prefix']['addr']}/{p['prefix']['len']}" if isinstance(p, dict) else str(p) for p in parts
+                )
+                out[text] = elem.get("comment")
     return out
+
+
+def owners(objs):
+    # {set: {key: owner}} of every network set
+    return {s: elements(objs, s) for s in ("bridges", "same-bridge", "internal", "icc", "masquerading", "subnets")}
 """
 
 STRUCTURE = r"""
 FIXED = {"user", "forward", "postrouting", "prerouting", "output", "ports", "raw-prerouting"}
-
-
-def own_chains(objs):
-    return {name for name in chains(objs) if name not in FIXED}
 
 
 async def main():
@@ -96,29 +107,30 @@ async def main():
     assert ch["prerouting"]["type"] == "nat" and ch["prerouting"]["prio"] == -100
     assert ch["output"]["hook"] == "output" and ch["output"]["prio"] == -100
     assert all(c.get("policy", "accept") == "accept" for c in ch.values())
-    assert len(rules(objs, "forward")) == 4 and len(rules(objs, "postrouting")) == 3
+    assert len(rules(objs, "forward")) == 6 and len(rules(objs, "postrouting")) == 3
     assert ch["raw-prerouting"]["hook"] == "prerouting" and ch["raw-prerouting"]["prio"] == -300
     assert "jump" in rules(objs, "forward")[0]["expr"][0] and rules(objs, "forward")[0]["expr"][0]["jump"]["target"] == "user"
 
     # the user's rule in the user chain survives setup and sync
     sh("nft", "add", "rule", "ip", "cnm", "user", "ip", "saddr", "192.0.2.7", "accept", "comment", "mine")
 
-    # -- add: three chains, three tagged elements, every rule tagged ------------------------
+    # -- add: tagged elements only, no chain, no rule -------------------------------------------
+    rules_before = [o for o in objs if "rule" in o]
     await fw.add_network(net(1))
     await fw.add_network(net(1))  # idempotent
     await fw.add_network(net(2, internal=True))
-    await fw.add_network(net(3, masquerade=False))
+    await fw.add_network(net(3, masquerade=False, icc=False))
     objs = table()
-    for i in (1, 2, 3):
-        prefix = f"n-{oid(i)[:12]}"
-        for role, m in (("in", "forward-into-bridge"), ("out", "forward-from-bridge"), ("nat", "nat-from-bridge"),
-                        ("nat", "nat-into-bridge")):
-            assert elements(objs, m)[f"br-t{i}"] == (f"{prefix}-{role}", f"cnm:{oid(i)}"), (i, m)
-            for rule in rules(objs, f"{prefix}-{role}"):
-                assert rule["comment"] == f"cnm:{oid(i)}", rule
-    assert len(rules(objs, f"n-{oid(1)[:12]}-in")) == 3  # published ports + icc accept + drop (not duplicated)
-    assert len(rules(objs, f"n-{oid(1)[:12]}-nat")) == 2  # masquerade + hairpin
-    assert rules(objs, f"n-{oid(2)[:12]}-nat") == [] and len(rules(objs, f"n-{oid(3)[:12]}-nat")) == 1
+    assert set(chains(objs)) == FIXED and len([o for o in objs if "rule" in o]) == len(rules_before) + 1
+    tag = {i: f"cnm:{oid(i)}" for i in range(1, 10)}
+    assert owners(objs) == {
+        "bridges": {"br-t1": tag[1], "br-t2": tag[2], "br-t3": tag[3]},
+        "same-bridge": {f"br-t{i} . br-t{i}": tag[i] for i in (1, 2, 3)},
+        "internal": {"br-t2": tag[2]},
+        "icc": {"br-t1": tag[1], "br-t2": tag[2]},
+        "masquerading": {"br-t1": tag[1]},
+        "subnets": {"br-t1 . 10.100.1.0/24": tag[1], "br-t3 . 10.100.3.0/24": tag[3]},
+    }, owners(objs)
     # same bridge claimed by another network: refused, nothing changed
     try:
         await fw.add_network(BridgeRules(owner=oid(9), bridge="br-t1", subnet=IPv4Network("10.250.0.0/24")))
@@ -130,38 +142,44 @@ async def main():
     # -- replace on a renamed bridge: old elements gone ----------------------------------------
     await fw.add_network(BridgeRules(owner=oid(1), bridge="br-renamed", subnet=IPv4Network("10.100.1.0/24")))
     objs = table()
-    assert "br-t1" not in elements(objs, "forward-into-bridge") and "br-renamed" in elements(objs, "nat-from-bridge")
+    assert "br-t1" not in elements(objs, "bridges") and "br-renamed . 10.100.1.0/24" in elements(objs, "subnets")
+    assert not [k for keys in owners(objs).values() for k in keys if "br-t1" in k]
 
     # -- remove: idempotent, only that network --------------------------------------------------
     await fw.remove_network(oid(1))
     await fw.remove_network(oid(1))
     objs = table()
-    assert own_chains(objs) == {f"n-{oid(i)[:12]}-{r}" for i in (2, 3) for r in ("in", "out", "nat")}
-    assert set(elements(objs, "forward-from-bridge")) == {"br-t2", "br-t3"}
-    # a fresh instance (cnmd restarted, no sync yet) still removes by reading the maps
+    assert set(elements(objs, "bridges")) == {"br-t2", "br-t3"}
+    assert not [k for keys in owners(objs).values() for k, t in keys.items() if t == tag[1]]
+    # a fresh instance (cnmd restarted, no sync yet) still removes by reading the sets
     await NftablesFirewall().remove_network(oid(2))
-    assert set(elements(table(), "forward-into-bridge")) == {"br-t3"}
-    assert not any(n.startswith(f"n-{oid(2)[:12]}") for n in chains(table()))
+    assert {s: set(v.values()) for s, v in owners(table()).items() if v} == {
+        s: {tag[3]} for s in ("bridges", "same-bridge", "subnets")
+    }
+    # a fresh instance adds over an element of the same bridge that the kernel refuses to
+    # overlap (that bridge on a subnet starting where the new one does): read and replaced
+    await NftablesFirewall().add_network(net(3, subnet_override="10.100.3.0/25"))
+    assert set(elements(table(), "subnets")) == {"br-t3 . 10.100.3.0/25"}
 
     # -- sync: exactly the listed networks, user chain intact ---------------------------------
     await fw.add_network(net(4))
     sh("nft", "add", "chain", "ip", "cnm", "mine-too")  # a user's chain in our table: left alone
     await fw.sync([net(4), net(5, icc=False)])
     objs = table()
-    assert own_chains(objs) == {"mine-too"} | {f"n-{oid(i)[:12]}-{r}" for i in (4, 5) for r in ("in", "out", "nat")}
-    assert set(elements(objs, "nat-from-bridge")) == {"br-t4", "br-t5"}
+    assert set(chains(objs)) == FIXED | {"mine-too"}
+    assert set(elements(objs, "bridges")) == {"br-t4", "br-t5"} and set(elements(objs, "icc")) == {"br-t4"}
     assert [r.get("comment") for r in rules(objs, "user")] == ["mine"]
-    assert len(rules(objs, "forward")) == 4
-    # recovery after an outside flush of the dispatch rules
+    assert len(rules(objs, "forward")) == 6
+    # recovery after an outside flush of the forward rules
     sh("nft", "flush", "chain", "ip", "cnm", "forward")
     assert await fw.healthy() is False
     await fw.sync([net(4)])
     assert await fw.healthy() is True
-    assert set(elements(table(), "forward-into-bridge")) == {"br-t4"}
+    assert set(elements(table(), "bridges")) == {"br-t4"}
     # recovery after the whole table was deleted
     sh("nft", "delete", "table", "ip", "cnm")
     await fw.sync([net(4)])
-    assert await fw.healthy() is True and set(elements(table(), "forward-into-bridge")) == {"br-t4"}
+    assert await fw.healthy() is True and set(elements(table(), "bridges")) == {"br-t4"}
 
     # -- timing: one add/remove with 1 and with 200 other networks present -------------------------
     await fw.sync([net(1)])
@@ -249,12 +267,28 @@ def container(name, bridge, ip, gw):
     serve(name)
 
 
+def routed_container(name, bridge, ip, gw):
+    """A container whose only on-link address is its own (/32): everything it sends, to
+    its bridge neighbours too, is routed by the host (in and out of the same bridge)."""
+    sh("ip", "netns", "add", name)
+    sh("ip", "link", "add", f"v-{name}", "type", "veth", "peer", "name", "eth0", "netns", name)
+    sh("ip", "link", "set", f"v-{name}", "master", bridge, "up")
+    ns(name, "sysctl", "-qw", "net.ipv4.conf.all.accept_redirects=0")
+    ns(name, "ip", "addr", "add", f"{ip}/32", "dev", "eth0")
+    ns(name, "ip", "link", "set", "eth0", "up")
+    ns(name, "ip", "link", "set", "lo", "up")
+    ns(name, "ip", "route", "add", gw, "dev", "eth0")
+    ns(name, "ip", "route", "add", "default", "via", gw)
+
+
 NETS = {  # name: (index, bridge, subnet prefix, rules kwargs)
     "ca": (1, "br-a", "10.201.1", {}),
     "cb": (2, "br-b", "10.201.2", {}),
     "ci": (3, "br-i", "10.201.3", {"internal": True}),
     "cm": (4, "br-m", "10.201.4", {"masquerade": False}),
+    "cn": (5, "br-n", "10.201.5", {"icc": False}),
 }
+ROUTED = {"ca2": "ca", "cn2": "cn"}  # routed container -> the container on its bridge
 
 
 def rules_for(name):
@@ -266,8 +300,20 @@ def matrix():
     pairs = [("ca", "203.0.113.1"), ("cb", "203.0.113.1"), ("ci", "203.0.113.1"), ("cm", "203.0.113.1"),
              ("ca", "10.201.2.2"), ("cb", "10.201.1.2"), ("ci", "10.201.1.2"), ("ca", "10.201.3.2"),
              ("host", "10.201.1.2"), ("host", "10.201.2.2"), ("host", "10.201.3.2"), ("host", "10.201.4.2"),
-             ("world", "10.201.1.2"), ("world", "10.201.4.2")]
+             ("world", "10.201.1.2"), ("world", "10.201.4.2"), ("cn", "203.0.113.1"),
+             # routed from a bridge back into it: icc decides, and it is not masqueraded
+             ("ca2", "10.201.1.2"), ("cn2", "10.201.5.2")]
     return {f"{s}->{d}": probe(s, d) for s, d in pairs}
+
+
+def legacy_renderer(src):
+    """The last release's render_nft (its sources at ``src``), beside today's."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("legacy_render_nft", f"{src}/cnm/firewall/render_nft.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # (dataclasses look their module up)
+    spec.loader.exec_module(module)
+    return module
 
 
 async def main():
@@ -287,7 +333,12 @@ async def main():
         sh("ip", "link", "add", bridge, "type", "bridge")
         sh("ip", "addr", "add", f"{prefix}.1/24", "dev", bridge)
         sh("ip", "link", "set", bridge, "up")
+        sh("sysctl", "-qw", f"net.ipv4.conf.{bridge}.send_redirects=0")
         container(name, bridge, f"{prefix}.2", f"{prefix}.1")
+    sh("sysctl", "-qw", "net.ipv4.conf.all.send_redirects=0")
+    for name, neighbour in ROUTED.items():
+        _, bridge, prefix, _ = NETS[neighbour]
+        routed_container(name, bridge, f"{prefix}.3", f"{prefix}.1")
 
     fw = NftablesFirewall()
     with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
@@ -306,9 +357,26 @@ async def main():
     after_remove = {"ca->cb": probe("ca", "10.201.2.2")}
     await fw.teardown()
     after_teardown = {"ca->world": probe("ca", "203.0.113.1")}
+
+    # the last release's layout (per-network chains), then today's code restarting over
+    # it as cnmd does (setup, the networks, sync): the same verdicts at every step
+    legacy = legacy_renderer(sys.argv[1])
+    script = legacy.render_setup() + "".join(legacy.render_add_network(rules_for(n)) for n in NETS)
+    sh("nft", "-f", "-", input=script)
+    legacy_matrix = matrix()
+    fresh = NftablesFirewall()
+    await fresh.setup()
+    for name in NETS:
+        await fresh.add_network(rules_for(name))
+    restoring = matrix()  # before sync: the old rules still serve
+    await fresh.sync([rules_for(name) for name in NETS])
+    migrated = matrix()
+    objs = table()
+    left = sorted([o["chain"]["name"] for o in objs if "chain" in o] + [o["map"]["name"] for o in objs if "map" in o])
     print(json.dumps({"before": before, "after": after, "user_override": user_override,
                       "user_override_back": user_override_back, "after_remove": after_remove,
-                      "after_teardown": after_teardown}))
+                      "after_teardown": after_teardown, "legacy": legacy_matrix, "restoring": restoring,
+                      "migrated": migrated, "migrated_left": left, "migrated_healthy": await fresh.healthy()}))
 
 try:
     asyncio.run(main())
@@ -318,8 +386,8 @@ finally:
 '''
 
 
-def _run(tmp_path, body: str) -> dict:
-    proc = run_script(tmp_path, textwrap.dedent(COMMON) + textwrap.dedent(body), name="fw_script.py")
+def _run(tmp_path, body: str, *args: str) -> dict:
+    proc = run_script(tmp_path, textwrap.dedent(COMMON) + textwrap.dedent(body), *args, name="fw_script.py")
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -338,7 +406,8 @@ def test_nftables_firewall_structure_in_throwaway_namespace(tmp_path):
 
 @pytest.mark.skipif(not have("nft"), reason="needs root, unshare and nft")
 def test_nftables_firewall_behaviour_in_throwaway_namespace(tmp_path):
-    r = _run(tmp_path, BEHAVIOUR)
+    release = extract(tmp_path / RELEASE)
+    r = _run(tmp_path, BEHAVIOUR, str(release.src))
     before, after = r["before"], r["after"]
     # control: without rules everything routes and nothing is translated, so each check
     # below can fail
@@ -375,3 +444,19 @@ def test_nftables_firewall_behaviour_in_throwaway_namespace(tmp_path):
     assert r["after_remove"]["ca->cb"] == "10.201.2.1"
     # teardown removes the NAT as well
     assert r["after_teardown"]["ca->world"] == "10.201.1.2"
+    # icc: traffic routed from a bridge back into it passes (not masqueraded) with icc
+    # on, and is dropped with icc off (bridged traffic is the bridge driver's business)
+    assert before["ca2->10.201.1.2"] == "10.201.1.3" and before["cn2->10.201.5.2"] == "10.201.5.3"
+    assert after["ca2->10.201.1.2"] == "10.201.1.3"
+    assert after["cn2->10.201.5.2"] == "FAIL"
+    assert after["cn->203.0.113.1"] == "203.0.113.2"
+    # the same verdicts as the last release's rules, before, while and after a restart of
+    # today's code converges its table to the sets (none of its maps or chains left)
+    assert r["legacy"] == after
+    assert r["restoring"] == after
+    assert r["migrated"] == after
+    assert r["migrated_left"] == sorted(
+        ["user", "forward", "postrouting", "prerouting", "output", "ports", "raw-prerouting",
+         "ports-ip", "ports-ip-range", "ports-any", "ports-any-range"]
+    )  # fmt: skip
+    assert r["migrated_healthy"] is True

@@ -192,6 +192,35 @@ async def test_sandbox_gateway_fails_over_in_connect_order(world) -> None:
     assert gateway() == "three"
 
 
+async def test_connect_and_disconnect_each_write_the_records_in_one_transaction(world) -> None:
+    """What one ``network connect`` / ``disconnect`` of a running container changes in the
+    records (the endpoint and the container's networks) is one store commit, beside the
+    address IPAM claims or frees in its own."""
+    ctl = await world.controller()
+    await ctl.create_network(NetworkSpec(name="side", ipam=(IpamConfig(subnet=IPv4Network("10.85.0.0/24")),)))
+    cid = await run(ctl, "web")
+    commits: list[list[tuple[str, str]]] = []
+    real = world.store.commit
+
+    async def commit(ops, checks=()):
+        commits.append([(type(op).__name__, op.key.split("/")[0]) for op in ops])
+        return await real(ops, checks)
+
+    world.store.commit = commit
+    await ctl.connect("side", "web", EndpointRequest())
+    assert commits == [[("Put", "ipam")], [("Put", "endpoint"), ("Put", "container")]]
+    assert "side" in ctl.find_container(cid).config.networks
+    commits.clear()
+    await ctl.disconnect("side", "web")
+    assert commits == [[("Delete", "ipam")], [("Put", "container"), ("Delete", "endpoint")]]
+    container = ctl.find_container(cid)
+    assert "side" not in container.config.networks
+    assert [ctl.find_network(e.network_id).name for e in ctl._svc.state.endpoints_of_container(cid)] == [
+        "bridge"
+    ]
+    assert ctl._svc.ipam.owners(ctl.find_network("side").id) == {IPv4Network("10.85.0.0/24")[1]: "gateway"}
+
+
 async def test_sandbox_destroy_leaves_nothing(world) -> None:
     ctl = await world.controller()
     svc = ctl._svc

@@ -62,8 +62,16 @@ def fw(monkeypatch):
     return firewall
 
 
-def table_json(chains: list[str], maps=(*r.MAPS, *r.PORT_MAPS), rules: dict[str, int] | None = None) -> str:
+def table_json(
+    chains: list[str],
+    sets=tuple(r.NETWORK_SETS),
+    maps=tuple(r.PORT_MAPS),
+    rules: dict[str, int] | None = None,
+) -> str:
+    """A terse ``nft -j list table ip cnm``: these chains, sets and maps, and ``rules``
+    (chain -> how many; setup's counts by default)."""
     objs: list[dict] = [{"metainfo": {"version": "1.0.6"}}, {"table": {"family": "ip", "name": "cnm"}}]
+    objs += [{"set": {"family": "ip", "table": "cnm", "name": s, "type": "ifname"}} for s in sets]
     objs += [
         {"map": {"family": "ip", "table": "cnm", "name": m, "type": "ifname", "map": "verdict"}} for m in maps
     ]
@@ -73,40 +81,65 @@ def table_json(chains: list[str], maps=(*r.MAPS, *r.PORT_MAPS), rules: dict[str,
     return json.dumps({"nftables": objs})
 
 
+def set_json(set_name: str, elems: list) -> tuple[int, str, str]:
+    """A reply to ``nft -j list set ip cnm <set_name>`` holding ``elems``."""
+    return (0, json.dumps({"nftables": [{"set": {"name": set_name, "elem": elems}}]}), "")
+
+
+def tagged(val, owner: str) -> dict:
+    return {"elem": {"val": val, "comment": f"cnm:{owner}"}}
+
+
 NO_TABLE = (1, "", "Error: No such file or directory\nlist table ip cnm\n           ^^^\n")
+NO_SETS = [set_json(s, []) for s in r.NETWORK_SETS]
+LEGACY_MAP = (0, json.dumps({"nftables": [{"map": {"name": r.LEGACY_MAPS[0], "type": "ifname"}}]}), "")
 
 
 async def test_setup_applies_the_skeleton_and_turns_on_forwarding(fw):
+    fw.lister.replies = [NO_TABLE]
     await fw.setup()
-    assert fw.log == [r.render_setup(), "sysctl net.ipv4.ip_forward=1"]
+    assert fw.log == ["list map ip cnm forward-into-bridge", r.render_setup(), "sysctl net.ipv4.ip_forward=1"]
+
+
+async def test_setup_over_the_last_releases_layout_leaves_its_rules_serving(fw):
+    fw.lister.replies = [LEGACY_MAP]
+    await fw.setup()
+    assert fw.log[1] == r.render_setup(legacy=True)
 
 
 async def test_every_applied_script_is_logged_as_nft_f(fw, caplog):
     caplog.set_level(logging.DEBUG, logger="cnm.kernel")
     await fw.add_network(net())
-    assert caplog.records[-1].getMessage().startswith("nft -f - <<'EOF'\nadd chain ip cnm n-a1a1a1a1a1a1-in")
+    assert (
+        caplog.records[-1].getMessage().startswith("nft -f - <<'EOF'\nadd element ip cnm bridges { \"br-a\" ")
+    )
 
 
 async def test_nft_failure_becomes_firewall_error_with_nfts_message(fw):
     fw.applied.replies = [(1, "", "Error: Could not process rule: File exists\nadd element ...\n   ^^^\n")]
-    with pytest.raises(FirewallError, match="^nft: Could not process rule: File exists$"):
+    fw.lister.replies = list(NO_SETS)  # the kernel holds nothing of it: no retry
+    with pytest.raises(
+        FirewallError, match=f"^nft: Could not process rule: File exists \\(installing network {A}\\)$"
+    ):
         await fw.add_network(net())
     assert fw.installed() == {}
 
 
-async def test_add_remembers_the_bridge_and_remove_uses_it(fw):
+async def test_add_remembers_the_network_and_remove_uses_it(fw):
     await fw.add_network(net())
     assert fw.installed() == {A: "br-a"}
     await fw.remove_network(A)
-    assert fw.log[-1] == r.render_remove_network(A, ["br-a"])
+    assert fw.log[-1] == r.render_remove_network(A, r.network_elements(net()))
     assert fw.installed() == {}
 
 
 async def test_replacing_a_network_on_a_new_bridge_drops_the_old_elements(fw):
     await fw.add_network(net())
     await fw.add_network(net(bridge="br-new"))
-    assert fw.log[-1] == r.render_add_network(net(bridge="br-new"), previous_bridge="br-a")
+    assert fw.log[-1] == r.render_add_network(net(bridge="br-new"), previous=net())
     assert fw.installed() == {A: "br-new"}
+    await fw.add_network(net(owner=B))  # br-a is free again
+    assert fw.installed() == {A: "br-new", B: "br-a"}
 
 
 async def test_two_networks_on_one_bridge_are_refused_before_touching_nft(fw):
@@ -114,51 +147,78 @@ async def test_two_networks_on_one_bridge_are_refused_before_touching_nft(fw):
     n = len(fw.log)
     with pytest.raises(FirewallError, match="already carries the rules of network"):
         await fw.add_network(net(owner=B))
-    with pytest.raises(FirewallError, match="share an id prefix"):
-        await fw.add_network(net(owner=A[:12] + "0" * 52, bridge="br-other"))
     assert len(fw.log) == n
 
 
-async def test_remove_of_unknown_network_falls_back_to_reading_cnms_maps(fw):
-    chain = r.chains_for(A)
-    elements = {
-        r.MAP_INTO_BRIDGE: [[{"elem": {"val": "br-old", "comment": f"cnm:{A}"}}, {"jump": {"target": chain.inbound}}],
-                            [{"elem": {"val": "br-b", "comment": f"cnm:{B}"}}, {"jump": {"target": "n-b2b2b2b2b2b2-in"}}]],
-        r.MAP_FROM_BRIDGE: [["br-old", {"jump": {"target": chain.outbound}}]],
-        r.MAP_NAT_FROM_BRIDGE: [],
-        r.MAP_NAT_INTO_BRIDGE: [],
-    }  # fmt: skip
-    fw.applied.replies = [(1, "", "Error: Could not process rule: Device or resource busy\n")]
-    fw.lister.replies = [(0, table_json(list(r.FIXED_CHAINS)), "")] + [
-        (0, json.dumps({"nftables": [{"map": {"name": m, "elem": e}}]}), "") for m, e in elements.items()
+async def test_add_over_elements_a_previous_daemon_left_replaces_them(fw):
+    # cnmd restarted (no memory): the same bridge on another subnet overlaps in the
+    # interval set; the elements of that bridge are read and replaced in one transaction
+    stale = [
+        set_json("bridges", [tagged("br-a", B)]),
+        set_json("same-bridge", []),
+        set_json("internal", []),
+        set_json("icc", []),
+        set_json("masquerading", [tagged("br-x", B)]),  # another bridge: not touched
+        set_json("subnets", [tagged({"concat": ["br-a", {"prefix": {"addr": "10.9.0.0", "len": 16}}]}, B)]),
+    ]
+    fw.applied.replies = [(1, "", "Error: Could not process rule: File exists\n")]
+    fw.lister.replies = stale
+    await fw.add_network(net())
+    old = [r.SetElement("bridges", '"br-a"'), r.SetElement("subnets", '"br-a" . 10.9.0.0/16')]
+    assert fw.log[-1] == r.render_network(A, old, r.network_elements(net()))
+    assert fw.installed() == {A: "br-a"}
+
+
+async def test_remove_of_unknown_network_falls_back_to_reading_its_tagged_elements(fw):
+    fw.lister.replies = [
+        set_json("bridges", [tagged("br-old", A), tagged("br-b", B), "untagged"]),
+        set_json("same-bridge", [tagged({"concat": ["br-old", "br-old"]}, A)]),
+        set_json("internal", []),
+        set_json("icc", []),
+        set_json("masquerading", []),
+        set_json("subnets", [tagged({"concat": ["br-old", {"prefix": {"addr": "10.9.0.0", "len": 24}}]}, A)]),
     ]
     await fw.remove_network(A)
-    assert fw.log[-1] == r.render_remove_network(A, ["br-old", "br-old"])  # deduplicated inside
+    assert fw.log[-1] == r.render_remove_network(
+        A,
+        [
+            r.SetElement("bridges", '"br-old"'),
+            r.SetElement("same-bridge", '"br-old" . "br-old"'),
+            r.SetElement("subnets", '"br-old" . 10.9.0.0/24'),
+        ],
+    )
     assert "br-b" not in fw.log[-1]
 
 
+async def test_remove_of_a_network_unknown_after_sync_touches_nothing(fw):
+    fw.lister.replies = [NO_TABLE]
+    await fw.sync([net()])
+    n = len(fw.log)
+    await fw.remove_network(B)
+    assert len(fw.log) == n
+
+
 async def test_remove_when_the_table_is_gone_is_success(fw):
-    fw.applied.replies = [(1, "", "Error: No such file or directory\n")]
     fw.lister.replies = [NO_TABLE]
     await fw.remove_network(A)
+    assert not [line for line in fw.log if not line.startswith("list ")]
 
 
 async def test_remove_keeps_a_real_failure(fw):
+    await fw.add_network(net())
     fw.applied.replies = [(1, "", "Error: boom\n"), (1, "", "Error: still boom\n")]
-    empty_map = (0, json.dumps({"nftables": [{"map": {"name": "m"}}]}), "")
-    fw.lister.replies = [(0, table_json(list(r.FIXED_CHAINS)), "")] + [empty_map] * len(r.MAPS)
+    fw.lister.replies = [set_json("bridges", [tagged("br-a", A)]), *NO_SETS[1:]]
     with pytest.raises(FirewallError, match="still boom"):
         await fw.remove_network(A)
 
 
 async def test_sync_reads_the_table_tersely_and_replaces_memory(fw):
     await fw.add_network(net(owner=B, bridge="br-b"))
-    stale = list(r.chains_for(B).all())
-    fw.lister.replies = [(0, table_json([*r.FIXED_CHAINS, *stale]), "")]
+    fw.lister.replies = [(0, table_json([*r.FIXED_CHAINS, "mine"]), "")]
     await fw.sync([net()])
     assert fw.lister.terse is True
     assert fw.log[-2] == "list table ip cnm"
-    assert fw.log[-1] == r.render_sync([net()], [*r.FIXED_CHAINS, *stale])
+    assert fw.log[-1] == r.render_sync([net()], [*r.FIXED_CHAINS, "mine", *r.PORT_MAPS])
     assert fw.installed() == {A: "br-a"}
 
 
@@ -168,6 +228,37 @@ async def test_sync_on_an_empty_ruleset_builds_everything(fw):
     assert fw.log[-1] == r.render_sync([net()], [])
 
 
+async def test_a_restart_over_the_last_releases_ruleset_converges_to_the_sets(fw):
+    """The upgrade from v0.1.0 as cnmd's start drives it: setup finds the old layout and
+    leaves it serving; the networks are added (elements only); sync then lists the table
+    and swaps in one transaction, deleting the old dispatch maps and per-network chains;
+    the table is healthy after and not before."""
+    legacy_chains = [f"n-{A[:12]}-{role}" for role in ("in", "out", "nat")]
+    legacy_table = table_json(
+        [*r.FIXED_CHAINS, *legacy_chains],
+        sets=(),
+        maps=(*r.LEGACY_MAPS, *r.PORT_MAPS),
+        rules={"forward": 4, "postrouting": 3, "prerouting": 1, "output": 1, "raw-prerouting": 1, "ports": 4},
+    )
+    fw.lister.replies = [(0, legacy_table, "")]
+    assert await fw.healthy() is False  # the daemon's heal would set up and sync too
+    fw.lister.replies = [LEGACY_MAP]
+    await fw.setup()
+    assert fw.log[-2] == r.render_setup(legacy=True)
+    await fw.add_network(net())
+    assert fw.log[-1] == r.render_add_network(net())
+    fw.lister.replies = [(0, legacy_table, "")]
+    await fw.sync([net()])
+    script = fw.log[-1]
+    assert script == r.render_sync([net()], [*r.FIXED_CHAINS, *legacy_chains, *r.LEGACY_MAPS, *r.PORT_MAPS])
+    for m in r.LEGACY_MAPS:
+        assert f"delete map ip cnm {m}\n" in script
+    for c in legacy_chains:
+        assert f"delete chain ip cnm {c}\n" in script
+    fw.lister.replies = [(0, table_json(list(r.FIXED_CHAINS)), "")]
+    assert await fw.healthy() is True
+
+
 async def test_healthy(fw):
     fw.lister.replies = [NO_TABLE]
     assert await fw.healthy() is False
@@ -175,10 +266,14 @@ async def test_healthy(fw):
     assert await fw.healthy() is True
     fw.lister.replies = [(0, table_json([c for c in r.FIXED_CHAINS if c != "user"]), "")]
     assert await fw.healthy() is False
-    fw.lister.replies = [(0, table_json(list(r.FIXED_CHAINS), maps=r.MAPS[:2]), "")]
+    fw.lister.replies = [(0, table_json(list(r.FIXED_CHAINS), sets=("bridges",)), "")]
+    assert await fw.healthy() is False
+    fw.lister.replies = [(0, table_json(list(r.FIXED_CHAINS), maps=tuple(r.PORT_MAPS)[:2]), "")]
     assert await fw.healthy() is False
     fw.lister.replies = [(0, table_json(list(r.FIXED_CHAINS), rules={"forward": 0}), "")]
-    assert await fw.healthy() is False  # someone flushed the dispatch rules
+    assert await fw.healthy() is False  # someone flushed the forward rules
+    fw.lister.replies = [(0, table_json(list(r.FIXED_CHAINS), maps=(*r.PORT_MAPS, r.LEGACY_MAPS[0])), "")]
+    assert await fw.healthy() is False  # v0.1.0's layout is still there
 
 
 async def test_teardown_forgets_everything(fw):
@@ -230,8 +325,9 @@ async def test_proxy_mode_does_not_touch_route_localnet(monkeypatch):
     monkeypatch.setattr(backend, "set_sysctl", lambda key, value: log.append(f"sysctl {key}={value}") or "0")
     monkeypatch.setattr(common, "set_sysctl", lambda key, value: log.append(f"sysctl {key}={value}") or "0")
     fw = backend.NftablesFirewall(userland_proxy=True)
+    contexts[True].replies = [NO_TABLE]
     await fw.setup()
-    assert log[0] == r.render_setup(userland_proxy=True)
+    assert log[1] == r.render_setup(userland_proxy=True)
     contexts[True].replies = [NO_TABLE]
     await fw.sync([net()])
     assert log[-1] == r.render_sync([net()], [], userland_proxy=True)
@@ -318,6 +414,7 @@ async def test_adding_a_network_lists_nothing_and_names_no_other_network(fw):
     size is the same for the first network and the fortieth."""
     import hashlib
 
+    fw.lister.replies = [NO_TABLE]
     await fw.setup()
     owners = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(40)]
     sizes = []

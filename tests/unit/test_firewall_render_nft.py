@@ -7,7 +7,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from cnm.errors import InvalidArgument
+from cnm.errors import FirewallError, InvalidArgument
 from cnm.firewall import render_nft as r
 from cnm.firewall.api import BridgeRules, PortRule
 
@@ -31,11 +31,14 @@ def rules_of(script: str, chain: str) -> list[str]:
 # -- skeleton ---------------------------------------------------------------------------
 
 
-def test_setup_creates_table_maps_user_and_base_chains_with_accept_policy():
+def test_setup_creates_table_sets_maps_user_and_base_chains_with_accept_policy():
     script = r.render_setup()
     assert lines(script)[0] == "add table ip cnm"
-    for m in r.MAPS:
-        assert f"add map ip cnm {m} {{ type ifname : verdict ; }}" in script
+    assert "add set ip cnm bridges { type ifname ; }" in script
+    assert "add set ip cnm same-bridge { type ifname . ifname ; }" in script
+    assert "add set ip cnm subnets { type ifname . ipv4_addr ; flags interval ; }" in script
+    for s in r.NETWORK_SETS:
+        assert re.search(rf"^add set ip cnm {s} \{{ type ", script, re.M)
     assert re.search(r"^add chain ip cnm user \{ comment .* \}$", script, re.M)
     hooks = {
         "forward": "type filter hook forward priority filter",
@@ -49,30 +52,45 @@ def test_setup_creates_table_maps_user_and_base_chains_with_accept_policy():
     assert "policy drop" not in script
 
 
-def test_forward_jumps_to_user_chain_first_then_dispatches_by_interface():
+def test_forward_jumps_to_user_chain_first_then_reads_the_network_sets():
     script = r.render_setup()
     assert rules_of(script, "forward") == [
         "jump user",
         "ct state established,related accept",
-        "oifname vmap @forward-into-bridge",
-        "iifname vmap @forward-from-bridge",
+        "oifname @bridges oifname != @internal ct status dnat accept",
+        "iifname . oifname @same-bridge oifname @icc accept",
+        "oifname @bridges drop",
+        "iifname @internal drop",
     ]
     assert rules_of(script, "postrouting") == [
-        "iifname vmap @nat-from-bridge",
-        "oifname vmap @nat-into-bridge",
+        "iifname . ip saddr @subnets iifname @masquerading iifname . oifname != @same-bridge masquerade",
+        "oifname . ip saddr @subnets ct status dnat masquerade",
         "ip saddr 127.0.0.0/8 ct status dnat masquerade",
     ]
     assert r.base_rule_counts() == {
-        "forward": 4, "postrouting": 3, "prerouting": 1, "output": 1, "raw-prerouting": 1, "ports": 4,
+        "forward": 6, "postrouting": 3, "prerouting": 1, "output": 1, "raw-prerouting": 1, "ports": 4,
     }  # fmt: skip
+
+
+def test_no_chain_and_no_rule_belongs_to_a_network():
+    # the issue-9 promise: whatever the networks, the chains and rules are setup's
+    for script in (r.render_add_network(net()), r.render_remove_network(A, r.network_elements(net()))):
+        for line in lines(script):
+            assert line.split()[1] == "element", line
+    assert {
+        line.split()[4] for line in lines(r.render_setup()) if line.startswith("add rule")
+    } <= r.FIXED_CHAINS
 
 
 def test_no_script_ever_flushes_or_deletes_the_user_chain():
     scripts = [
         r.render_setup(),
+        r.render_setup(legacy=True),
         r.render_add_network(net()),
-        r.render_remove_network(A, ["br-x"]),
-        r.render_sync([net()], ["user", "forward", "n-a1a1a1a1a1a1-in", "n-b2b2b2b2b2b2-out"]),
+        r.render_remove_network(A, r.network_elements(net())),
+        r.render_sync(
+            [net()], ["user", "forward", "n-a1a1a1a1a1a1-in", "n-b2b2b2b2b2b2-out", *r.LEGACY_MAPS]
+        ),
     ]
     for script in scripts:
         assert not re.search(r"^(flush|delete) chain ip cnm user$", script, re.M), script
@@ -84,6 +102,15 @@ def test_setup_is_idempotent_by_flushing_base_chains_before_adding_their_rules()
         flush = ls.index(f"flush chain ip cnm {chain}")
         adds = [i for i, line in enumerate(ls) if line.startswith(f"add rule ip cnm {chain} ")]
         assert all(i > flush for i in adds)
+    assert not [line for line in ls if line.startswith(("flush set", "flush map"))]  # elements kept
+
+
+def test_setup_over_the_last_releases_layout_creates_the_sets_but_leaves_its_rules_serving():
+    ls = lines(r.render_setup(legacy=True))
+    assert [line for line in ls if line.startswith("add set")] == [
+        line for line in lines(r.render_setup()) if line.startswith("add set")
+    ]
+    assert not [line for line in ls if line.split()[0] in ("flush", "delete") or line.startswith("add rule")]
 
 
 def test_teardown_deletes_only_cnms_table_even_when_absent():
@@ -93,108 +120,97 @@ def test_teardown_deletes_only_cnms_table_even_when_absent():
 # -- one network ------------------------------------------------------------------------
 
 
-def test_chain_names_come_from_the_network_id():
-    ch = r.chains_for(A)
-    assert ch.all() == ("n-a1a1a1a1a1a1-in", "n-a1a1a1a1a1a1-out", "n-a1a1a1a1a1a1-nat")
-    assert all(r.is_network_chain(c) for c in ch.all())
-    assert not any(r.is_network_chain(c) for c in (*r.FIXED_CHAINS, "mine", "n-x-y"))
+def elements_of(script: str) -> dict[str, list[str]]:
+    """set -> keys added, from ``add element ip cnm <set> { <key> comment "…" }`` lines."""
+    out: dict[str, list[str]] = {}
+    for line in lines(script):
+        m = re.match(r'^add element ip cnm (\S+) \{ (.*) comment "cnm:[^"]+" \}$', line)
+        assert m, line
+        out.setdefault(m[1], []).append(m[2])
+    return out
 
 
-def test_every_network_rule_chain_and_element_carries_the_owner_tag():
+def test_every_network_element_carries_the_owner_tag():
     script = r.render_add_network(net())
-    body = [line for line in lines(script) if not line.startswith("flush ")]
-    assert body
-    for line in body:
+    assert lines(script)
+    for line in lines(script):
         assert f'comment "cnm:{A}"' in line, line
 
 
-def test_add_network_touches_only_its_own_chains_and_bridge():
-    script = r.render_add_network(net())
-    own = set(r.chains_for(A).all())
-    for line in lines(script):
-        words = line.split()
-        if words[1] in ("chain", "rule"):
-            assert words[4] in own, line
-        elif words[1] == "element":
-            assert words[4] in r.MAPS and '"br-a1a1a1a1a1a1"' in line, line
-        else:
-            raise AssertionError(f"unexpected statement {line}")
-
-
-def test_default_network_is_masqueraded_and_isolated():
-    script = r.render_add_network(net())
-    ch = r.chains_for(A)
-    tag = f'comment "cnm:{A}"'
-    assert rules_of(script, ch.nat) == [
-        f'oifname != "br-a1a1a1a1a1a1" ip saddr 10.10.0.0/24 masquerade {tag}',
-        f'oifname "br-a1a1a1a1a1a1" ip saddr 10.10.0.0/24 ct status dnat masquerade {tag}',  # hairpin
-    ]
-    assert rules_of(script, ch.inbound) == [
-        f"ct status dnat accept {tag}",  # published ports
-        f'iifname "br-a1a1a1a1a1a1" accept {tag}',
-        f"drop {tag}",
-    ]
-    assert rules_of(script, ch.outbound) == [f"accept {tag}"]
-    for m, chain in ch.for_map():
-        assert f'add element ip cnm {m} {{ "br-a1a1a1a1a1a1" {tag} : jump {chain} }}' in script
+def test_default_network_is_masqueraded_isolated_and_icc():
+    br = '"br-a1a1a1a1a1a1"'
+    assert elements_of(r.render_add_network(net())) == {
+        "bridges": [br],
+        "same-bridge": [f"{br} . {br}"],
+        "icc": [br],
+        "masquerading": [br],
+        "subnets": [f"{br} . 10.10.0.0/24"],  # masquerade + hairpin
+    }
 
 
 def test_masquerade_off_network_keeps_only_the_hairpin_masquerade():
-    script = r.render_add_network(net(masquerade=False))
-    assert rules_of(script, r.chains_for(A).nat) == [
-        f'oifname "br-a1a1a1a1a1a1" ip saddr 10.10.0.0/24 ct status dnat masquerade comment "cnm:{A}"'
-    ]
+    sets = elements_of(r.render_add_network(net(masquerade=False)))
+    assert "masquerading" not in sets
+    assert sets["subnets"] == ['"br-a1a1a1a1a1a1" . 10.10.0.0/24']
 
 
 def test_internal_network_neither_leaves_nor_is_entered_nor_masqueraded():
-    script = r.render_add_network(net(internal=True))
-    ch = r.chains_for(A)
-    tag = f'comment "cnm:{A}"'
-    assert "masquerade" not in script
-    assert "ct status dnat" not in script  # no published port enters an internal network
-    assert rules_of(script, ch.outbound)[0] == f'oifname != "br-a1a1a1a1a1a1" drop {tag}'
-    assert rules_of(script, ch.inbound)[-1] == f"drop {tag}"
-    assert f"add chain ip cnm {ch.nat} " in script  # still there, so dispatch is uniform
+    sets = elements_of(r.render_add_network(net(internal=True)))
+    assert sets["internal"] == ['"br-a1a1a1a1a1a1"']
+    assert "masquerading" not in sets and "subnets" not in sets  # no NAT, no published port
+    assert sets["bridges"] == ['"br-a1a1a1a1a1a1"']  # isolated like every network
 
 
-def test_icc_false_drops_routed_traffic_within_the_bridge():
-    script = r.render_add_network(net(icc=False))
-    assert rules_of(script, r.chains_for(A).inbound)[1] == f'iifname "br-a1a1a1a1a1a1" drop comment "cnm:{A}"'
+def test_icc_false_leaves_the_bridge_out_of_the_icc_set():
+    sets = elements_of(r.render_add_network(net(icc=False)))
+    assert "icc" not in sets and sets["same-bridge"]
 
 
-def test_add_network_script_does_not_depend_on_other_networks():
-    # the renderer takes one network: its script is the same whatever else exists, and
-    # its size does not grow with the subnet or the number of networks
+def test_add_network_script_does_not_depend_on_other_networks_or_the_subnet():
     small = r.render_add_network(net())
-    again = r.render_add_network(net())
-    assert small == again
-    assert len(lines(small)) == 3 * 2 + 6 + 4  # chains (add+flush), rules, elements
+    assert small == r.render_add_network(net())
+    assert len(lines(small)) == len(lines(r.render_add_network(net(subnet="10.0.0.0/8")))) == 5
 
 
-def test_rename_of_bridge_removes_the_old_elements_in_the_same_transaction():
-    script = r.render_add_network(net(bridge="br-new"), previous_bridge="br-old")
-    ls = lines(script)
-    for m, chain in r.chains_for(A).for_map():
-        delete = ls.index(f'delete element ip cnm {m} {{ "br-old" }}')
+def test_replacing_a_network_deletes_what_it_no_longer_has_first_and_adds_the_rest():
+    old = net(bridge="br-old")
+    new = net(bridge="br-new", icc=False)
+    ls = lines(r.render_add_network(new, previous=old))
+    tag = f'comment "cnm:{A}"'
+    deleted = [line for line in ls if line.startswith("delete element")]
+    assert len(deleted) == 5 and all('"br-old"' in line for line in deleted)
+    for line in deleted:
         # add-then-delete: deleting an element that is already gone is not an error
-        assert ls[delete - 1] == f'add element ip cnm {m} {{ "br-old" comment "cnm:{A}" : jump {chain} }}'
-        assert ls.index(f'add element ip cnm {m} {{ "br-new" comment "cnm:{A}" : jump {chain} }}') > delete
+        added = line.replace("delete element", "add element", 1)[: -len(" }")] + f" {tag} }}"
+        assert ls[ls.index(line) - 1] == added
+    last_delete = max(ls.index(line) for line in deleted)
+    assert all(ls.index(line) > last_delete for line in ls if '"br-new"' in line)
+    assert elements_of("\n".join(line for line in ls if '"br-new"' in line)) == elements_of(
+        r.render_add_network(new)
+    )
 
 
-def test_remove_network_is_idempotent_and_touches_only_its_own_objects():
-    ls = lines(r.render_remove_network(A, ["br-a1a1a1a1a1a1"]))
-    own = r.chains_for(A).all()
-    # chains are "added" first so the deletes cannot fail on absence; elements too
-    assert ls[:3] == [f'add chain ip cnm {c} {{ comment "cnm:{A}" ; }}' for c in own]
-    assert ls[-6:] == [x for c in own for x in (f"flush chain ip cnm {c}", f"delete chain ip cnm {c}")]
-    for line in ls:
-        assert any(c in line for c in own) or '"br-a1a1a1a1a1a1"' in line, line
-    assert len(ls) == 3 + 8 + 6
+def test_replacing_a_network_by_itself_only_adds_its_elements_again():
+    assert r.render_add_network(net(), previous=net()) == r.render_add_network(net())
+    ls = lines(r.render_add_network(net(icc=False), previous=net()))
+    assert ls[:2] == [
+        f'add element ip cnm icc {{ "br-a1a1a1a1a1a1" comment "cnm:{A}" }}',
+        'delete element ip cnm icc { "br-a1a1a1a1a1a1" }',
+    ]
+    assert len(ls) == 2 + 4
 
 
-def test_remove_network_without_known_bridge_only_deletes_chains():
-    ls = lines(r.render_remove_network(A))
-    assert not [line for line in ls if "element" in line]
+def test_remove_network_is_idempotent_and_touches_only_its_own_elements():
+    elements = r.network_elements(net())
+    ls = lines(r.render_remove_network(A, elements))
+    assert len(ls) == 2 * len(elements) == 10
+    for add, delete in zip(ls[::2], ls[1::2], strict=True):
+        assert add.startswith("add element") and f'comment "cnm:{A}"' in add
+        assert delete.startswith("delete element") and '"br-a1a1a1a1a1a1"' in delete
+
+
+def test_remove_network_with_nothing_known_is_empty():
+    assert lines(r.render_remove_network(A, [])) == []
 
 
 @pytest.mark.parametrize("bridge", ["", "a" * 16, 'br"x', "br x", "br/x", "br\\x", "br:x"])
@@ -208,42 +224,72 @@ def test_bad_owner_ids_are_refused(owner):
     with pytest.raises(InvalidArgument):
         r.render_add_network(net(owner=owner))
     with pytest.raises(InvalidArgument):
-        r.render_remove_network(owner)
+        r.render_remove_network(owner, [])
+
+
+def test_network_keys_read_back_from_nft_json_are_the_text_they_were_written_as():
+    for element in r.network_elements(net()):
+        kinds = r.NETWORK_SETS[element.set]
+        parts = [
+            p.strip('"') if k == "ifname" else p for k, p in zip(kinds, element.key.split(" . "), strict=True)
+        ]
+        if element.set == "subnets":
+            parts[1] = {"prefix": {"addr": "10.10.0.0", "len": 24}}
+        value = {"concat": parts} if len(parts) > 1 else parts[0]
+        assert r.element_key_from_json(element.set, value) == element.key
+    with pytest.raises(FirewallError):
+        r.element_key_from_json("same-bridge", "br-x")
 
 
 # -- sync -------------------------------------------------------------------------------
 
 
-def test_sync_rebuilds_skeleton_replaces_elements_and_deletes_stale_network_chains_only():
-    existing = ["user", "forward", "postrouting", "prerouting", "output", "ports", "raw-prerouting", "mine",
-                *r.chains_for(A).all(), *r.chains_for(B).all()]  # fmt: skip
-    script = r.render_sync([net()], existing)
-    ls = lines(script)
+def test_sync_rebuilds_skeleton_and_refills_every_set():
+    ls = lines(r.render_sync([net(), net(owner=B, bridge="br-b", subnet="10.11.0.0/24")], ["user", "mine"]))
     assert ls[: len(r.setup_lines())] == r.setup_lines()
-    for m in r.MAPS:
-        assert f"flush map ip cnm {m}" in ls
-    deleted = {line.split()[-1] for line in ls if line.startswith("delete chain")}
-    assert deleted == set(r.chains_for(B).all())  # not A's (listed), not the skeleton, not "mine"
-    # A is re-installed after the maps were flushed
+    flushes = [ls.index(f"flush set ip cnm {s}") for s in r.NETWORK_SETS]
     first_element = min(i for i, line in enumerate(ls) if line.startswith("add element"))
-    assert first_element > max(ls.index(f"flush map ip cnm {m}") for m in r.MAPS)
-    assert len(rules_of(script, r.chains_for(A).nat)) == 2
+    assert first_element > max(flushes)
+    assert not [line for line in ls if line.startswith("delete")]  # nothing of v0.1.0 there
+    assert len([line for line in ls if line.startswith("add element")]) == 10
 
 
-def test_sync_to_nothing_empties_the_table_but_keeps_the_skeleton():
-    script = r.render_sync([], r.chains_for(B).all())
+def test_sync_to_nothing_empties_the_sets_but_keeps_the_skeleton():
+    script = r.render_sync([])
     assert "add element" not in script
-    assert {line.split()[-1] for line in lines(script) if line.startswith("delete chain")} == set(
-        r.chains_for(B).all()
-    )
+    assert all(f"flush set ip cnm {s}" in script for s in r.NETWORK_SETS)
     assert "delete table" not in script
 
 
-def test_sync_refuses_two_networks_on_one_bridge_or_one_id_prefix():
+def test_sync_refuses_two_networks_on_one_bridge():
     with pytest.raises(InvalidArgument, match="claimed"):
         r.render_sync([net(), net(owner=B)])
-    with pytest.raises(InvalidArgument, match="prefix"):
-        r.render_sync([net(), net(owner=A[:12] + "f" * 52, bridge="br-other")])
+
+
+def test_legacy_chain_names_are_the_last_releases_per_network_chains():
+    assert all(r.is_legacy_chain(f"n-a1a1a1a1a1a1-{role}") for role in ("in", "out", "nat"))
+    assert not any(r.is_legacy_chain(c) for c in (*r.FIXED_CHAINS, "mine", "n-x-y", "n-a1a1a1a1a1a1-in-x"))
+
+
+def test_sync_over_the_last_releases_layout_swaps_to_the_sets_in_one_transaction():
+    """The upgrade from v0.1.0: its four dispatch maps and three chains per network go,
+    after the base chains that read them were rewritten, and the networks are installed
+    as elements -- all in the one script, so no packet meets a half-built table.  A
+    user's chain in cnm's table is left alone."""
+    legacy = [f"n-{p}-{role}" for p in ("a1a1a1a1a1a1", "c3c3c3c3c3c3") for role in ("in", "out", "nat")]
+    existing = ["user", "forward", "postrouting", "ports", "mine", *r.LEGACY_MAPS, *legacy, *r.PORT_MAPS]
+    ls = lines(r.render_sync([net()], existing))
+    rewritten = max(i for i, line in enumerate(ls) if line.startswith("add rule ip cnm "))
+    map_deletes = [ls.index(f"delete map ip cnm {m}") for m in r.LEGACY_MAPS]
+    assert min(map_deletes) > rewritten
+    for chain in legacy:
+        flush, delete = ls.index(f"flush chain ip cnm {chain}"), ls.index(f"delete chain ip cnm {chain}")
+        assert max(map_deletes) < flush < delete  # the maps' elements no longer hold it
+    deleted = {line.split()[-1] for line in ls if line.startswith("delete")}
+    assert deleted == {*r.LEGACY_MAPS, *legacy}  # not "mine", not the user chain, no port map
+    assert elements_of("\n".join(line for line in ls if line.startswith("add element"))) == elements_of(
+        r.render_add_network(net())
+    )
 
 
 # -- published ports --------------------------------------------------------------------
@@ -284,7 +330,7 @@ def test_port_maps_are_created_by_setup_and_read_by_four_fixed_rules():
 def test_proxy_mode_leaves_localhost_and_bridge_traffic_to_the_proxy():
     script = r.render_setup(userland_proxy=True)
     assert rules_of(script, "prerouting") == [
-        "iifname @forward-from-bridge return",
+        "iifname @bridges return",
         "fib daddr type local jump ports",
     ]
     assert rules_of(script, "output") == ["ip daddr 127.0.0.0/8 return", "fib daddr type local jump ports"]

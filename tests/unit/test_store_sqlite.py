@@ -1,7 +1,9 @@
 """SqliteStore specifics, beyond the conformance suite: the file keeps revisions, history
 and leases across reopening; the migration of release 1's file; the schema and its
 version; a busy file -> Unavailable; watches reading the history in batches; automatic
-compaction; bad input; and the latency of a call (printed, not asserted)."""
+compaction; what the connection keeps in memory (revisions, the tail of its changes the
+watches read) staying right when another connection writes or a write fails; bad input;
+and the latency of a call (printed, not asserted)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from store_v1 import sqlite as docs_sqlite
 import cnm.store.sqlite as sqlite_mod
 from cnm.errors import InvalidArgument, NotFound, SystemFailure, Unavailable
 from cnm.store.api import Change, Check, Compacted, Delete, Put, Store
+from cnm.store.memory import MemoryStore
 from cnm.store.sqlite import SCHEMA_VERSION, SqliteStore
 
 TIMEOUT = 10.0
@@ -480,9 +483,186 @@ async def test_a_compaction_that_overtakes_a_slow_watcher_raises_compacted(
     await s.close()
 
 
+# -- what the connection keeps in memory -----------------------------------------------------
+
+
+async def drain_until(watch, key: str) -> list[tuple[str, dict | None, int]]:
+    """The changes a watch yields up to and including the first one of ``key``."""
+    seen = []
+    while True:
+        change = await asyncio.wait_for(anext(watch), TIMEOUT)
+        seen.append((change.key, change.doc, change.revision))
+        if change.key == key:
+            return seen
+
+
+async def test_a_commit_of_another_connection_between_two_of_ours_is_seen(tmp_path: Path) -> None:
+    """The revision counter and the watches' tail of this connection's own changes are
+    memory; another connection writing the file in between (a second process) must neither
+    make a revision count twice nor be skipped by a watch."""
+    path = tmp_path / "cnm.db"
+    s = SqliteStore(path)
+    r1 = await s.put("k/a", {"v": 1})
+    watch = s.watch("k/", 1)
+    assert await drain_until(watch, "k/a") == [("k/a", {"v": 1}, r1)]
+    other = SqliteStore(path)
+    r2 = await other.commit([Put("k/b", {"v": 2}), Delete("k/a")])
+    await other.close()
+    r3 = await s.put("k/c", {"v": 3})
+    assert (r1, r2, r3) == (r1, r1 + 1, r1 + 2)
+    assert await drain_until(watch, "k/c") == [
+        ("k/b", {"v": 2}, r2),
+        ("k/a", None, r2),
+        ("k/c", {"v": 3}, r3),
+    ]
+    assert [(e.key, e.revision) for e in (await s.list("k/")).entries] == [("k/b", r2), ("k/c", r3)]
+    # and a watch opened now, from before all of it, reads the same from the file
+    assert [(c.key, c.revision) for c in await take(s, "k/", 1, 4)] == [
+        ("k/a", r1),
+        ("k/b", r2),
+        ("k/a", r2),
+        ("k/c", r3),
+    ]
+    await watch.aclose()
+    await s.close()
+
+
+class FailingCommit:
+    """A connection whose next ``COMMIT`` fails as a full disk would (SQLite rolls back)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.fail = True
+
+    def execute(self, sql: str, *args):
+        if sql == "COMMIT" and self.fail:
+            self.fail = False
+            self.db.execute("ROLLBACK")
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.db.execute(sql, *args)
+
+    def __getattr__(self, name: str):
+        return getattr(self.db, name)
+
+
+async def test_a_write_that_fails_at_commit_is_not_seen_and_costs_no_revision(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "cnm.db")
+    r1 = await s.put("k/a", {"v": 1})
+    watch = s.watch("k/", r1 + 1)
+    real, s._db = s._db, FailingCommit(s._db)  # type: ignore[assignment]
+    with pytest.raises(SystemFailure, match="disk is full"):
+        await s.commit([Put("k/lost", {}), Delete("k/a")], [Check("k/a", r1)])
+    s._db = real
+    assert await s.put("k/b", {"v": 2}) == r1 + 1
+    assert await drain_until(watch, "k/b") == [("k/b", {"v": 2}, r1 + 1)]
+    assert [e.key for e in (await s.list("k/")).entries] == ["k/a", "k/b"]
+    await watch.aclose()
+    await s.close()
+
+
+async def test_a_commit_touching_a_key_several_times_ends_as_the_reference_store_does(
+    tmp_path: Path,
+) -> None:
+    """Each table is written once per commit, so the ops are played in memory first: a key
+    put, deleted and put again starts afresh (``created``), one put then deleted is gone,
+    and the history keeps every op in order.  MemoryStore is the reference."""
+    ops = [
+        Put("k/a", {"v": 2}),
+        Delete("k/a"),
+        Put("k/a", {"v": 3}),
+        Put("k/b", {"v": 1}),
+        Delete("k/b"),
+        Delete("k/c"),
+        Put("k/d", {"v": 1}),
+        Put("k/d", {"v": 2}),
+        Delete("k/missing"),
+    ]
+    results = []
+    for store in (SqliteStore(tmp_path / "cnm.db"), MemoryStore()):
+        await store.put("k/a", {"v": 1})
+        await store.put("k/c", {"v": 1})
+        await store.put("k/other", {"v": 1})
+        rev = await store.commit(ops, [Check("k/b", 0)])
+        listing = await store.list("k/")
+        changes = await take(store, "k/", rev, 8)
+        results.append(
+            (
+                rev,
+                [(e.key, e.doc, e.revision, e.created) for e in listing.entries],
+                [(c.key, c.doc, c.revision) for c in changes],
+            )
+        )
+        await store.close()
+    assert results[0] == results[1]
+    rev, entries, changes = results[0]
+    assert entries == [
+        ("k/a", {"v": 3}, rev, rev),
+        ("k/d", {"v": 2}, rev, rev),
+        ("k/other", {"v": 1}, 3, 3),
+    ]
+    assert [c[:2] for c in changes] == [(op.key, getattr(op, "doc", None)) for op in ops[:8]]
+
+
+async def test_watches_woken_by_this_connection_read_nothing_from_the_file(tmp_path: Path) -> None:
+    """A commit is one transaction; the watches it wakes take its changes from memory."""
+    s = SqliteStore(tmp_path / "cnm.db")
+    r0 = await s.put("k/a", {"v": 0})
+    watches = [s.watch(prefix, 1) for prefix in ("k/", "k/a", "other/")]
+    for watch in watches[:2]:
+        await drain_until(watch, "k/a")
+    pending = asyncio.ensure_future(anext(watches[2]))
+    await asyncio.sleep(0)
+    statements: list[str] = []
+    s._conn().set_trace_callback(statements.append)
+    rev = await s.put("k/a", {"v": 1}, revision=r0)
+    for watch in watches[:2]:
+        assert await drain_until(watch, "k/a") == [("k/a", {"v": 1}, rev)]
+    await asyncio.sleep(0)
+    assert not pending.done()
+    s._conn().set_trace_callback(None)
+    assert statements[0] == "BEGIN IMMEDIATE" and statements[-1] == "COMMIT"
+    assert statements.count("BEGIN IMMEDIATE") == 1 and not any("BEGIN" == t for t in statements)
+    assert not any("FROM history" in t or "FROM meta" in t for t in statements), statements
+    pending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await pending
+    for watch in watches:
+        await watch.aclose()
+    await s.close()
+
+
+async def test_a_quiet_watch_gets_its_next_change_after_others_outran_tail_and_history(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A commit wakes only the watches whose prefix it changed, and moves the others on:
+    a watch that sees nothing for longer than the tail and the kept history reach still
+    gets its next change (no Compacted, nothing read twice)."""
+    monkeypatch.setattr(sqlite_mod, "HISTORY_KEEP", 5)
+    monkeypatch.setattr(sqlite_mod, "TAIL_KEEP", 3)
+    s = SqliteStore(tmp_path / "cnm.db")
+    r1 = await s.put("a/x", {"v": 1})
+    quiet = s.watch("a/", 1)
+    busy = s.watch("b/", 1)
+    assert await drain_until(quiet, "a/x") == [("a/x", {"v": 1}, r1)]
+    pending = asyncio.ensure_future(anext(quiet))
+    await asyncio.sleep(0)
+    for i in range(40):
+        rev = await s.put("b/y", {"i": i})
+        assert await drain_until(busy, "b/y") == [("b/y", {"i": i}, rev)]
+    assert not pending.done()
+    assert rows(tmp_path / "cnm.db", "SELECT MIN(revision) FROM history")[0][0] > r1 + 1  # compacted
+    last = await s.put("a/x", {"v": 2})
+    change = await asyncio.wait_for(pending, TIMEOUT)
+    assert (change.key, change.doc, change.revision) == ("a/x", {"v": 2}, last)
+    await quiet.aclose()
+    await busy.aclose()
+    await s.close()
+
+
 async def test_latency_is_printed(tmp_path: Path, capsys) -> None:
     """Not a timing assertion: p50/p99 of put (one transaction each), CAS put, get and list
-    with 5000 keys stored, so a regression is visible in ``pytest -s`` output."""
+    with 5000 keys stored, and of an attach's commit with cnmd's five watches following,
+    so a regression is visible in ``pytest -s`` output."""
     s = SqliteStore(tmp_path / "cnm.db")
 
     async def measure(fn, n: int) -> tuple[float, float]:
@@ -502,6 +682,20 @@ async def test_latency_is_printed(tmp_path: Path, capsys) -> None:
         assert entry is not None
         await s.put(key(i), {"owner": "y" * 64}, revision=entry.revision)
 
+    async def drain(prefix: str) -> None:
+        async for _change in s.watch(prefix, 1):
+            pass
+
+    async def records(i: int) -> None:
+        """The engine's commit of an attach (endpoint and container, each checked), with
+        cnmd's five watches following and done with it before the figure stops."""
+        revisions[0] = await s.commit(
+            [Put(f"endpoint/e{i}", {"owner": "x" * 64}), Put("container/c", {"i": i})],
+            [Check(f"endpoint/e{i}", 0), Check("container/c", revisions[0])],
+        )
+        for _ in range(3):
+            await asyncio.sleep(0)
+
     figures = {
         "put": await measure(lambda i: s.put(key(i), {"owner": "x" * 64}), 5000),
         "get+CAS put": await measure(cas, 2000),
@@ -509,6 +703,14 @@ async def test_latency_is_printed(tmp_path: Path, capsys) -> None:
         "list 1/10": await measure(lambda i: s.list(f"ipam/address/net{i % 10}/"), 50),
     }
     assert len((await s.list("ipam/address/net3/")).entries) == 500
+    watches = [
+        asyncio.ensure_future(drain(p)) for p in ("network/", "endpoint/", "sandbox/", "container/", "ipam/")
+    ]
+    revisions = [0]
+    figures["commit+watch"] = await measure(records, 2000)
+    for watch in watches:
+        watch.cancel()
+    await asyncio.gather(*watches, return_exceptions=True)
     with capsys.disabled():
         print()
         for name, (p50, p99) in figures.items():

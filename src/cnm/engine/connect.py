@@ -116,15 +116,15 @@ class Connections:
             )
             if ep is None:
                 raise NotFound(f"container {container.id} is not connected to network {network.name}")
-            sandbox = Sandbox.of(svc, container)
-            if sandbox is not None:
-                errors = await sandbox.disconnect(ep)
-                errors += await sandbox.leave_gwbridge()
-            else:
-                errors = await Endpoint.of(svc, ep).remove(None)
             kept = {k: v for k, v in container.config.networks.items() if not self._same_network(k, network)}
             updated = replace(container, config=replace(container.config, networks=kept))
-            await self._state.commit(put=[updated])
+            # The endpoint's record goes in the transaction that records the container.
+            sandbox = Sandbox.of(svc, container)
+            if sandbox is not None:
+                errors = await sandbox.disconnect(ep, updated)
+                errors += await sandbox.leave_gwbridge()
+            else:
+                errors = await Endpoint.of(svc, ep).remove(None, container=updated)
             if sandbox is not None:
                 if ep.default_route:
                     errors.extend(await sandbox.fail_over(updated))

@@ -138,18 +138,22 @@ class Endpoint:
                 errors.append(exc)
         return errors
 
-    async def delete(self) -> None:
-        """The address goes back, the record goes; a ``disconnect`` event is reported."""
+    async def delete(self, *, container: Container | None = None) -> None:
+        """The address goes back, the record goes; a ``disconnect`` event is reported.
+        ``container``: its record as the caller changed it (``network disconnect``
+        drops the network from its requests), written in the same transaction."""
         if self.network is not None and self.record.address is not None:
             await self._svc.ipam_for(self.network).release_address(self.network.id, self.record.address.ip)
-        await self._svc.state.commit(delete=[self.record])
+        await self._svc.state.commit(put=[] if container is None else [container], delete=[self.record])
         if self.network is not None:
             self._svc.events.network("disconnect", self.network, self.record.container_id)
 
-    async def remove(self, sandbox: SandboxRecord | None) -> list[BaseException]:
-        """``leave`` then ``delete``: idempotent, errors returned."""
+    async def remove(
+        self, sandbox: SandboxRecord | None, *, container: Container | None = None
+    ) -> list[BaseException]:
+        """``leave`` then ``delete`` (``container`` as there): idempotent, errors returned."""
         errors = await self.leave(sandbox)
-        await self.delete()
+        await self.delete(container=container)
         return errors
 
     async def restore(self) -> None:

@@ -240,11 +240,11 @@ class Sandbox:
                 return await Endpoint.of(self._svc, ep).remove(self.record)
         return []
 
-    async def disconnect(self, endpoint: EndpointRecord) -> list[BaseException]:
-        """``network disconnect``: the endpoint leaves and its record goes.  If it carried
-        the default route, the caller records the container's new networks and then
-        calls ``fail_over``."""
-        return await Endpoint.of(self._svc, endpoint).remove(self.record)
+    async def disconnect(self, endpoint: EndpointRecord, container: Container) -> list[BaseException]:
+        """``network disconnect``: the endpoint leaves, and its record goes in the
+        transaction that records ``container`` (the container with its new networks).
+        If it carried the default route, the caller then calls ``fail_over``."""
+        return await Endpoint.of(self._svc, endpoint).remove(self.record, container=container)
 
     async def fail_over(self, container: Container) -> list[BaseException]:
         """The endpoint carrying the default route left: the next one (in connect order)

@@ -12,12 +12,12 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from cnm.errors import FirewallError
+from cnm.errors import FirewallError, InvalidArgument
 from cnm.firewall import render_nft
 from cnm.firewall.api import BridgeRules, PortRule
 from cnm.firewall.common import PortKey, claim_ports, enable_route_localnet, owner_comment, port_keys
 from cnm.firewall.libnft import Session
-from cnm.firewall.render_nft import PortElement
+from cnm.firewall.render_nft import PortElement, SetElement
 from cnm.kernel.sysctl import set_sysctl
 
 log = logging.getLogger(__name__)
@@ -26,11 +26,11 @@ log = logging.getLogger(__name__)
 class NftablesFirewall:
     """cnm's rules in the nftables table ``ip <table>`` (see ``render_nft`` for the layout).
 
-    Keeps, in memory, which bridge each installed network's map elements are keyed by
-    and which port-map elements each endpoint owns, so that removals are one small
-    transaction; after a restart the daemon calls ``sync`` (which refills that memory)
-    before anything else.  A removal the memory cannot explain falls back to reading
-    cnm's maps.
+    Keeps, in memory, what each installed network was (so its set elements are known)
+    and which port-map elements each endpoint owns, so that every change is one small
+    transaction that lists nothing; after a restart the daemon calls ``sync`` (which
+    refills that memory) once its networks are back.  A change the memory cannot explain
+    falls back to reading cnm's sets and maps (elements carry their owner's id).
 
     ``userland_proxy=False`` (cnm's default): the kernel DNATs every path to a published
     port, 127.0.0.1 included (``route_localnet`` is turned on for the bridges that carry
@@ -41,9 +41,11 @@ class NftablesFirewall:
         self.table = table
         self.userland_proxy = userland_proxy
         self._nft = Session()  # applies scripts, reads cnm's table back
-        self._bridges: dict[str, str] = {}  # owner -> bridge its elements are keyed by
+        self._networks: dict[str, BridgeRules] = {}  # owner -> what it was installed as
         self._bridge_owner: dict[str, str] = {}  # bridge -> owner (O(1) clash checks)
-        self._chain_owner: dict[str, str] = {}  # n-<id12>-in -> owner
+        # True once sync/teardown made the memory of networks match the kernel: a
+        # network absent from it then has no elements (no need to read the sets)
+        self._networks_known = False
         self._ports: dict[str, list[PortElement]] = {}  # endpoint id -> its port-map elements
         # (host ip or None, protocol, host port) -> endpoint.  A single port and a range are
         # in different maps, which the kernel does not compare: overlaps are refused here.
@@ -53,49 +55,53 @@ class NftablesFirewall:
         # absent from it then has no elements (no need to read the maps)
         self._ports_known = False
 
-    def _remember(self, owner: str, bridge: str) -> None:
-        self._forget(owner)
-        self._bridges[owner] = bridge
-        self._bridge_owner[bridge] = owner
-        self._chain_owner[render_nft.chains_for(owner).inbound] = owner
+    def _remember(self, rules: BridgeRules) -> None:
+        self._forget(rules.owner)
+        self._networks[rules.owner] = rules
+        self._bridge_owner[rules.bridge] = rules.owner
 
     def _forget(self, owner: str | None = None) -> None:
-        """Forget ``owner`` (everything when None)."""
+        """Forget network ``owner`` (every network when None)."""
         if owner is None:
-            self._bridges.clear()
+            self._networks.clear()
             self._bridge_owner.clear()
-            self._chain_owner.clear()
             return
-        bridge = self._bridges.pop(owner, None)
-        if bridge is not None:
-            self._bridge_owner.pop(bridge, None)
-            self._chain_owner.pop(render_nft.chains_for(owner).inbound, None)
+        rules = self._networks.pop(owner, None)
+        if rules is not None:
+            self._bridge_owner.pop(rules.bridge, None)
 
     # -- libnftables boundary -----------------------------------------------------------
 
     def _table_objects(self) -> list[dict[str, Any]] | None:
         return self._nft.list_json(f"table {render_nft.FAMILY} {self.table}", terse=True)
 
+    def _legacy(self) -> bool:
+        """Whether the table still holds v0.1.0's layout (its first dispatch map)."""
+        what = f"map {render_nft.FAMILY} {self.table} {render_nft.LEGACY_MAPS[0]}"
+        return self._nft.list_json(what, terse=True) is not None
+
     # -- Firewall protocol --------------------------------------------------------------
 
     async def setup(self) -> None:
-        """Create the table, maps, base chains and user chain if missing and rewrite the
-        base chains' dispatch rules (for this instance's proxy mode); turn on IPv4
-        forwarding.  Policies stay accept; map elements are kept."""
-        self._nft.apply(render_nft.render_setup(self.table, self.userland_proxy))
+        """Create the table, sets, maps, base chains and user chain if missing and rewrite
+        the base chains' rules (for this instance's proxy mode); turn on IPv4 forwarding.
+        Policies stay accept; elements are kept.  On a table still laid out by v0.1.0
+        the old rules are left serving: ``sync`` replaces them in one transaction."""
+        self._nft.apply(render_nft.render_setup(self.table, self.userland_proxy, legacy=self._legacy()))
         set_sysctl("net.ipv4.ip_forward", "1")
 
     async def sync(self, networks: Sequence[BridgeRules], ports: Sequence[PortRule] = ()) -> None:
         """Make the table hold exactly ``networks`` and ``ports`` (skeleton re-made, every
-        map refilled, stale per-network chains deleted), in one transaction."""
+        set and map refilled, v0.1.0's maps and chains deleted), in one transaction."""
         elements = render_nft.port_elements_by_owner(ports)  # validates before anything
         self._localnet({p.bridge for p in ports}, strict=False)
         objects = self._table_objects() or []
-        existing = [o["chain"]["name"] for o in objects if "chain" in o]
+        existing = [o[kind]["name"] for o in objects for kind in ("chain", "map") if kind in o]
         self._nft.apply(render_nft.render_sync(networks, existing, self.table, ports, self.userland_proxy))
         self._forget()
         for n in networks:
-            self._remember(n.owner, n.bridge)
+            self._remember(n)
+        self._networks_known = True
         self._ports = elements
         self._ports_known = True
         self._port_owner.clear()
@@ -105,36 +111,45 @@ class NftablesFirewall:
         self._port_owner = {key: o for o, keys in self._port_keys.items() for key in keys}
 
     async def add_network(self, rules: BridgeRules) -> None:
-        """Install or replace one network's chains and map elements in one transaction
-        whose size does not depend on the number of other networks.  (Its time still
-        grows slowly with them: libnftables reads every chain on the host before a
-        transaction that adds chains or rules, about 1 µs per chain here.)"""
-        chain = render_nft.chains_for(rules.owner).inbound
-        if self._chain_owner.get(chain, rules.owner) != rules.owner:
-            raise FirewallError(f"networks {self._chain_owner[chain]} and {rules.owner} share an id prefix")
+        """Install or replace one network's set elements in one transaction that adds
+        (and, for a replacement, deletes) elements only: no chain, no rule, no listing,
+        so its cost does not grow with the networks there."""
         if self._bridge_owner.get(rules.bridge, rules.owner) != rules.owner:
             raise FirewallError(
                 f"bridge {rules.bridge} already carries the rules of network {self._bridge_owner[rules.bridge]}"
             )
-        previous = self._bridges.get(rules.owner)
-        self._nft.apply(render_nft.render_add_network(rules, previous, self.table))
-        self._remember(rules.owner, rules.bridge)
+        new = render_nft.network_elements(rules)  # validates before anything
+        previous = self._networks.get(rules.owner)
+        old = render_nft.network_elements(previous) if previous is not None else []
+        try:
+            self._nft.apply(render_nft.render_network(rules.owner, old, new, self.table))
+        except FirewallError as exc:
+            # our memory may be wrong (elements left by a previous daemon, e.g. the same
+            # bridge on another subnet): retry once, replacing what the kernel holds of
+            # this network or this bridge
+            actual = self._read_elements(rules.owner, rules.bridge)
+            if not actual or actual == old:
+                raise FirewallError(f"{exc} (installing network {rules.owner})") from exc
+            self._nft.apply(render_nft.render_network(rules.owner, actual, new, self.table))
+        self._remember(rules)
 
     async def remove_network(self, owner: str) -> None:
-        """Remove network ``owner``'s elements and chains; idempotent (absent table,
-        chains or elements are success)."""
-        bridge = self._bridges.get(owner)
-        try:
-            self._nft.apply(render_nft.render_remove_network(owner, [bridge] if bridge else [], self.table))
-        except FirewallError:
-            if self._table_objects() is None:
+        """Remove network ``owner``'s elements; idempotent (an absent table or element is
+        success)."""
+        previous = self._networks.get(owner)
+        if previous is not None:
+            try:
+                old = render_nft.network_elements(previous)
+                self._nft.apply(render_nft.render_remove_network(owner, old, self.table))
                 self._forget(owner)
-                return  # no table, nothing of ours left
-            # Elements keyed by a bridge we do not remember (e.g. cnmd restarted without
-            # a sync) still point at the chains: find them by their target and retry.
-            self._nft.apply(
-                render_nft.render_remove_network(owner, self._bridges_pointing_at(owner), self.table)
-            )
+                return
+            except FirewallError:
+                pass  # our memory is wrong: read what the kernel holds
+        elif self._networks_known:
+            return  # known to have nothing installed
+        actual = self._read_elements(owner)  # (cnmd restarted and no sync yet, or the above)
+        if actual:  # None: no table; []: already gone
+            self._nft.apply(render_nft.render_remove_network(owner, actual, self.table))
         self._forget(owner)
 
     async def add_ports(self, owner: str, rules: Sequence[PortRule]) -> None:
@@ -179,24 +194,31 @@ class NftablesFirewall:
         """Delete cnm's table (the user chain with it); idempotent."""
         self._nft.apply(render_nft.render_teardown(self.table))
         self._forget()
+        self._networks_known = True
         self._ports.clear()
         self._port_owner.clear()
         self._port_keys.clear()
         self._ports_known = True
 
     async def healthy(self) -> bool:
-        """True when the table, its maps, the user chain and the fixed chains with their
-        dispatch rules are all present (reads only cnm's table, tersely)."""
+        """True when the table, its sets and maps, the user chain and the fixed chains
+        with their rules are all present, and nothing of v0.1.0's layout is left (reads
+        only cnm's table, tersely)."""
         objects = self._table_objects()
         if objects is None:
             return False
         chains = {o["chain"]["name"] for o in objects if "chain" in o}
-        maps = {o["map"]["name"] for o in objects if "map" in o}
+        sets = {o[kind]["name"] for o in objects for kind in ("set", "map") if kind in o}
         rules: dict[str, int] = {}
         for o in objects:
             if "rule" in o:
                 rules[o["rule"]["chain"]] = rules.get(o["rule"]["chain"], 0) + 1
-        if not render_nft.FIXED_CHAINS <= chains or not {*render_nft.MAPS, *render_nft.PORT_MAPS} <= maps:
+        if (
+            not render_nft.FIXED_CHAINS <= chains
+            or not {*render_nft.NETWORK_SETS, *render_nft.PORT_MAPS} <= sets
+        ):
+            return False
+        if sets & set(render_nft.LEGACY_MAPS):
             return False
         expected = render_nft.base_rule_counts(self.userland_proxy)
         return all(rules.get(c, 0) == n for c, n in expected.items())
@@ -205,7 +227,7 @@ class NftablesFirewall:
 
     def installed(self) -> dict[str, str]:
         """owner -> bridge of the networks this instance installed (for reconcile/debug)."""
-        return dict(self._bridges)
+        return {owner: rules.bridge for owner, rules in self._networks.items()}
 
     def installed_ports(self) -> dict[str, list[PortElement]]:
         """endpoint id -> the port-map elements this instance installed (for debug)."""
@@ -256,24 +278,24 @@ class NftablesFirewall:
         if not self.userland_proxy:  # the proxy serves 127.0.0.1 itself
             enable_route_localnet(bridges, strict=strict)
 
-    def _bridges_pointing_at(self, owner: str) -> list[str]:
-        targets = set(render_nft.chains_for(owner).all())
-        found: list[str] = []
-        for map_name in render_nft.MAPS:
-            objects = self._nft.list_json(f"map {render_nft.FAMILY} {self.table} {map_name}", terse=False)
-            found += _elements_jumping_to(objects or [], targets)
+    def _read_elements(self, owner: str, bridge: str | None = None) -> list[SetElement] | None:
+        """The network-set elements the kernel holds that are tagged with ``owner``, or
+        keyed by ``bridge`` (whoever tagged them); None when cnm's table is absent."""
+        tag = owner_comment(owner)
+        quoted = f'"{bridge}"' if bridge is not None else None
+        found: list[SetElement] = []
+        for set_name in render_nft.NETWORK_SETS:
+            objects = self._nft.list_json(f"set {render_nft.FAMILY} {self.table} {set_name}", terse=False)
+            if objects is None:
+                return None
+            for obj in objects:
+                for item in obj.get("set", {}).get("elem", []):
+                    elem = item.get("elem", {}) if isinstance(item, dict) else {}
+                    value = elem.get("val", item)
+                    try:
+                        key = render_nft.element_key_from_json(set_name, value)
+                    except (FirewallError, InvalidArgument):
+                        continue  # not an element cnm could have written
+                    if elem.get("comment") == tag or (quoted is not None and key.split(" . ")[0] == quoted):
+                        found.append(SetElement(set_name, key))
         return found
-
-
-def _elements_jumping_to(objects: Iterable[dict[str, Any]], targets: set[str]) -> list[str]:
-    """Keys of verdict-map elements (nft JSON) whose verdict jumps to one of ``targets``."""
-    keys: list[str] = []
-    for obj in objects:
-        for elem in obj.get("map", {}).get("elem", []):
-            key, verdict = elem
-            if isinstance(key, dict):  # {"elem": {"val": "br-x", "comment": ...}}
-                key = key.get("elem", {}).get("val", key)
-            target = (verdict.get("jump") or verdict.get("goto") or {}).get("target")
-            if target in targets and isinstance(key, str):
-                keys.append(key)
-    return keys

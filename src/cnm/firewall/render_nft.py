@@ -1,20 +1,23 @@
 """Render cnm's nftables rules from data: ``BridgeRules`` / ``PortRule`` in, ``nft -f`` script
 text out.
 
-Pure functions, no I/O.  The layout follows Docker 29's nftables backend (one table of
-its own, verdict maps keyed by interface name dispatching to per-network chains), so the
-cost of adding or removing one network never depends on how many others exist, and
-traffic that does not touch a cnm bridge never walks a per-network rule.  Published ports
-are elements of four maps read by four fixed rules, so neither the rule count nor the
-per-packet cost grows with the number of mappings, and a range published on the same
-container ports (``-p 8000-8010:8000-8010``) is one interval element (a shifted range,
+Pure functions, no I/O.  One table of cnm's own whose chains and rules are fixed: a
+network is a handful of set elements keyed by its bridge name, and a published port is
+one element of a port map.  So creating or removing a network adds or deletes elements
+only -- never a chain or a rule, which libnftables 1.0.6 would pay for by reading every
+chain on the host first -- and neither its cost nor the per-packet cost grows with the
+networks there (the set lookups are hashes; ``subnets``, whose keys are ranges, is the
+kernel's pipapo set).  A range published on the same container ports
+(``-p 8000-8010:8000-8010``) is one interval element (a shifted range,
 ``-p 9000-9010:8000-8010``, is one hash element per port: nft has no NAT port shift)::
 
     table ip cnm {
-      map forward-into-bridge { type ifname : verdict }   # oifname <br> -> jump n-<id12>-in
-      map forward-from-bridge { type ifname : verdict }   # iifname <br> -> jump n-<id12>-out
-      map nat-from-bridge     { type ifname : verdict }   # iifname <br> -> jump n-<id12>-nat
-      map nat-into-bridge     { type ifname : verdict }   # oifname <br> -> jump n-<id12>-nat
+      set bridges     { type ifname ; }                   # every bridge of cnm's
+      set same-bridge { type ifname . ifname ; }          # "<br>" . "<br>" of every bridge
+      set internal    { type ifname ; }                   # bridges of internal networks
+      set icc         { type ifname ; }                   # bridges with icc on
+      set masquerading { type ifname ; }                  # bridges masqueraded (not internal)
+      set subnets     { type ifname . ipv4_addr ; flags interval ; }   # "<br>" . <subnet>, not internal
       map ports-ip        { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service }
       map ports-ip-range  { type ipv4_addr . inet_proto . inet_service : ipv4_addr ; flags interval }
       map ports-any       { type inet_proto . inet_service : ipv4_addr . inet_service }
@@ -23,14 +26,18 @@ container ports (``-p 8000-8010:8000-8010``) is one interval element (a shifted 
       chain forward     { type filter hook forward priority filter; policy accept;
                           jump user
                           ct state established,related accept
-                          oifname vmap @forward-into-bridge
-                          iifname vmap @forward-from-bridge }
+                          # into a bridge (first: that is where isolation drops, whatever the source)
+                          oifname @bridges oifname != @internal ct status dnat accept   # published ports
+                          iifname . oifname @same-bridge oifname @icc accept            # icc, routed
+                          oifname @bridges drop                                         # isolation
+                          # out of a bridge, to any other interface
+                          iifname @internal drop }
       chain postrouting { type nat hook postrouting priority srcnat; policy accept;
-                          iifname vmap @nat-from-bridge
-                          oifname vmap @nat-into-bridge
-                          ip saddr 127.0.0.0/8 ct status dnat masquerade }   # host via 127.0.0.1
+                          iifname . ip saddr @subnets iifname @masquerading iifname . oifname != @same-bridge masquerade
+                          oifname . ip saddr @subnets ct status dnat masquerade     # hairpin
+                          ip saddr 127.0.0.0/8 ct status dnat masquerade }          # host via 127.0.0.1
       chain prerouting  { type nat hook prerouting priority dstnat; policy accept;
-                          [proxy: iifname @forward-from-bridge return]      # hairpin -> proxy
+                          [proxy: iifname @bridges return]                  # hairpin -> proxy
                           fib daddr type local jump ports }
       chain output      { type nat hook output priority -100; policy accept;
                           [proxy: ip daddr 127.0.0.0/8 return]              # localhost -> proxy
@@ -38,15 +45,17 @@ container ports (``-p 8000-8010:8000-8010``) is one interval element (a shifted 
       chain ports       { meta l4proto { tcp, udp, sctp } dnat ip to <key> map @<each port map> }
       chain raw-prerouting { type filter hook prerouting priority raw; policy accept;
                           iifname != "lo" ip daddr 127.0.0.0/8 drop }       # no 127.x from outside
-      chain n-<id12>-in  { ct status dnat accept ; icc ; drop }   # traffic forwarded into <br>
-      chain n-<id12>-out { ... }   # traffic forwarded out of bridge <br>
-      chain n-<id12>-nat { masquerade to elsewhere ; oifname <br> ip saddr <subnet> ct status dnat masquerade }
     }
 
-Every per-network chain, rule and map element carries ``comment "cnm:<network id>"``;
-every port element carries ``comment "cnm:<endpoint id>"``.
-Idempotence without nft's ``destroy`` (nft >= 1.0.8; Debian 12 has 1.0.6) uses nft's
-own idempotent verbs: ``add X; delete X`` deletes X whether or not it existed.
+Every network element carries ``comment "cnm:<network id>"``; every port element
+``comment "cnm:<endpoint id>"``.  Idempotence without nft's ``destroy`` (nft >= 1.0.8;
+Debian 12 has 1.0.6) uses nft's own idempotent verbs: ``add X; delete X`` deletes X
+whether or not it existed.
+
+The last release (v0.1.0) dispatched from four verdict maps (``LEGACY_MAPS``) to three
+chains per network (``n-<id12>-in|out|nat``).  On a table still holding them, setup
+leaves the old rules serving and ``render_sync`` swaps to this layout in one
+transaction, so no packet ever meets a half-built table.
 """
 
 from __future__ import annotations
@@ -71,14 +80,34 @@ OUTPUT_CHAIN = "output"  # DNAT of the host's own traffic to a local address
 PORTS_CHAIN = "ports"  # the four map lookups, jumped to from both
 RAW_CHAIN = "raw-prerouting"  # drops 127.0.0.0/8 arriving from outside
 
-MAP_INTO_BRIDGE = "forward-into-bridge"  # oifname -> n-<id12>-in
-MAP_FROM_BRIDGE = "forward-from-bridge"  # iifname -> n-<id12>-out
-MAP_NAT_FROM_BRIDGE = "nat-from-bridge"  # iifname -> n-<id12>-nat
-# oifname -> n-<id12>-nat: hairpin masquerade.  With br_netfilter loaded, a DNATed packet
-# whose new destination is on the bridge it came from is bridged, not routed, and its
-# postrouting hook sees no input interface: only the output interface can dispatch it.
-MAP_NAT_INTO_BRIDGE = "nat-into-bridge"
-MAPS = (MAP_INTO_BRIDGE, MAP_FROM_BRIDGE, MAP_NAT_FROM_BRIDGE, MAP_NAT_INTO_BRIDGE)
+# The network sets.  Their keys are bridge names, so a network is found by its bridge
+# and a removal needs only what was installed.
+SET_BRIDGES = "bridges"  # every bridge: nothing else enters one
+SET_SAME_BRIDGE = "same-bridge"  # "<br>" . "<br>": traffic routed back into its own bridge
+SET_INTERNAL = "internal"  # nothing leaves these bridges, no published port enters them
+SET_ICC = "icc"  # containers of these bridges may talk through the gateway
+SET_MASQUERADE = "masquerading"  # traffic leaving these bridges is masqueraded
+# "<br>" . <subnet> of every network that is not internal: the sources cnm masquerades
+# (with SET_MASQUERADE) and the hairpin of published ports.  An interval set (the kernel's
+# pipapo): nft 1.0.6 reads all of it back to delete from it, so a network removal costs
+# ~15 µs more per network there, and the kernel copies its lookup table in each
+# transaction that changes it (~0.1 ms per 1,000 networks); the other sets are hashes.
+SET_SUBNETS = "subnets"
+NETWORK_SETS: dict[str, tuple[str, ...]] = {  # name -> the types its keys concatenate
+    SET_BRIDGES: ("ifname",),
+    SET_SAME_BRIDGE: ("ifname", "ifname"),
+    SET_INTERNAL: ("ifname",),
+    SET_ICC: ("ifname",),
+    SET_MASQUERADE: ("ifname",),
+    SET_SUBNETS: ("ifname", "ipv4_addr"),
+}
+_INTERVAL_SETS = frozenset({SET_SUBNETS})
+
+
+def _set_spec(name: str) -> str:
+    flags = " flags interval ;" if name in _INTERVAL_SETS else ""
+    return f"type {' . '.join(NETWORK_SETS[name])} ;{flags}"
+
 
 # Published ports.  Single ports are elements of hash maps (host port -> address . port):
 # adding or deleting one costs the same whatever the map holds.  A range published on the
@@ -114,45 +143,20 @@ BASE_CHAINS: dict[str, str] = {
     OUTPUT_CHAIN: "type nat hook output priority -100 ; policy accept ;",
     RAW_CHAIN: "type filter hook prerouting priority raw ; policy accept ;",
 }
-# Chains that belong to the table's skeleton rather than to one network or endpoint.
+# Chains that belong to the table's skeleton (all of them, now that no network has one).
 FIXED_CHAINS = frozenset({USER_CHAIN, PORTS_CHAIN, *BASE_CHAINS})
 
-
-@dataclass(frozen=True, slots=True)
-class NetworkChains:
-    """The names of one network's chains (derived from its id, so a removal needs only
-    the id)."""
-
-    inbound: str  # forwarded into the bridge
-    outbound: str  # forwarded out of the bridge
-    nat: str  # source NAT of traffic from the bridge
-
-    def all(self) -> tuple[str, str, str]:
-        return (self.inbound, self.outbound, self.nat)
-
-    def for_map(self) -> tuple[tuple[str, str], ...]:
-        """(map, chain) pairs: which map dispatches to which chain."""
-        return (
-            (MAP_INTO_BRIDGE, self.inbound),
-            (MAP_FROM_BRIDGE, self.outbound),
-            (MAP_NAT_FROM_BRIDGE, self.nat),
-            (MAP_NAT_INTO_BRIDGE, self.nat),
-        )
+# v0.1.0's layout: verdict maps keyed by bridge name, jumping to per-network chains.
+LEGACY_MAPS = ("forward-into-bridge", "forward-from-bridge", "nat-from-bridge", "nat-into-bridge")
+# nft 1.0.6 does not report chain comments in JSON, so v0.1.0's chains are known by their
+# names (derived from their owner's id); anything else a user put into cnm's table is
+# left alone.
+_LEGACY_CHAIN_RE = re.compile(r"^n-[0-9A-Za-z][0-9A-Za-z_-]{0,11}-(in|out|nat)$")
 
 
-# What chains_for() produces.  nft 1.0.6 does not report chain comments in JSON, so the
-# owner of a chain is read from its name (derived from the owner id) when sync looks for
-# stale ones; anything else a user put into cnm's table is left alone.
-_NETWORK_CHAIN_RE = re.compile(r"^n-[0-9A-Za-z][0-9A-Za-z_-]{0,11}-(in|out|nat)$")
-
-
-def is_network_chain(name: str) -> bool:
-    return bool(_NETWORK_CHAIN_RE.match(name))
-
-
-def chains_for(owner: str) -> NetworkChains:
-    prefix = f"n-{check_owner(owner)[:12]}"
-    return NetworkChains(f"{prefix}-in", f"{prefix}-out", f"{prefix}-nat")
+def is_legacy_chain(name: str) -> bool:
+    """Whether ``name`` is one of v0.1.0's per-network chains (``n-<id12>-in|out|nat``)."""
+    return bool(_LEGACY_CHAIN_RE.match(name))
 
 
 def _script(lines: Iterable[str]) -> str:
@@ -162,33 +166,52 @@ def _script(lines: Iterable[str]) -> str:
 # -- skeleton ---------------------------------------------------------------------------
 
 
-def setup_lines(table: str = TABLE, userland_proxy: bool = False) -> list[str]:
-    """Create the table, maps, user chain and base chains if missing, and (re)write the
-    base chains' dispatch rules.  Never flushes the user chain or any map.
+def setup_lines(table: str = TABLE, userland_proxy: bool = False, legacy: bool = False) -> list[str]:
+    """Create the table, sets, maps, user chain and base chains if missing, and (re)write
+    the base chains' rules.  Never flushes the user chain, a set or a map.
 
     ``userland_proxy``: the host's own traffic to 127.0.0.0/8 and traffic arriving from a
-    cnm bridge are left to the proxy (not DNATed); otherwise the kernel DNATs them too."""
+    cnm bridge are left to the proxy (not DNATed); otherwise the kernel DNATs them too.
+    ``legacy``: the table still holds v0.1.0's layout, whose rules keep serving (the
+    base chains are left as they are) until ``render_sync`` replaces them."""
     t = f"{FAMILY} {table}"
     lines = [
         f"add table {t}",
         f'add chain {t} {USER_CHAIN} {{ comment "yours: evaluated first, never flushed by cnm" ; }}',
     ]
-    lines += [f"add map {t} {m} {{ type ifname : verdict ; }}" for m in MAPS]
+    lines += [f"add set {t} {s} {{ {_set_spec(s)} }}" for s in NETWORK_SETS]
     lines += [f"add map {t} {m} {{ {spec} }}" for m, spec in PORT_MAPS.items()]
     for chain, spec in BASE_CHAINS.items():
         lines.append(f"add chain {t} {chain} {{ {spec} }}")
-        # flush + re-add keeps setup idempotent (no duplicated dispatch rules)
-        lines.append(f"flush chain {t} {chain}")
-    lines += [f"add chain {t} {PORTS_CHAIN}", f"flush chain {t} {PORTS_CHAIN}"]
+    lines.append(f"add chain {t} {PORTS_CHAIN}")
+    if legacy:
+        return lines
+    # flush + re-add keeps setup idempotent (no duplicated rules)
+    lines += [f"flush chain {t} {chain}" for chain in (*BASE_CHAINS, PORTS_CHAIN)]
     lines += [
         # the user's verdict comes first; an accept there ends this chain (a drop is final)
         f"add rule {t} {FORWARD_CHAIN} jump {USER_CHAIN}",
         f"add rule {t} {FORWARD_CHAIN} ct state established,related accept",
-        # into a bridge first: that is where isolation drops, whatever the source
-        f"add rule {t} {FORWARD_CHAIN} oifname vmap @{MAP_INTO_BRIDGE}",
-        f"add rule {t} {FORWARD_CHAIN} iifname vmap @{MAP_FROM_BRIDGE}",
-        f"add rule {t} {POSTROUTING_CHAIN} iifname vmap @{MAP_NAT_FROM_BRIDGE}",
-        f"add rule {t} {POSTROUTING_CHAIN} oifname vmap @{MAP_NAT_INTO_BRIDGE}",
+        # Into a bridge first: that is where isolation drops, whatever the source.  A
+        # published port (DNATed by cnm's prerouting/output chains) is public, for
+        # neighbours too, so it comes before icc; no published port enters an internal
+        # network.  Traffic routed from a bridge back into it follows icc (bridged
+        # traffic never reaches this hook: the bridge driver isolates its ports).
+        f"add rule {t} {FORWARD_CHAIN} oifname @{SET_BRIDGES} oifname != @{SET_INTERNAL} ct status dnat accept",
+        f"add rule {t} {FORWARD_CHAIN} iifname . oifname @{SET_SAME_BRIDGE} oifname @{SET_ICC} accept",
+        f"add rule {t} {FORWARD_CHAIN} oifname @{SET_BRIDGES} drop",
+        # out of a bridge to any other interface: accepted (policy), unless internal
+        f"add rule {t} {FORWARD_CHAIN} iifname @{SET_INTERNAL} drop",
+        # From a bridge's own subnet to any other interface (another bridge included: a
+        # published port reached through the host), when the network masquerades.
+        f"add rule {t} {POSTROUTING_CHAIN} iifname . ip saddr @{SET_SUBNETS} iifname @{SET_MASQUERADE}"
+        f" iifname . oifname != @{SET_SAME_BRIDGE} masquerade",
+        # Hairpin: a container reaching a published port of its own bridge (its own, too)
+        # through a host address; without it the reply would bypass the NAT.  Keyed by
+        # the output interface: with br_netfilter loaded, a DNATed packet whose new
+        # destination is on the bridge it came from is bridged, not routed, and its
+        # postrouting hook sees no input interface.
+        f"add rule {t} {POSTROUTING_CHAIN} oifname . ip saddr @{SET_SUBNETS} ct status dnat masquerade",
         # the host reaching a published port through 127.0.0.1 (kernel mode; route_localnet
         # lets the packet out of the bridge): the container must answer a real address
         f"add rule {t} {POSTROUTING_CHAIN} ip saddr {LOOPBACK} ct status dnat masquerade",
@@ -196,7 +219,7 @@ def setup_lines(table: str = TABLE, userland_proxy: bool = False) -> list[str]:
     if userland_proxy:
         # a container reaching a published port through the host's address, and the host
         # through 127.0.0.1, are answered by the proxy on the reserved socket
-        lines.append(f"add rule {t} {PREROUTING_CHAIN} iifname @{MAP_FROM_BRIDGE} return")
+        lines.append(f"add rule {t} {PREROUTING_CHAIN} iifname @{SET_BRIDGES} return")
         lines.append(f"add rule {t} {OUTPUT_CHAIN} ip daddr {LOOPBACK} return")
     lines += [
         f"add rule {t} {PREROUTING_CHAIN} fib daddr type local jump {PORTS_CHAIN}",
@@ -225,8 +248,8 @@ def base_rule_counts(userland_proxy: bool = False) -> dict[str, int]:
     return counts
 
 
-def render_setup(table: str = TABLE, userland_proxy: bool = False) -> str:
-    return _script(setup_lines(table, userland_proxy))
+def render_setup(table: str = TABLE, userland_proxy: bool = False, legacy: bool = False) -> str:
+    return _script(setup_lines(table, userland_proxy, legacy))
 
 
 def render_teardown(table: str = TABLE) -> str:
@@ -237,93 +260,77 @@ def render_teardown(table: str = TABLE) -> str:
 # -- one network ------------------------------------------------------------------------
 
 
-def network_rules(rules: BridgeRules) -> dict[str, list[str]]:
-    """The rule bodies of each of one network's chains (without ``add rule …``)."""
-    owner = check_owner(rules.owner)
+@dataclass(frozen=True, slots=True)
+class SetElement:
+    """One element of a network set: ``key`` in nft's syntax (``"br-x" . 10.0.0.0/24``)."""
+
+    set: str
+    key: str
+
+
+def network_elements(rules: BridgeRules) -> list[SetElement]:
+    """The set elements that make up network ``rules`` (see the module's layout)."""
+    check_owner(rules.owner)
     br = f'"{check_ifname(rules.bridge)}"'
-    tag = f'comment "{owner_comment(owner)}"'
-    ch = chains_for(owner)
-    # Dispatched on oifname == br: forwarded into the bridge (replies were accepted
-    # before the dispatch).  Routed bridge->same bridge traffic follows icc.
-    inbound = [
-        # published ports (DNATed by cnm's prerouting/output chains), before the
-        # icc verdict: a published port is public, for neighbours too
-        *([] if rules.internal else [f"ct status dnat accept {tag}"]),
-        f"iifname {br} {'accept' if rules.icc else 'drop'} {tag}",
-        f"drop {tag}",
-    ]
-    # Dispatched on iifname == br: forwarded out of the bridge (to another interface:
-    # the same bridge was decided by the in-chain above, which is evaluated first).
+    out = [SetElement(SET_BRIDGES, br), SetElement(SET_SAME_BRIDGE, f"{br} . {br}")]
     if rules.internal:
-        outbound = [f"oifname != {br} drop {tag}", f"accept {tag}"]
-    else:
-        outbound = [f"accept {tag}"]
-    nat: list[str] = []
-    if rules.masquerade and not rules.internal:
-        nat.append(f"oifname != {br} ip saddr {rules.subnet} masquerade {tag}")
+        out.append(SetElement(SET_INTERNAL, br))
+    if rules.icc:
+        out.append(SetElement(SET_ICC, br))
     if not rules.internal:
-        # hairpin: a container reaching a published port of its own bridge (its own,
-        # too) through a host address; without it the reply would bypass the NAT
-        nat.append(f"oifname {br} ip saddr {rules.subnet} ct status dnat masquerade {tag}")
-    return {ch.inbound: inbound, ch.outbound: outbound, ch.nat: nat}
+        if rules.masquerade:
+            out.append(SetElement(SET_MASQUERADE, br))
+        out.append(SetElement(SET_SUBNETS, f"{br} . {rules.subnet}"))
+    return out
 
 
-def _element(bridge: str, owner: str, chain: str) -> str:
-    """A map element ``bridge -> jump chain``, tagged with its owner."""
-    return f'{{ "{bridge}" comment "{owner_comment(owner)}" : jump {chain} }}'
-
-
-def _drop_elements(table: str, owner: str, bridge: str) -> list[str]:
-    """Delete ``bridge``'s elements (pointing at ``owner``'s chains) whether present or not.
-    The chains must exist when these lines run."""
+def network_lines(
+    owner: str, old: Iterable[SetElement], new: Iterable[SetElement], table: str = TABLE
+) -> list[str]:
+    """Replace network ``owner``'s elements ``old`` with ``new`` in one transaction whose
+    size depends only on this network: those of ``old`` not in ``new`` are deleted
+    whether or not they are still there, then every one of ``new`` is added (adding an
+    element that is there is no error)."""
     t = f"{FAMILY} {table}"
+    tag = owner_comment(check_owner(owner))
+    new = list(dict.fromkeys(new))
     lines = []
-    for map_name, chain in chains_for(owner).for_map():
-        lines.append(f"add element {t} {map_name} {_element(bridge, owner, chain)}")
-        lines.append(f'delete element {t} {map_name} {{ "{bridge}" }}')
+    for e in dict.fromkeys(old):
+        if e not in new:  # deleted first: a subnet's new range may overlap its old one
+            lines.append(f'add element {t} {e.set} {{ {e.key} comment "{tag}" }}')
+            lines.append(f"delete element {t} {e.set} {{ {e.key} }}")
+    lines += [f'add element {t} {e.set} {{ {e.key} comment "{tag}" }}' for e in new]
     return lines
 
 
-def network_lines(rules: BridgeRules, previous_bridge: str | None = None, table: str = TABLE) -> list[str]:
-    """Install or replace one network: its three chains (created, flushed, filled) and
-    its three map elements.  ``previous_bridge``, when the network was last installed on
-    another bridge name, has its elements removed in the same transaction."""
-    t = f"{FAMILY} {table}"
-    owner = check_owner(rules.owner)
-    bridge = check_ifname(rules.bridge)
-    tag = owner_comment(owner)
-    lines = []
-    for chain, body in network_rules(rules).items():
-        lines.append(f'add chain {t} {chain} {{ comment "{tag}" ; }}')
-        lines.append(f"flush chain {t} {chain}")
-        lines += [f"add rule {t} {chain} {rule}" for rule in body]
-    if previous_bridge and previous_bridge != bridge:
-        lines += _drop_elements(table, owner, check_ifname(previous_bridge))
-    for map_name, chain in chains_for(owner).for_map():
-        lines.append(f"add element {t} {map_name} {_element(bridge, owner, chain)}")
-    return lines
+def render_network(
+    owner: str, old: Iterable[SetElement], new: Iterable[SetElement], table: str = TABLE
+) -> str:
+    return _script(network_lines(owner, old, new, table))
 
 
-def render_add_network(rules: BridgeRules, previous_bridge: str | None = None, table: str = TABLE) -> str:
-    return _script(network_lines(rules, previous_bridge, table))
+def render_add_network(rules: BridgeRules, previous: BridgeRules | None = None, table: str = TABLE) -> str:
+    """Install network ``rules`` (replacing ``previous``, what it last was, if known)."""
+    old = network_elements(previous) if previous is not None else []
+    return render_network(rules.owner, old, network_elements(rules), table)
 
 
-def remove_lines(owner: str, bridges: Iterable[str] = (), table: str = TABLE) -> list[str]:
-    """Remove network ``owner``: the elements of ``bridges`` (the bridge names its map
-    elements are keyed by) and its three chains, whether or not they exist."""
-    t = f"{FAMILY} {table}"
-    chains = chains_for(owner).all()
-    # the chains must exist for the element lines to parse, and be empty to be deleted
-    lines = [f'add chain {t} {c} {{ comment "{owner_comment(owner)}" ; }}' for c in chains]
-    for bridge in dict.fromkeys(bridges):
-        lines += _drop_elements(table, owner, check_ifname(bridge))
-    for c in chains:
-        lines += [f"flush chain {t} {c}", f"delete chain {t} {c}"]
-    return lines
+def render_remove_network(owner: str, elements: Iterable[SetElement], table: str = TABLE) -> str:
+    """Remove network ``owner``'s ``elements``, whether or not they are still there."""
+    return render_network(owner, elements, (), table)
 
 
-def render_remove_network(owner: str, bridges: Iterable[str] = (), table: str = TABLE) -> str:
-    return _script(remove_lines(owner, bridges, table))
+def element_key_from_json(set_name: str, value: Any) -> str:
+    """nft's JSON form of a network set's key (``{"concat": ["br-x", {"prefix": …}]}``)
+    back to the text it was written as (``"br-x" . 10.0.0.0/24``)."""
+    parts = value["concat"] if isinstance(value, dict) and "concat" in value else [value]
+    kinds = NETWORK_SETS[set_name]
+    if len(parts) != len(kinds):
+        raise FirewallError(f"nft: unexpected key in set {set_name}: {value!r}")
+    return " . ".join(
+        f'"{check_ifname(p)}"' if kind == "ifname" and isinstance(p, str) else port_key_from_json(p)
+        for kind, p in zip(kinds, parts, strict=True)
+    )
 
 
 # -- whole table ------------------------------------------------------------------------
@@ -331,35 +338,34 @@ def render_remove_network(owner: str, bridges: Iterable[str] = (), table: str = 
 
 def render_sync(
     networks: Sequence[BridgeRules],
-    existing_chains: Iterable[str] = (),
+    existing: Iterable[str] = (),
     table: str = TABLE,
     ports: Sequence[PortRule] = (),
     userland_proxy: bool = False,
 ) -> str:
     """One transaction that leaves the table holding exactly ``networks`` and ``ports``:
-    the skeleton (re)made, all map elements replaced, every non-skeleton chain in
-    ``existing_chains`` that is a per-network chain of cnm's and that no listed network
-    owns deleted, the listed networks (re)installed.  The user chain is created if
-    missing and otherwise left alone."""
+    the skeleton (re)made, every set and map emptied and refilled.  ``existing`` names the
+    table's chains and maps (from a terse listing): v0.1.0's dispatch maps and
+    per-network chains among them are deleted, after the base chains that used them were
+    rewritten, in the same transaction.  The user chain is created if missing and
+    otherwise left alone."""
     t = f"{FAMILY} {table}"
     elements = port_elements_by_owner(ports)
     seen_bridges: dict[str, str] = {}
-    seen_chains: dict[str, str] = {}
     for rules in networks:
         other = seen_bridges.setdefault(rules.bridge, rules.owner)
         if other != rules.owner:
             raise InvalidArgument(f"bridge {rules.bridge} claimed by networks {other} and {rules.owner}")
-        other = seen_chains.setdefault(chains_for(rules.owner).inbound, rules.owner)
-        if other != rules.owner:
-            raise InvalidArgument(f"networks {other} and {rules.owner} share an id prefix")
-    wanted = {c for rules in networks for c in chains_for(rules.owner).all()}
+    existing = set(existing)
     lines = setup_lines(table, userland_proxy)
-    lines += [f"flush map {t} {m}" for m in (*MAPS, *PORT_MAPS)]
-    stale = {c for c in existing_chains if is_network_chain(c)} - wanted
-    for chain in sorted(stale):
+    lines += [f"flush set {t} {s}" for s in NETWORK_SETS]
+    lines += [f"flush map {t} {m}" for m in PORT_MAPS]
+    # v0.1.0's maps first (their elements hold its chains), then its chains
+    lines += [f"delete map {t} {m}" for m in LEGACY_MAPS if m in existing]
+    for chain in sorted(c for c in existing if is_legacy_chain(c)):
         lines += [f"flush chain {t} {chain}", f"delete chain {t} {chain}"]
     for rules in networks:
-        lines += network_lines(rules, None, table)
+        lines += network_lines(rules.owner, (), network_elements(rules), table)
     for owner, elems in elements.items():
         lines += ports_lines(owner, (), elems, table)
     return _script(lines)

@@ -31,7 +31,21 @@ Every call runs inline on the event loop: one short SQLite transaction (tens of
 microseconds; tests/unit/test_store_sqlite.py prints the figures), cheaper than handing it
 to a thread.  Writes take the lock at once (``BEGIN IMMEDIATE``); another process holding
 it for longer than ``BUSY_TIMEOUT_S`` makes the call fail with ``Unavailable``, changing
-nothing.  Watches are fed in process: each commit wakes them, and they read the history.
+nothing.  A commit looks up each key it checks or deletes (a point lookup: cheaper in
+SQLite than one ``IN`` list) and writes each table with one statement.
+
+This connection keeps what it wrote in memory: the store revision and oldest kept
+revision after its last write, and its newest changes (``TAIL_KEEP`` to ``2 *
+TAIL_KEEP`` of them, the *tail*), from which a watch reads without a statement.  That
+memory is right only while no other connection writes the file (say, a second process
+pointed at it by mistake): each write transaction reads ``PRAGMA data_version`` holding
+the lock, and when it moved (another connection committed since) or the last write
+failed, the revisions are read from the file again and the tail starts again at this
+write.  Watches are fed in process: a commit wakes the watches whose prefix it changed
+(all of them when another connection wrote meanwhile), and moves an idle watch it did
+not wake past its revision, so a quiet watch never falls behind the tail or the kept
+history.  A watch behind the tail reads the history from the file, as it always may.
+
 Keys are compared with SQLite's BINARY collation (UTF-8 bytes, i.e. code-point order),
 which is what ``list`` returns and what the prefix range ``key >= prefix AND key <
 prefix_successor(prefix)`` relies on.
@@ -40,13 +54,16 @@ prefix_successor(prefix)`` relies on.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from bisect import bisect_left
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +96,8 @@ BUSY_TIMEOUT_S = 5.0
 HISTORY_KEEP = 10_000
 # History rows a watch reads at a time (it reads again at once when a batch was full).
 WATCH_BATCH = 500
+# Changes of this connection's own commits kept in memory for the watches (see above).
+TAIL_KEEP = 1_000
 # A lease expiry that found the file locked tries again after this long.
 _EXPIRY_RETRY_S = 1.0
 
@@ -91,6 +110,48 @@ def _translate(exc: sqlite3.Error, what: str) -> Exception:
     if code in (_SQLITE_BUSY, _SQLITE_LOCKED) or "locked" in str(exc):
         return Unavailable(f"store: {what}: database is locked (another process holds it)")
     return SystemFailure(f"store: {what}: {exc}")
+
+
+_UPSERT_SQL = (
+    "INSERT INTO kv(key, doc, revision, created, lease) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT(key) DO UPDATE SET"
+    " doc = excluded.doc, revision = excluded.revision, lease = excluded.lease"
+)
+
+History = tuple[int, int, str, str | None]  # (revision, seq, key, doc text; None: deleted)
+Rows = list[History]  # (``SqliteStore.list`` shadows ``list`` in the class body)
+
+
+@dataclass(slots=True)
+class _Snapshot:
+    """What one write transaction read before deciding (``SqliteStore._snapshot``)."""
+
+    revision: int
+    oldest: int
+    data_version: int
+    fresh: bool  # the revisions were read from the file (this connection's memory was not right)
+    revisions: dict[str, int]  # of the keys asked for that exist
+
+
+@dataclass(slots=True, eq=False)
+class _Watcher:
+    """One running ``watch``: its prefix, the (revision, seq) of the next change it
+    reads, whether it waits for a commit, and the event that wakes it."""
+
+    prefix: str
+    position: tuple[int, int]
+    idle: bool = False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(slots=True)
+class _Written:
+    """What one write transaction changed, for the tail once it is committed."""
+
+    snapshot: _Snapshot
+    revision: int  # the store revision after it
+    oldest: int  # the oldest revision the history holds after it
+    rows: list[History]
 
 
 def _check_key(key: str) -> None:
@@ -170,9 +231,17 @@ class SqliteStore(CommitStore):
         self.scope: Scope = scope
         self._db: sqlite3.Connection | None = None
         self._closed = False
-        self._changed = asyncio.Event()  # set (and replaced) after every change
+        self._watchers: set[_Watcher] = set()
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._armed = False  # lease timers exist once an event loop runs
+        # The tail (module docstring): this connection's changes from revision _tail_from
+        # on (None: no tail yet), the store revision after its last write, and the
+        # data_version that write saw.
+        self._tail: list[History] = []
+        self._tail_from: int | None = None
+        self._revision = 0
+        self._oldest = 1
+        self._data_version: int | None = None  # None: memory not right, read the file
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -254,6 +323,11 @@ class SqliteStore(CommitStore):
             raise SystemFailure(f"store {self.path} is closed")
         return self._db
 
+    def _forget(self) -> None:
+        """This connection's memory of the file may be wrong (a write failed): the next
+        write reads the revisions from the file and starts the tail again."""
+        self._data_version = None
+
     def _live(self) -> sqlite3.Connection:
         """The connection, for a call from the event loop: arms the lease timers of leases
         found in the file on the first such call."""
@@ -277,11 +351,13 @@ class SqliteStore(CommitStore):
             with suppress(sqlite3.Error):  # SQLite may have rolled back already
                 db.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error):
+                self._forget()
                 raise _translate(exc, what) from exc
             raise
         try:
             db.execute("COMMIT")
         except sqlite3.Error as exc:
+            self._forget()
             if db.in_transaction:
                 with suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
@@ -305,9 +381,19 @@ class SqliteStore(CommitStore):
         found = dict(db.execute("SELECT name, value FROM meta WHERE name IN ('revision', 'oldest')"))
         return int(found["revision"]), int(found["oldest"])
 
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+    def _notify(self, written: _Written | None = None) -> None:
+        """Wake the watches a write concerns (``None``: all of them, e.g. at close).
+        An idle watch whose prefix the write did not change, and that had read every
+        change before it, moves past its revision without waking."""
+        for watcher in self._watchers:
+            if written is None or written.snapshot.fresh or not watcher.idle:
+                watcher.wake.set()
+            elif any(row[2].startswith(watcher.prefix) for row in written.rows):
+                watcher.wake.set()
+            elif watcher.position == (written.revision, 0):
+                watcher.position = (written.revision + 1, 0)
+            else:
+                watcher.wake.set()
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -351,49 +437,109 @@ class SqliteStore(CommitStore):
             _check_key(item.key)
         # Encoded before the transaction: a document that is not JSON changes nothing.
         texts = [dump_doc(op.key, op.doc) if isinstance(op, Put) else None for op in ops]
+        asked = {c.key for c in checks} | {op.key for op in ops if isinstance(op, Delete)}
+        leases = {op.lease for op in ops if isinstance(op, Put) and op.lease}
         with self._write("commit") as db:
+            snapshot = self._snapshot(db, asked)
             for check in checks:
-                row = db.execute("SELECT revision FROM kv WHERE key = ?", (check.key,)).fetchone()
-                actual = 0 if row is None else row[0]
+                actual = snapshot.revisions.get(check.key, 0)
                 if actual != check.revision:
                     raise StaleRevision(check.key, check.revision, actual)
             now = time.time()
-            for op in ops:
-                if isinstance(op, Put) and op.lease:
-                    row = db.execute("SELECT deadline FROM leases WHERE id = ?", (op.lease,)).fetchone()
-                    if row is None or row[0] <= now:  # overdue: its timer has not run yet
-                        raise NotFound(f"store: lease {op.lease:x} not found (expired or revoked)")
-            revision, changed = self._apply(db, ops, texts)
-        if changed:
-            self._notify()
-        return revision
+            for lease in leases:
+                row = db.execute("SELECT deadline FROM leases WHERE id = ?", (lease,)).fetchone()
+                if row is None or row[0] <= now:  # overdue: its timer has not run yet
+                    raise NotFound(f"store: lease {lease:x} not found (expired or revoked)")
+            written = self._apply(db, snapshot, ops, texts)
+        self._remember(written)
+        if written.rows:
+            self._notify(written)
+        return written.revision
+
+    def _snapshot(self, db: sqlite3.Connection, keys: Iterable[str]) -> _Snapshot:
+        """What a write decides on, read in the caller's transaction (which holds the
+        lock): the store revision and oldest kept revision (from memory while no other
+        connection has written since this one's last write) and the revisions of ``keys``."""
+        (data_version,) = db.execute("PRAGMA data_version").fetchone()
+        fresh = data_version != self._data_version
+        revision, oldest = self._revisions(db) if fresh else (self._revision, self._oldest)
+        found: dict[str, int] = {}
+        for key in keys:
+            row = db.execute("SELECT revision FROM kv WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                found[key] = row[0]
+        return _Snapshot(revision, oldest, data_version, fresh, found)
 
     def _apply(
-        self, db: sqlite3.Connection, ops: Sequence[Op], texts: Sequence[str | None]
-    ) -> tuple[int, bool]:
+        self, db: sqlite3.Connection, snapshot: _Snapshot, ops: Sequence[Op], texts: Sequence[str | None]
+    ) -> _Written:
         """Apply validated ops at one new revision inside the caller's transaction; no new
-        revision when nothing changes (e.g. deleting only missing keys)."""
-        current, oldest = self._revisions(db)
-        revision = current + 1
-        history: list[tuple[int, int, str, str | None]] = []
+        revision when nothing changes (e.g. deleting only missing keys).  ``snapshot``
+        holds the revision of every key ``ops`` delete.  The ops are played in memory
+        first, so each table is written with one statement: the rows a delete removes
+        (also a key deleted and put again, which starts afresh), then the final value of
+        every key put, then the history in op order."""
+        revision = snapshot.revision + 1
+        rows: list[History] = []
+        live = set(snapshot.revisions)  # of the keys deleted: those that exist now
+        gone: dict[str, None] = {}  # keys whose row goes, in order
+        puts: dict[str, tuple[str, int]] = {}  # key -> (text, lease): the final puts
         for op, text in zip(ops, texts, strict=True):
             if isinstance(op, Put):
-                db.execute(
-                    "INSERT INTO kv(key, doc, revision, created, lease) VALUES (?, ?, ?, ?, ?) "
-                    "ON CONFLICT(key) DO UPDATE SET"
-                    " doc = excluded.doc, revision = excluded.revision, lease = excluded.lease",
-                    (op.key, text, revision, revision, op.lease),
-                )
-                history.append((revision, len(history), op.key, text))
-            elif db.execute("DELETE FROM kv WHERE key = ?", (op.key,)).rowcount:
-                history.append((revision, len(history), op.key, None))
-        if not history:
-            return current, False
-        db.executemany("INSERT INTO history(revision, seq, key, doc) VALUES (?, ?, ?, ?)", history)
+                assert text is not None
+                puts[op.key] = (text, op.lease)
+                live.add(op.key)
+                rows.append((revision, len(rows), op.key, text))
+            elif op.key in live:
+                live.discard(op.key)
+                puts.pop(op.key, None)
+                gone[op.key] = None
+                rows.append((revision, len(rows), op.key, None))
+        if not rows:
+            return _Written(snapshot, snapshot.revision, snapshot.oldest, rows)
+        if gone:
+            db.executemany("DELETE FROM kv WHERE key = ?", [(k,) for k in gone])
+        if puts:
+            db.executemany(
+                _UPSERT_SQL, [(k, text, revision, revision, lease) for k, (text, lease) in puts.items()]
+            )
+        db.executemany("INSERT INTO history(revision, seq, key, doc) VALUES (?, ?, ?, ?)", rows)
         db.execute("UPDATE meta SET value = ? WHERE name = 'revision'", (revision,))
+        oldest = snapshot.oldest
         if revision - oldest >= 2 * HISTORY_KEEP:
-            self._compact(db, revision - HISTORY_KEEP + 1)
-        return revision, True
+            oldest = self._compact(db, revision - HISTORY_KEEP + 1)
+        return _Written(snapshot, revision, oldest, rows)
+
+    def _remember(self, written: _Written) -> None:
+        """A write transaction committed: its revisions are this connection's memory and
+        its changes join the tail.  If the memory was not right (another connection
+        committed since this one's last write), the tail starts again with this write."""
+        if written.snapshot.fresh:
+            self._tail = []
+            self._tail_from = written.snapshot.revision + 1
+        self._data_version = written.snapshot.data_version
+        self._revision, self._oldest = written.revision, written.oldest
+        self._tail.extend(written.rows)
+        if len(self._tail) > 2 * TAIL_KEEP:
+            self._trim_tail(self._tail[-TAIL_KEEP][0])
+        self._trim_tail(written.oldest)
+
+    def _trim_tail(self, revision: int) -> None:
+        """The tail starts at ``revision`` at the latest (whole revisions go)."""
+        if self._tail_from is None or revision <= self._tail_from:
+            return
+        del self._tail[: bisect_left(self._tail, revision, key=lambda row: row[0])]
+        self._tail_from = revision
+
+    def _tail_rows(self, position: tuple[int, int], prefix: str) -> Rows | None:
+        """The changes under ``prefix`` from ``position`` on, from the tail, at most
+        ``WATCH_BATCH`` as from the file; None when the tail does not reach back that far
+        (the file has them)."""
+        if self._tail_from is None or position[0] < self._tail_from:
+            return None
+        start = bisect_left(self._tail, position, key=lambda row: (row[0], row[1]))
+        found = (row for row in self._tail[start:] if row[2].startswith(prefix))
+        return list(itertools.islice(found, WATCH_BATCH))
 
     # -- history ---------------------------------------------------------------------------
 
@@ -401,14 +547,19 @@ class SqliteStore(CommitStore):
         """Forget the history before ``revision`` (done on its own as the history grows;
         called directly by tests to provoke Compacted)."""
         with self._write(f"compact to {revision}") as db:
-            self._compact(db, revision)
+            oldest = self._compact(db, revision)
+        self._oldest = oldest
+        self._trim_tail(oldest)
 
-    def _compact(self, db: sqlite3.Connection, revision: int) -> None:
+    def _compact(self, db: sqlite3.Connection, revision: int) -> int:
+        """Returns the oldest revision the history holds now."""
         current, oldest = self._revisions(db)
         revision = min(revision, current + 1)
         if revision > oldest:
             db.execute("DELETE FROM history WHERE revision < ?", (revision,))
             db.execute("UPDATE meta SET value = ? WHERE name = 'oldest'", (revision,))
+            return revision
+        return oldest
 
     async def watch(self, prefix: str, from_revision: int) -> AsyncIterator[Change]:
         upper = prefix_successor(prefix)
@@ -416,32 +567,46 @@ class SqliteStore(CommitStore):
         if upper is not None:
             sql += " AND key < ?"
         sql += " ORDER BY revision, seq LIMIT ?"
-        position = (max(from_revision, 1), 0)  # (revision, seq) of the next change to read
-        while not self._closed:
-            changed = self._changed
-            db = self._live()
-            try:
-                db.execute("BEGIN")
+        watcher = _Watcher(prefix, (max(from_revision, 1), 0))
+        self._watchers.add(watcher)
+        try:
+            while not self._closed:
+                watcher.wake.clear()  # a commit from now on wakes it (or moves it on)
+                position = watcher.position
+                db = self._live()
+                rows = self._tail_rows(position, prefix)
+                if rows is not None:
+                    revision, full = self._revision, len(rows) == WATCH_BATCH
+                else:
+                    try:
+                        db.execute("BEGIN")
+                        try:
+                            revision, oldest = self._revisions(db)
+                            params = (*position, prefix) + (() if upper is None else (upper,))
+                            rows = db.execute(sql, (*params, WATCH_BATCH)).fetchall()
+                        finally:
+                            db.execute("COMMIT")
+                    except sqlite3.Error as exc:
+                        raise _translate(exc, f"watch {prefix}") from exc
+                    # Also when a compaction overtook a slow consumer between two batches.
+                    if position[0] < oldest and position[0] <= revision:
+                        raise Compacted(position[0], oldest)
+                    full = len(rows) == WATCH_BATCH
+                for rev, seq, key, text in rows:
+                    yield Change(key, None if text is None else load_doc(key, text), rev)
+                    if self._closed:
+                        return
+                    watcher.position = (rev, seq + 1)
+                if full:
+                    continue  # more to read now
+                watcher.position = max(watcher.position, (revision + 1, 0))
+                watcher.idle = True
                 try:
-                    revision, oldest = self._revisions(db)
-                    params = (*position, prefix) + (() if upper is None else (upper,))
-                    rows = db.execute(sql, (*params, WATCH_BATCH)).fetchall()
+                    await watcher.wake.wait()
                 finally:
-                    db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise _translate(exc, f"watch {prefix}") from exc
-            # Also when a compaction overtook a slow consumer between two batches.
-            if position[0] < oldest and position[0] <= revision:
-                raise Compacted(position[0], oldest)
-            for rev, seq, key, text in rows:
-                yield Change(key, None if text is None else load_doc(key, text), rev)
-                if self._closed:
-                    return
-                position = (rev, seq + 1)
-            if len(rows) == WATCH_BATCH:
-                continue  # more to read now
-            position = max(position, (revision + 1, 0))
-            await changed.wait()
+                    watcher.idle = False
+        finally:
+            self._watchers.discard(watcher)
 
     # -- leases ----------------------------------------------------------------------------
 
@@ -484,9 +649,11 @@ class SqliteStore(CommitStore):
         with self._write(f"end lease {lease:x}") as db:
             keys = [k for (k,) in db.execute("SELECT key FROM kv WHERE lease = ? ORDER BY key", (lease,))]
             db.execute("DELETE FROM leases WHERE id = ?", (lease,))
-            _, changed = self._apply(db, [Delete(k) for k in keys], [None] * len(keys))
-        if changed:
-            self._notify()
+            snapshot = self._snapshot(db, keys)
+            written = self._apply(db, snapshot, [Delete(k) for k in keys], [None] * len(keys))
+        self._remember(written)
+        if written.rows:
+            self._notify(written)
 
     def _arm_all(self) -> None:
         self._armed = True
