@@ -160,7 +160,9 @@ class Networks:
         if self.by_name(GWBRIDGE_NAME) is None:
             await self._create_gwbridge()
         local = {
-            n.name: n.id for n in self._state.networks.values() if n.scope == "local" and not n.predefined and n.name != GWBRIDGE_NAME
+            n.name: n.id
+            for n in self._state.networks.values()
+            if n.scope == "local" and not n.predefined and n.name != GWBRIDGE_NAME
         }
         await cluster.reconcile_local(local)
 
