@@ -329,3 +329,17 @@ async def test_an_overlay_container_routes_out_through_cnm_gwbridge(hosts):
     assert set(eps) == {net.id, gw.id} and eps[gw.id].default_route
     stored = {e.key for e in (await a.store.list("endpoint/")).entries}
     assert {f"endpoint/{ep.id}" for ep in eps.values()} <= stored  # both recorded
+
+
+async def test_an_encrypted_network_is_refused_rather_than_sent_in_the_clear(hosts):
+    a, b = hosts
+    await a.ctl.create_network(
+        NetworkSpec(name="sec", driver="overlay", attachable=True, options={"encrypted": ""})
+    )
+    container, _ = await a.ctl.create_container(
+        "web", ContainerConfig(image="busybox", network_mode=NetworkMode.parse("sec"))
+    )
+    with pytest.raises(Unavailable, match="it is encrypted, and cnm does not encrypt overlay traffic yet"):
+        await a.ctl.start_container(container.id)
+    assert not [name for name in a.kernel.namespaces[HOST] if name.startswith(("ov-", "vx-"))]
+    assert (await a.cluster_store.list("endpoint/")).entries == []

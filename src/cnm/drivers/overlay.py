@@ -42,6 +42,7 @@ from cnm.kernel.api import FdbEntry, Kernel, LinkInfo, NeighEntry, VethSpec, Vxl
 from cnm.model.endpoint import EndpointRecord, SandboxRecord
 from cnm.model.network import (
     OPT_BRIDGE_NAME,
+    OPT_ENCRYPTED,
     OPT_MTU,
     OPT_VXLANID_LIST,
     OVERLAY_BRIDGE_PREFIX,
@@ -351,6 +352,12 @@ class OverlayDriver:
             )
         if not vni_of(network):
             raise InvalidArgument(f"overlay network {network.name} has no VXLAN id")
+        if OPT_ENCRYPTED in network.options:
+            # never its traffic in the clear: the WireGuard tunnel is not wired to it yet
+            raise Unavailable(
+                f"cannot attach to overlay network {network.name}: it is encrypted, and cnm "
+                "does not encrypt overlay traffic yet"
+            )
         return self._kernel, self._cluster
 
     async def _mtu(self, kernel: Kernel, cluster: ClusterLink, network: NetworkRecord) -> int:
