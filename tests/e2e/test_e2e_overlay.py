@@ -167,3 +167,15 @@ def test_overlay_containers_reach_out_and_are_published_through_cnm_gwbridge(lab
 
     eventually(fetch, "the published port of an overlay container never answered")
     assert got[-1].startswith("hello from ")
+
+
+def test_a_dead_hosts_endpoints_vanish_from_the_others_with_its_lease(lab) -> None:
+    h1, h2, _ = lab.hosts
+    h1.cnm("network", "create", "-d", "overlay", "--attachable", "ov")
+    vx = f"vx-{network_id(h1, 'ov')[:12]}"
+    eventually(lambda: h2.cnm("network", "inspect", "ov", check=False).returncode == 0, "h2 never saw ov")
+    run(h1, "web", "ov")
+    db = run(h2, "db", "ov")
+    eventually(lambda: fdb(h1, vx) == {db["MacAddress"]: h2.address}, "h1 never programmed db")
+    h2.kill_cnmd()  # a crash: nobody deletes db's record, its lease runs out (15 s)
+    eventually(lambda: fdb(h1, vx) == {} and neigh(h1, vx) == {}, "h1 kept a dead host's entries", timeout=40)
