@@ -343,3 +343,17 @@ async def test_an_encrypted_network_is_refused_rather_than_sent_in_the_clear(hos
         await a.ctl.start_container(container.id)
     assert not [name for name in a.kernel.namespaces[HOST] if name.startswith(("ov-", "vx-"))]
     assert (await a.cluster_store.list("endpoint/")).entries == []
+
+
+async def test_an_endpoint_is_never_recorded_without_the_nodes_lease(hosts):
+    a, b = hosts
+    net = await shared_network(a, b)
+    assert a.driver is not None
+    a.driver._cluster = ClusterLink(a.cluster_store, "h1", IPv4Address(a.address), lambda: 0)
+    container, _ = await a.ctl.create_container(
+        "web", ContainerConfig(image="busybox", network_mode=NetworkMode.parse("ov"))
+    )
+    with pytest.raises(Unavailable, match="this node has no lease"):
+        await a.ctl.start_container(container.id)
+    assert (await a.cluster_store.list("endpoint/")).entries == []
+    assert a.link(bridge_of(net.id)) is None and a.link(vxlan_of(net.id)) is None

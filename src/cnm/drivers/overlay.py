@@ -86,12 +86,13 @@ def vni_of(network: NetworkRecord) -> int:
 @dataclass(frozen=True, slots=True)
 class ClusterLink:
     """What the driver needs of the cluster: its store, this node's name and advertise
-    address (the VTEP), and the node's current lease (0: none)."""
+    address (the VTEP), and the node's current lease (None: a store without leases, as
+    the tests' MemoryStore; a lease of 0 means the node has none right now)."""
 
     store: Store
     node: str
     address: IPv4Address
-    lease: Callable[[], int] = lambda: 0
+    lease: Callable[[], int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,10 +424,19 @@ class OverlayDriver:
         await kernel.delete_link(bridge_of(network_id))
 
     async def _publish(self, cluster: ClusterLink, endpoint: EndpointRecord) -> None:
-        """The endpoint's record in the cluster store, on the node's lease."""
+        """The endpoint's record in the cluster store, on the node's lease.  Never without
+        one (the record would outlive the node): Unavailable while the node has none (it is
+        shutting down, or announcing itself again; the record is put back once it has)."""
+        lease = 0
+        if cluster.lease is not None:
+            lease = cluster.lease()
+            if not lease:
+                raise Unavailable(
+                    f"cannot record endpoint {endpoint.id[:12]} in the cluster store: this node has no lease"
+                )
         doc = dict(codec.encode(endpoint))
         doc.update(node=cluster.node, vtep=str(cluster.address))
-        revision = await cluster.store.put(ENDPOINT_PREFIX + endpoint.id, doc, lease=cluster.lease())
+        revision = await cluster.store.put(ENDPOINT_PREFIX + endpoint.id, doc, lease=lease)
         if self._peers is not None:  # read our own write at once (see Mirror.apply)
             self._peers.apply(endpoint.id, peer_of(endpoint.id, doc), revision)
 
@@ -443,12 +453,16 @@ class OverlayDriver:
         self._task = asyncio.create_task(self._follow(), name="overlay peers")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        """Stop following the cluster store (before the node's lease goes: its records'
+        deletes must not be taken for losses to repair).  Idempotent."""
+        task, peers = self._task, self._peers
+        self._task = None
+        if task is not None:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._peers is not None:
-            await self._peers.close()
+                await task
+        if peers is not None:
+            await peers.close()
 
     def peers(self) -> list[PeerEndpoint]:
         """Every host's overlay endpoints as last seen (for names across hosts)."""

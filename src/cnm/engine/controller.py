@@ -201,6 +201,11 @@ class Controller:
         if self._publisher is not None:
             await self._publisher.close()
         await self._ipam.close()
+        for driver in self._svc.drivers.values():
+            # a driver following the cluster store (overlay) stops before the node's lease goes
+            closer = getattr(driver, "close", None)
+            if closer is not None:
+                await closer()
         if self._svc.cluster is not None:
             await self._svc.cluster.close()
 
