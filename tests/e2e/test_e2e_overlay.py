@@ -153,6 +153,8 @@ def test_overlay_containers_reach_out_and_are_published_through_cnm_gwbridge(lab
     h1.cnm("run", "-d", "--name", "web", "--network", "ov", "-p", "8081:8080", "busybox", "sh", "-c", HTTPD)
     info = json.loads(h1.cnm("inspect", "web").stdout)[0]["NetworkSettings"]["Networks"]
     assert set(info) == {"ov", "cnm_gwbridge"}
+    hostname = h1.cnm("inspect", "-f", "{{.Config.Hostname}}", "web").stdout.strip()
+    assert info["ov"]["DNSNames"] == ["web", hostname] and info["cnm_gwbridge"]["DNSNames"] is None
     routes = h1.cnm("exec", "web", "ip", "route").stdout
     assert f"default via {info['cnm_gwbridge']['Gateway']} dev eth1" in routes, routes
     # out: the lab's root (outside every host) answers, masqueraded behind h1's address
