@@ -18,17 +18,17 @@ import pytest
 from cnm.drivers.bridge import BridgeDriver
 from cnm.drivers.host import HostDriver
 from cnm.drivers.null import NullDriver
-from cnm.drivers.overlay import DATA_PLANE_MISSING, OverlayDriver
+from cnm.drivers.overlay import ClusterLink, OverlayDriver
 from cnm.engine.cluster import FIRST_VNI, GLOBAL_POOL, Cluster, vni_of
 from cnm.engine.controller import Controller
-from cnm.errors import CnmError, Conflict, Forbidden, InvalidArgument, SystemFailure, Unavailable
+from cnm.errors import CnmError, Conflict, Forbidden, InvalidArgument, SystemFailure
 from cnm.firewall.fake import FakeFirewall
 from cnm.ipam.api import DEFAULT_POOLS
 from cnm.ipam.default import DefaultIpam
 from cnm.kernel.fake import FakeKernel
 from cnm.model.container import ContainerConfig
 from cnm.model.endpoint import EndpointRecord
-from cnm.model.network import OPT_VXLANID_LIST, IpamConfig, NetworkSpec
+from cnm.model.network import OPT_MTU, OPT_VXLANID_LIST, IpamConfig, NetworkSpec
 from cnm.model.network_mode import NetworkMode
 from cnm.runtime.fake import FakeRuntime
 from cnm.store import codec
@@ -80,7 +80,9 @@ class Host:
                 "bridge": BridgeDriver(self.kernel, self.firewall),
                 "host": HostDriver(),
                 "null": NullDriver(),
-                "overlay": OverlayDriver(),
+                "overlay": OverlayDriver(
+                    self.kernel, ClusterLink(self.cluster_store, self.name, IPv4Address(self.address))
+                ),
             },
             runtime=self.runtime,
             data_root=str(self.tmp / "data"),
@@ -284,14 +286,17 @@ async def test_prune_leaves_global_networks_alone(hosts):
     assert "ov" in names(a.ctl) and "ov" in names(b.ctl)
 
 
-async def test_attaching_a_container_says_the_data_plane_is_missing_and_leaves_nothing(hosts):
+async def test_an_attach_whose_data_plane_fails_leaves_nothing(hosts):
     a, _ = hosts
-    net = await a.ctl.create_network(overlay("ov", attachable=True))
+    net = await a.ctl.create_network(overlay("ov", attachable=True, options={OPT_MTU: "1450"}))
     container, _ = await a.ctl.create_container(
         "web", ContainerConfig(image="busybox", network_mode=NetworkMode.parse("ov"))
     )
-    with pytest.raises(Unavailable, match=DATA_PLANE_MISSING):
+    a.kernel.fail("add_vxlan")
+    with pytest.raises(CnmError):
         await a.ctl.start_container(container.id)
+    assert not [name for name in a.kernel.namespaces[None] if name.startswith(("ov-", "vx-"))]
+    assert [key async for key in _endpoint_keys(a.cluster_store)] == []
     assert a.ctl._svc.cluster.ipam.owners(net.id) == {net.gateway: "gateway"}  # address back
     assert a.ctl._state.endpoints_of_network(net.id) == []
 
@@ -414,3 +419,8 @@ async def test_an_endpoint_record_another_version_wrote_still_counts_on_its_netw
     await until(lambda: [ep.name for ep in b.ctl._state.global_endpoints.by("network_id", net.id)] == ["odd"])
     with pytest.raises(Forbidden, match='name:"odd"'):
         await b.ctl.remove_network("ov")
+
+
+async def _endpoint_keys(store: MemoryStore):
+    for entry in (await store.list("endpoint/")).entries:
+        yield entry.key

@@ -41,7 +41,7 @@ from cnm.model.container import (
     PortBindingRequest,
 )
 from cnm.model.endpoint import EndpointRecord, EndpointRequest, SandboxRecord, dns_names
-from cnm.model.network import PREDEFINED, NetworkRecord
+from cnm.model.network import GWBRIDGE_NAME, PREDEFINED, NetworkRecord
 from cnm.model.network_mode import NetworkMode
 from cnm.model.ports import PortMapping
 from cnm.model.values import parse_mac
@@ -350,7 +350,8 @@ class NetworkView:
 
 
 def _dns_names(c: Container, net: NetworkRecord, request: EndpointRequest, hostname: str) -> list[str] | None:
-    if net.driver != "bridge" or net.name in PREDEFINED:
+    # (cnm_gwbridge's endpoints are anonymous: no names, as on Docker's docker_gwbridge)
+    if net.driver not in ("bridge", "overlay") or net.name in (*PREDEFINED, GWBRIDGE_NAME):
         return None
     return dns_names(c.name, request.aliases, c.short_id, hostname)
 

@@ -125,13 +125,15 @@ def _build(
     is built first, by ``serve``).  ``others``: the other cnmd alive in this network
     namespace ({daemon id: pid}); ``cluster``: this daemon's membership of the cluster
     store, joined (global networks live there)."""
+    from ipaddress import IPv4Address
+
     from cnm.dns.records import NameTable
     from cnm.dns.server import DnsServer
     from cnm.drivers.api import NetworkDriver
     from cnm.drivers.bridge import BridgeDriver
     from cnm.drivers.host import HostDriver
     from cnm.drivers.null import NullDriver
-    from cnm.drivers.overlay import OverlayDriver
+    from cnm.drivers.overlay import ClusterLink, OverlayDriver
     from cnm.engine.cluster import GLOBAL_POOL, Cluster
     from cnm.engine.controller import Controller
     from cnm.engine.ports import Publisher
@@ -178,7 +180,13 @@ def _build(
         "bridge": BridgeDriver(kernel, firewall, hairpin=not config.userland_proxy, guard=guard),
         "host": HostDriver(),
         "null": NullDriver(),
-        "overlay": OverlayDriver(),  # refused without --cluster-store (the engine says why)
+        # without --cluster-store, joins are refused (the driver says why)
+        "overlay": OverlayDriver(
+            kernel,
+            ClusterLink(cluster.store, cluster.node_name, IPv4Address(cluster.address), lambda: cluster.lease)
+            if cluster is not None
+            else None,
+        ),
     }
     engine_cluster = None
     if cluster is not None:

@@ -28,7 +28,7 @@ from cnm.errors import Conflict, InvalidArgument, KernelError, TeardownErrors
 from cnm.firewall.api import Firewall, SpoofGuard, bridge_rules, port_guard
 from cnm.kernel.api import Kernel, LinkInfo, VethSpec, may_remove
 from cnm.model.endpoint import EndpointRecord, SandboxRecord
-from cnm.model.network import NetworkRecord, NetworkSpec, validate_options
+from cnm.model.network import OVERLAY_BRIDGE_PREFIX, NetworkRecord, NetworkSpec, validate_options
 
 log = logging.getLogger("cnm.drivers.bridge")
 
@@ -226,6 +226,8 @@ class BridgeDriver:
         others = self._kernel.other_daemons()
 
         def stale(link: LinkInfo) -> bool:
+            if link.name.startswith(OVERLAY_BRIDGE_PREFIX) and link.name not in bridge_names:
+                return False  # the overlay driver's (it restores its own bridges and ports)
             return may_remove(link, self._kernel.daemon_id, bool(others))
 
         bridges = {

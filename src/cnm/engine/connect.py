@@ -61,13 +61,13 @@ class Connections:
             if sandbox is None:
                 raise SystemFailure(f"container {container.id} has no sandbox")
             async with AsyncExitStack() as stack:
-                ep = await sandbox.connect(stack, network, request)
+                eps = await sandbox.connect(stack, network, request)
                 networks = {
                     k: v for k, v in container.config.networks.items() if k not in (network.name, network.id)
                 }
                 networks[network.name] = request
                 updated = replace(container, config=replace(container.config, networks=networks))
-                await self._state.commit(put=[ep, updated])
+                await self._state.commit(put=[*eps, updated])
                 stack.pop_all()
             svc.events.network("connect", network, container.id)
             await sandbox.refresh_names(updated)
@@ -122,6 +122,7 @@ class Connections:
             sandbox = Sandbox.of(svc, container)
             if sandbox is not None:
                 errors = await sandbox.disconnect(ep, updated)
+                errors += await sandbox.leave_gwbridge()
             else:
                 errors = await Endpoint.of(svc, ep).remove(None, container=updated)
             if sandbox is not None:

@@ -207,6 +207,8 @@ class Controller:
         if self._publisher is not None:
             await self._publisher.close()
         await self._ipam.close()
+        for close in filter(None, (getattr(d, "close", None) for d in self._svc.drivers.values())):
+            await close()  # the overlay's watch stops before the node's lease goes
         if self._svc.cluster is not None:
             await self._svc.cluster.close()
 

@@ -82,7 +82,8 @@ class Endpoint:
             ip = await ipam.allocate_address(network.id, ep_id, request.ipv4_address)
             stack.push_async_callback(ipam.release_address, network.id, ip)
             address = IPv4Interface(f"{ip}/{network.subnet.prefixlen}")
-            gateway = None if network.internal else network.gateway
+            # an overlay's gateway address is nobody's: its containers route out elsewhere
+            gateway = None if network.internal or network.scope == "global" else network.gateway
         used = {ep.ifname for ep in siblings}
         prefix = network.iface_prefix
         ifname = next(f"{prefix}{n}" for n in range(len(used) + 1) if f"{prefix}{n}" not in used)

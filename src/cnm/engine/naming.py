@@ -22,13 +22,14 @@ from cnm.engine.state import State
 from cnm.errors import CnmError, InvalidArgument
 from cnm.model.container import Container, ContainerConfig
 from cnm.model.endpoint import EndpointRecord, SandboxRecord, dns_names
-from cnm.model.network import NetworkRecord
+from cnm.model.network import GWBRIDGE_NAME, NetworkRecord
 from cnm.model.values import HOST_GATEWAY, parse_extra_host, parse_nameserver
 from cnm.runtime.api import ContainerFiles, Runtime
 
 log = logging.getLogger("cnm.engine")
 
 MAX_UPSTREAMS = 3  # Docker's maxExtDNS
+REMOTE_PREFIX = "remote/"  # DNS records of other hosts' endpoints (global networks)
 _ENV_NAME = re.compile(r"[^A-Za-z0-9]")
 _LINK_ENV_SKIP = ("HOME", "PATH")
 
@@ -54,7 +55,9 @@ def validate_names(config: ContainerConfig) -> None:
 
 
 def user_defined(network: NetworkRecord) -> bool:
-    return not network.predefined
+    """Does the embedded DNS serve names on ``network``?  Not on the predefined ones, nor
+    on ``cnm_gwbridge`` (its endpoints are anonymous, as on Docker's docker_gwbridge)."""
+    return not network.predefined and network.name != GWBRIDGE_NAME
 
 
 class Naming:
@@ -74,6 +77,7 @@ class Naming:
         self._host_resolv_conf = host_resolv_conf
         self._host_conf: tuple[tuple[int, int, int], files.ResolvConf] | None = None  # (stat key, parsed)
         self._written: dict[str, tuple[str, tuple[int, int, int]]] = {}  # path -> (content, stat key)
+        state.listen_global_endpoints(self._remote_changed)
 
     # -- files ----------------------------------------------------------------------------
 
@@ -341,6 +345,30 @@ class Naming:
         wanted = [(s.id, s.key) for s in sandboxes if s.key and not dns.serving(s.id)]
         results = await dns.add_sandboxes(wanted)
         return {sandbox_id: r for sandbox_id, r in results.items() if isinstance(r, CnmError)}
+
+    def _remote_changed(self, _id: str, old: EndpointRecord | None, new: EndpointRecord | None) -> None:
+        """Another host's endpoint on a global network came, changed or went: its names
+        (container name, aliases, short id) answer on that network here too, under a
+        sandbox id of its own (``remote/<endpoint id>``).  This host's own endpoints are
+        published by ``publish`` (their sandbox is one of this host's)."""
+        if self._names is None:
+            return
+        for record in (old, new):
+            if record is not None:
+                self._names.remove_sandbox(REMOTE_PREFIX + record.id)
+        if new is None or new.sandbox_id in self._state.sandboxes or not new.name:
+            return
+        network = self._state.networks.get(new.network_id)
+        if network is None or new.address is None:
+            return
+        self._names.set_endpoint(
+            REMOTE_PREFIX + new.id,
+            network.id,
+            network.name,
+            new.name,
+            dns_names(new.name, new.aliases, new.container_id[:12], ""),
+            new.address.ip,
+        )
 
     async def withdraw(self, sandbox: SandboxRecord) -> list[BaseException]:
         """The sandbox is going away: drop its records and listener (idempotent)."""

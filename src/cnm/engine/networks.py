@@ -17,6 +17,7 @@ from cnm.engine.services import Services, now_rfc3339
 from cnm.errors import CnmError, Conflict, Forbidden, InvalidArgument, NotFound
 from cnm.model.network import (
     GLOBAL_DRIVERS,
+    GWBRIDGE_NAME,
     OPT_BRIDGE_NAME,
     OPT_DEFAULT_BRIDGE,
     OPT_HOST_BINDING,
@@ -156,10 +157,27 @@ class Networks:
         if cluster is None:
             return
         await cluster.start()
+        if self.by_name(GWBRIDGE_NAME) is None:
+            await self._create_gwbridge()
         local = {
-            n.name: n.id for n in self._state.networks.values() if n.scope == "local" and not n.predefined
+            n.name: n.id
+            for n in self._state.networks.values()
+            if n.scope == "local" and not n.predefined and n.name != GWBRIDGE_NAME
         }
         await cluster.reconcile_local(local)
+
+    async def _create_gwbridge(self) -> None:
+        """The local bridge network of overlay containers' outside traffic (Docker's
+        docker_gwbridge: containers do not talk to each other on it, their traffic out is
+        masqueraded).  Made at start in a cluster, so a start never creates a network."""
+        spec = NetworkSpec(
+            name=GWBRIDGE_NAME,
+            options={OPT_BRIDGE_NAME: GWBRIDGE_NAME, OPT_ICC: "false", OPT_MASQ: "true"},
+        )
+        # this host's own, like the predefined networks: its name is not published to the cluster
+        async with self._svc.locks.hold(catalogue=True):
+            self.validate(spec)
+            await Network.create(self._svc, spec)
 
     def peers(self, network: NetworkRecord) -> list[Node] | None:
         """The hosts of a global network (for now every live node of the cluster); None
@@ -187,6 +205,8 @@ class Networks:
                 continue  # not a candidate: no need to wait for its lock
             if candidate.scope == "global":
                 continue  # the cluster's: another host may be about to use it
+            if candidate.name == GWBRIDGE_NAME and self._svc.cluster is not None:
+                continue  # made at start, for the overlay containers of any later start
             async with Network(self._svc, candidate).hold(exclusive=True):
                 network = self._state.networks.get(candidate.id)
                 if network is None or network.predefined or self._state.endpoints_of_network(network.id):

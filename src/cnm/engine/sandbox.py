@@ -35,7 +35,7 @@ from cnm.engine.services import Services
 from cnm.errors import CnmError, Conflict, InvalidArgument, NotFound
 from cnm.model.container import Container, Image
 from cnm.model.endpoint import EndpointRecord, EndpointRequest, SandboxRecord
-from cnm.model.network import NetworkRecord
+from cnm.model.network import GWBRIDGE_NAME, NetworkRecord
 from cnm.model.values import new_id
 from cnm.runtime.api import ContainerFiles
 
@@ -146,6 +146,11 @@ class Sandbox:
             )
             svc.state.endpoints[ep.id] = ep.record
             stack.callback(svc.state.endpoints.pop, ep.id, None)
+        if not host_mode:
+            gw = await sandbox._join_gwbridge(stack, image)
+            if gw is not None:
+                svc.state.endpoints[gw.id] = gw
+                stack.callback(svc.state.endpoints.pop, gw.id, None)
         svc.naming.write_files(container, sandbox.record, sandbox.endpoints(), host_mode=host_mode)
         await svc.naming.publish(container, sandbox.record, sandbox.endpoints())
         stack.push_async_callback(svc.naming.withdraw, sandbox.record)
@@ -184,9 +189,56 @@ class Sandbox:
 
     async def connect(
         self, stack: AsyncExitStack, network: NetworkRecord, request: EndpointRequest
-    ) -> EndpointRecord:
-        """``network connect`` of the running container; the caller records the endpoint."""
-        return (await self._join(stack, network, request, None)).record
+    ) -> list[EndpointRecord]:
+        """``network connect`` of the running container; the caller records the endpoints
+        (the one asked for, and the ``cnm_gwbridge`` one if it needs one now)."""
+        ep = (await self._join(stack, network, request, None)).record
+        self._svc.state.endpoints[ep.id] = ep
+        stack.callback(self._svc.state.endpoints.pop, ep.id, None)
+        gw = await self._join_gwbridge(stack, None)
+        return [ep] if gw is None else [ep, gw]
+
+    # -- the gateway bridge of overlay containers -----------------------------------------
+
+    def _gwbridge(self) -> NetworkRecord | None:
+        """The ``cnm_gwbridge`` network when this sandbox needs an endpoint on it: it is on
+        a global network, nothing gives it a default route, it has none on it yet."""
+        state = self._svc.state
+        endpoints = self.endpoints()
+        networks = [state.networks.get(ep.network_id) for ep in endpoints]
+        if not any(n is not None and n.scope == "global" for n in networks):
+            return None
+        if any(ep.default_route for ep in endpoints):
+            return None
+        gw = next(
+            (n for n in state.networks.values() if n.name == GWBRIDGE_NAME and n.scope == "local"), None
+        )
+        if gw is None or any(ep.network_id == gw.id for ep in endpoints):
+            return None
+        return gw
+
+    async def _join_gwbridge(self, stack: AsyncExitStack, image: Image | None) -> EndpointRecord | None:
+        """An endpoint on ``cnm_gwbridge`` carrying the default route and the published
+        ports, if the sandbox needs one (``_gwbridge``); None otherwise."""
+        gw = self._gwbridge()
+        if gw is None:
+            return None
+        return (await self._join(stack, gw, EndpointRequest(), image)).record
+
+    async def leave_gwbridge(self) -> list[BaseException]:
+        """After a disconnect: the ``cnm_gwbridge`` endpoint goes with the sandbox's last
+        global network (the caller then fails the gateway over if it carried the route)."""
+        state = self._svc.state
+        endpoints = self.endpoints()
+        if any(
+            (n := state.networks.get(ep.network_id)) is not None and n.scope == "global" for ep in endpoints
+        ):
+            return []
+        for ep in endpoints:
+            network = state.networks.get(ep.network_id)
+            if network is not None and network.name == GWBRIDGE_NAME:
+                return await Endpoint.of(self._svc, ep).remove(self.record)
+        return []
 
     async def disconnect(self, endpoint: EndpointRecord, container: Container) -> list[BaseException]:
         """``network disconnect``: the endpoint leaves, and its record goes in the

@@ -17,7 +17,7 @@ endpoint record in the cluster store (any host's, on a global network) is mirror
 
 from __future__ import annotations
 
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any, TypeVar
 
 from cnm.errors import SystemFailure
@@ -136,6 +136,9 @@ class State:
         self.global_endpoints: IndexedTable[EndpointRecord] = IndexedTable("network_id")
         self._global_networks: Mirror[NetworkRecord] | None = None
         self._global_endpoints: Mirror[EndpointRecord] | None = None
+        self._global_endpoint_listeners: list[
+            Callable[[str, EndpointRecord | None, EndpointRecord | None], None]
+        ] = []
 
     async def load(self) -> None:
         """Read every record from the store and follow each kind from then on (daemon start)."""
@@ -150,8 +153,17 @@ class State:
             await networks.start()
             self._global_networks = networks
             endpoints = Mirror(self._global_store, "endpoint/", _global_endpoint, items=self.global_endpoints)
+            for listener in self._global_endpoint_listeners:
+                endpoints.listen(listener)
             await endpoints.start()
             self._global_endpoints = endpoints
+
+    def listen_global_endpoints(
+        self, listener: Callable[[str, EndpointRecord | None, EndpointRecord | None], None]
+    ) -> None:
+        """Call ``listener(id, old, new)`` for every change of the cluster store's endpoint
+        records (any host's), from the first load on; register before ``load``."""
+        self._global_endpoint_listeners.append(listener)
 
     def _global_network_changed(
         self, name: str, _old: NetworkRecord | None, new: NetworkRecord | None

@@ -29,6 +29,13 @@ OPT_IFACE_PREFIX = "com.docker.network.container_iface_prefix"
 # overlay: the VXLAN id(s) of a global network, as Docker shows them; "encrypted" (-o encrypted)
 OPT_VXLANID_LIST = "com.docker.network.driver.overlay.vxlanid_list"
 OPT_ENCRYPTED = "encrypted"
+# overlay: the per-host bridge and VXLAN device of a network (+ 12 hex of its id)
+OVERLAY_BRIDGE_PREFIX = "ov-"
+OVERLAY_VXLAN_PREFIX = "vx-"
+# Docker's docker_gwbridge: the local bridge network through which containers on overlay
+# networks (and nothing else giving them a default route) reach the outside and are reached
+# through their published ports.
+GWBRIDGE_NAME = "cnm_gwbridge"
 
 # Drivers whose networks span hosts (global scope: kept in the cluster store).
 GLOBAL_DRIVERS = ("overlay",)
