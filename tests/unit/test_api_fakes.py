@@ -9,8 +9,9 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from cnm.engine.cluster import Node
-from cnm.engine.controller import ContainerPaths, ContainerSample, EngineInfo, ExecInfo
+from cnm.engine.controller import ContainerPaths, ContainerSample
 from cnm.engine.events import Events
+from cnm.engine.info import EngineInfo, ExecInfo
 from cnm.errors import Conflict, Forbidden, NotFound, NotModified
 from cnm.kernel.api import LinkStats
 from cnm.model.container import RUNNING, Container, ContainerConfig, ContainerState, ExecSpec, Image

@@ -12,7 +12,7 @@ from cnm.api.schemas_system import VersionInfo, info_json
 from cnm.daemon.cluster import ClusterMembership, resolve_advertise
 from cnm.daemon.config import parse_args
 from cnm.daemon.main import main
-from cnm.engine.controller import EngineInfo
+from cnm.engine.info import EngineInfo
 from cnm.errors import Conflict, InvalidArgument
 from cnm.store.etcd import TlsFiles
 from cnm.store.memory import MemoryStore

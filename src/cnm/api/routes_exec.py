@@ -23,7 +23,7 @@ from cnm.api.hijack import (
     wants_upgrade,
 )
 from cnm.api.http import get_bool, get_str, get_str_list, json_response, query_int, read_json
-from cnm.engine.controller import ExecInfo
+from cnm.engine.info import ExecInfo
 from cnm.errors import CnmError, InvalidArgument
 from cnm.model.container import ExecSpec
 from cnm.runtime.api import Process

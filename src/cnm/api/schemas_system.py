@@ -8,7 +8,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from cnm.engine.controller import EngineInfo
+from cnm.engine.info import EngineInfo
 
 # Docker's answers on a node outside a swarm (cnm never joins one), word for word: SDK and
 # Compose teardowns recognise them.

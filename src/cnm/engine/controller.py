@@ -19,7 +19,6 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping, Sequence
-from dataclasses import dataclass
 
 from cnm.dns.records import NameTable
 from cnm.dns.server import DnsServer
@@ -32,6 +31,7 @@ from cnm.engine.execs import Execs
 from cnm.engine.exits import Exits
 from cnm.engine.freezer import Freezer
 from cnm.engine.images import Images
+from cnm.engine.info import EngineInfo, ExecInfo
 from cnm.engine.locks import KeyedLocks
 from cnm.engine.naming import Naming
 from cnm.engine.networks import Networks
@@ -57,30 +57,6 @@ from cnm.runtime.output import Subscription
 from cnm.store.api import Store
 
 log = logging.getLogger("cnm.engine")
-
-
-@dataclass(frozen=True, slots=True)
-class EngineInfo:
-    data_root: str
-    exec_root: str
-    bridge_name: str
-    firewall_backend: str
-    default_pools: tuple[tuple[str, int], ...]  # (base CIDR, size)
-    containers: int
-    running: int
-    stopped: int
-    images: int
-    debug: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ExecInfo:
-    id: str
-    container_id: str
-    spec: ExecSpec
-    running: bool
-    exit_code: int | None
-    pid: int
 
 
 class Controller:
