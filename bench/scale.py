@@ -15,7 +15,8 @@ on this machine's network changes.  Figures:
   running (``busybox sleep``, half on the default bridge, half on a user network).
   Goal: <= 2 s with 1,000.
 * (c) the earlier benchmarks' figures, old against new: attach (``connect`` + ``disconnect``
-  over the API, p50, as bench/attach.py) and publishing 1, 50 and 500 ports (``run -d``
+  over the API, p50, as bench/attach.py; both cnmd up at once in two hosts and measured in
+  alternating rounds, so load drifts over both alike) and publishing 1, 50 and 500 ports (``run -d``
   until the last port answers, ``rm -f``, as bench/ports.py, nftables in kernel mode; the
   throughput paths are bench/ports.py's, left out here).
 
@@ -166,9 +167,9 @@ def restart_cnm(host: TestHost, cnm: Cnm, image: str, count: int, table: Table) 
 # -- (c) attach and ports --------------------------------------------------------------------------
 
 
-def attach_ports_cnm(
-    host: TestHost, cnm: Cnm, image: str, count: int, sizes: list[int], table: Table
-) -> None:
+def attach_setup(host: TestHost, cnm: Cnm, image: str, count: int) -> list[str]:
+    """``cnm``'s cnmd in ``host`` with a network ``bench`` and ``count`` running containers
+    (their ids), ready for connect+disconnect rounds."""
     cnm.start(host, "--log-level", "info")
     cnm.import_image(host, image)
     api_ok(
@@ -181,23 +182,57 @@ def attach_ports_cnm(
         )["Id"]
         api_ok(host, "POST", f"/containers/{cid}/start")
         ids.append(cid)
+    return ids
 
-    def rounds() -> list[float]:
-        return [
-            timed(lambda cid=cid: api_ok(host, "POST", "/networks/bench/connect", {"Container": cid}))
-            + timed(lambda cid=cid: api_ok(host, "POST", "/networks/bench/disconnect", {"Container": cid}))
-            for cid in ids
-        ]
 
-    rounds()  # warm-up
-    times = rounds() + rounds()
-    table.add(
-        cnm.who,
-        "attach: API connect+disconnect",
-        pct(times, 50),
-        "ms",
-        f"n={len(times)} p99={pct(times, 99):.2f}",
-    )
+def attach_round(host: TestHost, ids: list[str]) -> list[float]:
+    """One connect+disconnect of every container in ``ids`` (ms each)."""
+    return [
+        timed(lambda cid=cid: api_ok(host, "POST", "/networks/bench/connect", {"Container": cid}))
+        + timed(lambda cid=cid: api_ok(host, "POST", "/networks/bench/disconnect", {"Container": cid}))
+        for cid in ids
+    ]
+
+
+def attach_side_by_side(engines: list[Cnm], image: str, count: int, rounds: int, table: Table) -> None:
+    """Attach p50 of every engine, each in its own host, all up at once and measured in
+    alternating rounds (the order flips each round), so that the machine's load drifts
+    over both alike: measured one after the other, the same code's p50 varied by 1.5x."""
+    print(f"[attach, side by side: {', '.join(e.who for e in engines)}]", flush=True)
+    hosts: list[TestHost] = []
+    try:
+        ids = []
+        for cnm in engines:
+            host = TestHost()
+            hosts.append(host)
+            host.start()
+            ids.append(attach_setup(host, cnm, image, count))
+        order = list(range(len(engines)))
+        for i in order:
+            attach_round(hosts[i], ids[i])  # warm-up
+        times: list[list[float]] = [[] for _ in engines]
+        for _ in range(rounds):
+            for i in order:
+                times[i] += attach_round(hosts[i], ids[i])
+            order.reverse()
+        for cnm, t in zip(engines, times, strict=True):
+            table.add(
+                cnm.who,
+                "attach: API connect+disconnect",
+                pct(t, 50),
+                "ms",
+                f"n={len(t)} p99={pct(t, 99):.2f}",
+            )
+    except HarnessError as exc:
+        table.note(f"attach: not measured: {exc}")
+    finally:
+        for host in hosts:
+            host.close()
+
+
+def ports_cnm(host: TestHost, cnm: Cnm, image: str, sizes: list[int], table: Table) -> None:
+    cnm.start(host, "--log-level", "info")
+    cnm.import_image(host, image)
     engine = Engine(cnm.who, host, cnm.cli(host), [])
     for size in sizes:
         start_remove(engine, size, 1, 120, table)
@@ -276,6 +311,7 @@ def main() -> int:
     )
     parser.add_argument("--containers", type=int, default=1000, help="running containers for (b)")
     parser.add_argument("--attach-containers", type=int, default=50, help="containers attached in (c)")
+    parser.add_argument("--attach-rounds", type=int, default=4, help="alternating rounds of attaches in (c)")
     parser.add_argument("--sizes", default="1,50,500", help="published ports in (c)")
     parser.add_argument("--parts", default="a,b,c", help="which figures: a, b, c")
     parser.add_argument("--no-old", action="store_true", help=f"do not run {RELEASE}")
@@ -329,16 +365,9 @@ def main() -> int:
             if docker:
                 table.note("docker: restart not measured (starting 1,000 Docker containers takes minutes)")
         if "c" in parts:
+            attach_side_by_side(engines, image, opts.attach_containers, opts.attach_rounds, table)
             for cnm in engines:
-                run_in_host(
-                    f"{cnm.who}: attach and ports",
-                    table,
-                    attach_ports_cnm,
-                    cnm,
-                    image,
-                    opts.attach_containers,
-                    opts.sizes,
-                )
+                run_in_host(f"{cnm.who}: ports", table, ports_cnm, cnm, image, opts.sizes)
             if docker:
                 run_in_host("docker: attach", table, attach_docker, image, opts.attach_containers)
     table.note(f"load average at the end: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
