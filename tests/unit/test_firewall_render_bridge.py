@@ -148,10 +148,21 @@ def test_bad_fields_are_refused_with_a_clear_error(field, value):
         r.guard_elements(guard(**{field: value}))
 
 
-@pytest.mark.parametrize("address", ["0.0.0.0", "224.0.0.1", "127.0.0.1", "255.255.255.255"])
+@pytest.mark.parametrize(
+    "address",
+    ["0.0.0.0", "224.0.0.1", "239.255.255.255", "127.0.0.1", "127.255.255.254", "255.255.255.255"],
+)
 def test_addresses_no_container_can_own_are_refused(address):
     with pytest.raises(InvalidArgument, match=address):
         r.guard_elements(guard(addresses=(address,)))
+
+
+@pytest.mark.parametrize(
+    "address", ["0.0.0.1", "126.255.255.255", "128.0.0.1", "223.255.255.255", "240.0.0.1", "255.255.255.254"]
+)
+def test_unicast_addresses_next_to_the_refused_ranges_are_guarded(address):
+    elements = r.guard_elements(guard(addresses=(address,)))
+    assert elements[-1].key.endswith(f" . {address}")
 
 
 def test_an_address_must_be_an_ipv4_address():

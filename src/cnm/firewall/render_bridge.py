@@ -93,14 +93,13 @@ def check_port(name: str) -> str:
 
 
 def check_address(address: object) -> IPv4Address:
+    """A unicast IPv4 address a port may send from: not 0.0.0.0, multicast (224/4),
+    loopback (127/8) or the broadcast address.  Tested on the integer, without building
+    addresses: a restore checks the address of every endpoint."""
     if not isinstance(address, IPv4Address):
         raise InvalidArgument(f"invalid IPv4 address {address!r} for a guarded port")
-    if (
-        address.is_unspecified
-        or address.is_multicast
-        or address.is_loopback
-        or address == IPv4Address("255.255.255.255")
-    ):
+    n = int(address)
+    if n == 0 or n >> 28 == 0xE or n >> 24 == 127 or n == 0xFFFFFFFF:
         raise InvalidArgument(f"{address} cannot be the address of a guarded port")
     return address
 
