@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from cnm.errors import InvalidArgument
+from cnm.errors import InvalidArgument, SystemFailure
 from cnm.runtime.logs import (
     MAX_RECORD,
     STDERR,
@@ -16,6 +16,7 @@ from cnm.runtime.logs import (
     LineSplitter,
     LogOptions,
     LogReader,
+    decode_record,
     log_files,
     parse_log_config,
     parse_time,
@@ -162,3 +163,30 @@ def test_read_batch_returns_every_record_of_what_it_read(tmp_path):
         got += batch
     reader.close()
     assert [r.data for r in got] == [f"line {i:03d}\n".encode() for i in range(500)]
+
+
+def test_a_lazy_writer_opens_the_log_at_its_first_write_and_rotates_as_if_it_had_been_open(tmp_path):
+    path = str(tmp_path / "log")
+    _fill(path, 3, LogOptions())
+    before = os.path.getsize(path)
+    options = LogOptions(max_size=before + 1, max_file=3)  # room for no record more
+    lazy = JsonLogWriter(str(tmp_path / "never"), options, lazy=True)
+    lazy.close()
+    assert not os.path.exists(tmp_path / "never")  # made, closed, never written: no file
+    w = JsonLogWriter(path, options, lazy=True)
+    w.write(STDOUT, [b"later\n"], 10_000_000_000)  # past max_size with what was there: rotates
+    w.write(STDOUT, [b"after\n"], 11_000_000_000)
+    w.close()
+    w.write(STDOUT, [b"closed\n"], 12_000_000_000)  # after close: nothing
+
+    def lines_of(name: str) -> list[bytes]:
+        return [decode_record(line).data for line in open(name, "rb")]  # type: ignore[union-attr]
+
+    assert lines_of(path + ".1") == [b"line 000\n", b"line 001\n", b"line 002\n"]
+    assert lines_of(path) == [b"later\n", b"after\n"]
+
+
+def test_a_lazy_writer_that_cannot_open_its_log_says_which(tmp_path):
+    w = JsonLogWriter(str(tmp_path / "missing-dir" / "log"), LogOptions(), lazy=True)
+    with pytest.raises(SystemFailure, match="missing-dir"):
+        w.write(STDOUT, [b"x\n"], 1)

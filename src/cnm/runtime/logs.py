@@ -163,22 +163,41 @@ def log_files(path: str) -> list[str]:
     return [*reversed(older), path]
 
 
-class JsonLogWriter:
-    """Appends records to ``path``, rotating per ``options``.  Owns the open file."""
+_NOT_OPEN = -2
+_CLOSED = -1
 
-    def __init__(self, path: str, options: LogOptions) -> None:
+
+class JsonLogWriter:
+    """Appends records to ``path``, rotating per ``options``.  Owns the open file.  With
+    ``lazy``, the file is opened at the first write (a restart makes a writer for every
+    running container, most of which write nothing soon); an error opening it is then
+    the first write's."""
+
+    def __init__(self, path: str, options: LogOptions, *, lazy: bool = False) -> None:
         self.path = path
         self.options = options
-        self._fd = self._open()
-        self._size = os.fstat(self._fd).st_size
+        self._fd = _NOT_OPEN  # then the open file; _CLOSED once closed
+        self._size = 0
+        if not lazy:
+            self._open_log()
+
+    def _open_log(self) -> int:
+        fd = self._fd = self._open()
+        self._size = os.fstat(fd).st_size
+        return fd
 
     def _open(self) -> int:
         return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
 
     def write(self, stream: int, pieces: list[bytes], ns: int | None = None) -> None:
         """Append one record per piece (all stamped ``ns``, default now)."""
-        if not pieces or self._fd < 0:
+        if not pieces or self._fd == _CLOSED:
             return
+        if self._fd == _NOT_OPEN:
+            try:
+                self._open_log()
+            except OSError as exc:
+                raise SystemFailure(f"opening log {self.path}: {exc.strerror}") from exc
         stamp = time.time_ns() if ns is None else ns
         for piece in pieces:
             record = encode_record(stream, piece, stamp)
@@ -213,7 +232,7 @@ class JsonLogWriter:
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
-            self._fd = -1
+        self._fd = _CLOSED
 
 
 @dataclass(frozen=True, slots=True)

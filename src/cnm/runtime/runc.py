@@ -479,9 +479,16 @@ class RuncRuntime:
         return hub
 
     def _copy_output(
-        self, cid: str, sources: list[tuple[int, int]], driver: str, options: logs.LogOptions
+        self,
+        cid: str,
+        sources: list[tuple[int, int]],
+        driver: str,
+        options: logs.LogOptions,
+        lazy: bool = False,
     ) -> Copier:
-        writer = logs.JsonLogWriter(self.log_path(cid), options) if driver == logs.JSON_FILE else None
+        writer = (
+            logs.JsonLogWriter(self.log_path(cid), options, lazy=lazy) if driver == logs.JSON_FILE else None
+        )
         return Copier(self._hub(cid), sources, writer)
 
     def _reattach_output(self, cid: str) -> Copier | None:
@@ -500,7 +507,7 @@ class RuncRuntime:
                 log.warning("container %s: its terminal was not kept; its output is lost", cid[:12])
                 return None
             self._ptys[cid] = master
-            return self._copy_output(cid, [(logs.STDOUT, os.dup(master))], info["driver"], options)
+            return self._copy_output(cid, [(logs.STDOUT, os.dup(master))], info["driver"], options, lazy=True)
         sources: list[tuple[int, int]] = []
         try:
             for stream, name in ((logs.STDOUT, "stdout"), (logs.STDERR, "stderr")):
@@ -511,7 +518,7 @@ class RuncRuntime:
                 os.close(fd)
             log.warning("container %s: cannot reopen its output: %s", cid[:12], exc)
             return None
-        return self._copy_output(cid, sources, info["driver"], options)
+        return self._copy_output(cid, sources, info["driver"], options, lazy=True)
 
     async def _drain_output(self, cid: str, timeout: float = OUTPUT_DRAIN_TIMEOUT) -> None:
         """Wait (bounded) until the copy of ``cid``'s output has reached EOF; after a
@@ -759,8 +766,12 @@ def _write_output_info(execdir: str, tty: bool, driver: str, options: logs.LogOp
 
 def _read_output_info(execdir: str) -> dict[str, Any] | None:
     try:
-        with open(os.path.join(execdir, "output.json"), encoding="utf-8") as fh:
-            info = json.load(fh)
+        # raw os calls: a restart reads this for every running container
+        fd = os.open(os.path.join(execdir, "output.json"), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            info = json.loads(os.read(fd, 4096))
+        finally:
+            os.close(fd)
         return {
             "tty": bool(info["tty"]),
             "driver": str(info["driver"]),
