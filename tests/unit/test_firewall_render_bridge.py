@@ -190,6 +190,12 @@ def test_sync_remakes_the_skeleton_empties_both_sets_and_refills_them():
     )
 
 
+def test_sync_given_the_checked_elements_renders_the_same_script():
+    a, b = guard(), guard(B, port="vethb2b2b2b", mac="02:42:0a:0a:00:03", addresses=("10.10.0.3",))
+    elements = r.elements_by_owner([a, b])
+    assert r.render_sync([a, b], elements=elements) == r.render_sync([a, b])
+
+
 def test_sync_of_nothing_empties_the_sets():
     assert lines(r.render_sync([]))[-2:] == ["flush set bridge cnm ports", "flush set bridge cnm addrs"]
 

@@ -51,7 +51,7 @@ class NftBridgeGuard:
         """Make the table guard exactly ``guards`` (skeleton re-made, both sets refilled),
         in one transaction."""
         elements = render_bridge.elements_by_owner(guards)  # validates before anything
-        self._nft.apply(render_bridge.render_sync(guards, self.table))
+        self._nft.apply(render_bridge.render_sync(guards, self.table, elements))
         self._remember_all(guards, elements)
 
     async def add_port(self, guard: PortGuard) -> None:

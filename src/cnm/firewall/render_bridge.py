@@ -38,7 +38,7 @@ whether or not it existed.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
@@ -229,11 +229,16 @@ def elements_by_owner(guards: Sequence[PortGuard]) -> dict[str, list[GuardElemen
     return out
 
 
-def render_sync(guards: Sequence[PortGuard], table: str = TABLE) -> str:
+def render_sync(
+    guards: Sequence[PortGuard], table: str = TABLE, elements: Mapping[str, list[GuardElement]] | None = None
+) -> str:
     """One transaction that leaves the table guarding exactly ``guards``: the skeleton
-    (re)made, both sets emptied and refilled."""
+    (re)made, both sets emptied and refilled.  ``elements``: ``elements_by_owner(guards)``
+    when the caller has it already (a restore syncs every port: checking each twice
+    costs)."""
     t = f"{FAMILY} {table}"
-    elements = elements_by_owner(guards)
+    if elements is None:
+        elements = elements_by_owner(guards)
     lines = setup_lines(table)
     lines += [f"flush set {t} {name}" for name in SETS]
     for owner, elems in elements.items():
