@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
+from overlay_hosts import Host, until
 
 from cnm.drivers.bridge import BridgeDriver
 from cnm.drivers.host import HostDriver
 from cnm.drivers.null import NullDriver
-from cnm.drivers.overlay import ClusterLink, OverlayDriver
-from cnm.engine.cluster import FIRST_VNI, GLOBAL_POOL, Cluster, vni_of
+from cnm.drivers.overlay import OverlayDriver
+from cnm.engine.cluster import FIRST_VNI, vni_of
 from cnm.engine.controller import Controller
 from cnm.errors import CnmError, Conflict, Forbidden, InvalidArgument, SystemFailure
 from cnm.firewall.fake import FakeFirewall
@@ -47,78 +47,17 @@ class YieldingStore(MemoryStore):
         return await super().commit(ops, checks)
 
 
-class Host:
-    """One host: its own local store, kernel, firewall and runtime; the cluster store is
-    shared.  ``controller()`` builds (or, again, restarts) its engine."""
-
-    def __init__(self, tmp_path, name: str, address: str, cluster_store: MemoryStore) -> None:
-        self.name = name
-        self.address = address
-        self.store = MemoryStore()
-        self.cluster_store = cluster_store
-        self.kernel = FakeKernel()
-        self.firewall = FakeFirewall()
-        self.runtime = FakeRuntime(str(tmp_path / name / "containers"))
-        self.runtime.add_image("busybox")
-        self.tmp = tmp_path / name
-        self.ctl: Controller | None = None
-
-    async def controller(self) -> Controller:
-        # the node record cnm.daemon.cluster keeps on the daemon's lease
-        await self.cluster_store.put(
-            f"node/{self.name}", {"Name": self.name, "ID": f"id-{self.name}", "Address": self.address}
-        )
-        cluster = Cluster(
-            self.cluster_store, self.name, self.address, DefaultIpam(self.cluster_store, (GLOBAL_POOL,))
-        )
-        ctl = Controller(
-            store=self.store,
-            ipam=DefaultIpam(self.store, DEFAULT_POOLS),
-            kernel=self.kernel,
-            firewall=self.firewall,
-            drivers={
-                "bridge": BridgeDriver(self.kernel, self.firewall),
-                "host": HostDriver(),
-                "null": NullDriver(),
-                "overlay": OverlayDriver(
-                    self.kernel, ClusterLink(self.cluster_store, self.name, IPv4Address(self.address))
-                ),
-            },
-            runtime=self.runtime,
-            data_root=str(self.tmp / "data"),
-            exec_root=str(self.tmp / "exec"),
-            cluster=cluster,
-        )
-        await ctl.start()
-        self.ctl = ctl
-        return ctl
-
-    async def stop(self) -> None:
-        assert self.ctl is not None
-        await self.ctl.close()
-        await self.ctl._state.close()
-        self.ctl = None
-
-
 @pytest.fixture
 async def hosts(tmp_path):
     shared = YieldingStore("global")
     a = Host(tmp_path, "h1", "198.51.100.1", shared)
     b = Host(tmp_path, "h2", "198.51.100.2", shared)
-    await a.controller()
-    await b.controller()
+    await a.start()
+    await b.start()
     yield a, b
     for host in (a, b):
         if host.ctl is not None:
             await host.stop()
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait for the watches to bring a change (they are asynchronous)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "the change never arrived"
-        await asyncio.sleep(0.01)
 
 
 def overlay(name: str, **kw) -> NetworkSpec:
@@ -311,7 +250,7 @@ async def test_a_restart_never_frees_another_hosts_addresses_in_a_global_pool(ho
     local = await a.ctl.create_network(NetworkSpec(name="loc"))
     leaked = await a.ctl._svc.ipam.allocate_address(local.id, "d" * 64)
     await a.stop()
-    await a.controller()
+    await a.start()
     assert a.ctl._svc.cluster.ipam.owners(net.id).get(taken) == "f" * 64
     assert b.ctl._svc.cluster.ipam.owners(net.id).get(taken) == "f" * 64
     assert leaked not in a.ctl._svc.ipam.owners(local.id)
@@ -323,7 +262,7 @@ async def test_a_restart_publishes_the_local_names_the_cluster_lost(hosts):
     await b.stop()
     await b.cluster_store.delete("localname/web/h2")  # a crash between create and publish
     await b.cluster_store.put("localname/gone/h2", {"network": "x"})  # and one between rm and unpublish
-    await b.controller()
+    await b.start()
     assert (await b.cluster_store.get("localname/web/h2")).doc == {"network": net.id}
     assert await b.cluster_store.get("localname/gone/h2") is None
     await until(lambda: a.ctl._svc.cluster.local_nodes("web") == {"h2"})

@@ -1,0 +1,123 @@
+"""Two or more hosts for the overlay's unit tests (tests/unit/test_engine_overlay.py,
+test_overlay_data.py): each a whole engine on fakes -- its own local store, FakeKernel with
+an underlay ``ul0``, firewall and runtime -- with the real overlay driver, all sharing one
+store as the cluster store.  ``until`` waits for the watches that carry one host's change
+to the others."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from ipaddress import IPv4Address, IPv4Interface
+
+from cnm.dns.records import NameTable
+from cnm.drivers.bridge import BridgeDriver
+from cnm.drivers.host import HostDriver
+from cnm.drivers.null import NullDriver
+from cnm.drivers.overlay import ClusterLink, OverlayDriver, vxlan_of
+from cnm.engine.cluster import GLOBAL_POOL, Cluster
+from cnm.engine.controller import Controller
+from cnm.firewall.fake import FakeFirewall
+from cnm.ipam.api import DEFAULT_POOLS
+from cnm.ipam.default import DefaultIpam
+from cnm.kernel.api import FdbEntry, NeighEntry
+from cnm.kernel.fake import HOST, FakeKernel
+from cnm.model.container import ContainerConfig
+from cnm.model.endpoint import EndpointRecord, EndpointRequest
+from cnm.model.network_mode import NetworkMode
+from cnm.runtime.fake import FakeRuntime
+from cnm.store.memory import MemoryStore
+
+
+class Host:
+    """One host: local store, fake kernel with an underlay ``ul0`` (MTU 1500), runtime; the
+    cluster store is shared.  ``start()`` builds (or, again, restarts) its engine."""
+
+    def __init__(self, tmp_path, name: str, address: str, cluster_store: MemoryStore) -> None:
+        self.name = name
+        self.address = address
+        self.store = MemoryStore()
+        self.cluster_store = cluster_store
+        self.kernel = FakeKernel()
+        self.kernel._add_link(
+            HOST, "ul0", "veth", up=True, mtu=1500, addresses=[IPv4Interface(f"{address}/24")]
+        )
+        self.firewall = FakeFirewall()
+        self.runtime = FakeRuntime(str(tmp_path / name / "containers"))
+        self.runtime.add_image("busybox")
+        self.tmp = tmp_path / name
+        self.ctl: Controller | None = None
+        self.driver: OverlayDriver | None = None
+        self.names = NameTable()
+
+    async def start(self) -> Controller:
+        await self.cluster_store.put(
+            f"node/{self.name}", {"Name": self.name, "ID": f"id-{self.name}", "Address": self.address}
+        )
+        cluster = Cluster(
+            self.cluster_store, self.name, self.address, DefaultIpam(self.cluster_store, (GLOBAL_POOL,))
+        )
+        self.driver = OverlayDriver(
+            self.kernel, ClusterLink(self.cluster_store, self.name, IPv4Address(self.address))
+        )
+        ctl = Controller(
+            store=self.store,
+            ipam=DefaultIpam(self.store, DEFAULT_POOLS),
+            kernel=self.kernel,
+            firewall=self.firewall,
+            drivers={
+                "bridge": BridgeDriver(self.kernel, self.firewall),
+                "host": HostDriver(),
+                "null": NullDriver(),
+                "overlay": self.driver,
+            },
+            runtime=self.runtime,
+            data_root=str(self.tmp / "data"),
+            exec_root=str(self.tmp / "exec"),
+            cluster=cluster,
+            names=self.names,
+        )
+        await ctl.start()
+        self.ctl = ctl
+        return ctl
+
+    async def stop(self) -> None:
+        assert self.ctl is not None and self.driver is not None
+        await self.ctl.close()
+        await self.ctl._state.close()
+        await self.driver.close()
+        self.ctl = None
+
+    async def run(self, name: str, network: str, **request) -> EndpointRecord:
+        """A started container on ``network``; its endpoint there."""
+        assert self.ctl is not None
+        container, _ = await self.ctl.create_container(
+            name, ContainerConfig(image="busybox", network_mode=NetworkMode.parse(network))
+        )
+        if request:
+            await self.ctl.disconnect(network, name)
+            await self.ctl.connect(network, name, EndpointRequest(**request))
+        await self.ctl.start_container(container.id)
+        return self.endpoint(name)
+
+    def endpoint(self, container: str) -> EndpointRecord:
+        assert self.ctl is not None
+        return next(ep for ep in self.ctl._state.endpoints.values() if ep.name == container)
+
+    def link(self, name: str):
+        return self.kernel.namespaces[HOST].get(name)
+
+    def fdb(self, network_id: str) -> set[FdbEntry]:
+        link = self.link(vxlan_of(network_id))
+        return {FdbEntry(mac, dst) for mac, dst in link.fdb.items()} if link else set()
+
+    def neigh(self, network_id: str) -> set[NeighEntry]:
+        link = self.link(vxlan_of(network_id))
+        return {NeighEntry(ip, mac) for ip, mac in link.neigh.items()} if link else set()
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "the change never arrived"
+        await asyncio.sleep(0.01)
