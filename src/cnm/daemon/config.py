@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 FIREWALL_BACKENDS = ("nftables", "iptables")
+DEFAULT_KEY_ROTATION = 12 * 3600.0  # as swarm rotates its overlay keys
+MIN_KEY_ROTATION = 2.0  # the announce-to-switch grace is half of it, and must reach every host
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +46,9 @@ class DaemonConfig:
     cluster_advertise: str = ""
     # --node-name: this daemon's name in the cluster (default: the hostname).
     node_name: str = ""
+    # --overlay-key-rotation: seconds between WireGuard key rotations of encrypted
+    # overlays (0 = never).
+    overlay_key_rotation: float = DEFAULT_KEY_ROTATION
 
 
 def socket_path_of(host: str) -> str:
@@ -128,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--node-name",
         metavar="NAME",
         help="this daemon's name in the cluster, unique among live daemons (default: the hostname)",
+    )
+    p.add_argument(
+        "--overlay-key-rotation",
+        metavar="DURATION",
+        help="how often encrypted overlays' WireGuard keys rotate: a Go duration (90s, 30m, 12h), "
+        "0 = never (default 12h)",
     )
     return p
 
@@ -216,6 +229,27 @@ def parse_advertise(value: str) -> str:
     return str(address)
 
 
+def parse_duration(flag: str, value: str) -> float:
+    """A Go-style duration (``12h``, ``1h30m``, ``90s``, ``500ms``; a bare ``0``) in seconds."""
+    text = value.strip()
+    if text == "0":
+        return 0.0
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise InvalidArgument(f"invalid {flag} {value!r}: expected a duration such as 90s, 30m or 12h, or 0")
+    return sum(float(n) * _UNIT_S[u] for n, u in parts)
+
+
+def parse_key_rotation(value: str) -> float:
+    """``--overlay-key-rotation``: 0 (never) or at least ``MIN_KEY_ROTATION`` seconds."""
+    seconds = parse_duration("--overlay-key-rotation", value)
+    if 0 < seconds < MIN_KEY_ROTATION:
+        raise InvalidArgument(
+            f"invalid --overlay-key-rotation {value!r}: at least {MIN_KEY_ROTATION:g}s, or 0 for never"
+        )
+    return seconds
+
+
 def parse_bool(flag: str, value: str) -> bool:
     low = value.strip().lower()
     if low in ("1", "true", "yes", "on"):
@@ -234,10 +268,17 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
     if not cgroup_parent or ".." in cgroup_parent.split("/"):
         raise InvalidArgument(f"invalid cgroup parent {args.cgroup_parent!r}")
     cluster_store, cluster_store_tls = parse_cluster_store(args.cluster_store, args.cluster_store_opt)
-    for flag, given in (("--cluster-advertise", args.cluster_advertise), ("--node-name", args.node_name)):
+    for flag, given in (
+        ("--cluster-advertise", args.cluster_advertise),
+        ("--node-name", args.node_name),
+        ("--overlay-key-rotation", args.overlay_key_rotation),
+    ):
         if given is not None and not cluster_store:
             raise InvalidArgument(f"{flag} given without --cluster-store")
     advertise = parse_advertise(args.cluster_advertise) if args.cluster_advertise is not None else ""
+    rotation = DEFAULT_KEY_ROTATION
+    if args.overlay_key_rotation is not None:
+        rotation = parse_key_rotation(args.overlay_key_rotation)
     node_name = ""
     if cluster_store and args.node_name is not None:
         node_name = parse_node_name(args.node_name)
@@ -263,4 +304,5 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
         cluster_store_tls=cluster_store_tls,
         cluster_advertise=advertise,
         node_name=node_name,
+        overlay_key_rotation=rotation,
     )
