@@ -16,6 +16,7 @@ import pytest
 from overlay_hosts import Host, until
 
 from cnm.daemon.config import parse_args, parse_key_rotation
+from cnm.drivers import overlay_crypt
 from cnm.drivers.overlay import bridge_of, vxlan_of
 from cnm.drivers.overlay_crypt import IFNAME, OWNER, Tunnel, load_keys, node_of
 from cnm.errors import InvalidArgument, SystemFailure
@@ -162,6 +163,22 @@ async def test_a_restart_keeps_the_key_and_adopts_the_device(hosts):
     await until(lambda: a.fdb(net.id) == {FdbEntry(db.mac, IPv4Address("100.64.0.2"))})
     doc = await node_doc(a)
     assert (doc["WireguardKey"], doc["TunnelAddress"]) == (public, "100.64.0.1")
+
+
+async def test_a_device_that_dies_is_started_again_with_its_key_and_peers(hosts, monkeypatch):
+    monkeypatch.setattr(overlay_crypt, "RECONCILE_S", 0.02)
+    a, b = hosts
+    await shared_network(a, b)
+    await a.run("web", "sec")
+    await b.run("db", "sec")
+    await until(lambda: len(device(a).peers) == 1)
+    before = device(a)
+    assert a.wireguard is not None
+    del a.wireguard.devices[IFNAME]  # wireguard-go killed: its TUN goes with it
+    a.kernel._remove(None, a.link(IFNAME))
+    await until(lambda: device(a) is not None and len(device(a).peers) == 1)
+    assert device(a).private_key == before.private_key and device(a).peers == before.peers
+    assert [str(x) for x in a.link(IFNAME).addresses] == ["100.64.0.1/10"]
 
 
 async def test_a_restart_without_an_encrypted_endpoint_stops_the_device_it_finds(tmp_path):

@@ -22,7 +22,9 @@ addresses), never as plain VXLAN.  ``Tunnel`` owns, per host:
   endpoint their underlay address, allowed IPs their tunnel address.  One task makes the
   device's peers equal to that (``desired_peers``), on every change of the records and
   every ``RECONCILE_S`` (a peer that switched keys before its record arrived is promoted
-  by its handshake);
+  by its handshake; a device found dead is started again, same key and address -- while it
+  is gone nothing leaks: the VXLAN devices send from the tunnel address, which then is no
+  address of this host, so the kernel routes none of their packets);
 - **rotation** (``RotationPolicy``; 0 = never): ``rotation_step`` announces the next key,
   then switches to it, each step saved to the key file before the device or the record.
 """
@@ -37,11 +39,11 @@ import math
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
-from cnm.errors import CnmError, InvalidArgument, SystemFailure, Unavailable
+from cnm.errors import CnmError, InvalidArgument, NotFound, SystemFailure, Unavailable
 from cnm.kernel.api import WgSpec, WireGuard
 from cnm.kernel.wireguard import (
     KeyPair,
@@ -189,7 +191,7 @@ class Tunnel:
         self._address: IPv4Address | None = None
         self._keys: KeyState | None = None
         self._users: set[str] = set()  # encrypted networks with a data plane here
-        self._mtu = 0
+        self._spec: WgSpec | None = None
         self._lock = asyncio.Lock()
         self._nodes: Mirror[NodeInfo] | None = None
         self._wake = asyncio.Event()
@@ -256,16 +258,15 @@ class Tunnel:
             await asyncio.to_thread(save_keys, self.key_path, keys)
             log.info("WireGuard key pair made for node %s (public key %s)", self.node, keys.current.public)
         self._keys = keys
-        self._mtu = tunnel_mtu(underlay_mtu)
-        spec = WgSpec(
+        self._spec = WgSpec(
             ifname=self.ifname,
             owner=OWNER,
             address=IPv4Interface(f"{address}/{self._pool.prefixlen}"),
             listen_port=self.port,
-            mtu=self._mtu,
+            mtu=tunnel_mtu(underlay_mtu),
             private_key=keys.current.private,
         )
-        await self.wireguard.up(spec)
+        await self.wireguard.up(self._spec)
         try:
             await self._follow_nodes()
             await self._reconcile()
@@ -374,8 +375,25 @@ class Tunnel:
                 async with self._lock:
                     if self._users:
                         await self._reconcile()
+            except NotFound:
+                await self._revive()
             except CnmError as exc:
                 log.warning("overlay tunnel peers: %s (again in %gs)", exc, RECONCILE_S)
+
+    async def _revive(self) -> None:
+        """The device died under us (killed, crashed): start it again with the current key."""
+        try:
+            async with self._lock:
+                if not self._users or self._spec is None or self._keys is None:
+                    return
+                log.warning("overlay tunnel %s is gone: starting it again", self.ifname)
+                self._spec = replace(self._spec, private_key=self._keys.current.private)
+                await self.wireguard.up(self._spec)
+                await self._reconcile()
+        except CnmError as exc:
+            log.warning(
+                "overlay tunnel %s not started again: %s (again in %gs)", self.ifname, exc, RECONCILE_S
+            )
 
     # -- rotation ---------------------------------------------------------------------------
 
