@@ -7,6 +7,7 @@ records; a restart keeps the key; keys rotate without the peers losing the node.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
@@ -19,7 +20,7 @@ from cnm.daemon.config import parse_args, parse_key_rotation
 from cnm.drivers import overlay_crypt
 from cnm.drivers.overlay import bridge_of, vxlan_of
 from cnm.drivers.overlay_crypt import IFNAME, OWNER, Tunnel, load_keys, node_of
-from cnm.errors import InvalidArgument, SystemFailure
+from cnm.errors import InvalidArgument, SystemFailure, Unavailable
 from cnm.kernel.api import FdbEntry, WgPeer, WgSpec
 from cnm.kernel.fake import FakeWireGuard
 from cnm.kernel.wireguard import KeyPair, RotationPolicy
@@ -232,6 +233,42 @@ async def test_keys_rotate_and_the_peer_follows_without_losing_the_node(tmp_path
     finally:
         for host in (a, b):
             await host.stop()
+
+
+async def test_a_switch_the_record_missed_is_published_again(tmp_path):
+    a = Host(
+        tmp_path, "h1", "198.51.100.1", MemoryStore("global"), tunnel=True, rotation=RotationPolicy(2, 0.2)
+    )
+    ctl = await a.start()
+    try:
+        await ctl.create_network(
+            NetworkSpec(name="sec", driver="overlay", attachable=True, options=ENCRYPTED)
+        )
+        await a.run("web", "sec")
+        first = (await node_doc(a))["WireguardKey"]
+        assert a.tunnel is not None
+        real, missed = a.tunnel._publish, []
+
+        async def flaky(fields: dict) -> None:
+            if fields["WireguardKey"] not in ("", first) and not missed:  # the switch's write
+                missed.append(fields)
+                raise Unavailable("the cluster store is unreachable")
+            await real(fields)
+
+        a.tunnel._publish = flaky
+        await until(lambda: bool(missed), timeout=5)
+        now = KeyPair.from_private(device(a).private_key).public
+        assert now != first
+        # written again after a pause, before the next announce (1.8 s after the switch)
+        for _ in range(150):
+            doc = await node_doc(a)
+            if (doc["WireguardKey"], doc["WireguardNextKey"]) == (now, ""):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError(f"the switch never reached the record: {doc}")
+    finally:
+        await a.stop()
 
 
 async def test_tunnel_addresses_are_unique_and_kept_by_node_name(tmp_path):

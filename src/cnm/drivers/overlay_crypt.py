@@ -399,18 +399,25 @@ class Tunnel:
 
     async def _rotate(self) -> None:
         """Follow ``rotation_step``: each new state saved before it reaches the device or
-        the record (a crash in between repeats the step from the file)."""
+        the record (a crash in between repeats the step from the file); a record that could
+        not be written is written again before the next step."""
+        unpublished = False  # a step the record does not show yet (etcd was unreachable)
         while True:
             try:
                 async with self._lock:
                     assert self._keys is not None
+                    if unpublished:
+                        await self._announce()
+                        unpublished = False
                     step, state, when = rotation_step(self._keys, self._rotation, self._clock())
                     if step is not Step.WAIT:
                         await asyncio.to_thread(save_keys, self.key_path, state)
                         if step is Step.SWITCH:
                             await self.wireguard.set_private_key(self.ifname, state.current.private)
                         self._keys = state
+                        unpublished = True
                         await self._announce()
+                        unpublished = False
                         log.info(
                             "overlay tunnel key %s: %s",
                             "announced" if step is Step.ANNOUNCE else "switched to",
