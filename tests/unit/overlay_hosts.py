@@ -105,8 +105,8 @@ class Host:
             cluster=cluster,
             names=self.names,
         )
+        self.ctl = ctl  # before its start: a start that fails is still stopped by ``stop``
         await ctl.start()
-        self.ctl = ctl
         return ctl
 
     async def publish(self, fields: dict) -> None:

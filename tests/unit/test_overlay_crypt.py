@@ -20,7 +20,7 @@ from cnm.daemon.config import parse_args, parse_key_rotation
 from cnm.drivers import overlay_crypt
 from cnm.drivers.overlay import bridge_of, vxlan_of
 from cnm.drivers.overlay_crypt import IFNAME, OWNER, Tunnel, load_keys, node_of
-from cnm.errors import InvalidArgument, SystemFailure, Unavailable
+from cnm.errors import InvalidArgument, SystemFailure, TeardownErrors, Unavailable
 from cnm.kernel.api import FdbEntry, WgPeer, WgSpec
 from cnm.kernel.fake import FakeWireGuard
 from cnm.kernel.wireguard import KeyPair, RotationPolicy
@@ -180,6 +180,29 @@ async def test_a_device_that_dies_is_started_again_with_its_key_and_peers(hosts,
     await until(lambda: device(a) is not None and len(device(a).peers) == 1)
     assert device(a).private_key == before.private_key and device(a).peers == before.peers
     assert [str(x) for x in a.link(IFNAME).addresses] == ["100.64.0.1/10"]
+
+
+async def test_no_record_or_entry_of_an_encrypted_network_points_outside_the_tunnel(hosts):
+    a, b = hosts
+    net = await shared_network(a, b)
+    web = await a.run("web", "sec")
+    db = await b.run("db", "sec")
+    # a record naming an underlay address as VTEP (a host without the tunnel, a bug): frames
+    # for it would leave in the clear, so it is never programmed
+    doc = dict((await b.cluster_store.get(f"endpoint/{db.id}")).doc)
+    doc.update(node="h9", vtep="198.51.100.9", mac="02:42:0a:00:00:99", address="10.0.0.99/24")
+    await b.cluster_store.put("endpoint/stray", doc)
+    await b.run("db2", "sec")
+    await until(lambda: len(a.fdb(net.id)) == 2)
+    assert {e.dst for e in a.fdb(net.id)} == {IPv4Address("100.64.0.2")}
+    # a restart whose tunnel cannot come up publishes no record of its endpoint at all
+    await a.stop()
+    await a.cluster_store.delete(f"endpoint/{web.id}")  # gone with the old lease
+    assert a.wireguard is not None
+    a.wireguard.fail("up", times=100)
+    with pytest.raises(TeardownErrors, match="injected failure in wg.up"):
+        await a.start()
+    assert await a.cluster_store.get(f"endpoint/{web.id}") is None
 
 
 async def test_a_restart_without_an_encrypted_endpoint_stops_the_device_it_finds(tmp_path):

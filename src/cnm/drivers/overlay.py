@@ -298,6 +298,8 @@ class OverlayDriver:
                     self._networks[network_id] = network
                 except CnmError as exc:
                     errors.append(exc)
+                    if OPT_ENCRYPTED in network.options:
+                        continue  # no tunnel: no record, which would name the underlay as VTEP
                 for endpoint in self._local[network_id].values():
                     try:
                         await self._publish(cluster, endpoint)
@@ -559,6 +561,18 @@ class OverlayDriver:
                 mine.add(peer.id)
                 continue
             if peer.vtep is None or peer.ip is None or not peer.mac:
+                continue
+            if (
+                network_id in self._tunneled
+                and self._tunnel is not None
+                and not self._tunnel.carries(peer.vtep)
+            ):
+                log.warning(
+                    "endpoint %s of node %s not programmed: its VTEP %s is outside the tunnel",
+                    peer.id[:12],
+                    peer.node,
+                    peer.vtep,
+                )
                 continue
             try:
                 fdb.add(FdbEntry(peer.mac, peer.vtep))

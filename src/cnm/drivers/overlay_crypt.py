@@ -207,6 +207,10 @@ class Tunnel:
 
     # -- the address ----------------------------------------------------------------------
 
+    def carries(self, address: IPv4Address) -> bool:
+        """Whether VXLAN sent to ``address`` goes through the tunnel (a tunnel address)."""
+        return address in self._pool
+
     async def address(self) -> IPv4Address:
         """This node's tunnel address: the one the cluster store gives its name, else the
         first free one of the pool, taken by CAS (two nodes never get the same)."""
