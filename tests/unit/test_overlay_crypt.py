@@ -16,7 +16,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 import pytest
 from overlay_hosts import Host, until
 
-from cnm.daemon.config import parse_args, parse_key_rotation
+from cnm.daemon.config import DEFAULT_TUNNEL_POOL, parse_args, parse_key_rotation, parse_tunnel_pool
 from cnm.drivers import overlay_crypt
 from cnm.drivers.overlay import bridge_of, vxlan_of
 from cnm.drivers.overlay_crypt import IFNAME, OWNER, Tunnel, load_keys, node_of
@@ -343,3 +343,35 @@ def test_the_rotation_flag_is_a_duration_or_zero_and_needs_a_cluster():
             parse_key_rotation(bad)
     with pytest.raises(InvalidArgument, match="--overlay-key-rotation given without --cluster-store"):
         parse_args(["--overlay-key-rotation", "1h"])
+
+
+def test_the_tunnel_pool_flag_is_a_unicast_network_with_room_and_needs_a_cluster():
+    assert parse_tunnel_pool("10.250.0.0/16") == IPv4Network("10.250.0.0/16")
+    assert DEFAULT_TUNNEL_POOL == IPv4Network("100.64.0.0/10")
+    for bad, why in (
+        ("10.250.0.1/16", "has host bits set"),
+        ("10.250.0.0/31", "no room"),
+        ("224.0.0.0/8", "not a unicast network"),
+        ("fd00::/64", "Expected 4 octets"),
+    ):
+        with pytest.raises(InvalidArgument, match=f"invalid --overlay-tunnel-pool .*{why}"):
+            parse_tunnel_pool(bad)
+    with pytest.raises(InvalidArgument, match="--overlay-tunnel-pool given without --cluster-store"):
+        parse_args(["--overlay-tunnel-pool", "10.250.0.0/16"])
+
+
+async def test_a_tunnel_takes_its_address_from_its_pool(tmp_path):
+    async def publish(_fields: dict) -> None:
+        return None
+
+    tunnel = Tunnel(
+        FakeWireGuard(),
+        MemoryStore("global"),
+        "n1",
+        IPv4Address("198.51.100.9"),
+        key_path=str(tmp_path / "k"),
+        publish=publish,
+        pool=IPv4Network("10.250.0.0/16"),
+    )
+    assert await tunnel.address() == IPv4Address("10.250.0.1")
+    assert tunnel.carries(IPv4Address("10.250.9.9")) and not tunnel.carries(IPv4Address("100.64.0.1"))

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 FIREWALL_BACKENDS = ("nftables", "iptables")
+DEFAULT_TUNNEL_POOL = ipaddress.IPv4Network("100.64.0.0/10")  # shared address space, RFC 6598
 DEFAULT_KEY_ROTATION = 12 * 3600.0  # as swarm rotates its overlay keys
 MIN_KEY_ROTATION = 2.0  # the announce-to-switch grace is half of it, and must reach every host
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -49,6 +50,9 @@ class DaemonConfig:
     # --overlay-key-rotation: seconds between WireGuard key rotations of encrypted
     # overlays (0 = never).
     overlay_key_rotation: float = DEFAULT_KEY_ROTATION
+    # --overlay-tunnel-pool: where nodes take their WireGuard tunnel addresses (the same on
+    # every node of a cluster).
+    overlay_tunnel_pool: ipaddress.IPv4Network = DEFAULT_TUNNEL_POOL
 
 
 def socket_path_of(host: str) -> str:
@@ -141,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="how often encrypted overlays' WireGuard keys rotate: a Go duration (90s, 30m, 12h), "
         "0 = never (default 12h)",
+    )
+    p.add_argument(
+        "--overlay-tunnel-pool",
+        metavar="CIDR",
+        help="IPv4 network the nodes take their WireGuard tunnel addresses from, the same on "
+        "every node (default 100.64.0.0/10)",
     )
     return p
 
@@ -250,6 +260,20 @@ def parse_key_rotation(value: str) -> float:
     return seconds
 
 
+def parse_tunnel_pool(value: str) -> ipaddress.IPv4Network:
+    """``--overlay-tunnel-pool``: an IPv4 network with room for two nodes at least."""
+    what = f"invalid --overlay-tunnel-pool {value!r}"
+    try:
+        pool = ipaddress.IPv4Network(value.strip())
+    except ValueError as exc:
+        raise InvalidArgument(f"{what}: {exc}") from None
+    if pool.prefixlen > 30:
+        raise InvalidArgument(f"{what}: a /{pool.prefixlen} has no room for a cluster, give /30 or larger")
+    if pool.is_multicast or pool.is_loopback or pool.is_link_local or pool.is_unspecified:
+        raise InvalidArgument(f"{what}: not a unicast network")
+    return pool
+
+
 def parse_bool(flag: str, value: str) -> bool:
     low = value.strip().lower()
     if low in ("1", "true", "yes", "on"):
@@ -272,6 +296,7 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
         ("--cluster-advertise", args.cluster_advertise),
         ("--node-name", args.node_name),
         ("--overlay-key-rotation", args.overlay_key_rotation),
+        ("--overlay-tunnel-pool", args.overlay_tunnel_pool),
     ):
         if given is not None and not cluster_store:
             raise InvalidArgument(f"{flag} given without --cluster-store")
@@ -279,6 +304,9 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
     rotation = DEFAULT_KEY_ROTATION
     if args.overlay_key_rotation is not None:
         rotation = parse_key_rotation(args.overlay_key_rotation)
+    tunnel_pool = DEFAULT_TUNNEL_POOL
+    if args.overlay_tunnel_pool is not None:
+        tunnel_pool = parse_tunnel_pool(args.overlay_tunnel_pool)
     node_name = ""
     if cluster_store and args.node_name is not None:
         node_name = parse_node_name(args.node_name)
@@ -305,4 +333,5 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
         cluster_advertise=advertise,
         node_name=node_name,
         overlay_key_rotation=rotation,
+        overlay_tunnel_pool=tunnel_pool,
     )

@@ -198,6 +198,7 @@ def _build(
             key_path=os.path.join(config.data_root, "wireguard.json"),
             publish=lambda fields: cluster.update(**fields),
             rotation=policy,
+            pool=config.overlay_tunnel_pool,
         )
         link = ClusterLink(
             cluster.store, cluster.node_name, IPv4Address(cluster.address), lambda: cluster.lease
