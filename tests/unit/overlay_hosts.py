@@ -2,7 +2,9 @@
 test_overlay_data.py): each a whole engine on fakes -- its own local store, FakeKernel with
 an underlay ``ul0``, firewall and runtime -- with the real overlay driver, all sharing one
 store as the cluster store.  ``until`` waits for the watches that carry one host's change
-to the others."""
+to the others.  ``Host(…, tunnel=True)``: the host has a WireGuard tunnel for encrypted
+networks (``FakeWireGuard``; its key file in the host's directory; its node record fields
+written into the shared store as the daemon's cluster membership writes them)."""
 
 from __future__ import annotations
 
@@ -15,13 +17,15 @@ from cnm.drivers.bridge import BridgeDriver
 from cnm.drivers.host import HostDriver
 from cnm.drivers.null import NullDriver
 from cnm.drivers.overlay import ClusterLink, OverlayDriver, vxlan_of
+from cnm.drivers.overlay_crypt import Tunnel
 from cnm.engine.cluster import GLOBAL_POOL, Cluster
 from cnm.engine.controller import Controller
 from cnm.firewall.fake import FakeFirewall
 from cnm.ipam.api import DEFAULT_POOLS
 from cnm.ipam.default import DefaultIpam
 from cnm.kernel.api import FdbEntry, NeighEntry
-from cnm.kernel.fake import HOST, FakeKernel
+from cnm.kernel.fake import HOST, FakeKernel, FakeWireGuard
+from cnm.kernel.wireguard import RotationPolicy
 from cnm.model.container import ContainerConfig
 from cnm.model.endpoint import EndpointRecord, EndpointRequest
 from cnm.model.network_mode import NetworkMode
@@ -33,7 +37,16 @@ class Host:
     """One host: local store, fake kernel with an underlay ``ul0`` (MTU 1500), runtime; the
     cluster store is shared.  ``start()`` builds (or, again, restarts) its engine."""
 
-    def __init__(self, tmp_path, name: str, address: str, cluster_store: MemoryStore) -> None:
+    def __init__(
+        self,
+        tmp_path,
+        name: str,
+        address: str,
+        cluster_store: MemoryStore,
+        *,
+        tunnel: bool = False,
+        rotation: RotationPolicy | None = None,
+    ) -> None:
         self.name = name
         self.address = address
         self.store = MemoryStore()
@@ -49,6 +62,9 @@ class Host:
         self.ctl: Controller | None = None
         self.driver: OverlayDriver | None = None
         self.names = NameTable()
+        self.wireguard = FakeWireGuard(self.kernel) if tunnel else None
+        self.rotation = rotation
+        self.tunnel: Tunnel | None = None
 
     async def start(self) -> Controller:
         await self.cluster_store.put(
@@ -57,8 +73,20 @@ class Host:
         cluster = Cluster(
             self.cluster_store, self.name, self.address, DefaultIpam(self.cluster_store, (GLOBAL_POOL,))
         )
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.tunnel = None
+        if self.wireguard is not None:
+            self.tunnel = Tunnel(
+                self.wireguard,
+                self.cluster_store,
+                self.name,
+                IPv4Address(self.address),
+                key_path=str(self.tmp / "wireguard.json"),
+                publish=self.publish,
+                rotation=self.rotation,
+            )
         self.driver = OverlayDriver(
-            self.kernel, ClusterLink(self.cluster_store, self.name, IPv4Address(self.address))
+            self.kernel, ClusterLink(self.cluster_store, self.name, IPv4Address(self.address)), self.tunnel
         )
         ctl = Controller(
             store=self.store,
@@ -77,9 +105,16 @@ class Host:
             cluster=cluster,
             names=self.names,
         )
+        self.ctl = ctl  # before its start: a start that fails is still stopped by ``stop``
         await ctl.start()
-        self.ctl = ctl
         return ctl
+
+    async def publish(self, fields: dict) -> None:
+        """Fields of this host's node record, written as ``ClusterMembership.update`` does."""
+        entry = await self.cluster_store.get(f"node/{self.name}")
+        doc = dict(entry.doc) if entry is not None else {"Name": self.name, "Address": self.address}
+        doc.update(fields)
+        await self.cluster_store.put(f"node/{self.name}", doc)
 
     async def stop(self) -> None:
         assert self.ctl is not None and self.driver is not None

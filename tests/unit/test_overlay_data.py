@@ -227,7 +227,7 @@ async def test_an_overlay_container_routes_out_through_cnm_gwbridge(hosts):
     assert {f"endpoint/{ep.id}" for ep in eps.values()} <= stored  # both recorded
 
 
-async def test_an_encrypted_network_is_refused_rather_than_sent_in_the_clear(hosts):
+async def test_an_encrypted_network_is_refused_without_a_tunnel_rather_than_sent_in_the_clear(hosts):
     a, b = hosts
     await a.ctl.create_network(
         NetworkSpec(name="sec", driver="overlay", attachable=True, options={"encrypted": ""})
@@ -235,7 +235,7 @@ async def test_an_encrypted_network_is_refused_rather_than_sent_in_the_clear(hos
     container, _ = await a.ctl.create_container(
         "web", ContainerConfig(image="busybox", network_mode=NetworkMode.parse("sec"))
     )
-    with pytest.raises(Unavailable, match="it is encrypted, and cnm does not encrypt overlay traffic yet"):
+    with pytest.raises(Unavailable, match="it is encrypted, and this cnmd has no WireGuard tunnel"):
         await a.ctl.start_container(container.id)
     assert not [name for name in a.kernel.namespaces[HOST] if name.startswith(("ov-", "vx-"))]
     assert (await a.cluster_store.list("endpoint/")).entries == []

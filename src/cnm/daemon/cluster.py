@@ -8,8 +8,11 @@ out, so the other daemons see it gone (a watch on ``node/``).  At shutdown the l
 revoked: the key goes at once.  Without the flag none of this exists.
 
 The record (``NodeRecord`` fields, Docker-style keys): the node's name, the daemon's id,
-its advertise address (the underlay address other hosts send VXLAN to) and its WireGuard
-public key (empty until encryption sets it).  A node name is one live daemon's: a second
+its advertise address (the underlay address other hosts send VXLAN to) and, while the
+node runs an encrypted overlay's tunnel, its WireGuard public key (``WireguardKey``, empty
+otherwise; ``WireguardNextKey`` while a rotation is announced), ``TunnelAddress`` and
+``WireguardPort`` (``update``: the overlay's tunnel writes them; a record announced again
+after a lost lease carries them).  A node name is one live daemon's: a second
 daemon taking a name whose record is alive under another daemon id is refused at start;
 the same daemon (its data root) restarting before its old lease ran out takes its record
 back.

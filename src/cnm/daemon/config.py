@@ -20,6 +20,11 @@ if TYPE_CHECKING:
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 FIREWALL_BACKENDS = ("nftables", "iptables")
+DEFAULT_TUNNEL_POOL = ipaddress.IPv4Network("100.64.0.0/10")  # shared address space, RFC 6598
+DEFAULT_KEY_ROTATION = 12 * 3600.0  # as swarm rotates its overlay keys
+MIN_KEY_ROTATION = 2.0  # the announce-to-switch grace is half of it, and must reach every host
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +47,12 @@ class DaemonConfig:
     cluster_advertise: str = ""
     # --node-name: this daemon's name in the cluster (default: the hostname).
     node_name: str = ""
+    # --overlay-key-rotation: seconds between WireGuard key rotations of encrypted
+    # overlays (0 = never).
+    overlay_key_rotation: float = DEFAULT_KEY_ROTATION
+    # --overlay-tunnel-pool: where nodes take their WireGuard tunnel addresses (the same on
+    # every node of a cluster).
+    overlay_tunnel_pool: ipaddress.IPv4Network = DEFAULT_TUNNEL_POOL
 
 
 def socket_path_of(host: str) -> str:
@@ -128,6 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--node-name",
         metavar="NAME",
         help="this daemon's name in the cluster, unique among live daemons (default: the hostname)",
+    )
+    p.add_argument(
+        "--overlay-key-rotation",
+        metavar="DURATION",
+        help="how often encrypted overlays' WireGuard keys rotate: a Go duration (90s, 30m, 12h), "
+        "0 = never (default 12h)",
+    )
+    p.add_argument(
+        "--overlay-tunnel-pool",
+        metavar="CIDR",
+        help="IPv4 network the nodes take their WireGuard tunnel addresses from, the same on "
+        "every node (default 100.64.0.0/10)",
     )
     return p
 
@@ -216,6 +239,41 @@ def parse_advertise(value: str) -> str:
     return str(address)
 
 
+def parse_duration(flag: str, value: str) -> float:
+    """A Go-style duration (``12h``, ``1h30m``, ``90s``, ``500ms``; a bare ``0``) in seconds."""
+    text = value.strip()
+    if text == "0":
+        return 0.0
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise InvalidArgument(f"invalid {flag} {value!r}: expected a duration such as 90s, 30m or 12h, or 0")
+    return sum(float(n) * _UNIT_S[u] for n, u in parts)
+
+
+def parse_key_rotation(value: str) -> float:
+    """``--overlay-key-rotation``: 0 (never) or at least ``MIN_KEY_ROTATION`` seconds."""
+    seconds = parse_duration("--overlay-key-rotation", value)
+    if 0 < seconds < MIN_KEY_ROTATION:
+        raise InvalidArgument(
+            f"invalid --overlay-key-rotation {value!r}: at least {MIN_KEY_ROTATION:g}s, or 0 for never"
+        )
+    return seconds
+
+
+def parse_tunnel_pool(value: str) -> ipaddress.IPv4Network:
+    """``--overlay-tunnel-pool``: an IPv4 network with room for two nodes at least."""
+    what = f"invalid --overlay-tunnel-pool {value!r}"
+    try:
+        pool = ipaddress.IPv4Network(value.strip())
+    except ValueError as exc:
+        raise InvalidArgument(f"{what}: {exc}") from None
+    if pool.prefixlen > 30:
+        raise InvalidArgument(f"{what}: a /{pool.prefixlen} has no room for a cluster, give /30 or larger")
+    if pool.is_multicast or pool.is_loopback or pool.is_link_local or pool.is_unspecified:
+        raise InvalidArgument(f"{what}: not a unicast network")
+    return pool
+
+
 def parse_bool(flag: str, value: str) -> bool:
     low = value.strip().lower()
     if low in ("1", "true", "yes", "on"):
@@ -234,10 +292,21 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
     if not cgroup_parent or ".." in cgroup_parent.split("/"):
         raise InvalidArgument(f"invalid cgroup parent {args.cgroup_parent!r}")
     cluster_store, cluster_store_tls = parse_cluster_store(args.cluster_store, args.cluster_store_opt)
-    for flag, given in (("--cluster-advertise", args.cluster_advertise), ("--node-name", args.node_name)):
+    for flag, given in (
+        ("--cluster-advertise", args.cluster_advertise),
+        ("--node-name", args.node_name),
+        ("--overlay-key-rotation", args.overlay_key_rotation),
+        ("--overlay-tunnel-pool", args.overlay_tunnel_pool),
+    ):
         if given is not None and not cluster_store:
             raise InvalidArgument(f"{flag} given without --cluster-store")
     advertise = parse_advertise(args.cluster_advertise) if args.cluster_advertise is not None else ""
+    rotation = DEFAULT_KEY_ROTATION
+    if args.overlay_key_rotation is not None:
+        rotation = parse_key_rotation(args.overlay_key_rotation)
+    tunnel_pool = DEFAULT_TUNNEL_POOL
+    if args.overlay_tunnel_pool is not None:
+        tunnel_pool = parse_tunnel_pool(args.overlay_tunnel_pool)
     node_name = ""
     if cluster_store and args.node_name is not None:
         node_name = parse_node_name(args.node_name)
@@ -263,4 +332,6 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
         cluster_store_tls=cluster_store_tls,
         cluster_advertise=advertise,
         node_name=node_name,
+        overlay_key_rotation=rotation,
+        overlay_tunnel_pool=tunnel_pool,
     )

@@ -134,6 +134,7 @@ def _build(
     from cnm.drivers.host import HostDriver
     from cnm.drivers.null import NullDriver
     from cnm.drivers.overlay import ClusterLink, OverlayDriver
+    from cnm.drivers.overlay_crypt import Tunnel
     from cnm.engine.cluster import GLOBAL_POOL, Cluster
     from cnm.engine.controller import Controller
     from cnm.engine.ports import Publisher
@@ -142,6 +143,8 @@ def _build(
     from cnm.firewall.nftables import NftablesFirewall
     from cnm.ipam.default import DefaultIpam
     from cnm.kernel.netlink import LinuxKernel
+    from cnm.kernel.wireguard import RotationPolicy
+    from cnm.kernel.wireguard_go import WireGuardGo
     from cnm.portmap.allocator import PortAllocator
     from cnm.portmap.proxy import UserlandProxy
     from cnm.store.sqlite import SqliteStore
@@ -180,14 +183,27 @@ def _build(
         "bridge": BridgeDriver(kernel, firewall, hairpin=not config.userland_proxy, guard=guard),
         "host": HostDriver(),
         "null": NullDriver(),
-        # without --cluster-store, joins are refused (the driver says why)
-        "overlay": OverlayDriver(
-            kernel,
-            ClusterLink(cluster.store, cluster.node_name, IPv4Address(cluster.address), lambda: cluster.lease)
-            if cluster is not None
-            else None,
-        ),
     }
+    if cluster is None:  # joins are refused (the driver says why)
+        drivers["overlay"] = OverlayDriver(kernel)
+    else:
+        interval = config.overlay_key_rotation
+        # the next key is announced half an interval (at most 10 s) before it is used
+        policy = RotationPolicy(interval, grace=min(10.0, interval / 2))
+        tunnel = Tunnel(
+            WireGuardGo(daemon),
+            cluster.store,
+            cluster.node_name,
+            IPv4Address(cluster.address),
+            key_path=os.path.join(config.data_root, "wireguard.json"),
+            publish=lambda fields: cluster.update(**fields),
+            rotation=policy,
+            pool=config.overlay_tunnel_pool,
+        )
+        link = ClusterLink(
+            cluster.store, cluster.node_name, IPv4Address(cluster.address), lambda: cluster.lease
+        )
+        drivers["overlay"] = OverlayDriver(kernel, link, tunnel)
     engine_cluster = None
     if cluster is not None:
         # global networks' pools: one address space for the whole cluster, on its store

@@ -19,6 +19,11 @@ kernel until a container of that host joins.  So ``create_network`` and
   proxy answers with) on that network's VXLAN device.  No multicast, no flooding, no
   learning: a MAC nobody programmed is unreachable.
 
+An encrypted network (``-o encrypted``) differs in one thing: its VXLAN device sends from
+this node's WireGuard tunnel address, and its endpoints' records name that address as
+their VTEP, so its frames cross the underlay inside WireGuard only (``overlay_crypt``
+owns the tunnel; the device's MTU leaves room for both headers).
+
 Entries are never patched one by one: a change to a network's remote endpoints marks the
 network, and a single task makes each marked network's entries equal to what the mirror
 says, against the kernel's own lists (so a relist of the mirror, a restart, or an entry
@@ -37,8 +42,10 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
 from typing import Any, Protocol
 
+from cnm.drivers.overlay_crypt import Tunnel
 from cnm.errors import CnmError, InvalidArgument, KernelError, TeardownErrors, Unavailable
 from cnm.kernel.api import FdbEntry, Kernel, LinkInfo, NeighEntry, VethSpec, VxlanSpec, may_remove
+from cnm.kernel.wireguard import vxlan_mtu_over_tunnel
 from cnm.model.endpoint import EndpointRecord, SandboxRecord
 from cnm.model.network import (
     OPT_BRIDGE_NAME,
@@ -134,14 +141,22 @@ def peer_of(name: str, doc: Document) -> PeerEndpoint:
 
 class OverlayDriver:
     """The CNM ``overlay`` driver over a kernel and, with ``--cluster-store``, the cluster
-    (``cluster`` None: every join is refused, clearly)."""
+    (``cluster`` None: every join is refused, clearly), and this node's WireGuard
+    ``tunnel`` for encrypted networks (None: joining one is refused)."""
 
     name = "overlay"
     needs_ipam = True
 
-    def __init__(self, kernel: OverlayKernel | None = None, cluster: ClusterLink | None = None) -> None:
+    def __init__(
+        self,
+        kernel: OverlayKernel | None = None,
+        cluster: ClusterLink | None = None,
+        tunnel: Tunnel | None = None,
+    ) -> None:
         self._kernel = kernel
         self._cluster = cluster
+        self._tunnel = tunnel
+        self._tunneled: dict[str, IPv4Address] = {}  # encrypted networks here: their VTEP
         self._lock = asyncio.Lock()
         # networks with a data plane on this host, and their local endpoints
         self._networks: dict[str, NetworkRecord] = {}
@@ -283,6 +298,8 @@ class OverlayDriver:
                     self._networks[network_id] = network
                 except CnmError as exc:
                     errors.append(exc)
+                    if OPT_ENCRYPTED in network.options:
+                        continue  # no tunnel: no record, which would name the underlay as VTEP
                 for endpoint in self._local[network_id].values():
                     try:
                         await self._publish(cluster, endpoint)
@@ -290,6 +307,11 @@ class OverlayDriver:
                         errors.append(exc)
             errors += await self._forget_stale_records(cluster)
             errors += await self._remove_stale_links(kernel, list(links.values()))
+            if self._tunnel is not None:
+                try:
+                    await self._tunnel.reap()
+                except CnmError as exc:
+                    errors.append(exc)
             for network_id in self._networks:
                 self._mark(network_id)
         if errors:
@@ -353,19 +375,28 @@ class OverlayDriver:
             )
         if not vni_of(network):
             raise InvalidArgument(f"overlay network {network.name} has no VXLAN id")
-        if OPT_ENCRYPTED in network.options:
-            # never its traffic in the clear: the WireGuard tunnel is not wired to it yet
+        if OPT_ENCRYPTED in network.options and self._tunnel is None:
+            # never its traffic in the clear
             raise Unavailable(
-                f"cannot attach to overlay network {network.name}: it is encrypted, and cnm "
-                "does not encrypt overlay traffic yet"
+                f"cannot attach to overlay network {network.name}: it is encrypted, and this "
+                "cnmd has no WireGuard tunnel"
             )
         return self._kernel, self._cluster
 
     async def _mtu(self, kernel: Kernel, cluster: ClusterLink, network: NetworkRecord) -> int:
         """The network's MTU when given (``-o com.docker.network.driver.mtu``), else the
-        underlay's (the interface holding the advertise address) minus VXLAN's 50."""
-        if network.options.get(OPT_MTU):
-            return parse_mtu(network.options[OPT_MTU])
+        underlay's (the interface holding the advertise address) minus VXLAN's 50; an
+        encrypted network's never more than what fits in the tunnel."""
+        given = parse_mtu(network.options[OPT_MTU]) if network.options.get(OPT_MTU) else 0
+        if OPT_ENCRYPTED in network.options:
+            fits = vxlan_mtu_over_tunnel(await self._underlay(kernel, cluster))
+            return min(given, fits) if given else fits
+        if given:
+            return given
+        return await self._underlay(kernel, cluster) - VXLAN_OVERHEAD
+
+    async def _underlay(self, kernel: Kernel, cluster: ClusterLink) -> int:
+        """The MTU of the interface holding the advertise address (looked up once)."""
         if not self._underlay_mtu:
             for link in await kernel.links():
                 if any(a.ip == cluster.address for a in link.addresses):
@@ -373,7 +404,7 @@ class OverlayDriver:
                     break
             else:
                 raise KernelError(f"no interface of this host has the advertise address {cluster.address}")
-        return self._underlay_mtu - VXLAN_OVERHEAD
+        return self._underlay_mtu
 
     async def _create_data_plane(
         self,
@@ -384,7 +415,8 @@ class OverlayDriver:
     ) -> None:
         """The bridge and its VXLAN device, each made unless present (``links``: the host's,
         when the caller has them).  A VXLAN device of another network in the way is
-        Conflict; the bridge is removed again if the device cannot be made."""
+        Conflict; the bridge is removed again if the device cannot be made.  An encrypted
+        network's device sends from the tunnel address (the tunnel taken first)."""
         bridge, vxlan = bridge_of(network.id), vxlan_of(network.id)
         existing = links.get(vxlan) if links is not None else await kernel.lookup_link(vxlan)
         if existing is not None and existing.owner != network.id:
@@ -392,19 +424,24 @@ class OverlayDriver:
                 f"cannot use {vxlan} for overlay network {network.name}: another link has that name"
             )
         mtu = await self._mtu(kernel, cluster, network)
+        local = cluster.address
+        if OPT_ENCRYPTED in network.options:
+            assert self._tunnel is not None  # _require
+            local = await self._tunnel.acquire(network.id, await self._underlay(kernel, cluster))
+            self._tunneled[network.id] = local
         had_bridge = (
             links.get(bridge) if links is not None else await kernel.lookup_link(bridge)
         ) is not None
-        await kernel.ensure_bridge(bridge, owner=network.id, mtu=mtu, address=None)
-        if existing is not None:
-            return
         try:
+            await kernel.ensure_bridge(bridge, owner=network.id, mtu=mtu, address=None)
+            if existing is not None:
+                return
             await kernel.add_vxlan(
                 VxlanSpec(
                     owner=network.id,
                     name=vxlan,
                     vni=vni_of(network),
-                    local=cluster.address,
+                    local=local,
                     bridge=bridge,
                     mtu=mtu,
                 )
@@ -413,15 +450,21 @@ class OverlayDriver:
             if not had_bridge:
                 with contextlib.suppress(CnmError):
                     await kernel.delete_link(bridge)
+            if self._tunnel is not None and self._tunneled.pop(network.id, None) is not None:
+                with contextlib.suppress(CnmError):
+                    await self._tunnel.release(network.id)
             raise
         log.info("overlay network %s: %s and %s up (VNI %d)", network.name, bridge, vxlan, vni_of(network))
 
     async def _remove_data_plane(self, kernel: Kernel, network_id: str) -> None:
-        """The VXLAN device (its entries go with it), then the bridge; idempotent."""
+        """The VXLAN device (its entries go with it), then the bridge, then the network's
+        hold on the tunnel; idempotent."""
         self._networks.pop(network_id, None)
         self._local.pop(network_id, None)
         await kernel.delete_link(vxlan_of(network_id))
         await kernel.delete_link(bridge_of(network_id))
+        if self._tunnel is not None and self._tunneled.pop(network_id, None) is not None:
+            await self._tunnel.release(network_id)
 
     async def _publish(self, cluster: ClusterLink, endpoint: EndpointRecord) -> None:
         """The endpoint's record in the cluster store, on the node's lease.  Never without
@@ -435,7 +478,7 @@ class OverlayDriver:
                     f"cannot record endpoint {endpoint.id[:12]} in the cluster store: this node has no lease"
                 )
         doc = dict(codec.encode(endpoint))
-        doc.update(node=cluster.node, vtep=str(cluster.address))
+        doc.update(node=cluster.node, vtep=str(self._tunneled.get(endpoint.network_id, cluster.address)))
         revision = await cluster.store.put(ENDPOINT_PREFIX + endpoint.id, doc, lease=lease)
         if self._peers is not None:  # read our own write at once (see Mirror.apply)
             self._peers.apply(endpoint.id, peer_of(endpoint.id, doc), revision)
@@ -463,6 +506,8 @@ class OverlayDriver:
                 await task
         if peers is not None:
             await peers.close()
+        if self._tunnel is not None:
+            await self._tunnel.close()
 
     def peers(self) -> list[PeerEndpoint]:
         """Every host's overlay endpoints as last seen (for names across hosts)."""
@@ -516,6 +561,18 @@ class OverlayDriver:
                 mine.add(peer.id)
                 continue
             if peer.vtep is None or peer.ip is None or not peer.mac:
+                continue
+            if (
+                network_id in self._tunneled
+                and self._tunnel is not None
+                and not self._tunnel.carries(peer.vtep)
+            ):
+                log.warning(
+                    "endpoint %s of node %s not programmed: its VTEP %s is outside the tunnel",
+                    peer.id[:12],
+                    peer.node,
+                    peer.vtep,
+                )
                 continue
             try:
                 fdb.add(FdbEntry(peer.mac, peer.vtep))
