@@ -404,12 +404,35 @@ def part_sim(opts: argparse.Namespace, report: Report) -> None:
     argv = [sys.executable, str(REPO / "bench" / "overlay_sim.py")]
     if opts.quick:
         argv.append("--quick")
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
-    sys.stderr.write(proc.stderr[-4000:] if proc.returncode else "")
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, text=True, timeout=3600)  # progress on stderr
     if proc.returncode:
         report.add(f"control plane at scale: not measured (overlay_sim.py exited {proc.returncode})")
         return
     report.add(proc.stdout.rstrip())
+
+
+# -- etcd as the lab's cnmd use it -------------------------------------------------------------
+
+METRICS_SCRIPT = """
+import re, sys, urllib.request
+text = urllib.request.urlopen(sys.argv[1] + "/metrics", timeout=10).read().decode()
+for name in sys.argv[2:]:
+    print(sum(float(v) for v in re.findall("^" + name + r"(?:[{][^}]*[}])? ([0-9.e+]+)$", text, re.M)))
+"""
+
+
+def etcd_watches(lab: Lab, report: Report) -> None:
+    """How many watches the lab's cnmd hold on etcd (the simulation's fan-out assumes it)."""
+    assert lab.cluster is not None
+    url = f"http://{lab.cluster.endpoints[0]}"
+    names = ("etcd_debugging_mvcc_watcher_total", "etcd_debugging_mvcc_watch_stream_total")
+    out = lab.root.run([sys.executable, "-c", METRICS_SCRIPT, url, *names]).stdout.split()
+    watchers, streams = (float(x) for x in out)
+    per = len(lab.hosts)
+    report.add(
+        f"etcd: the lab's {per} cnmd hold {watchers:.0f} watchers on {streams:.0f} gRPC streams "
+        f"({watchers / per:.0f} per cnmd)"
+    )
 
 
 # -- main --------------------------------------------------------------------------------------
@@ -461,6 +484,8 @@ def main() -> int:
                         print(f"[{part}]", flush=True)
                         LAB_PARTS[part](lab, nid, opts, report)
                         report.add()
+                    etcd_watches(lab, report)
+                    report.add()
                 except Exception:
                     lab.dump()
                     raise

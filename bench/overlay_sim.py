@@ -11,8 +11,11 @@ them live in one process and one event loop: on this 2-core machine that is the 
 arrangement (20 processes would fight for the same cores), and it makes the latency
 figures an upper bound: every host's reaction to a change waits for the others'.
 
-1. Setup: one overlay network; each host joins ``PER_HOST`` endpoints (20 x 200 = 4,000),
-   all hosts at once; the run waits until every host has every other host's endpoints.
+1. Setup: one overlay network; each host has ``PER_HOST`` endpoints (20 x 200 = 4,000):
+   its first by a driver join (which makes its data plane), the others as the same records
+   written in batches of 100 (``--setup joins``: every one by a join, which costs each host
+   a full reconcile per join and took over 20 minutes in one process here); the run waits
+   until every host has every other host's endpoints.
 2. Changes: ``CHANGES`` new endpoints, one at a time, on the hosts in turn; for each, the
    time from the join's start until the endpoint's FDB and neighbour entries are in the
    kernel of every other host (p50, p99), and the same for its leave (entries gone).
@@ -79,6 +82,10 @@ def metrics(url: str, names: Iterable[str] = METRICS.values()) -> dict[str, floa
     return totals
 
 
+def progress(text: str) -> None:
+    print(f"overlay_sim: {text}", file=sys.stderr, flush=True)
+
+
 def deep_size(obj: Any, seen: set[int] | None = None) -> int:
     """Bytes of ``obj`` and what it holds (dicts, tuples, slotted dataclasses), once each."""
     seen = set() if seen is None else seen
@@ -108,6 +115,8 @@ async def child(opts: argparse.Namespace) -> None:
     from cnm.model.endpoint import EndpointRecord, SandboxRecord
     from cnm.model.network import OPT_VXLANID_LIST, NetworkRecord
     from cnm.model.values import mac_from_ip
+    from cnm.store import codec
+    from cnm.store.api import Put
     from cnm.store.etcd import EtcdStore
     from cnm.store.mirror import Mirror
 
@@ -254,10 +263,25 @@ async def child(opts: argparse.Namespace) -> None:
         cpu0 = time.process_time()
 
         async def fill(node: Node) -> None:
-            for _ in range(opts.per_host):
-                await join(node, endpoint_of(node))
+            await join(node, endpoint_of(node))  # the data plane, through the driver
+            rest = [endpoint_of(node) for _ in range(opts.per_host - 1)]
+            if opts.setup == "joins":
+                for k, ep in enumerate(rest):
+                    await join(node, ep)
+                    if node is nodes[0] and (k + 2) % max(1, opts.per_host // 10) == 0:
+                        progress(f"setup: {node.name} joined {k + 2}/{opts.per_host}")
+                return
+            # the records the driver's joins would write (_publish), 100 to a transaction
+            for k in range(0, len(rest), 100):
+                ops = []
+                for ep in rest[k : k + 100]:
+                    doc = dict(codec.encode(ep))
+                    doc.update(node=node.name, vtep=str(node.address))
+                    ops.append(Put(f"endpoint/{ep.id}", doc, node.lease))
+                await node.store.commit(ops)
 
         await asyncio.gather(*(fill(node) for node in nodes))
+        progress("setup: every record written; waiting for every host to program the others'")
         total = opts.hosts * opts.per_host
         remote = total - opts.per_host
 
@@ -267,6 +291,7 @@ async def child(opts: argparse.Namespace) -> None:
         while not complete():
             await asyncio.sleep(0.05)
         setup_s, setup_cpu = time.monotonic() - t0, time.process_time() - cpu0
+        progress(f"setup: every host has every other host's endpoints after {setup_s:.0f} s")
         mirror = deep_size(nodes[0].driver._peers.items) if nodes[0].driver._peers is not None else 0
         engine_mirror = deep_size(nodes[0].engine.items)
         await asyncio.sleep(1)  # let the last programming settle before counting
@@ -294,6 +319,7 @@ async def child(opts: argparse.Namespace) -> None:
                 await asyncio.wait_for(done.wait(), 60)
                 times.append((time.monotonic() - start) * 1000)
                 await asyncio.sleep(0.02)  # one change at a time: the others' work settles
+            progress(f"{phase}: {opts.changes} changes, p50 {pct(times, 50):.1f} ms")
             after = metrics(url)
             phases[phase] = {
                 "times": times,
@@ -306,8 +332,12 @@ async def child(opts: argparse.Namespace) -> None:
         print(
             f"control plane at scale (simulated): {h} hosts on one etcd, {e:,} endpoints on one overlay network"
         )
-        print(f"  setup: {e:,} joins, all hosts at once, fully programmed everywhere in {setup_s:.1f} s")
-        print(f"         ({setup_cpu / e * 1000:.2f} ms CPU per endpoint for all {h} hosts together)")
+        how = "joins" if opts.setup == "joins" else "records (one join a host, the rest written in batches)"
+        print(f"  setup: {e:,} {how}, all hosts at once,")
+        print(
+            f"         fully programmed everywhere in {setup_s:.1f} s "
+            f"({setup_cpu / e * 1000:.2f} ms CPU per endpoint for all {h} hosts together)"
+        )
         print(
             f"  then {opts.changes} changes one at a time; time until the entries are in (out of) "
             f"the fake kernel of every other host ({h - 1}):"
@@ -368,6 +398,13 @@ def main() -> int:
     parser.add_argument(
         "--changes", type=int, default=50, help="endpoints added (then removed) one at a time"
     )
+    parser.add_argument(
+        "--setup",
+        choices=("records", "joins"),
+        default="records",
+        help="fill the cluster with the endpoint records written in batches (default), or with "
+        "one driver join each (O(E) programming per join on every host: slow in one process)",
+    )
     parser.add_argument("--quick", action="store_true", help="5 hosts x 50 endpoints, 10 changes")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     opts = parser.parse_args()
@@ -380,16 +417,20 @@ def main() -> int:
         asyncio.run(child(opts))
         return 0
     argv = [sys.executable, str(Path(__file__).resolve()), "--child", "--hosts", str(opts.hosts)]
-    argv += ["--per-host", str(opts.per_host), "--changes", str(opts.changes)]
+    argv += ["--per-host", str(opts.per_host), "--changes", str(opts.changes), "--setup", opts.setup]
     try:
         with throwaway_host() as host:
-            proc = host.run(argv, check=False, timeout=3000)
+            proc = host.spawn(argv, stdout=subprocess.PIPE, text=True)  # progress on stderr
+            try:
+                out, _ = proc.communicate(timeout=3000)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
     except (HarnessError, subprocess.TimeoutExpired) as exc:
         print(f"bench/overlay_sim.py: {exc}", file=sys.stderr)
         return 1
-    sys.stdout.write(proc.stdout)
-    if proc.returncode:
-        sys.stderr.write(proc.stderr[-6000:])
+    sys.stdout.write(out)
     return proc.returncode
 
 
