@@ -142,10 +142,12 @@ bench-wireguard: deps venv
 bench-antispoof: deps venv image
 	$(VPY) bench/antispoof.py --image $(IMAGE_TAR) $(ANTISPOOF_ARGS)
 
-# Issue 10: TCP over kernel VXLAN between two lab hosts' namespaces, beside their underlay.
+# Issue 10: cnm's overlay in a two-host lab: connect -> first reply across hosts, TCP beside raw
+# kernel VXLAN and the underlay, and the control plane at scale (bench/overlay_sim.py: 20
+# simulated hosts on one etcd).  OVERLAY_ARGS: e.g. --quick, --parts connect,tcp,sim.
 .PHONY: bench-overlay
-bench-overlay: deps venv
-	$(VPY) bench/overlay.py $(OVERLAY_ARGS)
+bench-overlay: deps venv image
+	$(VPY) bench/overlay.py --image $(IMAGE_TAR) $(OVERLAY_ARGS)
 
 # Issue 7: 50 fresh starts of cnmd on the iptables backend per variant (nft, legacy), each in
 # its own throwaway host; prints how many passed.  SOAK_ARGS: e.g. --runs 10 --variant nft.

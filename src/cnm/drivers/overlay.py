@@ -196,7 +196,8 @@ class OverlayDriver:
     async def join(self, network: NetworkRecord, endpoint: EndpointRecord, sandbox: SandboxRecord) -> None:
         """The network's data plane if this is its first endpoint here, the veth pair (its
         container end ``endpoint.ifname`` with the endpoint's MAC and address, no default
-        route: the overlay's gateway is nobody's), then the endpoint's record in the
+        route: the overlay's gateway is nobody's), on a first join the other hosts' entries,
+        then the endpoint's record in the
         cluster store.  Undoes its own work on failure."""
         kernel, cluster = self._require(network)
         if not sandbox.key:
@@ -225,12 +226,16 @@ class OverlayDriver:
                 )
             )
             undo.push_async_callback(kernel.delete_link, endpoint.host_ifname)
+            if first:
+                # the others' entries before our record: a host that sees the record sends
+                # at once, and an ARP request of ours the proxy cannot answer yet is asked
+                # again only a second later
+                self._networks[network.id] = network
+                await self._program(kernel, cluster, network.id)
             await self._publish(cluster, endpoint)
             undo.pop_all()
             self._networks[network.id] = network
             self._local.setdefault(network.id, {})[endpoint.id] = endpoint
-            if first:
-                await self._program(kernel, cluster, network.id)
 
     async def leave(
         self, network: NetworkRecord, endpoint: EndpointRecord, sandbox: SandboxRecord | None

@@ -1,0 +1,60 @@
+"""A host's first endpoint on an overlay network must be able to answer the moment any other
+host can reach it: its host programs the other hosts' endpoints before it records the new
+endpoint in the cluster store.  Recorded first, another host programs the new endpoint and
+sends to it at once; the new container's ARP request for the sender then finds no
+neighbour entry for the VXLAN device's proxy to answer with, and the kernel asks again
+only a second later (bench/overlay.py's connect part measured that second)."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+from typing import Any
+
+import pytest
+from overlay_hosts import Host, until
+
+from cnm.kernel.api import FdbEntry, NeighEntry
+from cnm.model.network import NetworkSpec
+from cnm.store.memory import MemoryStore
+
+
+@pytest.fixture
+async def hosts(tmp_path):
+    shared = MemoryStore("global")
+    a = Host(tmp_path, "h1", "198.51.100.1", shared)
+    b = Host(tmp_path, "h2", "198.51.100.2", shared)
+    await a.start()
+    await b.start()
+    yield a, b
+    for host in (a, b):
+        if host.ctl is not None:
+            await host.stop()
+
+
+async def test_the_first_join_programs_the_remote_endpoints_before_recording_its_own(hosts):
+    a, b = hosts
+    assert a.ctl is not None and b.ctl is not None
+    net = await a.ctl.create_network(NetworkSpec(name="ov", driver="overlay", attachable=True))
+    await until(lambda: net.id in b.ctl._state.networks)
+    remote = await b.run("db", "ov")
+    assert remote.address is not None
+    await until(lambda: any(p.id == remote.id for p in a.driver.peers()))
+
+    # what h1's kernel had when h1's new endpoint became visible to the other hosts
+    seen: dict[str, tuple[set[FdbEntry], set[NeighEntry]]] = {}
+    put = a.cluster_store.put
+
+    async def watching_put(key: str, doc: Any, *args: Any, **kwargs: Any) -> int:
+        if key.startswith("endpoint/") and doc.get("node") == "h1":
+            seen[key] = (a.fdb(net.id), a.neigh(net.id))
+        return await put(key, doc, *args, **kwargs)
+
+    a.cluster_store.put = watching_put  # type: ignore[method-assign]
+    try:
+        web = await a.run("web", "ov")
+    finally:
+        a.cluster_store.put = put  # type: ignore[method-assign]
+    assert seen[f"endpoint/{web.id}"] == (
+        {FdbEntry(remote.mac, IPv4Address(b.address))},
+        {NeighEntry(remote.address.ip, remote.mac)},
+    )
