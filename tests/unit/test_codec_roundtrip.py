@@ -239,3 +239,38 @@ def test_decoders_of_self_referring_classes_and_unsupported_types():
     assert through_json(tree) == tree
     with pytest.raises(SystemFailure, match=r"_Node.children: _Node.weight: unsupported type"):
         codec.decode(_Node, {"name": "a", "children": [{"name": "b", "weight": 1}]})
+
+
+@dataclass(frozen=True)
+class _Empty:
+    pass
+
+
+@dataclass(frozen=True)
+class _One:
+    only: tuple[IPv4Address, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Mixed:
+    name: str
+    empty: _Empty
+    one: _One
+    labels: dict[str, str] = field(default_factory=dict)
+    nested: tuple[_One, ...] = ()
+
+
+def test_encode_of_dataclasses_with_no_one_and_many_fields():
+    """The encoder reads a dataclass's fields in one call (none, one or many): the document
+    is the same as field by field, in declaration order."""
+    value = _Mixed("x", _Empty(), _One((IPv4Address("10.0.0.1"),)), {"a": "b"}, (_One(), _One()))
+    doc = codec.encode(value)
+    assert doc == {
+        "name": "x",
+        "empty": {},
+        "one": {"only": ["10.0.0.1"]},
+        "labels": {"a": "b"},
+        "nested": [{"only": []}, {"only": []}],
+    }
+    assert list(doc) == ["name", "empty", "one", "labels", "nested"]
+    assert codec.decode(_Mixed, json.loads(json.dumps(doc))) == value

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 import asyncio
 from contextlib import AsyncExitStack
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from cnm.model.endpoint import EndpointRequest
 from cnm.model.network import IpamConfig, NetworkSpec
 from cnm.model.network_mode import NetworkMode
 from cnm.store import codec
+from cnm.store.api import Check, Put
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "cnm"
 MAX_LINES = 400
@@ -194,8 +195,8 @@ async def test_sandbox_gateway_fails_over_in_connect_order(world) -> None:
 
 async def test_connect_and_disconnect_each_write_the_records_in_one_transaction(world) -> None:
     """What one ``network connect`` / ``disconnect`` of a running container changes in the
-    records (the endpoint and the container's networks) is one store commit, beside the
-    address IPAM claims or frees in its own."""
+    store (the endpoint, the container's networks, the address IPAM claims or frees) is
+    one commit."""
     ctl = await world.controller()
     await ctl.create_network(NetworkSpec(name="side", ipam=(IpamConfig(subnet=IPv4Network("10.85.0.0/24")),)))
     cid = await run(ctl, "web")
@@ -208,17 +209,51 @@ async def test_connect_and_disconnect_each_write_the_records_in_one_transaction(
 
     world.store.commit = commit
     await ctl.connect("side", "web", EndpointRequest())
-    assert commits == [[("Put", "ipam")], [("Put", "endpoint"), ("Put", "container")]]
+    assert commits == [[("Put", "endpoint"), ("Put", "container"), ("Put", "ipam")]]
+    side = ctl.find_network("side").id
+    (ep,) = [e for e in ctl._svc.state.endpoints_of_container(cid) if e.network_id == side]
+    assert ctl._svc.ipam.owners(side)[ep.address.ip] == ep.id
     assert "side" in ctl.find_container(cid).config.networks
     commits.clear()
     await ctl.disconnect("side", "web")
-    assert commits == [[("Delete", "ipam")], [("Put", "container"), ("Delete", "endpoint")]]
+    assert commits == [[("Put", "container"), ("Delete", "endpoint"), ("Delete", "ipam")]]
     container = ctl.find_container(cid)
     assert "side" not in container.config.networks
     assert [ctl.find_network(e.network_id).name for e in ctl._svc.state.endpoints_of_container(cid)] == [
         "bridge"
     ]
     assert ctl._svc.ipam.owners(ctl.find_network("side").id) == {IPv4Network("10.85.0.0/24")[1]: "gateway"}
+
+
+async def test_a_connect_whose_address_another_daemon_claimed_first_starts_again(world) -> None:
+    """The address is claimed in the connect's own transaction, after the kernel work: if
+    another daemon sharing the store claimed it meanwhile, that transaction fails, the
+    work is undone and the connect starts again with the next address."""
+    ctl = await world.controller()
+    await ctl.create_network(NetworkSpec(name="side", ipam=(IpamConfig(subnet=IPv4Network("10.85.0.0/24")),)))
+    cid = await run(ctl, "web")
+    side = ctl.find_network("side").id
+    real = world.store.commit
+    beaten: list[str] = []
+
+    async def commit(ops, checks=()):
+        claimed = [op.key for op in ops if op.key.startswith("ipam/address/")]
+        if claimed and not beaten:  # another daemon's claim of the same address lands first
+            beaten.append(claimed[0])
+            await real([Put(claimed[0], {"owner": "other-daemon"})], [Check(claimed[0], 0)])
+        return await real(ops, checks)
+
+    world.store.commit = commit
+    await ctl.connect("side", "web", EndpointRequest())
+    assert beaten == ["ipam/address/" + side + "/10.85.0.2"]
+    (ep,) = [e for e in ctl._svc.state.endpoints_of_container(cid) if e.network_id == side]
+    assert ep.address.ip == IPv4Address("10.85.0.3")
+    owners = ctl._svc.ipam.owners(side)
+    assert owners[IPv4Address("10.85.0.2")] == "other-daemon" and owners[ep.address.ip] == ep.id
+    netns = Sandbox.of(ctl._svc, ctl.find_container(cid)).netns
+    assert sorted(world.kernel.namespaces[netns]) == ["eth0", "eth1", "lo"]  # the first try's veth went
+    stored = [e.doc["network_id"] for e in (await world.store.list("endpoint/")).entries]
+    assert stored.count(side) == 1 and "side" in ctl.find_container(cid).config.networks
 
 
 async def test_sandbox_destroy_leaves_nothing(world) -> None:

@@ -28,7 +28,7 @@ from cnm.errors import Forbidden, NotFound, Unavailable
 from cnm.ipam import default
 from cnm.ipam.default import DefaultIpam, address_key
 from cnm.model.network import IpamConfig
-from cnm.store.api import Change, Check, Op, Put, Store
+from cnm.store.api import Change, Check, Op, Put, StaleRevision, Store
 from cnm.store.memory import MemoryStore
 
 
@@ -260,3 +260,88 @@ async def test_run_daemon_twice_on_one_store():
     await assert_store_holds(inner, SHARED_NETWORK, {**holdings[0], **holdings[1]})
     assert len((await inner.list("ipam/pool/")).entries) == 1
     await inner.close()
+
+
+# -- claims the caller commits with its own records (network connect/disconnect) ------------
+
+
+async def test_a_claim_is_held_until_settled_and_stored_with_the_callers_records():
+    """``claim_address`` stores nothing: the address is held (a second claim gets the
+    next one), and is the owner's once the caller's transaction carrying it settles."""
+    store = MemoryStore()
+    ipam = await started(store)
+    await ipam.allocate_pool("n", IpamConfig(subnet=N("10.5.0.0/24")))
+    first = ipam.claim_address("n", "ep1")
+    second = ipam.claim_address("n", "ep2")
+    assert (first.address, second.address) == (A("10.5.0.2"), A("10.5.0.3"))
+    assert await store.get(address_key("n", first.address)) is None
+    assert A("10.5.0.2") not in ipam.owners("n")
+    with pytest.raises(Forbidden, match="^Address already in use$"):
+        ipam.claim_address("n", "ep3", A("10.5.0.2"))  # held counts as taken
+    revision = await store.commit([Put("endpoint/ep1", {"id": "ep1"}), *first.ops], first.checks)
+    ipam.settle(first, revision)
+    assert ipam.owners("n")[first.address] == "ep1"
+    assert (await store.get(address_key("n", first.address))).doc == {"owner": "ep1"}
+    ipam.abandon(first)  # settled: nothing happens
+    assert ipam.owners("n")[first.address] == "ep1"
+    ipam.abandon(second)  # never committed: free again, the lowest
+    assert ipam.claim_address("n", "ep4").address == A("10.5.0.3")
+    await ipam.close()
+
+
+async def test_a_release_change_frees_the_address_in_the_callers_transaction():
+    store = MemoryStore()
+    ipam = await started(store)
+    await ipam.allocate_pool("n", IpamConfig(subnet=N("10.5.0.0/24")))
+    a = await ipam.allocate_address("n", "ep1")
+    change = ipam.release_change("n", a)
+    assert change is not None and A("10.5.0.2") in ipam.owners("n")  # nothing done yet
+    revision = await store.commit(list(change.ops), change.checks)
+    ipam.settle(change, revision)
+    assert a not in ipam.owners("n") and await store.get(address_key("n", a)) is None
+    assert ipam.release_change("n", a) is None  # free already
+    assert ipam.release_change("no-such-network", a) is None
+    assert await ipam.allocate_address("n", "again") == a
+    await ipam.close()
+
+
+async def test_a_claim_another_daemon_beat_fails_the_transaction_and_the_next_gets_another():
+    """Daemon a holds an address, b claims the same one first: a's transaction fails on
+    the claim's check (nothing of it written), and after ``catch_up`` a's next claim
+    holds the next address; abandoning the lost one frees nothing of b's."""
+    store = MemoryStore()
+    a, b = await started(store), await started(store)
+    await a.allocate_pool("n", IpamConfig(subnet=N("10.5.0.0/24")))
+    await asyncio.wait_for(b._mirror.seen((await store.list("ipam/")).revision), 5)
+    held = a.claim_address("n", "ep-a")
+    assert await b.allocate_address("n", "ep-b") == held.address
+    with pytest.raises(StaleRevision) as lost:
+        await store.commit([Put("endpoint/ep-a", {"id": "ep-a"}), *held.ops], held.checks)
+    assert held.concerns(lost.value)
+    assert await store.get("endpoint/ep-a") is None
+    a.abandon(held)
+    await a.catch_up(lost.value)
+    assert a.owners("n")[held.address] == "ep-b"
+    again = a.claim_address("n", "ep-a")
+    assert again.address == A("10.5.0.3")
+    a.settle(again, await store.commit(list(again.ops), again.checks))
+    assert a.owners("n")[again.address] == "ep-a"
+    await a.close()
+    await b.close()
+
+
+async def test_a_release_whose_address_was_claimed_again_is_refused_by_its_check():
+    store = MemoryStore()
+    a, b = await started(store), await started(store)
+    await a.allocate_pool("n", IpamConfig(subnet=N("10.5.0.0/24")))
+    addr = await a.allocate_address("n", "ep-a")
+    change = a.release_change("n", addr)
+    await a.release_address("n", addr)  # as if released meanwhile ...
+    await asyncio.wait_for(b._mirror.seen((await store.list("ipam/")).revision), 5)
+    assert await b.allocate_address("n", "ep-b") == addr  # ... and claimed again by b
+    with pytest.raises(StaleRevision) as stale:
+        await store.commit(list(change.ops), change.checks)
+    assert change.concerns(stale.value)
+    assert (await store.get(address_key("n", addr))).doc == {"owner": "ep-b"}
+    await a.close()
+    await b.close()

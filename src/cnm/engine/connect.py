@@ -12,7 +12,7 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from dataclasses import replace
 
-from cnm.engine.endpoint import Endpoint
+from cnm.engine.endpoint import Endpoint, claim_lost, claims
 from cnm.engine.guard import current, hold_container, network_ids
 from cnm.engine.lookup import find_container, find_network
 from cnm.engine.network import Network
@@ -22,6 +22,7 @@ from cnm.errors import Forbidden, InvalidArgument, NotFound, SystemFailure, Tear
 from cnm.model.container import Container
 from cnm.model.endpoint import EndpointRequest
 from cnm.model.network import NetworkRecord
+from cnm.store.api import StaleRevision
 
 ERR_SHARED = "container sharing network namespace with another container or host cannot be connected to any other network"
 ERR_HOST = "cannot connect container to host network - container must be created in host network mode"
@@ -29,6 +30,10 @@ ERR_NONE = (
     "container cannot be connected to multiple networks with one of the networks in private (none) mode"
 )
 ERR_LEAVE_HOST = "cannot disconnect container from host network - container was created in host network mode"
+
+# A connect whose address another daemon claimed first (after this one's cache chose it)
+# starts again with another address this many times at most.
+CONNECT_ATTEMPTS = 8
 
 
 class Connections:
@@ -60,17 +65,42 @@ class Connections:
             sandbox = Sandbox.of(svc, container)
             if sandbox is None:
                 raise SystemFailure(f"container {container.id} has no sandbox")
-            async with AsyncExitStack() as stack:
-                eps = await sandbox.connect(stack, network, request)
-                networks = {
-                    k: v for k, v in container.config.networks.items() if k not in (network.name, network.id)
-                }
-                networks[network.name] = request
-                updated = replace(container, config=replace(container.config, networks=networks))
-                await self._state.commit(put=[*eps, updated])
-                stack.pop_all()
+            networks = {
+                k: v for k, v in container.config.networks.items() if k not in (network.name, network.id)
+            }
+            networks[network.name] = request
+            updated = replace(container, config=replace(container.config, networks=networks))
+            for attempt in range(1, CONNECT_ATTEMPTS + 1):
+                eps: list[Endpoint] = []
+                try:
+                    await self._connect_once(sandbox, network, request, updated, eps)
+                except StaleRevision as exc:
+                    if attempt < CONNECT_ATTEMPTS and await claim_lost(svc, eps, exc):
+                        continue
+                    raise
+                break
             svc.events.network("connect", network, container.id)
             await sandbox.refresh_names(updated)
+
+    async def _connect_once(
+        self,
+        sandbox: Sandbox,
+        network: NetworkRecord,
+        request: EndpointRequest,
+        updated: Container,
+        eps: list[Endpoint],
+    ) -> None:
+        """The endpoints joined and recorded with ``updated`` and their addresses' claims
+        in one transaction, or nothing done (``eps``: the endpoints, for the caller)."""
+        async with AsyncExitStack() as stack:
+            eps += await sandbox.connect(stack, network, request)
+            ops, checks = claims(eps)
+            revision = await self._state.commit(
+                put=[*(ep.record for ep in eps), updated], ops=ops, checks=checks
+            )
+            for ep in eps:
+                ep.settle(revision)
+            stack.pop_all()
 
     async def _record_request(self, container: Container, network_ref: str, request: EndpointRequest) -> None:
         """``network connect`` of a container that is not running: the request joins

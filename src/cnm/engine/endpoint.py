@@ -11,8 +11,11 @@ change it.  Its lifecycle, each step undoable on the caller's ``AsyncExitStack``
 - **delete**: the address goes back to IPAM, the record is removed.
 
 ``leave`` and ``delete`` are idempotent and return errors instead of stopping at the first.
-IPAM is called here only for the address (``allocate_address`` in ``create``,
-``release_address`` in ``delete``).  Which endpoint carries the default route is the
+IPAM is called here only for the address: at ``create`` it is claimed at once, or with
+``claim_later`` (``network connect``) only held, its claim then going in the transaction
+that records the endpoint (``claims``, ``settle``); at ``delete`` it is freed in the
+transaction that deletes the record.  Both only with the local IPAM, whose keys are in the
+store the records are; a global network's address is claimed and freed on its own.  Which endpoint carries the default route is the
 sandbox's choice (``engine/sandbox.py``), passed in at ``create``.
 
 Lock: an endpoint changes under its network's lock (shared) and its sandbox's, which is
@@ -22,18 +25,20 @@ its container's lock (``engine/locks.py``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from ipaddress import IPv4Interface
 
 from cnm.engine.services import Services
 from cnm.errors import CnmError
+from cnm.ipam.api import AddressChange
 from cnm.model.container import Container, Image
 from cnm.model.endpoint import EndpointRecord, EndpointRequest, SandboxRecord
 from cnm.model.network import NetworkRecord
 from cnm.model.values import mac_from_ip, new_id
 from cnm.portmap.requests import port_requests
+from cnm.store.api import Check, Op, StaleRevision
 
 log = logging.getLogger("cnm.engine")
 
@@ -45,6 +50,7 @@ class Endpoint:
         self._svc = svc
         self.network = network
         self.record = record
+        self.claim: AddressChange | None = None  # its address, held until recorded
 
     @classmethod
     def of(cls, svc: Services, record: EndpointRecord) -> Endpoint:
@@ -69,18 +75,26 @@ class Endpoint:
         siblings: Sequence[EndpointRecord],
         gateway_free: bool,
         mac: str = "",
+        claim_later: bool = False,
     ) -> Endpoint:
         """Allocate the address and resolve the record; nothing reaches the kernel yet.
         ``siblings`` are the sandbox's endpoints so far (interface names and connect order
         follow them); ``gateway_free``: the sandbox wants this one to carry its default
-        route if the network has a gateway."""
+        route if the network has a gateway; ``claim_later``: the caller commits the
+        address's claim with the record (``claims``)."""
         driver = svc.drivers[network.driver]
         ep_id = new_id()
         address = gateway = None
+        claim = None
         if driver.needs_ipam and network.subnet is not None:
             ipam = svc.ipam_for(network)
-            ip = await ipam.allocate_address(network.id, ep_id, request.ipv4_address)
-            stack.push_async_callback(ipam.release_address, network.id, ip)
+            if claim_later and ipam is svc.ipam:
+                claim = ipam.claim_address(network.id, ep_id, request.ipv4_address)
+                stack.callback(ipam.abandon, claim)
+                ip = claim.address
+            else:
+                ip = await ipam.allocate_address(network.id, ep_id, request.ipv4_address)
+                stack.push_async_callback(ipam.release_address, network.id, ip)
             address = IPv4Interface(f"{ip}/{network.subnet.prefixlen}")
             # an overlay's gateway address is nobody's: its containers route out elsewhere
             gateway = None if network.internal or network.scope == "global" else network.gateway
@@ -104,7 +118,9 @@ class Endpoint:
             request=request,
             created_seq=max((ep.created_seq for ep in siblings), default=-1) + 1,
         )
-        return cls(svc, network, record)
+        endpoint = cls(svc, network, record)
+        endpoint.claim = claim
+        return endpoint
 
     async def join(self, stack: AsyncExitStack, sandbox: SandboxRecord) -> None:
         """The driver puts the endpoint into ``sandbox``; leaving it goes on ``stack``."""
@@ -141,12 +157,35 @@ class Endpoint:
     async def delete(self, *, container: Container | None = None) -> None:
         """The address goes back, the record goes; a ``disconnect`` event is reported.
         ``container``: its record as the caller changed it (``network disconnect``
-        drops the network from its requests), written in the same transaction."""
+        drops the network from its requests), written in the same transaction.  The
+        local IPAM's release is in that transaction too."""
+        svc = self._svc
+        release: AddressChange | None = None
         if self.network is not None and self.record.address is not None:
-            await self._svc.ipam_for(self.network).release_address(self.network.id, self.record.address.ip)
-        await self._svc.state.commit(put=[] if container is None else [container], delete=[self.record])
+            ipam = svc.ipam_for(self.network)
+            if ipam is svc.ipam:
+                release = ipam.release_change(self.network.id, self.record.address.ip)
+            else:
+                await ipam.release_address(self.network.id, self.record.address.ip)
+        put = [] if container is None else [container]
+        try:
+            revision = await svc.state.commit(
+                put=put,
+                delete=[self.record],
+                ops=release.ops if release else (),
+                checks=release.checks if release else (),
+            )
+        except StaleRevision as exc:
+            if release is None or not release.concerns(exc):
+                raise
+            # released and claimed again (by another daemon) since: not ours to free
+            release = None
+            await svc.state.commit(put=put, delete=[self.record])
+        else:
+            if release is not None:
+                svc.ipam.settle(release, revision)
         if self.network is not None:
-            self._svc.events.network("disconnect", self.network, self.record.container_id)
+            svc.events.network("disconnect", self.network, self.record.container_id)
 
     async def remove(
         self, sandbox: SandboxRecord | None, *, container: Container | None = None
@@ -162,6 +201,34 @@ class Endpoint:
         if self._svc.publisher is not None:
             await self._svc.publisher.restore(self.record)
 
+    def settle(self, revision: int) -> None:
+        """The transaction carrying ``claims`` of this endpoint committed at ``revision``."""
+        if self.claim is not None:
+            self._svc.ipam.settle(self.claim, revision)
+            self.claim = None
+
     def take_default_route(self) -> None:
         """It carries the sandbox's default route from now on."""
         self.record = replace(self.record, default_route=True)
+
+
+def claims(endpoints: Iterable[Endpoint]) -> tuple[list[Op], list[Check]]:
+    """The ops and checks of the held addresses of ``endpoints`` (``claim_later``), for
+    the transaction that records them; ``Endpoint.settle`` each once it committed."""
+    ops: list[Op] = []
+    checks: list[Check] = []
+    for ep in endpoints:
+        if ep.claim is not None:
+            ops += ep.claim.ops
+            checks += ep.claim.checks
+    return ops, checks
+
+
+async def claim_lost(svc: Services, endpoints: Iterable[Endpoint], exc: StaleRevision) -> bool:
+    """Did a transaction carrying ``claims(endpoints)`` fail on one of their checks (an
+    address another daemon claimed first)?  If so the IPAM's cache catches up, and the
+    caller may try again: it will hold another address."""
+    if not any(ep.claim is not None and ep.claim.concerns(exc) for ep in endpoints):
+        return False
+    await svc.ipam.catch_up(exc)
+    return True

@@ -149,7 +149,7 @@ class Sandbox:
         if not host_mode:
             gw = await sandbox._join_gwbridge(stack, image)
             if gw is not None:
-                svc.state.endpoints[gw.id] = gw
+                svc.state.endpoints[gw.id] = gw.record
                 stack.callback(svc.state.endpoints.pop, gw.id, None)
         svc.naming.write_files(container, sandbox.record, sandbox.endpoints(), host_mode=host_mode)
         await svc.naming.publish(container, sandbox.record, sandbox.endpoints())
@@ -165,9 +165,10 @@ class Sandbox:
         *,
         mac: str = "",
         publish: bool = True,
+        claim_later: bool = False,
     ) -> Endpoint:
         """One endpoint: created, joined, and publishing if it became the gateway
-        (``image`` None: looked up only then)."""
+        (``image`` None: looked up only then; ``claim_later`` as ``Endpoint.create``)."""
         siblings = self.endpoints()
         ep = await Endpoint.create(
             self._svc,
@@ -179,6 +180,7 @@ class Sandbox:
             siblings=siblings,
             gateway_free=not any(s.default_route for s in siblings),
             mac=mac,
+            claim_later=claim_later,
         )
         await ep.join(stack, self.record)
         if publish and ep.record.default_route and not network.internal:
@@ -189,13 +191,14 @@ class Sandbox:
 
     async def connect(
         self, stack: AsyncExitStack, network: NetworkRecord, request: EndpointRequest
-    ) -> list[EndpointRecord]:
+    ) -> list[Endpoint]:
         """``network connect`` of the running container; the caller records the endpoints
-        (the one asked for, and the ``cnm_gwbridge`` one if it needs one now)."""
-        ep = (await self._join(stack, network, request, None)).record
-        self._svc.state.endpoints[ep.id] = ep
+        (the one asked for, and the ``cnm_gwbridge`` one if it needs one now) with their
+        addresses' claims (``endpoint.claims``)."""
+        ep = await self._join(stack, network, request, None, claim_later=True)
+        self._svc.state.endpoints[ep.id] = ep.record
         stack.callback(self._svc.state.endpoints.pop, ep.id, None)
-        gw = await self._join_gwbridge(stack, None)
+        gw = await self._join_gwbridge(stack, None, claim_later=True)
         return [ep] if gw is None else [ep, gw]
 
     # -- the gateway bridge of overlay containers -----------------------------------------
@@ -217,13 +220,15 @@ class Sandbox:
             return None
         return gw
 
-    async def _join_gwbridge(self, stack: AsyncExitStack, image: Image | None) -> EndpointRecord | None:
+    async def _join_gwbridge(
+        self, stack: AsyncExitStack, image: Image | None, *, claim_later: bool = False
+    ) -> Endpoint | None:
         """An endpoint on ``cnm_gwbridge`` carrying the default route and the published
         ports, if the sandbox needs one (``_gwbridge``); None otherwise."""
         gw = self._gwbridge()
         if gw is None:
             return None
-        return (await self._join(stack, gw, EndpointRequest(), image)).record
+        return await self._join(stack, gw, EndpointRequest(), image, claim_later=claim_later)
 
     async def leave_gwbridge(self) -> list[BaseException]:
         """After a disconnect: the ``cnm_gwbridge`` endpoint goes with the sandbox's last

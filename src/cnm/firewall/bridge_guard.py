@@ -17,7 +17,9 @@ from cnm.firewall import render_bridge
 from cnm.firewall.api import PortGuard
 from cnm.firewall.common import owner_comment
 from cnm.firewall.libnft import Session
+from cnm.firewall.nft_elements import ElementChange, ElementWriter
 from cnm.firewall.render_bridge import GuardElement
+from cnm.kernel.cmdlog import log_script
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,8 @@ class NftBridgeGuard:
     def __init__(self, table: str = render_bridge.TABLE) -> None:
         self.table = table
         self._nft = Session()  # applies scripts, reads cnm's table back
+        # a port's elements, added and deleted without libnftables' cache fill (nft_elements)
+        self._writer = ElementWriter()
         self._guards: dict[str, PortGuard] = {}  # endpoint id -> its guard
         self._elements: dict[str, list[GuardElement]] = {}  # endpoint id -> its elements
         self._port_owner: dict[str, str] = {}  # port -> endpoint id (O(1) clash checks)
@@ -64,7 +68,7 @@ class NftBridgeGuard:
             raise Conflict(f"port {guard.port} is already guarded for endpoint {other[:12]}")
         old = self._elements.get(guard.owner, [])
         try:
-            self._nft.apply(render_bridge.render_port(guard.owner, old, new, self.table))
+            self._apply_elements(_port_changes(guard.owner, old, new))
         except FirewallError as exc:
             if self._nft.list_json(f"table {render_bridge.FAMILY} {self.table}", terse=True) is not None:
                 raise FirewallError(
@@ -84,7 +88,7 @@ class NftBridgeGuard:
             elements = self._read_elements(owner)
         if elements:
             try:
-                self._nft.apply(render_bridge.render_drop(elements, self.table))
+                self._apply_elements(_drop_changes(elements))
             except FirewallError:
                 if self._nft.list_json(f"table {render_bridge.FAMILY} {self.table}", terse=True) is not None:
                     raise
@@ -135,6 +139,11 @@ class NftBridgeGuard:
 
     # -- helpers ------------------------------------------------------------------------
 
+    def _apply_elements(self, changes: list[ElementChange]) -> None:
+        """One transaction of element changes, logged as its ``nft`` script."""
+        log_script("nft -f -", "\n".join(c.line(self.table, render_bridge.FAMILY) for c in changes) + "\n")
+        self._writer.apply(self.table, changes)
+
     def installed(self) -> dict[str, PortGuard]:
         """endpoint id -> the guard this instance installed (for reconcile/debug)."""
         return dict(self._guards)
@@ -170,3 +179,18 @@ class NftBridgeGuard:
                     if elem.get("comment") == tag:
                         found.append(GuardElement(name, render_bridge.key_from_json(elem["val"])))
         return found
+
+
+def _drop_changes(elements: Sequence[GuardElement]) -> list[ElementChange]:
+    """``render_bridge.drop_lines``: each element deleted whether present or not."""
+    changes: list[ElementChange] = []
+    for e in elements:
+        changes += [ElementChange("add", e.set, e.key), ElementChange("delete", e.set, e.key)]
+    return changes
+
+
+def _port_changes(
+    owner: str, old: Sequence[GuardElement], new: Sequence[GuardElement]
+) -> list[ElementChange]:
+    """``render_bridge.port_lines``: ``old`` dropped, ``new`` added with the owner's tag."""
+    return _drop_changes(old) + [ElementChange("add", e.set, e.key, owner_comment(owner)) for e in new]

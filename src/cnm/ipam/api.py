@@ -10,6 +10,11 @@ another daemon's change by the watch's latency, never one of the caller's own).
 
 Every address has an owner (an endpoint id, or ``gateway``/``aux:<name>``), which lets
 the engine release orphans after a crash.
+
+An endpoint's address can also be claimed and freed in the caller's own transaction, the
+one that writes the endpoint's record (``claim_address``/``release_change``, then
+``settle`` or ``abandon``): one store commit instead of two, and the address and its
+endpoint never exist one without the other.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Protocol
 
 from cnm.errors import InvalidArgument, NotFound
 from cnm.model.network import IpamConfig
+from cnm.store.api import Check, Op, StaleRevision
 
 # The IPAM drivers cnm has: Docker's built-in "default" only (no plugins, no "null").
 IPAM_DRIVERS = ("default",)
@@ -65,6 +71,22 @@ class Pool:
     subnet: IPv4Network
     gateway: IPv4Address | None
     ip_range: IPv4Network | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AddressChange:
+    """A claim (``owner`` set) or a release (``owner`` empty) of one address that the
+    caller stores in its own transaction: ``ops`` and ``checks`` join that commit."""
+
+    network_id: str
+    address: IPv4Address
+    owner: str
+    ops: tuple[Op, ...]
+    checks: tuple[Check, ...]
+
+    def concerns(self, exc: StaleRevision) -> bool:
+        """Did the transaction fail on one of this change's checks?"""
+        return any(check.key == exc.key for check in self.checks)
 
 
 class Ipam(Protocol):
@@ -113,6 +135,31 @@ class Ipam(Protocol):
     async def release_address(self, network_id: str, address: IPv4Address) -> None:
         """Free ``address`` as the caller knows it; idempotent, and never frees what
         another daemon claimed after a release the caller has not seen yet."""
+
+    def claim_address(
+        self, network_id: str, owner: str, preferred: IPv4Address | None = None
+    ) -> AddressChange:
+        """The address ``allocate_address`` would give (same choice, same errors), held in
+        this IPAM's cache but not stored: the caller commits the change's ops and checks
+        with its records, then calls ``settle``, or ``abandon`` if it did not commit."""
+
+    def release_change(self, network_id: str, address: IPv4Address) -> AddressChange | None:
+        """The change that frees ``address`` in the caller's transaction (None: free
+        already).  If that transaction fails on the change's check, the address was
+        released and claimed again since, and is not the caller's to free: commit
+        without it."""
+
+    def settle(self, change: AddressChange, revision: int) -> None:
+        """The caller's transaction carrying ``change`` committed at ``revision``."""
+
+    def abandon(self, change: AddressChange) -> None:
+        """The caller's transaction carrying the claim ``change`` did not commit: the held
+        address is free again; idempotent, and nothing once settled."""
+
+    async def catch_up(self, exc: StaleRevision) -> None:
+        """A transaction carrying a claim failed on one of its checks (``concerns``):
+        bring the cache up to the change that beat it, so the next claim chooses
+        another address."""
 
     def owners(self, network_id: str) -> dict[IPv4Address, str]:
         """Every allocated address of the pool and its owner."""

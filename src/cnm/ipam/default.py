@@ -57,7 +57,7 @@ from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Address, IPv4Network
 
 from cnm.errors import Conflict, Forbidden, InvalidArgument, NotFound, SystemFailure, Unavailable
-from cnm.ipam.api import DEFAULT_POOLS, Pool, PoolSpec
+from cnm.ipam.api import DEFAULT_POOLS, AddressChange, Pool, PoolSpec
 from cnm.model.network import IpamConfig
 from cnm.model.values import check_usable_subnet, parse_ipv4_network
 from cnm.store import codec
@@ -449,6 +449,8 @@ class DefaultIpam:
         self._started = False
         self.conflicts = 0  # compare-and-swaps lost to another writer (a figure for benches)
         self._rng = random.Random()
+        # claims lost in a row per network (``catch_up``), for the spread of the next one
+        self._claims_lost: dict[str, int] = {}
         self._pools: dict[str, _PoolState] = {}
         # The owners of every network's addresses, pool known or not yet (the watch may
         # bring an address before its pool); a pool's state shares its network's dict.
@@ -670,26 +672,7 @@ class DefaultIpam:
         lowest free, not the lowest (see SPREAD)."""
         lost = 0
         for _attempt in range(MAX_ATTEMPTS):
-            state = self._pools.get(network_id)
-            if state is None:
-                raise NotFound(f"cannot find address pool for network {network_id}")
-            if preferred is not None:
-                if preferred not in state.pool.subnet:
-                    raise InvalidArgument(
-                        f"requested address is out of range: {preferred} is not in {state.pool.subnet}"
-                    )
-                value = int(preferred)
-                if value not in state.free:
-                    raise Forbidden(ERR_IN_USE)
-            else:
-                lo, hi = state.dynamic_bounds
-                lowest = state.free.lowest(lo, hi)
-                if lowest is None:
-                    raise Unavailable(ERR_NO_ADDRESSES)
-                value = lowest
-                if lost > 1:
-                    pick = state.free.nth(lo, hi, self._rng.randrange(min(1 << (lost - 1), SPREAD)))
-                    value = lowest if pick is None else pick
+            value = self._choose_address(network_id, preferred, lost)
             address = IPv4Address(value)
             key = address_key(network_id, address)
             pkey = pool_key(network_id)
@@ -703,6 +686,78 @@ class DefaultIpam:
                 continue
             return address
         raise self._gave_up(f"allocating an address on network {network_id[:12]}")
+
+    def _choose_address(self, network_id: str, preferred: IPv4Address | None, lost: int) -> int:
+        """The address a claim takes (see ``allocate_address`` for the rules and errors);
+        ``lost``: claims lost in a row, which spread the choice."""
+        state = self._pools.get(network_id)
+        if state is None:
+            raise NotFound(f"cannot find address pool for network {network_id}")
+        if preferred is not None:
+            if preferred not in state.pool.subnet:
+                raise InvalidArgument(
+                    f"requested address is out of range: {preferred} is not in {state.pool.subnet}"
+                )
+            if int(preferred) not in state.free:
+                raise Forbidden(ERR_IN_USE)
+            return int(preferred)
+        lo, hi = state.dynamic_bounds
+        lowest = state.free.lowest(lo, hi)
+        if lowest is None:
+            raise Unavailable(ERR_NO_ADDRESSES)
+        if lost > 1:
+            pick = state.free.nth(lo, hi, self._rng.randrange(min(1 << (lost - 1), SPREAD)))
+            return lowest if pick is None else pick
+        return lowest
+
+    def claim_address(
+        self, network_id: str, owner: str, preferred: IPv4Address | None = None
+    ) -> AddressChange:
+        """See ``cnm.ipam.api.Ipam.claim_address``.  The address is taken from the free
+        ranges at once (a second claim before the first settles gets another one), not
+        yet given an owner: ``owners`` lists stored addresses only."""
+        if not self._started:
+            raise SystemFailure("ipam: not started (start() loads the cache)")
+        value = self._choose_address(network_id, preferred, self._claims_lost.get(network_id, 0))
+        self._pools[network_id].free.take(value)
+        address = IPv4Address(value)
+        key, pkey = address_key(network_id, address), pool_key(network_id)
+        return AddressChange(
+            network_id,
+            address,
+            owner,
+            (Put(key, {"owner": owner}),),
+            (Check(key, 0), Check(pkey, self._revision(pkey))),
+        )
+
+    def release_change(self, network_id: str, address: IPv4Address) -> AddressChange | None:
+        """See ``cnm.ipam.api.Ipam.release_change``: checked at the revision the cache
+        holds, as ``release_address``."""
+        state = self._pools.get(network_id)
+        if state is None or int(address) not in state.owners:
+            return None
+        key = address_key(network_id, address)
+        return AddressChange(network_id, address, "", (Delete(key),), (Check(key, self._revision(key)),))
+
+    def settle(self, change: AddressChange, revision: int) -> None:
+        if change.owner:
+            self._claims_lost.pop(change.network_id, None)
+        self._applied(change.ops, revision)
+
+    def abandon(self, change: AddressChange) -> None:
+        """A held address goes back to the free ranges unless it is stored by now (ours
+        settled, or another daemon's that the watch brought)."""
+        state = self._pools.get(change.network_id)
+        value = int(change.address)
+        if not change.owner or state is None or value in state.owners:
+            return
+        if state.host_bounds[0] <= value <= state.host_bounds[1]:
+            state.free.give(value)
+
+    async def catch_up(self, exc: StaleRevision) -> None:
+        nid = exc.key.removeprefix(ADDRESS_PREFIX).removeprefix(POOL_PREFIX).partition("/")[0]
+        self._claims_lost[nid] = self._claims_lost.get(nid, 0) + 1
+        await self._refresh(exc)
 
     async def release_address(self, network_id: str, address: IPv4Address) -> None:
         """Idempotent: an unknown network or a free address is not an error.  The key is

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import operator
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -56,19 +57,36 @@ def _field_names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls))
 
 
+@functools.cache
+def _fields_getter(cls: type) -> tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]:
+    """A dataclass's field names and one C-level call reading all their values."""
+    names = _field_names(cls)
+    if not names:
+        return names, lambda obj: ()
+    if len(names) == 1:
+        (name,) = names
+        return names, lambda obj: (getattr(obj, name),)
+    getter: Callable[[Any], tuple[Any, ...]] = operator.attrgetter(*names)
+    return names, getter
+
+
 def _encode_value(value: Any) -> Any:
-    # exact types first (the bulk of any record), then the general rules in their order
+    # exact types first (the bulk of any record), then the general rules in their order;
+    # a plain scalar inside a container is kept as it is without a call (most values are)
     kind: type = type(value)
     if kind in _PLAIN:
         return value
     if kind in _IP_TYPES:
         return str(value)
     if kind is tuple or kind is list:
-        return [_encode_value(v) for v in value]
+        return [v if type(v) in _PLAIN else _encode_value(v) for v in value]
     if (kind is types.MappingProxyType or kind is dict) and all(type(k) is str for k in value):
-        return {k: _encode_value(v) for k, v in value.items()}
+        return {k: v if type(v) in _PLAIN else _encode_value(v) for k, v in value.items()}
     if hasattr(kind, "__dataclass_fields__") and kind is not type:
-        return {name: _encode_value(getattr(value, name)) for name in _field_names(kind)}
+        names, get = _fields_getter(kind)
+        return {
+            n: v if type(v) in _PLAIN else _encode_value(v) for n, v in zip(names, get(value), strict=True)
+        }
     return _encode_other(value)
 
 
