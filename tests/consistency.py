@@ -169,7 +169,7 @@ class Link:
     @property
     def owner(self) -> str:
         # cnm:<daemon id>:<owner id> (older links: cnm:<owner id>)
-        return self.alias.rpartition(":")[2] if self.alias.startswith("cnm:") else ""
+        return self.alias.split(" ", 1)[0].rpartition(":")[2] if self.alias.startswith("cnm:") else ""
 
     @classmethod
     def parse(cls, raw: dict[str, Any]) -> Link:

@@ -163,7 +163,9 @@ async def create_netns(path: str, setup: Callable[[], T]) -> T:
     if netns_exists(path):
         raise Conflict(f"network namespace {path} already exists")
     parent = os.path.dirname(path)
-    log_command(["ip", "netns", "add", path])
+    # what ``ip netns add`` does, for any path (``ip`` itself takes only a name under /run/netns)
+    log_command(["touch", path])
+    log_command(["unshare", f"--net={path}", "true"])
     try:
         os.makedirs(parent, mode=0o711, exist_ok=True)
         fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o444)
@@ -187,7 +189,8 @@ def delete_netns(path: str) -> None:
     namespace itself lives on while a process or socket still uses it."""
     if not os.path.lexists(path):
         return
-    log_command(["ip", "netns", "delete", path])
+    log_command(["umount", "--lazy", path])
+    log_command(["rm", "-f", path])
     if os.path.ismount(path) and _libc.umount2(path.encode(), MNT_DETACH) != 0:
         code = ctypes.get_errno()
         if code not in (errno.EINVAL, errno.ENOENT):  # raced with another unmount
