@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "network connect": ("network", "cmd_connect"),
     "network disconnect": ("network", "cmd_disconnect"),
     "network prune": ("network", "cmd_prune"),
+    "network map": ("explain", "cmd_map"),
+    "explain": ("explain", "cmd_explain"),
     "create": ("run", "cmd_create"),
     "run": ("run", "cmd_run"),
     "start": ("container", "cmd_start"),

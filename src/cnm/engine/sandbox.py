@@ -33,6 +33,7 @@ from cnm.engine.lookup import find_container, find_network
 from cnm.engine.network import Network
 from cnm.engine.services import Services
 from cnm.errors import CnmError, Conflict, InvalidArgument, NotFound
+from cnm.kernel import netns as ns
 from cnm.model.container import Container, Image
 from cnm.model.endpoint import EndpointRecord, EndpointRequest, SandboxRecord
 from cnm.model.network import GWBRIDGE_NAME, NetworkRecord
@@ -49,6 +50,15 @@ class Join:
     network: NetworkRecord
     request: EndpointRequest
     primary: bool
+
+
+NETNS_NAME_PREFIX = "cnm-"
+
+
+def netns_name_path(svc: Services, container_name: str) -> str:
+    """Where cnmd --netns-names mounts a container's namespace a second time, so that
+    ``ip netns exec cnm-<container name>`` enters it."""
+    return os.path.join(svc.netns_names, NETNS_NAME_PREFIX + container_name)
 
 
 def start_plan(svc: Services, container: Container) -> list[Join]:
@@ -135,6 +145,10 @@ class Sandbox:
         if key:
             await svc.kernel.create_netns(key)
             stack.push_async_callback(svc.kernel.delete_netns, key)
+            if svc.netns_names:
+                named = netns_name_path(svc, container.name)
+                ns.name_netns(key, named)
+                stack.callback(ns.delete_netns, named)
         for join in plan:
             ep = await sandbox._join(
                 stack,
@@ -289,6 +303,11 @@ class Sandbox:
             errors.extend(await Endpoint.of(self._svc, record).remove(self.record))
         errors.extend(await self._svc.naming.withdraw(self.record))
         if self.record.key:
+            if self._svc.netns_names:
+                try:
+                    ns.delete_netns(netns_name_path(self._svc, self.container.name))
+                except CnmError as exc:
+                    errors.append(exc)
             try:
                 await self._svc.kernel.delete_netns(self.record.key)
             except CnmError as exc:

@@ -184,6 +184,28 @@ async def create_netns(path: str, setup: Callable[[], T]) -> T:
         raise
 
 
+def name_netns(path: str, named: str) -> None:
+    """Make the namespace at ``path`` known by a second path too, ``named`` (a file in
+    ``/run/netns``, so ``ip netns exec NAME`` works): a bind mount of it, as ``ip netns
+    add`` would have made.  An older mount there is replaced; ``delete_netns(named)``
+    removes it and leaves ``path`` alone."""
+    delete_netns(named)
+    log_command(["touch", named])
+    log_command(["mount", "--bind", path, named])
+    try:
+        os.makedirs(os.path.dirname(named), mode=0o755, exist_ok=True)
+        os.close(os.open(named, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o444))
+    except OSError as exc:
+        raise KernelError(f"cannot create {named}: {exc.strerror}") from exc
+    if _libc.mount(path.encode(), named.encode(), b"none", MS_BIND, None) != 0:
+        code = ctypes.get_errno()
+        try:
+            os.unlink(named)
+        except OSError:
+            pass
+        raise KernelError(f"cannot bind-mount {path} on {named}: {os.strerror(code)}")
+
+
 def delete_netns(path: str) -> None:
     """Lazily unmount and unlink ``path``; "not mounted" and "not there" are success.  The
     namespace itself lives on while a process or socket still uses it."""

@@ -25,7 +25,7 @@ import threading
 from dataclasses import dataclass
 
 from cnm.kernel import rtnl
-from cnm.kernel.cmdlog import log_comment, log_command
+from cnm.kernel.cmdlog import log_command, log_comment
 
 log = logging.getLogger("cnm.kernel")
 
