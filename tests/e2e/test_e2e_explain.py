@@ -48,6 +48,10 @@ def seehost(busybox_tar: Path) -> Iterator[TestHost]:
         host.close()
 
 
+def inspect_network_id(host: TestHost, name: str) -> str:
+    return json.loads(host.cnm("network", "inspect", name).stdout)[0]["Id"]
+
+
 def explain(host: TestHost, name: str) -> dict[str, Any]:
     return json.loads(host.cnm("explain", "--format", "json", name).stdout)
 
@@ -93,7 +97,13 @@ def test_explain_matches_the_kernel_fact_by_fact(seehost: TestHost) -> None:
     (rule,) = port["rules"]
     assert rule.startswith("tcp . 8080 ") and f": {ip} . 80" in rule
     listed = seehost.run(shlex.split(port["command"])).stdout
-    assert re.search(rf"tcp \. 8080 comment \"cnm:[0-9a-f]+\" : {re.escape(ip)} \. 80", listed), listed
+    assert re.search(
+        rf"tcp \. 8080 comment \"cnm:[0-9a-f]+ \(web on front\)\" : {re.escape(ip)} \. 80", listed
+    ), listed
+    # readable kernel objects: the network's elements name it beside the tag
+    front = inspect_network_id(seehost, "front")
+    bridges = seehost.run(["nft", "list", "set", "ip", "cnm", "bridges"]).stdout
+    assert f'"{a["bridge"]}" comment "cnm:{front} (front)"' in bridges, bridges
     # every command shown runs, as printed, inside the test host
     for command in [*e["commands"].values(), *a["commands"].values()]:
         if command.endswith(" sh") or "|" in command:

@@ -44,6 +44,7 @@ class BridgeRules:
     internal: bool = False
     icc: bool = True
     masquerade: bool = True
+    name: str = ""  # the network's name, for people reading the rules' comments
 
 
 def bridge_rules(network: NetworkRecord) -> BridgeRules:
@@ -58,6 +59,7 @@ def bridge_rules(network: NetworkRecord) -> BridgeRules:
         internal=network.internal,
         icc=network.icc,
         masquerade=network.masquerade,
+        name=network.name,
     )
 
 
@@ -76,6 +78,7 @@ class PortRule:
     host_port_end: int
     container_ip: IPv4Address
     container_port: int
+    label: str = ""  # "<container> on <network>", for people reading the comments
 
 
 class Firewall(Protocol):
