@@ -353,11 +353,8 @@ class Controller:
 
     async def topology(self, network_refs: Sequence[str] = ()) -> Topology:
         """The map of ``network_refs`` (every network when empty), read from the kernel."""
-        if network_refs:
-            networks = [self._networks.find(ref) for ref in dict.fromkeys(network_refs)]
-        else:
-            networks = sorted(self._networks.all(), key=lambda n: n.name)
-        return await gather(self._svc, networks)
+        chosen = [self._networks.find(ref) for ref in dict.fromkeys(network_refs)]
+        return await gather(self._svc, chosen or sorted(self._networks.all(), key=lambda n: n.name))
 
     # -- exec -----------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ at L3.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Protocol
 
@@ -44,7 +44,8 @@ class BridgeRules:
     internal: bool = False
     icc: bool = True
     masquerade: bool = True
-    name: str = ""  # the network's name, for people reading the rules' comments
+    # the network's name, for people reading the comments: not part of what a rule *is*
+    name: str = field(default="", compare=False)
 
 
 def bridge_rules(network: NetworkRecord) -> BridgeRules:
@@ -78,7 +79,8 @@ class PortRule:
     host_port_end: int
     container_ip: IPv4Address
     container_port: int
-    label: str = ""  # "<container> on <network>", for people reading the comments
+    # "<container> on <network>", for people reading the comments (not compared, as above)
+    label: str = field(default="", compare=False)
 
 
 class Firewall(Protocol):
