@@ -14,6 +14,8 @@ from cnm.engine.events import Events
 from cnm.engine.explain import Explanation
 from cnm.engine.info import EngineInfo, ExecInfo
 from cnm.engine.topology import NetworkNode, Topology
+from cnm.engine.trace import Trace
+from cnm.engine.trace_path import SPECIAL, parse_target
 from cnm.errors import Conflict, Forbidden, NotFound, NotModified
 from cnm.kernel.api import LinkStats
 from cnm.model.container import RUNNING, Container, ContainerConfig, ContainerState, ExecSpec, Image
@@ -154,6 +156,14 @@ class FakeController:
         return Explanation(
             container=c.name, container_id=c.id, running=c.running, network_mode=str(c.config.network_mode)
         )
+
+    async def trace(self, source: str, destination: str, live: bool = False) -> Trace:
+        """The input checks only (no kernel here): a path of no hops."""
+        src, dst = parse_target(source, destination=False), parse_target(destination, destination=True)
+        for ref in (src.ref, dst.ref):
+            if ref not in SPECIAL and not ref.replace(".", "").isdigit():
+                self.find_container(ref)
+        return Trace(src.ref, dst.ref, dst.protocol, dst.port, "", "", "delivered", "no kernel in the fakes")
 
     async def topology(self, network_refs: Sequence[str] = ()) -> Topology:
         """The store's view only (no kernel here): every index 0, "missing"."""

@@ -6,6 +6,9 @@ names of the engine's values), built here as every wire shape is.
   with the command that shows it (``engine/explain.py``).
 - ``GET /cnm/v1/map[?network=NAME…][&format=json|text|dot|svg]``: the networks as the
   kernel wires them (``engine/topology.py``); text, dot and svg come rendered.
+- ``POST /cnm/v1/trace?source=SRC&destination=DST[:PORT][/PROTO][&live=1]``: a packet's
+  path (``engine/trace.py``); a POST because ``live`` sends a probe and installs, for its
+  duration, a marking table.
 """
 
 from __future__ import annotations
@@ -68,8 +71,24 @@ async def network_map(request: web.Request) -> web.Response:
     return web.Response(text=await topology.render_svg(dot), content_type="image/svg+xml")
 
 
+_TRUE, _FALSE = ("1", "true", "True"), ("", "0", "false", "False")
+
+
+async def trace(request: web.Request) -> web.Response:
+    api = Api.of(request)
+    source = request.query.get("source", "")
+    destination = request.query.get("destination", "")
+    if not source or not destination:
+        raise InvalidArgument("trace needs both source and destination")
+    live = request.query.get("live", "")
+    if live not in _TRUE + _FALSE:
+        raise InvalidArgument(f"invalid live {live!r}: expected 1 or 0")
+    return json_response(plain(await api.controller.trace(source, destination, live in _TRUE)))
+
+
 def routes() -> list[tuple[str, str, object]]:
     return [
         ("GET", PREFIX + "/containers/{id}/explain", explain),
         ("GET", PREFIX + "/map", network_map),
+        ("POST", PREFIX + "/trace", trace),
     ]

@@ -29,7 +29,7 @@ from cnm.engine.containers import Containers
 from cnm.engine.events import Events
 from cnm.engine.execs import Execs
 from cnm.engine.exits import Exits
-from cnm.engine.explain import Explainer, Explanation
+from cnm.engine.explain import Explanation
 from cnm.engine.freezer import Freezer
 from cnm.engine.images import Images
 from cnm.engine.info import EngineInfo, ExecInfo
@@ -45,6 +45,7 @@ from cnm.engine.starts import Starts
 from cnm.engine.state import State
 from cnm.engine.stopping import Stopping
 from cnm.engine.topology import Topology, gather
+from cnm.engine.trace import Tracer, Tracing
 from cnm.errors import NotModified
 from cnm.firewall.api import BridgeRules, Firewall, PortRule, bridge_rules
 from cnm.ipam.api import Ipam, PoolSpec
@@ -61,7 +62,7 @@ from cnm.store.api import Store
 log = logging.getLogger("cnm.engine")
 
 
-class Controller:
+class Controller(Tracing):  # Tracing: the trace verb (engine/trace.py)
     """The daemon builds it, calls ``start`` once before serving and ``close`` at shutdown."""
 
     def __init__(
@@ -119,8 +120,7 @@ class Controller:
         self._networks = Networks(svc, bridge_name=bridge_name)
         self._containers = Containers(svc)
         self._execs = Execs(runtime, self._containers.running, self.events)
-        runs = Runs()
-        self._runs = runs
+        self._runs = runs = Runs()
         self._exits = Exits(svc, runs)
         self._freezer = Freezer(svc)
         self._stopping = Stopping(svc, runs, self._exits, self._execs, self._freezer)
@@ -130,7 +130,7 @@ class Controller:
         self._restore = Restore(svc, runs, self._exits)
         self._observe = Observe(svc)
         self._images = Images(svc)
-        self._explainer = Explainer(svc, firewall_backend=firewall_backend, firewall_table=firewall_table)
+        self._explainer = Tracer(svc, firewall_backend=firewall_backend, firewall_table=firewall_table)
 
     # -- lifecycle ------------------------------------------------------------------------
 

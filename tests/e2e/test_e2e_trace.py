@@ -1,0 +1,136 @@
+"""``cnm trace`` against the kernel of a test host, without and with ``--live``: the six
+cases of issue 11 (same network, another network, --internal to the world, a published
+port from the world, icc=false, a --link), and bad input that changes nothing.
+
+The topology: ``front`` with ``web`` (httpd, 8080 -> 80) and ``app`` (``--link web:www``);
+``back`` with ``db``; ``vault`` (--internal) with ``secret``; ``quiet`` (icc=false) with
+``q1`` and ``q2``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_util import bridge_of, ip_on, run_sleeper
+from harness import ROOT_SKIP_REASON, TestHost, is_root
+
+HOST_IP = "203.0.113.2"  # the test host's address towards the world namespace
+WORLD_IP = "203.0.113.1"
+
+
+@pytest.fixture(scope="module")
+def tracehost(busybox_tar: Path) -> Iterator[TestHost]:
+    if not is_root():
+        pytest.skip(ROOT_SKIP_REASON)
+    host = TestHost()
+    try:
+        host.start()
+        host.start_daemon()
+        host.import_image(busybox_tar, "busybox")
+        host.cnm("network", "create", "front")
+        host.cnm("network", "create", "back")
+        host.cnm("network", "create", "--internal", "vault")
+        host.cnm("network", "create", "-o", "com.docker.network.bridge.enable_icc=false", "quiet")
+        script = "mkdir -p /www && echo hello > /www/index.html && exec httpd -f -p 80 -h /www"
+        host.cnm(
+            "run", "-d", "--name", "web", "--network", "front", "-p", "8080:80", "busybox", "sh", "-c", script
+        )
+        run_sleeper(host, "app", "--network", "front", "--link", "web:www")
+        run_sleeper(host, "db", "--network", "back")
+        run_sleeper(host, "secret", "--network", "vault")
+        run_sleeper(host, "q1", "--network", "quiet")
+        run_sleeper(host, "q2", "--network", "quiet")
+        yield host
+    finally:
+        host.close()
+
+
+def trace(host: TestHost, *args: str) -> dict[str, Any]:
+    return json.loads(host.cnm("trace", "--format", "json", *args).stdout)
+
+
+def hop(t: dict[str, Any], what: str) -> dict[str, Any]:
+    found = [h for h in t["hops"] if h["what"] == what]
+    assert found, f"no {what} hop in {t['hops']}"
+    return found[0]
+
+
+def test_same_network_is_accepted(tracehost: TestHost) -> None:
+    t = trace(tracehost, "app", "web:80")
+    print(json.dumps(t, indent=1))
+    assert t["verdict"] == "delivered"
+    assert t["saddr"] == ip_on(tracehost, "app", "front") and t["daddr"] == ip_on(tracehost, "web", "front")
+    route = hop(t, "route")
+    assert route["command"].startswith("nsenter --net=") and route["command"].endswith(
+        f"ip route get {t['daddr']}"
+    )
+    assert (
+        "switches the frame" in hop(t, "bridge")["text"]
+        and bridge_of(tracehost, "front") in hop(t, "bridge")["text"]
+    )
+    assert "share network 'front'" in t["reason"]
+    assert not any(h["what"] == "forward" for h in t["hops"])  # switched: no IP hook
+
+
+def test_other_network_is_dropped_by_isolation(tracehost: TestHost) -> None:
+    t = trace(tracehost, "app", "db/icmp")
+    print(json.dumps(t, indent=1))
+    assert t["verdict"] == "dropped"
+    fwd = hop(t, "forward")
+    front, back = bridge_of(tracehost, "front"), bridge_of(tracehost, "back")
+    assert (
+        f"dropped by isolation: network 'front' (bridge {front}) may not forward to network 'back' (bridge {back})"
+        in t["reason"]
+    )
+    assert "rule: oifname @bridges drop" in t["reason"]
+    assert any(r.endswith("-> drop [back]") for r in fwd["rules"])
+
+
+def test_internal_network_has_no_route_to_the_world(tracehost: TestHost) -> None:
+    t = trace(tracehost, "secret", "world")
+    print(json.dumps(t, indent=1))
+    assert t["verdict"] == "no route" and t["reason"].startswith("--internal: no route")
+    assert "'vault'" in t["reason"]
+
+
+def test_published_port_from_the_world_is_dnated_to_the_container(tracehost: TestHost) -> None:
+    t = trace(tracehost, "world", f"{HOST_IP}:8080")
+    print(json.dumps(t, indent=1))
+    web = ip_on(tracehost, "web", "front")
+    assert t["verdict"] == "delivered"
+    pre = hop(t, "prerouting")
+    assert f"DNAT to web ({web}:80) by the published port 8080/tcp (web on front)" in pre["text"]
+    assert "a published port may enter" in hop(t, "forward")["text"]
+    assert t["hops"][-1]["text"].startswith("into web's eth0")
+
+
+def test_icc_false_is_dropped(tracehost: TestHost) -> None:
+    t = trace(tracehost, "q1", "q2")
+    print(json.dumps(t, indent=1))
+    assert t["verdict"] == "dropped" and "dropped by icc=false" in t["reason"]
+    assert bridge_of(tracehost, "quiet") in t["reason"]
+
+
+def test_a_link_is_accepted_and_named(tracehost: TestHost) -> None:
+    t = trace(tracehost, "app", "www:80")
+    print(json.dumps(t, indent=1))
+    assert t["verdict"] == "delivered" and t["daddr"] == ip_on(tracehost, "web", "front")
+    assert "--link web:www" in t["reason"]
+
+
+def test_to_the_world_is_masqueraded(tracehost: TestHost) -> None:
+    t = trace(tracehost, "db", "world")
+    print(json.dumps(t, indent=1))
+    assert t["verdict"] == "delivered"
+    assert "masquerade: network 'back' leaves by" in hop(t, "postrouting")["text"]
+
+
+def test_text_output_shows_each_hop_with_its_command(tracehost: TestHost) -> None:
+    out = tracehost.cnm("trace", "-v", "app", "db/icmp").stdout
+    print(out)
+    assert out.startswith("trace app (") and "$ nsenter --net=" in out and "=> dropped: " in out
+    assert "forward #" in out  # -v: the rules each hook met
