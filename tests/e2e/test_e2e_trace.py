@@ -73,7 +73,15 @@ def test_same_network_is_accepted(tracehost: TestHost) -> None:
         and bridge_of(tracehost, "front") in hop(t, "bridge")["text"]
     )
     assert "share network 'front'" in t["reason"]
-    assert not any(h["what"] == "forward" for h in t["hops"])  # switched: no IP hook
+    if br_netfilter(tracehost):  # switched frames meet the IP hooks too: icc lets them through
+        assert hop(t, "forward")["text"].startswith("forward: accepted by icc on network 'front'")
+    else:
+        assert not any(h["what"] == "forward" for h in t["hops"])
+
+
+def br_netfilter(host: TestHost) -> bool:
+    r = host.run(["cat", "/proc/sys/net/bridge/bridge-nf-call-iptables"], check=False)
+    return r.returncode == 0 and r.stdout.strip() == "1"
 
 
 def test_other_network_is_dropped_by_isolation(tracehost: TestHost) -> None:
@@ -134,3 +142,52 @@ def test_text_output_shows_each_hop_with_its_command(tracehost: TestHost) -> Non
     print(out)
     assert out.startswith("trace app (") and "$ nsenter --net=" in out and "=> dropped: " in out
     assert "forward #" in out  # -v: the rules each hook met
+
+
+# -- --live: one real probe, nft monitor trace ---------------------------------------------
+
+
+def no_trace_table(host: TestHost) -> bool:
+    tables = host.run(["nft", "list", "tables"]).stdout
+    return "cnm-trace" not in tables
+
+
+def test_live_same_network_and_link_are_answered(tracehost: TestHost) -> None:
+    for dst in ("web:80", "www:80"):
+        t = trace(tracehost, "--live", "app", dst)
+        print(json.dumps({k: t[k] for k in ("probe", "live", "live_verdict")}, indent=1))
+        assert t["probe"].endswith("connected (SYN-ACK)")
+        assert any(line.startswith("[bridge prerouting] packet:") and "(app's veth)" in line for line in t["live"])
+        assert t["live_verdict"] == "passed every hook the trace saw"
+    assert no_trace_table(tracehost)
+
+
+def test_live_other_network_names_the_isolation_rule(tracehost: TestHost) -> None:
+    t = trace(tracehost, "--live", "app", "db")
+    print(json.dumps({k: t[k] for k in ("probe", "live", "live_verdict")}, indent=1))
+    assert "no echo reply" in t["probe"]
+    assert t["live_verdict"].startswith("dropped in ip cnm chain forward by the rule oifname @bridges drop")
+    assert no_trace_table(tracehost)
+
+
+def test_live_internal_to_the_world_sends_nothing(tracehost: TestHost) -> None:
+    t = trace(tracehost, "--live", "secret", "world")
+    assert t["live_verdict"] == "no route" and t["probe"].startswith("not sent: ")
+
+
+def test_live_published_port_is_dnated(tracehost: TestHost) -> None:
+    t = trace(tracehost, "--live", "db", f"{HOST_IP}:8080")
+    print(json.dumps({k: t[k] for k in ("reason", "probe", "live", "live_verdict")}, indent=1))
+    web = ip_on(tracehost, "web", "front")
+    assert t["probe"].endswith("connected (SYN-ACK)")
+    assert any("ip cnm ports:" in line and "@ports-any" in line for line in t["live"])
+    assert any(f"ip daddr {web} (web)" in line for line in t["live"])  # after DNAT, named
+    assert no_trace_table(tracehost)
+
+
+def test_live_icc_false_is_not_answered(tracehost: TestHost) -> None:
+    t = trace(tracehost, "--live", "q1", "q2")
+    print(json.dumps({k: t[k] for k in ("probe", "live", "live_verdict")}, indent=1))
+    assert "no echo reply" in t["probe"]
+    assert "got no answer" in t["live_verdict"] and "dropped by icc=false" in t["live_verdict"]
+    assert no_trace_table(tracehost)

@@ -19,6 +19,7 @@ name with their address, published ports as ``8080/tcp``.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
@@ -28,6 +29,8 @@ from cnm.engine.trace_path import Done, End, Hop, Target, parse_target
 from cnm.engine.trace_walk import Walk
 from cnm.errors import CnmError, InvalidArgument
 from cnm.kernel import facts, tracing
+
+_LIVE = asyncio.Lock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,33 +124,34 @@ class Tracer(Explainer):
         saddr = IPv4Address(r.src) if r.src else (src.address or IPv4Address("127.0.0.1"))
         sport = random.randint(33000, 60999) if t.protocol != "icmp" else None
         spec = tracing.ProbeSpec(saddr, dst.address, t.protocol, t.port, sport)
-        async with tracing.trace_table(spec):
+        async with _LIVE, tracing.trace_table(spec):  # one at a time: one marking table
             async with tracing.monitor_trace() as lines:
                 probe = await tracing.send_probe(spec, src.netns or None)
         events = tracing.parse_trace_lines(lines)
         shown: list[str] = []
         dropped = ""
         for e in events:
-            if e.table == tracing.TRACE_TABLE and e.kind != "packet":
-                continue  # the marking rule itself
+            where = f"{e.family} {e.table} {e.chain}"
             if e.kind == "packet":
-                shown.append(run.names_in(f"[{e.chain}] packet: {e.text}"))
-            elif e.kind == "rule":
-                shown.append(run.names_in(f"{e.table} {e.chain}: {e.text} -> {e.verdict}"))
+                line = run.names_in(f"[{e.family} {e.chain}] packet: {tracing.packet_summary(e.text)}")
+                if not shown or shown[-1] != line:  # each table at a hook repeats it
+                    shown.append(line)
+                continue
+            if e.table == tracing.TRACE_TABLE:
+                continue  # the marking rule itself
+            if e.kind == "rule":
+                shown.append(run.names_in(f"{where}: {e.text} -> {e.verdict}"))
             else:
-                shown.append(run.names_in(f"{e.table} {e.chain}: {e.kind} {e.verdict}"))
+                shown.append(run.names_in(f"{where}: {e.kind} {e.verdict}"))
             if e.verdict == "drop" and not dropped:
                 what = f"by the rule {e.text}" if e.kind == "rule" else "by its policy"
                 dropped = run.names_in(f"dropped in {e.family} {e.table} chain {e.chain} {what}")
         if dropped:
             verdict = dropped
         elif not events:
-            verdict = (
-                "no hook of the host saw the probe: it was switched by a bridge (layer 2) or never left "
-                f"{src.label}"
-            )
+            verdict = await self._unseen(src, r, result)
         else:
-            verdict = "not dropped by any rule the trace saw"
+            verdict = "passed every hook the trace saw"
         return replace(
             result,
             live=tuple(shown),
@@ -158,6 +162,31 @@ class Tracer(Explainer):
             + f": {probe.outcome}",
             live_verdict=verdict,
         )
+
+    async def _unseen(self, src: End, r: tracing.RouteLookup, result: Trace) -> str:
+        """Why no hook saw the probe: it never left SRC (its ARP went unanswered), or a
+        bridge switched it without any netfilter hook."""
+        nexthop = r.gateway or r.dst
+        state = ""
+        if src.kind == "container":
+            try:
+                state = next(
+                    (
+                        n.state
+                        for n in await facts.neighbours(src.netns)
+                        if n.ip == nexthop and n.dev == r.dev
+                    ),
+                    "",
+                )
+            except CnmError:
+                state = ""
+        why = f"; {result.reason}" if result.verdict == "dropped" else ""
+        if state and ("FAILED" in state or "INCOMPLETE" in state):
+            return (
+                f"the probe never left {src.label}: its ARP request for {nexthop} on {r.dev} got no answer "
+                f"(neighbour {state}){why}"
+            )
+        return f"no hook of the host saw the probe: it was switched by a bridge (layer 2) or never left {src.label}{why}"
 
 
 class Tracing:

@@ -17,6 +17,7 @@ from cnm.engine.services import Services
 from cnm.errors import CnmError, InvalidArgument, NotFound
 from cnm.firewall import trace_nft
 from cnm.kernel import facts, tracing
+from cnm.kernel import netns as ns
 from cnm.model.endpoint import EndpointRecord
 from cnm.model.network import NetworkRecord
 
@@ -118,6 +119,10 @@ class Names:
             if ep.host_ifname:
                 self.by_veth[ep.host_ifname] = ep
         self._ruleset: trace_nft.Ruleset | None = None
+        # sysctls that change the path, as cnmd's namespace holds them ("1": on)
+        self.bridge_nf = {
+            key for key in ("net.bridge.bridge-nf-call-iptables",) if ns.read_proc_sys(key) == "1"
+        }
         self._uplink: facts.Route | None = None
 
     # -- names ----------------------------------------------------------------------------

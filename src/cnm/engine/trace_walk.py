@@ -20,6 +20,8 @@ from cnm.kernel import facts, tracing
 from cnm.model.endpoint import EndpointRecord
 from cnm.model.network import NetworkRecord
 
+BR_NETFILTER = "net.bridge.bridge-nf-call-iptables"  # bridged IPv4 also meets the IP hooks
+
 
 class Walk(Names):
     """The path, hop by hop (``walk``); ``verdict`` and ``reason`` once it ran to its end."""
@@ -136,14 +138,24 @@ class Walk(Names):
                 f"dropped by icc=false: {self.bridge_text(bridge)} isolates its ports, so {src.container} "
                 f"may not reach {name} ({daddr}){link}",
             )
+        nf = BR_NETFILTER in self.bridge_nf
+        how = (
+            f"with br_netfilter on ({BR_NETFILTER}=1) the IP hooks see it too, as routed from {bridge} to {bridge}"
+            if nf
+            else "layer 2: no IP hook of the host sees it"
+        )
         self.hops.append(
             Hop(
                 "bridge",
-                f"{bridge} switches the frame from {ep.host_ifname} to {peer.host_ifname} (layer 2: no IP hook "
-                "of the host sees it)",
+                f"{bridge} switches the frame from {ep.host_ifname} to {peer.host_ifname} ({how})",
                 command,
             )
         )
+        if nf:
+            p = self.packet(self.saddr or daddr, daddr, t, iif=bridge, oif=bridge)
+            await self.hook("prerouting", p)
+            await self.hook("forward", p)
+            await self.hook("postrouting", p)
         self.hops.append(Hop("deliver", f"into {name}'s {peer.ifname} ({daddr})"))
         self.verdict = "delivered"
         self.reason = f"accepted: {src.container} and {name} share network '{network.name}'{link}"
@@ -308,7 +320,7 @@ class Walk(Names):
         outcome = s.action or ("matched" if s.matched else (s.note or "no match"))
         names = ""
         if s.elements:
-            names = " [" + "; ".join(comment_label(c) for c in s.elements) + "]"
+            names = " [" + "; ".join(dict.fromkeys(comment_label(c) for c in s.elements)) + "]"
         return f"{s.chain} #{s.handle}: {s.text} -> {outcome}{names}"
 
     def hook_text(self, hook: str, r: HookResult, p: Packet) -> str:

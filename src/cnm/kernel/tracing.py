@@ -27,6 +27,7 @@ from cnm.kernel import facts
 from cnm.kernel import netns as ns
 
 TRACE_TABLE = "cnm-trace"
+TRACE_FAMILIES = ("ip", "bridge")
 TRACE_PRIORITY = -350  # ahead of every cnm chain (raw is -300) and conntrack (-200)
 
 
@@ -107,8 +108,9 @@ class ProbeSpec:
 
 
 def trace_table_script(spec: ProbeSpec, table: str = TRACE_TABLE) -> str:
-    """The ``nft -f`` script of a table whose chains, ahead of every other at prerouting and
-    output, set ``nftrace`` on the probe's packets only (its 5-tuple)."""
+    """The ``nft -f`` script of two tables (``ip`` and ``bridge``) whose chains, ahead of
+    every other at prerouting and output, set ``nftrace`` on the probe's packets only (its
+    5-tuple).  The bridge family's sees what a bridge switches, which no IP hook does."""
     if spec.protocol not in ("icmp", "tcp", "udp"):
         raise InvalidArgument(f"invalid protocol {spec.protocol!r}: expected tcp, udp or icmp")
     match = f"ip saddr {spec.saddr} ip daddr {spec.daddr} meta l4proto {spec.protocol}"
@@ -119,12 +121,20 @@ def trace_table_script(spec: ProbeSpec, table: str = TRACE_TABLE) -> str:
             match += f" th sport {spec.sport}"
         if spec.dport is not None:
             match += f" th dport {spec.dport}"
-    t = f"ip {table}"
-    lines = [f"add table {t}", f"delete table {t}", f"add table {t}"]
-    for chain, hook in (("prerouting", "prerouting"), ("output", "output")):
-        lines.append(f"add chain {t} {chain} {{ type filter hook {hook} priority {TRACE_PRIORITY} ; }}")
-        lines.append(f"add rule {t} {chain} {match} meta nftrace set 1")
+        if spec.protocol == "tcp":
+            match += " tcp flags & (syn | ack) == syn"  # the SYN alone: one packet, not the handshake
+    lines = []
+    for family in TRACE_FAMILIES:
+        t = f"{family} {table}"
+        lines += [f"add table {t}", f"delete table {t}", f"add table {t}"]
+        for hook in ("prerouting", "output"):
+            lines.append(f"add chain {t} {hook} {{ type filter hook {hook} priority {TRACE_PRIORITY} ; }}")
+            lines.append(f"add rule {t} {hook} {match} meta nftrace set 1")
     return "\n".join(lines) + "\n"
+
+
+def trace_teardown_script(table: str = TRACE_TABLE) -> str:
+    return "".join(f"add table {f} {table}\ndelete table {f} {table}\n" for f in TRACE_FAMILIES)
 
 
 async def _nft_script(script: str) -> None:
@@ -152,7 +162,7 @@ async def trace_table(spec: ProbeSpec, table: str = TRACE_TABLE) -> AsyncIterato
         yield table
     finally:
         # shielded: a cancelled trace must still not leave its table behind
-        await asyncio.shield(_nft_script(f"add table ip {table}\ndelete table ip {table}\n"))
+        await asyncio.shield(_nft_script(trace_teardown_script(table)))
 
 
 @contextlib.asynccontextmanager
@@ -292,6 +302,18 @@ class TraceEvent:
     kind: str
     text: str
     verdict: str = ""
+
+
+# the fields of a traced packet worth reading (nft prints every header field it decodes)
+_PACKET_FIELDS = re.compile(
+    r'(?:iif|oif) "[^"]*"|ip (?:saddr|daddr|protocol) \S+|(?:tcp|udp) (?:sport|dport) \d+|tcp flags == \S+'
+    r"|icmp type \S+"
+)
+
+
+def packet_summary(text: str) -> str:
+    """A ``packet:`` line of ``nft monitor trace`` cut to interfaces, addresses, ports."""
+    return " ".join(_PACKET_FIELDS.findall(text)) or text
 
 
 def parse_trace_lines(lines: list[str]) -> list[TraceEvent]:
