@@ -191,3 +191,18 @@ def test_live_icc_false_is_not_answered(tracehost: TestHost) -> None:
     assert "no echo reply" in t["probe"]
     assert "got no answer" in t["live_verdict"] and "dropped by icc=false" in t["live_verdict"]
     assert no_trace_table(tracehost)
+
+
+def test_bad_input_is_refused_and_changes_nothing(tracehost: TestHost) -> None:
+    before = tracehost.run(["nft", "list", "ruleset"]).stdout
+    cases = [
+        (("nosuch", "web"), "No such container: nosuch"),
+        (("app", "web:99999"), "invalid port '99999'"),
+        (("app", "web:80/gre"), "invalid protocol 'gre'"),
+        (("app:80", "web"), "a port or protocol goes on the destination"),
+        (("--live", "world", f"{HOST_IP}:8080"), "--live sends its probe from a container or the host"),
+    ]
+    for args, message in cases:
+        r = tracehost.cnm("trace", *args, check=False)
+        assert r.returncode != 0 and message in r.stderr, (args, r.stderr)
+    assert tracehost.run(["nft", "list", "ruleset"]).stdout == before
