@@ -157,7 +157,9 @@ def test_live_same_network_and_link_are_answered(tracehost: TestHost) -> None:
         t = trace(tracehost, "--live", "app", dst)
         print(json.dumps({k: t[k] for k in ("probe", "live", "live_verdict")}, indent=1))
         assert t["probe"].endswith("connected (SYN-ACK)")
-        assert any(line.startswith("[bridge prerouting] packet:") and "(app's veth)" in line for line in t["live"])
+        assert any(
+            line.startswith("[bridge prerouting] packet:") and "(app's veth)" in line for line in t["live"]
+        )
         assert t["live_verdict"] == "passed every hook the trace saw"
     assert no_trace_table(tracehost)
 
