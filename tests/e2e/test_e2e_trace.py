@@ -208,3 +208,21 @@ def test_bad_input_is_refused_and_changes_nothing(tracehost: TestHost) -> None:
         r = tracehost.cnm("trace", *args, check=False)
         assert r.returncode != 0 and message in r.stderr, (args, r.stderr)
     assert tracehost.run(["nft", "list", "ruleset"]).stdout == before
+
+
+def test_host_ends_and_the_world_to_a_container_address(tracehost: TestHost) -> None:
+    web = ip_on(tracehost, "web", "front")
+    t = trace(tracehost, "app", "host")
+    assert t["verdict"] == "delivered" and t["reason"].startswith("delivered to the host")
+    assert t["saddr"] == ip_on(tracehost, "app", "front")
+    t = trace(tracehost, "host", f"{web}:80")
+    assert t["verdict"] == "delivered" and t["hops"][-1]["text"] == f"into web's eth0 ({web})"
+    assert any(h["what"] == "output" for h in t["hops"])
+    # from outside straight to a container's address: isolation, not a published port
+    t = trace(tracehost, "world", f"{web}:80")
+    print(json.dumps(t, indent=1))
+    assert t["verdict"] == "dropped"
+    (default,) = tracehost.ip_json("route", "show", "default")
+    assert f"dropped by isolation: nothing from {default['dev']} enters network 'front'" in t["reason"]
+    t = trace(tracehost, "secret", "world")
+    assert t["saddr"] == ip_on(tracehost, "secret", "vault")

@@ -53,6 +53,7 @@ class Walk(Names):
 
     async def from_container(self, src: End, dst: End, t: Target, daddr: IPv4Address) -> None:
         r = await tracing.route_get(str(daddr), src.netns)
+        self.saddr = src.address  # until the route names its source
         if r.kind == "unreachable":
             self.hops.append(
                 Hop("route", f"in {src.container}'s namespace: no route to {daddr} ({r.error})", r.command)
