@@ -142,6 +142,9 @@ def test_text_output_shows_each_hop_with_its_command(tracehost: TestHost) -> Non
     print(out)
     assert out.startswith("trace app (") and "$ nsenter --net=" in out and "=> dropped: " in out
     assert "forward #" in out  # -v: the rules each hook met
+    out = tracehost.cnm("trace", "--live", "app", "db").stdout
+    print(out)
+    assert "\nlive: icmp probe " in out and "\n=> dropped in ip cnm chain forward by the rule" in out
 
 
 # -- --live: one real probe, nft monitor trace ---------------------------------------------

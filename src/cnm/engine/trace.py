@@ -129,13 +129,14 @@ class Tracer(Explainer):
                 probe = await tracing.send_probe(spec, src.netns or None)
         events = tracing.parse_trace_lines(lines)
         shown: list[str] = []
-        dropped = ""
+        dropped = last_packet = ""
         for e in events:
             where = f"{e.family} {e.table} {e.chain}"
             if e.kind == "packet":
-                line = run.names_in(f"[{e.family} {e.chain}] packet: {tracing.packet_summary(e.text)}")
-                if not shown or shown[-1] != line:  # each table at a hook repeats it
-                    shown.append(line)
+                summary = tracing.packet_summary(e.text)
+                if summary != last_packet:  # each chain repeats it: shown when it changed
+                    shown.append(run.names_in(f"[{e.family} {e.chain}] packet: {summary}"))
+                    last_packet = summary
                 continue
             if e.table == tracing.TRACE_TABLE:
                 continue  # the marking rule itself
@@ -147,7 +148,12 @@ class Tracer(Explainer):
                 what = f"by the rule {e.text}" if e.kind == "rule" else "by its policy"
                 dropped = run.names_in(f"dropped in {e.family} {e.table} chain {e.chain} {what}")
         if dropped:
-            verdict = dropped
+            expected = (
+                f"as expected: {result.reason}"
+                if result.verdict == "dropped"
+                else f"not what cnm expected ({result.verdict}): the kernel differs from the walk above"
+            )
+            verdict = f"{dropped}; {expected}"
         elif not events:
             verdict = await self._unseen(src, r, result)
         else:
