@@ -229,3 +229,34 @@ def test_host_ends_and_the_world_to_a_container_address(tracehost: TestHost) -> 
     assert f"dropped by isolation: nothing from {default['dev']} enters network 'front'" in t["reason"]
     t = trace(tracehost, "secret", "world")
     assert t["saddr"] == ip_on(tracehost, "secret", "vault")
+
+
+def test_live_from_the_host_to_a_published_port(tracehost: TestHost) -> None:
+    t = trace(tracehost, "--live", "host", f"{HOST_IP}:8080")
+    print(json.dumps({k: t[k] for k in ("reason", "probe", "live", "live_verdict")}, indent=1))
+    web = ip_on(tracehost, "web", "front")
+    assert "output: DNAT to web" in hop(t, "output")["text"]
+    assert t["probe"].endswith("connected (SYN-ACK)")
+    assert any(line.startswith("ip cnm ports:") for line in t["live"])
+    assert any(f"ip daddr {web} (web)" in line for line in t["live"])
+
+
+@pytest.mark.daemon_flags("--firewall-backend", "iptables")
+def test_iptables_nft_backend_traces_live_and_says_what_it_cannot_evaluate(fresh_cnmhost: TestHost) -> None:
+    host = fresh_cnmhost
+    if "nf_tables" not in host.run(["iptables", "-V"]).stdout:
+        pytest.skip("iptables here is not iptables-nft")
+    host.cnm("network", "create", "one")
+    host.cnm("network", "create", "two")
+    run_sleeper(host, "ta", "--network", "one")
+    run_sleeper(host, "tb", "--network", "two")
+    t = trace(host, "--live", "ta", "tb")
+    print(json.dumps(t, indent=1))
+    assert any("nftables only" in p for p in t["problems"])
+    assert "no echo reply" in t["probe"]
+    assert t["verdict"] == "routed" and "rules were not evaluated" in t["reason"]
+    assert t["live_verdict"].startswith("dropped in ip filter chain CNM-N-")
+    assert (
+        "(network 'two') by the rule drop; the walk above did not evaluate these rules" in t["live_verdict"]
+    )
+    assert "cnm-trace" not in host.run(["nft", "list", "tables"]).stdout

@@ -95,6 +95,10 @@ def test_monitor_lines_parse_into_events() -> None:
         ("ip", "cnm", "postrouting", "policy", "accept"),
     ]
     assert events[3].text == "oifname @bridges drop"
+    (legacy,) = parse_trace_lines(
+        ["trace id 9 ip filter CNM-N-a3ef40990385-IN rule  counter packets 0 bytes 0 drop (verdict drop)"]
+    )
+    assert legacy.text == "drop" and legacy.verdict == "drop"  # iptables-nft's counters are noise
     assert packet_summary(events[0].text) == (
         'iif "veth1" ip saddr 172.18.0.3 ip daddr 172.19.0.2 ip protocol icmp icmp type echo-request'
     )

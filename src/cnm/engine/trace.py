@@ -35,10 +35,11 @@ _LIVE = asyncio.Lock()
 
 @dataclass(frozen=True, slots=True)
 class Trace:
-    """The path of one packet.  ``verdict``: "delivered", "dropped" or "no route";
+    """The path of one packet.  ``verdict``: "delivered", "dropped", "no route", or "routed"
+    (delivered as far as the walk can tell: the iptables backend's rules are not evaluated);
     ``reason`` says why in cnm's names.  With ``--live``: ``live`` the monitor's lines
-    (names substituted), ``probe`` what the sender saw, ``live_verdict`` "dropped" (and
-    where) or "not dropped"."""
+    (names substituted), ``probe`` what the sender saw, ``live_verdict`` where it was
+    dropped (and whether the walk expected it), or why no hook saw it."""
 
     source: str
     destination: str
@@ -79,6 +80,12 @@ class Tracer(Explainer):
             verdict, reason = run.verdict, run.reason
         except Done as done:
             verdict, reason = done.verdict, done.reason
+        if verdict == "delivered" and run.unevaluated:
+            verdict = "routed"
+            reason = (
+                f"{reason + '; ' if reason else ''}the {self._backend} backend's rules were not evaluated "
+                "(nftables only): --live shows what they do"
+            )
         result = Trace(
             source=src.label,
             destination=dst.label + (f":{dst_t.port}" if dst_t.port else "") + f"/{dst_t.protocol}",
@@ -151,6 +158,8 @@ class Tracer(Explainer):
             expected = (
                 f"as expected: {result.reason}"
                 if result.verdict == "dropped"
+                else "the walk above did not evaluate these rules"
+                if result.verdict == "routed"
                 else f"not what cnm expected ({result.verdict}): the kernel differs from the walk above"
             )
             verdict = f"{dropped}; {expected}"

@@ -24,6 +24,7 @@ from cnm.model.network import NetworkRecord
 PROTOCOLS = ("tcp", "udp", "icmp")
 SPECIAL = ("host", "world")
 _HEX64 = re.compile(r"\b[0-9a-f]{64}\b")
+_HEX12 = re.compile(r"(?<![0-9a-f])[0-9a-f]{12}(?![0-9a-f])")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +108,7 @@ class Names:
         self.problems: list[str] = []
         self.saddr: IPv4Address | None = None
         self.verdict = "delivered"
+        self.unevaluated = False  # a hook met whose rules could not be evaluated (iptables)
         self.reason = ""
         state = svc.state
         self.networks: dict[str, NetworkRecord] = dict(state.networks)
@@ -160,6 +162,7 @@ class Names:
             elif bare in self.by_veth:
                 word = f"{word} ({self.container_name(self.by_veth[bare])}'s veth)"
             else:
+                a: IPv4Address | None = None
                 try:
                     a = IPv4Address(bare)
                 except ValueError:
@@ -167,6 +170,11 @@ class Names:
                 else:
                     if a in self.by_address:
                         word = f"{word} ({self.container_name(self.by_address[a])})"
+                found = _HEX12.search(bare)  # iptables chains: CNM-N-<id12>-IN
+                if found and a is None:
+                    named = [n for n in self.networks.values() if n.id.startswith(found[0])]
+                    if len(named) == 1:
+                        word = f"{word} (network '{named[0].name}')"
             words.append(word)
         return "".join(words)
 

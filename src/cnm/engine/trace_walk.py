@@ -296,6 +296,7 @@ class Walk(Names):
             self.problems.append(f"ruleset: {exc}")
             return None
         if rs is None:
+            self.unevaluated = True
             if hook == "forward":
                 self.problems.append(
                     f"the {self.backend} backend's rules are not evaluated (nftables only): see iptables-save"

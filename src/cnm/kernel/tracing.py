@@ -311,6 +311,9 @@ _PACKET_FIELDS = re.compile(
 )
 
 
+_COUNTER = re.compile(r"\bcounter packets \d+ bytes \d+")
+
+
 def packet_summary(text: str) -> str:
     """A ``packet:`` line of ``nft monitor trace`` cut to interfaces, addresses, ports."""
     return " ".join(_PACKET_FIELDS.findall(text)) or text
@@ -332,6 +335,8 @@ def parse_trace_lines(lines: list[str]) -> list[TraceEvent]:
             if found:
                 verdict = found[1]
                 text = text[: found.start()].rstrip()
+            # iptables-nft's rules carry their counters: noise in a trace
+            text = " ".join(_COUNTER.sub("", text).split())
         elif kind in ("verdict", "policy"):
             verdict = text.strip()
         out.append(TraceEvent(m["id"], m["family"], m["table"], m["chain"], kind, text, verdict))
