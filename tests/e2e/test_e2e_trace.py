@@ -108,6 +108,7 @@ def test_internal_network_has_no_route_to_the_world(tracehost: TestHost) -> None
 def test_published_port_from_the_world_is_dnated_to_the_container(tracehost: TestHost) -> None:
     t = trace(tracehost, "world", f"{HOST_IP}:8080")
     print(json.dumps(t, indent=1))
+    assert t["destination"] == f"host ({HOST_IP}):8080/tcp"
     web = ip_on(tracehost, "web", "front")
     assert t["verdict"] == "delivered"
     pre = hop(t, "prerouting")

@@ -229,6 +229,8 @@ class Names:
         if addr is not None:
             ep = self.by_address.get(addr)
             if ep is None:
+                if (await tracing.route_get(str(addr))).kind == "local":  # one of the host's own
+                    return End("host", f"host ({addr})", addr)
                 return End("address", str(addr), addr)
             ref = ep.container_id
         try:
