@@ -25,6 +25,7 @@ from typing import Any
 from cnm.errors import InvalidArgument, KernelError, Unavailable
 from cnm.kernel import facts
 from cnm.kernel import netns as ns
+from cnm.kernel.cmdlog import log_script
 
 TRACE_TABLE = "cnm-trace"
 TRACE_FAMILIES = ("ip", "bridge")
@@ -138,6 +139,7 @@ def trace_teardown_script(table: str = TRACE_TABLE) -> str:
 
 
 async def _nft_script(script: str) -> None:
+    log_script("nft -f -", script)  # a kernel change: logged as the command that makes it
     if shutil.which("nft") is None:
         raise Unavailable("nft is not installed on the cnmd host (Debian package nftables)")
     proc = await asyncio.create_subprocess_exec(
@@ -213,17 +215,33 @@ class ProbeResult:
 PROBE_TIMEOUT = 1.5  # seconds without an answer: no answer
 
 
-def _send_probe(spec: ProbeSpec) -> ProbeResult:
-    """One probe from this thread's namespace (a blocking call, run in the source's netns)."""
+_ICMP_IDENT = 0x636E  # "cn": our echo requests' identifier
+
+
+def _open_probe(spec: ProbeSpec) -> socket.socket:
+    """The probe's socket, bound to its source (opened in the calling thread's namespace,
+    it stays there wherever it is used)."""
     if spec.protocol == "icmp":
         sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-        ident = 0x636E  # "cn"
-        body = struct.pack("!BBHHH", 8, 0, 0, ident, 1) + b"cnm trace"
-        csum = _checksum(body)
-        body = body[:2] + struct.pack("!H", csum) + body[4:]
-        with sock:
-            sock.bind((str(spec.saddr), 0))
-            sock.settimeout(PROBE_TIMEOUT)
+        sock.bind((str(spec.saddr), 0))
+        return sock
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM if spec.protocol == "tcp" else socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((str(spec.saddr), spec.sport or 0))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _probe(sock: socket.socket, spec: ProbeSpec) -> ProbeResult:
+    """Send one probe on ``sock`` and wait for its answer (blocking; closes ``sock``)."""
+    with sock:
+        sock.settimeout(PROBE_TIMEOUT)
+        if spec.protocol == "icmp":
+            body = struct.pack("!BBHHH", 8, 0, 0, _ICMP_IDENT, 1) + b"cnm trace"
+            body = body[:2] + struct.pack("!H", _checksum(body)) + body[4:]
             sock.sendto(body, (str(spec.daddr), 0))
             deadline = time.monotonic() + PROBE_TIMEOUT
             while time.monotonic() < deadline:
@@ -233,18 +251,12 @@ def _send_probe(spec: ProbeSpec) -> ProbeResult:
                     break
                 header = (data[0] & 0x0F) * 4
                 kind, _, _, rid = struct.unpack("!BBHH", data[header : header + 6])
-                if kind == 0 and rid == ident and peer[0] == str(spec.daddr):
+                if kind == 0 and rid == _ICMP_IDENT and peer[0] == str(spec.daddr):
                     return ProbeResult(True, f"echo reply from {peer[0]}")
                 if kind == 3:
                     return ProbeResult(True, f"ICMP destination unreachable from {peer[0]}")
             return ProbeResult(False, f"no echo reply in {PROBE_TIMEOUT} s")
-    kind = socket.SOCK_STREAM if spec.protocol == "tcp" else socket.SOCK_DGRAM
-    sock = socket.socket(socket.AF_INET, kind)
-    with sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((str(spec.saddr), spec.sport or 0))
         sport = sock.getsockname()[1]
-        sock.settimeout(PROBE_TIMEOUT)
         if spec.protocol == "tcp":
             try:
                 sock.connect((str(spec.daddr), spec.dport or 0))
@@ -276,10 +288,13 @@ def _checksum(data: bytes) -> int:
 
 
 async def send_probe(spec: ProbeSpec, netns: str | None = None) -> ProbeResult:
-    """Send one probe from ``netns`` (cnmd's own when None) and wait for its answer."""
-    if netns:
-        return await ns.call_in_netns(netns, lambda: _send_probe(spec))
-    return await asyncio.to_thread(_send_probe, spec)
+    """Send one probe from ``netns`` (cnmd's own when None) and wait for its answer.  The
+    socket is opened on a fresh thread inside ``netns``; the waiting happens outside."""
+    try:
+        sock = await ns.call_in_netns(netns, lambda: _open_probe(spec)) if netns else _open_probe(spec)
+    except OSError as exc:
+        raise KernelError(f"cannot open the probe's socket on {spec.saddr}: {exc.strerror or exc}") from exc
+    return await asyncio.to_thread(_probe, sock, spec)
 
 
 # -- nft monitor trace's lines --------------------------------------------------------------
