@@ -29,6 +29,7 @@ from cnm.kernel.cmdlog import log_script
 
 TRACE_TABLE = "cnm-trace"
 TRACE_FAMILIES = ("ip", "bridge")
+TRACE_COMMENT = "cnm trace --live: marks one probe, removed when it ends"
 TRACE_PRIORITY = -350  # ahead of every cnm chain (raw is -300) and conntrack (-200)
 
 
@@ -127,7 +128,8 @@ def trace_table_script(spec: ProbeSpec, table: str = TRACE_TABLE) -> str:
     lines = []
     for family in TRACE_FAMILIES:
         t = f"{family} {table}"
-        lines += [f"add table {t}", f"delete table {t}", f"add table {t}"]
+        # a leftover (a cnmd killed mid-trace) is replaced; the comment says whose it is
+        lines += [f"add table {t}", f"delete table {t}", f'add table {t} {{ comment "{TRACE_COMMENT}" ; }}']
         for hook in ("prerouting", "output"):
             lines.append(f"add chain {t} {hook} {{ type filter hook {hook} priority {TRACE_PRIORITY} ; }}")
             lines.append(f"add rule {t} {hook} {match} meta nftrace set 1")
