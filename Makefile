@@ -14,7 +14,8 @@ PYTEST_ARGS ?=
 # backend of the Store is tested against real members (tests/etcd_cluster.py).  wireguard-go: the
 # encrypted overlay's WireGuard interfaces (this kernel has no WireGuard module); wireguard-tools:
 # `wg`, to replay the logged `wg set` lines and to cross-check the UAPI decoding in the tests.
-APT_PKGS    := iproute2 nftables iptables runc busybox-static libnftables1 iperf3 procps python3-venv etcd-server etcd-client openssl wireguard-go wireguard-tools
+# graphviz (`dot`): `cnm network map --format svg`; conntrack: the live flows `cnm explain` shows.
+APT_PKGS    := iproute2 nftables iptables runc busybox-static libnftables1 iperf3 procps python3-venv etcd-server etcd-client openssl wireguard-go wireguard-tools graphviz conntrack
 # The client tier drives cnmd with Docker's own tools: Compose v1 (Debian's; Compose v2 is on
 # neither Debian 12 nor PyPI).  The Docker SDK for Python comes with the test extras.
 CLIENT_PKGS := docker-compose

@@ -210,6 +210,21 @@ echo "(kernel mode: the client talks to 127.0.0.1:$PORT and the kernel rewrites 
      "no process sits in the middle. cnmd only holds the port, so no other program takes it:)"
 show ss -ltnpH "( sport = :$PORT )"
 
+say "Seeing inside: the map" \
+    "'cnm network map' draws what the kernel holds: the host's uplink, each network's bridge," \
+    "the veth pairs on it (the host end's ifindex) and the container at the other end of each," \
+    "with its interface, IP, MAC and published ports.  '--format dot' is Graphviz source," \
+    "'--format svg' a drawing, '--format json' the facts."
+show cnm network map
+say "Seeing inside: one container explained" \
+    "'cnm explain' prints every fact of a container's networking as the kernel holds it, each" \
+    "followed by the command that shows the same thing: its namespace and how to enter it," \
+    "eth0 (whose iflink is the host end's ifindex), the veth's host end and its bridge, the" \
+    "routes inside, resolv.conf and hosts, the nftables element that serves its published port," \
+    "and the live conntrack entries of its address."
+fetch "http://127.0.0.1:$PORT/hostname" >/dev/null
+show cnm explain tour-web
+
 pid="$(cnmd_pid)"
 if [[ -n "$pid" ]] && ! proxy_on "$pid" && [[ "${TOUR_RESTART_CNMD:-${CNM_SANDBOX:-0}}" == 1 ]]; then
     mapfile -d '' ORIGINAL_ARGV < "/proc/$pid/cmdline"

@@ -169,7 +169,7 @@ class Link:
     @property
     def owner(self) -> str:
         # cnm:<daemon id>:<owner id> (older links: cnm:<owner id>)
-        return self.alias.rpartition(":")[2] if self.alias.startswith("cnm:") else ""
+        return self.alias.split(" ", 1)[0].rpartition(":")[2] if self.alias.startswith("cnm:") else ""
 
     @classmethod
     def parse(cls, raw: dict[str, Any]) -> Link:
@@ -513,7 +513,7 @@ def _check_nft(host: Any, store: Store) -> list[str]:
             out.append(f"nft {'map' if 'map' in o else 'chain'} {name} of the last release's layout is left")
     bridge_nets = {n["id"]: n for n in store.networks.values() if n["driver"] == "bridge" and n.get("subnet")}
     held = {
-        (set_name, key): comment[len("cnm:") :]
+        (set_name, key): comment.split(" ", 1)[0][len("cnm:") :]
         for set_name in NETWORK_SETS
         for key, comment, _ in _elements(objects, set_name)
     }
@@ -548,7 +548,7 @@ def _check_nft(host: Any, store: Store) -> list[str]:
     have = {}
     for map_name in PORT_MAPS:
         for key, comment, data in _elements(objects, map_name):
-            have[(map_name, key)] = (comment[len("cnm:") :], data)
+            have[(map_name, key)] = (comment.split(" ", 1)[0][len("cnm:") :], data)
     for k, (owner, data) in wanted.items():
         got = have.get(k)
         if got != (owner, data):

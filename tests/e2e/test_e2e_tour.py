@@ -75,10 +75,21 @@ def check_run(out: str) -> None:
     assert f"0.0.0.0:{PORT}->80/tcp" in ports, "cnm ps shows the PORTS column"
 
     nat = section(out, "The NAT rules")
-    assert re.search(rf"tcp \. {PORT} comment \"cnm:[0-9a-f]+\" : 172\.17\.0\.\d+ \. 80", nat), (
-        "the DNAT map holds tour-web's port (its owner in the comment)"
-    )
+    assert re.search(
+        rf"tcp \. {PORT} comment \"cnm:[0-9a-f]+ \(tour-web on bridge\)\" : 172\.17\.0\.\d+ \. 80", nat
+    ), "the DNAT map holds tour-web's port (its owner in the comment, and the names)"
     assert '"cnmd"' in listeners(nat)[PORT], "kernel mode: cnmd holds the port"
+
+    drawn = section(out, "Seeing inside: the map")
+    assert "$ cnm network map\nhost uplink " in drawn, drawn
+    for name in ("tour-a", "tour-b", "tour-web"):
+        assert re.search(rf"<-> {name} eth0 172\.17\.0\.\d+/16 ", drawn), (name, drawn)
+    assert f"port 0.0.0.0:{PORT}->80/tcp" in drawn
+    explained = section(out, "Seeing inside: one container explained")
+    assert re.search(r"eth0: ifindex \d+, iflink (\d+) = the host veth's ifindex", explained), explained
+    assert f"  published 0.0.0.0:{PORT} -> 80/tcp\n    tcp . {PORT} comment" in explained
+    assert "$ nft list map ip cnm ports-any" in explained
+    assert re.search(r"conntrack: [1-9]\d* live entr", explained), "the tour's fetch left a flow"
 
     proxy = section(out, "The userland proxy")
     assert fetched(proxy, f"http://127.0.0.1:{PORT}/hostname") == web

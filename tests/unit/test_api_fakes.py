@@ -4,14 +4,18 @@ for exec (so the hijacked-stream tests pump real pipes).  No kernel, no store.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from cnm.engine.cluster import Node
 from cnm.engine.controller import ContainerPaths, ContainerSample
 from cnm.engine.events import Events
+from cnm.engine.explain import Explanation
 from cnm.engine.info import EngineInfo, ExecInfo
+from cnm.engine.topology import NetworkNode, Topology
+from cnm.engine.trace import Trace
+from cnm.engine.trace_path import SPECIAL, parse_target
 from cnm.errors import Conflict, Forbidden, NotFound, NotModified
 from cnm.kernel.api import LinkStats
 from cnm.model.container import RUNNING, Container, ContainerConfig, ContainerState, ExecSpec, Image
@@ -146,6 +150,42 @@ class FakeController:
 
     def network_peers(self, network: NetworkRecord) -> list[Node] | None:
         return None  # no cluster: no global networks
+
+    async def explain_container(self, ref: str) -> Explanation:
+        c = self.find_container(ref)
+        return Explanation(
+            container=c.name, container_id=c.id, running=c.running, network_mode=str(c.config.network_mode)
+        )
+
+    async def trace(self, source: str, destination: str, live: bool = False) -> Trace:
+        """The input checks only (no kernel here): a path of no hops."""
+        src, dst = parse_target(source, destination=False), parse_target(destination, destination=True)
+        for ref in (src.ref, dst.ref):
+            if ref not in SPECIAL and not ref.replace(".", "").isdigit():
+                self.find_container(ref)
+        return Trace(src.ref, dst.ref, dst.protocol, dst.port, "", "", "delivered", "no kernel in the fakes")
+
+    async def topology(self, network_refs: Sequence[str] = ()) -> Topology:
+        """The store's view only (no kernel here): every index 0, "missing"."""
+        nets = [self.find_network(r) for r in network_refs] or sorted(
+            self.nets.values(), key=lambda n: n.name
+        )
+        return Topology(
+            uplink=None,
+            networks=tuple(
+                NetworkNode(
+                    name=n.name,
+                    id=n.id,
+                    driver=n.driver,
+                    bridge=n.bridge_name if n.driver == "bridge" else "",
+                    bridge_ifindex=0,
+                    subnet=str(n.subnet or ""),
+                    gateway=str(n.gateway or ""),
+                    internal=n.internal,
+                )
+                for n in nets
+            ),
+        )
 
     async def remove_network(self, ref: str) -> None:
         net = self.find_network(ref)

@@ -82,6 +82,14 @@ def test_owner_alias_round_trip():
     assert parse_alias("someone else's alias") == ("", "")
 
 
+def test_owner_alias_label_is_read_by_people_and_ignored_by_the_owner_match():
+    alias = owner_alias("e" * 64, ME, "web on front:end")
+    assert alias == f"cnm:{ME}:{'e' * 64} (web on front:end)"
+    assert parse_alias(alias) == (ME, "e" * 64)
+    assert len(owner_alias("e" * 64, ME, "x" * 400)) == 255  # the kernel keeps 255 bytes
+    assert parse_alias(owner_alias("e" * 64, ME, "x" * 400)) == (ME, "e" * 64)
+
+
 @pytest.mark.parametrize(
     "daemon,others_alive,removable",
     [

@@ -382,6 +382,22 @@ async def test_a_fresh_instance_removes_ports_by_reading_their_comments(fw):
     )
 
 
+async def test_comments_with_names_are_still_owned_by_their_tag(fw):
+    # elements written with names beside the tag ("cnm:<id> (web on front)") are E1's;
+    # another endpoint whose id E1 is a prefix of is not
+    fw.lister.replies = [
+        port_map_json("ports-ip", []),
+        port_map_json("ports-ip-range", []),
+        port_map_json("ports-any", [
+            [{"elem": {"val": {"concat": ["tcp", 8080]}, "comment": f"cnm:{E1} (web on front)"}}, {"concat": ["10.10.0.2", 80]}],
+            [{"elem": {"val": {"concat": ["tcp", 9999]}, "comment": f"cnm:{E1}x (db on front)"}}, {"concat": ["10.10.0.3", 80]}],
+        ]),
+        port_map_json("ports-any-range", []),
+    ]  # fmt: skip
+    await fw.remove_ports(E1)
+    assert fw.log[-1] == "delete element ip cnm ports-any { tcp . 8080 }\n"
+
+
 async def test_add_ports_retries_with_what_the_kernel_holds_when_memory_is_stale(fw):
     await synced(fw)
     await fw.add_ports(E1, [prule()])

@@ -10,6 +10,7 @@ import pytest
 from cnm.errors import FirewallError, InvalidArgument
 from cnm.firewall import render_nft as r
 from cnm.firewall.api import BridgeRules, PortRule
+from cnm.firewall.common import comment_owner
 
 A = "a1" * 32
 B = "b2" * 32
@@ -135,6 +136,27 @@ def test_every_network_element_carries_the_owner_tag():
     assert lines(script)
     for line in lines(script):
         assert f'comment "cnm:{A}"' in line, line
+
+
+def test_network_comments_name_the_network_beside_the_tag_that_owns():
+    script = r.render_add_network(net(name="front"))
+    for line in lines(script):
+        assert f'comment "cnm:{A} (front)"' in line, line
+    sync = r.render_sync([net(name='we"ird net')])
+    assert f'comment "cnm:{A} (we_ird net)"' in sync  # a name can never break out of the string
+    assert comment_owner(f"cnm:{A} (front)") == comment_owner(f"cnm:{A}") == A
+    assert comment_owner("someone else's") == ""
+
+
+def test_port_comments_name_the_container_and_network():
+    rule = prule(label="web on front")
+    script = r.render_ports(E1, [], r.port_elements(rule), label=rule.label)
+    assert (
+        f'add element ip cnm ports-any {{ tcp . 8080 comment "cnm:{E1} (web on front)" : 10.10.0.2 . 80 }}'
+        in script
+    )
+    sync = r.render_sync([net(name="front")], ports=[rule])
+    assert f'comment "cnm:{E1} (web on front)" : 10.10.0.2 . 80' in sync
 
 
 def test_default_network_is_masqueraded_isolated_and_icc():
@@ -297,11 +319,14 @@ def test_sync_over_the_last_releases_layout_swaps_to_the_sets_in_one_transaction
 E1 = "e1" * 32
 
 
-def prule(host_port=8080, container_port=80, end=None, host_ip=None, proto="tcp", owner=E1) -> PortRule:
+def prule(
+    host_port=8080, container_port=80, end=None, host_ip=None, proto="tcp", owner=E1, label=""
+) -> PortRule:
     return PortRule(
         owner=owner, network=A, bridge="br-a", protocol=proto,
         host_ip=IPv4Address(host_ip) if host_ip else None, host_port=host_port,
         host_port_end=end or host_port, container_ip=IPv4Address("10.10.0.2"), container_port=container_port,
+        label=label,
     )  # fmt: skip
 
 

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from aiohttp import web
 
 from cnm.api import (
+    routes_cnm,
     routes_containers,
     routes_events,
     routes_exec,
@@ -107,6 +108,8 @@ def make_app(
         routes_events,
     ):
         _add_routes(app, module.routes())
+    for method, path, handler in routes_cnm.routes():  # cnm's own: outside Docker's versioned paths
+        app.router.add_route(method, path, handler)  # type: ignore[arg-type]
     return app
 
 

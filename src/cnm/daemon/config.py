@@ -18,6 +18,7 @@ from cnm.model.values import parse_ifname
 if TYPE_CHECKING:
     from cnm.store.etcd import TlsFiles
 
+NETNS_NAMES_DIR = "/run/netns"  # where iproute2 looks a namespace name up
 LOG_LEVELS = ("debug", "info", "warning", "error")
 FIREWALL_BACKENDS = ("nftables", "iptables")
 DEFAULT_TUNNEL_POOL = ipaddress.IPv4Network("100.64.0.0/10")  # shared address space, RFC 6598
@@ -53,6 +54,8 @@ class DaemonConfig:
     # --overlay-tunnel-pool: where nodes take their WireGuard tunnel addresses (the same on
     # every node of a cluster).
     overlay_tunnel_pool: ipaddress.IPv4Network = DEFAULT_TUNNEL_POOL
+    # --netns-names: each container's namespace also at /run/netns/cnm-<name> ("" = off)
+    netns_names: str = ""
 
 
 def socket_path_of(host: str) -> str:
@@ -134,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the underlay address other hosts send overlay traffic to: an IPv4 address or an "
         "interface (its first IPv4 address); a port is accepted, as Docker's syntax, and unused "
         "(default: the address this host reaches the cluster store from)",
+    )
+    p.add_argument(
+        "--netns-names",
+        action="store_true",
+        help="also mount each container's network namespace as /run/netns/cnm-<container name>, "
+        "so `ip netns exec cnm-NAME ...` enters it (removed when the container stops; default off)",
     )
     p.add_argument(
         "--node-name",
@@ -334,4 +343,5 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
         node_name=node_name,
         overlay_key_rotation=rotation,
         overlay_tunnel_pool=tunnel_pool,
+        netns_names=NETNS_NAMES_DIR if args.netns_names else "",
     )

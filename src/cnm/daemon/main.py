@@ -231,6 +231,8 @@ def _build(
         dns=dns,
         publisher=Publisher(PortAllocator(), firewall, UserlandProxy() if config.userland_proxy else None),
         cluster=engine_cluster,
+        firewall_table=table,
+        netns_names=config.netns_names,
     )
     return controller, store, kernel, dns, leftovers, guard
 

@@ -168,6 +168,7 @@ class BridgeDriver:
             # only the endpoint chosen by the engine carries the sandbox's default route
             gateway=endpoint.gateway if endpoint.default_route and not network.internal else None,
             hairpin=self._hairpin,
+            label=f"{endpoint.name} on {network.name}",
             link_local=tuple(
                 IPv4Interface(f"{ip}/{LINK_LOCAL_PREFIX}") for ip in endpoint.request.link_local_ips
             ),

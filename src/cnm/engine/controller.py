@@ -29,6 +29,7 @@ from cnm.engine.containers import Containers
 from cnm.engine.events import Events
 from cnm.engine.execs import Execs
 from cnm.engine.exits import Exits
+from cnm.engine.explain import Explanation
 from cnm.engine.freezer import Freezer
 from cnm.engine.images import Images
 from cnm.engine.info import EngineInfo, ExecInfo
@@ -43,6 +44,8 @@ from cnm.engine.services import Services
 from cnm.engine.starts import Starts
 from cnm.engine.state import State
 from cnm.engine.stopping import Stopping
+from cnm.engine.topology import Topology, gather
+from cnm.engine.trace import Tracer, Tracing
 from cnm.errors import NotModified
 from cnm.firewall.api import BridgeRules, Firewall, PortRule, bridge_rules
 from cnm.ipam.api import Ipam, PoolSpec
@@ -59,7 +62,7 @@ from cnm.store.api import Store
 log = logging.getLogger("cnm.engine")
 
 
-class Controller:
+class Controller(Tracing):  # Tracing: the trace verb (engine/trace.py)
     """The daemon builds it, calls ``start`` once before serving and ``close`` at shutdown."""
 
     def __init__(
@@ -82,6 +85,8 @@ class Controller:
         host_resolv_conf: str = "/etc/resolv.conf",
         publisher: Publisher | None = None,
         cluster: Cluster | None = None,
+        firewall_table: str = "cnm",
+        netns_names: str = "",
     ) -> None:
         self._ipam = ipam
         self._firewall = firewall
@@ -109,13 +114,13 @@ class Controller:
             publisher=publisher,
             netns_dir=netns_dir,
             cluster=cluster,
+            netns_names=netns_names,
         )
         self._svc = svc
         self._networks = Networks(svc, bridge_name=bridge_name)
         self._containers = Containers(svc)
         self._execs = Execs(runtime, self._containers.running, self.events)
-        runs = Runs()
-        self._runs = runs
+        self._runs = runs = Runs()
         self._exits = Exits(svc, runs)
         self._freezer = Freezer(svc)
         self._stopping = Stopping(svc, runs, self._exits, self._execs, self._freezer)
@@ -125,6 +130,7 @@ class Controller:
         self._restore = Restore(svc, runs, self._exits)
         self._observe = Observe(svc)
         self._images = Images(svc)
+        self._explainer = Tracer(svc, firewall_backend=firewall_backend, firewall_table=firewall_table)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -338,6 +344,17 @@ class Controller:
 
     def export_container(self, ref: str) -> AsyncGenerator[bytes, None]:
         return self._observe.export(ref)
+
+    # -- seeing inside (cnm explain, cnm network map) ---------------------------------------
+
+    async def explain_container(self, ref: str) -> Explanation:
+        """Every fact of the container's networking, read from the kernel (``engine/explain.py``)."""
+        return await self._explainer.explain(ref)
+
+    async def topology(self, network_refs: Sequence[str] = ()) -> Topology:
+        """The map of ``network_refs`` (every network when empty), read from the kernel."""
+        chosen = [self._networks.find(ref) for ref in dict.fromkeys(network_refs)]
+        return await gather(self._svc, chosen or sorted(self._networks.all(), key=lambda n: n.name))
 
     # -- exec -----------------------------------------------------------------------------
 

@@ -56,6 +56,7 @@ def port_rules(
                 host_port_end=m.host_port,
                 container_ip=endpoint.address.ip,
                 container_port=m.container_port,
+                label=f"{endpoint.name} on {network.name}",
             )
         )
     return rules

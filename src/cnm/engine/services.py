@@ -47,6 +47,9 @@ class Services:
     publisher: Publisher | None
     netns_dir: str  # where sandboxes' namespaces are bind-mounted (under the exec root)
     cluster: Cluster | None = None  # with --cluster-store: global networks, nodes, names
+    # with cnmd --netns-names: the directory (/run/netns) where each sandbox's namespace is
+    # also mounted as cnm-<container name>, for ``ip netns exec``; "" = off
+    netns_names: str = ""
 
     def ipam_for(self, network: NetworkRecord) -> Ipam:
         """The IPAM of ``network``'s scope: the cluster's for a global network."""

@@ -24,7 +24,7 @@ at L3.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Protocol
 
@@ -44,6 +44,8 @@ class BridgeRules:
     internal: bool = False
     icc: bool = True
     masquerade: bool = True
+    # the network's name, for people reading the comments: not part of what a rule *is*
+    name: str = field(default="", compare=False)
 
 
 def bridge_rules(network: NetworkRecord) -> BridgeRules:
@@ -58,6 +60,7 @@ def bridge_rules(network: NetworkRecord) -> BridgeRules:
         internal=network.internal,
         icc=network.icc,
         masquerade=network.masquerade,
+        name=network.name,
     )
 
 
@@ -76,6 +79,8 @@ class PortRule:
     host_port_end: int
     container_ip: IPv4Address
     container_port: int
+    # "<container> on <network>", for people reading the comments (not compared, as above)
+    label: str = field(default="", compare=False)
 
 
 class Firewall(Protocol):

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from cnm.errors import Conflict, FirewallError
 from cnm.firewall import render_bridge
 from cnm.firewall.api import PortGuard
-from cnm.firewall.common import owner_comment
+from cnm.firewall.common import comment_owner, owner_comment
 from cnm.firewall.libnft import Session
 from cnm.firewall.nft_elements import ElementChange, ElementWriter
 from cnm.firewall.render_bridge import GuardElement
@@ -169,14 +169,13 @@ class NftBridgeGuard:
     def _read_elements(self, owner: str) -> list[GuardElement]:
         """Endpoint ``owner``'s elements as the kernel holds them (by their tag); none
         when cnm's table is absent."""
-        tag = owner_comment(owner)
         found: list[GuardElement] = []
         for name in render_bridge.SETS:
             objects = self._nft.list_json(f"set {render_bridge.FAMILY} {self.table} {name}", terse=False)
             for obj in objects or []:
                 for item in obj.get("set", {}).get("elem", []):
                     elem = item.get("elem", {}) if isinstance(item, dict) else {}
-                    if elem.get("comment") == tag:
+                    if comment_owner(elem.get("comment", "")) == owner:
                         found.append(GuardElement(name, render_bridge.key_from_json(elem["val"])))
         return found
 

@@ -21,9 +21,25 @@ _OWNER_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,99}$")
 _IFNAME_RE = re.compile(r'^[^\s/:"\\\'!]{1,15}$')
 
 
-def owner_comment(owner: str) -> str:
-    """The tag every rule, chain and element owned by ``owner`` carries."""
-    return OWNER_TAG + owner
+# A label's characters: what can stand inside an nft string and an iptables word unquoted.
+_LABEL_BAD = re.compile(r"[^0-9A-Za-z_.-]")
+COMMENT_MAX = 128  # nft keeps 256 bytes of user data with an element: names fit, ids too
+
+
+def owner_comment(owner: str, label: str = "") -> str:
+    """The tag every rule, chain and element owned by ``owner`` carries; ``label`` (names a
+    person reads, ``web on front``) follows it in parentheses, each word cut down to
+    ``[0-9A-Za-z_.-]``.  Ownership is the tag alone (``comment_owner``)."""
+    tag = OWNER_TAG + owner
+    words = [_LABEL_BAD.sub("_", word) for word in label.split()]
+    return f"{tag} ({' '.join(words)})"[:COMMENT_MAX] if words else tag
+
+
+def comment_owner(comment: str) -> str:
+    """The owner id a comment tags ("" when it is not cnm's); a label after it is ignored."""
+    if not comment.startswith(OWNER_TAG):
+        return ""
+    return comment.split(" ", 1)[0][len(OWNER_TAG) :]
 
 
 def check_owner(owner: str) -> str:

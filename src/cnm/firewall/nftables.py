@@ -15,7 +15,7 @@ from typing import Any
 from cnm.errors import FirewallError, InvalidArgument
 from cnm.firewall import render_nft
 from cnm.firewall.api import BridgeRules, PortRule
-from cnm.firewall.common import PortKey, claim_ports, enable_route_localnet, owner_comment, port_keys
+from cnm.firewall.common import PortKey, claim_ports, comment_owner, enable_route_localnet, port_keys
 from cnm.firewall.libnft import Session
 from cnm.firewall.render_nft import PortElement, SetElement
 from cnm.kernel.sysctl import set_sysctl
@@ -122,7 +122,7 @@ class NftablesFirewall:
         previous = self._networks.get(rules.owner)
         old = render_nft.network_elements(previous) if previous is not None else []
         try:
-            self._nft.apply(render_nft.render_network(rules.owner, old, new, self.table))
+            self._nft.apply(render_nft.render_network(rules.owner, old, new, self.table, rules.name))
         except FirewallError as exc:
             # our memory may be wrong (elements left by a previous daemon, e.g. the same
             # bridge on another subnet): retry once, replacing what the kernel holds of
@@ -130,7 +130,7 @@ class NftablesFirewall:
             actual = self._read_elements(rules.owner, rules.bridge)
             if not actual or actual == old:
                 raise FirewallError(f"{exc} (installing network {rules.owner})") from exc
-            self._nft.apply(render_nft.render_network(rules.owner, actual, new, self.table))
+            self._nft.apply(render_nft.render_network(rules.owner, actual, new, self.table, rules.name))
         self._remember(rules)
 
     async def remove_network(self, owner: str) -> None:
@@ -158,19 +158,20 @@ class NftablesFirewall:
         ones: its size depends only on this endpoint's ports.  A port (or part of a
         range) already published by another endpoint fails the whole transaction."""
         new = render_nft.port_elements_by_owner(rules).get(owner, [])
+        label = next((r.label for r in rules if r.owner == owner), "")
         keys = claim_ports(owner, rules, self._port_owner)
         if not self.userland_proxy:
             self._localnet({r.bridge for r in rules}, strict=True)
         old = self._ports_of(owner)
         try:
-            self._nft.apply(render_nft.render_ports(owner, old, new, self.table))
+            self._nft.apply(render_nft.render_ports(owner, old, new, self.table, label))
         except FirewallError as exc:
             # our memory may be wrong (elements deleted from outside, or left by a previous
             # daemon): retry once with what the kernel really holds
             actual = self._read_ports(owner)
             if actual is None or actual == old:
                 raise FirewallError(f"{exc} (publishing the ports of endpoint {owner})") from exc
-            self._nft.apply(render_nft.render_ports(owner, actual, new, self.table))
+            self._nft.apply(render_nft.render_ports(owner, actual, new, self.table, label))
         self._set_ports(owner, new)
         self._index_ports(owner, keys)
 
@@ -255,7 +256,6 @@ class NftablesFirewall:
     def _read_ports(self, owner: str) -> list[PortElement] | None:
         """Endpoint ``owner``'s elements as the kernel holds them (by their comment);
         None when cnm's table is absent."""
-        tag = owner_comment(owner)
         found: list[PortElement] = []
         for map_name in render_nft.PORT_MAPS:
             objects = self._nft.list_json(f"map {render_nft.FAMILY} {self.table} {map_name}", terse=False)
@@ -264,7 +264,7 @@ class NftablesFirewall:
             for obj in objects:
                 for key, data in obj.get("map", {}).get("elem", []):
                     elem = key.get("elem", {}) if isinstance(key, dict) else {}
-                    if elem.get("comment") == tag:
+                    if comment_owner(elem.get("comment", "")) == owner:
                         found.append(
                             PortElement(
                                 map_name,
@@ -281,7 +281,6 @@ class NftablesFirewall:
     def _read_elements(self, owner: str, bridge: str | None = None) -> list[SetElement] | None:
         """The network-set elements the kernel holds that are tagged with ``owner``, or
         keyed by ``bridge`` (whoever tagged them); None when cnm's table is absent."""
-        tag = owner_comment(owner)
         quoted = f'"{bridge}"' if bridge is not None else None
         found: list[SetElement] = []
         for set_name in render_nft.NETWORK_SETS:
@@ -296,6 +295,8 @@ class NftablesFirewall:
                         key = render_nft.element_key_from_json(set_name, value)
                     except (FirewallError, InvalidArgument):
                         continue  # not an element cnm could have written
-                    if elem.get("comment") == tag or (quoted is not None and key.split(" . ")[0] == quoted):
+                    if comment_owner(elem.get("comment", "")) == owner or (
+                        quoted is not None and key.split(" . ")[0] == quoted
+                    ):
                         found.append(SetElement(set_name, key))
         return found

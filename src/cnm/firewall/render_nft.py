@@ -47,8 +47,9 @@ kernel's pipapo set).  A range published on the same container ports
                           iifname != "lo" ip daddr 127.0.0.0/8 drop }       # no 127.x from outside
     }
 
-Every network element carries ``comment "cnm:<network id>"``; every port element
-``comment "cnm:<endpoint id>"``.  Idempotence without nft's ``destroy`` (nft >= 1.0.8;
+Every network element carries ``comment "cnm:<network id> (<network name>)"``; every port
+element ``comment "cnm:<endpoint id> (<container> on <network>)"``: the tag owns, the names
+are for people (``common.comment_owner`` reads the tag back, ignoring them).  Idempotence without nft's ``destroy`` (nft >= 1.0.8;
 Debian 12 has 1.0.6) uses nft's own idempotent verbs: ``add X; delete X`` deletes X
 whether or not it existed.
 
@@ -285,14 +286,14 @@ def network_elements(rules: BridgeRules) -> list[SetElement]:
 
 
 def network_lines(
-    owner: str, old: Iterable[SetElement], new: Iterable[SetElement], table: str = TABLE
+    owner: str, old: Iterable[SetElement], new: Iterable[SetElement], table: str = TABLE, label: str = ""
 ) -> list[str]:
     """Replace network ``owner``'s elements ``old`` with ``new`` in one transaction whose
     size depends only on this network: those of ``old`` not in ``new`` are deleted
     whether or not they are still there, then every one of ``new`` is added (adding an
-    element that is there is no error)."""
+    element that is there is no error).  ``label``: the network's name, in the comments."""
     t = f"{FAMILY} {table}"
-    tag = owner_comment(check_owner(owner))
+    tag = owner_comment(check_owner(owner), label)
     new = list(dict.fromkeys(new))
     lines = []
     for e in dict.fromkeys(old):
@@ -304,15 +305,15 @@ def network_lines(
 
 
 def render_network(
-    owner: str, old: Iterable[SetElement], new: Iterable[SetElement], table: str = TABLE
+    owner: str, old: Iterable[SetElement], new: Iterable[SetElement], table: str = TABLE, label: str = ""
 ) -> str:
-    return _script(network_lines(owner, old, new, table))
+    return _script(network_lines(owner, old, new, table, label))
 
 
 def render_add_network(rules: BridgeRules, previous: BridgeRules | None = None, table: str = TABLE) -> str:
     """Install network ``rules`` (replacing ``previous``, what it last was, if known)."""
     old = network_elements(previous) if previous is not None else []
-    return render_network(rules.owner, old, network_elements(rules), table)
+    return render_network(rules.owner, old, network_elements(rules), table, rules.name)
 
 
 def render_remove_network(owner: str, elements: Iterable[SetElement], table: str = TABLE) -> str:
@@ -365,9 +366,10 @@ def render_sync(
     for chain in sorted(c for c in existing if is_legacy_chain(c)):
         lines += [f"flush chain {t} {chain}", f"delete chain {t} {chain}"]
     for rules in networks:
-        lines += network_lines(rules.owner, (), network_elements(rules), table)
+        lines += network_lines(rules.owner, (), network_elements(rules), table, rules.name)
+    labels = {rule.owner: rule.label for rule in ports}
     for owner, elems in elements.items():
-        lines += ports_lines(owner, (), elems, table)
+        lines += ports_lines(owner, (), elems, table, labels.get(owner, ""))
     return _script(lines)
 
 
@@ -408,21 +410,22 @@ def port_elements_by_owner(rules: Iterable[PortRule]) -> dict[str, list[PortElem
 
 
 def ports_lines(
-    owner: str, old: Iterable[PortElement], new: Iterable[PortElement], table: str = TABLE
+    owner: str, old: Iterable[PortElement], new: Iterable[PortElement], table: str = TABLE, label: str = ""
 ) -> list[str]:
     """Replace endpoint ``owner``'s elements ``old`` (which must be present) with ``new``,
-    in one transaction whose size depends only on this endpoint's ports."""
+    in one transaction whose size depends only on this endpoint's ports.  ``label``:
+    "<container> on <network>", in the comments."""
     t = f"{FAMILY} {table}"
-    tag = owner_comment(check_owner(owner))
+    tag = owner_comment(check_owner(owner), label)
     lines = [f"delete element {t} {e.map} {{ {e.key} }}" for e in old]
     lines += [f'add element {t} {e.map} {{ {e.key} comment "{tag}" : {e.data} }}' for e in new]
     return lines
 
 
 def render_ports(
-    owner: str, old: Iterable[PortElement], new: Iterable[PortElement], table: str = TABLE
+    owner: str, old: Iterable[PortElement], new: Iterable[PortElement], table: str = TABLE, label: str = ""
 ) -> str:
-    return _script(ports_lines(owner, old, new, table))
+    return _script(ports_lines(owner, old, new, table, label))
 
 
 def port_key_from_json(value: Any) -> str:

@@ -33,18 +33,26 @@ VNI_MAX = (1 << 24) - 1
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
-def owner_alias(owner_id: str, daemon_id: str = "") -> str:
+ALIAS_MAX = 255  # IFALIASZ - 1: the kernel refuses a longer alias
+
+
+def owner_alias(owner_id: str, daemon_id: str = "", label: str = "") -> str:
     """The link alias tagging ``owner_id``'s link, created by daemon ``daemon_id`` (the
-    untagged-daemon form ``cnm:<owner>`` is what cnm wrote before daemons were told apart)."""
-    return f"{OWNER_PREFIX}{daemon_id}:{owner_id}" if daemon_id else OWNER_PREFIX + owner_id
+    untagged-daemon form ``cnm:<owner>`` is what cnm wrote before daemons were told apart).
+    ``label``, for a person reading ``ip link`` (``web on front``), follows the tag after a
+    space (cut to what the kernel keeps); the tag itself holds no space."""
+    tag = f"{OWNER_PREFIX}{daemon_id}:{owner_id}" if daemon_id else OWNER_PREFIX + owner_id
+    if not label:
+        return tag
+    return f"{tag} ({label})"[:ALIAS_MAX]
 
 
 def parse_alias(alias: str) -> tuple[str, str]:
     """(daemon id, owner id) of a link alias; ("", "") when it is not cnm's tag and
-    ("", owner) for the old tag without a daemon."""
+    ("", owner) for the old tag without a daemon.  A label after the tag is ignored."""
     if not alias.startswith(OWNER_PREFIX):
         return "", ""
-    daemon, sep, owner = alias[len(OWNER_PREFIX) :].rpartition(":")
+    daemon, sep, owner = alias[len(OWNER_PREFIX) :].split(" ", 1)[0].rpartition(":")
     return (daemon, owner) if sep else ("", owner)
 
 
@@ -75,6 +83,8 @@ class LinkInfo:
     addresses: tuple[IPv4Interface, ...] = ()
     daemon: str = ""  # id of the cnmd that created it, from the alias ("" for the old tag)
     stats: LinkStats | None = None
+    iflink: int = 0  # IFLA_LINK: a veth's peer ifindex (in the peer's namespace); else own
+    alias: str = ""  # the whole alias: the owner tag, and the label a person reads after it
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +103,7 @@ class VethSpec:
     gateway: IPv4Address | None = None  # default route via this gateway when set
     hairpin: bool = False
     link_local: tuple[IPv4Interface, ...] = ()  # more addresses on the container end
+    label: str = ""  # for people, after the owner tag in the alias: "<container> on <network>"
 
 
 def check_mac(mac: str) -> str:

@@ -24,6 +24,13 @@ def log_command(command: str | Sequence[str], netns: str | None = None) -> None:
     log.debug("%s", text)
 
 
+def log_comment(text: str) -> None:
+    """Log ``text`` as a shell comment (``# …``): what a logged command's numbers mean,
+    in a form a replayed log skips."""
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("# %s", text)
+
+
 def log_script(tool: str, script: str) -> None:
     """Log a multi-line batch (``nft -f -``, ``iptables-restore --noflush``) as a heredoc."""
     if not log.isEnabledFor(logging.DEBUG):

@@ -242,7 +242,9 @@ class FakeKernel:
             peer=(HOST, host.index),
         )
         host.peer = (spec.netns_path, inner.index)
-        self._record(f"ip link set {spec.host_ifname} alias {owner_alias(spec.owner, self.daemon_id)} up")
+        self._record(
+            f"ip link set {spec.host_ifname} alias {owner_alias(spec.owner, self.daemon_id, spec.label)} up"
+        )
         self._record(f"ip link set {spec.ifname} up", spec.netns_path)
         if spec.address is not None:
             self._record(f"ip addr add {spec.address} dev {spec.ifname}", spec.netns_path)

@@ -114,6 +114,8 @@ def _link_info(msg: Any, addresses: dict[int, list[IPv4Interface]]) -> LinkInfo:
         up=bool(msg["flags"] & IFF_UP),
         addresses=tuple(addresses.get(index, ())),
         stats=_link_stats(msg.get("stats64")),
+        iflink=msg.get("link") or 0,
+        alias=msg.get("ifalias") or "",
     )
 
 
@@ -144,6 +146,8 @@ def _dumped_link(link: rtnl.LinkDump, addresses: dict[int, list[IPv4Interface]])
         up=bool(link.flags & IFF_UP),
         addresses=tuple(addresses.get(link.index, ())),
         stats=stats,
+        iflink=link.link,
+        alias=link.alias,
     )
 
 
@@ -541,7 +545,7 @@ class LinuxKernel:
                 "set",
                 spec.host_ifname,
                 "alias",
-                owner_alias(spec.owner, self.daemon_id),
+                owner_alias(spec.owner, self.daemon_id, spec.label),
                 *(["type", "bridge_slave", "hairpin", "on"] if spec.hairpin else []),
             ]
         )
@@ -573,7 +577,7 @@ class LinuxKernel:
                     # by name: fails harmlessly (ENODEV) when the creation failed
                     rtnl.set_link(
                         name=spec.host_ifname,
-                        alias=owner_alias(spec.owner, self.daemon_id),
+                        alias=owner_alias(spec.owner, self.daemon_id, spec.label),
                         hairpin=True if spec.hairpin else None,
                     ),
                 ]

@@ -163,7 +163,9 @@ async def create_netns(path: str, setup: Callable[[], T]) -> T:
     if netns_exists(path):
         raise Conflict(f"network namespace {path} already exists")
     parent = os.path.dirname(path)
-    log_command(["ip", "netns", "add", path])
+    # what ``ip netns add`` does, for any path (``ip`` itself takes only a name under /run/netns)
+    log_command(["touch", path])
+    log_command(["unshare", f"--net={path}", "true"])
     try:
         os.makedirs(parent, mode=0o711, exist_ok=True)
         fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o444)
@@ -182,12 +184,47 @@ async def create_netns(path: str, setup: Callable[[], T]) -> T:
         raise
 
 
+def same_netns(a: str, b: str) -> bool:
+    """Whether the paths ``a`` and ``b`` are mounts of one namespace (one nsfs inode)."""
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def name_netns(path: str, named: str) -> None:
+    """Make the namespace at ``path`` known by a second path too, ``named`` (a file in
+    ``/run/netns``, so ``ip netns exec NAME`` works): a bind mount of it, as ``ip netns
+    add`` would have made.  Conflict when ``named`` holds another namespace (never
+    replaced: it is not ours); ``delete_netns(named)`` removes it and leaves ``path``."""
+    if netns_exists(named):
+        if same_netns(path, named):
+            return
+        raise Conflict(f"{named} already holds another network namespace")
+    log_command(["touch", named])
+    log_command(["mount", "--bind", path, named])
+    try:
+        os.makedirs(os.path.dirname(named), mode=0o755, exist_ok=True)
+        os.close(os.open(named, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o444))
+    except OSError as exc:
+        raise KernelError(f"cannot create {named}: {exc.strerror}") from exc
+    if _libc.mount(path.encode(), named.encode(), b"none", MS_BIND, None) != 0:
+        code = ctypes.get_errno()
+        try:
+            os.unlink(named)
+        except OSError:
+            pass
+        raise KernelError(f"cannot bind-mount {path} on {named}: {os.strerror(code)}")
+
+
 def delete_netns(path: str) -> None:
     """Lazily unmount and unlink ``path``; "not mounted" and "not there" are success.  The
     namespace itself lives on while a process or socket still uses it."""
     if not os.path.lexists(path):
         return
-    log_command(["ip", "netns", "delete", path])
+    log_command(["umount", "--lazy", path])
+    log_command(["rm", "-f", path])
     if os.path.ismount(path) and _libc.umount2(path.encode(), MNT_DETACH) != 0:
         code = ctypes.get_errno()
         if code not in (errno.EINVAL, errno.ENOENT):  # raced with another unmount

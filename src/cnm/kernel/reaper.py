@@ -25,7 +25,7 @@ import threading
 from dataclasses import dataclass
 
 from cnm.kernel import rtnl
-from cnm.kernel.cmdlog import log_command
+from cnm.kernel.cmdlog import log_command, log_comment
 
 log = logging.getLogger("cnm.kernel")
 
@@ -130,6 +130,10 @@ class LinkReaper:
         """Move the batch into the group and delete the group, in one datagram (links
         already gone answer ENODEV, which is success); one by one if the group delete is
         refused.  Returns the errors by link name."""
+        log_comment(
+            f"link group {self.group} ({self.group:#x}, 'cnm' in ASCII) holds the links cnm retired:"
+            " deleting the group deletes them in one go"
+        )
         for item in batch:
             log_command(["ip", "link", "set", item.name, "group", str(self.group)])
         log_command(["ip", "link", "del", "group", str(self.group)])

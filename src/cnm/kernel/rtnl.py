@@ -523,6 +523,7 @@ class LinkDump:
     mtu: int
     flags: int
     stats: tuple[int, ...] | None  # rtnl_link_stats64's first eight counters, in its order
+    link: int = 0  # IFLA_LINK ("iflink"): a veth's peer index, in the peer's namespace
 
 
 def links(sock: socket.socket) -> list[LinkDump]:
@@ -607,6 +608,7 @@ def _link(body: bytes) -> LinkDump:
         mtu=_u32(attrs.get(IFLA_MTU)),
         flags=flags,
         stats=stats,
+        link=_u32(attrs.get(IFLA_LINK)),
     )
 
 

@@ -1,0 +1,176 @@
+"""``cnm trace`` without a kernel: SRC/DST parsing and its refusals, the --live marking
+script, the parsing of ``nft monitor trace`` lines, the CLI's text, the --live backend
+check, and the route over the fake controller."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from ipaddress import IPv4Address
+
+import pytest
+
+from cnm.api.routes_cnm import plain
+from cnm.cli.commands.trace import render_trace
+from cnm.engine import trace as engine_trace
+from cnm.engine.trace import Trace, Tracer
+from cnm.engine.trace_path import Hop, Target, parse_target
+from cnm.errors import InvalidArgument
+from cnm.kernel import tracing
+from cnm.kernel.tracing import ProbeSpec, packet_summary, parse_trace_lines, trace_table_script
+
+try:
+    from test_api_server import server  # noqa: F401 -- the fixture
+except ImportError:  # tests/ made a package
+    from .test_api_server import server  # type: ignore[no-redef]  # noqa: F401
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("web", Target("web", None, "icmp")),
+        ("web:80", Target("web", 80, "tcp")),
+        ("web:53/udp", Target("web", 53, "udp")),
+        ("10.0.0.2/icmp", Target("10.0.0.2", None, "icmp")),
+        ("host:8080/tcp", Target("host", 8080, "tcp")),
+    ],
+)
+def test_destinations_parse(text: str, expected: Target) -> None:
+    assert parse_target(text, destination=True) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "destination", "message"),
+    [
+        ("web:0", True, "invalid port '0' in 'web:0': expected 1-65535"),
+        ("web:http", True, "invalid port 'http'"),
+        ("web:70000", True, "expected 1-65535"),
+        ("web:80/sctp", True, "invalid protocol 'sctp' in 'web:80/sctp': expected one of tcp, udp, icmp"),
+        ("web/tcp", True, "tcp needs a port"),
+        ("web:80/icmp", True, "icmp has no ports"),
+        (":80", True, "no container, host, world or address"),
+        ("", True, "invalid trace destination ''"),
+        ("web:80", False, "a port or protocol goes on the destination"),
+        ("web/udp", False, "a port or protocol goes on the destination"),
+    ],
+)
+def test_bad_targets_are_refused_naming_what_is_wrong(text: str, destination: bool, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_target(text, destination=destination)
+
+
+def test_marking_script_marks_only_the_probe_in_both_families() -> None:
+    spec = ProbeSpec(IPv4Address("10.0.0.2"), IPv4Address("10.0.1.2"), "tcp", 80, 40000)
+    script = trace_table_script(spec)
+    rules = [line for line in script.splitlines() if line.startswith("add rule")]
+    assert len(rules) == 4 and {r.split()[2] for r in rules} == {"ip", "bridge"}
+    for rule in rules:
+        assert "ip saddr 10.0.0.2 ip daddr 10.0.1.2 meta l4proto tcp th sport 40000 th dport 80" in rule
+        assert "tcp flags & (syn | ack) == syn" in rule and rule.endswith("meta nftrace set 1")
+    assert "priority -350" in script  # ahead of raw (-300), conntrack and cnm's chains
+    icmp = trace_table_script(ProbeSpec(IPv4Address("10.0.0.2"), IPv4Address("10.0.1.2"), "icmp"))
+    assert "icmp type echo-request meta nftrace set 1" in icmp and "dport" not in icmp
+    assert tracing.trace_teardown_script().count("delete table") == 2
+    with pytest.raises(InvalidArgument, match="invalid protocol 'sctp'"):
+        trace_table_script(ProbeSpec(IPv4Address("10.0.0.2"), IPv4Address("10.0.1.2"), "sctp", 1))
+
+
+MONITOR = """\
+trace id 1c2d3e4f bridge cnm-trace prerouting packet: iif "veth1" ether saddr 02:42:ac:12:00:03 ip saddr 172.18.0.3 ip daddr 172.19.0.2 ip dscp cs0 ip ttl 64 ip id 5 ip protocol icmp icmp type echo-request icmp code net-unreachable
+trace id 1c2d3e4f bridge cnm-trace prerouting rule ip saddr 172.18.0.3 ip daddr 172.19.0.2 meta l4proto icmp meta nftrace set 1 (verdict continue)
+trace id 1c2d3e4f ip cnm forward rule jump user (verdict jump user)
+trace id 1c2d3e4f ip cnm forward rule oifname @bridges drop (verdict drop)
+trace id 1c2d3e4f ip cnm postrouting policy accept
+something else entirely
+"""
+
+
+def test_monitor_lines_parse_into_events() -> None:
+    events = parse_trace_lines(MONITOR.splitlines())
+    assert [(e.family, e.table, e.chain, e.kind, e.verdict) for e in events] == [
+        ("bridge", "cnm-trace", "prerouting", "packet", ""),
+        ("bridge", "cnm-trace", "prerouting", "rule", "continue"),
+        ("ip", "cnm", "forward", "rule", "jump user"),
+        ("ip", "cnm", "forward", "rule", "drop"),
+        ("ip", "cnm", "postrouting", "policy", "accept"),
+    ]
+    assert events[3].text == "oifname @bridges drop"
+    (legacy,) = parse_trace_lines(
+        ["trace id 9 ip filter CNM-N-a3ef40990385-IN rule  counter packets 0 bytes 0 drop (verdict drop)"]
+    )
+    assert legacy.text == "drop" and legacy.verdict == "drop"  # iptables-nft's counters are noise
+    assert packet_summary(events[0].text) == (
+        'iif "veth1" ip saddr 172.18.0.3 ip daddr 172.19.0.2 ip protocol icmp icmp type echo-request'
+    )
+
+
+def test_text_lists_hops_commands_rules_and_the_live_part() -> None:
+    t = Trace(
+        source="app (10.0.0.3)",
+        destination="db (10.0.1.2)/icmp",
+        protocol="icmp",
+        port=None,
+        saddr="10.0.0.3",
+        daddr="10.0.1.2",
+        verdict="dropped",
+        reason="forward: dropped by isolation",
+        hops=(
+            Hop("route", "in app's namespace: 10.0.1.2 via 10.0.0.1 dev eth0", "ip route get 10.0.1.2"),
+            Hop(
+                "forward",
+                "forward: dropped by isolation",
+                "nft list table ip cnm",
+                ("forward #4: x -> drop",),
+            ),
+        ),
+        live=("ip cnm forward: oifname @bridges drop -> drop",),
+        probe="icmp probe 10.0.0.3 -> 10.0.1.2: no echo reply in 1.5 s",
+        live_verdict="dropped in ip cnm chain forward by the rule oifname @bridges drop",
+        problems=("something unreadable",),
+    )
+    data = json.loads(json.dumps(plain(t)))
+    text = render_trace(data)
+    assert text.splitlines()[:3] == [
+        "trace app (10.0.0.3) -> db (10.0.1.2)/icmp  (10.0.0.3 -> 10.0.1.2)",
+        " 1. in app's namespace: 10.0.1.2 via 10.0.0.1 dev eth0",
+        "      $ ip route get 10.0.1.2",
+    ]
+    assert "forward #4" not in text and "forward #4: x -> drop" in render_trace(data, verbose=True)
+    assert "=> dropped: forward: dropped by isolation" in text
+    assert "live: icmp probe" in text and "=> dropped in ip cnm chain forward" in text
+    assert text.endswith("note: something unreadable\n")
+
+
+@pytest.mark.parametrize(
+    ("version", "refused"),
+    [("iptables v1.8.9 (legacy)\n", True), ("iptables v1.8.9 (nf_tables)\n", False)],
+)
+def test_live_needs_nftables_or_iptables_nft(monkeypatch, version: str, refused: bool) -> None:
+    async def run(argv, netns=None):
+        assert argv == ["iptables", "-V"]
+        return version
+
+    monkeypatch.setattr(engine_trace.facts, "run", run)
+    tracer = Tracer.__new__(Tracer)
+    tracer._backend = "iptables"
+    if refused:
+        with pytest.raises(InvalidArgument, match="--live needs the nftables backend or iptables-nft"):
+            asyncio.run(tracer._check_live())
+    else:
+        asyncio.run(tracer._check_live())
+
+
+async def test_trace_route_refusals(server):  # noqa: F811
+    _, client, _ = server
+    reply = await client.request("POST", "/cnm/v1/trace?source=nosuch&destination=host")
+    assert reply.status == 404 and "nosuch" in reply.json()["message"]
+    reply = await client.request("POST", "/cnm/v1/trace?source=host&destination=world:0")
+    assert reply.status == 400 and "invalid port '0'" in reply.json()["message"]
+    reply = await client.request("POST", "/cnm/v1/trace?source=host")
+    assert reply.status == 400 and "both source and destination" in reply.json()["message"]
+    reply = await client.request("POST", "/cnm/v1/trace?source=host&destination=world&live=maybe")
+    assert reply.status == 400 and "invalid live 'maybe'" in reply.json()["message"]
+    reply = await client.request("GET", "/cnm/v1/trace?source=host&destination=world")
+    assert reply.status in (404, 405)
+    reply = await client.request("POST", "/cnm/v1/trace?source=host&destination=world")
+    assert reply.status == 200 and reply.json()["verdict"] == "delivered"
