@@ -124,12 +124,6 @@ class Explainer:
             for ep in sorted(state.endpoints_of_container(container.id), key=lambda e: e.created_seq)
             if ep.network_id in state.networks
         ]
-        base = Explanation(
-            container=container.name,
-            container_id=container.id,
-            running=container.running,
-            network_mode=str(container.config.network_mode),
-        )
         problems: list[str] = []
         netns = sandbox.key if sandbox is not None and container.running else ""
         inside: dict[str, LinkInfo] = {}
@@ -186,10 +180,10 @@ class Explainer:
                 problems.append(f"conntrack: {exc}")
         gateway = next((r.gateway for r in routes if r.dst == "default"), "")
         return Explanation(
-            container=base.container,
-            container_id=base.container_id,
-            running=base.running,
-            network_mode=base.network_mode,
+            container=container.name,
+            container_id=container.id,
+            running=container.running,
+            network_mode=str(container.config.network_mode),
             netns=netns,
             netns_name=name,
             attachments=attachments,
