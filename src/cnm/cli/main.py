@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "network prune": ("network", "cmd_prune"),
     "network map": ("explain", "cmd_map"),
     "explain": ("explain", "cmd_explain"),
+    "ui": ("ui", "cmd_ui"),
     "create": ("run", "cmd_create"),
     "run": ("run", "cmd_run"),
     "start": ("container", "cmd_start"),
