@@ -179,12 +179,44 @@ def test_netns_names_on_enter_by_name_and_go_with_the_container(seehost: TestHos
     assert not seehost.sh("ls /run/netns | grep -x cnm-brief", check=False).stdout
 
 
+def test_netns_names_follow_a_rename_and_leave_a_foreign_name_alone(seehost: TestHost) -> None:
+    run_sleeper(seehost, "before", "--network", "front")
+    seehost.cnm("rename", "before", "after")
+    listing = seehost.run(["ip", "netns", "list"]).stdout.split()
+    assert "cnm-after" in listing and "cnm-before" not in listing
+    seehost.cnm("rm", "-f", "after")
+    assert "cnm-after" not in seehost.run(["ip", "netns", "list"]).stdout.split()
+    # a name that holds a namespace cnm did not make is never replaced nor removed
+    seehost.run(["ip", "netns", "add", "cnm-squatted"])
+    try:
+        run_sleeper(seehost, "squatted", "--network", "front")
+        assert explain(seehost, "squatted")["netns_name"] == ""
+        seehost.cnm("rm", "-f", "squatted")
+        assert "cnm-squatted" in seehost.run(["ip", "netns", "list"]).stdout.split()
+        assert "already holds another network namespace" in seehost.daemon_log_tail(400)
+    finally:
+        seehost.run(["ip", "netns", "delete", "cnm-squatted"], check=False)
+
+
 def test_netns_names_are_off_by_default(fresh_cnmhost: TestHost) -> None:
     run_sleeper(fresh_cnmhost, "plain")
     listing = fresh_cnmhost.run(["ip", "netns", "list"]).stdout
     assert "cnm-plain" not in listing
     e = explain(fresh_cnmhost, "plain")
     assert e["netns_name"] == "" and "netns name" not in e["commands"]
+
+
+@pytest.mark.daemon_flags("--firewall-backend", "iptables")
+def test_explain_shows_the_iptables_rules_of_a_port_with_that_backend(fresh_cnmhost: TestHost) -> None:
+    run_sleeper(fresh_cnmhost, "ipt", "-p", "8081:80", "-p", "9000-9001:9000-9001/udp")
+    e = explain(fresh_cnmhost, "ipt")
+    ip = e["attachments"][0]["address"].split("/")[0]
+    by_port = {p["host_port"]: p for p in e["attachments"][0]["ports"]}
+    (rule,) = by_port[8081]["rules"]
+    assert "-p tcp" in rule and "--dport 8081" in rule and f"--to-destination {ip}:80" in rule, rule
+    assert any("-p udp" in r and "9000:9001" in r for r in by_port[9000]["rules"]), by_port[9000]
+    saved = fresh_cnmhost.sh(by_port[8081]["command"]).stdout
+    assert rule in saved.splitlines(), (rule, saved)
 
 
 def _kernel_log_since(host: TestHost, offset: int) -> list[str]:

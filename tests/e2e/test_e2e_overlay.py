@@ -116,6 +116,13 @@ def test_containers_on_two_hosts_talk_over_the_overlay(lab) -> None:
     eventually(lambda: late["MacAddress"] in fdb(h1, vx), "h1 never programmed late")
     h1.cnm("exec", "web", "ping", "-c", "1", "-W", "2", late["IPAddress"])
     h3.cnm("exec", "late", "ping", "-c", "1", "-W", "2", db["IPAddress"])
+    # cnm network map draws the tunnel: the VXLAN device and the hosts it sends to
+    (drawn,) = json.loads(h1.cnm("network", "map", "--format", "json", "ov").stdout)["networks"]
+    assert (drawn["driver"], drawn["bridge"]) == ("overlay", br) and drawn["bridge_ifindex"]
+    assert [m["container"] for m in drawn["members"]] == ["web"]
+    (tunnel,) = drawn["tunnels"]
+    assert tunnel["device"] == vx and sorted(tunnel["peers"]) == sorted([h2.address, h3.address]), tunnel
+    assert f"vxlan {vx} (ifindex {tunnel['ifindex']}) -> " in h1.cnm("network", "map", "ov").stdout
 
     # a disconnect on h2 removes db everywhere; h2 has no container on ov left: no devices
     h2.cnm("network", "disconnect", "ov", "db")

@@ -20,7 +20,7 @@ from cnm.engine.lookup import find_container, find_network
 from cnm.engine.names import random_name
 from cnm.engine.naming import parse_link, validate_names
 from cnm.engine.network import Network
-from cnm.engine.sandbox import Sandbox
+from cnm.engine.sandbox import Sandbox, name_netns, unname_netns
 from cnm.engine.services import Services, now_rfc3339
 from cnm.errors import Conflict, InvalidArgument, NotFound
 from cnm.model.container import FROM_MOUNTS, Container, ContainerConfig, Image, command_of
@@ -160,6 +160,8 @@ class Containers:
             sandbox = Sandbox.of(self._svc, renamed)
             if renamed.running and sandbox is not None and sandbox.record.key:
                 await self._svc.naming.publish(renamed, sandbox.record, endpoints)
+                unname_netns(self._svc, sandbox.record.key, container.name)  # --netns-names follows
+                name_netns(self._svc, sandbox.record.key, name)
 
     async def remove_link(self, name: str) -> None:
         """Docker's ``rm --link /web/db``: container ``web`` loses its legacy link alias

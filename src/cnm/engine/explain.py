@@ -107,13 +107,13 @@ class Explainer:
         self._backend = firewall_backend
         self._table = firewall_table
 
-    def netns_name(self, container_name: str) -> str:
-        """The name ``ip netns`` knows the container's namespace by (cnmd --netns-names),
-        "" when off or not mounted."""
-        if not self._svc.netns_names:
+    def netns_name(self, container_name: str, netns: str) -> str:
+        """The name ``ip netns`` knows the namespace at ``netns`` by (cnmd --netns-names),
+        "" when off, or when that name is not a mount of this namespace."""
+        if not self._svc.netns_names or not netns:
             return ""
         path = netns_name_path(self._svc, container_name)
-        return os.path.basename(path) if ns.netns_exists(path) else ""
+        return os.path.basename(path) if ns.same_netns(path, netns) else ""
 
     async def explain(self, ref: str) -> Explanation:
         container = find_container(self._svc.state, ref)
@@ -164,7 +164,7 @@ class Explainer:
                 neighbours = await facts.neighbours(netns)
             except CnmError as exc:
                 problems.append(f"neighbours: {exc}")
-        name = self.netns_name(container.name)
+        name = self.netns_name(container.name, netns)
         if name:
             commands["netns name"] = f"ip netns exec {name} sh"
         root = self._svc.runtime.container_dir(container.id)

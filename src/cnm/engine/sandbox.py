@@ -61,6 +61,27 @@ def netns_name_path(svc: Services, container_name: str) -> str:
     return os.path.join(svc.netns_names, NETNS_NAME_PREFIX + container_name)
 
 
+def name_netns(svc: Services, key: str, container_name: str) -> None:
+    """With --netns-names: the namespace at ``key`` also as cnm-<container name>.  A
+    convenience, so a failure (the name holds another daemon's namespace) is a warning."""
+    if not svc.netns_names:
+        return
+    try:
+        ns.name_netns(key, netns_name_path(svc, container_name))
+    except CnmError as exc:
+        log.warning("ip netns name of %s: %s", container_name, exc)
+
+
+def unname_netns(svc: Services, key: str, container_name: str) -> None:
+    """Remove the cnm-<container name> mount, if it is of the namespace at ``key`` (a
+    mount of anything else is not ours)."""
+    if not svc.netns_names:
+        return
+    named = netns_name_path(svc, container_name)
+    if ns.same_netns(named, key):
+        ns.delete_netns(named)
+
+
 def start_plan(svc: Services, container: Container) -> list[Join]:
     """The networks a start joins, primary first.  They are ``config.networks`` (Docker's
     ``NetworkSettings.Networks``): a primary network disconnected before start is not
@@ -145,10 +166,8 @@ class Sandbox:
         if key:
             await svc.kernel.create_netns(key)
             stack.push_async_callback(svc.kernel.delete_netns, key)
-            if svc.netns_names:
-                named = netns_name_path(svc, container.name)
-                ns.name_netns(key, named)
-                stack.callback(ns.delete_netns, named)
+            name_netns(svc, key, container.name)
+            stack.callback(unname_netns, svc, key, container.name)
         for join in plan:
             ep = await sandbox._join(
                 stack,
@@ -303,11 +322,10 @@ class Sandbox:
             errors.extend(await Endpoint.of(self._svc, record).remove(self.record))
         errors.extend(await self._svc.naming.withdraw(self.record))
         if self.record.key:
-            if self._svc.netns_names:
-                try:
-                    ns.delete_netns(netns_name_path(self._svc, self.container.name))
-                except CnmError as exc:
-                    errors.append(exc)
+            try:
+                unname_netns(self._svc, self.record.key, self.container.name)
+            except CnmError as exc:
+                errors.append(exc)
             try:
                 await self._svc.kernel.delete_netns(self.record.key)
             except CnmError as exc:

@@ -261,6 +261,7 @@ def render_dot(topology: Topology) -> str:
     out = [
         "graph cnm {",
         "  rankdir=LR;",
+        '  fontname="sans-serif";',
         '  node [fontname="sans-serif", fontsize=10];',
         '  edge [fontname="sans-serif", fontsize=9];',
     ]

@@ -184,12 +184,24 @@ async def create_netns(path: str, setup: Callable[[], T]) -> T:
         raise
 
 
+def same_netns(a: str, b: str) -> bool:
+    """Whether the paths ``a`` and ``b`` are mounts of one namespace (one nsfs inode)."""
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
 def name_netns(path: str, named: str) -> None:
     """Make the namespace at ``path`` known by a second path too, ``named`` (a file in
     ``/run/netns``, so ``ip netns exec NAME`` works): a bind mount of it, as ``ip netns
-    add`` would have made.  An older mount there is replaced; ``delete_netns(named)``
-    removes it and leaves ``path`` alone."""
-    delete_netns(named)
+    add`` would have made.  Conflict when ``named`` holds another namespace (never
+    replaced: it is not ours); ``delete_netns(named)`` removes it and leaves ``path``."""
+    if netns_exists(named):
+        if same_netns(path, named):
+            return
+        raise Conflict(f"{named} already holds another network namespace")
     log_command(["touch", named])
     log_command(["mount", "--bind", path, named])
     try:
