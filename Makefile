@@ -176,7 +176,7 @@ soak-run: deps venv image
 # Tools hold the design, and .ci/run runs this before the suite: style and lint (ruff), the
 # layer contracts ([tool.importlinter] in pyproject.toml; tests/unit/test_layers.py adds the
 # dynamic imports and proves each contract can fail), types (mypy, [tool.mypy]).
-LINT_PATHS := src tests bench scripts/make-busybox-tar scripts/in-sandbox scripts/fast-cli-launcher scripts/soak-iptables
+LINT_PATHS := src tests bench scripts/make-busybox-tar scripts/in-sandbox scripts/fast-cli-launcher scripts/soak-iptables scripts/ui-demo
 
 lint: venv
 	$(VENV)/bin/ruff check $(LINT_PATHS)

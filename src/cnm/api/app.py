@@ -112,7 +112,10 @@ def make_app(
         routes_events,
     ):
         _add_routes(app, module.routes())
-    for method, path, handler in [*routes_cnm.routes(), *ui.routes()]:  # cnm's own: outside Docker's versioned paths
+    for method, path, handler in [
+        *routes_cnm.routes(),
+        *ui.routes(),
+    ]:  # cnm's own: outside Docker's versioned paths
         app.router.add_route(method, path, handler)  # type: ignore[arg-type]
     return app
 
