@@ -134,7 +134,12 @@ def test_page_follows_run_connect_and_rm(uihost: TestHost, browser: Chromium) ->
     assert wait_for(lambda: "late" in listed(browser), timeout=FOLLOW), listed(browser)
     uihost.cnm("rm", "-f", "late")
     assert wait_for(lambda: "late" not in listed(browser), timeout=FOLLOW), listed(browser)
+    # a container on no network of the drawing is listed all the same
+    uihost.cnm("create", "--name", "idle", "--network", "none", "busybox", "sleep", "1d")
+    assert wait_for(lambda: "idle" in listed(browser), timeout=FOLLOW), listed(browser)
     assert set(listed(browser)) == names(uihost)
+    uihost.cnm("rm", "idle")
+    assert wait_for(lambda: "idle" not in listed(browser), timeout=FOLLOW), listed(browser)
 
 
 def test_clicking_a_container_shows_its_explain(uihost: TestHost, browser: Chromium) -> None:
@@ -180,3 +185,12 @@ def test_screenshot_is_saved_and_not_blank(uihost: TestHost, browser: Chromium, 
     assert width >= 800 and height >= 600
     assert len(colours(shot.read_bytes())) > 16  # text, a drawing: far from a single colour
     print(f"screenshot: {shot}")
+
+
+def test_cnmd_stops_with_the_page_open_and_takes_its_token(uihost: TestHost, browser: Chromium) -> None:
+    assert browser.evaluate("document.getElementById('status').textContent") == "live"
+    assert uihost.kill_daemon() == 0
+    assert not (uihost.exec_root / "ui-token").exists()
+    # the page notices (its stream is gone) and keeps what it showed
+    assert wait_for(lambda: browser.evaluate("document.getElementById('status').textContent") != "live")
+    assert "web" in listed(browser)

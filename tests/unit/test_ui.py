@@ -18,13 +18,17 @@ from cnm.api.app import make_app
 from cnm.api.schemas_system import VersionInfo
 from cnm.api.ui import TOKEN_FILE, make_ui_app, new_token, parse_port, port_path, serve_ui
 from cnm.daemon.config import parse_args, parse_ui_addr
+from cnm.daemon.main import main
 from cnm.engine.events import Events
 from cnm.engine.explain import Attachment, Explanation, PortPath
 from cnm.engine.topology import Member, NetworkNode, Topology, Uplink
 from cnm.errors import CnmError, InvalidArgument, NotFound, Unavailable
+from cnm.model.container import RUNNING, Container, ContainerConfig, ContainerState
+from cnm.model.network_mode import NetworkMode
 
 WEB = "a" * 64
 FRONT = "f" * 64
+IDLE = "d" * 64
 TOKEN = "t0ken-for-the-tests_0123456789abcdef"
 
 
@@ -55,6 +59,13 @@ class Engine:
         self.members: list[Member] = [
             Member(container="web", container_id=WEB, running=True, ifname="eth0", address="172.18.0.2/16",
                    mac="02:42:ac:12:00:02", host_ifname="veth1a", host_ifindex=9, ports=("0.0.0.0:8080->80/tcp",)),
+        ]  # fmt: skip
+
+    def containers(self) -> list[Container]:
+        return [
+            Container(id=WEB, name="web", created="", state=ContainerState(status=RUNNING, pid=7),
+                      config=ContainerConfig(image="busybox", network_mode=NetworkMode.parse("front"))),
+            Container(id=IDLE, name="idle", created="", config=ContainerConfig(image="busybox")),
         ]  # fmt: skip
 
     async def topology(self, network_refs: Sequence[str] = ()) -> Topology:
@@ -110,6 +121,14 @@ def test_ui_addr_refusals_name_the_flag_and_the_fault(value: str, message: str):
     with pytest.raises(InvalidArgument) as info:
         parse_ui_addr(value)
     assert f"invalid --ui-addr {value!r}" in str(info.value) and message in str(info.value)
+
+
+def test_cnmd_refuses_a_non_loopback_page_before_doing_anything(capsys, tmp_path):
+    root = tmp_path / "data"
+    assert main(["--ui-addr", "0.0.0.0:8088", "--data-root", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cnmd: invalid --ui-addr '0.0.0.0:8088': 0.0.0.0 is not a loopback address")
+    assert not root.exists()
 
 
 # -- the token ----------------------------------------------------------------------------
@@ -171,6 +190,8 @@ async def test_map_has_the_topology_and_graphviz_drawing(page):
     body = await reply.json()
     (net,) = body["topology"]["networks"]
     assert [m["container"] for m in net["members"]] == ["web"]
+    # every container, also one on no network of the drawing
+    assert [(c["name"], c["running"]) for c in body["containers"]] == [("idle", False), ("web", True)]
     if body["svg"]:  # Graphviz installed: its SVG names the container's node by id
         assert body["svg"].lstrip().startswith("<?xml") and f"<title>c:{WEB}</title>" in body["svg"]
     else:

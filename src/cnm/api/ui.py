@@ -12,8 +12,9 @@ Routes on the page's address:
 
 - ``GET /``: the page (``static/index.html``; the token is written into its script URL);
   ``GET /ui.js``: its script.
-- ``GET /map``: ``{"topology": …, "svg": …}``: the map's values (as ``/cnm/v1/map``'s
-  JSON) and Graphviz's drawing of them ("" and a problem line when ``dot`` is missing).
+- ``GET /map``: ``{"topology": …, "containers": …, "svg": …}``: the map's values (as
+  ``/cnm/v1/map``'s JSON), every container (those on no drawn network too) and Graphviz's
+  drawing ("" and a problem line when ``dot`` is missing).
 - ``GET /explain/{id}``: ``/cnm/v1/containers/{id}/explain``'s JSON.
 - ``GET /path/{id}?port=HOST_PORT/PROTO``: the steps of a published port's path, from
   the explanation's facts (``port_path``).
@@ -221,14 +222,22 @@ async def script(request: web.Request) -> web.Response:
 
 
 async def network_map(request: web.Request) -> web.Response:
-    topo = await _controller(request).topology([])
+    ctrl = _controller(request)
+    topo = await ctrl.topology([])
+    # every container, also those on no network drawn (created, never started; --network none)
+    containers = [
+        {"id": c.id, "name": c.name, "running": c.running, "network_mode": str(c.config.network_mode)}
+        for c in sorted(ctrl.containers(), key=lambda c: c.name)
+    ]
     problems = list(topo.problems)
     try:
         svg = await topology.render_svg(topology.render_dot(topo))
     except CnmError as exc:
         svg = ""
         problems.append(f"drawing: {exc}")
-    return json_response({"topology": plain(topo), "svg": svg, "problems": problems})
+    return json_response(
+        {"topology": plain(topo), "containers": containers, "svg": svg, "problems": problems}
+    )
 
 
 async def explain(request: web.Request) -> web.Response:

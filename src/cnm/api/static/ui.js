@@ -33,9 +33,12 @@ function hostPort(text) {
   return m ? m[1] + "/" + m[2] : "";
 }
 
-function collect(topology) {
+function collect(map) {
   const out = {};
-  for (const net of topology.networks) {
+  for (const c of map.containers) {
+    out[c.id] = { name: c.name, running: c.running, mode: c.network_mode, networks: [], ports: [] };
+  }
+  for (const net of map.topology.networks) {
     for (const m of net.members) {
       const c = out[m.container_id] ||= { name: m.container, running: m.running, networks: [], ports: [] };
       c.networks.push({ network: net.name, address: m.address });
@@ -51,7 +54,8 @@ function renderList() {
   const ids = Object.keys(containers).sort((a, b) => containers[a].name.localeCompare(containers[b].name));
   for (const id of ids) {
     const c = containers[id];
-    const nets = c.networks.map((n) => `${n.network} ${n.address || "-"}`).join(", ");
+    const nets = c.networks.map((n) => `${n.network} ${n.address || "-"}`).join(", ") ||
+      `no network attached (${c.running ? "" : "not running, "}network mode ${c.mode})`;
     const li = el("li", { "data-id": id, "data-name": c.name, class: id === selected ? "selected" : "" },
       el("b", {}, c.name + (c.running ? "" : " (stopped)")), el("div", { class: "nets" }, nets));
     for (const p of c.ports) {
@@ -98,7 +102,7 @@ async function refresh() {
     do {
       again = false;
       const m = await get("map");
-      containers = collect(m.topology);
+      containers = collect(m);
       renderList();
       renderSvg(m.svg);
       $("problems").textContent = (m.problems || []).join("\n");
