@@ -28,7 +28,7 @@ DEMO_OUT    ?= $(CURDIR)/demo-out
 .PHONY: help deps clients-deps ui-deps venv image test unit integration e2e clients demo demo-sandbox bench bench-attach bench-ports lint clean
 
 help:
-	@echo "make demo | demo-sandbox | test | unit | integration | e2e | clients | bench | bench-attach | bench-ports | bench-scale | bench-wireguard | bench-overlay | soak-iptables | lint | deps | venv | image | clean"
+	@echo "make demo | demo-sandbox | test | unit | integration | e2e | clients | bench | bench-attach | bench-ports | bench-scale | bench-ui | bench-wireguard | bench-overlay | soak-iptables | lint | deps | venv | image | clean"
 
 # $(call apt_ensure,PKGS): install those of PKGS that are missing, so a second run is instant.
 define apt_ensure
@@ -114,6 +114,11 @@ bench-attach: deps venv image
 
 bench-ports: deps venv image
 	$(VPY) bench/ports.py --image $(IMAGE_TAR) $(PORTS_ARGS)
+
+# Issue 11: how soon the live page shows a connect, disconnect, run, rm (headless Chromium).
+.PHONY: bench-ui
+bench-ui: deps ui-deps venv image
+	$(VPY) bench/ui.py --image $(IMAGE_TAR)
 
 # Issue 4: embedded DNS latency and queries/s from inside a container, cnm beside Docker.
 .PHONY: bench-dns
