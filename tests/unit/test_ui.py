@@ -6,17 +6,20 @@ binding (a taken port is a clear error; port 0 reports the chosen one)."""
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import os
 import socket
 import stat
+import tomllib
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from cnm.api.app import make_app
 from cnm.api.schemas_system import VersionInfo
-from cnm.api.ui import TOKEN_FILE, make_ui_app, new_token, parse_port, port_path, serve_ui
+from cnm.api.ui import STATIC, TOKEN_FILE, make_ui_app, new_token, parse_port, port_path, serve_ui
 from cnm.daemon.config import parse_args, parse_ui_addr
 from cnm.daemon.main import main
 from cnm.engine.events import Events
@@ -293,3 +296,12 @@ async def test_serve_ui_binds_port_zero_and_refuses_a_taken_port(tmp_path):
     assert isinstance(info.value, CnmError)
     with socket.socket() as s:  # the port is free again after cleanup
         s.bind(("127.0.0.1", port))
+
+
+def test_the_page_files_ship_as_package_data():
+    repo = Path(__file__).resolve().parents[2]
+    globs = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["cnm"]
+    shipped = sorted(p.name for p in STATIC.iterdir() if p.is_file())
+    assert shipped == ["index.html", "ui.js"]
+    for name in shipped:
+        assert any(fnmatch.fnmatch(f"api/static/{name}", g) for g in globs), name
