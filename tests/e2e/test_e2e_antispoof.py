@@ -98,7 +98,9 @@ def host_port(host: TestHost, name: str) -> str:
     cid = inspect(host, name)[0]["Id"]
     links = [link for link in host.ip_json("link", "show") if link.get("ifalias", "").startswith("cnm:")]
     mine = {json.loads(host.cnm("network", "inspect", NET).stdout)[0]["Containers"][cid]["EndpointID"]}
-    return next(link["ifname"] for link in links if link["ifalias"].rpartition(":")[2] in mine)
+    return next(
+        link["ifname"] for link in links if link["ifalias"].split(" ", 1)[0].rpartition(":")[2] in mine
+    )
 
 
 def bridge_name(host: TestHost) -> str:
