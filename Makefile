@@ -19,11 +19,16 @@ APT_PKGS    := iproute2 nftables iptables runc busybox-static libnftables1 iperf
 # The client tier drives cnmd with Docker's own tools: Compose v1 (Debian's; Compose v2 is on
 # neither Debian 12 nor PyPI).  The Docker SDK for Python comes with the test extras.
 CLIENT_PKGS := docker-compose
+# The live page (cnmd --ui-addr) is tested, and shown by demo-sandbox, in headless Chromium,
+# driven over its DevTools pipe (tests/chromium.py): the browser alone, no chromedriver.
+UI_PKGS     := chromium
+# Where demo-sandbox leaves the page's screenshot and the map's SVG (the sandbox is gone after).
+DEMO_OUT    ?= $(CURDIR)/demo-out
 
-.PHONY: help deps clients-deps venv image test unit integration e2e clients demo demo-sandbox bench bench-attach bench-ports lint clean
+.PHONY: help deps clients-deps ui-deps venv image test unit integration e2e clients demo demo-sandbox bench bench-attach bench-ports lint clean
 
 help:
-	@echo "make demo | demo-sandbox | test | unit | integration | e2e | clients | bench | bench-attach | bench-ports | bench-scale | bench-wireguard | bench-overlay | soak-iptables | lint | deps | venv | image | clean"
+	@echo "make demo | demo-sandbox | test | unit | integration | e2e | clients | bench | bench-attach | bench-ports | bench-scale | bench-ui | bench-wireguard | bench-overlay | soak-iptables | lint | deps | venv | image | clean"
 
 # $(call apt_ensure,PKGS): install those of PKGS that are missing, so a second run is instant.
 define apt_ensure
@@ -42,6 +47,9 @@ deps:
 
 clients-deps:
 	$(call apt_ensure,$(CLIENT_PKGS))
+
+ui-deps:
+	$(call apt_ensure,$(UI_PKGS))
 
 # Debian's python3 makes no venv without python3-venv: fetched here only when it is missing.
 $(VPY):
@@ -68,7 +76,7 @@ $(IMAGE_TAR): scripts/make-busybox-tar
 image: $(IMAGE_TAR)
 
 # The root tiers run runc, nft, busybox ... : a fresh machine gets them first (deps).
-test: deps clients-deps venv image
+test: deps clients-deps ui-deps venv image
 	$(VPY) -m pytest -rfEs $(PYTEST_ARGS) tests/unit tests/integration tests/e2e tests/clients
 
 unit: venv
@@ -77,7 +85,7 @@ unit: venv
 integration: deps venv image
 	$(VPY) -m pytest -rfEs $(PYTEST_ARGS) tests/integration
 
-e2e: deps venv image
+e2e: deps ui-deps venv image
 	$(VPY) -m pytest -rfEs $(PYTEST_ARGS) tests/e2e
 
 # Docker's own tools (docker-compose, the docker CLI, the Docker SDK) against cnmd.
@@ -91,8 +99,10 @@ demo: deps venv image
 	scripts/tour.sh
 
 # The same, inside a throwaway network+mount+pid namespace: nothing on this host changes.
-demo-sandbox: deps venv image
+# Then the live page in a second sandbox: a screenshot of it and the map's SVG, in DEMO_OUT.
+demo-sandbox: deps ui-deps venv image
 	scripts/in-sandbox --daemon --image $(IMAGE_TAR) -- scripts/tour.sh
+	scripts/in-sandbox --daemon-flag=--ui-addr=127.0.0.1:8088 --image $(IMAGE_TAR) -- scripts/ui-demo $(DEMO_OUT)
 
 # Benchmarks run in throwaway hosts too.  PORTS_ARGS: flags for bench/ports.py (e.g. PORTS_ARGS=--quick).
 PORTS_ARGS  ?=
@@ -104,6 +114,11 @@ bench-attach: deps venv image
 
 bench-ports: deps venv image
 	$(VPY) bench/ports.py --image $(IMAGE_TAR) $(PORTS_ARGS)
+
+# Issue 11: how soon the live page shows a connect, disconnect, run, rm (headless Chromium).
+.PHONY: bench-ui
+bench-ui: deps ui-deps venv image
+	$(VPY) bench/ui.py --image $(IMAGE_TAR)
 
 # Issue 4: embedded DNS latency and queries/s from inside a container, cnm beside Docker.
 .PHONY: bench-dns
@@ -168,7 +183,7 @@ soak-run: deps venv image
 # Tools hold the design, and .ci/run runs this before the suite: style and lint (ruff), the
 # layer contracts ([tool.importlinter] in pyproject.toml; tests/unit/test_layers.py adds the
 # dynamic imports and proves each contract can fail), types (mypy, [tool.mypy]).
-LINT_PATHS := src tests bench scripts/make-busybox-tar scripts/in-sandbox scripts/fast-cli-launcher scripts/soak-iptables
+LINT_PATHS := src tests bench scripts/make-busybox-tar scripts/in-sandbox scripts/fast-cli-launcher scripts/soak-iptables scripts/ui-demo
 
 lint: venv
 	$(VENV)/bin/ruff check $(LINT_PATHS)

@@ -24,6 +24,7 @@ from cnm.api import (
     routes_images,
     routes_networks,
     routes_system,
+    ui,
 )
 from cnm.api.context import API_KEY, Api
 from cnm.api.errors import Handler, error_middleware
@@ -85,14 +86,17 @@ def make_app(
     *,
     version_info: VersionInfo,
     tmp_dir: str | None = None,
+    ui_url: str = "",
 ) -> web.Application:
     """The API over ``controller``.  ``tmp_dir`` receives uploads (``docker import``
-    tars) while they are imported; the daemon passes a directory under its exec root."""
+    tars) while they are imported; the daemon passes a directory under its exec root.
+    ``ui_url``: the live page's URL (``cnmd --ui-addr``), handed to ``cnm ui``."""
     app = web.Application(middlewares=[error_middleware, version_middleware], client_max_size=16 << 20)
     app[API_KEY] = Api(
         controller=controller,
         version_info=version_info,
         tmp_dir=tmp_dir or os.path.join(os.environ.get("TMPDIR", "/tmp"), "cnm-uploads"),
+        ui_url=ui_url,
     )
     app.on_response_prepare.append(_header_hook(version_info))
     for prefix in (_VERSION_PREFIX, ""):
@@ -108,7 +112,10 @@ def make_app(
         routes_events,
     ):
         _add_routes(app, module.routes())
-    for method, path, handler in routes_cnm.routes():  # cnm's own: outside Docker's versioned paths
+    for method, path, handler in [
+        *routes_cnm.routes(),
+        *ui.routes(),
+    ]:  # cnm's own: outside Docker's versioned paths
         app.router.add_route(method, path, handler)  # type: ignore[arg-type]
     return app
 

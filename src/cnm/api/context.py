@@ -18,6 +18,7 @@ class Api:
     controller: Controller
     version_info: VersionInfo
     tmp_dir: str
+    ui_url: str = ""  # the live page's URL with its token (cnmd --ui-addr); "" = none
     # exec id -> the process being streamed, so /exec/{id}/resize can reach its tty
     processes: dict[str, Process] = field(default_factory=dict)
 

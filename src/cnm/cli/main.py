@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "network map": ("explain", "cmd_map"),
     "explain": ("explain", "cmd_explain"),
     "trace": ("trace", "cmd_trace"),
+    "ui": ("ui", "cmd_ui"),
     "create": ("run", "cmd_create"),
     "run": ("run", "cmd_run"),
     "start": ("container", "cmd_start"),

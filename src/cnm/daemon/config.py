@@ -56,6 +56,8 @@ class DaemonConfig:
     overlay_tunnel_pool: ipaddress.IPv4Network = DEFAULT_TUNNEL_POOL
     # --netns-names: each container's namespace also at /run/netns/cnm-<name> ("" = off)
     netns_names: str = ""
+    # --ui-addr: the live page's loopback (host, port); None = no page
+    ui_addr: tuple[str, int] | None = None
 
 
 def socket_path_of(host: str) -> str:
@@ -143,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also mount each container's network namespace as /run/netns/cnm-<container name>, "
         "so `ip netns exec cnm-NAME ...` enters it (removed when the container stops; default off)",
+    )
+    p.add_argument(
+        "--ui-addr",
+        metavar="IP:PORT",
+        help="serve the live page (the network map, explain, port paths; read-only, behind a "
+        "token that `cnm ui` prints) on this loopback address, e.g. 127.0.0.1:8088; port 0 "
+        "picks a free one (default off)",
     )
     p.add_argument(
         "--node-name",
@@ -283,6 +292,32 @@ def parse_tunnel_pool(value: str) -> ipaddress.IPv4Network:
     return pool
 
 
+def parse_ui_addr(value: str) -> tuple[str, int]:
+    """``--ui-addr IP:PORT`` (``[IPv6]:PORT`` for IPv6) as (host, port).  Loopback only
+    (127.0.0.0/8, ::1): the page shows every container's addresses and rules, and a token
+    in a URL is no protection on a network; reach it from elsewhere through an SSH tunnel.
+    Port 0: any free port (``cnm ui`` prints the one chosen)."""
+    what = f"invalid --ui-addr {value!r}"
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise InvalidArgument(f"{what}: expected IP:PORT, e.g. 127.0.0.1:8088")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise InvalidArgument(f"{what}: port {port!r} is not a number in 0-65535")
+    bracketed = host.startswith("[") and host.endswith("]")
+    try:
+        address = ipaddress.ip_address(host[1:-1] if bracketed else host)
+    except ValueError:
+        raise InvalidArgument(f"{what}: {host!r} is not an IP address (give 127.0.0.1 or [::1])") from None
+    if address.version == 6 and not bracketed:
+        raise InvalidArgument(f"{what}: write an IPv6 address in brackets, e.g. [::1]:8088")
+    if not address.is_loopback:
+        raise InvalidArgument(
+            f"{what}: {address} is not a loopback address; the page is served on 127.0.0.0/8 or ::1 "
+            "only (reach it from another machine through an SSH tunnel)"
+        )
+    return str(address), int(port)
+
+
 def parse_bool(flag: str, value: str) -> bool:
     low = value.strip().lower()
     if low in ("1", "true", "yes", "on"):
@@ -344,4 +379,5 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
         overlay_key_rotation=rotation,
         overlay_tunnel_pool=tunnel_pool,
         netns_names=NETNS_NAMES_DIR if args.netns_names else "",
+        ui_addr=parse_ui_addr(args.ui_addr) if args.ui_addr is not None else None,
     )

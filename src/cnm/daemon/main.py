@@ -355,6 +355,17 @@ async def serve(config: DaemonConfig) -> None:
     except BaseException:
         runc_states.cancel()
         raise
+    ui_runner = None
+    ui_url = ui_token_path = ""
+    if config.ui_addr is not None:  # bound before the engine starts: a taken port stops the start
+        try:
+            with _no_default_ca_store():
+                from cnm.api.ui import TOKEN_FILE, serve_ui
+            ui_token_path = os.path.join(config.exec_root, TOKEN_FILE)
+            ui_runner, ui_url = await serve_ui(controller, config.ui_addr, config.exec_root)
+        except BaseException:
+            runc_states.cancel()
+            raise
     await controller.start(runc_states)
     tmp_dir = os.path.join(config.exec_root, "tmp")
     os.makedirs(tmp_dir, exist_ok=True)
@@ -364,7 +375,7 @@ async def serve(config: DaemonConfig) -> None:
         node_name=cluster.node_name if cluster else "",
         cluster_advertise=cluster.address if cluster else "",
     )
-    app = make_app(controller, version_info=version_info, tmp_dir=tmp_dir)
+    app = make_app(controller, version_info=version_info, tmp_dir=tmp_dir, ui_url=ui_url)
     runner = await serve_unix(app, config.socket_path)
     log.info("cnmd %s serving on unix://%s", __version__, config.socket_path)
 
@@ -381,6 +392,10 @@ async def serve(config: DaemonConfig) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
         await runner.cleanup()
+        if ui_runner is not None:
+            await ui_runner.cleanup()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(ui_token_path)
         await controller.close()
         await dns.close()  # listeners go; the NAT tables in containers stay for the next cnmd
         with contextlib.suppress(FileNotFoundError):
