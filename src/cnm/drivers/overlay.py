@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
 from typing import Any, Protocol
 
-from cnm.errors import CnmError, InvalidArgument, KernelError, TeardownErrors, Unavailable
+from cnm.errors import CnmError, InvalidArgument, KernelError, NotFound, TeardownErrors, Unavailable
 from cnm.kernel.api import FdbEntry, Kernel, LinkInfo, NeighEntry, VethSpec, VxlanSpec, may_remove
 from cnm.model.endpoint import EndpointRecord, SandboxRecord
 from cnm.model.network import (
@@ -53,12 +53,13 @@ from cnm.model.network import (
     validate_options,
 )
 from cnm.store import codec
-from cnm.store.api import Document, Store
+from cnm.store.api import Check, Document, Put, StaleRevision, Store
 from cnm.store.mirror import Mirror
 
 log = logging.getLogger("cnm.drivers.overlay")
 
 ENDPOINT_PREFIX = "endpoint/"
+NETWORK_PREFIX = "network/"
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 RETRY_S = 1.0  # after a failed programming of a network's entries
 
@@ -210,7 +211,7 @@ class OverlayDriver:
                 )
             )
             undo.push_async_callback(kernel.delete_link, endpoint.host_ifname)
-            await self._publish(cluster, endpoint)
+            await self._publish(cluster, endpoint, network)
             undo.pop_all()
             self._networks[network.id] = network
             self._local.setdefault(network.id, {})[endpoint.id] = endpoint
@@ -423,10 +424,15 @@ class OverlayDriver:
         await kernel.delete_link(vxlan_of(network_id))
         await kernel.delete_link(bridge_of(network_id))
 
-    async def _publish(self, cluster: ClusterLink, endpoint: EndpointRecord) -> None:
+    async def _publish(
+        self, cluster: ClusterLink, endpoint: EndpointRecord, network: NetworkRecord | None = None
+    ) -> None:
         """The endpoint's record in the cluster store, on the node's lease.  Never without
         one (the record would outlive the node): Unavailable while the node has none (it is
-        shutting down, or announcing itself again; the record is put back once it has)."""
+        shutting down, or announcing itself again; the record is put back once it has).
+        ``network`` (a join): the record is written only while the network's record is
+        still the one read here, so a join racing another host's ``network rm`` either
+        lands before the delete (which then sees the endpoint) or is NotFound."""
         lease = 0
         if cluster.lease is not None:
             lease = cluster.lease()
@@ -436,7 +442,20 @@ class OverlayDriver:
                 )
         doc = dict(codec.encode(endpoint))
         doc.update(node=cluster.node, vtep=str(cluster.address))
-        revision = await cluster.store.put(ENDPOINT_PREFIX + endpoint.id, doc, lease=lease)
+        put = Put(ENDPOINT_PREFIX + endpoint.id, doc, lease=lease)
+        if network is None:
+            revision = await cluster.store.commit([put])
+        else:
+            gone = NotFound(f"network {network.name} not found: it was removed (on another host)")
+            current = await cluster.store.get(NETWORK_PREFIX + network.id)
+            if current is None:
+                raise gone
+            try:
+                revision = await cluster.store.commit(
+                    [put], [Check(NETWORK_PREFIX + network.id, current.revision)]
+                )
+            except StaleRevision:
+                raise gone from None
         if self._peers is not None:  # read our own write at once (see Mirror.apply)
             self._peers.apply(endpoint.id, peer_of(endpoint.id, doc), revision)
 

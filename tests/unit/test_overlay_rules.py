@@ -1,0 +1,120 @@
+"""Small rules of global networks, on two fake hosts sharing one cluster store: ``Peers``
+names the nodes with an endpoint on the network; a join racing another host's ``network
+rm`` is refused and leaves nothing; ``cnm_gwbridge`` is cnmd's name, never a user's."""
+
+from __future__ import annotations
+
+import pytest
+from overlay_hosts import Host, until
+
+from cnm.drivers.bridge import BridgeDriver
+from cnm.drivers.host import HostDriver
+from cnm.drivers.null import NullDriver
+from cnm.drivers.overlay import OverlayDriver, bridge_of, vxlan_of
+from cnm.engine.controller import Controller
+from cnm.errors import Forbidden, NotFound
+from cnm.firewall.fake import FakeFirewall
+from cnm.ipam.api import DEFAULT_POOLS
+from cnm.ipam.default import DefaultIpam
+from cnm.kernel.fake import FakeKernel
+from cnm.model.container import ContainerConfig
+from cnm.model.network import GWBRIDGE_NAME, NetworkSpec
+from cnm.model.network_mode import NetworkMode
+from cnm.runtime.fake import FakeRuntime
+from cnm.store.memory import MemoryStore
+
+
+@pytest.fixture
+async def hosts(tmp_path):
+    shared = MemoryStore("global")
+    a = Host(tmp_path, "h1", "198.51.100.1", shared)
+    b = Host(tmp_path, "h2", "198.51.100.2", shared)
+    await a.start()
+    await b.start()
+    yield a, b
+    for host in (a, b):
+        if host.ctl is not None:
+            await host.stop()
+
+
+async def shared_network(a: Host, b: Host, name: str = "ov"):
+    net = await a.ctl.create_network(NetworkSpec(name=name, driver="overlay", attachable=True))
+    await until(lambda: net.id in b.ctl._state.networks)
+    return net
+
+
+def peers(host: Host, network) -> list[tuple[str, str]]:
+    return [(n.name, n.address) for n in host.ctl.network_peers(network)]
+
+
+async def test_peers_are_the_nodes_with_an_endpoint_on_the_network(hosts):
+    a, b = hosts
+    net = await shared_network(a, b)
+    assert peers(a, net) == [] and peers(b, net) == []  # two live nodes, neither on it
+    await a.run("web", "ov")
+    await until(lambda: peers(b, net) == [("h1", "198.51.100.1")])
+    assert peers(a, net) == [("h1", "198.51.100.1")]
+    await b.run("db", "ov")
+    both = [("h1", "198.51.100.1"), ("h2", "198.51.100.2")]
+    await until(lambda: peers(a, net) == both and peers(b, net) == both)
+    await a.ctl.remove_container("web", force=True)
+    await until(
+        lambda: peers(a, net) == [("h2", "198.51.100.2")] and peers(b, net) == [("h2", "198.51.100.2")]
+    )
+    local = await a.ctl.create_network(NetworkSpec(name="loc"))
+    assert a.ctl.network_peers(local) is None  # a local network has none
+
+
+async def test_a_join_racing_a_remote_network_rm_is_refused_and_leaves_nothing(hosts):
+    a, b = hosts
+    net = await shared_network(a, b)
+    container, _ = await b.ctl.create_container(
+        "db", ContainerConfig(image="busybox", network_mode=NetworkMode.parse("ov"))
+    )
+    publish = b.driver._publish
+
+    async def rm_lands_first(*args):
+        # h1's rm passes its check (no endpoint anywhere yet) and commits while h2 joins
+        await a.ctl.remove_network("ov")
+        await publish(*args)
+
+    b.driver._publish = rm_lands_first
+    with pytest.raises(NotFound, match="network ov not found: it was removed"):
+        await b.ctl.start_container(container.id)
+    assert [e.key for e in (await b.cluster_store.list("endpoint/")).entries] == []
+    assert b.link(bridge_of(net.id)) is None and b.link(vxlan_of(net.id)) is None
+    assert b.ctl._state.endpoints_of_network(net.id) == []
+    await until(lambda: net.id not in b.ctl._state.networks)
+    assert await b.cluster_store.get(f"ipam/pool/{net.id}") is None
+
+
+async def test_nobody_may_create_a_network_named_cnm_gwbridge(hosts, tmp_path):
+    a, _ = hosts
+    for driver in ("bridge", "overlay"):
+        with pytest.raises(Forbidden, match="network name cnm_gwbridge is reserved"):
+            await a.ctl.create_network(NetworkSpec(name=GWBRIDGE_NAME, driver=driver))
+    # nor on a host outside any cluster (it would become the way out once it joins one)
+    store = MemoryStore()
+    kernel, firewall = FakeKernel(), FakeFirewall()
+    ctl = Controller(
+        store=store,
+        ipam=DefaultIpam(store, DEFAULT_POOLS),
+        kernel=kernel,
+        firewall=firewall,
+        drivers={
+            "bridge": BridgeDriver(kernel, firewall),
+            "host": HostDriver(),
+            "null": NullDriver(),
+            "overlay": OverlayDriver(),
+        },
+        runtime=FakeRuntime(str(tmp_path / "containers")),
+        data_root=str(tmp_path / "data"),
+        exec_root=str(tmp_path / "exec"),
+    )
+    await ctl.start()
+    try:
+        with pytest.raises(Forbidden, match="reserved"):
+            await ctl.create_network(NetworkSpec(name=GWBRIDGE_NAME))
+        assert GWBRIDGE_NAME not in {n.name for n in ctl.networks()}
+    finally:
+        await ctl.close()
