@@ -253,6 +253,15 @@ class Lab:
         """Start a stopped or killed member again on its data and wait until it answers."""
         self._cluster().start_member(index, timeout)
 
+    def etcd_start_all(self, timeout: float = 60.0) -> None:
+        """Start every stopped member at once (one alone has no quorum to answer with)
+        and wait until they all answer."""
+        cluster = self._cluster()
+        for index, member in enumerate(cluster.members):
+            if not member.running:
+                cluster._spawn(index)
+        cluster.wait_healthy(timeout)
+
     def etcdctl(self, *args: str, check: bool = True, timeout: float = 30.0) -> subprocess.CompletedProcess:
         """``etcdctl ARGS`` run in the root (it reaches every member), against the members
         that run (etcdctl would spend its whole deadline on a dead first endpoint) and
