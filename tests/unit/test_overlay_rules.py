@@ -4,6 +4,8 @@ rm`` is refused and leaves nothing; ``cnm_gwbridge`` is cnmd's name, never a use
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from overlay_hosts import Host, until
 
@@ -11,8 +13,9 @@ from cnm.drivers.bridge import BridgeDriver
 from cnm.drivers.host import HostDriver
 from cnm.drivers.null import NullDriver
 from cnm.drivers.overlay import OverlayDriver, bridge_of, vxlan_of
+from cnm.engine.cluster import WITHDRAW_RETRY_S
 from cnm.engine.controller import Controller
-from cnm.errors import Forbidden, NotFound
+from cnm.errors import Forbidden, NotFound, Unavailable
 from cnm.firewall.fake import FakeFirewall
 from cnm.ipam.api import DEFAULT_POOLS
 from cnm.ipam.default import DefaultIpam
@@ -118,3 +121,52 @@ async def test_nobody_may_create_a_network_named_cnm_gwbridge(hosts, tmp_path):
         assert GWBRIDGE_NAME not in {n.name for n in ctl.networks()}
     finally:
         await ctl.close()
+
+
+class AwayStore(MemoryStore):
+    """A cluster store that can stop answering (``away``), as an unreachable etcd."""
+
+    away = False
+
+    async def commit(self, ops, checks=()):
+        if self.away:
+            raise Unavailable("etcd at 198.51.100.1:2379 did not answer commit within 5s")
+        return await super().commit(ops, checks)
+
+
+async def test_a_local_network_removed_while_etcd_is_away_frees_its_name_once_it_is_back(tmp_path):
+    shared = AwayStore("global")
+    a, b = Host(tmp_path, "h1", "198.51.100.1", shared), Host(tmp_path, "h2", "198.51.100.2", shared)
+    await a.start()
+    await b.start()
+    try:
+        await a.ctl.create_network(NetworkSpec(name="web"))
+        assert await shared.get("localname/web/h1") is not None
+        shared.away = True
+        await a.ctl.remove_network("web")  # a local rm never waits for the cluster
+        assert "web" not in {n.name for n in a.ctl.networks()}
+        assert await shared.get("localname/web/h1") is not None  # for now
+        shared.away = False
+        await until(lambda: a.ctl._svc.cluster.local_nodes("web") == set())
+        assert await shared.get("localname/web/h1") is None
+        await until(lambda: b.ctl._svc.cluster.local_nodes("web") == set())
+        await b.ctl.create_network(NetworkSpec(name="web", driver="overlay"))
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_a_name_created_again_is_not_withdrawn_by_an_earlier_rm(tmp_path):
+    shared = AwayStore("global")
+    a = Host(tmp_path, "h1", "198.51.100.1", shared)
+    await a.start()
+    try:
+        await a.ctl.create_network(NetworkSpec(name="web"))
+        shared.away = True
+        await a.ctl.remove_network("web")
+        shared.away = False
+        net = await a.ctl.create_network(NetworkSpec(name="web"))
+        await asyncio.sleep(2 * WITHDRAW_RETRY_S + 0.5)
+        assert (await shared.get("localname/web/h1")).doc == {"network": net.id}
+    finally:
+        await a.stop()

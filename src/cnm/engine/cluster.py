@@ -25,6 +25,7 @@ still exist); ``publish_local`` reconciles them at start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network
 from typing import Any
 
-from cnm.errors import Conflict, Unavailable
+from cnm.errors import CnmError, Conflict, Unavailable
 from cnm.ipam.api import Ipam, PoolSpec
 from cnm.model.network import OPT_VXLANID_LIST, NetworkRecord
 from cnm.store.api import Check, Delete, Document, Op, Put, StaleRevision, Store
@@ -55,6 +56,7 @@ GLOBAL_POOL = PoolSpec(IPv4Network("10.0.0.0/8"), 24)
 MAX_ATTEMPTS = 64  # VNI claims lost in a row before giving up (each loss: another host won)
 SPREAD = 64  # after the first loss, a VNI is drawn among the lowest 2, 4 … SPREAD free ones
 WATCH_TIMEOUT = 5.0
+WITHDRAW_RETRY_S = 1.0  # between tries of withdrawing local names while the store is away
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +131,9 @@ class Cluster:
         self._local_names.listen(self._local_changed)
         self._rng = random.Random()
         self.conflicts = 0  # VNI claims lost to another host (a figure for benches)
+        # local names removed while the store did not answer, withdrawn once it does
+        self._withdrawals: set[str] = set()
+        self._withdrawer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Load and follow the nodes, names and VNIs; start the global IPAM."""
@@ -137,6 +142,11 @@ class Cluster:
         await self.ipam.start()
 
     async def close(self) -> None:
+        if self._withdrawer is not None:  # (the next start's reconcile_local does them)
+            self._withdrawer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._withdrawer
+            self._withdrawer = None
         await self.ipam.close()
         for mirror in self._mirrors.values():
             await mirror.close()
@@ -184,6 +194,7 @@ class Cluster:
         network has the name (also one created a moment ago on another host)."""
         if self.global_name_taken(name):
             raise name_conflict(name)
+        self._withdrawals.discard(name)
         ops: list[Op] = [Put(_local_key(name, self.node), {"network": network_id})]
         try:
             await self._commit(ops, [Check(GLOBAL_NAME_PREFIX + name, 0)])
@@ -193,6 +204,42 @@ class Cluster:
     async def unpublish_local(self, name: str) -> None:
         """This node no longer has a local network ``name``; idempotent."""
         await self._commit([Delete(_local_key(name, self.node))], [])
+
+    async def withdraw_local(self, name: str) -> None:
+        """``unpublish_local`` after a local network's removal, which does not wait for the
+        cluster store: when the store does not answer (Unavailable, raised), the name is
+        withdrawn in the background once it does, rather than blocking a global network
+        of that name until this daemon restarts.  A create of the name meanwhile
+        (``publish_local``) cancels that."""
+        try:
+            await self.unpublish_local(name)
+        except Unavailable:
+            self._withdrawals.add(name)
+            if self._withdrawer is None or self._withdrawer.done():
+                self._withdrawer = asyncio.create_task(
+                    self._withdraw_later(), name="cluster name withdrawals"
+                )
+            raise
+
+    async def _withdraw_later(self) -> None:
+        """Retry the withdrawals until the store takes them.  Each delete checks the key
+        is still at the revision the mirror saw: a name published again meanwhile stays."""
+        while self._withdrawals:
+            await asyncio.sleep(WITHDRAW_RETRY_S)
+            for name in sorted(self._withdrawals):
+                key = _local_key(name, self.node)
+                revision = self._local_names.revisions.get(key[len(LOCAL_NAME_PREFIX) :], 0)
+                try:
+                    if revision:
+                        await self._commit([Delete(key)], [Check(key, revision)])
+                except StaleRevision:
+                    pass  # published again since: it stays
+                except CnmError as exc:
+                    log.debug("local network names not withdrawn yet: %s", exc)
+                    break  # still away: all of them later
+                if name in self._withdrawals:
+                    self._withdrawals.discard(name)
+                    log.info("the cluster no longer lists local network %s of this node", name)
 
     async def reconcile_local(self, networks: Mapping[str, str]) -> None:
         """Make this node's ``localname`` keys match ``networks`` ({name: id}, the local

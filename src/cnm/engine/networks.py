@@ -153,8 +153,8 @@ class Networks:
         if cluster is None or network.scope != "local":
             return
         try:
-            await cluster.unpublish_local(network.name)
-        except CnmError as exc:  # the next start reconciles the names
+            await cluster.withdraw_local(network.name)
+        except CnmError as exc:  # withdrawn once the store answers (or at the next start)
             log.warning("the cluster still lists local network %s of this node: %s", network.name, exc)
 
     async def join_cluster(self) -> None:
