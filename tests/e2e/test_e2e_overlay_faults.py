@@ -171,6 +171,7 @@ def test_with_every_etcd_member_stopped_only_overlay_changes_fail(lab) -> None:
     eventually(lambda: sees(h2, "ov") and sees(h3, "ov"), "ov never reached h2 and h3")
     for host in (h1, h3):
         host.cnm("network", "create", "br")  # each its own local network
+    h1.cnm("network", "create", "spare")
     a = run(h1, "ca", "ov")
     b = run(h2, "cb", "ov")
     eventually(lambda: fdb(h1, vx) == {b["MacAddress"]: h2.address}, "h1 never programmed b")
@@ -178,6 +179,7 @@ def test_with_every_etcd_member_stopped_only_overlay_changes_fail(lab) -> None:
     h3.cnm("run", "-d", "--name", "cc", "--network", "br", "busybox", "sleep", "1d")
 
     before = cluster_records(lab)
+    assert "localname/spare/h1" in etcd_keys(lab, "localname/")
     for member in range(3):
         lab.etcd_stop(member)
 
@@ -192,6 +194,10 @@ def test_with_every_etcd_member_stopped_only_overlay_changes_fail(lab) -> None:
     ping(h1, "l1", "ca")
     h1.cnm("rm", "-f", "l1", "l2")
     h1.cnm("network", "disconnect", "br", "ca")
+    h1.cnm("network", "rm", "spare")
+    # a new local name needs the cluster (it must not be a global network's): refused clearly
+    refused(h1.cnm("network", "create", "br2", check=False, timeout=120), "etcd")
+    assert not sees(h1, "br2")
     # overlay changes fail, naming etcd, and leave nothing behind
     refused(h1.cnm("network", "create", "-d", "overlay", "ov2", check=False, timeout=120), "etcd")
     assert not sees(h1, "ov2")
@@ -225,6 +231,9 @@ def test_with_every_etcd_member_stopped_only_overlay_changes_fail(lab) -> None:
         "the endpoint records never came back",
         30,
     )
+    # the name of the local network removed meanwhile is free again in the cluster
+    eventually(lambda: "localname/spare/h1" not in etcd_keys(lab, "localname/"), "spare is still h1's", 30)
+    h2.cnm("network", "create", "-d", "overlay", "spare")
     # changes work again
     h3.cnm("network", "connect", "ov", "cc")
     c = endpoint(h3, "cc", "ov")
