@@ -91,6 +91,33 @@ async def test_a_join_racing_a_remote_network_rm_is_refused_and_leaves_nothing(h
     assert await b.cluster_store.get(f"ipam/pool/{net.id}") is None
 
 
+async def test_an_rm_racing_a_remote_join_is_refused_and_the_join_stays(hosts):
+    a, b = hosts
+    net = await shared_network(a, b)
+    commit = a.ctl._svc.state.commit
+    joined = []
+
+    async def join_lands_first(*args, **kw):
+        # h1's rm has checked (its mirror and the store: no endpoint); h2's join lands now
+        if kw.get("delete") and not joined:
+            joined.append(await b.run("db", "ov"))
+        return await commit(*args, **kw)
+
+    a.ctl._svc.state.commit = join_lands_first
+    with pytest.raises(Forbidden, match='network ov has active endpoints \\(name:"db"'):
+        await a.ctl.remove_network("ov")
+    assert await a.cluster_store.get(f"network/{net.id}") is not None
+    assert net.id in a.ctl._state.networks and net.id in b.ctl._state.networks
+    db = joined[0]
+    assert (await a.cluster_store.get(f"endpoint/{db.id}")).doc["node"] == "h2"
+    assert b.link(vxlan_of(net.id)) is not None
+    # once it leaves, the rm goes through, and the join marker goes with the network
+    await b.ctl.remove_container("db", force=True)
+    await until(lambda: a.ctl._state.global_endpoints.by("network_id", net.id) == [])
+    await a.ctl.remove_network("ov")
+    assert await a.cluster_store.get(f"joins/{net.id}") is None
+
+
 async def test_nobody_may_create_a_network_named_cnm_gwbridge(hosts, tmp_path):
     a, _ = hosts
     for driver in ("bridge", "overlay"):

@@ -60,6 +60,9 @@ log = logging.getLogger("cnm.drivers.overlay")
 
 ENDPOINT_PREFIX = "endpoint/"
 NETWORK_PREFIX = "network/"
+# joins/<network id>: rewritten by every join, in the transaction of its endpoint record,
+# so a ``network rm`` that checks it sees a join that landed after its own check
+JOIN_PREFIX = "joins/"
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 RETRY_S = 1.0  # after a failed programming of a network's entries
 
@@ -431,8 +434,9 @@ class OverlayDriver:
         one (the record would outlive the node): Unavailable while the node has none (it is
         shutting down, or announcing itself again; the record is put back once it has).
         ``network`` (a join): the record is written only while the network's record is
-        still the one read here, so a join racing another host's ``network rm`` either
-        lands before the delete (which then sees the endpoint) or is NotFound."""
+        still the one read here, and rewrites ``joins/<network id>``: a join racing
+        another host's ``network rm`` either lands first (the rm, which checks that key,
+        is refused) or is NotFound."""
         lease = 0
         if cluster.lease is not None:
             lease = cluster.lease()
@@ -452,7 +456,8 @@ class OverlayDriver:
                 raise gone
             try:
                 revision = await cluster.store.commit(
-                    [put], [Check(NETWORK_PREFIX + network.id, current.revision)]
+                    [put, Put(JOIN_PREFIX + network.id, {"endpoint": endpoint.id})],
+                    [Check(NETWORK_PREFIX + network.id, current.revision)],
                 )
             except StaleRevision:
                 raise gone from None

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network
 from typing import Any
 
+from cnm.drivers.overlay import ENDPOINT_PREFIX, JOIN_PREFIX
 from cnm.errors import CnmError, Conflict, Unavailable
 from cnm.ipam.api import Ipam, PoolSpec
 from cnm.model.network import OPT_VXLANID_LIST, NetworkRecord
@@ -299,10 +300,24 @@ class Cluster:
         checks.append(Check(_vni_key(vni), 0))
         return ops, checks
 
+    async def removal_check(self, network: NetworkRecord) -> tuple[Check, list[tuple[str, str]]]:
+        """Before a global network's removal, read from the store itself (a mirror may lag
+        behind a join on another host): the check that keeps any join from landing
+        between now and the removal's commit (``joins/<id>`` unchanged), and the
+        endpoints (name, id) that any host has on the network now."""
+        marker = await self.store.get(JOIN_PREFIX + network.id)
+        listing = await self.store.list(ENDPOINT_PREFIX)
+        endpoints = [
+            (str(e.doc.get("name", "")), e.key[len(ENDPOINT_PREFIX) :])
+            for e in listing.entries
+            if e.doc.get("network_id") == network.id
+        ]
+        return Check(JOIN_PREFIX + network.id, marker.revision if marker else 0), endpoints
+
     def delete_ops(self, network: NetworkRecord) -> list[Op]:
         """What goes with a global network's record: its name and its VNI (when they are
-        still this network's)."""
-        ops: list[Op] = []
+        still this network's), and its join marker."""
+        ops: list[Op] = [Delete(JOIN_PREFIX + network.id)]
         if self._global_names.items.get(network.name) == network.id:
             ops.append(Delete(GLOBAL_NAME_PREFIX + network.name))
         vni = vni_of(network)
