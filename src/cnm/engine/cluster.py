@@ -7,6 +7,7 @@ The cluster store holds, beside ``network/<id>`` and ``ipam/…`` of the global 
     globalname/<name>           {"network": id}: a global network has that name
     localname/<name>/<node>     {"network": id}: that node has a local network of that name
     vni/<n>                     {"network": id}: VXLAN network id ``n`` (4096 and up) is taken
+    joins/<network id>          {"endpoint": id}: the last join (``removal_check``)
 
 Each prefix is followed by a ``Mirror``, so the checks below read memory; the store decides.
 Uniqueness is compare-and-swap, in the transaction that writes the network record:
