@@ -32,7 +32,7 @@ from dataclasses import replace
 from cnm.drivers.api import NetworkDriver
 from cnm.engine.cluster import MAX_ATTEMPTS
 from cnm.engine.services import Services, now_rfc3339
-from cnm.errors import CnmError, Forbidden, InvalidArgument, TeardownErrors, Unavailable
+from cnm.errors import CnmError, Conflict, Forbidden, InvalidArgument, TeardownErrors, Unavailable
 from cnm.model.endpoint import EndpointRecord, EndpointRequest
 from cnm.model.network import GLOBAL_DRIVERS, OPT_VXLANID_LIST, IpamConfig, NetworkRecord, NetworkSpec
 from cnm.model.values import new_id
@@ -174,7 +174,11 @@ class Network:
                 raise
             # an endpoint joined on another host since the check: it stays, and the network too
             _, found = await cluster.removal_check(self.record)
-            raise self._in_use(*(found[0] if found else ("", ""))) from None
+            if not found:  # (and left again)
+                raise Conflict(
+                    f"network {self.name} was joined on another host during its removal: try again"
+                ) from None
+            raise self._in_use(*found[0]) from None
 
     def _in_use(self, name: str, endpoint_id: str) -> Forbidden:
         return Forbidden(
