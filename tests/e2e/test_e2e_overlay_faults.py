@@ -172,6 +172,8 @@ def test_with_every_etcd_member_stopped_only_overlay_changes_fail(lab) -> None:
     for host in (h1, h3):
         host.cnm("network", "create", "br")  # each its own local network
     h1.cnm("network", "create", "spare")
+    h2.cnm("network", "create", "-d", "overlay", "idle")
+    eventually(lambda: sees(h1, "idle"), "idle never reached h1")
     a = run(h1, "ca", "ov")
     b = run(h2, "cb", "ov")
     eventually(lambda: fdb(h1, vx) == {b["MacAddress"]: h2.address}, "h1 never programmed b")
@@ -198,7 +200,16 @@ def test_with_every_etcd_member_stopped_only_overlay_changes_fail(lab) -> None:
     # a new local name needs the cluster (it must not be a global network's): refused clearly
     refused(h1.cnm("network", "create", "br2", check=False, timeout=120), "etcd")
     assert not sees(h1, "br2")
+    # what the mirrors know is still shown
+    assert {"ov", "idle", "br", "cnm_gwbridge"} <= set(
+        h1.cnm("network", "ls", "--format", "{{.Name}}").stdout.split()
+    )
+    assert (
+        len(json.loads(h1.cnm("network", "inspect", "ov").stdout)[0]["Containers"]) == 2
+    )  # one on each of two hosts
     # overlay changes fail, naming etcd, and leave nothing behind
+    refused(h1.cnm("network", "rm", "idle", check=False, timeout=120), "etcd")
+    assert sees(h1, "idle")
     refused(h1.cnm("network", "create", "-d", "overlay", "ov2", check=False, timeout=120), "etcd")
     assert not sees(h1, "ov2")
     refused(h3.cnm("network", "connect", "ov", "cc", check=False, timeout=120), "etcd")
@@ -386,6 +397,10 @@ def test_five_hosts_on_one_overlay_talk_ping_tcp_udp_dns_and_publish(lab5) -> No
         eventually(
             lambda host=host, want=want: fdb(host, vx) == want, f"{host.name} never programmed the others"
         )
+    # network inspect on any host: every host's containers, and every host as a peer
+    info = json.loads(hosts[2].cnm("network", "inspect", "ov").stdout)[0]
+    assert {c["Name"] for c in info["Containers"].values()} == set(eps)
+    assert [(p["Name"], p["IP"]) for p in info["Peers"]] == [(h.name, h.address) for h in hosts]
     # each pings every other, by name (the embedded DNS answers other hosts' names)
     for name, (host, _) in eps.items():
         if name == "web":

@@ -68,6 +68,16 @@ async def test_peers_are_the_nodes_with_an_endpoint_on_the_network(hosts):
     assert a.ctl.network_peers(local) is None  # a local network has none
 
 
+async def test_a_global_networks_endpoints_are_every_hosts(hosts):
+    a, b = hosts
+    net = await shared_network(a, b)
+    web = await a.run("web", "ov")
+    db = await b.run("db", "ov")
+    for host in (a, b):
+        await until(lambda host=host: {e.name for e in host.ctl.network_endpoints(net.id)} == {"web", "db"})
+    assert {e.id for e in a.ctl.network_endpoints(net.id)} == {web.id, db.id}
+
+
 async def test_a_join_racing_a_remote_network_rm_is_refused_and_leaves_nothing(hosts):
     a, b = hosts
     net = await shared_network(a, b)

@@ -216,7 +216,12 @@ class Controller:
         return self._networks.find(ref)
 
     def network_endpoints(self, network_id: str) -> list[EndpointRecord]:
-        return self._state.endpoints_of_network(network_id)
+        """The network's endpoints: this host's, and for a global network every host's
+        (``network inspect`` lists the containers of every host)."""
+        network = self._state.networks.get(network_id)
+        if network is None or network.scope != "global":
+            return self._state.endpoints_of_network(network_id)
+        return self._networks.get(network_id).all_endpoints()
 
     def network_peers(self, network: NetworkRecord) -> list[Node] | None:
         return self._networks.peers(network)
