@@ -188,6 +188,7 @@ def test_with_every_etcd_member_stopped_only_overlay_changes_fail(lab) -> None:
     # traffic between existing endpoints: the kernel's entries carry it
     ping(h1, "ca", b["IPAddress"], 3)
     ping(h2, "cb", a["IPAddress"], 3)
+    assert b["IPAddress"] in h1.cnm("exec", "ca", "nslookup", "cb", "127.0.0.11").stdout  # names too
     # local networks keep working: run, connect, names, rm
     h1.cnm("run", "-d", "--name", "l1", "--network", "br", "busybox", "sleep", "1d")
     h1.cnm("run", "-d", "--name", "l2", "--network", "br", "busybox", "sleep", "1d")
@@ -332,6 +333,32 @@ def test_a_host_cut_off_the_underlay_comes_back_and_reconciles(lab) -> None:
     ping(h1, "ca", c["IPAddress"])
 
 
+def test_a_network_removed_while_a_host_was_cut_off_goes_there_with_its_last_endpoint(lab) -> None:
+    h1, h2, h3 = lab.hosts
+    h1.cnm("network", "create", "-d", "overlay", "ov")
+    nid = network_id(h1, "ov")
+    vx = f"vx-{nid[:12]}"
+    eventually(lambda: sees(h3, "ov"), "ov never reached h3")
+    run(h1, "ca", "ov")
+    c = run(h3, "cc", "ov")
+    eventually(lambda: c["MacAddress"] in fdb(h1, vx), "h1 never programmed c")
+    lab.cut(h3)
+    eventually(lambda: c["MacAddress"] not in fdb(h1, vx), "h1 kept a cut host's endpoint", LEASE_TTL + 30)
+    # nobody else has an endpoint on it now: the rm is allowed
+    h1.cnm("rm", "-f", "ca")
+    h1.cnm("network", "rm", "ov")
+    lab.restore(h3)
+    eventually(lambda: not sees(h3, "ov"), "h3 still has ov", 45)
+    eventually(lambda: "node/h3" in etcd_keys(lab, "node/"), "h3 never announced itself again", 45)
+    # its endpoint is not put back on a network that is gone
+    assert [k for k in etcd_keys(lab, "") if nid in k] == []
+    assert networks_of(h3, "cc") <= {"ov", "cnm_gwbridge"}
+    h3.cnm("rm", "-f", "cc")
+    eventually(lambda: overlay_links(h3) == set(), "h3 kept the devices of a removed network")
+    assert [k for k in etcd_keys(lab, "") if nid in k] == []
+    assert h3.cnm("ps", "-aq").stdout.strip() == ""
+
+
 # -- etcd members restarted -----------------------------------------------------------------
 
 
@@ -355,7 +382,10 @@ def test_etcd_members_restarted_one_by_one_lose_nothing(lab) -> None:
     try:
         c: dict[str, Any] = {}
         for member in range(3):
-            lab.etcd_stop(member)
+            if member == 0:
+                lab.etcd_kill(member)  # a crash
+            else:
+                lab.etcd_stop(member)
             if member == 1:  # a change while a member is down: the others have a quorum
                 c = run(h3, "cc", "ov")
             lab.etcd_start(member)

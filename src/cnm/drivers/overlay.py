@@ -256,6 +256,14 @@ class OverlayDriver:
         if errors:
             raise TeardownErrors(f"leaving overlay network {network.name}", errors)
 
+    async def leave_removed(self, endpoint: EndpointRecord, sandbox: SandboxRecord | None) -> None:
+        """``leave`` for an endpoint whose network's record is gone (removed on another
+        host while this one was cut off): the data plane this host still has of it goes
+        with its last local endpoint.  Nothing when this driver never had the network."""
+        network = self._networks.get(endpoint.network_id)
+        if network is not None and endpoint.id in self._local.get(network.id, {}):
+            await self.leave(network, endpoint, sandbox)
+
     # -- restart --------------------------------------------------------------------------
 
     async def restore(self, networks: Sequence[NetworkRecord], endpoints: Sequence[EndpointRecord]) -> None:
@@ -548,7 +556,12 @@ class OverlayDriver:
                 log.warning("endpoint %s of node %s not programmed: %s", peer.id[:12], peer.node, exc)
         for endpoint_id, endpoint in self._local.get(network_id, {}).items():
             if endpoint_id not in mine:
-                await self._publish(cluster, endpoint)
+                try:
+                    await self._publish(cluster, endpoint, self._networks[network_id])
+                except NotFound:
+                    # removed on another host while this one's records had lapsed (cut off):
+                    # the endpoint stays here, unrecorded, until its container leaves
+                    log.warning("endpoint %s not recorded again: %s", endpoint_id[:12], network_id[:12])
         current_fdb = set(await kernel.fdb_entries(dev))
         for stale in sorted(current_fdb - fdb):
             await kernel.delete_fdb(dev, stale)
