@@ -5,6 +5,7 @@ rm`` is refused and leaves nothing; ``cnm_gwbridge`` is cnmd's name, never a use
 from __future__ import annotations
 
 import asyncio
+from ipaddress import IPv4Address
 
 import pytest
 from overlay_hosts import Host, until
@@ -12,7 +13,7 @@ from overlay_hosts import Host, until
 from cnm.drivers.bridge import BridgeDriver
 from cnm.drivers.host import HostDriver
 from cnm.drivers.null import NullDriver
-from cnm.drivers.overlay import OverlayDriver, bridge_of, vxlan_of
+from cnm.drivers.overlay import RETRY_S, ClusterLink, OverlayDriver, bridge_of, vxlan_of
 from cnm.engine.cluster import WITHDRAW_RETRY_S
 from cnm.engine.controller import Controller
 from cnm.errors import Forbidden, NotFound, Unavailable
@@ -207,3 +208,23 @@ async def test_a_name_created_again_is_not_withdrawn_by_an_earlier_rm(tmp_path):
         assert (await shared.get("localname/web/h1")).doc == {"network": net.id}
     finally:
         await a.stop()
+
+
+async def test_a_record_lost_with_a_lapsed_lease_comes_back_on_the_new_one(hosts):
+    a, b = hosts
+    net = await shared_network(a, b)
+    store = a.cluster_store
+    leases = [await store.grant(60)]
+    a.driver._cluster = ClusterLink(store, "h1", IPv4Address(a.address), lambda: leases[-1])
+    web = await a.run("web", "ov")
+    assert (await store.get(f"endpoint/{web.id}")).lease == leases[0]
+    # the lease lapses (etcd away longer than its TTL): the record goes, and the driver's
+    # first tries to put it back name a lease that is gone (NotFound) until the node
+    # announces itself on a new one
+    await store.revoke(leases[0])
+    await asyncio.sleep(2 * RETRY_S)
+    assert await store.get(f"endpoint/{web.id}") is None
+    leases.append(await store.grant(60))
+    await until(lambda: web.id in {p.id for p in b.driver.peers()}, timeout=3 * RETRY_S + 2)
+    entry = await store.get(f"endpoint/{web.id}")
+    assert entry.lease == leases[1] and entry.doc["network_id"] == net.id

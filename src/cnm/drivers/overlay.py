@@ -556,12 +556,17 @@ class OverlayDriver:
                 log.warning("endpoint %s of node %s not programmed: %s", peer.id[:12], peer.node, exc)
         for endpoint_id, endpoint in self._local.get(network_id, {}).items():
             if endpoint_id not in mine:
-                try:
-                    await self._publish(cluster, endpoint, self._networks[network_id])
-                except NotFound:
+                if await cluster.store.get(NETWORK_PREFIX + network_id) is None:
                     # removed on another host while this one's records had lapsed (cut off):
                     # the endpoint stays here, unrecorded, until its container leaves
-                    log.warning("endpoint %s not recorded again: %s", endpoint_id[:12], network_id[:12])
+                    log.warning(
+                        "endpoint %s not recorded again: its network %s was removed",
+                        endpoint_id[:12],
+                        network_id[:12],
+                    )
+                    continue
+                # (any error, a lapsed lease's NotFound too, is tried again)
+                await self._publish(cluster, endpoint, self._networks[network_id])
         current_fdb = set(await kernel.fdb_entries(dev))
         for stale in sorted(current_fdb - fdb):
             await kernel.delete_fdb(dev, stale)
