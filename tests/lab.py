@@ -227,6 +227,20 @@ class Lab:
         if not wait_for(plugged, timeout, interval=0.05):
             raise HarnessError(f"{host.name}'s underlay link did not come back within {timeout}s")
 
+    def cut_etcd(self, which: LabHost | int | str) -> None:
+        """Cut the host off etcd only: its packets to any member's client port (2379) are
+        dropped in its own namespace (a table ``labcut`` of its own), so its cnmd loses the
+        cluster store while its underlay, VXLAN and the etcd member it may hold (peer port
+        2380, and the other hosts' clients) keep working."""
+        host = self.host(which)
+        host.run(["nft", "add", "table", "inet", "labcut"])
+        host.run(["nft", "add chain inet labcut out { type filter hook output priority 0 ; }"])
+        host.run(["nft", "add", "rule", "inet", "labcut", "out", "tcp", "dport", "2379", "drop"])
+
+    def restore_etcd(self, which: LabHost | int | str) -> None:
+        """Undo ``cut_etcd``."""
+        self.host(which).run(["nft", "delete", "table", "inet", "labcut"])
+
     def etcd_kill(self, index: int) -> None:
         """SIGKILL etcd member ``index`` (0-based; in host ``h<index+1>`` with 3 members)."""
         self._cluster().kill_member(index)
@@ -238,6 +252,15 @@ class Lab:
     def etcd_start(self, index: int, timeout: float = 60.0) -> None:
         """Start a stopped or killed member again on its data and wait until it answers."""
         self._cluster().start_member(index, timeout)
+
+    def etcd_start_all(self, timeout: float = 60.0) -> None:
+        """Start every stopped member at once (one alone has no quorum to answer with)
+        and wait until they all answer."""
+        cluster = self._cluster()
+        for index, member in enumerate(cluster.members):
+            if not member.running:
+                cluster._spawn(index)
+        cluster.wait_healthy(timeout)
 
     def etcdctl(self, *args: str, check: bool = True, timeout: float = 30.0) -> subprocess.CompletedProcess:
         """``etcdctl ARGS`` run in the root (it reaches every member), against the members

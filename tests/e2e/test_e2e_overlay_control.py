@@ -68,7 +68,7 @@ def test_created_on_one_host_is_listed_inspected_and_removed_on_the_other(hosts)
     assert (net["Driver"], net["Scope"], net["Attachable"]) == ("overlay", "global", True)
     assert net["Options"] == {"encrypted": "", "com.docker.network.driver.mtu": "1400", VXLANID: "4096"}
     assert net["IPAM"]["Config"] == [{"Subnet": "10.0.0.0/24", "Gateway": "10.0.0.1"}]
-    assert net["Peers"] == [{"Name": "h1", "IP": h1.address}, {"Name": "h2", "IP": h2.address}]
+    assert "Peers" not in net  # the nodes with an endpoint on it: none yet (omitted, as Docker)
     assert inspect(h1, "ov")["Id"] == net["Id"]
     assert "Peers" not in inspect(h1, "bridge")
     # the network is the cluster's: no kernel object on the host that created it
@@ -230,7 +230,7 @@ def test_dockers_cli_and_sdk_read_a_global_network(hosts) -> None:
     shown = json.loads(h1.run([DOCKER, "network", "inspect", "ov"], env=env).stdout)[0]
     assert (shown["Id"], shown["Scope"], shown["Driver"]) == (net_id, "global", "overlay")
     assert shown["Options"] == {"encrypted": "", VXLANID: "4096"}
-    assert {p["Name"] for p in shown["Peers"]} == {"h1", "h2"}
+    assert "Peers" not in shown  # nobody is on it yet
     ls = h1.run([DOCKER, "network", "ls", "--filter", "scope=global", "--format", "{{.Name}} {{.Driver}} {{.Scope}}"],
                 env=env).stdout.split("\n")  # fmt: skip
     assert "ov overlay global" in ls

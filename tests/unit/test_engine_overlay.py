@@ -86,10 +86,7 @@ async def test_a_network_created_on_one_host_is_seen_by_the_other_without_restar
     await until(lambda: "ov" in names(b.ctl))
     seen = b.ctl.find_network("ov")
     assert seen == net  # the same record, options and VNI included
-    assert [(n.name, n.address) for n in b.ctl.network_peers(seen)] == [
-        ("h1", "198.51.100.1"),
-        ("h2", "198.51.100.2"),
-    ]
+    assert b.ctl.network_peers(seen) == []  # no node has an endpoint on it yet
     assert b.ctl.network_peers(b.ctl.find_network("bridge")) is None  # local: no peers
     # the cluster's pool is seen by the other host's global IPAM as well
     assert b.ctl._svc.cluster.ipam.pool(net.id).subnet == net.subnet

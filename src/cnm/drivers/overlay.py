@@ -43,7 +43,7 @@ from ipaddress import IPv4Address, IPv4Interface
 from typing import Any, Protocol
 
 from cnm.drivers.overlay_crypt import Tunnel
-from cnm.errors import CnmError, InvalidArgument, KernelError, TeardownErrors, Unavailable
+from cnm.errors import CnmError, InvalidArgument, KernelError, NotFound, TeardownErrors, Unavailable
 from cnm.kernel.api import FdbEntry, Kernel, LinkInfo, NeighEntry, VethSpec, VxlanSpec, may_remove
 from cnm.kernel.wireguard import vxlan_mtu_over_tunnel
 from cnm.model.endpoint import EndpointRecord, SandboxRecord
@@ -60,12 +60,16 @@ from cnm.model.network import (
     validate_options,
 )
 from cnm.store import codec
-from cnm.store.api import Document, Store
+from cnm.store.api import Check, Document, Put, StaleRevision, Store
 from cnm.store.mirror import Mirror
 
 log = logging.getLogger("cnm.drivers.overlay")
 
 ENDPOINT_PREFIX = "endpoint/"
+NETWORK_PREFIX = "network/"
+# joins/<network id>: rewritten by every join, in the transaction of its endpoint record,
+# so a ``network rm`` that checks it sees a join that landed after its own check
+JOIN_PREFIX = "joins/"
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 RETRY_S = 1.0  # after a failed programming of a network's entries
 
@@ -232,7 +236,7 @@ class OverlayDriver:
                 # again only a second later
                 self._networks[network.id] = network
                 await self._program(kernel, cluster, network.id)
-            await self._publish(cluster, endpoint)
+            await self._publish(cluster, endpoint, network)
             undo.pop_all()
             self._networks[network.id] = network
             self._local.setdefault(network.id, {})[endpoint.id] = endpoint
@@ -271,6 +275,14 @@ class OverlayDriver:
                     errors.append(exc)
         if errors:
             raise TeardownErrors(f"leaving overlay network {network.name}", errors)
+
+    async def leave_removed(self, endpoint: EndpointRecord, sandbox: SandboxRecord | None) -> None:
+        """``leave`` for an endpoint whose network's record is gone (removed on another
+        host while this one was cut off): the data plane this host still has of it goes
+        with its last local endpoint.  Nothing when this driver never had the network."""
+        network = self._networks.get(endpoint.network_id)
+        if network is not None and endpoint.id in self._local.get(network.id, {}):
+            await self.leave(network, endpoint, sandbox)
 
     # -- restart --------------------------------------------------------------------------
 
@@ -471,10 +483,16 @@ class OverlayDriver:
         if self._tunnel is not None and self._tunneled.pop(network_id, None) is not None:
             await self._tunnel.release(network_id)
 
-    async def _publish(self, cluster: ClusterLink, endpoint: EndpointRecord) -> None:
+    async def _publish(
+        self, cluster: ClusterLink, endpoint: EndpointRecord, network: NetworkRecord | None = None
+    ) -> None:
         """The endpoint's record in the cluster store, on the node's lease.  Never without
         one (the record would outlive the node): Unavailable while the node has none (it is
-        shutting down, or announcing itself again; the record is put back once it has)."""
+        shutting down, or announcing itself again; the record is put back once it has).
+        ``network`` (a join): the record is written only while the network's record is
+        still the one read here, and rewrites ``joins/<network id>``: a join racing
+        another host's ``network rm`` either lands first (the rm, which checks that key,
+        is refused) or is NotFound."""
         lease = 0
         if cluster.lease is not None:
             lease = cluster.lease()
@@ -484,7 +502,21 @@ class OverlayDriver:
                 )
         doc = dict(codec.encode(endpoint))
         doc.update(node=cluster.node, vtep=str(self._tunneled.get(endpoint.network_id, cluster.address)))
-        revision = await cluster.store.put(ENDPOINT_PREFIX + endpoint.id, doc, lease=lease)
+        put = Put(ENDPOINT_PREFIX + endpoint.id, doc, lease=lease)
+        if network is None:
+            revision = await cluster.store.commit([put])
+        else:
+            gone = NotFound(f"network {network.name} not found: it was removed (on another host)")
+            current = await cluster.store.get(NETWORK_PREFIX + network.id)
+            if current is None:
+                raise gone
+            try:
+                revision = await cluster.store.commit(
+                    [put, Put(JOIN_PREFIX + network.id, {"endpoint": endpoint.id})],
+                    [Check(NETWORK_PREFIX + network.id, current.revision)],
+                )
+            except StaleRevision:
+                raise gone from None
         if self._peers is not None:  # read our own write at once (see Mirror.apply)
             self._peers.apply(endpoint.id, peer_of(endpoint.id, doc), revision)
 
@@ -586,7 +618,17 @@ class OverlayDriver:
                 log.warning("endpoint %s of node %s not programmed: %s", peer.id[:12], peer.node, exc)
         for endpoint_id, endpoint in self._local.get(network_id, {}).items():
             if endpoint_id not in mine:
-                await self._publish(cluster, endpoint)
+                if await cluster.store.get(NETWORK_PREFIX + network_id) is None:
+                    # removed on another host while this one's records had lapsed (cut off):
+                    # the endpoint stays here, unrecorded, until its container leaves
+                    log.warning(
+                        "endpoint %s not recorded again: its network %s was removed",
+                        endpoint_id[:12],
+                        network_id[:12],
+                    )
+                    continue
+                # (any error, a lapsed lease's NotFound too, is tried again)
+                await self._publish(cluster, endpoint, self._networks[network_id])
         current_fdb = set(await kernel.fdb_entries(dev))
         for stale in sorted(current_fdb - fdb):
             await kernel.delete_fdb(dev, stale)

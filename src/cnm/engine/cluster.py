@@ -7,6 +7,7 @@ The cluster store holds, beside ``network/<id>`` and ``ipam/…`` of the global 
     globalname/<name>           {"network": id}: a global network has that name
     localname/<name>/<node>     {"network": id}: that node has a local network of that name
     vni/<n>                     {"network": id}: VXLAN network id ``n`` (4096 and up) is taken
+    joins/<network id>          {"endpoint": id}: the last join (``removal_check``)
 
 Each prefix is followed by a ``Mirror``, so the checks below read memory; the store decides.
 Uniqueness is compare-and-swap, in the transaction that writes the network record:
@@ -25,6 +26,7 @@ still exist); ``publish_local`` reconciles them at start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -32,7 +34,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network
 from typing import Any
 
-from cnm.errors import Conflict, Unavailable
+from cnm.drivers.overlay import ENDPOINT_PREFIX, JOIN_PREFIX
+from cnm.errors import CnmError, Conflict, Unavailable
 from cnm.ipam.api import Ipam, PoolSpec
 from cnm.model.network import OPT_VXLANID_LIST, NetworkRecord
 from cnm.store.api import Check, Delete, Document, Op, Put, StaleRevision, Store
@@ -55,6 +58,7 @@ GLOBAL_POOL = PoolSpec(IPv4Network("10.0.0.0/8"), 24)
 MAX_ATTEMPTS = 64  # VNI claims lost in a row before giving up (each loss: another host won)
 SPREAD = 64  # after the first loss, a VNI is drawn among the lowest 2, 4 … SPREAD free ones
 WATCH_TIMEOUT = 5.0
+WITHDRAW_RETRY_S = 1.0  # between tries of withdrawing local names while the store is away
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +133,9 @@ class Cluster:
         self._local_names.listen(self._local_changed)
         self._rng = random.Random()
         self.conflicts = 0  # VNI claims lost to another host (a figure for benches)
+        # local names removed while the store did not answer, withdrawn once it does
+        self._withdrawals: set[str] = set()
+        self._withdrawer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Load and follow the nodes, names and VNIs; start the global IPAM."""
@@ -137,6 +144,11 @@ class Cluster:
         await self.ipam.start()
 
     async def close(self) -> None:
+        if self._withdrawer is not None:  # (the next start's reconcile_local does them)
+            self._withdrawer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._withdrawer
+            self._withdrawer = None
         await self.ipam.close()
         for mirror in self._mirrors.values():
             await mirror.close()
@@ -184,6 +196,7 @@ class Cluster:
         network has the name (also one created a moment ago on another host)."""
         if self.global_name_taken(name):
             raise name_conflict(name)
+        self._withdrawals.discard(name)
         ops: list[Op] = [Put(_local_key(name, self.node), {"network": network_id})]
         try:
             await self._commit(ops, [Check(GLOBAL_NAME_PREFIX + name, 0)])
@@ -193,6 +206,42 @@ class Cluster:
     async def unpublish_local(self, name: str) -> None:
         """This node no longer has a local network ``name``; idempotent."""
         await self._commit([Delete(_local_key(name, self.node))], [])
+
+    async def withdraw_local(self, name: str) -> None:
+        """``unpublish_local`` after a local network's removal, which does not wait for the
+        cluster store: when the store does not answer (Unavailable, raised), the name is
+        withdrawn in the background once it does, rather than blocking a global network
+        of that name until this daemon restarts.  A create of the name meanwhile
+        (``publish_local``) cancels that."""
+        try:
+            await self.unpublish_local(name)
+        except Unavailable:
+            self._withdrawals.add(name)
+            if self._withdrawer is None or self._withdrawer.done():
+                self._withdrawer = asyncio.create_task(
+                    self._withdraw_later(), name="cluster name withdrawals"
+                )
+            raise
+
+    async def _withdraw_later(self) -> None:
+        """Retry the withdrawals until the store takes them.  Each delete checks the key
+        is still at the revision the mirror saw: a name published again meanwhile stays."""
+        while self._withdrawals:
+            await asyncio.sleep(WITHDRAW_RETRY_S)
+            for name in sorted(self._withdrawals):
+                key = _local_key(name, self.node)
+                revision = self._local_names.revisions.get(key[len(LOCAL_NAME_PREFIX) :], 0)
+                try:
+                    if revision:
+                        await self._commit([Delete(key)], [Check(key, revision)])
+                except StaleRevision:
+                    pass  # published again since: it stays
+                except CnmError as exc:
+                    log.debug("local network names not withdrawn yet: %s", exc)
+                    break  # still away: all of them later
+                if name in self._withdrawals:
+                    self._withdrawals.discard(name)
+                    log.info("the cluster no longer lists local network %s of this node", name)
 
     async def reconcile_local(self, networks: Mapping[str, str]) -> None:
         """Make this node's ``localname`` keys match ``networks`` ({name: id}, the local
@@ -252,10 +301,24 @@ class Cluster:
         checks.append(Check(_vni_key(vni), 0))
         return ops, checks
 
+    async def removal_check(self, network: NetworkRecord) -> tuple[Check, list[tuple[str, str]]]:
+        """Before a global network's removal, read from the store itself (a mirror may lag
+        behind a join on another host): the check that keeps any join from landing
+        between now and the removal's commit (``joins/<id>`` unchanged), and the
+        endpoints (name, id) that any host has on the network now."""
+        marker = await self.store.get(JOIN_PREFIX + network.id)
+        listing = await self.store.list(ENDPOINT_PREFIX)
+        endpoints = [
+            (str(e.doc.get("name", "")), e.key[len(ENDPOINT_PREFIX) :])
+            for e in listing.entries
+            if e.doc.get("network_id") == network.id
+        ]
+        return Check(JOIN_PREFIX + network.id, marker.revision if marker else 0), endpoints
+
     def delete_ops(self, network: NetworkRecord) -> list[Op]:
         """What goes with a global network's record: its name and its VNI (when they are
-        still this network's)."""
-        ops: list[Op] = []
+        still this network's), and its join marker."""
+        ops: list[Op] = [Delete(JOIN_PREFIX + network.id)]
         if self._global_names.items.get(network.name) == network.id:
             ops.append(Delete(GLOBAL_NAME_PREFIX + network.name))
         vni = vni_of(network)

@@ -222,7 +222,7 @@ class Controller(Tracing):  # Tracing: the trace verb (engine/trace.py)
         return self._networks.find(ref)
 
     def network_endpoints(self, network_id: str) -> list[EndpointRecord]:
-        return self._state.endpoints_of_network(network_id)
+        return self._networks.endpoints(network_id)
 
     def network_peers(self, network: NetworkRecord) -> list[Node] | None:
         return self._networks.peers(network)

@@ -30,6 +30,7 @@ from contextlib import AsyncExitStack
 from dataclasses import replace
 from ipaddress import IPv4Interface
 
+from cnm.drivers.overlay import OverlayDriver
 from cnm.engine.services import Services
 from cnm.errors import CnmError
 from cnm.ipam.api import AddressChange
@@ -147,11 +148,14 @@ class Endpoint:
         """Withdraw the published ports, then take the endpoint out of the sandbox."""
         publisher = self._svc.publisher
         errors = await publisher.unpublish(self.record) if publisher is not None else []
-        if self.network is not None:
-            try:
+        try:
+            if self.network is not None:
                 await self._svc.drivers[self.network.driver].leave(self.network, self.record, sandbox)
-            except CnmError as exc:
-                errors.append(exc)
+            elif isinstance(overlay := self._svc.drivers.get("overlay"), OverlayDriver):
+                # its network removed on another host while this one was cut off
+                await overlay.leave_removed(self.record, sandbox)
+        except CnmError as exc:
+            errors.append(exc)
         return errors
 
     async def delete(self, *, container: Container | None = None) -> None:

@@ -25,17 +25,18 @@ and VNI are made unique across hosts in the transaction that writes it
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import replace
 
 from cnm.drivers.api import NetworkDriver
 from cnm.engine.cluster import MAX_ATTEMPTS
 from cnm.engine.services import Services, now_rfc3339
-from cnm.errors import CnmError, Forbidden, InvalidArgument, TeardownErrors, Unavailable
+from cnm.errors import CnmError, Conflict, Forbidden, InvalidArgument, TeardownErrors, Unavailable
 from cnm.model.endpoint import EndpointRecord, EndpointRequest
 from cnm.model.network import GLOBAL_DRIVERS, OPT_VXLANID_LIST, IpamConfig, NetworkRecord, NetworkSpec
 from cnm.model.values import new_id
-from cnm.store.api import StaleRevision
+from cnm.store.api import Check, StaleRevision
 
 log = logging.getLogger("cnm.engine")
 
@@ -158,19 +159,37 @@ class Network:
         host, for a global network).  The caller holds the network's lock exclusively."""
         if self.record.predefined:
             raise Forbidden(f"{self.name} is a pre-defined network and cannot be removed")
-        endpoints = self.all_endpoints()
-        if endpoints:
-            ep = endpoints[0]
-            raise Forbidden(
-                f"error while removing network: network {self.name} has active endpoints "
-                f'(name:"{ep.name}" id:"{ep.id[:12]}")'
-            )
-        await self.destroy()
+        found = [(ep.name, ep.id) for ep in self.all_endpoints()]
+        checks: list[Check] = []
+        cluster = self._svc.cluster
+        if not found and self.record.scope == "global" and cluster is not None:
+            check, found = await cluster.removal_check(self.record)
+            checks.append(check)
+        if found:
+            raise self._in_use(*found[0])
+        try:
+            await self.destroy(checks)
+        except StaleRevision as exc:
+            if cluster is None or not checks or exc.key != checks[0].key:
+                raise
+            # an endpoint joined on another host since the check: it stays, and the network too
+            _, found = await cluster.removal_check(self.record)
+            if not found:  # (and left again)
+                raise Conflict(
+                    f"network {self.name} was joined on another host during its removal: try again"
+                ) from None
+            raise self._in_use(*found[0]) from None
 
-    async def destroy(self) -> None:
+    def _in_use(self, name: str, endpoint_id: str) -> Forbidden:
+        return Forbidden(
+            f"error while removing network: network {self.name} has active endpoints "
+            f'(name:"{name}" id:"{endpoint_id[:12]}")'
+        )
+
+    async def destroy(self, checks: Sequence[Check] = ()) -> None:
         """Idempotent teardown: driver objects, pool, record; reports errors at the end.
         A global network's record goes first, with its name and VNI, then its pool (no
-        host can join it once the record is gone)."""
+        host can join it once the record is gone); ``checks`` join that transaction."""
         errors: list[BaseException] = []
         try:
             await self.driver.delete_network(self.record)
@@ -179,7 +198,7 @@ class Network:
         cluster = self._svc.cluster
         if self.record.scope == "global" and cluster is not None:
             ops = cluster.delete_ops(self.record)
-            revision = await self._svc.state.commit(delete=[self.record], ops=ops)
+            revision = await self._svc.state.commit(delete=[self.record], ops=ops, checks=checks)
             cluster.applied(ops, revision)
             await cluster.ipam.release_pool(self.id)
         else:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 
+from cnm.drivers.overlay import OverlayDriver
 from cnm.engine.cluster import Node
 from cnm.engine.lookup import find_network, network_by_name
 from cnm.engine.network import Network
 from cnm.engine.services import Services, now_rfc3339
 from cnm.errors import CnmError, Conflict, Forbidden, InvalidArgument, NotFound
+from cnm.model.endpoint import EndpointRecord
 from cnm.model.network import (
     GLOBAL_DRIVERS,
     GWBRIDGE_NAME,
@@ -89,11 +91,18 @@ class Networks:
 
     # -- create / remove ------------------------------------------------------------------
 
-    def validate(self, spec: NetworkSpec) -> None:
-        """Everything that can be refused before the first syscall."""
+    def validate(self, spec: NetworkSpec, *, gwbridge: bool = False) -> None:
+        """Everything that can be refused before the first syscall.  ``gwbridge``: this
+        is cnmd making ``cnm_gwbridge``, a name no user may take (cnmd would take a user's
+        network of that name for the overlay containers' way out)."""
         drivers = self._svc.drivers
         if spec.name in RESERVED_NAMES:
             raise Forbidden(f"operation is not permitted on predefined {spec.name} network ")
+        if spec.name == GWBRIDGE_NAME and not gwbridge:
+            raise Forbidden(
+                f"network name {GWBRIDGE_NAME} is reserved: cnmd makes that network for the "
+                "outside traffic of containers on overlay networks"
+            )
         if spec.driver in ("host", "null"):
             raise Forbidden(f'only one instance of "{spec.driver}" network is allowed')
         if spec.driver not in drivers:
@@ -145,8 +154,8 @@ class Networks:
         if cluster is None or network.scope != "local":
             return
         try:
-            await cluster.unpublish_local(network.name)
-        except CnmError as exc:  # the next start reconciles the names
+            await cluster.withdraw_local(network.name)
+        except CnmError as exc:  # withdrawn once the store answers (or at the next start)
             log.warning("the cluster still lists local network %s of this node: %s", network.name, exc)
 
     async def join_cluster(self) -> None:
@@ -176,15 +185,28 @@ class Networks:
         )
         # this host's own, like the predefined networks: its name is not published to the cluster
         async with self._svc.locks.hold(catalogue=True):
-            self.validate(spec)
+            self.validate(spec, gwbridge=True)
             await Network.create(self._svc, spec)
 
+    def endpoints(self, network_id: str) -> list[EndpointRecord]:
+        """The network's endpoints: this host's, and for a global network every host's
+        (``network inspect`` lists the containers of every host)."""
+        network = self._state.networks.get(network_id)
+        if network is None or network.scope != "global":
+            return self._state.endpoints_of_network(network_id)
+        return self.get(network_id).all_endpoints()
+
     def peers(self, network: NetworkRecord) -> list[Node] | None:
-        """The hosts of a global network (for now every live node of the cluster); None
-        for a local network."""
+        """The hosts of a global network: the live nodes with an endpoint on it (as
+        Docker's ``Peers`` lists the nodes taking part in an overlay); None for a local
+        network."""
         if network.scope != "global" or self._svc.cluster is None:
             return None
-        return self._svc.cluster.nodes()
+        driver = self._svc.drivers.get(network.driver)
+        if not isinstance(driver, OverlayDriver):
+            return []
+        present = {peer.node for peer in driver.peers() if peer.network_id == network.id}
+        return [node for node in self._svc.cluster.nodes() if node.name in present]
 
     async def remove(self, ref: str) -> None:
         """``network rm``, under the network's exclusive lock."""
