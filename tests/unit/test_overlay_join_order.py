@@ -15,6 +15,7 @@ from overlay_hosts import Host, until
 
 from cnm.kernel.api import FdbEntry, NeighEntry
 from cnm.model.network import NetworkSpec
+from cnm.store.api import Put
 from cnm.store.memory import MemoryStore
 
 
@@ -42,18 +43,19 @@ async def test_the_first_join_programs_the_remote_endpoints_before_recording_its
 
     # what h1's kernel had when h1's new endpoint became visible to the other hosts
     seen: dict[str, tuple[set[FdbEntry], set[NeighEntry]]] = {}
-    put = a.cluster_store.put
+    commit = a.cluster_store.commit
 
-    async def watching_put(key: str, doc: Any, *args: Any, **kwargs: Any) -> int:
-        if key.startswith("endpoint/") and doc.get("node") == "h1":
-            seen[key] = (a.fdb(net.id), a.neigh(net.id))
-        return await put(key, doc, *args, **kwargs)
+    async def watching_commit(ops: Any, *args: Any, **kwargs: Any) -> int:
+        for op in ops:
+            if isinstance(op, Put) and op.key.startswith("endpoint/") and op.doc.get("node") == "h1":
+                seen[op.key] = (a.fdb(net.id), a.neigh(net.id))
+        return await commit(ops, *args, **kwargs)
 
-    a.cluster_store.put = watching_put  # type: ignore[method-assign]
+    a.cluster_store.commit = watching_commit  # type: ignore[method-assign]
     try:
         web = await a.run("web", "ov")
     finally:
-        a.cluster_store.put = put  # type: ignore[method-assign]
+        a.cluster_store.commit = commit  # type: ignore[method-assign]
     assert seen[f"endpoint/{web.id}"] == (
         {FdbEntry(remote.mac, IPv4Address(b.address))},
         {NeighEntry(remote.address.ip, remote.mac)},
