@@ -289,6 +289,7 @@ def _no_verify_paths(self: object) -> None:
 
 
 async def serve(config: DaemonConfig) -> None:
+    from cnm.dns.answer import warm_up as dns_warm_up
     from cnm.kernel.owner import DaemonBeacon, live_daemons
     from cnm.runtime.process import become_subreaper
     from cnm.runtime.runc import RuncRuntime
@@ -353,6 +354,7 @@ async def serve(config: DaemonConfig) -> None:
     runner = await serve_unix(app, config.socket_path)
     _started()
     log.info("cnmd %s serving on unix://%s", __version__, config.socket_path)
+    dns_warm_up()  # dnspython, which the start did not need, before the first query does
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
