@@ -47,6 +47,8 @@ from ports import Engine, Table, start_remove  # noqa: E402
 sys.path.insert(0, str(REPO / "tests"))
 from oldrelease import RELEASE, OldReleaseError, Release, extract  # noqa: E402
 
+START_PROFILE_ENV = "CNM_START_PROFILE"  # cnmd profiles its start into this file
+
 NOW = "cnm now"
 OLD = f"cnm {RELEASE}"
 DOCKER = "docker"
@@ -120,16 +122,22 @@ def networks_docker(host: TestHost, levels: list[int], samples: int, table: Tabl
 # -- (b) restart with many containers --------------------------------------------------------------
 
 
-def restart_time(host: TestHost, cnm: Cnm) -> float:
+def restart_time(host: TestHost, cnm: Cnm, profile: str | None = None) -> float:
     """SIGTERM cnmd, start it again: seconds until it answers ``/_ping`` (Python's start-up
-    included)."""
+    included).  ``profile``: the file cnmd writes the profile of its start to (the
+    current code only; ``CNM_START_PROFILE``)."""
     host.kill_daemon(signal.SIGTERM, timeout=120)
-    t0 = time.perf_counter()
-    cnm.start(host, "--log-level", "info", timeout=600)
-    return time.perf_counter() - t0
+    if profile is not None:
+        os.environ[START_PROFILE_ENV] = profile  # the harness hands cnmd this environment
+    try:
+        t0 = time.perf_counter()
+        cnm.start(host, "--log-level", "info", timeout=600)
+        return time.perf_counter() - t0
+    finally:
+        os.environ.pop(START_PROFILE_ENV, None)
 
 
-def restart_cnm(host: TestHost, cnm: Cnm, image: str, count: int, table: Table) -> None:
+def restart_cnm(host: TestHost, cnm: Cnm, image: str, count: int, profile: str | None, table: Table) -> None:
     cnm.start(host, "--log-level", "info")
     cnm.import_image(host, image)
     api_ok(
@@ -152,6 +160,10 @@ def restart_cnm(host: TestHost, cnm: Cnm, image: str, count: int, table: Table) 
         list(pool.map(create_start, range(count)))
     print(f"  {cnm.who}: started {count} containers in {time.perf_counter() - t0:.0f} s", flush=True)
     runs = [restart_time(host, cnm) for _ in range(2)]
+    if profile is not None and cnm.release is None:
+        # a third restart, under the profiler (its time is not a figure: profiling slows it)
+        restart_time(host, cnm, profile)
+        table.note(f"{cnm.who}: profile of a start with {count} containers in {profile} (python -m pstats)")
     running = len(api_ok(host, "GET", "/containers/json"))
     if running != count:
         raise HarnessError(f"{running} of {count} containers running after the restarts")
@@ -310,6 +322,11 @@ def main() -> int:
         "--old-max-networks", type=int, default=500, help=f"highest level {RELEASE} is measured at in (a)"
     )
     parser.add_argument("--containers", type=int, default=1000, help="running containers for (b)")
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="(b): profile one more start of the current code (CPU time, cProfile) into FILE",
+    )
     parser.add_argument("--attach-containers", type=int, default=50, help="containers attached in (c)")
     parser.add_argument("--attach-rounds", type=int, default=4, help="alternating rounds of attaches in (c)")
     parser.add_argument("--sizes", default="1,50,500", help="published ports in (c)")
@@ -326,6 +343,8 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench/scale.py needs root (it builds network namespaces)", file=sys.stderr)
         return 1
+    if opts.profile:
+        opts.profile = os.path.abspath(opts.profile)
     image = os.path.abspath(opts.image)
     if not os.path.exists(image):
         print(f"no image {image}: run `make image`", file=sys.stderr)
@@ -361,7 +380,9 @@ def main() -> int:
                 run_in_host("docker: network create", table, networks_docker, opts.levels, opts.samples)
         if "b" in parts:
             for cnm in engines:
-                run_in_host(f"{cnm.who}: restart", table, restart_cnm, cnm, image, opts.containers)
+                run_in_host(
+                    f"{cnm.who}: restart", table, restart_cnm, cnm, image, opts.containers, opts.profile
+                )
             if docker:
                 table.note("docker: restart not measured (starting 1,000 Docker containers takes minutes)")
         if "c" in parts:

@@ -274,3 +274,75 @@ def test_encode_of_dataclasses_with_no_one_and_many_fields():
     }
     assert list(doc) == ["name", "empty", "one", "labels", "nested"]
     assert codec.decode(_Mixed, json.loads(json.dumps(doc))) == value
+
+
+# -- the unrolled decoders and the packed IP path agree with the general rules --------------
+
+
+def _general_outcome(cls, doc):
+    """``_outcome`` with the unrolled decoders switched off (built anew without them)."""
+    real = codec._unrolled
+    codec._decoder.cache_clear()
+    codec._unrolled = lambda _cls, _plan, general: general
+    try:
+        return _outcome(cls, doc)
+    finally:
+        codec._unrolled = real
+        codec._decoder.cache_clear()
+
+
+def _outcome(cls, doc):
+    try:
+        return codec.decode(cls, doc)
+    except SystemFailure as exc:
+        return f"error: {exc}"
+
+
+_ODD_VALUES = [None, True, 0, 7, "", "x", "10.0.0.1", "10.0.0.0/24", "10.0.0.1/24", [], {}, ["a"], {"k": "v"}]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.from_type(Container), st.data())
+def test_unrolled_decoder_matches_the_general_path_records_and_errors(container, data):
+    """Whatever a stored document holds (fields missing, null, of another type, at any
+    depth), the unrolled decoder gives the general path's record or its error, word for
+    word."""
+    doc = json.loads(json.dumps(codec.encode(container)))
+    target = doc
+    for _ in range(data.draw(st.integers(0, 2))):  # a document inside, sometimes
+        inner = [k for k, v in target.items() if isinstance(v, dict)]
+        if not inner:
+            break
+        target = target[data.draw(st.sampled_from(sorted(inner)))]
+    if target:
+        key = data.draw(st.sampled_from(sorted(target)))
+        if data.draw(st.booleans()):
+            del target[key]
+        else:
+            target[key] = data.draw(st.sampled_from(_ODD_VALUES))
+    assert _outcome(Container, doc) == _general_outcome(Container, doc)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["10.1.2.3", "0.0.0.0", "255.255.255.255", "10.1.2.3/16", "10.1.0.0/16", "10.1.2.3/0", "10.1.2.3/32",
+     "10.1.2.3/016", "10.1.2.3/33", "10.1.2.3/255.255.0.0", "10.1.2.3/", "010.1.2.3", "10.1.2", "1.2.3.4.5",
+     "10.1.2.256", " 10.1.2.3", "10.1.2.3 ", "10.1.2.3\x00", "１0.1.2.3", "10.1.2.3/１6", "::1", "0x0a.1.2.3"],
+)  # fmt: skip
+@pytest.mark.parametrize("tp", [IPv4Address, IPv4Interface, IPv4Network])
+def test_ip_values_decode_as_ipaddress_reads_them(tp, text):
+    """The packed fast path reads what ``ipaddress`` reads, refuses what it refuses."""
+
+    @dataclass(frozen=True)
+    class Holder:
+        value: tp  # type: ignore[valid-type]
+
+    Holder.__annotations__["value"] = tp  # (a local class: its hint as an object)
+    try:
+        expected = tp(text)
+    except ValueError:
+        with pytest.raises(SystemFailure, match=f"invalid {tp.__name__}"):
+            codec.decode(Holder, {"value": text})
+        return
+    got = codec.decode(Holder, {"value": text}).value
+    assert type(got) is tp and got == expected and str(got) == str(expected)

@@ -532,3 +532,32 @@ async def test_cached_answers_carry_each_querys_id_and_follow_changes(served, na
     # several records are never served from the cache: they stay shuffled
     orders = {tuple(addresses(await udp(port, "pool"))) for _ in range(20)}
     assert len(orders) == 2
+
+
+async def test_a_burst_of_datagrams_is_answered_whole_and_tcp_clients_end_with_their_listener(served):
+    """More queries than one wakeup reads (``_UDP_BATCH``) are all answered, each with its
+    own id; removing the sandbox ends its open TCP connections at once."""
+    server, ports = served
+    udp_port, tcp_port = ports["sb-web"]
+    count = 3 * server_module._UDP_BATCH
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        s.setblocking(False)
+        s.connect((LOCAL, udp_port))
+        for qid in range(count):
+            query = dns.message.make_query("api", "A")
+            query.id = qid
+            s.send(query.to_wire())  # all sent before the server reads any
+        seen = set()
+        while len(seen) < count:
+            reply = dns.message.from_wire(await asyncio.wait_for(loop.sock_recv(s, 65535), 2.0))
+            assert addresses(reply) == ["10.1.0.3"]
+            seen.add(reply.id)
+    assert seen == set(range(count))
+    reader, writer = await asyncio.open_connection(LOCAL, tcp_port)
+    assert addresses(await tcp(tcp_port, "api")) == ["10.1.0.3"]
+    await server.remove_sandbox("sb-web")
+    assert await asyncio.wait_for(reader.read(), 2.0) == b""  # closed by the server
+    writer.close()
+    assert server.serving("sb-web") is None

@@ -173,3 +173,38 @@ def test_question_section():
     assert question_section(wire[:12] + b"\xc0\x0c\x00\x01\x00\x01") is None
     assert question_section(wire[:-1]) is None
     assert question_section(wire[:13]) is None
+
+
+_FRESH = r"""
+import struct, sys
+from ipaddress import IPv4Address
+from cnm.dns import answer, server  # what cnmd imports to serve
+from cnm.dns.records import NameTable, Upstream
+
+assert "dns.message" not in sys.modules, "dnspython imported before any query"
+names = NameTable()
+names.set_endpoint("sb", "n", "net", "api", ("api",), IPv4Address("10.1.0.3"))
+names.configure("sb", [Upstream(IPv4Address("192.0.2.53"), 53, True)])
+query = struct.pack("!HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + b"\x07example\x03org\x00" + b"\x00\x01\x00\x01"
+assert isinstance(answer.respond(names, "sb", query, tcp=False), answer.Forward)
+assert "dns.message" not in sys.modules, "a forwarded plain query needed dnspython"
+local = struct.pack("!HHHHHH", 0x4321, 0x0100, 1, 0, 0, 0) + b"\x03api\x00" + b"\x00\x01\x00\x01"
+reply = answer.respond(names, "sb", local, tcp=False)
+import dns.message
+parsed = dns.message.from_wire(reply)
+print(parsed.id, [rd.address for rrset in parsed.answer for rd in rrset])
+"""
+
+
+def test_dnspython_is_imported_by_the_first_query_that_needs_it_not_at_start():
+    """cnmd's start imports no dnspython (a good part of a restart's imports): a plain
+    forwarded query needs none, and the first container name loads it and is answered
+    as before."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _FRESH], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["17185", "['10.1.0.3']"]

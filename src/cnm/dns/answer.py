@@ -30,25 +30,28 @@ from __future__ import annotations
 
 import logging
 import struct
+import threading
 from dataclasses import dataclass
-
-import dns.exception
-import dns.flags
-import dns.message
-import dns.name
-import dns.opcode
-import dns.rcode
-import dns.rdata
-import dns.rdataclass
-import dns.rdatatype
-import dns.rdtypes.ANY.PTR
-import dns.rdtypes.IN.A
-import dns.rdtypes.IN.AAAA
-import dns.renderer
-import dns.reversename
-import dns.rrset
+from typing import TYPE_CHECKING
 
 from cnm.dns.records import NameTable
+
+if TYPE_CHECKING:  # imported by ``_dnspython`` when a query first needs it
+    import dns.exception
+    import dns.flags
+    import dns.message
+    import dns.name
+    import dns.opcode
+    import dns.rcode
+    import dns.rdata
+    import dns.rdataclass
+    import dns.rdatatype
+    import dns.rdtypes.ANY.PTR
+    import dns.rdtypes.IN.A
+    import dns.rdtypes.IN.AAAA
+    import dns.renderer
+    import dns.reversename
+    import dns.rrset
 
 log = logging.getLogger("cnm.dns")
 
@@ -63,9 +66,39 @@ _OPT_TYPE = 41
 # bytes a label may hold on the fast path: those dnspython's to_text does not escape
 _PLAIN = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
 _OPT = b"\x00" + struct.pack("!HHIH", _OPT_TYPE, _OUR_EDNS_PAYLOAD, 0, 0)  # owner ".", no options
-_A, _AAAA, _MX, _PTR = dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.MX, dns.rdatatype.PTR
-_IN = dns.rdataclass.IN
-_REVERSE = (dns.reversename.ipv4_reverse_domain, dns.reversename.ipv6_reverse_domain)
+# RFC 1035's numbers, so that the wire-level paths need no dnspython
+_A, _AAAA, _MX, _PTR = 1, 28, 15, 12  # types
+_IN = 1  # class
+_FORMERR, _SERVFAIL = 1, 2  # rcodes
+_F_QR, _F_TC, _F_RD, _F_RA, _F_CD = 0x8000, 0x0200, 0x0100, 0x0080, 0x0010  # header flags
+
+
+def _dnspython() -> None:
+    """Import the parts of dnspython this module uses (binding the global ``dns``), before
+    the first query that needs them: most queries are answered from the wire or the
+    cache, and its imports are a good part of a daemon start that serves none yet."""
+    global dns
+    import dns.exception
+    import dns.flags
+    import dns.message
+    import dns.name
+    import dns.opcode
+    import dns.rcode
+    import dns.rdata
+    import dns.rdataclass
+    import dns.rdatatype
+    import dns.rdtypes.ANY.PTR
+    import dns.rdtypes.IN.A
+    import dns.rdtypes.IN.AAAA
+    import dns.renderer
+    import dns.reversename
+    import dns.rrset  # noqa: F401 -- (all of them reached through ``dns``)
+
+
+def warm_up() -> None:
+    """Import dnspython on a thread of its own, now (cnmd: once it serves), so that the
+    first container name asked does not wait for it."""
+    threading.Thread(target=_dnspython, name="dnspython import", daemon=True).start()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +116,7 @@ class Forward:
     @property
     def query(self) -> dns.message.Message:
         """The query parsed by dnspython (not needed to forward it; for tools and tests)."""
+        _dnspython()
         return dns.message.from_wire(self.wire)
 
 
@@ -122,12 +156,12 @@ def respond(
         return _respond(names, sandbox_id, data, tcp, cache)
     except Exception:  # a bug must cost one answer, never the listener
         log.exception("dns: failed to answer a query from sandbox %s", sandbox_id[:12])
-        return _error_from_header(data, dns.rcode.SERVFAIL)
+        return _error_from_header(data, _SERVFAIL)
 
 
 def servfail(request: Forward) -> bytes:
     """SERVFAIL for a query that could not be forwarded (Docker's reply skeleton)."""
-    return _wire_reply(request, dns.rcode.SERVFAIL)
+    return _wire_reply(request, _SERVFAIL)
 
 
 def fit(request: Forward, wire: bytes) -> bytes:
@@ -144,10 +178,10 @@ def _wire_reply(request: Forward, rcode: int, *, truncated: bool = False) -> byt
     the question as asked; an OPT record (payload 4096) when the client sent one."""
     data = request.wire
     flags = (
-        dns.flags.QR
-        | dns.flags.RA
-        | (int.from_bytes(data[2:4], "big") & (dns.flags.RD | dns.flags.CD | _OPCODE))
-        | (dns.flags.TC if truncated else 0)
+        _F_QR
+        | _F_RA
+        | (int.from_bytes(data[2:4], "big") & (_F_RD | _F_CD | _OPCODE))
+        | (_F_TC if truncated else 0)
         | rcode
     )
     question = data[_HEADER : _HEADER + len(request.question)]
@@ -172,10 +206,11 @@ def _respond_parsed(
     names: NameTable, sandbox_id: str, data: bytes, tcp: bool, cache: AnswerCache | None
 ) -> bytes | Forward | None:
     """The answer to a query (at least a header, not a response) read by dnspython."""
+    _dnspython()
     try:
         query = dns.message.from_wire(data)
     except Exception:  # dnspython raises many kinds on hostile input
-        return _error_from_header(data, dns.rcode.FORMERR)
+        return _error_from_header(data, _FORMERR)
     if query.opcode() != dns.opcode.QUERY:
         return _reply(query, dns.rcode.NOTIMP, question=False).to_wire()
     if len(query.question) != 1:
@@ -284,7 +319,7 @@ def _local(
         return None
     reply = _reply(query)
     if found:
-        rrset = dns.rrset.RRset(question.name, _IN, qtype)
+        rrset = dns.rrset.RRset(question.name, dns.rdataclass.IN, qtype)
         rrset.update_ttl(TTL)
         for address in found:
             rrset.add(rdata_type(_IN, qtype, str(address)))
@@ -295,7 +330,8 @@ def _local(
 def _ptr(
     names: NameTable, sandbox_id: str, query: dns.message.Message, qname: dns.name.Name
 ) -> dns.message.Message | None:
-    if not any(qname.is_subdomain(domain) for domain in _REVERSE):
+    reverse = (dns.reversename.ipv4_reverse_domain, dns.reversename.ipv6_reverse_domain)
+    if not any(qname.is_subdomain(domain) for domain in reverse):
         return None
     try:
         address = dns.reversename.to_address(qname)
@@ -310,7 +346,7 @@ def _ptr(
         log.warning("dns: %r is not a valid DNS name; PTR %s not answered", target, address)
         return None
     reply = _reply(query)
-    rrset = dns.rrset.RRset(qname, _IN, _PTR)
+    rrset = dns.rrset.RRset(qname, dns.rdataclass.IN, dns.rdatatype.PTR)
     rrset.update_ttl(TTL)
     rrset.add(dns.rdtypes.ANY.PTR.PTR(_IN, _PTR, target_name))
     reply.answer.append(rrset)
@@ -318,7 +354,7 @@ def _ptr(
 
 
 def _reply(
-    query: dns.message.Message, rcode: dns.rcode.Rcode = dns.rcode.NOERROR, *, question: bool = True
+    query: dns.message.Message, rcode: dns.rcode.Rcode | None = None, *, question: bool = True
 ) -> dns.message.Message:
     """Docker's reply skeleton: id, opcode, RD and CD copied; QR and RA set; AA clear;
     EDNS answered with EDNS."""
@@ -333,7 +369,7 @@ def _reply(
         reply.question = list(query.question)
     if query.edns >= 0:
         reply.use_edns(0, 0, _OUR_EDNS_PAYLOAD)
-    reply.set_rcode(rcode)
+    reply.set_rcode(dns.rcode.NOERROR if rcode is None else rcode)
     return reply
 
 
@@ -365,13 +401,14 @@ def _render(reply: dns.message.Message, max_size: int, tcp: bool) -> bytes:
     return reply.to_wire(max_size=max_size)
 
 
-def _error_from_header(data: bytes, rcode: dns.rcode.Rcode) -> bytes | None:
+def _error_from_header(data: bytes, rcode: int) -> bytes | None:
     """An empty answer carrying ``rcode`` for a query that cannot be parsed, built from
     what the header still tells (id, opcode, RD); None when not even that survives."""
     if len(data) < _HEADER:
         return None
+    _dnspython()
     flags = int.from_bytes(data[2:4], "big")
     reply = dns.message.Message(id=int.from_bytes(data[:2], "big"))
     reply.flags = dns.flags.QR | dns.flags.RA | (flags & (dns.flags.RD | 0x7800))  # 0x7800: opcode
-    reply.set_rcode(rcode)
+    reply.set_rcode(dns.rcode.Rcode.make(rcode))
     return reply.to_wire()

@@ -3,21 +3,27 @@
 For each sandbox (container network namespace) it holds a UDP socket and a listening TCP
 socket created *inside* that namespace on ``127.0.0.11`` (random ports, NAT from port 53:
 see ``netns_sockets``; after a cnmd restart the same ports again, so the NAT stays as it
-is), served with asyncio.  The socket a query arrives on tells which
+is), served from cnmd's event loop.  The socket a query arrives on tells which
 sandbox asks, so names are scoped without looking at source addresses.
 
 What the answers are is ``answer.respond`` over the engine's ``NameTable``; forwarding is
-``Forwarder``.  This module owns the transports:
+``Forwarder``.  This module owns the sockets:
 
-* UDP: container names are answered synchronously in ``datagram_received`` (no task);
-  a forward is started there too (``Forwarder.submit``: callbacks, no task) and its
-  answer sent from the forwarder's callback; bounded by the forwarder's in-flight limit
-  (SERVFAIL beyond);
-* TCP: RFC 7766 framing (2-byte length); one task per connection; queries on one
-  connection answered in order; an idle connection is closed after ``TCP_IDLE``, a
-  message must arrive whole within ``TCP_READ`` and a reply be taken within
-  ``TCP_WRITE`` (slowloris); at most ``TCP_MAX_CONNECTIONS`` per sandbox, as one
-  sandbox's clients must not exhaust cnmd.
+* both sockets of a sandbox are watched with ``loop.add_reader`` (no asyncio transport
+  or server per sandbox: a daemon restart re-adds 1,000 sandboxes at once, and a
+  transport and a server cost each of them several loop callbacks and futures);
+* UDP: the datagrams waiting are read in the reader's callback (a bounded batch) and
+  container names answered there, synchronously; a forward is started there too
+  (``Forwarder.submit``: callbacks, no task) and its answer sent from the forwarder's
+  callback; bounded by the forwarder's in-flight limit (SERVFAIL beyond).  A reply that
+  finds the socket's buffer full is dropped, as a busy DNS server does (the client asks
+  again);
+* TCP: a connection is accepted in the reader's callback and served by a task of its own
+  (asyncio streams); RFC 7766 framing (2-byte length); queries on one connection
+  answered in order; an idle connection is closed after ``TCP_IDLE``, a message must
+  arrive whole within ``TCP_READ`` and a reply be taken within ``TCP_WRITE``
+  (slowloris); at most ``TCP_MAX_CONNECTIONS`` per sandbox, as one sandbox's clients
+  must not exhaust cnmd (beyond, a connection is accepted and closed at once).
 
 Nothing here raises out of a handler: hostile input costs at most its own answer.
 """
@@ -29,10 +35,10 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Callable, Sequence
+import socket
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any
 
 from cnm.dns import answer
 from cnm.dns.forwarder import Forwarder
@@ -55,6 +61,9 @@ TCP_IDLE = 10.0
 TCP_READ = 5.0
 TCP_WRITE = 5.0
 TCP_MAX_CONNECTIONS = 64
+_UDP_BATCH = 64  # datagrams read per wakeup: a busy sandbox must not hold the loop
+_ACCEPT_BATCH = 16  # connections accepted per wakeup, likewise
+_DATAGRAM_MAX = 65535  # the largest UDP payload
 _RECORD_NAME = re.compile(r"[0-9A-Za-z][0-9A-Za-z_.-]{0,127}")  # a sandbox id as a file name
 
 
@@ -64,20 +73,11 @@ class _Listener:
     netns_path: str | None  # None: a listener in cnmd's own namespace (tests)
     ports: tuple[int, int]  # (udp, tcp)
     sockets: SocketSource | None  # for --dns upstreams dialed from the sandbox
-    udp: asyncio.DatagramTransport | None = None
-    tcp: asyncio.Server | None = None
-    connections: set[asyncio.StreamWriter] = field(default_factory=set)
-
-
-def _close_if_cancelled(sockets: ResolverSockets) -> Callable[[asyncio.Future[Any]], None]:
-    """A task cancelled before it ran never saw its sockets: they are closed here (closing
-    them again, after a failure undid them, is harmless)."""
-
-    def done(task: asyncio.Future[Any]) -> None:
-        if task.cancelled():
-            sockets.close()
-
-    return done
+    udp: socket.socket | None = None  # watched by ``loop`` while served
+    tcp: socket.socket | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    closed: bool = False
+    connections: set[asyncio.Task[None]] = field(default_factory=set)  # one per TCP client
 
 
 @dataclass(slots=True)
@@ -142,8 +142,13 @@ class DnsServer:
         if path is None:
             return None
         try:
-            with open(path) as f:
-                udp, tcp, where = f.read().split(maxsplit=2)
+            # raw system calls: a restart reads this for every sandbox
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                text = os.read(fd, 4096).decode()
+            finally:
+                os.close(fd)
+            udp, tcp, where = text.split(maxsplit=2)
             return (int(udp), int(tcp)) if where.strip() == netns_path else None
         except (OSError, ValueError):
             return None
@@ -220,26 +225,19 @@ class DnsServer:
                     sockets.close()
             raise
         pending += zip(todo, opened, strict=True)
-        # all served at once: attaching a transport waits for the loop, so one after the
-        # other would cost every sandbox a few loop iterations
-        served: list[asyncio.Future[tuple[int, int] | CnmError]] = []
-        for (sandbox_id, netns_path, recorded), sockets in pending:
+        # serving takes no trip through the loop (readers are added at once), so one after
+        # the other costs nothing
+        for index, ((sandbox_id, netns_path, recorded), sockets) in enumerate(pending):
             if isinstance(sockets, CnmError):
                 results[sandbox_id] = sockets
                 continue
-            serving = asyncio.ensure_future(self._serve_opened(sandbox_id, netns_path, sockets, recorded))
-            serving.add_done_callback(_close_if_cancelled(sockets))
-            served.append(serving)
-        try:
-            await asyncio.gather(*served)
-        except BaseException:
-            for future in served:
-                future.cancel()
-            raise
-        for ((sandbox_id, _, _), _), outcome in zip(
-            [p for p in pending if not isinstance(p[1], CnmError)], served, strict=True
-        ):
-            results[sandbox_id] = outcome.result()
+            try:
+                results[sandbox_id] = await self._serve_opened(sandbox_id, netns_path, sockets, recorded)
+            except BaseException:
+                for _, rest in pending[index:]:  # not served: nobody else closes them
+                    if isinstance(rest, ResolverSockets) and rest is not sockets:
+                        rest.close()
+                raise
         return results
 
     async def _serve_opened(
@@ -325,12 +323,7 @@ class DnsServer:
         if listener is None:
             return
         errors: list[BaseException] = []
-        self._close(listener)
-        if listener.tcp is not None:
-            try:
-                await listener.tcp.wait_closed()
-            except Exception as exc:  # noqa: BLE001 -- reported below
-                errors.append(exc)
+        await self._close(listener)
         if listener.netns_path is not None:
             try:
                 await remove_resolver_nat(listener.netns_path)
@@ -352,49 +345,80 @@ class DnsServer:
         listeners = list(self._listeners.values())
         self._listeners.clear()
         for listener in listeners:
-            self._close(listener)
+            await self._close(listener)
         self.forwarder.close()
-        for listener in listeners:
-            if listener.tcp is not None:
-                await listener.tcp.wait_closed()
 
-    # -- transports --------------------------------------------------------------------
+    # -- sockets ---------------------------------------------------------------------
 
     async def _serve(self, listener: _Listener, sockets: ResolverSockets) -> None:
-        """Attach asyncio to ``sockets`` and register ``listener``.  On failure nothing of
-        what was attached stays (the caller closes the sockets)."""
+        """Watch ``sockets`` from the loop and register ``listener`` (no suspension: the
+        readers are added at once).  On failure nothing of what was added stays (the
+        caller closes the sockets)."""
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _UdpProtocol(self, listener), sock=sockets.udp
-        )
+        loop.add_reader(sockets.udp.fileno(), self._on_datagrams, listener)
         try:
-            listener.udp = transport
-            listener.tcp = await asyncio.start_server(
-                lambda r, w: self._serve_tcp(listener, r, w), sock=sockets.tcp, limit=answer.TCP_MAX + 2
-            )
+            loop.add_reader(sockets.tcp.fileno(), self._on_connections, listener)
         except BaseException:
-            transport.close()
+            loop.remove_reader(sockets.udp.fileno())
             raise
+        listener.udp, listener.tcp, listener.loop = sockets.udp, sockets.tcp, loop
         self._listeners[listener.sandbox_id] = listener
 
-    def _close(self, listener: _Listener) -> None:
-        if listener.udp is not None:
-            listener.udp.close()
-        if listener.tcp is not None:
-            listener.tcp.close()
-        for writer in list(listener.connections):
-            writer.close()
+    async def _close(self, listener: _Listener) -> None:
+        """Stop watching and close the listener's sockets (the readers go first: a closed
+        descriptor's number is soon another's), end its TCP connections and give back
+        its sockets for forwarding."""
+        listener.closed = True
+        for sock in (listener.udp, listener.tcp):
+            if sock is not None and listener.loop is not None:
+                listener.loop.remove_reader(sock.fileno())
+                sock.close()
+        connections = list(listener.connections)
+        for task in connections:
+            task.cancel()
         if listener.sockets is not None:
-            # its forwards in flight end by themselves (a UDP answer is not sent on a closed
-            # transport); those using its namespace's sockets fail over at once
+            # its forwards in flight end by themselves (no answer is sent on a closed
+            # listener); those using its namespace's sockets fail over at once
             listener.sockets.close()
             self.forwarder.release(listener.sockets)
+        await asyncio.gather(*connections, return_exceptions=True)
+
+    def _on_datagrams(self, listener: _Listener) -> None:
+        """The UDP socket is readable: answer the datagrams waiting (at most a batch; the
+        loop calls again for the rest)."""
+        sock = listener.udp
+        if sock is None or listener.closed:
+            return
+        for _ in range(_UDP_BATCH):
+            try:
+                data, addr = sock.recvfrom(_DATAGRAM_MAX)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # ICMP errors for replies to clients that went away: nothing to do
+                log.debug("dns: sandbox %s: %s", listener.sandbox_id[:12], exc)
+                continue
+            try:
+                self._datagram(listener, sock, data, addr)
+            except Exception:  # never let one datagram stop the listener
+                log.exception("dns: failed to answer a datagram for sandbox %s", listener.sandbox_id[:12])
+
+    def _datagram(self, listener: _Listener, sock: socket.socket, data: bytes, addr: tuple[str, int]) -> None:
+        result = answer.respond(self.names, listener.sandbox_id, data, tcp=False, cache=self._cache)
+        if result is None:
+            return
+        if isinstance(result, bytes):
+            _send(listener, sock, result, addr)
+        elif self.forwarder.saturated:
+            _send(listener, sock, answer.servfail(result), addr)
+        else:
+            self._forward_udp(listener, result, sock, addr)
 
     def _forward_udp(
         self,
         listener: _Listener,
         request: answer.Forward,
-        transport: asyncio.DatagramTransport,
+        sock: socket.socket,
         addr: tuple[str, int],
     ) -> None:
         """Start forwarding ``request``; its answer (or SERVFAIL) goes to ``addr`` from the
@@ -402,17 +426,14 @@ class DnsServer:
         iteration cannot go past the bound."""
 
         def reply(wire: bytes | None) -> None:
-            if transport.is_closing():
+            if listener.closed:
                 return
             try:
                 out = answer.servfail(request) if wire is None else answer.fit(request, wire)
             except Exception:  # a bug costs this answer (SERVFAIL), never the listener
                 log.exception("dns: forwarding for sandbox %s failed", listener.sandbox_id[:12])
                 out = answer.servfail(request)
-            try:
-                transport.sendto(out, addr)
-            except Exception:  # runs inside the forwarder's socket reader: never raise there
-                log.exception("dns: cannot answer a client of sandbox %s", listener.sandbox_id[:12])
+            _send(listener, sock, out, addr)  # (runs inside the forwarder's socket reader: never raises)
 
         config = self.names.config(listener.sandbox_id)
         self.forwarder.submit(
@@ -423,14 +444,32 @@ class DnsServer:
             on_answer=reply,
         )
 
-    async def _serve_tcp(
-        self, listener: _Listener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        if len(listener.connections) >= TCP_MAX_CONNECTIONS:
-            writer.close()
+    def _on_connections(self, listener: _Listener) -> None:
+        """The TCP socket has clients waiting: accept them (at most a batch), each served
+        by a task of its own; beyond ``TCP_MAX_CONNECTIONS``, closed at once."""
+        sock = listener.tcp
+        if sock is None or listener.closed or listener.loop is None:
             return
-        listener.connections.add(writer)
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:  # e.g. out of descriptors: the clients wait in the backlog
+                log.warning("dns: sandbox %s: cannot accept a TCP client: %s", listener.sandbox_id[:12], exc)
+                return
+            if len(listener.connections) >= TCP_MAX_CONNECTIONS:
+                conn.close()
+                continue
+            conn.setblocking(False)
+            task = listener.loop.create_task(self._serve_tcp(listener, conn))
+            listener.connections.add(task)
+            task.add_done_callback(listener.connections.discard)
+
+    async def _serve_tcp(self, listener: _Listener, conn: socket.socket) -> None:
+        writer: asyncio.StreamWriter | None = None
         try:
+            reader, writer = await asyncio.open_connection(sock=conn, limit=answer.TCP_MAX + 2)
             while True:
                 try:
                     head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE)
@@ -466,39 +505,17 @@ class DnsServer:
         except Exception:
             log.exception("dns: TCP connection of sandbox %s failed", listener.sandbox_id[:12])
         finally:
-            listener.connections.discard(writer)
-            writer.close()
-
-
-class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, server: DnsServer, listener: _Listener) -> None:
-        self.server = server
-        self.listener = listener
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        transport = self.transport
-        if transport is None:
-            return
-        try:
-            server = self.server
-            result = answer.respond(
-                server.names, self.listener.sandbox_id, data, tcp=False, cache=server._cache
-            )
-            if result is None:
-                return
-            if isinstance(result, bytes):
-                transport.sendto(result, addr)
-            elif server.forwarder.saturated:
-                transport.sendto(answer.servfail(result), addr)
+            if writer is not None:
+                writer.close()
             else:
-                server._forward_udp(self.listener, result, transport, addr)
-        except Exception:  # never let one datagram stop the listener
-            log.exception("dns: failed to answer a datagram for sandbox %s", self.listener.sandbox_id[:12])
+                conn.close()
 
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors for replies to clients that went away: nothing to do
-        log.debug("dns: sandbox %s: %s", self.listener.sandbox_id[:12], exc)
+
+def _send(listener: _Listener, sock: socket.socket, data: bytes, addr: tuple[str, int]) -> None:
+    """One UDP reply; one the socket cannot take now is dropped (see module doc)."""
+    if listener.closed:
+        return
+    try:
+        sock.sendto(data, addr)
+    except OSError as exc:
+        log.debug("dns: sandbox %s: reply to %s dropped: %s", listener.sandbox_id[:12], addr, exc)
