@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import importlib.util
 import logging
 import os
 import re
@@ -287,31 +286,6 @@ async def _watch_firewall(controller: Controller, guard: SpoofGuard | None) -> N
             log.error("anti-spoofing repair failed: %s", exc)
 
 
-def _pyroute2_parts_only() -> None:
-    """Register the ``pyroute2`` package without running its ``__init__``, which imports
-    every part of pyroute2 (IPDB, NDB, conntrack, WireGuard, 9p ...: ~70 ms of a start;
-    cnm uses IPRoute alone).  Its submodules import as usual (``from pyroute2 import
-    config`` too), and the first other name asked of the package runs the ``__init__``
-    then, so whatever wants it still gets it."""
-    if "pyroute2" in sys.modules:
-        return
-    spec = importlib.util.find_spec("pyroute2")
-    if spec is None or spec.loader is None:
-        return  # not installed: the import that needs it says so
-    loader = spec.loader
-    package = importlib.util.module_from_spec(spec)
-
-    def complete(name: str) -> object:
-        if not name.startswith("__") and importlib.util.find_spec(f"pyroute2.{name}") is not None:
-            return importlib.import_module(f"pyroute2.{name}")
-        del package.__getattr__
-        loader.exec_module(package)
-        return getattr(package, name)
-
-    package.__getattr__ = complete  # type: ignore[method-assign]
-    sys.modules["pyroute2"] = package
-
-
 @contextlib.contextmanager
 def _no_default_ca_store() -> Iterator[None]:
     """While importing aiohttp: SSL contexts made meanwhile do not read the system's CA
@@ -370,7 +344,6 @@ async def serve(config: DaemonConfig) -> None:
     runc_states = asyncio.ensure_future(runtime.states())
     await asyncio.sleep(0)
     try:
-        _pyroute2_parts_only()
         controller, store, kernel, dns, leftovers, guard = _build(config, daemon, others, runtime, cluster)
         with _no_default_ca_store():
             from cnm.api.app import make_app, serve_unix

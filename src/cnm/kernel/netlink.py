@@ -22,7 +22,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from socket import AF_INET
 from typing import Any, TypeVar
 
-from pyroute2.iproute import AsyncIPRoute  # (not the package: cnmd may skip its __init__)
+from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkDumpInterrupted, NetlinkError
 
 from cnm.errors import Conflict, KernelError
