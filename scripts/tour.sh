@@ -224,6 +224,20 @@ say "Seeing inside: one container explained" \
     "and the live conntrack entries of its address."
 fetch "http://127.0.0.1:$PORT/hostname" >/dev/null
 show cnm explain tour-web
+say "Seeing inside: a packet's path to a published port" \
+    "'cnm trace SRC DST' walks the path the kernel would give a packet, from its real routes," \
+    "neighbours and ruleset: 'world' is a packet arriving from outside on the host's" \
+    "default-route interface, here for port $PORT of the host's own address. The prerouting" \
+    "hook's port map rewrites its destination (DNAT) to tour-web's address and port 80, the" \
+    "forward hook lets a published port enter the bridge, and the bridge hands it to the veth." \
+    "Each hop is followed by the command that shows the same fact ('--live' sends a real probe)."
+show cnm trace world "host:$PORT"
+say "Seeing inside: a blocked packet" \
+    "The ping of step 6, traced: tour-c (on tour-net) to tour-a (on bridge). The route leads to" \
+    "tour-net's bridge and on to the host, which would forward it to $BRIDGE, but the forward" \
+    "hook's isolation rule drops what goes from one bridge network to another; the trace names" \
+    "that rule."
+show cnm trace tour-c tour-a/icmp
 
 pid="$(cnmd_pid)"
 if [[ -n "$pid" ]] && ! proxy_on "$pid" && [[ "${TOUR_RESTART_CNMD:-${CNM_SANDBOX:-0}}" == 1 ]]; then

@@ -1,8 +1,9 @@
 """The tour (scripts/tour.sh, what `make demo` runs) succeeds in a test host, twice in a row
 (it is idempotent), and shows every step the issues promise: names within and across
 networks (issue 4), a published port reached from the host in kernel mode and through the
-one userland proxy after the tour restarted its throwaway cnmd (issue 3), and cnmd put back
-as it was."""
+one userland proxy after the tour restarted its throwaway cnmd (issue 3), the map, an
+explain and traces of a published port and of a blocked packet (issue 11), and cnmd put
+back as it was."""
 
 from __future__ import annotations
 
@@ -90,6 +91,17 @@ def check_run(out: str) -> None:
     assert f"  published 0.0.0.0:{PORT} -> 80/tcp\n    tcp . {PORT} comment" in explained
     assert "$ nft list map ip cnm ports-any" in explained
     assert re.search(r"conntrack: [1-9]\d* live entr", explained), "the tour's fetch left a flow"
+    path = section(out, "Seeing inside: a packet's path to a published port")
+    assert f"$ cnm trace world host:{PORT}\ntrace world (" in path, path
+    assert re.search(
+        rf"DNAT to tour-web \(172\.17\.0\.\d+:80\) by the published port {PORT}/tcp \(tour-web on bridge\)", path
+    ), path
+    assert "a published port may enter" in path and "\n=> delivered" in path, path
+    blocked = section(out, "Seeing inside: a blocked packet")
+    assert "$ cnm trace tour-c tour-a/icmp\ntrace tour-c (" in blocked, blocked
+    assert "=> dropped: forward: dropped by isolation: network 'tour-net' (bridge br-" in blocked, blocked
+    assert "may not forward to network 'bridge' (bridge cnm0)" in blocked, blocked
+    assert "rule: oifname @bridges drop" in blocked, blocked
 
     proxy = section(out, "The userland proxy")
     assert fetched(proxy, f"http://127.0.0.1:{PORT}/hostname") == web

@@ -10,6 +10,7 @@ The topology: ``front`` with ``web`` (httpd, 8080 -> 80) and ``app`` (``--link w
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -261,3 +262,17 @@ def test_iptables_nft_backend_traces_live_and_says_what_it_cannot_evaluate(fresh
         "(network 'two') by the rule drop; the walk above did not evaluate these rules" in t["live_verdict"]
     )
     assert "cnm-trace" not in host.run(["nft", "list", "tables"]).stdout
+
+
+def test_cnmd_removes_the_tables_of_a_live_trace_cut_short(fresh_cnmhost: TestHost) -> None:
+    host = fresh_cnmhost
+    # what a --live trace leaves when cnmd dies mid-probe
+    host.sh("nft add table ip cnm-trace && nft add table bridge cnm-trace")
+    host.kill_daemon(signal.SIGKILL)
+    assert host.run(["nft", "list", "tables"]).stdout.count("cnm-trace") == 2
+    host.start_daemon()
+    assert no_trace_table(host), host.run(["nft", "list", "tables"]).stdout
+    assert "table ip cnm\n" in host.run(["nft", "list", "tables"]).stdout + "\n"  # its own stays
+    assert "removed what a cnm trace --live cut short left: table ip cnm-trace, table bridge cnm-trace" in (
+        host.daemon_log.read_text()
+    )

@@ -1,7 +1,7 @@
 """The live page (``cnmd --ui-addr``, ``cnm ui``) in real headless Chromium inside the test
 host: the page lists every container and follows ``run``, ``network connect`` and ``rm``
 as they happen; a click on a container shows its ``explain``, a click on a published port
-its path; without the token every path is 403; a screenshot is saved and is not blank.
+its path from the trace engine; without the token every path is 403; a screenshot is saved and is not blank.
 
 The topology: networks ``front`` and ``back``; ``web`` on front publishing 8080 -> 80;
 ``db`` on back.  Chromium is driven over the DevTools protocol on a pipe (tests/chromium.py
@@ -163,18 +163,21 @@ def test_clicking_a_container_shows_its_explain(uihost: TestHost, browser: Chrom
 
 def test_clicking_a_port_shows_its_path(uihost: TestHost, browser: Chromium) -> None:
     browser.click('#containers li[data-name="web"] button.port[data-port="8080/tcp"]')
-    assert wait_for(lambda: "[dnat]" in details(browser), timeout=FOLLOW), details(browser)
+    assert wait_for(lambda: "=> " in details(browser), timeout=FOLLOW), details(browser)
     text = details(browser)
     ip = ip_on(uihost, "web", "front")
+    # the trace engine's static walk from the world, as `cnm trace world host:8080/tcp` prints it
+    assert re.match(r"trace world \(\S+ via wan0\) -> host:8080/tcp\n", text), text
     steps = re.findall(r"^\d+\. \[(\w+)\]", text, re.M)
-    assert steps == ["in", "dnat", "route", "bridge", "veth", "container"], text
-    assert "DNAT: tcp . 8080 " in text and f"rewrites the destination to {ip}:80" in text
-    assert f"$ ip route get {ip}" in text and "on the uplink wan0" in text
+    assert steps[:2] == ["arrive", "prerouting"] and steps[-1] == "deliver" and "forward" in steps, text
+    assert f"DNAT to web ({ip}:80) by the published port 8080/tcp (web on front)" in text
+    assert "a published port may enter" in text and f"into web's eth0 ({ip})" in text
+    assert "\n=> delivered" in text and "$ nft list table ip cnm" in text
     # the port's node in the drawing leads to the same path
     browser.click("#containers li[data-name='db']")
     assert wait_for(lambda: details(browser).startswith("container db "), timeout=FOLLOW)
     browser.click('#map g.node[data-port="8080/tcp"]')
-    assert wait_for(lambda: "[dnat]" in details(browser), timeout=FOLLOW), details(browser)
+    assert wait_for(lambda: "DNAT to web" in details(browser), timeout=FOLLOW), details(browser)
 
 
 def test_screenshot_is_saved_and_not_blank(uihost: TestHost, browser: Chromium, tmp_path: Path) -> None:

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
+import sys
 from ipaddress import IPv4Address
 
 import pytest
@@ -174,3 +177,35 @@ async def test_trace_route_refusals(server):  # noqa: F811
     assert reply.status in (404, 405)
     reply = await client.request("POST", "/cnm/v1/trace?source=host&destination=world")
     assert reply.status == 200 and reply.json()["verdict"] == "delivered"
+
+
+CUT_SHORT = """\
+import asyncio, json, subprocess, sys
+from ipaddress import IPv4Address
+from cnm.kernel import tracing
+spec = tracing.ProbeSpec(IPv4Address("10.0.0.2"), IPv4Address("10.0.1.2"), "icmp")
+# what a --live trace installs, left behind as by a crash; and tables that are not its own
+script = tracing.trace_table_script(spec) + "add table ip cnm\\nadd table inet cnm-trace\\n"
+subprocess.run(["nft", "-f", "-"], input=script, text=True, check=True)
+first = asyncio.run(tracing.remove_leftover_trace_tables())
+again = asyncio.run(tracing.remove_leftover_trace_tables())
+left = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=True).stdout
+print(json.dumps({"first": first, "again": again, "left": left.splitlines()}))
+"""
+
+
+def test_start_removes_the_tables_of_a_live_trace_cut_short() -> None:
+    """Real nft in a throwaway user+network namespace (``unshare -Urn``): the ip and bridge
+    ``cnm-trace`` tables go, other tables stay, and a second pass finds nothing to do."""
+    if shutil.which("unshare") is None or shutil.which("nft") is None:
+        pytest.skip("needs unshare (util-linux) and nft (nftables) for a throwaway namespace")
+    out = subprocess.run(
+        ["unshare", "-Urn", sys.executable, "-c", CUT_SHORT], capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0 and "Operation not permitted" in out.stderr:
+        pytest.skip(f"user namespaces are not available here: {out.stderr.strip()}")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["first"] == ["ip cnm-trace", "bridge cnm-trace"]
+    assert result["again"] == []
+    assert sorted(result["left"]) == ["table inet cnm-trace", "table ip cnm"]

@@ -1,6 +1,6 @@
 """The live page without a kernel or a browser: ``--ui-addr`` validation, the token (file
 mode, 403 on every path without it, read-only), the page's routes over a small fake engine
-(map, explain, a port's path, the event stream), ``cnm ui``'s Engine API route, and
+(map, explain, a port's path from the trace engine, the event stream), ``cnm ui``'s Engine API route, and
 binding (a taken port is a clear error; port 0 reports the chosen one)."""
 
 from __future__ import annotations
@@ -19,12 +19,14 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from cnm.api.app import make_app
 from cnm.api.schemas_system import VersionInfo
-from cnm.api.ui import STATIC, TOKEN_FILE, make_ui_app, new_token, parse_port, port_path, serve_ui
+from cnm.api.ui import STATIC, TOKEN_FILE, make_ui_app, new_token, parse_port, serve_ui, trace_destination
 from cnm.daemon.config import parse_args, parse_ui_addr
 from cnm.daemon.main import main
 from cnm.engine.events import Events
 from cnm.engine.explain import Attachment, Explanation, PortPath
 from cnm.engine.topology import Member, NetworkNode, Topology, Uplink
+from cnm.engine.trace import Trace
+from cnm.engine.trace_path import Hop
 from cnm.errors import CnmError, InvalidArgument, NotFound, Unavailable
 from cnm.model.container import RUNNING, Container, ContainerConfig, ContainerState
 from cnm.model.network_mode import NetworkMode
@@ -55,10 +57,12 @@ UPLINK = Uplink(ifname="wan0", addresses=("203.0.113.2/24",), gateway="203.0.113
 
 
 class Engine:
-    """What the page reads of the controller: topology, explain, events."""
+    """What the page reads of the controller: topology, explain, trace, events."""
 
     def __init__(self) -> None:
         self.events = Events()
+        self.traced: list[tuple[str, str, bool]] = []
+        self.trace_fails: CnmError | None = None
         self.members: list[Member] = [
             Member(container="web", container_id=WEB, running=True, ifname="eth0", address="172.18.0.2/16",
                    mac="02:42:ac:12:00:02", host_ifname="veth1a", host_ifindex=9, ports=("0.0.0.0:8080->80/tcp",)),
@@ -82,6 +86,20 @@ class Engine:
         if not WEB.startswith(ref) and ref != "web":
             raise NotFound(f"No such container: {ref}")
         return web_explanation()
+
+    async def trace(self, source: str, destination: str, live: bool = False) -> Trace:
+        self.traced.append((source, destination, live))
+        if self.trace_fails is not None:
+            raise self.trace_fails
+        hops = (
+            Hop("prerouting", "prerouting: DNAT to web (172.18.0.2:80) by the published port 8080/tcp",
+                "nft list table ip cnm"),
+            Hop("deliver", "into web's eth0 (172.18.0.2)"),
+        )  # fmt: skip
+        return Trace(
+            source="world (203.0.113.1 via wan0)", destination="host (203.0.113.2):8080/tcp", protocol="tcp",
+            port=8080, saddr="203.0.113.1", daddr="203.0.113.2", verdict="delivered", reason="", hops=hops,
+        )  # fmt: skip
 
 
 @pytest.fixture
@@ -201,18 +219,47 @@ async def test_map_has_the_topology_and_graphviz_drawing(page):
         assert any("Graphviz" in p for p in body["problems"])
 
 
-async def test_explain_and_a_port_path(page):
-    _, client = page
+async def test_explain_and_a_port_path_from_the_trace_engine(page):
+    engine, client = page
     body = await (await client.get(f"/explain/{WEB[:12]}?token={TOKEN}")).json()
     assert body["container"] == "web" and body["attachments"][0]["ports"][0]["host_port"] == 8080
     reply = await client.get(f"/explain/nosuch?token={TOKEN}")
     assert reply.status == 404 and "nosuch" in (await reply.json())["message"]
     body = await (await client.get(f"/path/web?port=8080/tcp&token={TOKEN}")).json()
-    assert [s["step"] for s in body["steps"]] == ["in", "dnat", "route", "bridge", "veth", "container"]
+    assert engine.traced == [("world", "host:8080/tcp", False)], "the static walk: the page sends no probe"
+    assert (
+        body["source"] == "world (203.0.113.1 via wan0)"
+        and body["destination"] == "host (203.0.113.2):8080/tcp"
+    )
+    assert [s["step"] for s in body["steps"]] == ["prerouting", "deliver"]
+    assert body["steps"][0]["text"].startswith("prerouting: DNAT to web") and body["verdict"] == "delivered"
+    assert body["steps"][0]["command"] == "nft list table ip cnm"
     reply = await client.get(f"/path/web?port=9999/tcp&token={TOKEN}")
     assert reply.status == 404 and "no port 9999/tcp" in (await reply.json())["message"]
     reply = await client.get(f"/path/web?port=80/icmp&token={TOKEN}")
     assert reply.status == 400 and "invalid port '80/icmp'" in (await reply.json())["message"]
+    assert len(engine.traced) == 1, "a port the container does not publish is not traced"
+
+
+async def test_a_port_path_the_trace_engine_cannot_walk_says_why(page):
+    engine, client = page
+    engine.trace_fails = InvalidArgument(
+        "world: the cnmd host has no default route, so there is no world to trace"
+    )
+    reply = await client.get(f"/path/web?port=8080/tcp&token={TOKEN}")
+    body = await reply.json()
+    assert reply.status == 200 and body["verdict"] == "" and body["source"] == ""
+    assert body["problems"] == [
+        "no trace of this port: world: the cnmd host has no default route, so there is no world to trace"
+    ]
+    # what explain knows of the port is still shown: its DNAT element
+    assert body["steps"] == [
+        {
+            "step": "dnat",
+            "text": 'tcp . 8080 comment "cnm:x (web on front)" : 172.18.0.2 . 80  (map dnat)',
+            "command": "nft list map ip cnm dnat",
+        }
+    ]
 
 
 async def test_events_stream_a_change_per_map_event_and_skip_the_rest(page):
@@ -228,36 +275,18 @@ async def test_events_stream_a_change_per_map_event_and_skip_the_rest(page):
     reply.close()
 
 
-# -- a port's path from the facts -----------------------------------------------------------
+# -- a port's path ---------------------------------------------------------------------------
 
 
-def test_port_path_names_the_dnat_element_route_bridge_and_veth():
-    steps = port_path(web_explanation(), 8080, "tcp", UPLINK)
-    text = "\n".join(s["text"] for s in steps)
-    assert (
-        steps[0]["text"]
-        == "arrives at any host address:8080/tcp, from outside on the uplink wan0 (203.0.113.2/24)"
-    )
-    assert 'tcp . 8080 comment "cnm:x (web on front)" : 172.18.0.2 . 80' in steps[1]["text"]
-    assert steps[1]["command"] == "nft list map ip cnm dnat"
-    assert "routes 172.18.0.2 (172.18.0.0/16) to bridge br-ffffffffffff (ifindex 5)" in text
-    assert steps[2]["command"] == "ip route get 172.18.0.2"
-    assert "veth veth1a -> eth0 inside web (iflink 9 = the host end's ifindex 9)" in text
-    assert steps[-1]["command"] == "conntrack -L -d 172.18.0.2"
+def test_trace_destination_is_the_host_or_the_address_the_port_is_bound_to():
+    def port(host_ip: str, proto: str = "tcp") -> PortPath:
+        return PortPath(proto, host_ip, 8080, 80, (), "")
 
-
-def test_port_path_says_when_the_kernel_lacks_the_dnat_element():
-    e = web_explanation()
-    a = e.attachments[0]
-    bare = Explanation(
-        container=e.container, container_id=e.container_id, running=True, network_mode="front",
-        attachments=(Attachment(**{**{f: getattr(a, f) for f in a.__slots__},  # type: ignore[attr-defined]
-                                   "ports": (PortPath("tcp", "0.0.0.0", 8080, 80, (), "nft list map ip cnm dnat"),)}),),
-    )  # fmt: skip
-    (dnat,) = [s for s in port_path(bare, 8080, "tcp", None) if s["step"] == "dnat"]
-    assert "no firewall entry serves this port" in dnat["text"]
-    with pytest.raises(NotFound):
-        port_path(bare, 8081, "tcp", None)
+    assert trace_destination(port("0.0.0.0")) == "host:8080/tcp"
+    assert trace_destination(port("")) == "host:8080/tcp"
+    assert trace_destination(port("::", "udp")) == "host:8080/udp"
+    assert trace_destination(port("203.0.113.2")) == "203.0.113.2:8080/tcp"
+    assert trace_destination(port("2001:db8::1")) == "host:8080/tcp"  # the trace walks IPv4
 
 
 def test_parse_port():

@@ -16,8 +16,9 @@ Routes on the page's address:
   ``/cnm/v1/map``'s JSON), every container (those on no drawn network too) and Graphviz's
   drawing ("" and a problem line when ``dot`` is missing).
 - ``GET /explain/{id}``: ``/cnm/v1/containers/{id}/explain``'s JSON.
-- ``GET /path/{id}?port=HOST_PORT/PROTO``: the steps of a published port's path, from
-  the explanation's facts (``port_path``).
+- ``GET /path/{id}?port=HOST_PORT/PROTO``: a published port's path from the world, as the
+  trace engine walks it (``cnm trace world host:HOST_PORT/PROTO``, never ``--live``); when
+  it cannot, why, and the DNAT elements ``explain`` found.
 - ``GET /events``: server-sent events, one ``change`` per engine event that can change the
   map (``run``, ``network connect``, ``rm`` …); the page re-fetches ``/map`` on each.
 """
@@ -43,7 +44,8 @@ from cnm.api.routes_cnm import PREFIX, explain_json, plain
 from cnm.engine import topology
 from cnm.engine.controller import Controller
 from cnm.engine.events import CONTAINER, NETWORK, Event
-from cnm.engine.explain import Attachment, Explanation, PortPath
+from cnm.engine.explain import Explanation, PortPath
+from cnm.engine.trace import Trace
 from cnm.errors import CnmError, Forbidden, InvalidArgument, NotFound, Unavailable
 
 log = logging.getLogger("cnm.api.ui")
@@ -124,81 +126,51 @@ def parse_port(text: str) -> tuple[int, str]:
     return int(number), proto
 
 
-def _find_port(e: Explanation, host_port: int, proto: str) -> tuple[Attachment, PortPath]:
+def find_port(e: Explanation, host_port: int, proto: str) -> PortPath:
+    """The port ``e``'s container publishes on ``host_port/proto`` (NotFound if none)."""
     for a in e.attachments:
         for p in a.ports:
             if p.host_port == host_port and p.protocol == proto:
-                return a, p
+                return p
     raise NotFound(f"container {e.container} publishes no port {host_port}/{proto}")
 
 
-def port_path(
-    e: Explanation, host_port: int, proto: str, uplink: topology.Uplink | None
-) -> list[dict[str, str]]:
-    """The steps a packet to the published ``host_port/proto`` takes to ``e``'s container,
-    each ``{"step", "text", "command"}``: in on the uplink, the DNAT element that rewrites
-    it, the host's route to the container's network, the bridge and the veth pair, the
-    container.  From the facts the kernel gave ``explain``; a fact it lacks is said so."""
-    a, p = _find_port(e, host_port, proto)
-    ip = a.address.split("/")[0] if a.address else ""
-    subnet = str(ipaddress.ip_interface(a.address).network) if a.address else ""
-    where = "any host address" if p.host_ip in ("", "0.0.0.0", "::") else p.host_ip
-    if uplink is not None:
-        arrive = f"arrives at {where}:{host_port}/{proto}, from outside on the uplink {uplink.ifname}"
-        arrive += f" ({', '.join(uplink.addresses)})" if uplink.addresses else ""
-    else:
-        arrive = f"arrives at {where}:{host_port}/{proto} (this host has no default route)"
-    steps = [{"step": "in", "text": arrive, "command": "ip route show default"}]
-    if p.rules:
-        for rule in p.rules:
-            steps.append(
-                {
-                    "step": "dnat",
-                    "text": f"prerouting DNAT: {rule} rewrites the destination to {ip}:{p.container_port}",
-                    "command": p.command,
-                }
-            )
-    else:
-        steps.append(
-            {
-                "step": "dnat",
-                "text": "no firewall entry serves this port in the kernel: the packet is not forwarded",
-                "command": p.command,
-            }
-        )
-    if a.bridge:
-        steps.append(
-            {
-                "step": "route",
-                "text": f"the host routes {ip} ({subnet}) to bridge {a.bridge} (ifindex {a.bridge_ifindex})",
-                "command": f"ip route get {ip}" if ip else "ip route",
-            }
-        )
-        steps.append(
-            {
-                "step": "bridge",
-                "text": f"bridge {a.bridge} forwards it to its port {a.host_ifname} "
-                f"(ifindex {a.host_ifindex or 'missing'})",
-                "command": a.commands.get("bridge", ""),
-            }
-        )
-    steps.append(
-        {
-            "step": "veth",
-            "text": f"veth {a.host_ifname} -> {a.ifname} inside {e.container} "
-            f"(iflink {a.iflink} = the host end's ifindex {a.host_ifindex})",
-            "command": a.commands.get("inside", ""),
-        }
-    )
-    steps.append(
-        {
-            "step": "container",
-            "text": f"{e.container} receives it on {ip}:{p.container_port}/{proto}; replies are "
-            "un-NATed by conntrack on the way back",
-            "command": e.commands.get(f"conntrack {ip}", ""),
-        }
-    )
-    return steps
+def trace_destination(p: PortPath) -> str:
+    """Where a packet from the world goes for the published ``p``, as ``cnm trace`` spells
+    it: the host (any of its addresses) or the one IPv4 address the port is bound to."""
+    try:
+        bound = ipaddress.ip_address(p.host_ip)
+    except ValueError:  # "" (every address)
+        bound = None
+    where = str(bound) if bound is not None and bound.version == 4 and not bound.is_unspecified else "host"
+    return f"{where}:{p.host_port}/{p.protocol}"
+
+
+def trace_path(t: Trace) -> dict:
+    """The page's path of a port from the trace engine's walk ``t``: its ends, one step per
+    hop (``{"step", "text", "command"}``), the verdict and why."""
+    return {
+        "source": t.source,
+        "destination": t.destination,
+        "steps": [{"step": h.what, "text": h.text, "command": h.command} for h in t.hops],
+        "verdict": t.verdict,
+        "reason": t.reason,
+        "problems": list(t.problems),
+    }
+
+
+def fallback_path(p: PortPath, failure: CnmError) -> dict:
+    """What the page shows when the trace engine cannot walk the port's path (no default
+    route, a protocol it does not trace …): why, and the DNAT elements explain found."""
+    steps = [{"step": "dnat", "text": rule, "command": p.command} for rule in p.rules]
+    return {
+        "source": "",
+        "destination": "",
+        "steps": steps,
+        "verdict": "",
+        "reason": "",
+        "problems": [f"no trace of this port: {failure}"],
+    }
 
 
 # -- handlers ---------------------------------------------------------------------------
@@ -249,14 +221,13 @@ async def path(request: web.Request) -> web.Response:
     host_port, proto = parse_port(request.query.get("port", ""))
     ctrl = _controller(request)
     e = await ctrl.explain_container(request.match_info["id"])
-    uplink = (await ctrl.topology([])).uplink
-    return json_response(
-        {
-            "container": e.container,
-            "port": f"{host_port}/{proto}",
-            "steps": port_path(e, host_port, proto, uplink),
-        }
-    )
+    p = find_port(e, host_port, proto)
+    try:
+        # the static walk only: --live would send a probe, and the page is read-only
+        body = trace_path(await ctrl.trace("world", trace_destination(p)))
+    except CnmError as exc:
+        body = fallback_path(p, exc)
+    return json_response({"container": e.container, "port": f"{host_port}/{proto}", **body})
 
 
 def _change(event: Event) -> bytes:
@@ -352,4 +323,4 @@ def routes() -> list[tuple[str, str, object]]:
     return [("GET", PREFIX + "/ui", ui_info)]
 
 
-__all__ = ["make_ui_app", "new_token", "page_url", "parse_port", "port_path", "routes", "serve_ui"]
+__all__ = ["make_ui_app", "new_token", "page_url", "parse_port", "routes", "serve_ui"]

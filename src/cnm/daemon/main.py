@@ -240,6 +240,20 @@ def _build(
     return controller, store, kernel, dns, leftovers, guard
 
 
+async def _remove_trace_tables() -> None:
+    """Delete the marking tables of a ``cnm trace --live`` cut short by a crash: left, they
+    would keep setting nftrace on packets like its probe's, for nobody."""
+    from cnm.kernel.tracing import remove_leftover_trace_tables
+
+    try:
+        removed = await remove_leftover_trace_tables()
+    except CnmError as exc:
+        log.warning("could not remove the tables a cut-short cnm trace --live left: %s", exc)
+        return
+    if removed:
+        log.info("removed what a cnm trace --live cut short left: table %s", ", table ".join(removed))
+
+
 async def check_bridge_name(kernel: Kernel, bridge_name: str, others: dict[str, int]) -> None:
     """Refuse to start on a default bridge another cnmd tagged: daemons sharing a network
     namespace must differ in bridge name (it also names the nftables table, which the
@@ -356,6 +370,8 @@ async def serve(config: DaemonConfig) -> None:
                 await other.teardown()
             except CnmError as exc:  # e.g. that variant is not installed: nothing to remove
                 log.debug("no leftovers removed by %s: %s", type(other).__name__, exc)
+        if not others:  # else a live trace may be the other cnmd's, running now
+            await _remove_trace_tables()
     except BaseException:
         runc_states.cancel()
         raise

@@ -140,6 +140,32 @@ def trace_teardown_script(table: str = TRACE_TABLE) -> str:
     return "".join(f"add table {f} {table}\ndelete table {f} {table}\n" for f in TRACE_FAMILIES)
 
 
+async def leftover_trace_tables(table: str = TRACE_TABLE) -> list[str]:
+    """The marking tables (``"ip cnm-trace"``, ``"bridge cnm-trace"``) the kernel holds: none
+    while no ``--live`` trace runs, unless one was cut short (cnmd killed mid-probe).  [] when
+    nft is not installed (then no trace could have made one)."""
+    if shutil.which("nft") is None:
+        return []
+    tables = [
+        o["table"] for o in await facts.nft_json(["list", "tables"]) if isinstance(o.get("table"), dict)
+    ]
+    return [
+        f"{t.get('family')} {table}"
+        for t in tables
+        if t.get("name") == table and t.get("family") in TRACE_FAMILIES
+    ]
+
+
+async def remove_leftover_trace_tables(table: str = TRACE_TABLE) -> list[str]:
+    """Delete the marking tables a ``--live`` trace cut short left behind (at cnmd's start,
+    when no other cnmd shares the namespace: no trace can be running); returns those it
+    deleted.  Nothing left: no change, nothing logged."""
+    found = await leftover_trace_tables(table)
+    if found:
+        await _nft_script("".join(f"delete table {name}\n" for name in found))
+    return found
+
+
 async def _nft_script(script: str) -> None:
     log_script("nft -f -", script)  # a kernel change: logged as the command that makes it
     if shutil.which("nft") is None:

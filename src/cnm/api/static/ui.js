@@ -1,5 +1,5 @@
 // cnm's live page: the map from GET map, re-fetched on each change event (server-sent
-// events from cnmd's event stream); a click shows a container's explain or a port's path.
+// events from cnmd's event stream); a click shows a container's explain or a port's path (traced).
 // Every request carries the page's token.  Plain DOM, no framework, nothing from elsewhere.
 "use strict";
 
@@ -183,8 +183,13 @@ function showPath(id, port) {
   select(id);
   const name = (containers[id] || {}).name || id.slice(0, 12);
   return show(`path of ${port} to ${name}`, "path", async () => {
+    // the trace engine's walk from the world (as `cnm trace world host:PORT/PROTO`)
     const p = await get(`path/${encodeURIComponent(id)}?port=${encodeURIComponent(port)}`);
-    return p.steps.map((s, i) => `${i + 1}. [${s.step}] ${s.text}` + (s.command ? `\n     $ ${s.command}` : "")).join("\n") + "\n";
+    const lines = p.source ? [`trace ${p.source} -> ${p.destination}`] : [];
+    p.steps.forEach((s, i) => lines.push(`${i + 1}. [${s.step}] ${s.text}` + (s.command ? `\n     $ ${s.command}` : "")));
+    if (p.verdict) lines.push(`=> ${p.verdict}` + (p.reason ? `: ${p.reason}` : ""));
+    (p.problems || []).forEach((note) => lines.push(`note: ${note}`));
+    return lines.join("\n") + "\n";
   });
 }
 
