@@ -637,6 +637,15 @@ class OverlayDriver:
         current_neigh = {n.ip: n for n in await kernel.neigh_entries(dev)}
         for ip in sorted(set(current_neigh) - set(neigh)):
             await kernel.delete_neigh(dev, ip)
+        changed: list[NeighEntry] = []
         for ip, wanted in sorted(neigh.items()):
             if current_neigh.get(ip) != wanted:
                 await kernel.replace_neigh(dev, wanted)
+                changed.append(wanted)
+        if changed:
+            # a local container whose ARP request left before the proxy could answer it
+            # would otherwise wait retrans_time (1 s) to ask again: tell it now
+            try:
+                await kernel.announce(bridge_of(network_id), changed)
+            except CnmError as exc:
+                log.warning("remote endpoints of network %s not announced: %s", network_id[:12], exc)

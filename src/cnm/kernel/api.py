@@ -218,6 +218,12 @@ class Kernel(Protocol):
     async def neigh_entries(self, dev: str) -> list[NeighEntry]:
         """The permanent IPv4 neighbour entries of ``dev``, sorted."""
 
+    async def announce(self, dev: str, entries: Sequence[NeighEntry]) -> None:
+        """Broadcast a gratuitous ARP for each entry (``entry.ip`` is at ``entry.mac``) on
+        host link ``dev`` (a bridge), from the host side: a neighbour entry for that IP
+        on a host of the bridge that is INCOMPLETE or STALE takes that MAC at once; none
+        is created.  KernelError if ``dev`` does not exist or is down."""
+
     async def set_default_route(self, netns_path: str, gateway: IPv4Address, ifname: str) -> None:
         """Make the namespace's default route go via ``gateway`` on ``ifname`` (replacing
         any other): the gateway endpoint changed."""

@@ -4,8 +4,10 @@ It keeps the rules the real kernel enforces that callers depend on: names are un
 namespace (Conflict), a veth needs its bridge and namespace (KernelError), deleting either
 end of a pair deletes both, deleting a namespace destroys the pairs inside it, removal is
 idempotent, a VXLAN device needs its bridge and a VNI+port no other device has, FDB entries
-exist only on VXLAN devices and vanish with their device (so do neighbour entries).  ``commands`` records, in order, the command a person would have typed for
-every change.  ``fail(method)`` makes the next call(s) of a method raise, to test undo.
+exist only on VXLAN devices and vanish with their device (so do neighbour entries).
+``commands`` records, in order, the command a person would have typed for every change
+(and every gratuitous ARP, also kept in ``announced``).  ``fail(method)`` makes the next
+call(s) of a method raise, to test undo.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ class FakeKernel:
         self.namespaces: dict[str | None, dict[str, FakeLink]] = {HOST: {}}
         self.sysctls: dict[tuple[str | None, str], str] = {}
         self.commands: list[str] = []
+        self.announced: list[tuple[str, NeighEntry]] = []  # (link, entry) of every gratuitous ARP
         self.extra_host_networks = list(host_networks)
         self.closed = False
         self.sysctl_default = "1"  # what an unset key reads as
@@ -334,6 +337,15 @@ class FakeKernel:
         self._maybe_fail("neigh_entries")
         link = self._device(dev, "list the neighbours", vxlan=False)
         return sorted(NeighEntry(ip, mac) for ip, mac in link.neigh.items())
+
+    async def announce(self, dev: str, entries: Sequence[NeighEntry]) -> None:
+        self._maybe_fail("announce")
+        link = self._device(dev, "announce addresses", vxlan=False)
+        if not link.up:
+            raise KernelError(f"cannot announce addresses on {dev}: the link is down")
+        for entry in entries:
+            self._record(f"arping -U -c 1 -I {dev} -s {entry.ip} {entry.ip}  # from {entry.mac}")
+            self.announced.append((dev, entry))
 
     async def set_default_route(self, netns_path: str, gateway: IPv4Address, ifname: str) -> None:
         link = self.namespaces.get(netns_path, {}).get(ifname)

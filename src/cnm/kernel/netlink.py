@@ -16,7 +16,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from socket import AF_INET
@@ -26,8 +26,8 @@ from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkDumpInterrupted, NetlinkError
 
 from cnm.errors import Conflict, KernelError
+from cnm.kernel import arp, rtnl, sysctl
 from cnm.kernel import netns as ns
-from cnm.kernel import rtnl, sysctl
 from cnm.kernel.api import (
     FdbEntry,
     LinkInfo,
@@ -787,6 +787,17 @@ class LinuxKernel:
     async def delete_neigh(self, dev: str, ip: IPv4Address) -> None:
         log_command(f"ip neigh del {ip} dev {dev}")
         await self._on_device(dev, lambda i: rtnl.del_neigh(i, ip), removal=True, vxlan=False)
+
+    async def announce(self, dev: str, entries: Sequence[NeighEntry]) -> None:
+        """One AF_PACKET socket for the batch; the sends do not block (a bridge queues
+        nothing)."""
+        for entry in entries:
+            # arping would send the link's own MAC: the frame carries the endpoint's
+            log_command(f"arping -U -c 1 -I {dev} -s {entry.ip} {entry.ip}  # from {entry.mac}")
+        try:
+            arp.send_gratuitous(dev, [(entry.ip, entry.mac) for entry in entries])
+        except OSError as exc:
+            raise _failure(f"cannot announce addresses on {dev}", exc) from exc
 
     async def fdb_entries(self, dev: str) -> list[FdbEntry]:
         found = await self._dump_device(dev, "fdb", rtnl.fdb, vxlan=True)
