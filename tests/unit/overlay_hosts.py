@@ -84,6 +84,7 @@ class Host:
                 key_path=str(self.tmp / "wireguard.json"),
                 publish=self.publish,
                 rotation=self.rotation,
+                firewall=self.firewall,
             )
         self.driver = OverlayDriver(
             self.kernel, ClusterLink(self.cluster_store, self.name, IPv4Address(self.address)), self.tunnel

@@ -64,7 +64,7 @@ def fw(monkeypatch):
 
 def table_json(
     chains: list[str],
-    sets=tuple(r.NETWORK_SETS),
+    sets=(*r.NETWORK_SETS, r.SET_ENCRYPTED_VNIS),
     maps=tuple(r.PORT_MAPS),
     rules: dict[str, int] | None = None,
 ) -> str:
@@ -444,3 +444,23 @@ async def test_adding_a_network_lists_nothing_and_names_no_other_network(fw):
         assert all(other[:12] not in script for other in owners if other != owner)
         sizes.append(len(script))
     assert len(set(sizes)) == 1, sizes
+
+
+async def test_encrypted_vnis_are_one_element_each_and_survive_a_sync(fw):
+    await fw.add_encrypted_vni(A, 4097)
+    assert fw.log[-1] == r.render_vni(A, 4097, add=True)
+    fw.lister.replies = [(0, table_json(list(r.FIXED_CHAINS)), "")]
+    await fw.sync([net()])
+    assert f'add element ip cnm encrypted-vnis {{ 4097 comment "cnm:{A}" }}' in fw.log[-1]
+    await fw.remove_encrypted_vni(A, 4097)
+    assert fw.log[-1] == r.render_vni(A, 4097, add=False)
+    fw.lister.replies = [(0, table_json(list(r.FIXED_CHAINS)), "")]
+    await fw.sync([])
+    assert "add element ip cnm encrypted-vnis" not in fw.log[-1]
+
+
+async def test_a_table_without_the_encrypted_vnis_set_is_not_healthy(fw):
+    fw.lister.replies = [(0, table_json(list(r.FIXED_CHAINS), sets=tuple(r.NETWORK_SETS)), "")]
+    assert await fw.healthy() is False
+    fw.lister.replies = [(0, table_json(list(r.FIXED_CHAINS)), "")]
+    assert await fw.healthy() is True

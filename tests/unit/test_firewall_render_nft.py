@@ -70,6 +70,7 @@ def test_forward_jumps_to_user_chain_first_then_reads_the_network_sets():
     ]
     assert r.base_rule_counts() == {
         "forward": 6, "postrouting": 3, "prerouting": 1, "output": 1, "raw-prerouting": 1, "ports": 4,
+        "vxlan-input": 1,
     }  # fmt: skip
 
 
@@ -421,3 +422,52 @@ def test_port_keys_read_back_from_nft_json_are_the_text_they_were_written_as():
         == "0.0.0.0/0 . tcp . 1"
     )
     assert r.port_data_from_json({"concat": ["10.0.0.2", 80]}) == "10.0.0.2 . 80"
+
+
+# -- encrypted overlay networks' VNIs -------------------------------------------------------
+
+
+def test_setup_drops_plain_vxlan_for_encrypted_vnis_unless_it_came_through_the_tunnel():
+    script = r.render_setup()
+    assert "add set ip cnm encrypted-vnis { typeof @th,96,24 ; }" in script
+    assert "add chain ip cnm vxlan-input { type filter hook input priority raw ; policy accept ; }" in script
+    assert rules_of(script, "vxlan-input") == [
+        'iifname != "cnmwg0" udp dport 4789 @th,96,24 @encrypted-vnis counter drop'
+    ]
+
+
+def test_the_vni_offset_is_bytes_4_to_6_of_the_vxlan_header_after_the_udp_header():
+    # UDP header (8 bytes), then VXLAN: flags (1), reserved (3), VNI (3), reserved (1)
+    offset, length = (int(x) for x in r.VNI_PAYLOAD.removeprefix("@th,").split(","))
+    assert (offset, length) == ((8 + 4) * 8, 3 * 8)
+
+
+def test_the_tunnel_interface_is_the_overlays():
+    from cnm.drivers.overlay_crypt import IFNAME
+
+    assert r.TUNNEL_IFNAME == IFNAME
+
+
+def test_an_encrypted_vni_is_one_tagged_element_removed_whether_or_not_it_is_there():
+    assert lines(r.render_vni(A, 4097, add=True)) == [
+        f'add element ip cnm encrypted-vnis {{ 4097 comment "cnm:{A}" }}'
+    ]
+    assert lines(r.render_vni(A, 4097, add=False)) == [
+        f'add element ip cnm encrypted-vnis {{ 4097 comment "cnm:{A}" }}',
+        "delete element ip cnm encrypted-vnis { 4097 }",
+    ]
+
+
+@pytest.mark.parametrize("vni", [0, -1, 1 << 24, True, "4097"])
+def test_bad_vnis_are_refused(vni):
+    with pytest.raises(InvalidArgument, match="VNI"):
+        r.render_vni(A, vni, add=True)
+
+
+def test_sync_refills_the_encrypted_vnis_and_empties_them_without_any():
+    script = r.render_sync([net()], vnis={A: 4097, B: 4098})
+    flush = script.index("flush set ip cnm encrypted-vnis")
+    assert script.index(f'add element ip cnm encrypted-vnis {{ 4097 comment "cnm:{A}" }}') > flush
+    assert script.index(f'add element ip cnm encrypted-vnis {{ 4098 comment "cnm:{B}" }}') > flush
+    assert "flush set ip cnm encrypted-vnis" in r.render_sync([])
+    assert "add element ip cnm encrypted-vnis" not in r.render_sync([])

@@ -204,9 +204,10 @@ def test_user_chain_rules_are_evaluated_and_unknown_ones_reported() -> None:
     assert unknown.chain == "user" and "meta mark" in unknown.note and r.verdict == "accept"
 
 
-def test_hook_without_chains_accepts_and_bad_hook_is_refused(ruleset) -> None:
+def test_hook_without_a_matching_rule_accepts_and_bad_hook_is_refused(ruleset) -> None:
+    # cnm's only input chain drops plain VXLAN for encrypted VNIs: nothing else matches
     r = evaluate_hook(ruleset, "input", pkt("10.1.0.2", "10.1.0.1"))
-    assert r.verdict == "accept" and r.chains == () and r.steps == ()
+    assert r.verdict == "accept" and r.chains == ("vxlan-input",)
     with pytest.raises(InvalidArgument, match="unknown hook 'ingress'"):
         evaluate_hook(ruleset, "ingress", pkt("10.1.0.2", "10.1.0.1"))
 

@@ -141,6 +141,40 @@ async def test_the_tunnel_goes_with_the_last_encrypted_network_and_its_peer_ever
     await until(lambda: device(b).peers == {})
 
 
+async def test_encrypted_vnis_are_guarded_while_their_data_plane_is_here(hosts):
+    a, b = hosts
+    sec = await shared_network(a, b, "sec")
+    assert a.firewall.vnis == {}  # nothing before the data plane
+    await a.run("web", "sec")
+    vni = a.link(vxlan_of(sec.id)).vxlan.vni
+    assert a.firewall.vnis == {sec.id: vni}
+    assert b.firewall.vnis == {}  # no data plane there
+    await b.run("db", "sec")
+    assert b.firewall.vnis == {sec.id: vni}
+    await until(lambda: device(b) is not None and len(device(b).peers) == 1)
+
+
+async def test_a_restart_guards_the_adopted_encrypted_network_again(hosts):
+    a, b = hosts
+    sec = await shared_network(a, b, "sec")
+    await a.run("web", "sec")
+    await a.stop()
+    a.firewall.vnis.clear()  # as if the ruleset had been rebuilt meanwhile
+    await a.start()
+    await until(lambda: a.firewall.vnis == {sec.id: a.link(vxlan_of(sec.id)).vxlan.vni})
+
+
+async def test_a_firewall_refusing_the_vni_leaves_no_tunnel_and_no_data_plane(hosts):
+    a, b = hosts
+    sec = await shared_network(a, b, "sec")
+    a.firewall.fail_on = "add_encrypted_vni"
+    with pytest.raises(Exception, match="injected failure"):
+        await a.run("web", "sec")
+    assert device(a) is None and a.link(IFNAME) is None
+    assert a.link(vxlan_of(sec.id)) is None and a.link(bridge_of(sec.id)) is None
+    assert (await node_doc(a)).get("WireguardKey", "") == ""
+
+
 async def test_a_node_whose_record_goes_is_no_longer_a_peer(hosts):
     a, b = hosts
     await shared_network(a, b)

@@ -202,6 +202,7 @@ def _build(
             publish=lambda fields: cluster.update(**fields),
             rotation=policy,
             pool=config.overlay_tunnel_pool,
+            firewall=firewall,
         )
         link = ClusterLink(
             cluster.store, cluster.node_name, IPv4Address(cluster.address), lambda: cluster.lease

@@ -444,7 +444,8 @@ class OverlayDriver:
         local = cluster.address
         if OPT_ENCRYPTED in network.options:
             assert self._tunnel is not None  # _require
-            local = await self._tunnel.acquire(network.id, await self._underlay(kernel, cluster))
+            underlay = await self._underlay(kernel, cluster)
+            local = await self._tunnel.acquire(network.id, underlay, vni=vni_of(network))
             self._tunneled[network.id] = local
         had_bridge = (
             links.get(bridge) if links is not None else await kernel.lookup_link(bridge)

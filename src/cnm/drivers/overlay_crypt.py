@@ -25,6 +25,10 @@ addresses), never as plain VXLAN.  ``Tunnel`` owns, per host:
   by its handshake; a device found dead is started again, same key and address -- while it
   is gone nothing leaks: the VXLAN devices send from the tunnel address, which then is no
   address of this host, so the kernel routes none of their packets);
+- **the underlay's door**: the kernel's VXLAN socket takes frames from anyone, so while an
+  encrypted network holds the tunnel, ``firewall`` drops plain VXLAN with its VNI that
+  does not come through ``cnmwg0`` (``Firewall.add_encrypted_vni``), from before its VXLAN
+  device exists until the network lets go of the tunnel;
 - **rotation** (``RotationPolicy``; 0 = never): ``rotation_step`` announces the next key,
   then switches to it, each step saved to the key file before the device or the record.
 """
@@ -44,6 +48,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
 from cnm.errors import CnmError, InvalidArgument, NotFound, SystemFailure, Unavailable
+from cnm.firewall.api import Firewall
 from cnm.kernel.api import WgSpec, WireGuard
 from cnm.kernel.wireguard import (
     KeyPair,
@@ -176,8 +181,10 @@ class Tunnel:
         ifname: str = IFNAME,
         port: int = WG_PORT,
         clock: Callable[[], float] = time.time,
+        firewall: Firewall | None = None,
     ) -> None:
         self.wireguard = wireguard
+        self.firewall = firewall
         self.store = store
         self.node = node
         self.underlay = underlay
@@ -191,6 +198,7 @@ class Tunnel:
         self._address: IPv4Address | None = None
         self._keys: KeyState | None = None
         self._users: set[str] = set()  # encrypted networks with a data plane here
+        self._vnis: dict[str, int] = {}  # those of them whose VNI the firewall guards
         self._spec: WgSpec | None = None
         self._lock = asyncio.Lock()
         self._nodes: Mirror[NodeInfo] | None = None
@@ -241,17 +249,27 @@ class Tunnel:
 
     # -- the interface ----------------------------------------------------------------------
 
-    async def acquire(self, network_id: str, underlay_mtu: int) -> IPv4Address:
+    async def acquire(self, network_id: str, underlay_mtu: int, vni: int = 0) -> IPv4Address:
         """The tunnel up for encrypted network ``network_id`` (started with the first such
         network, adopted when it runs already), this node's key and tunnel published, the
-        peers set; returns the tunnel address.  Undoes a start it made on failure."""
+        peers set, plain VXLAN with the network's ``vni`` (0: none yet) dropped by the
+        firewall; returns the tunnel address.  Undoes a start it made on failure."""
         async with self._lock:
             if network_id in self._users:
                 assert self._address is not None
                 return self._address
             address = await self.address()
-            if not self._users:
+            started = not self._users
+            if started:
                 await self._start(address, underlay_mtu)
+            try:
+                if self.firewall is not None and vni:
+                    await self.firewall.add_encrypted_vni(network_id, vni)
+                    self._vnis[network_id] = vni
+            except BaseException:
+                if started:
+                    await self._stop()
+                raise
             self._users.add(network_id)
             return address
 
@@ -291,15 +309,23 @@ class Tunnel:
         async with self._lock:
             if network_id not in self._users:
                 return
+            vni = self._vnis.get(network_id)
+            if self.firewall is not None and vni is not None:
+                await self.firewall.remove_encrypted_vni(network_id, vni)
+                del self._vnis[network_id]
             self._users.discard(network_id)
             if self._users:
                 return
-            await self._stop_tasks()
-            try:
-                await self._publish({"WireguardKey": "", "WireguardNextKey": ""})
-            finally:
-                await self.wireguard.down(self.ifname)
+            await self._stop()
             log.info("overlay tunnel %s down: no encrypted network left here", self.ifname)
+
+    async def _stop(self) -> None:
+        """The tasks stopped, the record cleared of the key, the interface down."""
+        await self._stop_tasks()
+        try:
+            await self._publish({"WireguardKey": "", "WireguardNextKey": ""})
+        finally:
+            await self.wireguard.down(self.ifname)
 
     async def reap(self) -> None:
         """This daemon's WireGuard devices that nothing needs stopped (after a restart's

@@ -106,6 +106,15 @@ class Firewall(Protocol):
     async def remove_ports(self, owner: str) -> None:
         """Remove every published port of endpoint ``owner``; idempotent."""
 
+    async def add_encrypted_vni(self, owner: str, vni: int) -> None:
+        """Drop plain VXLAN (UDP 4789) carrying VNI ``vni`` that arrives on any interface but
+        the overlay's WireGuard tunnel: encrypted overlay network ``owner``'s data plane is
+        on this host (the kernel's VXLAN socket would decapsulate such a frame into it).
+        Idempotent; kept across ``sync``.  A backend that cannot says so in its docs."""
+
+    async def remove_encrypted_vni(self, owner: str, vni: int) -> None:
+        """Stop dropping what ``add_encrypted_vni(owner, vni)`` dropped; idempotent."""
+
     async def teardown(self) -> None:
         """Remove everything this backend owns (the user chain included)."""
 

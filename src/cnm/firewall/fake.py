@@ -32,6 +32,7 @@ class FakeFirewall:
 
     networks: dict[str, BridgeRules] = field(default_factory=dict)
     ports: dict[str, tuple[PortRule, ...]] = field(default_factory=dict)
+    vnis: dict[str, int] = field(default_factory=dict)  # encrypted overlay network -> VNI
     calls: list[tuple[str, object]] = field(default_factory=list)
     is_setup: bool = False
     fail_on: str | None = None
@@ -96,10 +97,21 @@ class FakeFirewall:
         self._enter("remove_ports", owner)
         self.ports.pop(owner, None)
 
+    async def add_encrypted_vni(self, owner: str, vni: int) -> None:
+        self._enter("add_encrypted_vni", (owner, vni))
+        if not self.is_setup:
+            raise FirewallError("nft: Could not process rule: No such file or directory (table ip cnm)")
+        self.vnis[owner] = vni
+
+    async def remove_encrypted_vni(self, owner: str, vni: int) -> None:
+        self._enter("remove_encrypted_vni", (owner, vni))
+        self.vnis.pop(owner, None)
+
     async def teardown(self) -> None:
         self._enter("teardown")
         self.networks.clear()
         self.ports.clear()
+        self.vnis.clear()
         self.is_setup = False
 
     async def healthy(self) -> bool:

@@ -43,7 +43,11 @@ class IptablesFirewall:
     never has to replay a transaction another cnm batch overtook.  A batch rendered from
     a read that the kernel no longer matches when it is applied (another program changed
     the chains in between) is rendered again from a fresh read, once; when cnm's own
-    chains are what vanished, they are put back first, so the change still lands."""
+    chains are what vanished, they are put back first, so the change still lands.
+
+    It does not drop plain VXLAN for encrypted overlay networks (``add_encrypted_vni``
+    only warns): on a host where an encrypted network runs, a frame sent from the
+    underlay to UDP 4789 with its VNI reaches it.  Use the nftables backend there."""
 
     def __init__(self, userland_proxy: bool = False, iptables: str = "iptables") -> None:
         self.userland_proxy = userland_proxy
@@ -225,6 +229,18 @@ class IptablesFirewall:
     def _forget_ports(self, owner: str) -> None:
         for key in self._port_keys.pop(owner, []):
             self._port_owner.pop(key, None)
+
+    async def add_encrypted_vni(self, owner: str, vni: int) -> None:
+        """Not implemented by this backend (see the class docstring): a warning only."""
+        log.warning(
+            "iptables backend: plain VXLAN with VNI %d of encrypted network %s is not dropped "
+            "(use --firewall-backend nftables)",
+            vni,
+            owner[:12],
+        )
+
+    async def remove_encrypted_vni(self, owner: str, vni: int) -> None:
+        """Nothing to remove (see ``add_encrypted_vni``)."""
 
     async def teardown(self) -> None:
         """Remove every cnm jump and chain (CNM-USER included), found by reading the

@@ -54,6 +54,7 @@ class NftablesFirewall:
         # True once sync/teardown made the memory of ports match the kernel: an endpoint
         # absent from it then has no elements (no need to read the maps)
         self._ports_known = False
+        self._vnis: dict[str, int] = {}  # encrypted overlay network id -> its VNI
 
     def _remember(self, rules: BridgeRules) -> None:
         self._forget(rules.owner)
@@ -97,7 +98,10 @@ class NftablesFirewall:
         self._localnet({p.bridge for p in ports}, strict=False)
         objects = self._table_objects() or []
         existing = [o[kind]["name"] for o in objects for kind in ("chain", "map") if kind in o]
-        self._nft.apply(render_nft.render_sync(networks, existing, self.table, ports, self.userland_proxy))
+        script = render_nft.render_sync(
+            networks, existing, self.table, ports, self.userland_proxy, self._vnis
+        )
+        self._nft.apply(script)
         self._forget()
         for n in networks:
             self._remember(n)
@@ -191,6 +195,16 @@ class NftablesFirewall:
         self._ports.pop(owner, None)
         self._index_ports(owner, [])
 
+    async def add_encrypted_vni(self, owner: str, vni: int) -> None:
+        """One element of ``encrypted-vnis`` (kept in memory: ``sync`` puts it back)."""
+        self._nft.apply(render_nft.render_vni(owner, vni, add=True, table=self.table))
+        self._vnis[owner] = vni
+
+    async def remove_encrypted_vni(self, owner: str, vni: int) -> None:
+        """Delete that element whether or not it is there."""
+        self._nft.apply(render_nft.render_vni(owner, vni, add=False, table=self.table))
+        self._vnis.pop(owner, None)
+
     async def teardown(self) -> None:
         """Delete cnm's table (the user chain with it); idempotent."""
         self._nft.apply(render_nft.render_teardown(self.table))
@@ -200,6 +214,7 @@ class NftablesFirewall:
         self._port_owner.clear()
         self._port_keys.clear()
         self._ports_known = True
+        self._vnis.clear()
 
     async def healthy(self) -> bool:
         """True when the table, its sets and maps, the user chain and the fixed chains
@@ -216,7 +231,7 @@ class NftablesFirewall:
                 rules[o["rule"]["chain"]] = rules.get(o["rule"]["chain"], 0) + 1
         if (
             not render_nft.FIXED_CHAINS <= chains
-            or not {*render_nft.NETWORK_SETS, *render_nft.PORT_MAPS} <= sets
+            or not {*render_nft.NETWORK_SETS, *render_nft.PORT_MAPS, render_nft.SET_ENCRYPTED_VNIS} <= sets
         ):
             return False
         if sets & set(render_nft.LEGACY_MAPS):

@@ -45,7 +45,17 @@ kernel's pipapo set).  A range published on the same container ports
       chain ports       { meta l4proto { tcp, udp, sctp } dnat ip to <key> map @<each port map> }
       chain raw-prerouting { type filter hook prerouting priority raw; policy accept;
                           iifname != "lo" ip daddr 127.0.0.0/8 drop }       # no 127.x from outside
+      set encrypted-vnis { typeof @th,96,24 ; }           # VNIs of encrypted overlay networks here
+      chain vxlan-input { type filter hook input priority raw; policy accept;
+                          iifname != "cnmwg0" udp dport 4789 @th,96,24 @encrypted-vnis counter drop }
     }
+
+The kernel's VXLAN socket takes a frame from whoever sends it: an encrypted overlay
+network's frames arrive through the WireGuard interface (``cnmwg0``), and a plain VXLAN
+frame from the underlay with that network's VNI would otherwise be decapsulated into it.
+The VNI is bytes 4-6 of the VXLAN header, which follows the 8-byte UDP header: 24 bits
+at bit 96 of the transport header (``@th,96,24``).  Each encrypted network's data plane
+on this host is one element of ``encrypted-vnis``.
 
 Every network element carries ``comment "cnm:<network id> (<network name>)"``; every port
 element ``comment "cnm:<endpoint id> (<container> on <network>)"``: the tag owns, the names
@@ -62,7 +72,7 @@ transaction, so no packet ever meets a half-built table.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +90,14 @@ PREROUTING_CHAIN = "prerouting"  # DNAT of traffic arriving for a local address
 OUTPUT_CHAIN = "output"  # DNAT of the host's own traffic to a local address
 PORTS_CHAIN = "ports"  # the four map lookups, jumped to from both
 RAW_CHAIN = "raw-prerouting"  # drops 127.0.0.0/8 arriving from outside
+VXLAN_CHAIN = "vxlan-input"  # drops plain VXLAN for encrypted networks' VNIs
+SET_ENCRYPTED_VNIS = "encrypted-vnis"  # the VNIs of encrypted overlay networks on this host
+VXLAN_PORT = 4789  # IANA's VXLAN port, the overlay's
+# The overlay's WireGuard interface (drivers.overlay_crypt.IFNAME): the only way in for an
+# encrypted network's frames.
+TUNNEL_IFNAME = "cnmwg0"
+VNI_PAYLOAD = "@th,96,24"  # the VXLAN header's VNI: bytes 4-6 after the 8-byte UDP header
+MAX_VNI = (1 << 24) - 1
 
 # The network sets.  Their keys are bridge names, so a network is found by its bridge
 # and a removal needs only what was installed.
@@ -143,6 +161,7 @@ BASE_CHAINS: dict[str, str] = {
     # nft accepts the name "dstnat" only on prerouting; -100 is its value
     OUTPUT_CHAIN: "type nat hook output priority -100 ; policy accept ;",
     RAW_CHAIN: "type filter hook prerouting priority raw ; policy accept ;",
+    VXLAN_CHAIN: "type filter hook input priority raw ; policy accept ;",
 }
 # Chains that belong to the table's skeleton (all of them, now that no network has one).
 FIXED_CHAINS = frozenset({USER_CHAIN, PORTS_CHAIN, *BASE_CHAINS})
@@ -182,6 +201,7 @@ def setup_lines(table: str = TABLE, userland_proxy: bool = False, legacy: bool =
     ]
     lines += [f"add set {t} {s} {{ {_set_spec(s)} }}" for s in NETWORK_SETS]
     lines += [f"add map {t} {m} {{ {spec} }}" for m, spec in PORT_MAPS.items()]
+    lines.append(f"add set {t} {SET_ENCRYPTED_VNIS} {{ typeof {VNI_PAYLOAD} ; }}")
     for chain, spec in BASE_CHAINS.items():
         lines.append(f"add chain {t} {chain} {{ {spec} }}")
     lines.append(f"add chain {t} {PORTS_CHAIN}")
@@ -235,6 +255,12 @@ def setup_lines(table: str = TABLE, userland_proxy: bool = False, legacy: bool =
     # (moby#41872), and route_localnet on the bridges would let containers reach the
     # host's loopback services (CVE-2020-8558).
     lines.append(f'add rule {t} {RAW_CHAIN} iifname != "lo" ip daddr {LOOPBACK} drop')
+    # Plain VXLAN from the underlay for an encrypted network (the kernel's VXLAN socket
+    # does not check where a frame came from); the counter shows the attempts.
+    lines.append(
+        f'add rule {t} {VXLAN_CHAIN} iifname != "{TUNNEL_IFNAME}" udp dport {VXLAN_PORT}'
+        f" {VNI_PAYLOAD} @{SET_ENCRYPTED_VNIS} counter drop"
+    )
     return lines
 
 
@@ -343,8 +369,10 @@ def render_sync(
     table: str = TABLE,
     ports: Sequence[PortRule] = (),
     userland_proxy: bool = False,
+    vnis: Mapping[str, int] | None = None,
 ) -> str:
-    """One transaction that leaves the table holding exactly ``networks`` and ``ports``:
+    """One transaction that leaves the table holding exactly ``networks``, ``ports`` and
+    ``vnis`` (encrypted overlay networks' VNIs by network id):
     the skeleton (re)made, every set and map emptied and refilled.  ``existing`` names the
     table's chains and maps (from a terse listing): v0.1.0's dispatch maps and
     per-network chains among them are deleted, after the base chains that used them were
@@ -361,6 +389,7 @@ def render_sync(
     lines = setup_lines(table, userland_proxy)
     lines += [f"flush set {t} {s}" for s in NETWORK_SETS]
     lines += [f"flush map {t} {m}" for m in PORT_MAPS]
+    lines.append(f"flush set {t} {SET_ENCRYPTED_VNIS}")
     # v0.1.0's maps first (their elements hold its chains), then its chains
     lines += [f"delete map {t} {m}" for m in LEGACY_MAPS if m in existing]
     for chain in sorted(c for c in existing if is_legacy_chain(c)):
@@ -370,7 +399,33 @@ def render_sync(
     labels = {rule.owner: rule.label for rule in ports}
     for owner, elems in elements.items():
         lines += ports_lines(owner, (), elems, table, labels.get(owner, ""))
+    for owner, vni in (vnis or {}).items():
+        lines += vni_lines(owner, vni, add=True, table=table)
     return _script(lines)
+
+
+# -- encrypted overlay networks ------------------------------------------------------------
+
+
+def check_vni(vni: int) -> int:
+    """``vni`` when it is a VXLAN network identifier (1..2^24-1), else InvalidArgument."""
+    if isinstance(vni, bool) or not isinstance(vni, int) or not 0 < vni <= MAX_VNI:
+        raise InvalidArgument(f"invalid VXLAN VNI {vni!r}: expected 1..{MAX_VNI}")
+    return vni
+
+
+def vni_lines(owner: str, vni: int, add: bool, table: str = TABLE) -> list[str]:
+    """Add (or delete, whether or not it is there) network ``owner``'s VNI in
+    ``encrypted-vnis``: one element, tagged with the owner."""
+    t = f"{FAMILY} {table}"
+    element = f'add element {t} {SET_ENCRYPTED_VNIS} {{ {check_vni(vni)} comment "{owner_comment(check_owner(owner))}" }}'
+    if add:
+        return [element]
+    return [element, f"delete element {t} {SET_ENCRYPTED_VNIS} {{ {vni} }}"]
+
+
+def render_vni(owner: str, vni: int, add: bool, table: str = TABLE) -> str:
+    return _script(vni_lines(owner, vni, add, table))
 
 
 # -- published ports --------------------------------------------------------------------

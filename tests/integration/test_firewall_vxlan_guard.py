@@ -1,0 +1,102 @@
+"""Plain VXLAN for an encrypted overlay network's VNI is dropped unless it came through the
+WireGuard interface, against the real kernel (nftables backend), in a throwaway namespace.
+
+The host has an underlay veth (``ul0``, 10.0.0.1) and a stand-in for the tunnel interface
+(a veth named ``cnmwg0``, 10.9.0.1), both to a "peer" netns that sends VXLAN datagrams
+built by hand (flags, VNI in bytes 4-6) to UDP 4789.  A plain UDP socket bound to 4789 on
+the host shows which datagrams got past the input hook: that checks the payload offset.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from throwaway import check_ok, have, run_script
+
+pytestmark = pytest.mark.root
+
+SCRIPT = r'''
+import asyncio, json, socket, struct, subprocess, sys
+
+from cnm.firewall.nftables import NftablesFirewall
+
+OWNER = "ab" * 32
+
+
+def sh(*argv):
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode:
+        raise AssertionError(f"{argv} failed: {proc.stderr}")
+    return proc.stdout
+
+
+sh("ip", "netns", "add", "peer")
+for host_if, peer_if, net in (("ul0", "ul1", "10.0.0"), ("cnmwg0", "wg1", "10.9.0")):
+    sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", peer_if, "netns", "peer")
+    sh("ip", "addr", "add", f"{net}.1/24", "dev", host_if)
+    sh("ip", "link", "set", host_if, "up")
+    sh("ip", "-n", "peer", "addr", "add", f"{net}.2/24", "dev", peer_if)
+    sh("ip", "-n", "peer", "link", "set", peer_if, "up")
+
+listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+listener.bind(("0.0.0.0", 4789))
+listener.settimeout(1.0)
+
+fw = NftablesFirewall()
+
+
+def send(dst, vni):
+    """One VXLAN datagram from the peer: flags 0x08 (VNI valid), VNI, an inner frame."""
+    header = struct.pack("!B3xI", 0x08, vni << 8)
+    payload = (header + bytes(64)).hex()
+    code = (
+        "import socket,sys; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);"
+        f"s.sendto(bytes.fromhex('{payload}'),('{dst}',4789))"
+    )
+    sh("ip", "netns", "exec", "peer", sys.executable, "-c", code)
+
+
+def arrived():
+    try:
+        data = listener.recv(2048)
+    except TimeoutError:
+        return None
+    return struct.unpack("!I", data[4:8])[0] >> 8
+
+
+def dropped():
+    chain = json.loads(sh("nft", "-j", "list", "chain", "ip", "cnm", "vxlan-input"))
+    return sum(e["counter"]["packets"] for o in chain["nftables"] if "rule" in o
+               for e in o["rule"]["expr"] if "counter" in e)
+
+
+async def main():
+    await fw.setup()
+    await fw.add_encrypted_vni(OWNER, 4097)
+    results = {}
+    send("10.0.0.1", 4097); results["underlay, encrypted VNI"] = (arrived(), dropped())
+    send("10.0.0.1", 4098); results["underlay, other VNI"] = (arrived(), dropped())
+    send("10.9.0.1", 4097); results["tunnel, encrypted VNI"] = (arrived(), dropped())
+    await fw.sync([])  # a rebuilt table keeps the VNI
+    send("10.0.0.1", 4097); results["underlay after sync"] = (arrived(), dropped())
+    await fw.remove_encrypted_vni(OWNER, 4097)
+    send("10.0.0.1", 4097); results["underlay after removal"] = (arrived(), dropped())
+    print(json.dumps(results))
+    print("OK")
+
+
+asyncio.run(main())
+'''
+
+
+@pytest.mark.skipif(not have("nft", "ip"), reason="needs root, unshare, nft and ip")
+def test_plain_vxlan_with_an_encrypted_vni_is_dropped_unless_it_came_through_the_tunnel(tmp_path):
+    results = json.loads(check_ok(run_script(tmp_path, SCRIPT)).strip().splitlines()[-2])
+    assert results == {
+        "underlay, encrypted VNI": [None, 1],
+        "underlay, other VNI": [4098, 1],
+        "tunnel, encrypted VNI": [4097, 1],
+        "underlay after sync": [None, 1],  # the counter is new with the rebuilt rule
+        "underlay after removal": [4097, 1],
+    }
