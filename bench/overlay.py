@@ -322,7 +322,9 @@ def part_connect(lab: Lab, nid: str, opts: argparse.Namespace, report: Report) -
     if not default or pct(default, 50) > 100:
         # the probe's first ARP request leaves before h2 has the target's neighbour entry;
         # the gratuitous ARP h2 sends into the bridge once it has it should complete it
-        report.add("  why the default misses: the probe's ARP request was not completed by h2's gratuitous ARP,")
+        report.add(
+            "  why the default misses: the probe's ARP request was not completed by h2's gratuitous ARP,"
+        )
         report.add("  and the kernel asks again only after retrans_time_ms (1 s); see docs/overlay-scale.md.")
 
 

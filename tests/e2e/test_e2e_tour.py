@@ -94,7 +94,8 @@ def check_run(out: str) -> None:
     path = section(out, "Seeing inside: a packet's path to a published port")
     assert f"$ cnm trace world host:{PORT}\ntrace world (" in path, path
     assert re.search(
-        rf"DNAT to tour-web \(172\.17\.0\.\d+:80\) by the published port {PORT}/tcp \(tour-web on bridge\)", path
+        rf"DNAT to tour-web \(172\.17\.0\.\d+:80\) by the published port {PORT}/tcp \(tour-web on bridge\)",
+        path,
     ), path
     assert "a published port may enter" in path and "\n=> delivered" in path, path
     blocked = section(out, "Seeing inside: a blocked packet")

@@ -34,6 +34,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -146,7 +147,7 @@ def trace_destination(p: PortPath) -> str:
     return f"{where}:{p.host_port}/{p.protocol}"
 
 
-def trace_path(t: Trace) -> dict:
+def trace_path(t: Trace) -> dict[str, Any]:
     """The page's path of a port from the trace engine's walk ``t``: its ends, one step per
     hop (``{"step", "text", "command"}``), the verdict and why."""
     return {
@@ -159,7 +160,7 @@ def trace_path(t: Trace) -> dict:
     }
 
 
-def fallback_path(p: PortPath, failure: CnmError) -> dict:
+def fallback_path(p: PortPath, failure: CnmError) -> dict[str, Any]:
     """What the page shows when the trace engine cannot walk the port's path (no default
     route, a protocol it does not trace …): why, and the DNAT elements explain found."""
     steps = [{"step": "dnat", "text": rule, "command": p.command} for rule in p.rules]
