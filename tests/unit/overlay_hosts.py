@@ -9,8 +9,10 @@ written into the shared store as the daemon's cluster membership writes them).""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from ipaddress import IPv4Address, IPv4Interface
+from pathlib import Path
 
 from cnm.dns.records import NameTable
 from cnm.drivers.bridge import BridgeDriver
@@ -157,3 +159,20 @@ async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     while not predicate():
         assert asyncio.get_running_loop().time() < deadline, "the change never arrived"
         await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def two_hosts(tmp_path: Path, shared: MemoryStore | None = None) -> AsyncIterator[tuple[Host, Host]]:
+    """Hosts h1 (198.51.100.1) and h2 (198.51.100.2) started on one cluster store
+    (``shared``, or a fresh MemoryStore), each stopped at the end if a test has not."""
+    shared = shared if shared is not None else MemoryStore("global")
+    a = Host(tmp_path, "h1", "198.51.100.1", shared)
+    b = Host(tmp_path, "h2", "198.51.100.2", shared)
+    await a.start()
+    await b.start()
+    try:
+        yield a, b
+    finally:
+        for host in (a, b):
+            if host.ctl is not None:
+                await host.stop()

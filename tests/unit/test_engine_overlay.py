@@ -13,7 +13,7 @@ from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
-from overlay_hosts import Host, until
+from overlay_hosts import two_hosts, until
 
 from cnm.drivers.bridge import BridgeDriver
 from cnm.drivers.host import HostDriver
@@ -49,15 +49,8 @@ class YieldingStore(MemoryStore):
 
 @pytest.fixture
 async def hosts(tmp_path):
-    shared = YieldingStore("global")
-    a = Host(tmp_path, "h1", "198.51.100.1", shared)
-    b = Host(tmp_path, "h2", "198.51.100.2", shared)
-    await a.start()
-    await b.start()
-    yield a, b
-    for host in (a, b):
-        if host.ctl is not None:
-            await host.stop()
+    async with two_hosts(tmp_path, YieldingStore("global")) as pair:
+        yield pair
 
 
 def overlay(name: str, **kw) -> NetworkSpec:

@@ -12,7 +12,7 @@ import asyncio
 from ipaddress import IPv4Address
 
 import pytest
-from overlay_hosts import Host, until
+from overlay_hosts import Host, two_hosts, until
 
 from cnm.drivers.overlay import ClusterLink, OverlayDriver, bridge_of, vxlan_of
 from cnm.errors import Unavailable
@@ -22,20 +22,12 @@ from cnm.model.container import ContainerConfig
 from cnm.model.endpoint import EndpointRecord, EndpointRequest
 from cnm.model.network import NetworkSpec
 from cnm.model.network_mode import NetworkMode
-from cnm.store.memory import MemoryStore
 
 
 @pytest.fixture
 async def hosts(tmp_path):
-    shared = MemoryStore("global")
-    a = Host(tmp_path, "h1", "198.51.100.1", shared)
-    b = Host(tmp_path, "h2", "198.51.100.2", shared)
-    await a.start()
-    await b.start()
-    yield a, b
-    for host in (a, b):
-        if host.ctl is not None:
-            await host.stop()
+    async with two_hosts(tmp_path) as pair:
+        yield pair
 
 
 async def shared_network(a: Host, b: Host, name: str = "ov"):

@@ -11,25 +11,17 @@ from ipaddress import IPv4Address
 from typing import Any
 
 import pytest
-from overlay_hosts import Host, until
+from overlay_hosts import two_hosts, until
 
 from cnm.kernel.api import FdbEntry, NeighEntry
 from cnm.model.network import NetworkSpec
 from cnm.store.api import Put
-from cnm.store.memory import MemoryStore
 
 
 @pytest.fixture
 async def hosts(tmp_path):
-    shared = MemoryStore("global")
-    a = Host(tmp_path, "h1", "198.51.100.1", shared)
-    b = Host(tmp_path, "h2", "198.51.100.2", shared)
-    await a.start()
-    await b.start()
-    yield a, b
-    for host in (a, b):
-        if host.ctl is not None:
-            await host.stop()
+    async with two_hosts(tmp_path) as pair:
+        yield pair
 
 
 async def test_the_first_join_programs_the_remote_endpoints_before_recording_its_own(hosts):
