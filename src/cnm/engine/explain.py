@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from cnm.engine.lookup import find_container
-from cnm.engine.naming import parse_link
 from cnm.engine.sandbox import netns_name_path
 from cnm.engine.services import Services
+from cnm.engine.topology import link_labels
 from cnm.errors import CnmError
 from cnm.firewall import render_nft
 from cnm.kernel import facts
@@ -222,16 +222,9 @@ class Explainer:
         )
         if bridge_name:
             commands["bridge"] = f"bridge link show master {bridge_name}"
-        links = []
         requested = list(ep.request.links)
         if network.is_default_bridge:
             requested += list(legacy_links)
-        for value in requested:
-            try:
-                name, alias = parse_link(value)
-            except CnmError:
-                continue
-            links.append(f"{alias} -> {name}")
         ports = tuple(self._port_path(pm, ep, port_rules.get(ep.id, [])) for pm in ep.ports)
         return Attachment(
             network=network.name,
@@ -249,7 +242,7 @@ class Explainer:
             bridge=bridge_name,
             bridge_ifindex=bridge.index if bridge is not None else 0,
             ports=ports,
-            links=tuple(links),
+            links=link_labels(requested),
             commands=MappingProxyType(commands),
         )
 

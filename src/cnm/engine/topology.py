@@ -32,6 +32,19 @@ FORMATS = ("text", "dot", "svg", "json")
 DOT_TIMEOUT = 30.0  # seconds for Graphviz to lay out a map
 
 
+def link_labels(values: Sequence[str]) -> tuple[str, ...]:
+    """``--link`` values as a person reads them, ``ALIAS -> NAME``; malformed ones (create
+    refuses them, so only a hand-edited record has one) are left out."""
+    labels = []
+    for value in values:
+        try:
+            name, alias = parse_link(value)
+        except CnmError:
+            continue
+        labels.append(f"{alias} -> {name}")
+    return tuple(labels)
+
+
 @dataclass(frozen=True, slots=True)
 class Member:
     """A container on a network: its end of the veth pair and the host's end."""
@@ -157,13 +170,6 @@ def _member(svc: Services, network: NetworkRecord, ep: EndpointRecord, host: dic
     requested = list(ep.request.links)
     if network.is_default_bridge and container is not None:
         requested += list(container.config.links)
-    links = []
-    for value in requested:
-        try:
-            name, alias = parse_link(value)
-        except CnmError:
-            continue
-        links.append(f"{alias} -> {name}")
     return Member(
         container=container.name if container is not None else ep.name,
         container_id=ep.container_id,
@@ -174,7 +180,7 @@ def _member(svc: Services, network: NetworkRecord, ep: EndpointRecord, host: dic
         host_ifname=ep.host_ifname,
         host_ifindex=peer.index if peer is not None else 0,
         ports=tuple(f"{p.host_ip}:{p.host_port}->{p.container_port}/{p.protocol}" for p in ep.ports),
-        links=tuple(links),
+        links=link_labels(requested),
     )
 
 
