@@ -176,3 +176,25 @@ async def two_hosts(tmp_path: Path, shared: MemoryStore | None = None) -> AsyncI
         for host in (a, b):
             if host.ctl is not None:
                 await host.stop()
+
+
+def standalone_controller(tmp_path: Path) -> Controller:
+    """A host outside any cluster: a Controller on its own MemoryStore, fake kernel,
+    firewall and runtime, with every driver (the overlay one without a cluster link)."""
+    store = MemoryStore()
+    kernel, firewall = FakeKernel(), FakeFirewall()
+    return Controller(
+        store=store,
+        ipam=DefaultIpam(store, DEFAULT_POOLS),
+        kernel=kernel,
+        firewall=firewall,
+        drivers={
+            "bridge": BridgeDriver(kernel, firewall),
+            "host": HostDriver(),
+            "null": NullDriver(),
+            "overlay": OverlayDriver(),
+        },
+        runtime=FakeRuntime(str(tmp_path / "containers")),
+        data_root=str(tmp_path / "data"),
+        exec_root=str(tmp_path / "exec"),
+    )

@@ -13,24 +13,15 @@ from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
-from overlay_hosts import two_hosts, until
+from overlay_hosts import standalone_controller, two_hosts, until
 
-from cnm.drivers.bridge import BridgeDriver
-from cnm.drivers.host import HostDriver
-from cnm.drivers.null import NullDriver
-from cnm.drivers.overlay import OverlayDriver
 from cnm.engine.cluster import FIRST_VNI, vni_of
 from cnm.engine.controller import Controller
 from cnm.errors import CnmError, Conflict, Forbidden, InvalidArgument, SystemFailure
-from cnm.firewall.fake import FakeFirewall
-from cnm.ipam.api import DEFAULT_POOLS
-from cnm.ipam.default import DefaultIpam
-from cnm.kernel.fake import FakeKernel
 from cnm.model.container import ContainerConfig
 from cnm.model.endpoint import EndpointRecord
 from cnm.model.network import OPT_MTU, OPT_VXLANID_LIST, IpamConfig, NetworkSpec
 from cnm.model.network_mode import NetworkMode
-from cnm.runtime.fake import FakeRuntime
 from cnm.store import codec
 from cnm.store.memory import MemoryStore
 
@@ -259,24 +250,7 @@ async def test_a_restart_publishes_the_local_names_the_cluster_lost(hosts):
 
 
 async def test_without_a_cluster_store_overlay_is_refused_naming_the_flag(tmp_path):
-    store = MemoryStore()
-    kernel, firewall = FakeKernel(), FakeFirewall()
-    runtime = FakeRuntime(str(tmp_path / "containers"))
-    ctl = Controller(
-        store=store,
-        ipam=DefaultIpam(store, DEFAULT_POOLS),
-        kernel=kernel,
-        firewall=firewall,
-        drivers={
-            "bridge": BridgeDriver(kernel, firewall),
-            "host": HostDriver(),
-            "null": NullDriver(),
-            "overlay": OverlayDriver(),
-        },  # fmt: skip
-        runtime=runtime,
-        data_root=str(tmp_path / "data"),
-        exec_root=str(tmp_path / "exec"),
-    )
+    ctl = standalone_controller(tmp_path)
     await ctl.start()
     with pytest.raises(InvalidArgument, match="need a cluster store: start cnmd with --cluster-store"):
         await ctl.create_network(overlay("ov"))

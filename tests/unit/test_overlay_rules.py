@@ -8,23 +8,14 @@ import asyncio
 from ipaddress import IPv4Address
 
 import pytest
-from overlay_hosts import Host, two_hosts, until
+from overlay_hosts import Host, standalone_controller, two_hosts, until
 
-from cnm.drivers.bridge import BridgeDriver
-from cnm.drivers.host import HostDriver
-from cnm.drivers.null import NullDriver
-from cnm.drivers.overlay import RETRY_S, ClusterLink, OverlayDriver, bridge_of, vxlan_of
+from cnm.drivers.overlay import RETRY_S, ClusterLink, bridge_of, vxlan_of
 from cnm.engine.cluster import WITHDRAW_RETRY_S
-from cnm.engine.controller import Controller
 from cnm.errors import Forbidden, NotFound, Unavailable
-from cnm.firewall.fake import FakeFirewall
-from cnm.ipam.api import DEFAULT_POOLS
-from cnm.ipam.default import DefaultIpam
-from cnm.kernel.fake import FakeKernel
 from cnm.model.container import ContainerConfig
 from cnm.model.network import GWBRIDGE_NAME, NetworkSpec
 from cnm.model.network_mode import NetworkMode
-from cnm.runtime.fake import FakeRuntime
 from cnm.store.memory import MemoryStore
 
 
@@ -128,23 +119,7 @@ async def test_nobody_may_create_a_network_named_cnm_gwbridge(hosts, tmp_path):
         with pytest.raises(Forbidden, match="network name cnm_gwbridge is reserved"):
             await a.ctl.create_network(NetworkSpec(name=GWBRIDGE_NAME, driver=driver))
     # nor on a host outside any cluster (it would become the way out once it joins one)
-    store = MemoryStore()
-    kernel, firewall = FakeKernel(), FakeFirewall()
-    ctl = Controller(
-        store=store,
-        ipam=DefaultIpam(store, DEFAULT_POOLS),
-        kernel=kernel,
-        firewall=firewall,
-        drivers={
-            "bridge": BridgeDriver(kernel, firewall),
-            "host": HostDriver(),
-            "null": NullDriver(),
-            "overlay": OverlayDriver(),
-        },
-        runtime=FakeRuntime(str(tmp_path / "containers")),
-        data_root=str(tmp_path / "data"),
-        exec_root=str(tmp_path / "exec"),
-    )
+    ctl = standalone_controller(tmp_path)
     await ctl.start()
     try:
         with pytest.raises(Forbidden, match="reserved"):
