@@ -346,3 +346,39 @@ def test_ip_values_decode_as_ipaddress_reads_them(tp, text):
         return
     got = codec.decode(Holder, {"value": text}).value
     assert type(got) is tp and got == expected and str(got) == str(expected)
+
+
+def test_ipv6_fields_roundtrip_with_their_family():
+    """A dual-stack network and endpoint: the v6 values come back as v6 types, the v4 ones
+    as v4, and a v4 text in a v6 field is refused."""
+    from ipaddress import IPv6Address, IPv6Interface, IPv6Network
+
+    net = NetworkRecord(
+        id="n" * 64,
+        name="dual",
+        driver="bridge",
+        created="2026-12-02T00:00:00.000000000Z",
+        enable_ipv6=True,
+        subnet=IPv4Network("172.20.0.0/16"),
+        gateway=IPv4Address("172.20.0.1"),
+        subnet6=IPv6Network("fd00:1::/64"),
+        gateway6=IPv6Address("fd00:1::1"),
+    )
+    assert codec.decode(NetworkRecord, json.loads(json.dumps(codec.encode(net)))) == net
+    ep = EndpointRecord(
+        id="e" * 64,
+        network_id="n" * 64,
+        container_id="c" * 64,
+        sandbox_id="s" * 64,
+        name="web",
+        address=IPv4Interface("172.20.0.2/16"),
+        address6=IPv6Interface("fd00:1::2/64"),
+        gateway6=IPv6Address("fd00:1::1"),
+        request=EndpointRequest(ipv6_address=IPv6Address("fd00:1::2")),
+    )
+    back = codec.decode(EndpointRecord, codec.encode(ep))
+    assert back == ep and type(back.address6) is IPv6Interface and type(back.address) is IPv4Interface
+    doc = codec.encode(ep)
+    doc["address6"] = "172.20.0.2/16"
+    with pytest.raises(SystemFailure, match="address6"):
+        codec.decode(EndpointRecord, doc)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Protocol
 
 from cnm.errors import InvalidArgument
@@ -44,6 +44,11 @@ class BridgeRules:
     internal: bool = False
     icc: bool = True
     masquerade: bool = True
+    # IPv6 (a network with ``enable_ipv6``): its v6 subnet and gateway; ``routed6``: the v6
+    # subnet is forwarded without NAT (``gateway_mode_ipv6=routed``), else masqueraded
+    subnet6: IPv6Network | None = None
+    gateway6: IPv6Address | None = None
+    routed6: bool = False
     # the network's name, for people reading the comments: not part of what a rule *is*
     name: str = field(default="", compare=False)
 
@@ -60,6 +65,9 @@ def bridge_rules(network: NetworkRecord) -> BridgeRules:
         internal=network.internal,
         icc=network.icc,
         masquerade=network.masquerade,
+        subnet6=network.subnet6 if network.enable_ipv6 else None,
+        gateway6=network.gateway6 if network.enable_ipv6 else None,
+        routed6=network.enable_ipv6 and network.gateway_mode_ipv6 == "routed",
         name=network.name,
     )
 
@@ -127,14 +135,16 @@ class Firewall(Protocol):
 class PortGuard:
     """What the container of one endpoint may send into its bridge port (the host end of
     its veth, ``port``): frames from ``mac`` only; of those, IPv4 from ``addresses`` only
-    and ARP whose sender is ``mac`` and one of ``addresses``; nothing else (no other
-    ethertype: IPv6 is off in containers until networks carry it, VLAN tags are refused)."""
+    and ARP whose sender is ``mac`` and one of ``addresses``; IPv6 only when ``addresses6``
+    is not empty (a network with IPv6), from those or the link-local address of ``mac``;
+    nothing else (no other ethertype, VLAN tags are refused)."""
 
     owner: str  # endpoint id
     network: str  # network id
     port: str  # host-side interface name
     mac: str
     addresses: tuple[IPv4Address, ...]
+    addresses6: tuple[IPv6Address, ...] = ()
 
 
 def port_guard(network: NetworkRecord, endpoint: EndpointRecord) -> PortGuard:
@@ -145,12 +155,14 @@ def port_guard(network: NetworkRecord, endpoint: EndpointRecord) -> PortGuard:
     if not endpoint.mac:
         raise InvalidArgument(f"endpoint {endpoint.id[:12]} has no MAC address to guard its port with")
     addresses = (endpoint.address.ip,) if endpoint.address is not None else ()
+    addresses6 = (endpoint.address6.ip,) if endpoint.address6 is not None else ()
     return PortGuard(
         owner=endpoint.id,
         network=network.id,
         port=endpoint.host_ifname,
         mac=endpoint.mac,
         addresses=addresses,
+        addresses6=addresses6,
     )
 
 

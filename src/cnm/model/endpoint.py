@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 from types import MappingProxyType
 
 from cnm.model.ports import PortMapping
@@ -23,6 +23,7 @@ class EndpointRequest:
     """What the user asked for on one network (Docker's ``EndpointSettings`` input)."""
 
     ipv4_address: IPv4Address | None = None
+    ipv6_address: IPv6Address | None = None  # IPAMConfig.IPv6Address (``--ip6``)
     mac_address: str | None = None
     aliases: tuple[str, ...] = ()
     links: tuple[str, ...] = ()
@@ -49,6 +50,9 @@ class EndpointRecord:
     mac: str = ""
     address: IPv4Interface | None = None
     gateway: IPv4Address | None = None  # the network's gateway (shown by inspect)
+    # IPv6 (networks with ``enable_ipv6``): the endpoint's global address and the gateway
+    address6: IPv6Interface | None = None
+    gateway6: IPv6Address | None = None
     default_route: bool = False  # whether the sandbox's default route goes via ``gateway``
     aliases: tuple[str, ...] = ()
     request: EndpointRequest = field(default_factory=EndpointRequest)

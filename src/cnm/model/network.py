@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, ip_address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from types import MappingProxyType
 from typing import Any
 
@@ -23,6 +23,9 @@ OPT_BRIDGE_NAME = "com.docker.network.bridge.name"
 OPT_ICC = "com.docker.network.bridge.enable_icc"
 OPT_MASQ = "com.docker.network.bridge.enable_ip_masquerade"
 OPT_HOST_BINDING = "com.docker.network.bridge.host_binding_ipv4"
+# IPv6 on a bridge: "nat" (masquerade, Docker's default) or "routed" (no NAT, as Docker 27+)
+OPT_GATEWAY_MODE_V6 = "com.docker.network.bridge.gateway_mode_ipv6"
+GATEWAY_MODES = ("nat", "routed")
 OPT_DEFAULT_BRIDGE = "com.docker.network.bridge.default_bridge"
 OPT_MTU = "com.docker.network.driver.mtu"
 OPT_IFACE_PREFIX = "com.docker.network.container_iface_prefix"
@@ -100,6 +103,10 @@ class NetworkRecord:
     subnet: IPv4Network | None = None
     gateway: IPv4Address | None = None
     ip_range: IPv4Network | None = None
+    # IPv6 (``enable_ipv6``): what IPAM settled on for the network's v6 subnet
+    subnet6: IPv6Network | None = None
+    gateway6: IPv6Address | None = None
+    ip_range6: IPv6Network | None = None
     options: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
 
@@ -139,6 +146,11 @@ class NetworkRecord:
         binding IP); None: every address (0.0.0.0)."""
         return parse_host_binding(self.options.get(OPT_HOST_BINDING))
 
+    @property
+    def gateway_mode_ipv6(self) -> str:
+        """``nat`` (masquerade the v6 subnet's egress) or ``routed`` (forward it as is)."""
+        return parse_gateway_mode(self.options.get(OPT_GATEWAY_MODE_V6))
+
 
 def parse_mtu(raw: str | int | None) -> int:
     if raw is None or raw == "" or raw == 0:
@@ -174,8 +186,20 @@ def parse_host_binding(raw: str | None) -> IPv4Address | None:
     return None if address.is_unspecified else address
 
 
+def parse_gateway_mode(raw: str | None) -> str:
+    if raw is None or raw == "":
+        return "nat"
+    mode = str(raw).strip().lower()
+    if mode not in GATEWAY_MODES:
+        raise InvalidArgument(
+            f"invalid value {raw!r} for option {OPT_GATEWAY_MODE_V6}: expected one of {', '.join(GATEWAY_MODES)}"
+        )
+    return mode
+
+
 def validate_options(options: Mapping[str, str]) -> None:
     """Parse every typed option once so a bad value is refused at create time."""
+    parse_gateway_mode(options.get(OPT_GATEWAY_MODE_V6))
     _bool_option(options, OPT_ICC, True)
     parse_host_binding(options.get(OPT_HOST_BINDING))
     _bool_option(options, OPT_MASQ, True)

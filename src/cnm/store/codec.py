@@ -1,7 +1,7 @@
 """Model dataclasses <-> store documents (JSON-able dicts), generically over their fields.
 
 ``encode`` walks a value: dataclasses become ``{field name: value}``, tuples become lists,
-mappings become objects, IPv4 addresses/networks/interfaces become their text.  ``decode``
+mappings become objects, IP addresses/networks/interfaces (either family) become their text.  ``decode``
 follows the declared types (``typing.get_type_hints``, since the model modules use
 ``from __future__ import annotations``) and rebuilds the frozen objects: tuples as tuples,
 mappings as read-only ``MappingProxyType``s.
@@ -27,14 +27,15 @@ import socket
 import types
 import typing
 from collections.abc import Callable, Mapping
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 from typing import Any, TypeVar
 
 from cnm.errors import CnmError, SystemFailure
 
 T = TypeVar("T")
 
-_IP_TYPES = (IPv4Address, IPv4Network, IPv4Interface)
+_IP_TYPES = (IPv4Address, IPv4Network, IPv4Interface, IPv6Address, IPv6Network, IPv6Interface)
+_IPV6_TYPES = (IPv6Address, IPv6Network, IPv6Interface)
 _SCALARS = (str, int, float, bool)
 
 
@@ -148,7 +149,7 @@ def _is_union(tp: Any) -> bool:
 def _decoder(tp: Any) -> Decoder:
     """The decoder of the declared type ``tp``, built once.  The rules, in this order: Any
     takes anything; None only null; a union the first member that fits; dataclasses,
-    IPv4 values, bool, int (not bool), float (int too), str; tuples, mappings, lists and
+    IP values, bool, int (not bool), float (int too), str; tuples, mappings, lists and
     sets of their declared items.  Any other type fails when a value meets it."""
     if tp is Any:
         return _any
@@ -258,7 +259,9 @@ def _packed_ip(tp: type, text: str) -> Any:
     """``tp(text)`` for the plain forms a store holds (``a.b.c.d``, ``a.b.c.d/len``), the
     address read by ``inet_pton`` (as strict as ``ipaddress``: four decimal octets, no
     leading zeros) and given packed, which ``ipaddress`` takes several times faster than
-    text; ValueError for anything else."""
+    text; ValueError for anything else (IPv6 values included: ``tp`` reads their text)."""
+    if tp in _IPV6_TYPES:
+        raise ValueError(text)
     address, slash, prefix = text.partition("/")
     try:
         packed = socket.inet_pton(socket.AF_INET, address)
