@@ -75,17 +75,20 @@ def bridge_rules(network: NetworkRecord) -> BridgeRules:
 @dataclass(frozen=True, slots=True)
 class PortRule:
     """One published port (or a run of ports with the same offset) of one endpoint:
-    traffic to ``host_ip`` (None: any local address) ports ``host_port``..``host_port_end``
-    goes to ``container_ip`` ports ``container_port``.. (same offset)."""
+    traffic to ``host_ip`` (None: any local address of ``container_ip``'s family) ports
+    ``host_port``..``host_port_end`` goes to ``container_ip`` ports ``container_port``..
+    (same offset).  One family per rule: a v6 ``host_ip`` goes with a v6 ``container_ip``
+    (``common.check_port_rule`` refuses a mix); ``-p 8080:80`` on a dual-stack container
+    is two rules, one per family."""
 
     owner: str  # endpoint id
     network: str  # network id (whose bridge the container is on)
     bridge: str
     protocol: str  # tcp | udp | sctp
-    host_ip: IPv4Address | None
+    host_ip: IPv4Address | IPv6Address | None
     host_port: int
     host_port_end: int
-    container_ip: IPv4Address
+    container_ip: IPv4Address | IPv6Address
     container_port: int
     # "<container> on <network>", for people reading the comments (not compared, as above)
     label: str = field(default="", compare=False)
