@@ -297,3 +297,11 @@ def test_sync_per_family_keeps_only_that_familys_ports():
     six = r.render_sync({}, [net6()], [v4, v6], family=6)
     assert "10.10.0.2" in four and "fd00:10::2" not in four
     assert "fd00:10::2" in six and "10.10.0.2" not in six and "fd00:10::/64" in six
+
+
+def test_nothing_leaves_an_internal_network_not_even_for_a_published_port():
+    internal = BridgeRules(owner=A, bridge="br-i", subnet=IPv4Network("10.10.0.0/24"), internal=True)
+    [drop] = [x for x in r.network_shared_rules(internal, False) if x.spec.endswith("-j DROP")]
+    # first in CNM-INTO-BRIDGE: before any network's chain accepts a DNATed packet
+    assert drop.chain == r.INTO_CHAIN and drop.first and drop.spec.startswith("-i br-i ! -o br-i ")
+    assert not [x for x in r.network_shared_rules(net6(), False) if x.spec.endswith("-j DROP")]

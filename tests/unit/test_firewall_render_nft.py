@@ -58,10 +58,11 @@ def test_forward_jumps_to_user_chain_first_then_reads_the_network_sets():
     assert rules_of(script, "forward") == [
         "jump user",
         "ct state established,related accept",
+        # nothing leaves an internal network, not even for another network's published port
+        "iifname @internal iifname . oifname != @same-bridge drop",
         "oifname @bridges oifname != @internal ct status dnat accept",
         "iifname . oifname @same-bridge oifname @icc accept",
         "oifname @bridges drop",
-        "iifname @internal drop",
     ]
     assert rules_of(script, "postrouting") == [
         "iifname . ip saddr @subnets iifname @masquerading iifname . oifname != @same-bridge masquerade",
@@ -519,12 +520,12 @@ def test_the_ipv6_table_mirrors_the_ipv4_one_without_loopback_or_vxlan_rules():
     assert rules6_of(script, "forward") == [
         "jump user",
         "ct state established,related accept",
+        "iifname @internal iifname . oifname != @same-bridge drop",
         "oifname @bridges oifname != @internal ct status dnat accept",
         "iifname . oifname @same-bridge oifname @icc accept",
         "oifname @routed iifname . oifname != @same-bridge meta l4proto ipv6-icmp accept",
         "oifname @routed iifname . oifname != @same-bridge ip6 daddr . meta l4proto . th dport @published accept",
         "oifname @bridges drop",
-        "iifname @internal drop",
     ]
     assert rules6_of(script, "postrouting") == [
         "iifname . ip6 saddr @subnets iifname @masquerading iifname . oifname != @same-bridge masquerade",

@@ -13,6 +13,7 @@ skeleton)::
                                              -j CNM-FROM-BRIDGE   (-i <br> -j CNM-N-<id12>-OUT, per network)
              CNM-N-<id12>-IN   ctstate DNAT ACCEPT ; -i <br> ACCEPT|DROP (icc) ; DROP
              CNM-N-<id12>-OUT  [internal: ! -o <br> DROP] ; ACCEPT
+             CNM-INTO-BRIDGE   [internal: -i <br> ! -o <br> DROP, first] ; the -o dispatches
     *nat     PREROUTING  -m addrtype --dst-type LOCAL -> CNM
              OUTPUT      [proxy: ! -d 127.0.0.0/8] -m addrtype --dst-type LOCAL -> CNM
              CNM         [proxy: -i <br> RETURN, per network] ; -j CNM-P-<id12> per endpoint
@@ -370,6 +371,10 @@ def network_shared_rules(rules: BridgeRules, userland_proxy: bool, family: int =
         _rule("filter", INTO_CHAIN, f"-o {br}", f"-j {inbound}", owner),
         _rule("filter", FROM_CHAIN, f"-i {br}", f"-j {outbound}", owner),
     ]
+    if rules.internal:
+        # nothing leaves an internal network, a published port of another network included:
+        # dropped before any network's chain accepts it as DNATed (Docker's isolation)
+        out.append(_rule("filter", INTO_CHAIN, f"-i {br} ! -o {br}", "-j DROP", owner, first=True))
     if rules.masquerade and not rules.internal and not (family == 6 and rules.routed6):
         out.append(_rule("nat", MASQ_CHAIN, f"-s {subnet} ! -o {br}", "-j MASQUERADE", owner))
     if not rules.internal:

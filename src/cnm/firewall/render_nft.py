@@ -26,12 +26,11 @@ kernel's pipapo set).  A range published on the same container ports
       chain forward     { type filter hook forward priority filter; policy accept;
                           jump user
                           ct state established,related accept
-                          # into a bridge (first: that is where isolation drops, whatever the source)
+                          iifname @internal iifname . oifname != @same-bridge drop   # nothing leaves internal
+                          # into a bridge (that is where isolation drops, whatever the source)
                           oifname @bridges oifname != @internal ct status dnat accept   # published ports
                           iifname . oifname @same-bridge oifname @icc accept            # icc, routed
-                          oifname @bridges drop                                         # isolation
-                          # out of a bridge, to any other interface
-                          iifname @internal drop }
+                          oifname @bridges drop }                                       # isolation
       chain postrouting { type nat hook postrouting priority srcnat; policy accept;
                           iifname . ip saddr @subnets iifname @masquerading iifname . oifname != @same-bridge masquerade
                           oifname . ip saddr @subnets ct status dnat masquerade     # hairpin
@@ -184,6 +183,8 @@ def port_maps(family: str = FAMILY) -> dict[str, str]:
 
 
 LOOPBACK = "127.0.0.0/8"
+# the forward rule that keeps an internal network's traffic inside its bridge
+_INTERNAL_DROP = f"iifname @{SET_INTERNAL} iifname . oifname != @{SET_SAME_BRIDGE} drop"
 # Docker does not DNAT what comes from a link-local address (ip6tables: ! -s fe80::/10)
 LINK_LOCAL6 = "fe80::/10"
 
@@ -255,7 +256,10 @@ def setup4_lines(table: str = TABLE, userland_proxy: bool = False, legacy: bool 
         # the user's verdict comes first; an accept there ends this chain (a drop is final)
         f"add rule {t} {FORWARD_CHAIN} jump {USER_CHAIN}",
         f"add rule {t} {FORWARD_CHAIN} ct state established,related accept",
-        # Into a bridge first: that is where isolation drops, whatever the source.  A
+        # Nothing leaves an internal network for another interface, a published port
+        # of another network included (Docker's isolation drops it before its DNAT accept).
+        f"add rule {t} {FORWARD_CHAIN} {_INTERNAL_DROP}",
+        # Into a bridge: that is where isolation drops, whatever the source.  A
         # published port (DNATed by cnm's prerouting/output chains) is public, for
         # neighbours too, so it comes before icc; no published port enters an internal
         # network.  Traffic routed from a bridge back into it follows icc (bridged
@@ -263,8 +267,7 @@ def setup4_lines(table: str = TABLE, userland_proxy: bool = False, legacy: bool 
         f"add rule {t} {FORWARD_CHAIN} oifname @{SET_BRIDGES} oifname != @{SET_INTERNAL} ct status dnat accept",
         f"add rule {t} {FORWARD_CHAIN} iifname . oifname @{SET_SAME_BRIDGE} oifname @{SET_ICC} accept",
         f"add rule {t} {FORWARD_CHAIN} oifname @{SET_BRIDGES} drop",
-        # out of a bridge to any other interface: accepted (policy), unless internal
-        f"add rule {t} {FORWARD_CHAIN} iifname @{SET_INTERNAL} drop",
+        # out of a bridge to any other interface: accepted (policy); internal: dropped above
         # From a bridge's own subnet to any other interface (another bridge included: a
         # published port reached through the host), when the network masquerades.
         f"add rule {t} {POSTROUTING_CHAIN} iifname . ip saddr @{SET_SUBNETS} iifname @{SET_MASQUERADE}"
@@ -324,6 +327,7 @@ def setup6_lines(table: str = TABLE, userland_proxy: bool = False) -> list[str]:
     lines += [
         f"add rule {t} {FORWARD_CHAIN} jump {USER_CHAIN}",
         f"add rule {t} {FORWARD_CHAIN} ct state established,related accept",
+        f"add rule {t} {FORWARD_CHAIN} {_INTERNAL_DROP}",
         f"add rule {t} {FORWARD_CHAIN} oifname @{SET_BRIDGES} oifname != @{SET_INTERNAL} ct status dnat accept",
         f"add rule {t} {FORWARD_CHAIN} iifname . oifname @{SET_SAME_BRIDGE} oifname @{SET_ICC} accept",
         # routed mode (never internal: such a bridge is not in the set): ICMPv6 and the
@@ -333,7 +337,6 @@ def setup6_lines(table: str = TABLE, userland_proxy: bool = False) -> list[str]:
         f"add rule {t} {FORWARD_CHAIN} oifname @{SET_ROUTED} iifname . oifname != @{SET_SAME_BRIDGE}"
         f" ip6 daddr . meta l4proto . th dport @{SET_PUBLISHED} accept",
         f"add rule {t} {FORWARD_CHAIN} oifname @{SET_BRIDGES} drop",
-        f"add rule {t} {FORWARD_CHAIN} iifname @{SET_INTERNAL} drop",
         f"add rule {t} {POSTROUTING_CHAIN} iifname . ip6 saddr @{SET_SUBNETS} iifname @{SET_MASQUERADE}"
         f" iifname . oifname != @{SET_SAME_BRIDGE} masquerade",
         f"add rule {t} {POSTROUTING_CHAIN} oifname . ip6 saddr @{SET_SUBNETS} ct status dnat masquerade",
