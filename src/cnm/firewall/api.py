@@ -16,9 +16,15 @@ Semantics of one bridge network (Docker's bridge driver):
   firewall backend only carries ``icc`` for display and may ignore it;
 - internal: nothing leaves the bridge for another interface and nothing enters it from one.
 
+A network with IPv6 (``subnet6``) gets the same rules for its v6 subnet in each backend's
+IPv6 tables (nftables ``ip6``, ``ip6tables``), except that a routed v6 subnet
+(``routed6``) is not masqueraded: the world reaches it for ICMPv6 and its published ports.
+A ``PortRule`` is of one family; a v4-only network or port touches no IPv6 table.
+
 Beside the backend, a ``SpoofGuard`` filters what each container sends into its bridge
-port (its own MAC, its own IPv4 addresses, ARP for those only), whichever backend filters
-at L3.
+port (its own MAC, its own IPv4 addresses, ARP for those only; with v6 addresses, IPv6
+from those and its link-local address, neighbour advertisements for those only, never a
+router advertisement), whichever backend filters at L3.
 """
 
 from __future__ import annotations
@@ -96,8 +102,9 @@ class PortRule:
 
 class Firewall(Protocol):
     async def setup(self) -> None:
-        """Create cnm's table and base chains (and the user chain) if missing; idempotent.
-        Turns on IPv4 forwarding in the namespace cnmd runs in."""
+        """Create cnm's tables and base chains (and the user chains) of both families if
+        missing; idempotent.  Turns on IPv4 forwarding in the namespace cnmd runs in (IPv6
+        forwarding is the bridge driver's, once a network has IPv6)."""
 
     async def sync(self, networks: Sequence[BridgeRules], ports: Sequence[PortRule] = ()) -> None:
         """Make the kernel hold exactly these networks' and ports' rules (start-up
