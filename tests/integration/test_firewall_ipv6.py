@@ -166,6 +166,8 @@ def reachability():
         "world->cr:7778": probe("world", v6("cr"), 7778),
         "world ping cr": ping("world", v6("cr")),
         "world ping ca": ping("world", v6("ca")),
+        "ca ping cr": ping("ca", v6("cr")),
+        "ca->cr:7777": probe("ca", v6("cr"), 7777),
         "world->8080": probe("world", "2001:db8:203::2", 8080),
         "world->8090": probe("world", "2001:db8:203::2", 8090),
         "world->198::1:9001": probe("world", "2001:db8:198::1", 9001),
@@ -310,6 +312,8 @@ def test_ipv6_masquerade_isolation_internal_routed_and_published_ports(tmp_path,
     assert k["cr->world"] == "fd00:c::2 7777"
     assert k["world ping cr"] is True
     assert k["world->cr:7778"] == "FAIL"
+    # ... but not from another network: isolation holds for routed networks too
+    assert k["ca ping cr"] is False and k["ca->cr:7777"] == "FAIL"
     if backend == "nftables":  # a published port of a routed network, at the container's address
         assert k["world->cr:7777"] == "2001:db8:203::1 7777"
     else:  # the iptables backend opens routed networks to ICMPv6 only

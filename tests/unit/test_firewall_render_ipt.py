@@ -260,9 +260,16 @@ def test_an_ipv6_network_masquerades_its_v6_subnet():
 def test_a_routed_ipv6_network_is_not_masqueraded_and_lets_icmpv6_in():
     shared = specs(r.network_shared_rules(net6(routed6=True), False, family=6))
     assert not [s for s in shared if "! -o br-a" in s and "MASQUERADE" in s]
-    inbound = specs(r.network_chain_rules(net6(routed6=True), 6))
-    assert any("! -i br-a -p ipv6-icmp" in s and s.endswith("-j ACCEPT") for s in inbound)
-    assert inbound[-2].endswith("-j DROP") or inbound[-1].endswith("-j ACCEPT")
+    inbound = [s for s in specs(r.network_chain_rules(net6(routed6=True), 6)) if "-IN " in s]
+    tag = f"-m comment --comment cnm:{A}"
+    assert inbound[-3:] == [
+        f"filter CNM-N-a1a1a1a1a1a1-IN {tag} -j CNM-ISOLATE",  # other networks stay isolated
+        f"filter CNM-N-a1a1a1a1a1a1-IN ! -i br-a -p ipv6-icmp {tag} -j ACCEPT",
+        f"filter CNM-N-a1a1a1a1a1a1-IN {tag} -j DROP",
+    ]
+    # every v6 network is in CNM-ISOLATE; the chain exists in ip6tables only
+    assert f"filter CNM-ISOLATE -i br-a {tag} -j DROP" in specs(r.network_shared_rules(net6(), False, 6))
+    assert "CNM-ISOLATE" in r.render_setup({}, family=6) and "CNM-ISOLATE" not in r.render_setup({})
     # the v4 side keeps its NAT
     assert any(
         "-s 10.10.0.0/24 ! -o br-a" in s for s in specs(r.network_shared_rules(net6(routed6=True), False))

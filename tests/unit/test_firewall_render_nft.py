@@ -523,8 +523,9 @@ def test_the_ipv6_table_mirrors_the_ipv4_one_without_loopback_or_vxlan_rules():
         "iifname @internal iifname . oifname != @same-bridge drop",
         "oifname @bridges oifname != @internal ct status dnat accept",
         "iifname . oifname @same-bridge oifname @icc accept",
-        "oifname @routed iifname . oifname != @same-bridge meta l4proto ipv6-icmp accept",
-        "oifname @routed iifname . oifname != @same-bridge ip6 daddr . meta l4proto . th dport @published accept",
+        # routed: from outside cnm's bridges only (other networks stay isolated)
+        "oifname @routed iifname != @bridges meta l4proto ipv6-icmp accept",
+        "oifname @routed iifname != @bridges ip6 daddr . meta l4proto . th dport @published accept",
         "oifname @bridges drop",
     ]
     assert rules6_of(script, "postrouting") == [

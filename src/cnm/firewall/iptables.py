@@ -25,7 +25,7 @@ from cnm.kernel.sysctl import set_sysctl
 
 log = logging.getLogger(__name__)
 
-_SHARED_CHAINS = frozenset(c for chains in render_ipt.SHARED.values() for c in chains)
+_SHARED_CHAINS = frozenset(c for chains in render_ipt.SHARED6.values() for c in chains)
 _VARIANT_RE = re.compile(r"\((nf_tables|legacy)\)")
 
 

@@ -14,6 +14,8 @@ skeleton)::
              CNM-N-<id12>-IN   ctstate DNAT ACCEPT ; -i <br> ACCEPT|DROP (icc) ; DROP
              CNM-N-<id12>-OUT  [internal: ! -o <br> DROP] ; ACCEPT
              CNM-INTO-BRIDGE   [internal: -i <br> ! -o <br> DROP, first] ; the -o dispatches
+             CNM-ISOLATE       (ip6tables) -i <br> DROP, per network; a routed network's -IN
+                               chain jumps to it before accepting ICMPv6 from outside
     *nat     PREROUTING  -m addrtype --dst-type LOCAL -> CNM
              OUTPUT      [proxy: ! -d 127.0.0.0/8] -m addrtype --dst-type LOCAL -> CNM
              CNM         [proxy: -i <br> RETURN, per network] ; -j CNM-P-<id12> per endpoint
@@ -58,6 +60,9 @@ DNAT_CHAIN = "CNM"
 POSTROUTING_CHAIN = "CNM-POSTROUTING"
 MASQ_CHAIN = "CNM-MASQUERADE"
 RAW_CHAIN = "CNM-PREROUTING"
+# ip6tables only: "-i <br> -j DROP" for every network's bridge, jumped to by a routed
+# network's chain before it lets ICMPv6 in, so other networks stay isolated from it
+ISOLATE_CHAIN = "CNM-ISOLATE"
 
 TABLES = ("raw", "filter", "nat")  # the order batches are written in
 # Rewritten whole (flushed by declaration) by setup and sync.
@@ -72,6 +77,14 @@ SHARED: dict[str, tuple[str, ...]] = {
     "nat": (DNAT_CHAIN, MASQ_CHAIN),
     "raw": (),
 }
+SHARED6: dict[str, tuple[str, ...]] = {**SHARED, "filter": (*SHARED["filter"], ISOLATE_CHAIN)}
+
+
+def shared_chains(family: int = 4) -> dict[str, tuple[str, ...]]:
+    """The SHARED chains of ``iptables`` (4) or ``ip6tables`` (6), by table."""
+    return SHARED6 if family == 6 else SHARED
+
+
 BUILTIN = frozenset({"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"})
 LOOPBACK = "127.0.0.0/8"
 LOOPBACK6 = "::1/128"
@@ -100,7 +113,7 @@ def is_cnm_chain(name: str) -> bool:
     return (
         is_network_chain(name)
         or is_port_chain(name)
-        or any(name in c for c in (*FIXED.values(), *SHARED.values()))
+        or any(name in c for c in (*FIXED.values(), *SHARED6.values()))
     )
 
 
@@ -307,7 +320,7 @@ def _skeleton(
         existing = state.get(table, TableState()).chains
         for name in FIXED[table]:
             batch.chain(table, name)
-        for name in SHARED[table]:
+        for name in shared_chains(family)[table]:
             # CNM-USER is the user's: never flushed (only created)
             if name not in existing or (flush_shared and name != USER_CHAIN):
                 batch.chain(table, name)
@@ -347,10 +360,12 @@ def network_chain_rules(rules: BridgeRules, family: int = 4) -> list[Rule]:
     if not rules.internal:
         # published ports (DNATed by the nat CNM chain), before icc: they are public
         out.append(_rule("filter", inbound, "-m conntrack --ctstate DNAT", "-j ACCEPT", owner))
-    if family == 6 and rules.routed6 and not rules.internal:
-        # routed mode: the world reaches the v6 subnet without NAT, for ICMPv6 (as Docker)
-        out.append(_rule("filter", inbound, f"! -i {br} -p ipv6-icmp", "-j ACCEPT", owner))
     out.append(_rule("filter", inbound, f"-i {br}", "-j ACCEPT" if rules.icc else "-j DROP", owner))
+    if family == 6 and rules.routed6 and not rules.internal:
+        # routed mode: the world (not another network: CNM-ISOLATE drops what comes from
+        # a cnm bridge) reaches the v6 subnet without NAT, for ICMPv6 (as Docker)
+        out.append(_rule("filter", inbound, "", f"-j {ISOLATE_CHAIN}", owner))
+        out.append(_rule("filter", inbound, f"! -i {br} -p ipv6-icmp", "-j ACCEPT", owner))
     out.append(_rule("filter", inbound, "", "-j DROP", owner))
     if rules.internal:
         out.append(_rule("filter", outbound, f"! -o {br}", "-j DROP", owner))
@@ -371,6 +386,8 @@ def network_shared_rules(rules: BridgeRules, userland_proxy: bool, family: int =
         _rule("filter", INTO_CHAIN, f"-o {br}", f"-j {inbound}", owner),
         _rule("filter", FROM_CHAIN, f"-i {br}", f"-j {outbound}", owner),
     ]
+    if family == 6:
+        out.append(_rule("filter", ISOLATE_CHAIN, f"-i {br}", "-j DROP", owner))
     if rules.internal:
         # nothing leaves an internal network, a published port of another network included:
         # dropped before any network's chain accepts it as DNATed (Docker's isolation)
@@ -529,7 +546,7 @@ def health_problems(state: dict[str, TableState], userland_proxy: bool = False, 
     problems = []
     for table in TABLES:
         chains = state.get(table, TableState()).chains
-        for name in (*FIXED[table], *SHARED[table]):
+        for name in (*FIXED[table], *shared_chains(family)[table]):
             if name not in chains:
                 problems.append(f"chain {table}/{name} missing")
     jumps = {(r.table, r.chain, target_of(r.spec)) for r in cnm_jumps(state)}

@@ -330,11 +330,11 @@ def setup6_lines(table: str = TABLE, userland_proxy: bool = False) -> list[str]:
         f"add rule {t} {FORWARD_CHAIN} {_INTERNAL_DROP}",
         f"add rule {t} {FORWARD_CHAIN} oifname @{SET_BRIDGES} oifname != @{SET_INTERNAL} ct status dnat accept",
         f"add rule {t} {FORWARD_CHAIN} iifname . oifname @{SET_SAME_BRIDGE} oifname @{SET_ICC} accept",
-        # routed mode (never internal: such a bridge is not in the set): ICMPv6 and the
-        # published ports of its containers, at their own addresses, as Docker's routed mode
-        f"add rule {t} {FORWARD_CHAIN} oifname @{SET_ROUTED} iifname . oifname != @{SET_SAME_BRIDGE}"
-        " meta l4proto ipv6-icmp accept",
-        f"add rule {t} {FORWARD_CHAIN} oifname @{SET_ROUTED} iifname . oifname != @{SET_SAME_BRIDGE}"
+        # routed mode (never internal: such a bridge is not in the set), from outside cnm's
+        # bridges (other networks stay isolated): ICMPv6 and the published ports of its
+        # containers, at their own addresses, as Docker's routed mode
+        f"add rule {t} {FORWARD_CHAIN} oifname @{SET_ROUTED} iifname != @{SET_BRIDGES} meta l4proto ipv6-icmp accept",
+        f"add rule {t} {FORWARD_CHAIN} oifname @{SET_ROUTED} iifname != @{SET_BRIDGES}"
         f" ip6 daddr . meta l4proto . th dport @{SET_PUBLISHED} accept",
         f"add rule {t} {FORWARD_CHAIN} oifname @{SET_BRIDGES} drop",
         f"add rule {t} {POSTROUTING_CHAIN} iifname . ip6 saddr @{SET_SUBNETS} iifname @{SET_MASQUERADE}"
