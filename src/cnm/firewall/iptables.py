@@ -175,6 +175,9 @@ class IptablesFirewall:
         if not self.userland_proxy:  # the proxy serves 127.0.0.1 itself
             enable_route_localnet(bridges, strict=strict)
 
+    def _other(self, family: _Family) -> _Family:
+        return self._v6 if family is self._v4 else self._v4
+
 
 def _ip6_tool(iptables: str) -> str:
     """The ip6tables of the same variant as ``iptables`` (``iptables-nft`` ->
@@ -310,6 +313,9 @@ class _Family:
                         "; ".join(problems),
                     )
                     await self._restore(render_ipt.render_setup(state, self.userland_proxy, self.family))
+                    # whoever removed them removed the other family's too, most likely:
+                    # leave both healthy, as one setup would
+                    await self._fw._other(self)._setup_locked()
                 await self._restore(render(render_ipt.owned_rules(state, owner, _SHARED_CHAINS)))
             except FirewallError:
                 raise first from None
@@ -322,12 +328,14 @@ class _Family:
 
     async def setup(self) -> None:
         async with self._lock:
-            if not await self._usable(needed=False):
-                log.warning("%s is not installed: IPv6 networks will be refused", self.tool)
-                return
-            await self._apply_read(
-                lambda state: render_ipt.render_setup(state, self.userland_proxy, self.family)
-            )
+            await self._setup_locked()
+
+    async def _setup_locked(self) -> None:
+        """``setup`` for a caller that holds the lock."""
+        if not await self._usable(needed=False):
+            log.warning("%s is not installed: IPv6 networks will be refused", self.tool)
+            return
+        await self._apply_read(lambda state: render_ipt.render_setup(state, self.userland_proxy, self.family))
 
     async def sync(self, networks: Sequence[BridgeRules], ports: Sequence[PortRule]) -> None:
         by_owner = render_ipt.port_rules_by_owner(ports, self.family)
