@@ -107,9 +107,13 @@ def make(proxy=False):
 
 
 def dump():
+    """Everything the backend's kernel API shows, comparable over time: iptables-save's
+    "# Generated ... on <time>" lines and chain counters are dropped."""
     if BACKEND == "nftables":
         return sh("nft", "list", "ruleset").stdout
-    return sh(BACKEND.replace("iptables", "ip6tables") + "-save").stdout + sh(BACKEND + "-save").stdout
+    text = sh(BACKEND.replace("iptables", "ip6tables") + "-save").stdout + sh(BACKEND + "-save").stdout
+    lines = (line.split(" [")[0] if line.startswith(":") else line for line in text.splitlines())
+    return "\n".join(line for line in lines if not line.startswith("#"))
 
 
 def oid(i):
