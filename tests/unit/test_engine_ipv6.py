@@ -249,3 +249,27 @@ async def test_ip6_refused_at_create_on_a_network_without_ipv6(world):
             ),
         )
     assert ctl.containers() == []
+
+
+async def test_orphan_v6_addresses_and_pools_are_released_at_restart(world):
+    """A crash between IPAM and the records: a v6 address owned by no endpoint, and a v6
+    pool of no network, go back at the next start; live ones stay."""
+    ctl = await world.controller()
+    net = await ctl.create_network(v6net("dual"))
+    keep = await run(ctl, "keep", network_mode=NetworkMode.parse("dual"))
+    live6 = ctl.container_endpoints(keep)[0][1].address6.ip
+    await ctl.close()
+    ipam = DefaultIpam(world.store, DEFAULT_POOLS, pools6=(ULA,))
+    await ipam.start()
+    orphan = await ipam.allocate_address(net.id, "e" * 64, v6=True)
+    await ipam.allocate_pool6("gone" * 16, None)
+    await ipam.close()
+
+    ctl2 = await world.controller()
+    await ctl2.close()
+    check = DefaultIpam(world.store, DEFAULT_POOLS, pools6=(ULA,))
+    await check.start()
+    owners = check.owners(net.id)
+    assert orphan not in owners and owners[live6] != ""
+    assert check.pool6("gone" * 16) is None and check.pool6(net.id) is not None
+    await check.close()
