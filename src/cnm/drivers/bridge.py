@@ -116,6 +116,8 @@ class BridgeDriver:
                 )
             raise Conflict(f"bridge {name} is already in use by network {existing.owner[:12]}")
         async with AsyncExitStack() as undo:
+            if existing is None:  # before: a bridge made but not configured goes too
+                undo.push_async_callback(self._kernel.delete_link, name)
             await self._kernel.ensure_bridge(
                 name,
                 owner=network.id,
@@ -123,8 +125,6 @@ class BridgeDriver:
                 address=gateway_address(network),
                 address6=gateway6_address(network),
             )
-            if existing is None:
-                undo.push_async_callback(self._kernel.delete_link, name)
             await self._quiet_bridge(name)
             if network.enable_ipv6:
                 # after the bridge's accept_ra=0, so it is not taken for an uplink

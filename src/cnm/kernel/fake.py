@@ -455,24 +455,28 @@ class FakeKernel:
 
     # -- sysctl ---------------------------------------------------------------------------
 
+    def _sysctl(self, netns: str | None, key: str) -> str:
+        """``key``'s value: as set, else the kernel's default for IPv6 forwarding ("0"),
+        else ``sysctl_default``."""
+        fallback = "0" if key in sysctls.IPV6_FORWARDING else self.sysctl_default
+        return self.sysctls.get((netns, key), fallback)
+
     async def set_sysctl(self, key: str, value: str, netns_path: str | None = None) -> str:
         self._maybe_fail("set_sysctl")
         if netns_path is not None and netns_path not in self.namespaces:
             raise KernelError(f"network namespace {netns_path} does not exist")
-        previous = self.sysctls.get((netns_path, key), self.sysctl_default)
+        previous = self._sysctl(netns_path, key)
         if previous != value:
             self._record(f"sysctl -w {key}={value}", netns_path)
         self.sysctls[(netns_path, key)] = value
         return previous
 
     async def enable_ipv6_forwarding(self) -> None:
-        """As LinuxKernel's, on ``sysctls`` of the host; an unset forwarding key reads "0"
-        (the kernel's default), any other unset key ``sysctl_default``."""
+        """As LinuxKernel's, on ``sysctls`` of the host (see ``_sysctl`` for unset keys)."""
         self._maybe_fail("enable_ipv6_forwarding")
 
         def read(key: str) -> str | None:
-            fallback = "0" if key in sysctls.IPV6_FORWARDING else self.sysctl_default
-            return self.sysctls.get((HOST, key), fallback)
+            return self._sysctl(HOST, key)
 
         if all(read(key) == "1" for key in sysctls.IPV6_FORWARDING):
             return
