@@ -1,4 +1,4 @@
-"""IPv6 in the kernel layer, on the fake (the real kernel: tests/integration/test_kernel_ipv6.py):
+"""IPv6 in the kernel layer, on the fake (the real kernel: tests/integration/test_kernel_ipv6_netns.py):
 the bridge of a network with IPv6, the container interfaces on it and on v4-only networks,
 the host's forwarding with its uplinks' accept_ra, the v6 default route's fail-over, and the
 netlink messages that carry v6 addresses and routes."""
@@ -92,6 +92,17 @@ async def test_v6_bridge_gets_its_gateway_and_ipv6_on(kit) -> None:
     assert kernel.sysctls[(None, f"net.ipv6.conf.{net.bridge_name}.accept_ra")] == "0"
     assert f"ip -6 addr add fd00:1::1/64 dev {net.bridge_name} nodad" in kernel.commands
     await driver.create_network(net)  # a restart's restore: nothing added twice
+    assert bridge.addresses6 == [IPv6Interface("fd00:1::1/64")]
+
+
+async def test_restore_puts_a_v6_bridge_address_back(kit) -> None:
+    kernel, driver, _ = kit
+    net = network(1, v6=True)
+    await driver.create_network(net)
+    bridge = kernel.link(net.bridge_name)
+    assert bridge is not None
+    bridge.addresses6.clear()  # removed by hand while cnmd was down
+    await driver.restore([net], [])
     assert bridge.addresses6 == [IPv6Interface("fd00:1::1/64")]
 
 

@@ -131,6 +131,18 @@ SCRIPT = textwrap.dedent(
         sh("busybox", "ping6", "-c1", "-W2", "fd00:2::3", netns=s2.key)
         sh("busybox", "ping6", "-c1", "-W2", "fd00:2::3")  # host -> container
 
+        # -- after a restart (a new LinuxKernel): a v6 join into a namespace made before ------
+        k2 = LinuxKernel("0123456789abcdef")
+        d2 = BridgeDriver(k2, firewall)
+        await d2.join(v6net, endpoint(v6net, 7, s2, ifname="eth1", default_route=False), s2)
+        assert sysctl("net.ipv6.conf.eth1.disable_ipv6", s2.key) == "0"
+        assert sysctl("net.ipv6.conf.default.disable_ipv6", s2.key) == "1"
+        assert ("fd00:2::7", 64, "global") in addrs("eth1", "inet6", s2.key)
+        sh("busybox", "ping6", "-c1", "-W2", "fd00:2::7", netns=s1.key)
+        await d2.leave(v6net, endpoint(v6net, 7, s2, ifname="eth1"), s2)
+        await k2.links(s2.key)
+        k2.close()
+
         # -- a second network in one sandbox: v4-only eth1 stays without IPv6 ---------------
         await driver.join(v4net, endpoint(v4net, 5, s1, ifname="eth1", default_route=False), s1)
         assert sysctl("net.ipv6.conf.eth1.disable_ipv6", s1.key) == "1"
@@ -176,4 +188,4 @@ SCRIPT = textwrap.dedent(
 
 @pytest.mark.skipif(not have("busybox", "ip", "sysctl"), reason="needs root, unshare, busybox, ip and sysctl")
 def test_ipv6_bridge_and_containers_in_throwaway_namespace(tmp_path):
-    check_ok(run_script(tmp_path, SCRIPT, name="kernel_ipv6_script.py"))
+    check_ok(run_script(tmp_path, SCRIPT, name="kernel_ipv6_netns_script.py"))
