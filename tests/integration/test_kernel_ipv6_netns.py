@@ -20,7 +20,7 @@ pytestmark = pytest.mark.root
 
 SCRIPT = textwrap.dedent(
     r"""
-    import asyncio, json, subprocess
+    import asyncio, json, logging, subprocess
     from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 
     from cnm.drivers.bridge import BridgeDriver
@@ -69,6 +69,18 @@ SCRIPT = textwrap.dedent(
             gateway6=net.gateway6, default_route=default_route,
         )
 
+    class Lines(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.lines = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
+    LOG = Lines()
+    logging.getLogger("cnm.kernel").addHandler(LOG)
+    logging.getLogger("cnm.kernel").setLevel(logging.DEBUG)
+
     async def main():
         k = LinuxKernel("0123456789abcdef")
         firewall = FakeFirewall()
@@ -79,6 +91,8 @@ SCRIPT = textwrap.dedent(
         sh("ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1")  # no dummy module here
         sh("sysctl", "-w", "net.ipv6.conf.up0.accept_ra=1")
         sh("sysctl", "-w", "net.ipv6.conf.up1.accept_ra=0")
+        # and IPv6 off for new interfaces, as some hosts have it: a v6 bridge turns it on for itself
+        sh("sysctl", "-w", "net.ipv6.conf.default.disable_ipv6=1")
 
         # -- a v4-only network: no forwarding, no IPv6 in its container ------------------------
         v4net = network(1, False)
@@ -172,6 +186,26 @@ SCRIPT = textwrap.dedent(
         except KernelError as exc:
             assert "1280" in str(exc), exc
         await k.delete_link("br-small")
+
+        # -- every change was logged as the command a person would type -------------------------
+        for line in (
+            "sysctl -w net.ipv6.conf.up0.accept_ra=2",
+            "sysctl -w net.ipv6.conf.all.forwarding=1",
+            f"sysctl -w net.ipv6.conf.{br}.disable_ipv6=0",
+            f"ip -6 addr add fd00:2::1/64 dev {br} nodad",
+            f"nsenter --net={s1.key} sysctl -w net.ipv6.conf.default.disable_ipv6=0",
+            f"nsenter --net={s1.key} ip -6 addr add fd00:2::3/64 dev eth0 nodad",
+            f"nsenter --net={s1.key} ip -6 route add default via fd00:2::1 dev eth0",
+            f"nsenter --net={s0.key} ip -6 route replace default via fd00:2::1 dev eth1",
+        ):
+            assert line in LOG.lines, (line, LOG.lines)
+        def at(line):
+            return LOG.lines.index(line)
+
+        assert at("sysctl -w net.ipv6.conf.up0.accept_ra=2") < at("sysctl -w net.ipv6.conf.all.forwarding=1")
+        on = f"nsenter --net={s1.key} sysctl -w net.ipv6.conf.default.disable_ipv6=0"
+        assert at(on) < at(f"ip link set vethn2x3 alias 'cnm:0123456789abcdef:{'en23'.ljust(64, '0')} (c3 on n2)'")
+        assert at(on) < [i for i, l in enumerate(LOG.lines) if l.startswith("ip link add vethn2x3 ")][0]
 
         # -- teardown ---------------------------------------------------------------------------
         for s in (s0, s1, s2):

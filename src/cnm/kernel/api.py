@@ -207,8 +207,11 @@ class Kernel(Protocol):
 
     async def add_veth(self, spec: VethSpec) -> int:
         """Create the pair, attach and raise the host end, configure the peer inside the
-        namespace (name, MAC, MTU, address, up, default route).  Undoes its own partial
-        work on failure.  Returns the host end's ifindex (= the container side's iflink)."""
+        namespace (name, MAC, MTU, address, up, default route; with ``spec.ipv6`` IPv6 on
+        for it, its v6 address and v6 default route, else IPv6 stays off on it).  Undoes
+        its own partial work on failure.  Returns the host end's ifindex (= the container
+        side's iflink).  Two calls into one namespace must not overlap (the sandbox's lock
+        keeps them apart): IPv6 on or off is the namespace's default while the pair is made."""
 
     async def add_vxlan(self, spec: VxlanSpec) -> int:
         """Create the VXLAN device (tagged with ``spec.owner`` in the creating datagram), a

@@ -10,6 +10,7 @@ Every change is logged as the iproute2 command a person would type.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import logging
@@ -588,48 +589,55 @@ class LinuxKernel:
             raise KernelError(
                 f"cannot attach {spec.host_ifname}: bridge {spec.bridge} does not exist"
             ) from None
-        log_command(
-            [
-                "ip",
-                "link",
-                "add",
-                spec.host_ifname,
-                "mtu",
-                str(spec.mtu),
-                "master",
-                spec.bridge,
-                "up",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                spec.ifname,
-                *(["address", spec.mac] if spec.mac else []),
-                "mtu",
-                str(spec.mtu),
-                "netns",
-                spec.netns_path,
-            ]
-        )
-        log_command(
-            [
-                "ip",
-                "link",
-                "set",
-                spec.host_ifname,
-                "alias",
-                owner_alias(spec.owner, self.daemon_id, spec.label),
-                *(["type", "bridge_slave", "hairpin", "on"] if spec.hairpin else []),
-            ]
-        )
-        if spec.ipv6:
+        if spec.ipv6:  # logged before the pair, as a person would have to type it
             self._ipv6_default(handle, spec.netns_path, on=True)
-            try:
-                host_index, peer_index = await self._create_pair(spec, bridge)
-            finally:
-                self._ipv6_default(handle, spec.netns_path, on=False)
-        else:
+        try:
+            log_command(
+                [
+                    "ip",
+                    "link",
+                    "add",
+                    spec.host_ifname,
+                    "mtu",
+                    str(spec.mtu),
+                    "master",
+                    spec.bridge,
+                    "up",
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    spec.ifname,
+                    *(["address", spec.mac] if spec.mac else []),
+                    "mtu",
+                    str(spec.mtu),
+                    "netns",
+                    spec.netns_path,
+                ]
+            )
+            log_command(
+                [
+                    "ip",
+                    "link",
+                    "set",
+                    spec.host_ifname,
+                    "alias",
+                    owner_alias(spec.owner, self.daemon_id, spec.label),
+                    *(["type", "bridge_slave", "hairpin", "on"] if spec.hairpin else []),
+                ]
+            )
             host_index, peer_index = await self._create_pair(spec, bridge)
+        except BaseException:
+            if spec.ipv6:
+                with contextlib.suppress(KernelError):  # the failure to report is the one above
+                    self._ipv6_default(handle, spec.netns_path, on=False)
+            raise
+        if spec.ipv6:
+            try:
+                self._ipv6_default(handle, spec.netns_path, on=False)
+            except KernelError:
+                await self._delete(self.host, spec.host_ifname, None)  # takes the peer with it
+                raise
         crash_point("veth-created")
         try:
             await self._configure_peer(inner, spec, peer_index)
