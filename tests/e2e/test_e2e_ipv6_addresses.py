@@ -14,7 +14,7 @@ import sqlite3
 from typing import Any
 
 import pytest
-from e2e_util import inspect, network_inspect, run_sleeper
+from e2e_util import inspect, network_inspect, run_sleeper, sandbox_key
 from harness import TestHost
 
 
@@ -59,6 +59,11 @@ def test_dual_stack_network_inspect_connect_and_restart(fresh_cnmhost: TestHost)
     assert bb["NetworkSettings"]["Networks"]["dual"]["IPAMConfig"]["IPv6Address"] == "2001:db8:61::f00d"
     containers = network_inspect(host, "dual")["Containers"]
     assert containers[bb["Id"]]["IPv6Address"] == "2001:db8:61::f00d/64"
+    # the addresses are on the containers' interfaces (reaching each other is the data
+    # plane's test, with the v6 firewall)
+    for name, address in (("aa", "2001:db8:61::2"), ("bb", "2001:db8:61::f00d")):
+        addrs = host.ip_json("-6", "addr", "show", "dev", "eth0", netns=sandbox_key(host, name))
+        assert address in {a["local"] for a in addrs[0]["addr_info"]}, (name, addrs)
 
     # connect with --ip6, to a container on the default bridge
     run_sleeper(host, "cc")
