@@ -89,3 +89,54 @@ def _cleanup(api, network: str) -> None:  # type: ignore[no-untyped-def]
         api.remove_container(c["Id"], force=True)
     for n in api.networks(names=[network]):
         api.remove_network(n["Id"])
+
+
+DOCKER = "/usr/local/bin/docker"
+
+
+def test_docker_cli_dual_stack_network(clienthost: TestHost, client_env: dict[str, str]) -> None:
+    """docker 28's own CLI: network create --ipv6 with a subnet of each family, run --ip6,
+    network ls's IPv6 column, inspect's v6 fields; a v6 subnet without --ipv6 is refused."""
+
+    def docker(*args: str, check: bool = True):  # type: ignore[no-untyped-def]
+        return clienthost.run([DOCKER, *args], env=client_env, check=check, timeout=90)
+
+    try:
+        docker(
+            "network", "create", "--ipv6", "--subnet", "10.71.0.0/24", "--subnet", "2001:db8:71::/64", "cli6"
+        )
+        assert docker(
+            "network", "ls", "--filter", "name=cli6", "--format", "{{.Name}} {{.IPv6}}"
+        ).stdout.split() == [
+            "cli6",
+            "true",
+        ]
+        subnets = docker("network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}} {{end}}", "cli6")
+        assert subnets.stdout.split() == ["10.71.0.0/24", "2001:db8:71::/64"]
+        docker(
+            "run",
+            "-d",
+            "--name",
+            "cli6-c",
+            "--network",
+            "cli6",
+            "--ip6",
+            "2001:db8:71::71",
+            "busybox",
+            "sleep",
+            "1d",
+        )
+        fields = docker(
+            "inspect",
+            "-f",
+            '{{with index .NetworkSettings.Networks "cli6"}}{{.GlobalIPv6Address}}/{{.GlobalIPv6PrefixLen}} '
+            "{{.IPv6Gateway}} {{.IPAMConfig.IPv6Address}}{{end}}",
+            "cli6-c",
+        )
+        assert fields.stdout.split() == ["2001:db8:71::71/64", "2001:db8:71::1", "2001:db8:71::71"]
+        refused = docker("network", "create", "--subnet", "2001:db8:72::/64", "cli6-no", check=False)
+        assert refused.returncode != 0 and "IPv6 is not enabled" in refused.stderr
+        assert "cli6-no" not in docker("network", "ls", "--format", "{{.Name}}").stdout.split()
+    finally:
+        docker("rm", "-f", "cli6-c", check=False)
+        docker("network", "rm", "cli6", check=False)
