@@ -136,7 +136,10 @@ def test_default_bridge_ipv6_flags(fresh_cnmhost: TestHost) -> None:
     host = fresh_cnmhost
     bridge = network_inspect(host, "bridge")
     assert bridge["EnableIPv6"] is True
-    assert [c["Subnet"] for c in bridge["IPAM"]["Config"]] == ["172.17.0.0/16", "2001:db8:17::/64"]
+    assert bridge["IPAM"]["Config"] == [
+        {"Subnet": "172.17.0.0/16", "Gateway": "172.17.0.1"},
+        {"Subnet": "2001:db8:17::/64", "Gateway": "2001:db8:17::1"},
+    ]
     run_sleeper(host, "aa")
     settings = inspect(host, "aa")[0]["NetworkSettings"]
     # the deprecated top-level fields come from the default bridge

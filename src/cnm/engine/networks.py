@@ -105,9 +105,15 @@ class Networks:
                     OPT_MTU: str(self._mtu),
                 },
                 enable_ipv6=self._ipv6,
-                ipam=(IpamConfig(subnet=self._subnet6),) if self._subnet6 is not None else (),
+                ipam=self._default_bridge_ipam6(),
             )
             await Network.create(self._svc, spec)
+
+    def _default_bridge_ipam6(self) -> tuple[IpamConfig, ...]:
+        """As dockerd shows ``--fixed-cidr-v6``: the subnet, its first address the gateway."""
+        if self._subnet6 is None:
+            return ()
+        return (IpamConfig(subnet=self._subnet6, gateway=self._subnet6.network_address + 1),)
 
     def _default_bridge_matches(self, current: NetworkRecord) -> bool:
         """Is the stored default bridge the configured one (bridge name, IPv6)?"""
