@@ -3,6 +3,7 @@ beside the v4 ones, overlaps, validation, release and restart."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from ipaddress import IPv4Address as A
 from ipaddress import IPv4Network as N4
@@ -214,3 +215,28 @@ async def test_exhausted_v6_pools():
     with pytest.raises(InvalidArgument, match="IPv6 address pool"):
         await ipam.allocate_pool6("c", None)
     await ipam.close()
+
+
+async def test_two_daemons_share_v6_pools_and_addresses():
+    """Two IPAM caches on one store: a v6 pool one takes is an overlap for the other, and
+    v6 addresses claimed by both at once are all distinct."""
+    store = MemoryStore()
+    a, b = await started(store), await started(store)
+    await a.allocate_pool6("n", cfg6("2001:db8::/64"))
+    for _ in range(1000):  # the watch brings a's pool to b
+        if b.pool6("n") is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert b.pool6("n") == a.pool6("n")
+    with pytest.raises(Forbidden, match="overlaps"):
+        await b.allocate_pool6("m", cfg6("2001:db8::/96"))
+    got = await asyncio.gather(
+        *(
+            ipam.allocate_address("n", f"{name}{i}", v6=True)
+            for i in range(30)
+            for name, ipam in (("a", a), ("b", b))
+        )
+    )
+    assert len(set(got)) == 60 and all(x in N6("2001:db8::/64") for x in got)
+    await a.close()
+    await b.close()
