@@ -302,7 +302,9 @@ def jump_rules(userland_proxy: bool, family: int = 4) -> list[Rule]:
     the last one listed ends up first: CNM-USER before CNM-FORWARD)."""
     b = BASE_OWNER
     local = "-m addrtype --dst-type LOCAL"
-    output = f"! -d {_loopback(family)} {local}" if userland_proxy else local
+    # The host's own connections to a loopback address go to the proxy, not the DNAT: with
+    # the proxy on, or always for IPv6 (the kernel cannot route a DNATed packet from ::1).
+    output = f"! -d {_loopback(family)} {local}" if userland_proxy or family == 6 else local
     return [
         _rule("filter", "FORWARD", "", f"-j {FORWARD_CHAIN}", b, first=True),
         _rule("filter", "FORWARD", "", f"-j {USER_CHAIN}", b, first=True),

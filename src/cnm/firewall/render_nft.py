@@ -345,7 +345,8 @@ def setup6_lines(table: str = TABLE, userland_proxy: bool = False) -> list[str]:
         lines.append(f"add rule {t} {PREROUTING_CHAIN} iifname @{SET_BRIDGES} return")
     lines += [
         f"add rule {t} {PREROUTING_CHAIN} fib daddr type local jump {PORTS_CHAIN}",
-        f"add rule {t} {OUTPUT_CHAIN} fib daddr type local jump {PORTS_CHAIN}",
+        # [::1] is the proxy's: the kernel cannot route a DNATed packet from ::1
+        f"add rule {t} {OUTPUT_CHAIN} ip6 daddr != ::1 fib daddr type local jump {PORTS_CHAIN}",
     ]
     lines += [
         f"add rule {t} {PORTS_CHAIN} ip6 saddr != {LINK_LOCAL6} meta l4proto {{ {', '.join(PORT_PROTOCOLS)} }}"
