@@ -82,10 +82,10 @@ class PortRule:
     network: str  # network id (whose bridge the container is on)
     bridge: str
     protocol: str  # tcp | udp | sctp
-    host_ip: IPv4Address | None
+    host_ip: IPv4Address | IPv6Address | None
     host_port: int
     host_port_end: int
-    container_ip: IPv4Address
+    container_ip: IPv4Address | IPv6Address
     container_port: int
     # "<container> on <network>", for people reading the comments (not compared, as above)
     label: str = field(default="", compare=False)
