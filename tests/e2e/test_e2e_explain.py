@@ -92,7 +92,8 @@ def test_explain_matches_the_kernel_fact_by_fact(seehost: TestHost) -> None:
     assert e["default_gateway"] == a["gateway"] == next(r["gateway"] for r in routes if r["dst"] == "default")
     assert "nameserver" in e["resolv_conf"] and ip in e["hosts"]
     # the published port and the exact nft element serving it, as nft lists it
-    (port,) = a["ports"]
+    port, twin = a["ports"]  # -p 8080:80 binds 0.0.0.0 and :: (Docker 27+)
+    assert (twin["host_ip"], twin["host_port"]) == ("::", 8080)
     assert (port["host_port"], port["container_port"], port["protocol"]) == (8080, 80, "tcp")
     (rule,) = port["rules"]
     assert rule.startswith("tcp . 8080 ") and f": {ip} . 80" in rule
