@@ -212,7 +212,8 @@ def test_explain_shows_the_iptables_rules_of_a_port_with_that_backend(fresh_cnmh
     run_sleeper(fresh_cnmhost, "ipt", "-p", "8081:80", "-p", "9000-9001:9000-9001/udp")
     e = explain(fresh_cnmhost, "ipt")
     ip = e["attachments"][0]["address"].split("/")[0]
-    by_port = {p["host_port"]: p for p in e["attachments"][0]["ports"]}
+    ports = e["attachments"][0]["ports"]
+    by_port = {p["host_port"]: p for p in ports if p["host_ip"] == "0.0.0.0"}  # the v4 rules' ports
     (rule,) = by_port[8081]["rules"]
     assert "-p tcp" in rule and "--dport 8081" in rule and f"--to-destination {ip}:80" in rule, rule
     assert any("-p udp" in r and "9000:9001" in r for r in by_port[9000]["rules"]), by_port[9000]
