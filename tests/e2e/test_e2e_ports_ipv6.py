@@ -140,6 +140,30 @@ def test_a_v6_loopback_binding_answers_on_loopback_only(host6: TestHost) -> None
         host6.cnm("rm", "-f", "lo6")
 
 
+def test_a_binding_to_the_hosts_v6_address_answers_only_there(host6: TestHost) -> None:
+    web(host6, "at6", "-p", f"[{HOST_IP6}]:8189:80")
+    try:
+        assert fetch_world(host6, f"http://[{HOST_IP6}]:8189/") == "hello-at6"
+        assert fetch_host(host6, "http://[::1]:8189/") is None
+        assert fetch_world(host6, f"http://{HOST_IP}:8189/") is None
+        assert host6.cnm("port", "at6").stdout == f"80/tcp -> [{HOST_IP6}]:8189\n"
+        # an address the host does not have is bad input, and nothing is kept
+        r = host6.cnm(
+            "run",
+            "-d",
+            "--name",
+            "nowhere6",
+            "-p",
+            "[2001:db8:ffff::9]:8190:80",
+            "busybox",
+            "true",
+            check=False,
+        )
+        assert r.returncode != 0 and "2001:db8:ffff::9 is not an address of this host" in r.stderr, r.stderr
+    finally:
+        host6.cnm("rm", "-f", "at6", "nowhere6", check=False)
+
+
 def test_an_ephemeral_port_is_the_same_for_both_families(host6: TestHost) -> None:
     web(host6, "eph", "-P", "--expose", "80")
     try:
