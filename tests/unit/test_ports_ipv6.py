@@ -238,6 +238,31 @@ async def test_publish_proxies_v6_always_and_v4_only_in_proxy_mode(userland_prox
     assert [str(m.host_ip) for m in proxy.added[0][0]] == want
 
 
+async def test_a_proxy_failure_unwinds_the_ports_rules_and_listeners():
+    from cnm.engine.ports import Publisher
+    from cnm.errors import KernelError
+
+    class FailingProxy(RecordingProxy):
+        removed: list[str] = []
+
+        async def add(self, owner, reservations, container_ip, container_ip6=None):
+            raise KernelError("no worker")
+
+        async def remove(self, owner):
+            self.removed.append(owner)
+
+    fw = FakeFirewall()
+    await fw.setup()
+    alloc = fake_allocator()
+    proxy = FailingProxy()
+    pub = Publisher(alloc, fw, proxy, userland_proxy=False)  # type: ignore[arg-type]
+    with pytest.raises(KernelError):
+        async with AsyncExitStack() as stack:
+            await pub.publish(stack, NET, endpoint(False), [PortRequest("tcp", 80, None, 8080, 8080)])
+    assert alloc.reservations("e" * 64) == [] and alloc.holder("tcp", ANY6, 8080) is None
+    assert not fw.ports.get("e" * 64) and proxy.removed == ["e" * 64]
+
+
 async def test_proxy_carries_v6_loopback_to_an_ipv4_only_container():
     """Kernel mode, a v4-only container: [::1]:PORT answers through the proxy (TCP and UDP)."""
     from cnm.engine.ports import Publisher

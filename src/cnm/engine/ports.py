@@ -123,16 +123,17 @@ class Publisher:
         self._proxy_all = userland_proxy
 
     def _proxied(self, held: Sequence[Reservation]) -> list[Reservation]:
+        """The reservations the proxy serves (every IPv6 one; all with ``userland_proxy``)."""
         return [r for r in held if self._proxy_all or r.mapping.host_ip.version == 6]
 
-    async def _serve(self, endpoint: EndpointRecord, held: Sequence[Reservation]) -> bool:
-        """Start the proxy for the bindings it serves; whether it serves any."""
+    async def _serve(self, endpoint: EndpointRecord, held: Sequence[Reservation]) -> None:
+        """Start the proxy for the bindings it serves: IPv6 ones to the endpoint's IPv6
+        address when it has one, everything else to its IPv4 address."""
         served = self._proxied(held)
         if self._proxy is None or endpoint.address is None or not served:
-            return False
+            return
         address6 = endpoint.address6.ip if endpoint.address6 is not None else None
         await self._proxy.add(endpoint.id, served, endpoint.address.ip, address6)
-        return True
 
     async def publish(
         self,
@@ -158,9 +159,10 @@ class Publisher:
         mappings = tuple(r.mapping for r in held)
         await self._firewall.add_ports(endpoint.id, port_rules(network, endpoint, mappings))
         stack.push_async_callback(self._firewall.remove_ports, endpoint.id)
-        proxy = self._proxy
-        if proxy is not None and await self._serve(endpoint, held):
-            stack.push_async_callback(proxy.remove, endpoint.id)
+        if self._proxy is not None and self._proxied(held):
+            # registered first: a listener started before a failure is stopped too
+            stack.push_async_callback(self._proxy.remove, endpoint.id)
+            await self._serve(endpoint, held)
         return replace(endpoint, ports=mappings)
 
     async def unpublish(self, endpoint: EndpointRecord) -> list[BaseException]:
