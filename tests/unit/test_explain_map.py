@@ -76,6 +76,34 @@ def test_text_map_without_uplink_or_containers():
     assert "`-- no bridge (null driver)\n    `-- no containers\n" in text
 
 
+def dual_stack() -> Topology:
+    web = Member(
+        container="web", container_id=WEB, running=True, ifname="eth0", address="172.18.0.2/16",
+        mac="02:42:ac:12:00:02", host_ifname="veth1a", host_ifindex=9, address6="2001:db8:1::2/64",
+        ports=("0.0.0.0:8080->80/tcp", "[::]:8080->80/tcp"),
+    )  # fmt: skip
+    net = NetworkNode(
+        name="v6", id=FRONT, driver="bridge", bridge="br-ffffffffffff", bridge_ifindex=5, subnet="172.18.0.0/16",
+        gateway="172.18.0.1", internal=False, members=(web,), subnet6="2001:db8:1::/64", gateway6="2001:db8:1::1",
+    )  # fmt: skip
+    return Topology(uplink=None, networks=(net,))
+
+
+def test_map_of_a_dual_stack_network_shows_its_v6_subnet_gateway_and_addresses():
+    text = render_text(dual_stack())
+    assert (
+        "network v6 (bridge, 172.18.0.0/16, gateway 172.18.0.1, 2001:db8:1::/64, gateway 2001:db8:1::1)" in text
+    )
+    assert "<-> web eth0 172.18.0.2/16 2001:db8:1::2/64 02:42:ac:12:00:02" in text
+    assert "port [::]:8080->80/tcp" in text
+    source = render_dot(dual_stack())
+    assert 'label="network v6\\n172.18.0.0/16\\n2001:db8:1::/64";' in source
+    assert '[label="eth0 172.18.0.2/16\\n2001:db8:1::2/64\\n02:42:ac:12:00:02"]' in source
+    data = json.loads(json.dumps(plain(dual_stack())))
+    assert data["networks"][0]["subnet6"] == "2001:db8:1::/64"
+    assert data["networks"][0]["members"][0]["address6"] == "2001:db8:1::2/64"
+
+
 def _dot_statements(source: str) -> list[str]:
     return [line.strip() for line in source.splitlines()]
 
