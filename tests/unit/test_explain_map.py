@@ -92,7 +92,8 @@ def dual_stack() -> Topology:
 def test_map_of_a_dual_stack_network_shows_its_v6_subnet_gateway_and_addresses():
     text = render_text(dual_stack())
     assert (
-        "network v6 (bridge, 172.18.0.0/16, gateway 172.18.0.1, 2001:db8:1::/64, gateway 2001:db8:1::1)" in text
+        "network v6 (bridge, 172.18.0.0/16, gateway 172.18.0.1, 2001:db8:1::/64, gateway 2001:db8:1::1)"
+        in text
     )
     assert "<-> web eth0 172.18.0.2/16 2001:db8:1::2/64 02:42:ac:12:00:02" in text
     assert "port [::]:8080->80/tcp" in text
@@ -259,3 +260,47 @@ async def test_explain_route_unknown_container_is_404(server):  # noqa: F811
     _, client, _ = server
     reply = await client.request("GET", "/cnm/v1/containers/nosuch/explain")
     assert reply.status == 404 and "nosuch" in reply.json()["message"]
+
+
+def test_explain_text_of_a_dual_stack_container_shows_v6_facts_and_commands():
+    netns = "/run/cnm/netns/0123456789ab"
+    e = Explanation(
+        container="web", container_id=WEB, running=True, network_mode="v6", netns=netns,
+        attachments=(
+            Attachment(
+                network="v6", network_id=FRONT, driver="bridge", ifname="eth0", address="172.18.0.2/16",
+                gateway="172.18.0.1", address6="2001:db8:1::2/64", gateway6="2001:db8:1::1",
+                ports=(PortPath("tcp", "::", 8080, 80,
+                                ('tcp . 8080 comment "cnm:ep" : 2001:db8:1::2 . 80  (map ports-any)',),
+                                "nft list map ip6 cnm ports-any"),
+                       PortPath("tcp", "::1", 8081, 81, (), "",
+                                note="cnmd's proxy carries it to 172.18.0.2:81 (no IPv6 DNAT for it)")),
+            ),
+        ),
+        routes6=(Route("default", "eth0", "2001:db8:1::1"), Route("2001:db8:1::/64", "eth0")),
+        default_gateway6="2001:db8:1::1",
+        commands={
+            "routes": f"nsenter --net={netns} ip route show",
+            "routes6": f"nsenter --net={netns} ip -6 route show",
+            "neighbours": f"nsenter --net={netns} ip neigh show",
+            "neighbours6": f"nsenter --net={netns} ip -6 neigh show",
+        },
+    )  # fmt: skip
+    lines = render_explanation(json.loads(json.dumps(plain(e)))).splitlines()
+    assert any(line.endswith("IP 172.18.0.2/16, IPv6 2001:db8:1::2/64") for line in lines)
+    assert "  IPv6 gateway 2001:db8:1::1" in lines
+    i = lines.index("  published [::]:8080 -> 80/tcp")
+    assert lines[i + 1 : i + 3] == [
+        '    tcp . 8080 comment "cnm:ep" : 2001:db8:1::2 . 80  (map ports-any)',
+        "    $ nft list map ip6 cnm ports-any",
+    ]
+    i = lines.index("  published [::1]:8081 -> 81/tcp")
+    assert lines[i + 1] == "    cnmd's proxy carries it to 172.18.0.2:81 (no IPv6 DNAT for it)"
+    i = lines.index("IPv6 routes inside")
+    assert lines[i + 1 : i + 4] == [
+        "  default via 2001:db8:1::1 dev eth0",
+        "  2001:db8:1::/64 dev eth0",
+        f"  $ nsenter --net={netns} ip -6 route show",
+    ]
+    assert "IPv6 default gateway 2001:db8:1::1" in lines
+    assert "neighbours inside (ARP, NDP)" in lines and f"  $ nsenter --net={netns} ip -6 neigh show" in lines

@@ -326,7 +326,14 @@ def render_dot(topology: Topology) -> str:
         for m in net.members:
             veth = f"veth:{net.id}:{m.host_ifname or m.container_id}"
             out.append("  " + _edge(bridge_id, veth))
-            out.append("  " + _edge(veth, f"c:{m.container_id}", "\n".join(x for x in (f"{m.ifname} {m.address}", m.address6, m.mac) if x)))
+            out.append(
+                "  "
+                + _edge(
+                    veth,
+                    f"c:{m.container_id}",
+                    "\n".join(x for x in (f"{m.ifname} {m.address}", m.address6, m.mac) if x),
+                )
+            )
             for port in m.ports:
                 out.append("  " + _node(f"port:{port}", port, shape="cds"))
                 out.append("  " + _edge(f"port:{port}", f"c:{m.container_id}", "published", style="bold"))
