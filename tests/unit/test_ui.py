@@ -87,7 +87,9 @@ class Engine:
             raise NotFound(f"No such container: {ref}")
         return web_explanation()
 
-    async def trace(self, source: str, destination: str, live: bool = False) -> Trace:
+    async def trace(
+        self, source: str, destination: str, live: bool = False, family: int | None = None
+    ) -> Trace:
         self.traced.append((source, destination, live))
         if self.trace_fails is not None:
             raise self.trace_fails
