@@ -310,4 +310,11 @@ def check_dual_stack_explain(host: TestHost, backend: str) -> None:
     for key in ("routes6", "neighbours6"):
         host.run(shlex.split(e["commands"][key]))
     assert f"conntrack {ip6}" in e["commands"] and "-f ipv6" in e["commands"][f"conntrack {ip6}"]
+    # the port's v6 guard and (nftables) the v6 subnet's NAT, each set listed as shown
+    assert any(g.startswith("bridge cnm addrs6: ") and ip6 in g for g in a["guard"]), a["guard"]
+    if backend == "nftables":
+        assert any(n.startswith("ip6 cnm masquerading: ") for n in a["nat"]), a["nat"]
+        assert any(n.startswith("ip6 cnm subnets: ") and "2001:db8:7::/64" in n for n in a["nat"]), a["nat"]
+        assert "2001:db8:7::/64" in host.sh(a["commands"]["nat ip6 subnets"]).stdout
+    assert ip6 in host.sh(a["commands"]["guard bridge addrs6"]).stdout
     assert e["problems"] == [], e["problems"]

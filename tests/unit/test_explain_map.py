@@ -270,6 +270,12 @@ def test_explain_text_of_a_dual_stack_container_shows_v6_facts_and_commands():
             Attachment(
                 network="v6", network_id=FRONT, driver="bridge", ifname="eth0", address="172.18.0.2/16",
                 gateway="172.18.0.1", address6="2001:db8:1::2/64", gateway6="2001:db8:1::1",
+                guard=('bridge cnm addrs6: "veth1a" . 02:42:ac:12:00:02 . 2001:db8:1::2',),
+                nat=('ip6 cnm masquerading: "br-ffffffffffff"',),
+                commands={
+                    "guard bridge addrs6": "nft list set bridge cnm addrs6",
+                    "nat ip6 masquerading": "nft list set ip6 cnm masquerading",
+                },
                 ports=(PortPath("tcp", "::", 8080, 80,
                                 ('tcp . 8080 comment "cnm:ep" : 2001:db8:1::2 . 80  (map ports-any)',),
                                 "nft list map ip6 cnm ports-any"),
@@ -303,4 +309,14 @@ def test_explain_text_of_a_dual_stack_container_shows_v6_facts_and_commands():
         f"  $ nsenter --net={netns} ip -6 route show",
     ]
     assert "IPv6 default gateway 2001:db8:1::1" in lines
+    i = lines.index("  anti-spoofing guard of its port (what it may send from)")
+    assert lines[i + 1 : i + 3] == [
+        '    bridge cnm addrs6: "veth1a" . 02:42:ac:12:00:02 . 2001:db8:1::2',
+        "    $ nft list set bridge cnm addrs6",
+    ]
+    i = lines.index("  how its network leaves the host")
+    assert lines[i + 1 : i + 3] == [
+        '    ip6 cnm masquerading: "br-ffffffffffff"',
+        "    $ nft list set ip6 cnm masquerading",
+    ]
     assert "neighbours inside (ARP, NDP)" in lines and f"  $ nsenter --net={netns} ip -6 neigh show" in lines

@@ -18,9 +18,10 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
+from cnm.engine import explain_sets
 from cnm.engine.lookup import find_container
 from cnm.engine.sandbox import netns_name_path
 from cnm.engine.services import Services
@@ -77,6 +78,8 @@ class Attachment:
     commands: Mapping[str, str] = field(default_factory=lambda: _EMPTY)  # "inside", "host", "bridge"
     address6: str = ""  # "": no IPv6 on this network
     gateway6: str = ""
+    guard: tuple[str, ...] = ()  # its bridge port's anti-spoofing elements (commands "guard …")
+    nat: tuple[str, ...] = ()  # how its network leaves the host, ip and ip6 tables (commands "nat …")
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +148,17 @@ class Explainer:
         by_index = {link.index: link for link in host.values()}
         port_rules = await self._port_rules([ep for _, ep in pairs], problems)
         attachments = tuple(
-            self._attachment(network, ep, inside, host, by_index, port_rules, netns, container.config.links)
-            for network, ep in pairs
+            [
+                await self._sets(
+                    self._attachment(
+                        network, ep, inside, host, by_index, port_rules, netns, container.config.links
+                    ),
+                    network,
+                    ep,
+                    problems,
+                )
+                for network, ep in pairs
+            ]
         )
         commands: dict[str, str] = {}
         routes: list[facts.Route] = []
@@ -262,6 +274,29 @@ class Explainer:
             address6=str(ep.address6) if ep.address6 is not None else "",
             gateway6=str(ep.gateway6) if ep.gateway6 is not None else "",
         )
+
+    async def _sets(
+        self, a: Attachment, network: NetworkRecord, ep: EndpointRecord, problems: list[str]
+    ) -> Attachment:
+        """``a`` with its port's guard elements and (nftables) its network's NAT elements."""
+        if network.driver != "bridge":
+            return a
+        commands = dict(a.commands)
+        found: dict[str, list[str]] = {}
+        for key in ("guard", "nat") if self._backend == "nftables" else ("guard",):
+            try:
+                if key == "guard":
+                    found[key], listed = await explain_sets.guard(self._table, ep)
+                else:
+                    found[key], listed = await explain_sets.nat(self._table, network)
+            except CnmError as exc:
+                problems.append(f"{key} elements: {exc}")
+                continue
+            for command in listed:  # "nft list set FAMILY TABLE SET" under "KEY FAMILY SET"
+                words = command.split()
+                commands[f"{key} {words[3]} {words[5]}"] = command
+        guard, nat = tuple(found.get("guard", ())), tuple(found.get("nat", ()))
+        return replace(a, guard=guard, nat=nat, commands=MappingProxyType(commands))
 
     # -- published ports ----------------------------------------------------------------
 

@@ -86,6 +86,14 @@ def render_explanation(e: dict) -> str:
         if a.get("bridge"):
             out.append(f"  bridge {a['bridge']}: ifindex {_index(a.get('bridge_ifindex', 0))}")
             out += _cmd(ac.get("bridge", ""), "  ")
+        if a.get("guard"):
+            out.append("  anti-spoofing guard of its port (what it may send from)")
+            out += [f"    {g}" for g in a["guard"]]
+            out += [line for k, c in ac.items() if k.startswith("guard ") for line in _cmd(c, "  ")]
+        if a.get("nat"):
+            out.append("  how its network leaves the host")
+            out += [f"    {n}" for n in a["nat"]]
+            out += [line for k, c in ac.items() if k.startswith("nat ") for line in _cmd(c, "  ")]
         if a.get("gateway"):
             out.append(f"  gateway {a['gateway']}")
         if a.get("gateway6"):
