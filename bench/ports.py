@@ -671,7 +671,7 @@ def dual_stack_throughput(engine: Engine, opts: argparse.Namespace, table: Table
         if ratios:
             table.add(
                 engine.who,
-                f"dual tcp {v6} / {v4}",
+                f"dual {v6} / v4",
                 100 * statistics.median(ratios),
                 "%",
                 "per round " + ", ".join(f"{100 * v:.0f}" for v in ratios),
@@ -911,7 +911,7 @@ def report(table: Table, opts: argparse.Namespace) -> None:
     if opts.ipv6:
         print(f"\n== IPv6: one dual-stack container, -p {DUAL_HOST_PORT}:{IPERF_PORT}, each family ==")
         print(table.render([f"dual tcp {p}" for p in DUAL_PATHS], "Gbit/s", ".2f"))
-        print(table.render([f"dual tcp {v6} / {v4}" for v6, v4 in DUAL_PAIRS], "%", ".1f"))
+        print(table.render([f"dual {v6} / v4" for v6, _ in DUAL_PAIRS], "%", ".1f"))
         print("  loopback: the kernel cannot DNAT from ::1, so [::1] goes through cnmd's proxy in every mode")
     print("\n== goals (issue 3) ==")
     print("\n".join(goal_lines(table, opts)) or "  (no cnm figures)")
