@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,7 +25,8 @@ from typing import Any
 
 import pytest
 from e2e_util import cexec, inspect, network_inspect, run_sleeper, sandbox_key, world_server
-from harness import HOST_ADDR, HOST_ADDR6, WORLD_ADDR6, TestHost, dump_host
+from etcd_cluster import EtcdCluster
+from harness import HOST_ADDR, HOST_ADDR6, ROOT_SKIP_REASON, WORLD_ADDR6, TestHost, dump_host, is_root
 
 HERE = Path(__file__).resolve().parent
 RAW = HERE / "rawframes.py"
@@ -462,3 +464,28 @@ def test_etc_hosts_of_a_v4_only_container_has_no_v6_address(site: Site) -> None:
     defaults = {ipaddress.IPv6Address(a) for a in ("::1", "fe00::", "ff00::", "ff02::1", "ff02::2")}
     v6 = [ln for ln in lines if ":" in ln[0]]
     assert [ln for ln in v6 if ipaddress.IPv6Address(ln[0]) not in defaults] == [], lines
+
+
+# -- overlay ------------------------------------------------------------------------------------
+
+
+def test_overlay_with_ipv6_is_a_clear_400_that_changes_nothing() -> None:
+    """Overlay networks stay IPv4: ``-d overlay --ipv6`` is refused, through the API and the
+    CLI, naming why, and no network is left (a cluster store is needed to get that far)."""
+    if not is_root():
+        pytest.skip(ROOT_SKIP_REASON)
+    with TestHost() as host:
+        cluster = EtcdCluster(1, inside=host.inside, root=host.tmp / "etcd")
+        try:
+            cluster.start()
+            host.start_daemon("--cluster-store", cluster.url)
+            r = host.api("POST", "/networks/create", {"Name": "ov6", "Driver": "overlay", "EnableIPv6": True})
+            assert (r.status, "IPv4-only" in r.message) == (400, True), r.message
+            cli = host.cnm("network", "create", "-d", "overlay", "--ipv6", "ov6", check=False)
+            assert cli.returncode != 0 and "IPv4-only" in cli.stderr, cli.stderr
+            assert "ov6" not in host.cnm("network", "ls", "--format", "{{.Name}}").stdout.split()
+            host.cnm("network", "create", "-d", "overlay", "ov6")  # the name was never taken
+        finally:
+            if host.daemon_running():
+                host.kill_daemon(signal.SIGTERM)
+            cluster.close()
