@@ -466,6 +466,40 @@ def test_etc_hosts_of_a_v4_only_container_has_no_v6_address(site: Site) -> None:
     assert [ln for ln in v6 if ipaddress.IPv6Address(ln[0]) not in defaults] == [], lines
 
 
+# -- restart ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ipv6_survives_a_daemon_restart(backend: str, busybox_tar: Path) -> None:
+    """cnmd stops and starts again (live-restore): the containers keep their v6 addresses,
+    and v6 between them, v6 egress and the v6 published port work as before."""
+    if not is_root():
+        pytest.skip(ROOT_SKIP_REASON)
+    with TestHost() as host:
+        try:
+            host.start_daemon("--firewall-backend", backend)
+            host.import_image(busybox_tar, "busybox")
+            host.cnm("network", "create", *NETWORKS[GIVEN], GIVEN)
+            run_sleeper(host, "g1", "--network", GIVEN)
+            run_sleeper(host, "g2", "--network", GIVEN, "--ip6", FIXED6)
+            web = ("sh", "-c", HTTPD.format(text="web6"))
+            run_sleeper(host, "web", "--network", GIVEN, "-p", "8080:80", cmd=web)
+            before = {n: settings(host, n, GIVEN)["GlobalIPv6Address"] for n in ("g1", "g2", "web")}
+            assert host.kill_daemon(signal.SIGTERM) == 0
+            host.start_daemon("--firewall-backend", backend)
+            after = {n: settings(host, n, GIVEN)["GlobalIPv6Address"] for n in ("g1", "g2", "web")}
+            assert after == before
+            assert pings6(host, "g1", FIXED6)
+            server = world_server(host, "tcp", 9006, address=WORLD_ADDR6)
+            tcp6_probe(host, "g1", 9006)
+            assert server.peer() == HOST_ADDR6
+            assert fetch(host, f"http://[{HOST_ADDR6}]:8080/", world=True) == "web6"
+            assert fetch(host, "http://[::1]:8080/") == "web6"
+        except BaseException:
+            dump_host(host)
+            raise
+
+
 # -- overlay ------------------------------------------------------------------------------------
 
 
