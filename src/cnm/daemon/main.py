@@ -237,6 +237,7 @@ def _build(
         cluster=engine_cluster,
         firewall_table=table,
         netns_names=config.netns_names,
+        host_gateway_ips=config.host_gateway_ips,
     )
     return controller, store, kernel, dns, leftovers, guard
 
