@@ -1,5 +1,4 @@
-"""The engine's coordinator: it wires the engine's pieces and is the one facade the API
-layer calls.
+"""The engine's coordinator: it wires the engine's pieces and is the one facade the API layer calls.
 
 Each entry point hands its request to the piece whose job it is: the catalogue
 (``networks.py``), the three CNM objects (``network.py``, ``endpoint.py``, ``sandbox.py``),
