@@ -5,6 +5,7 @@ The host has an underlay veth (``ul0``, 10.0.0.1) and a stand-in for the tunnel 
 (a veth named ``cnmwg0``, 10.9.0.1), both to a "peer" netns that sends VXLAN datagrams
 built by hand (flags, VNI in bytes 4-6) to UDP 4789.  A plain UDP socket bound to 4789 on
 the host shows which datagrams got past the input hook: that checks the payload offset.
+The drop rule's chain is on the input hook only while an encrypted VNI is there.
 """
 
 from __future__ import annotations
@@ -65,6 +66,12 @@ def arrived():
     return struct.unpack("!I", data[4:8])[0] >> 8
 
 
+def input_chains():
+    """The base chains on the input hook, of any table."""
+    ruleset = json.loads(sh("nft", "-j", "list", "ruleset"))["nftables"]
+    return sorted(o["chain"]["name"] for o in ruleset if o.get("chain", {}).get("hook") == "input")
+
+
 def dropped():
     chain = json.loads(sh("nft", "-j", "list", "chain", "ip", "cnm", "vxlan-input"))
     return sum(e["counter"]["packets"] for o in chain["nftables"] if "rule" in o
@@ -73,15 +80,23 @@ def dropped():
 
 async def main():
     await fw.setup()
+    await fw.sync([])
+    results = {"input chains, no encrypted VNI": input_chains()}
+    send("10.0.0.1", 4097); results["underlay, nothing encrypted"] = arrived()
     await fw.add_encrypted_vni(OWNER, 4097)
-    results = {}
+    results["input chains, one encrypted VNI"] = input_chains()
     send("10.0.0.1", 4097); results["underlay, encrypted VNI"] = (arrived(), dropped())
     send("10.0.0.1", 4098); results["underlay, other VNI"] = (arrived(), dropped())
     send("10.9.0.1", 4097); results["tunnel, encrypted VNI"] = (arrived(), dropped())
     await fw.sync([])  # a rebuilt table keeps the VNI
     send("10.0.0.1", 4097); results["underlay after sync"] = (arrived(), dropped())
-    await fw.remove_encrypted_vni(OWNER, 4097)
-    send("10.0.0.1", 4097); results["underlay after removal"] = (arrived(), dropped())
+    await fw.add_encrypted_vni("cd" * 32, 4099)
+    await fw.remove_encrypted_vni(OWNER, 4097)  # 4099 still guarded
+    send("10.0.0.1", 4097); results["underlay, 4097 removed"] = (arrived(), dropped())
+    send("10.0.0.1", 4099); results["underlay, 4099 kept"] = (arrived(), dropped())
+    await fw.remove_encrypted_vni("cd" * 32, 4099)
+    results["input chains, last VNI removed"] = input_chains()
+    send("10.0.0.1", 4099); results["underlay after the last removal"] = arrived()
     print(json.dumps(results))
     print("OK")
 
@@ -94,9 +109,15 @@ asyncio.run(main())
 def test_plain_vxlan_with_an_encrypted_vni_is_dropped_unless_it_came_through_the_tunnel(tmp_path):
     results = json.loads(check_ok(run_script(tmp_path, SCRIPT)).strip().splitlines()[-2])
     assert results == {
+        "input chains, no encrypted VNI": [],  # nothing on the input path for nothing
+        "underlay, nothing encrypted": 4097,
+        "input chains, one encrypted VNI": ["vxlan-input"],
         "underlay, encrypted VNI": [None, 1],
         "underlay, other VNI": [4098, 1],
         "tunnel, encrypted VNI": [4097, 1],
         "underlay after sync": [None, 1],  # the counter is new with the rebuilt rule
-        "underlay after removal": [4097, 1],
+        "underlay, 4097 removed": [4097, 1],
+        "underlay, 4099 kept": [None, 2],
+        "input chains, last VNI removed": [],
+        "underlay after the last removal": 4099,
     }
