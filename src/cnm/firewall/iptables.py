@@ -45,9 +45,9 @@ class IptablesFirewall:
     the chains in between) is rendered again from a fresh read, once; when cnm's own
     chains are what vanished, they are put back first, so the change still lands.
 
-    It does not drop plain VXLAN for encrypted overlay networks (``add_encrypted_vni``
-    only warns): on a host where an encrypted network runs, a frame sent from the
-    underlay to UDP 4789 with its VNI reaches it.  Use the nftables backend there."""
+    Plain VXLAN from the underlay carrying an encrypted overlay network's VNI is dropped
+    in CNM-VXLAN (a ``u32`` match on the VNI), which INPUT jumps to only while such a
+    network is on this host."""
 
     def __init__(self, userland_proxy: bool = False, iptables: str = "iptables") -> None:
         self.userland_proxy = userland_proxy
@@ -63,6 +63,7 @@ class IptablesFirewall:
         self._port_owner: dict[PortKey, str] = {}
         self._port_keys: dict[str, list[PortKey]] = {}  # endpoint -> its keys
         self._known = False  # memory matches the kernel (after sync / teardown)
+        self._vnis: dict[str, int] = {}  # encrypted overlay network id -> its VNI
         self._lock = asyncio.Lock()  # held by every operation, from its first read to its last batch
 
     # -- exec boundary ------------------------------------------------------------------
@@ -166,7 +167,7 @@ class IptablesFirewall:
         self._localnet({p.bridge for p in ports}, strict=False)
         async with self._lock:
             await self._apply_read(
-                lambda state: render_ipt.render_sync(state, networks, ports, self.userland_proxy)
+                lambda state: render_ipt.render_sync(state, networks, ports, self.userland_proxy, self._vnis)
             )
             self._remember(networks, ports, by_owner)
 
@@ -231,16 +232,20 @@ class IptablesFirewall:
             self._port_owner.pop(key, None)
 
     async def add_encrypted_vni(self, owner: str, vni: int) -> None:
-        """Not implemented by this backend (see the class docstring): a warning only."""
-        log.warning(
-            "iptables backend: plain VXLAN with VNI %d of encrypted network %s is not dropped "
-            "(use --firewall-backend nftables)",
-            vni,
-            owner[:12],
-        )
+        """Drop plain VXLAN with ``vni`` from anywhere but the tunnel (replacing what
+        ``owner`` had there), INPUT's jump made if missing; one batch, from a fresh read
+        (a VNI changes rarely: with an encrypted network's first or last endpoint)."""
+        render_ipt.vni_rule(owner, vni)  # validates before anything
+        async with self._lock:
+            await self._apply_read(lambda state: render_ipt.render_vni(state, owner, vni, add=True))
+            self._vnis[owner] = vni
 
     async def remove_encrypted_vni(self, owner: str, vni: int) -> None:
-        """Nothing to remove (see ``add_encrypted_vni``)."""
+        """Remove ``owner``'s drop whether or not it is there; with the last one, INPUT's
+        jump goes too."""
+        async with self._lock:
+            await self._apply_read(lambda state: render_ipt.render_vni(state, owner, vni, add=False))
+            self._vnis.pop(owner, None)
 
     async def teardown(self) -> None:
         """Remove every cnm jump and chain (CNM-USER included), found by reading the
@@ -252,6 +257,7 @@ class IptablesFirewall:
             self._port_owner.clear()
             self._port_keys.clear()
             self._known = True
+            self._vnis.clear()
 
     async def healthy(self) -> bool:
         """True when cnm's chains, the jumps to them and the skeleton's rules are present."""
