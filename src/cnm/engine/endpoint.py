@@ -95,7 +95,10 @@ class Endpoint:
                 ip = claim.address
             else:
                 ip = await ipam.allocate_address(network.id, ep_id, request.ipv4_address)
-                stack.push_async_callback(ipam.release_address, network.id, ip)
+                if ipam is svc.ipam or svc.cluster is None:
+                    stack.push_async_callback(ipam.release_address, network.id, ip)
+                else:  # a global address: freed even when etcd is lost mid-change
+                    stack.push_async_callback(svc.cluster.release_address, network.id, ip)
             address = IPv4Interface(f"{ip}/{network.subnet.prefixlen}")
             # an overlay's gateway address is nobody's: its containers route out elsewhere
             gateway = None if network.internal or network.scope == "global" else network.gateway
