@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Interface, IPv6Interface
 from typing import Protocol
 
 from cnm.errors import Conflict, InvalidArgument, KernelError, TeardownErrors
@@ -54,6 +54,14 @@ def gateway_address(network: NetworkRecord) -> IPv4Interface | None:
     if network.gateway is None or network.subnet is None:
         return None
     return IPv4Interface(f"{network.gateway}/{network.subnet.prefixlen}")
+
+
+def gateway6_address(network: NetworkRecord) -> IPv6Interface | None:
+    """The bridge's own IPv6 address (a network with IPv6): its v6 gateway, with the v6
+    subnet's prefix length."""
+    if not network.enable_ipv6 or network.gateway6 is None or network.subnet6 is None:
+        return None
+    return IPv6Interface(f"{network.gateway6}/{network.subnet6.prefixlen}")
 
 
 class BridgeDriver:
@@ -108,12 +116,19 @@ class BridgeDriver:
                 )
             raise Conflict(f"bridge {name} is already in use by network {existing.owner[:12]}")
         async with AsyncExitStack() as undo:
-            await self._kernel.ensure_bridge(
-                name, owner=network.id, mtu=network.mtu, address=gateway_address(network)
-            )
-            if existing is None:
+            if existing is None:  # before: a bridge made but not configured goes too
                 undo.push_async_callback(self._kernel.delete_link, name)
+            await self._kernel.ensure_bridge(
+                name,
+                owner=network.id,
+                mtu=network.mtu,
+                address=gateway_address(network),
+                address6=gateway6_address(network),
+            )
             await self._quiet_bridge(name)
+            if network.enable_ipv6:
+                # after the bridge's accept_ra=0, so it is not taken for an uplink
+                await self._kernel.enable_ipv6_forwarding()
             await self._firewall.add_network(rules)
             undo.pop_all()
 
@@ -149,13 +164,17 @@ class BridgeDriver:
 
     async def join(self, network: NetworkRecord, endpoint: EndpointRecord, sandbox: SandboxRecord) -> None:
         """The veth pair: host end on the bridge, container end named ``endpoint.ifname``
-        in the sandbox with its MAC, address and (unless internal) default route."""
+        in the sandbox with its MAC, address and (unless internal) default route; on a
+        network with IPv6 also IPv6 on, its v6 address and (likewise) v6 default route --
+        on any other, IPv6 stays off in there."""
         if not sandbox.key:
             raise InvalidArgument(
                 f"sandbox of container {sandbox.container_id[:12]} has no network namespace"
             )
         if not endpoint.host_ifname or not endpoint.ifname:
             raise InvalidArgument(f"endpoint {endpoint.id[:12]} has no interface names")
+        route = endpoint.default_route and not network.internal
+        v6 = network.enable_ipv6
         spec = VethSpec(
             owner=endpoint.id,
             host_ifname=endpoint.host_ifname,
@@ -166,7 +185,10 @@ class BridgeDriver:
             mac=endpoint.mac,
             address=endpoint.address,
             # only the endpoint chosen by the engine carries the sandbox's default route
-            gateway=endpoint.gateway if endpoint.default_route and not network.internal else None,
+            gateway=endpoint.gateway if route else None,
+            ipv6=v6,
+            address6=endpoint.address6 if v6 else None,
+            gateway6=endpoint.gateway6 if v6 and route else None,
             hairpin=self._hairpin,
             label=f"{endpoint.name} on {network.name}",
             link_local=tuple(

@@ -286,8 +286,9 @@ class Sandbox:
 
     async def fail_over(self, container: Container) -> list[BaseException]:
         """The endpoint carrying the default route left: the next one (in connect order)
-        with a gateway takes over the route and the published ports, as Docker's gateway
-        endpoint does.  Returns errors instead of failing the disconnect."""
+        with a gateway takes over the route (both families' on a network with IPv6) and the
+        published ports, as Docker's gateway endpoint does.  Returns errors instead of
+        failing the disconnect."""
         self.container = container
         if not self.record.key:
             return []
@@ -297,7 +298,10 @@ class Sandbox:
                 continue
             ep = Endpoint(self._svc, network, record)
             try:
-                await self._svc.kernel.set_default_route(self.record.key, record.gateway, record.ifname)
+                kernel = self._svc.kernel
+                await kernel.set_default_route(self.record.key, record.gateway, record.ifname)
+                if network.enable_ipv6 and record.gateway6 is not None:  # and its v6 one too
+                    await kernel.set_default_route(self.record.key, record.gateway6, record.ifname)
                 ep.take_default_route()
                 async with AsyncExitStack() as stack:
                     await ep.publish(stack, container, self._svc.image_of(container))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface
 from typing import Protocol
 
 from cnm.errors import InvalidArgument
@@ -104,6 +104,16 @@ class VethSpec:
     hairpin: bool = False
     link_local: tuple[IPv4Interface, ...] = ()  # more addresses on the container end
     label: str = ""  # for people, after the owner tag in the alias: "<container> on <network>"
+    # IPv6 on the container end (a network with IPv6): off unless ``ipv6``, as in every
+    # container namespace; on, the kernel gives it its link-local address (EUI-64 of its
+    # MAC) and it gets ``address6`` (no DAD) and a default route via ``gateway6`` if set
+    ipv6: bool = False
+    address6: IPv6Interface | None = None
+    gateway6: IPv6Address | None = None
+
+    def __post_init__(self) -> None:
+        if not self.ipv6 and (self.address6 is not None or self.gateway6 is not None):
+            raise InvalidArgument(f"veth {self.host_ifname}: an IPv6 address or gateway needs ipv6=True")
 
 
 def check_mac(mac: str) -> str:
@@ -181,15 +191,27 @@ class Kernel(Protocol):
     def netns_exists(self, path: str) -> bool: ...
 
     # -- links ----------------------------------------------------------------------------
-    async def ensure_bridge(self, name: str, *, owner: str, mtu: int, address: IPv4Interface | None) -> int:
+    async def ensure_bridge(
+        self,
+        name: str,
+        *,
+        owner: str,
+        mtu: int,
+        address: IPv4Interface | None,
+        address6: IPv6Interface | None = None,
+    ) -> int:
         """Create the bridge if missing (tagged with ``owner``), make sure it carries
-        ``address`` and is up; return its ifindex.  Raises Conflict if a link of that
-        name exists that is not a bridge."""
+        ``address`` and is up; return its ifindex.  With ``address6``: IPv6 on for the
+        bridge (``disable_ipv6=0``) and that address on it, without DAD.  Raises Conflict
+        if a link of that name exists that is not a bridge."""
 
     async def add_veth(self, spec: VethSpec) -> int:
         """Create the pair, attach and raise the host end, configure the peer inside the
-        namespace (name, MAC, MTU, address, up, default route).  Undoes its own partial
-        work on failure.  Returns the host end's ifindex (= the container side's iflink)."""
+        namespace (name, MAC, MTU, address, up, default route; with ``spec.ipv6`` IPv6 on
+        for it, its v6 address and v6 default route, else IPv6 stays off on it).  Undoes
+        its own partial work on failure.  Returns the host end's ifindex (= the container
+        side's iflink).  Two calls into one namespace must not overlap (the sandbox's lock
+        keeps them apart): IPv6 on or off is the namespace's default while the pair is made."""
 
     async def add_vxlan(self, spec: VxlanSpec) -> int:
         """Create the VXLAN device (tagged with ``spec.owner`` in the creating datagram), a
@@ -224,9 +246,11 @@ class Kernel(Protocol):
         on a host of the bridge that is INCOMPLETE or STALE takes that MAC at once; none
         is created.  KernelError if ``dev`` does not exist or is down."""
 
-    async def set_default_route(self, netns_path: str, gateway: IPv4Address, ifname: str) -> None:
-        """Make the namespace's default route go via ``gateway`` on ``ifname`` (replacing
-        any other): the gateway endpoint changed."""
+    async def set_default_route(
+        self, netns_path: str, gateway: IPv4Address | IPv6Address, ifname: str
+    ) -> None:
+        """Make the namespace's default route of ``gateway``'s family go via ``gateway`` on
+        ``ifname`` (replacing any other of that family): the gateway endpoint changed."""
 
     async def set_port_isolated(self, name: str, isolated: bool) -> None:
         """Bridge-port isolation of host link ``name`` (how icc=false is enforced)."""
@@ -254,6 +278,14 @@ class Kernel(Protocol):
     # -- sysctl ---------------------------------------------------------------------------
     async def set_sysctl(self, key: str, value: str, netns_path: str | None = None) -> str:
         """Write ``/proc/sys/<key with dots as slashes>``; return the previous value."""
+
+    async def enable_ipv6_forwarding(self) -> None:
+        """IPv6 forwarding on in the host namespace (``all`` and ``default``), for a network
+        with IPv6 (never without one; never turned off again).  First, each uplink (a link
+        that is not cnm's, not a bridge port, not ``lo``) that accepts router advertisements
+        (``accept_ra=1``) is made to accept them while forwarding (``accept_ra=2``), so the
+        host keeps the routes it learns from them.  Nothing changes when forwarding is on
+        already.  KernelError when the host has no IPv6."""
 
     def close(self) -> None: ...
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 import shlex
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface
 from typing import Any
 
 from cnm.errors import Conflict, KernelError, NotFound
+from cnm.kernel import sysctl as sysctls
 from cnm.kernel import wireguard as wg
 from cnm.kernel.api import (
     FdbEntry,
@@ -55,6 +56,9 @@ class FakeLink:
     addresses: list[IPv4Interface] = field(default_factory=list)
     peer: tuple[str | None, int] | None = None  # (namespace, index) of a veth's other end
     gateway: IPv4Address | None = None  # default route via this link (container side)
+    ipv6: bool = False  # IPv6 on (a bridge of a v6 network, a container end of one)
+    addresses6: list[IPv6Interface] = field(default_factory=list)  # global ones, added without DAD
+    gateway6: IPv6Address | None = None  # IPv6 default route via this link (container side)
     isolated: bool = False
     hairpin: bool = False
     stats: LinkStats | None = None  # tests set counters here
@@ -185,7 +189,15 @@ class FakeKernel:
 
     # -- links ----------------------------------------------------------------------------
 
-    async def ensure_bridge(self, name: str, *, owner: str, mtu: int, address: IPv4Interface | None) -> int:
+    async def ensure_bridge(
+        self,
+        name: str,
+        *,
+        owner: str,
+        mtu: int,
+        address: IPv4Interface | None,
+        address6: IPv6Interface | None = None,
+    ) -> int:
         self._maybe_fail("ensure_bridge")
         link = self.link(name)
         if link is None:
@@ -200,6 +212,16 @@ class FakeKernel:
         if not link.up:
             self._record(f"ip link set {name} up")
             link.up = True
+        if address6 is not None:
+            if link.mtu < 1280:
+                raise KernelError(
+                    f"cannot turn on IPv6 on bridge {name}: the host has no IPv6, or the bridge's MTU is below IPv6's 1280"
+                )
+            await self.set_sysctl(sysctls.conf_key("ipv6", name, "disable_ipv6"), "0")
+            link.ipv6 = True
+            if address6 not in link.addresses6:
+                self._record(f"ip -6 addr add {address6} dev {name} nodad")
+                link.addresses6.append(address6)
         return link.index
 
     async def add_veth(self, spec: VethSpec) -> int:
@@ -216,6 +238,12 @@ class FakeKernel:
             )
         if spec.gateway is not None and (spec.address is None or spec.gateway not in spec.address.network):
             raise KernelError(f"cannot configure {spec.ifname} in {spec.netns_path}: Network is unreachable")
+        if spec.gateway6 is not None and (
+            spec.address6 is None or spec.gateway6 not in spec.address6.network
+        ):
+            raise KernelError(f"cannot configure {spec.ifname} in {spec.netns_path}: Network is unreachable")
+        if spec.ipv6:
+            self._record("sysctl -w net.ipv6.conf.default.disable_ipv6=0", spec.netns_path)
         self._record(
             f"ip link add {spec.host_ifname} mtu {spec.mtu} master {spec.bridge} type veth "
             f"peer name {spec.ifname}{f' address {spec.mac}' if spec.mac else ''} mtu {spec.mtu} "
@@ -243,8 +271,13 @@ class FakeKernel:
             addresses=([spec.address] if spec.address is not None else []) + list(spec.link_local),
             gateway=spec.gateway,
             peer=(HOST, host.index),
+            ipv6=spec.ipv6,
+            addresses6=[spec.address6] if spec.address6 is not None else [],
+            gateway6=spec.gateway6,
         )
         host.peer = (spec.netns_path, inner.index)
+        if spec.ipv6:
+            self._record("sysctl -w net.ipv6.conf.default.disable_ipv6=1", spec.netns_path)
         self._record(
             f"ip link set {spec.host_ifname} alias {owner_alias(spec.owner, self.daemon_id, spec.label)} up"
         )
@@ -253,6 +286,10 @@ class FakeKernel:
             self._record(f"ip addr add {spec.address} dev {spec.ifname}", spec.netns_path)
         if spec.gateway is not None:
             self._record(f"ip route add default via {spec.gateway} dev {spec.ifname}", spec.netns_path)
+        if spec.address6 is not None:
+            self._record(f"ip -6 addr add {spec.address6} dev {spec.ifname} nodad", spec.netns_path)
+        if spec.gateway6 is not None:
+            self._record(f"ip -6 route add default via {spec.gateway6} dev {spec.ifname}", spec.netns_path)
         return host.index
 
     async def add_vxlan(self, spec: VxlanSpec) -> int:
@@ -347,10 +384,20 @@ class FakeKernel:
             self._record(f"arping -U -c 1 -I {dev} -s {entry.ip} {entry.ip}  # from {entry.mac}")
             self.announced.append((dev, entry))
 
-    async def set_default_route(self, netns_path: str, gateway: IPv4Address, ifname: str) -> None:
+    async def set_default_route(
+        self, netns_path: str, gateway: IPv4Address | IPv6Address, ifname: str
+    ) -> None:
         link = self.namespaces.get(netns_path, {}).get(ifname)
         if link is None:
             raise KernelError(f"no interface {ifname} in {netns_path}")
+        if isinstance(gateway, IPv6Address):
+            if not link.ipv6 or not any(gateway in a.network for a in link.addresses6):
+                raise KernelError(f"cannot route {netns_path} via {gateway}: Network is unreachable")
+            for other in self.namespaces[netns_path].values():
+                other.gateway6 = None
+            link.gateway6 = gateway
+            self._record(f"ip -6 route replace default via {gateway} dev {ifname}", netns_path)
+            return
         for other in self.namespaces[netns_path].values():
             other.gateway = None
         link.gateway = gateway
@@ -408,15 +455,38 @@ class FakeKernel:
 
     # -- sysctl ---------------------------------------------------------------------------
 
+    def _sysctl(self, netns: str | None, key: str) -> str:
+        """``key``'s value: as set, else the kernel's default for IPv6 forwarding ("0"),
+        else ``sysctl_default``."""
+        fallback = "0" if key in sysctls.IPV6_FORWARDING else self.sysctl_default
+        return self.sysctls.get((netns, key), fallback)
+
     async def set_sysctl(self, key: str, value: str, netns_path: str | None = None) -> str:
         self._maybe_fail("set_sysctl")
         if netns_path is not None and netns_path not in self.namespaces:
             raise KernelError(f"network namespace {netns_path} does not exist")
-        previous = self.sysctls.get((netns_path, key), self.sysctl_default)
+        previous = self._sysctl(netns_path, key)
         if previous != value:
             self._record(f"sysctl -w {key}={value}", netns_path)
         self.sysctls[(netns_path, key)] = value
         return previous
+
+    async def enable_ipv6_forwarding(self) -> None:
+        """As LinuxKernel's, on ``sysctls`` of the host (see ``_sysctl`` for unset keys)."""
+        self._maybe_fail("enable_ipv6_forwarding")
+
+        def read(key: str) -> str | None:
+            return self._sysctl(HOST, key)
+
+        if all(read(key) == "1" for key in sysctls.IPV6_FORWARDING):
+            return
+        uplinks = [
+            link.name
+            for link in self.namespaces[HOST].values()
+            if not link.owner and not link.master and link.name != "lo"
+        ]
+        for key, value in sysctls.ipv6_forwarding_plan(read, uplinks):
+            await self.set_sysctl(key, value)
 
     def close(self) -> None:
         self.closed = True

@@ -10,6 +10,7 @@ Every change is logged as the iproute2 command a person would type.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import logging
@@ -18,7 +19,8 @@ import secrets
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface
 from socket import AF_INET
 from typing import Any, TypeVar
 
@@ -52,10 +54,13 @@ DUMP_ATTEMPTS = 5  # a dump the kernel interrupted (links changed meanwhile) is 
 RTN_UNICAST = 1
 RT_TABLE_MAIN = 254
 
-# Written inside a container namespace before its interface arrives: a device moved into
+# Written inside a container namespace before its interface arrives: a device created in
 # a namespace takes that namespace's "default" devconf, so eth0 comes up with IPv6 off --
-# no link-local address, no DAD delay.  (IPv4-only networks for now.)
+# no link-local address, no DAD delay.  An interface of a network with IPv6 is created
+# while the default says on (written through a file opened inside the namespace, kept for
+# the sandbox's life: no thread has to enter it again), and the default goes back to off.
 _IPV6_DEFAULT_OFF = "net.ipv6.conf.default.disable_ipv6"
+_IPV6_DEFAULT_PATH = "/proc/sys/net/ipv6/conf/default/disable_ipv6"
 
 
 def _random_mac() -> str:
@@ -95,6 +100,36 @@ def _prepare_container_ns(path: str) -> None:
     interfaces to come."""
     if ns.read_proc_sys(_IPV6_DEFAULT_OFF) not in (None, "1"):
         ns.write_proc_sys(_IPV6_DEFAULT_OFF, "1", netns=path)
+
+
+@dataclass
+class _Sandbox:
+    """What LinuxKernel keeps open for one container namespace: its netlink socket and its
+    ``net.ipv6.conf.default.disable_ipv6`` (-1 when the kernel has no IPv6)."""
+
+    sock: socket.socket
+    ipv6_default: int = -1
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.ipv6_default >= 0:
+            os.close(self.ipv6_default)
+            self.ipv6_default = -1
+
+
+def _open_container_ns(path: str) -> _Sandbox:
+    """Runs inside the container namespace at ``path`` (fresh thread): IPv6 off for the
+    interfaces to come; its socket and IPv6 default opened."""
+    _prepare_container_ns(path)
+    sock = ns.open_netlink_socket()
+    try:
+        fd = os.open(_IPV6_DEFAULT_PATH, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        fd = -1
+    except BaseException:
+        sock.close()
+        raise
+    return _Sandbox(sock, fd)
 
 
 def _link_info(msg: Any, addresses: dict[int, list[IPv4Interface]]) -> LinkInfo:
@@ -173,7 +208,7 @@ class LinuxKernel:
         self._host_sock: socket.socket | None = None
         self._fast: socket.socket | None = None  # host socket for rtnl.transact (not shared with pyroute2)
         self._strict: socket.socket | None = None  # host socket for dumps the kernel filters
-        self._ns_socks: dict[str, socket.socket] = {}  # netns path -> its socket, for the sandbox's life
+        self._ns_socks: dict[str, _Sandbox] = {}  # netns path -> its socket etc., for the sandbox's life
         self._bridges: dict[str, int] = {}  # bridge name -> ifindex
         self._devices: dict[
             str, tuple[int, str]
@@ -224,20 +259,24 @@ class LinuxKernel:
     async def _ns_socket(self, path: str) -> socket.socket:
         """The netlink socket kept for the namespace at ``path`` (opened on a fresh thread
         the first time, which also turns IPv6 off there); closed by ``delete_netns``."""
-        sock = self._ns_socks.get(path)
-        if sock is not None:
-            return sock
-        sock = await ns.socket_in_netns(path, functools.partial(_prepare_container_ns, path))
+        return (await self._ns_handle(path)).sock
+
+    async def _ns_handle(self, path: str) -> _Sandbox:
+        """What is kept open for the namespace at ``path`` (see ``_ns_socket``)."""
+        handle = self._ns_socks.get(path)
+        if handle is not None:
+            return handle
+        handle = await ns.call_in_netns(path, functools.partial(_open_container_ns, path))
         if path in self._ns_socks:  # raced with another opener: keep one
-            sock.close()
+            handle.close()
         else:
-            self._ns_socks[path] = sock
+            self._ns_socks[path] = handle
         return self._ns_socks[path]
 
     def _forget_ns_socket(self, path: str) -> None:
-        sock = self._ns_socks.pop(path, None)
-        if sock is not None:
-            sock.close()
+        handle = self._ns_socks.pop(path, None)
+        if handle is not None:
+            handle.close()
 
     @asynccontextmanager
     async def _in_netns(
@@ -326,22 +365,18 @@ class LinuxKernel:
         """The namespace, ``lo`` up, IPv6 off for interfaces to come; its netlink socket is
         kept for the endpoints that join it."""
 
-        def setup() -> socket.socket:
-            _prepare_container_ns(path)
-            return ns.open_netlink_socket()
-
-        sock = await ns.create_netns(path, setup)
+        handle = await ns.create_netns(path, functools.partial(_open_container_ns, path))
         crash_point("netns-created")
         try:
             log_command(["ip", "link", "set", "lo", "up"], netns=path)
             request = rtnl.set_link(index=1, up=True)
-            rtnl.check(rtnl.transact(sock, [request]), [request])
+            rtnl.check(rtnl.transact(handle.sock, [request]), [request])
         except OSError as exc:
-            sock.close()
+            handle.close()
             ns.delete_netns(path)
             raise _failure(f"cannot bring up lo in {path}", exc) from exc
         self._forget_ns_socket(path)
-        self._ns_socks[path] = sock
+        self._ns_socks[path] = handle
 
     async def delete_netns(self, path: str) -> None:
         await self._settle(netns=path)
@@ -425,7 +460,15 @@ class LinuxKernel:
 
     # -- bridges --------------------------------------------------------------------------
 
-    async def ensure_bridge(self, name: str, *, owner: str, mtu: int, address: IPv4Interface | None) -> int:
+    async def ensure_bridge(
+        self,
+        name: str,
+        *,
+        owner: str,
+        mtu: int,
+        address: IPv4Interface | None,
+        address6: IPv6Interface | None = None,
+    ) -> int:
         ipr = self.host
         link = await self._get_link(ipr, name)
         if link is None:
@@ -450,8 +493,38 @@ class LinuxKernel:
             if exc.code == errno.EEXIST and address is not None:
                 raise Conflict(f"cannot add {address} to bridge {name}: address in use") from exc
             raise _failure(f"cannot configure bridge {name}", exc) from exc
+        if address6 is not None:
+            self._bridge_ipv6(name, index, address6)
         self._bridges[name] = index
         return index
+
+    def _bridge_ipv6(self, name: str, index: int, address6: IPv6Interface) -> None:
+        """IPv6 on for bridge ``name`` and ``address6`` on it (no DAD: the gateway answers
+        at once); nothing when it is there already."""
+        key = sysctl.conf_key("ipv6", name, "disable_ipv6")
+        if sysctl.read_sysctl(key) is None:
+            raise KernelError(
+                f"cannot turn on IPv6 on bridge {name}: the host has no IPv6, or the bridge's MTU "
+                "is below IPv6's 1280"
+            )
+        sysctl.set_sysctl(key, "0")
+        try:
+            present = {
+                ip
+                for ip, plen in rtnl.addresses6(self._strict_host(), index)
+                if plen == address6.network.prefixlen
+            }
+            if address6.ip in present:
+                return
+            log_command(["ip", "-6", "addr", "add", str(address6), "dev", name, "nodad"])
+            request = rtnl.add_address(index, address6.ip, address6.network.prefixlen, nodad=True)
+            (answer,) = rtnl.transact(self._fast_host(), [request])
+        except OSError as exc:
+            raise _failure(f"cannot add {address6} to bridge {name}", exc) from exc
+        if answer.error == errno.EEXIST:
+            raise Conflict(f"cannot add {address6} to bridge {name}: address in use")
+        if answer.error:
+            raise KernelError(f"cannot add {address6} to bridge {name}: {os.strerror(answer.error)}")
 
     async def _add_bridge(self, ipr: AsyncIPRoute, name: str, owner: str, mtu: int) -> Any:
         """Create bridge ``name`` tagged with ``owner``; return its link message.
@@ -508,48 +581,63 @@ class LinuxKernel:
         the bridge; echoed, for both indices) and tag the host end; in the namespace, raise
         the peer, address it and route it.  The namespace's socket is kept per sandbox."""
         await self._settle(netns=spec.netns_path)  # a retired eth1 there must be gone first
-        inner = await self._ns_socket(spec.netns_path)
+        handle = await self._ns_handle(spec.netns_path)
+        inner = handle.sock
         try:
             bridge = await self._bridge_index(spec.bridge)
         except KernelError:
             raise KernelError(
                 f"cannot attach {spec.host_ifname}: bridge {spec.bridge} does not exist"
             ) from None
-        log_command(
-            [
-                "ip",
-                "link",
-                "add",
-                spec.host_ifname,
-                "mtu",
-                str(spec.mtu),
-                "master",
-                spec.bridge,
-                "up",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                spec.ifname,
-                *(["address", spec.mac] if spec.mac else []),
-                "mtu",
-                str(spec.mtu),
-                "netns",
-                spec.netns_path,
-            ]
-        )
-        log_command(
-            [
-                "ip",
-                "link",
-                "set",
-                spec.host_ifname,
-                "alias",
-                owner_alias(spec.owner, self.daemon_id, spec.label),
-                *(["type", "bridge_slave", "hairpin", "on"] if spec.hairpin else []),
-            ]
-        )
-        host_index, peer_index = await self._create_pair(spec, bridge)
+        if spec.ipv6:  # logged before the pair, as a person would have to type it
+            self._ipv6_default(handle, spec.netns_path, on=True)
+        try:
+            log_command(
+                [
+                    "ip",
+                    "link",
+                    "add",
+                    spec.host_ifname,
+                    "mtu",
+                    str(spec.mtu),
+                    "master",
+                    spec.bridge,
+                    "up",
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    spec.ifname,
+                    *(["address", spec.mac] if spec.mac else []),
+                    "mtu",
+                    str(spec.mtu),
+                    "netns",
+                    spec.netns_path,
+                ]
+            )
+            log_command(
+                [
+                    "ip",
+                    "link",
+                    "set",
+                    spec.host_ifname,
+                    "alias",
+                    owner_alias(spec.owner, self.daemon_id, spec.label),
+                    *(["type", "bridge_slave", "hairpin", "on"] if spec.hairpin else []),
+                ]
+            )
+            host_index, peer_index = await self._create_pair(spec, bridge)
+        except BaseException:
+            if spec.ipv6:
+                with contextlib.suppress(KernelError):  # the failure to report is the one above
+                    self._ipv6_default(handle, spec.netns_path, on=False)
+            raise
+        if spec.ipv6:
+            try:
+                self._ipv6_default(handle, spec.netns_path, on=False)
+            except KernelError:
+                await self._delete(self.host, spec.host_ifname, None)  # takes the peer with it
+                raise
         crash_point("veth-created")
         try:
             await self._configure_peer(inner, spec, peer_index)
@@ -557,6 +645,19 @@ class LinuxKernel:
             await self._delete(self.host, spec.host_ifname, None)  # takes the peer with it
             raise
         return host_index
+
+    @staticmethod
+    def _ipv6_default(handle: _Sandbox, path: str, *, on: bool) -> None:
+        """IPv6 on (or back off) for the interfaces created next in the namespace at ``path``
+        (its ``default`` devconf, through the file kept open for it)."""
+        if handle.ipv6_default < 0:
+            raise KernelError(f"cannot turn on IPv6 in {path}: the kernel has no IPv6")
+        value = "0" if on else "1"
+        log_command(["sysctl", "-w", f"{_IPV6_DEFAULT_OFF}={value}"], netns=path)
+        try:
+            os.pwrite(handle.ipv6_default, value.encode(), 0)
+        except OSError as exc:
+            raise _failure(f"cannot set {_IPV6_DEFAULT_OFF}={value} in {path}", exc) from exc
 
     async def _create_pair(self, spec: VethSpec, bridge: int) -> tuple[int, int]:
         """Create and tag the pair; return (host end index, peer index).  Retries once
@@ -628,22 +729,55 @@ class LinuxKernel:
                 ["ip", "route", "add", "default", "via", str(spec.gateway), "dev", spec.ifname], netns=path
             )
             requests.append(rtnl.add_default_route(spec.gateway, index))
+        if spec.address6 is not None:
+            log_command(
+                ["ip", "-6", "addr", "add", str(spec.address6), "dev", spec.ifname, "nodad"], netns=path
+            )
+            requests.append(
+                rtnl.add_address(index, spec.address6.ip, spec.address6.network.prefixlen, nodad=True)
+            )
+        if spec.gateway6 is not None:
+            log_command(
+                ["ip", "-6", "route", "add", "default", "via", str(spec.gateway6), "dev", spec.ifname],
+                netns=path,
+            )
+            requests.append(rtnl.add_default_route(spec.gateway6, index))
         try:
             answers = rtnl.transact(inner, requests)
             rtnl.check(answers, requests)
         except OSError as exc:
             raise _failure(f"cannot configure {spec.ifname} in {path}", exc) from exc
 
-    async def set_default_route(self, netns_path: str, gateway: IPv4Address, ifname: str) -> None:
+    async def set_default_route(
+        self, netns_path: str, gateway: IPv4Address | IPv6Address, ifname: str
+    ) -> None:
+        v6 = gateway.version == 6
         log_command(
-            ["ip", "route", "replace", "default", "via", str(gateway), "dev", ifname], netns=netns_path
+            [
+                "ip",
+                *(["-6"] if v6 else []),
+                "route",
+                "replace",
+                "default",
+                "via",
+                str(gateway),
+                "dev",
+                ifname,
+            ],
+            netns=netns_path,
         )
         try:
             async with self._in_netns(netns_path) as ipr:
                 index = (await ipr.link_lookup(ifname=ifname) or [0])[0]
                 if not index:
                     raise KernelError(f"no interface {ifname} in {netns_path}")
-                await ipr.route("replace", dst="0.0.0.0/0", gateway=str(gateway), oif=index)
+                await ipr.route(
+                    "replace",
+                    dst="::/0" if v6 else "0.0.0.0/0",
+                    family=socket.AF_INET6 if v6 else AF_INET,
+                    gateway=str(gateway),
+                    oif=index,
+                )
         except (NetlinkError, OSError) as exc:
             raise _failure(f"cannot route {netns_path} via {gateway}", exc) from exc
 
@@ -855,6 +989,14 @@ class LinuxKernel:
                 raise
 
     # -- sysctl ---------------------------------------------------------------------------
+
+    async def enable_ipv6_forwarding(self) -> None:
+        if all(sysctl.read_sysctl(key) == "1" for key in sysctl.IPV6_FORWARDING):
+            return  # on already: the uplinks are not looked at (nor listed)
+        links = await self.links()
+        uplinks = [link.name for link in links if not link.owner and not link.master and link.name != "lo"]
+        for key, value in sysctl.ipv6_forwarding_plan(sysctl.read_sysctl, uplinks):
+            sysctl.set_sysctl(key, value)
 
     async def set_sysctl(self, key: str, value: str, netns_path: str | None = None) -> str:
         if netns_path is None:

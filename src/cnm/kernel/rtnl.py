@@ -21,7 +21,7 @@ import socket
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 # -- constants (UAPI) ---------------------------------------------------------------------------
 
@@ -68,6 +68,7 @@ IFLA_BRPORT_MODE = 4  # hairpin
 
 IFA_ADDRESS = 1
 IFA_LOCAL = 2
+IFA_F_NODAD = 0x02  # ifaddrmsg.ifa_flags: an IPv6 address usable at once, no duplicate detection
 
 NDA_DST = 1
 NDA_LLADDR = 2
@@ -289,21 +290,28 @@ def del_neigh(index: int, ip: IPv4Address) -> Request:
     return Request(RTM_DELNEIGH, 0, body, f"delete neighbour {ip}")
 
 
-def add_address(index: int, address: IPv4Address, prefixlen: int) -> Request:
-    """``ip addr add ADDRESS/PREFIXLEN dev INDEX`` (no broadcast, as iproute2 and pyroute2)."""
+def add_address(
+    index: int, address: IPv4Address | IPv6Address, prefixlen: int, *, nodad: bool = False
+) -> Request:
+    """``ip addr add ADDRESS/PREFIXLEN dev INDEX`` (no broadcast, as iproute2 and pyroute2);
+    an IPv6 address with ``nodad``: ``ip -6 addr add ... nodad`` (valid at once, no DAD)."""
     packed = address.packed
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    flags = IFA_F_NODAD if nodad and address.version == 6 else 0
     body = (
-        _IFADDRMSG.pack(socket.AF_INET, prefixlen, 0, 0, index)
+        _IFADDRMSG.pack(family, prefixlen, flags, 0, index)
         + attr(IFA_LOCAL, packed)
         + attr(IFA_ADDRESS, packed)
     )
     return Request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body, f"add address {address}/{prefixlen}")
 
 
-def add_default_route(gateway: IPv4Address, oif: int) -> Request:
-    """``ip route add default via GATEWAY dev OIF`` (table main, proto static)."""
+def add_default_route(gateway: IPv4Address | IPv6Address, oif: int) -> Request:
+    """``ip [-6] route add default via GATEWAY dev OIF`` (table main, proto static); the
+    family is the gateway's."""
+    family = socket.AF_INET6 if gateway.version == 6 else socket.AF_INET
     body = (
-        _RTMSG.pack(socket.AF_INET, 0, 0, 0, RT_TABLE_MAIN, RTPROT_STATIC, RT_SCOPE_UNIVERSE, RTN_UNICAST, 0)
+        _RTMSG.pack(family, 0, 0, 0, RT_TABLE_MAIN, RTPROT_STATIC, RT_SCOPE_UNIVERSE, RTN_UNICAST, 0)
         + attr(RTA_GATEWAY, gateway.packed)
         + attr_u32(RTA_OIF, oif)
     )
@@ -496,6 +504,24 @@ def addresses(sock: socket.socket, index: int) -> list[tuple[IPv4Address, int]]:
         address = _ifaddr(msg, index) if kind == RTM_NEWADDR else None
         if address is not None:
             found.append(address[1:])
+    return found
+
+
+def addresses6(sock: socket.socket, index: int) -> list[tuple[IPv6Address, int]]:
+    """The IPv6 addresses (address, prefix length) of link ``index``, link-local ones
+    included, dumped over the strict socket ``sock`` like ``addresses``."""
+    body = _IFADDRMSG.pack(socket.AF_INET6, 0, 0, 0, index)
+    found = []
+    for kind, msg in dump(sock, RTM_GETADDR, body, f"ip -6 addr show (ifindex {index})"):
+        if kind != RTM_NEWADDR:
+            continue
+        family, prefixlen, _flags, _scope, got = _IFADDRMSG.unpack_from(msg)
+        if family != socket.AF_INET6 or got != index:
+            continue
+        attrs = _attrs(msg, _IFADDRMSG.size)
+        value = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
+        if value is not None and len(value) == 16:
+            found.append((IPv6Address(value), prefixlen))
     return found
 
 
