@@ -31,7 +31,7 @@ import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import Any
 
 from cnm.drivers.overlay import ENDPOINT_PREFIX, JOIN_PREFIX
@@ -157,7 +157,7 @@ class Cluster:
         for mirror in self._mirrors.values():
             await mirror.close()
 
-    async def release_address(self, network_id: str, address: IPv4Address) -> None:
+    async def release_address(self, network_id: str, address: IPv4Address | IPv6Address) -> None:
         """Free a global address claimed by a change that failed (its undo): at once, or,
         while the store does not answer, in the background once it does (logged, not
         raised: the caller's own error is the one to report)."""

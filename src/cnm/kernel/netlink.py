@@ -20,8 +20,8 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface
-from socket import AF_INET
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
+from socket import AF_INET, AF_INET6
 from typing import Any, TypeVar
 
 from pyroute2 import AsyncIPRoute
@@ -193,6 +193,7 @@ def _link_stats(nla: Any) -> LinkStats | None:
 
 
 MIN_AVOIDED_PREFIX = 8  # routes shorter than this do not block an address pool
+MIN_AVOIDED_PREFIX6 = 16  # the same for IPv6 (2000::/3 and such block nothing)
 
 
 class LinuxKernel:
@@ -457,6 +458,25 @@ class LinuxKernel:
             ):
                 found.add(IPv4Network(f"{msg.get('dst')}/{msg['dst_len']}", strict=False))
         return sorted(found)
+
+    async def host_networks6(self) -> list[IPv6Network]:
+        try:
+            return await _retried(self._host_networks6_once)
+        except (NetlinkError, OSError) as exc:
+            raise _failure("cannot list host IPv6 addresses and routes", exc) from exc
+
+    async def _host_networks6_once(self) -> list[IPv6Network]:
+        found: set[IPv6Network] = set()
+        async for msg in await self.host.addr("dump", family=AF_INET6):
+            found.add(IPv6Interface(f"{msg.get('address')}/{msg['prefixlen']}").network)
+        async for msg in await self.host.route("dump", family=AF_INET6):
+            if (
+                msg["type"] == RTN_UNICAST
+                and msg["dst_len"] >= MIN_AVOIDED_PREFIX6
+                and msg.get("table") == RT_TABLE_MAIN
+            ):
+                found.add(IPv6Network(f"{msg.get('dst')}/{msg['dst_len']}", strict=False))
+        return sorted(n for n in found if not (n.is_link_local or n.is_multicast or n.is_loopback))
 
     # -- bridges --------------------------------------------------------------------------
 
