@@ -444,20 +444,8 @@ class LinuxKernel:
             raise _failure("cannot list host addresses and routes", exc) from exc
 
     async def _host_networks_once(self) -> list[IPv4Network]:
-        found: set[IPv4Network] = set()
-        async for msg in await self.host.addr("dump", family=AF_INET):
-            found.add(IPv4Interface(f"{msg.get('address')}/{msg['prefixlen']}").network)
-        async for msg in await self.host.route("dump", family=AF_INET):
-            # Every route of the main table, on-link or via a gateway (a VPN's routed
-            # subnets must not be shadowed), but not the default route nor routes
-            # shorter than /8 (VPN split defaults such as 0.0.0.0/1 would block all).
-            if (
-                msg["type"] == RTN_UNICAST
-                and msg["dst_len"] >= MIN_AVOIDED_PREFIX
-                and msg.get("table") == RT_TABLE_MAIN
-            ):
-                found.add(IPv4Network(f"{msg.get('dst')}/{msg['dst_len']}", strict=False))
-        return sorted(found)
+        found = await self._host_prefixes(AF_INET, MIN_AVOIDED_PREFIX)
+        return sorted({IPv4Network(text, strict=False) for text in found})
 
     async def host_networks6(self) -> list[IPv6Network]:
         try:
@@ -466,17 +454,28 @@ class LinuxKernel:
             raise _failure("cannot list host IPv6 addresses and routes", exc) from exc
 
     async def _host_networks6_once(self) -> list[IPv6Network]:
-        found: set[IPv6Network] = set()
-        async for msg in await self.host.addr("dump", family=AF_INET6):
-            found.add(IPv6Interface(f"{msg.get('address')}/{msg['prefixlen']}").network)
-        async for msg in await self.host.route("dump", family=AF_INET6):
+        found = {
+            IPv6Network(text, strict=False)
+            for text in await self._host_prefixes(AF_INET6, MIN_AVOIDED_PREFIX6)
+        }
+        return sorted(n for n in found if not (n.is_link_local or n.is_multicast or n.is_loopback))
+
+    async def _host_prefixes(self, family: int, shortest: int) -> set[str]:
+        """The prefixes (``addr/len`` text) of ``family`` the host uses: its addresses'
+        networks and every route of the main table, on-link or via a gateway (a VPN's
+        routed subnets must not be shadowed), but not the default route nor routes shorter
+        than ``shortest`` (VPN split defaults such as 0.0.0.0/1 would block all)."""
+        found: set[str] = set()
+        async for msg in await self.host.addr("dump", family=family):
+            found.add(f"{msg.get('address')}/{msg['prefixlen']}")
+        async for msg in await self.host.route("dump", family=family):
             if (
                 msg["type"] == RTN_UNICAST
-                and msg["dst_len"] >= MIN_AVOIDED_PREFIX6
+                and msg["dst_len"] >= shortest
                 and msg.get("table") == RT_TABLE_MAIN
             ):
-                found.add(IPv6Network(f"{msg.get('dst')}/{msg['dst_len']}", strict=False))
-        return sorted(n for n in found if not (n.is_link_local or n.is_multicast or n.is_loopback))
+                found.add(f"{msg.get('dst')}/{msg['dst_len']}")
+        return found
 
     # -- bridges --------------------------------------------------------------------------
 

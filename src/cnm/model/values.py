@@ -10,8 +10,11 @@ import ipaddress
 import re
 import secrets
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
+from typing import TypeVar
 
 from cnm.errors import InvalidArgument
+
+_I = TypeVar("_I", IPv4Interface, IPv6Interface)
 
 __all__ = [
     "IPv4Address",
@@ -108,15 +111,21 @@ def parse_ipv4(value: str, what: str = "IP address") -> IPv4Address:
 
 def parse_ipv4_network(value: str, what: str = "subnet") -> IPv4Network:
     """A CIDR whose host bits are zero; ``10.0.0.1/24`` is refused like Docker refuses it."""
+    return _parse_network(IPv4Interface, value, what).network
+
+
+def _parse_network(kind: type[_I], value: str, what: str) -> _I:
+    """``value`` read as an interface of ``kind`` that names a whole network: written with
+    its ``/length`` and no host bits set."""
     try:
-        iface = IPv4Interface(value.strip())
+        iface = kind(value.strip())
     except (ipaddress.AddressValueError, ipaddress.NetmaskValueError, ValueError, AttributeError):
         raise InvalidArgument(f"invalid {what} {value!r}: invalid CIDR block notation") from None
     if "/" not in value:
         raise InvalidArgument(f"invalid {what} {value!r}: invalid CIDR block notation")
     if iface.ip != iface.network.network_address:
         raise InvalidArgument(f"invalid {what} {value}: it should be {iface.network} (host bits are set)")
-    return iface.network
+    return iface
 
 
 # Ranges no bridge network can use: not host addresses, or not routable to a host on a link.
@@ -137,15 +146,7 @@ def parse_ipv6(value: str, what: str = "IPv6 address") -> IPv6Address:
 
 def parse_ipv6_network(value: str, what: str = "subnet") -> IPv6Network:
     """An IPv6 CIDR whose host bits are zero, as ``parse_ipv4_network``."""
-    try:
-        iface = IPv6Interface(value.strip())
-    except (ipaddress.AddressValueError, ipaddress.NetmaskValueError, ValueError, AttributeError):
-        raise InvalidArgument(f"invalid {what} {value!r}: invalid CIDR block notation") from None
-    if "/" not in value:
-        raise InvalidArgument(f"invalid {what} {value!r}: invalid CIDR block notation")
-    if iface.ip != iface.network.network_address:
-        raise InvalidArgument(f"invalid {what} {value}: it should be {iface.network} (host bits are set)")
-    return iface.network
+    return _parse_network(IPv6Interface, value, what).network
 
 
 def parse_ip_network(value: str, what: str = "subnet") -> IPv4Network | IPv6Network:
