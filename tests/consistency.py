@@ -226,6 +226,7 @@ def listening(host: Any) -> set[tuple[str, str, int]]:
         for line in out.splitlines():
             local = line.split()[3]
             addr, _, port = local.rpartition(":")
+            addr = addr.strip("[]").split("%", 1)[0]  # ss writes [::]:80, [fe80::1%eth0]:80
             if port.isdigit():
                 found.add((proto, "0.0.0.0" if addr in ("*", "0.0.0.0") else addr, int(port)))
     return found
@@ -536,6 +537,8 @@ def _check_nft(host: Any, store: Store) -> list[str]:
     wanted: dict[tuple[str, str], tuple[str, str]] = {}  # (map, key) -> (owner, data)
     for ep in store.endpoints.values():
         for m in ep.get("ports") or []:
+            if ":" in m["host_ip"]:
+                continue  # an IPv6 host binding: the ip6 side's rules, or the proxy's
             ip = str(IPv4Interface(ep["address"]).ip)
             any_ip = m["host_ip"] == "0.0.0.0"
             key = (
@@ -577,7 +580,11 @@ def _check_iptables(host: Any, store: Store) -> list[str]:
     chains = {line[1:].split()[0] for line in saved.splitlines() if line.startswith(":")}
     rules = [line.split() for line in saved.splitlines() if line.startswith("-A ")]
     out = []
-    publishing = {ep["id"][:12]: ep for ep in store.endpoints.values() if ep.get("ports")}
+    publishing = {  # IPv4 host bindings are DNATed here; IPv6 ones by ip6tables or the proxy
+        ep["id"][:12]: ep
+        for ep in store.endpoints.values()
+        if any(":" not in m["host_ip"] for m in ep.get("ports") or [])
+    }
     networks = {n[:12] for n in store.networks}
     for chain in chains:
         if chain.startswith("CNM-P-") and chain[len("CNM-P-") :] not in publishing:
@@ -592,6 +599,8 @@ def _check_iptables(host: Any, store: Store) -> list[str]:
         mine = [r for r in rules if r[1] == chain]
         ip = str(IPv4Interface(ep["address"]).ip)
         for m in ep["ports"]:
+            if ":" in m["host_ip"]:
+                continue  # an IPv6 host binding: ip6tables' rules, or the proxy's
             dest = {f"{ip}:{m['container_port']}"} | (
                 {ip} if m["host_port"] == m["container_port"] else set()
             )
@@ -616,7 +625,8 @@ def _check_ports(host: Any, store: Store) -> list[str]:
     for (proto, port), holders in held.items():
         for i, (ip_a, ep_a) in enumerate(holders):
             for ip_b, ep_b in holders[i + 1 :]:
-                if ip_a == ip_b or "0.0.0.0" in (ip_a, ip_b):
+                same_family = (":" in ip_a) == (":" in ip_b)
+                if same_family and (ip_a == ip_b or {ip_a, ip_b} & {"0.0.0.0", "::"}):
                     out.append(
                         f"host port {proto}/{port} held by endpoints {ep_a[:12]} ({ip_a}) and {ep_b[:12]} ({ip_b})"
                     )

@@ -92,7 +92,8 @@ def test_explain_matches_the_kernel_fact_by_fact(seehost: TestHost) -> None:
     assert e["default_gateway"] == a["gateway"] == next(r["gateway"] for r in routes if r["dst"] == "default")
     assert "nameserver" in e["resolv_conf"] and ip in e["hosts"]
     # the published port and the exact nft element serving it, as nft lists it
-    (port,) = a["ports"]
+    port, twin = a["ports"]  # -p 8080:80 binds 0.0.0.0 and :: (Docker 27+)
+    assert (twin["host_ip"], twin["host_port"]) == ("::", 8080)
     assert (port["host_port"], port["container_port"], port["protocol"]) == (8080, 80, "tcp")
     (rule,) = port["rules"]
     assert rule.startswith("tcp . 8080 ") and f": {ip} . 80" in rule
@@ -211,7 +212,8 @@ def test_explain_shows_the_iptables_rules_of_a_port_with_that_backend(fresh_cnmh
     run_sleeper(fresh_cnmhost, "ipt", "-p", "8081:80", "-p", "9000-9001:9000-9001/udp")
     e = explain(fresh_cnmhost, "ipt")
     ip = e["attachments"][0]["address"].split("/")[0]
-    by_port = {p["host_port"]: p for p in e["attachments"][0]["ports"]}
+    ports = e["attachments"][0]["ports"]
+    by_port = {p["host_port"]: p for p in ports if p["host_ip"] == "0.0.0.0"}  # the v4 rules' ports
     (rule,) = by_port[8081]["rules"]
     assert "-p tcp" in rule and "--dport 8081" in rule and f"--to-destination {ip}:80" in rule, rule
     assert any("-p udp" in r and "9000:9001" in r for r in by_port[9000]["rules"]), by_port[9000]

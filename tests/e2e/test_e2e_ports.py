@@ -92,7 +92,7 @@ def test_published_port_reachable_everywhere(porthost: TestHost) -> None:
         assert fetch_from(porthost, "peer", f"http://{HOST_IP}:8080/") == "hello-pub", "hairpin"
         assert fetch_from(porthost, "pub", f"http://{HOST_IP}:8080/") == "hello-pub", "own port"
         port = porthost.cnm("port", "pub", "80").stdout.strip()
-        assert port == "0.0.0.0:8080"
+        assert port == "0.0.0.0:8080\n[::]:8080"  # no host address: both families (Docker 27+)
         ps = porthost.cnm("ps", "--filter", "name=pub").stdout
         assert "0.0.0.0:8080->80/tcp" in ps
         assert not can_bind(porthost, 8080), "the host port is held while the mapping exists"
@@ -134,14 +134,17 @@ def test_publish_all_and_ranges(porthost: TestHost) -> None:
     web(porthost, "ranged", "-p", "9000-9002:9000-9002", port=9001)
     try:
         line = porthost.cnm("port", "all").stdout.strip()
-        m = re.fullmatch(r"80/tcp -> 0\.0\.0\.0:(\d+)", line)
+        m = re.fullmatch(r"80/tcp -> 0\.0\.0\.0:(\d+)\n80/tcp -> \[::\]:\1", line)
         assert m, line
         low, high = map(int, porthost.run(["cat", "/proc/sys/net/ipv4/ip_local_port_range"]).stdout.split())
         assert low <= int(m.group(1)) <= high
         assert fetch_world(porthost, f"http://{HOST_IP}:{m.group(1)}/") == "hello-all"
         assert fetch_world(porthost, f"http://{HOST_IP}:9001/") == "hello-ranged"
         ports = inspect(porthost, "ranged")[0]["NetworkSettings"]["Ports"]
-        assert ports["9001/tcp"] == [{"HostIp": "0.0.0.0", "HostPort": "9001"}]
+        assert ports["9001/tcp"] == [
+            {"HostIp": "0.0.0.0", "HostPort": "9001"},
+            {"HostIp": "::", "HostPort": "9001"},
+        ]
     finally:
         porthost.cnm("rm", "-f", "all", "ranged")
 

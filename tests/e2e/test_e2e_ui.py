@@ -143,7 +143,7 @@ def test_page_follows_run_connect_and_rm(uihost: TestHost, browser: Chromium) ->
 
 
 def test_clicking_a_container_shows_its_explain(uihost: TestHost, browser: Chromium) -> None:
-    browser.click('#containers li[data-name="web"]')
+    browser.click('#containers li[data-name="web"] > b')  # its name: the port buttons fill the rest
     assert wait_for(lambda: details(browser).startswith("container web "), timeout=FOLLOW), details(browser)
     text = details(browser)
     cli = uihost.cnm("explain", "web").stdout
@@ -181,7 +181,7 @@ def test_clicking_a_port_shows_its_path(uihost: TestHost, browser: Chromium) -> 
 
 
 def test_screenshot_is_saved_and_not_blank(uihost: TestHost, browser: Chromium, tmp_path: Path) -> None:
-    browser.click('#containers li[data-name="web"]')
+    browser.click('#containers li[data-name="web"] > b')  # its name: the port buttons fill the rest
     assert wait_for(lambda: details(browser).startswith("container web "), timeout=FOLLOW)
     shot = browser.screenshot(tmp_path / "ui.png")
     width, height, _ = png_pixels(shot.read_bytes())

@@ -64,7 +64,7 @@ async def main():
     await fw.setup()  # idempotent: no duplicated rules
     objs = table()
     rules = [o["rule"] for o in objs if "rule" in o]
-    assert [r["chain"] for r in rules] == ["prerouting", "port-guard", "port-guard", "port-guard"], rules
+    assert [r["chain"] for r in rules] == ["prerouting", *["port-guard"] * 4, *["port-guard6"] * 7], rules
     assert await fw.healthy()
 
     a, b = guard(1), guard(2, net=2, addresses=("10.9.0.2", "10.9.1.2"))

@@ -65,7 +65,7 @@ async def main():
     # the chains change between the read and the batch of setup and of sync
     for name in ("setup", "sync"):
         victim = IptablesFirewall(iptables=VARIANT)
-        read = victim._state
+        read = victim._v4._state  # the IPv4 tables' read (each family reads its own)
         calls = []
 
         async def racing_read(read=read, calls=calls):
@@ -75,7 +75,7 @@ async def main():
                 await IptablesFirewall(iptables=VARIANT).teardown()
             return state
 
-        victim._state = racing_read
+        victim._v4._state = racing_read
         await IptablesFirewall(iptables=VARIANT).setup()  # CNM-USER exists when read
         job = victim.setup() if name == "setup" else victim.sync([net], [port(3, 8083)])
         await attempt(f"{name} racing a removal", job, out)

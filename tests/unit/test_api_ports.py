@@ -174,3 +174,31 @@ def test_a_range_key_from_another_client_is_expanded():
         "7000/tcp": None,
         "7001/tcp": None,
     }
+
+
+def test_v6_bindings_in_inspect_ps_and_the_request_echo():
+    """``-p 8080:80 -p [::1]:9090:80``: inspect lists 0.0.0.0 before ::, ps shows Docker's
+    ``[::]`` text, and HostConfig echoes the v6 HostIp as sent."""
+    from ipaddress import IPv6Address
+
+    c = container(["8080:80", "[::1]:9090:80"])
+    v = view(
+        c,
+        PortMapping("tcp", 80, IPv6Address("::1"), 9090),
+        PortMapping("tcp", 80, IPv6Address("::"), 8080),
+        PortMapping("tcp", 80, ANY, 8080),
+    )
+    doc = container_inspect_json(c, v, None)
+    assert doc["NetworkSettings"]["Ports"] == {
+        "80/tcp": [
+            {"HostIp": "0.0.0.0", "HostPort": "8080"},
+            {"HostIp": "::", "HostPort": "8080"},
+            {"HostIp": "::1", "HostPort": "9090"},
+        ]
+    }
+    assert doc["HostConfig"]["PortBindings"]["80/tcp"] == [
+        {"HostIp": "", "HostPort": "8080"},
+        {"HostIp": "::1", "HostPort": "9090"},
+    ]
+    column = displayable_ports(container_summary_json(c, v)["Ports"])
+    assert column == "0.0.0.0:8080->80/tcp, [::]:8080->80/tcp, [::1]:9090->80/tcp"

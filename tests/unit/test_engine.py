@@ -520,6 +520,7 @@ async def test_ports_published_on_the_default_route_endpoint(ports):
     [(_, ep)] = ctl.container_endpoints(cid)
     assert {(m.protocol, m.container_port, str(m.host_ip), m.host_port) for m in ep.ports} == {
         ("tcp", 80, "0.0.0.0", 8080),
+        ("tcp", 80, "::", 8080),  # no host address: both families, one port (Docker 27+)
         ("udp", 53, "127.0.0.1", 40000),
     }
     rules = ports.firewall.ports[ep.id]
@@ -610,7 +611,7 @@ async def test_default_route_and_ports_move_when_the_gateway_endpoint_leaves(por
     await ctl.disconnect("bridge", "web")
     [(net, ep)] = ctl.container_endpoints(cid)
     assert net.name == "backend" and ep.default_route
-    assert [m.host_port for m in ep.ports] == [8080]
+    assert [m.host_port for m in ep.ports] == [8080, 8080]  # 0.0.0.0 and ::
     assert set(ports.firewall.ports) == {ep.id}
     sandbox = ctl.container_sandbox(cid)
     assert (
@@ -622,7 +623,7 @@ async def test_default_route_and_ports_move_when_the_gateway_endpoint_leaves(por
     assert not ports.firewall.ports
     await ctl.connect("backend", "web", EndpointRequest())
     [(_, again)] = ctl.container_endpoints(cid)
-    assert again.default_route and [m.host_port for m in again.ports] == [8080]
+    assert again.default_route and [m.host_port for m in again.ports] == [8080, 8080]
 
 
 async def test_restart_kills_what_runc_runs_and_the_store_does_not(world):

@@ -36,19 +36,31 @@ class Exec:
         self.calls: list[tuple[list[str], str | None]] = []
         self.saves: list[str] = []
         self.fail_restores: list[Exception] = []
+        self.saves6: list[str] = []  # ip6tables' (unscripted: nothing of cnm's)
+        self.fail_restores6: list[Exception] = []
 
     async def __call__(self, argv, stdin=None):  # noqa: ANN001
         self.calls.append((argv, stdin))
         if argv[-1] == "--version":
             return "iptables v1.8.9 (legacy)\n"
+        v6 = argv[0].startswith("ip6tables")
         if argv[0].endswith("-save"):
-            return self.saves.pop(0) if self.saves else ""
-        if self.fail_restores:
-            raise self.fail_restores.pop(0)
+            saves = self.saves6 if v6 else self.saves
+            return saves.pop(0) if saves else ""
+        fail = self.fail_restores6 if v6 else self.fail_restores
+        if fail:
+            raise fail.pop(0)
         return ""
 
     def restores(self) -> list[str]:
-        return [stdin for argv, stdin in self.calls if "--noflush" in argv]
+        """The iptables (IPv4) batches."""
+        return [stdin for argv, stdin in self.calls if "--noflush" in argv and argv[0].startswith("iptables")]
+
+    def restores6(self) -> list[str]:
+        """The ip6tables batches."""
+        return [
+            stdin for argv, stdin in self.calls if "--noflush" in argv and argv[0].startswith("ip6tables")
+        ]
 
 
 @pytest.fixture
@@ -165,3 +177,89 @@ async def test_a_bad_vni_changes_nothing(fw):
     with pytest.raises(Exception, match="VNI"):
         await fw.add_encrypted_vni(A, 1 << 24)
     assert fw.ex.calls == []
+
+
+# -- IPv6 ---------------------------------------------------------------------------------
+
+
+def net6(owner: str = A, bridge: str = "br-a", **kw) -> BridgeRules:
+    from ipaddress import IPv6Network
+
+    return BridgeRules(
+        owner=owner,
+        bridge=bridge,
+        subnet=IPv4Network("10.10.0.0/24"),
+        subnet6=IPv6Network("fd00:10::/64"),
+        **kw,
+    )
+
+
+def prule6(owner=E1, host_port=8080) -> PortRule:
+    from ipaddress import IPv6Address
+
+    return PortRule(owner=owner, network=A, bridge="br-a", protocol="tcp", host_ip=None, host_port=host_port,
+                    host_port_end=host_port, container_ip=IPv6Address("fd00:10::2"), container_port=80)  # fmt: skip
+
+
+async def test_setup_and_health_cover_ip6tables_of_the_same_variant(fw):
+    await fw.setup()
+    argvs = [argv for argv, _ in fw.ex.calls]
+    assert ["ip6tables-legacy-save"] in argvs
+    assert fw.ex.restores6() == [r.render_setup({}, family=6)]
+    assert sum(1 for a in argvs if a[-1] == "--version") == 1
+    assert await fw.healthy() is False  # the scripted saves hold nothing
+
+
+async def test_a_v4_only_network_and_port_touch_iptables_alone(fw):
+    await fw.sync([net()], [prule()])
+    n = len(fw.ex.restores6())
+    await fw.add_network(net())
+    await fw.add_ports(E1, [prule(host_port=8081)])
+    await fw.remove_ports(E1)
+    await fw.remove_network(A)
+    assert len(fw.ex.restores6()) == n
+
+
+async def test_a_dual_stack_network_and_ports_are_one_batch_per_family(fw):
+    await fw.sync([])
+    await fw.add_network(net6())
+    assert fw.ex.restores6()[-1] == r.render_add_network(net6(), [], family=6)
+    await fw.add_ports(E1, [prule(), prule6()])
+    assert fw.ex.restores()[-1] == r.render_ports(E1, [], r.port_rules(prule()))
+    assert fw.ex.restores6()[-1] == r.render_ports(E1, [], r.port_rules(prule6()))
+    assert fw.sysctl[-1] == "net.ipv4.conf.br-a.route_localnet=1"  # for the v4 port only
+    await fw.add_ports(E1, [prule()])  # the v6 port goes
+    assert fw.ex.restores6()[-1] == r.render_ports(E1, [r.port_jump(E1)], [])
+    await fw.remove_network(A)
+    assert "-X CNM-N-a1a1a1a1a1a1-IN" in fw.ex.restores6()[-1]
+
+
+async def test_a_v6_port_clash_is_refused_before_any_exec(fw):
+    await fw.sync([net6()], [prule6()])
+    n = len(fw.ex.calls)
+    with pytest.raises(FirewallError, match="8080/tcp on :: is already published"):
+        await fw.add_ports(E2, [prule(E2), prule6(E2)])
+    assert len(fw.ex.calls) == n
+
+
+async def test_without_ip6tables_v4_works_and_v6_is_refused(fw, monkeypatch):
+    monkeypatch.setattr(backend.shutil, "which", lambda name: None if "ip6" in name else f"/usr/sbin/{name}")
+    await fw.setup()
+    assert fw.ex.restores6() == []
+    await fw.add_network(net())  # v4 works
+    assert fw.ex.restores()[-1] == r.render_add_network(net(), [])
+    n = len(fw.ex.restores())
+    with pytest.raises(Unavailable, match="ip6tables is not installed"):
+        await fw.add_network(net6("b2" * 32, "br-b"))
+    with pytest.raises(Unavailable, match="ip6tables is not installed"):
+        await fw.add_ports(E1, [prule(), prule6()])
+    assert fw.ex.restores6() == [] and len(fw.ex.restores()) == n  # nothing half made
+
+
+async def test_a_dual_stack_network_whose_v6_half_fails_leaves_nothing(fw):
+    await fw.sync([])
+    fw.ex.fail_restores6 = [FirewallError("boom"), FirewallError("boom again")]
+    with pytest.raises(FirewallError, match="boom"):
+        await fw.add_network(net6())
+    assert fw.installed() == {}
+    assert "-X CNM-N-a1a1a1a1a1a1-IN" in fw.ex.restores()[-1]

@@ -83,6 +83,8 @@ async def test_a_change_puts_back_the_chains_someone_removed(fw):  # noqa: F811
     *_, skeleton, ports = fw.ex.restores()
     assert skeleton == r.render_setup({})
     assert ports == r.render_ports(E1, [], r.port_rules(prule()))
+    # whoever removed them removed ip6tables' too: put back as well
+    assert fw.ex.restores6()[-1] == r.render_setup({}, family=6)
 
 
 async def test_a_change_that_fails_twice_reports_the_first_error(fw):  # noqa: F811

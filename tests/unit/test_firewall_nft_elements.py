@@ -5,7 +5,7 @@ them against the kernel and reads them back with ``nft``)."""
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 
@@ -36,7 +36,19 @@ def test_a_concatenation_pads_each_field_to_4_bytes() -> None:
     assert len(got) == 28
 
 
-@pytest.mark.parametrize("key", ['""', '"a-name-far-too-long"', "02:42:zz:00:00:01", "10.0.0.300", "eth0"])
+def test_ipv6_fields_are_16_bytes_and_a_raw_target_is_big_endian() -> None:
+    """ifname (16) . ether_addr (8) . ipv6_addr (16); an ND target (``typeof @th,64,128``)
+    is the address's bytes, as they are in the packet."""
+    got = key_bytes('"veth1234567" . 02:42:0a:55:00:03 . fd00:1:2:3::5')
+    assert got[24:] == IPv6Address("fd00:1:2:3::5").packed and len(got) == 40
+    assert key_bytes('"veth1" . 0x20010db8000000000000000000000002')[16:] == IPv6Address("2001:db8::2").packed
+    assert key_bytes('"veth1" . 0x1')[16:] == IPv6Address("::1").packed
+
+
+@pytest.mark.parametrize(
+    "key",
+    ['""', '"a-name-far-too-long"', "02:42:zz:00:00:01", "10.0.0.300", "eth0", "fd00::g", "0x" + "f" * 33],
+)
 def test_what_cannot_be_encoded_is_a_firewall_error(key) -> None:
     with pytest.raises(FirewallError, match="nft: "):
         key_bytes(key)

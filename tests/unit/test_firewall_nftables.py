@@ -40,7 +40,10 @@ class ScriptedNft:
 
     def cmd(self, text: str) -> tuple[int, str, str]:
         self.log.append(text)
-        return self.replies.pop(0) if self.replies else (0, "", "")
+        if self.replies:
+            return self.replies.pop(0)
+        # unscripted listings (the IPv6 table's, after the scripted IPv4 ones) are empty
+        return (0, '{"nftables": []}', "") if self.json and text.startswith("list ") else (0, "", "")
 
 
 @pytest.fixture
@@ -50,6 +53,7 @@ def fw(monkeypatch):
 
     def make(json_output: bool) -> ScriptedNft:
         contexts[json_output] = ScriptedNft(log)
+        contexts[json_output].json = json_output
         return contexts[json_output]
 
     monkeypatch.setattr(libnft, "nft_context", make)
@@ -79,6 +83,20 @@ def table_json(
     for chain, n in (rules if rules is not None else r.base_rule_counts()).items():
         objs += [{"rule": {"family": "ip", "table": "cnm", "chain": chain, "expr": []}}] * n
     return json.dumps({"nftables": objs})
+
+
+def table6_json() -> str:
+    """A terse ``nft -j list table ip6 cnm`` as setup leaves it."""
+    objs: list[dict] = [{"metainfo": {"version": "1.0.6"}}, {"table": {"family": "ip6", "name": "cnm"}}]
+    objs += [{"set": {"family": "ip6", "name": s}} for s in (*r.NETWORK_SETS6, r.SET_PUBLISHED)]
+    objs += [{"map": {"family": "ip6", "name": m}} for m in r.PORT_MAPS6]
+    objs += [{"chain": {"family": "ip6", "name": c}} for c in r.FIXED_CHAINS6]
+    for chain, n in r.base_rule_counts(family="ip6").items():
+        objs += [{"rule": {"family": "ip6", "chain": chain, "expr": []}}] * n
+    return json.dumps({"nftables": objs})
+
+
+TABLE6 = (0, table6_json(), "")
 
 
 def set_json(set_name: str, elems: list) -> tuple[int, str, str]:
@@ -255,14 +273,14 @@ async def test_a_restart_over_the_last_releases_ruleset_converges_to_the_sets(fw
         assert f"delete map ip cnm {m}\n" in script
     for c in legacy_chains:
         assert f"delete chain ip cnm {c}\n" in script
-    fw.lister.replies = [(0, table_json(list(r.FIXED_CHAINS)), "")]
+    fw.lister.replies = [(0, table_json(list(r.FIXED_CHAINS)), ""), TABLE6]
     assert await fw.healthy() is True
 
 
 async def test_healthy(fw):
     fw.lister.replies = [NO_TABLE]
     assert await fw.healthy() is False
-    fw.lister.replies = [(0, table_json(list(r.FIXED_CHAINS)), "")]
+    fw.lister.replies = [(0, table_json(list(r.FIXED_CHAINS)), ""), TABLE6]
     assert await fw.healthy() is True
     fw.lister.replies = [(0, table_json([c for c in r.FIXED_CHAINS if c != "user"]), "")]
     assert await fw.healthy() is False
@@ -272,6 +290,8 @@ async def test_healthy(fw):
     assert await fw.healthy() is False
     fw.lister.replies = [(0, table_json(list(r.FIXED_CHAINS), rules={"forward": 0}), "")]
     assert await fw.healthy() is False  # someone flushed the forward rules
+    fw.lister.replies = [(0, table_json(list(r.FIXED_CHAINS)), ""), NO_TABLE]
+    assert await fw.healthy() is False  # the IPv6 table is gone
     fw.lister.replies = [(0, table_json(list(r.FIXED_CHAINS), maps=(*r.PORT_MAPS, r.LEGACY_MAPS[0])), "")]
     assert await fw.healthy() is False  # v0.1.0's layout is still there
 
@@ -319,6 +339,7 @@ async def test_proxy_mode_does_not_touch_route_localnet(monkeypatch):
 
     def make(json_output: bool) -> ScriptedNft:
         contexts[json_output] = ScriptedNft(log)
+        contexts[json_output].json = json_output
         return contexts[json_output]
 
     monkeypatch.setattr(libnft, "nft_context", make)
@@ -478,12 +499,28 @@ async def test_the_guard_chain_counts_in_health_only_while_a_vni_is_there(fw):
     fw.lister.replies = [(0, table_json(list(r.FIXED_CHAINS)), "")]
     assert await fw.healthy() is False  # vxlan-input missing
     with_guard = {**r.base_rule_counts(), "vxlan-input": 1}
-    fw.lister.replies = [(0, table_json([*r.FIXED_CHAINS, "vxlan-input"], rules=with_guard), "")]
+    fw.lister.replies = [(0, table_json([*r.FIXED_CHAINS, "vxlan-input"], rules=with_guard), ""), TABLE6]
     assert await fw.healthy() is True
 
 
 async def test_a_table_without_the_encrypted_vnis_set_is_not_healthy(fw):
     fw.lister.replies = [(0, table_json(list(r.FIXED_CHAINS), sets=tuple(r.NETWORK_SETS)), "")]
     assert await fw.healthy() is False
-    fw.lister.replies = [(0, table_json(list(r.FIXED_CHAINS)), "")]
+    fw.lister.replies = [(0, table_json(list(r.FIXED_CHAINS)), ""), TABLE6]
     assert await fw.healthy() is True
+
+
+async def test_ipv6_ports_need_no_route_localnet_and_any_port_is_claimed_per_family(fw):
+    from ipaddress import IPv6Address
+
+    v6 = PortRule(A, B, "br-a", "tcp", None, 8080, 8080, IPv6Address("fd00:10::2"), 80)
+    await fw.add_ports(A, [v6])
+    assert not [entry for entry in fw.log if "route_localnet" in entry]
+    assert fw.log[-1] == r.render_ports(A, (), r.port_elements(v6))
+    # another endpoint's IPv4 wildcard on the same port is another map of another table
+    v4 = PortRule(B, B, "br-a", "tcp", None, 8080, 8080, IPv4Address("10.10.0.3"), 80)
+    await fw.add_ports(B, [v4])
+    with pytest.raises(FirewallError, match="8080/tcp on :: is already published by endpoint"):
+        await fw.add_ports(
+            B, [v4, PortRule(B, B, "br-a", "tcp", None, 8080, 8080, IPv6Address("fd00:10::3"), 80)]
+        )

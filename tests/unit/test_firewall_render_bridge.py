@@ -4,7 +4,7 @@ every field, and per-port cost (no root)."""
 from __future__ import annotations
 
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 
 import pytest
 
@@ -69,11 +69,13 @@ def test_only_guarded_ports_are_checked_and_anything_unlisted_is_dropped():
     assert arp.startswith("ether type arp arp htype 1 arp ptype ip arp hlen 6 arp plen 4 ")
     assert "iifname . ether saddr . arp saddr ip @addrs" in arp
     assert "iifname . arp saddr ether . arp saddr ip @addrs" in arp and arp.endswith(" return")
-    assert guard_rules[2:] == ["drop"]  # other MACs, addresses, ethertypes, VLAN tags
+    # IPv6 goes to its own chain; everything else (other MACs, addresses, ethertypes,
+    # VLAN tags) is dropped
+    assert guard_rules[2:] == ["ether type ip6 goto port-guard6", "drop"]
 
 
 def test_base_rule_counts_match_setup():
-    assert r.base_rule_counts() == {"prerouting": 1, "port-guard": 3}
+    assert r.base_rule_counts() == {"prerouting": 1, "port-guard": 4, "port-guard6": 7}
 
 
 def test_teardown_is_idempotent_by_construction():
@@ -184,8 +186,8 @@ def test_sync_remakes_the_skeleton_empties_both_sets_and_refills_them():
     out = lines(r.render_sync([a, b]))
     assert out[: len(r.setup_lines())] == r.setup_lines()
     rest = out[len(r.setup_lines()) :]
-    assert rest[:2] == ["flush set bridge cnm ports", "flush set bridge cnm addrs"]
-    assert rest[2:] == lines(r.render_port(A, (), r.guard_elements(a))) + lines(
+    assert rest[:4] == [f"flush set bridge cnm {name}" for name in ("ports", "addrs", "addrs6", "targets6")]
+    assert rest[4:] == lines(r.render_port(A, (), r.guard_elements(a))) + lines(
         r.render_port(B, (), r.guard_elements(b))
     )
 
@@ -197,7 +199,9 @@ def test_sync_given_the_checked_elements_renders_the_same_script():
 
 
 def test_sync_of_nothing_empties_the_sets():
-    assert lines(r.render_sync([]))[-2:] == ["flush set bridge cnm ports", "flush set bridge cnm addrs"]
+    assert lines(r.render_sync([]))[-4:] == [
+        f"flush set bridge cnm {name}" for name in ("ports", "addrs", "addrs6", "targets6")
+    ]
 
 
 def test_sync_refuses_a_port_claimed_twice_or_an_endpoint_guarded_twice():
@@ -239,3 +243,100 @@ def test_port_guard_of_an_endpoint():
         port_guard(net, replace(ep, mac=""))
     with pytest.raises(InvalidArgument, match="host interface"):
         port_guard(net, replace(ep, host_ifname=""))
+
+
+# -- IPv6 -------------------------------------------------------------------------------
+
+
+def guard6(addresses6: tuple[str, ...] = ("fd00:10::2",), **kw: object) -> PortGuard:
+    return replace(guard(**kw), addresses6=tuple(IPv6Address(a) for a in addresses6))  # type: ignore[arg-type]
+
+
+def test_the_ipv6_chain_refuses_ra_and_redirects_foreign_sources_and_foreign_na():
+    assert rules_of(r.render_setup(), "port-guard6") == [
+        "icmpv6 type { nd-router-advert, nd-redirect } drop",
+        "iifname . ether saddr . ip6 saddr != @addrs6 drop",
+        "icmpv6 type nd-neighbor-advert iifname . @th,64,128 != @targets6 drop",
+        "ip6 saddr != :: return",
+        # from :: only duplicate address detection of its own addresses and MLDv2 reports
+        "icmpv6 type nd-neighbor-solicit iifname . @th,64,128 @targets6 return",
+        "icmpv6 type mld2-listener-report return",
+        "drop",
+    ]
+    script = r.render_setup()
+    assert "add set bridge cnm addrs6 { type ifname . ether_addr . ipv6_addr ;" in script
+    assert "add set bridge cnm targets6 { typeof iifname . @th,64,128 ;" in script
+
+
+def test_link_local_is_the_kernels_eui64_of_the_mac():
+    assert r.link_local("02:42:0a:0a:00:02") == IPv6Address("fe80::42:aff:fe0a:2")
+    assert r.link_local("00:16:3E:00:00:01") == IPv6Address("fe80::216:3eff:fe00:1")
+
+
+def test_a_port_with_ipv6_may_send_from_its_addresses_its_link_local_and_unspecified():
+    port, mac = '"vetha1a1a1a"', "02:42:0a:0a:00:02"
+    assert r.guard_elements(guard6(("fd00:10::2", "2001:db8::2", "fd00:10::2"))) == [
+        r.GuardElement("ports", port),
+        r.GuardElement("addrs", f"{port} . {mac} . 10.10.0.2"),
+        r.GuardElement("addrs6", f"{port} . {mac} . fd00:10::2"),
+        r.GuardElement("addrs6", f"{port} . {mac} . 2001:db8::2"),
+        r.GuardElement("addrs6", f"{port} . {mac} . fe80::42:aff:fe0a:2"),
+        r.GuardElement("addrs6", f"{port} . {mac} . ::"),
+        r.GuardElement("targets6", f"{port} . 0xfd000010000000000000000000000002"),
+        r.GuardElement("targets6", f"{port} . 0x20010db8000000000000000000000002"),
+        r.GuardElement("targets6", f"{port} . 0xfe8000000000000000420afffe0a0002"),
+    ]
+
+
+def test_a_port_without_ipv6_addresses_has_no_ipv6_element():
+    assert {e.set for e in r.guard_elements(guard())} == {"ports", "addrs"}
+
+
+@pytest.mark.parametrize("address", ["::", "::1", "ff02::1", "fe80::1", "::ffff:a00:1"])
+def test_ipv6_addresses_no_container_can_own_are_refused(address):
+    with pytest.raises(InvalidArgument, match=f"{address} cannot be the IPv6 address"):
+        r.guard_elements(guard6((address,)))
+
+
+def test_an_ipv6_address_must_be_an_ipv6_address():
+    bad = replace(guard(), addresses6=("fd00::2",))  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="invalid IPv6 address"):
+        r.guard_elements(bad)
+
+
+def test_ipv6_keys_read_back_from_nft_json_are_the_keys_written():
+    for e in r.guard_elements(guard6(("::a:2",))):  # a target nft prints without leading zeros
+        if e.set == "addrs6":
+            address = e.key.split(" . ")[2]
+            value: object = {"concat": ["vetha1a1a1a", "02:42:0a:0a:00:02", address]}
+        elif e.set == "targets6":
+            raw = int(e.key.split(" . ")[1], 16)
+            value = {"concat": ["vetha1a1a1a", hex(raw)]}
+        else:
+            continue
+        assert r.key_from_json(value) == e.key
+
+
+def test_port_guard_of_a_dual_stack_endpoint():
+    net = NetworkRecord(
+        id=NET,
+        name="n",
+        driver="bridge",
+        created="x",
+        subnet=IPv4Network("10.10.0.0/24"),
+        enable_ipv6=True,
+        subnet6=IPv6Network("fd00:10::/64"),
+    )
+    ep = EndpointRecord(
+        id=A,
+        network_id=NET,
+        container_id="c",
+        sandbox_id="s",
+        name="c",
+        ifname="eth0",
+        host_ifname="vetha1a1a1a",
+        mac="02:42:0a:0a:00:02",
+        address=IPv4Interface("10.10.0.2/24"),
+        address6=IPv6Interface("fd00:10::2/64"),
+    )
+    assert port_guard(net, ep) == guard6()

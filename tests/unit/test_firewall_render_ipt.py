@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 
@@ -307,3 +307,102 @@ def test_the_tunnel_interface_is_the_overlays():
     from cnm.drivers.overlay_crypt import IFNAME
 
     assert r.TUNNEL_IFNAME == IFNAME
+
+
+# -- IPv6 (ip6tables) ---------------------------------------------------------------------
+
+
+def net6(**kw) -> BridgeRules:
+    return BridgeRules(
+        owner=A, bridge="br-a", subnet=IPv4Network("10.10.0.0/24"), subnet6=IPv6Network("fd00:10::/64"), **kw
+    )
+
+
+def specs(rules: list[r.Rule]) -> list[str]:
+    return [f"{x.table} {x.chain} {x.spec}" for x in rules]
+
+
+def test_the_ipv6_skeleton_has_no_loopback_masquerade():
+    six = specs(r.fixed_rules(False, family=6))
+    assert not [s for s in six if "127.0.0.0/8" in s]
+    assert "raw CNM-PREROUTING -d ::1/128 ! -i lo -m comment --comment cnm:base -j DROP" in six
+    assert len(six) == len(r.fixed_rules(False)) - 1
+    assert "! -d ::1/128 -m addrtype" in r.jump_rules(True, family=6)[3].spec
+    assert r.health_problems({}, family=6)  # nothing there yet
+
+
+def test_an_ipv6_network_masquerades_its_v6_subnet():
+    shared = specs(r.network_shared_rules(net6(), False, family=6))
+    tag = f"-m comment --comment cnm:{A}"
+    assert f"nat CNM-MASQUERADE -s fd00:10::/64 ! -o br-a {tag} -j MASQUERADE" in shared
+    assert (
+        f"nat CNM-MASQUERADE -s fd00:10::/64 -o br-a -m conntrack --ctstate DNAT {tag} -j MASQUERADE"
+        in shared
+    )
+    # the chains are the same as in iptables
+    assert r.network_chain_rules(net6(), 6) == r.network_chain_rules(net6())
+
+
+def test_a_routed_ipv6_network_is_not_masqueraded_and_lets_icmpv6_in():
+    shared = specs(r.network_shared_rules(net6(routed6=True), False, family=6))
+    assert not [s for s in shared if "! -o br-a" in s and "MASQUERADE" in s]
+    inbound = [s for s in specs(r.network_chain_rules(net6(routed6=True), 6)) if "-IN " in s]
+    tag = f"-m comment --comment cnm:{A}"
+    assert inbound[-3:] == [
+        f"filter CNM-N-a1a1a1a1a1a1-IN {tag} -j CNM-ISOLATE",  # other networks stay isolated
+        f"filter CNM-N-a1a1a1a1a1a1-IN ! -i br-a -p ipv6-icmp {tag} -j ACCEPT",
+        f"filter CNM-N-a1a1a1a1a1a1-IN {tag} -j DROP",
+    ]
+    # every v6 network is in CNM-ISOLATE; the chain exists in ip6tables only
+    assert f"filter CNM-ISOLATE -i br-a {tag} -j DROP" in specs(r.network_shared_rules(net6(), False, 6))
+    assert "CNM-ISOLATE" in r.render_setup({}, family=6) and "CNM-ISOLATE" not in r.render_setup({})
+    # the v4 side keeps its NAT
+    assert any(
+        "-s 10.10.0.0/24 ! -o br-a" in s for s in specs(r.network_shared_rules(net6(routed6=True), False))
+    )
+    # internal: no way in, routed or not
+    assert not [s for s in specs(r.network_chain_rules(net6(routed6=True, internal=True), 6)) if "icmp" in s]
+
+
+def test_a_network_without_a_v6_subnet_has_no_ip6tables_rules():
+    with pytest.raises(InvalidArgument, match="no IPv6 subnet"):
+        r.network_shared_rules(
+            BridgeRules(owner=A, bridge="br-a", subnet=IPv4Network("10.10.0.0/24")), False, 6
+        )
+
+
+def test_ipv6_dnat_skips_link_local_sources_and_brackets_the_address():
+    def rule(host_ip, first, last, cport):
+        return PortRule(E1, A, "br-a", "tcp", host_ip, first, last, IPv6Address("fd00:10::2"), cport)
+
+    [one] = r.port_rules(rule(None, 8080, 8080, 8080))
+    assert one.spec.startswith("! -s fe80::/10 -p tcp -m tcp --dport 8080 ")
+    assert one.spec.endswith("-j DNAT --to-destination fd00:10::2")
+    [shifted] = r.port_rules(rule(IPv6Address("2001:db8::1"), 8080, 8080, 80))
+    assert "-d 2001:db8::1/128 " in shifted.spec
+    assert shifted.spec.endswith("-j DNAT --to-destination [fd00:10::2]:80")
+
+
+def test_sync_per_family_keeps_only_that_familys_ports():
+    v4 = PortRule(E1, A, "br-a", "tcp", None, 80, 80, IPv4Address("10.10.0.2"), 80)
+    v6 = PortRule(E1, A, "br-a", "tcp", None, 80, 80, IPv6Address("fd00:10::2"), 80)
+    four = r.render_sync({}, [net6()], [v4, v6])
+    six = r.render_sync({}, [net6()], [v4, v6], family=6)
+    assert "10.10.0.2" in four and "fd00:10::2" not in four
+    assert "fd00:10::2" in six and "10.10.0.2" not in six and "fd00:10::/64" in six
+
+
+def test_nothing_leaves_an_internal_network_not_even_for_a_published_port():
+    internal = BridgeRules(owner=A, bridge="br-i", subnet=IPv4Network("10.10.0.0/24"), internal=True)
+    [drop] = [x for x in r.network_shared_rules(internal, False) if x.spec.endswith("-j DROP")]
+    # first in CNM-INTO-BRIDGE: before any network's chain accepts a DNATed packet
+    assert drop.chain == r.INTO_CHAIN and drop.first and drop.spec.startswith("-i br-i ! -o br-i ")
+    assert not [x for x in r.network_shared_rules(net6(), False) if x.spec.endswith("-j DROP")]
+
+
+def test_the_vxlan_guard_is_ipv4s_only():
+    # overlay networks are IPv4: ip6tables gets neither the chain nor a rule
+    assert "CNM-VXLAN" not in r.SHARED6["filter"] and "CNM-VXLAN" in r.SHARED["filter"]
+    assert "CNM-VXLAN" not in r.render_sync({}, [], family=6, vnis={A: 4097})
+    assert "=4097" in r.render_sync({}, [], family=4, vnis={A: 4097})
+    assert r.is_cnm_chain("CNM-VXLAN")  # so teardown takes it

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 
@@ -58,10 +58,11 @@ def test_forward_jumps_to_user_chain_first_then_reads_the_network_sets():
     assert rules_of(script, "forward") == [
         "jump user",
         "ct state established,related accept",
+        # nothing leaves an internal network, not even for another network's published port
+        "iifname @internal iifname . oifname != @same-bridge drop",
         "oifname @bridges oifname != @internal ct status dnat accept",
         "iifname . oifname @same-bridge oifname @icc accept",
         "oifname @bridges drop",
-        "iifname @internal drop",
     ]
     assert rules_of(script, "postrouting") == [
         "iifname . ip saddr @subnets iifname @masquerading iifname . oifname != @same-bridge masquerade",
@@ -107,15 +108,22 @@ def test_setup_is_idempotent_by_flushing_base_chains_before_adding_their_rules()
 
 
 def test_setup_over_the_last_releases_layout_creates_the_sets_but_leaves_its_rules_serving():
-    ls = lines(r.render_setup(legacy=True))
+    ls = [
+        line for line in lines(r.render_setup(legacy=True)) if " ip cnm" in line or line == "add table ip cnm"
+    ]
     assert [line for line in ls if line.startswith("add set")] == [
-        line for line in lines(r.render_setup()) if line.startswith("add set")
+        line for line in lines(r.render_setup()) if line.startswith("add set ip ")
     ]
     assert not [line for line in ls if line.split()[0] in ("flush", "delete") or line.startswith("add rule")]
 
 
 def test_teardown_deletes_only_cnms_table_even_when_absent():
-    assert lines(r.render_teardown()) == ["add table ip cnm", "delete table ip cnm"]
+    assert lines(r.render_teardown()) == [
+        "add table ip cnm",
+        "delete table ip cnm",
+        "add table ip6 cnm",
+        "delete table ip6 cnm",
+    ]
 
 
 # -- one network ------------------------------------------------------------------------
@@ -504,3 +512,160 @@ def test_sync_refills_the_encrypted_vnis_and_empties_them_without_any():
         lines(r.render_sync([], existing=[*r.FIXED_CHAINS, "vxlan-input"]))[-1]
         == "delete chain ip cnm vxlan-input"
     )
+
+
+# -- IPv6 -------------------------------------------------------------------------------
+
+
+def net6(owner: str = A, bridge: str = "br-a1a1a1a1a1a1", subnet6: str = "fd00:10::/64", **kw) -> BridgeRules:
+    return net(owner, bridge, subnet6=IPv6Network(subnet6), **kw)
+
+
+def rules6_of(script: str, chain: str) -> list[str]:
+    prefix = f"add rule ip6 cnm {chain} "
+    return [line[len(prefix) :] for line in lines(script) if line.startswith(prefix)]
+
+
+def port6(host_ip: str | None = None, first: int = 8080, last: int = 8080, cport: int = 80, **kw) -> PortRule:
+    return PortRule(
+        owner=kw.pop("owner", A),
+        network=B,
+        bridge="br-a1a1a1a1a1a1",
+        protocol=kw.pop("protocol", "tcp"),
+        host_ip=IPv6Address(host_ip) if host_ip else None,
+        host_port=first,
+        host_port_end=last,
+        container_ip=IPv6Address(kw.pop("container_ip", "fd00:10::2")),
+        container_port=cport,
+    )
+
+
+def test_the_ipv6_table_mirrors_the_ipv4_one_without_loopback_or_vxlan_rules():
+    script = r.render_setup()
+    assert "add table ip6 cnm" in lines(script)
+    assert "add set ip6 cnm subnets { type ifname . ipv6_addr ; flags interval ; }" in script
+    assert (
+        "add map ip6 cnm ports-any { type inet_proto . inet_service : ipv6_addr . inet_service ; }" in script
+    )
+    assert "add set ip6 cnm published { type ipv6_addr . inet_proto . inet_service ; }" in script
+    assert not [line for line in lines(script) if " ip6 cnm " in line and ("raw-" in line or "vxlan" in line)]
+    assert "policy drop" not in script
+    assert rules6_of(script, "forward") == [
+        "jump user",
+        "ct state established,related accept",
+        "iifname @internal iifname . oifname != @same-bridge drop",
+        "oifname @bridges oifname != @internal ct status dnat accept",
+        "iifname . oifname @same-bridge oifname @icc accept",
+        # routed: from outside cnm's bridges only (other networks stay isolated)
+        "oifname @routed iifname != @bridges meta l4proto ipv6-icmp accept",
+        "oifname @routed iifname != @bridges ip6 daddr . meta l4proto . th dport @published accept",
+        "oifname @bridges drop",
+    ]
+    assert rules6_of(script, "postrouting") == [
+        "iifname . ip6 saddr @subnets iifname @masquerading iifname . oifname != @same-bridge masquerade",
+        "oifname . ip6 saddr @subnets ct status dnat masquerade",
+    ]
+    # Docker's ip6tables DNAT skips link-local sources
+    assert all(rule.startswith("ip6 saddr != fe80::/10 ") for rule in rules6_of(script, "ports"))
+    assert len(rules6_of(script, "ports")) == 4
+    assert r.base_rule_counts(family="ip6") == {
+        "forward": 8,
+        "postrouting": 2,
+        "prerouting": 1,
+        "output": 1,
+        "ports": 4,
+    }
+    assert rules6_of(r.render_setup(userland_proxy=True), "prerouting")[0] == "iifname @bridges return"
+
+
+def test_a_v4_only_network_has_nothing_in_the_ipv6_table():
+    assert {e.family for e in r.network_elements(net())} == {"ip"}
+    assert " ip6 " not in r.render_add_network(net())
+
+
+def test_a_dual_stack_network_is_masqueraded_isolated_and_icc_in_both_tables():
+    br = '"br-a1a1a1a1a1a1"'
+    six = [e for e in r.network_elements(net6()) if e.family == "ip6"]
+    assert six == [
+        r.SetElement("bridges", br, "ip6"),
+        r.SetElement("same-bridge", f"{br} . {br}", "ip6"),
+        r.SetElement("icc", br, "ip6"),
+        r.SetElement("masquerading", br, "ip6"),
+        r.SetElement("subnets", f"{br} . fd00:10::/64", "ip6"),
+    ]
+    assert f"add element ip6 cnm subnets {{ {br} . fd00:10::/64 comment " in r.render_add_network(net6())
+    assert [e for e in r.network_elements(net6()) if e.family == "ip"] == r.network_elements(net())
+
+
+def test_a_routed_ipv6_subnet_is_not_masqueraded_and_is_in_routed():
+    sets = {e.set for e in r.network_elements(net6(routed6=True)) if e.family == "ip6"}
+    assert "routed" in sets and "masquerading" not in sets and "subnets" in sets
+    # the v4 side keeps its NAT
+    assert "masquerading" in {e.set for e in r.network_elements(net6(routed6=True)) if e.family == "ip"}
+
+
+def test_an_internal_or_unmasqueraded_ipv6_network():
+    internal = {e.set for e in r.network_elements(net6(internal=True, routed6=True)) if e.family == "ip6"}
+    assert internal == {"bridges", "same-bridge", "internal", "icc"}
+    plain = {e.set for e in r.network_elements(net6(masquerade=False)) if e.family == "ip6"}
+    assert "masquerading" not in plain and "subnets" in plain
+    no_icc = {e.set for e in r.network_elements(net6(icc=False)) if e.family == "ip6"}
+    assert "icc" not in no_icc
+
+
+def test_removing_a_dual_stack_network_deletes_its_elements_in_both_tables():
+    out = lines(r.render_remove_network(A, r.network_elements(net6())))
+    assert 'delete element ip cnm bridges { "br-a1a1a1a1a1a1" }' in out
+    assert 'delete element ip6 cnm bridges { "br-a1a1a1a1a1a1" }' in out
+
+
+def test_ipv6_network_keys_read_back_from_nft_json():
+    value = {"concat": ["br-a1a1a1a1a1a1", {"prefix": {"addr": "fd00:10::", "len": 64}}]}
+    assert r.element_key_from_json("subnets", value, "ip6") == '"br-a1a1a1a1a1a1" . fd00:10::/64'
+    assert r.element_key_from_json("routed", "br-a1a1a1a1a1a1", "ip6") == '"br-a1a1a1a1a1a1"'
+
+
+def test_an_ipv6_port_is_an_element_of_the_ipv6_maps_and_of_published():
+    elements = r.port_elements(port6())
+    assert elements == [
+        r.PortElement("ports-any", "tcp . 8080", "fd00:10::2 . 80", "ip6"),
+        r.PortElement("published", "fd00:10::2 . tcp . 80", "", "ip6"),
+    ]
+    script = r.render_ports(A, (), elements)
+    assert f'add element ip6 cnm ports-any {{ tcp . 8080 comment "cnm:{A}" : fd00:10::2 . 80 }}' in script
+    assert f'add element ip6 cnm published {{ fd00:10::2 . tcp . 80 comment "cnm:{A}" }}' in script
+    assert lines(r.render_ports(A, elements, ())) == [
+        "delete element ip6 cnm ports-any { tcp . 8080 }",
+        "delete element ip6 cnm published { fd00:10::2 . tcp . 80 }",
+    ]
+
+
+def test_an_ipv6_host_address_and_ranges():
+    assert r.port_elements(port6("2001:db8::1", 9000, 9002, 9000))[0] == r.PortElement(
+        "ports-ip-range", "2001:db8::1 . tcp . 9000-9002", "fd00:10::2", "ip6"
+    )
+    shifted = r.port_elements(port6("2001:db8::1", 9000, 9001, 80))
+    assert [e.map for e in shifted] == ["ports-ip", "ports-ip", "published", "published"]
+
+
+def test_two_ports_on_one_container_port_share_its_published_element():
+    both = r.port_elements_by_owner([port6(first=8080, last=8080), port6("2001:db8::1", 8081, 8081)])[A]
+    assert [e.map for e in both] == ["ports-any", "published", "ports-ip"]
+
+
+def test_a_rule_mixing_families_is_refused():
+    mixed = PortRule(A, B, "br-a1a1a1a1a1a1", "tcp", IPv6Address("::1"), 80, 80, IPv4Address("10.0.0.2"), 80)
+    with pytest.raises(InvalidArgument, match="one family per rule"):
+        r.port_elements(mixed)
+
+
+def test_sync_flushes_and_refills_the_ipv6_table_too():
+    out = lines(r.render_sync([net6()], ports=[port6()]))
+    for name in (*r.NETWORK_SETS6, "published"):
+        assert f"flush set ip6 cnm {name}" in out
+    for name in r.PORT_MAPS6:
+        assert f"flush map ip6 cnm {name}" in out
+    assert out.index("flush set ip6 cnm subnets") < next(
+        i for i, line in enumerate(out) if line.startswith("add element ip6 cnm subnets")
+    )
+    assert any(line.startswith("add element ip6 cnm ports-any") for line in out)

@@ -114,7 +114,10 @@ def test_internal_network_may_not_leave(ruleset) -> None:
     r = evaluate_hook(
         ruleset, "forward", pkt("10.2.0.2", "203.0.113.1", iif="br-back", oif="eth0", l4proto="icmp")
     )
-    assert r.verdict == "drop" and r.decided_by.text == "iifname @internal drop"
+    assert (
+        r.verdict == "drop"
+        and r.decided_by.text == "iifname @internal iifname . oifname != @same-bridge drop"
+    )
     assert r.decided_by.elements == (f"cnm:{BACK} (back)",)
     post = evaluate_hook(ruleset, "postrouting", pkt("10.2.0.2", "203.0.113.1", iif="br-back", oif="eth0"))
     assert post.nat == ""  # not in @subnets: never masqueraded
@@ -229,3 +232,12 @@ def test_rule_text_reads_like_nft_list() -> None:
         {"drop": None},
     ]
     assert rule_text(exprs) == "iifname != lo ip daddr 127.0.0.0/8 drop"
+
+
+def test_internal_network_may_not_reach_another_networks_published_port(ruleset) -> None:
+    p = pkt("10.2.0.2", "203.0.113.2", iif="br-back", dport=8080, local_daddr=True)
+    pre = evaluate_hook(ruleset, "prerouting", p)
+    assert pre.nat == "dnat"
+    fwd = evaluate_hook(ruleset, "forward", replace_oif(pre.packet, "br-front"))
+    assert fwd.verdict == "drop"
+    assert fwd.decided_by.text == "iifname @internal iifname . oifname != @same-bridge drop"

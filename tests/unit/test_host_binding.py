@@ -14,7 +14,7 @@ from cnm.errors import InvalidArgument
 from cnm.model.container import ContainerConfig, PortBindingRequest
 from cnm.model.network import OPT_HOST_BINDING, NetworkRecord, NetworkSpec, parse_host_binding
 from cnm.model.network_mode import NetworkMode
-from cnm.model.ports import ANY, PortRequest
+from cnm.model.ports import ANY, ANY6, PortRequest
 
 LO = IPv4Address("127.0.0.1")
 
@@ -51,8 +51,14 @@ def test_a_request_without_a_host_ip_takes_the_networks_default_and_an_explicit_
     )
     plain = NetworkRecord(id="m" * 64, name="plain", driver="bridge", created="t")
     requests = [PortRequest("tcp", 80), PortRequest("tcp", 81, ANY, 8081, 8081), PortRequest("udp", 53, LO)]
-    assert [r.host_ip for r in default_host_ip(local, requests)] == [LO, ANY, LO]
-    assert [r.host_ip for r in default_host_ip(plain, requests)] == [ANY, ANY, LO]
+    # the option names a v4 address: no ``::`` twin (Docker binds IPv6 only for 0.0.0.0)
+    assert [[r.host_ip for r in g] for g in default_host_ip(local, requests)] == [[LO], [ANY], [LO]]
+    assert [[r.host_ip for r in g] for g in default_host_ip(plain, requests)] == [[ANY, ANY6], [ANY], [LO]]
+    assert [[r.host_ip for r in g] for g in default_host_ip(plain, requests, ipv6=False)] == [
+        [ANY],
+        [ANY],
+        [LO],
+    ]
 
 
 async def test_ports_published_on_a_local_network_bind_to_its_address(tmp_path):
@@ -84,7 +90,7 @@ async def test_ports_published_on_a_local_network_bind_to_its_address(tmp_path):
     )
     await ctl.start_container(other.id)
     [(_, ep2)] = ctl.container_endpoints(other.id)
-    assert [str(m.host_ip) for m in ep2.ports] == ["0.0.0.0"]
+    assert [str(m.host_ip) for m in ep2.ports] == ["0.0.0.0", "::"]
 
 
 async def test_garbage_at_create_leaves_no_network(tmp_path):

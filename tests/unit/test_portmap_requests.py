@@ -114,7 +114,11 @@ def test_host_port_zero_is_ephemeral():
             [PortBindingRequest("", "8000")],
             "invalid ranges specified for container and host Ports",
         ),
-        ("80/tcp", [PortBindingRequest("::1", "8080")], "IPv6 host addresses are not supported"),
+        ("80/tcp", [PortBindingRequest("::g", "8080")], "invalid host IP address '::g'.*IPv4 or IPv6"),
+        ("80/tcp", [PortBindingRequest("[::1", "8080")], "invalid host IP address"),
+        ("80/tcp", [PortBindingRequest("fe80::1%eth0", "8080")], "scoped IPv6 address"),
+        ("80/tcp", [PortBindingRequest("[10.0.0.1]", "8080")], "brackets are for IPv6"),
+        ("80/tcp", [PortBindingRequest("ff02::1", "8080")], "not a unicast address"),
         ("80/tcp", [PortBindingRequest("localhost", "8080")], "invalid host IP address 'localhost'"),
     ],
 )

@@ -43,7 +43,7 @@ from cnm.model.container import (
 from cnm.model.endpoint import EndpointRecord, EndpointRequest, SandboxRecord, dns_names
 from cnm.model.network import GWBRIDGE_NAME, PREDEFINED, NetworkRecord
 from cnm.model.network_mode import NetworkMode
-from cnm.model.ports import PortMapping
+from cnm.model.ports import PortMapping, host_ip_order
 from cnm.model.values import parse_mac
 from cnm.portmap.requests import expand_port_key, parse_port_key, port_requests
 from cnm.runtime.logs import parse_log_config
@@ -395,14 +395,14 @@ def published(view: NetworkView) -> list[PortMapping]:
     """The mappings the engine installed, over all of the container's endpoints."""
     return sorted(
         {m for _, ep in view.endpoints for m in ep.ports},
-        key=lambda m: (m.protocol, m.container_port, int(m.host_ip), m.host_port),
+        key=lambda m: (m.protocol, m.container_port, host_ip_order(m.host_ip), m.host_port),
     )
 
 
 def ports_json(c: Container, view: NetworkView) -> dict[str, Any]:
     """``NetworkSettings.Ports`` (moby ``getPortMapInfo``): for a running container every
     exposed port (ranges expanded) and every published one, ``null`` when not published,
-    else one ``{"HostIp","HostPort"}`` per binding (IPv4 only: no ``::`` twin).  ``{}``
+    else one ``{"HostIp","HostPort"}`` per binding (``0.0.0.0`` before its ``::`` twin).  ``{}``
     when not running or in host mode.  Keys sorted as Go's JSON encoder sorts map keys."""
     if not c.running or c.config.network_mode.is_host:
         return {}

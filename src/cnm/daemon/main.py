@@ -236,7 +236,7 @@ def _build(
         debug=config.log_level == "debug",
         names=names,
         dns=dns,
-        publisher=Publisher(PortAllocator(), firewall, UserlandProxy() if config.userland_proxy else None),
+        publisher=Publisher(PortAllocator(), firewall, UserlandProxy(), userland_proxy=config.userland_proxy),
         cluster=engine_cluster,
         firewall_table=table,
         netns_names=config.netns_names,

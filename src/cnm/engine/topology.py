@@ -27,6 +27,7 @@ from cnm.kernel import facts
 from cnm.kernel.api import LinkInfo
 from cnm.model.endpoint import EndpointRecord
 from cnm.model.network import OVERLAY_BRIDGE_PREFIX, NetworkRecord
+from cnm.model.ports import join_host_port
 
 FORMATS = ("text", "dot", "svg", "json")
 DOT_TIMEOUT = 30.0  # seconds for Graphviz to lay out a map
@@ -179,7 +180,9 @@ def _member(svc: Services, network: NetworkRecord, ep: EndpointRecord, host: dic
         mac=ep.mac,
         host_ifname=ep.host_ifname,
         host_ifindex=peer.index if peer is not None else 0,
-        ports=tuple(f"{p.host_ip}:{p.host_port}->{p.container_port}/{p.protocol}" for p in ep.ports),
+        ports=tuple(
+            f"{join_host_port(p.host_ip, p.host_port)}->{p.container_port}/{p.protocol}" for p in ep.ports
+        ),
         links=link_labels(requested),
     )
 

@@ -16,9 +16,15 @@ Semantics of one bridge network (Docker's bridge driver):
   firewall backend only carries ``icc`` for display and may ignore it;
 - internal: nothing leaves the bridge for another interface and nothing enters it from one.
 
+A network with IPv6 (``subnet6``) gets the same rules for its v6 subnet in each backend's
+IPv6 tables (nftables ``ip6``, ``ip6tables``), except that a routed v6 subnet
+(``routed6``) is not masqueraded: the world reaches it for ICMPv6 and its published ports.
+A ``PortRule`` is of one family; a v4-only network or port touches no IPv6 table.
+
 Beside the backend, a ``SpoofGuard`` filters what each container sends into its bridge
-port (its own MAC, its own IPv4 addresses, ARP for those only), whichever backend filters
-at L3.
+port (its own MAC, its own IPv4 addresses, ARP for those only; with v6 addresses, IPv6
+from those and its link-local address, neighbour advertisements for those only, never a
+router advertisement), whichever backend filters at L3.
 """
 
 from __future__ import annotations
@@ -75,17 +81,20 @@ def bridge_rules(network: NetworkRecord) -> BridgeRules:
 @dataclass(frozen=True, slots=True)
 class PortRule:
     """One published port (or a run of ports with the same offset) of one endpoint:
-    traffic to ``host_ip`` (None: any local address) ports ``host_port``..``host_port_end``
-    goes to ``container_ip`` ports ``container_port``.. (same offset)."""
+    traffic to ``host_ip`` (None: any local address of ``container_ip``'s family) ports
+    ``host_port``..``host_port_end`` goes to ``container_ip`` ports ``container_port``..
+    (same offset).  One family per rule: a v6 ``host_ip`` goes with a v6 ``container_ip``
+    (``common.check_port_rule`` refuses a mix); ``-p 8080:80`` on a dual-stack container
+    is two rules, one per family."""
 
     owner: str  # endpoint id
     network: str  # network id (whose bridge the container is on)
     bridge: str
     protocol: str  # tcp | udp | sctp
-    host_ip: IPv4Address | None
+    host_ip: IPv4Address | IPv6Address | None
     host_port: int
     host_port_end: int
-    container_ip: IPv4Address
+    container_ip: IPv4Address | IPv6Address
     container_port: int
     # "<container> on <network>", for people reading the comments (not compared, as above)
     label: str = field(default="", compare=False)
@@ -93,8 +102,9 @@ class PortRule:
 
 class Firewall(Protocol):
     async def setup(self) -> None:
-        """Create cnm's table and base chains (and the user chain) if missing; idempotent.
-        Turns on IPv4 forwarding in the namespace cnmd runs in."""
+        """Create cnm's tables and base chains (and the user chains) of both families if
+        missing; idempotent.  Turns on IPv4 forwarding in the namespace cnmd runs in (IPv6
+        forwarding is the bridge driver's, once a network has IPv6)."""
 
     async def sync(self, networks: Sequence[BridgeRules], ports: Sequence[PortRule] = ()) -> None:
         """Make the kernel hold exactly these networks' and ports' rules (start-up

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from ipaddress import IPv4Address, IPv6Address
 
 from cnm.errors import FirewallError, InvalidArgument, KernelError
 from cnm.firewall.api import PortRule
@@ -70,7 +71,9 @@ def enable_route_localnet(bridges: Iterable[str], *, strict: bool) -> None:
 
 PORT_PROTOCOLS = ("tcp", "udp", "sctp")
 
-PortKey = tuple[str | None, str, int]  # (host ip or None for any, protocol, host port)
+# (host ip; None for any IPv4 address, "::" for any IPv6 address; protocol, host port)
+PortKey = tuple[str | None, str, int]
+ANY6 = "::"
 
 
 def check_port_rule(rule: PortRule) -> tuple[int, int]:
@@ -78,6 +81,13 @@ def check_port_rule(rule: PortRule) -> tuple[int, int]:
     if rule.protocol not in PORT_PROTOCOLS:
         raise InvalidArgument(
             f"invalid protocol {rule.protocol!r}: must be one of {', '.join(PORT_PROTOCOLS)}"
+        )
+    if not isinstance(rule.container_ip, (IPv4Address, IPv6Address)):
+        raise InvalidArgument(f"invalid container address {rule.container_ip!r} for a published port")
+    if rule.host_ip is not None and rule.host_ip.version != rule.container_ip.version:
+        raise InvalidArgument(
+            f"published port {rule.host_ip}:{rule.host_port} (IPv{rule.host_ip.version}) cannot go to"
+            f" container address {rule.container_ip} (IPv{rule.container_ip.version}): one family per rule"
         )
     first = _check_port(rule.host_port, "host port")
     last = _check_port(rule.host_port_end, "host port")
@@ -96,11 +106,13 @@ def _check_port(port: int, what: str) -> int:
 
 def port_keys(rules: Iterable[PortRule]) -> list[PortKey]:
     """Every (host ip, protocol, host port) ``rules`` claim."""
-    return [
-        (str(r.host_ip) if r.host_ip is not None else None, r.protocol, p)
-        for r in rules
-        for p in range(r.host_port, r.host_port_end + 1)
-    ]
+    return [(_host_key(r), r.protocol, p) for r in rules for p in range(r.host_port, r.host_port_end + 1)]
+
+
+def _host_key(rule: PortRule) -> str | None:
+    if rule.host_ip is not None:
+        return str(rule.host_ip)
+    return ANY6 if rule.container_ip.version == 6 else None
 
 
 def claim_ports(owner: str, rules: Sequence[PortRule], held: Mapping[PortKey, str]) -> list[PortKey]:

@@ -12,9 +12,11 @@ from cnm.firewall.api import BridgeRules, PortGuard, PortRule
 
 def _overlap(a: PortRule, b: PortRule) -> bool:
     """Whether two rules claim a common (address, protocol, port), as the kernel's maps
-    would refuse (a wildcard and a specific address live in different maps)."""
+    would refuse (a wildcard and a specific address live in different maps; each family
+    has its own)."""
     return (
         a.protocol == b.protocol
+        and a.container_ip.version == b.container_ip.version
         and a.host_ip == b.host_ip
         and a.host_port <= b.host_port_end
         and b.host_port <= a.host_port_end

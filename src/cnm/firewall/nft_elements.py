@@ -11,7 +11,7 @@ same changes go to the kernel as one nf_tables batch (``NFT_MSG_NEWSETELEM`` /
 person would type (``render_bridge``); what is sent is exactly that script.
 
 Only what the guard's two sets hold is encoded: keys made of an interface name (``ifname``,
-16 bytes), a MAC address and an IPv4 address, concatenated as nft does (each field padded
+16 bytes), a MAC address, an IPv4 or IPv6 address and a raw 128-bit ND target, concatenated as nft does (each field padded
 to 4 bytes), and the element's comment as libnftnl's user data.  The wire format is the
 kernel's UAPI (``linux/netfilter/nfnetlink.h``, ``linux/netfilter/nf_tables.h``) and
 ``libnftnl/udata.h``.
@@ -22,11 +22,12 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import re
 import socket
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import ip_address
 
 from cnm.errors import FirewallError
 from cnm.kernel.rtnl import attr, attr_nest, attr_str
@@ -50,6 +51,7 @@ _NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _NFGENMSG = struct.Struct("=BBH")  # family, version, res_id (big endian)
 _RECV_TIMEOUT = 5.0
 _seq = itertools.count(1)
+_MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +71,9 @@ class ElementChange:
 
 
 def key_bytes(key: str) -> bytes:
-    """The kernel's bytes of a key in nft's syntax: ``"<ifname>"``, a MAC address or an
-    IPv4 address, or a concatenation of them (`` . ``); each field padded to 4 bytes."""
+    """The kernel's bytes of a key in nft's syntax: ``"<ifname>"``, a MAC address, an
+    IPv4 or IPv6 address or a 128-bit ``0x`` integer, or a concatenation of them
+    (`` . ``); each field padded to 4 bytes."""
     out = b""
     for part in key.split(" . "):
         if part.startswith('"') and part.endswith('"') and len(part) >= 2:
@@ -78,14 +81,16 @@ def key_bytes(key: str) -> bytes:
             if not name or len(name) >= IFNAMSIZ:
                 raise FirewallError(f"nft: bad interface name {part} in element {key}")
             field = name.ljust(IFNAMSIZ, b"\0")
-        elif part.count(":") == 5:
+        elif _MAC_RE.match(part):
+            field = bytes.fromhex(part.replace(":", ""))
+        elif part.startswith("0x"):  # a raw 128-bit payload (an ND target), big endian
             try:
-                field = bytes.fromhex(part.replace(":", ""))
-            except ValueError:
-                raise FirewallError(f"nft: bad MAC address {part} in element {key}") from None
+                field = int(part, 16).to_bytes(16, "big")
+            except (ValueError, OverflowError):
+                raise FirewallError(f"nft: cannot encode {part!r} in element {key}") from None
         else:
             try:
-                field = IPv4Address(part).packed
+                field = ip_address(part).packed
             except ValueError:
                 raise FirewallError(f"nft: cannot encode {part!r} in element {key}") from None
         out += field + b"\0" * (-len(field) % 4)

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 
 class NftablesFirewall:
-    """cnm's rules in the nftables table ``ip <table>`` (see ``render_nft`` for the layout).
+    """cnm's rules in the nftables tables ``ip <table>`` and ``ip6 <table>`` (see
+    ``render_nft`` for the layout; the IPv6 table holds only networks with IPv6).
 
     Keeps, in memory, what each installed network was (so its set elements are known)
     and which port-map elements each endpoint owns, so that every change is one small
@@ -77,8 +78,8 @@ class NftablesFirewall:
 
     # -- libnftables boundary -----------------------------------------------------------
 
-    def _table_objects(self) -> list[dict[str, Any]] | None:
-        return self._nft.list_json(f"table {render_nft.FAMILY} {self.table}", terse=True)
+    def _table_objects(self, family: str = render_nft.FAMILY) -> list[dict[str, Any]] | None:
+        return self._nft.list_json(f"table {family} {self.table}", terse=True)
 
     def _legacy(self) -> bool:
         """Whether the table still holds v0.1.0's layout (its first dispatch map)."""
@@ -89,8 +90,9 @@ class NftablesFirewall:
 
     async def setup(self) -> None:
         """Create the table, sets, maps, base chains and user chain if missing and rewrite
-        the base chains' rules (for this instance's proxy mode); turn on IPv4 forwarding.
-        Policies stay accept; elements are kept.  On a table still laid out by v0.1.0
+        the base chains' rules (for this instance's proxy mode), in both tables; turn on
+        IPv4 forwarding (IPv6 forwarding is the bridge driver's, only once a network has
+        IPv6).  Policies stay accept; elements are kept.  On a table still laid out by v0.1.0
         the old rules are left serving: ``sync`` replaces them in one transaction."""
         self._nft.apply(render_nft.render_setup(self.table, self.userland_proxy, legacy=self._legacy()))
         set_sysctl("net.ipv4.ip_forward", "1")
@@ -99,7 +101,7 @@ class NftablesFirewall:
         """Make the table hold exactly ``networks`` and ``ports`` (skeleton re-made, every
         set and map refilled, v0.1.0's maps and chains deleted), in one transaction."""
         elements = render_nft.port_elements_by_owner(ports)  # validates before anything
-        self._localnet({p.bridge for p in ports}, strict=False)
+        self._localnet({p.bridge for p in ports if p.container_ip.version == 4}, strict=False)
         objects = self._table_objects() or []
         existing = [o[kind]["name"] for o in objects for kind in ("chain", "map") if kind in o]
         script = render_nft.render_sync(
@@ -170,7 +172,7 @@ class NftablesFirewall:
         label = next((r.label for r in rules if r.owner == owner), "")
         keys = claim_ports(owner, rules, self._port_owner)
         if not self.userland_proxy:
-            self._localnet({r.bridge for r in rules}, strict=True)
+            self._localnet({r.bridge for r in rules if r.container_ip.version == 4}, strict=True)
         old = self._ports_of(owner)
         try:
             self._nft.apply(render_nft.render_ports(owner, old, new, self.table, label))
@@ -232,26 +234,35 @@ class NftablesFirewall:
         """True when the table, its sets and maps, the user chain and the fixed chains
         with their rules are all present, and nothing of v0.1.0's layout is left (reads
         only cnm's table, tersely)."""
-        objects = self._table_objects()
-        if objects is None:
-            return False
-        chains = {o["chain"]["name"] for o in objects if "chain" in o}
-        sets = {o[kind]["name"] for o in objects for kind in ("set", "map") if kind in o}
-        rules: dict[str, int] = {}
-        for o in objects:
-            if "rule" in o:
-                rules[o["rule"]["chain"]] = rules.get(o["rule"]["chain"], 0) + 1
-        if (
-            not render_nft.FIXED_CHAINS <= chains
-            or not {*render_nft.NETWORK_SETS, *render_nft.PORT_MAPS, render_nft.SET_ENCRYPTED_VNIS} <= sets
+        for family, fixed, wanted in (
+            (
+                render_nft.FAMILY,
+                render_nft.FIXED_CHAINS,
+                {*render_nft.NETWORK_SETS, *render_nft.PORT_MAPS, render_nft.SET_ENCRYPTED_VNIS},
+            ),
+            (
+                render_nft.FAMILY6,
+                render_nft.FIXED_CHAINS6,
+                {*render_nft.NETWORK_SETS6, *render_nft.PORT_MAPS6, render_nft.SET_PUBLISHED},
+            ),
         ):
-            return False
-        if sets & set(render_nft.LEGACY_MAPS):
-            return False
-        expected = render_nft.base_rule_counts(self.userland_proxy)
-        if self._vnis:  # the guard of the encrypted networks' VNIs
-            expected[render_nft.VXLAN_CHAIN] = 1
-        return all(rules.get(c, 0) == n for c, n in expected.items())
+            objects = self._table_objects(family)
+            if objects is None:
+                return False
+            chains = {o["chain"]["name"] for o in objects if "chain" in o}
+            sets = {o[kind]["name"] for o in objects for kind in ("set", "map") if kind in o}
+            rules: dict[str, int] = {}
+            for o in objects:
+                if "rule" in o:
+                    rules[o["rule"]["chain"]] = rules.get(o["rule"]["chain"], 0) + 1
+            if not fixed <= chains or not wanted <= sets or sets & set(render_nft.LEGACY_MAPS):
+                return False
+            expected = render_nft.base_rule_counts(self.userland_proxy, family)
+            if family == render_nft.FAMILY and self._vnis:  # the encrypted networks' VNI guard
+                expected[render_nft.VXLAN_CHAIN] = 1
+            if any(rules.get(c, 0) != n for c, n in expected.items()):
+                return False
+        return True
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -286,21 +297,32 @@ class NftablesFirewall:
         """Endpoint ``owner``'s elements as the kernel holds them (by their comment);
         None when cnm's table is absent."""
         found: list[PortElement] = []
-        for map_name in render_nft.PORT_MAPS:
-            objects = self._nft.list_json(f"map {render_nft.FAMILY} {self.table} {map_name}", terse=False)
-            if objects is None:
-                return None
-            for obj in objects:
-                for key, data in obj.get("map", {}).get("elem", []):
-                    elem = key.get("elem", {}) if isinstance(key, dict) else {}
-                    if comment_owner(elem.get("comment", "")) == owner:
-                        found.append(
-                            PortElement(
-                                map_name,
-                                render_nft.port_key_from_json(elem["val"]),
-                                render_nft.port_data_from_json(data),
+        for family in (render_nft.FAMILY, render_nft.FAMILY6):
+            for map_name in render_nft.port_maps(family):
+                objects = self._nft.list_json(f"map {family} {self.table} {map_name}", terse=False)
+                if objects is None:
+                    if family == render_nft.FAMILY6:
+                        break  # a table made before IPv6: nothing of this endpoint there
+                    return None
+                for obj in objects:
+                    for key, data in obj.get("map", {}).get("elem", []):
+                        elem = key.get("elem", {}) if isinstance(key, dict) else {}
+                        if comment_owner(elem.get("comment", "")) == owner:
+                            found.append(
+                                PortElement(
+                                    map_name,
+                                    render_nft.port_key_from_json(elem["val"]),
+                                    render_nft.port_data_from_json(data),
+                                    family,
+                                )
                             )
-                        )
+        what = f"set {render_nft.FAMILY6} {self.table} {render_nft.SET_PUBLISHED}"
+        for obj in self._nft.list_json(what, terse=False) or []:
+            for item in obj.get("set", {}).get("elem", []):
+                elem = item.get("elem", {}) if isinstance(item, dict) else {}
+                if comment_owner(elem.get("comment", "")) == owner:
+                    key = render_nft.port_key_from_json(elem["val"])
+                    found.append(PortElement(render_nft.SET_PUBLISHED, key, "", render_nft.FAMILY6))
         return found
 
     def _localnet(self, bridges: Iterable[str], strict: bool) -> None:
@@ -312,20 +334,23 @@ class NftablesFirewall:
         keyed by ``bridge`` (whoever tagged them); None when cnm's table is absent."""
         quoted = f'"{bridge}"' if bridge is not None else None
         found: list[SetElement] = []
-        for set_name in render_nft.NETWORK_SETS:
-            objects = self._nft.list_json(f"set {render_nft.FAMILY} {self.table} {set_name}", terse=False)
-            if objects is None:
-                return None
-            for obj in objects:
-                for item in obj.get("set", {}).get("elem", []):
-                    elem = item.get("elem", {}) if isinstance(item, dict) else {}
-                    value = elem.get("val", item)
-                    try:
-                        key = render_nft.element_key_from_json(set_name, value)
-                    except (FirewallError, InvalidArgument):
-                        continue  # not an element cnm could have written
-                    if comment_owner(elem.get("comment", "")) == owner or (
-                        quoted is not None and key.split(" . ")[0] == quoted
-                    ):
-                        found.append(SetElement(set_name, key))
+        for family in (render_nft.FAMILY, render_nft.FAMILY6):
+            for set_name in render_nft.network_sets(family):
+                objects = self._nft.list_json(f"set {family} {self.table} {set_name}", terse=False)
+                if objects is None:
+                    if family == render_nft.FAMILY6:
+                        continue  # a table made before IPv6: nothing of this network there
+                    return None
+                for obj in objects:
+                    for item in obj.get("set", {}).get("elem", []):
+                        elem = item.get("elem", {}) if isinstance(item, dict) else {}
+                        value = elem.get("val", item)
+                        try:
+                            key = render_nft.element_key_from_json(set_name, value, family)
+                        except (FirewallError, InvalidArgument):
+                            continue  # not an element cnm could have written
+                        if comment_owner(elem.get("comment", "")) == owner or (
+                            quoted is not None and key.split(" . ")[0] == quoted
+                        ):
+                            found.append(SetElement(set_name, key, family))
         return found

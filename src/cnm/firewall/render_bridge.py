@@ -10,14 +10,36 @@ most three hash lookups however many containers there are::
     table bridge cnm {
       set ports { type ifname ; }                              # every guarded port
       set addrs { type ifname . ether_addr . ipv4_addr ; }     # port . its MAC . each address
+      set addrs6 { type ifname . ether_addr . ipv6_addr ; }    # port . MAC . each v6 address,
+                                                               #   its link-local, and ::
+      set targets6 { typeof iifname . @th,64,128 ; }           # port . each v6 address and
+                                                               #   its link-local (ND targets)
       chain prerouting { type filter hook prerouting priority filter ; policy accept ;
                          iifname @ports jump port-guard }
       chain port-guard { ether type ip iifname . ether saddr . ip saddr @addrs return
                          ether type arp arp htype 1 arp ptype ip arp hlen 6 arp plen 4
                            iifname . ether saddr . arp saddr ip @addrs
                            iifname . arp saddr ether . arp saddr ip @addrs return
+                         ether type ip6 goto port-guard6
                          drop }
+      chain port-guard6 { icmpv6 type { nd-router-advert, nd-redirect } drop
+                          iifname . ether saddr . ip6 saddr != @addrs6 drop
+                          icmpv6 type nd-neighbor-advert iifname . @th,64,128 != @targets6 drop
+                          ip6 saddr != :: return
+                          icmpv6 type nd-neighbor-solicit iifname . @th,64,128 @targets6 return
+                          icmpv6 type mld2-listener-report return
+                          drop }
     }
+
+IPv6 (a port whose endpoint has ``addresses6``): sent from the port's MAC and from one of
+its v6 addresses, its link-local address (``fe80::/64``, EUI-64 of its MAC, as the kernel
+makes it), or ``::`` -- and ``::`` only for duplicate address detection of one of its own
+addresses (a neighbour solicitation whose target is its own) and MLDv2 reports.  A
+neighbour advertisement must advertise one of its own addresses (its target, the 128 bits
+at bit 64 of the ICMPv6 header: nft 1.0.6 has no ``icmpv6 taddr``); a solicitation from
+an own address may ask for anyone (that is how a neighbour is found).  Router
+advertisements and redirects are never let through; router solicitations and MLD are.  A
+port without ``addresses6`` has no element in ``addrs6``: it sends no IPv6 at all.
 
 Every frame a port sends passes the bridge's prerouting hook, whether it is then
 forwarded to another port or delivered to the host, so neighbours and the host are both
@@ -26,8 +48,8 @@ after the veth is retired: no frame of a cnm port ever goes unchecked, and ports
 not cnm's (the host's, another tool's) are never touched.  A frame from a guarded port
 passes only as IPv4 from the port's own MAC and addresses, or as Ethernet/IPv4 ARP whose
 frame source and ARP sender are the port's MAC and whose sender address is the port's;
-everything else (another MAC, another address, 0.0.0.0 probes, IPv6 -- off in containers
-until networks carry it --, VLAN-tagged frames) is dropped.
+everything else (another MAC, another address, 0.0.0.0 probes, IPv6 but as below,
+VLAN-tagged frames) is dropped.
 
 The table, chains and sets carry a ``cnm:`` comment; every element carries
 ``comment "cnm:<endpoint id>"``.  Idempotence without nft's ``destroy`` (nft >= 1.0.8;
@@ -40,7 +62,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from cnm.errors import FirewallError, InvalidArgument
@@ -52,14 +74,21 @@ FAMILY = "bridge"
 
 PREROUTING_CHAIN = "prerouting"
 GUARD_CHAIN = "port-guard"
-CHAINS = (PREROUTING_CHAIN, GUARD_CHAIN)
+GUARD6_CHAIN = "port-guard6"
+CHAINS = (PREROUTING_CHAIN, GUARD_CHAIN, GUARD6_CHAIN)
 
 SET_PORTS = "ports"  # ifname: the ports cnm guards
 SET_ADDRS = "addrs"  # ifname . MAC . IPv4: what each port may send from
+SET_ADDRS6 = "addrs6"  # ifname . MAC . IPv6: what each port with IPv6 may send from
+SET_TARGETS6 = "targets6"  # ifname . IPv6 (as the ND target's 128 bits): what it may advertise
+ND_TARGET = "@th,64,128"  # the target address of a neighbour solicitation / advertisement
 SETS: dict[str, str] = {
     SET_PORTS: "type ifname ;",
     SET_ADDRS: "type ifname . ether_addr . ipv4_addr ;",
+    SET_ADDRS6: "type ifname . ether_addr . ipv6_addr ;",
+    SET_TARGETS6: f"typeof iifname . {ND_TARGET} ;",
 }
+UNSPECIFIED6 = IPv6Address("::")
 
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
@@ -104,6 +133,36 @@ def check_address(address: object) -> IPv4Address:
     return address
 
 
+def check_address6(address: object) -> IPv6Address:
+    """A unicast IPv6 address a port may send from: not ``::``, ``::1``, multicast
+    (ff00::/8), link-local (fe80::/10: a port's own is derived from its MAC) or an
+    IPv4-mapped address."""
+    if not isinstance(address, IPv6Address):
+        raise InvalidArgument(f"invalid IPv6 address {address!r} for a guarded port")
+    if (
+        address.is_unspecified
+        or address.is_loopback
+        or address.is_multicast
+        or address.is_link_local
+        or address.ipv4_mapped is not None
+    ):
+        raise InvalidArgument(f"{address} cannot be the IPv6 address of a guarded port")
+    return address
+
+
+def link_local(mac: str) -> IPv6Address:
+    """The link-local address the kernel gives an interface with ``mac`` (EUI-64:
+    ``fe80::``, the MAC with ``ff:fe`` in its middle and the universal/local bit flipped)."""
+    b = bytes.fromhex(check_mac(mac).replace(":", ""))
+    eui = bytes((b[0] ^ 0x02, b[1], b[2], 0xFF, 0xFE, b[3], b[4], b[5]))
+    return IPv6Address(b"\xfe\x80" + bytes(6) + eui)
+
+
+def target_key(address: IPv6Address) -> str:
+    """``address`` as nft writes the ND target's raw 128 bits (``0x`` and 32 hex digits)."""
+    return f"0x{int(address):032x}"
+
+
 # -- skeleton ---------------------------------------------------------------------------
 
 
@@ -117,6 +176,7 @@ def setup_lines(table: str = TABLE) -> list[str]:
         f"add chain {t} {PREROUTING_CHAIN} {{ type filter hook prerouting priority filter ; policy accept ; }}"
     )
     lines.append(f"add chain {t} {GUARD_CHAIN} {{ {_comment('what a guarded port may send')} ; }}")
+    lines.append(f"add chain {t} {GUARD6_CHAIN} {{ {_comment('what a guarded port may send over IPv6')} ; }}")
     # flush + re-add keeps setup idempotent (no duplicated rules); one transaction, so no
     # frame ever sees the chains empty
     lines += [f"flush chain {t} {c}" for c in CHAINS]
@@ -131,7 +191,17 @@ def setup_lines(table: str = TABLE) -> list[str]:
         f"add rule {t} {GUARD_CHAIN} ether type arp arp htype 1 arp ptype ip arp hlen 6 arp plen 4"
         f" iifname . ether saddr . arp saddr ip @{SET_ADDRS}"
         f" iifname . arp saddr ether . arp saddr ip @{SET_ADDRS} return",
+        # IPv6: only for ports with v6 addresses (see the module's docstring); goto, so
+        # that a "return" there ends the guard as one here does
+        f"add rule {t} {GUARD_CHAIN} ether type ip6 goto {GUARD6_CHAIN}",
         f"add rule {t} {GUARD_CHAIN} drop",
+        f"add rule {t} {GUARD6_CHAIN} icmpv6 type {{ nd-router-advert, nd-redirect }} drop",
+        f"add rule {t} {GUARD6_CHAIN} iifname . ether saddr . ip6 saddr != @{SET_ADDRS6} drop",
+        f"add rule {t} {GUARD6_CHAIN} icmpv6 type nd-neighbor-advert iifname . {ND_TARGET} != @{SET_TARGETS6} drop",
+        f"add rule {t} {GUARD6_CHAIN} ip6 saddr != :: return",
+        f"add rule {t} {GUARD6_CHAIN} icmpv6 type nd-neighbor-solicit iifname . {ND_TARGET} @{SET_TARGETS6} return",
+        f"add rule {t} {GUARD6_CHAIN} icmpv6 type mld2-listener-report return",
+        f"add rule {t} {GUARD6_CHAIN} drop",
     ]
     return lines
 
@@ -174,10 +244,15 @@ def guard_elements(guard: PortGuard) -> list[GuardElement]:
     port = check_port(guard.port)
     mac = check_mac(guard.mac)
     addresses = dict.fromkeys(check_address(a) for a in guard.addresses)
-    return [
+    out = [
         GuardElement(SET_PORTS, f'"{port}"'),
         *(GuardElement(SET_ADDRS, f'"{port}" . {mac} . {a}') for a in addresses),
     ]
+    if guard.addresses6:
+        own = [*dict.fromkeys(check_address6(a) for a in guard.addresses6), link_local(mac)]
+        out += [GuardElement(SET_ADDRS6, f'"{port}" . {mac} . {a}') for a in (*own, UNSPECIFIED6)]
+        out += [GuardElement(SET_TARGETS6, f'"{port}" . {target_key(a)}') for a in own]
+    return out
 
 
 def drop_lines(elements: Iterable[GuardElement], table: str = TABLE) -> list[str]:
@@ -251,7 +326,16 @@ def key_from_json(value: Any) -> str:
     back to the text it was written as (``"veth1" . 02:… . 10.0.0.2``)."""
     if isinstance(value, dict) and "concat" in value and value["concat"]:
         first, *rest = value["concat"]
-        return " . ".join([key_from_json(first), *(str(v) for v in rest)])
+        return " . ".join([key_from_json(first), *(_field_text(v) for v in rest)])
     if isinstance(value, str):
         return f'"{value}"'
     raise FirewallError(f"nft: unexpected key in a guard set: {value!r}")
+
+
+def _field_text(value: Any) -> str:
+    """A key's field after the port as written: an ND target (a raw 128-bit integer,
+    which nft prints without leading zeros) as ``target_key`` writes it."""
+    text = str(value)
+    if text.startswith("0x"):
+        return target_key(IPv6Address(int(text, 16)))
+    return text

@@ -13,6 +13,9 @@ skeleton)::
                                              -j CNM-FROM-BRIDGE   (-i <br> -j CNM-N-<id12>-OUT, per network)
              CNM-N-<id12>-IN   ctstate DNAT ACCEPT ; -i <br> ACCEPT|DROP (icc) ; DROP
              CNM-N-<id12>-OUT  [internal: ! -o <br> DROP] ; ACCEPT
+             CNM-INTO-BRIDGE   [internal: -i <br> ! -o <br> DROP, first] ; the -o dispatches
+             CNM-ISOLATE       (ip6tables) -i <br> DROP, per network; a routed network's -IN
+                               chain jumps to it before accepting ICMPv6 from outside
     *nat     PREROUTING  -m addrtype --dst-type LOCAL -> CNM
              OUTPUT      [proxy: ! -d 127.0.0.0/8] -m addrtype --dst-type LOCAL -> CNM
              CNM         [proxy: -i <br> RETURN, per network] ; -j CNM-P-<id12> per endpoint
@@ -22,6 +25,12 @@ skeleton)::
     *filter  INPUT       -> CNM-VXLAN        (only while an encrypted overlay network is here:
                                               -p udp --dport 4789 ! -i cnmwg0)
              CNM-VXLAN   -m u32 --u32 "0>>22&0x3C@12>>8=<VNI>" -j DROP   (per encrypted network)
+
+IPv6 (``ip6tables``) has the same layout, for the v6 subnets of networks with IPv6 (a
+function taking ``family`` renders for ``ip6tables-restore`` when it is 6): no loopback
+masquerade (the kernel cannot DNAT from ::1: cnmd's proxy serves [::1]), DNAT only from
+non-link-local sources (``! -s fe80::/10``, as Docker), and for a routed v6 subnet
+(``gateway_mode_ipv6=routed``) no MASQUERADE but ICMPv6 accepted into the bridge.
 
 Chains whose content is cnm's skeleton only (``FIXED``) and per-network chains are
 declared in a batch (``:CHAIN -``), which under ``--noflush`` flushes them: that is how
@@ -55,6 +64,9 @@ POSTROUTING_CHAIN = "CNM-POSTROUTING"
 MASQ_CHAIN = "CNM-MASQUERADE"
 RAW_CHAIN = "CNM-PREROUTING"
 VXLAN_CHAIN = "CNM-VXLAN"  # drops plain VXLAN for encrypted overlay networks' VNIs
+# ip6tables only: "-i <br> -j DROP" for every network's bridge, jumped to by a routed
+# network's chain before it lets ICMPv6 in, so other networks stay isolated from it
+ISOLATE_CHAIN = "CNM-ISOLATE"
 
 TABLES = ("raw", "filter", "nat")  # the order batches are written in
 # Rewritten whole (flushed by declaration) by setup and sync.
@@ -69,8 +81,26 @@ SHARED: dict[str, tuple[str, ...]] = {
     "nat": (DNAT_CHAIN, MASQ_CHAIN),
     "raw": (),
 }
+# (the VXLAN guard is IPv4's: overlay networks are IPv4 only)
+SHARED6: dict[str, tuple[str, ...]] = {
+    **SHARED,
+    "filter": (*(c for c in SHARED["filter"] if c != VXLAN_CHAIN), ISOLATE_CHAIN),
+}
+
+
+def shared_chains(family: int = 4) -> dict[str, tuple[str, ...]]:
+    """The SHARED chains of ``iptables`` (4) or ``ip6tables`` (6), by table."""
+    return SHARED6 if family == 6 else SHARED
+
+
 BUILTIN = frozenset({"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"})
 LOOPBACK = "127.0.0.0/8"
+LOOPBACK6 = "::1/128"
+LINK_LOCAL6 = "fe80::/10"
+
+
+def _loopback(family: int) -> str:
+    return LOOPBACK6 if family == 6 else LOOPBACK
 
 
 _NETWORK_CHAIN_RE = re.compile(r"^CNM-N-[0-9A-Za-z_-]{1,12}-(IN|OUT)$")
@@ -91,7 +121,7 @@ def is_cnm_chain(name: str) -> bool:
     return (
         is_network_chain(name)
         or is_port_chain(name)
-        or any(name in c for c in (*FIXED.values(), *SHARED.values()))
+        or any(name in c for c in (*FIXED.values(), *SHARED.values(), *SHARED6.values()))
     )
 
 
@@ -248,29 +278,41 @@ class Batch:
         return "\n".join(out) + "\n" if out else ""
 
 
-def fixed_rules(userland_proxy: bool) -> list[Rule]:
-    """The content of the FIXED chains."""
+def fixed_rules(userland_proxy: bool, family: int = 4) -> list[Rule]:
+    """The content of the FIXED chains (of ``ip6tables`` when ``family`` is 6)."""
     b = BASE_OWNER
-    return [
+    out = [
         _rule("filter", FORWARD_CHAIN, "-m conntrack --ctstate RELATED,ESTABLISHED", "-j ACCEPT", b),
         _rule("filter", FORWARD_CHAIN, "", f"-j {INTO_CHAIN}", b),  # into a bridge first: isolation
         _rule("filter", FORWARD_CHAIN, "", f"-j {FROM_CHAIN}", b),
-        # the host reaching a published port through 127.0.0.1 (route_localnet on the bridge)
-        _rule(
-            "nat", POSTROUTING_CHAIN, f"-s {LOOPBACK} ! -o lo -m conntrack --ctstate DNAT", "-j MASQUERADE", b
-        ),
-        _rule("nat", POSTROUTING_CHAIN, "", f"-j {MASQ_CHAIN}", b),
-        # 127.0.0.0/8 from outside is forged: it must not reach a port bound to 127.0.0.1
-        _rule("raw", RAW_CHAIN, f"-d {LOOPBACK} ! -i lo", "-j DROP", b),
     ]
+    if family == 4:
+        # the host reaching a published port through 127.0.0.1 (route_localnet on the bridge)
+        out.append(
+            _rule(
+                "nat",
+                POSTROUTING_CHAIN,
+                f"-s {LOOPBACK} ! -o lo -m conntrack --ctstate DNAT",
+                "-j MASQUERADE",
+                b,
+            )
+        )
+    out += [
+        _rule("nat", POSTROUTING_CHAIN, "", f"-j {MASQ_CHAIN}", b),
+        # loopback from outside is forged: it must not reach a port bound to loopback
+        _rule("raw", RAW_CHAIN, f"-d {_loopback(family)} ! -i lo", "-j DROP", b),
+    ]
+    return out
 
 
-def jump_rules(userland_proxy: bool) -> list[Rule]:
+def jump_rules(userland_proxy: bool, family: int = 4) -> list[Rule]:
     """The jumps from the built-in chains, each inserted at the top, in this order (so
     the last one listed ends up first: CNM-USER before CNM-FORWARD)."""
     b = BASE_OWNER
     local = "-m addrtype --dst-type LOCAL"
-    output = f"! -d {LOOPBACK} {local}" if userland_proxy else local
+    # The host's own connections to a loopback address go to the proxy, not the DNAT: with
+    # the proxy on, or always for IPv6 (the kernel cannot route a DNATed packet from ::1).
+    output = f"! -d {_loopback(family)} {local}" if userland_proxy or family == 6 else local
     return [
         _rule("filter", "FORWARD", "", f"-j {FORWARD_CHAIN}", b, first=True),
         _rule("filter", "FORWARD", "", f"-j {USER_CHAIN}", b, first=True),
@@ -281,27 +323,29 @@ def jump_rules(userland_proxy: bool) -> list[Rule]:
     ]
 
 
-def _skeleton(batch: Batch, state: dict[str, TableState], userland_proxy: bool, flush_shared: bool) -> None:
+def _skeleton(
+    batch: Batch, state: dict[str, TableState], userland_proxy: bool, flush_shared: bool, family: int = 4
+) -> None:
     for table in TABLES:
         existing = state.get(table, TableState()).chains
         for name in FIXED[table]:
             batch.chain(table, name)
-        for name in SHARED[table]:
+        for name in shared_chains(family)[table]:
             # CNM-USER is the user's: never flushed (only created)
             if name not in existing or (flush_shared and name != USER_CHAIN):
                 batch.chain(table, name)
     # re-inserted below, in the right order; the VXLAN guard's jump is left serving
     # (render_sync and render_vni decide whether it is wanted)
     batch.delete(j for j in cnm_jumps(state) if target_of(j.spec) != VXLAN_CHAIN)
-    batch.add(fixed_rules(userland_proxy))
-    batch.add(jump_rules(userland_proxy))
+    batch.add(fixed_rules(userland_proxy, family))
+    batch.add(jump_rules(userland_proxy, family))
 
 
-def render_setup(state: dict[str, TableState], userland_proxy: bool = False) -> str:
+def render_setup(state: dict[str, TableState], userland_proxy: bool = False, family: int = 4) -> str:
     """Create what is missing and rewrite the skeleton; per-network and per-port rules
     (in SHARED chains and per-network chains) are kept."""
     batch = Batch()
-    _skeleton(batch, state, userland_proxy, flush_shared=False)
+    _skeleton(batch, state, userland_proxy, flush_shared=False, family=family)
     return batch.render()
 
 
@@ -319,8 +363,8 @@ def render_teardown(state: dict[str, TableState]) -> str:
 # -- networks ---------------------------------------------------------------------------
 
 
-def network_chain_rules(rules: BridgeRules) -> list[Rule]:
-    """The content of one network's own chains."""
+def network_chain_rules(rules: BridgeRules, family: int = 4) -> list[Rule]:
+    """The content of one network's own chains (in ``ip6tables`` when ``family`` is 6)."""
     owner = check_owner(rules.owner)
     br = check_ifname(rules.bridge)
     inbound, outbound = network_chains(owner)
@@ -329,6 +373,11 @@ def network_chain_rules(rules: BridgeRules) -> list[Rule]:
         # published ports (DNATed by the nat CNM chain), before icc: they are public
         out.append(_rule("filter", inbound, "-m conntrack --ctstate DNAT", "-j ACCEPT", owner))
     out.append(_rule("filter", inbound, f"-i {br}", "-j ACCEPT" if rules.icc else "-j DROP", owner))
+    if family == 6 and rules.routed6 and not rules.internal:
+        # routed mode: the world (not another network: CNM-ISOLATE drops what comes from
+        # a cnm bridge) reaches the v6 subnet without NAT, for ICMPv6 (as Docker)
+        out.append(_rule("filter", inbound, "", f"-j {ISOLATE_CHAIN}", owner))
+        out.append(_rule("filter", inbound, f"! -i {br} -p ipv6-icmp", "-j ACCEPT", owner))
     out.append(_rule("filter", inbound, "", "-j DROP", owner))
     if rules.internal:
         out.append(_rule("filter", outbound, f"! -o {br}", "-j DROP", owner))
@@ -336,24 +385,34 @@ def network_chain_rules(rules: BridgeRules) -> list[Rule]:
     return out
 
 
-def network_shared_rules(rules: BridgeRules, userland_proxy: bool) -> list[Rule]:
-    """One network's rules in SHARED chains (dispatch, masquerade, proxy exemption)."""
+def network_shared_rules(rules: BridgeRules, userland_proxy: bool, family: int = 4) -> list[Rule]:
+    """One network's rules in SHARED chains (dispatch, masquerade, proxy exemption); for
+    ``family`` 6 those of its v6 subnet (InvalidArgument when it has none)."""
     owner = check_owner(rules.owner)
     br = check_ifname(rules.bridge)
     inbound, outbound = network_chains(owner)
+    if family == 6 and rules.subnet6 is None:
+        raise InvalidArgument(f"network {owner} has no IPv6 subnet for ip6tables")
+    subnet = rules.subnet6 if family == 6 else rules.subnet
     out = [
         _rule("filter", INTO_CHAIN, f"-o {br}", f"-j {inbound}", owner),
         _rule("filter", FROM_CHAIN, f"-i {br}", f"-j {outbound}", owner),
     ]
-    if rules.masquerade and not rules.internal:
-        out.append(_rule("nat", MASQ_CHAIN, f"-s {rules.subnet} ! -o {br}", "-j MASQUERADE", owner))
+    if family == 6:
+        out.append(_rule("filter", ISOLATE_CHAIN, f"-i {br}", "-j DROP", owner))
+    if rules.internal:
+        # nothing leaves an internal network, a published port of another network included:
+        # dropped before any network's chain accepts it as DNATed (Docker's isolation)
+        out.append(_rule("filter", INTO_CHAIN, f"-i {br} ! -o {br}", "-j DROP", owner, first=True))
+    if rules.masquerade and not rules.internal and not (family == 6 and rules.routed6):
+        out.append(_rule("nat", MASQ_CHAIN, f"-s {subnet} ! -o {br}", "-j MASQUERADE", owner))
     if not rules.internal:
         # hairpin: a container reaching a published port of its own bridge via the host
         out.append(
             _rule(
                 "nat",
                 MASQ_CHAIN,
-                f"-s {rules.subnet} -o {br} -m conntrack --ctstate DNAT",
+                f"-s {subnet} -o {br} -m conntrack --ctstate DNAT",
                 "-j MASQUERADE",
                 owner,
             )
@@ -364,15 +423,17 @@ def network_shared_rules(rules: BridgeRules, userland_proxy: bool) -> list[Rule]
     return out
 
 
-def render_add_network(rules: BridgeRules, old_shared: Sequence[Rule], userland_proxy: bool = False) -> str:
+def render_add_network(
+    rules: BridgeRules, old_shared: Sequence[Rule], userland_proxy: bool = False, family: int = 4
+) -> str:
     """Install or replace one network: its chains declared (flushed) and refilled, its
     ``old_shared`` rules (as installed) deleted and the new ones added."""
     batch = Batch()
     for name in network_chains(rules.owner):
         batch.chain("filter", name)
     batch.delete(old_shared)
-    batch.add(network_chain_rules(rules))
-    batch.add(network_shared_rules(rules, userland_proxy))
+    batch.add(network_chain_rules(rules, family))
+    batch.add(network_shared_rules(rules, userland_proxy, family))
     return batch.render()
 
 
@@ -395,8 +456,11 @@ def port_rules(rule: PortRule) -> list[Rule]:
     container ports (``--dport 8000:8010 -j DNAT --to-destination ip``), else one per port."""
     owner = check_owner(rule.owner)
     first, last = check_port_rule(rule)
-    dest = f"-d {rule.host_ip}/32 " if rule.host_ip is not None else ""
-    proto = f"{dest}-p {rule.protocol} -m {rule.protocol}"
+    v6 = rule.container_ip.version == 6
+    source = f"! -s {LINK_LOCAL6} " if v6 else ""  # Docker's ip6tables DNAT skips link-local
+    dest = f"-d {rule.host_ip}/{rule.host_ip.max_prefixlen} " if rule.host_ip is not None else ""
+    proto = f"{source}{dest}-p {rule.protocol} -m {rule.protocol}"
+    to = f"[{rule.container_ip}]" if v6 else str(rule.container_ip)
     chain = port_chain(owner)
     if rule.container_port == first:
         span = str(first) if first == last else f"{first}:{last}"
@@ -415,17 +479,19 @@ def port_rules(rule: PortRule) -> list[Rule]:
             "nat",
             chain,
             f"{proto} --dport {p}",
-            f"-j DNAT --to-destination {rule.container_ip}:{p + shift}",
+            f"-j DNAT --to-destination {to}:{p + shift}",
             owner,
         )
         for p in range(first, last + 1)
     ]
 
 
-def port_rules_by_owner(rules: Iterable[PortRule]) -> dict[str, list[Rule]]:
+def port_rules_by_owner(rules: Iterable[PortRule], family: int | None = None) -> dict[str, list[Rule]]:
+    """The DNAT rules of ``rules`` by owner; only those of ``family`` when given."""
     out: dict[str, list[Rule]] = {}
     for rule in rules:
-        out.setdefault(rule.owner, []).extend(port_rules(rule))
+        if family is None or rule.container_ip.version == family:
+            out.setdefault(rule.owner, []).extend(port_rules(rule))
     return out
 
 
@@ -453,20 +519,22 @@ def render_sync(
     networks: Sequence[BridgeRules],
     ports: Sequence[PortRule] = (),
     userland_proxy: bool = False,
+    family: int = 4,
     vnis: Mapping[str, int] | None = None,
 ) -> str:
-    """One batch leaving exactly ``networks``, ``ports`` and ``vnis`` (encrypted overlay
-    networks' VNIs by network id): every cnm chain but CNM-USER flushed and refilled,
-    stale per-network chains removed, jumps re-made."""
+    """One batch leaving exactly ``networks``, ``ports`` and (IPv4 only) ``vnis``
+    (encrypted overlay networks' VNIs by network id): every cnm chain but CNM-USER
+    flushed and refilled, stale per-network chains removed, jumps re-made.  For
+    ``family`` 6: ``networks`` must all have a v6 subnet, and only v6 ports are kept."""
     seen: dict[str, str] = {}
     for rules in networks:
         for key in (f"bridge {rules.bridge}", f"id prefix {network_chains(rules.owner)[0]}"):
             other = seen.setdefault(key, rules.owner)
             if other != rules.owner:
                 raise InvalidArgument(f"networks {other} and {rules.owner} share the {key}")
-    by_owner = port_rules_by_owner(ports)
+    by_owner = port_rules_by_owner(ports, family)
     batch = Batch()
-    _skeleton(batch, state, userland_proxy, flush_shared=True)
+    _skeleton(batch, state, userland_proxy, flush_shared=True, family=family)
     wanted = {c for rules in networks for c in network_chains(rules.owner)}
     wanted |= {port_chain(owner) for owner in by_owner}
     for table in ("filter", "nat"):
@@ -477,33 +545,34 @@ def render_sync(
     for rules in networks:
         for name in network_chains(rules.owner):
             batch.chain("filter", name)
-        batch.add(network_chain_rules(rules))
-        batch.add(network_shared_rules(rules, userland_proxy))
+        batch.add(network_chain_rules(rules, family))
+        batch.add(network_shared_rules(rules, userland_proxy, family))
     for owner, owned in by_owner.items():
         batch.chain("nat", port_chain(owner))
         batch.add(owned)
         batch.add([port_jump(owner)])
-    vni_rules = [vni_rule(owner, vni) for owner, vni in (vnis or {}).items()]
-    batch.add(vni_rules)  # CNM-VXLAN was flushed with the other shared chains
-    _guard_jump(batch, state, bool(vni_rules))
+    if family == 4:
+        vni_rules = [vni_rule(owner, vni) for owner, vni in (vnis or {}).items()]
+        batch.add(vni_rules)  # CNM-VXLAN was flushed with the other shared chains
+        _guard_jump(batch, state, bool(vni_rules))
     return batch.render()
 
 
-def health_problems(state: dict[str, TableState], userland_proxy: bool = False) -> list[str]:
+def health_problems(state: dict[str, TableState], userland_proxy: bool = False, family: int = 4) -> list[str]:
     """What is missing from cnm's skeleton (empty: healthy): a chain, a jump from a
     built-in chain, or a rule of a FIXED chain (someone ran ``iptables -F``)."""
     problems = []
     for table in TABLES:
         chains = state.get(table, TableState()).chains
-        for name in (*FIXED[table], *SHARED[table]):
+        for name in (*FIXED[table], *shared_chains(family)[table]):
             if name not in chains:
                 problems.append(f"chain {table}/{name} missing")
     jumps = {(r.table, r.chain, target_of(r.spec)) for r in cnm_jumps(state)}
-    for rule in jump_rules(userland_proxy):
+    for rule in jump_rules(userland_proxy, family):
         if (rule.table, rule.chain, target_of(rule.spec)) not in jumps:
             problems.append(f"jump {rule.table}/{rule.chain} -> {target_of(rule.spec)} missing")
     expected: dict[tuple[str, str], int] = {}
-    for rule in fixed_rules(userland_proxy):
+    for rule in fixed_rules(userland_proxy, family):
         expected[(rule.table, rule.chain)] = expected.get((rule.table, rule.chain), 0) + 1
     for (table, chain), n in expected.items():
         have = sum(1 for c, _ in state.get(table, TableState()).rules if c == chain)

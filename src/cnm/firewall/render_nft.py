@@ -26,12 +26,11 @@ kernel's pipapo set).  A range published on the same container ports
       chain forward     { type filter hook forward priority filter; policy accept;
                           jump user
                           ct state established,related accept
-                          # into a bridge (first: that is where isolation drops, whatever the source)
+                          iifname @internal iifname . oifname != @same-bridge drop   # nothing leaves internal
+                          # into a bridge (that is where isolation drops, whatever the source)
                           oifname @bridges oifname != @internal ct status dnat accept   # published ports
                           iifname . oifname @same-bridge oifname @icc accept            # icc, routed
-                          oifname @bridges drop                                         # isolation
-                          # out of a bridge, to any other interface
-                          iifname @internal drop }
+                          oifname @bridges drop }                                       # isolation
       chain postrouting { type nat hook postrouting priority srcnat; policy accept;
                           iifname . ip saddr @subnets iifname @masquerading iifname . oifname != @same-bridge masquerade
                           oifname . ip saddr @subnets ct status dnat masquerade     # hairpin
@@ -84,7 +83,11 @@ from cnm.firewall.api import BridgeRules, PortRule
 from cnm.firewall.common import PORT_PROTOCOLS, check_ifname, check_owner, check_port_rule, owner_comment
 
 TABLE = "cnm"
-FAMILY = "ip"  # IPv6 ("ip6" table of the same layout) comes later
+FAMILY = "ip"  # the IPv4 table
+# IPv6 has a table of its own, ``ip6 cnm``, of the same layout (see ``setup6_lines``):
+# the IPv4 table stays exactly what earlier releases made (no migration on upgrade,
+# nothing a v4-only network pays for), and a v4-only network has no element in it.
+FAMILY6 = "ip6"
 
 USER_CHAIN = "user"
 FORWARD_CHAIN = "forward"
@@ -123,12 +126,27 @@ NETWORK_SETS: dict[str, tuple[str, ...]] = {  # name -> the types its keys conca
     SET_MASQUERADE: ("ifname",),
     SET_SUBNETS: ("ifname", "ipv4_addr"),
 }
+# IPv6 only: bridges whose v6 subnet is routed, not masqueraded (gateway_mode_ipv6=routed),
+# and the (container address . protocol . port) of every v6 published port, which the
+# world may reach directly on a routed network (Docker's routed mode: no NAT needed).
+SET_ROUTED = "routed"
+SET_PUBLISHED = "published"
+NETWORK_SETS6: dict[str, tuple[str, ...]] = {
+    **{name: kinds for name, kinds in NETWORK_SETS.items() if name != SET_SUBNETS},
+    SET_SUBNETS: ("ifname", "ipv6_addr"),
+    SET_ROUTED: ("ifname",),
+}
 _INTERVAL_SETS = frozenset({SET_SUBNETS})
 
 
-def _set_spec(name: str) -> str:
+def network_sets(family: str = FAMILY) -> dict[str, tuple[str, ...]]:
+    """The network sets of table ``family`` (``ip`` or ``ip6``)."""
+    return NETWORK_SETS6 if family == FAMILY6 else NETWORK_SETS
+
+
+def _set_spec(name: str, family: str = FAMILY) -> str:
     flags = " flags interval ;" if name in _INTERVAL_SETS else ""
-    return f"type {' . '.join(NETWORK_SETS[name])} ;{flags}"
+    return f"type {' . '.join(network_sets(family)[name])} ;{flags}"
 
 
 # Published ports.  Single ports are elements of hash maps (host port -> address . port):
@@ -155,7 +173,23 @@ _PORT_MAP_KEYS = {  # the packet fields each map is looked up with
     MAP_PORTS_ANY_RANGE: "meta l4proto . th dport",
 }
 
+PORT_MAPS6: dict[str, str] = {
+    name: spec.replace("ipv4_addr", "ipv6_addr") for name, spec in PORT_MAPS.items()
+}
+_PORT_MAP_KEYS6 = {name: key.replace("ip daddr", "ip6 daddr") for name, key in _PORT_MAP_KEYS.items()}
+PUBLISHED_SPEC = "type ipv6_addr . inet_proto . inet_service ;"
+
+
+def port_maps(family: str = FAMILY) -> dict[str, str]:
+    """The port maps of table ``family`` (``ip`` or ``ip6``): name -> type and flags."""
+    return PORT_MAPS6 if family == FAMILY6 else PORT_MAPS
+
+
 LOOPBACK = "127.0.0.0/8"
+# the forward rule that keeps an internal network's traffic inside its bridge
+_INTERNAL_DROP = f"iifname @{SET_INTERNAL} iifname . oifname != @{SET_SAME_BRIDGE} drop"
+# Docker does not DNAT what comes from a link-local address (ip6tables: ! -s fe80::/10)
+LINK_LOCAL6 = "fe80::/10"
 
 BASE_CHAINS: dict[str, str] = {
     FORWARD_CHAIN: "type filter hook forward priority filter ; policy accept ;",
@@ -169,6 +203,10 @@ BASE_CHAINS: dict[str, str] = {
 VXLAN_CHAIN_SPEC = "type filter hook input priority raw ; policy accept ;"
 # Chains that belong to the table's skeleton (all of them, now that no network has one).
 FIXED_CHAINS = frozenset({USER_CHAIN, PORTS_CHAIN, *BASE_CHAINS})
+# The IPv6 table: no loopback DNAT (the kernel cannot DNAT from ::1: cnmd's proxy serves
+# [::1]) and no VXLAN guard (overlay networks are IPv4 only).
+BASE_CHAINS6 = {c: spec for c, spec in BASE_CHAINS.items() if c not in (RAW_CHAIN, VXLAN_CHAIN)}
+FIXED_CHAINS6 = frozenset({USER_CHAIN, PORTS_CHAIN, *BASE_CHAINS6})
 
 # v0.1.0's layout: verdict maps keyed by bridge name, jumping to per-network chains.
 LEGACY_MAPS = ("forward-into-bridge", "forward-from-bridge", "nat-from-bridge", "nat-into-bridge")
@@ -198,6 +236,11 @@ def setup_lines(table: str = TABLE, userland_proxy: bool = False, legacy: bool =
     cnm bridge are left to the proxy (not DNATed); otherwise the kernel DNATs them too.
     ``legacy``: the table still holds v0.1.0's layout, whose rules keep serving (the
     base chains are left as they are) until ``render_sync`` replaces them."""
+    return setup4_lines(table, userland_proxy, legacy) + setup6_lines(table, userland_proxy)
+
+
+def setup4_lines(table: str = TABLE, userland_proxy: bool = False, legacy: bool = False) -> list[str]:
+    """``setup_lines`` for the IPv4 table."""
     t = f"{FAMILY} {table}"
     lines = [
         f"add table {t}",
@@ -217,7 +260,10 @@ def setup_lines(table: str = TABLE, userland_proxy: bool = False, legacy: bool =
         # the user's verdict comes first; an accept there ends this chain (a drop is final)
         f"add rule {t} {FORWARD_CHAIN} jump {USER_CHAIN}",
         f"add rule {t} {FORWARD_CHAIN} ct state established,related accept",
-        # Into a bridge first: that is where isolation drops, whatever the source.  A
+        # Nothing leaves an internal network for another interface, a published port
+        # of another network included (Docker's isolation drops it before its DNAT accept).
+        f"add rule {t} {FORWARD_CHAIN} {_INTERNAL_DROP}",
+        # Into a bridge: that is where isolation drops, whatever the source.  A
         # published port (DNATed by cnm's prerouting/output chains) is public, for
         # neighbours too, so it comes before icc; no published port enters an internal
         # network.  Traffic routed from a bridge back into it follows icc (bridged
@@ -225,8 +271,7 @@ def setup_lines(table: str = TABLE, userland_proxy: bool = False, legacy: bool =
         f"add rule {t} {FORWARD_CHAIN} oifname @{SET_BRIDGES} oifname != @{SET_INTERNAL} ct status dnat accept",
         f"add rule {t} {FORWARD_CHAIN} iifname . oifname @{SET_SAME_BRIDGE} oifname @{SET_ICC} accept",
         f"add rule {t} {FORWARD_CHAIN} oifname @{SET_BRIDGES} drop",
-        # out of a bridge to any other interface: accepted (policy), unless internal
-        f"add rule {t} {FORWARD_CHAIN} iifname @{SET_INTERNAL} drop",
+        # out of a bridge to any other interface: accepted (policy); internal: dropped above
         # From a bridge's own subnet to any other interface (another bridge included: a
         # published port reached through the host), when the network masquerades.
         f"add rule {t} {POSTROUTING_CHAIN} iifname . ip saddr @{SET_SUBNETS} iifname @{SET_MASQUERADE}"
@@ -262,13 +307,61 @@ def setup_lines(table: str = TABLE, userland_proxy: bool = False, legacy: bool =
     return lines
 
 
-def base_rule_counts(userland_proxy: bool = False) -> dict[str, int]:
-    """How many rules each fixed chain (the user chain aside) holds after setup (for
-    health checks)."""
-    counts = dict.fromkeys([*BASE_CHAINS, PORTS_CHAIN], 0)
+def setup6_lines(table: str = TABLE, userland_proxy: bool = False) -> list[str]:
+    """``setup_lines`` for the IPv6 table: the IPv4 table's layout and rules, for the v6
+    subnets of networks with IPv6, plus Docker's routed mode (``routed``: a v6 subnet
+    the world reaches without NAT, for ICMPv6 and the published ports only)."""
+    t = f"{FAMILY6} {table}"
+    lines = [
+        f"add table {t}",
+        f'add chain {t} {USER_CHAIN} {{ comment "yours: evaluated first, never flushed by cnm" ; }}',
+    ]
+    lines += [f"add set {t} {s} {{ {_set_spec(s, FAMILY6)} }}" for s in NETWORK_SETS6]
+    lines += [f"add map {t} {m} {{ {spec} }}" for m, spec in PORT_MAPS6.items()]
+    lines.append(f"add set {t} {SET_PUBLISHED} {{ {PUBLISHED_SPEC} }}")
+    lines += [f"add chain {t} {chain} {{ {spec} }}" for chain, spec in BASE_CHAINS6.items()]
+    lines.append(f"add chain {t} {PORTS_CHAIN}")
+    lines += [f"flush chain {t} {chain}" for chain in (*BASE_CHAINS6, PORTS_CHAIN)]
+    lines += [
+        f"add rule {t} {FORWARD_CHAIN} jump {USER_CHAIN}",
+        f"add rule {t} {FORWARD_CHAIN} ct state established,related accept",
+        f"add rule {t} {FORWARD_CHAIN} {_INTERNAL_DROP}",
+        f"add rule {t} {FORWARD_CHAIN} oifname @{SET_BRIDGES} oifname != @{SET_INTERNAL} ct status dnat accept",
+        f"add rule {t} {FORWARD_CHAIN} iifname . oifname @{SET_SAME_BRIDGE} oifname @{SET_ICC} accept",
+        # routed mode (never internal: such a bridge is not in the set), from outside cnm's
+        # bridges (other networks stay isolated): ICMPv6 and the published ports of its
+        # containers, at their own addresses, as Docker's routed mode
+        f"add rule {t} {FORWARD_CHAIN} oifname @{SET_ROUTED} iifname != @{SET_BRIDGES} meta l4proto ipv6-icmp accept",
+        f"add rule {t} {FORWARD_CHAIN} oifname @{SET_ROUTED} iifname != @{SET_BRIDGES}"
+        f" ip6 daddr . meta l4proto . th dport @{SET_PUBLISHED} accept",
+        f"add rule {t} {FORWARD_CHAIN} oifname @{SET_BRIDGES} drop",
+        f"add rule {t} {POSTROUTING_CHAIN} iifname . ip6 saddr @{SET_SUBNETS} iifname @{SET_MASQUERADE}"
+        f" iifname . oifname != @{SET_SAME_BRIDGE} masquerade",
+        f"add rule {t} {POSTROUTING_CHAIN} oifname . ip6 saddr @{SET_SUBNETS} ct status dnat masquerade",
+    ]
+    if userland_proxy:
+        lines.append(f"add rule {t} {PREROUTING_CHAIN} iifname @{SET_BRIDGES} return")
+    lines += [
+        f"add rule {t} {PREROUTING_CHAIN} fib daddr type local jump {PORTS_CHAIN}",
+        # [::1] is the proxy's: the kernel cannot route a DNATed packet from ::1
+        f"add rule {t} {OUTPUT_CHAIN} ip6 daddr != ::1 fib daddr type local jump {PORTS_CHAIN}",
+    ]
+    lines += [
+        f"add rule {t} {PORTS_CHAIN} ip6 saddr != {LINK_LOCAL6} meta l4proto {{ {', '.join(PORT_PROTOCOLS)} }}"
+        f" dnat ip6 to {_PORT_MAP_KEYS6[m]} map @{m}"
+        for m in PORT_MAPS6
+    ]
+    return lines
+
+
+def base_rule_counts(userland_proxy: bool = False, family: str = FAMILY) -> dict[str, int]:
+    """How many rules each fixed chain (the user chain aside) of table ``family`` holds
+    after setup (for health checks)."""
+    chains = BASE_CHAINS6 if family == FAMILY6 else BASE_CHAINS
+    counts = dict.fromkeys([*chains, PORTS_CHAIN], 0)
     for line in setup_lines(userland_proxy=userland_proxy):
         parts = line.split()
-        if parts[:2] == ["add", "rule"]:
+        if parts[:2] == ["add", "rule"] and parts[2] == family:
             counts[parts[4]] += 1
     return counts
 
@@ -279,7 +372,13 @@ def render_setup(table: str = TABLE, userland_proxy: bool = False, legacy: bool 
 
 def render_teardown(table: str = TABLE) -> str:
     # "add" first so deleting an absent table is not an error
-    return _script([f"add table {FAMILY} {table}", f"delete table {FAMILY} {table}"])
+    return _script(
+        [
+            line
+            for family in (FAMILY, FAMILY6)
+            for line in (f"add table {family} {table}", f"delete table {family} {table}")
+        ]
+    )
 
 
 # -- one network ------------------------------------------------------------------------
@@ -287,10 +386,12 @@ def render_teardown(table: str = TABLE) -> str:
 
 @dataclass(frozen=True, slots=True)
 class SetElement:
-    """One element of a network set: ``key`` in nft's syntax (``"br-x" . 10.0.0.0/24``)."""
+    """One element of a network set: ``key`` in nft's syntax (``"br-x" . 10.0.0.0/24``),
+    in the table of ``family`` (``ip`` or ``ip6``)."""
 
     set: str
     key: str
+    family: str = FAMILY
 
 
 def network_elements(rules: BridgeRules) -> list[SetElement]:
@@ -306,6 +407,25 @@ def network_elements(rules: BridgeRules) -> list[SetElement]:
         if rules.masquerade:
             out.append(SetElement(SET_MASQUERADE, br))
         out.append(SetElement(SET_SUBNETS, f"{br} . {rules.subnet}"))
+    if rules.subnet6 is not None:
+        out += _network_elements6(rules, br)
+    return out
+
+
+def _network_elements6(rules: BridgeRules, br: str) -> list[SetElement]:
+    """The IPv6 table's elements of a network with a v6 subnet: as in the IPv4 table,
+    except that a routed v6 subnet (``routed6``) is in ``routed``, not masqueraded."""
+    out = [SetElement(SET_BRIDGES, br, FAMILY6), SetElement(SET_SAME_BRIDGE, f"{br} . {br}", FAMILY6)]
+    if rules.internal:
+        out.append(SetElement(SET_INTERNAL, br, FAMILY6))
+    if rules.icc:
+        out.append(SetElement(SET_ICC, br, FAMILY6))
+    if not rules.internal:
+        if rules.routed6:
+            out.append(SetElement(SET_ROUTED, br, FAMILY6))
+        elif rules.masquerade:
+            out.append(SetElement(SET_MASQUERADE, br, FAMILY6))
+        out.append(SetElement(SET_SUBNETS, f"{br} . {rules.subnet6}", FAMILY6))
     return out
 
 
@@ -316,15 +436,14 @@ def network_lines(
     size depends only on this network: those of ``old`` not in ``new`` are deleted
     whether or not they are still there, then every one of ``new`` is added (adding an
     element that is there is no error).  ``label``: the network's name, in the comments."""
-    t = f"{FAMILY} {table}"
     tag = owner_comment(check_owner(owner), label)
     new = list(dict.fromkeys(new))
     lines = []
     for e in dict.fromkeys(old):
         if e not in new:  # deleted first: a subnet's new range may overlap its old one
-            lines.append(f'add element {t} {e.set} {{ {e.key} comment "{tag}" }}')
-            lines.append(f"delete element {t} {e.set} {{ {e.key} }}")
-    lines += [f'add element {t} {e.set} {{ {e.key} comment "{tag}" }}' for e in new]
+            lines.append(f'add element {e.family} {table} {e.set} {{ {e.key} comment "{tag}" }}')
+            lines.append(f"delete element {e.family} {table} {e.set} {{ {e.key} }}")
+    lines += [f'add element {e.family} {table} {e.set} {{ {e.key} comment "{tag}" }}' for e in new]
     return lines
 
 
@@ -345,11 +464,11 @@ def render_remove_network(owner: str, elements: Iterable[SetElement], table: str
     return render_network(owner, elements, (), table)
 
 
-def element_key_from_json(set_name: str, value: Any) -> str:
+def element_key_from_json(set_name: str, value: Any, family: str = FAMILY) -> str:
     """nft's JSON form of a network set's key (``{"concat": ["br-x", {"prefix": …}]}``)
     back to the text it was written as (``"br-x" . 10.0.0.0/24``)."""
     parts = value["concat"] if isinstance(value, dict) and "concat" in value else [value]
-    kinds = NETWORK_SETS[set_name]
+    kinds = network_sets(family)[set_name]
     if len(parts) != len(kinds):
         raise FirewallError(f"nft: unexpected key in set {set_name}: {value!r}")
     return " . ".join(
@@ -384,9 +503,12 @@ def render_sync(
         if other != rules.owner:
             raise InvalidArgument(f"bridge {rules.bridge} claimed by networks {other} and {rules.owner}")
     existing = set(existing)
+    t6 = f"{FAMILY6} {table}"
     lines = setup_lines(table, userland_proxy)
     lines += [f"flush set {t} {s}" for s in NETWORK_SETS]
     lines += [f"flush map {t} {m}" for m in PORT_MAPS]
+    lines += [f"flush set {t6} {s}" for s in (*NETWORK_SETS6, SET_PUBLISHED)]
+    lines += [f"flush map {t6} {m}" for m in PORT_MAPS6]
     lines.append(f"flush set {t} {SET_ENCRYPTED_VNIS}")
     # v0.1.0's maps first (their elements hold its chains), then its chains
     lines += [f"delete map {t} {m}" for m in LEGACY_MAPS if m in existing]
@@ -452,27 +574,37 @@ def render_vni(owner: str, vni: int, add: bool, table: str = TABLE, guard: bool 
 
 @dataclass(frozen=True, slots=True)
 class PortElement:
-    """One element of a port map: ``key`` and ``data`` in nft's syntax."""
+    """One element of a port map (or, with no ``data``, of the set ``published``):
+    ``key`` and ``data`` in nft's syntax, in the table of ``family``."""
 
     map: str
     key: str  # e.g. "tcp . 8000-8010" or "127.0.0.1 . udp . 53"
-    data: str  # e.g. "10.0.0.2" (same port) or "10.0.0.2 . 80"
+    data: str  # e.g. "10.0.0.2" (same port) or "10.0.0.2 . 80"; "" in a set
+    family: str = FAMILY
 
 
 def port_elements(rule: PortRule) -> list[PortElement]:
     """The map elements of one ``PortRule``: one interval element for a range published
     on the same container ports, else one hash element per port."""
     first, last = check_port_rule(rule)
+    family = FAMILY6 if rule.container_ip.version == 6 else FAMILY
     prefix = f"{rule.host_ip} . " if rule.host_ip is not None else ""
+    shift = rule.container_port - first
     if rule.container_port == first and first != last:
         name = MAP_PORTS_IP_RANGE if rule.host_ip is not None else MAP_PORTS_ANY_RANGE
-        return [PortElement(name, f"{prefix}{rule.protocol} . {first}-{last}", str(rule.container_ip))]
-    name = MAP_PORTS_IP if rule.host_ip is not None else MAP_PORTS_ANY
-    shift = rule.container_port - first
-    return [
-        PortElement(name, f"{prefix}{rule.protocol} . {p}", f"{rule.container_ip} . {p + shift}")
-        for p in range(first, last + 1)
-    ]
+        out = [PortElement(name, f"{prefix}{rule.protocol} . {first}-{last}", str(rule.container_ip), family)]
+    else:
+        name = MAP_PORTS_IP if rule.host_ip is not None else MAP_PORTS_ANY
+        out = [
+            PortElement(name, f"{prefix}{rule.protocol} . {p}", f"{rule.container_ip} . {p + shift}", family)
+            for p in range(first, last + 1)
+        ]
+    if family == FAMILY6:  # reachable directly when the network is routed (SET_ROUTED)
+        out += [
+            PortElement(SET_PUBLISHED, f"{rule.container_ip} . {rule.protocol} . {p + shift}", "", family)
+            for p in range(first, last + 1)
+        ]
+    return list(dict.fromkeys(out))
 
 
 def port_elements_by_owner(rules: Iterable[PortRule]) -> dict[str, list[PortElement]]:
@@ -480,7 +612,8 @@ def port_elements_by_owner(rules: Iterable[PortRule]) -> dict[str, list[PortElem
     out: dict[str, list[PortElement]] = {}
     for rule in rules:
         out.setdefault(check_owner(rule.owner), []).extend(port_elements(rule))
-    return out
+    # two ports published on the same container port share its ``published`` element
+    return {owner: list(dict.fromkeys(elems)) for owner, elems in out.items()}
 
 
 def ports_lines(
@@ -489,10 +622,12 @@ def ports_lines(
     """Replace endpoint ``owner``'s elements ``old`` (which must be present) with ``new``,
     in one transaction whose size depends only on this endpoint's ports.  ``label``:
     "<container> on <network>", in the comments."""
-    t = f"{FAMILY} {table}"
     tag = owner_comment(check_owner(owner), label)
-    lines = [f"delete element {t} {e.map} {{ {e.key} }}" for e in old]
-    lines += [f'add element {t} {e.map} {{ {e.key} comment "{tag}" : {e.data} }}' for e in new]
+    lines = [f"delete element {e.family} {table} {e.map} {{ {e.key} }}" for e in old]
+    lines += [
+        f'add element {e.family} {table} {e.map} {{ {e.key} comment "{tag}"{f" : {e.data}" if e.data else ""} }}'
+        for e in new
+    ]
     return lines
 
 

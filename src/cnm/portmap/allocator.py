@@ -4,8 +4,11 @@ Owns the bookkeeping of published host ports (moby's ``portallocator``) and the 
 sockets that make them real (``hostsock``): while a reservation exists, no other program
 can bind its port, and cnm never hands the same port out twice.
 
-- A 0.0.0.0 binding conflicts with every binding of the same port and protocol, and a
-  specific-IP binding conflicts with the same IP and with 0.0.0.0.
+- A 0.0.0.0 binding conflicts with every IPv4 binding of the same port and protocol, a
+  ``::`` binding with every IPv6 one, and a specific-IP binding with the same IP and with
+  its family's unspecified address.  The families never conflict with each other.
+- A group of requests (the ``0.0.0.0`` and ``::`` twins of one ``-p 80``) gets one port
+  that is free for every member.
 - Ranges and ephemeral ports are scanned round-robin from the port after the last one
   handed out in that range (so a just-released port is not reused at once); ephemeral
   picks skip ``ip_local_reserved_ports``; a port another program holds is skipped.
@@ -24,15 +27,14 @@ import os
 import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
 
 from cnm.errors import InvalidArgument, KernelError, SystemFailure
-from cnm.model.ports import ANY, PortMapping, PortRequest
+from cnm.model.ports import HostIP, PortMapping, PortRequest, any_of, join_host_port
 from cnm.portmap import hostsock, ranges
 
 log = logging.getLogger("cnm.portmap")
 
-Opener = Callable[[str, IPv4Address, int], "socket.socket | None"]
+Opener = Callable[[str, HostIP, int], "socket.socket | None"]
 
 
 class PortConflict(SystemFailure):
@@ -55,8 +57,8 @@ class Reservation:
             self.sock = None
 
 
-def _addr(ip: IPv4Address, port: int | str) -> str:
-    return f"{ip}:{port}"
+def _addr(ip: HostIP, port: int | str) -> str:
+    return join_host_port(ip, port)
 
 
 class PortAllocator:
@@ -68,12 +70,15 @@ class PortAllocator:
         *,
         reserved: Iterable[int] | None = None,
         opener: Opener = hostsock.open_reserved,
+        ipv6: bool | None = None,
     ) -> None:
         self.ephemeral = ephemeral or ranges.ephemeral_range()
+        # whether a port without a host address also gets its ``::`` twin (None: ask the kernel)
+        self.ipv6 = hostsock.ipv6_available() if ipv6 is None else ipv6
         self._reserved = frozenset(ranges.reserved_ports() if reserved is None else reserved)
         self._open = opener
         # (protocol, port) -> {host ip -> reservation}: the conflict checks are O(1).
-        self._ports: dict[tuple[str, int], dict[IPv4Address, Reservation]] = {}
+        self._ports: dict[tuple[str, int], dict[HostIP, Reservation]] = {}
         self._owners: dict[str, list[Reservation]] = {}
         self._last: dict[tuple[str, int, int], int] = {}  # (protocol, first, last) -> last pick
 
@@ -85,29 +90,38 @@ class PortAllocator:
     def owners(self) -> list[str]:
         return list(self._owners)
 
-    def holder(self, protocol: str, host_ip: IPv4Address, port: int) -> str | None:
+    def holder(self, protocol: str, host_ip: HostIP, port: int) -> str | None:
         """The owner whose reservation conflicts with ``host_ip:port/protocol``, if any."""
         held = self._ports.get((protocol, port))
         if not held:
             return None
-        if host_ip == ANY:
-            return next(iter(held.values())).owner
-        hit = held.get(host_ip) or held.get(ANY)
+        if host_ip.is_unspecified:
+            hit = next((r for ip, r in held.items() if ip.version == host_ip.version), None)
+        else:
+            hit = held.get(host_ip) or held.get(any_of(host_ip))
         return hit.owner if hit else None
 
     # -- reserve / release ----------------------------------------------------------------
 
     def reserve(
-        self, owner: str, requests: Sequence[PortRequest], container_ip: IPv4Address | None = None
+        self, owner: str, requests: Sequence[PortRequest], container_ip: HostIP | None = None
     ) -> list[Reservation]:
         """Hold a host port for every request, all or nothing; the new reservations in
         request order.  ``container_ip`` only makes error messages Docker's.  Raises
         ``PortConflict`` (taken) or ``KernelError`` (any other bind failure) and then
         holds nothing new."""
+        return self.reserve_groups(owner, [(r,) for r in requests], container_ip)
+
+    def reserve_groups(
+        self, owner: str, groups: Sequence[Sequence[PortRequest]], container_ip: HostIP | None = None
+    ) -> list[Reservation]:
+        """As ``reserve``, where the requests of one group (same protocol, container port
+        and host port range; different host addresses, e.g. ``0.0.0.0`` and ``::``) get
+        the same host port, one free for every member; the reservations in order."""
         done: list[Reservation] = []
         try:
-            for request in requests:
-                done.append(self._reserve_one(owner, request, container_ip))
+            for group in groups:
+                done.extend(self._reserve_group(owner, group, container_ip))
         except BaseException:
             for r in reversed(done):
                 self._forget(r)
@@ -153,54 +167,78 @@ class PortAllocator:
                 del self._ports[key]
         r.close()
 
-    def _reserve_one(self, owner: str, req: PortRequest, container_ip: IPv4Address | None) -> Reservation:
-        host_ip = req.host_ip
-        if host_ip is None:  # the engine resolves it from the publishing network first
-            raise InvalidArgument(f"no host address for port {req.container_port}/{req.protocol}")
+    def _reserve_group(
+        self, owner: str, group: Sequence[PortRequest], container_ip: HostIP | None
+    ) -> list[Reservation]:
+        if not group:
+            return []
+        req = group[0]
+        for r in group:
+            if r.host_ip is None:  # the engine resolves it from the publishing network first
+                raise InvalidArgument(f"no host address for port {r.container_port}/{r.protocol}")
+            if (r.protocol, r.host_port, r.host_port_end) != (req.protocol, req.host_port, req.host_port_end):
+                raise InvalidArgument(f"port requests {req} and {r} cannot share one host port")
         if req.host_port and req.host_port_end in (0, req.host_port):
-            return self._take(owner, req, host_ip, req.host_port, container_ip)
+            return self._take_all(owner, group, req.host_port, container_ip)
         if req.host_port == 0 and req.host_port_end == 0:
             first, last = self.ephemeral
             skip = self._reserved
         else:
             first, last = req.host_port, req.host_port_end
             skip = frozenset()
-        return self._take_in_range(owner, req, host_ip, first, last, skip, container_ip)
+        return self._take_in_range(owner, group, first, last, skip, container_ip)
 
     def _take_in_range(
         self,
         owner: str,
-        req: PortRequest,
-        host_ip: IPv4Address,
+        group: Sequence[PortRequest],
         first: int,
         last: int,
         skip: frozenset[int],
-        container_ip: IPv4Address | None,
-    ) -> Reservation:
+        container_ip: HostIP | None,
+    ) -> list[Reservation]:
+        req = group[0]
         key = (req.protocol, first, last)
         size = last - first + 1
         start = self._last.get(key, last) + 1  # round robin: after the last one handed out
         for i in range(size):
             port = first + (start - first + i) % size
-            if port in skip or self.holder(req.protocol, host_ip, port) is not None:
+            if port in skip or any(self.holder(req.protocol, _ip(r), port) is not None for r in group):
                 continue
             try:
-                r = self._take(owner, req, host_ip, port, container_ip)
+                taken = self._take_all(owner, group, port, container_ip)
             except PortConflict:
                 continue  # another program holds it: try the next one
             self._last[key] = port
-            return r
-        raise PortConflict(f"Bind for {_addr(host_ip, f'{first}-{last}')} failed: all ports are allocated")
+            return taken
+        where = _addr(_ip(req), f"{first}-{last}")
+        raise PortConflict(f"Bind for {where} failed: all ports are allocated")
+
+    def _take_all(
+        self, owner: str, group: Sequence[PortRequest], port: int, container_ip: HostIP | None
+    ) -> list[Reservation]:
+        """``port`` on every member's address, all or none."""
+        taken: list[Reservation] = []
+        try:
+            for r in group:
+                taken.append(self._take(owner, r, _ip(r), port, container_ip))
+        except BaseException:
+            for t in reversed(taken):
+                self._forget(t)
+            raise
+        return taken
 
     def _take(
-        self, owner: str, req: PortRequest, host_ip: IPv4Address, port: int, container_ip: IPv4Address | None
+        self, owner: str, req: PortRequest, host_ip: HostIP, port: int, container_ip: HostIP | None
     ) -> Reservation:
         if self.holder(req.protocol, host_ip, port) is not None:
             raise PortConflict(f"Bind for {_addr(host_ip, port)} failed: port is already allocated")
         try:
             sock = self._open(req.protocol, host_ip, port)
         except OSError as exc:
-            target = f"{container_ip}:{req.container_port}" if container_ip else str(req.container_port)
+            target = (
+                join_host_port(container_ip, req.container_port) if container_ip else str(req.container_port)
+            )
             where = f"{_addr(host_ip, port)}:{target}/{req.protocol}"
             reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
             if exc.errno == errno.EADDRINUSE:
@@ -217,5 +255,11 @@ class PortAllocator:
         return r
 
 
+def _ip(r: PortRequest) -> HostIP:
+    if r.host_ip is None:
+        raise InvalidArgument(f"no host address for port {r.container_port}/{r.protocol}")
+    return r.host_ip
+
+
 def _describe(m: PortMapping) -> str:
-    return f"{m.host_ip}:{m.host_port}/{m.protocol}"
+    return f"{_addr(m.host_ip, m.host_port)}/{m.protocol}"

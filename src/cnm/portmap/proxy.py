@@ -10,7 +10,9 @@ without the GIL.  ``workers=0`` serves everything on the caller's loop instead.
 Errno policy (trio's ``serve_listeners``): EMFILE/ENFILE/ENOMEM/ENOBUFS on accept pause
 that listener for a moment and it keeps serving; an error of one connection (a dead
 backend, a reset) closes that connection only.  SCTP is not proxied (the kernel's DNAT
-still serves it); a warning says so.
+still serves it); a warning says so.  Either family on either side: a listener on ``::``
+may serve a container's IPv6 address or, when it has none, its IPv4 one (as docker-proxy
+does for an IPv4-only container).
 """
 
 from __future__ import annotations
@@ -24,13 +26,13 @@ import socket
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from cnm.portmap import hostsock
 from cnm.portmap.allocator import Reservation
 from cnm.portmap.relay import Relay
-from cnm.portmap.udp import UdpForwarder
+from cnm.portmap.udp import UdpForwarder, family_of
 
 log = logging.getLogger("cnm.portmap")
 
@@ -118,7 +120,7 @@ class _TcpListener:
         try:
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             up = socket.socket(
-                socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+                family_of(self.target), socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
             )
         except OSError as exc:
             log.warning("proxy %s: cannot open a connection to the container: %s", self.target, exc)
@@ -151,6 +153,10 @@ class _TcpListener:
             return
         self.relays.add(relay)
         relay.start()
+
+
+def _hp(ip: IPv4Address | IPv6Address, port: int) -> str:
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
 def _reset(client: socket.socket) -> None:
@@ -227,9 +233,16 @@ class UserlandProxy:
                 self._workers = [_Worker(f"cnm-proxy-{i}") for i in range(self._n_workers)]
         return self._workers[next(self._next) % len(self._workers)]
 
-    async def add(self, owner: str, reservations: Sequence[Reservation], container_ip: IPv4Address) -> None:
-        """Forward every reserved port of ``owner`` to ``container_ip``: its sockets stop
-        dropping packets and start being served.  Adding an owner again replaces it."""
+    async def add(
+        self,
+        owner: str,
+        reservations: Sequence[Reservation],
+        container_ip: IPv4Address | IPv6Address,
+        container_ip6: IPv6Address | None = None,
+    ) -> None:
+        """Forward every reserved port of ``owner`` to the container: an IPv6 host binding
+        to ``container_ip6`` when given, everything else to ``container_ip``.  Its sockets
+        stop dropping packets and start being served.  Adding an owner again replaces it."""
         await self.remove(owner)
         started: list[tuple[_Worker, Any]] = []
         self._owners[owner] = started
@@ -240,11 +253,14 @@ class UserlandProxy:
                     "userland proxy: %s/%s not proxied (SCTP); kernel NAT serves it", m.host_port, m.protocol
                 )
                 continue
-            target = (str(container_ip), m.container_port)
+            to = container_ip6 if m.host_ip.version == 6 and container_ip6 is not None else container_ip
+            target = (str(to), m.container_port)
             worker = self._pick()
             listener = await worker.call(self._start, worker, r.sock, m.protocol, target)
             started.append((worker, listener))
-            log.debug("userland proxy: %s:%d/%s -> %s:%d", m.host_ip, m.host_port, m.protocol, *target)
+            log.debug(
+                "userland proxy: %s/%s -> %s", _hp(m.host_ip, m.host_port), m.protocol, _hp(to, target[1])
+            )
 
     def _start(self, worker: _Worker, sock: socket.socket, protocol: str, target: tuple[str, int]) -> Any:
         hostsock.accept_all(sock)

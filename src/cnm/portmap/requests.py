@@ -10,11 +10,11 @@ Pure: no sockets, no I/O.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from ipaddress import IPv4Address, ip_address
+from ipaddress import IPv6Address, ip_address
 
 from cnm.errors import InvalidArgument
 from cnm.model.container import ContainerConfig, Image, PortBindingRequest
-from cnm.model.ports import ANY, PROTOCOLS, PortRequest
+from cnm.model.ports import ANY, PROTOCOLS, HostIP, PortRequest, host_ip_order, join_host_port
 
 MAX_PORT = 65535
 
@@ -62,19 +62,29 @@ def expand_port_key(key: str) -> list[str]:
     return [f"{p}/{proto}" for p in range(lo, hi + 1)]
 
 
-def parse_host_ip(text: str) -> IPv4Address | None:
-    """A binding's ``HostIp``; empty is None: not given, the network's default binding
-    address applies (0.0.0.0 unless the network says otherwise)."""
+def parse_host_ip(text: str) -> HostIP | None:
+    """A binding's ``HostIp``: an IPv4 or IPv6 address (``::1`` or ``[::1]``); empty is
+    None: not given, the network's default binding address applies.  A scoped IPv6
+    address (``fe80::1%eth0``), a multicast or broadcast address is refused: no host
+    socket can be bound to it for every container."""
     if not text:
         return None
-    try:
-        address = ip_address(text.strip("[]") if text.startswith("[") else text)
-    except ValueError:
-        raise InvalidArgument(f"invalid host IP address {text!r} in port binding") from None
-    if not isinstance(address, IPv4Address):
+    bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    if "%" in bare:
         raise InvalidArgument(
-            f"invalid host IP address {text!r} in port binding: IPv6 host addresses are not supported"
+            f"invalid host IP address {text!r} in port binding: "
+            "a scoped IPv6 address (with %zone) cannot be published on"
         )
+    try:
+        address = ip_address(bare)
+    except ValueError:
+        raise InvalidArgument(
+            f"invalid host IP address {text!r} in port binding: not an IPv4 or IPv6 address"
+        ) from None
+    if bare is not text and not isinstance(address, IPv6Address):
+        raise InvalidArgument(f"invalid host IP address {text!r} in port binding: brackets are for IPv6")
+    if address.is_multicast or str(address) == "255.255.255.255":
+        raise InvalidArgument(f"invalid host IP address {text!r} in port binding: not a unicast address")
     return address
 
 
@@ -118,7 +128,7 @@ def port_requests(config: ContainerConfig, image: Image | None = None) -> list[P
       Exposed ranges are expanded.
     - A binding without a host IP keeps None: the network that publishes decides
       (``com.docker.network.bridge.host_binding_ipv4``, else 0.0.0.0).
-    - Host IPs are IPv4 only for now: an IPv6 host IP is ``InvalidArgument``.
+    - Host IPs are IPv4 or IPv6 (``::1``, ``[::1]``); anything else is ``InvalidArgument``.
     The caller decides whether the network mode publishes at all (host, none and
     ``container:`` modes do not).
     """
@@ -138,32 +148,36 @@ def port_requests(config: ContainerConfig, image: Image | None = None) -> list[P
                     requests.append(PortRequest(proto, port))
     unique = sorted(
         dict.fromkeys(requests),
-        key=lambda r: (
-            r.container_port,
-            r.protocol,
-            -1 if r.host_ip is None else int(r.host_ip),
-            r.host_port,
-        ),
+        key=lambda r: (r.container_port, r.protocol, host_ip_order(r.host_ip), r.host_port),
     )
     _check_host_ports_once(unique)
     return unique
 
 
+def _overlap(a: HostIP | None, b: HostIP | None) -> bool:
+    """Whether two host addresses can hold the same port only once: None (not given yet)
+    overlaps everything, the unspecified address every address of its family."""
+    if a is None or b is None:
+        return True
+    return a.version == b.version and (a == b or a.is_unspecified or b.is_unspecified)
+
+
 def _check_host_ports_once(requests: Iterable[PortRequest]) -> None:
     """InvalidArgument when two requests ask for the same fixed host port and protocol on
-    the same host address (0.0.0.0, and an address not given yet, overlap every address):
-    only one can ever have it."""
+    overlapping host addresses (0.0.0.0 overlaps every IPv4 address, ``::`` every IPv6
+    one, an address not given yet both): only one can ever have it."""
     held: dict[tuple[str, int], list[PortRequest]] = {}
     for r in requests:
         if r.host_port == 0 or r.host_port != r.host_port_end:
             continue  # ephemeral or "any free port of a range": each gets its own
         for other in held.get((r.protocol, r.host_port), ()):
-            wide = (ANY, None)
-            if other.host_ip == r.host_ip or other.host_ip in wide or r.host_ip in wide:
-                ip = other.host_ip if other.host_ip not in wide else r.host_ip
-                where = f"{ip if ip is not None else ANY}:{r.host_port}/{r.protocol}"
+            if _overlap(other.host_ip, r.host_ip):
+                ip = other.host_ip
+                if ip is None or ip.is_unspecified:
+                    ip = r.host_ip
+                where = join_host_port(ip if ip is not None else ANY, r.host_port)
                 raise InvalidArgument(
-                    f"host port {where} is published twice: for container ports "
+                    f"host port {where}/{r.protocol} is published twice: for container ports "
                     f"{other.container_port}/{r.protocol} and {r.container_port}/{r.protocol}"
                 )
         held.setdefault((r.protocol, r.host_port), []).append(r)

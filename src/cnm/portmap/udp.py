@@ -5,8 +5,9 @@ does).  Each client address gets its own upstream socket connected to the contai
 the container sees one peer per client and its replies find their way back; a flow
 quiet in both directions for ``timeout`` seconds (90 s, docker-proxy's
 ``UDPConnTrackTimeout``) is closed.  Replies leave through the published socket from
-the address the client sent to (``IP_PKTINFO``), which matters when it is bound to
-0.0.0.0 on a host with several addresses.
+the address the client sent to (``IP_PKTINFO``, ``IPV6_PKTINFO``), which matters when
+it is bound to 0.0.0.0 or ``::`` on a host with several addresses.  The published socket
+and the container may be of different families (``::`` to an IPv4-only container).
 """
 
 from __future__ import annotations
@@ -18,14 +19,15 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
-from cnm.portmap.hostsock import IP_PKTINFO
+from cnm.portmap.hostsock import IP_PKTINFO, IPV6_PKTINFO
 
 log = logging.getLogger("cnm.portmap")
 
 MAX_DATAGRAM = 65535
 BATCH = 64  # datagrams handled per readiness event before yielding to the loop
 _PKTINFO = struct.Struct("=I4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
-_CMSG_SPACE = socket.CMSG_SPACE(_PKTINFO.size)
+_PKTINFO6 = struct.Struct("=16sI")  # struct in6_pktinfo: addr, ifindex
+_CMSG_SPACE = socket.CMSG_SPACE(max(_PKTINFO.size, _PKTINFO6.size))
 # Errors that concern one datagram or one flow, never the published socket.
 _TRANSIENT = (
     errno.EAGAIN,
@@ -43,7 +45,7 @@ _RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS)
 @dataclass(eq=False, slots=True)
 class _Flow:
     client: tuple[str, int]
-    local: bytes  # the 4-byte address the client sent to (reply source)
+    local: bytes  # the 4- or 16-byte address the client sent to (reply source)
     upstream: socket.socket
     last: float = field(default=0.0)
 
@@ -66,6 +68,7 @@ class UdpForwarder:
         self.timeout = timeout
         self.max_flows = max_flows
         self.flows: dict[tuple[str, int], _Flow] = {}
+        self._family = family_of(target)
         self._buf = bytearray(MAX_DATAGRAM)
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
@@ -112,7 +115,7 @@ class UdpForwarder:
             oldest = min(self.flows.values(), key=lambda f: f.last)
             self._drop(oldest)
         try:
-            up = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+            up = socket.socket(self._family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         except OSError as exc:
             level = logging.WARNING if exc.errno in _RESOURCES else logging.ERROR
             log.log(
@@ -148,7 +151,10 @@ class UdpForwarder:
 
     def _reply(self, flow: _Flow, data: memoryview) -> None:
         try:
-            if flow.local and flow.local != b"\0\0\0\0":
+            if len(flow.local) == 16 and any(flow.local):
+                info = _PKTINFO6.pack(flow.local, 0)
+                self.sock.sendmsg([data], [(socket.IPPROTO_IPV6, IPV6_PKTINFO, info)], 0, flow.client)
+            elif len(flow.local) == 4 and any(flow.local):
                 info = _PKTINFO.pack(0, flow.local, b"\0\0\0\0")
                 self.sock.sendmsg([data], [(socket.IPPROTO_IP, IP_PKTINFO, info)], 0, flow.client)
             else:
@@ -176,10 +182,19 @@ class UdpForwarder:
         flow.upstream.close()
 
 
+def family_of(target: tuple[str, int]) -> socket.AddressFamily:
+    """The address family of a ``(host, port)`` target: IPv6 text has a colon."""
+    return socket.AF_INET6 if ":" in target[0] else socket.AF_INET
+
+
 def _destination(ancdata: list[tuple[int, int, bytes]]) -> bytes:
-    """The header destination address of a received datagram, from its IP_PKTINFO."""
+    """The header destination address of a received datagram, from its IP_PKTINFO (4
+    bytes) or IPV6_PKTINFO (16 bytes)."""
     for level, kind, data in ancdata:
         if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= _PKTINFO.size:
             destination: bytes = _PKTINFO.unpack_from(data)[2]
             return destination
+        if level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(data) >= _PKTINFO6.size:
+            destination6: bytes = _PKTINFO6.unpack_from(data)[0]
+            return destination6
     return b""

@@ -136,7 +136,8 @@ function explainText(e) {
     if (a.bridge) { out.push(`  bridge ${a.bridge}: ifindex ${a.bridge_ifindex}`); cmd(out, ac.bridge, "  "); }
     if (a.gateway) out.push(`  gateway ${a.gateway}`);
     for (const p of a.ports || []) {
-      out.push(`  published ${p.host_ip}:${p.host_port} -> ${p.container_port}/${p.protocol}`);
+      const host = p.host_ip.includes(":") ? `[${p.host_ip}]` : p.host_ip;
+      out.push(`  published ${host}:${p.host_port} -> ${p.container_port}/${p.protocol}`);
       for (const r of p.rules.length ? p.rules : ["no firewall entry serves it in the kernel"]) out.push(`    ${r}`);
       cmd(out, p.command, "  ");
     }

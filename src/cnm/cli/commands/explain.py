@@ -12,6 +12,7 @@ from cnm.cli import flags as F
 from cnm.cli.client import quote
 from cnm.cli.context import Cli
 from cnm.cli.errors import CliError
+from cnm.cli.format import join_host_port
 
 EXPLAIN = F.Command(
     "cnm explain",
@@ -88,7 +89,7 @@ def render_explanation(e: dict) -> str:
             out.append(f"  gateway {a['gateway']}")
         for p in a.get("ports") or ():
             out.append(
-                f"  published {p['host_ip']}:{p['host_port']} -> {p['container_port']}/{p['protocol']}"
+                f"  published {join_host_port(p['host_ip'], p['host_port'])} -> {p['container_port']}/{p['protocol']}"
             )
             if not p.get("rules"):
                 out.append("    no firewall entry serves it in the kernel")
