@@ -1,10 +1,10 @@
 """IPv6 through Docker Compose 1.29 (Debian's ``docker-compose``): a project whose network has
 ``enable_ipv6: true`` and a v6 ``ipam.config`` subnet beside a v4 one (file version 2.4: v2.1
 and later know ``enable_ipv6``; v3 files need swarm for it), one service with a fixed
-``ipv6_address`` and one without.
+``ipv6_address`` and one without (and a published port).
 
 ``up -d`` makes the network dual-stack and gives each service its v6 address; the services
-resolve each other's AAAA and reach each other over v6 (ping, HTTP); ``up -d`` again finds
+resolve each other's AAAA and reach each other over v6 (ping, HTTP); the published port is on 0.0.0.0 and ::; ``up -d`` again finds
 the network unchanged; ``down`` leaves nothing (containers, networks, v4 and v6 addresses and
 routes, nft, files).
 """
@@ -25,6 +25,7 @@ COMPOSE = shutil.which("docker-compose")
 PROJECT = "six"
 NET = f"{PROJECT}_dual"
 V6 = "fd00:c0de:6::/64"
+WEB_PORT = 18085
 
 pytestmark = pytest.mark.skipif(
     COMPOSE is None, reason="docker-compose is not installed (make clients-deps installs it)"
@@ -43,6 +44,7 @@ services:
     image: busybox
     command: ["sh", "-c", "mkdir -p /www && echo hello-over-v6 > /www/index.html && trap 'exit 0' TERM; httpd -f -p 80 -h /www & wait"]
     networks: [dual]
+    ports: ["18085:80"]
 networks:
   dual:
     enable_ipv6: true
@@ -132,6 +134,17 @@ def test_services_reach_each_other_over_v6(project: Project) -> None:
     project.exec("api", "ping", "-6", "-c", "1", "-W", "3", web)
     page = project.exec("api", "timeout", "5", "wget", "-q", "-O", "-", f"http://[{web}]/").stdout
     assert page.strip() == "hello-over-v6"
+
+
+def test_published_port_on_both_families(project: Project) -> None:
+    """``ports: ["18085:80"]`` binds 0.0.0.0 and :: (compose's ps lists both, its port the
+    first, as against Docker) and serves on both loopbacks."""
+    out = project("ps").stdout
+    assert f"0.0.0.0:{WEB_PORT}->80/tcp" in out and f":::{WEB_PORT}->80/tcp" in out, out
+    assert project("port", "web", "80").stdout.strip() == f"0.0.0.0:{WEB_PORT}"
+    for url in (f"http://127.0.0.1:{WEB_PORT}/", f"http://[::1]:{WEB_PORT}/"):
+        page = project.host.run(["timeout", "5", "busybox", "wget", "-q", "-O", "-", url]).stdout
+        assert page.strip() == "hello-over-v6", url
 
 
 def test_up_again_finds_the_network_unchanged(project: Project) -> None:

@@ -7,7 +7,8 @@ subnet), ``docker network ls --format '{{.IPv6}}'``, ``docker run --ip6`` and ``
 connect --ip6`` (the address, gateway and prefix in ``docker inspect -f``, the address and
 default route inside the container, v6 between containers), ``-p 8080:80`` listed by ``docker
 port`` and ``docker ps`` on ``0.0.0.0`` and ``[::]`` and served on both loopbacks,
-``-p '[::1]:8081:80'`` on v6 loopback only, and a bad ``--ip6`` refused with nothing left.
+``-p '[::1]:8081:80'`` on v6 loopback only, a dual-stack container's ports at ``[::1]``,
+``127.0.0.1`` and the host's v6 address, and a bad ``--ip6`` refused with nothing left.
 
 The tests run in file order over one host (later ones use the networks made earlier).
 """
@@ -27,6 +28,8 @@ V6B = "fd00:cafe:7::/64"  # n6b's subnet, with a gateway of its own
 HTTPD = ["sh", "-c", "mkdir -p /www && echo hello-v6 > /www/index.html && exec httpd -f -p 80 -h /www"]
 WEB_PORT = 18080
 LO6_PORT = 18081
+DUAL_PORT = 18082
+DUAL_LO6_PORT = 18083
 
 
 def docker(host: TestHost, env: dict[str, str], *args: str, check: bool = True) -> Any:
@@ -50,7 +53,7 @@ def fetch(host: TestHost, url: str, check: bool = True) -> Any:
 @pytest.fixture(scope="module")
 def env(clienthost: TestHost, client_env: dict[str, str]) -> Any:
     yield client_env
-    for c in ("c6", "c6b", "web6", "lo6", "bad6"):
+    for c in ("c6", "c6b", "web6", "lo6", "web6n", "bad6"):
         docker(clienthost, client_env, "rm", "-f", c, check=False)
     for n in ("n6", "n6b", "n6auto"):
         docker(clienthost, client_env, "network", "rm", n, check=False)
@@ -178,8 +181,27 @@ def test_publish_on_v6_loopback_only(clienthost: TestHost, env: dict[str, str]) 
     assert fetch(clienthost, f"http://127.0.0.1:{LO6_PORT}/", check=False).returncode != 0
 
 
+def test_publish_from_a_dual_stack_network(clienthost: TestHost, env: dict[str, str]) -> None:
+    """A container with a v6 address: its ports answer at [::1] (cnmd's proxy: the kernel
+    cannot DNAT from ::1), at 127.0.0.1 and at the host's own v6 address."""
+    docker(clienthost, env, "run", "-d", "--name", "web6n", "--network", "n6",
+           "-p", f"{DUAL_PORT}:80", "-p", f"[::1]:{DUAL_LO6_PORT}:80", "busybox", *HTTPD)  # fmt: skip
+    lines = docker(clienthost, env, "port", "web6n").stdout.splitlines()
+    assert sorted(lines) == sorted(
+        [f"80/tcp -> 0.0.0.0:{DUAL_PORT}", f"80/tcp -> [::]:{DUAL_PORT}", f"80/tcp -> [::1]:{DUAL_LO6_PORT}"]
+    ), lines
+    assert wait_for(lambda: fetch(clienthost, f"http://127.0.0.1:{DUAL_PORT}/", check=False).returncode == 0)
+    for url in (
+        f"http://127.0.0.1:{DUAL_PORT}/",
+        f"http://[::1]:{DUAL_PORT}/",
+        f"http://[::1]:{DUAL_LO6_PORT}/",
+        f"http://[fd00:cafe:6::1]:{DUAL_PORT}/",  # the host's address on n6's bridge
+    ):
+        assert fetch(clienthost, url, check=False).stdout.strip() == "hello-v6", url
+
+
 def test_network_rm_after_the_containers_go(clienthost: TestHost, env: dict[str, str]) -> None:
-    for c in ("c6", "c6b", "web6", "lo6"):
+    for c in ("c6", "c6b", "web6", "lo6", "web6n"):
         docker(clienthost, env, "rm", "-f", c)
     for n in ("n6", "n6b", "n6auto"):
         docker(clienthost, env, "network", "rm", n)
