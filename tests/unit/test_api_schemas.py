@@ -137,7 +137,9 @@ def test_parse_network_create() -> None:
     for body in (
         {"Name": ""},
         {"Name": "n", "IPAM": {"Config": [{"Gateway": "10.0.0.1"}]}},
-        {"Name": "n", "IPAM": {"Config": [{"Subnet": "fd00::/64"}]}},
+        {"Name": "n", "IPAM": {"Config": [{"Subnet": "fd00::/64", "Gateway": "10.0.0.1"}]}},
+        {"Name": "n", "IPAM": {"Config": [{"Subnet": "fe80::/64"}]}},
+        {"Name": "n", "IPAM": {"Config": [{"Subnet": "fd00::1/64"}]}},
         {"Name": "n", "EnableIPv4": False},
         {"Name": "n", "Labels": {"a": 1}},
     ):

@@ -4,7 +4,7 @@ failure, idempotent teardown, restore removing orphans."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Network
 
 import pytest
 
@@ -13,7 +13,7 @@ from cnm.errors import Conflict, FirewallError, InvalidArgument, KernelError, Te
 from cnm.firewall.api import BridgeRules
 from cnm.kernel.fake import FakeKernel
 from cnm.model.endpoint import EndpointRecord, SandboxRecord
-from cnm.model.network import OPT_BRIDGE_NAME, OPT_ICC, OPT_MTU, NetworkRecord, NetworkSpec
+from cnm.model.network import OPT_BRIDGE_NAME, OPT_ICC, OPT_MTU, IpamConfig, NetworkRecord, NetworkSpec
 
 NET_ID = "a1" * 32
 OTHER_ID = "b2" * 32
@@ -206,8 +206,15 @@ def test_validate(driver):
         driver.validate(NetworkSpec(name="x", options={OPT_MTU: "abc"}))
     with pytest.raises(InvalidArgument):
         driver.validate(NetworkSpec(name="x", options={OPT_BRIDGE_NAME: "a-very-long-bridge-name"}))
-    with pytest.raises(InvalidArgument):
-        driver.validate(NetworkSpec(name="x", enable_ipv6=True))
+    driver.validate(NetworkSpec(name="x", enable_ipv6=True))
+    v6 = IpamConfig(subnet=IPv6Network("2001:db8::/64"))
+    driver.validate(NetworkSpec(name="x", enable_ipv6=True, ipam=(IpamConfig(), v6)))
+    with pytest.raises(InvalidArgument, match="one IPv4 and one IPv6 subnet"):
+        driver.validate(
+            NetworkSpec(
+                name="x", enable_ipv6=True, ipam=(v6, IpamConfig(subnet=IPv6Network("2001:db9::/64")))
+            )
+        )
 
 
 # -- endpoints -------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ipaddress import IPv4Network as N
+from ipaddress import IPv6Network as N6
 
 import pytest
 
@@ -19,6 +20,8 @@ from cnm.store.memory import MemoryStore
         ("size=20, BASE=192.168.0.0/16", PoolSpec(N("192.168.0.0/16"), 20)),
         ("base=10.0.0.0/8,size=8", PoolSpec(N("10.0.0.0/8"), 8)),
         ("base=10.0.0.0/24,size=30", PoolSpec(N("10.0.0.0/24"), 30)),
+        ("base=fd12:3456::/48,size=64", PoolSpec(N6("fd12:3456::/48"), 64)),
+        ("base=2001:db8::/56,size=120", PoolSpec(N6("2001:db8::/56"), 120)),
     ],
 )
 def test_valid(text, spec):
@@ -35,7 +38,11 @@ def test_valid(text, spec):
         ("base=10.10.0.0/16,size=big", "invalid size value: 'big' (must be integer)"),
         ("base=10.10.0.0,size=24", "invalid CIDR block notation"),
         ("base=10.10.0.1/16,size=24", "host bits are set"),
-        ("base=fd00::/48,size=64", "IPv6 pools are not supported"),
+        ("base=fd00::/48,size=40", "size must be between"),
+        ("base=fd00::/48,size=127", "size must be between"),
+        ("base=fe80::/64,size=64", "link-local"),
+        ("base=ff02::/64,size=64", "multicast"),
+        ("base=fd00::1/48,size=64", "host bits"),
         ("base=10.10.0.0/16,size=8", "size must be between the base's prefix length (16) and 30"),
         ("base=10.10.0.0/16,size=31", "size must be between the base's prefix length (16) and 30"),
     ],

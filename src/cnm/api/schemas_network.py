@@ -18,11 +18,22 @@ from cnm.engine.cluster import Node
 from cnm.errors import InvalidArgument, Unavailable
 from cnm.ipam.api import check_ipam_driver
 from cnm.model.endpoint import EndpointRecord, EndpointRequest
-from cnm.model.network import GLOBAL_DRIVERS, IpamConfig, NetworkRecord, NetworkSpec, validate_options
+from cnm.model.network import (
+    GLOBAL_DRIVERS,
+    OPT_ENABLE_IPV6,
+    IpamConfig,
+    NetworkRecord,
+    NetworkSpec,
+    bool_option,
+    validate_options,
+)
 from cnm.model.values import (
     check_usable_subnet,
+    check_usable_subnet6,
+    parse_ip,
+    parse_ip_network,
     parse_ipv4,
-    parse_ipv4_network,
+    parse_ipv6,
     parse_mac,
     parse_network_name,
 )
@@ -45,16 +56,27 @@ def ipam_config_json(cfg: IpamConfig) -> dict[str, Any]:
 
 
 def _ipam_config_list(net: NetworkRecord) -> list[dict[str, Any]] | None:
-    if net.ipam:
-        return [ipam_config_json(c) for c in net.ipam]
-    if net.subnet is None:
+    """Per family, IPv4 first: the user's entries verbatim, or (none given) the subnet
+    IPAM settled on with its gateway; null for a network without IPAM (host, none)."""
+    if not net.ipam and net.subnet is None and net.subnet6 is None:
         return None  # host / null: no IPAM at all
-    entry: dict[str, Any] = {"Subnet": str(net.subnet)}
-    if net.ip_range is not None:
-        entry["IPRange"] = str(net.ip_range)
-    if net.gateway is not None:
-        entry["Gateway"] = str(net.gateway)
-    return [entry]
+    out: list[dict[str, Any]] = []
+    allocated = (
+        (False, net.subnet, net.ip_range, net.gateway),
+        (True, net.subnet6, net.ip_range6, net.gateway6),
+    )
+    for v6, subnet, ip_range, gateway in allocated:
+        given = [ipam_config_json(c) for c in net.ipam if c.is_v6 == v6]
+        if given:
+            out += given
+        elif subnet is not None and (not v6 or net.enable_ipv6):
+            entry: dict[str, Any] = {"Subnet": str(subnet)}
+            if ip_range is not None:
+                entry["IPRange"] = str(ip_range)
+            if gateway is not None:
+                entry["Gateway"] = str(gateway)
+            out.append(entry)
+    return out
 
 
 def endpoint_resource_json(ep: EndpointRecord) -> dict[str, Any]:
@@ -64,7 +86,7 @@ def endpoint_resource_json(ep: EndpointRecord) -> dict[str, Any]:
         "EndpointID": ep.id,
         "MacAddress": ep.mac,
         "IPv4Address": str(ep.address) if ep.address is not None else "",
-        "IPv6Address": "",
+        "IPv6Address": str(ep.address6) if ep.address6 is not None else "",
     }
 
 
@@ -117,8 +139,10 @@ def endpoint_settings_json(
     ``endpoint`` the operational fields are blank, as Docker shows a stopped container;
     the requested MAC is still echoed (moby keeps it until the endpoint exists)."""
     ipam: dict[str, Any] | None = None
-    if request.ipv4_address is not None or request.link_local_ips:
+    if request.ipv4_address is not None or request.ipv6_address is not None or request.link_local_ips:
         ipam = {"IPv4Address": str(request.ipv4_address)} if request.ipv4_address is not None else {}
+        if request.ipv6_address is not None:
+            ipam["IPv6Address"] = str(request.ipv6_address)
         if request.link_local_ips:
             ipam["LinkLocalIPs"] = [str(ip) for ip in request.link_local_ips]
     if endpoint is not None:
@@ -128,8 +152,12 @@ def endpoint_settings_json(
         prefix = endpoint.address.network.prefixlen if endpoint.address is not None else 0
         endpoint_id = endpoint.id
         network_id = endpoint.network_id
+        gateway6 = str(endpoint.gateway6) if endpoint.gateway6 is not None else ""
+        address6 = str(endpoint.address6.ip) if endpoint.address6 is not None else ""
+        prefix6 = endpoint.address6.network.prefixlen if endpoint.address6 is not None else 0
     else:
         mac, gateway, address, prefix, endpoint_id = request.mac_address or "", "", "", 0, ""
+        gateway6, address6, prefix6 = "", "", 0
     return {
         "IPAMConfig": ipam,
         "Links": list(request.links) if request.links_given or request.links else None,
@@ -142,9 +170,9 @@ def endpoint_settings_json(
         "Gateway": gateway,
         "IPAddress": address,
         "IPPrefixLen": prefix,
-        "IPv6Gateway": "",
-        "GlobalIPv6Address": "",
-        "GlobalIPv6PrefixLen": 0,
+        "IPv6Gateway": gateway6,
+        "GlobalIPv6Address": address6,
+        "GlobalIPv6PrefixLen": prefix6,
         "DNSNames": dns_names,
     }
 
@@ -157,21 +185,40 @@ def _parse_ipam_entry(entry: Any) -> IpamConfig:
         raise InvalidArgument("invalid IPAM config: expected an object")
     subnet_s, range_s = get_str(entry, "Subnet"), get_str(entry, "IPRange")
     gateway_s = get_str(entry, "Gateway")
-    for value in (subnet_s, range_s, gateway_s):
-        if ":" in value:
-            raise InvalidArgument(f"IPv6 subnets are not supported by cnm: {value}")
     aux_raw = get_str_map(entry, "AuxiliaryAddresses") or {}
-    subnet = check_usable_subnet(parse_ipv4_network(subnet_s, "subnet")) if subnet_s else None
+    subnet = parse_ip_network(subnet_s, "subnet") if subnet_s else None
+    if subnet is not None:
+        if subnet.version == 6:
+            check_usable_subnet6(subnet)
+        else:
+            check_usable_subnet(subnet)
     if subnet is None and (range_s or gateway_s or aux_raw):
         raise InvalidArgument(
             "invalid pool request: an ip-range, gateway or auxiliary address needs a subnet"
         )
-    return IpamConfig(
+    config = IpamConfig(
         subnet=subnet,
-        ip_range=parse_ipv4_network(range_s, "ip-range") if range_s else None,
-        gateway=parse_ipv4(gateway_s, "gateway") if gateway_s else None,
-        aux_addresses={k: parse_ipv4(v, f"auxiliary address {k}") for k, v in aux_raw.items()},
+        ip_range=parse_ip_network(range_s, "ip-range") if range_s else None,
+        gateway=parse_ip(gateway_s, "gateway") if gateway_s else None,
+        aux_addresses={k: parse_ip(v, f"auxiliary address {k}") for k, v in aux_raw.items()},
     )
+    if subnet is not None:
+        values = (config.ip_range, config.gateway, *config.aux_addresses.values())
+        for value in values:
+            if value is not None and value.version != subnet.version:
+                raise InvalidArgument(
+                    f"invalid network config:\n{value} is an IPv{value.version} value but subnet "
+                    f"{subnet} is IPv{subnet.version}"
+                )
+    return config
+
+
+def _enable_ipv6(body: dict[str, Any], options: Mapping[str, str]) -> bool:
+    """``EnableIPv6``, or when the field is absent Docker's option fallback
+    ``com.docker.network.enable_ipv6``."""
+    if body.get("EnableIPv6") is not None:
+        return get_bool(body, "EnableIPv6")
+    return bool_option(options, OPT_ENABLE_IPV6, False)
 
 
 def parse_network_create(body: dict[str, Any]) -> NetworkSpec:
@@ -203,7 +250,7 @@ def parse_network_create(body: dict[str, Any]) -> NetworkSpec:
         driver=driver,
         internal=get_bool(body, "Internal"),
         attachable=get_bool(body, "Attachable"),
-        enable_ipv6=get_bool(body, "EnableIPv6"),
+        enable_ipv6=_enable_ipv6(body, options),
         ipam_driver=ipam_driver,
         ipam_options=get_str_map(ipam, "Options"),
         ipam=tuple(_parse_ipam_entry(e) for e in entries),
@@ -220,8 +267,7 @@ def parse_endpoint_settings(settings: Mapping[str, Any] | None) -> EndpointReque
         raise InvalidArgument("invalid endpoint settings: expected an object")
     ipam = get_dict(settings, "IPAMConfig")
     ip4 = get_str(ipam, "IPv4Address")
-    if get_str(ipam, "IPv6Address"):
-        raise InvalidArgument("IPv6 addresses are not supported by cnm")
+    ip6 = get_str(ipam, "IPv6Address")
     link_local = []
     for text in get_str_list(ipam, "LinkLocalIPs") or ():
         try:
@@ -237,6 +283,7 @@ def parse_endpoint_settings(settings: Mapping[str, Any] | None) -> EndpointReque
     links = get_str_list(settings, "Links")
     return EndpointRequest(
         ipv4_address=parse_ipv4(ip4, "IPv4 address") if ip4 else None,
+        ipv6_address=parse_ipv6(ip6, "IPv6 address") if ip6 else None,
         mac_address=parse_mac(mac) if mac else None,
         aliases=tuple(aliases or ()),
         links=tuple(links or ()),

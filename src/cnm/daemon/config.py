@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from cnm.errors import InvalidArgument
 from cnm.ipam.api import DEFAULT_POOLS, PoolSpec
 from cnm.ipam.default import parse_pool_spec
-from cnm.model.values import parse_ifname
+from cnm.model.values import check_usable_subnet6, parse_ifname, parse_ipv6_network
 
 if TYPE_CHECKING:
     from cnm.store.etcd import TlsFiles
@@ -58,6 +58,10 @@ class DaemonConfig:
     netns_names: str = ""
     # --ui-addr: the live page's loopback (host, port); None = no page
     ui_addr: tuple[str, int] | None = None
+    # --ipv6 / --fixed-cidr-v6: IPv6 on the default bridge, and its subnet (None: one
+    # from the default IPv6 pool)
+    ipv6: bool = False
+    fixed_cidr_v6: ipaddress.IPv6Network | None = None
 
 
 def socket_path_of(host: str) -> str:
@@ -87,7 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="base=CIDR,size=N",
-        help="address pool for new networks (repeatable; replaces Docker's defaults)",
+        help="address pool for new networks (repeatable; replaces Docker's defaults of its family: "
+        "an IPv6 base replaces the host's unique local /48)",
+    )
+    p.add_argument("--ipv6", action="store_true", help="enable IPv6 on the default bridge network")
+    p.add_argument(
+        "--fixed-cidr-v6",
+        metavar="CIDR",
+        help="IPv6 subnet of the default bridge (with --ipv6; default: a /64 of the default IPv6 pool)",
     )
     p.add_argument(
         "--log-level",
@@ -331,7 +342,14 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
     args = build_parser().parse_args(argv)
     exec_root = os.path.abspath(args.exec_root)
     socket_path = socket_path_of(args.host) if args.host else os.path.join(exec_root, "cnm.sock")
-    pools = tuple(parse_pool_spec(p) for p in args.default_address_pool) or DEFAULT_POOLS
+    pools = tuple(parse_pool_spec(p) for p in args.default_address_pool)
+    if not any(p.base.version == 4 for p in pools):
+        pools = DEFAULT_POOLS + pools  # only IPv6 pools given: Docker's IPv4 defaults stay
+    fixed_cidr_v6 = None
+    if args.fixed_cidr_v6 is not None:
+        if not args.ipv6:
+            raise InvalidArgument("--fixed-cidr-v6 given without --ipv6")
+        fixed_cidr_v6 = check_usable_subnet6(parse_ipv6_network(args.fixed_cidr_v6, "--fixed-cidr-v6"))
     cgroup_parent = args.cgroup_parent.strip("/")
     if not cgroup_parent or ".." in cgroup_parent.split("/"):
         raise InvalidArgument(f"invalid cgroup parent {args.cgroup_parent!r}")
@@ -380,4 +398,6 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
         overlay_tunnel_pool=tunnel_pool,
         netns_names=NETNS_NAMES_DIR if args.netns_names else "",
         ui_addr=parse_ui_addr(args.ui_addr) if args.ui_addr is not None else None,
+        ipv6=args.ipv6,
+        fixed_cidr_v6=fixed_cidr_v6,
     )

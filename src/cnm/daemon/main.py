@@ -144,16 +144,19 @@ def _build(
     from cnm.firewall.bridge_guard import NftBridgeGuard
     from cnm.firewall.iptables import IptablesFirewall
     from cnm.firewall.nftables import NftablesFirewall
+    from cnm.ipam.api import ula_pool
     from cnm.ipam.default import DefaultIpam
     from cnm.kernel.netlink import LinuxKernel
     from cnm.kernel.wireguard import RotationPolicy
     from cnm.kernel.wireguard_go import WireGuardGo
+    from cnm.model.network import IpamConfig
     from cnm.portmap.allocator import PortAllocator
     from cnm.portmap.proxy import UserlandProxy
     from cnm.store.sqlite import SqliteStore
 
     store = SqliteStore(os.path.join(config.data_root, "cnm.db"))
-    ipam = DefaultIpam(store, config.default_pools)
+    # Docker 27+: with no IPv6 --default-address-pool, the host's own unique local /48
+    ipam = DefaultIpam(store, config.default_pools, pools6=(ula_pool(daemon),))
     kernel = LinuxKernel(daemon)
     table = firewall_table(config.bridge_name)
     if others and config.firewall_backend == "iptables":
@@ -237,6 +240,7 @@ def _build(
         cluster=engine_cluster,
         firewall_table=table,
         netns_names=config.netns_names,
+        bridge_ipv6=IpamConfig(subnet=config.fixed_cidr_v6) if config.ipv6 else None,
     )
     return controller, store, kernel, dns, leftovers, guard
 

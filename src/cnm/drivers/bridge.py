@@ -91,10 +91,8 @@ class BridgeDriver:
 
     def validate(self, spec: NetworkSpec) -> None:
         validate_options(spec.options)
-        if spec.enable_ipv6:
-            raise InvalidArgument("IPv6 networks are not supported yet: cnm's bridge driver is IPv4-only")
-        if len(spec.ipam) > 1:
-            raise InvalidArgument("the bridge driver takes one IPv4 subnet per network")
+        if len([c for c in spec.ipam if not c.is_v6]) > 1 or len([c for c in spec.ipam if c.is_v6]) > 1:
+            raise InvalidArgument("the bridge driver takes one IPv4 and one IPv6 subnet per network")
 
     async def _bridge_link(self, name: str) -> LinkInfo | None:
         return await self._kernel.lookup_link(name)  # by name: a dump of every link grows with networks

@@ -185,7 +185,9 @@ class OverlayDriver:
         if OPT_BRIDGE_NAME in spec.options:
             raise InvalidArgument(f"option {OPT_BRIDGE_NAME} is for bridge networks, not overlay")
         if spec.enable_ipv6:
-            raise InvalidArgument("IPv6 networks are not supported yet: cnm's overlay driver is IPv4-only")
+            raise InvalidArgument(
+                "cnm's overlay networks are IPv4-only: --ipv6 cannot be used with the overlay driver"
+            )
         if len(spec.ipam) > 1:
             raise InvalidArgument("the overlay driver takes one IPv4 subnet per network")
 

@@ -52,7 +52,7 @@ from cnm.ipam.api import Ipam, PoolSpec
 from cnm.kernel.api import Kernel
 from cnm.model.container import Container, ContainerConfig, ExecSpec, Image
 from cnm.model.endpoint import EndpointRecord, EndpointRequest, SandboxRecord
-from cnm.model.network import NetworkRecord, NetworkSpec
+from cnm.model.network import IpamConfig, NetworkRecord, NetworkSpec
 from cnm.runtime.api import Process, RunState, Runtime
 from cnm.runtime.images import Loaded
 from cnm.runtime.logs import Record
@@ -87,6 +87,7 @@ class Controller(Tracing):  # Tracing: the trace verb (engine/trace.py)
         cluster: Cluster | None = None,
         firewall_table: str = "cnm",
         netns_names: str = "",
+        bridge_ipv6: IpamConfig | None = None,  # the default bridge's IPv6 (Networks)
     ) -> None:
         self._ipam = ipam
         self._firewall = firewall
@@ -117,7 +118,7 @@ class Controller(Tracing):  # Tracing: the trace verb (engine/trace.py)
             netns_names=netns_names,
         )
         self._svc = svc
-        self._networks = Networks(svc, bridge_name=bridge_name)
+        self._networks = Networks(svc, bridge_name=bridge_name, ipv6=bridge_ipv6)
         self._containers = Containers(svc)
         self._execs = Execs(runtime, self._containers.running, self.events)
         self._runs = runs = Runs()

@@ -28,7 +28,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import replace
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 
 from cnm.drivers.overlay import OverlayDriver
 from cnm.engine.services import Services
@@ -51,7 +51,8 @@ class Endpoint:
         self._svc = svc
         self.network = network
         self.record = record
-        self.claim: AddressChange | None = None  # its address, held until recorded
+        # its addresses (IPv4, then IPv6 on a network with IPv6), held until recorded
+        self.claims: list[AddressChange] = []
 
     @classmethod
     def of(cls, svc: Services, record: EndpointRecord) -> Endpoint:
@@ -85,20 +86,19 @@ class Endpoint:
         address's claim with the record (``claims``)."""
         driver = svc.drivers[network.driver]
         ep_id = new_id()
-        address = gateway = None
-        claim = None
+        address = gateway = address6 = gateway6 = None
+        held: list[AddressChange] = []
         if driver.needs_ipam and network.subnet is not None:
-            ipam = svc.ipam_for(network)
-            if claim_later and ipam is svc.ipam:
-                claim = ipam.claim_address(network.id, ep_id, request.ipv4_address)
-                stack.callback(ipam.abandon, claim)
-                ip = claim.address
-            else:
-                ip = await ipam.allocate_address(network.id, ep_id, request.ipv4_address)
-                stack.push_async_callback(ipam.release_address, network.id, ip)
+            ip = await _address(svc, stack, network, ep_id, request.ipv4_address, held, claim_later)
             address = IPv4Interface(f"{ip}/{network.subnet.prefixlen}")
             # an overlay's gateway address is nobody's: its containers route out elsewhere
             gateway = None if network.internal or network.scope == "global" else network.gateway
+            if network.enable_ipv6 and network.subnet6 is not None:
+                ip6 = await _address(
+                    svc, stack, network, ep_id, request.ipv6_address, held, claim_later, v6=True
+                )
+                address6 = IPv6Interface(f"{ip6}/{network.subnet6.prefixlen}")
+                gateway6 = None if network.internal or network.scope == "global" else network.gateway6
         used = {ep.ifname for ep in siblings}
         prefix = network.iface_prefix
         ifname = next(f"{prefix}{n}" for n in range(len(used) + 1) if f"{prefix}{n}" not in used)
@@ -114,13 +114,15 @@ class Endpoint:
             mac=chosen_mac if driver.needs_ipam else "",
             address=address,
             gateway=gateway,
+            address6=address6,
+            gateway6=gateway6,
             default_route=gateway is not None and gateway_free,
             aliases=request.aliases,
             request=request,
             created_seq=max((ep.created_seq for ep in siblings), default=-1) + 1,
         )
         endpoint = cls(svc, network, record)
-        endpoint.claim = claim
+        endpoint.claims = held
         return endpoint
 
     async def join(self, stack: AsyncExitStack, sandbox: SandboxRecord) -> None:
@@ -164,30 +166,36 @@ class Endpoint:
         drops the network from its requests), written in the same transaction.  The
         local IPAM's release is in that transaction too."""
         svc = self._svc
-        release: AddressChange | None = None
-        if self.network is not None and self.record.address is not None:
+        releases: list[AddressChange] = []
+        if self.network is not None:
             ipam = svc.ipam_for(self.network)
-            if ipam is svc.ipam:
-                release = ipam.release_change(self.network.id, self.record.address.ip)
-            else:
-                await ipam.release_address(self.network.id, self.record.address.ip)
+            for iface in (self.record.address, self.record.address6):
+                if iface is None:
+                    continue
+                if ipam is svc.ipam:
+                    if (release := ipam.release_change(self.network.id, iface.ip)) is not None:
+                        releases.append(release)
+                else:
+                    await ipam.release_address(self.network.id, iface.ip)
         put = [] if container is None else [container]
-        try:
-            revision = await svc.state.commit(
-                put=put,
-                delete=[self.record],
-                ops=release.ops if release else (),
-                checks=release.checks if release else (),
-            )
-        except StaleRevision as exc:
-            if release is None or not release.concerns(exc):
-                raise
-            # released and claimed again (by another daemon) since: not ours to free
-            release = None
-            await svc.state.commit(put=put, delete=[self.record])
-        else:
-            if release is not None:
-                svc.ipam.settle(release, revision)
+        while True:
+            try:
+                revision = await svc.state.commit(
+                    put=put,
+                    delete=[self.record],
+                    ops=[op for r in releases for op in r.ops],
+                    checks=[check for r in releases for check in r.checks],
+                )
+            except StaleRevision as exc:
+                lost = [r for r in releases if r.concerns(exc)]
+                if not lost:
+                    raise
+                # released and claimed again (by another daemon) since: not ours to free
+                releases = [r for r in releases if r not in lost]
+                continue
+            break
+        for release in releases:
+            svc.ipam.settle(release, revision)
         if self.network is not None:
             svc.events.network("disconnect", self.network, self.record.container_id)
 
@@ -207,9 +215,9 @@ class Endpoint:
 
     def settle(self, revision: int) -> None:
         """The transaction carrying ``claims`` of this endpoint committed at ``revision``."""
-        if self.claim is not None:
-            self._svc.ipam.settle(self.claim, revision)
-            self.claim = None
+        for claim in self.claims:
+            self._svc.ipam.settle(claim, revision)
+        self.claims = []
 
     def take_default_route(self) -> None:
         """It carries the sandbox's default route from now on."""
@@ -222,9 +230,9 @@ def claims(endpoints: Iterable[Endpoint]) -> tuple[list[Op], list[Check]]:
     ops: list[Op] = []
     checks: list[Check] = []
     for ep in endpoints:
-        if ep.claim is not None:
-            ops += ep.claim.ops
-            checks += ep.claim.checks
+        for claim in ep.claims:
+            ops += claim.ops
+            checks += claim.checks
     return ops, checks
 
 
@@ -232,7 +240,31 @@ async def claim_lost(svc: Services, endpoints: Iterable[Endpoint], exc: StaleRev
     """Did a transaction carrying ``claims(endpoints)`` fail on one of their checks (an
     address another daemon claimed first)?  If so the IPAM's cache catches up, and the
     caller may try again: it will hold another address."""
-    if not any(ep.claim is not None and ep.claim.concerns(exc) for ep in endpoints):
+    if not any(claim.concerns(exc) for ep in endpoints for claim in ep.claims):
         return False
     await svc.ipam.catch_up(exc)
     return True
+
+
+async def _address(
+    svc: Services,
+    stack: AsyncExitStack,
+    network: NetworkRecord,
+    ep_id: str,
+    preferred: IPv4Address | IPv6Address | None,
+    held: list[AddressChange],
+    claim_later: bool,
+    *,
+    v6: bool = False,
+) -> IPv4Address | IPv6Address:
+    """One address of the endpoint (``v6``: from the network's IPv6 pool), its undo on
+    ``stack``: held in ``held`` (``claim_later``, with the local IPAM) or allocated."""
+    ipam = svc.ipam_for(network)
+    if claim_later and ipam is svc.ipam:
+        claim = ipam.claim_address(network.id, ep_id, preferred, v6=v6)
+        stack.callback(ipam.abandon, claim)
+        held.append(claim)
+        return claim.address
+    ip = await ipam.allocate_address(network.id, ep_id, preferred, v6=v6)
+    stack.push_async_callback(ipam.release_address, network.id, ip)
+    return ip

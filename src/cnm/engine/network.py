@@ -28,13 +28,22 @@ import logging
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import replace
+from ipaddress import IPv6Address
 
 from cnm.drivers.api import NetworkDriver
 from cnm.engine.cluster import MAX_ATTEMPTS
 from cnm.engine.services import Services, now_rfc3339
 from cnm.errors import CnmError, Conflict, Forbidden, InvalidArgument, TeardownErrors, Unavailable
 from cnm.model.endpoint import EndpointRecord, EndpointRequest
-from cnm.model.network import GLOBAL_DRIVERS, OPT_VXLANID_LIST, IpamConfig, NetworkRecord, NetworkSpec
+from cnm.model.network import (
+    GLOBAL_DRIVERS,
+    OPT_VXLANID_LIST,
+    IpamConfig,
+    NetworkRecord,
+    NetworkSpec,
+    ipam_v4,
+    ipam_v6,
+)
 from cnm.model.values import new_id
 from cnm.store.api import Check, StaleRevision
 
@@ -76,10 +85,11 @@ class Network:
         ``network_id``: the id to give it (new when empty)."""
         driver = svc.drivers[spec.driver]
         network_id = network_id or new_id()
-        config: IpamConfig | None = spec.ipam[0] if spec.ipam else None
+        config: IpamConfig | None = ipam_v4(spec.ipam)
         scope = "global" if spec.driver in GLOBAL_DRIVERS else "local"
         async with AsyncExitStack() as stack:
             subnet = gateway = ip_range = None
+            subnet6 = gateway6 = ip_range6 = None
             if driver.needs_ipam:
                 ipam = svc.cluster.ipam if scope == "global" and svc.cluster is not None else svc.ipam
                 # a global network's subnet is the cluster's: one host's routes say nothing of it
@@ -88,6 +98,14 @@ class Network:
                 pool = await ipam.allocate_pool(network_id, config, reserved=reserved)
                 stack.push_async_callback(ipam.release_pool, network_id)
                 subnet, gateway, ip_range = pool.subnet, pool.gateway, pool.ip_range
+                if spec.enable_ipv6 and scope == "local":
+                    # the v6 pool goes with the v4 one: the release above frees both
+                    config6 = ipam_v6(spec.ipam)
+                    reserved6 = []
+                    if config6 is None or config6.subnet is None:
+                        reserved6 = await svc.kernel.host_networks6()
+                    pool6 = await svc.ipam.allocate_pool6(network_id, config6, reserved=reserved6)
+                    subnet6, gateway6, ip_range6 = pool6.subnet, pool6.gateway, pool6.ip_range
             record = NetworkRecord(
                 id=network_id,
                 name=spec.name,
@@ -103,6 +121,9 @@ class Network:
                 subnet=subnet,
                 gateway=gateway,
                 ip_range=ip_range,
+                subnet6=subnet6,
+                gateway6=gateway6,
+                ip_range6=ip_range6,
                 options=dict(spec.options),
                 labels=dict(spec.labels),
             )
@@ -114,7 +135,13 @@ class Network:
                 await svc.state.commit(put=[record])
             stack.pop_all()
         svc.events.network("create", record)
-        log.info("network %s (%s) created on %s", record.name, record.id[:12], subnet)
+        log.info(
+            "network %s (%s) created on %s%s",
+            record.name,
+            record.id[:12],
+            subnet,
+            f" and {subnet6}" if subnet6 else "",
+        )
         return cls(svc, record)
 
     @staticmethod
@@ -186,6 +213,26 @@ class Network:
             f'(name:"{name}" id:"{endpoint_id[:12]}")'
         )
 
+    def _check_ipv6_request(self, address: IPv6Address) -> None:
+        """``--ip6``: Docker's rules for a static address, on the network's IPv6 subnet."""
+        network = self.record
+        if network.predefined:
+            raise InvalidArgument(
+                "invalid endpoint settings:\nuser specified IP address is supported on user defined networks only"
+            )
+        if not network.enable_ipv6 or network.subnet6 is None:
+            raise InvalidArgument(
+                f"invalid endpoint settings:\nuser specified IPv6 address {address} is supported only on "
+                f"networks with IPv6 enabled: network {network.name} has no IPv6"
+            )
+        if not any(c.subnet for c in network.ipam if c.is_v6):
+            raise InvalidArgument(
+                "invalid endpoint settings:\nuser specified IP address is supported only when "
+                "connecting to networks with user configured subnets"
+            )
+        if address not in network.subnet6:
+            raise InvalidArgument(f"no configured subnet or ip-range contain the IP address {address}")
+
     async def destroy(self, checks: Sequence[Check] = ()) -> None:
         """Idempotent teardown: driver objects, pool, record; reports errors at the end.
         A global network's record goes first, with its name and VNI, then its pool (no
@@ -219,7 +266,7 @@ class Network:
                 raise InvalidArgument(
                     "invalid endpoint settings:\nuser specified IP address is supported on user defined networks only"
                 )
-            if not any(c.subnet for c in network.ipam):
+            if not any(c.subnet for c in network.ipam if not c.is_v6):
                 raise InvalidArgument(
                     "invalid endpoint settings:\nuser specified IP address is supported only when "
                     "connecting to networks with user configured subnets"
@@ -228,6 +275,8 @@ class Network:
                 raise InvalidArgument(
                     f"no configured subnet or ip-range contain the IP address {request.ipv4_address}"
                 )
+        if request.ipv6_address is not None:
+            self._check_ipv6_request(request.ipv6_address)
         if request.aliases and not user_defined:
             raise InvalidArgument(
                 "invalid endpoint settings:\nnetwork-scoped alias is supported only for containers in user defined networks"

@@ -9,6 +9,7 @@ the catalogue lock, so two ``network create`` never both win), the predefined ``
 from __future__ import annotations
 
 import logging
+from ipaddress import IPv6Network
 
 from cnm.drivers.overlay import OverlayDriver
 from cnm.engine.cluster import Node
@@ -27,6 +28,7 @@ from cnm.model.network import (
     OPT_MASQ,
     OPT_MTU,
     RESERVED_NAMES,
+    IpamConfig,
     NetworkRecord,
     NetworkSpec,
     validate_options,
@@ -37,11 +39,23 @@ log = logging.getLogger("cnm.engine")
 
 
 class Networks:
-    def __init__(self, svc: Services, *, bridge_name: str = "cnm0", default_bridge_mtu: int = 1500) -> None:
+    def __init__(
+        self,
+        svc: Services,
+        *,
+        bridge_name: str = "cnm0",
+        default_bridge_mtu: int = 1500,
+        ipv6: IpamConfig | None = None,
+    ) -> None:
+        """``ipv6``: the default bridge's IPv6 entry (cnmd ``--ipv6``; its subnet is
+        ``--fixed-cidr-v6``, or none for a /64 of the default IPv6 pool); None: no IPv6."""
         self._svc = svc
         self._state = svc.state
         self._bridge_name = bridge_name
         self._mtu = default_bridge_mtu
+        self._ipv6 = ipv6 is not None
+        subnet6 = ipv6.subnet if ipv6 is not None else None
+        self._subnet6 = subnet6 if isinstance(subnet6, IPv6Network) else None
 
     # -- lookup ---------------------------------------------------------------------------
 
@@ -62,16 +76,20 @@ class Networks:
 
     async def ensure_predefined(self) -> None:
         """``none`` and ``host`` keep their ids across restarts; ``bridge`` is kept while
-        its Linux bridge name is still the configured one (re-created otherwise, when no
-        endpoint uses it)."""
+        its Linux bridge name and its IPv6 (``--ipv6``, ``--fixed-cidr-v6``) are still
+        the configured ones (re-created otherwise, when no endpoint uses it)."""
         for name, driver in (("none", "null"), ("host", "host")):
             if self.by_name(name) is None:
                 net = NetworkRecord(id=new_id(), name=name, driver=driver, created=now_rfc3339())
                 await self._state.commit(put=[net])
         current = self.by_name("bridge")
-        if current is not None and current.bridge_name != self._bridge_name:
+        if current is not None and not self._default_bridge_matches(current):
             if self._state.endpoints_of_network(current.id):
-                log.warning("default bridge stays on %s: containers are attached to it", current.bridge_name)
+                log.warning(
+                    "default bridge stays on %s%s: containers are attached to it",
+                    current.bridge_name,
+                    f" and {current.subnet6}" if current.enable_ipv6 else " without IPv6",
+                )
                 return
             await Network(self._svc, current).destroy()
             current = None
@@ -86,8 +104,22 @@ class Networks:
                     OPT_BRIDGE_NAME: self._bridge_name,
                     OPT_MTU: str(self._mtu),
                 },
+                enable_ipv6=self._ipv6,
+                ipam=self._default_bridge_ipam6(),
             )
             await Network.create(self._svc, spec)
+
+    def _default_bridge_ipam6(self) -> tuple[IpamConfig, ...]:
+        """As dockerd shows ``--fixed-cidr-v6``: the subnet, its first address the gateway."""
+        if self._subnet6 is None:
+            return ()
+        return (IpamConfig(subnet=self._subnet6, gateway=self._subnet6.network_address + 1),)
+
+    def _default_bridge_matches(self, current: NetworkRecord) -> bool:
+        """Is the stored default bridge the configured one (bridge name, IPv6)?"""
+        if current.bridge_name != self._bridge_name or current.enable_ipv6 != self._ipv6:
+            return False
+        return self._subnet6 is None or current.subnet6 == self._subnet6
 
     # -- create / remove ------------------------------------------------------------------
 
@@ -117,8 +149,14 @@ class Networks:
         if spec.driver in GLOBAL_DRIVERS and self._svc.cluster is not None:
             self._svc.cluster.check_global_name(spec.name)
         validate_options(spec.options)
-        if len([c for c in spec.ipam if c.subnet is not None]) > 1:
-            raise InvalidArgument("only one IPv4 subnet per network is supported")
+        for version in (4, 6):
+            if len([c for c in spec.ipam if c.subnet is not None and c.family == version]) > 1:
+                raise InvalidArgument(f"only one IPv{version} subnet per network is supported")
+        if not spec.enable_ipv6 and (v6 := [c for c in spec.ipam if c.is_v6]):
+            raise InvalidArgument(
+                f"invalid network config:\nIPv6 subnet {v6[0].subnet} is given but IPv6 is not enabled "
+                "on the network (--ipv6)"
+            )
         for cfg in spec.ipam:
             if cfg.subnet is None and (cfg.gateway or cfg.ip_range or cfg.aux_addresses):
                 raise InvalidArgument("a gateway, ip-range or aux-address needs a subnet")

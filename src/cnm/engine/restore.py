@@ -192,7 +192,7 @@ class Restore:
         host of the cluster, and one node cannot tell another's allocation from an
         orphan."""
         ipam = self._svc.ipam
-        for network_id in list(ipam.pools()):
+        for network_id in sorted(set(ipam.pools()) | set(ipam.pools6())):
             if network_id not in self._state.networks:
                 log.info("releasing orphan pool of network %s", network_id[:12])
                 await ipam.release_pool(network_id)

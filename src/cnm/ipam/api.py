@@ -19,9 +19,10 @@ endpoint never exist one without the other.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Protocol
 
 from cnm.errors import InvalidArgument, NotFound
@@ -46,9 +47,10 @@ def check_ipam_driver(name: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class PoolSpec:
-    """A default address pool: ``base`` split into subnets of prefix length ``size``."""
+    """A default address pool: ``base`` split into subnets of prefix length ``size``
+    (either family: an IPv6 base is a pool for networks' IPv6 subnets)."""
 
-    base: IPv4Network
+    base: IPv4Network | IPv6Network
     size: int
 
 
@@ -65,6 +67,14 @@ DEFAULT_POOLS: tuple[PoolSpec, ...] = (
 )
 
 
+def ula_pool(host_id: str) -> PoolSpec:
+    """Docker 27+'s default IPv6 pool of a host: a unique local /48 derived from the
+    host's id (the low 40 bits of the first 8 bytes of its sha256 after ``fd``), split
+    into /64s."""
+    gid = int.from_bytes(hashlib.sha256(host_id.encode()).digest()[:8], "big") & (2**40 - 1)
+    return PoolSpec(IPv6Network(((0xFD << 120) | (gid << 80), 48)), 64)
+
+
 @dataclass(frozen=True, slots=True)
 class Pool:
     network_id: str
@@ -74,12 +84,22 @@ class Pool:
 
 
 @dataclass(frozen=True, slots=True)
+class Pool6:
+    """A network's IPv6 subnet (``ipam/pool6/<network id>``), beside its ``Pool``."""
+
+    network_id: str
+    subnet: IPv6Network
+    gateway: IPv6Address | None
+    ip_range: IPv6Network | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class AddressChange:
     """A claim (``owner`` set) or a release (``owner`` empty) of one address that the
     caller stores in its own transaction: ``ops`` and ``checks`` join that commit."""
 
     network_id: str
-    address: IPv4Address
+    address: IPv4Address | IPv6Address
     owner: str
     ops: tuple[Op, ...]
     checks: tuple[Check, ...]
@@ -118,32 +138,53 @@ class Ipam(Protocol):
         space"), also when another daemon took it a moment before; exhausted default
         pools are InvalidArgument; a network that has a pool already is Conflict."""
 
+    async def allocate_pool6(
+        self, network_id: str, config: IpamConfig | None, *, reserved: Sequence[IPv6Network] = ()
+    ) -> Pool6:
+        """Give ``network_id`` an IPv6 subnet, as ``allocate_pool`` (same rules and errors)
+        with the IPv6 entry ``config`` and the default IPv6 pools; the gateway is the
+        first address (``::1`` of a /64) unless given."""
+
     async def release_pool(self, network_id: str) -> None:
-        """Forget the pool and every address in it; idempotent."""
+        """Forget the pool (both families) and every address in it; idempotent."""
 
     def pool(self, network_id: str) -> Pool | None:
         """The network's pool, or None."""
 
+    def pool6(self, network_id: str) -> Pool6 | None:
+        """The network's IPv6 pool, or None."""
+
     async def allocate_address(
-        self, network_id: str, owner: str, preferred: IPv4Address | None = None
-    ) -> IPv4Address:
+        self,
+        network_id: str,
+        owner: str,
+        preferred: IPv4Address | IPv6Address | None = None,
+        *,
+        v6: bool = False,
+    ) -> IPv4Address | IPv6Address:
         """The lowest free address of the pool's ip_range (or subnet), never the network,
         broadcast, gateway or aux addresses; or exactly ``preferred`` (InvalidArgument if
         outside the subnet, Forbidden "Address already in use" if taken, as Docker).
-        NotFound without a pool; Unavailable when the pool is full."""
+        NotFound without a pool; Unavailable when the pool is full.  ``v6`` (or an IPv6
+        ``preferred``): from the network's IPv6 pool."""
 
-    async def release_address(self, network_id: str, address: IPv4Address) -> None:
+    async def release_address(self, network_id: str, address: IPv4Address | IPv6Address) -> None:
         """Free ``address`` as the caller knows it; idempotent, and never frees what
         another daemon claimed after a release the caller has not seen yet."""
 
     def claim_address(
-        self, network_id: str, owner: str, preferred: IPv4Address | None = None
+        self,
+        network_id: str,
+        owner: str,
+        preferred: IPv4Address | IPv6Address | None = None,
+        *,
+        v6: bool = False,
     ) -> AddressChange:
         """The address ``allocate_address`` would give (same choice, same errors), held in
         this IPAM's cache but not stored: the caller commits the change's ops and checks
         with its records, then calls ``settle``, or ``abandon`` if it did not commit."""
 
-    def release_change(self, network_id: str, address: IPv4Address) -> AddressChange | None:
+    def release_change(self, network_id: str, address: IPv4Address | IPv6Address) -> AddressChange | None:
         """The change that frees ``address`` in the caller's transaction (None: free
         already).  If that transaction fails on the change's check, the address was
         released and claimed again since, and is not the caller's to free: commit
@@ -161,8 +202,11 @@ class Ipam(Protocol):
         bring the cache up to the change that beat it, so the next claim chooses
         another address."""
 
-    def owners(self, network_id: str) -> dict[IPv4Address, str]:
-        """Every allocated address of the pool and its owner."""
+    def owners(self, network_id: str) -> dict[IPv4Address | IPv6Address, str]:
+        """Every allocated address of the network (both families) and its owner."""
 
     def pools(self) -> dict[str, Pool]:
         """Every pool, by network id (for releasing orphans after a crash)."""
+
+    def pools6(self) -> dict[str, Pool6]:
+        """Every IPv6 pool, by network id."""

@@ -54,12 +54,12 @@ import random
 import socket
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from cnm.errors import Conflict, Forbidden, InvalidArgument, NotFound, SystemFailure, Unavailable
-from cnm.ipam.api import DEFAULT_POOLS, AddressChange, Pool, PoolSpec
+from cnm.ipam.api import DEFAULT_POOLS, AddressChange, Pool, Pool6, PoolSpec
 from cnm.model.network import IpamConfig
-from cnm.model.values import check_usable_subnet, parse_ipv4_network
+from cnm.model.values import check_usable_subnet, check_usable_subnet6, parse_ip_network
 from cnm.store import codec
 from cnm.store.api import Check, Delete, Document, Op, Put, StaleRevision, Store
 from cnm.store.mirror import Mirror
@@ -68,16 +68,19 @@ log = logging.getLogger("cnm.ipam")
 
 PREFIX = "ipam/"
 POOL_PREFIX = "ipam/pool/"
+POOL6_PREFIX = "ipam/pool6/"
 ADDRESS_PREFIX = "ipam/address/"
 SPACE_KEY = "ipam/space/default"
 OWNER_GATEWAY = "gateway"
 MAX_PREFIX = 30  # a /30 holds a gateway and one container; /31 and /32 hold no network
+MAX_PREFIX6 = 126  # IPv6 has no broadcast address: a /126 holds a gateway and two containers
 
 ERR_POOL_OVERLAP = "invalid pool request: Pool overlaps with other one on this address space"
 ERR_NO_MORE_SUBNETS = (
     "could not find an available, non-overlapping IPv4 address pool among the defaults "
     "to assign to the network"
 )
+ERR_NO_MORE_SUBNETS6 = ERR_NO_MORE_SUBNETS.replace("IPv4", "IPv6")
 ERR_IN_USE = "Address already in use"
 ERR_NO_ADDRESSES = "no available addresses on this pool"
 
@@ -101,8 +104,26 @@ def pool_key(network_id: str) -> str:
     return f"{POOL_PREFIX}{network_id}"
 
 
-def address_key(network_id: str, address: IPv4Address) -> str:
+def pool6_key(network_id: str) -> str:
+    return f"{POOL6_PREFIX}{network_id}"
+
+
+def address_key(network_id: str, address: IPv4Address | IPv6Address) -> str:
     return f"{ADDRESS_PREFIX}{network_id}/{address}"
+
+
+def _max_prefix(subnet: IPv4Network | IPv6Network) -> int:
+    return MAX_PREFIX if subnet.version == 4 else MAX_PREFIX6
+
+
+def _usable(subnet: IPv4Network | IPv6Network, what: str = "subnet") -> IPv4Network | IPv6Network:
+    if isinstance(subnet, IPv4Network):
+        return check_usable_subnet(subnet, what)
+    return check_usable_subnet6(subnet, what)
+
+
+def _address(value: int, v6: bool) -> IPv4Address | IPv6Address:
+    return IPv6Address(value) if v6 else IPv4Address(value)
 
 
 # -- the default-address-pool option ---------------------------------------------------------
@@ -110,19 +131,20 @@ def address_key(network_id: str, address: IPv4Address) -> str:
 
 def validate_pool_spec(spec: PoolSpec) -> None:
     """InvalidArgument unless ``spec.base`` can be split into ``/spec.size`` subnets that
-    each hold a network (``base`` prefix <= size <= 30), outside the reserved ranges."""
-    base = check_usable_subnet(spec.base, "default address pool base")
-    if not base.prefixlen <= spec.size <= MAX_PREFIX:
+    each hold a network (``base`` prefix <= size <= 30, or 126 for IPv6), outside the
+    reserved ranges."""
+    base = _usable(spec.base, "default address pool base")
+    if not base.prefixlen <= spec.size <= _max_prefix(base):
         raise InvalidArgument(
             f"invalid default address pool base={base},size={spec.size}: size must be between "
-            f"the base's prefix length ({base.prefixlen}) and {MAX_PREFIX}"
+            f"the base's prefix length ({base.prefixlen}) and {_max_prefix(base)}"
         )
 
 
 def parse_pool_spec(text: str) -> PoolSpec:
     """Parse ``--default-address-pool base=CIDR,size=N`` (Docker's syntax: comma-separated
-    ``key=value``, keys case-insensitive)."""
-    base: IPv4Network | None = None
+    ``key=value``, keys case-insensitive); an IPv6 base is a pool of IPv6 subnets."""
+    base: IPv4Network | IPv6Network | None = None
     size: int | None = None
     for item in text.split(","):
         item = item.strip()
@@ -131,9 +153,7 @@ def parse_pool_spec(text: str) -> PoolSpec:
             raise InvalidArgument(f"invalid field '{item}' must be a key=value pair")
         key, value = key.strip().lower(), value.strip()
         if key == "base":
-            if ":" in value:
-                raise InvalidArgument(f"invalid address pool base {value}: IPv6 pools are not supported")
-            base = parse_ipv4_network(value, "address pool base")
+            base = parse_ip_network(value, "address pool base")
         elif key == "size":
             try:
                 size = int(value)
@@ -277,9 +297,11 @@ class FreeRanges:
 # -- pools ------------------------------------------------------------------------------------
 
 
-def _host_bounds(subnet: IPv4Network) -> tuple[int, int]:
-    """First and last assignable address: never the network or broadcast address."""
-    return int(subnet.network_address) + 1, int(subnet.broadcast_address) - 1
+def _host_bounds(subnet: IPv4Network | IPv6Network) -> tuple[int, int]:
+    """First and last assignable address: never the network address (IPv6's
+    subnet-router anycast address) nor IPv4's broadcast address."""
+    last = int(subnet.broadcast_address)
+    return int(subnet.network_address) + 1, last - 1 if subnet.version == 4 else last
 
 
 class _PoolState:
@@ -289,7 +311,7 @@ class _PoolState:
 
     __slots__ = ("dynamic_bounds", "free", "host_bounds", "owners", "pool")
 
-    def __init__(self, pool: Pool, owners: dict[int, str]) -> None:
+    def __init__(self, pool: Pool | Pool6, owners: dict[int, str]) -> None:
         self.pool = pool
         self.owners = owners
         self.host_bounds = lo, hi = _host_bounds(pool.subnet)
@@ -300,7 +322,7 @@ class _PoolState:
         self.dynamic_bounds = lo, hi
 
 
-def _merge(prefixes: Iterable[IPv4Network]) -> tuple[list[int], list[int]]:
+def _merge(prefixes: Iterable[IPv4Network | IPv6Network]) -> tuple[list[int], list[int]]:
     """Sorted disjoint [start, end] intervals covering ``prefixes``."""
     starts: list[int] = []
     ends: list[int] = []
@@ -323,12 +345,12 @@ def _blocker_end(starts: list[int], ends: list[int], lo: int, hi: int) -> int | 
 
 def _first_free_subnet(
     spec: PoolSpec, space: FreeRanges, reserved: tuple[list[int], list[int]]
-) -> IPv4Network | None:
+) -> IPv4Network | IPv6Network | None:
     """The lowest ``/spec.size`` block of ``spec.base`` that lies in a free run of
     ``space`` (the IPv4 space minus every pool) and meets no ``reserved`` interval.  Each
     step jumps to the next free run or past a reserved prefix, so the cost grows with the
     number of free runs and reserved prefixes passed, not with the number of networks."""
-    step = 1 << (32 - spec.size)
+    step = 1 << (spec.base.max_prefixlen - spec.size)
     addr = int(spec.base.network_address)
     last = int(spec.base.broadcast_address)
     while True:
@@ -347,32 +369,48 @@ def _first_free_subnet(
             continue
         blocker = _blocker_end(*reserved, addr, addr + step - 1)
         if blocker is None:
-            return IPv4Network((addr, spec.size))
+            return (
+                IPv6Network((addr, spec.size)) if spec.base.version == 6 else IPv4Network((addr, spec.size))
+            )
         addr = blocker + 1
 
 
-def _validate_config(subnet: IPv4Network, config: IpamConfig | None) -> None:
+def _validate_config(subnet: IPv4Network | IPv6Network, config: IpamConfig | None) -> None:
     """Docker's ValidateIPAM checks (api/types/network/ipam.go), plus cnm's own: room for
-    a network, none of the reserved ranges (loopback, multicast ...), and no gateway/aux on
-    the network or broadcast address or on each other."""
-    check_usable_subnet(subnet)
-    if subnet.prefixlen > MAX_PREFIX:
+    a network, none of the reserved ranges (loopback, multicast, IPv6 link-local ...), and
+    no gateway/aux on the network or broadcast address or on each other."""
+    _usable(subnet)
+    if subnet.prefixlen > _max_prefix(subnet):
         raise InvalidArgument(
-            f"invalid subnet {subnet}: too small for a network, use a /{MAX_PREFIX} or larger"
+            f"invalid subnet {subnet}: too small for a network, use a /{_max_prefix(subnet)} or larger"
         )
     if config is None:
         return
+    mixed = [
+        str(v)
+        for v in (config.ip_range, config.gateway, *config.aux_addresses.values())
+        if v is not None and v.version != subnet.version
+    ]
+    if mixed:
+        raise InvalidArgument(
+            f"invalid network config:\n{', '.join(mixed)} and subnet {subnet} are of different IP versions"
+        )
     errors: list[str] = []
-    special = {subnet.network_address: "network address", subnet.broadcast_address: "broadcast address"}
+    special: dict[IPv4Address | IPv6Address, str] = {subnet.network_address: "network address"}
+    if subnet.version == 4:
+        special[subnet.broadcast_address] = "broadcast address"
     ip_range = config.ip_range
     if ip_range is not None:
         if ip_range.prefixlen < subnet.prefixlen:
             errors.append(
                 f"invalid ip-range {ip_range}: CIDR block is bigger than its parent subnet {subnet}"
             )
-        elif not ip_range.subnet_of(subnet):
+        elif not (
+            int(subnet.network_address) <= int(ip_range.network_address)
+            and int(ip_range.broadcast_address) <= int(subnet.broadcast_address)
+        ):
             errors.append(f"invalid ip-range {ip_range}: parent subnet {subnet} doesn't contain ip-range")
-    taken: dict[IPv4Address, str] = {}
+    taken: dict[IPv4Address | IPv6Address, str] = {}
     gateway = config.gateway
     if gateway is not None:
         if gateway not in subnet:
@@ -396,6 +434,15 @@ def _validate_config(subnet: IPv4Network, config: IpamConfig | None) -> None:
         raise InvalidArgument("invalid network config:\n" + "\n".join(errors))
 
 
+def _parse_ipv6(text: str) -> int | None:
+    """The IPv6 address ``text`` (as ``str(IPv6Address)`` writes it) as an integer, or None."""
+    try:
+        address = IPv6Address(text)
+    except ValueError:
+        return None
+    return int(address) if str(address) == text else None
+
+
 def _parse_ipv4(text: str) -> int | None:
     """The dotted quad ``text`` as an integer, or None.  The cache parses one per address
     key; ``inet_aton`` is several times faster than ``IPv4Address``, and the round trip
@@ -411,17 +458,19 @@ def _parse_ipv4(text: str) -> int | None:
 
 # What the cache holds per key under ``ipam/``: a Pool, an address's owner, or (the space
 # marker, or a document that does not decode) the document itself.
-_Cached = Pool | str | Document
+_Cached = Pool | Pool6 | str | Document
 
 
 def _decode(name: str, doc: Document) -> _Cached:
     """A key's document as the cache keeps it; a pool that does not decode is kept as its
     document (and so ignored), with a warning, rather than stopping the watch."""
-    if name.startswith("pool/"):
+    if name.startswith(("pool/", "pool6/")):
         try:
+            if name.startswith("pool6/"):
+                return codec.decode(Pool6, doc)
             return codec.decode(Pool, doc)
         except SystemFailure as exc:
-            log.warning("ipam: ignoring stored pool %s: %s", name[5:], exc)
+            log.warning("ipam: ignoring stored pool %s: %s", name, exc)
             return doc
     if name.startswith("address/"):
         return str(doc.get("owner", ""))
@@ -437,12 +486,19 @@ class DefaultIpam:
         store: Store,
         pools: Sequence[PoolSpec] = DEFAULT_POOLS,
         *,
+        pools6: Sequence[PoolSpec] = (),
         watch_timeout: float = WATCH_TIMEOUT,
     ) -> None:
         for spec in pools:
             validate_pool_spec(spec)
         self._store = store
-        self._specs: tuple[PoolSpec, ...] = tuple(pools)
+        self._specs: tuple[PoolSpec, ...] = tuple(p for p in pools if p.base.version == 4)
+        # IPv6 pools: those given, else ``pools6`` (the host's ULA pool, ``ula_pool``)
+        self._specs6: tuple[PoolSpec, ...] = tuple(p for p in pools if p.base.version == 6)
+        if not self._specs6:
+            for spec in pools6:
+                validate_pool_spec(spec)
+            self._specs6 = tuple(pools6)
         self._watch_timeout = watch_timeout
         self._mirror: Mirror[_Cached] = Mirror(store, PREFIX, _decode)
         self._mirror.listen(self._cached)
@@ -458,6 +514,10 @@ class DefaultIpam:
         # The IPv4 space not covered by any pool: overlap checks and the default-subnet
         # walk are binary searches in it.
         self._space = FreeRanges(0, 2**32 - 1)
+        # The same for IPv6: pools, owners (by network) and the space outside every pool.
+        self._pools6: dict[str, _PoolState] = {}
+        self._owners6: dict[str, dict[int, str]] = {}
+        self._space6 = FreeRanges(0, 2**128 - 1)
 
     async def start(self) -> None:
         """Load the cache from the store and start following its changes; once (a second
@@ -480,47 +540,64 @@ class DefaultIpam:
         if name.startswith("address/"):
             self._address_changed(name[8:], new if isinstance(new, str) else None)
         elif name.startswith("pool/"):
-            nid = name[5:]
-            if isinstance(old, Pool) and (state := self._pools.pop(nid, None)) is not None:
-                self._index_remove(state.pool.subnet)
-            if isinstance(new, Pool):
-                self._pools[nid] = _PoolState(new, self._owners.setdefault(nid, {}))
-                self._index_add(new.subnet)
-            elif not self._owners.get(nid, True):
-                del self._owners[nid]
+            self._pool_changed(name[5:], old, new, Pool, self._pools, self._owners)
+        elif name.startswith("pool6/"):
+            self._pool_changed(name[6:], old, new, Pool6, self._pools6, self._owners6)
+
+    def _pool_changed(
+        self,
+        nid: str,
+        old: _Cached | None,
+        new: _Cached | None,
+        kind: type[Pool] | type[Pool6],
+        pools: dict[str, _PoolState],
+        all_owners: dict[str, dict[int, str]],
+    ) -> None:
+        if isinstance(old, kind) and (state := pools.pop(nid, None)) is not None:
+            self._index_remove(state.pool.subnet)
+        if isinstance(new, kind):
+            pools[nid] = _PoolState(new, all_owners.setdefault(nid, {}))
+            self._index_add(new.subnet)
+        elif not all_owners.get(nid, True):
+            del all_owners[nid]
 
     def _address_changed(self, rest: str, owner: str | None) -> None:
         nid, _, text = rest.rpartition("/")
-        value = _parse_ipv4(text)
+        v6 = ":" in text
+        value = _parse_ipv6(text) if v6 else _parse_ipv4(text)
         if value is None:
-            log.warning("ipam: ignoring stored address %s of network %s: not an IPv4 address", text, nid)
+            log.warning("ipam: ignoring stored address %s of network %s: not an IP address", text, nid)
             return
-        state = self._pools.get(nid)
+        pools, all_owners = (self._pools6, self._owners6) if v6 else (self._pools, self._owners)
+        state = pools.get(nid)
         if owner is not None:
-            self._owners.setdefault(nid, {})[value] = owner
+            all_owners.setdefault(nid, {})[value] = owner
             if state is not None and state.host_bounds[0] <= value <= state.host_bounds[1]:
                 state.free.take(value)
             return
-        owners = self._owners.get(nid)
+        owners = all_owners.get(nid)
         if owners is None or owners.pop(value, None) is None:
             return
         if state is not None:
             if state.host_bounds[0] <= value <= state.host_bounds[1]:
                 state.free.give(value)
         elif not owners:
-            del self._owners[nid]
+            del all_owners[nid]
 
-    def _index_add(self, subnet: IPv4Network) -> None:
+    def _space_of(self, subnet: IPv4Network | IPv6Network) -> FreeRanges:
+        return self._space6 if subnet.version == 6 else self._space
+
+    def _index_add(self, subnet: IPv4Network | IPv6Network) -> None:
         lo, hi = int(subnet.network_address), int(subnet.broadcast_address)
         if self._overlaps_pool(subnet):
             log.warning("ipam: stored pool %s overlaps another pool", subnet)
-        self._space.take_range(lo, hi)
+        self._space_of(subnet).take_range(lo, hi)
 
-    def _index_remove(self, subnet: IPv4Network) -> None:
-        self._space.give_range(int(subnet.network_address), int(subnet.broadcast_address))
+    def _index_remove(self, subnet: IPv4Network | IPv6Network) -> None:
+        self._space_of(subnet).give_range(int(subnet.network_address), int(subnet.broadcast_address))
 
-    def _overlaps_pool(self, subnet: IPv4Network) -> bool:
-        run_end = self._space.run_end(int(subnet.network_address))
+    def _overlaps_pool(self, subnet: IPv4Network | IPv6Network) -> bool:
+        run_end = self._space_of(subnet).run_end(int(subnet.network_address))
         return run_end is None or run_end < int(subnet.broadcast_address)
 
     def _revision(self, key: str) -> int:
@@ -584,27 +661,56 @@ class DefaultIpam:
         other networks' pools only, not ``reserved`` (as Docker does); a default-route
         ``0.0.0.0/0`` in ``reserved`` is ignored (it would block every pool).  The pool,
         its gateway and aux reservations and the space marker are one transaction."""
+        if config is not None and config.is_v6:
+            raise InvalidArgument(f"invalid network config:\n{config.subnet} is not an IPv4 subnet")
+        pool = await self._allocate(network_id, config, reserved, with_gateway, v6=False)
+        assert isinstance(pool, Pool)
+        return pool
+
+    async def allocate_pool6(
+        self, network_id: str, config: IpamConfig | None, *, reserved: Sequence[IPv6Network] = ()
+    ) -> Pool6:
+        """See ``cnm.ipam.api.Ipam.allocate_pool6``: ``allocate_pool`` for the network's
+        IPv6 subnet (its own key, ``ipam/pool6/<network id>``), from the IPv6 pools."""
+        if config is not None and not config.is_v6:
+            raise InvalidArgument(f"invalid network config:\n{config.subnet} is not an IPv6 subnet")
+        pool = await self._allocate(network_id, config, reserved, True, v6=True)
+        assert isinstance(pool, Pool6)
+        return pool
+
+    async def _allocate(
+        self,
+        network_id: str,
+        config: IpamConfig | None,
+        reserved: Sequence[IPv4Network | IPv6Network],
+        with_gateway: bool,
+        *,
+        v6: bool,
+    ) -> Pool | Pool6:
         if config is not None and config.subnet is not None:
             _validate_config(config.subnet, config)
         elif config is not None and (config.gateway or config.ip_range or config.aux_addresses):
             raise InvalidArgument(
                 "invalid network config:\na gateway, ip-range or aux-address needs a subnet"
             )
+        pools, key = (self._pools6, pool6_key(network_id)) if v6 else (self._pools, pool_key(network_id))
         for _attempt in range(MAX_ATTEMPTS):
-            if network_id in self._pools:
-                raise Conflict(f"network {network_id[:12]} already has an address pool")
+            if network_id in pools:
+                raise Conflict(
+                    f"network {network_id[:12]} already has an {'IPv6 ' if v6 else ''}address pool"
+                )
             if config is not None and config.subnet is not None:
                 subnet = config.subnet
                 if self._overlaps_pool(subnet):
                     raise Forbidden(ERR_POOL_OVERLAP)
             else:
-                subnet = self._choose_subnet(reserved)
+                subnet = self._choose_subnet(reserved, v6=v6)
             pool, reservations = _plan_pool(network_id, subnet, config, with_gateway)
-            ops: list[Op] = [Put(pool_key(network_id), codec.encode(pool))]
+            ops: list[Op] = [Put(key, codec.encode(pool))]
             ops += [Put(address_key(network_id, a), {"owner": o}) for a, o in reservations.items()]
             # The marker goes last: a cache that sees its new revision has seen the pool.
             ops.append(Put(SPACE_KEY, {"network": network_id, "change": "allocate"}))
-            checks = [Check(pool_key(network_id), 0), Check(SPACE_KEY, self._revision(SPACE_KEY))]
+            checks = [Check(key, 0), Check(SPACE_KEY, self._revision(SPACE_KEY))]
             try:
                 await self._commit(ops, checks)
             except StaleRevision as exc:
@@ -613,38 +719,50 @@ class DefaultIpam:
             return pool
         raise self._gave_up(f"allocating a pool for network {network_id[:12]}")
 
-    def _choose_subnet(self, reserved: Sequence[IPv4Network]) -> IPv4Network:
-        blocked = _merge(p for p in reserved if p.prefixlen > 0)
-        for spec in self._specs:
-            subnet = _first_free_subnet(spec, self._space, blocked)
+    def _choose_subnet(
+        self, reserved: Sequence[IPv4Network | IPv6Network], *, v6: bool = False
+    ) -> IPv4Network | IPv6Network:
+        version = 6 if v6 else 4
+        blocked = _merge(p for p in reserved if p.prefixlen > 0 and p.version == version)
+        for spec in self._specs6 if v6 else self._specs:
+            subnet = _first_free_subnet(spec, self._space6 if v6 else self._space, blocked)
             if subnet is not None:
                 return subnet
-        raise InvalidArgument(ERR_NO_MORE_SUBNETS)
+        raise InvalidArgument(ERR_NO_MORE_SUBNETS6 if v6 else ERR_NO_MORE_SUBNETS)
 
     async def release_pool(self, network_id: str) -> None:
-        """Forget the pool and every address in it; idempotent.  The pool, the addresses
-        the cache knows and the space marker go in one transaction; addresses another
-        daemon claimed just before (not yet in the cache) are swept after it -- once the
-        pool key is gone no new claim on the pool can succeed."""
-        key = pool_key(network_id)
+        """Forget the pool (both families) and every address in it; idempotent.  The
+        pools, the addresses the cache knows and the space marker go in one transaction;
+        addresses another daemon claimed just before (not yet in the cache) are swept
+        after it -- once the pool keys are gone no new claim on them can succeed."""
+        keys = (pool_key(network_id), pool6_key(network_id))
         for _attempt in range(MAX_ATTEMPTS):
-            state = self._pools.get(network_id)
-            if state is None:
-                entry = await self._store.get(key)
+            states = (self._pools.get(network_id), self._pools6.get(network_id))
+            if states == (None, None):
+                stored = [await self._store.get(key) for key in keys]
+                entry = next(((k, e) for k, e in zip(keys, stored, strict=True) if e is not None), None)
                 if entry is None:
                     break  # released already (by us or by another daemon)
-                await self._refresh(StaleRevision(key, 0, entry.revision))
+                await self._refresh(StaleRevision(entry[0], 0, entry[1].revision))
                 continue
-            ops: list[Op] = [Delete(key)]
-            ops += [Delete(address_key(network_id, IPv4Address(v))) for v in state.owners]
+            ops: list[Op] = []
+            checks: list[Check] = []
+            for key, state in zip(keys, states, strict=True):
+                if state is None:
+                    continue
+                v6 = isinstance(state.pool, Pool6)
+                ops.append(Delete(key))
+                ops += [Delete(address_key(network_id, _address(v, v6))) for v in state.owners]
+                checks.append(Check(key, self._revision(key)))
             ops.append(Put(SPACE_KEY, {"network": network_id, "change": "release"}))
-            checks = [Check(key, self._revision(key)), Check(SPACE_KEY, self._revision(SPACE_KEY))]
+            checks.append(Check(SPACE_KEY, self._revision(SPACE_KEY)))
             try:
                 await self._commit(ops, checks)
             except StaleRevision as exc:
                 await self._refresh(exc)
                 continue
-            break
+            if network_id not in self._pools and network_id not in self._pools6:
+                break
         else:
             raise self._gave_up(f"releasing the pool of network {network_id[:12]}")
         leftover = await self._store.list(f"{ADDRESS_PREFIX}{network_id}/")
@@ -653,17 +771,30 @@ class DefaultIpam:
 
     def pool(self, network_id: str) -> Pool | None:
         state = self._pools.get(network_id)
-        return None if state is None else state.pool
+        return None if state is None else _as_pool(state.pool)
+
+    def pool6(self, network_id: str) -> Pool6 | None:
+        state = self._pools6.get(network_id)
+        return None if state is None else _as_pool6(state.pool)
 
     def pools(self) -> dict[str, Pool]:
         """Every allocated pool by network id (for reconciliation at start)."""
-        return {nid: state.pool for nid, state in self._pools.items()}
+        return {nid: _as_pool(state.pool) for nid, state in self._pools.items()}
+
+    def pools6(self) -> dict[str, Pool6]:
+        """Every allocated IPv6 pool by network id."""
+        return {nid: _as_pool6(state.pool) for nid, state in self._pools6.items()}
 
     # -- addresses ----------------------------------------------------------------------
 
     async def allocate_address(
-        self, network_id: str, owner: str, preferred: IPv4Address | None = None
-    ) -> IPv4Address:
+        self,
+        network_id: str,
+        owner: str,
+        preferred: IPv4Address | IPv6Address | None = None,
+        *,
+        v6: bool = False,
+    ) -> IPv4Address | IPv6Address:
         """See ``cnm.ipam.api.Ipam.allocate_address``.  NotFound if the network has no
         pool, InvalidArgument for a preferred address outside the subnet, Forbidden
         "Address already in use" (Docker's 403) if it is taken or is the network or
@@ -671,9 +802,10 @@ class DefaultIpam:
         contention (a claim lost twice in a row) the address is a random one among the
         lowest free, not the lowest (see SPREAD)."""
         lost = 0
+        v6 = v6 or isinstance(preferred, IPv6Address)
         for _attempt in range(MAX_ATTEMPTS):
-            value = self._choose_address(network_id, preferred, lost)
-            address = IPv4Address(value)
+            value = self._choose_address(network_id, preferred, lost, v6=v6)
+            address = _address(value, v6)
             key = address_key(network_id, address)
             pkey = pool_key(network_id)
             try:
@@ -687,12 +819,14 @@ class DefaultIpam:
             return address
         raise self._gave_up(f"allocating an address on network {network_id[:12]}")
 
-    def _choose_address(self, network_id: str, preferred: IPv4Address | None, lost: int) -> int:
+    def _choose_address(
+        self, network_id: str, preferred: IPv4Address | IPv6Address | None, lost: int, *, v6: bool
+    ) -> int:
         """The address a claim takes (see ``allocate_address`` for the rules and errors);
-        ``lost``: claims lost in a row, which spread the choice."""
-        state = self._pools.get(network_id)
+        ``lost``: claims lost in a row, which spread the choice; ``v6``: from the IPv6 pool."""
+        state = (self._pools6 if v6 else self._pools).get(network_id)
         if state is None:
-            raise NotFound(f"cannot find address pool for network {network_id}")
+            raise NotFound(f"cannot find {'IPv6 ' if v6 else ''}address pool for network {network_id}")
         if preferred is not None:
             if preferred not in state.pool.subnet:
                 raise InvalidArgument(
@@ -711,16 +845,22 @@ class DefaultIpam:
         return lowest
 
     def claim_address(
-        self, network_id: str, owner: str, preferred: IPv4Address | None = None
+        self,
+        network_id: str,
+        owner: str,
+        preferred: IPv4Address | IPv6Address | None = None,
+        *,
+        v6: bool = False,
     ) -> AddressChange:
         """See ``cnm.ipam.api.Ipam.claim_address``.  The address is taken from the free
         ranges at once (a second claim before the first settles gets another one), not
         yet given an owner: ``owners`` lists stored addresses only."""
         if not self._started:
             raise SystemFailure("ipam: not started (start() loads the cache)")
-        value = self._choose_address(network_id, preferred, self._claims_lost.get(network_id, 0))
-        self._pools[network_id].free.take(value)
-        address = IPv4Address(value)
+        v6 = v6 or isinstance(preferred, IPv6Address)
+        value = self._choose_address(network_id, preferred, self._claims_lost.get(network_id, 0), v6=v6)
+        (self._pools6 if v6 else self._pools)[network_id].free.take(value)
+        address = _address(value, v6)
         key, pkey = address_key(network_id, address), pool_key(network_id)
         return AddressChange(
             network_id,
@@ -730,10 +870,13 @@ class DefaultIpam:
             (Check(key, 0), Check(pkey, self._revision(pkey))),
         )
 
-    def release_change(self, network_id: str, address: IPv4Address) -> AddressChange | None:
+    def _state_of(self, network_id: str, address: IPv4Address | IPv6Address) -> _PoolState | None:
+        return (self._pools6 if address.version == 6 else self._pools).get(network_id)
+
+    def release_change(self, network_id: str, address: IPv4Address | IPv6Address) -> AddressChange | None:
         """See ``cnm.ipam.api.Ipam.release_change``: checked at the revision the cache
         holds, as ``release_address``."""
-        state = self._pools.get(network_id)
+        state = self._state_of(network_id, address)
         if state is None or int(address) not in state.owners:
             return None
         key = address_key(network_id, address)
@@ -747,7 +890,7 @@ class DefaultIpam:
     def abandon(self, change: AddressChange) -> None:
         """A held address goes back to the free ranges unless it is stored by now (ours
         settled, or another daemon's that the watch brought)."""
-        state = self._pools.get(change.network_id)
+        state = self._state_of(change.network_id, change.address)
         value = int(change.address)
         if not change.owner or state is None or value in state.owners:
             return
@@ -755,15 +898,16 @@ class DefaultIpam:
             state.free.give(value)
 
     async def catch_up(self, exc: StaleRevision) -> None:
-        nid = exc.key.removeprefix(ADDRESS_PREFIX).removeprefix(POOL_PREFIX).partition("/")[0]
+        nid = exc.key.removeprefix(ADDRESS_PREFIX).removeprefix(POOL_PREFIX).removeprefix(POOL6_PREFIX)
+        nid = nid.partition("/")[0]
         self._claims_lost[nid] = self._claims_lost.get(nid, 0) + 1
         await self._refresh(exc)
 
-    async def release_address(self, network_id: str, address: IPv4Address) -> None:
+    async def release_address(self, network_id: str, address: IPv4Address | IPv6Address) -> None:
         """Idempotent: an unknown network or a free address is not an error.  The key is
         deleted only at the revision the cache holds: if it changed, the address was
         released and claimed again (by another daemon) since, and is not ours to free."""
-        state = self._pools.get(network_id)
+        state = self._state_of(network_id, address)
         if state is None or int(address) not in state.owners:
             return
         key = address_key(network_id, address)
@@ -772,11 +916,14 @@ class DefaultIpam:
         except StaleRevision:
             return
 
-    def owners(self, network_id: str) -> dict[IPv4Address, str]:
-        state = self._pools.get(network_id)
-        if state is None:
-            return {}
-        return {IPv4Address(v): owner for v, owner in sorted(state.owners.items())}
+    def owners(self, network_id: str) -> dict[IPv4Address | IPv6Address, str]:
+        """IPv4 addresses first, then IPv6, each in order."""
+        found: dict[IPv4Address | IPv6Address, str] = {}
+        for pools, v6 in ((self._pools, False), (self._pools6, True)):
+            state = pools.get(network_id)
+            if state is not None:
+                found.update((_address(v, v6), owner) for v, owner in sorted(state.owners.items()))
+        return found
 
     def available(self, network_id: str) -> int:
         """How many addresses dynamic allocation could still hand out (Docker 29's
@@ -787,9 +934,19 @@ class DefaultIpam:
         return state.free.count(*state.dynamic_bounds)
 
 
+def _as_pool(pool: Pool | Pool6) -> Pool:
+    assert isinstance(pool, Pool)
+    return pool
+
+
+def _as_pool6(pool: Pool | Pool6) -> Pool6:
+    assert isinstance(pool, Pool6)
+    return pool
+
+
 def _plan_pool(
-    network_id: str, subnet: IPv4Network, config: IpamConfig | None, with_gateway: bool
-) -> tuple[Pool, dict[IPv4Address, str]]:
+    network_id: str, subnet: IPv4Network | IPv6Network, config: IpamConfig | None, with_gateway: bool
+) -> tuple[Pool | Pool6, dict[IPv4Address | IPv6Address, str]]:
     """The pool for ``subnet`` and its reserved addresses (gateway, aux) with their owners."""
     aux = dict(config.aux_addresses) if config is not None else {}
     gateway = config.gateway if config is not None else None
@@ -799,14 +956,16 @@ def _plan_pool(
         gw = next((v for v in range(first, last + 1) if v not in aux_values), None)
         if gw is None:
             raise InvalidArgument(f"invalid network config:\nno address of {subnet} is left for the gateway")
-        gateway = IPv4Address(gw)
-    pool = Pool(
-        network_id=network_id,
-        subnet=subnet,
-        gateway=gateway,
-        ip_range=config.ip_range if config is not None else None,
-    )
-    reservations: dict[IPv4Address, str] = {a: aux_owner(name) for name, a in aux.items()}
+        gateway = _address(gw, subnet.version == 6)
+    ip_range = config.ip_range if config is not None else None
+    pool: Pool | Pool6
+    if isinstance(subnet, IPv6Network):
+        assert isinstance(gateway, IPv6Address | None) and isinstance(ip_range, IPv6Network | None)
+        pool = Pool6(network_id=network_id, subnet=subnet, gateway=gateway, ip_range=ip_range)
+    else:
+        assert isinstance(gateway, IPv4Address | None) and isinstance(ip_range, IPv4Network | None)
+        pool = Pool(network_id=network_id, subnet=subnet, gateway=gateway, ip_range=ip_range)
+    reservations: dict[IPv4Address | IPv6Address, str] = {a: aux_owner(name) for name, a in aux.items()}
     if gateway is not None:
         reservations[gateway] = OWNER_GATEWAY
     return pool, reservations

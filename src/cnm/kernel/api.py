@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 from typing import Protocol
 
 from cnm.errors import InvalidArgument
@@ -274,6 +274,11 @@ class Kernel(Protocol):
     async def host_networks(self) -> list[IPv4Network]:
         """Networks of the host's IPv4 addresses and main-table routes (on-link or via a
         gateway), except the default route and routes shorter than /8, for IPAM to avoid."""
+
+    async def host_networks6(self) -> list[IPv6Network]:
+        """The same for IPv6: networks of the host's global and unique local addresses and
+        main-table routes, except the default route, link-local, multicast and routes
+        shorter than /16."""
 
     # -- sysctl ---------------------------------------------------------------------------
     async def set_sysctl(self, key: str, value: str, netns_path: str | None = None) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 from typing import Any
 
 from cnm.errors import Conflict, KernelError, NotFound
@@ -97,6 +97,7 @@ class FakeKernel:
         self.commands: list[str] = []
         self.announced: list[tuple[str, NeighEntry]] = []  # (link, entry) of every gratuitous ARP
         self.extra_host_networks = list(host_networks)
+        self.extra_host_networks6: list[IPv6Network] = []
         self.closed = False
         self.sysctl_default = "1"  # what an unset key reads as
         self._next_index = 1
@@ -452,6 +453,11 @@ class FakeKernel:
         for link in self.namespaces[HOST].values():
             found.update(a.network for a in link.addresses)
         return sorted(found)
+
+    async def host_networks6(self) -> list[IPv6Network]:
+        """``extra_host_networks6``: the tests say what the host has."""
+        self._maybe_fail("host_networks6")
+        return sorted(set(self.extra_host_networks6))
 
     # -- sysctl ---------------------------------------------------------------------------
 

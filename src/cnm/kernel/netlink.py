@@ -20,8 +20,8 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface
-from socket import AF_INET
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
+from socket import AF_INET, AF_INET6
 from typing import Any, TypeVar
 
 from pyroute2 import AsyncIPRoute
@@ -193,6 +193,7 @@ def _link_stats(nla: Any) -> LinkStats | None:
 
 
 MIN_AVOIDED_PREFIX = 8  # routes shorter than this do not block an address pool
+MIN_AVOIDED_PREFIX6 = 16  # the same for IPv6 (2000::/3 and such block nothing)
 
 
 class LinuxKernel:
@@ -443,20 +444,38 @@ class LinuxKernel:
             raise _failure("cannot list host addresses and routes", exc) from exc
 
     async def _host_networks_once(self) -> list[IPv4Network]:
-        found: set[IPv4Network] = set()
-        async for msg in await self.host.addr("dump", family=AF_INET):
-            found.add(IPv4Interface(f"{msg.get('address')}/{msg['prefixlen']}").network)
-        async for msg in await self.host.route("dump", family=AF_INET):
-            # Every route of the main table, on-link or via a gateway (a VPN's routed
-            # subnets must not be shadowed), but not the default route nor routes
-            # shorter than /8 (VPN split defaults such as 0.0.0.0/1 would block all).
+        found = await self._host_prefixes(AF_INET, MIN_AVOIDED_PREFIX)
+        return sorted({IPv4Network(text, strict=False) for text in found})
+
+    async def host_networks6(self) -> list[IPv6Network]:
+        try:
+            return await _retried(self._host_networks6_once)
+        except (NetlinkError, OSError) as exc:
+            raise _failure("cannot list host IPv6 addresses and routes", exc) from exc
+
+    async def _host_networks6_once(self) -> list[IPv6Network]:
+        found = {
+            IPv6Network(text, strict=False)
+            for text in await self._host_prefixes(AF_INET6, MIN_AVOIDED_PREFIX6)
+        }
+        return sorted(n for n in found if not (n.is_link_local or n.is_multicast or n.is_loopback))
+
+    async def _host_prefixes(self, family: int, shortest: int) -> set[str]:
+        """The prefixes (``addr/len`` text) of ``family`` the host uses: its addresses'
+        networks and every route of the main table, on-link or via a gateway (a VPN's
+        routed subnets must not be shadowed), but not the default route nor routes shorter
+        than ``shortest`` (VPN split defaults such as 0.0.0.0/1 would block all)."""
+        found: set[str] = set()
+        async for msg in await self.host.addr("dump", family=family):
+            found.add(f"{msg.get('address')}/{msg['prefixlen']}")
+        async for msg in await self.host.route("dump", family=family):
             if (
                 msg["type"] == RTN_UNICAST
-                and msg["dst_len"] >= MIN_AVOIDED_PREFIX
+                and msg["dst_len"] >= shortest
                 and msg.get("table") == RT_TABLE_MAIN
             ):
-                found.add(IPv4Network(f"{msg.get('dst')}/{msg['dst_len']}", strict=False))
-        return sorted(found)
+                found.add(f"{msg.get('dst')}/{msg['dst_len']}")
+        return found
 
     # -- bridges --------------------------------------------------------------------------
 

@@ -26,6 +26,8 @@ OPT_HOST_BINDING = "com.docker.network.bridge.host_binding_ipv4"
 # IPv6 on a bridge: "nat" (masquerade, Docker's default) or "routed" (no NAT, as Docker 27+)
 OPT_GATEWAY_MODE_V6 = "com.docker.network.bridge.gateway_mode_ipv6"
 GATEWAY_MODES = ("nat", "routed")
+# Docker's fallback for EnableIPv6 when a create request has no such field
+OPT_ENABLE_IPV6 = "com.docker.network.enable_ipv6"
 OPT_DEFAULT_BRIDGE = "com.docker.network.bridge.default_bridge"
 OPT_MTU = "com.docker.network.driver.mtu"
 OPT_IFACE_PREFIX = "com.docker.network.container_iface_prefix"
@@ -46,6 +48,12 @@ GLOBAL_DRIVERS = ("overlay",)
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
+def bool_option(options: Mapping[str, str], key: str, default: bool) -> bool:
+    """A boolean driver option (Docker's spellings of true and false); InvalidArgument
+    for anything else."""
+    return _bool_option(options, key, default)
+
+
 def _bool_option(options: Mapping[str, str], key: str, default: bool) -> bool:
     raw = options.get(key)
     if raw is None or raw == "":
@@ -60,12 +68,40 @@ def _bool_option(options: Mapping[str, str], key: str, default: bool) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class IpamConfig:
-    """One subnet of a network, as given by the user (any field may be absent)."""
+    """One subnet of a network, as given by the user (any field may be absent), of one
+    address family (Docker's ``IPAM.Config`` entry): every address given is of the
+    family of the subnet (``family``), which the API checks when it builds one."""
 
-    subnet: IPv4Network | None = None
-    ip_range: IPv4Network | None = None
-    gateway: IPv4Address | None = None
-    aux_addresses: Mapping[str, IPv4Address] = field(default_factory=lambda: _EMPTY)
+    subnet: IPv4Network | IPv6Network | None = None
+    ip_range: IPv4Network | IPv6Network | None = None
+    gateway: IPv4Address | IPv6Address | None = None
+    aux_addresses: Mapping[str, IPv4Address | IPv6Address] = field(default_factory=lambda: _EMPTY)
+
+    @property
+    def family(self) -> int:
+        """4 or 6: the family of the subnet (or of the gateway, ip-range or an aux
+        address when there is no subnet); 4 for an empty entry."""
+        values: list[IPv4Address | IPv6Address | IPv4Network | IPv6Network | None] = [
+            self.subnet,
+            self.gateway,
+            self.ip_range,
+            *self.aux_addresses.values(),
+        ]
+        return next((v.version for v in values if v is not None), 4)
+
+    @property
+    def is_v6(self) -> bool:
+        return self.family == 6
+
+
+def ipam_v4(configs: tuple[IpamConfig, ...]) -> IpamConfig | None:
+    """The IPv4 entry of a network's IPAM configs (the first), or None."""
+    return next((c for c in configs if not c.is_v6), None)
+
+
+def ipam_v6(configs: tuple[IpamConfig, ...]) -> IpamConfig | None:
+    """The IPv6 entry of a network's IPAM configs (the first), or None."""
+    return next((c for c in configs if c.is_v6), None)
 
 
 @dataclass(frozen=True, slots=True)

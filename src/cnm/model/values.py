@@ -9,9 +9,12 @@ from __future__ import annotations
 import ipaddress
 import re
 import secrets
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
+from typing import TypeVar
 
 from cnm.errors import InvalidArgument
+
+_I = TypeVar("_I", IPv4Interface, IPv6Interface)
 
 __all__ = [
     "IPv4Address",
@@ -27,6 +30,11 @@ __all__ = [
     "parse_ipv4",
     "parse_ipv4_network",
     "check_usable_subnet",
+    "parse_ipv6",
+    "parse_ipv6_network",
+    "parse_ip",
+    "parse_ip_network",
+    "check_usable_subnet6",
     "parse_ifname",
 ]
 
@@ -103,15 +111,21 @@ def parse_ipv4(value: str, what: str = "IP address") -> IPv4Address:
 
 def parse_ipv4_network(value: str, what: str = "subnet") -> IPv4Network:
     """A CIDR whose host bits are zero; ``10.0.0.1/24`` is refused like Docker refuses it."""
+    return _parse_network(IPv4Interface, value, what).network
+
+
+def _parse_network(kind: type[_I], value: str, what: str) -> _I:
+    """``value`` read as an interface of ``kind`` that names a whole network: written with
+    its ``/length`` and no host bits set."""
     try:
-        iface = IPv4Interface(value.strip())
+        iface = kind(value.strip())
     except (ipaddress.AddressValueError, ipaddress.NetmaskValueError, ValueError, AttributeError):
         raise InvalidArgument(f"invalid {what} {value!r}: invalid CIDR block notation") from None
     if "/" not in value:
         raise InvalidArgument(f"invalid {what} {value!r}: invalid CIDR block notation")
     if iface.ip != iface.network.network_address:
         raise InvalidArgument(f"invalid {what} {value}: it should be {iface.network} (host bits are set)")
-    return iface.network
+    return iface
 
 
 # Ranges no bridge network can use: not host addresses, or not routable to a host on a link.
@@ -121,6 +135,52 @@ RESERVED_RANGES: tuple[tuple[IPv4Network, str], ...] = (
     (IPv4Network("224.0.0.0/4"), "multicast addresses"),
     (IPv4Network("240.0.0.0/4"), "reserved addresses (and the broadcast address)"),
 )
+
+
+def parse_ipv6(value: str, what: str = "IPv6 address") -> IPv6Address:
+    try:
+        return IPv6Address(value.strip())
+    except (ipaddress.AddressValueError, ValueError, AttributeError):
+        raise InvalidArgument(f"invalid {what}: {value!r}") from None
+
+
+def parse_ipv6_network(value: str, what: str = "subnet") -> IPv6Network:
+    """An IPv6 CIDR whose host bits are zero, as ``parse_ipv4_network``."""
+    return _parse_network(IPv6Interface, value, what).network
+
+
+def parse_ip_network(value: str, what: str = "subnet") -> IPv4Network | IPv6Network:
+    """An IPv4 or IPv6 CIDR (host bits zero): IPv6 when it holds a colon."""
+    if ":" in value:
+        return parse_ipv6_network(value, what)
+    return parse_ipv4_network(value, what)
+
+
+def parse_ip(value: str, what: str = "IP address") -> IPv4Address | IPv6Address:
+    """An IPv4 or IPv6 address: IPv6 when it holds a colon."""
+    if ":" in value:
+        return parse_ipv6(value, what)
+    return parse_ipv4(value, what)
+
+
+# IPv6 ranges no network can use: unspecified/loopback/v4-mapped, link-local, multicast.
+RESERVED_RANGES6: tuple[tuple[IPv6Network, str], ...] = (
+    (IPv6Network("::/96"), "unspecified, loopback and IPv4-compatible addresses"),
+    (IPv6Network("::ffff:0:0/96"), "IPv4-mapped addresses"),
+    (IPv6Network("fe80::/10"), "link-local addresses"),
+    (IPv6Network("ff00::/8"), "multicast addresses"),
+)
+
+
+def check_usable_subnet6(subnet: IPv6Network, what: str = "subnet") -> IPv6Network:
+    """``subnet`` unless it overlaps ::/96, ::ffff:0:0/96, fe80::/10 or ff00::/8
+    (InvalidArgument naming the range)."""
+    for reserved, kind in RESERVED_RANGES6:
+        if subnet.overlaps(reserved):
+            raise InvalidArgument(
+                f"invalid {what} {subnet}: it overlaps {reserved} ({kind}), which a network cannot use"
+            )
+    return subnet
 
 
 def check_usable_subnet(subnet: IPv4Network, what: str = "subnet") -> IPv4Network:
