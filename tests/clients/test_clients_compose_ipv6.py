@@ -1,12 +1,14 @@
-"""IPv6 through Docker Compose 1.29 (Debian's ``docker-compose``): a project whose network has
-``enable_ipv6: true`` and a v6 ``ipam.config`` subnet beside a v4 one (file version 2.4: v2.1
-and later know ``enable_ipv6``; v3 files need swarm for it), one service with a fixed
-``ipv6_address`` and one without (and a published port).
+"""IPv6 through Docker Compose 1.29 (Debian's ``docker-compose``): a project (file version
+2.4: compose v1 documents ``enable_ipv6`` for v2.1+ files) whose network has ``enable_ipv6:
+true`` and a v6 ``ipam.config`` subnet beside a v4 one, one service with a fixed
+``ipv6_address`` and one without (and a published port), and a second network with
+``enable_ipv6: true`` alone.
 
-``up -d`` makes the network dual-stack and gives each service its v6 address; the services
-resolve each other's AAAA and reach each other over v6 (ping, HTTP); the published port is on 0.0.0.0 and ::; ``up -d`` again finds
-the network unchanged; ``down`` leaves nothing (containers, networks, v4 and v6 addresses and
-routes, nft, files).
+``up -d`` makes the networks dual-stack (the second one a ULA /64) and gives each service
+its v6 address; the services resolve each other's AAAA and reach each other over v6 (ping,
+HTTP); the published port is on 0.0.0.0 and ::; ``up -d`` again finds the networks
+unchanged; ``down`` leaves nothing (containers, networks, v4 and v6 addresses and routes,
+nft, files).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ services:
     networks:
       dual:
         ipv6_address: fd00:c0de:6::a
+      auto6: {}
   web:
     image: busybox
     command: ["sh", "-c", "mkdir -p /www && echo hello-over-v6 > /www/index.html && trap 'exit 0' TERM; httpd -f -p 80 -h /www & wait"]
@@ -52,6 +55,8 @@ networks:
       config:
         - subnet: 10.61.0.0/24
         - subnet: fd00:c0de:6::/64
+  auto6:
+    enable_ipv6: true
 """
 
 
@@ -117,6 +122,18 @@ def test_up_makes_a_dual_stack_network_and_v6_addresses(project: Project) -> Non
     assert "fd00:c0de:6::a/64" in addrs, addrs
 
 
+def test_enable_ipv6_without_a_subnet_takes_a_ula_64(project: Project) -> None:
+    """``enable_ipv6: true`` alone (no ``ipam``): a /64 of the default ULA pool, and the
+    service an address in it."""
+    host = project.host
+    net = json.loads(host.cnm("network", "inspect", f"{PROJECT}_auto6").stdout)[0]
+    assert net["EnableIPv6"] is True
+    v6 = [ipaddress.IPv6Network(c["Subnet"]) for c in net["IPAM"]["Config"] if ":" in c["Subnet"]]
+    assert len(v6) == 1 and v6[0].prefixlen == 64 and v6[0].subnet_of(ipaddress.IPv6Network("fd00::/8")), v6
+    nets = inspect(host, f"{PROJECT}_api_1")[0]["NetworkSettings"]["Networks"]
+    assert ipaddress.IPv6Address(nets[f"{PROJECT}_auto6"]["GlobalIPv6Address"]) in v6[0], nets
+
+
 def test_services_resolve_each_others_aaaa(project: Project) -> None:
     web = v6_of(project.host, "web")
     out = project.exec("api", "nslookup", "-type=aaaa", "web", "127.0.0.11").stdout
@@ -160,7 +177,7 @@ def test_down_leaves_nothing(project: Project, baseline: dict[str, Any]) -> None
     names = host.cnm("ps", "-a", "--format", "{{.Names}}").stdout.split()
     assert [n for n in names if n.startswith(f"{PROJECT}_")] == []
     nets = host.cnm("network", "ls", "--format", "{{.Name}}").stdout.split()
-    assert NET not in nets, nets
+    assert [n for n in nets if n.startswith(f"{PROJECT}_")] == [], nets
     now = {**kernel_state(host), "routes6": v6_routes(host)}
     diff = {k: (sorted(set(now[k]) - set(baseline[k])), sorted(set(baseline[k]) - set(now[k]))) for k in now}
     assert all(added == [] and gone == [] for added, gone in diff.values()), json.dumps(diff, indent=1)
