@@ -5,7 +5,8 @@ host, unchanged, as Docker 27+ users type it:
 ``IPAM.Config``, v4 first; a v6 ``--gateway`` kept verbatim; a /64 of the ULA pool without a
 subnet), ``docker network ls --format '{{.IPv6}}'``, ``docker run --ip6`` and ``docker network
 connect --ip6`` (the address, gateway and prefix in ``docker inspect -f``, the address and
-default route inside the container, v6 between containers), ``-p 8080:80`` listed by ``docker
+default route inside the container, v6 between containers; ``docker stop`` blanks the v6
+fields, ``docker start`` brings the fixed address back), ``-p 8080:80`` listed by ``docker
 port`` and ``docker ps`` on ``0.0.0.0`` and ``[::]`` and served on both loopbacks,
 ``-p '[::1]:8081:80'`` on v6 loopback only, a dual-stack container's ports at ``[::1]``,
 ``127.0.0.1`` and the host's v6 address, and a bad ``--ip6`` refused with nothing left.
@@ -140,6 +141,26 @@ def test_network_connect_ip6(clienthost: TestHost, env: dict[str, str]) -> None:
     docker(clienthost, env, "network", "disconnect", "n6b", "c6")
     addrs = docker(clienthost, env, "exec", "c6", "ip", "-o", "-6", "addr", "show", "scope", "global").stdout
     assert "fd00:cafe:7::20" not in addrs, addrs
+
+
+def test_stop_blanks_the_v6_fields_and_start_brings_the_fixed_address_back(
+    clienthost: TestHost, env: dict[str, str]
+) -> None:
+    docker(clienthost, env, "stop", "-t", "0", "c6")
+    stopped = json.loads(fmt(clienthost, env, "{{json .NetworkSettings.Networks.n6}}", "c6"))
+    assert (stopped["GlobalIPv6Address"], stopped["GlobalIPv6PrefixLen"], stopped["IPv6Gateway"]) == (
+        "",
+        0,
+        "",
+    )
+    assert stopped["IPAMConfig"]["IPv6Address"] == "fd00:cafe:6::10"  # kept, as Docker keeps it
+    docker(clienthost, env, "start", "c6")
+    assert (
+        fmt(clienthost, env, "{{.NetworkSettings.Networks.n6.GlobalIPv6Address}}", "c6") == "fd00:cafe:6::10"
+    )
+    routes = docker(clienthost, env, "exec", "c6", "ip", "-6", "route", "show", "default").stdout
+    assert "default via fd00:cafe:6::1" in routes, routes
+    docker(clienthost, env, "exec", "c6b", "ping", "-6", "-c", "1", "-W", "3", "c6")
 
 
 def test_bad_ip6_is_refused_and_leaves_nothing(clienthost: TestHost, env: dict[str, str]) -> None:
