@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """dns_upstream.py ADDRESS — a tiny authoritative stand-in for the Internet's DNS (UDP and TCP).
 
-Answers ``*.example``: ``ext.example`` A 198.51.100.7, ``big.example`` 60 A records (too big
+Answers ``*.example``: ``ext.example`` A 198.51.100.7, ``ext6.example`` AAAA 2001:db8:7::7,
+``big.example`` 60 A records (too big
 for 512-byte UDP: truncated, so clients retry over TCP), ``broken.example`` SERVFAIL, anything
 else NXDOMAIN.  Every answer carries a TXT-free marker: the A records of ``who.example`` are
-this server's own address, so a test can tell which upstream answered.  Prints READY.
+this server's own address (an AAAA record when ADDRESS is IPv6; the server then listens on
+IPv6), so a test can tell which upstream answered.  Prints READY.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import dns.rcode
 import dns.rrset
 
 ADDRESS = sys.argv[1]
+FAMILY = socket.AF_INET6 if ":" in ADDRESS else socket.AF_INET
 
 
 def answer(wire: bytes, tcp: bool) -> bytes:
@@ -29,8 +32,11 @@ def answer(wire: bytes, tcp: bool) -> bytes:
     name = q.name.to_text().rstrip(".").lower()
     if name == "ext.example":
         reply.answer.append(dns.rrset.from_text(q.name, 60, "IN", "A", "198.51.100.7"))
+    elif name == "ext6.example":
+        reply.answer.append(dns.rrset.from_text(q.name, 60, "IN", "AAAA", "2001:db8:7::7"))
     elif name == "who.example":
-        reply.answer.append(dns.rrset.from_text(q.name, 60, "IN", "A", ADDRESS))
+        kind = "AAAA" if FAMILY == socket.AF_INET6 else "A"
+        reply.answer.append(dns.rrset.from_text(q.name, 60, "IN", kind, ADDRESS))
     elif name == "big.example":
         reply.answer.append(
             dns.rrset.from_text_list(q.name, 60, "IN", "A", [f"198.51.100.{i}" for i in range(1, 61)])
@@ -72,9 +78,9 @@ def serve_tcp(sock: socket.socket) -> None:
 
 
 def main() -> None:
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp = socket.socket(FAMILY, socket.SOCK_DGRAM)
     udp.bind((ADDRESS, 53))
-    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp = socket.socket(FAMILY, socket.SOCK_STREAM)
     tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     tcp.bind((ADDRESS, 53))
     tcp.listen(16)

@@ -109,8 +109,22 @@ def shared(lab: Lab, name: str, *opts: str) -> None:
     )
 
 
+def input_chains(host: LabHost) -> list[str]:
+    """The nftables base chains on the input hook in ``host`` (cnm's or anyone's)."""
+    ruleset = json.loads(host.run(["nft", "-j", "list", "ruleset"]).stdout)["nftables"]
+    return sorted(o["chain"]["name"] for o in ruleset if o.get("chain", {}).get("hook") == "input")
+
+
+def guarded_vnis(host: LabHost) -> list[int]:
+    out = host.run(["nft", "-j", "list", "set", "ip", "cnm", "encrypted-vnis"]).stdout
+    (found,) = [o["set"] for o in json.loads(out)["nftables"] if "set" in o]
+    return sorted(e["elem"]["val"] if isinstance(e, dict) else e for e in found.get("elem", []))
+
+
 def test_an_encrypted_network_crosses_the_underlay_only_inside_wireguard(lab) -> None:
     h1, h2 = lab.hosts
+    # no encrypted network here yet: nothing of cnm's on the input path
+    assert input_chains(h1) == input_chains(h2) == []
     shared(lab, "sec", "-o", "encrypted")
     vx = f"vx-{network_id(h1, 'sec')[:12]}"
     web = run(h1, "web", "sec", "sh", "-c", HTTPD)
@@ -131,6 +145,10 @@ def test_an_encrypted_network_crosses_the_underlay_only_inside_wireguard(lab) ->
     # the private key stays in h1's data root, readable by root only
     keyfile = h1.data_root / "wireguard.json"
     assert keyfile.stat().st_mode & 0o777 == 0o600
+    # plain VXLAN with the network's VNI is dropped unless it comes through the tunnel
+    vni = int(detail["linkinfo"]["info_data"]["id"])
+    for host in lab.hosts:
+        assert input_chains(host) == ["vxlan-input"] and guarded_vnis(host) == [vni], host.name
 
     counters(lab, reset=True)
     h2.cnm("exec", "db", "ping", "-c", "3", "-W", "2", web["IPAddress"])
@@ -185,6 +203,9 @@ def test_an_encrypted_network_crosses_the_underlay_only_inside_wireguard(lab) ->
         lambda: "cnmwg0" not in {x["ifname"] for x in h2.ip_json("link", "show")}, "h2 kept its tunnel"
     )
     eventually(lambda: wg_show(h1, "peers") == "", "h1 kept h2 as a peer")
+    # and its guard: nothing of it left on h2's input path (the plain network needs none)
+    assert input_chains(h2) == [] and guarded_vnis(h2) == []
+    assert input_chains(h1) == ["vxlan-input"]
 
 
 # keys rotate every 8 s, the next one announced 4 s before it is used
@@ -217,3 +238,35 @@ def test_keys_rotate_under_traffic_and_a_restart_keeps_the_key(lab) -> None:
     assert h1.run(["pidof", "wireguard-go"]).stdout.split() == pid
     eventually(lambda: key1 in wg_show(h2, "peers").split(), "h2 never took h1's key back")
     eventually(lambda: fetch(h2, "db", f"http://{web['IPAddress']}:8080/"), "no TCP after the restart")
+
+
+def guard_rules(host: LabHost) -> tuple[list[str], list[str]]:
+    """(INPUT's jumps to CNM-VXLAN, CNM-VXLAN's rules) of the iptables backend."""
+    jumps = [r for r in host.run(["iptables", "-w", "-S", "INPUT"]).stdout.splitlines() if "CNM-VXLAN" in r]
+    listed = host.run(["iptables", "-w", "-S", "CNM-VXLAN"], check=False).stdout.splitlines()
+    return jumps, [r for r in listed if r.startswith("-A ")]
+
+
+@pytest.mark.parametrize("lab", [("--firewall-backend", "iptables")], indirect=True)
+def test_the_iptables_backend_guards_the_encrypted_vni_while_it_is_here(lab) -> None:
+    h1, h2 = lab.hosts
+    assert guard_rules(h1) == guard_rules(h2) == ([], [])  # nothing on the input path yet
+    shared(lab, "sec", "-o", "encrypted")
+    vx = f"vx-{network_id(h1, 'sec')[:12]}"
+    web = run(h1, "web", "sec", "sh", "-c", HTTPD)
+    run(h2, "db", "sec")
+    vni = int(h1.ip_json("-d", "link", "show", vx)[0]["linkinfo"]["info_data"]["id"])
+    for host in lab.hosts:
+        jumps, rules = guard_rules(host)
+        assert len(jumps) == 1 and "--dport 4789" in jumps[0] and "! -i cnmwg0" in jumps[0], jumps
+        assert len(rules) == 1 and f"=0x{vni:x}" in rules[0] and rules[0].endswith("-j DROP"), rules
+    eventually(
+        lambda: fetch(h2, "db", f"http://{web['IPAddress']}:8080/"), "no TCP over the encrypted overlay"
+    )
+    counters(lab, reset=True)
+    h2.cnm("exec", "db", "ping", "-c", "3", "-W", "2", web["IPAddress"])
+    assert counters(lab)["vxlan"] == 0
+    # h2's last encrypted endpoint leaves: its guard goes with it, h1's stays
+    h2.cnm("rm", "-f", "db")
+    eventually(lambda: guard_rules(h2) == ([], []), "h2 kept its VXLAN guard")
+    assert len(guard_rules(h1)[1]) == 1

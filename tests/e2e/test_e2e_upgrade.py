@@ -178,7 +178,6 @@ def test_upgrade_from_the_last_release_keeps_containers_networks_and_ports(
         "output",
         "ports",
         "raw-prerouting",
-        "vxlan-input",
     }
     assert problems(host) == []
 

@@ -1,10 +1,12 @@
 """Plain VXLAN for an encrypted overlay network's VNI is dropped unless it came through the
-WireGuard interface, against the real kernel (nftables backend), in a throwaway namespace.
+WireGuard interface, against the real kernel (the nftables backend, and the iptables
+backend through both iptables variants), in a throwaway namespace.
 
 The host has an underlay veth (``ul0``, 10.0.0.1) and a stand-in for the tunnel interface
 (a veth named ``cnmwg0``, 10.9.0.1), both to a "peer" netns that sends VXLAN datagrams
 built by hand (flags, VNI in bytes 4-6) to UDP 4789.  A plain UDP socket bound to 4789 on
 the host shows which datagrams got past the input hook: that checks the payload offset.
+The drop rule's chain is on the input path only while an encrypted VNI is there.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ pytestmark = pytest.mark.root
 SCRIPT = r'''
 import asyncio, json, socket, struct, subprocess, sys
 
+from cnm.firewall.iptables import IptablesFirewall
 from cnm.firewall.nftables import NftablesFirewall
 
 OWNER = "ab" * 32
+BACKEND = sys.argv[1]  # nftables | iptables-nft | iptables-legacy
 
 
 def sh(*argv):
@@ -43,7 +47,7 @@ listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 listener.bind(("0.0.0.0", 4789))
 listener.settimeout(1.0)
 
-fw = NftablesFirewall()
+fw = NftablesFirewall() if BACKEND == "nftables" else IptablesFirewall(iptables=BACKEND)
 
 
 def send(dst, vni):
@@ -65,23 +69,44 @@ def arrived():
     return struct.unpack("!I", data[4:8])[0] >> 8
 
 
+def input_chains():
+    """nftables: the base chains on the input hook, of any table; iptables: the targets
+    INPUT jumps to."""
+    if BACKEND == "nftables":
+        ruleset = json.loads(sh("nft", "-j", "list", "ruleset"))["nftables"]
+        return sorted(o["chain"]["name"] for o in ruleset if o.get("chain", {}).get("hook") == "input")
+    rules = sh(BACKEND, "-w", "-S", "INPUT").splitlines()
+    return sorted(line.split(" -j ")[1] for line in rules if line.startswith("-A INPUT"))
+
+
 def dropped():
-    chain = json.loads(sh("nft", "-j", "list", "chain", "ip", "cnm", "vxlan-input"))
-    return sum(e["counter"]["packets"] for o in chain["nftables"] if "rule" in o
-               for e in o["rule"]["expr"] if "counter" in e)
+    if BACKEND == "nftables":
+        chain = json.loads(sh("nft", "-j", "list", "chain", "ip", "cnm", "vxlan-input"))
+        return sum(e["counter"]["packets"] for o in chain["nftables"] if "rule" in o
+                   for e in o["rule"]["expr"] if "counter" in e)
+    rows = sh(BACKEND, "-w", "-L", "CNM-VXLAN", "-v", "-x", "-n").splitlines()[2:]
+    return sum(int(row.split()[0]) for row in rows)
 
 
 async def main():
     await fw.setup()
+    await fw.sync([])
+    results = {"input chains, no encrypted VNI": input_chains()}
+    send("10.0.0.1", 4097); results["underlay, nothing encrypted"] = arrived()
     await fw.add_encrypted_vni(OWNER, 4097)
-    results = {}
+    results["input chains, one encrypted VNI"] = input_chains()
     send("10.0.0.1", 4097); results["underlay, encrypted VNI"] = (arrived(), dropped())
     send("10.0.0.1", 4098); results["underlay, other VNI"] = (arrived(), dropped())
     send("10.9.0.1", 4097); results["tunnel, encrypted VNI"] = (arrived(), dropped())
     await fw.sync([])  # a rebuilt table keeps the VNI
     send("10.0.0.1", 4097); results["underlay after sync"] = (arrived(), dropped())
-    await fw.remove_encrypted_vni(OWNER, 4097)
-    send("10.0.0.1", 4097); results["underlay after removal"] = (arrived(), dropped())
+    await fw.add_encrypted_vni("cd" * 32, 4099)
+    await fw.remove_encrypted_vni(OWNER, 4097)  # 4099 still guarded
+    send("10.0.0.1", 4097); results["underlay, 4097 removed"] = (arrived(), dropped())
+    send("10.0.0.1", 4099); results["underlay, 4099 kept"] = (arrived(), dropped())
+    await fw.remove_encrypted_vni("cd" * 32, 4099)
+    results["input chains, last VNI removed"] = input_chains()
+    send("10.0.0.1", 4099); results["underlay after the last removal"] = arrived()
     print(json.dumps(results))
     print("OK")
 
@@ -90,13 +115,29 @@ asyncio.run(main())
 '''
 
 
-@pytest.mark.skipif(not have("nft", "ip"), reason="needs root, unshare, nft and ip")
-def test_plain_vxlan_with_an_encrypted_vni_is_dropped_unless_it_came_through_the_tunnel(tmp_path):
-    results = json.loads(check_ok(run_script(tmp_path, SCRIPT)).strip().splitlines()[-2])
+GUARD = {"nftables": "vxlan-input", "iptables-nft": "CNM-VXLAN", "iptables-legacy": "CNM-VXLAN"}
+
+
+@pytest.mark.parametrize("backend", list(GUARD))
+def test_plain_vxlan_with_an_encrypted_vni_is_dropped_unless_it_came_through_the_tunnel(tmp_path, backend):
+    tool = "nft" if backend == "nftables" else backend
+    if not have(tool, "ip"):
+        pytest.skip(f"needs root, unshare, {tool} and ip")
+    results = json.loads(check_ok(run_script(tmp_path, SCRIPT, backend)).strip().splitlines()[-2])
+    guard = GUARD[backend]
+    # the drop counter: nftables has one rule for every VNI (its counter is new after a
+    # sync); iptables one rule per VNI (4097's count goes with its rule)
+    kept = 1 if backend == "nftables" else 0
     assert results == {
+        "input chains, no encrypted VNI": [],  # nothing on the input path for nothing
+        "underlay, nothing encrypted": 4097,
+        "input chains, one encrypted VNI": [guard],
         "underlay, encrypted VNI": [None, 1],
         "underlay, other VNI": [4098, 1],
         "tunnel, encrypted VNI": [4097, 1],
-        "underlay after sync": [None, 1],  # the counter is new with the rebuilt rule
-        "underlay after removal": [4097, 1],
+        "underlay after sync": [None, 1],
+        "underlay, 4097 removed": [4097, kept],
+        "underlay, 4099 kept": [None, kept + 1],
+        "input chains, last VNI removed": [],
+        "underlay after the last removal": 4099,
     }

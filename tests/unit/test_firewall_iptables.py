@@ -162,6 +162,23 @@ async def test_restore_errors_name_the_failing_line(monkeypatch):
     )
 
 
+async def test_an_encrypted_vni_is_one_batch_from_a_fresh_read_and_survives_a_sync(fw):
+    await fw.add_encrypted_vni(A, 4097)
+    (batch,) = fw.ex.restores()
+    assert batch == r.render_vni({}, A, 4097, add=True)
+    await fw.sync([])
+    assert f'"0>>22&0x3C@12>>8=4097" -m comment --comment cnm:{A} -j DROP' in fw.ex.restores()[-1]
+    await fw.remove_encrypted_vni(A, 4097)
+    await fw.sync([])
+    assert "=4097" not in fw.ex.restores()[-1]
+
+
+async def test_a_bad_vni_changes_nothing(fw):
+    with pytest.raises(Exception, match="VNI"):
+        await fw.add_encrypted_vni(A, 1 << 24)
+    assert fw.ex.calls == []
+
+
 # -- IPv6 ---------------------------------------------------------------------------------
 
 

@@ -469,15 +469,38 @@ async def test_adding_a_network_lists_nothing_and_names_no_other_network(fw):
 
 async def test_encrypted_vnis_are_one_element_each_and_survive_a_sync(fw):
     await fw.add_encrypted_vni(A, 4097)
-    assert fw.log[-1] == r.render_vni(A, 4097, add=True)
+    assert fw.log[-1] == r.render_vni(A, 4097, add=True, guard=True)
     fw.lister.replies = [(0, table_json(list(r.FIXED_CHAINS)), "")]
     await fw.sync([net()])
     assert f'add element ip cnm encrypted-vnis {{ 4097 comment "cnm:{A}" }}' in fw.log[-1]
-    await fw.remove_encrypted_vni(A, 4097)
+    assert "add rule ip cnm vxlan-input " in fw.log[-1]
+    await fw.add_encrypted_vni(B, 4098)
+    assert fw.log[-1] == r.render_vni(B, 4098, add=True)  # the chain is there: its counter kept
+    await fw.remove_encrypted_vni(A, 4097)  # B's VNI still needs the guard
     assert fw.log[-1] == r.render_vni(A, 4097, add=False)
+    await fw.remove_encrypted_vni(B, 4098)  # the last: the chain goes with it
+    assert fw.log[-1] == r.render_vni(B, 4098, add=False, guard=False)
     fw.lister.replies = [(0, table_json(list(r.FIXED_CHAINS)), "")]
     await fw.sync([])
     assert "add element ip cnm encrypted-vnis" not in fw.log[-1]
+    assert "vxlan-input" not in fw.log[-1]
+
+
+async def test_before_the_first_sync_the_last_known_vni_leaves_the_guard_in_place(fw):
+    # a restarted cnmd does not know which VNIs its predecessor left in the set
+    await fw.add_encrypted_vni(A, 4097)
+    await fw.remove_encrypted_vni(A, 4097)
+    assert fw.log[-1] == r.render_vni(A, 4097, add=False)
+    assert "delete chain" not in fw.log[-1]
+
+
+async def test_the_guard_chain_counts_in_health_only_while_a_vni_is_there(fw):
+    await fw.add_encrypted_vni(A, 4097)
+    fw.lister.replies = [(0, table_json(list(r.FIXED_CHAINS)), "")]
+    assert await fw.healthy() is False  # vxlan-input missing
+    with_guard = {**r.base_rule_counts(), "vxlan-input": 1}
+    fw.lister.replies = [(0, table_json([*r.FIXED_CHAINS, "vxlan-input"], rules=with_guard), ""), TABLE6]
+    assert await fw.healthy() is True
 
 
 async def test_a_table_without_the_encrypted_vnis_set_is_not_healthy(fw):

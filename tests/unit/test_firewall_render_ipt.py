@@ -223,6 +223,92 @@ def test_health_problems_name_what_is_missing():
     assert r.health_problems(r.parse_save(""))
 
 
+# -- encrypted overlay networks' VNIs -------------------------------------------------------
+
+GUARD_JUMP = "-A INPUT -p udp -m udp --dport 4789 ! -i cnmwg0 -m comment --comment cnm:base -j CNM-VXLAN"
+
+
+def test_an_encrypted_vni_is_a_u32_drop_and_the_first_one_brings_inputs_jump():
+    batch = r.render_vni(r.parse_save(""), A, 4097, add=True)
+    assert section(batch, "filter") == [
+        ":CNM-VXLAN - [0:0]",  # missing: created
+        f'-A CNM-VXLAN -m u32 --u32 "0>>22&0x3C@12>>8=4097" -m comment --comment cnm:{A} -j DROP',
+        GUARD_JUMP,
+    ]
+    assert section(batch, "raw") == section(batch, "nat") == []
+
+
+def test_the_u32_expression_reads_the_vni_at_bytes_4_to_6_of_the_vxlan_header():
+    # IHL*4 from the IP header's first word, then 32 bits at byte 12 of the transport
+    # header (8 of UDP + 4 of VXLAN), shifted past the reserved byte
+    spec = r.vni_rule(A, 0xABCDEF).spec
+    assert '"0>>22&0x3C@12>>8=11259375"' in spec
+
+
+def saved_guard(*owners_vnis: tuple[str, int]) -> str:
+    rules = "\n".join(
+        f'-A CNM-VXLAN -m u32 --u32 "0x0>>0x16&0x3c@0xc>>0x8={hex(v)}" -m comment --comment "cnm:{o}" -j DROP'
+        for o, v in owners_vnis
+    )
+    return (
+        "*filter\n:INPUT ACCEPT [0:0]\n:CNM-VXLAN - [0:0]\n"
+        '-A INPUT -p udp -m udp --dport 4789 ! -i cnmwg0 -m comment --comment "cnm:base" -j CNM-VXLAN\n'
+        f"{rules}\nCOMMIT\n"
+    )
+
+
+def test_a_second_vni_adds_its_rule_only_and_re_adding_replaces_as_installed():
+    f = section(r.render_vni(r.parse_save(saved_guard((A, 4097))), B, 4098, add=True), "filter")
+    assert f == [f'-A CNM-VXLAN -m u32 --u32 "0>>22&0x3C@12>>8=4098" -m comment --comment cnm:{B} -j DROP']
+    f = section(r.render_vni(r.parse_save(saved_guard((A, 4097))), A, 4097, add=True), "filter")
+    assert (
+        f[0]
+        == f'-D CNM-VXLAN -m u32 --u32 "0x0>>0x16&0x3c@0xc>>0x8=0x1001" -m comment --comment "cnm:{A}" -j DROP'
+    )
+    assert len(f) == 2  # and the new rule; the jump is left as it is
+
+
+def test_removing_keeps_the_jump_for_others_and_the_last_takes_it():
+    f = section(r.render_vni(r.parse_save(saved_guard((A, 4097), (B, 4098))), A, 4097, add=False), "filter")
+    assert [line[:2] for line in f] == ["-D"] and "cnm:" + A in f[0]
+    f = section(r.render_vni(r.parse_save(saved_guard((B, 4098))), B, 4098, add=False), "filter")
+    assert f[1] == GUARD_JUMP.replace("-A", "-D", 1).replace("cnm:base", '"cnm:base"')
+    assert len(f) == 2
+    # nothing there: nothing to do but make the chain
+    assert section(r.render_vni(r.parse_save(""), A, 4097, add=False), "filter") == [":CNM-VXLAN - [0:0]"]
+
+
+@pytest.mark.parametrize("vni", [0, -1, 1 << 24, True, "4097"])
+def test_bad_vnis_are_refused(vni):
+    with pytest.raises(InvalidArgument, match="VNI"):
+        r.render_vni({}, A, vni, add=True)
+
+
+def test_setup_leaves_the_guard_serving_and_sync_makes_it_match_the_vnis():
+    state = r.parse_save(saved_guard((A, 4097)))
+    assert "CNM-VXLAN" not in r.render_setup(state).replace(":CNM-VXLAN", "")  # neither flushed nor unjumped
+    f = section(r.render_sync(state, [], vnis={A: 4097}), "filter")
+    assert ":CNM-VXLAN - [0:0]" in f  # flushed with the shared chains, refilled
+    assert f'-A CNM-VXLAN -m u32 --u32 "0>>22&0x3C@12>>8=4097" -m comment --comment cnm:{A} -j DROP' in f
+    assert not any("INPUT" in line for line in f)  # its jump stays
+    f = section(r.render_sync(state, []), "filter")
+    assert any(line.startswith("-D INPUT") for line in f)
+    assert not any("-A CNM-VXLAN" in line for line in f)
+    f = section(r.render_sync(r.parse_save(""), [], vnis={A: 4097}), "filter")
+    assert GUARD_JUMP in f
+
+
+def test_teardown_takes_the_guard_too():
+    f = section(r.render_teardown(r.parse_save(saved_guard((A, 4097)))), "filter")
+    assert "-X CNM-VXLAN" in f and any(line.startswith("-D INPUT") for line in f)
+
+
+def test_the_tunnel_interface_is_the_overlays():
+    from cnm.drivers.overlay_crypt import IFNAME
+
+    assert r.TUNNEL_IFNAME == IFNAME
+
+
 # -- IPv6 (ip6tables) ---------------------------------------------------------------------
 
 
@@ -333,3 +419,11 @@ def test_nothing_leaves_an_internal_network_not_even_for_a_published_port():
     # first in CNM-INTO-BRIDGE: before any network's chain accepts a DNATed packet
     assert drop.chain == r.INTO_CHAIN and drop.first and drop.spec.startswith("-i br-i ! -o br-i ")
     assert not [x for x in r.network_shared_rules(net6(), False) if x.spec.endswith("-j DROP")]
+
+
+def test_the_vxlan_guard_is_ipv4s_only():
+    # overlay networks are IPv4: ip6tables gets neither the chain nor a rule
+    assert "CNM-VXLAN" not in r.SHARED6["filter"] and "CNM-VXLAN" in r.SHARED["filter"]
+    assert "CNM-VXLAN" not in r.render_sync({}, [], family=6, vnis={A: 4097})
+    assert "=4097" in r.render_sync({}, [], family=4, vnis={A: 4097})
+    assert r.is_cnm_chain("CNM-VXLAN")  # so teardown takes it

@@ -71,7 +71,6 @@ def test_forward_jumps_to_user_chain_first_then_reads_the_network_sets():
     ]
     assert r.base_rule_counts() == {
         "forward": 6, "postrouting": 3, "prerouting": 1, "output": 1, "raw-prerouting": 1, "ports": 4,
-        "vxlan-input": 1,
     }  # fmt: skip
 
 
@@ -435,13 +434,40 @@ def test_port_keys_read_back_from_nft_json_are_the_text_they_were_written_as():
 # -- encrypted overlay networks' VNIs -------------------------------------------------------
 
 
-def test_setup_drops_plain_vxlan_for_encrypted_vnis_unless_it_came_through_the_tunnel():
+GUARD_CHAIN = "add chain ip cnm vxlan-input { type filter hook input priority raw ; policy accept ; }"
+GUARD_RULE = 'iifname != "cnmwg0" udp dport 4789 @th,96,24 @encrypted-vnis counter drop'
+
+
+def test_setup_makes_the_vni_set_but_no_chain_on_the_input_hook():
     script = r.render_setup()
     assert "add set ip cnm encrypted-vnis { typeof @th,96,24 ; }" in script
-    assert "add chain ip cnm vxlan-input { type filter hook input priority raw ; policy accept ; }" in script
-    assert rules_of(script, "vxlan-input") == [
-        'iifname != "cnmwg0" udp dport 4789 @th,96,24 @encrypted-vnis counter drop'
+    assert "vxlan-input" not in script
+    assert not [line for line in lines(script) if "hook input" in line]
+    assert r.VXLAN_CHAIN not in r.FIXED_CHAINS
+
+
+def test_the_guard_drops_plain_vxlan_for_encrypted_vnis_unless_it_came_through_the_tunnel():
+    on = lines(r.render_vni(A, 4097, add=True, guard=True))
+    assert on == [
+        f'add element ip cnm encrypted-vnis {{ 4097 comment "cnm:{A}" }}',
+        GUARD_CHAIN,
+        "flush chain ip cnm vxlan-input",  # idempotent: never two copies of the rule
+        f"add rule ip cnm vxlan-input {GUARD_RULE}",
     ]
+    assert rules_of("\n".join(on), "vxlan-input") == [GUARD_RULE]
+
+
+def test_the_last_vni_takes_the_guard_chain_with_it_whether_or_not_it_is_there():
+    off = lines(r.render_vni(A, 4097, add=False, guard=False))
+    assert off == [
+        f'add element ip cnm encrypted-vnis {{ 4097 comment "cnm:{A}" }}',
+        "delete element ip cnm encrypted-vnis { 4097 }",
+        GUARD_CHAIN,
+        "flush chain ip cnm vxlan-input",
+        "delete chain ip cnm vxlan-input",
+    ]
+    # guard=None: the chain is left as it is
+    assert "vxlan-input" not in r.render_vni(A, 4097, add=False)
 
 
 def test_the_vni_offset_is_bytes_4_to_6_of_the_vxlan_header_after_the_udp_header():
@@ -477,8 +503,15 @@ def test_sync_refills_the_encrypted_vnis_and_empties_them_without_any():
     flush = script.index("flush set ip cnm encrypted-vnis")
     assert script.index(f'add element ip cnm encrypted-vnis {{ 4097 comment "cnm:{A}" }}') > flush
     assert script.index(f'add element ip cnm encrypted-vnis {{ 4098 comment "cnm:{B}" }}') > flush
+    assert rules_of(script, "vxlan-input") == [GUARD_RULE]
     assert "flush set ip cnm encrypted-vnis" in r.render_sync([])
     assert "add element ip cnm encrypted-vnis" not in r.render_sync([])
+    # without VNIs: no chain, and one left by an earlier daemon (or release) is deleted
+    assert "vxlan-input" not in r.render_sync([])
+    assert (
+        lines(r.render_sync([], existing=[*r.FIXED_CHAINS, "vxlan-input"]))[-1]
+        == "delete chain ip cnm vxlan-input"
+    )
 
 
 # -- IPv6 -------------------------------------------------------------------------------

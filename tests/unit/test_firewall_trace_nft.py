@@ -208,8 +208,12 @@ def test_user_chain_rules_are_evaluated_and_unknown_ones_reported() -> None:
 
 
 def test_hook_without_a_matching_rule_accepts_and_bad_hook_is_refused(ruleset) -> None:
-    # cnm's only input chain drops plain VXLAN for encrypted VNIs: nothing else matches
+    # cnm has no input chain without an encrypted overlay network
     r = evaluate_hook(ruleset, "input", pkt("10.1.0.2", "10.1.0.1"))
+    assert r.verdict == "accept" and r.chains == ()
+    # with one, its only input chain drops plain VXLAN for encrypted VNIs: nothing else matches
+    guarded = parse_ruleset(load(render_nft.render_sync(NETWORKS, ports=PORTS, vnis={"a" * 64: 4097})))
+    r = evaluate_hook(guarded, "input", pkt("10.1.0.2", "10.1.0.1"))
     assert r.verdict == "accept" and r.chains == ("vxlan-input",)
     with pytest.raises(InvalidArgument, match="unknown hook 'ingress'"):
         evaluate_hook(ruleset, "ingress", pkt("10.1.0.2", "10.1.0.1"))

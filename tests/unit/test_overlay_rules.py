@@ -196,3 +196,39 @@ async def test_a_record_lost_with_a_lapsed_lease_comes_back_on_the_new_one(hosts
     await until(lambda: web.id in {p.id for p in b.driver.peers()}, timeout=3 * RETRY_S + 2)
     entry = await store.get(f"endpoint/{web.id}")
     assert entry.lease == leases[1] and entry.doc["network_id"] == net.id
+
+
+class FailsAtRecordStore(AwayStore):
+    """Goes away (``AwayStore.away``) at the first commit that writes an endpoint record:
+    etcd lost between a join's address claim and its record."""
+
+    armed = False
+
+    async def commit(self, ops, checks=()):
+        if self.armed and any(getattr(op, "key", "").startswith("endpoint/") for op in ops):
+            self.armed, self.away = False, True
+        return await super().commit(ops, checks)
+
+
+async def test_an_address_claimed_by_a_join_that_lost_etcd_is_freed_once_it_is_back(tmp_path):
+    shared = FailsAtRecordStore("global")
+    a = Host(tmp_path, "h1", "198.51.100.1", shared)
+    await a.start()
+    try:
+        net = await a.ctl.create_network(NetworkSpec(name="ov", driver="overlay"))
+        container, _ = await a.ctl.create_container(
+            "web", ContainerConfig(image="busybox", network_mode=NetworkMode.parse("ov"))
+        )
+        ipam = a.ctl._svc.cluster.ipam
+        before = dict(ipam.owners(net.id))
+        shared.armed = True
+        with pytest.raises(Unavailable, match="did not answer"):
+            await a.ctl.start_container(container.id)
+        assert [k for k in shared._data if k.startswith("endpoint/")] == []
+        shared.away = False  # etcd is back: the claim the join made is undone
+        await until(lambda: ipam.owners(net.id) == before, timeout=3 * WITHDRAW_RETRY_S + 2)
+        # and the address is given again
+        await a.ctl.start_container(container.id)
+        assert a.endpoint("web").address.ip == IPv4Address("10.0.0.2")
+    finally:
+        await a.stop()

@@ -58,6 +58,9 @@ class DaemonConfig:
     netns_names: str = ""
     # --ui-addr: the live page's loopback (host, port); None = no page
     ui_addr: tuple[str, int] | None = None
+    # --host-gateway-ip (at most one IPv4 and one IPv6): what --add-host NAME:host-gateway
+    # stands for; () = the gateways of the container's networks
+    host_gateway_ips: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
     # --ipv6 / --fixed-cidr-v6: IPv6 on the default bridge, and its subnet (None: one
     # from the default IPv6 pool)
     ipv6: bool = False
@@ -181,7 +184,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="IPv4 network the nodes take their WireGuard tunnel addresses from, the same on "
         "every node (default 100.64.0.0/10)",
     )
+    p.add_argument(
+        "--host-gateway-ip",
+        action="append",
+        default=[],
+        metavar="IP",
+        help="the address --add-host NAME:host-gateway stands for; give it twice for one IPv4 "
+        "and one IPv6 address (default: the host's addresses on the container's network)",
+    )
     return p
+
+
+def parse_host_gateway_ips(values: list[str]) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
+    """``--host-gateway-ip``, repeatable as dockerd's: at most one IPv4 and one IPv6
+    unicast address, in the order given."""
+    found: dict[int, ipaddress.IPv4Address | ipaddress.IPv6Address] = {}
+    for value in values:
+        what = f"invalid --host-gateway-ip {value!r}"
+        try:
+            address = ipaddress.ip_address(value.strip())
+        except ValueError:
+            raise InvalidArgument(f"{what}: not an IP address") from None
+        if address.is_unspecified or address.is_multicast:
+            raise InvalidArgument(f"{what}: {address} is not a unicast address")
+        if address.version in found:
+            raise InvalidArgument(
+                f"{what}: one IPv{address.version} address was given already "
+                f"({found[address.version]}); give at most one IPv4 and one IPv6 address"
+            )
+        found[address.version] = address
+    return tuple(found.values())
 
 
 CLUSTER_STORE_OPTS = ("kv.cacertfile", "kv.certfile", "kv.keyfile")
@@ -398,6 +430,7 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
         overlay_tunnel_pool=tunnel_pool,
         netns_names=NETNS_NAMES_DIR if args.netns_names else "",
         ui_addr=parse_ui_addr(args.ui_addr) if args.ui_addr is not None else None,
+        host_gateway_ips=parse_host_gateway_ips(args.host_gateway_ip),
         ipv6=args.ipv6,
         fixed_cidr_v6=fixed_cidr_v6,
     )

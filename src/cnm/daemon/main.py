@@ -240,6 +240,7 @@ def _build(
         cluster=engine_cluster,
         firewall_table=table,
         netns_names=config.netns_names,
+        host_gateway_ips=config.host_gateway_ips,
         bridge_ipv6=IpamConfig(subnet=config.fixed_cidr_v6) if config.ipv6 else None,
     )
     return controller, store, kernel, dns, leftovers, guard

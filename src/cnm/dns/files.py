@@ -21,6 +21,7 @@ _LOCALHOST_V6 = (
 )
 
 FALLBACK_NAMESERVERS = ("8.8.8.8", "8.8.4.4")
+FALLBACK_NAMESERVERS_V6 = ("2001:4860:4860::8888", "2001:4860:4860::8844")
 
 
 def render_hostname(hostname: str) -> str:
@@ -45,16 +46,29 @@ def render_hosts(
     links: Sequence[tuple[str, str]] = (),
     ipv6: bool = True,
 ) -> str:
-    """``extra_hosts`` are (name, ip) from ``--add-host``; ``links`` are (ip, names) lines
-    for legacy ``--link`` on the default bridge."""
+    """A container's /etc/hosts, Docker's lines in Docker's order: localhost, the IPv6
+    defaults, ``extra_hosts`` ((name, ip) from ``--add-host``), one line per address of the
+    container (``addresses``: each endpoint's IPv4 then IPv6 address), and ``links``
+    ((ip, names) lines of legacy ``--link`` on the default bridge).
+
+    ``ipv6``: IPv6 is on inside the container (its loopback has ``::1``).  Without it,
+    as Docker's ``BuildNoIPv6``, neither the IPv6 defaults nor any line whose address is
+    IPv6 (an ``--add-host``, the container's own, a link's) is written."""
     lines = ["127.0.0.1\tlocalhost"]
     if ipv6:
         lines.extend(_LOCALHOST_V6)
-    lines.extend(f"{ip}\t{name}" for name, ip in extra_hosts)
     names = host_names(hostname, domainname)
-    lines.extend(f"{addr}\t{names}" for addr in addresses)
-    lines.extend(f"{ip}\t{names_}" for ip, names_ in links)
+    records = [
+        *((ip, name) for name, ip in extra_hosts),
+        *((addr, names) for addr in addresses),
+        *links,
+    ]
+    lines.extend(f"{ip}\t{text}" for ip, text in records if ipv6 or not _is_v6(ip))
     return "\n".join(lines) + "\n"
+
+
+def _is_v6(address: str) -> bool:
+    return ":" in address
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,17 +115,21 @@ def container_resolv_conf(
     dns_search: Sequence[str] = (),
     dns_options: Sequence[str] = (),
     host_mode: bool = False,
+    ipv6: bool = False,
 ) -> tuple[ResolvConf, bool]:
     """The resolver configuration a container gets (Docker's legacy, non-embedded-DNS
     rules): the host's file with ``--dns*`` overrides; outside host mode, loopback
-    nameservers are dropped (they would point at the container's own lo) and, if none is
-    left, Google's public servers are used.  Returns (conf, used_fallback)."""
+    nameservers are dropped (they would point at the container's own lo), IPv6 ones too
+    unless ``ipv6`` (the container has an IPv6 address), and, if none is left, Google's
+    public servers are used (their IPv6 ones too with ``ipv6``).  Returns (conf,
+    used_fallback)."""
     nameservers = tuple(dns) if dns else host.nameservers
     fallback = False
     if not host_mode and not dns:
-        nameservers = tuple(n for n in nameservers if not _is_loopback(n) and ":" not in n)
+        nameservers = tuple(n for n in nameservers if not _is_loopback(n) and (ipv6 or not _is_v6(n)))
         if not nameservers:
-            nameservers, fallback = FALLBACK_NAMESERVERS, True
+            fallback = True
+            nameservers = FALLBACK_NAMESERVERS + (FALLBACK_NAMESERVERS_V6 if ipv6 else ())
     search = tuple(s for s in dns_search if s != ".") if dns_search else host.search
     options = tuple(dns_options) if dns_options else host.options
     return ResolvConf(nameservers, search, options, host.other), fallback

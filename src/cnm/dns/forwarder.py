@@ -207,7 +207,6 @@ class _Pool:
         self.source = source
         self.upstream = upstream
         self.family = socket.AF_INET6 if upstream.address.version == 6 else socket.AF_INET
-        self.address = (str(upstream.address), upstream.port)
         self.channels: list[_Channel] = []
         self.retired: list[_Channel] = []
         self.turn = 0
@@ -271,7 +270,7 @@ class _Pool:
             # connected: the kernel filters other sources, picks a random source port
             # and reports ICMP errors to us
             sock.setblocking(False)
-            sock.connect(self.address)
+            sock.connect(sockaddr(self.upstream))
             return _Channel(loop, sock, self)
         except BaseException:
             sock.close()
@@ -616,6 +615,21 @@ class Forwarder:
             self._sweeper = None
 
 
+def sockaddr(upstream: Upstream) -> tuple[str, int] | tuple[str, int, int, int]:
+    """The socket address ``upstream`` is dialed at.  An IPv6 link-local server's zone
+    (``fe80::1%eth0``, ``fe80::1%2``) becomes the scope id: a name is looked up in cnmd's
+    own namespace, where the host's resolvers are dialed (a ``--dns`` server, dialed from
+    the container's namespace, needs a numeric zone).  OSError: no such interface."""
+    address = upstream.address
+    if address.version == 4:
+        return str(address), upstream.port
+    zone = address.scope_id
+    if not zone:
+        return str(address), upstream.port, 0, 0
+    index = int(zone) if zone.isdigit() else socket.if_nametoindex(zone)
+    return str(address).split("%", 1)[0], upstream.port, 0, index
+
+
 def _drop(reply: bytes | None) -> None:
     """The answer of a probe whose client already got its SERVFAIL."""
 
@@ -626,7 +640,7 @@ async def _tcp_exchange(out: bytes, upstream: Upstream, source: SocketSource) ->
     family = socket.AF_INET6 if upstream.address.version == 6 else socket.AF_INET
     sock = await source.socket(family, socket.SOCK_STREAM)
     try:
-        await loop.sock_connect(sock, (str(upstream.address), upstream.port))
+        await loop.sock_connect(sock, sockaddr(upstream))
         await loop.sock_sendall(sock, len(out).to_bytes(2, "big") + out)
         size = int.from_bytes(await _recv_exactly(loop, sock, 2), "big")
         data = await _recv_exactly(loop, sock, size)

@@ -31,10 +31,11 @@ import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import Any
 
 from cnm.drivers.overlay import ENDPOINT_PREFIX, JOIN_PREFIX
+from cnm.engine.later import Later
 from cnm.errors import CnmError, Conflict, Unavailable
 from cnm.ipam.api import Ipam, PoolSpec
 from cnm.model.network import OPT_VXLANID_LIST, NetworkRecord
@@ -136,6 +137,8 @@ class Cluster:
         # local names removed while the store did not answer, withdrawn once it does
         self._withdrawals: set[str] = set()
         self._withdrawer: asyncio.Task[None] | None = None
+        # global addresses whose undo the store did not take, freed once it does
+        self.releases = Later("global addresses not freed yet", WITHDRAW_RETRY_S)
 
     async def start(self) -> None:
         """Load and follow the nodes, names and VNIs; start the global IPAM."""
@@ -149,9 +152,21 @@ class Cluster:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._withdrawer
             self._withdrawer = None
+        await self.releases.close()
         await self.ipam.close()
         for mirror in self._mirrors.values():
             await mirror.close()
+
+    async def release_address(self, network_id: str, address: IPv4Address | IPv6Address) -> None:
+        """Free a global address claimed by a change that failed (its undo): at once, or,
+        while the store does not answer, in the background once it does (logged, not
+        raised: the caller's own error is the one to report)."""
+        try:
+            await self.ipam.release_address(network_id, address)
+        except Unavailable as exc:
+            log.warning("address %s of network %s is freed once the cluster store answers: %s",
+                        address, network_id[:12], exc)  # fmt: skip
+            self.releases.add((network_id, address), lambda: self.ipam.release_address(network_id, address))
 
     # -- nodes ----------------------------------------------------------------------------
 

@@ -1,5 +1,4 @@
-"""The engine's coordinator: it wires the engine's pieces and is the one facade the API
-layer calls.
+"""The engine's coordinator: it wires the engine's pieces and is the one facade the API layer calls.
 
 Each entry point hands its request to the piece whose job it is: the catalogue
 (``networks.py``), the three CNM objects (``network.py``, ``endpoint.py``, ``sandbox.py``),
@@ -20,7 +19,7 @@ import logging
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping, Sequence
 
-from cnm.dns.records import NameTable
+from cnm.dns.records import IPAddress, NameTable
 from cnm.dns.server import DnsServer
 from cnm.drivers.api import NetworkDriver
 from cnm.engine.cluster import Cluster, Node
@@ -83,6 +82,7 @@ class Controller(Tracing):  # Tracing: the trace verb (engine/trace.py)
         names: NameTable | None = None,
         dns: DnsServer | None = None,
         host_resolv_conf: str = "/etc/resolv.conf",
+        host_gateway_ips: Sequence[IPAddress] = (),  # cnmd --host-gateway-ip
         publisher: Publisher | None = None,
         cluster: Cluster | None = None,
         firewall_table: str = "cnm",
@@ -111,7 +111,7 @@ class Controller(Tracing):  # Tracing: the trace verb (engine/trace.py)
             kernel=kernel,
             drivers=drivers,
             runtime=runtime,
-            naming=Naming(self._state, runtime, names=names, dns=dns, host_resolv_conf=host_resolv_conf),
+            naming=Naming(self._state, runtime, names, dns, host_resolv_conf, host_gateway_ips),
             publisher=publisher,
             netns_dir=netns_dir,
             cluster=cluster,

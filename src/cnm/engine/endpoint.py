@@ -266,5 +266,8 @@ async def _address(
         held.append(claim)
         return claim.address
     ip = await ipam.allocate_address(network.id, ep_id, preferred, v6=v6)
-    stack.push_async_callback(ipam.release_address, network.id, ip)
+    if ipam is svc.ipam or svc.cluster is None:
+        stack.push_async_callback(ipam.release_address, network.id, ip)
+    else:  # a global address: freed even when etcd is lost mid-change
+        stack.push_async_callback(svc.cluster.release_address, network.id, ip)
     return ip

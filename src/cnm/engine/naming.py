@@ -9,17 +9,19 @@ and only ``--link`` entries in /etc/hosts.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-import re
 from collections.abc import Sequence
-from ipaddress import IPv4Interface, ip_address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from cnm.dns import files
-from cnm.dns.records import NameTable, Upstream
+from cnm.dns.records import IPAddress, NameTable, Upstream
 from cnm.dns.server import DnsServer
+from cnm.engine.links import legacy_links, link_env
+from cnm.engine.links import parse_link as parse_link  # re-exported: callers import it from here
 from cnm.engine.state import State
-from cnm.errors import CnmError, InvalidArgument
+from cnm.errors import CnmError
 from cnm.model.container import Container, ContainerConfig
 from cnm.model.endpoint import EndpointRecord, SandboxRecord, dns_names
 from cnm.model.network import GWBRIDGE_NAME, NetworkRecord
@@ -30,18 +32,6 @@ log = logging.getLogger("cnm.engine")
 
 MAX_UPSTREAMS = 3  # Docker's maxExtDNS
 REMOTE_PREFIX = "remote/"  # DNS records of other hosts' endpoints (global networks)
-_ENV_NAME = re.compile(r"[^A-Za-z0-9]")
-_LINK_ENV_SKIP = ("HOME", "PATH")
-
-
-def parse_link(value: str) -> tuple[str, str]:
-    """``NAME[:ALIAS]`` -> (name, alias); Docker's ``/parent/alias`` form is accepted too."""
-    name, _, alias = value.partition(":")
-    name = name.lstrip("/")
-    alias = alias.rsplit("/", 1)[-1] if alias else name
-    if not name or not alias:
-        raise InvalidArgument(f"invalid link {value!r}: expected NAME[:ALIAS]")
-    return name, alias
 
 
 def validate_names(config: ContainerConfig) -> None:
@@ -60,21 +50,33 @@ def user_defined(network: NetworkRecord) -> bool:
     return not network.predefined and network.name != GWBRIDGE_NAME
 
 
+@functools.cache
+def kernel_ipv6() -> bool:
+    """Does this kernel do IPv6 at all?  Then every sandbox's loopback has ``::1`` (cnm,
+    as Docker 26+, never turns IPv6 off on ``lo``), which is Docker's test for "IPv6 is
+    on inside the container" (its /etc/hosts gets the IPv6 lines)."""
+    return os.path.exists("/proc/net/if_inet6")
+
+
 class Naming:
     def __init__(
         self,
         state: State,
         runtime: Runtime,
-        *,
         names: NameTable | None = None,
         dns: DnsServer | None = None,
         host_resolv_conf: str = "/etc/resolv.conf",
+        host_gateway_ips: Sequence[IPAddress] = (),
     ) -> None:
+        """``host_gateway_ips``: cnmd's ``--host-gateway-ip``s (at most one per family), what
+        ``--add-host NAME:host-gateway`` stands for; () = the gateways of the container's
+        networks (see ``_host_gateway``)."""
         self._state = state
         self._runtime = runtime
         self._names = names
         self._dns = dns
         self._host_resolv_conf = host_resolv_conf
+        self._host_gateway_ips = tuple(host_gateway_ips)
         self._host_conf: tuple[tuple[int, int, int], files.ResolvConf] | None = None  # (stat key, parsed)
         self._written: dict[str, tuple[str, tuple[int, int, int]]] = {}  # path -> (content, stat key)
         state.listen_global_endpoints(self._remote_changed)
@@ -129,48 +131,24 @@ class Naming:
             if ep.network_id in self._state.networks
         ]
 
-    def _host_gateway(self, pairs: Sequence[tuple[NetworkRecord, EndpointRecord]]) -> str:
-        """``host-gateway``: the host's address on the container's network (the gateway of
-        its default-route endpoint), else the default bridge's gateway."""
+    def _host_gateway(self, pairs: Sequence[tuple[NetworkRecord, EndpointRecord]]) -> list[str]:
+        """What ``host-gateway`` stands for: cnmd's ``--host-gateway-ip``s when given; else
+        the host's addresses on the container's network (the IPv4 and IPv6 gateways of its
+        default-route endpoint), else the default bridge's, else 127.0.0.1.  IPv4 first;
+        ``render_hosts`` drops the IPv6 one when IPv6 is off inside the container."""
+        if self._host_gateway_ips:
+            return [str(ip) for ip in self._host_gateway_ips]
+        v4: IPv4Address | None = None
+        v6: IPv6Address | None = None
         for _net, ep in pairs:
-            if ep.default_route and ep.gateway is not None:
-                return str(ep.gateway)
+            if ep.default_route:
+                v4 = v4 or ep.gateway
+                v6 = v6 or (ep.gateway6 if ep.address6 is not None else None)
         bridge = next((n for n in self._state.networks.values() if n.name == "bridge"), None)
-        return str(bridge.gateway) if bridge is not None and bridge.gateway else "127.0.0.1"
-
-    def _legacy_links(
-        self, container: Container, strict: bool = False
-    ) -> list[tuple[Container, str, IPv4Interface]]:
-        """(target, alias, the address of the target's bridge endpoint) for ``--link`` on the default bridge.
-        ``strict`` (at start): a target that is not running or not on the default bridge is
-        an error, as in Docker; otherwise such links are skipped."""
-        if not container.config.network_mode.is_default_bridge:
-            return []
-        found = []
-        for link in container.config.links:
-            name, alias = parse_link(link)
-            target = next((c for c in self._state.containers.values() if c.name == name), None)
-            if (target is None or not target.running) and not strict:
-                continue
-            if target is None or not target.running:
-                raise InvalidArgument(
-                    f"Cannot link to a non running container: /{name} AS /{container.name}/{alias}"
-                )
-            ep = next(
-                (
-                    e
-                    for e in self._state.endpoints_of_container(target.id)
-                    if self._state.networks.get(e.network_id) is not None
-                    and self._state.networks[e.network_id].name == "bridge"
-                ),
-                None,
-            )
-            if (ep is None or ep.address is None) and not strict:
-                continue
-            if ep is None or ep.address is None:
-                raise InvalidArgument(f"Cannot link to /{name}, as it does not belong to the default network")
-            found.append((target, alias, ep.address))
-        return found
+        if bridge is not None:
+            v4 = v4 or bridge.gateway
+            v6 = v6 or (bridge.gateway6 if bridge.enable_ipv6 else None)
+        return [str(v4 or "127.0.0.1"), *([str(v6)] if v6 is not None else [])]
 
     def write_files(
         self,
@@ -186,27 +164,31 @@ class Naming:
         pairs = self._networked(endpoints)
         gateway = self._host_gateway(pairs)
         extra = [
-            (name, gateway if ip == HOST_GATEWAY else ip)
+            (name, address)
             for name, ip in map(parse_extra_host, config.extra_hosts)
+            for address in (gateway if ip == HOST_GATEWAY else [ip])
         ]
+        has_v6 = not host_mode and any(ep.address6 is not None for _, ep in pairs)
         self._write(paths.hostname, files.render_hostname(sandbox.hostname))
         if host_mode and not extra:
             try:
                 with open("/etc/hosts") as f:
                     hosts = f.read()
             except OSError:
-                hosts = files.render_hosts(sandbox.hostname, [])
+                hosts = files.render_hosts(sandbox.hostname, [], ipv6=kernel_ipv6())
         else:
             links = [
-                (str(address.ip), f"{alias} {self._hostname_of(target)} {target.name}")
-                for target, alias, address in self._legacy_links(container)
+                (address, names)
+                for ep, names in legacy_links(self._state, container)
+                for address in _addresses(ep)
             ]
             hosts = files.render_hosts(
                 sandbox.hostname,
-                [] if host_mode else [str(ep.address.ip) for _, ep in pairs if ep.address is not None],
+                [] if host_mode else [a for _, ep in pairs for a in _addresses(ep)],
                 domainname=config.domainname,
                 extra_hosts=extra,
                 links=links,
+                ipv6=kernel_ipv6(),
             )
         self._write(paths.hosts, hosts)
         host_conf = self._host_resolv()
@@ -225,55 +207,32 @@ class Naming:
                 dns_search=config.dns_search,
                 dns_options=config.dns_options,
                 host_mode=host_mode,
+                ipv6=has_v6,
             )
             if fallback:
                 comment = "No non-localhost nameservers were left; using default external servers."
         self._write(paths.resolv_conf, files.render_resolv_conf(conf, comment=comment))
 
-    def _hostname_of(self, container: Container) -> str:
-        sandbox = self._state.sandbox_of(container.id)
-        return sandbox.hostname if sandbox is not None else (container.config.hostname or container.short_id)
-
     def link_env(self, container: Container) -> tuple[str, ...]:
         """Docker's ``ALIAS_PORT_80_TCP…``, ``ALIAS_NAME``, ``ALIAS_ENV_…`` variables for
-        legacy links on the default bridge."""
-        env: list[str] = []
-        for target, alias, address in self._legacy_links(container, strict=True):
-            prefix = _ENV_NAME.sub("_", alias).upper()
-            ip = str(address.ip)
-            env.append(f"{prefix}_NAME=/{container.name}/{alias}")
-            ports = sorted(
-                {_port_key(p) for p in (*target.config.exposed_ports, *target.config.port_bindings)},
-            )
-            for i, (port, proto) in enumerate(ports):
-                base = f"{prefix}_PORT_{port}_{proto.upper()}"
-                if i == 0:
-                    env.append(f"{prefix}_PORT={proto}://{ip}:{port}")
-                env += [
-                    f"{base}={proto}://{ip}:{port}",
-                    f"{base}_ADDR={ip}",
-                    f"{base}_PORT={port}",
-                    f"{base}_PROTO={proto}",
-                ]
-            for item in target.config.env:
-                key, sep, value = item.partition("=")
-                if sep and key not in _LINK_ENV_SKIP:
-                    env.append(f"{prefix}_ENV_{key}={value}")
-        return tuple(env)
+        legacy links on the default bridge (``engine/links.py``)."""
+        return link_env(self._state, container)
 
     # -- embedded DNS ---------------------------------------------------------------------
 
     @staticmethod
     def _upstreams(config: ContainerConfig, host_conf: files.ResolvConf) -> list[Upstream]:
         """``--dns`` servers are asked from the container's namespace; otherwise the host's
-        resolvers, asked from cnmd's own (so a 127.0.0.53 resolver works)."""
+        resolvers, asked from cnmd's own (so a 127.0.0.53 resolver works).  Either may be
+        IPv6; a link-local one keeps its zone (``fe80::1%eth0``), the interface it is
+        reached through."""
         if config.dns:
             servers = [(ip_address(parse_nameserver(d)), False) for d in config.dns]
         else:
             servers = []
             for n in host_conf.nameservers:
                 try:
-                    servers.append((ip_address(n.split("%", 1)[0]), True))
+                    servers.append((ip_address(n), True))
                 except ValueError:
                     log.warning("ignoring malformed nameserver %r in %s", n, "the host's resolv.conf")
         return [Upstream(ip, 53, via_host) for ip, via_host in servers][:MAX_UPSTREAMS]
@@ -310,6 +269,7 @@ class Naming:
                 container.name,
                 dns_names(container.name, ep.aliases, container.short_id, sandbox.hostname),
                 ep.address.ip if ep.address is not None else None,
+                address6=ep.address6.ip if ep.address6 is not None else None,
                 links=links or None,
             )
         if self._dns is None:
@@ -368,6 +328,7 @@ class Naming:
             new.name,
             dns_names(new.name, new.aliases, new.container_id[:12], ""),
             new.address.ip,
+            address6=new.address6.ip if new.address6 is not None else None,
         )
 
     async def withdraw(self, sandbox: SandboxRecord) -> list[BaseException]:
@@ -389,6 +350,6 @@ def _stat_key(st: os.stat_result) -> tuple[int, int, int]:
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def _port_key(key: str) -> tuple[int, str]:
-    port, _, proto = key.partition("/")
-    return int(port.split("-", 1)[0]), (proto or "tcp")
+def _addresses(ep: EndpointRecord) -> list[str]:
+    """An endpoint's addresses as /etc/hosts lists them: IPv4, then IPv6."""
+    return [str(a.ip) for a in (ep.address, ep.address6) if a is not None]

@@ -38,9 +38,9 @@ class IptablesFirewall:
     family (iptables has no transaction across the two).  When ``ip6tables`` is not
     installed, everything v4 works and a v6 network or port is refused.
 
-    It does not drop plain VXLAN for encrypted overlay networks (``add_encrypted_vni``
-    only warns): on a host where an encrypted network runs, a frame sent from the
-    underlay to UDP 4789 with its VNI reaches it.  Use the nftables backend there."""
+    Plain VXLAN from the underlay carrying an encrypted overlay network's VNI is dropped
+    in CNM-VXLAN (a ``u32`` match on the VNI), which INPUT jumps to only while such a
+    network is on this host."""
 
     def __init__(self, userland_proxy: bool = False, iptables: str = "iptables") -> None:
         self.userland_proxy = userland_proxy
@@ -48,6 +48,7 @@ class IptablesFirewall:
         self._lock = asyncio.Lock()  # one operation of either family at a time
         self._v4 = _Family(self, 4, iptables)
         self._v6 = _Family(self, 6, _ip6_tool(iptables))
+        self._vnis: dict[str, int] = {}  # encrypted overlay network id -> its VNI (IPv4)
 
     @property
     def variant(self) -> str | None:
@@ -143,22 +144,25 @@ class IptablesFirewall:
             await self._v6.remove_ports(owner)
 
     async def add_encrypted_vni(self, owner: str, vni: int) -> None:
-        """Not implemented by this backend (see the class docstring): a warning only."""
-        log.warning(
-            "iptables backend: plain VXLAN with VNI %d of encrypted network %s is not dropped "
-            "(use --firewall-backend nftables)",
-            vni,
-            owner[:12],
-        )
+        """Drop plain VXLAN with ``vni`` from anywhere but the tunnel (replacing what
+        ``owner`` had there), INPUT's jump made if missing (iptables only: overlay
+        networks are IPv4)."""
+        render_ipt.vni_rule(owner, vni)  # validates before anything
+        await self._v4.set_vni(owner, vni, add=True)
+        self._vnis[owner] = vni
 
     async def remove_encrypted_vni(self, owner: str, vni: int) -> None:
-        """Nothing to remove (see ``add_encrypted_vni``)."""
+        """Remove ``owner``'s drop whether or not it is there; with the last one, INPUT's
+        jump goes too."""
+        await self._v4.set_vni(owner, vni, add=False)
+        self._vnis.pop(owner, None)
 
     async def teardown(self) -> None:
         """Remove every cnm jump and chain (CNM-USER included) of both families, found by
         reading the kernel, so rules left by a previous daemon go too; idempotent."""
         await self._v4.teardown()
         await self._v6.teardown()
+        self._vnis.clear()
 
     async def healthy(self) -> bool:
         """True when cnm's chains, the jumps to them and the skeleton's rules are present
@@ -344,7 +348,9 @@ class _Family:
                 self._remember(networks, ports, by_owner)
                 return
             await self._apply_read(
-                lambda state: render_ipt.render_sync(state, networks, ports, self.userland_proxy, self.family)
+                lambda state: render_ipt.render_sync(
+                    state, networks, ports, self.userland_proxy, self.family, self._fw._vnis
+                )
             )
             self._remember(networks, ports, by_owner)
 
@@ -429,6 +435,14 @@ class _Family:
     def _forget_ports(self, owner: str) -> None:
         for key in self._port_keys.pop(owner, []):
             self._port_owner.pop(key, None)
+
+    async def set_vni(self, owner: str, vni: int, add: bool) -> None:
+        """Add (or remove) ``owner``'s drop of ``vni`` in CNM-VXLAN and make INPUT's jump
+        match; one batch, from a fresh read (a VNI changes rarely: with an encrypted
+        network's first or last endpoint here)."""
+        async with self._lock:
+            await self._usable(needed=True)
+            await self._apply_read(lambda state: render_ipt.render_vni(state, owner, vni, add=add))
 
     async def teardown(self) -> None:
         async with self._lock:

@@ -56,6 +56,10 @@ class NftablesFirewall:
         # absent from it then has no elements (no need to read the maps)
         self._ports_known = False
         self._vnis: dict[str, int] = {}  # encrypted overlay network id -> its VNI
+        # True once sync/teardown made the memory of VNIs match the kernel: only then may
+        # the last removal delete ``vxlan-input`` (before, the set may hold VNIs of a
+        # previous daemon's networks that still need it)
+        self._vnis_known = False
 
     def _remember(self, rules: BridgeRules) -> None:
         self._forget(rules.owner)
@@ -110,6 +114,7 @@ class NftablesFirewall:
         self._networks_known = True
         self._ports = elements
         self._ports_known = True
+        self._vnis_known = True
         self._port_owner.clear()
         self._port_keys.clear()
         for rule in ports:
@@ -198,14 +203,20 @@ class NftablesFirewall:
         self._index_ports(owner, [])
 
     async def add_encrypted_vni(self, owner: str, vni: int) -> None:
-        """One element of ``encrypted-vnis`` (kept in memory: ``sync`` puts it back)."""
-        self._nft.apply(render_nft.render_vni(owner, vni, add=True, table=self.table))
+        """One element of ``encrypted-vnis`` (kept in memory: ``sync`` puts it back), and
+        the ``vxlan-input`` chain that drops it from the underlay (made with the first VNI,
+        so its counter keeps counting while others come), in one transaction."""
+        guard = None if self._vnis else True
+        self._nft.apply(render_nft.render_vni(owner, vni, add=True, table=self.table, guard=guard))
         self._vnis[owner] = vni
 
     async def remove_encrypted_vni(self, owner: str, vni: int) -> None:
-        """Delete that element whether or not it is there."""
-        self._nft.apply(render_nft.render_vni(owner, vni, add=False, table=self.table))
-        self._vnis.pop(owner, None)
+        """Delete that element whether or not it is there; with the last one (when the
+        memory is known to be complete) the ``vxlan-input`` chain goes too."""
+        rest = {o: v for o, v in self._vnis.items() if o != owner}
+        guard = False if self._vnis_known and not rest else None
+        self._nft.apply(render_nft.render_vni(owner, vni, add=False, table=self.table, guard=guard))
+        self._vnis = rest
 
     async def teardown(self) -> None:
         """Delete cnm's table (the user chain with it); idempotent."""
@@ -217,6 +228,7 @@ class NftablesFirewall:
         self._port_keys.clear()
         self._ports_known = True
         self._vnis.clear()
+        self._vnis_known = True
 
     async def healthy(self) -> bool:
         """True when the table, its sets and maps, the user chain and the fixed chains
@@ -246,6 +258,8 @@ class NftablesFirewall:
             if not fixed <= chains or not wanted <= sets or sets & set(render_nft.LEGACY_MAPS):
                 return False
             expected = render_nft.base_rule_counts(self.userland_proxy, family)
+            if family == render_nft.FAMILY and self._vnis:  # the encrypted networks' VNI guard
+                expected[render_nft.VXLAN_CHAIN] = 1
             if any(rules.get(c, 0) != n for c, n in expected.items()):
                 return False
         return True

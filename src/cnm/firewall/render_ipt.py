@@ -24,6 +24,9 @@ skeleton)::
              CNM-P-<id12>  one endpoint's DNAT rules (a range on the same ports: one rule)
              POSTROUTING -> CNM-POSTROUTING  -s 127.0.0.0/8 ! -o lo ctstate DNAT MASQUERADE ; -j CNM-MASQUERADE
              CNM-MASQUERADE   -s <subnet> ! -o <br> MASQUERADE ; -s <subnet> -o <br> ctstate DNAT MASQUERADE (hairpin)
+    *filter  INPUT       -> CNM-VXLAN        (only while an encrypted overlay network is here:
+                                              -p udp --dport 4789 ! -i cnmwg0)
+             CNM-VXLAN   -m u32 --u32 "0>>22&0x3C@12>>8=<VNI>" -j DROP   (per encrypted network)
 
 IPv6 (``ip6tables``) has the same layout, for the v6 subnets of networks with IPv6 (a
 function taking ``family`` renders for ``ip6tables-restore`` when it is 6): no loopback
@@ -46,7 +49,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cnm.errors import InvalidArgument
@@ -63,6 +66,7 @@ DNAT_CHAIN = "CNM"
 POSTROUTING_CHAIN = "CNM-POSTROUTING"
 MASQ_CHAIN = "CNM-MASQUERADE"
 RAW_CHAIN = "CNM-PREROUTING"
+VXLAN_CHAIN = "CNM-VXLAN"  # drops plain VXLAN for encrypted overlay networks' VNIs
 # ip6tables only: "-i <br> -j DROP" for every network's bridge, jumped to by a routed
 # network's chain before it lets ICMPv6 in, so other networks stay isolated from it
 ISOLATE_CHAIN = "CNM-ISOLATE"
@@ -80,13 +84,14 @@ FIXED: dict[str, tuple[str, ...]] = {
 }
 # Created when missing, never flushed by setup: they hold rules of many owners (or the user's).
 SHARED: dict[str, tuple[str, ...]] = {
-    "filter": (USER_CHAIN, INTO_CHAIN, FROM_CHAIN),
+    "filter": (USER_CHAIN, INTO_CHAIN, FROM_CHAIN, VXLAN_CHAIN),
     "nat": (DNAT_CHAIN, MASQ_CHAIN),
     "raw": (),
 }
+# (the VXLAN guard is IPv4's: overlay networks are IPv4 only)
 SHARED6: dict[str, tuple[str, ...]] = {
     **SHARED,
-    "filter": (*SHARED["filter"], ISOLATE_CHAIN, PUBLISHED_CHAIN),
+    "filter": (*(c for c in SHARED["filter"] if c != VXLAN_CHAIN), ISOLATE_CHAIN, PUBLISHED_CHAIN),
 }
 
 
@@ -123,7 +128,7 @@ def is_cnm_chain(name: str) -> bool:
     return (
         is_network_chain(name)
         or is_port_chain(name)
-        or any(name in c for c in (*FIXED.values(), *SHARED6.values()))
+        or any(name in c for c in (*FIXED.values(), *SHARED.values(), *SHARED6.values()))
     )
 
 
@@ -336,7 +341,9 @@ def _skeleton(
             # CNM-USER is the user's: never flushed (only created)
             if name not in existing or (flush_shared and name != USER_CHAIN):
                 batch.chain(table, name)
-    batch.delete(cnm_jumps(state))  # re-inserted below, in the right order
+    # re-inserted below, in the right order; the VXLAN guard's jump is left serving
+    # (render_sync and render_vni decide whether it is wanted)
+    batch.delete(j for j in cnm_jumps(state) if target_of(j.spec) != VXLAN_CHAIN)
     batch.add(fixed_rules(userland_proxy, family))
     batch.add(jump_rules(userland_proxy, family))
 
@@ -544,8 +551,10 @@ def render_sync(
     ports: Sequence[PortRule] = (),
     userland_proxy: bool = False,
     family: int = 4,
+    vnis: Mapping[str, int] | None = None,
 ) -> str:
-    """One batch leaving exactly ``networks`` and ``ports``: every cnm chain but CNM-USER
+    """One batch leaving exactly ``networks``, ``ports`` and (IPv4 only) ``vnis``
+    (encrypted overlay networks' VNIs by network id): every cnm chain but CNM-USER
     flushed and refilled, stale per-network chains removed, jumps re-made.  For
     ``family`` 6: ``networks`` must all have a v6 subnet, and only v6 ports are kept."""
     seen: dict[str, str] = {}
@@ -573,6 +582,10 @@ def render_sync(
         batch.chain("nat", port_chain(owner))
         batch.add(owned)
         batch.add([port_jump(owner)])
+    if family == 4:
+        vni_rules = [vni_rule(owner, vni) for owner, vni in (vnis or {}).items()]
+        batch.add(vni_rules)  # CNM-VXLAN was flushed with the other shared chains
+        _guard_jump(batch, state, bool(vni_rules))
     return batch.render()
 
 
@@ -597,3 +610,71 @@ def health_problems(state: dict[str, TableState], userland_proxy: bool = False, 
         if have != n:
             problems.append(f"chain {table}/{chain} holds {have} rules, not {n}")
     return problems
+
+
+# -- encrypted overlay networks ---------------------------------------------------------
+#
+# The kernel's VXLAN socket takes a frame from whoever sends it, so plain VXLAN from the
+# underlay carrying an encrypted network's VNI would be decapsulated into that network.
+# Such frames must come through the WireGuard interface.  The VNI is bytes 4-6 of the
+# VXLAN header, after the 8-byte UDP header: u32 reads the IP header length
+# (``0>>22&0x3C``), moves to the transport header (``@``) and takes the 32 bits at byte
+# 12 there, shifted right by 8 (the last byte is reserved).  INPUT jumps to CNM-VXLAN only
+# while one of its rules is there: no encrypted network, nothing on the input path.
+
+VXLAN_PORT = 4789
+TUNNEL_IFNAME = "cnmwg0"  # the overlay's WireGuard interface (drivers.overlay_crypt.IFNAME)
+MAX_VNI = (1 << 24) - 1
+
+
+def check_vni(vni: int) -> int:
+    """``vni`` when it is a VXLAN network identifier (1..2^24-1), else InvalidArgument."""
+    if isinstance(vni, bool) or not isinstance(vni, int) or not 0 < vni <= MAX_VNI:
+        raise InvalidArgument(f"invalid VXLAN VNI {vni!r}: expected 1..{MAX_VNI}")
+    return vni
+
+
+def vni_rule(owner: str, vni: int) -> Rule:
+    """The drop of encrypted network ``owner``'s VNI in CNM-VXLAN, tagged with the owner."""
+    match = f'-m u32 --u32 "0>>22&0x3C@12>>8={check_vni(vni)}"'
+    return _rule("filter", VXLAN_CHAIN, match, "-j DROP", check_owner(owner))
+
+
+def guard_jump() -> Rule:
+    """INPUT's jump to CNM-VXLAN: plain VXLAN that did not come through the tunnel."""
+    match = f"-p udp -m udp --dport {VXLAN_PORT} ! -i {TUNNEL_IFNAME}"
+    return _rule("filter", "INPUT", match, f"-j {VXLAN_CHAIN}", BASE_OWNER)
+
+
+def _guard_jumps(state: dict[str, TableState]) -> list[Rule]:
+    return [j for j in cnm_jumps(state) if target_of(j.spec) == VXLAN_CHAIN]
+
+
+def _guard_jump(batch: Batch, state: dict[str, TableState], wanted: bool) -> None:
+    """Make INPUT hold exactly one jump to CNM-VXLAN when ``wanted``, none otherwise."""
+    installed = _guard_jumps(state)
+    if wanted and len(installed) == 1:
+        return
+    batch.delete(installed)
+    if wanted:
+        batch.add([guard_jump()])
+
+
+def render_vni(state: dict[str, TableState], owner: str, vni: int, add: bool) -> str:
+    """Add (or remove) encrypted network ``owner``'s VNI drop, replacing whatever rules of
+    ``owner`` CNM-VXLAN holds in ``state``; CNM-VXLAN is created if missing, and INPUT
+    jumps to it exactly while it holds a rule (other owners' rules, a previous daemon's
+    included, count)."""
+    batch = Batch()
+    if VXLAN_CHAIN not in state.get("filter", TableState()).chains:
+        batch.chain("filter", VXLAN_CHAIN)
+    mine = owned_rules(state, check_owner(owner), [VXLAN_CHAIN])
+    batch.delete(mine)
+    held = sum(1 for chain, _ in state.get("filter", TableState()).rules if chain == VXLAN_CHAIN)
+    others = held - len(mine)
+    if add:
+        batch.add([vni_rule(owner, vni)])
+    else:
+        check_vni(vni)
+    _guard_jump(batch, state, add or others > 0)
+    return batch.render()

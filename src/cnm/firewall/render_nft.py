@@ -45,6 +45,7 @@ kernel's pipapo set).  A range published on the same container ports
       chain raw-prerouting { type filter hook prerouting priority raw; policy accept;
                           iifname != "lo" ip daddr 127.0.0.0/8 drop }       # no 127.x from outside
       set encrypted-vnis { typeof @th,96,24 ; }           # VNIs of encrypted overlay networks here
+      # only while encrypted-vnis is not empty (no hook on the input path otherwise):
       chain vxlan-input { type filter hook input priority raw; policy accept;
                           iifname != "cnmwg0" udp dport 4789 @th,96,24 @encrypted-vnis counter drop }
     }
@@ -54,7 +55,9 @@ network's frames arrive through the WireGuard interface (``cnmwg0``), and a plai
 frame from the underlay with that network's VNI would otherwise be decapsulated into it.
 The VNI is bytes 4-6 of the VXLAN header, which follows the 8-byte UDP header: 24 bits
 at bit 96 of the transport header (``@th,96,24``).  Each encrypted network's data plane
-on this host is one element of ``encrypted-vnis``.
+on this host is one element of ``encrypted-vnis``.  The chain ``vxlan-input`` exists only
+while the set has an element (``vxlan_guard_lines``): a host without an encrypted network
+pays nothing on its input hook for it.
 
 Every network element carries ``comment "cnm:<network id> (<network name>)"``; every port
 element ``comment "cnm:<endpoint id> (<container> on <network>)"``: the tag owns, the names
@@ -195,8 +198,9 @@ BASE_CHAINS: dict[str, str] = {
     # nft accepts the name "dstnat" only on prerouting; -100 is its value
     OUTPUT_CHAIN: "type nat hook output priority -100 ; policy accept ;",
     RAW_CHAIN: "type filter hook prerouting priority raw ; policy accept ;",
-    VXLAN_CHAIN: "type filter hook input priority raw ; policy accept ;",
 }
+# Not a fixed chain: made with the first encrypted VNI, deleted with the last.
+VXLAN_CHAIN_SPEC = "type filter hook input priority raw ; policy accept ;"
 # Chains that belong to the table's skeleton (all of them, now that no network has one).
 FIXED_CHAINS = frozenset({USER_CHAIN, PORTS_CHAIN, *BASE_CHAINS})
 # The IPv6 table: no loopback DNAT (the kernel cannot DNAT from ::1: cnmd's proxy serves
@@ -300,12 +304,6 @@ def setup4_lines(table: str = TABLE, userland_proxy: bool = False, legacy: bool 
     # (moby#41872), and route_localnet on the bridges would let containers reach the
     # host's loopback services (CVE-2020-8558).
     lines.append(f'add rule {t} {RAW_CHAIN} iifname != "lo" ip daddr {LOOPBACK} drop')
-    # Plain VXLAN from the underlay for an encrypted network (the kernel's VXLAN socket
-    # does not check where a frame came from); the counter shows the attempts.
-    lines.append(
-        f'add rule {t} {VXLAN_CHAIN} iifname != "{TUNNEL_IFNAME}" udp dport {VXLAN_PORT}'
-        f" {VNI_PAYLOAD} @{SET_ENCRYPTED_VNIS} counter drop"
-    )
     return lines
 
 
@@ -523,6 +521,8 @@ def render_sync(
         lines += ports_lines(owner, (), elems, table, labels.get(owner, ""))
     for owner, vni in (vnis or {}).items():
         lines += vni_lines(owner, vni, add=True, table=table)
+    if vnis or VXLAN_CHAIN in existing:
+        lines += vxlan_guard_lines(bool(vnis), table)
     return _script(lines)
 
 
@@ -546,8 +546,27 @@ def vni_lines(owner: str, vni: int, add: bool, table: str = TABLE) -> list[str]:
     return [element, f"delete element {t} {SET_ENCRYPTED_VNIS} {{ {vni} }}"]
 
 
-def render_vni(owner: str, vni: int, add: bool, table: str = TABLE) -> str:
-    return _script(vni_lines(owner, vni, add, table))
+def vxlan_guard_lines(on: bool, table: str = TABLE) -> list[str]:
+    """Make ``vxlan-input`` hold its one rule (``on``), or delete the chain whether or not
+    it is there.  Its hook is on every packet for this host, so it exists only while
+    ``encrypted-vnis`` has an element."""
+    t = f"{FAMILY} {table}"
+    lines = [f"add chain {t} {VXLAN_CHAIN} {{ {VXLAN_CHAIN_SPEC} }}", f"flush chain {t} {VXLAN_CHAIN}"]
+    if not on:
+        return [*lines, f"delete chain {t} {VXLAN_CHAIN}"]
+    # Plain VXLAN from the underlay for an encrypted network (the kernel's VXLAN socket
+    # does not check where a frame came from); the counter shows the attempts.
+    rule = f'iifname != "{TUNNEL_IFNAME}" udp dport {VXLAN_PORT} {VNI_PAYLOAD} @{SET_ENCRYPTED_VNIS} counter drop'
+    return [*lines, f"add rule {t} {VXLAN_CHAIN} {rule}"]
+
+
+def render_vni(owner: str, vni: int, add: bool, table: str = TABLE, guard: bool | None = None) -> str:
+    """``vni_lines``, then, when ``guard`` is not None, ``vxlan_guard_lines(guard)``: one
+    transaction, so the VNI and its drop rule come (and go) together."""
+    lines = vni_lines(owner, vni, add, table)
+    if guard is not None:
+        lines += vxlan_guard_lines(guard, table)
+    return _script(lines)
 
 
 # -- published ports --------------------------------------------------------------------
