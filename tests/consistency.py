@@ -42,7 +42,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, ip_interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, ip_interface
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +59,12 @@ LEGACY_MAPS = ("forward-into-bridge", "forward-from-bridge", "nat-from-bridge", 
 # -- the DNS probe (runs inside a sandbox's netns; stdlib only) ------------------------------
 
 
-def _dns_query(name: str, timeout: float = 2.0) -> list[str] | str:
-    """A records of ``name`` from 127.0.0.11, or the rcode / "timeout" as text."""
+def _dns_query(name: str, timeout: float = 2.0, qtype: int = 1) -> list[str] | str:
+    """A (``qtype`` 1) or AAAA (28) records of ``name`` from 127.0.0.11, or the rcode /
+    "timeout" as text."""
     qid = os.getpid() & 0xFFFF
     question = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
-    packet = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + question + struct.pack("!HH", 1, 1)
+    packet = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + question + struct.pack("!HH", qtype, 1)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
         try:
@@ -82,8 +83,10 @@ def _dns_query(name: str, timeout: float = 2.0) -> list[str] | str:
         pos = _skip_name(reply, pos)
         rtype, _, _, length = struct.unpack("!HHIH", reply[pos : pos + 10])
         pos += 10
-        if rtype == 1 and length == 4:
+        if rtype == qtype == 1 and length == 4:
             found.append(str(IPv4Address(reply[pos : pos + 4])))
+        if rtype == qtype == 28 and length == 16:
+            found.append(str(IPv6Address(reply[pos : pos + 16])))
         pos += length
     return found
 
@@ -244,9 +247,10 @@ def listening(host: Any) -> set[tuple[str, str, int]]:
     return found
 
 
-def dns_answers(host: Any, netns: str, names: list[str]) -> dict[str, list[str] | str]:
+def dns_answers(host: Any, netns: str, names: list[str], verb: str = "dns") -> dict[str, list[str] | str]:
+    """``verb`` "dns": A records; "dns6": AAAA records."""
     proc = host.run(
-        ["nsenter", f"--net={netns}", "--", sys.executable, str(HERE), "dns", *names], check=False, timeout=60
+        ["nsenter", f"--net={netns}", "--", sys.executable, str(HERE), verb, *names], check=False, timeout=60
     )
     if proc.returncode != 0:
         return dict.fromkeys(names, f"probe failed: {proc.stderr.strip()[-200:]}")
@@ -760,7 +764,8 @@ def _check_ports(host: Any, store: Store) -> list[str]:
 
 def _check_dns(host: Any, store: Store) -> list[str]:
     """From each sandbox on a user-defined network: every container sharing one resolves
-    to its address on the first shared network (in the asker's connect order)."""
+    to its address on the first shared network (in the asker's connect order); and to its
+    IPv6 address there (AAAA), when it has one."""
     out = []
     user_eps: dict[str, list[dict[str, Any]]] = {}  # container id -> its user-network endpoints, in order
     for ep in sorted(store.endpoints.values(), key=lambda e: e.get("created_seq", 0)):
@@ -772,17 +777,25 @@ def _check_dns(host: Any, store: Store) -> list[str]:
         if sb is None or not sb["key"]:
             continue
         expected: dict[str, str] = {}
+        expected6: dict[str, str] = {}
         for target, target_eps in user_eps.items():
             on = {e["network_id"]: e for e in target_eps}
             first = next((on[e["network_id"]] for e in eps if e["network_id"] in on), None)
             if first is not None and first.get("address"):
                 expected[store.containers[target]["name"]] = str(IPv4Interface(first["address"]).ip)
-        if not expected:
-            continue
-        answers = dns_answers(host, sb["key"], sorted(expected))
-        for name, ip in expected.items():
-            if answers.get(name) != [ip]:
-                out.append(f"DNS from {_name(store, asker)}: {name} -> {answers.get(name)}, want [{ip}]")
+            if first is not None and first.get("address6"):
+                expected6[store.containers[target]["name"]] = str(ip_interface(first["address6"]).ip)
+        for verb, wanted in (("dns", expected), ("dns6", expected6)):
+            if not wanted:
+                continue
+            answers = dns_answers(host, sb["key"], sorted(wanted), verb)
+            kind = "AAAA" if verb == "dns6" else ""
+            for name, ip in wanted.items():
+                if answers.get(name) != [ip]:
+                    out.append(
+                        f"DNS from {_name(store, asker)}: {name} {kind + ' ' if kind else ''}-> "
+                        f"{answers.get(name)}, want [{ip}]"
+                    )
     return out
 
 
@@ -817,7 +830,8 @@ def _check_runc(host: Any, store: Store) -> list[str]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "dns":
-        print(json.dumps({name: _dns_query(name) for name in sys.argv[2:]}))
+    if len(sys.argv) > 1 and sys.argv[1] in ("dns", "dns6"):
+        qtype = 28 if sys.argv[1] == "dns6" else 1
+        print(json.dumps({name: _dns_query(name, qtype=qtype) for name in sys.argv[2:]}))
     else:
-        sys.exit("usage: consistency.py dns NAME…  (inside a sandbox's netns)")
+        sys.exit("usage: consistency.py dns|dns6 NAME…  (inside a sandbox's netns)")

@@ -6,7 +6,7 @@ table with nftables, in ip6tables with the iptables backend, and inside a contai
 from __future__ import annotations
 
 import pytest
-from consistency import problems
+from consistency import dns_answers, problems
 from harness import TestHost
 
 ROUTED = "com.docker.network.bridge.gateway_mode_ipv6=routed"
@@ -37,6 +37,10 @@ def test_checker_sees_v6_faults_with_nftables(fresh_cnmhost: TestHost) -> None:
     host = fresh_cnmhost
     eps = dual_stack(host)
     assert problems(host) == []
+    # the DNS probe asks AAAA too: web6 resolves to its v6 address
+    web6 = host.api("GET", "/containers/web6/json").json()["NetworkSettings"]
+    answer = dns_answers(host, web6["SandboxKey"], ["web6"], "dns6")
+    assert answer == {"web6": [web6["Networks"]["six"]["GlobalIPv6Address"]]}
 
     rt = host.api("GET", "/networks/rt").json()["Id"]
     a_key = host.api("GET", "/containers/web6/json").json()["NetworkSettings"]["SandboxKey"]
