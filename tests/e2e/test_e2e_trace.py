@@ -373,3 +373,20 @@ def test_v6_live_probes_are_traced_in_the_ip6_table(trace6host: TestHost) -> Non
 def test_v6_ends_of_different_versions_are_refused(trace6host: TestHost) -> None:
     r = trace6host.cnm("trace", "app6", f"{HOST_IP}:8081", "-6", check=False)
     assert r.returncode != 0 and "different IP versions" in r.stderr
+
+
+def test_v6_host_ends_and_the_world_to_a_v6_container_address(trace6host: TestHost) -> None:
+    t = trace(trace6host, "-6", "app6", "host")
+    print(json.dumps(t, indent=1))
+    assert t["verdict"] == "delivered" and t["daddr"] == "2001:db8:61::1"  # the gateway6 it sees
+    assert t["reason"].startswith("delivered to the host")
+    web6 = ip6_on(trace6host, "web6", "f6")
+    t = trace(trace6host, "host", f"[{web6}]:80")
+    assert t["verdict"] == "delivered" and t["hops"][-1]["text"] == f"into web6's eth0 ({web6})"
+    # from outside straight to a masqueraded network's v6 address: isolation
+    t = trace(trace6host, "world", f"[{web6}]:80")
+    print(json.dumps(t, indent=1))
+    assert (
+        t["verdict"] == "dropped"
+        and "dropped by isolation: nothing from wan0 enters network 'f6'" in t["reason"]
+    )
