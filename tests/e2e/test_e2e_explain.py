@@ -316,5 +316,8 @@ def check_dual_stack_explain(host: TestHost, backend: str) -> None:
         assert any(n.startswith("ip6 cnm masquerading: ") for n in a["nat"]), a["nat"]
         assert any(n.startswith("ip6 cnm subnets: ") and "2001:db8:7::/64" in n for n in a["nat"]), a["nat"]
         assert "2001:db8:7::/64" in host.sh(a["commands"]["nat ip6 subnets"]).stdout
+    else:
+        assert any(n.startswith("ip6tables nat: ") and "-s 2001:db8:7::/64" in n for n in a["nat"]), a["nat"]
+        assert "2001:db8:7::/64" in host.sh(a["commands"]["nat ip6tables-save"]).stdout
     assert ip6 in host.sh(a["commands"]["guard bridge addrs6"]).stdout
     assert e["problems"] == [], e["problems"]

@@ -278,23 +278,28 @@ class Explainer:
     async def _sets(
         self, a: Attachment, network: NetworkRecord, ep: EndpointRecord, problems: list[str]
     ) -> Attachment:
-        """``a`` with its port's guard elements and (nftables) its network's NAT elements."""
+        """``a`` with its port's guard elements and its network's NAT elements (nftables set
+        elements, or the iptables backend's nat rules)."""
         if network.driver != "bridge":
             return a
         commands = dict(a.commands)
         found: dict[str, list[str]] = {}
-        for key in ("guard", "nat") if self._backend == "nftables" else ("guard",):
+        for key in ("guard", "nat"):
             try:
                 if key == "guard":
                     found[key], listed = await explain_sets.guard(self._table, ep)
+                elif self._backend == "iptables":
+                    found[key], listed = await explain_sets.nat_iptables(network)
                 else:
                     found[key], listed = await explain_sets.nat(self._table, network)
             except CnmError as exc:
                 problems.append(f"{key} elements: {exc}")
                 continue
-            for command in listed:  # "nft list set FAMILY TABLE SET" under "KEY FAMILY SET"
+            for command in listed:  # "nft list set FAMILY TABLE SET" as "KEY FAMILY SET"
                 words = command.split()
-                commands[f"{key} {words[3]} {words[5]}"] = command
+                commands[f"{key} {words[3]} {words[5]}" if words[0] == "nft" else f"{key} {words[0]}"] = (
+                    command
+                )
         guard, nat = tuple(found.get("guard", ())), tuple(found.get("nat", ()))
         return replace(a, guard=guard, nat=nat, commands=MappingProxyType(commands))
 

@@ -2,7 +2,8 @@
 kernel by their owner's comment, each set with the command that lists it: the
 anti-spoofing guard of its bridge port (``bridge cnm``: ``addrs``, and with IPv6
 ``addrs6``, ``targets6``) and how its network leaves the host (``ip cnm`` and, for a
-network with IPv6, ``ip6 cnm``: ``masquerading``, ``routed``, ``subnets``).
+network with IPv6, ``ip6 cnm``: ``masquerading``, ``routed``, ``subnets``; with the iptables
+backend, its rules in the nat tables of iptables and ip6tables).
 """
 
 from __future__ import annotations
@@ -62,6 +63,20 @@ async def nat(table: str, network: NetworkRecord) -> tuple[list[str], list[str]]
         more, cmds = await owned(family, table, sets, network.id, _network_key(family))
         found += more
         commands += cmds
+    return found, commands
+
+
+async def nat_iptables(network: NetworkRecord) -> tuple[list[str], list[str]]:
+    """The iptables backend's nat rules of ``network`` (iptables, and ip6tables for a
+    network with IPv6): its masquerade and hairpin rules."""
+    found: list[str] = []
+    commands: list[str] = []
+    for family in (4, 6) if network.subnet6 is not None else (4,):
+        save = facts.iptables_save(family)
+        rules = await facts.iptables_rules("nat", f"cnm:{network.id}", family)
+        found += [f"{save[: -len('-save')]} nat: {rule}" for rule in rules]
+        if rules:
+            commands.append(f"{save} -t nat | grep -- 'cnm:{network.id}'")
     return found, commands
 
 
