@@ -75,7 +75,15 @@ def forge(lab: Lab, attacker: Ctr, victim: Ctr, target: Ctr) -> dict[str, int]:
         h1,
         attacker,
         [
-            {"kind": "udp", "dst": target.mac, "dst_ip": target.ip, "dport": UDP_PORT, "data": m, "repeat": 3, **f}
+            {
+                "kind": "udp",
+                "dst": target.mac,
+                "dst_ip": target.ip,
+                "dport": UDP_PORT,
+                "data": m,
+                "repeat": 3,
+                **f,
+            }
             for m, f in frames.items()
         ],
     )
