@@ -7,6 +7,9 @@ nothing on this machine's network changes.  Figures:
 * cnm, inside the daemon: ``POST /networks/bench/connect`` + ``/disconnect`` over the API
   socket for each of N running containers (p50/p99), then again with M more containers already
   attached to the same network (the cost must not grow with M);
+* cnm, dual stack (issue 12): the same connect+disconnect to an ``EnableIPv6`` network (a v4
+  and a v6 subnet) beside an IPv4-only one, the two alternating container by container in
+  the same run so load on the machine touches both alike; the ratio (goal <= 1.3x);
 * cnm, CLI round trip: ``cnm network connect`` + ``cnm network disconnect``;
 * cnmd's RSS with all those containers running;
 * peers from the same run, each installed with apt when missing (or reported as absent):
@@ -14,7 +17,7 @@ nothing on this machine's network changes.  Figures:
   connect+disconnect, dockerd started inside the throwaway host with its own roots).
 
 Goals (issue 2): p50 <= 5 ms inside the daemon; CLI round trip <= 1/3 of Docker's;
-cnmd <= 100 MB RSS with 500 containers.
+cnmd <= 100 MB RSS with 500 containers.  Issue 12: dual stack p50 <= 1.3x IPv4-only.
 """
 
 from __future__ import annotations
@@ -83,8 +86,59 @@ def attach_rounds(call: Any, net: str, ids: list[str]) -> list[float]:
     return times
 
 
+DUAL_V4 = "API connect+disconnect, IPv4-only (alternating)"
+DUAL_V6 = "API connect+disconnect, dual stack (alternating)"
+
+
+def dual_rounds(call: Any, ids: list[str]) -> tuple[list[float], list[float]]:
+    """connect+disconnect of each container to ``bench4`` (IPv4 only) and to ``bench6``
+    (IPv4 and IPv6), alternating which goes first, so both see the same machine."""
+    v4: list[float] = []
+    v6: list[float] = []
+    for i, cid in enumerate(ids):
+        order = [("bench4", v4), ("bench6", v6)]
+        for net, times in order if i % 2 == 0 else order[::-1]:
+            times += attach_rounds(call, net, [cid])
+    return v4, v6
+
+
+def bench_dual(host: TestHost, call: Any, ids: list[str], table: Table) -> None:
+    """The dual-stack figure beside IPv4-only; a failure is a note, the other figures stand."""
+    try:
+        api_ok(
+            host,
+            "POST",
+            "/networks/create",
+            {"Name": "bench4", "IPAM": {"Config": [{"Subnet": "10.202.0.0/16"}]}},
+        )
+        api_ok(
+            host,
+            "POST",
+            "/networks/create",
+            {
+                "Name": "bench6",
+                "EnableIPv6": True,
+                "IPAM": {"Config": [{"Subnet": "10.203.0.0/16"}, {"Subnet": "fd00:203::/64"}]},
+            },
+        )
+        dual_rounds(call, ids[:5])  # warm-up
+        v4, v6 = dual_rounds(call, ids)
+    except Exception as exc:
+        table.note(f"cnm: dual stack not measured: {exc}".splitlines()[0][:400])
+        return
+    table.add("cnm", DUAL_V4, v4)
+    table.add("cnm", DUAL_V6, v6)
+
+
 def bench_cnm(
-    host: TestHost, image: str, n: int, preload: int, cli_rounds: int, flags: list[str], table: Table
+    host: TestHost,
+    image: str,
+    n: int,
+    preload: int,
+    cli_rounds: int,
+    flags: list[str],
+    dual: bool,
+    table: Table,
 ) -> None:
     host.start_daemon(*flags)
     host.import_image(image, "busybox")
@@ -105,6 +159,8 @@ def bench_cnm(
     call = lambda m, p, b=None: api_ok(host, m, p, b)  # noqa: E731
     attach_rounds(call, "bench", ids[:5])  # warm-up
     table.add("cnm", f"API connect+disconnect ({n} containers)", attach_rounds(call, "bench", ids))
+    if dual:
+        bench_dual(host, call, ids, table)
 
     more = start_containers(lambda i: create_start(n + i), preload)
     for cid in more:
@@ -203,7 +259,17 @@ def main() -> int:
         help="extra cnmd flag, e.g. --cnmd-flag=--anti-spoofing=false",
     )
     parser.add_argument("--no-install", action="store_true", help="do not apt-get install missing peers")
+    parser.add_argument(
+        "--no-ipv6", dest="ipv6", action="store_false", help="skip the dual-stack beside IPv4-only figure"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: 20 containers, none preloaded, 5 CLI rounds, no peers",
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.containers, args.preload, args.cli_rounds, args.peers = 20, 0, 5, ""
     if os.geteuid() != 0:
         print("bench/attach.py needs root (it builds network namespaces)", file=sys.stderr)
         return 1
@@ -222,6 +288,7 @@ def main() -> int:
             args.preload,
             args.cli_rounds,
             args.cnmd_flag,
+            args.ipv6,
         )
     peers = [p for p in args.peers.split(",") if p]
     for peer in peers:
@@ -258,6 +325,12 @@ def main() -> int:
         )
     if cnm_api is not None:
         print(f"  cnm API p50 {cnm_api:.2f} ms (goal <= 5 ms): {'met' if cnm_api <= 5 else 'NOT met'}")
+    v4, v6 = table.p50("cnm", DUAL_V4), table.p50("cnm", DUAL_V6)
+    if v4 and v6 is not None:
+        print(
+            f"  cnm dual stack {v6:.2f} ms vs IPv4-only {v4:.2f} ms -> {v6 / v4:.2f}x"
+            f" (goal <= 1.3x): {'met' if v6 / v4 <= 1.3 else 'NOT met'}"
+        )
     if table.notes:
         print("\n== notes ==")
         for note in table.notes:

@@ -17,6 +17,9 @@ userland proxy) and one for Docker.  Figures:
   a published port via 127.0.0.1, via the host's address (203.0.113.2) and from the world;
   then the same with a second container holding 5,000 other mappings
   (``-p 25000-29999:25000-29999``);
+* IPv6 (issue 12): a dual-stack container (``--ipv6`` network) published on one port, iperf3
+  to it over each family from the host and from the world (``[2001:db8:203::2]`` beside
+  203.0.113.2, ``[::1]`` beside 127.0.0.1), in the same rounds, and the v6 / v4 ratios;
 * Docker 20.10 (dockerd inside the throwaway host with its own roots) from the same run:
   with its default userland proxy (one docker-proxy per port) and with
   ``--userland-proxy=false`` (DNAT only).
@@ -58,7 +61,7 @@ from common import (  # noqa: E402
     start_dockerd,
     steady_processes,
 )
-from harness import HOST_ADDR, venv_bin  # noqa: E402
+from harness import HOST_ADDR, HOST_ADDR6, venv_bin  # noqa: E402
 
 SELF = Path(__file__).resolve()
 FIRST_PORT = 20000
@@ -73,6 +76,15 @@ IPERF_PORT = 5201
 # would put it): the same hops as "world" without the DNAT, its fair baseline.
 PATHS = ("direct", "127.0.0.1", "host address", "world direct", "world")
 PUBLISHED = ("127.0.0.1", "host address", "world")
+# The dual-stack container (issue 12): the same published port asked over each family.
+DUAL_HOST_PORT = 15202
+DUAL_NET = ("--ipv6", "--subnet", "10.90.0.0/24", "--subnet", "fd00:90::/64")
+DUAL_PATHS = ("v4 loopback", "v6 loopback", "v4 host address", "v6 host address", "v4 world", "v6 world")
+DUAL_PAIRS = (
+    ("v6 loopback", "v4 loopback"),
+    ("v6 host address", "v4 host address"),
+    ("v6 world", "v4 world"),
+)
 DOCKER_PROXY = "docker proxy"  # dockerd's default: --userland-proxy=true
 DOCKER_DNAT = "docker no-proxy"  # dockerd --userland-proxy=false
 
@@ -588,6 +600,86 @@ def bench_cnm(
         others.record(table)
     record_throughput(table, engine.who, plain, loaded[: len(plain)], opts.others, paired=True)
     stop_perf_target(engine, target, "perf")
+    if opts.ipv6:
+        try:
+            dual_stack_throughput(engine, opts, table)
+        except HarnessError as exc:  # noted; the IPv4 figures above stand
+            table.note(f"{engine.who}: dual stack not measured: {str(exc).splitlines()[0][:300]}")
+
+
+def dual_stack_throughput(engine: Engine, opts: argparse.Namespace, table: Table) -> None:
+    """iperf3 to one dual-stack container published on DUAL_HOST_PORT, over IPv4 and IPv6
+    alike, every path once per round; the v6 / v4 ratio of each pair (median per round)."""
+    engine.run("network", "create", *DUAL_NET, "dual")
+    engine.run(
+        "run",
+        "-d",
+        "--name",
+        "dual",
+        "--network",
+        "dual",
+        "-p",
+        f"{DUAL_HOST_PORT}:{IPERF_PORT}",
+        "busybox",
+        "sleep",
+        "1d",
+    )
+    key = engine.inspect("dual")["NetworkSettings"]["SandboxKey"]
+    pidfile = engine.host.tmp / "iperf3-dual.pid"
+    engine.host.run(
+        ["nsenter", f"--net={key}", "iperf3", "-s", "-p", str(IPERF_PORT), "-D", "-I", str(pidfile)]
+    )
+    deadline = time.monotonic() + 10
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    where = {
+        "v4 loopback": "127.0.0.1",
+        "v6 loopback": "::1",
+        "v4 host address": HOST_ADDR,
+        "v6 host address": HOST_ADDR6,
+        "v4 world": HOST_ADDR,
+        "v6 world": HOST_ADDR6,
+    }
+    rounds: list[dict[str, float]] = []
+    failed: set[str] = set()
+    for _ in range(opts.runs):
+        found = {}
+        for path in DUAL_PATHS:
+            if path in failed:
+                continue
+            how = "world" if path.endswith("world") else path
+            try:
+                found[path] = iperf(engine, how, where[path], DUAL_HOST_PORT, opts.seconds)
+            except HarnessError as exc:
+                failed.add(path)
+                table.note(f"{engine.who}: dual-stack tcp {path}: not measured: {exc}"[:400])
+        rounds.append(found)
+    for path in DUAL_PATHS:
+        runs = [r[path] for r in rounds if path in r]
+        if runs:
+            table.add(
+                engine.who,
+                f"dual tcp {path}",
+                statistics.median(runs),
+                "Gbit/s",
+                "runs " + ", ".join(f"{v:.2f}" for v in runs),
+                runs,
+            )
+    for v6, v4 in DUAL_PAIRS:
+        ratios = [r[v6] / r[v4] for r in rounds if r.get(v4) and v6 in r]
+        if ratios:
+            table.add(
+                engine.who,
+                f"dual {v6} / v4",
+                100 * statistics.median(ratios),
+                "%",
+                "per round " + ", ".join(f"{100 * v:.0f}" for v in ratios),
+            )
+    if pidfile.exists():
+        engine.host.run(["kill", pidfile.read_text().strip()], check=False)
+    engine.run("rm", "-f", "dual")
+    engine.run("network", "rm", "dual")
 
 
 # -- docker ------------------------------------------------------------------------------------------
@@ -816,6 +908,11 @@ def report(table: Table, opts: argparse.Namespace) -> None:
         "  issue 3, measured earlier on this kind of machine: direct 15.9, docker-proxy via 127.0.0.1 11.4, "
         "DNAT 15.9 Gbit/s"
     )
+    if opts.ipv6:
+        print(f"\n== IPv6: one dual-stack container, -p {DUAL_HOST_PORT}:{IPERF_PORT}, each family ==")
+        print(table.render([f"dual tcp {p}" for p in DUAL_PATHS], "Gbit/s", ".2f"))
+        print(table.render([f"dual {v6} / v4" for v6, _ in DUAL_PAIRS], "%", ".1f"))
+        print("  loopback: the kernel cannot DNAT from ::1, so [::1] goes through cnmd's proxy in every mode")
     print("\n== goals (issue 3) ==")
     print("\n".join(goal_lines(table, opts)) or "  (no cnm figures)")
     if table.notes:
@@ -865,6 +962,12 @@ def main() -> int:
         dest="docker_others",
         action="store_false",
         help="skip Docker's (DNAT mode) run with 5,000 other mappings",
+    )
+    parser.add_argument(
+        "--no-ipv6",
+        dest="ipv6",
+        action="store_false",
+        help="skip the dual-stack container (IPv6 beside IPv4 throughput)",
     )
     parser.add_argument("--save", metavar="FILE", help="also write every figure to FILE (JSON)")
     parser.add_argument(

@@ -7,7 +7,8 @@ A ``TestHost`` owns:
   it directly), ``cnmd.log`` and ``hostinit.log``;
 * a private "host": ``unshare --pid --fork --mount-proc --net --mount --propagation private``
   running ``tests/hostinit.py`` as pid 1 (tmpfs on /run, lo up, a "world" netns behind
-  ``wan0`` 203.0.113.2/24 ↔ ``eth0`` 203.0.113.1/24, default route via the world);
+  ``wan0`` 203.0.113.2/24 + 2001:db8:203::2/64 ↔ ``eth0`` 203.0.113.1/24 + 2001:db8:203::1/64,
+  default routes of both families via the world);
 * a unique cgroup parent (``cnm-test-XXXX``) handed to cnmd, so runc's cgroups can be found
   and removed.
 
@@ -49,6 +50,8 @@ HOSTINIT = Path(__file__).resolve().parent / "hostinit.py"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 WORLD_ADDR = "203.0.113.1"
 HOST_ADDR = "203.0.113.2"
+WORLD_ADDR6 = "2001:db8:203::1"
+HOST_ADDR6 = "2001:db8:203::2"
 SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 

@@ -6,8 +6,10 @@ What it owns, inside its private net + mount + pid namespaces:
 * a tmpfs on ``/run`` (so ``ip netns``, runc state and cnmd's defaults stay private) and one
   on ``/var/lib/cnm`` or, where it does not exist, ``/var/lib`` (so a cnmd started with
   default roots by mistake writes nothing real);
-* ``lo`` up; the "world" netns joined to the host by a veth: host ``wan0`` 203.0.113.2/24,
-  world ``eth0`` 203.0.113.1/24, host default route via 203.0.113.1 (the Internet stand-in);
+* ``lo`` up; the "world" netns joined to the host by a veth: host ``wan0`` 203.0.113.2/24 and
+  2001:db8:203::2/64, world ``eth0`` 203.0.113.1/24 and 2001:db8:203::1/64, host default routes
+  (both families) via the world (the Internet stand-in; it routes nowhere else).  The v6
+  addresses are added ``nodad``: usable at once, no duplicate-detection wait;
 * reaping every orphan forever (containers outlive cnmd when it is killed).
 
 It prints ``READY`` on stdout once the host is built, then closes stdout.  SIGTERM/SIGINT make
@@ -26,6 +28,9 @@ WORLD_NETNS = "world"
 HOST_ADDR = "203.0.113.2/24"
 WORLD_ADDR = "203.0.113.1/24"
 WORLD_GATEWAY = "203.0.113.1"
+HOST_ADDR6 = "2001:db8:203::2/64"
+WORLD_ADDR6 = "2001:db8:203::1/64"
+WORLD_GATEWAY6 = "2001:db8:203::1"
 
 SETUP: list[list[str]] = [
     ["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", "/run"],
@@ -33,11 +38,14 @@ SETUP: list[list[str]] = [
     ["ip", "netns", "add", WORLD_NETNS],
     ["ip", "link", "add", "wan0", "type", "veth", "peer", "name", "eth0", "netns", WORLD_NETNS],
     ["ip", "addr", "add", HOST_ADDR, "dev", "wan0"],
+    ["ip", "-6", "addr", "add", HOST_ADDR6, "dev", "wan0", "nodad"],
     ["ip", "link", "set", "wan0", "up"],
     ["ip", "-n", WORLD_NETNS, "link", "set", "lo", "up"],
     ["ip", "-n", WORLD_NETNS, "addr", "add", WORLD_ADDR, "dev", "eth0"],
+    ["ip", "-n", WORLD_NETNS, "-6", "addr", "add", WORLD_ADDR6, "dev", "eth0", "nodad"],
     ["ip", "-n", WORLD_NETNS, "link", "set", "eth0", "up"],
     ["ip", "route", "add", "default", "via", WORLD_GATEWAY],
+    ["ip", "-6", "route", "add", "default", "via", WORLD_GATEWAY6, "dev", "wan0"],
 ]
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import TestHost
+from harness import WORLD_ADDR, TestHost
 
 HERE = Path(__file__).resolve().parent
 WORLD_SERVER = HERE / "world_server.py"
@@ -97,8 +97,8 @@ def bridge_of(host: TestHost, network: str) -> str:
 
 @dataclass
 class WorldServer:
-    """One-shot TCP/UDP server on 203.0.113.1 in the world netns; ``peer()`` is the source
-    address of the first connection/datagram, or None on timeout."""
+    """One-shot TCP/UDP server on an address of the world netns (203.0.113.1 unless told);
+    ``peer()`` is the source address of the first connection/datagram, or None on timeout."""
 
     proc: subprocess.Popen
 
@@ -113,9 +113,14 @@ class WorldServer:
         return lines[0] if lines and lines[0] != "TIMEOUT" else None
 
 
-def world_server(host: TestHost, proto: str, port: int, timeout: float = 10) -> WorldServer:
+def world_server(
+    host: TestHost, proto: str, port: int, timeout: float = 10, address: str = WORLD_ADDR
+) -> WorldServer:
+    """Start ``world_server.py`` in the world netns on ``address`` (v4 or v6) and wait until it
+    listens."""
+    argv = [sys.executable, str(WORLD_SERVER), proto, str(port), str(timeout), address]
     proc = host.spawn(
-        ["ip", "netns", "exec", "world", sys.executable, str(WORLD_SERVER), proto, str(port), str(timeout)],
+        ["ip", "netns", "exec", "world", *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

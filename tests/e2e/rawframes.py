@@ -24,6 +24,7 @@ from typing import Any
 ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800
 ETH_P_ARP = 0x0806
+ETH_P_IPV6 = 0x86DD
 ETH_P_8021Q = 0x8100
 
 
@@ -65,11 +66,55 @@ def udp_payload(src_ip: str, dst_ip: str, dport: int, data: bytes) -> bytes:
     return header + udp
 
 
+def ipv6_packet(src_ip: str, dst_ip: str, next_header: int, body: bytes, hop_limit: int = 64) -> bytes:
+    """An IPv6 header (no extension headers) and ``body``."""
+    return (
+        struct.pack("!IHBB", 6 << 28, len(body), next_header, hop_limit)
+        + socket.inet_pton(socket.AF_INET6, src_ip)
+        + socket.inet_pton(socket.AF_INET6, dst_ip)
+        + body
+    )
+
+
+def checksum6(src_ip: str, dst_ip: str, next_header: int, body: bytes) -> int:
+    """The UDP/ICMPv6 checksum over the IPv6 pseudo-header and ``body`` (checksum field 0)."""
+    pseudo = (
+        socket.inet_pton(socket.AF_INET6, src_ip)
+        + socket.inet_pton(socket.AF_INET6, dst_ip)
+        + struct.pack("!IxxxB", len(body), next_header)
+    )
+    return checksum(pseudo + body)
+
+
+def udp6_payload(src_ip: str, dst_ip: str, dport: int, data: bytes) -> bytes:
+    """An IPv6/UDP packet with its (mandatory) checksum."""
+    udp = struct.pack("!HHHH", 40000, dport, 8 + len(data), 0) + data
+    udp = udp[:6] + struct.pack("!H", checksum6(src_ip, dst_ip, 17, udp) or 0xFFFF) + udp[8:]
+    return ipv6_packet(src_ip, dst_ip, 17, udp)
+
+
+def icmp6_payload(src_ip: str, dst_ip: str, icmp_type: int, code: int, body: bytes) -> bytes:
+    """An IPv6/ICMPv6 packet, hop limit 255 (what neighbour discovery and router
+    advertisements must carry to be accepted)."""
+    msg = struct.pack("!BBH", icmp_type, code, 0) + body
+    msg = msg[:2] + struct.pack("!H", checksum6(src_ip, dst_ip, 58, msg)) + msg[4:]
+    return ipv6_packet(src_ip, dst_ip, 58, msg, hop_limit=255)
+
+
 def build(spec: dict[str, Any]) -> bytes:
     """One frame: ``{"kind": "arp", "src": MAC, "dst": MAC, "op": 1|2, "sender_mac", "sender_ip",
-    "target_mac", "target_ip"}`` or ``{"kind": "udp", "src", "dst", "src_ip", "dst_ip", "dport",
-    "data"}``; either with ``"vlan": id`` for an 802.1Q tag."""
-    if spec["kind"] == "arp":
+    "target_mac", "target_ip"}``, ``{"kind": "udp", "src", "dst", "src_ip", "dst_ip", "dport",
+    "data"}`` (``"udp6"``: the same over IPv6) or ``{"kind": "icmp6", "src", "dst", "src_ip",
+    "dst_ip", "type", "code", "body": HEX, "data"}`` (the ICMPv6 message after its checksum is
+    ``body`` then ``data``); any with ``"vlan": id`` for an 802.1Q tag."""
+    if spec["kind"] == "udp6":
+        ethertype = ETH_P_IPV6
+        payload = udp6_payload(spec["src_ip"], spec["dst_ip"], spec["dport"], spec["data"].encode())
+    elif spec["kind"] == "icmp6":
+        ethertype = ETH_P_IPV6
+        body = bytes.fromhex(spec.get("body", "")) + spec.get("data", "").encode()
+        payload = icmp6_payload(spec["src_ip"], spec["dst_ip"], spec["type"], spec.get("code", 0), body)
+    elif spec["kind"] == "arp":
         ethertype = ETH_P_ARP
         payload = arp_payload(
             spec["op"], spec["sender_mac"], spec["sender_ip"], spec["target_mac"], spec["target_ip"]

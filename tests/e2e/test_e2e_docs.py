@@ -84,7 +84,7 @@ def test_the_daemon_synopsis_names_every_option() -> None:
     readme = (REPO / "README.md").read_text()
     synopsis = re.search(r"^cnmd \[.*?(?=^```)", readme, re.M | re.S)
     assert synopsis, "README has no cnmd synopsis"
-    documented = set(re.findall(r"(--[a-z-]+|-H)\b", synopsis.group(0)))
+    documented = set(re.findall(r"(--[a-z0-9-]+|-H)\b", synopsis.group(0)))
     from cnm.daemon.config import build_parser
 
     actions = [a.option_strings for a in build_parser()._actions if "--help" not in a.option_strings]

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 from e2e_util import inspect
-from harness import TestHost, wait_for
+from harness import HOST_ADDR6, WORLD_ADDR6, TestHost, wait_for
 
 HOST_IP = "203.0.113.2"
-HOST_IP6 = "2001:db8:203::2"
-WORLD_IP6 = "2001:db8:203::1"
+HOST_IP6 = HOST_ADDR6
+WORLD_IP6 = WORLD_ADDR6
 
 MODES = [
     pytest.param(("nftables", "false"), id="nftables-kernel"),
@@ -30,23 +30,12 @@ MODES = [
 ]
 
 
-def ensure_world6(host: TestHost) -> None:
-    """The world's IPv6 (host wan0 2001:db8:203::2/64, world eth0 ::1, default route via it),
-    added here when the harness has not made it already."""
-    if HOST_IP6 in host.run(["ip", "-6", "addr", "show", "dev", "wan0"]).stdout:
-        return
-    host.run(["ip", "-6", "addr", "add", f"{HOST_IP6}/64", "dev", "wan0", "nodad"])
-    host.world(["ip", "-6", "addr", "add", f"{WORLD_IP6}/64", "dev", "eth0", "nodad"])
-    host.run(["ip", "-6", "route", "replace", "default", "via", WORLD_IP6, "dev", "wan0"])
-
-
 @pytest.fixture(scope="module", params=MODES)
 def host6(request: pytest.FixtureRequest, busybox_tar: Path) -> Iterator[TestHost]:
     backend, proxy = request.param
     host = TestHost()
     try:
         host.start()
-        ensure_world6(host)
         host.start_daemon("--firewall-backend", backend, f"--userland-proxy={proxy}")
         host.import_image(busybox_tar, "busybox")
         host.mode = (backend, proxy)  # type: ignore[attr-defined]
