@@ -150,3 +150,48 @@ asyncio.run(main())
 @pytest.mark.skipif(not have("nft"), reason="needs root, unshare and nft")
 def test_bridge_guard_against_the_kernel(tmp_path):
     check_ok(run_script(tmp_path, SCRIPT, name="bridge_guard.py"))
+
+
+SCOPED = (
+    SCRIPT[: SCRIPT.index("async def main")]
+    + r"""
+async def main():
+    # the last run left the bridge driver's a and b and the overlay's o; b is gone since
+    old = NftBridgeGuard()
+    await old.setup()
+    a, b, o = guard(1), guard(2), guard(3, net=3)
+    await old.sync([a, b, o])
+    fw = NftBridgeGuard(scopes=("bridge", "overlay"))  # the new daemon
+    await fw.setup()
+    expect(table(), a, b, o)  # setup keeps the elements
+    await fw.sync([a], "bridge")
+    expect(table(), a, b, o)  # nothing dropped until the overlay said which ports are its own
+    await fw.sync([o], "overlay")
+    expect(table(), a, o)  # their union, the stale one gone
+    # after that, a scoped sync replaces only its own ports; a port added since is kept
+    late = guard(4, net=3)
+    await fw.add_port(late)
+    await fw.sync([], "bridge")
+    expect(table(), o, late)
+    await fw.sync([a], "bridge")
+    await fw.sync([late], "overlay")
+    expect(table(), a, late)
+    # a bad guard changes nothing
+    try:
+        await fw.sync([guard(5, addresses=("0.0.0.0",))], "bridge")
+        raise AssertionError("0.0.0.0 was accepted")
+    except InvalidArgument:
+        pass
+    expect(table(), a, late)
+    await fw.teardown()
+    print("OK")
+
+
+asyncio.run(main())
+"""
+)
+
+
+@pytest.mark.skipif(not have("nft"), reason="needs root, unshare and nft")
+def test_scoped_syncs_never_drop_another_scopes_ports(tmp_path):
+    check_ok(run_script(tmp_path, SCOPED, name="bridge_guard_scoped.py"))

@@ -4,7 +4,9 @@ an underlay ``ul0``, firewall and runtime -- with the real overlay driver, all s
 store as the cluster store.  ``until`` waits for the watches that carry one host's change
 to the others.  ``Host(…, tunnel=True)``: the host has a WireGuard tunnel for encrypted
 networks (``FakeWireGuard``; its key file in the host's directory; its node record fields
-written into the shared store as the daemon's cluster membership writes them)."""
+written into the shared store as the daemon's cluster membership writes them).
+``Host(…, guard=True)``: both drivers guard their ports with one ``FakeSpoofGuard`` (as the
+daemon builds it); each start makes a new one over what the previous one left installed."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from cnm.drivers.overlay import ClusterLink, OverlayDriver, vxlan_of
 from cnm.drivers.overlay_crypt import Tunnel
 from cnm.engine.cluster import GLOBAL_POOL, Cluster
 from cnm.engine.controller import Controller
-from cnm.firewall.fake import FakeFirewall
+from cnm.firewall.fake import FakeFirewall, FakeSpoofGuard
 from cnm.ipam.api import DEFAULT_POOLS
 from cnm.ipam.default import DefaultIpam
 from cnm.kernel.api import FdbEntry, NeighEntry
@@ -48,6 +50,7 @@ class Host:
         *,
         tunnel: bool = False,
         rotation: RotationPolicy | None = None,
+        guard: bool = False,
     ) -> None:
         self.name = name
         self.address = address
@@ -67,6 +70,7 @@ class Host:
         self.wireguard = FakeWireGuard(self.kernel) if tunnel else None
         self.rotation = rotation
         self.tunnel: Tunnel | None = None
+        self.guard: FakeSpoofGuard | None = FakeSpoofGuard() if guard else None
 
     async def start(self) -> Controller:
         await self.cluster_store.put(
@@ -88,8 +92,15 @@ class Host:
                 rotation=self.rotation,
                 firewall=self.firewall,
             )
+        if self.guard is not None:  # a new daemon: what is installed stays, nothing is remembered
+            self.guard = FakeSpoofGuard(
+                ports=dict(self.guard.ports), is_setup=self.guard.is_setup, scopes=("bridge", "overlay")
+            )
         self.driver = OverlayDriver(
-            self.kernel, ClusterLink(self.cluster_store, self.name, IPv4Address(self.address)), self.tunnel
+            self.kernel,
+            ClusterLink(self.cluster_store, self.name, IPv4Address(self.address)),
+            self.tunnel,
+            guard=self.guard,
         )
         ctl = Controller(
             store=self.store,
@@ -97,7 +108,7 @@ class Host:
             kernel=self.kernel,
             firewall=self.firewall,
             drivers={
-                "bridge": BridgeDriver(self.kernel, self.firewall),
+                "bridge": BridgeDriver(self.kernel, self.firewall, guard=self.guard),
                 "host": HostDriver(),
                 "null": NullDriver(),
                 "overlay": self.driver,

@@ -178,10 +178,11 @@ def _build(
         leftovers.append(backends["nftables"]())
     elif not others:
         leftovers += [IptablesFirewall(iptables=variant) for variant in ("iptables-nft", "iptables-legacy")]
-    # Anti-spoofing on the bridge ports, whichever backend does the L3 rules, in a bridge
-    # table of this daemon's own (named as its ip table); turned off, what a previous run
-    # of this daemon installed goes with the leftovers.
-    guard: SpoofGuard | None = NftBridgeGuard(table=table)
+    # Anti-spoofing on the bridge and overlay networks' ports, whichever backend does the
+    # L3 rules, in a bridge table of this daemon's own (named as its ip table), restored by
+    # both drivers (it waits for both at start-up); turned off, what a previous run of this
+    # daemon installed goes with the leftovers.
+    guard: SpoofGuard | None = NftBridgeGuard(table=table, scopes=("bridge", "overlay"))
     if not config.anti_spoofing:
         leftovers.append(NftBridgeGuard(table=table))
         guard = None
@@ -191,7 +192,7 @@ def _build(
         "null": NullDriver(),
     }
     if cluster is None:  # joins are refused (the driver says why)
-        drivers["overlay"] = OverlayDriver(kernel)
+        drivers["overlay"] = OverlayDriver(kernel, guard=guard)
     else:
         interval = config.overlay_key_rotation
         # the next key is announced half an interval (at most 10 s) before it is used
@@ -210,7 +211,7 @@ def _build(
         link = ClusterLink(
             cluster.store, cluster.node_name, IPv4Address(cluster.address), lambda: cluster.lease
         )
-        drivers["overlay"] = OverlayDriver(kernel, link, tunnel)
+        drivers["overlay"] = OverlayDriver(kernel, link, tunnel, guard=guard)
     engine_cluster = None
     if cluster is not None:
         # global networks' pools: one address space for the whole cluster, on its store

@@ -25,7 +25,7 @@ from ipaddress import IPv4Interface, IPv6Interface
 from typing import Protocol
 
 from cnm.errors import Conflict, InvalidArgument, KernelError, TeardownErrors
-from cnm.firewall.api import Firewall, SpoofGuard, bridge_rules, port_guard
+from cnm.firewall.api import Firewall, SpoofGuard, bridge_rules, port_guard, restore_guards
 from cnm.kernel.api import Kernel, LinkInfo, VethSpec, may_remove
 from cnm.model.endpoint import EndpointRecord, SandboxRecord
 from cnm.model.network import OVERLAY_BRIDGE_PREFIX, NetworkRecord, NetworkSpec, validate_options
@@ -229,18 +229,18 @@ class BridgeDriver:
         them all."""
         mine = [n for n in networks if n.driver == self.name]
         errors: list[BaseException] = []
+        if self._guard is not None:  # first, and whatever fails next: the overlay waits for it
+            errors += await restore_guards(self._guard, self.name, mine, endpoints)
         try:
             links = await self._kernel.links()  # one dump: it is the costly call with many links
         except Exception as exc:  # noqa: BLE001
-            raise TeardownErrors("restoring bridge networks", [exc]) from exc
+            raise TeardownErrors("restoring bridge networks", [*errors, exc]) from exc
         by_name = {link.name: link for link in links}
         for network in mine:
             try:
                 await self._create(network, by_name.get(network.bridge_name))
             except Exception as exc:  # noqa: BLE001
                 errors.append(exc)
-        if self._guard is not None:
-            await self._restore_guard(self._guard, mine, endpoints, errors)
         network_ids = {n.id for n in mine}
         endpoint_ids = {e.id for e in endpoints}
         bridge_names = {n.bridge_name for n in mine}
@@ -287,27 +287,3 @@ class BridgeDriver:
                 errors.append(exc)
         if errors:
             raise TeardownErrors("restoring bridge networks", errors)
-
-    @staticmethod
-    async def _restore_guard(
-        guard: SpoofGuard,
-        networks: Sequence[NetworkRecord],
-        endpoints: Sequence[EndpointRecord],
-        errors: list[BaseException],
-    ) -> None:
-        """Guard exactly the ports of ``endpoints`` (those of ``networks``); an endpoint
-        whose guard cannot be built is reported, the others are still guarded."""
-        by_id = {n.id: n for n in networks}
-        guards = []
-        for endpoint in endpoints:
-            network = by_id.get(endpoint.network_id)
-            if network is None or not endpoint.host_ifname:
-                continue
-            try:
-                guards.append(port_guard(network, endpoint))
-            except Exception as exc:  # noqa: BLE001
-                errors.append(exc)
-        try:
-            await guard.sync(guards)
-        except Exception as exc:  # noqa: BLE001
-            errors.append(exc)

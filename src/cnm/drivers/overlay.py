@@ -19,6 +19,11 @@ kernel until a container of that host joins.  So ``create_network`` and
   proxy answers with) on that network's VXLAN device.  No multicast, no flooding, no
   learning: a MAC nobody programmed is unreachable.
 
+Anti-spoofing (when a ``SpoofGuard`` is given), as on bridge networks: each local
+endpoint's port on the ``ov-`` bridge is guarded from before its veth exists until after
+it is retired, so a container can send onto the overlay -- and across VXLAN to the other
+hosts -- only from its own MAC and address.  Overlay endpoints are IPv4 only.
+
 An encrypted network (``-o encrypted``) differs in one thing: its VXLAN device sends from
 this node's WireGuard tunnel address, and its endpoints' records name that address as
 their VTEP, so its frames cross the underlay inside WireGuard only (``overlay_crypt``
@@ -50,6 +55,7 @@ from cnm.drivers.overlay_peers import bridge_of as bridge_of
 from cnm.drivers.overlay_peers import peer_of as peer_of
 from cnm.drivers.overlay_peers import vxlan_of as vxlan_of
 from cnm.errors import CnmError, InvalidArgument, KernelError, TeardownErrors, Unavailable
+from cnm.firewall.api import SpoofGuard, port_guard, restore_guards
 from cnm.kernel.api import Kernel, LinkInfo, VethSpec, VxlanSpec, may_remove
 from cnm.kernel.wireguard import vxlan_mtu_over_tunnel
 from cnm.model.endpoint import EndpointRecord, SandboxRecord
@@ -81,7 +87,8 @@ def vni_of(network: NetworkRecord) -> int:
 class OverlayDriver(OverlayPeers):
     """The CNM ``overlay`` driver over a kernel and, with ``--cluster-store``, the cluster
     (``cluster`` None: every join is refused, clearly), and this node's WireGuard
-    ``tunnel`` for encrypted networks (None: joining one is refused)."""
+    ``tunnel`` for encrypted networks (None: joining one is refused), and the ``guard``
+    of its ports (None: containers may send from any address)."""
 
     name = "overlay"
     needs_ipam = True
@@ -91,8 +98,11 @@ class OverlayDriver(OverlayPeers):
         kernel: OverlayKernel | None = None,
         cluster: ClusterLink | None = None,
         tunnel: Tunnel | None = None,
+        *,
+        guard: SpoofGuard | None = None,
     ) -> None:
         self._kernel = kernel
+        self._guard = guard
         self._cluster = cluster
         self._tunnel = tunnel
         self._tunneled: dict[str, IPv4Address] = {}  # encrypted networks here: their VTEP
@@ -154,6 +164,10 @@ class OverlayDriver(OverlayPeers):
                 await self._create_data_plane(kernel, cluster, network, None)
                 undo.push_async_callback(self._remove_data_plane, kernel, network.id)
             mtu = await self._mtu(kernel, cluster, network)
+            if self._guard is not None:
+                # before the veth exists: its very first frame is checked
+                await self._guard.add_port(port_guard(network, endpoint))
+                undo.push_async_callback(self._guard.remove_port, endpoint.id)
             await kernel.add_veth(
                 VethSpec(
                     owner=endpoint.id,
@@ -183,7 +197,8 @@ class OverlayDriver(OverlayPeers):
     ) -> None:
         """The endpoint's record out of the cluster store, its veth pair retired, and with
         the network's last local endpoint its data plane removed.  Idempotent; keeps going
-        past errors and reports them all."""
+        past errors and reports them all.  The port is unguarded only once the pair is out
+        of service (if retiring fails, its guard stays, as on the bridge driver)."""
         if self._kernel is None or self._cluster is None:
             return  # nothing was joined
         kernel, cluster = self._kernel, self._cluster
@@ -195,12 +210,19 @@ class OverlayDriver(OverlayPeers):
                     self._peers.apply(endpoint.id, None, revision)
             except CnmError as exc:
                 errors.append(exc)
+            retired = True
             if endpoint.host_ifname:
                 try:
                     # out of service now, deleted in the background (as the bridge driver)
                     await kernel.retire_link(
                         endpoint.host_ifname, sandbox.key if sandbox is not None else None, endpoint.ifname
                     )
+                except CnmError as exc:
+                    errors.append(exc)
+                    retired = False
+            if retired and self._guard is not None:
+                try:
+                    await self._guard.remove_port(endpoint.id)
                 except CnmError as exc:
                     errors.append(exc)
             local = self._local.get(network.id, {})
@@ -229,13 +251,19 @@ class OverlayDriver(OverlayPeers):
         records put again on this node's (new) lease and this node's records that no
         endpoint names deleted, the remote entries reconciled; bridges and VXLAN devices
         this daemon tagged for networks without a local endpoint removed (``may_remove``:
-        never another live cnmd's).  Keeps going past errors and reports them all."""
+        never another live cnmd's).  First of all, the guard of exactly the listed
+        endpoints' ports among the overlay's (even without a cluster: their veths stay).
+        Keeps going past errors and reports them all."""
+        by_id = {n.id: n for n in networks if n.driver == self.name}
+        errors: list[BaseException] = []
+        if self._guard is not None:
+            errors += await restore_guards(self._guard, self.name, list(by_id.values()), endpoints)
         if self._kernel is None or self._cluster is None:
+            if errors:
+                raise TeardownErrors("restoring overlay networks", errors)
             return
         kernel, cluster = self._kernel, self._cluster
         await self._start(cluster)
-        by_id = {n.id: n for n in networks if n.driver == self.name}
-        errors: list[BaseException] = []
         async with self._lock:
             links = {link.name: link for link in await kernel.links()}
             for endpoint in endpoints:

@@ -177,7 +177,7 @@ def port_guard(network: NetworkRecord, endpoint: EndpointRecord) -> PortGuard:
 
 
 class SpoofGuard(Protocol):
-    """Anti-spoofing on the ports of cnm's bridges.  Fixed rules read sets; each guarded
+    """Anti-spoofing on the ports of cnm's bridges (bridge and overlay networks').  Fixed rules read sets; each guarded
     port is a few set elements tagged with its endpoint id, so neither a change nor a
     packet costs more with more containers.  A port is guarded from before its veth
     exists until after it is retired, so no frame of it ever goes unchecked."""
@@ -186,9 +186,12 @@ class SpoofGuard(Protocol):
         """Create cnm's table, sets and chains if missing and rewrite the fixed rules;
         elements are kept.  Idempotent."""
 
-    async def sync(self, guards: Sequence[PortGuard]) -> None:
-        """Make the kernel guard exactly these ports (start-up reconcile), in one
-        transaction."""
+    async def sync(self, guards: Sequence[PortGuard], scope: str | None = None) -> None:
+        """Make the kernel guard exactly these ports (start-up reconcile, recovery), in
+        one transaction.  With ``scope`` (the driver whose ports these are): exactly these
+        among that scope's ports, never touching another scope's; at start-up nothing is
+        changed until every scope the guard was built with has reported, then their
+        union is installed at once (see ``cnm.firewall.guard_scopes``)."""
 
     async def add_port(self, guard: PortGuard) -> None:
         """Guard one port (replacing what its endpoint had), in one transaction whose size
@@ -209,3 +212,31 @@ class SpoofGuard(Protocol):
 
     async def heal(self) -> bool:
         """Re-install everything if someone removed part of it; True when it had to."""
+
+
+async def restore_guards(
+    guard: SpoofGuard,
+    scope: str,
+    networks: Sequence[NetworkRecord],
+    endpoints: Sequence[EndpointRecord],
+) -> list[BaseException]:
+    """A driver's start-up reconcile of its ports: ``guard`` guards exactly the ports of
+    ``endpoints`` (those of ``networks`` with a host interface) among ``scope``'s (the
+    driver's name; another driver's ports are never touched).  Returns what went wrong:
+    an endpoint whose guard cannot be built is reported, the others are still guarded."""
+    by_id = {n.id: n for n in networks}
+    guards = []
+    errors: list[BaseException] = []
+    for endpoint in endpoints:
+        network = by_id.get(endpoint.network_id)
+        if network is None or not endpoint.host_ifname:
+            continue
+        try:
+            guards.append(port_guard(network, endpoint))
+        except Exception as exc:  # noqa: BLE001 -- reported with the others
+            errors.append(exc)
+    try:
+        await guard.sync(guards, scope)
+    except Exception as exc:  # noqa: BLE001
+        errors.append(exc)
+    return errors

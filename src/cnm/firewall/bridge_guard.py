@@ -10,12 +10,13 @@ on the network namespace of the thread that constructed it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from cnm.errors import Conflict, FirewallError
 from cnm.firewall import render_bridge
 from cnm.firewall.api import PortGuard
 from cnm.firewall.common import comment_owner, owner_comment
+from cnm.firewall.guard_scopes import GuardScopes
 from cnm.firewall.libnft import Session
 from cnm.firewall.nft_elements import ElementChange, ElementWriter
 from cnm.firewall.render_bridge import GuardElement
@@ -29,11 +30,14 @@ class NftBridgeGuard:
 
     Keeps, in memory, the guard of every port it installed: removals are one small
     transaction, and ``heal`` re-installs everything after an outside flush without asking
-    anyone.  After a restart the bridge driver calls ``sync`` (which refills that memory);
-    a removal before it reads the endpoint's elements back from the kernel by their tag."""
+    anyone.  After a restart each driver calls ``sync`` with its own ``scope`` (one of
+    ``scopes``; see ``guard_scopes``): the union is installed once all have reported,
+    which refills that memory; a removal before it reads the endpoint's elements back
+    from the kernel by their tag."""
 
-    def __init__(self, table: str = render_bridge.TABLE) -> None:
+    def __init__(self, table: str = render_bridge.TABLE, scopes: Collection[str] = ()) -> None:
         self.table = table
+        self._scopes = GuardScopes(scopes)  # which driver synced which ports
         self._nft = Session()  # applies scripts, reads cnm's table back
         # a port's elements, added and deleted without libnftables' cache fill (nft_elements)
         self._writer = ElementWriter()
@@ -51,10 +55,24 @@ class NftBridgeGuard:
         elements are kept."""
         self._nft.apply(render_bridge.render_setup(self.table))
 
-    async def sync(self, guards: Sequence[PortGuard]) -> None:
-        """Make the table guard exactly ``guards`` (skeleton re-made, both sets refilled),
-        in one transaction."""
+    async def sync(self, guards: Sequence[PortGuard], scope: str | None = None) -> None:
+        """Make the table guard exactly ``guards`` (skeleton re-made, every set refilled),
+        in one transaction; with a ``scope``, exactly ``guards`` among that scope's ports
+        and every other port as it is (``GuardScopes``: nothing is written until each
+        declared scope has reported once since the start)."""
         elements = render_bridge.elements_by_owner(guards)  # validates before anything
+        if scope is None:
+            self._install(guards, elements)
+            return
+        wanted = self._scopes.wanted(scope, guards, self._guards)
+        if wanted is None:
+            log.debug("anti-spoofing: %d ports of %s wait for the other drivers", len(guards), scope)
+            return
+        self._install(wanted, render_bridge.elements_by_owner(wanted))
+        self._scopes.applied(scope, wanted, guards)
+
+    def _install(self, guards: Sequence[PortGuard], elements: dict[str, list[GuardElement]]) -> None:
+        """The table re-made to guard exactly ``guards`` (``elements``: theirs)."""
         self._nft.apply(render_bridge.render_sync(guards, self.table, elements))
         self._remember_all(guards, elements)
 
@@ -159,10 +177,12 @@ class NftBridgeGuard:
         self._elements = dict(elements)
         self._port_owner = {g.port: g.owner for g in guards}
         self._known = True
+        self._scopes.applied(None, guards)
 
     def _forget(self, owner: str) -> None:
         guard = self._guards.pop(owner, None)
         self._elements.pop(owner, None)
+        self._scopes.forget(owner)
         if guard is not None and self._port_owner.get(guard.port) == owner:
             del self._port_owner[guard.port]
 

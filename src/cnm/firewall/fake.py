@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from cnm.errors import Conflict, FirewallError
 from cnm.firewall.api import BridgeRules, PortGuard, PortRule
+from cnm.firewall.guard_scopes import GuardScopes
 
 
 def _overlap(a: PortRule, b: PortRule) -> bool:
@@ -139,7 +140,13 @@ class FakeSpoofGuard:
     is_setup: bool = False
     fail_on: str | None = None
     observe: Callable[[str], None] | None = None
+    # the drivers whose scoped syncs are awaited at start-up (as NftBridgeGuard's scopes)
+    scopes: tuple[str, ...] = ()
     _remembered: dict[str, PortGuard] = field(default_factory=dict)
+    _scoping: GuardScopes = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._scoping = GuardScopes(self.scopes)
 
     def _enter(self, method: str, arg: object = None) -> None:
         self.calls.append((method, arg))
@@ -153,15 +160,19 @@ class FakeSpoofGuard:
         self._enter("setup")
         self.is_setup = True
 
-    async def sync(self, guards: Sequence[PortGuard]) -> None:
+    async def sync(self, guards: Sequence[PortGuard], scope: str | None = None) -> None:
         self._enter("sync", tuple(guards))
-        owners: dict[str, str] = {}
-        for guard in guards:
-            if owners.setdefault(guard.port, guard.owner) != guard.owner:
-                raise FirewallError(f"port {guard.port} claimed by two endpoints")
-        self.ports = {g.owner: g for g in guards}
+        _check_ports(guards)
+        wanted = list(guards) if scope is None else self._scoping.wanted(scope, guards, self._remembered)
+        if wanted is None:
+            return
+        _check_ports(wanted)
+        self.ports = {g.owner: g for g in wanted}
         self._remembered = dict(self.ports)
         self.is_setup = True
+        self._scoping.applied(None, wanted)
+        if scope is not None:
+            self._scoping.applied(scope, wanted, guards)
 
     async def add_port(self, guard: PortGuard) -> None:
         self._enter("add_port", guard)
@@ -178,6 +189,7 @@ class FakeSpoofGuard:
         self._enter("remove_port", owner)
         self.ports.pop(owner, None)
         self._remembered.pop(owner, None)
+        self._scoping.forget(owner)
 
     async def remove_network(self, network: str) -> None:
         self._enter("remove_network", network)
@@ -207,3 +219,11 @@ class FakeSpoofGuard:
         """Simulate someone running ``nft flush ruleset``."""
         self.ports.clear()
         self.is_setup = False
+
+
+def _check_ports(guards: Sequence[PortGuard]) -> None:
+    """FirewallError when two endpoints claim one port (as nft refuses it)."""
+    owners: dict[str, str] = {}
+    for guard in guards:
+        if owners.setdefault(guard.port, guard.owner) != guard.owner:
+            raise FirewallError(f"port {guard.port} claimed by two endpoints")
