@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import sqlite3
 import struct
@@ -41,7 +42,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, ip_interface
 from pathlib import Path
 from typing import Any
 
@@ -50,17 +51,20 @@ RETIRED_GROUP = 0x636E6D  # cnm.kernel.reaper: links retired and waiting for del
 DNS_ADDR = ("127.0.0.11", 53)
 PORT_MAPS = ("ports-ip", "ports-ip-range", "ports-any", "ports-any-range")
 NETWORK_SETS = ("bridges", "same-bridge", "internal", "icc", "masquerading", "subnets")
+NETWORK_SETS6 = (*NETWORK_SETS, "routed")  # the ip6 table's; and "published" (checked per port)
+OPT_GATEWAY_MODE_V6 = "com.docker.network.bridge.gateway_mode_ipv6"
 LEGACY_MAPS = ("forward-into-bridge", "forward-from-bridge", "nat-from-bridge", "nat-into-bridge")
 
 
 # -- the DNS probe (runs inside a sandbox's netns; stdlib only) ------------------------------
 
 
-def _dns_query(name: str, timeout: float = 2.0) -> list[str] | str:
-    """A records of ``name`` from 127.0.0.11, or the rcode / "timeout" as text."""
+def _dns_query(name: str, timeout: float = 2.0, qtype: int = 1) -> list[str] | str:
+    """A (``qtype`` 1) or AAAA (28) records of ``name`` from 127.0.0.11, or the rcode /
+    "timeout" as text."""
     qid = os.getpid() & 0xFFFF
     question = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
-    packet = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + question + struct.pack("!HH", 1, 1)
+    packet = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + question + struct.pack("!HH", qtype, 1)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
         try:
@@ -79,8 +83,10 @@ def _dns_query(name: str, timeout: float = 2.0) -> list[str] | str:
         pos = _skip_name(reply, pos)
         rtype, _, _, length = struct.unpack("!HHIH", reply[pos : pos + 10])
         pos += 10
-        if rtype == 1 and length == 4:
+        if rtype == qtype == 1 and length == 4:
             found.append(str(IPv4Address(reply[pos : pos + 4])))
+        if rtype == qtype == 28 and length == 16:
+            found.append(str(IPv6Address(reply[pos : pos + 16])))
         pos += length
     return found
 
@@ -107,6 +113,7 @@ class Store:
     sandboxes: dict[str, dict[str, Any]] = field(default_factory=dict)
     containers: dict[str, dict[str, Any]] = field(default_factory=dict)
     pools: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pools6: dict[str, dict[str, Any]] = field(default_factory=dict)
     addresses: dict[str, str] = field(default_factory=dict)  # "<network id>/<address>" -> owner
 
     @classmethod
@@ -123,6 +130,7 @@ class Store:
             "sandbox/": store.sandboxes,
             "container/": store.containers,
             "ipam/pool/": store.pools,
+            "ipam/pool6/": store.pools6,
         }
         for key, doc in rows:
             for prefix, table in tables.items():
@@ -165,6 +173,7 @@ class Link:
     group: int
     peer_index: int
     addresses: list[str]
+    addresses6: list[str] = field(default_factory=list)  # global scope (no fe80::)
 
     @property
     def owner(self) -> str:
@@ -191,6 +200,11 @@ class Link:
                 for a in raw.get("addr_info", [])
                 if a.get("family") == "inet"
             ],
+            addresses6=[
+                f"{a['local']}/{a['prefixlen']}"
+                for a in raw.get("addr_info", [])
+                if a.get("family") == "inet6" and a.get("scope") == "global"
+            ],
         )
 
 
@@ -204,15 +218,16 @@ def links(host: Any, netns: str | None = None) -> dict[str, Link]:
     return {link.name: link for link in map(Link.parse, json.loads(proc.stdout or "[]"))}
 
 
-def default_route(host: Any, netns: str) -> tuple[str, str] | None:
-    """(gateway, dev) of the netns's default route, or None."""
-    proc = host.run(["nsenter", f"--net={netns}", "--", "ip", "-j", "route", "show", "default"], check=False)
+def default_route(host: Any, netns: str, family: int = 4) -> tuple[str, str] | None:
+    """(gateway, dev) of the netns's default route (IPv6's when ``family`` is 6), or None."""
+    argv = ["nsenter", f"--net={netns}", "--", "ip", "-j", f"-{family}", "route", "show", "default"]
+    proc = host.run(argv, check=False)
     routes = json.loads(proc.stdout or "[]") if proc.returncode == 0 else []
     return (routes[0].get("gateway", ""), routes[0].get("dev", "")) if routes else None
 
 
-def nft_table(host: Any) -> list[dict[str, Any]]:
-    proc = host.run(["nft", "-j", "list", "table", "ip", "cnm"], check=False)
+def nft_table(host: Any, family: str = "ip") -> list[dict[str, Any]]:
+    proc = host.run(["nft", "-j", "list", "table", family, "cnm"], check=False)
     if proc.returncode != 0:
         return []
     return json.loads(proc.stdout or "{}").get("nftables", [])
@@ -232,9 +247,10 @@ def listening(host: Any) -> set[tuple[str, str, int]]:
     return found
 
 
-def dns_answers(host: Any, netns: str, names: list[str]) -> dict[str, list[str] | str]:
+def dns_answers(host: Any, netns: str, names: list[str], verb: str = "dns") -> dict[str, list[str] | str]:
+    """``verb`` "dns": A records; "dns6": AAAA records."""
     proc = host.run(
-        ["nsenter", f"--net={netns}", "--", sys.executable, str(HERE), "dns", *names], check=False, timeout=60
+        ["nsenter", f"--net={netns}", "--", sys.executable, str(HERE), verb, *names], check=False, timeout=60
     )
     if proc.returncode != 0:
         return dict.fromkeys(names, f"probe failed: {proc.stderr.strip()[-200:]}")
@@ -254,8 +270,10 @@ def problems(host: Any) -> list[str]:
     backend = (host.api("GET", "/info").json().get("FirewallBackend") or {}).get("Driver", "nftables")
     if backend == "nftables":
         out += _check_nft(host, store)
+        out += _check_nft(host, store, "ip6")
     else:
         out += _check_iptables(host, store)
+        out += _check_iptables(host, store, "ip6")
     out += _check_ports(host, store)
     out += _check_dns(host, store)
     out += _check_runc(host, store)
@@ -317,8 +335,9 @@ def _check_records(store: Store) -> list[str]:
         c = store.containers.get(ep["container_id"])
         if c is None or not running(c):
             out.append(f"{who}: container missing or not running")
-        if ep.get("address"):
-            ip = str(IPv4Interface(ep["address"]).ip)
+        if ep.get("address6") and not (network or {}).get("enable_ipv6"):
+            out.append(f"{who}: an IPv6 address {ep['address6']} on a network without IPv6")
+        for ip in _ips(ep):
             seen[(ep["network_id"], ip)] += 1
             owner = store.addresses.get(f"{ep['network_id']}/{ip}")
             if owner != ep["id"]:
@@ -333,15 +352,28 @@ def _check_records(store: Store) -> list[str]:
         if owner == "gateway" or owner.startswith("aux:"):
             continue
         ep = store.endpoints.get(owner)
-        if ep is None or ep["network_id"] != net or str(IPv4Interface(ep["address"]).ip) != ip:
+        if ep is None or ep["network_id"] != net or ip not in _ips(ep):
             out.append(
                 f"IPAM address {ip} of network {net[:12]} held by {owner[:12]}, which is no endpoint with it"
             )
     for net_id, net in store.networks.items():
         if net["driver"] == "bridge" and net_id not in store.pools:
             out.append(f"network {net['name']} has no IPAM pool")
+        if net["driver"] == "bridge" and net.get("enable_ipv6"):
+            if not net.get("subnet6"):
+                out.append(f"network {net['name']} has IPv6 but no v6 subnet")
+            elif net_id not in store.pools6:
+                out.append(f"network {net['name']} has no IPv6 IPAM pool")
     out += [f"IPAM pool of network {n[:12]} that is gone" for n in store.pools if n not in store.networks]
+    out += [
+        f"IPv6 IPAM pool of network {n[:12]} that is gone" for n in store.pools6 if n not in store.networks
+    ]
     return out
+
+
+def _ips(ep: dict[str, Any]) -> list[str]:
+    """The addresses (v4, then v6) an endpoint record holds, without prefix length."""
+    return [str(ip_interface(ep[k]).ip) for k in ("address", "address6") if ep.get(k)]
 
 
 def _check_api(host: Any, store: Store) -> list[str]:
@@ -385,6 +417,10 @@ def _check_links(host: Any, store: Store) -> list[str]:
             want = f"{net['gateway']}/{net['subnet'].split('/')[1]}"
             if want not in br.addresses:
                 out.append(f"network {net['name']}: bridge {br.name} lacks {want} (has {br.addresses})")
+        if net.get("gateway6") and net.get("subnet6"):
+            want = f"{net['gateway6']}/{net['subnet6'].split('/')[1]}"
+            if want not in br.addresses6:
+                out.append(f"network {net['name']}: bridge {br.name} lacks {want} (has {br.addresses6})")
     for link in root.values():
         if not link.owner:
             continue
@@ -414,7 +450,7 @@ def _check_links(host: Any, store: Store) -> list[str]:
             f"sandbox of {who}: interface {n} that no endpoint owns" for n in sorted(set(inside) - wanted)
         ]
         for link in inside.values():
-            kernel_addrs.update(a for a in link.addresses if not a.startswith("127."))
+            kernel_addrs.update(a for a in [*link.addresses, *link.addresses6] if not a.startswith("127."))
         route = default_route(host, sb["key"])
         gateway_eps = [ep for ep in mine if ep.get("default_route")]
         if gateway_eps:
@@ -425,6 +461,16 @@ def _check_links(host: Any, store: Store) -> list[str]:
                 )
         elif route is not None:
             out.append(f"sandbox of {who}: default route {route} that no endpoint carries")
+        route6 = default_route(host, sb["key"], 6)
+        if gateway_eps and gateway_eps[0].get("gateway6"):
+            ep = gateway_eps[0]
+            if route6 != (ep["gateway6"], ep["ifname"]):
+                out.append(
+                    f"sandbox of {who}: IPv6 default route {route6}, "
+                    f"recorded via {ep['gateway6']} dev {ep['ifname']}"
+                )
+        elif route6 is not None and route6 not in {(e.get("gateway6"), e["ifname"]) for e in mine}:
+            out.append(f"sandbox of {who}: IPv6 default route {route6} that no endpoint carries")
         for ep in mine:
             if not ep.get("host_ifname"):
                 continue
@@ -448,6 +494,10 @@ def _check_links(host: Any, store: Store) -> list[str]:
                 out.append(f"{what}: {ep['ifname']} is not the peer of {host_end.name}")
             if ep.get("address") and peer.addresses != [ep["address"]]:
                 out.append(f"{what}: {ep['ifname']} has {peer.addresses}, recorded {ep['address']}")
+            if peer.addresses6 != ([ep["address6"]] if ep.get("address6") else []):
+                out.append(
+                    f"{what}: {ep['ifname']} has IPv6 {peer.addresses6}, recorded {ep.get('address6') or 'none'}"
+                )
             if ep.get("mac") and peer.mac != ep["mac"]:
                 out.append(f"{what}: {ep['ifname']} has MAC {peer.mac}, recorded {ep['mac']}")
             if not peer.up:
@@ -481,9 +531,10 @@ def _elements(objects: list[dict[str, Any]], map_name: str) -> list[tuple[str, s
     return found
 
 
-def _network_elements(net: dict[str, Any]) -> set[tuple[str, str]]:
-    """(set, key) of what a bridge network's record calls for (render_nft's layout, written
-    out again from the record: the checker must not trust the renderer)."""
+def _network_elements(net: dict[str, Any], family: str = "ip") -> set[tuple[str, str]]:
+    """(set, key) of what a bridge network's record calls for in the table of ``family``
+    (render_nft's layout, written out again from the record: the checker must not trust the
+    renderer); in ``ip6``, for a network with IPv6, its v6 subnet routed or masqueraded."""
     br = bridge_name(net)
     options = net.get("options") or {}
 
@@ -496,51 +547,75 @@ def _network_elements(net: dict[str, Any]) -> set[tuple[str, str]]:
     if on("com.docker.network.bridge.enable_icc"):
         wanted.add(("icc", br))
     if not net.get("internal"):
-        if on("com.docker.network.bridge.enable_ip_masquerade"):
+        routed = family == "ip6" and options.get(OPT_GATEWAY_MODE_V6) == "routed"
+        if routed:
+            wanted.add(("routed", br))
+        elif on("com.docker.network.bridge.enable_ip_masquerade"):
             wanted.add(("masquerading", br))
-        wanted.add(("subnets", f"{br} . {net['subnet']}"))
+        wanted.add(("subnets", f"{br} . {net['subnet6' if family == 'ip6' else 'subnet']}"))
     return wanted
 
 
-def _check_nft(host: Any, store: Store) -> list[str]:
+def _dnat_target(ep: dict[str, Any], binding: dict[str, Any], family: str) -> str | None:
+    """The container address a host binding is DNATed to in the table of ``family``, or
+    None: a binding of the other family, or a v6 one cnmd's proxy serves ([::1], or a
+    container without an IPv6 address)."""
+    v6 = ":" in binding["host_ip"]
+    if v6 != (family == "ip6"):
+        return None
+    if not v6:
+        return str(IPv4Interface(ep["address"]).ip)
+    if binding["host_ip"] == "::1" or not ep.get("address6"):
+        return None
+    return str(ip_interface(ep["address6"]).ip)
+
+
+def _check_nft(host: Any, store: Store, family: str = "ip") -> list[str]:
+    """The nft table ``family cnm``: network set elements and port map elements (and, in
+    ``ip6``, the ``published`` set) exactly as the records call for."""
     out = []
-    objects = nft_table(host)
+    objects = nft_table(host, family)
+    v6_networks = any(n.get("enable_ipv6") for n in store.networks.values())
     if not objects:
-        return ["nft table ip cnm is missing"]
+        return [f"nft table {family} cnm is missing"] if family == "ip" or v6_networks else []
     for o in objects:
         name = (o.get("chain") or o.get("map") or {}).get("name", "")
         parts = name.split("-")
         if name in LEGACY_MAPS or ("chain" in o and len(parts) == 3 and parts[0] == "n"):
             out.append(f"nft {'map' if 'map' in o else 'chain'} {name} of the last release's layout is left")
-    bridge_nets = {n["id"]: n for n in store.networks.values() if n["driver"] == "bridge" and n.get("subnet")}
+    subnet = "subnet6" if family == "ip6" else "subnet"
+    t = "ip6 " if family == "ip6" else ""  # in messages
+    bridge_nets = {n["id"]: n for n in store.networks.values() if n["driver"] == "bridge" and n.get(subnet)}
     held = {
         (set_name, key): comment.split(" ", 1)[0][len("cnm:") :]
-        for set_name in NETWORK_SETS
+        for set_name in (NETWORK_SETS6 if family == "ip6" else NETWORK_SETS)
         for key, comment, _ in _elements(objects, set_name)
     }
     called_for = {
-        element: net_id for net_id, net in bridge_nets.items() for element in _network_elements(net)
+        element: net_id for net_id, net in bridge_nets.items() for element in _network_elements(net, family)
     }
     for (set_name, key), net_id in called_for.items():
         if held.get((set_name, key)) != net_id:
             out.append(
-                f"network {bridge_nets[net_id]['name']}: nft set {set_name} lacks {key} "
+                f"network {bridge_nets[net_id]['name']}: nft {t}set {set_name} lacks {key} "
                 f"(holds it for {held.get((set_name, key))!r})"
             )
     for (set_name, key), owner in held.items():
         if owner not in bridge_nets:
-            out.append(f"nft set {set_name}: element {key} of {owner[:12]!r}, which is gone")
+            out.append(f"nft {t}set {set_name}: element {key} of {owner[:12]!r}, which is gone")
         elif (set_name, key) not in called_for:
             out.append(
-                f"nft set {set_name}: element {key} of network {bridge_nets[owner]['name']}, not called for"
+                f"nft {t}set {set_name}: element {key} of network {bridge_nets[owner]['name']}, not called for"
             )
     wanted: dict[tuple[str, str], tuple[str, str]] = {}  # (map, key) -> (owner, data)
     for ep in store.endpoints.values():
         for m in ep.get("ports") or []:
-            if ":" in m["host_ip"]:
-                continue  # an IPv6 host binding: the ip6 side's rules, or the proxy's
-            ip = str(IPv4Interface(ep["address"]).ip)
-            any_ip = m["host_ip"] == "0.0.0.0"
+            ip = _dnat_target(ep, m, family)
+            if ip is None:
+                continue  # the other table's, or the proxy's
+            if family == "ip6":
+                wanted[("published", f"{ip} . {m['protocol']} . {m['container_port']}")] = (ep["id"], "")
+            any_ip = m["host_ip"] in ("0.0.0.0", "::")
             key = (
                 f"{m['protocol']} . {m['host_port']}"
                 if any_ip
@@ -549,59 +624,71 @@ def _check_nft(host: Any, store: Store) -> list[str]:
             map_name = "ports-any" if any_ip else "ports-ip"
             wanted[(map_name, key)] = (ep["id"], f"{ip} . {m['container_port']}")
     have = {}
-    for map_name in PORT_MAPS:
+    for map_name in (*PORT_MAPS, "published") if family == "ip6" else PORT_MAPS:
         for key, comment, data in _elements(objects, map_name):
             have[(map_name, key)] = (comment.split(" ", 1)[0][len("cnm:") :], data)
     for k, (owner, data) in wanted.items():
         got = have.get(k)
         if got != (owner, data):
-            out.append(f"port {k[1]} of endpoint {owner[:12]}: nft {k[0]} holds {got}, want {data}")
-    for k, (owner, data) in have.items():
-        if k not in wanted and k[0] in ("ports-any", "ports-ip"):
             out.append(
-                f"nft {k[0]} element {k[1]} -> {data} of endpoint {owner[:12]}, which publishes no such port"
+                f"port {k[1]} of endpoint {owner[:12]}: nft {t}{k[0]} holds {got}, want {data or 'the element'}"
+            )
+    for k, (owner, data) in have.items():
+        if k not in wanted and k[0] in ("ports-any", "ports-ip", "published"):
+            out.append(
+                f"nft {t}{k[0]} element {k[1]} -> {data} of endpoint {owner[:12]}, which publishes no such port"
             )
         if k[0].endswith("-range") and owner not in store.endpoints:
-            out.append(f"nft {k[0]} element {k[1]} of endpoint {owner[:12]}, which is gone")
+            out.append(f"nft {t}{k[0]} element {k[1]} of endpoint {owner[:12]}, which is gone")
     return out
 
 
-def _check_iptables(host: Any, store: Store) -> list[str]:
-    """The iptables backend's nat table: a CNM-P-<endpoint> chain with one DNAT rule per
-    published port, reached from CNM, for each endpoint that publishes; no such chain and
-    no per-network chain of anything gone."""
+def _saved(host: Any, tool: str, table: str) -> str:
+    """``<tool>-nft-save`` and ``<tool>-legacy-save`` of ``table``, where cnm has chains."""
     saved = ""
-    for tool in ("iptables-nft-save", "iptables-legacy-save"):
-        proc = host.run([tool, "-t", "nat"], check=False)
-        if proc.returncode == 0 and ":CNM " in proc.stdout:
+    for variant in (f"{tool}-nft-save", f"{tool}-legacy-save"):
+        proc = host.run([variant, "-t", table], check=False)
+        if proc.returncode == 0 and ":CNM" in proc.stdout:
             saved += proc.stdout
-    if not saved:
-        return ["iptables: no nat chain CNM in either variant"]
+    return saved
+
+
+def _check_iptables(host: Any, store: Store, family: str = "ip") -> list[str]:
+    """The iptables backend's nat table (ip6tables' for ``family`` ``ip6``): a
+    CNM-P-<endpoint> chain with one DNAT rule per published port of that family, reached
+    from CNM, for each endpoint that publishes; no such chain and no per-network chain of
+    anything gone; in ip6tables, CNM-PUBLISHED's ACCEPT of each DNATed port."""
+    tool = "ip6tables" if family == "ip6" else "iptables"
+    saved = _saved(host, tool, "nat")
+    if ":CNM " not in saved:
+        v6_networks = any(n.get("enable_ipv6") for n in store.networks.values())
+        return [f"{tool}: no nat chain CNM in either variant"] if family == "ip" or v6_networks else []
     chains = {line[1:].split()[0] for line in saved.splitlines() if line.startswith(":")}
     rules = [line.split() for line in saved.splitlines() if line.startswith("-A ")]
     out = []
-    publishing = {  # IPv4 host bindings are DNATed here; IPv6 ones by ip6tables or the proxy
+    publishing = {  # the bindings of this family DNATed to the container (not the proxy's)
         ep["id"][:12]: ep
         for ep in store.endpoints.values()
-        if any(":" not in m["host_ip"] for m in ep.get("ports") or [])
+        if any(_dnat_target(ep, m, family) for m in ep.get("ports") or [])
     }
     networks = {n[:12] for n in store.networks}
     for chain in chains:
         if chain.startswith("CNM-P-") and chain[len("CNM-P-") :] not in publishing:
-            out.append(f"iptables chain {chain} of an endpoint that publishes nothing (or is gone)")
+            out.append(f"{tool} chain {chain} of an endpoint that publishes nothing (or is gone)")
         if chain.startswith("CNM-N-") and chain.split("-")[2] not in networks:
-            out.append(f"iptables chain {chain} of a network that is gone")
+            out.append(f"{tool} chain {chain} of a network that is gone")
     for prefix, ep in publishing.items():
         chain = f"CNM-P-{prefix}"
         if chain not in chains or not any(r[1] == "CNM" and r[-1] == chain for r in rules if "-j" in r):
-            out.append(f"endpoint {ep['id'][:12]}: no iptables chain {chain} reached from CNM")
+            out.append(f"endpoint {ep['id'][:12]}: no {tool} chain {chain} reached from CNM")
             continue
         mine = [r for r in rules if r[1] == chain]
-        ip = str(IPv4Interface(ep["address"]).ip)
         for m in ep["ports"]:
-            if ":" in m["host_ip"]:
-                continue  # an IPv6 host binding: ip6tables' rules, or the proxy's
-            dest = {f"{ip}:{m['container_port']}"} | (
+            ip = _dnat_target(ep, m, family)
+            if ip is None:
+                continue  # the other family's rules, or the proxy's
+            bracketed = f"[{ip}]" if family == "ip6" else ip
+            dest = {f"{bracketed}:{m['container_port']}"} | (
                 {ip} if m["host_port"] == m["container_port"] else set()
             )
             if not any(
@@ -610,8 +697,44 @@ def _check_iptables(host: Any, store: Store) -> list[str]:
                 if "--dport" in r and "--to-destination" in r
             ):
                 out.append(
-                    f"port {m['protocol']}/{m['host_port']} of endpoint {ep['id'][:12]}: no DNAT rule in {chain}"
+                    f"port {m['protocol']}/{m['host_port']} of endpoint {ep['id'][:12]}: no DNAT rule in {chain} ({tool})"
                 )
+    if family == "ip6":
+        out += _check_ip6tables_published(host, store)
+    return out
+
+
+def _check_ip6tables_published(host: Any, store: Store) -> list[str]:
+    """ip6tables' CNM-PUBLISHED: an ACCEPT of (address6, protocol, container port) for each
+    v6 binding DNATed to a container, tagged with its endpoint, and nothing else."""
+    saved = _saved(host, "ip6tables", "filter")
+    wanted = {
+        (f"{ip}/128", m["protocol"], str(m["container_port"])): ep["id"]
+        for ep in store.endpoints.values()
+        for m in ep.get("ports") or []
+        if (ip := _dnat_target(ep, m, "ip6")) is not None
+    }
+    have: dict[tuple[str, str, str], str] = {}
+    for line in saved.splitlines():
+        words = line.split()
+        if line.startswith("-A CNM-PUBLISHED ") and "-d" in words and "--dport" in words and "-p" in words:
+            key = (
+                words[words.index("-d") + 1],
+                words[words.index("-p") + 1],
+                words[words.index("--dport") + 1],
+            )
+            tag = re.search(r'--comment "?cnm:([0-9a-f]+)', line)
+            have[key] = tag.group(1) if tag else ""
+    out = [
+        f"ip6tables CNM-PUBLISHED lacks {d} {p}/{port} of endpoint {owner[:12]} (holds {have.get((d, p, port))!r})"
+        for (d, p, port), owner in wanted.items()
+        if have.get((d, p, port)) != owner
+    ]
+    out += [
+        f"ip6tables CNM-PUBLISHED accepts {d} {p}/{port} for {owner[:12]!r}, which publishes no such port"
+        for (d, p, port), owner in have.items()
+        if (d, p, port) not in wanted
+    ]
     return out
 
 
@@ -641,7 +764,8 @@ def _check_ports(host: Any, store: Store) -> list[str]:
 
 def _check_dns(host: Any, store: Store) -> list[str]:
     """From each sandbox on a user-defined network: every container sharing one resolves
-    to its address on the first shared network (in the asker's connect order)."""
+    to its address on the first shared network (in the asker's connect order); and to its
+    IPv6 address there (AAAA), when it has one."""
     out = []
     user_eps: dict[str, list[dict[str, Any]]] = {}  # container id -> its user-network endpoints, in order
     for ep in sorted(store.endpoints.values(), key=lambda e: e.get("created_seq", 0)):
@@ -653,17 +777,25 @@ def _check_dns(host: Any, store: Store) -> list[str]:
         if sb is None or not sb["key"]:
             continue
         expected: dict[str, str] = {}
+        expected6: dict[str, str] = {}
         for target, target_eps in user_eps.items():
             on = {e["network_id"]: e for e in target_eps}
             first = next((on[e["network_id"]] for e in eps if e["network_id"] in on), None)
             if first is not None and first.get("address"):
                 expected[store.containers[target]["name"]] = str(IPv4Interface(first["address"]).ip)
-        if not expected:
-            continue
-        answers = dns_answers(host, sb["key"], sorted(expected))
-        for name, ip in expected.items():
-            if answers.get(name) != [ip]:
-                out.append(f"DNS from {_name(store, asker)}: {name} -> {answers.get(name)}, want [{ip}]")
+            if first is not None and first.get("address6"):
+                expected6[store.containers[target]["name"]] = str(ip_interface(first["address6"]).ip)
+        for verb, wanted in (("dns", expected), ("dns6", expected6)):
+            if not wanted:
+                continue
+            answers = dns_answers(host, sb["key"], sorted(wanted), verb)
+            kind = "AAAA" if verb == "dns6" else ""
+            for name, ip in wanted.items():
+                if answers.get(name) != [ip]:
+                    out.append(
+                        f"DNS from {_name(store, asker)}: {name} {kind + ' ' if kind else ''}-> "
+                        f"{answers.get(name)}, want [{ip}]"
+                    )
     return out
 
 
@@ -698,7 +830,8 @@ def _check_runc(host: Any, store: Store) -> list[str]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "dns":
-        print(json.dumps({name: _dns_query(name) for name in sys.argv[2:]}))
+    if len(sys.argv) > 1 and sys.argv[1] in ("dns", "dns6"):
+        qtype = 28 if sys.argv[1] == "dns6" else 1
+        print(json.dumps({name: _dns_query(name, qtype=qtype) for name in sys.argv[2:]}))
     else:
-        sys.exit("usage: consistency.py dns NAME…  (inside a sandbox's netns)")
+        sys.exit("usage: consistency.py dns|dns6 NAME…  (inside a sandbox's netns)")

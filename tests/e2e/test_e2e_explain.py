@@ -277,3 +277,47 @@ def test_debug_log_of_a_run_replays_in_a_fresh_namespace(seehost: TestHost) -> N
         timeout=60,
     )
     assert r.returncode == 0, f"replay failed:\n{r.stderr}"
+
+
+def test_explain_of_a_dual_stack_container_reads_the_v6_table_and_routes(fresh_cnmhost: TestHost) -> None:
+    check_dual_stack_explain(fresh_cnmhost, "nftables")
+
+
+@pytest.mark.daemon_flags("--firewall-backend", "iptables")
+def test_explain_of_a_dual_stack_container_reads_ip6tables_with_that_backend(fresh_cnmhost: TestHost) -> None:
+    check_dual_stack_explain(fresh_cnmhost, "iptables")
+
+
+def check_dual_stack_explain(host: TestHost, backend: str) -> None:
+    """A container on a network with IPv6: its v6 address, gateway, routes, the [::]
+    binding's entry in the v6 table (or ip6tables), each command runnable as shown."""
+    host.cnm("network", "create", "--ipv6", "--subnet", "2001:db8:7::/64", "six")
+    run_sleeper(host, "dual", "--network", "six", "-p", "8082:80")
+    e = explain(host, "dual")
+    a = attachment(e, "six")
+    assert a["address6"].startswith("2001:db8:7::") and a["gateway6"] == "2001:db8:7::1"
+    ip6 = a["address6"].split("/")[0]
+    netns = sandbox_key(host, "dual")
+    routes6 = host.ip_json("-6", "route", "show", netns=netns)
+    assert [r["dst"] for r in e["routes6"]] == [r["dst"] for r in routes6]
+    assert e["default_gateway6"] == "2001:db8:7::1"
+    (v6,) = [p for p in a["ports"] if p["host_ip"] == "::"]
+    (rule,) = v6["rules"]
+    assert ip6 in rule and "8082" in rule, rule
+    assert ("ip6tables-save" if backend == "iptables" else "nft list map ip6 cnm") in v6["command"]
+    listed = host.sh(v6["command"]).stdout
+    assert ip6 in listed, listed
+    for key in ("routes6", "neighbours6"):
+        host.run(shlex.split(e["commands"][key]))
+    assert f"conntrack {ip6}" in e["commands"] and "-f ipv6" in e["commands"][f"conntrack {ip6}"]
+    # the port's v6 guard and (nftables) the v6 subnet's NAT, each set listed as shown
+    assert any(g.startswith("bridge cnm addrs6: ") and ip6 in g for g in a["guard"]), a["guard"]
+    if backend == "nftables":
+        assert any(n.startswith("ip6 cnm masquerading: ") for n in a["nat"]), a["nat"]
+        assert any(n.startswith("ip6 cnm subnets: ") and "2001:db8:7::/64" in n for n in a["nat"]), a["nat"]
+        assert "2001:db8:7::/64" in host.sh(a["commands"]["nat ip6 subnets"]).stdout
+    else:
+        assert any(n.startswith("ip6tables nat: ") and "-s 2001:db8:7::/64" in n for n in a["nat"]), a["nat"]
+        assert "2001:db8:7::/64" in host.sh(a["commands"]["nat ip6tables-save"]).stdout
+    assert ip6 in host.sh(a["commands"]["guard bridge addrs6"]).stdout
+    assert e["problems"] == [], e["problems"]

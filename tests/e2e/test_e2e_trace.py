@@ -276,3 +276,117 @@ def test_cnmd_removes_the_tables_of_a_live_trace_cut_short(fresh_cnmhost: TestHo
     assert "removed what a cnm trace --live cut short left: table ip cnm-trace, table bridge cnm-trace" in (
         host.daemon_log.read_text()
     )
+
+
+# -- IPv6: the ip6 cnm table ------------------------------------------------------------------
+
+HOST_IP6 = "2001:db8:203::2"
+WORLD_IP6 = "2001:db8:203::1"
+
+
+@pytest.fixture(scope="module")
+def trace6host(busybox_tar: Path) -> Iterator[TestHost]:
+    """Two v6 networks: ``f6`` with ``web6`` (httpd, 8081 -> 80) and ``app6``, ``b6`` with
+    ``db6``; the world reaches the host at 2001:db8:203::2."""
+    if not is_root():
+        pytest.skip(ROOT_SKIP_REASON)
+    host = TestHost()
+    try:
+        host.start()
+        if HOST_IP6 not in host.run(["ip", "-6", "addr", "show", "dev", "wan0"]).stdout:
+            host.run(["ip", "-6", "addr", "add", f"{HOST_IP6}/64", "dev", "wan0", "nodad"])
+            host.world(["ip", "-6", "addr", "add", f"{WORLD_IP6}/64", "dev", "eth0", "nodad"])
+            host.run(["ip", "-6", "route", "replace", "default", "via", WORLD_IP6, "dev", "wan0"])
+        host.start_daemon()
+        host.import_image(busybox_tar, "busybox")
+        host.cnm("network", "create", "--ipv6", "--subnet", "2001:db8:61::/64", "f6")
+        host.cnm("network", "create", "--ipv6", "--subnet", "2001:db8:62::/64", "b6")
+        script = "mkdir -p /www && echo hello6 > /www/index.html && exec httpd -f -p 80 -h /www"
+        host.cnm(
+            "run", "-d", "--name", "web6", "--network", "f6", "-p", "8081:80", "busybox", "sh", "-c", script
+        )
+        run_sleeper(host, "app6", "--network", "f6")
+        run_sleeper(host, "db6", "--network", "b6")
+        yield host
+    finally:
+        host.close()
+
+
+def ip6_on(host: TestHost, name: str, network: str) -> str:
+    return json.loads(host.cnm("inspect", name).stdout)[0]["NetworkSettings"]["Networks"][network][
+        "GlobalIPv6Address"
+    ]
+
+
+def test_v6_same_network_is_switched(trace6host: TestHost) -> None:
+    t = trace(trace6host, "-6", "app6", "web6:80")
+    print(json.dumps(t, indent=1))
+    assert t["verdict"] == "delivered"
+    assert t["saddr"] == ip6_on(trace6host, "app6", "f6") and t["daddr"] == ip6_on(trace6host, "web6", "f6")
+    assert hop(t, "route")["command"].endswith(f"ip route get {t['daddr']}")
+    assert "switches the frame" in hop(t, "bridge")["text"] and "share network 'f6'" in t["reason"]
+
+
+def test_v6_other_network_is_dropped_by_the_ip6_tables_isolation(trace6host: TestHost) -> None:
+    t = trace(trace6host, "-6", "app6", "db6")
+    print(json.dumps(t, indent=1))
+    assert t["verdict"] == "dropped" and t["daddr"] == ip6_on(trace6host, "db6", "b6")
+    fwd = hop(t, "forward")
+    assert fwd["command"] == "nft list table ip6 cnm"
+    assert "dropped by isolation: network 'f6'" in t["reason"] and "network 'b6'" in t["reason"]
+
+
+def test_v6_to_the_world_is_masqueraded(trace6host: TestHost) -> None:
+    t = trace(trace6host, "-6", "app6", "world")
+    print(json.dumps(t, indent=1))
+    assert t["verdict"] == "delivered" and t["daddr"] == WORLD_IP6
+    assert "masquerade: network 'f6'" in hop(t, "postrouting")["text"]
+    assert "(masqueraded)" in t["reason"]
+
+
+def test_v6_published_port_from_the_world_is_dnated_to_the_v6_address(trace6host: TestHost) -> None:
+    t = trace(trace6host, "world", f"[{HOST_IP6}]:8081")
+    print(json.dumps(t, indent=1))
+    web6 = ip6_on(trace6host, "web6", "f6")
+    assert t["verdict"] == "delivered" and t["saddr"] == WORLD_IP6
+    assert (
+        f"DNAT to web6 ([{web6}]:80) by the published port 8081/tcp (web6 on f6)"
+        in hop(t, "prerouting")["text"]
+    )
+    assert t["hops"][-1]["text"] == f"into web6's eth0 ({web6})"
+
+
+def test_v6_live_probes_are_traced_in_the_ip6_table(trace6host: TestHost) -> None:
+    web6 = ip6_on(trace6host, "web6", "f6")
+    t = trace(trace6host, "--live", "db6", f"[{HOST_IP6}]:8081")
+    print(json.dumps({k: t[k] for k in ("reason", "probe", "live", "live_verdict")}, indent=1))
+    assert t["probe"].endswith("connected (SYN-ACK)")
+    assert any("ip6 cnm ports:" in line and "@ports-any" in line for line in t["live"])
+    assert any(f"ip6 daddr {web6} (web6)" in line for line in t["live"])
+    t = trace(trace6host, "--live", "-6", "app6", "db6")
+    print(json.dumps({k: t[k] for k in ("probe", "live", "live_verdict")}, indent=1))
+    assert "no echo reply" in t["probe"]
+    assert t["live_verdict"].startswith("dropped in ip6 cnm chain forward by the rule oifname @bridges drop")
+    assert no_trace_table(trace6host)
+
+
+def test_v6_ends_of_different_versions_are_refused(trace6host: TestHost) -> None:
+    r = trace6host.cnm("trace", "app6", f"{HOST_IP}:8081", "-6", check=False)
+    assert r.returncode != 0 and "different IP versions" in r.stderr
+
+
+def test_v6_host_ends_and_the_world_to_a_v6_container_address(trace6host: TestHost) -> None:
+    t = trace(trace6host, "-6", "app6", "host")
+    print(json.dumps(t, indent=1))
+    assert t["verdict"] == "delivered" and t["daddr"] == "2001:db8:61::1"  # the gateway6 it sees
+    assert t["reason"].startswith("delivered to the host")
+    web6 = ip6_on(trace6host, "web6", "f6")
+    t = trace(trace6host, "host", f"[{web6}]:80")
+    assert t["verdict"] == "delivered" and t["hops"][-1]["text"] == f"into web6's eth0 ({web6})"
+    # from outside straight to a masqueraded network's v6 address: isolation
+    t = trace(trace6host, "world", f"[{web6}]:80")
+    print(json.dumps(t, indent=1))
+    assert (
+        t["verdict"] == "dropped"
+        and "dropped by isolation: nothing from wan0 enters network 'f6'" in t["reason"]
+    )

@@ -318,10 +318,8 @@ def test_ipv6_masquerade_isolation_internal_routed_and_published_ports(tmp_path,
     assert k["world->cr:7778"] == "FAIL"
     # ... but not from another network: isolation holds for routed networks too
     assert k["ca ping cr"] is False and k["ca->cr:7777"] == "FAIL"
-    if backend == "nftables":  # a published port of a routed network, at the container's address
-        assert k["world->cr:7777"] == "2001:db8:203::1 7777"
-    else:  # the iptables backend opens routed networks to ICMPv6 only
-        assert k["world->cr:7777"] == "FAIL"
+    # a published port of a routed network, at the container's address (both backends)
+    assert k["world->cr:7777"] == "2001:db8:203::1 7777"
     # published ports over IPv6: DNAT keeps the client's address; a host-address binding
     # answers only there
     assert k["world->8080"] == "2001:db8:203::1 7777"

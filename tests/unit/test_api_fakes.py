@@ -157,7 +157,9 @@ class FakeController:
             container=c.name, container_id=c.id, running=c.running, network_mode=str(c.config.network_mode)
         )
 
-    async def trace(self, source: str, destination: str, live: bool = False) -> Trace:
+    async def trace(
+        self, source: str, destination: str, live: bool = False, family: int | None = None
+    ) -> Trace:
         """The input checks only (no kernel here): a path of no hops."""
         src, dst = parse_target(source, destination=False), parse_target(destination, destination=True)
         for ref in (src.ref, dst.ref):

@@ -76,6 +76,35 @@ def test_text_map_without_uplink_or_containers():
     assert "`-- no bridge (null driver)\n    `-- no containers\n" in text
 
 
+def dual_stack() -> Topology:
+    web = Member(
+        container="web", container_id=WEB, running=True, ifname="eth0", address="172.18.0.2/16",
+        mac="02:42:ac:12:00:02", host_ifname="veth1a", host_ifindex=9, address6="2001:db8:1::2/64",
+        ports=("0.0.0.0:8080->80/tcp", "[::]:8080->80/tcp"),
+    )  # fmt: skip
+    net = NetworkNode(
+        name="v6", id=FRONT, driver="bridge", bridge="br-ffffffffffff", bridge_ifindex=5, subnet="172.18.0.0/16",
+        gateway="172.18.0.1", internal=False, members=(web,), subnet6="2001:db8:1::/64", gateway6="2001:db8:1::1",
+    )  # fmt: skip
+    return Topology(uplink=None, networks=(net,))
+
+
+def test_map_of_a_dual_stack_network_shows_its_v6_subnet_gateway_and_addresses():
+    text = render_text(dual_stack())
+    assert (
+        "network v6 (bridge, 172.18.0.0/16, gateway 172.18.0.1, 2001:db8:1::/64, gateway 2001:db8:1::1)"
+        in text
+    )
+    assert "<-> web eth0 172.18.0.2/16 2001:db8:1::2/64 02:42:ac:12:00:02" in text
+    assert "port [::]:8080->80/tcp" in text
+    source = render_dot(dual_stack())
+    assert 'label="network v6\\n172.18.0.0/16\\n2001:db8:1::/64";' in source
+    assert '[label="eth0 172.18.0.2/16\\n2001:db8:1::2/64\\n02:42:ac:12:00:02"]' in source
+    data = json.loads(json.dumps(plain(dual_stack())))
+    assert data["networks"][0]["subnet6"] == "2001:db8:1::/64"
+    assert data["networks"][0]["members"][0]["address6"] == "2001:db8:1::2/64"
+
+
 def _dot_statements(source: str) -> list[str]:
     return [line.strip() for line in source.splitlines()]
 
@@ -231,3 +260,63 @@ async def test_explain_route_unknown_container_is_404(server):  # noqa: F811
     _, client, _ = server
     reply = await client.request("GET", "/cnm/v1/containers/nosuch/explain")
     assert reply.status == 404 and "nosuch" in reply.json()["message"]
+
+
+def test_explain_text_of_a_dual_stack_container_shows_v6_facts_and_commands():
+    netns = "/run/cnm/netns/0123456789ab"
+    e = Explanation(
+        container="web", container_id=WEB, running=True, network_mode="v6", netns=netns,
+        attachments=(
+            Attachment(
+                network="v6", network_id=FRONT, driver="bridge", ifname="eth0", address="172.18.0.2/16",
+                gateway="172.18.0.1", address6="2001:db8:1::2/64", gateway6="2001:db8:1::1",
+                guard=('bridge cnm addrs6: "veth1a" . 02:42:ac:12:00:02 . 2001:db8:1::2',),
+                nat=('ip6 cnm masquerading: "br-ffffffffffff"',),
+                commands={
+                    "guard bridge addrs6": "nft list set bridge cnm addrs6",
+                    "nat ip6 masquerading": "nft list set ip6 cnm masquerading",
+                },
+                ports=(PortPath("tcp", "::", 8080, 80,
+                                ('tcp . 8080 comment "cnm:ep" : 2001:db8:1::2 . 80  (map ports-any)',),
+                                "nft list map ip6 cnm ports-any"),
+                       PortPath("tcp", "::1", 8081, 81, (), "",
+                                note="cnmd's proxy carries it to 172.18.0.2:81 (no IPv6 DNAT for it)")),
+            ),
+        ),
+        routes6=(Route("default", "eth0", "2001:db8:1::1"), Route("2001:db8:1::/64", "eth0")),
+        default_gateway6="2001:db8:1::1",
+        commands={
+            "routes": f"nsenter --net={netns} ip route show",
+            "routes6": f"nsenter --net={netns} ip -6 route show",
+            "neighbours": f"nsenter --net={netns} ip neigh show",
+            "neighbours6": f"nsenter --net={netns} ip -6 neigh show",
+        },
+    )  # fmt: skip
+    lines = render_explanation(json.loads(json.dumps(plain(e)))).splitlines()
+    assert any(line.endswith("IP 172.18.0.2/16, IPv6 2001:db8:1::2/64") for line in lines)
+    assert "  IPv6 gateway 2001:db8:1::1" in lines
+    i = lines.index("  published [::]:8080 -> 80/tcp")
+    assert lines[i + 1 : i + 3] == [
+        '    tcp . 8080 comment "cnm:ep" : 2001:db8:1::2 . 80  (map ports-any)',
+        "    $ nft list map ip6 cnm ports-any",
+    ]
+    i = lines.index("  published [::1]:8081 -> 81/tcp")
+    assert lines[i + 1] == "    cnmd's proxy carries it to 172.18.0.2:81 (no IPv6 DNAT for it)"
+    i = lines.index("IPv6 routes inside")
+    assert lines[i + 1 : i + 4] == [
+        "  default via 2001:db8:1::1 dev eth0",
+        "  2001:db8:1::/64 dev eth0",
+        f"  $ nsenter --net={netns} ip -6 route show",
+    ]
+    assert "IPv6 default gateway 2001:db8:1::1" in lines
+    i = lines.index("  anti-spoofing guard of its port (what it may send from)")
+    assert lines[i + 1 : i + 3] == [
+        '    bridge cnm addrs6: "veth1a" . 02:42:ac:12:00:02 . 2001:db8:1::2',
+        "    $ nft list set bridge cnm addrs6",
+    ]
+    i = lines.index("  how its network leaves the host")
+    assert lines[i + 1 : i + 3] == [
+        '    ip6 cnm masquerading: "br-ffffffffffff"',
+        "    $ nft list set ip6 cnm masquerading",
+    ]
+    assert "neighbours inside (ARP, NDP)" in lines and f"  $ nsenter --net={netns} ip -6 neigh show" in lines

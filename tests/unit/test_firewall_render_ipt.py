@@ -343,16 +343,19 @@ def test_an_ipv6_network_masquerades_its_v6_subnet():
     assert r.network_chain_rules(net6(), 6) == r.network_chain_rules(net6())
 
 
-def test_a_routed_ipv6_network_is_not_masqueraded_and_lets_icmpv6_in():
+def test_a_routed_ipv6_network_is_not_masqueraded_and_lets_icmpv6_and_published_ports_in():
     shared = specs(r.network_shared_rules(net6(routed6=True), False, family=6))
     assert not [s for s in shared if "! -o br-a" in s and "MASQUERADE" in s]
     inbound = [s for s in specs(r.network_chain_rules(net6(routed6=True), 6)) if "-IN " in s]
     tag = f"-m comment --comment cnm:{A}"
-    assert inbound[-3:] == [
+    assert inbound[-4:] == [
         f"filter CNM-N-a1a1a1a1a1a1-IN {tag} -j CNM-ISOLATE",  # other networks stay isolated
         f"filter CNM-N-a1a1a1a1a1a1-IN ! -i br-a -p ipv6-icmp {tag} -j ACCEPT",
+        f"filter CNM-N-a1a1a1a1a1a1-IN ! -i br-a {tag} -j CNM-PUBLISHED",  # as nftables' set
         f"filter CNM-N-a1a1a1a1a1a1-IN {tag} -j DROP",
     ]
+    # a masqueraded network does not open its published ports at the container's address
+    assert not [s for s in specs(r.network_chain_rules(net6(), 6)) if "CNM-PUBLISHED" in s]
     # every v6 network is in CNM-ISOLATE; the chain exists in ip6tables only
     assert f"filter CNM-ISOLATE -i br-a {tag} -j DROP" in specs(r.network_shared_rules(net6(), False, 6))
     assert "CNM-ISOLATE" in r.render_setup({}, family=6) and "CNM-ISOLATE" not in r.render_setup({})
@@ -375,12 +378,30 @@ def test_ipv6_dnat_skips_link_local_sources_and_brackets_the_address():
     def rule(host_ip, first, last, cport):
         return PortRule(E1, A, "br-a", "tcp", host_ip, first, last, IPv6Address("fd00:10::2"), cport)
 
-    [one] = r.port_rules(rule(None, 8080, 8080, 8080))
+    [one, accept] = r.port_rules(rule(None, 8080, 8080, 8080))
     assert one.spec.startswith("! -s fe80::/10 -p tcp -m tcp --dport 8080 ")
     assert one.spec.endswith("-j DNAT --to-destination fd00:10::2")
-    [shifted] = r.port_rules(rule(IPv6Address("2001:db8::1"), 8080, 8080, 80))
+    assert (accept.table, accept.chain) == ("filter", "CNM-PUBLISHED")
+    assert (
+        accept.spec == f"-d fd00:10::2/128 -p tcp -m tcp --dport 8080 -m comment --comment cnm:{E1} -j ACCEPT"
+    )
+    [shifted, accept] = r.port_rules(rule(IPv6Address("2001:db8::1"), 8080, 8080, 80))
     assert "-d 2001:db8::1/128 " in shifted.spec
     assert shifted.spec.endswith("-j DNAT --to-destination [fd00:10::2]:80")
+    assert "--dport 80 " in accept.spec  # the container's port, at its own address
+
+
+def test_ipv6_published_accept_rules_cover_a_range_once_per_container_port():
+    def rule(first, last, cport):
+        return PortRule(E1, A, "br-a", "udp", None, first, last, IPv6Address("fd00:10::2"), cport)
+
+    accepts = [x.spec for x in r.port_rules_by_owner([rule(9000, 9001, 9000), rule(7000, 7001, 9000)])[E1]]
+    accepts = [s for s in accepts if s.endswith("-j ACCEPT")]
+    assert [s.split(" --dport ")[1].split()[0] for s in accepts] == ["9000", "9001"]
+    # none in iptables: a v4 container address is only reached through DNAT
+    v4 = PortRule(E1, A, "br-a", "tcp", None, 80, 80, IPv4Address("10.10.0.2"), 80)
+    assert r.published_rules(r.port_rules(v4)) == []
+    assert "CNM-PUBLISHED" in r.render_setup({}, family=6) and "CNM-PUBLISHED" not in r.render_setup({})
 
 
 def test_sync_per_family_keeps_only_that_familys_ports():

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 
@@ -41,7 +41,7 @@ PORTS = [
 ]
 
 
-def load(script: str) -> list[dict]:
+def load(script: str, family: str = render_nft.FAMILY) -> list[dict]:
     if shutil.which("unshare") is None or shutil.which("nft") is None:
         pytest.skip(
             "needs unshare (util-linux) and nft (nftables) to load a ruleset into a throwaway namespace"
@@ -52,7 +52,7 @@ def load(script: str) -> list[dict]:
             "-Urn",
             "sh",
             "-c",
-            f"nft -f - && nft -j list table {render_nft.FAMILY} {render_nft.TABLE}",
+            f"nft -f - && nft -j list table {family} {render_nft.TABLE}",
         ],
         input=script,
         capture_output=True,
@@ -241,3 +241,87 @@ def test_internal_network_may_not_reach_another_networks_published_port(ruleset)
     fwd = evaluate_hook(ruleset, "forward", replace_oif(pre.packet, "br-front"))
     assert fwd.verdict == "drop"
     assert fwd.decided_by.text == "iifname @internal iifname . oifname != @same-bridge drop"
+
+
+# -- IPv6: the ip6 table -----------------------------------------------------------------
+
+NETWORKS6 = [
+    BridgeRules(
+        owner=FRONT, bridge="br-front", subnet=IPv4Network("10.1.0.0/24"), subnet6=IPv6Network("fd00:1::/64"),
+        gateway6=IPv6Address("fd00:1::1"), name="front",
+    ),
+    BridgeRules(
+        owner=QUIET, bridge="br-quiet", subnet=IPv4Network("10.3.0.0/24"), subnet6=IPv6Network("2001:db8:3::/64"),
+        gateway6=IPv6Address("2001:db8:3::1"), routed6=True, name="quiet",
+    ),
+]  # fmt: skip
+PORTS6 = [
+    PortRule(WEB, FRONT, "br-front", "tcp", None, 8080, 8080, IPv6Address("fd00:1::2"), 80, "web on front"),
+    PortRule(
+        RANGE, QUIET, "br-quiet", "tcp", None, 8443, 8443, IPv6Address("2001:db8:3::2"), 443, "rt on quiet"
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def ruleset6():
+    return parse_ruleset(load(render_nft.render_sync(NETWORKS6, ports=PORTS6), render_nft.FAMILY6))
+
+
+def pkt6(src: str, dst: str, **kw) -> Packet:
+    return Packet(saddr=IPv6Address(src), daddr=IPv6Address(dst), **kw)
+
+
+def test_a_v6_published_port_is_dnated_to_the_containers_v6_address(ruleset6) -> None:
+    p = pkt6("2001:db8:203::1", "2001:db8:203::2", iif="eth0", dport=8080, local_daddr=True)
+    pre = evaluate_hook(ruleset6, "prerouting", p)
+    assert pre.nat == "dnat" and pre.decided_by.action == "dnat to [fd00:1::2]:80"
+    assert pre.decided_by.elements == (f"cnm:{WEB} (web on front)",)
+    assert pre.packet.daddr == IPv6Address("fd00:1::2") and pre.packet.dport == 80
+    fwd = evaluate_hook(ruleset6, "forward", replace_oif(pre.packet, "br-front"))
+    assert fwd.verdict == "accept" and "ct status dnat" in fwd.decided_by.text
+    # a link-local source is not DNATed (as Docker's ip6tables)
+    ll = evaluate_hook(ruleset6, "prerouting", pkt6("fe80::1", "2001:db8:203::2", iif="eth0", dport=8080))
+    assert ll.nat == ""
+
+
+def test_v6_to_the_world_is_masqueraded_unless_routed(ruleset6) -> None:
+    out = pkt6("fd00:1::2", "2001:db8:203::1", iif="br-front", oif="eth0", l4proto="ipv6-icmp")
+    assert evaluate_hook(ruleset6, "forward", out).verdict == "accept"
+    assert evaluate_hook(ruleset6, "postrouting", out).nat == "masquerade"
+    routed = pkt6("2001:db8:3::2", "2001:db8:203::1", iif="br-quiet", oif="eth0", l4proto="ipv6-icmp")
+    assert evaluate_hook(ruleset6, "postrouting", routed).nat == ""
+
+
+def test_the_world_reaches_a_routed_network_by_icmpv6_and_published_ports_only(ruleset6) -> None:
+    def fwd(**kw):
+        return evaluate_hook(
+            ruleset6, "forward", pkt6("2001:db8:203::1", "2001:db8:3::2", iif="eth0", oif="br-quiet", **kw)
+        )
+
+    assert fwd(l4proto="ipv6-icmp").verdict == "accept"
+    assert fwd(dport=443).verdict == "accept"  # published (8443 -> 443) at the container's own address
+    assert fwd(dport=22).verdict == "drop"
+    # a masqueraded network is closed to the world
+    closed = pkt6("2001:db8:203::1", "fd00:1::2", iif="eth0", oif="br-front", l4proto="ipv6-icmp")
+    assert evaluate_hook(ruleset6, "forward", closed).verdict == "drop"
+
+
+def test_an_ip_rule_does_not_match_a_v6_packet() -> None:
+    rs = parse_ruleset(
+        [
+            {"chain": {"name": "c", "hook": "forward", "prio": 0, "policy": "accept"}},
+            {"rule": {"chain": "c", "handle": 1, "expr": [
+                {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "10.0.0.1"}},
+                {"drop": None},
+            ]}},
+            {"rule": {"chain": "c", "handle": 2, "expr": [
+                {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}},
+                           "right": {"prefix": {"addr": "2001:db8::", "len": 32}}}},
+                {"drop": None},
+            ]}},
+        ]
+    )  # fmt: skip
+    r = evaluate_hook(rs, "forward", pkt6("2001:db8::5", "2001:db8::6"))
+    assert r.verdict == "drop" and r.decided_by.handle == 2
+    assert evaluate_hook(rs, "forward", pkt6("fd00::5", "2001:db8::6")).verdict == "accept"

@@ -36,6 +36,9 @@ except ImportError:  # tests/ made a package
         ("web:53/udp", Target("web", 53, "udp")),
         ("10.0.0.2/icmp", Target("10.0.0.2", None, "icmp")),
         ("host:8080/tcp", Target("host", 8080, "tcp")),
+        ("2001:db8::2", Target("2001:db8::2", None, "icmp")),
+        ("[2001:db8::2]:8080", Target("2001:db8::2", 8080, "tcp")),
+        ("[::1]:53/udp", Target("::1", 53, "udp")),
     ],
 )
 def test_destinations_parse(text: str, expected: Target) -> None:
@@ -55,6 +58,9 @@ def test_destinations_parse(text: str, expected: Target) -> None:
         ("", True, "invalid trace destination ''"),
         ("web:80", False, "a port or protocol goes on the destination"),
         ("web/udp", False, "a port or protocol goes on the destination"),
+        ("[2001:db8::2", True, "IPV6]:PORT"),
+        ("[2001:db8::2]80", True, "IPV6]:PORT"),
+        ("2001:db8::2/tcp", True, "tcp needs a port"),
     ],
 )
 def test_bad_targets_are_refused_naming_what_is_wrong(text: str, destination: bool, message: str) -> None:
@@ -73,7 +79,7 @@ def test_marking_script_marks_only_the_probe_in_both_families() -> None:
     assert "priority -350" in script  # ahead of raw (-300), conntrack and cnm's chains
     icmp = trace_table_script(ProbeSpec(IPv4Address("10.0.0.2"), IPv4Address("10.0.1.2"), "icmp"))
     assert "icmp type echo-request meta nftrace set 1" in icmp and "dport" not in icmp
-    assert tracing.trace_teardown_script().count("delete table") == 2
+    assert tracing.trace_teardown_script().count("delete table") == 3  # ip, ip6, bridge
     with pytest.raises(InvalidArgument, match="invalid protocol 'sctp'"):
         trace_table_script(ProbeSpec(IPv4Address("10.0.0.2"), IPv4Address("10.0.1.2"), "sctp", 1))
 
@@ -209,3 +215,27 @@ def test_start_removes_the_tables_of_a_live_trace_cut_short() -> None:
     assert result["first"] == ["ip cnm-trace", "bridge cnm-trace"]
     assert result["again"] == []
     assert sorted(result["left"]) == ["table inet cnm-trace", "table ip cnm"]
+
+
+def test_marking_script_of_a_v6_probe_uses_the_ip6_and_bridge_tables() -> None:
+    from ipaddress import IPv6Address
+
+    spec = ProbeSpec(IPv6Address("fd00::2"), IPv6Address("2001:db8::1"), "tcp", 80, 40000)
+    rules = [line for line in trace_table_script(spec).splitlines() if line.startswith("add rule")]
+    assert {r.split()[2] for r in rules} == {"ip6", "bridge"}
+    assert all("ip6 saddr fd00::2 ip6 daddr 2001:db8::1 meta l4proto tcp th sport 40000" in r for r in rules)
+    icmp = trace_table_script(ProbeSpec(IPv6Address("fd00::2"), IPv6Address("2001:db8::1"), "icmp"))
+    assert "meta l4proto ipv6-icmp icmpv6 type echo-request meta nftrace set 1" in icmp
+    assert packet_summary("ip6 saddr fd00::2 ip6 daddr 2001:db8::1 ip6 nexthdr tcp tcp dport 80") == (
+        "ip6 saddr fd00::2 ip6 daddr 2001:db8::1 ip6 nexthdr tcp tcp dport 80"
+    )
+
+
+async def test_the_ends_of_a_trace_must_be_of_one_ip_version() -> None:
+    tracer = Tracer.__new__(Tracer)
+    with pytest.raises(InvalidArgument, match="different IP versions"):
+        await tracer.trace("10.0.0.2", "2001:db8::2")
+    with pytest.raises(InvalidArgument, match="different IP versions"):
+        await tracer.trace("web", "10.0.0.2", family=6)
+    with pytest.raises(InvalidArgument, match="invalid IP version 5"):
+        await tracer.trace("web", "host", family=5)

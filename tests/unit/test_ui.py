@@ -87,7 +87,9 @@ class Engine:
             raise NotFound(f"No such container: {ref}")
         return web_explanation()
 
-    async def trace(self, source: str, destination: str, live: bool = False) -> Trace:
+    async def trace(
+        self, source: str, destination: str, live: bool = False, family: int | None = None
+    ) -> Trace:
         self.traced.append((source, destination, live))
         if self.trace_fails is not None:
             raise self.trace_fails
@@ -286,7 +288,7 @@ def test_trace_destination_is_the_host_or_the_address_the_port_is_bound_to():
     assert trace_destination(port("")) == "host:8080/tcp"
     assert trace_destination(port("::", "udp")) == "host:8080/udp"
     assert trace_destination(port("203.0.113.2")) == "203.0.113.2:8080/tcp"
-    assert trace_destination(port("2001:db8::1")) == "host:8080/tcp"  # the trace walks IPv4
+    assert trace_destination(port("2001:db8::1")) == "[2001:db8::1]:8080/tcp"  # the trace walks IPv6
 
 
 def test_parse_port():

@@ -6,7 +6,7 @@ names of the engine's values), built here as every wire shape is.
   with the command that shows it (``engine/explain.py``).
 - ``GET /cnm/v1/map[?network=NAME…][&format=json|text|dot|svg]``: the networks as the
   kernel wires them (``engine/topology.py``); text, dot and svg come rendered.
-- ``POST /cnm/v1/trace?source=SRC&destination=DST[:PORT][/PROTO][&live=1]``: a packet's
+- ``POST /cnm/v1/trace?source=SRC&destination=DST[:PORT][/PROTO][&live=1][&family=6]``: a packet's
   path (``engine/trace.py``); a POST because ``live`` sends a probe and installs, for its
   duration, a marking table.
 """
@@ -83,7 +83,11 @@ async def trace(request: web.Request) -> web.Response:
     live = request.query.get("live", "")
     if live not in _TRUE + _FALSE:
         raise InvalidArgument(f"invalid live {live!r}: expected 1 or 0")
-    return json_response(plain(await api.controller.trace(source, destination, live in _TRUE)))
+    family = request.query.get("family", "")
+    if family not in ("", "4", "6"):
+        raise InvalidArgument(f"invalid family {family!r}: expected 4 or 6")
+    traced = await api.controller.trace(source, destination, live in _TRUE, int(family) if family else None)
+    return json_response(plain(traced))
 
 
 def routes() -> list[tuple[str, str, object]]:

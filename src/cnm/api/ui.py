@@ -138,12 +138,16 @@ def find_port(e: Explanation, host_port: int, proto: str) -> PortPath:
 
 def trace_destination(p: PortPath) -> str:
     """Where a packet from the world goes for the published ``p``, as ``cnm trace`` spells
-    it: the host (any of its addresses) or the one IPv4 address the port is bound to."""
+    it: the host (any of its addresses) or the one address the port is bound to (an IPv6
+    one in brackets: the trace then walks IPv6)."""
     try:
         bound = ipaddress.ip_address(p.host_ip)
     except ValueError:  # "" (every address)
         bound = None
-    where = str(bound) if bound is not None and bound.version == 4 and not bound.is_unspecified else "host"
+    if bound is None or bound.is_unspecified:
+        where = "host"
+    else:
+        where = f"[{bound}]" if bound.version == 6 else str(bound)
     return f"{where}:{p.host_port}/{p.protocol}"
 
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
+from cnm.engine import explain_sets
 from cnm.engine.lookup import find_container
 from cnm.engine.sandbox import netns_name_path
 from cnm.engine.services import Services
@@ -48,8 +49,9 @@ class PortPath:
     host_ip: str  # "0.0.0.0": every address
     host_port: int
     container_port: int
-    rules: tuple[str, ...]  # empty: the kernel holds none (say so, it is a fault)
+    rules: tuple[str, ...]  # empty: the kernel holds none (say so, it is a fault, unless ``note``)
     command: str
+    note: str = ""  # who serves it when no firewall entry does (cnmd's proxy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,10 @@ class Attachment:
     ports: tuple[PortPath, ...] = ()
     links: tuple[str, ...] = ()  # "ALIAS -> NAME": legacy --link entries on this network
     commands: Mapping[str, str] = field(default_factory=lambda: _EMPTY)  # "inside", "host", "bridge"
+    address6: str = ""  # "": no IPv6 on this network
+    gateway6: str = ""
+    guard: tuple[str, ...] = ()  # its bridge port's anti-spoofing elements (commands "guard …")
+    nat: tuple[str, ...] = ()  # how its network leaves the host, ip and ip6 tables (commands "nat …")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +99,8 @@ class Explanation:
     conntrack: tuple[str, ...] = ()
     commands: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     problems: tuple[str, ...] = ()  # facts that could not be read, and why
+    routes6: tuple[facts.Route, ...] = ()  # read when the container has an IPv6 address
+    default_gateway6: str = ""
 
 
 def enter_command(netns: str) -> str:
@@ -140,24 +148,39 @@ class Explainer:
         by_index = {link.index: link for link in host.values()}
         port_rules = await self._port_rules([ep for _, ep in pairs], problems)
         attachments = tuple(
-            self._attachment(network, ep, inside, host, by_index, port_rules, netns, container.config.links)
-            for network, ep in pairs
+            [
+                await self._sets(
+                    self._attachment(
+                        network, ep, inside, host, by_index, port_rules, netns, container.config.links
+                    ),
+                    network,
+                    ep,
+                    problems,
+                )
+                for network, ep in pairs
+            ]
         )
         commands: dict[str, str] = {}
         routes: list[facts.Route] = []
+        routes6: list[facts.Route] = []
         neighbours: list[facts.Neighbour] = []
+        v6 = any(a.address6 for a in attachments)
         if netns:
             commands["enter"] = enter_command(netns)
             commands["routes"] = facts.shown(facts.ROUTES_ARGV, netns)
             commands["neighbours"] = facts.shown(facts.NEIGHBOURS_ARGV, netns)
-            try:
-                routes = await facts.routes(netns)
-            except CnmError as exc:
-                problems.append(f"routes: {exc}")
-            try:
-                neighbours = await facts.neighbours(netns)
-            except CnmError as exc:
-                problems.append(f"neighbours: {exc}")
+            if v6:
+                commands["routes6"] = facts.shown(facts.ROUTES6_ARGV, netns)
+                commands["neighbours6"] = facts.shown(facts.NEIGHBOURS6_ARGV, netns)
+            for family in (4, 6) if v6 else (4,):
+                try:
+                    (routes6 if family == 6 else routes).extend(await facts.routes(netns, family))
+                except CnmError as exc:
+                    problems.append(f"routes (IPv{family}): {exc}")
+                try:
+                    neighbours += await facts.neighbours(netns, family)
+                except CnmError as exc:
+                    problems.append(f"neighbours (IPv{family}): {exc}")
         name = self.netns_name(container.name, netns)
         if name:
             commands["netns name"] = f"ip netns exec {name} sh"
@@ -172,6 +195,7 @@ class Explainer:
                 problems.append(f"{key}: {exc}")
         conntrack: list[str] = []
         addresses = [a.address.split("/")[0] for a in attachments if a.address]
+        addresses += [a.address6.split("/")[0] for a in attachments if a.address6]
         for ip in addresses:
             commands[f"conntrack {ip}"] = facts.conntrack_shown(ip)
             try:
@@ -179,6 +203,7 @@ class Explainer:
             except CnmError as exc:
                 problems.append(f"conntrack: {exc}")
         gateway = next((r.gateway for r in routes if r.dst == "default"), "")
+        gateway6 = next((r.gateway for r in routes6 if r.dst == "default"), "")
         return Explanation(
             container=container.name,
             container_id=container.id,
@@ -195,6 +220,8 @@ class Explainer:
             conntrack=tuple(conntrack),
             commands=MappingProxyType(commands),
             problems=tuple(problems),
+            routes6=tuple(routes6),
+            default_gateway6=gateway6,
         )
 
     def _attachment(
@@ -204,7 +231,7 @@ class Explainer:
         inside: Mapping[str, LinkInfo],
         host: Mapping[str, LinkInfo],
         by_index: Mapping[int, LinkInfo],
-        port_rules: Mapping[str, list[tuple[str, str]]],
+        port_rules: Mapping[str, list[tuple[int, str, str]]],
         netns: str,
         legacy_links: tuple[str, ...],
     ) -> Attachment:
@@ -244,45 +271,86 @@ class Explainer:
             ports=ports,
             links=link_labels(requested),
             commands=MappingProxyType(commands),
+            address6=str(ep.address6) if ep.address6 is not None else "",
+            gateway6=str(ep.gateway6) if ep.gateway6 is not None else "",
         )
+
+    async def _sets(
+        self, a: Attachment, network: NetworkRecord, ep: EndpointRecord, problems: list[str]
+    ) -> Attachment:
+        """``a`` with its port's guard elements and its network's NAT elements (nftables set
+        elements, or the iptables backend's nat rules)."""
+        if network.driver != "bridge":
+            return a
+        commands = dict(a.commands)
+        found: dict[str, list[str]] = {}
+        for key in ("guard", "nat"):
+            try:
+                if key == "guard":
+                    found[key], listed = await explain_sets.guard(self._table, ep)
+                elif self._backend == "iptables":
+                    found[key], listed = await explain_sets.nat_iptables(network)
+                else:
+                    found[key], listed = await explain_sets.nat(self._table, network)
+            except CnmError as exc:
+                problems.append(f"{key} elements: {exc}")
+                continue
+            for command in listed:  # "nft list set FAMILY TABLE SET" as "KEY FAMILY SET"
+                words = command.split()
+                commands[f"{key} {words[3]} {words[5]}" if words[0] == "nft" else f"{key} {words[0]}"] = (
+                    command
+                )
+        guard, nat = tuple(found.get("guard", ())), tuple(found.get("nat", ()))
+        return replace(a, guard=guard, nat=nat, commands=MappingProxyType(commands))
 
     # -- published ports ----------------------------------------------------------------
 
     async def _port_rules(
         self, endpoints: list[EndpointRecord], problems: list[str]
-    ) -> dict[str, list[tuple[str, str]]]:
-        """{endpoint id: [(rule text, command that lists it)]} of the endpoints' published
-        ports, read back from the kernel and matched by their owner comment."""
+    ) -> dict[str, list[tuple[int, str, str]]]:
+        """{endpoint id: [(IP version, rule text, command that lists it)]} of the endpoints'
+        published ports, read back from the kernel (the ``ip`` and ``ip6`` tables, or
+        iptables and ip6tables) and matched by their owner comment."""
         wanted = {ep.id for ep in endpoints if ep.ports}
-        if not wanted:
-            return {}
-        out: dict[str, list[tuple[str, str]]] = {}
-        try:
-            if self._backend == "iptables":
-                for ep_id in wanted:
-                    command = f"iptables-save -t nat | grep -- 'cnm:{ep_id}'"
-                    rules = await facts.iptables_rules("nat", f"cnm:{ep_id}")
-                    out[ep_id] = [(rule, command) for rule in rules]
-                return out
-            for map_name in render_nft.PORT_MAPS:
-                command = f"nft list map {render_nft.FAMILY} {self._table} {map_name}"
-                objects = await facts.nft_json(["list", "map", render_nft.FAMILY, self._table, map_name])
-                for key, comment, data in _map_elements(objects):
-                    owner = comment.split(" ", 1)[0].removeprefix("cnm:")
-                    if owner in wanted:
-                        out.setdefault(owner, []).append(
-                            (f'{key} comment "{comment}" : {data}  (map {map_name})', command)
-                        )
-        except CnmError as exc:
-            problems.append(f"published ports: {exc}")
+        families = (4, 6) if any(ep.address6 is not None for ep in endpoints if ep.ports) else (4,)
+        out: dict[str, list[tuple[int, str, str]]] = {}
+        for family in families if wanted else ():
+            try:
+                if self._backend == "iptables":
+                    for ep_id in wanted:
+                        command = f"{facts.iptables_save(family)} -t nat | grep -- 'cnm:{ep_id}'"
+                        rules = await facts.iptables_rules("nat", f"cnm:{ep_id}", family)
+                        out.setdefault(ep_id, []).extend((family, rule, command) for rule in rules)
+                    continue
+                table = render_nft.FAMILY6 if family == 6 else render_nft.FAMILY
+                for map_name in render_nft.port_maps(table):
+                    command = f"nft list map {table} {self._table} {map_name}"
+                    objects = await facts.nft_json(["list", "map", table, self._table, map_name])
+                    for key, comment, data in _map_elements(objects):
+                        owner = comment.split(" ", 1)[0].removeprefix("cnm:")
+                        if owner in wanted:
+                            out.setdefault(owner, []).append(
+                                (family, f'{key} comment "{comment}" : {data}  (map {map_name})', command)
+                            )
+            except CnmError as exc:
+                problems.append(f"published ports (IPv{family}): {exc}")
         return out
 
     @staticmethod
-    def _port_path(pm: PortMapping, ep: EndpointRecord, rules: list[tuple[str, str]]) -> PortPath:
-        """The port mapping ``pm`` and those of ``rules`` whose key is its host port."""
-        mine = [(text, cmd) for text, cmd in rules if _serves(text, pm)]
-        command = mine[0][1] if mine else (rules[0][1] if rules else "")
+    def _port_path(pm: PortMapping, ep: EndpointRecord, rules: list[tuple[int, str, str]]) -> PortPath:
+        """The port mapping ``pm`` and those of ``rules`` (of its host address's IP version)
+        whose key is its host port.  A v6 binding of a container without a v6 address, and
+        the host's own [::1], are cnmd's proxy's: no firewall entry is expected then."""
+        family = pm.host_ip.version
+        same = [(text, cmd) for version, text, cmd in rules if version == family]
+        mine = [(text, cmd) for text, cmd in same if _serves(text, pm)]
+        command = mine[0][1] if mine else (same[0][1] if same else "")
+        note = ""
+        if family == 6 and (ep.address6 is None or pm.host_ip.is_loopback) and not mine:
+            target = ep.address.ip if ep.address is not None else "the container"
+            note = f"cnmd's proxy carries it to {target}:{pm.container_port} (no IPv6 DNAT for it)"
         return PortPath(
+            note=note,
             protocol=pm.protocol,
             host_ip=str(pm.host_ip),
             host_port=pm.host_port,

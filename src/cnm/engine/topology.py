@@ -60,6 +60,7 @@ class Member:
     host_ifindex: int  # 0: the host end is not in the kernel
     ports: tuple[str, ...] = ()  # "0.0.0.0:8080->80/tcp"
     links: tuple[str, ...] = ()  # "ALIAS -> NAME" (legacy --link)
+    address6: str = ""  # "": no IPv6 address (a network without IPv6)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,8 @@ class NetworkNode:
     internal: bool
     members: tuple[Member, ...] = ()
     tunnels: tuple[Tunnel, ...] = ()
+    subnet6: str = ""  # "": the network has no IPv6
+    gateway6: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +165,8 @@ async def _network(svc: Services, network: NetworkRecord, host: dict[str, LinkIn
         internal=network.internal,
         members=members,
         tunnels=tuple(sorted(tunnels, key=lambda t: t.device)),
+        subnet6=str(network.subnet6) if network.subnet6 is not None else "",
+        gateway6=str(network.gateway6) if network.gateway6 is not None else "",
     )
 
 
@@ -184,6 +189,7 @@ def _member(svc: Services, network: NetworkRecord, ep: EndpointRecord, host: dic
             f"{join_host_port(p.host_ip, p.host_port)}->{p.container_port}/{p.protocol}" for p in ep.ports
         ),
         links=link_labels(requested),
+        address6=str(ep.address6) if ep.address6 is not None else "",
     )
 
 
@@ -210,6 +216,10 @@ def render_text(topology: Topology) -> str:
             what.append(net.subnet)
         if net.gateway:
             what.append(f"gateway {net.gateway}")
+        if net.subnet6:
+            what.append(net.subnet6)
+        if net.gateway6:
+            what.append(f"gateway {net.gateway6}")
         if net.internal:
             what.append("internal: no way out")
         elif net.driver == "bridge" and up is not None:
@@ -223,7 +233,8 @@ def render_text(topology: Topology) -> str:
             state = "" if m.running else " (stopped)"
             head = (
                 f"veth {m.host_ifname or '-'} ({_index(m.host_ifindex)}) <-> "
-                f"{m.container}{state} {m.ifname} {m.address or '-'} {m.mac or '-'}"
+                f"{m.container}{state} {m.ifname} {m.address or '-'}{f' {m.address6}' if m.address6 else ''}"
+                f" {m.mac or '-'}"
             )
             extra = [f"port {p}" for p in m.ports] + [f"link {link}" for link in m.links]
             children.append((head, extra))
@@ -290,7 +301,7 @@ def render_dot(topology: Topology) -> str:
     for net in topology.networks:
         bridge_id = f"br:{net.id}"
         out.append(f"  subgraph {_q('cluster_' + net.id)} {{")
-        title = f"network {net.name}" + (f"\n{net.subnet}" if net.subnet else "")
+        title = "\n".join([f"network {net.name}", *(s for s in (net.subnet, net.subnet6) if s)])
         out.append(f"    label={_q(title)};")
         bridge_label = (
             f"{net.bridge or 'no bridge'}\n{_index(net.bridge_ifindex)}" if net.bridge else "no bridge"
@@ -315,7 +326,14 @@ def render_dot(topology: Topology) -> str:
         for m in net.members:
             veth = f"veth:{net.id}:{m.host_ifname or m.container_id}"
             out.append("  " + _edge(bridge_id, veth))
-            out.append("  " + _edge(veth, f"c:{m.container_id}", f"{m.ifname} {m.address}\n{m.mac}"))
+            out.append(
+                "  "
+                + _edge(
+                    veth,
+                    f"c:{m.container_id}",
+                    "\n".join(x for x in (f"{m.ifname} {m.address}", m.address6, m.mac) if x),
+                )
+            )
             for port in m.ports:
                 out.append("  " + _node(f"port:{port}", port, shape="cds"))
                 out.append("  " + _edge(f"port:{port}", f"c:{m.container_id}", "published", style="bold"))

@@ -22,12 +22,13 @@ from __future__ import annotations
 import asyncio
 import random
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address
+from ipaddress import ip_address
 
 from cnm.engine.explain import Explainer
 from cnm.engine.trace_path import Done, End, Hop, Target, parse_target
 from cnm.engine.trace_walk import Walk
 from cnm.errors import CnmError, InvalidArgument
+from cnm.firewall.trace_nft import host_port
 from cnm.kernel import facts, tracing
 
 _LIVE = asyncio.Lock()
@@ -60,13 +61,22 @@ class Tracer(Explainer):
     """Traces packets; an ``Explainer`` (the services, how the firewall is set up) that
     also walks paths."""
 
-    async def trace(self, source: str, destination: str, live: bool = False) -> Trace:
-        """The path from ``source`` to ``destination`` (see the module)."""
+    async def trace(
+        self, source: str, destination: str, live: bool = False, family: int | None = None
+    ) -> Trace:
+        """The path from ``source`` to ``destination`` (see the module), over IPv``family``
+        (None: IPv6 when an end is an IPv6 address, else IPv4)."""
         src_t = parse_target(source, destination=False)
         dst_t = parse_target(destination, destination=True)
+        literal = {_version(t.ref) for t in (src_t, dst_t)} - {0}
+        if family not in (None, 4, 6):
+            raise InvalidArgument(f"invalid IP version {family!r}: expected 4 or 6")
+        if len(literal) > 1 or (family is not None and literal and literal != {family}):
+            raise InvalidArgument(f"trace {source} -> {destination}: the ends are of different IP versions")
         if live:
             await self._check_live()
         run = Walk(self._svc, self._backend, self._table)
+        run.family = family or (literal.pop() if literal else 4)
         src = await run.resolve(src_t.ref, None)
         dst = await run.resolve(dst_t.ref, src)
         if live and src.kind not in ("container", "host"):
@@ -74,7 +84,7 @@ class Tracer(Explainer):
                 f"--live sends its probe from a container or the host, not from {src_t.ref!r}"
             )
         if dst.address is None:
-            raise InvalidArgument(f"{dst_t.ref!r} has no IPv4 address to trace to")
+            raise InvalidArgument(f"{dst_t.ref!r} has no IPv{run.family} address to trace to")
         try:
             await run.walk(src, dst, dst_t)
             verdict, reason = run.verdict, run.reason
@@ -128,7 +138,8 @@ class Tracer(Explainer):
                 probe=f"not sent: {src.label} has no route to {dst.address} ({r.error})",
                 live_verdict="no route",
             )
-        saddr = IPv4Address(r.src) if r.src else (src.address or IPv4Address("127.0.0.1"))
+        loopback = ip_address("::1" if dst.address.version == 6 else "127.0.0.1")
+        saddr = ip_address(r.src) if r.src else (src.address or loopback)
         sport = random.randint(33000, 60999) if t.protocol != "icmp" else None
         spec = tracing.ProbeSpec(saddr, dst.address, t.protocol, t.port, sport)
         async with _LIVE, tracing.trace_table(spec):  # one at a time: one marking table
@@ -170,11 +181,7 @@ class Tracer(Explainer):
         return replace(
             result,
             live=tuple(shown),
-            probe=f"{t.protocol} probe {saddr}"
-            + (f":{sport}" if sport else "")
-            + f" -> {dst.address}"
-            + (f":{t.port}" if t.port else "")
-            + f": {probe.outcome}",
+            probe=f"{t.protocol} probe {host_port(saddr, sport)} -> {host_port(dst.address, t.port)}: {probe.outcome}",
             live_verdict=verdict,
         )
 
@@ -209,6 +216,16 @@ class Tracing:
 
     _explainer: Tracer
 
-    async def trace(self, source: str, destination: str, live: bool = False) -> Trace:
+    async def trace(
+        self, source: str, destination: str, live: bool = False, family: int | None = None
+    ) -> Trace:
         """A packet's path from ``source`` to ``destination`` (see the module)."""
-        return await self._explainer.trace(source, destination, live)
+        return await self._explainer.trace(source, destination, live, family)
+
+
+def _version(ref: str) -> int:
+    """4 or 6 when ``ref`` is an IP address, else 0."""
+    try:
+        return ip_address(ref).version
+    except ValueError:
+        return 0

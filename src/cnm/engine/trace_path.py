@@ -3,19 +3,25 @@
 world (beyond the host's default route) or an address; and the words for what the kernel
 holds (a bridge is "network 'front' (bridge br-…)", an address of a container is
 "web (172.18.0.2)").  ``engine/trace_walk.py`` walks the path on top of it.
+
+A trace is of one IP version (``family``): IPv6 when an end is written as an IPv6 address
+(``[2001:db8::2]:80`` with a port) or when asked for (``cnm trace -6``); a container's
+end is then its IPv6 address, the host's the gateway6 its containers see, the world's
+the host's IPv6 default route.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import ip_address
 
 from cnm.engine.lookup import find_container
 from cnm.engine.naming import parse_link
 from cnm.engine.services import Services
 from cnm.errors import CnmError, InvalidArgument, NotFound
 from cnm.firewall import trace_nft
+from cnm.firewall.trace_nft import IPAddress
 from cnm.kernel import facts, tracing
 from cnm.kernel import netns as ns
 from cnm.model.endpoint import EndpointRecord
@@ -38,12 +44,21 @@ class Target:
 
 
 def parse_target(text: str, *, destination: bool) -> Target:
-    """``NAME[:PORT][/PROTO]`` (PORT and PROTO on DST only).  The protocol defaults to tcp
-    with a port and icmp without; tcp and udp need a port, icmp takes none."""
+    """``NAME[:PORT][/PROTO]`` (PORT and PROTO on DST only); an IPv6 address is written
+    bare, or in brackets before a port (``[2001:db8::2]:80``).  The protocol defaults to
+    tcp with a port and icmp without; tcp and udp need a port, icmp takes none."""
     if not text or text != text.strip():
         raise InvalidArgument(f"invalid trace {'destination' if destination else 'source'} {text!r}")
     ref, slash, proto = text.partition("/")
-    ref, colon, port_text = ref.partition(":")
+    if ref.startswith("["):
+        ref, bracket, rest = ref[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise InvalidArgument(f"invalid trace end {text!r}: expected [IPV6]:PORT")
+        colon, port_text = rest[:1], rest[1:]
+    elif ref.count(":") > 1:  # a bare IPv6 address: no port
+        colon = port_text = ""
+    else:
+        ref, colon, port_text = ref.partition(":")
     what = "destination" if destination else "source"
     if not ref:
         raise InvalidArgument(f"invalid trace {what} {text!r}: no container, host, world or address")
@@ -82,7 +97,7 @@ class Hop:
 class End:
     kind: str  # container | host | world | address
     label: str
-    address: IPv4Address | None = None
+    address: IPAddress | None = None
     netns: str = ""
     container: str = ""
     endpoints: tuple[EndpointRecord, ...] = ()
@@ -106,24 +121,28 @@ class Names:
         self.table = table
         self.hops: list[Hop] = []
         self.problems: list[str] = []
-        self.saddr: IPv4Address | None = None
+        self.saddr: IPAddress | None = None
+        self.family = 4  # the IP version traced (see the module)
         self.verdict = "delivered"
         self.unevaluated = False  # a hook met whose rules could not be evaluated (iptables)
         self.reason = ""
         state = svc.state
         self.networks: dict[str, NetworkRecord] = dict(state.networks)
         self.by_bridge = {n.bridge_name: n for n in self.networks.values() if n.driver == "bridge"}
-        self.by_address: dict[IPv4Address, EndpointRecord] = {}
+        self.by_address: dict[IPAddress, EndpointRecord] = {}
         self.by_veth: dict[str, EndpointRecord] = {}
         for ep in state.endpoints.values():
-            if ep.address is not None:
-                self.by_address.setdefault(ep.address.ip, ep)
+            for iface in (ep.address, ep.address6):
+                if iface is not None:
+                    self.by_address.setdefault(iface.ip, ep)
             if ep.host_ifname:
                 self.by_veth[ep.host_ifname] = ep
         self._ruleset: trace_nft.Ruleset | None = None
         # sysctls that change the path, as cnmd's namespace holds them ("1": on)
         self.bridge_nf = {
-            key for key in ("net.bridge.bridge-nf-call-iptables",) if ns.read_proc_sys(key) == "1"
+            key
+            for key in ("net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables")
+            if ns.read_proc_sys(key) == "1"
         }
         self._uplink: facts.Route | None = None
 
@@ -137,8 +156,17 @@ class Names:
         n = self.by_bridge.get(bridge)
         return f"network '{n.name}' (bridge {bridge})" if n is not None else f"interface {bridge}"
 
-    def addr_text(self, addr: IPv4Address | str) -> str:
-        ep = self.by_address.get(IPv4Address(str(addr)))
+    def ep_ip(self, ep: EndpointRecord) -> IPAddress | None:
+        """``ep``'s address of the traced IP version."""
+        iface = ep.address6 if self.family == 6 else ep.address
+        return iface.ip if iface is not None else None
+
+    def gateway_of(self, network: NetworkRecord) -> str:
+        gateway = network.gateway6 if self.family == 6 else network.gateway
+        return str(gateway) if gateway is not None else ""
+
+    def addr_text(self, addr: IPAddress | str) -> str:
+        ep = self.by_address.get(ip_address(str(addr)))
         return f"{self.container_name(ep)} ({addr})" if ep is not None else str(addr)
 
     def names_in(self, text: str) -> str:
@@ -162,9 +190,9 @@ class Names:
             elif bare in self.by_veth:
                 word = f"{word} ({self.container_name(self.by_veth[bare])}'s veth)"
             else:
-                a: IPv4Address | None = None
+                a: IPAddress | None = None
                 try:
-                    a = IPv4Address(bare)
+                    a = ip_address(bare)
                 except ValueError:
                     pass
                 else:
@@ -198,32 +226,34 @@ class Names:
     async def uplink(self) -> facts.Route:
         """The host's default route (the "world" is beyond it)."""
         if self._uplink is None:
-            default = [r for r in await facts.routes() if r.dst == "default"]
+            default = [r for r in await facts.routes(None, self.family) if r.dst == "default"]
             if not default or not default[0].dev:
+                v6 = " IPv6" if self.family == 6 else ""
                 raise InvalidArgument(
-                    "world: the cnmd host has no default route, so there is no world to trace"
+                    f"world: the cnmd host has no{v6} default route, so there is no world to trace"
                 )
             self._uplink = default[0]
         return self._uplink
 
     async def resolve(self, ref: str, other: End | None) -> End:
+        v6 = self.family == 6
         if ref == "host":
-            addr: IPv4Address | None = None
+            addr: IPAddress | None = None
             if other is not None and other.kind == "container" and other.endpoints:
-                gw = other.endpoints[0].gateway  # the host as its containers see it
-                addr = gw
+                ep0 = other.endpoints[0]  # the host as its containers see it
+                addr = ep0.gateway6 if v6 else ep0.gateway
             elif other is not None:
                 up = await self.uplink()
-                r = await tracing.route_get(up.gateway or "0.0.0.0")
-                addr = IPv4Address(r.src) if r.src else None
+                r = await tracing.route_get(up.gateway or ("::" if v6 else "0.0.0.0"))
+                addr = ip_address(r.src) if r.src else None
             return End("host", "host", addr)
         if ref == "world":
             up = await self.uplink()
             if not up.gateway:
                 raise InvalidArgument(f"world: the default route (dev {up.dev}) has no gateway address")
-            return End("world", f"world ({up.gateway} via {up.dev})", IPv4Address(up.gateway))
+            return End("world", f"world ({up.gateway} via {up.dev})", ip_address(up.gateway))
         try:
-            addr = IPv4Address(ref)
+            addr = ip_address(ref)
         except ValueError:
             addr = None
         if addr is not None:
@@ -237,7 +267,7 @@ class Names:
             container = find_container(self.svc.state, self.link_target(other, ref) or ref)
         except NotFound:
             raise NotFound(
-                f"No such container: {ref} (a trace end is a container, host, world or an IPv4 address)"
+                f"No such container: {ref} (a trace end is a container, host, world or an IP address)"
             ) from None
         sandbox = self.svc.state.sandbox_of(container.id)
         if not container.running or sandbox is None or not sandbox.key:
@@ -245,14 +275,13 @@ class Names:
                 f"container {container.name} is not running: it has no network namespace to trace"
             )
         eps = sorted(self.svc.state.endpoints_of_container(container.id), key=lambda e: e.created_seq)
-        eps = [e for e in eps if e.address is not None]
+        eps = [e for e in eps if self.ep_ip(e) is not None]
         if other is not None and other.kind == "container":
             shared = {e.network_id for e in other.endpoints}
             eps.sort(key=lambda e: e.network_id not in shared)  # the address on a shared network first
         if addr is not None:
-            eps.sort(key=lambda e: e.address is None or e.address.ip != addr)
-        first = eps[0].address if eps else None
-        address = first.ip if first is not None else None
+            eps.sort(key=lambda e: self.ep_ip(e) != addr)
+        address = self.ep_ip(eps[0]) if eps else None
         label = f"{container.name} ({address})" if address else container.name
         return End("container", label, address, sandbox.key, container.name, tuple(eps))
 

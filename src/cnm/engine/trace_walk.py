@@ -7,7 +7,7 @@ ports' isolation) and each nftables hook evaluated on cnm's live table by
 from __future__ import annotations
 
 from dataclasses import replace
-from ipaddress import IPv4Address
+from ipaddress import ip_address
 
 from cnm.engine.lookup import find_container
 from cnm.engine.naming import parse_link
@@ -15,12 +15,13 @@ from cnm.engine.trace_path import Done, End, Hop, Names, Target, comment_label
 from cnm.errors import CnmError
 from cnm.firewall import trace_nft
 from cnm.firewall.render_nft import USER_CHAIN
-from cnm.firewall.trace_nft import HookResult, Packet, Step
+from cnm.firewall.trace_nft import HookResult, IPAddress, Packet, Step
 from cnm.kernel import facts, tracing
 from cnm.model.endpoint import EndpointRecord
 from cnm.model.network import NetworkRecord
 
 BR_NETFILTER = "net.bridge.bridge-nf-call-iptables"  # bridged IPv4 also meets the IP hooks
+BR_NETFILTER6 = "net.bridge.bridge-nf-call-ip6tables"  # and bridged IPv6
 
 
 class Walk(Names):
@@ -48,10 +49,11 @@ class Walk(Names):
             )
             await self.on_host(iif, self.packet(src.address, daddr, t, iif=iif), dst)
 
-    def packet(self, saddr: IPv4Address, daddr: IPv4Address, t: Target, **kw: object) -> Packet:
-        return Packet(saddr=saddr, daddr=daddr, l4proto=t.protocol, dport=t.port, **kw)  # type: ignore[arg-type]
+    def packet(self, saddr: IPAddress, daddr: IPAddress, t: Target, **kw: object) -> Packet:
+        proto = "ipv6-icmp" if t.protocol == "icmp" and daddr.version == 6 else t.protocol
+        return Packet(saddr=saddr, daddr=daddr, l4proto=proto, dport=t.port, **kw)  # type: ignore[arg-type]
 
-    async def from_container(self, src: End, dst: End, t: Target, daddr: IPv4Address) -> None:
+    async def from_container(self, src: End, dst: End, t: Target, daddr: IPAddress) -> None:
         r = await tracing.route_get(str(daddr), src.netns)
         self.saddr = src.address  # until the route names its source
         if r.kind == "unreachable":
@@ -75,7 +77,7 @@ class Walk(Names):
             Hop("route", f"in {src.container}'s namespace: {daddr}{via} dev {r.dev} src {r.src}", r.command)
         )
         ep = next((e for e in src.endpoints if e.ifname == r.dev), None)
-        self.saddr = IPv4Address(r.src) if r.src else (ep.address.ip if ep and ep.address else None)
+        self.saddr = ip_address(r.src) if r.src else (self.ep_ip(ep) if ep else None)
         if ep is None or ep.network_id not in self.networks:
             raise Done("delivered", f"leaves {src.container} by {r.dev}, an interface cnm does not manage")
         network = self.networks[ep.network_id]
@@ -91,29 +93,25 @@ class Walk(Names):
         nexthop = r.gateway or str(daddr)
         await self.neighbour(nexthop, src.netns, r.dev, f"{src.container}'s")
         assert self.saddr is not None
-        gateway = str(network.gateway) if network.gateway else ""
-        if not r.gateway and str(daddr) != gateway:
+        if not r.gateway and str(daddr) != self.gateway_of(network):
             await self.switched(src, ep, network, daddr, t)
             return
         await self.on_host(bridge, self.packet(self.saddr, daddr, t, iif=bridge), dst)
 
     async def switched(
-        self, src: End, ep: EndpointRecord, network: NetworkRecord, daddr: IPv4Address, t: Target
+        self, src: End, ep: EndpointRecord, network: NetworkRecord, daddr: IPAddress, t: Target
     ) -> None:
         """A frame between two ports of one bridge: only isolation (icc=false) can stop it."""
         bridge = network.bridge_name
         peer = next(
-            (
-                e
-                for e in self.svc.state.endpoints_of_network(network.id)
-                if e.address is not None and e.address.ip == daddr
-            ),
+            (e for e in self.svc.state.endpoints_of_network(network.id) if self.ep_ip(e) == daddr),
             None,
         )
         if peer is None:
             raise Done(
                 "dropped",
-                f"no container of {self.bridge_text(bridge)} has {daddr}: nothing answers ARP for it there",
+                f"no container of {self.bridge_text(bridge)} has {daddr}: nothing answers "
+                f"{'NDP' if self.family == 6 else 'ARP'} for it there",
             )
         name = self.container_name(peer)
         both = []
@@ -139,9 +137,10 @@ class Walk(Names):
                 f"dropped by icc=false: {self.bridge_text(bridge)} isolates its ports, so {src.container} "
                 f"may not reach {name} ({daddr}){link}",
             )
-        nf = BR_NETFILTER in self.bridge_nf
+        sysctl = BR_NETFILTER6 if self.family == 6 else BR_NETFILTER
+        nf = sysctl in self.bridge_nf
         how = (
-            f"with br_netfilter on ({BR_NETFILTER}=1) the IP hooks see it too, as routed from {bridge} to {bridge}"
+            f"with br_netfilter on ({sysctl}=1) the IP hooks see it too, as routed from {bridge} to {bridge}"
             if nf
             else "layer 2: no IP hook of the host sees it"
         )
@@ -183,23 +182,24 @@ class Walk(Names):
     async def neighbour(self, ip: str, netns: str | None, dev: str, whose: str) -> None:
         command = facts.shown(["ip", "neigh", "show", ip, "dev", dev], netns)
         try:
-            entries = [n for n in await facts.neighbours(netns) if n.ip == ip and n.dev == dev]
+            entries = [n for n in await facts.neighbours(netns, self.family) if n.ip == ip and n.dev == dev]
         except CnmError as exc:
             self.problems.append(f"neighbours: {exc}")
             return
+        table = "neighbour (NDP)" if self.family == 6 else "ARP"
         if entries and entries[0].mac:
-            text = f"{whose} ARP table: {ip} is at {entries[0].mac} ({entries[0].state.lower()})"
+            text = f"{whose} {table} table: {ip} is at {entries[0].mac} ({entries[0].state.lower()})"
         else:
-            text = f"{whose} ARP table has no entry for {ip} yet: the kernel asks for it on {dev} (ARP)"
+            text = f"{whose} {table} table has no entry for {ip} yet: the kernel asks for it on {dev}"
         self.hops.append(Hop("neighbour", text, command))
 
-    async def from_host(self, src: End, dst: End, t: Target, daddr: IPv4Address) -> None:
+    async def from_host(self, src: End, dst: End, t: Target, daddr: IPAddress) -> None:
         r = await tracing.route_get(str(daddr))
         if r.kind == "unreachable":
             self.hops.append(Hop("route", f"on the host: no route to {daddr} ({r.error})", r.command))
             raise Done("no route", f"the host has no route to {daddr}: {r.error}")
         self.hops.append(Hop("route", f"on the host: {daddr} {r.kind} dev {r.dev} src {r.src}", r.command))
-        self.saddr = IPv4Address(r.src) if r.src else IPv4Address("127.0.0.1")
+        self.saddr = ip_address(r.src or ("::1" if self.family == 6 else "127.0.0.1"))
         p = self.packet(self.saddr, daddr, t, oif=r.dev, local_daddr=r.kind == "local")
         out = await self.hook("output", p)
         if out is not None:
@@ -257,11 +257,7 @@ class Walk(Names):
             self.reason = self.reason or f"leaves the host by {oif}{masq} towards {p.daddr}"
             return
         peer = next(
-            (
-                e
-                for e in self.svc.state.endpoints_of_network(network.id)
-                if e.address is not None and e.address.ip == p.daddr
-            ),
+            (e for e in self.svc.state.endpoints_of_network(network.id) if self.ep_ip(e) == p.daddr),
             None,
         )
         await self.neighbour(str(p.daddr), None, oif, "the host's")
@@ -284,12 +280,15 @@ class Walk(Names):
         if self.backend != "nftables":
             return None
         if self._ruleset is None:
-            self._ruleset = trace_nft.parse_ruleset(await facts.nft_json(["list", "table", "ip", self.table]))
+            family = "ip6" if self.family == 6 else "ip"
+            self._ruleset = trace_nft.parse_ruleset(
+                await facts.nft_json(["list", "table", family, self.table])
+            )
         return self._ruleset
 
     async def hook(self, hook: str, p: Packet) -> HookResult | None:
         """Evaluate ``hook`` on the live ruleset, add its hop; a drop ends the walk."""
-        command = f"nft list table ip {self.table}"
+        command = f"nft list table {'ip6' if self.family == 6 else 'ip'} {self.table}"
         try:
             rs = await self.ruleset()
         except CnmError as exc:
@@ -358,10 +357,9 @@ class Walk(Names):
         if r.nat == "dnat" and step is not None and r.packet is not None:
             label = ", ".join(comment_label(c) for c in step.elements) or "a rule"
             target = self.addr_text(r.packet.daddr)
-            port = f":{r.packet.dport}" if r.packet.dport is not None else ""
             name = target.split(" (")[0]
             return (
-                f"{hook}: DNAT to {name} ({r.packet.daddr}{port}) by the published port "
+                f"{hook}: DNAT to {name} ({trace_nft.host_port(r.packet.daddr, r.packet.dport)}) by the published port "
                 f"{p.dport}/{p.l4proto} ({label})"
             )
         if r.nat == "masquerade":

@@ -361,7 +361,12 @@ class _Family:
         self._rules = {
             n.owner: render_ipt.network_shared_rules(n, self.userland_proxy, self.family) for n in networks
         }
-        self._rules.update({owner: [render_ipt.port_jump(owner)] for owner in by_owner})
+        self._rules.update(
+            {
+                owner: [render_ipt.port_jump(owner), *render_ipt.published_rules(owned)]
+                for owner, owned in by_owner.items()
+            }
+        )
         self._bridges = {n.owner: n.bridge for n in networks}
         self._port_keys = {}
         for r in ports:
@@ -411,7 +416,7 @@ class _Family:
             keys = self.claim(owner, rules)
             if self.family == 4:
                 self._fw._localnet({r.bridge for r in rules}, strict=True)
-            jump = [render_ipt.port_jump(owner)] if new else []
+            jump = [render_ipt.port_jump(owner), *render_ipt.published_rules(new)] if new else []
             await self._apply_owner(owner, lambda old: render_ipt.render_ports(owner, old, new), jump)
             self._forget_ports(owner)
             self._port_owner.update(dict.fromkeys(keys, owner))

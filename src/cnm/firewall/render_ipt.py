@@ -16,6 +16,8 @@ skeleton)::
              CNM-INTO-BRIDGE   [internal: -i <br> ! -o <br> DROP, first] ; the -o dispatches
              CNM-ISOLATE       (ip6tables) -i <br> DROP, per network; a routed network's -IN
                                chain jumps to it before accepting ICMPv6 from outside
+             CNM-PUBLISHED     (ip6tables) -d <address6> -p P --dport N ACCEPT, per published
+                               port; a routed network's -IN chain jumps to it after ICMPv6
     *nat     PREROUTING  -m addrtype --dst-type LOCAL -> CNM
              OUTPUT      [proxy: ! -d 127.0.0.0/8] -m addrtype --dst-type LOCAL -> CNM
              CNM         [proxy: -i <br> RETURN, per network] ; -j CNM-P-<id12> per endpoint
@@ -30,7 +32,8 @@ IPv6 (``ip6tables``) has the same layout, for the v6 subnets of networks with IP
 function taking ``family`` renders for ``ip6tables-restore`` when it is 6): no loopback
 masquerade (the kernel cannot DNAT from ::1: cnmd's proxy serves [::1]), DNAT only from
 non-link-local sources (``! -s fe80::/10``, as Docker), and for a routed v6 subnet
-(``gateway_mode_ipv6=routed``) no MASQUERADE but ICMPv6 accepted into the bridge.
+(``gateway_mode_ipv6=routed``) no MASQUERADE but ICMPv6 and the published ports (at the
+container's own address) accepted into the bridge, as the nftables backend does.
 
 Chains whose content is cnm's skeleton only (``FIXED``) and per-network chains are
 declared in a batch (``:CHAIN -``), which under ``--noflush`` flushes them: that is how
@@ -67,6 +70,10 @@ VXLAN_CHAIN = "CNM-VXLAN"  # drops plain VXLAN for encrypted overlay networks' V
 # ip6tables only: "-i <br> -j DROP" for every network's bridge, jumped to by a routed
 # network's chain before it lets ICMPv6 in, so other networks stay isolated from it
 ISOLATE_CHAIN = "CNM-ISOLATE"
+# ip6tables only: "-d <container address6> -p P --dport N -j ACCEPT" per published port,
+# jumped to by a routed network's chain: its published ports are reachable at the
+# container's own address from outside (as the nftables backend's ``published`` set)
+PUBLISHED_CHAIN = "CNM-PUBLISHED"
 
 TABLES = ("raw", "filter", "nat")  # the order batches are written in
 # Rewritten whole (flushed by declaration) by setup and sync.
@@ -84,7 +91,7 @@ SHARED: dict[str, tuple[str, ...]] = {
 # (the VXLAN guard is IPv4's: overlay networks are IPv4 only)
 SHARED6: dict[str, tuple[str, ...]] = {
     **SHARED,
-    "filter": (*(c for c in SHARED["filter"] if c != VXLAN_CHAIN), ISOLATE_CHAIN),
+    "filter": (*(c for c in SHARED["filter"] if c != VXLAN_CHAIN), ISOLATE_CHAIN, PUBLISHED_CHAIN),
 }
 
 
@@ -378,6 +385,7 @@ def network_chain_rules(rules: BridgeRules, family: int = 4) -> list[Rule]:
         # a cnm bridge) reaches the v6 subnet without NAT, for ICMPv6 (as Docker)
         out.append(_rule("filter", inbound, "", f"-j {ISOLATE_CHAIN}", owner))
         out.append(_rule("filter", inbound, f"! -i {br} -p ipv6-icmp", "-j ACCEPT", owner))
+        out.append(_rule("filter", inbound, f"! -i {br}", f"-j {PUBLISHED_CHAIN}", owner))
     out.append(_rule("filter", inbound, "", "-j DROP", owner))
     if rules.internal:
         out.append(_rule("filter", outbound, f"! -o {br}", "-j DROP", owner))
@@ -453,10 +461,22 @@ def render_remove_network(owner: str, old_shared: Sequence[Rule]) -> str:
 
 def port_rules(rule: PortRule) -> list[Rule]:
     """The DNAT rules of one ``PortRule``: one rule for a range published on the same
-    container ports (``--dport 8000:8010 -j DNAT --to-destination ip``), else one per port."""
+    container ports (``--dport 8000:8010 -j DNAT --to-destination ip``), else one per port;
+    for IPv6, then the ACCEPT rules of ``PUBLISHED_CHAIN`` (for a routed network)."""
     owner = check_owner(rule.owner)
     first, last = check_port_rule(rule)
     v6 = rule.container_ip.version == 6
+    published = [
+        _rule(
+            "filter",
+            PUBLISHED_CHAIN,
+            f"-d {rule.container_ip}/128 -p {rule.protocol} -m {rule.protocol} --dport {p}",
+            "-j ACCEPT",
+            owner,
+        )
+        for p in range(rule.container_port, rule.container_port + last - first + 1)
+        if v6
+    ]
     source = f"! -s {LINK_LOCAL6} " if v6 else ""  # Docker's ip6tables DNAT skips link-local
     dest = f"-d {rule.host_ip}/{rule.host_ip.max_prefixlen} " if rule.host_ip is not None else ""
     proto = f"{source}{dest}-p {rule.protocol} -m {rule.protocol}"
@@ -471,34 +491,45 @@ def port_rules(rule: PortRule) -> list[Rule]:
                 f"{proto} --dport {span}",
                 f"-j DNAT --to-destination {rule.container_ip}",
                 owner,
-            )
+            ),
+            *published,
         ]
     shift = rule.container_port - first
     return [
-        _rule(
-            "nat",
-            chain,
-            f"{proto} --dport {p}",
-            f"-j DNAT --to-destination {to}:{p + shift}",
-            owner,
-        )
-        for p in range(first, last + 1)
+        *(
+            _rule(
+                "nat",
+                chain,
+                f"{proto} --dport {p}",
+                f"-j DNAT --to-destination {to}:{p + shift}",
+                owner,
+            )
+            for p in range(first, last + 1)
+        ),
+        *published,
     ]
 
 
 def port_rules_by_owner(rules: Iterable[PortRule], family: int | None = None) -> dict[str, list[Rule]]:
-    """The DNAT rules of ``rules`` by owner; only those of ``family`` when given."""
+    """The DNAT rules of ``rules`` by owner (and, for IPv6, their ``PUBLISHED_CHAIN``
+    rules, each once); only those of ``family`` when given."""
     out: dict[str, list[Rule]] = {}
     for rule in rules:
         if family is None or rule.container_ip.version == family:
             out.setdefault(rule.owner, []).extend(port_rules(rule))
-    return out
+    # two ports published on the same container port share its ACCEPT rule
+    return {owner: list(dict.fromkeys(owned)) for owner, owned in out.items()}
+
+
+def published_rules(rules: Iterable[Rule]) -> list[Rule]:
+    """Those of ``rules`` (an endpoint's) that live in the shared ``PUBLISHED_CHAIN``."""
+    return [r for r in rules if r.chain == PUBLISHED_CHAIN]
 
 
 def render_ports(owner: str, old_jumps: Sequence[Rule], new: Sequence[Rule]) -> str:
     """Replace endpoint ``owner``'s DNAT rules with ``new``: its chain declared (flushed)
-    and refilled, its jump (``old_jumps``, as installed) re-made; with no ``new`` rules,
-    the chain is removed whether or not it exists."""
+    and refilled, its jump and ``PUBLISHED_CHAIN`` rules (``old_jumps``, as installed)
+    re-made; with no ``new`` rules, the chain is removed whether or not it exists."""
     batch = Batch()
     chain = port_chain(owner)
     batch.chain("nat", chain)

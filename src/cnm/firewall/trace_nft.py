@@ -5,7 +5,7 @@ to where, masquerade).
 Pure functions, no I/O: ``cnm trace`` (``engine/trace.py``) reads the live table and the
 routes, and asks this module what each hook does to the packet it expects.  The evaluator
 knows the expressions cnm's own rules use (``render_nft``) and the common ones a user may
-put in the user chain: ``meta iifname|oifname|l4proto``, ``ip saddr|daddr``, ``th|tcp|udp
+put in the user chain: ``meta iifname|oifname|l4proto``, ``ip|ip6 saddr|daddr``, ``th|tcp|udp
 dport|sport``, ``ct state|status``, ``fib daddr type``, concatenations, named and
 anonymous sets (prefixes, ranges, intervals), maps in ``dnat``, and the verdicts
 ``accept``, ``drop``, ``reject``, ``jump``, ``goto``, ``return`` and ``continue``.  A rule
@@ -23,13 +23,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address, ip_address, ip_network
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from typing import Any
 
 from cnm.errors import InvalidArgument
 
 HOOKS = ("prerouting", "input", "forward", "output", "postrouting")
-PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "sctp": 132}
+PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "sctp": 132, "ipv6-icmp": 58}
+IPAddress = IPv4Address | IPv6Address
 VERDICTS = ("accept", "drop", "reject", "return", "continue")
 _MAX_DEPTH = 16  # jumps deep: the kernel's own limit is 16 too
 
@@ -45,10 +46,12 @@ class Packet:
     ``iif``/``oif``: interface names ("" when there is none at that hook: no input
     interface for the host's own traffic, no output interface before routing).
     ``local_daddr``: ``fib daddr type local`` (the destination is one of the host's
-    addresses).  ``ct_status``: "dnat" once a NAT rule rewrote the destination."""
+    addresses).  ``ct_status``: "dnat" once a NAT rule rewrote the destination.  An IPv6
+    packet (evaluated against the ``ip6`` table) has IPv6 addresses and, for ICMP,
+    ``l4proto`` "ipv6-icmp"."""
 
-    saddr: IPv4Address
-    daddr: IPv4Address
+    saddr: IPAddress
+    daddr: IPAddress
     l4proto: str = "tcp"
     dport: int | None = None
     sport: int | None = None
@@ -281,11 +284,13 @@ class _ChainRun:
             if key == "l4proto":
                 return p.l4proto
             if key == "nfproto":
-                return "ipv4"
+                return "ipv6" if p.daddr.version == 6 else "ipv4"
             raise Unsupported(f"meta {key}")
         if isinstance(expr, dict) and "payload" in expr:
             proto, name = expr["payload"].get("protocol"), expr["payload"].get("field")
-            if proto == "ip" and name in ("saddr", "daddr"):
+            if proto in ("ip", "ip6") and name in ("saddr", "daddr"):
+                if (proto == "ip6") != (p.daddr.version == 6):
+                    return None  # an ip match never matches an IPv6 packet, and the reverse
                 return p.saddr if name == "saddr" else p.daddr
             if proto in ("th", "tcp", "udp", "sctp") and name in ("dport", "sport"):
                 if proto != "th" and proto != p.l4proto:
@@ -342,12 +347,10 @@ class _ChainRun:
                 )
             else:
                 self.packet = replace(self.packet, ct_status=self.packet.ct_status | {"snat"})
-            return f"{kind} to {addr}" + (f":{port}" if port is not None else "")
+            return f"{kind} to {host_port(addr, port)}"
         raise Unsupported(f"statement {kind}")
 
-    def nat_target(
-        self, body: Mapping[str, Any], elements: list[str]
-    ) -> tuple[IPv4Address | None, int | None]:
+    def nat_target(self, body: Mapping[str, Any], elements: list[str]) -> tuple[IPAddress | None, int | None]:
         addr = body.get("addr")
         port = body.get("port")
         if isinstance(addr, dict) and "map" in addr:
@@ -361,11 +364,18 @@ class _ChainRun:
                 elements.append(hit[2])
             data = hit[1]
             if isinstance(data, dict) and "concat" in data:
-                return IPv4Address(data["concat"][0]), int(data["concat"][1])
-            return IPv4Address(str(data)), None
+                return ip_address(data["concat"][0]), int(data["concat"][1])
+            return ip_address(str(data)), None
         if isinstance(addr, str):
-            return IPv4Address(addr), int(port) if isinstance(port, int) else None
+            return ip_address(addr), int(port) if isinstance(port, int) else None
         raise Unsupported(f"NAT target {_short(addr)}")
+
+
+def host_port(addr: IPAddress | str, port: int | None) -> str:
+    """``addr:port`` as people write it: ``[addr]:port`` for IPv6; ``addr`` without a port."""
+    if port is None:
+        return str(addr)
+    return f"[{addr}]:{port}" if ":" in str(addr) else f"{addr}:{port}"
 
 
 def _element_matches(element: Any, value: Any) -> bool:
@@ -383,13 +393,14 @@ def _element_matches(element: Any, value: Any) -> bool:
         return False
     if isinstance(element, dict) and "prefix" in element:
         net = ip_network(f"{element['prefix']['addr']}/{element['prefix']['len']}", strict=False)
-        return isinstance(value, IPv4Address) and value in net
+        return isinstance(value, (IPv4Address, IPv6Address)) and value.version == net.version and value in net
     if isinstance(element, dict) and "range" in element:
         low, high = element["range"]
-        if isinstance(value, IPv4Address):
-            return IPv4Address(low) <= value <= IPv4Address(high)
+        if isinstance(value, (IPv4Address, IPv6Address)):
+            lo, hi = ip_address(low), ip_address(high)
+            return lo.version == hi.version == value.version and int(lo) <= int(value) <= int(hi)
         return isinstance(value, int) and int(low) <= value <= int(high)
-    if isinstance(value, IPv4Address):
+    if isinstance(value, (IPv4Address, IPv6Address)):
         try:
             return ip_address(str(element)) == value
         except ValueError:
@@ -456,7 +467,8 @@ def _expr_text(expr: Mapping[str, Any]) -> str:
     if kind in ("dnat", "snat"):
         target = _operand(body.get("addr"))
         port = f":{body['port']}" if "port" in body else ""
-        return f"{kind} ip to {target}{port}"
+        family = f" {body['family']}" if body.get("family") else ""
+        return f"{kind}{family} to {target}{port}"
     if body is None:
         return kind
     return f"{kind} {_short(body)}"

@@ -25,7 +25,13 @@ from typing import Any
 from cnm.errors import KernelError, Unavailable
 
 QUERY_TIMEOUT = 10.0  # seconds: a listing of a busy conntrack table takes a while
-_PACKAGES = {"ip": "iproute2", "nft": "nftables", "iptables-save": "iptables", "conntrack": "conntrack"}
+_PACKAGES = {
+    "ip": "iproute2",
+    "nft": "nftables",
+    "iptables-save": "iptables",
+    "ip6tables-save": "iptables",
+    "conntrack": "conntrack",
+}
 
 
 def shown(argv: Sequence[str], netns: str | None = None) -> str:
@@ -111,11 +117,13 @@ def parse_routes(rows: Any) -> list[Route]:
 
 
 ROUTES_ARGV = ("ip", "route", "show")
+ROUTES6_ARGV = ("ip", "-6", "route", "show")
 
 
-async def routes(netns: str | None = None) -> list[Route]:
-    """The main routing table of ``netns`` (of cnmd's namespace when None)."""
-    return parse_routes(await run_json(["ip", "-j", "route", "show"], netns))
+async def routes(netns: str | None = None, family: int = 4) -> list[Route]:
+    """The main routing table of ``netns`` (of cnmd's namespace when None), of IPv4 or,
+    when ``family`` is 6, of IPv6 (``ip -6 route``)."""
+    return parse_routes(await run_json(["ip", "-j", f"-{family}", "route", "show"], netns))
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,10 +142,12 @@ class Neighbour:
 
 
 NEIGHBOURS_ARGV = ("ip", "neigh", "show")
+NEIGHBOURS6_ARGV = ("ip", "-6", "neigh", "show")
 
 
-async def neighbours(netns: str | None = None) -> list[Neighbour]:
-    rows = await run_json(["ip", "-j", "-4", "neigh", "show"], netns)
+async def neighbours(netns: str | None = None, family: int = 4) -> list[Neighbour]:
+    """The ARP table of ``netns`` or, when ``family`` is 6, its IPv6 neighbour (NDP) table."""
+    rows = await run_json(["ip", "-j", f"-{family}", "neigh", "show"], netns)
     return [
         Neighbour(
             ip=str(row.get("dst", "")),
@@ -165,6 +175,11 @@ async def nft_json(argv: Sequence[str]) -> list[dict[str, Any]]:
 # conntrack filters one address field per run (-s, -d, -r: reply source after a DNAT ...),
 # so the flows of an address in any field or direction are a grep of the whole table
 CONNTRACK_ARGV = ("conntrack", "-L")
+CONNTRACK6_ARGV = ("conntrack", "-L", "-f", "ipv6")  # -L alone lists only IPv4 flows
+
+
+def _conntrack_argv(ip: str) -> tuple[str, ...]:
+    return CONNTRACK6_ARGV if ":" in ip else CONNTRACK_ARGV
 
 
 _IP_WORD = r"(^|[\s=]){}(\s|$)"
@@ -173,18 +188,24 @@ _IP_WORD = r"(^|[\s=]){}(\s|$)"
 async def conntrack_entries(ip: str) -> list[str]:
     """The conntrack table's entries (of cnmd's namespace, where NAT happens) that name
     ``ip`` as a source or destination, in either direction."""
-    text = await run(CONNTRACK_ARGV)
+    text = await run(_conntrack_argv(ip))
     pattern = re.compile(_IP_WORD.format(re.escape(ip)))
     return [line.strip() for line in text.splitlines() if pattern.search(line)]
 
 
 def conntrack_shown(ip: str) -> str:
-    return f"{shown(CONNTRACK_ARGV)} | grep -w {shlex.quote(ip)}"
+    return f"{shown(_conntrack_argv(ip))} | grep -w {shlex.quote(ip)}"
 
 
-async def iptables_rules(table: str, needle: str) -> list[str]:
-    """The rules of iptables ``table`` (``iptables-save -t TABLE``) that mention ``needle``."""
-    text = await run(["iptables-save", "-t", table])
+def iptables_save(family: int = 4) -> str:
+    """The command that lists the rules of ``iptables`` (4) or ``ip6tables`` (6)."""
+    return "ip6tables-save" if family == 6 else "iptables-save"
+
+
+async def iptables_rules(table: str, needle: str, family: int = 4) -> list[str]:
+    """The rules of iptables ``table`` (``iptables-save -t TABLE``; ``ip6tables-save`` when
+    ``family`` is 6) that mention ``needle``."""
+    text = await run([iptables_save(family), "-t", table])
     return [line for line in text.splitlines() if line.startswith("-A ") and needle in line]
 
 

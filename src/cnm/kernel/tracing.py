@@ -19,7 +19,7 @@ import struct
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from cnm.errors import InvalidArgument, KernelError, Unavailable
@@ -28,7 +28,7 @@ from cnm.kernel import netns as ns
 from cnm.kernel.cmdlog import log_script
 
 TRACE_TABLE = "cnm-trace"
-TRACE_FAMILIES = ("ip", "bridge")
+TRACE_FAMILIES = ("ip", "ip6", "bridge")  # a probe's tables: its IP version's and the bridge's
 TRACE_COMMENT = "cnm trace --live: marks one probe, removed when it ends"
 TRACE_PRIORITY = -350  # ahead of every cnm chain (raw is -300) and conntrack (-200)
 
@@ -102,9 +102,9 @@ async def port_isolated(ifname: str) -> bool:
 class ProbeSpec:
     """The probe's 5-tuple (``sport`` is chosen when the probe's socket is bound)."""
 
-    saddr: IPv4Address
-    daddr: IPv4Address
-    protocol: str  # icmp | tcp | udp
+    saddr: IPv4Address | IPv6Address
+    daddr: IPv4Address | IPv6Address
+    protocol: str  # icmp | tcp | udp (icmp: ICMPv6 when the addresses are IPv6)
     dport: int | None = None
     sport: int | None = None
 
@@ -115,10 +115,14 @@ def trace_table_script(spec: ProbeSpec, table: str = TRACE_TABLE) -> str:
     5-tuple).  The bridge family's sees what a bridge switches, which no IP hook does."""
     if spec.protocol not in ("icmp", "tcp", "udp"):
         raise InvalidArgument(f"invalid protocol {spec.protocol!r}: expected tcp, udp or icmp")
-    match = f"ip saddr {spec.saddr} ip daddr {spec.daddr} meta l4proto {spec.protocol}"
+    v6 = spec.daddr.version == 6
+    ip = "ip6" if v6 else "ip"
+    match = f"{ip} saddr {spec.saddr} {ip} daddr {spec.daddr} meta l4proto "
     if spec.protocol == "icmp":
-        match += " icmp type echo-request"
+        match += "ipv6-icmp icmpv6 type echo-request" if v6 else "icmp icmp type echo-request"
     else:
+        match += spec.protocol
+    if spec.protocol != "icmp":
         if spec.sport is not None:
             match += f" th sport {spec.sport}"
         if spec.dport is not None:
@@ -126,7 +130,7 @@ def trace_table_script(spec: ProbeSpec, table: str = TRACE_TABLE) -> str:
         if spec.protocol == "tcp":
             match += " tcp flags & (syn | ack) == syn"  # the SYN alone: one packet, not the handshake
     lines = []
-    for family in TRACE_FAMILIES:
+    for family in (ip, "bridge"):
         t = f"{family} {table}"
         # a leftover (a cnmd killed mid-trace) is replaced; the comment says whose it is
         lines += [f"add table {t}", f"delete table {t}", f'add table {t} {{ comment "{TRACE_COMMENT}" ; }}']
@@ -249,11 +253,14 @@ _ICMP_IDENT = 0x636E  # "cn": our echo requests' identifier
 def _open_probe(spec: ProbeSpec) -> socket.socket:
     """The probe's socket, bound to its source (opened in the calling thread's namespace,
     it stays there wherever it is used)."""
+    af = socket.AF_INET6 if spec.daddr.version == 6 else socket.AF_INET
     if spec.protocol == "icmp":
-        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        sock = socket.socket(
+            af, socket.SOCK_RAW, socket.IPPROTO_ICMPV6 if af == socket.AF_INET6 else socket.IPPROTO_ICMP
+        )
         sock.bind((str(spec.saddr), 0))
         return sock
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM if spec.protocol == "tcp" else socket.SOCK_DGRAM)
+    sock = socket.socket(af, socket.SOCK_STREAM if spec.protocol == "tcp" else socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((str(spec.saddr), spec.sport or 0))
@@ -267,6 +274,8 @@ def _probe(sock: socket.socket, spec: ProbeSpec) -> ProbeResult:
     """Send one probe on ``sock`` and wait for its answer (blocking; closes ``sock``)."""
     with sock:
         sock.settimeout(PROBE_TIMEOUT)
+        if spec.protocol == "icmp" and spec.daddr.version == 6:
+            return _probe_icmp6(sock, spec)
         if spec.protocol == "icmp":
             body = struct.pack("!BBHHH", 8, 0, 0, _ICMP_IDENT, 1) + b"cnm trace"
             body = body[:2] + struct.pack("!H", _checksum(body)) + body[4:]
@@ -304,6 +313,24 @@ def _probe(sock: socket.socket, spec: ProbeSpec) -> ProbeResult:
         except ConnectionRefusedError:
             return ProbeResult(True, "port unreachable (ICMP)", sport)
         return ProbeResult(True, "a datagram came back", sport)
+
+
+def _probe_icmp6(sock: socket.socket, spec: ProbeSpec) -> ProbeResult:
+    """An ICMPv6 echo request (the kernel fills in the checksum of a raw ICMPv6 socket,
+    and hands back the ICMPv6 message without the IPv6 header)."""
+    sock.sendto(struct.pack("!BBHHH", 128, 0, 0, _ICMP_IDENT, 1) + b"cnm trace", (str(spec.daddr), 0))
+    deadline = time.monotonic() + PROBE_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            data, peer = sock.recvfrom(2048)
+        except TimeoutError:
+            break
+        kind, _, _, rid = struct.unpack("!BBHH", data[:6])
+        if kind == 129 and rid == _ICMP_IDENT and peer[0] == str(spec.daddr):
+            return ProbeResult(True, f"echo reply from {peer[0]}")
+        if kind == 1:
+            return ProbeResult(True, f"ICMPv6 destination unreachable from {peer[0]}")
+    return ProbeResult(False, f"no echo reply in {PROBE_TIMEOUT} s")
 
 
 def _checksum(data: bytes) -> int:
@@ -349,8 +376,8 @@ class TraceEvent:
 
 # the fields of a traced packet worth reading (nft prints every header field it decodes)
 _PACKET_FIELDS = re.compile(
-    r'(?:iif|oif) "[^"]*"|ip (?:saddr|daddr|protocol) \S+|(?:tcp|udp) (?:sport|dport) \d+|tcp flags == \S+'
-    r"|icmp type \S+"
+    r'(?:iif|oif) "[^"]*"|ip6? (?:saddr|daddr|protocol|nexthdr) \S+|(?:tcp|udp) (?:sport|dport) \d+'
+    r"|tcp flags == \S+|icmp(?:v6)? type \S+"
 )
 
 

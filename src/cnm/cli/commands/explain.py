@@ -76,6 +76,7 @@ def render_explanation(e: dict) -> str:
             out.append(
                 f"  {a['ifname']}: ifindex {_index(a.get('ifindex', 0))}, iflink {_index(a.get('iflink', 0))}{peer}, "
                 f"MAC {a.get('mac') or '-'}, IP {a.get('address') or '-'}"
+                + (f", IPv6 {a['address6']}" if a.get("address6") else "")
             )
             out += _cmd(ac.get("inside", ""), "  ")
         if a.get("host_ifname"):
@@ -85,13 +86,25 @@ def render_explanation(e: dict) -> str:
         if a.get("bridge"):
             out.append(f"  bridge {a['bridge']}: ifindex {_index(a.get('bridge_ifindex', 0))}")
             out += _cmd(ac.get("bridge", ""), "  ")
+        if a.get("guard"):
+            out.append("  anti-spoofing guard of its port (what it may send from)")
+            out += [f"    {g}" for g in a["guard"]]
+            out += [line for k, c in ac.items() if k.startswith("guard ") for line in _cmd(c, "  ")]
+        if a.get("nat"):
+            out.append("  how its network leaves the host")
+            out += [f"    {n}" for n in a["nat"]]
+            out += [line for k, c in ac.items() if k.startswith("nat ") for line in _cmd(c, "  ")]
         if a.get("gateway"):
             out.append(f"  gateway {a['gateway']}")
+        if a.get("gateway6"):
+            out.append(f"  IPv6 gateway {a['gateway6']}")
         for p in a.get("ports") or ():
             out.append(
                 f"  published {join_host_port(p['host_ip'], p['host_port'])} -> {p['container_port']}/{p['protocol']}"
             )
-            if not p.get("rules"):
+            if p.get("note") and not p.get("rules"):
+                out.append(f"    {p['note']}")
+            elif not p.get("rules"):
                 out.append("    no firewall entry serves it in the kernel")
             out += [f"    {rule}" for rule in p.get("rules") or ()]
             out += _cmd(p.get("command", ""), "  ")
@@ -103,9 +116,15 @@ def render_explanation(e: dict) -> str:
         out += [f"  {r['text']}" for r in e.get("routes") or ()] or ["  (none)"]
         out += _cmd(cmds.get("routes", ""), "")
         out.append(f"default gateway {e.get('default_gateway') or 'none (no default route)'}")
-        out.append("neighbours inside (ARP)")
+        if "routes6" in cmds:
+            out.append("IPv6 routes inside")
+            out += [f"  {r['text']}" for r in e.get("routes6") or ()] or ["  (none)"]
+            out += _cmd(cmds["routes6"], "")
+            out.append(f"IPv6 default gateway {e.get('default_gateway6') or 'none (no default route)'}")
+        out.append("neighbours inside (ARP" + (", NDP)" if "neighbours6" in cmds else ")"))
         out += [f"  {n['text']}" for n in e.get("neighbours") or ()] or ["  (none yet)"]
         out += _cmd(cmds.get("neighbours", ""), "")
+        out += _cmd(cmds.get("neighbours6", ""), "")
     for key, field in (("resolv.conf", "resolv_conf"), ("hosts", "hosts")):
         if key in cmds:
             out.append("")

@@ -14,8 +14,11 @@ from cnm.cli.errors import CliError
 TRACE = F.Command(
     "cnm trace",
     "SRC DST[:PORT][/tcp|udp|icmp]",
-    "Show the path a packet takes (SRC, DST: a container, host, world or an IPv4 address)",
+    "Show the path a packet takes (SRC, DST: a container, host, world or an IP address; [IPV6]:PORT)",
     [
+        F.flag(
+            "-6", "--ipv6", kind=F.BOOL, help="Trace over IPv6 (the default when an end is an IPv6 address)"
+        ),
         F.flag("--live", kind=F.BOOL, help="Send one real probe and show what nft monitor trace saw"),
         F.flag("-v", "--verbose", kind=F.BOOL, help="Also list every rule each hook met"),
         F.flag("--format", help="json: cnmd's answer as it is"),
@@ -52,6 +55,8 @@ def cmd_trace(cli: Cli, argv: list[str]) -> int:
     if v["format"] not in (None, "", "json"):
         raise CliError(f"invalid --format {v['format']!r}: expected json (or none, for text)")
     query = {"source": src, "destination": dst, "live": "1" if v["live"] else "0"}
+    if v["ipv6"]:
+        query["family"] = "6"
     resp = cli.client.request("POST", "/cnm/v1/trace", query)
     try:
         body = resp.read()
