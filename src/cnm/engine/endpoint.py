@@ -92,13 +92,14 @@ class Endpoint:
             ip = await _address(svc, stack, network, ep_id, request.ipv4_address, held, claim_later)
             address = IPv4Interface(f"{ip}/{network.subnet.prefixlen}")
             # an overlay's gateway address is nobody's: its containers route out elsewhere
-            gateway = None if network.internal or network.scope == "global" else network.gateway
+            routed_out = not (network.internal or network.scope == "global")
+            gateway = network.gateway if routed_out else None
             if network.enable_ipv6 and network.subnet6 is not None:
                 ip6 = await _address(
                     svc, stack, network, ep_id, request.ipv6_address, held, claim_later, v6=True
                 )
                 address6 = IPv6Interface(f"{ip6}/{network.subnet6.prefixlen}")
-                gateway6 = None if network.internal or network.scope == "global" else network.gateway6
+                gateway6 = network.gateway6 if routed_out else None
         used = {ep.ifname for ep in siblings}
         prefix = network.iface_prefix
         ifname = next(f"{prefix}{n}" for n in range(len(used) + 1) if f"{prefix}{n}" not in used)
